@@ -41,7 +41,7 @@ pub struct DiskArgs {
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub queue_depth: u32,
     /// Bytes written (and preallocated) by the bandwidth phase.
-    #[arg(long, value_name = "BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    #[arg(long, value_name = "BYTES", default_value = "4GiB", value_parser = parse_bytes)]
     pub total_bytes: u64,
     /// Write+fdatasync pairs timed by the latency phase.
     #[arg(long, value_name = "N", default_value_t = 1000)]

@@ -30,6 +30,10 @@ pub struct Host {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filesystem: Option<String>,
     pub unix_time_s: u64,
+    /// 1-minute load average when the run ended: other work on the cores skews every figure,
+    /// so a figure measured on a busy host says so.
+    #[serde(default)]
+    pub load_average_1m: Option<f64>,
 }
 
 impl Host {
@@ -46,8 +50,14 @@ impl Host {
             unix_time_s: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            load_average_1m: load_average_1m(),
         }
     }
+}
+
+fn load_average_1m() -> Option<f64> {
+    let text = fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
 }
 
 /// One probe run as written by `--json` and read by `report`.
@@ -176,7 +186,7 @@ mod tests {
     fn wrong_schema_is_rejected() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("x.json");
-        fs::write(&path, r#"{"schema":"other/9","probe":"disk","host":{"hostname":"h","kernel":"k","cpus":1,"unix_time_s":0},"parameters":{},"figures":{}}"#).unwrap();
+        fs::write(&path, r#"{"schema":"other/9","probe":"disk","host":{"hostname":"h","kernel":"k","cpus":1,"unix_time_s":0,"load_average_1m":0.0},"parameters":{},"figures":{}}"#).unwrap();
         assert!(CeilingDocument::read(&path)
             .unwrap_err()
             .to_string()
