@@ -1,1 +1,35 @@
-//! placeholder
+//! Ringfeed's storage engine: the log of one Kafka partition, owned by one shard.
+//!
+//! A partition is a directory of segment files holding Kafka v2 record batches exactly as
+//! producers sent them (only baseOffset, outside the CRC, is rewritten). Writes go through
+//! page-aligned O_DIRECT buffers on io_uring (glommio `DmaFile`); one fdatasync covers every
+//! append before it (group commit); an IO error fences the log. Recovery trusts a
+//! clean-shutdown marker, otherwise scans from the last checkpoint, truncates a torn tail and
+//! refuses to cut damage in the middle of the log. Every on-disk byte is drawn in
+//! `storage/FORMAT.md`; IO sits behind [`io::Disk`] so [`sim::SimDisk`] can inject faults.
+//!
+//! This crate knows nothing of sockets or the Kafka request protocol.
+
+pub mod batch;
+pub mod config;
+pub mod error;
+pub mod index;
+pub mod io;
+pub mod meta;
+pub mod segment;
+pub mod sim;
+
+mod appender;
+mod cache;
+mod flusher;
+mod lifecycle;
+mod log;
+mod recovery;
+mod signal;
+
+pub use batch::BatchError;
+pub use config::{FlushPolicy, LogConfig};
+pub use error::{AppendError, ReadError, StorageError};
+pub use io::{Disk, DiskFile, DmaDisk};
+pub use log::{AppendOutcome, Clock, PartitionLog};
+pub use recovery::{RecoveryReport, TornTail};

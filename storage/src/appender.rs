@@ -1,0 +1,203 @@
+//! Write-behind buffering for the active segment.
+//!
+//! Appended batches are copied into page-aligned buffers. The flusher takes every buffer in
+//! one go ([`Appender::take_writes`]) and writes them with O_DIRECT: full buffers as they are,
+//! the partly filled last one trimmed to whole pages with zeros after the data. The partial
+//! last page is kept (copied into the next buffer) and rewritten by the next round as it
+//! fills: the write-behind tail page.
+//!
+//! Invariant: buffers are contiguous and page-aligned in the file; `current` starts at
+//! `current_position`; when `current` is `None`, `appended_bytes` is page-aligned.
+//! Contract: the caller writes one round completely before taking the next, because a
+//! round's last page is rewritten by the next round and two writes of one page in flight
+//! could land in either order.
+
+use crate::io::{align_down, DiskFile, IoBuffer, PAGE_BYTES};
+
+pub struct Appender<B> {
+    full: Vec<(u64, B)>,
+    current: Option<B>,
+    current_position: u64,
+    current_filled: usize,
+    /// Logical end of the segment: every byte appended so far.
+    appended_bytes: u64,
+    /// Logical end of what completed writes put in the file.
+    written_bytes: u64,
+    chunk_bytes: usize,
+}
+
+/// One write round: the buffers to write, and the logical end they bring the file to.
+pub struct WriteRound<B> {
+    pub writes: Vec<(u64, B)>,
+    pub end_bytes: u64,
+}
+
+impl<B: IoBuffer> Appender<B> {
+    /// An appender for a segment whose file holds `segment_bytes` of batches. The partial
+    /// last page, if any, must be supplied so it can be rewritten whole.
+    pub fn new<F: DiskFile<Buffer = B>>(
+        file: &F,
+        segment_bytes: u64,
+        tail_page: &[u8],
+        chunk_bytes: usize,
+    ) -> Self {
+        let mut appender = Appender {
+            full: Vec::new(),
+            current: None,
+            current_position: align_down(segment_bytes),
+            current_filled: 0,
+            appended_bytes: segment_bytes,
+            written_bytes: segment_bytes,
+            chunk_bytes: chunk_bytes.max(PAGE_BYTES) / PAGE_BYTES * PAGE_BYTES,
+        };
+        let partial = (segment_bytes % PAGE_BYTES as u64) as usize;
+        if partial > 0 {
+            assert_eq!(
+                tail_page.len(),
+                partial,
+                "the tail page's bytes are needed to rewrite it"
+            );
+            let mut buffer = file.alloc_buffer(PAGE_BYTES);
+            buffer.as_mut_slice()[..partial].copy_from_slice(tail_page);
+            appender.current = Some(buffer);
+            appender.current_filled = partial;
+        }
+        appender
+    }
+
+    pub fn appended_bytes(&self) -> u64 {
+        self.appended_bytes
+    }
+
+    pub fn unwritten_bytes(&self) -> u64 {
+        self.appended_bytes - self.written_bytes
+    }
+
+    /// Copies `bytes` to the end of the segment's buffers.
+    pub fn append<F: DiskFile<Buffer = B>>(&mut self, file: &F, mut bytes: &[u8]) {
+        self.appended_bytes += bytes.len() as u64;
+        while !bytes.is_empty() {
+            let filled = self.current_filled;
+            let buffer = self.current_with_room(file, bytes.len());
+            let capacity = buffer.as_slice().len();
+            let take = (capacity - filled).min(bytes.len());
+            buffer.as_mut_slice()[filled..filled + take].copy_from_slice(&bytes[..take]);
+            self.current_filled += take;
+            bytes = &bytes[take..];
+            if self.current_filled == capacity {
+                let full = self.current.take().expect("current buffer");
+                self.full.push((self.current_position, full));
+                self.current_position += self.current_filled as u64;
+                self.current_filled = 0;
+            }
+        }
+    }
+
+    /// The current buffer, grown to a whole chunk when it is a small tail-page buffer that
+    /// cannot take `wanted` more bytes (growing copies under a page; a second buffer would
+    /// cost a second IO per round).
+    fn current_with_room<F: DiskFile<Buffer = B>>(&mut self, file: &F, wanted: usize) -> &mut B {
+        let capacity = self.current.as_ref().map_or(0, |b| b.as_slice().len());
+        if capacity - self.current_filled < wanted && capacity < self.chunk_bytes {
+            let mut grown = file.alloc_buffer(self.chunk_bytes);
+            if let Some(old) = &self.current {
+                grown.as_mut_slice()[..self.current_filled]
+                    .copy_from_slice(&old.as_slice()[..self.current_filled]);
+            }
+            self.current = Some(grown);
+        }
+        self.current.as_mut().expect("a buffer with room")
+    }
+
+    /// Everything appended since the last round, as page-aligned writes. The partial last
+    /// page stays buffered for the next round.
+    pub fn take_writes<F: DiskFile<Buffer = B>>(&mut self, file: &F) -> WriteRound<B> {
+        let mut writes = std::mem::take(&mut self.full);
+        let end_bytes = self.appended_bytes;
+        if self.current_filled > 0
+            && self.current_position + (self.current_filled as u64) > self.written_bytes
+        {
+            let mut buffer = self.current.take().expect("filled buffer");
+            let whole_pages = self.current_filled / PAGE_BYTES * PAGE_BYTES;
+            let partial = self.current_filled - whole_pages;
+            if partial > 0 {
+                let mut tail = file.alloc_buffer(PAGE_BYTES);
+                tail.as_mut_slice()[..partial]
+                    .copy_from_slice(&buffer.as_slice()[whole_pages..self.current_filled]);
+                self.current = Some(tail);
+            }
+            // Bytes past the data are still the zeros the buffer was allocated with.
+            buffer.truncate((self.current_filled + PAGE_BYTES - 1) / PAGE_BYTES * PAGE_BYTES);
+            writes.push((self.current_position, buffer));
+            self.current_position += whole_pages as u64;
+            self.current_filled = partial;
+        }
+        WriteRound { writes, end_bytes }
+    }
+
+    /// Records that a round's writes completed.
+    pub fn mark_written(&mut self, end_bytes: u64) {
+        debug_assert!(end_bytes >= self.written_bytes && end_bytes <= self.appended_bytes);
+        self.written_bytes = end_bytes;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::Disk;
+    use crate::sim::SimDisk;
+    use std::path::Path;
+
+    fn apply(image: &mut Vec<u8>, round: WriteRound<crate::sim::SimBuffer>) -> u64 {
+        for (position, buffer) in round.writes {
+            assert_eq!(position % PAGE_BYTES as u64, 0);
+            let end = position as usize + buffer.as_slice().len();
+            if image.len() < end {
+                image.resize(end, 0);
+            }
+            image[position as usize..end].copy_from_slice(buffer.as_slice());
+        }
+        round.end_bytes
+    }
+
+    #[test]
+    fn rounds_reproduce_the_appended_bytes_with_zero_padding() {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .make()
+            .expect("executor")
+            .run(async {
+                let disk = SimDisk::new();
+                let file = disk.open(Path::new("/seg"), true).await.expect("open");
+                let mut appender = Appender::new(&file, 0, &[], 3 * PAGE_BYTES);
+                let mut expected = Vec::new();
+                let mut image = Vec::new();
+                for (round, sizes) in [[100, 5000, 1], [4095, 1, 20000], [7, 12289, 3]]
+                    .iter()
+                    .enumerate()
+                {
+                    for (i, &size) in sizes.iter().enumerate() {
+                        let bytes: Vec<u8> = (0..size)
+                            .map(|j| (round * 31 + i * 7 + j) as u8 | 1)
+                            .collect();
+                        appender.append(&file, &bytes);
+                        expected.extend_from_slice(&bytes);
+                    }
+                    let end = apply(&mut image, appender.take_writes(&file));
+                    appender.mark_written(end);
+                    assert_eq!(end as usize, expected.len());
+                    assert_eq!(&image[..expected.len()], &expected[..], "round {round}");
+                    assert!(
+                        image[expected.len()..].iter().all(|&b| b == 0),
+                        "zero padding"
+                    );
+                    assert_eq!(image.len() % PAGE_BYTES, 0);
+                }
+                assert!(
+                    appender.take_writes(&file).writes.is_empty(),
+                    "nothing left to write"
+                );
+            });
+    }
+}

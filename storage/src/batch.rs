@@ -1,0 +1,487 @@
+//! The Kafka v2 `RecordBatch` format: layout constants, validation and the one in-place
+//! rewrite the log makes (baseOffset). Pure code: no IO, no async.
+//!
+//! Layout (big-endian, see `storage/FORMAT.md` § Record batch):
+//! ```text
+//!  0 baseOffset i64 | 8 batchLength i32 | 12 partitionLeaderEpoch i32 | 16 magic i8
+//! 17 crc u32 (CRC32C of bytes 21..end) | 21 attributes i16 | 23 lastOffsetDelta i32
+//! 27 baseTimestamp i64 | 35 maxTimestamp i64 | 43 producerId i64 | 51 producerEpoch i16
+//! 53 baseSequence i32 | 57 recordCount i32 | 61 records ...
+//! ```
+
+use bytes::{Bytes, BytesMut};
+
+pub const BASE_OFFSET_OFFSET: usize = 0;
+pub const BATCH_LENGTH_OFFSET: usize = 8;
+pub const PARTITION_LEADER_EPOCH_OFFSET: usize = 12;
+pub const MAGIC_OFFSET: usize = 16;
+pub const CRC_OFFSET: usize = 17;
+pub const ATTRIBUTES_OFFSET: usize = 21;
+pub const LAST_OFFSET_DELTA_OFFSET: usize = 23;
+pub const BASE_TIMESTAMP_OFFSET: usize = 27;
+pub const MAX_TIMESTAMP_OFFSET: usize = 35;
+pub const PRODUCER_ID_OFFSET: usize = 43;
+pub const PRODUCER_EPOCH_OFFSET: usize = 51;
+pub const BASE_SEQUENCE_OFFSET: usize = 53;
+pub const RECORD_COUNT_OFFSET: usize = 57;
+/// Size of the fixed batch header; records start here.
+pub const BATCH_HEADER_BYTES: usize = 61;
+/// The bytes before `batchLength` counts from: baseOffset and batchLength themselves.
+pub const LOG_OVERHEAD_BYTES: usize = 12;
+/// The smallest legal `batchLength`: a header with no records.
+pub const BATCH_LENGTH_MIN: usize = BATCH_HEADER_BYTES - LOG_OVERHEAD_BYTES;
+pub const MAGIC_V2: i8 = 2;
+
+const _: () = assert!(BATCH_HEADER_BYTES == RECORD_COUNT_OFFSET + 4);
+const _: () = assert!(CRC_OFFSET + 4 == ATTRIBUTES_OFFSET);
+
+const COMPRESSION_CODEC_MASK: i16 = 0x07;
+const CONTROL_FLAG: i16 = 0x20;
+
+/// Why a batch was refused. Each kind maps to one Kafka error code in the broker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// The bytes cannot be a batch (length, magic or checksum): Kafka's CORRUPT_MESSAGE.
+    #[error("corrupt record batch: {0}")]
+    Corrupt(String),
+    /// A well-formed batch whose contents break the format's rules: INVALID_RECORD.
+    #[error("invalid record batch: {0}")]
+    InvalidRecord(String),
+    /// Larger than the partition's maximum batch size: MESSAGE_TOO_LARGE.
+    #[error("record batch of {size_bytes} bytes exceeds the maximum of {max_bytes} bytes")]
+    TooLarge { size_bytes: usize, max_bytes: usize },
+}
+
+/// The header fields of one batch, read from its first 61 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    /// Bytes after the batchLength field; the whole batch is `batch_length + 12` bytes.
+    pub batch_length: i32,
+    pub magic: i8,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub record_count: i32,
+}
+
+impl BatchHeader {
+    /// Reads the header from the start of `bytes`; `None` when fewer than 61 bytes are given.
+    pub fn parse(bytes: &[u8]) -> Option<BatchHeader> {
+        if bytes.len() < BATCH_HEADER_BYTES {
+            return None;
+        }
+        Some(BatchHeader {
+            base_offset: read_i64(bytes, BASE_OFFSET_OFFSET),
+            batch_length: read_i32(bytes, BATCH_LENGTH_OFFSET),
+            magic: bytes[MAGIC_OFFSET] as i8,
+            crc: read_i32(bytes, CRC_OFFSET) as u32,
+            attributes: read_i16(bytes, ATTRIBUTES_OFFSET),
+            last_offset_delta: read_i32(bytes, LAST_OFFSET_DELTA_OFFSET),
+            base_timestamp: read_i64(bytes, BASE_TIMESTAMP_OFFSET),
+            max_timestamp: read_i64(bytes, MAX_TIMESTAMP_OFFSET),
+            producer_id: read_i64(bytes, PRODUCER_ID_OFFSET),
+            producer_epoch: read_i16(bytes, PRODUCER_EPOCH_OFFSET),
+            base_sequence: read_i32(bytes, BASE_SEQUENCE_OFFSET),
+            record_count: read_i32(bytes, RECORD_COUNT_OFFSET),
+        })
+    }
+
+    /// Total size of the batch on the wire and on disk.
+    pub fn total_bytes(&self) -> usize {
+        self.batch_length.max(0) as usize + LOG_OVERHEAD_BYTES
+    }
+
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset + i64::from(self.last_offset_delta)
+    }
+
+    pub fn is_compressed(&self) -> bool {
+        self.attributes & COMPRESSION_CODEC_MASK != 0
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & CONTROL_FLAG != 0
+    }
+}
+
+/// Checks one batch the way the log accepts it from a producer: exactly one whole batch,
+/// magic 2, the CRC32C, the size limit, and record count against lastOffsetDelta. For
+/// uncompressed batches the records are walked too (lengths and offset deltas), so a batch
+/// whose header lies about its contents is refused before it reaches the disk.
+pub fn validate(batch: &[u8], batch_bytes_max: usize) -> Result<BatchHeader, BatchError> {
+    if batch.len() > batch_bytes_max {
+        return Err(BatchError::TooLarge {
+            size_bytes: batch.len(),
+            max_bytes: batch_bytes_max,
+        });
+    }
+    let header = BatchHeader::parse(batch).ok_or_else(|| {
+        BatchError::Corrupt(format!(
+            "{} bytes is shorter than a batch header",
+            batch.len()
+        ))
+    })?;
+    if header.batch_length < BATCH_LENGTH_MIN as i32 || header.total_bytes() != batch.len() {
+        return Err(BatchError::Corrupt(format!(
+            "batchLength {} does not match the {} bytes given",
+            header.batch_length,
+            batch.len()
+        )));
+    }
+    if header.magic != MAGIC_V2 {
+        return Err(BatchError::Corrupt(format!(
+            "magic {} is not 2",
+            header.magic
+        )));
+    }
+    let computed_crc = crc32c::crc32c(&batch[ATTRIBUTES_OFFSET..]);
+    if computed_crc != header.crc {
+        return Err(BatchError::Corrupt(format!(
+            "CRC32C mismatch: batch says {:#010x}, bytes give {computed_crc:#010x}",
+            header.crc
+        )));
+    }
+    if header.record_count <= 0 {
+        return Err(BatchError::InvalidRecord(format!(
+            "record count {} must be positive",
+            header.record_count
+        )));
+    }
+    if i64::from(header.last_offset_delta) != i64::from(header.record_count) - 1 {
+        return Err(BatchError::InvalidRecord(format!(
+            "lastOffsetDelta {} does not match record count {}",
+            header.last_offset_delta, header.record_count
+        )));
+    }
+    if !header.is_compressed() {
+        check_uncompressed_records(&batch[BATCH_HEADER_BYTES..], header.record_count)?;
+    }
+    Ok(header)
+}
+
+/// Walks uncompressed records: each length must fit, each offsetDelta must be its index,
+/// and the records must fill the batch exactly.
+fn check_uncompressed_records(mut records: &[u8], record_count: i32) -> Result<(), BatchError> {
+    for index in 0..record_count {
+        let invalid = |what: &str| BatchError::InvalidRecord(format!("record {index}: {what}"));
+        let length = read_varint(&mut records).ok_or_else(|| invalid("bad length varint"))?;
+        if length < 0 || length as usize > records.len() {
+            return Err(invalid("length runs past the batch"));
+        }
+        let (mut record, rest) = records.split_at(length as usize);
+        records = rest;
+        record = record.get(1..).ok_or_else(|| invalid("empty record"))?; // attributes
+        read_varint(&mut record).ok_or_else(|| invalid("bad timestampDelta"))?;
+        let offset_delta = read_varint(&mut record).ok_or_else(|| invalid("bad offsetDelta"))?;
+        if offset_delta != i64::from(index) {
+            return Err(invalid("offsetDelta out of sequence"));
+        }
+    }
+    if !records.is_empty() {
+        return Err(BatchError::InvalidRecord(format!(
+            "{} bytes after the last of {record_count} records",
+            records.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Walks uncompressed records and returns the offset delta and timestamp of the first record
+/// whose timestamp is at least `timestamp_ms`. `None` when the batch is compressed (its
+/// records are not readable without the codec) or no record qualifies.
+pub fn first_at_or_after(batch: &[u8], timestamp_ms: i64) -> Option<(i32, i64)> {
+    let header = BatchHeader::parse(batch)?;
+    if header.is_compressed() {
+        return None;
+    }
+    let mut records = batch.get(BATCH_HEADER_BYTES..)?;
+    for _ in 0..header.record_count {
+        let length = usize::try_from(read_varint(&mut records)?).ok()?;
+        let (record, rest) = (records.get(..length)?, records.get(length..)?);
+        records = rest;
+        let mut fields = record.get(1..)?;
+        let timestamp_delta = read_varint(&mut fields)?;
+        let offset_delta = read_varint(&mut fields)?;
+        let timestamp = header.base_timestamp.saturating_add(timestamp_delta);
+        if timestamp >= timestamp_ms {
+            return Some((i32::try_from(offset_delta).ok()?, timestamp));
+        }
+    }
+    None
+}
+
+/// Returns a copy of `batch` with baseOffset set to `base_offset`. baseOffset lies outside
+/// the CRC, so the checksum the producer computed stays valid end to end.
+pub fn with_base_offset(batch: &[u8], base_offset: i64) -> Bytes {
+    let mut stored = BytesMut::with_capacity(batch.len());
+    stored.extend_from_slice(&base_offset.to_be_bytes());
+    stored.extend_from_slice(&batch[BASE_OFFSET_OFFSET + 8..]);
+    stored.freeze()
+}
+
+/// Reads a zigzag-encoded varint (up to 64 bits) and advances `bytes` past it.
+pub fn read_varint(bytes: &mut &[u8]) -> Option<i64> {
+    let mut value: u64 = 0;
+    for (index, &byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * index);
+        if byte & 0x80 == 0 {
+            *bytes = &bytes[index + 1..];
+            return Some((value >> 1) as i64 ^ -((value & 1) as i64));
+        }
+    }
+    None
+}
+
+pub(crate) fn read_i16(bytes: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([bytes[at], bytes[at + 1]])
+}
+
+pub(crate) fn read_i32(bytes: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+pub(crate) fn read_i64(bytes: &[u8], at: usize) -> i64 {
+    i64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Builds valid v2 batches for tests and benchmarks: uncompressed records with the given
+/// keys/values and timestamps, CRC filled in. Not used on any request path.
+pub mod build {
+    use super::{ATTRIBUTES_OFFSET, BATCH_HEADER_BYTES, CRC_OFFSET, LOG_OVERHEAD_BYTES, MAGIC_V2};
+    use bytes::{BufMut, Bytes, BytesMut};
+
+    /// One record to put in a batch.
+    pub struct Record<'a> {
+        pub key: Option<&'a [u8]>,
+        pub value: Option<&'a [u8]>,
+        pub timestamp_ms: i64,
+    }
+
+    /// Encodes `records` as one uncompressed v2 batch with baseOffset 0.
+    pub fn batch(records: &[Record<'_>]) -> Bytes {
+        assert!(!records.is_empty(), "a batch holds at least one record");
+        let base_timestamp = records[0].timestamp_ms;
+        let max_timestamp = records.iter().map(|r| r.timestamp_ms).max().unwrap_or(0);
+        let mut out = BytesMut::with_capacity(BATCH_HEADER_BYTES + records.len() * 32);
+        out.put_i64(0); // baseOffset, assigned by the log
+        out.put_i32(0); // batchLength, filled below
+        out.put_i32(-1); // partitionLeaderEpoch
+        out.put_i8(MAGIC_V2);
+        out.put_u32(0); // crc, filled below
+        out.put_i16(0); // attributes: no compression, create time
+        out.put_i32(records.len() as i32 - 1);
+        out.put_i64(base_timestamp);
+        out.put_i64(max_timestamp);
+        out.put_i64(-1); // producerId
+        out.put_i16(-1); // producerEpoch
+        out.put_i32(-1); // baseSequence
+        out.put_i32(records.len() as i32);
+        for (index, record) in records.iter().enumerate() {
+            put_record(
+                &mut out,
+                record,
+                index as i64,
+                record.timestamp_ms - base_timestamp,
+            );
+        }
+        let batch_length = (out.len() - LOG_OVERHEAD_BYTES) as i32;
+        out[8..12].copy_from_slice(&batch_length.to_be_bytes());
+        let crc = crc32c::crc32c(&out[ATTRIBUTES_OFFSET..]);
+        out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        out.freeze()
+    }
+
+    /// A batch of `count` records whose values are `value_bytes` long, for workloads.
+    pub fn filler(count: usize, value_bytes: usize, timestamp_ms: i64) -> Bytes {
+        let value = vec![0x5a_u8; value_bytes];
+        let records: Vec<Record<'_>> = (0..count)
+            .map(|_| Record {
+                key: None,
+                value: Some(&value),
+                timestamp_ms,
+            })
+            .collect();
+        batch(&records)
+    }
+
+    fn put_record(out: &mut BytesMut, record: &Record<'_>, offset_delta: i64, ts_delta: i64) {
+        let mut body = BytesMut::new();
+        body.put_i8(0); // attributes
+        put_varint(&mut body, ts_delta);
+        put_varint(&mut body, offset_delta);
+        put_bytes(&mut body, record.key);
+        put_bytes(&mut body, record.value);
+        put_varint(&mut body, 0); // no headers
+        put_varint(out, body.len() as i64);
+        out.put_slice(&body);
+    }
+
+    fn put_bytes(out: &mut BytesMut, bytes: Option<&[u8]>) {
+        match bytes {
+            None => put_varint(out, -1),
+            Some(bytes) => {
+                put_varint(out, bytes.len() as i64);
+                out.put_slice(bytes);
+            }
+        }
+    }
+
+    pub fn put_varint(out: &mut BytesMut, value: i64) {
+        let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
+        while zigzag >= 0x80 {
+            out.put_u8((zigzag as u8) | 0x80);
+            zigzag >>= 7;
+        }
+        out.put_u8(zigzag as u8);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build::{batch, filler, Record};
+    use super::*;
+
+    fn sample() -> Bytes {
+        batch(&[
+            Record {
+                key: Some(b"k1"),
+                value: Some(b"v1"),
+                timestamp_ms: 1000,
+            },
+            Record {
+                key: None,
+                value: Some(b"value-two"),
+                timestamp_ms: 1005,
+            },
+            Record {
+                key: Some(b"k3"),
+                value: None,
+                timestamp_ms: 1010,
+            },
+        ])
+    }
+
+    #[test]
+    fn a_built_batch_validates_and_reports_its_header() {
+        let bytes = sample();
+        let header = validate(&bytes, 1 << 20).expect("valid");
+        assert_eq!(header.record_count, 3);
+        assert_eq!(header.last_offset_delta, 2);
+        assert_eq!(header.max_timestamp, 1010);
+        assert_eq!(header.total_bytes(), bytes.len());
+    }
+
+    #[test]
+    fn every_bit_flip_from_the_length_field_on_is_refused() {
+        let bytes = sample();
+        for byte in BATCH_LENGTH_OFFSET..bytes.len() {
+            if (PARTITION_LEADER_EPOCH_OFFSET..MAGIC_OFFSET).contains(&byte) {
+                continue; // partitionLeaderEpoch lies outside the CRC, as in Kafka
+            }
+            let mut damaged = bytes.to_vec();
+            damaged[byte] ^= 0x10;
+            assert!(
+                validate(&damaged, 1 << 20).is_err(),
+                "flip at byte {byte} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn length_mismatch_and_bad_magic_are_corrupt() {
+        let bytes = sample();
+        let short = &bytes[..bytes.len() - 1];
+        assert!(matches!(
+            validate(short, 1 << 20),
+            Err(BatchError::Corrupt(_))
+        ));
+        let mut two = bytes.to_vec();
+        two.extend_from_slice(&bytes);
+        assert!(matches!(
+            validate(&two, 1 << 20),
+            Err(BatchError::Corrupt(_))
+        ));
+        let mut magic = bytes.to_vec();
+        magic[MAGIC_OFFSET] = 1;
+        assert!(matches!(
+            validate(&magic, 1 << 20),
+            Err(BatchError::Corrupt(_))
+        ));
+        assert!(matches!(
+            validate(&bytes[..20], 1 << 20),
+            Err(BatchError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn record_count_that_disagrees_with_last_offset_delta_is_invalid() {
+        let mut bytes = sample().to_vec();
+        bytes[RECORD_COUNT_OFFSET..RECORD_COUNT_OFFSET + 4].copy_from_slice(&4_i32.to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[ATTRIBUTES_OFFSET..]);
+        bytes[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(
+            validate(&bytes, 1 << 20),
+            Err(BatchError::InvalidRecord(_))
+        ));
+    }
+
+    #[test]
+    fn oversized_batch_is_too_large() {
+        let bytes = filler(10, 200, 0);
+        let max = bytes.len() - 1;
+        assert_eq!(
+            validate(&bytes, max),
+            Err(BatchError::TooLarge {
+                size_bytes: bytes.len(),
+                max_bytes: max
+            })
+        );
+    }
+
+    #[test]
+    fn rewriting_base_offset_keeps_the_crc_valid() {
+        let stored = with_base_offset(&sample(), 41);
+        let header = validate(&stored, 1 << 20).expect("still valid");
+        assert_eq!(header.base_offset, 41);
+        assert_eq!(header.last_offset(), 43);
+    }
+
+    #[test]
+    fn time_lookup_finds_the_first_record_at_or_after() {
+        let bytes = sample();
+        assert_eq!(first_at_or_after(&bytes, 0), Some((0, 1000)));
+        assert_eq!(first_at_or_after(&bytes, 1001), Some((1, 1005)));
+        assert_eq!(first_at_or_after(&bytes, 1010), Some((2, 1010)));
+        assert_eq!(first_at_or_after(&bytes, 1011), None);
+    }
+
+    #[test]
+    fn varints_round_trip_at_the_edges() {
+        for value in [
+            0,
+            1,
+            -1,
+            63,
+            -64,
+            64,
+            300,
+            i64::from(i32::MAX),
+            i64::MIN,
+            i64::MAX,
+        ] {
+            let mut out = BytesMut::new();
+            build::put_varint(&mut out, value);
+            let mut slice = &out[..];
+            assert_eq!(read_varint(&mut slice), Some(value));
+            assert!(slice.is_empty());
+        }
+        let mut unterminated: &[u8] = &[0x80; 11];
+        assert_eq!(read_varint(&mut unterminated), None);
+    }
+}

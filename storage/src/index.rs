@@ -1,0 +1,254 @@
+//! The sparse offset and time index of one segment (`storage/FORMAT.md` § Segment index).
+//!
+//! While a segment is active its index grows in memory ([`SegmentIndex::Building`]); when the
+//! segment is sealed the index is written as an rkyv archive and later read back zero-copy
+//! ([`SegmentIndex::Archived`]): lookups binary-search the archived arrays in place.
+
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::meta::{self, MetaError, MetaKind};
+
+/// An offset index entry: the batch whose base offset is `base_offset + relative_offset`
+/// starts at byte `position` of the segment.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetIndexEntry {
+    pub relative_offset: u32,
+    pub position: u32,
+}
+
+/// A time index entry: every batch up to and including the one at `position` has a
+/// maxTimestamp of at most `timestamp` (a running maximum, as in Kafka's time index).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeIndexEntry {
+    pub timestamp: i64,
+    pub relative_offset: u32,
+    pub position: u32,
+}
+
+const _: () = assert!(size_of::<ArchivedOffsetIndexEntry>() == 8);
+const _: () = assert!(size_of::<ArchivedTimeIndexEntry>() == 16);
+
+/// What a sealed segment's index file holds: its entries and the facts about the segment
+/// needed to open it without a scan.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct SegmentIndexData {
+    pub base_offset: i64,
+    /// Bytes of batches in the segment (the logical end; the file may be longer).
+    pub segment_bytes: u64,
+    /// One past the last offset in the segment.
+    pub next_offset: i64,
+    /// Largest batch maxTimestamp in the segment, `i64::MIN` when empty.
+    pub max_timestamp: i64,
+    pub offset_entries: Vec<OffsetIndexEntry>,
+    pub time_entries: Vec<TimeIndexEntry>,
+}
+
+/// A segment's index, in whichever form it is held.
+pub enum SegmentIndex {
+    Building(BuildingIndex),
+    /// A validated archive; see [`SegmentIndex::archived`].
+    Archived(AlignedVec),
+}
+
+/// The index of the active segment as it grows.
+pub struct BuildingIndex {
+    pub data: SegmentIndexData,
+    interval_bytes: u32,
+    bytes_since_entry: u64,
+    time_entry_timestamp: i64,
+}
+
+impl BuildingIndex {
+    pub fn new(base_offset: i64, interval_bytes: u32) -> BuildingIndex {
+        BuildingIndex {
+            data: SegmentIndexData {
+                base_offset,
+                max_timestamp: i64::MIN,
+                next_offset: base_offset,
+                ..SegmentIndexData::default()
+            },
+            interval_bytes,
+            // Index the very first batch so lookups never start before the segment.
+            bytes_since_entry: u64::MAX,
+            time_entry_timestamp: i64::MIN,
+        }
+    }
+
+    /// Records one batch appended at `position`.
+    pub fn add_batch(
+        &mut self,
+        base_offset: i64,
+        next_offset: i64,
+        max_timestamp: i64,
+        position: u64,
+        bytes: usize,
+    ) {
+        let data = &mut self.data;
+        data.max_timestamp = data.max_timestamp.max(max_timestamp);
+        if self.bytes_since_entry >= u64::from(self.interval_bytes) {
+            let relative_offset = (base_offset - data.base_offset) as u32;
+            data.offset_entries.push(OffsetIndexEntry {
+                relative_offset,
+                position: position as u32,
+            });
+            if data.max_timestamp > self.time_entry_timestamp {
+                data.time_entries.push(TimeIndexEntry {
+                    timestamp: data.max_timestamp,
+                    relative_offset,
+                    position: position as u32,
+                });
+                self.time_entry_timestamp = data.max_timestamp;
+            }
+            self.bytes_since_entry = 0;
+        }
+        self.bytes_since_entry += bytes as u64;
+        data.next_offset = next_offset;
+        data.segment_bytes = position + bytes as u64;
+    }
+}
+
+impl SegmentIndex {
+    /// Parses and validates an index file; any defect means "rebuild from the segment".
+    pub fn load(file: &[u8], expected_base_offset: i64) -> Result<SegmentIndex, MetaError> {
+        let payload = meta::open(MetaKind::SegmentIndex, file)?;
+        let archived = rkyv::access::<ArchivedSegmentIndexData, rkyv::rancor::Error>(&payload)
+            .map_err(|e| MetaError::InvalidArchive(e.to_string()))?;
+        if archived.base_offset.to_native() != expected_base_offset {
+            return Err(MetaError::InvalidArchive(
+                "base offset does not match the file name".into(),
+            ));
+        }
+        Ok(SegmentIndex::Archived(payload))
+    }
+
+    /// Serializes the index (either form) into an index file's bytes.
+    pub fn encode(data: &SegmentIndexData) -> Vec<u8> {
+        let archive = rkyv::to_bytes::<rkyv::rancor::Error>(data).expect("plain data");
+        meta::seal(MetaKind::SegmentIndex, &archive)
+    }
+
+    fn archived(bytes: &AlignedVec) -> &ArchivedSegmentIndexData {
+        // SAFETY: `bytes` passed `rkyv::access` (full validation) in `load` and is never
+        // mutated afterwards, so the archive is known to be well-formed.
+        unsafe { rkyv::access_unchecked::<ArchivedSegmentIndexData>(bytes) }
+    }
+
+    pub fn segment_bytes(&self) -> u64 {
+        match self {
+            SegmentIndex::Building(b) => b.data.segment_bytes,
+            SegmentIndex::Archived(a) => Self::archived(a).segment_bytes.to_native(),
+        }
+    }
+
+    pub fn next_offset(&self) -> i64 {
+        match self {
+            SegmentIndex::Building(b) => b.data.next_offset,
+            SegmentIndex::Archived(a) => Self::archived(a).next_offset.to_native(),
+        }
+    }
+
+    pub fn max_timestamp(&self) -> i64 {
+        match self {
+            SegmentIndex::Building(b) => b.data.max_timestamp,
+            SegmentIndex::Archived(a) => Self::archived(a).max_timestamp.to_native(),
+        }
+    }
+
+    /// Byte position of the last indexed batch starting at or before `offset`; scanning
+    /// forward from it reaches the batch containing `offset`.
+    pub fn position_for_offset(&self, base_offset: i64, offset: i64) -> u64 {
+        let relative = offset
+            .saturating_sub(base_offset)
+            .clamp(0, i64::from(u32::MAX)) as u32;
+        let position = match self {
+            SegmentIndex::Building(b) => floor_position(
+                &b.data.offset_entries,
+                |e| (e.relative_offset, e.position),
+                relative,
+            ),
+            SegmentIndex::Archived(a) => floor_position(
+                &Self::archived(a).offset_entries,
+                |e| (e.relative_offset.to_native(), e.position.to_native()),
+                relative,
+            ),
+        };
+        u64::from(position.unwrap_or(0))
+    }
+
+    /// Byte position from which to scan for the first batch with maxTimestamp ≥
+    /// `timestamp`: the last indexed batch whose running maximum is still below it.
+    pub fn position_for_timestamp(&self, timestamp: i64) -> u64 {
+        let below = |entry_timestamp: i64| entry_timestamp < timestamp;
+        let position = match self {
+            SegmentIndex::Building(b) => {
+                let entries = &b.data.time_entries;
+                let count = entries.partition_point(|e| below(e.timestamp));
+                count.checked_sub(1).map(|i| entries[i].position)
+            }
+            SegmentIndex::Archived(a) => {
+                let entries = &Self::archived(a).time_entries;
+                let count = entries.partition_point(|e| below(e.timestamp.to_native()));
+                count
+                    .checked_sub(1)
+                    .map(|i| entries[i].position.to_native())
+            }
+        };
+        u64::from(position.unwrap_or(0))
+    }
+}
+
+/// The value of the last entry whose key is at most `target` (keys ascend).
+fn floor_position<T>(
+    entries: &[T],
+    key_value: impl Fn(&T) -> (u32, u32),
+    target: u32,
+) -> Option<u32> {
+    let count = entries.partition_point(|e| key_value(e).0 <= target);
+    count.checked_sub(1).map(|i| key_value(&entries[i]).1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn built() -> BuildingIndex {
+        let mut index = BuildingIndex::new(100, 1000);
+        // Ten batches of 600 bytes, 5 records each, timestamps rising by 10 with a dip.
+        for i in 0..10_i64 {
+            let ts = if i == 5 { 5 } else { 1000 + i * 10 };
+            index.add_batch(100 + i * 5, 105 + i * 5, ts, (i * 600) as u64, 600);
+        }
+        index
+    }
+
+    #[test]
+    fn building_and_archived_forms_answer_alike() {
+        let building = built();
+        let data = building.data.clone();
+        let archived = SegmentIndex::load(&SegmentIndex::encode(&data), 100).expect("valid");
+        let building = SegmentIndex::Building(building);
+        for form in [&building, &archived] {
+            assert_eq!(form.segment_bytes(), 6000);
+            assert_eq!(form.next_offset(), 150);
+            assert_eq!(form.max_timestamp(), 1090);
+            assert_eq!(form.position_for_offset(100, 99), 0);
+            assert_eq!(form.position_for_offset(100, 100), 0);
+            // Entries every 1000 bytes: batches at 0, 1200, 2400, 3600, 4800.
+            assert_eq!(form.position_for_offset(100, 112), 1200);
+            assert_eq!(form.position_for_offset(100, 149), 4800);
+            assert_eq!(form.position_for_timestamp(0), 0);
+            assert_eq!(form.position_for_timestamp(1041), 2400);
+        }
+    }
+
+    #[test]
+    fn an_index_for_another_segment_or_damaged_is_refused() {
+        let file = SegmentIndex::encode(&built().data);
+        assert!(SegmentIndex::load(&file, 101).is_err());
+        let mut damaged = file.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0xff;
+        assert!(SegmentIndex::load(&damaged, 100).is_err());
+    }
+}

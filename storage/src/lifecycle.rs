@@ -1,0 +1,320 @@
+//! Segment lifecycle: making room for an append (roll, preallocation, backpressure),
+//! retention, DeleteRecords, clean close and removal.
+
+use std::rc::Rc;
+
+use crate::appender::Appender;
+use crate::error::{ReadError, StorageError};
+use crate::flusher::fence;
+use crate::index::{BuildingIndex, SegmentIndex};
+use crate::io::{align_up, Disk, DiskFile};
+use crate::log::PartitionLog;
+use crate::meta::{encode_checkpoint, LogCheckpoint, MetaKind};
+use crate::segment::{index_file_name, segment_file_name, Segment, CLEAN_SHUTDOWN_FILE};
+
+/// What an append must wait for before it can be placed.
+enum Obstacle {
+    Roll,
+    Preallocate(u64),
+    Backpressure,
+}
+
+impl<D: Disk> PartitionLog<D> {
+    /// Called with the append gate held: rolls, preallocates or waits until a batch of
+    /// `batch_bytes` can be copied into the active segment without blocking.
+    pub(crate) async fn make_room(&self, batch_bytes: usize) -> Result<(), StorageError> {
+        loop {
+            let progress = self.inner.progress.wait();
+            match self.obstacle(batch_bytes)? {
+                None => return Ok(()),
+                Some(Obstacle::Roll) => self.roll().await?,
+                Some(Obstacle::Preallocate(bytes)) => self.preallocate(bytes).await?,
+                Some(Obstacle::Backpressure) => progress.await,
+            }
+        }
+    }
+
+    fn obstacle(&self, batch_bytes: usize) -> Result<Option<Obstacle>, StorageError> {
+        let state = self.state();
+        state.check_usable()?;
+        let appended = state.appender.appended_bytes();
+        let needed = appended + batch_bytes as u64;
+        let too_big = needed > state.config.segment_bytes_max;
+        let too_old = match (
+            state.config.segment_age_max_ms,
+            state.active_first_append_ms,
+        ) {
+            (Some(max_ms), Some(first_ms)) => self.inner.clock.now_ms() - first_ms >= max_ms as i64,
+            _ => false,
+        };
+        Ok(if appended > 0 && (too_big || too_old) {
+            Some(Obstacle::Roll)
+        } else if needed > state.preallocated_bytes {
+            Some(Obstacle::Preallocate(
+                align_up(needed) + state.config.preallocate_step_bytes,
+            ))
+        } else if state.appender.unwritten_bytes() > 0
+            && state.appender.unwritten_bytes() + batch_bytes as u64
+                > state.config.unwritten_bytes_max as u64
+        {
+            Some(Obstacle::Backpressure)
+        } else {
+            None
+        })
+    }
+
+    /// Grows the active file's allocation. ENOSPC here refuses the append but leaves the log
+    /// usable: nothing was written, and appends succeed again once space is freed.
+    async fn preallocate(&self, bytes: u64) -> Result<(), StorageError> {
+        let file = self.state().active.file.clone();
+        file.preallocate(bytes)
+            .await
+            .map_err(|e| StorageError::io("preallocating the active segment", e))?;
+        let mut state = self.state_mut();
+        state.preallocated_bytes = state.preallocated_bytes.max(bytes);
+        Ok(())
+    }
+
+    /// Seals the active segment and starts a new one at the next offset. The new file is
+    /// created first, so running out of space leaves the old segment active and untouched.
+    async fn roll(&self) -> Result<(), StorageError> {
+        let last_offset = self.log_end_offset() - 1;
+        self.wait_durable(last_offset).await?;
+        let (base_offset, chunk_bytes, step) = {
+            let state = self.state();
+            (
+                state.next_offset,
+                state.config.write_chunk_bytes,
+                state.config.preallocate_step_bytes,
+            )
+        };
+        let file = self.create_segment_file(base_offset, step).await?;
+        self.seal_active().await?;
+        let mut guard = self.state_mut();
+        let state = &mut *guard;
+        let interval = state.config.index_interval_bytes;
+        let appender = Appender::new(&file, 0, &[], chunk_bytes);
+        let new_active = Segment {
+            base_offset,
+            file: Rc::new(file),
+            index: SegmentIndex::Building(BuildingIndex::new(base_offset, interval)),
+        };
+        let old = std::mem::replace(&mut state.active, new_active);
+        state.sealed.insert(old.base_offset, old);
+        state.appender = appender;
+        state.preallocated_bytes = step;
+        state.active_first_append_ms = None;
+        state.active_durable_bytes = 0;
+        drop(guard);
+        tracing::debug!(dir = %self.dir().display(), base_offset, "rolled to a new segment");
+        let _ = self.write_checkpoint().await;
+        Ok(())
+    }
+
+    async fn create_segment_file(
+        &self,
+        base_offset: i64,
+        preallocate_bytes: u64,
+    ) -> Result<D::File, StorageError> {
+        let path = self.dir().join(segment_file_name(base_offset));
+        let disk = &self.inner.disk;
+        let file = disk
+            .open(&path, true)
+            .await
+            .map_err(|e| StorageError::io("creating a segment", e))?;
+        if let Err(error) = file.preallocate(preallocate_bytes).await {
+            let _ = disk.remove_file(&path).await;
+            return Err(StorageError::io("preallocating a new segment", error));
+        }
+        disk.sync_dir(self.dir())
+            .await
+            .map_err(|e| StorageError::io("fsync of the partition directory", e))?;
+        Ok(file)
+    }
+
+    /// Writes the active segment's index and trims its file to the data. The index is only
+    /// an accelerator (rebuilt if lost), so failing to write it is logged, not fatal; the
+    /// fdatasync after the trim is an fdatasync, and its failure fences.
+    async fn seal_active(&self) -> Result<(), StorageError> {
+        let (file, base_offset, contents, bytes) = {
+            let state = self.state();
+            let SegmentIndex::Building(index) = &state.active.index else {
+                unreachable!("the active index is building")
+            };
+            (
+                state.active.file.clone(),
+                state.active.base_offset,
+                SegmentIndex::encode(&index.data),
+                index.data.segment_bytes,
+            )
+        };
+        let path = self.dir().join(index_file_name(base_offset));
+        if let Err(error) = self
+            .inner
+            .disk
+            .write_file_atomically(&path, &contents)
+            .await
+        {
+            tracing::warn!(path = %path.display(), %error, "could not write a segment index; it will be rebuilt");
+        }
+        if let Err(error) = file.truncate(bytes).await {
+            tracing::warn!(base_offset, %error, "could not trim a sealed segment to its data");
+        }
+        if let Err(error) = file.fdatasync().await {
+            let error = StorageError::io("fdatasync of a sealed segment", error);
+            fence(&self.inner, error.clone());
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Deletes whole sealed segments past `retention.bytes` or `retention.ms` (judged by a
+    /// segment's newest timestamp, as Kafka does) and those wholly below the log start.
+    /// Returns how many were deleted. The active segment is never deleted.
+    pub async fn enforce_retention(&self) -> Result<usize, StorageError> {
+        let now_ms = self.inner.clock.now_ms();
+        let mut doomed = Vec::new();
+        {
+            let state = self.state();
+            let mut total: u64 = state.sealed.values().map(Segment::bytes).sum::<u64>()
+                + state.appender.appended_bytes();
+            for segment in state.sealed.values() {
+                let below_start = segment.next_offset() <= state.log_start_offset;
+                let over_size = state
+                    .config
+                    .retention_bytes
+                    .is_some_and(|max| total - segment.bytes() >= max);
+                let expired = state
+                    .config
+                    .retention_ms
+                    .is_some_and(|ms| segment.index.max_timestamp() < now_ms - ms as i64);
+                if !(below_start || over_size || expired) {
+                    break;
+                }
+                total -= segment.bytes();
+                doomed.push(segment.base_offset);
+            }
+        }
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        self.delete_segments(&doomed).await?;
+        Ok(doomed.len())
+    }
+
+    async fn delete_segments(&self, base_offsets: &[i64]) -> Result<(), StorageError> {
+        {
+            let mut state = self.state_mut();
+            for base in base_offsets {
+                state.sealed.remove(base);
+            }
+            let first_base = state
+                .sealed
+                .keys()
+                .next()
+                .copied()
+                .unwrap_or(state.active.base_offset);
+            state.log_start_offset = state.log_start_offset.max(first_base);
+        }
+        let disk = &self.inner.disk;
+        for &base in base_offsets {
+            // Readers holding the file keep reading it; the names go now.
+            let _ = disk
+                .remove_file(&self.dir().join(index_file_name(base)))
+                .await;
+            disk.remove_file(&self.dir().join(segment_file_name(base)))
+                .await
+                .map_err(|e| StorageError::io("deleting a segment", e))?;
+        }
+        disk.sync_dir(self.dir())
+            .await
+            .map_err(|e| StorageError::io("fsync of the partition directory", e))?;
+        tracing::info!(dir = %self.dir().display(), segments = base_offsets.len(), "deleted old segments");
+        self.write_checkpoint().await
+    }
+
+    /// Advances the log start to `offset` (DeleteRecords), durably, and deletes the segments
+    /// wholly below it. `offset` may not pass the high watermark.
+    pub async fn delete_records_before(&self, offset: i64) -> Result<i64, ReadError> {
+        {
+            let mut state = self.state_mut();
+            state.check_usable()?;
+            if offset > state.written_offset || offset < 0 {
+                return Err(ReadError::OffsetOutOfRange {
+                    offset,
+                    log_start_offset: state.log_start_offset,
+                    log_end_offset: state.written_offset,
+                });
+            }
+            if offset <= state.log_start_offset {
+                return Ok(state.log_start_offset);
+            }
+            state.log_start_offset = offset;
+        }
+        self.write_checkpoint().await?;
+        self.enforce_retention().await?;
+        Ok(self.log_start_offset())
+    }
+
+    /// Makes everything durable, writes the active index and the clean-shutdown marker, and
+    /// stops the log. A fenced log gets no marker: its next open scans.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        let permit = self
+            .inner
+            .append_gate
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        let end = self.log_end_offset();
+        self.wait_durable(end - 1).await?;
+        let (base_offset, index_contents, marker) = {
+            let state = self.state();
+            let SegmentIndex::Building(index) = &state.active.index else {
+                unreachable!("the active index is building")
+            };
+            let marker = LogCheckpoint {
+                log_start_offset: state.log_start_offset,
+                segment_base_offset: state.active.base_offset,
+                durable_bytes: index.data.segment_bytes,
+                next_offset: state.next_offset,
+            };
+            (
+                state.active.base_offset,
+                SegmentIndex::encode(&index.data),
+                marker,
+            )
+        };
+        let disk = &self.inner.disk;
+        let _ = disk
+            .write_file_atomically(
+                &self.dir().join(index_file_name(base_offset)),
+                &index_contents,
+            )
+            .await;
+        let marker_bytes = encode_checkpoint(MetaKind::CleanShutdown, &marker);
+        let marked = disk
+            .write_file_atomically(&self.dir().join(CLEAN_SHUTDOWN_FILE), &marker_bytes)
+            .await;
+        self.shut();
+        drop(permit);
+        marked.map_err(|e| StorageError::io("writing the clean-shutdown marker", e))
+    }
+
+    /// Stops the log and deletes its directory (DeleteTopics).
+    pub async fn remove(self) -> Result<(), StorageError> {
+        let _permit = self.inner.append_gate.acquire_permit(1).await;
+        self.shut();
+        self.inner
+            .disk
+            .remove_dir_all(self.dir())
+            .await
+            .map_err(|e| StorageError::io("deleting the partition", e))
+    }
+
+    fn shut(&self) {
+        self.state_mut().closed = true;
+        self.inner.append_gate.close();
+        self.inner.progress.notify_all();
+        self.inner.flusher_wake.notify_all();
+    }
+}

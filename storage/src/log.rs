@@ -1,0 +1,469 @@
+//! [`PartitionLog`]: the log of one partition, the public face of the crate.
+//!
+//! Ownership: a log lives on one glommio executor (one shard) and is never shared across
+//! threads; `PartitionLog` is a cheap `Rc` handle, cloned into the tasks of that shard.
+//! Concurrency contract: any number of tasks may call any method at once. Appends are
+//! serialized in arrival order by an executor-local gate (offsets are assigned in that
+//! order); reads, waits and lookups never block appends. A background flusher task owns all
+//! data writes and fdatasyncs (see `flusher.rs`).
+//!
+//! Offsets: `log_start_offset` ≤ `high_watermark` ≤ `log_end_offset`. The high watermark is
+//! the end of what completed writes put in the file (it survives a process crash); the
+//! durable offset is the end of what a completed fdatasync covered (it survives a power cut).
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use glommio::sync::Semaphore;
+
+use crate::appender::Appender;
+use crate::batch::{self, BatchHeader, BATCH_HEADER_BYTES};
+use crate::cache::{CachedBatch, TailCache};
+use crate::config::LogConfig;
+use crate::error::{AppendError, ReadError, StorageError};
+use crate::index::SegmentIndex;
+use crate::io::{Disk, DiskFile, DmaDisk};
+use crate::recovery::{self, RecoveryReport};
+use crate::segment::{Segment, WindowReader};
+use crate::signal::Signal;
+
+/// Where appended batches landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub base_offset: i64,
+    pub last_offset: i64,
+}
+
+/// Wall-clock time for segment age and retention; tests drive a manual one.
+#[derive(Clone, Debug, Default)]
+pub enum Clock {
+    #[default]
+    System,
+    Manual(Rc<Cell<i64>>),
+}
+
+impl Clock {
+    pub fn now_ms(&self) -> i64 {
+        match self {
+            Clock::System => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            Clock::Manual(now) => now.get(),
+        }
+    }
+}
+
+/// The log of one partition. See the module docs for the ownership and concurrency contract.
+pub struct PartitionLog<D: Disk = DmaDisk> {
+    pub(crate) inner: Rc<Inner<D>>,
+}
+
+impl<D: Disk> Clone for PartitionLog<D> {
+    fn clone(&self) -> Self {
+        PartitionLog {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+pub(crate) struct Inner<D: Disk> {
+    pub disk: D,
+    pub dir: PathBuf,
+    pub clock: Clock,
+    pub state: RefCell<State<D::File>>,
+    /// Serializes appends (and the rolls and preallocations they trigger) in arrival order.
+    pub append_gate: Semaphore,
+    /// Serializes writers of the checkpoint file, which share one temporary path.
+    pub checkpoint_gate: Semaphore,
+    /// Wakes the flusher: there is data to write or a durability request. Shared with the
+    /// flusher outside `Inner` so dropping the last handle can stop it.
+    pub flusher_wake: Rc<Signal>,
+    /// Fires whenever the high watermark, durable offset or fenced state changes.
+    pub progress: Signal,
+}
+
+impl<D: Disk> Drop for Inner<D> {
+    fn drop(&mut self) {
+        self.flusher_wake.notify_all();
+    }
+}
+
+/// Mutable state of one log. Borrowed only between awaits, never across one.
+pub(crate) struct State<F: DiskFile> {
+    pub config: LogConfig,
+    pub sealed: BTreeMap<i64, Segment<F>>,
+    pub active: Segment<F>,
+    pub appender: Appender<F::Buffer>,
+    pub active_first_append_ms: Option<i64>,
+    pub preallocated_bytes: u64,
+    pub log_start_offset: i64,
+    pub next_offset: i64,
+    pub written_offset: i64,
+    pub durable_offset: i64,
+    /// Bytes of the active segment covered by the last fdatasync (for the checkpoint).
+    pub active_durable_bytes: u64,
+    /// The offset (exclusive) some waiter needs durable.
+    pub durable_wanted: i64,
+    pub last_sync_ms: i64,
+    pub last_checkpoint_ms: i64,
+    pub fenced: Option<StorageError>,
+    pub closed: bool,
+    pub cache: TailCache,
+}
+
+impl<F: DiskFile> State<F> {
+    pub fn check_usable(&self) -> Result<(), StorageError> {
+        if let Some(error) = &self.fenced {
+            return Err(StorageError::Fenced(Rc::new(error.clone())));
+        }
+        if self.closed {
+            return Err(StorageError::Closed);
+        }
+        Ok(())
+    }
+
+    /// The segment holding `offset`: the last one whose base is at or below it.
+    fn segment_for(&self, offset: i64) -> &Segment<F> {
+        if offset >= self.active.base_offset {
+            return &self.active;
+        }
+        self.sealed
+            .range(..=offset)
+            .next_back()
+            .map_or(&self.active, |(_, s)| s)
+    }
+
+    fn segment_end_bytes(&self, segment: &Segment<F>) -> u64 {
+        if segment.base_offset == self.active.base_offset {
+            self.appender.appended_bytes() - self.appender.unwritten_bytes()
+        } else {
+            segment.bytes()
+        }
+    }
+}
+
+impl PartitionLog<DmaDisk> {
+    /// Opens (creating if needed) the partition in `dir` on the real disk, recovering it.
+    pub async fn open(
+        dir: &Path,
+        config: LogConfig,
+    ) -> Result<(Self, RecoveryReport), StorageError> {
+        Self::open_on(DmaDisk, dir, config, Clock::System).await
+    }
+}
+
+impl<D: Disk> PartitionLog<D> {
+    /// Opens the partition in `dir` on `disk`. Recovery runs first (see `recovery.rs`); an
+    /// error means the log is damaged in a way that must not be cut silently.
+    pub async fn open_on(
+        disk: D,
+        dir: &Path,
+        config: LogConfig,
+        clock: Clock,
+    ) -> Result<(Self, RecoveryReport), StorageError> {
+        let (state, report) = recovery::recover(&disk, dir, config, &clock).await?;
+        let flusher_wake = Rc::new(Signal::default());
+        let inner = Rc::new(Inner {
+            disk,
+            dir: dir.to_path_buf(),
+            clock,
+            state: RefCell::new(state),
+            append_gate: Semaphore::new(1),
+            checkpoint_gate: Semaphore::new(1),
+            flusher_wake: flusher_wake.clone(),
+            progress: Signal::default(),
+        });
+        crate::flusher::spawn(Rc::downgrade(&inner), flusher_wake);
+        Ok((PartitionLog { inner }, report))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub(crate) fn state(&self) -> std::cell::Ref<'_, State<D::File>> {
+        self.inner.state.borrow()
+    }
+
+    pub(crate) fn state_mut(&self) -> std::cell::RefMut<'_, State<D::File>> {
+        self.inner.state.borrow_mut()
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.state().log_start_offset
+    }
+
+    /// The end of what consumers may read: written to the file, so it survives a crash of
+    /// this process.
+    pub fn high_watermark(&self) -> i64 {
+        self.state().written_offset
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.state().next_offset
+    }
+
+    /// The end of what a completed fdatasync covered.
+    pub fn durable_offset(&self) -> i64 {
+        self.state().durable_offset
+    }
+
+    /// The error that fenced this log, if one did.
+    pub fn fenced_error(&self) -> Option<StorageError> {
+        self.state().fenced.clone()
+    }
+
+    /// Bytes of batches in all segments.
+    pub fn size_bytes(&self) -> u64 {
+        let state = self.state();
+        state.sealed.values().map(Segment::bytes).sum::<u64>() + state.appender.appended_bytes()
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.state().config.clone()
+    }
+
+    /// Applies new settings; they govern the next append, roll and retention pass.
+    pub fn set_config(&self, config: LogConfig) {
+        let mut state = self.state_mut();
+        state.cache.set_bytes_max(config.tail_cache_bytes_max);
+        state.config = config;
+        drop(state);
+        self.inner.flusher_wake.notify_all();
+    }
+
+    /// Validates one Kafka v2 batch, assigns its offsets and appends it. The batch is
+    /// visible to readers once written (see [`Self::wait_written`]) and durable once
+    /// fdatasync'd (see [`Self::wait_durable`]). On error nothing was appended.
+    pub async fn append(&self, batch: Bytes) -> Result<AppendOutcome, AppendError> {
+        let header = {
+            let state = self.state();
+            state.check_usable()?;
+            batch::validate(&batch, state.config.batch_bytes_max)?
+        };
+        let _permit = self
+            .inner
+            .append_gate
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        self.make_room(batch.len()).await?;
+        let outcome = self.append_validated(&batch, &header)?;
+        self.inner.flusher_wake.notify_all();
+        Ok(outcome)
+    }
+
+    /// The synchronous part of an append: offsets, buffer copy, index and cache.
+    fn append_validated(
+        &self,
+        batch: &[u8],
+        header: &BatchHeader,
+    ) -> Result<AppendOutcome, StorageError> {
+        let now_ms = self.inner.clock.now_ms();
+        let mut guard = self.state_mut();
+        guard.check_usable()?;
+        let state = &mut *guard;
+        let base_offset = state.next_offset;
+        let next_offset = base_offset + i64::from(header.last_offset_delta) + 1;
+        let stored = batch::with_base_offset(batch, base_offset);
+        let position = state.appender.appended_bytes();
+        state.appender.append(&*state.active.file, &stored);
+        if let SegmentIndex::Building(index) = &mut state.active.index {
+            index.add_batch(
+                base_offset,
+                next_offset,
+                header.max_timestamp,
+                position,
+                stored.len(),
+            );
+        }
+        state.active_first_append_ms.get_or_insert(now_ms);
+        state.next_offset = next_offset;
+        state.cache.push(CachedBatch {
+            base_offset,
+            next_offset,
+            bytes: stored,
+        });
+        Ok(AppendOutcome {
+            base_offset,
+            last_offset: next_offset - 1,
+        })
+    }
+
+    /// Waits until `offset` is written to the file (survives a process crash): acks=1.
+    pub async fn wait_written(&self, offset: i64) -> Result<(), StorageError> {
+        loop {
+            let progress = self.inner.progress.wait();
+            {
+                let state = self.state();
+                if state.written_offset > offset {
+                    return Ok(());
+                }
+                state.check_usable()?;
+            }
+            progress.await;
+        }
+    }
+
+    /// Waits until `offset` is covered by a completed fdatasync: acks=all. One fdatasync
+    /// covers every append made before it started (group commit). If a write or fdatasync
+    /// fails first, this returns the error, and so does every later call: nothing is
+    /// retried and then acknowledged.
+    pub async fn wait_durable(&self, offset: i64) -> Result<(), StorageError> {
+        {
+            let mut state = self.state_mut();
+            state.durable_wanted = state.durable_wanted.max(offset + 1);
+        }
+        self.inner.flusher_wake.notify_all();
+        loop {
+            let progress = self.inner.progress.wait();
+            {
+                let state = self.state();
+                if state.durable_offset > offset {
+                    return Ok(());
+                }
+                if let Some(error) = &state.fenced {
+                    return Err(StorageError::Fenced(Rc::new(error.clone())));
+                }
+            }
+            progress.await;
+        }
+    }
+
+    /// Completes when the high watermark passes `offset`, or the log is fenced or closed.
+    /// Cancel-safe: race it with a timer for Fetch's max_wait_ms.
+    pub async fn wait_for_data(&self, offset: i64) {
+        loop {
+            let progress = self.inner.progress.wait();
+            {
+                let state = self.state();
+                if state.written_offset > offset || state.fenced.is_some() || state.closed {
+                    return;
+                }
+            }
+            progress.await;
+        }
+    }
+
+    /// Whole batches, as stored, from the one containing `offset` up to the high watermark,
+    /// until one more would pass `max_bytes` (the first is returned whatever its size). An
+    /// empty result at the high watermark.
+    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Vec<Bytes>, ReadError> {
+        let (file, position, end, visible_end) = {
+            let state = self.state();
+            if offset < state.log_start_offset || offset > state.next_offset {
+                return Err(ReadError::OffsetOutOfRange {
+                    offset,
+                    log_start_offset: state.log_start_offset,
+                    log_end_offset: state.next_offset,
+                });
+            }
+            if offset >= state.written_offset {
+                return Ok(Vec::new());
+            }
+            if let Some(batches) = state.cache.read(offset, max_bytes, state.written_offset) {
+                return Ok(batches);
+            }
+            let segment = state.segment_for(offset);
+            let position = segment
+                .index
+                .position_for_offset(segment.base_offset, offset);
+            (
+                segment.file.clone(),
+                position,
+                state.segment_end_bytes(segment),
+                state.written_offset,
+            )
+        };
+        read_batches(&*file, position, end, offset, max_bytes, visible_end)
+            .await
+            .map_err(|e| ReadError::Storage(StorageError::io("read", e)))
+    }
+
+    /// The first offset whose record timestamp is at least `timestamp_ms`, with that
+    /// timestamp (for ListOffsets). In compressed batches records are not decoded: the
+    /// batch's base offset and maxTimestamp are returned, which never skips a match.
+    pub async fn offset_for_timestamp(
+        &self,
+        timestamp_ms: i64,
+    ) -> Result<Option<(i64, i64)>, StorageError> {
+        let (file, position, end) = {
+            let state = self.state();
+            let segments = state.sealed.values().chain(std::iter::once(&state.active));
+            let Some(segment) = segments
+                .into_iter()
+                .find(|s| s.index.max_timestamp() >= timestamp_ms)
+            else {
+                return Ok(None);
+            };
+            (
+                segment.file.clone(),
+                segment.index.position_for_timestamp(timestamp_ms),
+                state.segment_end_bytes(segment),
+            )
+        };
+        let log_start = self.log_start_offset();
+        find_by_timestamp(&*file, position, end, timestamp_ms)
+            .await
+            .map(|found| found.map(|(offset, ts)| (offset.max(log_start), ts)))
+            .map_err(|e| StorageError::io("read", e))
+    }
+}
+
+/// Reads whole batches from a segment file starting at `position` (at or before the batch
+/// holding `offset`), skipping batches that end before `offset`.
+async fn read_batches<F: DiskFile>(
+    file: &F,
+    mut position: u64,
+    end: u64,
+    offset: i64,
+    max_bytes: usize,
+    visible_end: i64,
+) -> std::io::Result<Vec<Bytes>> {
+    let mut reader = WindowReader::new(file, end, max_bytes.clamp(64 << 10, 8 << 20));
+    let mut batches = Vec::new();
+    let mut total = 0;
+    while let Some(header_bytes) = reader.get(position, BATCH_HEADER_BYTES).await? {
+        let header = BatchHeader::parse(&header_bytes).expect("61 bytes");
+        let size = header.total_bytes();
+        if header.base_offset >= visible_end || (!batches.is_empty() && total + size > max_bytes) {
+            break;
+        }
+        if header.last_offset() >= offset {
+            let Some(bytes) = reader.get(position, size).await? else {
+                break;
+            };
+            batches.push(bytes);
+            total += size;
+        }
+        position += size as u64;
+    }
+    Ok(batches)
+}
+
+/// Scans batches from `position` for the first whose maxTimestamp reaches `timestamp_ms`.
+async fn find_by_timestamp<F: DiskFile>(
+    file: &F,
+    mut position: u64,
+    end: u64,
+    timestamp_ms: i64,
+) -> std::io::Result<Option<(i64, i64)>> {
+    let mut reader = WindowReader::new(file, end, 256 << 10);
+    while let Some(header_bytes) = reader.get(position, BATCH_HEADER_BYTES).await? {
+        let header = BatchHeader::parse(&header_bytes).expect("61 bytes");
+        if header.max_timestamp >= timestamp_ms {
+            let Some(bytes) = reader.get(position, header.total_bytes()).await? else {
+                break;
+            };
+            return Ok(Some(match batch::first_at_or_after(&bytes, timestamp_ms) {
+                Some((delta, ts)) => (header.base_offset + i64::from(delta), ts),
+                None => (header.base_offset, header.max_timestamp),
+            }));
+        }
+        position += header.total_bytes() as u64;
+    }
+    Ok(None)
+}

@@ -1,0 +1,381 @@
+//! Opening a partition directory: what to trust, what to scan, what to cut and what to refuse.
+//!
+//! - Sealed segments (all but the last) were fdatasync'd before the next one was created;
+//!   their index files say where they end. A missing or invalid index is rebuilt by a full
+//!   validating scan, and any damage inside a sealed segment is mid-log corruption.
+//! - The last segment is trusted up to the clean-shutdown marker when there is one (no scan).
+//!   Otherwise it is scanned: up to the recovery checkpoint headers only, after it every batch
+//!   must pass length, magic, CRC32C and offset continuity.
+//! - Where the scan stops at damage, everything after it is searched for a valid batch with a
+//!   later offset. None: a torn tail, truncated, with the dropped bytes logged. One: damage in
+//!   the middle of the log, reported as an error and never cut.
+
+use std::path::Path;
+use std::rc::Rc;
+
+use crate::appender::Appender;
+use crate::cache::TailCache;
+use crate::config::LogConfig;
+use crate::error::StorageError;
+use crate::index::{BuildingIndex, SegmentIndex};
+use crate::io::{align_up, Disk, DiskFile};
+use crate::log::{Clock, State};
+use crate::meta::{decode_checkpoint, LogCheckpoint, MetaKind};
+use crate::segment::{
+    self, index_file_name, parse_file_name, segment_file_name, ScanStop, Segment, CHECKPOINT_FILE,
+    CLEAN_SHUTDOWN_FILE, SEGMENT_SUFFIX,
+};
+
+/// What recovery found and did, for the broker's start-up log and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The clean-shutdown marker was present and valid: nothing was scanned.
+    pub clean_shutdown: bool,
+    pub segments: usize,
+    pub indexes_rebuilt: usize,
+    /// Bytes of the last segment scanned with full validation.
+    pub bytes_validated: u64,
+    /// A torn tail was cut: the segment, the position, and the non-zero bytes dropped.
+    pub truncated: Option<TornTail>,
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    pub segment_base_offset: i64,
+    pub position: u64,
+    pub dropped_bytes: u64,
+    pub reason: String,
+}
+
+fn io_error(operation: &'static str) -> impl FnOnce(std::io::Error) -> StorageError {
+    move |e| StorageError::io(operation, e)
+}
+
+pub(crate) async fn recover<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    config: LogConfig,
+    clock: &Clock,
+) -> Result<(State<D::File>, RecoveryReport), StorageError> {
+    disk.create_dir_all(dir)
+        .await
+        .map_err(io_error("creating the partition directory"))?;
+    let names = disk
+        .list_dir(dir)
+        .await
+        .map_err(io_error("listing the partition directory"))?;
+    for stale in names.iter().filter(|n| n.ends_with(".tmp")) {
+        let _ = disk.remove_file(&dir.join(stale)).await;
+    }
+    let mut bases: Vec<i64> = names
+        .iter()
+        .filter_map(|n| parse_file_name(n, SEGMENT_SUFFIX))
+        .collect();
+    bases.sort_unstable();
+    let marker = read_checkpoint(disk, dir, CLEAN_SHUTDOWN_FILE, MetaKind::CleanShutdown).await;
+    let checkpoint =
+        read_checkpoint(disk, dir, CHECKPOINT_FILE, MetaKind::RecoveryCheckpoint).await;
+    let mut report = RecoveryReport::default();
+    if bases.is_empty() {
+        // A new partition, or one whose files were all removed: never reuse an offset a
+        // checkpoint remembers.
+        let base = checkpoint.map_or(0, |c| c.next_offset.max(c.log_start_offset));
+        let file = disk
+            .open(&dir.join(segment_file_name(base)), true)
+            .await
+            .map_err(io_error("creating a segment"))?;
+        disk.sync_dir(dir)
+            .await
+            .map_err(io_error("fsync of the partition directory"))?;
+        drop(file);
+        bases.push(base);
+    }
+    let last_base = *bases.last().expect("at least one segment");
+    let mut sealed = std::collections::BTreeMap::new();
+    for (i, &base) in bases[..bases.len() - 1].iter().enumerate() {
+        let segment = open_sealed(disk, dir, base, bases[i + 1], &config, &mut report).await?;
+        sealed.insert(base, segment);
+    }
+    let marker = marker.filter(|m| m.segment_base_offset == last_base);
+    let (active, segment_bytes) = open_last(
+        disk,
+        dir,
+        last_base,
+        marker,
+        checkpoint,
+        &config,
+        &mut report,
+    )
+    .await?;
+    if let Some(previous) = sealed.values().next_back() {
+        if previous.next_offset() != last_base {
+            return Err(StorageError::MidLogCorruption(format!(
+                "{}: segment {} ends at offset {} but the next segment starts at {last_base}",
+                dir.display(),
+                previous.base_offset,
+                previous.next_offset()
+            )));
+        }
+    }
+    if names.iter().any(|n| n == CLEAN_SHUTDOWN_FILE) {
+        // From here on the marker would lie: it must be gone before the first new write.
+        disk.remove_file(&dir.join(CLEAN_SHUTDOWN_FILE))
+            .await
+            .map_err(io_error("removing the clean-shutdown marker"))?;
+        disk.sync_dir(dir)
+            .await
+            .map_err(io_error("fsync of the partition directory"))?;
+    }
+    let state = assemble_state(
+        active,
+        segment_bytes,
+        sealed,
+        checkpoint,
+        marker,
+        config,
+        clock,
+    )
+    .await?;
+    report.segments = bases.len();
+    report.clean_shutdown = marker.is_some();
+    report.log_start_offset = state.log_start_offset;
+    report.log_end_offset = state.next_offset;
+    Ok((state, report))
+}
+
+async fn read_checkpoint<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    name: &str,
+    kind: MetaKind,
+) -> Option<LogCheckpoint> {
+    let path = dir.join(name);
+    match disk.read_file(&path).await {
+        Ok(Some(bytes)) => match decode_checkpoint(kind, &bytes) {
+            Ok(checkpoint) => Some(checkpoint),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "ignoring an unusable checkpoint; scanning instead");
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "could not read a checkpoint; scanning instead");
+            None
+        }
+    }
+}
+
+/// Opens a sealed segment from its index, or rebuilds the index by a validating scan.
+async fn open_sealed<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    base: i64,
+    next_base: i64,
+    config: &LogConfig,
+    report: &mut RecoveryReport,
+) -> Result<Segment<D::File>, StorageError> {
+    let file = disk
+        .open(&dir.join(segment_file_name(base)), false)
+        .await
+        .map_err(io_error("opening a segment"))?;
+    let index_path = dir.join(index_file_name(base));
+    let loaded = match disk.read_file(&index_path).await {
+        Ok(Some(bytes)) => SegmentIndex::load(&bytes, base).map_err(|e| e.to_string()),
+        Ok(None) => Err("missing".to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let index = match loaded {
+        Ok(index) if index.next_offset() == next_base => index,
+        other => {
+            let why = other
+                .err()
+                .unwrap_or_else(|| "ends before the next segment".into());
+            tracing::warn!(path = %index_path.display(), why, "rebuilding a segment index");
+            let file_bytes = file.size().await.map_err(io_error("stat of a segment"))?;
+            let scan = segment::scan(
+                &file,
+                file_bytes,
+                0,
+                0,
+                BuildingIndex::new(base, config.index_interval_bytes),
+            )
+            .await
+            .map_err(io_error("scanning a segment"))?;
+            if scan.stop != ScanStop::CleanEnd || scan.index.data.next_offset != next_base {
+                return Err(StorageError::MidLogCorruption(format!(
+                    "{}: sealed segment {base} is damaged at byte {} ({:?}); offsets {}..{next_base} are unreadable",
+                    dir.display(),
+                    scan.valid_bytes,
+                    scan.stop,
+                    scan.index.data.next_offset
+                )));
+            }
+            let _ = disk
+                .write_file_atomically(&index_path, &SegmentIndex::encode(&scan.index.data))
+                .await;
+            report.indexes_rebuilt += 1;
+            SegmentIndex::Building(scan.index)
+        }
+    };
+    Ok(Segment {
+        base_offset: base,
+        file: Rc::new(file),
+        index,
+    })
+}
+
+/// Opens the last segment: trusted to the clean-shutdown marker, or scanned and, if its tail
+/// is torn, truncated. Returns the segment and its logical size.
+async fn open_last<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    base: i64,
+    marker: Option<LogCheckpoint>,
+    checkpoint: Option<LogCheckpoint>,
+    config: &LogConfig,
+    report: &mut RecoveryReport,
+) -> Result<(Segment<D::File>, u64), StorageError> {
+    let file = disk
+        .open(&dir.join(segment_file_name(base)), false)
+        .await
+        .map_err(io_error("opening a segment"))?;
+    let file_bytes = file.size().await.map_err(io_error("stat of a segment"))?;
+    let fresh_index = BuildingIndex::new(base, config.index_interval_bytes);
+    if let Some(marker) = marker {
+        // Clean shutdown: only headers are walked, to rebuild the in-memory index.
+        let scan = segment::scan(
+            &file,
+            marker.durable_bytes,
+            0,
+            marker.durable_bytes,
+            fresh_index,
+        )
+        .await
+        .map_err(io_error("reading a segment"))?;
+        if scan.valid_bytes == marker.durable_bytes
+            && scan.index.data.next_offset == marker.next_offset
+        {
+            return Ok((
+                Segment {
+                    base_offset: base,
+                    file: Rc::new(file),
+                    index: SegmentIndex::Building(scan.index),
+                },
+                scan.valid_bytes,
+            ));
+        }
+        tracing::warn!(dir = %dir.display(), "clean-shutdown marker disagrees with the segment; scanning");
+    }
+    let trusted_bytes = checkpoint
+        .filter(|c| c.segment_base_offset == base)
+        .map_or(0, |c| c.durable_bytes);
+    let scan = segment::scan(
+        &file,
+        file_bytes,
+        0,
+        trusted_bytes,
+        BuildingIndex::new(base, config.index_interval_bytes),
+    )
+    .await
+    .map_err(io_error("scanning a segment"))?;
+    report.bytes_validated = scan.valid_bytes.saturating_sub(trusted_bytes);
+    if scan.valid_bytes < trusted_bytes {
+        return Err(StorageError::MidLogCorruption(format!(
+            "{}: segment {base} ends at byte {} ({:?}) but the checkpoint vouches for {trusted_bytes} durable bytes",
+            dir.display(),
+            scan.valid_bytes,
+            scan.stop
+        )));
+    }
+    if let ScanStop::Damaged { reason } = &scan.stop {
+        let expected = scan.index.data.next_offset;
+        let after = segment::search_after_damage(&file, file_bytes, scan.valid_bytes, expected)
+            .await
+            .map_err(io_error("scanning a segment"))?;
+        if let Some(valid_position) = after.valid_batch_position {
+            return Err(StorageError::MidLogCorruption(format!(
+                "{}: segment {base} is damaged at byte {} (offset {expected}: {reason}) and a valid batch follows at byte {valid_position}; refusing to cut acknowledged data",
+                dir.display(),
+                scan.valid_bytes
+            )));
+        }
+        let torn = TornTail {
+            segment_base_offset: base,
+            position: scan.valid_bytes,
+            dropped_bytes: after.nonzero_end.saturating_sub(scan.valid_bytes),
+            reason: reason.clone(),
+        };
+        tracing::warn!(dir = %dir.display(), segment = base, position = torn.position, dropped_bytes = torn.dropped_bytes, reason, "truncating a torn tail");
+        // Cut the file so stale bytes past the new end can never be read as a batch.
+        file.truncate(scan.valid_bytes)
+            .await
+            .map_err(io_error("truncating a torn tail"))?;
+        file.fdatasync()
+            .await
+            .map_err(io_error("fdatasync after truncation"))?;
+        report.truncated = Some(torn);
+    }
+    let valid_bytes = scan.valid_bytes;
+    Ok((
+        Segment {
+            base_offset: base,
+            file: Rc::new(file),
+            index: SegmentIndex::Building(scan.index),
+        },
+        valid_bytes,
+    ))
+}
+
+/// Builds the log state around the recovered active segment. An fdatasync first makes
+/// whatever a crashed process had written durable, so the durable offset is honest.
+async fn assemble_state<F: DiskFile>(
+    active: Segment<F>,
+    segment_bytes: u64,
+    sealed: std::collections::BTreeMap<i64, Segment<F>>,
+    checkpoint: Option<LogCheckpoint>,
+    marker: Option<LogCheckpoint>,
+    config: LogConfig,
+    clock: &Clock,
+) -> Result<State<F>, StorageError> {
+    let file = &*active.file;
+    file.fdatasync()
+        .await
+        .map_err(io_error("fdatasync of the active segment"))?;
+    let preallocated_bytes = align_up(segment_bytes) + config.preallocate_step_bytes;
+    file.preallocate(preallocated_bytes)
+        .await
+        .map_err(io_error("preallocating the active segment"))?;
+    let tail_start = segment_bytes - segment_bytes % crate::io::PAGE_BYTES as u64;
+    let tail_page = file
+        .read_at(tail_start, (segment_bytes - tail_start) as usize)
+        .await
+        .map_err(io_error("reading the tail page"))?;
+    let appender = Appender::new(file, segment_bytes, &tail_page, config.write_chunk_bytes);
+    let first_base = sealed.keys().next().copied().unwrap_or(active.base_offset);
+    let remembered_start = marker
+        .or(checkpoint)
+        .map_or(first_base, |c| c.log_start_offset);
+    let next_offset = active.next_offset();
+    Ok(State {
+        cache: TailCache::new(config.tail_cache_bytes_max),
+        log_start_offset: remembered_start.clamp(first_base, next_offset),
+        next_offset,
+        written_offset: next_offset,
+        durable_offset: next_offset,
+        durable_wanted: next_offset,
+        active_durable_bytes: segment_bytes,
+        active_first_append_ms: (segment_bytes > 0).then(|| clock.now_ms()),
+        preallocated_bytes,
+        last_sync_ms: clock.now_ms(),
+        last_checkpoint_ms: 0,
+        fenced: None,
+        closed: false,
+        sealed,
+        active,
+        appender,
+        config,
+    })
+}
