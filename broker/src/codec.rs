@@ -1,0 +1,115 @@
+//! Request and response codec around the generated `kafka-protocol` messages. Pure: no IO,
+//! no async. Decode errors carry the byte offset inside the frame where decoding stopped.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use crate::frame::FRAME_SIZE_PREFIX_BYTES;
+
+/// The fixed front of every request header version: enough to route, to answer, and to
+/// name the request in a log line even when the rest cannot be parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestPreamble {
+    pub api_key: i16,
+    pub api_version: i16,
+    pub correlation_id: i32,
+}
+
+/// A frame is at least ten bytes (checked by `frame`), so the preamble is always present.
+pub fn peek_preamble(frame: &[u8]) -> RequestPreamble {
+    assert!(frame.len() >= 8, "frame layer guarantees a header-sized frame");
+    RequestPreamble {
+        api_key: i16::from_be_bytes([frame[0], frame[1]]),
+        api_version: i16::from_be_bytes([frame[2], frame[3]]),
+        correlation_id: i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]),
+    }
+}
+
+/// A request body or header the generated codec could not decode, or a response it refused
+/// to encode.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("cannot decode {what} v{version} at byte {offset} of {frame_bytes}: {reason}")]
+    Decode { what: &'static str, version: i16, offset: usize, frame_bytes: usize, reason: String },
+    #[error("cannot encode {what} v{version}: {reason}")]
+    Encode { what: &'static str, version: i16, reason: String },
+}
+
+/// Decodes the request header from the front of `frame`, leaving `frame` at the body.
+pub fn decode_request_header(frame: &mut Bytes, api_key: ApiKey, api_version: i16) -> Result<RequestHeader, CodecError> {
+    let header_version = api_key.request_header_version(api_version);
+    decode_message(frame, "request header", header_version, |buf| RequestHeader::decode(buf, header_version))
+}
+
+/// Decodes a request body of type `M` at `version` from the rest of the frame.
+pub fn decode_body<M: Decodable>(body: &mut Bytes, api_key: ApiKey, version: i16) -> Result<M, CodecError> {
+    let what = api_key_name(api_key);
+    decode_message(body, what, version, |buf| M::decode(buf, version))
+}
+
+fn decode_message<M, E: std::fmt::Display>(
+    buf: &mut Bytes,
+    what: &'static str,
+    version: i16,
+    decode: impl FnOnce(&mut Bytes) -> Result<M, E>,
+) -> Result<M, CodecError> {
+    let frame_bytes = buf.len();
+    // Decode from a clone so the offset of failure can be computed from what is left.
+    let mut cursor = buf.clone();
+    match decode(&mut cursor) {
+        Ok(message) => {
+            *buf = cursor;
+            Ok(message)
+        }
+        Err(error) => Err(CodecError::Decode {
+            what,
+            version,
+            offset: frame_bytes - cursor.len(),
+            frame_bytes,
+            reason: error.to_string(),
+        }),
+    }
+}
+
+/// Encodes a whole response frame: size prefix, response header, body.
+pub fn encode_response_frame<M: Encodable>(
+    api_key: ApiKey,
+    api_version: i16,
+    correlation_id: i32,
+    body: &M,
+) -> Result<Bytes, CodecError> {
+    // ApiVersions responses always use header v0 so a client that sent a version we do
+    // not know can still read the correlation id (KIP-511).
+    let header_version = if api_key == ApiKey::ApiVersions { 0 } else { api_key.response_header_version(api_version) };
+    let encode_error = |reason: String| CodecError::Encode { what: api_key_name(api_key), version: api_version, reason };
+    let mut frame = BytesMut::with_capacity(256);
+    frame.put_i32(0); // patched below, once the length is known
+    ResponseHeader::default()
+        .with_correlation_id(correlation_id)
+        .encode(&mut frame, header_version)
+        .map_err(|error| encode_error(error.to_string()))?;
+    body.encode(&mut frame, api_version).map_err(|error| encode_error(error.to_string()))?;
+    let body_bytes = i32::try_from(frame.len() - FRAME_SIZE_PREFIX_BYTES).map_err(|_| encode_error("response larger than 2 GiB".into()))?;
+    frame[..FRAME_SIZE_PREFIX_BYTES].copy_from_slice(&body_bytes.to_be_bytes());
+    Ok(frame.freeze())
+}
+
+pub fn api_key_name(api_key: ApiKey) -> &'static str {
+    match api_key {
+        ApiKey::Produce => "Produce",
+        ApiKey::Fetch => "Fetch",
+        ApiKey::ListOffsets => "ListOffsets",
+        ApiKey::Metadata => "Metadata",
+        ApiKey::DescribeConfigs => "DescribeConfigs",
+        ApiKey::AlterConfigs => "AlterConfigs",
+        ApiKey::ApiVersions => "ApiVersions",
+        ApiKey::CreateTopics => "CreateTopics",
+        ApiKey::DeleteTopics => "DeleteTopics",
+        ApiKey::DeleteRecords => "DeleteRecords",
+        ApiKey::CreatePartitions => "CreatePartitions",
+        ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
+        ApiKey::DescribeCluster => "DescribeCluster",
+        _ => "request",
+    }
+}

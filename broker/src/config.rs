@@ -1,0 +1,35 @@
+//! The broker's start-up configuration, resolved from the command line once in `main` and
+//! shared read-only by every shard.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::limits::Limits;
+
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// The address every shard's SO_REUSEPORT listener binds (port 0 already resolved).
+    pub listen: SocketAddr,
+    /// Host and port clients are told to connect to (Metadata, DescribeCluster).
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    pub data_dir: PathBuf,
+    /// CPU of each shard, by shard index; its length is the shard count.
+    pub shard_cpus: Vec<usize>,
+    /// Busy-poll this long before an idle shard parks in the kernel (None: park at once).
+    pub spin_before_park: Option<Duration>,
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic or a CreateTopics request with -1.
+    pub default_partitions: i32,
+    pub limits: Limits,
+}
+
+impl BrokerConfig {
+    pub fn shard_count(&self) -> usize {
+        self.shard_cpus.len()
+    }
+
+    /// The single broker's node id; clients see one node, the shards are internal.
+    pub const NODE_ID: i32 = 0;
+}

@@ -1,0 +1,194 @@
+//! One client connection, served entirely on the shard that accepted it.
+//!
+//! Two tasks per connection: the reader takes frames off the socket, decodes them and
+//! starts each request's handler as its own task (so requests run concurrently), queueing
+//! the handler tasks in arrival order; the writer awaits them in that order and writes the
+//! responses, so responses leave in request order however the handlers interleave. The
+//! queue is bounded (`connection_inflight_requests_max`), and every frame holds a share of
+//! the shard's request-byte budget from before its body is allocated until its response
+//! is written.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures::future::{select, Either};
+use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::{Gate, StaticPermit};
+use glommio::task::JoinHandle;
+
+use crate::codec::{self, CodecError};
+use crate::frame::{FrameBuffer, FrameError};
+use crate::handlers::{self, api_versions, RequestContext};
+use crate::registry::{self, Admission};
+use crate::shard::Shard;
+
+/// Accepts until the task is dropped (shutdown). Each connection runs inside `connections`
+/// so shutdown can wait for all of them to finish.
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, connections: Rc<Gate>) {
+    let open_connections = Rc::new(Cell::new(0_usize));
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(shard = shard.id, %error, "accept failed");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let peer = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        if open_connections.get() >= shard.config.limits.shard_connections_max {
+            tracing::warn!(shard = shard.id, %peer, limit = shard.config.limits.shard_connections_max, "connection refused: shard at its connection limit");
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(shard.config.limits.connection_idle_max));
+        open_connections.set(open_connections.get() + 1);
+        let (shard, open_connections) = (shard.clone(), open_connections.clone());
+        let spawned = connections.spawn(async move {
+            serve(shard, stream, peer).await;
+            open_connections.set(open_connections.get() - 1);
+        });
+        if let Ok(task) = spawned {
+            task.detach();
+        }
+    }
+}
+
+/// A response in the writer's queue: either already encoded, or a handler still running.
+enum PendingResponse {
+    Ready(Bytes),
+    Running(JoinHandle<Result<Option<Bytes>, CodecError>>),
+}
+
+struct QueuedResponse {
+    response: PendingResponse,
+    /// The request's share of the shard's byte budget, released once the response is out.
+    _budget: Option<StaticPermit>,
+}
+
+/// Why a connection ended, for the log line.
+#[derive(Debug)]
+enum Ending {
+    PeerClosed,
+    ShuttingDown,
+    /// The connection is closed because of what the peer sent; logged as a warning.
+    Refused(String),
+    Io(std::io::Error),
+}
+
+async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+    tracing::debug!(shard = shard.id, %peer, "connection accepted");
+    let (reader, writer) = stream.split();
+    let (queue, queued) = local_channel::new_bounded(shard.config.limits.connection_inflight_requests_max);
+    let writing = glommio::spawn_local(write_responses(writer, queued));
+    let ending = read_requests(&shard, reader, &queue, peer).await;
+    drop(queue);
+    let write_error = writing.await;
+    match (ending, write_error) {
+        (Ending::Refused(reason), _) => tracing::warn!(shard = shard.id, %peer, %reason, "closing connection"),
+        (_, Some(reason)) => tracing::warn!(shard = shard.id, %peer, %reason, "closing connection"),
+        (ending, None) => tracing::debug!(shard = shard.id, %peer, ?ending, "connection closed"),
+    }
+}
+
+async fn read_requests(shard: &Rc<Shard>, mut reader: ReadHalf<TcpStream>, queue: &LocalSender<QueuedResponse>, peer: SocketAddr) -> Ending {
+    let mut frames = FrameBuffer::new(shard.config.limits.request_frame_bytes_max);
+    let mut budget: Option<StaticPermit> = None;
+    loop {
+        match frames.take_frame() {
+            Err(error) => return refused(&error),
+            Ok(Some(frame)) => {
+                let budget = match budget.take() {
+                    Some(permit) => permit,
+                    None => reserve_budget(shard, frame.len()).await,
+                };
+                let response = match start_request(shard, frame, peer) {
+                    Ok(response) => response,
+                    Err(reason) => return Ending::Refused(reason),
+                };
+                if queue.send(QueuedResponse { response, _budget: Some(budget) }).await.is_err() {
+                    return Ending::PeerClosed;
+                }
+                continue;
+            }
+            Ok(None) => {}
+        }
+        if let (Ok(Some(size)), None) = (frames.pending_frame_size(), &budget) {
+            // Reserve the budget for the frame before `read_space` allocates room for it.
+            budget = Some(reserve_budget(shard, size).await);
+        }
+        if shard.is_shutting_down() && frames.buffered_bytes() == 0 {
+            return Ending::ShuttingDown;
+        }
+        let read = std::pin::pin!(reader.read(frames.read_space()));
+        let shutdown = std::pin::pin!(shard.shutdown_started());
+        match select(read, shutdown).await {
+            Either::Left((Ok(0), _)) => return Ending::PeerClosed,
+            Either::Left((Ok(count), _)) => frames.commit(count),
+            Either::Left((Err(error), _)) => return Ending::Io(error),
+            Either::Right(_) => return Ending::ShuttingDown,
+        }
+    }
+}
+
+fn refused(error: &FrameError) -> Ending {
+    Ending::Refused(format!("unframeable input: {error}"))
+}
+
+async fn reserve_budget(shard: &Rc<Shard>, frame_bytes: usize) -> StaticPermit {
+    shard.request_budget.acquire_static_permit(frame_bytes as u64).await.expect("the request budget is never closed")
+}
+
+/// Admits, decodes and starts one request. `Err` names why the connection must close.
+fn start_request(shard: &Rc<Shard>, frame: Bytes, peer: SocketAddr) -> Result<PendingResponse, String> {
+    let preamble = codec::peek_preamble(&frame);
+    let api_key = match registry::admit(preamble.api_key, preamble.api_version) {
+        Admission::Serve(api_key) => api_key,
+        Admission::ApiVersionsFallback => {
+            let frame = api_versions::unsupported_version_frame(preamble.correlation_id).map_err(|error| error.to_string())?;
+            return Ok(PendingResponse::Ready(frame));
+        }
+        Admission::Refuse => {
+            return Err(format!(
+                "unsupported request: api key {} version {} (correlation id {})",
+                preamble.api_key, preamble.api_version, preamble.correlation_id
+            ))
+        }
+    };
+    let mut body = frame;
+    let header = codec::decode_request_header(&mut body, api_key, preamble.api_version).map_err(|error| error.to_string())?;
+    let request = handlers::decode_request(api_key, preamble.api_version, &mut body).map_err(|error| error.to_string())?;
+    let context = RequestContext {
+        api_key,
+        api_version: preamble.api_version,
+        correlation_id: header.correlation_id,
+        client_id: header.client_id.map(|id| id.to_string()),
+        peer,
+    };
+    Ok(PendingResponse::Running(glommio::spawn_local(handlers::handle(shard.clone(), context, request)).detach()))
+}
+
+/// Writes responses in queue order until the queue closes; returns why it stopped early.
+async fn write_responses(mut writer: WriteHalf<TcpStream>, queued: LocalReceiver<QueuedResponse>) -> Option<String> {
+    while let Some(entry) = queued.recv().await {
+        let frame = match entry.response {
+            PendingResponse::Ready(frame) => Some(frame),
+            PendingResponse::Running(handler) => match handler.await {
+                Some(Ok(frame)) => frame,
+                Some(Err(error)) => return Some(format!("internal error, response not encodable: {error}")),
+                None => return Some("request handler cancelled".into()),
+            },
+        };
+        if let Some(frame) = frame {
+            if let Err(error) = writer.write_all(&frame).await {
+                return Some(format!("write failed: {error}"));
+            }
+        }
+    }
+    let _ = writer.close().await;
+    None
+}

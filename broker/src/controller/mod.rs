@@ -1,0 +1,121 @@
+//! The controller: the single owner of topics, partition → shard placement and topic
+//! configs. It lives on shard 0. Every change goes through `Controller::execute`, one at a
+//! time (a local semaphore of one permit serialises them; no cross-thread lock): compute the
+//! new state with the pure functions in `changes`, persist it, then push the resulting
+//! snapshot to every shard and wait until each has applied it. Only then is the client
+//! answered, so a topic is usable everywhere once CreateTopics returns.
+
+pub mod changes;
+pub mod store;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::error_codes as codes;
+use crate::limits::Limits;
+use crate::metadata::{MetadataSnapshot, TopicMetadata};
+use crate::topic_config::TopicConfig;
+pub use changes::{ConfigChange, ConfigOperation, NewTopic, TopicOutcome, TopicRef};
+use store::{ClusterState, MetadataStore};
+
+/// A topic change requested by any shard.
+#[derive(Debug)]
+pub enum ControllerCall {
+    CreateTopics { topics: Vec<NewTopic>, validate_only: bool },
+    DeleteTopics { topics: Vec<TopicRef> },
+    CreatePartitions { topics: Vec<(String, i32)>, validate_only: bool },
+    AlterConfigs { changes: Vec<ConfigChange>, validate_only: bool },
+}
+
+/// One outcome per topic named in the call, in the call's order.
+#[derive(Debug)]
+pub struct ControllerReply {
+    pub outcomes: Vec<TopicOutcome>,
+}
+
+/// Rules the pure change functions apply, fixed at start-up.
+#[derive(Clone, Debug)]
+pub struct PlacementRules {
+    pub shard_count: usize,
+    pub default_partitions: i32,
+    pub limits: Limits,
+}
+
+/// Shard 0's controller. See the module docs for the one-change-at-a-time contract.
+pub struct Controller {
+    state: RefCell<ClusterState>,
+    store: MetadataStore,
+    one_change_at_a_time: Rc<glommio::sync::Semaphore>,
+    rules: PlacementRules,
+}
+
+impl Controller {
+    /// Loads the persisted state, or creates and persists a fresh cluster.
+    pub async fn recover(store: MetadataStore, rules: PlacementRules) -> Result<Self, store::StoreError> {
+        let state = match store.load()? {
+            Some(state) => state,
+            None => {
+                let fresh = ClusterState { epoch: 1, cluster_id: format!("ringfeed-{}", Uuid::new_v4().simple()), topics: Vec::new() };
+                store.persist(&fresh).await?;
+                fresh
+            }
+        };
+        tracing::info!(epoch = state.epoch, topics = state.topics.len(), cluster_id = %state.cluster_id, "controller state recovered");
+        Ok(Self { state: RefCell::new(state), store, one_change_at_a_time: Rc::new(glommio::sync::Semaphore::new(1)), rules })
+    }
+
+    pub fn snapshot(&self) -> Arc<MetadataSnapshot> {
+        build_snapshot(&self.state.borrow(), &self.rules)
+    }
+
+    /// Applies one change: validate, persist, and return the snapshot to publish (None
+    /// when nothing changed). The caller publishes while still holding `ChangeTurn`.
+    pub async fn execute(&self, call: ControllerCall) -> (ControllerReply, Option<Arc<MetadataSnapshot>>, ChangeTurn) {
+        let turn = ChangeTurn { _permit: self.one_change_at_a_time.acquire_static_permit(1).await.expect("never closed") };
+        let current = self.state.borrow().clone();
+        let mut next = current.clone();
+        let outcomes = changes::apply(&mut next, call, &self.rules);
+        if next == current {
+            return (ControllerReply { outcomes }, None, turn);
+        }
+        next.epoch += 1;
+        if let Err(error) = self.store.persist(&next).await {
+            tracing::error!(%error, "cannot persist cluster metadata; change refused");
+            let outcomes = outcomes.into_iter().map(|outcome| outcome.failed(codes::KAFKA_STORAGE_ERROR, error.to_string())).collect();
+            return (ControllerReply { outcomes }, None, turn);
+        }
+        *self.state.borrow_mut() = next;
+        (ControllerReply { outcomes }, Some(self.snapshot()), turn)
+    }
+}
+
+/// Held while a change is computed, persisted and published; the next change waits for it.
+pub struct ChangeTurn {
+    _permit: glommio::sync::StaticPermit,
+}
+
+/// Builds the immutable view shards read. Placement recorded for more shards than run now
+/// (a restart with fewer `--shards`) folds onto the running ones.
+pub fn build_snapshot(state: &ClusterState, rules: &PlacementRules) -> Arc<MetadataSnapshot> {
+    let topics = state
+        .topics
+        .iter()
+        .map(|record| {
+            let name: Arc<str> = Arc::from(record.name.as_str());
+            let overrides: BTreeMap<String, String> = record.overrides.iter().map(|entry| (entry.key.clone(), entry.value.clone())).collect();
+            let topic = TopicMetadata {
+                name: name.clone(),
+                id: Uuid::from_bytes(record.id),
+                partition_shards: record.partition_shards.iter().map(|shard| *shard as usize % rules.shard_count).collect(),
+                config: TopicConfig::resolve(&overrides, rules.limits.message_bytes_max_default),
+                overrides,
+            };
+            (name, Arc::new(topic))
+        })
+        .collect();
+    Arc::new(MetadataSnapshot { epoch: state.epoch, cluster_id: state.cluster_id.clone(), topics })
+}

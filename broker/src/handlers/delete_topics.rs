@@ -1,0 +1,38 @@
+//! DeleteTopics: by name (v1-5) or by name or id (v6); the controller removes the topic and
+//! each owning shard deletes its partition directories before the answer goes out.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
+
+use super::{str_bytes, RequestContext};
+use crate::controller::{ControllerCall, TopicRef};
+use crate::shard::Shard;
+
+pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
+    let mut topics: Vec<TopicRef> = request.topic_names.iter().map(|name| TopicRef::Name(name.0.to_string())).collect();
+    topics.extend(request.topics.iter().map(|topic| match &topic.name {
+        Some(name) => TopicRef::Name(name.0.to_string()),
+        None => TopicRef::Id(topic.topic_id),
+    }));
+    let Some(reply) = shard.controller_call(ControllerCall::DeleteTopics { topics }).await else {
+        return DeleteTopicsResponse::default();
+    };
+    let responses = reply
+        .outcomes
+        .into_iter()
+        .map(|outcome| {
+            let name = (!outcome.name.is_empty()).then(|| TopicName(str_bytes(&outcome.name)));
+            let mut result = DeletableTopicResult::default().with_name(name).with_error_code(outcome.error_code);
+            if context.api_version >= 5 {
+                result = result.with_error_message(outcome.message.as_deref().map(str_bytes));
+            }
+            if context.api_version >= 6 {
+                result = result.with_topic_id(outcome.topic_id);
+            }
+            result
+        })
+        .collect();
+    DeleteTopicsResponse::default().with_responses(responses)
+}

@@ -1,0 +1,28 @@
+//! DescribeCluster: this single node and the cluster id.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
+
+use super::{str_bytes, RequestContext};
+use crate::config::BrokerConfig;
+use crate::shard::Shard;
+
+#[allow(clippy::unused_async)]
+pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, request: DescribeClusterRequest) -> DescribeClusterResponse {
+    let config = &shard.config;
+    let broker = DescribeClusterBroker::default()
+        .with_broker_id(BrokerId(BrokerConfig::NODE_ID))
+        .with_host(str_bytes(&config.advertised_host))
+        .with_port(config.advertised_port);
+    let response = DescribeClusterResponse::default()
+        .with_cluster_id(str_bytes(&shard.metadata().cluster_id))
+        .with_controller_id(BrokerId(BrokerConfig::NODE_ID))
+        .with_brokers(vec![broker]);
+    if context.api_version >= 1 {
+        response.with_endpoint_type(request.endpoint_type)
+    } else {
+        response
+    }
+}

@@ -1,0 +1,114 @@
+//! Metadata: brokers (this one node), topics with ids and partitions, auto-creation.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use uuid::Uuid;
+
+use super::{str_bytes, RequestContext};
+use crate::config::BrokerConfig;
+use crate::controller::{ControllerCall, NewTopic};
+use crate::error_codes as codes;
+use crate::metadata::{MetadataSnapshot, TopicMetadata};
+use crate::shard::Shard;
+
+pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, request: MetadataRequest) -> MetadataResponse {
+    let version = context.api_version;
+    // v0 has no null: an empty list means every topic. v1+: null means every topic.
+    let requested = match request.topics {
+        Some(topics) if !(version == 0 && topics.is_empty()) => Some(topics),
+        _ => None,
+    };
+    let auto_create = shard.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
+    let mut snapshot = shard.metadata();
+    let topics = match requested {
+        None => snapshot.topics.values().map(|topic| describe_topic(topic, version)).collect(),
+        Some(requested) => {
+            let missing: Vec<String> = requested
+                .iter()
+                .filter_map(|topic| topic.name.as_ref().map(|name| name.0.to_string()))
+                .filter(|name| snapshot.topic(name).is_none())
+                .collect();
+            let mut creation_errors = Vec::new();
+            if auto_create && !missing.is_empty() {
+                creation_errors = create_missing(shard, missing).await;
+                snapshot = shard.metadata();
+            }
+            requested
+                .iter()
+                .map(|topic| match &topic.name {
+                    Some(name) => describe_by_name(&snapshot, name, &creation_errors, version),
+                    None => describe_by_id(&snapshot, topic.topic_id, version),
+                })
+                .collect()
+        }
+    };
+    MetadataResponse::default()
+        .with_brokers(vec![this_broker(&shard.config)])
+        .with_cluster_id((version >= 2).then(|| str_bytes(&snapshot.cluster_id)))
+        .with_controller_id(BrokerId(if version >= 1 { BrokerConfig::NODE_ID } else { -1 }))
+        .with_topics(topics)
+}
+
+pub fn this_broker(config: &BrokerConfig) -> MetadataResponseBroker {
+    MetadataResponseBroker::default()
+        .with_node_id(BrokerId(BrokerConfig::NODE_ID))
+        .with_host(str_bytes(&config.advertised_host))
+        .with_port(config.advertised_port)
+}
+
+/// Asks the controller to create `names` with the default settings; returns the names it
+/// refused, with the error code to report for each.
+async fn create_missing(shard: &Rc<Shard>, names: Vec<String>) -> Vec<(String, i16)> {
+    let topics = names
+        .into_iter()
+        .map(|name| NewTopic { name, partitions: -1, replication_factor: -1, manual_assignment: Vec::new(), configs: Vec::new() })
+        .collect();
+    let Some(reply) = shard.controller_call(ControllerCall::CreateTopics { topics, validate_only: false }).await else {
+        return Vec::new();
+    };
+    reply
+        .outcomes
+        .into_iter()
+        .filter(|outcome| !matches!(outcome.error_code, codes::NONE | codes::TOPIC_ALREADY_EXISTS))
+        .map(|outcome| (outcome.name, outcome.error_code))
+        .collect()
+}
+
+fn describe_by_name(snapshot: &MetadataSnapshot, name: &TopicName, creation_errors: &[(String, i16)], version: i16) -> MetadataResponseTopic {
+    if let Some(topic) = snapshot.topic(name.0.as_str()) {
+        return describe_topic(topic, version);
+    }
+    let error_code = creation_errors
+        .iter()
+        .find(|(failed, _)| failed.as_str() == name.0.as_str())
+        .map_or(codes::UNKNOWN_TOPIC_OR_PARTITION, |(_, code)| *code);
+    MetadataResponseTopic::default().with_name(Some(name.clone())).with_error_code(error_code)
+}
+
+fn describe_by_id(snapshot: &MetadataSnapshot, id: Uuid, version: i16) -> MetadataResponseTopic {
+    match snapshot.topic_by_id(id) {
+        Some(topic) => describe_topic(topic, version),
+        None => MetadataResponseTopic::default().with_topic_id(id).with_error_code(codes::UNKNOWN_TOPIC_ID),
+    }
+}
+
+fn describe_topic(topic: &Arc<TopicMetadata>, version: i16) -> MetadataResponseTopic {
+    let node = BrokerId(BrokerConfig::NODE_ID);
+    let partitions = (0..topic.partition_count())
+        .map(|partition| {
+            MetadataResponsePartition::default()
+                .with_partition_index(partition)
+                .with_leader_id(node)
+                .with_leader_epoch(if version >= 7 { 0 } else { -1 })
+                .with_replica_nodes(vec![node])
+                .with_isr_nodes(vec![node])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(str_bytes(&topic.name))))
+        .with_topic_id(if version >= 10 { topic.id } else { Uuid::nil() })
+        .with_partitions(partitions)
+}

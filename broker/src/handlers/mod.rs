@@ -1,0 +1,93 @@
+//! What the broker does for each Kafka API: one module per API, each a `handle` function
+//! from the decoded request to its response. Codecs are the generated `kafka-protocol`
+//! types; this module only maps API keys to handlers (the version table is `registry`).
+
+pub mod alter_configs;
+pub mod api_versions;
+pub mod create_partitions;
+pub mod create_topics;
+pub mod delete_records;
+pub mod delete_topics;
+pub mod describe_cluster;
+pub mod describe_configs;
+pub mod fetch;
+pub mod incremental_alter_configs;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::{Encodable, StrBytes};
+
+use crate::codec::{self, CodecError};
+use crate::shard::Shard;
+
+/// What a handler knows about the request besides its body.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    pub api_key: ApiKey,
+    pub api_version: i16,
+    pub correlation_id: i32,
+    pub client_id: Option<String>,
+    pub peer: SocketAddr,
+}
+
+macro_rules! served_apis {
+    ($($variant:ident => $module:ident :: $request:ident),* $(,)?) => {
+        /// A decoded request of any served API.
+        #[derive(Debug)]
+        pub enum Request {
+            $($variant(kafka_protocol::messages::$request)),*
+        }
+
+        /// Decodes the body of an admitted request.
+        pub fn decode_request(api_key: ApiKey, api_version: i16, body: &mut Bytes) -> Result<Request, CodecError> {
+            match api_key {
+                $(ApiKey::$variant => Ok(Request::$variant(codec::decode_body(body, api_key, api_version)?)),)*
+                other => unreachable!("the registry admitted {other:?}, which has no handler"),
+            }
+        }
+
+        /// Runs the handler and encodes its response frame; `None` when the request wants no
+        /// response (Produce with acks=0).
+        pub async fn handle(shard: Rc<Shard>, context: RequestContext, request: Request) -> Result<Option<Bytes>, CodecError> {
+            let wants_response = !matches!(&request, Request::Produce(produce) if produce.acks == 0);
+            let frame = match request {
+                $(Request::$variant(request) => {
+                    let response = $module::handle(&shard, &context, request).await;
+                    encode(&context, &response)?
+                })*
+            };
+            Ok(wants_response.then_some(frame))
+        }
+    };
+}
+
+served_apis! {
+    Produce => produce::ProduceRequest,
+    Fetch => fetch::FetchRequest,
+    ListOffsets => list_offsets::ListOffsetsRequest,
+    Metadata => metadata::MetadataRequest,
+    DescribeConfigs => describe_configs::DescribeConfigsRequest,
+    AlterConfigs => alter_configs::AlterConfigsRequest,
+    ApiVersions => api_versions::ApiVersionsRequest,
+    CreateTopics => create_topics::CreateTopicsRequest,
+    DeleteTopics => delete_topics::DeleteTopicsRequest,
+    DeleteRecords => delete_records::DeleteRecordsRequest,
+    CreatePartitions => create_partitions::CreatePartitionsRequest,
+    IncrementalAlterConfigs => incremental_alter_configs::IncrementalAlterConfigsRequest,
+    DescribeCluster => describe_cluster::DescribeClusterRequest,
+}
+
+fn encode<M: Encodable>(context: &RequestContext, response: &M) -> Result<Bytes, CodecError> {
+    codec::encode_response_frame(context.api_key, context.api_version, context.correlation_id, response)
+}
+
+/// Shorthand for the codec's string type.
+pub fn str_bytes(text: &str) -> StrBytes {
+    StrBytes::from_string(text.to_string())
+}

@@ -1,0 +1,77 @@
+//! One place for every bound the broker enforces. Pools and budgets are sized from
+//! these numbers at start-up; nothing on a request path grows without a limit.
+
+use std::time::Duration;
+
+/// Every limit the broker enforces, per process unless the name says per shard or per
+/// connection. Defaults follow Kafka's where Kafka has one.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// `socket.request.max.bytes`: a frame whose declared size exceeds this closes the
+    /// connection before a single byte of it is allocated.
+    pub request_frame_bytes_max: usize,
+    /// Bytes of request frames a shard holds in memory at once (read but not yet answered).
+    /// A connection waits for budget before it allocates the next frame body, so in-flight
+    /// produce bytes per shard are bounded by this, whatever the number of connections.
+    /// 256 MiB = room for two maximum-size frames plus many small ones.
+    pub shard_inflight_request_bytes_max: usize,
+    /// Requests one connection may have decoded but not yet answered (pipelining depth).
+    /// Kafka clients default to 5 in flight; 64 leaves room for tools that pipeline harder.
+    pub connection_inflight_requests_max: usize,
+    /// Open connections per shard; further accepts are closed at once with a log line.
+    pub shard_connections_max: usize,
+    /// `connections.max.idle.ms`: a connection with no request for this long is closed.
+    pub connection_idle_max: Duration,
+    /// `message.max.bytes` default for topics that do not set `max.message.bytes`.
+    pub message_bytes_max_default: usize,
+    /// Upper bound for a Fetch response, whatever `max_bytes` the client asks for.
+    pub fetch_response_bytes_max: usize,
+    /// Upper bound on a Fetch long poll, whatever `max_wait_ms` the client asks for.
+    pub fetch_wait_max: Duration,
+    /// Partitions a single topic may have (CreateTopics / CreatePartitions beyond this get
+    /// INVALID_PARTITIONS).
+    pub topic_partitions_max: i32,
+    /// Topics the cluster may hold.
+    pub topics_max: usize,
+    /// Slots in each channel of the cross-shard mesh. A full channel makes the sender wait,
+    /// which is the back-pressure between shards.
+    pub mesh_channel_slots: usize,
+    /// How often each shard applies retention to the partitions it owns
+    /// (`log.retention.check.interval.ms`).
+    pub retention_check_interval: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            request_frame_bytes_max: 100 * 1024 * 1024,
+            shard_inflight_request_bytes_max: 256 * 1024 * 1024,
+            connection_inflight_requests_max: 64,
+            shard_connections_max: 10_000,
+            connection_idle_max: Duration::from_secs(600),
+            message_bytes_max_default: 1024 * 1024 + 12,
+            fetch_response_bytes_max: 64 * 1024 * 1024,
+            fetch_wait_max: Duration::from_secs(30),
+            topic_partitions_max: 10_000,
+            topics_max: 100_000,
+            mesh_channel_slots: 1024,
+            retention_check_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Limits {
+    /// Checks relations between limits that would make the broker unusable.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.request_frame_bytes_max > self.shard_inflight_request_bytes_max {
+            return Err(format!(
+                "the in-flight request budget per shard ({} bytes) must hold at least one maximum-size frame ({} bytes)",
+                self.shard_inflight_request_bytes_max, self.request_frame_bytes_max
+            ));
+        }
+        if self.request_frame_bytes_max < 64 {
+            return Err("the maximum request frame must be at least 64 bytes".into());
+        }
+        Ok(())
+    }
+}

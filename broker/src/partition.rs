@@ -1,0 +1,253 @@
+//! The partitions one shard owns, and the work other code asks of them. All partition access
+//! in the broker goes through here, whether the request arrived on this shard's connections
+//! or over the mesh from another shard.
+//!
+//! `PartitionTable` is owned by exactly one shard (it holds `!Send` storage handles). Only
+//! `Shard::apply_metadata` adds or removes entries; any number of produce/fetch tasks may
+//! use the logs concurrently, with the storage crate's own contract per log.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::{select, Either};
+use uuid::Uuid;
+
+use crate::error_codes as codes;
+use crate::metadata::TopicPartition;
+use crate::storage::{AppendError, PartitionLog, ReadError};
+
+/// Work on one partition, executed by its owning shard.
+#[derive(Debug)]
+pub enum PartitionCall {
+    /// Append `batches` (whole v2 record batches, in order) and answer once `acks` holds.
+    Produce { tp: TopicPartition, batches: Vec<Bytes>, acks: i16 },
+    /// Whole batches from `offset`, about `max_bytes` (at least one batch when any exists).
+    Fetch { tp: TopicPartition, offset: i64, max_bytes: usize },
+    /// Resolve when the high watermark passes `offset`, or after `wait`.
+    WaitForData { tp: TopicPartition, offset: i64, wait: Duration },
+    /// Kafka ListOffsets semantics: -2 earliest, -1 latest, else first offset at or after the time.
+    ListOffsets { tp: TopicPartition, timestamp_ms: i64 },
+    /// Move the log start to `offset` (-1 = the high watermark).
+    DeleteRecords { tp: TopicPartition, offset: i64 },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ProduceOutcome {
+    pub error_code: i16,
+    pub base_offset: i64,
+    pub log_start_offset: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct FetchOutcome {
+    pub error_code: i16,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub batches: Vec<Bytes>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct OffsetOutcome {
+    pub error_code: i16,
+    pub offset: i64,
+    pub timestamp_ms: i64,
+}
+
+#[derive(Debug)]
+pub enum PartitionReply {
+    Produce(ProduceOutcome),
+    Fetch(FetchOutcome),
+    Waited,
+    Offset(OffsetOutcome),
+}
+
+/// A partition this shard owns: open, or offline because its log could not be opened or
+/// failed (reported as KAFKA_STORAGE_ERROR until the broker restarts).
+pub enum PartitionSlot {
+    Online { topic_id: Uuid, log: PartitionLog },
+    Offline { topic_id: Uuid, reason: String },
+}
+
+impl PartitionSlot {
+    pub fn topic_id(&self) -> Uuid {
+        match self {
+            PartitionSlot::Online { topic_id, .. } | PartitionSlot::Offline { topic_id, .. } => *topic_id,
+        }
+    }
+}
+
+/// See the module docs for the ownership contract.
+#[derive(Default)]
+pub struct PartitionTable {
+    slots: RefCell<HashMap<TopicPartition, PartitionSlot>>,
+}
+
+impl PartitionTable {
+    /// The log of a partition this shard owns, or the error code to answer with.
+    pub fn log(&self, tp: &TopicPartition) -> Result<PartitionLog, i16> {
+        match self.slots.borrow().get(tp) {
+            Some(PartitionSlot::Online { log, .. }) => Ok(log.clone()),
+            Some(PartitionSlot::Offline { .. }) => Err(codes::KAFKA_STORAGE_ERROR),
+            None => Err(codes::NOT_LEADER_OR_FOLLOWER),
+        }
+    }
+
+    pub fn insert(&self, tp: TopicPartition, slot: PartitionSlot) {
+        self.slots.borrow_mut().insert(tp, slot);
+    }
+
+    pub fn remove(&self, tp: &TopicPartition) -> Option<PartitionSlot> {
+        self.slots.borrow_mut().remove(tp)
+    }
+
+    /// Topic id of every owned partition (for reconciling against a new snapshot).
+    pub fn owned(&self) -> Vec<(TopicPartition, Uuid)> {
+        self.slots.borrow().iter().map(|(tp, slot)| (tp.clone(), slot.topic_id())).collect()
+    }
+
+    pub fn online_logs(&self) -> Vec<(TopicPartition, PartitionLog)> {
+        let slots = self.slots.borrow();
+        slots
+            .iter()
+            .filter_map(|(tp, slot)| match slot {
+                PartitionSlot::Online { log, .. } => Some((tp.clone(), log.clone())),
+                PartitionSlot::Offline { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Marks a partition offline after a storage failure, so later requests fail fast.
+    pub fn fence(&self, tp: &TopicPartition, reason: String) {
+        let mut slots = self.slots.borrow_mut();
+        if let Some(slot) = slots.get_mut(tp) {
+            tracing::error!(partition = %tp, %reason, "partition fenced after a storage error");
+            *slot = PartitionSlot::Offline { topic_id: slot.topic_id(), reason };
+        }
+    }
+}
+
+/// Runs one partition call on the owning shard.
+pub async fn execute(table: &PartitionTable, call: PartitionCall) -> PartitionReply {
+    match call {
+        PartitionCall::Produce { tp, batches, acks } => PartitionReply::Produce(produce(table, &tp, batches, acks).await),
+        PartitionCall::Fetch { tp, offset, max_bytes } => PartitionReply::Fetch(fetch(table, &tp, offset, max_bytes).await),
+        PartitionCall::WaitForData { tp, offset, wait } => {
+            if let Ok(log) = table.log(&tp) {
+                let data = std::pin::pin!(log.wait_for_data(offset));
+                let timer = std::pin::pin!(glommio::timer::sleep(wait));
+                select(data, timer).await;
+            }
+            PartitionReply::Waited
+        }
+        PartitionCall::ListOffsets { tp, timestamp_ms } => PartitionReply::Offset(list_offset(table, &tp, timestamp_ms).await),
+        PartitionCall::DeleteRecords { tp, offset } => PartitionReply::Offset(delete_records(table, &tp, offset).await),
+    }
+}
+
+fn append_error_code(error: &AppendError) -> i16 {
+    match error {
+        AppendError::Corrupt { .. } => codes::CORRUPT_MESSAGE,
+        AppendError::InvalidRecord { .. } => codes::INVALID_RECORD,
+        AppendError::TooLarge { .. } => codes::MESSAGE_TOO_LARGE,
+        AppendError::Storage(_) => codes::KAFKA_STORAGE_ERROR,
+    }
+}
+
+async fn produce(table: &PartitionTable, tp: &TopicPartition, batches: Vec<Bytes>, acks: i16) -> ProduceOutcome {
+    let failed = |error_code| ProduceOutcome { error_code, base_offset: -1, log_start_offset: -1 };
+    let log = match table.log(tp) {
+        Ok(log) => log,
+        Err(code) => return failed(code),
+    };
+    let mut first_base_offset = None;
+    let mut last_offset = -1;
+    for batch in batches {
+        match log.append(batch).await {
+            Ok(outcome) => {
+                first_base_offset.get_or_insert(outcome.base_offset);
+                last_offset = outcome.last_offset;
+            }
+            Err(error) => {
+                tracing::debug!(partition = %tp, %error, "append refused");
+                if let AppendError::Storage(storage) = &error {
+                    table.fence(tp, storage.to_string());
+                }
+                return failed(append_error_code(&error));
+            }
+        }
+    }
+    let waited = match acks {
+        0 => Ok(()),
+        -1 => log.wait_durable(last_offset).await,
+        _ => log.wait_written(last_offset).await,
+    };
+    if let Err(error) = waited {
+        table.fence(tp, error.to_string());
+        return failed(codes::KAFKA_STORAGE_ERROR);
+    }
+    ProduceOutcome { error_code: codes::NONE, base_offset: first_base_offset.unwrap_or(-1), log_start_offset: log.log_start_offset() }
+}
+
+async fn fetch(table: &PartitionTable, tp: &TopicPartition, offset: i64, max_bytes: usize) -> FetchOutcome {
+    let log = match table.log(tp) {
+        Ok(log) => log,
+        Err(error_code) => return FetchOutcome { error_code, high_watermark: -1, log_start_offset: -1, batches: Vec::new() },
+    };
+    let result = log.read(offset, max_bytes).await;
+    let mut outcome = FetchOutcome {
+        error_code: codes::NONE,
+        high_watermark: log.high_watermark(),
+        log_start_offset: log.log_start_offset(),
+        batches: Vec::new(),
+    };
+    match result {
+        Ok(batches) => outcome.batches = batches,
+        Err(ReadError::OffsetOutOfRange { .. }) => outcome.error_code = codes::OFFSET_OUT_OF_RANGE,
+        Err(error) => {
+            tracing::error!(partition = %tp, %error, "read failed");
+            outcome.error_code = codes::KAFKA_STORAGE_ERROR;
+        }
+    }
+    outcome
+}
+
+async fn list_offset(table: &PartitionTable, tp: &TopicPartition, timestamp_ms: i64) -> OffsetOutcome {
+    let answer = |error_code, offset, timestamp_ms| OffsetOutcome { error_code, offset, timestamp_ms };
+    let log = match table.log(tp) {
+        Ok(log) => log,
+        Err(code) => return answer(code, -1, -1),
+    };
+    match timestamp_ms {
+        -2 => answer(codes::NONE, log.log_start_offset(), -1),
+        -1 => answer(codes::NONE, log.high_watermark(), -1),
+        timestamp_ms if timestamp_ms >= 0 => match log.offset_for_timestamp(timestamp_ms).await {
+            Ok(Some((offset, found_timestamp_ms))) => answer(codes::NONE, offset, found_timestamp_ms),
+            Ok(None) => answer(codes::NONE, -1, -1),
+            Err(error) => {
+                tracing::error!(partition = %tp, %error, "time index lookup failed");
+                answer(codes::KAFKA_STORAGE_ERROR, -1, -1)
+            }
+        },
+        // -3 (max timestamp) and -4 (earliest local) need per-record timestamps we do not index yet.
+        _ => answer(codes::UNSUPPORTED_VERSION, -1, -1),
+    }
+}
+
+async fn delete_records(table: &PartitionTable, tp: &TopicPartition, offset: i64) -> OffsetOutcome {
+    let answer = |error_code, offset| OffsetOutcome { error_code, offset, timestamp_ms: -1 };
+    let log = match table.log(tp) {
+        Ok(log) => log,
+        Err(code) => return answer(code, -1),
+    };
+    let target = if offset == -1 { log.high_watermark() } else { offset };
+    match log.delete_records_before(target).await {
+        Ok(log_start_offset) => answer(codes::NONE, log_start_offset),
+        Err(ReadError::OffsetOutOfRange { .. }) => answer(codes::OFFSET_OUT_OF_RANGE, log.log_start_offset()),
+        Err(error) => {
+            tracing::error!(partition = %tp, %error, "delete records failed");
+            answer(codes::KAFKA_STORAGE_ERROR, -1)
+        }
+    }
+}

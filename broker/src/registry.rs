@@ -1,0 +1,111 @@
+//! The one list of Kafka APIs Ringfeed serves, each with the version range it advertises
+//! and the range it accepts. ApiVersions answers from this table and the dispatcher admits
+//! requests by it, so what is advertised and what works cannot drift apart.
+
+use kafka_protocol::messages::ApiKey;
+
+/// One supported API. `advertised_min..=advertised_max` goes into ApiVersions;
+/// `accepted_min` may be above `advertised_min` where Kafka 4 keeps advertising versions
+/// it no longer accepts (Produce 0-2, KAFKA-18659: old librdkafka refuses a broker whose
+/// Produce range does not start at 0).
+#[derive(Clone, Copy, Debug)]
+pub struct ApiSpec {
+    pub key: ApiKey,
+    pub advertised_min: i16,
+    pub advertised_max: i16,
+    pub accepted_min: i16,
+}
+
+impl ApiSpec {
+    const fn new(key: ApiKey, advertised_min: i16, advertised_max: i16) -> Self {
+        Self { key, advertised_min, advertised_max, accepted_min: advertised_min }
+    }
+
+    pub fn accepts(&self, version: i16) -> bool {
+        (self.accepted_min..=self.advertised_max).contains(&version)
+    }
+}
+
+/// Every API Ringfeed answers, in api-key order.
+pub const SUPPORTED_APIS: [ApiSpec; 13] = [
+    ApiSpec { accepted_min: 3, ..ApiSpec::new(ApiKey::Produce, 0, 11) },
+    ApiSpec::new(ApiKey::Fetch, 4, 12),
+    ApiSpec::new(ApiKey::ListOffsets, 1, 7),
+    ApiSpec::new(ApiKey::Metadata, 0, 12),
+    ApiSpec::new(ApiKey::DescribeConfigs, 1, 4),
+    ApiSpec::new(ApiKey::AlterConfigs, 0, 2),
+    ApiSpec::new(ApiKey::ApiVersions, 0, 4),
+    ApiSpec::new(ApiKey::CreateTopics, 2, 7),
+    ApiSpec::new(ApiKey::DeleteTopics, 1, 6),
+    ApiSpec::new(ApiKey::DeleteRecords, 0, 2),
+    ApiSpec::new(ApiKey::CreatePartitions, 0, 3),
+    ApiSpec::new(ApiKey::IncrementalAlterConfigs, 0, 1),
+    ApiSpec::new(ApiKey::DescribeCluster, 0, 1),
+];
+
+// The codec crate must decode and encode every accepted version; checked in tests below
+// because `VersionRange` comparisons are not const.
+
+/// What the dispatcher does with a request, decided from its key and version alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Decode and handle.
+    Serve(ApiKey),
+    /// An ApiVersions version above ours: answer a v0 response carrying
+    /// UNSUPPORTED_VERSION and our ranges, so the client can pick a version (KIP-511).
+    ApiVersionsFallback,
+    /// Unknown key or a version we do not accept: Kafka closes the connection.
+    Refuse,
+}
+
+pub fn admit(api_key: i16, api_version: i16) -> Admission {
+    let Some(spec) = SUPPORTED_APIS.iter().find(|spec| spec.key as i16 == api_key) else {
+        return Admission::Refuse;
+    };
+    if spec.accepts(api_version) {
+        Admission::Serve(spec.key)
+    } else if spec.key == ApiKey::ApiVersions && api_version > spec.advertised_max {
+        Admission::ApiVersionsFallback
+    } else {
+        Admission::Refuse
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codec_crate_covers_every_accepted_version() {
+        for spec in SUPPORTED_APIS {
+            let codec = spec.key.valid_versions();
+            assert!(
+                codec.min <= spec.accepted_min && spec.advertised_max <= codec.max,
+                "{:?}: we accept {}..={} but the codec covers {}..={}",
+                spec.key,
+                spec.accepted_min,
+                spec.advertised_max,
+                codec.min,
+                codec.max
+            );
+        }
+    }
+
+    #[test]
+    fn table_is_in_key_order_without_duplicates() {
+        let keys: Vec<i16> = SUPPORTED_APIS.iter().map(|spec| spec.key as i16).collect();
+        assert!(keys.windows(2).all(|pair| pair[0] < pair[1]), "{keys:?}");
+    }
+
+    #[test]
+    fn admission_by_key_and_version() {
+        assert_eq!(admit(0, 3), Admission::Serve(ApiKey::Produce));
+        assert_eq!(admit(0, 2), Admission::Refuse, "Produce 0-2 is advertised but refused");
+        assert_eq!(admit(0, 12), Admission::Refuse);
+        assert_eq!(admit(18, 4), Admission::Serve(ApiKey::ApiVersions));
+        assert_eq!(admit(18, 9), Admission::ApiVersionsFallback);
+        assert_eq!(admit(1, 3), Admission::Refuse, "Fetch below 4");
+        assert_eq!(admit(999, 0), Admission::Refuse, "unknown key");
+        assert_eq!(admit(11, 0), Admission::Refuse, "JoinGroup is not served yet");
+    }
+}

@@ -1,0 +1,173 @@
+//! Cross-shard calls over glommio's channel mesh. Every shard joins two full meshes: one
+//! carries calls, the other carries their replies, so a shard that is busy sending calls
+//! can always drain the replies it is waiting for. The mesh channels are SPSC rings; no
+//! lock is taken on either side.
+//!
+//! `ShardRouter` lives on one shard (it is `!Send`); `call` may run from many tasks of that
+//! shard at once. Calls to the local shard never go through the mesh: callers use
+//! `Shard::execute_local` for those (see `shard.rs`).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures::channel::oneshot;
+use futures::StreamExt;
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+
+use crate::controller::{ControllerCall, ControllerReply};
+use crate::metadata::MetadataSnapshot;
+use crate::partition::{PartitionCall, PartitionReply};
+
+/// What one shard asks of another.
+#[derive(Debug)]
+pub enum ShardCall {
+    /// Work on a partition the receiver owns.
+    Partition(PartitionCall),
+    /// A topic change, served by the controller on shard 0.
+    Controller(ControllerCall),
+    /// The controller's new metadata: open/close the receiver's partitions to match, then
+    /// install it.
+    ApplyMetadata(Arc<MetadataSnapshot>),
+}
+
+/// The answer to a `ShardCall`, of the matching variant.
+#[derive(Debug)]
+pub enum ShardReply {
+    Partition(PartitionReply),
+    Controller(ControllerReply),
+    MetadataApplied,
+}
+
+#[derive(Debug)]
+pub struct CallEnvelope {
+    call_id: u64,
+    call: ShardCall,
+}
+
+#[derive(Debug)]
+pub struct ReplyEnvelope {
+    call_id: u64,
+    reply: ShardReply,
+}
+
+/// The two meshes, built once in `main` and cloned into every shard's thread.
+#[derive(Clone)]
+pub struct MeshPair {
+    calls: MeshBuilder<CallEnvelope, Full>,
+    replies: MeshBuilder<ReplyEnvelope, Full>,
+}
+
+impl MeshPair {
+    pub fn new(shard_count: usize, channel_slots: usize) -> Self {
+        Self {
+            calls: MeshBuilder::full(shard_count, channel_slots),
+            replies: MeshBuilder::full(shard_count, channel_slots),
+        }
+    }
+}
+
+/// The peer shard went away (only during shutdown) before answering.
+#[derive(Debug, thiserror::Error)]
+#[error("shard {shard} did not answer: its channel is closed")]
+pub struct PeerGone {
+    pub shard: usize,
+}
+
+/// One shard's end of the meshes. Owned by that shard; see the module docs.
+pub struct ShardRouter {
+    shard_id: usize,
+    call_senders: Senders<CallEnvelope>,
+    reply_senders: Senders<ReplyEnvelope>,
+    /// Calls sent and not yet answered, by call id.
+    pending: RefCell<HashMap<u64, oneshot::Sender<ShardReply>>>,
+    next_call_id: Cell<u64>,
+}
+
+/// The receiving halves, handed to `serve_incoming` once the shard is set up.
+pub struct IncomingCalls {
+    calls: Receivers<CallEnvelope>,
+    replies: Receivers<ReplyEnvelope>,
+}
+
+/// Joins both meshes. Every shard must call this before any shard can send.
+pub async fn join(meshes: MeshPair) -> (ShardRouter, IncomingCalls) {
+    let (call_senders, calls) = meshes.calls.join().await.expect("joining the call mesh");
+    let (reply_senders, replies) = meshes.replies.join().await.expect("joining the reply mesh");
+    let router = ShardRouter {
+        shard_id: call_senders.peer_id(),
+        call_senders,
+        reply_senders,
+        pending: RefCell::new(HashMap::new()),
+        next_call_id: Cell::new(0),
+    };
+    (router, IncomingCalls { calls, replies })
+}
+
+impl ShardRouter {
+    pub fn shard_id(&self) -> usize {
+        self.shard_id
+    }
+
+    /// Sends `call` to `shard` (never this shard) and waits for its reply.
+    pub async fn call(&self, shard: usize, call: ShardCall) -> Result<ShardReply, PeerGone> {
+        assert_ne!(shard, self.shard_id, "local calls do not go through the mesh");
+        let call_id = self.next_call_id.get();
+        self.next_call_id.set(call_id + 1);
+        let (reply_sender, reply_receiver) = oneshot::channel();
+        self.pending.borrow_mut().insert(call_id, reply_sender);
+        if self.call_senders.send_to(shard, CallEnvelope { call_id, call }).await.is_err() {
+            self.pending.borrow_mut().remove(&call_id);
+            return Err(PeerGone { shard });
+        }
+        reply_receiver.await.map_err(|_| PeerGone { shard })
+    }
+
+    async fn reply(&self, shard: usize, call_id: u64, reply: ShardReply) {
+        // A closed reply channel means the caller's shard is shutting down; nobody waits.
+        let _ = self.reply_senders.send_to(shard, ReplyEnvelope { call_id, reply }).await;
+    }
+
+    fn resolve(&self, envelope: ReplyEnvelope) {
+        // The caller may have stopped waiting (a cancelled long poll); then the reply is dropped.
+        if let Some(waiter) = self.pending.borrow_mut().remove(&envelope.call_id) {
+            let _ = waiter.send(envelope.reply);
+        }
+    }
+}
+
+/// Pumps every incoming channel until the peers close them. Each call runs in its own task
+/// so a long-poll wait never holds up the calls behind it; `execute` is the one place where
+/// a shard acts on another shard's request.
+pub fn serve_incoming<F, Fut>(router: Rc<ShardRouter>, mut incoming: IncomingCalls, execute: F)
+where
+    F: Fn(ShardCall) -> Fut + Clone + 'static,
+    Fut: std::future::Future<Output = ShardReply> + 'static,
+{
+    for (peer, mut stream) in incoming.calls.streams() {
+        let router = router.clone();
+        let execute = execute.clone();
+        glommio::spawn_local(async move {
+            while let Some(envelope) = stream.next().await {
+                let router = router.clone();
+                let reply = execute(envelope.call);
+                glommio::spawn_local(async move {
+                    let reply = reply.await;
+                    router.reply(peer, envelope.call_id, reply).await;
+                })
+                .detach();
+            }
+        })
+        .detach();
+    }
+    for (_, mut stream) in incoming.replies.streams() {
+        let router = router.clone();
+        glommio::spawn_local(async move {
+            while let Some(envelope) = stream.next().await {
+                router.resolve(envelope);
+            }
+        })
+        .detach();
+    }
+}

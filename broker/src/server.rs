@@ -1,0 +1,174 @@
+//! Process start-up and shutdown: resolve the configuration, reserve the listen port,
+//! start one pinned executor per shard, route SIGINT/SIGTERM to every shard, and wait for
+//! all of them to finish.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::BrokerConfig;
+use crate::limits::Limits;
+use crate::router::MeshPair;
+use crate::shard::{self, ShardStart};
+
+/// Memory glommio registers with io_uring per shard. Small on purpose: the default needs
+/// more locked memory than RLIMIT_MEMLOCK allows on ordinary hosts (8 MiB here), and the
+/// broker's buffers do not come from this pool.
+const SHARD_IO_MEMORY_BYTES: usize = 1 << 20;
+
+/// What the command line asks for, before resolution.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: String,
+    pub advertised_listener: Option<String>,
+    pub data_dir: PathBuf,
+    pub shards: Option<usize>,
+    pub cpus: Option<Vec<usize>>,
+    pub spin_before_park_us: u64,
+    pub auto_create_topics: bool,
+    pub default_partitions: i32,
+    pub limits: Limits,
+}
+
+/// Runs the broker until a signal stops it. Returns once every shard has closed its logs.
+pub fn serve(options: ServeOptions) -> Result<(), String> {
+    options.limits.validate()?;
+    std::fs::create_dir_all(&options.data_dir).map_err(|error| format!("cannot create data dir {}: {error}", options.data_dir.display()))?;
+    let requested = resolve_address(&options.listen)?;
+    // Binding port 0 on every shard would give each its own port: reserve one first, in the
+    // same SO_REUSEPORT group, and hold it until every shard listens on it.
+    let reservation = reserve_port(requested)?;
+    let listen = reservation.local_addr().ok().and_then(|address| address.as_socket()).ok_or("cannot read the reserved address")?;
+    let (advertised_host, advertised_port) = advertised(&options, listen)?;
+    let config = Arc::new(BrokerConfig {
+        listen,
+        advertised_host,
+        advertised_port,
+        data_dir: options.data_dir.clone(),
+        shard_cpus: shard_cpus(&options)?,
+        spin_before_park: (options.spin_before_park_us > 0).then(|| Duration::from_micros(options.spin_before_park_us)),
+        auto_create_topics: options.auto_create_topics,
+        default_partitions: options.default_partitions,
+        limits: options.limits.clone(),
+    });
+    let meshes = MeshPair::new(config.shard_count(), config.limits.mesh_channel_slots);
+    let drained_shards = Arc::new(AtomicUsize::new(0));
+    let (listening_sender, listening) = std::sync::mpsc::channel();
+    let mut shutdown_senders = Vec::new();
+    let mut handles = Vec::new();
+    for (index, cpu) in config.shard_cpus.iter().copied().enumerate() {
+        let (shutdown_sender, shutdown_requested) = oneshot::channel();
+        shutdown_senders.push(shutdown_sender);
+        let start = ShardStart { config: config.clone(), meshes: meshes.clone(), shutdown_requested, drained_shards: drained_shards.clone(), listening: listening_sender.clone() };
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu)).name(&format!("ringfeed-shard-{index}")).io_memory(SHARD_IO_MEMORY_BYTES);
+        if let Some(spin) = config.spin_before_park {
+            builder = builder.spin_before_park(spin);
+        }
+        let handle = builder.spawn(move || shard::run(start)).map_err(|error| format!("cannot start shard {index} on cpu {cpu}: {error}"))?;
+        handles.push(handle);
+    }
+    drop(listening_sender);
+    install_signal_handler(shutdown_senders)?;
+    for _ in 0..config.shard_count() {
+        if listening.recv().is_err() {
+            break; // a shard ended before listening; its error is reported by join below
+        }
+    }
+    drop(reservation);
+    tracing::info!(
+        "ringfeed listening on {} (advertised {}:{}), {} shards on cpus {:?}, data dir {}",
+        config.listen,
+        config.advertised_host,
+        config.advertised_port,
+        config.shard_count(),
+        config.shard_cpus,
+        config.data_dir.display()
+    );
+    join_shards(handles)
+}
+
+fn join_shards(handles: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>) -> Result<(), String> {
+    let mut failures = Vec::new();
+    for (index, handle) in handles.into_iter().enumerate() {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => failures.push(error),
+            Err(error) => failures.push(format!("shard {index} failed: {error}")),
+        }
+        if !failures.is_empty() {
+            // The other shards wait for this one's metadata or drain; do not wait for them.
+            return Err(failures.join("; "));
+        }
+    }
+    tracing::info!("ringfeed stopped cleanly");
+    Ok(())
+}
+
+fn resolve_address(listen: &str) -> Result<SocketAddr, String> {
+    listen.to_socket_addrs().map_err(|error| format!("bad address {listen}: {error}"))?.next().ok_or_else(|| format!("{listen} resolves to nothing"))
+}
+
+fn reserve_port(address: SocketAddr) -> Result<socket2::Socket, String> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None).map_err(|error| error.to_string())?;
+    socket.set_reuse_port(true).map_err(|error| error.to_string())?;
+    socket.set_reuse_address(true).map_err(|error| error.to_string())?;
+    socket.bind(&address.into()).map_err(|error| format!("cannot bind {address}: {error}"))?;
+    Ok(socket)
+}
+
+fn advertised(options: &ServeOptions, listen: SocketAddr) -> Result<(String, i32), String> {
+    let Some(advertised) = &options.advertised_listener else {
+        return Ok((listen.ip().to_string(), i32::from(listen.port())));
+    };
+    let (host, port) = advertised.rsplit_once(':').ok_or_else(|| format!("--advertised-listener {advertised} is not HOST:PORT"))?;
+    let port: u16 = port.parse().map_err(|_| format!("--advertised-listener {advertised}: bad port"))?;
+    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), i32::from(port)))
+}
+
+fn shard_cpus(options: &ServeOptions) -> Result<Vec<usize>, String> {
+    let online: Vec<usize> = glommio::CpuSet::online().map_err(|error| error.to_string())?.iter().map(|location| location.cpu).collect();
+    let cpus = match (&options.cpus, options.shards) {
+        (Some(cpus), _) => cpus.clone(),
+        (None, Some(shards)) => (0..shards).map(|index| online[index % online.len()]).collect(),
+        (None, None) => online.clone(),
+    };
+    if cpus.is_empty() {
+        return Err("at least one shard is needed".into());
+    }
+    if let Some(missing) = cpus.iter().find(|cpu| !online.contains(cpu)) {
+        return Err(format!("cpu {missing} is not online (online: {online:?})"));
+    }
+    Ok(cpus)
+}
+
+/// First SIGINT/SIGTERM: graceful shutdown on every shard. A second one: exit at once.
+fn install_signal_handler(shutdown_senders: Vec<oneshot::Sender<()>>) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|error| error.to_string())?;
+    std::thread::Builder::new()
+        .name("ringfeed-signals".into())
+        .spawn(move || {
+            let mut senders = Some(shutdown_senders);
+            for signal in signals.forever() {
+                match senders.take() {
+                    Some(senders) => {
+                        tracing::info!(signal, "shutting down: finishing in-flight requests, closing partition logs");
+                        for sender in senders {
+                            let _ = sender.send(());
+                        }
+                    }
+                    None => {
+                        tracing::warn!(signal, "second signal: exiting without a clean shutdown");
+                        std::process::exit(130);
+                    }
+                }
+            }
+        })
+        .map_err(|error| error.to_string())?;
+    Ok(())
+}

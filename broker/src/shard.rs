@@ -1,0 +1,270 @@
+//! A shard: one pinned glommio executor that owns a set of partitions and serves the
+//! connections it accepted. `Shard` is the per-shard context every task of that executor
+//! shares through an `Rc`; nothing in it is shared with other threads except the immutable
+//! metadata snapshots and the mesh channels.
+//!
+//! Lifecycle (`run`): join the meshes → (shard 0) recover the controller and publish the
+//! metadata, (others) wait for the first snapshot → listen → on shutdown stop accepting,
+//! let connections finish, wait until every shard has drained (cross-shard requests may
+//! still arrive until then), close every partition log → return.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use futures::future::join_all;
+use glommio::sync::{Gate, Semaphore};
+use uuid::Uuid;
+
+use crate::config::BrokerConfig;
+use crate::controller::store::MetadataStore;
+use crate::controller::{Controller, ControllerCall, ControllerReply, PlacementRules};
+use crate::metadata::{MetadataSnapshot, TopicMetadata, TopicPartition};
+use crate::partition::{self, PartitionCall, PartitionReply, PartitionSlot, PartitionTable};
+use crate::router::{self, MeshPair, ShardCall, ShardReply, ShardRouter};
+use crate::storage::PartitionLog;
+
+/// Per-shard context. Owned by one executor thread; see the module docs.
+pub struct Shard {
+    pub id: usize,
+    pub config: Arc<BrokerConfig>,
+    metadata: RefCell<Arc<MetadataSnapshot>>,
+    pub partitions: PartitionTable,
+    router: Rc<ShardRouter>,
+    controller: Option<Controller>,
+    /// Bytes of request frames this shard may hold at once (`Limits::shard_inflight_request_bytes_max`).
+    pub request_budget: Rc<Semaphore>,
+    /// Closed (never signalled) when shutdown starts: waiters see an error and stop.
+    shutdown: Rc<Semaphore>,
+    /// Closed when the first metadata snapshot has been applied.
+    metadata_ready: Rc<Semaphore>,
+}
+
+impl Shard {
+    pub fn metadata(&self) -> Arc<MetadataSnapshot> {
+        self.metadata.borrow().clone()
+    }
+
+    /// Resolves once shutdown has started. Cancel-safe; race it with long waits.
+    pub async fn shutdown_started(&self) {
+        let _ = self.shutdown.acquire(1).await;
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.try_acquire(1).is_err()
+    }
+
+    /// Runs `call` on the partition's owner: directly when that is this shard, else over the
+    /// mesh. `None` when the owner is gone (only during shutdown).
+    pub async fn partition_call(&self, owner: usize, call: PartitionCall) -> Option<PartitionReply> {
+        if owner == self.id {
+            return Some(partition::execute(&self.partitions, call).await);
+        }
+        match self.router.call(owner, ShardCall::Partition(call)).await {
+            Ok(ShardReply::Partition(reply)) => Some(reply),
+            Ok(other) => panic!("shard {owner} answered a partition call with {other:?}"),
+            Err(gone) => {
+                tracing::warn!(%gone, "partition call not answered");
+                None
+            }
+        }
+    }
+
+    /// Sends a topic change to the controller on shard 0 and waits until every shard has the
+    /// resulting metadata.
+    pub async fn controller_call(self: &Rc<Self>, call: ControllerCall) -> Option<ControllerReply> {
+        if self.id == 0 {
+            return Some(self.run_controller(call).await);
+        }
+        match self.router.call(0, ShardCall::Controller(call)).await {
+            Ok(ShardReply::Controller(reply)) => Some(reply),
+            Ok(other) => panic!("shard 0 answered a controller call with {other:?}"),
+            Err(_) => None,
+        }
+    }
+
+    /// Everything another shard can ask of this one arrives here.
+    async fn execute_call(self: Rc<Self>, call: ShardCall) -> ShardReply {
+        match call {
+            ShardCall::Partition(call) => ShardReply::Partition(partition::execute(&self.partitions, call).await),
+            ShardCall::Controller(call) => ShardReply::Controller(self.run_controller(call).await),
+            ShardCall::ApplyMetadata(snapshot) => {
+                self.apply_metadata(snapshot).await;
+                ShardReply::MetadataApplied
+            }
+        }
+    }
+
+    async fn run_controller(self: &Rc<Self>, call: ControllerCall) -> ControllerReply {
+        let controller = self.controller.as_ref().expect("controller calls are routed to shard 0");
+        let (reply, snapshot, turn) = controller.execute(call).await;
+        if let Some(snapshot) = snapshot {
+            self.publish(snapshot).await;
+        }
+        drop(turn);
+        reply
+    }
+
+    /// Shard 0: hands `snapshot` to every shard and waits until all have applied it.
+    async fn publish(self: &Rc<Self>, snapshot: Arc<MetadataSnapshot>) {
+        let applies = (0..self.config.shard_count()).map(|shard| {
+            let snapshot = snapshot.clone();
+            async move {
+                if shard == self.id {
+                    self.apply_metadata(snapshot).await;
+                } else if let Err(gone) = self.router.call(shard, ShardCall::ApplyMetadata(snapshot)).await {
+                    tracing::warn!(%gone, "metadata not applied");
+                }
+            }
+        });
+        join_all(applies).await;
+    }
+
+    /// The one place a shard changes which partitions it owns: remove what the snapshot no
+    /// longer places here, open what is new, update configs, then install the snapshot.
+    async fn apply_metadata(&self, snapshot: Arc<MetadataSnapshot>) {
+        let previous = self.metadata();
+        if snapshot.epoch <= previous.epoch && previous.epoch != 0 {
+            return;
+        }
+        let wanted: HashMap<TopicPartition, Arc<TopicMetadata>> = snapshot.partitions_on(self.id).map(|(tp, topic)| (tp, topic.clone())).collect();
+        let owned: HashMap<TopicPartition, Uuid> = self.partitions.owned().into_iter().collect();
+        let removed = owned.iter().filter(|(tp, id)| wanted.get(*tp).is_none_or(|topic| topic.id != **id));
+        let removals: Vec<_> = removed.filter_map(|(tp, _)| self.partitions.remove(tp).map(|slot| (tp.clone(), slot))).collect();
+        join_all(removals.into_iter().map(|(tp, slot)| remove_partition(tp, slot))).await;
+        let opens = wanted.iter().filter(|(tp, topic)| owned.get(*tp) != Some(&topic.id)).map(|(tp, topic)| self.open_partition(tp.clone(), topic.clone()));
+        join_all(opens).await;
+        for (tp, topic) in &wanted {
+            let config_changed = previous.topic(&tp.topic).is_some_and(|old| old.id == topic.id && old.config != topic.config);
+            if let (true, Ok(log)) = (config_changed, self.partitions.log(tp)) {
+                log.set_config(topic.config.log_config());
+            }
+        }
+        *self.metadata.borrow_mut() = snapshot;
+        self.metadata_ready.close();
+    }
+
+    async fn open_partition(&self, tp: TopicPartition, topic: Arc<TopicMetadata>) {
+        let dir = partition_dir(&self.config.data_dir, &tp);
+        let slot = match PartitionLog::open(&dir, topic.config.log_config()).await {
+            Ok((log, report)) => {
+                tracing::info!(partition = %tp, shard = self.id, ?report, "partition open");
+                PartitionSlot::Online { topic_id: topic.id, log }
+            }
+            Err(error) => {
+                tracing::error!(partition = %tp, dir = %dir.display(), %error, "partition offline: its log cannot be opened");
+                PartitionSlot::Offline { topic_id: topic.id, reason: error.to_string() }
+            }
+        };
+        self.partitions.insert(tp, slot);
+    }
+}
+
+async fn remove_partition(tp: TopicPartition, slot: PartitionSlot) {
+    if let PartitionSlot::Online { log, .. } = slot {
+        tracing::info!(partition = %tp, "partition deleted");
+        PartitionLog::remove(log).await;
+    }
+}
+
+/// Kafka's layout: `<data-dir>/<topic>-<partition>`. Topic names cannot contain `/`.
+pub fn partition_dir(data_dir: &std::path::Path, tp: &TopicPartition) -> PathBuf {
+    data_dir.join(format!("{}-{}", tp.topic, tp.partition))
+}
+
+/// Everything one shard's thread is started with.
+pub struct ShardStart {
+    pub config: Arc<BrokerConfig>,
+    pub meshes: MeshPair,
+    pub shutdown_requested: oneshot::Receiver<()>,
+    /// Shards that have finished their connections; the barrier before logs close.
+    pub drained_shards: Arc<AtomicUsize>,
+    /// Tells `main` this shard is listening.
+    pub listening: std::sync::mpsc::Sender<usize>,
+}
+
+/// The body of one shard's executor. Returns when the shard has shut down cleanly.
+pub async fn run(start: ShardStart) -> Result<(), String> {
+    let ShardStart { config, meshes, shutdown_requested, drained_shards, listening } = start;
+    let (router, incoming) = router::join(meshes).await;
+    let id = router.shard_id();
+    let controller = if id == 0 { Some(recover_controller(&config).await?) } else { None };
+    let shard = Rc::new(Shard {
+        id,
+        config: config.clone(),
+        metadata: RefCell::new(Arc::new(MetadataSnapshot::default())),
+        partitions: PartitionTable::default(),
+        router: Rc::new(router),
+        controller,
+        request_budget: Rc::new(Semaphore::new(config.limits.shard_inflight_request_bytes_max as u64)),
+        shutdown: Rc::new(Semaphore::new(0)),
+        metadata_ready: Rc::new(Semaphore::new(0)),
+    });
+    let executor_shard = shard.clone();
+    router::serve_incoming(shard.router.clone(), incoming, move |call| executor_shard.clone().execute_call(call));
+    forward_shutdown(&shard, shutdown_requested);
+    if let Some(controller) = &shard.controller {
+        shard.publish(controller.snapshot()).await;
+    } else {
+        let _ = shard.metadata_ready.acquire(1).await;
+    }
+    let listener = glommio::net::TcpListener::bind(config.listen).map_err(|error| format!("shard {id}: cannot listen on {}: {error}", config.listen))?;
+    let connections = Rc::new(Gate::new());
+    let accepting = glommio::spawn_local(crate::connection::accept_loop(shard.clone(), listener, connections.clone()));
+    let retention = glommio::spawn_local(enforce_retention_periodically(shard.clone()));
+    let _ = listening.send(id);
+    shard.shutdown_started().await;
+    drop(accepting);
+    drop(retention);
+    let _ = connections.close().await;
+    drained_shards.fetch_add(1, Ordering::SeqCst);
+    while drained_shards.load(Ordering::SeqCst) < config.shard_count() {
+        // Shutdown only: peers may still send partition calls until they have drained.
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    close_partitions(&shard).await;
+    Ok(())
+}
+
+async fn recover_controller(config: &BrokerConfig) -> Result<Controller, String> {
+    let rules = PlacementRules { shard_count: config.shard_count(), default_partitions: config.default_partitions, limits: config.limits.clone() };
+    Controller::recover(MetadataStore::new(&config.data_dir), rules).await.map_err(|error| error.to_string())
+}
+
+/// The signal thread completes `shutdown_requested`; turn that into the local broadcast.
+fn forward_shutdown(shard: &Rc<Shard>, shutdown_requested: oneshot::Receiver<()>) {
+    let shutdown = shard.shutdown.clone();
+    glommio::spawn_local(async move {
+        let _ = shutdown_requested.await;
+        shutdown.close();
+    })
+    .detach();
+}
+
+async fn enforce_retention_periodically(shard: Rc<Shard>) {
+    loop {
+        glommio::timer::sleep(shard.config.limits.retention_check_interval).await;
+        for (tp, log) in shard.partitions.online_logs() {
+            match log.enforce_retention().await {
+                Ok(0) => {}
+                Ok(segments) => tracing::info!(partition = %tp, segments, "retention removed segments"),
+                Err(error) => tracing::error!(partition = %tp, %error, "retention failed"),
+            }
+        }
+    }
+}
+
+async fn close_partitions(shard: &Shard) {
+    let closes = shard.partitions.online_logs().into_iter().map(|(tp, log)| async move {
+        if let Err(error) = log.close().await {
+            tracing::error!(partition = %tp, %error, "closing the partition log failed");
+        }
+    });
+    join_all(closes).await;
+    tracing::info!(shard = shard.id, "shard stopped; partition logs closed");
+}

@@ -1,0 +1,149 @@
+//! Topic configuration: the keys Ringfeed honours, their Kafka defaults, validation of
+//! overrides, and the translation into the storage crate's `LogConfig`.
+
+use std::collections::BTreeMap;
+
+use crate::storage::{FlushPolicy, LogConfig};
+
+/// `retention.ms` default: 7 days.
+const RETENTION_MS_DEFAULT: i64 = 604_800_000;
+/// `segment.bytes` default: 1 GiB.
+const SEGMENT_BYTES_DEFAULT: i64 = 1 << 30;
+/// `segment.ms` default: 7 days.
+const SEGMENT_MS_DEFAULT: i64 = 604_800_000;
+/// `flush.ms` used by the `interval` flush policy when the topic does not set it.
+const FLUSH_MS_DEFAULT: i64 = 1000;
+
+/// Key of Ringfeed's own per-topic flush policy: `always` (fdatasync after every append),
+/// `interval` (every `flush.ms`), or `on-demand` (only when an acks=all producer waits).
+pub const FLUSH_POLICY_KEY: &str = "ringfeed.flush.policy";
+
+/// The keys a topic may override, in the order DescribeConfigs lists them.
+pub const TOPIC_CONFIG_KEYS: [&str; 8] = [
+    "cleanup.policy",
+    "flush.ms",
+    "max.message.bytes",
+    "retention.bytes",
+    "retention.ms",
+    "segment.bytes",
+    "segment.ms",
+    FLUSH_POLICY_KEY,
+];
+
+/// The effective configuration of one topic: defaults with the topic's overrides applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicConfig {
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub segment_bytes: i64,
+    pub segment_ms: i64,
+    pub max_message_bytes: i64,
+    pub flush_policy: String,
+    pub flush_ms: i64,
+}
+
+impl TopicConfig {
+    /// Applies `overrides` (already validated) over the defaults.
+    pub fn resolve(overrides: &BTreeMap<String, String>, message_bytes_max_default: usize) -> Self {
+        let long = |key: &str, default: i64| overrides.get(key).and_then(|value| value.parse().ok()).unwrap_or(default);
+        Self {
+            retention_ms: long("retention.ms", RETENTION_MS_DEFAULT),
+            retention_bytes: long("retention.bytes", -1),
+            segment_bytes: long("segment.bytes", SEGMENT_BYTES_DEFAULT),
+            segment_ms: long("segment.ms", SEGMENT_MS_DEFAULT),
+            max_message_bytes: long("max.message.bytes", message_bytes_max_default as i64),
+            flush_policy: overrides.get(FLUSH_POLICY_KEY).cloned().unwrap_or_else(|| "on-demand".into()),
+            flush_ms: long("flush.ms", FLUSH_MS_DEFAULT),
+        }
+    }
+
+    /// The value DescribeConfigs reports for `key`.
+    pub fn value_of(&self, key: &str) -> Option<String> {
+        Some(match key {
+            "cleanup.policy" => "delete".into(),
+            "flush.ms" => self.flush_ms.to_string(),
+            "max.message.bytes" => self.max_message_bytes.to_string(),
+            "retention.bytes" => self.retention_bytes.to_string(),
+            "retention.ms" => self.retention_ms.to_string(),
+            "segment.bytes" => self.segment_bytes.to_string(),
+            "segment.ms" => self.segment_ms.to_string(),
+            FLUSH_POLICY_KEY => self.flush_policy.clone(),
+            _ => return None,
+        })
+    }
+
+    pub fn log_config(&self) -> LogConfig {
+        let optional = |value: i64| u64::try_from(value).ok();
+        LogConfig {
+            segment_bytes_max: self.segment_bytes as u64,
+            segment_age_max_ms: optional(self.segment_ms),
+            retention_bytes: optional(self.retention_bytes),
+            retention_ms: optional(self.retention_ms),
+            batch_bytes_max: self.max_message_bytes as usize,
+            flush: match self.flush_policy.as_str() {
+                "always" => FlushPolicy::Always,
+                "interval" => FlushPolicy::IntervalMs(self.flush_ms as u64),
+                _ => FlushPolicy::OnDemand,
+            },
+            ..LogConfig::default()
+        }
+    }
+}
+
+/// Checks one override; the error text goes back to the client with INVALID_CONFIG.
+pub fn validate_override(key: &str, value: &str) -> Result<(), String> {
+    let long_at_least = |min: i64| match value.parse::<i64>() {
+        Ok(parsed) if parsed >= min => Ok(()),
+        _ => Err(format!("{key} must be an integer >= {min}, got {value:?}")),
+    };
+    match key {
+        "cleanup.policy" if value == "delete" => Ok(()),
+        "cleanup.policy" => Err(format!("cleanup.policy={value} is not supported; only delete is")),
+        "retention.ms" | "retention.bytes" => long_at_least(-1),
+        "segment.bytes" => long_at_least(1024 * 1024),
+        "segment.ms" => long_at_least(1),
+        "max.message.bytes" => long_at_least(0).and_then(|()| {
+            if value.parse::<i64>().unwrap_or(0) > i64::from(i32::MAX) {
+                Err("max.message.bytes must fit in 32 bits".into())
+            } else {
+                Ok(())
+            }
+        }),
+        "flush.ms" => long_at_least(0),
+        FLUSH_POLICY_KEY if matches!(value, "always" | "interval" | "on-demand") => Ok(()),
+        FLUSH_POLICY_KEY => Err(format!("{FLUSH_POLICY_KEY} must be always, interval or on-demand, got {value:?}")),
+        _ => Err(format!("unknown or unsupported topic config {key}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_replace_defaults_and_reach_the_log_config() {
+        let overrides = BTreeMap::from([
+            ("retention.bytes".to_string(), "5000000".to_string()),
+            ("max.message.bytes".to_string(), "2000".to_string()),
+            (FLUSH_POLICY_KEY.to_string(), "always".to_string()),
+        ]);
+        let config = TopicConfig::resolve(&overrides, 1_048_588);
+        assert_eq!(config.retention_ms, RETENTION_MS_DEFAULT);
+        let log = config.log_config();
+        assert_eq!(log.retention_bytes, Some(5_000_000));
+        assert_eq!(log.batch_bytes_max, 2000);
+        assert_eq!(log.flush, FlushPolicy::Always);
+        assert_eq!(TopicConfig::resolve(&BTreeMap::new(), 10).log_config().retention_bytes, None);
+    }
+
+    #[test]
+    fn invalid_overrides_are_refused_with_a_reason() {
+        assert!(validate_override("cleanup.policy", "compact").is_err());
+        assert!(validate_override("retention.ms", "-2").is_err());
+        assert!(validate_override("retention.ms", "soon").is_err());
+        assert!(validate_override("no.such.key", "1").is_err());
+        assert!(validate_override(FLUSH_POLICY_KEY, "sometimes").is_err());
+        assert!(validate_override("retention.ms", "-1").is_ok());
+        assert!(validate_override(FLUSH_POLICY_KEY, "interval").is_ok());
+    }
+}
