@@ -16,11 +16,10 @@ mod registry;
 mod router;
 mod server;
 mod shard;
-mod storage_shim;
 mod topic_config;
 
-/// The partition log implementation (see `storage_shim`).
-use storage_shim as storage;
+/// The partition log: Kafka batches in O_DIRECT segments (crate `ringfeed-storage`).
+use ringfeed_storage as storage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

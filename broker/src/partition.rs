@@ -11,12 +11,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::{select, Either};
+use futures::future::select;
 use uuid::Uuid;
 
 use crate::error_codes as codes;
 use crate::metadata::TopicPartition;
-use crate::storage::{AppendError, PartitionLog, ReadError};
+use crate::storage::{AppendError, BatchError, PartitionLog, ReadError};
 
 /// Work on one partition, executed by its owning shard.
 #[derive(Debug)]
@@ -148,9 +148,9 @@ pub async fn execute(table: &PartitionTable, call: PartitionCall) -> PartitionRe
 
 fn append_error_code(error: &AppendError) -> i16 {
     match error {
-        AppendError::Corrupt { .. } => codes::CORRUPT_MESSAGE,
-        AppendError::InvalidRecord { .. } => codes::INVALID_RECORD,
-        AppendError::TooLarge { .. } => codes::MESSAGE_TOO_LARGE,
+        AppendError::Batch(BatchError::Corrupt(_)) => codes::CORRUPT_MESSAGE,
+        AppendError::Batch(BatchError::InvalidRecord(_)) => codes::INVALID_RECORD,
+        AppendError::Batch(BatchError::TooLarge { .. }) => codes::MESSAGE_TOO_LARGE,
         AppendError::Storage(_) => codes::KAFKA_STORAGE_ERROR,
     }
 }

@@ -131,7 +131,8 @@ fn advertised(options: &ServeOptions, listen: SocketAddr) -> Result<(String, i32
 }
 
 fn shard_cpus(options: &ServeOptions) -> Result<Vec<usize>, String> {
-    let online: Vec<usize> = glommio::CpuSet::online().map_err(|error| error.to_string())?.iter().map(|location| location.cpu).collect();
+    let mut online: Vec<usize> = glommio::CpuSet::online().map_err(|error| error.to_string())?.iter().map(|location| location.cpu).collect();
+    online.sort_unstable();
     let cpus = match (&options.cpus, options.shards) {
         (Some(cpus), _) => cpus.clone(),
         (None, Some(shards)) => (0..shards).map(|index| online[index % online.len()]).collect(),

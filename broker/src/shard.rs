@@ -167,8 +167,10 @@ impl Shard {
 
 async fn remove_partition(tp: TopicPartition, slot: PartitionSlot) {
     if let PartitionSlot::Online { log, .. } = slot {
-        tracing::info!(partition = %tp, "partition deleted");
-        PartitionLog::remove(log).await;
+        match log.remove().await {
+            Ok(()) => tracing::info!(partition = %tp, "partition deleted"),
+            Err(error) => tracing::error!(partition = %tp, %error, "deleting the partition directory failed"),
+        }
     }
 }
 
