@@ -291,6 +291,8 @@ impl<D: Disk> PartitionLog<D> {
                 &index_contents,
             )
             .await;
+        // The checkpoint too, so that if the marker is ever lost the scan trusts all of this.
+        let _ = self.write_checkpoint().await;
         let marker_bytes = encode_checkpoint(MetaKind::CleanShutdown, &marker);
         let marked = disk
             .write_file_atomically(&self.dir().join(CLEAN_SHUTDOWN_FILE), &marker_bytes)

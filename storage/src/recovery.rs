@@ -46,6 +46,9 @@ pub struct TornTail {
     pub segment_base_offset: i64,
     pub position: u64,
     pub dropped_bytes: u64,
+    /// Valid batches lay behind the damage (possible after a power cut reordered unsynced
+    /// writes); they were not known durable and were cut with it.
+    pub valid_batches_dropped: bool,
     pub reason: String,
 }
 
@@ -282,42 +285,15 @@ async fn open_last<D: Disk>(
     .await
     .map_err(io_error("scanning a segment"))?;
     report.bytes_validated = scan.valid_bytes.saturating_sub(trusted_bytes);
-    if scan.valid_bytes < trusted_bytes {
-        return Err(StorageError::MidLogCorruption(format!(
-            "{}: segment {base} ends at byte {} ({:?}) but the checkpoint vouches for {trusted_bytes} durable bytes",
-            dir.display(),
-            scan.valid_bytes,
-            scan.stop
-        )));
-    }
-    if let ScanStop::Damaged { reason } = &scan.stop {
-        let expected = scan.index.data.next_offset;
-        let after = segment::search_after_damage(&file, file_bytes, scan.valid_bytes, expected)
-            .await
-            .map_err(io_error("scanning a segment"))?;
-        if let Some(valid_position) = after.valid_batch_position {
-            return Err(StorageError::MidLogCorruption(format!(
-                "{}: segment {base} is damaged at byte {} (offset {expected}: {reason}) and a valid batch follows at byte {valid_position}; refusing to cut acknowledged data",
-                dir.display(),
-                scan.valid_bytes
-            )));
-        }
-        let torn = TornTail {
-            segment_base_offset: base,
-            position: scan.valid_bytes,
-            dropped_bytes: after.nonzero_end.saturating_sub(scan.valid_bytes),
-            reason: reason.clone(),
-        };
-        tracing::warn!(dir = %dir.display(), segment = base, position = torn.position, dropped_bytes = torn.dropped_bytes, reason, "truncating a torn tail");
-        // Cut the file so stale bytes past the new end can never be read as a batch.
-        file.truncate(scan.valid_bytes)
-            .await
-            .map_err(io_error("truncating a torn tail"))?;
-        file.fdatasync()
-            .await
-            .map_err(io_error("fdatasync after truncation"))?;
-        report.truncated = Some(torn);
-    }
+    let damage = match &scan.stop {
+        ScanStop::Damaged { reason } => Some(reason.clone()),
+        ScanStop::CleanEnd if scan.valid_bytes < trusted_bytes => Some(format!(
+            "zeros where the checkpoint vouches for {trusted_bytes} durable bytes"
+        )),
+        ScanStop::CleanEnd => None,
+    };
+    report.truncated =
+        settle_tail(&file, file_bytes, base, &scan, damage, trusted_bytes, dir).await?;
     let valid_bytes = scan.valid_bytes;
     Ok((
         Segment {
@@ -327,6 +303,64 @@ async fn open_last<D: Disk>(
         },
         valid_bytes,
     ))
+}
+
+/// Decides what the end of the last segment's scan means.
+///
+/// Bytes past the recovery checkpoint were never known durable: a power cut may have kept a
+/// later unsynced write and lost an earlier one, leaving a hole before valid batches. So
+/// damage past the checkpoint is a torn tail whatever follows it: cut, with any valid
+/// batches dropped behind it logged and counted. Damage inside the bytes the checkpoint
+/// vouches for, with a valid batch after it, is corruption of durable data: refused as
+/// mid-log corruption, never cut. The cut truncates the file so stale bytes can never be
+/// read as batches later.
+async fn settle_tail<F: DiskFile>(
+    file: &F,
+    file_bytes: u64,
+    base: i64,
+    scan: &segment::ScanOutcome,
+    damage: Option<String>,
+    trusted_bytes: u64,
+    dir: &Path,
+) -> Result<Option<TornTail>, StorageError> {
+    let expected = scan.index.data.next_offset;
+    let after = segment::search_after_damage(file, file_bytes, scan.valid_bytes, expected)
+        .await
+        .map_err(io_error("scanning a segment"))?;
+    let reason = match (damage, after.valid_batch_position) {
+        (None, None) => return Ok(None),
+        (Some(reason), _) => reason,
+        (None, Some(_)) => "zeros".to_string(),
+    };
+    if let (true, Some(valid_position)) =
+        (scan.valid_bytes < trusted_bytes, after.valid_batch_position)
+    {
+        return Err(StorageError::MidLogCorruption(format!(
+            "{}: segment {base} is damaged at byte {} (offset {expected}: {reason}) inside the {trusted_bytes} bytes the checkpoint records as durable, and a valid batch follows at byte {valid_position}; refusing to cut acknowledged data",
+            dir.display(),
+            scan.valid_bytes,
+        )));
+    }
+    let torn = TornTail {
+        segment_base_offset: base,
+        position: scan.valid_bytes,
+        dropped_bytes: after.nonzero_end.saturating_sub(scan.valid_bytes),
+        valid_batches_dropped: after.valid_batch_position.is_some(),
+        reason,
+    };
+    if torn.valid_batches_dropped || torn.position < trusted_bytes {
+        tracing::error!(dir = %dir.display(), segment = base, position = torn.position, dropped_bytes = torn.dropped_bytes,
+            reason = torn.reason, trusted_bytes, "cutting a damaged tail that held valid batches or checkpointed data (a power cut reorders unsynced writes; anything else is media damage)");
+    } else {
+        tracing::warn!(dir = %dir.display(), segment = base, position = torn.position, dropped_bytes = torn.dropped_bytes, reason = torn.reason, "truncating a torn tail");
+    }
+    file.truncate(scan.valid_bytes)
+        .await
+        .map_err(io_error("truncating a torn tail"))?;
+    file.fdatasync()
+        .await
+        .map_err(io_error("fdatasync after truncation"))?;
+    Ok(Some(torn))
 }
 
 /// Builds the log state around the recovered active segment. An fdatasync first makes

@@ -194,7 +194,7 @@ fn check_header(
         ));
     }
     let size = header.total_bytes();
-    if (header.batch_length as usize) < BATCH_LENGTH_MIN
+    if header.batch_length < BATCH_LENGTH_MIN as i32
         || size > RECOVERY_BATCH_BYTES_MAX
         || size as u64 > bytes_left
     {
@@ -230,8 +230,9 @@ async fn tail_stop<F: DiskFile>(
 }
 
 fn crc_matches(batch_bytes: &[u8]) -> bool {
-    let header = BatchHeader::parse(batch_bytes).expect("whole batch");
-    crc32c::crc32c(&batch_bytes[batch::ATTRIBUTES_OFFSET..]) == header.crc
+    BatchHeader::parse(batch_bytes).is_some_and(|header| {
+        crc32c::crc32c(&batch_bytes[batch::ATTRIBUTES_OFFSET..]) == header.crc
+    })
 }
 
 /// What lies after damage at `damage_position`: the position of a valid batch with an offset
@@ -299,7 +300,7 @@ async fn is_valid_batch_beyond<F: DiskFile>(
     let header = BatchHeader::parse(&header_bytes).expect("61 bytes");
     let size = header.total_bytes();
     let plausible = header.base_offset > expected_offset
-        && (header.batch_length as usize) >= BATCH_LENGTH_MIN
+        && header.batch_length >= BATCH_LENGTH_MIN as i32
         && size <= RECOVERY_BATCH_BYTES_MAX
         && position + size as u64 <= file_bytes;
     if !plausible {

@@ -30,7 +30,7 @@ struct SimState {
     durable_names: BTreeMap<PathBuf, FileRef>,
     faults: Faults,
     data_writes: u64,
-    fdatasyncs: u64,
+    data_fdatasyncs: u64,
     /// The most recent write not yet covered by an fdatasync of its file.
     last_unsynced_write: Option<(FileRef, u64, Vec<u8>)>,
 }
@@ -82,7 +82,8 @@ impl SimDisk {
         self.0.borrow_mut().faults.fail_next_write = true;
     }
 
-    /// The next fdatasync fails with EIO (once); what it covered does not become durable.
+    /// The next data-file fdatasync fails with EIO (once); what it covered does not become
+    /// durable.
     pub fn fail_next_fdatasync(&self) {
         self.0.borrow_mut().faults.fail_next_fdatasync = true;
     }
@@ -103,8 +104,9 @@ impl SimDisk {
         self.0.borrow().data_writes
     }
 
-    pub fn fdatasyncs(&self) -> u64 {
-        self.0.borrow().fdatasyncs
+    /// fdatasyncs of data files (segments), not those inside atomic metadata writes.
+    pub fn data_fdatasyncs(&self) -> u64 {
+        self.0.borrow().data_fdatasyncs
     }
 
     /// A fresh disk holding what survives a crash of this one.
@@ -192,6 +194,21 @@ impl SimDisk {
     }
 }
 
+/// Real IO takes time, during which other tasks run; the simulated disk yields once per
+/// write, fdatasync and fallocate so interleavings (and group commit) happen as they would.
+async fn io_latency() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await;
+}
+
 fn write_into(contents: &mut Vec<u8>, pos: u64, bytes: &[u8]) {
     let end = pos as usize + bytes.len();
     if contents.len() < end {
@@ -204,6 +221,34 @@ fn write_into(contents: &mut Vec<u8>, pos: u64, bytes: &[u8]) {
 pub struct SimFile {
     disk: SimDisk,
     data: FileRef,
+}
+
+impl SimFile {
+    /// fdatasync; `data_file` says whether it counts as (and can be failed as) a data-file
+    /// fdatasync rather than part of an atomic metadata write.
+    async fn sync(&self, data_file: bool) -> io::Result<()> {
+        io_latency().await;
+        self.disk.check_powered("fdatasync")?;
+        let mut state = self.disk.0.borrow_mut();
+        let covers_last = state
+            .last_unsynced_write
+            .as_ref()
+            .is_some_and(|(file, _, _)| Rc::ptr_eq(file, &self.data));
+        if covers_last {
+            state.last_unsynced_write = None;
+        }
+        if data_file && std::mem::take(&mut state.faults.fail_next_fdatasync) {
+            // The kernel reports the error once and drops the dirty pages' error state;
+            // what was written is not on disk, though reads still see it.
+            return Err(eio("fdatasync"));
+        }
+        let mut data = self.data.borrow_mut();
+        data.durable = data.live.clone();
+        if data_file {
+            state.data_fdatasyncs += 1;
+        }
+        Ok(())
+    }
 }
 
 /// A plain heap buffer; alignment does not matter in memory.
@@ -301,7 +346,7 @@ impl Disk for SimDisk {
             Self::check_growth(&state, 0, contents.len())?;
         }
         write_into(&mut file.data.borrow_mut().live, 0, contents);
-        file.fdatasync().await?;
+        file.sync(false).await?;
         self.check_powered("rename")?;
         {
             let mut state = self.0.borrow_mut();
@@ -323,6 +368,7 @@ impl DiskFile for SimFile {
     }
 
     async fn write_at(&self, buffer: SimBuffer, position: u64) -> io::Result<()> {
+        io_latency().await;
         assert_eq!(
             position % PAGE_BYTES as u64,
             0,
@@ -362,33 +408,16 @@ impl DiskFile for SimFile {
     }
 
     async fn fdatasync(&self) -> io::Result<()> {
-        self.disk.check_powered("fdatasync")?;
-        let mut state = self.disk.0.borrow_mut();
-        let covers_last = state
-            .last_unsynced_write
-            .as_ref()
-            .is_some_and(|(file, _, _)| Rc::ptr_eq(file, &self.data));
-        if covers_last {
-            state.last_unsynced_write = None;
-        }
-        if std::mem::take(&mut state.faults.fail_next_fdatasync) {
-            // The kernel reports the error once and drops the dirty pages' error state;
-            // what was written is not on disk, though reads still see it.
-            return Err(eio("fdatasync"));
-        }
-        let mut data = self.data.borrow_mut();
-        data.durable = data.live.clone();
-        state.fdatasyncs += 1;
-        Ok(())
+        self.sync(true).await
     }
 
     async fn preallocate(&self, len: u64) -> io::Result<()> {
+        io_latency().await;
         self.disk.check_powered("fallocate")?;
-        let state = self.disk.0.borrow();
-        let mut data = self.data.borrow_mut();
-        if (data.live.len() as u64) < len {
-            SimDisk::check_growth(&state, data.live.len(), len as usize)?;
-            data.live.resize(len as usize, 0);
+        let old_len = self.data.borrow().live.len();
+        if (old_len as u64) < len {
+            SimDisk::check_growth(&self.disk.0.borrow(), old_len, len as usize)?;
+            self.data.borrow_mut().live.resize(len as usize, 0);
         }
         Ok(())
     }

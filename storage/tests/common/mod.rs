@@ -36,7 +36,7 @@ pub fn small_config() -> LogConfig {
         tail_cache_bytes_max: 0,
         write_chunk_bytes: 8 << 10,
         unwritten_bytes_max: 64 << 10,
-        checkpoint_interval_ms: 1 << 40,
+        checkpoint_interval_ms: 0,
         flush: FlushPolicy::OnDemand,
         ..LogConfig::default()
     }

@@ -1,0 +1,291 @@
+//! Guards recovery's judgement of damaged bytes after a crash (no clean-shutdown marker):
+//! - tail damage (truncation at every byte of the last two batches, bit flips, a zeroed
+//!   tail, a garbage tail) recovers exactly the batches before the damage, cuts the rest, and
+//!   the log accepts appends again;
+//! - damage inside the bytes the checkpoint vouches for, followed by valid batches (mid-log),
+//!   even behind zeros, is refused, never cut; past the checkpoint it is a torn tail (a
+//!   power cut can reorder unsynced writes), cut and reported;
+//! - a damaged sealed segment whose index is gone is refused too.
+
+mod common;
+
+use bytes::Bytes;
+use common::{
+    header, open_sim, read_all, run, segment_path, small_config, stored_at, workload_batch,
+};
+use ringfeed_storage::batch::{MAGIC_OFFSET, PARTITION_LEADER_EPOCH_OFFSET};
+use ringfeed_storage::segment::CLEAN_SHUTDOWN_FILE;
+use ringfeed_storage::sim::{CrashMode, SimDisk};
+use ringfeed_storage::{Clock, LogConfig, PartitionLog, StorageError};
+use std::path::Path;
+
+/// One segment big enough for the whole workload; no checkpoint after the first.
+fn one_segment_config() -> LogConfig {
+    LogConfig {
+        segment_bytes_max: 1 << 20,
+        checkpoint_interval_ms: 1 << 62,
+        ..small_config()
+    }
+}
+
+/// A crashed disk holding `count` durable batches in one segment, and those batches.
+async fn crashed_log(count: usize) -> (SimDisk, Vec<Bytes>) {
+    let disk = SimDisk::new();
+    let log = open_sim(&disk, one_segment_config()).await.expect("open");
+    let mut stored = Vec::new();
+    for i in 0..count {
+        let batch = workload_batch(i);
+        let outcome = log.append(batch.clone()).await.expect("append");
+        log.wait_durable(outcome.last_offset)
+            .await
+            .expect("durable");
+        stored.push(stored_at(&batch, outcome.base_offset));
+    }
+    (disk.crash_image(CrashMode::PowerCut), stored)
+}
+
+/// Byte position where each batch starts, and the end of the last.
+fn batch_starts(stored: &[Bytes]) -> Vec<usize> {
+    let mut starts = vec![0];
+    for batch in stored {
+        starts.push(starts.last().unwrap() + batch.len());
+    }
+    starts
+}
+
+/// Applies `damage` to a copy of the crashed disk, recovers, and checks that exactly the
+/// first `survivors` batches come back and appends continue after them.
+async fn expect_recovered(
+    base: &SimDisk,
+    stored: &[Bytes],
+    survivors: usize,
+    what: &str,
+    damage: impl FnOnce(&mut Vec<u8>),
+) {
+    let disk = base.crash_image(CrashMode::ProcessCrash);
+    disk.corrupt(&segment_path(0), damage);
+    let log = open_sim(&disk, one_segment_config())
+        .await
+        .unwrap_or_else(|e| panic!("{what}: recovery refused: {e}"));
+    let recovered = read_all(&log).await;
+    assert_eq!(
+        recovered.len(),
+        survivors,
+        "{what}: wrong number of batches recovered"
+    );
+    assert_eq!(
+        recovered,
+        stored[..survivors],
+        "{what}: recovered batches differ"
+    );
+    let next = log
+        .append(workload_batch(500))
+        .await
+        .expect("append after recovery");
+    let expected_next = stored[..survivors]
+        .last()
+        .map_or(0, |b| header(b).last_offset() + 1);
+    assert_eq!(next.base_offset, expected_next, "{what}");
+    log.wait_durable(next.last_offset).await.expect("durable");
+    let reread = read_all(
+        &open_sim(&disk.crash_image(CrashMode::PowerCut), one_segment_config())
+            .await
+            .expect("reopen"),
+    )
+    .await;
+    assert_eq!(
+        reread.len(),
+        survivors + 1,
+        "{what}: stale bytes after the cut resurfaced"
+    );
+}
+
+async fn expect_refused(disk: &SimDisk, config: LogConfig, what: &str) {
+    match open_sim(disk, config).await {
+        Err(StorageError::MidLogCorruption(message)) => assert!(!message.is_empty()),
+        Err(other) => panic!("{what}: wrong error {other}"),
+        Ok(_) => panic!("{what}: mid-log damage was accepted"),
+    }
+}
+
+#[test]
+fn truncation_at_every_byte_of_the_last_two_batches_recovers_what_precedes_it() {
+    run(|| async {
+        let (disk, stored) = crashed_log(12).await;
+        let starts = batch_starts(&stored);
+        for cut in starts[10]..starts[12] {
+            let survivors = starts.iter().rposition(|&s| s <= cut).unwrap();
+            expect_recovered(
+                &disk,
+                &stored,
+                survivors,
+                &format!("cut at byte {cut}"),
+                |bytes| bytes.truncate(cut),
+            )
+            .await;
+        }
+    });
+}
+
+#[test]
+fn bit_flips_in_the_last_batch_cut_only_that_batch() {
+    run(|| async {
+        let (disk, stored) = crashed_log(12).await;
+        let starts = batch_starts(&stored);
+        for byte in starts[11]..starts[12] {
+            let within = byte - starts[11];
+            if (PARTITION_LEADER_EPOCH_OFFSET..MAGIC_OFFSET).contains(&within) {
+                continue; // partitionLeaderEpoch is outside the CRC in Kafka's format
+            }
+            expect_recovered(
+                &disk,
+                &stored,
+                11,
+                &format!("flip at byte {byte}"),
+                |bytes| bytes[byte] ^= 0x04,
+            )
+            .await;
+        }
+    });
+}
+
+#[test]
+fn zeroed_and_garbage_tails_are_cut() {
+    run(|| async {
+        let (disk, stored) = crashed_log(12).await;
+        let starts = batch_starts(&stored);
+        expect_recovered(&disk, &stored, 10, "zeroed last two batches", |bytes| {
+            bytes[starts[10]..starts[12]].fill(0)
+        })
+        .await;
+        expect_recovered(&disk, &stored, 12, "garbage after the tail", |bytes| {
+            for (i, b) in bytes[starts[12]..starts[12] + 3000].iter_mut().enumerate() {
+                *b = (i * 7 + 13) as u8 | 0x80;
+            }
+        })
+        .await;
+        expect_recovered(&disk, &stored, 11, "garbage over the last batch", |bytes| {
+            bytes[starts[11] + 20..starts[12] + 100].fill(0xA5);
+        })
+        .await;
+    });
+}
+
+/// A stopped log whose checkpoint vouches for all of its batches (written at close), with
+/// the clean-shutdown marker removed so the next open scans.
+async fn checkpointed_log(count: usize) -> (SimDisk, Vec<Bytes>) {
+    let disk = SimDisk::new();
+    let log = open_sim(&disk, one_segment_config()).await.expect("open");
+    let mut stored = Vec::new();
+    for i in 0..count {
+        let batch = workload_batch(i);
+        let outcome = log.append(batch.clone()).await.expect("append");
+        stored.push(stored_at(&batch, outcome.base_offset));
+    }
+    log.close().await.expect("close");
+    let image = disk.crash_image(CrashMode::PowerCut);
+    image.corrupt(
+        &segment_path(0).with_file_name(CLEAN_SHUTDOWN_FILE),
+        Vec::clear,
+    );
+    (image, stored)
+}
+
+#[test]
+fn damage_inside_checkpointed_data_followed_by_valid_batches_is_refused() {
+    run(|| async {
+        let (disk, stored) = checkpointed_log(12).await;
+        let starts = batch_starts(&stored);
+        let intact = disk.crash_image(CrashMode::ProcessCrash);
+        assert_eq!(
+            read_all(
+                &open_sim(&intact, one_segment_config())
+                    .await
+                    .expect("undamaged")
+            )
+            .await,
+            stored
+        );
+        let flipped = disk.crash_image(CrashMode::ProcessCrash);
+        // Inside checkpointed bytes only headers are checked at start (CRCs are the offline
+        // checker's job), so the damage here is to batch 5's magic byte.
+        flipped.corrupt(&segment_path(0), |bytes| {
+            bytes[starts[5] + MAGIC_OFFSET] ^= 0x01
+        });
+        expect_refused(
+            &flipped,
+            one_segment_config(),
+            "header damage in batch 5 of 12",
+        )
+        .await;
+        let zeroed = disk.crash_image(CrashMode::ProcessCrash);
+        zeroed.corrupt(&segment_path(0), |bytes| {
+            bytes[starts[4]..starts[6]].fill(0)
+        });
+        expect_refused(
+            &zeroed,
+            one_segment_config(),
+            "zeros hiding batches 6 to 11",
+        )
+        .await;
+        // The refusal leaves the bytes alone: the same damage is refused again.
+        expect_refused(&zeroed, one_segment_config(), "second open").await;
+    });
+}
+
+#[test]
+fn damage_past_the_checkpoint_is_cut_and_reported_with_the_valid_batches_behind_it() {
+    run(|| async {
+        // No checkpoint: a power cut may have kept later unsynced writes and lost earlier
+        // ones, so a hole before valid batches is a torn tail, cut and reported.
+        let (disk, stored) = crashed_log(12).await;
+        let starts = batch_starts(&stored);
+        let damaged = disk.crash_image(CrashMode::ProcessCrash);
+        damaged.corrupt(&segment_path(0), |bytes| bytes[starts[5] + 70] ^= 0x01);
+        let (log, report) = PartitionLog::open_on(
+            damaged.clone(),
+            Path::new("/data/topic-0"),
+            one_segment_config(),
+            Clock::System,
+        )
+        .await
+        .expect("recovers");
+        let torn = report.truncated.expect("a cut is reported");
+        assert!(
+            torn.valid_batches_dropped,
+            "the report says valid batches were behind the damage"
+        );
+        assert_eq!(torn.position, starts[5] as u64);
+        assert_eq!(read_all(&log).await, stored[..5]);
+    });
+}
+
+#[test]
+fn a_damaged_sealed_segment_without_its_index_is_refused() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let log = open_sim(&disk, small_config()).await.expect("open");
+        for i in 0..40 {
+            log.append(workload_batch(i)).await.expect("append");
+        }
+        log.wait_durable(log.log_end_offset() - 1)
+            .await
+            .expect("durable");
+        let image = disk.crash_image(CrashMode::PowerCut);
+        let first_index = image
+            .paths()
+            .into_iter()
+            .find(|p| p.extension().is_some_and(|e| e == "index"))
+            .expect("a sealed segment");
+        let segment = first_index.with_extension("log");
+        image.corrupt(&segment, |bytes| bytes[200] ^= 0x40);
+        // With its index intact the damage is not scanned for (reads return it; clients check CRCs).
+        assert!(
+            open_sim(&image.crash_image(CrashMode::ProcessCrash), small_config())
+                .await
+                .is_ok()
+        );
+        image.corrupt(&first_index, |bytes| bytes.clear());
+        expect_refused(&image, small_config(), "damaged sealed segment").await;
+    });
+}

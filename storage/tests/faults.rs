@@ -1,0 +1,172 @@
+//! Guards the log's behaviour when the disk fails:
+//! - EIO on fdatasync fences the log: the waiting ack fails, every later append and ack
+//!   fails, even though a retried fdatasync would "succeed" (fsyncgate);
+//! - EIO on a write fences it the same way;
+//! - ENOSPC refuses appends with a storage error, leaves the log readable and unfenced, and
+//!   appends resume once space is freed;
+//! - one fdatasync covers many concurrent appenders (group commit).
+
+mod common;
+
+use std::rc::Rc;
+
+use common::{open_sim, read_all, run, small_config, stored_at, workload_batch};
+use ringfeed_storage::sim::{CrashMode, SimDisk};
+use ringfeed_storage::{AppendError, StorageError};
+
+#[test]
+fn eio_on_fdatasync_fences_and_no_ack_follows() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let log = open_sim(&disk, small_config()).await.expect("open");
+        let mut durable = Vec::new();
+        for i in 0..5 {
+            let batch = workload_batch(i);
+            let outcome = log.append(batch.clone()).await.expect("append");
+            log.wait_durable(outcome.last_offset)
+                .await
+                .expect("durable");
+            durable.push(stored_at(&batch, outcome.base_offset));
+        }
+        let doomed = log.append(workload_batch(5)).await.expect("append");
+        disk.fail_next_fdatasync();
+        assert!(
+            log.wait_durable(doomed.last_offset).await.is_err(),
+            "the ack covered by the failed fdatasync fails"
+        );
+        assert!(log.fenced_error().is_some());
+        assert!(matches!(
+            log.append(workload_batch(6)).await,
+            Err(AppendError::Storage(StorageError::Fenced(_)))
+        ));
+        assert!(
+            log.wait_durable(doomed.last_offset).await.is_err(),
+            "asking again does not retry and then ack"
+        );
+        assert!(log.wait_written(doomed.last_offset + 1).await.is_err());
+        // What was durable before the failure is all a power cut keeps.
+        let recovered = read_all(
+            &open_sim(&disk.crash_image(CrashMode::PowerCut), small_config())
+                .await
+                .expect("recover"),
+        )
+        .await;
+        assert_eq!(recovered, durable);
+    });
+}
+
+#[test]
+fn eio_on_write_fences_the_log() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let log = open_sim(&disk, small_config()).await.expect("open");
+        let first = log.append(workload_batch(0)).await.expect("append");
+        log.wait_durable(first.last_offset).await.expect("durable");
+        disk.fail_next_write();
+        let second = log
+            .append(workload_batch(1))
+            .await
+            .expect("append is buffered");
+        assert!(log.wait_written(second.last_offset).await.is_err());
+        assert_eq!(
+            log.high_watermark(),
+            first.last_offset + 1,
+            "the failed write is never visible"
+        );
+        assert!(log.append(workload_batch(2)).await.is_err());
+        log.close()
+            .await
+            .expect_err("a fenced log writes no clean-shutdown marker");
+    });
+}
+
+#[test]
+fn enospc_refuses_appends_keeps_the_log_readable_and_recovers() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let log = open_sim(&disk, small_config()).await.expect("open");
+        disk.set_capacity(Some(48 << 10));
+        let mut stored = Vec::new();
+        let mut refused = None;
+        for i in 0..200 {
+            let batch = workload_batch(i);
+            match log.append(batch.clone()).await {
+                Ok(outcome) => {
+                    log.wait_durable(outcome.last_offset)
+                        .await
+                        .expect("accepted appends become durable");
+                    stored.push(stored_at(&batch, outcome.base_offset));
+                }
+                Err(error) => {
+                    refused = Some(error);
+                    break;
+                }
+            }
+        }
+        let error = refused.expect("the disk filled up");
+        assert!(
+            matches!(error, AppendError::Storage(StorageError::NoSpace(_))),
+            "got {error}"
+        );
+        assert!(log.fenced_error().is_none(), "a full disk does not fence");
+        assert_eq!(
+            read_all(&log).await,
+            stored,
+            "everything acknowledged is still readable"
+        );
+        disk.set_capacity(None);
+        let after = log
+            .append(workload_batch(999))
+            .await
+            .expect("appends resume once space is freed");
+        log.wait_durable(after.last_offset).await.expect("durable");
+        assert_eq!(
+            after.base_offset,
+            stored
+                .iter()
+                .map(|b| i64::from(common::header(b).record_count))
+                .sum::<i64>()
+        );
+        let recovered = read_all(
+            &open_sim(&disk.crash_image(CrashMode::PowerCut), small_config())
+                .await
+                .expect("recover"),
+        )
+        .await;
+        assert_eq!(recovered[..stored.len()], stored[..]);
+    });
+}
+
+#[test]
+fn one_fdatasync_covers_many_concurrent_appenders() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let config = ringfeed_storage::LogConfig { segment_bytes_max: 1 << 20, ..small_config() };
+        let log = Rc::new(open_sim(&disk, config).await.expect("open"));
+        let appenders: Vec<_> = (0..8)
+            .map(|task| {
+                let log = log.clone();
+                glommio::spawn_local(async move {
+                    for i in 0..10 {
+                        let outcome = log
+                            .append(workload_batch(task * 10 + i))
+                            .await
+                            .expect("append");
+                        log.wait_durable(outcome.last_offset)
+                            .await
+                            .expect("durable");
+                    }
+                })
+            })
+            .collect();
+        for appender in appenders {
+            appender.await;
+        }
+        let syncs = disk.data_fdatasyncs();
+        assert!(
+            syncs > 0 && syncs < 40,
+            "80 acks=all appends took {syncs} fdatasyncs"
+        );
+        assert_eq!(read_all(&log).await.len(), 80);
+    });
+}
