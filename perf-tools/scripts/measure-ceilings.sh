@@ -5,7 +5,8 @@
 #
 # DATA_DIR is the directory to measure (put it on the broker's data disk); OUT_DIR receives
 # disk-<block>-qd<N>-<run>.json and net-<size>-<spin|block>-<run>.json. Each configuration is
-# repeated (default 3) because a shared or virtual disk varies run to run; quote the median.
+# repeated (default 3) because a shared or virtual disk varies run to run; quote the median
+# (perf-tools/scripts/summarize-ceilings.py OUT_DIR prints the tables CEILINGS.md uses).
 # Needs a release build: cargo build --release -p ringfeed-perf
 set -euo pipefail
 
@@ -18,12 +19,41 @@ if [[ ! -x $perf ]]; then
     echo "no binary at $perf: cargo build --release -p ringfeed-perf (or set RINGFEED_PERF)" >&2
     exit 2
 fi
+# Other work on the cores (a build, a test suite) shows up as a slower "ceiling"; before each
+# probe wait up to QUIET_WAIT_S seconds for the cores to be under QUIET_BUSY_PERCENT busy.
+quiet_wait_s=${QUIET_WAIT_S:-120}
+quiet_busy_percent=${QUIET_BUSY_PERCENT:-10}
+
+# Percent of all cpu time spent busy (not idle or iowait) over one second.
+cpu_busy_percent() {
+    local -a first second
+    read -ra first < <(head -1 /proc/stat)
+    sleep 1
+    read -ra second < <(head -1 /proc/stat)
+    local total=0 idle i
+    for i in 1 2 3 4 5 6 7 8; do
+        total=$((total + second[i] - first[i]))
+    done
+    idle=$((second[4] - first[4] + second[5] - first[5]))
+    echo $(((total - idle) * 100 / (total > 0 ? total : 1)))
+}
+
+wait_for_quiet() {
+    local busy waited=0
+    busy=$(cpu_busy_percent)
+    while ((busy > quiet_busy_percent && waited < quiet_wait_s)); do
+        busy=$(cpu_busy_percent)
+        waited=$((waited + 1))
+    done
+    echo "cpu busy ${busy}% after waiting ${waited}s"
+}
+
 mkdir -p "$out_dir"
 
 for run in $(seq 1 "$repeats"); do
     for block in 16KiB 1MiB; do
-        for depth in 1 32; do
-            echo "== disk block $block qd $depth run $run (load $(cut -d' ' -f1 /proc/loadavg))"
+        for depth in 1 4 32; do
+            echo "== disk block $block qd $depth run $run ($(wait_for_quiet))"
             "$perf" disk --dir "$data_dir" --block-size "$block" --queue-depth "$depth" \
                 --total-bytes 4GiB --sync-samples 1000 --max-seconds 60 \
                 --json "$out_dir/disk-$block-qd$depth-$run.json"
@@ -33,7 +63,7 @@ for run in $(seq 1 "$repeats"); do
         for mode in block spin; do
             spin_flag=()
             [[ $mode == spin ]] && spin_flag=(--spin)
-            echo "== net message $size $mode run $run (load $(cut -d' ' -f1 /proc/loadavg))"
+            echo "== net message $size $mode run $run ($(wait_for_quiet))"
             "$perf" net --message-size "$size" --round-trips 100000 "${spin_flag[@]}" \
                 --stream-seconds 5 --max-seconds 60 \
                 --json "$out_dir/net-$size-$mode-$run.json"

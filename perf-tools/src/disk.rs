@@ -89,7 +89,9 @@ pub struct DiskReport {
     pub filesystem: String,
     pub write_bytes: u64,
     pub write_elapsed: Duration,
-    /// Submission to completion of each write while the queue was kept full.
+    /// Per write while the queue was kept full: from queueing its entry (the kernel sees it at
+    /// the next `io_uring_enter`, after the loop has handled the current batch of completions)
+    /// to reaping its completion. The application's view, so it includes our loop's own time.
     pub write_latency: LatencySummary,
     /// True when a phase hit `phase_seconds_max` before doing all its work.
     pub stopped_by_time: bool,
@@ -129,6 +131,9 @@ impl DiskReport {
 pub fn run(options: &DiskOptions) -> io::Result<DiskReport> {
     options.validate().map_err(io::Error::other)?;
     let filesystem = filesystem_name(&options.dir)?;
+    for stale in remove_stale_probes(&options.dir)? {
+        eprintln!("removed {} left by a killed run", stale.display());
+    }
     let bandwidth = measure_bandwidth(options)?;
     let sync = measure_sync_latency(options)?;
     Ok(DiskReport {
@@ -190,6 +195,32 @@ impl Drop for AlignedBuf {
         // SAFETY: allocated in `new` with this exact layout.
         unsafe { alloc::dealloc(self.ptr, self.layout) };
     }
+}
+
+/// Probe files are named `.ringfeed-perf-<pid>-<phase>.probe`; a run killed by a signal
+/// cannot remove its own (up to `--total-bytes` of disk), so the next run removes every probe
+/// file whose process is gone.
+fn remove_stale_probes(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(rest) = name
+            .strip_prefix(".ringfeed-perf-")
+            .and_then(|rest| rest.strip_suffix(".probe"))
+        else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() && std::fs::remove_file(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    Ok(removed)
 }
 
 /// The probe's scratch file: created exclusively, `O_DIRECT`, preallocated, removed on drop
@@ -471,6 +502,25 @@ mod tests {
     }
 
     #[test]
+    fn stale_probe_files_are_removed_live_ones_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // pid_max is at most 2^22, so this pid cannot be running.
+        let stale = dir.path().join(".ringfeed-perf-4294967295-bandwidth.probe");
+        let live = dir
+            .path()
+            .join(format!(".ringfeed-perf-{}-sync.probe", std::process::id()));
+        let unrelated = dir.path().join("00000000000000000000.log");
+        for path in [&stale, &live, &unrelated] {
+            std::fs::write(path, b"x").expect("write");
+        }
+        assert_eq!(
+            remove_stale_probes(dir.path()).expect("scan"),
+            vec![stale.clone()]
+        );
+        assert!(!stale.exists() && live.exists() && unrelated.exists());
+    }
+
+    #[test]
     fn aligned_buffer_is_aligned_and_not_zero() {
         let buffer = AlignedBuf::new(8192);
         assert_eq!(buffer.as_ptr() as usize % ALIGNMENT_BYTES, 0);
@@ -531,7 +581,7 @@ mod tests {
             assert!(value.is_finite() && value > 0.0, "{name} = {value}");
         }
         let s = report.write_fdatasync_latency;
-        assert!(s.min_us <= s.percentiles_us[0] && s.percentiles_us[3] <= s.max_us);
+        assert!(s.min_us <= s.percentiles_us[0] && s.percentiles_us[4] <= s.max_us);
         let leftovers = std::fs::read_dir(dir.path()).expect("read_dir").count();
         assert_eq!(leftovers, 0, "probe files must be removed");
     }

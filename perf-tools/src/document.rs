@@ -199,13 +199,13 @@ mod tests {
             count: 3,
             min_us: 1.0,
             mean_us: 2.0,
-            percentiles_us: [1.0, 2.0, 3.0, 4.0],
+            percentiles_us: [1.0, 2.0, 3.0, 4.0, 5.0],
             max_us: 1234.6,
         };
         let table = latency_table(&[("write+fdatasync", &summary)]);
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines.len(), 2);
-        assert!(lines[0].contains("p999") && lines[0].contains("max"));
+        assert!(lines[0].contains("p9999") && lines[0].contains("max"));
         assert!(lines[1].starts_with("write+fdatasync") && lines[1].ends_with("1235"));
     }
 

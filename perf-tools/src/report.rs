@@ -33,6 +33,7 @@ pub enum Kind {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Row {
     pub broker_figure: String,
+    /// As found in the broker document, in the unit its name says.
     pub broker_value: f64,
     pub ceiling: String,
     pub ceiling_figure: String,
@@ -152,7 +153,8 @@ pub fn compare(broker: &Figures, ceilings: &[CeilingDocument]) -> Vec<Row> {
     for (name, &value) in broker {
         let leaf = name.rsplit('.').next().unwrap_or(name);
         for ceiling in ceilings {
-            let (kind, ceiling_figure, broker_value) = if leaf.ends_with("_mb_per_s") {
+            // `comparable` is the broker value in the ceiling's unit (ms latencies → µs).
+            let (kind, ceiling_figure, comparable) = if leaf.ends_with("_mb_per_s") {
                 let figure = if ceiling.probe == "disk" {
                     "write_mb_per_s"
                 } else {
@@ -181,12 +183,12 @@ pub fn compare(broker: &Figures, ceilings: &[CeilingDocument]) -> Vec<Row> {
             }
             rows.push(Row {
                 broker_figure: name.clone(),
-                broker_value,
+                broker_value: value,
                 ceiling: label(ceiling),
                 ceiling_figure,
                 ceiling_value,
                 kind,
-                ratio: broker_value / ceiling_value,
+                ratio: comparable / ceiling_value,
             });
         }
     }
@@ -320,6 +322,8 @@ mod tests {
         assert!((find("write_mb_per_s").ratio - 0.7).abs() < 1e-9);
         assert!((find("stream_mb_per_s").ratio - 0.175).abs() < 1e-9);
         assert!((find("rtt_us_p99").ratio - 2.0).abs() < 1e-9);
+        // The ratio is unit-converted; the value shown stays in the broker's own unit.
+        assert!((find("rtt_us_p99").broker_value - 0.04).abs() < 1e-12);
         assert!((find("write_fdatasync_latency_us_p99").ratio - 0.08).abs() < 1e-9);
         assert_eq!(find("write_mb_per_s").ceiling, "disk 1 MiB qd4 ext4");
         assert_eq!(find("rtt_us_p99").ceiling, "loopback 100 B spin");
