@@ -1,7 +1,7 @@
 //! Write-behind buffering for the active segment.
 //!
 //! Appended batches are copied into page-aligned buffers. The flusher takes every buffer in
-//! one go ([`Appender::take_writes`]) and writes them with O_DIRECT: full buffers as they are,
+//! one go ([`Appender::take_writes`]) and writes them with `O_DIRECT`: full buffers as they are,
 //! the partly filled last one trimmed to whole pages with zeros after the data. The partial
 //! last page is kept (copied into the next buffer) and rewritten by the next round as it
 //! fills: the write-behind tail page.
@@ -127,7 +127,7 @@ impl<B: IoBuffer> Appender<B> {
                 self.current = Some(tail);
             }
             // Bytes past the data are still the zeros the buffer was allocated with.
-            buffer.truncate((self.current_filled + PAGE_BYTES - 1) / PAGE_BYTES * PAGE_BYTES);
+            buffer.truncate(self.current_filled.div_ceil(PAGE_BYTES) * PAGE_BYTES);
             writes.push((self.current_position, buffer));
             self.current_position += whole_pages as u64;
             self.current_filled = partial;

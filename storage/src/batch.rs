@@ -41,13 +41,13 @@ const CONTROL_FLAG: i16 = 0x20;
 /// Why a batch was refused. Each kind maps to one Kafka error code in the broker.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BatchError {
-    /// The bytes cannot be a batch (length, magic or checksum): Kafka's CORRUPT_MESSAGE.
+    /// The bytes cannot be a batch (length, magic or checksum): Kafka's `CORRUPT_MESSAGE`.
     #[error("corrupt record batch: {0}")]
     Corrupt(String),
-    /// A well-formed batch whose contents break the format's rules: INVALID_RECORD.
+    /// A well-formed batch whose contents break the format's rules: `INVALID_RECORD`.
     #[error("invalid record batch: {0}")]
     InvalidRecord(String),
-    /// Larger than the partition's maximum batch size: MESSAGE_TOO_LARGE.
+    /// Larger than the partition's maximum batch size: `MESSAGE_TOO_LARGE`.
     #[error("record batch of {size_bytes} bytes exceeds the maximum of {max_bytes} bytes")]
     TooLarge { size_bytes: usize, max_bytes: usize },
 }

@@ -1,7 +1,7 @@
 //! The IO seam. Everything the log does to a disk goes through [`Disk`] and [`DiskFile`], so
 //! tests can swap in [`crate::sim::SimDisk`], which tracks written against durable bytes and
 //! injects crashes, torn writes, EIO and ENOSPC. [`DmaDisk`] is the real thing: glommio
-//! `DmaFile`s, i.e. O_DIRECT through io_uring.
+//! `DmaFile`s, i.e. `O_DIRECT` through `io_uring`.
 //!
 //! Contract for data files: writes are whole 4 KiB pages at 4 KiB-aligned positions
 //! ([`PAGE_BYTES`]); a completed write survives a process crash; only a completed
@@ -16,7 +16,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
-/// The O_DIRECT alignment every data write respects.
+/// The `O_DIRECT` alignment every data write respects.
 pub const PAGE_BYTES: usize = 4096;
 
 pub fn align_down(value: u64) -> u64 {
@@ -75,11 +75,11 @@ pub trait DiskFile: 'static {
     async fn size(&self) -> io::Result<u64>;
 }
 
-/// The production disk: glommio `DmaFile` (O_DIRECT, io_uring) for data files.
+/// The production disk: glommio `DmaFile` (`O_DIRECT`, `io_uring`) for data files.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DmaDisk;
 
-/// A glommio `DmaBuffer`; registered io_uring memory when the pool has room, else aligned
+/// A glommio `DmaBuffer`; registered `io_uring` memory when the pool has room, else aligned
 /// heap memory (glommio falls back by itself when registration is refused by memlock).
 pub struct DmaIoBuffer(glommio::io::DmaBuffer);
 
@@ -229,7 +229,7 @@ impl DiskFile for DmaDiskFile {
 async fn prime_iopoll_probe(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     thread_local! {
-        static PROBED_DEVICES: std::cell::RefCell<std::collections::HashSet<u64>> = Default::default();
+        static PROBED_DEVICES: std::cell::RefCell<std::collections::HashSet<u64>> = std::cell::RefCell::default();
     }
     let device = std::fs::metadata(dir)?.dev();
     if PROBED_DEVICES.with(|probed| probed.borrow().contains(&device)) {

@@ -2,7 +2,7 @@
 //!
 //! A partition is a directory of segment files holding Kafka v2 record batches exactly as
 //! producers sent them (only baseOffset, outside the CRC, is rewritten). Writes go through
-//! page-aligned O_DIRECT buffers on io_uring (glommio `DmaFile`); one fdatasync covers every
+//! page-aligned `O_DIRECT` buffers on `io_uring` (glommio `DmaFile`); one fdatasync covers every
 //! append before it (group commit); an IO error fences the log. Recovery trusts a
 //! clean-shutdown marker, otherwise scans from the last checkpoint, truncates a torn tail and
 //! refuses to cut damage in the middle of the log. Every on-disk byte is drawn in

@@ -1,5 +1,5 @@
 //! Segment lifecycle: making room for an append (roll, preallocation, backpressure),
-//! retention, DeleteRecords, clean close and removal.
+//! retention, `DeleteRecords`, clean close and removal.
 
 use std::rc::Rc;
 
@@ -80,35 +80,35 @@ impl<D: Disk> PartitionLog<D> {
     async fn roll(&self) -> Result<(), StorageError> {
         let last_offset = self.log_end_offset() - 1;
         self.wait_durable(last_offset).await?;
-        let (base_offset, chunk_bytes, step) = {
+        let (base_offset, step) = {
             let state = self.state();
-            (
-                state.next_offset,
-                state.config.write_chunk_bytes,
-                state.config.preallocate_step_bytes,
-            )
+            (state.next_offset, state.config.preallocate_step_bytes)
         };
         let file = self.create_segment_file(base_offset, step).await?;
         self.seal_active().await?;
+        self.install_active(file, base_offset);
+        tracing::debug!(dir = %self.dir().display(), base_offset, "rolled to a new segment");
+        let _ = self.write_checkpoint().await;
+        Ok(())
+    }
+
+    /// Makes a freshly created segment file the active segment; the old one becomes sealed.
+    fn install_active(&self, file: D::File, base_offset: i64) {
         let mut guard = self.state_mut();
         let state = &mut *guard;
-        let interval = state.config.index_interval_bytes;
-        let appender = Appender::new(&file, 0, &[], chunk_bytes);
+        let appender = Appender::new(&file, 0, &[], state.config.write_chunk_bytes);
+        let index = BuildingIndex::new(base_offset, state.config.index_interval_bytes);
         let new_active = Segment {
             base_offset,
             file: Rc::new(file),
-            index: SegmentIndex::Building(BuildingIndex::new(base_offset, interval)),
+            index: SegmentIndex::Building(index),
         };
         let old = std::mem::replace(&mut state.active, new_active);
         state.sealed.insert(old.base_offset, old);
         state.appender = appender;
-        state.preallocated_bytes = step;
+        state.preallocated_bytes = state.config.preallocate_step_bytes;
         state.active_first_append_ms = None;
         state.active_durable_bytes = 0;
-        drop(guard);
-        tracing::debug!(dir = %self.dir().display(), base_offset, "rolled to a new segment");
-        let _ = self.write_checkpoint().await;
-        Ok(())
     }
 
     async fn create_segment_file(
@@ -233,7 +233,7 @@ impl<D: Disk> PartitionLog<D> {
         self.write_checkpoint().await
     }
 
-    /// Advances the log start to `offset` (DeleteRecords), durably, and deletes the segments
+    /// Advances the log start to `offset` (`DeleteRecords`), durably, and deletes the segments
     /// wholly below it. `offset` may not pass the high watermark.
     pub async fn delete_records_before(&self, offset: i64) -> Result<i64, ReadError> {
         {
@@ -294,15 +294,15 @@ impl<D: Disk> PartitionLog<D> {
         // The checkpoint too, so that if the marker is ever lost the scan trusts all of this.
         let _ = self.write_checkpoint().await;
         let marker_bytes = encode_checkpoint(MetaKind::CleanShutdown, &marker);
-        let marked = disk
+        let marker_written = disk
             .write_file_atomically(&self.dir().join(CLEAN_SHUTDOWN_FILE), &marker_bytes)
             .await;
         self.shut();
         drop(permit);
-        marked.map_err(|e| StorageError::io("writing the clean-shutdown marker", e))
+        marker_written.map_err(|e| StorageError::io("writing the clean-shutdown marker", e))
     }
 
-    /// Stops the log and deletes its directory (DeleteTopics).
+    /// Stops the log and deletes its directory (`DeleteTopics`).
     pub async fn remove(self) -> Result<(), StorageError> {
         let _permit = self.inner.append_gate.acquire_permit(1).await;
         self.shut();

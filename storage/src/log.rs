@@ -334,7 +334,7 @@ impl<D: Disk> PartitionLog<D> {
     }
 
     /// Completes when the high watermark passes `offset`, or the log is fenced or closed.
-    /// Cancel-safe: race it with a timer for Fetch's max_wait_ms.
+    /// Cancel-safe: race it with a timer for Fetch's `max_wait_ms`.
     pub async fn wait_for_data(&self, offset: i64) {
         loop {
             let progress = self.inner.progress.wait();
@@ -384,7 +384,7 @@ impl<D: Disk> PartitionLog<D> {
     }
 
     /// The first offset whose record timestamp is at least `timestamp_ms`, with that
-    /// timestamp (for ListOffsets). In compressed batches records are not decoded: the
+    /// timestamp (for `ListOffsets`). In compressed batches records are not decoded: the
     /// batch's base offset and maxTimestamp are returned, which never skips a match.
     pub async fn offset_for_timestamp(
         &self,

@@ -69,7 +69,11 @@ pub(crate) async fn recover<D: Disk>(
         .list_dir(dir)
         .await
         .map_err(io_error("listing the partition directory"))?;
-    for stale in names.iter().filter(|n| n.ends_with(".tmp")) {
+    for stale in names.iter().filter(|n| {
+        std::path::Path::new(n)
+            .extension()
+            .is_some_and(|e| e == "tmp")
+    }) {
         let _ = disk.remove_file(&dir.join(stale)).await;
     }
     let mut bases: Vec<i64> = names

@@ -1,4 +1,4 @@
-//! A simulated disk for fault injection, modelled on TigerBeetle's `testing/storage.zig` and
+//! A simulated disk for fault injection, modelled on `TigerBeetle`'s `testing/storage.zig` and
 //! redb's crash-consistency tests. Every file keeps two images: `live` (what reads see, what
 //! a process crash keeps) and `durable` (what a completed fdatasync covered, what a power cut
 //! keeps). Directory entries are durable only after `sync_dir` of their directory.
@@ -110,6 +110,7 @@ impl SimDisk {
     }
 
     /// A fresh disk holding what survives a crash of this one.
+    #[must_use]
     pub fn crash_image(&self, mode: CrashMode) -> SimDisk {
         let state = self.0.borrow();
         let names = match mode {
@@ -160,7 +161,8 @@ impl SimDisk {
         let file = state.live_names.get(path).expect("file to corrupt exists");
         let mut data = file.borrow_mut();
         damage(&mut data.live);
-        data.durable = data.live.clone();
+        let data = &mut *data;
+        data.durable.clone_from(&data.live);
     }
 
     /// Paths of every live file, for tests.
@@ -243,7 +245,8 @@ impl SimFile {
             return Err(eio("fdatasync"));
         }
         let mut data = self.data.borrow_mut();
-        data.durable = data.live.clone();
+        let data = &mut *data;
+        data.durable.clone_from(&data.live);
         if data_file {
             state.data_fdatasyncs += 1;
         }

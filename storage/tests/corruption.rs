@@ -155,7 +155,7 @@ fn zeroed_and_garbage_tails_are_cut() {
         let (disk, stored) = crashed_log(12).await;
         let starts = batch_starts(&stored);
         expect_recovered(&disk, &stored, 10, "zeroed last two batches", |bytes| {
-            bytes[starts[10]..starts[12]].fill(0)
+            bytes[starts[10]..starts[12]].fill(0);
         })
         .await;
         expect_recovered(&disk, &stored, 12, "garbage after the tail", |bytes| {
@@ -210,7 +210,7 @@ fn damage_inside_checkpointed_data_followed_by_valid_batches_is_refused() {
         // Inside checkpointed bytes only headers are checked at start (CRCs are the offline
         // checker's job), so the damage here is to batch 5's magic byte.
         flipped.corrupt(&segment_path(0), |bytes| {
-            bytes[starts[5] + MAGIC_OFFSET] ^= 0x01
+            bytes[starts[5] + MAGIC_OFFSET] ^= 0x01;
         });
         expect_refused(
             &flipped,
@@ -220,7 +220,7 @@ fn damage_inside_checkpointed_data_followed_by_valid_batches_is_refused() {
         .await;
         let zeroed = disk.crash_image(CrashMode::ProcessCrash);
         zeroed.corrupt(&segment_path(0), |bytes| {
-            bytes[starts[4]..starts[6]].fill(0)
+            bytes[starts[4]..starts[6]].fill(0);
         });
         expect_refused(
             &zeroed,
@@ -285,7 +285,7 @@ fn a_damaged_sealed_segment_without_its_index_is_refused() {
                 .await
                 .is_ok()
         );
-        image.corrupt(&first_index, |bytes| bytes.clear());
+        image.corrupt(&first_index, std::vec::Vec::clear);
         expect_refused(&image, small_config(), "damaged sealed segment").await;
     });
 }

@@ -141,7 +141,10 @@ fn enospc_refuses_appends_keeps_the_log_readable_and_recovers() {
 fn one_fdatasync_covers_many_concurrent_appenders() {
     run(|| async {
         let disk = SimDisk::new();
-        let config = ringfeed_storage::LogConfig { segment_bytes_max: 1 << 20, ..small_config() };
+        let config = ringfeed_storage::LogConfig {
+            segment_bytes_max: 1 << 20,
+            ..small_config()
+        };
         let log = Rc::new(open_sim(&disk, config).await.expect("open"));
         let appenders: Vec<_> = (0..8)
             .map(|task| {

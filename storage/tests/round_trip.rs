@@ -1,5 +1,5 @@
 //! Guards the basic promise: what is appended reads back byte for byte, across segments,
-//! from the tail cache and from disk, on the real O_DIRECT disk and after a clean restart.
+//! from the tail cache and from disk, on the real `O_DIRECT` disk and after a clean restart.
 
 mod common;
 

@@ -10,7 +10,7 @@ use ringfeed_storage::batch::{build, BatchHeader};
 use ringfeed_storage::sim::SimDisk;
 use ringfeed_storage::{Clock, Disk, FlushPolicy, LogConfig, PartitionLog, StorageError};
 
-/// Runs `test` on a glommio executor with 1 MiB of io memory (RLIMIT_MEMLOCK here is 8 MiB).
+/// Runs `test` on a glommio executor with 1 MiB of io memory (`RLIMIT_MEMLOCK` here is 8 MiB).
 pub fn run<F, Fut>(test: F)
 where
     F: FnOnce() -> Fut + Send + 'static,
