@@ -113,3 +113,55 @@ pub fn api_key_name(api_key: ApiKey) -> &'static str {
         _ => "request",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+    use kafka_protocol::messages::{ApiVersionsResponse, MetadataRequest};
+
+    fn metadata_v1_frame(body: &[u8]) -> Bytes {
+        let mut frame = BytesMut::new();
+        frame.put_i16(3); // Metadata
+        frame.put_i16(1);
+        frame.put_i32(77);
+        frame.put_i16(4);
+        frame.put_slice(b"test");
+        frame.put_slice(body);
+        frame.freeze()
+    }
+
+    #[test]
+    fn preamble_is_read_without_decoding_the_rest() {
+        let frame = metadata_v1_frame(&[0xde, 0xad]);
+        assert_eq!(peek_preamble(&frame), RequestPreamble { api_key: 3, api_version: 1, correlation_id: 77 });
+    }
+
+    #[test]
+    fn header_then_body_decode_and_truncation_reports_the_offset() {
+        let mut whole = metadata_v1_frame(&[0, 0, 0, 1, 0, 3, b'a', b'b', b'c']);
+        let header = decode_request_header(&mut whole, ApiKey::Metadata, 1).unwrap();
+        assert_eq!((header.correlation_id, header.client_id.unwrap().as_str()), (77, "test"));
+        let request: MetadataRequest = decode_body(&mut whole, ApiKey::Metadata, 1).unwrap();
+        assert_eq!(request.topics.unwrap()[0].name.as_ref().unwrap().0.as_str(), "abc");
+
+        // Declares one topic of 3 bytes but carries only 1: the error names where it stopped.
+        let mut truncated = metadata_v1_frame(&[0, 0, 0, 1, 0, 3, b'a']);
+        decode_request_header(&mut truncated, ApiKey::Metadata, 1).unwrap();
+        let error = decode_body::<MetadataRequest>(&mut truncated, ApiKey::Metadata, 1).unwrap_err();
+        let CodecError::Decode { what, frame_bytes, offset, .. } = error else { panic!("{error:?}") };
+        assert_eq!((what, frame_bytes), ("Metadata", 7));
+        assert!(offset <= frame_bytes, "offset {offset} inside the body");
+    }
+
+    #[test]
+    fn response_frame_carries_its_size_and_correlation_id() {
+        let frame = encode_response_frame(ApiKey::ApiVersions, 3, 9, &ApiVersionsResponse::default()).unwrap();
+        let declared = i32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+        assert_eq!(declared, frame.len() - 4);
+        assert_eq!(i32::from_be_bytes(frame[4..8].try_into().unwrap()), 9);
+        // ApiVersions v3 is flexible but its response header stays v0: the body starts
+        // right after the correlation id with the error code.
+        assert_eq!(&frame[8..10], &[0, 0]);
+    }
+}

@@ -1,6 +1,7 @@
 //! `ringfeed`: the broker binary. `ringfeed serve` runs a Kafka-wire-compatible broker with
 //! one pinned glommio executor per shard.
 
+mod alloc_guard;
 mod codec;
 mod config;
 mod connection;
@@ -20,6 +21,10 @@ mod topic_config;
 
 /// The partition log: Kafka batches in O_DIRECT segments (crate `ringfeed-storage`).
 use ringfeed_storage as storage;
+
+/// See `alloc_guard`: keeps a hostile array count in a request from aborting the process.
+#[global_allocator]
+static ALLOCATOR: alloc_guard::LazyHugeAllocator = alloc_guard::LazyHugeAllocator;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,0 +1,111 @@
+"""Shared fixtures for the client tests.
+
+Guards: every test drives the real `ringfeed` binary as a separate process on an ephemeral
+port with its own temporary data directory, through clients we did not write (librdkafka via
+confluent-kafka and kcat, and kafka-python). The binary is RINGFEED_BIN (scripts/test.sh sets
+it to the release build).
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+LISTENING = re.compile(r"ringfeed listening on (\S+):(\d+) ")
+
+
+def ringfeed_binary():
+    binary = os.environ.get("RINGFEED_BIN")
+    if binary:
+        return binary
+    target = os.environ.get("CARGO_TARGET_DIR", str(REPO / "target"))
+    return str(Path(target) / "release" / "ringfeed")
+
+
+class Broker:
+    """One ringfeed process. `restart` keeps the data directory and port."""
+
+    def __init__(self, data_dir, log_path, shards=1, extra_args=()):
+        self.data_dir = Path(data_dir)
+        self.log_path = Path(log_path)
+        self.shards = shards
+        self.extra_args = list(extra_args)
+        self.port = 0
+        self.process = None
+
+    @property
+    def bootstrap(self):
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout=20.0):
+        command = [
+            ringfeed_binary(), "serve",
+            "--listen", f"127.0.0.1:{self.port}",
+            "--data-dir", str(self.data_dir),
+            "--shards", str(self.shards),
+            *self.extra_args,
+        ]
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(command, stdout=log, stderr=log, env={**os.environ, "NO_COLOR": "1"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = LISTENING.search(self.new_log())
+            if match:
+                self.port = int(match.group(2))
+                return self
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ringfeed exited with {self.process.returncode}:\n{self.new_log()}")
+            time.sleep(0.02)
+        raise RuntimeError(f"ringfeed did not start:\n{self.new_log()}")
+
+    def new_log(self):
+        """Log lines written since the last start (colour codes removed)."""
+        with open(self.log_path, "rb") as log:
+            log.seek(self.log_offset)
+            return ANSI.sub("", log.read().decode(errors="replace"))
+
+    def stop(self, sig=signal.SIGTERM, timeout=30.0):
+        """Sends `sig` and returns the exit code."""
+        self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+    def restart(self, sig=signal.SIGTERM):
+        code = self.stop(sig)
+        self.start()
+        return code
+
+    def alive(self):
+        return self.process is not None and self.process.poll() is None
+
+
+@pytest.fixture
+def start_broker(tmp_path):
+    """Factory: start_broker(shards=1, extra_args=()) -> a running Broker, stopped after the test."""
+    brokers = []
+
+    def start(shards=1, extra_args=()):
+        index = len(brokers)
+        broker = Broker(tmp_path / f"data{index}", tmp_path / f"broker{index}.log", shards, extra_args)
+        brokers.append(broker.start())
+        return broker
+
+    yield start
+    for broker in brokers:
+        if broker.alive():
+            broker.process.kill()
+            broker.process.wait()
+
+
+@pytest.fixture
+def broker(start_broker):
+    return start_broker()
+
+

@@ -1,0 +1,145 @@
+"""Client-side helpers shared by the tests: topic admin, deterministic messages, producing
+with delivery reports, and consuming a partition to its end with confluent-kafka."""
+
+import random
+import struct
+import socket
+import time
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+TIMESTAMP_BASE_MS = 1_700_000_000_000
+
+
+_admin_clients = {}
+
+
+def admin(bootstrap):
+    """One AdminClient per broker address, kept alive: librdkafka fails the futures of a
+    client that is garbage-collected before they complete."""
+    if bootstrap not in _admin_clients:
+        _admin_clients[bootstrap] = AdminClient({"bootstrap.servers": bootstrap})
+    return _admin_clients[bootstrap]
+
+
+def create_topic(bootstrap, name, partitions, config=None):
+    futures = admin(bootstrap).create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})])
+    futures[name].result(timeout=15)
+
+
+def make_messages(count, seed=1):
+    """Deterministic keyed messages with headers and explicit timestamps; values vary in size."""
+    rng = random.Random(seed)
+    messages = []
+    for index in range(count):
+        key = f"key-{index % 997}".encode()
+        value = rng.randbytes(rng.randint(0, 300))
+        headers = [("index", str(index).encode()), ("blob", rng.randbytes(rng.randint(0, 20)))]
+        messages.append((key, value, headers, TIMESTAMP_BASE_MS + index))
+    return messages
+
+
+def produce(bootstrap, topic, messages, **config):
+    """Produces every message with acks=all; returns {(partition, offset): message}. Fails
+    the test if any delivery fails."""
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5, **config})
+    delivered = {}
+    errors = []
+
+    def on_delivery(error, message, original):
+        if error is not None:
+            errors.append(error)
+        else:
+            delivered[(message.partition(), message.offset())] = original
+
+    for message in messages:
+        key, value, headers, timestamp = message
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, headers=headers, timestamp=timestamp,
+                                 on_delivery=lambda error, sent, original=message: on_delivery(error, sent, original))
+                break
+            except BufferError:
+                producer.poll(0.05)
+    remaining = producer.flush(60)
+    assert remaining == 0, f"{remaining} messages not delivered"
+    assert not errors, errors[:5]
+    return delivered
+
+
+def consume_partition(bootstrap, topic, partition, end_offset, start_offset=0, **config):
+    """Reads [start_offset, end_offset) of one partition; returns [(offset, key, value, headers, timestamp)]."""
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": "ringfeed-tests-unused",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        **config,
+    })
+    consumer.assign([TopicPartition(topic, partition, start_offset)])
+    records = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(records) < end_offset - start_offset and time.monotonic() < deadline:
+            batch = consumer.consume(num_messages=10000, timeout=1.0)
+            for message in batch:
+                if message.error():
+                    if message.error().code() == -191:  # _PARTITION_EOF
+                        continue
+                    raise KafkaException(message.error())
+                records.append((message.offset(), message.key(), message.value(), message.headers() or [], message.timestamp()[1]))
+    finally:
+        consumer.close()
+    return records
+
+
+def watermarks(bootstrap, topic, partition):
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "ringfeed-tests-unused"})
+    try:
+        return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+    finally:
+        consumer.close()
+
+
+# --- A minimal hand-written Kafka request, for tests that must control the wire exactly ---
+
+def encode_string(text):
+    data = text.encode()
+    return struct.pack(">h", len(data)) + data
+
+
+def request_frame(api_key, api_version, correlation_id, body, client_id="ringfeed-tests"):
+    header = struct.pack(">hhi", api_key, api_version, correlation_id) + encode_string(client_id)
+    payload = header + body
+    return struct.pack(">i", len(payload)) + payload
+
+
+def fetch_v4_body(topic, partition, offset, max_wait_ms, min_bytes, max_bytes=1 << 20):
+    return (struct.pack(">iiiib", -1, max_wait_ms, min_bytes, max_bytes, 0)
+            + struct.pack(">i", 1) + encode_string(topic)
+            + struct.pack(">i", 1) + struct.pack(">iqi", partition, offset, max_bytes))
+
+
+def read_frame(sock):
+    """Reads one response frame; returns its body, or None if the broker closed the connection."""
+    size_bytes = read_exactly(sock, 4)
+    if size_bytes is None:
+        return None
+    (size,) = struct.unpack(">i", size_bytes)
+    return read_exactly(sock, size)
+
+
+def read_exactly(sock, count):
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def connect(bootstrap):
+    host, port = bootstrap.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=30)

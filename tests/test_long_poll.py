@@ -1,0 +1,45 @@
+"""Guards the Fetch long poll: a fetch that finds no data parks for max_wait_ms (it does not
+answer early, nor spin), and an append wakes it at once. Uses a hand-built Fetch v4 on a raw
+socket so the timing is the broker's, not a client library's."""
+
+import struct
+import threading
+import time
+
+from helpers import connect, create_topic, fetch_v4_body, make_messages, produce, read_frame, request_frame
+
+
+def timed_fetch(broker, topic, offset, max_wait_ms):
+    with connect(broker.bootstrap) as sock:
+        started = time.monotonic()
+        sock.sendall(request_frame(1, 4, 42, fetch_v4_body(topic, 0, offset, max_wait_ms, min_bytes=1)))
+        body = read_frame(sock)
+        elapsed = time.monotonic() - started
+    assert body is not None, "broker closed the connection"
+    (correlation_id,) = struct.unpack(">i", body[:4])
+    assert correlation_id == 42
+    return elapsed, body
+
+
+def test_empty_fetch_waits_for_max_wait(broker):
+    create_topic(broker.bootstrap, "quiet", 1)
+    elapsed, _ = timed_fetch(broker, "quiet", 0, max_wait_ms=1500)
+    assert 1.4 <= elapsed < 3.0, elapsed
+
+
+def test_produce_wakes_a_parked_fetch(broker):
+    create_topic(broker.bootstrap, "wake", 1)
+    producer_started = threading.Event()
+
+    def produce_later():
+        producer_started.set()
+        time.sleep(1.0)
+        produce(broker.bootstrap, "wake", make_messages(1, seed=5))
+
+    thread = threading.Thread(target=produce_later)
+    thread.start()
+    producer_started.wait()
+    elapsed, body = timed_fetch(broker, "wake", 0, max_wait_ms=10_000)
+    thread.join()
+    assert 0.9 <= elapsed < 5.0, f"woke after {elapsed:.2f}s; max_wait was 10s"
+    assert len(body) > 100, "the woken fetch carries the new batch"
