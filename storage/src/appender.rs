@@ -93,13 +93,17 @@ impl<B: IoBuffer> Appender<B> {
         }
     }
 
-    /// The current buffer, grown to a whole chunk when it is a small tail-page buffer that
-    /// cannot take `wanted` more bytes (growing copies under a page; a second buffer would
-    /// cost a second IO per round).
+    /// The current buffer, grown when it cannot take `wanted` more bytes and is smaller
+    /// than a chunk: to what is needed or twice its size, whichever is larger, at most a
+    /// chunk. Growing copies what the buffer holds (usually under a page); a second buffer
+    /// instead would cost a second IO per round, and always allocating (and zeroing) a whole
+    /// chunk costs more than the copy for the small rounds of a latency-bound producer.
     fn current_with_room<F: DiskFile<Buffer = B>>(&mut self, file: &F, wanted: usize) -> &mut B {
         let capacity = self.current.as_ref().map_or(0, |b| b.as_slice().len());
         if capacity - self.current_filled < wanted && capacity < self.chunk_bytes {
-            let mut grown = file.alloc_buffer(self.chunk_bytes);
+            let needed = (self.current_filled + wanted).next_multiple_of(PAGE_BYTES);
+            let grown_bytes = needed.max(capacity * 2).min(self.chunk_bytes);
+            let mut grown = file.alloc_buffer(grown_bytes);
             if let Some(old) = &self.current {
                 grown.as_mut_slice()[..self.current_filled]
                     .copy_from_slice(&old.as_slice()[..self.current_filled]);

@@ -120,6 +120,7 @@ async fn round<D: Disk>(inner: &Rc<Inner<D>>) -> Result<(), StorageError> {
     let sync_target = {
         let mut state = inner.state.borrow_mut();
         state.appender.mark_written(round.end_bytes);
+        state.stats.write_rounds += 1;
         state.written_offset = round_end_offset;
         let unsynced = state.durable_offset < state.written_offset;
         let wanted = state.durable_wanted > state.durable_offset
@@ -135,6 +136,7 @@ async fn round<D: Disk>(inner: &Rc<Inner<D>>) -> Result<(), StorageError> {
         let checkpoint_due = {
             let mut state = inner.state.borrow_mut();
             state.durable_offset = durable_offset;
+            state.stats.fdatasyncs += 1;
             state.active_durable_bytes = durable_bytes;
             state.last_sync_ms = now_ms;
             now_ms - state.last_checkpoint_ms >= state.config.checkpoint_interval_ms as i64

@@ -31,5 +31,5 @@ pub use batch::BatchError;
 pub use config::{FlushPolicy, LogConfig};
 pub use error::{AppendError, ReadError, StorageError};
 pub use io::{Disk, DiskFile, DmaDisk};
-pub use log::{AppendOutcome, Clock, PartitionLog};
+pub use log::{AppendOutcome, Clock, LogStats, PartitionLog};
 pub use recovery::{RecoveryReport, TornTail};

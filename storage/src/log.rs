@@ -37,6 +37,15 @@ pub struct AppendOutcome {
     pub last_offset: i64,
 }
 
+/// Counters of what the log has done since it was opened (for metrics and benchmarks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    pub batches_appended: u64,
+    pub bytes_appended: u64,
+    pub write_rounds: u64,
+    pub fdatasyncs: u64,
+}
+
 /// Wall-clock time for segment age and retention; tests drive a manual one.
 #[derive(Clone, Debug, Default)]
 pub enum Clock {
@@ -112,6 +121,7 @@ pub(crate) struct State<F: DiskFile> {
     pub fenced: Option<StorageError>,
     pub closed: bool,
     pub cache: TailCache,
+    pub stats: LogStats,
 }
 
 impl<F: DiskFile> State<F> {
@@ -222,6 +232,10 @@ impl<D: Disk> PartitionLog<D> {
         state.sealed.values().map(Segment::bytes).sum::<u64>() + state.appender.appended_bytes()
     }
 
+    pub fn stats(&self) -> LogStats {
+        self.state().stats
+    }
+
     pub fn config(&self) -> LogConfig {
         self.state().config.clone()
     }
@@ -282,6 +296,8 @@ impl<D: Disk> PartitionLog<D> {
         }
         state.active_first_append_ms.get_or_insert(now_ms);
         state.next_offset = next_offset;
+        state.stats.batches_appended += 1;
+        state.stats.bytes_appended += stored.len() as u64;
         state.cache.push(CachedBatch {
             base_offset,
             next_offset,

@@ -411,6 +411,7 @@ async fn assemble_state<F: DiskFile>(
         last_checkpoint_ms: 0,
         fenced: None,
         closed: false,
+        stats: crate::log::LogStats::default(),
         sealed,
         active,
         appender,
