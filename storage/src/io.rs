@@ -153,7 +153,10 @@ impl Disk for DmaDisk {
             }
         };
         let size = file.file_size().await?;
-        let contents = file.read_at(0, size as usize).await?.to_vec();
+        let contents = match size {
+            0 => Vec::new(), // a zero-length DMA read is not worth asking glommio for
+            _ => file.read_at(0, size as usize).await?.to_vec(),
+        };
         file.close().await?;
         Ok(Some(contents))
     }
@@ -220,13 +223,16 @@ impl DiskFile for DmaDiskFile {
     }
 }
 
+/// Call on the data directory before glommio opens any `DmaFile` there (a partition log
+/// does it itself).
+///
 /// glommio decides once per block device whether to send DMA reads to its IOPOLL ring, by
 /// reading the first file opened there. When that file is empty (a new segment) the read
 /// ends at EOF without touching the device and "succeeds", so glommio wrongly marks the
 /// device pollable and every later read fails with EOPNOTSUPP (seen on virtio disks). Opening
 /// a non-empty file first makes the probe reach the device and record the true answer in
 /// glommio's process-wide cache. Done once per device per thread.
-async fn prime_iopoll_probe(dir: &Path) -> io::Result<()> {
+pub async fn prime_iopoll_probe(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     thread_local! {
         static PROBED_DEVICES: std::cell::RefCell<std::collections::HashSet<u64>> = std::cell::RefCell::default();

@@ -189,3 +189,42 @@ fn a_missing_or_damaged_index_is_rebuilt() {
         log.close().await.expect("close");
     });
 }
+
+#[test]
+fn empty_or_truncated_metadata_files_are_ignored_not_fatal() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, _) = PartitionLog::open(dir.path(), small_config())
+            .await
+            .expect("open");
+        for i in 0..30 {
+            log.append(workload_batch(i)).await.expect("append");
+        }
+        log.close().await.expect("close");
+        let expected = {
+            let (log, _) = PartitionLog::open(dir.path(), small_config())
+                .await
+                .expect("reopen");
+            let all = read_all(&log).await;
+            log.close().await.expect("close");
+            all
+        };
+        std::fs::write(
+            dir.path().join(ringfeed_storage::segment::CHECKPOINT_FILE),
+            b"",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path()
+                .join(ringfeed_storage::segment::CLEAN_SHUTDOWN_FILE),
+            b"RFCS",
+        )
+        .unwrap();
+        let (log, report) = PartitionLog::open(dir.path(), small_config())
+            .await
+            .expect("reopen");
+        assert!(!report.clean_shutdown, "a damaged marker is not trusted");
+        assert_eq!(read_all(&log).await, expected);
+        log.close().await.expect("close");
+    });
+}
