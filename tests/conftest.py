@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import helpers
+
 REPO = Path(__file__).resolve().parent.parent
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LISTENING = re.compile(r"ringfeed listening on (\S+):(\d+) ")
@@ -98,6 +100,7 @@ def start_broker(tmp_path):
         return broker
 
     yield start
+    helpers.forget_admin_clients()
     for broker in brokers:
         if broker.alive():
             broker.process.kill()

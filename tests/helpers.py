@@ -15,6 +15,10 @@ TIMESTAMP_BASE_MS = 1_700_000_000_000
 _admin_clients = {}
 
 
+def forget_admin_clients():
+    _admin_clients.clear()
+
+
 def admin(bootstrap):
     """One AdminClient per broker address, kept alive: librdkafka fails the futures of a
     client that is garbage-collected before they complete."""
@@ -63,6 +67,7 @@ def produce(bootstrap, topic, messages, **config):
             except BufferError:
                 producer.poll(0.05)
     remaining = producer.flush(60)
+    del producer  # destroy now, not when the broker is long gone
     assert remaining == 0, f"{remaining} messages not delivered"
     assert not errors, errors[:5]
     return delivered

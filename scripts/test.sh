@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The one test command: installs what the tests need when it is missing (kcat from apt, a
+# Python venv in .venv with confluent-kafka, kafka-python and pytest), runs the Rust tests of
+# the whole workspace, builds the release broker and runs the client test suite against it.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k roundtrip).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v kcat >/dev/null 2>&1; then
+    echo "== installing kcat (apt)"
+    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update
+    $SUDO apt-get install -y kcat
+fi
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import confluent_kafka, kafka, pytest" 2>/dev/null; then
+    echo "== creating .venv with the Python test clients"
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --upgrade pip
+    .venv/bin/pip install --quiet "confluent-kafka>=2.3" "kafka-python>=2.0.2" pytest
+fi
+
+echo "== cargo test --workspace"
+cargo test --workspace
+
+echo "== building the release broker"
+cargo build --release -p ringfeed-broker
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+export RINGFEED_BIN="$PWD/$TARGET_DIR/release/ringfeed"
+case "$TARGET_DIR" in /*) RINGFEED_BIN="$TARGET_DIR/release/ringfeed" ;; esac
+
+echo "== client tests against $RINGFEED_BIN"
+.venv/bin/python -m pytest -q -p no:warnings tests "$@"
