@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Summarises a directory of `ringfeed-perf --json` files as the markdown tables in
 docs/CEILINGS.md: one row per configuration, each figure the median over the repeated runs,
-bandwidth also with its min-max range, and the highest load average seen during those runs.
+bandwidth also with its min-max range, and the largest share of the cores any other work
+used during those runs.
 
     perf-tools/scripts/summarize-ceilings.py OUT_DIR
 """
@@ -40,8 +41,9 @@ def spread(docs, name):
     return f"{min(values):.0f}-{max(values):.0f}"
 
 
-def load_max(docs):
-    return max(d["host"].get("load_average_1m") or 0.0 for d in docs)
+def other_busy_max(docs):
+    """The most any other work used of the cores during one of these runs, in percent."""
+    return max(d["host"].get("cpu_busy_other_percent") or 0.0 for d in docs)
 
 
 def size(n):
@@ -57,13 +59,13 @@ def row(cells):
 
 def disk_tables(groups):
     keys = sorted(k for k in groups if k[0] == "disk")
-    out = [row(["block", "QD", "runs", "MB/s (median)", "MB/s range", "write µs p50", "p99", "p99.9", "max", "load≤"]),
+    out = [row(["block", "QD", "runs", "MB/s (median)", "MB/s range", "write µs p50", "p99", "p99.9", "max", "other busy≤"]),
            row(["---"] * 10)]
     for key in keys:
         docs = groups[key]
         lat = [f"{median(docs, 'write_latency_us_' + p):.0f}" for p in ("p50", "p99", "p999", "max")]
         out.append(row([size(key[1]), str(key[2]), str(len(docs)), f"{median(docs, 'write_mb_per_s'):.0f}",
-                        spread(docs, "write_mb_per_s"), *lat, f"{load_max(docs):.2f}"]))
+                        spread(docs, "write_mb_per_s"), *lat, f"{other_busy_max(docs):.0f}%"]))
     out += ["", row(["block", "operation", "samples", *("µs " + p if p == "p50" else p for p in LATENCY)]),
             row(["---"] * (3 + len(LATENCY)))]
     seen = set()
@@ -83,14 +85,14 @@ def disk_tables(groups):
 def net_tables(groups):
     keys = sorted(k for k in groups if k[0] == "net")
     out = [row(["message", "mode", "runs", *("RTT µs " + p if p == "p50" else p for p in LATENCY),
-                "stream MB/s (median)", "stream range", "load≤"]),
+                "stream MB/s (median)", "stream range", "other busy≤"]),
            row(["---"] * (6 + len(LATENCY)))]
     for key in keys:
         docs = groups[key]
         cells = [f"{median(docs, 'rtt_us_' + p):.1f}" for p in LATENCY]
         out.append(row([size(key[1]), "spin" if key[2] else "block", str(len(docs)), *cells,
                         f"{median(docs, 'stream_mb_per_s'):.0f}", spread(docs, "stream_mb_per_s"),
-                        f"{load_max(docs):.2f}"]))
+                        f"{other_busy_max(docs):.0f}%"]))
     return "\n".join(out)
 
 

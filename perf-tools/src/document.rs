@@ -34,10 +34,14 @@ pub struct Host {
     /// so a figure measured on a busy host says so.
     #[serde(default)]
     pub load_average_1m: Option<f64>,
+    /// Share of all cores' time (0-100) used by everything but this process while it ran.
+    /// Above a few percent the figures are not the machine's alone: rerun on a quiet host.
+    #[serde(default)]
+    pub cpu_busy_other_percent: Option<f64>,
 }
 
 impl Host {
-    pub fn current(filesystem: Option<String>) -> Self {
+    pub fn current(filesystem: Option<String>, sampler: &OtherCpuSampler) -> Self {
         let read = |path: &str| {
             fs::read_to_string(path)
                 .map_or_else(|_| "unknown".to_string(), |s| s.trim().to_string())
@@ -51,6 +55,7 @@ impl Host {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             load_average_1m: load_average_1m(),
+            cpu_busy_other_percent: sampler.busy_percent(),
         }
     }
 }
@@ -58,6 +63,69 @@ impl Host {
 fn load_average_1m() -> Option<f64> {
     let text = fs::read_to_string("/proc/loadavg").ok()?;
     text.split_whitespace().next()?.parse().ok()
+}
+
+/// Measures how busy the cores were with other work during a run, from `/proc/stat` (all
+/// cores) minus `/proc/self/stat` (this process, including its `io_uring` workers).
+pub struct OtherCpuSampler {
+    start: Option<CpuTicks>,
+}
+
+#[derive(Clone, Copy)]
+struct CpuTicks {
+    busy: u64,
+    total: u64,
+    own: u64,
+}
+
+impl OtherCpuSampler {
+    pub fn start() -> Self {
+        Self {
+            start: CpuTicks::read(),
+        }
+    }
+
+    pub fn busy_percent(&self) -> Option<f64> {
+        let (start, end) = (self.start?, CpuTicks::read()?);
+        let total = end.total.checked_sub(start.total)?;
+        if total == 0 {
+            return None;
+        }
+        let busy = end.busy.saturating_sub(start.busy);
+        let other = busy.saturating_sub(end.own.saturating_sub(start.own));
+        Some(other as f64 * 100.0 / total as f64)
+    }
+}
+
+impl CpuTicks {
+    fn read() -> Option<Self> {
+        let stat = fs::read_to_string("/proc/stat").ok()?;
+        // cpu  user nice system idle iowait irq softirq steal (guest time is inside user).
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|field| field.parse().unwrap_or(0))
+            .collect();
+        if ticks.len() < 8 {
+            return None;
+        }
+        let idle = ticks[3] + ticks[4];
+        let total: u64 = ticks.iter().sum();
+        // The command name may contain spaces; fields after the last ')' are fixed:
+        // state(3) … utime(14) stime(15), i.e. the 12th and 13th after the parenthesis.
+        let own_stat = fs::read_to_string("/proc/self/stat").ok()?;
+        let after_name = &own_stat[own_stat.rfind(')')? + 1..];
+        let mut fields = after_name.split_whitespace().skip(11);
+        let own = fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?;
+        Some(Self {
+            busy: total - idle,
+            total,
+            own,
+        })
+    }
 }
 
 /// One probe run as written by `--json` and read by `report`.
@@ -166,7 +234,7 @@ mod tests {
         let parameters = serde_json::json!({ "block_size_bytes": 16384, "queue_depth": 1 });
         let document = CeilingDocument::new(
             "disk",
-            Host::current(Some("ext4".into())),
+            Host::current(Some("ext4".into()), &OtherCpuSampler::start()),
             &parameters,
             figures,
         );
@@ -186,7 +254,7 @@ mod tests {
     fn wrong_schema_is_rejected() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("x.json");
-        fs::write(&path, r#"{"schema":"other/9","probe":"disk","host":{"hostname":"h","kernel":"k","cpus":1,"unix_time_s":0,"load_average_1m":0.0},"parameters":{},"figures":{}}"#).unwrap();
+        fs::write(&path, r#"{"schema":"other/9","probe":"disk","host":{"hostname":"h","kernel":"k","cpus":1,"unix_time_s":0},"parameters":{},"figures":{}}"#).unwrap();
         assert!(CeilingDocument::read(&path)
             .unwrap_err()
             .to_string()
@@ -207,6 +275,18 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert!(lines[0].contains("p9999") && lines[0].contains("max"));
         assert!(lines[1].starts_with("write+fdatasync") && lines[1].ends_with("1235"));
+    }
+
+    #[test]
+    fn other_cpu_share_is_a_percentage() {
+        let sampler = OtherCpuSampler::start();
+        let spin_until = std::time::Instant::now() + std::time::Duration::from_millis(50);
+        while std::time::Instant::now() < spin_until {
+            std::hint::spin_loop();
+        }
+        // Ticks are 10 ms, so 50 ms is enough for /proc/stat to move.
+        let percent = sampler.busy_percent().expect("/proc/stat is readable");
+        assert!((0.0..=100.0).contains(&percent), "{percent}");
     }
 
     #[test]

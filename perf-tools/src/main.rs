@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use ringfeed_perf::cli::{Cli, Command, DiskArgs, NetArgs, ReportArgs};
-use ringfeed_perf::document::{format_bytes, latency_table, CeilingDocument, Host};
+use ringfeed_perf::document::{
+    format_bytes, latency_table, CeilingDocument, Host, OtherCpuSampler,
+};
 use ringfeed_perf::{disk, net, report};
 
 fn main() -> ExitCode {
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
 
 fn run_disk(args: &DiskArgs) -> io::Result<()> {
     let options = args.options();
+    let sampler = OtherCpuSampler::start();
     let result = disk::run(&options)?;
     println!(
         "disk {}  ({})  block {}  queue depth {}",
@@ -59,7 +62,7 @@ fn run_disk(args: &DiskArgs) -> io::Result<()> {
         );
     }
     if let Some(path) = &args.json {
-        let host = Host::current(Some(result.filesystem.clone()));
+        let host = Host::current(Some(result.filesystem.clone()), &sampler);
         CeilingDocument::new("disk", host, &options, result.figures()).write(path)?;
     }
     Ok(())
@@ -70,6 +73,7 @@ fn run_net(args: &NetArgs) -> io::Result<()> {
     if options.spin && options.client_cpu == options.server_cpu {
         eprintln!("warning: --spin with client and server on one core measures the scheduler");
     }
+    let sampler = OtherCpuSampler::start();
     let result = net::run(&options)?;
     println!(
         "loopback TCP  message {}  {}  client cpu {}  server cpu {}",
@@ -93,7 +97,8 @@ fn run_net(args: &NetArgs) -> io::Result<()> {
         );
     }
     if let Some(path) = &args.json {
-        CeilingDocument::new("net", Host::current(None), &options, result.figures()).write(path)?;
+        let host = Host::current(None, &sampler);
+        CeilingDocument::new("net", host, &options, result.figures()).write(path)?;
     }
     Ok(())
 }

@@ -244,7 +244,10 @@ mod tests {
         let figures = figures.iter().map(|&(k, v)| (k.to_string(), v)).collect();
         CeilingDocument::new(
             probe,
-            Host::current(Some("ext4".into())),
+            Host::current(
+                Some("ext4".into()),
+                &crate::document::OtherCpuSampler::start(),
+            ),
             parameters,
             figures,
         )
