@@ -6,11 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v kcat >/dev/null 2>&1; then
-    echo "== installing kcat (apt)"
-    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+APT_PACKAGES=()
+command -v kcat >/dev/null 2>&1 || APT_PACKAGES+=(kcat)
+python3 -c "import venv, ensurepip" >/dev/null 2>&1 || APT_PACKAGES+=(python3 python3-venv python3-pip)
+if [ "${#APT_PACKAGES[@]}" -gt 0 ]; then
+    echo "== installing ${APT_PACKAGES[*]} (apt)"
     $SUDO apt-get update
-    $SUDO apt-get install -y kcat
+    $SUDO apt-get install -y "${APT_PACKAGES[@]}"
 fi
 
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import confluent_kafka, kafka, pytest" 2>/dev/null; then

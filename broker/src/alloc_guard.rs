@@ -74,7 +74,8 @@ unsafe impl GlobalAlloc for LazyHugeAllocator {
     }
 
     unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let new_layout = Layout::from_size_align(new_size, layout.align()).expect("caller guarantees a valid layout");
+        let new_layout = Layout::from_size_align(new_size, layout.align())
+            .expect("caller guarantees a valid layout");
         if !is_lazy(layout) && !is_lazy(new_layout) {
             // SAFETY: both sides are System's; forwarded with the caller's guarantees.
             return unsafe { System.realloc(pointer, layout, new_size) };

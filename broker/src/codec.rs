@@ -18,7 +18,10 @@ pub struct RequestPreamble {
 
 /// A frame is at least ten bytes (checked by `frame`), so the preamble is always present.
 pub fn peek_preamble(frame: &[u8]) -> RequestPreamble {
-    assert!(frame.len() >= 8, "frame layer guarantees a header-sized frame");
+    assert!(
+        frame.len() >= 8,
+        "frame layer guarantees a header-sized frame"
+    );
     RequestPreamble {
         api_key: i16::from_be_bytes([frame[0], frame[1]]),
         api_version: i16::from_be_bytes([frame[2], frame[3]]),
@@ -31,19 +34,39 @@ pub fn peek_preamble(frame: &[u8]) -> RequestPreamble {
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     #[error("cannot decode {what} v{version} at byte {offset} of {frame_bytes}: {reason}")]
-    Decode { what: &'static str, version: i16, offset: usize, frame_bytes: usize, reason: String },
+    Decode {
+        what: &'static str,
+        version: i16,
+        offset: usize,
+        frame_bytes: usize,
+        reason: String,
+    },
     #[error("cannot encode {what} v{version}: {reason}")]
-    Encode { what: &'static str, version: i16, reason: String },
+    Encode {
+        what: &'static str,
+        version: i16,
+        reason: String,
+    },
 }
 
 /// Decodes the request header from the front of `frame`, leaving `frame` at the body.
-pub fn decode_request_header(frame: &mut Bytes, api_key: ApiKey, api_version: i16) -> Result<RequestHeader, CodecError> {
+pub fn decode_request_header(
+    frame: &mut Bytes,
+    api_key: ApiKey,
+    api_version: i16,
+) -> Result<RequestHeader, CodecError> {
     let header_version = api_key.request_header_version(api_version);
-    decode_message(frame, "request header", header_version, |buf| RequestHeader::decode(buf, header_version))
+    decode_message(frame, "request header", header_version, |buf| {
+        RequestHeader::decode(buf, header_version)
+    })
 }
 
 /// Decodes a request body of type `M` at `version` from the rest of the frame.
-pub fn decode_body<M: Decodable>(body: &mut Bytes, api_key: ApiKey, version: i16) -> Result<M, CodecError> {
+pub fn decode_body<M: Decodable>(
+    body: &mut Bytes,
+    api_key: ApiKey,
+    version: i16,
+) -> Result<M, CodecError> {
     let what = api_key_name(api_key);
     decode_message(body, what, version, |buf| M::decode(buf, version))
 }
@@ -81,16 +104,26 @@ pub fn encode_response_frame<M: Encodable>(
 ) -> Result<Bytes, CodecError> {
     // ApiVersions responses always use header v0 so a client that sent a version we do
     // not know can still read the correlation id (KIP-511).
-    let header_version = if api_key == ApiKey::ApiVersions { 0 } else { api_key.response_header_version(api_version) };
-    let encode_error = |reason: String| CodecError::Encode { what: api_key_name(api_key), version: api_version, reason };
+    let header_version = if api_key == ApiKey::ApiVersions {
+        0
+    } else {
+        api_key.response_header_version(api_version)
+    };
+    let encode_error = |reason: String| CodecError::Encode {
+        what: api_key_name(api_key),
+        version: api_version,
+        reason,
+    };
     let mut frame = BytesMut::with_capacity(256);
     frame.put_i32(0); // patched below, once the length is known
     ResponseHeader::default()
         .with_correlation_id(correlation_id)
         .encode(&mut frame, header_version)
         .map_err(|error| encode_error(error.to_string()))?;
-    body.encode(&mut frame, api_version).map_err(|error| encode_error(error.to_string()))?;
-    let body_bytes = i32::try_from(frame.len() - FRAME_SIZE_PREFIX_BYTES).map_err(|_| encode_error("response larger than 2 GiB".into()))?;
+    body.encode(&mut frame, api_version)
+        .map_err(|error| encode_error(error.to_string()))?;
+    let body_bytes = i32::try_from(frame.len() - FRAME_SIZE_PREFIX_BYTES)
+        .map_err(|_| encode_error("response larger than 2 GiB".into()))?;
     frame[..FRAME_SIZE_PREFIX_BYTES].copy_from_slice(&body_bytes.to_be_bytes());
     Ok(frame.freeze())
 }
@@ -134,29 +167,53 @@ mod tests {
     #[test]
     fn preamble_is_read_without_decoding_the_rest() {
         let frame = metadata_v1_frame(&[0xde, 0xad]);
-        assert_eq!(peek_preamble(&frame), RequestPreamble { api_key: 3, api_version: 1, correlation_id: 77 });
+        assert_eq!(
+            peek_preamble(&frame),
+            RequestPreamble {
+                api_key: 3,
+                api_version: 1,
+                correlation_id: 77
+            }
+        );
     }
 
     #[test]
     fn header_then_body_decode_and_truncation_reports_the_offset() {
         let mut whole = metadata_v1_frame(&[0, 0, 0, 1, 0, 3, b'a', b'b', b'c']);
         let header = decode_request_header(&mut whole, ApiKey::Metadata, 1).unwrap();
-        assert_eq!((header.correlation_id, header.client_id.unwrap().as_str()), (77, "test"));
+        assert_eq!(
+            (header.correlation_id, header.client_id.unwrap().as_str()),
+            (77, "test")
+        );
         let request: MetadataRequest = decode_body(&mut whole, ApiKey::Metadata, 1).unwrap();
-        assert_eq!(request.topics.unwrap()[0].name.as_ref().unwrap().0.as_str(), "abc");
+        assert_eq!(
+            request.topics.unwrap()[0].name.as_ref().unwrap().0.as_str(),
+            "abc"
+        );
 
         // Declares one topic of 3 bytes but carries only 1: the error names where it stopped.
         let mut truncated = metadata_v1_frame(&[0, 0, 0, 1, 0, 3, b'a']);
         decode_request_header(&mut truncated, ApiKey::Metadata, 1).unwrap();
-        let error = decode_body::<MetadataRequest>(&mut truncated, ApiKey::Metadata, 1).unwrap_err();
-        let CodecError::Decode { what, frame_bytes, offset, .. } = error else { panic!("{error:?}") };
+        let error =
+            decode_body::<MetadataRequest>(&mut truncated, ApiKey::Metadata, 1).unwrap_err();
+        let CodecError::Decode {
+            what,
+            frame_bytes,
+            offset,
+            ..
+        } = error
+        else {
+            panic!("{error:?}")
+        };
         assert_eq!((what, frame_bytes), ("Metadata", 7));
         assert!(offset <= frame_bytes, "offset {offset} inside the body");
     }
 
     #[test]
     fn response_frame_carries_its_size_and_correlation_id() {
-        let frame = encode_response_frame(ApiKey::ApiVersions, 3, 9, &ApiVersionsResponse::default()).unwrap();
+        let frame =
+            encode_response_frame(ApiKey::ApiVersions, 3, 9, &ApiVersionsResponse::default())
+                .unwrap();
         let declared = i32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
         assert_eq!(declared, frame.len() - 4);
         assert_eq!(i32::from_be_bytes(frame[4..8].try_into().unwrap()), 9);

@@ -9,9 +9,9 @@ use crate::limits::Limits;
 
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
-    /// The address every shard's SO_REUSEPORT listener binds (port 0 already resolved).
+    /// The address every shard's `SO_REUSEPORT` listener binds (port 0 already resolved).
     pub listen: SocketAddr,
-    /// Host and port clients are told to connect to (Metadata, DescribeCluster).
+    /// Host and port clients are told to connect to (Metadata, `DescribeCluster`).
     pub advertised_host: String,
     pub advertised_port: i32,
     pub data_dir: PathBuf,
@@ -20,7 +20,7 @@ pub struct BrokerConfig {
     /// Busy-poll this long before an idle shard parks in the kernel (None: park at once).
     pub spin_before_park: Option<Duration>,
     pub auto_create_topics: bool,
-    /// Partitions of an auto-created topic or a CreateTopics request with -1.
+    /// Partitions of an auto-created topic or a `CreateTopics` request with -1.
     pub default_partitions: i32,
     pub limits: Limits,
 }

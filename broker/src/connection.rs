@@ -39,7 +39,9 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, connections: R
                 continue;
             }
         };
-        let peer = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         if open_connections.get() >= shard.config.limits.shard_connections_max {
             tracing::warn!(shard = shard.id, %peer, limit = shard.config.limits.shard_connections_max, "connection refused: shard at its connection limit");
             continue;
@@ -83,19 +85,30 @@ enum Ending {
 async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     tracing::debug!(shard = shard.id, %peer, "connection accepted");
     let (reader, writer) = stream.split();
-    let (queue, queued) = local_channel::new_bounded(shard.config.limits.connection_inflight_requests_max);
+    let (queue, queued) =
+        local_channel::new_bounded(shard.config.limits.connection_inflight_requests_max);
     let writing = glommio::spawn_local(write_responses(writer, queued));
     let ending = read_requests(&shard, reader, &queue, peer).await;
     drop(queue);
     let write_error = writing.await;
     match (ending, write_error) {
-        (Ending::Refused(reason), _) => tracing::warn!(shard = shard.id, %peer, %reason, "closing connection"),
+        (Ending::Refused(reason), _) => {
+            tracing::warn!(shard = shard.id, %peer, %reason, "closing connection");
+        }
         (_, Some(reason)) => tracing::warn!(shard = shard.id, %peer, %reason, "closing connection"),
+        (Ending::Io(error), None) => {
+            tracing::debug!(shard = shard.id, %peer, %error, "connection closed on a socket error");
+        }
         (ending, None) => tracing::debug!(shard = shard.id, %peer, ?ending, "connection closed"),
     }
 }
 
-async fn read_requests(shard: &Rc<Shard>, mut reader: ReadHalf<TcpStream>, queue: &LocalSender<QueuedResponse>, peer: SocketAddr) -> Ending {
+async fn read_requests(
+    shard: &Rc<Shard>,
+    mut reader: ReadHalf<TcpStream>,
+    queue: &LocalSender<QueuedResponse>,
+    peer: SocketAddr,
+) -> Ending {
     let mut frames = FrameBuffer::new(shard.config.limits.request_frame_bytes_max);
     let mut budget: Option<StaticPermit> = None;
     loop {
@@ -110,7 +123,14 @@ async fn read_requests(shard: &Rc<Shard>, mut reader: ReadHalf<TcpStream>, queue
                     Ok(response) => response,
                     Err(reason) => return Ending::Refused(reason),
                 };
-                if queue.send(QueuedResponse { response, _budget: Some(budget) }).await.is_err() {
+                if queue
+                    .send(QueuedResponse {
+                        response,
+                        _budget: Some(budget),
+                    })
+                    .await
+                    .is_err()
+                {
                     return Ending::PeerClosed;
                 }
                 continue;
@@ -140,16 +160,25 @@ fn refused(error: &FrameError) -> Ending {
 }
 
 async fn reserve_budget(shard: &Rc<Shard>, frame_bytes: usize) -> StaticPermit {
-    shard.request_budget.acquire_static_permit(frame_bytes as u64).await.expect("the request budget is never closed")
+    shard
+        .request_budget
+        .acquire_static_permit(frame_bytes as u64)
+        .await
+        .expect("the request budget is never closed")
 }
 
 /// Admits, decodes and starts one request. `Err` names why the connection must close.
-fn start_request(shard: &Rc<Shard>, frame: Bytes, peer: SocketAddr) -> Result<PendingResponse, String> {
+fn start_request(
+    shard: &Rc<Shard>,
+    frame: Bytes,
+    peer: SocketAddr,
+) -> Result<PendingResponse, String> {
     let preamble = codec::peek_preamble(&frame);
     let api_key = match registry::admit(preamble.api_key, preamble.api_version) {
         Admission::Serve(api_key) => api_key,
         Admission::ApiVersionsFallback => {
-            let frame = api_versions::unsupported_version_frame(preamble.correlation_id).map_err(|error| error.to_string())?;
+            let frame = api_versions::unsupported_version_frame(preamble.correlation_id)
+                .map_err(|error| error.to_string())?;
             return Ok(PendingResponse::Ready(frame));
         }
         Admission::Refuse => {
@@ -160,8 +189,10 @@ fn start_request(shard: &Rc<Shard>, frame: Bytes, peer: SocketAddr) -> Result<Pe
         }
     };
     let mut body = frame;
-    let header = codec::decode_request_header(&mut body, api_key, preamble.api_version).map_err(|error| error.to_string())?;
-    let request = handlers::decode_request(api_key, preamble.api_version, &mut body).map_err(|error| error.to_string())?;
+    let header = codec::decode_request_header(&mut body, api_key, preamble.api_version)
+        .map_err(|error| error.to_string())?;
+    let request = handlers::decode_request(api_key, preamble.api_version, &mut body)
+        .map_err(|error| error.to_string())?;
     let context = RequestContext {
         api_key,
         api_version: preamble.api_version,
@@ -169,17 +200,24 @@ fn start_request(shard: &Rc<Shard>, frame: Bytes, peer: SocketAddr) -> Result<Pe
         client_id: header.client_id.map(|id| id.to_string()),
         peer,
     };
-    Ok(PendingResponse::Running(glommio::spawn_local(handlers::handle(shard.clone(), context, request)).detach()))
+    Ok(PendingResponse::Running(
+        glommio::spawn_local(handlers::handle(shard.clone(), context, request)).detach(),
+    ))
 }
 
 /// Writes responses in queue order until the queue closes; returns why it stopped early.
-async fn write_responses(mut writer: WriteHalf<TcpStream>, queued: LocalReceiver<QueuedResponse>) -> Option<String> {
+async fn write_responses(
+    mut writer: WriteHalf<TcpStream>,
+    queued: LocalReceiver<QueuedResponse>,
+) -> Option<String> {
     while let Some(entry) = queued.recv().await {
         let frame = match entry.response {
             PendingResponse::Ready(frame) => Some(frame),
             PendingResponse::Running(handler) => match handler.await {
                 Some(Ok(frame)) => frame,
-                Some(Err(error)) => return Some(format!("internal error, response not encodable: {error}")),
+                Some(Err(error)) => {
+                    return Some(format!("internal error, response not encodable: {error}"))
+                }
                 None => return Some("request handler cancelled".into()),
             },
         };

@@ -4,7 +4,6 @@
 use kafka_protocol::error::ResponseError;
 
 pub const NONE: i16 = 0;
-pub const UNKNOWN_SERVER_ERROR: i16 = ResponseError::UnknownServerError.code();
 pub const OFFSET_OUT_OF_RANGE: i16 = ResponseError::OffsetOutOfRange.code();
 pub const CORRUPT_MESSAGE: i16 = ResponseError::CorruptMessage.code();
 pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = ResponseError::UnknownTopicOrPartition.code();

@@ -10,7 +10,9 @@ pub const FRAME_SIZE_PREFIX_BYTES: usize = 4;
 /// Why a byte stream cannot be framed; the connection is closed with this as the reason.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
-    #[error("frame declares {declared} bytes, above the {max}-byte limit (socket.request.max.bytes)")]
+    #[error(
+        "frame declares {declared} bytes, above the {max}-byte limit (socket.request.max.bytes)"
+    )]
     TooLarge { declared: usize, max: usize },
     #[error("frame declares a negative size ({declared})")]
     NegativeSize { declared: i32 },
@@ -18,12 +20,15 @@ pub enum FrameError {
     TooShort { declared: usize },
 }
 
-/// Smallest request: api_key (2) + api_version (2) + correlation_id (4) + client_id length (2).
+/// Smallest request: `api_key` (2) + `api_version` (2) + `correlation_id` (4) + `client_id` length (2).
 const REQUEST_HEADER_BYTES_MIN: usize = 10;
 
 /// Reads the size prefix at the front of `buffered` and checks it against `frame_bytes_max`.
 /// Returns `Ok(None)` when fewer than four bytes are buffered.
-pub fn peek_frame_size(buffered: &[u8], frame_bytes_max: usize) -> Result<Option<usize>, FrameError> {
+pub fn peek_frame_size(
+    buffered: &[u8],
+    frame_bytes_max: usize,
+) -> Result<Option<usize>, FrameError> {
     let Some(prefix) = buffered.get(..FRAME_SIZE_PREFIX_BYTES) else {
         return Ok(None);
     };
@@ -32,25 +37,15 @@ pub fn peek_frame_size(buffered: &[u8], frame_bytes_max: usize) -> Result<Option
         return Err(FrameError::NegativeSize { declared });
     };
     if size > frame_bytes_max {
-        return Err(FrameError::TooLarge { declared: size, max: frame_bytes_max });
+        return Err(FrameError::TooLarge {
+            declared: size,
+            max: frame_bytes_max,
+        });
     }
     if size < REQUEST_HEADER_BYTES_MIN {
         return Err(FrameError::TooShort { declared: size });
     }
     Ok(Some(size))
-}
-
-/// Splits one complete frame body off the front of `buffered` without copying, or returns
-/// `Ok(None)` when the frame is not complete yet (the caller reads more and tries again).
-pub fn take_frame(buffered: &mut BytesMut, frame_bytes_max: usize) -> Result<Option<Bytes>, FrameError> {
-    let Some(size) = peek_frame_size(buffered, frame_bytes_max)? else {
-        return Ok(None);
-    };
-    if buffered.len() < FRAME_SIZE_PREFIX_BYTES + size {
-        return Ok(None);
-    }
-    buffered.advance(FRAME_SIZE_PREFIX_BYTES);
-    Ok(Some(buffered.split_to(size).freeze()))
 }
 
 /// Bytes asked of the socket per read when no larger frame is pending.
@@ -67,7 +62,11 @@ pub struct FrameBuffer {
 
 impl FrameBuffer {
     pub fn new(frame_bytes_max: usize) -> Self {
-        Self { bytes: BytesMut::new(), filled: 0, frame_bytes_max }
+        Self {
+            bytes: BytesMut::new(),
+            filled: 0,
+            frame_bytes_max,
+        }
     }
 
     /// Declared size of the frame at the front, once its prefix has arrived (checked
@@ -96,7 +95,9 @@ impl FrameBuffer {
             Ok(Some(size)) => FRAME_SIZE_PREFIX_BYTES + size,
             _ => FRAME_SIZE_PREFIX_BYTES,
         };
-        let room = frame_bytes.saturating_sub(self.filled).max(READ_CHUNK_BYTES);
+        let room = frame_bytes
+            .saturating_sub(self.filled)
+            .max(READ_CHUNK_BYTES);
         if self.bytes.len() < self.filled + room / 2 {
             self.bytes.resize(self.filled + room, 0);
         }
@@ -105,7 +106,10 @@ impl FrameBuffer {
 
     /// Records that `count` bytes were read into `read_space`.
     pub fn commit(&mut self, count: usize) {
-        assert!(self.filled + count <= self.bytes.len(), "read past the read space");
+        assert!(
+            self.filled + count <= self.bytes.len(),
+            "read past the read space"
+        );
         self.filled += count;
     }
 
@@ -131,23 +135,39 @@ mod tests {
         // Only the prefix is present: the limit check must not need the body.
         let prefix = 200_000_000_i32.to_be_bytes();
         let error = peek_frame_size(&prefix, 100 * 1024 * 1024).unwrap_err();
-        assert_eq!(error, FrameError::TooLarge { declared: 200_000_000, max: 100 * 1024 * 1024 });
+        assert_eq!(
+            error,
+            FrameError::TooLarge {
+                declared: 200_000_000,
+                max: 100 * 1024 * 1024
+            }
+        );
     }
 
     #[test]
     fn negative_and_tiny_sizes_are_rejected() {
-        assert_eq!(peek_frame_size(&(-1_i32).to_be_bytes(), 1000), Err(FrameError::NegativeSize { declared: -1 }));
-        assert_eq!(peek_frame_size(&3_i32.to_be_bytes(), 1000), Err(FrameError::TooShort { declared: 3 }));
+        assert_eq!(
+            peek_frame_size(&(-1_i32).to_be_bytes(), 1000),
+            Err(FrameError::NegativeSize { declared: -1 })
+        );
+        assert_eq!(
+            peek_frame_size(&3_i32.to_be_bytes(), 1000),
+            Err(FrameError::TooShort { declared: 3 })
+        );
     }
 
     #[test]
     fn truncated_frame_waits_for_more_bytes() {
-        let body = [7_u8; 32];
-        let whole = framed(&body);
+        let whole = framed(&[7_u8; 32]);
         for cut in 0..whole.len() {
-            let mut partial = BytesMut::from(&whole[..cut]);
-            assert_eq!(take_frame(&mut partial, 1000), Ok(None), "cut at {cut}");
-            assert_eq!(partial.len(), cut, "nothing consumed from a partial frame");
+            let mut buffer = FrameBuffer::new(1000);
+            feed(&mut buffer, &whole[..cut], 64);
+            assert_eq!(buffer.take_frame(), Ok(None), "cut at {cut}");
+            assert_eq!(
+                buffer.buffered_bytes(),
+                cut,
+                "nothing consumed from a partial frame"
+            );
         }
     }
 
@@ -164,7 +184,7 @@ mod tests {
     #[test]
     fn frame_buffer_reassembles_frames_from_any_read_sizes() {
         let mut wire = framed(&[1_u8; 12]).to_vec();
-        wire.extend_from_slice(&framed(&[2_u8; 100_000]));
+        wire.extend_from_slice(&framed(&vec![2_u8; 100_000]));
         wire.extend_from_slice(&framed(&[3_u8; 10]));
         for read_size in [1, 7, 4096, 1 << 20] {
             let mut buffer = FrameBuffer::new(1 << 20);
@@ -186,20 +206,32 @@ mod tests {
     fn frame_buffer_refuses_an_oversized_frame_before_making_room_for_it() {
         let mut buffer = FrameBuffer::new(1000);
         feed(&mut buffer, &5000_i32.to_be_bytes(), 4);
-        assert_eq!(buffer.pending_frame_size(), Err(FrameError::TooLarge { declared: 5000, max: 1000 }));
-        assert_eq!(buffer.take_frame(), Err(FrameError::TooLarge { declared: 5000, max: 1000 }));
+        assert_eq!(
+            buffer.pending_frame_size(),
+            Err(FrameError::TooLarge {
+                declared: 5000,
+                max: 1000
+            })
+        );
+        assert_eq!(
+            buffer.take_frame(),
+            Err(FrameError::TooLarge {
+                declared: 5000,
+                max: 1000
+            })
+        );
     }
 
     #[test]
     fn back_to_back_frames_split_in_order() {
-        let mut buffer = framed(&[1_u8; 12]);
-        buffer.extend_from_slice(&framed(&[2_u8; 20]));
-        buffer.extend_from_slice(&[0, 0]);
-        let first = take_frame(&mut buffer, 1000).unwrap().unwrap();
-        let second = take_frame(&mut buffer, 1000).unwrap().unwrap();
-        assert_eq!(&first[..], &[1_u8; 12]);
-        assert_eq!(&second[..], &[2_u8; 20]);
-        assert_eq!(take_frame(&mut buffer, 1000), Ok(None));
-        assert_eq!(buffer.len(), 2);
+        let mut wire = framed(&[1_u8; 12]);
+        wire.extend_from_slice(&framed(&[2_u8; 20]));
+        wire.extend_from_slice(&[0, 0]);
+        let mut buffer = FrameBuffer::new(1000);
+        feed(&mut buffer, &wire, wire.len());
+        assert_eq!(&buffer.take_frame().unwrap().unwrap()[..], &[1_u8; 12]);
+        assert_eq!(&buffer.take_frame().unwrap().unwrap()[..], &[2_u8; 20]);
+        assert_eq!(buffer.take_frame(), Ok(None));
+        assert_eq!(buffer.buffered_bytes(), 2);
     }
 }

@@ -28,8 +28,8 @@ pub struct Limits {
     pub fetch_response_bytes_max: usize,
     /// Upper bound on a Fetch long poll, whatever `max_wait_ms` the client asks for.
     pub fetch_wait_max: Duration,
-    /// Partitions a single topic may have (CreateTopics / CreatePartitions beyond this get
-    /// INVALID_PARTITIONS).
+    /// Partitions a single topic may have (`CreateTopics` / `CreatePartitions` beyond this get
+    /// `INVALID_PARTITIONS`).
     pub topic_partitions_max: i32,
     /// Topics the cluster may hold.
     pub topics_max: usize,

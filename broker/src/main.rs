@@ -19,7 +19,7 @@ mod server;
 mod shard;
 mod topic_config;
 
-/// The partition log: Kafka batches in O_DIRECT segments (crate `ringfeed-storage`).
+/// The partition log: Kafka batches in `O_DIRECT` segments (crate `ringfeed-storage`).
 use ringfeed_storage as storage;
 
 /// See `alloc_guard`: keeps a hostile array count in a request from aborting the process.
@@ -35,7 +35,11 @@ use crate::limits::Limits;
 use crate::server::ServeOptions;
 
 #[derive(Parser)]
-#[command(name = "ringfeed", version, about = "A thread-per-core, Kafka-wire-compatible message broker")]
+#[command(
+    name = "ringfeed",
+    version,
+    about = "A thread-per-core, Kafka-wire-compatible message broker"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,7 +54,7 @@ enum Command {
 #[derive(clap::Args)]
 #[allow(clippy::struct_excessive_bools)]
 struct ServeArgs {
-    /// Address every shard listens on (SO_REUSEPORT). Port 0 picks a free port.
+    /// Address every shard listens on (`SO_REUSEPORT`). Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:9092")]
     listen: String,
     /// HOST:PORT clients are told to connect to (default: the listen address).
@@ -85,7 +89,9 @@ struct ServeArgs {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let Command::Serve(args) = Cli::parse().command;
@@ -98,9 +104,13 @@ fn main() -> ExitCode {
         spin_before_park_us: args.spin_before_park_us,
         auto_create_topics: !args.no_auto_create_topics,
         default_partitions: args.default_partitions,
-        limits: Limits { request_frame_bytes_max: args.request_max_bytes, message_bytes_max_default: args.message_max_bytes, ..Limits::default() },
+        limits: Limits {
+            request_frame_bytes_max: args.request_max_bytes,
+            message_bytes_max_default: args.message_max_bytes,
+            ..Limits::default()
+        },
     };
-    match server::serve(options) {
+    match server::serve(&options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("ringfeed: {error}");

@@ -30,7 +30,7 @@ pub struct TopicMetadata {
     pub id: Uuid,
     /// `partition_shards[p]` is the shard that owns partition `p`.
     pub partition_shards: Vec<usize>,
-    /// The overrides as set by the user (what DescribeConfigs reports as topic-level).
+    /// The overrides as set by the user (what `DescribeConfigs` reports as topic-level).
     pub overrides: BTreeMap<String, String>,
     pub config: TopicConfig,
 }
@@ -62,15 +62,32 @@ impl MetadataSnapshot {
     /// The owning shard of a partition, or `None` when the topic or partition does not exist.
     pub fn owner_of(&self, topic: &str, partition: i32) -> Option<usize> {
         let topic = self.topics.get(topic)?;
-        topic.partition_shards.get(usize::try_from(partition).ok()?).copied()
+        topic
+            .partition_shards
+            .get(usize::try_from(partition).ok()?)
+            .copied()
     }
 
     /// Every partition placed on `shard`, with its topic.
-    pub fn partitions_on(&self, shard: usize) -> impl Iterator<Item = (TopicPartition, &Arc<TopicMetadata>)> + '_ {
+    pub fn partitions_on(
+        &self,
+        shard: usize,
+    ) -> impl Iterator<Item = (TopicPartition, &Arc<TopicMetadata>)> + '_ {
         self.topics.values().flat_map(move |topic| {
-            topic.partition_shards.iter().enumerate().filter(move |(_, owner)| **owner == shard).map(move |(partition, _)| {
-                (TopicPartition { topic: topic.name.clone(), partition: partition as i32 }, topic)
-            })
+            topic
+                .partition_shards
+                .iter()
+                .enumerate()
+                .filter(move |(_, owner)| **owner == shard)
+                .map(move |(partition, _)| {
+                    (
+                        TopicPartition {
+                            topic: topic.name.clone(),
+                            partition: partition as i32,
+                        },
+                        topic,
+                    )
+                })
         })
     }
 }

@@ -22,13 +22,28 @@ use crate::storage::{AppendError, BatchError, PartitionLog, ReadError};
 #[derive(Debug)]
 pub enum PartitionCall {
     /// Append `batches` (whole v2 record batches, in order) and answer once `acks` holds.
-    Produce { tp: TopicPartition, batches: Vec<Bytes>, acks: i16 },
+    Produce {
+        tp: TopicPartition,
+        batches: Vec<Bytes>,
+        acks: i16,
+    },
     /// Whole batches from `offset`, about `max_bytes` (at least one batch when any exists).
-    Fetch { tp: TopicPartition, offset: i64, max_bytes: usize },
+    Fetch {
+        tp: TopicPartition,
+        offset: i64,
+        max_bytes: usize,
+    },
     /// Resolve when the high watermark passes `offset`, or after `wait`.
-    WaitForData { tp: TopicPartition, offset: i64, wait: Duration },
-    /// Kafka ListOffsets semantics: -2 earliest, -1 latest, else first offset at or after the time.
-    ListOffsets { tp: TopicPartition, timestamp_ms: i64 },
+    WaitForData {
+        tp: TopicPartition,
+        offset: i64,
+        wait: Duration,
+    },
+    /// Kafka `ListOffsets` semantics: -2 earliest, -1 latest, else first offset at or after the time.
+    ListOffsets {
+        tp: TopicPartition,
+        timestamp_ms: i64,
+    },
     /// Move the log start to `offset` (-1 = the high watermark).
     DeleteRecords { tp: TopicPartition, offset: i64 },
 }
@@ -64,7 +79,7 @@ pub enum PartitionReply {
 }
 
 /// A partition this shard owns: open, or offline because its log could not be opened or
-/// failed (reported as KAFKA_STORAGE_ERROR until the broker restarts).
+/// failed (reported as `KAFKA_STORAGE_ERROR` until the broker restarts).
 pub enum PartitionSlot {
     Online { topic_id: Uuid, log: PartitionLog },
     Offline { topic_id: Uuid, reason: String },
@@ -73,7 +88,9 @@ pub enum PartitionSlot {
 impl PartitionSlot {
     pub fn topic_id(&self) -> Uuid {
         match self {
-            PartitionSlot::Online { topic_id, .. } | PartitionSlot::Offline { topic_id, .. } => *topic_id,
+            PartitionSlot::Online { topic_id, .. } | PartitionSlot::Offline { topic_id, .. } => {
+                *topic_id
+            }
         }
     }
 }
@@ -89,7 +106,10 @@ impl PartitionTable {
     pub fn log(&self, tp: &TopicPartition) -> Result<PartitionLog, i16> {
         match self.slots.borrow().get(tp) {
             Some(PartitionSlot::Online { log, .. }) => Ok(log.clone()),
-            Some(PartitionSlot::Offline { .. }) => Err(codes::KAFKA_STORAGE_ERROR),
+            Some(PartitionSlot::Offline { reason, .. }) => {
+                tracing::debug!(partition = %tp, %reason, "request for an offline partition");
+                Err(codes::KAFKA_STORAGE_ERROR)
+            }
             None => Err(codes::NOT_LEADER_OR_FOLLOWER),
         }
     }
@@ -104,7 +124,11 @@ impl PartitionTable {
 
     /// Topic id of every owned partition (for reconciling against a new snapshot).
     pub fn owned(&self) -> Vec<(TopicPartition, Uuid)> {
-        self.slots.borrow().iter().map(|(tp, slot)| (tp.clone(), slot.topic_id())).collect()
+        self.slots
+            .borrow()
+            .iter()
+            .map(|(tp, slot)| (tp.clone(), slot.topic_id()))
+            .collect()
     }
 
     pub fn online_logs(&self) -> Vec<(TopicPartition, PartitionLog)> {
@@ -123,7 +147,10 @@ impl PartitionTable {
         let mut slots = self.slots.borrow_mut();
         if let Some(slot) = slots.get_mut(tp) {
             tracing::error!(partition = %tp, %reason, "partition fenced after a storage error");
-            *slot = PartitionSlot::Offline { topic_id: slot.topic_id(), reason };
+            *slot = PartitionSlot::Offline {
+                topic_id: slot.topic_id(),
+                reason,
+            };
         }
     }
 }
@@ -131,8 +158,14 @@ impl PartitionTable {
 /// Runs one partition call on the owning shard.
 pub async fn execute(table: &PartitionTable, call: PartitionCall) -> PartitionReply {
     match call {
-        PartitionCall::Produce { tp, batches, acks } => PartitionReply::Produce(produce(table, &tp, batches, acks).await),
-        PartitionCall::Fetch { tp, offset, max_bytes } => PartitionReply::Fetch(fetch(table, &tp, offset, max_bytes).await),
+        PartitionCall::Produce { tp, batches, acks } => {
+            PartitionReply::Produce(produce(table, &tp, batches, acks).await)
+        }
+        PartitionCall::Fetch {
+            tp,
+            offset,
+            max_bytes,
+        } => PartitionReply::Fetch(fetch(table, &tp, offset, max_bytes).await),
         PartitionCall::WaitForData { tp, offset, wait } => {
             if let Ok(log) = table.log(&tp) {
                 let data = std::pin::pin!(log.wait_for_data(offset));
@@ -141,8 +174,12 @@ pub async fn execute(table: &PartitionTable, call: PartitionCall) -> PartitionRe
             }
             PartitionReply::Waited
         }
-        PartitionCall::ListOffsets { tp, timestamp_ms } => PartitionReply::Offset(list_offset(table, &tp, timestamp_ms).await),
-        PartitionCall::DeleteRecords { tp, offset } => PartitionReply::Offset(delete_records(table, &tp, offset).await),
+        PartitionCall::ListOffsets { tp, timestamp_ms } => {
+            PartitionReply::Offset(list_offset(table, &tp, timestamp_ms).await)
+        }
+        PartitionCall::DeleteRecords { tp, offset } => {
+            PartitionReply::Offset(delete_records(table, &tp, offset).await)
+        }
     }
 }
 
@@ -155,8 +192,17 @@ fn append_error_code(error: &AppendError) -> i16 {
     }
 }
 
-async fn produce(table: &PartitionTable, tp: &TopicPartition, batches: Vec<Bytes>, acks: i16) -> ProduceOutcome {
-    let failed = |error_code| ProduceOutcome { error_code, base_offset: -1, log_start_offset: -1 };
+async fn produce(
+    table: &PartitionTable,
+    tp: &TopicPartition,
+    batches: Vec<Bytes>,
+    acks: i16,
+) -> ProduceOutcome {
+    let failed = |error_code| ProduceOutcome {
+        error_code,
+        base_offset: -1,
+        log_start_offset: -1,
+    };
     let log = match table.log(tp) {
         Ok(log) => log,
         Err(code) => return failed(code),
@@ -187,13 +233,29 @@ async fn produce(table: &PartitionTable, tp: &TopicPartition, batches: Vec<Bytes
         table.fence(tp, error.to_string());
         return failed(codes::KAFKA_STORAGE_ERROR);
     }
-    ProduceOutcome { error_code: codes::NONE, base_offset: first_base_offset.unwrap_or(-1), log_start_offset: log.log_start_offset() }
+    ProduceOutcome {
+        error_code: codes::NONE,
+        base_offset: first_base_offset.unwrap_or(-1),
+        log_start_offset: log.log_start_offset(),
+    }
 }
 
-async fn fetch(table: &PartitionTable, tp: &TopicPartition, offset: i64, max_bytes: usize) -> FetchOutcome {
+async fn fetch(
+    table: &PartitionTable,
+    tp: &TopicPartition,
+    offset: i64,
+    max_bytes: usize,
+) -> FetchOutcome {
     let log = match table.log(tp) {
         Ok(log) => log,
-        Err(error_code) => return FetchOutcome { error_code, high_watermark: -1, log_start_offset: -1, batches: Vec::new() },
+        Err(error_code) => {
+            return FetchOutcome {
+                error_code,
+                high_watermark: -1,
+                log_start_offset: -1,
+                batches: Vec::new(),
+            }
+        }
     };
     let result = log.read(offset, max_bytes).await;
     let mut outcome = FetchOutcome {
@@ -213,8 +275,16 @@ async fn fetch(table: &PartitionTable, tp: &TopicPartition, offset: i64, max_byt
     outcome
 }
 
-async fn list_offset(table: &PartitionTable, tp: &TopicPartition, timestamp_ms: i64) -> OffsetOutcome {
-    let answer = |error_code, offset, timestamp_ms| OffsetOutcome { error_code, offset, timestamp_ms };
+async fn list_offset(
+    table: &PartitionTable,
+    tp: &TopicPartition,
+    timestamp_ms: i64,
+) -> OffsetOutcome {
+    let answer = |error_code, offset, timestamp_ms| OffsetOutcome {
+        error_code,
+        offset,
+        timestamp_ms,
+    };
     let log = match table.log(tp) {
         Ok(log) => log,
         Err(code) => return answer(code, -1, -1),
@@ -223,7 +293,9 @@ async fn list_offset(table: &PartitionTable, tp: &TopicPartition, timestamp_ms: 
         -2 => answer(codes::NONE, log.log_start_offset(), -1),
         -1 => answer(codes::NONE, log.high_watermark(), -1),
         timestamp_ms if timestamp_ms >= 0 => match log.offset_for_timestamp(timestamp_ms).await {
-            Ok(Some((offset, found_timestamp_ms))) => answer(codes::NONE, offset, found_timestamp_ms),
+            Ok(Some((offset, found_timestamp_ms))) => {
+                answer(codes::NONE, offset, found_timestamp_ms)
+            }
             Ok(None) => answer(codes::NONE, -1, -1),
             Err(error) => {
                 tracing::error!(partition = %tp, %error, "time index lookup failed");
@@ -236,15 +308,25 @@ async fn list_offset(table: &PartitionTable, tp: &TopicPartition, timestamp_ms: 
 }
 
 async fn delete_records(table: &PartitionTable, tp: &TopicPartition, offset: i64) -> OffsetOutcome {
-    let answer = |error_code, offset| OffsetOutcome { error_code, offset, timestamp_ms: -1 };
+    let answer = |error_code, offset| OffsetOutcome {
+        error_code,
+        offset,
+        timestamp_ms: -1,
+    };
     let log = match table.log(tp) {
         Ok(log) => log,
         Err(code) => return answer(code, -1),
     };
-    let target = if offset == -1 { log.high_watermark() } else { offset };
+    let target = if offset == -1 {
+        log.high_watermark()
+    } else {
+        offset
+    };
     match log.delete_records_before(target).await {
         Ok(log_start_offset) => answer(codes::NONE, log_start_offset),
-        Err(ReadError::OffsetOutOfRange { .. }) => answer(codes::OFFSET_OUT_OF_RANGE, log.log_start_offset()),
+        Err(ReadError::OffsetOutOfRange { .. }) => {
+            answer(codes::OFFSET_OUT_OF_RANGE, log.log_start_offset())
+        }
         Err(error) => {
             tracing::error!(partition = %tp, %error, "delete records failed");
             answer(codes::KAFKA_STORAGE_ERROR, -1)

@@ -13,7 +13,7 @@ pub const BATCH_HEADER_BYTES: usize = 61;
 const _: () = assert!(BATCH_HEADER_BYTES > BATCH_LENGTH_PREFIX_BYTES);
 
 /// Splits `records` into whole batches (zero-copy slices). Errors are the Kafka code to put
-/// on the partition: CORRUPT_MESSAGE for broken framing, MESSAGE_TOO_LARGE for a batch above
+/// on the partition: `CORRUPT_MESSAGE` for broken framing, `MESSAGE_TOO_LARGE` for a batch above
 /// `batch_bytes_max` (the topic's `max.message.bytes`).
 pub fn split_batches(records: &Bytes, batch_bytes_max: usize) -> Result<Vec<Bytes>, i16> {
     if records.is_empty() {
@@ -49,7 +49,8 @@ mod tests {
 
     fn fake_batch(total_bytes: usize, fill: u8) -> Vec<u8> {
         let mut batch = vec![fill; total_bytes];
-        batch[8..12].copy_from_slice(&((total_bytes - BATCH_LENGTH_PREFIX_BYTES) as i32).to_be_bytes());
+        batch[8..12]
+            .copy_from_slice(&((total_bytes - BATCH_LENGTH_PREFIX_BYTES) as i32).to_be_bytes());
         batch
     }
 
@@ -59,26 +60,48 @@ mod tests {
         records.extend(fake_batch(100, 2));
         let records = Bytes::from(records);
         let batches = split_batches(&records, 1000).unwrap();
-        assert_eq!(batches.iter().map(Bytes::len).collect::<Vec<_>>(), vec![70, 100]);
-        assert_eq!(batches[1].as_ptr(), records[70..].as_ptr(), "a slice of the request, not a copy");
+        assert_eq!(
+            batches.iter().map(Bytes::len).collect::<Vec<_>>(),
+            vec![70, 100]
+        );
+        assert_eq!(
+            batches[1].as_ptr(),
+            records[70..].as_ptr(),
+            "a slice of the request, not a copy"
+        );
     }
 
     #[test]
     fn broken_framing_is_corrupt_message() {
         let mut truncated = fake_batch(70, 1);
         truncated.truncate(69);
-        assert_eq!(split_batches(&Bytes::from(truncated), 1000), Err(codes::CORRUPT_MESSAGE));
+        assert_eq!(
+            split_batches(&Bytes::from(truncated), 1000),
+            Err(codes::CORRUPT_MESSAGE)
+        );
         let mut negative = fake_batch(70, 1);
         negative[8..12].copy_from_slice(&(-5_i32).to_be_bytes());
-        assert_eq!(split_batches(&Bytes::from(negative), 1000), Err(codes::CORRUPT_MESSAGE));
-        assert_eq!(split_batches(&Bytes::from(vec![0_u8; 11]), 1000), Err(codes::CORRUPT_MESSAGE));
-        assert_eq!(split_batches(&Bytes::new(), 1000), Err(codes::CORRUPT_MESSAGE));
+        assert_eq!(
+            split_batches(&Bytes::from(negative), 1000),
+            Err(codes::CORRUPT_MESSAGE)
+        );
+        assert_eq!(
+            split_batches(&Bytes::from(vec![0_u8; 11]), 1000),
+            Err(codes::CORRUPT_MESSAGE)
+        );
+        assert_eq!(
+            split_batches(&Bytes::new(), 1000),
+            Err(codes::CORRUPT_MESSAGE)
+        );
     }
 
     #[test]
     fn a_batch_above_the_limit_is_message_too_large() {
         let mut records = fake_batch(70, 1);
         records.extend(fake_batch(2000, 2));
-        assert_eq!(split_batches(&Bytes::from(records), 1000), Err(codes::MESSAGE_TOO_LARGE));
+        assert_eq!(
+            split_batches(&Bytes::from(records), 1000),
+            Err(codes::MESSAGE_TOO_LARGE)
+        );
     }
 }

@@ -1,10 +1,10 @@
 //! The one list of Kafka APIs Ringfeed serves, each with the version range it advertises
-//! and the range it accepts. ApiVersions answers from this table and the dispatcher admits
+//! and the range it accepts. `ApiVersions` answers from this table and the dispatcher admits
 //! requests by it, so what is advertised and what works cannot drift apart.
 
 use kafka_protocol::messages::ApiKey;
 
-/// One supported API. `advertised_min..=advertised_max` goes into ApiVersions;
+/// One supported API. `advertised_min..=advertised_max` goes into `ApiVersions`;
 /// `accepted_min` may be above `advertised_min` where Kafka 4 keeps advertising versions
 /// it no longer accepts (Produce 0-2, KAFKA-18659: old librdkafka refuses a broker whose
 /// Produce range does not start at 0).
@@ -18,17 +18,25 @@ pub struct ApiSpec {
 
 impl ApiSpec {
     const fn new(key: ApiKey, advertised_min: i16, advertised_max: i16) -> Self {
-        Self { key, advertised_min, advertised_max, accepted_min: advertised_min }
+        Self {
+            key,
+            advertised_min,
+            advertised_max,
+            accepted_min: advertised_min,
+        }
     }
 
-    pub fn accepts(&self, version: i16) -> bool {
+    pub fn accepts(self, version: i16) -> bool {
         (self.accepted_min..=self.advertised_max).contains(&version)
     }
 }
 
 /// Every API Ringfeed answers, in api-key order.
 pub const SUPPORTED_APIS: [ApiSpec; 13] = [
-    ApiSpec { accepted_min: 3, ..ApiSpec::new(ApiKey::Produce, 0, 11) },
+    ApiSpec {
+        accepted_min: 3,
+        ..ApiSpec::new(ApiKey::Produce, 0, 11)
+    },
     ApiSpec::new(ApiKey::Fetch, 4, 12),
     ApiSpec::new(ApiKey::ListOffsets, 1, 7),
     ApiSpec::new(ApiKey::Metadata, 0, 12),
@@ -51,15 +59,18 @@ pub const SUPPORTED_APIS: [ApiSpec; 13] = [
 pub enum Admission {
     /// Decode and handle.
     Serve(ApiKey),
-    /// An ApiVersions version above ours: answer a v0 response carrying
-    /// UNSUPPORTED_VERSION and our ranges, so the client can pick a version (KIP-511).
+    /// An `ApiVersions` version above ours: answer a v0 response carrying
+    /// `UNSUPPORTED_VERSION` and our ranges, so the client can pick a version (KIP-511).
     ApiVersionsFallback,
     /// Unknown key or a version we do not accept: Kafka closes the connection.
     Refuse,
 }
 
 pub fn admit(api_key: i16, api_version: i16) -> Admission {
-    let Some(spec) = SUPPORTED_APIS.iter().find(|spec| spec.key as i16 == api_key) else {
+    let Some(spec) = SUPPORTED_APIS
+        .iter()
+        .find(|spec| spec.key as i16 == api_key)
+    else {
         return Admission::Refuse;
     };
     if spec.accepts(api_version) {
@@ -100,12 +111,20 @@ mod tests {
     #[test]
     fn admission_by_key_and_version() {
         assert_eq!(admit(0, 3), Admission::Serve(ApiKey::Produce));
-        assert_eq!(admit(0, 2), Admission::Refuse, "Produce 0-2 is advertised but refused");
+        assert_eq!(
+            admit(0, 2),
+            Admission::Refuse,
+            "Produce 0-2 is advertised but refused"
+        );
         assert_eq!(admit(0, 12), Admission::Refuse);
         assert_eq!(admit(18, 4), Admission::Serve(ApiKey::ApiVersions));
         assert_eq!(admit(18, 9), Admission::ApiVersionsFallback);
         assert_eq!(admit(1, 3), Admission::Refuse, "Fetch below 4");
         assert_eq!(admit(999, 0), Admission::Refuse, "unknown key");
-        assert_eq!(admit(11, 0), Admission::Refuse, "JoinGroup is not served yet");
+        assert_eq!(
+            admit(11, 0),
+            Admission::Refuse,
+            "JoinGroup is not served yet"
+        );
     }
 }

@@ -112,12 +112,20 @@ impl ShardRouter {
 
     /// Sends `call` to `shard` (never this shard) and waits for its reply.
     pub async fn call(&self, shard: usize, call: ShardCall) -> Result<ShardReply, PeerGone> {
-        assert_ne!(shard, self.shard_id, "local calls do not go through the mesh");
+        assert_ne!(
+            shard, self.shard_id,
+            "local calls do not go through the mesh"
+        );
         let call_id = self.next_call_id.get();
         self.next_call_id.set(call_id + 1);
         let (reply_sender, reply_receiver) = oneshot::channel();
         self.pending.borrow_mut().insert(call_id, reply_sender);
-        if self.call_senders.send_to(shard, CallEnvelope { call_id, call }).await.is_err() {
+        if self
+            .call_senders
+            .send_to(shard, CallEnvelope { call_id, call })
+            .await
+            .is_err()
+        {
             self.pending.borrow_mut().remove(&call_id);
             return Err(PeerGone { shard });
         }
@@ -126,7 +134,10 @@ impl ShardRouter {
 
     async fn reply(&self, shard: usize, call_id: u64, reply: ShardReply) {
         // A closed reply channel means the caller's shard is shutting down; nobody waits.
-        let _ = self.reply_senders.send_to(shard, ReplyEnvelope { call_id, reply }).await;
+        let _ = self
+            .reply_senders
+            .send_to(shard, ReplyEnvelope { call_id, reply })
+            .await;
     }
 
     fn resolve(&self, envelope: ReplyEnvelope) {
@@ -140,7 +151,7 @@ impl ShardRouter {
 /// Pumps every incoming channel until the peers close them. Each call runs in its own task
 /// so a long-poll wait never holds up the calls behind it; `execute` is the one place where
 /// a shard acts on another shard's request.
-pub fn serve_incoming<F, Fut>(router: Rc<ShardRouter>, mut incoming: IncomingCalls, execute: F)
+pub fn serve_incoming<F, Fut>(router: &Rc<ShardRouter>, mut incoming: IncomingCalls, execute: F)
 where
     F: Fn(ShardCall) -> Fut + Clone + 'static,
     Fut: std::future::Future<Output = ShardReply> + 'static,

@@ -16,8 +16,8 @@ use crate::limits::Limits;
 use crate::router::MeshPair;
 use crate::shard::{self, ShardStart};
 
-/// Memory glommio registers with io_uring per shard. Small on purpose: the default needs
-/// more locked memory than RLIMIT_MEMLOCK allows on ordinary hosts (8 MiB here), and the
+/// Memory glommio registers with `io_uring` per shard. Small on purpose: the default needs
+/// more locked memory than `RLIMIT_MEMLOCK` allows on ordinary hosts (8 MiB here), and the
 /// broker's buffers do not come from this pool.
 const SHARD_IO_MEMORY_BYTES: usize = 1 << 20;
 
@@ -36,22 +36,32 @@ pub struct ServeOptions {
 }
 
 /// Runs the broker until a signal stops it. Returns once every shard has closed its logs.
-pub fn serve(options: ServeOptions) -> Result<(), String> {
+pub fn serve(options: &ServeOptions) -> Result<(), String> {
     options.limits.validate()?;
-    std::fs::create_dir_all(&options.data_dir).map_err(|error| format!("cannot create data dir {}: {error}", options.data_dir.display()))?;
+    std::fs::create_dir_all(&options.data_dir).map_err(|error| {
+        format!(
+            "cannot create data dir {}: {error}",
+            options.data_dir.display()
+        )
+    })?;
     let requested = resolve_address(&options.listen)?;
     // Binding port 0 on every shard would give each its own port: reserve one first, in the
     // same SO_REUSEPORT group, and hold it until every shard listens on it.
     let reservation = reserve_port(requested)?;
-    let listen = reservation.local_addr().ok().and_then(|address| address.as_socket()).ok_or("cannot read the reserved address")?;
-    let (advertised_host, advertised_port) = advertised(&options, listen)?;
+    let listen = reservation
+        .local_addr()
+        .ok()
+        .and_then(|address| address.as_socket())
+        .ok_or("cannot read the reserved address")?;
+    let (advertised_host, advertised_port) = advertised(options, listen)?;
     let config = Arc::new(BrokerConfig {
         listen,
         advertised_host,
         advertised_port,
         data_dir: options.data_dir.clone(),
-        shard_cpus: shard_cpus(&options)?,
-        spin_before_park: (options.spin_before_park_us > 0).then(|| Duration::from_micros(options.spin_before_park_us)),
+        shard_cpus: shard_cpus(options)?,
+        spin_before_park: (options.spin_before_park_us > 0)
+            .then(|| Duration::from_micros(options.spin_before_park_us)),
         auto_create_topics: options.auto_create_topics,
         default_partitions: options.default_partitions,
         limits: options.limits.clone(),
@@ -64,12 +74,22 @@ pub fn serve(options: ServeOptions) -> Result<(), String> {
     for (index, cpu) in config.shard_cpus.iter().copied().enumerate() {
         let (shutdown_sender, shutdown_requested) = oneshot::channel();
         shutdown_senders.push(shutdown_sender);
-        let start = ShardStart { config: config.clone(), meshes: meshes.clone(), shutdown_requested, drained_shards: drained_shards.clone(), listening: listening_sender.clone() };
-        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu)).name(&format!("ringfeed-shard-{index}")).io_memory(SHARD_IO_MEMORY_BYTES);
+        let start = ShardStart {
+            config: config.clone(),
+            meshes: meshes.clone(),
+            shutdown_requested,
+            drained_shards: drained_shards.clone(),
+            listening: listening_sender.clone(),
+        };
+        let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("ringfeed-shard-{index}"))
+            .io_memory(SHARD_IO_MEMORY_BYTES);
         if let Some(spin) = config.spin_before_park {
             builder = builder.spin_before_park(spin);
         }
-        let handle = builder.spawn(move || shard::run(start)).map_err(|error| format!("cannot start shard {index} on cpu {cpu}: {error}"))?;
+        let handle = builder
+            .spawn(move || shard::run(start))
+            .map_err(|error| format!("cannot start shard {index} on cpu {cpu}: {error}"))?;
         handles.push(handle);
     }
     drop(listening_sender);
@@ -92,7 +112,9 @@ pub fn serve(options: ServeOptions) -> Result<(), String> {
     join_shards(handles)
 }
 
-fn join_shards(handles: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>) -> Result<(), String> {
+fn join_shards(
+    handles: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>,
+) -> Result<(), String> {
     let mut failures = Vec::new();
     for (index, handle) in handles.into_iter().enumerate() {
         match handle.join() {
@@ -110,14 +132,29 @@ fn join_shards(handles: Vec<glommio::ExecutorJoinHandle<Result<(), String>>>) ->
 }
 
 fn resolve_address(listen: &str) -> Result<SocketAddr, String> {
-    listen.to_socket_addrs().map_err(|error| format!("bad address {listen}: {error}"))?.next().ok_or_else(|| format!("{listen} resolves to nothing"))
+    listen
+        .to_socket_addrs()
+        .map_err(|error| format!("bad address {listen}: {error}"))?
+        .next()
+        .ok_or_else(|| format!("{listen} resolves to nothing"))
 }
 
 fn reserve_port(address: SocketAddr) -> Result<socket2::Socket, String> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None).map_err(|error| error.to_string())?;
-    socket.set_reuse_port(true).map_err(|error| error.to_string())?;
-    socket.set_reuse_address(true).map_err(|error| error.to_string())?;
-    socket.bind(&address.into()).map_err(|error| format!("cannot bind {address}: {error}"))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(|error| error.to_string())?;
+    socket
+        .set_reuse_port(true)
+        .map_err(|error| error.to_string())?;
+    socket
+        .set_reuse_address(true)
+        .map_err(|error| error.to_string())?;
+    socket
+        .bind(&address.into())
+        .map_err(|error| format!("cannot bind {address}: {error}"))?;
     Ok(socket)
 }
 
@@ -125,17 +162,32 @@ fn advertised(options: &ServeOptions, listen: SocketAddr) -> Result<(String, i32
     let Some(advertised) = &options.advertised_listener else {
         return Ok((listen.ip().to_string(), i32::from(listen.port())));
     };
-    let (host, port) = advertised.rsplit_once(':').ok_or_else(|| format!("--advertised-listener {advertised} is not HOST:PORT"))?;
-    let port: u16 = port.parse().map_err(|_| format!("--advertised-listener {advertised}: bad port"))?;
-    Ok((host.trim_start_matches('[').trim_end_matches(']').to_string(), i32::from(port)))
+    let (host, port) = advertised
+        .rsplit_once(':')
+        .ok_or_else(|| format!("--advertised-listener {advertised} is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("--advertised-listener {advertised}: bad port"))?;
+    Ok((
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        i32::from(port),
+    ))
 }
 
 fn shard_cpus(options: &ServeOptions) -> Result<Vec<usize>, String> {
-    let mut online: Vec<usize> = glommio::CpuSet::online().map_err(|error| error.to_string())?.iter().map(|location| location.cpu).collect();
+    let mut online: Vec<usize> = glommio::CpuSet::online()
+        .map_err(|error| error.to_string())?
+        .iter()
+        .map(|location| location.cpu)
+        .collect();
     online.sort_unstable();
     let cpus = match (&options.cpus, options.shards) {
         (Some(cpus), _) => cpus.clone(),
-        (None, Some(shards)) => (0..shards).map(|index| online[index % online.len()]).collect(),
+        (None, Some(shards)) => (0..shards)
+            .map(|index| online[index % online.len()])
+            .collect(),
         (None, None) => online.clone(),
     };
     if cpus.is_empty() {
@@ -150,23 +202,24 @@ fn shard_cpus(options: &ServeOptions) -> Result<Vec<usize>, String> {
 /// First SIGINT/SIGTERM: graceful shutdown on every shard. A second one: exit at once.
 fn install_signal_handler(shutdown_senders: Vec<oneshot::Sender<()>>) -> Result<(), String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|error| error.to_string())?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|error| error.to_string())?;
     std::thread::Builder::new()
         .name("ringfeed-signals".into())
         .spawn(move || {
             let mut senders = Some(shutdown_senders);
             for signal in signals.forever() {
-                match senders.take() {
-                    Some(senders) => {
-                        tracing::info!(signal, "shutting down: finishing in-flight requests, closing partition logs");
-                        for sender in senders {
-                            let _ = sender.send(());
-                        }
+                if let Some(senders) = senders.take() {
+                    tracing::info!(
+                        signal,
+                        "shutting down: finishing in-flight requests, closing partition logs"
+                    );
+                    for sender in senders {
+                        let _ = sender.send(());
                     }
-                    None => {
-                        tracing::warn!(signal, "second signal: exiting without a clean shutdown");
-                        std::process::exit(130);
-                    }
+                } else {
+                    tracing::warn!(signal, "second signal: exiting without a clean shutdown");
+                    std::process::exit(130);
                 }
             }
         })

@@ -61,7 +61,11 @@ impl Shard {
 
     /// Runs `call` on the partition's owner: directly when that is this shard, else over the
     /// mesh. `None` when the owner is gone (only during shutdown).
-    pub async fn partition_call(&self, owner: usize, call: PartitionCall) -> Option<PartitionReply> {
+    pub async fn partition_call(
+        &self,
+        owner: usize,
+        call: PartitionCall,
+    ) -> Option<PartitionReply> {
         if owner == self.id {
             return Some(partition::execute(&self.partitions, call).await);
         }
@@ -91,7 +95,9 @@ impl Shard {
     /// Everything another shard can ask of this one arrives here.
     async fn execute_call(self: Rc<Self>, call: ShardCall) -> ShardReply {
         match call {
-            ShardCall::Partition(call) => ShardReply::Partition(partition::execute(&self.partitions, call).await),
+            ShardCall::Partition(call) => {
+                ShardReply::Partition(partition::execute(&self.partitions, call).await)
+            }
             ShardCall::Controller(call) => ShardReply::Controller(self.run_controller(call).await),
             ShardCall::ApplyMetadata(snapshot) => {
                 self.apply_metadata(snapshot).await;
@@ -101,7 +107,10 @@ impl Shard {
     }
 
     async fn run_controller(self: &Rc<Self>, call: ControllerCall) -> ControllerReply {
-        let controller = self.controller.as_ref().expect("controller calls are routed to shard 0");
+        let controller = self
+            .controller
+            .as_ref()
+            .expect("controller calls are routed to shard 0");
         let (reply, snapshot, turn) = controller.execute(call).await;
         if let Some(snapshot) = snapshot {
             self.publish(snapshot).await;
@@ -117,7 +126,11 @@ impl Shard {
             async move {
                 if shard == self.id {
                     self.apply_metadata(snapshot).await;
-                } else if let Err(gone) = self.router.call(shard, ShardCall::ApplyMetadata(snapshot)).await {
+                } else if let Err(gone) = self
+                    .router
+                    .call(shard, ShardCall::ApplyMetadata(snapshot))
+                    .await
+                {
                     tracing::warn!(%gone, "metadata not applied");
                 }
             }
@@ -132,15 +145,32 @@ impl Shard {
         if snapshot.epoch <= previous.epoch && previous.epoch != 0 {
             return;
         }
-        let wanted: HashMap<TopicPartition, Arc<TopicMetadata>> = snapshot.partitions_on(self.id).map(|(tp, topic)| (tp, topic.clone())).collect();
+        let wanted: HashMap<TopicPartition, Arc<TopicMetadata>> = snapshot
+            .partitions_on(self.id)
+            .map(|(tp, topic)| (tp, topic.clone()))
+            .collect();
         let owned: HashMap<TopicPartition, Uuid> = self.partitions.owned().into_iter().collect();
-        let removed = owned.iter().filter(|(tp, id)| wanted.get(*tp).is_none_or(|topic| topic.id != **id));
-        let removals: Vec<_> = removed.filter_map(|(tp, _)| self.partitions.remove(tp).map(|slot| (tp.clone(), slot))).collect();
-        join_all(removals.into_iter().map(|(tp, slot)| remove_partition(tp, slot))).await;
-        let opens = wanted.iter().filter(|(tp, topic)| owned.get(*tp) != Some(&topic.id)).map(|(tp, topic)| self.open_partition(tp.clone(), topic.clone()));
+        let removed = owned
+            .iter()
+            .filter(|(tp, id)| wanted.get(*tp).is_none_or(|topic| topic.id != **id));
+        let removals: Vec<_> = removed
+            .filter_map(|(tp, _)| self.partitions.remove(tp).map(|slot| (tp.clone(), slot)))
+            .collect();
+        join_all(
+            removals
+                .into_iter()
+                .map(|(tp, slot)| remove_partition(tp, slot)),
+        )
+        .await;
+        let opens = wanted
+            .iter()
+            .filter(|(tp, topic)| owned.get(*tp) != Some(&topic.id))
+            .map(|(tp, topic)| self.open_partition(tp.clone(), topic.clone()));
         join_all(opens).await;
         for (tp, topic) in &wanted {
-            let config_changed = previous.topic(&tp.topic).is_some_and(|old| old.id == topic.id && old.config != topic.config);
+            let config_changed = previous
+                .topic(&tp.topic)
+                .is_some_and(|old| old.id == topic.id && old.config != topic.config);
             if let (true, Ok(log)) = (config_changed, self.partitions.log(tp)) {
                 log.set_config(topic.config.log_config());
             }
@@ -154,11 +184,17 @@ impl Shard {
         let slot = match PartitionLog::open(&dir, topic.config.log_config()).await {
             Ok((log, report)) => {
                 tracing::info!(partition = %tp, shard = self.id, ?report, "partition open");
-                PartitionSlot::Online { topic_id: topic.id, log }
+                PartitionSlot::Online {
+                    topic_id: topic.id,
+                    log,
+                }
             }
             Err(error) => {
                 tracing::error!(partition = %tp, dir = %dir.display(), %error, "partition offline: its log cannot be opened");
-                PartitionSlot::Offline { topic_id: topic.id, reason: error.to_string() }
+                PartitionSlot::Offline {
+                    topic_id: topic.id,
+                    reason: error.to_string(),
+                }
             }
         };
         self.partitions.insert(tp, slot);
@@ -169,7 +205,9 @@ async fn remove_partition(tp: TopicPartition, slot: PartitionSlot) {
     if let PartitionSlot::Online { log, .. } = slot {
         match log.remove().await {
             Ok(()) => tracing::info!(partition = %tp, "partition deleted"),
-            Err(error) => tracing::error!(partition = %tp, %error, "deleting the partition directory failed"),
+            Err(error) => {
+                tracing::error!(partition = %tp, %error, "deleting the partition directory failed");
+            }
         }
     }
 }
@@ -192,10 +230,20 @@ pub struct ShardStart {
 
 /// The body of one shard's executor. Returns when the shard has shut down cleanly.
 pub async fn run(start: ShardStart) -> Result<(), String> {
-    let ShardStart { config, meshes, shutdown_requested, drained_shards, listening } = start;
+    let ShardStart {
+        config,
+        meshes,
+        shutdown_requested,
+        drained_shards,
+        listening,
+    } = start;
     let (router, incoming) = router::join(meshes).await;
     let id = router.shard_id();
-    let controller = if id == 0 { Some(recover_controller(&config).await?) } else { None };
+    let controller = if id == 0 {
+        Some(recover_controller(&config).await?)
+    } else {
+        None
+    };
     let shard = Rc::new(Shard {
         id,
         config: config.clone(),
@@ -203,21 +251,30 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         partitions: PartitionTable::default(),
         router: Rc::new(router),
         controller,
-        request_budget: Rc::new(Semaphore::new(config.limits.shard_inflight_request_bytes_max as u64)),
+        request_budget: Rc::new(Semaphore::new(
+            config.limits.shard_inflight_request_bytes_max as u64,
+        )),
         shutdown: Rc::new(Semaphore::new(0)),
         metadata_ready: Rc::new(Semaphore::new(0)),
     });
     let executor_shard = shard.clone();
-    router::serve_incoming(shard.router.clone(), incoming, move |call| executor_shard.clone().execute_call(call));
+    router::serve_incoming(&shard.router, incoming, move |call| {
+        executor_shard.clone().execute_call(call)
+    });
     forward_shutdown(&shard, shutdown_requested);
     if let Some(controller) = &shard.controller {
         shard.publish(controller.snapshot()).await;
     } else {
         let _ = shard.metadata_ready.acquire(1).await;
     }
-    let listener = glommio::net::TcpListener::bind(config.listen).map_err(|error| format!("shard {id}: cannot listen on {}: {error}", config.listen))?;
+    let listener = glommio::net::TcpListener::bind(config.listen)
+        .map_err(|error| format!("shard {id}: cannot listen on {}: {error}", config.listen))?;
     let connections = Rc::new(Gate::new());
-    let accepting = glommio::spawn_local(crate::connection::accept_loop(shard.clone(), listener, connections.clone()));
+    let accepting = glommio::spawn_local(crate::connection::accept_loop(
+        shard.clone(),
+        listener,
+        connections.clone(),
+    ));
     let retention = glommio::spawn_local(enforce_retention_periodically(shard.clone()));
     let _ = listening.send(id);
     shard.shutdown_started().await;
@@ -234,8 +291,14 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
 }
 
 async fn recover_controller(config: &BrokerConfig) -> Result<Controller, String> {
-    let rules = PlacementRules { shard_count: config.shard_count(), default_partitions: config.default_partitions, limits: config.limits.clone() };
-    Controller::recover(MetadataStore::new(&config.data_dir), rules).await.map_err(|error| error.to_string())
+    let rules = PlacementRules {
+        shard_count: config.shard_count(),
+        default_partitions: config.default_partitions,
+        limits: config.limits.clone(),
+    };
+    Controller::recover(MetadataStore::new(&config.data_dir), rules)
+        .await
+        .map_err(|error| error.to_string())
 }
 
 /// The signal thread completes `shutdown_requested`; turn that into the local broadcast.
@@ -254,7 +317,9 @@ async fn enforce_retention_periodically(shard: Rc<Shard>) {
         for (tp, log) in shard.partitions.online_logs() {
             match log.enforce_retention().await {
                 Ok(0) => {}
-                Ok(segments) => tracing::info!(partition = %tp, segments, "retention removed segments"),
+                Ok(segments) => {
+                    tracing::info!(partition = %tp, segments, "retention removed segments");
+                }
                 Err(error) => tracing::error!(partition = %tp, %error, "retention failed"),
             }
         }
@@ -262,11 +327,15 @@ async fn enforce_retention_periodically(shard: Rc<Shard>) {
 }
 
 async fn close_partitions(shard: &Shard) {
-    let closes = shard.partitions.online_logs().into_iter().map(|(tp, log)| async move {
-        if let Err(error) = log.close().await {
-            tracing::error!(partition = %tp, %error, "closing the partition log failed");
-        }
-    });
+    let closes = shard
+        .partitions
+        .online_logs()
+        .into_iter()
+        .map(|(tp, log)| async move {
+            if let Err(error) = log.close().await {
+                tracing::error!(partition = %tp, %error, "closing the partition log failed");
+            }
+        });
     join_all(closes).await;
     tracing::info!(shard = shard.id, "shard stopped; partition logs closed");
 }

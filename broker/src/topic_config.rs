@@ -18,7 +18,7 @@ const FLUSH_MS_DEFAULT: i64 = 1000;
 /// `interval` (every `flush.ms`), or `on-demand` (only when an acks=all producer waits).
 pub const FLUSH_POLICY_KEY: &str = "ringfeed.flush.policy";
 
-/// The keys a topic may override, in the order DescribeConfigs lists them.
+/// The keys a topic may override, in the order `DescribeConfigs` lists them.
 pub const TOPIC_CONFIG_KEYS: [&str; 8] = [
     "cleanup.policy",
     "flush.ms",
@@ -45,19 +45,27 @@ pub struct TopicConfig {
 impl TopicConfig {
     /// Applies `overrides` (already validated) over the defaults.
     pub fn resolve(overrides: &BTreeMap<String, String>, message_bytes_max_default: usize) -> Self {
-        let long = |key: &str, default: i64| overrides.get(key).and_then(|value| value.parse().ok()).unwrap_or(default);
+        let long = |key: &str, default: i64| {
+            overrides
+                .get(key)
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(default)
+        };
         Self {
             retention_ms: long("retention.ms", RETENTION_MS_DEFAULT),
             retention_bytes: long("retention.bytes", -1),
             segment_bytes: long("segment.bytes", SEGMENT_BYTES_DEFAULT),
             segment_ms: long("segment.ms", SEGMENT_MS_DEFAULT),
             max_message_bytes: long("max.message.bytes", message_bytes_max_default as i64),
-            flush_policy: overrides.get(FLUSH_POLICY_KEY).cloned().unwrap_or_else(|| "on-demand".into()),
+            flush_policy: overrides
+                .get(FLUSH_POLICY_KEY)
+                .cloned()
+                .unwrap_or_else(|| "on-demand".into()),
             flush_ms: long("flush.ms", FLUSH_MS_DEFAULT),
         }
     }
 
-    /// The value DescribeConfigs reports for `key`.
+    /// The value `DescribeConfigs` reports for `key`.
     pub fn value_of(&self, key: &str) -> Option<String> {
         Some(match key {
             "cleanup.policy" => "delete".into(),
@@ -90,7 +98,7 @@ impl TopicConfig {
     }
 }
 
-/// Checks one override; the error text goes back to the client with INVALID_CONFIG.
+/// Checks one override; the error text goes back to the client with `INVALID_CONFIG`.
 pub fn validate_override(key: &str, value: &str) -> Result<(), String> {
     let long_at_least = |min: i64| match value.parse::<i64>() {
         Ok(parsed) if parsed >= min => Ok(()),
@@ -98,7 +106,9 @@ pub fn validate_override(key: &str, value: &str) -> Result<(), String> {
     };
     match key {
         "cleanup.policy" if value == "delete" => Ok(()),
-        "cleanup.policy" => Err(format!("cleanup.policy={value} is not supported; only delete is")),
+        "cleanup.policy" => Err(format!(
+            "cleanup.policy={value} is not supported; only delete is"
+        )),
         "retention.ms" | "retention.bytes" => long_at_least(-1),
         "segment.bytes" => long_at_least(1024 * 1024),
         "segment.ms" => long_at_least(1),
@@ -111,7 +121,9 @@ pub fn validate_override(key: &str, value: &str) -> Result<(), String> {
         }),
         "flush.ms" => long_at_least(0),
         FLUSH_POLICY_KEY if matches!(value, "always" | "interval" | "on-demand") => Ok(()),
-        FLUSH_POLICY_KEY => Err(format!("{FLUSH_POLICY_KEY} must be always, interval or on-demand, got {value:?}")),
+        FLUSH_POLICY_KEY => Err(format!(
+            "{FLUSH_POLICY_KEY} must be always, interval or on-demand, got {value:?}"
+        )),
         _ => Err(format!("unknown or unsupported topic config {key}")),
     }
 }
@@ -133,7 +145,12 @@ mod tests {
         assert_eq!(log.retention_bytes, Some(5_000_000));
         assert_eq!(log.batch_bytes_max, 2000);
         assert_eq!(log.flush, FlushPolicy::Always);
-        assert_eq!(TopicConfig::resolve(&BTreeMap::new(), 10).log_config().retention_bytes, None);
+        assert_eq!(
+            TopicConfig::resolve(&BTreeMap::new(), 10)
+                .log_config()
+                .retention_bytes,
+            None
+        );
     }
 
     #[test]

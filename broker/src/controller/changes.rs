@@ -41,7 +41,7 @@ pub enum ConfigOperation {
 #[derive(Debug, Clone)]
 pub struct ConfigChange {
     pub topic: String,
-    /// AlterConfigs (non-incremental) replaces every override with the given set.
+    /// `AlterConfigs` (non-incremental) replaces every override with the given set.
     pub replace_all: bool,
     pub operations: Vec<(String, ConfigOperation)>,
 }
@@ -57,11 +57,23 @@ pub struct TopicOutcome {
 
 impl TopicOutcome {
     fn ok(name: &str, topic_id: Uuid, partitions: i32) -> Self {
-        Self { name: name.to_string(), topic_id, error_code: codes::NONE, message: None, partitions }
+        Self {
+            name: name.to_string(),
+            topic_id,
+            error_code: codes::NONE,
+            message: None,
+            partitions,
+        }
     }
 
     fn error(name: &str, error_code: i16, message: impl Into<String>) -> Self {
-        Self { name: name.to_string(), topic_id: Uuid::nil(), error_code, message: Some(message.into()), partitions: -1 }
+        Self {
+            name: name.to_string(),
+            topic_id: Uuid::nil(),
+            error_code,
+            message: Some(message.into()),
+            partitions: -1,
+        }
     }
 
     pub fn failed(mut self, error_code: i16, message: String) -> Self {
@@ -73,51 +85,109 @@ impl TopicOutcome {
     }
 }
 
-pub fn apply(state: &mut ClusterState, call: ControllerCall, rules: &PlacementRules) -> Vec<TopicOutcome> {
+pub fn apply(
+    state: &mut ClusterState,
+    call: ControllerCall,
+    rules: &PlacementRules,
+) -> Vec<TopicOutcome> {
     match call {
-        ControllerCall::CreateTopics { topics, validate_only } => {
-            topics.into_iter().map(|topic| create_topic(state, topic, validate_only, rules)).collect()
-        }
-        ControllerCall::DeleteTopics { topics } => topics.into_iter().map(|topic| delete_topic(state, &topic)).collect(),
-        ControllerCall::CreatePartitions { topics, validate_only } => {
-            topics.into_iter().map(|(name, total)| add_partitions(state, &name, total, validate_only, rules)).collect()
-        }
-        ControllerCall::AlterConfigs { changes, validate_only } => {
-            changes.into_iter().map(|change| alter_configs(state, change, validate_only)).collect()
-        }
+        ControllerCall::CreateTopics {
+            topics,
+            validate_only,
+        } => topics
+            .into_iter()
+            .map(|topic| create_topic(state, topic, validate_only, rules))
+            .collect(),
+        ControllerCall::DeleteTopics { topics } => topics
+            .into_iter()
+            .map(|topic| delete_topic(state, &topic))
+            .collect(),
+        ControllerCall::CreatePartitions {
+            topics,
+            validate_only,
+        } => topics
+            .into_iter()
+            .map(|(name, total)| add_partitions(state, &name, total, validate_only, rules))
+            .collect(),
+        ControllerCall::AlterConfigs {
+            changes,
+            validate_only,
+        } => changes
+            .into_iter()
+            .map(|change| alter_configs(state, change, validate_only))
+            .collect(),
     }
 }
 
 /// Kafka's rule: 1-249 bytes of `[a-zA-Z0-9._-]`, and not `.` or `..`.
 pub fn validate_topic_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
-        return Err(format!("topic name must be 1 to {TOPIC_NAME_BYTES_MAX} bytes"));
+        return Err(format!(
+            "topic name must be 1 to {TOPIC_NAME_BYTES_MAX} bytes"
+        ));
     }
     if name == "." || name == ".." {
         return Err("topic name cannot be . or ..".into());
     }
-    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return Err(format!("topic name {name:?} contains {bad:?}; allowed: ASCII letters, digits, '.', '_', '-'"));
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "topic name {name:?} contains {bad:?}; allowed: ASCII letters, digits, '.', '_', '-'"
+        ));
     }
     Ok(())
 }
 
-fn create_topic(state: &mut ClusterState, topic: NewTopic, validate_only: bool, rules: &PlacementRules) -> TopicOutcome {
+fn create_topic(
+    state: &mut ClusterState,
+    topic: NewTopic,
+    validate_only: bool,
+    rules: &PlacementRules,
+) -> TopicOutcome {
     if let Err(reason) = validate_topic_name(&topic.name) {
         return TopicOutcome::error(&topic.name, codes::INVALID_TOPIC_EXCEPTION, reason);
     }
-    if state.topics.iter().any(|existing| existing.name == topic.name) {
-        return TopicOutcome::error(&topic.name, codes::TOPIC_ALREADY_EXISTS, format!("topic {} already exists", topic.name));
+    if state
+        .topics
+        .iter()
+        .any(|existing| existing.name == topic.name)
+    {
+        return TopicOutcome::error(
+            &topic.name,
+            codes::TOPIC_ALREADY_EXISTS,
+            format!("topic {} already exists", topic.name),
+        );
     }
     if state.topics.len() >= rules.limits.topics_max {
-        return TopicOutcome::error(&topic.name, codes::POLICY_VIOLATION, format!("the cluster holds its maximum of {} topics", rules.limits.topics_max));
+        return TopicOutcome::error(
+            &topic.name,
+            codes::POLICY_VIOLATION,
+            format!(
+                "the cluster holds its maximum of {} topics",
+                rules.limits.topics_max
+            ),
+        );
     }
     if !matches!(topic.replication_factor, -1 | 1) {
-        return TopicOutcome::error(&topic.name, codes::INVALID_REPLICATION_FACTOR, "a single broker holds replication factor 1 only");
+        return TopicOutcome::error(
+            &topic.name,
+            codes::INVALID_REPLICATION_FACTOR,
+            "a single broker holds replication factor 1 only",
+        );
     }
     let partitions = if !topic.manual_assignment.is_empty() {
-        if topic.manual_assignment.iter().any(|replicas| replicas.as_slice() != [0]) {
-            return TopicOutcome::error(&topic.name, codes::INVALID_REPLICA_ASSIGNMENT, "the only broker is node 0");
+        if topic
+            .manual_assignment
+            .iter()
+            .any(|replicas| replicas.as_slice() != [0])
+        {
+            return TopicOutcome::error(
+                &topic.name,
+                codes::INVALID_REPLICA_ASSIGNMENT,
+                "the only broker is node 0",
+            );
         }
         topic.manual_assignment.len() as i32
     } else if topic.partitions == -1 {
@@ -126,7 +196,14 @@ fn create_topic(state: &mut ClusterState, topic: NewTopic, validate_only: bool, 
         topic.partitions
     };
     if partitions < 1 || partitions > rules.limits.topic_partitions_max {
-        return TopicOutcome::error(&topic.name, codes::INVALID_PARTITIONS, format!("partitions must be 1 to {}", rules.limits.topic_partitions_max));
+        return TopicOutcome::error(
+            &topic.name,
+            codes::INVALID_PARTITIONS,
+            format!(
+                "partitions must be 1 to {}",
+                rules.limits.topic_partitions_max
+            ),
+        );
     }
     let mut overrides = Vec::new();
     for (key, value) in topic.configs {
@@ -139,7 +216,12 @@ fn create_topic(state: &mut ClusterState, topic: NewTopic, validate_only: bool, 
     let id = Uuid::new_v4();
     if !validate_only {
         let partition_shards = place_partitions(state, partitions as usize, rules.shard_count);
-        state.topics.push(TopicRecord { name: topic.name.clone(), id: id.into_bytes(), partition_shards, overrides });
+        state.topics.push(TopicRecord {
+            name: topic.name.clone(),
+            id: id.into_bytes(),
+            partition_shards,
+            overrides,
+        });
     }
     TopicOutcome::ok(&topic.name, id, partitions)
 }
@@ -148,12 +230,20 @@ fn create_topic(state: &mut ClusterState, topic: NewTopic, validate_only: bool, 
 /// partitions so far (lowest index on ties), so shards stay within one partition of each other.
 fn place_partitions(state: &ClusterState, count: usize, shard_count: usize) -> Vec<u32> {
     let mut load = vec![0_usize; shard_count];
-    for shard in state.topics.iter().flat_map(|topic| &topic.partition_shards) {
+    for shard in state
+        .topics
+        .iter()
+        .flat_map(|topic| &topic.partition_shards)
+    {
         load[*shard as usize % shard_count] += 1;
     }
     (0..count)
         .map(|_| {
-            let (least_loaded, _) = load.iter().enumerate().min_by_key(|(shard, partitions)| (**partitions, *shard)).expect("at least one shard");
+            let (least_loaded, _) = load
+                .iter()
+                .enumerate()
+                .min_by_key(|(shard, partitions)| (**partitions, *shard))
+                .expect("at least one shard");
             load[least_loaded] += 1;
             least_loaded as u32
         })
@@ -163,28 +253,64 @@ fn place_partitions(state: &ClusterState, count: usize, shard_count: usize) -> V
 fn delete_topic(state: &mut ClusterState, topic: &TopicRef) -> TopicOutcome {
     let position = match topic {
         TopicRef::Name(name) => state.topics.iter().position(|record| &record.name == name),
-        TopicRef::Id(id) => state.topics.iter().position(|record| record.id == id.into_bytes()),
+        TopicRef::Id(id) => state
+            .topics
+            .iter()
+            .position(|record| record.id == id.into_bytes()),
     };
     match (position, topic) {
         (Some(position), _) => {
             let record = state.topics.remove(position);
-            TopicOutcome::ok(&record.name, Uuid::from_bytes(record.id), record.partition_shards.len() as i32)
+            TopicOutcome::ok(
+                &record.name,
+                Uuid::from_bytes(record.id),
+                record.partition_shards.len() as i32,
+            )
         }
-        (None, TopicRef::Name(name)) => TopicOutcome::error(name, codes::UNKNOWN_TOPIC_OR_PARTITION, format!("no topic {name}")),
-        (None, TopicRef::Id(id)) => TopicOutcome::error("", codes::UNKNOWN_TOPIC_ID, format!("no topic with id {id}")),
+        (None, TopicRef::Name(name)) => TopicOutcome::error(
+            name,
+            codes::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("no topic {name}"),
+        ),
+        (None, TopicRef::Id(id)) => TopicOutcome::error(
+            "",
+            codes::UNKNOWN_TOPIC_ID,
+            format!("no topic with id {id}"),
+        ),
     }
 }
 
-fn add_partitions(state: &mut ClusterState, name: &str, total: i32, validate_only: bool, rules: &PlacementRules) -> TopicOutcome {
+fn add_partitions(
+    state: &mut ClusterState,
+    name: &str,
+    total: i32,
+    validate_only: bool,
+    rules: &PlacementRules,
+) -> TopicOutcome {
     let Some(index) = state.topics.iter().position(|record| record.name == name) else {
-        return TopicOutcome::error(name, codes::UNKNOWN_TOPIC_OR_PARTITION, format!("no topic {name}"));
+        return TopicOutcome::error(
+            name,
+            codes::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("no topic {name}"),
+        );
     };
     let current = state.topics[index].partition_shards.len() as i32;
     if total <= current {
-        return TopicOutcome::error(name, codes::INVALID_PARTITIONS, format!("topic {name} has {current} partitions; the new count must be larger"));
+        return TopicOutcome::error(
+            name,
+            codes::INVALID_PARTITIONS,
+            format!("topic {name} has {current} partitions; the new count must be larger"),
+        );
     }
     if total > rules.limits.topic_partitions_max {
-        return TopicOutcome::error(name, codes::INVALID_PARTITIONS, format!("partitions must be at most {}", rules.limits.topic_partitions_max));
+        return TopicOutcome::error(
+            name,
+            codes::INVALID_PARTITIONS,
+            format!(
+                "partitions must be at most {}",
+                rules.limits.topic_partitions_max
+            ),
+        );
     }
     if !validate_only {
         let added = place_partitions(state, (total - current) as usize, rules.shard_count);
@@ -193,15 +319,35 @@ fn add_partitions(state: &mut ClusterState, name: &str, total: i32, validate_onl
     TopicOutcome::ok(name, Uuid::from_bytes(state.topics[index].id), total)
 }
 
-fn alter_configs(state: &mut ClusterState, change: ConfigChange, validate_only: bool) -> TopicOutcome {
-    let Some(record) = state.topics.iter_mut().find(|record| record.name == change.topic) else {
-        return TopicOutcome::error(&change.topic, codes::UNKNOWN_TOPIC_OR_PARTITION, format!("no topic {}", change.topic));
+fn alter_configs(
+    state: &mut ClusterState,
+    change: ConfigChange,
+    validate_only: bool,
+) -> TopicOutcome {
+    let Some(record) = state
+        .topics
+        .iter_mut()
+        .find(|record| record.name == change.topic)
+    else {
+        return TopicOutcome::error(
+            &change.topic,
+            codes::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("no topic {}", change.topic),
+        );
     };
-    let mut overrides = if change.replace_all { Vec::new() } else { record.overrides.clone() };
+    let mut overrides = if change.replace_all {
+        Vec::new()
+    } else {
+        record.overrides.clone()
+    };
     let mut seen = BTreeSet::new();
     for (key, operation) in change.operations {
         if !seen.insert(key.clone()) {
-            return TopicOutcome::error(&change.topic, codes::INVALID_REQUEST, format!("{key} appears twice"));
+            return TopicOutcome::error(
+                &change.topic,
+                codes::INVALID_REQUEST,
+                format!("{key} appears twice"),
+            );
         }
         overrides.retain(|entry| entry.key != key);
         if let ConfigOperation::Set(value) = operation {
@@ -215,7 +361,11 @@ fn alter_configs(state: &mut ClusterState, change: ConfigChange, validate_only: 
     if !validate_only {
         record.overrides = overrides;
     }
-    TopicOutcome::ok(&record.name, Uuid::from_bytes(record.id), record.partition_shards.len() as i32)
+    TopicOutcome::ok(
+        &record.name,
+        Uuid::from_bytes(record.id),
+        record.partition_shards.len() as i32,
+    )
 }
 
 #[cfg(test)]
@@ -224,44 +374,104 @@ mod tests {
     use crate::limits::Limits;
 
     fn rules(shard_count: usize) -> PlacementRules {
-        PlacementRules { shard_count, default_partitions: 3, limits: Limits::default() }
+        PlacementRules {
+            shard_count,
+            default_partitions: 3,
+            limits: Limits::default(),
+        }
     }
 
     fn new_topic(name: &str, partitions: i32) -> NewTopic {
-        NewTopic { name: name.into(), partitions, replication_factor: -1, manual_assignment: vec![], configs: vec![] }
+        NewTopic {
+            name: name.into(),
+            partitions,
+            replication_factor: -1,
+            manual_assignment: vec![],
+            configs: vec![],
+        }
     }
 
     fn create(state: &mut ClusterState, topic: NewTopic, shards: usize) -> TopicOutcome {
-        apply(state, ControllerCall::CreateTopics { topics: vec![topic], validate_only: false }, &rules(shards)).remove(0)
+        apply(
+            state,
+            ControllerCall::CreateTopics {
+                topics: vec![topic],
+                validate_only: false,
+            },
+            &rules(shards),
+        )
+        .remove(0)
     }
 
     #[test]
     fn partitions_are_balanced_across_shards_and_topics() {
         let mut state = ClusterState::default();
-        assert_eq!(create(&mut state, new_topic("a", 3), 2).error_code, codes::NONE);
-        assert_eq!(create(&mut state, new_topic("b", 3), 2).error_code, codes::NONE);
+        assert_eq!(
+            create(&mut state, new_topic("a", 3), 2).error_code,
+            codes::NONE
+        );
+        assert_eq!(
+            create(&mut state, new_topic("b", 3), 2).error_code,
+            codes::NONE
+        );
         assert_eq!(state.topics[0].partition_shards, vec![0, 1, 0]);
-        assert_eq!(state.topics[1].partition_shards, vec![1, 0, 1], "b starts on the lighter shard");
+        assert_eq!(
+            state.topics[1].partition_shards,
+            vec![1, 0, 1],
+            "b starts on the lighter shard"
+        );
     }
 
     #[test]
     fn creation_rules_give_kafka_error_codes() {
         let mut state = ClusterState::default();
-        assert_eq!(create(&mut state, new_topic("t", -1), 1).partitions, 3, "default partition count");
-        assert_eq!(create(&mut state, new_topic("t", 1), 1).error_code, codes::TOPIC_ALREADY_EXISTS);
-        assert_eq!(create(&mut state, new_topic("bad/name", 1), 1).error_code, codes::INVALID_TOPIC_EXCEPTION);
-        assert_eq!(create(&mut state, new_topic("zero", 0), 1).error_code, codes::INVALID_PARTITIONS);
-        let replicated = NewTopic { replication_factor: 3, ..new_topic("r", 1) };
-        assert_eq!(create(&mut state, replicated, 1).error_code, codes::INVALID_REPLICATION_FACTOR);
-        let compacted = NewTopic { configs: vec![("cleanup.policy".into(), Some("compact".into()))], ..new_topic("c", 1) };
-        assert_eq!(create(&mut state, compacted, 1).error_code, codes::INVALID_CONFIG);
+        assert_eq!(
+            create(&mut state, new_topic("t", -1), 1).partitions,
+            3,
+            "default partition count"
+        );
+        assert_eq!(
+            create(&mut state, new_topic("t", 1), 1).error_code,
+            codes::TOPIC_ALREADY_EXISTS
+        );
+        assert_eq!(
+            create(&mut state, new_topic("bad/name", 1), 1).error_code,
+            codes::INVALID_TOPIC_EXCEPTION
+        );
+        assert_eq!(
+            create(&mut state, new_topic("zero", 0), 1).error_code,
+            codes::INVALID_PARTITIONS
+        );
+        let replicated = NewTopic {
+            replication_factor: 3,
+            ..new_topic("r", 1)
+        };
+        assert_eq!(
+            create(&mut state, replicated, 1).error_code,
+            codes::INVALID_REPLICATION_FACTOR
+        );
+        let compacted = NewTopic {
+            configs: vec![("cleanup.policy".into(), Some("compact".into()))],
+            ..new_topic("c", 1)
+        };
+        assert_eq!(
+            create(&mut state, compacted, 1).error_code,
+            codes::INVALID_CONFIG
+        );
         assert_eq!(state.topics.len(), 1, "failed creations leave no trace");
     }
 
     #[test]
     fn validate_only_changes_nothing() {
         let mut state = ClusterState::default();
-        let outcomes = apply(&mut state, ControllerCall::CreateTopics { topics: vec![new_topic("v", 2)], validate_only: true }, &rules(1));
+        let outcomes = apply(
+            &mut state,
+            ControllerCall::CreateTopics {
+                topics: vec![new_topic("v", 2)],
+                validate_only: true,
+            },
+            &rules(1),
+        );
         assert_eq!(outcomes[0].error_code, codes::NONE);
         assert!(state.topics.is_empty());
     }
@@ -271,12 +481,26 @@ mod tests {
         let mut state = ClusterState::default();
         create(&mut state, new_topic("g", 2), 2);
         let grow = |state: &mut ClusterState, total| {
-            apply(state, ControllerCall::CreatePartitions { topics: vec![("g".into(), total)], validate_only: false }, &rules(2)).remove(0)
+            apply(
+                state,
+                ControllerCall::CreatePartitions {
+                    topics: vec![("g".into(), total)],
+                    validate_only: false,
+                },
+                &rules(2),
+            )
+            .remove(0)
         };
         assert_eq!(grow(&mut state, 2).error_code, codes::INVALID_PARTITIONS);
         assert_eq!(grow(&mut state, 5).error_code, codes::NONE);
         assert_eq!(state.topics[0].partition_shards.len(), 5);
-        let deleted = apply(&mut state, ControllerCall::DeleteTopics { topics: vec![TopicRef::Name("g".into()), TopicRef::Name("g".into())] }, &rules(2));
+        let deleted = apply(
+            &mut state,
+            ControllerCall::DeleteTopics {
+                topics: vec![TopicRef::Name("g".into()), TopicRef::Name("g".into())],
+            },
+            &rules(2),
+        );
         assert_eq!(deleted[0].error_code, codes::NONE);
         assert_eq!(deleted[1].error_code, codes::UNKNOWN_TOPIC_OR_PARTITION);
         assert!(state.topics.is_empty());
@@ -287,15 +511,61 @@ mod tests {
         let mut state = ClusterState::default();
         create(&mut state, new_topic("cfg", 1), 1);
         let alter = |state: &mut ClusterState, replace_all, operations| {
-            let change = ConfigChange { topic: "cfg".into(), replace_all, operations };
-            apply(state, ControllerCall::AlterConfigs { changes: vec![change], validate_only: false }, &rules(1)).remove(0)
+            let change = ConfigChange {
+                topic: "cfg".into(),
+                replace_all,
+                operations,
+            };
+            apply(
+                state,
+                ControllerCall::AlterConfigs {
+                    changes: vec![change],
+                    validate_only: false,
+                },
+                &rules(1),
+            )
+            .remove(0)
         };
         let set = |key: &str, value: &str| (key.to_string(), ConfigOperation::Set(value.into()));
-        assert_eq!(alter(&mut state, false, vec![set("retention.ms", "1000"), set("segment.bytes", "2000000")]).error_code, codes::NONE);
-        assert_eq!(alter(&mut state, false, vec![("segment.bytes".into(), ConfigOperation::Delete)]).error_code, codes::NONE);
-        assert_eq!(state.topics[0].overrides, vec![ConfigEntry { key: "retention.ms".into(), value: "1000".into() }]);
-        assert_eq!(alter(&mut state, false, vec![set("retention.ms", "x")]).error_code, codes::INVALID_CONFIG);
-        assert_eq!(alter(&mut state, true, vec![set("retention.bytes", "10")]).error_code, codes::NONE);
-        assert_eq!(state.topics[0].overrides, vec![ConfigEntry { key: "retention.bytes".into(), value: "10".into() }]);
+        assert_eq!(
+            alter(
+                &mut state,
+                false,
+                vec![set("retention.ms", "1000"), set("segment.bytes", "2000000")]
+            )
+            .error_code,
+            codes::NONE
+        );
+        assert_eq!(
+            alter(
+                &mut state,
+                false,
+                vec![("segment.bytes".into(), ConfigOperation::Delete)]
+            )
+            .error_code,
+            codes::NONE
+        );
+        assert_eq!(
+            state.topics[0].overrides,
+            vec![ConfigEntry {
+                key: "retention.ms".into(),
+                value: "1000".into()
+            }]
+        );
+        assert_eq!(
+            alter(&mut state, false, vec![set("retention.ms", "x")]).error_code,
+            codes::INVALID_CONFIG
+        );
+        assert_eq!(
+            alter(&mut state, true, vec![set("retention.bytes", "10")]).error_code,
+            codes::NONE
+        );
+        assert_eq!(
+            state.topics[0].overrides,
+            vec![ConfigEntry {
+                key: "retention.bytes".into(),
+                value: "10".into()
+            }]
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! time (a local semaphore of one permit serialises them; no cross-thread lock): compute the
 //! new state with the pure functions in `changes`, persist it, then push the resulting
 //! snapshot to every shard and wait until each has applied it. Only then is the client
-//! answered, so a topic is usable everywhere once CreateTopics returns.
+//! answered, so a topic is usable everywhere once `CreateTopics` returns.
 
 pub mod changes;
 pub mod store;
@@ -25,10 +25,21 @@ use store::{ClusterState, MetadataStore};
 /// A topic change requested by any shard.
 #[derive(Debug)]
 pub enum ControllerCall {
-    CreateTopics { topics: Vec<NewTopic>, validate_only: bool },
-    DeleteTopics { topics: Vec<TopicRef> },
-    CreatePartitions { topics: Vec<(String, i32)>, validate_only: bool },
-    AlterConfigs { changes: Vec<ConfigChange>, validate_only: bool },
+    CreateTopics {
+        topics: Vec<NewTopic>,
+        validate_only: bool,
+    },
+    DeleteTopics {
+        topics: Vec<TopicRef>,
+    },
+    CreatePartitions {
+        topics: Vec<(String, i32)>,
+        validate_only: bool,
+    },
+    AlterConfigs {
+        changes: Vec<ConfigChange>,
+        validate_only: bool,
+    },
 }
 
 /// One outcome per topic named in the call, in the call's order.
@@ -55,17 +66,28 @@ pub struct Controller {
 
 impl Controller {
     /// Loads the persisted state, or creates and persists a fresh cluster.
-    pub async fn recover(store: MetadataStore, rules: PlacementRules) -> Result<Self, store::StoreError> {
-        let state = match store.load()? {
-            Some(state) => state,
-            None => {
-                let fresh = ClusterState { epoch: 1, cluster_id: format!("ringfeed-{}", Uuid::new_v4().simple()), topics: Vec::new() };
-                store.persist(&fresh).await?;
-                fresh
-            }
+    pub async fn recover(
+        store: MetadataStore,
+        rules: PlacementRules,
+    ) -> Result<Self, store::StoreError> {
+        let state = if let Some(state) = store.load()? {
+            state
+        } else {
+            let fresh = ClusterState {
+                epoch: 1,
+                cluster_id: format!("ringfeed-{}", Uuid::new_v4().simple()),
+                topics: Vec::new(),
+            };
+            store.persist(&fresh).await?;
+            fresh
         };
         tracing::info!(epoch = state.epoch, topics = state.topics.len(), cluster_id = %state.cluster_id, "controller state recovered");
-        Ok(Self { state: RefCell::new(state), store, one_change_at_a_time: Rc::new(glommio::sync::Semaphore::new(1)), rules })
+        Ok(Self {
+            state: RefCell::new(state),
+            store,
+            one_change_at_a_time: Rc::new(glommio::sync::Semaphore::new(1)),
+            rules,
+        })
     }
 
     pub fn snapshot(&self) -> Arc<MetadataSnapshot> {
@@ -74,8 +96,17 @@ impl Controller {
 
     /// Applies one change: validate, persist, and return the snapshot to publish (None
     /// when nothing changed). The caller publishes while still holding `ChangeTurn`.
-    pub async fn execute(&self, call: ControllerCall) -> (ControllerReply, Option<Arc<MetadataSnapshot>>, ChangeTurn) {
-        let turn = ChangeTurn { _permit: self.one_change_at_a_time.acquire_static_permit(1).await.expect("never closed") };
+    pub async fn execute(
+        &self,
+        call: ControllerCall,
+    ) -> (ControllerReply, Option<Arc<MetadataSnapshot>>, ChangeTurn) {
+        let turn = ChangeTurn {
+            _permit: self
+                .one_change_at_a_time
+                .acquire_static_permit(1)
+                .await
+                .expect("never closed"),
+        };
         let current = self.state.borrow().clone();
         let mut next = current.clone();
         let outcomes = changes::apply(&mut next, call, &self.rules);
@@ -85,7 +116,10 @@ impl Controller {
         next.epoch += 1;
         if let Err(error) = self.store.persist(&next).await {
             tracing::error!(%error, "cannot persist cluster metadata; change refused");
-            let outcomes = outcomes.into_iter().map(|outcome| outcome.failed(codes::KAFKA_STORAGE_ERROR, error.to_string())).collect();
+            let outcomes = outcomes
+                .into_iter()
+                .map(|outcome| outcome.failed(codes::KAFKA_STORAGE_ERROR, error.to_string()))
+                .collect();
             return (ControllerReply { outcomes }, None, turn);
         }
         *self.state.borrow_mut() = next;
@@ -106,16 +140,28 @@ pub fn build_snapshot(state: &ClusterState, rules: &PlacementRules) -> Arc<Metad
         .iter()
         .map(|record| {
             let name: Arc<str> = Arc::from(record.name.as_str());
-            let overrides: BTreeMap<String, String> = record.overrides.iter().map(|entry| (entry.key.clone(), entry.value.clone())).collect();
+            let overrides: BTreeMap<String, String> = record
+                .overrides
+                .iter()
+                .map(|entry| (entry.key.clone(), entry.value.clone()))
+                .collect();
             let topic = TopicMetadata {
                 name: name.clone(),
                 id: Uuid::from_bytes(record.id),
-                partition_shards: record.partition_shards.iter().map(|shard| *shard as usize % rules.shard_count).collect(),
+                partition_shards: record
+                    .partition_shards
+                    .iter()
+                    .map(|shard| *shard as usize % rules.shard_count)
+                    .collect(),
                 config: TopicConfig::resolve(&overrides, rules.limits.message_bytes_max_default),
                 overrides,
             };
             (name, Arc::new(topic))
         })
         .collect();
-    Arc::new(MetadataSnapshot { epoch: state.epoch, cluster_id: state.cluster_id.clone(), topics })
+    Arc::new(MetadataSnapshot {
+        epoch: state.epoch,
+        cluster_id: state.cluster_id.clone(),
+        topics,
+    })
 }

@@ -37,7 +37,9 @@ pub struct ConfigEntry {
 }
 
 /// Everything the controller owns. `epoch` increases with every committed change.
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq, Default,
+)]
 pub struct ClusterState {
     pub epoch: u64,
     pub cluster_id: String,
@@ -47,14 +49,18 @@ pub struct ClusterState {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a Ringfeed cluster metadata file or damaged: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 }
 
 /// Encodes `state` with the header above.
 pub fn encode(state: &ClusterState) -> Vec<u8> {
-    let payload = rkyv::to_bytes::<rancor::Error>(state).expect("serialising plain data cannot fail");
+    let payload =
+        rkyv::to_bytes::<rancor::Error>(state).expect("serialising plain data cannot fail");
     let mut file = Vec::with_capacity(HEADER_BYTES + payload.len());
     file.extend_from_slice(&MAGIC);
     file.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -72,10 +78,14 @@ pub fn decode(file: &[u8]) -> Result<ClusterState, String> {
     let word = |at: usize| u32::from_le_bytes(file[at..at + 4].try_into().expect("four bytes"));
     let version = word(8);
     if version != FORMAT_VERSION {
-        return Err(format!("format version {version}, this build reads {FORMAT_VERSION}"));
+        return Err(format!(
+            "format version {version}, this build reads {FORMAT_VERSION}"
+        ));
     }
     let payload_bytes = word(12) as usize;
-    let payload = file.get(HEADER_BYTES..HEADER_BYTES + payload_bytes).ok_or("truncated payload")?;
+    let payload = file
+        .get(HEADER_BYTES..HEADER_BYTES + payload_bytes)
+        .ok_or("truncated payload")?;
     if crc32c::crc32c(payload) != word(16) {
         return Err("checksum mismatch".into());
     }
@@ -92,7 +102,9 @@ pub struct MetadataStore {
 
 impl MetadataStore {
     pub fn new(data_dir: &Path) -> Self {
-        Self { data_dir: data_dir.to_path_buf() }
+        Self {
+            data_dir: data_dir.to_path_buf(),
+        }
     }
 
     fn path(&self) -> PathBuf {
@@ -104,7 +116,9 @@ impl MetadataStore {
     pub fn load(&self) -> Result<Option<ClusterState>, StoreError> {
         let path = self.path();
         match std::fs::read(&path) {
-            Ok(file) => decode(&file).map(Some).map_err(|reason| StoreError::Corrupt { path, reason }),
+            Ok(file) => decode(&file)
+                .map(Some)
+                .map_err(|reason| StoreError::Corrupt { path, reason }),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(StoreError::Io { path, source }),
         }
@@ -116,15 +130,26 @@ impl MetadataStore {
         let temp_path = self.data_dir.join(format!("{FILE_NAME}.tmp"));
         let io_error = |path: &Path| {
             let path = path.to_path_buf();
-            move |error: glommio::GlommioError<()>| StoreError::Io { path, source: error.into() }
+            move |error: glommio::GlommioError<()>| StoreError::Io {
+                path,
+                source: error.into(),
+            }
         };
         let _ = glommio::io::remove(&temp_path).await; // a leftover from a crash mid-write
-        let file = glommio::io::BufferedFile::create(&temp_path).await.map_err(io_error(&temp_path))?;
-        file.write_at(encode(state), 0).await.map_err(io_error(&temp_path))?;
+        let file = glommio::io::BufferedFile::create(&temp_path)
+            .await
+            .map_err(io_error(&temp_path))?;
+        file.write_at(encode(state), 0)
+            .await
+            .map_err(io_error(&temp_path))?;
         file.fdatasync().await.map_err(io_error(&temp_path))?;
         file.close().await.map_err(io_error(&temp_path))?;
-        glommio::io::rename(&temp_path, &final_path).await.map_err(io_error(&final_path))?;
-        let directory = glommio::io::Directory::open(&self.data_dir).await.map_err(io_error(&self.data_dir))?;
+        glommio::io::rename(&temp_path, &final_path)
+            .await
+            .map_err(io_error(&final_path))?;
+        let directory = glommio::io::Directory::open(&self.data_dir)
+            .await
+            .map_err(io_error(&self.data_dir))?;
         directory.sync().await.map_err(io_error(&self.data_dir))?;
         directory.close().await.map_err(io_error(&self.data_dir))?;
         Ok(())
@@ -143,7 +168,10 @@ mod tests {
                 name: "orders".into(),
                 id: [9; 16],
                 partition_shards: vec![0, 1, 0],
-                overrides: vec![ConfigEntry { key: "retention.ms".into(), value: "1000".into() }],
+                overrides: vec![ConfigEntry {
+                    key: "retention.ms".into(),
+                    value: "1000".into(),
+                }],
             }],
         }
     }
@@ -159,7 +187,10 @@ mod tests {
         for at in HEADER_BYTES..file.len() {
             let mut damaged = file.clone();
             damaged[at] ^= 0x10;
-            assert!(decode(&damaged).is_err(), "flip at byte {at} went unnoticed");
+            assert!(
+                decode(&damaged).is_err(),
+                "flip at byte {at} went unnoticed"
+            );
         }
     }
 

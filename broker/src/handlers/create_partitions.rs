@@ -1,4 +1,4 @@
-//! CreatePartitions: grow a topic; new partitions are placed on the least-loaded shards.
+//! `CreatePartitions`: grow a topic; new partitions are placed on the least-loaded shards.
 
 use std::rc::Rc;
 
@@ -9,9 +9,23 @@ use super::{str_bytes, RequestContext};
 use crate::controller::ControllerCall;
 use crate::shard::Shard;
 
-pub async fn handle(shard: &Rc<Shard>, _context: &RequestContext, request: CreatePartitionsRequest) -> CreatePartitionsResponse {
-    let topics = request.topics.iter().map(|topic| (topic.name.0.to_string(), topic.count)).collect();
-    let Some(reply) = shard.controller_call(ControllerCall::CreatePartitions { topics, validate_only: request.validate_only }).await else {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    _context: &RequestContext,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let topics = request
+        .topics
+        .iter()
+        .map(|topic| (topic.name.0.to_string(), topic.count))
+        .collect();
+    let Some(reply) = shard
+        .controller_call(ControllerCall::CreatePartitions {
+            topics,
+            validate_only: request.validate_only,
+        })
+        .await
+    else {
         return CreatePartitionsResponse::default();
     };
     let results = reply

@@ -1,67 +1,106 @@
-//! CreateTopics: validated and applied by the controller on shard 0.
+//! `CreateTopics`: validated and applied by the controller on shard 0.
 
 use std::rc::Rc;
 
-use kafka_protocol::messages::create_topics_response::{CreatableTopicConfigs, CreatableTopicResult};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, TopicName};
 
 use super::{str_bytes, RequestContext};
-use crate::controller::{ControllerCall, NewTopic};
+use crate::controller::{ControllerCall, NewTopic, TopicOutcome};
 use crate::error_codes as codes;
+use crate::metadata::MetadataSnapshot;
 use crate::shard::Shard;
 use crate::topic_config::TOPIC_CONFIG_KEYS;
 
-/// DescribeConfigs `config_source` for a value that is a broker default.
+/// `DescribeConfigs` `config_source` for a value that is a broker default.
 const SOURCE_DEFAULT: i8 = 5;
-/// DescribeConfigs `config_source` for a value set on the topic.
+/// `DescribeConfigs` `config_source` for a value set on the topic.
 const SOURCE_TOPIC: i8 = 1;
 
-pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, request: CreateTopicsRequest) -> CreateTopicsResponse {
-    let topics: Vec<NewTopic> = request
-        .topics
-        .iter()
-        .map(|topic| NewTopic {
-            name: topic.name.0.to_string(),
-            partitions: topic.num_partitions,
-            replication_factor: topic.replication_factor,
-            manual_assignment: topic.assignments.iter().map(|assignment| assignment.broker_ids.iter().map(|id| id.0).collect()).collect(),
-            configs: topic.configs.iter().map(|config| (config.name.to_string(), config.value.as_ref().map(ToString::to_string))).collect(),
+pub async fn handle(
+    shard: &Rc<Shard>,
+    context: &RequestContext,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
+    let topics: Vec<NewTopic> = request.topics.iter().map(new_topic).collect();
+    let reply = shard
+        .controller_call(ControllerCall::CreateTopics {
+            topics,
+            validate_only: request.validate_only,
         })
-        .collect();
-    let reply = shard.controller_call(ControllerCall::CreateTopics { topics, validate_only: request.validate_only }).await;
+        .await;
     let snapshot = shard.metadata();
-    let results = match reply {
-        Some(reply) => reply
+    let results = reply.map_or_else(Vec::new, |reply| {
+        reply
             .outcomes
             .into_iter()
-            .map(|outcome| {
-                let mut result = CreatableTopicResult::default()
-                    .with_name(TopicName(str_bytes(&outcome.name)))
-                    .with_error_code(outcome.error_code)
-                    .with_error_message(outcome.message.as_deref().map(str_bytes));
-                if context.api_version >= 5 && outcome.error_code == codes::NONE {
-                    result = result.with_num_partitions(outcome.partitions).with_replication_factor(1);
-                    let config = snapshot.topic(&outcome.name).map(|topic| (topic.config.clone(), topic.overrides.clone()));
-                    if let Some((config, overrides)) = config {
-                        let configs = TOPIC_CONFIG_KEYS
-                            .iter()
-                            .map(|key| {
-                                CreatableTopicConfigs::default()
-                                    .with_name(str_bytes(key))
-                                    .with_value(config.value_of(key).as_deref().map(str_bytes))
-                                    .with_config_source(if overrides.contains_key(*key) { SOURCE_TOPIC } else { SOURCE_DEFAULT })
-                            })
-                            .collect();
-                        result = result.with_configs(Some(configs));
-                    }
-                }
-                if context.api_version >= 7 {
-                    result = result.with_topic_id(outcome.topic_id);
-                }
-                result
+            .map(|outcome| describe_result(&snapshot, context.api_version, &outcome))
+            .collect()
+    });
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+fn new_topic(topic: &CreatableTopic) -> NewTopic {
+    NewTopic {
+        name: topic.name.0.to_string(),
+        partitions: topic.num_partitions,
+        replication_factor: topic.replication_factor,
+        manual_assignment: topic
+            .assignments
+            .iter()
+            .map(|assignment| assignment.broker_ids.iter().map(|id| id.0).collect())
+            .collect(),
+        configs: topic
+            .configs
+            .iter()
+            .map(|config| {
+                (
+                    config.name.to_string(),
+                    config.value.as_ref().map(ToString::to_string),
+                )
             })
             .collect(),
-        None => Vec::new(),
+    }
+}
+
+/// One topic's result; v5+ also reports the partition count and the effective configs.
+fn describe_result(
+    snapshot: &MetadataSnapshot,
+    version: i16,
+    outcome: &TopicOutcome,
+) -> CreatableTopicResult {
+    let mut result = CreatableTopicResult::default()
+        .with_name(TopicName(str_bytes(&outcome.name)))
+        .with_error_code(outcome.error_code)
+        .with_error_message(outcome.message.as_deref().map(str_bytes));
+    if version >= 7 {
+        result = result.with_topic_id(outcome.topic_id);
+    }
+    if version < 5 || outcome.error_code != codes::NONE {
+        return result;
+    }
+    result = result
+        .with_num_partitions(outcome.partitions)
+        .with_replication_factor(1);
+    let Some(topic) = snapshot.topic(&outcome.name) else {
+        return result; // validate_only: nothing was created
     };
-    CreateTopicsResponse::default().with_topics(results)
+    let configs = TOPIC_CONFIG_KEYS
+        .iter()
+        .map(|key| {
+            let source = if topic.overrides.contains_key(*key) {
+                SOURCE_TOPIC
+            } else {
+                SOURCE_DEFAULT
+            };
+            CreatableTopicConfigs::default()
+                .with_name(str_bytes(key))
+                .with_value(topic.config.value_of(key).as_deref().map(str_bytes))
+                .with_config_source(source)
+        })
+        .collect();
+    result.with_configs(Some(configs))
 }

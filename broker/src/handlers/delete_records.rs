@@ -1,9 +1,11 @@
-//! DeleteRecords: move each partition's log start forward (-1 = to the high watermark).
+//! `DeleteRecords`: move each partition's log start forward (-1 = to the high watermark).
 
 use std::rc::Rc;
 
 use futures::future::join_all;
-use kafka_protocol::messages::delete_records_response::{DeleteRecordsPartitionResult, DeleteRecordsTopicResult};
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
 use super::RequestContext;
@@ -12,28 +14,53 @@ use crate::metadata::TopicPartition;
 use crate::partition::{PartitionCall, PartitionReply};
 use crate::shard::Shard;
 
-pub async fn handle(shard: &Rc<Shard>, _context: &RequestContext, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    _context: &RequestContext,
+    request: DeleteRecordsRequest,
+) -> DeleteRecordsResponse {
     let snapshot = shard.metadata();
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let deletions = topic.partitions.iter().map(|partition| {
             let name = topic.name.0.as_str();
-            let placement = snapshot.topic(name).zip(snapshot.owner_of(name, partition.partition_index));
-            let tp = placement.map(|(metadata, owner)| (TopicPartition { topic: metadata.name.clone(), partition: partition.partition_index }, owner));
+            let placement = snapshot
+                .topic(name)
+                .zip(snapshot.owner_of(name, partition.partition_index));
+            let tp = placement.map(|(metadata, owner)| {
+                (
+                    TopicPartition {
+                        topic: metadata.name.clone(),
+                        partition: partition.partition_index,
+                    },
+                    owner,
+                )
+            });
             let (partition_index, offset) = (partition.partition_index, partition.offset);
             async move {
-                let result = DeleteRecordsPartitionResult::default().with_partition_index(partition_index).with_low_watermark(-1);
+                let result = DeleteRecordsPartitionResult::default()
+                    .with_partition_index(partition_index)
+                    .with_low_watermark(-1);
                 let Some((tp, owner)) = tp else {
                     return result.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION);
                 };
-                match shard.partition_call(owner, PartitionCall::DeleteRecords { tp, offset }).await {
-                    Some(PartitionReply::Offset(outcome)) => result.with_error_code(outcome.error_code).with_low_watermark(outcome.offset),
+                match shard
+                    .partition_call(owner, PartitionCall::DeleteRecords { tp, offset })
+                    .await
+                {
+                    Some(PartitionReply::Offset(outcome)) => result
+                        .with_error_code(outcome.error_code)
+                        .with_low_watermark(outcome.offset),
                     _ => result.with_error_code(codes::NOT_LEADER_OR_FOLLOWER),
                 }
             }
         });
         let partitions = join_all(deletions).await;
-        topics.push(DeleteRecordsTopicResult::default().with_name(topic.name).with_partitions(partitions));
+        topics.push(
+            DeleteRecordsTopicResult::default()
+                .with_name(topic.name)
+                .with_partitions(partitions),
+        );
     }
     DeleteRecordsResponse::default().with_topics(topics)
 }

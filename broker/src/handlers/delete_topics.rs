@@ -1,4 +1,4 @@
-//! DeleteTopics: by name (v1-5) or by name or id (v6); the controller removes the topic and
+//! `DeleteTopics`: by name (v1-5) or by name or id (v6); the controller removes the topic and
 //! each owning shard deletes its partition directories before the answer goes out.
 
 use std::rc::Rc;
@@ -10,13 +10,24 @@ use super::{str_bytes, RequestContext};
 use crate::controller::{ControllerCall, TopicRef};
 use crate::shard::Shard;
 
-pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
-    let mut topics: Vec<TopicRef> = request.topic_names.iter().map(|name| TopicRef::Name(name.0.to_string())).collect();
+pub async fn handle(
+    shard: &Rc<Shard>,
+    context: &RequestContext,
+    request: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
+    let mut topics: Vec<TopicRef> = request
+        .topic_names
+        .iter()
+        .map(|name| TopicRef::Name(name.0.to_string()))
+        .collect();
     topics.extend(request.topics.iter().map(|topic| match &topic.name {
         Some(name) => TopicRef::Name(name.0.to_string()),
         None => TopicRef::Id(topic.topic_id),
     }));
-    let Some(reply) = shard.controller_call(ControllerCall::DeleteTopics { topics }).await else {
+    let Some(reply) = shard
+        .controller_call(ControllerCall::DeleteTopics { topics })
+        .await
+    else {
         return DeleteTopicsResponse::default();
     };
     let responses = reply
@@ -24,7 +35,9 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, request: Delete
         .into_iter()
         .map(|outcome| {
             let name = (!outcome.name.is_empty()).then(|| TopicName(str_bytes(&outcome.name)));
-            let mut result = DeletableTopicResult::default().with_name(name).with_error_code(outcome.error_code);
+            let mut result = DeletableTopicResult::default()
+                .with_name(name)
+                .with_error_code(outcome.error_code);
             if context.api_version >= 5 {
                 result = result.with_error_message(outcome.message.as_deref().map(str_bytes));
             }

@@ -1,4 +1,4 @@
-//! DescribeCluster: this single node and the cluster id.
+//! `DescribeCluster`: this single node and the cluster id.
 
 use std::rc::Rc;
 
@@ -10,7 +10,11 @@ use crate::config::BrokerConfig;
 use crate::shard::Shard;
 
 #[allow(clippy::unused_async)]
-pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, request: DescribeClusterRequest) -> DescribeClusterResponse {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    context: &RequestContext,
+    request: DescribeClusterRequest,
+) -> DescribeClusterResponse {
     let config = &shard.config;
     let broker = DescribeClusterBroker::default()
         .with_broker_id(BrokerId(BrokerConfig::NODE_ID))

@@ -1,9 +1,11 @@
-//! DescribeConfigs: a topic's effective configs (with their source) and the broker's
+//! `DescribeConfigs`: a topic's effective configs (with their source) and the broker's
 //! read-only settings.
 
 use std::rc::Rc;
 
-use kafka_protocol::messages::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::protocol::StrBytes;
 
@@ -23,32 +25,70 @@ const TYPE_LONG: i8 = 5;
 const TYPE_LIST: i8 = 7;
 
 #[allow(clippy::unused_async)]
-pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
-    let results = request.resources.into_iter().map(|resource| describe(shard, context.api_version, resource)).collect();
+pub async fn handle(
+    shard: &Rc<Shard>,
+    context: &RequestContext,
+    request: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
+    let results = request
+        .resources
+        .into_iter()
+        .map(|resource| describe(shard, context.api_version, &resource))
+        .collect();
     DescribeConfigsResponse::default().with_results(results)
 }
 
-fn describe(shard: &Shard, version: i16, resource: kafka_protocol::messages::describe_configs_request::DescribeConfigsResource) -> DescribeConfigsResult {
-    let result = DescribeConfigsResult::default().with_resource_type(resource.resource_type).with_resource_name(resource.resource_name.clone());
-    let wanted = |key: &str| resource.configuration_keys.as_ref().is_none_or(|keys| keys.iter().any(|wanted| wanted.as_str() == key));
+fn describe(
+    shard: &Shard,
+    version: i16,
+    resource: &kafka_protocol::messages::describe_configs_request::DescribeConfigsResource,
+) -> DescribeConfigsResult {
+    let result = DescribeConfigsResult::default()
+        .with_resource_type(resource.resource_type)
+        .with_resource_name(resource.resource_name.clone());
+    let wanted = |key: &str| {
+        resource
+            .configuration_keys
+            .as_ref()
+            .is_none_or(|keys| keys.iter().any(|wanted| wanted.as_str() == key))
+    };
     let entries: Vec<(String, String, i8, i8, bool)> = match resource.resource_type {
         RESOURCE_TOPIC => {
             let snapshot = shard.metadata();
             let Some(topic) = snapshot.topic(resource.resource_name.as_str()) else {
-                return result.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION).with_error_message(Some(str_bytes("no such topic")));
+                return result
+                    .with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION)
+                    .with_error_message(Some(str_bytes("no such topic")));
             };
             TOPIC_CONFIG_KEYS
                 .iter()
                 .filter(|key| wanted(key))
                 .map(|key| {
-                    let source = if topic.overrides.contains_key(*key) { SOURCE_TOPIC } else { SOURCE_DEFAULT };
-                    (key.to_string(), topic.config.value_of(key).unwrap_or_default(), source, config_type(key), false)
+                    let source = if topic.overrides.contains_key(*key) {
+                        SOURCE_TOPIC
+                    } else {
+                        SOURCE_DEFAULT
+                    };
+                    (
+                        key.to_string(),
+                        topic.config.value_of(key).unwrap_or_default(),
+                        source,
+                        config_type(key),
+                        false,
+                    )
                 })
                 .collect()
         }
-        RESOURCE_BROKER => broker_configs(shard).into_iter().filter(|entry| wanted(&entry.0)).collect(),
+        RESOURCE_BROKER => broker_configs(shard)
+            .into_iter()
+            .filter(|entry| wanted(&entry.0))
+            .collect(),
         other => {
-            return result.with_error_code(codes::INVALID_REQUEST).with_error_message(Some(str_bytes(&format!("resource type {other} is not supported"))));
+            return result
+                .with_error_code(codes::INVALID_REQUEST)
+                .with_error_message(Some(str_bytes(&format!(
+                    "resource type {other} is not supported"
+                ))));
         }
     };
     let configs = entries
@@ -80,13 +120,39 @@ fn config_type(key: &str) -> i8 {
 
 fn broker_configs(shard: &Shard) -> Vec<(String, String, i8, i8, bool)> {
     let config = &shard.config;
-    let entry = |name: &str, value: String, kind| (name.to_string(), value, SOURCE_STATIC_BROKER, kind, true);
+    let entry = |name: &str, value: String, kind| {
+        (name.to_string(), value, SOURCE_STATIC_BROKER, kind, true)
+    };
     vec![
-        entry("auto.create.topics.enable", config.auto_create_topics.to_string(), 1),
-        entry("num.partitions", config.default_partitions.to_string(), TYPE_INT),
-        entry("message.max.bytes", config.limits.message_bytes_max_default.to_string(), TYPE_INT),
-        entry("socket.request.max.bytes", config.limits.request_frame_bytes_max.to_string(), TYPE_INT),
-        entry("connections.max.idle.ms", config.limits.connection_idle_max.as_millis().to_string(), TYPE_LONG),
-        entry("log.dirs", config.data_dir.display().to_string(), TYPE_STRING),
+        entry(
+            "auto.create.topics.enable",
+            config.auto_create_topics.to_string(),
+            1,
+        ),
+        entry(
+            "num.partitions",
+            config.default_partitions.to_string(),
+            TYPE_INT,
+        ),
+        entry(
+            "message.max.bytes",
+            config.limits.message_bytes_max_default.to_string(),
+            TYPE_INT,
+        ),
+        entry(
+            "socket.request.max.bytes",
+            config.limits.request_frame_bytes_max.to_string(),
+            TYPE_INT,
+        ),
+        entry(
+            "connections.max.idle.ms",
+            config.limits.connection_idle_max.as_millis().to_string(),
+            TYPE_LONG,
+        ),
+        entry(
+            "log.dirs",
+            config.data_dir.display().to_string(),
+            TYPE_STRING,
+        ),
     ]
 }

@@ -28,19 +28,36 @@ struct Wanted {
     max_bytes: usize,
 }
 
-pub async fn handle(shard: &Rc<Shard>, _context: &RequestContext, request: FetchRequest) -> FetchResponse {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    _context: &RequestContext,
+    request: FetchRequest,
+) -> FetchResponse {
     let limits = &shard.config.limits;
-    let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64).min(limits.fetch_wait_max);
-    let response_bytes_max = (request.max_bytes.max(1) as usize).min(limits.fetch_response_bytes_max);
+    let deadline = Instant::now()
+        + Duration::from_millis(request.max_wait_ms.max(0) as u64).min(limits.fetch_wait_max);
+    let response_bytes_max =
+        (request.max_bytes.max(1) as usize).min(limits.fetch_response_bytes_max);
     let min_bytes = request.min_bytes.max(0) as usize;
     let snapshot = shard.metadata();
     let (wanted, mut topics) = resolve(&snapshot, request, response_bytes_max);
     loop {
         let outcomes = join_all(wanted.iter().map(|wanted| fetch_one(shard, wanted))).await;
-        let available: usize = outcomes.iter().flat_map(|outcome| &outcome.batches).map(Bytes::len).sum();
-        let any_error = outcomes.iter().any(|outcome| outcome.error_code != codes::NONE);
+        let available: usize = outcomes
+            .iter()
+            .flat_map(|outcome| &outcome.batches)
+            .map(Bytes::len)
+            .sum();
+        let any_error = outcomes
+            .iter()
+            .any(|outcome| outcome.error_code != codes::NONE);
         let now = Instant::now();
-        if available >= min_bytes || any_error || now >= deadline || shard.is_shutting_down() || wanted.is_empty() {
+        if available >= min_bytes
+            || any_error
+            || now >= deadline
+            || shard.is_shutting_down()
+            || wanted.is_empty()
+        {
             assemble(&wanted, outcomes, response_bytes_max, &mut topics);
             return FetchResponse::default().with_responses(topics);
         }
@@ -48,15 +65,28 @@ pub async fn handle(shard: &Rc<Shard>, _context: &RequestContext, request: Fetch
     }
 }
 
-fn resolve(snapshot: &Arc<MetadataSnapshot>, request: FetchRequest, response_bytes_max: usize) -> (Vec<Wanted>, Vec<FetchableTopicResponse>) {
+fn resolve(
+    snapshot: &Arc<MetadataSnapshot>,
+    request: FetchRequest,
+    response_bytes_max: usize,
+) -> (Vec<Wanted>, Vec<FetchableTopicResponse>) {
     let mut wanted = Vec::new();
     let mut topics = Vec::with_capacity(request.topics.len());
     for (topic_index, topic) in request.topics.into_iter().enumerate() {
         let name = topic.topic.0.as_str();
         for partition in &topic.partitions {
-            let placement = snapshot.topic(name).zip(snapshot.owner_of(name, partition.partition)).map(|(metadata, owner)| {
-                (TopicPartition { topic: metadata.name.clone(), partition: partition.partition }, owner)
-            });
+            let placement = snapshot
+                .topic(name)
+                .zip(snapshot.owner_of(name, partition.partition))
+                .map(|(metadata, owner)| {
+                    (
+                        TopicPartition {
+                            topic: metadata.name.clone(),
+                            partition: partition.partition,
+                        },
+                        owner,
+                    )
+                });
             wanted.push(Wanted {
                 topic_index,
                 partition: partition.partition,
@@ -71,15 +101,27 @@ fn resolve(snapshot: &Arc<MetadataSnapshot>, request: FetchRequest, response_byt
 }
 
 async fn fetch_one(shard: &Shard, wanted: &Wanted) -> FetchOutcome {
-    let missing = FetchOutcome { error_code: codes::UNKNOWN_TOPIC_OR_PARTITION, high_watermark: -1, log_start_offset: -1, batches: Vec::new() };
+    let missing = FetchOutcome {
+        error_code: codes::UNKNOWN_TOPIC_OR_PARTITION,
+        high_watermark: -1,
+        log_start_offset: -1,
+        batches: Vec::new(),
+    };
     let Some((tp, owner)) = &wanted.placement else {
         return missing;
     };
-    let call = PartitionCall::Fetch { tp: tp.clone(), offset: wanted.offset, max_bytes: wanted.max_bytes };
+    let call = PartitionCall::Fetch {
+        tp: tp.clone(),
+        offset: wanted.offset,
+        max_bytes: wanted.max_bytes,
+    };
     match shard.partition_call(*owner, call).await {
         Some(PartitionReply::Fetch(outcome)) => outcome,
         Some(other) => panic!("fetch answered with {other:?}"),
-        None => FetchOutcome { error_code: codes::NOT_LEADER_OR_FOLLOWER, ..missing },
+        None => FetchOutcome {
+            error_code: codes::NOT_LEADER_OR_FOLLOWER,
+            ..missing
+        },
     }
 }
 
@@ -91,7 +133,19 @@ async fn wait_for_any_append(shard: &Shard, wanted: &[Wanted], wait: Duration) {
         .iter()
         .filter_map(|wanted| {
             let (tp, owner) = wanted.placement.clone()?;
-            Some(shard.partition_call(owner, PartitionCall::WaitForData { tp, offset: wanted.offset, wait }).map(|_| ()).boxed_local())
+            Some(
+                shard
+                    .partition_call(
+                        owner,
+                        PartitionCall::WaitForData {
+                            tp,
+                            offset: wanted.offset,
+                            wait,
+                        },
+                    )
+                    .map(|_| ())
+                    .boxed_local(),
+            )
         })
         .collect();
     waits.push(glommio::timer::sleep(wait).boxed_local());
@@ -104,7 +158,12 @@ async fn wait_for_any_append(shard: &Shard, wanted: &[Wanted], wait: Duration) {
 
 /// Fills the response in request order within `response_bytes_max`; the first partition
 /// with data is always included whole, as Kafka does, so a large batch cannot stall a consumer.
-fn assemble(wanted: &[Wanted], outcomes: Vec<FetchOutcome>, response_bytes_max: usize, topics: &mut [FetchableTopicResponse]) {
+fn assemble(
+    wanted: &[Wanted],
+    outcomes: Vec<FetchOutcome>,
+    response_bytes_max: usize,
+    topics: &mut [FetchableTopicResponse],
+) {
     let mut response_bytes = 0;
     for (wanted, outcome) in wanted.iter().zip(outcomes) {
         let batch_bytes: usize = outcome.batches.iter().map(Bytes::len).sum();

@@ -1,6 +1,6 @@
-//! IncrementalAlterConfigs: SET and DELETE of single topic config keys. APPEND and
+//! `IncrementalAlterConfigs`: SET and DELETE of single topic config keys. APPEND and
 //! SUBTRACT only apply to list configs, and `cleanup.policy` (the one list) accepts only
-//! `delete`, so they are refused with INVALID_CONFIG.
+//! `delete`, so they are refused with `INVALID_CONFIG`.
 
 use std::rc::Rc;
 
@@ -16,12 +16,22 @@ use crate::shard::Shard;
 const OPERATION_SET: i8 = 0;
 const OPERATION_DELETE: i8 = 1;
 
-pub async fn handle(shard: &Rc<Shard>, _context: &RequestContext, request: IncrementalAlterConfigsRequest) -> IncrementalAlterConfigsResponse {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    _context: &RequestContext,
+    request: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
     let mut responses = Vec::with_capacity(request.resources.len());
     for resource in request.resources {
-        let response = AlterConfigsResourceResponse::default().with_resource_type(resource.resource_type).with_resource_name(resource.resource_name.clone());
+        let response = AlterConfigsResourceResponse::default()
+            .with_resource_type(resource.resource_type)
+            .with_resource_name(resource.resource_name.clone());
         if resource.resource_type != RESOURCE_TOPIC {
-            responses.push(response.with_error_code(codes::INVALID_REQUEST).with_error_message(Some(str_bytes("only topic configs can be altered"))));
+            responses.push(
+                response
+                    .with_error_code(codes::INVALID_REQUEST)
+                    .with_error_message(Some(str_bytes("only topic configs can be altered"))),
+            );
             continue;
         }
         let mut operations = Vec::with_capacity(resource.configs.len());
@@ -31,21 +41,39 @@ pub async fn handle(shard: &Rc<Shard>, _context: &RequestContext, request: Incre
                 (OPERATION_SET, Some(value)) => ConfigOperation::Set(value.to_string()),
                 (OPERATION_DELETE, _) => ConfigOperation::Delete,
                 (operation, _) => {
-                    refused = Some(format!("operation {operation} on {} is not supported", config.name.as_str()));
+                    refused = Some(format!(
+                        "operation {operation} on {} is not supported",
+                        config.name.as_str()
+                    ));
                     break;
                 }
             };
             operations.push((config.name.to_string(), operation));
         }
         if let Some(reason) = refused {
-            responses.push(response.with_error_code(codes::INVALID_CONFIG).with_error_message(Some(str_bytes(&reason))));
+            responses.push(
+                response
+                    .with_error_code(codes::INVALID_CONFIG)
+                    .with_error_message(Some(str_bytes(&reason))),
+            );
             continue;
         }
-        let change = ConfigChange { topic: resource.resource_name.to_string(), replace_all: false, operations };
-        let reply = shard.controller_call(ControllerCall::AlterConfigs { changes: vec![change], validate_only: request.validate_only }).await;
+        let change = ConfigChange {
+            topic: resource.resource_name.to_string(),
+            replace_all: false,
+            operations,
+        };
+        let reply = shard
+            .controller_call(ControllerCall::AlterConfigs {
+                changes: vec![change],
+                validate_only: request.validate_only,
+            })
+            .await;
         let outcome = reply.and_then(|mut reply| reply.outcomes.pop());
         responses.push(match outcome {
-            Some(outcome) => response.with_error_code(outcome.error_code).with_error_message(outcome.message.as_deref().map(str_bytes)),
+            Some(outcome) => response
+                .with_error_code(outcome.error_code)
+                .with_error_message(outcome.message.as_deref().map(str_bytes)),
             None => response.with_error_code(codes::REQUEST_TIMED_OUT),
         });
     }

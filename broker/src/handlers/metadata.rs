@@ -3,7 +3,9 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use uuid::Uuid;
 
@@ -14,17 +16,26 @@ use crate::error_codes as codes;
 use crate::metadata::{MetadataSnapshot, TopicMetadata};
 use crate::shard::Shard;
 
-pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, request: MetadataRequest) -> MetadataResponse {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    context: &RequestContext,
+    request: MetadataRequest,
+) -> MetadataResponse {
     let version = context.api_version;
     // v0 has no null: an empty list means every topic. v1+: null means every topic.
     let requested = match request.topics {
         Some(topics) if !(version == 0 && topics.is_empty()) => Some(topics),
         _ => None,
     };
-    let auto_create = shard.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
+    let auto_create =
+        shard.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
     let mut snapshot = shard.metadata();
     let topics = match requested {
-        None => snapshot.topics.values().map(|topic| describe_topic(topic, version)).collect(),
+        None => snapshot
+            .topics
+            .values()
+            .map(|topic| describe_topic(topic, version))
+            .collect(),
         Some(requested) => {
             let missing: Vec<String> = requested
                 .iter()
@@ -48,7 +59,11 @@ pub async fn handle(shard: &Rc<Shard>, context: &RequestContext, request: Metada
     MetadataResponse::default()
         .with_brokers(vec![this_broker(&shard.config)])
         .with_cluster_id((version >= 2).then(|| str_bytes(&snapshot.cluster_id)))
-        .with_controller_id(BrokerId(if version >= 1 { BrokerConfig::NODE_ID } else { -1 }))
+        .with_controller_id(BrokerId(if version >= 1 {
+            BrokerConfig::NODE_ID
+        } else {
+            -1
+        }))
         .with_topics(topics)
 }
 
@@ -64,20 +79,42 @@ pub fn this_broker(config: &BrokerConfig) -> MetadataResponseBroker {
 async fn create_missing(shard: &Rc<Shard>, names: Vec<String>) -> Vec<(String, i16)> {
     let topics = names
         .into_iter()
-        .map(|name| NewTopic { name, partitions: -1, replication_factor: -1, manual_assignment: Vec::new(), configs: Vec::new() })
+        .map(|name| NewTopic {
+            name,
+            partitions: -1,
+            replication_factor: -1,
+            manual_assignment: Vec::new(),
+            configs: Vec::new(),
+        })
         .collect();
-    let Some(reply) = shard.controller_call(ControllerCall::CreateTopics { topics, validate_only: false }).await else {
+    let Some(reply) = shard
+        .controller_call(ControllerCall::CreateTopics {
+            topics,
+            validate_only: false,
+        })
+        .await
+    else {
         return Vec::new();
     };
     reply
         .outcomes
         .into_iter()
-        .filter(|outcome| !matches!(outcome.error_code, codes::NONE | codes::TOPIC_ALREADY_EXISTS))
+        .filter(|outcome| {
+            !matches!(
+                outcome.error_code,
+                codes::NONE | codes::TOPIC_ALREADY_EXISTS
+            )
+        })
         .map(|outcome| (outcome.name, outcome.error_code))
         .collect()
 }
 
-fn describe_by_name(snapshot: &MetadataSnapshot, name: &TopicName, creation_errors: &[(String, i16)], version: i16) -> MetadataResponseTopic {
+fn describe_by_name(
+    snapshot: &MetadataSnapshot,
+    name: &TopicName,
+    creation_errors: &[(String, i16)],
+    version: i16,
+) -> MetadataResponseTopic {
     if let Some(topic) = snapshot.topic(name.0.as_str()) {
         return describe_topic(topic, version);
     }
@@ -85,13 +122,17 @@ fn describe_by_name(snapshot: &MetadataSnapshot, name: &TopicName, creation_erro
         .iter()
         .find(|(failed, _)| failed.as_str() == name.0.as_str())
         .map_or(codes::UNKNOWN_TOPIC_OR_PARTITION, |(_, code)| *code);
-    MetadataResponseTopic::default().with_name(Some(name.clone())).with_error_code(error_code)
+    MetadataResponseTopic::default()
+        .with_name(Some(name.clone()))
+        .with_error_code(error_code)
 }
 
 fn describe_by_id(snapshot: &MetadataSnapshot, id: Uuid, version: i16) -> MetadataResponseTopic {
     match snapshot.topic_by_id(id) {
         Some(topic) => describe_topic(topic, version),
-        None => MetadataResponseTopic::default().with_topic_id(id).with_error_code(codes::UNKNOWN_TOPIC_ID),
+        None => MetadataResponseTopic::default()
+            .with_topic_id(id)
+            .with_error_code(codes::UNKNOWN_TOPIC_ID),
     }
 }
 

@@ -55,6 +55,7 @@ macro_rules! served_apis {
         /// Runs the handler and encodes its response frame; `None` when the request wants no
         /// response (Produce with acks=0).
         pub async fn handle(shard: Rc<Shard>, context: RequestContext, request: Request) -> Result<Option<Bytes>, CodecError> {
+            tracing::trace!(peer = %context.peer, client_id = ?context.client_id, api = ?context.api_key, version = context.api_version, "request");
             let wants_response = !matches!(&request, Request::Produce(produce) if produce.acks == 0);
             let frame = match request {
                 $(Request::$variant(request) => {
@@ -84,7 +85,12 @@ served_apis! {
 }
 
 fn encode<M: Encodable>(context: &RequestContext, response: &M) -> Result<Bytes, CodecError> {
-    codec::encode_response_frame(context.api_key, context.api_version, context.correlation_id, response)
+    codec::encode_response_frame(
+        context.api_key,
+        context.api_version,
+        context.correlation_id,
+        response,
+    )
 }
 
 /// Shorthand for the codec's string type.

@@ -16,7 +16,11 @@ use crate::partition::{PartitionCall, PartitionReply};
 use crate::records::split_batches;
 use crate::shard::Shard;
 
-pub async fn handle(shard: &Rc<Shard>, _context: &RequestContext, request: ProduceRequest) -> ProduceResponse {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    _context: &RequestContext,
+    request: ProduceRequest,
+) -> ProduceResponse {
     let snapshot = shard.metadata();
     let acks = request.acks;
     let mut responses = Vec::with_capacity(request.topic_data.len());
@@ -24,14 +28,24 @@ pub async fn handle(shard: &Rc<Shard>, _context: &RequestContext, request: Produ
     for (topic_index, topic) in request.topic_data.into_iter().enumerate() {
         for partition in topic.partition_data {
             let records = partition.records.unwrap_or_default();
-            pieces.push(produce_partition(shard, &snapshot, topic_index, topic.name.clone(), partition.index, records, acks));
+            pieces.push(produce_partition(
+                shard,
+                &snapshot,
+                topic_index,
+                topic.name.clone(),
+                partition.index,
+                records,
+                acks,
+            ));
         }
         responses.push(TopicProduceResponse::default().with_name(topic.name));
     }
     // join_all polls every piece once, in request order, before any completes: pipelined
     // produce requests reach each partition's log in the order they arrived.
     for (topic_index, partition_response) in join_all(pieces).await {
-        responses[topic_index].partition_responses.push(partition_response);
+        responses[topic_index]
+            .partition_responses
+            .push(partition_response);
     }
     ProduceResponse::default().with_responses(responses)
 }
@@ -56,16 +70,29 @@ async fn produce_partition(
     if !matches!(acks, -1..=1) {
         return answer(codes::INVALID_REQUIRED_ACKS, -1, -1);
     }
-    let (Some(topic_metadata), Some(owner)) = (snapshot.topic(topic.0.as_str()), snapshot.owner_of(topic.0.as_str(), partition)) else {
+    let (Some(topic_metadata), Some(owner)) = (
+        snapshot.topic(topic.0.as_str()),
+        snapshot.owner_of(topic.0.as_str(), partition),
+    ) else {
         return answer(codes::UNKNOWN_TOPIC_OR_PARTITION, -1, -1);
     };
     let batches = match split_batches(&records, topic_metadata.config.max_message_bytes as usize) {
         Ok(batches) => batches,
         Err(error_code) => return answer(error_code, -1, -1),
     };
-    let tp = TopicPartition { topic: topic_metadata.name.clone(), partition };
-    match shard.partition_call(owner, PartitionCall::Produce { tp, batches, acks }).await {
-        Some(PartitionReply::Produce(outcome)) => answer(outcome.error_code, outcome.base_offset, outcome.log_start_offset),
+    let tp = TopicPartition {
+        topic: topic_metadata.name.clone(),
+        partition,
+    };
+    match shard
+        .partition_call(owner, PartitionCall::Produce { tp, batches, acks })
+        .await
+    {
+        Some(PartitionReply::Produce(outcome)) => answer(
+            outcome.error_code,
+            outcome.base_offset,
+            outcome.log_start_offset,
+        ),
         Some(other) => panic!("produce answered with {other:?}"),
         None => answer(codes::NOT_LEADER_OR_FOLLOWER, -1, -1),
     }
