@@ -8,6 +8,11 @@ import time
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from kafka import KafkaProducer
+
+# Idempotence needs InitProducerId, which Ringfeed does not serve yet. kafka-python 3 turns
+# it on by default; 2.x has no such setting (and librdkafka defaults it off).
+KAFKA_PYTHON_NO_IDEMPOTENCE = {"enable_idempotence": False} if "enable_idempotence" in KafkaProducer.DEFAULT_CONFIG else {}
 
 TIMESTAMP_BASE_MS = 1_700_000_000_000
 

@@ -9,7 +9,7 @@ from confluent_kafka import KafkaError, Producer
 from kafka import KafkaProducer
 from kafka.errors import MessageSizeTooLargeError
 
-from helpers import connect, create_topic, encode_string, read_frame, request_frame, watermarks
+from helpers import KAFKA_PYTHON_NO_IDEMPOTENCE, connect, create_topic, encode_string, read_frame, request_frame, watermarks
 
 
 def produce_one(bootstrap, topic, value, **config):
@@ -38,7 +38,7 @@ def test_batch_above_broker_default_is_message_too_large(broker):
 
 def test_kafka_python_sees_message_too_large(broker):
     create_topic(broker.bootstrap, "small-kp", 1, {"max.message.bytes": "10000"})
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", retries=0, enable_idempotence=False)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", retries=0, **KAFKA_PYTHON_NO_IDEMPOTENCE)
     with pytest.raises(MessageSizeTooLargeError):
         producer.send("small-kp", b"z" * 50_000).get(timeout=30)
     producer.close()

@@ -6,7 +6,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaPythonTopicPartition
 
-from helpers import consume_partition, create_topic, make_messages, produce
+from helpers import KAFKA_PYTHON_NO_IDEMPOTENCE, consume_partition, create_topic, make_messages, produce
 
 MESSAGES = 100_000
 PARTITIONS = 6
@@ -41,9 +41,7 @@ def test_kafka_python_produces_and_consumes(broker):
     topic = "kafka-python"
     create_topic(broker.bootstrap, topic, PARTITIONS)
     messages = make_messages(5_000, seed=7)
-    # Idempotence needs InitProducerId, which Ringfeed does not serve yet; kafka-python 3
-    # turns it on by default (librdkafka and kafka-python 2 do not).
-    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", compression_type="gzip", enable_idempotence=False)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", compression_type="gzip", **KAFKA_PYTHON_NO_IDEMPOTENCE)
     futures = [producer.send(topic, key=key, value=value, headers=headers, timestamp_ms=timestamp)
                for key, value, headers, timestamp in messages]
     producer.flush(30)

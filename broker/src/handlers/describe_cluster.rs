@@ -24,6 +24,11 @@ pub async fn handle(
         .with_cluster_id(str_bytes(&shard.metadata().cluster_id))
         .with_controller_id(BrokerId(BrokerConfig::NODE_ID))
         .with_brokers(vec![broker]);
+    let response = if request.include_cluster_authorized_operations {
+        response.with_cluster_authorized_operations(super::metadata::CLUSTER_OPERATIONS_ALL)
+    } else {
+        response
+    };
     if context.api_version >= 1 {
         response.with_endpoint_type(request.endpoint_type)
     } else {

@@ -16,12 +16,25 @@ use crate::error_codes as codes;
 use crate::metadata::{MetadataSnapshot, TopicMetadata};
 use crate::shard::Shard;
 
+/// Kafka ACL operation codes as a bitfield (1 << code). There are no ACLs yet, so a client
+/// that asks is told it may do everything: READ 3, WRITE 4, CREATE 5, DELETE 6, ALTER 7,
+/// DESCRIBE 8, `DESCRIBE_CONFIGS` 10, `ALTER_CONFIGS` 11.
+pub const TOPIC_OPERATIONS_ALL: i32 =
+    1 << 3 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 8 | 1 << 10 | 1 << 11;
+/// CREATE 5, ALTER 7, DESCRIBE 8, `CLUSTER_ACTION` 9, `DESCRIBE_CONFIGS` 10, `ALTER_CONFIGS` 11,
+/// `IDEMPOTENT_WRITE` 12.
+pub const CLUSTER_OPERATIONS_ALL: i32 =
+    1 << 5 | 1 << 7 | 1 << 8 | 1 << 9 | 1 << 10 | 1 << 11 | 1 << 12;
+
 pub async fn handle(
     shard: &Rc<Shard>,
     context: &RequestContext,
     request: MetadataRequest,
 ) -> MetadataResponse {
     let version = context.api_version;
+    let include_topic_operations = request.include_topic_authorized_operations && version >= 8;
+    let include_cluster_operations =
+        request.include_cluster_authorized_operations && (8..=10).contains(&version);
     // v0 has no null: an empty list means every topic. v1+: null means every topic.
     let requested = match request.topics {
         Some(topics) if !(version == 0 && topics.is_empty()) => Some(topics),
@@ -30,7 +43,7 @@ pub async fn handle(
     let auto_create =
         shard.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
     let mut snapshot = shard.metadata();
-    let topics = match requested {
+    let mut topics: Vec<MetadataResponseTopic> = match requested {
         None => snapshot
             .topics
             .values()
@@ -56,7 +69,21 @@ pub async fn handle(
                 .collect()
         }
     };
-    MetadataResponse::default()
+    if include_topic_operations {
+        for topic in topics
+            .iter_mut()
+            .filter(|topic| topic.error_code == codes::NONE)
+        {
+            topic.topic_authorized_operations = TOPIC_OPERATIONS_ALL;
+        }
+    }
+    let response = MetadataResponse::default();
+    let response = if include_cluster_operations {
+        response.with_cluster_authorized_operations(CLUSTER_OPERATIONS_ALL)
+    } else {
+        response
+    };
+    response
         .with_brokers(vec![this_broker(&shard.config)])
         .with_cluster_id((version >= 2).then(|| str_bytes(&snapshot.cluster_id)))
         .with_controller_id(BrokerId(if version >= 1 {
