@@ -3,7 +3,7 @@
 //! an immutable `Arc` snapshot; a shard swaps its pointer when a new one arrives and never
 //! takes a lock to read it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use uuid::Uuid;
@@ -48,6 +48,8 @@ pub struct MetadataSnapshot {
     pub epoch: u64,
     pub cluster_id: String,
     pub topics: BTreeMap<Arc<str>, Arc<TopicMetadata>>,
+    /// Partitions whose owning shard cannot serve them (log damaged or fenced).
+    pub offline_partitions: BTreeSet<TopicPartition>,
 }
 
 impl MetadataSnapshot {

@@ -95,10 +95,14 @@ impl PartitionSlot {
     }
 }
 
+/// Told when a partition of this shard goes offline (so the controller can publish it).
+pub type OfflineListener = Box<dyn Fn(TopicPartition, Uuid)>;
+
 /// See the module docs for the ownership contract.
 #[derive(Default)]
 pub struct PartitionTable {
     slots: RefCell<HashMap<TopicPartition, PartitionSlot>>,
+    offline_listener: RefCell<Option<OfflineListener>>,
 }
 
 impl PartitionTable {
@@ -114,8 +118,21 @@ impl PartitionTable {
         }
     }
 
+    pub fn set_offline_listener(&self, listener: OfflineListener) {
+        *self.offline_listener.borrow_mut() = Some(listener);
+    }
+
     pub fn insert(&self, tp: TopicPartition, slot: PartitionSlot) {
+        if let PartitionSlot::Offline { topic_id, .. } = &slot {
+            self.notify_offline(&tp, *topic_id);
+        }
         self.slots.borrow_mut().insert(tp, slot);
+    }
+
+    fn notify_offline(&self, tp: &TopicPartition, topic_id: Uuid) {
+        if let Some(listener) = self.offline_listener.borrow().as_ref() {
+            listener(tp.clone(), topic_id);
+        }
     }
 
     pub fn remove(&self, tp: &TopicPartition) -> Option<PartitionSlot> {
@@ -145,13 +162,14 @@ impl PartitionTable {
     /// Marks a partition offline after a storage failure, so later requests fail fast.
     pub fn fence(&self, tp: &TopicPartition, reason: String) {
         let mut slots = self.slots.borrow_mut();
-        if let Some(slot) = slots.get_mut(tp) {
-            tracing::error!(partition = %tp, %reason, "partition fenced after a storage error");
-            *slot = PartitionSlot::Offline {
-                topic_id: slot.topic_id(),
-                reason,
-            };
-        }
+        let Some(slot @ PartitionSlot::Online { .. }) = slots.get_mut(tp) else {
+            return;
+        };
+        tracing::error!(partition = %tp, %reason, "partition fenced after a storage error");
+        let topic_id = slot.topic_id();
+        *slot = PartitionSlot::Offline { topic_id, reason };
+        drop(slots);
+        self.notify_offline(tp, topic_id);
     }
 }
 

@@ -43,6 +43,9 @@ pub struct Shard {
     shutdown: Rc<Semaphore>,
     /// Closed when the first metadata snapshot has been applied.
     metadata_ready: Rc<Semaphore>,
+    /// One permit: snapshots are applied one at a time, in arrival order (opening a
+    /// partition awaits, and a second apply must not see it half-opened).
+    one_apply_at_a_time: Rc<Semaphore>,
 }
 
 impl Shard {
@@ -141,6 +144,11 @@ impl Shard {
     /// The one place a shard changes which partitions it owns: remove what the snapshot no
     /// longer places here, open what is new, update configs, then install the snapshot.
     async fn apply_metadata(&self, snapshot: Arc<MetadataSnapshot>) {
+        let _turn = self
+            .one_apply_at_a_time
+            .acquire_permit(1)
+            .await
+            .expect("never closed");
         let previous = self.metadata();
         if snapshot.epoch <= previous.epoch && previous.epoch != 0 {
             return;
@@ -256,7 +264,22 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         )),
         shutdown: Rc::new(Semaphore::new(0)),
         metadata_ready: Rc::new(Semaphore::new(0)),
+        one_apply_at_a_time: Rc::new(Semaphore::new(1)),
     });
+    let reporter = Rc::downgrade(&shard);
+    shard
+        .partitions
+        .set_offline_listener(Box::new(move |tp, topic_id| {
+            let reporter = reporter.clone();
+            glommio::spawn_local(async move {
+                if let Some(shard) = reporter.upgrade() {
+                    shard
+                        .controller_call(ControllerCall::ReportOffline { tp, topic_id })
+                        .await;
+                }
+            })
+            .detach();
+        }));
     let executor_shard = shard.clone();
     router::serve_incoming(&shard.router, incoming, move |call| {
         executor_shard.clone().execute_call(call)

@@ -116,6 +116,7 @@ pub fn apply(
             .into_iter()
             .map(|change| alter_configs(state, change, validate_only))
             .collect(),
+        ControllerCall::ReportOffline { .. } => unreachable!("handled by Controller::execute"),
     }
 }
 

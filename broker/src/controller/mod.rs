@@ -8,8 +8,8 @@
 pub mod changes;
 pub mod store;
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::error_codes as codes;
 use crate::limits::Limits;
-use crate::metadata::{MetadataSnapshot, TopicMetadata};
+use crate::metadata::{MetadataSnapshot, TopicMetadata, TopicPartition};
 use crate::topic_config::TopicConfig;
 pub use changes::{ConfigChange, ConfigOperation, NewTopic, TopicOutcome, TopicRef};
 use store::{ClusterState, MetadataStore};
@@ -39,6 +39,12 @@ pub enum ControllerCall {
     AlterConfigs {
         changes: Vec<ConfigChange>,
         validate_only: bool,
+    },
+    /// The owning shard could not open or keep open this partition's log: every shard
+    /// should report it offline in Metadata. Not persisted; a restart re-detects it.
+    ReportOffline {
+        tp: TopicPartition,
+        topic_id: Uuid,
     },
 }
 
@@ -62,6 +68,10 @@ pub struct Controller {
     store: MetadataStore,
     one_change_at_a_time: Rc<glommio::sync::Semaphore>,
     rules: PlacementRules,
+    /// Partitions whose owner reported their log unusable (see `ReportOffline`).
+    offline: RefCell<BTreeSet<TopicPartition>>,
+    /// Epoch of the last snapshot built; shards ignore snapshots older than theirs.
+    snapshot_epoch: Cell<u64>,
 }
 
 impl Controller {
@@ -87,11 +97,29 @@ impl Controller {
             store,
             one_change_at_a_time: Rc::new(glommio::sync::Semaphore::new(1)),
             rules,
+            offline: RefCell::new(BTreeSet::new()),
+            snapshot_epoch: Cell::new(0),
         })
     }
 
     pub fn snapshot(&self) -> Arc<MetadataSnapshot> {
-        build_snapshot(&self.state.borrow(), &self.rules)
+        self.snapshot_epoch.set(self.snapshot_epoch.get() + 1);
+        let mut snapshot = build_snapshot(&self.state.borrow(), &self.rules);
+        snapshot.epoch = self.snapshot_epoch.get();
+        snapshot
+            .offline_partitions
+            .clone_from(&self.offline.borrow());
+        Arc::new(snapshot)
+    }
+
+    /// Records an offline partition of a topic that still exists; returns whether the
+    /// published metadata must change.
+    fn mark_offline(&self, tp: TopicPartition, topic_id: Uuid) -> bool {
+        let exists =
+            self.state.borrow().topics.iter().any(|topic| {
+                topic.name.as_str() == &*tp.topic && topic.id == topic_id.into_bytes()
+            });
+        exists && self.offline.borrow_mut().insert(tp)
     }
 
     /// Applies one change: validate, persist, and return the snapshot to publish (None
@@ -107,6 +135,13 @@ impl Controller {
                 .await
                 .expect("never closed"),
         };
+        if let ControllerCall::ReportOffline { tp, topic_id } = call {
+            let changed = self.mark_offline(tp, topic_id);
+            let reply = ControllerReply {
+                outcomes: Vec::new(),
+            };
+            return (reply, changed.then(|| self.snapshot()), turn);
+        }
         let current = self.state.borrow().clone();
         let mut next = current.clone();
         let outcomes = changes::apply(&mut next, call, &self.rules);
@@ -122,6 +157,12 @@ impl Controller {
                 .collect();
             return (ControllerReply { outcomes }, None, turn);
         }
+        // A deleted topic takes its offline marks with it (a recreated one starts online).
+        self.offline.borrow_mut().retain(|tp| {
+            next.topics
+                .iter()
+                .any(|topic| topic.name.as_str() == &*tp.topic)
+        });
         *self.state.borrow_mut() = next;
         (ControllerReply { outcomes }, Some(self.snapshot()), turn)
     }
@@ -134,7 +175,7 @@ pub struct ChangeTurn {
 
 /// Builds the immutable view shards read. Placement recorded for more shards than run now
 /// (a restart with fewer `--shards`) folds onto the running ones.
-pub fn build_snapshot(state: &ClusterState, rules: &PlacementRules) -> Arc<MetadataSnapshot> {
+pub fn build_snapshot(state: &ClusterState, rules: &PlacementRules) -> MetadataSnapshot {
     let topics = state
         .topics
         .iter()
@@ -159,9 +200,10 @@ pub fn build_snapshot(state: &ClusterState, rules: &PlacementRules) -> Arc<Metad
             (name, Arc::new(topic))
         })
         .collect();
-    Arc::new(MetadataSnapshot {
-        epoch: state.epoch,
+    MetadataSnapshot {
+        epoch: 0,
         cluster_id: state.cluster_id.clone(),
         topics,
-    })
+        offline_partitions: BTreeSet::new(),
+    }
 }

@@ -13,7 +13,7 @@ use super::{str_bytes, RequestContext};
 use crate::config::BrokerConfig;
 use crate::controller::{ControllerCall, NewTopic};
 use crate::error_codes as codes;
-use crate::metadata::{MetadataSnapshot, TopicMetadata};
+use crate::metadata::{MetadataSnapshot, TopicMetadata, TopicPartition};
 use crate::shard::Shard;
 
 /// Kafka ACL operation codes as a bitfield (1 << code). There are no ACLs yet, so a client
@@ -47,7 +47,7 @@ pub async fn handle(
         None => snapshot
             .topics
             .values()
-            .map(|topic| describe_topic(topic, version))
+            .map(|topic| describe_topic(&snapshot, topic, version))
             .collect(),
         Some(requested) => {
             let missing: Vec<String> = requested
@@ -143,7 +143,7 @@ fn describe_by_name(
     version: i16,
 ) -> MetadataResponseTopic {
     if let Some(topic) = snapshot.topic(name.0.as_str()) {
-        return describe_topic(topic, version);
+        return describe_topic(snapshot, topic, version);
     }
     let error_code = creation_errors
         .iter()
@@ -156,23 +156,42 @@ fn describe_by_name(
 
 fn describe_by_id(snapshot: &MetadataSnapshot, id: Uuid, version: i16) -> MetadataResponseTopic {
     match snapshot.topic_by_id(id) {
-        Some(topic) => describe_topic(topic, version),
+        Some(topic) => describe_topic(snapshot, topic, version),
         None => MetadataResponseTopic::default()
             .with_topic_id(id)
             .with_error_code(codes::UNKNOWN_TOPIC_ID),
     }
 }
 
-fn describe_topic(topic: &Arc<TopicMetadata>, version: i16) -> MetadataResponseTopic {
+/// A partition whose log is offline keeps its leader (there is no other replica to move
+/// to) but reports `KAFKA_STORAGE_ERROR` with the node in `offline_replicas`, as Kafka does
+/// for a failed log directory.
+fn describe_topic(
+    snapshot: &MetadataSnapshot,
+    topic: &Arc<TopicMetadata>,
+    version: i16,
+) -> MetadataResponseTopic {
     let node = BrokerId(BrokerConfig::NODE_ID);
     let partitions = (0..topic.partition_count())
         .map(|partition| {
-            MetadataResponsePartition::default()
+            let tp = TopicPartition {
+                topic: topic.name.clone(),
+                partition,
+            };
+            let described = MetadataResponsePartition::default()
                 .with_partition_index(partition)
                 .with_leader_id(node)
                 .with_leader_epoch(if version >= 7 { 0 } else { -1 })
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+                .with_replica_nodes(vec![node]);
+            if !snapshot.offline_partitions.contains(&tp) {
+                return described.with_isr_nodes(vec![node]);
+            }
+            let described = described.with_error_code(codes::KAFKA_STORAGE_ERROR);
+            if version >= 5 {
+                described.with_offline_replicas(vec![node])
+            } else {
+                described
+            }
         })
         .collect();
     MetadataResponseTopic::default()
