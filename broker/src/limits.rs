@@ -26,6 +26,10 @@ pub struct Limits {
     pub message_bytes_max_default: usize,
     /// Upper bound for a Fetch response, whatever `max_bytes` the client asks for.
     pub fetch_response_bytes_max: usize,
+    /// Fetch response bytes a shard assembles at once. Each fetch reserves its
+    /// `max_bytes` (capped by `fetch_response_bytes_max`) while it reads and assembles, not
+    /// while it long-polls, so idle consumers hold nothing. 256 MiB = four maximum fetches.
+    pub shard_fetch_bytes_max: usize,
     /// Upper bound on a Fetch long poll, whatever `max_wait_ms` the client asks for.
     pub fetch_wait_max: Duration,
     /// Partitions a single topic may have (`CreateTopics` / `CreatePartitions` beyond this get
@@ -51,6 +55,7 @@ impl Default for Limits {
             connection_idle_max: Duration::from_secs(600),
             message_bytes_max_default: 1024 * 1024 + 12,
             fetch_response_bytes_max: 64 * 1024 * 1024,
+            shard_fetch_bytes_max: 256 * 1024 * 1024,
             fetch_wait_max: Duration::from_secs(30),
             topic_partitions_max: 10_000,
             topics_max: 100_000,
@@ -67,6 +72,12 @@ impl Limits {
             return Err(format!(
                 "the in-flight request budget per shard ({} bytes) must hold at least one maximum-size frame ({} bytes)",
                 self.shard_inflight_request_bytes_max, self.request_frame_bytes_max
+            ));
+        }
+        if self.fetch_response_bytes_max > self.shard_fetch_bytes_max {
+            return Err(format!(
+                "the fetch budget per shard ({} bytes) must hold at least one maximum fetch response ({} bytes)",
+                self.shard_fetch_bytes_max, self.fetch_response_bytes_max
             ));
         }
         if self.request_frame_bytes_max < 64 {

@@ -39,6 +39,8 @@ pub struct Shard {
     controller: Option<Controller>,
     /// Bytes of request frames this shard may hold at once (`Limits::shard_inflight_request_bytes_max`).
     pub request_budget: Rc<Semaphore>,
+    /// Bytes of Fetch responses this shard may assemble at once (`Limits::shard_fetch_bytes_max`).
+    pub fetch_budget: Rc<Semaphore>,
     /// Closed (never signalled) when shutdown starts: waiters see an error and stop.
     shutdown: Rc<Semaphore>,
     /// Closed when the first metadata snapshot has been applied.
@@ -262,6 +264,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         request_budget: Rc::new(Semaphore::new(
             config.limits.shard_inflight_request_bytes_max as u64,
         )),
+        fetch_budget: Rc::new(Semaphore::new(config.limits.shard_fetch_bytes_max as u64)),
         shutdown: Rc::new(Semaphore::new(0)),
         metadata_ready: Rc::new(Semaphore::new(0)),
         one_apply_at_a_time: Rc::new(Semaphore::new(1)),

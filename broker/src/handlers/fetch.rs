@@ -42,6 +42,11 @@ pub async fn handle(
     let snapshot = shard.metadata();
     let (wanted, mut topics) = resolve(&snapshot, request, response_bytes_max);
     loop {
+        let reserved = shard
+            .fetch_budget
+            .acquire_static_permit(response_bytes_max as u64)
+            .await
+            .expect("the fetch budget is never closed");
         let outcomes = join_all(wanted.iter().map(|wanted| fetch_one(shard, wanted))).await;
         let available: usize = outcomes
             .iter()
@@ -61,6 +66,7 @@ pub async fn handle(
             assemble(&wanted, outcomes, response_bytes_max, &mut topics);
             return FetchResponse::default().with_responses(topics);
         }
+        drop(reserved); // a parked fetch holds no budget
         wait_for_any_append(shard, &wanted, deadline - now).await;
     }
 }
