@@ -2,6 +2,7 @@
 answer early, nor spin), and an append wakes it at once. Uses a hand-built Fetch v4 on a raw
 socket so the timing is the broker's, not a client library's."""
 
+import os
 import struct
 import threading
 import time
@@ -9,10 +10,10 @@ import time
 from helpers import connect, create_topic, fetch_v4_body, make_messages, produce, read_frame, request_frame
 
 
-def timed_fetch(broker, topic, offset, max_wait_ms):
+def timed_fetch(broker, topic, offset, max_wait_ms, min_bytes=1):
     with connect(broker.bootstrap) as sock:
         started = time.monotonic()
-        sock.sendall(request_frame(1, 4, 42, fetch_v4_body(topic, 0, offset, max_wait_ms, min_bytes=1)))
+        sock.sendall(request_frame(1, 4, 42, fetch_v4_body(topic, 0, offset, max_wait_ms, min_bytes=min_bytes)))
         body = read_frame(sock)
         elapsed = time.monotonic() - started
     assert body is not None, "broker closed the connection"
@@ -43,3 +44,19 @@ def test_produce_wakes_a_parked_fetch(broker):
     thread.join()
     assert 0.9 <= elapsed < 5.0, f"woke after {elapsed:.2f}s; max_wait was 10s"
     assert len(body) > 100, "the woken fetch carries the new batch"
+
+
+def broker_cpu_seconds(broker):
+    fields = open(f"/proc/{broker.process.pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_fetch_below_min_bytes_parks_without_spinning(broker):
+    create_topic(broker.bootstrap, "trickle", 1)
+    produce(broker.bootstrap, "trickle", make_messages(1, seed=9))
+    cpu_before = broker_cpu_seconds(broker)
+    elapsed, body = timed_fetch(broker, "trickle", 0, max_wait_ms=1500, min_bytes=1_000_000)
+    cpu_used = broker_cpu_seconds(broker) - cpu_before
+    assert 1.4 <= elapsed < 3.0, f"answered after {elapsed:.2f}s with data below min_bytes"
+    assert cpu_used < 0.5, f"the broker burned {cpu_used:.2f}s of CPU while the fetch was parked"
+    assert len(body) > 60, "at max_wait the data that is there is returned"

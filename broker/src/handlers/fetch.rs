@@ -56,6 +56,12 @@ pub async fn handle(
         let any_error = outcomes
             .iter()
             .any(|outcome| outcome.error_code != codes::NONE);
+        // Wait for appends past what this round saw, not past the fetch offset: with some
+        // data below min_bytes the latter would be satisfied at once and spin.
+        let seen_high_watermarks: Vec<i64> = outcomes
+            .iter()
+            .map(|outcome| outcome.high_watermark)
+            .collect();
         let now = Instant::now();
         if available >= min_bytes
             || any_error
@@ -67,7 +73,7 @@ pub async fn handle(
             return FetchResponse::default().with_responses(topics);
         }
         drop(reserved); // a parked fetch holds no budget
-        wait_for_any_append(shard, &wanted, deadline - now).await;
+        wait_for_any_append(shard, &wanted, &seen_high_watermarks, deadline - now).await;
     }
 }
 
@@ -131,13 +137,19 @@ async fn fetch_one(shard: &Shard, wanted: &Wanted) -> FetchOutcome {
     }
 }
 
-/// Parks until any wanted partition gets data past its fetch offset, `wait` passes, or
-/// shutdown starts. The waits that lose the race are dropped; remote ones end on their own
-/// timer at the owner.
-async fn wait_for_any_append(shard: &Shard, wanted: &[Wanted], wait: Duration) {
+/// Parks until any wanted partition's high watermark passes what the last round saw (and
+/// its fetch offset), `wait` passes, or shutdown starts. The waits that lose the race are
+/// dropped; remote ones end on their own timer at the owner.
+async fn wait_for_any_append(
+    shard: &Shard,
+    wanted: &[Wanted],
+    seen_high_watermarks: &[i64],
+    wait: Duration,
+) {
     let mut waits: Vec<_> = wanted
         .iter()
-        .filter_map(|wanted| {
+        .zip(seen_high_watermarks)
+        .filter_map(|(wanted, seen_high_watermark)| {
             let (tp, owner) = wanted.placement.clone()?;
             Some(
                 shard
@@ -145,7 +157,7 @@ async fn wait_for_any_append(shard: &Shard, wanted: &[Wanted], wait: Duration) {
                         owner,
                         PartitionCall::WaitForData {
                             tp,
-                            offset: wanted.offset,
+                            offset: wanted.offset.max(*seen_high_watermark),
                             wait,
                         },
                     )
