@@ -48,6 +48,18 @@ pub enum PartitionCall {
     DeleteRecords { tp: TopicPartition, offset: i64 },
 }
 
+impl PartitionCall {
+    pub fn tp(&self) -> &TopicPartition {
+        match self {
+            PartitionCall::Produce { tp, .. }
+            | PartitionCall::Fetch { tp, .. }
+            | PartitionCall::WaitForData { tp, .. }
+            | PartitionCall::ListOffsets { tp, .. }
+            | PartitionCall::DeleteRecords { tp, .. } => tp,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct ProduceOutcome {
     pub error_code: i16,

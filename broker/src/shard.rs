@@ -101,6 +101,7 @@ impl Shard {
     async fn execute_call(self: Rc<Self>, call: ShardCall) -> ShardReply {
         match call {
             ShardCall::Partition(call) => {
+                self.check_ownership_on_receipt(call.tp());
                 ShardReply::Partition(partition::execute(&self.partitions, call).await)
             }
             ShardCall::Controller(call) => ShardReply::Controller(self.run_controller(call).await),
@@ -109,6 +110,30 @@ impl Shard {
                 ShardReply::MetadataApplied
             }
         }
+    }
+
+    /// A partition call from another shard must be for a partition this shard owns. The
+    /// sender routed by its own snapshot, which can be one change behind ours (a topic just
+    /// deleted), so a miss is answered as data (`NOT_LEADER_OR_FOLLOWER` from the table);
+    /// what must never happen is a call for a partition our current metadata places on a
+    /// different shard while we also hold it open.
+    fn check_ownership_on_receipt(&self, tp: &TopicPartition) {
+        let placed_on = self.metadata().owner_of(&tp.topic, tp.partition);
+        let held_here = self.partitions.log(tp).is_ok();
+        assert!(
+            !(held_here
+                && placed_on.is_some_and(|owner| owner != self.id)
+                && !self.is_applying_metadata()),
+            "shard {} holds {tp} open but the metadata places it on shard {placed_on:?}",
+            self.id
+        );
+        if !held_here {
+            tracing::debug!(shard = self.id, partition = %tp, ?placed_on, "partition call for a partition this shard does not hold");
+        }
+    }
+
+    fn is_applying_metadata(&self) -> bool {
+        self.one_apply_at_a_time.available() == 0
     }
 
     async fn run_controller(self: &Rc<Self>, call: ControllerCall) -> ControllerReply {
