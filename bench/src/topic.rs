@@ -1,0 +1,196 @@
+//! Topic set-up and partition layout: `Metadata`, `CreateTopics` and `ListOffsets`, run once before
+//! a workload starts so nothing on the measured path asks the cluster anything.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::thread;
+use std::time::Duration;
+
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, CreateTopicsRequest, ListOffsetsRequest, MetadataRequest, MetadataResponse,
+    TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::client::{protocol_error, Connection};
+
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const LEADER_NOT_AVAILABLE: i16 = 5;
+const TOPIC_ALREADY_EXISTS: i16 = 36;
+/// A new topic's leaders appear within this many metadata polls (100 ms apart) or the set-up
+/// fails: bounded, like everything else.
+const LEADER_POLLS_MAX: u32 = 100;
+const LEADER_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// `ListOffsets` timestamps meaning "log end" and "log start".
+const OFFSET_LATEST: i64 = -1;
+const OFFSET_EARLIEST: i64 = -2;
+
+/// Where each partition of the topic lives: `leaders[p]` is the `host:port` of partition `p`'s
+/// leader.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub topic: String,
+    pub leaders: Vec<String>,
+}
+
+impl Layout {
+    pub fn partitions(&self) -> usize {
+        self.leaders.len()
+    }
+}
+
+pub fn topic_name(topic: &str) -> TopicName {
+    TopicName(StrBytes::from_string(topic.to_string()))
+}
+
+/// Returns the topic's layout, creating it with `partitions` partitions when it does not
+/// exist. An existing topic keeps its partition count (and the caller is told).
+pub fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> io::Result<Layout> {
+    let mut connection = Connection::open(bootstrap)?;
+    let metadata = fetch_metadata(&mut connection, topic)?;
+    if topic_error(&metadata, topic) == Some(UNKNOWN_TOPIC_OR_PARTITION) {
+        create_topic(&mut connection, topic, partitions)?;
+    }
+    for _ in 0..LEADER_POLLS_MAX {
+        let metadata = fetch_metadata(&mut connection, topic)?;
+        if let Some(layout) = layout_of(&metadata, topic)? {
+            return Ok(layout);
+        }
+        thread::sleep(LEADER_POLL_INTERVAL);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("topic {topic}: partition leaders did not appear"),
+    ))
+}
+
+fn fetch_metadata(connection: &mut Connection, topic: &str) -> io::Result<MetadataResponse> {
+    let request = MetadataRequest::default()
+        .with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(topic_name(topic)))
+        ]))
+        .with_allow_auto_topic_creation(false);
+    connection.call(&request)
+}
+
+fn topic_error(metadata: &MetadataResponse, topic: &str) -> Option<i16> {
+    metadata
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
+        .map(|t| t.error_code)
+}
+
+fn create_topic(connection: &mut Connection, topic: &str, partitions: i32) -> io::Result<()> {
+    let version = connection.versions.get(ApiKey::CreateTopics)?;
+    // -1 ("broker default") replication needs v4+; a single-node target wants 1 anyway.
+    let replication_factor = if version >= 4 { -1 } else { 1 };
+    let request = CreateTopicsRequest::default()
+        .with_topics(vec![CreatableTopic::default()
+            .with_name(topic_name(topic))
+            .with_num_partitions(partitions)
+            .with_replication_factor(replication_factor)])
+        .with_timeout_ms(30_000);
+    let response = connection.call(&request)?;
+    for result in response.topics {
+        if result.error_code != 0 && result.error_code != TOPIC_ALREADY_EXISTS {
+            return Err(protocol_error(
+                &format!("CreateTopics {topic}"),
+                format!(
+                    "error {} {}",
+                    result.error_code,
+                    result.error_message.as_ref().map_or("", |m| m.as_str())
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The layout once every partition has a leader; `None` while leaders are still being elected.
+fn layout_of(metadata: &MetadataResponse, topic: &str) -> io::Result<Option<Layout>> {
+    let brokers: BTreeMap<BrokerId, String> = metadata
+        .brokers
+        .iter()
+        .map(|b| (b.node_id, format!("{}:{}", b.host.as_str(), b.port)))
+        .collect();
+    let Some(entry) = metadata
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == topic))
+    else {
+        return Ok(None);
+    };
+    match entry.error_code {
+        0 => {}
+        UNKNOWN_TOPIC_OR_PARTITION | LEADER_NOT_AVAILABLE => return Ok(None),
+        code => return Err(protocol_error(&format!("Metadata {topic}"), code)),
+    }
+    let mut partitions: Vec<_> = entry.partitions.iter().collect();
+    partitions.sort_by_key(|p| p.partition_index);
+    let mut leaders = Vec::with_capacity(partitions.len());
+    for (expected, partition) in partitions.iter().enumerate() {
+        let Some(address) = brokers.get(&partition.leader_id) else {
+            return Ok(None);
+        };
+        if partition.partition_index as usize != expected || partition.error_code != 0 {
+            return Ok(None);
+        }
+        leaders.push(address.clone());
+    }
+    if leaders.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Layout {
+        topic: topic.to_string(),
+        leaders,
+    }))
+}
+
+/// Which end of each partition's log to ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogEnd {
+    Start,
+    End,
+}
+
+/// The start or end offset of every partition, asked of each partition's leader.
+pub fn list_offsets(layout: &Layout, end: LogEnd) -> io::Result<Vec<i64>> {
+    let timestamp = match end {
+        LogEnd::Start => OFFSET_EARLIEST,
+        LogEnd::End => OFFSET_LATEST,
+    };
+    let mut offsets = vec![0; layout.partitions()];
+    let mut by_leader: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (partition, leader) in layout.leaders.iter().enumerate() {
+        by_leader.entry(leader).or_default().push(partition as i32);
+    }
+    for (leader, partitions) in by_leader {
+        let mut connection = Connection::open(leader)?;
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(topic_name(&layout.topic))
+                .with_partitions(
+                    partitions
+                        .iter()
+                        .map(|&p| {
+                            ListOffsetsPartition::default()
+                                .with_partition_index(p)
+                                .with_timestamp(timestamp)
+                        })
+                        .collect(),
+                )]);
+        let response = connection.call(&request)?;
+        for partition in response.topics.iter().flat_map(|t| &t.partitions) {
+            if partition.error_code != 0 {
+                return Err(protocol_error("ListOffsets", partition.error_code));
+            }
+            offsets[partition.partition_index as usize] = partition.offset;
+        }
+    }
+    Ok(offsets)
+}
