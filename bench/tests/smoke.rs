@@ -1,0 +1,203 @@
+//! Guards that `ringfeed-bench` drives the real broker end to end: a 2-second produce run and a
+//! 2-second e2e run against a `ringfeed serve` started on an ephemeral port, checking that the
+//! JSON, histogram and plot outputs are well-formed and the counts are non-zero. Not speed.
+//!
+//! The broker binary is found next to this test's target directory (`<target>/<profile>/
+//! ringfeed`, either profile) or through `RINGFEED_BIN`; when it is missing the test builds it
+//! with `cargo build -p ringfeed-broker` into the same target directory.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_ringfeed-bench");
+const BROKER_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `<target>` from `<target>/<profile>/deps/<test binary>`.
+fn target_dir() -> PathBuf {
+    let test_binary = std::env::current_exe().expect("test binary path");
+    test_binary
+        .ancestors()
+        .nth(3)
+        .expect("test binary lives in <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+fn find_broker() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("RINGFEED_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let target = target_dir();
+    let candidates = ["debug", "release"].map(|profile| target.join(profile).join("ringfeed"));
+    candidates.into_iter().find(|path| path.is_file())
+}
+
+fn build_broker() -> Option<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    eprintln!(
+        "smoke: building ringfeed-broker (not found in {})",
+        target_dir().display()
+    );
+    let status = Command::new(cargo)
+        .args(["build", "-p", "ringfeed-broker", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir())
+        .status()
+        .ok()?;
+    status.success().then(find_broker).flatten()
+}
+
+/// A broker process that is stopped when dropped.
+struct Broker {
+    child: Child,
+    address: String,
+    _data_dir: tempfile::TempDir,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `HOST:PORT` in the broker's "listening on" log line (ANSI colours stripped).
+fn listening_address(line: &str) -> Option<String> {
+    let mut plain = String::new();
+    let mut in_escape = false;
+    for c in line.chars() {
+        match (in_escape, c) {
+            (false, '\x1b') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (false, c) => plain.push(c),
+            (true, _) => {}
+        }
+    }
+    let rest = plain.split("listening on ").nth(1)?;
+    Some(rest.split_whitespace().next()?.to_string())
+}
+
+fn start_broker(binary: &Path) -> Broker {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(binary)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--data-dir",
+        ])
+        .arg(data_dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ringfeed");
+    let stderr = child.stderr.take().expect("piped");
+    let (found, address) = mpsc::channel();
+    std::thread::spawn(move || {
+        // Keep draining after the address is found so the broker never blocks on a full pipe.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(address) = listening_address(&line) {
+                let _ = found.send(address);
+            }
+        }
+    });
+    let address = address
+        .recv_timeout(BROKER_START_TIMEOUT)
+        .expect("ringfeed logs its listening address");
+    Broker {
+        child,
+        address,
+        _data_dir: data_dir,
+    }
+}
+
+fn run_bench(broker: &Broker, dir: &Path, workload: &str, extra: &[&str]) -> serde_json::Value {
+    let json = dir.join(format!("{workload}.json"));
+    let output = Command::new(BENCH)
+        .args(["--bootstrap", &broker.address, "--workload", workload])
+        .args(["--topic", &format!("smoke-{workload}"), "--partitions", "2"])
+        .args(["--duration", "2", "--timeout", "60", "--quiet", "--json"])
+        .arg(&json)
+        .arg("--histogram-file")
+        .arg(dir.join(format!("{workload}.hgrm")))
+        .arg("--plot")
+        .arg(dir.join(format!("{workload}.svg")))
+        .args(extra)
+        .output()
+        .expect("run ringfeed-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "ringfeed-bench {workload} failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("msg/s"), "table printed:\n{stdout}");
+    let text = std::fs::read_to_string(&json).expect("JSON written");
+    serde_json::from_str(&text).expect("JSON is well-formed")
+}
+
+fn assert_role(document: &serde_json::Value, role: &str, latency: &str) {
+    let figures = &document["results"][role];
+    assert!(
+        figures["messages"].as_u64().unwrap_or(0) > 0,
+        "{role}: {figures}"
+    );
+    assert!(figures["throughput_mb_per_s"].as_f64().unwrap_or(0.0) > 0.0);
+    assert_eq!(figures["errors"], 0);
+    for suffix in ["p50", "p90", "p99", "p999", "p9999", "max"] {
+        let value = figures[format!("{latency}_us_{suffix}")].as_f64();
+        assert!(
+            value.is_some_and(|v| v > 0.0),
+            "{role} {latency} {suffix}: {figures}"
+        );
+    }
+}
+
+fn assert_outputs(dir: &Path, workload: &str) {
+    let hgrm =
+        std::fs::read_to_string(dir.join(format!("{workload}.hgrm"))).expect("histogram file");
+    assert!(
+        hgrm.contains("Percentile") && hgrm.contains("#[Max"),
+        "{hgrm}"
+    );
+    let svg = std::fs::read_to_string(dir.join(format!("{workload}.svg"))).expect("plot");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("<polyline"),
+        "{svg}"
+    );
+}
+
+#[test]
+fn produce_and_e2e_against_the_real_broker() {
+    let Some(binary) = find_broker().or_else(build_broker) else {
+        eprintln!("smoke: SKIPPED: no ringfeed binary found or buildable; set RINGFEED_BIN");
+        return;
+    };
+    let broker = start_broker(&binary);
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    let produce = run_bench(&broker, dir.path(), "produce", &[]);
+    assert_eq!(produce["schema"], "ringfeed-bench/1");
+    assert_eq!(produce["parameters"]["workload"], "produce");
+    assert_role(&produce, "produce", "publish_latency");
+    assert!(produce["client"]["process_cpu_s"].as_f64().is_some());
+    assert_outputs(dir.path(), "produce");
+
+    let e2e = run_bench(
+        &broker,
+        dir.path(),
+        "e2e",
+        &["--rate", "2000", "--warmup", "0.5"],
+    );
+    assert_role(&e2e, "produce", "publish_latency");
+    assert_role(&e2e, "consume", "e2e_latency");
+    assert_eq!(e2e["parameters"]["rate_msgs_per_s"], 2000.0);
+    assert_outputs(dir.path(), "e2e");
+    assert!(dir.path().join("e2e-publish.hgrm").is_file());
+}
