@@ -54,7 +54,8 @@ pub struct Cli {
     /// 0 (no response), 1 (leader appended) or all (durable on the broker).
     #[arg(long, value_enum, default_value_t = Acks::One)]
     pub acks: Acks,
-    /// Largest record batch a producer builds, in bytes of record values.
+    /// Largest record batch a producer builds, in encoded bytes (as Kafka's `batch.size`);
+    /// a batch always holds at least one record.
     #[arg(long = "batch-size", value_name = "BYTES", default_value_t = 16_384)]
     pub batch_size_bytes: usize,
     /// How long a producer waits for a batch to fill before sending it anyway.
@@ -165,6 +166,14 @@ impl CompressionArg {
 pub enum StartFrom {
     Earliest,
     Latest,
+}
+
+/// The name a value has on the command line and in the JSON (`e2e`, `all`, `zstd`).
+pub fn flag_name(value: impl Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// Bytes at the front of every value for end-to-end timing: intended send time (ns) and the

@@ -131,8 +131,10 @@ fn write_plot(cli: &Cli, runs: &[(&str, &RunResult)], path: &Path) -> std::io::R
         .rate()
         .map_or("unlimited".to_string(), |r| format!("{r} msg/s"));
     let title = format!(
-        "ringfeed-bench {:?}: {} B messages, acks={:?}, rate {rate}",
-        cli.workload, cli.message_size_bytes, cli.acks
+        "ringfeed-bench {}: {} B messages, acks={}, rate {rate}",
+        cli::flag_name(cli.workload),
+        cli.message_size_bytes,
+        cli::flag_name(cli.acks)
     );
     std::fs::write(path, plot::svg(&title, &series))
 }

@@ -30,7 +30,7 @@ struct Tick {
 impl Progress {
     pub fn start(cli: &Cli, context: Arc<RunContext>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let label = format!("{:?}", cli.workload).to_lowercase();
+        let label = crate::cli::flag_name(cli.workload);
         let total_messages = cli.messages;
         let counts_consumed = cli.workload == Workload::Consume;
         let stop_flag = stop.clone();

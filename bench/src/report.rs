@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
-use crate::cli::{Cli, Workload};
+use crate::cli::{flag_name, Cli, Workload};
 use crate::stats::{round3, LatencySummary, RoleStats, PERCENTILES};
 use crate::system::Host;
 use crate::workloads::RunResult;
@@ -178,10 +178,9 @@ pub fn table(cli: &Cli, result: &RunResult) -> String {
         .map_or("unlimited".into(), |r| format!("{} msg/s", thousands(r)));
     let _ = writeln!(
         out,
-        "{:?} against {}  topic {} ({} partitions)  {} B messages  acks={}  batch {} B  linger {} ms  {:?}  rate {rate}",
-        cli.workload, result.bootstrap, cli.topic, result.partitions, cli.message_size_bytes,
-        serde_json::to_value(cli.acks).expect("serializes").as_str().unwrap_or("?"),
-        cli.batch_size_bytes, cli.linger_ms, cli.compression,
+        "{} against {}  topic {} ({} partitions)  {} B messages  acks={}  batch {} B  linger {} ms  compression {}  rate {rate}",
+        flag_name(cli.workload), result.bootstrap, cli.topic, result.partitions, cli.message_size_bytes,
+        flag_name(cli.acks), cli.batch_size_bytes, cli.linger_ms, flag_name(cli.compression),
     );
     let _ = writeln!(
         out,
