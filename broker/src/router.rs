@@ -12,9 +12,9 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use futures::channel::oneshot;
 use futures::StreamExt;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+use glommio::channels::local_channel::{self, LocalSender};
 
 use crate::controller::{ControllerCall, ControllerReply};
 use crate::metadata::MetadataSnapshot;
@@ -81,7 +81,8 @@ pub struct ShardRouter {
     call_senders: Senders<CallEnvelope>,
     reply_senders: Senders<ReplyEnvelope>,
     /// Calls sent and not yet answered, by call id.
-    pending: RefCell<HashMap<u64, oneshot::Sender<ShardReply>>>,
+    /// Each waiter is a one-slot local channel: single-threaded, no atomics or locks.
+    pending: RefCell<HashMap<u64, LocalSender<ShardReply>>>,
     next_call_id: Cell<u64>,
 }
 
@@ -118,7 +119,7 @@ impl ShardRouter {
         );
         let call_id = self.next_call_id.get();
         self.next_call_id.set(call_id + 1);
-        let (reply_sender, reply_receiver) = oneshot::channel();
+        let (reply_sender, reply_receiver) = local_channel::new_bounded(1);
         self.pending.borrow_mut().insert(call_id, reply_sender);
         if self
             .call_senders
@@ -129,7 +130,7 @@ impl ShardRouter {
             self.pending.borrow_mut().remove(&call_id);
             return Err(PeerGone { shard });
         }
-        reply_receiver.await.map_err(|_| PeerGone { shard })
+        reply_receiver.recv().await.ok_or(PeerGone { shard })
     }
 
     async fn reply(&self, shard: usize, call_id: u64, reply: ShardReply) {
@@ -143,7 +144,7 @@ impl ShardRouter {
     fn resolve(&self, envelope: ReplyEnvelope) {
         // The caller may have stopped waiting (a cancelled long poll); then the reply is dropped.
         if let Some(waiter) = self.pending.borrow_mut().remove(&envelope.call_id) {
-            let _ = waiter.send(envelope.reply);
+            let _ = waiter.try_send(envelope.reply);
         }
     }
 }
