@@ -44,6 +44,14 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
             options.data_dir.display()
         )
     })?;
+    // glommio opens directories by absolute path only (a relative one fails with EBADF), and
+    // the default data dir is relative.
+    let data_dir = std::path::absolute(&options.data_dir).map_err(|error| {
+        format!(
+            "cannot resolve data dir {}: {error}",
+            options.data_dir.display()
+        )
+    })?;
     let requested = resolve_address(&options.listen)?;
     // Binding port 0 on every shard would give each its own port: reserve one first, in the
     // same SO_REUSEPORT group, and hold it until every shard listens on it.
@@ -58,7 +66,7 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         listen,
         advertised_host,
         advertised_port,
-        data_dir: options.data_dir.clone(),
+        data_dir,
         shard_cpus: shard_cpus(options)?,
         spin_before_park: (options.spin_before_park_us > 0)
             .then(|| Duration::from_micros(options.spin_before_park_us)),

@@ -174,6 +174,9 @@ impl<D: Disk> PartitionLog<D> {
         config: LogConfig,
         clock: Clock,
     ) -> Result<(Self, RecoveryReport), StorageError> {
+        // glommio opens directories relative to no fd: a relative path fails with EBADF.
+        let dir = &std::path::absolute(dir)
+            .map_err(|e| StorageError::io("resolving the partition directory", e))?;
         let (state, report) = recovery::recover(&disk, dir, config, &clock).await?;
         let flusher_wake = Rc::new(Signal::default());
         let inner = Rc::new(Inner {
