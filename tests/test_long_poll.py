@@ -3,6 +3,7 @@ answer early, nor spin), and an append wakes it at once. Uses a hand-built Fetch
 socket so the timing is the broker's, not a client library's."""
 
 import os
+import signal
 import struct
 import threading
 import time
@@ -60,3 +61,18 @@ def test_fetch_below_min_bytes_parks_without_spinning(broker):
     assert 1.4 <= elapsed < 3.0, f"answered after {elapsed:.2f}s with data below min_bytes"
     assert cpu_used < 0.5, f"the broker burned {cpu_used:.2f}s of CPU while the fetch was parked"
     assert len(body) > 60, "at max_wait the data that is there is returned"
+
+
+def test_sigterm_answers_a_parked_fetch_and_exits_promptly(broker):
+    """Shutdown finishes in-flight requests: a long poll is answered (early, empty), not cut."""
+    create_topic(broker.bootstrap, "parked", 1)
+    with connect(broker.bootstrap) as sock:
+        sock.sendall(request_frame(1, 4, 77, fetch_v4_body("parked", 0, 0, max_wait_ms=30_000, min_bytes=1)))
+        time.sleep(0.3)  # let the fetch park
+        started = time.monotonic()
+        broker.process.send_signal(signal.SIGTERM)
+        body = read_frame(sock)
+        answered_after = time.monotonic() - started
+    assert body is not None and struct.unpack(">i", body[:4])[0] == 77, "the parked fetch must get its response"
+    assert broker.process.wait(timeout=10) == 0
+    assert answered_after < 5, f"answered {answered_after:.2f}s after SIGTERM; max_wait was 30s"
