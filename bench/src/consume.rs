@@ -96,7 +96,8 @@ fn run_consumer(config: &ConsumeConfig, spec: &ConsumerSpec, context: &RunContex
         context.abort();
     }
     stats.cpu = thread_cpu_time();
-    stats.wall = Duration::from_nanos(context.clock.now_ns() - started_ns);
+    stats.stopped_ns = context.clock.now_ns();
+    stats.wall = Duration::from_nanos(stats.stopped_ns - started_ns);
     stats
 }
 

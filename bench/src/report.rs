@@ -24,11 +24,15 @@ pub const COMPARE_SCHEMA: &str = "ringfeed-bench/compare/1";
 /// A client thread busier than this may be what limits the figure; the table says so.
 const CLIENT_BUSY_FRACTION_WARN: f64 = 0.8;
 
-/// Seconds from the end of warm-up to the last measured acknowledgement or receipt.
+/// The measured window: from the end of warm-up to the last measured acknowledgement or
+/// receipt, or to the end of the requested duration when the role was still running then but
+/// had nothing to do (a consumer at the tail with no producer).
 fn measured_seconds(role: &RoleStats, result: &RunResult) -> f64 {
-    role.last_measured_ns
-        .saturating_sub(result.measure_start_ns) as f64
-        / 1e9
+    let idle_until_ns = result
+        .measure_end_ns
+        .map_or(0, |end_ns| end_ns.min(role.stopped_ns));
+    let end_ns = role.last_measured_ns.max(idle_until_ns);
+    end_ns.saturating_sub(result.measure_start_ns) as f64 / 1e9
 }
 
 fn role_json(role: &RoleStats, result: &RunResult) -> Map<String, Value> {
@@ -134,6 +138,7 @@ pub fn run_json(cli: &Cli, result: &RunResult) -> Value {
         "fill_messages": result.fill_messages,
         "wall_s": round3(wall_s),
         "deadline_hit": result.deadline_hit,
+        "host_cpu_busy_other_percent": round3(result.other_busy_percent),
         "client": client_json(result),
         "broker": result.broker_cpu.map(|cpu| json!({
             "cpu_s": round3(cpu.as_secs_f64()),
@@ -246,6 +251,11 @@ fn client_line(result: &RunResult) -> String {
             cpu.as_secs_f64() / wall_s.max(1e-9) * 100.0
         );
     }
+    let _ = writeln!(
+        out,
+        "host: {:.0}% of all CPU time went to other processes during the run",
+        result.other_busy_percent
+    );
     if client["client_may_be_bottleneck"].as_bool() == Some(true) {
         let _ = writeln!(out, "WARNING: a client thread was busy over {:.0}% of its run: these figures may be client-bound", CLIENT_BUSY_FRACTION_WARN * 100.0);
     }

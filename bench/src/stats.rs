@@ -100,6 +100,8 @@ pub struct ThreadStats {
     pub codec_ns: u64,
     pub cpu: Duration,
     pub wall: Duration,
+    /// When the thread finished, since the run's epoch.
+    pub stopped_ns: u64,
 }
 
 impl ThreadStats {
@@ -118,6 +120,7 @@ impl ThreadStats {
             codec_ns: 0,
             cpu: Duration::ZERO,
             wall: Duration::ZERO,
+            stopped_ns: 0,
         }
     }
 
@@ -138,6 +141,8 @@ pub struct RoleStats {
     pub errors: u64,
     pub first_error: Option<String>,
     pub last_measured_ns: u64,
+    /// When the role's last thread finished.
+    pub stopped_ns: u64,
     pub publish: Histogram<u64>,
     pub end_to_end: Histogram<u64>,
     pub send_delay: Histogram<u64>,
@@ -164,6 +169,7 @@ impl RoleStats {
             errors: 0,
             first_error: None,
             last_measured_ns: 0,
+            stopped_ns: 0,
             publish: new_histogram(),
             end_to_end: new_histogram(),
             send_delay: new_histogram(),
@@ -177,6 +183,7 @@ impl RoleStats {
             merged.errors += thread.errors;
             merged.first_error = merged.first_error.or(thread.first_error);
             merged.last_measured_ns = merged.last_measured_ns.max(thread.last_measured_ns);
+            merged.stopped_ns = merged.stopped_ns.max(thread.stopped_ns);
             merged.publish.add(&thread.publish).expect("same bounds");
             merged
                 .end_to_end

@@ -112,6 +112,53 @@ pub fn pid_cpu_time(pid: u32) -> io::Result<Duration> {
     ))
 }
 
+/// Host-wide CPU time from `/proc/stat`, to tell how much of the machine other work used
+/// while a run was measuring (a build next door shows up here, not in the figures' names).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostCpu {
+    pub busy: Duration,
+    pub total: Duration,
+}
+
+impl HostCpu {
+    pub fn sample() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let Some(line) = stat.lines().next() else {
+            return Self::default();
+        };
+        // user nice system idle iowait irq softirq steal
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        if ticks.len() < 8 {
+            return Self::default();
+        }
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let to_time = |t: u64| Duration::from_nanos(t * 1_000_000_000 / ticks_per_s);
+        let total: u64 = ticks.iter().sum();
+        let idle = ticks[3] + ticks[4];
+        Self {
+            busy: to_time(total - idle),
+            total: to_time(total),
+        }
+    }
+
+    /// Percent of all CPUs' time between `self` and `later` that went to anything but the
+    /// CPU time named in `accounted` (the bench and the broker).
+    pub fn other_busy_percent(self, later: Self, accounted: Duration) -> f64 {
+        let total = later.total.saturating_sub(self.total).as_secs_f64();
+        let busy = later.busy.saturating_sub(self.busy);
+        if total <= 0.0 {
+            return 0.0;
+        }
+        (busy.saturating_sub(accounted).as_secs_f64() / total * 100.0).max(0.0)
+    }
+}
+
 /// What the figures were measured on.
 #[derive(Clone, Debug, Serialize)]
 pub struct Host {

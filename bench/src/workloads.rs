@@ -14,7 +14,7 @@ use crate::consume::{self, ConsumeConfig, ConsumerSpec};
 use crate::produce::{self, ProduceConfig, ProducerSpec};
 use crate::progress::Progress;
 use crate::stats::{LiveCounters, RoleStats};
-use crate::system::{cpu_for, pid_cpu_time, process_cpu_time, Clock};
+use crate::system::{cpu_for, pid_cpu_time, process_cpu_time, Clock, HostCpu};
 use crate::topic::{ensure_topic, list_offsets, Layout, LogEnd};
 
 /// What every thread of one run shares. Cheap to clone (the counters are behind an `Arc`).
@@ -67,9 +67,13 @@ pub struct RunResult {
     /// Messages written before a consume run so it had something to read (not measured).
     pub fill_messages: u64,
     pub measure_start_ns: u64,
+    pub measure_end_ns: Option<u64>,
     pub wall: Duration,
     pub client_cpu: Duration,
     pub broker_cpu: Option<Duration>,
+    /// Percent of the host's CPU time used by neither the bench nor the broker (when
+    /// `--broker-pid` names it) during the run: noise in the figures.
+    pub other_busy_percent: f64,
     pub deadline_hit: bool,
 }
 
@@ -85,6 +89,7 @@ pub fn run(cli: &Cli, bootstrap: &str) -> io::Result<RunResult> {
     }
     let broker_cpu_before = cli.broker_pid.and_then(|pid| pid_cpu_time(pid).ok());
     let client_cpu_before = process_cpu_time();
+    let host_before = HostCpu::sample();
     let clock = Clock::start();
     let mut fill_messages = 0;
     if cli.workload == Workload::Consume && cli.from == StartFrom::Earliest {
@@ -115,6 +120,8 @@ pub fn run(cli: &Cli, bootstrap: &str) -> io::Result<RunResult> {
             .map(|after| after.saturating_sub(before)),
         _ => None,
     };
+    let client_cpu = process_cpu_time().saturating_sub(client_cpu_before);
+    let accounted = client_cpu + broker_cpu.unwrap_or_default();
     Ok(RunResult {
         bootstrap: bootstrap.to_string(),
         partitions: layout.partitions(),
@@ -122,9 +129,11 @@ pub fn run(cli: &Cli, bootstrap: &str) -> io::Result<RunResult> {
         consume,
         fill_messages,
         measure_start_ns: context.measure_start_ns,
+        measure_end_ns: context.measure_end_ns,
         wall,
-        client_cpu: process_cpu_time().saturating_sub(client_cpu_before),
+        client_cpu,
         broker_cpu,
+        other_busy_percent: host_before.other_busy_percent(HostCpu::sample(), accounted),
         deadline_hit: clock.now_ns() >= context.deadline_ns,
     })
 }
