@@ -34,11 +34,15 @@ def ringfeed_binary():
 class Broker:
     """One ringfeed process. `restart` keeps the data directory and port."""
 
-    def __init__(self, data_dir, log_path, shards=1, extra_args=()):
-        self.data_dir = Path(data_dir)
+    def __init__(self, data_dir, log_path, shards=1, extra_args=(), cwd=None):
+        """`data_dir=None` leaves --data-dir out (the default, relative to `cwd`);
+        `shards=None` leaves --shards out."""
+        self.data_dir = Path(data_dir) if data_dir is not None else Path(cwd) / "ringfeed-data"
+        self.data_dir_arg = ["--data-dir", str(data_dir)] if data_dir is not None else []
         self.log_path = Path(log_path)
-        self.shards = shards
+        self.shards_arg = ["--shards", str(shards)] if shards is not None else []
         self.extra_args = list(extra_args)
+        self.cwd = cwd
         self.port = 0
         self.process = None
 
@@ -50,13 +54,14 @@ class Broker:
         command = [
             ringfeed_binary(), "serve",
             "--listen", f"127.0.0.1:{self.port}",
-            "--data-dir", str(self.data_dir),
-            "--shards", str(self.shards),
+            *self.data_dir_arg,
+            *self.shards_arg,
             *self.extra_args,
         ]
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=log, env={**os.environ, "NO_COLOR": "1"})
+        self.process = subprocess.Popen(command, stdout=log, stderr=log, cwd=self.cwd,
+                                        env={**os.environ, "NO_COLOR": "1"})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             match = LISTENING.search(self.new_log())
@@ -90,12 +95,19 @@ class Broker:
 
 @pytest.fixture
 def start_broker(tmp_path):
-    """Factory: start_broker(shards=1, extra_args=()) -> a running Broker, stopped after the test."""
+    """Factory: start_broker(shards=1, extra_args=(), default_data_dir=False) -> a running
+    Broker, killed after the test. `default_data_dir` runs it in a fresh directory without
+    --data-dir, so the default ./ringfeed-data is used."""
     brokers = []
 
-    def start(shards=1, extra_args=()):
+    def start(shards=1, extra_args=(), default_data_dir=False):
         index = len(brokers)
-        broker = Broker(tmp_path / f"data{index}", tmp_path / f"broker{index}.log", shards, extra_args)
+        if default_data_dir:
+            cwd = tmp_path / f"cwd{index}"
+            cwd.mkdir()
+            broker = Broker(None, tmp_path / f"broker{index}.log", shards, extra_args, cwd=cwd)
+        else:
+            broker = Broker(tmp_path / f"data{index}", tmp_path / f"broker{index}.log", shards, extra_args)
         brokers.append(broker.start())
         return broker
 

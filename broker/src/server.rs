@@ -5,6 +5,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +75,43 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         default_partitions: options.default_partitions,
         limits: options.limits.clone(),
     });
+    let StartedShards {
+        handles,
+        shutdown_senders,
+        listening,
+    } = start_shards(&config)?;
+    install_signal_handler(shutdown_senders)?;
+    for _ in 0..config.shard_count() {
+        if listening.recv().is_err() {
+            break; // a shard ended before listening; its error is reported by join below
+        }
+    }
+    drop(reservation);
+    tracing::info!(
+        "ringfeed listening on {} (advertised {}:{}), {} shards on cpus {:?}, data dir {}",
+        config.listen,
+        config.advertised_host,
+        config.advertised_port,
+        config.shard_count(),
+        config.shard_cpus,
+        config.data_dir.display()
+    );
+    join_shards(handles)
+}
+
+type ShardHandles = Vec<glommio::ExecutorJoinHandle<Result<(), String>>>;
+
+/// The running shards, as `serve` drives them.
+struct StartedShards {
+    handles: ShardHandles,
+    /// One trigger per shard; the signal thread fires them all.
+    shutdown_senders: Vec<oneshot::Sender<()>>,
+    /// Each shard sends its index once it listens.
+    listening: Receiver<usize>,
+}
+
+/// Starts one pinned executor per shard.
+fn start_shards(config: &Arc<BrokerConfig>) -> Result<StartedShards, String> {
     let meshes = MeshPair::new(config.shard_count(), config.limits.mesh_channel_slots);
     let drained_shards = Arc::new(AtomicUsize::new(0));
     let (listening_sender, listening) = std::sync::mpsc::channel();
@@ -100,24 +138,11 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
             .map_err(|error| format!("cannot start shard {index} on cpu {cpu}: {error}"))?;
         handles.push(handle);
     }
-    drop(listening_sender);
-    install_signal_handler(shutdown_senders)?;
-    for _ in 0..config.shard_count() {
-        if listening.recv().is_err() {
-            break; // a shard ended before listening; its error is reported by join below
-        }
-    }
-    drop(reservation);
-    tracing::info!(
-        "ringfeed listening on {} (advertised {}:{}), {} shards on cpus {:?}, data dir {}",
-        config.listen,
-        config.advertised_host,
-        config.advertised_port,
-        config.shard_count(),
-        config.shard_cpus,
-        config.data_dir.display()
-    );
-    join_shards(handles)
+    Ok(StartedShards {
+        handles,
+        shutdown_senders,
+        listening,
+    })
 }
 
 fn join_shards(
