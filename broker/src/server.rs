@@ -191,9 +191,17 @@ fn reserve_port(address: SocketAddr) -> Result<socket2::Socket, String> {
     Ok(socket)
 }
 
+/// Where clients are told to connect. Without `--advertised-listener` it is the listen
+/// address, except that a wildcard (0.0.0.0 / ::) is no address a client can dial: then the
+/// host name is advertised, as Kafka does.
 fn advertised(options: &ServeOptions, listen: SocketAddr) -> Result<(String, i32), String> {
     let Some(advertised) = &options.advertised_listener else {
-        return Ok((listen.ip().to_string(), i32::from(listen.port())));
+        let host = if listen.ip().is_unspecified() {
+            host_name()?
+        } else {
+            listen.ip().to_string()
+        };
+        return Ok((host, i32::from(listen.port())));
     };
     let (host, port) = advertised
         .rsplit_once(':')
@@ -207,6 +215,25 @@ fn advertised(options: &ServeOptions, listen: SocketAddr) -> Result<(String, i32
             .to_string(),
         i32::from(port),
     ))
+}
+
+fn host_name() -> Result<String, String> {
+    let mut buffer = [0_u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it on
+    // success (the last byte stays 0 either way).
+    let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len() - 1) };
+    if result != 0 {
+        return Err(format!(
+            "listening on a wildcard address needs --advertised-listener (gethostname failed: {})",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let length = buffer
+        .iter()
+        .position(|byte| *byte == 0)
+        .unwrap_or(buffer.len());
+    String::from_utf8(buffer[..length].to_vec())
+        .map_err(|_| "the host name is not UTF-8".to_string())
 }
 
 fn shard_cpus(options: &ServeOptions) -> Result<Vec<usize>, String> {
