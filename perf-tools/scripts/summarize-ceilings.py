@@ -43,7 +43,8 @@ def spread(docs, name):
 
 def other_busy_max(docs):
     """The most any other work used of the cores during one of these runs, in percent."""
-    return max(d["host"].get("cpu_busy_other_percent") or 0.0 for d in docs)
+    values = [d["host"]["cpu_busy_other_percent"] for d in docs if d["host"].get("cpu_busy_other_percent") is not None]
+    return max(values) if values else float("nan")
 
 
 def size(n):

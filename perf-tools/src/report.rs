@@ -217,11 +217,27 @@ pub fn table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<width$}  {:>12.1}  {:<28} {:>12.1}  {:>10}",
-            row.broker_figure, row.broker_value, row.ceiling, row.ceiling_value, ratio
+            "{:<width$}  {:>12}  {:<28} {:>12}  {:>10}",
+            row.broker_figure,
+            format_value(row.broker_value),
+            row.ceiling,
+            format_value(row.ceiling_value),
+            ratio
         );
     }
     out
+}
+
+/// Enough digits that a 0.012 ms latency does not print as 0.0.
+fn format_value(value: f64) -> String {
+    let magnitude = value.abs();
+    if magnitude >= 100.0 {
+        format!("{value:.1}")
+    } else if magnitude >= 1.0 {
+        format!("{value:.2}")
+    } else {
+        format!("{value:.4}")
+    }
 }
 
 pub fn write_json(rows: &[Row], path: &Path) -> io::Result<()> {
@@ -332,5 +348,6 @@ mod tests {
         assert_eq!(find("rtt_us_p99").ceiling, "loopback 100 B spin");
         assert!(table(&rows).contains("70.0%"));
         assert!(table(&rows).contains("2.00x"));
+        assert!(table(&rows).contains("0.0400"), "{}", table(&rows));
     }
 }
