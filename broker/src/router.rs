@@ -183,3 +183,75 @@ where
         .detach();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use futures::future::join_all;
+    use glommio::{LocalExecutorBuilder, Placement};
+
+    use super::*;
+    use crate::metadata::TopicPartition;
+    use crate::partition::OffsetOutcome;
+
+    /// Answers a `ListOffsets` call with `timestamp * 10 + answering shard`, so a caller can
+    /// tell both which call and which shard a reply belongs to.
+    async fn answer(shard: usize, call: ShardCall) -> ShardReply {
+        let ShardCall::Partition(PartitionCall::ListOffsets { timestamp_ms, .. }) = call else {
+            panic!("unexpected call {call:?}");
+        };
+        // Later calls answer sooner, so replies arrive out of order.
+        glommio::timer::sleep(Duration::from_micros(200 - timestamp_ms as u64)).await;
+        ShardReply::Partition(PartitionReply::Offset(OffsetOutcome {
+            error_code: 0,
+            offset: timestamp_ms * 10 + shard as i64,
+            timestamp_ms,
+        }))
+    }
+
+    #[test]
+    fn concurrent_calls_between_two_shards_each_get_their_own_reply() {
+        let meshes = MeshPair::new(2, 8);
+        let finished = Arc::new(AtomicUsize::new(0));
+        let shards: Vec<_> = (0..2)
+            .map(|_| {
+                let (meshes, finished) = (meshes.clone(), finished.clone());
+                LocalExecutorBuilder::new(Placement::Unbound)
+                    .io_memory(1 << 20)
+                    .spawn(move || async move {
+                        let (router, incoming) = join(meshes).await;
+                        let router = Rc::new(router);
+                        let me = router.shard_id();
+                        serve_incoming(&router, incoming, move |call| answer(me, call));
+                        let peer = 1 - me;
+                        let calls = (0..100).map(|timestamp_ms| {
+                            let tp = TopicPartition {
+                                topic: "t".into(),
+                                partition: 0,
+                            };
+                            let call = PartitionCall::ListOffsets { tp, timestamp_ms };
+                            router.call(peer, ShardCall::Partition(call))
+                        });
+                        for (timestamp_ms, reply) in join_all(calls).await.into_iter().enumerate() {
+                            let Ok(ShardReply::Partition(PartitionReply::Offset(outcome))) = reply
+                            else {
+                                panic!("call {timestamp_ms} failed");
+                            };
+                            assert_eq!(outcome.offset, timestamp_ms as i64 * 10 + peer as i64);
+                        }
+                        // Keep serving the peer's calls until it has its replies too.
+                        finished.fetch_add(1, Ordering::SeqCst);
+                        while finished.load(Ordering::SeqCst) < 2 {
+                            glommio::timer::sleep(Duration::from_millis(1)).await;
+                        }
+                    })
+                    .expect("executor starts")
+            })
+            .collect();
+        for shard in shards {
+            shard.join().expect("shard ran to completion");
+        }
+    }
+}
