@@ -284,59 +284,73 @@ fn measure_bandwidth(options: &DiskOptions) -> io::Result<BandwidthResult> {
     let writes_total = options.total_bytes / block_bytes;
     let probe = ProbeFile::create(&options.dir, "bandwidth", writes_total * block_bytes)?;
     let queue_depth = options.queue_depth as usize;
-    let mut ring = IoUring::new(options.queue_depth.next_power_of_two())?;
+    // Buffers are declared before the ring so they outlive it, and every exit path below
+    // first waits for all in-flight writes: the kernel never reads a freed buffer.
     let buffers: Vec<AlignedBuf> = (0..queue_depth)
         .map(|_| AlignedBuf::new(block_bytes as usize))
         .collect();
+    let mut ring = IoUring::new(options.queue_depth.next_power_of_two())?;
     let mut submitted_at = vec![Instant::now(); queue_depth];
     let mut latency = LatencyRecorder::new();
     let mut completions: Vec<(usize, i32)> = Vec::with_capacity(queue_depth);
-    let (mut writes_issued, mut writes_done) = (0_u64, 0_u64);
+    let (mut writes_issued, mut writes_reaped, mut writes_ok) = (0_u64, 0_u64, 0_u64);
+    let mut first_error: Option<io::Error> = None;
+    let mut stopped_by_time = false;
     let deadline = options.phase_deadline();
     let start = Instant::now();
+    // Slot `s` owns buffers[s]; a slot is refilled as soon as its write completes.
+    let refill = |ring: &mut IoUring, slot: usize, issued: &mut u64, at: &mut [Instant]| {
+        push_write(ring, &probe, &buffers[slot], *issued * block_bytes, slot)?;
+        at[slot] = Instant::now();
+        *issued += 1;
+        io::Result::Ok(())
+    };
     for slot in 0..queue_depth.min(writes_total as usize) {
-        push_write(
-            &mut ring,
-            &probe,
-            &buffers[slot],
-            writes_issued * block_bytes,
-            slot,
-        )?;
-        submitted_at[slot] = Instant::now();
-        writes_issued += 1;
+        refill(&mut ring, slot, &mut writes_issued, &mut submitted_at)?;
     }
-    let mut stopped_by_time = false;
-    while writes_done < writes_issued {
-        ring.submit_and_wait(1)?;
+    while writes_reaped < writes_issued {
+        // A ring that fails to enter cannot be drained; dropping it (before the buffers)
+        // tears it down, and O_DIRECT writes still in flight hold their own page pins.
+        submit_and_wait(&mut ring)?;
         reap(&mut ring, &mut completions);
         for &(slot, result) in &completions {
-            check_io_result(result, block_bytes, "write")?;
+            writes_reaped += 1;
             latency.record(submitted_at[slot].elapsed());
-            writes_done += 1;
-            if writes_issued == writes_total {
+            if let Err(e) = check_io_result(result, block_bytes, "write") {
+                first_error.get_or_insert(e);
+                continue;
+            }
+            writes_ok += 1;
+            if first_error.is_some() || writes_issued == writes_total {
                 continue;
             }
             if Instant::now() >= deadline {
                 stopped_by_time = true;
                 continue;
             }
-            push_write(
-                &mut ring,
-                &probe,
-                &buffers[slot],
-                writes_issued * block_bytes,
-                slot,
-            )?;
-            submitted_at[slot] = Instant::now();
-            writes_issued += 1;
+            refill(&mut ring, slot, &mut writes_issued, &mut submitted_at)?;
         }
     }
+    let elapsed = start.elapsed();
+    if let Some(e) = first_error {
+        return Err(e);
+    }
     Ok(BandwidthResult {
-        bytes: writes_done * block_bytes,
-        elapsed: start.elapsed(),
+        bytes: writes_ok * block_bytes,
+        elapsed,
         latency: latency.summary(),
         stopped_by_time,
     })
+}
+
+/// `submit_and_wait(1)`, retried when a signal interrupts the wait (the entries stay queued).
+fn submit_and_wait(ring: &mut IoUring) -> io::Result<()> {
+    loop {
+        match ring.submit_and_wait(1) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            result => return result.map(|_| ()),
+        }
+    }
 }
 
 struct SyncResult {
@@ -352,8 +366,9 @@ fn measure_sync_latency(options: &DiskOptions) -> io::Result<SyncResult> {
     let block_bytes = options.block_size_bytes;
     let samples = u64::from(options.sync_samples);
     let probe = ProbeFile::create(&options.dir, "sync", samples * block_bytes)?;
-    let mut ring = IoUring::new(2)?;
+    // The buffer outlives the ring (declared first, dropped last).
     let buffer = AlignedBuf::new(block_bytes as usize);
+    let mut ring = IoUring::new(2)?;
     let mut completions = Vec::with_capacity(1);
     let mut write = LatencyRecorder::new();
     let mut fdatasync = LatencyRecorder::new();
@@ -423,7 +438,7 @@ fn complete_one(
     expected_bytes: u64,
     what: &str,
 ) -> io::Result<()> {
-    ring.submit_and_wait(1)?;
+    submit_and_wait(ring)?;
     reap(ring, completions);
     assert_eq!(completions.len(), 1, "exactly one operation was in flight");
     check_io_result(completions[0].1, expected_bytes, what)
