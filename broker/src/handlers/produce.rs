@@ -3,9 +3,10 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::join_all;
+use futures::future::{join_all, select, Either};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 
@@ -22,21 +23,21 @@ pub async fn handle(
     request: ProduceRequest,
 ) -> ProduceResponse {
     let snapshot = shard.metadata();
-    let acks = request.acks;
+    let rules = PieceRules {
+        acks: request.acks,
+        timeout: Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0).max(1)),
+    };
     let mut responses = Vec::with_capacity(request.topic_data.len());
     let mut pieces = Vec::new();
     for (topic_index, topic) in request.topic_data.into_iter().enumerate() {
         for partition in topic.partition_data {
-            let records = partition.records.unwrap_or_default();
-            pieces.push(produce_partition(
-                shard,
-                &snapshot,
+            let piece = Piece {
                 topic_index,
-                topic.name.clone(),
-                partition.index,
-                records,
-                acks,
-            ));
+                topic: topic.name.clone(),
+                partition: partition.index,
+                records: partition.records.unwrap_or_default(),
+            };
+            pieces.push(produce_partition(shard, &snapshot, piece, rules));
         }
         responses.push(TopicProduceResponse::default().with_name(topic.name));
     }
@@ -50,15 +51,34 @@ pub async fn handle(
     ProduceResponse::default().with_responses(responses)
 }
 
-async fn produce_partition(
-    shard: &Shard,
-    snapshot: &Arc<MetadataSnapshot>,
+/// One partition's share of a produce request.
+struct Piece {
     topic_index: usize,
     topic: TopicName,
     partition: i32,
     records: Bytes,
+}
+
+/// What applies to every piece of one request.
+#[derive(Clone, Copy)]
+struct PieceRules {
     acks: i16,
+    /// The request's `timeout_ms`: how long the client is willing to wait for its acks.
+    timeout: Duration,
+}
+
+async fn produce_partition(
+    shard: &Rc<Shard>,
+    snapshot: &Arc<MetadataSnapshot>,
+    piece: Piece,
+    rules: PieceRules,
 ) -> (usize, PartitionProduceResponse) {
+    let Piece {
+        topic_index,
+        topic,
+        partition,
+        records,
+    } = piece;
     let answer = |error_code, base_offset, log_start_offset| {
         let response = PartitionProduceResponse::default()
             .with_index(partition)
@@ -67,7 +87,7 @@ async fn produce_partition(
             .with_log_start_offset(log_start_offset);
         (topic_index, response)
     };
-    if !matches!(acks, -1..=1) {
+    if !matches!(rules.acks, -1..=1) {
         return answer(codes::INVALID_REQUIRED_ACKS, -1, -1);
     }
     let (Some(topic_metadata), Some(owner)) = (
@@ -84,16 +104,40 @@ async fn produce_partition(
         topic: topic_metadata.name.clone(),
         partition,
     };
-    match shard
-        .partition_call(owner, PartitionCall::Produce { tp, batches, acks })
-        .await
-    {
-        Some(PartitionReply::Produce(outcome)) => answer(
+    let call = PartitionCall::Produce {
+        tp,
+        batches,
+        acks: rules.acks,
+    };
+    match append_within(shard, owner, call, rules.timeout).await {
+        Ok(Some(PartitionReply::Produce(outcome))) => answer(
             outcome.error_code,
             outcome.base_offset,
             outcome.log_start_offset,
         ),
-        Some(other) => panic!("produce answered with {other:?}"),
-        None => answer(codes::NOT_LEADER_OR_FOLLOWER, -1, -1),
+        Ok(Some(other)) => panic!("produce answered with {other:?}"),
+        Ok(None) => answer(codes::NOT_LEADER_OR_FOLLOWER, -1, -1),
+        Err(TimedOut) => answer(codes::REQUEST_TIMED_OUT, -1, -1),
+    }
+}
+
+struct TimedOut;
+
+/// Runs the append as its own task and waits at most `timeout` for its acks. The append is
+/// never cancelled half-way (a dropped future could stop between batches): on timeout it
+/// carries on, and the client hears `REQUEST_TIMED_OUT`, as from Kafka when acks take too
+/// long. Spawned tasks start in spawn order, so request order per partition is kept.
+async fn append_within(
+    shard: &Rc<Shard>,
+    owner: usize,
+    call: PartitionCall,
+    timeout: Duration,
+) -> Result<Option<PartitionReply>, TimedOut> {
+    let shard = shard.clone();
+    let appending =
+        glommio::spawn_local(async move { shard.partition_call(owner, call).await }).detach();
+    match select(appending, std::pin::pin!(glommio::timer::sleep(timeout))).await {
+        Either::Left((reply, _)) => Ok(reply.flatten()),
+        Either::Right(_) => Err(TimedOut),
     }
 }
