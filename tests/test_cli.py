@@ -29,3 +29,11 @@ def test_unknown_cpu_and_bad_address_fail_with_a_reason(tmp_path):
                                 capture_output=True, text=True, timeout=30, env={**os.environ, "NO_COLOR": "1"})
         assert result.returncode != 0
         assert reason in result.stderr, result.stderr
+
+
+def test_second_broker_on_the_same_data_dir_is_refused(broker):
+    result = subprocess.run([ringfeed_binary(), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(broker.data_dir)],
+                            capture_output=True, text=True, timeout=30, env={**os.environ, "NO_COLOR": "1"})
+    assert result.returncode != 0
+    assert "is in use by another ringfeed process" in result.stderr, result.stderr
+    assert broker.alive()

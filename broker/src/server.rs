@@ -53,6 +53,7 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
             options.data_dir.display()
         )
     })?;
+    let _data_dir_lock = lock_data_dir(&data_dir)?;
     let requested = resolve_address(&options.listen)?;
     // Binding port 0 on every shard would give each its own port: reserve one first, in the
     // same SO_REUSEPORT group, and hold it until every shard listens on it.
@@ -97,6 +98,32 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         config.data_dir.display()
     );
     join_shards(handles)
+}
+
+/// Name of the lock file in the data directory (Kafka's log dirs have the same).
+const DATA_DIR_LOCK_FILE: &str = ".lock";
+
+/// Takes an exclusive advisory lock on the data directory for the life of the process, so
+/// a second broker pointed at the same directory stops at start-up instead of corrupting
+/// the logs of the first. The lock goes with the process, even on SIGKILL.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join(DATA_DIR_LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|error| format!("cannot open {}: {error}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "data dir {} is in use by another ringfeed process ({})",
+            data_dir.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(file)
 }
 
 type ShardHandles = Vec<glommio::ExecutorJoinHandle<Result<(), String>>>;
