@@ -6,15 +6,17 @@
 //! responses, so responses leave in request order however the handlers interleave. The
 //! queue is bounded (`connection_inflight_requests_max`), and every frame holds a share of
 //! the shard's request-byte budget from before its body is allocated until its response
-//! is written.
+//! is written. The reader and the writer each hold their own descriptor of the socket
+//! (see `duplicate_for_writing`), so they share no lock.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 
 use bytes::Bytes;
 use futures::future::{select, Either};
-use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use futures::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::{Gate, StaticPermit};
@@ -84,7 +86,14 @@ enum Ending {
 
 async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     tracing::debug!(shard = shard.id, %peer, "connection accepted");
-    let (reader, writer) = stream.split();
+    let writer = match duplicate_for_writing(&stream) {
+        Ok(writer) => writer,
+        Err(error) => {
+            tracing::warn!(shard = shard.id, %peer, %error, "closing connection: cannot duplicate its socket");
+            return;
+        }
+    };
+    let reader = stream;
     let (queue, queued) =
         local_channel::new_bounded(shard.config.limits.connection_inflight_requests_max);
     let writing = glommio::spawn_local(write_responses(writer, queued));
@@ -105,7 +114,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
 
 async fn read_requests(
     shard: &Rc<Shard>,
-    mut reader: ReadHalf<TcpStream>,
+    mut reader: TcpStream,
     queue: &LocalSender<QueuedResponse>,
     peer: SocketAddr,
 ) -> Ending {
@@ -153,6 +162,18 @@ async fn read_requests(
             Either::Right(_) => return Ending::ShuttingDown,
         }
     }
+}
+
+/// A second handle on the same socket for the writer task, so the reader and the writer
+/// never share a lock (`futures::io::split` would put both halves behind a `BiLock`).
+fn duplicate_for_writing(stream: &TcpStream) -> std::io::Result<TcpStream> {
+    // SAFETY: dup only creates a new descriptor; -1 reports failure.
+    let descriptor = unsafe { libc::dup(stream.as_raw_fd()) };
+    if descriptor < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor of a connected TCP socket, owned from here by the stream.
+    Ok(unsafe { TcpStream::from_raw_fd(descriptor) })
 }
 
 fn refused(error: &FrameError) -> Ending {
@@ -207,7 +228,7 @@ fn start_request(
 
 /// Writes responses in queue order until the queue closes; returns why it stopped early.
 async fn write_responses(
-    mut writer: WriteHalf<TcpStream>,
+    mut writer: TcpStream,
     queued: LocalReceiver<QueuedResponse>,
 ) -> Option<String> {
     while let Some(entry) = queued.recv().await {
