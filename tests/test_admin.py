@@ -5,7 +5,7 @@ Kafka error codes for the refusals."""
 import time
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ConfigSource, NewPartitions, NewTopic
 from kafka.admin import KafkaAdminClient
 from kafka.admin import NewTopic as KafkaPythonNewTopic
@@ -120,3 +120,16 @@ def test_kafka_python_admin_round_trip(broker):
         assert "kp-admin" not in client.list_topics()
     finally:
         client.close()
+
+
+def test_describe_cluster_and_topics(broker):
+    create_topic(broker.bootstrap, "described", 3)
+    client = admin(broker.bootstrap)
+    cluster = client.describe_cluster(request_timeout=10).result(timeout=10)
+    assert cluster.cluster_id.startswith("ringfeed-")
+    assert [(node.id, f"{node.host}:{node.port}") for node in cluster.nodes] == [(0, broker.bootstrap)]
+    assert cluster.controller.id == 0
+    description = client.describe_topics(TopicCollection(["described"]))["described"].result(timeout=10)
+    assert len(description.partitions) == 3
+    assert all(partition.leader.id == 0 for partition in description.partitions)
+    assert str(description.topic_id) != "AAAAAAAAAAAAAAAAAAAAAA", "Metadata v10+ carries the topic id"
