@@ -3,8 +3,10 @@
 //! or over the mesh from another shard.
 //!
 //! `PartitionTable` is owned by exactly one shard (it holds `!Send` storage handles). Only
-//! `Shard::apply_metadata` adds or removes entries; any number of produce/fetch tasks may
-//! use the logs concurrently, with the storage crate's own contract per log.
+//! `Shard::apply_metadata` adds or removes entries, and `PartitionTable::fence` is the one
+//! other change (a storage failure takes a partition offline until restart); any number of
+//! produce/fetch tasks may use the logs concurrently, under the storage crate's contract
+//! per log (appends are applied in call order).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
