@@ -130,8 +130,11 @@ impl<B: IoBuffer> Appender<B> {
                     .copy_from_slice(&buffer.as_slice()[whole_pages..self.current_filled]);
                 self.current = Some(tail);
             }
-            // Bytes past the data are still the zeros the buffer was allocated with.
-            buffer.truncate(self.current_filled.div_ceil(PAGE_BYTES) * PAGE_BYTES);
+            // The page's bytes past the data must be zeros: recovery reads an all-zero
+            // header as the end of the segment.
+            let padded = self.current_filled.next_multiple_of(PAGE_BYTES);
+            buffer.as_mut_slice()[self.current_filled..padded].fill(0);
+            buffer.truncate(padded);
             writes.push((self.current_position, buffer));
             self.current_position += whole_pages as u64;
             self.current_filled = partial;

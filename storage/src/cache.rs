@@ -28,10 +28,23 @@ impl TailCache {
         }
     }
 
+    /// Whether a batch of `bytes` is worth a copy into the cache: one that would be evicted
+    /// after a few more like it is not (the batch stays readable from the segment).
+    pub fn admits(&self, bytes: usize) -> bool {
+        bytes <= self.bytes_max / 8
+    }
+
+    /// Adds the newest batch. The cache stays contiguous: the caller clears it when a batch
+    /// is not admitted, so no read can skip over a missing batch.
     pub fn push(&mut self, batch: CachedBatch) {
         self.bytes_total += batch.bytes.len();
         self.batches.push_back(batch);
         self.evict_over_budget();
+    }
+
+    pub fn clear(&mut self) {
+        self.batches.clear();
+        self.bytes_total = 0;
     }
 
     pub fn set_bytes_max(&mut self, bytes_max: usize) {

@@ -61,7 +61,9 @@ pub trait Disk: Clone + 'static {
 pub trait DiskFile: 'static {
     type Buffer: IoBuffer;
 
-    /// A zero-filled, page-aligned buffer of `len` bytes (`len` a multiple of the page).
+    /// A page-aligned buffer of `len` bytes (`len` a multiple of the page). Its contents are
+    /// unspecified: writers fill what they write and zero any padding themselves, so large
+    /// buffers are not cleared twice.
     fn alloc_buffer(&self, len: usize) -> Self::Buffer;
     /// Writes the whole buffer at `position`; both are page-aligned.
     async fn write_at(&self, buffer: Self::Buffer, position: u64) -> io::Result<()>;
@@ -168,6 +170,7 @@ impl Disk for DmaDisk {
         let padded = align_up(contents.len() as u64) as usize;
         let mut buffer = file.alloc_buffer(padded.max(PAGE_BYTES));
         buffer.as_mut_slice()[..contents.len()].copy_from_slice(contents);
+        buffer.as_mut_slice()[contents.len()..].fill(0);
         file.write_at(buffer, 0).await?;
         file.truncate(contents.len() as u64).await?;
         file.fdatasync().await?;
@@ -181,9 +184,7 @@ impl DiskFile for DmaDiskFile {
 
     fn alloc_buffer(&self, len: usize) -> DmaIoBuffer {
         debug_assert_eq!(len % PAGE_BYTES, 0);
-        let mut buffer = self.0.alloc_dma_buffer(len);
-        buffer.as_bytes_mut().fill(0);
-        DmaIoBuffer(buffer)
+        DmaIoBuffer(self.0.alloc_dma_buffer(len))
     }
 
     async fn write_at(&self, buffer: DmaIoBuffer, position: u64) -> io::Result<()> {

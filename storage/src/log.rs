@@ -181,7 +181,7 @@ impl<D: Disk> PartitionLog<D> {
         let flusher_wake = Rc::new(Signal::default());
         let inner = Rc::new(Inner {
             disk,
-            dir: dir.to_path_buf(),
+            dir: dir.clone(),
             clock,
             state: RefCell::new(state),
             append_gate: Semaphore::new(1),
@@ -285,27 +285,37 @@ impl<D: Disk> PartitionLog<D> {
         let state = &mut *guard;
         let base_offset = state.next_offset;
         let next_offset = base_offset + i64::from(header.last_offset_delta) + 1;
-        let stored = batch::with_base_offset(batch, base_offset);
         let position = state.appender.appended_bytes();
-        state.appender.append(&*state.active.file, &stored);
+        // Straight into the DMA buffers, baseOffset rewritten on the way (it lies outside
+        // the CRC): one copy of the batch, not two.
+        let file = &*state.active.file;
+        state.appender.append(file, &base_offset.to_be_bytes());
+        state
+            .appender
+            .append(file, &batch[batch::BASE_OFFSET_OFFSET + 8..]);
         if let SegmentIndex::Building(index) = &mut state.active.index {
             index.add_batch(
                 base_offset,
                 next_offset,
                 header.max_timestamp,
                 position,
-                stored.len(),
+                batch.len(),
             );
         }
         state.active_first_append_ms.get_or_insert(now_ms);
         state.next_offset = next_offset;
         state.stats.batches_appended += 1;
-        state.stats.bytes_appended += stored.len() as u64;
-        state.cache.push(CachedBatch {
-            base_offset,
-            next_offset,
-            bytes: stored,
-        });
+        state.stats.bytes_appended += batch.len() as u64;
+        if state.cache.admits(batch.len()) {
+            let bytes = batch::with_base_offset(batch, base_offset);
+            state.cache.push(CachedBatch {
+                base_offset,
+                next_offset,
+                bytes,
+            });
+        } else {
+            state.cache.clear();
+        }
         Ok(AppendOutcome {
             base_offset,
             last_offset: next_offset - 1,

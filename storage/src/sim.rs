@@ -367,7 +367,8 @@ impl DiskFile for SimFile {
     type Buffer = SimBuffer;
 
     fn alloc_buffer(&self, len: usize) -> SimBuffer {
-        SimBuffer(vec![0; len])
+        // Not zeroed, like DMA memory: garbage shows up on disk if padding is not cleared.
+        SimBuffer(vec![0xAA; len])
     }
 
     async fn write_at(&self, buffer: SimBuffer, position: u64) -> io::Result<()> {
