@@ -117,10 +117,25 @@ for i in $(seq 1 "$repeats"); do
         --messages 5000000
     run "consume-1024B" "$i" -- --workload consume --message-size 1024 --batch-size 16384 \
         --messages 1000000
+    # Kafka's default of 5 requests in flight leaves acks=all waiting on each fdatasync;
+    # with 32 the broker's group commit covers many batches per sync.
+    for size in 100 1024; do
+        for acks in 1 all; do
+            run "produce-${size}B-b16KiB-acks$acks-inflight32" "$i" -- "${common[@]}" \
+                --workload produce --message-size "$size" --batch-size 16384 --acks "$acks" \
+                --max-in-flight 32
+        done
+    done
     run "e2e-100B-10k" "$i" -- --workload e2e --message-size 100 --rate 10000 \
         --warmup 5 --duration "$e2e_s" --histogram-file "$out_dir/e2e-100B-10k-$i.hgrm" \
         --plot "$out_dir/e2e-100B-10k-$i.svg"
     run "e2e-100B-10k-spin" "$i" --spin-before-park-us 200 -- --workload e2e --message-size 100 \
         --rate 10000 --warmup 5 --duration "$e2e_s" --histogram-file "$out_dir/e2e-100B-10k-spin-$i.hgrm" \
         --plot "$out_dir/e2e-100B-10k-spin-$i.svg"
+    # Diagnostics: broker and client on separate CPUs (one shard on CPU 0, client on CPU 1),
+    # and a lower rate, to separate CPU contention from the broker's own latency.
+    run "e2e-100B-10k-split-cpus" "$i" --cpus 0 -- --workload e2e --message-size 100 \
+        --rate 10000 --warmup 5 --duration "$e2e_s" --cpus 1
+    run "e2e-100B-1k" "$i" -- --workload e2e --message-size 100 --rate 1000 --warmup 5 \
+        --duration "$e2e_s"
 done

@@ -109,16 +109,18 @@ def latency_table(runs, ceilings):
 
 
 def acks_table(runs):
-    print("| message | batch | acks=1 MB/s | acks=all MB/s | acks=all / acks=1 |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| message | batch | requests in flight | acks=1 MB/s | acks=all MB/s "
+          "| acks=all / acks=1 |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for size in ["100B", "1024B"]:
-        one = runs.get(f"produce-{size}-b16KiB-acks1")
-        every = runs.get(f"produce-{size}-b16KiB-acksall")
-        if not one or not every:
-            continue
-        a = fig(one, "produce", "throughput_mb_per_s")
-        b = fig(every, "produce", "throughput_mb_per_s")
-        print(f"| {size} | 16 KiB | {fmt(a, 1)} | {fmt(b, 1)} | {b / a:.0%} |")
+        for suffix, in_flight in [("", 5), ("-inflight32", 32)]:
+            one = runs.get(f"produce-{size}-b16KiB-acks1{suffix}")
+            every = runs.get(f"produce-{size}-b16KiB-acksall{suffix}")
+            if not one or not every:
+                continue
+            a = fig(one, "produce", "throughput_mb_per_s")
+            b = fig(every, "produce", "throughput_mb_per_s")
+            print(f"| {size} | 16 KiB | {in_flight} | {fmt(a, 1)} | {fmt(b, 1)} | {b / a:.0%} |")
 
 
 def main():

@@ -79,7 +79,10 @@ pub struct Cli {
     #[arg(long = "fetch-partition-max-bytes", value_name = "BYTES", default_value_t = 4 << 20)]
     pub fetch_partition_bytes_max: i32,
     /// How long the broker may hold a fetch that has no data yet.
+    // Serialized under the flag's name: `…_ms_max` would read as a latency figure to
+    // `ringfeed-perf report`, which pairs every `_ms_max` leaf with a ceiling.
     #[arg(long = "fetch-max-wait-ms", value_name = "MS", default_value_t = 100)]
+    #[serde(rename = "fetch_max_wait_ms")]
     pub fetch_wait_ms_max: i32,
     /// CPUs the client threads are pinned to, round-robin (default: every CPU).
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
