@@ -43,6 +43,12 @@ pub struct Limits {
     /// How often each shard applies retention to the partitions it owns
     /// (`log.retention.check.interval.ms`).
     pub retention_check_interval: Duration,
+    /// `group.initial.rebalance.delay.ms`: the first rebalance of an empty group waits this
+    /// long for more members, so consumers started together share one generation.
+    pub group_initial_rebalance_delay: Duration,
+    /// `offsets.retention.minutes`: committed offsets of a group without members are
+    /// deleted this long after it became empty (or after the commit, for simple consumers).
+    pub offsets_retention: Duration,
 }
 
 impl Default for Limits {
@@ -61,6 +67,8 @@ impl Default for Limits {
             topics_max: 100_000,
             mesh_channel_slots: 1024,
             retention_check_interval: Duration::from_secs(300),
+            group_initial_rebalance_delay: Duration::from_secs(3),
+            offsets_retention: Duration::from_secs(7 * 24 * 60 * 60),
         }
     }
 }

@@ -8,6 +8,7 @@ mod connection;
 mod controller;
 mod error_codes;
 mod frame;
+mod groups;
 mod handlers;
 mod limits;
 mod metadata;
@@ -28,6 +29,7 @@ static ALLOCATOR: alloc_guard::LazyHugeAllocator = alloc_guard::LazyHugeAllocato
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -85,6 +87,13 @@ struct ServeArgs {
     /// Default largest record batch (message.max.bytes); topics override with max.message.bytes.
     #[arg(long, default_value_t = Limits::default().message_bytes_max_default)]
     message_max_bytes: usize,
+    /// group.initial.rebalance.delay.ms: how long the first rebalance of an empty consumer
+    /// group waits for more members.
+    #[arg(long, default_value_t = Limits::default().group_initial_rebalance_delay.as_millis() as u64)]
+    group_initial_rebalance_delay_ms: u64,
+    /// offsets.retention.minutes: committed offsets of an empty group expire after this.
+    #[arg(long, default_value_t = Limits::default().offsets_retention.as_secs() / 60)]
+    offsets_retention_minutes: u64,
 }
 
 fn main() -> ExitCode {
@@ -107,6 +116,10 @@ fn main() -> ExitCode {
         limits: Limits {
             request_frame_bytes_max: args.request_max_bytes,
             message_bytes_max_default: args.message_max_bytes,
+            group_initial_rebalance_delay: Duration::from_millis(
+                args.group_initial_rebalance_delay_ms,
+            ),
+            offsets_retention: Duration::from_secs(args.offsets_retention_minutes * 60),
             ..Limits::default()
         },
     };

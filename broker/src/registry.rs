@@ -32,7 +32,7 @@ impl ApiSpec {
 }
 
 /// Every API Ringfeed answers, in api-key order.
-pub const SUPPORTED_APIS: [ApiSpec; 13] = [
+pub const SUPPORTED_APIS: [ApiSpec; 20] = [
     ApiSpec {
         accepted_min: 3,
         ..ApiSpec::new(ApiKey::Produce, 0, 11)
@@ -40,6 +40,14 @@ pub const SUPPORTED_APIS: [ApiSpec; 13] = [
     ApiSpec::new(ApiKey::Fetch, 4, 12),
     ApiSpec::new(ApiKey::ListOffsets, 1, 7),
     ApiSpec::new(ApiKey::Metadata, 0, 12),
+    // Kafka 4 serves OffsetCommit from v2 and OffsetFetch from v1 (KIP-896); so does the codec.
+    ApiSpec::new(ApiKey::OffsetCommit, 2, 9),
+    ApiSpec::new(ApiKey::OffsetFetch, 1, 9),
+    ApiSpec::new(ApiKey::FindCoordinator, 0, 6),
+    ApiSpec::new(ApiKey::JoinGroup, 0, 9),
+    ApiSpec::new(ApiKey::Heartbeat, 0, 4),
+    ApiSpec::new(ApiKey::LeaveGroup, 0, 5),
+    ApiSpec::new(ApiKey::SyncGroup, 0, 5),
     ApiSpec::new(ApiKey::ApiVersions, 0, 4),
     ApiSpec::new(ApiKey::CreateTopics, 2, 7),
     ApiSpec::new(ApiKey::DeleteTopics, 1, 6),
@@ -121,10 +129,11 @@ mod tests {
         assert_eq!(admit(18, 9), Admission::ApiVersionsFallback);
         assert_eq!(admit(1, 3), Admission::Refuse, "Fetch below 4");
         assert_eq!(admit(999, 0), Admission::Refuse, "unknown key");
+        assert_eq!(admit(11, 0), Admission::Serve(ApiKey::JoinGroup));
         assert_eq!(
-            admit(11, 0),
+            admit(8, 1),
             Admission::Refuse,
-            "JoinGroup is not served yet"
+            "OffsetCommit 0-1 are gone in Kafka 4"
         );
     }
 }

@@ -17,6 +17,7 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
 
 use crate::controller::{ControllerCall, ControllerReply};
+use crate::groups::{GroupEnvelope, GroupReply};
 use crate::metadata::MetadataSnapshot;
 use crate::partition::{PartitionCall, PartitionReply};
 
@@ -30,6 +31,8 @@ pub enum ShardCall {
     /// The controller's new metadata: open/close the receiver's partitions to match, then
     /// install it.
     ApplyMetadata(Arc<MetadataSnapshot>),
+    /// Work on a consumer group whose coordinator the receiver is (see `groups`).
+    Group(GroupEnvelope),
 }
 
 /// The answer to a `ShardCall`, of the matching variant.
@@ -38,6 +41,7 @@ pub enum ShardReply {
     Partition(PartitionReply),
     Controller(ControllerReply),
     MetadataApplied,
+    Group(GroupReply),
 }
 
 #[derive(Debug)]

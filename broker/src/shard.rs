@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::config::BrokerConfig;
 use crate::controller::store::MetadataStore;
 use crate::controller::{Controller, ControllerCall, ControllerReply, PlacementRules};
+use crate::groups::{GroupCoordinator, GroupEnvelope, GroupReply};
 use crate::metadata::{MetadataSnapshot, TopicMetadata, TopicPartition};
 use crate::partition::{self, PartitionCall, PartitionReply, PartitionSlot, PartitionTable};
 use crate::router::{self, MeshPair, ShardCall, ShardReply, ShardRouter};
@@ -35,6 +36,8 @@ pub struct Shard {
     pub config: Arc<BrokerConfig>,
     metadata: RefCell<Arc<MetadataSnapshot>>,
     pub partitions: PartitionTable,
+    /// The consumer groups whose `__consumer_offsets` partition this shard owns.
+    pub groups: GroupCoordinator,
     router: Rc<ShardRouter>,
     controller: Option<Controller>,
     /// Bytes of request frames this shard may hold at once (`Limits::shard_inflight_request_bytes_max`).
@@ -84,6 +87,23 @@ impl Shard {
         }
     }
 
+    /// Runs a group call on the group's coordinator shard `owner`, locally or over the mesh.
+    /// `None` when the owner is gone (only during shutdown).
+    pub async fn group_call(
+        self: &Rc<Self>,
+        owner: usize,
+        envelope: GroupEnvelope,
+    ) -> Option<GroupReply> {
+        if owner == self.id {
+            return Some(self.groups.execute(self, envelope).await);
+        }
+        match self.router.call(owner, ShardCall::Group(envelope)).await {
+            Ok(ShardReply::Group(reply)) => Some(reply),
+            Ok(other) => panic!("shard {owner} answered a group call with {other:?}"),
+            Err(_) => None,
+        }
+    }
+
     /// Sends a topic change to the controller on shard 0 and waits until every shard has the
     /// resulting metadata.
     pub async fn controller_call(self: &Rc<Self>, call: ControllerCall) -> Option<ControllerReply> {
@@ -108,6 +128,9 @@ impl Shard {
             ShardCall::ApplyMetadata(snapshot) => {
                 self.apply_metadata(snapshot).await;
                 ShardReply::MetadataApplied
+            }
+            ShardCall::Group(envelope) => {
+                ShardReply::Group(self.groups.execute(&self, envelope).await)
             }
         }
     }
@@ -284,6 +307,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         config: config.clone(),
         metadata: RefCell::new(Arc::new(MetadataSnapshot::default())),
         partitions: PartitionTable::default(),
+        groups: GroupCoordinator::default(),
         router: Rc::new(router),
         controller,
         request_budget: Rc::new(Semaphore::new(

@@ -11,10 +11,17 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod fetch;
+pub mod find_coordinator;
+pub mod heartbeat;
 pub mod incremental_alter_configs;
+pub mod join_group;
+pub mod leave_group;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_commit;
+pub mod offset_fetch;
 pub mod produce;
+pub mod sync_group;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -73,6 +80,13 @@ served_apis! {
     Fetch => fetch::FetchRequest,
     ListOffsets => list_offsets::ListOffsetsRequest,
     Metadata => metadata::MetadataRequest,
+    OffsetCommit => offset_commit::OffsetCommitRequest,
+    OffsetFetch => offset_fetch::OffsetFetchRequest,
+    FindCoordinator => find_coordinator::FindCoordinatorRequest,
+    JoinGroup => join_group::JoinGroupRequest,
+    Heartbeat => heartbeat::HeartbeatRequest,
+    LeaveGroup => leave_group::LeaveGroupRequest,
+    SyncGroup => sync_group::SyncGroupRequest,
     DescribeConfigs => describe_configs::DescribeConfigsRequest,
     AlterConfigs => alter_configs::AlterConfigsRequest,
     ApiVersions => api_versions::ApiVersionsRequest,

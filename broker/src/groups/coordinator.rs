@@ -1,0 +1,631 @@
+//! [`GroupCoordinator`]: the groups one shard owns and the work done on them.
+//!
+//! Owned by one shard (a field of `Shard`, `!Send`). Every group call for this shard,
+//! local or from the mesh, runs through [`GroupCoordinator::execute`]. Group state changes
+//! only in synchronous sections between awaits; the awaits are the offsets log (replay,
+//! append, fdatasync) and parked joins/syncs waiting for the group to move on.
+//! A `__consumer_offsets` partition is replayed once, by the first call that needs it;
+//! calls arriving meanwhile wait for that replay. A ticker (started with the first load)
+//! runs session and rebalance timeouts and offset expiry.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glommio::sync::Semaphore;
+
+use super::group::{Answer, Group, GroupRules, GroupState, JoinResult, SyncResult};
+use super::records::{self, CommittedOffset, OffsetsRecord};
+use super::{
+    codes, GroupCall, GroupDescription, GroupEnvelope, GroupReply, MemberDescription, OFFSETS_TOPIC,
+};
+use crate::error_codes as broker_codes;
+use crate::metadata::TopicPartition;
+use crate::shard::Shard;
+use crate::storage::batch::BatchHeader;
+use crate::storage::PartitionLog;
+
+/// How often the ticker looks at session and rebalance deadlines. Kafka's own timers fire
+/// on the millisecond, but clients' timeouts are seconds; 100 ms keeps expiry prompt.
+const TICK: Duration = Duration::from_millis(100);
+/// Bytes read per step while replaying a partition of the offsets log.
+const REPLAY_READ_BYTES: usize = 1 << 20;
+
+/// Kafka's `group.min.session.timeout.ms` and `group.max.session.timeout.ms`.
+const SESSION_TIMEOUT_MIN: Duration = Duration::from_secs(6);
+const SESSION_TIMEOUT_MAX: Duration = Duration::from_secs(30 * 60);
+
+/// What the coordinator applies, from the broker's limits.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    pub rules: GroupRules,
+    pub offsets_retention: Duration,
+}
+
+impl CoordinatorConfig {
+    fn from_limits(limits: &crate::limits::Limits) -> Self {
+        Self {
+            rules: GroupRules {
+                session_timeout_min: SESSION_TIMEOUT_MIN,
+                session_timeout_max: SESSION_TIMEOUT_MAX,
+                initial_rebalance_delay: limits.group_initial_rebalance_delay,
+            },
+            offsets_retention: limits.offsets_retention,
+        }
+    }
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self::from_limits(&crate::limits::Limits::default())
+    }
+}
+
+/// See the module docs for the ownership and concurrency contract.
+#[derive(Default)]
+pub struct GroupCoordinator {
+    inner: Rc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    config: RefCell<CoordinatorConfig>,
+    groups: RefCell<HashMap<String, Group>>,
+    /// Per offsets partition: closed once its replay has finished.
+    loads: RefCell<HashMap<i32, Rc<Semaphore>>>,
+    ticker_started: std::cell::Cell<bool>,
+}
+
+impl GroupCoordinator {
+    fn rules(&self) -> GroupRules {
+        self.inner.config.borrow().rules.clone()
+    }
+
+    /// Runs one group call on this shard, the owner of `envelope.partition`.
+    pub async fn execute(&self, shard: &Rc<Shard>, envelope: GroupEnvelope) -> GroupReply {
+        let GroupEnvelope {
+            group,
+            partition,
+            call,
+        } = envelope;
+        if let GroupCall::List = call {
+            return GroupReply::Listed(self.list());
+        }
+        let log = match self.ensure_loaded(shard, partition).await {
+            Ok(log) => log,
+            Err(code) => return error_reply(&call, code),
+        };
+        let now = Instant::now();
+        match call {
+            GroupCall::Join(request) => {
+                let answer = self.with_group(&group, |g| g.join(request, &self.rules(), now));
+                GroupReply::Join(
+                    settle(answer, JoinResult::error(codes::UNKNOWN_MEMBER_ID, "")).await,
+                )
+            }
+            GroupCall::Sync {
+                member_id,
+                generation,
+                protocol_type,
+                protocol_name,
+                assignments,
+            } => {
+                let answer = self.with_existing(&group, |g| {
+                    if !protocol_matches(protocol_type.as_ref(), g.protocol_type.as_ref())
+                        || !protocol_matches(protocol_name.as_ref(), g.protocol_name.as_ref())
+                    {
+                        return Answer::Now(SyncResult::error(codes::INCONSISTENT_GROUP_PROTOCOL));
+                    }
+                    g.sync(&member_id, generation, assignments, now)
+                });
+                let answer =
+                    answer.unwrap_or(Answer::Now(SyncResult::error(codes::UNKNOWN_MEMBER_ID)));
+                GroupReply::Sync(settle(answer, SyncResult::error(codes::UNKNOWN_MEMBER_ID)).await)
+            }
+            GroupCall::Heartbeat {
+                member_id,
+                instance_id,
+                generation,
+            } => GroupReply::Code(
+                self.with_existing(&group, |g| {
+                    if let Some(instance_id) = &instance_id {
+                        let owner = g
+                            .members
+                            .iter()
+                            .find(|m| m.instance_id.as_ref() == Some(instance_id));
+                        if owner.is_some_and(|m| m.member_id != member_id) {
+                            return codes::FENCED_INSTANCE_ID;
+                        }
+                    }
+                    g.heartbeat(&member_id, generation, now)
+                })
+                .unwrap_or(codes::UNKNOWN_MEMBER_ID),
+            ),
+            GroupCall::Leave { members } => {
+                let rules = self.rules();
+                GroupReply::Codes(
+                    members
+                        .iter()
+                        .map(|(member_id, instance_id)| {
+                            self.with_existing(&group, |g| {
+                                g.leave(member_id, instance_id.as_deref(), &rules, now)
+                            })
+                            .unwrap_or(codes::UNKNOWN_MEMBER_ID)
+                        })
+                        .collect(),
+                )
+            }
+            GroupCall::Commit {
+                member_id,
+                instance_id,
+                generation,
+                offsets,
+            } => {
+                let admitted = self.with_group(&group, |g| {
+                    g.check_commit(&member_id, instance_id.as_deref(), generation)
+                });
+                match admitted {
+                    Ok(()) => GroupReply::Codes(self.commit(&log, &group, offsets).await),
+                    Err(code) => GroupReply::Codes(vec![code; offsets.len()]),
+                }
+            }
+            GroupCall::FetchOffsets { partitions } => self.fetch_offsets(&group, partitions),
+            GroupCall::Describe => GroupReply::Described(self.describe(&group)),
+            GroupCall::Delete => GroupReply::Code(self.delete(&log, &group).await),
+            GroupCall::DeleteOffsets { partitions } => {
+                self.delete_offsets(&log, &group, partitions).await
+            }
+            GroupCall::List => unreachable!("answered above"),
+        }
+    }
+
+    /// Runs `change` on the group, creating it (Empty) if it does not exist yet.
+    fn with_group<T>(&self, group: &str, change: impl FnOnce(&mut Group) -> T) -> T {
+        let mut groups = self.inner.groups.borrow_mut();
+        let entry = groups
+            .entry(group.to_string())
+            .or_insert_with(|| Group::new(group));
+        change(entry)
+    }
+
+    /// Runs `change` on the group if it exists.
+    fn with_existing<T>(&self, group: &str, change: impl FnOnce(&mut Group) -> T) -> Option<T> {
+        self.inner.groups.borrow_mut().get_mut(group).map(change)
+    }
+
+    /// The log of offsets partition `partition`, replayed into memory the first time.
+    async fn ensure_loaded(&self, shard: &Rc<Shard>, partition: i32) -> Result<PartitionLog, i16> {
+        let tp = TopicPartition {
+            topic: OFFSETS_TOPIC.into(),
+            partition,
+        };
+        // A partition this shard does not hold (a stale route) or an offline one.
+        let log = shard.partitions.log(&tp).map_err(|code| {
+            if code == broker_codes::NOT_LEADER_OR_FOLLOWER {
+                codes::NOT_COORDINATOR
+            } else {
+                codes::COORDINATOR_NOT_AVAILABLE
+            }
+        })?;
+        self.start_ticker(shard);
+        let existing = self.inner.loads.borrow().get(&partition).cloned();
+        if let Some(loaded) = existing {
+            // Closed when the replay is done; an error from acquire means exactly that.
+            let _ = loaded.acquire(1).await;
+            return if self.inner.loads.borrow().contains_key(&partition) {
+                Ok(log)
+            } else {
+                Err(codes::COORDINATOR_LOAD_IN_PROGRESS)
+            };
+        }
+        let loading = Rc::new(Semaphore::new(0));
+        self.inner
+            .loads
+            .borrow_mut()
+            .insert(partition, loading.clone());
+        let replayed = self.replay(&tp, &log).await;
+        if let Err(error) = &replayed {
+            tracing::error!(partition = %tp, %error, "replaying the offsets log failed");
+            self.inner.loads.borrow_mut().remove(&partition);
+        }
+        loading.close();
+        replayed
+            .map(|()| log)
+            .map_err(|_| codes::COORDINATOR_NOT_AVAILABLE)
+    }
+
+    /// Reads the partition's whole log and applies every record in order.
+    async fn replay(&self, tp: &TopicPartition, log: &PartitionLog) -> Result<(), String> {
+        let started = Instant::now();
+        let mut offset = log.log_start_offset();
+        let end = log.high_watermark();
+        let (mut applied, mut skipped) = (0_usize, 0_usize);
+        while offset < end {
+            let batches = log
+                .read(offset, REPLAY_READ_BYTES)
+                .await
+                .map_err(|error| error.to_string())?;
+            if batches.is_empty() {
+                break;
+            }
+            for stored in batches {
+                let Some(header) = BatchHeader::parse(&stored) else {
+                    return Err(format!("unparseable batch at offset {offset}"));
+                };
+                offset = header.last_offset() + 1;
+                let (decoded, foreign) = records::decode_batch(&stored);
+                skipped += foreign;
+                applied += decoded.len();
+                for record in decoded {
+                    self.apply(record);
+                }
+            }
+        }
+        tracing::info!(partition = %tp, applied, skipped, elapsed_ms = started.elapsed().as_millis() as u64, "offsets log replayed");
+        Ok(())
+    }
+
+    /// Applies one record of the offsets log to memory (replay, and after each append).
+    fn apply(&self, record: OffsetsRecord) {
+        match record {
+            OffsetsRecord::Commit {
+                group,
+                topic,
+                partition,
+                value,
+            } => {
+                let mut groups = self.inner.groups.borrow_mut();
+                match value {
+                    Some(value) => {
+                        let entry = groups
+                            .entry(group.clone())
+                            .or_insert_with(|| Group::new(&group));
+                        if entry.state == GroupState::Empty {
+                            entry.empty_since_ms = Some(
+                                entry
+                                    .empty_since_ms
+                                    .unwrap_or(0)
+                                    .max(value.commit_timestamp_ms),
+                            );
+                        }
+                        entry.offsets.insert((topic, partition), value);
+                    }
+                    None => {
+                        if let Some(entry) = groups.get_mut(&group) {
+                            entry.offsets.remove(&(topic, partition));
+                        }
+                    }
+                }
+            }
+            OffsetsRecord::GroupDeleted { group } => {
+                self.inner.groups.borrow_mut().remove(&group);
+            }
+        }
+    }
+
+    /// Appends `records` as one batch and waits until it is fdatasync'd (acks=all). Memory
+    /// is updated right after the append, in log order; if the fdatasync then fails the log
+    /// is fenced and this coordinator stops answering for the partition.
+    async fn persist(&self, log: &PartitionLog, records: Vec<OffsetsRecord>) -> i16 {
+        let batch = records::encode_batch(&records, super::wall_clock_ms());
+        let appended = match log.append(batch).await {
+            Ok(appended) => appended,
+            Err(error) => {
+                tracing::error!(%error, "appending to the offsets log failed");
+                return codes::COORDINATOR_NOT_AVAILABLE;
+            }
+        };
+        for record in records {
+            self.apply(record);
+        }
+        match log.wait_durable(appended.last_offset).await {
+            Ok(()) => broker_codes::NONE,
+            Err(error) => {
+                tracing::error!(%error, "fdatasync of the offsets log failed");
+                codes::COORDINATOR_NOT_AVAILABLE
+            }
+        }
+    }
+
+    async fn commit(
+        &self,
+        log: &PartitionLog,
+        group: &str,
+        offsets: Vec<(String, i32, CommittedOffset)>,
+    ) -> Vec<i16> {
+        let mut codes_out = Vec::with_capacity(offsets.len());
+        let mut records = Vec::new();
+        for (topic, partition, value) in offsets {
+            if value.metadata.len() > super::OFFSET_METADATA_BYTES_MAX {
+                codes_out.push(codes::OFFSET_METADATA_TOO_LARGE);
+                continue;
+            }
+            codes_out.push(broker_codes::NONE);
+            records.push(OffsetsRecord::Commit {
+                group: group.to_string(),
+                topic,
+                partition,
+                value: Some(value),
+            });
+        }
+        if records.is_empty() {
+            return codes_out;
+        }
+        let code = self.persist(log, records).await;
+        for slot in codes_out.iter_mut().filter(|c| **c == broker_codes::NONE) {
+            *slot = code;
+        }
+        codes_out
+    }
+
+    fn fetch_offsets(
+        &self,
+        group: &str,
+        partitions: Option<Vec<(String, Vec<i32>)>>,
+    ) -> GroupReply {
+        let groups = self.inner.groups.borrow();
+        let committed = groups.get(group).map(|g| &g.offsets);
+        let offsets = match partitions {
+            Some(partitions) => partitions
+                .into_iter()
+                .flat_map(|(topic, indexes)| {
+                    indexes.into_iter().map(move |index| (topic.clone(), index))
+                })
+                .map(|(topic, index)| {
+                    let value = committed.and_then(|c| c.get(&(topic.clone(), index)).cloned());
+                    (topic, index, value)
+                })
+                .collect(),
+            None => committed
+                .into_iter()
+                .flatten()
+                .map(|((topic, index), value)| (topic.clone(), *index, Some(value.clone())))
+                .collect(),
+        };
+        GroupReply::Offsets {
+            error_code: broker_codes::NONE,
+            offsets,
+        }
+    }
+
+    fn describe(&self, group: &str) -> GroupDescription {
+        let groups = self.inner.groups.borrow();
+        let Some(g) = groups.get(group) else {
+            return GroupDescription {
+                error_code: broker_codes::NONE,
+                state: GroupState::Dead.name(),
+                protocol_type: String::new(),
+                protocol_name: String::new(),
+                members: Vec::new(),
+            };
+        };
+        let protocol = g.protocol_name.clone().unwrap_or_default();
+        // Kafka shows member metadata and assignments only once the group is Stable.
+        let stable = g.state == GroupState::Stable;
+        let members = g
+            .members
+            .iter()
+            .map(|m| MemberDescription {
+                member_id: m.member_id.clone(),
+                instance_id: m.instance_id.clone(),
+                client_id: m.client_id.clone(),
+                client_host: m.client_host.clone(),
+                metadata: if stable {
+                    m.metadata_for(&protocol)
+                } else {
+                    Bytes::default()
+                },
+                assignment: if stable {
+                    m.assignment.clone()
+                } else {
+                    Bytes::default()
+                },
+            })
+            .collect();
+        GroupDescription {
+            error_code: broker_codes::NONE,
+            state: g.state.name(),
+            protocol_type: g.protocol_type.clone().unwrap_or_default(),
+            protocol_name: protocol,
+            members,
+        }
+    }
+
+    fn list(&self) -> Vec<super::ListedGroup> {
+        self.inner
+            .groups
+            .borrow()
+            .values()
+            .filter(|g| g.state != GroupState::Dead)
+            .map(|g| {
+                (
+                    g.id.clone(),
+                    g.protocol_type.clone().unwrap_or_else(|| "consumer".into()),
+                    g.state.name(),
+                )
+            })
+            .collect()
+    }
+
+    /// `DeleteGroups`: only a group without members; its offsets and the group are
+    /// tombstoned in the log first.
+    async fn delete(&self, log: &PartitionLog, group: &str) -> i16 {
+        let records = {
+            let groups = self.inner.groups.borrow();
+            let Some(g) = groups.get(group) else {
+                return codes::GROUP_ID_NOT_FOUND;
+            };
+            if g.state != GroupState::Empty {
+                return codes::NON_EMPTY_GROUP;
+            }
+            let mut records: Vec<OffsetsRecord> = g
+                .offsets
+                .keys()
+                .map(|(topic, partition)| OffsetsRecord::Commit {
+                    group: group.to_string(),
+                    topic: topic.clone(),
+                    partition: *partition,
+                    value: None,
+                })
+                .collect();
+            records.push(OffsetsRecord::GroupDeleted {
+                group: group.to_string(),
+            });
+            records
+        };
+        self.persist(log, records).await
+    }
+
+    /// `OffsetDelete`: refused per partition while a member is subscribed to the topic
+    /// (we cannot read the subscription of a non-consumer protocol, so any member counts).
+    async fn delete_offsets(
+        &self,
+        log: &PartitionLog,
+        group: &str,
+        partitions: Vec<(String, i32)>,
+    ) -> GroupReply {
+        let (group_code, subscribed) = {
+            let groups = self.inner.groups.borrow();
+            match groups.get(group) {
+                None => (codes::GROUP_ID_NOT_FOUND, Vec::new()),
+                Some(g) if g.state == GroupState::Dead => (codes::GROUP_ID_NOT_FOUND, Vec::new()),
+                Some(g) => (broker_codes::NONE, subscribed_topics(g)),
+            }
+        };
+        if group_code != broker_codes::NONE {
+            return GroupReply::Offsets {
+                error_code: group_code,
+                offsets: Vec::new(),
+            };
+        }
+        let mut records = Vec::new();
+        let mut outcome = Vec::new();
+        for (topic, partition) in partitions {
+            if subscribed.contains(&topic) {
+                outcome.push((topic, partition, codes::GROUP_SUBSCRIBED_TO_TOPIC));
+                continue;
+            }
+            records.push(OffsetsRecord::Commit {
+                group: group.to_string(),
+                topic: topic.clone(),
+                partition,
+                value: None,
+            });
+            outcome.push((topic, partition, broker_codes::NONE));
+        }
+        let code = if records.is_empty() {
+            broker_codes::NONE
+        } else {
+            self.persist(log, records).await
+        };
+        GroupReply::Codes(
+            outcome
+                .into_iter()
+                .map(|(_, _, c)| if c == broker_codes::NONE { code } else { c })
+                .collect(),
+        )
+    }
+
+    /// Starts the clock of this shard's groups, with the broker's settings.
+    fn start_ticker(&self, shard: &Shard) {
+        if self.inner.ticker_started.replace(true) {
+            return;
+        }
+        *self.inner.config.borrow_mut() = CoordinatorConfig::from_limits(&shard.config.limits);
+        let inner = Rc::downgrade(&self.inner);
+        glommio::spawn_local(tick_forever(inner)).detach();
+    }
+}
+
+/// The topics any member of `group` subscribes to, read from the consumer protocol's
+/// subscription (version i16, topics array of strings) in each member's metadata.
+fn subscribed_topics(group: &Group) -> Vec<String> {
+    if group.protocol_type.as_deref() != Some("consumer") {
+        return group
+            .offsets
+            .keys()
+            .map(|(topic, _)| topic.clone())
+            .collect();
+    }
+    let protocol = group.protocol_name.clone().unwrap_or_default();
+    let mut topics = Vec::new();
+    for member in &group.members {
+        let metadata = member.metadata_for(&protocol);
+        let mut bytes: &[u8] = &metadata;
+        let Some(count) = bytes
+            .get(2..6)
+            .map(|b| i32::from_be_bytes(b.try_into().expect("4")))
+        else {
+            continue;
+        };
+        bytes = &bytes[6..];
+        for _ in 0..count.max(0) {
+            let Some(length) = bytes
+                .get(..2)
+                .map(|b| i16::from_be_bytes([b[0], b[1]]) as usize)
+            else {
+                break;
+            };
+            let Some(name) = bytes.get(2..2 + length) else {
+                break;
+            };
+            topics.push(String::from_utf8_lossy(name).into_owned());
+            bytes = &bytes[2 + length..];
+        }
+    }
+    topics
+}
+
+/// Waits for a parked answer. A dropped sender (the member was removed without an answer)
+/// reads as `fallback`.
+async fn settle<T>(answer: Answer<T>, fallback: T) -> T {
+    match answer {
+        Answer::Now(result) => result,
+        Answer::Later(receiver) => receiver.recv().await.unwrap_or(fallback),
+    }
+}
+
+/// `SyncGroup` v5 names the protocol type and name it expects; they must match the group's.
+fn protocol_matches(asked: Option<&String>, current: Option<&String>) -> bool {
+    asked.is_none_or(|asked| Some(asked) == current)
+}
+
+fn error_reply(call: &GroupCall, code: i16) -> GroupReply {
+    match call {
+        GroupCall::Join(request) => GroupReply::Join(JoinResult::error(code, &request.member_id)),
+        GroupCall::Sync { .. } => GroupReply::Sync(SyncResult::error(code)),
+        GroupCall::Leave { members } => GroupReply::Codes(vec![code; members.len()]),
+        GroupCall::Commit { offsets, .. } => GroupReply::Codes(vec![code; offsets.len()]),
+        GroupCall::FetchOffsets { .. } | GroupCall::DeleteOffsets { .. } => GroupReply::Offsets {
+            error_code: code,
+            offsets: Vec::new(),
+        },
+        GroupCall::Describe => GroupReply::Described(GroupDescription {
+            error_code: code,
+            state: "",
+            protocol_type: String::new(),
+            protocol_name: String::new(),
+            members: Vec::new(),
+        }),
+        GroupCall::Heartbeat { .. } | GroupCall::Delete | GroupCall::List => GroupReply::Code(code),
+    }
+}
+
+/// Runs every group's clock until the coordinator is dropped with its shard.
+async fn tick_forever(inner: Weak<Inner>) {
+    loop {
+        glommio::timer::sleep(TICK).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let rules = inner.config.borrow().rules.clone();
+        let now = Instant::now();
+        let mut groups = inner.groups.borrow_mut();
+        for group in groups.values_mut() {
+            group.tick(&rules, now);
+        }
+        groups.retain(|_, group| !group.is_disposable());
+    }
+}

@@ -1,0 +1,757 @@
+//! One consumer group of the classic protocol and Kafka's state machine for it:
+//!
+//! ```text
+//!   Empty ──join──▶ PreparingRebalance ──all joined / rebalance timeout──▶ CompletingRebalance
+//!     ▲                 ▲   │ (no member left)                                    │ leader's SyncGroup
+//!     └─────────────────┼───┘                                                     ▼
+//!                       └────── join / leave / session timeout ◀──────────── Stable
+//! ```
+//! `Dead` is a deleted group. All methods are synchronous and take `now`, so the rules are
+//! unit-tested without a runtime; the coordinator owns the groups of its shard and runs
+//! these between awaits. Requests that must wait (a join until the rebalance completes, a
+//! follower's sync until the leader's) park a one-slot channel in the member; the method
+//! that completes the step answers every parked member.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+
+use super::codes as group_codes;
+use super::records::CommittedOffset;
+use crate::error_codes as codes;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupState {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+    Dead,
+}
+
+impl GroupState {
+    /// The name Kafka reports in `ListGroups` and `DescribeGroups`.
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupState::Empty => "Empty",
+            GroupState::PreparingRebalance => "PreparingRebalance",
+            GroupState::CompletingRebalance => "CompletingRebalance",
+            GroupState::Stable => "Stable",
+            GroupState::Dead => "Dead",
+        }
+    }
+}
+
+/// What a parked (or immediately answered) `JoinGroup` gets.
+#[derive(Clone, Debug, Default)]
+pub struct JoinResult {
+    pub error_code: i16,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub leader: String,
+    pub member_id: String,
+    /// Only the leader gets the members: (member id, group instance id, metadata).
+    pub members: Vec<(String, Option<String>, Bytes)>,
+}
+
+impl JoinResult {
+    pub fn error(error_code: i16, member_id: &str) -> Self {
+        Self {
+            error_code,
+            generation: -1,
+            member_id: member_id.to_string(),
+            ..Self::default()
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SyncResult {
+    pub error_code: i16,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub assignment: Bytes,
+}
+
+impl SyncResult {
+    pub fn error(error_code: i16) -> Self {
+        Self {
+            error_code,
+            ..Self::default()
+        }
+    }
+}
+
+/// A request's answer: now, or once the group moves on.
+pub enum Answer<T> {
+    Now(T),
+    Later(LocalReceiver<T>),
+}
+
+/// A `JoinGroup` as the state machine needs it.
+#[derive(Clone, Debug)]
+pub struct JoinRequest {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    /// v4+: a member without an id is given one and must rejoin with it (KIP-394).
+    pub require_known_member_id: bool,
+}
+
+// Kafka calls it the member id; `id` alone would hide which id.
+#[allow(clippy::struct_field_names)]
+pub struct Member {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    pub protocols: Vec<(String, Bytes)>,
+    pub assignment: Bytes,
+    pub heartbeat_deadline: Instant,
+    join_waiter: Option<LocalSender<JoinResult>>,
+    sync_waiter: Option<LocalSender<SyncResult>>,
+}
+
+impl Member {
+    pub fn metadata_for(&self, protocol: &str) -> Bytes {
+        self.protocols
+            .iter()
+            .find(|(name, _)| name == protocol)
+            .map(|(_, metadata)| metadata.clone())
+            .unwrap_or_default()
+    }
+
+    fn answer_join(&mut self, result: JoinResult) {
+        if let Some(waiter) = self.join_waiter.take() {
+            let _ = waiter.try_send(result);
+        }
+    }
+
+    fn answer_sync(&mut self, result: SyncResult) {
+        if let Some(waiter) = self.sync_waiter.take() {
+            let _ = waiter.try_send(result);
+        }
+    }
+}
+
+/// Settings the coordinator applies to every group.
+#[derive(Clone, Debug)]
+pub struct GroupRules {
+    pub session_timeout_min: Duration,
+    pub session_timeout_max: Duration,
+    /// `group.initial.rebalance.delay.ms`: the first rebalance of an empty group waits this
+    /// long so members starting together land in one generation.
+    pub initial_rebalance_delay: Duration,
+}
+
+pub struct Group {
+    pub id: String,
+    pub state: GroupState,
+    pub generation: i32,
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub leader: Option<String>,
+    /// In join order: the first is the leader when the old leader is gone.
+    pub members: Vec<Member>,
+    /// Member ids handed out with `MEMBER_ID_REQUIRED`, valid until the deadline.
+    pub pending_members: HashMap<String, Instant>,
+    pub rebalance_deadline: Option<Instant>,
+    /// The rebalance is in its initial delay: it completes at the deadline, not before, even
+    /// when every member has joined.
+    initial_delay: bool,
+    pub offsets: BTreeMap<(String, i32), CommittedOffset>,
+    /// When the group last became empty (for offset expiry), wall-clock ms.
+    pub empty_since_ms: Option<i64>,
+}
+
+impl Group {
+    pub fn new(id: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            state: GroupState::Empty,
+            generation: 0,
+            protocol_type: None,
+            protocol_name: None,
+            leader: None,
+            members: Vec::new(),
+            pending_members: HashMap::new(),
+            rebalance_deadline: None,
+            initial_delay: false,
+            offsets: BTreeMap::new(),
+            empty_since_ms: None,
+        }
+    }
+
+    pub fn member(&self, member_id: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.member_id == member_id)
+    }
+
+    fn member_mut(&mut self, member_id: &str) -> Option<&mut Member> {
+        self.members.iter_mut().find(|m| m.member_id == member_id)
+    }
+
+    fn member_by_instance(&self, instance_id: &str) -> Option<&Member> {
+        self.members
+            .iter()
+            .find(|m| m.instance_id.as_deref() == Some(instance_id))
+    }
+
+    /// Protocols every member (and `candidate`, when given) supports.
+    fn common_protocols(&self, candidate: Option<&[(String, Bytes)]>) -> Vec<String> {
+        let mut lists = self
+            .members
+            .iter()
+            .map(|m| m.protocols.as_slice())
+            .chain(candidate);
+        let Some(first) = lists.next() else {
+            return Vec::new();
+        };
+        let mut common: Vec<String> = first.iter().map(|(name, _)| name.clone()).collect();
+        for list in lists {
+            common.retain(|name| list.iter().any(|(other, _)| other == name));
+        }
+        common
+    }
+
+    /// Kafka's vote: each member names its most preferred common protocol; most votes wins.
+    fn select_protocol(&self) -> Option<String> {
+        let common = self.common_protocols(None);
+        let mut votes: Vec<(String, usize)> = common.iter().map(|p| (p.clone(), 0)).collect();
+        for member in &self.members {
+            if let Some(choice) = member
+                .protocols
+                .iter()
+                .find(|(name, _)| common.contains(name))
+            {
+                if let Some(vote) = votes.iter_mut().find(|(name, _)| *name == choice.0) {
+                    vote.1 += 1;
+                }
+            }
+        }
+        // max_by_key keeps the last of equals; reverse so the first-listed protocol wins ties.
+        votes
+            .into_iter()
+            .rev()
+            .max_by_key(|(_, count)| *count)
+            .map(|(name, _)| name)
+    }
+
+    fn supports(&self, protocol_type: &str, protocols: &[(String, Bytes)]) -> bool {
+        if protocol_type.is_empty() || protocols.is_empty() {
+            return false;
+        }
+        if self.members.is_empty() {
+            return true;
+        }
+        self.protocol_type.as_deref() == Some(protocol_type)
+            && !self.common_protocols(Some(protocols)).is_empty()
+    }
+
+    /// `JoinGroup`. See the module docs for when it parks.
+    pub fn join(
+        &mut self,
+        request: JoinRequest,
+        rules: &GroupRules,
+        now: Instant,
+    ) -> Answer<JoinResult> {
+        let fail = |code| Answer::Now(JoinResult::error(code, &request.member_id));
+        if self.state == GroupState::Dead {
+            return fail(group_codes::COORDINATOR_NOT_AVAILABLE);
+        }
+        if request.session_timeout < rules.session_timeout_min
+            || request.session_timeout > rules.session_timeout_max
+        {
+            return fail(group_codes::INVALID_SESSION_TIMEOUT);
+        }
+        if !self.supports(&request.protocol_type, &request.protocols) {
+            return fail(group_codes::INCONSISTENT_GROUP_PROTOCOL);
+        }
+        if request.member_id.is_empty() {
+            return self.join_unknown_member(request, rules, now);
+        }
+        if self.pending_members.remove(&request.member_id).is_some() {
+            return self.add_member_and_rebalance(request, rules, now);
+        }
+        let Some(member) = self.member(&request.member_id) else {
+            return fail(group_codes::UNKNOWN_MEMBER_ID);
+        };
+        if request.instance_id.is_some() && member.instance_id != request.instance_id {
+            return fail(group_codes::FENCED_INSTANCE_ID);
+        }
+        self.join_known_member(request, rules, now)
+    }
+
+    fn join_unknown_member(
+        &mut self,
+        request: JoinRequest,
+        rules: &GroupRules,
+        now: Instant,
+    ) -> Answer<JoinResult> {
+        let prefix = request
+            .instance_id
+            .clone()
+            .unwrap_or_else(|| request.client_id.clone());
+        let member_id = format!("{prefix}-{}", uuid::Uuid::new_v4());
+        if let Some(instance_id) = &request.instance_id {
+            let instance_id = instance_id.clone();
+            return self.join_static_member(&instance_id, member_id, request, rules, now);
+        }
+        if request.require_known_member_id {
+            self.pending_members
+                .insert(member_id.clone(), now + request.session_timeout);
+            return Answer::Now(JoinResult::error(
+                group_codes::MEMBER_ID_REQUIRED,
+                &member_id,
+            ));
+        }
+        self.add_member_and_rebalance(
+            JoinRequest {
+                member_id,
+                ..request
+            },
+            rules,
+            now,
+        )
+    }
+
+    /// KIP-345: a static member rejoining under a new member id takes over its old
+    /// identity. In a stable group with unchanged protocols this is done without a
+    /// rebalance: the member keeps its assignment under the new id, and the old id is fenced.
+    fn join_static_member(
+        &mut self,
+        instance_id: &str,
+        member_id: String,
+        request: JoinRequest,
+        rules: &GroupRules,
+        now: Instant,
+    ) -> Answer<JoinResult> {
+        let Some(old) = self.member_by_instance(instance_id) else {
+            return self.add_member_and_rebalance(
+                JoinRequest {
+                    member_id,
+                    ..request
+                },
+                rules,
+                now,
+            );
+        };
+        let old_id = old.member_id.clone();
+        let unchanged = old.protocols == request.protocols;
+        if self.state == GroupState::Stable && unchanged {
+            let was_leader = self.leader.as_deref() == Some(old_id.as_str());
+            let member = self.member_mut(&old_id).expect("found above");
+            member.answer_join(JoinResult::error(group_codes::FENCED_INSTANCE_ID, &old_id));
+            member.answer_sync(SyncResult::error(group_codes::FENCED_INSTANCE_ID));
+            member.member_id.clone_from(&member_id);
+            member.heartbeat_deadline = now + member.session_timeout;
+            if was_leader {
+                self.leader = Some(member_id.clone());
+            }
+            // Not the leader's view of the group (skip_assignment is v9 only): every static
+            // rejoin without rebalance sees itself as a follower of the current generation.
+            return Answer::Now(self.join_result_for(&member_id, false));
+        }
+        self.remove_member(&old_id, group_codes::FENCED_INSTANCE_ID);
+        self.add_member_and_rebalance(
+            JoinRequest {
+                member_id,
+                ..request
+            },
+            rules,
+            now,
+        )
+    }
+
+    fn join_known_member(
+        &mut self,
+        request: JoinRequest,
+        rules: &GroupRules,
+        now: Instant,
+    ) -> Answer<JoinResult> {
+        let is_leader = self.leader.as_deref() == Some(request.member_id.as_str());
+        let member = self.member(&request.member_id).expect("checked by join");
+        let unchanged = member.protocols == request.protocols;
+        match self.state {
+            GroupState::CompletingRebalance if unchanged => {
+                // The join response was lost: answer it again.
+                Answer::Now(self.join_result_for(&request.member_id, is_leader))
+            }
+            GroupState::Stable if unchanged && !is_leader => {
+                Answer::Now(self.join_result_for(&request.member_id, false))
+            }
+            _ => {
+                let (sender, receiver) = local_channel::new_bounded(1);
+                let member = self.member_mut(&request.member_id).expect("checked");
+                member.protocols = request.protocols;
+                member.session_timeout = request.session_timeout;
+                member.rebalance_timeout = request.rebalance_timeout;
+                member.heartbeat_deadline = now + request.session_timeout;
+                member.answer_join(JoinResult::error(
+                    group_codes::REBALANCE_IN_PROGRESS,
+                    &request.member_id,
+                ));
+                member.join_waiter = Some(sender);
+                self.prepare_rebalance(rules, now);
+                self.try_complete_join(now);
+                Answer::Later(receiver)
+            }
+        }
+    }
+
+    fn add_member_and_rebalance(
+        &mut self,
+        request: JoinRequest,
+        rules: &GroupRules,
+        now: Instant,
+    ) -> Answer<JoinResult> {
+        let (sender, receiver) = local_channel::new_bounded(1);
+        if self.members.is_empty() {
+            self.protocol_type = Some(request.protocol_type.clone());
+        }
+        self.members.push(Member {
+            member_id: request.member_id,
+            instance_id: request.instance_id,
+            client_id: request.client_id,
+            client_host: request.client_host,
+            session_timeout: request.session_timeout,
+            rebalance_timeout: request.rebalance_timeout,
+            protocols: request.protocols,
+            assignment: Bytes::new(),
+            heartbeat_deadline: now + request.session_timeout,
+            join_waiter: Some(sender),
+            sync_waiter: None,
+        });
+        self.prepare_rebalance(rules, now);
+        self.try_complete_join(now);
+        Answer::Later(receiver)
+    }
+
+    /// Moves to `PreparingRebalance` (from Empty, Stable or `CompletingRebalance`) and sets
+    /// the deadline by which members must rejoin.
+    fn prepare_rebalance(&mut self, rules: &GroupRules, now: Instant) {
+        if !matches!(
+            self.state,
+            GroupState::Empty | GroupState::Stable | GroupState::CompletingRebalance
+        ) {
+            return;
+        }
+        if self.state == GroupState::CompletingRebalance {
+            for member in &mut self.members {
+                member.answer_sync(SyncResult::error(group_codes::REBALANCE_IN_PROGRESS));
+            }
+        }
+        let rebalance_timeout = self
+            .members
+            .iter()
+            .map(|m| m.rebalance_timeout)
+            .max()
+            .unwrap_or_default();
+        let wait = if self.state == GroupState::Empty {
+            rules.initial_rebalance_delay.min(rebalance_timeout)
+        } else {
+            rebalance_timeout
+        };
+        self.rebalance_deadline = Some(now + wait);
+        self.initial_delay = self.state == GroupState::Empty && !wait.is_zero();
+        self.state = GroupState::PreparingRebalance;
+        self.empty_since_ms = None;
+    }
+
+    /// Completes the join phase when every member has rejoined (and no handed-out member id
+    /// is still expected), or when the rebalance deadline has passed.
+    pub fn try_complete_join(&mut self, now: Instant) {
+        if self.state != GroupState::PreparingRebalance {
+            return;
+        }
+        let deadline_passed = self
+            .rebalance_deadline
+            .is_some_and(|deadline| now >= deadline);
+        let all_joined =
+            self.members.iter().all(|m| m.join_waiter.is_some()) && self.pending_members.is_empty();
+        if deadline_passed || (all_joined && !self.initial_delay) {
+            self.complete_join(now);
+        }
+    }
+
+    /// Drops members that did not rejoin, starts the next generation and answers every
+    /// parked join: the leader with the members' metadata, the others without.
+    fn complete_join(&mut self, now: Instant) {
+        let gone: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.join_waiter.is_none())
+            .map(|m| m.member_id.clone())
+            .collect();
+        for member_id in gone {
+            self.remove_member(&member_id, group_codes::UNKNOWN_MEMBER_ID);
+        }
+        self.rebalance_deadline = None;
+        self.initial_delay = false;
+        self.generation += 1;
+        if self.members.is_empty() {
+            self.become_empty();
+            return;
+        }
+        self.protocol_name = self.select_protocol();
+        let leader_present = self
+            .leader
+            .as_ref()
+            .is_some_and(|leader| self.member(leader).is_some());
+        if !leader_present {
+            self.leader = Some(self.members[0].member_id.clone());
+        }
+        self.state = GroupState::CompletingRebalance;
+        let leader = self.leader.clone().expect("set above");
+        let results: Vec<JoinResult> = self
+            .members
+            .iter()
+            .map(|m| self.join_result_for(&m.member_id, m.member_id == leader))
+            .collect();
+        for (member, result) in self.members.iter_mut().zip(results) {
+            member.heartbeat_deadline = now + member.session_timeout;
+            member.answer_join(result);
+        }
+    }
+
+    fn become_empty(&mut self) {
+        self.state = GroupState::Empty;
+        self.protocol_name = None;
+        self.protocol_type = None;
+        self.leader = None;
+        self.empty_since_ms = Some(super::wall_clock_ms());
+    }
+
+    fn join_result_for(&self, member_id: &str, with_members: bool) -> JoinResult {
+        let protocol = self.protocol_name.clone().unwrap_or_default();
+        let members = if with_members {
+            self.members
+                .iter()
+                .map(|m| {
+                    let metadata = m.metadata_for(&protocol);
+                    (m.member_id.clone(), m.instance_id.clone(), metadata)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        JoinResult {
+            error_code: codes::NONE,
+            generation: self.generation,
+            protocol_type: self.protocol_type.clone(),
+            protocol_name: self.protocol_name.clone(),
+            leader: self.leader.clone().unwrap_or_default(),
+            member_id: member_id.to_string(),
+            members,
+        }
+    }
+
+    /// Checks a request's member and generation the way every group API does.
+    fn check_member(&self, member_id: &str, generation: i32) -> Result<(), i16> {
+        if self.state == GroupState::Dead {
+            return Err(group_codes::COORDINATOR_NOT_AVAILABLE);
+        }
+        if self.member(member_id).is_none() {
+            return Err(group_codes::UNKNOWN_MEMBER_ID);
+        }
+        if generation != self.generation {
+            return Err(group_codes::ILLEGAL_GENERATION);
+        }
+        Ok(())
+    }
+
+    /// `SyncGroup`: followers park until the leader's assignment arrives.
+    pub fn sync(
+        &mut self,
+        member_id: &str,
+        generation: i32,
+        assignments: Vec<(String, Bytes)>,
+        now: Instant,
+    ) -> Answer<SyncResult> {
+        if let Err(code) = self.check_member(member_id, generation) {
+            return Answer::Now(SyncResult::error(code));
+        }
+        let member = self.member_mut(member_id).expect("checked");
+        member.heartbeat_deadline = now + member.session_timeout;
+        match self.state {
+            GroupState::Empty | GroupState::Dead => {
+                Answer::Now(SyncResult::error(group_codes::UNKNOWN_MEMBER_ID))
+            }
+            GroupState::PreparingRebalance => {
+                Answer::Now(SyncResult::error(group_codes::REBALANCE_IN_PROGRESS))
+            }
+            GroupState::Stable => Answer::Now(self.sync_result_for(member_id)),
+            GroupState::CompletingRebalance => {
+                let (sender, receiver) = local_channel::new_bounded(1);
+                self.member_mut(member_id).expect("checked").sync_waiter = Some(sender);
+                if self.leader.as_deref() == Some(member_id) {
+                    self.install_assignments(assignments);
+                }
+                Answer::Later(receiver)
+            }
+        }
+    }
+
+    fn install_assignments(&mut self, assignments: Vec<(String, Bytes)>) {
+        let mut assignments: HashMap<String, Bytes> = assignments.into_iter().collect();
+        for member in &mut self.members {
+            member.assignment = assignments.remove(&member.member_id).unwrap_or_default();
+        }
+        self.state = GroupState::Stable;
+        let results: Vec<SyncResult> = self
+            .members
+            .iter()
+            .map(|m| self.sync_result_for(&m.member_id))
+            .collect();
+        for (member, result) in self.members.iter_mut().zip(results) {
+            member.answer_sync(result);
+        }
+    }
+
+    fn sync_result_for(&self, member_id: &str) -> SyncResult {
+        SyncResult {
+            error_code: codes::NONE,
+            protocol_type: self.protocol_type.clone(),
+            protocol_name: self.protocol_name.clone(),
+            assignment: self
+                .member(member_id)
+                .map(|m| m.assignment.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    pub fn heartbeat(&mut self, member_id: &str, generation: i32, now: Instant) -> i16 {
+        if self.state == GroupState::Empty {
+            return group_codes::UNKNOWN_MEMBER_ID;
+        }
+        if let Err(code) = self.check_member(member_id, generation) {
+            return code;
+        }
+        let member = self.member_mut(member_id).expect("checked");
+        member.heartbeat_deadline = now + member.session_timeout;
+        if self.state == GroupState::PreparingRebalance {
+            group_codes::REBALANCE_IN_PROGRESS
+        } else {
+            codes::NONE
+        }
+    }
+
+    /// `LeaveGroup` of one member, by member id or (static) by instance id.
+    pub fn leave(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        rules: &GroupRules,
+        now: Instant,
+    ) -> i16 {
+        let member_id = match instance_id {
+            Some(instance_id) => match self.member_by_instance(instance_id) {
+                Some(member) if member_id.is_empty() || member.member_id == member_id => {
+                    member.member_id.clone()
+                }
+                Some(_) => return group_codes::FENCED_INSTANCE_ID,
+                None => return group_codes::UNKNOWN_MEMBER_ID,
+            },
+            None => member_id.to_string(),
+        };
+        if self.pending_members.remove(&member_id).is_some() {
+            self.try_complete_join(now);
+            return codes::NONE;
+        }
+        if self.member(&member_id).is_none() {
+            return group_codes::UNKNOWN_MEMBER_ID;
+        }
+        self.remove_member(&member_id, group_codes::UNKNOWN_MEMBER_ID);
+        self.after_member_removed(rules, now);
+        codes::NONE
+    }
+
+    fn remove_member(&mut self, member_id: &str, answer_code: i16) {
+        if let Some(index) = self.members.iter().position(|m| m.member_id == member_id) {
+            let mut member = self.members.remove(index);
+            member.answer_join(JoinResult::error(answer_code, member_id));
+            member.answer_sync(SyncResult::error(answer_code));
+        }
+        if self.leader.as_deref() == Some(member_id) {
+            self.leader = None;
+        }
+    }
+
+    fn after_member_removed(&mut self, rules: &GroupRules, now: Instant) {
+        match self.state {
+            GroupState::Stable | GroupState::CompletingRebalance => {
+                if self.members.is_empty() {
+                    self.generation += 1;
+                    self.become_empty();
+                } else {
+                    self.prepare_rebalance(rules, now);
+                }
+            }
+            GroupState::PreparingRebalance => self.try_complete_join(now),
+            GroupState::Empty | GroupState::Dead => {}
+        }
+    }
+
+    /// Runs the clock: expires members whose session ran out (a member parked in a join or
+    /// sync is alive by definition), member ids never used, and a rebalance past its deadline.
+    pub fn tick(&mut self, rules: &GroupRules, now: Instant) {
+        self.pending_members.retain(|_, deadline| *deadline > now);
+        let expired: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.join_waiter.is_none() && m.sync_waiter.is_none())
+            .filter(|m| m.heartbeat_deadline <= now)
+            .map(|m| m.member_id.clone())
+            .collect();
+        for member_id in &expired {
+            tracing::info!(group = %self.id, member = %member_id, "member session expired");
+            self.remove_member(member_id, group_codes::UNKNOWN_MEMBER_ID);
+        }
+        if !expired.is_empty() {
+            self.after_member_removed(rules, now);
+        }
+        self.try_complete_join(now);
+    }
+
+    /// `OffsetCommit` admission (Kafka's classic rules): a simple consumer (generation -1)
+    /// may commit only to a group without members; a member must be current, except that
+    /// commits stay allowed while the group prepares a rebalance.
+    pub fn check_commit(
+        &self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+    ) -> Result<(), i16> {
+        match self.state {
+            GroupState::Dead => Err(group_codes::COORDINATOR_NOT_AVAILABLE),
+            GroupState::Empty if generation < 0 => Ok(()),
+            GroupState::CompletingRebalance => Err(group_codes::REBALANCE_IN_PROGRESS),
+            _ => {
+                if let Some(instance_id) = instance_id {
+                    match self.member_by_instance(instance_id) {
+                        Some(m) if m.member_id == member_id => {}
+                        Some(_) => return Err(group_codes::FENCED_INSTANCE_ID),
+                        None => return Err(group_codes::UNKNOWN_MEMBER_ID),
+                    }
+                }
+                self.check_member(member_id, generation)
+            }
+        }
+    }
+
+    /// A group with neither members nor offsets can be forgotten.
+    pub fn is_disposable(&self) -> bool {
+        self.state == GroupState::Empty
+            && self.offsets.is_empty()
+            && self.pending_members.is_empty()
+    }
+}

@@ -1,0 +1,264 @@
+//! What the coordinator writes to `__consumer_offsets`, in Kafka's own record schemas so a
+//! tool that reads Kafka's offsets topic can read ours. Pure: no IO, no async.
+//!
+//! ```text
+//! offset commit  key:   version i16 (1) | group string | topic string | partition i32
+//!                value: version i16 (3) | offset i64 | leader_epoch i32 | metadata string
+//!                       | commit_timestamp i64            (null value = offset deleted)
+//! group          key:   version i16 (2) | group string   (null value = group deleted)
+//! ```
+//! Strings are i16 length + UTF-8 bytes. Only the tombstone of a group key is written:
+//! membership is not persisted (after a restart members rejoin, as after a coordinator move).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::storage::batch::{self, build, BatchHeader, BATCH_HEADER_BYTES};
+
+const OFFSET_KEY_VERSION: i16 = 1;
+const OFFSET_VALUE_VERSION: i16 = 3;
+const GROUP_KEY_VERSION: i16 = 2;
+
+/// One committed offset as stored and as `OffsetFetch` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommittedOffset {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+    pub commit_timestamp_ms: i64,
+}
+
+/// One record of the offsets log, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OffsetsRecord {
+    Commit {
+        group: String,
+        topic: String,
+        partition: i32,
+        /// `None`: a tombstone (the offset was deleted or expired).
+        value: Option<CommittedOffset>,
+    },
+    /// The group was deleted (a tombstone of its group key).
+    GroupDeleted { group: String },
+}
+
+impl OffsetsRecord {
+    fn key(&self) -> Bytes {
+        let mut key = BytesMut::new();
+        match self {
+            OffsetsRecord::Commit {
+                group,
+                topic,
+                partition,
+                ..
+            } => {
+                key.put_i16(OFFSET_KEY_VERSION);
+                put_string(&mut key, group);
+                put_string(&mut key, topic);
+                key.put_i32(*partition);
+            }
+            OffsetsRecord::GroupDeleted { group } => {
+                key.put_i16(GROUP_KEY_VERSION);
+                put_string(&mut key, group);
+            }
+        }
+        key.freeze()
+    }
+
+    fn value(&self) -> Option<Bytes> {
+        let OffsetsRecord::Commit {
+            value: Some(value), ..
+        } = self
+        else {
+            return None;
+        };
+        let mut out = BytesMut::new();
+        out.put_i16(OFFSET_VALUE_VERSION);
+        out.put_i64(value.offset);
+        out.put_i32(value.leader_epoch);
+        put_string(&mut out, &value.metadata);
+        out.put_i64(value.commit_timestamp_ms);
+        Some(out.freeze())
+    }
+}
+
+/// One uncompressed v2 batch holding `records`, so a multi-partition commit lands in the log
+/// atomically (a batch is appended whole or not at all).
+pub fn encode_batch(records: &[OffsetsRecord], timestamp_ms: i64) -> Bytes {
+    let encoded: Vec<(Bytes, Option<Bytes>)> = records
+        .iter()
+        .map(|record| (record.key(), record.value()))
+        .collect();
+    let records: Vec<build::Record<'_>> = encoded
+        .iter()
+        .map(|(key, value)| build::Record {
+            key: Some(key),
+            value: value.as_deref(),
+            timestamp_ms,
+        })
+        .collect();
+    build::batch(&records)
+}
+
+/// Decodes every record of one stored batch. Records that are not ours (a compressed batch,
+/// an unknown schema version) are skipped and counted, never trusted.
+pub fn decode_batch(stored: &[u8]) -> (Vec<OffsetsRecord>, usize) {
+    let Some(header) = BatchHeader::parse(stored) else {
+        return (Vec::new(), 1);
+    };
+    if header.is_compressed() || header.is_control() {
+        return (Vec::new(), header.record_count.max(0) as usize);
+    }
+    let mut decoded = Vec::new();
+    let mut skipped = 0;
+    let mut rest = stored.get(BATCH_HEADER_BYTES..).unwrap_or_default();
+    for _ in 0..header.record_count {
+        let Some((key, value)) = next_record(&mut rest) else {
+            skipped += 1;
+            break;
+        };
+        match decode_record(key, value) {
+            Some(record) => decoded.push(record),
+            None => skipped += 1,
+        }
+    }
+    (decoded, skipped)
+}
+
+/// Splits the next record off `rest`: its key and value (`None` = null).
+fn next_record<'a>(rest: &mut &'a [u8]) -> Option<(&'a [u8], Option<&'a [u8]>)> {
+    let length = usize::try_from(batch::read_varint(rest)?).ok()?;
+    let record = rest.get(..length)?;
+    *rest = rest.get(length..)?;
+    let mut fields = record.get(1..)?; // attributes
+    batch::read_varint(&mut fields)?; // timestamp delta
+    batch::read_varint(&mut fields)?; // offset delta
+    let key = take_varint_bytes(&mut fields)??;
+    let value = take_varint_bytes(&mut fields)?;
+    Some((key, value))
+}
+
+/// A varint-length-prefixed field: `Some(None)` for length -1 (null).
+// The two levels mean different things: outer `None` is a malformed record, inner a null.
+#[allow(clippy::option_option)]
+fn take_varint_bytes<'a>(fields: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
+    let length = batch::read_varint(fields)?;
+    if length < 0 {
+        return Some(None);
+    }
+    let length = usize::try_from(length).ok()?;
+    let bytes = fields.get(..length)?;
+    *fields = fields.get(length..)?;
+    Some(Some(bytes))
+}
+
+fn decode_record(mut key: &[u8], value: Option<&[u8]>) -> Option<OffsetsRecord> {
+    match take_i16(&mut key)? {
+        0 | 1 => {
+            let group = take_string(&mut key)?;
+            let topic = take_string(&mut key)?;
+            let partition = take_i32(&mut key)?;
+            let value = match value {
+                None => None,
+                Some(value) => Some(decode_offset_value(value)?),
+            };
+            Some(OffsetsRecord::Commit {
+                group,
+                topic,
+                partition,
+                value,
+            })
+        }
+        2 if value.is_none() => Some(OffsetsRecord::GroupDeleted {
+            group: take_string(&mut key)?,
+        }),
+        _ => None,
+    }
+}
+
+fn decode_offset_value(mut value: &[u8]) -> Option<CommittedOffset> {
+    if take_i16(&mut value)? != OFFSET_VALUE_VERSION {
+        return None;
+    }
+    Some(CommittedOffset {
+        offset: take_i64(&mut value)?,
+        leader_epoch: take_i32(&mut value)?,
+        metadata: take_string(&mut value)?,
+        commit_timestamp_ms: take_i64(&mut value)?,
+    })
+}
+
+fn put_string(out: &mut BytesMut, text: &str) {
+    // Group ids, topic names and commit metadata are bounded far below i16::MAX by the
+    // handlers (OFFSET_METADATA_TOO_LARGE, topic name rules), so the length always fits.
+    let length = i16::try_from(text.len()).expect("string fits an i16 length");
+    out.put_i16(length);
+    out.put_slice(text.as_bytes());
+}
+
+fn take<'a>(bytes: &mut &'a [u8], count: usize) -> Option<&'a [u8]> {
+    let taken = bytes.get(..count)?;
+    *bytes = &bytes[count..];
+    Some(taken)
+}
+
+fn take_i16(bytes: &mut &[u8]) -> Option<i16> {
+    Some(i16::from_be_bytes(take(bytes, 2)?.try_into().ok()?))
+}
+
+fn take_i32(bytes: &mut &[u8]) -> Option<i32> {
+    Some(i32::from_be_bytes(take(bytes, 4)?.try_into().ok()?))
+}
+
+fn take_i64(bytes: &mut &[u8]) -> Option<i64> {
+    Some(i64::from_be_bytes(take(bytes, 8)?.try_into().ok()?))
+}
+
+fn take_string(bytes: &mut &[u8]) -> Option<String> {
+    let length = usize::try_from(take_i16(bytes)?).ok()?;
+    String::from_utf8(take(bytes, length)?.to_vec()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_tombstones_and_group_deletions_round_trip_through_one_batch() {
+        let records = vec![
+            OffsetsRecord::Commit {
+                group: "payments".into(),
+                topic: "orders".into(),
+                partition: 3,
+                value: Some(CommittedOffset {
+                    offset: 42,
+                    leader_epoch: -1,
+                    metadata: "m".into(),
+                    commit_timestamp_ms: 1_700_000_000_000,
+                }),
+            },
+            OffsetsRecord::Commit {
+                group: "payments".into(),
+                topic: "orders".into(),
+                partition: 4,
+                value: None,
+            },
+            OffsetsRecord::GroupDeleted {
+                group: "old".into(),
+            },
+        ];
+        let batch = encode_batch(&records, 1_700_000_000_000);
+        assert!(batch::validate(&batch, 1 << 20).is_ok(), "a valid v2 batch");
+        assert_eq!(decode_batch(&batch), (records, 0));
+    }
+
+    #[test]
+    fn foreign_records_are_skipped_not_trusted() {
+        let batch = build::batch(&[build::Record {
+            key: Some(b"\x00\x07garbage"),
+            value: Some(b"x"),
+            timestamp_ms: 0,
+        }]);
+        assert_eq!(decode_batch(&batch), (Vec::new(), 1));
+        assert_eq!(decode_batch(&batch[..30]).1, 1, "a truncated batch");
+    }
+}

@@ -1,0 +1,60 @@
+//! `LeaveGroup`: one member (v0-2) or a batch of members by id or group instance id (v3+).
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
+
+use super::RequestContext;
+use crate::error_codes as codes;
+use crate::groups::{self, GroupCall, GroupReply};
+use crate::shard::Shard;
+
+pub async fn handle(
+    shard: &Rc<Shard>,
+    context: &RequestContext,
+    request: LeaveGroupRequest,
+) -> LeaveGroupResponse {
+    let batched = context.api_version >= 3;
+    let members: Vec<_> = if batched {
+        request.members
+    } else {
+        vec![
+            kafka_protocol::messages::leave_group_request::MemberIdentity::default()
+                .with_member_id(request.member_id),
+        ]
+    };
+    let identities = members
+        .iter()
+        .map(|m| {
+            (
+                m.member_id.to_string(),
+                m.group_instance_id.as_ref().map(ToString::to_string),
+            )
+        })
+        .collect();
+    let call = GroupCall::Leave {
+        members: identities,
+    };
+    let member_codes = match groups::route(shard, &request.group_id, call).await {
+        Ok(GroupReply::Codes(codes)) => codes,
+        Ok(other) => panic!("LeaveGroup answered with {other:?}"),
+        Err(code) => return LeaveGroupResponse::default().with_error_code(code),
+    };
+    if !batched {
+        return LeaveGroupResponse::default().with_error_code(member_codes[0]);
+    }
+    let responses = members
+        .into_iter()
+        .zip(member_codes)
+        .map(|(member, code)| {
+            MemberResponse::default()
+                .with_member_id(member.member_id)
+                .with_group_instance_id(member.group_instance_id)
+                .with_error_code(code)
+        })
+        .collect();
+    LeaveGroupResponse::default()
+        .with_error_code(codes::NONE)
+        .with_members(responses)
+}

@@ -1,0 +1,173 @@
+//! `OffsetFetch`: a group's committed offsets, from its coordinator. v0-7 ask for one group,
+//! v8+ for several at once (each routed to its own coordinator, concurrently). A partition
+//! without a commit reads offset -1, as in Kafka.
+
+use std::rc::Rc;
+
+use futures::future::join_all;
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, TopicName};
+
+use super::{str_bytes, RequestContext};
+use crate::error_codes as codes;
+use crate::groups::records::CommittedOffset;
+use crate::groups::{self, GroupCall, GroupReply};
+use crate::shard::Shard;
+
+/// One group's answer: a group-level error code, then per (topic, partition) the committed
+/// offset (None: nothing committed) in request order.
+struct GroupOffsets {
+    error_code: i16,
+    offsets: Vec<(String, i32, Option<CommittedOffset>)>,
+}
+
+pub async fn handle(
+    shard: &Rc<Shard>,
+    context: &RequestContext,
+    request: OffsetFetchRequest,
+) -> OffsetFetchResponse {
+    let version = context.api_version;
+    if version >= 8 {
+        let lookups = request.groups.into_iter().map(|group| async move {
+            let partitions = group.topics.map(|topics| {
+                topics
+                    .into_iter()
+                    .map(|t| (t.name.to_string(), t.partition_indexes))
+                    .collect()
+            });
+            let answer = fetch(shard, &group.group_id, partitions).await;
+            multi_group_entry(group.group_id, answer)
+        });
+        return OffsetFetchResponse::default().with_groups(join_all(lookups).await);
+    }
+    let partitions = request.topics.map(|topics| {
+        topics
+            .into_iter()
+            .map(|t| (t.name.to_string(), t.partition_indexes))
+            .collect()
+    });
+    let answer = fetch(shard, &request.group_id, partitions).await;
+    single_group_response(version, answer)
+}
+
+async fn fetch(
+    shard: &Rc<Shard>,
+    group: &str,
+    partitions: Option<Vec<(String, Vec<i32>)>>,
+) -> GroupOffsets {
+    let requested: Vec<(String, i32)> = partitions
+        .iter()
+        .flatten()
+        .flat_map(|(topic, indexes)| indexes.iter().map(move |i| (topic.clone(), *i)))
+        .collect();
+    match groups::route(shard, group, GroupCall::FetchOffsets { partitions }).await {
+        Ok(GroupReply::Offsets {
+            error_code,
+            offsets,
+        }) if error_code == codes::NONE => GroupOffsets {
+            error_code,
+            offsets,
+        },
+        Ok(GroupReply::Offsets { error_code, .. }) | Err(error_code) => GroupOffsets {
+            error_code,
+            // Kafka echoes the requested partitions with the error on each.
+            offsets: requested.into_iter().map(|(t, p)| (t, p, None)).collect(),
+        },
+        Ok(other) => panic!("OffsetFetch answered with {other:?}"),
+    }
+}
+
+/// One topic's partitions with their committed offsets.
+type TopicOffsets = (String, Vec<(i32, Option<CommittedOffset>)>);
+
+/// Groups consecutive entries of the same topic, keeping request order.
+fn by_topic(offsets: Vec<(String, i32, Option<CommittedOffset>)>) -> Vec<TopicOffsets> {
+    let mut topics: Vec<TopicOffsets> = Vec::new();
+    for (topic, partition, value) in offsets {
+        match topics.last_mut() {
+            Some((last, partitions)) if *last == topic => partitions.push((partition, value)),
+            _ => topics.push((topic, vec![(partition, value)])),
+        }
+    }
+    topics
+}
+
+fn single_group_response(version: i16, answer: GroupOffsets) -> OffsetFetchResponse {
+    // v0-1 have no group-level error: it goes on every partition instead.
+    let partition_code = if version < 2 {
+        answer.error_code
+    } else {
+        codes::NONE
+    };
+    let topics = by_topic(answer.offsets)
+        .into_iter()
+        .map(|(topic, partitions)| {
+            let partitions = partitions
+                .into_iter()
+                .map(|(index, value)| {
+                    let value = value.unwrap_or_else(no_commit);
+                    let described = OffsetFetchResponsePartition::default()
+                        .with_partition_index(index)
+                        .with_committed_offset(value.offset)
+                        .with_metadata(Some(str_bytes(&value.metadata)))
+                        .with_error_code(partition_code);
+                    if version >= 5 {
+                        described.with_committed_leader_epoch(value.leader_epoch)
+                    } else {
+                        described
+                    }
+                })
+                .collect();
+            OffsetFetchResponseTopic::default()
+                .with_name(TopicName(str_bytes(&topic)))
+                .with_partitions(partitions)
+        })
+        .collect();
+    let response = OffsetFetchResponse::default().with_topics(topics);
+    if version >= 2 {
+        response.with_error_code(answer.error_code)
+    } else {
+        response
+    }
+}
+
+fn multi_group_entry(
+    group_id: kafka_protocol::messages::GroupId,
+    answer: GroupOffsets,
+) -> OffsetFetchResponseGroup {
+    let topics = by_topic(answer.offsets)
+        .into_iter()
+        .map(|(topic, partitions)| {
+            let partitions = partitions
+                .into_iter()
+                .map(|(index, value)| {
+                    let value = value.unwrap_or_else(no_commit);
+                    OffsetFetchResponsePartitions::default()
+                        .with_partition_index(index)
+                        .with_committed_offset(value.offset)
+                        .with_committed_leader_epoch(value.leader_epoch)
+                        .with_metadata(Some(str_bytes(&value.metadata)))
+                })
+                .collect();
+            OffsetFetchResponseTopics::default()
+                .with_name(TopicName(str_bytes(&topic)))
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetFetchResponseGroup::default()
+        .with_group_id(group_id)
+        .with_topics(topics)
+        .with_error_code(answer.error_code)
+}
+
+fn no_commit() -> CommittedOffset {
+    CommittedOffset {
+        offset: -1,
+        leader_epoch: -1,
+        metadata: String::new(),
+        commit_timestamp_ms: -1,
+    }
+}

@@ -1,0 +1,52 @@
+//! `SyncGroup`: the leader hands the coordinator every member's assignment; followers wait
+//! for theirs. Routed to the group's coordinator.
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
+
+use super::{str_bytes, RequestContext};
+use crate::groups::group::SyncResult;
+use crate::groups::{self, GroupCall, GroupReply};
+use crate::shard::Shard;
+
+pub async fn handle(
+    shard: &Rc<Shard>,
+    context: &RequestContext,
+    request: SyncGroupRequest,
+) -> SyncGroupResponse {
+    let call = GroupCall::Sync {
+        member_id: request.member_id.to_string(),
+        generation: request.generation_id,
+        protocol_type: request.protocol_type.map(|p| p.to_string()),
+        protocol_name: request.protocol_name.map(|p| p.to_string()),
+        assignments: request
+            .assignments
+            .into_iter()
+            .map(|a| (a.member_id.to_string(), a.assignment))
+            .collect(),
+    };
+    let result = match groups::route(shard, &request.group_id, call).await {
+        Ok(GroupReply::Sync(result)) => result,
+        Ok(other) => panic!("SyncGroup answered with {other:?}"),
+        Err(code) => SyncResult::error(code),
+    };
+    let with_protocol = context.api_version >= 5 && result.error_code == 0;
+    SyncGroupResponse::default()
+        .with_error_code(result.error_code)
+        .with_protocol_type(
+            result
+                .protocol_type
+                .as_deref()
+                .filter(|_| with_protocol)
+                .map(str_bytes),
+        )
+        .with_protocol_name(
+            result
+                .protocol_name
+                .as_deref()
+                .filter(|_| with_protocol)
+                .map(str_bytes),
+        )
+        .with_assignment(result.assignment)
+}

@@ -1,0 +1,226 @@
+"""Guards consumer groups (classic protocol) and committed offsets, driven by librdkafka
+(confluent-kafka) and kafka-python consumers against the real broker: members share a
+topic's partitions, leave and join rebalance them, commits resume a restarted group without
+skipping anything, and commits survive a broker restart. Wire-level tests pin the error codes
+Kafka returns (KIP-394 MEMBER_ID_REQUIRED, generation fencing)."""
+
+import signal
+import struct
+import time
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from kafka import KafkaConsumer
+from kafka.protocol.group import HeartbeatRequest, JoinGroupRequest, SyncGroupRequest
+
+import helpers
+from helpers import create_topic, produce
+
+FAST_GROUPS = ["--group-initial-rebalance-delay-ms", "300"]
+PARTITIONS = 6
+
+
+@pytest.fixture
+def group_broker(start_broker):
+    return start_broker(shards=2, extra_args=FAST_GROUPS)
+
+
+def numbered(start, count):
+    return [(f"k{i}".encode(), f"m{i}".encode(), [], helpers.TIMESTAMP_BASE_MS + i) for i in range(start, start + count)]
+
+
+def librdkafka_member(bootstrap, group, **config):
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "heartbeat.interval.ms": 300,
+        "session.timeout.ms": 6000,
+        **config,
+    })
+    consumer.subscribe(["orders"])
+    return consumer
+
+
+def poll_once(member, seen):
+    """One poll; a message is counted in `seen` (value -> times consumed), then committed."""
+    message = member.poll(0.05)
+    if message is None or message.error():
+        return
+    seen[message.value()] = seen.get(message.value(), 0) + 1
+    member.commit(message=message, asynchronous=False)
+
+
+def poll_all(members, seen, until, timeout=60):
+    """Polls every member round-robin until `until(seen)` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for member in members:
+            poll_once(member, seen)
+        if until(seen):
+            return
+    raise AssertionError(f"timed out: {len(seen)} distinct messages seen")
+
+
+def assignments_settle(members, seen, expected_total, timeout=60):
+    """Polls (counting messages in `seen`) until the members' assignments are disjoint and
+    cover `expected_total` partitions."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for member in members:
+            poll_once(member, seen)
+        owned = [{tp.partition for tp in member.assignment()} for member in members]
+        union = set().union(*owned)
+        if sum(len(o) for o in owned) == expected_total and len(union) == expected_total and all(owned):
+            return owned
+    raise AssertionError(f"assignments never settled: {[m.assignment() for m in members]}")
+
+
+def test_librdkafka_members_share_partitions_rebalance_and_resume_from_commits(group_broker):
+    bootstrap = group_broker.bootstrap
+    create_topic(bootstrap, "orders", PARTITIONS)
+    produce(bootstrap, "orders", numbered(0, 300))
+    members = [librdkafka_member(bootstrap, "payment") for _ in range(3)]
+    seen = {}
+    owned = assignments_settle(members, seen, PARTITIONS)
+    assert sorted(len(o) for o in owned) == [2, 2, 2]
+    poll_all(members, seen, lambda s: len(s) == 300)
+
+    # A member leaves: the other two take over all six partitions.
+    members.pop().close()
+    owned = assignments_settle(members, seen, PARTITIONS)
+    assert sorted(len(o) for o in owned) == [3, 3]
+    produce(bootstrap, "orders", numbered(300, 150))
+    poll_all(members, seen, lambda s: len(s) == 450)
+
+    # A member joins: three again.
+    members.append(librdkafka_member(bootstrap, "payment"))
+    assignments_settle(members, seen, PARTITIONS)
+    produce(bootstrap, "orders", numbered(450, 150))
+    poll_all(members, seen, lambda s: len(s) == 600)
+    for member in members:
+        member.close()
+    assert set(seen) == {f"m{i}".encode() for i in range(600)}
+
+    # Everyone stopped; new messages; a restarted group resumes from its commits: it gets
+    # exactly the new messages, nothing skipped and nothing already committed.
+    produce(bootstrap, "orders", numbered(600, 60))
+    restarted = [librdkafka_member(bootstrap, "payment") for _ in range(2)]
+    again = {}
+    poll_all(restarted, again, lambda s: len(s) >= 60)
+    time.sleep(1.0)
+    for member in restarted:
+        member.poll(0.2)
+        member.close()
+    assert set(again) == {f"m{i}".encode() for i in range(600, 660)}
+
+
+def test_kafka_python_members_share_partitions_and_commit(group_broker):
+    bootstrap = group_broker.bootstrap
+    create_topic(bootstrap, "orders", PARTITIONS)
+    produce(bootstrap, "orders", numbered(0, 200))
+
+    def member():
+        return KafkaConsumer("orders", bootstrap_servers=bootstrap, group_id="inventory",
+                             auto_offset_reset="earliest", enable_auto_commit=False,
+                             heartbeat_interval_ms=300, session_timeout_ms=6000)
+
+    members = [member(), member(), member()]
+    seen = {}
+    deadline = time.monotonic() + 60
+    while len(seen) < 200 and time.monotonic() < deadline:
+        for consumer in members:
+            for records in consumer.poll(timeout_ms=50).values():
+                for record in records:
+                    seen[record.value] = seen.get(record.value, 0) + 1
+                consumer.commit()
+    owned = [{tp.partition for tp in consumer.assignment()} for consumer in members]
+    for consumer in members:
+        consumer.close()
+    assert set(seen) == {f"m{i}".encode() for i in range(200)}
+    assert sorted(len(o) for o in owned) == [2, 2, 2] and set().union(*owned) == set(range(PARTITIONS))
+
+    # Committed offsets, read back through librdkafka: the end of every partition.
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "inventory"})
+    committed = reader.committed([TopicPartition("orders", p) for p in range(PARTITIONS)], timeout=10)
+    ends = [helpers.watermarks(bootstrap, "orders", p)[1] for p in range(PARTITIONS)]
+    reader.close()
+    assert [tp.offset for tp in committed] == ends
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_committed_offsets_survive_a_broker_restart(group_broker, sig):
+    bootstrap = group_broker.bootstrap
+    create_topic(bootstrap, "orders", PARTITIONS)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "notification"})
+    wanted = [TopicPartition("orders", p, 100 + p, f"meta-{p}") for p in range(PARTITIONS)]
+    consumer.commit(offsets=wanted, asynchronous=False)
+    consumer.close()
+    group_broker.restart(sig)
+    reader = Consumer({"bootstrap.servers": group_broker.bootstrap, "group.id": "notification"})
+    committed = reader.committed([TopicPartition("orders", p) for p in range(PARTITIONS)], timeout=10)
+    reader.close()
+    assert [(tp.partition, tp.offset, tp.metadata) for tp in committed] == \
+        [(p, 100 + p, f"meta-{p}") for p in range(PARTITIONS)]
+
+
+# --- wire level: the codes Kafka returns -------------------------------------------------
+
+def call(sock, request, correlation_id):
+    body = request.encode()
+    frame = helpers.request_frame(request.API_KEY, request.API_VERSION, correlation_id, body)
+    sock.sendall(frame)
+    response = helpers.read_frame(sock)
+    assert struct.unpack(">i", response[:4])[0] == correlation_id
+    return request.RESPONSE_TYPE.decode(response[4:])
+
+
+def join_v5(group, member_id):
+    return JoinGroupRequest[5](group, 10000, 10000, member_id, None, "consumer", [("range", b"\x00\x00")])
+
+
+def test_join_requires_a_member_id_then_fences_stale_generations(group_broker):
+    sock = helpers.connect(group_broker.bootstrap)
+    first = call(sock, join_v5("wire", ""), 1)
+    assert first.error_code == 79  # MEMBER_ID_REQUIRED (KIP-394)
+    member_id = first.member_id
+    assert member_id.startswith("ringfeed-tests-")
+
+    joined = call(sock, join_v5("wire", member_id), 2)
+    assert (joined.error_code, joined.leader_id, joined.member_id) == (0, member_id, member_id)
+    assert joined.group_protocol == "range" and [m[0] for m in joined.members] == [member_id]
+    generation = joined.generation_id
+
+    synced = call(sock, SyncGroupRequest[3]("wire", generation, member_id, None, [(member_id, b"assignment")]), 3)
+    assert (synced.error_code, synced.member_assignment) == (0, b"assignment")
+
+    assert call(sock, HeartbeatRequest[3]("wire", generation, member_id, None), 4).error_code == 0
+    assert call(sock, HeartbeatRequest[3]("wire", generation + 1, member_id, None), 5).error_code == 22  # ILLEGAL_GENERATION
+    assert call(sock, HeartbeatRequest[3]("wire", generation, "stranger", None), 6).error_code == 25  # UNKNOWN_MEMBER_ID
+    assert call(sock, join_v5("wire", "never-issued"), 7).error_code == 25
+    sock.close()
+
+
+def test_a_second_member_triggers_a_rebalance_seen_by_heartbeat(group_broker):
+    sock = helpers.connect(group_broker.bootstrap)
+    member_a = call(sock, join_v5("rebal", ""), 1).member_id
+    generation = call(sock, join_v5("rebal", member_a), 2).generation_id
+    assert call(sock, SyncGroupRequest[3]("rebal", generation, member_a, None, []), 3).error_code == 0
+
+    other = helpers.connect(group_broker.bootstrap)
+    member_b = call(other, join_v5("rebal", ""), 1).member_id
+    # B's join parks until A rejoins; A learns of the rebalance from its heartbeat.
+    parked_join = join_v5("rebal", member_b)
+    other.sendall(helpers.request_frame(11, 5, 2, parked_join.encode()))
+    deadline = time.monotonic() + 10
+    code = 0
+    while code != 27 and time.monotonic() < deadline:  # REBALANCE_IN_PROGRESS
+        code = call(sock, HeartbeatRequest[3]("rebal", generation, member_a, None), 4).error_code
+    assert code == 27
+    rejoined = call(sock, join_v5("rebal", member_a), 5)
+    b_joined = JoinGroupRequest[5].RESPONSE_TYPE.decode(helpers.read_frame(other)[4:])
+    assert rejoined.generation_id == b_joined.generation_id == generation + 1
+    assert rejoined.leader_id == member_a and len(rejoined.members) == 2 and b_joined.members == []
+    sock.close()
+    other.close()
