@@ -54,6 +54,8 @@ pub enum SegmentIndex {
 /// The index of the active segment as it grows.
 pub struct BuildingIndex {
     pub data: SegmentIndexData,
+    /// Batches added (kept in memory only; the index file does not record it).
+    pub batches: u64,
     interval_bytes: u32,
     bytes_since_entry: u64,
     time_entry_timestamp: i64,
@@ -68,6 +70,7 @@ impl BuildingIndex {
                 next_offset: base_offset,
                 ..SegmentIndexData::default()
             },
+            batches: 0,
             interval_bytes,
             // Index the very first batch so lookups never start before the segment.
             bytes_since_entry: u64::MAX,
@@ -84,6 +87,7 @@ impl BuildingIndex {
         position: u64,
         bytes: usize,
     ) {
+        self.batches += 1;
         let data = &mut self.data;
         data.max_timestamp = data.max_timestamp.max(max_timestamp);
         if self.bytes_since_entry >= u64::from(self.interval_bytes) {

@@ -11,6 +11,7 @@
 //! This crate knows nothing of sockets or the Kafka request protocol.
 
 pub mod batch;
+pub mod check;
 pub mod config;
 pub mod error;
 pub mod index;
