@@ -168,7 +168,7 @@ async fn check_metadata<D: Disk>(disk: &D, dir: &Path, names: &[String], report:
                         checkpoint.next_offset,
                         report.next_offset.unwrap_or(0)
                     ),
-                )
+                );
             }
             Ok(_) => {}
             Err(error) => report.find(file, format!("unusable: {error}")),
