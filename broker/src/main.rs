@@ -13,6 +13,7 @@ mod handlers;
 mod limits;
 mod metadata;
 mod partition;
+mod producer_state;
 mod records;
 mod registry;
 mod router;

@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::error_codes as codes;
 use crate::metadata::TopicPartition;
+use crate::producer_state::{ProducerStates, Refused};
 use crate::storage::{AppendError, BatchError, PartitionLog, ReadError};
 
 /// Work on one partition, executed by its owning shard.
@@ -117,6 +118,8 @@ pub type OfflineListener = Box<dyn Fn(TopicPartition, Uuid)>;
 pub struct PartitionTable {
     slots: RefCell<HashMap<TopicPartition, PartitionSlot>>,
     offline_listener: RefCell<Option<OfflineListener>>,
+    /// Idempotent producers' sequence state of the partitions above.
+    producers: ProducerStates,
 }
 
 impl PartitionTable {
@@ -150,6 +153,7 @@ impl PartitionTable {
     }
 
     pub fn remove(&self, tp: &TopicPartition) -> Option<PartitionSlot> {
+        self.producers.forget(tp);
         self.slots.borrow_mut().remove(tp)
     }
 
@@ -242,12 +246,13 @@ async fn produce(
     let mut first_base_offset = None;
     let mut last_offset = -1;
     for batch in batches {
-        match log.append(batch).await {
+        match table.producers.append(tp, &log, batch).await {
             Ok(outcome) => {
                 first_base_offset.get_or_insert(outcome.base_offset);
                 last_offset = outcome.last_offset;
             }
-            Err(error) => {
+            Err(Refused::Sequence(code)) => return failed(code),
+            Err(Refused::Append(error)) => {
                 tracing::debug!(partition = %tp, %error, "append refused");
                 if let AppendError::Storage(storage) = &error {
                     table.fence(tp, storage.to_string());

@@ -32,7 +32,7 @@ impl ApiSpec {
 }
 
 /// Every API Ringfeed answers, in api-key order.
-pub const SUPPORTED_APIS: [ApiSpec; 20] = [
+pub const SUPPORTED_APIS: [ApiSpec; 21] = [
     ApiSpec {
         accepted_min: 3,
         ..ApiSpec::new(ApiKey::Produce, 0, 11)
@@ -52,6 +52,7 @@ pub const SUPPORTED_APIS: [ApiSpec; 20] = [
     ApiSpec::new(ApiKey::CreateTopics, 2, 7),
     ApiSpec::new(ApiKey::DeleteTopics, 1, 6),
     ApiSpec::new(ApiKey::DeleteRecords, 0, 2),
+    ApiSpec::new(ApiKey::InitProducerId, 0, 5),
     ApiSpec::new(ApiKey::DescribeConfigs, 1, 4),
     ApiSpec::new(ApiKey::AlterConfigs, 0, 2),
     ApiSpec::new(ApiKey::CreatePartitions, 0, 3),

@@ -23,6 +23,7 @@ use super::{
 };
 use crate::error_codes as broker_codes;
 use crate::metadata::TopicPartition;
+use crate::producer_state::ProducerIds;
 use crate::shard::Shard;
 use crate::storage::batch::BatchHeader;
 use crate::storage::PartitionLog;
@@ -76,6 +77,8 @@ struct Inner {
     /// Per offsets partition: closed once its replay has finished.
     loads: RefCell<HashMap<i32, Rc<Semaphore>>>,
     ticker_started: std::cell::Cell<bool>,
+    /// Shard 0 only, created on first use.
+    producer_ids: RefCell<Option<Rc<ProducerIds>>>,
 }
 
 impl GroupCoordinator {
@@ -90,8 +93,14 @@ impl GroupCoordinator {
             partition,
             call,
         } = envelope;
-        if let GroupCall::List = call {
-            return GroupReply::Listed(self.list());
+        match call {
+            GroupCall::List => return GroupReply::Listed(self.list()),
+            GroupCall::InitProducerId { producer_id, epoch } => {
+                return GroupReply::ProducerId(
+                    self.init_producer_id(shard, producer_id, epoch).await,
+                );
+            }
+            _ => {}
         }
         let log = match self.ensure_loaded(shard, partition).await {
             Ok(log) => log,
@@ -105,44 +114,18 @@ impl GroupCoordinator {
                     settle(answer, JoinResult::error(codes::UNKNOWN_MEMBER_ID, "")).await,
                 )
             }
-            GroupCall::Sync {
-                member_id,
-                generation,
-                protocol_type,
-                protocol_name,
-                assignments,
-            } => {
-                let answer = self.with_existing(&group, |g| {
-                    if !protocol_matches(protocol_type.as_ref(), g.protocol_type.as_ref())
-                        || !protocol_matches(protocol_name.as_ref(), g.protocol_name.as_ref())
-                    {
-                        return Answer::Now(SyncResult::error(codes::INCONSISTENT_GROUP_PROTOCOL));
-                    }
-                    g.sync(&member_id, generation, assignments, now)
-                });
-                let answer =
-                    answer.unwrap_or(Answer::Now(SyncResult::error(codes::UNKNOWN_MEMBER_ID)));
-                GroupReply::Sync(settle(answer, SyncResult::error(codes::UNKNOWN_MEMBER_ID)).await)
-            }
+            GroupCall::Sync { .. } => self.sync(&group, call, now).await,
             GroupCall::Heartbeat {
                 member_id,
                 instance_id,
                 generation,
-            } => GroupReply::Code(
-                self.with_existing(&group, |g| {
-                    if let Some(instance_id) = &instance_id {
-                        let owner = g
-                            .members
-                            .iter()
-                            .find(|m| m.instance_id.as_ref() == Some(instance_id));
-                        if owner.is_some_and(|m| m.member_id != member_id) {
-                            return codes::FENCED_INSTANCE_ID;
-                        }
-                    }
-                    g.heartbeat(&member_id, generation, now)
-                })
-                .unwrap_or(codes::UNKNOWN_MEMBER_ID),
-            ),
+            } => GroupReply::Code(self.heartbeat(
+                &group,
+                &member_id,
+                instance_id.as_ref(),
+                generation,
+                now,
+            )),
             GroupCall::Leave { members } => {
                 let rules = self.rules();
                 GroupReply::Codes(
@@ -177,8 +160,55 @@ impl GroupCoordinator {
             GroupCall::DeleteOffsets { partitions } => {
                 self.delete_offsets(&log, &group, partitions).await
             }
-            GroupCall::List => unreachable!("answered above"),
+            GroupCall::List | GroupCall::InitProducerId { .. } => unreachable!("answered above"),
         }
+    }
+
+    async fn sync(&self, group: &str, call: GroupCall, now: Instant) -> GroupReply {
+        let GroupCall::Sync {
+            member_id,
+            generation,
+            protocol_type,
+            protocol_name,
+            assignments,
+        } = call
+        else {
+            unreachable!("only sync calls come here")
+        };
+        let answer = self.with_existing(group, |g| {
+            if !protocol_matches(protocol_type.as_ref(), g.protocol_type.as_ref())
+                || !protocol_matches(protocol_name.as_ref(), g.protocol_name.as_ref())
+            {
+                return Answer::Now(SyncResult::error(codes::INCONSISTENT_GROUP_PROTOCOL));
+            }
+            g.sync(&member_id, generation, assignments, now)
+        });
+        let answer = answer.unwrap_or(Answer::Now(SyncResult::error(codes::UNKNOWN_MEMBER_ID)));
+        GroupReply::Sync(settle(answer, SyncResult::error(codes::UNKNOWN_MEMBER_ID)).await)
+    }
+
+    /// A heartbeat naming a group instance id held by another member id is fenced (KIP-345).
+    fn heartbeat(
+        &self,
+        group: &str,
+        member_id: &str,
+        instance_id: Option<&String>,
+        generation: i32,
+        now: Instant,
+    ) -> i16 {
+        self.with_existing(group, |g| {
+            if let Some(instance_id) = instance_id {
+                let owner = g
+                    .members
+                    .iter()
+                    .find(|m| m.instance_id.as_ref() == Some(instance_id));
+                if owner.is_some_and(|m| m.member_id != member_id) {
+                    return codes::FENCED_INSTANCE_ID;
+                }
+            }
+            g.heartbeat(member_id, generation, now)
+        })
+        .unwrap_or(codes::UNKNOWN_MEMBER_ID)
     }
 
     /// Runs `change` on the group, creating it (Empty) if it does not exist yet.
@@ -528,6 +558,25 @@ impl GroupCoordinator {
         )
     }
 
+    async fn init_producer_id(
+        &self,
+        shard: &Shard,
+        producer_id: i64,
+        epoch: i16,
+    ) -> Result<(i64, i16), i16> {
+        assert_eq!(shard.id, 0, "producer ids are allocated on shard 0 only");
+        let ids = self
+            .inner
+            .producer_ids
+            .borrow_mut()
+            .get_or_insert_with(|| Rc::new(ProducerIds::new(&shard.config.data_dir)))
+            .clone();
+        ids.init(producer_id, epoch).await.map_err(|error| {
+            tracing::error!(%error, "cannot persist the producer id block");
+            broker_codes::KAFKA_STORAGE_ERROR
+        })
+    }
+
     /// Starts the clock of this shard's groups, with the broker's settings.
     fn start_ticker(&self, shard: &Shard) {
         if self.inner.ticker_started.replace(true) {
@@ -610,6 +659,7 @@ fn error_reply(call: &GroupCall, code: i16) -> GroupReply {
             members: Vec::new(),
         }),
         GroupCall::Heartbeat { .. } | GroupCall::Delete | GroupCall::List => GroupReply::Code(code),
+        GroupCall::InitProducerId { .. } => GroupReply::ProducerId(Err(code)),
     }
 }
 

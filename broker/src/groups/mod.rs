@@ -98,6 +98,12 @@ pub enum GroupCall {
     DeleteOffsets {
         partitions: Vec<(String, i32)>,
     },
+    /// A producer id for an idempotent producer; served by shard 0 only (see
+    /// `producer_state::ProducerIds`). Not a group call, but coordinator work all the same.
+    InitProducerId {
+        producer_id: i64,
+        epoch: i16,
+    },
 }
 
 /// A `GroupCall` addressed to the coordinator of `group` (empty for `List`), which lives on
@@ -146,6 +152,8 @@ pub enum GroupReply {
     },
     Described(GroupDescription),
     Listed(Vec<ListedGroup>),
+    /// (producer id, epoch), or the error code.
+    ProducerId(Result<(i64, i16), i16>),
 }
 
 /// Kafka's placement of a group: `abs(groupId.hashCode()) % partitions`, with Java's

@@ -14,6 +14,7 @@ pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
 pub mod incremental_alter_configs;
+pub mod init_producer_id;
 pub mod join_group;
 pub mod leave_group;
 pub mod list_offsets;
@@ -96,6 +97,7 @@ served_apis! {
     CreatePartitions => create_partitions::CreatePartitionsRequest,
     IncrementalAlterConfigs => incremental_alter_configs::IncrementalAlterConfigsRequest,
     DescribeCluster => describe_cluster::DescribeClusterRequest,
+    InitProducerId => init_producer_id::InitProducerIdRequest,
 }
 
 fn encode<M: Encodable>(context: &RequestContext, response: &M) -> Result<Bytes, CodecError> {

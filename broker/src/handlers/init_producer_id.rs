@@ -1,0 +1,48 @@
+//! `InitProducerId` for idempotent producers: a producer id that is never reused, or the
+//! next epoch of one we issued (KIP-360). Transactions are not served: a transactional id
+//! gets `TRANSACTIONAL_ID_AUTHORIZATION_FAILED`, which clients report as fatal rather than
+//! retrying forever against a coordinator that does not exist.
+
+use std::rc::Rc;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
+
+use super::RequestContext;
+use crate::groups::{GroupCall, GroupEnvelope, GroupReply};
+use crate::shard::Shard;
+
+/// The shard that allocates producer ids (see `producer_state::ProducerIds`).
+const ALLOCATOR_SHARD: usize = 0;
+
+pub async fn handle(
+    shard: &Rc<Shard>,
+    _context: &RequestContext,
+    request: InitProducerIdRequest,
+) -> InitProducerIdResponse {
+    let failed = |code| {
+        InitProducerIdResponse::default()
+            .with_error_code(code)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1)
+    };
+    if request.transactional_id.is_some() {
+        return failed(ResponseError::TransactionalIdAuthorizationFailed.code());
+    }
+    let envelope = GroupEnvelope {
+        group: String::new(),
+        partition: -1,
+        call: GroupCall::InitProducerId {
+            producer_id: request.producer_id.0,
+            epoch: request.producer_epoch,
+        },
+    };
+    match shard.group_call(ALLOCATOR_SHARD, envelope).await {
+        Some(GroupReply::ProducerId(Ok((producer_id, epoch)))) => InitProducerIdResponse::default()
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(epoch),
+        Some(GroupReply::ProducerId(Err(code))) => failed(code),
+        Some(other) => panic!("InitProducerId answered with {other:?}"),
+        None => failed(ResponseError::CoordinatorNotAvailable.code()),
+    }
+}

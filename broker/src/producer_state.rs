@@ -1,0 +1,367 @@
+//! The idempotent producer: producer ids that are never reused, and per-partition sequence
+//! checking so a retried batch is not written twice.
+//!
+//! [`ProducerIds`] lives on shard 0 (reached through the group coordinator's call path):
+//! ids are handed out from blocks whose end is persisted (atomically replaced file) before
+//! the first id of the block is used, so after any crash the next id is above every id
+//! ever issued.
+//!
+//! [`ProducerStates`] is part of a shard's partition table. For each partition and producer
+//! it keeps the epoch and the last five batches (first/last sequence, offsets): Kafka's
+//! `max.in.flight.requests.per.connection` limit for idempotence. An idempotent batch is
+//! checked and appended under the partition's producer gate, so the check and the offset
+//! assignment happen in one order. The state is rebuilt from the log's tail the first time
+//! a partition sees an idempotent batch after a start, so a retry across a restart is still
+//! recognised.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use glommio::sync::Semaphore;
+use kafka_protocol::error::ResponseError;
+
+use crate::metadata::TopicPartition;
+use crate::storage::batch::BatchHeader;
+use crate::storage::{AppendError, AppendOutcome, Disk, DmaDisk, PartitionLog};
+
+pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = ResponseError::OutOfOrderSequenceNumber.code();
+pub const INVALID_PRODUCER_EPOCH: i16 = ResponseError::InvalidProducerEpoch.code();
+
+/// Batches remembered per producer and partition (Kafka's in-flight limit for idempotence).
+const BATCHES_REMEMBERED: usize = 5;
+/// How far back (in offsets) the tail scan looks for producer state after a start.
+const TAIL_SCAN_OFFSETS: i64 = 200_000;
+/// Bytes read per step of the tail scan.
+const TAIL_SCAN_READ_BYTES: usize = 1 << 20;
+/// Producer ids reserved per persisted block.
+const PRODUCER_ID_BLOCK: i64 = 1000;
+
+/// One remembered batch of a producer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BatchEntry {
+    first_sequence: i32,
+    last_sequence: i32,
+    outcome: AppendOutcome,
+}
+
+#[derive(Debug, Default)]
+struct ProducerEntry {
+    epoch: i16,
+    batches: VecDeque<BatchEntry>,
+}
+
+/// What the sequence check decides for one batch.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Append,
+    /// Already in the log: answer with where it went, write nothing.
+    Duplicate(AppendOutcome),
+    Refuse(i16),
+}
+
+/// Kafka's sequence numbers wrap from `i32::MAX` to 0.
+fn next_sequence(sequence: i32) -> i32 {
+    if sequence == i32::MAX {
+        0
+    } else {
+        sequence + 1
+    }
+}
+
+fn last_sequence(header: &BatchHeader) -> i32 {
+    let last = i64::from(header.base_sequence) + i64::from(header.last_offset_delta);
+    // Wraps past i32::MAX like the client's counter does.
+    (last % (i64::from(i32::MAX) + 1)) as i32
+}
+
+/// Kafka's rules (`ProducerStateManager.checkSequence`): an older epoch is fenced; a newer
+/// epoch must start at sequence 0; in the same epoch a batch equal to a remembered one is a
+/// duplicate and anything but the next sequence is out of order. An unknown producer is
+/// accepted at any sequence (its state may have aged out of the log).
+fn check(entry: Option<&ProducerEntry>, header: &BatchHeader) -> Verdict {
+    let Some(entry) = entry else {
+        return Verdict::Append;
+    };
+    if header.producer_epoch < entry.epoch {
+        return Verdict::Refuse(INVALID_PRODUCER_EPOCH);
+    }
+    if header.producer_epoch > entry.epoch {
+        return if header.base_sequence == 0 {
+            Verdict::Append
+        } else {
+            Verdict::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+        };
+    }
+    let last = last_sequence(header);
+    if let Some(duplicate) = entry
+        .batches
+        .iter()
+        .find(|b| b.first_sequence == header.base_sequence && b.last_sequence == last)
+    {
+        return Verdict::Duplicate(duplicate.outcome);
+    }
+    match entry.batches.back() {
+        Some(newest) if header.base_sequence != next_sequence(newest.last_sequence) => {
+            Verdict::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+        }
+        _ => Verdict::Append,
+    }
+}
+
+/// Producer state of one partition. Owned by the partition's shard.
+#[derive(Default)]
+struct PartitionProducers {
+    producers: RefCell<HashMap<i64, ProducerEntry>>,
+    loaded: Cell<bool>,
+}
+
+impl PartitionProducers {
+    fn remember(&self, header: &BatchHeader, outcome: AppendOutcome) {
+        let mut producers = self.producers.borrow_mut();
+        let entry = producers.entry(header.producer_id).or_default();
+        if header.producer_epoch != entry.epoch {
+            entry.batches.clear();
+            entry.epoch = header.producer_epoch;
+        }
+        entry.batches.push_back(BatchEntry {
+            first_sequence: header.base_sequence,
+            last_sequence: last_sequence(header),
+            outcome,
+        });
+        while entry.batches.len() > BATCHES_REMEMBERED {
+            entry.batches.pop_front();
+        }
+    }
+
+    /// Replays the batch headers of the log's tail.
+    async fn load(&self, tp: &TopicPartition, log: &PartitionLog) {
+        let end = log.high_watermark();
+        let mut offset = (end - TAIL_SCAN_OFFSETS).max(log.log_start_offset());
+        let mut batches_seen = 0_usize;
+        while offset < end {
+            let batches = match log.read(offset, TAIL_SCAN_READ_BYTES).await {
+                Ok(batches) if !batches.is_empty() => batches,
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::error!(partition = %tp, %error, "producer state scan failed; continuing without it");
+                    break;
+                }
+            };
+            for stored in batches {
+                let Some(header) = BatchHeader::parse(&stored) else {
+                    break;
+                };
+                offset = header.last_offset() + 1;
+                if header.producer_id >= 0 {
+                    batches_seen += 1;
+                    let outcome = AppendOutcome {
+                        base_offset: header.base_offset,
+                        last_offset: header.last_offset(),
+                    };
+                    self.remember(&header, outcome);
+                }
+            }
+        }
+        tracing::debug!(partition = %tp, batches_seen, producers = self.producers.borrow().len(), "producer state rebuilt from the log tail");
+        self.loaded.set(true);
+    }
+}
+
+/// Why an idempotent append was refused.
+#[derive(Debug)]
+pub enum Refused {
+    Append(AppendError),
+    /// A sequence or epoch error code.
+    Sequence(i16),
+}
+
+/// One partition's producer state and the gate its idempotent appends pass one at a time.
+type GatedProducers = (Rc<Semaphore>, Rc<PartitionProducers>);
+
+/// The producer states of every partition a shard owns, each behind its own gate.
+#[derive(Default)]
+pub struct ProducerStates {
+    partitions: RefCell<HashMap<TopicPartition, GatedProducers>>,
+}
+
+impl ProducerStates {
+    /// Appends one batch. Batches without a producer id go straight to the log; idempotent
+    /// ones are checked first, and a duplicate answers with the original's offsets.
+    pub async fn append(
+        &self,
+        tp: &TopicPartition,
+        log: &PartitionLog,
+        batch: Bytes,
+    ) -> Result<AppendOutcome, Refused> {
+        let header = BatchHeader::parse(&batch).filter(|header| header.producer_id >= 0);
+        let Some(header) = header else {
+            return log.append(batch).await.map_err(Refused::Append);
+        };
+        let (gate, state) = self
+            .partitions
+            .borrow_mut()
+            .entry(tp.clone())
+            .or_insert_with(|| (Rc::new(Semaphore::new(1)), Rc::default()))
+            .clone();
+        let _turn = gate.acquire_permit(1).await.expect("never closed");
+        if !state.loaded.get() {
+            state.load(tp, log).await;
+        }
+        let verdict = check(state.producers.borrow().get(&header.producer_id), &header);
+        match verdict {
+            Verdict::Refuse(code) => Err(Refused::Sequence(code)),
+            Verdict::Duplicate(outcome) => {
+                tracing::debug!(partition = %tp, producer = header.producer_id, sequence = header.base_sequence, "duplicate batch answered from producer state");
+                Ok(outcome)
+            }
+            Verdict::Append => {
+                let outcome = log.append(batch).await.map_err(Refused::Append)?;
+                state.remember(&header, outcome);
+                Ok(outcome)
+            }
+        }
+    }
+
+    /// Forgets a partition that left this shard (deleted or moved).
+    pub fn forget(&self, tp: &TopicPartition) {
+        self.partitions.borrow_mut().remove(tp);
+    }
+}
+
+/// Shard 0's producer id allocator. See the module docs.
+pub struct ProducerIds {
+    path: PathBuf,
+    /// Next id to hand out, and the end (exclusive) of the persisted block.
+    next: Cell<i64>,
+    block_end: Cell<i64>,
+    loaded: Cell<bool>,
+    gate: Semaphore,
+}
+
+impl ProducerIds {
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            path: data_dir.join("producer-ids"),
+            next: Cell::new(0),
+            block_end: Cell::new(0),
+            loaded: Cell::new(false),
+            gate: Semaphore::new(1),
+        }
+    }
+
+    /// `InitProducerId` without a transactional id: a re-init naming a producer id we
+    /// issued gets the same id with the next epoch (KIP-360), otherwise a new id at epoch 0.
+    pub async fn init(&self, producer_id: i64, epoch: i16) -> std::io::Result<(i64, i16)> {
+        let _turn = self.gate.acquire_permit(1).await.expect("never closed");
+        if !self.loaded.get() {
+            let persisted = DmaDisk.read_file(&self.path).await?;
+            let end = persisted
+                .and_then(|bytes| Some(i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)))
+                .unwrap_or(0);
+            self.next.set(end);
+            self.block_end.set(end);
+            self.loaded.set(true);
+        }
+        if producer_id >= 0 && producer_id < self.next.get() && (0..i16::MAX - 1).contains(&epoch) {
+            return Ok((producer_id, epoch + 1));
+        }
+        if self.next.get() >= self.block_end.get() {
+            let end = self.block_end.get() + PRODUCER_ID_BLOCK;
+            DmaDisk
+                .write_file_atomically(&self.path, &end.to_le_bytes())
+                .await?;
+            self.block_end.set(end);
+        }
+        let id = self.next.get();
+        self.next.set(id + 1);
+        Ok((id, 0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(epoch: i16, base_sequence: i32, records: i32) -> BatchHeader {
+        BatchHeader {
+            base_offset: 0,
+            batch_length: 0,
+            magic: 2,
+            crc: 0,
+            attributes: 0,
+            last_offset_delta: records - 1,
+            base_timestamp: 0,
+            max_timestamp: 0,
+            producer_id: 7,
+            producer_epoch: epoch,
+            base_sequence,
+            record_count: records,
+        }
+    }
+
+    fn outcome(base_offset: i64) -> AppendOutcome {
+        AppendOutcome {
+            base_offset,
+            last_offset: base_offset + 9,
+        }
+    }
+
+    #[test]
+    fn duplicates_gaps_and_epochs_follow_kafka() {
+        let state = PartitionProducers::default();
+        assert_eq!(
+            check(None, &header(0, 17, 10)),
+            Verdict::Append,
+            "unknown producer"
+        );
+        for batch in 0..7 {
+            state.remember(&header(0, batch * 10, 10), outcome(i64::from(batch) * 100));
+        }
+        let producers = state.producers.borrow();
+        let entry = producers.get(&7);
+        assert_eq!(check(entry, &header(0, 70, 10)), Verdict::Append);
+        assert_eq!(
+            check(entry, &header(0, 60, 10)),
+            Verdict::Duplicate(outcome(600))
+        );
+        assert_eq!(
+            check(entry, &header(0, 20, 10)),
+            Verdict::Duplicate(outcome(200)),
+            "fifth newest is still remembered"
+        );
+        assert_eq!(
+            check(entry, &header(0, 10, 10)),
+            Verdict::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER),
+            "sixth newest is forgotten"
+        );
+        assert_eq!(
+            check(entry, &header(0, 80, 10)),
+            Verdict::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER),
+            "a gap"
+        );
+        assert_eq!(
+            check(entry, &header(1, 0, 10)),
+            Verdict::Append,
+            "new epoch from 0"
+        );
+        assert_eq!(
+            check(entry, &header(1, 5, 10)),
+            Verdict::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+        drop(producers);
+        state.remember(&header(1, 0, 10), outcome(700));
+        assert_eq!(
+            check(state.producers.borrow().get(&7), &header(0, 70, 10)),
+            Verdict::Refuse(INVALID_PRODUCER_EPOCH)
+        );
+    }
+
+    #[test]
+    fn sequences_wrap_at_i32_max() {
+        assert_eq!(next_sequence(i32::MAX), 0);
+        assert_eq!(last_sequence(&header(0, i32::MAX, 2)), 0);
+    }
+}
