@@ -216,6 +216,17 @@ pub fn first_at_or_after(batch: &[u8], timestamp_ms: i64) -> Option<(i32, i64)> 
     None
 }
 
+/// Whether `bytes` is one whole v2 batch whose CRC32C matches its contents (the check a
+/// stored batch is held to before it is served from disk).
+pub fn is_intact(bytes: &[u8]) -> bool {
+    BatchHeader::parse(bytes).is_some_and(|header| {
+        header.magic == MAGIC_V2
+            && header.batch_length >= BATCH_LENGTH_MIN as i32
+            && header.total_bytes() == bytes.len()
+            && crc32c::crc32c(&bytes[ATTRIBUTES_OFFSET..]) == header.crc
+    })
+}
+
 /// Returns a copy of `batch` with baseOffset set to `base_offset`. baseOffset lies outside
 /// the CRC, so the checksum the producer computed stays valid end to end.
 pub fn with_base_offset(batch: &[u8], base_offset: i64) -> Bytes {

@@ -52,6 +52,15 @@ pub enum ReadError {
         log_start_offset: i64,
         log_end_offset: i64,
     },
+    /// A stored batch failed its CRC32C (or its header is damaged) when read from disk: it
+    /// is not served. Damage to durable data; the partition's files need an operator.
+    #[error("stored batch at offset {offset} (byte {position} of segment {segment_base_offset}) is corrupt: {reason}")]
+    Corrupt {
+        offset: i64,
+        segment_base_offset: i64,
+        position: u64,
+        reason: String,
+    },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }

@@ -354,9 +354,9 @@ impl<D: Disk> PartitionLog<D> {
                 if state.durable_offset > offset {
                     return Ok(());
                 }
-                if let Some(error) = &state.fenced {
-                    return Err(StorageError::Fenced(Rc::new(error.clone())));
-                }
+                // Closed: close() made everything durable before shutting, so a wait still
+                // unsatisfied here is for a log that was removed (DeleteTopics).
+                state.check_usable()?;
             }
             progress.await;
         }
@@ -381,7 +381,7 @@ impl<D: Disk> PartitionLog<D> {
     /// until one more would pass `max_bytes` (the first is returned whatever its size). An
     /// empty result at the high watermark.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Vec<Bytes>, ReadError> {
-        let (file, position, end, visible_end) = {
+        let (file, plan) = {
             let state = self.state();
             if offset < state.log_start_offset || offset > state.next_offset {
                 return Err(ReadError::OffsetOutOfRange {
@@ -397,19 +397,19 @@ impl<D: Disk> PartitionLog<D> {
                 return Ok(batches);
             }
             let segment = state.segment_for(offset);
-            let position = segment
-                .index
-                .position_for_offset(segment.base_offset, offset);
-            (
-                segment.file.clone(),
-                position,
-                state.segment_end_bytes(segment),
-                state.written_offset,
-            )
+            let plan = DiskRead {
+                segment_base_offset: segment.base_offset,
+                position: segment
+                    .index
+                    .position_for_offset(segment.base_offset, offset),
+                end: state.segment_end_bytes(segment),
+                offset,
+                max_bytes,
+                visible_end: state.written_offset,
+            };
+            (segment.file.clone(), plan)
         };
-        read_batches(&*file, position, end, offset, max_bytes, visible_end)
-            .await
-            .map_err(|e| ReadError::Storage(StorageError::io("read", e)))
+        read_batches(&*file, plan).await
     }
 
     /// The first offset whose record timestamp is at least `timestamp_ms`, with that
@@ -442,29 +442,55 @@ impl<D: Disk> PartitionLog<D> {
     }
 }
 
-/// Reads whole batches from a segment file starting at `position` (at or before the batch
-/// holding `offset`), skipping batches that end before `offset`.
-async fn read_batches<F: DiskFile>(
-    file: &F,
-    mut position: u64,
+/// Where a disk read starts and what it may return.
+struct DiskRead {
+    segment_base_offset: i64,
+    position: u64,
     end: u64,
     offset: i64,
     max_bytes: usize,
     visible_end: i64,
-) -> std::io::Result<Vec<Bytes>> {
-    let mut reader = WindowReader::new(file, end, max_bytes.clamp(64 << 10, 8 << 20));
-    let mut batches = Vec::new();
-    let mut total = 0;
-    while let Some(header_bytes) = reader.get(position, BATCH_HEADER_BYTES).await? {
+}
+
+/// Reads whole batches from a segment file starting at `position` (at or before the batch
+/// holding `offset`), skipping batches that end before `offset`. Every batch read from disk
+/// is checked (header and CRC32C) before it is served: the cache holds only batches checked
+/// at append, but bytes on disk can rot, and a client should get an error, not bad data. A
+/// damaged first batch is an error; damage after good batches ends the read before it.
+async fn read_batches<F: DiskFile>(file: &F, plan: DiskRead) -> Result<Vec<Bytes>, ReadError> {
+    let io = |e| ReadError::Storage(StorageError::io("read", e));
+    let mut reader = WindowReader::new(file, plan.end, plan.max_bytes.clamp(64 << 10, 8 << 20));
+    let (mut batches, mut total, mut position) = (Vec::new(), 0, plan.position);
+    while let Some(header_bytes) = reader.get(position, BATCH_HEADER_BYTES).await.map_err(io)? {
         let header = BatchHeader::parse(&header_bytes).expect("61 bytes");
         let size = header.total_bytes();
-        if header.base_offset >= visible_end || (!batches.is_empty() && total + size > max_bytes) {
+        if header.base_offset >= plan.visible_end
+            || (!batches.is_empty() && total + size > plan.max_bytes)
+        {
             break;
         }
-        if header.last_offset() >= offset {
-            let Some(bytes) = reader.get(position, size).await? else {
-                break;
-            };
+        let bytes = reader.get(position, size).await.map_err(io)?;
+        let Some(bytes) = bytes.filter(|b| batch::is_intact(b)) else {
+            if !batches.is_empty() {
+                break; // serve what is good; the next read starts at the damage and reports it
+            }
+            tracing::error!(
+                segment = plan.segment_base_offset,
+                position,
+                offset = plan.offset,
+                "stored batch failed its CRC32C or header check; not serving it"
+            );
+            return Err(ReadError::Corrupt {
+                offset: plan.offset,
+                segment_base_offset: plan.segment_base_offset,
+                position,
+                reason: format!(
+                    "batch header claims offset {} and {size} bytes",
+                    header.base_offset
+                ),
+            });
+        };
+        if header.last_offset() >= plan.offset {
             batches.push(bytes);
             total += size;
         }

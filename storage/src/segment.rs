@@ -230,9 +230,7 @@ async fn tail_stop<F: DiskFile>(
 }
 
 fn crc_matches(batch_bytes: &[u8]) -> bool {
-    BatchHeader::parse(batch_bytes).is_some_and(|header| {
-        crc32c::crc32c(&batch_bytes[batch::ATTRIBUTES_OFFSET..]) == header.crc
-    })
+    batch::is_intact(batch_bytes)
 }
 
 /// What lies after damage at `damage_position`: the position of a valid batch with an offset

@@ -16,7 +16,7 @@ use common::{
 use ringfeed_storage::batch::{MAGIC_OFFSET, PARTITION_LEADER_EPOCH_OFFSET};
 use ringfeed_storage::segment::CLEAN_SHUTDOWN_FILE;
 use ringfeed_storage::sim::{CrashMode, SimDisk};
-use ringfeed_storage::{Clock, LogConfig, PartitionLog, StorageError};
+use ringfeed_storage::{Clock, LogConfig, PartitionLog, ReadError, StorageError};
 use std::path::Path;
 
 /// One segment big enough for the whole workload; no checkpoint after the first.
@@ -287,5 +287,38 @@ fn a_damaged_sealed_segment_without_its_index_is_refused() {
         );
         image.corrupt(&first_index, std::vec::Vec::clear);
         expect_refused(&image, small_config(), "damaged sealed segment").await;
+    });
+}
+
+#[test]
+fn a_rotten_batch_inside_checkpointed_data_is_never_served() {
+    run(|| async {
+        // Start-up checks only headers inside the bytes the checkpoint vouches for, so a
+        // flipped payload bit there opens fine; reads must still refuse to serve it.
+        let (disk, stored) = checkpointed_log(12).await;
+        let starts = batch_starts(&stored);
+        disk.corrupt(&segment_path(0), |bytes| bytes[starts[3] + 100] ^= 0x20);
+        let log = open_sim(&disk, one_segment_config())
+            .await
+            .expect("opens: the damage is not scanned for");
+        let damaged_offset = header(&stored[3]).base_offset;
+        match log.read(damaged_offset, 1 << 20).await {
+            Err(ReadError::Corrupt {
+                offset, position, ..
+            }) => {
+                assert_eq!((offset, position), (damaged_offset, starts[3] as u64));
+            }
+            other => panic!("served or misreported a corrupt batch: {other:?}"),
+        }
+        let before = log
+            .read(0, 1 << 20)
+            .await
+            .expect("the batches before the damage");
+        assert_eq!(before, stored[..3], "a read stops before the damaged batch");
+        let after = log
+            .read(header(&stored[4]).base_offset, 1 << 20)
+            .await
+            .expect("after the damage");
+        assert_eq!(after, stored[4..]);
     });
 }
