@@ -1,11 +1,13 @@
 //! The flusher: one background task per log that owns every data write and fdatasync.
 //!
-//! Each round takes all buffered appends (one write per buffer, issued together), waits for
-//! them, advances the high watermark, and then, if anyone wants durability (or the flush
-//! policy says so), runs one fdatasync that covers every append the round wrote: group
-//! commit. Appends that arrive during a round wait for the next one. A failed write or
-//! fdatasync fences the log: the durable offset never moves again, so no acknowledgement
-//! can follow the failure.
+//! Each write round takes all buffered appends (one write per buffer, issued together),
+//! waits for them and advances the high watermark. Then, if anyone wants durability (or the
+//! flush policy says so) and no fdatasync is in flight, it starts one in its own task: it
+//! covers every write completed before it was issued (group commit) and the durable offset
+//! moves to exactly that point when it returns. Write rounds go on while it runs, so acks=1
+//! producers never wait behind a slow fdatasync; at most one fdatasync is in flight, and the
+//! next one starts when it ends if more was written meanwhile. A failed write or fdatasync
+//! fences the log: the durable offset never moves again, so no acknowledgement can follow.
 //!
 //! The task holds only a weak reference between rounds; when the last handle is dropped it
 //! wakes and exits.
@@ -18,7 +20,7 @@ use futures::future::{join_all, select, Either};
 use crate::config::FlushPolicy;
 use crate::error::StorageError;
 use crate::io::{Disk, DiskFile};
-use crate::log::{Inner, PartitionLog};
+use crate::log::{Inner, PartitionLog, State};
 use crate::meta::{LogCheckpoint, MetaKind};
 use crate::segment::CHECKPOINT_FILE;
 use crate::signal::Signal;
@@ -41,11 +43,12 @@ async fn run<D: Disk>(weak: Weak<Inner<D>>, wake: Rc<Signal>) {
         let Some(inner) = weak.upgrade() else { return };
         match next_work(&inner) {
             Work::Stop => return,
-            Work::Write | Work::Sync => {
+            Work::Write => {
                 if let Err(error) = round(&inner).await {
                     fence(&inner, error);
                 }
             }
+            Work::Sync => start_sync_if_wanted(&inner),
             Work::Idle(sync_after) => {
                 drop(inner);
                 match sync_after {
@@ -71,13 +74,13 @@ fn next_work<D: Disk>(inner: &Inner<D>) -> Work {
     if state.appender.unwritten_bytes() > 0 {
         return Work::Write;
     }
-    let unsynced = state.durable_offset < state.written_offset;
-    if unsynced
-        && (state.durable_wanted > state.durable_offset
-            || state.config.flush == FlushPolicy::Always)
-    {
+    if state.sync_in_flight {
+        return Work::Idle(None); // the fdatasync task wakes the flusher when it ends
+    }
+    if sync_wanted(&state) {
         return Work::Sync;
     }
+    let unsynced = state.durable_offset < state.written_offset;
     match state.config.flush {
         FlushPolicy::IntervalMs(interval_ms) if unsynced => {
             let due_ms = state.last_sync_ms + interval_ms as i64;
@@ -88,6 +91,13 @@ fn next_work<D: Disk>(inner: &Inner<D>) -> Work {
     }
 }
 
+/// Written data that someone (or the flush policy) wants durable.
+fn sync_wanted<F: DiskFile>(state: &State<F>) -> bool {
+    state.durable_offset < state.written_offset
+        && (state.durable_wanted > state.durable_offset
+            || state.config.flush == FlushPolicy::Always)
+}
+
 fn request_interval_sync<D: Disk>(weak: &Weak<Inner<D>>) {
     if let Some(inner) = weak.upgrade() {
         let mut state = inner.state.borrow_mut();
@@ -95,7 +105,7 @@ fn request_interval_sync<D: Disk>(weak: &Weak<Inner<D>>) {
     }
 }
 
-/// One write round and, when wanted, the fdatasync that follows it.
+/// One write round, then an fdatasync started if one is wanted and none is in flight.
 async fn round<D: Disk>(inner: &Rc<Inner<D>>) -> Result<(), StorageError> {
     let (file, round, round_end_offset) = {
         let mut guard = inner.state.borrow_mut();
@@ -105,51 +115,79 @@ async fn round<D: Disk>(inner: &Rc<Inner<D>>) -> Result<(), StorageError> {
         (file, round, state.next_offset)
     };
     if !round.writes.is_empty() {
-        let results = join_all(
-            round
-                .writes
-                .into_iter()
-                .map(|(position, buffer)| file.write_at(buffer, position)),
-        )
-        .await;
+        let writes = round
+            .writes
+            .into_iter()
+            .map(|(position, buffer)| file.write_at(buffer, position));
+        let results = join_all(writes).await;
         results
             .into_iter()
             .collect::<std::io::Result<Vec<()>>>()
             .map_err(|e| StorageError::io("write", e))?;
     }
-    let sync_target = {
+    {
         let mut state = inner.state.borrow_mut();
         state.appender.mark_written(round.end_bytes);
         state.stats.write_rounds += 1;
         state.written_offset = round_end_offset;
-        let unsynced = state.durable_offset < state.written_offset;
-        let wanted = state.durable_wanted > state.durable_offset
-            || state.config.flush == FlushPolicy::Always;
-        (unsynced && wanted).then_some((state.written_offset, round.end_bytes))
+    }
+    inner.progress.notify_all();
+    start_sync_if_wanted(inner);
+    Ok(())
+}
+
+/// Starts an fdatasync task covering everything written so far, unless one is in flight
+/// or nothing needs it.
+fn start_sync_if_wanted<D: Disk>(inner: &Rc<Inner<D>>) {
+    let (file, target) = {
+        let mut state = inner.state.borrow_mut();
+        if state.sync_in_flight || !sync_wanted(&state) {
+            return;
+        }
+        state.sync_in_flight = true;
+        let target = SyncTarget {
+            segment_base_offset: state.active.base_offset,
+            offset: state.written_offset,
+            bytes: state.appender.appended_bytes() - state.appender.unwritten_bytes(),
+        };
+        (state.active.file.clone(), target)
+    };
+    glommio::spawn_local(sync(inner.clone(), file, target)).detach();
+}
+
+/// What one fdatasync makes durable: everything written before it was issued.
+struct SyncTarget {
+    segment_base_offset: i64,
+    offset: i64,
+    bytes: u64,
+}
+
+async fn sync<D: Disk>(inner: Rc<Inner<D>>, file: Rc<D::File>, target: SyncTarget) {
+    let synced = file.fdatasync().await;
+    inner.state.borrow_mut().sync_in_flight = false;
+    if let Err(error) = synced {
+        fence(&inner, StorageError::io("fdatasync", error));
+        return;
+    }
+    let now_ms = inner.clock.now_ms();
+    let checkpoint_due = {
+        let mut state = inner.state.borrow_mut();
+        state.durable_offset = state.durable_offset.max(target.offset);
+        state.stats.fdatasyncs += 1;
+        if state.active.base_offset == target.segment_base_offset {
+            state.active_durable_bytes = state.active_durable_bytes.max(target.bytes);
+        }
+        state.last_sync_ms = now_ms;
+        now_ms - state.last_checkpoint_ms >= state.config.checkpoint_interval_ms as i64
     };
     inner.progress.notify_all();
-    if let Some((durable_offset, durable_bytes)) = sync_target {
-        file.fdatasync()
-            .await
-            .map_err(|e| StorageError::io("fdatasync", e))?;
-        let now_ms = inner.clock.now_ms();
-        let checkpoint_due = {
-            let mut state = inner.state.borrow_mut();
-            state.durable_offset = durable_offset;
-            state.stats.fdatasyncs += 1;
-            state.active_durable_bytes = durable_bytes;
-            state.last_sync_ms = now_ms;
-            now_ms - state.last_checkpoint_ms >= state.config.checkpoint_interval_ms as i64
+    inner.flusher_wake.notify_all(); // more may have been written meanwhile
+    if checkpoint_due {
+        let log = PartitionLog {
+            inner: inner.clone(),
         };
-        inner.progress.notify_all();
-        if checkpoint_due {
-            let log = PartitionLog {
-                inner: inner.clone(),
-            };
-            glommio::spawn_local(async move { log.write_checkpoint().await }).detach();
-        }
+        glommio::spawn_local(async move { log.write_checkpoint().await }).detach();
     }
-    Ok(())
 }
 
 /// Stops the log from accepting or acknowledging anything more.

@@ -117,6 +117,8 @@ pub(crate) struct State<F: DiskFile> {
     /// The offset (exclusive) some waiter needs durable.
     pub durable_wanted: i64,
     pub last_sync_ms: i64,
+    /// An fdatasync task is running (at most one at a time).
+    pub sync_in_flight: bool,
     pub last_checkpoint_ms: i64,
     pub fenced: Option<StorageError>,
     pub closed: bool,

@@ -410,6 +410,7 @@ async fn assemble_state<F: DiskFile>(
         last_sync_ms: clock.now_ms(),
         last_checkpoint_ms: 0,
         fenced: None,
+        sync_in_flight: false,
         closed: false,
         stats: crate::log::LogStats::default(),
         sealed,

@@ -36,12 +36,16 @@ struct SimState {
 }
 
 #[derive(Default)]
+#[allow(clippy::struct_excessive_bools)] // independent fault switches, not an encoded state
 struct Faults {
     fail_next_write: bool,
     fail_next_fdatasync: bool,
     capacity_bytes: Option<u64>,
     power_cut_after_writes: Option<u64>,
     powered_off: bool,
+    /// Data-file fdatasyncs wait (as on a slow device) until released.
+    fdatasyncs_stalled: bool,
+    stalled_wakers: Vec<std::task::Waker>,
 }
 
 type FileRef = Rc<RefCell<SimFileData>>;
@@ -98,6 +102,32 @@ impl SimDisk {
     pub fn power_cut_after_writes(&self, writes: u64) {
         let mut state = self.0.borrow_mut();
         state.faults.power_cut_after_writes = Some(state.data_writes + writes);
+    }
+
+    /// Data-file fdatasyncs issued from now on wait until [`SimDisk::release_fdatasyncs`],
+    /// as on a device whose cache flush is slow.
+    pub fn stall_fdatasyncs(&self) {
+        self.0.borrow_mut().faults.fdatasyncs_stalled = true;
+    }
+
+    pub fn release_fdatasyncs(&self) {
+        let mut state = self.0.borrow_mut();
+        state.faults.fdatasyncs_stalled = false;
+        for waker in state.faults.stalled_wakers.drain(..) {
+            waker.wake();
+        }
+    }
+
+    async fn wait_while_stalled(&self) {
+        std::future::poll_fn(|cx| {
+            let mut state = self.0.borrow_mut();
+            if state.faults.fdatasyncs_stalled {
+                state.faults.stalled_wakers.push(cx.waker().clone());
+                return std::task::Poll::Pending;
+            }
+            std::task::Poll::Ready(())
+        })
+        .await;
     }
 
     pub fn data_writes(&self) -> u64 {
@@ -230,6 +260,9 @@ impl SimFile {
     /// fdatasync rather than part of an atomic metadata write.
     async fn sync(&self, data_file: bool) -> io::Result<()> {
         io_latency().await;
+        if data_file {
+            self.disk.wait_while_stalled().await;
+        }
         self.disk.check_powered("fdatasync")?;
         let mut state = self.disk.0.borrow_mut();
         let covers_last = state

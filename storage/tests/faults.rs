@@ -173,3 +173,43 @@ fn one_fdatasync_covers_many_concurrent_appenders() {
         assert_eq!(read_all(&log).await.len(), 80);
     });
 }
+
+#[test]
+fn writes_go_on_while_an_fdatasync_is_slow_and_durability_never_overreaches() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let log = Rc::new(open_sim(&disk, small_config()).await.expect("open"));
+        let first = log.append(workload_batch(0)).await.expect("append");
+        disk.stall_fdatasyncs();
+        let durable_waiter = {
+            let log = log.clone();
+            glommio::spawn_local(async move { log.wait_durable(first.last_offset).await })
+        };
+        glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        assert!(
+            log.durable_offset() <= first.base_offset,
+            "the stalled fdatasync has not returned"
+        );
+        // An acks=1 append is written while that fdatasync is still in flight.
+        let second = log.append(workload_batch(1)).await.expect("append");
+        log.wait_written(second.last_offset)
+            .await
+            .expect("written despite the slow fdatasync");
+        assert!(log.durable_offset() <= first.base_offset);
+        disk.release_fdatasyncs();
+        durable_waiter
+            .await
+            .expect("durable once the fdatasync returns");
+        // That fdatasync was issued before the second batch was written: it makes exactly
+        // the first batch durable, and the second takes another one.
+        assert_eq!(
+            log.durable_offset(),
+            first.last_offset + 1,
+            "durability never overreaches"
+        );
+        let syncs = disk.data_fdatasyncs();
+        log.wait_durable(second.last_offset).await.expect("durable");
+        assert_eq!(disk.data_fdatasyncs(), syncs + 1);
+        assert_eq!(read_all(&log).await.len(), 2);
+    });
+}
