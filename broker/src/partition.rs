@@ -228,6 +228,15 @@ fn append_error_code(error: &AppendError) -> i16 {
     }
 }
 
+/// Takes the partition offline only when its log fenced itself (a write or fdatasync
+/// failed). A full disk refuses the append without fencing: producing resumes once space is
+/// freed, so the partition must stay online for it.
+fn fence_if_log_fenced(table: &PartitionTable, tp: &TopicPartition, log: &PartitionLog) {
+    if let Some(error) = log.fenced_error() {
+        table.fence(tp, error.to_string());
+    }
+}
+
 async fn produce(
     table: &PartitionTable,
     tp: &TopicPartition,
@@ -254,9 +263,7 @@ async fn produce(
             Err(Refused::Sequence(code)) => return failed(code),
             Err(Refused::Append(error)) => {
                 tracing::debug!(partition = %tp, %error, "append refused");
-                if let AppendError::Storage(storage) = &error {
-                    table.fence(tp, storage.to_string());
-                }
+                fence_if_log_fenced(table, tp, &log);
                 return failed(append_error_code(&error));
             }
         }
@@ -267,7 +274,8 @@ async fn produce(
         _ => log.wait_written(last_offset).await,
     };
     if let Err(error) = waited {
-        table.fence(tp, error.to_string());
+        tracing::debug!(partition = %tp, %error, "acks not met");
+        fence_if_log_fenced(table, tp, &log);
         return failed(codes::KAFKA_STORAGE_ERROR);
     }
     ProduceOutcome {
