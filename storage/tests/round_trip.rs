@@ -161,21 +161,7 @@ fn offsets_bounds_and_timestamp_lookup() {
 fn a_missing_or_damaged_index_is_rebuilt() {
     run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (log, _) = PartitionLog::open(dir.path(), small_config())
-            .await
-            .expect("open");
-        for i in 0..80 {
-            log.append(workload_batch(i)).await.expect("append");
-        }
-        log.close().await.expect("close");
-        let expected = {
-            let (log, _) = PartitionLog::open(dir.path(), small_config())
-                .await
-                .expect("reopen");
-            let all = read_all(&log).await;
-            log.close().await.expect("close");
-            all
-        };
+        let expected = stopped_log_with(dir.path(), 80).await;
         let mut indexes: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -202,21 +188,7 @@ fn a_missing_or_damaged_index_is_rebuilt() {
 fn empty_or_truncated_metadata_files_are_ignored_not_fatal() {
     run(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (log, _) = PartitionLog::open(dir.path(), small_config())
-            .await
-            .expect("open");
-        for i in 0..30 {
-            log.append(workload_batch(i)).await.expect("append");
-        }
-        log.close().await.expect("close");
-        let expected = {
-            let (log, _) = PartitionLog::open(dir.path(), small_config())
-                .await
-                .expect("reopen");
-            let all = read_all(&log).await;
-            log.close().await.expect("close");
-            all
-        };
+        let expected = stopped_log_with(dir.path(), 30).await;
         std::fs::write(
             dir.path().join(ringfeed_storage::segment::CHECKPOINT_FILE),
             b"",
@@ -235,4 +207,20 @@ fn empty_or_truncated_metadata_files_are_ignored_not_fatal() {
         assert_eq!(read_all(&log).await, expected);
         log.close().await.expect("close");
     });
+}
+
+/// Appends `batches` workload batches to a new log in `dir`, closes it, and returns every
+/// batch as a reopened log reads it back.
+async fn stopped_log_with(dir: &std::path::Path, batches: usize) -> Vec<bytes::Bytes> {
+    let (log, _) = PartitionLog::open(dir, small_config()).await.expect("open");
+    for i in 0..batches {
+        log.append(workload_batch(i)).await.expect("append");
+    }
+    log.close().await.expect("close");
+    let (log, _) = PartitionLog::open(dir, small_config())
+        .await
+        .expect("reopen");
+    let all = read_all(&log).await;
+    log.close().await.expect("close");
+    all
 }
