@@ -2,6 +2,7 @@
 //! one pinned glommio executor per shard.
 
 mod alloc_guard;
+mod check_data;
 mod codec;
 mod config;
 mod connection;
@@ -52,6 +53,13 @@ struct Cli {
 enum Command {
     /// Run the broker until SIGINT/SIGTERM.
     Serve(ServeArgs),
+    /// Verify a stopped broker's data offline (every CRC, index and checkpoint); exit 1 if
+    /// anything is damaged.
+    CheckData {
+        /// The broker's data directory.
+        #[arg(default_value = "./ringfeed-data")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -104,7 +112,13 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Command::Serve(args) = Cli::parse().command;
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args),
+        Command::CheckData { dir } => check_data::run(&dir),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
     let options = ServeOptions {
         listen: args.listen,
         advertised_listener: args.advertised_listener,

@@ -106,7 +106,7 @@ const DATA_DIR_LOCK_FILE: &str = ".lock";
 /// Takes an exclusive advisory lock on the data directory for the life of the process, so
 /// a second broker pointed at the same directory stops at start-up instead of corrupting
 /// the logs of the first. The lock goes with the process, even on SIGKILL.
-fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, String> {
+pub(crate) fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, String> {
     use std::os::fd::AsRawFd;
     let path = data_dir.join(DATA_DIR_LOCK_FILE);
     let file = std::fs::OpenOptions::new()
