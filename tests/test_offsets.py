@@ -54,3 +54,15 @@ def test_delete_records_moves_the_earliest_offset(broker):
     deleted = list(result.values())[0].result(timeout=10)
     assert deleted.low_watermark == 30
     assert watermarks(broker.bootstrap, "trim", 0) == (30, COUNT)
+
+
+def test_max_timestamp_offset_through_the_admin_client(broker):
+    from confluent_kafka.admin import OffsetSpec
+
+    create_topic(broker.bootstrap, "times-max", 1)
+    # The largest timestamp sits on record 37, not the last one.
+    messages = [(f"k{i}".encode(), f"v{i}".encode(), [], TIMESTAMP_BASE_MS + (10**6 if i == 37 else i * STEP_MS)) for i in range(COUNT)]
+    produce(broker.bootstrap, "times-max", messages, **{"linger.ms": 0, "batch.num.messages": 1, "compression.type": "none"})
+    futures = admin(broker.bootstrap).list_offsets({TopicPartition("times-max", 0): OffsetSpec.max_timestamp()})
+    info = futures[TopicPartition("times-max", 0)].result(timeout=10)
+    assert (info.offset, info.timestamp) == (37, TIMESTAMP_BASE_MS + 10**6)

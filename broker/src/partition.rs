@@ -334,21 +334,24 @@ async fn list_offset(
         Ok(log) => log,
         Err(code) => return answer(code, -1, -1),
     };
-    match timestamp_ms {
-        -2 => answer(codes::NONE, log.log_start_offset(), -1),
-        -1 => answer(codes::NONE, log.high_watermark(), -1),
-        timestamp_ms if timestamp_ms >= 0 => match log.offset_for_timestamp(timestamp_ms).await {
-            Ok(Some((offset, found_timestamp_ms))) => {
-                answer(codes::NONE, offset, found_timestamp_ms)
-            }
-            Ok(None) => answer(codes::NONE, -1, -1),
-            Err(error) => {
-                tracing::error!(partition = %tp, %error, "time index lookup failed");
-                answer(codes::KAFKA_STORAGE_ERROR, -1, -1)
-            }
-        },
-        // -3 (max timestamp) and -4 (earliest local) need per-record timestamps we do not index yet.
-        _ => answer(codes::UNSUPPORTED_VERSION, -1, -1),
+    let found = match timestamp_ms {
+        // -4 is the earliest *local* offset (KIP-405): every segment here is local.
+        -2 | -4 => return answer(codes::NONE, log.log_start_offset(), -1),
+        -1 => return answer(codes::NONE, log.high_watermark(), -1),
+        -3 => log
+            .max_timestamp()
+            .await
+            .map(|found| found.map(|(ts, offset)| (offset, ts))),
+        timestamp_ms if timestamp_ms >= 0 => log.offset_for_timestamp(timestamp_ms).await,
+        _ => return answer(codes::UNSUPPORTED_VERSION, -1, -1),
+    };
+    match found {
+        Ok(Some((offset, found_timestamp_ms))) => answer(codes::NONE, offset, found_timestamp_ms),
+        Ok(None) => answer(codes::NONE, -1, -1),
+        Err(error) => {
+            tracing::error!(partition = %tp, %error, "time index lookup failed");
+            answer(codes::KAFKA_STORAGE_ERROR, -1, -1)
+        }
     }
 }
 

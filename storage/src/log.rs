@@ -414,6 +414,27 @@ impl<D: Disk> PartitionLog<D> {
         read_batches(&*file, plan).await
     }
 
+    /// The largest record timestamp in the log and the offset of the first record carrying
+    /// it (ListOffsets MAX_TIMESTAMP); `None` for an empty log. Compressed batches are not
+    /// decoded: there the batch's base offset stands for the record.
+    pub async fn max_timestamp(&self) -> Result<Option<(i64, i64)>, StorageError> {
+        let max_timestamp_ms = {
+            let state = self.state();
+            let segments = state.sealed.values().chain(std::iter::once(&state.active));
+            segments
+                .map(|s| s.index.max_timestamp())
+                .max()
+                .unwrap_or(i64::MIN)
+        };
+        if max_timestamp_ms == i64::MIN {
+            return Ok(None);
+        }
+        Ok(self
+            .offset_for_timestamp(max_timestamp_ms)
+            .await?
+            .map(|(offset, ts)| (ts, offset)))
+    }
+
     /// The first offset whose record timestamp is at least `timestamp_ms`, with that
     /// timestamp (for `ListOffsets`). In compressed batches records are not decoded: the
     /// batch's base offset and maxTimestamp are returned, which never skips a match.

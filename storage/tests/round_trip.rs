@@ -224,3 +224,53 @@ async fn stopped_log_with(dir: &std::path::Path, batches: usize) -> Vec<bytes::B
     log.close().await.expect("close");
     all
 }
+
+#[test]
+fn max_timestamp_names_the_first_record_carrying_it() {
+    run(|| async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, _) = PartitionLog::open(dir.path(), small_config())
+            .await
+            .expect("open");
+        assert_eq!(log.max_timestamp().await.expect("empty"), None);
+        let mut bases = Vec::new();
+        for i in 0..40 {
+            bases.push(
+                log.append(workload_batch(i))
+                    .await
+                    .expect("append")
+                    .base_offset,
+            );
+        }
+        // Batch i's record r has timestamp 1_000_000 + 10 i + r; batch 39 holds 8 records.
+        let late = ringfeed_storage::batch::build::batch(&[
+            ringfeed_storage::batch::build::Record {
+                key: None,
+                value: Some(b"a"),
+                timestamp_ms: 5,
+            },
+            ringfeed_storage::batch::build::Record {
+                key: None,
+                value: Some(b"b"),
+                timestamp_ms: 9_000_000,
+            },
+            ringfeed_storage::batch::build::Record {
+                key: None,
+                value: Some(b"c"),
+                timestamp_ms: 7,
+            },
+        ]);
+        let late_base = log.append(late).await.expect("append").base_offset;
+        for i in 40..45 {
+            log.append(workload_batch(i)).await.expect("append");
+        }
+        log.wait_written(log.log_end_offset() - 1)
+            .await
+            .expect("written");
+        assert_eq!(
+            log.max_timestamp().await.expect("lookup"),
+            Some((9_000_000, late_base + 1))
+        );
+        log.close().await.expect("close");
+    });
+}
