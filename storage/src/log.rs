@@ -415,7 +415,7 @@ impl<D: Disk> PartitionLog<D> {
     }
 
     /// The largest record timestamp in the log and the offset of the first record carrying
-    /// it (ListOffsets MAX_TIMESTAMP); `None` for an empty log. Compressed batches are not
+    /// it (Kafka's max-timestamp offset lookup); `None` for an empty log. Compressed batches are not
     /// decoded: there the batch's base offset stands for the record.
     pub async fn max_timestamp(&self) -> Result<Option<(i64, i64)>, StorageError> {
         let max_timestamp_ms = {
