@@ -224,3 +224,118 @@ def test_a_second_member_triggers_a_rebalance_seen_by_heartbeat(group_broker):
     assert rejoined.leader_id == member_a and len(rejoined.members) == 2 and b_joined.members == []
     sock.close()
     other.close()
+
+
+# --- admin: list, describe, delete; static membership; the internal topic -----------------
+
+def test_list_and_describe_show_members_and_assignments_then_delete(group_broker):
+    bootstrap = group_broker.bootstrap
+    create_topic(bootstrap, "orders", PARTITIONS)
+    produce(bootstrap, "orders", numbered(0, 60))
+    members = [librdkafka_member(bootstrap, "described") for _ in range(2)]
+    seen = {}
+    assignments_settle(members, seen, PARTITIONS)
+    admin = helpers.admin(bootstrap)
+    listed = admin.list_consumer_groups().result(timeout=10)
+    states = {g.group_id: g.state.name for g in listed.valid}
+    assert states.get("described") == "STABLE"
+
+    description = admin.describe_consumer_groups(["described"])["described"].result(timeout=10)
+    assert description.state.name == "STABLE" and description.partition_assignor == "range"
+    assigned = sorted(tp.partition for m in description.members for tp in m.assignment.topic_partitions)
+    assert len(description.members) == 2 and assigned == list(range(PARTITIONS))
+    assert all(m.host.lstrip("/") == "127.0.0.1" for m in description.members)
+
+    # Deleting a group with members is refused; once they are gone it succeeds, offsets too.
+    with pytest.raises(Exception, match="NON_EMPTY_GROUP"):
+        admin.delete_consumer_groups(["described"])["described"].result(timeout=10)
+    for member in members:
+        member.close()
+    admin.delete_consumer_groups(["described"])["described"].result(timeout=10)
+    assert "described" not in {g.group_id for g in admin.list_consumer_groups().result(timeout=10).valid}
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "described"})
+    committed = reader.committed([TopicPartition("orders", p) for p in range(PARTITIONS)], timeout=10)
+    reader.close()
+    assert all(tp.offset < 0 for tp in committed), committed
+
+
+def test_kafka_python_admin_lists_and_describes(group_broker):
+    from kafka.admin import KafkaAdminClient
+    consumer = Consumer({"bootstrap.servers": group_broker.bootstrap, "group.id": "kp-admin"})
+    consumer.commit(offsets=[TopicPartition("orders", 0, 5)], asynchronous=False)
+    consumer.close()
+    admin = KafkaAdminClient(bootstrap_servers=group_broker.bootstrap)
+    try:
+        assert ("kp-admin", "consumer") in admin.list_consumer_groups()
+        offsets = admin.list_consumer_group_offsets("kp-admin")
+        assert [(tp.topic, tp.partition, meta.offset) for tp, meta in offsets.items()] == [("orders", 0, 5)]
+        (described,) = admin.describe_consumer_groups(["kp-admin"])
+        assert described.state == "Empty" and described.members == []
+        # The internal topic is shown as Kafka shows it.
+        topics = {t["topic"]: t for t in admin.describe_topics(["__consumer_offsets"])}
+        assert topics["__consumer_offsets"]["is_internal"] is True
+    finally:
+        admin.close()
+
+
+def test_clients_cannot_write_the_offsets_topic(group_broker):
+    from kafka.protocol.produce import ProduceRequest
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+    Consumer({"bootstrap.servers": group_broker.bootstrap, "group.id": "creates-it"}).close()
+    helpers.admin(group_broker.bootstrap).list_consumer_groups().result(timeout=10)
+    builder = DefaultRecordBatchBuilder(2, 0, False, -1, -1, -1, 1 << 20)
+    builder.append(0, timestamp=helpers.TIMESTAMP_BASE_MS, key=b"k", value=b"v", headers=[])
+    sock = helpers.connect(group_broker.bootstrap)
+    response = call(sock, ProduceRequest[3](None, -1, 10000, [("__consumer_offsets", [(0, bytes(builder.build()))])]), 1)
+    sock.close()
+    (_, partitions), = response.topics
+    assert partitions[0][1] == 17  # INVALID_TOPIC_EXCEPTION
+
+
+def test_offset_delete_removes_only_unsubscribed_topics(group_broker):
+    bootstrap = group_broker.bootstrap
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "trimmed"})
+    consumer.commit(offsets=[TopicPartition("old", 0, 7), TopicPartition("old", 1, 8), TopicPartition("kept", 0, 9)],
+                    asynchronous=False)
+    consumer.close()
+    body = (helpers.encode_string("trimmed") + struct.pack(">i", 1) + helpers.encode_string("old")
+            + struct.pack(">iii", 2, 0, 1))
+    sock = helpers.connect(bootstrap)
+    sock.sendall(helpers.request_frame(47, 0, 1, body))
+    response = helpers.read_frame(sock)[4:]
+    sock.close()
+    error_code, _throttle, topic_count = struct.unpack(">hii", response[:10])
+    assert (error_code, topic_count) == (0, 1)
+    reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "trimmed"})
+    committed = reader.committed([TopicPartition("old", 0), TopicPartition("old", 1), TopicPartition("kept", 0)], timeout=10)
+    reader.close()
+    assert [tp.offset for tp in committed][2] == 9
+    assert all(tp.offset < 0 for tp in committed[:2])
+
+
+def join_static(group, member_id, instance_id):
+    return JoinGroupRequest[5](group, 10000, 10000, member_id, instance_id, "consumer", [("range", b"\x00\x00")])
+
+
+def test_static_member_rejoins_without_a_rebalance_and_fences_its_old_id(group_broker):
+    sock = helpers.connect(group_broker.bootstrap)
+    joined = call(sock, join_static("static", "", "instance-a"), 1)
+    assert joined.error_code == 0, "a static member needs no MEMBER_ID_REQUIRED round"
+    first_id, generation = joined.member_id, joined.generation_id
+    assert first_id.startswith("instance-a-")
+    synced = call(sock, SyncGroupRequest[3]("static", generation, first_id, "instance-a", [(first_id, b"parts")]), 2)
+    assert synced.error_code == 0
+
+    # Restarted (new connection, no member id) under the same instance id: the same
+    # generation, no rebalance; it is not told it leads (no assignment to redo).
+    again = helpers.connect(group_broker.bootstrap)
+    rejoined = call(again, join_static("static", "", "instance-a"), 1)
+    assert (rejoined.error_code, rejoined.generation_id) == (0, generation)
+    assert rejoined.member_id not in ("", first_id) and rejoined.leader_id != rejoined.member_id
+    assert call(again, HeartbeatRequest[3]("static", generation, rejoined.member_id, "instance-a"), 2).error_code == 0
+    resynced = call(again, SyncGroupRequest[3]("static", generation, rejoined.member_id, "instance-a", []), 3)
+    assert (resynced.error_code, resynced.member_assignment) == (0, b"parts")
+    # The old incarnation is fenced.
+    assert call(sock, HeartbeatRequest[3]("static", generation, first_id, "instance-a"), 3).error_code == 82  # FENCED_INSTANCE_ID
+    sock.close()
+    again.close()

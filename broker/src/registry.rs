@@ -32,7 +32,7 @@ impl ApiSpec {
 }
 
 /// Every API Ringfeed answers, in api-key order.
-pub const SUPPORTED_APIS: [ApiSpec; 21] = [
+pub const SUPPORTED_APIS: [ApiSpec; 25] = [
     ApiSpec {
         accepted_min: 3,
         ..ApiSpec::new(ApiKey::Produce, 0, 11)
@@ -48,6 +48,8 @@ pub const SUPPORTED_APIS: [ApiSpec; 21] = [
     ApiSpec::new(ApiKey::Heartbeat, 0, 4),
     ApiSpec::new(ApiKey::LeaveGroup, 0, 5),
     ApiSpec::new(ApiKey::SyncGroup, 0, 5),
+    ApiSpec::new(ApiKey::DescribeGroups, 0, 5),
+    ApiSpec::new(ApiKey::ListGroups, 0, 5),
     ApiSpec::new(ApiKey::ApiVersions, 0, 4),
     ApiSpec::new(ApiKey::CreateTopics, 2, 7),
     ApiSpec::new(ApiKey::DeleteTopics, 1, 6),
@@ -56,7 +58,9 @@ pub const SUPPORTED_APIS: [ApiSpec; 21] = [
     ApiSpec::new(ApiKey::DescribeConfigs, 1, 4),
     ApiSpec::new(ApiKey::AlterConfigs, 0, 2),
     ApiSpec::new(ApiKey::CreatePartitions, 0, 3),
+    ApiSpec::new(ApiKey::DeleteGroups, 0, 2),
     ApiSpec::new(ApiKey::IncrementalAlterConfigs, 0, 1),
+    ApiSpec::new(ApiKey::OffsetDelete, 0, 0),
     ApiSpec::new(ApiKey::DescribeCluster, 0, 1),
 ];
 

@@ -312,14 +312,6 @@ impl GroupCoordinator {
                         let entry = groups
                             .entry(group.clone())
                             .or_insert_with(|| Group::new(&group));
-                        if entry.state == GroupState::Empty {
-                            entry.empty_since_ms = Some(
-                                entry
-                                    .empty_since_ms
-                                    .unwrap_or(0)
-                                    .max(value.commit_timestamp_ms),
-                            );
-                        }
                         entry.offsets.insert((topic, partition), value);
                     }
                     None => {
@@ -370,6 +362,10 @@ impl GroupCoordinator {
         for (topic, partition, value) in offsets {
             if value.metadata.len() > super::OFFSET_METADATA_BYTES_MAX {
                 codes_out.push(codes::OFFSET_METADATA_TOO_LARGE);
+                continue;
+            }
+            if topic.len() > super::TOPIC_NAME_BYTES_MAX {
+                codes_out.push(broker_codes::UNKNOWN_TOPIC_OR_PARTITION);
                 continue;
             }
             codes_out.push(broker_codes::NONE);
@@ -537,6 +533,10 @@ impl GroupCoordinator {
                 outcome.push((topic, partition, codes::GROUP_SUBSCRIBED_TO_TOPIC));
                 continue;
             }
+            if topic.len() > super::TOPIC_NAME_BYTES_MAX {
+                outcome.push((topic, partition, broker_codes::UNKNOWN_TOPIC_OR_PARTITION));
+                continue;
+            }
             records.push(OffsetsRecord::Commit {
                 group: group.to_string(),
                 topic: topic.clone(),
@@ -578,19 +578,62 @@ impl GroupCoordinator {
     }
 
     /// Starts the clock of this shard's groups, with the broker's settings.
-    fn start_ticker(&self, shard: &Shard) {
+    fn start_ticker(&self, shard: &Rc<Shard>) {
         if self.inner.ticker_started.replace(true) {
             return;
         }
         *self.inner.config.borrow_mut() = CoordinatorConfig::from_limits(&shard.config.limits);
         let inner = Rc::downgrade(&self.inner);
         glommio::spawn_local(tick_forever(inner)).detach();
+        glommio::spawn_local(expire_offsets_forever(Rc::downgrade(shard))).detach();
+    }
+
+    /// Tombstones every expired offset of this shard's groups (see `Group::expired_offsets`).
+    async fn expire_offsets(&self, shard: &Shard) {
+        let retention_ms = self.inner.config.borrow().offsets_retention.as_millis() as i64;
+        let now_ms = super::wall_clock_ms();
+        let snapshot = shard.metadata();
+        let Some(topic) = snapshot.topic(OFFSETS_TOPIC) else {
+            return;
+        };
+        let expired: Vec<(String, Vec<(String, i32)>)> = self
+            .inner
+            .groups
+            .borrow()
+            .values()
+            .map(|g| (g.id.clone(), g.expired_offsets(now_ms, retention_ms)))
+            .filter(|(_, expired)| !expired.is_empty())
+            .collect();
+        for (group, partitions) in expired {
+            let tp = TopicPartition {
+                topic: OFFSETS_TOPIC.into(),
+                partition: super::partition_for(&group, topic.partition_count()),
+            };
+            let Ok(log) = shard.partitions.log(&tp) else {
+                continue;
+            };
+            let count = partitions.len();
+            let records = partitions
+                .into_iter()
+                .map(|(topic, partition)| OffsetsRecord::Commit {
+                    group: group.clone(),
+                    topic,
+                    partition,
+                    value: None,
+                })
+                .collect();
+            let code = self.persist(&log, records).await;
+            tracing::info!(%group, count, code, "expired committed offsets removed");
+        }
     }
 }
 
 /// The topics any member of `group` subscribes to, read from the consumer protocol's
 /// subscription (version i16, topics array of strings) in each member's metadata.
 fn subscribed_topics(group: &Group) -> Vec<String> {
+    if group.members.is_empty() {
+        return Vec::new();
+    }
     if group.protocol_type.as_deref() != Some("consumer") {
         return group
             .offsets
@@ -660,6 +703,25 @@ fn error_reply(call: &GroupCall, code: i16) -> GroupReply {
         }),
         GroupCall::Heartbeat { .. } | GroupCall::Delete | GroupCall::List => GroupReply::Code(code),
         GroupCall::InitProducerId { .. } => GroupReply::ProducerId(Err(code)),
+    }
+}
+
+/// Expires offsets every `offsets.retention.check.interval.ms` (Kafka: 10 minutes; sooner
+/// when the retention itself is shorter) until the shard is gone.
+async fn expire_offsets_forever(shard: Weak<Shard>) {
+    loop {
+        let interval = {
+            let Some(shard) = shard.upgrade() else {
+                return;
+            };
+            let retention = shard.groups.inner.config.borrow().offsets_retention;
+            retention.clamp(Duration::from_secs(1), Duration::from_secs(600))
+        };
+        glommio::timer::sleep(interval).await;
+        let Some(shard) = shard.upgrade() else {
+            return;
+        };
+        shard.groups.expire_offsets(&shard).await;
     }
 }
 

@@ -354,12 +354,13 @@ impl Group {
             member.answer_sync(SyncResult::error(group_codes::FENCED_INSTANCE_ID));
             member.member_id.clone_from(&member_id);
             member.heartbeat_deadline = now + member.session_timeout;
+            // Answered with the old leader id (Kafka does the same): a rejoining leader must
+            // not run an assignment that a stable group would never hand out.
+            let result = self.join_result_for(&member_id, false);
             if was_leader {
-                self.leader = Some(member_id.clone());
+                self.leader = Some(member_id);
             }
-            // Not the leader's view of the group (skip_assignment is v9 only): every static
-            // rejoin without rebalance sees itself as a follower of the current generation.
-            return Answer::Now(self.join_result_for(&member_id, false));
+            return Answer::Now(result);
         }
         self.remove_member(&old_id, group_codes::FENCED_INSTANCE_ID);
         self.add_member_and_rebalance(
@@ -748,10 +749,178 @@ impl Group {
         }
     }
 
+    /// Offsets past `offsets.retention` (KIP-211): only in a group without members, counted
+    /// from when it became empty, or from each commit when that is not known (a group only
+    /// ever used by simple consumers, or one replayed after a restart).
+    pub fn expired_offsets(&self, now_ms: i64, retention_ms: i64) -> Vec<(String, i32)> {
+        if self.state != GroupState::Empty {
+            return Vec::new();
+        }
+        self.offsets
+            .iter()
+            .filter(|(_, value)| {
+                let base_ms = self.empty_since_ms.unwrap_or(value.commit_timestamp_ms);
+                now_ms.saturating_sub(base_ms) >= retention_ms
+            })
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
     /// A group with neither members nor offsets can be forgotten.
     pub fn is_disposable(&self) -> bool {
         self.state == GroupState::Empty
             && self.offsets.is_empty()
             && self.pending_members.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> GroupRules {
+        GroupRules {
+            session_timeout_min: Duration::from_secs(6),
+            session_timeout_max: Duration::from_secs(1800),
+            initial_rebalance_delay: Duration::ZERO,
+        }
+    }
+
+    fn join_request(member_id: &str) -> JoinRequest {
+        JoinRequest {
+            member_id: member_id.to_string(),
+            instance_id: None,
+            client_id: "client".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(30),
+            protocol_type: "consumer".into(),
+            protocols: vec![
+                ("cooperative-sticky".into(), Bytes::from_static(b"c")),
+                ("range".into(), Bytes::from_static(b"r")),
+            ],
+            require_known_member_id: true,
+        }
+    }
+
+    fn now_answer<T>(answer: Answer<T>) -> T {
+        match answer {
+            Answer::Now(result) => result,
+            Answer::Later(_) => panic!("expected an immediate answer"),
+        }
+    }
+
+    fn parked<T>(answer: Answer<T>) -> LocalReceiver<T> {
+        match answer {
+            Answer::Now(_) => panic!("expected a parked answer"),
+            Answer::Later(receiver) => receiver,
+        }
+    }
+
+    #[test]
+    fn join_sync_heartbeat_leave_through_the_states() {
+        glommio::LocalExecutor::default().run(async {
+            let (rules, now) = (rules(), Instant::now());
+            let mut group = Group::new("g");
+            let required = now_answer(group.join(join_request(""), &rules, now));
+            assert_eq!(required.error_code, group_codes::MEMBER_ID_REQUIRED);
+            let member = required.member_id;
+            let joined = parked(group.join(join_request(&member), &rules, now));
+            let joined = joined
+                .recv()
+                .await
+                .expect("answered when the join completes");
+            assert_eq!(group.state, GroupState::CompletingRebalance);
+            assert_eq!(
+                (joined.generation, joined.leader.as_str()),
+                (1, member.as_str())
+            );
+            assert_eq!(joined.protocol_name.as_deref(), Some("cooperative-sticky"));
+            assert_eq!(joined.members.len(), 1, "the leader sees the members");
+
+            assert_eq!(
+                group.heartbeat(&member, 1, now),
+                codes::NONE,
+                "allowed while completing"
+            );
+            let assignment = vec![(member.clone(), Bytes::from_static(b"p0"))];
+            let synced = parked(group.sync(&member, 1, assignment, now)).recv().await;
+            assert_eq!(synced.expect("answered").assignment, &b"p0"[..]);
+            assert_eq!(group.state, GroupState::Stable);
+            assert_eq!(
+                group.heartbeat(&member, 0, now),
+                group_codes::ILLEGAL_GENERATION
+            );
+            assert_eq!(group.check_commit(&member, None, 1), Ok(()));
+            assert_eq!(
+                group.check_commit("", None, -1),
+                Err(group_codes::UNKNOWN_MEMBER_ID),
+                "a simple commit needs an empty group"
+            );
+
+            assert_eq!(group.leave(&member, None, &rules, now), codes::NONE);
+            assert_eq!((group.state, group.generation), (GroupState::Empty, 2));
+            assert_eq!(group.check_commit("", None, -1), Ok(()));
+        });
+    }
+
+    #[test]
+    fn an_expired_session_triggers_a_rebalance_without_the_member() {
+        glommio::LocalExecutor::default().run(async {
+            // With an initial delay both members land in the first generation.
+            let rules = GroupRules {
+                initial_rebalance_delay: Duration::from_secs(1),
+                ..rules()
+            };
+            let now = Instant::now();
+            let mut group = Group::new("g");
+            let a = now_answer(group.join(join_request(""), &rules, now)).member_id;
+            let b = now_answer(group.join(join_request(""), &rules, now)).member_id;
+            let a_joined = parked(group.join(join_request(&a), &rules, now));
+            let b_joined = parked(group.join(join_request(&b), &rules, now));
+            group.tick(&rules, now + Duration::from_millis(500));
+            assert_eq!(
+                group.state,
+                GroupState::PreparingRebalance,
+                "still in the delay"
+            );
+            group.tick(&rules, now + Duration::from_secs(1));
+            assert_eq!(a_joined.recv().await.unwrap().generation, 1);
+            assert_eq!(b_joined.recv().await.unwrap().generation, 1);
+            let _sync = parked(group.sync(&a, 1, vec![], now));
+            assert_eq!(group.state, GroupState::Stable);
+
+            // A keeps heartbeating, B goes silent past its 10 s session.
+            let later = now + Duration::from_secs(8);
+            assert_eq!(group.heartbeat(&a, 1, later), codes::NONE);
+            group.tick(&rules, now + Duration::from_secs(11));
+            assert!(group.member(&b).is_none());
+            assert_eq!(group.state, GroupState::PreparingRebalance);
+            assert_eq!(
+                group.heartbeat(&a, 1, now + Duration::from_secs(11)),
+                group_codes::REBALANCE_IN_PROGRESS
+            );
+        });
+    }
+
+    #[test]
+    fn offsets_expire_only_in_an_empty_group_after_the_retention() {
+        let mut group = Group::new("g");
+        let offset = |commit_timestamp_ms| CommittedOffset {
+            offset: 1,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms,
+        };
+        group.offsets.insert(("t".into(), 0), offset(1_000));
+        group.offsets.insert(("t".into(), 1), offset(5_000));
+        assert_eq!(group.expired_offsets(6_000, 4_000), vec![("t".into(), 0)]);
+        group.empty_since_ms = Some(5_500);
+        assert!(
+            group.expired_offsets(6_000, 4_000).is_empty(),
+            "counted from emptiness"
+        );
+        group.state = GroupState::Stable;
+        assert!(group.expired_offsets(100_000, 4_000).is_empty());
     }
 }

@@ -36,6 +36,11 @@ pub const OFFSETS_TOPIC_PARTITIONS: i32 = 8;
 
 /// `offset.metadata.max.bytes`: larger commit metadata gets `OFFSET_METADATA_TOO_LARGE`.
 pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
+/// No topic has a longer name (Kafka's limit), so a commit naming one is refused before its
+/// record is built: the offsets log stores names with an i16 length.
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+/// Group ids are stored with an i16 length too; a longer one is `INVALID_GROUP_ID`.
+pub const GROUP_ID_BYTES_MAX: usize = i16::MAX as usize;
 
 /// Error codes of the group APIs, named once.
 pub mod codes {
@@ -57,7 +62,6 @@ pub mod codes {
     pub const FENCED_INSTANCE_ID: i16 = ResponseError::FencedInstanceId.code();
     pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = ResponseError::GroupSubscribedToTopic.code();
     pub const INVALID_REQUEST: i16 = ResponseError::InvalidRequest.code();
-    pub const TOPIC_AUTHORIZATION_FAILED: i16 = ResponseError::TopicAuthorizationFailed.code();
 }
 
 /// Work on one group (or, for `List`, on every group of the receiving shard), executed by
@@ -222,7 +226,7 @@ pub async fn offsets_topic_snapshot(shard: &Rc<Shard>) -> Result<Arc<MetadataSna
 /// Sends `call` for `group` to its coordinator, wherever it lives. `Err` is the error code
 /// for the whole request (no coordinator reachable).
 pub async fn route(shard: &Rc<Shard>, group: &str, call: GroupCall) -> Result<GroupReply, i16> {
-    if group.is_empty() {
+    if group.is_empty() || group.len() > GROUP_ID_BYTES_MAX {
         return Err(codes::INVALID_GROUP_ID);
     }
     let (partition, owner) = locate(shard, group).await?;

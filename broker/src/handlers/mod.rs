@@ -6,10 +6,12 @@ pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_groups;
 pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
+pub mod describe_groups;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -17,9 +19,11 @@ pub mod incremental_alter_configs;
 pub mod init_producer_id;
 pub mod join_group;
 pub mod leave_group;
+pub mod list_groups;
 pub mod list_offsets;
 pub mod metadata;
 pub mod offset_commit;
+pub mod offset_delete;
 pub mod offset_fetch;
 pub mod produce;
 pub mod sync_group;
@@ -88,6 +92,10 @@ served_apis! {
     Heartbeat => heartbeat::HeartbeatRequest,
     LeaveGroup => leave_group::LeaveGroupRequest,
     SyncGroup => sync_group::SyncGroupRequest,
+    DescribeGroups => describe_groups::DescribeGroupsRequest,
+    ListGroups => list_groups::ListGroupsRequest,
+    DeleteGroups => delete_groups::DeleteGroupsRequest,
+    OffsetDelete => offset_delete::OffsetDeleteRequest,
     DescribeConfigs => describe_configs::DescribeConfigsRequest,
     AlterConfigs => alter_configs::AlterConfigsRequest,
     ApiVersions => api_versions::ApiVersionsRequest,

@@ -90,6 +90,10 @@ async fn produce_partition(
     if !matches!(rules.acks, -1..=1) {
         return answer(codes::INVALID_REQUIRED_ACKS, -1, -1);
     }
+    // Only the group coordinator writes the offsets topic, as in Kafka.
+    if topic.0.as_str() == crate::groups::OFFSETS_TOPIC {
+        return answer(codes::INVALID_TOPIC_EXCEPTION, -1, -1);
+    }
     let (Some(topic_metadata), Some(owner)) = (
         snapshot.topic(topic.0.as_str()),
         snapshot.owner_of(topic.0.as_str(), partition),

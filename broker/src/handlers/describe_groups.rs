@@ -1,0 +1,72 @@
+//! `DescribeGroups`: state, protocol and members of each named group, from its coordinator.
+//! An unknown group is reported as `Dead` without error, as Kafka does before v6.
+
+use std::rc::Rc;
+
+use futures::future::join_all;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
+
+use super::{str_bytes, RequestContext};
+use crate::groups::{self, GroupCall, GroupDescription, GroupReply};
+use crate::shard::Shard;
+
+/// Group ACL operations a client may perform, as a bitfield (no ACLs yet: all of them):
+/// READ 3, DELETE 6, DESCRIBE 8.
+const GROUP_OPERATIONS_ALL: i32 = 1 << 3 | 1 << 6 | 1 << 8;
+
+pub async fn handle(
+    shard: &Rc<Shard>,
+    context: &RequestContext,
+    request: DescribeGroupsRequest,
+) -> DescribeGroupsResponse {
+    let version = context.api_version;
+    let with_operations = version >= 3 && request.include_authorized_operations;
+    let descriptions = request.groups.into_iter().map(|group_id| async move {
+        let reply = groups::route(shard, &group_id, GroupCall::Describe).await;
+        let description = match reply {
+            Ok(GroupReply::Described(description)) => description,
+            Ok(other) => panic!("DescribeGroups answered with {other:?}"),
+            Err(error_code) => GroupDescription {
+                error_code,
+                state: "",
+                protocol_type: String::new(),
+                protocol_name: String::new(),
+                members: Vec::new(),
+            },
+        };
+        let described = described(version, description).with_group_id(group_id);
+        if with_operations {
+            described.with_authorized_operations(GROUP_OPERATIONS_ALL)
+        } else {
+            described
+        }
+    });
+    DescribeGroupsResponse::default().with_groups(join_all(descriptions).await)
+}
+
+fn described(version: i16, description: GroupDescription) -> DescribedGroup {
+    let members = description
+        .members
+        .into_iter()
+        .map(|member| {
+            DescribedGroupMember::default()
+                .with_member_id(str_bytes(&member.member_id))
+                .with_group_instance_id(if version >= 4 {
+                    member.instance_id.as_deref().map(str_bytes)
+                } else {
+                    None
+                })
+                .with_client_id(str_bytes(&member.client_id))
+                .with_client_host(str_bytes(&member.client_host))
+                .with_member_metadata(member.metadata)
+                .with_member_assignment(member.assignment)
+        })
+        .collect();
+    DescribedGroup::default()
+        .with_error_code(description.error_code)
+        .with_group_state(str_bytes(description.state))
+        .with_protocol_type(str_bytes(&description.protocol_type))
+        .with_protocol_data(str_bytes(&description.protocol_name))
+        .with_members(members)
+}

@@ -1,0 +1,75 @@
+//! `ListGroups`: every group of every shard's coordinator, optionally filtered by state
+//! (v4+) and type (v5+; every group here is a `classic` group).
+
+use std::rc::Rc;
+
+use futures::future::join_all;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
+
+use super::{str_bytes, RequestContext};
+use crate::error_codes as codes;
+use crate::groups::{GroupCall, GroupEnvelope, GroupReply};
+use crate::shard::Shard;
+
+/// The group type of the classic protocol, as KIP-848 names it.
+const CLASSIC: &str = "classic";
+
+pub async fn handle(
+    shard: &Rc<Shard>,
+    context: &RequestContext,
+    request: ListGroupsRequest,
+) -> ListGroupsResponse {
+    let version = context.api_version;
+    let asks = (0..shard.config.shard_count()).map(|owner| {
+        let envelope = GroupEnvelope {
+            group: String::new(),
+            partition: -1,
+            call: GroupCall::List,
+        };
+        shard.group_call(owner, envelope)
+    });
+    let mut error_code = codes::NONE;
+    let mut listed = Vec::new();
+    for reply in join_all(asks).await {
+        match reply {
+            Some(GroupReply::Listed(groups)) => listed.extend(groups),
+            Some(other) => panic!("ListGroups answered with {other:?}"),
+            None => error_code = crate::groups::codes::COORDINATOR_NOT_AVAILABLE,
+        }
+    }
+    let states: Vec<String> = request
+        .states_filter
+        .iter()
+        .map(|s| s.to_lowercase())
+        .collect();
+    let types_match = request.types_filter.is_empty()
+        || request
+            .types_filter
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(CLASSIC));
+    listed.sort();
+    let groups = listed
+        .into_iter()
+        .filter(|(_, _, state)| states.is_empty() || states.contains(&state.to_lowercase()))
+        .filter(|_| types_match)
+        .map(|(group_id, protocol_type, state)| {
+            let group = ListedGroup::default()
+                .with_group_id(GroupId(str_bytes(&group_id)))
+                .with_protocol_type(str_bytes(&protocol_type));
+            let group = if version >= 4 {
+                group.with_group_state(str_bytes(state))
+            } else {
+                group
+            };
+            if version >= 5 {
+                group.with_group_type(str_bytes(CLASSIC))
+            } else {
+                group
+            }
+        })
+        .collect();
+    ListGroupsResponse::default()
+        .with_error_code(error_code)
+        .with_groups(groups)
+}

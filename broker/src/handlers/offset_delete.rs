@@ -1,0 +1,61 @@
+//! `OffsetDelete`: removes a group's committed offsets for some partitions, refused for
+//! topics the group's members still subscribe to (`GROUP_SUBSCRIBED_TO_TOPIC`).
+
+use std::rc::Rc;
+
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
+use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
+
+use super::RequestContext;
+use crate::error_codes as codes;
+use crate::groups::{self, GroupCall, GroupReply};
+use crate::shard::Shard;
+
+pub async fn handle(
+    shard: &Rc<Shard>,
+    _context: &RequestContext,
+    request: OffsetDeleteRequest,
+) -> OffsetDeleteResponse {
+    let partitions: Vec<(String, i32)> = request
+        .topics
+        .iter()
+        .flat_map(|topic| {
+            topic
+                .partitions
+                .iter()
+                .map(move |p| (topic.name.to_string(), p.partition_index))
+        })
+        .collect();
+    let call = GroupCall::DeleteOffsets { partitions };
+    let partition_codes = match groups::route(shard, &request.group_id, call).await {
+        Ok(GroupReply::Codes(codes)) => codes,
+        Ok(GroupReply::Offsets { error_code, .. }) | Err(error_code) => {
+            return OffsetDeleteResponse::default().with_error_code(error_code);
+        }
+        Ok(other) => panic!("OffsetDelete answered with {other:?}"),
+    };
+    let mut partition_codes = partition_codes.into_iter();
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    OffsetDeleteResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(partition_codes.next().expect("one code per partition"))
+                })
+                .collect();
+            OffsetDeleteResponseTopic::default()
+                .with_name(topic.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetDeleteResponse::default()
+        .with_error_code(codes::NONE)
+        .with_topics(topics)
+}
