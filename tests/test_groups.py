@@ -339,3 +339,39 @@ def test_static_member_rejoins_without_a_rebalance_and_fences_its_old_id(group_b
     assert call(sock, HeartbeatRequest[3]("static", generation, first_id, "instance-a"), 3).error_code == 82  # FENCED_INSTANCE_ID
     sock.close()
     again.close()
+
+
+def test_librdkafka_static_member_restart_keeps_assignments_without_rebalance(group_broker):
+    """KIP-345 with a real client: a static member that restarts within its session timeout
+    gets its partitions back and the other member is never revoked."""
+    bootstrap = group_broker.bootstrap
+    create_topic(bootstrap, "orders", PARTITIONS)
+    revocations = {"a": 0, "b": 0}
+
+    def static_member(instance):
+        consumer = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": "static-rk", "group.instance.id": instance,
+            "auto.offset.reset": "earliest", "enable.auto.commit": False,
+            "heartbeat.interval.ms": 300, "session.timeout.ms": 10000,
+        })
+
+        def on_revoke(_consumer, partitions):
+            if partitions:
+                revocations[instance] += 1
+        consumer.subscribe(["orders"], on_revoke=on_revoke)
+        return consumer
+
+    a, b = static_member("a"), static_member("b")
+    seen = {}
+    owned = assignments_settle([a, b], seen, PARTITIONS)
+    revocations.update(a=0, b=0)
+    a.close()  # a static member leaves no LeaveGroup behind
+    restarted = static_member("a")
+    again = assignments_settle([restarted, b], seen, PARTITIONS)
+    assert again == owned, "same partitions for the same instances"
+    for _ in range(20):  # time for a rebalance to show, if one had started
+        b.poll(0.1)
+        restarted.poll(0.1)
+    assert revocations["b"] == 0, "the other member was never revoked"
+    restarted.close()
+    b.close()
