@@ -375,3 +375,36 @@ def test_librdkafka_static_member_restart_keeps_assignments_without_rebalance(gr
     assert revocations["b"] == 0, "the other member was never revoked"
     restarted.close()
     b.close()
+
+
+def java_partition(group, partitions):
+    """Kafka's placement of a group on __consumer_offsets (Java String.hashCode)."""
+    value = 0
+    for char in group:
+        value = (value * 31 + ord(char)) & 0xFFFFFFFF
+    if value >= 1 << 31:
+        value -= 1 << 32
+    return (0 if value == -(1 << 31) else abs(value)) % partitions
+
+
+def test_offsets_log_is_checkpointed_and_trimmed_and_replays_to_the_latest_commits(start_broker):
+    broker = start_broker(shards=2, extra_args=[*FAST_GROUPS, "--offsets-checkpoint-records", "20"])
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "ckpt"})
+    for round_ in range(60):
+        consumer.commit(offsets=[TopicPartition("orders", p, round_ * 10 + p) for p in range(3)], asynchronous=False)
+    consumer.close()
+    partition = java_partition("ckpt", 8)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        low, high = helpers.watermarks(broker.bootstrap, "__consumer_offsets", partition)
+        if low > 0:
+            break
+        time.sleep(0.2)
+    # 60 commit batches of 3 records; checkpoints every 20 records keep only the tail.
+    assert 0 < low < high and high - low < 60, (low, high)
+
+    broker.restart(signal.SIGKILL)
+    reader = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "ckpt"})
+    committed = reader.committed([TopicPartition("orders", p) for p in range(3)], timeout=10)
+    reader.close()
+    assert [tp.offset for tp in committed] == [590, 591, 592]

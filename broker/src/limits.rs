@@ -49,6 +49,9 @@ pub struct Limits {
     /// `offsets.retention.minutes`: committed offsets of a group without members are
     /// deleted this long after it became empty (or after the commit, for simple consumers).
     pub offsets_retention: Duration,
+    /// Records appended to a `__consumer_offsets` partition before it is checkpointed (its
+    /// live offsets appended again, everything older deleted), bounding replay at start.
+    pub offsets_checkpoint_records: usize,
 }
 
 impl Default for Limits {
@@ -69,6 +72,7 @@ impl Default for Limits {
             retention_check_interval: Duration::from_secs(300),
             group_initial_rebalance_delay: Duration::from_secs(3),
             offsets_retention: Duration::from_secs(7 * 24 * 60 * 60),
+            offsets_checkpoint_records: 100_000,
         }
     }
 }

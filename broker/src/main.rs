@@ -103,6 +103,9 @@ struct ServeArgs {
     /// offsets.retention.minutes: committed offsets of an empty group expire after this.
     #[arg(long, default_value_t = Limits::default().offsets_retention.as_secs() / 60)]
     offsets_retention_minutes: u64,
+    /// Commits to an offsets partition between checkpoints (bounds replay time at start).
+    #[arg(long, default_value_t = Limits::default().offsets_checkpoint_records)]
+    offsets_checkpoint_records: usize,
 }
 
 fn main() -> ExitCode {
@@ -135,6 +138,7 @@ fn serve(args: ServeArgs) -> ExitCode {
                 args.group_initial_rebalance_delay_ms,
             ),
             offsets_retention: Duration::from_secs(args.offsets_retention_minutes * 60),
+            offsets_checkpoint_records: args.offsets_checkpoint_records,
             ..Limits::default()
         },
     };

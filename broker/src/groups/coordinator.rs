@@ -43,6 +43,8 @@ const SESSION_TIMEOUT_MAX: Duration = Duration::from_secs(30 * 60);
 pub struct CoordinatorConfig {
     pub rules: GroupRules,
     pub offsets_retention: Duration,
+    /// Records appended to an offsets partition before it is checkpointed and trimmed.
+    pub checkpoint_after_records: usize,
 }
 
 impl CoordinatorConfig {
@@ -54,6 +56,7 @@ impl CoordinatorConfig {
                 initial_rebalance_delay: limits.group_initial_rebalance_delay,
             },
             offsets_retention: limits.offsets_retention,
+            checkpoint_after_records: limits.offsets_checkpoint_records,
         }
     }
 }
@@ -62,6 +65,15 @@ impl Default for CoordinatorConfig {
     fn default() -> Self {
         Self::from_limits(&crate::limits::Limits::default())
     }
+}
+
+/// The log of one offsets partition, as the coordinator writes it.
+#[derive(Clone)]
+struct OffsetsLog {
+    partition: i32,
+    /// Partitions of `__consumer_offsets`: which groups live on this one.
+    partitions_total: i32,
+    log: PartitionLog,
 }
 
 /// See the module docs for the ownership and concurrency contract.
@@ -77,6 +89,12 @@ struct Inner {
     /// Per offsets partition: closed once its replay has finished.
     loads: RefCell<HashMap<i32, Rc<Semaphore>>>,
     ticker_started: std::cell::Cell<bool>,
+    /// See `append_gate`.
+    append_gates: RefCell<HashMap<i32, Rc<Semaphore>>>,
+    /// Records appended (or replayed) per offsets partition since its last checkpoint.
+    records_since_checkpoint: RefCell<HashMap<i32, usize>>,
+    /// Partitions with a checkpoint under way.
+    checkpointing: RefCell<std::collections::HashSet<i32>>,
     /// Shard 0 only, created on first use.
     producer_ids: RefCell<Option<Rc<ProducerIds>>>,
 }
@@ -226,7 +244,7 @@ impl GroupCoordinator {
     }
 
     /// The log of offsets partition `partition`, replayed into memory the first time.
-    async fn ensure_loaded(&self, shard: &Rc<Shard>, partition: i32) -> Result<PartitionLog, i16> {
+    async fn ensure_loaded(&self, shard: &Rc<Shard>, partition: i32) -> Result<OffsetsLog, i16> {
         let tp = TopicPartition {
             topic: OFFSETS_TOPIC.into(),
             partition,
@@ -239,6 +257,15 @@ impl GroupCoordinator {
                 codes::COORDINATOR_NOT_AVAILABLE
             }
         })?;
+        let partitions_total = shard
+            .metadata()
+            .topic(OFFSETS_TOPIC)
+            .map_or(1, |topic| topic.partition_count());
+        let log = OffsetsLog {
+            partition,
+            partitions_total,
+            log,
+        };
         self.start_ticker(shard);
         let existing = self.inner.loads.borrow().get(&partition).cloned();
         if let Some(loaded) = existing {
@@ -255,7 +282,7 @@ impl GroupCoordinator {
             .loads
             .borrow_mut()
             .insert(partition, loading.clone());
-        let replayed = self.replay(&tp, &log).await;
+        let replayed = self.replay(&tp, &log.log).await;
         if let Err(error) = &replayed {
             tracing::error!(partition = %tp, %error, "replaying the offsets log failed");
             self.inner.loads.borrow_mut().remove(&partition);
@@ -293,6 +320,10 @@ impl GroupCoordinator {
                 }
             }
         }
+        self.inner
+            .records_since_checkpoint
+            .borrow_mut()
+            .insert(tp.partition, applied);
         tracing::info!(partition = %tp, applied, skipped, elapsed_ms = started.elapsed().as_millis() as u64, "offsets log replayed");
         Ok(())
     }
@@ -330,30 +361,157 @@ impl GroupCoordinator {
     /// Appends `records` as one batch and waits until it is fdatasync'd (acks=all). Memory
     /// is updated right after the append, in log order; if the fdatasync then fails the log
     /// is fenced and this coordinator stops answering for the partition.
-    async fn persist(&self, log: &PartitionLog, records: Vec<OffsetsRecord>) -> i16 {
+    async fn persist(&self, log: &OffsetsLog, records: Vec<OffsetsRecord>) -> i16 {
         let batch = records::encode_batch(&records, super::wall_clock_ms());
-        let appended = match log.append(batch).await {
+        let gate = self.append_gate(log.partition);
+        let turn = gate.acquire_permit(1).await.expect("never closed");
+        let appended = match log.log.append(batch).await {
             Ok(appended) => appended,
             Err(error) => {
                 tracing::error!(%error, "appending to the offsets log failed");
                 return codes::COORDINATOR_NOT_AVAILABLE;
             }
         };
+        *self
+            .inner
+            .records_since_checkpoint
+            .borrow_mut()
+            .entry(log.partition)
+            .or_default() += records.len();
         for record in records {
             self.apply(record);
         }
-        match log.wait_durable(appended.last_offset).await {
-            Ok(()) => broker_codes::NONE,
+        drop(turn);
+        if let Err(error) = log.log.wait_durable(appended.last_offset).await {
+            tracing::error!(%error, "fdatasync of the offsets log failed");
+            return codes::COORDINATOR_NOT_AVAILABLE;
+        }
+        self.maybe_checkpoint(log);
+        broker_codes::NONE
+    }
+
+    /// Every append to one offsets partition passes this gate: a checkpoint's snapshot and
+    /// its append must not interleave with a commit (its older value would win on replay).
+    fn append_gate(&self, partition: i32) -> Rc<Semaphore> {
+        self.inner
+            .append_gates
+            .borrow_mut()
+            .entry(partition)
+            .or_insert_with(|| Rc::new(Semaphore::new(1)))
+            .clone()
+    }
+
+    /// Starts a checkpoint of the partition once enough records followed the last one.
+    fn maybe_checkpoint(&self, log: &OffsetsLog) {
+        let threshold = self.inner.config.borrow().checkpoint_after_records;
+        let due = self
+            .inner
+            .records_since_checkpoint
+            .borrow()
+            .get(&log.partition)
+            .is_some_and(|count| *count >= threshold);
+        if !due || !self.inner.checkpointing.borrow_mut().insert(log.partition) {
+            return;
+        }
+        let (coordinator, log) = (
+            GroupCoordinator {
+                inner: self.inner.clone(),
+            },
+            log.clone(),
+        );
+        glommio::spawn_local(async move {
+            coordinator.checkpoint(&log).await;
+            coordinator
+                .inner
+                .checkpointing
+                .borrow_mut()
+                .remove(&log.partition);
+        })
+        .detach();
+    }
+
+    /// Kafka compacts `__consumer_offsets`; this log cannot, so it is checkpointed instead:
+    /// every live offset of the partition is appended again as one batch, and once that is
+    /// durable everything before it is deleted (it holds nothing the checkpoint lacks).
+    async fn checkpoint(&self, log: &OffsetsLog) {
+        let gate = self.append_gate(log.partition);
+        let turn = gate.acquire_permit(1).await.expect("never closed");
+        let live = self.live_records(log);
+        self.inner
+            .records_since_checkpoint
+            .borrow_mut()
+            .insert(log.partition, 0);
+        // (first offset to keep, last offset that must be durable before trimming)
+        let appended = if live.is_empty() {
+            let end = log.log.high_watermark();
+            Ok((end, end - 1))
+        } else {
+            let batch = records::encode_batch(&live, super::wall_clock_ms());
+            if batch.len() > log.log.config().batch_bytes_max {
+                tracing::warn!(
+                    partition = log.partition,
+                    bytes = batch.len(),
+                    "offsets checkpoint larger than a batch; not checkpointed"
+                );
+                return;
+            }
+            let appended = log.log.append(batch).await;
+            appended.map(|a| (a.base_offset, a.last_offset))
+        };
+        drop(turn);
+        let Ok((keep_from, last)) = appended else {
+            tracing::error!(
+                partition = log.partition,
+                "offsets checkpoint append failed"
+            );
+            return;
+        };
+        let trimmed = match log.log.wait_durable(last).await {
+            Ok(()) => log
+                .log
+                .delete_records_before(keep_from)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        match trimmed {
+            Ok(start) => {
+                tracing::info!(
+                    partition = log.partition,
+                    live = live.len(),
+                    log_start_offset = start,
+                    "offsets log checkpointed"
+                );
+            }
             Err(error) => {
-                tracing::error!(%error, "fdatasync of the offsets log failed");
-                codes::COORDINATOR_NOT_AVAILABLE
+                tracing::error!(partition = log.partition, %error, "offsets checkpoint failed");
             }
         }
     }
 
+    /// Every committed offset of the groups placed on this offsets partition.
+    fn live_records(&self, log: &OffsetsLog) -> Vec<OffsetsRecord> {
+        self.inner
+            .groups
+            .borrow()
+            .values()
+            .filter(|g| super::partition_for(&g.id, log.partitions_total) == log.partition)
+            .flat_map(|g| {
+                g.offsets
+                    .iter()
+                    .map(|((topic, partition), value)| OffsetsRecord::Commit {
+                        group: g.id.clone(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                        value: Some(value.clone()),
+                    })
+            })
+            .collect()
+    }
+
     async fn commit(
         &self,
-        log: &PartitionLog,
+        log: &OffsetsLog,
         group: &str,
         offsets: Vec<(String, i32, CommittedOffset)>,
     ) -> Vec<i16> {
@@ -477,7 +635,7 @@ impl GroupCoordinator {
 
     /// `DeleteGroups`: only a group without members; its offsets and the group are
     /// tombstoned in the log first.
-    async fn delete(&self, log: &PartitionLog, group: &str) -> i16 {
+    async fn delete(&self, log: &OffsetsLog, group: &str) -> i16 {
         let records = {
             let groups = self.inner.groups.borrow();
             let Some(g) = groups.get(group) else {
@@ -508,7 +666,7 @@ impl GroupCoordinator {
     /// (we cannot read the subscription of a non-consumer protocol, so any member counts).
     async fn delete_offsets(
         &self,
-        log: &PartitionLog,
+        log: &OffsetsLog,
         group: &str,
         partitions: Vec<(String, i32)>,
     ) -> GroupReply {
@@ -611,6 +769,11 @@ impl GroupCoordinator {
             };
             let Ok(log) = shard.partitions.log(&tp) else {
                 continue;
+            };
+            let log = OffsetsLog {
+                partition: tp.partition,
+                partitions_total: topic.partition_count(),
+                log,
             };
             let count = partitions.len();
             let records = partitions
