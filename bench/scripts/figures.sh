@@ -8,7 +8,8 @@
 # logs, and each is repeated REPEATS times (default 3); bench/scripts/summarize.py OUT_DIR prints
 # the median tables. Before each run it waits (up to QUIET_WAIT_S seconds) for the host to be
 # under QUIET_BUSY_PERCENT busy; every JSON records how much other work ran anyway
-# (host_cpu_busy_other_percent).
+# (host_cpu_busy_other_percent). A configuration whose JSON is already in OUT_DIR is kept,
+# so an interrupted matrix resumes where it stopped.
 # Needs release builds: cargo build --release -p ringfeed-broker -p ringfeed-bench
 set -euo pipefail
 
@@ -69,9 +70,12 @@ stop_broker() {
 trap stop_broker EXIT
 
 # start_broker [extra serve flags...]: fresh data dir, ephemeral port read from the log.
+# Two shards unless the flags pin the broker to CPUs (`--cpus` sets the shard count itself).
 start_broker() {
     broker_dir=$(mktemp -d "$data_root/ringfeed-figures.XXXXXX")
-    "$broker_bin" serve --listen 127.0.0.1:0 --shards 2 --data-dir "$broker_dir/data" "$@" \
+    local -a shards=(--shards 2)
+    [[ " $* " == *" --cpus "* ]] && shards=()
+    "$broker_bin" serve --listen 127.0.0.1:0 "${shards[@]}" --data-dir "$broker_dir/data" "$@" \
         2>"$broker_dir/broker.log" &
     broker_pid=$!
     local i
@@ -83,7 +87,7 @@ start_broker() {
     done
     echo "broker did not start; log:" >&2
     cat "$broker_dir/broker.log" >&2
-    exit 1
+    return 1
 }
 
 # run NAME BROKER_FLAGS -- BENCH_FLAGS...
@@ -96,8 +100,15 @@ run() {
         shift
     done
     shift
+    if [[ -s $out_dir/$name-$run_index.json ]]; then
+        echo "== $name run $run_index: already measured, kept"
+        return 0
+    fi
     echo "== $name run $run_index: $(wait_for_quiet)"
-    start_broker "${broker_flags[@]}"
+    if ! start_broker "${broker_flags[@]}"; then
+        stop_broker
+        return 0
+    fi
     "$bench_bin" --bootstrap "$broker_address" --broker-pid "$broker_pid" --quiet \
         --topic "$name" --partitions 2 --json "$out_dir/$name-$run_index.json" "$@" || true
     stop_broker

@@ -2,9 +2,14 @@
 //! 2-second e2e run against a `ringfeed serve` started on an ephemeral port, checking that the
 //! JSON, histogram and plot outputs are well-formed and the counts are non-zero. Not speed.
 //!
-//! The broker binary is found next to this test's target directory (`<target>/<profile>/
-//! ringfeed`, either profile) or through `RINGFEED_BIN`; when it is missing the test builds it
-//! with `cargo build -p ringfeed-broker` into the same target directory.
+//! The broker binary is `RINGFEED_BIN` when set. Otherwise the test builds it, because
+//! `cargo test --workspace` does not (the broker has no integration tests) and a binary left
+//! in the target directory may be stale: `cargo build -p ringfeed-broker` into
+//! `<target>/smoke-broker`, a separate target directory because cargo keeps the running
+//! `cargo test`'s build lock until the tests end and a nested build there would wait forever.
+//! The nested build is bounded by `BROKER_BUILD_TIMEOUT` (a no-op when up to date); if it
+//! fails, an existing `<target>/{debug,release}/ringfeed` is used with a warning, and with
+//! none the test is skipped, loudly.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,6 +19,8 @@ use std::time::Duration;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_ringfeed-bench");
 const BROKER_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// A debug build of the broker from scratch takes a few minutes on two CPUs.
+const BROKER_BUILD_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 /// `<target>` from `<target>/<profile>/deps/<test binary>`.
 fn target_dir() -> PathBuf {
@@ -25,30 +32,49 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn find_broker() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("RINGFEED_BIN") {
-        return Some(PathBuf::from(path));
-    }
+/// A binary some earlier build left in the target directory (possibly stale).
+fn existing_broker() -> Option<PathBuf> {
     let target = target_dir();
-    let candidates = ["debug", "release"].map(|profile| target.join(profile).join("ringfeed"));
-    candidates.into_iter().find(|path| path.is_file())
+    let found = [target.join("debug"), target.join("release")]
+        .into_iter()
+        .map(|dir| dir.join("ringfeed"))
+        .find(|path| path.is_file())?;
+    eprintln!(
+        "smoke: WARNING: using {}, which may be stale",
+        found.display()
+    );
+    Some(found)
 }
 
 fn build_broker() -> Option<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let build_dir = target_dir().join("smoke-broker");
     eprintln!(
-        "smoke: building ringfeed-broker (not found in {})",
-        target_dir().display()
+        "smoke: no ringfeed binary in {}; building it into {}",
+        target_dir().display(),
+        build_dir.display()
     );
-    let status = Command::new(cargo)
+    let mut child = Command::new(cargo)
         .args(["build", "-p", "ringfeed-broker", "--manifest-path"])
         .arg(&manifest)
         .arg("--target-dir")
-        .arg(target_dir())
-        .status()
+        .arg(&build_dir)
+        .spawn()
         .ok()?;
-    status.success().then(find_broker).flatten()
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().ok()? {
+            let built = build_dir.join("debug").join("ringfeed");
+            return (status.success() && built.is_file()).then_some(built);
+        }
+        if started.elapsed() > BROKER_BUILD_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// A broker process that is stopped when dropped.
@@ -175,7 +201,8 @@ fn assert_outputs(dir: &Path, workload: &str) {
 
 #[test]
 fn produce_and_e2e_against_the_real_broker() {
-    let Some(binary) = find_broker().or_else(build_broker) else {
+    let from_env = std::env::var_os("RINGFEED_BIN").map(PathBuf::from);
+    let Some(binary) = from_env.or_else(build_broker).or_else(existing_broker) else {
         eprintln!("smoke: SKIPPED: no ringfeed binary found or buildable; set RINGFEED_BIN");
         return;
     };
