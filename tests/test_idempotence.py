@@ -145,3 +145,30 @@ def test_librdkafka_idempotent_stream_survives_sigkill_exactly_once_in_order(sta
     for partition in range(3):
         in_log = [int(value) for p, _, value in sorted(stored) if p == partition]
         assert in_log == sorted(in_log), f"partition {partition} out of order"
+
+
+def test_a_retry_far_behind_the_log_tail_is_still_a_duplicate_after_a_crash(broker):
+    """The retried batch lies beyond the tail scan (200,000 offsets) after a restart: only
+    the producer-state snapshot can still recognise it."""
+    create_topic(broker.bootstrap, "far", 1)
+    producer_id, epoch = init_producer_id(broker.bootstrap)
+    sock = helpers.connect(broker.bootstrap)
+    assert produce_batch(sock, "far", batch(producer_id, epoch, 0, 1), 1) == (0, 0)
+    sock.close()
+    bulk = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True, "acks": "all",
+                     "linger.ms": 20, "batch.num.messages": 10000, "batch.size": 1 << 20})
+    for index in range(260_000):
+        while True:
+            try:
+                bulk.produce("far", value=b"x", partition=0)
+                break
+            except BufferError:
+                bulk.poll(0.01)
+    assert bulk.flush(60) == 0
+    end = helpers.watermarks(broker.bootstrap, "far", 0)[1]
+    assert end == 260_001
+    broker.restart(signal.SIGKILL)
+    sock = helpers.connect(broker.bootstrap)
+    assert produce_batch(sock, "far", batch(producer_id, epoch, 0, 1), 1) == (0, 0)
+    sock.close()
+    assert helpers.watermarks(broker.bootstrap, "far", 0)[1] == end, "nothing appended"

@@ -25,6 +25,7 @@ use kafka_protocol::error::ResponseError;
 
 use crate::metadata::TopicPartition;
 use crate::storage::batch::BatchHeader;
+use crate::storage::meta::{self, MetaKind};
 use crate::storage::{AppendError, AppendOutcome, Disk, DmaDisk, PartitionLog};
 
 pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = ResponseError::OutOfOrderSequenceNumber.code();
@@ -38,6 +39,45 @@ const TAIL_SCAN_OFFSETS: i64 = 200_000;
 const TAIL_SCAN_READ_BYTES: usize = 1 << 20;
 /// Producer ids reserved per persisted block.
 const PRODUCER_ID_BLOCK: i64 = 1000;
+/// Offsets of idempotent batches between snapshots of a partition's producer state: well
+/// inside `TAIL_SCAN_OFFSETS`, so the scan after a start never has to reach past one.
+const SNAPSHOT_EVERY_OFFSETS: i64 = 50_000;
+/// The snapshot file in the partition's directory (`storage/FORMAT.md`).
+const SNAPSHOT_FILE: &str = "producer-state.snapshot";
+
+/// The archived form of one partition's producer state (`storage/FORMAT.md`).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Eq)]
+struct ProducerSnapshot {
+    next_offset: i64,
+    producers: Vec<SnapshotProducer>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Eq)]
+struct SnapshotProducer {
+    producer_id: i64,
+    epoch: i16,
+    batches: Vec<SnapshotBatch>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Eq)]
+struct SnapshotBatch {
+    first_sequence: i32,
+    last_sequence: i32,
+    base_offset: i64,
+    last_offset: i64,
+}
+
+fn encode_snapshot(snapshot: &ProducerSnapshot) -> Vec<u8> {
+    let archive = rkyv::to_bytes::<rkyv::rancor::Error>(snapshot).expect("plain structs");
+    meta::seal(MetaKind::ProducerState, &archive)
+}
+
+fn decode_snapshot(file: &[u8]) -> Result<ProducerSnapshot, String> {
+    let payload = meta::open(MetaKind::ProducerState, file).map_err(|e| e.to_string())?;
+    let archived = rkyv::access::<ArchivedProducerSnapshot, rkyv::rancor::Error>(&payload)
+        .map_err(|e| e.to_string())?;
+    rkyv::deserialize::<ProducerSnapshot, rkyv::rancor::Error>(archived).map_err(|e| e.to_string())
+}
 
 /// One remembered batch of a producer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,13 +152,101 @@ fn check(entry: Option<&ProducerEntry>, header: &BatchHeader) -> Verdict {
 }
 
 /// Producer state of one partition. Owned by the partition's shard.
-#[derive(Default)]
 struct PartitionProducers {
     producers: RefCell<HashMap<i64, ProducerEntry>>,
     loaded: Cell<bool>,
+    /// Offsets of idempotent batches appended since the last snapshot.
+    offsets_since_snapshot: Cell<i64>,
+    /// Snapshot files are written one at a time.
+    snapshot_gate: Semaphore,
+}
+
+impl Default for PartitionProducers {
+    fn default() -> Self {
+        Self {
+            producers: RefCell::default(),
+            loaded: Cell::new(false),
+            offsets_since_snapshot: Cell::new(0),
+            snapshot_gate: Semaphore::new(1),
+        }
+    }
 }
 
 impl PartitionProducers {
+    /// The state as of `next_offset`: batches at or past it (appended, not yet written) are
+    /// left out, the scan after a start finds them if they were written.
+    fn snapshot(&self, next_offset: i64) -> ProducerSnapshot {
+        let producers = self
+            .producers
+            .borrow()
+            .iter()
+            .map(|(producer_id, entry)| SnapshotProducer {
+                producer_id: *producer_id,
+                epoch: entry.epoch,
+                batches: entry
+                    .batches
+                    .iter()
+                    .filter(|b| b.outcome.last_offset < next_offset)
+                    .map(|b| SnapshotBatch {
+                        first_sequence: b.first_sequence,
+                        last_sequence: b.last_sequence,
+                        base_offset: b.outcome.base_offset,
+                        last_offset: b.outcome.last_offset,
+                    })
+                    .collect(),
+            })
+            .collect();
+        ProducerSnapshot {
+            next_offset,
+            producers,
+        }
+    }
+
+    fn install(&self, snapshot: ProducerSnapshot) {
+        let mut producers = self.producers.borrow_mut();
+        for producer in snapshot.producers {
+            let batches = producer
+                .batches
+                .into_iter()
+                .map(|b| BatchEntry {
+                    first_sequence: b.first_sequence,
+                    last_sequence: b.last_sequence,
+                    outcome: AppendOutcome {
+                        base_offset: b.base_offset,
+                        last_offset: b.last_offset,
+                    },
+                })
+                .collect();
+            let entry = ProducerEntry {
+                epoch: producer.epoch,
+                batches,
+            };
+            producers.insert(producer.producer_id, entry);
+        }
+    }
+
+    /// The snapshot in the partition's directory, if it is whole and not ahead of the log.
+    async fn read_snapshot(tp: &TopicPartition, log: &PartitionLog) -> Option<ProducerSnapshot> {
+        let path = log.dir().join(SNAPSHOT_FILE);
+        let file = match DmaDisk.read_file(&path).await {
+            Ok(file) => file?,
+            Err(error) => {
+                tracing::warn!(partition = %tp, %error, "producer state snapshot unreadable");
+                return None;
+            }
+        };
+        match decode_snapshot(&file) {
+            Ok(snapshot) if snapshot.next_offset <= log.high_watermark() => Some(snapshot),
+            Ok(snapshot) => {
+                tracing::warn!(partition = %tp, snapshot_offset = snapshot.next_offset, high_watermark = log.high_watermark(), "producer state snapshot is ahead of the log; ignored");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(partition = %tp, %error, "producer state snapshot invalid; ignored");
+                None
+            }
+        }
+    }
     fn remember(&self, header: &BatchHeader, outcome: AppendOutcome) {
         let mut producers = self.producers.borrow_mut();
         let entry = producers.entry(header.producer_id).or_default();
@@ -136,10 +264,15 @@ impl PartitionProducers {
         }
     }
 
-    /// Replays the batch headers of the log's tail.
+    /// Loads the snapshot, then replays the batch headers after it (or, without one, the
+    /// log's tail).
     async fn load(&self, tp: &TopicPartition, log: &PartitionLog) {
         let end = log.high_watermark();
         let mut offset = (end - TAIL_SCAN_OFFSETS).max(log.log_start_offset());
+        if let Some(snapshot) = Self::read_snapshot(tp, log).await {
+            offset = snapshot.next_offset.max(log.log_start_offset());
+            self.install(snapshot);
+        }
         let mut batches_seen = 0_usize;
         while offset < end {
             let batches = match log.read(offset, TAIL_SCAN_READ_BYTES).await {
@@ -165,7 +298,7 @@ impl PartitionProducers {
                 }
             }
         }
-        tracing::debug!(partition = %tp, batches_seen, producers = self.producers.borrow().len(), "producer state rebuilt from the log tail");
+        tracing::debug!(partition = %tp, batches_seen, producers = self.producers.borrow().len(), "producer state rebuilt (snapshot, then the batches after it or the log tail)");
         self.loaded.set(true);
     }
 }
@@ -220,6 +353,12 @@ impl ProducerStates {
             Verdict::Append => {
                 let outcome = log.append(batch).await.map_err(Refused::Append)?;
                 state.remember(&header, outcome);
+                let since = state.offsets_since_snapshot.get() + i64::from(header.record_count);
+                state.offsets_since_snapshot.set(since);
+                if since >= SNAPSHOT_EVERY_OFFSETS {
+                    state.offsets_since_snapshot.set(0);
+                    spawn_snapshot(tp.clone(), log.clone(), state.clone());
+                }
                 Ok(outcome)
             }
         }
@@ -229,6 +368,25 @@ impl ProducerStates {
     pub fn forget(&self, tp: &TopicPartition) {
         self.partitions.borrow_mut().remove(tp);
     }
+}
+
+/// Takes the snapshot now (the caller holds the partition's gate, so the state matches the
+/// log) and writes it in the background; a write that fails only costs a longer scan.
+fn spawn_snapshot(tp: TopicPartition, log: PartitionLog, state: Rc<PartitionProducers>) {
+    let snapshot = state.snapshot(log.high_watermark());
+    let bytes = encode_snapshot(&snapshot);
+    glommio::spawn_local(async move {
+        let path = log.dir().join(SNAPSHOT_FILE);
+        // Two snapshots of one partition would share the temporary file: one at a time.
+        let _turn = state.snapshot_gate.acquire_permit(1).await.expect("never closed");
+        match DmaDisk.write_file_atomically(&path, &bytes).await {
+            Ok(()) => {
+                tracing::debug!(partition = %tp, next_offset = snapshot.next_offset, producers = snapshot.producers.len(), "producer state snapshot written");
+            }
+            Err(error) => tracing::warn!(partition = %tp, %error, "producer state snapshot not written"),
+        }
+    })
+    .detach();
 }
 
 /// Shard 0's producer id allocator. See the module docs.
@@ -357,6 +515,31 @@ mod tests {
             check(state.producers.borrow().get(&7), &header(0, 70, 10)),
             Verdict::Refuse(INVALID_PRODUCER_EPOCH)
         );
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_leave_out_unwritten_batches() {
+        let state = PartitionProducers::default();
+        state.remember(&header(3, 0, 10), outcome(0));
+        state.remember(&header(3, 10, 10), outcome(10));
+        let snapshot = state.snapshot(15);
+        assert_eq!(
+            snapshot.producers[0].batches.len(),
+            1,
+            "the batch ending at 19 is past 15"
+        );
+        let decoded = decode_snapshot(&encode_snapshot(&snapshot)).expect("valid");
+        assert_eq!(decoded, snapshot);
+        let restored = PartitionProducers::default();
+        restored.install(decoded);
+        let producers = restored.producers.borrow();
+        assert_eq!(
+            check(producers.get(&7), &header(3, 0, 10)),
+            Verdict::Duplicate(outcome(0))
+        );
+        let mut corrupt = encode_snapshot(&snapshot);
+        *corrupt.last_mut().unwrap() ^= 1;
+        assert!(decode_snapshot(&corrupt).is_err());
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub enum MetaKind {
     SegmentIndex,
     RecoveryCheckpoint,
     CleanShutdown,
+    /// The broker's idempotent-producer state of one partition (broker `producer_state.rs`).
+    ProducerState,
 }
 
 impl MetaKind {
@@ -33,6 +35,7 @@ impl MetaKind {
             MetaKind::SegmentIndex => *b"RFIX",
             MetaKind::RecoveryCheckpoint => *b"RFCP",
             MetaKind::CleanShutdown => *b"RFCS",
+            MetaKind::ProducerState => *b"RFPS",
         }
     }
 
