@@ -356,6 +356,7 @@ impl Batch {
 }
 
 /// Encodes the batch into a Produce request and writes it on the partition leader's lane.
+/// A failure stops the run: a producer that cannot send has nothing left to measure.
 fn flush(
     config: &ProduceConfig,
     context: &RunContext,
@@ -367,6 +368,18 @@ fn flush(
     let lane = lanes
         .get_mut(&config.layout.leaders[batch.partition as usize])
         .expect("a lane was opened for every partition's leader");
+    let encoded = encode_batch(config, lane, batch);
+    stats.codec_ns += context.clock.now_ns() - codec_start_ns;
+    let sent = encoded
+        .and_then(|correlation_id| send_batch(config, context, lane, batch, correlation_id, stats));
+    if let Err(error) = sent {
+        stats.error(error);
+        context.abort();
+    }
+}
+
+/// Encodes the batch and its Produce request into the lane's frame; returns the correlation id.
+fn encode_batch(config: &ProduceConfig, lane: &mut Lane, batch: &mut Batch) -> Result<i32, String> {
     batch.encoded.reserve(
         batch.value_bytes + BATCH_HEADER_BYTES + RECORD_OVERHEAD_BYTES_MAX * batch.records.len(),
     );
@@ -374,11 +387,8 @@ fn flush(
         version: 2,
         compression: config.compression,
     };
-    if let Err(error) = RecordBatchEncoder::encode(&mut batch.encoded, &batch.records, &options) {
-        stats.error(format!("encode batch: {error}"));
-        context.abort();
-        return;
-    }
+    RecordBatchEncoder::encode(&mut batch.encoded, &batch.records, &options)
+        .map_err(|error| format!("encode batch: {error}"))?;
     let request = ProduceRequest::default()
         .with_acks(config.acks)
         .with_timeout_ms(PRODUCE_TIMEOUT_MS)
@@ -389,19 +399,28 @@ fn flush(
                 .with_records(Some(batch.encoded.split().freeze()))])]);
     let correlation_id = lane.next_correlation_id;
     lane.next_correlation_id = lane.next_correlation_id.wrapping_add(1);
-    let encoded = encode_request(
+    encode_request(
         &mut lane.frame,
         &request,
         lane.produce_version,
         correlation_id,
-    );
-    drop(request); // releases the encoded batch so the next one reuses its memory
-    stats.codec_ns += context.clock.now_ns() - codec_start_ns;
-    if let Err(error) = encoded {
-        stats.error(format!("encode produce request: {error}"));
-        context.abort();
-        return;
-    }
+    )
+    .map_err(|error| format!("encode produce request: {error}"))?;
+    // Dropping the request releases the encoded batch, so the next one reuses its memory.
+    drop(request);
+    Ok(correlation_id)
+}
+
+/// Queues the batch for the acker (blocking while the in-flight window is full) and writes
+/// the frame. With acks=0 no response will come, so the write is the acknowledgement.
+fn send_batch(
+    config: &ProduceConfig,
+    context: &RunContext,
+    lane: &mut Lane,
+    batch: &mut Batch,
+    correlation_id: i32,
+    stats: &mut ThreadStats,
+) -> Result<(), String> {
     let measured_intended_ns = std::mem::take(&mut batch.measured_intended_ns);
     let measured_count = measured_intended_ns.len() as u64;
     if let Some(to_acker) = &lane.to_acker {
@@ -411,20 +430,14 @@ fn flush(
             unmeasured_messages: batch.unmeasured_messages,
             partition: batch.partition,
         };
-        // Blocks while max_in_flight requests are unanswered: the producer's back-pressure.
-        if to_acker.send(in_flight).is_err() {
-            stats.error("acker ended early".into());
-            context.abort();
-            return;
-        }
+        to_acker
+            .send(in_flight)
+            .map_err(|_| "acker ended early".to_string())?;
     }
-    if let Err(error) = lane.writer.write_frame(&lane.frame) {
-        stats.error(format!("send produce request: {error}"));
-        context.abort();
-        return;
-    }
+    lane.writer
+        .write_frame(&lane.frame)
+        .map_err(|error| format!("send produce request: {error}"))?;
     if config.acks == 0 {
-        // No response will come: a written request is as acknowledged as it gets.
         let bytes = measured_count * config.message_size_bytes as u64;
         stats.messages += measured_count;
         stats.bytes += bytes;
@@ -432,6 +445,7 @@ fn flush(
         stats.last_measured_ns = context.clock.now_ns();
         context.counters.add_produced(measured_count, bytes);
     }
+    Ok(())
 }
 
 /// What an acker needs besides its queue and socket.
