@@ -75,7 +75,11 @@ start_broker() {
     broker_dir=$(mktemp -d "$data_root/ringfeed-figures.XXXXXX")
     local -a shards=(--shards 2)
     [[ " $* " == *" --cpus "* ]] && shards=()
-    "$broker_bin" serve --listen 127.0.0.1:0 "${shards[@]}" --data-dir "$broker_dir/data" "$@" \
+    # A port from a socket without SO_REUSEPORT: the broker's own port-0 bind uses
+    # SO_REUSEPORT and can land on a port another broker already listens on.
+    local port
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    "$broker_bin" serve --listen "127.0.0.1:$port" "${shards[@]}" --data-dir "$broker_dir/data" "$@" \
         2>"$broker_dir/broker.log" &
     broker_pid=$!
     local i

@@ -107,17 +107,20 @@ fn listening_address(line: &str) -> Option<String> {
     Some(rest.split_whitespace().next()?.to_string())
 }
 
+/// A port no socket holds right now, from a listener without `SO_REUSEPORT`. The broker's
+/// own `--listen 127.0.0.1:0` binds with `SO_REUSEPORT`, and the kernel may then hand it a
+/// port another broker of the same user already listens on (seen with parallel test runs):
+/// the two would share connections.
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe socket");
+    probe.local_addr().expect("probe address").port()
+}
+
 fn start_broker(binary: &Path) -> Broker {
     let data_dir = tempfile::tempdir().expect("temp dir");
+    let listen = format!("127.0.0.1:{}", free_port());
     let mut child = Command::new(binary)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-            "--data-dir",
-        ])
+        .args(["serve", "--listen", &listen, "--shards", "2", "--data-dir"])
         .arg(data_dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
