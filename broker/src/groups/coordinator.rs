@@ -17,7 +17,7 @@ use bytes::Bytes;
 use glommio::sync::Semaphore;
 
 use super::group::{Answer, Group, GroupRules, GroupState, JoinResult, SyncResult};
-use super::records::{self, CommittedOffset, OffsetsRecord};
+use super::records::{self, OffsetsRecord};
 use super::{
     codes, GroupCall, GroupDescription, GroupEnvelope, GroupReply, MemberDescription, OFFSETS_TOPIC,
 };
@@ -158,20 +158,7 @@ impl GroupCoordinator {
                         .collect(),
                 )
             }
-            GroupCall::Commit {
-                member_id,
-                instance_id,
-                generation,
-                offsets,
-            } => {
-                let admitted = self.with_group(&group, |g| {
-                    g.check_commit(&member_id, instance_id.as_deref(), generation)
-                });
-                match admitted {
-                    Ok(()) => GroupReply::Codes(self.commit(&log, &group, offsets).await),
-                    Err(code) => GroupReply::Codes(vec![code; offsets.len()]),
-                }
-            }
+            GroupCall::Commit { .. } => GroupReply::Codes(self.commit(&log, &group, call).await),
             GroupCall::FetchOffsets { partitions } => self.fetch_offsets(&group, partitions),
             GroupCall::Describe => GroupReply::Described(self.describe(&group)),
             GroupCall::Delete => GroupReply::Code(self.delete(&log, &group).await),
@@ -509,12 +496,23 @@ impl GroupCoordinator {
             .collect()
     }
 
-    async fn commit(
-        &self,
-        log: &OffsetsLog,
-        group: &str,
-        offsets: Vec<(String, i32, CommittedOffset)>,
-    ) -> Vec<i16> {
+    /// `OffsetCommit`: admitted by the group's rules, then validated per partition.
+    async fn commit(&self, log: &OffsetsLog, group: &str, call: GroupCall) -> Vec<i16> {
+        let GroupCall::Commit {
+            member_id,
+            instance_id,
+            generation,
+            offsets,
+        } = call
+        else {
+            unreachable!("only commit calls come here")
+        };
+        let admitted = self.with_group(group, |g| {
+            g.check_commit(&member_id, instance_id.as_deref(), generation)
+        });
+        if let Err(code) = admitted {
+            return vec![code; offsets.len()];
+        }
         let mut codes_out = Vec::with_capacity(offsets.len());
         let mut records = Vec::new();
         for (topic, partition, value) in offsets {
