@@ -293,3 +293,85 @@ fn time_record(
     // Another run's record (a consume-only read): measured by when it arrived.
     received_ns >= context.measure_start_ns
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    fn batch(base_offset: i64, values: &[Vec<u8>]) -> BytesMut {
+        #[allow(clippy::default_trait_access)]
+        let records: Vec<Record> = values
+            .iter()
+            .enumerate()
+            .map(|(i, value)| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: base_offset + i as i64,
+                sequence: i as i32 - 1,
+                timestamp: 0,
+                key: None,
+                value: Some(Bytes::from(value.clone())),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut out = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut out, &records, &options).unwrap();
+        out
+    }
+
+    fn value(intended_ns: u64, run_id: u64) -> Vec<u8> {
+        let mut value = intended_ns.to_le_bytes().to_vec();
+        value.extend_from_slice(&run_id.to_le_bytes());
+        value.extend_from_slice(&[7; 84]);
+        value
+    }
+
+    #[test]
+    fn whole_batches_are_timed_and_a_partial_one_is_left_for_the_next_fetch() {
+        let context = RunContext::new(
+            crate::system::Clock::start(),
+            Duration::ZERO,
+            None,
+            Duration::from_secs(60),
+        );
+        let (run, other_run) = (context.run_id, context.run_id ^ 1);
+        let sent_ns = context.measure_start_ns;
+        let mut fetched = batch(
+            10,
+            &[
+                value(sent_ns, run),
+                value(sent_ns, run),
+                value(sent_ns, other_run),
+            ],
+        );
+        fetched.extend_from_slice(&batch(13, &[value(sent_ns, run)]));
+        let partial = batch(14, &[value(sent_ns, run)]);
+        fetched.extend_from_slice(&partial[..partial.len() - 3]);
+        let mut stats = ThreadStats::new("consumer");
+        // Offset 11 was asked for: the record at 10 comes with its batch but is not counted.
+        let next =
+            take_records(fetched.freeze(), 11, sent_ns + 1_000, &context, &mut stats).unwrap();
+        assert_eq!(next, 14, "the partial batch at 14 is fetched again");
+        assert_eq!(stats.messages, 3, "offsets 11, 12 (another run's) and 13");
+        assert_eq!(
+            stats.end_to_end.len(),
+            2,
+            "only this run's records are timed"
+        );
+        assert_eq!(stats.end_to_end.max(), 1_000);
+        assert_eq!(stats.bytes, 3 * 100);
+    }
+}

@@ -339,7 +339,10 @@ impl Batch {
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
             offset: self.records.len() as i64,
-            sequence: -1,
+            // Not idempotent, so the batch's base sequence must be -1; but the codec starts a
+            // new batch wherever `offset - sequence` changes, so a constant -1 would make every
+            // record its own batch. Only the first record's sequence reaches the wire.
+            sequence: self.records.len() as i32 - 1,
             timestamp: self.timestamp_ms,
             key: None,
             value: Some(value.freeze()),
@@ -518,4 +521,51 @@ fn acknowledge(
     }
     context.counters.add_produced(measured, bytes);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The broker's default `message.max.bytes` (1 MiB + 12): a full 1 MiB batch must fit.
+    const BROKER_BATCH_BYTES_MAX: usize = (1 << 20) + 12;
+
+    #[test]
+    fn a_full_batch_stays_under_its_size_in_encoded_bytes() {
+        for message_size_bytes in [1, 16, 100, 1024, 100_000] {
+            let batch_size_bytes = 1 << 20;
+            let template = payload_template(message_size_bytes);
+            let record_bytes = message_size_bytes + RECORD_OVERHEAD_BYTES_MAX;
+            let mut batch = Batch::new(0, batch_size_bytes);
+            while BATCH_HEADER_BYTES + (batch.records.len() + 1) * record_bytes <= batch_size_bytes
+            {
+                batch.push(&template, u64::MAX / 2, true, u64::MAX);
+            }
+            let options = RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            };
+            RecordBatchEncoder::encode(&mut batch.encoded, &batch.records, &options).unwrap();
+            assert!(
+                batch.encoded.len() <= batch_size_bytes,
+                "{message_size_bytes} B: {} records in {} bytes",
+                batch.records.len(),
+                batch.encoded.len()
+            );
+            assert!(batch.encoded.len() <= BROKER_BATCH_BYTES_MAX);
+            let mut encoded = batch.encoded.clone().freeze();
+            let headers =
+                kafka_protocol::records::RecordBatchDecoder::decode_batch_info(&mut encoded)
+                    .unwrap();
+            assert_eq!(headers.len(), 1, "one batch, not one per record");
+            assert_eq!(headers[0].record_count as usize, batch.records.len());
+            assert_eq!(headers[0].base_sequence, -1, "not idempotent");
+            // And the estimate is not wildly pessimistic: from 100 B records up, at least 85%
+            // of the batch is used.
+            assert!(
+                message_size_bytes < 100 || batch.encoded.len() * 100 >= batch_size_bytes * 85,
+                "{message_size_bytes} B"
+            );
+        }
+    }
 }

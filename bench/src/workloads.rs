@@ -31,7 +31,12 @@ pub struct RunContext {
 }
 
 impl RunContext {
-    fn new(clock: Clock, warmup: Duration, duration: Option<Duration>, timeout: Duration) -> Self {
+    pub fn new(
+        clock: Clock,
+        warmup: Duration,
+        duration: Option<Duration>,
+        timeout: Duration,
+    ) -> Self {
         let now_ns = clock.now_ns();
         let measure_start_ns = now_ns + warmup.as_nanos() as u64;
         let run_id = SystemTime::now()
