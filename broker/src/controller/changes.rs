@@ -9,7 +9,12 @@ use uuid::Uuid;
 use super::store::{ClusterState, ConfigEntry, TopicRecord};
 use super::{ControllerCall, PlacementRules};
 use crate::error_codes as codes;
+use crate::groups::OFFSETS_TOPIC;
 use crate::topic_config::validate_override;
+
+/// Why `__consumer_offsets` cannot be deleted or grown by clients.
+const INTERNAL_TOPIC_MESSAGE: &str =
+    "__consumer_offsets is internal: the group coordinator owns it";
 
 /// Kafka's limit on topic name length (so `<topic>-<partition>` fits a file name).
 const TOPIC_NAME_BYTES_MAX: usize = 249;
@@ -260,6 +265,11 @@ fn delete_topic(state: &mut ClusterState, topic: &TopicRef) -> TopicOutcome {
             .position(|record| record.id == id.into_bytes()),
     };
     match (position, topic) {
+        (Some(position), _) if state.topics[position].name == OFFSETS_TOPIC => TopicOutcome::error(
+            OFFSETS_TOPIC,
+            codes::INVALID_REQUEST,
+            INTERNAL_TOPIC_MESSAGE,
+        ),
         (Some(position), _) => {
             let record = state.topics.remove(position);
             TopicOutcome::ok(
@@ -295,6 +305,11 @@ fn add_partitions(
             format!("no topic {name}"),
         );
     };
+    if name == OFFSETS_TOPIC {
+        // More partitions would move groups (placement is hash % count) away from their
+        // committed offsets.
+        return TopicOutcome::error(name, codes::INVALID_REQUEST, INTERNAL_TOPIC_MESSAGE);
+    }
     let current = state.topics[index].partition_shards.len() as i32;
     if total <= current {
         return TopicOutcome::error(
@@ -402,6 +417,29 @@ mod tests {
             &rules(shards),
         )
         .remove(0)
+    }
+
+    #[test]
+    fn the_offsets_topic_cannot_be_deleted_or_grown() {
+        let mut state = ClusterState::default();
+        create(&mut state, new_topic(OFFSETS_TOPIC, 8), 2);
+        let rules = rules(2);
+        let grow = ControllerCall::CreatePartitions {
+            topics: vec![(OFFSETS_TOPIC.into(), 16)],
+            validate_only: false,
+        };
+        assert_eq!(
+            apply(&mut state, grow, &rules)[0].error_code,
+            codes::INVALID_REQUEST
+        );
+        let delete = ControllerCall::DeleteTopics {
+            topics: vec![TopicRef::Name(OFFSETS_TOPIC.into())],
+        };
+        assert_eq!(
+            apply(&mut state, delete, &rules)[0].error_code,
+            codes::INVALID_REQUEST
+        );
+        assert_eq!(state.topics[0].partition_shards.len(), 8);
     }
 
     #[test]
