@@ -408,3 +408,25 @@ def test_offsets_log_is_checkpointed_and_trimmed_and_replays_to_the_latest_commi
     committed = reader.committed([TopicPartition("orders", p) for p in range(3)], timeout=10)
     reader.close()
     assert [tp.offset for tp in committed] == [590, 591, 592]
+
+
+def test_sigterm_answers_a_parked_join_and_exits_promptly(group_broker):
+    sock = helpers.connect(group_broker.bootstrap)
+    member_a = call(sock, join_v5("parked", ""), 1).member_id
+    generation = call(sock, join_v5("parked", member_a), 2).generation_id
+    assert call(sock, SyncGroupRequest[3]("parked", generation, member_a, None, []), 3).error_code == 0
+    other = helpers.connect(group_broker.bootstrap)
+    member_b = call(other, join_v5("parked", ""), 1).member_id
+    # B's join waits for A to rejoin, up to A's rebalance timeout; A never does.
+    parked_join = JoinGroupRequest[5]("parked", 10000, 60000, member_b, None, "consumer", [("range", b"\x00\x00")])
+    other.sendall(helpers.request_frame(11, 5, 2, parked_join.encode()))
+    time.sleep(0.3)
+    started = time.monotonic()
+    group_broker.process.send_signal(signal.SIGTERM)
+    answer = helpers.read_frame(other)
+    assert answer is not None, "answered, not cut off"
+    assert JoinGroupRequest[5].RESPONSE_TYPE.decode(answer[4:]).error_code == 16  # NOT_COORDINATOR
+    assert group_broker.process.wait(timeout=10) == 0
+    assert time.monotonic() - started < 5
+    sock.close()
+    other.close()

@@ -128,11 +128,11 @@ impl GroupCoordinator {
         match call {
             GroupCall::Join(request) => {
                 let answer = self.with_group(&group, |g| g.join(request, &self.rules(), now));
-                GroupReply::Join(
-                    settle(answer, JoinResult::error(codes::UNKNOWN_MEMBER_ID, "")).await,
-                )
+                let gone = JoinResult::error(codes::UNKNOWN_MEMBER_ID, "");
+                let stopping = JoinResult::error(codes::NOT_COORDINATOR, "");
+                GroupReply::Join(settle(shard, answer, gone, stopping).await)
             }
-            GroupCall::Sync { .. } => self.sync(&group, call, now).await,
+            GroupCall::Sync { .. } => self.sync(shard, &group, call, now).await,
             GroupCall::Heartbeat {
                 member_id,
                 instance_id,
@@ -169,7 +169,7 @@ impl GroupCoordinator {
         }
     }
 
-    async fn sync(&self, group: &str, call: GroupCall, now: Instant) -> GroupReply {
+    async fn sync(&self, shard: &Shard, group: &str, call: GroupCall, now: Instant) -> GroupReply {
         let GroupCall::Sync {
             member_id,
             generation,
@@ -189,7 +189,9 @@ impl GroupCoordinator {
             g.sync(&member_id, generation, assignments, now)
         });
         let answer = answer.unwrap_or(Answer::Now(SyncResult::error(codes::UNKNOWN_MEMBER_ID)));
-        GroupReply::Sync(settle(answer, SyncResult::error(codes::UNKNOWN_MEMBER_ID)).await)
+        let gone = SyncResult::error(codes::UNKNOWN_MEMBER_ID);
+        let stopping = SyncResult::error(codes::NOT_COORDINATOR);
+        GroupReply::Sync(settle(shard, answer, gone, stopping).await)
     }
 
     /// A heartbeat naming a group instance id held by another member id is fenced (KIP-345).
@@ -832,11 +834,19 @@ fn subscribed_topics(group: &Group) -> Vec<String> {
 }
 
 /// Waits for a parked answer. A dropped sender (the member was removed without an answer)
-/// reads as `fallback`.
-async fn settle<T>(answer: Answer<T>, fallback: T) -> T {
-    match answer {
-        Answer::Now(result) => result,
-        Answer::Later(receiver) => receiver.recv().await.unwrap_or(fallback),
+/// reads as `gone`. Shutdown answers `stopping` at once, as Kafka answers parked requests
+/// with `NOT_COORDINATOR` when a coordinator unloads: a parked join may otherwise hold its
+/// connection, and so the shutdown, for a whole rebalance timeout.
+async fn settle<T>(shard: &Shard, answer: Answer<T>, gone: T, stopping: T) -> T {
+    let receiver = match answer {
+        Answer::Now(result) => return result,
+        Answer::Later(receiver) => receiver,
+    };
+    let parked = std::pin::pin!(receiver.recv());
+    let shutdown = std::pin::pin!(shard.shutdown_started());
+    match futures::future::select(parked, shutdown).await {
+        futures::future::Either::Left((answer, _)) => answer.unwrap_or(gone),
+        futures::future::Either::Right(_) => stopping,
     }
 }
 
