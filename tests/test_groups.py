@@ -116,7 +116,7 @@ def test_librdkafka_members_share_partitions_rebalance_and_resume_from_commits(g
     assert set(again) == {f"m{i}".encode() for i in range(600, 660)}
 
 
-def test_kafka_python_members_share_partitions_and_commit(group_broker):
+def test_kafka_python_members_share_partitions_rebalance_and_commit(group_broker):
     bootstrap = group_broker.bootstrap
     create_topic(bootstrap, "orders", PARTITIONS)
     produce(bootstrap, "orders", numbered(0, 200))
@@ -126,20 +126,35 @@ def test_kafka_python_members_share_partitions_and_commit(group_broker):
                              auto_offset_reset="earliest", enable_auto_commit=False,
                              heartbeat_interval_ms=300, session_timeout_ms=6000)
 
+    def poll_until(members, seen, count, shares):
+        """Polls (committing after each batch) until `count` distinct messages are seen and
+        the members own `shares` partitions each, disjointly."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for consumer in members:
+                for records in consumer.poll(timeout_ms=50).values():
+                    for record in records:
+                        seen[record.value] = seen.get(record.value, 0) + 1
+                    consumer.commit()
+            owned = [{tp.partition for tp in consumer.assignment()} for consumer in members]
+            if (len(seen) >= count and sorted(len(o) for o in owned) == shares
+                    and set().union(*owned) == set(range(PARTITIONS))):
+                return
+        raise AssertionError(f"{len(seen)} seen, owned {owned}")
+
     members = [member(), member(), member()]
     seen = {}
-    deadline = time.monotonic() + 60
-    while len(seen) < 200 and time.monotonic() < deadline:
-        for consumer in members:
-            for records in consumer.poll(timeout_ms=50).values():
-                for record in records:
-                    seen[record.value] = seen.get(record.value, 0) + 1
-                consumer.commit()
-    owned = [{tp.partition for tp in consumer.assignment()} for consumer in members]
+    poll_until(members, seen, 200, [2, 2, 2])
+    # One leaves (LeaveGroup), the other two take over; one joins, three again.
+    members.pop().close()
+    produce(bootstrap, "orders", numbered(200, 100))
+    poll_until(members, seen, 300, [3, 3])
+    members.append(member())
+    produce(bootstrap, "orders", numbered(300, 100))
+    poll_until(members, seen, 400, [2, 2, 2])
     for consumer in members:
         consumer.close()
-    assert set(seen) == {f"m{i}".encode() for i in range(200)}
-    assert sorted(len(o) for o in owned) == [2, 2, 2] and set().union(*owned) == set(range(PARTITIONS))
+    assert set(seen) == {f"m{i}".encode() for i in range(400)}
 
     # Committed offsets, read back through librdkafka: the end of every partition.
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "inventory"})
