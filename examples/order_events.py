@@ -35,6 +35,7 @@ class Service:
         self.bootstrap = bootstrap
         self.applied = {}  # order id -> times applied
         self.restarts = 0
+        self.assigned = threading.Event()  # set once the group gave it partitions
         self._stop = threading.Event()
         self._thread = None
 
@@ -56,7 +57,7 @@ class Service:
             "session.timeout.ms": 6000,
             "heartbeat.interval.ms": 500,
         })
-        consumer.subscribe([TOPIC])
+        consumer.subscribe([TOPIC], on_assign=lambda _consumer, partitions: partitions and self.assigned.set())
         try:
             while not self._stop.is_set():
                 message = consumer.poll(0.1)
@@ -89,8 +90,9 @@ def create_topic(bootstrap):
             raise
 
 
-def place_orders(bootstrap, orders, duration_s):
-    """The order service: idempotent producer, acks=all, keyed by customer."""
+def place_orders(bootstrap, orders, duration_s, placed):
+    """The order service: idempotent producer, acks=all, keyed by customer. `placed[0]`
+    counts the orders handed to the producer so far."""
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 5})
     failures = []
     pause_s = duration_s / orders
@@ -99,6 +101,7 @@ def place_orders(bootstrap, orders, duration_s):
         producer.produce(TOPIC, key=event["customer"].encode(), value=json.dumps(event).encode(),
                          on_delivery=lambda error, _message: error and failures.append(error))
         producer.poll(0)
+        placed[0] = order_id + 1
         time.sleep(pause_s)
     remaining = producer.flush(60)
     if remaining or failures:
@@ -125,17 +128,21 @@ def main():
     services = {name: Service(name, args.bootstrap) for name in ("payment", "inventory", "notification")}
     for service in services.values():
         service.start()
-    orders = threading.Thread(target=place_orders, args=(args.bootstrap, args.orders, args.duration))
+    if not all(service.assigned.wait(60) for service in services.values()):
+        raise RuntimeError("the services never got their partitions")
+    placed = [0]
+    orders = threading.Thread(target=place_orders, args=(args.bootstrap, args.orders, args.duration, placed))
     orders.start()
 
-    # The notification service goes down a quarter of the way in and comes back at three
-    # quarters: meanwhile orders keep flowing and the other services keep up.
+    # The notification service goes down once it has applied some orders, and comes back
+    # half the run later: meanwhile orders keep flowing and the other services keep up.
     notification = services["notification"]
-    time.sleep(args.duration / 4)
+    wait_until(lambda: notification.applied, 60)
     notification.stop()
-    seen_when_stopped = len(notification.applied)
+    seen_when_stopped, placed_at_stop = len(notification.applied), placed[0]
     time.sleep(args.duration / 2)
     notification.restarts += 1
+    placed_while_down = placed[0] - placed_at_stop
     notification.start()
     orders.join()
 
@@ -145,6 +152,7 @@ def main():
         service.stop()
     summary = {name: service.summary(args.orders) for name, service in services.items()}
     summary["notification"]["applied_before_stop"] = seen_when_stopped
+    summary["notification"]["placed_while_down"] = placed_while_down
     print(json.dumps(summary, sort_keys=True))
     exactly_once = everyone_done and all(
         s["distinct"] == args.orders and s["duplicates"] == 0 and s["missing"] == 0

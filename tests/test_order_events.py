@@ -24,4 +24,5 @@ def test_every_service_applies_every_order_exactly_once(start_broker):
     notification = summary["notification"]
     # It really was down mid-stream: it had applied some orders, not all, when stopped.
     assert 0 < notification["applied_before_stop"] < orders and notification["restarts"] == 1
+    assert notification["placed_while_down"] > 0, "orders flowed while it was down"
     assert run.returncode == 0, run.stderr[-2000:]
