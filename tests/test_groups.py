@@ -445,3 +445,23 @@ def test_sigterm_answers_a_parked_join_and_exits_promptly(group_broker):
     assert time.monotonic() - started < 5
     sock.close()
     other.close()
+
+
+@pytest.mark.skipif(__import__("shutil").which("kcat") is None, reason="kcat is not installed")
+def test_old_librdkafka_kcat_group_consumes_then_resumes_from_its_commits(group_broker):
+    """Debian's kcat (librdkafka 2.0.2) as a balanced consumer: all messages once, and a
+    second run of the same group starts after its committed offsets."""
+    import subprocess
+    bootstrap = group_broker.bootstrap
+    create_topic(bootstrap, "orders", 3)
+    produce(bootstrap, "orders", numbered(0, 30))
+
+    def kcat_group():
+        # Not `-o beginning`: kcat would apply it on every assignment, over the commits.
+        run = subprocess.run(["kcat", "-b", bootstrap, "-G", "kcat-group", "orders", "-e", "-q",
+                              "-X", "auto.offset.reset=earliest"], capture_output=True, text=True, timeout=60)
+        return sorted(line for line in run.stdout.splitlines() if line)
+
+    assert kcat_group() == sorted(f"m{i}" for i in range(30))
+    produce(bootstrap, "orders", numbered(30, 5))
+    assert kcat_group() == sorted(f"m{i}" for i in range(30, 35))
