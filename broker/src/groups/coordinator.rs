@@ -626,7 +626,8 @@ impl GroupCoordinator {
             .map(|g| {
                 (
                     g.id.clone(),
-                    g.protocol_type.clone().unwrap_or_else(|| "consumer".into()),
+                    // A group only used for commits has no protocol type: "" as in Kafka.
+                    g.protocol_type.clone().unwrap_or_default(),
                     g.state.name(),
                 )
             })

@@ -22,6 +22,12 @@ use super::codes as group_codes;
 use super::records::CommittedOffset;
 use crate::error_codes as codes;
 
+/// Members plus handed-out member ids one group may hold (`group.max.size`; Kafka's default
+/// is unbounded). Every member id costs memory until its session ends, so a client looping
+/// on `JoinGroup` without an id must hit a wall: 1,000 consumers is far beyond any partition
+/// count a group here can usefully share.
+pub const GROUP_SIZE_MAX: usize = 1000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupState {
     Empty,
@@ -277,6 +283,15 @@ impl Group {
             return fail(group_codes::INCONSISTENT_GROUP_PROTOCOL);
         }
         if request.member_id.is_empty() {
+            // A static member taking over its own identity does not grow the group.
+            let known_instance = request
+                .instance_id
+                .as_deref()
+                .is_some_and(|id| self.member_by_instance(id).is_some());
+            if !known_instance && self.members.len() + self.pending_members.len() >= GROUP_SIZE_MAX
+            {
+                return fail(group_codes::GROUP_MAX_SIZE_REACHED);
+            }
             return self.join_unknown_member(request, rules, now);
         }
         if self.pending_members.remove(&request.member_id).is_some() {
@@ -901,6 +916,22 @@ mod tests {
                 group_codes::REBALANCE_IN_PROGRESS
             );
         });
+    }
+
+    #[test]
+    fn a_group_stops_handing_out_member_ids_at_its_size_limit() {
+        let (rules, now) = (rules(), Instant::now());
+        let mut group = Group::new("g");
+        for _ in 0..GROUP_SIZE_MAX {
+            let answer = now_answer(group.join(join_request(""), &rules, now));
+            assert_eq!(answer.error_code, group_codes::MEMBER_ID_REQUIRED);
+        }
+        let refused = now_answer(group.join(join_request(""), &rules, now));
+        assert_eq!(refused.error_code, group_codes::GROUP_MAX_SIZE_REACHED);
+        // Unused ids expire with their session and make room again.
+        group.tick(&rules, now + Duration::from_secs(11));
+        let answer = now_answer(group.join(join_request(""), &rules, now));
+        assert_eq!(answer.error_code, group_codes::MEMBER_ID_REQUIRED);
     }
 
     #[test]

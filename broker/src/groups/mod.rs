@@ -60,6 +60,7 @@ pub mod codes {
     pub const NON_EMPTY_GROUP: i16 = ResponseError::NonEmptyGroup.code();
     pub const MEMBER_ID_REQUIRED: i16 = ResponseError::MemberIdRequired.code();
     pub const FENCED_INSTANCE_ID: i16 = ResponseError::FencedInstanceId.code();
+    pub const GROUP_MAX_SIZE_REACHED: i16 = ResponseError::GroupMaxSizeReached.code();
     pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = ResponseError::GroupSubscribedToTopic.code();
     pub const INVALID_REQUEST: i16 = ResponseError::InvalidRequest.code();
 }
