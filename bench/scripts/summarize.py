@@ -19,7 +19,10 @@ def load_runs(out_dir):
     runs = defaultdict(list)
     for path in sorted(Path(out_dir).glob("*.json")):
         name = re.sub(r"-\d+$", "", path.stem)
-        runs[name].append(json.loads(path.read_text()))
+        try:
+            runs[name].append(json.loads(path.read_text()))
+        except json.JSONDecodeError:
+            print(f"skipping {path}: not (yet) a whole JSON document", file=sys.stderr)
     return runs
 
 
