@@ -48,19 +48,32 @@ pub async fn handle(
             replace_all: true,
             operations,
         };
-        let reply = shard
-            .controller_call(ControllerCall::AlterConfigs {
-                changes: vec![change],
-                validate_only: request.validate_only,
-            })
-            .await;
-        let outcome = reply.and_then(|mut reply| reply.outcomes.pop());
-        responses.push(match outcome {
-            Some(outcome) => response
-                .with_error_code(outcome.error_code)
-                .with_error_message(outcome.message.as_deref().map(str_bytes)),
-            None => response.with_error_code(codes::REQUEST_TIMED_OUT),
-        });
+        let (error_code, message) =
+            submit_config_change(shard, change, request.validate_only).await;
+        responses.push(
+            response
+                .with_error_code(error_code)
+                .with_error_message(message.as_deref().map(str_bytes)),
+        );
     }
     AlterConfigsResponse::default().with_responses(responses)
+}
+
+/// Sends one topic's config change to the controller (both AlterConfigs forms end here) and
+/// returns the error code and message for that resource's response.
+pub(super) async fn submit_config_change(
+    shard: &Rc<Shard>,
+    change: ConfigChange,
+    validate_only: bool,
+) -> (i16, Option<String>) {
+    let reply = shard
+        .controller_call(ControllerCall::AlterConfigs {
+            changes: vec![change],
+            validate_only,
+        })
+        .await;
+    match reply.and_then(|mut reply| reply.outcomes.pop()) {
+        Some(outcome) => (outcome.error_code, outcome.message),
+        None => (codes::REQUEST_TIMED_OUT, None),
+    }
 }

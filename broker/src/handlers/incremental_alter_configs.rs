@@ -7,9 +7,10 @@ use std::rc::Rc;
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 
+use super::alter_configs::submit_config_change;
 use super::describe_configs::RESOURCE_TOPIC;
 use super::{str_bytes, RequestContext};
-use crate::controller::{ConfigChange, ConfigOperation, ControllerCall};
+use crate::controller::{ConfigChange, ConfigOperation};
 use crate::error_codes as codes;
 use crate::shard::Shard;
 
@@ -63,19 +64,13 @@ pub async fn handle(
             replace_all: false,
             operations,
         };
-        let reply = shard
-            .controller_call(ControllerCall::AlterConfigs {
-                changes: vec![change],
-                validate_only: request.validate_only,
-            })
-            .await;
-        let outcome = reply.and_then(|mut reply| reply.outcomes.pop());
-        responses.push(match outcome {
-            Some(outcome) => response
-                .with_error_code(outcome.error_code)
-                .with_error_message(outcome.message.as_deref().map(str_bytes)),
-            None => response.with_error_code(codes::REQUEST_TIMED_OUT),
-        });
+        let (error_code, message) =
+            submit_config_change(shard, change, request.validate_only).await;
+        responses.push(
+            response
+                .with_error_code(error_code)
+                .with_error_message(message.as_deref().map(str_bytes)),
+        );
     }
     IncrementalAlterConfigsResponse::default().with_responses(responses)
 }
