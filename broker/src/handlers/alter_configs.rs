@@ -59,7 +59,7 @@ pub async fn handle(
     AlterConfigsResponse::default().with_responses(responses)
 }
 
-/// Sends one topic's config change to the controller (both AlterConfigs forms end here) and
+/// Sends one topic's config change to the controller (both `AlterConfigs` forms end here) and
 /// returns the error code and message for that resource's response.
 pub(super) async fn submit_config_change(
     shard: &Rc<Shard>,
