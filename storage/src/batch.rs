@@ -261,8 +261,8 @@ pub(crate) fn read_i64(bytes: &[u8], at: usize) -> i64 {
     i64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// Builds valid v2 batches for tests and benchmarks: uncompressed records with the given
-/// keys/values and timestamps, CRC filled in. Not used on any request path.
+/// Builds valid uncompressed v2 batches from keys/values and timestamps, CRC filled in. Used
+/// by tests and benchmarks, and by the broker's group coordinator to write committed offsets.
 pub mod build {
     use super::{ATTRIBUTES_OFFSET, BATCH_HEADER_BYTES, CRC_OFFSET, LOG_OVERHEAD_BYTES, MAGIC_V2};
     use bytes::{BufMut, Bytes, BytesMut};
