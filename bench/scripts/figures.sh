@@ -33,28 +33,8 @@ for binary in "$broker_bin" "$bench_bin"; do
 done
 mkdir -p "$out_dir"
 
-cpu_busy_percent() {
-    local -a first second
-    read -ra first < <(head -1 /proc/stat)
-    sleep 1
-    read -ra second < <(head -1 /proc/stat)
-    local total=0 idle i
-    for i in 1 2 3 4 5 6 7 8; do
-        total=$((total + second[i] - first[i]))
-    done
-    idle=$((second[4] - first[4] + second[5] - first[5]))
-    echo $(((total - idle) * 100 / (total > 0 ? total : 1)))
-}
-
-wait_for_quiet() {
-    local busy waited=0
-    busy=$(cpu_busy_percent)
-    while ((busy > quiet_busy_percent && waited < quiet_wait_s)); do
-        busy=$(cpu_busy_percent)
-        waited=$((waited + 1))
-    done
-    echo "host ${busy}% busy after waiting ${waited}s"
-}
+# shellcheck source=scripts/lib/quiet-host.sh
+source "$(dirname "$0")/../../scripts/lib/quiet-host.sh"
 
 broker_pid=""
 broker_dir=""

@@ -24,29 +24,8 @@ fi
 quiet_wait_s=${QUIET_WAIT_S:-120}
 quiet_busy_percent=${QUIET_BUSY_PERCENT:-10}
 
-# Percent of all cpu time spent busy (not idle or iowait) over one second.
-cpu_busy_percent() {
-    local -a first second
-    read -ra first < <(head -1 /proc/stat)
-    sleep 1
-    read -ra second < <(head -1 /proc/stat)
-    local total=0 idle i
-    for i in 1 2 3 4 5 6 7 8; do
-        total=$((total + second[i] - first[i]))
-    done
-    idle=$((second[4] - first[4] + second[5] - first[5]))
-    echo $(((total - idle) * 100 / (total > 0 ? total : 1)))
-}
-
-wait_for_quiet() {
-    local busy waited=0
-    busy=$(cpu_busy_percent)
-    while ((busy > quiet_busy_percent && waited < quiet_wait_s)); do
-        busy=$(cpu_busy_percent)
-        waited=$((waited + 1))
-    done
-    echo "cpu busy ${busy}% after waiting ${waited}s"
-}
+# shellcheck source=scripts/lib/quiet-host.sh
+source "$(dirname "$0")/../../scripts/lib/quiet-host.sh"
 
 # Runs one probe until the other work on the host stayed under the threshold during the run
 # (ringfeed-perf records it as cpu_busy_other_percent), at most QUIET_ATTEMPTS times.
