@@ -200,6 +200,7 @@ fn resolve_address(listen: &str) -> Result<SocketAddr, String> {
 }
 
 fn reserve_port(address: SocketAddr) -> Result<socket2::Socket, String> {
+    let address = claim_exclusively(address)?;
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(address),
         socket2::Type::STREAM,
@@ -216,6 +217,32 @@ fn reserve_port(address: SocketAddr) -> Result<socket2::Socket, String> {
         .bind(&address.into())
         .map_err(|error| format!("cannot bind {address}: {error}"))?;
     Ok(socket)
+}
+
+/// Resolves port 0 to a port nobody holds. A port-0 bind with `SO_REUSEPORT` may be given a
+/// port another process's `SO_REUSEPORT` group already listens on (seen here: a second broker
+/// joined a running one and the kernel split clients between two brokers with different
+/// logs); a plain bind (without `SO_REUSEPORT`) is given a free port. A fixed port is kept as
+/// asked: detecting another listener there is still to do (a plain bind also trips over the
+/// previous run's connections in TIME_WAIT, so it cannot be the check).
+fn claim_exclusively(address: SocketAddr) -> Result<SocketAddr, String> {
+    if address.port() != 0 {
+        return Ok(address);
+    }
+    let probe = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(|error| error.to_string())?;
+    probe
+        .bind(&address.into())
+        .map_err(|error| format!("cannot bind {address}: {error}"))?;
+    probe
+        .local_addr()
+        .ok()
+        .and_then(|claimed| claimed.as_socket())
+        .ok_or_else(|| format!("cannot read the address bound for {address}"))
 }
 
 /// Where clients are told to connect. Without `--advertised-listener` it is the listen
