@@ -224,7 +224,7 @@ fn reserve_port(address: SocketAddr) -> Result<socket2::Socket, String> {
 /// joined a running one and the kernel split clients between two brokers with different
 /// logs); a plain bind (without `SO_REUSEPORT`) is given a free port. A fixed port is kept as
 /// asked: detecting another listener there is still to do (a plain bind also trips over the
-/// previous run's connections in TIME_WAIT, so it cannot be the check).
+/// previous run's connections in `TIME_WAIT`, so it cannot be the check).
 fn claim_exclusively(address: SocketAddr) -> Result<SocketAddr, String> {
     if address.port() != 0 {
         return Ok(address);
