@@ -281,7 +281,6 @@ impl<D: Disk> PartitionLog<D> {
         batch: &[u8],
         header: &BatchHeader,
     ) -> Result<AppendOutcome, StorageError> {
-        let now_ms = self.inner.clock.now_ms();
         let mut guard = self.state_mut();
         guard.check_usable()?;
         let state = &mut *guard;
@@ -304,7 +303,10 @@ impl<D: Disk> PartitionLog<D> {
                 batch.len(),
             );
         }
-        state.active_first_append_ms.get_or_insert(now_ms);
+        // The clock is read once per segment, not per batch.
+        if state.active_first_append_ms.is_none() {
+            state.active_first_append_ms = Some(self.inner.clock.now_ms());
+        }
         state.next_offset = next_offset;
         state.stats.batches_appended += 1;
         state.stats.bytes_appended += batch.len() as u64;

@@ -138,7 +138,7 @@ pub async fn scan<F: DiskFile>(
                             .get(position, size)
                             .await?
                             .expect("length checked against file");
-                        if position >= trusted_bytes && !crc_matches(&batch_bytes) {
+                        if position >= trusted_bytes && !batch::is_intact(&batch_bytes) {
                             Some(ScanStop::Damaged {
                                 reason: format!(
                                     "CRC32C mismatch in batch at offset {expected_offset}"
@@ -229,10 +229,6 @@ async fn tail_stop<F: DiskFile>(
     })
 }
 
-fn crc_matches(batch_bytes: &[u8]) -> bool {
-    batch::is_intact(batch_bytes)
-}
-
 /// What lies after damage at `damage_position`: the position of a valid batch with an offset
 /// beyond `expected_offset` (then the damage is mid-log), and the end of the non-zero bytes
 /// (what truncating there would drop).
@@ -305,7 +301,7 @@ async fn is_valid_batch_beyond<F: DiskFile>(
         return Ok(false);
     }
     let batch_bytes = reader.get(position, size).await?;
-    Ok(batch_bytes.is_some_and(|bytes| crc_matches(&bytes)))
+    Ok(batch_bytes.is_some_and(|bytes| batch::is_intact(&bytes)))
 }
 
 #[cfg(test)]
