@@ -42,6 +42,10 @@ class Broker:
         self.log_path = Path(log_path)
         self.shards_arg = ["--shards", str(shards)] if shards is not None else []
         self.extra_args = list(extra_args)
+        if not any(arg.startswith("--segment-preallocate-bytes") for arg in self.extra_args):
+            # The 32 MiB default is claimed per open partition; dozens of test brokers
+            # with __consumer_offsets partitions would fill a small CI disk.
+            self.extra_args += ["--segment-preallocate-bytes", str(1 << 20)]
         self.cwd = cwd
         self.port = 0
         self.process = None

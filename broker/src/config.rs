@@ -23,6 +23,8 @@ pub struct BrokerConfig {
     /// Partitions of an auto-created topic or a `CreateTopics` request with -1.
     pub default_partitions: i32,
     pub limits: Limits,
+    /// The HTTP admin listener (metrics, health, log level), if enabled.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl BrokerConfig {

@@ -52,6 +52,10 @@ pub struct Limits {
     /// Records appended to a `__consumer_offsets` partition before it is checkpointed (its
     /// live offsets appended again, everything older deleted), bounding replay at start.
     pub offsets_checkpoint_records: usize,
+    /// Disk space fallocated ahead of each partition's active segment, so appends change
+    /// no size metadata (Redpanda's `segment_fallocation_step`). Every open partition holds
+    /// up to this much unwritten space, so hosts with many small partitions, and tests, lower it.
+    pub segment_preallocate_bytes: u64,
 }
 
 impl Default for Limits {
@@ -73,6 +77,7 @@ impl Default for Limits {
             group_initial_rebalance_delay: Duration::from_secs(3),
             offsets_retention: Duration::from_secs(7 * 24 * 60 * 60),
             offsets_checkpoint_records: 100_000,
+            segment_preallocate_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -90,6 +95,12 @@ impl Limits {
             return Err(format!(
                 "the fetch budget per shard ({} bytes) must hold at least one maximum fetch response ({} bytes)",
                 self.shard_fetch_bytes_max, self.fetch_response_bytes_max
+            ));
+        }
+        if self.segment_preallocate_bytes % 4096 != 0 {
+            return Err(format!(
+                "the segment preallocation step ({} bytes) must be a multiple of 4096",
+                self.segment_preallocate_bytes
             ));
         }
         if self.request_frame_bytes_max < 64 {

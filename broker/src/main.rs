@@ -1,33 +1,10 @@
 //! `ringfeed`: the broker binary. `ringfeed serve` runs a Kafka-wire-compatible broker with
 //! one pinned glommio executor per shard.
 
-mod alloc_guard;
-mod check_data;
-mod codec;
-mod config;
-mod connection;
-mod controller;
-mod error_codes;
-mod frame;
-mod groups;
-mod handlers;
-mod limits;
-mod metadata;
-mod partition;
-mod producer_state;
-mod records;
-mod registry;
-mod router;
-mod server;
-mod shard;
-mod topic_config;
-
-/// The partition log: Kafka batches in `O_DIRECT` segments (crate `ringfeed-storage`).
-use ringfeed_storage as storage;
-
 /// See `alloc_guard`: keeps a hostile array count in a request from aborting the process.
 #[global_allocator]
-static ALLOCATOR: alloc_guard::LazyHugeAllocator = alloc_guard::LazyHugeAllocator;
+static ALLOCATOR: ringfeed_broker::alloc_guard::LazyHugeAllocator =
+    ringfeed_broker::alloc_guard::LazyHugeAllocator;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,8 +12,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::limits::Limits;
-use crate::server::ServeOptions;
+use ringfeed_broker::limits::Limits;
+use ringfeed_broker::server::{self, ServeOptions};
+use ringfeed_broker::{check_data, logging};
 
 #[derive(Parser)]
 #[command(
@@ -68,6 +46,12 @@ struct ServeArgs {
     /// Address every shard listens on (`SO_REUSEPORT`). Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:9092")]
     listen: String,
+    /// HOST:PORT of the HTTP admin listener (/metrics, /health, /ready); "off" disables it.
+    #[arg(long, default_value = "127.0.0.1:9644")]
+    admin_listen: String,
+    /// Log filter at start (error, warn, info, debug, trace, or RUST_LOG syntax); RUST_LOG wins.
+    #[arg(long, default_value = "info")]
+    log_level: String,
     /// HOST:PORT clients are told to connect to (default: the listen address).
     #[arg(long)]
     advertised_listener: Option<String>,
@@ -106,16 +90,22 @@ struct ServeArgs {
     /// Commits to an offsets partition between checkpoints (bounds replay time at start).
     #[arg(long, default_value_t = Limits::default().offsets_checkpoint_records)]
     offsets_checkpoint_records: usize,
+    /// Bytes fallocated ahead of each partition's active segment (multiple of 4096).
+    #[arg(long, default_value_t = Limits::default().segment_preallocate_bytes)]
+    segment_preallocate_bytes: u64,
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let log_filter = match &cli.command {
+        Command::Serve(args) => args.log_level.as_str(),
+        Command::CheckData { .. } => "info",
+    };
+    if let Err(error) = logging::init(log_filter) {
+        eprintln!("ringfeed: {error}");
+        return ExitCode::FAILURE;
+    }
+    match cli.command {
         Command::Serve(args) => serve(args),
         Command::CheckData { dir } => check_data::run(&dir),
     }
@@ -139,8 +129,10 @@ fn serve(args: ServeArgs) -> ExitCode {
             ),
             offsets_retention: Duration::from_secs(args.offsets_retention_minutes * 60),
             offsets_checkpoint_records: args.offsets_checkpoint_records,
+            segment_preallocate_bytes: args.segment_preallocate_bytes,
             ..Limits::default()
         },
+        admin_listen: (args.admin_listen != "off").then_some(args.admin_listen),
     };
     match server::serve(&options) {
         Ok(()) => ExitCode::SUCCESS,

@@ -34,6 +34,8 @@ pub struct ServeOptions {
     pub auto_create_topics: bool,
     pub default_partitions: i32,
     pub limits: Limits,
+    /// HOST:PORT of the HTTP admin listener (metrics, health, log level); None turns it off.
+    pub admin_listen: Option<String>,
 }
 
 /// Runs the broker until a signal stops it. Returns once every shard has closed its logs.
@@ -75,6 +77,11 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         auto_create_topics: options.auto_create_topics,
         default_partitions: options.default_partitions,
         limits: options.limits.clone(),
+        admin_listen: options
+            .admin_listen
+            .as_deref()
+            .map(resolve_address)
+            .transpose()?,
     });
     let StartedShards {
         handles,

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::limits::Limits;
 use crate::storage::{FlushPolicy, LogConfig};
 
 /// `retention.ms` default: 7 days.
@@ -40,11 +41,13 @@ pub struct TopicConfig {
     pub max_message_bytes: i64,
     pub flush_policy: String,
     pub flush_ms: i64,
+    /// Broker-wide, not a topic key: see `Limits::segment_preallocate_bytes`.
+    pub segment_preallocate_bytes: u64,
 }
 
 impl TopicConfig {
     /// Applies `overrides` (already validated) over the defaults.
-    pub fn resolve(overrides: &BTreeMap<String, String>, message_bytes_max_default: usize) -> Self {
+    pub fn resolve(overrides: &BTreeMap<String, String>, limits: &Limits) -> Self {
         let long = |key: &str, default: i64| {
             overrides
                 .get(key)
@@ -56,12 +59,13 @@ impl TopicConfig {
             retention_bytes: long("retention.bytes", -1),
             segment_bytes: long("segment.bytes", SEGMENT_BYTES_DEFAULT),
             segment_ms: long("segment.ms", SEGMENT_MS_DEFAULT),
-            max_message_bytes: long("max.message.bytes", message_bytes_max_default as i64),
+            max_message_bytes: long("max.message.bytes", limits.message_bytes_max_default as i64),
             flush_policy: overrides
                 .get(FLUSH_POLICY_KEY)
                 .cloned()
                 .unwrap_or_else(|| "on-demand".into()),
             flush_ms: long("flush.ms", FLUSH_MS_DEFAULT),
+            segment_preallocate_bytes: limits.segment_preallocate_bytes,
         }
     }
 
@@ -93,6 +97,7 @@ impl TopicConfig {
                 "interval" => FlushPolicy::IntervalMs(self.flush_ms as u64),
                 _ => FlushPolicy::OnDemand,
             },
+            preallocate_step_bytes: self.segment_preallocate_bytes,
             ..LogConfig::default()
         }
     }
@@ -139,14 +144,19 @@ mod tests {
             ("max.message.bytes".to_string(), "2000".to_string()),
             (FLUSH_POLICY_KEY.to_string(), "always".to_string()),
         ]);
-        let config = TopicConfig::resolve(&overrides, 1_048_588);
+        let limits = Limits {
+            segment_preallocate_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        let config = TopicConfig::resolve(&overrides, &limits);
         assert_eq!(config.retention_ms, RETENTION_MS_DEFAULT);
         let log = config.log_config();
         assert_eq!(log.retention_bytes, Some(5_000_000));
         assert_eq!(log.batch_bytes_max, 2000);
         assert_eq!(log.flush, FlushPolicy::Always);
+        assert_eq!(log.preallocate_step_bytes, 1 << 20);
         assert_eq!(
-            TopicConfig::resolve(&BTreeMap::new(), 10)
+            TopicConfig::resolve(&BTreeMap::new(), &limits)
                 .log_config()
                 .retention_bytes,
             None

@@ -81,6 +81,7 @@ impl TopicOutcome {
         }
     }
 
+    #[must_use]
     pub fn failed(mut self, error_code: i16, message: String) -> Self {
         if self.error_code == codes::NONE {
             self.error_code = error_code;

@@ -194,7 +194,7 @@ pub fn build_snapshot(state: &ClusterState, rules: &PlacementRules) -> MetadataS
                     .iter()
                     .map(|shard| *shard as usize % rules.shard_count)
                     .collect(),
-                config: TopicConfig::resolve(&overrides, rules.limits.message_bytes_max_default),
+                config: TopicConfig::resolve(&overrides, &rules.limits),
                 overrides,
             };
             (name, Arc::new(topic))

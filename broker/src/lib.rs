@@ -1,0 +1,27 @@
+//! The Ringfeed broker as a library: the binary (`main.rs`) parses the command line and calls
+//! `server::serve`; fuzz targets and the admin CLI reach the codec and handlers through here.
+
+pub mod alloc_guard;
+pub mod check_data;
+pub mod codec;
+pub mod config;
+pub mod connection;
+pub mod controller;
+pub mod error_codes;
+pub mod frame;
+pub mod groups;
+pub mod handlers;
+pub mod limits;
+pub mod logging;
+pub mod metadata;
+pub mod partition;
+pub mod producer_state;
+pub mod records;
+pub mod registry;
+pub mod router;
+pub mod server;
+pub mod shard;
+pub mod topic_config;
+
+/// The partition log: Kafka batches in `O_DIRECT` segments (crate `ringfeed-storage`).
+pub use ringfeed_storage as storage;
