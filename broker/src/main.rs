@@ -49,7 +49,8 @@ struct ServeArgs {
     /// HOST:PORT of the HTTP admin listener (/metrics, /health, /ready); "off" disables it.
     #[arg(long, default_value = "127.0.0.1:9644")]
     admin_listen: String,
-    /// Log filter at start (error, warn, info, debug, trace, or RUST_LOG syntax); RUST_LOG wins.
+    /// Log filter at start: error, warn, info, debug, trace, or a tracing filter such as
+    /// `ringfeed_broker=debug,info`. The `RUST_LOG` environment variable, when set, wins.
     #[arg(long, default_value = "info")]
     log_level: String,
     /// HOST:PORT clients are told to connect to (default: the listen address).
