@@ -1,11 +1,6 @@
 //! `ringfeed`: the broker binary. `ringfeed serve` runs a Kafka-wire-compatible broker with
 //! one pinned glommio executor per shard.
 
-/// See `alloc_guard`: keeps a hostile array count in a request from aborting the process.
-#[global_allocator]
-static ALLOCATOR: ringfeed_broker::alloc_guard::LazyHugeAllocator =
-    ringfeed_broker::alloc_guard::LazyHugeAllocator;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
