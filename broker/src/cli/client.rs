@@ -230,7 +230,7 @@ impl Connection {
     }
 
     /// Lengthens the read timeout for requests the broker may hold (a long-polling fetch,
-    /// a JoinGroup waiting for the rebalance).
+    /// a `JoinGroup` waiting for the rebalance).
     pub fn set_read_timeout(&mut self, timeout: Duration) -> CliResult<()> {
         self.stream
             .set_read_timeout(Some(timeout))
@@ -564,7 +564,7 @@ impl Cluster {
     }
 
     /// The controller when the cluster names one we can reach (where topic changes go on
-    /// ZooKeeper-era Kafka), else any broker (KRaft brokers forward them).
+    /// ZooKeeper-era Kafka), else any broker (`KRaft` brokers forward them).
     pub fn controller(&mut self) -> CliResult<&mut Connection> {
         if self.brokers.contains_key(&self.controller_id) {
             let id = self.controller_id;
@@ -729,6 +729,97 @@ mod tests {
         assert_eq!(versions.get(ApiKey::Produce as i16), None);
         let versions = Versions::negotiate(&advertised(&[(ApiKey::Fetch, 30, 40)]));
         assert_eq!(versions.get(ApiKey::Fetch as i16), None);
+    }
+
+    /// Reads one request frame; returns (api key, api version, correlation id).
+    fn read_request(stream: &mut TcpStream) -> (i16, i16, i32) {
+        let mut size = [0_u8; 4];
+        stream.read_exact(&mut size).unwrap();
+        let mut frame = vec![0_u8; i32::from_be_bytes(size) as usize];
+        stream.read_exact(&mut frame).unwrap();
+        let field = |at: usize| i16::from_be_bytes([frame[at], frame[at + 1]]);
+        (
+            field(0),
+            field(2),
+            i32::from_be_bytes(frame[4..8].try_into().unwrap()),
+        )
+    }
+
+    fn write_response(
+        stream: &mut TcpStream,
+        correlation_id: i32,
+        body: &ApiVersionsResponse,
+        version: i16,
+    ) {
+        let mut frame = BytesMut::new();
+        frame.put_i32(0);
+        ResponseHeader::default()
+            .with_correlation_id(correlation_id)
+            .encode(&mut frame, 0)
+            .unwrap();
+        body.encode(&mut frame, version).unwrap();
+        let length = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&length.to_be_bytes());
+        stream.write_all(&frame).unwrap();
+    }
+
+    #[test]
+    fn an_older_broker_gets_api_versions_again_at_the_version_it_knows() {
+        // A broker that only knows ApiVersions 0-2 answers our v4 with a v0 body carrying
+        // UNSUPPORTED_VERSION and its range (KIP-511); the client asks again at v2.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let broker = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let (key, version, correlation_id) = read_request(&mut stream);
+            assert_eq!(
+                (key, version),
+                (ApiKey::ApiVersions as i16, max_of::<ApiVersionsRequest>())
+            );
+            let mut refusal = advertised(&[(ApiKey::ApiVersions, 0, 2)]);
+            refusal.error_code = ResponseError::UnsupportedVersion.code();
+            write_response(&mut stream, correlation_id, &refusal, 0);
+            let (key, version, correlation_id) = read_request(&mut stream);
+            assert_eq!((key, version), (ApiKey::ApiVersions as i16, 2));
+            let ranges = advertised(&[(ApiKey::ApiVersions, 0, 2), (ApiKey::Metadata, 0, 8)]);
+            write_response(&mut stream, correlation_id, &ranges, 2);
+        });
+        let connection = Connection::open(&address, Duration::from_secs(5)).unwrap();
+        broker.join().unwrap();
+        assert_eq!(connection.version::<MetadataRequest>().unwrap(), 8);
+        assert!(connection
+            .version::<kafka_protocol::messages::FetchRequest>()
+            .unwrap_err()
+            .0
+            .contains("supports no version of Fetch"));
+    }
+
+    #[test]
+    fn an_oversized_or_truncated_answer_is_an_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let broker = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            read_request(&mut stream);
+            stream.write_all(&i32::MAX.to_be_bytes()).unwrap();
+        });
+        let error = Connection::open(&address, Duration::from_secs(5))
+            .err()
+            .unwrap();
+        broker.join().unwrap();
+        assert!(error.0.contains("over the"), "{error}");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let broker = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            read_request(&mut stream);
+            stream.write_all(&[0, 0, 0, 9, 1]).unwrap();
+        });
+        let error = Connection::open(&address, Duration::from_secs(5))
+            .err()
+            .unwrap();
+        broker.join().unwrap();
+        assert!(error.0.contains("closed the connection"), "{error}");
     }
 
     #[test]

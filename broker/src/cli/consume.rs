@@ -53,7 +53,7 @@ pub struct ConsumeArgs {
     #[arg(short, long, default_value = "start")]
     pub offset: StartOffset,
     /// Start at the first record whose timestamp is at or after this many ms since the epoch
-    /// (ListOffsets by time; partitions with none start at their end).
+    /// (`ListOffsets` by time; partitions with none start at their end).
     #[arg(long, conflicts_with = "offset")]
     pub time: Option<i64>,
     /// Only these partitions (comma-separated; default: all). Not with --group.

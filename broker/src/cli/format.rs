@@ -1,6 +1,7 @@
 //! How `ringfeed consume` prints a record: a format string with rpk/kcat placeholders, parsed
 //! once, or one JSON object per line.
 
+use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use kafka_protocol::records::Record;
@@ -122,16 +123,17 @@ fn length_or_null(bytes: Option<&[u8]>) -> i64 {
 /// Bytes as a JSON value: a string when they are UTF-8, else `{"hex": "..."}` so no byte is
 /// lost or silently replaced; null stays null.
 fn bytes_value(bytes: Option<&[u8]>) -> Value {
-    match bytes {
-        None => Value::Null,
-        Some(bytes) => match std::str::from_utf8(bytes) {
-            Ok(text) => Value::String(text.to_string()),
-            Err(_) => {
-                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-                json!({ "hex": hex })
-            }
-        },
+    let Some(bytes) = bytes else {
+        return Value::Null;
+    };
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return Value::String(text.to_string());
     }
+    let mut hex = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    json!({ "hex": hex })
 }
 
 /// One record as a JSON object on one line.

@@ -22,7 +22,7 @@ use super::membership::decode_assignment_topics;
 use super::{check_error, describe_error, fail, print_table, CliResult, ConnectArgs, Outcome};
 
 /// Caps how many partitions one describe or reset covers, so a hostile or huge answer does
-/// not turn into unbounded ListOffsets traffic.
+/// not turn into unbounded `ListOffsets` traffic.
 const PARTITIONS_MAX: usize = 100_000;
 
 #[derive(clap::Subcommand)]
@@ -63,7 +63,7 @@ pub enum GroupCommand {
 pub fn run(connect: &ConnectArgs, command: GroupCommand) -> CliResult<Outcome> {
     let mut cluster = Cluster::connect(connect)?;
     match command {
-        GroupCommand::List => list(&mut cluster),
+        GroupCommand::List => Ok(list(&mut cluster)),
         GroupCommand::Describe { group } => describe(&mut cluster, &group),
         GroupCommand::ResetOffsets {
             group,
@@ -84,7 +84,7 @@ pub fn run(connect: &ConnectArgs, command: GroupCommand) -> CliResult<Outcome> {
             };
             reset_offsets(&mut cluster, &group, &topic, &partition, target, dry_run)
         }
-        GroupCommand::Delete { groups } => delete(&mut cluster, &groups),
+        GroupCommand::Delete { groups } => Ok(delete(&mut cluster, &groups)),
     }
 }
 
@@ -214,7 +214,7 @@ pub fn fetch_committed(
     Ok(committed)
 }
 
-fn list(cluster: &mut Cluster) -> CliResult<Outcome> {
+fn list(cluster: &mut Cluster) -> Outcome {
     let mut groups: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut failures = 0;
     // Groups live on their coordinators: every broker is asked.
@@ -254,7 +254,7 @@ fn list(cluster: &mut Cluster) -> CliResult<Outcome> {
         .map(|(group, (state, protocol_type))| vec![group, state, protocol_type])
         .collect();
     print_table(&["GROUP", "STATE", "PROTOCOL-TYPE"], &rows);
-    Ok(Outcome::from_failures(failures))
+    Outcome::from_failures(failures)
 }
 
 fn describe_group(connection: &mut Connection, group: &str) -> CliResult<DescribedGroup> {
@@ -326,10 +326,12 @@ fn describe(cluster: &mut Cluster, group: &str) -> CliResult<Outcome> {
     println!("GROUP        {group}");
     println!("COORDINATOR  {coordinator}");
     println!("STATE        {}", described.group_state);
-    println!(
-        "PROTOCOL     {}/{}",
-        described.protocol_type, described.protocol_data
-    );
+    let protocol = if described.protocol_type.is_empty() {
+        "-".to_string()
+    } else {
+        format!("{}/{}", described.protocol_type, described.protocol_data)
+    };
+    println!("PROTOCOL     {protocol}");
     println!("MEMBERS      {}", described.members.len());
     let mut total_lag = 0;
     let mut table = Vec::with_capacity(rows.len());
@@ -511,7 +513,7 @@ fn reset_offsets(
     Ok(Outcome::from_failures(failures))
 }
 
-fn delete(cluster: &mut Cluster, groups: &[String]) -> CliResult<Outcome> {
+fn delete(cluster: &mut Cluster, groups: &[String]) -> Outcome {
     let mut failures = 0;
     for group in groups {
         let outcome = cluster.coordinator(group).and_then(|connection| {
@@ -534,5 +536,5 @@ fn delete(cluster: &mut Cluster, groups: &[String]) -> CliResult<Outcome> {
             }
         }
     }
-    Ok(Outcome::from_failures(failures))
+    Outcome::from_failures(failures)
 }

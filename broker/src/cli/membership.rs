@@ -69,7 +69,7 @@ impl Membership {
         Ok(membership)
     }
 
-    /// Runs JoinGroup then SyncGroup until an assignment arrives (bounded attempts).
+    /// Runs `JoinGroup` then `SyncGroup` until an assignment arrives (bounded attempts).
     pub fn rejoin(&mut self, cluster: &mut Cluster) -> CliResult<()> {
         for attempt in 1..=RETRIES_MAX * 2 {
             match self.join_and_sync(cluster)? {

@@ -15,7 +15,7 @@ pub mod membership;
 pub mod produce;
 pub mod topic;
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -128,7 +128,7 @@ pub fn fail<T>(message: impl Into<String>) -> CliResult<T> {
 pub fn describe_error(code: i16, message: Option<&StrBytes>) -> String {
     let name = ResponseError::try_from_code(code)
         .map_or_else(|| "None".to_string(), |error| error.to_string());
-    match message.map(|m| m.as_str()).filter(|m| !m.is_empty()) {
+    match message.map(StrBytes::as_str).filter(|m| !m.is_empty()) {
         Some(message) => format!("{name} ({code}): {message}"),
         None => format!("{name} ({code})"),
     }
@@ -163,7 +163,7 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
         let mut text = String::new();
         for (index, cell) in cells.enumerate() {
             if index + 1 < widths.len() {
-                text.push_str(&format!("{cell:<width$}  ", width = widths[index]));
+                let _ = write!(text, "{cell:<width$}  ", width = widths[index]);
             } else {
                 text.push_str(cell);
             }

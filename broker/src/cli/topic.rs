@@ -44,13 +44,13 @@ pub enum TopicCommand {
     },
     /// List topics with their partition and replica counts.
     List {
-        /// Include internal topics such as __consumer_offsets.
+        /// Include internal topics such as `__consumer_offsets`.
         #[arg(short, long)]
         internal: bool,
     },
     /// Show a topic's partitions (leaders, replicas, offsets) and its configs.
     Describe { name: String },
-    /// Set or delete topic configs (IncrementalAlterConfigs).
+    /// Set or delete topic configs (`IncrementalAlterConfigs`).
     AlterConfig {
         name: String,
         /// A config to set, key=value (repeatable).
