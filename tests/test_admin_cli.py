@@ -290,6 +290,25 @@ def test_group_consume_describe_reset_and_delete(start_broker):
     assert "GroupIdNotFound" in failed(broker, "group", "delete", "auditors")
 
 
+def test_group_follower_commits_and_leaves_on_sigterm(start_broker):
+    broker = start_broker(extra_args=NO_REBALANCE_DELAY)
+    create_topic(broker.bootstrap, "stream", 1)
+    produce_text(broker.bootstrap, "stream", 3)
+    follower = subprocess.Popen([ringfeed_binary(), "consume", "stream", "-g", "watchers", "--brokers", broker.bootstrap],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert [follower.stdout.readline() for _ in range(3)] == [b"value 0\n", b"value 1\n", b"value 2\n"]
+        produce_text(broker.bootstrap, "stream", 2)
+        assert [follower.stdout.readline() for _ in range(2)] == [b"value 0\n", b"value 1\n"]
+        assert "STATE        Stable" in ok(broker, "group", "describe", "watchers")
+    finally:
+        follower.terminate()
+        code = follower.wait(timeout=20)
+    assert code == 0, follower.stderr.read()
+    assert committed_by_librdkafka(broker.bootstrap, "watchers", "stream", [0]) == {0: 5}
+    assert "STATE        Empty" in ok(broker, "group", "describe", "watchers"), "left the group at exit"
+
+
 def test_cli_member_shares_a_group_with_a_librdkafka_member(start_broker):
     broker = start_broker(extra_args=NO_REBALANCE_DELAY)
     create_topic(broker.bootstrap, "shared", 2)

@@ -17,7 +17,9 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::client::{group_id, topic_name, Cluster, Connection, OFFSET_EARLIEST, OFFSET_LATEST};
+use super::client::{
+    group_id, topic_name, Cluster, Connection, TopicLayout, OFFSET_EARLIEST, OFFSET_LATEST,
+};
 use super::membership::decode_assignment_topics;
 use super::{check_error, describe_error, fail, print_table, CliResult, ConnectArgs, Outcome};
 
@@ -135,48 +137,83 @@ pub fn fetch_committed(
     topics: Option<&[(String, Vec<i32>)]>,
 ) -> CliResult<BTreeMap<(String, i32), i64>> {
     let version = connection.version::<OffsetFetchRequest>()?;
+    let (group_error, answers) = if version >= 8 {
+        offset_fetch_by_groups(connection, version, group, topics)?
+    } else {
+        offset_fetch_single_group(connection, version, group, topics)?
+    };
+    check_error(
+        group_error,
+        None,
+        &format!("committed offsets of group {group}"),
+    )?;
     let mut committed = BTreeMap::new();
-    if version >= 8 {
-        let request_topics = topics.map(|topics| {
-            topics
-                .iter()
-                .map(|(name, partitions)| {
-                    OffsetFetchRequestTopics::default()
-                        .with_name(topic_name(name))
-                        .with_partition_indexes(partitions.clone())
-                })
-                .collect()
-        });
-        let request =
-            OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default()
-                .with_group_id(group_id(group))
-                .with_member_epoch(-1)
-                .with_topics(request_topics)]);
-        let response = connection.call_at(&request, version)?;
-        for entry in &response.groups {
-            check_error(
-                entry.error_code,
-                None,
-                &format!("committed offsets of group {group}"),
-            )?;
-            for topic in &entry.topics {
-                for p in &topic.partitions {
-                    check_error(
-                        p.error_code,
-                        None,
-                        &format!("committed offset of {}/{}", topic.name.0, p.partition_index),
-                    )?;
-                    if p.committed_offset >= 0 {
-                        committed.insert(
-                            (topic.name.0.to_string(), p.partition_index),
-                            p.committed_offset,
-                        );
-                    }
-                }
-            }
+    for (topic, partition, offset, code) in answers {
+        check_error(
+            code,
+            None,
+            &format!("committed offset of {topic}/{partition}"),
+        )?;
+        // -1: no commit for this partition.
+        if offset >= 0 {
+            committed.insert((topic, partition), offset);
         }
-        return Ok(committed);
     }
+    Ok(committed)
+}
+
+/// The group's error code and, per partition, (topic, partition, offset, error code).
+type OffsetFetchAnswer = (i16, Vec<(String, i32, i64, i16)>);
+
+/// `OffsetFetch` v8+, which asks for a list of groups.
+fn offset_fetch_by_groups(
+    connection: &mut Connection,
+    version: i16,
+    group: &str,
+    topics: Option<&[(String, Vec<i32>)]>,
+) -> CliResult<OffsetFetchAnswer> {
+    let request_topics = topics.map(|topics| {
+        topics
+            .iter()
+            .map(|(name, partitions)| {
+                OffsetFetchRequestTopics::default()
+                    .with_name(topic_name(name))
+                    .with_partition_indexes(partitions.clone())
+            })
+            .collect()
+    });
+    let request =
+        OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default()
+            .with_group_id(group_id(group))
+            .with_member_epoch(-1)
+            .with_topics(request_topics)]);
+    let response = connection.call_at(&request, version)?;
+    let mut answers = Vec::new();
+    for topic in response.groups.iter().flat_map(|g| &g.topics) {
+        answers.extend(topic.partitions.iter().map(|p| {
+            (
+                topic.name.0.to_string(),
+                p.partition_index,
+                p.committed_offset,
+                p.error_code,
+            )
+        }));
+    }
+    let group_error = response
+        .groups
+        .iter()
+        .map(|g| g.error_code)
+        .find(|&c| c != 0);
+    Ok((group_error.unwrap_or(0), answers))
+}
+
+/// `OffsetFetch` v1-v7, for one group.
+fn offset_fetch_single_group(
+    connection: &mut Connection,
+    version: i16,
+    group: &str,
+    topics: Option<&[(String, Vec<i32>)]>,
+) -> CliResult<OffsetFetchAnswer> {
     let request_topics = topics.map(|topics| {
         topics
             .iter()
@@ -191,27 +228,18 @@ pub fn fetch_committed(
         .with_group_id(group_id(group))
         .with_topics(request_topics);
     let response = connection.call_at(&request, version)?;
-    check_error(
-        response.error_code,
-        None,
-        &format!("committed offsets of group {group}"),
-    )?;
+    let mut answers = Vec::new();
     for topic in &response.topics {
-        for p in &topic.partitions {
-            check_error(
+        answers.extend(topic.partitions.iter().map(|p| {
+            (
+                topic.name.0.to_string(),
+                p.partition_index,
+                p.committed_offset,
                 p.error_code,
-                None,
-                &format!("committed offset of {}/{}", topic.name.0, p.partition_index),
-            )?;
-            if p.committed_offset >= 0 {
-                committed.insert(
-                    (topic.name.0.to_string(), p.partition_index),
-                    p.committed_offset,
-                );
-            }
-        }
+            )
+        }));
     }
-    Ok(committed)
+    Ok((response.error_code, answers))
 }
 
 fn list(cluster: &mut Cluster) -> Outcome {
@@ -285,37 +313,7 @@ fn describe(cluster: &mut Cluster, group: &str) -> CliResult<Outcome> {
     if described.group_state.as_str() == "Dead" && committed.is_empty() {
         return fail(format!("group {group} does not exist"));
     }
-    let mut rows: BTreeMap<(String, i32), LagRow> = committed
-        .iter()
-        .map(|(key, &offset)| {
-            (
-                key.clone(),
-                LagRow {
-                    committed: Some(offset),
-                    member: None,
-                },
-            )
-        })
-        .collect();
-    if described.protocol_type.as_str() == "consumer" {
-        for member in &described.members {
-            let owner = (
-                member.member_id.to_string(),
-                member.client_id.to_string(),
-                member.client_host.to_string(),
-            );
-            for (topic, partitions) in decode_assignment_topics(&member.member_assignment)? {
-                for partition in partitions {
-                    rows.entry((topic.clone(), partition))
-                        .or_insert(LagRow {
-                            committed: None,
-                            member: None,
-                        })
-                        .member = Some(owner.clone());
-                }
-            }
-        }
-    }
+    let rows = lag_rows(&described, &committed)?;
     if rows.len() > PARTITIONS_MAX {
         return fail(format!(
             "group {group} covers {} partitions, over the {PARTITIONS_MAX} this command shows",
@@ -376,6 +374,44 @@ fn describe(cluster: &mut Cluster, group: &str) -> CliResult<Outcome> {
     Ok(Outcome::Success)
 }
 
+/// Every partition the group has a commit for or a member owns.
+fn lag_rows(
+    described: &DescribedGroup,
+    committed: &BTreeMap<(String, i32), i64>,
+) -> CliResult<BTreeMap<(String, i32), LagRow>> {
+    let mut rows: BTreeMap<(String, i32), LagRow> = committed
+        .iter()
+        .map(|(key, &offset)| {
+            let row = LagRow {
+                committed: Some(offset),
+                member: None,
+            };
+            (key.clone(), row)
+        })
+        .collect();
+    // Only the consumer protocol's assignments have a format we can read.
+    if described.protocol_type.as_str() != "consumer" {
+        return Ok(rows);
+    }
+    for member in &described.members {
+        let owner = (
+            member.member_id.to_string(),
+            member.client_id.to_string(),
+            member.client_host.to_string(),
+        );
+        for (topic, partitions) in decode_assignment_topics(&member.member_assignment)? {
+            for partition in partitions {
+                let row = rows.entry((topic.clone(), partition)).or_insert(LagRow {
+                    committed: None,
+                    member: None,
+                });
+                row.member = Some(owner.clone());
+            }
+        }
+    }
+    Ok(rows)
+}
+
 /// Log-end offsets of the given partitions; partitions whose topic or leader cannot be
 /// reached are left out (shown as "-").
 fn log_end_offsets<'a>(
@@ -427,40 +463,14 @@ fn reset_offsets(
     dry_run: bool,
 ) -> CliResult<Outcome> {
     let coordinator = cluster.coordinator_address(group)?;
-    let described = describe_group(cluster.connection_to(&coordinator)?, group)?;
-    let state = described.group_state.as_str();
-    if !matches!(state, "Empty" | "Dead") {
-        return fail(format!(
-            "group {group} is {state} with {} member(s): stop its consumers first (Kafka resets \
-             only the offsets of a group without members)",
-            described.members.len()
-        ));
-    }
+    require_no_members(cluster.connection_to(&coordinator)?, group)?;
     let layout = cluster.topic_layout(topic)?;
     let indexes: Vec<i32> = if partitions.is_empty() {
         layout.partitions.iter().map(|p| p.index).collect()
     } else {
         partitions.to_vec()
     };
-    let starts = cluster.list_offsets(&layout, &indexes, OFFSET_EARLIEST)?;
-    let ends = cluster.list_offsets(&layout, &indexes, OFFSET_LATEST)?;
-    let mut targets = BTreeMap::new();
-    for &partition in &indexes {
-        let (Some(Ok(start)), Some(Ok(end))) = (starts.get(&partition), ends.get(&partition))
-        else {
-            let reason = starts
-                .get(&partition)
-                .and_then(|r| r.clone().err())
-                .unwrap_or_else(|| "no offsets".into());
-            return fail(format!("{topic}/{partition}: {reason}"));
-        };
-        let offset = match target {
-            ResetTarget::Earliest => *start,
-            ResetTarget::Latest => *end,
-            ResetTarget::Offset(offset) => offset.clamp(*start, *end),
-        };
-        targets.insert(partition, offset);
-    }
+    let targets = reset_targets(cluster, &layout, &indexes, target)?;
     let connection = cluster.connection_to(&coordinator)?;
     let previous = fetch_committed(
         connection,
@@ -511,6 +521,49 @@ fn reset_offsets(
         &rows,
     );
     Ok(Outcome::from_failures(failures))
+}
+
+/// Kafka accepts an admin commit only for a group without members; say so up front.
+fn require_no_members(connection: &mut Connection, group: &str) -> CliResult<()> {
+    let described = describe_group(connection, group)?;
+    let state = described.group_state.as_str();
+    if matches!(state, "Empty" | "Dead") {
+        return Ok(());
+    }
+    fail(format!(
+        "group {group} is {state} with {} member(s): stop its consumers first (Kafka resets \
+         only the offsets of a group without members)",
+        described.members.len()
+    ))
+}
+
+/// The offset each partition is reset to; `--to-offset` clamped into the partition's range.
+fn reset_targets(
+    cluster: &mut Cluster,
+    layout: &TopicLayout,
+    indexes: &[i32],
+    target: ResetTarget,
+) -> CliResult<BTreeMap<i32, i64>> {
+    let starts = cluster.list_offsets(layout, indexes, OFFSET_EARLIEST)?;
+    let ends = cluster.list_offsets(layout, indexes, OFFSET_LATEST)?;
+    let mut targets = BTreeMap::new();
+    for &partition in indexes {
+        let (Some(Ok(start)), Some(Ok(end))) = (starts.get(&partition), ends.get(&partition))
+        else {
+            let reason = [starts.get(&partition), ends.get(&partition)]
+                .into_iter()
+                .find_map(|r| r.and_then(|r| r.clone().err()))
+                .unwrap_or_else(|| "no offsets".into());
+            return fail(format!("{}/{partition}: {reason}", layout.name));
+        };
+        let offset = match target {
+            ResetTarget::Earliest => *start,
+            ResetTarget::Latest => *end,
+            ResetTarget::Offset(offset) => offset.clamp(*start, *end),
+        };
+        targets.insert(partition, offset);
+    }
+    Ok(targets)
 }
 
 fn delete(cluster: &mut Cluster, groups: &[String]) -> Outcome {
