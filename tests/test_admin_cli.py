@@ -267,6 +267,11 @@ def test_group_consume_describe_reset_and_delete(start_broker):
     ok(broker, "group", "reset-offsets", "auditors", "--topic", "ledger", "--to-latest", "--dry-run")
     assert committed_by_librdkafka(broker.bootstrap, "auditors", "ledger", [0, 1]) == {0: 10, 1: 7}, "dry run commits nothing"
 
+    # A group that never consumed can be given offsets before its first member starts.
+    ok(broker, "group", "reset-offsets", "newcomers", "--topic", "ledger", "--to-offset", "4")
+    assert committed_by_librdkafka(broker.bootstrap, "newcomers", "ledger", [0, 1]) == {0: 4, 1: 4}
+    assert len(ok(broker, "consume", "ledger", "-g", "newcomers", "-e").splitlines()) == 12
+
     # A group with a live member (librdkafka's) is described with it, and is not reset.
     member = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "auditors", "client.id": "librdkafka-member",
                        "enable.auto.commit": False})

@@ -445,6 +445,14 @@ impl Cluster {
         self.timeout
     }
 
+    /// The `timeout_ms` put in requests the broker may hold (`Produce`, `CreateTopics`,
+    /// `DeleteTopics`): a tenth (at most a second) below our socket timeout, so the broker's
+    /// own timeout answer arrives before we give up on the connection.
+    pub fn broker_timeout_ms(&self) -> i32 {
+        let margin = (self.timeout / 10).min(Duration::from_secs(1));
+        i32::try_from(self.timeout.saturating_sub(margin).as_millis()).unwrap_or(i32::MAX)
+    }
+
     /// The bootstrap connection, for requests any broker answers.
     pub fn any(&mut self) -> &mut Connection {
         self.connections

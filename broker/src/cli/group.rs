@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::describe_groups_response::DescribedGroup;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
@@ -288,9 +289,14 @@ fn list(cluster: &mut Cluster) -> Outcome {
 fn describe_group(connection: &mut Connection, group: &str) -> CliResult<DescribedGroup> {
     let request = DescribeGroupsRequest::default().with_groups(vec![group_id(group)]);
     let response = connection.call(&request)?;
-    let Some(described) = response.groups.into_iter().next() else {
+    let Some(mut described) = response.groups.into_iter().next() else {
         return fail(format!("DescribeGroups {group}: empty answer"));
     };
+    // DescribeGroups v6 reports an unknown group as an error; older versions as "Dead".
+    if described.error_code == ResponseError::GroupIdNotFound.code() {
+        described.error_code = 0;
+        described.group_state = StrBytes::from_static_str("Dead");
+    }
     check_error(
         described.error_code,
         described.error_message.as_ref(),

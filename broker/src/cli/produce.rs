@@ -456,7 +456,7 @@ impl Producer<'_> {
                     .with_records(Some(batch.freeze())),
             );
         }
-        let timeout_ms = i32::try_from(self.cluster.timeout().as_millis()).unwrap_or(i32::MAX);
+        let timeout_ms = self.cluster.broker_timeout_ms();
         Ok(ProduceRequest::default()
             .with_acks(self.args.acks.code())
             .with_timeout_ms(timeout_ms)

@@ -98,7 +98,7 @@ fn create(
     replication_factor: Option<i16>,
     configs: &[(String, String)],
 ) -> CliResult<Outcome> {
-    let timeout_ms = i32::try_from(cluster.timeout().as_millis()).unwrap_or(i32::MAX);
+    let timeout_ms = cluster.broker_timeout_ms();
     let connection = cluster.controller()?;
     let version = connection.version::<CreateTopicsRequest>()?;
     // "-1: the broker's default" exists from v4; older brokers need numbers.
@@ -335,7 +335,7 @@ fn alter_config(
 }
 
 fn delete_topics(cluster: &mut Cluster, names: &[String]) -> CliResult<Outcome> {
-    let timeout_ms = i32::try_from(cluster.timeout().as_millis()).unwrap_or(i32::MAX);
+    let timeout_ms = cluster.broker_timeout_ms();
     let connection = cluster.controller()?;
     let version = connection.version::<DeleteTopicsRequest>()?;
     let request = if version >= 6 {
