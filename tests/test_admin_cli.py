@@ -1,8 +1,9 @@
 """Guards the `ringfeed topic|produce|consume|group` client commands: the real binary is both
 the broker and the CLI, and every result is cross-checked through clients we did not write
-(librdkafka via confluent-kafka, kafka-python): topics and configs the CLI sets are what the
+(librdkafka via confluent-kafka and kcat, kafka-python): topics and configs the CLI sets are what the
 other admins see, records the CLI produces are what librdkafka reads (same partitions for the
-same keys, as Kafka's murmur2 partitioner places them) and the other way round, group offsets
+same keys, as Kafka's murmur2 partitioner places them) and the other way round (compressed
+batches included, printed with kcat's placeholders exactly as kcat prints them), group offsets
 the CLI commits are what librdkafka's consumer finds, and bad input ends in a clear message
 and a non-zero exit, never a panic."""
 
