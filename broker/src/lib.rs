@@ -3,6 +3,7 @@
 
 pub mod alloc_guard;
 pub mod check_data;
+pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod connection;

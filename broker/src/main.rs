@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use ringfeed_broker::limits::Limits;
 use ringfeed_broker::server::{self, ServeOptions};
-use ringfeed_broker::{check_data, logging};
+use ringfeed_broker::{check_data, cli, logging};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +33,8 @@ enum Command {
         #[arg(default_value = "./ringfeed-data")]
         dir: PathBuf,
     },
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 #[derive(clap::Args)]
@@ -96,6 +98,7 @@ fn main() -> ExitCode {
     let log_filter = match &cli.command {
         Command::Serve(args) => args.log_level.as_str(),
         Command::CheckData { .. } => "info",
+        Command::Client(_) => "warn",
     };
     if let Err(error) = logging::init(log_filter) {
         eprintln!("ringfeed: {error}");
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::CheckData { dir } => check_data::run(&dir),
+        Command::Client(command) => cli::run(command),
     }
 }
 
