@@ -258,3 +258,59 @@ impl From<Refusal> for Answer {
         Answer::text(refusal.status, refusal.message + "\n")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// Sends one raw request and returns the whole answer.
+    fn exchange(address: SocketAddr, request: &str) -> String {
+        let mut stream = TcpStream::connect(address).expect("connect to the admin listener");
+        stream.write_all(request.as_bytes()).expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read the answer");
+        answer
+    }
+
+    #[test]
+    fn ready_follows_the_status_and_a_shard_that_does_not_answer_is_reported_missing() {
+        let status = Arc::new(AdminStatus::default());
+        let (scrapes, _unanswered) = futures::channel::mpsc::channel(0);
+        let listener = AdminListener::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            status.clone(),
+            vec![scrapes],
+            Limits::default(),
+        )
+        .expect("bind");
+        let address = listener.local_addr().unwrap();
+        listener.spawn().expect("admin thread");
+        let get = |path: &str| exchange(address, &format!("GET {path} HTTP/1.1\r\n\r\n"));
+        assert!(
+            get("/ready").starts_with("HTTP/1.1 503 "),
+            "not ready at start"
+        );
+        status.set_ready(true);
+        assert!(get("/ready").starts_with("HTTP/1.1 200 "));
+        status.set_ready(false);
+        assert!(
+            get("/ready").starts_with("HTTP/1.1 503 "),
+            "not ready once stopping"
+        );
+        assert!(get("/health").starts_with("HTTP/1.1 200 "));
+        // The one shard never answers (nobody reads its channel): the scrape waits for it,
+        // then reports it missing instead of hanging.
+        let metrics = get("/metrics");
+        assert!(metrics.starts_with("HTTP/1.1 200 "), "{metrics}");
+        assert!(
+            metrics.contains("\nringfeed_scrape_shards_missing 1\n"),
+            "{metrics}"
+        );
+        assert!(get("/nowhere").starts_with("HTTP/1.1 404 "));
+        let refused = exchange(address, "DELETE /log-level HTTP/1.1\r\n\r\n");
+        assert!(refused.starts_with("HTTP/1.1 405 "), "{refused}");
+        assert!(refused.contains("Allow: GET, PUT\r\n"), "{refused}");
+    }
+}
