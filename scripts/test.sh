@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: installs what the tests need when it is missing (kcat from apt, a
-# Python venv in .venv with confluent-kafka, kafka-python and pytest), runs the Rust tests of
-# the whole workspace, builds the release broker and runs the client test suite against it.
+# Python venv in .venv with confluent-kafka, kafka-python, prometheus-client and pytest),
+# runs the Rust tests of the whole workspace, builds the release broker and runs the client
+# test suite against it.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k roundtrip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,12 +17,13 @@ if [ "${#APT_PACKAGES[@]}" -gt 0 ]; then
     $SUDO apt-get install -y "${APT_PACKAGES[@]}"
 fi
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import confluent_kafka, kafka, pytest" 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import confluent_kafka, kafka, prometheus_client, pytest" 2>/dev/null; then
     echo "== creating .venv with the Python test clients"
     python3 -m venv .venv
     .venv/bin/pip install --quiet --upgrade pip
     # kafka-python 2.x: the older client the protocol must keep working for (non-flexible versions).
-    .venv/bin/pip install --quiet "confluent-kafka>=2.3" "kafka-python>=2.0.3,<3" pytest
+    # prometheus-client: the reference parser of the text format /metrics serves.
+    .venv/bin/pip install --quiet "confluent-kafka>=2.3" "kafka-python>=2.0.3,<3" "prometheus-client>=0.17" pytest
 fi
 
 echo "== cargo test --workspace"

@@ -21,6 +21,7 @@ import helpers
 REPO = Path(__file__).resolve().parent.parent
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LISTENING = re.compile(r"ringfeed listening on (\S+):(\d+) ")
+ADMIN_LISTENING = re.compile(r"admin listening on (\S+):(\d+)")
 
 
 def ringfeed_binary():
@@ -46,13 +47,23 @@ class Broker:
             # The 32 MiB default is claimed per open partition; dozens of test brokers
             # with __consumer_offsets partitions would fill a small CI disk.
             self.extra_args += ["--segment-preallocate-bytes", str(1 << 20)]
+        if not any(arg.startswith("--admin-listen") for arg in self.extra_args):
+            # The default 9644 would collide between brokers of tests run in parallel; a
+            # fresh port per start, read from the log like the Kafka port.
+            self.extra_args += ["--admin-listen", "127.0.0.1:0"]
         self.cwd = cwd
         self.port = 0
+        self.admin_port = None
         self.process = None
 
     @property
     def bootstrap(self):
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self):
+        """Base URL of the HTTP admin listener (metrics, health, ready, log level)."""
+        return f"http://127.0.0.1:{self.admin_port}"
 
     def start(self, timeout=20.0):
         command = [
@@ -68,9 +79,12 @@ class Broker:
                                         env={**os.environ, "NO_COLOR": "1"})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            match = LISTENING.search(self.new_log())
+            log = self.new_log()
+            match = LISTENING.search(log)
             if match:
                 self.port = int(match.group(2))
+                admin = ADMIN_LISTENING.search(log)
+                self.admin_port = int(admin.group(2)) if admin else None
                 return self
             if self.process.poll() is not None:
                 raise RuntimeError(f"ringfeed exited with {self.process.returncode}:\n{self.new_log()}")

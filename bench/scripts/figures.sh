@@ -59,7 +59,8 @@ start_broker() {
     # SO_REUSEPORT and can land on a port another broker already listens on.
     local port
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    "$broker_bin" serve --listen "127.0.0.1:$port" "${shards[@]}" --data-dir "$broker_dir/data" "$@" \
+    # --admin-listen off: the default admin port would collide with any other broker running.
+    "$broker_bin" serve --listen "127.0.0.1:$port" --admin-listen off "${shards[@]}" --data-dir "$broker_dir/data" "$@" \
         2>"$broker_dir/broker.log" &
     broker_pid=$!
     local i

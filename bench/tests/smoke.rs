@@ -120,7 +120,17 @@ fn start_broker(binary: &Path) -> Broker {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let listen = format!("127.0.0.1:{}", free_port());
     let mut child = Command::new(binary)
-        .args(["serve", "--listen", &listen, "--shards", "2", "--data-dir"])
+        // No admin listener: its default port would collide with any other broker running.
+        .args([
+            "serve",
+            "--listen",
+            &listen,
+            "--shards",
+            "2",
+            "--admin-listen",
+            "off",
+        ])
+        .arg("--data-dir")
         .arg(data_dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

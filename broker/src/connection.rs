@@ -23,7 +23,7 @@ use glommio::sync::{Gate, StaticPermit};
 use glommio::task::JoinHandle;
 
 use crate::codec::{self, CodecError};
-use crate::frame::{FrameBuffer, FrameError};
+use crate::frame::{FrameBuffer, FrameError, FRAME_SIZE_PREFIX_BYTES};
 use crate::handlers::{self, api_versions, RequestContext};
 use crate::registry::{self, Admission};
 use crate::shard::Shard;
@@ -86,6 +86,7 @@ enum Ending {
 
 async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     tracing::debug!(shard = shard.id, %peer, "connection accepted");
+    let _counted = shard.metrics.connection_opened();
     let writer = match duplicate_for_writing(&stream) {
         Ok(writer) => writer,
         Err(error) => {
@@ -209,6 +210,9 @@ fn start_request(
             ))
         }
     };
+    shard
+        .metrics
+        .request_received(api_key, frame.len() + FRAME_SIZE_PREFIX_BYTES);
     let mut body = frame;
     let header = codec::decode_request_header(&mut body, api_key, preamble.api_version)
         .map_err(|error| error.to_string())?;

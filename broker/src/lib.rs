@@ -1,6 +1,7 @@
 //! The Ringfeed broker as a library: the binary (`main.rs`) parses the command line and calls
 //! `server::serve`; fuzz targets and the admin CLI reach the codec and handlers through here.
 
+pub mod admin;
 pub mod alloc_guard;
 pub mod check_data;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod handlers;
 pub mod limits;
 pub mod logging;
 pub mod metadata;
+pub mod metrics;
 pub mod partition;
 pub mod producer_state;
 pub mod records;

@@ -56,6 +56,23 @@ pub struct Limits {
     /// no size metadata (Redpanda's `segment_fallocation_step`). Every open partition holds
     /// up to this much unwritten space, so hosts with many small partitions, and tests, lower it.
     pub segment_preallocate_bytes: u64,
+    /// Per-partition series (size, log start, high watermark) one `/metrics` scrape exports,
+    /// in topic/partition order; the rest are counted in `ringfeed_partition_series_omitted`.
+    /// 10,000 partitions × 3 series keeps a scrape near 3 MB.
+    pub metrics_partition_series_max: usize,
+    /// (group, topic, partition) series of consumer-group lag one scrape exports; the rest
+    /// are counted in `ringfeed_consumer_group_lag_series_omitted`.
+    pub metrics_group_lag_series_max: usize,
+    /// Bytes of one admin HTTP request (request line, headers and body); a larger one is
+    /// answered 413/431 and closed. The admin API takes no large bodies (a log filter).
+    pub admin_request_bytes_max: usize,
+    /// How long the admin listener gives one connection to send its request and take its
+    /// response. Connections are served one at a time on the admin thread, so this bounds
+    /// how long a slow client can hold the listener.
+    pub admin_connection_time_max: Duration,
+    /// Connections the kernel queues for the admin listener while it serves one (listen
+    /// backlog); further connection attempts are refused by the kernel.
+    pub admin_pending_connections_max: u32,
 }
 
 impl Default for Limits {
@@ -78,6 +95,11 @@ impl Default for Limits {
             offsets_retention: Duration::from_secs(7 * 24 * 60 * 60),
             offsets_checkpoint_records: 100_000,
             segment_preallocate_bytes: 32 * 1024 * 1024,
+            metrics_partition_series_max: 10_000,
+            metrics_group_lag_series_max: 10_000,
+            admin_request_bytes_max: 16 * 1024,
+            admin_connection_time_max: Duration::from_secs(5),
+            admin_pending_connections_max: 16,
         }
     }
 }

@@ -35,6 +35,27 @@ pub enum ShardCall {
     Group(GroupEnvelope),
 }
 
+impl ShardCall {
+    /// Names of the call kinds, as counted in `CrossShardCounts` and exported as metrics.
+    pub const KINDS: [&'static str; 4] = ["partition", "controller", "apply_metadata", "group"];
+
+    fn kind_index(&self) -> usize {
+        match self {
+            ShardCall::Partition(_) => 0,
+            ShardCall::Controller(_) => 1,
+            ShardCall::ApplyMetadata(_) => 2,
+            ShardCall::Group(_) => 3,
+        }
+    }
+}
+
+/// Calls one shard has sent to and received from the others, by kind (`ShardCall::KINDS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CrossShardCounts {
+    pub sent: [u64; 4],
+    pub received: [u64; 4],
+}
+
 /// The answer to a `ShardCall`, of the matching variant.
 #[derive(Debug)]
 pub enum ShardReply {
@@ -88,6 +109,8 @@ pub struct ShardRouter {
     /// Each waiter is a one-slot local channel: single-threaded, no atomics or locks.
     pending: RefCell<HashMap<u64, LocalSender<ShardReply>>>,
     next_call_id: Cell<u64>,
+    /// Written by this shard only; read by its metrics snapshot.
+    counts: Cell<CrossShardCounts>,
 }
 
 /// The receiving halves, handed to `serve_incoming` once the shard is set up.
@@ -106,6 +129,7 @@ pub async fn join(meshes: MeshPair) -> (ShardRouter, IncomingCalls) {
         reply_senders,
         pending: RefCell::new(HashMap::new()),
         next_call_id: Cell::new(0),
+        counts: Cell::default(),
     };
     (router, IncomingCalls { calls, replies })
 }
@@ -123,6 +147,7 @@ impl ShardRouter {
         );
         let call_id = self.next_call_id.get();
         self.next_call_id.set(call_id + 1);
+        self.count(|counts| counts.sent[call.kind_index()] += 1);
         let (reply_sender, reply_receiver) = local_channel::new_bounded(1);
         self.pending.borrow_mut().insert(call_id, reply_sender);
         if self
@@ -135,6 +160,17 @@ impl ShardRouter {
             return Err(PeerGone { shard });
         }
         reply_receiver.recv().await.ok_or(PeerGone { shard })
+    }
+
+    /// Calls sent and received so far.
+    pub fn counts(&self) -> CrossShardCounts {
+        self.counts.get()
+    }
+
+    fn count(&self, add: impl FnOnce(&mut CrossShardCounts)) {
+        let mut counts = self.counts.get();
+        add(&mut counts);
+        self.counts.set(counts);
     }
 
     async fn reply(&self, shard: usize, call_id: u64, reply: ShardReply) {
@@ -167,6 +203,7 @@ where
         glommio::spawn_local(async move {
             while let Some(envelope) = stream.next().await {
                 let router = router.clone();
+                router.count(|counts| counts.received[envelope.call.kind_index()] += 1);
                 let reply = execute(envelope.call);
                 glommio::spawn_local(async move {
                     let reply = reply.await;
@@ -250,6 +287,9 @@ mod tests {
                         while finished.load(Ordering::SeqCst) < 2 {
                             glommio::timer::sleep(Duration::from_millis(1)).await;
                         }
+                        let counts = router.counts();
+                        assert_eq!(counts.sent, [100, 0, 0, 0], "partition calls sent");
+                        assert_eq!(counts.received, [100, 0, 0, 0], "partition calls received");
                     })
                     .expect("executor starts")
             })

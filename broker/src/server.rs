@@ -12,8 +12,10 @@ use std::time::Duration;
 use futures::channel::oneshot;
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::admin::{AdminListener, AdminStatus};
 use crate::config::BrokerConfig;
 use crate::limits::Limits;
+use crate::metrics::ScrapeRequest;
 use crate::router::MeshPair;
 use crate::shard::{self, ShardStart};
 
@@ -83,18 +85,28 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
             .map(resolve_address)
             .transpose()?,
     });
+    let admin_status = Arc::new(AdminStatus::default());
+    let (scrape_senders, scrape_receivers) = (0..config.shard_count())
+        .map(|_| futures::channel::mpsc::channel(0))
+        .unzip();
+    start_admin(&config, &admin_status, scrape_senders)?;
     let StartedShards {
         handles,
         shutdown_senders,
         listening,
-    } = start_shards(&config)?;
-    install_signal_handler(shutdown_senders)?;
+    } = start_shards(&config, scrape_receivers)?;
+    install_signal_handler(shutdown_senders, admin_status.clone())?;
+    let mut shards_listening = 0;
     for _ in 0..config.shard_count() {
         if listening.recv().is_err() {
             break; // a shard ended before listening; its error is reported by join below
         }
+        shards_listening += 1;
     }
     drop(reservation);
+    // A shard sends `listening` after it has applied the first metadata, which opens every
+    // partition it owns: all of them listening means the broker can serve every partition.
+    admin_status.set_ready(shards_listening == config.shard_count());
     tracing::info!(
         "ringfeed listening on {} (advertised {}:{}), {} shards on cpus {:?}, data dir {}",
         config.listen,
@@ -105,6 +117,23 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         config.data_dir.display()
     );
     join_shards(handles)
+}
+
+/// Starts the admin listener (when configured) before the shards, so `/health` answers and
+/// `/ready` says 503 while partitions are still being recovered.
+fn start_admin(
+    config: &BrokerConfig,
+    status: &Arc<AdminStatus>,
+    scrapes: Vec<futures::channel::mpsc::Sender<ScrapeRequest>>,
+) -> Result<(), String> {
+    let Some(address) = config.admin_listen else {
+        tracing::info!("admin listener off");
+        return Ok(());
+    };
+    let admin = AdminListener::bind(address, status.clone(), scrapes, config.limits.clone())?;
+    // Its own line, so tests started with `--admin-listen 127.0.0.1:0` can read the port.
+    tracing::info!("admin listening on {}", admin.local_addr()?);
+    admin.spawn()
 }
 
 /// Name of the lock file in the data directory (Kafka's log dirs have the same).
@@ -145,13 +174,16 @@ struct StartedShards {
 }
 
 /// Starts one pinned executor per shard.
-fn start_shards(config: &Arc<BrokerConfig>) -> Result<StartedShards, String> {
+fn start_shards(
+    config: &Arc<BrokerConfig>,
+    scrapes: Vec<futures::channel::mpsc::Receiver<ScrapeRequest>>,
+) -> Result<StartedShards, String> {
     let meshes = MeshPair::new(config.shard_count(), config.limits.mesh_channel_slots);
     let drained_shards = Arc::new(AtomicUsize::new(0));
     let (listening_sender, listening) = std::sync::mpsc::channel();
     let mut shutdown_senders = Vec::new();
     let mut handles = Vec::new();
-    for (index, cpu) in config.shard_cpus.iter().copied().enumerate() {
+    for ((index, cpu), scrapes) in config.shard_cpus.iter().copied().enumerate().zip(scrapes) {
         let (shutdown_sender, shutdown_requested) = oneshot::channel();
         shutdown_senders.push(shutdown_sender);
         let start = ShardStart {
@@ -160,6 +192,7 @@ fn start_shards(config: &Arc<BrokerConfig>) -> Result<StartedShards, String> {
             shutdown_requested,
             drained_shards: drained_shards.clone(),
             listening: listening_sender.clone(),
+            scrapes,
         };
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("ringfeed-shard-{index}"))
@@ -320,8 +353,12 @@ fn shard_cpus(options: &ServeOptions) -> Result<Vec<usize>, String> {
     Ok(cpus)
 }
 
-/// First SIGINT/SIGTERM: graceful shutdown on every shard. A second one: exit at once.
-fn install_signal_handler(shutdown_senders: Vec<oneshot::Sender<()>>) -> Result<(), String> {
+/// First SIGINT/SIGTERM: graceful shutdown on every shard (and `/ready` turns 503). A
+/// second one: exit at once.
+fn install_signal_handler(
+    shutdown_senders: Vec<oneshot::Sender<()>>,
+    admin_status: Arc<AdminStatus>,
+) -> Result<(), String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .map_err(|error| error.to_string())?;
@@ -331,6 +368,7 @@ fn install_signal_handler(shutdown_senders: Vec<oneshot::Sender<()>>) -> Result<
             let mut senders = Some(shutdown_senders);
             for signal in signals.forever() {
                 if let Some(senders) = senders.take() {
+                    admin_status.set_ready(false);
                     tracing::info!(
                         signal,
                         "shutting down: finishing in-flight requests, closing partition logs"

@@ -26,8 +26,9 @@ use crate::controller::store::MetadataStore;
 use crate::controller::{Controller, ControllerCall, ControllerReply, PlacementRules};
 use crate::groups::{GroupCoordinator, GroupEnvelope, GroupReply};
 use crate::metadata::{MetadataSnapshot, TopicMetadata, TopicPartition};
+use crate::metrics::{ScrapeRequest, ShardMetrics};
 use crate::partition::{self, PartitionCall, PartitionReply, PartitionSlot, PartitionTable};
-use crate::router::{self, MeshPair, ShardCall, ShardReply, ShardRouter};
+use crate::router::{self, CrossShardCounts, MeshPair, ShardCall, ShardReply, ShardRouter};
 use crate::storage::PartitionLog;
 
 /// Per-shard context. Owned by one executor thread; see the module docs.
@@ -38,6 +39,8 @@ pub struct Shard {
     pub partitions: PartitionTable,
     /// The consumer groups whose `__consumer_offsets` partition this shard owns.
     pub groups: GroupCoordinator,
+    /// What this shard counts; read only by its own metrics snapshots.
+    pub metrics: Rc<ShardMetrics>,
     router: Rc<ShardRouter>,
     controller: Option<Controller>,
     /// Bytes of request frames this shard may hold at once (`Limits::shard_inflight_request_bytes_max`).
@@ -61,6 +64,11 @@ impl Shard {
     /// Resolves once shutdown has started. Cancel-safe; race it with long waits.
     pub async fn shutdown_started(&self) {
         let _ = self.shutdown.acquire(1).await;
+    }
+
+    /// Calls this shard has exchanged with the others over the mesh (for metrics).
+    pub fn cross_shard_counts(&self) -> CrossShardCounts {
+        self.router.counts()
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -242,6 +250,7 @@ impl Shard {
         let slot = match PartitionLog::open(&dir, topic.config.log_config()).await {
             Ok((log, report)) => {
                 tracing::info!(partition = %tp, shard = self.id, ?report, "partition open");
+                log.observe_fdatasync_latency(self.metrics.fdatasync_observer());
                 PartitionSlot::Online {
                     topic_id: topic.id,
                     log,
@@ -284,6 +293,8 @@ pub struct ShardStart {
     pub drained_shards: Arc<AtomicUsize>,
     /// Tells `main` this shard is listening.
     pub listening: std::sync::mpsc::Sender<usize>,
+    /// The admin thread's requests for this shard's metrics snapshot.
+    pub scrapes: futures::channel::mpsc::Receiver<ScrapeRequest>,
 }
 
 /// The body of one shard's executor. Returns when the shard has shut down cleanly.
@@ -294,6 +305,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         shutdown_requested,
         drained_shards,
         listening,
+        scrapes,
     } = start;
     let (router, incoming) = router::join(meshes).await;
     let id = router.shard_id();
@@ -308,6 +320,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         metadata: RefCell::new(Arc::new(MetadataSnapshot::default())),
         partitions: PartitionTable::default(),
         groups: GroupCoordinator::default(),
+        metrics: Rc::default(),
         router: Rc::new(router),
         controller,
         request_budget: Rc::new(Semaphore::new(
@@ -332,6 +345,11 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
             })
             .detach();
         }));
+    glommio::spawn_local(crate::metrics::snapshot::serve_scrapes(
+        Rc::downgrade(&shard),
+        scrapes,
+    ))
+    .detach();
     let executor_shard = shard.clone();
     router::serve_incoming(&shard.router, incoming, move |call| {
         executor_shard.clone().execute_call(call)

@@ -13,7 +13,7 @@
 //! wakes and exits.
 
 use std::rc::{Rc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::{join_all, select, Either};
 
@@ -163,7 +163,9 @@ struct SyncTarget {
 }
 
 async fn sync<D: Disk>(inner: Rc<Inner<D>>, file: Rc<D::File>, target: SyncTarget) {
+    let started = Instant::now();
     let synced = file.fdatasync().await;
+    let latency = started.elapsed();
     inner.state.borrow_mut().sync_in_flight = false;
     if let Err(error) = synced {
         fence(&inner, StorageError::io("fdatasync", error));
@@ -180,6 +182,9 @@ async fn sync<D: Disk>(inner: Rc<Inner<D>>, file: Rc<D::File>, target: SyncTarge
         state.last_sync_ms = now_ms;
         now_ms - state.last_checkpoint_ms >= state.config.checkpoint_interval_ms as i64
     };
+    if let Some(observer) = inner.fdatasync_observer.borrow().as_ref() {
+        observer(latency);
+    }
     inner.progress.notify_all();
     inner.flusher_wake.notify_all(); // more may have been written meanwhile
     if checkpoint_due {

@@ -15,6 +15,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use glommio::sync::Semaphore;
@@ -45,6 +46,11 @@ pub struct LogStats {
     pub write_rounds: u64,
     pub fdatasyncs: u64,
 }
+
+/// Receives the latency of every fdatasync a log completes, on the log's own shard, between
+/// awaits. The broker hands one to every log of a shard so they fill one shard-local
+/// histogram; nothing crosses threads.
+pub type FdatasyncObserver = Rc<dyn Fn(Duration)>;
 
 /// Wall-clock time for segment age and retention; tests drive a manual one.
 #[derive(Clone, Debug, Default)]
@@ -92,6 +98,8 @@ pub(crate) struct Inner<D: Disk> {
     pub flusher_wake: Rc<Signal>,
     /// Fires whenever the high watermark, durable offset or fenced state changes.
     pub progress: Signal,
+    /// See [`PartitionLog::observe_fdatasync_latency`].
+    pub fdatasync_observer: RefCell<Option<FdatasyncObserver>>,
 }
 
 impl<D: Disk> Drop for Inner<D> {
@@ -190,6 +198,7 @@ impl<D: Disk> PartitionLog<D> {
             checkpoint_gate: Semaphore::new(1),
             flusher_wake: flusher_wake.clone(),
             progress: Signal::default(),
+            fdatasync_observer: RefCell::new(None),
         });
         crate::flusher::spawn(Rc::downgrade(&inner), flusher_wake);
         Ok((PartitionLog { inner }, report))
@@ -239,6 +248,12 @@ impl<D: Disk> PartitionLog<D> {
 
     pub fn stats(&self) -> LogStats {
         self.state().stats
+    }
+
+    /// Reports the latency of each fdatasync the flusher completes from now on (for
+    /// metrics). Replaces any previous observer.
+    pub fn observe_fdatasync_latency(&self, observer: FdatasyncObserver) {
+        *self.inner.fdatasync_observer.borrow_mut() = Some(observer);
     }
 
     pub fn config(&self) -> LogConfig {

@@ -4,7 +4,8 @@
 //! - EIO on a write fences it the same way;
 //! - ENOSPC refuses appends with a storage error, leaves the log readable and unfenced, and
 //!   appends resume once space is freed;
-//! - one fdatasync covers many concurrent appenders (group commit).
+//! - one fdatasync covers many concurrent appenders (group commit);
+//! - the fdatasync latency observer (metrics) hears of each completed fdatasync.
 
 mod common;
 
@@ -211,5 +212,31 @@ fn writes_go_on_while_an_fdatasync_is_slow_and_durability_never_overreaches() {
         log.wait_durable(second.last_offset).await.expect("durable");
         assert_eq!(disk.data_fdatasyncs(), syncs + 1);
         assert_eq!(read_all(&log).await.len(), 2);
+    });
+}
+
+#[test]
+fn the_fdatasync_observer_sees_each_completed_fdatasync_and_not_a_failed_one() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let log = open_sim(&disk, small_config()).await.expect("open");
+        let observed = Rc::new(std::cell::RefCell::new(Vec::new()));
+        let sink = observed.clone();
+        log.observe_fdatasync_latency(Rc::new(move |latency| sink.borrow_mut().push(latency)));
+        for i in 0..3 {
+            let outcome = log.append(workload_batch(i)).await.expect("append");
+            log.wait_durable(outcome.last_offset)
+                .await
+                .expect("durable");
+        }
+        assert_eq!(observed.borrow().len(), 3, "one latency per fdatasync");
+        let doomed = log.append(workload_batch(3)).await.expect("append");
+        disk.fail_next_fdatasync();
+        assert!(log.wait_durable(doomed.last_offset).await.is_err());
+        assert_eq!(
+            observed.borrow().len(),
+            3,
+            "a failed fdatasync is not a latency"
+        );
     });
 }

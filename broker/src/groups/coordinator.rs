@@ -478,6 +478,30 @@ impl GroupCoordinator {
         }
     }
 
+    /// Committed offsets of this shard's groups as (group, topic, partition, offset), for
+    /// the lag metric: at most `max`, by group id then topic and partition, and how many
+    /// there are in all. Only groups served since the start are known (an offsets
+    /// partition is replayed on first use).
+    pub fn committed_offsets(&self, max: usize) -> (Vec<(String, String, i32, i64)>, usize) {
+        let groups = self.inner.groups.borrow();
+        let total = groups.values().map(|group| group.offsets.len()).sum();
+        let mut ids: Vec<&String> = groups.keys().collect();
+        ids.sort_unstable();
+        let listed = ids
+            .into_iter()
+            .flat_map(|id| {
+                groups[id]
+                    .offsets
+                    .iter()
+                    .map(move |((topic, partition), committed)| {
+                        (id.clone(), topic.clone(), *partition, committed.offset)
+                    })
+            })
+            .take(max)
+            .collect();
+        (listed, total)
+    }
+
     /// Every committed offset of the groups placed on this offsets partition.
     fn live_records(&self, log: &OffsetsLog) -> Vec<OffsetsRecord> {
         self.inner

@@ -36,6 +36,7 @@ use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use crate::codec::{self, CodecError};
+use crate::metrics::ResponseErrorCode;
 use crate::shard::Shard;
 
 /// What a handler knows about the request besides its body.
@@ -68,14 +69,18 @@ macro_rules! served_apis {
         /// response (Produce with acks=0).
         pub async fn handle(shard: Rc<Shard>, context: RequestContext, request: Request) -> Result<Option<Bytes>, CodecError> {
             tracing::trace!(peer = %context.peer, client_id = ?context.client_id, api = ?context.api_key, version = context.api_version, "request");
+            let started = std::time::Instant::now();
             let wants_response = !matches!(&request, Request::Produce(produce) if produce.acks == 0);
-            let frame = match request {
+            let (frame, error_code) = match request {
                 $(Request::$variant(request) => {
                     let response = $module::handle(&shard, &context, request).await;
-                    encode(&context, &response)?
+                    (encode(&context, &response)?, response.error_code())
                 })*
             };
-            Ok(wants_response.then_some(frame))
+            let response = wants_response.then_some(frame);
+            let response_bytes = response.as_ref().map_or(0, Bytes::len);
+            shard.metrics.request_answered(context.api_key, error_code, started.elapsed(), response_bytes);
+            Ok(response)
         }
     };
 }

@@ -1,0 +1,526 @@
+//! Turns the shards' snapshots into the Prometheus text exposition format (version 0.0.4),
+//! encoded by `prometheus-client`, the official Prometheus Rust client. Every metric name,
+//! type and label is listed in `docs/OBSERVABILITY.md`; keep the two in step.
+//!
+//! Series with a `shard` label are per shard; the broker-wide figure is their sum. The
+//! per-partition and per-group series are capped (`Limits::metrics_partition_series_max`,
+//! `Limits::metrics_group_lag_series_max`) and the number left out is exported, so a host
+//! with many partitions cannot blow up the scrape.
+
+use std::collections::HashMap;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::error_code::error_name;
+use super::snapshot::{PartitionSnapshot, ShardSnapshot};
+use super::{HistogramBuckets, LATENCY_BUCKET_BOUNDS_SECONDS};
+use crate::router::ShardCall;
+
+/// The `Content-Type` of what `encode` returns.
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// What one scrape exports, besides the snapshots.
+#[derive(Clone, Copy, Debug)]
+pub struct ScrapeContext {
+    /// Shards the broker runs; a shard that did not answer in time is missing from the
+    /// snapshots and counted in `ringfeed_scrape_shards_missing`.
+    pub shard_count: usize,
+    pub ready: bool,
+    pub partition_series_max: usize,
+    pub group_lag_series_max: usize,
+}
+
+/// Encodes one scrape.
+pub fn encode(context: ScrapeContext, mut shards: Vec<ShardSnapshot>) -> String {
+    shards.sort_unstable_by_key(|snapshot| snapshot.shard);
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape { context, shards }));
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)
+        .expect("writing to a String cannot fail");
+    text
+}
+
+/// One scrape's data, handed to `prometheus-client` as a collector.
+#[derive(Debug)]
+struct Scrape {
+    context: ScrapeContext,
+    shards: Vec<ShardSnapshot>,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Picks one gauge value out of a partition's snapshot.
+type PartitionGauge = fn(&PartitionSnapshot) -> i64;
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        self.encode_process(&mut encoder)?;
+        self.encode_requests(&mut encoder)?;
+        self.encode_latencies(&mut encoder)?;
+        self.encode_shards(&mut encoder)?;
+        self.encode_partitions(&mut encoder)?;
+        self.encode_group_lag(&mut encoder)
+    }
+}
+
+impl Scrape {
+    fn shard_label(shard: &ShardSnapshot) -> Labels {
+        vec![("shard", shard.shard.to_string())]
+    }
+
+    fn encode_process(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let missing = self.context.shard_count.saturating_sub(self.shards.len());
+        gauges(
+            encoder,
+            "ringfeed_ready",
+            "1 once every shard listens and has opened its partitions, 0 before and during shutdown.",
+            [(Labels::new(), i64::from(self.context.ready))],
+        )?;
+        gauges(
+            encoder,
+            "ringfeed_scrape_shards_missing",
+            "Shards that did not answer this scrape in time; their series are absent from it.",
+            [(Labels::new(), missing as i64)],
+        )
+    }
+
+    fn encode_requests(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let per_api = || {
+            self.shards.iter().flat_map(|shard| {
+                shard
+                    .apis
+                    .iter()
+                    .map(move |api| (Self::shard_label(shard), api))
+            })
+        };
+        let answered = per_api().flat_map(|(labels, api)| {
+            api.answered.iter().map(move |(code, count)| {
+                let mut labels = labels.clone();
+                labels.push(("api", api.api.clone()));
+                labels.push(("error", error_name(*code)));
+                (labels, *count)
+            })
+        });
+        counters(
+            encoder,
+            "ringfeed_requests",
+            "Requests answered, by API and the error code the response carries (NONE: success).",
+            answered,
+        )?;
+        let with_api = |(mut labels, api): (Labels, &super::snapshot::ApiSnapshot), bytes| {
+            labels.push(("api", api.api.clone()));
+            (labels, bytes)
+        };
+        counters(
+            encoder,
+            "ringfeed_request_bytes",
+            "Bytes of request frames received (size prefix included), by API.",
+            per_api().map(|entry| {
+                let bytes = entry.1.request_bytes;
+                with_api(entry, bytes)
+            }),
+        )?;
+        counters(
+            encoder,
+            "ringfeed_response_bytes",
+            "Bytes of response frames sent (size prefix included), by API.",
+            per_api().map(|entry| {
+                let bytes = entry.1.response_bytes;
+                with_api(entry, bytes)
+            }),
+        )
+    }
+
+    fn encode_latencies(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let requests = self.shards.iter().flat_map(|shard| {
+            [
+                ("Produce", &shard.produce_latency),
+                ("Fetch", &shard.fetch_latency),
+            ]
+            .into_iter()
+            .map(|(api, buckets)| {
+                let mut labels = Self::shard_label(shard);
+                labels.push(("api", api.to_string()));
+                (labels, buckets)
+            })
+        });
+        histograms(
+            encoder,
+            "ringfeed_request_latency_seconds",
+            "Time from a decoded request to its encoded response, for Produce (includes the fdatasync for acks=all) and Fetch (includes the long-poll wait).",
+            requests,
+        )?;
+        histograms(
+            encoder,
+            "ringfeed_fdatasync_latency_seconds",
+            "Latency of each completed fdatasync of a partition log.",
+            self.shards
+                .iter()
+                .map(|shard| (Self::shard_label(shard), &shard.fdatasync_latency)),
+        )
+    }
+
+    fn encode_shards(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        gauges(
+            encoder,
+            "ringfeed_connections",
+            "Client connections open.",
+            self.shards
+                .iter()
+                .map(|shard| (Self::shard_label(shard), shard.connections_open as i64)),
+        )?;
+        counters(
+            encoder,
+            "ringfeed_connections_accepted",
+            "Client connections accepted and served (refused ones are not counted).",
+            self.shards
+                .iter()
+                .map(|shard| (Self::shard_label(shard), shard.connections_accepted)),
+        )?;
+        let partitions = self.shards.iter().flat_map(|shard| {
+            let state = |name: &str, count: u64| {
+                let mut labels = Self::shard_label(shard);
+                labels.push(("state", name.to_string()));
+                (labels, count as i64)
+            };
+            [
+                state("online", shard.partitions.len() as u64),
+                state("offline", shard.partitions_offline),
+            ]
+        });
+        gauges(
+            encoder,
+            "ringfeed_partitions",
+            "Partitions the shard owns, online or offline (log failed to open or fenced).",
+            partitions,
+        )?;
+        for (name, help, pick) in [
+            (
+                "ringfeed_cross_shard_calls_sent",
+                "Calls this shard sent to other shards over the channel mesh, by kind.",
+                (|counts: &crate::router::CrossShardCounts| counts.sent)
+                    as fn(&crate::router::CrossShardCounts) -> [u64; 4],
+            ),
+            (
+                "ringfeed_cross_shard_calls_received",
+                "Calls this shard received from other shards over the channel mesh, by kind.",
+                |counts| counts.received,
+            ),
+        ] {
+            let series = self.shards.iter().flat_map(|shard| {
+                ShardCall::KINDS
+                    .iter()
+                    .zip(pick(&shard.cross_shard))
+                    .map(|(kind, count)| {
+                        let mut labels = Self::shard_label(shard);
+                        labels.push(("kind", (*kind).to_string()));
+                        (labels, count)
+                    })
+            });
+            counters(encoder, name, help, series)?;
+        }
+        Ok(())
+    }
+
+    /// Every online partition, by topic and partition, at most `partition_series_max`.
+    fn exported_partitions(&self) -> (Vec<(usize, &PartitionSnapshot)>, usize) {
+        let mut all: Vec<(usize, &PartitionSnapshot)> = self
+            .shards
+            .iter()
+            .flat_map(|shard| shard.partitions.iter().map(|p| (shard.shard, p)))
+            .collect();
+        all.sort_unstable_by(|(_, a), (_, b)| {
+            (&a.topic, a.partition).cmp(&(&b.topic, b.partition))
+        });
+        let omitted = all.len().saturating_sub(self.context.partition_series_max);
+        all.truncate(self.context.partition_series_max);
+        (all, omitted)
+    }
+
+    fn encode_partitions(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let (exported, omitted) = self.exported_partitions();
+        let labels = |shard: usize, partition: &PartitionSnapshot| -> Labels {
+            vec![
+                ("shard", shard.to_string()),
+                ("topic", partition.topic.clone()),
+                ("partition", partition.partition.to_string()),
+            ]
+        };
+        let families: [(&str, &str, PartitionGauge); 3] = [
+            (
+                "ringfeed_partition_size_bytes",
+                "Bytes of record batches in the partition's segments.",
+                |p| p.size_bytes as i64,
+            ),
+            (
+                "ringfeed_partition_log_start_offset",
+                "First offset still in the partition's log (moves with retention and DeleteRecords).",
+                |p| p.log_start_offset,
+            ),
+            (
+                "ringfeed_partition_high_watermark",
+                "Offset after the last record readable by consumers.",
+                |p| p.high_watermark,
+            ),
+        ];
+        for (name, help, pick) in families {
+            let series = exported
+                .iter()
+                .map(|(shard, partition)| (labels(*shard, partition), pick(partition)));
+            gauges(encoder, name, help, series)?;
+        }
+        gauges(
+            encoder,
+            "ringfeed_partition_series_omitted",
+            "Partitions left out of the per-partition series by the cap (Limits::metrics_partition_series_max).",
+            [(Labels::new(), omitted as i64)],
+        )
+    }
+
+    fn encode_group_lag(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let high_watermarks: HashMap<(&str, i32), i64> = self
+            .shards
+            .iter()
+            .flat_map(|shard| &shard.partitions)
+            .map(|p| ((p.topic.as_str(), p.partition), p.high_watermark))
+            .collect();
+        let mut committed: Vec<_> = self
+            .shards
+            .iter()
+            .flat_map(|shard| &shard.committed_offsets)
+            .collect();
+        committed.sort_unstable_by(|a, b| {
+            (&a.group, &a.topic, a.partition).cmp(&(&b.group, &b.topic, b.partition))
+        });
+        let held: u64 = self
+            .shards
+            .iter()
+            .map(|shard| shard.committed_offsets_total)
+            .sum();
+        committed.truncate(self.context.group_lag_series_max);
+        let omitted = held.saturating_sub(committed.len() as u64);
+        let series = || {
+            committed.iter().map(|offset| {
+                let labels: Labels = vec![
+                    ("group", offset.group.clone()),
+                    ("topic", offset.topic.clone()),
+                    ("partition", offset.partition.to_string()),
+                ];
+                (labels, *offset)
+            })
+        };
+        gauges(
+            encoder,
+            "ringfeed_consumer_group_committed_offset",
+            "The group's committed offset on the partition.",
+            series().map(|(labels, offset)| (labels, offset.offset)),
+        )?;
+        let lags = series().filter_map(|(labels, offset)| {
+            let high_watermark = high_watermarks.get(&(offset.topic.as_str(), offset.partition))?;
+            Some((labels, (high_watermark - offset.offset).max(0)))
+        });
+        gauges(
+            encoder,
+            "ringfeed_consumer_group_lag",
+            "Records between the group's committed offset and the partition's high watermark (absent when the partition is gone).",
+            lags,
+        )?;
+        gauges(
+            encoder,
+            "ringfeed_consumer_group_lag_series_omitted",
+            "Committed offsets left out of the group series by the cap (Limits::metrics_group_lag_series_max).",
+            [(Labels::new(), omitted as i64)],
+        )
+    }
+}
+
+fn counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Labels, u64)>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series {
+        family
+            .encode_family(&labels)?
+            .encode_counter::<NoLabelSet, u64, f64>(&value, None)?;
+    }
+    Ok(())
+}
+
+fn gauges(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Labels, i64)>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in series {
+        family.encode_family(&labels)?.encode_gauge(&value)?;
+    }
+    Ok(())
+}
+
+fn histograms<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Labels, &'a HistogramBuckets)>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, histogram) in series {
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKET_BOUNDS_SECONDS
+            .iter()
+            .copied()
+            .zip(histogram.counts.iter().copied().chain(std::iter::repeat(0)))
+            .collect();
+        family
+            .encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(
+                histogram.sum_seconds,
+                histogram.count,
+                &buckets,
+                None,
+            )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::snapshot::{ApiSnapshot, CommittedOffsetSnapshot};
+
+    /// The lines of one metric.
+    fn lines_of<'a>(text: &'a str, metric: &'a str) -> impl Iterator<Item = &'a str> {
+        text.lines().filter(move |line| line.starts_with(metric))
+    }
+
+    fn context() -> ScrapeContext {
+        ScrapeContext {
+            shard_count: 2,
+            ready: true,
+            partition_series_max: 2,
+            group_lag_series_max: 10,
+        }
+    }
+
+    fn partition(topic: &str, partition: i32, high_watermark: i64) -> PartitionSnapshot {
+        PartitionSnapshot {
+            topic: topic.into(),
+            partition,
+            size_bytes: 4096,
+            log_start_offset: 0,
+            high_watermark,
+        }
+    }
+
+    fn shard() -> ShardSnapshot {
+        let mut latency = crate::metrics::LatencyHistogram::default();
+        latency.record(std::time::Duration::from_micros(700));
+        ShardSnapshot {
+            shard: 1,
+            apis: vec![ApiSnapshot {
+                api: "Produce".into(),
+                answered: vec![(0, 5), (3, 1)],
+                request_bytes: 600,
+                response_bytes: 300,
+            }],
+            produce_latency: latency.buckets(),
+            partitions: vec![
+                partition("orders", 1, 40),
+                partition("orders", 0, 10),
+                partition("zeta", 0, 1),
+            ],
+            committed_offsets: vec![CommittedOffsetSnapshot {
+                group: "billing".into(),
+                topic: "orders".into(),
+                partition: 0,
+                offset: 7,
+            }],
+            committed_offsets_total: 1,
+            ..ShardSnapshot::default()
+        }
+    }
+
+    #[test]
+    fn requests_are_exported_by_shard_api_and_error_name() {
+        let text = encode(context(), vec![shard()]);
+        let requests: Vec<&str> = lines_of(&text, "ringfeed_requests_total{").collect();
+        assert_eq!(
+            requests,
+            [
+                r#"ringfeed_requests_total{shard="1",api="Produce",error="NONE"} 5"#,
+                r#"ringfeed_requests_total{shard="1",api="Produce",error="UNKNOWN_TOPIC_OR_PARTITION"} 1"#,
+            ]
+        );
+        assert!(
+            text.contains("# TYPE ringfeed_requests_total counter"),
+            "{text}"
+        );
+        assert!(text.contains(r#"ringfeed_request_bytes_total{shard="1",api="Produce"} 600"#));
+        assert!(
+            text.contains("ringfeed_scrape_shards_missing 1"),
+            "one of two shards answered"
+        );
+    }
+
+    #[test]
+    fn latency_histograms_have_cumulative_buckets_sum_and_count() {
+        let text = encode(context(), vec![shard()]);
+        let produce = r#"ringfeed_request_latency_seconds_bucket{shard="1",api="Produce",le="#;
+        assert!(
+            text.contains(&format!(r#"{produce}"0.0005"}} 0"#)),
+            "{text}"
+        );
+        assert!(text.contains(&format!(r#"{produce}"0.001"}} 1"#)), "{text}");
+        assert!(text.contains(&format!(r#"{produce}"+Inf"}} 1"#)), "{text}");
+        assert!(
+            text.contains(r#"ringfeed_request_latency_seconds_count{shard="1",api="Produce"} 1"#)
+        );
+        assert!(text
+            .contains(r#"ringfeed_request_latency_seconds_sum{shard="1",api="Produce"} 0.0007"#));
+    }
+
+    #[test]
+    fn partition_series_are_capped_in_name_order_and_the_rest_counted() {
+        let text = encode(context(), vec![shard()]);
+        let sizes: Vec<&str> = lines_of(&text, "ringfeed_partition_high_watermark{").collect();
+        assert_eq!(
+            sizes,
+            [
+                r#"ringfeed_partition_high_watermark{shard="1",topic="orders",partition="0"} 10"#,
+                r#"ringfeed_partition_high_watermark{shard="1",topic="orders",partition="1"} 40"#,
+            ]
+        );
+        assert!(text.contains("ringfeed_partition_series_omitted 1"));
+    }
+
+    #[test]
+    fn group_lag_is_the_high_watermark_minus_the_committed_offset() {
+        let text = encode(context(), vec![shard()]);
+        assert!(
+            text.contains(
+                r#"ringfeed_consumer_group_lag{group="billing",topic="orders",partition="0"} 3"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("ringfeed_consumer_group_lag_series_omitted 0"));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut snapshot = shard();
+        snapshot.committed_offsets[0].group = "a\"b\\c\nd".into();
+        let text = encode(context(), vec![snapshot]);
+        assert!(
+            text.contains(r#"group="a\"b\\c\nd""#),
+            "quotes, backslashes and newlines in a group id are escaped: {text}"
+        );
+    }
+}
