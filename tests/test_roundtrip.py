@@ -31,7 +31,11 @@ def test_keyed_messages_with_headers_round_trip(broker, codec):
     topic = f"roundtrip-{codec}"
     create_topic(broker.bootstrap, topic, PARTITIONS)
     messages = make_messages(MESSAGES, seed=hash(codec) & 0xFFFF)
-    delivered = produce(broker.bootstrap, topic, messages, **{"compression.type": codec})
+    # Idempotent, so per-partition order is a protocol promise even when a request is retried
+    # (a loaded CI machine can time one out); a broker that reordered would fail the sequence
+    # checks or the order assertion below.
+    delivered = produce(broker.bootstrap, topic, messages,
+                        **{"compression.type": codec, "enable.idempotence": True})
     assert len(delivered) == MESSAGES
     check_partitions_match(broker.bootstrap, topic, delivered)
 
