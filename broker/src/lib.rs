@@ -1,6 +1,7 @@
 //! The Ringfeed broker as a library: the binary (`main.rs`) parses the command line and calls
 //! `server::serve`; fuzz targets and the admin CLI reach the codec and handlers through here.
 
+pub mod admission;
 pub mod alloc_guard;
 pub mod check_data;
 pub mod codec;
