@@ -353,12 +353,17 @@ def prepare(workdir, records, segment_bytes):
     (data dir, {offset: value})."""
     data_dir = workdir / "pristine"
     broker = Broker(data_dir, workdir / "pristine.log", shards=1).start()
-    helpers.create_topic(broker.bootstrap, TOPIC, 1, {"segment.bytes": str(segment_bytes)})
-    rng = random.Random(11)  # incompressible values of 0.5-3 kB: a few records make a segment
-    messages = [(f"key-{i}".encode(), rng.randbytes(rng.randint(500, 3000)), [], helpers.TIMESTAMP_BASE_MS + i) for i in range(records)]
-    delivered = helpers.produce(broker.bootstrap, TOPIC, messages, **{"linger.ms": 2, "batch.num.messages": 50})
-    assert broker.stop(signal.SIGTERM) == 0
-    helpers.forget_admin_clients()
+    try:
+        helpers.create_topic(broker.bootstrap, TOPIC, 1, {"segment.bytes": str(segment_bytes)})
+        rng = random.Random(11)  # incompressible values of 0.5-3 kB: a few records make a segment
+        messages = [(f"key-{i}".encode(), rng.randbytes(rng.randint(500, 3000)), [], helpers.TIMESTAMP_BASE_MS + i) for i in range(records)]
+        delivered = helpers.produce(broker.bootstrap, TOPIC, messages, **{"linger.ms": 2, "batch.num.messages": 50})
+        assert broker.stop(signal.SIGTERM) == 0
+    finally:
+        helpers.forget_admin_clients()
+        if broker.alive():
+            broker.process.kill()
+            broker.process.wait()
     produced = {offset: message[1] for (_partition, offset), message in delivered.items()}
     pdir = data_dir / f"{TOPIC}-0"
     assert len(segments(pdir)) >= 4, f"want several sealed segments, got {len(segments(pdir))}"
