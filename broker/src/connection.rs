@@ -9,10 +9,11 @@
 //! is written. The reader and the writer each hold their own descriptor of the socket
 //! (see `duplicate_for_writing`), so they share no lock.
 
-use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::{select, Either};
@@ -21,7 +22,9 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::{Gate, StaticPermit};
 use glommio::task::JoinHandle;
+use glommio::timer::Timer;
 
+use crate::admission::Refusal;
 use crate::codec::{self, CodecError};
 use crate::frame::{FrameBuffer, FrameError, FRAME_SIZE_PREFIX_BYTES};
 use crate::handlers::{self, api_versions, RequestContext};
@@ -29,13 +32,15 @@ use crate::registry::{self, Admission};
 use crate::shard::Shard;
 
 /// Accepts until the task is dropped (shutdown). Each connection runs inside `connections`
-/// so shutdown can wait for all of them to finish.
+/// so shutdown can wait for all of them to finish. A connection over `max.connections` or
+/// `max.connections.per.ip` is closed at once (Kafka closes over-limit connections too).
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, connections: Rc<Gate>) {
-    let open_connections = Rc::new(Cell::new(0_usize));
+    let mut refusals = RefusalLog::default();
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
             Err(error) => {
+                // EMFILE/ENFILE land here: the connection waits in the backlog meanwhile.
                 tracing::warn!(shard = shard.id, %error, "accept failed");
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
@@ -44,21 +49,61 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, connections: R
         let peer = stream
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        if open_connections.get() >= shard.config.limits.shard_connections_max {
-            tracing::warn!(shard = shard.id, %peer, limit = shard.config.limits.shard_connections_max, "connection refused: shard at its connection limit");
-            continue;
-        }
+        let admitted = match shard.connection_counts.admit(peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                refusals.record(&shard, peer, refusal);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let _ = stream.set_read_timeout(Some(shard.config.limits.connection_idle_max));
-        open_connections.set(open_connections.get() + 1);
-        let (shard, open_connections) = (shard.clone(), open_connections.clone());
+        let shard = shard.clone();
         let spawned = connections.spawn(async move {
             serve(shard, stream, peer).await;
-            open_connections.set(open_connections.get() - 1);
+            drop(admitted);
         });
         if let Ok(task) = spawned {
             task.detach();
         }
+    }
+}
+
+/// Logs refused connections at most once per `REFUSAL_LOG_INTERVAL` per shard, with a
+/// count, so a connection flood cannot flood the log as well.
+#[derive(Default)]
+struct RefusalLog {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl RefusalLog {
+    fn record(&mut self, shard: &Shard, peer: SocketAddr, refusal: Refusal) {
+        self.unlogged += 1;
+        let now = Instant::now();
+        if self
+            .last_logged
+            .is_some_and(|last| now.duration_since(last) < REFUSAL_LOG_INTERVAL)
+        {
+            return;
+        }
+        let limits = &shard.config.limits;
+        let (limit_name, limit) = match refusal {
+            Refusal::BrokerFull => ("max.connections", limits.connections_max),
+            Refusal::AddressFull => ("max.connections.per.ip", limits.connections_per_ip_max),
+        };
+        tracing::warn!(
+            shard = shard.id,
+            %peer,
+            limit_name,
+            limit,
+            refused_since_last_report = self.unlogged,
+            "connection refused: at the connection limit"
+        );
+        self.last_logged = Some(now);
+        self.unlogged = 0;
     }
 }
 
@@ -121,10 +166,13 @@ async fn read_requests(
 ) -> Ending {
     let mut frames = FrameBuffer::new(shard.config.limits.request_frame_bytes_max);
     let mut budget: Option<StaticPermit> = None;
+    // Runs from the first byte of a frame until the frame is whole (`request_read_timeout`).
+    let mut frame_deadline: Option<Pin<Box<Timer>>> = None;
     loop {
         match frames.take_frame() {
             Err(error) => return refused(&error),
             Ok(Some(frame)) => {
+                frame_deadline = None;
                 let budget = match budget.take() {
                     Some(permit) => permit,
                     None => reserve_budget(shard, frame.len()).await,
@@ -147,22 +195,66 @@ async fn read_requests(
             }
             Ok(None) => {}
         }
+        if frames.buffered_bytes() > 0 && frame_deadline.is_none() {
+            let timeout = shard.config.limits.request_read_timeout;
+            frame_deadline = Some(Box::pin(Timer::new(timeout)));
+        }
         if let (Ok(Some(size)), None) = (frames.pending_frame_size(), &budget) {
             // Reserve the budget for the frame before `read_space` allocates room for it.
-            budget = Some(reserve_budget(shard, size).await);
+            // The wait counts against the frame's deadline: a frame stuck behind others
+            // that hold the budget must not hold its connection open forever.
+            match before_deadline(reserve_budget(shard, size), &mut frame_deadline).await {
+                Some(permit) => budget = Some(permit),
+                None => return read_timed_out(shard, &frames),
+            }
         }
         if shard.is_shutting_down() && frames.buffered_bytes() == 0 {
             return Ending::ShuttingDown;
         }
-        let read = std::pin::pin!(reader.read(frames.read_space()));
-        let shutdown = std::pin::pin!(shard.shutdown_started());
-        match select(read, shutdown).await {
-            Either::Left((Ok(0), _)) => return Ending::PeerClosed,
-            Either::Left((Ok(count), _)) => frames.commit(count),
-            Either::Left((Err(error), _)) => return Ending::Io(error),
-            Either::Right(_) => return Ending::ShuttingDown,
+        let read_result = {
+            let read = std::pin::pin!(reader.read(frames.read_space()));
+            let shutdown = std::pin::pin!(shard.shutdown_started());
+            match before_deadline(select(read, shutdown), &mut frame_deadline).await {
+                Some(Either::Left((result, _))) => Some(result),
+                Some(Either::Right(_)) => return Ending::ShuttingDown,
+                None => None,
+            }
+        };
+        match read_result {
+            None => return read_timed_out(shard, &frames),
+            Some(Ok(0)) => return Ending::PeerClosed,
+            Some(Ok(count)) => frames.commit(count),
+            Some(Err(error)) => return Ending::Io(error),
         }
     }
+}
+
+/// Runs `work` unless the frame's deadline passes first (then `None`). No deadline: `work`.
+async fn before_deadline<T>(
+    work: impl std::future::Future<Output = T>,
+    deadline: &mut Option<Pin<Box<Timer>>>,
+) -> Option<T> {
+    let work = std::pin::pin!(work);
+    let expiry = std::pin::pin!(async {
+        match deadline.as_mut() {
+            Some(timer) => {
+                timer.await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    });
+    match select(work, expiry).await {
+        Either::Left((output, _)) => Some(output),
+        Either::Right(_) => None,
+    }
+}
+
+fn read_timed_out(shard: &Shard, frames: &FrameBuffer) -> Ending {
+    Ending::Refused(format!(
+        "request not received whole within {:?} of its first byte ({} bytes so far)",
+        shard.config.limits.request_read_timeout,
+        frames.buffered_bytes()
+    ))
 }
 
 /// A second handle on the same socket for the writer task, so the reader and the writer

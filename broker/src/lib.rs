@@ -2,6 +2,7 @@
 //! `server::serve`; fuzz targets and the admin CLI reach the codec and handlers through here.
 
 pub mod admin;
+pub mod admission;
 pub mod alloc_guard;
 pub mod check_data;
 pub mod cli;

@@ -10,7 +10,8 @@ pub struct Limits {
     /// `socket.request.max.bytes`: a frame whose declared size exceeds this closes the
     /// connection before a single byte of it is allocated.
     pub request_frame_bytes_max: usize,
-    /// Bytes of request frames a shard holds in memory at once (read but not yet answered).
+    /// `queued.max.request.bytes`, per shard (Kafka's is per broker): bytes of request
+    /// frames a shard holds in memory at once (read but not yet answered).
     /// A connection waits for budget before it allocates the next frame body, so in-flight
     /// produce bytes per shard are bounded by this, whatever the number of connections.
     /// 256 MiB = room for two maximum-size frames plus many small ones.
@@ -18,10 +19,23 @@ pub struct Limits {
     /// Requests one connection may have decoded but not yet answered (pipelining depth).
     /// Kafka clients default to 5 in flight; 64 leaves room for tools that pipeline harder.
     pub connection_inflight_requests_max: usize,
-    /// Open connections per shard; further accepts are closed at once with a log line.
-    pub shard_connections_max: usize,
-    /// `connections.max.idle.ms`: a connection with no request for this long is closed.
+    /// `max.connections`: open client connections across all shards (one shared counter,
+    /// touched only at accept and close). Further accepts are closed at once. Each
+    /// connection holds two descriptors, so start-up lowers this to what `RLIMIT_NOFILE`
+    /// allows, with a warning.
+    pub connections_max: usize,
+    /// `max.connections.per.ip`: open connections from one client address, across shards.
+    pub connections_per_ip_max: usize,
+    /// `connections.max.idle.ms`: a connection that sends nothing for this long is closed.
+    /// Any received byte counts as activity, as in Kafka, so it does not catch a client that
+    /// trickles a frame; `request_read_timeout` does.
     pub connection_idle_max: Duration,
+    /// A request frame must arrive whole within this long of its first byte, or the
+    /// connection is closed. Kafka has no such bound and relies on the idle timeout, which
+    /// a client trickling one byte at a time never triggers while it holds a share of
+    /// `shard_inflight_request_bytes_max` for its declared size. 60 s lets a 100 MiB frame
+    /// arrive over a 14 Mbit/s link.
+    pub request_read_timeout: Duration,
     /// `message.max.bytes` default for topics that do not set `max.message.bytes`.
     pub message_bytes_max_default: usize,
     /// Upper bound for a Fetch response, whatever `max_bytes` the client asks for.
@@ -81,8 +95,10 @@ impl Default for Limits {
             request_frame_bytes_max: 100 * 1024 * 1024,
             shard_inflight_request_bytes_max: 256 * 1024 * 1024,
             connection_inflight_requests_max: 64,
-            shard_connections_max: 10_000,
+            connections_max: 100_000,
+            connections_per_ip_max: 100_000,
             connection_idle_max: Duration::from_secs(600),
+            request_read_timeout: Duration::from_secs(60),
             message_bytes_max_default: 1024 * 1024 + 12,
             fetch_response_bytes_max: 64 * 1024 * 1024,
             shard_fetch_bytes_max: 256 * 1024 * 1024,
@@ -124,6 +140,12 @@ impl Limits {
                 "the segment preallocation step ({} bytes) must be a multiple of 4096",
                 self.segment_preallocate_bytes
             ));
+        }
+        if self.connections_max == 0 || self.connections_per_ip_max == 0 {
+            return Err("max.connections and max.connections.per.ip must be at least 1".into());
+        }
+        if self.connection_idle_max.is_zero() || self.request_read_timeout.is_zero() {
+            return Err("the idle and request read timeouts must be above zero".into());
         }
         if self.request_frame_bytes_max < 64 {
             return Err("the maximum request frame must be at least 64 bytes".into());

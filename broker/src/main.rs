@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker until SIGINT/SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Verify a stopped broker's data offline (every CRC, index and checkpoint); exit 1 if
     /// anything is damaged.
     CheckData {
@@ -88,6 +88,23 @@ struct ServeArgs {
     /// Commits to an offsets partition between checkpoints (bounds replay time at start).
     #[arg(long, default_value_t = Limits::default().offsets_checkpoint_records)]
     offsets_checkpoint_records: usize,
+    /// max.connections: open client connections across all shards (lowered at start to what
+    /// `RLIMIT_NOFILE` allows, two descriptors per connection).
+    #[arg(long, default_value_t = Limits::default().connections_max)]
+    max_connections: usize,
+    /// max.connections.per.ip: open connections from one client address.
+    #[arg(long, default_value_t = Limits::default().connections_per_ip_max)]
+    max_connections_per_ip: usize,
+    /// connections.max.idle.ms: close a connection that has sent nothing for this long.
+    #[arg(long, default_value_t = Limits::default().connection_idle_max.as_millis() as u64)]
+    connections_max_idle_ms: u64,
+    /// Close a connection whose request frame has not arrived whole this long after its
+    /// first byte (no Kafka equivalent; bounds clients that trickle a large frame).
+    #[arg(long, default_value_t = Limits::default().request_read_timeout.as_millis() as u64)]
+    request_read_timeout_ms: u64,
+    /// queued.max.request.bytes, per shard: request bytes a shard holds in memory at once.
+    #[arg(long, default_value_t = Limits::default().shard_inflight_request_bytes_max)]
+    queued_max_request_bytes: usize,
     /// Bytes fallocated ahead of each partition's active segment (multiple of 4096).
     #[arg(long, default_value_t = Limits::default().segment_preallocate_bytes)]
     segment_preallocate_bytes: u64,
@@ -105,7 +122,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::CheckData { dir } => check_data::run(&dir),
         Command::Client(command) => cli::run(command),
     }
@@ -130,6 +147,11 @@ fn serve(args: ServeArgs) -> ExitCode {
             offsets_retention: Duration::from_secs(args.offsets_retention_minutes * 60),
             offsets_checkpoint_records: args.offsets_checkpoint_records,
             segment_preallocate_bytes: args.segment_preallocate_bytes,
+            connections_max: args.max_connections,
+            connections_per_ip_max: args.max_connections_per_ip,
+            connection_idle_max: Duration::from_millis(args.connections_max_idle_ms),
+            request_read_timeout: Duration::from_millis(args.request_read_timeout_ms),
+            shard_inflight_request_bytes_max: args.queued_max_request_bytes,
             ..Limits::default()
         },
         admin_listen: (args.admin_listen != "off").then_some(args.admin_listen),

@@ -13,6 +13,7 @@ use futures::channel::oneshot;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::admin::{AdminListener, AdminStatus};
+use crate::admission::ConnectionCounts;
 use crate::config::BrokerConfig;
 use crate::limits::Limits;
 use crate::metrics::ScrapeRequest;
@@ -78,7 +79,7 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
             .then(|| Duration::from_micros(options.spin_before_park_us)),
         auto_create_topics: options.auto_create_topics,
         default_partitions: options.default_partitions,
-        limits: options.limits.clone(),
+        limits: limits_within_descriptors(&options.limits),
         admin_listen: options
             .admin_listen
             .as_deref()
@@ -136,6 +137,55 @@ fn start_admin(
     admin.spawn()
 }
 
+/// Descriptors kept for everything but client connections: segment and index files of
+/// open partitions, listeners, the admin server, `io_uring`, the mesh's eventfds.
+const DESCRIPTORS_RESERVED: u64 = 1024;
+/// Descriptors per client connection: the socket and its duplicate for the writer task.
+const DESCRIPTORS_PER_CONNECTION: u64 = 2;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard one (as Kafka's packaging does with
+/// `LimitNOFILE`; the usual soft default of 1024 allows a few hundred connections), then
+/// lowers `max.connections` to what the descriptors allow, so the limit the broker enforces
+/// is one it can keep: past it, accepts would fail with EMFILE and leave clients hanging in
+/// the listen backlog instead of being refused.
+fn limits_within_descriptors(limits: &Limits) -> Limits {
+    let mut limits = limits.clone();
+    let mut nofile = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read or write the struct we pass, nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut nofile) } != 0 {
+        return limits;
+    }
+    if nofile.rlim_cur < nofile.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: nofile.rlim_max,
+            rlim_max: nofile.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } == 0 {
+            nofile.rlim_cur = nofile.rlim_max;
+        }
+    }
+    let connections_allowed = usize::try_from(
+        nofile.rlim_cur.saturating_sub(DESCRIPTORS_RESERVED) / DESCRIPTORS_PER_CONNECTION,
+    )
+    .unwrap_or(usize::MAX)
+    .max(1);
+    if limits.connections_max > connections_allowed {
+        // Info, not a warning: with the default limit this is the usual case.
+        tracing::info!(
+            max_connections = limits.connections_max,
+            lowered_to = connections_allowed,
+            nofile = nofile.rlim_cur,
+            "max.connections lowered to what RLIMIT_NOFILE allows (raise it with ulimit -n or LimitNOFILE)"
+        );
+        limits.connections_max = connections_allowed;
+    }
+    limits
+}
+
 /// Name of the lock file in the data directory (Kafka's log dirs have the same).
 const DATA_DIR_LOCK_FILE: &str = ".lock";
 
@@ -180,6 +230,10 @@ fn start_shards(
 ) -> Result<StartedShards, String> {
     let meshes = MeshPair::new(config.shard_count(), config.limits.mesh_channel_slots);
     let drained_shards = Arc::new(AtomicUsize::new(0));
+    let connection_counts = ConnectionCounts::new(
+        config.limits.connections_max,
+        config.limits.connections_per_ip_max,
+    );
     let (listening_sender, listening) = std::sync::mpsc::channel();
     let mut shutdown_senders = Vec::new();
     let mut handles = Vec::new();
@@ -191,6 +245,7 @@ fn start_shards(
             meshes: meshes.clone(),
             shutdown_requested,
             drained_shards: drained_shards.clone(),
+            connection_counts: connection_counts.clone(),
             listening: listening_sender.clone(),
             scrapes,
         };

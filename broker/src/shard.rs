@@ -21,6 +21,7 @@ use futures::future::join_all;
 use glommio::sync::{Gate, Semaphore};
 use uuid::Uuid;
 
+use crate::admission::ConnectionCounts;
 use crate::config::BrokerConfig;
 use crate::controller::store::MetadataStore;
 use crate::controller::{Controller, ControllerCall, ControllerReply, PlacementRules};
@@ -43,6 +44,8 @@ pub struct Shard {
     pub metrics: Rc<ShardMetrics>,
     router: Rc<ShardRouter>,
     controller: Option<Controller>,
+    /// Open connections across every shard (`max.connections`, `max.connections.per.ip`).
+    pub connection_counts: Arc<ConnectionCounts>,
     /// Bytes of request frames this shard may hold at once (`Limits::shard_inflight_request_bytes_max`).
     pub request_budget: Rc<Semaphore>,
     /// Bytes of Fetch responses this shard may assemble at once (`Limits::shard_fetch_bytes_max`).
@@ -291,6 +294,8 @@ pub struct ShardStart {
     pub shutdown_requested: oneshot::Receiver<()>,
     /// Shards that have finished their connections; the barrier before logs close.
     pub drained_shards: Arc<AtomicUsize>,
+    /// Shared by every shard: open connections in total and per client address.
+    pub connection_counts: Arc<ConnectionCounts>,
     /// Tells `main` this shard is listening.
     pub listening: std::sync::mpsc::Sender<usize>,
     /// The admin thread's requests for this shard's metrics snapshot.
@@ -304,6 +309,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         meshes,
         shutdown_requested,
         drained_shards,
+        connection_counts,
         listening,
         scrapes,
     } = start;
@@ -323,6 +329,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         metrics: Rc::default(),
         router: Rc::new(router),
         controller,
+        connection_counts,
         request_budget: Rc::new(Semaphore::new(
             config.limits.shard_inflight_request_bytes_max as u64,
         )),

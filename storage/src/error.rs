@@ -25,7 +25,7 @@ pub enum StorageError {
 
 impl StorageError {
     pub(crate) fn io(operation: &'static str, source: std::io::Error) -> StorageError {
-        if source.raw_os_error() == Some(libc::ENOSPC) {
+        if is_no_space(&source) {
             return StorageError::NoSpace(operation);
         }
         StorageError::Io {
@@ -33,6 +33,12 @@ impl StorageError {
             source: Rc::new(source),
         }
     }
+}
+
+/// ENOSPC, whether it comes as a raw OS error or wrapped by glommio (which keeps only the
+/// error kind when it adds the operation and path to the message).
+pub(crate) fn is_no_space(error: &std::io::Error) -> bool {
+    error.raw_os_error() == Some(libc::ENOSPC) || error.kind() == std::io::ErrorKind::StorageFull
 }
 
 /// Why an append was refused. Nothing was written and no offset was assigned.

@@ -243,12 +243,40 @@ pub async fn prime_iopoll_probe(dir: &Path) -> io::Result<()> {
         return Ok(());
     }
     let probe_path = dir.join(".iopoll-probe");
-    std::fs::write(&probe_path, [0_u8; PAGE_BYTES])?;
-    let opened = glommio::io::DmaFile::open(&probe_path).await;
-    std::fs::remove_file(&probe_path)?;
-    opened?.close().await?;
+    match std::fs::write(&probe_path, [0_u8; PAGE_BYTES]) {
+        Ok(()) => {
+            let opened = glommio::io::DmaFile::open(&probe_path).await;
+            std::fs::remove_file(&probe_path)?;
+            opened?.close().await?;
+        }
+        Err(error) if crate::error::is_no_space(&error) => {
+            // A full disk must not keep intact partitions from opening: probe with a file
+            // already there instead. Metadata files are written whole (a segment may be
+            // preallocated space a read never takes to the device).
+            let _ = std::fs::remove_file(&probe_path);
+            let Some(existing) = written_file_in(dir) else {
+                return Err(error);
+            };
+            glommio::io::DmaFile::open(&existing).await?.close().await?;
+        }
+        Err(error) => return Err(error),
+    }
     PROBED_DEVICES.with(|probed| probed.borrow_mut().insert(device));
     Ok(())
+}
+
+/// A non-empty file in `dir` (or its parent, the data directory) that is not a segment.
+fn written_file_in(dir: &Path) -> Option<PathBuf> {
+    let is_written = |path: &Path| {
+        path.extension().is_none_or(|extension| extension != "log")
+            && std::fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.len() > 0)
+    };
+    [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flat_map(|entries| entries.flatten().map(|entry| entry.path()))
+        .find(|path| is_written(path))
 }
 
 pub(crate) fn temporary_path(path: &Path) -> PathBuf {

@@ -382,10 +382,20 @@ async fn assemble_state<F: DiskFile>(
     file.fdatasync()
         .await
         .map_err(io_error("fdatasync of the active segment"))?;
-    let preallocated_bytes = align_up(segment_bytes) + config.preallocate_step_bytes;
-    file.preallocate(preallocated_bytes)
-        .await
-        .map_err(io_error("preallocating the active segment"))?;
+    let wanted_bytes = align_up(segment_bytes) + config.preallocate_step_bytes;
+    let preallocated_bytes = match file.preallocate(wanted_bytes).await {
+        Ok(()) => wanted_bytes,
+        // A full disk must not keep an intact log from opening (and being read): appends
+        // try to preallocate again and are refused with NoSpace until space is freed.
+        Err(error) if crate::error::is_no_space(&error) => {
+            tracing::warn!(
+                base_offset = active.base_offset,
+                "no space to preallocate the active segment; appends wait for free space"
+            );
+            align_up(segment_bytes)
+        }
+        Err(error) => return Err(io_error("preallocating the active segment")(error)),
+    };
     let tail_start = segment_bytes - segment_bytes % crate::io::PAGE_BYTES as u64;
     let tail_page = file
         .read_at(tail_start, (segment_bytes - tail_start) as usize)

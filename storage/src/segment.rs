@@ -134,26 +134,35 @@ pub async fn scan<F: DiskFile>(
                     Err(stop) => Some(stop),
                     Ok(header) => {
                         let size = header.total_bytes();
-                        let batch_bytes = reader
-                            .get(position, size)
-                            .await?
-                            .expect("length checked against file");
-                        if position >= trusted_bytes && !batch::is_intact(&batch_bytes) {
-                            Some(ScanStop::Damaged {
+                        // `file_bytes` may be a claimed end (a clean-shutdown marker's)
+                        // beyond a file that was truncated since: then the batch is torn.
+                        match reader.get(position, size).await? {
+                            None => Some(ScanStop::Damaged {
                                 reason: format!(
-                                    "CRC32C mismatch in batch at offset {expected_offset}"
+                                    "batch at offset {expected_offset} runs past the end of the file"
                                 ),
-                            })
-                        } else {
-                            index.add_batch(
-                                header.base_offset,
-                                header.last_offset() + 1,
-                                header.max_timestamp,
-                                position,
-                                size,
-                            );
-                            position += size as u64;
-                            None
+                            }),
+                            Some(batch_bytes)
+                                if position >= trusted_bytes
+                                    && !batch::is_intact(&batch_bytes) =>
+                            {
+                                Some(ScanStop::Damaged {
+                                    reason: format!(
+                                        "CRC32C mismatch in batch at offset {expected_offset}"
+                                    ),
+                                })
+                            }
+                            Some(_) => {
+                                index.add_batch(
+                                    header.base_offset,
+                                    header.last_offset() + 1,
+                                    header.max_timestamp,
+                                    position,
+                                    size,
+                                );
+                                position += size as u64;
+                                None
+                            }
                         }
                     }
                 }

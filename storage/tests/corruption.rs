@@ -322,3 +322,30 @@ fn a_rotten_batch_inside_checkpointed_data_is_never_served() {
         assert_eq!(after, stored[4..]);
     });
 }
+
+#[test]
+fn a_segment_truncated_after_a_clean_close_recovers_to_its_last_whole_batch() {
+    // The clean-shutdown marker claims bytes the file no longer has: the marker walk must
+    // stop at the torn batch (it once panicked reading past the end), and the full scan
+    // must recover exactly the batches before it.
+    run(|| async {
+        let disk = SimDisk::new();
+        let log = open_sim(&disk, one_segment_config()).await.expect("open");
+        let mut stored = Vec::new();
+        for i in 0..12 {
+            let batch = workload_batch(i);
+            let outcome = log.append(batch.clone()).await.expect("append");
+            stored.push(stored_at(&batch, outcome.base_offset));
+        }
+        log.close().await.expect("close");
+        let starts = batch_starts(&stored);
+        for cut in [starts[11] + 1, starts[11] + 70, starts[12] - 1] {
+            let image = disk.crash_image(CrashMode::ProcessCrash);
+            image.corrupt(&segment_path(0), |bytes| bytes.truncate(cut));
+            let log = open_sim(&image, one_segment_config())
+                .await
+                .unwrap_or_else(|e| panic!("cut at {cut}: recovery refused: {e}"));
+            assert_eq!(read_all(&log).await, stored[..11], "cut at byte {cut}");
+        }
+    });
+}

@@ -240,3 +240,45 @@ fn the_fdatasync_observer_sees_each_completed_fdatasync_and_not_a_failed_one() {
         );
     });
 }
+
+#[test]
+fn a_log_on_a_full_disk_opens_serves_its_data_and_appends_once_space_is_freed() {
+    // Restarting on a full disk once took every partition offline: opening preallocates
+    // the active segment, and ENOSPC there failed the open.
+    run(|| async {
+        let disk = SimDisk::new();
+        let log = open_sim(&disk, small_config()).await.expect("open");
+        disk.set_capacity(Some(48 << 10));
+        let mut stored = Vec::new();
+        for i in 0..200 {
+            let batch = workload_batch(i);
+            let Ok(outcome) = log.append(batch.clone()).await else {
+                break;
+            };
+            log.wait_durable(outcome.last_offset)
+                .await
+                .expect("durable");
+            stored.push(stored_at(&batch, outcome.base_offset));
+        }
+        let restarted = disk.crash_image(CrashMode::ProcessCrash);
+        restarted.set_capacity(Some(48 << 10));
+        let log = open_sim(&restarted, small_config())
+            .await
+            .expect("a full disk does not keep the log from opening");
+        assert_eq!(
+            read_all(&log).await,
+            stored,
+            "everything acknowledged is readable"
+        );
+        assert!(matches!(
+            log.append(workload_batch(998)).await,
+            Err(AppendError::Storage(StorageError::NoSpace(_)))
+        ));
+        restarted.set_capacity(None);
+        let after = log
+            .append(workload_batch(999))
+            .await
+            .expect("appends resume once space is freed");
+        log.wait_durable(after.last_offset).await.expect("durable");
+    });
+}
