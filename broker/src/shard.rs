@@ -370,6 +370,7 @@ async fn recover_controller(config: &BrokerConfig) -> Result<Controller, String>
         shard_count: config.shard_count(),
         default_partitions: config.default_partitions,
         limits: config.limits.clone(),
+        topic_defaults: config.topic_defaults.clone(),
     };
     Controller::recover(MetadataStore::new(&config.data_dir), rules)
         .await

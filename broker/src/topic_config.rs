@@ -1,19 +1,10 @@
-//! Topic configuration: the keys Ringfeed honours, their Kafka defaults, validation of
-//! overrides, and the translation into the storage crate's `LogConfig`.
+//! Topic configuration: the keys Ringfeed honours, validation of overrides, and the
+//! translation into the storage crate's `LogConfig`. The defaults are the broker's settings
+//! (`log.retention.ms` for `retention.ms`, ...: see `settings::SETTINGS`).
 
 use std::collections::BTreeMap;
 
-use crate::limits::Limits;
 use crate::storage::{FlushPolicy, LogConfig};
-
-/// `retention.ms` default: 7 days.
-const RETENTION_MS_DEFAULT: i64 = 604_800_000;
-/// `segment.bytes` default: 1 GiB.
-const SEGMENT_BYTES_DEFAULT: i64 = 1 << 30;
-/// `segment.ms` default: 7 days.
-const SEGMENT_MS_DEFAULT: i64 = 604_800_000;
-/// `flush.ms` used by the `interval` flush policy when the topic does not set it.
-const FLUSH_MS_DEFAULT: i64 = 1000;
 
 /// Key of Ringfeed's own per-topic flush policy: `always` (fdatasync after every append),
 /// `interval` (every `flush.ms`), or `on-demand` (only when an acks=all producer waits).
@@ -46,8 +37,9 @@ pub struct TopicConfig {
 }
 
 impl TopicConfig {
-    /// Applies `overrides` (already validated) over the defaults.
-    pub fn resolve(overrides: &BTreeMap<String, String>, limits: &Limits) -> Self {
+    /// Applies `overrides` (already validated) over `defaults`, the broker's topic defaults
+    /// (`settings::Effective::topic_defaults`).
+    pub fn resolve(overrides: &BTreeMap<String, String>, defaults: &TopicConfig) -> Self {
         let long = |key: &str, default: i64| {
             overrides
                 .get(key)
@@ -55,17 +47,17 @@ impl TopicConfig {
                 .unwrap_or(default)
         };
         Self {
-            retention_ms: long("retention.ms", RETENTION_MS_DEFAULT),
-            retention_bytes: long("retention.bytes", -1),
-            segment_bytes: long("segment.bytes", SEGMENT_BYTES_DEFAULT),
-            segment_ms: long("segment.ms", SEGMENT_MS_DEFAULT),
-            max_message_bytes: long("max.message.bytes", limits.message_bytes_max_default as i64),
+            retention_ms: long("retention.ms", defaults.retention_ms),
+            retention_bytes: long("retention.bytes", defaults.retention_bytes),
+            segment_bytes: long("segment.bytes", defaults.segment_bytes),
+            segment_ms: long("segment.ms", defaults.segment_ms),
+            max_message_bytes: long("max.message.bytes", defaults.max_message_bytes),
             flush_policy: overrides
                 .get(FLUSH_POLICY_KEY)
                 .cloned()
-                .unwrap_or_else(|| "on-demand".into()),
-            flush_ms: long("flush.ms", FLUSH_MS_DEFAULT),
-            segment_preallocate_bytes: limits.segment_preallocate_bytes,
+                .unwrap_or_else(|| defaults.flush_policy.clone()),
+            flush_ms: long("flush.ms", defaults.flush_ms),
+            segment_preallocate_bytes: defaults.segment_preallocate_bytes,
         }
     }
 
@@ -136,6 +128,7 @@ pub fn validate_override(key: &str, value: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::Effective;
 
     #[test]
     fn overrides_replace_defaults_and_reach_the_log_config() {
@@ -144,23 +137,36 @@ mod tests {
             ("max.message.bytes".to_string(), "2000".to_string()),
             (FLUSH_POLICY_KEY.to_string(), "always".to_string()),
         ]);
-        let limits = Limits {
+        let defaults = TopicConfig {
             segment_preallocate_bytes: 1 << 20,
-            ..Limits::default()
+            ..Effective::defaults().topic_defaults()
         };
-        let config = TopicConfig::resolve(&overrides, &limits);
-        assert_eq!(config.retention_ms, RETENTION_MS_DEFAULT);
+        let config = TopicConfig::resolve(&overrides, &defaults);
+        assert_eq!(config.retention_ms, defaults.retention_ms);
         let log = config.log_config();
         assert_eq!(log.retention_bytes, Some(5_000_000));
         assert_eq!(log.batch_bytes_max, 2000);
         assert_eq!(log.flush, FlushPolicy::Always);
         assert_eq!(log.preallocate_step_bytes, 1 << 20);
         assert_eq!(
-            TopicConfig::resolve(&BTreeMap::new(), &limits)
+            TopicConfig::resolve(&BTreeMap::new(), &defaults)
                 .log_config()
                 .retention_bytes,
             None
         );
+    }
+
+    #[test]
+    fn a_topic_without_overrides_gets_the_broker_defaults() {
+        let defaults = TopicConfig {
+            retention_ms: 3_600_000,
+            flush_policy: "always".into(),
+            ..Effective::defaults().topic_defaults()
+        };
+        let config = TopicConfig::resolve(&BTreeMap::new(), &defaults);
+        assert_eq!(config, defaults);
+        assert_eq!(config.log_config().retention_ms, Some(3_600_000));
+        assert_eq!(config.log_config().flush, FlushPolicy::Always);
     }
 
     #[test]
