@@ -6,6 +6,7 @@
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use crate::settings;
 
@@ -25,23 +26,25 @@ const GLOMMIO_MEMLOCK_MIN_BYTES: u64 = 512 << 10;
 /// elsewhere). A plain socket with `SO_REUSEADDR` and without `SO_REUSEPORT` cannot bind a
 /// port on which any socket listens, with or without `SO_REUSEPORT`, so a second ringfeed,
 /// which would otherwise join the first one's `SO_REUSEPORT` group, is caught; with
-/// `SO_REUSEADDR` a previous run's connections in `TIME_WAIT` do not block the bind, so a
-/// restart on the same port is not refused.
+/// `SO_REUSEADDR` on both sides (`server::shard_listener` sets it, and accepted connections
+/// inherit it) a previous run's connections in `TIME_WAIT` do not block the bind, so a
+/// restart on the same port is not refused. A port still held is probed again for
+/// `DEAD_LISTENER_GRACE`, the time a killed broker's listener takes to disappear.
 pub fn check_port_free(address: SocketAddr, key: &str) -> Result<(), String> {
     if address.port() == 0 {
         return Ok(());
     }
     let setting = settings::setting(key);
-    let probe = socket2::Socket::new(
-        socket2::Domain::for_address(address),
-        socket2::Type::STREAM,
-        None,
-    )
-    .map_err(|error| format!("cannot create a socket: {error}"))?;
-    probe
-        .set_reuse_address(true)
-        .map_err(|error| format!("cannot set SO_REUSEADDR: {error}"))?;
-    match probe.bind(&address.into()) {
+    let deadline = Instant::now() + DEAD_LISTENER_GRACE;
+    let outcome = loop {
+        let outcome = bind_probe(address);
+        let in_use = matches!(&outcome, Err(error) if error.kind() == ErrorKind::AddrInUse);
+        if !in_use || Instant::now() >= deadline {
+            break outcome;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    match outcome {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == ErrorKind::AddrInUse => Err(format!(
             "{key} {address}: the port is already in use by another process (another ringfeed \
@@ -60,6 +63,21 @@ pub fn check_port_free(address: SocketAddr, key: &str) -> Result<(), String> {
             "{key} {address}: cannot bind ({error}). Is the address one of this host's?"
         )),
     }
+}
+
+/// How long a port may stay held after its listener's process died. The listening socket of
+/// a broker killed with SIGKILL outlives it until the kernel tears down its `io_uring`
+/// (measured: 7-23 ms here), so an immediate restart would otherwise be refused.
+const DEAD_LISTENER_GRACE: Duration = Duration::from_secs(2);
+
+fn bind_probe(address: SocketAddr) -> std::io::Result<()> {
+    let probe = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&address.into())
 }
 
 /// Creates the data directory if needed and proves the broker can create, write and

@@ -268,6 +268,28 @@ fn reserve_port(address: SocketAddr) -> Result<socket2::Socket, String> {
     Ok(socket)
 }
 
+/// One shard's Kafka listener: glommio's `TcpListener::bind` (`SO_REUSEPORT`, so every shard
+/// listens on the same port) plus `SO_REUSEADDR`. Accepted connections inherit the flag, so
+/// what they leave in `TIME_WAIT` after a restart (even after SIGKILL) does not make
+/// `preflight::check_port_free` report the port as taken. Call it on the shard's executor.
+pub(crate) fn shard_listener(address: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    use std::os::fd::IntoRawFd;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves to the
+    // glommio listener (into_raw_fd gives it up here).
+    Ok(unsafe {
+        <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd())
+    })
+}
+
 /// Resolves port 0 to a port nobody holds. A port-0 bind with `SO_REUSEPORT` may be given a
 /// port another process's `SO_REUSEPORT` group already listens on (seen here: a second broker
 /// joined a running one and the kernel split clients between two brokers with different

@@ -342,7 +342,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
     } else {
         let _ = shard.metadata_ready.acquire(1).await;
     }
-    let listener = glommio::net::TcpListener::bind(config.listen)
+    let listener = crate::server::shard_listener(config.listen)
         .map_err(|error| format!("shard {id}: cannot listen on {}: {error}", config.listen))?;
     let connections = Rc::new(Gate::new());
     let accepting = glommio::spawn_local(crate::connection::accept_loop(
