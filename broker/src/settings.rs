@@ -761,6 +761,13 @@ fn file_values(text: &str) -> Result<Vec<(String, String)>, String> {
         .map_err(|error: toml::de::Error| error.to_string())?;
     let mut values = Vec::new();
     flatten("", &table, &mut values)?;
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some((twice, _)) = values.iter().find(|(key, _)| !seen.insert(key.as_str())) {
+        // `"log.retention.ms" = 1` and `log.retention.ms = 2` are different TOML keys.
+        return Err(format!(
+            "{twice} is set twice (once quoted, once as dotted keys or a table)"
+        ));
+    }
     Ok(values)
 }
 

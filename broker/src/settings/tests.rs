@@ -151,6 +151,13 @@ fn bad_values_are_refused_naming_the_key_and_source() {
         ),
         (
             Inputs {
+                file: Some(file("\"num.partitions\" = 2\nnum.partitions = 3\n")),
+                ..Inputs::default()
+            },
+            "num.partitions is set twice",
+        ),
+        (
+            Inputs {
                 file: Some(file("not toml [")),
                 ..Inputs::default()
             },
