@@ -296,9 +296,18 @@ pub static SETTINGS: &[Setting] = &[
     ),
 ];
 
-/// Environment variables with the `RINGFEED_` prefix that are not settings: the file to read
-/// (`--config`), and the binary path the test harness passes around.
-pub const ENV_NOT_SETTINGS: [&str; 2] = ["RINGFEED_CONFIG", "RINGFEED_BIN"];
+/// Environment variables with the `RINGFEED_` prefix that are not settings, so `serve` does
+/// not refuse them as unknown: keep in step with the tools that read them.
+pub const ENV_NOT_SETTINGS: &[&str] = &[
+    // The config file to read when `--config` is not given.
+    "RINGFEED_CONFIG",
+    // The client subcommands' bootstrap brokers (`ringfeed topic|produce|consume|group`).
+    "RINGFEED_BROKERS",
+    // Binary paths for the test harness, the benchmark and perf-tools scripts.
+    "RINGFEED_BIN",
+    "RINGFEED_BENCH",
+    "RINGFEED_PERF",
+];
 
 /// The environment variable naming the config file when `--config` is not given.
 pub const CONFIG_FILE_ENV: &str = "RINGFEED_CONFIG";
