@@ -15,6 +15,8 @@ import subprocess
 
 import pytest
 from confluent_kafka.admin import ConfigResource, ConfigSource
+from kafka.admin import ConfigResource as KafkaPythonConfigResource
+from kafka.admin import ConfigResourceType, KafkaAdminClient
 
 from conftest import Broker, ringfeed_binary
 from helpers import admin, create_topic, make_messages, produce
@@ -55,6 +57,15 @@ def test_file_sets_topic_defaults_that_clients_observe(start_broker, tmp_path):
     assert configs["retention.ms"] == ("3600000", ConfigSource.STATIC_BROKER_CONFIG.value)
     assert configs["ringfeed.flush.policy"] == ("always", ConfigSource.STATIC_BROKER_CONFIG.value)
     assert configs["segment.ms"] == (str(SEVEN_DAYS_MS), ConfigSource.DEFAULT_CONFIG.value)
+    # The older client (non-flexible DescribeConfigs) sees the same.
+    client = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        response = client.describe_configs([KafkaPythonConfigResource(ConfigResourceType.TOPIC, "from-file")])
+    finally:
+        client.close()
+    entries = {entry["config_names"]: (entry["config_value"], entry["config_source"])
+               for entry in response[0].to_object()["resources"][0]["config_entries"]}
+    assert entries["retention.ms"] == ("3600000", ConfigSource.STATIC_BROKER_CONFIG.value)
     # A topic's own override still wins over the broker default.
     create_topic(broker.bootstrap, "own-retention", 1, {"retention.ms": "60000"})
     own = topic_configs(broker.bootstrap, "own-retention")
