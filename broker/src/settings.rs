@@ -346,6 +346,32 @@ impl Setting {
             .map_or(self.doc, |end| &self.doc[..=end])
     }
 
+    /// The values accepted, in words, for the docs.
+    pub fn accepted(&self) -> String {
+        match self.kind {
+            Kind::Bool => "true, false".into(),
+            Kind::Integer {
+                min,
+                max,
+                multiple_of: 1,
+            } => format!("{min} to {max}"),
+            Kind::Integer {
+                min,
+                max,
+                multiple_of,
+            } => format!("{min} to {max}, a multiple of {multiple_of}"),
+            Kind::TopicDefault => topic_config::accepted_values(
+                self.topic_key.expect("a topic default names its topic key"),
+            ),
+            Kind::Listener { optional: false } => "HOST:PORT".into(),
+            Kind::Listener { optional: true } => "HOST:PORT or empty".into(),
+            Kind::ListenerOrOff => "HOST:PORT or off".into(),
+            Kind::Path => "a directory".into(),
+            Kind::CpuList => "CPU numbers, comma-separated, or empty".into(),
+            Kind::LogFilter => "a tracing filter".into(),
+        }
+    }
+
     /// Whether a value prints as a bare TOML integer or boolean rather than a string.
     fn is_bare_toml(&self, value: &str) -> bool {
         match self.kind {
@@ -855,7 +881,7 @@ pub fn check_resolvable(effective: &Effective) -> Result<(), String> {
 /// The settings as a markdown table, for docs/CONFIGURATION.md (a test keeps the file in step).
 pub fn markdown_table() -> String {
     let mut out = String::from(
-        "| key | flag | environment | default | what |\n| --- | --- | --- | --- | --- |\n",
+        "| key | flag | environment | default | accepts | what |\n| --- | --- | --- | --- | --- | --- |\n",
     );
     for setting in SETTINGS {
         let mut flags = format!("`--{}`", setting.flag());
@@ -873,9 +899,10 @@ pub fn markdown_table() -> String {
         };
         let _ = writeln!(
             out,
-            "| `{}` | {flags} | `{}` | {default} | {} |",
+            "| `{}` | {flags} | `{}` | {default} | {} | {} |",
             setting.key,
             setting.env_name(),
+            setting.accepted(),
             setting.doc
         );
     }

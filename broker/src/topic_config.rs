@@ -95,33 +95,58 @@ impl TopicConfig {
     }
 }
 
+/// What a topic config accepts: the one place each key's bounds are written.
+#[derive(Debug, Clone, Copy)]
+enum Accepts {
+    /// A whole number from `min` to `max`.
+    Number { min: i64, max: i64 },
+    /// One of these words.
+    OneOf(&'static [&'static str]),
+}
+
+fn accepts(key: &str) -> Option<Accepts> {
+    let at_least = |min| Accepts::Number { min, max: i64::MAX };
+    Some(match key {
+        "cleanup.policy" => Accepts::OneOf(&["delete"]),
+        "retention.ms" | "retention.bytes" => at_least(-1),
+        "segment.bytes" => at_least(1024 * 1024),
+        "segment.ms" => at_least(1),
+        "max.message.bytes" => Accepts::Number {
+            min: 0,
+            max: i64::from(i32::MAX),
+        },
+        "flush.ms" => at_least(0),
+        FLUSH_POLICY_KEY => Accepts::OneOf(&["always", "interval", "on-demand"]),
+        _ => return None,
+    })
+}
+
+/// The values `key` accepts, in words (for the docs of the broker settings that default it).
+pub fn accepted_values(key: &str) -> String {
+    match accepts(key) {
+        Some(Accepts::Number { min, max: i64::MAX }) => format!("a whole number >= {min}"),
+        Some(Accepts::Number { min, max }) => format!("{min} to {max}"),
+        Some(Accepts::OneOf(words)) => words.join(", "),
+        None => "nothing (not a topic config)".into(),
+    }
+}
+
 /// Checks one override; the error text goes back to the client with `INVALID_CONFIG`.
 pub fn validate_override(key: &str, value: &str) -> Result<(), String> {
-    let long_at_least = |min: i64| match value.parse::<i64>() {
-        Ok(parsed) if parsed >= min => Ok(()),
-        _ => Err(format!("{key} must be an integer >= {min}, got {value:?}")),
-    };
-    match key {
-        "cleanup.policy" if value == "delete" => Ok(()),
-        "cleanup.policy" => Err(format!(
-            "cleanup.policy={value} is not supported; only delete is"
+    match accepts(key) {
+        Some(Accepts::Number { min, max }) => match value.parse::<i64>() {
+            Ok(parsed) if (min..=max).contains(&parsed) => Ok(()),
+            _ => Err(format!(
+                "{key} must be {}, got {value:?}",
+                accepted_values(key)
+            )),
+        },
+        Some(Accepts::OneOf(words)) if words.contains(&value) => Ok(()),
+        Some(Accepts::OneOf(_)) => Err(format!(
+            "{key}={value} is not supported; {key} must be {}",
+            accepted_values(key)
         )),
-        "retention.ms" | "retention.bytes" => long_at_least(-1),
-        "segment.bytes" => long_at_least(1024 * 1024),
-        "segment.ms" => long_at_least(1),
-        "max.message.bytes" => long_at_least(0).and_then(|()| {
-            if value.parse::<i64>().unwrap_or(0) > i64::from(i32::MAX) {
-                Err("max.message.bytes must fit in 32 bits".into())
-            } else {
-                Ok(())
-            }
-        }),
-        "flush.ms" => long_at_least(0),
-        FLUSH_POLICY_KEY if matches!(value, "always" | "interval" | "on-demand") => Ok(()),
-        FLUSH_POLICY_KEY => Err(format!(
-            "{FLUSH_POLICY_KEY} must be always, interval or on-demand, got {value:?}"
-        )),
-        _ => Err(format!("unknown or unsupported topic config {key}")),
+        None => Err(format!("unknown or unsupported topic config {key}")),
     }
 }
 
@@ -178,5 +203,9 @@ mod tests {
         assert!(validate_override(FLUSH_POLICY_KEY, "sometimes").is_err());
         assert!(validate_override("retention.ms", "-1").is_ok());
         assert!(validate_override(FLUSH_POLICY_KEY, "interval").is_ok());
+        assert!(validate_override("segment.bytes", "1000").is_err());
+        assert!(validate_override("max.message.bytes", "2147483648").is_err());
+        assert!(validate_override("max.message.bytes", "2147483647").is_ok());
+        assert!(validate_override("cleanup.policy", "delete").is_ok());
     }
 }
