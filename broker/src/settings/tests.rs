@@ -9,6 +9,7 @@ use clap::{FromArgMatches, Parser};
 
 use super::cli::SettingsArgs;
 use super::*;
+use crate::topic_config::FLUSH_POLICY_KEY;
 
 fn file(text: &str) -> (PathBuf, String) {
     (PathBuf::from("/etc/ringfeed.toml"), text.to_string())
