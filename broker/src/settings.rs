@@ -1,8 +1,8 @@
-//! Every broker setting in one table (`SETTINGS`): its key, default, accepted values and
-//! documentation. The command-line flags, the environment variables, the keys of the TOML
-//! file, `ringfeed config print`, the broker's `DescribeConfigs` and docs/CONFIGURATION.md
-//! are all derived from it, so adding a setting is one entry here plus the line that reads
-//! it into `ServeOptions` (`Effective::serve_options`).
+//! Every broker setting in one table (`SETTINGS`, in settings/table.rs): its key, default,
+//! accepted values and documentation. The command-line flags, the environment variables,
+//! the keys of the TOML file, `ringfeed config print`, the broker's `DescribeConfigs` and
+//! docs/CONFIGURATION.md are all derived from it, so adding a setting is one entry in the
+//! table plus the line that reads it into `ServeOptions` (`Effective::serve_options`).
 //!
 //! Names: Kafka's `server.properties` key where Kafka has the setting (`log.retention.ms`),
 //! `ringfeed.*` otherwise. From a key: the flag drops the `ringfeed.` prefix and turns dots
