@@ -194,6 +194,9 @@ impl Setting {
             Kind::ListenerOrOff if value == "off" => Ok(value.into()),
             Kind::ListenerOrOff => parse_listener(value, false),
             Kind::Path if value.is_empty() => Err("expected a directory path".into()),
+            Kind::Path if value.contains(',') => Err(format!(
+                "one directory is supported, got {value:?} (a list, as Kafka's log.dirs allows, is not)"
+            )),
             Kind::Path => Ok(value.into()),
             Kind::CpuList => parse_cpu_list(value),
             Kind::LogFilter => tracing_subscriber::EnvFilter::try_new(value)

@@ -159,6 +159,13 @@ fn bad_values_are_refused_naming_the_key_and_source() {
         ),
         (
             Inputs {
+                env: env(&[("RINGFEED_LOG_DIRS", "/data/a,/data/b")]),
+                ..Inputs::default()
+            },
+            "invalid log.dirs (from env RINGFEED_LOG_DIRS): one directory is supported",
+        ),
+        (
+            Inputs {
                 file: Some(file("not toml [")),
                 ..Inputs::default()
             },
