@@ -24,7 +24,7 @@ def test_cpus_flag_pins_one_shard_per_listed_cpu(start_broker):
 
 
 def test_unknown_cpu_and_bad_address_fail_with_a_reason(tmp_path):
-    for args, reason in ((["--cpus", "999"], "cpu 999 is not online"), (["--listen", "nonsense"], "bad address nonsense")):
+    for args, reason in ((["--cpus", "999"], "cpu 999 is not online"), (["--listen", "nonsense"], "invalid listeners (from flag --listeners): expected HOST:PORT")):
         result = subprocess.run([ringfeed_binary(), "serve", "--data-dir", str(tmp_path / "data"), *args],
                                 capture_output=True, text=True, timeout=30, env={**os.environ, "NO_COLOR": "1"})
         assert result.returncode != 0

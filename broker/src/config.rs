@@ -1,11 +1,14 @@
-//! The broker's start-up configuration, resolved from the command line once in `main` and
+//! The broker's start-up configuration, resolved from the settings once in `main` and
 //! shared read-only by every shard.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::limits::Limits;
+use crate::settings::Effective;
+use crate::topic_config::TopicConfig;
 
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
@@ -25,6 +28,10 @@ pub struct BrokerConfig {
     pub limits: Limits,
     /// The HTTP admin listener (metrics, health, log level), if enabled.
     pub admin_listen: Option<SocketAddr>,
+    /// The configuration of a topic that overrides nothing (the broker's `log.*` settings).
+    pub topic_defaults: TopicConfig,
+    /// Every setting with its effective value and source (`DescribeConfigs` reports them).
+    pub settings: Arc<Effective>,
 }
 
 impl BrokerConfig {

@@ -19,11 +19,13 @@ pub mod logging;
 pub mod metadata;
 pub mod metrics;
 pub mod partition;
+pub mod preflight;
 pub mod producer_state;
 pub mod records;
 pub mod registry;
 pub mod router;
 pub mod server;
+pub mod settings;
 pub mod shard;
 pub mod topic_config;
 

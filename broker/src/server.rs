@@ -17,15 +17,18 @@ use crate::admission::ConnectionCounts;
 use crate::config::BrokerConfig;
 use crate::limits::Limits;
 use crate::metrics::ScrapeRequest;
+use crate::preflight;
 use crate::router::MeshPair;
+use crate::settings::Effective;
 use crate::shard::{self, ShardStart};
+use crate::topic_config::TopicConfig;
 
 /// Memory glommio registers with `io_uring` per shard. Small on purpose: the default needs
 /// more locked memory than `RLIMIT_MEMLOCK` allows on ordinary hosts (8 MiB here), and the
 /// broker's buffers do not come from this pool.
 const SHARD_IO_MEMORY_BYTES: usize = 1 << 20;
 
-/// What the command line asks for, before resolution.
+/// What the settings ask for (`settings::Effective::serve_options`), before resolution.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub listen: String,
@@ -39,17 +42,16 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// HOST:PORT of the HTTP admin listener (metrics, health, log level); None turns it off.
     pub admin_listen: Option<String>,
+    /// The configuration of a topic that overrides nothing (the broker's `log.*` settings).
+    pub topic_defaults: TopicConfig,
+    /// Every setting with its value and source, for `DescribeConfigs`.
+    pub settings: Arc<Effective>,
 }
 
 /// Runs the broker until a signal stops it. Returns once every shard has closed its logs.
 pub fn serve(options: &ServeOptions) -> Result<(), String> {
     options.limits.validate()?;
-    std::fs::create_dir_all(&options.data_dir).map_err(|error| {
-        format!(
-            "cannot create data dir {}: {error}",
-            options.data_dir.display()
-        )
-    })?;
+    preflight::check_data_dir_writable(&options.data_dir)?;
     // glommio opens directories by absolute path only (a relative one fails with EBADF), and
     // the default data dir is relative.
     let data_dir = std::path::absolute(&options.data_dir).map_err(|error| {
@@ -60,6 +62,12 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
     })?;
     let _data_dir_lock = lock_data_dir(&data_dir)?;
     let requested = resolve_address(&options.listen)?;
+    preflight::check_port_free(requested, "listeners")?;
+    let shard_cpus = shard_cpus(options)?;
+    preflight::check_io_uring()?;
+    if let Some(warning) = preflight::check_memlock(shard_cpus.len())? {
+        tracing::warn!("{warning}");
+    }
     // Binding port 0 on every shard would give each its own port: reserve one first, in the
     // same SO_REUSEPORT group, and hold it until every shard listens on it.
     let reservation = reserve_port(requested)?;
@@ -74,7 +82,7 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         advertised_host,
         advertised_port,
         data_dir,
-        shard_cpus: shard_cpus(options)?,
+        shard_cpus,
         spin_before_park: (options.spin_before_park_us > 0)
             .then(|| Duration::from_micros(options.spin_before_park_us)),
         auto_create_topics: options.auto_create_topics,
@@ -85,6 +93,8 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
             .as_deref()
             .map(resolve_address)
             .transpose()?,
+        topic_defaults: options.topic_defaults.clone(),
+        settings: options.settings.clone(),
     });
     let admin_status = Arc::new(AdminStatus::default());
     let (scrape_senders, scrape_receivers) = (0..config.shard_count())
@@ -97,18 +107,31 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         listening,
     } = start_shards(&config, scrape_receivers)?;
     install_signal_handler(shutdown_senders, admin_status.clone())?;
-    let mut shards_listening = 0;
-    for _ in 0..config.shard_count() {
-        if listening.recv().is_err() {
-            break; // a shard ended before listening; its error is reported by join below
-        }
-        shards_listening += 1;
-    }
-    drop(reservation);
     // A shard sends `listening` after it has applied the first metadata, which opens every
     // partition it owns: all of them listening means the broker can serve every partition.
-    admin_status.set_ready(shards_listening == config.shard_count());
+    let all_listening = (0..config.shard_count()).all(|_| listening.recv().is_ok());
+    drop(reservation);
+    admin_status.set_ready(all_listening);
+    if all_listening {
+        log_start_up(&config);
+    } // else a shard ended before listening; its error is reported by join below
+    join_shards(handles)
+}
+
+/// The one start-up line: what runs where, and what an ack promises. Its prefix
+/// ("ringfeed listening on HOST:PORT ") is what scripts and the client tests wait for.
+fn log_start_up(config: &BrokerConfig) {
+    let admin = config
+        .admin_listen
+        .map_or_else(|| "off".to_string(), |address| address.to_string());
     tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        shards = config.shard_count(),
+        cpus = ?config.shard_cpus,
+        data_dir = %config.data_dir.display(),
+        kafka_listener = %config.listen,
+        admin_listener = %admin,
+        durability = %durability_policy(&config.topic_defaults),
         "ringfeed listening on {} (advertised {}:{}), {} shards on cpus {:?}, data dir {}",
         config.listen,
         config.advertised_host,
@@ -117,7 +140,24 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         config.shard_cpus,
         config.data_dir.display()
     );
-    join_shards(handles)
+}
+
+/// What each acks level promises under the default topic flush policy, in words.
+pub fn durability_policy(topic_defaults: &TopicConfig) -> String {
+    let unsynced = match topic_defaults.flush_policy.as_str() {
+        "always" => "after every write".to_string(),
+        "interval" => format!("at most {} ms after it is written", topic_defaults.flush_ms),
+        _ => {
+            "only when an acks=all producer waits (a power cut may lose acks=0/1 data)".to_string()
+        }
+    };
+    format!(
+        "acks=all is answered after fdatasync (one fdatasync covers every batch before it); \
+         acks=1 once the batch is written to the file (survives a broker crash, not a power \
+         cut); acks=0 gets no answer. Default flush policy {} (topics: ringfeed.flush.policy): \
+         other data is fdatasync'd {unsynced}",
+        topic_defaults.flush_policy
+    )
 }
 
 /// Starts the admin listener (when configured) before the shards, so `/health` answers and
@@ -314,12 +354,33 @@ fn reserve_port(address: SocketAddr) -> Result<socket2::Socket, String> {
     Ok(socket)
 }
 
+/// One shard's Kafka listener: glommio's `TcpListener::bind` (`SO_REUSEPORT`, so every shard
+/// listens on the same port) plus `SO_REUSEADDR`. Accepted connections inherit the flag, so
+/// what they leave in `TIME_WAIT` after a restart (even after SIGKILL) does not make
+/// `preflight::check_port_free` report the port as taken. Call it on the shard's executor.
+pub(crate) fn shard_listener(address: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    use std::os::fd::IntoRawFd;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves to the
+    // glommio listener (into_raw_fd gives it up here).
+    Ok(unsafe {
+        <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd())
+    })
+}
+
 /// Resolves port 0 to a port nobody holds. A port-0 bind with `SO_REUSEPORT` may be given a
 /// port another process's `SO_REUSEPORT` group already listens on (seen here: a second broker
 /// joined a running one and the kernel split clients between two brokers with different
 /// logs); a plain bind (without `SO_REUSEPORT`) is given a free port. A fixed port is kept as
-/// asked: detecting another listener there is still to do (a plain bind also trips over the
-/// previous run's connections in `TIME_WAIT`, so it cannot be the check).
+/// asked: `preflight::check_port_free` has already refused it if anyone listens there.
 fn claim_exclusively(address: SocketAddr) -> Result<SocketAddr, String> {
     if address.port() != 0 {
         return Ok(address);
@@ -354,10 +415,10 @@ fn advertised(options: &ServeOptions, listen: SocketAddr) -> Result<(String, i32
     };
     let (host, port) = advertised
         .rsplit_once(':')
-        .ok_or_else(|| format!("--advertised-listener {advertised} is not HOST:PORT"))?;
+        .ok_or_else(|| format!("advertised.listeners {advertised} is not HOST:PORT"))?;
     let port: u16 = port
         .parse()
-        .map_err(|_| format!("--advertised-listener {advertised}: bad port"))?;
+        .map_err(|_| format!("advertised.listeners {advertised}: bad port"))?;
     Ok((
         host.trim_start_matches('[')
             .trim_end_matches(']')
@@ -373,7 +434,7 @@ fn host_name() -> Result<String, String> {
     let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len() - 1) };
     if result != 0 {
         return Err(format!(
-            "listening on a wildcard address needs --advertised-listener (gethostname failed: {})",
+            "listening on a wildcard address needs advertised.listeners (--advertised-listeners) (gethostname failed: {})",
             std::io::Error::last_os_error()
         ));
     }

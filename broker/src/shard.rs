@@ -367,7 +367,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
     } else {
         let _ = shard.metadata_ready.acquire(1).await;
     }
-    let listener = glommio::net::TcpListener::bind(config.listen)
+    let listener = crate::server::shard_listener(config.listen)
         .map_err(|error| format!("shard {id}: cannot listen on {}: {error}", config.listen))?;
     let connections = Rc::new(Gate::new());
     let accepting = glommio::spawn_local(crate::connection::accept_loop(
@@ -395,6 +395,7 @@ async fn recover_controller(config: &BrokerConfig) -> Result<Controller, String>
         shard_count: config.shard_count(),
         default_partitions: config.default_partitions,
         limits: config.limits.clone(),
+        topic_defaults: config.topic_defaults.clone(),
     };
     Controller::recover(MetadataStore::new(&config.data_dir), rules)
         .await

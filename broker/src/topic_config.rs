@@ -1,19 +1,10 @@
-//! Topic configuration: the keys Ringfeed honours, their Kafka defaults, validation of
-//! overrides, and the translation into the storage crate's `LogConfig`.
+//! Topic configuration: the keys Ringfeed honours, validation of overrides, and the
+//! translation into the storage crate's `LogConfig`. The defaults are the broker's settings
+//! (`log.retention.ms` for `retention.ms`, ...: see `settings::SETTINGS`).
 
 use std::collections::BTreeMap;
 
-use crate::limits::Limits;
 use crate::storage::{FlushPolicy, LogConfig};
-
-/// `retention.ms` default: 7 days.
-const RETENTION_MS_DEFAULT: i64 = 604_800_000;
-/// `segment.bytes` default: 1 GiB.
-const SEGMENT_BYTES_DEFAULT: i64 = 1 << 30;
-/// `segment.ms` default: 7 days.
-const SEGMENT_MS_DEFAULT: i64 = 604_800_000;
-/// `flush.ms` used by the `interval` flush policy when the topic does not set it.
-const FLUSH_MS_DEFAULT: i64 = 1000;
 
 /// Key of Ringfeed's own per-topic flush policy: `always` (fdatasync after every append),
 /// `interval` (every `flush.ms`), or `on-demand` (only when an acks=all producer waits).
@@ -46,8 +37,9 @@ pub struct TopicConfig {
 }
 
 impl TopicConfig {
-    /// Applies `overrides` (already validated) over the defaults.
-    pub fn resolve(overrides: &BTreeMap<String, String>, limits: &Limits) -> Self {
+    /// Applies `overrides` (already validated) over `defaults`, the broker's topic defaults
+    /// (`settings::Effective::topic_defaults`).
+    pub fn resolve(overrides: &BTreeMap<String, String>, defaults: &TopicConfig) -> Self {
         let long = |key: &str, default: i64| {
             overrides
                 .get(key)
@@ -55,17 +47,17 @@ impl TopicConfig {
                 .unwrap_or(default)
         };
         Self {
-            retention_ms: long("retention.ms", RETENTION_MS_DEFAULT),
-            retention_bytes: long("retention.bytes", -1),
-            segment_bytes: long("segment.bytes", SEGMENT_BYTES_DEFAULT),
-            segment_ms: long("segment.ms", SEGMENT_MS_DEFAULT),
-            max_message_bytes: long("max.message.bytes", limits.message_bytes_max_default as i64),
+            retention_ms: long("retention.ms", defaults.retention_ms),
+            retention_bytes: long("retention.bytes", defaults.retention_bytes),
+            segment_bytes: long("segment.bytes", defaults.segment_bytes),
+            segment_ms: long("segment.ms", defaults.segment_ms),
+            max_message_bytes: long("max.message.bytes", defaults.max_message_bytes),
             flush_policy: overrides
                 .get(FLUSH_POLICY_KEY)
                 .cloned()
-                .unwrap_or_else(|| "on-demand".into()),
-            flush_ms: long("flush.ms", FLUSH_MS_DEFAULT),
-            segment_preallocate_bytes: limits.segment_preallocate_bytes,
+                .unwrap_or_else(|| defaults.flush_policy.clone()),
+            flush_ms: long("flush.ms", defaults.flush_ms),
+            segment_preallocate_bytes: defaults.segment_preallocate_bytes,
         }
     }
 
@@ -103,39 +95,65 @@ impl TopicConfig {
     }
 }
 
+/// What a topic config accepts: the one place each key's bounds are written.
+#[derive(Debug, Clone, Copy)]
+enum Accepts {
+    /// A whole number from `min` to `max`.
+    Number { min: i64, max: i64 },
+    /// One of these words.
+    OneOf(&'static [&'static str]),
+}
+
+fn accepts(key: &str) -> Option<Accepts> {
+    let at_least = |min| Accepts::Number { min, max: i64::MAX };
+    Some(match key {
+        "cleanup.policy" => Accepts::OneOf(&["delete"]),
+        "retention.ms" | "retention.bytes" => at_least(-1),
+        "segment.bytes" => at_least(1024 * 1024),
+        "segment.ms" => at_least(1),
+        "max.message.bytes" => Accepts::Number {
+            min: 0,
+            max: i64::from(i32::MAX),
+        },
+        "flush.ms" => at_least(0),
+        FLUSH_POLICY_KEY => Accepts::OneOf(&["always", "interval", "on-demand"]),
+        _ => return None,
+    })
+}
+
+/// The values `key` accepts, in words (for the docs of the broker settings that default it).
+pub fn accepted_values(key: &str) -> String {
+    match accepts(key) {
+        Some(Accepts::Number { min, max: i64::MAX }) => format!("a whole number >= {min}"),
+        Some(Accepts::Number { min, max }) => format!("{min} to {max}"),
+        Some(Accepts::OneOf(words)) => words.join(", "),
+        None => "nothing (not a topic config)".into(),
+    }
+}
+
 /// Checks one override; the error text goes back to the client with `INVALID_CONFIG`.
 pub fn validate_override(key: &str, value: &str) -> Result<(), String> {
-    let long_at_least = |min: i64| match value.parse::<i64>() {
-        Ok(parsed) if parsed >= min => Ok(()),
-        _ => Err(format!("{key} must be an integer >= {min}, got {value:?}")),
-    };
-    match key {
-        "cleanup.policy" if value == "delete" => Ok(()),
-        "cleanup.policy" => Err(format!(
-            "cleanup.policy={value} is not supported; only delete is"
+    match accepts(key) {
+        Some(Accepts::Number { min, max }) => match value.parse::<i64>() {
+            Ok(parsed) if (min..=max).contains(&parsed) => Ok(()),
+            _ => Err(format!(
+                "{key} must be {}, got {value:?}",
+                accepted_values(key)
+            )),
+        },
+        Some(Accepts::OneOf(words)) if words.contains(&value) => Ok(()),
+        Some(Accepts::OneOf(_)) => Err(format!(
+            "{key}={value} is not supported; {key} must be {}",
+            accepted_values(key)
         )),
-        "retention.ms" | "retention.bytes" => long_at_least(-1),
-        "segment.bytes" => long_at_least(1024 * 1024),
-        "segment.ms" => long_at_least(1),
-        "max.message.bytes" => long_at_least(0).and_then(|()| {
-            if value.parse::<i64>().unwrap_or(0) > i64::from(i32::MAX) {
-                Err("max.message.bytes must fit in 32 bits".into())
-            } else {
-                Ok(())
-            }
-        }),
-        "flush.ms" => long_at_least(0),
-        FLUSH_POLICY_KEY if matches!(value, "always" | "interval" | "on-demand") => Ok(()),
-        FLUSH_POLICY_KEY => Err(format!(
-            "{FLUSH_POLICY_KEY} must be always, interval or on-demand, got {value:?}"
-        )),
-        _ => Err(format!("unknown or unsupported topic config {key}")),
+        None => Err(format!("unknown or unsupported topic config {key}")),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::Effective;
 
     #[test]
     fn overrides_replace_defaults_and_reach_the_log_config() {
@@ -144,23 +162,36 @@ mod tests {
             ("max.message.bytes".to_string(), "2000".to_string()),
             (FLUSH_POLICY_KEY.to_string(), "always".to_string()),
         ]);
-        let limits = Limits {
+        let defaults = TopicConfig {
             segment_preallocate_bytes: 1 << 20,
-            ..Limits::default()
+            ..Effective::defaults().topic_defaults()
         };
-        let config = TopicConfig::resolve(&overrides, &limits);
-        assert_eq!(config.retention_ms, RETENTION_MS_DEFAULT);
+        let config = TopicConfig::resolve(&overrides, &defaults);
+        assert_eq!(config.retention_ms, defaults.retention_ms);
         let log = config.log_config();
         assert_eq!(log.retention_bytes, Some(5_000_000));
         assert_eq!(log.batch_bytes_max, 2000);
         assert_eq!(log.flush, FlushPolicy::Always);
         assert_eq!(log.preallocate_step_bytes, 1 << 20);
         assert_eq!(
-            TopicConfig::resolve(&BTreeMap::new(), &limits)
+            TopicConfig::resolve(&BTreeMap::new(), &defaults)
                 .log_config()
                 .retention_bytes,
             None
         );
+    }
+
+    #[test]
+    fn a_topic_without_overrides_gets_the_broker_defaults() {
+        let defaults = TopicConfig {
+            retention_ms: 3_600_000,
+            flush_policy: "always".into(),
+            ..Effective::defaults().topic_defaults()
+        };
+        let config = TopicConfig::resolve(&BTreeMap::new(), &defaults);
+        assert_eq!(config, defaults);
+        assert_eq!(config.log_config().retention_ms, Some(3_600_000));
+        assert_eq!(config.log_config().flush, FlushPolicy::Always);
     }
 
     #[test]
@@ -172,5 +203,9 @@ mod tests {
         assert!(validate_override(FLUSH_POLICY_KEY, "sometimes").is_err());
         assert!(validate_override("retention.ms", "-1").is_ok());
         assert!(validate_override(FLUSH_POLICY_KEY, "interval").is_ok());
+        assert!(validate_override("segment.bytes", "1000").is_err());
+        assert!(validate_override("max.message.bytes", "2147483648").is_err());
+        assert!(validate_override("max.message.bytes", "2147483647").is_ok());
+        assert!(validate_override("cleanup.policy", "delete").is_ok());
     }
 }

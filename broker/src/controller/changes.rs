@@ -395,6 +395,7 @@ mod tests {
             shard_count,
             default_partitions: 3,
             limits: Limits::default(),
+            topic_defaults: crate::settings::Effective::defaults().topic_defaults(),
         }
     }
 

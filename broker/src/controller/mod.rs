@@ -60,6 +60,8 @@ pub struct PlacementRules {
     pub shard_count: usize,
     pub default_partitions: i32,
     pub limits: Limits,
+    /// The configuration of a topic that overrides nothing (the broker's `log.*` settings).
+    pub topic_defaults: TopicConfig,
 }
 
 /// Shard 0's controller. See the module docs for the one-change-at-a-time contract.
@@ -194,7 +196,7 @@ pub fn build_snapshot(state: &ClusterState, rules: &PlacementRules) -> MetadataS
                     .iter()
                     .map(|shard| *shard as usize % rules.shard_count)
                     .collect(),
-                config: TopicConfig::resolve(&overrides, &rules.limits),
+                config: TopicConfig::resolve(&overrides, &rules.topic_defaults),
                 overrides,
             };
             (name, Arc::new(topic))

@@ -11,6 +11,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::{str_bytes, RequestContext};
 use crate::error_codes as codes;
+use crate::settings::{Kind, Setting, Source};
 use crate::shard::Shard;
 use crate::topic_config::{FLUSH_POLICY_KEY, TOPIC_CONFIG_KEYS};
 
@@ -19,6 +20,7 @@ pub const RESOURCE_BROKER: i8 = 4;
 const SOURCE_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
+const TYPE_BOOLEAN: i8 = 1;
 const TYPE_STRING: i8 = 2;
 const TYPE_INT: i8 = 3;
 const TYPE_LONG: i8 = 5;
@@ -67,7 +69,7 @@ fn describe(
                     let source = if topic.overrides.contains_key(*key) {
                         SOURCE_TOPIC
                     } else {
-                        SOURCE_DEFAULT
+                        broker_source(shard.config.settings.topic_default_source(key))
                     };
                     (
                         key.to_string(),
@@ -118,41 +120,49 @@ fn config_type(key: &str) -> i8 {
     }
 }
 
+/// Kafka's source for a value the broker's configuration decides: `STATIC_BROKER_CONFIG`
+/// when the operator set it (file, environment or flag), `DEFAULT_CONFIG` otherwise.
+fn broker_source(source: Option<&Source>) -> i8 {
+    match source {
+        None | Some(Source::Default) => SOURCE_DEFAULT,
+        Some(_) => SOURCE_STATIC_BROKER,
+    }
+}
+
+/// Every broker setting (`settings::SETTINGS`) with its effective value; read-only, as
+/// they are fixed at start-up.
 fn broker_configs(shard: &Shard) -> Vec<(String, String, i8, i8, bool)> {
     let config = &shard.config;
-    let entry = |name: &str, value: String, kind| {
-        (name.to_string(), value, SOURCE_STATIC_BROKER, kind, true)
-    };
-    vec![
-        entry(
-            "auto.create.topics.enable",
-            config.auto_create_topics.to_string(),
-            1,
-        ),
-        entry(
-            "num.partitions",
-            config.default_partitions.to_string(),
-            TYPE_INT,
-        ),
-        entry(
-            "message.max.bytes",
-            config.limits.message_bytes_max_default.to_string(),
-            TYPE_INT,
-        ),
-        entry(
-            "socket.request.max.bytes",
-            config.limits.request_frame_bytes_max.to_string(),
-            TYPE_INT,
-        ),
-        entry(
-            "connections.max.idle.ms",
-            config.limits.connection_idle_max.as_millis().to_string(),
-            TYPE_LONG,
-        ),
-        entry(
-            "log.dirs",
-            config.data_dir.display().to_string(),
-            TYPE_STRING,
-        ),
-    ]
+    config
+        .settings
+        .entries()
+        .iter()
+        .map(|entry| {
+            let value = match entry.setting.key {
+                // The effective values, with port 0 and relative paths resolved.
+                "listeners" => config.listen.to_string(),
+                "log.dirs" => config.data_dir.display().to_string(),
+                _ => entry.value.clone(),
+            };
+            (
+                entry.setting.key.to_string(),
+                value,
+                broker_source(Some(&entry.source)),
+                setting_type(entry.setting, &entry.value),
+                true,
+            )
+        })
+        .collect()
+}
+
+fn setting_type(setting: &Setting, value: &str) -> i8 {
+    match setting.kind {
+        Kind::Bool => TYPE_BOOLEAN,
+        Kind::Integer { max, .. } if max <= i64::from(i32::MAX) => TYPE_INT,
+        Kind::Integer { .. } => TYPE_LONG,
+        Kind::TopicDefault if value.parse::<i64>().is_ok() => {
+            config_type(setting.topic_key.unwrap_or_default())
+        }
+        _ => TYPE_STRING,
+    }
 }

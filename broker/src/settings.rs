@@ -1,0 +1,703 @@
+//! Every broker setting in one table (`SETTINGS`, in settings/table.rs): its key, default,
+//! accepted values and documentation. The command-line flags, the environment variables,
+//! the keys of the TOML file, `ringfeed config print`, the broker's `DescribeConfigs` and
+//! docs/CONFIGURATION.md are all derived from it, so adding a setting is one entry in the
+//! table plus the line that reads it into `ServeOptions` (`Effective::serve_options`).
+//!
+//! Names: Kafka's `server.properties` key where Kafka has the setting (`log.retention.ms`),
+//! `ringfeed.*` otherwise. From a key: the flag drops the `ringfeed.` prefix and turns dots
+//! into dashes (`--log-retention-ms`, `--shards`); the environment variable is `RINGFEED_`
+//! plus the same name upper-cased with underscores (`RINGFEED_LOG_RETENTION_MS`,
+//! `RINGFEED_SHARDS`). Precedence: flag > environment > file > default.
+
+use std::fmt::{self, Write};
+use std::net::ToSocketAddrs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::limits::Limits;
+use crate::server::ServeOptions;
+use crate::topic_config::{self, TopicConfig};
+
+pub use table::SETTINGS;
+
+/// What values a setting accepts; each kind normalises what it accepts to one canonical text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `true` or `false`.
+    Bool,
+    /// A whole number in `min..=max` that is a multiple of `multiple_of`.
+    Integer {
+        min: i64,
+        max: i64,
+        multiple_of: i64,
+    },
+    /// The broker default of a topic config (`Setting::topic_key`): accepted exactly when the
+    /// topic config would accept the value as an override.
+    TopicDefault,
+    /// One Kafka listener: `HOST:PORT` or `PLAINTEXT://HOST:PORT`; `optional` allows "".
+    Listener { optional: bool },
+    /// `HOST:PORT` or `off`.
+    ListenerOrOff,
+    /// A directory path.
+    Path,
+    /// Comma-separated CPU numbers (a TOML array of integers works too), or "".
+    CpuList,
+    /// A tracing filter (`info`, `ringfeed_broker=debug,warn`).
+    LogFilter,
+}
+
+/// Where a setting's table entry says it belongs in help and docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// Kafka has this setting under the same key.
+    Kafka,
+    /// Ringfeed's own (`ringfeed.*`).
+    Ringfeed,
+}
+
+/// One row of the settings table.
+#[derive(Debug)]
+pub struct Setting {
+    pub key: &'static str,
+    /// The canonical text of the default value.
+    pub default: &'static str,
+    pub kind: Kind,
+    /// The topic config this broker setting is the default of (Kafka's config synonyms:
+    /// `log.retention.ms` is the default of `retention.ms`).
+    pub topic_key: Option<&'static str>,
+    /// Flag names from before this table, still accepted (`--listen` for `--listeners`).
+    pub flag_aliases: &'static [&'static str],
+    /// A value-less flag that sets a `Bool` setting to false (`--no-auto-create-topics`).
+    pub false_switch: Option<&'static str>,
+    /// One sentence for `--help`, then any detail for the docs.
+    pub doc: &'static str,
+}
+
+/// Environment variables with the `RINGFEED_` prefix that are not settings, so `serve` does
+/// not refuse them as unknown: keep in step with the tools that read them.
+pub const ENV_NOT_SETTINGS: &[&str] = &[
+    // The config file to read when `--config` is not given.
+    "RINGFEED_CONFIG",
+    // The client subcommands' bootstrap brokers (`ringfeed topic|produce|consume|group`).
+    "RINGFEED_BROKERS",
+    // Binary paths for the test harness, the benchmark and perf-tools scripts.
+    "RINGFEED_BIN",
+    "RINGFEED_BENCH",
+    "RINGFEED_PERF",
+];
+
+/// The environment variable naming the config file when `--config` is not given.
+pub const CONFIG_FILE_ENV: &str = "RINGFEED_CONFIG";
+
+impl Setting {
+    /// The key without the `ringfeed.` prefix: what the flag and variable are made from.
+    fn short_name(&self) -> &'static str {
+        self.key.strip_prefix("ringfeed.").unwrap_or(self.key)
+    }
+
+    /// The flag, without its leading dashes (`log-retention-ms`).
+    pub fn flag(&self) -> String {
+        self.short_name().replace('.', "-")
+    }
+
+    /// The environment variable (`RINGFEED_LOG_RETENTION_MS`).
+    pub fn env_name(&self) -> String {
+        format!(
+            "RINGFEED_{}",
+            self.short_name().replace('.', "_").to_ascii_uppercase()
+        )
+    }
+
+    pub fn group(&self) -> Group {
+        if self.key.starts_with("ringfeed.") {
+            Group::Ringfeed
+        } else {
+            Group::Kafka
+        }
+    }
+
+    /// The first sentence of the doc, for `--help`.
+    pub fn summary(&self) -> &'static str {
+        self.doc
+            .find(". ")
+            .map_or(self.doc, |end| &self.doc[..=end])
+    }
+
+    /// The values accepted, in words, for the docs.
+    pub fn accepted(&self) -> String {
+        match self.kind {
+            Kind::Bool => "true, false".into(),
+            Kind::Integer {
+                min,
+                max,
+                multiple_of: 1,
+            } => format!("{min} to {max}"),
+            Kind::Integer {
+                min,
+                max,
+                multiple_of,
+            } => format!("{min} to {max}, a multiple of {multiple_of}"),
+            Kind::TopicDefault => topic_config::accepted_values(
+                self.topic_key.expect("a topic default names its topic key"),
+            ),
+            Kind::Listener { optional: false } => "HOST:PORT".into(),
+            Kind::Listener { optional: true } => "HOST:PORT or empty".into(),
+            Kind::ListenerOrOff => "HOST:PORT or off".into(),
+            Kind::Path => "a directory".into(),
+            Kind::CpuList => "CPU numbers, comma-separated, or empty".into(),
+            Kind::LogFilter => "a tracing filter".into(),
+        }
+    }
+
+    /// Whether a value prints as a bare TOML integer or boolean rather than a string.
+    fn is_bare_toml(&self, value: &str) -> bool {
+        match self.kind {
+            Kind::Bool | Kind::Integer { .. } => true,
+            Kind::TopicDefault => value.parse::<i64>().is_ok(),
+            _ => false,
+        }
+    }
+
+    /// Checks `value` and returns its canonical text, or why it is refused (without the key,
+    /// which the caller adds with the value's source).
+    pub fn parse(&self, value: &str) -> Result<String, String> {
+        let value = value.trim();
+        match self.kind {
+            Kind::Bool => match value.to_ascii_lowercase().as_str() {
+                "true" => Ok("true".into()),
+                "false" => Ok("false".into()),
+                _ => Err(format!("expected true or false, got {value:?}")),
+            },
+            Kind::Integer {
+                min,
+                max,
+                multiple_of,
+            } => match value.parse::<i64>() {
+                Ok(number) if (min..=max).contains(&number) && number % multiple_of == 0 => {
+                    Ok(number.to_string())
+                }
+                Ok(_) if multiple_of > 1 => Err(format!(
+                    "expected a multiple of {multiple_of} from {min} to {max}, got {value}"
+                )),
+                _ => Err(format!(
+                    "expected a whole number from {min} to {max}, got {value:?}"
+                )),
+            },
+            Kind::TopicDefault => {
+                let topic_key = self.topic_key.expect("a topic default names its topic key");
+                topic_config::validate_override(topic_key, value)?;
+                Ok(value.to_string())
+            }
+            Kind::Listener { optional } => parse_listener(value, optional),
+            Kind::ListenerOrOff if value == "off" => Ok(value.into()),
+            Kind::ListenerOrOff => parse_listener(value, false),
+            Kind::Path if value.is_empty() => Err("expected a directory path".into()),
+            Kind::Path if value.contains(',') => Err(format!(
+                "one directory is supported, got {value:?} (a list, as Kafka's log.dirs allows, is not)"
+            )),
+            Kind::Path => Ok(value.into()),
+            Kind::CpuList => parse_cpu_list(value),
+            Kind::LogFilter => tracing_subscriber::EnvFilter::try_new(value)
+                .map(|_| value.to_string())
+                .map_err(|error| format!("not a log filter ({error}): {value:?}")),
+        }
+    }
+}
+
+fn parse_listener(value: &str, optional: bool) -> Result<String, String> {
+    if optional && value.is_empty() {
+        return Ok(String::new());
+    }
+    let address = value
+        .strip_prefix("PLAINTEXT://")
+        .or_else(|| value.strip_prefix("plaintext://"))
+        .unwrap_or(value);
+    if address.contains(',') {
+        return Err(format!(
+            "one listener is supported, got {value:?} (TLS/SASL listeners are not)"
+        ));
+    }
+    if address.contains("://") {
+        return Err(format!(
+            "only PLAINTEXT listeners are supported, got {value:?}"
+        ));
+    }
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("expected HOST:PORT, got {value:?}"))?;
+    port.parse::<u16>()
+        .map_err(|_| format!("bad port in {value:?}"))?;
+    if host.is_empty() {
+        // Kafka's `PLAINTEXT://:9092` means every interface.
+        return Ok(format!("0.0.0.0:{port}"));
+    }
+    Ok(address.to_string())
+}
+
+fn parse_cpu_list(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Ok(String::new());
+    }
+    let cpus: Result<Vec<usize>, _> = value.split(',').map(|cpu| cpu.trim().parse()).collect();
+    let cpus = cpus.map_err(|_| format!("expected comma-separated CPU numbers, got {value:?}"))?;
+    Ok(cpus
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
+/// Where an effective value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File(PathBuf),
+    Env(String),
+    /// The flag as its canonical name (`--log-retention-ms`).
+    Flag(String),
+}
+
+impl Source {
+    /// One word: default, file, env or flag.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::File(_) => "file",
+            Source::Env(_) => "env",
+            Source::Flag(_) => "flag",
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => write!(formatter, "default"),
+            Source::File(path) => write!(formatter, "file {}", path.display()),
+            Source::Env(name) => write!(formatter, "env {name}"),
+            Source::Flag(flag) => write!(formatter, "flag --{flag}"),
+        }
+    }
+}
+
+/// A value given on the command line for the setting at `index` in `SETTINGS`.
+#[derive(Debug, Clone)]
+pub struct FlagValue {
+    pub index: usize,
+    pub value: String,
+}
+
+/// Everything the settings are resolved from.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    /// The TOML file's text and path, if one was given.
+    pub file: Option<(PathBuf, String)>,
+    /// Environment variables (all of them; only `RINGFEED_*` are looked at).
+    pub env: Vec<(String, String)>,
+    pub flags: Vec<FlagValue>,
+}
+
+/// One setting's effective value.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub setting: &'static Setting,
+    /// Canonical text (see `Setting::parse`).
+    pub value: String,
+    pub source: Source,
+}
+
+/// The effective value of every setting, in table order. Built once at start-up, then
+/// read-only (shared through `BrokerConfig`).
+#[derive(Debug, Clone)]
+pub struct Effective {
+    entries: Vec<Entry>,
+}
+
+impl Effective {
+    /// Every setting at its default.
+    pub fn defaults() -> Self {
+        Self {
+            entries: SETTINGS
+                .iter()
+                .map(|setting| Entry {
+                    setting,
+                    value: setting.default.to_string(),
+                    source: Source::Default,
+                })
+                .collect(),
+        }
+    }
+
+    /// Applies the file, then the environment, then the flags over the defaults. Every
+    /// refused key or value is reported (all of them, one per line), naming the key and
+    /// where it came from.
+    pub fn resolve(inputs: &Inputs) -> Result<Self, String> {
+        let mut effective = Self::defaults();
+        let mut errors = Vec::new();
+        if let Some((path, text)) = &inputs.file {
+            match file_values(text) {
+                Ok(values) => {
+                    for (key, value) in values {
+                        let source = Source::File(path.clone());
+                        match index_of(&key) {
+                            Some(index) => effective.set(index, &value, source, &mut errors),
+                            None => errors.push(unknown_key(&key, &source)),
+                        }
+                    }
+                }
+                Err(error) => errors.push(format!(
+                    "config file {} is not valid TOML: {error}",
+                    path.display()
+                )),
+            }
+        }
+        for (name, value) in &inputs.env {
+            if !name.starts_with("RINGFEED_") || ENV_NOT_SETTINGS.contains(&name.as_str()) {
+                continue;
+            }
+            match SETTINGS
+                .iter()
+                .position(|setting| setting.env_name() == *name)
+            {
+                Some(index) => effective.set(index, value, Source::Env(name.clone()), &mut errors),
+                None => errors.push(format!(
+                    "unknown environment variable {name}: no setting has that name (setting \
+                     variables are RINGFEED_ plus the key upper-cased, dots as underscores; \
+                     `ringfeed config print` lists them)"
+                )),
+            }
+        }
+        for flag in &inputs.flags {
+            let source = Source::Flag(SETTINGS[flag.index].flag());
+            effective.set(flag.index, &flag.value, source, &mut errors);
+        }
+        effective.check_combinations(&mut errors);
+        if errors.is_empty() {
+            Ok(effective)
+        } else {
+            Err(errors.join("\n"))
+        }
+    }
+
+    fn set(&mut self, index: usize, value: &str, source: Source, errors: &mut Vec<String>) {
+        let setting = &SETTINGS[index];
+        match setting.parse(value) {
+            Ok(value) => {
+                self.entries[index] = Entry {
+                    setting,
+                    value,
+                    source,
+                }
+            }
+            Err(reason) => {
+                errors.push(format!("invalid {} (from {source}): {reason}", setting.key));
+            }
+        }
+    }
+
+    fn check_combinations(&self, errors: &mut Vec<String>) {
+        let shards = self.entry("ringfeed.shards");
+        let cpus = self.entry("ringfeed.cpus");
+        if shards.value != "0" && !cpus.value.is_empty() {
+            errors.push(format!(
+                "ringfeed.shards (from {}) and ringfeed.cpus (from {}) are both set: give one \
+                 (ringfeed.cpus runs one shard per listed CPU)",
+                shards.source, cpus.source
+            ));
+        }
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The entry of `key`. A key missing from the table is a programmer error.
+    pub fn entry(&self, key: &str) -> &Entry {
+        let index = index_of(key).unwrap_or_else(|| panic!("no setting {key} in SETTINGS"));
+        &self.entries[index]
+    }
+
+    pub fn text(&self, key: &str) -> &str {
+        &self.entry(key).value
+    }
+
+    pub fn integer(&self, key: &str) -> i64 {
+        let entry = self.entry(key);
+        entry
+            .value
+            .parse()
+            .unwrap_or_else(|_| panic!("{key} is not an integer setting"))
+    }
+
+    fn unsigned(&self, key: &str) -> u64 {
+        u64::try_from(self.integer(key)).unwrap_or_else(|_| panic!("{key} has no negative values"))
+    }
+
+    pub fn boolean(&self, key: &str) -> bool {
+        self.text(key) == "true"
+    }
+
+    /// Where the default of topic config `topic_key` came from, if a setting holds it.
+    pub fn topic_default_source(&self, topic_key: &str) -> Option<&Source> {
+        self.entries
+            .iter()
+            .find(|entry| entry.setting.topic_key == Some(topic_key))
+            .map(|entry| &entry.source)
+    }
+
+    /// The configuration of a topic that overrides nothing.
+    pub fn topic_defaults(&self) -> TopicConfig {
+        TopicConfig {
+            retention_ms: self.integer("log.retention.ms"),
+            retention_bytes: self.integer("log.retention.bytes"),
+            segment_bytes: self.integer("log.segment.bytes"),
+            segment_ms: self.integer("log.roll.ms"),
+            max_message_bytes: self.integer("message.max.bytes"),
+            flush_policy: self.text("ringfeed.log.flush.policy").to_string(),
+            flush_ms: self.integer("log.flush.interval.ms"),
+            segment_preallocate_bytes: self.unsigned("ringfeed.segment.preallocate.bytes"),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            request_frame_bytes_max: self.unsigned("socket.request.max.bytes") as usize,
+            connection_idle_max: Duration::from_millis(self.unsigned("connections.max.idle.ms")),
+            connections_max: self.unsigned("max.connections") as usize,
+            connections_per_ip_max: self.unsigned("max.connections.per.ip") as usize,
+            shard_inflight_request_bytes_max: self.unsigned("queued.max.request.bytes") as usize,
+            request_read_timeout: Duration::from_millis(
+                self.unsigned("ringfeed.request.read.timeout.ms"),
+            ),
+            message_bytes_max_default: self.unsigned("message.max.bytes") as usize,
+            retention_check_interval: Duration::from_millis(
+                self.unsigned("log.retention.check.interval.ms"),
+            ),
+            group_initial_rebalance_delay: Duration::from_millis(
+                self.unsigned("group.initial.rebalance.delay.ms"),
+            ),
+            offsets_retention: Duration::from_secs(self.unsigned("offsets.retention.minutes") * 60),
+            offsets_checkpoint_records: self.unsigned("ringfeed.offsets.checkpoint.records")
+                as usize,
+            segment_preallocate_bytes: self.unsigned("ringfeed.segment.preallocate.bytes"),
+            ..Limits::default()
+        }
+    }
+
+    /// What `server::serve` needs.
+    pub fn serve_options(&self) -> ServeOptions {
+        let optional = |key: &str| Some(self.text(key).to_string()).filter(|text| !text.is_empty());
+        ServeOptions {
+            listen: self.text("listeners").to_string(),
+            advertised_listener: optional("advertised.listeners"),
+            data_dir: PathBuf::from(self.text("log.dirs")),
+            shards: Some(self.unsigned("ringfeed.shards") as usize).filter(|shards| *shards > 0),
+            cpus: optional("ringfeed.cpus").map(|cpus| {
+                cpus.split(',')
+                    .map(|cpu| cpu.parse().expect("validated CPU list"))
+                    .collect()
+            }),
+            spin_before_park_us: self.unsigned("ringfeed.spin.before.park.us"),
+            auto_create_topics: self.boolean("auto.create.topics.enable"),
+            default_partitions: self.integer("num.partitions") as i32,
+            limits: self.limits(),
+            admin_listen: Some(self.text("ringfeed.admin.listen").to_string())
+                .filter(|text| text != "off"),
+            topic_defaults: self.topic_defaults(),
+            settings: Arc::new(self.clone()),
+        }
+    }
+
+    /// The effective configuration as a TOML file `serve --config` accepts, each line
+    /// commented with the value's source.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::from(
+            "# ringfeed effective configuration (precedence: flag > env > file > default).\n\
+             # Each line ends with where its value came from. Use it with `ringfeed serve --config FILE`.\n",
+        );
+        for (group, title) in [
+            (Group::Kafka, "Kafka settings (server.properties names)"),
+            (Group::Ringfeed, "Ringfeed settings"),
+        ] {
+            let _ = write!(out, "\n# {title}\n");
+            for entry in self
+                .entries
+                .iter()
+                .filter(|entry| entry.setting.group() == group)
+            {
+                let value = if entry.setting.is_bare_toml(&entry.value) {
+                    entry.value.clone()
+                } else {
+                    toml_string(&entry.value)
+                };
+                let _ = writeln!(
+                    out,
+                    "\"{}\" = {value}  # {}",
+                    entry.setting.key,
+                    toml_comment(&entry.source.to_string())
+                );
+            }
+        }
+        out
+    }
+}
+
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
+}
+
+fn toml_comment(text: &str) -> String {
+    text.replace(['\n', '\r'], " ")
+}
+
+/// The table row of `key`. A key missing from the table is a programmer error.
+pub fn setting(key: &str) -> &'static Setting {
+    let index = index_of(key).unwrap_or_else(|| panic!("no setting {key} in SETTINGS"));
+    &SETTINGS[index]
+}
+
+fn index_of(key: &str) -> Option<usize> {
+    SETTINGS.iter().position(|setting| setting.key == key)
+}
+
+fn unknown_key(key: &str, source: &Source) -> String {
+    let mut message = format!("unknown setting {key:?} (from {source})");
+    let hint = [key.replace('_', "."), format!("ringfeed.{key}")]
+        .into_iter()
+        .find(|candidate| index_of(candidate).is_some());
+    if let Some(hint) = hint {
+        let _ = write!(message, ": did you mean {hint:?}?");
+    } else {
+        message.push_str(": `ringfeed config print` lists every setting");
+    }
+    message
+}
+
+/// The file's settings as (dotted key, value text). Nested tables and dotted keys both give
+/// dotted names: `[log.retention]\nms = 1`, `log.retention.ms = 1` and
+/// `"log.retention.ms" = 1` are the same setting.
+fn file_values(text: &str) -> Result<Vec<(String, String)>, String> {
+    let table: toml::Table = text
+        .parse()
+        .map_err(|error: toml::de::Error| error.to_string())?;
+    let mut values = Vec::new();
+    flatten("", &table, &mut values)?;
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some((twice, _)) = values.iter().find(|(key, _)| !seen.insert(key.as_str())) {
+        // `"log.retention.ms" = 1` and `log.retention.ms = 2` are different TOML keys.
+        return Err(format!(
+            "{twice} is set twice (once quoted, once as dotted keys or a table)"
+        ));
+    }
+    Ok(values)
+}
+
+fn flatten(
+    prefix: &str,
+    table: &toml::Table,
+    out: &mut Vec<(String, String)>,
+) -> Result<(), String> {
+    for (name, value) in table {
+        let key = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        match value {
+            toml::Value::Table(inner) => flatten(&key, inner, out)?,
+            other => out.push((key.clone(), value_text(&key, other)?)),
+        }
+    }
+    Ok(())
+}
+
+fn value_text(key: &str, value: &toml::Value) -> Result<String, String> {
+    match value {
+        toml::Value::String(text) => Ok(text.clone()),
+        toml::Value::Integer(number) => Ok(number.to_string()),
+        toml::Value::Boolean(flag) => Ok(flag.to_string()),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                toml::Value::Integer(number) => Ok(number.to_string()),
+                toml::Value::String(text) => Ok(text.clone()),
+                _ => Err(format!(
+                    "invalid {key} (from file): list items must be numbers or strings"
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|items| items.join(",")),
+        _ => Err(format!(
+            "invalid {key} (from file): expected a string, whole number or boolean, got {value}"
+        )),
+    }
+}
+
+/// Reads the config file named by `--config`, or else by `RINGFEED_CONFIG`.
+pub fn read_config_file(flag: Option<&Path>) -> Result<Option<(PathBuf, String)>, String> {
+    let path = match flag {
+        Some(path) => path.to_path_buf(),
+        None => match std::env::var_os(CONFIG_FILE_ENV) {
+            Some(path) if !path.is_empty() => PathBuf::from(path),
+            _ => return Ok(None),
+        },
+    };
+    std::fs::read_to_string(&path)
+        .map(|text| Some((path.clone(), text)))
+        .map_err(|error| format!("cannot read config file {}: {error}", path.display()))
+}
+
+/// Resolves an address the way the broker will, so `listeners` typos fail with the key named.
+pub fn check_resolvable(effective: &Effective) -> Result<(), String> {
+    for key in ["listeners", "ringfeed.admin.listen"] {
+        let entry = effective.entry(key);
+        if entry.value == "off" {
+            continue;
+        }
+        if entry.value.to_socket_addrs().is_err() {
+            return Err(format!(
+                "invalid {key} (from {}): {} does not resolve to an address",
+                entry.source, entry.value
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The settings as a markdown table, for docs/CONFIGURATION.md (a test keeps the file in step).
+pub fn markdown_table() -> String {
+    let mut out = String::from(
+        "| key | flag | environment | default | accepts | what |\n| --- | --- | --- | --- | --- | --- |\n",
+    );
+    for setting in SETTINGS {
+        let mut flags = format!("`--{}`", setting.flag());
+        for alias in setting
+            .flag_aliases
+            .iter()
+            .chain(setting.false_switch.iter())
+        {
+            let _ = write!(flags, ", `--{alias}`");
+        }
+        let default = if setting.default.is_empty() {
+            "(empty)".to_string()
+        } else {
+            format!("`{}`", setting.default)
+        };
+        let _ = writeln!(
+            out,
+            "| `{}` | {flags} | `{}` | {default} | {} | {} |",
+            setting.key,
+            setting.env_name(),
+            setting.accepted(),
+            setting.doc
+        );
+    }
+    out
+}
+
+pub mod cli;
+mod table;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,256 @@
+//! The settings table: every setting the broker has, one entry each. See the parent
+//! module for how keys become flags and environment variables.
+
+use super::{Kind, Setting};
+use crate::topic_config::FLUSH_POLICY_KEY;
+
+const fn integer(min: i64, max: i64) -> Kind {
+    Kind::Integer {
+        min,
+        max,
+        multiple_of: 1,
+    }
+}
+
+const fn row(key: &'static str, default: &'static str, kind: Kind, doc: &'static str) -> Setting {
+    Setting {
+        key,
+        default,
+        kind,
+        topic_key: None,
+        flag_aliases: &[],
+        false_switch: None,
+        doc,
+    }
+}
+
+const fn topic_default(
+    key: &'static str,
+    topic_key: &'static str,
+    default: &'static str,
+    doc: &'static str,
+) -> Setting {
+    Setting {
+        topic_key: Some(topic_key),
+        ..row(key, default, Kind::TopicDefault, doc)
+    }
+}
+
+const MIB: i64 = 1024 * 1024;
+/// Kafka's int settings stop here.
+const INT_MAX: i64 = 2_147_483_647;
+
+/// The settings table. Order: Kafka's keys, then Ringfeed's, as `config print` lists them.
+pub static SETTINGS: &[Setting] = &[
+    Setting {
+        flag_aliases: &["listen"],
+        ..row(
+            "listeners",
+            "127.0.0.1:9092",
+            Kind::Listener { optional: false },
+            "Address every shard listens on for Kafka clients: HOST:PORT (or PLAINTEXT://HOST:PORT; \
+             one listener). Port 0 picks a free port.",
+        )
+    },
+    Setting {
+        flag_aliases: &["advertised-listener"],
+        ..row(
+            "advertised.listeners",
+            "",
+            Kind::Listener { optional: true },
+            "HOST:PORT clients are told to connect to. Empty: the listen address, or the host \
+             name when listening on a wildcard address.",
+        )
+    },
+    Setting {
+        flag_aliases: &["data-dir"],
+        ..row(
+            "log.dirs",
+            "./ringfeed-data",
+            Kind::Path,
+            "Directory holding partition logs and cluster metadata (one directory).",
+        )
+    },
+    Setting {
+        flag_aliases: &["default-partitions"],
+        ..row(
+            "num.partitions",
+            "1",
+            integer(1, 10_000),
+            "Partitions of an auto-created topic, or of a CreateTopics request that asks for the \
+             default (-1).",
+        )
+    },
+    Setting {
+        false_switch: Some("no-auto-create-topics"),
+        ..row(
+            "auto.create.topics.enable",
+            "true",
+            Kind::Bool,
+            "Create a topic when a Metadata request names one that does not exist.",
+        )
+    },
+    topic_default(
+        "message.max.bytes",
+        "max.message.bytes",
+        "1048588",
+        "Largest record batch a topic accepts unless it sets max.message.bytes.",
+    ),
+    Setting {
+        flag_aliases: &["request-max-bytes"],
+        ..row(
+            "socket.request.max.bytes",
+            "104857600",
+            // At most the per-shard in-flight request budget (`Limits`), which must hold one frame.
+            integer(64, 256 * MIB),
+            "Largest request frame; a larger declared size closes the connection before any \
+             allocation.",
+        )
+    },
+    row(
+        "connections.max.idle.ms",
+        "600000",
+        integer(1, INT_MAX),
+        "A connection with no request for this long is closed.",
+    ),
+    row(
+        "max.connections",
+        "100000",
+        integer(1, INT_MAX),
+        "Open client connections across all shards; further accepts are closed at once. \
+         Lowered at start to what RLIMIT_NOFILE allows (two descriptors per connection).",
+    ),
+    row(
+        "max.connections.per.ip",
+        "100000",
+        integer(1, INT_MAX),
+        "Open client connections from one address; further accepts from it are closed at once.",
+    ),
+    row(
+        "queued.max.request.bytes",
+        "268435456",
+        // At least one maximum frame (socket.request.max.bytes); `Limits::validate` checks.
+        integer(64, 1 << 40),
+        "Request bytes one shard holds in memory at once (per shard here; Kafka's is per \
+         broker). A frame reserves its declared size before it is read (accounting only).",
+    ),
+    row(
+        "ringfeed.request.read.timeout.ms",
+        "60000",
+        integer(1, INT_MAX),
+        "Close a connection whose request frame has not arrived whole this long after its \
+         first byte (no Kafka equivalent; bounds clients that trickle a large frame).",
+    ),
+    topic_default(
+        "log.retention.ms",
+        "retention.ms",
+        "604800000",
+        "Delete a segment once its newest record is older than this (-1: no time limit). \
+         Topics override it with retention.ms.",
+    ),
+    topic_default(
+        "log.retention.bytes",
+        "retention.bytes",
+        "-1",
+        "Delete the oldest segments while a partition holds more than this (-1: no size limit). \
+         Topics override it with retention.bytes.",
+    ),
+    row(
+        "log.retention.check.interval.ms",
+        "300000",
+        integer(1, INT_MAX),
+        "How often each shard applies retention to its partitions.",
+    ),
+    topic_default(
+        "log.segment.bytes",
+        "segment.bytes",
+        "1073741824",
+        "Roll to a new segment before one grows past this. Topics override it with segment.bytes.",
+    ),
+    topic_default(
+        "log.roll.ms",
+        "segment.ms",
+        "604800000",
+        "Roll to a new segment this long after its first append. Topics override it with \
+         segment.ms.",
+    ),
+    topic_default(
+        "log.flush.interval.ms",
+        "flush.ms",
+        "1000",
+        "Under the interval flush policy, fdatasync unsynced data at most this long after it \
+         was written. Topics override it with flush.ms.",
+    ),
+    row(
+        "group.initial.rebalance.delay.ms",
+        "3000",
+        integer(0, 300_000),
+        "The first rebalance of an empty consumer group waits this long for more members.",
+    ),
+    row(
+        "offsets.retention.minutes",
+        "10080",
+        integer(1, INT_MAX),
+        "Committed offsets of a group without members expire this long after it became empty.",
+    ),
+    topic_default(
+        "ringfeed.log.flush.policy",
+        FLUSH_POLICY_KEY,
+        "on-demand",
+        "When data no acks=all producer waits for is fdatasync'd: always (after every write), \
+         interval (every log.flush.interval.ms) or on-demand (only when an acks=all producer \
+         waits). acks=all always waits for fdatasync. Topics override it with \
+         ringfeed.flush.policy.",
+    ),
+    row(
+        "ringfeed.shards",
+        "0",
+        integer(0, 4096),
+        "Number of shards, one pinned executor each (0: one per online CPU).",
+    ),
+    row(
+        "ringfeed.cpus",
+        "",
+        Kind::CpuList,
+        "Comma-separated CPUs such as 2,3, one shard pinned to each. Empty: the first \
+         ringfeed.shards online CPUs.",
+    ),
+    row(
+        "ringfeed.spin.before.park.us",
+        "0",
+        integer(0, 1_000_000),
+        "Busy-poll this many microseconds before an idle shard sleeps (0: sleep at once). \
+         Trades a core's idle time for lower wake-up latency on dedicated hosts.",
+    ),
+    row(
+        "ringfeed.segment.preallocate.bytes",
+        "33554432",
+        Kind::Integer {
+            min: 0,
+            max: 1 << 40,
+            multiple_of: 4096,
+        },
+        "Disk space fallocated ahead of each partition's active segment (a multiple of \
+         4096). Every open partition holds up to this much unwritten space.",
+    ),
+    row(
+        "ringfeed.offsets.checkpoint.records",
+        "100000",
+        integer(1, INT_MAX),
+        "Commits appended to a __consumer_offsets partition between checkpoints (bounds replay \
+         time at start).",
+    ),
+    row(
+        "ringfeed.admin.listen",
+        "127.0.0.1:9644",
+        Kind::ListenerOrOff,
+        "HOST:PORT of the HTTP admin listener (/metrics, /health, /ready); off disables it.",
+    ),
+    row(
+        "ringfeed.log.level",
+        "info",
+        Kind::LogFilter,
+        "Log filter at start: error, warn, info, debug, trace, or a tracing filter such as \
+         ringfeed_broker=debug,info. The RUST_LOG environment variable, when set, wins.",
+    ),
+];
