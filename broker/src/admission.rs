@@ -4,7 +4,9 @@
 //! client's connections over all of them, so a per-shard count cannot enforce a per-client
 //! bound. `ConnectionCounts` is the one structure the shards share for this: touched once
 //! at accept and once at close, never on a request path. The total is an atomic; the
-//! per-address counts sit behind a mutex held for one map update (no await, no IO).
+//! per-address counts sit behind a mutex held for one map update (no await, no IO), and only
+//! exist when `max.connections.per.ip` is below `max.connections` (by default they are not
+//! kept, so shards share nothing but the one counter).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -33,7 +35,8 @@ pub enum Refusal {
 #[derive(Debug)]
 pub struct Admitted {
     counts: Arc<ConnectionCounts>,
-    ip: IpAddr,
+    /// The address counted against `max.connections.per.ip`, when that limit is kept.
+    counted_ip: Option<IpAddr>,
 }
 
 impl ConnectionCounts {
@@ -56,6 +59,13 @@ impl ConnectionCounts {
         if taken.is_err() {
             return Err(Refusal::BrokerFull);
         }
+        if self.connections_per_ip_max >= self.connections_max {
+            // One address can never exceed what the total allows anyway.
+            return Ok(Admitted {
+                counts: self.clone(),
+                counted_ip: None,
+            });
+        }
         let mut per_ip = self
             .open_per_ip
             .lock()
@@ -69,7 +79,7 @@ impl ConnectionCounts {
         *from_ip += 1;
         Ok(Admitted {
             counts: self.clone(),
-            ip,
+            counted_ip: Some(ip),
         })
     }
 
@@ -81,18 +91,19 @@ impl ConnectionCounts {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut per_ip = self
-            .counts
-            .open_per_ip
-            .lock()
-            .expect("never poisoned: no panics inside");
-        if let Some(from_ip) = per_ip.get_mut(&self.ip) {
-            *from_ip -= 1;
-            if *from_ip == 0 {
-                per_ip.remove(&self.ip);
+        if let Some(ip) = self.counted_ip {
+            let mut per_ip = self
+                .counts
+                .open_per_ip
+                .lock()
+                .expect("never poisoned: no panics inside");
+            if let Some(from_ip) = per_ip.get_mut(&ip) {
+                *from_ip -= 1;
+                if *from_ip == 0 {
+                    per_ip.remove(&ip);
+                }
             }
         }
-        drop(per_ip);
         self.counts.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -129,5 +140,15 @@ mod tests {
         drop(held);
         assert_eq!(counts.open(), 0);
         assert!(counts.open_per_ip.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn without_a_per_address_limit_no_address_is_tracked() {
+        let counts = ConnectionCounts::new(3, 3);
+        let held: Vec<_> = (0..3).map(|_| counts.admit(ip(1)).unwrap()).collect();
+        assert_eq!(counts.admit(ip(1)).unwrap_err(), Refusal::BrokerFull);
+        assert!(counts.open_per_ip.lock().unwrap().is_empty());
+        drop(held);
+        assert_eq!(counts.open(), 0);
     }
 }
