@@ -101,7 +101,7 @@ fn serve(args: &SettingsArgs) -> ExitCode {
     match server::serve(&effective.serve_options()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("ringfeed: {error}");
+            tracing::error!("{error}");
             ExitCode::FAILURE
         }
     }

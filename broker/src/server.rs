@@ -63,6 +63,14 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
     let _data_dir_lock = lock_data_dir(&data_dir)?;
     let requested = resolve_address(&options.listen)?;
     preflight::check_port_free(requested, "listeners")?;
+    let admin_listen = options
+        .admin_listen
+        .as_deref()
+        .map(resolve_address)
+        .transpose()?;
+    if let Some(address) = admin_listen {
+        preflight::check_port_free(address, "ringfeed.admin.listen")?;
+    }
     let shard_cpus = shard_cpus(options)?;
     preflight::check_io_uring()?;
     if let Some(warning) = preflight::check_memlock(shard_cpus.len())? {
@@ -88,11 +96,7 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         auto_create_topics: options.auto_create_topics,
         default_partitions: options.default_partitions,
         limits: limits_within_descriptors(&options.limits),
-        admin_listen: options
-            .admin_listen
-            .as_deref()
-            .map(resolve_address)
-            .transpose()?,
+        admin_listen,
         topic_defaults: options.topic_defaults.clone(),
         settings: options.settings.clone(),
     });
