@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::future::{select, Either};
@@ -28,6 +28,7 @@ use crate::admission::Refusal;
 use crate::codec::{self, CodecError};
 use crate::frame::{FrameBuffer, FrameError, FRAME_SIZE_PREFIX_BYTES};
 use crate::handlers::{self, api_versions, RequestContext};
+use crate::log_throttle::LogThrottle;
 use crate::registry::{self, Admission};
 use crate::shard::Shard;
 
@@ -69,26 +70,16 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, connections: R
     }
 }
 
-/// Logs refused connections at most once per `REFUSAL_LOG_INTERVAL` per shard, with a
+/// Logs refused connections at most once per `REPEAT_LOG_INTERVAL` per shard, with a
 /// count, so a connection flood cannot flood the log as well.
 #[derive(Default)]
-struct RefusalLog {
-    last_logged: Option<Instant>,
-    unlogged: u64,
-}
-
-const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+struct RefusalLog(LogThrottle);
 
 impl RefusalLog {
     fn record(&mut self, shard: &Shard, peer: SocketAddr, refusal: Refusal) {
-        self.unlogged += 1;
-        let now = Instant::now();
-        if self
-            .last_logged
-            .is_some_and(|last| now.duration_since(last) < REFUSAL_LOG_INTERVAL)
-        {
+        let Some(skipped) = self.0.occurrence(Instant::now()) else {
             return;
-        }
+        };
         let limits = &shard.config.limits;
         let (limit_name, limit) = match refusal {
             Refusal::BrokerFull => ("max.connections", limits.connections_max),
@@ -99,11 +90,9 @@ impl RefusalLog {
             %peer,
             limit_name,
             limit,
-            refused_since_last_report = self.unlogged,
+            refused_before_this_unlogged = skipped,
             "connection refused: at the connection limit"
         );
-        self.last_logged = Some(now);
-        self.unlogged = 0;
     }
 }
 

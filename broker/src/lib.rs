@@ -15,6 +15,7 @@ pub mod frame;
 pub mod groups;
 pub mod handlers;
 pub mod limits;
+pub mod log_throttle;
 pub mod logging;
 pub mod metadata;
 pub mod metrics;

@@ -10,13 +10,14 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::select;
 use uuid::Uuid;
 
 use crate::error_codes as codes;
+use crate::log_throttle::LogThrottle;
 use crate::metadata::TopicPartition;
 use crate::producer_state::{ProducerStates, Refused};
 use crate::storage::{AppendError, BatchError, PartitionLog, ReadError};
@@ -120,6 +121,9 @@ pub struct PartitionTable {
     offline_listener: RefCell<Option<OfflineListener>>,
     /// Idempotent producers' sequence state of the partitions above.
     producers: ProducerStates,
+    /// Read failures logged per partition: a consumer stuck at a corrupt batch retries it
+    /// about twice a second, forever.
+    read_failures_logged: RefCell<HashMap<TopicPartition, LogThrottle>>,
 }
 
 impl PartitionTable {
@@ -154,6 +158,7 @@ impl PartitionTable {
 
     pub fn remove(&self, tp: &TopicPartition) -> Option<PartitionSlot> {
         self.producers.forget(tp);
+        self.read_failures_logged.borrow_mut().remove(tp);
         self.slots.borrow_mut().remove(tp)
     }
 
@@ -313,7 +318,15 @@ async fn fetch(
         Ok(batches) => outcome.batches = batches,
         Err(ReadError::OffsetOutOfRange { .. }) => outcome.error_code = codes::OFFSET_OUT_OF_RANGE,
         Err(error) => {
-            tracing::error!(partition = %tp, %error, "read failed");
+            let logged = table
+                .read_failures_logged
+                .borrow_mut()
+                .entry(tp.clone())
+                .or_default()
+                .occurrence(Instant::now());
+            if let Some(skipped) = logged {
+                tracing::error!(partition = %tp, offset, %error, failures_before_this_unlogged = skipped, "read failed");
+            }
             outcome.error_code = codes::KAFKA_STORAGE_ERROR;
         }
     }
