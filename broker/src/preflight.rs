@@ -83,7 +83,11 @@ fn bind_probe(address: SocketAddr) -> std::io::Result<()> {
 /// Creates the data directory if needed and proves the broker can create, write and
 /// remove a file in it. Root ignores permission bits, so this catches what bits cannot
 /// show: read-only mounts, immutable directories, a path through a file.
-pub fn check_data_dir_writable(data_dir: &Path) -> Result<(), String> {
+///
+/// A full disk is not a reason to refuse: the broker starts, serves what it holds and answers
+/// producers `KAFKA_STORAGE_ERROR` until space is freed, so restarting on a full disk works.
+/// That case returns the warning to log.
+pub fn check_data_dir_writable(data_dir: &Path) -> Result<Option<String>, String> {
     let fix = "Give the broker's user write access to it, or point log.dirs elsewhere \
                (--log-dirs DIR, RINGFEED_LOG_DIRS or log.dirs in the config file).";
     let explain = |what: &str, error: &std::io::Error| {
@@ -92,7 +96,6 @@ pub fn check_data_dir_writable(data_dir: &Path) -> Result<(), String> {
             Some(libc::EPERM) => " (the directory may be immutable: see lsattr -d)",
             Some(libc::ENOTDIR) => " (a part of the path is a file, not a directory)",
             Some(libc::EACCES) => " (permission denied for the broker's user)",
-            Some(libc::ENOSPC) => " (the disk is full)",
             _ => "",
         };
         format!(
@@ -100,11 +103,28 @@ pub fn check_data_dir_writable(data_dir: &Path) -> Result<(), String> {
             data_dir.display()
         )
     };
+    let is_full = |error: &std::io::Error| {
+        matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+    };
+    let full_warning = |error: &std::io::Error| {
+        format!(
+            "data dir {} is full ({error}): the broker starts and serves what it holds, and \
+             producers get KAFKA_STORAGE_ERROR until space is freed",
+            data_dir.display()
+        )
+    };
     std::fs::create_dir_all(data_dir).map_err(|error| explain("cannot create it", &error))?;
     let probe = data_dir.join(".ringfeed-write-check");
-    std::fs::write(&probe, b"ringfeed")
-        .map_err(|error| explain("cannot write a file in it", &error))?;
-    std::fs::remove_file(&probe).map_err(|error| explain("cannot remove a file in it", &error))
+    let written = std::fs::write(&probe, b"ringfeed");
+    // Created but not written (a full disk) still leaves the file behind.
+    let removed = std::fs::remove_file(&probe);
+    match written {
+        Err(error) if is_full(&error) => return Ok(Some(full_warning(&error))),
+        Err(error) => return Err(explain("cannot write a file in it", &error)),
+        Ok(()) => {}
+    }
+    removed.map_err(|error| explain("cannot remove a file in it", &error))?;
+    Ok(None)
 }
 
 /// Sets up and drops a small `io_uring`, so a kernel or sandbox without it stops the broker
@@ -232,6 +252,6 @@ mod tests {
         let error = check_data_dir_writable(&file.join("data")).unwrap_err();
         assert!(error.contains("not a directory"), "{error}");
         assert!(error.contains("log.dirs"), "{error}");
-        check_data_dir_writable(&dir.path().join("data")).unwrap();
+        assert_eq!(check_data_dir_writable(&dir.path().join("data")), Ok(None));
     }
 }

@@ -51,7 +51,9 @@ pub struct ServeOptions {
 /// Runs the broker until a signal stops it. Returns once every shard has closed its logs.
 pub fn serve(options: &ServeOptions) -> Result<(), String> {
     options.limits.validate()?;
-    preflight::check_data_dir_writable(&options.data_dir)?;
+    if let Some(warning) = preflight::check_data_dir_writable(&options.data_dir)? {
+        tracing::warn!("{warning}");
+    }
     // glommio opens directories by absolute path only (a relative one fails with EBADF), and
     // the default data dir is relative.
     let data_dir = std::path::absolute(&options.data_dir).map_err(|error| {
