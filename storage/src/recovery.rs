@@ -20,7 +20,7 @@ use crate::error::StorageError;
 use crate::index::{BuildingIndex, SegmentIndex};
 use crate::io::{align_up, Disk, DiskFile};
 use crate::log::{Clock, State};
-use crate::meta::{decode_checkpoint, LogCheckpoint, MetaKind};
+use crate::meta::{decode_checkpoint, encode_checkpoint, LogCheckpoint, MetaKind};
 use crate::segment::{
     self, index_file_name, parse_file_name, segment_file_name, ScanStop, Segment, CHECKPOINT_FILE,
     CLEAN_SHUTDOWN_FILE, SEGMENT_SUFFIX,
@@ -106,7 +106,7 @@ pub(crate) async fn recover<D: Disk>(
         sealed.insert(base, segment);
     }
     let marker = marker.filter(|m| m.segment_base_offset == last_base);
-    let (active, segment_bytes) = open_last(
+    let (active, segment_bytes, marker) = open_last(
         disk,
         dir,
         last_base,
@@ -127,6 +127,15 @@ pub(crate) async fn recover<D: Disk>(
         }
     }
     if names.iter().any(|n| n == CLEAN_SHUTDOWN_FILE) {
+        if let Some(marker) = marker.filter(|m| checkpoint != Some(*m)) {
+            // What the marker vouched for stays vouched for once it is gone: otherwise a crash
+            // before the next checkpoint would scan those bytes as an unknown tail and could
+            // cut them (clean shutdown writes both; this covers a lost or stale checkpoint).
+            let contents = encode_checkpoint(MetaKind::RecoveryCheckpoint, &marker);
+            disk.write_file_atomically(&dir.join(CHECKPOINT_FILE), &contents)
+                .await
+                .map_err(io_error("writing the recovery checkpoint"))?;
+        }
         // From here on the marker would lie: it must be gone before the first new write.
         disk.remove_file(&dir.join(CLEAN_SHUTDOWN_FILE))
             .await
@@ -235,7 +244,8 @@ async fn open_sealed<D: Disk>(
 }
 
 /// Opens the last segment: trusted to the clean-shutdown marker, or scanned and, if its tail
-/// is torn, truncated. Returns the segment and its logical size.
+/// is torn, truncated. Returns the segment, its logical size, and the marker if it was
+/// trusted (`None` when it disagreed with the segment and a scan decided instead).
 async fn open_last<D: Disk>(
     disk: &D,
     dir: &Path,
@@ -244,7 +254,7 @@ async fn open_last<D: Disk>(
     checkpoint: Option<LogCheckpoint>,
     config: &LogConfig,
     report: &mut RecoveryReport,
-) -> Result<(Segment<D::File>, u64), StorageError> {
+) -> Result<(Segment<D::File>, u64, Option<LogCheckpoint>), StorageError> {
     let file = disk
         .open(&dir.join(segment_file_name(base)), false)
         .await
@@ -272,6 +282,7 @@ async fn open_last<D: Disk>(
                     index: SegmentIndex::Building(scan.index),
                 },
                 scan.valid_bytes,
+                Some(marker),
             ));
         }
         tracing::warn!(dir = %dir.display(), "clean-shutdown marker disagrees with the segment; scanning");
@@ -306,6 +317,7 @@ async fn open_last<D: Disk>(
             index: SegmentIndex::Building(scan.index),
         },
         valid_bytes,
+        None,
     ))
 }
 

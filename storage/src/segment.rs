@@ -134,10 +134,19 @@ pub async fn scan<F: DiskFile>(
                     Err(stop) => Some(stop),
                     Ok(header) => {
                         let size = header.total_bytes();
-                        let batch_bytes = reader
-                            .get(position, size)
-                            .await?
-                            .expect("length checked against file");
+                        // `file_bytes` is what the caller believes (a clean-shutdown marker's
+                        // durable size); the file itself may be shorter.
+                        let Some(batch_bytes) = reader.get(position, size).await? else {
+                            return Ok(ScanOutcome {
+                                valid_bytes: position,
+                                stop: ScanStop::Damaged {
+                                    reason: format!(
+                                        "batch at offset {expected_offset} runs past the end of the file"
+                                    ),
+                                },
+                                index,
+                            });
+                        };
                         if position >= trusted_bytes && !batch::is_intact(&batch_bytes) {
                             Some(ScanStop::Damaged {
                                 reason: format!(
