@@ -32,7 +32,7 @@ pub enum FrameVerdict {
         api_key: ApiKey,
         api_version: i16,
         header: RequestHeader,
-        request: Request,
+        request: Box<Request>,
     },
     /// An `ApiVersions` version above ours, answered with the v0 fallback frame.
     ApiVersionsFallback(Bytes),
@@ -67,7 +67,7 @@ pub fn decode_frame(frame: Bytes) -> FrameVerdict {
             api_key,
             api_version: preamble.api_version,
             header,
-            request,
+            request: Box::new(request),
         },
         Err(error) => FrameVerdict::Refused(error.to_string()),
     }

@@ -521,6 +521,20 @@ async fn read_batches<F: DiskFile>(file: &F, plan: DiskRead) -> Result<Vec<Bytes
         }
         position += size as u64;
     }
+    if batches.is_empty() {
+        // `offset` is below the visible end, so some batch must hold it: an index that points
+        // past the data (or data that ends early) is damage, and an empty answer would have
+        // the consumer ask again forever.
+        return Err(ReadError::Corrupt {
+            offset: plan.offset,
+            segment_base_offset: plan.segment_base_offset,
+            position,
+            reason: format!(
+                "no batch holds offset {} up to byte {} of the segment",
+                plan.offset, plan.end
+            ),
+        });
+    }
     Ok(batches)
 }
 
