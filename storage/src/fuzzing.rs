@@ -330,6 +330,28 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_whose_offsets_pass_i64_max_is_refused_without_overflow() {
+        let records: Vec<batch::build::Record<'_>> = (0..5)
+            .map(|_| batch::build::Record {
+                key: None,
+                value: Some(b"v"),
+                timestamp_ms: 0,
+            })
+            .collect();
+        let base_offset = i64::MAX - 2;
+        let stored = batch::with_base_offset(&batch::build::batch(&records), base_offset);
+        let input = encode_partition_files(&[(FileKind::Segment, base_offset, &stored)]);
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                assert_eq!(segment_recovery(&input).await, Some(0), "cut as damage");
+            })
+            .expect("executor")
+            .join()
+            .expect("test task");
+    }
+
+    #[test]
     fn partition_files_round_trip_through_the_input_format() {
         let input = encode_partition_files(&[
             (FileKind::Segment, 0, b"abc"),

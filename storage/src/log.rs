@@ -553,7 +553,7 @@ async fn find_by_timestamp<F: DiskFile>(
                 break;
             };
             return Ok(Some(match batch::first_at_or_after(&bytes, timestamp_ms) {
-                Some((delta, ts)) => (header.base_offset + i64::from(delta), ts),
+                Some((delta, ts)) => (header.base_offset.saturating_add(i64::from(delta)), ts),
                 None => (header.base_offset, header.max_timestamp),
             }));
         }

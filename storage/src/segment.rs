@@ -216,6 +216,15 @@ fn check_header(
             "batch at offset {expected_offset} has negative counts"
         ));
     }
+    // Offsets are i64: the offset after this batch must exist too.
+    if expected_offset
+        .checked_add(i64::from(header.last_offset_delta) + 1)
+        .is_none()
+    {
+        return damaged(format!(
+            "batch at offset {expected_offset} runs past the largest offset"
+        ));
+    }
     Ok(header)
 }
 
