@@ -352,6 +352,27 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_with_negative_offsets_is_not_used() {
+        // An empty directory starts at the checkpoint's next offset: it must not be negative.
+        let checkpoint = crate::meta::LogCheckpoint {
+            log_start_offset: -7,
+            segment_base_offset: -7,
+            durable_bytes: 0,
+            next_offset: -7,
+        };
+        let payload = rkyv::to_bytes::<rkyv::rancor::Error>(&checkpoint).expect("archive");
+        let input = encode_partition_files(&[(FileKind::CheckpointSealed, 0, &payload)]);
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                assert_eq!(segment_recovery(&input).await, Some(0));
+            })
+            .expect("executor")
+            .join()
+            .expect("test task");
+    }
+
+    #[test]
     fn partition_files_round_trip_through_the_input_format() {
         let input = encode_partition_files(&[
             (FileKind::Segment, 0, b"abc"),

@@ -170,6 +170,15 @@ async fn read_checkpoint<D: Disk>(
     let path = dir.join(name);
     match disk.read_file(&path).await {
         Ok(Some(bytes)) => match decode_checkpoint(kind, &bytes) {
+            // Offsets are never negative; such a checkpoint would start a new log below zero.
+            Ok(checkpoint)
+                if checkpoint.log_start_offset < 0
+                    || checkpoint.segment_base_offset < 0
+                    || checkpoint.next_offset < 0 =>
+            {
+                tracing::warn!(path = %path.display(), ?checkpoint, "ignoring a checkpoint with negative offsets; scanning instead");
+                None
+            }
             Ok(checkpoint) => Some(checkpoint),
             Err(error) => {
                 tracing::warn!(path = %path.display(), %error, "ignoring an unusable checkpoint; scanning instead");
