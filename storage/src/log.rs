@@ -496,7 +496,7 @@ async fn read_batches<F: DiskFile>(file: &F, plan: DiskRead) -> Result<Vec<Bytes
             break;
         }
         let bytes = reader.get(position, size).await.map_err(io)?;
-        let bytes = match check_stored(bytes, &header, expected_base, plan.offset) {
+        let bytes = match check_stored(bytes, &header, expected_base, &plan) {
             Ok(bytes) => bytes,
             // Serve what is good; the next read starts at the damage and reports it.
             Err(_) if !batches.is_empty() => break,
@@ -542,14 +542,17 @@ async fn read_batches<F: DiskFile>(file: &F, plan: DiskRead) -> Result<Vec<Bytes
 
 /// A stored batch as read from disk, if it may be served: whole, CRC32C intact, and at the
 /// offsets expected where it lies, i.e. right after the batch before it, or for the first
-/// batch of a read (where the index pointed) starting at or before the offset asked for.
-/// baseOffset lies outside the CRC, so only this catches a batch whose offset field rotted.
+/// batch of a read (where the index pointed) starting at or before the offset asked for, and
+/// ending below the visible end (the log only makes whole batches visible). baseOffset lies
+/// outside the CRC, so only this catches a batch whose offset field rotted; and a trusted
+/// index and the data it indexes can disagree.
 fn check_stored(
     bytes: Option<Bytes>,
     header: &BatchHeader,
     expected_base: Option<i64>,
-    offset: i64,
+    plan: &DiskRead,
 ) -> Result<Bytes, String> {
+    let offset = plan.offset;
     let Some(bytes) = bytes.filter(|b| batch::is_intact(b)) else {
         return Err(format!(
             "batch header claims offset {} and {} bytes, and fails its CRC32C or header check",
@@ -566,6 +569,14 @@ fn check_stored(
             "batch claims offset {} where offset {} was expected",
             header.base_offset,
             expected_base.unwrap_or(offset)
+        ));
+    }
+    if header.last_offset() >= plan.visible_end {
+        return Err(format!(
+            "batch claims offsets {}..={} past the log's end at {}",
+            header.base_offset,
+            header.last_offset(),
+            plan.visible_end
         ));
     }
     Ok(bytes)
