@@ -14,6 +14,7 @@ use std::path::Path;
 use std::rc::Rc;
 
 use crate::appender::Appender;
+use crate::batch::BATCH_HEADER_BYTES;
 use crate::cache::TailCache;
 use crate::config::LogConfig;
 use crate::error::StorageError;
@@ -281,8 +282,16 @@ async fn open_last<D: Disk>(
         )
         .await
         .map_err(io_error("reading a segment"))?;
+        // Nothing is written after a clean shutdown until the marker is gone, so a batch
+        // header's worth past its end must still be zeros; otherwise the marker is stale and
+        // the bytes after it would be appended over now and read back after a later crash.
+        let after_end = file
+            .read_at(marker.durable_bytes, BATCH_HEADER_BYTES)
+            .await
+            .map_err(io_error("reading a segment"))?;
         if scan.valid_bytes == marker.durable_bytes
             && scan.index.data.next_offset == marker.next_offset
+            && after_end.iter().all(|&byte| byte == 0)
         {
             return Ok((
                 Segment {
