@@ -29,6 +29,9 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import confluent_kafka, k
     .venv/bin/pip install --quiet "confluent-kafka>=2.3" "kafka-python>=2.0.3,<3" "prometheus-client>=0.17" pytest
 fi
 
+# This replays the committed fuzz corpus too (fuzzing::tests in broker and storage). libFuzzer
+# itself is not run here: installing cargo-fuzz and building the targets from scratch took
+# 12 min on the 2-vCPU development machine (see fuzz/README.md); run scripts/fuzz.sh.
 echo "== cargo test --workspace"
 cargo test --workspace
 

@@ -12,6 +12,8 @@ pub mod connection;
 pub mod controller;
 pub mod error_codes;
 pub mod frame;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod groups;
 pub mod handlers;
 pub mod limits;

@@ -103,9 +103,8 @@ pub fn check_data_dir_writable(data_dir: &Path) -> Result<Option<String>, String
             data_dir.display()
         )
     };
-    let is_full = |error: &std::io::Error| {
-        matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
-    };
+    let is_full =
+        |error: &std::io::Error| matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
     let full_warning = |error: &std::io::Error| {
         format!(
             "data dir {} is full ({error}): the broker starts and serves what it holds, and \

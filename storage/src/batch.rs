@@ -97,8 +97,11 @@ impl BatchHeader {
         self.batch_length.max(0) as usize + LOG_OVERHEAD_BYTES
     }
 
+    /// Saturates rather than overflows: the header may come from damaged bytes, which must
+    /// end in an error, never in a panic.
     pub fn last_offset(&self) -> i64 {
-        self.base_offset + i64::from(self.last_offset_delta)
+        self.base_offset
+            .saturating_add(i64::from(self.last_offset_delta))
     }
 
     pub fn is_compressed(&self) -> bool {

@@ -14,6 +14,8 @@ pub mod batch;
 pub mod check;
 pub mod config;
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod index;
 pub mod io;
 pub mod meta;

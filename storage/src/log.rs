@@ -501,6 +501,7 @@ async fn read_batches<F: DiskFile>(file: &F, plan: DiskRead) -> Result<Vec<Bytes
     let io = |e| ReadError::Storage(StorageError::io("read", e));
     let mut reader = WindowReader::new(file, plan.end, plan.max_bytes.clamp(64 << 10, 8 << 20));
     let (mut batches, mut total, mut position) = (Vec::new(), 0, plan.position);
+    let mut expected_base = None;
     while let Some(header_bytes) = reader.get(position, BATCH_HEADER_BYTES).await.map_err(io)? {
         let header = BatchHeader::parse(&header_bytes).expect("61 bytes");
         let size = header.total_bytes();
@@ -510,33 +511,90 @@ async fn read_batches<F: DiskFile>(file: &F, plan: DiskRead) -> Result<Vec<Bytes
             break;
         }
         let bytes = reader.get(position, size).await.map_err(io)?;
-        let Some(bytes) = bytes.filter(|b| batch::is_intact(b)) else {
-            if !batches.is_empty() {
-                break; // serve what is good; the next read starts at the damage and reports it
+        let bytes = match check_stored(bytes, &header, expected_base, &plan) {
+            Ok(bytes) => bytes,
+            // Serve what is good; the next read starts at the damage and reports it.
+            Err(_) if !batches.is_empty() => break,
+            Err(reason) => {
+                tracing::error!(
+                    segment = plan.segment_base_offset,
+                    position,
+                    offset = plan.offset,
+                    reason,
+                    "stored batch failed its checks; not serving it"
+                );
+                return Err(ReadError::Corrupt {
+                    offset: plan.offset,
+                    segment_base_offset: plan.segment_base_offset,
+                    position,
+                    reason,
+                });
             }
-            tracing::error!(
-                segment = plan.segment_base_offset,
-                position,
-                offset = plan.offset,
-                "stored batch failed its CRC32C or header check; not serving it"
-            );
-            return Err(ReadError::Corrupt {
-                offset: plan.offset,
-                segment_base_offset: plan.segment_base_offset,
-                position,
-                reason: format!(
-                    "batch header claims offset {} and {size} bytes",
-                    header.base_offset
-                ),
-            });
         };
+        expected_base = Some(header.last_offset().saturating_add(1));
         if header.last_offset() >= plan.offset {
             batches.push(bytes);
             total += size;
         }
         position += size as u64;
     }
+    if batches.is_empty() {
+        // `offset` is below the visible end, so some batch must hold it: an index that points
+        // past the data (or data that ends early) is damage, and an empty answer would have
+        // the consumer ask again forever.
+        return Err(ReadError::Corrupt {
+            offset: plan.offset,
+            segment_base_offset: plan.segment_base_offset,
+            position,
+            reason: format!(
+                "no batch holds offset {} up to byte {} of the segment",
+                plan.offset, plan.end
+            ),
+        });
+    }
     Ok(batches)
+}
+
+/// A stored batch as read from disk, if it may be served: whole, CRC32C intact, and at the
+/// offsets expected where it lies, i.e. right after the batch before it, or for the first
+/// batch of a read (where the index pointed) starting at or before the offset asked for, and
+/// ending below the visible end (the log only makes whole batches visible). baseOffset lies
+/// outside the CRC, so only this catches a batch whose offset field rotted; and a trusted
+/// index and the data it indexes can disagree.
+fn check_stored(
+    bytes: Option<Bytes>,
+    header: &BatchHeader,
+    expected_base: Option<i64>,
+    plan: &DiskRead,
+) -> Result<Bytes, String> {
+    let offset = plan.offset;
+    let Some(bytes) = bytes.filter(|b| batch::is_intact(b)) else {
+        return Err(format!(
+            "batch header claims offset {} and {} bytes, and fails its CRC32C or header check",
+            header.base_offset,
+            header.total_bytes()
+        ));
+    };
+    let in_place = match expected_base {
+        Some(expected) => header.base_offset == expected,
+        None => header.base_offset <= offset,
+    };
+    if !in_place {
+        return Err(format!(
+            "batch claims offset {} where offset {} was expected",
+            header.base_offset,
+            expected_base.unwrap_or(offset)
+        ));
+    }
+    if header.last_offset() >= plan.visible_end {
+        return Err(format!(
+            "batch claims offsets {}..={} past the log's end at {}",
+            header.base_offset,
+            header.last_offset(),
+            plan.visible_end
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Scans batches from `position` for the first whose maxTimestamp reaches `timestamp_ms`.
@@ -554,7 +612,7 @@ async fn find_by_timestamp<F: DiskFile>(
                 break;
             };
             return Ok(Some(match batch::first_at_or_after(&bytes, timestamp_ms) {
-                Some((delta, ts)) => (header.base_offset + i64::from(delta), ts),
+                Some((delta, ts)) => (header.base_offset.saturating_add(i64::from(delta)), ts),
                 None => (header.base_offset, header.max_timestamp),
             }));
         }

@@ -14,13 +14,14 @@ use std::path::Path;
 use std::rc::Rc;
 
 use crate::appender::Appender;
+use crate::batch::BATCH_HEADER_BYTES;
 use crate::cache::TailCache;
 use crate::config::LogConfig;
 use crate::error::StorageError;
 use crate::index::{BuildingIndex, SegmentIndex};
 use crate::io::{align_up, Disk, DiskFile};
 use crate::log::{Clock, State};
-use crate::meta::{decode_checkpoint, LogCheckpoint, MetaKind};
+use crate::meta::{decode_checkpoint, encode_checkpoint, LogCheckpoint, MetaKind};
 use crate::segment::{
     self, index_file_name, parse_file_name, segment_file_name, ScanStop, Segment, CHECKPOINT_FILE,
     CLEAN_SHUTDOWN_FILE, SEGMENT_SUFFIX,
@@ -106,7 +107,7 @@ pub(crate) async fn recover<D: Disk>(
         sealed.insert(base, segment);
     }
     let marker = marker.filter(|m| m.segment_base_offset == last_base);
-    let (active, segment_bytes) = open_last(
+    let (active, segment_bytes, marker) = open_last(
         disk,
         dir,
         last_base,
@@ -127,6 +128,15 @@ pub(crate) async fn recover<D: Disk>(
         }
     }
     if names.iter().any(|n| n == CLEAN_SHUTDOWN_FILE) {
+        if let Some(marker) = marker.filter(|m| checkpoint != Some(*m)) {
+            // What the marker vouched for stays vouched for once it is gone: otherwise a crash
+            // before the next checkpoint would scan those bytes as an unknown tail and could
+            // cut them (clean shutdown writes both; this covers a lost or stale checkpoint).
+            let contents = encode_checkpoint(MetaKind::RecoveryCheckpoint, &marker);
+            disk.write_file_atomically(&dir.join(CHECKPOINT_FILE), &contents)
+                .await
+                .map_err(io_error("writing the recovery checkpoint"))?;
+        }
         // From here on the marker would lie: it must be gone before the first new write.
         disk.remove_file(&dir.join(CLEAN_SHUTDOWN_FILE))
             .await
@@ -161,6 +171,15 @@ async fn read_checkpoint<D: Disk>(
     let path = dir.join(name);
     match disk.read_file(&path).await {
         Ok(Some(bytes)) => match decode_checkpoint(kind, &bytes) {
+            // Offsets are never negative; such a checkpoint would start a new log below zero.
+            Ok(checkpoint)
+                if checkpoint.log_start_offset < 0
+                    || checkpoint.segment_base_offset < 0
+                    || checkpoint.next_offset < 0 =>
+            {
+                tracing::warn!(path = %path.display(), ?checkpoint, "ignoring a checkpoint with negative offsets; scanning instead");
+                None
+            }
             Ok(checkpoint) => Some(checkpoint),
             Err(error) => {
                 tracing::warn!(path = %path.display(), %error, "ignoring an unusable checkpoint; scanning instead");
@@ -235,7 +254,8 @@ async fn open_sealed<D: Disk>(
 }
 
 /// Opens the last segment: trusted to the clean-shutdown marker, or scanned and, if its tail
-/// is torn, truncated. Returns the segment and its logical size.
+/// is torn, truncated. Returns the segment, its logical size, and the marker if it was
+/// trusted (`None` when it disagreed with the segment and a scan decided instead).
 async fn open_last<D: Disk>(
     disk: &D,
     dir: &Path,
@@ -244,7 +264,7 @@ async fn open_last<D: Disk>(
     checkpoint: Option<LogCheckpoint>,
     config: &LogConfig,
     report: &mut RecoveryReport,
-) -> Result<(Segment<D::File>, u64), StorageError> {
+) -> Result<(Segment<D::File>, u64, Option<LogCheckpoint>), StorageError> {
     let file = disk
         .open(&dir.join(segment_file_name(base)), false)
         .await
@@ -262,8 +282,16 @@ async fn open_last<D: Disk>(
         )
         .await
         .map_err(io_error("reading a segment"))?;
+        // Nothing is written after a clean shutdown until the marker is gone, so a batch
+        // header's worth past its end must still be zeros; otherwise the marker is stale and
+        // the bytes after it would be appended over now and read back after a later crash.
+        let after_end = file
+            .read_at(marker.durable_bytes, BATCH_HEADER_BYTES)
+            .await
+            .map_err(io_error("reading a segment"))?;
         if scan.valid_bytes == marker.durable_bytes
             && scan.index.data.next_offset == marker.next_offset
+            && after_end.iter().all(|&byte| byte == 0)
         {
             return Ok((
                 Segment {
@@ -272,6 +300,7 @@ async fn open_last<D: Disk>(
                     index: SegmentIndex::Building(scan.index),
                 },
                 scan.valid_bytes,
+                Some(marker),
             ));
         }
         tracing::warn!(dir = %dir.display(), "clean-shutdown marker disagrees with the segment; scanning");
@@ -306,6 +335,7 @@ async fn open_last<D: Disk>(
             index: SegmentIndex::Building(scan.index),
         },
         valid_bytes,
+        None,
     ))
 }
 

@@ -134,35 +134,35 @@ pub async fn scan<F: DiskFile>(
                     Err(stop) => Some(stop),
                     Ok(header) => {
                         let size = header.total_bytes();
-                        // `file_bytes` may be a claimed end (a clean-shutdown marker's)
-                        // beyond a file that was truncated since: then the batch is torn.
-                        match reader.get(position, size).await? {
-                            None => Some(ScanStop::Damaged {
-                                reason: format!(
-                                    "batch at offset {expected_offset} runs past the end of the file"
-                                ),
-                            }),
-                            Some(batch_bytes)
-                                if position >= trusted_bytes
-                                    && !batch::is_intact(&batch_bytes) =>
-                            {
-                                Some(ScanStop::Damaged {
+                        // `file_bytes` is what the caller believes (a clean-shutdown marker's
+                        // durable size); the file itself may be shorter.
+                        let Some(batch_bytes) = reader.get(position, size).await? else {
+                            return Ok(ScanOutcome {
+                                valid_bytes: position,
+                                stop: ScanStop::Damaged {
                                     reason: format!(
-                                        "CRC32C mismatch in batch at offset {expected_offset}"
+                                        "batch at offset {expected_offset} runs past the end of the file"
                                     ),
-                                })
-                            }
-                            Some(_) => {
-                                index.add_batch(
-                                    header.base_offset,
-                                    header.last_offset() + 1,
-                                    header.max_timestamp,
-                                    position,
-                                    size,
-                                );
-                                position += size as u64;
-                                None
-                            }
+                                },
+                                index,
+                            });
+                        };
+                        if position >= trusted_bytes && !batch::is_intact(&batch_bytes) {
+                            Some(ScanStop::Damaged {
+                                reason: format!(
+                                    "CRC32C mismatch in batch at offset {expected_offset}"
+                                ),
+                            })
+                        } else {
+                            index.add_batch(
+                                header.base_offset,
+                                header.last_offset() + 1,
+                                header.max_timestamp,
+                                position,
+                                size,
+                            );
+                            position += size as u64;
+                            None
                         }
                     }
                 }
@@ -214,6 +214,15 @@ fn check_header(
     if header.last_offset_delta < 0 || header.record_count < 0 {
         return damaged(format!(
             "batch at offset {expected_offset} has negative counts"
+        ));
+    }
+    // Offsets are i64: the offset after this batch must exist too.
+    if expected_offset
+        .checked_add(i64::from(header.last_offset_delta) + 1)
+        .is_none()
+    {
+        return damaged(format!(
+            "batch at offset {expected_offset} runs past the largest offset"
         ));
     }
     Ok(header)
