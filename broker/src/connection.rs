@@ -25,11 +25,11 @@ use glommio::task::JoinHandle;
 use glommio::timer::Timer;
 
 use crate::admission::Refusal;
-use crate::codec::{self, CodecError};
+use crate::codec::CodecError;
 use crate::frame::{FrameBuffer, FrameError, FRAME_SIZE_PREFIX_BYTES};
-use crate::handlers::{self, api_versions, RequestContext};
+use crate::handlers::{self, RequestContext};
 use crate::log_throttle::LogThrottle;
-use crate::registry::{self, Admission};
+use crate::request_decode::{decode_frame, FrameVerdict};
 use crate::shard::Shard;
 
 /// Accepts until the task is dropped (shutdown). Each connection runs inside `connections`
@@ -276,38 +276,32 @@ fn start_request(
     frame: Bytes,
     peer: SocketAddr,
 ) -> Result<PendingResponse, String> {
-    let preamble = codec::peek_preamble(&frame);
-    let api_key = match registry::admit(preamble.api_key, preamble.api_version) {
-        Admission::Serve(api_key) => api_key,
-        Admission::ApiVersionsFallback => {
-            let frame = api_versions::unsupported_version_frame(preamble.correlation_id)
-                .map_err(|error| error.to_string())?;
-            return Ok(PendingResponse::Ready(frame));
-        }
-        Admission::Refuse => {
-            return Err(format!(
-                "unsupported request: api key {} version {} (correlation id {})",
-                preamble.api_key, preamble.api_version, preamble.correlation_id
-            ))
+    let frame_bytes = frame.len() + FRAME_SIZE_PREFIX_BYTES;
+    let (api_key, api_version, header, request) = match decode_frame(frame) {
+        FrameVerdict::Decoded {
+            api_key,
+            api_version,
+            header,
+            request,
+        } => (api_key, api_version, header, request),
+        FrameVerdict::ApiVersionsFallback(frame) => return Ok(PendingResponse::Ready(frame)),
+        FrameVerdict::Refused { admitted, reason } => {
+            if let Some(api_key) = admitted {
+                shard.metrics.request_received(api_key, frame_bytes);
+            }
+            return Err(reason);
         }
     };
-    shard
-        .metrics
-        .request_received(api_key, frame.len() + FRAME_SIZE_PREFIX_BYTES);
-    let mut body = frame;
-    let header = codec::decode_request_header(&mut body, api_key, preamble.api_version)
-        .map_err(|error| error.to_string())?;
-    let request = handlers::decode_request(api_key, preamble.api_version, &mut body)
-        .map_err(|error| error.to_string())?;
+    shard.metrics.request_received(api_key, frame_bytes);
     let context = RequestContext {
         api_key,
-        api_version: preamble.api_version,
+        api_version,
         correlation_id: header.correlation_id,
         client_id: header.client_id.map(|id| id.to_string()),
         peer,
     };
     Ok(PendingResponse::Running(
-        glommio::spawn_local(handlers::handle(shard.clone(), context, request)).detach(),
+        glommio::spawn_local(handlers::handle(shard.clone(), context, *request)).detach(),
     ))
 }
 

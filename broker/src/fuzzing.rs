@@ -17,61 +17,11 @@ use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, RequestHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
-use crate::codec;
 use crate::frame::FrameBuffer;
-use crate::handlers::{self, api_versions, Request};
+use crate::handlers::Request;
 use crate::limits::Limits;
 use crate::records::split_batches;
-use crate::registry::{self, Admission};
-
-/// What the decode path made of one frame.
-#[derive(Debug)]
-pub enum FrameVerdict {
-    /// Admitted and decoded: the handler would run on this.
-    Decoded {
-        api_key: ApiKey,
-        api_version: i16,
-        header: RequestHeader,
-        request: Box<Request>,
-    },
-    /// An `ApiVersions` version above ours, answered with the v0 fallback frame.
-    ApiVersionsFallback(Bytes),
-    /// The connection would be closed with this reason.
-    Refused(String),
-}
-
-/// The pure part of `connection::start_request`: admits and decodes one frame body.
-pub fn decode_frame(frame: Bytes) -> FrameVerdict {
-    let preamble = codec::peek_preamble(&frame);
-    let api_key = match registry::admit(preamble.api_key, preamble.api_version) {
-        Admission::Serve(api_key) => api_key,
-        Admission::ApiVersionsFallback => {
-            let frame = api_versions::unsupported_version_frame(preamble.correlation_id)
-                .expect("the fallback response always encodes");
-            return FrameVerdict::ApiVersionsFallback(frame);
-        }
-        Admission::Refuse => {
-            return FrameVerdict::Refused(format!(
-                "unsupported request: api key {} version {}",
-                preamble.api_key, preamble.api_version
-            ))
-        }
-    };
-    let mut body = frame;
-    let header = match codec::decode_request_header(&mut body, api_key, preamble.api_version) {
-        Ok(header) => header,
-        Err(error) => return FrameVerdict::Refused(error.to_string()),
-    };
-    match handlers::decode_request(api_key, preamble.api_version, &mut body) {
-        Ok(request) => FrameVerdict::Decoded {
-            api_key,
-            api_version: preamble.api_version,
-            header,
-            request: Box::new(request),
-        },
-        Err(error) => FrameVerdict::Refused(error.to_string()),
-    }
-}
+use crate::request_decode::{decode_frame, FrameVerdict};
 
 /// Bytes handed to the frame buffer per simulated socket read; small so reassembly across
 /// reads is exercised too.
@@ -103,7 +53,7 @@ pub fn request_decoding(data: &[u8]) -> usize {
                         let declared = i32::from_be_bytes(response[..4].try_into().expect("4"));
                         assert_eq!(declared as usize, response.len() - 4);
                     }
-                    FrameVerdict::Refused(_) => return decoded, // the connection closes
+                    FrameVerdict::Refused { .. } => return decoded, // the connection closes
                 }
                 continue;
             }
@@ -241,7 +191,7 @@ mod tests {
     fn every_supported_version_decodes_a_minimal_request() {
         // A header with a null client id and an all-default body, per accepted version:
         // the decode path admits it and round-trips it.
-        for spec in registry::SUPPORTED_APIS {
+        for spec in crate::registry::SUPPORTED_APIS {
             for version in spec.accepted_min..=spec.advertised_max {
                 let frame = minimal_frame(spec.key, version);
                 match decode_frame(frame) {

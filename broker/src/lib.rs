@@ -26,6 +26,7 @@ pub mod preflight;
 pub mod producer_state;
 pub mod records;
 pub mod registry;
+pub mod request_decode;
 pub mod router;
 pub mod server;
 pub mod settings;
