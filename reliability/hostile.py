@@ -171,7 +171,7 @@ def run(idle=2000, trickle=200, idle_timeout_ms=4000, read_timeout_ms=6000, phas
         idle = int(lowered.group(1)) - 16
     helpers.create_topic(broker.bootstrap, TOPIC, 2)
     probe = LatencyProbe(broker.bootstrap, rate_per_s)
-    probe.thread.start()
+    probe.start()
     pid = broker.process.pid
     result = {"idle_connections_requested": requested_idle, "trickling_connections": trickle, "idle_timeout_ms": idle_timeout_ms,
               "request_read_timeout_ms": read_timeout_ms, "broker_nofile": nofile}
@@ -215,8 +215,7 @@ def run(idle=2000, trickle=200, idle_timeout_ms=4000, read_timeout_ms=6000, phas
         probe_phase(probe, "after", phase_s)
         result["rss_kib_after"], result["hwm_kib_after"] = rss_kib(pid)
     finally:
-        probe.stop.set()
-        probe.thread.join()
+        probe.finish()
     delivered = sum(len(v) for v in probe.latencies.values())
     low_high = [helpers.watermarks(broker.bootstrap, TOPIC, p) for p in range(2)]
     result["probe_acknowledged"] = delivered

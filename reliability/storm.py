@@ -218,42 +218,73 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] if ordered else None
 
 
+PROBE_PHASES = ("warmup", "baseline", "storm", "idle", "trickle", "after")
+
+
 class LatencyProbe:
-    """A confluent-kafka producer (acks=all) at a fixed rate; latencies tagged by phase."""
+    """A confluent-kafka producer (acks=all) at a fixed rate; latencies tagged by phase.
+
+    It runs in a process of its own: the harness's own work (opening thousands of sockets,
+    feeding tricklers) would otherwise hold the interpreter between the probe's sends and
+    delivery callbacks and show up as broker latency."""
 
     def __init__(self, bootstrap, rate_per_s):
-        self.producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0})
-        self.interval_s = 1.0 / rate_per_s
-        self.phase = "warmup"
+        context = multiprocessing.get_context("spawn")
+        self._phase = context.Value("i", 0)
+        self._stop = context.Event()
+        self._results, sender = context.Pipe(duplex=False)
+        self._process = context.Process(target=probe_process, daemon=True,
+                                        args=(bootstrap, rate_per_s, self._phase, self._stop, sender))
         self.latencies = {}
         self.failures = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run)
 
-    def _run(self):
-        next_send = time.monotonic()
-        sequence = 0
-        while not self.stop.is_set():
-            phase, sent_at = self.phase, time.monotonic()
+    @property
+    def phase(self):
+        return PROBE_PHASES[self._phase.value]
 
-            def delivered(error, _message, phase=phase, sent_at=sent_at):
-                if error is not None:
-                    self.failures.append(str(error))
-                else:
-                    self.latencies.setdefault(phase, []).append((time.monotonic() - sent_at) * 1000)
+    @phase.setter
+    def phase(self, name):
+        self._phase.value = PROBE_PHASES.index(name)
 
-            self.producer.produce(TOPIC, value=f"probe-{sequence}".encode(), on_delivery=delivered)
-            sequence += 1
-            self.producer.poll(0)
-            next_send += self.interval_s
-            while time.monotonic() < next_send:
-                self.producer.poll(max(0.0, min(0.005, next_send - time.monotonic())))
-        self.producer.flush(30)
+    def start(self):
+        self._process.start()
+
+    def finish(self):
+        """Stops sending, waits for every outstanding delivery, collects the results."""
+        self._stop.set()
+        self.latencies, self.failures = self._results.recv()
+        self._process.join(timeout=30)
 
     def summary(self, phase):
         values = self.latencies.get(phase, [])
         return {"sent": len(values), "p50_ms": percentile(values, 0.5), "p99_ms": percentile(values, 0.99),
                 "max_ms": max(values) if values else None}
+
+
+def probe_process(bootstrap, rate_per_s, phase, stop, results):
+    """The probe's body, in its own process (see `LatencyProbe`)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0})
+    interval_s = 1.0 / rate_per_s
+    latencies, failures = {}, []
+    next_send = time.monotonic()
+    sequence = 0
+    while not stop.is_set():
+        tag, sent_at = PROBE_PHASES[phase.value], time.monotonic()
+
+        def delivered(error, _message, tag=tag, sent_at=sent_at):
+            if error is not None:
+                failures.append(str(error))
+            else:
+                latencies.setdefault(tag, []).append((time.monotonic() - sent_at) * 1000)
+
+        producer.produce(TOPIC, value=f"probe-{sequence}".encode(), on_delivery=delivered)
+        sequence += 1
+        producer.poll(0)
+        next_send += interval_s
+        while time.monotonic() < next_send:
+            producer.poll(max(0.0, min(0.005, next_send - time.monotonic())))
+    producer.flush(30)
+    results.send((latencies, failures))
 
 
 def run(seconds=20, storm_processes=4, rate_per_s=200, shards=2, hang_max=50, workdir=None, seed=1, log=print):
@@ -263,7 +294,7 @@ def run(seconds=20, storm_processes=4, rate_per_s=200, shards=2, hang_max=50, wo
     broker = Broker(workdir / "data", workdir / "broker.log", shards=shards).start()
     helpers.create_topic(broker.bootstrap, TOPIC, 2)
     probe = LatencyProbe(broker.bootstrap, rate_per_s)
-    probe.thread.start()
+    probe.start()
     rss = {}
     try:
         time.sleep(2)
@@ -288,8 +319,7 @@ def run(seconds=20, storm_processes=4, rate_per_s=200, shards=2, hang_max=50, wo
         time.sleep(seconds / 2)
         rss["after"] = rss_kib(broker.process.pid)
     finally:
-        probe.stop.set()
-        probe.thread.join()
+        probe.finish()
     alive = broker.alive()
     log_text = broker.new_log()
     if alive:
