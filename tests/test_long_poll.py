@@ -3,10 +3,12 @@ answer early, nor spin), and an append wakes it at once. Uses a hand-built Fetch
 socket so the timing is the broker's, not a client library's."""
 
 import os
+import re
 import signal
 import struct
 import threading
 import time
+import urllib.request
 
 from helpers import connect, create_topic, fetch_v4_body, make_messages, produce, read_frame, request_frame
 
@@ -63,12 +65,26 @@ def test_fetch_below_min_bytes_parks_without_spinning(broker):
     assert len(body) > 60, "at max_wait the data that is there is returned"
 
 
+def fetch_bytes_received(broker):
+    """Fetch request bytes the broker has admitted (from its /metrics)."""
+    with urllib.request.urlopen(broker.admin_url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(float(value) for value in
+               re.findall(r'^ringfeed_request_bytes_total\{[^}]*api="Fetch"[^}]*\} (\S+)$', text, re.M))
+
+
 def test_sigterm_answers_a_parked_fetch_and_exits_promptly(broker):
     """Shutdown finishes in-flight requests: a long poll is answered (early, empty), not cut."""
     create_topic(broker.bootstrap, "parked", 1)
     with connect(broker.bootstrap) as sock:
         sock.sendall(request_frame(1, 4, 77, fetch_v4_body("parked", 0, 0, max_wait_ms=30_000, min_bytes=1)))
-        time.sleep(0.3)  # let the fetch park
+        # SIGTERM only once the broker has read the fetch: a request still in the socket
+        # buffer when shutdown starts is not read (as in Kafka), and a fixed sleep is a race
+        # on a loaded machine.
+        deadline = time.monotonic() + 10
+        while fetch_bytes_received(broker) == 0:
+            assert time.monotonic() < deadline, "the broker never read the fetch"
+            time.sleep(0.02)
         started = time.monotonic()
         broker.process.send_signal(signal.SIGTERM)
         body = read_frame(sock)
