@@ -386,3 +386,22 @@ def test_bad_input_gets_a_clear_message_and_a_non_zero_exit(broker, tmp_path):
     listed = subprocess.run([ringfeed_binary(), "topic", "list"], capture_output=True, timeout=30,
                             env={**os.environ, "RINGFEED_BROKERS": f"127.0.0.1:1,{broker.bootstrap}"})
     assert listed.returncode == 0 and b"present" in listed.stdout, listed.stderr
+
+
+def test_output_into_a_closed_pipe_ends_quietly(broker):
+    """`ringfeed topic describe T | head -1`: the reader may be gone before the command
+    writes. Each command must then end (by SIGPIPE, as Unix tools do), not panic."""
+    create_topic(broker.bootstrap, "piped", 1)
+    produce_text(broker.bootstrap, "piped", 100)
+    for args in (["topic", "describe", "piped"], ["topic", "list"], ["consume", "piped", "-e"],
+                 ["group", "list"]):
+        reader, writer = os.pipe()
+        os.close(reader)  # every write the command makes now fails with EPIPE
+        process = subprocess.Popen([ringfeed_binary(), *args, "--brokers", broker.bootstrap],
+                                   stdout=writer, stderr=subprocess.PIPE,
+                                   env={**os.environ, "NO_COLOR": "1"})
+        os.close(writer)
+        stderr = process.stderr.read()
+        process.wait(timeout=60)
+        assert b"panicked" not in stderr, (args, stderr.decode(errors="replace"))
+        assert process.returncode == -13, (args, process.returncode)  # ended by SIGPIPE

@@ -54,6 +54,9 @@ const EXIT_BAD_CONFIGURATION: u8 = 2;
 
 fn main() -> ExitCode {
     let arguments = Cli::parse();
+    if !matches!(arguments.command, Command::Serve(_)) {
+        exit_quietly_when_stdout_closes();
+    }
     match arguments.command {
         Command::Serve(args) => serve(&args),
         Command::Config {
@@ -79,6 +82,17 @@ fn main() -> ExitCode {
             }
             cli::run(command)
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so a command piped into `head` would panic on its next write to
+/// the closed pipe. The one-shot commands take the default action instead and end quietly,
+/// as Unix tools do. Never for `serve`: a client closing its socket must not end the broker.
+fn exit_quietly_when_stdout_closes() {
+    // SAFETY: setting a signal's disposition to SIG_DFL touches no memory of ours; it runs
+    // before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
