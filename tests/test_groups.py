@@ -465,3 +465,36 @@ def test_old_librdkafka_kcat_group_consumes_then_resumes_from_its_commits(group_
     assert kcat_group() == sorted(f"m{i}" for i in range(30))
     produce(bootstrap, "orders", numbered(30, 5))
     assert kcat_group() == sorted(f"m{i}" for i in range(30, 35))
+
+
+def test_deleting_a_topic_removes_its_committed_offsets(group_broker):
+    """Kafka drops a deleted topic's committed offsets. Otherwise a topic created again under
+    the same name starts its groups at the old offsets and they skip the new first records."""
+    bootstrap = group_broker.bootstrap
+    create_topic(bootstrap, "orders", 2)
+    committer = Consumer({"bootstrap.servers": bootstrap, "group.id": "payment"})
+    committer.commit(offsets=[TopicPartition("orders", p, 50) for p in range(2)], asynchronous=False)
+    committer.close()
+
+    helpers.admin(bootstrap).delete_topics(["orders"])["orders"].result(timeout=10)
+    create_topic(bootstrap, "orders", 2)
+
+    def committed():
+        reader = Consumer({"bootstrap.servers": group_broker.bootstrap, "group.id": "payment"})
+        offsets = reader.committed([TopicPartition("orders", p) for p in range(2)], timeout=10)
+        reader.close()
+        return [tp.offset for tp in offsets]
+
+    assert committed() == [-1001, -1001], "no committed offset (OFFSET_INVALID) for the new topic"
+    produce(bootstrap, "orders", numbered(0, 10))
+    group_broker.restart(signal.SIGKILL)
+    assert committed() == [-1001, -1001], "the removal is durable: replay does not bring them back"
+    consumer = librdkafka_member(group_broker.bootstrap, "payment")
+    seen = set()
+    deadline = time.monotonic() + 30
+    while len(seen) < 10 and time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is not None and message.error() is None:
+            seen.add(message.value())
+    consumer.close()
+    assert seen == {f"m{i}".encode() for i in range(10)}, "the new topic is read from its start"

@@ -9,7 +9,7 @@
 //! still arrive until then), close every partition log → return.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -204,7 +204,7 @@ impl Shard {
 
     /// The one place a shard changes which partitions it owns: remove what the snapshot no
     /// longer places here, open what is new, update configs, then install the snapshot.
-    async fn apply_metadata(&self, snapshot: Arc<MetadataSnapshot>) {
+    async fn apply_metadata(self: &Rc<Self>, snapshot: Arc<MetadataSnapshot>) {
         let _turn = self
             .one_apply_at_a_time
             .acquire_permit(1)
@@ -244,8 +244,21 @@ impl Shard {
                 log.set_config(topic.config.log_config());
             }
         }
+        let deleted_topics: BTreeSet<String> = previous
+            .topics
+            .iter()
+            .filter(|(name, old)| snapshot.topic(name).is_none_or(|new| new.id != old.id))
+            .map(|(name, _)| name.to_string())
+            .collect();
         *self.metadata.borrow_mut() = snapshot;
         self.metadata_ready.close();
+        if !deleted_topics.is_empty() {
+            // Before DeleteTopics is answered, so a client that deletes and recreates a
+            // topic never sees its groups start at the old topic's offsets.
+            self.groups
+                .forget_deleted_topics(self, &deleted_topics)
+                .await;
+        }
     }
 
     async fn open_partition(&self, tp: TopicPartition, topic: Arc<TopicMetadata>) {

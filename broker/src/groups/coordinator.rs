@@ -9,7 +9,7 @@
 //! runs session and rebalance timeouts and offset expiry.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
@@ -685,6 +685,77 @@ impl GroupCoordinator {
             records
         };
         self.persist(log, records).await
+    }
+
+    /// Tombstones every committed offset of `deleted` topics in the groups of the offsets
+    /// partitions this shard owns, as Kafka does when topics are deleted: a topic created
+    /// again under the same name must not start its consumer groups at the old topic's
+    /// offsets (they would skip the new topic's first records). Loads offsets partitions not
+    /// yet replayed, so a lazily loaded group cannot bring the old offsets back later.
+    pub async fn forget_deleted_topics(&self, shard: &Rc<Shard>, deleted: &BTreeSet<String>) {
+        let snapshot = shard.metadata();
+        let Some(offsets_topic) = snapshot.topic(OFFSETS_TOPIC) else {
+            return; // no group has ever committed
+        };
+        let partitions_total = offsets_topic.partition_count();
+        let owned: Vec<i32> = snapshot
+            .partitions_on(shard.id)
+            .filter(|(tp, _)| &*tp.topic == OFFSETS_TOPIC)
+            .map(|(tp, _)| tp.partition)
+            .collect();
+        for partition in owned {
+            let log = match self.ensure_loaded(shard, partition).await {
+                Ok(log) => log,
+                Err(code) => {
+                    tracing::warn!(
+                        partition,
+                        code,
+                        "offsets of deleted topics not removed: offsets partition unavailable"
+                    );
+                    continue;
+                }
+            };
+            let tombstones: Vec<OffsetsRecord> = self
+                .inner
+                .groups
+                .borrow()
+                .values()
+                .filter(|g| super::partition_for(&g.id, partitions_total) == partition)
+                .flat_map(|g| {
+                    g.offsets
+                        .keys()
+                        .filter(|(topic, _)| deleted.contains(topic))
+                        .map(|(topic, topic_partition)| OffsetsRecord::Commit {
+                            group: g.id.clone(),
+                            topic: topic.clone(),
+                            partition: *topic_partition,
+                            value: None,
+                        })
+                })
+                .collect();
+            if tombstones.is_empty() {
+                continue;
+            }
+            let count = tombstones.len();
+            match self.persist(&log, tombstones).await {
+                broker_codes::NONE => {
+                    tracing::info!(
+                        partition,
+                        count,
+                        ?deleted,
+                        "committed offsets of deleted topics removed"
+                    );
+                }
+                code => {
+                    tracing::warn!(
+                        partition,
+                        count,
+                        code,
+                        "offsets of deleted topics not removed"
+                    );
+                }
+            }
+        }
     }
 
     /// `OffsetDelete`: refused per partition while a member is subscribed to the topic
