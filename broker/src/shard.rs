@@ -203,7 +203,8 @@ impl Shard {
     }
 
     /// The one place a shard changes which partitions it owns: remove what the snapshot no
-    /// longer places here, open what is new, update configs, then install the snapshot.
+    /// longer places here, open what is new, update configs, install the snapshot, then drop
+    /// the committed offsets of deleted topics from the groups this shard coordinates.
     async fn apply_metadata(self: &Rc<Self>, snapshot: Arc<MetadataSnapshot>) {
         let _turn = self
             .one_apply_at_a_time
