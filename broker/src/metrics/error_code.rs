@@ -47,16 +47,51 @@ top_level_only!(
     SyncGroupResponse,
 );
 
-impl ResponseErrorCode for ProduceResponse {
-    fn error_code(&self) -> i16 {
-        first_error(
-            self.responses
-                .iter()
-                .flat_map(|topic| &topic.partition_responses)
-                .map(|partition| partition.error_code),
-        )
-    }
+/// Responses without a top-level code: the first error among their items (topics, groups,
+/// config resources).
+macro_rules! first_item_error {
+    ($($response:ty => $items:ident),* $(,)?) => {
+        $(impl ResponseErrorCode for $response {
+            fn error_code(&self) -> i16 {
+                first_error(self.$items.iter().map(|item| item.error_code))
+            }
+        })*
+    };
 }
+
+first_item_error!(
+    CreatePartitionsResponse => results,
+    CreateTopicsResponse => topics,
+    DeleteGroupsResponse => results,
+    DeleteTopicsResponse => responses,
+    DescribeConfigsResponse => results,
+    DescribeGroupsResponse => groups,
+    AlterConfigsResponse => responses,
+    IncrementalAlterConfigsResponse => responses,
+);
+
+/// Responses without a top-level code: the first error among their topics' partitions.
+macro_rules! first_partition_error {
+    ($($response:ty => $topics:ident . $partitions:ident),* $(,)?) => {
+        $(impl ResponseErrorCode for $response {
+            fn error_code(&self) -> i16 {
+                first_error(
+                    self.$topics
+                        .iter()
+                        .flat_map(|topic| &topic.$partitions)
+                        .map(|partition| partition.error_code),
+                )
+            }
+        })*
+    };
+}
+
+first_partition_error!(
+    DeleteRecordsResponse => topics.partitions,
+    ListOffsetsResponse => topics.partitions,
+    OffsetCommitResponse => topics.partitions,
+    ProduceResponse => responses.partition_responses,
+);
 
 impl ResponseErrorCode for FetchResponse {
     fn error_code(&self) -> i16 {
@@ -66,17 +101,6 @@ impl ResponseErrorCode for FetchResponse {
             .flat_map(|topic| &topic.partitions)
             .map(|partition| partition.error_code);
         first_error(std::iter::once(self.error_code).chain(partitions))
-    }
-}
-
-impl ResponseErrorCode for ListOffsetsResponse {
-    fn error_code(&self) -> i16 {
-        first_error(
-            self.topics
-                .iter()
-                .flat_map(|topic| &topic.partitions)
-                .map(|partition| partition.error_code),
-        )
     }
 }
 
@@ -91,17 +115,6 @@ impl ResponseErrorCode for MetadataResponse {
             )
         });
         first_error(std::iter::once(self.error_code).chain(topics))
-    }
-}
-
-impl ResponseErrorCode for OffsetCommitResponse {
-    fn error_code(&self) -> i16 {
-        first_error(
-            self.topics
-                .iter()
-                .flat_map(|topic| &topic.partitions)
-                .map(|partition| partition.error_code),
-        )
     }
 }
 
@@ -147,18 +160,6 @@ impl ResponseErrorCode for LeaveGroupResponse {
     }
 }
 
-impl ResponseErrorCode for DescribeGroupsResponse {
-    fn error_code(&self) -> i16 {
-        first_error(self.groups.iter().map(|group| group.error_code))
-    }
-}
-
-impl ResponseErrorCode for DeleteGroupsResponse {
-    fn error_code(&self) -> i16 {
-        first_error(self.results.iter().map(|group| group.error_code))
-    }
-}
-
 impl ResponseErrorCode for OffsetDeleteResponse {
     fn error_code(&self) -> i16 {
         let partitions = self
@@ -167,53 +168,6 @@ impl ResponseErrorCode for OffsetDeleteResponse {
             .flat_map(|topic| &topic.partitions)
             .map(|partition| partition.error_code);
         first_error(std::iter::once(self.error_code).chain(partitions))
-    }
-}
-
-impl ResponseErrorCode for DescribeConfigsResponse {
-    fn error_code(&self) -> i16 {
-        first_error(self.results.iter().map(|resource| resource.error_code))
-    }
-}
-
-impl ResponseErrorCode for AlterConfigsResponse {
-    fn error_code(&self) -> i16 {
-        first_error(self.responses.iter().map(|resource| resource.error_code))
-    }
-}
-
-impl ResponseErrorCode for IncrementalAlterConfigsResponse {
-    fn error_code(&self) -> i16 {
-        first_error(self.responses.iter().map(|resource| resource.error_code))
-    }
-}
-
-impl ResponseErrorCode for CreateTopicsResponse {
-    fn error_code(&self) -> i16 {
-        first_error(self.topics.iter().map(|topic| topic.error_code))
-    }
-}
-
-impl ResponseErrorCode for DeleteTopicsResponse {
-    fn error_code(&self) -> i16 {
-        first_error(self.responses.iter().map(|topic| topic.error_code))
-    }
-}
-
-impl ResponseErrorCode for DeleteRecordsResponse {
-    fn error_code(&self) -> i16 {
-        first_error(
-            self.topics
-                .iter()
-                .flat_map(|topic| &topic.partitions)
-                .map(|partition| partition.error_code),
-        )
-    }
-}
-
-impl ResponseErrorCode for CreatePartitionsResponse {
-    fn error_code(&self) -> i16 {
-        first_error(self.results.iter().map(|topic| topic.error_code))
     }
 }
 
