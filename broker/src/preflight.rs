@@ -22,17 +22,17 @@ pub const SHARD_LOCKED_MEMORY_BYTES: u64 = 4 << 20;
 /// error), whatever the shard count.
 const GLOMMIO_MEMLOCK_MIN_BYTES: u64 = 512 << 10;
 
-/// Fails if another process listens on `address` (a fixed port; port 0 is resolved
-/// elsewhere). A plain socket with `SO_REUSEADDR` and without `SO_REUSEPORT` cannot bind a
+/// The address to listen on: port 0 resolved to a free port, a fixed port refused (with what
+/// to do) if another process listens on it. A plain socket with `SO_REUSEADDR` and without `SO_REUSEPORT` cannot bind a
 /// port on which any socket listens, with or without `SO_REUSEPORT`, so a second ringfeed,
 /// which would otherwise join the first one's `SO_REUSEPORT` group, is caught; with
 /// `SO_REUSEADDR` on both sides (`server::shard_listener` sets it, and accepted connections
 /// inherit it) a previous run's connections in `TIME_WAIT` do not block the bind, so a
 /// restart on the same port is not refused. A port still held is probed again for
 /// `DEAD_LISTENER_GRACE`, the time a killed broker's listener takes to disappear.
-pub fn check_port_free(address: SocketAddr, key: &str) -> Result<(), String> {
+pub fn claim_port(address: SocketAddr, key: &str) -> Result<SocketAddr, String> {
     if address.port() == 0 {
-        return Ok(());
+        return free_port(address);
     }
     let setting = settings::setting(key);
     let deadline = Instant::now() + DEAD_LISTENER_GRACE;
@@ -45,7 +45,7 @@ pub fn check_port_free(address: SocketAddr, key: &str) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(20));
     };
     match outcome {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(address),
         Err(error) if error.kind() == ErrorKind::AddrInUse => Err(format!(
             "{key} {address}: the port is already in use by another process (another ringfeed \
              or a Kafka broker?). Stop that process, or pick another port: --{flag} HOST:PORT, \
@@ -69,6 +69,27 @@ pub fn check_port_free(address: SocketAddr, key: &str) -> Result<(), String> {
 /// a broker killed with SIGKILL outlives it until the kernel tears down its `io_uring`
 /// (measured: 7-23 ms here), so an immediate restart would otherwise be refused.
 const DEAD_LISTENER_GRACE: Duration = Duration::from_secs(2);
+
+/// Resolves port 0 to a port nobody holds. A port-0 bind with `SO_REUSEPORT` may be given a
+/// port another process's `SO_REUSEPORT` group already listens on (seen here: a second broker
+/// joined a running one and the kernel split clients between two brokers with different
+/// logs); a plain bind (without `SO_REUSEPORT`) is given a free port.
+fn free_port(address: SocketAddr) -> Result<SocketAddr, String> {
+    let probe = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(|error| error.to_string())?;
+    probe
+        .bind(&address.into())
+        .map_err(|error| format!("cannot bind {address}: {error}"))?;
+    probe
+        .local_addr()
+        .ok()
+        .and_then(|claimed| claimed.as_socket())
+        .ok_or_else(|| format!("cannot read the address bound for {address}"))
+}
 
 fn bind_probe(address: SocketAddr) -> std::io::Result<()> {
     let probe = socket2::Socket::new(
@@ -236,11 +257,11 @@ mod tests {
             .unwrap();
         listener.listen(16).unwrap();
         let taken = listener.local_addr().unwrap().as_socket().unwrap();
-        let error = check_port_free(taken, "listeners").unwrap_err();
+        let error = claim_port(taken, "listeners").unwrap_err();
         assert!(error.contains("already in use"), "{error}");
         assert!(error.contains("--listeners"), "{error}");
         drop(listener);
-        check_port_free(taken, "listeners").unwrap();
+        assert_eq!(claim_port(taken, "listeners"), Ok(taken));
     }
 
     #[test]

@@ -63,23 +63,19 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         )
     })?;
     let _data_dir_lock = lock_data_dir(&data_dir)?;
-    let requested = resolve_address(&options.listen)?;
-    preflight::check_port_free(requested, "listeners")?;
+    let requested = preflight::claim_port(resolve_address(&options.listen)?, "listeners")?;
     let admin_listen = options
         .admin_listen
         .as_deref()
-        .map(resolve_address)
+        .map(|listen| preflight::claim_port(resolve_address(listen)?, "ringfeed.admin.listen"))
         .transpose()?;
-    if let Some(address) = admin_listen {
-        preflight::check_port_free(address, "ringfeed.admin.listen")?;
-    }
     let shard_cpus = shard_cpus(options)?;
     preflight::check_io_uring()?;
     if let Some(warning) = preflight::check_memlock(shard_cpus.len())? {
         tracing::warn!("{warning}");
     }
-    // Binding port 0 on every shard would give each its own port: reserve one first, in the
-    // same SO_REUSEPORT group, and hold it until every shard listens on it.
+    // Hold the claimed port (port 0 already resolved) in the shards' SO_REUSEPORT group until
+    // every shard listens on it, so nothing else can take it in between.
     let reservation = reserve_port(requested)?;
     let listen = reservation
         .local_addr()
@@ -341,7 +337,6 @@ fn resolve_address(listen: &str) -> Result<SocketAddr, String> {
 }
 
 fn reserve_port(address: SocketAddr) -> Result<socket2::Socket, String> {
-    let address = claim_exclusively(address)?;
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(address),
         socket2::Type::STREAM,
@@ -363,7 +358,7 @@ fn reserve_port(address: SocketAddr) -> Result<socket2::Socket, String> {
 /// One shard's Kafka listener: glommio's `TcpListener::bind` (`SO_REUSEPORT`, so every shard
 /// listens on the same port) plus `SO_REUSEADDR`. Accepted connections inherit the flag, so
 /// what they leave in `TIME_WAIT` after a restart (even after SIGKILL) does not make
-/// `preflight::check_port_free` report the port as taken. Call it on the shard's executor.
+/// `preflight::claim_port` report the port as taken. Call it on the shard's executor.
 pub(crate) fn shard_listener(address: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
     use std::os::fd::IntoRawFd;
     let socket = socket2::Socket::new(
@@ -380,31 +375,6 @@ pub(crate) fn shard_listener(address: SocketAddr) -> std::io::Result<glommio::ne
     Ok(unsafe {
         <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd())
     })
-}
-
-/// Resolves port 0 to a port nobody holds. A port-0 bind with `SO_REUSEPORT` may be given a
-/// port another process's `SO_REUSEPORT` group already listens on (seen here: a second broker
-/// joined a running one and the kernel split clients between two brokers with different
-/// logs); a plain bind (without `SO_REUSEPORT`) is given a free port. A fixed port is kept as
-/// asked: `preflight::check_port_free` has already refused it if anyone listens there.
-fn claim_exclusively(address: SocketAddr) -> Result<SocketAddr, String> {
-    if address.port() != 0 {
-        return Ok(address);
-    }
-    let probe = socket2::Socket::new(
-        socket2::Domain::for_address(address),
-        socket2::Type::STREAM,
-        None,
-    )
-    .map_err(|error| error.to_string())?;
-    probe
-        .bind(&address.into())
-        .map_err(|error| format!("cannot bind {address}: {error}"))?;
-    probe
-        .local_addr()
-        .ok()
-        .and_then(|claimed| claimed.as_socket())
-        .ok_or_else(|| format!("cannot read the address bound for {address}"))
 }
 
 /// Where clients are told to connect. Without `--advertised-listener` it is the listen
