@@ -124,8 +124,6 @@ pub fn check_data_dir_writable(data_dir: &Path) -> Result<Option<String>, String
             data_dir.display()
         )
     };
-    let is_full =
-        |error: &std::io::Error| matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
     let full_warning = |error: &std::io::Error| {
         format!(
             "data dir {} is full ({error}): the broker starts and serves what it holds, and \
@@ -139,7 +137,9 @@ pub fn check_data_dir_writable(data_dir: &Path) -> Result<Option<String>, String
     // Created but not written (a full disk) still leaves the file behind.
     let removed = std::fs::remove_file(&probe);
     match written {
-        Err(error) if is_full(&error) => return Ok(Some(full_warning(&error))),
+        Err(error) if crate::storage::error::is_no_space(&error) => {
+            return Ok(Some(full_warning(&error)))
+        }
         Err(error) => return Err(explain("cannot write a file in it", &error)),
         Ok(()) => {}
     }

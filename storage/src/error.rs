@@ -35,10 +35,16 @@ impl StorageError {
     }
 }
 
-/// ENOSPC, whether it comes as a raw OS error or wrapped by glommio (which keeps only the
-/// error kind when it adds the operation and path to the message).
-pub(crate) fn is_no_space(error: &std::io::Error) -> bool {
-    error.raw_os_error() == Some(libc::ENOSPC) || error.kind() == std::io::ErrorKind::StorageFull
+/// Out of space for this writer: ENOSPC, or EDQUOT (a disk quota; to the broker the same:
+/// writes are refused until space is freed, nothing is lost), whether it comes as a raw OS
+/// error or wrapped by glommio (which keeps only the error kind when it adds the operation
+/// and path to the message).
+pub fn is_no_space(error: &std::io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+        || matches!(
+            error.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
 }
 
 /// Why an append was refused. Nothing was written and no offset was assigned.
@@ -69,4 +75,19 @@ pub enum ReadError {
     },
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_no_space;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn full_disk_and_exhausted_quota_are_no_space_other_errors_are_not() {
+        assert!(is_no_space(&Error::from_raw_os_error(libc::ENOSPC)));
+        assert!(is_no_space(&Error::from_raw_os_error(libc::EDQUOT)));
+        assert!(is_no_space(&Error::new(ErrorKind::StorageFull, "wrapped")));
+        assert!(!is_no_space(&Error::from_raw_os_error(libc::EIO)));
+        assert!(!is_no_space(&Error::from_raw_os_error(libc::EROFS)));
+    }
 }
