@@ -47,6 +47,9 @@ pub async fn handle(
             .acquire_static_permit(response_bytes_max as u64)
             .await
             .expect("the fetch budget is never closed");
+        shard
+            .metrics
+            .fetch_budget_reserved(limits.shard_fetch_bytes_max as u64 - shard.fetch_budget.available());
         let outcomes = join_all(wanted.iter().map(|wanted| fetch_one(shard, wanted))).await;
         let available: usize = outcomes
             .iter()
