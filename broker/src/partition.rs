@@ -32,12 +32,15 @@ pub enum PartitionCall {
         acks: i16,
     },
     /// Whole batches from `offset`, about `max_bytes` (at least one batch when any exists).
+    /// `max_bytes` 0 reads nothing: only the offsets are answered (a fetch's probe).
     Fetch {
         tp: TopicPartition,
         offset: i64,
         max_bytes: usize,
     },
-    /// Resolve when the high watermark passes `offset`, or after `wait`.
+    /// Resolve when the high watermark passes `offset`, or after `wait`; `WaitRefused` at
+    /// once when the shard has `Limits::shard_fetch_waits_parked_max` waits parked.
+    /// Cancelled (over the mesh) when the caller stops waiting.
     WaitForData {
         tp: TopicPartition,
         offset: i64,
@@ -91,6 +94,8 @@ pub enum PartitionReply {
     Produce(ProduceOutcome),
     Fetch(FetchOutcome),
     Waited,
+    /// The wait was not parked: see `PartitionCall::WaitForData`.
+    WaitRefused,
     Offset(OffsetOutcome),
 }
 
@@ -187,6 +192,13 @@ impl Drop for ParkedWait<'_> {
 }
 
 impl PartitionTable {
+    /// `fetch_waits_parked_max`: `Limits::shard_fetch_waits_parked_max`.
+    pub fn new(fetch_waits_parked_max: usize) -> Self {
+        let table = Self::default();
+        table.parked_waits.parked_max.set(fetch_waits_parked_max);
+        table
+    }
+
     /// The log of a partition this shard owns, or the error code to answer with.
     pub fn log(&self, tp: &TopicPartition) -> Result<PartitionLog, i16> {
         match self.slots.borrow().get(tp) {
@@ -274,7 +286,7 @@ pub async fn execute(table: &PartitionTable, call: PartitionCall) -> PartitionRe
         PartitionCall::WaitForData { tp, offset, wait } => {
             if let Ok(log) = table.log(&tp) {
                 let Some(_parked) = table.parked_waits.try_park(&tp) else {
-                    return PartitionReply::Waited;
+                    return PartitionReply::WaitRefused;
                 };
                 let data = std::pin::pin!(log.wait_for_data(offset));
                 let timer = std::pin::pin!(glommio::timer::sleep(wait));
@@ -374,7 +386,11 @@ async fn fetch(
             }
         }
     };
-    let result = log.read(offset, max_bytes).await;
+    let result = if max_bytes == 0 {
+        Ok(Vec::new())
+    } else {
+        log.read(offset, max_bytes).await
+    };
     let mut outcome = FetchOutcome {
         error_code: codes::NONE,
         high_watermark: log.high_watermark(),
@@ -459,5 +475,33 @@ async fn delete_records(table: &PartitionTable, tp: &TopicPartition, offset: i64
             tracing::error!(partition = %tp, %error, "delete records failed");
             answer(codes::KAFKA_STORAGE_ERROR, -1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp() -> TopicPartition {
+        TopicPartition {
+            topic: "t".into(),
+            partition: 0,
+        }
+    }
+
+    #[test]
+    fn waits_past_the_bound_are_refused_and_counted_until_one_ends() {
+        let table = PartitionTable::new(2);
+        let waits = table.parked_waits();
+        let first = waits.try_park(&tp()).expect("below the bound");
+        let second = waits.try_park(&tp()).expect("at the bound");
+        assert!(waits.try_park(&tp()).is_none(), "past the bound");
+        assert!(waits.try_park(&tp()).is_none(), "still past it");
+        assert_eq!((waits.parked(), waits.refused()), (2, 2));
+        drop(first);
+        let third = waits.try_park(&tp()).expect("a parked wait ended");
+        assert_eq!((waits.parked(), waits.refused()), (2, 2));
+        drop((second, third));
+        assert_eq!(waits.parked(), 0, "every guard leaves the count");
     }
 }
