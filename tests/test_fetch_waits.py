@@ -64,6 +64,8 @@ def test_answered_fetches_leave_no_parked_waits_on_other_shards(start_broker):
             assert body is not None and struct.unpack(">i", body[:4])[0] == correlation_id
             assert time.monotonic() - started < 5, "the append did not answer the fetch"
             offsets[0] += 1
+    producer.flush(10)
+    del producer  # destroyed now, not once the broker is gone
     # The answered fetches' waits are gone within moments, not after max_wait_ms (20 s).
     deadline = time.monotonic() + 2
     while (parked := metric_sum(broker, "ringfeed_fetch_waits_parked")) > 0 and time.monotonic() < deadline:
