@@ -90,6 +90,9 @@ pub struct CallEnvelope {
 
 /// What travels on the call mesh: a call, or the cancellation of an earlier one from the
 /// same shard (the channel is FIFO, so a `Cancel` never overtakes its call).
+// Calls are what the mesh carries; boxing them to shrink the rare `Cancel` would allocate
+// once per call.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum CallMessage {
     Call(ShardCall),
