@@ -199,10 +199,7 @@ impl ShardRouter {
             return Err(PeerGone { shard });
         }
         outstanding.cancel_on_drop = ends_with_its_caller;
-        let reply = reply_receiver.recv().await.ok_or(PeerGone { shard });
-        // Answered: `resolve` has removed the pending entry; nothing is left to cancel.
-        std::mem::forget(outstanding);
-        reply
+        reply_receiver.recv().await.ok_or(PeerGone { shard })
     }
 
     /// Tells `shard` that the caller no longer waits for `call_id`. Without waiting: this
@@ -268,8 +265,9 @@ impl ShardRouter {
     }
 }
 
-/// A call whose reply has not arrived. Dropped unanswered (the caller stopped waiting), it
-/// forgets the call and, for calls that end with their caller, cancels it at the callee.
+/// A call in `call`. Dropped while the call is still pending (the caller stopped waiting:
+/// `resolve` removes the entry of an answered one), it forgets the call and, for calls
+/// that end with their caller, cancels it at the callee.
 struct Outstanding<'a> {
     router: &'a ShardRouter,
     shard: usize,
@@ -280,8 +278,13 @@ struct Outstanding<'a> {
 
 impl Drop for Outstanding<'_> {
     fn drop(&mut self) {
-        self.router.pending.borrow_mut().remove(&self.call_id);
-        if self.cancel_on_drop {
+        let unanswered = self
+            .router
+            .pending
+            .borrow_mut()
+            .remove(&self.call_id)
+            .is_some();
+        if unanswered && self.cancel_on_drop {
             self.router.cancel(self.shard, self.call_id);
         }
     }
