@@ -8,7 +8,7 @@
 //! produce/fetch tasks may use the logs concurrently, under the storage crate's contract
 //! per log (appends are applied in call order).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -32,12 +32,15 @@ pub enum PartitionCall {
         acks: i16,
     },
     /// Whole batches from `offset`, about `max_bytes` (at least one batch when any exists).
+    /// `max_bytes` 0 reads nothing: only the offsets are answered (a fetch's probe).
     Fetch {
         tp: TopicPartition,
         offset: i64,
         max_bytes: usize,
     },
-    /// Resolve when the high watermark passes `offset`, or after `wait`.
+    /// Resolve when the high watermark passes `offset`, or after `wait`; `WaitRefused` at
+    /// once when the shard has `Limits::shard_fetch_waits_parked_max` waits parked.
+    /// Cancelled (over the mesh) when the caller stops waiting.
     WaitForData {
         tp: TopicPartition,
         offset: i64,
@@ -91,6 +94,8 @@ pub enum PartitionReply {
     Produce(ProduceOutcome),
     Fetch(FetchOutcome),
     Waited,
+    /// The wait was not parked: see `PartitionCall::WaitForData`.
+    WaitRefused,
     Offset(OffsetOutcome),
 }
 
@@ -124,9 +129,76 @@ pub struct PartitionTable {
     /// Read failures logged per partition: a consumer stuck at a corrupt batch retries it
     /// about twice a second, forever.
     read_failures_logged: RefCell<HashMap<TopicPartition, LogThrottle>>,
+    /// Fetch long-poll waits parked on these partitions.
+    parked_waits: ParkedWaits,
+}
+
+/// The fetch long-poll waits parked on one shard's partitions, whether the fetch runs on
+/// this shard or on another one (a `WaitForData` call over the mesh), and their bound.
+/// Owned by the shard's `PartitionTable`; every wait holds a `ParkedWait` while parked.
+pub struct ParkedWaits {
+    /// `Limits::shard_fetch_waits_parked_max`.
+    parked_max: Cell<usize>,
+    parked: Cell<usize>,
+    /// Waits refused since start because `parked_max` were parked.
+    refused: Cell<u64>,
+    refusals_logged: RefCell<LogThrottle>,
+}
+
+impl Default for ParkedWaits {
+    fn default() -> Self {
+        Self {
+            parked_max: Cell::new(usize::MAX),
+            parked: Cell::new(0),
+            refused: Cell::new(0),
+            refusals_logged: RefCell::default(),
+        }
+    }
+}
+
+impl ParkedWaits {
+    pub fn parked(&self) -> usize {
+        self.parked.get()
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.refused.get()
+    }
+
+    /// Counts one more parked wait until the guard is dropped, or `None` (counted and
+    /// logged, rate-limited) when `parked_max` are parked already.
+    fn try_park(&self, tp: &TopicPartition) -> Option<ParkedWait<'_>> {
+        if self.parked.get() >= self.parked_max.get() {
+            self.refused.set(self.refused.get() + 1);
+            if let Some(skipped) = self.refusals_logged.borrow_mut().occurrence(Instant::now()) {
+                tracing::warn!(partition = %tp, parked_max = self.parked_max.get(), refusals_before_this_unlogged = skipped, "fetch wait refused: this shard has its maximum of long-poll waits parked; the fetch answers at its max_wait_ms");
+            }
+            return None;
+        }
+        self.parked.set(self.parked.get() + 1);
+        Some(ParkedWait { waits: self })
+    }
+}
+
+/// One parked wait; see `ParkedWaits`.
+struct ParkedWait<'a> {
+    waits: &'a ParkedWaits,
+}
+
+impl Drop for ParkedWait<'_> {
+    fn drop(&mut self) {
+        self.waits.parked.set(self.waits.parked.get() - 1);
+    }
 }
 
 impl PartitionTable {
+    /// `fetch_waits_parked_max`: `Limits::shard_fetch_waits_parked_max`.
+    pub fn new(fetch_waits_parked_max: usize) -> Self {
+        let table = Self::default();
+        table.parked_waits.parked_max.set(fetch_waits_parked_max);
+        table
+    }
+
     /// The log of a partition this shard owns, or the error code to answer with.
     pub fn log(&self, tp: &TopicPartition) -> Result<PartitionLog, i16> {
         match self.slots.borrow().get(tp) {
@@ -137,6 +209,10 @@ impl PartitionTable {
             }
             None => Err(codes::NOT_LEADER_OR_FOLLOWER),
         }
+    }
+
+    pub fn parked_waits(&self) -> &ParkedWaits {
+        &self.parked_waits
     }
 
     pub fn set_offline_listener(&self, listener: OfflineListener) {
@@ -209,6 +285,9 @@ pub async fn execute(table: &PartitionTable, call: PartitionCall) -> PartitionRe
         } => PartitionReply::Fetch(fetch(table, &tp, offset, max_bytes).await),
         PartitionCall::WaitForData { tp, offset, wait } => {
             if let Ok(log) = table.log(&tp) {
+                let Some(_parked) = table.parked_waits.try_park(&tp) else {
+                    return PartitionReply::WaitRefused;
+                };
                 let data = std::pin::pin!(log.wait_for_data(offset));
                 let timer = std::pin::pin!(glommio::timer::sleep(wait));
                 select(data, timer).await;
@@ -307,7 +386,11 @@ async fn fetch(
             }
         }
     };
-    let result = log.read(offset, max_bytes).await;
+    let result = if max_bytes == 0 {
+        Ok(Vec::new())
+    } else {
+        log.read(offset, max_bytes).await
+    };
     let mut outcome = FetchOutcome {
         error_code: codes::NONE,
         high_watermark: log.high_watermark(),
@@ -392,5 +475,33 @@ async fn delete_records(table: &PartitionTable, tp: &TopicPartition, offset: i64
             tracing::error!(partition = %tp, %error, "delete records failed");
             answer(codes::KAFKA_STORAGE_ERROR, -1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp() -> TopicPartition {
+        TopicPartition {
+            topic: "t".into(),
+            partition: 0,
+        }
+    }
+
+    #[test]
+    fn waits_past_the_bound_are_refused_and_counted_until_one_ends() {
+        let table = PartitionTable::new(2);
+        let waits = table.parked_waits();
+        let first = waits.try_park(&tp()).expect("below the bound");
+        let second = waits.try_park(&tp()).expect("at the bound");
+        assert!(waits.try_park(&tp()).is_none(), "past the bound");
+        assert!(waits.try_park(&tp()).is_none(), "still past it");
+        assert_eq!((waits.parked(), waits.refused()), (2, 2));
+        drop(first);
+        let third = waits.try_park(&tp()).expect("a parked wait ended");
+        assert_eq!((waits.parked(), waits.refused()), (2, 2));
+        drop((second, third));
+        assert_eq!(waits.parked(), 0, "every guard leaves the count");
     }
 }

@@ -482,6 +482,7 @@ impl Effective {
             offsets_checkpoint_records: self.unsigned("ringfeed.offsets.checkpoint.records")
                 as usize,
             segment_preallocate_bytes: self.unsigned("ringfeed.segment.preallocate.bytes"),
+            shard_fetch_waits_parked_max: self.unsigned("ringfeed.fetch.waits.parked.max") as usize,
             ..Limits::default()
         }
     }

@@ -338,7 +338,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         id,
         config: config.clone(),
         metadata: RefCell::new(Arc::new(MetadataSnapshot::default())),
-        partitions: PartitionTable::default(),
+        partitions: PartitionTable::new(config.limits.shard_fetch_waits_parked_max),
         groups: GroupCoordinator::default(),
         metrics: Rc::default(),
         router: Rc::new(router),

@@ -241,6 +241,15 @@ pub static SETTINGS: &[Setting] = &[
          time at start).",
     ),
     row(
+        "ringfeed.fetch.waits.parked.max",
+        "10000",
+        // `Limits::shard_fetch_waits_parked_max` has the arithmetic.
+        integer(1, INT_MAX),
+        "Fetch long-poll waits parked on one shard's partitions at once (per shard). Past it \
+         a wait is refused, counted and logged, and that partition's data reaches the fetch \
+         at its max_wait_ms instead of at once.",
+    ),
+    row(
         "ringfeed.admin.listen",
         "127.0.0.1:9644",
         Kind::ListenerOrOff,
