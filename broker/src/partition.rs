@@ -5,11 +5,20 @@
 //! `PartitionTable` is owned by exactly one shard (it holds `!Send` storage handles). Only
 //! `Shard::apply_metadata` adds or removes entries, and `PartitionTable::fence` is the one
 //! other change (a storage failure takes a partition offline until restart); any number of
-//! produce/fetch tasks may use the logs concurrently, under the storage crate's contract
-//! per log (appends are applied in call order).
+//! produce/fetch tasks may use the logs concurrently.
+//!
+//! Produce order: every call runs in two stages, [`dispatch`] (synchronous) and
+//! [`Dispatched::run`]. Dispatching a produce call checks all of its batches and takes its
+//! place in the partition's append line ([`TurnQueue`]); the appends of one call then run
+//! together, one call at a time, in dispatch order, and the acks waits overlap freely. So
+//! calls dispatched one after the other are appended in that order whatever the executor
+//! does meanwhile; the connection dispatches a client's requests in request order, locally
+//! or through the mesh, which keeps the order (`router::ShardRouter::call_in_order`). Each
+//! append asserts it (`ProduceOrigin`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,16 +29,19 @@ use crate::error_codes as codes;
 use crate::log_throttle::LogThrottle;
 use crate::metadata::TopicPartition;
 use crate::producer_state::{ProducerStates, Refused};
-use crate::storage::{AppendError, BatchError, PartitionLog, ReadError};
+use crate::storage::{AppendError, BatchError, CheckedBatch, PartitionLog, ReadError};
+use crate::turns::{Ticket, TurnQueue};
 
 /// Work on one partition, executed by its owning shard.
 #[derive(Debug)]
 pub enum PartitionCall {
     /// Append `batches` (whole v2 record batches, in order) and answer once `acks` holds.
+    /// All or none: one batch that fails its checks refuses them all.
     Produce {
         tp: TopicPartition,
         batches: Vec<Bytes>,
         acks: i16,
+        origin: ProduceOrigin,
     },
     /// Whole batches from `offset`, about `max_bytes` (at least one batch when any exists).
     Fetch {
@@ -62,6 +74,15 @@ impl PartitionCall {
             | PartitionCall::DeleteRecords { tp, .. } => tp,
         }
     }
+}
+
+/// Which client request a produce call serves: a connection (unique in the process) and
+/// the request's place in that connection's order. Appends assert that each connection's
+/// requests reach each partition in that order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceOrigin {
+    pub connection_id: u64,
+    pub request_sequence: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -124,6 +145,41 @@ pub struct PartitionTable {
     /// Read failures logged per partition: a consumer stuck at a corrupt batch retries it
     /// about twice a second, forever.
     read_failures_logged: RefCell<HashMap<TopicPartition, LogThrottle>>,
+    /// The append line of each partition that has seen a produce call.
+    sequencers: RefCell<HashMap<TopicPartition, Rc<AppendSequencer>>>,
+}
+
+/// Connections whose order one partition remembers for the assertion; past this the memory
+/// starts over (the check then restarts for every connection, it never fails falsely).
+const ORDER_CHECKED_CONNECTIONS_MAX: usize = 4096;
+
+/// One partition's produce appends: one call at a time, in the order calls were dispatched.
+#[derive(Default)]
+struct AppendSequencer {
+    turns: TurnQueue,
+    /// The latest request of each connection whose appends started here.
+    last_request_by_connection: RefCell<HashMap<u64, u64>>,
+}
+
+impl AppendSequencer {
+    /// Per-connection order is what this type exists for: a request appended after a later
+    /// one of the same connection is a broken invariant, not an operating error. (Equal is
+    /// a request naming the partition twice: its pieces are dispatched in request order.)
+    fn assert_in_order(&self, tp: &TopicPartition, origin: ProduceOrigin) {
+        let mut last = self.last_request_by_connection.borrow_mut();
+        if last.len() >= ORDER_CHECKED_CONNECTIONS_MAX && !last.contains_key(&origin.connection_id)
+        {
+            last.clear();
+        }
+        if let Some(previous) = last.insert(origin.connection_id, origin.request_sequence) {
+            assert!(
+                previous <= origin.request_sequence,
+                "partition {tp}: connection {:#x} appends request {} after request {previous}",
+                origin.connection_id,
+                origin.request_sequence,
+            );
+        }
+    }
 }
 
 impl PartitionTable {
@@ -137,6 +193,14 @@ impl PartitionTable {
             }
             None => Err(codes::NOT_LEADER_OR_FOLLOWER),
         }
+    }
+
+    fn sequencer(&self, tp: &TopicPartition) -> Rc<AppendSequencer> {
+        self.sequencers
+            .borrow_mut()
+            .entry(tp.clone())
+            .or_default()
+            .clone()
     }
 
     pub fn set_offline_listener(&self, listener: OfflineListener) {
@@ -158,6 +222,7 @@ impl PartitionTable {
 
     pub fn remove(&self, tp: &TopicPartition) -> Option<PartitionSlot> {
         self.producers.forget(tp);
+        self.sequencers.borrow_mut().remove(tp);
         self.read_failures_logged.borrow_mut().remove(tp);
         self.slots.borrow_mut().remove(tp)
     }
@@ -196,30 +261,113 @@ impl PartitionTable {
     }
 }
 
-/// Runs one partition call on the owning shard.
+/// Runs one partition call on the owning shard: [`dispatch`], then [`Dispatched::run`].
 pub async fn execute(table: &PartitionTable, call: PartitionCall) -> PartitionReply {
-    match call {
-        PartitionCall::Produce { tp, batches, acks } => {
-            PartitionReply::Produce(produce(table, &tp, batches, acks).await)
+    dispatch(table, call).run(table).await
+}
+
+/// A partition call past its synchronous stage. Holds no borrow: it may wait in a task.
+pub struct Dispatched(Stage);
+
+enum Stage {
+    /// A produce call checked and in its partition's append line.
+    Produce(InLine),
+    /// A produce call refused before it took a place.
+    Refused(ProduceOutcome),
+    /// Every other call, which needs no place in a line.
+    Other(PartitionCall),
+}
+
+/// A produce call holding its place in the partition's append line.
+struct InLine {
+    tp: TopicPartition,
+    log: PartitionLog,
+    batches: Vec<CheckedBatch>,
+    acks: i16,
+    origin: ProduceOrigin,
+    sequencer: Rc<AppendSequencer>,
+    ticket: Ticket,
+}
+
+/// Stage one of a partition call, synchronous (see the module docs). A produce call's
+/// batches are all checked here, before any is appended: one bad batch refuses the call
+/// (Kafka rejects a partition's records together), so a client that retries never finds
+/// the batches before it written twice.
+pub fn dispatch(table: &PartitionTable, call: PartitionCall) -> Dispatched {
+    let PartitionCall::Produce {
+        tp,
+        batches,
+        acks,
+        origin,
+    } = call
+    else {
+        return Dispatched(Stage::Other(call));
+    };
+    let failed = |error_code| {
+        Dispatched(Stage::Refused(ProduceOutcome {
+            error_code,
+            base_offset: -1,
+            log_start_offset: -1,
+        }))
+    };
+    let log = match table.log(&tp) {
+        Ok(log) => log,
+        Err(code) => return failed(code),
+    };
+    let checked: Result<Vec<CheckedBatch>, AppendError> =
+        batches.into_iter().map(|batch| log.check(batch)).collect();
+    let batches = match checked {
+        Ok(batches) => batches,
+        Err(error) => {
+            tracing::debug!(partition = %tp, %error, "produce refused: a batch failed its checks");
+            fence_if_log_fenced(table, &tp, &log);
+            return failed(append_error_code(&error));
         }
-        PartitionCall::Fetch {
-            tp,
-            offset,
-            max_bytes,
-        } => PartitionReply::Fetch(fetch(table, &tp, offset, max_bytes).await),
-        PartitionCall::WaitForData { tp, offset, wait } => {
-            if let Ok(log) = table.log(&tp) {
-                let data = std::pin::pin!(log.wait_for_data(offset));
-                let timer = std::pin::pin!(glommio::timer::sleep(wait));
-                select(data, timer).await;
+    };
+    let sequencer = table.sequencer(&tp);
+    let ticket = sequencer.turns.ticket();
+    Dispatched(Stage::Produce(InLine {
+        tp,
+        log,
+        batches,
+        acks,
+        origin,
+        sequencer,
+        ticket,
+    }))
+}
+
+impl Dispatched {
+    /// Stage two: waits for the call's turn where it has a place, does the work, answers.
+    /// A produce call must run to the end once its turn has come (dropped half-way, some of
+    /// its batches would be appended and the client told otherwise): run it in its own task.
+    pub async fn run(self, table: &PartitionTable) -> PartitionReply {
+        let call = match self.0 {
+            Stage::Produce(in_line) => return PartitionReply::Produce(produce(table, in_line).await),
+            Stage::Refused(outcome) => return PartitionReply::Produce(outcome),
+            Stage::Other(call) => call,
+        };
+        match call {
+            PartitionCall::Produce { .. } => unreachable!("produce calls are dispatched"),
+            PartitionCall::Fetch {
+                tp,
+                offset,
+                max_bytes,
+            } => PartitionReply::Fetch(fetch(table, &tp, offset, max_bytes).await),
+            PartitionCall::WaitForData { tp, offset, wait } => {
+                if let Ok(log) = table.log(&tp) {
+                    let data = std::pin::pin!(log.wait_for_data(offset));
+                    let timer = std::pin::pin!(glommio::timer::sleep(wait));
+                    select(data, timer).await;
+                }
+                PartitionReply::Waited
             }
-            PartitionReply::Waited
-        }
-        PartitionCall::ListOffsets { tp, timestamp_ms } => {
-            PartitionReply::Offset(list_offset(table, &tp, timestamp_ms).await)
-        }
-        PartitionCall::DeleteRecords { tp, offset } => {
-            PartitionReply::Offset(delete_records(table, &tp, offset).await)
+            PartitionCall::ListOffsets { tp, timestamp_ms } => {
+                PartitionReply::Offset(list_offset(table, &tp, timestamp_ms).await)
+            }
+            PartitionCall::DeleteRecords { tp, offset } => {
+                PartitionReply::Offset(delete_records(table, &tp, offset).await)
+            }
         }
     }
 }
@@ -242,25 +390,28 @@ fn fence_if_log_fenced(table: &PartitionTable, tp: &TopicPartition, log: &Partit
     }
 }
 
-async fn produce(
-    table: &PartitionTable,
-    tp: &TopicPartition,
-    batches: Vec<Bytes>,
-    acks: i16,
-) -> ProduceOutcome {
+/// Appends a dispatched call's batches in its turn, then waits for its acks outside it.
+async fn produce(table: &PartitionTable, in_line: InLine) -> ProduceOutcome {
+    let InLine {
+        tp,
+        log,
+        batches,
+        acks,
+        origin,
+        sequencer,
+        ticket,
+    } = in_line;
     let failed = |error_code| ProduceOutcome {
         error_code,
         base_offset: -1,
         log_start_offset: -1,
     };
-    let log = match table.log(tp) {
-        Ok(log) => log,
-        Err(code) => return failed(code),
-    };
+    let turn = ticket.await;
+    sequencer.assert_in_order(&tp, origin);
     let mut first_base_offset = None;
     let mut last_offset = -1;
     for batch in batches {
-        match table.producers.append(tp, &log, batch).await {
+        match table.producers.append(&tp, &log, batch).await {
             Ok(outcome) => {
                 first_base_offset.get_or_insert(outcome.base_offset);
                 last_offset = outcome.last_offset;
@@ -268,11 +419,13 @@ async fn produce(
             Err(Refused::Sequence(code)) => return failed(code),
             Err(Refused::Append(error)) => {
                 tracing::debug!(partition = %tp, %error, "append refused");
-                fence_if_log_fenced(table, tp, &log);
+                fence_if_log_fenced(table, &tp, &log);
                 return failed(append_error_code(&error));
             }
         }
     }
+    // The next call may append while this one waits for its acks.
+    drop(turn);
     let waited = match acks {
         0 => Ok(()),
         -1 => log.wait_durable(last_offset).await,
@@ -280,7 +433,7 @@ async fn produce(
     };
     if let Err(error) = waited {
         tracing::debug!(partition = %tp, %error, "acks not met");
-        fence_if_log_fenced(table, tp, &log);
+        fence_if_log_fenced(table, &tp, &log);
         return failed(codes::KAFKA_STORAGE_ERROR);
     }
     ProduceOutcome {
@@ -392,5 +545,134 @@ async fn delete_records(table: &PartitionTable, tp: &TopicPartition, offset: i64
             tracing::error!(partition = %tp, %error, "delete records failed");
             answer(codes::KAFKA_STORAGE_ERROR, -1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use futures::future::join_all;
+
+    use super::*;
+    use crate::storage::batch::build::{self, Record};
+    use crate::storage::LogConfig;
+
+    fn run<Fut: Future<Output = ()> + 'static>(test: impl FnOnce() -> Fut + Send + 'static) {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(test)
+            .expect("executor")
+            .join()
+            .expect("test ran");
+    }
+
+    fn tp() -> TopicPartition {
+        TopicPartition {
+            topic: "t".into(),
+            partition: 0,
+        }
+    }
+
+    /// A table owning partition `t-0`, opened on a fresh directory with small preallocation
+    /// steps, so appends wait inside the log now and then.
+    async fn table_with_partition(dir: &std::path::Path) -> Rc<PartitionTable> {
+        let config = LogConfig {
+            preallocate_step_bytes: 4096,
+            ..LogConfig::default()
+        };
+        let (log, _) = PartitionLog::open(dir, config).await.expect("open");
+        let table = Rc::new(PartitionTable::default());
+        let topic_id = Uuid::new_v4();
+        table.insert(tp(), PartitionSlot::Online { topic_id, log });
+        table
+    }
+
+    fn batch(value: &str) -> Bytes {
+        build::batch(&[Record {
+            key: None,
+            value: Some(value.as_bytes()),
+            timestamp_ms: 0,
+        }])
+    }
+
+    fn produce_call(batches: Vec<Bytes>, request_sequence: u64) -> PartitionCall {
+        PartitionCall::Produce {
+            tp: tp(),
+            batches,
+            acks: 1,
+            origin: ProduceOrigin {
+                connection_id: 7,
+                request_sequence,
+            },
+        }
+    }
+
+    fn outcome(reply: PartitionReply) -> ProduceOutcome {
+        let PartitionReply::Produce(outcome) = reply else {
+            panic!("a produce call answered {reply:?}");
+        };
+        outcome
+    }
+
+    #[test]
+    fn a_bad_batch_refuses_every_batch_of_the_call() {
+        run(|| async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let table = table_with_partition(dir.path()).await;
+            let mut corrupt = batch("two").to_vec();
+            *corrupt.last_mut().expect("bytes") ^= 0xFF;
+            let call = produce_call(vec![batch("one"), Bytes::from(corrupt)], 0);
+            let refused = outcome(execute(&table, call).await);
+            assert_eq!(refused.error_code, codes::CORRUPT_MESSAGE);
+            let log = table.log(&tp()).expect("online");
+            assert_eq!(log.log_end_offset(), 0, "the good batch was not appended");
+            let call = produce_call(vec![batch("one"), batch("two")], 1);
+            let appended = outcome(execute(&table, call).await);
+            assert_eq!((appended.error_code, appended.base_offset), (codes::NONE, 0));
+            assert_eq!(log.log_end_offset(), 2);
+        });
+    }
+
+    /// The order of appends is the order of dispatch, not the order in which the executor
+    /// first runs the calls: here they run in reverse.
+    #[test]
+    fn calls_append_in_dispatch_order_whatever_order_they_run_in() {
+        run(|| async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let table = table_with_partition(dir.path()).await;
+            let dispatched: Vec<_> = (0..50_u64)
+                .map(|index| {
+                    let batches = vec![batch(&"x".repeat(3000 + index as usize))];
+                    dispatch(&table, produce_call(batches, index))
+                })
+                .collect();
+            let running: Vec<_> = dispatched
+                .into_iter()
+                .rev()
+                .map(|call| {
+                    let table = table.clone();
+                    glommio::spawn_local(async move { outcome(call.run(&table).await) })
+                })
+                .collect();
+            let mut outcomes = join_all(running).await;
+            outcomes.reverse();
+            let offsets: Vec<_> = outcomes.iter().map(|o| o.base_offset).collect();
+            assert_eq!(offsets, (0..50).collect::<Vec<_>>());
+        });
+    }
+
+    #[test]
+    #[should_panic = "test ran"]
+    fn a_connection_s_later_request_appended_first_trips_the_assertion() {
+        run(|| async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let table = table_with_partition(dir.path()).await;
+            // Dispatched out of the connection's order: a broken caller, not a client error.
+            let later = dispatch(&table, produce_call(vec![batch("later")], 5));
+            let earlier = dispatch(&table, produce_call(vec![batch("earlier")], 4));
+            later.run(&table).await;
+            earlier.run(&table).await;
+        });
     }
 }
