@@ -343,7 +343,9 @@ impl Dispatched {
     /// its batches would be appended and the client told otherwise): run it in its own task.
     pub async fn run(self, table: &PartitionTable) -> PartitionReply {
         let call = match self.0 {
-            Stage::Produce(in_line) => return PartitionReply::Produce(produce(table, in_line).await),
+            Stage::Produce(in_line) => {
+                return PartitionReply::Produce(produce(table, in_line).await)
+            }
             Stage::Refused(outcome) => return PartitionReply::Produce(outcome),
             Stage::Other(call) => call,
         };
@@ -551,8 +553,10 @@ async fn delete_records(table: &PartitionTable, tp: &TopicPartition, offset: i64
 #[cfg(test)]
 mod tests {
     use std::future::Future;
+    use std::panic::AssertUnwindSafe;
 
     use futures::future::join_all;
+    use futures::FutureExt;
 
     use super::*;
     use crate::storage::batch::build::{self, Record};
@@ -609,10 +613,10 @@ mod tests {
     }
 
     fn outcome(reply: PartitionReply) -> ProduceOutcome {
-        let PartitionReply::Produce(outcome) = reply else {
-            panic!("a produce call answered {reply:?}");
-        };
-        outcome
+        match reply {
+            PartitionReply::Produce(outcome) => outcome,
+            other => panic!("a produce call answered {other:?}"),
+        }
     }
 
     #[test]
@@ -629,7 +633,10 @@ mod tests {
             assert_eq!(log.log_end_offset(), 0, "the good batch was not appended");
             let call = produce_call(vec![batch("one"), batch("two")], 1);
             let appended = outcome(execute(&table, call).await);
-            assert_eq!((appended.error_code, appended.base_offset), (codes::NONE, 0));
+            assert_eq!(
+                (appended.error_code, appended.base_offset),
+                (codes::NONE, 0)
+            );
             assert_eq!(log.log_end_offset(), 2);
         });
     }
@@ -663,7 +670,6 @@ mod tests {
     }
 
     #[test]
-    #[should_panic = "test ran"]
     fn a_connection_s_later_request_appended_first_trips_the_assertion() {
         run(|| async {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -672,7 +678,15 @@ mod tests {
             let later = dispatch(&table, produce_call(vec![batch("later")], 5));
             let earlier = dispatch(&table, produce_call(vec![batch("earlier")], 4));
             later.run(&table).await;
-            earlier.run(&table).await;
+            let panic = AssertUnwindSafe(earlier.run(&table))
+                .catch_unwind()
+                .await
+                .expect_err("the assertion fires");
+            let message = panic.downcast_ref::<String>().expect("a formatted message");
+            assert!(
+                message.contains("connection 0x7 appends request 4 after request 5"),
+                "{message}"
+            );
         });
     }
 }

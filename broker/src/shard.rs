@@ -113,9 +113,7 @@ impl Shard {
             let shard = self.clone();
             return Box::pin(async move { Some(dispatched.run(&shard.partitions).await) });
         }
-        let reply = self
-            .router
-            .call_in_order(owner, ShardCall::Partition(call));
+        let reply = self.router.call_in_order(owner, ShardCall::Partition(call));
         Box::pin(async move {
             match reply.await {
                 Ok(ShardReply::Partition(reply)) => Some(reply),

@@ -135,10 +135,12 @@ mod tests {
 
     use super::*;
 
-    fn run(test: impl std::future::Future<Output = ()> + 'static) {
+    fn run<Fut: std::future::Future<Output = ()> + 'static>(
+        test: impl FnOnce() -> Fut + Send + 'static,
+    ) {
         LocalExecutorBuilder::default()
             .io_memory(1 << 20)
-            .spawn(|| test)
+            .spawn(test)
             .expect("executor")
             .join()
             .expect("test ran");
@@ -146,20 +148,24 @@ mod tests {
 
     #[test]
     fn turns_follow_ticket_order_not_poll_order() {
-        run(async {
+        run(|| async {
             let queue = TurnQueue::default();
             let order = Rc::new(RefCell::new(Vec::new()));
             let tickets: Vec<_> = (0..5).map(|_| queue.ticket()).collect();
             // Polled in reverse: the later tickets must still wait for the earlier ones.
-            let holders = tickets.into_iter().enumerate().rev().map(|(index, ticket)| {
-                let order = order.clone();
-                glommio::spawn_local(async move {
-                    let _turn = ticket.await;
-                    order.borrow_mut().push(index);
-                    // Hold the turn across an await, as an append does.
-                    glommio::timer::sleep(Duration::from_micros(100)).await;
-                })
-            });
+            let holders = tickets
+                .into_iter()
+                .enumerate()
+                .rev()
+                .map(|(index, ticket)| {
+                    let order = order.clone();
+                    glommio::spawn_local(async move {
+                        let _turn = ticket.await;
+                        order.borrow_mut().push(index);
+                        // Hold the turn across an await, as an append does.
+                        glommio::timer::sleep(Duration::from_micros(100)).await;
+                    })
+                });
             join_all(holders.collect::<Vec<_>>()).await;
             assert_eq!(*order.borrow(), vec![0, 1, 2, 3, 4]);
             assert_eq!(queue.waiting(), 0);
@@ -170,7 +176,7 @@ mod tests {
     /// woken but not yet run, and a newcomer asking right then, must go to the waiter.
     #[test]
     fn a_newcomer_does_not_overtake_a_woken_waiter() {
-        run(async {
+        run(|| async {
             let queue = Rc::new(TurnQueue::default());
             let order = Rc::new(RefCell::new(Vec::new()));
             let first = queue.ticket().await;
@@ -194,7 +200,7 @@ mod tests {
 
     #[test]
     fn abandoned_tickets_are_skipped() {
-        run(async {
+        run(|| async {
             let queue = TurnQueue::default();
             let first = queue.ticket().await;
             let gives_up = queue.ticket();

@@ -308,7 +308,10 @@ impl<D: Disk> PartitionLog<D> {
 
     /// Appends a batch [`Self::check`] accepted, like [`Self::append`] without checking it
     /// again.
-    pub async fn append_checked(&self, checked: CheckedBatch) -> Result<AppendOutcome, AppendError> {
+    pub async fn append_checked(
+        &self,
+        checked: CheckedBatch,
+    ) -> Result<AppendOutcome, AppendError> {
         let CheckedBatch { batch, header } = checked;
         let _permit = self
             .inner

@@ -153,7 +153,12 @@ fn answered(
     error_code: i16,
 ) -> Option<Bytes> {
     let response_bytes = response.as_ref().map_or(0, Bytes::len);
-    shard.metrics.request_answered(context.api_key, error_code, started.elapsed(), response_bytes);
+    shard.metrics.request_answered(
+        context.api_key,
+        error_code,
+        started.elapsed(),
+        response_bytes,
+    );
     response
 }
 
