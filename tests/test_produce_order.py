@@ -101,7 +101,7 @@ def test_kafka_python_pipelined_produce_keeps_partition_order(start_broker, shar
     broker = start_broker(shards=shards)
     topic = f"order-kafka-python-{shards}"
     create_topic(broker.bootstrap, topic, PARTITIONS)
-    sends = plan(shards, large=2_000, small=5_000)
+    sends = plan(shards, large=300, small=5_000)
     producer = KafkaProducer(
         bootstrap_servers=broker.bootstrap,
         acks="all",
