@@ -17,7 +17,7 @@
 //! append asserts it (`ProduceOrigin`).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -149,16 +149,17 @@ pub struct PartitionTable {
     sequencers: RefCell<HashMap<TopicPartition, Rc<AppendSequencer>>>,
 }
 
-/// Connections whose order one partition remembers for the assertion; past this the memory
-/// starts over (the check then restarts for every connection, it never fails falsely).
-const ORDER_CHECKED_CONNECTIONS_MAX: usize = 4096;
+/// Connections whose latest request one partition remembers for the order assertion: the
+/// most recent ones, so a partition costs a few hundred bytes however many connections write
+/// to it. A connection forgotten is checked again from its next request (never falsely).
+const ORDER_CHECKED_CONNECTIONS_MAX: usize = 16;
 
 /// One partition's produce appends: one call at a time, in the order calls were dispatched.
 #[derive(Default)]
 struct AppendSequencer {
     turns: TurnQueue,
-    /// The latest request of each connection whose appends started here.
-    last_request_by_connection: RefCell<HashMap<u64, u64>>,
+    /// (connection id, latest request appended here) of the connections seen last.
+    latest_requests: RefCell<VecDeque<(u64, u64)>>,
 }
 
 impl AppendSequencer {
@@ -166,19 +167,21 @@ impl AppendSequencer {
     /// one of the same connection is a broken invariant, not an operating error. (Equal is
     /// a request naming the partition twice: its pieces are dispatched in request order.)
     fn assert_in_order(&self, tp: &TopicPartition, origin: ProduceOrigin) {
-        let mut last = self.last_request_by_connection.borrow_mut();
-        if last.len() >= ORDER_CHECKED_CONNECTIONS_MAX && !last.contains_key(&origin.connection_id)
-        {
-            last.clear();
-        }
-        if let Some(previous) = last.insert(origin.connection_id, origin.request_sequence) {
+        let mut latest = self.latest_requests.borrow_mut();
+        let ProduceOrigin {
+            connection_id,
+            request_sequence,
+        } = origin;
+        if let Some(position) = latest.iter().position(|(id, _)| *id == connection_id) {
+            let (_, previous) = latest.remove(position).expect("found above");
             assert!(
-                previous <= origin.request_sequence,
-                "partition {tp}: connection {:#x} appends request {} after request {previous}",
-                origin.connection_id,
-                origin.request_sequence,
+                previous <= request_sequence,
+                "partition {tp}: connection {connection_id:#x} appends request {request_sequence} after request {previous}",
             );
+        } else if latest.len() == ORDER_CHECKED_CONNECTIONS_MAX {
+            latest.pop_front();
         }
+        latest.push_back((connection_id, request_sequence));
     }
 }
 
@@ -688,5 +691,36 @@ mod tests {
                 "{message}"
             );
         });
+    }
+
+    #[test]
+    fn the_order_check_remembers_the_latest_connections_only() {
+        let sequencer = AppendSequencer::default();
+        let origin = |connection_id, request_sequence| ProduceOrigin {
+            connection_id,
+            request_sequence,
+        };
+        sequencer.assert_in_order(&tp(), origin(1, 10));
+        // A request naming the partition twice appends twice under one sequence.
+        sequencer.assert_in_order(&tp(), origin(1, 10));
+        for connection_id in 2..=ORDER_CHECKED_CONNECTIONS_MAX as u64 {
+            sequencer.assert_in_order(&tp(), origin(connection_id, 0));
+        }
+        // Connection 1 is still remembered among 16; a 17th pushes out the least recent, 2.
+        sequencer.assert_in_order(&tp(), origin(1, 11));
+        assert_eq!(
+            sequencer.latest_requests.borrow().len(),
+            ORDER_CHECKED_CONNECTIONS_MAX
+        );
+        sequencer.assert_in_order(&tp(), origin(99, 0));
+        assert_eq!(
+            sequencer.latest_requests.borrow().len(),
+            ORDER_CHECKED_CONNECTIONS_MAX
+        );
+        assert!(sequencer
+            .latest_requests
+            .borrow()
+            .iter()
+            .all(|(id, _)| *id != 2));
     }
 }
