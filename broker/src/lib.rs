@@ -32,6 +32,7 @@ pub mod server;
 pub mod settings;
 pub mod shard;
 pub mod topic_config;
+pub mod turns;
 
 /// See `alloc_guard`: keeps a hostile array count in a request from aborting the process.
 /// Declared here, not in `main.rs`, so every program that decodes requests with this

@@ -4,8 +4,9 @@
 //! lock is taken on either side.
 //!
 //! `ShardRouter` lives on one shard (it is `!Send`); `call` may run from many tasks of that
-//! shard at once. Calls to the local shard never go through the mesh: callers use
-//! `Shard::execute_local` for those (see `shard.rs`).
+//! shard at once. Calls to the local shard never go through the mesh: `Shard::partition_call`,
+//! `Shard::dispatch_partition_call`, `Shard::group_call` and `Shard::controller_call` run
+//! them in place (see `shard.rs`).
 //!
 //! Cancellation: a caller that stops waiting (drops the future of `call`) forgets the call
 //! at once. When the call only waits for something (`ShardCall::ends_with_its_caller`, a
@@ -13,9 +14,14 @@
 //! its work on receipt: a wait parked on another shard lives no longer than the fetch
 //! that parked it. Every other call runs to completion (a produce is not half-undone
 //! because its client went away), and its late reply is dropped.
+//! Order: calls sent with `call_in_order` reach the peer in the order of those calls (the
+//! mesh channel is FIFO, and when it is full they wait in a per-peer outbox here, in order),
+//! and the peer hands them to its `execute` in arrival order before any await. Plain `call`
+//! promises no order: tasks waiting for room in a full channel enter it as they are woken.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -23,6 +29,7 @@ use futures::future::{AbortHandle, Abortable};
 use futures::StreamExt;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
+use glommio::{GlommioError, ResourceType};
 
 use crate::controller::{ControllerCall, ControllerReply};
 use crate::groups::{GroupEnvelope, GroupReply};
@@ -143,6 +150,17 @@ pub struct ShardRouter {
     /// Bounded by what the calls bound: for waits, `Limits::shard_fetch_waits_parked_max`
     /// (a wait past it answers at once and leaves the map).
     running_until_cancelled: RefCell<HashMap<(usize, u64), AbortHandle>>,
+    /// `call_in_order` calls waiting for room in each peer's channel (index: peer shard).
+    outboxes: Vec<Outbox>,
+}
+
+/// Calls to one peer that found its channel full, oldest first. Bounded by what sends them:
+/// every call holds a request's bytes, which the shard's request budget bounds.
+#[derive(Default)]
+struct Outbox {
+    queued: RefCell<VecDeque<CallEnvelope>>,
+    /// A task is moving `queued` into the channel; later calls queue behind it.
+    draining: Cell<bool>,
 }
 
 /// The receiving halves, handed to `serve_incoming` once the shard is set up.
@@ -155,6 +173,9 @@ pub struct IncomingCalls {
 pub async fn join(meshes: MeshPair) -> (ShardRouter, IncomingCalls) {
     let (call_senders, calls) = meshes.calls.join().await.expect("joining the call mesh");
     let (reply_senders, replies) = meshes.replies.join().await.expect("joining the reply mesh");
+    let outboxes = (0..call_senders.nr_consumers())
+        .map(|_| Outbox::default())
+        .collect();
     let router = ShardRouter {
         shard_id: call_senders.peer_id(),
         call_senders,
@@ -163,6 +184,7 @@ pub async fn join(meshes: MeshPair) -> (ShardRouter, IncomingCalls) {
         next_call_id: Cell::new(0),
         counts: Cell::default(),
         running_until_cancelled: RefCell::new(HashMap::new()),
+        outboxes,
     };
     (router, IncomingCalls { calls, replies })
 }
@@ -218,6 +240,57 @@ impl ShardRouter {
                 "cancellation not sent: the call channel is full or closed"
             );
         }
+    }
+
+    /// Sends `call` to `shard` (never this shard) now, behind every call sent to it this way
+    /// before, and returns the wait for its reply. See the module docs for the order kept.
+    pub fn call_in_order(
+        self: &Rc<Self>,
+        shard: usize,
+        call: ShardCall,
+    ) -> impl Future<Output = Result<ShardReply, PeerGone>> + 'static {
+        assert_ne!(
+            shard, self.shard_id,
+            "local calls do not go through the mesh"
+        );
+        let call_id = self.next_call_id.get();
+        self.next_call_id.set(call_id + 1);
+        self.count(|counts| counts.sent[call.kind_index()] += 1);
+        let (reply_sender, reply_receiver) = local_channel::new_bounded(1);
+        self.pending.borrow_mut().insert(call_id, reply_sender);
+        let envelope = CallEnvelope {
+            call_id,
+            message: CallMessage::Call(call),
+        };
+        let outbox = &self.outboxes[shard];
+        if outbox.draining.get() {
+            outbox.queued.borrow_mut().push_back(envelope);
+        } else {
+            match self.call_senders.try_send_to(shard, envelope) {
+                Ok(()) => {}
+                Err(GlommioError::WouldBlock(ResourceType::Channel(envelope))) => {
+                    outbox.queued.borrow_mut().push_back(envelope);
+                    outbox.draining.set(true);
+                    glommio::spawn_local(self.clone().drain_outbox(shard)).detach();
+                }
+                // Closed (shutdown): the dropped waiter makes the reply `PeerGone`.
+                Err(_) => drop(self.pending.borrow_mut().remove(&call_id)),
+            }
+        }
+        async move { reply_receiver.recv().await.ok_or(PeerGone { shard }) }
+    }
+
+    /// Moves `shard`'s outbox into its channel, oldest first, as room appears.
+    async fn drain_outbox(self: Rc<Self>, shard: usize) {
+        loop {
+            let next = self.outboxes[shard].queued.borrow_mut().pop_front();
+            let Some(envelope) = next else { break };
+            let call_id = envelope.call_id;
+            if self.call_senders.send_to(shard, envelope).await.is_err() {
+                self.pending.borrow_mut().remove(&call_id);
+            }
+        }
+        self.outboxes[shard].draining.set(false);
     }
 
     /// Calls sent and received so far.
@@ -292,7 +365,9 @@ impl Drop for Outstanding<'_> {
 
 /// Pumps every incoming channel until the peers close them. Each call runs in its own task
 /// so a long-poll wait never holds up the calls behind it; `execute` is the one place where
-/// a shard acts on another shard's request.
+/// a shard acts on another shard's request. `execute` is called in arrival order, before
+/// any await, so what it does synchronously (a produce call taking its place at its
+/// partition) keeps the order in which the peer sent the calls.
 pub fn serve_incoming<F, Fut>(router: &Rc<ShardRouter>, mut incoming: IncomingCalls, execute: F)
 where
     F: Fn(ShardCall) -> Fut + Clone + 'static,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::channel::oneshot;
-use futures::future::join_all;
+use futures::future::{join_all, LocalBoxFuture};
 use glommio::sync::{Gate, Semaphore};
 use uuid::Uuid;
 
@@ -98,6 +98,34 @@ impl Shard {
         }
     }
 
+    /// Dispatches `call` to the partition's owner now and returns the wait for its reply:
+    /// locally it takes its place at the partition (`partition::dispatch`), remotely it is
+    /// sent behind the calls dispatched to that shard before it
+    /// (`ShardRouter::call_in_order`). Produce calls dispatched one after the other are
+    /// therefore appended in that order. `None` when the owner is gone (only during shutdown).
+    pub fn dispatch_partition_call(
+        self: &Rc<Self>,
+        owner: usize,
+        call: PartitionCall,
+    ) -> LocalBoxFuture<'static, Option<PartitionReply>> {
+        if owner == self.id {
+            let dispatched = partition::dispatch(&self.partitions, call);
+            let shard = self.clone();
+            return Box::pin(async move { Some(dispatched.run(&shard.partitions).await) });
+        }
+        let reply = self.router.call_in_order(owner, ShardCall::Partition(call));
+        Box::pin(async move {
+            match reply.await {
+                Ok(ShardReply::Partition(reply)) => Some(reply),
+                Ok(other) => panic!("shard {owner} answered a partition call with {other:?}"),
+                Err(gone) => {
+                    tracing::warn!(%gone, "partition call not answered");
+                    None
+                }
+            }
+        })
+    }
+
     /// Runs a group call on the group's coordinator shard `owner`, locally or over the mesh.
     /// `None` when the owner is gone (only during shutdown).
     pub async fn group_call(
@@ -128,13 +156,21 @@ impl Shard {
         }
     }
 
-    /// Everything another shard can ask of this one arrives here.
-    async fn execute_call(self: Rc<Self>, call: ShardCall) -> ShardReply {
+    /// Everything another shard can ask of this one arrives here, in the order each peer sent
+    /// it. A partition call is dispatched at once, before the returned future is first
+    /// polled, so produce calls take their places at their partitions in that order.
+    fn execute_call(self: Rc<Self>, call: ShardCall) -> LocalBoxFuture<'static, ShardReply> {
+        let ShardCall::Partition(call) = call else {
+            return Box::pin(self.execute_other_call(call));
+        };
+        self.check_ownership_on_receipt(call.tp());
+        let dispatched = partition::dispatch(&self.partitions, call);
+        Box::pin(async move { ShardReply::Partition(dispatched.run(&self.partitions).await) })
+    }
+
+    async fn execute_other_call(self: Rc<Self>, call: ShardCall) -> ShardReply {
         match call {
-            ShardCall::Partition(call) => {
-                self.check_ownership_on_receipt(call.tp());
-                ShardReply::Partition(partition::execute(&self.partitions, call).await)
-            }
+            ShardCall::Partition(_) => unreachable!("dispatched by execute_call"),
             ShardCall::Controller(call) => ShardReply::Controller(self.run_controller(call).await),
             ShardCall::ApplyMetadata(snapshot) => {
                 self.apply_metadata(snapshot).await;

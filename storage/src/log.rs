@@ -3,8 +3,12 @@
 //! Ownership: a log lives on one glommio executor (one shard) and is never shared across
 //! threads; `PartitionLog` is a cheap `Rc` handle, cloned into the tasks of that shard.
 //! Concurrency contract: any number of tasks may call any method at once. Appends are
-//! serialized in arrival order by an executor-local gate (offsets are assigned in that
-//! order); reads, waits and lookups never block appends. A background flusher task owns all
+//! serialized by an executor-local gate and get their offsets in the order they pass it.
+//! That is *not* always the order they reached it: glommio's semaphore lets a newcomer take
+//! a gate just released before the waiter it woke runs. A caller that needs an order among
+//! its appends must not have two in flight at once (the broker sequences each partition's
+//! produce appends itself, see `broker/src/partition.rs`). Reads, waits and lookups never
+//! block appends. A background flusher task owns all
 //! data writes and fdatasyncs (see `flusher.rs`).
 //!
 //! Offsets: `log_start_offset` ≤ `high_watermark` ≤ `log_end_offset`. The high watermark is
@@ -36,6 +40,20 @@ use crate::signal::Signal;
 pub struct AppendOutcome {
     pub base_offset: i64,
     pub last_offset: i64,
+}
+
+/// A batch that passed [`PartitionLog::check`]; only that function makes one.
+#[derive(Debug, Clone)]
+pub struct CheckedBatch {
+    batch: Bytes,
+    header: BatchHeader,
+}
+
+impl CheckedBatch {
+    /// The batch's header, as the check parsed it.
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
 }
 
 /// Counters of what the log has done since it was opened (for metrics and benchmarks).
@@ -89,7 +107,8 @@ pub(crate) struct Inner<D: Disk> {
     pub dir: PathBuf,
     pub clock: Clock,
     pub state: RefCell<State<D::File>>,
-    /// Serializes appends (and the rolls and preallocations they trigger) in arrival order.
+    /// Serializes appends (and the rolls and preallocations they trigger); not first-come,
+    /// first-served (see the module docs).
     pub append_gate: Semaphore,
     /// Serializes writers of the checkpoint file, which share one temporary path.
     pub checkpoint_gate: Semaphore,
@@ -273,11 +292,27 @@ impl<D: Disk> PartitionLog<D> {
     /// visible to readers once written (see [`Self::wait_written`]) and durable once
     /// fdatasync'd (see [`Self::wait_durable`]). On error nothing was appended.
     pub async fn append(&self, batch: Bytes) -> Result<AppendOutcome, AppendError> {
-        let header = {
-            let state = self.state();
-            state.check_usable()?;
-            batch::validate(&batch, state.config.batch_bytes_max)?
-        };
+        let checked = self.check(batch)?;
+        self.append_checked(checked).await
+    }
+
+    /// Validates one batch as [`Self::append`] would, without appending it, so a caller with
+    /// several batches can refuse them all before appending any (Kafka rejects a produce
+    /// request's batches for a partition together).
+    pub fn check(&self, batch: Bytes) -> Result<CheckedBatch, AppendError> {
+        let state = self.state();
+        state.check_usable()?;
+        let header = batch::validate(&batch, state.config.batch_bytes_max)?;
+        Ok(CheckedBatch { batch, header })
+    }
+
+    /// Appends a batch [`Self::check`] accepted, like [`Self::append`] without checking it
+    /// again.
+    pub async fn append_checked(
+        &self,
+        checked: CheckedBatch,
+    ) -> Result<AppendOutcome, AppendError> {
+        let CheckedBatch { batch, header } = checked;
         let _permit = self
             .inner
             .append_gate
