@@ -33,16 +33,16 @@ use crate::partition::{self, PartitionCall, PartitionReply, PartitionSlot, Parti
 use crate::router::{self, CrossShardCounts, MeshPair, ShardCall, ShardReply, ShardRouter};
 use crate::storage::PartitionLog;
 
-/// Partition logs a shard opens or closes at once (start-up, CreateTopics, shutdown).
+/// Partition logs a shard opens or closes at once (start-up, `CreateTopics`, shutdown).
 ///
-/// Opening a log is a dozen file operations, several of which io_uring hands to its worker
+/// Opening a log is a dozen file operations, several of which `io_uring` hands to its worker
 /// threads (open, fsync of the directory, fallocate). With every partition's open in flight
-/// at once (all of them at start-up, 400 for a CreateTopics of 100 topics x 4), each
-/// completion glommio waits for costs a scan of that whole backlog (its reactor cancels a
-/// timer between waits, and the kernel matches the cancel against all queued work), so
-/// start-up grew with the square of the partition count (issue 10, item 3: 180 s for
-/// ~1,100 partitions, one shard busy in `io_uring_submit`). 32 keep the device busy (the
-/// ops are small and mostly wait on the journal) while bounding that backlog.
+/// at once (all of them at start-up, 400 for a `CreateTopics` of 100 topics x 4), glommio's
+/// cancellations (`IORING_OP_ASYNC_CANCEL`, issued as it drops in-flight sources between
+/// waits) are each matched by the kernel against that whole backlog, so start-up grew with
+/// the square of the partition count (issue 10, item 3: 180 s for ~1,100 partitions, one
+/// shard busy in `io_uring_submit`; perf: `io_cancel_req_match`). 32 keep the device busy
+/// (the ops are small and mostly wait on the journal) while bounding that backlog.
 const PARTITION_OPENS_IN_FLIGHT_MAX: usize = 32;
 
 /// Per-shard context. Owned by one executor thread; see the module docs.

@@ -128,10 +128,10 @@ fn data_reads_whatever_file_is_opened_first() {
             let disk = DmaDisk;
             match first {
                 FirstFile::Empty => {
-                    drop(disk.open(&root.join("empty"), false).await.expect("open"))
+                    drop(disk.open(&root.join("empty"), false).await.expect("open"));
                 }
                 FirstFile::PreallocatedSegment => {
-                    drop(disk.open(&preallocated, false).await.expect("open"))
+                    drop(disk.open(&preallocated, false).await.expect("open"));
                 }
                 FirstFile::Marker => drop(
                     disk.read_file(&data.join(CLEAN_SHUTDOWN_FILE))
