@@ -205,4 +205,34 @@ mod tests {
                 );
             });
     }
+
+    #[test]
+    fn a_recovered_tail_page_is_rewritten_whole_from_the_heap() {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .make()
+            .expect("executor")
+            .run(async {
+                let disk = SimDisk::new();
+                let file = disk.open(Path::new("/seg"), true).await.expect("open");
+                let tail: Vec<u8> = (0..904_u32).map(|i| (i % 251) as u8 | 1).collect();
+                let mut appender = Appender::new(5000, &tail, 3 * PAGE_BYTES);
+                assert!(
+                    appender.take_writes().writes.is_empty(),
+                    "the tail is written"
+                );
+                appender.append(&file, &[7; 100]);
+                let round = appender.take_writes();
+                assert_eq!(round.end_bytes, 5100);
+                let [(position, buffer)] = &round.writes[..] else {
+                    panic!("one write expected, got {}", round.writes.len());
+                };
+                assert_eq!(*position, PAGE_BYTES as u64);
+                let page = buffer.as_slice();
+                assert_eq!(page.len(), PAGE_BYTES);
+                assert_eq!(&page[..904], &tail[..]);
+                assert!(page[904..1004].iter().all(|&b| b == 7));
+                assert!(page[1004..].iter().all(|&b| b == 0), "zero padding");
+            });
+    }
 }
