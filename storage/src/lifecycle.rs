@@ -96,7 +96,7 @@ impl<D: Disk> PartitionLog<D> {
     fn install_active(&self, file: D::File, base_offset: i64) {
         let mut guard = self.state_mut();
         let state = &mut *guard;
-        let appender = Appender::new(&file, 0, &[], state.config.write_chunk_bytes);
+        let appender = Appender::new(0, &[], state.config.write_chunk_bytes);
         let index = BuildingIndex::new(base_offset, state.config.index_interval_bytes);
         let new_active = Segment {
             base_offset,
