@@ -61,18 +61,23 @@ struct Case {
     shape: Shape,
     config: LogConfig,
     batches: Vec<Vec<(i64, usize)>>,
+    /// Where `DeleteRecords` moves the log start after the appends, as a fraction of the
+    /// records in per mille (`None`: it is not called).
+    delete_records_per_mille: Option<u64>,
 }
 
 impl Case {
     /// What a failure message names; the seed alone replays the case.
     fn summary(&self) -> String {
         format!(
-            "seed {} ({:?} timestamps, {} batches, index interval {} B, segments of {} B)",
+            "seed {} ({:?} timestamps, {} batches, index interval {} B, segments of {} B, \
+             DeleteRecords at {:?}‰)",
             self.seed,
             self.shape,
             self.batches.len(),
             self.config.index_interval_bytes,
-            self.config.segment_bytes_max
+            self.config.segment_bytes_max,
+            self.delete_records_per_mille
         )
     }
 }
@@ -129,11 +134,13 @@ fn generate(seed: u64) -> Case {
                 .collect()
         })
         .collect();
+    let delete_records_per_mille = (rng.range(0, 2) == 0).then(|| rng.range(1, 1000));
     Case {
         seed,
         shape,
         config,
         batches,
+        delete_records_per_mille,
     }
 }
 
@@ -151,21 +158,29 @@ fn encode(records: &[(i64, usize)]) -> Bytes {
     build::batch(&list)
 }
 
-/// The brute-force answers, from every record's timestamp in offset order.
+/// The brute-force answers, from every record's timestamp in offset order. Records below the
+/// log start are gone: no answer may name them.
 struct Model {
     timestamps: Vec<i64>,
+    log_start: usize,
 }
 
 impl Model {
+    /// (offset, timestamp) of every record from the log start on.
+    fn records(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        (self.log_start..)
+            .zip(&self.timestamps[self.log_start..])
+            .map(|(offset, &ts)| (offset as i64, ts))
+    }
+
     fn first_at_or_after(&self, timestamp_ms: i64) -> Option<(i64, i64)> {
-        let offset = self.timestamps.iter().position(|&ts| ts >= timestamp_ms)?;
-        Some((offset as i64, self.timestamps[offset]))
+        self.records().find(|&(_, ts)| ts >= timestamp_ms)
     }
 
     fn max_timestamp(&self) -> Option<(i64, i64)> {
-        let max = *self.timestamps.iter().max()?;
-        let offset = self.timestamps.iter().position(|&ts| ts == max)?;
-        Some((max, offset as i64))
+        let max = self.records().map(|(_, ts)| ts).max()?;
+        let (offset, _) = self.records().find(|&(_, ts)| ts == max)?;
+        Some((max, offset))
     }
 
     /// Every timestamp that can change an answer: each record's, one either side, and the
@@ -185,9 +200,9 @@ impl Model {
 
 async fn check<D: Disk>(log: &PartitionLog<D>, model: &Model, case: &Case, phase: &str) {
     assert_eq!(
-        log.log_end_offset(),
-        model.timestamps.len() as i64,
-        "{} ({phase}): log end",
+        (log.log_start_offset(), log.log_end_offset()),
+        (model.log_start as i64, model.timestamps.len() as i64),
+        "{} ({phase}): log start and end",
         case.summary()
     );
     for timestamp in model.queries() {
@@ -221,6 +236,7 @@ fn sealed_index_paths(disk: &SimDisk) -> Vec<std::path::PathBuf> {
 async fn append_case<D: Disk>(log: &PartitionLog<D>, case: &Case) -> Model {
     let mut model = Model {
         timestamps: Vec::new(),
+        log_start: 0,
     };
     for records in &case.batches {
         log.append(encode(records)).await.expect("append");
@@ -229,6 +245,14 @@ async fn append_case<D: Disk>(log: &PartitionLog<D>, case: &Case) -> Model {
     log.wait_durable(log.log_end_offset() - 1)
         .await
         .expect("durable");
+    if let Some(per_mille) = case.delete_records_per_mille {
+        let start = (model.timestamps.len() as u64 * per_mille / 1000) as usize;
+        let start = start.clamp(1, model.timestamps.len());
+        log.delete_records_before(start as i64)
+            .await
+            .expect("DeleteRecords");
+        model.log_start = start;
+    }
     model
 }
 
@@ -326,6 +350,7 @@ fn time_lookups_at_realistic_sizes() {
         let log = open_sim(&disk, config).await.expect("open");
         let mut model = Model {
             timestamps: Vec::new(),
+            log_start: 0,
         };
         let mut rng = Rng::new(7);
         let mut next = 0_i64;
