@@ -103,3 +103,29 @@ def test_by_time_at_realistic_sizes_matches_a_scan(broker):
     finally:
         consumer.close()
     assert checked >= partitions * 6
+
+
+def test_by_time_after_delete_records_names_a_remaining_record(broker):
+    """Records below the log start are gone: a time lookup answers the first remaining record
+    that reaches the time, with that record's own timestamp (it used to clamp a deleted
+    match to the log start and keep the deleted record's timestamp)."""
+    from confluent_kafka.admin import OffsetSpec
+
+    create_topic(broker.bootstrap, "trim-times", 1)
+    # Record 10 carries the largest timestamp and is deleted below.
+    messages = [(f"k{i}".encode(), f"v{i}".encode(), [], TIMESTAMP_BASE_MS + (10**6 if i == 10 else i * STEP_MS)) for i in range(COUNT)]
+    produce(broker.bootstrap, "trim-times", messages, **{"linger.ms": 0, "batch.num.messages": 1, "compression.type": "none"})
+    deleted = list(admin(broker.bootstrap).delete_records([TopicPartition("trim-times", 0, 30)]).values())[0]
+    assert deleted.result(timeout=10).low_watermark == 30
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None)
+    tp = KafkaPythonTopicPartition("trim-times", 0)
+    try:
+        before_all = consumer.offsets_for_times({tp: TIMESTAMP_BASE_MS - 1})[tp]
+        assert (before_all.offset, before_all.timestamp) == (30, TIMESTAMP_BASE_MS + 30 * STEP_MS)
+        # Only the deleted record 10 reaches this time.
+        assert consumer.offsets_for_times({tp: TIMESTAMP_BASE_MS + 10**5})[tp] is None
+    finally:
+        consumer.close()
+    futures = admin(broker.bootstrap).list_offsets({TopicPartition("trim-times", 0): OffsetSpec.max_timestamp()})
+    info = futures[TopicPartition("trim-times", 0)].result(timeout=10)
+    assert (info.offset, info.timestamp) == (COUNT - 1, TIMESTAMP_BASE_MS + (COUNT - 1) * STEP_MS)
