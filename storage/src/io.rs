@@ -106,15 +106,20 @@ impl Disk for DmaDisk {
     type File = DmaDiskFile;
 
     async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(dir)
+        let owned = dir.to_path_buf();
+        off_reactor(move || std::fs::create_dir_all(owned)).await
     }
 
     async fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
-            names.push(entry?.file_name().to_string_lossy().into_owned());
-        }
-        Ok(names)
+        let dir = dir.to_path_buf();
+        off_reactor(move || {
+            let mut names = Vec::new();
+            for entry in std::fs::read_dir(dir)? {
+                names.push(entry?.file_name().to_string_lossy().into_owned());
+            }
+            Ok(names)
+        })
+        .await
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -129,7 +134,11 @@ impl Disk for DmaDisk {
     }
 
     async fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
-        std::fs::remove_dir_all(dir)
+        // Unlinking a file nothing holds open frees its blocks inside the call: for a large
+        // topic that is seconds of ext4 work, which must not stall the shard's other
+        // partitions.
+        let dir = dir.to_path_buf();
+        off_reactor(move || std::fs::remove_dir_all(dir)).await
     }
 
     async fn open(&self, path: &Path, create: bool) -> io::Result<DmaDiskFile> {
@@ -315,6 +324,17 @@ fn written_file_in(dir: &Path) -> Option<PathBuf> {
         .filter_map(|dir| std::fs::read_dir(dir).ok())
         .flat_map(|entries| entries.flatten().map(|entry| entry.path()))
         .find(|path| is_written(path))
+}
+
+/// Runs a blocking filesystem call on the executor's blocking thread pool (glommio's, the
+/// one its own rename, remove and truncate use), so the shard's reactor keeps serving while
+/// the kernel works: directory walks, creations and removals have no `io_uring` op in glommio
+/// 0.9, and a `std::fs` call on the shard thread stops every partition of the shard for as
+/// long as it takes. Must be called from a glommio executor.
+async fn off_reactor<R: Send + 'static>(
+    call: impl FnOnce() -> io::Result<R> + Send + 'static,
+) -> io::Result<R> {
+    glommio::executor().spawn_blocking(call).await
 }
 
 pub(crate) fn temporary_path(path: &Path) -> PathBuf {
