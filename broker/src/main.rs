@@ -63,6 +63,9 @@ fn main() -> ExitCode {
             command: ConfigCommand::Print(args),
         } => match args.resolve() {
             Ok(effective) => {
+                for warning in effective.warnings() {
+                    eprintln!("ringfeed: warning: {warning}");
+                }
                 print!("{}", effective.to_toml());
                 ExitCode::SUCCESS
             }
@@ -111,6 +114,9 @@ fn serve(args: &SettingsArgs) -> ExitCode {
     if let Err(error) = logging::init(effective.text("ringfeed.log.level")) {
         eprintln!("ringfeed: {error}");
         return ExitCode::FAILURE;
+    }
+    for warning in effective.warnings() {
+        tracing::warn!("{warning}");
     }
     match server::serve(&effective.serve_options()) {
         Ok(()) => ExitCode::SUCCESS,
