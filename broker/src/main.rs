@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use ringfeed_broker::server;
 use ringfeed_broker::settings::cli::SettingsArgs;
+use ringfeed_broker::logging::LogFormat;
 use ringfeed_broker::{check_data, cli, logging};
 
 #[derive(Parser)]
@@ -72,14 +73,14 @@ fn main() -> ExitCode {
             Err(error) => configuration_error(&error),
         },
         Command::CheckData { dir } => {
-            if let Err(error) = logging::init("info") {
+            if let Err(error) = logging::init("info", LogFormat::Text) {
                 eprintln!("ringfeed: {error}");
                 return ExitCode::FAILURE;
             }
             check_data::run(&dir)
         }
         Command::Client(command) => {
-            if let Err(error) = logging::init("warn") {
+            if let Err(error) = logging::init("warn", LogFormat::Text) {
                 eprintln!("ringfeed: {error}");
                 return ExitCode::FAILURE;
             }
@@ -111,7 +112,8 @@ fn serve(args: &SettingsArgs) -> ExitCode {
         Ok(effective) => effective,
         Err(error) => return configuration_error(&error),
     };
-    if let Err(error) = logging::init(effective.text("ringfeed.log.level")) {
+    let format = LogFormat::from_setting(effective.text("ringfeed.log.format"));
+    if let Err(error) = logging::init(effective.text("ringfeed.log.level"), format) {
         eprintln!("ringfeed: {error}");
         return ExitCode::FAILURE;
     }

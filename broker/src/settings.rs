@@ -46,6 +46,8 @@ pub enum Kind {
     CpuList,
     /// A tracing filter (`info`, `ringfeed_broker=debug,warn`).
     LogFilter,
+    /// One of a fixed list of words (`text`, `json`).
+    OneOf(&'static [&'static str]),
 }
 
 /// Where a setting's table entry says it belongs in help and docs.
@@ -148,6 +150,7 @@ impl Setting {
             Kind::Path => "a directory".into(),
             Kind::CpuList => "CPU numbers, comma-separated, or empty".into(),
             Kind::LogFilter => "a tracing filter".into(),
+            Kind::OneOf(names) => names.join(", "),
         }
     }
 
@@ -202,6 +205,11 @@ impl Setting {
             Kind::LogFilter => tracing_subscriber::EnvFilter::try_new(value)
                 .map(|_| value.to_string())
                 .map_err(|error| format!("not a log filter ({error}): {value:?}")),
+            Kind::OneOf(names) => names
+                .iter()
+                .find(|name| name.eq_ignore_ascii_case(value))
+                .map(|name| (*name).to_string())
+                .ok_or_else(|| format!("expected one of {}, got {value:?}", names.join(", "))),
         }
     }
 }
