@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use ringfeed_broker::logging::LogFormat;
 use ringfeed_broker::server;
 use ringfeed_broker::settings::cli::SettingsArgs;
-use ringfeed_broker::logging::LogFormat;
 use ringfeed_broker::{check_data, cli, logging};
 
 #[derive(Parser)]

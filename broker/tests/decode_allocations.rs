@@ -140,7 +140,9 @@ fn frames_of(stream: &[u8]) -> Vec<&[u8]> {
 fn hostile_lengths_in_real_clients_frames_allocate_nothing_large() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/request_decoding");
     let mut frames_checked = 0;
-    for entry in std::fs::read_dir(&dir).unwrap_or_else(|error| panic!("{}: {error}", dir.display())) {
+    for entry in
+        std::fs::read_dir(&dir).unwrap_or_else(|error| panic!("{}: {error}", dir.display()))
+    {
         let path = entry.expect("directory entry").path();
         let stream = std::fs::read(&path).expect("corpus file");
         for (index, frame) in frames_of(&stream).into_iter().enumerate() {

@@ -119,7 +119,11 @@ fn unknown_environment_variables_warn_naming_the_nearest_setting() {
     assert_eq!(effective.text("num.partitions"), "3");
     let warnings = effective.warnings();
     assert_eq!(warnings.len(), 3, "{warnings:#?}");
-    for (warning, name) in warnings.iter().zip(["RINGFEED_PID", "RINGFEED_LOG", "RINGFEED_LOG_RETENTON_MS"]) {
+    for (warning, name) in
+        warnings
+            .iter()
+            .zip(["RINGFEED_PID", "RINGFEED_LOG", "RINGFEED_LOG_RETENTON_MS"])
+    {
         assert!(
             warning.starts_with(&format!("ignoring environment variable {name}: ")),
             "{warning}"
@@ -133,10 +137,15 @@ fn unknown_environment_variables_warn_naming_the_nearest_setting() {
     );
     // The nearest by edit distance, whatever it is, is a real setting's variable.
     for warning in warnings {
-        let nearest = warning.split("nearest: ").nth(1).expect("names the nearest");
+        let nearest = warning
+            .split("nearest: ")
+            .nth(1)
+            .expect("names the nearest");
         let variable = nearest.split(' ').next().expect("a name");
         assert!(
-            SETTINGS.iter().any(|setting| setting.env_name() == variable),
+            SETTINGS
+                .iter()
+                .any(|setting| setting.env_name() == variable),
             "{warning}"
         );
     }

@@ -524,7 +524,8 @@ impl Decoder<Option<StdString>> for CompactString {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
-                let mut strbuf = vec![0; check_declared_length(buf, (n - 1) as usize, "CompactString")?];
+                let mut strbuf =
+                    vec![0; check_declared_length(buf, (n - 1) as usize, "CompactString")?];
                 buf.try_copy_to_slice(&mut strbuf)?;
                 Ok(Some(std::string::String::from_utf8(strbuf)?))
             }
@@ -817,7 +818,8 @@ impl Decoder<Option<Vec<u8>>> for CompactBytes {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
-                let mut data = vec![0; check_declared_length(buf, (n - 1) as usize, "CompactBytes")?];
+                let mut data =
+                    vec![0; check_declared_length(buf, (n - 1) as usize, "CompactBytes")?];
                 buf.try_copy_to_slice(&mut data)?;
                 Ok(Some(data))
             }
@@ -998,7 +1000,8 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for Array<E> {
         match Int32.decode(buf)? {
             -1 => Ok(None),
             n if n >= 0 => {
-                let mut result = Vec::with_capacity(check_declared_length(buf, n as usize, "Array")?);
+                let mut result =
+                    Vec::with_capacity(check_declared_length(buf, n as usize, "Array")?);
                 for _ in 0..n {
                     result.push(self.0.decode(buf)?);
                 }
@@ -1106,8 +1109,11 @@ impl<T, E: Decoder<T>> Decoder<Option<Vec<T>>> for CompactArray<E> {
         match UnsignedVarInt.decode(buf)? {
             0 => Ok(None),
             n => {
-                let mut result =
-                    Vec::with_capacity(check_declared_length(buf, (n - 1) as usize, "CompactArray")?);
+                let mut result = Vec::with_capacity(check_declared_length(
+                    buf,
+                    (n - 1) as usize,
+                    "CompactArray",
+                )?);
                 for _ in 1..n {
                     result.push(self.0.decode(buf)?);
                 }
