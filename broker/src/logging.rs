@@ -36,7 +36,7 @@ impl LogFormat {
 }
 
 /// Whether text logs carry ANSI colour: only when stderr (where logs go) is a terminal, and
-/// never when `NO_COLOR` is set to a non-empty value (https://no-color.org). Journald, files and log
+/// never when `NO_COLOR` is set to a non-empty value (<https://no-color.org>). Journald, files and log
 /// shippers otherwise receive escape sequences inside every line.
 fn colour_wanted(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
     stderr_is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)

@@ -6,8 +6,8 @@
 //!
 //! This test binary counts the largest single allocation made while a frame decodes. Every
 //! length field of real clients' frames (the committed fuzz corpus) and of a minimal request
-//! per served API and version is overwritten with, or preceded by, a hostile length (i32::MAX,
-//! i16::MAX, the largest unsigned varint), and the decode must stay within a small multiple
+//! per served API and version is overwritten with, or preceded by, a hostile length (`i32::MAX`,
+//! `i16::MAX`, the largest unsigned varint), and the decode must stay within a small multiple
 //! of the frame's size.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{self, ApiKey, RequestHeader};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use ringfeed_broker::registry::SUPPORTED_APIS;
-use ringfeed_broker::request_decode::decode_frame;
+use ringfeed_broker::request_decode::{decode_frame, FrameVerdict};
 
 /// Passes everything to `System`, remembering the largest request of the current thread.
 struct LargestAllocation;
@@ -205,6 +205,16 @@ fn hostile_lengths_in_every_served_request_allocate_nothing_large() {
                 .encode(&mut frame, spec.key.request_header_version(version))
                 .expect("header encodes");
             default_body(spec.key, version, &mut frame);
+            // The unmutated frame decodes, so the mutations start from a frame the decoder
+            // walks to the end rather than one refused at admission.
+            assert!(
+                matches!(
+                    decode_frame(frame.clone().freeze()),
+                    FrameVerdict::Decoded { .. }
+                ),
+                "{:?} v{version} does not decode",
+                spec.key
+            );
             assert_bounded(&format!("{:?} v{version}", spec.key), &frame);
         }
     }
