@@ -5,6 +5,7 @@ from confluent_kafka import Consumer, TopicPartition
 from kafka import KafkaConsumer
 from kafka import TopicPartition as KafkaPythonTopicPartition
 
+import helpers
 from helpers import TIMESTAMP_BASE_MS, admin, consume_partition, create_topic, produce, watermarks
 
 COUNT = 100
@@ -129,3 +130,30 @@ def test_by_time_after_delete_records_names_a_remaining_record(broker):
     futures = admin(broker.bootstrap).list_offsets({TopicPartition("trim-times", 0): OffsetSpec.max_timestamp()})
     info = futures[TopicPartition("trim-times", 0)].result(timeout=10)
     assert (info.offset, info.timestamp) == (COUNT - 1, TIMESTAMP_BASE_MS + (COUNT - 1) * STEP_MS)
+
+
+def test_a_partition_named_twice_in_one_request_is_refused_not_misanswered(broker):
+    """Issue 10 item 4: a ListOffsets request naming one partition several times (as one
+    `offsets_for_times` call with several times for a partition does) got an answer per copy,
+    and clients paired them with the wrong queries: every lookup but one answered with
+    another query's offset. Kafka answers every copy INVALID_REQUEST; so must we, while the
+    other partitions of the request are answered as usual."""
+    import struct
+
+    from kafka.protocol.list_offsets import ListOffsetsRequest
+
+    create_topic(broker.bootstrap, "times-twice", 2)
+    produce_timed(broker, "times-twice")
+    request = ListOffsetsRequest[1](-1, [("times-twice", [(0, TIMESTAMP_BASE_MS), (1, -1),
+                                                          (0, TIMESTAMP_BASE_MS + 500)])])
+    sock = helpers.connect(broker.bootstrap)
+    try:
+        sock.sendall(helpers.request_frame(request.API_KEY, request.API_VERSION, 7, request.encode()))
+        response = helpers.read_frame(sock)
+    finally:
+        sock.close()
+    assert struct.unpack(">i", response[:4])[0] == 7
+    (topic, partitions), = ListOffsetsRequest[1].RESPONSE_TYPE.decode(response[4:]).topics
+    answers = sorted((partition, error_code) for partition, error_code, *_ in partitions)
+    invalid_request = 42
+    assert answers == [(0, invalid_request), (0, invalid_request), (1, 0)]
