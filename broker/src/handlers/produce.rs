@@ -14,16 +14,18 @@ use super::RequestContext;
 use crate::error_codes as codes;
 use crate::metadata::{MetadataSnapshot, TopicPartition};
 use crate::partition::{PartitionCall, PartitionReply};
+use crate::recompress::apply_codec_rules;
 use crate::records::split_batches;
 use crate::shard::Shard;
 
 pub async fn handle(
     shard: &Rc<Shard>,
-    _context: &RequestContext,
+    context: &RequestContext,
     request: ProduceRequest,
 ) -> ProduceResponse {
     let snapshot = shard.metadata();
     let rules = PieceRules {
+        version: context.api_version,
         acks: request.acks,
         timeout: Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0).max(1)),
     };
@@ -62,6 +64,8 @@ struct Piece {
 /// What applies to every piece of one request.
 #[derive(Clone, Copy)]
 struct PieceRules {
+    /// The request's Produce version (zstd batches need v7).
+    version: i16,
     acks: i16,
     /// The request's `timeout_ms`: how long the client is willing to wait for its acks.
     timeout: Duration,
@@ -101,6 +105,11 @@ async fn produce_partition(
         return answer(codes::UNKNOWN_TOPIC_OR_PARTITION, -1, -1);
     };
     let batches = match split_batches(&records, topic_metadata.config.max_message_bytes as usize) {
+        Ok(batches) => batches,
+        Err(error_code) => return answer(error_code, -1, -1),
+    };
+    let batches = match apply_codec_rules(batches, rules.version, topic_metadata.config.compression)
+    {
         Ok(batches) => batches,
         Err(error_code) => return answer(error_code, -1, -1),
     };
