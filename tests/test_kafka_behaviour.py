@@ -87,20 +87,27 @@ def topic_configs(bootstrap, name):
 
 def test_offset_commit_for_a_missing_topic_or_partition_is_unknown_topic_or_partition(broker):
     create_topic(broker.bootstrap, "real", 2)
-    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "simple", "enable.auto.commit": False})
+    reported = []
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "simple", "enable.auto.commit": False,
+                         "on_commit": lambda error, partitions: reported.append(partitions)})
     try:
         asked = [TopicPartition("real", 0, 5), TopicPartition("no-such-topic", 0, 7), TopicPartition("real", 9, 3)]
-        try:
-            answered = consumer.commit(offsets=asked, asynchronous=False)
-            errors = {(tp.topic, tp.partition): tp.error.code() if tp.error else None for tp in answered}
-        except KafkaException as refused:
-            # librdkafka raises when any partition failed; the per-partition codes are the point.
-            pytest.fail(f"commit raised {refused}; expected per-partition errors")
-        assert errors == {
-            ("real", 0): None,
-            ("no-such-topic", 0): KafkaError.UNKNOWN_TOPIC_OR_PART,
-            ("real", 9): KafkaError.UNKNOWN_TOPIC_OR_PART,
-        }
+        # A synchronous commit surfaces the failure to the application...
+        with pytest.raises(KafkaException) as refused:
+            consumer.commit(offsets=asked, asynchronous=False)
+        assert refused.value.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+        # ...and the commit callback has it per partition.
+        reported.clear()
+        consumer.commit(offsets=asked, asynchronous=True)
+        deadline = time.monotonic() + 10
+        while not reported and time.monotonic() < deadline:
+            consumer.poll(0.1)
+        errors = {(tp.topic, tp.partition): tp.error.code() if tp.error else None for tp in reported[0]}
+        assert errors[("no-such-topic", 0)] == KafkaError.UNKNOWN_TOPIC_OR_PART
+        assert errors[("real", 9)] == KafkaError.UNKNOWN_TOPIC_OR_PART
+        # (librdkafka's report marks the existing partition with that error too; the
+        # wire test below pins the broker's per-partition codes, and the read-back here shows
+        # the existing partition was committed.)
         committed = consumer.committed(asked, timeout=10)
         assert [tp.offset for tp in committed] == [5, -1001, -1001]
     finally:
@@ -159,7 +166,8 @@ def test_topic_compression_type_recompresses_and_consumers_read_back_the_same(br
         # Idempotent for one pair: the recompressed batch keeps producer id and sequence.
         idempotent = topic_codec == "zstd"
         produce(broker.bootstrap, topic, messages, **{"compression.type": producer_codec,
-                                                     "enable.idempotence": idempotent})
+                                                     "enable.idempotence": idempotent,
+                                                     "batch.num.messages": 500})
         assert topic_configs(broker.bootstrap, topic)["compression.type"] == \
             (topic_codec, ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
         read = consume_partition(broker.bootstrap, topic, 0, len(messages))
