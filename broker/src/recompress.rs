@@ -19,10 +19,10 @@
 //! [`DECOMPRESSED_RECORDS_BYTES_MAX`]) and its recompressed copy. The CPU it costs is
 //! measured in docs/BENCHMARKS.md (`recompress` bench).
 
-use std::borrow::Cow;
+use std::cell::RefCell;
 use std::io::{Read, Write};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 
 use crate::error_codes as codes;
 use crate::storage::batch::{
@@ -151,28 +151,61 @@ pub fn recompress(batch: Bytes, target: Codec) -> Result<Bytes, i16> {
     if source == target || header.is_control() {
         return Ok(batch);
     }
-    let records = decompress(
-        source,
-        &batch[BATCH_HEADER_BYTES..],
-        DECOMPRESSED_RECORDS_BYTES_MAX,
-    )?;
-    if source != Codec::None {
-        // `validate` walked the records of an uncompressed batch; these it could not read.
-        batch::check_uncompressed_records(&records, header.record_count)
-            .map_err(|error| batch_error_code(&error))?;
-    }
-    let compressed = compress(target, &records)?;
-    let batch_length = i32::try_from(BATCH_HEADER_BYTES - LOG_OVERHEAD_BYTES + compressed.len())
-        .map_err(|_| codes::MESSAGE_TOO_LARGE)?;
-    let mut out = BytesMut::with_capacity(BATCH_HEADER_BYTES + compressed.len());
-    out.extend_from_slice(&batch[..BATCH_HEADER_BYTES]);
-    out.extend_from_slice(&compressed);
+    let section = &batch[BATCH_HEADER_BYTES..];
+    let mut out = DECOMPRESSED.with_borrow_mut(|scratch| {
+        scratch.clear();
+        let records = if source == Codec::None {
+            section
+        } else {
+            let decompressed = decompress(source, section, DECOMPRESSED_RECORDS_BYTES_MAX, scratch);
+            // `validate` walked the records of an uncompressed batch; these it could not read.
+            let checked = decompressed.and_then(|()| {
+                batch::check_uncompressed_records(scratch, header.record_count)
+                    .map_err(|error| batch_error_code(&error))
+            });
+            if let Err(code) = checked {
+                release_if_large(scratch);
+                return Err(code);
+            }
+            &scratch[..]
+        };
+        let estimate = if target == Codec::None {
+            records.len()
+        } else {
+            records.len() / 2
+        };
+        let mut out = Vec::with_capacity(BATCH_HEADER_BYTES + estimate);
+        out.extend_from_slice(&batch[..BATCH_HEADER_BYTES]);
+        let compressed = compress(target, records, out);
+        release_if_large(scratch);
+        compressed
+    })?;
+    let batch_length =
+        i32::try_from(out.len() - LOG_OVERHEAD_BYTES).map_err(|_| codes::MESSAGE_TOO_LARGE)?;
     out[BATCH_LENGTH_OFFSET..BATCH_LENGTH_OFFSET + 4].copy_from_slice(&batch_length.to_be_bytes());
     let attributes = (header.attributes & !CODEC_MASK) | target as i16;
     out[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
     let crc = crc32c::crc32c(&out[ATTRIBUTES_OFFSET..]);
     out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
-    Ok(out.freeze())
+    Ok(Bytes::from(out))
+}
+
+thread_local! {
+    /// The decompressed records of the batch being recompressed, reused from batch to batch:
+    /// a fresh megabyte-sized buffer per batch is mapped, faulted in and unmapped by the
+    /// allocator each time, which cost more than decompressing (perf of the bench). One per
+    /// shard thread; recompression never awaits, so it is never borrowed twice.
+    static DECOMPRESSED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Capacity the scratch buffer keeps between batches; a larger one (a batch near the 64 MiB
+/// limit) is freed after use rather than held by the shard.
+const SCRATCH_KEPT_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+fn release_if_large(scratch: &mut Vec<u8>) {
+    if scratch.capacity() > SCRATCH_KEPT_BYTES_MAX {
+        *scratch = Vec::new();
+    }
 }
 
 fn batch_error_code(error: &BatchError) -> i16 {
@@ -183,40 +216,38 @@ fn batch_error_code(error: &BatchError) -> i16 {
     }
 }
 
-/// The records section of a batch in `codec`, uncompressed; `CORRUPT_MESSAGE` when the
-/// codec cannot read it, `MESSAGE_TOO_LARGE` past `limit` bytes.
-fn decompress(codec: Codec, section: &[u8], limit: usize) -> Result<Cow<'_, [u8]>, i16> {
-    let read_bounded = |reader: &mut dyn Read| -> Result<Vec<u8>, i16> {
-        let mut out = Vec::new();
+/// Appends the records section of a batch in `codec` (not `None`), uncompressed, to `out`;
+/// `CORRUPT_MESSAGE` when the codec cannot read it, `MESSAGE_TOO_LARGE` past `limit` bytes.
+fn decompress(codec: Codec, section: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), i16> {
+    let mut read_bounded = |reader: &mut dyn Read| -> Result<(), i16> {
         reader
             .take(limit as u64 + 1)
-            .read_to_end(&mut out)
+            .read_to_end(out)
             .map_err(|_| codes::CORRUPT_MESSAGE)?;
         if out.len() > limit {
             return Err(codes::MESSAGE_TOO_LARGE);
         }
-        Ok(out)
+        Ok(())
     };
-    Ok(Cow::Owned(match codec {
-        Codec::None => return Ok(Cow::Borrowed(section)),
-        Codec::Gzip => read_bounded(&mut flate2::read::MultiGzDecoder::new(section))?,
-        Codec::Snappy => snappy_decompress(section, limit)?,
-        Codec::Lz4 => read_bounded(
-            &mut lz4::Decoder::new(section).map_err(|_| codes::CORRUPT_MESSAGE)?,
-        )?,
+    match codec {
+        Codec::None => unreachable!("an uncompressed section is used as it is"),
+        Codec::Gzip => read_bounded(&mut flate2::read::MultiGzDecoder::new(section)),
+        Codec::Snappy => snappy_decompress(section, limit, out),
+        Codec::Lz4 => {
+            read_bounded(&mut lz4::Decoder::new(section).map_err(|_| codes::CORRUPT_MESSAGE)?)
+        }
         Codec::Zstd => read_bounded(
             &mut zstd::stream::read::Decoder::with_buffer(section)
                 .map_err(|_| codes::CORRUPT_MESSAGE)?,
-        )?,
-    }))
+        ),
+    }
 }
 
 /// Snappy as Kafka clients send it: xerial-framed (Java) or one raw block (snappy-java reads
 /// both, and so does librdkafka). The declared length of each block is checked against the
 /// limit before anything is allocated for it.
-fn snappy_decompress(section: &[u8], limit: usize) -> Result<Vec<u8>, i16> {
+fn snappy_decompress(section: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), i16> {
     let mut decoder = snap::raw::Decoder::new();
-    let mut out = Vec::new();
     let mut append_block = |block: &[u8], out: &mut Vec<u8>| -> Result<(), i16> {
         let length = snap::raw::decompress_len(block).map_err(|_| codes::CORRUPT_MESSAGE)?;
         if out.len() + length > limit {
@@ -230,8 +261,7 @@ fn snappy_decompress(section: &[u8], limit: usize) -> Result<Vec<u8>, i16> {
         Ok(())
     };
     if section.get(..XERIAL_MAGIC_BYTES) != Some(&XERIAL_HEADER[..XERIAL_MAGIC_BYTES]) {
-        append_block(section, &mut out)?;
-        return Ok(out);
+        return append_block(section, out);
     }
     let mut rest = section
         .get(XERIAL_HEADER.len()..)
@@ -240,29 +270,30 @@ fn snappy_decompress(section: &[u8], limit: usize) -> Result<Vec<u8>, i16> {
         let length_field = rest.get(..4).ok_or(codes::CORRUPT_MESSAGE)?;
         let length = u32::from_be_bytes(length_field.try_into().expect("four bytes")) as usize;
         let block = rest.get(4..4 + length).ok_or(codes::CORRUPT_MESSAGE)?;
-        append_block(block, &mut out)?;
+        append_block(block, out)?;
         rest = &rest[4 + length..];
     }
-    Ok(out)
+    Ok(())
 }
 
-/// `records` compressed with `codec`, framed as Kafka's Java client frames it.
-fn compress(codec: Codec, records: &[u8]) -> Result<Vec<u8>, i16> {
+/// `out` with `records` appended, compressed with `codec` and framed as Kafka's Java client
+/// frames it.
+fn compress(codec: Codec, records: &[u8], mut out: Vec<u8>) -> Result<Vec<u8>, i16> {
     // Compressing into memory fails only on a codec bug: a broker error, not the client's.
     let failed = |_| codes::UNKNOWN_SERVER_ERROR;
     match codec {
-        Codec::None => Ok(records.to_vec()),
+        Codec::None => {
+            out.extend_from_slice(records);
+            Ok(out)
+        }
         Codec::Gzip => {
-            let mut encoder = flate2::write::GzEncoder::new(
-                Vec::with_capacity(records.len() / 2),
-                flate2::Compression::new(GZIP_LEVEL),
-            );
+            let mut encoder =
+                flate2::write::GzEncoder::new(out, flate2::Compression::new(GZIP_LEVEL));
             encoder.write_all(records).map_err(failed)?;
             encoder.finish().map_err(failed)
         }
         Codec::Snappy => {
             let mut encoder = snap::raw::Encoder::new();
-            let mut out = Vec::with_capacity(records.len() / 2 + XERIAL_HEADER.len());
             out.put_slice(XERIAL_HEADER);
             for block in records.chunks(XERIAL_BLOCK_INPUT_BYTES) {
                 let compressed = encoder
@@ -274,20 +305,26 @@ fn compress(codec: Codec, records: &[u8]) -> Result<Vec<u8>, i16> {
             Ok(out)
         }
         Codec::Lz4 => {
-            // Independent blocks and no content checksum, as Kafka's KafkaLZ4BlockOutputStream
-            // writes them; level 0 is lz4's fast mode (Kafka before 3.8, compression.lz4.level).
+            // Independent blocks, no block or content checksums, as Kafka's
+            // KafkaLZ4BlockOutputStream writes them (the crate's defaults differ); level 0 is
+            // lz4's fast mode (Kafka before 3.8 and its compression.lz4.level).
             let mut encoder = lz4::EncoderBuilder::new()
                 .block_mode(lz4::BlockMode::Independent)
+                .block_checksum(lz4::liblz4::BlockChecksum::NoBlockChecksum)
                 .checksum(lz4::ContentChecksum::NoChecksum)
                 .level(0)
-                .build(Vec::with_capacity(records.len() / 2))
+                .build(out)
                 .map_err(failed)?;
             encoder.write_all(records).map_err(failed)?;
             let (out, finished) = encoder.finish();
             finished.map_err(failed)?;
             Ok(out)
         }
-        Codec::Zstd => zstd::bulk::compress(records, ZSTD_LEVEL).map_err(failed),
+        Codec::Zstd => {
+            let mut encoder = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL).map_err(failed)?;
+            encoder.write_all(records).map_err(failed)?;
+            encoder.finish().map_err(failed)
+        }
     }
 }
 
@@ -295,6 +332,16 @@ fn compress(codec: Codec, records: &[u8]) -> Result<Vec<u8>, i16> {
 mod tests {
     use super::*;
     use crate::storage::batch::build;
+    use bytes::BytesMut;
+
+    fn decompressed(codec: Codec, section: &[u8], limit: usize) -> Result<Vec<u8>, i16> {
+        let mut out = Vec::new();
+        decompress(codec, section, limit, &mut out).map(|()| out)
+    }
+
+    fn compressed(codec: Codec, records: &[u8]) -> Vec<u8> {
+        compress(codec, records, Vec::new()).unwrap()
+    }
     use crate::storage::batch::{
         BatchHeader, BASE_SEQUENCE_OFFSET, PRODUCER_EPOCH_OFFSET, PRODUCER_ID_OFFSET,
     };
@@ -417,21 +464,51 @@ mod tests {
         let limit = 1 << 20;
         let huge = vec![0_u8; limit + 1];
         for codec in [Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
-            let section = compress(codec, &huge).unwrap();
-            assert!(section.len() < limit / 10, "{codec:?} compresses zeros well");
+            let section = compressed(codec, &huge);
+            assert!(
+                section.len() < limit / 10,
+                "{codec:?} compresses zeros well"
+            );
             assert_eq!(
-                decompress(codec, &section, limit).map(|records| records.len()),
+                decompressed(codec, &section, limit).map(|records| records.len()),
                 Err(codes::MESSAGE_TOO_LARGE),
                 "{codec:?}"
             );
         }
     }
 
+    /// Truncated or bit-flipped sections of every codec end in an error code or in some
+    /// bytes, never in a panic (the section comes from the network).
+    #[test]
+    fn damaged_sections_never_panic() {
+        let records = b"0123456789abcdef".repeat(300);
+        for codec in [Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd] {
+            let section = compressed(codec, &records);
+            for cut in (0..section.len()).step_by(7) {
+                let _ = decompressed(codec, &section[..cut], 1 << 20);
+            }
+            for at in (0..section.len()).step_by(3) {
+                let mut flipped = section.clone();
+                flipped[at] ^= 0x5a;
+                let _ = decompressed(codec, &flipped, 1 << 20);
+            }
+        }
+    }
+
+    /// The LZ4 frame descriptor's FLG byte: version 01, independent blocks, no block or
+    /// content checksum, no content size (what KafkaLZ4BlockOutputStream writes).
+    #[test]
+    fn lz4_frames_are_written_as_kafka_writes_them() {
+        let section = compressed(Codec::Lz4, b"some records");
+        assert_eq!(&section[..4], &[0x04, 0x22, 0x4d, 0x18], "LZ4 frame magic");
+        assert_eq!(section[4], 0b0110_0000, "FLG");
+    }
+
     #[test]
     fn raw_snappy_from_librdkafka_is_read_too() {
         let records = b"records, as one raw snappy block".repeat(50);
         let raw = snap::raw::Encoder::new().compress_vec(&records).unwrap();
-        let read = decompress(Codec::Snappy, &raw, 1 << 20).unwrap();
+        let read = decompressed(Codec::Snappy, &raw, 1 << 20).unwrap();
         assert_eq!(&read[..], &records[..]);
     }
 
