@@ -101,11 +101,11 @@ fn measure(batch: &Bytes, input_bytes: usize, compression: CompressionType) -> (
     let stored_bytes = run().len();
     let started = thread_cpu_time();
     let mut rounds = 0_u32;
-    while thread_cpu_time() - started < MEASURE {
+    while thread_cpu_time().saturating_sub(started) < MEASURE {
         black_box(run());
         rounds += 1;
     }
-    let seconds = (thread_cpu_time() - started).as_secs_f64();
+    let seconds = (thread_cpu_time().saturating_sub(started)).as_secs_f64();
     let mb_per_s = f64::from(rounds) * input_bytes as f64 / seconds / 1e6;
     (mb_per_s, seconds * 1e6 / f64::from(rounds), stored_bytes)
 }

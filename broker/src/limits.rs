@@ -61,7 +61,7 @@ pub struct Limits {
     /// long for more members, so consumers started together share one generation.
     pub group_initial_rebalance_delay: Duration,
     /// `group.min.session.timeout.ms` / `group.max.session.timeout.ms`: the session timeouts
-    /// JoinGroup accepts (others are answered `INVALID_SESSION_TIMEOUT`).
+    /// `JoinGroup` accepts (others are answered `INVALID_SESSION_TIMEOUT`).
     pub group_session_timeout_min: Duration,
     pub group_session_timeout_max: Duration,
     /// `offsets.retention.minutes`: committed offsets of a group without members are

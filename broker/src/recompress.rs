@@ -496,7 +496,7 @@ mod tests {
     }
 
     /// The LZ4 frame descriptor's FLG byte: version 01, independent blocks, no block or
-    /// content checksum, no content size (what KafkaLZ4BlockOutputStream writes).
+    /// content checksum, no content size (what `KafkaLZ4BlockOutputStream` writes).
     #[test]
     fn lz4_frames_are_written_as_kafka_writes_them() {
         let section = compressed(Codec::Lz4, b"some records");
