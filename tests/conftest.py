@@ -35,9 +35,10 @@ def ringfeed_binary():
 class Broker:
     """One ringfeed process. `restart` keeps the data directory and port."""
 
-    def __init__(self, data_dir, log_path, shards=1, extra_args=(), cwd=None):
+    def __init__(self, data_dir, log_path, shards=1, extra_args=(), cwd=None, preexec_fn=None):
         """`data_dir=None` leaves --data-dir out (the default, relative to `cwd`);
-        `shards=None` leaves --shards out."""
+        `shards=None` leaves --shards out; `preexec_fn` runs in the child before the broker
+        (to set resource limits)."""
         self.data_dir = Path(data_dir) if data_dir is not None else Path(cwd) / "ringfeed-data"
         self.data_dir_arg = ["--data-dir", str(data_dir)] if data_dir is not None else []
         self.log_path = Path(log_path)
@@ -52,6 +53,7 @@ class Broker:
             # fresh port per start, read from the log like the Kafka port.
             self.extra_args += ["--admin-listen", "127.0.0.1:0"]
         self.cwd = cwd
+        self.preexec_fn = preexec_fn
         self.port = 0
         self.admin_port = None
         self.process = None
@@ -76,7 +78,7 @@ class Broker:
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(command, stdout=log, stderr=log, cwd=self.cwd,
-                                        env={**os.environ, "NO_COLOR": "1"})
+                                        env={**os.environ, "NO_COLOR": "1"}, preexec_fn=self.preexec_fn)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             log = self.new_log()

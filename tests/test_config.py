@@ -2,7 +2,8 @@
 topic defaults that clients observe (partition count of an auto-created topic, retention.ms
 in DescribeConfigs), an environment variable beats the file and a flag beats both,
 `config print` shows each value's source, an unknown key or a bad value stops the start
-naming the key, and host problems (port taken, data dir not writable, io_uring blocked,
+naming the key (an unknown RINGFEED_* environment variable only warns, naming the nearest
+setting: the environment is shared with wrapper scripts), and host problems (port taken, data dir not writable, io_uring blocked,
 memlock too low) stop it with a message saying what to do, never a panic."""
 
 import ctypes
@@ -134,6 +135,42 @@ def test_bad_key_or_value_stops_the_start_naming_it(tmp_path, where):
     for text in expected:
         assert text in result.stderr, result.stderr
     assert "panicked" not in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_unknown_environment_variables_warn_and_the_broker_starts(start_broker, tmp_path, monkeypatch):
+    # A wrapper script's own variables and a typo: one warning line each, naming the nearest
+    # setting, and the broker serves. RINGFEED_BIN (exported by this harness) is silent.
+    monkeypatch.setenv("RINGFEED_PID", "4242")
+    monkeypatch.setenv("RINGFEED_LOG", str(tmp_path / "wrapper.log"))
+    monkeypatch.setenv("RINGFEED_NUM_PARTITONS", "3")
+    monkeypatch.setenv("RINGFEED_BIN", ringfeed_binary())
+    broker = start_broker()
+    assert partitions_of_auto_created_topic(broker.bootstrap, "env-warned") == 1
+    warnings = [line for line in broker.new_log().splitlines() if "ignoring environment variable" in line]
+    assert len(warnings) == 3, warnings
+    by_name = {name: [line for line in warnings if f"variable {name}:" in line]
+               for name in ("RINGFEED_PID", "RINGFEED_LOG", "RINGFEED_NUM_PARTITONS")}
+    assert all(len(lines) == 1 and "WARN" in lines[0] for lines in by_name.values()), warnings
+    assert "nearest: RINGFEED_NUM_PARTITIONS for num.partitions" in by_name["RINGFEED_NUM_PARTITONS"][0]
+    assert all("nearest: RINGFEED_" in line for line in warnings), warnings
+    # `config print` warns the same way on stderr and still prints the configuration.
+    printed = run(["config", "print"], env={"RINGFEED_PID": "4242"})
+    assert printed.returncode == 0, printed.stderr
+    assert "ringfeed: warning: ignoring environment variable RINGFEED_PID" in printed.stderr
+    assert '"num.partitions" = 1  # default' in printed.stdout.splitlines()
+
+
+def test_unknown_key_in_the_file_and_unknown_flag_still_stop_the_start(tmp_path):
+    config = tmp_path / "ringfeed.toml"
+    config.write_text('pid = 4242\n')
+    args = ["serve", "--data-dir", str(tmp_path / "data"), "--listen", "127.0.0.1:0"]
+    from_file = run([*args, "--config", str(config)], env={"RINGFEED_PID": "4242"})
+    assert from_file.returncode == 2, from_file.stderr
+    assert 'unknown setting "pid"' in from_file.stderr
+    from_flag = run([*args, "--pid", "4242"])
+    assert from_flag.returncode == 2, from_flag.stderr
+    assert "--pid" in from_flag.stderr
     assert not (tmp_path / "data").exists()
 
 

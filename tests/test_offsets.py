@@ -5,7 +5,7 @@ from confluent_kafka import Consumer, TopicPartition
 from kafka import KafkaConsumer
 from kafka import TopicPartition as KafkaPythonTopicPartition
 
-from helpers import TIMESTAMP_BASE_MS, admin, create_topic, produce, watermarks
+from helpers import TIMESTAMP_BASE_MS, admin, consume_partition, create_topic, produce, watermarks
 
 COUNT = 100
 STEP_MS = 10
@@ -66,3 +66,66 @@ def test_max_timestamp_offset_through_the_admin_client(broker):
     futures = admin(broker.bootstrap).list_offsets({TopicPartition("times-max", 0): OffsetSpec.max_timestamp()})
     info = futures[TopicPartition("times-max", 0)].result(timeout=10)
     assert (info.offset, info.timestamp) == (37, TIMESTAMP_BASE_MS + 10**6)
+
+
+def test_by_time_at_realistic_sizes_matches_a_scan(broker):
+    """Issue 10 item 4: with thousands of batched records per partition (so the sparse time
+    index has many entries), a time lookup must answer the first record at or after the time,
+    as a brute-force scan of the partition finds it, not the partition's last offset."""
+    import random
+
+    topic, partitions, count = "times-big", 6, 20_000
+    create_topic(broker.bootstrap, topic, partitions)
+    rng = random.Random(4)
+    messages = [(f"key-{i}".encode(), rng.randbytes(rng.randint(200, 1024)),
+                 [("index", str(i).encode())], TIMESTAMP_BASE_MS + i) for i in range(count)]
+    produce(broker.bootstrap, topic, messages, **{"linger.ms": 10, "compression.type": "none"})
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused"})
+    try:
+        checked = 0
+        for partition in range(partitions):
+            end = watermarks(broker.bootstrap, topic, partition)[1]
+            records = consume_partition(broker.bootstrap, topic, partition, end)
+            assert [r[0] for r in records] == list(range(end))
+            timestamps = [r[4] for r in records]
+
+            def scan(timestamp):
+                return next((offset for offset, ts in enumerate(timestamps) if ts >= timestamp), -1)
+
+            queries = {timestamps[0], timestamps[end // 3], timestamps[end // 2], timestamps[-1],
+                       timestamps[end // 3] + 1, timestamps[(2 * end) // 3] - 1, TIMESTAMP_BASE_MS - 1,
+                       timestamps[-1] + 1}
+            for timestamp in sorted(queries):
+                # One query per call: librdkafka merges queries for the same partition.
+                found = consumer.offsets_for_times([TopicPartition(topic, partition, timestamp)], timeout=10)[0]
+                assert (partition, timestamp, found.offset) == (partition, timestamp, scan(timestamp))
+                checked += 1
+    finally:
+        consumer.close()
+    assert checked >= partitions * 6
+
+
+def test_by_time_after_delete_records_names_a_remaining_record(broker):
+    """Records below the log start are gone: a time lookup answers the first remaining record
+    that reaches the time, with that record's own timestamp (it used to clamp a deleted
+    match to the log start and keep the deleted record's timestamp)."""
+    from confluent_kafka.admin import OffsetSpec
+
+    create_topic(broker.bootstrap, "trim-times", 1)
+    # Record 10 carries the largest timestamp and is deleted below.
+    messages = [(f"k{i}".encode(), f"v{i}".encode(), [], TIMESTAMP_BASE_MS + (10**6 if i == 10 else i * STEP_MS)) for i in range(COUNT)]
+    produce(broker.bootstrap, "trim-times", messages, **{"linger.ms": 0, "batch.num.messages": 1, "compression.type": "none"})
+    deleted = list(admin(broker.bootstrap).delete_records([TopicPartition("trim-times", 0, 30)]).values())[0]
+    assert deleted.result(timeout=10).low_watermark == 30
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None)
+    tp = KafkaPythonTopicPartition("trim-times", 0)
+    try:
+        before_all = consumer.offsets_for_times({tp: TIMESTAMP_BASE_MS - 1})[tp]
+        assert (before_all.offset, before_all.timestamp) == (30, TIMESTAMP_BASE_MS + 30 * STEP_MS)
+        # Only the deleted record 10 reaches this time.
+        assert consumer.offsets_for_times({tp: TIMESTAMP_BASE_MS + 10**5})[tp] is None
+    finally:
+        consumer.close()
+    futures = admin(broker.bootstrap).list_offsets({TopicPartition("trim-times", 0): OffsetSpec.max_timestamp()})
+    info = futures[TopicPartition("trim-times", 0)].result(timeout=10)
+    assert (info.offset, info.timestamp) == (COUNT - 1, TIMESTAMP_BASE_MS + (COUNT - 1) * STEP_MS)

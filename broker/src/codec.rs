@@ -222,6 +222,24 @@ mod tests {
     }
 
     #[test]
+    fn declared_counts_beyond_the_frame_are_refused_before_allocating() {
+        // Metadata v1 declaring i32::MAX topics, and v12 (compact) declaring 2^32 - 2, with
+        // nothing behind them: allocating first would ask for ~150 GB (vendor/README.md).
+        for (version, body) in [
+            (1, &[0x7f, 0xff, 0xff, 0xff][..]),
+            (12, &[0xff, 0xff, 0xff, 0xff, 0x0f][..]),
+        ] {
+            let mut body = Bytes::copy_from_slice(body);
+            let error =
+                decode_body::<MetadataRequest>(&mut body, ApiKey::Metadata, version).unwrap_err();
+            assert!(
+                error.to_string().contains("is more than the 0 bytes left"),
+                "v{version}: {error}"
+            );
+        }
+    }
+
+    #[test]
     fn response_frame_carries_its_size_and_correlation_id() {
         let frame =
             encode_response_frame(ApiKey::ApiVersions, 3, 9, &ApiVersionsResponse::default())

@@ -3,12 +3,17 @@
 //! Two tasks per connection: the reader takes frames off the socket, decodes them and
 //! starts each request's handler as its own task (so requests run concurrently), queueing
 //! the handler tasks in arrival order; the writer awaits them in that order and writes the
-//! responses, so responses leave in request order however the handlers interleave. The
+//! responses, so responses leave in request order however the handlers interleave. What
+//! must follow request order is done by the reader itself while it starts the request
+//! (`handlers::start`): a Produce request's appends take their places at their partitions
+//! before the next request is started, so a client's pipelined produce requests are
+//! appended in order while their acks waits overlap. The
 //! queue is bounded (`connection_inflight_requests_max`), and every frame holds a share of
 //! the shard's request-byte budget from before its body is allocated until its response
 //! is written. The reader and the writer each hold their own descriptor of the socket
 //! (see `duplicate_for_writing`), so they share no lock.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::pin::Pin;
@@ -118,6 +123,30 @@ enum Ending {
     Io(std::io::Error),
 }
 
+thread_local! {
+    /// Connections this shard's thread has accepted (each shard is one thread).
+    static CONNECTIONS_ACCEPTED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// An id no other connection of the process has: the shard in the top 16 bits, then the
+/// count of connections that shard accepted before.
+fn new_connection_id(shard: usize) -> u64 {
+    let count = CONNECTIONS_ACCEPTED.with(|accepted| {
+        let count = accepted.get();
+        accepted.set(count + 1);
+        count
+    });
+    ((shard as u64) << 48) | (count & ((1 << 48) - 1))
+}
+
+/// What the reader knows of its connection.
+struct ConnectionIdentity {
+    peer: SocketAddr,
+    connection_id: u64,
+    /// The sequence the next request gets.
+    next_request: Cell<u64>,
+}
+
 async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     tracing::debug!(shard = shard.id, %peer, "connection accepted");
     let _counted = shard.metrics.connection_opened();
@@ -132,7 +161,12 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let (queue, queued) =
         local_channel::new_bounded(shard.config.limits.connection_inflight_requests_max);
     let writing = glommio::spawn_local(write_responses(writer, queued));
-    let ending = read_requests(&shard, reader, &queue, peer).await;
+    let identity = ConnectionIdentity {
+        peer,
+        connection_id: new_connection_id(shard.id),
+        next_request: Cell::new(0),
+    };
+    let ending = read_requests(&shard, reader, &queue, &identity).await;
     drop(queue);
     let write_error = writing.await;
     match (ending, write_error) {
@@ -151,7 +185,7 @@ async fn read_requests(
     shard: &Rc<Shard>,
     mut reader: TcpStream,
     queue: &LocalSender<QueuedResponse>,
-    peer: SocketAddr,
+    identity: &ConnectionIdentity,
 ) -> Ending {
     let mut frames = FrameBuffer::new(shard.config.limits.request_frame_bytes_max);
     let mut budget: Option<StaticPermit> = None;
@@ -166,7 +200,7 @@ async fn read_requests(
                     Some(permit) => permit,
                     None => reserve_budget(shard, frame.len()).await,
                 };
-                let response = match start_request(shard, frame, peer) {
+                let response = match start_request(shard, frame, identity) {
                     Ok(response) => response,
                     Err(reason) => return Ending::Refused(reason),
                 };
@@ -274,7 +308,7 @@ async fn reserve_budget(shard: &Rc<Shard>, frame_bytes: usize) -> StaticPermit {
 fn start_request(
     shard: &Rc<Shard>,
     frame: Bytes,
-    peer: SocketAddr,
+    identity: &ConnectionIdentity,
 ) -> Result<PendingResponse, String> {
     let frame_bytes = frame.len() + FRAME_SIZE_PREFIX_BYTES;
     let (api_key, api_version, header, request) = match decode_frame(frame) {
@@ -293,15 +327,21 @@ fn start_request(
         }
     };
     shard.metrics.request_received(api_key, frame_bytes);
+    let request_sequence = identity.next_request.get();
+    identity.next_request.set(request_sequence + 1);
     let context = RequestContext {
         api_key,
         api_version,
         correlation_id: header.correlation_id,
         client_id: header.client_id.map(|id| id.to_string()),
-        peer,
+        peer: identity.peer,
+        connection_id: identity.connection_id,
+        request_sequence,
     };
+    // `start` does the request's ordered part now, before the next frame is taken.
+    let handler = handlers::start(shard.clone(), context, *request);
     Ok(PendingResponse::Running(
-        glommio::spawn_local(handlers::handle(shard.clone(), context, *request)).detach(),
+        glommio::spawn_local(handler).detach(),
     ))
 }
 

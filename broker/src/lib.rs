@@ -3,7 +3,6 @@
 
 pub mod admin;
 pub mod admission;
-pub mod alloc_guard;
 pub mod check_data;
 pub mod cli;
 pub mod codec;
@@ -33,12 +32,7 @@ pub mod server;
 pub mod settings;
 pub mod shard;
 pub mod topic_config;
-
-/// See `alloc_guard`: keeps a hostile array count in a request from aborting the process.
-/// Declared here, not in `main.rs`, so every program that decodes requests with this
-/// library (the broker, its unit tests, fuzz targets) gets it.
-#[global_allocator]
-static ALLOCATOR: alloc_guard::LazyHugeAllocator = alloc_guard::LazyHugeAllocator;
+pub mod turns;
 
 /// The partition log: Kafka batches in `O_DIRECT` segments (crate `ringfeed-storage`).
 pub use ringfeed_storage as storage;

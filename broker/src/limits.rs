@@ -40,12 +40,25 @@ pub struct Limits {
     pub message_bytes_max_default: usize,
     /// Upper bound for a Fetch response, whatever `max_bytes` the client asks for.
     pub fetch_response_bytes_max: usize,
-    /// Fetch response bytes a shard assembles at once. Each fetch reserves its
-    /// `max_bytes` (capped by `fetch_response_bytes_max`) while it reads and assembles, not
-    /// while it long-polls, so idle consumers hold nothing. 256 MiB = four maximum fetches.
+    /// Fetch response bytes a shard reads and assembles at once. A fetch round reserves,
+    /// for the partitions that have data only, the sum of their partition `max_bytes`
+    /// (capped by the request's `max_bytes` and `fetch_response_bytes_max`) while it reads,
+    /// then keeps the bytes actually read until its response is assembled; a long poll
+    /// holds nothing. So 256 MiB serves four maximum-size responses at once, or about 256
+    /// partition reads in flight at Kafka's default 1 MiB `max.partition.fetch.bytes`.
     pub shard_fetch_bytes_max: usize,
     /// Upper bound on a Fetch long poll, whatever `max_wait_ms` the client asks for.
     pub fetch_wait_max: Duration,
+    /// `ringfeed.fetch.waits.parked.max`: fetch long-poll waits parked on one shard's
+    /// partitions at once (one per partition a parked fetch asks for, whichever shard the
+    /// fetch runs on). Past it a wait is refused (counted in
+    /// `ringfeed_fetch_waits_refused_total`, logged at most every few seconds) and that
+    /// partition's data reaches the fetch at its `max_wait_ms`, not at once. A parked wait
+    /// costs its task and timer, a few KiB (the callee's call future alone is about 2 KiB),
+    /// so 10,000 bound them to tens of MiB per shard; that is 100 consumers each long-polling
+    /// 100 of the shard's partitions. Waits end with their fetch (cancelled over the mesh), so
+    /// only that many concurrent long polls reach the bound.
+    pub shard_fetch_waits_parked_max: usize,
     /// Partitions a single topic may have (`CreateTopics` / `CreatePartitions` beyond this get
     /// `INVALID_PARTITIONS`).
     pub topic_partitions_max: i32,
@@ -107,6 +120,7 @@ impl Default for Limits {
             fetch_response_bytes_max: 64 * 1024 * 1024,
             shard_fetch_bytes_max: 256 * 1024 * 1024,
             fetch_wait_max: Duration::from_secs(30),
+            shard_fetch_waits_parked_max: 10_000,
             topic_partitions_max: 10_000,
             topics_max: 100_000,
             mesh_channel_slots: 1024,

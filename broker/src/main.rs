@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use ringfeed_broker::logging::LogFormat;
 use ringfeed_broker::server;
 use ringfeed_broker::settings::cli::SettingsArgs;
 use ringfeed_broker::{check_data, cli, logging};
@@ -63,20 +64,23 @@ fn main() -> ExitCode {
             command: ConfigCommand::Print(args),
         } => match args.resolve() {
             Ok(effective) => {
+                for warning in effective.warnings() {
+                    eprintln!("ringfeed: warning: {warning}");
+                }
                 print!("{}", effective.to_toml());
                 ExitCode::SUCCESS
             }
             Err(error) => configuration_error(&error),
         },
         Command::CheckData { dir } => {
-            if let Err(error) = logging::init("info") {
+            if let Err(error) = logging::init("info", LogFormat::Text) {
                 eprintln!("ringfeed: {error}");
                 return ExitCode::FAILURE;
             }
             check_data::run(&dir)
         }
         Command::Client(command) => {
-            if let Err(error) = logging::init("warn") {
+            if let Err(error) = logging::init("warn", LogFormat::Text) {
                 eprintln!("ringfeed: {error}");
                 return ExitCode::FAILURE;
             }
@@ -108,9 +112,13 @@ fn serve(args: &SettingsArgs) -> ExitCode {
         Ok(effective) => effective,
         Err(error) => return configuration_error(&error),
     };
-    if let Err(error) = logging::init(effective.text("ringfeed.log.level")) {
+    let format = LogFormat::from_setting(effective.text("ringfeed.log.format"));
+    if let Err(error) = logging::init(effective.text("ringfeed.log.level"), format) {
         eprintln!("ringfeed: {error}");
         return ExitCode::FAILURE;
+    }
+    for warning in effective.warnings() {
+        tracing::warn!("{warning}");
     }
     match server::serve(&effective.serve_options()) {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,11 +5,20 @@
 //! `PartitionTable` is owned by exactly one shard (it holds `!Send` storage handles). Only
 //! `Shard::apply_metadata` adds or removes entries, and `PartitionTable::fence` is the one
 //! other change (a storage failure takes a partition offline until restart); any number of
-//! produce/fetch tasks may use the logs concurrently, under the storage crate's contract
-//! per log (appends are applied in call order).
+//! produce/fetch tasks may use the logs concurrently.
+//!
+//! Produce order: every call runs in two stages, [`dispatch`] (synchronous) and
+//! [`Dispatched::run`]. Dispatching a produce call checks all of its batches and takes its
+//! place in the partition's append line ([`TurnQueue`]); the appends of one call then run
+//! together, one call at a time, in dispatch order, and the acks waits overlap freely. So
+//! calls dispatched one after the other are appended in that order whatever the executor
+//! does meanwhile; the connection dispatches a client's requests in request order, locally
+//! or through the mesh, which keeps the order (`router::ShardRouter::call_in_order`). Each
+//! append asserts it (`ProduceOrigin`).
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,24 +29,30 @@ use crate::error_codes as codes;
 use crate::log_throttle::LogThrottle;
 use crate::metadata::TopicPartition;
 use crate::producer_state::{ProducerStates, Refused};
-use crate::storage::{AppendError, BatchError, PartitionLog, ReadError};
+use crate::storage::{AppendError, BatchError, CheckedBatch, PartitionLog, ReadError};
+use crate::turns::{Ticket, TurnQueue};
 
 /// Work on one partition, executed by its owning shard.
 #[derive(Debug)]
 pub enum PartitionCall {
     /// Append `batches` (whole v2 record batches, in order) and answer once `acks` holds.
+    /// All or none: one batch that fails its checks refuses them all.
     Produce {
         tp: TopicPartition,
         batches: Vec<Bytes>,
         acks: i16,
+        origin: ProduceOrigin,
     },
     /// Whole batches from `offset`, about `max_bytes` (at least one batch when any exists).
+    /// `max_bytes` 0 reads nothing: only the offsets are answered (a fetch's probe).
     Fetch {
         tp: TopicPartition,
         offset: i64,
         max_bytes: usize,
     },
-    /// Resolve when the high watermark passes `offset`, or after `wait`.
+    /// Resolve when the high watermark passes `offset`, or after `wait`; `WaitRefused` at
+    /// once when the shard has `Limits::shard_fetch_waits_parked_max` waits parked.
+    /// Cancelled (over the mesh) when the caller stops waiting.
     WaitForData {
         tp: TopicPartition,
         offset: i64,
@@ -62,6 +77,15 @@ impl PartitionCall {
             | PartitionCall::DeleteRecords { tp, .. } => tp,
         }
     }
+}
+
+/// Which client request a produce call serves: a connection (unique in the process) and
+/// the request's place in that connection's order. Appends assert that each connection's
+/// requests reach each partition in that order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceOrigin {
+    pub connection_id: u64,
+    pub request_sequence: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -91,6 +115,8 @@ pub enum PartitionReply {
     Produce(ProduceOutcome),
     Fetch(FetchOutcome),
     Waited,
+    /// The wait was not parked: see `PartitionCall::WaitForData`.
+    WaitRefused,
     Offset(OffsetOutcome),
 }
 
@@ -124,9 +150,114 @@ pub struct PartitionTable {
     /// Read failures logged per partition: a consumer stuck at a corrupt batch retries it
     /// about twice a second, forever.
     read_failures_logged: RefCell<HashMap<TopicPartition, LogThrottle>>,
+    /// Fetch long-poll waits parked on these partitions.
+    parked_waits: ParkedWaits,
+    /// The append line of each partition that has seen a produce call.
+    sequencers: RefCell<HashMap<TopicPartition, Rc<AppendSequencer>>>,
+}
+
+/// The fetch long-poll waits parked on one shard's partitions, whether the fetch runs on
+/// this shard or on another one (a `WaitForData` call over the mesh), and their bound.
+/// Owned by the shard's `PartitionTable`; every wait holds a `ParkedWait` while parked.
+pub struct ParkedWaits {
+    /// `Limits::shard_fetch_waits_parked_max`.
+    parked_max: Cell<usize>,
+    parked: Cell<usize>,
+    /// Waits refused since start because `parked_max` were parked.
+    refused: Cell<u64>,
+    refusals_logged: RefCell<LogThrottle>,
+}
+
+impl Default for ParkedWaits {
+    fn default() -> Self {
+        Self {
+            parked_max: Cell::new(usize::MAX),
+            parked: Cell::new(0),
+            refused: Cell::new(0),
+            refusals_logged: RefCell::default(),
+        }
+    }
+}
+
+impl ParkedWaits {
+    pub fn parked(&self) -> usize {
+        self.parked.get()
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.refused.get()
+    }
+
+    /// Counts one more parked wait until the guard is dropped, or `None` (counted and
+    /// logged, rate-limited) when `parked_max` are parked already.
+    fn try_park(&self, tp: &TopicPartition) -> Option<ParkedWait<'_>> {
+        if self.parked.get() >= self.parked_max.get() {
+            self.refused.set(self.refused.get() + 1);
+            if let Some(skipped) = self.refusals_logged.borrow_mut().occurrence(Instant::now()) {
+                tracing::warn!(partition = %tp, parked_max = self.parked_max.get(), refusals_before_this_unlogged = skipped, "fetch wait refused: this shard has its maximum of long-poll waits parked; the fetch answers at its max_wait_ms");
+            }
+            return None;
+        }
+        self.parked.set(self.parked.get() + 1);
+        Some(ParkedWait { waits: self })
+    }
+}
+
+/// One parked wait; see `ParkedWaits`.
+struct ParkedWait<'a> {
+    waits: &'a ParkedWaits,
+}
+
+impl Drop for ParkedWait<'_> {
+    fn drop(&mut self) {
+        self.waits.parked.set(self.waits.parked.get() - 1);
+    }
+}
+
+/// Connections whose latest request one partition remembers for the order assertion: the
+/// most recent ones, so a partition costs a few hundred bytes however many connections write
+/// to it. A connection forgotten is checked again from its next request (never falsely).
+const ORDER_CHECKED_CONNECTIONS_MAX: usize = 16;
+
+/// One partition's produce appends: one call at a time, in the order calls were dispatched.
+#[derive(Default)]
+struct AppendSequencer {
+    turns: TurnQueue,
+    /// (connection id, latest request appended here) of the connections seen last.
+    latest_requests: RefCell<VecDeque<(u64, u64)>>,
+}
+
+impl AppendSequencer {
+    /// Per-connection order is what this type exists for: a request appended after a later
+    /// one of the same connection is a broken invariant, not an operating error. (Equal is
+    /// a request naming the partition twice: its pieces are dispatched in request order.)
+    fn assert_in_order(&self, tp: &TopicPartition, origin: ProduceOrigin) {
+        let mut latest = self.latest_requests.borrow_mut();
+        let ProduceOrigin {
+            connection_id,
+            request_sequence,
+        } = origin;
+        if let Some(position) = latest.iter().position(|(id, _)| *id == connection_id) {
+            let (_, previous) = latest.remove(position).expect("found above");
+            assert!(
+                previous <= request_sequence,
+                "partition {tp}: connection {connection_id:#x} appends request {request_sequence} after request {previous}",
+            );
+        } else if latest.len() == ORDER_CHECKED_CONNECTIONS_MAX {
+            latest.pop_front();
+        }
+        latest.push_back((connection_id, request_sequence));
+    }
 }
 
 impl PartitionTable {
+    /// `fetch_waits_parked_max`: `Limits::shard_fetch_waits_parked_max`.
+    pub fn new(fetch_waits_parked_max: usize) -> Self {
+        let table = Self::default();
+        table.parked_waits.parked_max.set(fetch_waits_parked_max);
+        table
+    }
+
     /// The log of a partition this shard owns, or the error code to answer with.
     pub fn log(&self, tp: &TopicPartition) -> Result<PartitionLog, i16> {
         match self.slots.borrow().get(tp) {
@@ -137,6 +268,18 @@ impl PartitionTable {
             }
             None => Err(codes::NOT_LEADER_OR_FOLLOWER),
         }
+    }
+
+    pub fn parked_waits(&self) -> &ParkedWaits {
+        &self.parked_waits
+    }
+
+    fn sequencer(&self, tp: &TopicPartition) -> Rc<AppendSequencer> {
+        self.sequencers
+            .borrow_mut()
+            .entry(tp.clone())
+            .or_default()
+            .clone()
     }
 
     pub fn set_offline_listener(&self, listener: OfflineListener) {
@@ -158,6 +301,7 @@ impl PartitionTable {
 
     pub fn remove(&self, tp: &TopicPartition) -> Option<PartitionSlot> {
         self.producers.forget(tp);
+        self.sequencers.borrow_mut().remove(tp);
         self.read_failures_logged.borrow_mut().remove(tp);
         self.slots.borrow_mut().remove(tp)
     }
@@ -196,30 +340,118 @@ impl PartitionTable {
     }
 }
 
-/// Runs one partition call on the owning shard.
+/// Runs one partition call on the owning shard: [`dispatch`], then [`Dispatched::run`].
 pub async fn execute(table: &PartitionTable, call: PartitionCall) -> PartitionReply {
-    match call {
-        PartitionCall::Produce { tp, batches, acks } => {
-            PartitionReply::Produce(produce(table, &tp, batches, acks).await)
+    dispatch(table, call).run(table).await
+}
+
+/// A partition call past its synchronous stage. Holds no borrow: it may wait in a task.
+pub struct Dispatched(Stage);
+
+enum Stage {
+    /// A produce call checked and in its partition's append line.
+    Produce(InLine),
+    /// A produce call refused before it took a place.
+    Refused(ProduceOutcome),
+    /// Every other call, which needs no place in a line.
+    Other(PartitionCall),
+}
+
+/// A produce call holding its place in the partition's append line.
+struct InLine {
+    tp: TopicPartition,
+    log: PartitionLog,
+    batches: Vec<CheckedBatch>,
+    acks: i16,
+    origin: ProduceOrigin,
+    sequencer: Rc<AppendSequencer>,
+    ticket: Ticket,
+}
+
+/// Stage one of a partition call, synchronous (see the module docs). A produce call's
+/// batches are all checked here, before any is appended: one bad batch refuses the call
+/// (Kafka rejects a partition's records together), so a client that retries never finds
+/// the batches before it written twice.
+pub fn dispatch(table: &PartitionTable, call: PartitionCall) -> Dispatched {
+    let PartitionCall::Produce {
+        tp,
+        batches,
+        acks,
+        origin,
+    } = call
+    else {
+        return Dispatched(Stage::Other(call));
+    };
+    let failed = |error_code| {
+        Dispatched(Stage::Refused(ProduceOutcome {
+            error_code,
+            base_offset: -1,
+            log_start_offset: -1,
+        }))
+    };
+    let log = match table.log(&tp) {
+        Ok(log) => log,
+        Err(code) => return failed(code),
+    };
+    let checked: Result<Vec<CheckedBatch>, AppendError> =
+        batches.into_iter().map(|batch| log.check(batch)).collect();
+    let batches = match checked {
+        Ok(batches) => batches,
+        Err(error) => {
+            tracing::debug!(partition = %tp, %error, "produce refused: a batch failed its checks");
+            fence_if_log_fenced(table, &tp, &log);
+            return failed(append_error_code(&error));
         }
-        PartitionCall::Fetch {
-            tp,
-            offset,
-            max_bytes,
-        } => PartitionReply::Fetch(fetch(table, &tp, offset, max_bytes).await),
-        PartitionCall::WaitForData { tp, offset, wait } => {
-            if let Ok(log) = table.log(&tp) {
-                let data = std::pin::pin!(log.wait_for_data(offset));
-                let timer = std::pin::pin!(glommio::timer::sleep(wait));
-                select(data, timer).await;
+    };
+    let sequencer = table.sequencer(&tp);
+    let ticket = sequencer.turns.ticket();
+    Dispatched(Stage::Produce(InLine {
+        tp,
+        log,
+        batches,
+        acks,
+        origin,
+        sequencer,
+        ticket,
+    }))
+}
+
+impl Dispatched {
+    /// Stage two: waits for the call's turn where it has a place, does the work, answers.
+    /// A produce call must run to the end once its turn has come (dropped half-way, some of
+    /// its batches would be appended and the client told otherwise): run it in its own task.
+    pub async fn run(self, table: &PartitionTable) -> PartitionReply {
+        let call = match self.0 {
+            Stage::Produce(in_line) => {
+                return PartitionReply::Produce(produce(table, in_line).await)
             }
-            PartitionReply::Waited
-        }
-        PartitionCall::ListOffsets { tp, timestamp_ms } => {
-            PartitionReply::Offset(list_offset(table, &tp, timestamp_ms).await)
-        }
-        PartitionCall::DeleteRecords { tp, offset } => {
-            PartitionReply::Offset(delete_records(table, &tp, offset).await)
+            Stage::Refused(outcome) => return PartitionReply::Produce(outcome),
+            Stage::Other(call) => call,
+        };
+        match call {
+            PartitionCall::Produce { .. } => unreachable!("produce calls are dispatched"),
+            PartitionCall::Fetch {
+                tp,
+                offset,
+                max_bytes,
+            } => PartitionReply::Fetch(fetch(table, &tp, offset, max_bytes).await),
+            PartitionCall::WaitForData { tp, offset, wait } => {
+                if let Ok(log) = table.log(&tp) {
+                    let Some(_parked) = table.parked_waits.try_park(&tp) else {
+                        return PartitionReply::WaitRefused;
+                    };
+                    let data = std::pin::pin!(log.wait_for_data(offset));
+                    let timer = std::pin::pin!(glommio::timer::sleep(wait));
+                    select(data, timer).await;
+                }
+                PartitionReply::Waited
+            }
+            PartitionCall::ListOffsets { tp, timestamp_ms } => {
+                PartitionReply::Offset(list_offset(table, &tp, timestamp_ms).await)
+            }
+            PartitionCall::DeleteRecords { tp, offset } => {
+                PartitionReply::Offset(delete_records(table, &tp, offset).await)
+            }
         }
     }
 }
@@ -242,25 +474,28 @@ fn fence_if_log_fenced(table: &PartitionTable, tp: &TopicPartition, log: &Partit
     }
 }
 
-async fn produce(
-    table: &PartitionTable,
-    tp: &TopicPartition,
-    batches: Vec<Bytes>,
-    acks: i16,
-) -> ProduceOutcome {
+/// Appends a dispatched call's batches in its turn, then waits for its acks outside it.
+async fn produce(table: &PartitionTable, in_line: InLine) -> ProduceOutcome {
+    let InLine {
+        tp,
+        log,
+        batches,
+        acks,
+        origin,
+        sequencer,
+        ticket,
+    } = in_line;
     let failed = |error_code| ProduceOutcome {
         error_code,
         base_offset: -1,
         log_start_offset: -1,
     };
-    let log = match table.log(tp) {
-        Ok(log) => log,
-        Err(code) => return failed(code),
-    };
+    let turn = ticket.await;
+    sequencer.assert_in_order(&tp, origin);
     let mut first_base_offset = None;
     let mut last_offset = -1;
     for batch in batches {
-        match table.producers.append(tp, &log, batch).await {
+        match table.producers.append(&tp, &log, batch).await {
             Ok(outcome) => {
                 first_base_offset.get_or_insert(outcome.base_offset);
                 last_offset = outcome.last_offset;
@@ -268,11 +503,13 @@ async fn produce(
             Err(Refused::Sequence(code)) => return failed(code),
             Err(Refused::Append(error)) => {
                 tracing::debug!(partition = %tp, %error, "append refused");
-                fence_if_log_fenced(table, tp, &log);
+                fence_if_log_fenced(table, &tp, &log);
                 return failed(append_error_code(&error));
             }
         }
     }
+    // The next call may append while this one waits for its acks.
+    drop(turn);
     let waited = match acks {
         0 => Ok(()),
         -1 => log.wait_durable(last_offset).await,
@@ -280,7 +517,7 @@ async fn produce(
     };
     if let Err(error) = waited {
         tracing::debug!(partition = %tp, %error, "acks not met");
-        fence_if_log_fenced(table, tp, &log);
+        fence_if_log_fenced(table, &tp, &log);
         return failed(codes::KAFKA_STORAGE_ERROR);
     }
     ProduceOutcome {
@@ -307,7 +544,11 @@ async fn fetch(
             }
         }
     };
-    let result = log.read(offset, max_bytes).await;
+    let result = if max_bytes == 0 {
+        Ok(Vec::new())
+    } else {
+        log.read(offset, max_bytes).await
+    };
     let mut outcome = FetchOutcome {
         error_code: codes::NONE,
         high_watermark: log.high_watermark(),
@@ -392,5 +633,193 @@ async fn delete_records(table: &PartitionTable, tp: &TopicPartition, offset: i64
             tracing::error!(partition = %tp, %error, "delete records failed");
             answer(codes::KAFKA_STORAGE_ERROR, -1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::panic::AssertUnwindSafe;
+
+    use futures::future::join_all;
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::storage::batch::build::{self, Record};
+    use crate::storage::LogConfig;
+
+    fn run<Fut: Future<Output = ()> + 'static>(test: impl FnOnce() -> Fut + Send + 'static) {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(test)
+            .expect("executor")
+            .join()
+            .expect("test ran");
+    }
+
+    fn tp() -> TopicPartition {
+        TopicPartition {
+            topic: "t".into(),
+            partition: 0,
+        }
+    }
+
+    #[test]
+    fn waits_past_the_bound_are_refused_and_counted_until_one_ends() {
+        let table = PartitionTable::new(2);
+        let waits = table.parked_waits();
+        let first = waits.try_park(&tp()).expect("below the bound");
+        let second = waits.try_park(&tp()).expect("at the bound");
+        assert!(waits.try_park(&tp()).is_none(), "past the bound");
+        assert!(waits.try_park(&tp()).is_none(), "still past it");
+        assert_eq!((waits.parked(), waits.refused()), (2, 2));
+        drop(first);
+        let third = waits.try_park(&tp()).expect("a parked wait ended");
+        assert_eq!((waits.parked(), waits.refused()), (2, 2));
+        drop((second, third));
+        assert_eq!(waits.parked(), 0, "every guard leaves the count");
+    }
+
+    /// A table owning partition `t-0`, opened on a fresh directory with small preallocation
+    /// steps, so appends wait inside the log now and then.
+    async fn table_with_partition(dir: &std::path::Path) -> Rc<PartitionTable> {
+        let config = LogConfig {
+            preallocate_step_bytes: 4096,
+            ..LogConfig::default()
+        };
+        let (log, _) = PartitionLog::open(dir, config).await.expect("open");
+        let table = Rc::new(PartitionTable::default());
+        let topic_id = Uuid::new_v4();
+        table.insert(tp(), PartitionSlot::Online { topic_id, log });
+        table
+    }
+
+    fn batch(value: &str) -> Bytes {
+        build::batch(&[Record {
+            key: None,
+            value: Some(value.as_bytes()),
+            timestamp_ms: 0,
+        }])
+    }
+
+    fn produce_call(batches: Vec<Bytes>, request_sequence: u64) -> PartitionCall {
+        PartitionCall::Produce {
+            tp: tp(),
+            batches,
+            acks: 1,
+            origin: ProduceOrigin {
+                connection_id: 7,
+                request_sequence,
+            },
+        }
+    }
+
+    fn outcome(reply: PartitionReply) -> ProduceOutcome {
+        match reply {
+            PartitionReply::Produce(outcome) => outcome,
+            other => panic!("a produce call answered {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_batch_refuses_every_batch_of_the_call() {
+        run(|| async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let table = table_with_partition(dir.path()).await;
+            let mut corrupt = batch("two").to_vec();
+            *corrupt.last_mut().expect("bytes") ^= 0xFF;
+            let call = produce_call(vec![batch("one"), Bytes::from(corrupt)], 0);
+            let refused = outcome(execute(&table, call).await);
+            assert_eq!(refused.error_code, codes::CORRUPT_MESSAGE);
+            let log = table.log(&tp()).expect("online");
+            assert_eq!(log.log_end_offset(), 0, "the good batch was not appended");
+            let call = produce_call(vec![batch("one"), batch("two")], 1);
+            let appended = outcome(execute(&table, call).await);
+            assert_eq!(
+                (appended.error_code, appended.base_offset),
+                (codes::NONE, 0)
+            );
+            assert_eq!(log.log_end_offset(), 2);
+        });
+    }
+
+    /// The order of appends is the order of dispatch, not the order in which the executor
+    /// first runs the calls: here they run in reverse.
+    #[test]
+    fn calls_append_in_dispatch_order_whatever_order_they_run_in() {
+        run(|| async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let table = table_with_partition(dir.path()).await;
+            let dispatched: Vec<_> = (0..50_u64)
+                .map(|index| {
+                    let batches = vec![batch(&"x".repeat(3000 + index as usize))];
+                    dispatch(&table, produce_call(batches, index))
+                })
+                .collect();
+            let running: Vec<_> = dispatched
+                .into_iter()
+                .rev()
+                .map(|call| {
+                    let table = table.clone();
+                    glommio::spawn_local(async move { outcome(call.run(&table).await) })
+                })
+                .collect();
+            let mut outcomes = join_all(running).await;
+            outcomes.reverse();
+            let offsets: Vec<_> = outcomes.iter().map(|o| o.base_offset).collect();
+            assert_eq!(offsets, (0..50).collect::<Vec<_>>());
+        });
+    }
+
+    #[test]
+    fn a_connection_s_later_request_appended_first_trips_the_assertion() {
+        run(|| async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let table = table_with_partition(dir.path()).await;
+            // Dispatched out of the connection's order: a broken caller, not a client error.
+            let later = dispatch(&table, produce_call(vec![batch("later")], 5));
+            let earlier = dispatch(&table, produce_call(vec![batch("earlier")], 4));
+            later.run(&table).await;
+            let panic = AssertUnwindSafe(earlier.run(&table))
+                .catch_unwind()
+                .await
+                .expect_err("the assertion fires");
+            let message = panic.downcast_ref::<String>().expect("a formatted message");
+            assert!(
+                message.contains("connection 0x7 appends request 4 after request 5"),
+                "{message}"
+            );
+        });
+    }
+
+    #[test]
+    fn the_order_check_remembers_the_latest_connections_only() {
+        let sequencer = AppendSequencer::default();
+        let origin = |connection_id, request_sequence| ProduceOrigin {
+            connection_id,
+            request_sequence,
+        };
+        sequencer.assert_in_order(&tp(), origin(1, 10));
+        // A request naming the partition twice appends twice under one sequence.
+        sequencer.assert_in_order(&tp(), origin(1, 10));
+        for connection_id in 2..=ORDER_CHECKED_CONNECTIONS_MAX as u64 {
+            sequencer.assert_in_order(&tp(), origin(connection_id, 0));
+        }
+        // Connection 1 is still remembered among 16; a 17th pushes out the least recent, 2.
+        sequencer.assert_in_order(&tp(), origin(1, 11));
+        assert_eq!(
+            sequencer.latest_requests.borrow().len(),
+            ORDER_CHECKED_CONNECTIONS_MAX
+        );
+        sequencer.assert_in_order(&tp(), origin(99, 0));
+        assert_eq!(
+            sequencer.latest_requests.borrow().len(),
+            ORDER_CHECKED_CONNECTIONS_MAX
+        );
+        assert!(sequencer
+            .latest_requests
+            .borrow()
+            .iter()
+            .all(|(id, _)| *id != 2));
     }
 }

@@ -19,14 +19,13 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use bytes::Bytes;
 use glommio::sync::Semaphore;
 use kafka_protocol::error::ResponseError;
 
 use crate::metadata::TopicPartition;
 use crate::storage::batch::BatchHeader;
 use crate::storage::meta::{self, MetaKind};
-use crate::storage::{AppendError, AppendOutcome, Disk, DmaDisk, PartitionLog};
+use crate::storage::{AppendError, AppendOutcome, CheckedBatch, Disk, DmaDisk, PartitionLog};
 
 pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = ResponseError::OutOfOrderSequenceNumber.code();
 pub const INVALID_PRODUCER_EPOCH: i16 = ResponseError::InvalidProducerEpoch.code();
@@ -321,17 +320,17 @@ pub struct ProducerStates {
 }
 
 impl ProducerStates {
-    /// Appends one batch. Batches without a producer id go straight to the log; idempotent
+    /// Appends one checked batch. Batches without a producer id go straight to the log; idempotent
     /// ones are checked first, and a duplicate answers with the original's offsets.
     pub async fn append(
         &self,
         tp: &TopicPartition,
         log: &PartitionLog,
-        batch: Bytes,
+        batch: CheckedBatch,
     ) -> Result<AppendOutcome, Refused> {
-        let header = BatchHeader::parse(&batch).filter(|header| header.producer_id >= 0);
+        let header = Some(*batch.header()).filter(|header| header.producer_id >= 0);
         let Some(header) = header else {
-            return log.append(batch).await.map_err(Refused::Append);
+            return log.append_checked(batch).await.map_err(Refused::Append);
         };
         let (gate, state) = self
             .partitions
@@ -351,7 +350,7 @@ impl ProducerStates {
                 Ok(outcome)
             }
             Verdict::Append => {
-                let outcome = log.append(batch).await.map_err(Refused::Append)?;
+                let outcome = log.append_checked(batch).await.map_err(Refused::Append)?;
                 state.remember(&header, outcome);
                 let since = state.offsets_since_snapshot.get() + i64::from(header.record_count);
                 state.offsets_since_snapshot.set(since);

@@ -47,6 +47,8 @@ pub enum Kind {
     CpuList,
     /// A tracing filter (`info`, `ringfeed_broker=debug,warn`).
     LogFilter,
+    /// One of a fixed list of words (`text`, `json`).
+    OneOf(&'static [&'static str]),
 }
 
 /// Where a setting's table entry says it belongs in help and docs.
@@ -77,7 +79,7 @@ pub struct Setting {
 }
 
 /// Environment variables with the `RINGFEED_` prefix that are not settings, so `serve` does
-/// not refuse them as unknown: keep in step with the tools that read them.
+/// not warn about them: keep in step with the tools that read them.
 pub const ENV_NOT_SETTINGS: &[&str] = &[
     // The config file to read when `--config` is not given.
     "RINGFEED_CONFIG",
@@ -149,6 +151,7 @@ impl Setting {
             Kind::Path => "a directory".into(),
             Kind::CpuList => "CPU numbers, comma-separated, or empty".into(),
             Kind::LogFilter => "a tracing filter".into(),
+            Kind::OneOf(names) => names.join(", "),
         }
     }
 
@@ -203,6 +206,11 @@ impl Setting {
             Kind::LogFilter => tracing_subscriber::EnvFilter::try_new(value)
                 .map(|_| value.to_string())
                 .map_err(|error| format!("not a log filter ({error}): {value:?}")),
+            Kind::OneOf(names) => names
+                .iter()
+                .find(|name| name.eq_ignore_ascii_case(value))
+                .map(|name| (*name).to_string())
+                .ok_or_else(|| format!("expected one of {}, got {value:?}", names.join(", "))),
         }
     }
 }
@@ -314,6 +322,9 @@ pub struct Entry {
 #[derive(Debug, Clone)]
 pub struct Effective {
     entries: Vec<Entry>,
+    /// What resolution ignored, one line each, for the caller to log once logging is set up
+    /// (it is configured by these settings, so it cannot be running yet).
+    warnings: Vec<String>,
 }
 
 impl Effective {
@@ -328,12 +339,16 @@ impl Effective {
                     source: Source::Default,
                 })
                 .collect(),
+            warnings: Vec::new(),
         }
     }
 
     /// Applies the file, then the environment, then the flags over the defaults. Every
     /// refused key or value is reported (all of them, one per line), naming the key and
-    /// where it came from.
+    /// where it came from. A `RINGFEED_*` variable that names no setting is not refused but
+    /// becomes a warning (`warnings`): the environment is shared with whatever starts the
+    /// broker (wrapper scripts export `RINGFEED_PID`, `RINGFEED_LOG`, ...), while the file
+    /// and the flags are written for the broker alone, so an unknown name there is a mistake.
     pub fn resolve(inputs: &Inputs) -> Result<Self, String> {
         let mut effective = Self::defaults();
         let mut errors = Vec::new();
@@ -363,11 +378,7 @@ impl Effective {
                 .position(|setting| setting.env_name() == *name)
             {
                 Some(index) => effective.set(index, value, Source::Env(name.clone()), &mut errors),
-                None => errors.push(format!(
-                    "unknown environment variable {name}: no setting has that name (setting \
-                     variables are RINGFEED_ plus the key upper-cased, dots as underscores; \
-                     `ringfeed config print` lists them)"
-                )),
+                None => effective.warnings.push(unknown_variable(name)),
             }
         }
         for flag in &inputs.flags {
@@ -412,6 +423,11 @@ impl Effective {
 
     pub fn entries(&self) -> &[Entry] {
         &self.entries
+    }
+
+    /// What resolution ignored (unknown `RINGFEED_*` variables), one line each.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The entry of `key`. A key missing from the table is a programmer error.
@@ -491,6 +507,7 @@ impl Effective {
             offsets_checkpoint_records: self.unsigned("ringfeed.offsets.checkpoint.records")
                 as usize,
             segment_preallocate_bytes: self.unsigned("ringfeed.segment.preallocate.bytes"),
+            shard_fetch_waits_parked_max: self.unsigned("ringfeed.fetch.waits.parked.max") as usize,
             ..Limits::default()
         }
     }
@@ -582,6 +599,36 @@ fn unknown_key(key: &str, source: &Source) -> String {
         message.push_str(": `ringfeed config print` lists every setting");
     }
     message
+}
+
+fn unknown_variable(name: &str) -> String {
+    let nearest = SETTINGS
+        .iter()
+        .min_by_key(|setting| edit_distance(name, &setting.env_name()))
+        .expect("the settings table is not empty");
+    format!(
+        "ignoring environment variable {name}: no setting has that name (nearest: {} for {}; \
+         `ringfeed config print` lists every setting)",
+        nearest.env_name(),
+        nearest.key
+    )
+}
+
+/// Levenshtein distance between two ASCII names (single-byte edits).
+fn edit_distance(from: &str, to: &str) -> usize {
+    let to = to.as_bytes();
+    let mut previous: Vec<usize> = (0..=to.len()).collect();
+    for (row, from_byte) in from.bytes().enumerate() {
+        let mut current = vec![row + 1; to.len() + 1];
+        for (column, to_byte) in to.iter().enumerate() {
+            let substitution = previous[column] + usize::from(from_byte != *to_byte);
+            current[column + 1] = substitution
+                .min(previous[column + 1] + 1)
+                .min(current[column] + 1);
+        }
+        previous = current;
+    }
+    previous[to.len()]
 }
 
 /// The file's settings as (dotted key, value text). Nested tables and dotted keys both give

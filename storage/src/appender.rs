@@ -6,8 +6,15 @@
 //! last page is kept (copied into the next buffer) and rewritten by the next round as it
 //! fills: the write-behind tail page.
 //!
+//! Between rounds that partial page is held on the heap (`idle_tail`), not in an io buffer:
+//! glommio serves io buffers from the shard's small registered pool first, and a thousand
+//! idle partitions each pinning a 4 KiB page there left none for the IO actually in flight
+//! (issue 10, item 2). A DMA buffer exists only from the first append of a round until its
+//! write completes.
+//!
 //! Invariant: buffers are contiguous and page-aligned in the file; `current` starts at
-//! `current_position`; when `current` is `None`, `appended_bytes` is page-aligned.
+//! `current_position` and holds `current_filled` bytes; when `current` is `None`, those
+//! bytes (less than a page, already written) are `idle_tail`.
 //! Contract: the caller writes one round completely before taking the next, because a
 //! round's last page is rewritten by the next round and two writes of one page in flight
 //! could land in either order.
@@ -17,6 +24,8 @@ use crate::io::{align_down, DiskFile, IoBuffer, PAGE_BYTES};
 pub struct Appender<B> {
     full: Vec<(u64, B)>,
     current: Option<B>,
+    /// The written partial last page while `current` is `None` (see the module docs).
+    idle_tail: Vec<u8>,
     current_position: u64,
     current_filled: usize,
     /// Logical end of the segment: every byte appended so far.
@@ -35,34 +44,23 @@ pub struct WriteRound<B> {
 impl<B: IoBuffer> Appender<B> {
     /// An appender for a segment whose file holds `segment_bytes` of batches. The partial
     /// last page, if any, must be supplied so it can be rewritten whole.
-    pub fn new<F: DiskFile<Buffer = B>>(
-        file: &F,
-        segment_bytes: u64,
-        tail_page: &[u8],
-        chunk_bytes: usize,
-    ) -> Self {
-        let mut appender = Appender {
+    pub fn new(segment_bytes: u64, tail_page: &[u8], chunk_bytes: usize) -> Self {
+        let partial = (segment_bytes % PAGE_BYTES as u64) as usize;
+        assert_eq!(
+            tail_page.len(),
+            partial,
+            "the tail page's bytes are needed to rewrite it"
+        );
+        Appender {
             full: Vec::new(),
             current: None,
+            idle_tail: tail_page.to_vec(),
             current_position: align_down(segment_bytes),
-            current_filled: 0,
+            current_filled: partial,
             appended_bytes: segment_bytes,
             written_bytes: segment_bytes,
             chunk_bytes: chunk_bytes.max(PAGE_BYTES) / PAGE_BYTES * PAGE_BYTES,
-        };
-        let partial = (segment_bytes % PAGE_BYTES as u64) as usize;
-        if partial > 0 {
-            assert_eq!(
-                tail_page.len(),
-                partial,
-                "the tail page's bytes are needed to rewrite it"
-            );
-            let mut buffer = file.alloc_buffer(PAGE_BYTES);
-            buffer.as_mut_slice()[..partial].copy_from_slice(tail_page);
-            appender.current = Some(buffer);
-            appender.current_filled = partial;
         }
-        appender
     }
 
     pub fn appended_bytes(&self) -> u64 {
@@ -99,15 +97,19 @@ impl<B: IoBuffer> Appender<B> {
     /// instead would cost a second IO per round, and always allocating (and zeroing) a whole
     /// chunk costs more than the copy for the small rounds of a latency-bound producer.
     fn current_with_room<F: DiskFile<Buffer = B>>(&mut self, file: &F, wanted: usize) -> &mut B {
+        // No buffer open yet: capacity 0, while `current_filled` may count the idle tail.
         let capacity = self.current.as_ref().map_or(0, |b| b.as_slice().len());
-        if capacity - self.current_filled < wanted && capacity < self.chunk_bytes {
+        let room = capacity.saturating_sub(self.current_filled);
+        if self.current.is_none() || (room < wanted && capacity < self.chunk_bytes) {
             let needed = (self.current_filled + wanted).next_multiple_of(PAGE_BYTES);
             let grown_bytes = needed.max(capacity * 2).min(self.chunk_bytes);
             let mut grown = file.alloc_buffer(grown_bytes);
-            if let Some(old) = &self.current {
-                grown.as_mut_slice()[..self.current_filled]
-                    .copy_from_slice(&old.as_slice()[..self.current_filled]);
-            }
+            let old = match &self.current {
+                Some(old) => &old.as_slice()[..self.current_filled],
+                None => &self.idle_tail[..],
+            };
+            grown.as_mut_slice()[..self.current_filled].copy_from_slice(old);
+            self.idle_tail.clear();
             self.current = Some(grown);
         }
         self.current.as_mut().expect("a buffer with room")
@@ -115,7 +117,7 @@ impl<B: IoBuffer> Appender<B> {
 
     /// Everything appended since the last round, as page-aligned writes. The partial last
     /// page stays buffered for the next round.
-    pub fn take_writes<F: DiskFile<Buffer = B>>(&mut self, file: &F) -> WriteRound<B> {
+    pub fn take_writes(&mut self) -> WriteRound<B> {
         let mut writes = std::mem::take(&mut self.full);
         let end_bytes = self.appended_bytes;
         if self.current_filled > 0
@@ -124,12 +126,8 @@ impl<B: IoBuffer> Appender<B> {
             let mut buffer = self.current.take().expect("filled buffer");
             let whole_pages = self.current_filled / PAGE_BYTES * PAGE_BYTES;
             let partial = self.current_filled - whole_pages;
-            if partial > 0 {
-                let mut tail = file.alloc_buffer(PAGE_BYTES);
-                tail.as_mut_slice()[..partial]
-                    .copy_from_slice(&buffer.as_slice()[whole_pages..self.current_filled]);
-                self.current = Some(tail);
-            }
+            self.idle_tail
+                .extend_from_slice(&buffer.as_slice()[whole_pages..self.current_filled]);
             // The page's bytes past the data must be zeros: recovery reads an all-zero
             // header as the end of the segment.
             let padded = self.current_filled.next_multiple_of(PAGE_BYTES);
@@ -177,7 +175,7 @@ mod tests {
             .run(async {
                 let disk = SimDisk::new();
                 let file = disk.open(Path::new("/seg"), true).await.expect("open");
-                let mut appender = Appender::new(&file, 0, &[], 3 * PAGE_BYTES);
+                let mut appender = Appender::new(0, &[], 3 * PAGE_BYTES);
                 let mut expected = Vec::new();
                 let mut image = Vec::new();
                 for (round, sizes) in [[100, 5000, 1], [4095, 1, 20000], [7, 12289, 3]]
@@ -191,7 +189,7 @@ mod tests {
                         appender.append(&file, &bytes);
                         expected.extend_from_slice(&bytes);
                     }
-                    let end = apply(&mut image, appender.take_writes(&file));
+                    let end = apply(&mut image, appender.take_writes());
                     appender.mark_written(end);
                     assert_eq!(end as usize, expected.len());
                     assert_eq!(&image[..expected.len()], &expected[..], "round {round}");
@@ -202,9 +200,39 @@ mod tests {
                     assert_eq!(image.len() % PAGE_BYTES, 0);
                 }
                 assert!(
-                    appender.take_writes(&file).writes.is_empty(),
+                    appender.take_writes().writes.is_empty(),
                     "nothing left to write"
                 );
+            });
+    }
+
+    #[test]
+    fn a_recovered_tail_page_is_rewritten_whole_from_the_heap() {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .make()
+            .expect("executor")
+            .run(async {
+                let disk = SimDisk::new();
+                let file = disk.open(Path::new("/seg"), true).await.expect("open");
+                let tail: Vec<u8> = (0..904_u32).map(|i| (i % 251) as u8 | 1).collect();
+                let mut appender = Appender::new(5000, &tail, 3 * PAGE_BYTES);
+                assert!(
+                    appender.take_writes().writes.is_empty(),
+                    "the tail is written"
+                );
+                appender.append(&file, &[7; 100]);
+                let round = appender.take_writes();
+                assert_eq!(round.end_bytes, 5100);
+                let [(position, buffer)] = &round.writes[..] else {
+                    panic!("one write expected, got {}", round.writes.len());
+                };
+                assert_eq!(*position, PAGE_BYTES as u64);
+                let page = buffer.as_slice();
+                assert_eq!(page.len(), PAGE_BYTES);
+                assert_eq!(&page[..904], &tail[..]);
+                assert!(page[904..1004].iter().all(|&b| b == 7));
+                assert!(page[1004..].iter().all(|&b| b == 0), "zero padding");
             });
     }
 }

@@ -199,24 +199,61 @@ pub fn check_uncompressed_records(mut records: &[u8], record_count: i32) -> Resu
 /// whose timestamp is at least `timestamp_ms`. `None` when the batch is compressed (its
 /// records are not readable without the codec) or no record qualifies.
 pub fn first_at_or_after(batch: &[u8], timestamp_ms: i64) -> Option<(i32, i64)> {
+    record_timestamps(batch)?.find(|&(_, timestamp)| timestamp >= timestamp_ms)
+}
+
+/// The offset delta and timestamp of each record of an uncompressed batch, in order. `None`
+/// when the batch is compressed (its records are not readable without the codec). The walk
+/// ends early, without error, at a record that does not parse: stored batches passed
+/// [`validate`], so that is damage, and time lookups skip what they cannot read.
+pub fn record_timestamps(batch: &[u8]) -> Option<RecordTimestamps<'_>> {
     let header = BatchHeader::parse(batch)?;
     if header.is_compressed() {
         return None;
     }
-    let mut records = batch.get(BATCH_HEADER_BYTES..)?;
-    for _ in 0..header.record_count {
-        let length = usize::try_from(read_varint(&mut records)?).ok()?;
-        let (record, rest) = (records.get(..length)?, records.get(length..)?);
-        records = rest;
-        let mut fields = record.get(1..)?;
+    Some(RecordTimestamps {
+        base_timestamp: header.base_timestamp,
+        records: batch.get(BATCH_HEADER_BYTES..)?,
+        records_left: header.record_count,
+    })
+}
+
+/// See [`record_timestamps`].
+pub struct RecordTimestamps<'a> {
+    base_timestamp: i64,
+    records: &'a [u8],
+    records_left: i32,
+}
+
+impl RecordTimestamps<'_> {
+    fn parse_next(&mut self) -> Option<(i32, i64)> {
+        let length = usize::try_from(read_varint(&mut self.records)?).ok()?;
+        let (record, rest) = (self.records.get(..length)?, self.records.get(length..)?);
+        self.records = rest;
+        let mut fields = record.get(1..)?; // attributes
         let timestamp_delta = read_varint(&mut fields)?;
-        let offset_delta = read_varint(&mut fields)?;
-        let timestamp = header.base_timestamp.saturating_add(timestamp_delta);
-        if timestamp >= timestamp_ms {
-            return Some((i32::try_from(offset_delta).ok()?, timestamp));
-        }
+        let offset_delta = i32::try_from(read_varint(&mut fields)?).ok()?;
+        Some((
+            offset_delta,
+            self.base_timestamp.saturating_add(timestamp_delta),
+        ))
     }
-    None
+}
+
+impl Iterator for RecordTimestamps<'_> {
+    type Item = (i32, i64);
+
+    fn next(&mut self) -> Option<(i32, i64)> {
+        if self.records_left <= 0 {
+            return None;
+        }
+        self.records_left -= 1;
+        let parsed = self.parse_next();
+        if parsed.is_none() {
+            self.records_left = 0; // nothing after a record that does not parse is trusted
+        }
+        parsed
+    }
 }
 
 /// Whether `bytes` is one whole v2 batch whose CRC32C matches its contents (the check a

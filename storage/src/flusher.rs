@@ -111,7 +111,7 @@ async fn round<D: Disk>(inner: &Rc<Inner<D>>) -> Result<(), StorageError> {
         let mut guard = inner.state.borrow_mut();
         let state = &mut *guard;
         let file = state.active.file.clone();
-        let round = state.appender.take_writes(&*file);
+        let round = state.appender.take_writes();
         (file, round, state.next_offset)
     };
     if !round.writes.is_empty() {

@@ -106,16 +106,20 @@ impl Disk for DmaDisk {
     type File = DmaDiskFile;
 
     async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(dir)?;
-        prime_iopoll_probe(dir).await
+        let owned = dir.to_path_buf();
+        off_reactor(move || std::fs::create_dir_all(owned)).await
     }
 
     async fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(dir)? {
-            names.push(entry?.file_name().to_string_lossy().into_owned());
-        }
-        Ok(names)
+        let dir = dir.to_path_buf();
+        off_reactor(move || {
+            let mut names = Vec::new();
+            for entry in std::fs::read_dir(dir)? {
+                names.push(entry?.file_name().to_string_lossy().into_owned());
+            }
+            Ok(names)
+        })
+        .await
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
@@ -130,24 +134,23 @@ impl Disk for DmaDisk {
     }
 
     async fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
-        std::fs::remove_dir_all(dir)
+        // Unlinking a file nothing holds open frees its blocks inside the call: for a large
+        // topic that is seconds of ext4 work, which must not stall the shard's other
+        // partitions.
+        let dir = dir.to_path_buf();
+        off_reactor(move || std::fs::remove_dir_all(dir)).await
     }
 
     async fn open(&self, path: &Path, create: bool) -> io::Result<DmaDiskFile> {
-        let file = glommio::io::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .dma_open(path)
-            .await?;
-        Ok(DmaDiskFile(Rc::new(file)))
+        let mut options = glommio::io::OpenOptions::new();
+        options.read(true).write(true).create(create);
+        Ok(DmaDiskFile(Rc::new(open_dma(path, &options).await?)))
     }
 
     async fn read_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
-        let file = match glommio::io::DmaFile::open(path).await {
+        let file = match open_dma(path, glommio::io::OpenOptions::new().read(true)).await {
             Ok(file) => file,
             Err(error) => {
-                let error = io::Error::from(error);
                 return match error.kind() {
                     io::ErrorKind::NotFound => Ok(None),
                     _ => Err(error),
@@ -183,7 +186,9 @@ impl DiskFile for DmaDiskFile {
     type Buffer = DmaIoBuffer;
 
     fn alloc_buffer(&self, len: usize) -> DmaIoBuffer {
-        debug_assert_eq!(len % PAGE_BYTES, 0);
+        // Served from the shard's registered pool while it has room, else from the heap
+        // (glommio falls back by itself); only a 0-byte request can fail, and panics.
+        debug_assert!(len > 0 && len % PAGE_BYTES == 0);
         DmaIoBuffer(self.0.alloc_dma_buffer(len))
     }
 
@@ -201,6 +206,13 @@ impl DiskFile for DmaDiskFile {
     }
 
     async fn read_at(&self, position: u64, len: usize) -> io::Result<Bytes> {
+        if len == 0 {
+            // glommio sizes a read's buffer by its aligned span, here 0 bytes; its pool answers
+            // a 0-byte request with a block only while it has one free, and otherwise
+            // glommio panics ("Buffer allocation failed", sys/uring.rs) and takes the shard
+            // down: the crash of issue 10, item 2, once many partitions opened at once.
+            return Ok(Bytes::new());
+        }
         let read = self.0.read_at(position, len).await?;
         // One copy out of the DMA buffer: glommio's ReadResult is !Send and cannot back a
         // `Bytes`. Records inside are never decoded or re-encoded.
@@ -224,45 +236,80 @@ impl DiskFile for DmaDiskFile {
     }
 }
 
-/// Call on the data directory before glommio opens any `DmaFile` there (a partition log
-/// does it itself).
+/// Opens a `DmaFile`. Every `DmaFile` of the process (broker start-up and recovery,
+/// `check-data`, tools) is opened here, so glommio's IOPOLL decision for the device is always
+/// settled by [`settle_iopoll`] before glommio could take it from the file being opened.
+async fn open_dma(
+    path: &Path,
+    options: &glommio::io::OpenOptions,
+) -> io::Result<glommio::io::DmaFile> {
+    settle_iopoll(parent_of(path)).await?;
+    Ok(options.dma_open(path).await?)
+}
+
+/// Settles, once per device and thread, whether glommio sends DMA reads to its IOPOLL ring.
 ///
-/// glommio decides once per block device whether to send DMA reads to its IOPOLL ring, by
-/// reading the first file opened there. When that file is empty (a new segment) the read
-/// ends at EOF without touching the device and "succeeds", so glommio wrongly marks the
-/// device pollable and every later read fails with EOPNOTSUPP (seen on virtio disks). Opening
-/// a non-empty file first makes the probe reach the device and record the true answer in
-/// glommio's process-wide cache. Done once per device per thread.
-pub async fn prime_iopoll_probe(dir: &Path) -> io::Result<()> {
+/// glommio decides that (per thread, per device) by reading the first page of the first
+/// `DmaFile` opened there. When that file is empty, or its first page is preallocated but
+/// never written (a new or idle segment), the read ends without reaching the device and
+/// "succeeds", so glommio wrongly marks the device pollable and every later read on it fails
+/// with EOPNOTSUPP (os error 95; seen on virtio disks): `check-data` called healthy data
+/// unreadable when an empty `__consumer_offsets` segment happened to be opened first. So
+/// the first `DmaFile` opened on a device is always a page just written here. Concurrent
+/// openers wait for that one probe instead of each writing their own.
+async fn settle_iopoll(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     thread_local! {
-        static PROBED_DEVICES: std::cell::RefCell<std::collections::HashSet<u64>> = std::cell::RefCell::default();
+        static SETTLED_DEVICES: std::cell::RefCell<std::collections::HashSet<u64>> = std::cell::RefCell::default();
+        static ONE_PROBE_AT_A_TIME: Rc<glommio::sync::Semaphore> = Rc::new(glommio::sync::Semaphore::new(1));
     }
     let device = std::fs::metadata(dir)?.dev();
-    if PROBED_DEVICES.with(|probed| probed.borrow().contains(&device)) {
+    let settled = || SETTLED_DEVICES.with(|settled| settled.borrow().contains(&device));
+    if settled() {
         return Ok(());
     }
-    let probe_path = dir.join(".iopoll-probe");
+    let turn = ONE_PROBE_AT_A_TIME.with(Rc::clone);
+    let _permit = turn.acquire_permit(1).await.expect("never closed");
+    if settled() {
+        return Ok(()); // probed by the opener we waited for
+    }
+    probe_iopoll(dir).await?;
+    SETTLED_DEVICES.with(|settled| settled.borrow_mut().insert(device));
+    Ok(())
+}
+
+/// Opens a written page in `dir` as the device's first `DmaFile`: a probe file of its own
+/// (unique per process and call, so shards probing one directory do not remove each other's;
+/// `.tmp` so a crash leftover is removed by recovery), or, when nothing can be written there
+/// (a full disk, a read-only directory), a written metadata file already there.
+async fn probe_iopoll(dir: &Path) -> io::Result<()> {
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let probe = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe_path = dir.join(format!(".iopoll-probe-{}-{probe}.tmp", std::process::id()));
+    let direct_open = |path: PathBuf| async move {
+        let file = glommio::io::OpenOptions::new()
+            .read(true)
+            .dma_open(&path)
+            .await?;
+        Ok::<_, io::Error>(file.close().await?)
+    };
     match std::fs::write(&probe_path, [0_u8; PAGE_BYTES]) {
         Ok(()) => {
-            let opened = glommio::io::DmaFile::open(&probe_path).await;
+            let opened = direct_open(probe_path.clone()).await;
             std::fs::remove_file(&probe_path)?;
-            opened?.close().await?;
+            opened
         }
-        Err(error) if crate::error::is_no_space(&error) => {
-            // A full disk must not keep intact partitions from opening: probe with a file
-            // already there instead. Metadata files are written whole (a segment may be
-            // preallocated space a read never takes to the device).
+        Err(error) => {
+            // A full disk must not keep intact partitions from opening (or check-data from
+            // reading): probe with a file already there. Metadata files are written whole (a
+            // segment may be preallocated space a read never takes to the device).
             let _ = std::fs::remove_file(&probe_path);
-            let Some(existing) = written_file_in(dir) else {
-                return Err(error);
-            };
-            glommio::io::DmaFile::open(&existing).await?.close().await?;
+            match written_file_in(dir) {
+                Some(existing) => direct_open(existing).await,
+                None => Err(error),
+            }
         }
-        Err(error) => return Err(error),
     }
-    PROBED_DEVICES.with(|probed| probed.borrow_mut().insert(device));
-    Ok(())
 }
 
 /// A non-empty file in `dir` (or its parent, the data directory) that is not a segment.
@@ -277,6 +324,17 @@ fn written_file_in(dir: &Path) -> Option<PathBuf> {
         .filter_map(|dir| std::fs::read_dir(dir).ok())
         .flat_map(|entries| entries.flatten().map(|entry| entry.path()))
         .find(|path| is_written(path))
+}
+
+/// Runs a blocking filesystem call on the executor's blocking thread pool (glommio's, the
+/// one its own rename, remove and truncate use), so the shard's reactor keeps serving while
+/// the kernel works: directory walks, creations and removals have no `io_uring` op in glommio
+/// 0.9, and a `std::fs` call on the shard thread stops every partition of the shard for as
+/// long as it takes. Must be called from a glommio executor.
+async fn off_reactor<R: Send + 'static>(
+    call: impl FnOnce() -> io::Result<R> + Send + 'static,
+) -> io::Result<R> {
+    glommio::executor().spawn_blocking(call).await
 }
 
 pub(crate) fn temporary_path(path: &Path) -> PathBuf {

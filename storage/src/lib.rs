@@ -34,5 +34,5 @@ pub use batch::BatchError;
 pub use config::{FlushPolicy, LogConfig};
 pub use error::{AppendError, ReadError, StorageError};
 pub use io::{Disk, DiskFile, DmaDisk};
-pub use log::{AppendOutcome, Clock, FdatasyncObserver, LogStats, PartitionLog};
+pub use log::{AppendOutcome, CheckedBatch, Clock, FdatasyncObserver, LogStats, PartitionLog};
 pub use recovery::{RecoveryReport, TornTail};

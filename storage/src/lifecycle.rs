@@ -1,6 +1,7 @@
 //! Segment lifecycle: making room for an append (roll, preallocation, backpressure),
 //! retention, `DeleteRecords`, clean close and removal.
 
+use std::path::Path;
 use std::rc::Rc;
 
 use crate::appender::Appender;
@@ -96,7 +97,7 @@ impl<D: Disk> PartitionLog<D> {
     fn install_active(&self, file: D::File, base_offset: i64) {
         let mut guard = self.state_mut();
         let state = &mut *guard;
-        let appender = Appender::new(&file, 0, &[], state.config.write_chunk_bytes);
+        let appender = Appender::new(0, &[], state.config.write_chunk_bytes);
         let index = BuildingIndex::new(base_offset, state.config.index_interval_bytes);
         let new_active = Segment {
             base_offset,
@@ -203,11 +204,12 @@ impl<D: Disk> PartitionLog<D> {
     }
 
     async fn delete_segments(&self, base_offsets: &[i64]) -> Result<(), StorageError> {
-        {
+        let removed: Vec<Segment<D::File>> = {
             let mut state = self.state_mut();
-            for base in base_offsets {
-                state.sealed.remove(base);
-            }
+            let removed = base_offsets
+                .iter()
+                .filter_map(|base| state.sealed.remove(base))
+                .collect();
             let first_base = state
                 .sealed
                 .keys()
@@ -215,7 +217,8 @@ impl<D: Disk> PartitionLog<D> {
                 .copied()
                 .unwrap_or(state.active.base_offset);
             state.log_start_offset = state.log_start_offset.max(first_base);
-        }
+            removed
+        };
         let disk = &self.inner.disk;
         for &base in base_offsets {
             // Readers holding the file keep reading it; the names go now.
@@ -225,6 +228,12 @@ impl<D: Disk> PartitionLog<D> {
             disk.remove_file(&self.dir().join(segment_file_name(base)))
                 .await
                 .map_err(|e| StorageError::io("deleting a segment", e))?;
+        }
+        for segment in removed {
+            // Out of the map, a file no reader holds can gain no new one.
+            if Rc::strong_count(&segment.file) == 1 {
+                empty_before_close(&*segment.file, self.dir()).await;
+            }
         }
         disk.sync_dir(self.dir())
             .await
@@ -306,6 +315,20 @@ impl<D: Disk> PartitionLog<D> {
     pub async fn remove(self) -> Result<(), StorageError> {
         let _permit = self.inner.append_gate.acquire_permit(1).await;
         self.shut();
+        // A read still in flight on the deleted topic may fail on an emptied file; the
+        // topic is gone, so that is its answer.
+        let files: Vec<_> = {
+            let state = self.state();
+            state
+                .sealed
+                .values()
+                .chain(std::iter::once(&state.active))
+                .map(|segment| segment.file.clone())
+                .collect()
+        };
+        for file in files {
+            empty_before_close(&*file, self.dir()).await;
+        }
         self.inner
             .disk
             .remove_dir_all(self.dir())
@@ -318,5 +341,18 @@ impl<D: Disk> PartitionLog<D> {
         self.inner.append_gate.close();
         self.inner.progress.notify_all();
         self.inner.flusher_wake.notify_all();
+    }
+}
+
+/// Frees a deleted segment's blocks before its file is closed. The last close of an unlinked
+/// file is what frees its blocks, and glommio closes through `io_uring`, whose final release
+/// runs on the shard thread: a 1 GiB segment held the shard (every partition on it) for
+/// about a second, a 2 GiB topic for up to 2.7 s. Truncating first does that work on the
+/// executor's blocking pool (glommio truncates there), one file per call so other blocking
+/// calls interleave, and leaves the close nothing to free. Best effort: the file is deleted
+/// either way, and a failure only means the close does the work.
+async fn empty_before_close<F: DiskFile>(file: &F, dir: &Path) {
+    if let Err(error) = file.truncate(0).await {
+        tracing::warn!(dir = %dir.display(), %error, "could not empty a deleted segment before closing it");
     }
 }

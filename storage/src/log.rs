@@ -3,8 +3,12 @@
 //! Ownership: a log lives on one glommio executor (one shard) and is never shared across
 //! threads; `PartitionLog` is a cheap `Rc` handle, cloned into the tasks of that shard.
 //! Concurrency contract: any number of tasks may call any method at once. Appends are
-//! serialized in arrival order by an executor-local gate (offsets are assigned in that
-//! order); reads, waits and lookups never block appends. A background flusher task owns all
+//! serialized by an executor-local gate and get their offsets in the order they pass it.
+//! That is *not* always the order they reached it: glommio's semaphore lets a newcomer take
+//! a gate just released before the waiter it woke runs. A caller that needs an order among
+//! its appends must not have two in flight at once (the broker sequences each partition's
+//! produce appends itself, see `broker/src/partition.rs`). Reads, waits and lookups never
+//! block appends. A background flusher task owns all
 //! data writes and fdatasyncs (see `flusher.rs`).
 //!
 //! Offsets: `log_start_offset` ≤ `high_watermark` ≤ `log_end_offset`. The high watermark is
@@ -36,6 +40,20 @@ use crate::signal::Signal;
 pub struct AppendOutcome {
     pub base_offset: i64,
     pub last_offset: i64,
+}
+
+/// A batch that passed [`PartitionLog::check`]; only that function makes one.
+#[derive(Debug, Clone)]
+pub struct CheckedBatch {
+    batch: Bytes,
+    header: BatchHeader,
+}
+
+impl CheckedBatch {
+    /// The batch's header, as the check parsed it.
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
 }
 
 /// Counters of what the log has done since it was opened (for metrics and benchmarks).
@@ -89,7 +107,8 @@ pub(crate) struct Inner<D: Disk> {
     pub dir: PathBuf,
     pub clock: Clock,
     pub state: RefCell<State<D::File>>,
-    /// Serializes appends (and the rolls and preallocations they trigger) in arrival order.
+    /// Serializes appends (and the rolls and preallocations they trigger); not first-come,
+    /// first-served (see the module docs).
     pub append_gate: Semaphore,
     /// Serializes writers of the checkpoint file, which share one temporary path.
     pub checkpoint_gate: Semaphore,
@@ -143,6 +162,11 @@ impl<F: DiskFile> State<F> {
             return Err(StorageError::Closed);
         }
         Ok(())
+    }
+
+    /// Every segment in offset order, the active one last.
+    fn segments(&self) -> impl Iterator<Item = &Segment<F>> {
+        self.sealed.values().chain(std::iter::once(&self.active))
     }
 
     /// The segment holding `offset`: the last one whose base is at or below it.
@@ -273,11 +297,27 @@ impl<D: Disk> PartitionLog<D> {
     /// visible to readers once written (see [`Self::wait_written`]) and durable once
     /// fdatasync'd (see [`Self::wait_durable`]). On error nothing was appended.
     pub async fn append(&self, batch: Bytes) -> Result<AppendOutcome, AppendError> {
-        let header = {
-            let state = self.state();
-            state.check_usable()?;
-            batch::validate(&batch, state.config.batch_bytes_max)?
-        };
+        let checked = self.check(batch)?;
+        self.append_checked(checked).await
+    }
+
+    /// Validates one batch as [`Self::append`] would, without appending it, so a caller with
+    /// several batches can refuse them all before appending any (Kafka rejects a produce
+    /// request's batches for a partition together).
+    pub fn check(&self, batch: Bytes) -> Result<CheckedBatch, AppendError> {
+        let state = self.state();
+        state.check_usable()?;
+        let header = batch::validate(&batch, state.config.batch_bytes_max)?;
+        Ok(CheckedBatch { batch, header })
+    }
+
+    /// Appends a batch [`Self::check`] accepted, like [`Self::append`] without checking it
+    /// again.
+    pub async fn append_checked(
+        &self,
+        checked: CheckedBatch,
+    ) -> Result<AppendOutcome, AppendError> {
+        let CheckedBatch { batch, header } = checked;
         let _permit = self
             .inner
             .append_gate
@@ -431,55 +471,135 @@ impl<D: Disk> PartitionLog<D> {
         read_batches(&*file, plan).await
     }
 
-    /// The largest record timestamp in the log and the offset of the first record carrying
-    /// it (Kafka's max-timestamp offset lookup); `None` for an empty log. Compressed batches are not
-    /// decoded: there the batch's base offset stands for the record.
+    /// The largest record timestamp from the log start on and the offset of the first record
+    /// carrying it (Kafka's max-timestamp offset lookup); `None` for an empty log. Compressed
+    /// batches are not decoded: there the batch's base offset stands for the record.
     pub async fn max_timestamp(&self) -> Result<Option<(i64, i64)>, StorageError> {
-        let max_timestamp_ms = {
+        let (indexed_max, log_start) = {
             let state = self.state();
-            let segments = state.sealed.values().chain(std::iter::once(&state.active));
-            segments
+            let log_start = state.log_start_offset;
+            let max = state
+                .segments()
+                .filter(|s| s.next_offset() > log_start)
                 .map(|s| s.index.max_timestamp())
-                .max()
-                .unwrap_or(i64::MIN)
+                .max();
+            (max, log_start)
         };
-        if max_timestamp_ms == i64::MIN {
+        let Some(max_timestamp_ms) = indexed_max.filter(|&max| max != i64::MIN) else {
             return Ok(None);
+        };
+        if let Some((offset, ts)) = self.offset_for_timestamp(max_timestamp_ms).await? {
+            return Ok(Some((ts, offset)));
         }
+        // The indexes' largest timestamp belongs only to records DeleteRecords left below the
+        // log start, inside the segment it cut into: read what remains of that segment.
+        let Some(remaining_max) = self.largest_timestamp_from(log_start).await? else {
+            return Ok(None);
+        };
         Ok(self
-            .offset_for_timestamp(max_timestamp_ms)
+            .offset_for_timestamp(remaining_max)
             .await?
             .map(|(offset, ts)| (ts, offset)))
     }
 
-    /// The first offset whose record timestamp is at least `timestamp_ms`, with that
-    /// timestamp (for `ListOffsets`). In compressed batches records are not decoded: the
-    /// batch's base offset and maxTimestamp are returned, which never skips a match.
+    /// The largest record timestamp at or after `log_start`: the indexes answer for whole
+    /// segments, the segment holding `log_start` is read from there.
+    async fn largest_timestamp_from(&self, log_start: i64) -> Result<Option<i64>, StorageError> {
+        let (later_max, cut) = {
+            let state = self.state();
+            let later_max = state
+                .segments()
+                .filter(|s| s.base_offset >= log_start)
+                .map(|s| s.index.max_timestamp())
+                .max();
+            let cut = state
+                .segments()
+                .find(|s| s.base_offset < log_start && s.next_offset() > log_start)
+                .map(|s| {
+                    (
+                        s.file.clone(),
+                        s.index.position_for_offset(s.base_offset, log_start),
+                        state.segment_end_bytes(s),
+                    )
+                });
+            (later_max, cut)
+        };
+        let cut_max = match cut {
+            Some((file, position, end)) => largest_timestamp_in(&*file, position, end, log_start)
+                .await
+                .map_err(|e| StorageError::io("read", e))?,
+            None => None,
+        };
+        Ok(later_max.max(cut_max).filter(|&max| max != i64::MIN))
+    }
+
+    /// The first record at or after the log start whose timestamp is at least
+    /// `timestamp_ms`: its offset and timestamp (for `ListOffsets`). In compressed batches
+    /// records are not decoded: the batch's base offset (or the log start inside it) and
+    /// maxTimestamp are returned, which never skips a match.
     pub async fn offset_for_timestamp(
         &self,
         timestamp_ms: i64,
     ) -> Result<Option<(i64, i64)>, StorageError> {
-        let (file, position, end) = {
-            let state = self.state();
-            let segments = state.sealed.values().chain(std::iter::once(&state.active));
-            let Some(segment) = segments
-                .into_iter()
-                .find(|s| s.index.max_timestamp() >= timestamp_ms)
-            else {
-                return Ok(None);
-            };
-            (
-                segment.file.clone(),
-                segment.index.position_for_timestamp(timestamp_ms),
-                state.segment_end_bytes(segment),
+        let mut after_base = None;
+        // The first segment whose largest timestamp reaches `timestamp_ms` holds the answer,
+        // unless every record there that reaches it lies below the log start.
+        while let Some(search) = self.time_search(timestamp_ms, after_base) {
+            let found = find_by_timestamp(
+                &*search.file,
+                search.position,
+                search.end,
+                timestamp_ms,
+                search.log_start,
             )
-        };
-        let log_start = self.log_start_offset();
-        find_by_timestamp(&*file, position, end, timestamp_ms)
             .await
-            .map(|found| found.map(|(offset, ts)| (offset.max(log_start), ts)))
-            .map_err(|e| StorageError::io("read", e))
+            .map_err(|e| StorageError::io("read", e))?;
+            if found.is_some() {
+                return Ok(found);
+            }
+            after_base = Some(search.base_offset);
+        }
+        Ok(None)
     }
+
+    /// Where to look for `timestamp_ms`: the first segment after `after_base` with records
+    /// at or after the log start whose largest timestamp reaches it, scanned from the later
+    /// of the two index positions that cannot be past the answer (the time index's, and the
+    /// offset index's for the log start).
+    fn time_search(
+        &self,
+        timestamp_ms: i64,
+        after_base: Option<i64>,
+    ) -> Option<TimeSearch<D::File>> {
+        let state = self.state();
+        let log_start = state.log_start_offset;
+        let segment = state
+            .segments()
+            .filter(|s| after_base.is_none_or(|after| s.base_offset > after))
+            .filter(|s| s.next_offset() > log_start)
+            .find(|s| s.index.max_timestamp() >= timestamp_ms)?;
+        let position = segment.index.position_for_timestamp(timestamp_ms).max(
+            segment
+                .index
+                .position_for_offset(segment.base_offset, log_start),
+        );
+        Some(TimeSearch {
+            file: segment.file.clone(),
+            base_offset: segment.base_offset,
+            position,
+            end: state.segment_end_bytes(segment),
+            log_start,
+        })
+    }
+}
+
+/// One segment's part of a time lookup (see [`PartitionLog::time_search`]).
+struct TimeSearch<F> {
+    file: Rc<F>,
+    base_offset: i64,
+    position: u64,
+    end: u64,
+    log_start: i64,
 }
 
 /// Where a disk read starts and what it may return.
@@ -597,26 +717,66 @@ fn check_stored(
     Ok(bytes)
 }
 
-/// Scans batches from `position` for the first whose maxTimestamp reaches `timestamp_ms`.
+/// Scans batches from `position` for the first record at or after offset `min_offset` whose
+/// timestamp reaches `timestamp_ms` (Kafka's rule: the record, not its batch). A batch whose
+/// maxTimestamp is below it is skipped unread.
 async fn find_by_timestamp<F: DiskFile>(
     file: &F,
     mut position: u64,
     end: u64,
     timestamp_ms: i64,
+    min_offset: i64,
 ) -> std::io::Result<Option<(i64, i64)>> {
     let mut reader = WindowReader::new(file, end, 256 << 10);
     while let Some(header_bytes) = reader.get(position, BATCH_HEADER_BYTES).await? {
         let header = BatchHeader::parse(&header_bytes).expect("61 bytes");
-        if header.max_timestamp >= timestamp_ms {
+        if header.last_offset() >= min_offset && header.max_timestamp >= timestamp_ms {
             let Some(bytes) = reader.get(position, header.total_bytes()).await? else {
                 break;
             };
-            return Ok(Some(match batch::first_at_or_after(&bytes, timestamp_ms) {
-                Some((delta, ts)) => (header.base_offset.saturating_add(i64::from(delta)), ts),
-                None => (header.base_offset, header.max_timestamp),
-            }));
+            let found = match batch::record_timestamps(&bytes) {
+                Some(records) => records
+                    .map(|(delta, ts)| (header.base_offset.saturating_add(i64::from(delta)), ts))
+                    .find(|&(offset, ts)| offset >= min_offset && ts >= timestamp_ms),
+                None => Some((header.base_offset.max(min_offset), header.max_timestamp)),
+            };
+            if found.is_some() {
+                return Ok(found);
+            }
         }
         position += header.total_bytes() as u64;
     }
     Ok(None)
+}
+
+/// The largest record timestamp at or after offset `min_offset` among the batches from
+/// `position`; compressed batches count with their maxTimestamp.
+async fn largest_timestamp_in<F: DiskFile>(
+    file: &F,
+    mut position: u64,
+    end: u64,
+    min_offset: i64,
+) -> std::io::Result<Option<i64>> {
+    let mut reader = WindowReader::new(file, end, 256 << 10);
+    let mut largest = None;
+    while let Some(header_bytes) = reader.get(position, BATCH_HEADER_BYTES).await? {
+        let header = BatchHeader::parse(&header_bytes).expect("61 bytes");
+        if header.last_offset() >= min_offset {
+            let Some(bytes) = reader.get(position, header.total_bytes()).await? else {
+                break;
+            };
+            let batch_largest = match batch::record_timestamps(&bytes) {
+                Some(records) => records
+                    .filter(|&(delta, _)| {
+                        header.base_offset.saturating_add(i64::from(delta)) >= min_offset
+                    })
+                    .map(|(_, ts)| ts)
+                    .max(),
+                None => Some(header.max_timestamp),
+            };
+            largest = largest.max(batch_largest);
+        }
+        position += header.total_bytes() as u64;
+    }
+    Ok(largest)
 }

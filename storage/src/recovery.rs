@@ -431,7 +431,7 @@ async fn assemble_state<F: DiskFile>(
         .read_at(tail_start, (segment_bytes - tail_start) as usize)
         .await
         .map_err(io_error("reading the tail page"))?;
-    let appender = Appender::new(file, segment_bytes, &tail_page, config.write_chunk_bytes);
+    let appender = Appender::new(segment_bytes, &tail_page, config.write_chunk_bytes);
     let first_base = sealed.keys().next().copied().unwrap_or(active.base_offset);
     let remembered_start = marker
         .or(checkpoint)

@@ -1,6 +1,13 @@
 //! Fetch: read whole batches from each partition's owner; when fewer than `min_bytes` are
 //! available, park until an append on any requested partition wakes us or `max_wait_ms`
 //! passes (no polling loop: every wait is on the partition's own wake-up).
+//!
+//! Memory: each round first asks every partition's offsets without reading (`max_bytes`
+//! 0), then reads only the partitions with data under a reservation of the shard's fetch
+//! budget (`Limits::shard_fetch_bytes_max`) sized to those reads, and keeps only the bytes
+//! read until the response is assembled. An idle long poll reserves nothing, and a round
+//! never reserves the client's whole `max_bytes` (librdkafka and the Java client ask for
+//! 50 MiB) for a response of a few hundred bytes.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -9,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures::future::{join_all, select, select_all, Either};
 use futures::FutureExt;
+use glommio::sync::Semaphore;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
@@ -42,12 +50,9 @@ pub async fn handle(
     let snapshot = shard.metadata();
     let (wanted, mut topics) = resolve(&snapshot, request, response_bytes_max);
     loop {
-        let reserved = shard
-            .fetch_budget
-            .acquire_static_permit(response_bytes_max as u64)
-            .await
-            .expect("the fetch budget is never closed");
-        let outcomes = join_all(wanted.iter().map(|wanted| fetch_one(shard, wanted))).await;
+        let mut outcomes = join_all(wanted.iter().map(|wanted| fetch_one(shard, wanted, 0))).await;
+        let (reserved, unread_data) =
+            read_with_budget(shard, &wanted, &mut outcomes, response_bytes_max).await;
         let available: usize = outcomes
             .iter()
             .flat_map(|outcome| &outcome.batches)
@@ -65,6 +70,7 @@ pub async fn handle(
         let now = Instant::now();
         if available >= min_bytes
             || any_error
+            || unread_data
             || now >= deadline
             || shard.is_shutting_down()
             || wanted.is_empty()
@@ -112,7 +118,99 @@ fn resolve(
     (wanted, topics)
 }
 
-async fn fetch_one(shard: &Shard, wanted: &Wanted) -> FetchOutcome {
+/// Reads the partitions whose probe (`outcomes`, offsets only) shows data, in request order,
+/// each up to its partition `max_bytes` and all together up to `response_bytes_max`, and
+/// puts what they read in `outcomes`. The reads hold a reservation of the shard's fetch
+/// budget for that many bytes, acquired before any is sent; once they are done it shrinks
+/// to the bytes read and is returned to be held until the response is assembled. Waiting
+/// for the budget holds none of it, so fetches cannot deadlock on it. `true` with it when
+/// a partition with data was left unread because the response was full.
+async fn read_with_budget(
+    shard: &Shard,
+    wanted: &[Wanted],
+    outcomes: &mut [FetchOutcome],
+    response_bytes_max: usize,
+) -> (Reservation, bool) {
+    let mut bytes_left = response_bytes_max;
+    let mut reads = Vec::new();
+    let mut unread_data = false;
+    for (index, (wanted, probe)) in wanted.iter().zip(outcomes.iter()).enumerate() {
+        // Any offset but the high watermark goes to the read, which also decides the
+        // out-of-range cases.
+        if probe.error_code != codes::NONE || probe.high_watermark == wanted.offset {
+            continue;
+        }
+        if bytes_left == 0 {
+            unread_data = true;
+            continue;
+        }
+        let max_bytes = wanted.max_bytes.min(bytes_left);
+        bytes_left -= max_bytes;
+        reads.push((index, max_bytes));
+    }
+    let mut reservation =
+        Reservation::acquire(shard, (response_bytes_max - bytes_left) as u64).await;
+    let read = join_all(
+        reads
+            .iter()
+            .map(|&(index, max_bytes)| fetch_one(shard, &wanted[index], max_bytes)),
+    )
+    .await;
+    let mut read_bytes = 0;
+    for ((index, _), outcome) in reads.into_iter().zip(read) {
+        read_bytes += outcome.batches.iter().map(Bytes::len).sum::<usize>();
+        outcomes[index] = outcome;
+    }
+    // A read returns its first batch whatever its size, so it can exceed its share by less
+    // than one batch (`message.max.bytes`); that excess is not reserved.
+    reservation.shrink_to(read_bytes as u64);
+    (reservation, unread_data)
+}
+
+/// Bytes of the shard's fetch budget held by one fetch round, given back when dropped.
+struct Reservation {
+    budget: Rc<Semaphore>,
+    bytes: u64,
+}
+
+impl Reservation {
+    async fn acquire(shard: &Shard, bytes: u64) -> Self {
+        if bytes > 0 {
+            shard
+                .fetch_budget
+                .acquire(bytes)
+                .await
+                .expect("the fetch budget is never closed");
+            let budget_bytes = shard.config.limits.shard_fetch_bytes_max as u64;
+            shard
+                .metrics
+                .fetch_budget_reserved(budget_bytes - shard.fetch_budget.available());
+        }
+        Self {
+            budget: shard.fetch_budget.clone(),
+            bytes,
+        }
+    }
+
+    /// Gives back what is held beyond `bytes`.
+    fn shrink_to(&mut self, bytes: u64) {
+        if bytes < self.bytes {
+            self.budget.signal(self.bytes - bytes);
+            self.bytes = bytes;
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.budget.signal(self.bytes);
+        }
+    }
+}
+
+/// Fetches one partition from its owner; `max_bytes` 0 answers its offsets and reads nothing.
+async fn fetch_one(shard: &Shard, wanted: &Wanted, max_bytes: usize) -> FetchOutcome {
     let missing = FetchOutcome {
         error_code: codes::UNKNOWN_TOPIC_OR_PARTITION,
         high_watermark: -1,
@@ -125,7 +223,7 @@ async fn fetch_one(shard: &Shard, wanted: &Wanted) -> FetchOutcome {
     let call = PartitionCall::Fetch {
         tp: tp.clone(),
         offset: wanted.offset,
-        max_bytes: wanted.max_bytes,
+        max_bytes,
     };
     match shard.partition_call(*owner, call).await {
         Some(PartitionReply::Fetch(outcome)) => outcome,
@@ -139,7 +237,10 @@ async fn fetch_one(shard: &Shard, wanted: &Wanted) -> FetchOutcome {
 
 /// Parks until any wanted partition's high watermark passes what the last round saw (and
 /// its fetch offset), `wait` passes, or shutdown starts. The waits that lose the race are
-/// dropped; remote ones end on their own timer at the owner.
+/// dropped, remote ones included (the router cancels them at their owner). A wait its
+/// owner refuses (it has `Limits::shard_fetch_waits_parked_max` parked) never wakes us:
+/// that partition's data is then returned at `wait`, or when another partition wakes us;
+/// answering at once would make the client poll again at once, and spin.
 async fn wait_for_any_append(
     shard: &Shard,
     wanted: &[Wanted],
@@ -161,7 +262,11 @@ async fn wait_for_any_append(
                             wait,
                         },
                     )
-                    .map(|_| ())
+                    .then(|reply| async move {
+                        if let Some(PartitionReply::WaitRefused) = reply {
+                            futures::future::pending::<()>().await;
+                        }
+                    })
                     .boxed_local(),
             )
         })

@@ -32,6 +32,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use bytes::Bytes;
+use futures::future::LocalBoxFuture;
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
@@ -47,6 +48,10 @@ pub struct RequestContext {
     pub correlation_id: i32,
     pub client_id: Option<String>,
     pub peer: SocketAddr,
+    /// The connection, unique in the process (the shard's id in the top 16 bits).
+    pub connection_id: u64,
+    /// The request's place in its connection: 0, 1, 2, ... in arrival order.
+    pub request_sequence: u64,
 }
 
 macro_rules! served_apis {
@@ -68,7 +73,7 @@ macro_rules! served_apis {
         /// Runs the handler and encodes its response frame; `None` when the request wants no
         /// response (Produce with acks=0).
         pub async fn handle(shard: Rc<Shard>, context: RequestContext, request: Request) -> Result<Option<Bytes>, CodecError> {
-            tracing::trace!(peer = %context.peer, client_id = ?context.client_id, api = ?context.api_key, version = context.api_version, "request");
+            trace_request(&context);
             let started = std::time::Instant::now();
             let wants_response = !matches!(&request, Request::Produce(produce) if produce.acks == 0);
             let (frame, error_code) = match request {
@@ -77,10 +82,7 @@ macro_rules! served_apis {
                     (encode(&context, &response)?, response.error_code())
                 })*
             };
-            let response = wants_response.then_some(frame);
-            let response_bytes = response.as_ref().map_or(0, Bytes::len);
-            shard.metrics.request_answered(context.api_key, error_code, started.elapsed(), response_bytes);
-            Ok(response)
+            Ok(answered(&shard, &context, started, wants_response.then_some(frame), error_code))
         }
     };
 }
@@ -111,6 +113,53 @@ served_apis! {
     IncrementalAlterConfigs => incremental_alter_configs::IncrementalAlterConfigsRequest,
     DescribeCluster => describe_cluster::DescribeClusterRequest,
     InitProducerId => init_producer_id::InitProducerIdRequest,
+}
+
+/// Starts a request. What must happen in the connection's request order happens here,
+/// before this returns and the connection starts its next request: Produce's pieces take
+/// their places at their partitions (`produce::dispatch`). The rest of every request runs
+/// in the returned future, concurrently with the requests after it.
+pub fn start(
+    shard: Rc<Shard>,
+    context: RequestContext,
+    request: Request,
+) -> LocalBoxFuture<'static, Result<Option<Bytes>, CodecError>> {
+    let Request::Produce(request) = request else {
+        return Box::pin(handle(shard, context, request));
+    };
+    trace_request(&context);
+    let started = std::time::Instant::now();
+    let wants_response = request.acks != 0;
+    let response = produce::dispatch(&shard, &context, request);
+    Box::pin(async move {
+        let response = response.await;
+        let frame = encode(&context, &response)?;
+        let error_code = response.error_code();
+        let frame = wants_response.then_some(frame);
+        Ok(answered(&shard, &context, started, frame, error_code))
+    })
+}
+
+fn trace_request(context: &RequestContext) {
+    tracing::trace!(peer = %context.peer, client_id = ?context.client_id, api = ?context.api_key, version = context.api_version, "request");
+}
+
+/// Counts the answered request; passes its response frame through.
+fn answered(
+    shard: &Shard,
+    context: &RequestContext,
+    started: std::time::Instant,
+    response: Option<Bytes>,
+    error_code: i16,
+) -> Option<Bytes> {
+    let response_bytes = response.as_ref().map_or(0, Bytes::len);
+    shard.metrics.request_answered(
+        context.api_key,
+        error_code,
+        started.elapsed(),
+        response_bytes,
+    );
+    response
 }
 
 fn encode<M: Encodable>(context: &RequestContext, response: &M) -> Result<Bytes, CodecError> {

@@ -1,19 +1,27 @@
 //! Produce: split per partition, send each piece to its owning shard, answer when the acks
 //! condition holds there. A missing partition or a bad batch is a per-partition error code.
+//!
+//! Two stages, as in Redpanda: [`dispatch`] runs synchronously while the connection starts
+//! the request, and puts every piece in its partition's append line (locally, or in order
+//! over the mesh); the returned future waits for the acks. The connection dispatches its
+//! requests one after the other, so a client's pipelined requests are appended to each
+//! partition in request order, while their acks waits overlap.
 
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::{join_all, select, Either};
+use futures::future::{join_all, ready, select, Either, LocalBoxFuture};
+use glommio::task::JoinHandle;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 
 use super::RequestContext;
 use crate::error_codes as codes;
 use crate::metadata::{MetadataSnapshot, TopicPartition};
-use crate::partition::{PartitionCall, PartitionReply};
+use crate::partition::{PartitionCall, PartitionReply, ProduceOrigin};
 use crate::recompress::apply_codec_rules;
 use crate::records::split_batches;
 use crate::shard::Shard;
@@ -23,11 +31,25 @@ pub async fn handle(
     context: &RequestContext,
     request: ProduceRequest,
 ) -> ProduceResponse {
+    dispatch(shard, context, request).await
+}
+
+/// Stage one, synchronous: every piece of the request takes its place at its partition
+/// before this returns. The future it returns is stage two: the pieces' answers.
+pub fn dispatch(
+    shard: &Rc<Shard>,
+    context: &RequestContext,
+    request: ProduceRequest,
+) -> impl Future<Output = ProduceResponse> + 'static {
     let snapshot = shard.metadata();
     let rules = PieceRules {
         version: context.api_version,
         acks: request.acks,
         timeout: Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0).max(1)),
+        origin: ProduceOrigin {
+            connection_id: context.connection_id,
+            request_sequence: context.request_sequence,
+        },
     };
     let mut responses = Vec::with_capacity(request.topic_data.len());
     let mut pieces = Vec::new();
@@ -39,18 +61,18 @@ pub async fn handle(
                 partition: partition.index,
                 records: partition.records.unwrap_or_default(),
             };
-            pieces.push(produce_partition(shard, &snapshot, piece, rules));
+            pieces.push(dispatch_piece(shard, &snapshot, piece, rules));
         }
         responses.push(TopicProduceResponse::default().with_name(topic.name));
     }
-    // join_all polls every piece once, in request order, before any completes: pipelined
-    // produce requests reach each partition's log in the order they arrived.
-    for (topic_index, partition_response) in join_all(pieces).await {
-        responses[topic_index]
-            .partition_responses
-            .push(partition_response);
+    async move {
+        for (topic_index, partition_response) in join_all(pieces).await {
+            responses[topic_index]
+                .partition_responses
+                .push(partition_response);
+        }
+        ProduceResponse::default().with_responses(responses)
     }
-    ProduceResponse::default().with_responses(responses)
 }
 
 /// One partition's share of a produce request.
@@ -69,21 +91,25 @@ struct PieceRules {
     acks: i16,
     /// The request's `timeout_ms`: how long the client is willing to wait for its acks.
     timeout: Duration,
+    origin: ProduceOrigin,
 }
 
-async fn produce_partition(
+type PieceAnswer = (usize, PartitionProduceResponse);
+
+/// Checks what can be checked here and dispatches the piece to its partition's owner.
+fn dispatch_piece(
     shard: &Rc<Shard>,
     snapshot: &Arc<MetadataSnapshot>,
     piece: Piece,
     rules: PieceRules,
-) -> (usize, PartitionProduceResponse) {
+) -> LocalBoxFuture<'static, PieceAnswer> {
     let Piece {
         topic_index,
         topic,
         partition,
         records,
     } = piece;
-    let answer = |error_code, base_offset, log_start_offset| {
+    let answer = move |error_code, base_offset, log_start_offset| {
         let response = PartitionProduceResponse::default()
             .with_index(partition)
             .with_error_code(error_code)
@@ -91,27 +117,30 @@ async fn produce_partition(
             .with_log_start_offset(log_start_offset);
         (topic_index, response)
     };
+    let refuse = |error_code| -> LocalBoxFuture<'static, PieceAnswer> {
+        Box::pin(ready(answer(error_code, -1, -1)))
+    };
     if !matches!(rules.acks, -1..=1) {
-        return answer(codes::INVALID_REQUIRED_ACKS, -1, -1);
+        return refuse(codes::INVALID_REQUIRED_ACKS);
     }
     // Only the group coordinator writes the offsets topic, as in Kafka.
     if topic.0.as_str() == crate::groups::OFFSETS_TOPIC {
-        return answer(codes::INVALID_TOPIC_EXCEPTION, -1, -1);
+        return refuse(codes::INVALID_TOPIC_EXCEPTION);
     }
     let (Some(topic_metadata), Some(owner)) = (
         snapshot.topic(topic.0.as_str()),
         snapshot.owner_of(topic.0.as_str(), partition),
     ) else {
-        return answer(codes::UNKNOWN_TOPIC_OR_PARTITION, -1, -1);
+        return refuse(codes::UNKNOWN_TOPIC_OR_PARTITION);
     };
     let batches = match split_batches(&records, topic_metadata.config.max_message_bytes as usize) {
         Ok(batches) => batches,
-        Err(error_code) => return answer(error_code, -1, -1),
+        Err(error_code) => return refuse(error_code),
     };
     let batches = match apply_codec_rules(batches, rules.version, topic_metadata.config.compression)
     {
         Ok(batches) => batches,
-        Err(error_code) => return answer(error_code, -1, -1),
+        Err(error_code) => return refuse(error_code),
     };
     let tp = TopicPartition {
         topic: topic_metadata.name.clone(),
@@ -121,34 +150,34 @@ async fn produce_partition(
         tp,
         batches,
         acks: rules.acks,
+        origin: rules.origin,
     };
-    match append_within(shard, owner, call, rules.timeout).await {
-        Ok(Some(PartitionReply::Produce(outcome))) => answer(
-            outcome.error_code,
-            outcome.base_offset,
-            outcome.log_start_offset,
-        ),
-        Ok(Some(other)) => panic!("produce answered with {other:?}"),
-        Ok(None) => answer(codes::NOT_LEADER_OR_FOLLOWER, -1, -1),
-        Err(TimedOut) => answer(codes::REQUEST_TIMED_OUT, -1, -1),
-    }
+    // Its own task, so the append is never cancelled half-way (a dropped future could stop
+    // between batches): on timeout it carries on, and the client hears `REQUEST_TIMED_OUT`,
+    // as from Kafka when acks take too long. Its place at the partition was taken by the
+    // dispatch, so when the task first runs does not matter.
+    let appending = glommio::spawn_local(shard.dispatch_partition_call(owner, call)).detach();
+    Box::pin(async move {
+        match within(appending, rules.timeout).await {
+            Ok(Some(PartitionReply::Produce(outcome))) => answer(
+                outcome.error_code,
+                outcome.base_offset,
+                outcome.log_start_offset,
+            ),
+            Ok(Some(other)) => panic!("produce answered with {other:?}"),
+            Ok(None) => answer(codes::NOT_LEADER_OR_FOLLOWER, -1, -1),
+            Err(TimedOut) => answer(codes::REQUEST_TIMED_OUT, -1, -1),
+        }
+    })
 }
 
 struct TimedOut;
 
-/// Runs the append as its own task and waits at most `timeout` for its acks. The append is
-/// never cancelled half-way (a dropped future could stop between batches): on timeout it
-/// carries on, and the client hears `REQUEST_TIMED_OUT`, as from Kafka when acks take too
-/// long. Spawned tasks start in spawn order, so request order per partition is kept.
-async fn append_within(
-    shard: &Rc<Shard>,
-    owner: usize,
-    call: PartitionCall,
+/// Waits at most `timeout` for the append task's answer (its acks).
+async fn within(
+    appending: JoinHandle<Option<PartitionReply>>,
     timeout: Duration,
 ) -> Result<Option<PartitionReply>, TimedOut> {
-    let shard = shard.clone();
-    let appending =
-        glommio::spawn_local(async move { shard.partition_call(owner, call).await }).detach();
     match select(appending, std::pin::pin!(glommio::timer::sleep(timeout))).await {
         Either::Left((reply, _)) => Ok(reply.flatten()),
         Either::Right(_) => Err(TimedOut),

@@ -223,7 +223,41 @@ impl Scrape {
             });
             counters(encoder, name, help, series)?;
         }
-        Ok(())
+        self.encode_fetch(encoder)
+    }
+
+    fn encode_fetch(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let per_shard = |value: fn(&ShardSnapshot) -> u64| {
+            self.shards
+                .iter()
+                .map(move |shard| (Self::shard_label(shard), value(shard) as i64))
+        };
+        gauges(
+            encoder,
+            "ringfeed_fetch_budget_reserved_bytes",
+            "Bytes of the shard's fetch budget reserved by fetches reading now.",
+            per_shard(|shard| shard.fetch_budget_reserved_bytes),
+        )?;
+        gauges(
+            encoder,
+            "ringfeed_fetch_budget_reserved_bytes_peak",
+            "The most bytes of the shard's fetch budget reserved at once since start.",
+            per_shard(|shard| shard.fetch_budget_reserved_bytes_peak),
+        )?;
+        gauges(
+            encoder,
+            "ringfeed_fetch_waits_parked",
+            "Fetch long-poll waits parked on the shard's partitions (its own fetches' and other shards').",
+            per_shard(|shard| shard.fetch_waits_parked),
+        )?;
+        counters(
+            encoder,
+            "ringfeed_fetch_waits_refused",
+            "Fetch long-poll waits refused because the shard had its maximum parked.",
+            self.shards
+                .iter()
+                .map(|shard| (Self::shard_label(shard), shard.fetch_waits_refused)),
+        )
     }
 
     /// Every online partition, by topic and partition, at most `partition_series_max`.

@@ -125,6 +125,8 @@ pub struct ShardMetrics {
     fdatasync_latency: Rc<RefCell<LatencyHistogram>>,
     connections_open: Cell<u64>,
     connections_accepted: Cell<u64>,
+    /// The most fetch-budget bytes reserved at once since start (`fetch_budget_reserved`).
+    fetch_budget_reserved_bytes_peak: Cell<u64>,
 }
 
 impl Default for ShardMetrics {
@@ -139,6 +141,7 @@ impl Default for ShardMetrics {
             fdatasync_latency: Rc::default(),
             connections_open: Cell::new(0),
             connections_accepted: Cell::new(0),
+            fetch_budget_reserved_bytes_peak: Cell::new(0),
         }
     }
 }
@@ -191,6 +194,13 @@ impl ShardMetrics {
         OpenConnection {
             metrics: self.clone(),
         }
+    }
+
+    /// A fetch has just reserved budget: `reserved_bytes` of the shard's fetch budget are
+    /// now reserved in all. Keeps the peak, which a scrape between two tasks would miss.
+    pub fn fetch_budget_reserved(&self, reserved_bytes: u64) {
+        let peak = &self.fetch_budget_reserved_bytes_peak;
+        peak.set(peak.get().max(reserved_bytes));
     }
 
     /// What every partition log of this shard reports its fdatasync latencies to.

@@ -69,6 +69,13 @@ pub struct ShardSnapshot {
     pub committed_offsets: Vec<CommittedOffsetSnapshot>,
     pub committed_offsets_total: u64,
     pub cross_shard: CrossShardCounts,
+    /// Bytes of the shard's fetch budget reserved now, and the most reserved at once.
+    pub fetch_budget_reserved_bytes: u64,
+    pub fetch_budget_reserved_bytes_peak: u64,
+    /// Long-poll waits parked on the shard's partitions now (local and other shards' fetches).
+    pub fetch_waits_parked: u64,
+    /// Waits answered at once because `Limits::shard_fetch_waits_parked_max` were parked.
+    pub fetch_waits_refused: u64,
 }
 
 /// Answers scrape requests until the admin thread drops its sender (it never does while
@@ -126,6 +133,11 @@ pub fn collect(shard: &Shard, committed_offsets_max: usize) -> ShardSnapshot {
         committed_offsets,
         committed_offsets_total: committed_offsets_total as u64,
         cross_shard: shard.cross_shard_counts(),
+        fetch_budget_reserved_bytes: shard.config.limits.shard_fetch_bytes_max as u64
+            - shard.fetch_budget.available(),
+        fetch_budget_reserved_bytes_peak: metrics.fetch_budget_reserved_bytes_peak.get(),
+        fetch_waits_parked: shard.partitions.parked_waits().parked() as u64,
+        fetch_waits_refused: shard.partitions.parked_waits().refused(),
     }
 }
 

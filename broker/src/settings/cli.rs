@@ -75,6 +75,7 @@ fn value_name(setting: &Setting) -> &'static str {
         Kind::Listener { .. } | Kind::ListenerOrOff => "HOST:PORT",
         Kind::Path => "DIR",
         Kind::CpuList => "CPUS",
+        Kind::OneOf(_) => "WORD",
     }
 }
 

@@ -2,6 +2,7 @@
 //! module for how keys become flags and environment variables.
 
 use super::{Kind, Setting};
+use crate::logging::LogFormat;
 use crate::topic_config::FLUSH_POLICY_KEY;
 
 const fn integer(min: i64, max: i64) -> Kind {
@@ -263,6 +264,15 @@ pub static SETTINGS: &[Setting] = &[
          time at start).",
     ),
     row(
+        "ringfeed.fetch.waits.parked.max",
+        "10000",
+        // `Limits::shard_fetch_waits_parked_max` has the arithmetic.
+        integer(1, INT_MAX),
+        "Fetch long-poll waits parked on one shard's partitions at once (per shard). Past it \
+         a wait is refused, counted and logged, and that partition's data reaches the fetch \
+         at its max_wait_ms instead of at once.",
+    ),
+    row(
         "ringfeed.admin.listen",
         "127.0.0.1:9644",
         Kind::ListenerOrOff,
@@ -274,5 +284,13 @@ pub static SETTINGS: &[Setting] = &[
         Kind::LogFilter,
         "Log filter at start: error, warn, info, debug, trace, or a tracing filter such as \
          ringfeed_broker=debug,info. The RUST_LOG environment variable, when set, wins.",
+    ),
+    row(
+        "ringfeed.log.format",
+        "text",
+        Kind::OneOf(LogFormat::NAMES),
+        "How log lines are written to stderr: text, or json (one JSON object per line with \
+         timestamp, level, message, the event's fields and target, for log pipelines). Text \
+         is coloured only when stderr is a terminal and NO_COLOR is not set.",
     ),
 ];

@@ -1,5 +1,6 @@
 //! Guards the settings table: precedence flag > env > file > default, refusal of unknown keys
-//! and bad values naming the key and its source, and that flags, variables, defaults, docs
+//! and bad values naming the key and its source, a warning (not a refusal) for an unknown
+//! `RINGFEED_*` variable naming the nearest setting, and that flags, variables, defaults, docs
 //! and the topic defaults cannot drift from the table.
 
 use std::collections::BTreeSet;
@@ -94,8 +95,84 @@ fn unknown_keys_are_refused_naming_the_key_and_where_it_came_from() {
         error.contains("did you mean \"log.retention.bytes\""),
         "{error}"
     );
-    assert!(error.contains("RINGFEED_NO_SUCH_THING"), "{error}");
+    // Unknown variables are warnings (next test), not part of the refusal.
+    assert!(!error.contains("RINGFEED_NO_SUCH_THING"), "{error}");
     assert!(!error.contains("RINGFEED_BIN"), "{error}");
+}
+
+#[test]
+fn unknown_environment_variables_warn_naming_the_nearest_setting() {
+    // A wrapper's own variables, a typo of a setting's, and the ones our tools export.
+    let effective = Effective::resolve(&Inputs {
+        env: env(&[
+            ("RINGFEED_PID", "4242"),
+            ("RINGFEED_LOG", "/var/log/ringfeed.log"),
+            ("RINGFEED_LOG_RETENTON_MS", "1000"),
+            ("RINGFEED_BIN", "/x"),
+            ("RINGFEED_CONFIG", ""),
+            ("RINGFEED_NUM_PARTITIONS", "3"),
+            ("PATH", "/bin"),
+        ]),
+        ..Inputs::default()
+    })
+    .expect("unknown variables do not stop the start");
+    assert_eq!(effective.text("num.partitions"), "3");
+    let warnings = effective.warnings();
+    assert_eq!(warnings.len(), 3, "{warnings:#?}");
+    for (warning, name) in
+        warnings
+            .iter()
+            .zip(["RINGFEED_PID", "RINGFEED_LOG", "RINGFEED_LOG_RETENTON_MS"])
+    {
+        assert!(
+            warning.starts_with(&format!("ignoring environment variable {name}: ")),
+            "{warning}"
+        );
+        assert!(!warning.contains('\n'), "one line: {warning}");
+    }
+    assert!(
+        warnings[2].contains("nearest: RINGFEED_LOG_RETENTION_MS for log.retention.ms"),
+        "{}",
+        warnings[2]
+    );
+    // The nearest by edit distance, whatever it is, is a real setting's variable.
+    for warning in warnings {
+        let nearest = warning
+            .split("nearest: ")
+            .nth(1)
+            .expect("names the nearest");
+        let variable = nearest.split(' ').next().expect("a name");
+        assert!(
+            SETTINGS
+                .iter()
+                .any(|setting| setting.env_name() == variable),
+            "{warning}"
+        );
+    }
+    // A known variable with a bad value is still refused.
+    let error = Effective::resolve(&Inputs {
+        env: env(&[("RINGFEED_PID", "1"), ("RINGFEED_SHARDS", "many")]),
+        ..Inputs::default()
+    })
+    .unwrap_err();
+    assert!(error.contains("env RINGFEED_SHARDS"), "{error}");
+}
+
+#[test]
+fn edit_distance_counts_single_byte_edits() {
+    for (from, to, distance) in [
+        ("", "", 0),
+        ("", "abc", 3),
+        ("abc", "abc", 0),
+        ("abc", "abd", 1),
+        ("abc", "ab", 1),
+        ("ab", "abc", 1),
+        ("kitten", "sitting", 3),
+        ("RINGFEED_LOG", "RINGFEED_LOG_DIRS", 5),
+    ] {
+        assert_eq!(edit_distance(from, to), distance, "{from} -> {to}");
+        assert_eq!(edit_distance(to, from), distance, "{to} -> {from}");
+    }
 }
 
 #[test]
