@@ -276,6 +276,7 @@ def test_list_and_describe_show_members_and_assignments_then_delete(group_broker
 
 def test_kafka_python_admin_lists_and_describes(group_broker):
     from kafka.admin import KafkaAdminClient
+    create_topic(group_broker.bootstrap, "orders", 1)  # offsets are committed for existing partitions only
     consumer = Consumer({"bootstrap.servers": group_broker.bootstrap, "group.id": "kp-admin"})
     consumer.commit(offsets=[TopicPartition("orders", 0, 5)], asynchronous=False)
     consumer.close()
@@ -309,6 +310,8 @@ def test_clients_cannot_write_the_offsets_topic(group_broker):
 
 def test_offset_delete_removes_only_unsubscribed_topics(group_broker):
     bootstrap = group_broker.bootstrap
+    create_topic(bootstrap, "old", 2)
+    create_topic(bootstrap, "kept", 1)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "trimmed"})
     consumer.commit(offsets=[TopicPartition("old", 0, 7), TopicPartition("old", 1, 8), TopicPartition("kept", 0, 9)],
                     asynchronous=False)
@@ -404,6 +407,7 @@ def java_partition(group, partitions):
 
 def test_offsets_log_is_checkpointed_and_trimmed_and_replays_to_the_latest_commits(start_broker):
     broker = start_broker(shards=2, extra_args=[*FAST_GROUPS, "--offsets-checkpoint-records", "20"])
+    create_topic(broker.bootstrap, "orders", 3)
     consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "ckpt"})
     for round_ in range(60):
         consumer.commit(offsets=[TopicPartition("orders", p, round_ * 10 + p) for p in range(3)], asynchronous=False)

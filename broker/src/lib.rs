@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod partition;
 pub mod preflight;
 pub mod producer_state;
+pub mod recompress;
 pub mod records;
 pub mod registry;
 pub mod request_decode;

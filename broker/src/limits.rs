@@ -73,6 +73,10 @@ pub struct Limits {
     /// `group.initial.rebalance.delay.ms`: the first rebalance of an empty group waits this
     /// long for more members, so consumers started together share one generation.
     pub group_initial_rebalance_delay: Duration,
+    /// `group.min.session.timeout.ms` / `group.max.session.timeout.ms`: the session timeouts
+    /// `JoinGroup` accepts (others are answered `INVALID_SESSION_TIMEOUT`).
+    pub group_session_timeout_min: Duration,
+    pub group_session_timeout_max: Duration,
     /// `offsets.retention.minutes`: committed offsets of a group without members are
     /// deleted this long after it became empty (or after the commit, for simple consumers).
     pub offsets_retention: Duration,
@@ -122,6 +126,8 @@ impl Default for Limits {
             mesh_channel_slots: 1024,
             retention_check_interval: Duration::from_secs(300),
             group_initial_rebalance_delay: Duration::from_secs(3),
+            group_session_timeout_min: Duration::from_secs(6),
+            group_session_timeout_max: Duration::from_secs(30 * 60),
             offsets_retention: Duration::from_secs(7 * 24 * 60 * 60),
             offsets_checkpoint_records: 100_000,
             segment_preallocate_bytes: 32 * 1024 * 1024,
@@ -160,6 +166,13 @@ impl Limits {
         }
         if self.connection_idle_max.is_zero() || self.request_read_timeout.is_zero() {
             return Err("the idle and request read timeouts must be above zero".into());
+        }
+        if self.group_session_timeout_min > self.group_session_timeout_max {
+            return Err(format!(
+                "group.min.session.timeout.ms ({} ms) must not exceed group.max.session.timeout.ms ({} ms)",
+                self.group_session_timeout_min.as_millis(),
+                self.group_session_timeout_max.as_millis()
+            ));
         }
         if self.request_frame_bytes_max < 64 {
             return Err("the maximum request frame must be at least 64 bytes".into());

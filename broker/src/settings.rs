@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::limits::Limits;
+use crate::recompress::CompressionType;
 use crate::server::ServeOptions;
 use crate::topic_config::{self, TopicConfig};
 
@@ -473,6 +474,8 @@ impl Effective {
             max_message_bytes: self.integer("message.max.bytes"),
             flush_policy: self.text("ringfeed.log.flush.policy").to_string(),
             flush_ms: self.integer("log.flush.interval.ms"),
+            compression: CompressionType::parse(self.text("compression.type"))
+                .expect("validated against the same names"),
             segment_preallocate_bytes: self.unsigned("ringfeed.segment.preallocate.bytes"),
         }
     }
@@ -493,6 +496,12 @@ impl Effective {
             ),
             group_initial_rebalance_delay: Duration::from_millis(
                 self.unsigned("group.initial.rebalance.delay.ms"),
+            ),
+            group_session_timeout_min: Duration::from_millis(
+                self.unsigned("group.min.session.timeout.ms"),
+            ),
+            group_session_timeout_max: Duration::from_millis(
+                self.unsigned("group.max.session.timeout.ms"),
             ),
             offsets_retention: Duration::from_secs(self.unsigned("offsets.retention.minutes") * 60),
             offsets_checkpoint_records: self.unsigned("ringfeed.offsets.checkpoint.records")

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::recompress::CompressionType;
 use crate::storage::{FlushPolicy, LogConfig};
 
 /// Key of Ringfeed's own per-topic flush policy: `always` (fdatasync after every append),
@@ -11,8 +12,9 @@ use crate::storage::{FlushPolicy, LogConfig};
 pub const FLUSH_POLICY_KEY: &str = "ringfeed.flush.policy";
 
 /// The keys a topic may override, in the order `DescribeConfigs` lists them.
-pub const TOPIC_CONFIG_KEYS: [&str; 8] = [
+pub const TOPIC_CONFIG_KEYS: [&str; 9] = [
     "cleanup.policy",
+    "compression.type",
     "flush.ms",
     "max.message.bytes",
     "retention.bytes",
@@ -32,6 +34,8 @@ pub struct TopicConfig {
     pub max_message_bytes: i64,
     pub flush_policy: String,
     pub flush_ms: i64,
+    /// `compression.type`: the codec batches are stored in (`recompress`).
+    pub compression: CompressionType,
     /// Broker-wide, not a topic key: see `Limits::segment_preallocate_bytes`.
     pub segment_preallocate_bytes: u64,
 }
@@ -57,6 +61,10 @@ impl TopicConfig {
                 .cloned()
                 .unwrap_or_else(|| defaults.flush_policy.clone()),
             flush_ms: long("flush.ms", defaults.flush_ms),
+            compression: overrides
+                .get("compression.type")
+                .and_then(|name| CompressionType::parse(name))
+                .unwrap_or(defaults.compression),
             segment_preallocate_bytes: defaults.segment_preallocate_bytes,
         }
     }
@@ -65,6 +73,7 @@ impl TopicConfig {
     pub fn value_of(&self, key: &str) -> Option<String> {
         Some(match key {
             "cleanup.policy" => "delete".into(),
+            "compression.type" => self.compression.name().into(),
             "flush.ms" => self.flush_ms.to_string(),
             "max.message.bytes" => self.max_message_bytes.to_string(),
             "retention.bytes" => self.retention_bytes.to_string(),
@@ -108,6 +117,7 @@ fn accepts(key: &str) -> Option<Accepts> {
     let at_least = |min| Accepts::Number { min, max: i64::MAX };
     Some(match key {
         "cleanup.policy" => Accepts::OneOf(&["delete"]),
+        "compression.type" => Accepts::OneOf(&CompressionType::NAMES),
         "retention.ms" | "retention.bytes" => at_least(-1),
         "segment.bytes" => at_least(1024 * 1024),
         "segment.ms" => at_least(1),
@@ -207,5 +217,10 @@ mod tests {
         assert!(validate_override("max.message.bytes", "2147483648").is_err());
         assert!(validate_override("max.message.bytes", "2147483647").is_ok());
         assert!(validate_override("cleanup.policy", "delete").is_ok());
+        for codec in ["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"] {
+            assert!(validate_override("compression.type", codec).is_ok());
+        }
+        assert!(validate_override("compression.type", "none").is_err());
+        assert!(validate_override("compression.type", "LZ4").is_err());
     }
 }

@@ -170,7 +170,7 @@ pub fn validate(batch: &[u8], batch_bytes_max: usize) -> Result<BatchHeader, Bat
 
 /// Walks uncompressed records: each length must fit, each offsetDelta must be its index,
 /// and the records must fill the batch exactly.
-fn check_uncompressed_records(mut records: &[u8], record_count: i32) -> Result<(), BatchError> {
+pub fn check_uncompressed_records(mut records: &[u8], record_count: i32) -> Result<(), BatchError> {
     for index in 0..record_count {
         let invalid = |what: &str| BatchError::InvalidRecord(format!("record {index}: {what}"));
         let length = read_varint(&mut records).ok_or_else(|| invalid("bad length varint"))?;

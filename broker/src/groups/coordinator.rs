@@ -34,10 +34,6 @@ const TICK: Duration = Duration::from_millis(100);
 /// Bytes read per step while replaying a partition of the offsets log.
 const REPLAY_READ_BYTES: usize = 1 << 20;
 
-/// Kafka's `group.min.session.timeout.ms` and `group.max.session.timeout.ms`.
-const SESSION_TIMEOUT_MIN: Duration = Duration::from_secs(6);
-const SESSION_TIMEOUT_MAX: Duration = Duration::from_secs(30 * 60);
-
 /// What the coordinator applies, from the broker's limits.
 #[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
@@ -51,8 +47,8 @@ impl CoordinatorConfig {
     fn from_limits(limits: &crate::limits::Limits) -> Self {
         Self {
             rules: GroupRules {
-                session_timeout_min: SESSION_TIMEOUT_MIN,
-                session_timeout_max: SESSION_TIMEOUT_MAX,
+                session_timeout_min: limits.group_session_timeout_min,
+                session_timeout_max: limits.group_session_timeout_max,
                 initial_rebalance_delay: limits.group_initial_rebalance_delay,
             },
             offsets_retention: limits.offsets_retention,

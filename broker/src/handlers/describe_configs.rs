@@ -115,7 +115,7 @@ fn config_type(key: &str) -> i8 {
     match key {
         "cleanup.policy" => TYPE_LIST,
         "max.message.bytes" | "segment.bytes" => TYPE_INT,
-        FLUSH_POLICY_KEY => TYPE_STRING,
+        FLUSH_POLICY_KEY | "compression.type" => TYPE_STRING,
         _ => TYPE_LONG,
     }
 }

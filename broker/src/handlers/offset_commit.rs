@@ -1,5 +1,8 @@
 //! `OffsetCommit`: routed to the group's coordinator, which writes the offsets to its
-//! `__consumer_offsets` partition and answers once they are fdatasync'd.
+//! `__consumer_offsets` partition and answers once they are fdatasync'd. As in Kafka
+//! (`KafkaApis.handleOffsetCommitRequest`), a partition that does not exist in the metadata
+//! is answered `UNKNOWN_TOPIC_OR_PARTITION` here and never reaches the coordinator, whether
+//! the commit comes from a group member or is a simple (generation -1) commit.
 
 use std::rc::Rc;
 
@@ -9,6 +12,7 @@ use kafka_protocol::messages::offset_commit_response::{
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 
 use super::RequestContext;
+use crate::error_codes as codes;
 use crate::groups::records::CommittedOffset;
 use crate::groups::{self, wall_clock_ms, GroupCall, GroupReply};
 use crate::shard::Shard;
@@ -19,6 +23,21 @@ pub async fn handle(
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
     let now_ms = wall_clock_ms();
+    let snapshot = shard.metadata();
+    // Per partition of the request, in order: whether it exists (and goes to the coordinator).
+    let known: Vec<bool> = request
+        .topics
+        .iter()
+        .flat_map(|topic| {
+            let snapshot = &snapshot;
+            topic.partitions.iter().map(move |partition| {
+                snapshot
+                    .owner_of(topic.name.as_str(), partition.partition_index)
+                    .is_some()
+            })
+        })
+        .collect();
+    let mut known_flags = known.iter();
     let offsets: Vec<(String, i32, CommittedOffset)> = request
         .topics
         .iter()
@@ -37,20 +56,26 @@ pub async fn handle(
                 (topic.name.to_string(), partition.partition_index, value)
             })
         })
+        .filter(|_| *known_flags.next().expect("one flag per partition"))
         .collect();
     let count = offsets.len();
-    let call = GroupCall::Commit {
-        member_id: request.member_id.to_string(),
-        instance_id: request.group_instance_id.map(|id| id.to_string()),
-        generation: request.generation_id_or_member_epoch,
-        offsets,
+    let coordinator_codes = if count == 0 {
+        // Nothing left to commit: Kafka answers without asking the coordinator.
+        Vec::new()
+    } else {
+        let call = GroupCall::Commit {
+            member_id: request.member_id.to_string(),
+            instance_id: request.group_instance_id.map(|id| id.to_string()),
+            generation: request.generation_id_or_member_epoch,
+            offsets,
+        };
+        match groups::route(shard, &request.group_id, call).await {
+            Ok(GroupReply::Codes(codes)) => codes,
+            Ok(other) => panic!("OffsetCommit answered with {other:?}"),
+            Err(code) => vec![code; count],
+        }
     };
-    let partition_codes = match groups::route(shard, &request.group_id, call).await {
-        Ok(GroupReply::Codes(codes)) => codes,
-        Ok(other) => panic!("OffsetCommit answered with {other:?}"),
-        Err(code) => vec![code; count],
-    };
-    let mut partition_codes = partition_codes.into_iter();
+    let mut partition_codes = merge_codes(&known, coordinator_codes).into_iter();
     let topics = request
         .topics
         .into_iter()
@@ -70,4 +95,48 @@ pub async fn handle(
         })
         .collect();
     OffsetCommitResponse::default().with_topics(topics)
+}
+
+/// One code per partition of the request: the coordinator's codes, in order, for the
+/// partitions that exist; `UNKNOWN_TOPIC_OR_PARTITION` for the others.
+fn merge_codes(known: &[bool], coordinator_codes: Vec<i16>) -> Vec<i16> {
+    assert_eq!(
+        known.iter().filter(|known| **known).count(),
+        coordinator_codes.len(),
+        "the coordinator answers one code per partition it was given"
+    );
+    let mut coordinator_codes = coordinator_codes.into_iter();
+    known
+        .iter()
+        .map(|&known| {
+            if known {
+                coordinator_codes.next().expect("counted above")
+            } else {
+                codes::UNKNOWN_TOPIC_OR_PARTITION
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_partitions_keep_their_place_among_the_coordinators_codes() {
+        let known = [true, false, true, false];
+        assert_eq!(
+            merge_codes(&known, vec![codes::NONE, 22]),
+            vec![
+                codes::NONE,
+                codes::UNKNOWN_TOPIC_OR_PARTITION,
+                22,
+                codes::UNKNOWN_TOPIC_OR_PARTITION
+            ]
+        );
+        assert_eq!(
+            merge_codes(&[false], Vec::new()),
+            vec![codes::UNKNOWN_TOPIC_OR_PARTITION]
+        );
+    }
 }

@@ -22,6 +22,7 @@ use super::RequestContext;
 use crate::error_codes as codes;
 use crate::metadata::{MetadataSnapshot, TopicPartition};
 use crate::partition::{PartitionCall, PartitionReply, ProduceOrigin};
+use crate::recompress::apply_codec_rules;
 use crate::records::split_batches;
 use crate::shard::Shard;
 
@@ -42,6 +43,7 @@ pub fn dispatch(
 ) -> impl Future<Output = ProduceResponse> + 'static {
     let snapshot = shard.metadata();
     let rules = PieceRules {
+        version: context.api_version,
         acks: request.acks,
         timeout: Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0).max(1)),
         origin: ProduceOrigin {
@@ -84,6 +86,8 @@ struct Piece {
 /// What applies to every piece of one request.
 #[derive(Clone, Copy)]
 struct PieceRules {
+    /// The request's Produce version (zstd batches need v7).
+    version: i16,
     acks: i16,
     /// The request's `timeout_ms`: how long the client is willing to wait for its acks.
     timeout: Duration,
@@ -130,6 +134,11 @@ fn dispatch_piece(
         return refuse(codes::UNKNOWN_TOPIC_OR_PARTITION);
     };
     let batches = match split_batches(&records, topic_metadata.config.max_message_bytes as usize) {
+        Ok(batches) => batches,
+        Err(error_code) => return refuse(error_code),
+    };
+    let batches = match apply_codec_rules(batches, rules.version, topic_metadata.config.compression)
+    {
         Ok(batches) => batches,
         Err(error_code) => return refuse(error_code),
     };

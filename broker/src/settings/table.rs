@@ -188,6 +188,28 @@ pub static SETTINGS: &[Setting] = &[
         integer(0, 300_000),
         "The first rebalance of an empty consumer group waits this long for more members.",
     ),
+    topic_default(
+        "compression.type",
+        "compression.type",
+        "producer",
+        "Codec a topic stores its batches in unless it sets compression.type: producer keeps \
+         each batch as the producer sent it (zero-copy); any other value recompresses batches \
+         in another codec on produce, which costs CPU on the shard (docs/BENCHMARKS.md).",
+    ),
+    row(
+        "group.min.session.timeout.ms",
+        "6000",
+        integer(1, INT_MAX),
+        "Shortest session.timeout.ms a consumer group member may ask for; JoinGroup answers \
+         INVALID_SESSION_TIMEOUT below it. At most group.max.session.timeout.ms.",
+    ),
+    row(
+        "group.max.session.timeout.ms",
+        "1800000",
+        integer(1, INT_MAX),
+        "Longest session.timeout.ms a consumer group member may ask for; JoinGroup answers \
+         INVALID_SESSION_TIMEOUT above it.",
+    ),
     row(
         "offsets.retention.minutes",
         "10080",

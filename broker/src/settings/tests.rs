@@ -399,10 +399,10 @@ fn every_topic_default_reaches_its_topic_key() {
         .filter(|setting| setting.topic_key.is_some())
     {
         let topic_key = setting.topic_key.unwrap();
-        let value = if topic_key == FLUSH_POLICY_KEY {
-            "always"
-        } else {
-            "2097152"
+        let value = match topic_key {
+            FLUSH_POLICY_KEY => "always",
+            "compression.type" => "zstd",
+            _ => "2097152",
         };
         let effective = Effective::resolve(&Inputs {
             flags: vec![flag(setting.key, value)],
