@@ -125,6 +125,15 @@ def request_frame(api_key, api_version, correlation_id, body, client_id="ringfee
     return struct.pack(">i", len(payload)) + payload
 
 
+def call(sock, request, correlation_id):
+    """Sends one kafka-python request object over a raw socket and decodes the answer."""
+    sock.sendall(request_frame(request.API_KEY, request.API_VERSION, correlation_id, request.encode()))
+    response = read_frame(sock)
+    assert response is not None, "the broker closed the connection"
+    assert struct.unpack(">i", response[:4])[0] == correlation_id
+    return request.RESPONSE_TYPE.decode(response[4:])
+
+
 def fetch_v4_body(topic, partition, offset, max_wait_ms, min_bytes, max_bytes=1 << 20):
     return (struct.pack(">iiiib", -1, max_wait_ms, min_bytes, max_bytes, 0)
             + struct.pack(">i", 1) + encode_string(topic)

@@ -182,13 +182,7 @@ def test_committed_offsets_survive_a_broker_restart(group_broker, sig):
 
 # --- wire level: the codes Kafka returns -------------------------------------------------
 
-def call(sock, request, correlation_id):
-    body = request.encode()
-    frame = helpers.request_frame(request.API_KEY, request.API_VERSION, correlation_id, body)
-    sock.sendall(frame)
-    response = helpers.read_frame(sock)
-    assert struct.unpack(">i", response[:4])[0] == correlation_id
-    return request.RESPONSE_TYPE.decode(response[4:])
+call = helpers.call
 
 
 def join_v5(group, member_id):

@@ -6,7 +6,6 @@ every acknowledged message exactly once and in order while the broker is SIGKILL
 restarted mid-stream."""
 
 import signal
-import struct
 import threading
 import time
 
@@ -22,12 +21,7 @@ OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 INVALID_PRODUCER_EPOCH = 47
 
 
-def call(sock, request, correlation_id):
-    body = request.encode()
-    sock.sendall(helpers.request_frame(request.API_KEY, request.API_VERSION, correlation_id, body))
-    response = helpers.read_frame(sock)
-    assert struct.unpack(">i", response[:4])[0] == correlation_id
-    return request.RESPONSE_TYPE.decode(response[4:])
+call = helpers.call
 
 
 def init_producer_id(bootstrap):

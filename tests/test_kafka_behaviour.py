@@ -17,7 +17,7 @@ import struct
 import time
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ConfigSource
 from kafka.protocol.commit import OffsetCommitRequest
 from kafka.protocol.fetch import FetchRequest
@@ -35,13 +35,7 @@ UNSUPPORTED_COMPRESSION_TYPE = 76
 CODEC_IDS = {"uncompressed": 0, "none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 
 
-def call(sock, request, correlation_id):
-    """Sends one kafka-python request object over a raw socket and decodes the answer."""
-    sock.sendall(helpers.request_frame(request.API_KEY, request.API_VERSION, correlation_id, request.encode()))
-    response = helpers.read_frame(sock)
-    assert response is not None, "the broker closed the connection"
-    assert struct.unpack(">i", response[:4])[0] == correlation_id
-    return request.RESPONSE_TYPE.decode(response[4:])
+call = helpers.call
 
 
 def fetched_batches(bootstrap, topic, partition):

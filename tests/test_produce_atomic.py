@@ -6,7 +6,6 @@ written, retries, and a producer without idempotence writes them twice.
 The requests are built by hand (two batches for one partition in one ProduceRequest), since
 clients put one batch per partition in a request and cannot be made to send a bad one."""
 
-import struct
 
 from kafka.protocol.produce import ProduceRequest
 from kafka.record.default_records import DefaultRecordBatchBuilder
@@ -17,12 +16,7 @@ from helpers import create_topic
 CORRUPT_MESSAGE = 2
 
 
-def call(sock, request, correlation_id):
-    body = request.encode()
-    sock.sendall(helpers.request_frame(request.API_KEY, request.API_VERSION, correlation_id, body))
-    response = helpers.read_frame(sock)
-    assert struct.unpack(">i", response[:4])[0] == correlation_id
-    return request.RESPONSE_TYPE.decode(response[4:])
+call = helpers.call
 
 
 def batch(first_value, count):

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use futures::future::{AbortHandle, Abortable};
 use futures::StreamExt;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
-use glommio::channels::local_channel::{self, LocalSender};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::{GlommioError, ResourceType};
 
 use crate::controller::{ControllerCall, ControllerReply};
@@ -194,9 +194,8 @@ impl ShardRouter {
         self.shard_id
     }
 
-    /// Sends `call` to `shard` (never this shard) and waits for its reply. Cancel-safe:
-    /// dropping the future forgets the call (see the module docs).
-    pub async fn call(&self, shard: usize, call: ShardCall) -> Result<ShardReply, PeerGone> {
+    /// Gives a call to `shard` (never this shard) its id and its pending reply slot.
+    fn register_call(&self, shard: usize, call: &ShardCall) -> (u64, LocalReceiver<ShardReply>) {
         assert_ne!(
             shard, self.shard_id,
             "local calls do not go through the mesh"
@@ -206,6 +205,13 @@ impl ShardRouter {
         self.count(|counts| counts.sent[call.kind_index()] += 1);
         let (reply_sender, reply_receiver) = local_channel::new_bounded(1);
         self.pending.borrow_mut().insert(call_id, reply_sender);
+        (call_id, reply_receiver)
+    }
+
+    /// Sends `call` to `shard` (never this shard) and waits for its reply. Cancel-safe:
+    /// dropping the future forgets the call (see the module docs).
+    pub async fn call(&self, shard: usize, call: ShardCall) -> Result<ShardReply, PeerGone> {
+        let (call_id, reply_receiver) = self.register_call(shard, &call);
         let mut outstanding = Outstanding {
             router: self,
             shard,
@@ -249,15 +255,7 @@ impl ShardRouter {
         shard: usize,
         call: ShardCall,
     ) -> impl Future<Output = Result<ShardReply, PeerGone>> + 'static {
-        assert_ne!(
-            shard, self.shard_id,
-            "local calls do not go through the mesh"
-        );
-        let call_id = self.next_call_id.get();
-        self.next_call_id.set(call_id + 1);
-        self.count(|counts| counts.sent[call.kind_index()] += 1);
-        let (reply_sender, reply_receiver) = local_channel::new_bounded(1);
-        self.pending.borrow_mut().insert(call_id, reply_sender);
+        let (call_id, reply_receiver) = self.register_call(shard, &call);
         let envelope = CallEnvelope {
             call_id,
             message: CallMessage::Call(call),
