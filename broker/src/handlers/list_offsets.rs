@@ -1,6 +1,6 @@
 //! `ListOffsets`: earliest (-2), latest (-1) or the first offset at or after a timestamp,
 //! answered by each partition's owner. A partition named twice in one request is answered
-//! INVALID_REQUEST for every copy, as Kafka does: answering each copy lets clients pair
+//! `INVALID_REQUEST` for every copy, as Kafka does: answering each copy lets clients pair
 //! the answers with the wrong queries (librdkafka gives every copy the last answer).
 
 use std::collections::{HashMap, HashSet};
