@@ -106,6 +106,11 @@ pub struct Cli {
     /// Latency-percentile plot (SVG).
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+    /// How the bench learns the broker's API versions: `auto` asks `ApiVersions` and falls
+    /// back to `fixed` when the broker refuses it; `fixed` uses Produce v3, Fetch v4,
+    /// Metadata v1, ListOffsets v1, CreateTopics v2 (Kafka 0.11+) without asking.
+    #[arg(long = "api-versions", value_enum, default_value_t = ApiVersionsMode::Auto)]
+    pub api_versions: ApiVersionsMode,
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
@@ -162,6 +167,13 @@ impl CompressionArg {
             CompressionArg::Zstd => Compression::Zstd,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiVersionsMode {
+    Auto,
+    Fixed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
