@@ -3,7 +3,7 @@
 //! JSON, histogram and plot outputs are well-formed and the counts are non-zero. Not speed.
 //! Also: that the bench falls back to fixed API versions when a broker closes the connection
 //! on `ApiVersions` (as Kafka before 0.10 does), through a proxy in front of the real broker
-//! that refuses it; and that an OpenMessaging Benchmark workload file runs.
+//! that refuses it; and that an `OpenMessaging` Benchmark workload file runs.
 //!
 //! The broker binary is `RINGFEED_BIN` when set. Otherwise the test builds it, because
 //! `cargo test --workspace` does not (the broker has no integration tests) and a binary left
@@ -367,4 +367,60 @@ fn falls_back_to_fixed_versions_when_api_versions_is_refused() {
         "{:?}",
         log.forwarded
     );
+}
+
+#[test]
+fn an_omb_workload_file_runs_against_the_real_broker() {
+    let Some(binary) = broker_binary() else {
+        eprintln!("smoke: SKIPPED: no ringfeed binary found or buildable; set RINGFEED_BIN");
+        return;
+    };
+    let broker = start_broker(&binary, &[]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let workload = dir.path().join("short.yaml");
+    // 1.8 s at 2,000 msg/s, end to end; payloadFile is known but ignored (a warning).
+    std::fs::write(
+        &workload,
+        "name: smoke\ntopics: 1\npartitionsPerTopic: 2\nmessageSize: 64\n\
+         subscriptionsPerTopic: 1\nconsumerPerSubscription: 1\nproducersPerTopic: 1\n\
+         producerRate: 2000\ntestDurationMinutes: 0.03\nwarmupDurationMinutes: 0\n\
+         payloadFile: payload/payload-1Kb.data\n",
+    )
+    .expect("write the workload file");
+    let json = dir.path().join("omb.json");
+    let output = Command::new(BENCH)
+        .args(["--bootstrap", &broker.address, "--topic", "smoke-omb"])
+        .arg("--workload-file")
+        .arg(&workload)
+        .args(["--timeout", "60", "--quiet", "--json"])
+        .arg(&json)
+        .output()
+        .expect("run ringfeed-bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("payloadFile"),
+        "{stderr}"
+    );
+    let document: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("JSON written"))
+            .expect("JSON is well-formed");
+    let parameters = &document["parameters"];
+    assert_eq!(parameters["workload"], "e2e", "{parameters}");
+    assert_eq!(parameters["message_size_bytes"], 64);
+    assert_eq!(parameters["partitions"], 2);
+    assert_eq!(parameters["rate_msgs_per_s"], 2000.0);
+    assert_role(&document, "produce", "publish_latency");
+    assert_role(&document, "consume", "e2e_latency");
+
+    // A misspelt key is refused before anything is sent.
+    std::fs::write(&workload, "name: typo\nprodcerRate: 5\n").expect("rewrite");
+    let refused = Command::new(BENCH)
+        .args(["--bootstrap", &broker.address, "--workload-file"])
+        .arg(&workload)
+        .output()
+        .expect("run ringfeed-bench");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("prodcerRate"), "{stderr}");
 }
