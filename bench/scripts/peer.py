@@ -165,6 +165,7 @@ def main():
     sides = [("ringfeed", args.ringfeed_cmd, None), (args.peer_name, args.peer_cmd, args.peer_bootstrap)]
     figures = {(name, side): [] for name, _, _ in WORKLOADS for side in (0, 1)}
     rss = {0: [], 1: []}
+    other_busy_percent = []  # host CPU used by neither the bench nor the broker: noise
     for round_index in range(args.rounds):
         order = (0, 1) if round_index % 2 == 0 else (1, 0)
         for name, flags, role in WORKLOADS:
@@ -176,12 +177,17 @@ def main():
                     slug = name.replace(" ", "").replace(",", "-").replace("=", "")
                     document = run_bench(args, broker, flags, out / f"{slug}-{side}-{round_index}.json")
                     figures[(name, side)].append(document["results"][role]["throughput_msgs_per_s"])
+                    other_busy_percent.append(document.get("host_cpu_busy_other_percent", 0.0))
                     if name == RSS_AFTER:
                         rss[side].append(broker.rss_bytes())
                 finally:
                     broker.stop()
     print(f"# {args.rounds} interleaved rounds, fresh brokers, {args.partitions} partitions; runs in {out}")
     print("# msg/s: median over rounds [spread: max/min - 1]")
+    print(
+        f"# host CPU busy with other work during the runs: median {statistics.median(other_busy_percent):.0f}%, "
+        f"max {max(other_busy_percent):.0f}%"
+    )
     print(f"| workload | ringfeed | {args.peer_name} | ringfeed ÷ {args.peer_name} |")
     print("|---|---|---|---|")
     for name, _, _ in WORKLOADS:

@@ -50,6 +50,14 @@ const VERSIONS_FIXED: [(ApiKey, i16); 5] = [
     (ApiKey::CreateTopics, 2),
 ];
 
+/// The fixed version of `key`, which is also the oldest the bench accepts in negotiation.
+fn fixed_version(key: ApiKey) -> i16 {
+    VERSIONS_FIXED
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map_or(0, |(_, version)| *version)
+}
+
 /// Set once the first broker refused `ApiVersions`, so the fallback is announced once per
 /// run rather than once per connection.
 static FALLBACK_ANNOUNCED: AtomicBool = AtomicBool::new(false);
@@ -83,8 +91,10 @@ impl Versions {
             let Some(theirs) = response.api_keys.iter().find(|a| a.api_key == key as i16) else {
                 continue;
             };
+            // The fixed version is also the oldest the bench can use (v2 record batches).
+            let ours_min = fixed_version(key);
             let version = ours_max.min(theirs.max_version);
-            if version >= theirs.min_version {
+            if version >= theirs.min_version && version >= ours_min {
                 chosen.insert(key as i16, version);
             }
         }
@@ -98,7 +108,15 @@ impl Versions {
         self.chosen.get(&(key as i16)).copied().ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::Unsupported,
-                format!("the broker supports no {key:?} version the bench speaks"),
+                format!(
+                    "the broker supports no {key:?} version the bench speaks (v{}..=v{}; \
+                     v2 record batches need Kafka 0.11 or later)",
+                    fixed_version(key),
+                    VERSIONS_PREFERRED_MAX
+                        .iter()
+                        .find(|(k, _)| *k == key)
+                        .map_or(0, |(_, max)| *max)
+                ),
             )
         })
     }
@@ -355,6 +373,11 @@ mod tests {
                 .with_api_key(ApiKey::Fetch as i16)
                 .with_min_version(13)
                 .with_max_version(16),
+            // Kafka 0.10's range: below the first with v2 record batches.
+            ApiVersion::default()
+                .with_api_key(ApiKey::ListOffsets as i16)
+                .with_min_version(0)
+                .with_max_version(0),
         ]);
         let versions = Versions::negotiate(&response);
         assert!(!versions.fixed);
@@ -362,6 +385,11 @@ mod tests {
         // Fetch 13+ names topics by id, which the bench does not speak.
         assert!(versions.get(ApiKey::Fetch).is_err());
         assert!(versions.get(ApiKey::Metadata).is_err());
+        let too_old = versions.get(ApiKey::ListOffsets).unwrap_err().to_string();
+        assert!(
+            too_old.contains("v1..=v7") && too_old.contains("0.11"),
+            "{too_old}"
+        );
     }
 
     #[test]
