@@ -3,7 +3,8 @@
 //! JSON, histogram and plot outputs are well-formed and the counts are non-zero. Not speed.
 //! Also: that the bench falls back to fixed API versions when a broker closes the connection
 //! on `ApiVersions` (as Kafka before 0.10 does), through a proxy in front of the real broker
-//! that refuses it; and that an `OpenMessaging` Benchmark workload file runs.
+//! that refuses it; that a broker older than Kafka 0.11 is refused with that reason; and that
+//! an `OpenMessaging` Benchmark workload file runs.
 //!
 //! The broker binary is `RINGFEED_BIN` when set. Otherwise the test builds it, because
 //! `cargo test --workspace` does not (the broker has no integration tests) and a binary left
@@ -267,25 +268,34 @@ struct ProxyLog {
 }
 
 const API_KEY_API_VERSIONS: i16 = 18;
+const API_KEY_CREATE_TOPICS: i16 = 19;
 /// Bound on a request frame the proxy buffers; the bench's are far smaller.
 const PROXY_FRAME_BYTES_MAX: usize = 64 << 20;
 
-/// A TCP proxy in front of `upstream` that behaves like a broker without `ApiVersions`
-/// (Kafka 0.9): it closes the connection when a request carries api key 18 and forwards
-/// everything else unchanged, both ways.
-fn start_refusing_proxy(listener: TcpListener, upstream: String) -> Arc<Mutex<ProxyLog>> {
+/// A TCP proxy in front of `upstream` that behaves like a broker without some APIs: it closes
+/// the connection when `refuse(api key)` and forwards everything else unchanged, both ways.
+fn start_refusing_proxy(
+    listener: TcpListener,
+    upstream: String,
+    refuse: fn(i16) -> bool,
+) -> Arc<Mutex<ProxyLog>> {
     let log = Arc::new(Mutex::new(ProxyLog::default()));
     let shared = log.clone();
     std::thread::spawn(move || {
         for client in listener.incoming().map_while(Result::ok) {
             let (upstream, log) = (upstream.clone(), shared.clone());
-            std::thread::spawn(move || proxy_connection(client, &upstream, &log));
+            std::thread::spawn(move || proxy_connection(client, &upstream, &log, refuse));
         }
     });
     log
 }
 
-fn proxy_connection(mut client: TcpStream, upstream: &str, log: &Mutex<ProxyLog>) {
+fn proxy_connection(
+    mut client: TcpStream,
+    upstream: &str,
+    log: &Mutex<ProxyLog>,
+    refuse: fn(i16) -> bool,
+) {
     let Ok(mut broker) = TcpStream::connect(upstream) else {
         return;
     };
@@ -314,6 +324,8 @@ fn proxy_connection(mut client: TcpStream, upstream: &str, log: &Mutex<ProxyLog>
         let mut log = log.lock().expect("proxy log");
         if api_key == API_KEY_API_VERSIONS {
             log.api_versions_refused += 1;
+        }
+        if refuse(api_key) {
             break;
         }
         *log.forwarded.entry((api_key, version)).or_default() += 1;
@@ -337,7 +349,9 @@ fn falls_back_to_fixed_versions_when_api_versions_is_refused() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
     let proxy_address = listener.local_addr().expect("proxy address").to_string();
     let broker = start_broker(&binary, &["--advertised-listener", &proxy_address]);
-    let log = start_refusing_proxy(listener, broker.address.clone());
+    let log = start_refusing_proxy(listener, broker.address.clone(), |key| {
+        key == API_KEY_API_VERSIONS
+    });
 
     // A consume run from the log start touches every API the bench uses: Metadata,
     // CreateTopics, ListOffsets, Produce (the unmeasured fill) and Fetch.
@@ -423,4 +437,28 @@ fn an_omb_workload_file_runs_against_the_real_broker() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("prodcerRate"), "{stderr}");
+}
+
+/// Kafka 0.9 has neither `ApiVersions` nor `CreateTopics` (nor Produce v3): the bench must say
+/// the broker is too old rather than fail with a bare "connection closed".
+#[test]
+fn a_broker_older_than_kafka_0_11_is_refused_with_the_reason() {
+    let Some(binary) = broker_binary() else {
+        eprintln!("smoke: SKIPPED: no ringfeed binary found or buildable; set RINGFEED_BIN");
+        return;
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+    let proxy_address = listener.local_addr().expect("proxy address").to_string();
+    let broker = start_broker(&binary, &["--advertised-listener", &proxy_address]);
+    let _log = start_refusing_proxy(listener, broker.address.clone(), |key| {
+        key == API_KEY_API_VERSIONS || key == API_KEY_CREATE_TOPICS
+    });
+    let output = Command::new(BENCH)
+        .args(["--bootstrap", &proxy_address, "--topic", "smoke-too-old"])
+        .args(["--duration", "1", "--timeout", "30", "--quiet"])
+        .output()
+        .expect("run ringfeed-bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("older than Kafka 0.11"), "{stderr}");
 }
