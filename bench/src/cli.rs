@@ -30,6 +30,18 @@ pub struct Cli {
     pub rounds: u32,
     #[arg(long, value_enum, default_value_t = Workload::Produce)]
     pub workload: Workload,
+    /// An `OpenMessaging` Benchmark workload file (YAML): sets the workload, partitions,
+    /// message size, producers, consumers, rate, warm-up and duration (so those flags are
+    /// refused beside it), warns for fields it approximates or ignores, refuses unknown keys.
+    #[arg(
+        long = "workload-file",
+        value_name = "FILE.yaml",
+        conflicts_with_all = [
+            "workload", "partitions", "message_size_bytes", "messages", "duration_s",
+            "warmup_s", "producers", "consumers", "rate_msgs_per_s",
+        ]
+    )]
+    pub workload_file: Option<PathBuf>,
     #[arg(long, default_value = "ringfeed-bench")]
     pub topic: String,
     /// Partitions of the topic when the bench creates it (an existing topic keeps its own).
@@ -106,6 +118,11 @@ pub struct Cli {
     /// Latency-percentile plot (SVG).
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+    /// How the bench learns the broker's API versions: `auto` asks `ApiVersions` and falls
+    /// back to `fixed` when the broker refuses it; `fixed` uses Produce v3, Fetch v4,
+    /// Metadata v1, `ListOffsets` v1, `CreateTopics` v2 (Kafka 0.11+) without asking.
+    #[arg(long = "api-versions", value_enum, default_value_t = ApiVersionsMode::Auto)]
+    pub api_versions: ApiVersionsMode,
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
@@ -162,6 +179,13 @@ impl CompressionArg {
             CompressionArg::Zstd => Compression::Zstd,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiVersionsMode {
+    Auto,
+    Fixed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]

@@ -109,7 +109,10 @@ fn fetch_loop(
 ) -> io::Result<()> {
     let mut connections = BTreeMap::new();
     for leader in by_leader.keys() {
-        connections.insert(leader.clone(), Connection::open(leader)?);
+        connections.insert(
+            leader.clone(),
+            Connection::open(leader, config.layout.api_versions)?,
+        );
     }
     let mut drain_deadline_ns = None;
     while !should_stop(config, context, by_leader, &mut drain_deadline_ns) {

@@ -6,6 +6,7 @@
 mod cli;
 mod client;
 mod consume;
+mod omb;
 mod plot;
 mod produce;
 mod progress;
@@ -26,7 +27,24 @@ use crate::plot::Series;
 use crate::workloads::RunResult;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(path) = cli.workload_file.clone() {
+        let applied = omb::load(&path).and_then(|workload| {
+            eprintln!("ringfeed-bench: OMB workload \"{}\"", workload.name);
+            workload.apply(&mut cli)
+        });
+        match applied {
+            Ok(warnings) => {
+                for warning in warnings {
+                    eprintln!("ringfeed-bench: warning: {}: {warning}", path.display());
+                }
+            }
+            Err(message) => {
+                eprintln!("ringfeed-bench: {message}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     if let Err(message) = cli.validate() {
         eprintln!("ringfeed-bench: {message}");
         return ExitCode::from(2);

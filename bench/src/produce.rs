@@ -149,7 +149,7 @@ fn open_lane(
     cpu: Option<usize>,
     context: &RunContext,
 ) -> io::Result<Lane> {
-    let connection = Connection::open(leader)?;
+    let connection = Connection::open(leader, config.layout.api_versions)?;
     let produce_version = connection.versions.get(ApiKey::Produce)?;
     let (writer, reader, _) = connection.split();
     let (to_acker, acker) = if config.acks == 0 {

@@ -15,7 +15,8 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use crate::client::{protocol_error, Connection};
+use crate::cli::ApiVersionsMode;
+use crate::client::{explain_fixed, protocol_error, Connection};
 
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const LEADER_NOT_AVAILABLE: i16 = 5;
@@ -34,6 +35,8 @@ const OFFSET_EARLIEST: i64 = -2;
 pub struct Layout {
     pub topic: String,
     pub leaders: Vec<String>,
+    /// How every connection of the run learns the broker's API versions.
+    pub api_versions: ApiVersionsMode,
 }
 
 impl Layout {
@@ -48,16 +51,32 @@ pub fn topic_name(topic: &str) -> TopicName {
 
 /// Returns the topic's layout, creating it with `partitions` partitions when it does not
 /// exist. An existing topic keeps its partition count (and the caller is told).
-pub fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> io::Result<Layout> {
-    let mut connection = Connection::open(bootstrap)?;
-    let metadata = fetch_metadata(&mut connection, topic)?;
-    if topic_error(&metadata, topic) == Some(UNKNOWN_TOPIC_OR_PARTITION) {
-        create_topic(&mut connection, topic, partitions)?;
+pub fn ensure_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    api_versions: ApiVersionsMode,
+) -> io::Result<Layout> {
+    let mut connection = Connection::open(bootstrap, api_versions)?;
+    if connection.versions.get(ApiKey::Metadata)? < 4 {
+        // Before Metadata v4 asking about a topic may auto-create it with the broker's
+        // default partition count, so create it first (an existing topic is left alone).
+        create_topic(&mut connection, topic, partitions)
+            .map_err(|e| explain_fixed(e, &connection.versions, "CreateTopics"))?;
+    } else {
+        let metadata = fetch_metadata(&mut connection, topic)?;
+        if topic_error(&metadata, topic) == Some(UNKNOWN_TOPIC_OR_PARTITION) {
+            create_topic(&mut connection, topic, partitions)?;
+        }
     }
     for _ in 0..LEADER_POLLS_MAX {
         let metadata = fetch_metadata(&mut connection, topic)?;
-        if let Some(layout) = layout_of(&metadata, topic)? {
-            return Ok(layout);
+        if let Some(leaders) = leaders_of(&metadata, topic)? {
+            return Ok(Layout {
+                topic: topic.to_string(),
+                leaders,
+                api_versions,
+            });
         }
         thread::sleep(LEADER_POLL_INTERVAL);
     }
@@ -68,11 +87,14 @@ pub fn ensure_topic(bootstrap: &str, topic: &str, partitions: i32) -> io::Result
 }
 
 fn fetch_metadata(connection: &mut Connection, topic: &str) -> io::Result<MetadataResponse> {
+    let version = connection.versions.get(ApiKey::Metadata)?;
     let request = MetadataRequest::default()
         .with_topics(Some(vec![
             MetadataRequestTopic::default().with_name(Some(topic_name(topic)))
         ]))
-        .with_allow_auto_topic_creation(false);
+        // The field exists from v4; before it a broker auto-creates by its own setting, and
+        // the codec refuses a non-default value it cannot encode.
+        .with_allow_auto_topic_creation(version < 4);
     connection.call(&request)
 }
 
@@ -110,8 +132,9 @@ fn create_topic(connection: &mut Connection, topic: &str, partitions: i32) -> io
     Ok(())
 }
 
-/// The layout once every partition has a leader; `None` while leaders are still being elected.
-fn layout_of(metadata: &MetadataResponse, topic: &str) -> io::Result<Option<Layout>> {
+/// Each partition's leader once every partition has one; `None` while leaders are still being
+/// elected.
+fn leaders_of(metadata: &MetadataResponse, topic: &str) -> io::Result<Option<Vec<String>>> {
     let brokers: BTreeMap<BrokerId, String> = metadata
         .brokers
         .iter()
@@ -144,10 +167,7 @@ fn layout_of(metadata: &MetadataResponse, topic: &str) -> io::Result<Option<Layo
     if leaders.is_empty() {
         return Ok(None);
     }
-    Ok(Some(Layout {
-        topic: topic.to_string(),
-        leaders,
-    }))
+    Ok(Some(leaders))
 }
 
 /// Which end of each partition's log to ask for.
@@ -169,7 +189,7 @@ pub fn list_offsets(layout: &Layout, end: LogEnd) -> io::Result<Vec<i64>> {
         by_leader.entry(leader).or_default().push(partition as i32);
     }
     for (leader, partitions) in by_leader {
-        let mut connection = Connection::open(leader)?;
+        let mut connection = Connection::open(leader, layout.api_versions)?;
         let request = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_topics(vec![ListOffsetsTopic::default()

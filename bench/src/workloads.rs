@@ -83,7 +83,7 @@ pub struct RunResult {
 }
 
 pub fn run(cli: &Cli, bootstrap: &str) -> io::Result<RunResult> {
-    let layout = ensure_topic(bootstrap, &cli.topic, cli.partitions)?;
+    let layout = ensure_topic(bootstrap, &cli.topic, cli.partitions, cli.api_versions)?;
     if layout.partitions() != cli.partitions as usize {
         eprintln!(
             "ringfeed-bench: topic {} already has {} partitions; using them (asked for {})",
