@@ -9,6 +9,7 @@ pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod controller;
+pub mod disk;
 pub mod error_codes;
 pub mod frame;
 #[cfg(any(test, feature = "fuzzing"))]
