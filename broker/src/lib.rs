@@ -9,6 +9,8 @@ pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod controller;
+#[cfg(test)]
+mod crash_consistency;
 pub mod disk;
 pub mod error_codes;
 pub mod frame;
