@@ -9,6 +9,9 @@ pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod controller;
+#[cfg(test)]
+mod crash_consistency;
+pub mod disk;
 pub mod error_codes;
 pub mod frame;
 #[cfg(any(test, feature = "fuzzing"))]

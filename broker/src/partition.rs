@@ -25,11 +25,12 @@ use bytes::Bytes;
 use futures::future::select;
 use uuid::Uuid;
 
+use crate::disk::PartitionLog;
 use crate::error_codes as codes;
 use crate::log_throttle::LogThrottle;
 use crate::metadata::TopicPartition;
 use crate::producer_state::{ProducerStates, Refused};
-use crate::storage::{AppendError, BatchError, CheckedBatch, PartitionLog, ReadError};
+use crate::storage::{AppendError, BatchError, CheckedBatch, ReadError};
 use crate::turns::{Ticket, TurnQueue};
 
 /// Work on one partition, executed by its owning shard.
@@ -687,7 +688,10 @@ mod tests {
             preallocate_step_bytes: 4096,
             ..LogConfig::default()
         };
-        let (log, _) = PartitionLog::open(dir, config).await.expect("open");
+        let disk = crate::disk::BrokerDisk::default();
+        let (log, _) = PartitionLog::open_on(disk, dir, config, crate::storage::Clock::System)
+            .await
+            .expect("open");
         let table = Rc::new(PartitionTable::default());
         let topic_id = Uuid::new_v4();
         table.insert(tp(), PartitionSlot::Online { topic_id, log });

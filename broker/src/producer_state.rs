@@ -22,10 +22,11 @@ use std::rc::Rc;
 use glommio::sync::Semaphore;
 use kafka_protocol::error::ResponseError;
 
+use crate::disk::{BrokerDisk, PartitionLog};
 use crate::metadata::TopicPartition;
 use crate::storage::batch::BatchHeader;
 use crate::storage::meta::{self, MetaKind};
-use crate::storage::{AppendError, AppendOutcome, CheckedBatch, Disk, DmaDisk, PartitionLog};
+use crate::storage::{AppendError, AppendOutcome, CheckedBatch, Disk};
 
 pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = ResponseError::OutOfOrderSequenceNumber.code();
 pub const INVALID_PRODUCER_EPOCH: i16 = ResponseError::InvalidProducerEpoch.code();
@@ -227,7 +228,7 @@ impl PartitionProducers {
     /// The snapshot in the partition's directory, if it is whole and not ahead of the log.
     async fn read_snapshot(tp: &TopicPartition, log: &PartitionLog) -> Option<ProducerSnapshot> {
         let path = log.dir().join(SNAPSHOT_FILE);
-        let file = match DmaDisk.read_file(&path).await {
+        let file = match log.disk().read_file(&path).await {
             Ok(file) => file?,
             Err(error) => {
                 tracing::warn!(partition = %tp, %error, "producer state snapshot unreadable");
@@ -378,7 +379,7 @@ fn spawn_snapshot(tp: TopicPartition, log: PartitionLog, state: Rc<PartitionProd
         let path = log.dir().join(SNAPSHOT_FILE);
         // Two snapshots of one partition would share the temporary file: one at a time.
         let _turn = state.snapshot_gate.acquire_permit(1).await.expect("never closed");
-        match DmaDisk.write_file_atomically(&path, &bytes).await {
+        match log.disk().write_file_atomically(&path, &bytes).await {
             Ok(()) => {
                 tracing::debug!(partition = %tp, next_offset = snapshot.next_offset, producers = snapshot.producers.len(), "producer state snapshot written");
             }
@@ -390,6 +391,7 @@ fn spawn_snapshot(tp: TopicPartition, log: PartitionLog, state: Rc<PartitionProd
 
 /// Shard 0's producer id allocator. See the module docs.
 pub struct ProducerIds {
+    disk: BrokerDisk,
     path: PathBuf,
     /// Next id to hand out, and the end (exclusive) of the persisted block.
     next: Cell<i64>,
@@ -399,8 +401,9 @@ pub struct ProducerIds {
 }
 
 impl ProducerIds {
-    pub fn new(data_dir: &Path) -> Self {
+    pub fn new(disk: BrokerDisk, data_dir: &Path) -> Self {
         Self {
+            disk,
             path: data_dir.join("producer-ids"),
             next: Cell::new(0),
             block_end: Cell::new(0),
@@ -414,7 +417,7 @@ impl ProducerIds {
     pub async fn init(&self, producer_id: i64, epoch: i16) -> std::io::Result<(i64, i16)> {
         let _turn = self.gate.acquire_permit(1).await.expect("never closed");
         if !self.loaded.get() {
-            let persisted = DmaDisk.read_file(&self.path).await?;
+            let persisted = self.disk.read_file(&self.path).await?;
             let end = persisted
                 .and_then(|bytes| Some(i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)))
                 .unwrap_or(0);
@@ -427,7 +430,7 @@ impl ProducerIds {
         }
         if self.next.get() >= self.block_end.get() {
             let end = self.block_end.get() + PRODUCER_ID_BLOCK;
-            DmaDisk
+            self.disk
                 .write_file_atomically(&self.path, &end.to_le_bytes())
                 .await?;
             self.block_end.set(end);

@@ -26,12 +26,13 @@ use crate::admission::ConnectionCounts;
 use crate::config::BrokerConfig;
 use crate::controller::store::MetadataStore;
 use crate::controller::{Controller, ControllerCall, ControllerReply, PlacementRules};
+use crate::disk::{BrokerDisk, PartitionLog};
 use crate::groups::{GroupCoordinator, GroupEnvelope, GroupReply};
 use crate::metadata::{MetadataSnapshot, TopicMetadata, TopicPartition};
 use crate::metrics::{ScrapeRequest, ShardMetrics};
 use crate::partition::{self, PartitionCall, PartitionReply, PartitionSlot, PartitionTable};
 use crate::router::{self, CrossShardCounts, MeshPair, ShardCall, ShardReply, ShardRouter};
-use crate::storage::PartitionLog;
+use crate::storage::Clock;
 
 /// Partition logs a shard opens or closes at once (start-up, `CreateTopics`, shutdown).
 ///
@@ -49,6 +50,9 @@ const PARTITION_OPENS_IN_FLIGHT_MAX: usize = 32;
 pub struct Shard {
     pub id: usize,
     pub config: Arc<BrokerConfig>,
+    /// Where every file of this shard's services lives: its partition logs and, on shard 0,
+    /// the controller's and producer-id files (`disk.rs`).
+    pub disk: BrokerDisk,
     metadata: RefCell<Arc<MetadataSnapshot>>,
     pub partitions: PartitionTable,
     /// The consumer groups whose `__consumer_offsets` partition this shard owns.
@@ -316,7 +320,13 @@ impl Shard {
 
     async fn open_partition(&self, tp: TopicPartition, topic: Arc<TopicMetadata>) {
         let dir = partition_dir(&self.config.data_dir, &tp);
-        let slot = match PartitionLog::open(&dir, topic.config.log_config()).await {
+        let opened = PartitionLog::open_on(
+            self.disk.clone(),
+            &dir,
+            topic.config.log_config(),
+            Clock::System,
+        );
+        let slot = match opened.await {
             Ok((log, report)) => {
                 tracing::info!(partition = %tp, shard = self.id, ?report, "partition open");
                 log.observe_fdatasync_latency(self.metrics.fdatasync_observer());
@@ -379,16 +389,20 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         listening,
         scrapes,
     } = start;
+    // The real disk: a shard started on its own thread by `server` cannot be handed a
+    // `SimDisk` (a single-thread handle, not `Send`); simulations build services on theirs.
+    let disk = BrokerDisk::default();
     let (router, incoming) = router::join(meshes).await;
     let id = router.shard_id();
     let controller = if id == 0 {
-        Some(recover_controller(&config).await?)
+        Some(recover_controller(&config, &disk).await?)
     } else {
         None
     };
     let shard = Rc::new(Shard {
         id,
         config: config.clone(),
+        disk: disk.clone(),
         metadata: RefCell::new(Arc::new(MetadataSnapshot::default())),
         partitions: PartitionTable::new(config.limits.shard_fetch_waits_parked_max),
         groups: GroupCoordinator::default(),
@@ -456,14 +470,17 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
     Ok(())
 }
 
-async fn recover_controller(config: &BrokerConfig) -> Result<Controller, String> {
+async fn recover_controller(
+    config: &BrokerConfig,
+    disk: &BrokerDisk,
+) -> Result<Controller, String> {
     let rules = PlacementRules {
         shard_count: config.shard_count(),
         default_partitions: config.default_partitions,
         limits: config.limits.clone(),
         topic_defaults: config.topic_defaults.clone(),
     };
-    Controller::recover(MetadataStore::new(&config.data_dir), rules)
+    Controller::recover(MetadataStore::new(disk.clone(), &config.data_dir), rules)
         .await
         .map_err(|error| error.to_string())
 }

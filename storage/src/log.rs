@@ -232,6 +232,12 @@ impl<D: Disk> PartitionLog<D> {
         &self.inner.dir
     }
 
+    /// The disk the log lives on, for files kept beside it (the broker's producer-state
+    /// snapshot), so they share the log's crash behaviour.
+    pub fn disk(&self) -> &D {
+        &self.inner.disk
+    }
+
     pub(crate) fn state(&self) -> std::cell::Ref<'_, State<D::File>> {
         self.inner.state.borrow()
     }

@@ -31,6 +31,8 @@ struct SimState {
     faults: Faults,
     data_writes: u64,
     data_fdatasyncs: u64,
+    /// Completed mutating operations of any kind (see [`SimDisk::power_cut_after_steps`]).
+    steps: u64,
     /// The most recent write not yet covered by an fdatasync of its file.
     last_unsynced_write: Option<(FileRef, u64, Vec<u8>)>,
 }
@@ -42,6 +44,7 @@ struct Faults {
     fail_next_fdatasync: bool,
     capacity_bytes: Option<u64>,
     power_cut_after_writes: Option<u64>,
+    power_cut_after_steps: Option<u64>,
     powered_off: bool,
     /// Data-file fdatasyncs wait (as on a slow device) until released.
     fdatasyncs_stalled: bool,
@@ -102,6 +105,37 @@ impl SimDisk {
     pub fn power_cut_after_writes(&self, writes: u64) {
         let mut state = self.0.borrow_mut();
         state.faults.power_cut_after_writes = Some(state.data_writes + writes);
+    }
+
+    /// After `steps` more mutating operations complete (a file creation, write, fdatasync,
+    /// truncation, preallocation, rename, removal or directory fsync, including each step
+    /// inside [`Disk::write_file_atomically`]), the machine loses power as above. Trying
+    /// every `steps` from 0 up cuts power between every pair of steps of an operation.
+    pub fn power_cut_after_steps(&self, steps: u64) {
+        let mut state = self.0.borrow_mut();
+        state.faults.power_cut_after_steps = Some(state.steps + steps);
+        if steps == 0 {
+            state.faults.powered_off = true;
+        }
+    }
+
+    /// Mutating operations completed so far (what [`SimDisk::power_cut_after_steps`] counts).
+    pub fn steps(&self) -> u64 {
+        self.0.borrow().steps
+    }
+
+    /// Counts one completed mutating operation; the power goes off after the last one
+    /// allowed. Called with no borrow of the state held.
+    fn step(&self) {
+        let mut state = self.0.borrow_mut();
+        state.steps += 1;
+        if state
+            .faults
+            .power_cut_after_steps
+            .is_some_and(|limit| state.steps >= limit)
+        {
+            state.faults.powered_off = true;
+        }
     }
 
     /// Data-file fdatasyncs issued from now on wait until [`SimDisk::release_fdatasyncs`],
@@ -283,6 +317,8 @@ impl SimFile {
         if data_file {
             state.data_fdatasyncs += 1;
         }
+        drop(state);
+        self.disk.step();
         Ok(())
     }
 }
@@ -331,13 +367,19 @@ impl Disk for SimDisk {
             .map(|(path, file)| (path.clone(), file.clone()))
             .collect();
         state.durable_names.extend(entries);
+        drop(state);
+        self.step();
         Ok(())
     }
 
     async fn remove_file(&self, path: &Path) -> io::Result<()> {
         self.check_powered("unlink")?;
-        match self.0.borrow_mut().live_names.remove(path) {
-            Some(_) => Ok(()),
+        let removed = self.0.borrow_mut().live_names.remove(path);
+        match removed {
+            Some(_) => {
+                self.step();
+                Ok(())
+            }
             None => Err(io::Error::from(io::ErrorKind::NotFound)),
         }
     }
@@ -347,6 +389,8 @@ impl Disk for SimDisk {
         let mut state = self.0.borrow_mut();
         state.live_names.retain(|path, _| !path.starts_with(dir));
         state.durable_names.retain(|path, _| !path.starts_with(dir));
+        drop(state);
+        self.step();
         Ok(())
     }
 
@@ -358,6 +402,8 @@ impl Disk for SimDisk {
             None if create => {
                 let data = FileRef::default();
                 state.live_names.insert(path.to_path_buf(), data.clone());
+                drop(state);
+                self.step();
                 data
             }
             None => return Err(io::Error::from(io::ErrorKind::NotFound)),
@@ -381,7 +427,9 @@ impl Disk for SimDisk {
             let state = self.0.borrow();
             Self::check_growth(&state, 0, contents.len())?;
         }
+        self.check_powered("write")?;
         write_into(&mut file.data.borrow_mut().live, 0, contents);
+        self.step();
         file.sync(false).await?;
         self.check_powered("rename")?;
         {
@@ -392,6 +440,7 @@ impl Disk for SimDisk {
                 .expect("temporary exists");
             state.live_names.insert(path.to_path_buf(), data);
         }
+        self.step();
         self.sync_dir(parent_of(path)).await
     }
 }
@@ -433,6 +482,8 @@ impl DiskFile for SimFile {
         {
             state.faults.powered_off = true;
         }
+        drop(state);
+        self.disk.step();
         Ok(())
     }
 
@@ -456,13 +507,14 @@ impl DiskFile for SimFile {
             SimDisk::check_growth(&self.disk.0.borrow(), old_len, len as usize)?;
             self.data.borrow_mut().live.resize(len as usize, 0);
         }
+        self.disk.step();
         Ok(())
     }
 
     async fn truncate(&self, len: u64) -> io::Result<()> {
         self.disk.check_powered("truncate")?;
-        let mut data = self.data.borrow_mut();
-        data.live.resize(len as usize, 0);
+        self.data.borrow_mut().live.resize(len as usize, 0);
+        self.disk.step();
         Ok(())
     }
 

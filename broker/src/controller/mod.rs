@@ -82,7 +82,7 @@ impl Controller {
         store: MetadataStore,
         rules: PlacementRules,
     ) -> Result<Self, store::StoreError> {
-        let state = if let Some(state) = store.load()? {
+        let state = if let Some(state) = store.load().await? {
             state
         } else {
             let fresh = ClusterState {

@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 
 use rkyv::rancor;
 
+use crate::disk::BrokerDisk;
+use crate::storage::Disk;
+
 pub const MAGIC: [u8; 8] = *b"RFCLMETA";
 pub const FORMAT_VERSION: u32 = 1;
 const HEADER_BYTES: usize = 20;
@@ -95,14 +98,17 @@ pub fn decode(file: &[u8]) -> Result<ClusterState, String> {
     rkyv::from_bytes::<ClusterState, rancor::Error>(&aligned).map_err(|error| error.to_string())
 }
 
-/// Reads and writes `cluster.meta` in one data directory. Used only by the controller.
+/// Reads and writes `cluster.meta` in one data directory, on the shard's disk. Used only by
+/// the controller.
 pub struct MetadataStore {
+    disk: BrokerDisk,
     data_dir: PathBuf,
 }
 
 impl MetadataStore {
-    pub fn new(data_dir: &Path) -> Self {
+    pub fn new(disk: BrokerDisk, data_dir: &Path) -> Self {
         Self {
+            disk,
             data_dir: data_dir.to_path_buf(),
         }
     }
@@ -111,48 +117,27 @@ impl MetadataStore {
         self.data_dir.join(FILE_NAME)
     }
 
-    /// Loads the state at start-up (before serving; a plain blocking read is fine here).
-    /// `Ok(None)` means a fresh data directory.
-    pub fn load(&self) -> Result<Option<ClusterState>, StoreError> {
+    /// Loads the state at start-up. `Ok(None)` means a fresh data directory.
+    pub async fn load(&self) -> Result<Option<ClusterState>, StoreError> {
         let path = self.path();
-        match std::fs::read(&path) {
-            Ok(file) => decode(&file)
+        match self.disk.read_file(&path).await {
+            Ok(Some(file)) => decode(&file)
                 .map(Some)
                 .map_err(|reason| StoreError::Corrupt { path, reason }),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Ok(None) => Ok(None),
             Err(source) => Err(StoreError::Io { path, source }),
         }
     }
 
-    /// Replaces the persisted state atomically and durably.
+    /// Replaces the persisted state atomically and durably: the disk's temporary file
+    /// (`cluster.meta.tmp`, overwritten if a crash left one), fdatasync, rename, directory
+    /// fsync. The file holds exactly `encode(state)`.
     pub async fn persist(&self, state: &ClusterState) -> Result<(), StoreError> {
-        let final_path = self.path();
-        let temp_path = self.data_dir.join(format!("{FILE_NAME}.tmp"));
-        let io_error = |path: &Path| {
-            let path = path.to_path_buf();
-            move |error: glommio::GlommioError<()>| StoreError::Io {
-                path,
-                source: error.into(),
-            }
-        };
-        let _ = glommio::io::remove(&temp_path).await; // a leftover from a crash mid-write
-        let file = glommio::io::BufferedFile::create(&temp_path)
+        let path = self.path();
+        self.disk
+            .write_file_atomically(&path, &encode(state))
             .await
-            .map_err(io_error(&temp_path))?;
-        file.write_at(encode(state), 0)
-            .await
-            .map_err(io_error(&temp_path))?;
-        file.fdatasync().await.map_err(io_error(&temp_path))?;
-        file.close().await.map_err(io_error(&temp_path))?;
-        glommio::io::rename(&temp_path, &final_path)
-            .await
-            .map_err(io_error(&final_path))?;
-        let directory = glommio::io::Directory::open(&self.data_dir)
-            .await
-            .map_err(io_error(&self.data_dir))?;
-        directory.sync().await.map_err(io_error(&self.data_dir))?;
-        directory.close().await.map_err(io_error(&self.data_dir))?;
-        Ok(())
+            .map_err(|source| StoreError::Io { path, source })
     }
 }
 

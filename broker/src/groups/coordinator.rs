@@ -21,12 +21,12 @@ use super::records::{self, OffsetsRecord};
 use super::{
     codes, GroupCall, GroupDescription, GroupEnvelope, GroupReply, MemberDescription, OFFSETS_TOPIC,
 };
+use crate::disk::PartitionLog;
 use crate::error_codes as broker_codes;
 use crate::metadata::TopicPartition;
 use crate::producer_state::ProducerIds;
 use crate::shard::Shard;
 use crate::storage::batch::BatchHeader;
-use crate::storage::PartitionLog;
 
 /// How often the ticker looks at session and rebalance deadlines. Kafka's own timers fire
 /// on the millisecond, but clients' timeouts are seconds; 100 ms keeps expiry prompt.
@@ -819,7 +819,9 @@ impl GroupCoordinator {
             .inner
             .producer_ids
             .borrow_mut()
-            .get_or_insert_with(|| Rc::new(ProducerIds::new(&shard.config.data_dir)))
+            .get_or_insert_with(|| {
+                Rc::new(ProducerIds::new(shard.disk.clone(), &shard.config.data_dir))
+            })
             .clone();
         ids.init(producer_id, epoch).await.map_err(|error| {
             tracing::error!(%error, "cannot persist the producer id block");
