@@ -418,9 +418,18 @@ impl ProducerIds {
         let _turn = self.gate.acquire_permit(1).await.expect("never closed");
         if !self.loaded.get() {
             let persisted = self.disk.read_file(&self.path).await?;
-            let end = persisted
-                .and_then(|bytes| Some(i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)))
-                .unwrap_or(0);
+            let end = match persisted {
+                None => 0,
+                Some(bytes) => persisted_block_end(&bytes).ok_or_else(|| {
+                    // Starting again from 0 would hand out ids that producers hold:
+                    // refuse (InitProducerId fails) until an operator looks.
+                    tracing::error!(path = %self.path.display(), length = bytes.len(), "producer id file is damaged; no producer ids are handed out");
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{} is damaged ({} bytes, want 8)", self.path.display(), bytes.len()),
+                    )
+                })?,
+            };
             self.next.set(end);
             self.block_end.set(end);
             self.loaded.set(true);
@@ -441,9 +450,24 @@ impl ProducerIds {
     }
 }
 
+/// The block end a `producer-ids` file holds: exactly 8 bytes, little-endian, not negative.
+fn persisted_block_end(bytes: &[u8]) -> Option<i64> {
+    let end = i64::from_le_bytes(bytes.try_into().ok()?);
+    (end >= 0).then_some(end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_damaged_producer_id_file_is_refused_not_read_as_zero() {
+        assert_eq!(persisted_block_end(&2000_i64.to_le_bytes()), Some(2000));
+        assert_eq!(persisted_block_end(&[]), None);
+        assert_eq!(persisted_block_end(&[1, 2, 3]), None);
+        assert_eq!(persisted_block_end(&[0; 9]), None);
+        assert_eq!(persisted_block_end(&(-5_i64).to_le_bytes()), None);
+    }
 
     fn header(epoch: i16, base_sequence: i32, records: i32) -> BatchHeader {
         BatchHeader {

@@ -824,7 +824,7 @@ impl GroupCoordinator {
             })
             .clone();
         ids.init(producer_id, epoch).await.map_err(|error| {
-            tracing::error!(%error, "cannot persist the producer id block");
+            tracing::error!(%error, "producer id block cannot be read or persisted");
             broker_codes::KAFKA_STORAGE_ERROR
         })
     }
