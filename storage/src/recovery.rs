@@ -412,8 +412,11 @@ async fn assemble_state<F: DiskFile>(
     file.fdatasync()
         .await
         .map_err(io_error("fdatasync of the active segment"))?;
-    let wanted_bytes = align_up(segment_bytes) + config.preallocate_step_bytes;
-    let preallocated_bytes = match file.preallocate(wanted_bytes).await {
+    // The partition's pace before the restart is unknown: start from the smallest step (a
+    // busy partition doubles back to the maximum within its first few steps).
+    let step_bytes = crate::preallocation::step_min_bytes(config.preallocate_step_bytes);
+    let wanted_bytes = crate::preallocation::target_bytes(segment_bytes, step_bytes);
+    let end_bytes = match file.preallocate(wanted_bytes).await {
         Ok(()) => wanted_bytes,
         // A full disk must not keep an intact log from opening (and being read): appends
         // try to preallocate again and are refused with NoSpace until space is freed.
@@ -446,7 +449,11 @@ async fn assemble_state<F: DiskFile>(
         durable_wanted: next_offset,
         active_durable_bytes: segment_bytes,
         active_first_append_ms: (segment_bytes > 0).then(|| clock.now_ms()),
-        preallocated_bytes,
+        preallocation: crate::preallocation::Preallocation {
+            end_bytes,
+            step_bytes,
+            step_taken_ms: clock.now_ms(),
+        },
         last_sync_ms: clock.now_ms(),
         last_checkpoint_ms: 0,
         fenced: None,
