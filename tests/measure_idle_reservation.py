@@ -70,7 +70,7 @@ def main():
     broker = Broker(work / "data", work / "broker.log", shards=args.shards,
                     extra_args=[f"--segment-preallocate-bytes={DEFAULT_PREALLOCATE_BYTES}"]).start()
     try:
-        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap, "log_level": 0})
         before = disk_usage(broker.data_dir)
         create_partitions(admin, args.partitions, args.per_topic)
         time.sleep(1)  # let the last opens settle
