@@ -397,6 +397,25 @@ async fn settle_tail<F: DiskFile>(
     Ok(Some(torn))
 }
 
+/// Trims an active segment allocated past `wanted_bytes` (by a busier past, or by the fixed
+/// 32 MiB steps of earlier versions), so a restarted idle partition holds one small step.
+/// Everything past `wanted_bytes` lies beyond the data and its first step: recovery has
+/// established where the data ends, appends overwrite whatever follows it, and readers stop
+/// at the end. Best effort: if the trim fails or is lost to a crash, the file is only larger.
+async fn give_back_excess_allocation<F: DiskFile>(file: &F, base_offset: i64, wanted_bytes: u64) {
+    match file.size().await {
+        Ok(size) if size > wanted_bytes => {
+            if let Err(error) = file.truncate(wanted_bytes).await {
+                tracing::warn!(base_offset, %error, "could not trim the active segment's excess preallocation");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(base_offset, %error, "could not read the active segment's size");
+        }
+    }
+}
+
 /// Builds the log state around the recovered active segment. An fdatasync first makes
 /// whatever a crashed process had written durable, so the durable offset is honest.
 async fn assemble_state<F: DiskFile>(
@@ -416,6 +435,7 @@ async fn assemble_state<F: DiskFile>(
     // busy partition doubles back to the maximum within its first few steps).
     let step_bytes = crate::preallocation::step_min_bytes(config.preallocate_step_bytes);
     let wanted_bytes = crate::preallocation::target_bytes(segment_bytes, step_bytes);
+    give_back_excess_allocation(file, active.base_offset, wanted_bytes).await;
     let end_bytes = match file.preallocate(wanted_bytes).await {
         Ok(()) => wanted_bytes,
         // A full disk must not keep an intact log from opening (and being read): appends

@@ -4,6 +4,8 @@
 //! - A busy partition's steps double up to the configured maximum, so its steady state
 //!   preallocates as before; a partition that slows down gets smaller steps, and a segment
 //!   rolled after an idle spell starts at the smallest step.
+//! - A restarted partition starts again at the smallest step and gives back an allocation
+//!   grown further before the restart (or made by the fixed steps of earlier versions).
 
 mod common;
 
@@ -81,7 +83,7 @@ fn steps_follow_the_write_rate() {
         let (log, _) = PartitionLog::open_on(
             disk.clone(),
             Path::new("/data/topic-0"),
-            config,
+            config.clone(),
             clock.clone(),
         )
         .await
@@ -120,6 +122,33 @@ fn steps_follow_the_write_rate() {
             Some(STEP_MIN_BYTES),
             "an idle partition's new segment reserves the smallest step"
         );
+
+        // Grow the new segment's steps again, then restart: the reopened segment holds its
+        // data and one smallest step, whatever it held before.
+        while disk.file_len(&segment_path(rolled.base_offset)) < Some(STEP_MAX_BYTES) {
+            log.append(workload_batch(i)).await.expect("append");
+            i += 1;
+        }
+        log.close().await.expect("close");
+        drop(log);
+        let (log, _) = PartitionLog::open_on(
+            disk.clone(),
+            Path::new("/data/topic-0"),
+            config,
+            clock.clone(),
+        )
+        .await
+        .expect("reopen");
+        let first_segment_bytes = disk.file_len(&segment_path(0)).expect("sealed segment");
+        let active_bytes = log.size_bytes() - first_segment_bytes;
+        assert_eq!(
+            disk.file_len(&segment_path(rolled.base_offset)),
+            Some(active_bytes.next_multiple_of(4096) + STEP_MIN_BYTES),
+            "a reopened segment holds its data and the smallest step"
+        );
+        log.append(workload_batch(i))
+            .await
+            .expect("append after reopen");
         log.close().await.expect("close");
     });
 }
