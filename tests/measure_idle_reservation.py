@@ -7,7 +7,8 @@ It starts the broker with the default preallocation setting (the client tests' c
 lowers it; this passes the default explicitly) in a fresh data directory, creates topics of
 --per-topic partitions until --partitions exist, waits until Metadata shows every one with a
 leader, and prints the data directory's allocated bytes (st_blocks, as `du -s` counts) and
-apparent bytes. Nothing is produced.
+apparent bytes. Nothing is produced. With --restart-with BINARY it then stops the broker
+(SIGTERM), starts BINARY on the same data directory and measures again (an upgrade).
 """
 
 import argparse
@@ -47,6 +48,12 @@ def create_partitions(admin, partitions, per_topic):
         futures = admin.create_topics(topics[batch_start:batch_start + 100], request_timeout=60)
         for future in futures.values():
             future.result(timeout=120)
+    wait_led(admin, partitions)
+
+
+def wait_led(admin, partitions):
+    """Waits until Metadata shows `partitions` idle-* partitions with a leader."""
+    led = 0
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         metadata = admin.list_topics(timeout=30)
@@ -64,6 +71,7 @@ def main():
     parser.add_argument("--partitions", type=int, default=1000)
     parser.add_argument("--per-topic", type=int, default=10)
     parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--restart-with", help="binary to restart the broker with, then measure again")
     args = parser.parse_args()
     os.environ["RINGFEED_BIN"] = str(Path(args.binary).resolve())
     work = Path(tempfile.mkdtemp(prefix="idle-reservation-"))
@@ -81,6 +89,15 @@ def main():
             "allocated_bytes_per_partition": round((allocated - before[0]) / args.partitions),
             "allocated_bytes_before_create": before[0],
         }))
+        if args.restart_with:
+            os.environ["RINGFEED_BIN"] = str(Path(args.restart_with).resolve())
+            broker.restart()
+            admin = AdminClient({"bootstrap.servers": broker.bootstrap, "log_level": 0})
+            wait_led(admin, args.partitions)
+            time.sleep(1)
+            allocated, apparent, files = disk_usage(broker.data_dir)
+            print(json.dumps({"restarted_with": args.restart_with, "allocated_bytes": allocated,
+                              "apparent_bytes": apparent, "files": files}))
     finally:
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
