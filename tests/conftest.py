@@ -45,8 +45,10 @@ class Broker:
         self.shards_arg = ["--shards", str(shards)] if shards is not None else []
         self.extra_args = list(extra_args)
         if not any(arg.startswith("--segment-preallocate-bytes") for arg in self.extra_args):
-            # The 32 MiB default is claimed per open partition; dozens of test brokers
-            # with __consumer_offsets partitions would fill a small CI disk.
+            # The largest preallocation step. Idle partitions hold only the first step
+            # (256 KiB) either way, but a busy one grows its steps up to the 32 MiB default:
+            # a 1 MiB cap keeps dozens of test brokers' disk use low, and keeps the
+            # small-filesystem tests (test_disk_full.py) filling with data, not reservations.
             self.extra_args += ["--segment-preallocate-bytes", str(1 << 20)]
         if not any(arg.startswith("--admin-listen") for arg in self.extra_args):
             # The default 9644 would collide between brokers of tests run in parallel; a

@@ -83,9 +83,10 @@ pub struct Limits {
     /// Records appended to a `__consumer_offsets` partition before it is checkpointed (its
     /// live offsets appended again, everything older deleted), bounding replay at start.
     pub offsets_checkpoint_records: usize,
-    /// Disk space fallocated ahead of each partition's active segment, so appends change
-    /// no size metadata (Redpanda's `segment_fallocation_step`). Every open partition holds
-    /// up to this much unwritten space, so hosts with many small partitions, and tests, lower it.
+    /// The largest step of disk space fallocated ahead of each partition's active segment,
+    /// so appends change no size metadata (Redpanda's `segment_fallocation_step`). Steps
+    /// adapt to each partition's write rate from 256 KiB up to this
+    /// (`ringfeed_storage::preallocation`), so an idle partition holds 256 KiB unwritten.
     pub segment_preallocate_bytes: u64,
     /// Per-partition series (size, log start, high watermark) one `/metrics` scrape exports,
     /// in topic/partition order; the rest are counted in `ringfeed_partition_series_omitted`.

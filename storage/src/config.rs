@@ -27,7 +27,10 @@ pub struct LogConfig {
     pub batch_bytes_max: usize,
     /// Bytes of batches between sparse index entries (`index.interval.bytes`, 4 KiB).
     pub index_interval_bytes: u32,
-    /// fallocate ahead in steps this large so appends change no size metadata.
+    /// The largest step the active segment is fallocated ahead of its data, so appends change
+    /// no size metadata. Steps start at 256 KiB (or this, if smaller) for a new or recovered
+    /// segment and double while the partition fills them within a second, up to this
+    /// (see [`crate::preallocation`]).
     pub preallocate_step_bytes: u64,
     /// Recent batches kept in memory to serve tail reads without IO.
     pub tail_cache_bytes_max: usize,

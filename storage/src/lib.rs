@@ -19,6 +19,7 @@ pub mod fuzzing;
 pub mod index;
 pub mod io;
 pub mod meta;
+pub mod preallocation;
 pub mod segment;
 pub mod sim;
 

@@ -8,15 +8,20 @@ use crate::appender::Appender;
 use crate::error::{ReadError, StorageError};
 use crate::flusher::fence;
 use crate::index::{BuildingIndex, SegmentIndex};
-use crate::io::{align_up, Disk, DiskFile};
+use crate::io::{Disk, DiskFile};
 use crate::log::PartitionLog;
 use crate::meta::{encode_checkpoint, LogCheckpoint, MetaKind};
+use crate::preallocation::{self, Preallocation};
 use crate::segment::{index_file_name, segment_file_name, Segment, CLEAN_SHUTDOWN_FILE};
 
 /// What an append must wait for before it can be placed.
 enum Obstacle {
     Roll,
-    Preallocate(u64),
+    /// Fallocate the active file up to `end_bytes`, a step of `step_bytes` past the append.
+    Preallocate {
+        end_bytes: u64,
+        step_bytes: u64,
+    },
     Backpressure,
 }
 
@@ -29,7 +34,10 @@ impl<D: Disk> PartitionLog<D> {
             match self.obstacle(batch_bytes)? {
                 None => return Ok(()),
                 Some(Obstacle::Roll) => self.roll().await?,
-                Some(Obstacle::Preallocate(bytes)) => self.preallocate(bytes).await?,
+                Some(Obstacle::Preallocate {
+                    end_bytes,
+                    step_bytes,
+                }) => self.preallocate(end_bytes, step_bytes).await?,
                 Some(Obstacle::Backpressure) => progress.await,
             }
         }
@@ -50,10 +58,19 @@ impl<D: Disk> PartitionLog<D> {
         };
         Ok(if appended > 0 && (too_big || too_old) {
             Some(Obstacle::Roll)
-        } else if needed > state.preallocated_bytes {
-            Some(Obstacle::Preallocate(
-                align_up(needed) + state.config.preallocate_step_bytes,
-            ))
+        } else if needed > state.preallocation.end_bytes {
+            // The last step is used up: how fast it went decides the next one.
+            let last = state.preallocation;
+            let step_bytes = preallocation::next_step_bytes(
+                last.step_bytes,
+                true,
+                self.inner.clock.now_ms() - last.step_taken_ms,
+                state.config.preallocate_step_bytes,
+            );
+            Some(Obstacle::Preallocate {
+                end_bytes: preallocation::target_bytes(needed, step_bytes),
+                step_bytes,
+            })
         } else if state.appender.unwritten_bytes() > 0
             && state.appender.unwritten_bytes() + batch_bytes as u64
                 > state.config.unwritten_bytes_max as u64
@@ -66,13 +83,17 @@ impl<D: Disk> PartitionLog<D> {
 
     /// Grows the active file's allocation. ENOSPC here refuses the append but leaves the log
     /// usable: nothing was written, and appends succeed again once space is freed.
-    async fn preallocate(&self, bytes: u64) -> Result<(), StorageError> {
+    async fn preallocate(&self, end_bytes: u64, step_bytes: u64) -> Result<(), StorageError> {
         let file = self.state().active.file.clone();
-        file.preallocate(bytes)
+        file.preallocate(end_bytes)
             .await
             .map_err(|e| StorageError::io("preallocating the active segment", e))?;
         let mut state = self.state_mut();
-        state.preallocated_bytes = state.preallocated_bytes.max(bytes);
+        state.preallocation = Preallocation {
+            end_bytes: state.preallocation.end_bytes.max(end_bytes),
+            step_bytes,
+            step_taken_ms: self.inner.clock.now_ms(),
+        };
         Ok(())
     }
 
@@ -81,20 +102,29 @@ impl<D: Disk> PartitionLog<D> {
     async fn roll(&self) -> Result<(), StorageError> {
         let last_offset = self.log_end_offset() - 1;
         self.wait_durable(last_offset).await?;
-        let (base_offset, step) = {
+        let (base_offset, step_bytes) = {
             let state = self.state();
-            (state.next_offset, state.config.preallocate_step_bytes)
+            // The new segment carries the partition's pace: a busy partition keeps its step
+            // (no ramp from the minimum at every roll), one that went quiet gives it back.
+            let last = state.preallocation;
+            let step_bytes = preallocation::next_step_bytes(
+                last.step_bytes,
+                false,
+                self.inner.clock.now_ms() - last.step_taken_ms,
+                state.config.preallocate_step_bytes,
+            );
+            (state.next_offset, step_bytes)
         };
-        let file = self.create_segment_file(base_offset, step).await?;
+        let file = self.create_segment_file(base_offset, step_bytes).await?;
         self.seal_active().await?;
-        self.install_active(file, base_offset);
+        self.install_active(file, base_offset, step_bytes);
         tracing::debug!(dir = %self.dir().display(), base_offset, "rolled to a new segment");
         let _ = self.write_checkpoint().await;
         Ok(())
     }
 
     /// Makes a freshly created segment file the active segment; the old one becomes sealed.
-    fn install_active(&self, file: D::File, base_offset: i64) {
+    fn install_active(&self, file: D::File, base_offset: i64, step_bytes: u64) {
         let mut guard = self.state_mut();
         let state = &mut *guard;
         let appender = Appender::new(0, &[], state.config.write_chunk_bytes);
@@ -107,7 +137,11 @@ impl<D: Disk> PartitionLog<D> {
         let old = std::mem::replace(&mut state.active, new_active);
         state.sealed.insert(old.base_offset, old);
         state.appender = appender;
-        state.preallocated_bytes = state.config.preallocate_step_bytes;
+        state.preallocation = Preallocation {
+            end_bytes: step_bytes,
+            step_bytes,
+            step_taken_ms: self.inner.clock.now_ms(),
+        };
         state.active_first_append_ms = None;
         state.active_durable_bytes = 0;
     }

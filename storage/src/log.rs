@@ -134,7 +134,7 @@ pub(crate) struct State<F: DiskFile> {
     pub active: Segment<F>,
     pub appender: Appender<F::Buffer>,
     pub active_first_append_ms: Option<i64>,
-    pub preallocated_bytes: u64,
+    pub preallocation: crate::preallocation::Preallocation,
     pub log_start_offset: i64,
     pub next_offset: i64,
     pub written_offset: i64,

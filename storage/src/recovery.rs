@@ -397,6 +397,25 @@ async fn settle_tail<F: DiskFile>(
     Ok(Some(torn))
 }
 
+/// Trims an active segment allocated past `wanted_bytes` (by a busier past, or by the fixed
+/// 32 MiB steps of earlier versions), so a restarted idle partition holds one small step.
+/// Everything past `wanted_bytes` lies beyond the data and its first step: recovery has
+/// established where the data ends, appends overwrite whatever follows it, and readers stop
+/// at the end. Best effort: if the trim fails or is lost to a crash, the file is only larger.
+async fn give_back_excess_allocation<F: DiskFile>(file: &F, base_offset: i64, wanted_bytes: u64) {
+    match file.size().await {
+        Ok(size) if size > wanted_bytes => {
+            if let Err(error) = file.truncate(wanted_bytes).await {
+                tracing::warn!(base_offset, %error, "could not trim the active segment's excess preallocation");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(base_offset, %error, "could not read the active segment's size");
+        }
+    }
+}
+
 /// Builds the log state around the recovered active segment. An fdatasync first makes
 /// whatever a crashed process had written durable, so the durable offset is honest.
 async fn assemble_state<F: DiskFile>(
@@ -412,8 +431,12 @@ async fn assemble_state<F: DiskFile>(
     file.fdatasync()
         .await
         .map_err(io_error("fdatasync of the active segment"))?;
-    let wanted_bytes = align_up(segment_bytes) + config.preallocate_step_bytes;
-    let preallocated_bytes = match file.preallocate(wanted_bytes).await {
+    // The partition's pace before the restart is unknown: start from the smallest step (a
+    // busy partition doubles back to the maximum within its first few steps).
+    let step_bytes = crate::preallocation::step_min_bytes(config.preallocate_step_bytes);
+    let wanted_bytes = crate::preallocation::target_bytes(segment_bytes, step_bytes);
+    give_back_excess_allocation(file, active.base_offset, wanted_bytes).await;
+    let end_bytes = match file.preallocate(wanted_bytes).await {
         Ok(()) => wanted_bytes,
         // A full disk must not keep an intact log from opening (and being read): appends
         // try to preallocate again and are refused with NoSpace until space is freed.
@@ -446,7 +469,11 @@ async fn assemble_state<F: DiskFile>(
         durable_wanted: next_offset,
         active_durable_bytes: segment_bytes,
         active_first_append_ms: (segment_bytes > 0).then(|| clock.now_ms()),
-        preallocated_bytes,
+        preallocation: crate::preallocation::Preallocation {
+            end_bytes,
+            step_bytes,
+            step_taken_ms: clock.now_ms(),
+        },
         last_sync_ms: clock.now_ms(),
         last_checkpoint_ms: 0,
         fenced: None,

@@ -219,6 +219,15 @@ impl SimDisk {
             .map(|f| f.borrow().live.clone())
     }
 
+    /// The live length of a file (data and preallocation), without copying it.
+    pub fn file_len(&self, path: &Path) -> Option<u64> {
+        self.0
+            .borrow()
+            .live_names
+            .get(path)
+            .map(|f| f.borrow().live.len() as u64)
+    }
+
     /// Damages a file in both images, as media corruption would.
     pub fn corrupt(&self, path: &Path, damage: impl FnOnce(&mut Vec<u8>)) {
         let state = self.0.borrow();

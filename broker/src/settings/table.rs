@@ -253,8 +253,10 @@ pub static SETTINGS: &[Setting] = &[
             max: 1 << 40,
             multiple_of: 4096,
         },
-        "Disk space fallocated ahead of each partition's active segment (a multiple of \
-         4096). Every open partition holds up to this much unwritten space.",
+        "The largest step of disk space fallocated ahead of each partition's active segment \
+         (a multiple of 4096). Steps start at 256 KiB (or this, if smaller) for a new or \
+         restarted partition and double while the partition fills each within a second, so \
+         an idle partition holds 256 KiB of unwritten space and a busy one up to this.",
     ),
     row(
         "ringfeed.offsets.checkpoint.records",
