@@ -114,3 +114,36 @@ def test_many_idle_long_polls_all_keep_being_served(start_broker, shards):
     # whole budget but 6 MiB, so consumers queued for it).
     peak_max = LIBRDKAFKA_FETCH_MAX_BYTES if shards == 1 else SHARD_FETCH_BUDGET_BYTES // 2
     assert max(peaks.values()) < peak_max, f"fetch budget reserved at peak, by shard: {peaks}"
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_a_response_is_filled_with_bytes_read_not_partition_allowances(start_broker, shards):
+    """Reserving only what is read must not shrink responses: a fetch whose `max_bytes`
+    equals its partition `max_bytes` (kafka-python's and many tools' settings can make them
+    equal) used to be served the first partition with data only, because every partition with
+    data was given its whole allowance of the response before the reads. Kafka fills the
+    response with the bytes actually read, so a consumer of many partitions with little data
+    each gets them all in one response; later partitions of a request must not starve."""
+    from kafka.protocol.fetch import FetchRequest
+
+    import helpers
+
+    broker = start_broker(shards=shards)
+    topic, partitions = "fill", 12
+    create_topic(broker.bootstrap, topic, partitions)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0})
+    for partition in range(partitions):
+        producer.produce(topic, value=f"record-{partition}".encode(), partition=partition)
+    assert producer.flush(30) == 0
+    one_mib = 1 << 20
+    request = FetchRequest[4](-1, 500, 1, one_mib, 0,
+                              [(topic, [(partition, 0, one_mib) for partition in range(partitions)])])
+    sock = helpers.connect(broker.bootstrap)
+    try:
+        response = helpers.call(sock, request, 11)
+    finally:
+        sock.close()
+    (_, answers), = response.topics
+    with_records = sorted(partition for partition, error_code, _hw, _lso, _aborted, records in answers
+                          if error_code == 0 and records)
+    assert with_records == list(range(partitions))

@@ -119,52 +119,84 @@ fn resolve(
 }
 
 /// Reads the partitions whose probe (`outcomes`, offsets only) shows data, in request order,
-/// each up to its partition `max_bytes` and all together up to `response_bytes_max`, and
-/// puts what they read in `outcomes`. The reads hold a reservation of the shard's fetch
-/// budget for that many bytes, acquired before any is sent; once they are done it shrinks
-/// to the bytes read and is returned to be held until the response is assembled. Waiting
-/// for the budget holds none of it, so fetches cannot deadlock on it. `true` with it when
-/// a partition with data was left unread because the response was full.
+/// each up to its partition `max_bytes` and all together up to `response_bytes_max` of bytes
+/// actually read, and puts what they read in `outcomes`. The reads hold a reservation of the
+/// shard's fetch budget; it is acquired before any read is sent and shrunk to the bytes read
+/// after each pass. The first pass waits for its reservation holding none of the budget, so
+/// fetches cannot deadlock on it; later passes only take what is free at once.
+///
+/// A pass gives every partition with data its whole partition `max_bytes` of the response,
+/// so it may stop short of the partitions at the end of the request while the response is
+/// far from full (50 MiB responses of 1 MiB partitions: 50 partitions a pass). As Kafka fills
+/// a response with the bytes actually read, more passes read the partitions left over from
+/// what is left of `response_bytes_max`; otherwise a consumer of many partitions would be
+/// served the first ones of its request only. `true` with the reservation when a partition
+/// with data was left unread (the response is full, or the budget is taken).
 async fn read_with_budget(
     shard: &Shard,
     wanted: &[Wanted],
     outcomes: &mut [FetchOutcome],
     response_bytes_max: usize,
 ) -> (Reservation, bool) {
-    let mut bytes_left = response_bytes_max;
+    let mut pending: Vec<usize> = (0..wanted.len())
+        .filter(|&index| {
+            let (wanted, probe) = (&wanted[index], &outcomes[index]);
+            // Any offset but the high watermark goes to the read, which also decides the
+            // out-of-range cases.
+            probe.error_code == codes::NONE && probe.high_watermark != wanted.offset
+        })
+        .collect();
+    let mut reservation = Reservation::empty(shard);
+    let mut read_bytes = 0;
+    let mut first_pass = true;
+    while !pending.is_empty() && read_bytes < response_bytes_max {
+        let (reads, share_bytes) = shares(wanted, &pending, response_bytes_max - read_bytes);
+        let granted = if first_pass {
+            reservation.grow(shard, share_bytes as u64).await;
+            true
+        } else {
+            reservation.try_grow(shard, share_bytes as u64)
+        };
+        if !granted {
+            break;
+        }
+        first_pass = false;
+        let read = join_all(
+            reads
+                .iter()
+                .map(|&(index, max_bytes)| fetch_one(shard, &wanted[index], max_bytes)),
+        )
+        .await;
+        for ((index, _), outcome) in reads.iter().zip(read) {
+            read_bytes += outcome.batches.iter().map(Bytes::len).sum::<usize>();
+            outcomes[*index] = outcome;
+        }
+        pending.drain(..reads.len());
+        // A read returns its first batch whatever its size, so it can exceed its share by
+        // less than one batch (`message.max.bytes`); that excess is not reserved.
+        reservation.shrink_to(read_bytes as u64);
+    }
+    (reservation, !pending.is_empty())
+}
+
+/// The next partitions of `pending` (in request order) that `bytes_left` of the response
+/// can give their whole partition `max_bytes`, at least one, with the bytes they share.
+fn shares(wanted: &[Wanted], pending: &[usize], bytes_left: usize) -> (Vec<(usize, usize)>, usize) {
     let mut reads = Vec::new();
-    let mut unread_data = false;
-    for (index, (wanted, probe)) in wanted.iter().zip(outcomes.iter()).enumerate() {
-        // Any offset but the high watermark goes to the read, which also decides the
-        // out-of-range cases.
-        if probe.error_code != codes::NONE || probe.high_watermark == wanted.offset {
-            continue;
+    let mut left = bytes_left;
+    for &index in pending {
+        if left == 0 {
+            break;
         }
-        if bytes_left == 0 {
-            unread_data = true;
-            continue;
-        }
-        let max_bytes = wanted.max_bytes.min(bytes_left);
-        bytes_left -= max_bytes;
+        let max_bytes = wanted[index].max_bytes.min(left);
+        left -= max_bytes;
         reads.push((index, max_bytes));
     }
-    let mut reservation =
-        Reservation::acquire(shard, (response_bytes_max - bytes_left) as u64).await;
-    let read = join_all(
-        reads
-            .iter()
-            .map(|&(index, max_bytes)| fetch_one(shard, &wanted[index], max_bytes)),
-    )
-    .await;
-    let mut read_bytes = 0;
-    for ((index, _), outcome) in reads.into_iter().zip(read) {
-        read_bytes += outcome.batches.iter().map(Bytes::len).sum::<usize>();
-        outcomes[index] = outcome;
-    }
-    // A read returns its first batch whatever its size, so it can exceed its share by less
-    // than one batch (`message.max.bytes`); that excess is not reserved.
-    reservation.shrink_to(read_bytes as u64);
-    (reservation, unread_data)
+    assert!(
+        !reads.is_empty() || pending.is_empty() || bytes_left == 0,
+        "a pass with room reads at least one partition"
+    );
+    (reads, bytes_left - left)
 }
 
 /// Bytes of the shard's fetch budget held by one fetch round, given back when dropped.
@@ -174,22 +206,45 @@ struct Reservation {
 }
 
 impl Reservation {
-    async fn acquire(shard: &Shard, bytes: u64) -> Self {
-        if bytes > 0 {
-            shard
-                .fetch_budget
-                .acquire(bytes)
-                .await
-                .expect("the fetch budget is never closed");
-            let budget_bytes = shard.config.limits.shard_fetch_bytes_max as u64;
-            shard
-                .metrics
-                .fetch_budget_reserved(budget_bytes - shard.fetch_budget.available());
-        }
+    fn empty(shard: &Shard) -> Self {
         Self {
             budget: shard.fetch_budget.clone(),
-            bytes,
+            bytes: 0,
         }
+    }
+
+    /// Adds `bytes`, waiting until the budget has them.
+    async fn grow(&mut self, shard: &Shard, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        shard
+            .fetch_budget
+            .acquire(bytes)
+            .await
+            .expect("the fetch budget is never closed");
+        self.bytes += bytes;
+        Self::report(shard);
+    }
+
+    /// Adds `bytes` if the budget has them now; `false` (nothing added) otherwise.
+    fn try_grow(&mut self, shard: &Shard, bytes: u64) -> bool {
+        let granted = shard
+            .fetch_budget
+            .try_acquire(bytes)
+            .expect("the fetch budget is never closed");
+        if granted {
+            self.bytes += bytes;
+            Self::report(shard);
+        }
+        granted
+    }
+
+    fn report(shard: &Shard) {
+        let budget_bytes = shard.config.limits.shard_fetch_bytes_max as u64;
+        shard
+            .metrics
+            .fetch_budget_reserved(budget_bytes - shard.fetch_budget.available());
     }
 
     /// Gives back what is held beyond `bytes`.
