@@ -501,7 +501,7 @@ mod tests {
             let zstd_topic = CompressionType::Codec(Codec::Zstd);
             assert_eq!(
                 rule(vec![zstd.clone()], version, zstd_topic).unwrap(),
-                [zstd.clone()]
+                std::slice::from_ref(&zstd)
             );
         }
     }
