@@ -11,6 +11,10 @@ driving the real binary with confluent-kafka and kafka-python:
   JoinGroup applies (INVALID_SESSION_TIMEOUT outside them).
 - A zstd batch on Produce v3-v6 is answered UNSUPPORTED_COMPRESSION_TYPE and not appended;
   v7 takes it.
+- Fetch v4-v9 never hands out a zstd batch (KIP-110): a partition whose read starts with one,
+  or of a topic whose compression.type is zstd, is answered UNSUPPORTED_COMPRESSION_TYPE with
+  no records; a read is cut before its first zstd batch; other partitions of the same request
+  are served. Fetch v10+ and confluent-kafka consumers read zstd.
 """
 
 import struct
@@ -39,31 +43,57 @@ call = helpers.call
 
 
 def fetched_batches(bootstrap, topic, partition):
-    """Every stored batch of a partition as raw bytes, read with Fetch v4 from offset 0."""
+    """Every stored batch of a partition as raw bytes, read with Fetch v11 (zstd included)
+    from offset 0."""
     high_watermark = watermarks(bootstrap, topic, partition)[1]
     batches, offset, correlation_id = [], 0, 0
     sock = helpers.connect(bootstrap)
     try:
         while offset < high_watermark:
             correlation_id += 1
-            request = FetchRequest[4](-1, 100, 1, 4 << 20, 0, [(topic, [(partition, offset, 4 << 20)])])
-            response = call(sock, request, correlation_id)
-            (_, partitions), = response.topics
-            (_, error_code, _, _, _, records), = partitions
+            error_code, _, records = fetch_raw(sock, 11, [(topic, partition, offset)], correlation_id)[
+                (topic, partition)]
             assert error_code == NONE
-            at = 0
-            while at + 12 <= len(records):
-                base_offset, batch_length = struct.unpack(">qi", records[at:at + 12])
-                if at + 12 + batch_length > len(records):
-                    break  # a partial batch at the end of the response
-                batch = records[at:at + 12 + batch_length]
+            for batch in batches_in(records):
+                base_offset = struct.unpack(">q", batch[:8])[0]
                 if base_offset >= offset:
                     batches.append(batch)
                     record_count = struct.unpack(">i", batch[57:61])[0]
                     offset = base_offset + record_count
-                at += 12 + batch_length
     finally:
         sock.close()
+    return batches
+
+
+def fetch_raw(sock, version, partitions, correlation_id):
+    """One sessionless Fetch of `version` (4-11) for [(topic, partition, offset)], 1 MiB each
+    (the broker sets aside each partition's max_bytes of the response's, so these stay below
+    it); returns {(topic, partition): (error_code, high_watermark, records)}."""
+    by_topic = {}
+    for topic, partition, offset in partitions:
+        if version >= 9:
+            fields = (partition, -1, offset, -1, 1 << 20)
+        elif version >= 5:
+            fields = (partition, offset, -1, 1 << 20)
+        else:
+            fields = (partition, offset, 1 << 20)
+        by_topic.setdefault(topic, []).append(fields)
+    request = [-1, 100, 1, 16 << 20, 0] + ([0, -1] if version >= 7 else []) + [list(by_topic.items())]
+    request += ([[]] if version >= 7 else []) + ([""] if version >= 11 else [])
+    response = call(sock, FetchRequest[version](*request), correlation_id)
+    return {(topic, fields[0]): (fields[1], fields[2], fields[-1])
+            for topic, partition_fields in response.topics for fields in partition_fields}
+
+
+def batches_in(records):
+    """The whole batches of a `records` field (a partial batch at its end is dropped)."""
+    batches, at, records = [], 0, records or b""
+    while at + 12 <= len(records):
+        batch_length = struct.unpack(">i", records[at + 8:at + 12])[0]
+        if at + 12 + batch_length > len(records):
+            break
+        batches.append(records[at:at + 12 + batch_length])
+        at += 12 + batch_length
     return batches
 
 
@@ -298,3 +328,54 @@ def test_zstd_batches_need_produce_v7(broker):
     finally:
         sock.close()
     assert watermarks(broker.bootstrap, "zstd-target", 0) == (0, 2 * record_count)
+
+
+# --- zstd needs Fetch v10 --------------------------------------------------------------------
+
+def test_zstd_batches_need_fetch_v10(broker):
+    messages = make_messages(20)
+    create_topic(broker.bootstrap, "fetch-zstd", 1)
+    create_topic(broker.bootstrap, "fetch-plain", 1)
+    create_topic(broker.bootstrap, "fetch-mixed", 1)
+    create_topic(broker.bootstrap, "fetch-zstd-topic", 1, {"compression.type": "zstd"})
+    produce(broker.bootstrap, "fetch-zstd", messages, **{"compression.type": "zstd"})
+    produce(broker.bootstrap, "fetch-plain", messages, **{"compression.type": "none"})
+    # Uncompressed batches, then zstd ones: an old client gets the first, then the error.
+    produce(broker.bootstrap, "fetch-mixed", messages, **{"compression.type": "none"})
+    produce(broker.bootstrap, "fetch-mixed", messages, **{"compression.type": "zstd"})
+    assert codecs_of(fetched_batches(broker.bootstrap, "fetch-zstd", 0)) == {CODEC_IDS["zstd"]}
+
+    sock = helpers.connect(broker.bootstrap)
+    try:
+        for version in range(4, 12):
+            wanted = [("fetch-zstd", 0, 0), ("fetch-plain", 0, 0), ("fetch-mixed", 0, 0),
+                      ("fetch-mixed", 0, 20), ("fetch-zstd-topic", 0, 0)]
+            # One partition per request for the two fetch-mixed reads (same partition).
+            result = fetch_raw(sock, version, wanted[:3] + wanted[4:], 2 * version)
+            mixed_from_zstd = fetch_raw(sock, version, wanted[3:4], 2 * version + 1)
+            zstd_error, _, zstd_records = result[("fetch-zstd", 0)]
+            plain_error, plain_high_watermark, plain_records = result[("fetch-plain", 0)]
+            mixed_error, _, mixed_records = result[("fetch-mixed", 0)]
+            topic_error, _, topic_records = result[("fetch-zstd-topic", 0)]
+            tail_error, _, tail_records = mixed_from_zstd[("fetch-mixed", 0)]
+            at = f"Fetch v{version}"
+            assert (plain_error, plain_high_watermark) == (NONE, 20), at
+            assert codecs_of(batches_in(plain_records)) == {CODEC_IDS["none"]}, at
+            assert mixed_error == NONE, at
+            if version < 10:
+                assert (zstd_error, batches_in(zstd_records)) == (UNSUPPORTED_COMPRESSION_TYPE, []), at
+                assert (tail_error, batches_in(tail_records)) == (UNSUPPORTED_COMPRESSION_TYPE, []), at
+                # compression.type=zstd refuses the topic even with nothing to read (Kafka's rule).
+                assert (topic_error, batches_in(topic_records)) == (UNSUPPORTED_COMPRESSION_TYPE, []), at
+                assert codecs_of(batches_in(mixed_records)) == {CODEC_IDS["none"]}, at
+                last = batches_in(mixed_records)[-1]
+                assert struct.unpack(">q", last[:8])[0] + struct.unpack(">i", last[57:61])[0] == 20, at
+            else:
+                assert zstd_error == NONE and codecs_of(batches_in(zstd_records)) == {CODEC_IDS["zstd"]}, at
+                assert tail_error == NONE and codecs_of(batches_in(tail_records)) == {CODEC_IDS["zstd"]}, at
+                assert (topic_error, batches_in(topic_records)) == (NONE, []), at
+                assert codecs_of(batches_in(mixed_records)) == {CODEC_IDS["none"], CODEC_IDS["zstd"]}, at
+    finally:
+        sock.close()
+    consumed = consume_partition(broker.bootstrap, "fetch-zstd", 0, 20)
+    assert [(key, value) for _, key, value, _, _ in consumed] == [(key, value) for key, value, _, _ in messages]

@@ -1,4 +1,5 @@
-//! Produce's codec rules, applied to one partition's batches before they are appended:
+//! Produce's codec rules, applied to one partition's batches before they are appended, and
+//! Fetch's one ([`apply_fetch_codec_rule`]), applied to the batches read for a response:
 //!
 //! - A zstd batch needs Produce v7 or later (KIP-110): an older request is answered
 //!   `UNSUPPORTED_COMPRESSION_TYPE`, as Kafka's `ProduceRequest.validateRecords` does, since a
@@ -40,6 +41,8 @@ const CODEC_MASK: i16 = 0x07;
 
 /// The first Produce version that may carry zstd batches (KIP-110).
 const PRODUCE_VERSION_ZSTD_MIN: i16 = 7;
+/// The first Fetch version whose client can read zstd batches (KIP-110).
+const FETCH_VERSION_ZSTD_MIN: i16 = 10;
 
 /// Kafka's level for zstd (`compression.zstd.level` default) and gzip (`Deflater`'s default).
 const ZSTD_LEVEL: i32 = 3;
@@ -139,6 +142,42 @@ pub fn apply_codec_rules(
             .into_iter()
             .map(|batch| recompress(batch, target))
             .collect(),
+    }
+}
+
+/// The fetch path's codec rule (KIP-110): a Fetch below v10 comes from a client that may not
+/// read zstd, so it is never handed a zstd batch. Kafka (`KafkaApis.maybeConvertFetchedData`)
+/// answers `UNSUPPORTED_COMPRESSION_TYPE` for every partition of a topic whose
+/// `compression.type` is zstd, with or without data, and looks no further: a `producer` topic
+/// serves zstd batches as sent. Ringfeed does the same for a zstd topic and also reads the
+/// codec bits of the batches about to be returned (already in memory, so free): they are
+/// kept up to the first zstd one, and when that is the first the partition is refused. An old
+/// client thus gets every batch it can decode, then the error, never bytes it cannot decode.
+/// `batches` are whole stored batches (each at least a header long), in offset order.
+pub fn apply_fetch_codec_rule(
+    batches: &mut Vec<Bytes>,
+    fetch_version: i16,
+    compression: CompressionType,
+) -> Result<(), i16> {
+    if fetch_version >= FETCH_VERSION_ZSTD_MIN {
+        return Ok(());
+    }
+    if compression == CompressionType::Codec(Codec::Zstd) {
+        return Err(codes::UNSUPPORTED_COMPRESSION_TYPE);
+    }
+    let is_zstd = |batch: &Bytes| {
+        batch
+            .get(ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2)
+            .and_then(|bytes| Codec::from_attributes(i16::from_be_bytes([bytes[0], bytes[1]])))
+            == Some(Codec::Zstd)
+    };
+    match batches.iter().position(is_zstd) {
+        Some(0) => Err(codes::UNSUPPORTED_COMPRESSION_TYPE),
+        Some(first_zstd) => {
+            batches.truncate(first_zstd);
+            Ok(())
+        }
+        None => Ok(()),
     }
 }
 
@@ -436,6 +475,35 @@ mod tests {
             apply_codec_rules(vec![unknown.freeze()], 9, CompressionType::Producer),
             Err(codes::CORRUPT_MESSAGE)
         );
+    }
+
+    #[test]
+    fn fetch_below_v10_is_cut_before_the_first_zstd_batch() {
+        let plain = producer_batch(&values());
+        let zstd = recompress(plain.clone(), Codec::Zstd).unwrap();
+        let lz4 = recompress(plain.clone(), Codec::Lz4).unwrap();
+        let read = vec![plain.clone(), lz4.clone(), zstd.clone(), plain.clone()];
+        let rule = |mut batches: Vec<Bytes>, version, compression| {
+            apply_fetch_codec_rule(&mut batches, version, compression).map(|()| batches)
+        };
+        let producer = CompressionType::Producer;
+        for version in 4..=9 {
+            let kept = rule(read.clone(), version, producer).unwrap();
+            assert_eq!(kept, [plain.clone(), lz4.clone()]);
+            let refused = rule(vec![zstd.clone(), plain.clone()], version, producer);
+            assert_eq!(refused, Err(codes::UNSUPPORTED_COMPRESSION_TYPE));
+            // Kafka's rule: a zstd topic is refused whatever was read, nothing included.
+            let zstd_topic = rule(Vec::new(), version, CompressionType::Codec(Codec::Zstd));
+            assert_eq!(zstd_topic, Err(codes::UNSUPPORTED_COMPRESSION_TYPE));
+        }
+        for version in [10, 11] {
+            assert_eq!(rule(read.clone(), version, producer).unwrap(), read);
+            let zstd_topic = CompressionType::Codec(Codec::Zstd);
+            assert_eq!(
+                rule(vec![zstd.clone()], version, zstd_topic).unwrap(),
+                std::slice::from_ref(&zstd)
+            );
+        }
     }
 
     #[test]

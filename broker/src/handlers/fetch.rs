@@ -8,6 +8,10 @@
 //! read until the response is assembled. An idle long poll reserves nothing, and a round
 //! never reserves the client's whole `max_bytes` (librdkafka and the Java client ask for
 //! 50 MiB) for a response of a few hundred bytes.
+//!
+//! Codecs: below v10 no zstd batch is returned (KIP-110), as the client may not decode it;
+//! the rule is `recompress::apply_fetch_codec_rule`, applied to each read as soon as it is
+//! back, on the batch headers already in memory.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -24,6 +28,7 @@ use super::RequestContext;
 use crate::error_codes as codes;
 use crate::metadata::{MetadataSnapshot, TopicPartition};
 use crate::partition::{FetchOutcome, PartitionCall, PartitionReply};
+use crate::recompress::{apply_fetch_codec_rule, CompressionType};
 use crate::shard::Shard;
 
 /// One requested partition, resolved against the metadata once per request.
@@ -34,11 +39,13 @@ struct Wanted {
     placement: Option<(TopicPartition, usize)>,
     offset: i64,
     max_bytes: usize,
+    /// The topic's `compression.type`, for the Fetch codec rule.
+    compression: CompressionType,
 }
 
 pub async fn handle(
     shard: &Rc<Shard>,
-    _context: &RequestContext,
+    context: &RequestContext,
     request: FetchRequest,
 ) -> FetchResponse {
     let limits = &shard.config.limits;
@@ -53,6 +60,11 @@ pub async fn handle(
         let mut outcomes = join_all(wanted.iter().map(|wanted| fetch_one(shard, wanted, 0))).await;
         let (reserved, unread_data) =
             read_with_budget(shard, &wanted, &mut outcomes, response_bytes_max).await;
+        // Before the readiness checks: a refused partition is an error (answered now), and
+        // batches it drops are not counted toward `min_bytes`.
+        for (wanted, outcome) in wanted.iter().zip(&mut outcomes) {
+            apply_codec_rule(wanted, outcome, context.api_version);
+        }
         let available: usize = outcomes
             .iter()
             .flat_map(|outcome| &outcome.batches)
@@ -93,8 +105,8 @@ fn resolve(
     for (topic_index, topic) in request.topics.into_iter().enumerate() {
         let name = topic.topic.0.as_str();
         for partition in &topic.partitions {
-            let placement = snapshot
-                .topic(name)
+            let metadata = snapshot.topic(name);
+            let placement = metadata
                 .zip(snapshot.owner_of(name, partition.partition))
                 .map(|(metadata, owner)| {
                     (
@@ -111,6 +123,8 @@ fn resolve(
                 placement,
                 offset: partition.fetch_offset,
                 max_bytes: (partition.partition_max_bytes.max(1) as usize).min(response_bytes_max),
+                compression: metadata
+                    .map_or(CompressionType::Producer, |topic| topic.config.compression),
             });
         }
         topics.push(FetchableTopicResponse::default().with_topic(topic.topic));
@@ -197,6 +211,25 @@ fn shares(wanted: &[Wanted], pending: &[usize], bytes_left: usize) -> (Vec<(usiz
         "a pass with room reads at least one partition"
     );
     (reads, bytes_left - left)
+}
+
+/// Applies `recompress::apply_fetch_codec_rule` to one partition's read. A refused partition
+/// is answered as Kafka's `FetchResponse.partitionResponse(tp, error)` does: no records and
+/// unknown (-1) offsets. A partition that does not exist keeps its own error.
+fn apply_codec_rule(wanted: &Wanted, outcome: &mut FetchOutcome, fetch_version: i16) {
+    if wanted.placement.is_none() {
+        return;
+    }
+    if let Err(error_code) =
+        apply_fetch_codec_rule(&mut outcome.batches, fetch_version, wanted.compression)
+    {
+        *outcome = FetchOutcome {
+            error_code,
+            high_watermark: -1,
+            log_start_offset: -1,
+            batches: Vec::new(),
+        };
+    }
 }
 
 /// Bytes of the shard's fetch budget held by one fetch round, given back when dropped.
