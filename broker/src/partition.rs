@@ -276,11 +276,15 @@ impl PartitionTable {
     }
 
     fn sequencer(&self, tp: &TopicPartition) -> Rc<AppendSequencer> {
+        // Looked up on every produce call: clone the key (a String) only on first use.
+        if let Some(sequencer) = self.sequencers.borrow().get(tp) {
+            return sequencer.clone();
+        }
+        let sequencer = Rc::new(AppendSequencer::default());
         self.sequencers
             .borrow_mut()
-            .entry(tp.clone())
-            .or_default()
-            .clone()
+            .insert(tp.clone(), sequencer.clone());
+        sequencer
     }
 
     pub fn set_offline_listener(&self, listener: OfflineListener) {
