@@ -12,27 +12,9 @@ use std::path::Path;
 use crate::controller::store::{ClusterState, ConfigEntry, MetadataStore, TopicRecord};
 use crate::disk::BrokerDisk;
 use crate::producer_state::ProducerIds;
-use crate::storage::sim::{CrashMode, SimDisk};
+use crate::storage::sim::{CrashMode, SeededRng, SimDisk};
 
 const DATA_DIR: &str = "/data";
-
-/// A small deterministic generator (`SplitMix64`): tests need replayable choices, not quality.
-struct Seeded(u64);
-
-impl Seeded {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A value in `0..bound` (`bound` > 0).
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
-}
 
 fn run<Fut: Future<Output = ()> + 'static>(test: impl FnOnce() -> Fut + Send + 'static) {
     glommio::LocalExecutorBuilder::default()
@@ -47,7 +29,7 @@ fn store_on(disk: &SimDisk) -> MetadataStore {
 }
 
 /// A cluster state of a few random topics; `epoch` tells successive states apart.
-fn random_state(rng: &mut Seeded, epoch: u64) -> ClusterState {
+fn random_state(rng: &mut SeededRng, epoch: u64) -> ClusterState {
     let topics = (0..rng.below(4))
         .map(|index| TopicRecord {
             name: format!("topic-{epoch}-{index}"),
@@ -87,7 +69,7 @@ async fn steps_of_one_persist(disk: &SimDisk, state: &ClusterState) -> u64 {
 fn controller_store_recovers_old_or_new_state_after_a_cut_at_every_step() {
     run(|| async {
         for seed in 0..12_u64 {
-            let mut rng = Seeded(seed);
+            let mut rng = SeededRng::new(seed);
             // `None` first: a fresh data directory whose first write is cut.
             let mut acknowledged: Option<ClusterState> = None;
             let disk = SimDisk::new();
@@ -131,7 +113,7 @@ fn controller_store_recovers_old_or_new_state_after_a_cut_at_every_step() {
 fn producer_ids_are_never_reused_across_power_cuts() {
     run(|| async {
         for seed in 0..24_u64 {
-            let mut rng = Seeded(seed);
+            let mut rng = SeededRng::new(seed);
             let mut issued = BTreeSet::new();
             let mut disk = SimDisk::new();
             for restart in 0..6 {
@@ -221,7 +203,7 @@ fn idempotent_retry_after_a_power_cut_is_answered_not_rewritten() {
             )
         };
         for seed in 0..8_u64 {
-            let mut rng = Seeded(seed);
+            let mut rng = SeededRng::new(seed);
             let disk = SimDisk::new();
             let (log, _) = open(&disk).await.expect("open");
             let states = ProducerStates::default();

@@ -21,7 +21,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use ringfeed_storage::batch::{build, with_base_offset, BatchHeader};
-use ringfeed_storage::sim::{CrashMode, SimDisk};
+use ringfeed_storage::sim::{CrashMode, SeededRng, SimDisk};
 use ringfeed_storage::{Clock, FlushPolicy, LogConfig, PartitionLog};
 
 #[derive(Default)]
@@ -44,21 +44,6 @@ struct Appended {
     written: Vec<i64>,
 }
 
-/// xorshift64*: deterministic, dependency-free randomness for reproducible iterations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 fn config() -> LogConfig {
     LogConfig {
         segment_bytes_max: 64 << 10,
@@ -73,7 +58,7 @@ fn config() -> LogConfig {
     }
 }
 
-fn random_batch(rng: &mut Rng, tag: u64) -> Bytes {
+fn random_batch(rng: &mut SeededRng, tag: u64) -> Bytes {
     let records = 1 + rng.below(40) as usize;
     let value_bytes = rng.below(2048) as usize;
     let value: Vec<u8> = format!("{tag:016x}")
@@ -91,7 +76,7 @@ fn random_batch(rng: &mut Rng, tag: u64) -> Bytes {
     build::batch(&list)
 }
 
-async fn workload(disk: &SimDisk, rng: &mut Rng) -> Appended {
+async fn workload(disk: &SimDisk, rng: &mut SeededRng) -> Appended {
     let dir = Path::new("/data/p0");
     let log = Rc::new(
         PartitionLog::open_on(disk.clone(), dir, config(), Clock::System)
@@ -104,7 +89,7 @@ async fn workload(disk: &SimDisk, rng: &mut Rng) -> Appended {
     let tasks: Vec<_> = (0..appenders)
         .map(|task| {
             let (log, appended) = (log.clone(), appended.clone());
-            let mut rng = Rng(rng.next() | 1);
+            let mut rng = SeededRng::new(rng.next());
             glommio::spawn_local(async move {
                 for i in 0..(5 + rng.below(30)) {
                     let batch = random_batch(&mut rng, task << 32 | i);
@@ -144,10 +129,10 @@ async fn workload(disk: &SimDisk, rng: &mut Rng) -> Appended {
 }
 
 async fn iteration(seed: u64, totals: &mut Totals) {
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = SeededRng::new(seed);
     let writes_total = {
         let disk = SimDisk::new();
-        workload(&disk, &mut Rng(rng.0)).await;
+        workload(&disk, &mut rng.clone()).await;
         disk.data_writes()
     };
     let disk = SimDisk::new();

@@ -174,28 +174,12 @@ mod tests {
         assert_eq!(target_bytes(u64::MAX - 10, MAX), u64::MAX);
     }
 
-    /// xorshift64*: a deterministic source for the property test.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-
-        fn below(&mut self, bound: u64) -> u64 {
-            self.next() % bound
-        }
-    }
-
     /// Random write patterns (batch sizes, pauses, rolls) against random page-multiple
     /// maximums: every step stays within `[min, max]` and page-aligned, every fallocate covers
     /// the append that asked for it, and no fallocate reserves more than a maximum step past it.
     #[test]
     fn steps_stay_bounded_and_cover_every_append() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = crate::sim::SeededRng::new(1);
         for _ in 0..200 {
             let max = 4096 * rng.below(16 << 10);
             let min = step_min_bytes(max);

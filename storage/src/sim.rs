@@ -272,6 +272,11 @@ impl SimDisk {
 /// Real IO takes time, during which other tasks run; the simulated disk yields once per
 /// write, fdatasync and fallocate so interleavings (and group commit) happen as they would.
 async fn io_latency() {
+    yield_once().await;
+}
+
+/// Gives every other ready task of the executor a turn, then resumes.
+pub async fn yield_once() {
     let mut yielded = false;
     std::future::poll_fn(|cx| {
         if yielded {
@@ -529,5 +534,34 @@ impl DiskFile for SimFile {
 
     async fn size(&self) -> io::Result<u64> {
         Ok(self.data.borrow().live.len() as u64)
+    }
+}
+
+/// A deterministic generator (xorshift64*) for seeded simulations and property tests: a
+/// failing seed replays exactly. Replayable choices, not statistical quality.
+#[derive(Debug, Clone)]
+pub struct SeededRng(u64);
+
+impl SeededRng {
+    /// Any seed, 0 included, gives a usable (non-zero) state.
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A value in `0..bound`; 0 when `bound` is 0.
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound.max(1)
+    }
+
+    /// A value in `low..=high` (`low <= high`).
+    pub fn range(&mut self, low: u64, high: u64) -> u64 {
+        low + self.below(high - low + 1)
     }
 }

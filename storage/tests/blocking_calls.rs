@@ -15,6 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::rc::Rc;
 
 use common::{run, small_config, workload_batch};
+use ringfeed_storage::sim::yield_once;
 use ringfeed_storage::{Disk, DmaDisk, LogConfig, PartitionLog};
 
 /// A task that counts how often the executor gets to run it, until `stop` is set.
@@ -29,20 +30,6 @@ fn spawn_ticker(stop: Rc<Cell<bool>>) -> Rc<Cell<u64>> {
     })
     .detach();
     ticks
-}
-
-/// Gives every other ready task a turn.
-async fn yield_once() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            return std::task::Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    })
-    .await;
 }
 
 /// How many turns the ticker got while `call` was in progress.

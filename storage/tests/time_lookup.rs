@@ -19,31 +19,12 @@ use std::path::Path;
 use bytes::Bytes;
 use common::{open_sim, run, small_config};
 use ringfeed_storage::batch::build;
-use ringfeed_storage::sim::{CrashMode, SimDisk};
+use ringfeed_storage::sim::{CrashMode, SeededRng, SimDisk};
 use ringfeed_storage::{Disk, LogConfig, PartitionLog};
 
 /// Cases per run: enough to cover every interval × timestamp shape several times while the
 /// whole file runs in a second or two.
 const CASES: u64 = 48;
-
-/// xorshift64*: a small deterministic generator, so a failing seed replays exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in `low..=high`.
-    fn range(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low + 1)
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 enum Shape {
@@ -83,7 +64,7 @@ impl Case {
 }
 
 fn generate(seed: u64) -> Case {
-    let mut rng = Rng::new(seed);
+    let mut rng = SeededRng::new(seed);
     let shape = [
         Shape::Rising,
         Shape::Random,
@@ -352,7 +333,7 @@ fn time_lookups_at_realistic_sizes() {
             timestamps: Vec::new(),
             log_start: 0,
         };
-        let mut rng = Rng::new(7);
+        let mut rng = SeededRng::new(7);
         let mut next = 0_i64;
         while next < 3300 {
             let records: Vec<(i64, usize)> = (0..rng.range(1, 400))
