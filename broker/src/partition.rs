@@ -30,7 +30,7 @@ use crate::error_codes as codes;
 use crate::log_throttle::LogThrottle;
 use crate::metadata::TopicPartition;
 use crate::producer_state::{ProducerStates, Refused};
-use crate::storage::{AppendError, BatchError, CheckedBatch, ReadError};
+use crate::storage::{AppendError, CheckedBatch, ReadError};
 use crate::turns::{Ticket, TurnQueue};
 
 /// Work on one partition, executed by its owning shard.
@@ -463,9 +463,7 @@ impl Dispatched {
 
 fn append_error_code(error: &AppendError) -> i16 {
     match error {
-        AppendError::Batch(BatchError::Corrupt(_)) => codes::CORRUPT_MESSAGE,
-        AppendError::Batch(BatchError::InvalidRecord(_)) => codes::INVALID_RECORD,
-        AppendError::Batch(BatchError::TooLarge { .. }) => codes::MESSAGE_TOO_LARGE,
+        AppendError::Batch(error) => crate::recompress::batch_error_code(error),
         AppendError::Storage(_) => codes::KAFKA_STORAGE_ERROR,
     }
 }

@@ -27,8 +27,8 @@ use bytes::{BufMut, Bytes};
 
 use crate::error_codes as codes;
 use crate::storage::batch::{
-    self, BatchError, ATTRIBUTES_OFFSET, BATCH_HEADER_BYTES, BATCH_LENGTH_OFFSET, CRC_OFFSET,
-    LOG_OVERHEAD_BYTES,
+    self, BatchError, BatchHeader, ATTRIBUTES_OFFSET, BATCH_HEADER_BYTES, BATCH_LENGTH_OFFSET,
+    CRC_OFFSET, LOG_OVERHEAD_BYTES,
 };
 
 /// Records of one batch after decompression, at most. A larger batch is refused with
@@ -36,8 +36,12 @@ use crate::storage::batch::{
 /// compressed batch of a few KiB may expand to (a decompression bomb).
 pub const DECOMPRESSED_RECORDS_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-/// The codec bits of a batch's attributes (bits 0-2).
-const CODEC_MASK: i16 = 0x07;
+/// The codec of a batch, from its attributes; `None` for a header too short or a codec id
+/// Kafka does not define.
+fn codec_of(batch: &[u8]) -> Option<Codec> {
+    let attributes = batch.get(ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2)?;
+    Codec::from_attributes(i16::from_be_bytes([attributes[0], attributes[1]]))
+}
 
 /// The first Produce version that may carry zstd batches (KIP-110).
 const PRODUCE_VERSION_ZSTD_MIN: i16 = 7;
@@ -65,7 +69,7 @@ pub enum Codec {
 
 impl Codec {
     fn from_attributes(attributes: i16) -> Option<Codec> {
-        Some(match attributes & CODEC_MASK {
+        Some(match attributes & batch::COMPRESSION_CODEC_MASK {
             0 => Codec::None,
             1 => Codec::Gzip,
             2 => Codec::Snappy,
@@ -125,10 +129,7 @@ pub fn apply_codec_rules(
     compression: CompressionType,
 ) -> Result<Vec<Bytes>, i16> {
     for batch in &batches {
-        let attributes = batch
-            .get(ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2)
-            .ok_or(codes::CORRUPT_MESSAGE)?;
-        match Codec::from_attributes(i16::from_be_bytes([attributes[0], attributes[1]])) {
+        match codec_of(batch) {
             None => return Err(codes::CORRUPT_MESSAGE),
             Some(Codec::Zstd) if produce_version < PRODUCE_VERSION_ZSTD_MIN => {
                 return Err(codes::UNSUPPORTED_COMPRESSION_TYPE)
@@ -165,12 +166,7 @@ pub fn apply_fetch_codec_rule(
     if compression == CompressionType::Codec(Codec::Zstd) {
         return Err(codes::UNSUPPORTED_COMPRESSION_TYPE);
     }
-    let is_zstd = |batch: &Bytes| {
-        batch
-            .get(ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2)
-            .and_then(|bytes| Codec::from_attributes(i16::from_be_bytes([bytes[0], bytes[1]])))
-            == Some(Codec::Zstd)
-    };
+    let is_zstd = |batch: &Bytes| codec_of(batch) == Some(Codec::Zstd);
     match batches.iter().position(is_zstd) {
         Some(0) => Err(codes::UNSUPPORTED_COMPRESSION_TYPE),
         Some(first_zstd) => {
@@ -185,11 +181,16 @@ pub fn apply_fetch_codec_rule(
 /// a control batch, which Kafka never compresses), else a new batch (see the module docs).
 /// The producer's CRC is checked first, so damaged bytes are refused, never re-checksummed.
 pub fn recompress(batch: Bytes, target: Codec) -> Result<Bytes, i16> {
-    let header = batch::validate(&batch, usize::MAX).map_err(|error| batch_error_code(&error))?;
-    let source = Codec::from_attributes(header.attributes).ok_or(codes::CORRUPT_MESSAGE)?;
-    if source == target || header.is_control() {
+    // A batch kept as it is goes on to the partition's own check (`PartitionLog::check`):
+    // validating it here too would walk its CRC and records twice.
+    let kept = BatchHeader::parse(&batch).is_some_and(|header| {
+        header.is_control() || Codec::from_attributes(header.attributes) == Some(target)
+    });
+    if kept {
         return Ok(batch);
     }
+    let header = batch::validate(&batch, usize::MAX).map_err(|error| batch_error_code(&error))?;
+    let source = Codec::from_attributes(header.attributes).ok_or(codes::CORRUPT_MESSAGE)?;
     let section = &batch[BATCH_HEADER_BYTES..];
     let mut out = DECOMPRESSED.with_borrow_mut(|scratch| {
         scratch.clear();
@@ -222,7 +223,7 @@ pub fn recompress(batch: Bytes, target: Codec) -> Result<Bytes, i16> {
     let batch_length =
         i32::try_from(out.len() - LOG_OVERHEAD_BYTES).map_err(|_| codes::MESSAGE_TOO_LARGE)?;
     out[BATCH_LENGTH_OFFSET..BATCH_LENGTH_OFFSET + 4].copy_from_slice(&batch_length.to_be_bytes());
-    let attributes = (header.attributes & !CODEC_MASK) | target as i16;
+    let attributes = (header.attributes & !batch::COMPRESSION_CODEC_MASK) | target as i16;
     out[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
     let crc = crc32c::crc32c(&out[ATTRIBUTES_OFFSET..]);
     out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
@@ -247,7 +248,9 @@ fn release_if_large(scratch: &mut Vec<u8>) {
     }
 }
 
-fn batch_error_code(error: &BatchError) -> i16 {
+/// The Kafka error code for a batch that fails its checks (the partition path maps
+/// `AppendError::Batch` through this too).
+pub fn batch_error_code(error: &BatchError) -> i16 {
     match error {
         BatchError::Corrupt(_) => codes::CORRUPT_MESSAGE,
         BatchError::InvalidRecord(_) => codes::INVALID_RECORD,
@@ -429,8 +432,11 @@ mod tests {
         for target in ALL_CODECS {
             let converted = recompress(original.clone(), target).unwrap();
             let header = batch::validate(&converted, usize::MAX).unwrap();
-            assert_eq!(header.attributes & CODEC_MASK, target as i16);
-            assert_eq!(header.attributes & !CODEC_MASK, original_header.attributes);
+            assert_eq!(
+                header.attributes & batch::COMPRESSION_CODEC_MASK,
+                target as i16
+            );
+            assert_eq!(header.attributes & !batch::COMPRESSION_CODEC_MASK, original_header.attributes);
             let same_except_codec = BatchHeader {
                 attributes: original_header.attributes,
                 batch_length: original_header.batch_length,

@@ -35,7 +35,7 @@ pub const MAGIC_V2: i8 = 2;
 const _: () = assert!(BATCH_HEADER_BYTES == RECORD_COUNT_OFFSET + 4);
 const _: () = assert!(CRC_OFFSET + 4 == ATTRIBUTES_OFFSET);
 
-const COMPRESSION_CODEC_MASK: i16 = 0x07;
+pub const COMPRESSION_CODEC_MASK: i16 = 0x07;
 const CONTROL_FLAG: i16 = 0x20;
 
 /// Why a batch was refused. Each kind maps to one Kafka error code in the broker.
