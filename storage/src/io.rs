@@ -261,20 +261,27 @@ async fn settle_iopoll(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     thread_local! {
         static SETTLED_DEVICES: std::cell::RefCell<std::collections::HashSet<u64>> = std::cell::RefCell::default();
+        /// Directories whose device is settled: every open (each roll, each segment at
+        /// recovery) comes here, and a directory seen before needs no `stat` at all.
+        static SETTLED_DIRS: std::cell::RefCell<std::collections::HashSet<PathBuf>> = std::cell::RefCell::default();
         static ONE_PROBE_AT_A_TIME: Rc<glommio::sync::Semaphore> = Rc::new(glommio::sync::Semaphore::new(1));
     }
-    let device = std::fs::metadata(dir)?.dev();
-    let settled = || SETTLED_DEVICES.with(|settled| settled.borrow().contains(&device));
-    if settled() {
+    if SETTLED_DIRS.with(|settled| settled.borrow().contains(dir)) {
         return Ok(());
     }
-    let turn = ONE_PROBE_AT_A_TIME.with(Rc::clone);
-    let _permit = turn.acquire_permit(1).await.expect("never closed");
-    if settled() {
-        return Ok(()); // probed by the opener we waited for
+    let owned = dir.to_path_buf();
+    let device = off_reactor(move || Ok(std::fs::metadata(owned)?.dev())).await?;
+    let settled = || SETTLED_DEVICES.with(|settled| settled.borrow().contains(&device));
+    if !settled() {
+        let turn = ONE_PROBE_AT_A_TIME.with(Rc::clone);
+        let _permit = turn.acquire_permit(1).await.expect("never closed");
+        // Another opener may have probed the device while this one waited.
+        if !settled() {
+            probe_iopoll(dir).await?;
+            SETTLED_DEVICES.with(|settled| settled.borrow_mut().insert(device));
+        }
     }
-    probe_iopoll(dir).await?;
-    SETTLED_DEVICES.with(|settled| settled.borrow_mut().insert(device));
+    SETTLED_DIRS.with(|settled| settled.borrow_mut().insert(dir.to_path_buf()));
     Ok(())
 }
 
@@ -293,18 +300,27 @@ async fn probe_iopoll(dir: &Path) -> io::Result<()> {
             .await?;
         Ok::<_, io::Error>(file.close().await?)
     };
-    match std::fs::write(&probe_path, [0_u8; PAGE_BYTES]) {
+    let written = {
+        let probe_path = probe_path.clone();
+        off_reactor(move || std::fs::write(probe_path, [0_u8; PAGE_BYTES])).await
+    };
+    let remove_probe = {
+        let probe_path = probe_path.clone();
+        move || off_reactor(move || std::fs::remove_file(probe_path))
+    };
+    match written {
         Ok(()) => {
-            let opened = direct_open(probe_path.clone()).await;
-            std::fs::remove_file(&probe_path)?;
+            let opened = direct_open(probe_path).await;
+            remove_probe().await?;
             opened
         }
         Err(error) => {
             // A full disk must not keep intact partitions from opening (or check-data from
             // reading): probe with a file already there. Metadata files are written whole (a
             // segment may be preallocated space a read never takes to the device).
-            let _ = std::fs::remove_file(&probe_path);
-            match written_file_in(dir) {
+            let _ = remove_probe().await;
+            let dir = dir.to_path_buf();
+            match off_reactor(move || Ok(written_file_in(&dir))).await? {
                 Some(existing) => direct_open(existing).await,
                 None => Err(error),
             }
