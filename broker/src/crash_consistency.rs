@@ -34,7 +34,7 @@ fn random_state(rng: &mut SeededRng, epoch: u64) -> ClusterState {
         .map(|index| TopicRecord {
             name: format!("topic-{epoch}-{index}"),
             id: rng
-                .next()
+                .next_u64()
                 .to_le_bytes()
                 .repeat(2)
                 .try_into()

@@ -89,7 +89,7 @@ async fn workload(disk: &SimDisk, rng: &mut SeededRng) -> Appended {
     let tasks: Vec<_> = (0..appenders)
         .map(|task| {
             let (log, appended) = (log.clone(), appended.clone());
-            let mut rng = SeededRng::new(rng.next());
+            let mut rng = SeededRng::new(rng.next_u64());
             glommio::spawn_local(async move {
                 for i in 0..(5 + rng.below(30)) {
                     let batch = random_batch(&mut rng, task << 32 | i);

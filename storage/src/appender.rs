@@ -14,7 +14,7 @@
 //!
 //! Invariant: buffers are contiguous and page-aligned in the file; `current` starts at
 //! `current_position` and holds `current_filled` bytes; when `current` is `None`, those
-//! bytes (less than a page, already written) are `idle_tail`.
+//! bytes (less than a page, already handed to a write round) are `idle_tail`.
 //! Contract: the caller writes one round completely before taking the next, because a
 //! round's last page is rewritten by the next round and two writes of one page in flight
 //! could land in either order.

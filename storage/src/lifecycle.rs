@@ -354,9 +354,7 @@ impl<D: Disk> PartitionLog<D> {
         let files: Vec<_> = {
             let state = self.state();
             state
-                .sealed
-                .values()
-                .chain(std::iter::once(&state.active))
+                .segments()
                 .map(|segment| segment.file.clone())
                 .collect()
         };

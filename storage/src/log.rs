@@ -165,7 +165,7 @@ impl<F: DiskFile> State<F> {
     }
 
     /// Every segment in offset order, the active one last.
-    fn segments(&self) -> impl Iterator<Item = &Segment<F>> {
+    pub(crate) fn segments(&self) -> impl Iterator<Item = &Segment<F>> {
         self.sealed.values().chain(std::iter::once(&self.active))
     }
 

@@ -44,8 +44,8 @@ fn directory_calls_let_the_shard_serve_meanwhile() {
     run(|| async {
         let root = tempfile::tempdir().expect("tempdir");
         let disk = DmaDisk;
-        // The first creation on a device also probes it through io_uring; warm that up so
-        // what is measured below is the directory call alone.
+        // Warm up the blocking pool (its thread starts on first use) so what is measured
+        // below is the directory call alone.
         disk.create_dir_all(&root.path().join("warm-up"))
             .await
             .expect("create");
