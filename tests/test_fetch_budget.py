@@ -14,7 +14,7 @@ import time
 import urllib.request
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from helpers import create_topic
 
@@ -34,7 +34,7 @@ def metric_by_shard(broker, name):
             for shard, value in re.findall(rf'^{name}\{{shard="(\d+)"\}} (\S+)$', text, re.M)}
 
 
-def run_consumer(bootstrap, topic, index, received, stop):
+def run_consumer(bootstrap, topic, index, received, errors, stop):
     consumer = Consumer({
         "bootstrap.servers": bootstrap,
         "group.id": f"budget-{index}",
@@ -46,7 +46,11 @@ def run_consumer(bootstrap, topic, index, received, stop):
     try:
         while not stop.is_set():
             message = consumer.poll(0.2)
-            if message is None or message.error():
+            if message is None:
+                continue
+            if message.error():
+                if message.error().code() != KafkaError._PARTITION_EOF:
+                    errors.append(message.error())
                 continue
             received[index][int(message.value())] = time.monotonic()
     finally:
@@ -80,8 +84,10 @@ def test_many_idle_long_polls_all_keep_being_served(start_broker, shards):
     topic = "idle"
     create_topic(broker.bootstrap, topic, PARTITIONS)
     received = [dict() for _ in range(CONSUMERS)]
+    consumer_errors = []
     stop = threading.Event()
-    threads = [threading.Thread(target=run_consumer, args=(broker.bootstrap, topic, index, received, stop))
+    threads = [threading.Thread(target=run_consumer,
+                                args=(broker.bootstrap, topic, index, received, consumer_errors, stop))
                for index in range(CONSUMERS)]
     for thread in threads:
         thread.start()
@@ -99,6 +105,7 @@ def test_many_idle_long_polls_all_keep_being_served(start_broker, shards):
             thread.join(timeout=30)
     missing = {index: sorted(set(range(RECORDS)) - set(got)) for index, got in enumerate(received)
                if len(got) < RECORDS}
+    assert not consumer_errors, consumer_errors[:5]
     assert not missing, f"{len(missing)} of {CONSUMERS} consumers missed records, e.g. {list(missing.items())[:3]}"
     late = [(index, record, round(at - delivered[record], 2))
             for index, got in enumerate(received) for record, at in got.items()
@@ -112,7 +119,9 @@ def test_many_idle_long_polls_all_keep_being_served(start_broker, shards):
     # 25 MiB). One shard reads its cache without yielding, one round at a time (1 MiB).
     # Before, every round reserved 50 MiB: one shard peaked at 50 MiB, two at 250 MiB (the
     # whole budget but 6 MiB, so consumers queued for it).
-    peak_max = LIBRDKAFKA_FETCH_MAX_BYTES if shards == 1 else SHARD_FETCH_BUDGET_BYTES // 2
+    # Bounds a few times what was measured, so a partial regression (reserving
+    # fetch.max.bytes now and then) fails too.
+    peak_max = 8 << 20 if shards == 1 else 64 << 20
     assert max(peaks.values()) < peak_max, f"fetch budget reserved at peak, by shard: {peaks}"
 
 

@@ -54,12 +54,15 @@ def fetched_batches(bootstrap, topic, partition):
             error_code, _, records = fetch_raw(sock, 11, [(topic, partition, offset)], correlation_id)[
                 (topic, partition)]
             assert error_code == NONE
+            progressed_from = offset
             for batch in batches_in(records):
                 base_offset = struct.unpack(">q", batch[:8])[0]
                 if base_offset >= offset:
                     batches.append(batch)
                     record_count = struct.unpack(">i", batch[57:61])[0]
                     offset = base_offset + record_count
+            # A response without one whole new batch would loop here forever.
+            assert offset > progressed_from, f"no progress past offset {offset}"
     finally:
         sock.close()
     return batches

@@ -71,3 +71,12 @@ def test_a_bad_batch_on_a_remote_partition_refuses_its_whole_share(start_broker)
     sock.close()
     for partition in (0, 1):
         assert helpers.watermarks(broker.bootstrap, "atomic-2", partition) == (0, 0)
+    # One partition good, the other bad: the refusal is the bad partition's alone.
+    sock = helpers.connect(broker.bootstrap)
+    request = ProduceRequest[3](None, -1, 10000, [("atomic-2", [(0, batch(0, 3) + batch(3, 2)), (1, bad)])])
+    (_, partitions), = call(sock, request, 2).topics
+    sock.close()
+    answers = sorted((index, error_code, base_offset) for index, error_code, base_offset, *_ in partitions)
+    assert answers == [(0, 0, 0), (1, CORRUPT_MESSAGE, -1)]
+    assert helpers.watermarks(broker.bootstrap, "atomic-2", 0) == (0, 5)
+    assert helpers.watermarks(broker.bootstrap, "atomic-2", 1) == (0, 0)

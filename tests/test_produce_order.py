@@ -10,6 +10,7 @@ shards; with two, the partitions of a topic are spread over both shards, so each
 writes to partitions on its own shard and on the other one.
 """
 
+import random
 import struct
 
 import pytest
@@ -22,22 +23,24 @@ PARTITIONS = 4
 # first), so with two shards one of them is remote from the producer's connection.
 LARGE_TARGETS = {1: [0], 2: [0, 1]}
 LARGE_VALUE_BYTES = 50_000
+HUGE_VALUE_BYTES = 900_000
 SMALL_VALUE_BYTES = 100
 SEQUENCE = struct.Struct(">Q")
+# Incompressible padding, sliced per value: no path may shrink the requests.
+PADDING = random.Random(10).randbytes(HUGE_VALUE_BYTES)
 
 
 def value_for(sequence, size):
     """The record's sequence number in produce order, padded to `size` bytes."""
-    return SEQUENCE.pack(sequence) + bytes(max(0, size - SEQUENCE.size))
+    return SEQUENCE.pack(sequence) + PADDING[:max(0, size - SEQUENCE.size)]
 
 
-def plan(shards, large, small):
-    """(partition, sequence, value size) in produce order: `large` 50 KB values to each large
-    target in turn (~1 MB requests, pipelined), then `small` 100-byte values round-robin over
+def plan(shards, large, small, large_bytes=LARGE_VALUE_BYTES):
+    """(partition, sequence, value size) in produce order: `large` values of `large_bytes` to
+    each large target, alternating between them (so with two shards most requests carry a
+    local and a remote partition's batches), then `small` 100-byte values round-robin over
     every partition. Sequences grow in produce order, so each partition's are increasing."""
-    sends = []
-    for partition in LARGE_TARGETS[shards]:
-        sends += [(partition, LARGE_VALUE_BYTES)] * large
+    sends = [(partition, large_bytes) for _ in range(large) for partition in LARGE_TARGETS[shards]]
     sends += [(index % PARTITIONS, SMALL_VALUE_BYTES) for index in range(small)]
     return [(partition, sequence, size) for sequence, (partition, size) in enumerate(sends)]
 
@@ -56,14 +59,16 @@ def check_order(bootstrap, topic, sends, delivered_offsets):
         assert acked == [offset for offset, *_ in records], f"partition {partition}: acked offsets differ"
 
 
-@pytest.mark.parametrize("shards", [1, 2])
-def test_librdkafka_pipelined_produce_keeps_partition_order(start_broker, shards):
+@pytest.mark.parametrize("shards,large,large_bytes", [(1, 5_000, LARGE_VALUE_BYTES),
+                                                      (2, 5_000, LARGE_VALUE_BYTES),
+                                                      (2, 150, HUGE_VALUE_BYTES)])
+def test_librdkafka_pipelined_produce_keeps_partition_order(start_broker, shards, large, large_bytes):
     from confluent_kafka import Producer
 
     broker = start_broker(shards=shards)
-    topic = f"order-librdkafka-{shards}"
+    topic = f"order-librdkafka-{shards}-{large_bytes}"
     create_topic(broker.bootstrap, topic, PARTITIONS)
-    sends = plan(shards, large=5_000, small=20_000)
+    sends = plan(shards, large=large, small=20_000, large_bytes=large_bytes)
     producer = Producer({
         "bootstrap.servers": broker.bootstrap,
         "enable.idempotence": False,
