@@ -436,7 +436,10 @@ mod tests {
                 header.attributes & batch::COMPRESSION_CODEC_MASK,
                 target as i16
             );
-            assert_eq!(header.attributes & !batch::COMPRESSION_CODEC_MASK, original_header.attributes);
+            assert_eq!(
+                header.attributes & !batch::COMPRESSION_CODEC_MASK,
+                original_header.attributes
+            );
             let same_except_codec = BatchHeader {
                 attributes: original_header.attributes,
                 batch_length: original_header.batch_length,
