@@ -127,6 +127,17 @@ impl<D: Disk> PartitionLog<D> {
     fn install_active(&self, file: D::File, base_offset: i64, step_bytes: u64) {
         let mut guard = self.state_mut();
         let state = &mut *guard;
+        // `roll` holds the append gate and waited until everything was durable: nothing of
+        // the old segment is left unwritten, and the new one starts at the log end.
+        assert!(
+            state.appender.unwritten_bytes() == 0
+                && state.durable_offset == state.next_offset
+                && base_offset == state.next_offset,
+            "rolling to {base_offset} with log end {}, durable {} and {} bytes unwritten",
+            state.next_offset,
+            state.durable_offset,
+            state.appender.unwritten_bytes()
+        );
         let appender = Appender::new(0, &[], state.config.write_chunk_bytes);
         let index = BuildingIndex::new(base_offset, state.config.index_interval_bytes);
         let new_active = Segment {
