@@ -335,8 +335,8 @@ impl Group {
                 self.leader
             ),
             GroupState::CompletingRebalance | GroupState::Stable => assert!(
-                !self.members.is_empty() && self.leader.is_some() && self.generation > 0,
-                "group {}: {:?} needs members, a leader and a generation",
+                !self.members.is_empty() && self.leader.is_some(),
+                "group {}: {:?} needs members and a leader",
                 self.id,
                 self.state
             ),
