@@ -262,6 +262,9 @@ impl<D: Disk> PartitionLog<D> {
                 .copied()
                 .unwrap_or(state.active.base_offset);
             state.log_start_offset = state.log_start_offset.max(first_base);
+            // Only segments wholly below the high watermark are sealed, so the log start
+            // cannot pass it.
+            state.assert_offsets_ordered();
             removed
         };
         let disk = &self.inner.disk;
@@ -304,6 +307,7 @@ impl<D: Disk> PartitionLog<D> {
                 return Ok(state.log_start_offset);
             }
             state.log_start_offset = offset;
+            state.assert_offsets_ordered();
         }
         self.write_checkpoint().await?;
         self.enforce_retention().await?;
