@@ -247,6 +247,48 @@ impl PartitionProducers {
             }
         }
     }
+    /// Records a batch that [`check`] let through and the log then placed, asserting what
+    /// that implies (the caller holds the partition's producer gate from the check on, so
+    /// nothing changed in between): a producer's epoch never goes back, a new epoch starts
+    /// at sequence 0, and within an epoch each batch's sequences continue the previous
+    /// batch's, advancing by its record count, which is also the offsets the log gave it.
+    /// Batches replayed from the log at a start go through [`Self::remember`] unchecked:
+    /// the log may hold what an older state allowed.
+    fn remember_appended(&self, header: &BatchHeader, outcome: AppendOutcome) {
+        assert_eq!(
+            outcome.last_offset - outcome.base_offset,
+            i64::from(header.last_offset_delta),
+            "the log placed a batch of {} records at {outcome:?}",
+            header.record_count
+        );
+        if let Some(entry) = self.producers.borrow().get(&header.producer_id) {
+            assert!(
+                header.producer_epoch >= entry.epoch,
+                "producer {} went back from epoch {} to {}",
+                header.producer_id,
+                entry.epoch,
+                header.producer_epoch
+            );
+            let expected_sequence = if header.producer_epoch > entry.epoch {
+                Some(0)
+            } else {
+                // A producer restored without batches may go on at any sequence (as `check`).
+                entry
+                    .batches
+                    .back()
+                    .map(|newest| next_sequence(newest.last_sequence))
+            };
+            if let Some(expected_sequence) = expected_sequence {
+                assert_eq!(
+                    header.base_sequence, expected_sequence,
+                    "producer {} epoch {}: a batch out of sequence was appended",
+                    header.producer_id, header.producer_epoch
+                );
+            }
+        }
+        self.remember(header, outcome);
+    }
+
     fn remember(&self, header: &BatchHeader, outcome: AppendOutcome) {
         let mut producers = self.producers.borrow_mut();
         let entry = producers.entry(header.producer_id).or_default();
@@ -352,7 +394,7 @@ impl ProducerStates {
             }
             Verdict::Append => {
                 let outcome = log.append_checked(batch).await.map_err(Refused::Append)?;
-                state.remember(&header, outcome);
+                state.remember_appended(&header, outcome);
                 let since = state.offsets_since_snapshot.get() + i64::from(header.record_count);
                 state.offsets_since_snapshot.set(since);
                 if since >= SNAPSHOT_EVERY_OFFSETS {
@@ -445,6 +487,13 @@ impl ProducerIds {
             self.block_end.set(end);
         }
         let id = self.next.get();
+        // The block holding every id handed out is persisted before the first of them is
+        // used, so a restart never hands one out again.
+        assert!(
+            id < self.block_end.get(),
+            "producer id {id} is past the persisted block end {}",
+            self.block_end.get()
+        );
         self.next.set(id + 1);
         Ok((id, 0))
     }
@@ -541,6 +590,18 @@ mod tests {
             check(state.producers.borrow().get(&7), &header(0, 70, 10)),
             Verdict::Refuse(INVALID_PRODUCER_EPOCH)
         );
+    }
+
+    /// Remembering an appended batch that skips sequences means the check was bypassed or
+    /// raced: a programmer error, caught where the state changes.
+    #[test]
+    #[should_panic(expected = "a batch out of sequence was appended")]
+    fn remembering_an_appended_batch_out_of_sequence_panics() {
+        let state = PartitionProducers::default();
+        state.remember_appended(&header(0, 0, 10), outcome(0));
+        state.remember_appended(&header(0, 10, 10), outcome(10));
+        state.remember_appended(&header(1, 0, 10), outcome(20));
+        state.remember_appended(&header(1, 20, 10), outcome(30));
     }
 
     #[test]

@@ -32,11 +32,14 @@ struct QueueState {
     abandoned: RefCell<BTreeSet<u64>>,
     /// Wakers of tickets polled before their turn.
     waiting: RefCell<HashMap<u64, Waker>>,
+    /// A [`Turn`] is out (there is never more than one).
+    held: Cell<bool>,
 }
 
 impl QueueState {
     /// Ends the current turn and wakes the next live ticket.
     fn advance(&self) {
+        assert!(!self.held.get(), "the turn moved on while it was held");
         let mut next = self.serving.get() + 1;
         {
             let mut abandoned = self.abandoned.borrow_mut();
@@ -44,6 +47,11 @@ impl QueueState {
                 next += 1;
             }
         }
+        // Skipping stops at the first live ticket, or at the number the next one will get.
+        assert!(
+            next <= self.next_ticket.get(),
+            "serving ticket {next} before it was issued"
+        );
         self.serving.set(next);
         let waker = self.waiting.borrow_mut().remove(&next);
         if let Some(waker) = waker {
@@ -85,11 +93,21 @@ impl Future for Ticket {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Turn> {
         assert!(!self.served, "a ticket is awaited once");
+        // The turn passes a ticket only once it is served or given up: a live one is never
+        // behind the turn, so turns go in the order tickets were issued.
+        assert!(
+            self.number >= self.state.serving.get(),
+            "ticket {} was passed over",
+            self.number
+        );
         if self.state.serving.get() == self.number {
+            assert!(!self.state.held.get(), "two turns held at once");
+            self.state.held.set(true);
             self.served = true;
             self.state.waiting.borrow_mut().remove(&self.number);
             return Poll::Ready(Turn {
                 state: self.state.clone(),
+                number: self.number,
             });
         }
         self.state
@@ -110,6 +128,11 @@ impl Drop for Ticket {
             // Its turn had come and nobody took it: pass it on.
             self.state.advance();
         } else {
+            assert!(
+                self.number > self.state.serving.get(),
+                "ticket {} was passed over",
+                self.number
+            );
             self.state.abandoned.borrow_mut().insert(self.number);
         }
     }
@@ -118,10 +141,19 @@ impl Drop for Ticket {
 /// The holder's turn; the next ticket's begins when this is dropped.
 pub struct Turn {
     state: Rc<QueueState>,
+    /// The ticket this turn was handed to.
+    number: u64,
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
+        assert!(
+            self.state.held.get() && self.state.serving.get() == self.number,
+            "turn {} ended while ticket {} was being served",
+            self.number,
+            self.state.serving.get()
+        );
+        self.state.held.set(false);
         self.state.advance();
     }
 }
@@ -196,6 +228,20 @@ mod tests {
             waiter.await;
             assert_eq!(*order.borrow(), vec!["waiter", "newcomer"]);
         });
+    }
+
+    /// The line's own bookkeeping catches a second release of one turn: passing the turn on
+    /// while it is held would let two tasks in at once.
+    #[test]
+    #[should_panic(expected = "the turn moved on while it was held")]
+    fn moving_the_turn_on_while_it_is_held_panics() {
+        let queue = TurnQueue::default();
+        let mut first = std::pin::pin!(queue.ticket());
+        let waker = futures::task::noop_waker();
+        let Poll::Ready(_turn) = first.as_mut().poll(&mut Context::from_waker(&waker)) else {
+            panic!("the first ticket's turn is now");
+        };
+        queue.state.advance();
     }
 
     #[test]

@@ -120,6 +120,12 @@ impl<B: IoBuffer> Appender<B> {
     pub fn take_writes(&mut self) -> WriteRound<B> {
         let mut writes = std::mem::take(&mut self.full);
         let end_bytes = self.appended_bytes;
+        // O_DIRECT writes whole pages at page-aligned positions (see the module docs).
+        assert_eq!(
+            self.current_position % PAGE_BYTES as u64,
+            0,
+            "the current buffer starts inside a page"
+        );
         if self.current_filled > 0
             && self.current_position + (self.current_filled as u64) > self.written_bytes
         {
@@ -142,7 +148,14 @@ impl<B: IoBuffer> Appender<B> {
 
     /// Records that a round's writes completed.
     pub fn mark_written(&mut self, end_bytes: u64) {
-        debug_assert!(end_bytes >= self.written_bytes && end_bytes <= self.appended_bytes);
+        // Rounds are written one at a time and end where the appends had reached: the
+        // written end only grows and never passes what was appended. Once per round: cheap.
+        assert!(
+            end_bytes >= self.written_bytes && end_bytes <= self.appended_bytes,
+            "a round ending at byte {end_bytes} with {} written and {} appended",
+            self.written_bytes,
+            self.appended_bytes
+        );
         self.written_bytes = end_bytes;
     }
 }

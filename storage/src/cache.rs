@@ -37,6 +37,18 @@ impl TailCache {
     /// Adds the newest batch. The cache stays contiguous: the caller clears it when a batch
     /// is not admitted, so no read can skip over a missing batch.
     pub fn push(&mut self, batch: CachedBatch) {
+        // Reads find a batch by binary search and serve runs of them: the cache must hold
+        // consecutive batches, each right after the one before.
+        if let Some(newest) = self.batches.back() {
+            assert_eq!(
+                batch.base_offset, newest.next_offset,
+                "the tail cache must stay contiguous"
+            );
+        }
+        assert!(
+            batch.next_offset > batch.base_offset,
+            "a batch holds a record"
+        );
         self.bytes_total += batch.bytes.len();
         self.batches.push_back(batch);
         self.evict_over_budget();

@@ -127,9 +127,23 @@ async fn round<D: Disk>(inner: &Rc<Inner<D>>) -> Result<(), StorageError> {
     }
     {
         let mut state = inner.state.borrow_mut();
+        // A roll first waits until everything is durable, so it never swaps the file under a
+        // round in flight: these writes went to the segment that is still active.
+        assert!(
+            Rc::ptr_eq(&file, &state.active.file),
+            "the active segment changed during a write round"
+        );
+        // Rounds run one at a time, each taking the log end when it starts: the high
+        // watermark only grows, and writes complete in offset order.
+        assert!(
+            round_end_offset >= state.written_offset,
+            "a write round would move the high watermark back from {} to {round_end_offset}",
+            state.written_offset
+        );
         state.appender.mark_written(round.end_bytes);
         state.stats.write_rounds += 1;
         state.written_offset = round_end_offset;
+        state.assert_offsets_ordered();
     }
     inner.progress.notify_all();
     start_sync_if_wanted(inner);
@@ -166,6 +180,10 @@ async fn sync<D: Disk>(inner: Rc<Inner<D>>, file: Rc<D::File>, target: SyncTarge
     let started = Instant::now();
     let synced = file.fdatasync().await;
     let latency = started.elapsed();
+    assert!(
+        inner.state.borrow().sync_in_flight,
+        "at most one fdatasync is in flight, and this one was"
+    );
     inner.state.borrow_mut().sync_in_flight = false;
     if let Err(error) = synced {
         fence(&inner, StorageError::io("fdatasync", error));
@@ -174,7 +192,17 @@ async fn sync<D: Disk>(inner: Rc<Inner<D>>, file: Rc<D::File>, target: SyncTarge
     let now_ms = inner.clock.now_ms();
     let checkpoint_due = {
         let mut state = inner.state.borrow_mut();
+        // One fdatasync at a time, each covering the high watermark as it was when it started:
+        // they complete in offset order, and the durable offset never passes what was written.
+        assert!(
+            target.offset >= state.durable_offset && target.offset <= state.written_offset,
+            "an fdatasync covering up to {} completed with durable {} and high watermark {}",
+            target.offset,
+            state.durable_offset,
+            state.written_offset
+        );
         state.durable_offset = state.durable_offset.max(target.offset);
+        state.assert_offsets_ordered();
         state.stats.fdatasyncs += 1;
         if state.active.base_offset == target.segment_base_offset {
             state.active_durable_bytes = state.active_durable_bytes.max(target.bytes);

@@ -87,20 +87,45 @@ impl BuildingIndex {
         position: u64,
         bytes: usize,
     ) {
-        self.batches += 1;
         let data = &mut self.data;
+        // Both callers add batches in order: the append path at the log end, the recovery
+        // scan only after `check_header` matched the expected offset and a non-negative count.
+        assert!(
+            base_offset == data.next_offset && next_offset > base_offset,
+            "batch {base_offset}..{next_offset} indexed where offset {} is next",
+            data.next_offset
+        );
+        assert_eq!(
+            position, data.segment_bytes,
+            "batches are indexed back to back"
+        );
+        self.batches += 1;
         data.max_timestamp = data.max_timestamp.max(max_timestamp);
-        if self.bytes_since_entry >= u64::from(self.interval_bytes) {
-            let relative_offset = (base_offset - data.base_offset) as u32;
+        // An entry holds its offset (relative to the segment's base) and position in 32 bits
+        // each. Compressed batches may claim up to 2^31 records, so a few of them can carry a
+        // segment's offsets past that: such batches get no entry (the index is sparse; a
+        // lookup starts at the last entry below and reads forward) rather than a truncated
+        // one out of order.
+        let entry = u32::try_from(base_offset - data.base_offset)
+            .ok()
+            .zip(u32::try_from(position).ok())
+            .filter(|_| self.bytes_since_entry >= u64::from(self.interval_bytes));
+        if let Some((relative_offset, position)) = entry {
+            if let Some(last) = data.offset_entries.last() {
+                assert!(
+                    relative_offset > last.relative_offset && position > last.position,
+                    "index entries must grow in offset and position: {last:?} then {relative_offset} at {position}"
+                );
+            }
             data.offset_entries.push(OffsetIndexEntry {
                 relative_offset,
-                position: position as u32,
+                position,
             });
             if data.max_timestamp > self.time_entry_timestamp {
                 data.time_entries.push(TimeIndexEntry {
                     timestamp: data.max_timestamp,
                     relative_offset,
-                    position: position as u32,
+                    position,
                 });
                 self.time_entry_timestamp = data.max_timestamp;
             }
@@ -244,6 +269,36 @@ mod tests {
             assert_eq!(form.position_for_timestamp(0), 0);
             assert_eq!(form.position_for_timestamp(1041), 2400);
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "indexed where offset 150 is next")]
+    fn a_batch_indexed_out_of_order_panics() {
+        built().add_batch(160, 165, 0, 6000, 600);
+    }
+
+    /// Compressed batches may claim 2^31 records each: offsets past 32 bits from the segment's
+    /// base get no entry, so the entries stay in order and lookups stay right.
+    #[test]
+    fn offsets_past_32_bits_from_the_base_get_no_entry() {
+        let mut index = BuildingIndex::new(0, 0);
+        let huge = i64::from(i32::MAX);
+        for i in 0..4_i64 {
+            index.add_batch(i * huge, (i + 1) * huge, 0, (i * 100) as u64, 100);
+        }
+        let relative: Vec<u32> = index
+            .data
+            .offset_entries
+            .iter()
+            .map(|e| e.relative_offset)
+            .collect();
+        assert_eq!(relative, vec![0, i32::MAX as u32, 2 * i32::MAX as u32]);
+        let index = SegmentIndex::Building(index);
+        assert_eq!(
+            index.position_for_offset(0, 3 * huge + 5),
+            200,
+            "read forward from there"
+        );
     }
 
     #[test]

@@ -127,6 +127,17 @@ impl<D: Disk> PartitionLog<D> {
     fn install_active(&self, file: D::File, base_offset: i64, step_bytes: u64) {
         let mut guard = self.state_mut();
         let state = &mut *guard;
+        // `roll` holds the append gate and waited until everything was durable: nothing of
+        // the old segment is left unwritten, and the new one starts at the log end.
+        assert!(
+            state.appender.unwritten_bytes() == 0
+                && state.durable_offset == state.next_offset
+                && base_offset == state.next_offset,
+            "rolling to {base_offset} with log end {}, durable {} and {} bytes unwritten",
+            state.next_offset,
+            state.durable_offset,
+            state.appender.unwritten_bytes()
+        );
         let appender = Appender::new(0, &[], state.config.write_chunk_bytes);
         let index = BuildingIndex::new(base_offset, state.config.index_interval_bytes);
         let new_active = Segment {
@@ -251,6 +262,9 @@ impl<D: Disk> PartitionLog<D> {
                 .copied()
                 .unwrap_or(state.active.base_offset);
             state.log_start_offset = state.log_start_offset.max(first_base);
+            // Only segments wholly below the high watermark are sealed, so the log start
+            // cannot pass it.
+            state.assert_offsets_ordered();
             removed
         };
         let disk = &self.inner.disk;
@@ -293,6 +307,7 @@ impl<D: Disk> PartitionLog<D> {
                 return Ok(state.log_start_offset);
             }
             state.log_start_offset = offset;
+            state.assert_offsets_ordered();
         }
         self.write_checkpoint().await?;
         self.enforce_retention().await?;

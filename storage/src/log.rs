@@ -180,6 +180,25 @@ impl<F: DiskFile> State<F> {
             .map_or(&self.active, |(_, s)| s)
     }
 
+    /// The order the module docs promise: log start ≤ high watermark, and durable offset ≤
+    /// high watermark ≤ log end. Every offset moves forward under the append gate or in the
+    /// flusher, so a broken order is a bug in this crate, never something read from disk.
+    pub(crate) fn assert_offsets_ordered(&self) {
+        assert!(
+            self.durable_offset <= self.written_offset && self.written_offset <= self.next_offset,
+            "offsets out of order: durable {} high watermark {} log end {}",
+            self.durable_offset,
+            self.written_offset,
+            self.next_offset
+        );
+        assert!(
+            self.log_start_offset <= self.written_offset,
+            "log start {} past the high watermark {}",
+            self.log_start_offset,
+            self.written_offset
+        );
+    }
+
     fn segment_end_bytes(&self, segment: &Segment<F>) -> u64 {
         if segment.base_offset == self.active.base_offset {
             self.appender.appended_bytes() - self.appender.unwritten_bytes()
@@ -346,6 +365,12 @@ impl<D: Disk> PartitionLog<D> {
         guard.check_usable()?;
         let state = &mut *guard;
         let base_offset = state.next_offset;
+        // Only `check` makes a CheckedBatch, after `batch::validate` made sure of both.
+        assert!(
+            header.record_count >= 1
+                && i64::from(header.last_offset_delta) == i64::from(header.record_count) - 1,
+            "an unchecked batch reached the append: {header:?}"
+        );
         let next_offset = base_offset + i64::from(header.last_offset_delta) + 1;
         let position = state.appender.appended_bytes();
         // Straight into the DMA buffers, baseOffset rewritten on the way (it lies outside
@@ -369,6 +394,7 @@ impl<D: Disk> PartitionLog<D> {
             state.active_first_append_ms = Some(self.inner.clock.now_ms());
         }
         state.next_offset = next_offset;
+        state.assert_offsets_ordered();
         state.stats.batches_appended += 1;
         state.stats.bytes_appended += batch.len() as u64;
         if state.cache.admits(batch.len()) {
@@ -417,6 +443,9 @@ impl<D: Disk> PartitionLog<D> {
             {
                 let state = self.state();
                 if state.durable_offset > offset {
+                    // Released only below the durable offset, which never passes the high
+                    // watermark: an acks=all answer never covers unwritten data.
+                    state.assert_offsets_ordered();
                     return Ok(());
                 }
                 // Closed: close() made everything durable before shutting, so a wait still

@@ -459,6 +459,26 @@ async fn assemble_state<F: DiskFile>(
     let remembered_start = marker
         .or(checkpoint)
         .map_or(first_base, |c| c.log_start_offset);
+    // What `recover` established before building the state: the sealed segments and the
+    // active one follow each other without a gap (a gap is refused as corruption), and the
+    // appender starts where the active segment's index ends.
+    assert_eq!(
+        segment_bytes,
+        active.bytes(),
+        "the active segment's size and index agree"
+    );
+    let bases = sealed
+        .keys()
+        .copied()
+        .chain(std::iter::once(active.base_offset));
+    for (segment, next_base) in sealed.values().zip(bases.skip(1)) {
+        assert_eq!(
+            segment.next_offset(),
+            next_base,
+            "segment {} ends where the next begins",
+            segment.base_offset
+        );
+    }
     let next_offset = active.next_offset();
     Ok(State {
         cache: TailCache::new(config.tail_cache_bytes_max),

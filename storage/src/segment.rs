@@ -124,6 +124,11 @@ pub async fn scan<F: DiskFile>(
     trusted_bytes: u64,
     mut index: BuildingIndex,
 ) -> std::io::Result<ScanOutcome> {
+    // The index covers the segment up to where the scan starts, no more and no less.
+    assert_eq!(
+        position, index.data.segment_bytes,
+        "a scan starts where its index ends"
+    );
     let mut reader = WindowReader::new(file, file_bytes, SCAN_WINDOW_BYTES);
     loop {
         let expected_offset = index.data.next_offset;

@@ -48,6 +48,22 @@ impl GroupState {
             GroupState::Dead => "Dead",
         }
     }
+
+    /// The state machine of the module docs as a table: every change of a group's state goes
+    /// through [`Group::set_state`], which asserts it is listed here. As in Kafka, except that
+    /// the last member leaving a `Stable` or `CompletingRebalance` group empties it at once
+    /// (Kafka passes through `PreparingRebalance` to the same end), and that nothing here
+    /// makes a group `Dead`: a deleted group is dropped from the coordinator's map.
+    pub fn can_become(self, next: GroupState) -> bool {
+        use GroupState::{CompletingRebalance, Empty, PreparingRebalance, Stable};
+        matches!(
+            (self, next),
+            (Empty | Stable | CompletingRebalance, PreparingRebalance)
+                | (PreparingRebalance, CompletingRebalance | Empty)
+                | (CompletingRebalance, Stable)
+                | (Stable | CompletingRebalance, Empty)
+        )
+    }
 }
 
 /// What a parked (or immediately answered) `JoinGroup` gets.
@@ -263,8 +279,110 @@ impl Group {
             && !self.common_protocols(Some(protocols)).is_empty()
     }
 
+    /// Changes the state, asserting the change is one the state machine allows.
+    fn set_state(&mut self, next: GroupState) {
+        assert!(
+            self.state.can_become(next),
+            "group {}: no transition from {:?} to {next:?}",
+            self.id,
+            self.state
+        );
+        self.state = next;
+    }
+
+    /// Starts the next generation: when a join phase ends, or a live group loses its last
+    /// member. Generations only grow, so a member of an older one is always told so.
+    fn start_next_generation(&mut self) {
+        assert!(
+            matches!(
+                self.state,
+                GroupState::PreparingRebalance
+                    | GroupState::CompletingRebalance
+                    | GroupState::Stable
+            ),
+            "group {}: a new generation in state {:?}",
+            self.id,
+            self.state
+        );
+        let previous = self.generation;
+        // A wrap after i32::MAX generations (as Kafka's `generationId++` wraps) is left as
+        // it was; anything else must move the generation forward.
+        self.generation = previous.wrapping_add(1);
+        assert!(
+            self.generation > previous || previous == i32::MAX,
+            "group {}: generation {previous} went to {}",
+            self.id,
+            self.generation
+        );
+    }
+
+    /// What holds between requests; checked at the end of every call that changes members
+    /// or state. Linear in the members (at most [`GROUP_SIZE_MAX`]), once per request.
+    fn assert_consistent(&self) {
+        assert!(
+            self.members.len() + self.pending_members.len() <= GROUP_SIZE_MAX,
+            "group {}: {} members and {} pending ids over the limit",
+            self.id,
+            self.members.len(),
+            self.pending_members.len()
+        );
+        match self.state {
+            GroupState::Empty => assert!(
+                self.members.is_empty() && self.leader.is_none(),
+                "group {}: empty with {} members, leader {:?}",
+                self.id,
+                self.members.len(),
+                self.leader
+            ),
+            GroupState::CompletingRebalance | GroupState::Stable => assert!(
+                !self.members.is_empty() && self.leader.is_some(),
+                "group {}: {:?} needs members and a leader",
+                self.id,
+                self.state
+            ),
+            GroupState::PreparingRebalance | GroupState::Dead => {}
+        }
+        if let Some(leader) = &self.leader {
+            assert!(
+                self.member(leader).is_some(),
+                "group {}: leader {leader} is not a member",
+                self.id
+            );
+        }
+        // A join parks only until the join phase ends, a sync only until the assignment
+        // arrives; every change of state answers the parked requests it ends.
+        for member in &self.members {
+            assert!(
+                member.join_waiter.is_none() || self.state == GroupState::PreparingRebalance,
+                "group {}: member {} waits on a join in {:?}",
+                self.id,
+                member.member_id,
+                self.state
+            );
+            assert!(
+                member.sync_waiter.is_none() || self.state == GroupState::CompletingRebalance,
+                "group {}: member {} waits on a sync in {:?}",
+                self.id,
+                member.member_id,
+                self.state
+            );
+        }
+    }
+
     /// `JoinGroup`. See the module docs for when it parks.
     pub fn join(
+        &mut self,
+        request: JoinRequest,
+        rules: &GroupRules,
+        now: Instant,
+    ) -> Answer<JoinResult> {
+        let answer = self.join_checked(request, rules, now);
+        self.assert_consistent();
+        answer
+    }
+
+    /// [`Self::join`]'s checks of the request, then the join itself.
+    fn join_checked(
         &mut self,
         request: JoinRequest,
         rules: &GroupRules,
@@ -479,7 +597,7 @@ impl Group {
         };
         self.rebalance_deadline = Some(now + wait);
         self.initial_delay = self.state == GroupState::Empty && !wait.is_zero();
-        self.state = GroupState::PreparingRebalance;
+        self.set_state(GroupState::PreparingRebalance);
         self.empty_since_ms = None;
     }
 
@@ -513,7 +631,7 @@ impl Group {
         }
         self.rebalance_deadline = None;
         self.initial_delay = false;
-        self.generation += 1;
+        self.start_next_generation();
         if self.members.is_empty() {
             self.become_empty();
             return;
@@ -526,7 +644,7 @@ impl Group {
         if !leader_present {
             self.leader = Some(self.members[0].member_id.clone());
         }
-        self.state = GroupState::CompletingRebalance;
+        self.set_state(GroupState::CompletingRebalance);
         let leader = self.leader.clone().expect("set above");
         let results: Vec<JoinResult> = self
             .members
@@ -540,7 +658,7 @@ impl Group {
     }
 
     fn become_empty(&mut self) {
-        self.state = GroupState::Empty;
+        self.set_state(GroupState::Empty);
         self.protocol_name = None;
         self.protocol_type = None;
         self.leader = None;
@@ -593,6 +711,19 @@ impl Group {
         assignments: Vec<(String, Bytes)>,
         now: Instant,
     ) -> Answer<SyncResult> {
+        let answer = self.sync_checked(member_id, generation, assignments, now);
+        self.assert_consistent();
+        answer
+    }
+
+    /// [`Self::sync`]'s checks of the request, then the sync itself.
+    fn sync_checked(
+        &mut self,
+        member_id: &str,
+        generation: i32,
+        assignments: Vec<(String, Bytes)>,
+        now: Instant,
+    ) -> Answer<SyncResult> {
         if let Err(code) = self.check_member(member_id, generation) {
             return Answer::Now(SyncResult::error(code));
         }
@@ -622,7 +753,7 @@ impl Group {
         for member in &mut self.members {
             member.assignment = assignments.remove(&member.member_id).unwrap_or_default();
         }
-        self.state = GroupState::Stable;
+        self.set_state(GroupState::Stable);
         let results: Vec<SyncResult> = self
             .members
             .iter()
@@ -669,6 +800,19 @@ impl Group {
         rules: &GroupRules,
         now: Instant,
     ) -> i16 {
+        let code = self.leave_checked(member_id, instance_id, rules, now);
+        self.assert_consistent();
+        code
+    }
+
+    /// [`Self::leave`]'s checks of the request, then the leave itself.
+    fn leave_checked(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        rules: &GroupRules,
+        now: Instant,
+    ) -> i16 {
         let member_id = match instance_id {
             Some(instance_id) => match self.member_by_instance(instance_id) {
                 Some(member) if member_id.is_empty() || member.member_id == member_id => {
@@ -706,7 +850,7 @@ impl Group {
         match self.state {
             GroupState::Stable | GroupState::CompletingRebalance => {
                 if self.members.is_empty() {
-                    self.generation += 1;
+                    self.start_next_generation();
                     self.become_empty();
                 } else {
                     self.prepare_rebalance(rules, now);
@@ -736,6 +880,7 @@ impl Group {
             self.after_member_removed(rules, now);
         }
         self.try_complete_join(now);
+        self.assert_consistent();
     }
 
     /// `OffsetCommit` admission (Kafka's classic rules): a simple consumer (generation -1)
@@ -932,6 +1077,84 @@ mod tests {
         group.tick(&rules, now + Duration::from_secs(11));
         let answer = now_answer(group.join(join_request(""), &rules, now));
         assert_eq!(answer.error_code, group_codes::MEMBER_ID_REQUIRED);
+    }
+
+    #[test]
+    #[should_panic(expected = "no transition from Empty to Stable")]
+    fn a_state_change_outside_the_table_panics() {
+        // A group must pass through a rebalance before it can be stable.
+        Group::new("g").set_state(GroupState::Stable);
+    }
+
+    /// Seeded random sequences of joins, syncs, heartbeats, leaves and clock ticks, with
+    /// member ids right, stale and made up: whatever clients send, the group's own
+    /// assertions (state table, generations, leader, parked requests) never fire.
+    #[test]
+    fn random_requests_keep_the_group_consistent() {
+        glommio::LocalExecutor::default().run(async {
+            let rules = GroupRules {
+                initial_rebalance_delay: Duration::from_millis(300),
+                ..rules()
+            };
+            let start = Instant::now();
+            let mut states_seen = Vec::new();
+            for seed in 0..40 {
+                let mut rng = crate::storage::sim::SeededRng::new(seed);
+                let mut group = Group::new("g");
+                // Every member id seen, current or long gone, and one never handed out.
+                let mut seen: Vec<String> = vec!["made-up".into()];
+                let mut now = start;
+                for _ in 0..300 {
+                    let member = seen[rng.below(seen.len() as u64) as usize].clone();
+                    let generation = group.generation - rng.below(2) as i32;
+                    match rng.below(6) {
+                        0 | 1 => {
+                            let mut request =
+                                join_request(if rng.below(2) == 0 { "" } else { &member });
+                            request.require_known_member_id = rng.below(2) == 0;
+                            if rng.below(3) == 0 {
+                                request.instance_id = Some(format!("i{}", rng.below(3)));
+                            }
+                            if rng.below(4) == 0 {
+                                request.protocols.reverse();
+                            }
+                            if let Answer::Now(answer) = group.join(request, &rules, now) {
+                                seen.push(answer.member_id);
+                            }
+                        }
+                        2 => {
+                            let assignments = vec![(member.clone(), Bytes::from_static(b"a"))];
+                            drop(group.sync(&member, generation, assignments, now));
+                        }
+                        3 => {
+                            group.heartbeat(&member, generation, now);
+                        }
+                        4 => {
+                            let instance_id = format!("i{}", rng.below(3));
+                            let instance_id = (rng.below(3) == 0).then_some(instance_id.as_str());
+                            group.leave(&member, instance_id, &rules, now);
+                        }
+                        _ => {
+                            now += Duration::from_millis(rng.below(12_000));
+                            group.tick(&rules, now);
+                        }
+                    }
+                    for id in group.members.iter().map(|m| &m.member_id) {
+                        if !seen.contains(id) {
+                            seen.push(id.clone());
+                        }
+                    }
+                    if !states_seen.contains(&group.state) {
+                        states_seen.push(group.state);
+                    }
+                }
+            }
+            assert_eq!(
+                states_seen.len(),
+                4,
+                "every live state was reached: {states_seen:?}"
+            );
+        });
     }
 
     #[test]
