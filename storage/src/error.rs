@@ -21,7 +21,17 @@ pub enum StorageError {
     MidLogCorruption(String),
     #[error("the partition log is closed")]
     Closed,
+    /// The next offset would pass [`OFFSET_MAX`]: only a log recovered from damaged or
+    /// hand-made files gets here (at a million records a second, 2^62 offsets last 146,000
+    /// years). Appends are refused; reads go on.
+    #[error("offsets exhausted: the log ends at {next_offset} and the batch holds {records} records (offsets stop at {OFFSET_MAX})")]
+    OffsetsExhausted { next_offset: i64, records: i64 },
 }
+
+/// The largest offset a log assigns. Far below `i64::MAX` so that offset arithmetic on
+/// anything read back (a base plus a batch's 2^31 records, a segment's worth of such
+/// batches) cannot overflow; recovery refuses segment names and checkpoints above it.
+pub const OFFSET_MAX: i64 = 1 << 62;
 
 impl StorageError {
     pub(crate) fn io(operation: &'static str, source: std::io::Error) -> StorageError {

@@ -28,7 +28,7 @@ use crate::appender::Appender;
 use crate::batch::{self, BatchHeader, BATCH_HEADER_BYTES};
 use crate::cache::{CachedBatch, TailCache};
 use crate::config::LogConfig;
-use crate::error::{AppendError, ReadError, StorageError};
+use crate::error::{AppendError, ReadError, StorageError, OFFSET_MAX};
 use crate::index::SegmentIndex;
 use crate::io::{Disk, DiskFile, DmaDisk};
 use crate::recovery::{self, RecoveryReport};
@@ -371,7 +371,14 @@ impl<D: Disk> PartitionLog<D> {
                 && i64::from(header.last_offset_delta) == i64::from(header.record_count) - 1,
             "an unchecked batch reached the append: {header:?}"
         );
-        let next_offset = base_offset + i64::from(header.last_offset_delta) + 1;
+        let records = i64::from(header.last_offset_delta) + 1;
+        if base_offset > OFFSET_MAX - records {
+            return Err(StorageError::OffsetsExhausted {
+                next_offset: base_offset,
+                records,
+            });
+        }
+        let next_offset = base_offset + records;
         let position = state.appender.appended_bytes();
         // Straight into the DMA buffers, baseOffset rewritten on the way (it lies outside
         // the CRC): one copy of the batch, not two.

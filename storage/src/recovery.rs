@@ -17,7 +17,7 @@ use crate::appender::Appender;
 use crate::batch::BATCH_HEADER_BYTES;
 use crate::cache::TailCache;
 use crate::config::LogConfig;
-use crate::error::StorageError;
+use crate::error::{StorageError, OFFSET_MAX};
 use crate::index::{BuildingIndex, SegmentIndex};
 use crate::io::{align_up, Disk, DiskFile};
 use crate::log::{Clock, State};
@@ -82,6 +82,15 @@ pub(crate) async fn recover<D: Disk>(
         .filter_map(|n| parse_file_name(n, SEGMENT_SUFFIX))
         .collect();
     bases.sort_unstable();
+    if let Some(&base) = bases.iter().find(|&&base| base > OFFSET_MAX) {
+        // Only a damaged or hand-made file name gets here; scanning from such a base would
+        // overflow offset arithmetic. The partition goes offline with this reason.
+        return Err(StorageError::MidLogCorruption(format!(
+            "{}: segment file name {} is past the largest offset {OFFSET_MAX}",
+            dir.display(),
+            segment_file_name(base)
+        )));
+    }
     let marker = read_checkpoint(disk, dir, CLEAN_SHUTDOWN_FILE, MetaKind::CleanShutdown).await;
     let checkpoint =
         read_checkpoint(disk, dir, CHECKPOINT_FILE, MetaKind::RecoveryCheckpoint).await;
@@ -171,13 +180,18 @@ async fn read_checkpoint<D: Disk>(
     let path = dir.join(name);
     match disk.read_file(&path).await {
         Ok(Some(bytes)) => match decode_checkpoint(kind, &bytes) {
-            // Offsets are never negative; such a checkpoint would start a new log below zero.
+            // Offsets are never negative nor above OFFSET_MAX; such a checkpoint would start a
+            // new log below zero, or where offset arithmetic overflows.
             Ok(checkpoint)
-                if checkpoint.log_start_offset < 0
-                    || checkpoint.segment_base_offset < 0
-                    || checkpoint.next_offset < 0 =>
+                if ![
+                    checkpoint.log_start_offset,
+                    checkpoint.segment_base_offset,
+                    checkpoint.next_offset,
+                ]
+                .iter()
+                .all(|offset| (0..=OFFSET_MAX).contains(offset)) =>
             {
-                tracing::warn!(path = %path.display(), ?checkpoint, "ignoring a checkpoint with negative offsets; scanning instead");
+                tracing::warn!(path = %path.display(), ?checkpoint, "ignoring a checkpoint with offsets out of range; scanning instead");
                 None
             }
             Ok(checkpoint) => Some(checkpoint),

@@ -349,3 +349,55 @@ fn a_segment_truncated_after_a_clean_close_recovers_to_its_last_whole_batch() {
         }
     });
 }
+
+/// A segment file name near the end of the offset space (a damaged or hand-made name):
+/// past `OFFSET_MAX` the partition is refused at recovery with the reason; just below it the
+/// log opens and refuses the append that would pass it, with an error and not a panic or an
+/// overflowed offset, and keeps serving what it has.
+#[test]
+fn segment_names_at_the_end_of_the_offset_space_are_refused_not_overflowed() {
+    use ringfeed_storage::error::OFFSET_MAX;
+    use ringfeed_storage::io::Disk;
+    use ringfeed_storage::AppendError;
+    run(|| async {
+        let past = SimDisk::new();
+        past.open(&segment_path(OFFSET_MAX + 1), true)
+            .await
+            .expect("create the segment file");
+        match open_sim(&past, one_segment_config()).await {
+            Err(StorageError::MidLogCorruption(reason)) => {
+                assert!(reason.contains("past the largest offset"), "{reason}");
+            }
+            Err(other) => panic!("refused for another reason: {other}"),
+            Ok(_) => panic!("a segment past OFFSET_MAX was opened"),
+        }
+
+        let near = SimDisk::new();
+        near.open(&segment_path(OFFSET_MAX - 1), true)
+            .await
+            .expect("create the segment file");
+        let log = open_sim(&near, one_segment_config())
+            .await
+            .expect("a base below OFFSET_MAX opens");
+        // The boundary: one-record batches fill the last offset below OFFSET_MAX, and the
+        // next is refused.
+        let batches: Vec<_> = (0..64)
+            .map(workload_batch)
+            .filter(|batch| header(batch).record_count == 1)
+            .take(2)
+            .collect();
+        assert_eq!(batches.len(), 2, "the workload has one-record batches");
+        let fits = log
+            .append(batches[0].clone())
+            .await
+            .expect("the last offset");
+        assert_eq!(fits.base_offset, OFFSET_MAX - 1);
+        match log.append(batches[1].clone()).await {
+            Err(AppendError::Storage(StorageError::OffsetsExhausted { next_offset, .. })) => {
+                assert_eq!(next_offset, OFFSET_MAX);
+            }
+            other => panic!("expected OffsetsExhausted, got {other:?}"),
+        }
+        assert_eq!(log.log_end_offset(), OFFSET_MAX, "nothing was assigned");
+    });
+}
