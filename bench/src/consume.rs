@@ -13,13 +13,14 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse};
 use kafka_protocol::records::RecordBatchDecoder;
+use ringfeed_protocol::batch::{BatchHeader, WholeBatches, MAGIC_V2};
 
 use crate::cli::TIMESTAMP_HEADER_BYTES;
-use crate::client::{decode_response, protocol_error, Connection};
+use crate::client::{self, protocol_error, Connection};
 use crate::stats::{record_ns, ThreadStats};
 use crate::system::{prepare_thread, thread_cpu_time};
 use crate::topic::{topic_name, Layout};
@@ -28,11 +29,6 @@ use crate::workloads::RunContext;
 /// Upper bound of one fetch response, whatever the partition count (Kafka's fetch.max.bytes
 /// default is 50 MiB; brokers cap it themselves too).
 const FETCH_BYTES_MAX: i32 = 50 << 20;
-/// A v2 record batch header: everything before the first record.
-const BATCH_HEADER_BYTES: usize = 61;
-const BATCH_LENGTH_OFFSET: usize = 8;
-const BATCH_MAGIC_OFFSET: usize = 16;
-const BATCH_LAST_OFFSET_DELTA_OFFSET: usize = 23;
 /// After the last producer ends, an e2e consumer waits at most this long for the records
 /// still on their way before it reports what it has.
 const E2E_DRAIN_MAX: Duration = Duration::from_secs(10);
@@ -111,7 +107,7 @@ fn fetch_loop(
     for leader in by_leader.keys() {
         connections.insert(
             leader.clone(),
-            Connection::open(leader, config.layout.api_versions)?,
+            client::open(leader, config.layout.api_versions)?,
         );
     }
     let mut drain_deadline_ns = None;
@@ -165,7 +161,7 @@ fn fetch_once(
     cursors: &mut [Cursor],
     stats: &mut ThreadStats,
 ) -> io::Result<()> {
-    let version = connection.versions.get(ApiKey::Fetch)?;
+    let version = client::version(&connection.versions, ApiKey::Fetch)?;
     let partitions = cursors
         .iter()
         .filter(|c| c.end_offset.is_none_or(|end| c.next_offset < end))
@@ -193,10 +189,15 @@ fn fetch_once(
             .with_topic(topic_name(&config.layout.topic))
             .with_partitions(partitions)]);
     let correlation_id = connection.next_correlation_id();
-    connection.writer.send(&request, version, correlation_id)?;
-    let frame = connection.reader.recv_frame()?;
+    connection
+        .writer()
+        .send(&request, version, correlation_id)?;
+    let frame = connection.reader().recv_frame()?;
     let received_ns = context.clock.now_ns();
-    let response: FetchResponse = decode_response::<FetchRequest>(frame, version, correlation_id)?;
+    let response: FetchResponse =
+        connection
+            .reader()
+            .decode_response::<FetchRequest>(frame, version, correlation_id)?;
     if response.error_code != 0 {
         return Err(protocol_error("Fetch", response.error_code));
     }
@@ -224,7 +225,7 @@ fn fetch_once(
 /// Decodes every whole batch in `records` (a fetch may end in a partial batch, which is read
 /// again next time), times the records at or after `fetch_offset`, and returns the next offset.
 fn take_records(
-    mut records: Bytes,
+    records: Bytes,
     fetch_offset: i64,
     received_ns: u64,
     context: &RunContext,
@@ -233,18 +234,14 @@ fn take_records(
     let codec_start_ns = context.clock.now_ns();
     let mut next_offset = fetch_offset;
     let (mut measured, mut bytes) = (0_u64, 0_u64);
-    while records.len() >= BATCH_HEADER_BYTES {
-        let batch_length = (&records[BATCH_LENGTH_OFFSET..]).get_i32();
-        let total_bytes = BATCH_LENGTH_OFFSET + 4 + usize::try_from(batch_length).unwrap_or(0);
-        if total_bytes < BATCH_HEADER_BYTES || records.len() < total_bytes {
-            break;
-        }
-        let mut batch = records.split_to(total_bytes);
-        if batch[BATCH_MAGIC_OFFSET] != 2 {
+    // A length field that cannot be a batch's ends the read here, as a partial batch does:
+    // the next fetch asks again from `next_offset`.
+    for mut batch in WholeBatches::new(records).map_while(Result::ok) {
+        let header = BatchHeader::parse(&batch).expect("a whole batch holds its header");
+        if header.magic != MAGIC_V2 {
             return Err(protocol_error("Fetch", "record batch magic is not 2"));
         }
-        let base_offset = (&batch[..]).get_i64();
-        let last_offset_delta = (&batch[BATCH_LAST_OFFSET_DELTA_OFFSET..]).get_i32();
+        let (base_offset, last_offset_delta) = (header.base_offset, header.last_offset_delta);
         let set = RecordBatchDecoder::decode(&mut batch)
             .map_err(|e| protocol_error("record batch", e))?;
         for record in set

@@ -21,18 +21,20 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
+use ringfeed_protocol::batch::BATCH_HEADER_BYTES;
+
 use crate::cli::TIMESTAMP_HEADER_BYTES;
-use crate::client::{decode_response, encode_request, Connection, FrameReader, FrameWriter};
+use crate::client::{self, encode_request, FrameReader, FrameWriter};
 use crate::stats::{record_ns, ThreadStats};
 use crate::system::{prepare_thread, thread_cpu_time};
 use crate::topic::{topic_name, Layout};
 use crate::workloads::RunContext;
 
-/// A v2 record batch header, and the most a record adds around its value when it has no key
-/// and no headers (length, attributes, timestamp and offset deltas, key and value lengths,
-/// header count, all varints). A batch is full when its worst-case encoded size would pass
-/// `--batch-size`, so a 1 MiB batch stays under the broker's 1 MiB + 12 `message.max.bytes`.
-const BATCH_HEADER_BYTES: usize = 61;
+/// The most a record adds around its value when it has no key and no headers (length,
+/// attributes, timestamp and offset deltas, key and value lengths, header count, all
+/// varints). A batch is full when its worst-case encoded size (the v2 batch header plus this
+/// per record) would pass `--batch-size`, so a 1 MiB batch stays under the broker's
+/// 1 MiB + 12 `message.max.bytes`.
 const RECORD_OVERHEAD_BYTES_MAX: usize = 5 + 1 + 10 + 5 + 1 + 5 + 1;
 /// How long the broker may take to make a produce durable before answering with an error.
 const PRODUCE_TIMEOUT_MS: i32 = 30_000;
@@ -149,8 +151,8 @@ fn open_lane(
     cpu: Option<usize>,
     context: &RunContext,
 ) -> io::Result<Lane> {
-    let connection = Connection::open(leader, config.layout.api_versions)?;
-    let produce_version = connection.versions.get(ApiKey::Produce)?;
+    let connection = client::open(leader, config.layout.api_versions)?;
+    let produce_version = client::version(&connection.versions, ApiKey::Produce)?;
     let (writer, reader, _) = connection.split();
     let (to_acker, acker) = if config.acks == 0 {
         (None, None)
@@ -493,8 +495,11 @@ fn acknowledge(
     let context = &acker.run;
     let frame = reader.recv_frame()?;
     let acked_ns = context.clock.now_ns();
-    let response: ProduceResponse =
-        decode_response::<ProduceRequest>(frame, produce_version, in_flight.correlation_id)?;
+    let response: ProduceResponse = reader.decode_response::<ProduceRequest>(
+        frame,
+        produce_version,
+        in_flight.correlation_id,
+    )?;
     let error_code = response
         .responses
         .iter()

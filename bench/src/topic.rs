@@ -16,7 +16,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use crate::cli::ApiVersionsMode;
-use crate::client::{explain_fixed, protocol_error, Connection};
+use crate::client::{self, explain_fixed, protocol_error, Connection};
 
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const LEADER_NOT_AVAILABLE: i16 = 5;
@@ -57,8 +57,8 @@ pub fn ensure_topic(
     partitions: i32,
     api_versions: ApiVersionsMode,
 ) -> io::Result<Layout> {
-    let mut connection = Connection::open(bootstrap, api_versions)?;
-    if connection.versions.get(ApiKey::Metadata)? < 4 {
+    let mut connection = client::open(bootstrap, api_versions)?;
+    if client::version(&connection.versions, ApiKey::Metadata)? < 4 {
         // Before Metadata v4 asking about a topic may auto-create it with the broker's
         // default partition count, so create it first (an existing topic is left alone).
         create_topic(&mut connection, topic, partitions)
@@ -87,7 +87,7 @@ pub fn ensure_topic(
 }
 
 fn fetch_metadata(connection: &mut Connection, topic: &str) -> io::Result<MetadataResponse> {
-    let version = connection.versions.get(ApiKey::Metadata)?;
+    let version = client::version(&connection.versions, ApiKey::Metadata)?;
     let request = MetadataRequest::default()
         .with_topics(Some(vec![
             MetadataRequestTopic::default().with_name(Some(topic_name(topic)))
@@ -95,7 +95,7 @@ fn fetch_metadata(connection: &mut Connection, topic: &str) -> io::Result<Metada
         // The field exists from v4; before it a broker auto-creates by its own setting, and
         // the codec refuses a non-default value it cannot encode.
         .with_allow_auto_topic_creation(version < 4);
-    connection.call(&request)
+    Ok(connection.call_at(&request, version)?)
 }
 
 fn topic_error(metadata: &MetadataResponse, topic: &str) -> Option<i16> {
@@ -107,7 +107,7 @@ fn topic_error(metadata: &MetadataResponse, topic: &str) -> Option<i16> {
 }
 
 fn create_topic(connection: &mut Connection, topic: &str, partitions: i32) -> io::Result<()> {
-    let version = connection.versions.get(ApiKey::CreateTopics)?;
+    let version = client::version(&connection.versions, ApiKey::CreateTopics)?;
     // -1 ("broker default") replication needs v4+; a single-node target wants 1 anyway.
     let replication_factor = if version >= 4 { -1 } else { 1 };
     let request = CreateTopicsRequest::default()
@@ -116,7 +116,7 @@ fn create_topic(connection: &mut Connection, topic: &str, partitions: i32) -> io
             .with_num_partitions(partitions)
             .with_replication_factor(replication_factor)])
         .with_timeout_ms(30_000);
-    let response = connection.call(&request)?;
+    let response = connection.call_at(&request, version)?;
     for result in response.topics {
         if result.error_code != 0 && result.error_code != TOPIC_ALREADY_EXISTS {
             return Err(protocol_error(
@@ -189,7 +189,8 @@ pub fn list_offsets(layout: &Layout, end: LogEnd) -> io::Result<Vec<i64>> {
         by_leader.entry(leader).or_default().push(partition as i32);
     }
     for (leader, partitions) in by_leader {
-        let mut connection = Connection::open(leader, layout.api_versions)?;
+        let mut connection = client::open(leader, layout.api_versions)?;
+        let version = client::version(&connection.versions, ApiKey::ListOffsets)?;
         let request = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_topics(vec![ListOffsetsTopic::default()
@@ -204,7 +205,7 @@ pub fn list_offsets(layout: &Layout, end: LogEnd) -> io::Result<Vec<i64>> {
                         })
                         .collect(),
                 )]);
-        let response = connection.call(&request)?;
+        let response = connection.call_at(&request, version)?;
         for partition in response.topics.iter().flat_map(|t| &t.partitions) {
             if partition.error_code != 0 {
                 return Err(protocol_error("ListOffsets", partition.error_code));

@@ -1,19 +1,16 @@
 //! The Ringfeed broker as a library: the binary (`main.rs`) parses the command line and calls
-//! `server::serve`; fuzz targets and the admin CLI reach the codec and handlers through here.
+//! `server::serve` (or `ringfeed_cli::run` for the client subcommands); fuzz targets reach the
+//! request decoding and handlers through here.
 
 pub mod admin;
 pub mod admission;
 pub mod check_data;
-pub mod cli;
-pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod controller;
 #[cfg(test)]
 mod crash_consistency;
 pub mod disk;
-pub mod error_codes;
-pub mod frame;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod groups;
@@ -28,7 +25,6 @@ pub mod preflight;
 pub mod producer_state;
 pub mod recompress;
 pub mod records;
-pub mod registry;
 pub mod request_decode;
 pub mod router;
 pub mod server;
@@ -39,3 +35,7 @@ pub mod turns;
 
 /// The partition log: Kafka batches in `O_DIRECT` segments (crate `ringfeed-storage`).
 pub use ringfeed_storage as storage;
+
+// The wire codec lives in `ringfeed-protocol`; these keep the broker's `crate::frame::…`,
+// `crate::codec::…` paths pointing at it.
+pub use ringfeed_protocol::{codec, error_codes, frame, registry};

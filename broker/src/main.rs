@@ -1,5 +1,6 @@
 //! `ringfeed`: the broker binary. `ringfeed serve` runs a Kafka-wire-compatible broker with
-//! one pinned glommio executor per shard.
+//! one pinned glommio executor per shard; the client subcommands (`topic`, `produce`,
+//! `consume`, `group`) are the `ringfeed-cli` crate.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +10,8 @@ use clap::{Parser, Subcommand};
 use ringfeed_broker::logging::LogFormat;
 use ringfeed_broker::server;
 use ringfeed_broker::settings::cli::SettingsArgs;
-use ringfeed_broker::{check_data, cli, logging};
+use ringfeed_broker::{check_data, logging};
+use ringfeed_cli as cli;
 
 #[derive(Parser)]
 #[command(

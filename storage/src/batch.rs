@@ -1,5 +1,6 @@
-//! The Kafka v2 `RecordBatch` format: layout constants, validation and the one in-place
-//! rewrite the log makes (baseOffset). Pure code: no IO, no async.
+//! The Kafka v2 `RecordBatch` format as the log holds it: validation and the one in-place
+//! rewrite the log makes (baseOffset). The layout constants and the header reader come from
+//! `ringfeed_protocol::batch`. Pure code: no IO, no async.
 //!
 //! Layout (big-endian, see `storage/FORMAT.md` § Record batch):
 //! ```text
@@ -11,32 +12,15 @@
 
 use bytes::{Bytes, BytesMut};
 
-pub const BASE_OFFSET_OFFSET: usize = 0;
-pub const BATCH_LENGTH_OFFSET: usize = 8;
-pub const PARTITION_LEADER_EPOCH_OFFSET: usize = 12;
-pub const MAGIC_OFFSET: usize = 16;
-pub const CRC_OFFSET: usize = 17;
-pub const ATTRIBUTES_OFFSET: usize = 21;
-pub const LAST_OFFSET_DELTA_OFFSET: usize = 23;
-pub const BASE_TIMESTAMP_OFFSET: usize = 27;
-pub const MAX_TIMESTAMP_OFFSET: usize = 35;
-pub const PRODUCER_ID_OFFSET: usize = 43;
-pub const PRODUCER_EPOCH_OFFSET: usize = 51;
-pub const BASE_SEQUENCE_OFFSET: usize = 53;
-pub const RECORD_COUNT_OFFSET: usize = 57;
-/// Size of the fixed batch header; records start here.
-pub const BATCH_HEADER_BYTES: usize = 61;
-/// The bytes before `batchLength` counts from: baseOffset and batchLength themselves.
-pub const LOG_OVERHEAD_BYTES: usize = 12;
-/// The smallest legal `batchLength`: a header with no records.
-pub const BATCH_LENGTH_MIN: usize = BATCH_HEADER_BYTES - LOG_OVERHEAD_BYTES;
-pub const MAGIC_V2: i8 = 2;
-
-const _: () = assert!(BATCH_HEADER_BYTES == RECORD_COUNT_OFFSET + 4);
-const _: () = assert!(CRC_OFFSET + 4 == ATTRIBUTES_OFFSET);
-
-pub const COMPRESSION_CODEC_MASK: i16 = 0x07;
-const CONTROL_FLAG: i16 = 0x20;
+// The layout and the header are the protocol crate's (one parser for storage, the broker
+// and the clients); the checks below are what the log holds a batch to.
+pub use ringfeed_protocol::batch::{
+    BatchHeader, ATTRIBUTES_OFFSET, BASE_OFFSET_OFFSET, BASE_SEQUENCE_OFFSET,
+    BASE_TIMESTAMP_OFFSET, BATCH_HEADER_BYTES, BATCH_LENGTH_MIN, BATCH_LENGTH_OFFSET,
+    COMPRESSION_CODEC_MASK, CRC_OFFSET, LAST_OFFSET_DELTA_OFFSET, LOG_OVERHEAD_BYTES, MAGIC_OFFSET,
+    MAGIC_V2, MAX_TIMESTAMP_OFFSET, PARTITION_LEADER_EPOCH_OFFSET, PRODUCER_EPOCH_OFFSET,
+    PRODUCER_ID_OFFSET, RECORD_COUNT_OFFSET,
+};
 
 /// Why a batch was refused. Each kind maps to one Kafka error code in the broker.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,67 +34,6 @@ pub enum BatchError {
     /// Larger than the partition's maximum batch size: `MESSAGE_TOO_LARGE`.
     #[error("record batch of {size_bytes} bytes exceeds the maximum of {max_bytes} bytes")]
     TooLarge { size_bytes: usize, max_bytes: usize },
-}
-
-/// The header fields of one batch, read from its first 61 bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchHeader {
-    pub base_offset: i64,
-    /// Bytes after the batchLength field; the whole batch is `batch_length + 12` bytes.
-    pub batch_length: i32,
-    pub magic: i8,
-    pub crc: u32,
-    pub attributes: i16,
-    pub last_offset_delta: i32,
-    pub base_timestamp: i64,
-    pub max_timestamp: i64,
-    pub producer_id: i64,
-    pub producer_epoch: i16,
-    pub base_sequence: i32,
-    pub record_count: i32,
-}
-
-impl BatchHeader {
-    /// Reads the header from the start of `bytes`; `None` when fewer than 61 bytes are given.
-    pub fn parse(bytes: &[u8]) -> Option<BatchHeader> {
-        if bytes.len() < BATCH_HEADER_BYTES {
-            return None;
-        }
-        Some(BatchHeader {
-            base_offset: read_i64(bytes, BASE_OFFSET_OFFSET),
-            batch_length: read_i32(bytes, BATCH_LENGTH_OFFSET),
-            magic: bytes[MAGIC_OFFSET] as i8,
-            crc: read_i32(bytes, CRC_OFFSET) as u32,
-            attributes: read_i16(bytes, ATTRIBUTES_OFFSET),
-            last_offset_delta: read_i32(bytes, LAST_OFFSET_DELTA_OFFSET),
-            base_timestamp: read_i64(bytes, BASE_TIMESTAMP_OFFSET),
-            max_timestamp: read_i64(bytes, MAX_TIMESTAMP_OFFSET),
-            producer_id: read_i64(bytes, PRODUCER_ID_OFFSET),
-            producer_epoch: read_i16(bytes, PRODUCER_EPOCH_OFFSET),
-            base_sequence: read_i32(bytes, BASE_SEQUENCE_OFFSET),
-            record_count: read_i32(bytes, RECORD_COUNT_OFFSET),
-        })
-    }
-
-    /// Total size of the batch on the wire and on disk.
-    pub fn total_bytes(&self) -> usize {
-        self.batch_length.max(0) as usize + LOG_OVERHEAD_BYTES
-    }
-
-    /// Saturates rather than overflows: the header may come from damaged bytes, which must
-    /// end in an error, never in a panic.
-    pub fn last_offset(&self) -> i64 {
-        self.base_offset
-            .saturating_add(i64::from(self.last_offset_delta))
-    }
-
-    pub fn is_compressed(&self) -> bool {
-        self.attributes & COMPRESSION_CODEC_MASK != 0
-    }
-
-    pub fn is_control(&self) -> bool {
-        self.attributes & CONTROL_FLAG != 0
-    }
 }
 
 /// Checks one batch the way the log accepts it from a producer: exactly one whole batch,
@@ -287,18 +210,6 @@ pub fn read_varint(bytes: &mut &[u8]) -> Option<i64> {
         }
     }
     None
-}
-
-pub(crate) fn read_i16(bytes: &[u8], at: usize) -> i16 {
-    i16::from_be_bytes([bytes[at], bytes[at + 1]])
-}
-
-pub(crate) fn read_i32(bytes: &[u8], at: usize) -> i32 {
-    i32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
-}
-
-pub(crate) fn read_i64(bytes: &[u8], at: usize) -> i64 {
-    i64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
 }
 
 /// Builds valid uncompressed v2 batches from keys/values and timestamps, CRC filled in. Used

@@ -4,8 +4,10 @@
 //! `ApiVersions`, partition requests go to partition leaders found through `Metadata` and group
 //! requests to the coordinator found through `FindCoordinator`, as a Kafka client does.
 //!
-//! The client is blocking (std `TcpStream`, one request in flight per connection): a CLI waits
-//! for every answer anyway. Every response frame, fetch and line read has a bound.
+//! The connections, version negotiation and cluster routing are `ringfeed-client`'s
+//! (blocking, one request in flight per connection: a CLI waits for every answer anyway);
+//! this crate is the commands. Every response frame, fetch and line read has a bound. The
+//! `ringfeed` binary runs these subcommands through [`run`].
 
 pub mod client;
 pub mod consume;
@@ -19,7 +21,6 @@ use std::fmt::{self, Write as _};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use kafka_protocol::error::ResponseError;
 use kafka_protocol::protocol::StrBytes;
 
 /// The client subcommands, flattened into the binary's command list.
@@ -118,6 +119,13 @@ impl fmt::Display for CliError {
 
 impl std::error::Error for CliError {}
 
+/// The client's errors reach the user as they are worded.
+impl From<ringfeed_client::Error> for CliError {
+    fn from(error: ringfeed_client::Error) -> Self {
+        CliError(error.to_string())
+    }
+}
+
 pub type CliResult<T> = Result<T, CliError>;
 
 pub fn fail<T>(message: impl Into<String>) -> CliResult<T> {
@@ -126,12 +134,7 @@ pub fn fail<T>(message: impl Into<String>) -> CliResult<T> {
 
 /// `UnknownTopicOrPartition (3)` plus the broker's message when it sent one.
 pub fn describe_error(code: i16, message: Option<&StrBytes>) -> String {
-    let name = ResponseError::try_from_code(code)
-        .map_or_else(|| "None".to_string(), |error| error.to_string());
-    match message.map(StrBytes::as_str).filter(|m| !m.is_empty()) {
-        Some(message) => format!("{name} ({code}): {message}"),
-        None => format!("{name} ({code})"),
-    }
+    ringfeed_client::error::describe_error(code, message)
 }
 
 /// `Err` naming `what` when `code` is an error.

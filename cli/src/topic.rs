@@ -68,7 +68,7 @@ pub enum TopicCommand {
 }
 
 pub fn run(connect: &ConnectArgs, command: TopicCommand) -> CliResult<Outcome> {
-    let mut cluster = Cluster::connect(connect)?;
+    let mut cluster = super::client::connect(connect)?;
     match command {
         TopicCommand::Create {
             names,

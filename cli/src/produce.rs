@@ -132,7 +132,7 @@ struct Producer<'a> {
 }
 
 pub fn run(args: &ProduceArgs) -> CliResult<Outcome> {
-    let mut cluster = Cluster::connect(&args.connect)?;
+    let mut cluster = super::client::connect(&args.connect)?;
     let layout = cluster.topic_layout(&args.topic)?;
     if layout.partitions.is_empty() {
         return fail(format!("topic {} has no partitions", args.topic));
@@ -408,7 +408,7 @@ impl Producer<'_> {
         &mut self,
         leader: i32,
         partitions: Vec<(i32, Vec<Pending>)>,
-        error: &CliError,
+        error: &ringfeed_client::Error,
     ) -> Vec<(i32, Vec<Pending>, i16)> {
         eprintln!("{error}");
         if let Some(address) = self.cluster.broker_address(leader).map(str::to_string) {

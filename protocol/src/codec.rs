@@ -1,9 +1,11 @@
-//! Request and response codec around the generated `kafka-protocol` messages. Pure: no IO,
-//! no async. Decode errors carry the byte offset inside the frame where decoding stopped.
+//! Request and response codec around the generated `kafka-protocol` messages, for both
+//! ends of a connection: the broker decodes requests and encodes responses, the clients
+//! encode requests and decode responses. Pure: no IO, no async. Decode errors carry the byte
+//! offset inside the frame where decoding stopped.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
-use kafka_protocol::protocol::{Decodable, Encodable};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 
 use crate::frame::FRAME_SIZE_PREFIX_BYTES;
 
@@ -102,13 +104,7 @@ pub fn encode_response_frame<M: Encodable>(
     correlation_id: i32,
     body: &M,
 ) -> Result<Bytes, CodecError> {
-    // ApiVersions responses always use header v0 so a client that sent a version we do
-    // not know can still read the correlation id (KIP-511).
-    let header_version = if api_key == ApiKey::ApiVersions {
-        0
-    } else {
-        api_key.response_header_version(api_version)
-    };
+    let header_version = response_header_version(api_key, api_version);
     let encode_error = |reason: String| CodecError::Encode {
         what: api_key_name(api_key),
         version: api_version,
@@ -126,6 +122,67 @@ pub fn encode_response_frame<M: Encodable>(
         .map_err(|_| encode_error("response larger than 2 GiB".into()))?;
     frame[..FRAME_SIZE_PREFIX_BYTES].copy_from_slice(&body_bytes.to_be_bytes());
     Ok(frame.freeze())
+}
+
+/// The response header version of `api_key` at `api_version`. `ApiVersions` responses
+/// always use header v0 so a client that sent a version the broker does not know can still
+/// read the correlation id (KIP-511).
+pub fn response_header_version(api_key: ApiKey, api_version: i16) -> i16 {
+    if api_key == ApiKey::ApiVersions {
+        0
+    } else {
+        api_key.response_header_version(api_version)
+    }
+}
+
+/// Encodes a whole request frame (size prefix, header, body) into `frame`, reusing its
+/// memory: a client keeps one buffer per connection, so sending allocates nothing once the
+/// buffer has grown to its largest request.
+pub fn encode_request_frame<R: Request>(
+    frame: &mut BytesMut,
+    request: &R,
+    version: i16,
+    correlation_id: i32,
+    client_id: &'static str,
+) -> Result<(), CodecError> {
+    let encode_error = |reason: String| CodecError::Encode {
+        what: ApiKey::try_from(R::KEY).map_or("request", api_key_name),
+        version,
+        reason,
+    };
+    frame.clear();
+    frame.put_i32(0); // patched below, once the length is known
+    RequestHeader::default()
+        .with_request_api_key(R::KEY)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str(client_id)))
+        .encode(frame, R::header_version(version))
+        .map_err(|error| encode_error(error.to_string()))?;
+    request
+        .encode(frame, version)
+        .map_err(|error| encode_error(error.to_string()))?;
+    let body_bytes = i32::try_from(frame.len() - FRAME_SIZE_PREFIX_BYTES)
+        .map_err(|_| encode_error("request larger than 2 GiB".into()))?;
+    frame[..FRAME_SIZE_PREFIX_BYTES].copy_from_slice(&body_bytes.to_be_bytes());
+    Ok(())
+}
+
+/// Decodes the response header at the front of a response frame body (the bytes after the
+/// size prefix) for a request of type `R` sent at `version`, leaving `frame` at the body.
+/// Returns the correlation id the broker answered.
+pub fn decode_response_header<R: Request>(
+    frame: &mut Bytes,
+    version: i16,
+) -> Result<i32, CodecError> {
+    let header_version = ApiKey::try_from(R::KEY).map_or_else(
+        |()| R::Response::header_version(version),
+        |key| response_header_version(key, version),
+    );
+    decode_message(frame, "response header", header_version, |buf| {
+        ResponseHeader::decode(buf, header_version)
+    })
+    .map(|header| header.correlation_id)
 }
 
 pub fn api_key_name(api_key: ApiKey) -> &'static str {
@@ -163,7 +220,7 @@ pub fn api_key_name(api_key: ApiKey) -> &'static str {
 mod tests {
     use super::*;
     use bytes::BufMut;
-    use kafka_protocol::messages::{ApiVersionsResponse, MetadataRequest};
+    use kafka_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse, MetadataRequest};
 
     fn metadata_v1_frame(body: &[u8]) -> Bytes {
         let mut frame = BytesMut::new();
@@ -250,5 +307,40 @@ mod tests {
         // ApiVersions v3 is flexible but its response header stays v0: the body starts
         // right after the correlation id with the error code.
         assert_eq!(&frame[8..10], &[0, 0]);
+    }
+
+    #[test]
+    fn request_frame_carries_its_size_and_header() {
+        let mut frame = BytesMut::new();
+        encode_request_frame(&mut frame, &ApiVersionsRequest::default(), 0, 7, "test").unwrap();
+        let declared = i32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+        assert_eq!(declared, frame.len() - 4);
+        assert_eq!(&frame[4..6], &(ApiKey::ApiVersions as i16).to_be_bytes());
+        assert_eq!(&frame[8..12], &7_i32.to_be_bytes());
+        // The broker's own decoder reads it back.
+        let mut body = frame.freeze().slice(4..);
+        let header = decode_request_header(&mut body, ApiKey::ApiVersions, 0).unwrap();
+        assert_eq!(
+            (header.correlation_id, header.client_id.unwrap().as_str()),
+            (7, "test")
+        );
+    }
+
+    #[test]
+    fn a_response_frame_decodes_on_the_client_side() {
+        let frame = encode_response_frame(
+            ApiKey::Metadata,
+            12,
+            5,
+            &kafka_protocol::messages::MetadataResponse::default(),
+        )
+        .unwrap();
+        let mut body = frame.slice(4..);
+        assert_eq!(
+            decode_response_header::<MetadataRequest>(&mut body, 12).unwrap(),
+            5
+        );
+        let mut truncated = Bytes::from_static(&[0, 0]);
+        assert!(decode_response_header::<MetadataRequest>(&mut truncated, 12).is_err());
     }
 }

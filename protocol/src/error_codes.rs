@@ -2,6 +2,7 @@
 //! per-partition and per-topic fields; only an unparseable frame closes a connection.
 
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::protocol::StrBytes;
 
 pub const NONE: i16 = 0;
 pub const OFFSET_OUT_OF_RANGE: i16 = ResponseError::OffsetOutOfRange.code();
@@ -25,3 +26,36 @@ pub const UNKNOWN_TOPIC_ID: i16 = ResponseError::UnknownTopicId.code();
 pub const REQUEST_TIMED_OUT: i16 = ResponseError::RequestTimedOut.code();
 pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = ResponseError::UnsupportedCompressionType.code();
 pub const UNKNOWN_SERVER_ERROR: i16 = ResponseError::UnknownServerError.code();
+
+/// `UnknownTopicOrPartition (3)`, with the broker's message after a colon when it sent one:
+/// how the clients name an error code to a person.
+pub fn describe(code: i16, message: Option<&StrBytes>) -> String {
+    let name = ResponseError::try_from_code(code)
+        .map_or_else(|| "None".to_string(), |error| error.to_string());
+    match message.map(StrBytes::as_str).filter(|m| !m.is_empty()) {
+        Some(message) => format!("{name} ({code}): {message}"),
+        None => format!("{name} ({code})"),
+    }
+}
+
+/// Whether a client may retry what failed with `code` (Kafka's `RetriableException`s).
+pub fn is_retriable(code: i16) -> bool {
+    ResponseError::try_from_code(code).is_some_and(|error| error.is_retriable())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_names_carry_code_and_message() {
+        assert_eq!(describe(3, None), "UnknownTopicOrPartition (3)");
+        assert_eq!(
+            describe(36, Some(&StrBytes::from_static_str("exists"))),
+            "TopicAlreadyExists (36): exists"
+        );
+        assert!(describe(-999, None).contains("-999"));
+        assert!(is_retriable(NOT_LEADER_OR_FOLLOWER));
+        assert!(!is_retriable(TOPIC_ALREADY_EXISTS));
+    }
+}

@@ -19,6 +19,7 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use kafka_protocol::records::{Record, RecordBatchDecoder};
+use ringfeed_protocol::batch::{BatchHeader, WholeBatches, BATCH_HEADER_BYTES, MAGIC_V2};
 
 use super::client::{
     topic_name, Cluster, TopicLayout, OFFSET_EARLIEST, OFFSET_LATEST, RETRY_BACKOFF,
@@ -27,13 +28,6 @@ use super::format::{write_json, RecordFormat};
 use super::membership::{GroupState, Membership, COMMIT_INTERVAL};
 use super::{describe_error, fail, CliError, CliResult, ConnectArgs, Outcome};
 
-/// baseOffset (8) + batchLength (4); `batchLength` counts the bytes after these.
-const BATCH_LENGTH_PREFIX_BYTES: usize = 12;
-/// The v2 batch header through the record count.
-const BATCH_HEADER_BYTES: usize = 61;
-const MAGIC_AT: usize = 16;
-const LAST_OFFSET_DELTA_AT: usize = 23;
-const RECORD_COUNT_AT: usize = 57;
 /// The smallest v2 record is 7 bytes (length, attributes, three zero varints, null key and
 /// value, no headers), so an uncompressed batch claiming more records than that allows is
 /// corrupt; a compressed one is held to `RECORDS_PER_BATCH_MAX` before it is decompressed.
@@ -144,7 +138,7 @@ pub fn run(args: &ConsumeArgs) -> CliResult<Outcome> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .map_err(|error| CliError(format!("installing a signal handler: {error}")))?;
     }
-    let mut cluster = Cluster::connect(&args.connect)?;
+    let mut cluster = super::client::connect(&args.connect)?;
     let layout = cluster.topic_layout(&args.topic)?;
     for &partition in &args.partition {
         if layout.partition(partition).is_none() {
@@ -366,7 +360,7 @@ impl Consumer<'_> {
                         })
                         .collect(),
                 )]);
-        connection.call_at(&request, version)
+        Ok(connection.call_at(&request, version)?)
     }
 
     /// Prints a partition's records and moves its position; acts on its error code.
@@ -496,48 +490,28 @@ struct DecodedBatches {
 /// skipped but advance the position.
 fn decode_batches(records: &Bytes, position: i64) -> Result<DecodedBatches, String> {
     let mut decoded = DecodedBatches::default();
-    let mut at = 0;
-    while records.len() - at >= BATCH_LENGTH_PREFIX_BYTES {
-        let rest = &records[at..];
-        let batch_length = i32::from_be_bytes(rest[8..12].try_into().expect("four bytes"));
-        let batch_bytes = usize::try_from(batch_length)
-            .map_err(|_| format!("negative batch length {batch_length}"))?
-            + BATCH_LENGTH_PREFIX_BYTES;
-        if batch_bytes < BATCH_HEADER_BYTES {
+    let mut batches = WholeBatches::new(records.clone());
+    for batch in batches.by_ref() {
+        let mut batch = batch.map_err(|error| error.to_string())?;
+        let header = BatchHeader::parse(&batch).expect("a whole batch holds its header");
+        if header.magic != MAGIC_V2 {
             return Err(format!(
-                "a {batch_bytes}-byte batch is shorter than its header"
+                "record format v{} (only v2 batches are read)",
+                header.magic
             ));
         }
-        if batch_bytes > rest.len() {
-            break;
-        }
-        let magic = rest[MAGIC_AT];
-        if magic != 2 {
-            return Err(format!("record format v{magic} (only v2 batches are read)"));
-        }
-        let base_offset = i64::from_be_bytes(rest[..8].try_into().expect("eight bytes"));
-        let last_offset_delta = i32::from_be_bytes(
-            rest[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]
-                .try_into()
-                .expect("four bytes"),
-        );
-        let record_count = i32::from_be_bytes(
-            rest[RECORD_COUNT_AT..RECORD_COUNT_AT + 4]
-                .try_into()
-                .expect("four bytes"),
-        );
-        let compressed = rest[22] & 0x7 != 0;
-        let count_max = if compressed {
+        let base_offset = header.base_offset;
+        let count_max = if header.is_compressed() {
             RECORDS_PER_BATCH_MAX
         } else {
-            (batch_bytes - BATCH_HEADER_BYTES) / RECORD_BYTES_MIN
+            (batch.len() - BATCH_HEADER_BYTES) / RECORD_BYTES_MIN
         };
-        if usize::try_from(record_count).map_or(true, |count| count > count_max) {
+        if usize::try_from(header.record_count).map_or(true, |count| count > count_max) {
             return Err(format!(
-                "batch at offset {base_offset} claims {record_count} records"
+                "batch at offset {base_offset} claims {} records",
+                header.record_count
             ));
         }
-        let mut batch = records.slice(at..at + batch_bytes);
         let set = RecordBatchDecoder::decode(&mut batch)
             .map_err(|error| format!("batch at offset {base_offset}: {error}"))?;
         decoded.records.extend(
@@ -545,10 +519,12 @@ fn decode_batches(records: &Bytes, position: i64) -> Result<DecodedBatches, Stri
                 .into_iter()
                 .filter(|r| !r.control && r.offset >= position),
         );
-        decoded.next_offset = Some(base_offset + i64::from(last_offset_delta) + 1);
-        at += batch_bytes;
+        decoded.next_offset = Some(base_offset + i64::from(header.last_offset_delta) + 1);
     }
-    if decoded.next_offset.is_none() && at < records.len() && records.len() >= BATCH_HEADER_BYTES {
+    if decoded.next_offset.is_none()
+        && batches.remaining_bytes() > 0
+        && records.len() >= BATCH_HEADER_BYTES
+    {
         // The first batch alone is larger than the fetch: Kafka always returns a whole first
         // batch, so this is a broker cutting it short.
         return Err("the first batch does not fit the fetch; raise --fetch-max-bytes".to_string());
@@ -564,6 +540,7 @@ mod tests {
     use kafka_protocol::records::{
         Compression, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };
+    use ringfeed_protocol::batch::RECORD_COUNT_OFFSET;
 
     fn batch(base_offset: i64, values: &[&'static str], compression: Compression) -> Bytes {
         let records: Vec<Record> = values
@@ -646,7 +623,8 @@ mod tests {
             .unwrap_err()
             .contains("offset 0"));
         let mut huge_count = BytesMut::from(&good[..]);
-        huge_count[RECORD_COUNT_AT..RECORD_COUNT_AT + 4].copy_from_slice(&i32::MAX.to_be_bytes());
+        huge_count[RECORD_COUNT_OFFSET..RECORD_COUNT_OFFSET + 4]
+            .copy_from_slice(&i32::MAX.to_be_bytes());
         assert!(decode_batches(&huge_count.freeze(), 0)
             .unwrap_err()
             .contains("claims"));

@@ -64,7 +64,7 @@ pub enum GroupCommand {
 }
 
 pub fn run(connect: &ConnectArgs, command: GroupCommand) -> CliResult<Outcome> {
-    let mut cluster = Cluster::connect(connect)?;
+    let mut cluster = super::client::connect(connect)?;
     match command {
         GroupCommand::List => Ok(list(&mut cluster)),
         GroupCommand::Describe { group } => describe(&mut cluster, &group),

@@ -1,0 +1,129 @@
+//! The CLI's use of `ringfeed-client`: the APIs and versions it speaks, its connection
+//! options, and the cluster it connects to from `--brokers`.
+
+use kafka_protocol::messages::{
+    ApiVersionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
+    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest,
+    FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
+};
+pub use ringfeed_client::cluster::{
+    group_id, topic_name, Cluster, TopicLayout, OFFSET_EARLIEST, OFFSET_LATEST, RETRIES_MAX,
+    RETRY_BACKOFF,
+};
+pub use ringfeed_client::Connection;
+use ringfeed_client::{ApiRange, ConnectOptions, VersionsMode};
+
+use super::{CliResult, ConnectArgs};
+
+/// Largest response frame accepted. Fetches ask for at most `--fetch-max-bytes` (32 MiB),
+/// metadata of even a large cluster is a few MiB; anything bigger is a broken peer, refused
+/// before the buffer is allocated.
+pub const RESPONSE_FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
+const CLIENT_ID: &str = "ringfeed-cli";
+
+/// The APIs the CLI uses, with every version the codec crate encodes, except
+/// OffsetCommit/OffsetFetch: their v10 names topics by id and the crate's v10 request
+/// structs have no field for it.
+const APIS: [ApiRange; 20] = [
+    ApiRange::of::<ProduceRequest>(),
+    ApiRange::of::<FetchRequest>(),
+    ApiRange::of::<ListOffsetsRequest>(),
+    ApiRange::of::<MetadataRequest>(),
+    ApiRange::up_to::<OffsetCommitRequest>(9),
+    ApiRange::up_to::<OffsetFetchRequest>(9),
+    ApiRange::of::<FindCoordinatorRequest>(),
+    ApiRange::of::<JoinGroupRequest>(),
+    ApiRange::of::<HeartbeatRequest>(),
+    ApiRange::of::<LeaveGroupRequest>(),
+    ApiRange::of::<SyncGroupRequest>(),
+    ApiRange::of::<DescribeGroupsRequest>(),
+    ApiRange::of::<ListGroupsRequest>(),
+    ApiRange::of::<ApiVersionsRequest>(),
+    ApiRange::of::<CreateTopicsRequest>(),
+    ApiRange::of::<DeleteTopicsRequest>(),
+    ApiRange::of::<DescribeConfigsRequest>(),
+    ApiRange::of::<DeleteGroupsRequest>(),
+    ApiRange::of::<IncrementalAlterConfigsRequest>(),
+    ApiRange::of::<DescribeClusterRequest>(),
+];
+
+/// How the CLI's connections behave: versions always negotiated (the CLI speaks too many
+/// APIs for a fixed table), every socket operation bounded by `--timeout-ms`.
+pub fn options(args: &ConnectArgs) -> ConnectOptions {
+    ConnectOptions {
+        client_id: CLIENT_ID,
+        timeout: args.timeout(),
+        response_frame_bytes_max: RESPONSE_FRAME_BYTES_MAX,
+        speaks: &APIS,
+        fixed: &[],
+        mode: VersionsMode::Negotiate,
+        timeout_hint: "see --timeout-ms",
+    }
+}
+
+/// Connects to the first bootstrap broker of `--brokers` that answers and reads the broker
+/// list.
+pub fn connect(args: &ConnectArgs) -> CliResult<Cluster> {
+    Ok(Cluster::connect(&args.brokers, options(args))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
+    use kafka_protocol::protocol::Message;
+    use ringfeed_client::Versions;
+
+    fn advertised(ranges: &[(ApiKey, i16, i16)]) -> ApiVersionsResponse {
+        ApiVersionsResponse::default().with_api_keys(
+            ranges
+                .iter()
+                .map(|&(key, min, max)| {
+                    ApiVersion::default()
+                        .with_api_key(key as i16)
+                        .with_min_version(min)
+                        .with_max_version(max)
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn negotiation_picks_the_highest_common_version() {
+        let versions = Versions::negotiate(
+            &APIS,
+            &advertised(&[
+                (ApiKey::Fetch, 4, 12),
+                (ApiKey::Produce, 0, 99),
+                (ApiKey::OffsetCommit, 2, 10),
+            ]),
+        );
+        assert_eq!(versions.get(ApiKey::Fetch as i16), Some(12));
+        assert_eq!(
+            versions.get(ApiKey::Produce as i16),
+            Some(ProduceRequest::VERSIONS.max)
+        );
+        assert_eq!(
+            versions.get(ApiKey::OffsetCommit as i16),
+            Some(9),
+            "capped: v10 needs topic ids"
+        );
+        assert_eq!(
+            versions.get(ApiKey::Metadata as i16),
+            None,
+            "not advertised"
+        );
+    }
+
+    #[test]
+    fn no_common_version_leaves_the_api_out() {
+        // The broker only serves Produce 0-2, which the crate does not encode.
+        let versions = Versions::negotiate(&APIS, &advertised(&[(ApiKey::Produce, 0, 2)]));
+        assert_eq!(versions.get(ApiKey::Produce as i16), None);
+        let versions = Versions::negotiate(&APIS, &advertised(&[(ApiKey::Fetch, 30, 40)]));
+        assert_eq!(versions.get(ApiKey::Fetch as i16), None);
+    }
+}

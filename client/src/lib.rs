@@ -1,0 +1,27 @@
+//! Ringfeed's Kafka client, shared by the `ringfeed` CLI and `ringfeed-bench`. It speaks the
+//! Kafka protocol to any broker, Ringfeed or not: requests are the `kafka-protocol` crate's
+//! generated messages framed by `ringfeed-protocol`, versions are negotiated per broker with
+//! `ApiVersions` (or taken from a fixed table for brokers without it), partition requests go
+//! to leaders found through `Metadata` and group requests to the coordinator found through
+//! `FindCoordinator`.
+//!
+//! Blocking std sockets: a CLI waits for every answer anyway, and the bench's pinned threads
+//! time a response from the moment `read` returns. A [`Connection`] runs one request at a
+//! time; [`Connection::split`] gives a [`FrameWriter`] and a [`FrameReader`] for two threads
+//! so many requests can be in flight on one connection (Kafka answers in request order).
+//! Every socket operation has a timeout and every response frame a size bound.
+//!
+//! - [`versions`]: what a client speaks and the negotiation against what a broker serves.
+//! - [`connection`]: one connection, its frames and its calls.
+//! - [`cluster`]: the cluster seen from a bootstrap broker: metadata, leaders, coordinators,
+//!   list offsets.
+
+pub mod cluster;
+pub mod connection;
+pub mod error;
+pub mod versions;
+
+pub use cluster::{group_id, topic_name, Cluster, PartitionLayout, TopicLayout};
+pub use connection::{encode_request, ConnectOptions, Connection, FrameReader, FrameWriter};
+pub use error::{Error, ErrorKind, Result};
+pub use versions::{ApiRange, Versions, VersionsMode};
