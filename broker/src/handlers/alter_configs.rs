@@ -10,10 +10,10 @@ use super::describe_configs::RESOURCE_TOPIC;
 use super::{str_bytes, RequestContext};
 use crate::controller::{ConfigChange, ConfigOperation, ControllerCall};
 use crate::error_codes as codes;
-use crate::shard::Shard;
+use crate::shard::ShardServices;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &Rc<ShardServices>,
     _context: &RequestContext,
     request: AlterConfigsRequest,
 ) -> AlterConfigsResponse {
@@ -62,7 +62,7 @@ pub async fn handle(
 /// Sends one topic's config change to the controller (both `AlterConfigs` forms end here) and
 /// returns the error code and message for that resource's response.
 pub(super) async fn submit_config_change(
-    shard: &Rc<Shard>,
+    shard: &Rc<ShardServices>,
     change: ConfigChange,
     validate_only: bool,
 ) -> (i16, Option<String>) {

@@ -8,7 +8,7 @@ use super::RequestContext;
 use crate::codec::{self, CodecError};
 use crate::error_codes as codes;
 use crate::registry::SUPPORTED_APIS;
-use crate::shard::Shard;
+use crate::shard::ShardServices;
 
 fn advertised_ranges() -> Vec<ApiVersion> {
     SUPPORTED_APIS
@@ -24,7 +24,7 @@ fn advertised_ranges() -> Vec<ApiVersion> {
 
 #[allow(clippy::unused_async)]
 pub async fn handle(
-    _shard: &Shard,
+    _shard: &ShardServices,
     _context: &RequestContext,
     _request: ApiVersionsRequest,
 ) -> ApiVersionsResponse {

@@ -7,10 +7,10 @@ use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse
 
 use super::{str_bytes, RequestContext};
 use crate::controller::ControllerCall;
-use crate::shard::Shard;
+use crate::shard::ShardServices;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &Rc<ShardServices>,
     _context: &RequestContext,
     request: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {

@@ -8,10 +8,10 @@ use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicN
 
 use super::{str_bytes, RequestContext};
 use crate::controller::{ControllerCall, TopicRef};
-use crate::shard::Shard;
+use crate::shard::ShardServices;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &Rc<ShardServices>,
     context: &RequestContext,
     request: DeleteTopicsRequest,
 ) -> DeleteTopicsResponse {

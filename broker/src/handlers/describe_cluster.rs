@@ -7,11 +7,11 @@ use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeCluster
 
 use super::{str_bytes, RequestContext};
 use crate::config::BrokerConfig;
-use crate::shard::Shard;
+use crate::shard::ShardServices;
 
 #[allow(clippy::unused_async)]
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &Rc<ShardServices>,
     context: &RequestContext,
     request: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
@@ -21,7 +21,7 @@ pub async fn handle(
         .with_host(str_bytes(&config.advertised_host))
         .with_port(config.advertised_port);
     let response = DescribeClusterResponse::default()
-        .with_cluster_id(str_bytes(&shard.metadata().cluster_id))
+        .with_cluster_id(str_bytes(&shard.metadata.current().cluster_id))
         .with_controller_id(BrokerId(BrokerConfig::NODE_ID))
         .with_brokers(vec![broker]);
     let response = if request.include_cluster_authorized_operations {

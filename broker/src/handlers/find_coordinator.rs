@@ -11,14 +11,14 @@ use kafka_protocol::protocol::StrBytes;
 use super::{str_bytes, RequestContext};
 use crate::config::BrokerConfig;
 use crate::error_codes as codes;
-use crate::groups::{self, codes as group_codes};
-use crate::shard::Shard;
+use crate::groups::codes as group_codes;
+use crate::shard::ShardServices;
 
 /// `FindCoordinator` key types: 0 a consumer group, 1 a transactional id.
 const KEY_TYPE_GROUP: i8 = 0;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &Rc<ShardServices>,
     context: &RequestContext,
     request: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
@@ -46,10 +46,10 @@ pub async fn handle(
 
 /// The error code for one key: transactions have no coordinator here (there is no
 /// transaction support), unknown key types are invalid.
-async fn lookup(shard: &Rc<Shard>, key_type: i8, key: &StrBytes) -> i16 {
+async fn lookup(shard: &Rc<ShardServices>, key_type: i8, key: &StrBytes) -> i16 {
     match key_type {
         KEY_TYPE_GROUP if key.is_empty() => group_codes::INVALID_GROUP_ID,
-        KEY_TYPE_GROUP => match groups::locate(shard, key).await {
+        KEY_TYPE_GROUP => match shard.locate_group(key).await {
             Ok(_) => codes::NONE,
             Err(code) => code,
         },

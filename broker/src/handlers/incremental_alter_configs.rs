@@ -12,13 +12,13 @@ use super::describe_configs::RESOURCE_TOPIC;
 use super::{str_bytes, RequestContext};
 use crate::controller::{ConfigChange, ConfigOperation};
 use crate::error_codes as codes;
-use crate::shard::Shard;
+use crate::shard::ShardServices;
 
 const OPERATION_SET: i8 = 0;
 const OPERATION_DELETE: i8 = 1;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &Rc<ShardServices>,
     _context: &RequestContext,
     request: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {

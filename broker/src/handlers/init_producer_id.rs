@@ -9,14 +9,14 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 
 use super::RequestContext;
-use crate::groups::{GroupCall, GroupEnvelope, GroupReply};
-use crate::shard::Shard;
+use crate::groups;
+use crate::shard::ShardServices;
 
 /// The shard that allocates producer ids (see `producer_state::ProducerIds`).
 const ALLOCATOR_SHARD: usize = 0;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &Rc<ShardServices>,
     _context: &RequestContext,
     request: InitProducerIdRequest,
 ) -> InitProducerIdResponse {
@@ -29,20 +29,16 @@ pub async fn handle(
     if request.transactional_id.is_some() {
         return failed(ResponseError::TransactionalIdAuthorizationFailed.code());
     }
-    let envelope = GroupEnvelope {
-        group: String::new(),
-        partition: -1,
-        call: GroupCall::InitProducerId {
-            producer_id: request.producer_id.0,
-            epoch: request.producer_epoch,
-        },
-    };
-    match shard.group_call(ALLOCATOR_SHARD, envelope).await {
-        Some(GroupReply::ProducerId(Ok((producer_id, epoch)))) => InitProducerIdResponse::default()
+    let (producer_id, epoch) = (request.producer_id.0, request.producer_epoch);
+    let allocated =
+        groups::on_coordinator(&shard.router, ALLOCATOR_SHARD, move |groups| async move {
+            groups.init_producer_id(producer_id, epoch).await
+        });
+    match allocated.await {
+        Some(Ok((producer_id, epoch))) => InitProducerIdResponse::default()
             .with_producer_id(ProducerId(producer_id))
             .with_producer_epoch(epoch),
-        Some(GroupReply::ProducerId(Err(code))) => failed(code),
-        Some(other) => panic!("InitProducerId answered with {other:?}"),
+        Some(Err(code)) => failed(code),
         None => failed(ResponseError::CoordinatorNotAvailable.code()),
     }
 }

@@ -38,7 +38,7 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use crate::codec::{self, CodecError};
 use crate::metrics::ResponseErrorCode;
-use crate::shard::Shard;
+use crate::shard::ShardServices;
 
 /// What a handler knows about the request besides its body.
 #[derive(Clone, Debug)]
@@ -72,7 +72,7 @@ macro_rules! served_apis {
 
         /// Runs the handler and encodes its response frame; `None` when the request wants no
         /// response (Produce with acks=0).
-        pub async fn handle(shard: Rc<Shard>, context: RequestContext, request: Request) -> Result<Option<Bytes>, CodecError> {
+        pub async fn handle(shard: Rc<ShardServices>, context: RequestContext, request: Request) -> Result<Option<Bytes>, CodecError> {
             trace_request(&context);
             let started = std::time::Instant::now();
             let wants_response = !matches!(&request, Request::Produce(produce) if produce.acks == 0);
@@ -120,7 +120,7 @@ served_apis! {
 /// their places at their partitions (`produce::dispatch`). The rest of every request runs
 /// in the returned future, concurrently with the requests after it.
 pub fn start(
-    shard: Rc<Shard>,
+    shard: Rc<ShardServices>,
     context: RequestContext,
     request: Request,
 ) -> LocalBoxFuture<'static, Result<Option<Bytes>, CodecError>> {
@@ -146,7 +146,7 @@ fn trace_request(context: &RequestContext) {
 
 /// Counts the answered request; passes its response frame through.
 fn answered(
-    shard: &Shard,
+    shard: &ShardServices,
     context: &RequestContext,
     started: std::time::Instant,
     response: Option<Bytes>,

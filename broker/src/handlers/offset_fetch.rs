@@ -14,8 +14,7 @@ use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, TopicNam
 use super::{str_bytes, RequestContext};
 use crate::error_codes as codes;
 use crate::groups::records::CommittedOffset;
-use crate::groups::{self, GroupCall, GroupReply};
-use crate::shard::Shard;
+use crate::shard::ShardServices;
 
 /// One group's answer: a group-level error code, then per (topic, partition) the committed
 /// offset (None: nothing committed) in request order.
@@ -25,7 +24,7 @@ struct GroupOffsets {
 }
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &Rc<ShardServices>,
     context: &RequestContext,
     request: OffsetFetchRequest,
 ) -> OffsetFetchResponse {
@@ -54,7 +53,7 @@ pub async fn handle(
 }
 
 async fn fetch(
-    shard: &Rc<Shard>,
+    shard: &Rc<ShardServices>,
     group: &str,
     partitions: Option<Vec<(String, Vec<i32>)>>,
 ) -> GroupOffsets {
@@ -63,20 +62,21 @@ async fn fetch(
         .flatten()
         .flat_map(|(topic, indexes)| indexes.iter().map(move |i| (topic.clone(), *i)))
         .collect();
-    match groups::route(shard, group, GroupCall::FetchOffsets { partitions }).await {
-        Ok(GroupReply::Offsets {
-            error_code,
-            offsets,
-        }) if error_code == codes::NONE => GroupOffsets {
-            error_code,
+    let fetched = shard
+        .on_group_coordinator(group, move |groups, at| async move {
+            groups.fetch_offsets(at, partitions).await
+        })
+        .await;
+    match fetched.and_then(|fetched| fetched) {
+        Ok(offsets) => GroupOffsets {
+            error_code: codes::NONE,
             offsets,
         },
-        Ok(GroupReply::Offsets { error_code, .. }) | Err(error_code) => GroupOffsets {
+        Err(error_code) => GroupOffsets {
             error_code,
             // Kafka echoes the requested partitions with the error on each.
             offsets: requested.into_iter().map(|(t, p)| (t, p, None)).collect(),
         },
-        Ok(other) => panic!("OffsetFetch answered with {other:?}"),
     }
 }
 
