@@ -181,13 +181,13 @@ async fn serve(shard: Rc<ShardServices>, stream: TcpStream, peer: SocketAddr) {
             tracing::warn!(shard = shard.shard_id, %peer, %reason, "closing connection");
         }
         (_, Some(reason)) => {
-            tracing::warn!(shard = shard.shard_id, %peer, %reason, "closing connection")
+            tracing::warn!(shard = shard.shard_id, %peer, %reason, "closing connection");
         }
         (Ending::Io(error), None) => {
             tracing::debug!(shard = shard.shard_id, %peer, %error, "connection closed on a socket error");
         }
         (ending, None) => {
-            tracing::debug!(shard = shard.shard_id, %peer, ?ending, "connection closed")
+            tracing::debug!(shard = shard.shard_id, %peer, ?ending, "connection closed");
         }
     }
 }
