@@ -112,3 +112,43 @@ impl ByteBudget {
         self.in_use_bytes();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::panic::AssertUnwindSafe;
+
+    use super::*;
+
+    fn on_executor(test: impl FnOnce() + Send + 'static) {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move { test() })
+            .expect("executor")
+            .join()
+            .expect("test ran");
+    }
+
+    #[test]
+    fn reservations_count_until_released_and_never_pass_the_limit() {
+        on_executor(|| {
+            let budget = ByteBudget::new(100);
+            assert!(budget.try_reserve(60));
+            assert!(!budget.try_reserve(41), "past the limit");
+            assert!(budget.try_reserve(40));
+            assert_eq!(budget.in_use_bytes(), 100);
+            budget.release(60);
+            assert_eq!(budget.in_use_bytes(), 40);
+            budget.release(40);
+            assert_eq!(budget.in_use_bytes(), 0);
+        });
+    }
+
+    #[test]
+    fn releasing_more_than_was_reserved_trips_the_assertion() {
+        on_executor(|| {
+            let budget = ByteBudget::new(100);
+            assert!(budget.try_reserve(10));
+            let released = std::panic::catch_unwind(AssertUnwindSafe(|| budget.release(11)));
+            assert!(released.is_err(), "a release must match a reservation");
+        });
+    }
+}

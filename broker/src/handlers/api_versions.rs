@@ -8,7 +8,6 @@ use super::RequestContext;
 use crate::codec::{self, CodecError};
 use crate::error_codes as codes;
 use crate::registry::SUPPORTED_APIS;
-use crate::shard::ShardServices;
 
 fn advertised_ranges() -> Vec<ApiVersion> {
     SUPPORTED_APIS
@@ -24,7 +23,7 @@ fn advertised_ranges() -> Vec<ApiVersion> {
 
 #[allow(clippy::unused_async)]
 pub async fn handle(
-    _shard: &ShardServices,
+    _shard: &(),
     _context: &RequestContext,
     _request: ApiVersionsRequest,
 ) -> ApiVersionsResponse {

@@ -1,16 +1,14 @@
 //! `CreatePartitions`: grow a topic; new partitions are placed on the least-loaded shards.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse, TopicName};
 
+use super::context::TopicAdmin;
 use super::{str_bytes, RequestContext};
 use crate::controller::ControllerCall;
-use crate::shard::ShardServices;
 
 pub async fn handle(
-    shard: &Rc<ShardServices>,
+    shard: &TopicAdmin<'_>,
     _context: &RequestContext,
     request: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {

@@ -1,16 +1,14 @@
 //! `DeleteGroups`: removes groups without members, with their committed offsets.
 
-use std::rc::Rc;
-
 use futures::future::join_all;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
 
+use super::context::GroupAccess;
 use super::RequestContext;
-use crate::shard::ShardServices;
 
 pub async fn handle(
-    shard: &Rc<ShardServices>,
+    shard: &GroupAccess<'_>,
     _context: &RequestContext,
     request: DeleteGroupsRequest,
 ) -> DeleteGroupsResponse {

@@ -1,21 +1,19 @@
 //! `DeleteRecords`: move each partition's log start forward (-1 = to the high watermark).
 
-use std::rc::Rc;
-
 use futures::future::join_all;
 use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
 };
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
+use super::context::PartitionAccess;
 use super::RequestContext;
 use crate::error_codes as codes;
 use crate::metadata::TopicPartition;
 use crate::partition;
-use crate::shard::ShardServices;
 
 pub async fn handle(
-    shard: &Rc<ShardServices>,
+    shard: &PartitionAccess<'_>,
     _context: &RequestContext,
     request: DeleteRecordsRequest,
 ) -> DeleteRecordsResponse {
@@ -44,7 +42,7 @@ pub async fn handle(
                 let Some((tp, owner)) = tp else {
                     return result.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION);
                 };
-                match partition::delete_records_on(&shard.router, owner, tp, offset).await {
+                match partition::delete_records_on(shard.router, owner, tp, offset).await {
                     Some(outcome) => result
                         .with_error_code(outcome.error_code)
                         .with_low_watermark(outcome.offset),

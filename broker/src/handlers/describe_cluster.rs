@@ -1,17 +1,15 @@
 //! `DescribeCluster`: this single node and the cluster id.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
 
+use super::context::TopicAdmin;
 use super::{str_bytes, RequestContext};
 use crate::config::BrokerConfig;
-use crate::shard::ShardServices;
 
 #[allow(clippy::unused_async)]
 pub async fn handle(
-    shard: &Rc<ShardServices>,
+    shard: &TopicAdmin<'_>,
     context: &RequestContext,
     request: DescribeClusterRequest,
 ) -> DescribeClusterResponse {

@@ -1,22 +1,20 @@
 //! `DescribeGroups`: state, protocol and members of each named group, from its coordinator.
 //! An unknown group is reported as `Dead` without error, as Kafka does before v6.
 
-use std::rc::Rc;
-
 use futures::future::join_all;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 
+use super::context::GroupAccess;
 use super::{str_bytes, RequestContext};
 use crate::groups::GroupDescription;
-use crate::shard::ShardServices;
 
 /// Group ACL operations a client may perform, as a bitfield (no ACLs yet: all of them):
 /// READ 3, DELETE 6, DESCRIBE 8.
 const GROUP_OPERATIONS_ALL: i32 = 1 << 3 | 1 << 6 | 1 << 8;
 
 pub async fn handle(
-    shard: &Rc<ShardServices>,
+    shard: &GroupAccess<'_>,
     context: &RequestContext,
     request: DescribeGroupsRequest,
 ) -> DescribeGroupsResponse {

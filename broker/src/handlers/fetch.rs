@@ -13,7 +13,6 @@
 //! the rule is `recompress::apply_fetch_codec_rule`, applied to each read as soon as it is
 //! back, on the batch headers already in memory.
 
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,12 +23,12 @@ use futures::FutureExt;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
+use super::context::PartitionAccess;
 use super::RequestContext;
 use crate::error_codes as codes;
 use crate::metadata::{MetadataSnapshot, TopicPartition};
 use crate::partition::{self, FetchOutcome, WaitOutcome};
 use crate::recompress::{apply_fetch_codec_rule, CompressionType};
-use crate::shard::ShardServices;
 
 /// One requested partition, resolved against the metadata once per request.
 struct Wanted {
@@ -44,7 +43,7 @@ struct Wanted {
 }
 
 pub async fn handle(
-    shard: &Rc<ShardServices>,
+    shard: &PartitionAccess<'_>,
     context: &RequestContext,
     request: FetchRequest,
 ) -> FetchResponse {
@@ -147,7 +146,7 @@ fn resolve(
 /// served the first ones of its request only. `true` with the reservation when a partition
 /// with data was left unread (the response is full, or the budget is taken).
 async fn read_with_budget(
-    shard: &ShardServices,
+    shard: &PartitionAccess<'_>,
     wanted: &[Wanted],
     outcomes: &mut [FetchOutcome],
     response_bytes_max: usize,
@@ -239,15 +238,15 @@ struct Reservation {
 }
 
 impl Reservation {
-    fn empty(shard: &ShardServices) -> Self {
+    fn empty(shard: &PartitionAccess<'_>) -> Self {
         Self {
-            budget: shard.budgets.fetch_bytes.clone(),
+            budget: shard.fetch_budget.clone(),
             bytes: 0,
         }
     }
 
     /// Adds `bytes`, waiting until the budget has them.
-    async fn grow(&mut self, shard: &ShardServices, bytes: u64) {
+    async fn grow(&mut self, shard: &PartitionAccess<'_>, bytes: u64) {
         if bytes == 0 {
             return;
         }
@@ -257,7 +256,7 @@ impl Reservation {
     }
 
     /// Adds `bytes` if the budget has them now; `false` (nothing added) otherwise.
-    fn try_grow(&mut self, shard: &ShardServices, bytes: u64) -> bool {
+    fn try_grow(&mut self, shard: &PartitionAccess<'_>, bytes: u64) -> bool {
         let granted = self.budget.try_reserve(bytes);
         if granted {
             self.bytes += bytes;
@@ -266,10 +265,10 @@ impl Reservation {
         granted
     }
 
-    fn report(shard: &ShardServices) {
+    fn report(shard: &PartitionAccess<'_>) {
         shard
             .metrics
-            .fetch_budget_reserved(shard.budgets.fetch_bytes.in_use_bytes());
+            .fetch_budget_reserved(shard.fetch_budget.in_use_bytes());
     }
 
     /// Gives back what is held beyond `bytes`.
@@ -290,7 +289,7 @@ impl Drop for Reservation {
 }
 
 /// Fetches one partition from its owner; `max_bytes` 0 answers its offsets and reads nothing.
-async fn fetch_one(shard: &ShardServices, wanted: &Wanted, max_bytes: usize) -> FetchOutcome {
+async fn fetch_one(shard: &PartitionAccess<'_>, wanted: &Wanted, max_bytes: usize) -> FetchOutcome {
     let missing = FetchOutcome {
         error_code: codes::UNKNOWN_TOPIC_OR_PARTITION,
         high_watermark: -1,
@@ -300,7 +299,7 @@ async fn fetch_one(shard: &ShardServices, wanted: &Wanted, max_bytes: usize) -> 
     let Some((tp, owner)) = &wanted.placement else {
         return missing;
     };
-    let fetched = partition::fetch_on(&shard.router, *owner, tp.clone(), wanted.offset, max_bytes);
+    let fetched = partition::fetch_on(shard.router, *owner, tp.clone(), wanted.offset, max_bytes);
     match fetched.await {
         Some(outcome) => outcome,
         None => FetchOutcome {
@@ -317,7 +316,7 @@ async fn fetch_one(shard: &ShardServices, wanted: &Wanted, max_bytes: usize) -> 
 /// that partition's data is then returned at `wait`, or when another partition wakes us;
 /// answering at once would make the client poll again at once, and spin.
 async fn wait_for_any_append(
-    shard: &ShardServices,
+    shard: &PartitionAccess<'_>,
     wanted: &[Wanted],
     seen_high_watermarks: &[i64],
     wait: Duration,
@@ -329,7 +328,7 @@ async fn wait_for_any_append(
             let (tp, owner) = wanted.placement.clone()?;
             let offset = wanted.offset.max(*seen_high_watermark);
             Some(
-                partition::wait_for_data_on(&shard.router, owner, tp, offset, wait)
+                partition::wait_for_data_on(shard.router, owner, tp, offset, wait)
                     .then(|outcome| async move {
                         if outcome == Some(WaitOutcome::Refused) {
                             futures::future::pending::<()>().await;

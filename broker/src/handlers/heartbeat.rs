@@ -1,14 +1,12 @@
 //! Heartbeat: keeps a member's session alive; tells it when a rebalance has started.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
 
+use super::context::GroupAccess;
 use super::RequestContext;
-use crate::shard::ShardServices;
 
 pub async fn handle(
-    shard: &Rc<ShardServices>,
+    shard: &GroupAccess<'_>,
     _context: &RequestContext,
     request: HeartbeatRequest,
 ) -> HeartbeatResponse {

@@ -2,23 +2,21 @@
 //! SUBTRACT only apply to list configs, and `cleanup.policy` (the one list) accepts only
 //! `delete`, so they are refused with `INVALID_CONFIG`.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 
 use super::alter_configs::submit_config_change;
+use super::context::TopicAdmin;
 use super::describe_configs::RESOURCE_TOPIC;
 use super::{str_bytes, RequestContext};
 use crate::controller::{ConfigChange, ConfigOperation};
 use crate::error_codes as codes;
-use crate::shard::ShardServices;
 
 const OPERATION_SET: i8 = 0;
 const OPERATION_DELETE: i8 = 1;
 
 pub async fn handle(
-    shard: &Rc<ShardServices>,
+    shard: &TopicAdmin<'_>,
     _context: &RequestContext,
     request: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {

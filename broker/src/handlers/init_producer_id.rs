@@ -3,20 +3,18 @@
 //! gets `TRANSACTIONAL_ID_AUTHORIZATION_FAILED`, which clients report as fatal rather than
 //! retrying forever against a coordinator that does not exist.
 
-use std::rc::Rc;
-
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 
+use super::context::GroupAccess;
 use super::RequestContext;
 use crate::groups;
-use crate::shard::ShardServices;
 
 /// The shard that allocates producer ids (see `producer_state::ProducerIds`).
 const ALLOCATOR_SHARD: usize = 0;
 
 pub async fn handle(
-    shard: &Rc<ShardServices>,
+    shard: &GroupAccess<'_>,
     _context: &RequestContext,
     request: InitProducerIdRequest,
 ) -> InitProducerIdResponse {
@@ -31,7 +29,7 @@ pub async fn handle(
     }
     let (producer_id, epoch) = (request.producer_id.0, request.producer_epoch);
     let allocated =
-        groups::on_coordinator(&shard.router, ALLOCATOR_SHARD, move |groups| async move {
+        groups::on_coordinator(shard.router, ALLOCATOR_SHARD, move |groups| async move {
             groups.init_producer_id(producer_id, epoch).await
         });
     match allocated.await {

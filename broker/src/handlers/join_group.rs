@@ -2,18 +2,16 @@
 //! rebalance completes (or answers at once: `MEMBER_ID_REQUIRED`, errors, a rejoin that
 //! changes nothing).
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
 
+use super::context::GroupAccess;
 use super::{str_bytes, RequestContext};
 use crate::groups::group::{JoinRequest, JoinResult};
 use crate::groups::millis;
-use crate::shard::ShardServices;
 
 pub async fn handle(
-    shard: &Rc<ShardServices>,
+    shard: &GroupAccess<'_>,
     context: &RequestContext,
     request: JoinGroupRequest,
 ) -> JoinGroupResponse {

@@ -1,16 +1,14 @@
 //! `LeaveGroup`: one member (v0-2) or a batch of members by id or group instance id (v3+).
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 
+use super::context::GroupAccess;
 use super::RequestContext;
 use crate::error_codes as codes;
-use crate::shard::ShardServices;
 
 pub async fn handle(
-    shard: &Rc<ShardServices>,
+    shard: &GroupAccess<'_>,
     context: &RequestContext,
     request: LeaveGroupRequest,
 ) -> LeaveGroupResponse {

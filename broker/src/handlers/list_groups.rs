@@ -1,28 +1,26 @@
 //! `ListGroups`: every group of every shard's coordinator, optionally filtered by state
 //! (v4+) and type (v5+; every group here is a `classic` group).
 
-use std::rc::Rc;
-
 use futures::future::join_all;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
 
+use super::context::GroupAccess;
 use super::{str_bytes, RequestContext};
 use crate::error_codes as codes;
 use crate::groups;
-use crate::shard::ShardServices;
 
 /// The group type of the classic protocol, as KIP-848 names it.
 const CLASSIC: &str = "classic";
 
 pub async fn handle(
-    shard: &Rc<ShardServices>,
+    shard: &GroupAccess<'_>,
     context: &RequestContext,
     request: ListGroupsRequest,
 ) -> ListGroupsResponse {
     let version = context.api_version;
     let asks = (0..shard.config.shard_count()).map(|owner| {
-        groups::on_coordinator(&shard.router, owner, |groups| async move { groups.list() })
+        groups::on_coordinator(shard.router, owner, |groups| async move { groups.list() })
     });
     let mut error_code = codes::NONE;
     let mut listed = Vec::new();

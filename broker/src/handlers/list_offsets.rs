@@ -4,7 +4,6 @@
 //! the answers with the wrong queries (librdkafka gives every copy the last answer).
 
 use std::collections::{HashMap, HashSet};
-use std::rc::Rc;
 
 use futures::future::join_all;
 use kafka_protocol::messages::list_offsets_response::{
@@ -12,14 +11,14 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
+use super::context::PartitionAccess;
 use super::RequestContext;
 use crate::error_codes as codes;
 use crate::metadata::TopicPartition;
 use crate::partition;
-use crate::shard::ShardServices;
 
 pub async fn handle(
-    shard: &Rc<ShardServices>,
+    shard: &PartitionAccess<'_>,
     context: &RequestContext,
     request: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
@@ -52,7 +51,7 @@ pub async fn handle(
                 let outcome = match tp {
                     None => None,
                     Some((tp, owner)) => {
-                        partition::list_offset_on(&shard.router, owner, tp, timestamp_ms).await
+                        partition::list_offset_on(shard.router, owner, tp, timestamp_ms).await
                     }
                 };
                 let response =

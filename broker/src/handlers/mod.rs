@@ -4,6 +4,7 @@
 
 pub mod alter_configs;
 pub mod api_versions;
+pub mod context;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_groups;
@@ -39,6 +40,7 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 use crate::codec::{self, CodecError};
 use crate::metrics::ResponseErrorCode;
 use crate::shard::ShardServices;
+use context::HandlerContext;
 
 /// What a handler knows about the request besides its body.
 #[derive(Clone, Debug)]
@@ -78,7 +80,7 @@ macro_rules! served_apis {
             let wants_response = !matches!(&request, Request::Produce(produce) if produce.acks == 0);
             let (frame, error_code) = match request {
                 $(Request::$variant(request) => {
-                    let response = $module::handle(&shard, &context, request).await;
+                    let response = $module::handle(&HandlerContext::of(&shard), &context, request).await;
                     (encode(&context, &response)?, response.error_code())
                 })*
             };
@@ -130,7 +132,7 @@ pub fn start(
     trace_request(&context);
     let started = std::time::Instant::now();
     let wants_response = request.acks != 0;
-    let response = produce::dispatch(&shard, &context, request);
+    let response = produce::dispatch(&HandlerContext::of(&shard), &context, request);
     Box::pin(async move {
         let response = response.await;
         let frame = encode(&context, &response)?;

@@ -4,21 +4,19 @@
 //! is answered `UNKNOWN_TOPIC_OR_PARTITION` here and never reaches the coordinator, whether
 //! the commit comes from a group member or is a simple (generation -1) commit.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 
+use super::context::GroupAccess;
 use super::RequestContext;
 use crate::error_codes as codes;
 use crate::groups::records::CommittedOffset;
 use crate::groups::{wall_clock_ms, CommitRequest};
-use crate::shard::ShardServices;
 
 pub async fn handle(
-    shard: &Rc<ShardServices>,
+    shard: &GroupAccess<'_>,
     _context: &RequestContext,
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {

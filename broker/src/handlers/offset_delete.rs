@@ -1,19 +1,17 @@
 //! `OffsetDelete`: removes a group's committed offsets for some partitions, refused for
 //! topics the group's members still subscribe to (`GROUP_SUBSCRIBED_TO_TOPIC`).
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::offset_delete_response::{
     OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
 };
 use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 
+use super::context::GroupAccess;
 use super::RequestContext;
 use crate::error_codes as codes;
-use crate::shard::ShardServices;
 
 pub async fn handle(
-    shard: &Rc<ShardServices>,
+    shard: &GroupAccess<'_>,
     _context: &RequestContext,
     request: OffsetDeleteRequest,
 ) -> OffsetDeleteResponse {

@@ -2,8 +2,6 @@
 //! v8+ for several at once (each routed to its own coordinator, concurrently). A partition
 //! without a commit reads offset -1, as in Kafka.
 
-use std::rc::Rc;
-
 use futures::future::join_all;
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
@@ -11,10 +9,10 @@ use kafka_protocol::messages::offset_fetch_response::{
 };
 use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, TopicName};
 
+use super::context::GroupAccess;
 use super::{str_bytes, RequestContext};
 use crate::error_codes as codes;
 use crate::groups::records::CommittedOffset;
-use crate::shard::ShardServices;
 
 /// One group's answer: a group-level error code, then per (topic, partition) the committed
 /// offset (None: nothing committed) in request order.
@@ -24,7 +22,7 @@ struct GroupOffsets {
 }
 
 pub async fn handle(
-    shard: &Rc<ShardServices>,
+    shard: &GroupAccess<'_>,
     context: &RequestContext,
     request: OffsetFetchRequest,
 ) -> OffsetFetchResponse {
@@ -53,7 +51,7 @@ pub async fn handle(
 }
 
 async fn fetch(
-    shard: &Rc<ShardServices>,
+    shard: &GroupAccess<'_>,
     group: &str,
     partitions: Option<Vec<(String, Vec<i32>)>>,
 ) -> GroupOffsets {

@@ -8,7 +8,6 @@
 //! partition in request order, while their acks waits overlap.
 
 use std::future::Future;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,16 +17,16 @@ use glommio::task::JoinHandle;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 
+use super::context::PartitionAccess;
 use super::RequestContext;
 use crate::error_codes as codes;
 use crate::metadata::{MetadataSnapshot, TopicPartition};
 use crate::partition::{self, ProduceOrigin, ProduceOutcome};
 use crate::recompress::apply_codec_rules;
 use crate::records::split_batches;
-use crate::shard::ShardServices;
 
 pub async fn handle(
-    shard: &Rc<ShardServices>,
+    shard: &PartitionAccess<'_>,
     context: &RequestContext,
     request: ProduceRequest,
 ) -> ProduceResponse {
@@ -37,7 +36,7 @@ pub async fn handle(
 /// Stage one, synchronous: every piece of the request takes its place at its partition
 /// before this returns. The future it returns is stage two: the pieces' answers.
 pub fn dispatch(
-    shard: &Rc<ShardServices>,
+    shard: &PartitionAccess<'_>,
     context: &RequestContext,
     request: ProduceRequest,
 ) -> impl Future<Output = ProduceResponse> + 'static {
@@ -98,7 +97,7 @@ type PieceAnswer = (usize, PartitionProduceResponse);
 
 /// Checks what can be checked here and dispatches the piece to its partition's owner.
 fn dispatch_piece(
-    shard: &Rc<ShardServices>,
+    shard: &PartitionAccess<'_>,
     snapshot: &Arc<MetadataSnapshot>,
     piece: Piece,
     rules: PieceRules,
@@ -151,7 +150,7 @@ fn dispatch_piece(
     // as from Kafka when acks take too long. Its place at the partition was taken by the
     // dispatch, so when the task first runs does not matter.
     let dispatched =
-        partition::produce_on(&shard.router, owner, tp, batches, rules.acks, rules.origin);
+        partition::produce_on(shard.router, owner, tp, batches, rules.acks, rules.origin);
     let appending = glommio::spawn_local(dispatched).detach();
     Box::pin(async move {
         match within(appending, rules.timeout).await {

@@ -1,17 +1,15 @@
 //! `SyncGroup`: the leader hands the coordinator every member's assignment; followers wait
 //! for theirs. Routed to the group's coordinator.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 
+use super::context::GroupAccess;
 use super::{str_bytes, RequestContext};
 use crate::groups::group::SyncResult;
 use crate::groups::SyncRequest;
-use crate::shard::ShardServices;
 
 pub async fn handle(
-    shard: &Rc<ShardServices>,
+    shard: &GroupAccess<'_>,
     context: &RequestContext,
     request: SyncGroupRequest,
 ) -> SyncGroupResponse {

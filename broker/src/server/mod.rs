@@ -338,28 +338,6 @@ fn reserve_port(address: SocketAddr) -> Result<socket2::Socket, String> {
     Ok(socket)
 }
 
-/// One shard's Kafka listener: glommio's `TcpListener::bind` (`SO_REUSEPORT`, so every shard
-/// listens on the same port) plus `SO_REUSEADDR`. Accepted connections inherit the flag, so
-/// what they leave in `TIME_WAIT` after a restart (even after SIGKILL) does not make
-/// `preflight::claim_port` report the port as taken. Call it on the shard's executor.
-pub(crate) fn shard_listener(address: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
-    use std::os::fd::IntoRawFd;
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(address),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_reuse_port(true)?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(1024)?;
-    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves to the
-    // glommio listener (into_raw_fd gives it up here).
-    Ok(unsafe {
-        <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd())
-    })
-}
-
 /// Where clients are told to connect. Without `--advertised-listener` it is the listen
 /// address, except that a wildcard (0.0.0.0 / ::) is no address a client can dial: then the
 /// host name is advertised, as Kafka does.

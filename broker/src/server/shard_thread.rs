@@ -4,6 +4,7 @@
 //! accepting, let connections finish, wait until every shard has drained (cross-shard
 //! requests may still arrive until then), close every partition log, return.
 
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,11 +13,11 @@ use std::time::Duration;
 use futures::channel::oneshot;
 use glommio::sync::Gate;
 
-use super::connection;
 use crate::admission::ConnectionCounts;
 use crate::config::BrokerConfig;
 use crate::disk::BrokerDisk;
 use crate::metrics::ScrapeRequest;
+use crate::server::connection;
 use crate::shard::{self, Meshes, ShardServices};
 
 /// Everything one shard's thread is started with.
@@ -53,7 +54,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         ShardServices::start(config.clone(), id, BrokerDisk::default(), router, incoming).await?;
     glommio::spawn_local(shard::serve_scrapes(Rc::downgrade(&services), scrapes)).detach();
     forward_shutdown(&services, shutdown_requested);
-    let listener = super::shard_listener(config.listen)
+    let listener = shard_listener(config.listen)
         .map_err(|error| format!("shard {id}: cannot listen on {}: {error}", config.listen))?;
     let connections = Rc::new(Gate::new());
     let accepting = glommio::spawn_local(connection::accept_loop(
@@ -85,4 +86,26 @@ fn forward_shutdown(services: &ShardServices, shutdown_requested: oneshot::Recei
         shutdown.start();
     })
     .detach();
+}
+
+/// One shard's Kafka listener: glommio's `TcpListener::bind` (`SO_REUSEPORT`, so every shard
+/// listens on the same port) plus `SO_REUSEADDR`. Accepted connections inherit the flag, so
+/// what they leave in `TIME_WAIT` after a restart (even after SIGKILL) does not make
+/// `preflight::claim_port` report the port as taken. Call it on the shard's executor.
+fn shard_listener(address: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    use std::os::fd::IntoRawFd;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves to the
+    // glommio listener (into_raw_fd gives it up here).
+    Ok(unsafe {
+        <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd())
+    })
 }
