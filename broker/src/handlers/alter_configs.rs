@@ -4,11 +4,10 @@
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 
-use super::context::TopicAdmin;
-use super::describe_configs::RESOURCE_TOPIC;
-use super::{str_bytes, RequestContext};
 use crate::controller::{ConfigChange, ConfigOperation, ControllerCall};
 use crate::error_codes as codes;
+use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
+use crate::handlers::describe_configs::RESOURCE_TOPIC;
 
 pub async fn handle(
     shard: &TopicAdmin<'_>,

@@ -4,9 +4,9 @@ use bytes::Bytes;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
 
-use super::RequestContext;
 use crate::codec::{self, CodecError};
 use crate::error_codes as codes;
+use crate::handlers::context::RequestContext;
 use crate::registry::SUPPORTED_APIS;
 
 fn advertised_ranges() -> Vec<ApiVersion> {

@@ -1,4 +1,5 @@
-//! What a handler may use of its shard. Each handler names one of these contexts in its
+//! What a handler knows of its request (`RequestContext`) and may use of its shard. Each
+//! handler names one of the shard contexts below in its
 //! signature, and the dispatcher (`served_apis!` in `mod.rs`) builds that one from the
 //! shard's services for the request: borrowed views, no reference counting per request.
 //!
@@ -15,8 +16,12 @@
 //! calls (`partition::*_on`, `groups::on_coordinator`, `ShardServices::controller_call`).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::StrBytes;
 
 use crate::budgets::ByteBudget;
 use crate::config::BrokerConfig;
@@ -26,6 +31,25 @@ use crate::metadata::MetadataView;
 use crate::metrics::ShardMetrics;
 use crate::shard::{Router, ShardServices};
 use crate::shutdown::ShutdownSignal;
+
+/// What a handler knows about the request besides its body.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    pub api_key: ApiKey,
+    pub api_version: i16,
+    pub correlation_id: i32,
+    pub client_id: Option<String>,
+    pub peer: SocketAddr,
+    /// The connection, unique in the process (the shard's id in the top 16 bits).
+    pub connection_id: u64,
+    /// The request's place in its connection: 0, 1, 2, ... in arrival order.
+    pub request_sequence: u64,
+}
+
+/// Shorthand for the codec's string type.
+pub fn str_bytes(text: &str) -> StrBytes {
+    StrBytes::from_string(text.to_string())
+}
 
 /// A context a handler takes, built from the shard's services by the dispatcher.
 pub trait HandlerContext<'a> {

@@ -3,9 +3,8 @@
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse, TopicName};
 
-use super::context::TopicAdmin;
-use super::{str_bytes, RequestContext};
 use crate::controller::ControllerCall;
+use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
 
 pub async fn handle(
     shard: &TopicAdmin<'_>,

@@ -6,10 +6,9 @@ use kafka_protocol::messages::create_topics_response::{
 };
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, TopicName};
 
-use super::context::TopicAdmin;
-use super::{str_bytes, RequestContext};
 use crate::controller::{ControllerCall, NewTopic, TopicOutcome};
 use crate::error_codes as codes;
+use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
 use crate::metadata::MetadataSnapshot;
 use crate::topic_config::TOPIC_CONFIG_KEYS;
 

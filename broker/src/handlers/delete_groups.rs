@@ -1,11 +1,9 @@
 //! `DeleteGroups`: removes groups without members, with their committed offsets.
 
+use crate::handlers::context::{GroupAccess, RequestContext};
 use futures::future::join_all;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
-
-use super::context::GroupAccess;
-use super::RequestContext;
 
 pub async fn handle(
     shard: &GroupAccess<'_>,

@@ -6,9 +6,8 @@ use kafka_protocol::messages::delete_records_response::{
 };
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
-use super::context::PartitionAccess;
-use super::RequestContext;
 use crate::error_codes as codes;
+use crate::handlers::context::{PartitionAccess, RequestContext};
 use crate::metadata::TopicPartition;
 use crate::partition;
 

@@ -4,9 +4,8 @@
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
 
-use super::context::TopicAdmin;
-use super::{str_bytes, RequestContext};
 use crate::controller::{ControllerCall, TopicRef};
+use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
 
 pub async fn handle(
     shard: &TopicAdmin<'_>,

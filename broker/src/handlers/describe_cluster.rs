@@ -3,9 +3,8 @@
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
 
-use super::context::TopicAdmin;
-use super::{str_bytes, RequestContext};
 use crate::config::BrokerConfig;
+use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
 
 #[allow(clippy::unused_async)]
 pub async fn handle(
@@ -23,7 +22,8 @@ pub async fn handle(
         .with_controller_id(BrokerId(BrokerConfig::NODE_ID))
         .with_brokers(vec![broker]);
     let response = if request.include_cluster_authorized_operations {
-        response.with_cluster_authorized_operations(super::metadata::CLUSTER_OPERATIONS_ALL)
+        response
+            .with_cluster_authorized_operations(crate::handlers::metadata::CLUSTER_OPERATIONS_ALL)
     } else {
         response
     };

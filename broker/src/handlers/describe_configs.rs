@@ -7,9 +7,8 @@ use kafka_protocol::messages::describe_configs_response::{
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use super::context::TopicAdmin;
-use super::{str_bytes, RequestContext};
 use crate::error_codes as codes;
+use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
 use crate::settings::{Kind, Setting, Source};
 use crate::topic_config::{FLUSH_POLICY_KEY, TOPIC_CONFIG_KEYS};
 

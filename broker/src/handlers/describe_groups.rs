@@ -5,9 +5,8 @@ use futures::future::join_all;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 
-use super::context::GroupAccess;
-use super::{str_bytes, RequestContext};
 use crate::groups::GroupDescription;
+use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
 
 /// Group ACL operations a client may perform, as a bitfield (no ACLs yet: all of them):
 /// READ 3, DELETE 6, DESCRIBE 8.

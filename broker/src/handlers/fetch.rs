@@ -17,14 +17,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::budgets::ByteBudget;
+use crate::handlers::context::{PartitionAccess, RequestContext};
 use bytes::{Bytes, BytesMut};
 use futures::future::{join_all, select, select_all, Either};
 use futures::FutureExt;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
-use super::context::PartitionAccess;
-use super::RequestContext;
 use crate::error_codes as codes;
 use crate::metadata::{MetadataSnapshot, TopicPartition};
 use crate::partition::{self, FetchOutcome, WaitOutcome};

@@ -6,11 +6,10 @@ use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use super::context::GroupAccess;
-use super::{str_bytes, RequestContext};
 use crate::config::BrokerConfig;
 use crate::error_codes as codes;
 use crate::groups::codes as group_codes;
+use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
 
 /// `FindCoordinator` key types: 0 a consumer group, 1 a transactional id.
 const KEY_TYPE_GROUP: i8 = 0;

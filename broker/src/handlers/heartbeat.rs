@@ -1,9 +1,7 @@
 //! Heartbeat: keeps a member's session alive; tells it when a rebalance has started.
 
+use crate::handlers::context::{GroupAccess, RequestContext};
 use kafka_protocol::messages::{HeartbeatRequest, HeartbeatResponse};
-
-use super::context::GroupAccess;
-use super::RequestContext;
 
 pub async fn handle(
     shard: &GroupAccess<'_>,

@@ -5,12 +5,11 @@
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 
-use super::alter_configs::submit_config_change;
-use super::context::TopicAdmin;
-use super::describe_configs::RESOURCE_TOPIC;
-use super::{str_bytes, RequestContext};
 use crate::controller::{ConfigChange, ConfigOperation};
 use crate::error_codes as codes;
+use crate::handlers::alter_configs::submit_config_change;
+use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
+use crate::handlers::describe_configs::RESOURCE_TOPIC;
 
 const OPERATION_SET: i8 = 0;
 const OPERATION_DELETE: i8 = 1;

@@ -6,9 +6,8 @@
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 
-use super::context::GroupAccess;
-use super::RequestContext;
 use crate::groups;
+use crate::handlers::context::{GroupAccess, RequestContext};
 
 /// The shard that allocates producer ids (see `producer_state::ProducerIds`).
 const ALLOCATOR_SHARD: usize = 0;

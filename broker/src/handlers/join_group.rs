@@ -5,10 +5,9 @@
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
 
-use super::context::GroupAccess;
-use super::{str_bytes, RequestContext};
 use crate::groups::group::{JoinRequest, JoinResult};
 use crate::groups::millis;
+use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
 
 pub async fn handle(
     shard: &GroupAccess<'_>,

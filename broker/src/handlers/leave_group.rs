@@ -3,9 +3,8 @@
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 
-use super::context::GroupAccess;
-use super::RequestContext;
 use crate::error_codes as codes;
+use crate::handlers::context::{GroupAccess, RequestContext};
 
 pub async fn handle(
     shard: &GroupAccess<'_>,

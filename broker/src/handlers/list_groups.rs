@@ -5,10 +5,9 @@ use futures::future::join_all;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
 
-use super::context::GroupAccess;
-use super::{str_bytes, RequestContext};
 use crate::error_codes as codes;
 use crate::groups;
+use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
 
 /// The group type of the classic protocol, as KIP-848 names it.
 const CLASSIC: &str = "classic";

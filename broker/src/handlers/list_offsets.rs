@@ -11,9 +11,8 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
-use super::context::PartitionAccess;
-use super::RequestContext;
 use crate::error_codes as codes;
+use crate::handlers::context::{PartitionAccess, RequestContext};
 use crate::metadata::TopicPartition;
 use crate::partition;
 

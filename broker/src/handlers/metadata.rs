@@ -8,11 +8,10 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use uuid::Uuid;
 
-use super::context::TopicAdmin;
-use super::{str_bytes, RequestContext};
 use crate::config::BrokerConfig;
 use crate::controller::{ControllerCall, NewTopic};
 use crate::error_codes as codes;
+use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
 use crate::metadata::{MetadataSnapshot, TopicMetadata, TopicPartition};
 
 /// Kafka ACL operation codes as a bitfield (1 << code). There are no ACLs yet, so a client

@@ -29,32 +29,17 @@ pub mod offset_fetch;
 pub mod produce;
 pub mod sync_group;
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 
 use bytes::Bytes;
 use futures::future::LocalBoxFuture;
 use kafka_protocol::messages::ApiKey;
-use kafka_protocol::protocol::{Encodable, StrBytes};
+use kafka_protocol::protocol::Encodable;
 
 use crate::codec::{self, CodecError};
 use crate::metrics::ResponseErrorCode;
 use crate::shard::ShardServices;
-use context::HandlerContext;
-
-/// What a handler knows about the request besides its body.
-#[derive(Clone, Debug)]
-pub struct RequestContext {
-    pub api_key: ApiKey,
-    pub api_version: i16,
-    pub correlation_id: i32,
-    pub client_id: Option<String>,
-    pub peer: SocketAddr,
-    /// The connection, unique in the process (the shard's id in the top 16 bits).
-    pub connection_id: u64,
-    /// The request's place in its connection: 0, 1, 2, ... in arrival order.
-    pub request_sequence: u64,
-}
+pub use context::{str_bytes, HandlerContext, RequestContext};
 
 macro_rules! served_apis {
     ($($variant:ident => $module:ident :: $request:ident),* $(,)?) => {
@@ -171,9 +156,4 @@ fn encode<M: Encodable>(context: &RequestContext, response: &M) -> Result<Bytes,
         context.correlation_id,
         response,
     )
-}
-
-/// Shorthand for the codec's string type.
-pub fn str_bytes(text: &str) -> StrBytes {
-    StrBytes::from_string(text.to_string())
 }

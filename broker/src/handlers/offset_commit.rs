@@ -9,11 +9,10 @@ use kafka_protocol::messages::offset_commit_response::{
 };
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 
-use super::context::GroupAccess;
-use super::RequestContext;
 use crate::error_codes as codes;
 use crate::groups::records::CommittedOffset;
 use crate::groups::{wall_clock_ms, CommitRequest};
+use crate::handlers::context::{GroupAccess, RequestContext};
 
 pub async fn handle(
     shard: &GroupAccess<'_>,

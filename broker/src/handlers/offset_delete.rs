@@ -6,9 +6,8 @@ use kafka_protocol::messages::offset_delete_response::{
 };
 use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 
-use super::context::GroupAccess;
-use super::RequestContext;
 use crate::error_codes as codes;
+use crate::handlers::context::{GroupAccess, RequestContext};
 
 pub async fn handle(
     shard: &GroupAccess<'_>,

@@ -9,10 +9,9 @@ use kafka_protocol::messages::offset_fetch_response::{
 };
 use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, TopicName};
 
-use super::context::GroupAccess;
-use super::{str_bytes, RequestContext};
 use crate::error_codes as codes;
 use crate::groups::records::CommittedOffset;
+use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
 
 /// One group's answer: a group-level error code, then per (topic, partition) the committed
 /// offset (None: nothing committed) in request order.

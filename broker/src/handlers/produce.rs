@@ -17,9 +17,8 @@ use glommio::task::JoinHandle;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 
-use super::context::PartitionAccess;
-use super::RequestContext;
 use crate::error_codes as codes;
+use crate::handlers::context::{PartitionAccess, RequestContext};
 use crate::metadata::{MetadataSnapshot, TopicPartition};
 use crate::partition::{self, ProduceOrigin, ProduceOutcome};
 use crate::recompress::apply_codec_rules;

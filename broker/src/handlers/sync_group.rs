@@ -3,10 +3,9 @@
 
 use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 
-use super::context::GroupAccess;
-use super::{str_bytes, RequestContext};
 use crate::groups::group::SyncResult;
 use crate::groups::SyncRequest;
+use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
 
 pub async fn handle(
     shard: &GroupAccess<'_>,
