@@ -15,9 +15,10 @@
 //!   the apply (`apply_metadata` here, the one place the partitions change).
 //! - `budgets` (`budgets::Budgets`), `metrics` (`metrics::ShardMetrics`), `shutdown`.
 //!
-//! Lifecycle: [`ShardServices::start`] builds them on a disk and a joined router, without
-//! sockets (the server layer listens and accepts; a simulation drives the handlers
-//! directly), and returns once the first metadata snapshot is applied. On shutdown the
+//! Lifecycle: [`ShardServices::start`] (or `build`, then `first_metadata`) builds them on
+//! a disk and a joined router, without sockets (the server layer listens and accepts; a
+//! simulation drives the handlers directly), and returns once the first metadata snapshot
+//! is applied. On shutdown the
 //! server stops accepting, lets connections finish, waits until every shard has drained,
 //! and calls [`close_partitions`].
 
@@ -149,6 +150,22 @@ impl ShardServices {
         router: Router,
         incoming: IncomingCalls<ShardServices>,
     ) -> Result<Rc<Self>, String> {
+        let services = Self::build(config, shard_id, disk, router, incoming).await?;
+        services.first_metadata().await;
+        Ok(services)
+    }
+
+    /// `start` in two steps, for a caller with work to set up in between (the server
+    /// answers metric scrapes while the first snapshot is being applied): builds the
+    /// services and serves other shards' calls; `first_metadata` then waits for the
+    /// metadata.
+    pub async fn build(
+        config: Arc<BrokerConfig>,
+        shard_id: usize,
+        disk: BrokerDisk,
+        router: Router,
+        incoming: IncomingCalls<ShardServices>,
+    ) -> Result<Rc<Self>, String> {
         assert_eq!(
             router.shard_id(),
             shard_id,
@@ -191,12 +208,17 @@ impl ShardServices {
         });
         services.report_offline_partitions();
         router::serve_incoming(&services.router, incoming, &services);
-        if let Some(controller) = &services.controller {
-            services.publish(controller.snapshot()).await;
-        } else {
-            services.metadata.wait_until_ready().await;
-        }
         Ok(services)
+    }
+
+    /// Shard 0 publishes the recovered controller's metadata to every shard; the others
+    /// wait until it is applied here.
+    pub async fn first_metadata(self: &Rc<Self>) {
+        if let Some(controller) = &self.controller {
+            self.publish(controller.snapshot()).await;
+        } else {
+            self.metadata.wait_until_ready().await;
+        }
     }
 
     /// Tells the controller about every partition of this shard that goes offline.

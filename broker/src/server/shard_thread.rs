@@ -51,9 +51,10 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
     // The real disk: a shard started on its own thread cannot be handed a `SimDisk` (a
     // single-thread handle, not `Send`); simulations build services on theirs.
     let services =
-        ShardServices::start(config.clone(), id, BrokerDisk::default(), router, incoming).await?;
+        ShardServices::build(config.clone(), id, BrokerDisk::default(), router, incoming).await?;
     glommio::spawn_local(shard::serve_scrapes(Rc::downgrade(&services), scrapes)).detach();
     forward_shutdown(&services, shutdown_requested);
+    services.first_metadata().await;
     let listener = shard_listener(config.listen)
         .map_err(|error| format!("shard {id}: cannot listen on {}: {error}", config.listen))?;
     let connections = Rc::new(Gate::new());
