@@ -4,7 +4,7 @@
 //! run those services on `storage`'s [`SimDisk`] (crash images, power cuts, torn writes)
 //! while the binary runs on [`DmaDisk`].
 //!
-//! Why an enum and not a `D: Disk` parameter on `Shard`: a type parameter would spread to the
+//! Why an enum and not a `D: Disk` parameter on `ShardServices`: a type parameter would spread to the
 //! partition table, the group coordinator, the controller and every handler that names a
 //! log, for a choice made once per process. The enum keeps those types concrete (one copy
 //! of the broker's code), and its cost is one predictable branch per IO call, next to a

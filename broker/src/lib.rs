@@ -4,9 +4,9 @@
 
 pub mod admin;
 pub mod admission;
+pub mod budgets;
 pub mod check_data;
 pub mod config;
-pub mod connection;
 pub mod controller;
 #[cfg(test)]
 mod crash_consistency;
@@ -30,6 +30,7 @@ pub mod router;
 pub mod server;
 pub mod settings;
 pub mod shard;
+pub mod shutdown;
 pub mod topic_config;
 pub mod turns;
 

@@ -93,3 +93,70 @@ impl MetadataSnapshot {
         })
     }
 }
+
+/// Kafka's internal topic holding committed offsets; known to the controller (which refuses
+/// user changes to it) and owned by the group coordinators (`groups`).
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// One shard's view of the metadata: the snapshot it serves from, the gate that opens once
+/// the first snapshot is installed, and the turn that orders the applies. Owned by one shard
+/// (`!Send`); the snapshots themselves are shared. Only the shard's services install a
+/// snapshot (`shard::ShardServices`'s apply), one at a time, in arrival order.
+pub struct MetadataView {
+    current: std::cell::RefCell<Arc<MetadataSnapshot>>,
+    /// Closed when the first snapshot has been installed.
+    ready: glommio::sync::Semaphore,
+    /// One permit: snapshots are applied one at a time, in arrival order (opening a
+    /// partition awaits, and a second apply must not see it half-opened).
+    one_apply_at_a_time: std::rc::Rc<glommio::sync::Semaphore>,
+}
+
+impl Default for MetadataView {
+    fn default() -> Self {
+        Self {
+            current: std::cell::RefCell::new(Arc::new(MetadataSnapshot::default())),
+            ready: glommio::sync::Semaphore::new(0),
+            one_apply_at_a_time: std::rc::Rc::new(glommio::sync::Semaphore::new(1)),
+        }
+    }
+}
+
+impl MetadataView {
+    pub fn current(&self) -> Arc<MetadataSnapshot> {
+        self.current.borrow().clone()
+    }
+
+    /// Resolves once a first snapshot is installed.
+    pub async fn wait_until_ready(&self) {
+        let _ = self.ready.acquire(1).await;
+    }
+
+    /// Waits for the turn to apply a snapshot; the apply holds it until done.
+    pub async fn apply_turn(&self) -> glommio::sync::StaticPermit {
+        self.one_apply_at_a_time
+            .acquire_static_permit(1)
+            .await
+            .expect("never closed")
+    }
+
+    /// A snapshot is being applied now (partitions may be half opened or removed).
+    pub fn is_applying(&self) -> bool {
+        self.one_apply_at_a_time.available() == 0
+    }
+
+    /// Installs `snapshot` (under the apply turn) and opens the ready gate.
+    pub fn install(&self, snapshot: Arc<MetadataSnapshot>) {
+        debug_assert!(
+            self.is_applying(),
+            "snapshots are installed under the apply turn"
+        );
+        let previous_epoch = self.current.borrow().epoch;
+        assert!(
+            snapshot.epoch > previous_epoch || previous_epoch == 0,
+            "metadata epochs only grow: {} after {previous_epoch}",
+            snapshot.epoch
+        );
+        *self.current.borrow_mut() = snapshot;
+        self.ready.close();
+    }
+}

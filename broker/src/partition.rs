@@ -3,21 +3,22 @@
 //! or over the mesh from another shard.
 //!
 //! `PartitionTable` is owned by exactly one shard (it holds `!Send` storage handles). Only
-//! `Shard::apply_metadata` adds or removes entries, and `PartitionTable::fence` is the one
+//! the shard's metadata apply (`shard::ShardServices`) adds or removes entries, and `PartitionTable::fence` is the one
 //! other change (a storage failure takes a partition offline until restart); any number of
 //! produce/fetch tasks may use the logs concurrently.
 //!
-//! Produce order: every call runs in two stages, [`dispatch`] (synchronous) and
-//! [`Dispatched::run`]. Dispatching a produce call checks all of its batches and takes its
+//! Produce order: every produce call runs in two stages,
+//! [`PartitionTable::dispatch_produce`] (synchronous) and [`DispatchedProduce::run`]. Dispatching a produce call checks all of its batches and takes its
 //! place in the partition's append line ([`TurnQueue`]); the appends of one call then run
 //! together, one call at a time, in dispatch order, and the acks waits overlap freely. So
 //! calls dispatched one after the other are appended in that order whatever the executor
 //! does meanwhile; the connection dispatches a client's requests in request order, locally
-//! or through the mesh, which keeps the order (`router::ShardRouter::call_in_order`). Each
+//! or through the mesh, which keeps the order ([`produce_on`]). Each
 //! append asserts it (`ProduceOrigin`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -30,55 +31,9 @@ use crate::error_codes as codes;
 use crate::log_throttle::LogThrottle;
 use crate::metadata::TopicPartition;
 use crate::producer_state::{ProducerStates, Refused};
+use crate::router::{CallKind, Ending, PeerGone, ShardRouter};
 use crate::storage::{AppendError, CheckedBatch, ReadError};
 use crate::turns::{Ticket, TurnQueue};
-
-/// Work on one partition, executed by its owning shard.
-#[derive(Debug)]
-pub enum PartitionCall {
-    /// Append `batches` (whole v2 record batches, in order) and answer once `acks` holds.
-    /// All or none: one batch that fails its checks refuses them all.
-    Produce {
-        tp: TopicPartition,
-        batches: Vec<Bytes>,
-        acks: i16,
-        origin: ProduceOrigin,
-    },
-    /// Whole batches from `offset`, about `max_bytes` (at least one batch when any exists).
-    /// `max_bytes` 0 reads nothing: only the offsets are answered (a fetch's probe).
-    Fetch {
-        tp: TopicPartition,
-        offset: i64,
-        max_bytes: usize,
-    },
-    /// Resolve when the high watermark passes `offset`, or after `wait`; `WaitRefused` at
-    /// once when the shard has `Limits::shard_fetch_waits_parked_max` waits parked.
-    /// Cancelled (over the mesh) when the caller stops waiting.
-    WaitForData {
-        tp: TopicPartition,
-        offset: i64,
-        wait: Duration,
-    },
-    /// Kafka `ListOffsets` semantics: -2 earliest, -1 latest, else first offset at or after the time.
-    ListOffsets {
-        tp: TopicPartition,
-        timestamp_ms: i64,
-    },
-    /// Move the log start to `offset` (-1 = the high watermark).
-    DeleteRecords { tp: TopicPartition, offset: i64 },
-}
-
-impl PartitionCall {
-    pub fn tp(&self) -> &TopicPartition {
-        match self {
-            PartitionCall::Produce { tp, .. }
-            | PartitionCall::Fetch { tp, .. }
-            | PartitionCall::WaitForData { tp, .. }
-            | PartitionCall::ListOffsets { tp, .. }
-            | PartitionCall::DeleteRecords { tp, .. } => tp,
-        }
-    }
-}
 
 /// Which client request a produce call serves: a connection (unique in the process) and
 /// the request's place in that connection's order. Appends assert that each connection's
@@ -111,14 +66,14 @@ pub struct OffsetOutcome {
     pub timestamp_ms: i64,
 }
 
-#[derive(Debug)]
-pub enum PartitionReply {
-    Produce(ProduceOutcome),
-    Fetch(FetchOutcome),
+/// How a fetch's long-poll wait on a partition ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// The high watermark passed the offset, or the wait's time ran out (or the partition
+    /// is not served here: the fetch then reads its error).
     Waited,
-    /// The wait was not parked: see `PartitionCall::WaitForData`.
-    WaitRefused,
-    Offset(OffsetOutcome),
+    /// Not parked: the shard has `Limits::shard_fetch_waits_parked_max` waits parked already.
+    Refused,
 }
 
 /// A partition this shard owns: open, or offline because its log could not be opened or
@@ -345,21 +300,15 @@ impl PartitionTable {
     }
 }
 
-/// Runs one partition call on the owning shard: [`dispatch`], then [`Dispatched::run`].
-pub async fn execute(table: &PartitionTable, call: PartitionCall) -> PartitionReply {
-    dispatch(table, call).run(table).await
-}
+/// A produce call past its synchronous stage ([`PartitionTable::dispatch_produce`]). Holds
+/// no borrow: it may wait in a task.
+pub struct DispatchedProduce(ProduceStage);
 
-/// A partition call past its synchronous stage. Holds no borrow: it may wait in a task.
-pub struct Dispatched(Stage);
-
-enum Stage {
-    /// A produce call checked and in its partition's append line.
-    Produce(InLine),
-    /// A produce call refused before it took a place.
+enum ProduceStage {
+    /// Checked and in its partition's append line.
+    InLine(InLine),
+    /// Refused before it took a place.
     Refused(ProduceOutcome),
-    /// Every other call, which needs no place in a line.
-    Other(PartitionCall),
 }
 
 /// A produce call holding its place in the partition's append line.
@@ -373,92 +322,240 @@ struct InLine {
     ticket: Ticket,
 }
 
-/// Stage one of a partition call, synchronous (see the module docs). A produce call's
-/// batches are all checked here, before any is appended: one bad batch refuses the call
-/// (Kafka rejects a partition's records together), so a client that retries never finds
-/// the batches before it written twice.
-pub fn dispatch(table: &PartitionTable, call: PartitionCall) -> Dispatched {
-    let PartitionCall::Produce {
-        tp,
-        batches,
-        acks,
-        origin,
-    } = call
-    else {
-        return Dispatched(Stage::Other(call));
-    };
-    let failed = |error_code| {
-        Dispatched(Stage::Refused(ProduceOutcome {
-            error_code,
-            base_offset: -1,
-            log_start_offset: -1,
+impl PartitionTable {
+    /// Stage one of a produce call, synchronous (see the module docs): append `batches`
+    /// (whole v2 record batches, in order) once `acks` holds. Its batches are all checked
+    /// here, before any is appended: one bad batch refuses the call (Kafka rejects a
+    /// partition's records together), so a client that retries never finds the batches
+    /// before it written twice.
+    pub fn dispatch_produce(
+        &self,
+        tp: TopicPartition,
+        batches: Vec<Bytes>,
+        acks: i16,
+        origin: ProduceOrigin,
+    ) -> DispatchedProduce {
+        let failed = |error_code| {
+            DispatchedProduce(ProduceStage::Refused(ProduceOutcome {
+                error_code,
+                base_offset: -1,
+                log_start_offset: -1,
+            }))
+        };
+        let log = match self.log(&tp) {
+            Ok(log) => log,
+            Err(code) => return failed(code),
+        };
+        let checked: Result<Vec<CheckedBatch>, AppendError> =
+            batches.into_iter().map(|batch| log.check(batch)).collect();
+        let batches = match checked {
+            Ok(batches) => batches,
+            Err(error) => {
+                tracing::debug!(partition = %tp, %error, "produce refused: a batch failed its checks");
+                fence_if_log_fenced(self, &tp, &log);
+                return failed(append_error_code(&error));
+            }
+        };
+        let sequencer = self.sequencer(&tp);
+        let ticket = sequencer.turns.ticket();
+        DispatchedProduce(ProduceStage::InLine(InLine {
+            tp,
+            log,
+            batches,
+            acks,
+            origin,
+            sequencer,
+            ticket,
         }))
-    };
-    let log = match table.log(&tp) {
-        Ok(log) => log,
-        Err(code) => return failed(code),
-    };
-    let checked: Result<Vec<CheckedBatch>, AppendError> =
-        batches.into_iter().map(|batch| log.check(batch)).collect();
-    let batches = match checked {
-        Ok(batches) => batches,
-        Err(error) => {
-            tracing::debug!(partition = %tp, %error, "produce refused: a batch failed its checks");
-            fence_if_log_fenced(table, &tp, &log);
-            return failed(append_error_code(&error));
+    }
+
+    /// Whole batches from `offset`, about `max_bytes` (at least one batch when any exists).
+    /// `max_bytes` 0 reads nothing: only the offsets are answered (a fetch's probe).
+    pub async fn fetch(&self, tp: &TopicPartition, offset: i64, max_bytes: usize) -> FetchOutcome {
+        fetch(self, tp, offset, max_bytes).await
+    }
+
+    /// Resolves when the high watermark passes `offset`, or after `wait`; `Refused` at once
+    /// when the shard has `Limits::shard_fetch_waits_parked_max` waits parked.
+    pub async fn wait_for_data(
+        &self,
+        tp: &TopicPartition,
+        offset: i64,
+        wait: Duration,
+    ) -> WaitOutcome {
+        if let Ok(log) = self.log(tp) {
+            let Some(_parked) = self.parked_waits.try_park(tp) else {
+                return WaitOutcome::Refused;
+            };
+            let data = std::pin::pin!(log.wait_for_data(offset));
+            let timer = std::pin::pin!(glommio::timer::sleep(wait));
+            select(data, timer).await;
         }
-    };
-    let sequencer = table.sequencer(&tp);
-    let ticket = sequencer.turns.ticket();
-    Dispatched(Stage::Produce(InLine {
-        tp,
-        log,
-        batches,
-        acks,
-        origin,
-        sequencer,
-        ticket,
-    }))
+        WaitOutcome::Waited
+    }
+
+    /// Kafka `ListOffsets` semantics: -2 earliest, -1 latest, else the first offset at or
+    /// after the time.
+    pub async fn list_offset(&self, tp: &TopicPartition, timestamp_ms: i64) -> OffsetOutcome {
+        list_offset(self, tp, timestamp_ms).await
+    }
+
+    /// Moves the log start to `offset` (-1 = the high watermark).
+    pub async fn delete_records(&self, tp: &TopicPartition, offset: i64) -> OffsetOutcome {
+        delete_records(self, tp, offset).await
+    }
 }
 
-impl Dispatched {
-    /// Stage two: waits for the call's turn where it has a place, does the work, answers.
-    /// A produce call must run to the end once its turn has come (dropped half-way, some of
-    /// its batches would be appended and the client told otherwise): run it in its own task.
-    pub async fn run(self, table: &PartitionTable) -> PartitionReply {
-        let call = match self.0 {
-            Stage::Produce(in_line) => {
-                return PartitionReply::Produce(produce(table, in_line).await)
-            }
-            Stage::Refused(outcome) => return PartitionReply::Produce(outcome),
-            Stage::Other(call) => call,
-        };
-        match call {
-            PartitionCall::Produce { .. } => unreachable!("produce calls are dispatched"),
-            PartitionCall::Fetch {
-                tp,
-                offset,
-                max_bytes,
-            } => PartitionReply::Fetch(fetch(table, &tp, offset, max_bytes).await),
-            PartitionCall::WaitForData { tp, offset, wait } => {
-                if let Ok(log) = table.log(&tp) {
-                    let Some(_parked) = table.parked_waits.try_park(&tp) else {
-                        return PartitionReply::WaitRefused;
-                    };
-                    let data = std::pin::pin!(log.wait_for_data(offset));
-                    let timer = std::pin::pin!(glommio::timer::sleep(wait));
-                    select(data, timer).await;
-                }
-                PartitionReply::Waited
-            }
-            PartitionCall::ListOffsets { tp, timestamp_ms } => {
-                PartitionReply::Offset(list_offset(table, &tp, timestamp_ms).await)
-            }
-            PartitionCall::DeleteRecords { tp, offset } => {
-                PartitionReply::Offset(delete_records(table, &tp, offset).await)
-            }
+impl DispatchedProduce {
+    /// Stage two: waits for the call's turn, appends, answers once its acks hold. It must
+    /// run to the end once its turn has come (dropped half-way, some of its batches would be
+    /// appended and the client told otherwise): run it in its own task.
+    pub async fn run(self, table: &PartitionTable) -> ProduceOutcome {
+        match self.0 {
+            ProduceStage::InLine(in_line) => produce(table, in_line).await,
+            ProduceStage::Refused(outcome) => outcome,
         }
     }
+}
+
+/// The services of a shard that owns partitions, as the typed partition calls below reach
+/// them on the owning shard.
+pub trait PartitionOwner: 'static {
+    /// The kind partition calls are counted under.
+    const PARTITION_CALLS: CallKind;
+
+    /// This shard's partitions.
+    fn partitions(&self) -> Rc<PartitionTable>;
+
+    /// Asserts the ownership contract for a call about `tp` that arrived from another
+    /// shard (see `shard::ShardServices`).
+    fn check_ownership_on_receipt(&self, tp: &TopicPartition);
+}
+
+/// The owner's partition table, for a job about `tp` addressed to it: checked
+/// on receipt when it came from another shard (a local call routed by this shard's own
+/// metadata needs no check, and the produce path no extra lookups).
+fn partitions_on_receipt<S: PartitionOwner>(
+    services: &S,
+    tp: &TopicPartition,
+    from_another_shard: bool,
+) -> Rc<PartitionTable> {
+    if from_another_shard {
+        services.check_ownership_on_receipt(tp);
+    }
+    services.partitions()
+}
+
+/// `PeerGone` only happens during shutdown; the caller answers as if the partition were away.
+fn answered<T>(reply: Result<T, PeerGone>) -> Option<T> {
+    reply
+        .inspect_err(|gone| tracing::warn!(%gone, "partition call not answered"))
+        .ok()
+}
+
+/// A produce call on the partition's owner `owner`, dispatched now: locally it takes its
+/// place at the partition at once, remotely it is sent behind the calls sent to that shard
+/// before it and takes its place on arrival (`ShardRouter::invoke_in_order`). Produce calls
+/// made one after the other are therefore appended in that order. The returned future is
+/// the wait for the outcome; `None` when the owner is gone (only during shutdown).
+pub fn produce_on<S: PartitionOwner>(
+    router: &Rc<ShardRouter<S>>,
+    owner: usize,
+    tp: TopicPartition,
+    batches: Vec<Bytes>,
+    acks: i16,
+    origin: ProduceOrigin,
+) -> impl Future<Output = Option<ProduceOutcome>> + 'static {
+    let remote = owner != router.shard_id();
+    let reply = router.invoke_in_order(owner, S::PARTITION_CALLS, move |services: &Rc<S>| {
+        let table = partitions_on_receipt(&**services, &tp, remote);
+        let dispatched = table.dispatch_produce(tp, batches, acks, origin);
+        async move { dispatched.run(&table).await }
+    });
+    async move { answered(reply.await) }
+}
+
+/// [`PartitionTable::fetch`] on the partition's owner.
+pub async fn fetch_on<S: PartitionOwner>(
+    router: &Rc<ShardRouter<S>>,
+    owner: usize,
+    tp: TopicPartition,
+    offset: i64,
+    max_bytes: usize,
+) -> Option<FetchOutcome> {
+    let remote = owner != router.shard_id();
+    let reply = router.invoke_on(
+        owner,
+        S::PARTITION_CALLS,
+        Ending::ToCompletion,
+        move |services: &Rc<S>| {
+            let table = partitions_on_receipt(&**services, &tp, remote);
+            async move { table.fetch(&tp, offset, max_bytes).await }
+        },
+    );
+    answered(reply.await)
+}
+
+/// [`PartitionTable::wait_for_data`] on the partition's owner; dropped by the caller, the
+/// wait is dropped at the owner too (`Ending::WithItsCaller`).
+pub async fn wait_for_data_on<S: PartitionOwner>(
+    router: &Rc<ShardRouter<S>>,
+    owner: usize,
+    tp: TopicPartition,
+    offset: i64,
+    wait: Duration,
+) -> Option<WaitOutcome> {
+    let remote = owner != router.shard_id();
+    let reply = router.invoke_on(
+        owner,
+        S::PARTITION_CALLS,
+        Ending::WithItsCaller,
+        move |services: &Rc<S>| {
+            let table = partitions_on_receipt(&**services, &tp, remote);
+            async move { table.wait_for_data(&tp, offset, wait).await }
+        },
+    );
+    answered(reply.await)
+}
+
+/// [`PartitionTable::list_offset`] on the partition's owner.
+pub async fn list_offset_on<S: PartitionOwner>(
+    router: &Rc<ShardRouter<S>>,
+    owner: usize,
+    tp: TopicPartition,
+    timestamp_ms: i64,
+) -> Option<OffsetOutcome> {
+    let remote = owner != router.shard_id();
+    let reply = router.invoke_on(
+        owner,
+        S::PARTITION_CALLS,
+        Ending::ToCompletion,
+        move |services: &Rc<S>| {
+            let table = partitions_on_receipt(&**services, &tp, remote);
+            async move { table.list_offset(&tp, timestamp_ms).await }
+        },
+    );
+    answered(reply.await)
+}
+
+/// [`PartitionTable::delete_records`] on the partition's owner.
+pub async fn delete_records_on<S: PartitionOwner>(
+    router: &Rc<ShardRouter<S>>,
+    owner: usize,
+    tp: TopicPartition,
+    offset: i64,
+) -> Option<OffsetOutcome> {
+    let remote = owner != router.shard_id();
+    let reply = router.invoke_on(
+        owner,
+        S::PARTITION_CALLS,
+        Ending::ToCompletion,
+        move |services: &Rc<S>| {
+            let table = partitions_on_receipt(&**services, &tp, remote);
+            async move { table.delete_records(&tp, offset).await }
+        },
+    );
+    answered(reply.await)
 }
 
 fn append_error_code(error: &AppendError) -> i16 {
@@ -708,23 +805,16 @@ mod tests {
         }])
     }
 
-    fn produce_call(batches: Vec<Bytes>, request_sequence: u64) -> PartitionCall {
-        PartitionCall::Produce {
-            tp: tp(),
-            batches,
-            acks: 1,
-            origin: ProduceOrigin {
-                connection_id: 7,
-                request_sequence,
-            },
-        }
-    }
-
-    fn outcome(reply: PartitionReply) -> ProduceOutcome {
-        match reply {
-            PartitionReply::Produce(outcome) => outcome,
-            other => panic!("a produce call answered {other:?}"),
-        }
+    fn dispatch(
+        table: &PartitionTable,
+        batches: Vec<Bytes>,
+        request_sequence: u64,
+    ) -> DispatchedProduce {
+        let origin = ProduceOrigin {
+            connection_id: 7,
+            request_sequence,
+        };
+        table.dispatch_produce(tp(), batches, 1, origin)
     }
 
     #[test]
@@ -734,13 +824,13 @@ mod tests {
             let table = table_with_partition(dir.path()).await;
             let mut corrupt = batch("two").to_vec();
             *corrupt.last_mut().expect("bytes") ^= 0xFF;
-            let call = produce_call(vec![batch("one"), Bytes::from(corrupt)], 0);
-            let refused = outcome(execute(&table, call).await);
+            let call = dispatch(&table, vec![batch("one"), Bytes::from(corrupt)], 0);
+            let refused = call.run(&table).await;
             assert_eq!(refused.error_code, codes::CORRUPT_MESSAGE);
             let log = table.log(&tp()).expect("online");
             assert_eq!(log.log_end_offset(), 0, "the good batch was not appended");
-            let call = produce_call(vec![batch("one"), batch("two")], 1);
-            let appended = outcome(execute(&table, call).await);
+            let call = dispatch(&table, vec![batch("one"), batch("two")], 1);
+            let appended = call.run(&table).await;
             assert_eq!(
                 (appended.error_code, appended.base_offset),
                 (codes::NONE, 0)
@@ -759,7 +849,7 @@ mod tests {
             let dispatched: Vec<_> = (0..50_u64)
                 .map(|index| {
                     let batches = vec![batch(&"x".repeat(3000 + index as usize))];
-                    dispatch(&table, produce_call(batches, index))
+                    dispatch(&table, batches, index)
                 })
                 .collect();
             let running: Vec<_> = dispatched
@@ -767,7 +857,7 @@ mod tests {
                 .rev()
                 .map(|call| {
                     let table = table.clone();
-                    glommio::spawn_local(async move { outcome(call.run(&table).await) })
+                    glommio::spawn_local(async move { call.run(&table).await })
                 })
                 .collect();
             let mut outcomes = join_all(running).await;
@@ -783,8 +873,8 @@ mod tests {
             let dir = tempfile::tempdir().expect("tempdir");
             let table = table_with_partition(dir.path()).await;
             // Dispatched out of the connection's order: a broken caller, not a client error.
-            let later = dispatch(&table, produce_call(vec![batch("later")], 5));
-            let earlier = dispatch(&table, produce_call(vec![batch("earlier")], 4));
+            let later = dispatch(&table, vec![batch("later")], 5);
+            let earlier = dispatch(&table, vec![batch("earlier")], 4);
             later.run(&table).await;
             let panic = AssertUnwindSafe(earlier.run(&table))
                 .catch_unwind()

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use crate::limits::Limits;
 use crate::recompress::CompressionType;
-use crate::server::ServeOptions;
 use crate::topic_config::{self, TopicConfig};
 
 pub use table::SETTINGS;
@@ -755,5 +754,26 @@ pub fn markdown_table() -> String {
 
 pub mod cli;
 mod table;
+/// What the settings ask for (`Effective::serve_options`), before resolution: what
+/// `server::serve` runs the broker with.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: String,
+    pub advertised_listener: Option<String>,
+    pub data_dir: PathBuf,
+    pub shards: Option<usize>,
+    pub cpus: Option<Vec<usize>>,
+    pub spin_before_park_us: u64,
+    pub auto_create_topics: bool,
+    pub default_partitions: i32,
+    pub limits: Limits,
+    /// HOST:PORT of the HTTP admin listener (metrics, health, log level); None turns it off.
+    pub admin_listen: Option<String>,
+    /// The configuration of a topic that overrides nothing (the broker's `log.*` settings).
+    pub topic_defaults: TopicConfig,
+    /// Every setting with its value and source, for `DescribeConfigs`.
+    pub settings: Arc<Effective>,
+}
+
 #[cfg(test)]
 mod tests;

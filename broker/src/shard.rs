@@ -1,37 +1,53 @@
-//! A shard: one pinned glommio executor that owns a set of partitions and serves the
-//! connections it accepted. `Shard` is the per-shard context every task of that executor
-//! shares through an `Rc`; nothing in it is shared with other threads except the immutable
-//! metadata snapshots and the mesh channels.
+//! A shard's services: everything one pinned glommio executor owns, each part stating its
+//! owner. Nothing in them is shared with other threads except the immutable metadata
+//! snapshots and the mesh channels; another shard reaches them only through a typed job
+//! over the mesh (`router`), which runs here, on this thread.
 //!
-//! Lifecycle (`run`): join the meshes → (shard 0) recover the controller and publish the
-//! metadata, (others) wait for the first snapshot → listen → on shutdown stop accepting,
-//! let connections finish, wait until every shard has drained (cross-shard requests may
-//! still arrive until then), close every partition log → return.
+//! What each part owns (all on this shard, `!Send`):
+//! - `partitions` (`partition::PartitionTable`): the partitions the metadata places here,
+//!   with their producer state and append lines. Partition calls from other shards assert
+//!   the placement on receipt (`partitions_for_call`).
+//! - `groups` (`groups::GroupCoordinator`): the groups whose `__consumer_offsets` partition
+//!   is here; it reaches that partition through its `OffsetsHandle` only.
+//! - the controller (`controller::Controller`), on shard 0 only; other shards reach it with
+//!   `controller_call`, a typed job routed to shard 0.
+//! - `metadata` (`metadata::MetadataView`): the snapshot served from, the ready gate, and
+//!   the apply (`apply_metadata` here, the one place the partitions change).
+//! - `budgets` (`budgets::Budgets`), `metrics` (`metrics::ShardMetrics`), `shutdown`.
+//!
+//! Lifecycle: [`ShardServices::start`] (or `build`, then `first_metadata`) builds them on
+//! a disk and a joined router, without sockets (the server layer listens and accepts; a
+//! simulation drives the handlers directly), and returns once the first metadata snapshot
+//! is applied. On shutdown the
+//! server stops accepting, lets connections finish, waits until every shard has drained,
+//! and calls [`close_partitions`].
 
-use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::channel::oneshot;
-use futures::future::{join_all, LocalBoxFuture};
+use futures::channel::mpsc::Receiver;
+use futures::future::join_all;
 use futures::StreamExt;
-use glommio::sync::{Gate, Semaphore};
 use uuid::Uuid;
 
-use crate::admission::ConnectionCounts;
+use crate::budgets::Budgets;
 use crate::config::BrokerConfig;
 use crate::controller::store::MetadataStore;
-use crate::controller::{Controller, ControllerCall, ControllerReply, PlacementRules};
+use crate::controller::{Controller, ControllerCall, ControllerReply, NewTopic, PlacementRules};
 use crate::disk::{BrokerDisk, PartitionLog};
-use crate::groups::{GroupCoordinator, GroupEnvelope, GroupReply};
-use crate::metadata::{MetadataSnapshot, TopicMetadata, TopicPartition};
-use crate::metrics::{ScrapeRequest, ShardMetrics};
-use crate::partition::{self, PartitionCall, PartitionReply, PartitionSlot, PartitionTable};
-use crate::router::{self, CrossShardCounts, MeshPair, ShardCall, ShardReply, ShardRouter};
+use crate::groups::{
+    self, codes as group_codes, GroupAddress, GroupCoordinator, GroupsOwner, OffsetsHandle,
+    GROUP_ID_BYTES_MAX, OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITIONS,
+};
+use crate::metadata::{MetadataSnapshot, MetadataView, TopicMetadata, TopicPartition};
+use crate::metrics::snapshot::{CommittedOffsetSnapshot, CrossShardCount, PartitionSnapshot};
+use crate::metrics::{ScrapeRequest, ShardMetrics, ShardSnapshot};
+use crate::partition::{PartitionOwner, PartitionSlot, PartitionTable};
+use crate::router::{self, CallKind, Ending, IncomingCalls, MeshPair, ShardRouter};
+use crate::shutdown::ShutdownSignal;
 use crate::storage::Clock;
 
 /// Partition logs a shard opens or closes at once (start-up, `CreateTopics`, shutdown).
@@ -46,157 +62,51 @@ use crate::storage::Clock;
 /// (the ops are small and mostly wait on the journal) while bounding that backlog.
 const PARTITION_OPENS_IN_FLIGHT_MAX: usize = 32;
 
-/// Per-shard context. Owned by one executor thread; see the module docs.
-pub struct Shard {
-    pub id: usize,
-    pub config: Arc<BrokerConfig>,
-    /// Where every file of this shard's services lives: its partition logs and, on shard 0,
-    /// the controller's and producer-id files (`disk.rs`).
-    pub disk: BrokerDisk,
-    metadata: RefCell<Arc<MetadataSnapshot>>,
-    pub partitions: PartitionTable,
-    /// The consumer groups whose `__consumer_offsets` partition this shard owns.
-    pub groups: GroupCoordinator,
-    /// What this shard counts; read only by its own metrics snapshots.
-    pub metrics: Rc<ShardMetrics>,
-    router: Rc<ShardRouter>,
-    controller: Option<Controller>,
-    /// Open connections across every shard (`max.connections`, `max.connections.per.ip`).
-    pub connection_counts: Arc<ConnectionCounts>,
-    /// Bytes of request frames this shard may hold at once (`Limits::shard_inflight_request_bytes_max`).
-    pub request_budget: Rc<Semaphore>,
-    /// Bytes of Fetch responses this shard may assemble at once (`Limits::shard_fetch_bytes_max`).
-    pub fetch_budget: Rc<Semaphore>,
-    /// Closed (never signalled) when shutdown starts: waiters see an error and stop.
-    shutdown: Rc<Semaphore>,
-    /// Closed when the first metadata snapshot has been applied.
-    metadata_ready: Rc<Semaphore>,
-    /// One permit: snapshots are applied one at a time, in arrival order (opening a
-    /// partition awaits, and a second apply must not see it half-opened).
-    one_apply_at_a_time: Rc<Semaphore>,
+/// The kinds of cross-shard calls, as counted by the router and exported as metrics
+/// (`ringfeed_cross_shard_calls_*{kind}`); the `CallKind` constants below index it.
+pub const CALL_KINDS: &[&str] = &["partition", "controller", "apply_metadata", "group"];
+const PARTITION_CALLS: CallKind = CallKind(0);
+const CONTROLLER_CALLS: CallKind = CallKind(1);
+const APPLY_METADATA_CALLS: CallKind = CallKind(2);
+const GROUP_CALLS: CallKind = CallKind(3);
+
+/// The router of a shard: jobs run on its `ShardServices`.
+pub type Router = ShardRouter<ShardServices>;
+/// The meshes every shard joins, built once by the server.
+pub type Meshes = MeshPair<ShardServices>;
+
+/// Joins the meshes as shard `router::join` assigns (every shard must join before any
+/// sends); counts calls by `CALL_KINDS`.
+pub async fn join_meshes(meshes: Meshes) -> (Router, IncomingCalls<ShardServices>) {
+    router::join(meshes, CALL_KINDS).await
 }
 
-impl Shard {
-    pub fn metadata(&self) -> Arc<MetadataSnapshot> {
-        self.metadata.borrow().clone()
-    }
+/// One shard's services; see the module docs for what each part owns.
+pub struct ShardServices {
+    pub shard_id: usize,
+    pub config: Arc<BrokerConfig>,
+    pub partitions: Rc<PartitionTable>,
+    pub groups: GroupCoordinator,
+    /// Shard 0 only; see `controller_call`.
+    controller: Option<Controller>,
+    pub metadata: Rc<MetadataView>,
+    pub budgets: Budgets,
+    /// What this shard counts; read only by its own metrics snapshots.
+    pub metrics: Rc<ShardMetrics>,
+    pub shutdown: ShutdownSignal,
+    /// Where cross-shard calls leave from; typed calls live with their subsystems
+    /// (`partition::produce_on`, `groups::on_coordinator`, ...).
+    pub router: Rc<Router>,
+    /// Where every file of this shard's services lives: its partition logs and, on shard 0,
+    /// the controller's and producer-id files (`disk.rs`).
+    disk: BrokerDisk,
+}
 
-    /// Resolves once shutdown has started. Cancel-safe; race it with long waits.
-    pub async fn shutdown_started(&self) {
-        let _ = self.shutdown.acquire(1).await;
-    }
+impl PartitionOwner for ShardServices {
+    const PARTITION_CALLS: CallKind = PARTITION_CALLS;
 
-    /// Calls this shard has exchanged with the others over the mesh (for metrics).
-    pub fn cross_shard_counts(&self) -> CrossShardCounts {
-        self.router.counts()
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutdown.try_acquire(1).is_err()
-    }
-
-    /// Runs `call` on the partition's owner: directly when that is this shard, else over the
-    /// mesh. `None` when the owner is gone (only during shutdown).
-    pub async fn partition_call(
-        &self,
-        owner: usize,
-        call: PartitionCall,
-    ) -> Option<PartitionReply> {
-        if owner == self.id {
-            return Some(partition::execute(&self.partitions, call).await);
-        }
-        match self.router.call(owner, ShardCall::Partition(call)).await {
-            Ok(ShardReply::Partition(reply)) => Some(reply),
-            Ok(other) => panic!("shard {owner} answered a partition call with {other:?}"),
-            Err(gone) => {
-                tracing::warn!(%gone, "partition call not answered");
-                None
-            }
-        }
-    }
-
-    /// Dispatches `call` to the partition's owner now and returns the wait for its reply:
-    /// locally it takes its place at the partition (`partition::dispatch`), remotely it is
-    /// sent behind the calls dispatched to that shard before it
-    /// (`ShardRouter::call_in_order`). Produce calls dispatched one after the other are
-    /// therefore appended in that order. `None` when the owner is gone (only during shutdown).
-    pub fn dispatch_partition_call(
-        self: &Rc<Self>,
-        owner: usize,
-        call: PartitionCall,
-    ) -> LocalBoxFuture<'static, Option<PartitionReply>> {
-        if owner == self.id {
-            let dispatched = partition::dispatch(&self.partitions, call);
-            let shard = self.clone();
-            return Box::pin(async move { Some(dispatched.run(&shard.partitions).await) });
-        }
-        let reply = self.router.call_in_order(owner, ShardCall::Partition(call));
-        Box::pin(async move {
-            match reply.await {
-                Ok(ShardReply::Partition(reply)) => Some(reply),
-                Ok(other) => panic!("shard {owner} answered a partition call with {other:?}"),
-                Err(gone) => {
-                    tracing::warn!(%gone, "partition call not answered");
-                    None
-                }
-            }
-        })
-    }
-
-    /// Runs a group call on the group's coordinator shard `owner`, locally or over the mesh.
-    /// `None` when the owner is gone (only during shutdown).
-    pub async fn group_call(
-        self: &Rc<Self>,
-        owner: usize,
-        envelope: GroupEnvelope,
-    ) -> Option<GroupReply> {
-        if owner == self.id {
-            return Some(self.groups.execute(self, envelope).await);
-        }
-        match self.router.call(owner, ShardCall::Group(envelope)).await {
-            Ok(ShardReply::Group(reply)) => Some(reply),
-            Ok(other) => panic!("shard {owner} answered a group call with {other:?}"),
-            Err(_) => None,
-        }
-    }
-
-    /// Sends a topic change to the controller on shard 0 and waits until every shard has the
-    /// resulting metadata.
-    pub async fn controller_call(self: &Rc<Self>, call: ControllerCall) -> Option<ControllerReply> {
-        if self.id == 0 {
-            return Some(self.run_controller(call).await);
-        }
-        match self.router.call(0, ShardCall::Controller(call)).await {
-            Ok(ShardReply::Controller(reply)) => Some(reply),
-            Ok(other) => panic!("shard 0 answered a controller call with {other:?}"),
-            Err(_) => None,
-        }
-    }
-
-    /// Everything another shard can ask of this one arrives here, in the order each peer sent
-    /// it. A partition call is dispatched at once, before the returned future is first
-    /// polled, so produce calls take their places at their partitions in that order.
-    fn execute_call(self: Rc<Self>, call: ShardCall) -> LocalBoxFuture<'static, ShardReply> {
-        let ShardCall::Partition(call) = call else {
-            return Box::pin(self.execute_other_call(call));
-        };
-        self.check_ownership_on_receipt(call.tp());
-        let dispatched = partition::dispatch(&self.partitions, call);
-        Box::pin(async move { ShardReply::Partition(dispatched.run(&self.partitions).await) })
-    }
-
-    async fn execute_other_call(self: Rc<Self>, call: ShardCall) -> ShardReply {
-        match call {
-            ShardCall::Partition(_) => unreachable!("dispatched by execute_call"),
-            ShardCall::Controller(call) => ShardReply::Controller(self.run_controller(call).await),
-            ShardCall::ApplyMetadata(snapshot) => {
-                self.apply_metadata(snapshot).await;
-                ShardReply::MetadataApplied
-            }
-            ShardCall::Group(envelope) => {
-                ShardReply::Group(self.groups.execute(&self, envelope).await)
-            }
-        }
+    fn partitions(&self) -> Rc<PartitionTable> {
+        self.partitions.clone()
     }
 
     /// A partition call from another shard must be for a partition this shard owns. The
@@ -205,22 +115,140 @@ impl Shard {
     /// what must never happen is a call for a partition our current metadata places on a
     /// different shard while we also hold it open.
     fn check_ownership_on_receipt(&self, tp: &TopicPartition) {
-        let placed_on = self.metadata().owner_of(&tp.topic, tp.partition);
+        let placed_on = self.metadata.current().owner_of(&tp.topic, tp.partition);
         let held_here = self.partitions.log(tp).is_ok();
         assert!(
             !(held_here
-                && placed_on.is_some_and(|owner| owner != self.id)
-                && !self.is_applying_metadata()),
+                && placed_on.is_some_and(|owner| owner != self.shard_id)
+                && !self.metadata.is_applying()),
             "shard {} holds {tp} open but the metadata places it on shard {placed_on:?}",
-            self.id
+            self.shard_id
         );
         if !held_here {
-            tracing::debug!(shard = self.id, partition = %tp, ?placed_on, "partition call for a partition this shard does not hold");
+            tracing::debug!(shard = self.shard_id, partition = %tp, ?placed_on, "partition call for a partition this shard does not hold");
+        }
+    }
+}
+
+impl GroupsOwner for ShardServices {
+    const GROUP_CALLS: CallKind = GROUP_CALLS;
+
+    fn groups(&self) -> &GroupCoordinator {
+        &self.groups
+    }
+}
+
+impl ShardServices {
+    /// The one constructor: builds shard `shard_id`'s services on `disk` and the joined
+    /// `router`, serves the calls of other shards, and returns once the first metadata
+    /// snapshot is applied (shard 0 recovers the controller and publishes it). No sockets:
+    /// the server layer listens; a simulation calls `handlers::start` directly.
+    pub async fn start(
+        config: Arc<BrokerConfig>,
+        shard_id: usize,
+        disk: BrokerDisk,
+        router: Router,
+        incoming: IncomingCalls<ShardServices>,
+    ) -> Result<Rc<Self>, String> {
+        let services = Self::build(config, shard_id, disk, router, incoming).await?;
+        services.first_metadata().await;
+        Ok(services)
+    }
+
+    /// `start` in two steps, for a caller with work to set up in between (the server
+    /// answers metric scrapes while the first snapshot is being applied): builds the
+    /// services and serves other shards' calls; `first_metadata` then waits for the
+    /// metadata.
+    pub async fn build(
+        config: Arc<BrokerConfig>,
+        shard_id: usize,
+        disk: BrokerDisk,
+        router: Router,
+        incoming: IncomingCalls<ShardServices>,
+    ) -> Result<Rc<Self>, String> {
+        assert_eq!(
+            router.shard_id(),
+            shard_id,
+            "the router joined as another shard"
+        );
+        let controller = if shard_id == 0 {
+            Some(recover_controller(&config, &disk).await?)
+        } else {
+            None
+        };
+        let partitions = Rc::new(PartitionTable::new(
+            config.limits.shard_fetch_waits_parked_max,
+        ));
+        let metadata = Rc::new(MetadataView::default());
+        let shutdown = ShutdownSignal::default();
+        let groups = GroupCoordinator::new(OffsetsHandle {
+            shard_id,
+            partitions: partitions.clone(),
+            metadata: metadata.clone(),
+            shutdown: shutdown.clone(),
+            limits: config.limits.clone(),
+            disk: disk.clone(),
+            data_dir: config.data_dir.clone(),
+        });
+        let services = Rc::new(ShardServices {
+            shard_id,
+            budgets: Budgets::new(
+                config.limits.shard_inflight_request_bytes_max as u64,
+                config.limits.shard_fetch_bytes_max as u64,
+            ),
+            config,
+            partitions,
+            groups,
+            controller,
+            metadata,
+            metrics: Rc::default(),
+            shutdown,
+            router: Rc::new(router),
+            disk,
+        });
+        services.report_offline_partitions();
+        router::serve_incoming(&services.router, incoming, &services);
+        Ok(services)
+    }
+
+    /// Shard 0 publishes the recovered controller's metadata to every shard; the others
+    /// wait until it is applied here.
+    pub async fn first_metadata(self: &Rc<Self>) {
+        if let Some(controller) = &self.controller {
+            self.publish(controller.snapshot()).await;
+        } else {
+            self.metadata.wait_until_ready().await;
         }
     }
 
-    fn is_applying_metadata(&self) -> bool {
-        self.one_apply_at_a_time.available() == 0
+    /// Tells the controller about every partition of this shard that goes offline.
+    fn report_offline_partitions(self: &Rc<Self>) {
+        let reporter = Rc::downgrade(self);
+        self.partitions
+            .set_offline_listener(Box::new(move |tp, topic_id| {
+                let reporter = reporter.clone();
+                glommio::spawn_local(async move {
+                    if let Some(services) = reporter.upgrade() {
+                        services
+                            .controller_call(ControllerCall::ReportOffline { tp, topic_id })
+                            .await;
+                    }
+                })
+                .detach();
+            }));
+    }
+
+    /// Sends a topic change to the controller on shard 0 and waits until every shard has
+    /// the resulting metadata. `None` when shard 0 is gone (only during shutdown).
+    pub async fn controller_call(self: &Rc<Self>, call: ControllerCall) -> Option<ControllerReply> {
+        let job = |services: &Rc<ShardServices>| {
+            let services = services.clone();
+            async move { services.run_controller(call).await }
+        };
+        self.router
+            .invoke_on(0, CONTROLLER_CALLS, Ending::ToCompletion, job)
+            .await
+            .ok()
     }
 
     async fn run_controller(self: &Rc<Self>, call: ControllerCall) -> ControllerReply {
@@ -240,14 +268,15 @@ impl Shard {
     async fn publish(self: &Rc<Self>, snapshot: Arc<MetadataSnapshot>) {
         let applies = (0..self.config.shard_count()).map(|shard| {
             let snapshot = snapshot.clone();
+            let job = move |services: &Rc<ShardServices>| {
+                let services = services.clone();
+                async move { services.apply_metadata(snapshot).await }
+            };
             async move {
-                if shard == self.id {
-                    self.apply_metadata(snapshot).await;
-                } else if let Err(gone) = self
-                    .router
-                    .call(shard, ShardCall::ApplyMetadata(snapshot))
-                    .await
-                {
+                let applied =
+                    self.router
+                        .invoke_on(shard, APPLY_METADATA_CALLS, Ending::ToCompletion, job);
+                if let Err(gone) = applied.await {
                     tracing::warn!(%gone, "metadata not applied");
                 }
             }
@@ -255,21 +284,94 @@ impl Shard {
         join_all(applies).await;
     }
 
+    /// Runs `work` on the coordinator of `group`, wherever it lives, with the group's
+    /// address. `Err` is the error code for the whole request (no coordinator reachable).
+    pub async fn on_group_coordinator<F, Fut, R>(
+        self: &Rc<Self>,
+        group: &str,
+        work: F,
+    ) -> Result<R, i16>
+    where
+        F: FnOnce(GroupCoordinator, GroupAddress) -> Fut + Send + 'static,
+        Fut: Future<Output = R> + 'static,
+        R: Send + 'static,
+    {
+        if group.is_empty() || group.len() > GROUP_ID_BYTES_MAX {
+            return Err(group_codes::INVALID_GROUP_ID);
+        }
+        let (partition, owner) = self.locate_group(group).await?;
+        let at = GroupAddress {
+            group: group.to_string(),
+            partition,
+        };
+        groups::on_coordinator(&self.router, owner, move |coordinator| {
+            work(coordinator, at)
+        })
+        .await
+        .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)
+    }
+
+    /// Where a group's coordinator lives: its `__consumer_offsets` partition and that
+    /// partition's shard. Creates the internal topic on first use, as Kafka does on the
+    /// first `FindCoordinator`. `Err` is the error code to answer with.
+    pub async fn locate_group(self: &Rc<Self>, group: &str) -> Result<(i32, usize), i16> {
+        let snapshot = self.offsets_topic_snapshot().await?;
+        let topic = snapshot
+            .topic(OFFSETS_TOPIC)
+            .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)?;
+        let partition = groups::partition_for(group, topic.partition_count());
+        let owner = snapshot
+            .owner_of(OFFSETS_TOPIC, partition)
+            .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)?;
+        Ok((partition, owner))
+    }
+
+    /// The metadata, once it holds `__consumer_offsets` (created here if missing).
+    async fn offsets_topic_snapshot(self: &Rc<Self>) -> Result<Arc<MetadataSnapshot>, i16> {
+        let snapshot = self.metadata.current();
+        if snapshot.topic(OFFSETS_TOPIC).is_some() {
+            return Ok(snapshot);
+        }
+        let topic = NewTopic {
+            name: OFFSETS_TOPIC.to_string(),
+            partitions: OFFSETS_TOPIC_PARTITIONS,
+            replication_factor: -1,
+            manual_assignment: Vec::new(),
+            configs: vec![
+                // Commits of an active group must never age out with a segment; expiry of
+                // offsets is the coordinator's job (offsets.retention), not the log's.
+                ("retention.ms".to_string(), Some("-1".to_string())),
+                // Kafka's offsets.topic.segment.bytes.
+                ("segment.bytes".to_string(), Some("104857600".to_string())),
+            ],
+        };
+        let call = ControllerCall::CreateTopics {
+            topics: vec![topic],
+            validate_only: false,
+        };
+        self.controller_call(call)
+            .await
+            .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)?;
+        let snapshot = self.metadata.current();
+        if snapshot.topic(OFFSETS_TOPIC).is_some() {
+            Ok(snapshot)
+        } else {
+            tracing::error!("could not create {OFFSETS_TOPIC}");
+            Err(group_codes::COORDINATOR_NOT_AVAILABLE)
+        }
+    }
+
     /// The one place a shard changes which partitions it owns: remove what the snapshot no
     /// longer places here, open what is new, update configs, install the snapshot, then drop
     /// the committed offsets of deleted topics from the groups this shard coordinates.
     async fn apply_metadata(self: &Rc<Self>, snapshot: Arc<MetadataSnapshot>) {
-        let _turn = self
-            .one_apply_at_a_time
-            .acquire_permit(1)
-            .await
-            .expect("never closed");
-        let previous = self.metadata();
+        let _turn = self.metadata.apply_turn().await;
+        let previous = self.metadata.current();
         if snapshot.epoch <= previous.epoch && previous.epoch != 0 {
             return;
         }
         let wanted: HashMap<TopicPartition, Arc<TopicMetadata>> = snapshot
-            .partitions_on(self.id)
+            .partitions_on(self.shard_id)
             .map(|(tp, topic)| (tp, topic.clone()))
             .collect();
         let owned: HashMap<TopicPartition, Uuid> = self.partitions.owned().into_iter().collect();
@@ -307,14 +409,11 @@ impl Shard {
             .filter(|(name, old)| snapshot.topic(name).is_none_or(|new| new.id != old.id))
             .map(|(name, _)| name.to_string())
             .collect();
-        *self.metadata.borrow_mut() = snapshot;
-        self.metadata_ready.close();
+        self.metadata.install(snapshot);
         if !deleted_topics.is_empty() {
             // Before DeleteTopics is answered, so a client that deletes and recreates a
             // topic never sees its groups start at the old topic's offsets.
-            self.groups
-                .forget_deleted_topics(self, &deleted_topics)
-                .await;
+            self.groups.forget_deleted_topics(&deleted_topics).await;
         }
     }
 
@@ -328,7 +427,7 @@ impl Shard {
         );
         let slot = match opened.await {
             Ok((log, report)) => {
-                tracing::info!(partition = %tp, shard = self.id, ?report, "partition open");
+                tracing::info!(partition = %tp, shard = self.shard_id, ?report, "partition open");
                 log.observe_fdatasync_latency(self.metrics.fdatasync_observer());
                 PartitionSlot::Online {
                     topic_id: topic.id,
@@ -344,6 +443,76 @@ impl Shard {
             }
         };
         self.partitions.insert(tp, slot);
+    }
+
+    /// Copies this shard's metrics. Runs on the shard's thread; takes no await.
+    pub fn metrics_snapshot(&self, committed_offsets_max: usize) -> ShardSnapshot {
+        let online = self.partitions.online_logs();
+        let owned = self.partitions.owned().len();
+        let mut partitions: Vec<PartitionSnapshot> = online
+            .iter()
+            .map(|(tp, log)| PartitionSnapshot {
+                topic: tp.topic.to_string(),
+                partition: tp.partition,
+                size_bytes: log.size_bytes(),
+                log_start_offset: log.log_start_offset(),
+                high_watermark: log.high_watermark(),
+            })
+            .collect();
+        partitions.sort_unstable_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        let (committed_offsets, committed_offsets_total) =
+            self.groups.committed_offsets(committed_offsets_max);
+        let committed_offsets = committed_offsets
+            .into_iter()
+            .map(
+                |(group, topic, partition, offset)| CommittedOffsetSnapshot {
+                    group,
+                    topic,
+                    partition,
+                    offset,
+                },
+            )
+            .collect();
+        let cross_shard = self
+            .router
+            .counts()
+            .into_iter()
+            .map(|counts| CrossShardCount {
+                kind: counts.kind,
+                sent: counts.sent,
+                received: counts.received,
+            })
+            .collect();
+        ShardSnapshot {
+            shard: self.shard_id,
+            partitions_offline: (owned - online.len()) as u64,
+            partitions,
+            committed_offsets,
+            committed_offsets_total: committed_offsets_total as u64,
+            cross_shard,
+            fetch_budget_reserved_bytes: self.budgets.fetch_bytes.in_use_bytes(),
+            fetch_waits_parked: self.partitions.parked_waits().parked() as u64,
+            fetch_waits_refused: self.partitions.parked_waits().refused(),
+            ..self.metrics.snapshot()
+        }
+    }
+}
+
+/// Answers scrape requests until the admin thread drops its sender (it never does while
+/// the process serves) or the shard is gone. Holds the services weakly so it never keeps a
+/// stopped shard alive.
+pub async fn serve_scrapes(
+    services: std::rc::Weak<ShardServices>,
+    mut requests: Receiver<ScrapeRequest>,
+) {
+    while let Some(request) = requests.next().await {
+        let Some(services) = services.upgrade() else {
+            return;
+        };
+        // The admin thread may have given up waiting; then nobody wants the answer.
+        let _ = request
+            .reply
+            .try_send(services.metrics_snapshot(request.committed_offsets_max));
     }
 }
 
@@ -363,113 +532,6 @@ pub fn partition_dir(data_dir: &std::path::Path, tp: &TopicPartition) -> PathBuf
     data_dir.join(format!("{}-{}", tp.topic, tp.partition))
 }
 
-/// Everything one shard's thread is started with.
-pub struct ShardStart {
-    pub config: Arc<BrokerConfig>,
-    pub meshes: MeshPair,
-    pub shutdown_requested: oneshot::Receiver<()>,
-    /// Shards that have finished their connections; the barrier before logs close.
-    pub drained_shards: Arc<AtomicUsize>,
-    /// Shared by every shard: open connections in total and per client address.
-    pub connection_counts: Arc<ConnectionCounts>,
-    /// Tells `main` this shard is listening.
-    pub listening: std::sync::mpsc::Sender<usize>,
-    /// The admin thread's requests for this shard's metrics snapshot.
-    pub scrapes: futures::channel::mpsc::Receiver<ScrapeRequest>,
-}
-
-/// The body of one shard's executor. Returns when the shard has shut down cleanly.
-pub async fn run(start: ShardStart) -> Result<(), String> {
-    let ShardStart {
-        config,
-        meshes,
-        shutdown_requested,
-        drained_shards,
-        connection_counts,
-        listening,
-        scrapes,
-    } = start;
-    // The real disk: a shard started on its own thread by `server` cannot be handed a
-    // `SimDisk` (a single-thread handle, not `Send`); simulations build services on theirs.
-    let disk = BrokerDisk::default();
-    let (router, incoming) = router::join(meshes).await;
-    let id = router.shard_id();
-    let controller = if id == 0 {
-        Some(recover_controller(&config, &disk).await?)
-    } else {
-        None
-    };
-    let shard = Rc::new(Shard {
-        id,
-        config: config.clone(),
-        disk: disk.clone(),
-        metadata: RefCell::new(Arc::new(MetadataSnapshot::default())),
-        partitions: PartitionTable::new(config.limits.shard_fetch_waits_parked_max),
-        groups: GroupCoordinator::default(),
-        metrics: Rc::default(),
-        router: Rc::new(router),
-        controller,
-        connection_counts,
-        request_budget: Rc::new(Semaphore::new(
-            config.limits.shard_inflight_request_bytes_max as u64,
-        )),
-        fetch_budget: Rc::new(Semaphore::new(config.limits.shard_fetch_bytes_max as u64)),
-        shutdown: Rc::new(Semaphore::new(0)),
-        metadata_ready: Rc::new(Semaphore::new(0)),
-        one_apply_at_a_time: Rc::new(Semaphore::new(1)),
-    });
-    let reporter = Rc::downgrade(&shard);
-    shard
-        .partitions
-        .set_offline_listener(Box::new(move |tp, topic_id| {
-            let reporter = reporter.clone();
-            glommio::spawn_local(async move {
-                if let Some(shard) = reporter.upgrade() {
-                    shard
-                        .controller_call(ControllerCall::ReportOffline { tp, topic_id })
-                        .await;
-                }
-            })
-            .detach();
-        }));
-    glommio::spawn_local(crate::metrics::snapshot::serve_scrapes(
-        Rc::downgrade(&shard),
-        scrapes,
-    ))
-    .detach();
-    let executor_shard = shard.clone();
-    router::serve_incoming(&shard.router, incoming, move |call| {
-        executor_shard.clone().execute_call(call)
-    });
-    forward_shutdown(&shard, shutdown_requested);
-    if let Some(controller) = &shard.controller {
-        shard.publish(controller.snapshot()).await;
-    } else {
-        let _ = shard.metadata_ready.acquire(1).await;
-    }
-    let listener = crate::server::shard_listener(config.listen)
-        .map_err(|error| format!("shard {id}: cannot listen on {}: {error}", config.listen))?;
-    let connections = Rc::new(Gate::new());
-    let accepting = glommio::spawn_local(crate::connection::accept_loop(
-        shard.clone(),
-        listener,
-        connections.clone(),
-    ));
-    let retention = glommio::spawn_local(enforce_retention_periodically(shard.clone()));
-    let _ = listening.send(id);
-    shard.shutdown_started().await;
-    drop(accepting);
-    drop(retention);
-    let _ = connections.close().await;
-    drained_shards.fetch_add(1, Ordering::SeqCst);
-    while drained_shards.load(Ordering::SeqCst) < config.shard_count() {
-        // Shutdown only: peers may still send partition calls until they have drained.
-        glommio::timer::sleep(Duration::from_millis(5)).await;
-    }
-    close_partitions(&shard).await;
-    Ok(())
-}
-
 async fn recover_controller(
     config: &BrokerConfig,
     disk: &BrokerDisk,
@@ -485,17 +547,8 @@ async fn recover_controller(
         .map_err(|error| error.to_string())
 }
 
-/// The signal thread completes `shutdown_requested`; turn that into the local broadcast.
-fn forward_shutdown(shard: &Rc<Shard>, shutdown_requested: oneshot::Receiver<()>) {
-    let shutdown = shard.shutdown.clone();
-    glommio::spawn_local(async move {
-        let _ = shutdown_requested.await;
-        shutdown.close();
-    })
-    .detach();
-}
-
-async fn enforce_retention_periodically(shard: Rc<Shard>) {
+/// Removes the segments retention lets go, every `Limits::retention_check_interval`.
+pub async fn enforce_retention_periodically(shard: Rc<ShardServices>) {
     loop {
         glommio::timer::sleep(shard.config.limits.retention_check_interval).await;
         for (tp, log) in shard.partitions.online_logs() {
@@ -510,7 +563,8 @@ async fn enforce_retention_periodically(shard: Rc<Shard>) {
     }
 }
 
-async fn close_partitions(shard: &Shard) {
+/// Closes every partition log of the shard (the end of its shutdown).
+pub async fn close_partitions(shard: &ShardServices) {
     let closes = shard
         .partitions
         .online_logs()
@@ -524,5 +578,8 @@ async fn close_partitions(shard: &Shard) {
         .buffer_unordered(PARTITION_OPENS_IN_FLIGHT_MAX)
         .collect::<()>()
         .await;
-    tracing::info!(shard = shard.id, "shard stopped; partition logs closed");
+    tracing::info!(
+        shard = shard.shard_id,
+        "shard stopped; partition logs closed"
+    );
 }

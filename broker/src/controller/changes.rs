@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::store::{ClusterState, ConfigEntry, TopicRecord};
 use super::{ControllerCall, PlacementRules};
 use crate::error_codes as codes;
-use crate::groups::OFFSETS_TOPIC;
+use crate::metadata::OFFSETS_TOPIC;
 use crate::topic_config::validate_override;
 
 /// Why `__consumer_offsets` cannot be deleted or grown by clients.

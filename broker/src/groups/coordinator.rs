@@ -1,7 +1,8 @@
 //! [`GroupCoordinator`]: the groups one shard owns and the work done on them.
 //!
-//! Owned by one shard (a field of `Shard`, `!Send`). Every group call for this shard,
-//! local or from the mesh, runs through [`GroupCoordinator::execute`]. Group state changes
+//! Owned by one shard (part of its services, `!Send`). Every group call for this shard,
+//! local or from the mesh, runs through one of the typed methods of [`GroupCoordinator`]
+//! (`join`, `sync`, `commit`, ...), each reached through `groups::on_coordinator`. Group state changes
 //! only in synchronous sections between awaits; the awaits are the offsets log (replay,
 //! append, fdatasync) and parked joins/syncs waiting for the group to move on.
 //! A `__consumer_offsets` partition is replayed once, by the first call that needs it;
@@ -16,16 +17,19 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use glommio::sync::Semaphore;
 
-use super::group::{Answer, Group, GroupRules, GroupState, JoinResult, SyncResult};
+use super::group::{Answer, Group, GroupRules, GroupState, JoinRequest, JoinResult, SyncResult};
 use super::records::{self, OffsetsRecord};
 use super::{
-    codes, GroupCall, GroupDescription, GroupEnvelope, GroupReply, MemberDescription, OFFSETS_TOPIC,
+    codes, CommitRequest, FetchedOffsets, GroupAddress, GroupDescription, MemberDescription,
+    SyncRequest, OFFSETS_TOPIC,
 };
-use crate::disk::PartitionLog;
+use crate::disk::{BrokerDisk, PartitionLog};
 use crate::error_codes as broker_codes;
-use crate::metadata::TopicPartition;
+use crate::limits::Limits;
+use crate::metadata::{MetadataView, TopicPartition};
+use crate::partition::PartitionTable;
 use crate::producer_state::ProducerIds;
-use crate::shard::Shard;
+use crate::shutdown::ShutdownSignal;
 use crate::storage::batch::BatchHeader;
 
 /// How often the ticker looks at session and rebalance deadlines. Kafka's own timers fire
@@ -72,14 +76,30 @@ struct OffsetsLog {
     log: PartitionLog,
 }
 
-/// See the module docs for the ownership and concurrency contract.
-#[derive(Default)]
+/// What a coordinator uses of its shard, and nothing more: the `__consumer_offsets`
+/// partitions it appends to and replays (from the shard's partition table), the metadata
+/// that says how many there are and which are here, the shutdown signal that releases parked
+/// answers, the broker's limits, and (shard 0) where the producer-id block lives. Owned by
+/// the coordinator's shard.
+pub struct OffsetsHandle {
+    pub shard_id: usize,
+    pub partitions: Rc<PartitionTable>,
+    pub metadata: Rc<MetadataView>,
+    pub shutdown: ShutdownSignal,
+    pub limits: Limits,
+    pub disk: BrokerDisk,
+    pub data_dir: std::path::PathBuf,
+}
+
+/// See the module docs for the ownership and concurrency contract. Cheap to clone (clones
+/// share the groups): a job from another shard takes one into its future.
+#[derive(Clone)]
 pub struct GroupCoordinator {
     inner: Rc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
+    offsets: OffsetsHandle,
     config: RefCell<CoordinatorConfig>,
     groups: RefCell<HashMap<String, Group>>,
     /// Per offsets partition: closed once its replay has finished.
@@ -100,83 +120,56 @@ impl GroupCoordinator {
         self.inner.config.borrow().rules.clone()
     }
 
-    /// Runs one group call on this shard, the owner of `envelope.partition`.
-    pub async fn execute(&self, shard: &Rc<Shard>, envelope: GroupEnvelope) -> GroupReply {
-        let GroupEnvelope {
-            group,
-            partition,
-            call,
-        } = envelope;
-        match call {
-            GroupCall::List => return GroupReply::Listed(self.list()),
-            GroupCall::InitProducerId { producer_id, epoch } => {
-                return GroupReply::ProducerId(
-                    self.init_producer_id(shard, producer_id, epoch).await,
-                );
-            }
-            _ => {}
-        }
-        let log = match self.ensure_loaded(shard, partition).await {
-            Ok(log) => log,
-            Err(code) => return error_reply(&call, code),
-        };
-        let now = Instant::now();
-        match call {
-            GroupCall::Join(request) => {
-                let answer = self.with_group(&group, |g| g.join(request, &self.rules(), now));
-                let gone = JoinResult::error(codes::UNKNOWN_MEMBER_ID, "");
-                let stopping = JoinResult::error(codes::NOT_COORDINATOR, "");
-                GroupReply::Join(settle(shard, answer, gone, stopping).await)
-            }
-            GroupCall::Sync { .. } => self.sync(shard, &group, call, now).await,
-            GroupCall::Heartbeat {
-                member_id,
-                instance_id,
-                generation,
-            } => GroupReply::Code(self.heartbeat(
-                &group,
-                &member_id,
-                instance_id.as_ref(),
-                generation,
-                now,
-            )),
-            GroupCall::Leave { members } => {
-                let rules = self.rules();
-                GroupReply::Codes(
-                    members
-                        .iter()
-                        .map(|(member_id, instance_id)| {
-                            self.with_existing(&group, |g| {
-                                g.leave(member_id, instance_id.as_deref(), &rules, now)
-                            })
-                            .unwrap_or(codes::UNKNOWN_MEMBER_ID)
-                        })
-                        .collect(),
-                )
-            }
-            GroupCall::Commit { .. } => GroupReply::Codes(self.commit(&log, &group, call).await),
-            GroupCall::FetchOffsets { partitions } => self.fetch_offsets(&group, partitions),
-            GroupCall::Describe => GroupReply::Described(self.describe(&group)),
-            GroupCall::Delete => GroupReply::Code(self.delete(&log, &group).await),
-            GroupCall::DeleteOffsets { partitions } => {
-                self.delete_offsets(&log, &group, partitions).await
-            }
-            GroupCall::List | GroupCall::InitProducerId { .. } => unreachable!("answered above"),
+    pub fn new(offsets: OffsetsHandle) -> Self {
+        Self {
+            inner: Rc::new(Inner {
+                offsets,
+                config: RefCell::default(),
+                groups: RefCell::default(),
+                loads: RefCell::default(),
+                ticker_started: std::cell::Cell::new(false),
+                append_gates: RefCell::default(),
+                records_since_checkpoint: RefCell::default(),
+                checkpointing: RefCell::default(),
+                producer_ids: RefCell::default(),
+            }),
         }
     }
 
-    async fn sync(&self, shard: &Shard, group: &str, call: GroupCall, now: Instant) -> GroupReply {
-        let GroupCall::Sync {
+    /// A group call addressed to shard `owner` runs on that shard's coordinator only.
+    pub fn assert_owned_by(&self, owner: usize) {
+        assert_eq!(
+            self.inner.offsets.shard_id, owner,
+            "a group call addressed to shard {owner} ran on another shard's coordinator"
+        );
+    }
+
+    /// `JoinGroup`; the answer may wait for the rebalance.
+    pub async fn join(&self, at: GroupAddress, request: JoinRequest) -> JoinResult {
+        if let Err(code) = self.ensure_loaded(at.partition).await {
+            return JoinResult::error(code, &request.member_id);
+        }
+        let now = Instant::now();
+        let answer = self.with_group(&at.group, |g| g.join(request, &self.rules(), now));
+        let gone = JoinResult::error(codes::UNKNOWN_MEMBER_ID, "");
+        let stopping = JoinResult::error(codes::NOT_COORDINATOR, "");
+        settle(&self.inner.offsets.shutdown, answer, gone, stopping).await
+    }
+
+    /// `SyncGroup`; a follower's answer waits for the leader's assignment.
+    pub async fn sync(&self, at: GroupAddress, request: SyncRequest) -> SyncResult {
+        if let Err(code) = self.ensure_loaded(at.partition).await {
+            return SyncResult::error(code);
+        }
+        let now = Instant::now();
+        let SyncRequest {
             member_id,
             generation,
             protocol_type,
             protocol_name,
             assignments,
-        } = call
-        else {
-            unreachable!("only sync calls come here")
-        };
-        let answer = self.with_existing(group, |g| {
+        } = request;
+        let answer = self.with_existing(&at.group, |g| {
             if !protocol_matches(protocol_type.as_ref(), g.protocol_type.as_ref())
                 || !protocol_matches(protocol_name.as_ref(), g.protocol_name.as_ref())
             {
@@ -187,11 +180,100 @@ impl GroupCoordinator {
         let answer = answer.unwrap_or(Answer::Now(SyncResult::error(codes::UNKNOWN_MEMBER_ID)));
         let gone = SyncResult::error(codes::UNKNOWN_MEMBER_ID);
         let stopping = SyncResult::error(codes::NOT_COORDINATOR);
-        GroupReply::Sync(settle(shard, answer, gone, stopping).await)
+        settle(&self.inner.offsets.shutdown, answer, gone, stopping).await
+    }
+
+    /// `Heartbeat`: one error code.
+    pub async fn heartbeat(
+        &self,
+        at: GroupAddress,
+        member_id: String,
+        instance_id: Option<String>,
+        generation: i32,
+    ) -> i16 {
+        if let Err(code) = self.ensure_loaded(at.partition).await {
+            return code;
+        }
+        let now = Instant::now();
+        self.heartbeat_member(&at.group, &member_id, instance_id.as_ref(), generation, now)
+    }
+
+    /// `LeaveGroup`: an error code per (member id, group instance id) leaving, in order.
+    pub async fn leave(
+        &self,
+        at: GroupAddress,
+        members: Vec<(String, Option<String>)>,
+    ) -> Vec<i16> {
+        if let Err(code) = self.ensure_loaded(at.partition).await {
+            return vec![code; members.len()];
+        }
+        let now = Instant::now();
+        let rules = self.rules();
+        members
+            .iter()
+            .map(|(member_id, instance_id)| {
+                self.with_existing(&at.group, |g| {
+                    g.leave(member_id, instance_id.as_deref(), &rules, now)
+                })
+                .unwrap_or(codes::UNKNOWN_MEMBER_ID)
+            })
+            .collect()
+    }
+
+    /// `OffsetCommit`: an error code per offset, in order.
+    pub async fn commit(&self, at: GroupAddress, request: CommitRequest) -> Vec<i16> {
+        match self.ensure_loaded(at.partition).await {
+            Ok(log) => self.commit_offsets(&log, &at.group, request).await,
+            Err(code) => vec![code; request.offsets.len()],
+        }
+    }
+
+    /// `OffsetFetch`: the committed offsets of `partitions` (of every committed partition
+    /// when `None`), or the error code for the group.
+    pub async fn fetch_offsets(
+        &self,
+        at: GroupAddress,
+        partitions: Option<Vec<(String, Vec<i32>)>>,
+    ) -> Result<FetchedOffsets, i16> {
+        self.ensure_loaded(at.partition).await?;
+        Ok(self.committed(&at.group, partitions))
+    }
+
+    /// `DescribeGroups`, for one group.
+    pub async fn describe(&self, at: GroupAddress) -> GroupDescription {
+        match self.ensure_loaded(at.partition).await {
+            Ok(_) => self.description(&at.group),
+            Err(code) => GroupDescription {
+                error_code: code,
+                state: "",
+                protocol_type: String::new(),
+                protocol_name: String::new(),
+                members: Vec::new(),
+            },
+        }
+    }
+
+    /// `DeleteGroups`, for one group: one error code.
+    pub async fn delete(&self, at: GroupAddress) -> i16 {
+        match self.ensure_loaded(at.partition).await {
+            Ok(log) => self.delete_group(&log, &at.group).await,
+            Err(code) => code,
+        }
+    }
+
+    /// `OffsetDelete`: an error code per partition, in order, or the error code for the
+    /// group.
+    pub async fn delete_offsets(
+        &self,
+        at: GroupAddress,
+        partitions: Vec<(String, i32)>,
+    ) -> Result<Vec<i16>, i16> {
+        let log = self.ensure_loaded(at.partition).await?;
+        self.delete_group_offsets(&log, &at.group, partitions).await
     }
 
     /// A heartbeat naming a group instance id held by another member id is fenced (KIP-345).
-    fn heartbeat(
+    fn heartbeat_member(
         &self,
         group: &str,
         member_id: &str,
@@ -229,21 +311,24 @@ impl GroupCoordinator {
     }
 
     /// The log of offsets partition `partition`, replayed into memory the first time.
-    async fn ensure_loaded(&self, shard: &Rc<Shard>, partition: i32) -> Result<OffsetsLog, i16> {
+    async fn ensure_loaded(&self, partition: i32) -> Result<OffsetsLog, i16> {
         let tp = TopicPartition {
             topic: OFFSETS_TOPIC.into(),
             partition,
         };
         // A partition this shard does not hold (a stale route) or an offline one.
-        let log = shard.partitions.log(&tp).map_err(|code| {
+        let log = self.inner.offsets.partitions.log(&tp).map_err(|code| {
             if code == broker_codes::NOT_LEADER_OR_FOLLOWER {
                 codes::NOT_COORDINATOR
             } else {
                 codes::COORDINATOR_NOT_AVAILABLE
             }
         })?;
-        let partitions_total = shard
-            .metadata()
+        let partitions_total = self
+            .inner
+            .offsets
+            .metadata
+            .current()
             .topic(OFFSETS_TOPIC)
             .map_or(1, |topic| topic.partition_count());
         let log = OffsetsLog {
@@ -251,7 +336,7 @@ impl GroupCoordinator {
             partitions_total,
             log,
         };
-        self.start_ticker(shard);
+        self.start_ticker();
         let existing = self.inner.loads.borrow().get(&partition).cloned();
         if let Some(loaded) = existing {
             // Closed when the replay is done; an error from acquire means exactly that.
@@ -519,16 +604,18 @@ impl GroupCoordinator {
     }
 
     /// `OffsetCommit`: admitted by the group's rules, then validated per partition.
-    async fn commit(&self, log: &OffsetsLog, group: &str, call: GroupCall) -> Vec<i16> {
-        let GroupCall::Commit {
+    async fn commit_offsets(
+        &self,
+        log: &OffsetsLog,
+        group: &str,
+        request: CommitRequest,
+    ) -> Vec<i16> {
+        let CommitRequest {
             member_id,
             instance_id,
             generation,
             offsets,
-        } = call
-        else {
-            unreachable!("only commit calls come here")
-        };
+        } = request;
         let admitted = self.with_group(group, |g| {
             g.check_commit(&member_id, instance_id.as_deref(), generation)
         });
@@ -564,14 +651,14 @@ impl GroupCoordinator {
         codes_out
     }
 
-    fn fetch_offsets(
+    fn committed(
         &self,
         group: &str,
         partitions: Option<Vec<(String, Vec<i32>)>>,
-    ) -> GroupReply {
+    ) -> FetchedOffsets {
         let groups = self.inner.groups.borrow();
         let committed = groups.get(group).map(|g| &g.offsets);
-        let offsets = match partitions {
+        match partitions {
             Some(partitions) => partitions
                 .into_iter()
                 .flat_map(|(topic, indexes)| {
@@ -587,14 +674,10 @@ impl GroupCoordinator {
                 .flatten()
                 .map(|((topic, index), value)| (topic.clone(), *index, Some(value.clone())))
                 .collect(),
-        };
-        GroupReply::Offsets {
-            error_code: broker_codes::NONE,
-            offsets,
         }
     }
 
-    fn describe(&self, group: &str) -> GroupDescription {
+    fn description(&self, group: &str) -> GroupDescription {
         let groups = self.inner.groups.borrow();
         let Some(g) = groups.get(group) else {
             return GroupDescription {
@@ -637,7 +720,8 @@ impl GroupCoordinator {
         }
     }
 
-    fn list(&self) -> Vec<super::ListedGroup> {
+    /// `ListGroups`: every group of this shard.
+    pub fn list(&self) -> Vec<super::ListedGroup> {
         self.inner
             .groups
             .borrow()
@@ -656,7 +740,7 @@ impl GroupCoordinator {
 
     /// `DeleteGroups`: only a group without members; its offsets and the group are
     /// tombstoned in the log first.
-    async fn delete(&self, log: &OffsetsLog, group: &str) -> i16 {
+    async fn delete_group(&self, log: &OffsetsLog, group: &str) -> i16 {
         let records = {
             let groups = self.inner.groups.borrow();
             let Some(g) = groups.get(group) else {
@@ -688,19 +772,19 @@ impl GroupCoordinator {
     /// again under the same name must not start its consumer groups at the old topic's
     /// offsets (they would skip the new topic's first records). Loads offsets partitions not
     /// yet replayed, so a lazily loaded group cannot bring the old offsets back later.
-    pub async fn forget_deleted_topics(&self, shard: &Rc<Shard>, deleted: &BTreeSet<String>) {
-        let snapshot = shard.metadata();
+    pub async fn forget_deleted_topics(&self, deleted: &BTreeSet<String>) {
+        let snapshot = self.inner.offsets.metadata.current();
         let Some(offsets_topic) = snapshot.topic(OFFSETS_TOPIC) else {
             return; // no group has ever committed
         };
         let partitions_total = offsets_topic.partition_count();
         let owned: Vec<i32> = snapshot
-            .partitions_on(shard.id)
+            .partitions_on(self.inner.offsets.shard_id)
             .filter(|(tp, _)| &*tp.topic == OFFSETS_TOPIC)
             .map(|(tp, _)| tp.partition)
             .collect();
         for partition in owned {
-            let log = match self.ensure_loaded(shard, partition).await {
+            let log = match self.ensure_loaded(partition).await {
                 Ok(log) => log,
                 Err(code) => {
                     tracing::warn!(
@@ -756,12 +840,12 @@ impl GroupCoordinator {
 
     /// `OffsetDelete`: refused per partition while a member is subscribed to the topic
     /// (we cannot read the subscription of a non-consumer protocol, so any member counts).
-    async fn delete_offsets(
+    async fn delete_group_offsets(
         &self,
         log: &OffsetsLog,
         group: &str,
         partitions: Vec<(String, i32)>,
-    ) -> GroupReply {
+    ) -> Result<Vec<i16>, i16> {
         let (group_code, subscribed) = {
             let groups = self.inner.groups.borrow();
             match groups.get(group) {
@@ -771,10 +855,7 @@ impl GroupCoordinator {
             }
         };
         if group_code != broker_codes::NONE {
-            return GroupReply::Offsets {
-                error_code: group_code,
-                offsets: Vec::new(),
-            };
+            return Err(group_code);
         }
         let mut records = Vec::new();
         let mut outcome = Vec::new();
@@ -800,27 +881,27 @@ impl GroupCoordinator {
         } else {
             self.persist(log, records).await
         };
-        GroupReply::Codes(
-            outcome
-                .into_iter()
-                .map(|(_, _, c)| if c == broker_codes::NONE { code } else { c })
-                .collect(),
-        )
+        Ok(outcome
+            .into_iter()
+            .map(|(_, _, c)| if c == broker_codes::NONE { code } else { c })
+            .collect())
     }
 
-    async fn init_producer_id(
-        &self,
-        shard: &Shard,
-        producer_id: i64,
-        epoch: i16,
-    ) -> Result<(i64, i16), i16> {
-        assert_eq!(shard.id, 0, "producer ids are allocated on shard 0 only");
+    /// `InitProducerId`: a producer id and epoch for an idempotent producer, or the error
+    /// code. Shard 0 only (see `producer_state::ProducerIds`): not group work, but
+    /// coordinator work all the same.
+    pub async fn init_producer_id(&self, producer_id: i64, epoch: i16) -> Result<(i64, i16), i16> {
+        let offsets = &self.inner.offsets;
+        assert_eq!(
+            offsets.shard_id, 0,
+            "producer ids are allocated on shard 0 only"
+        );
         let ids = self
             .inner
             .producer_ids
             .borrow_mut()
             .get_or_insert_with(|| {
-                Rc::new(ProducerIds::new(shard.disk.clone(), &shard.config.data_dir))
+                Rc::new(ProducerIds::new(offsets.disk.clone(), &offsets.data_dir))
             })
             .clone();
         ids.init(producer_id, epoch).await.map_err(|error| {
@@ -830,21 +911,22 @@ impl GroupCoordinator {
     }
 
     /// Starts the clock of this shard's groups, with the broker's settings.
-    fn start_ticker(&self, shard: &Rc<Shard>) {
+    fn start_ticker(&self) {
         if self.inner.ticker_started.replace(true) {
             return;
         }
-        *self.inner.config.borrow_mut() = CoordinatorConfig::from_limits(&shard.config.limits);
+        *self.inner.config.borrow_mut() =
+            CoordinatorConfig::from_limits(&self.inner.offsets.limits);
         let inner = Rc::downgrade(&self.inner);
         glommio::spawn_local(tick_forever(inner)).detach();
-        glommio::spawn_local(expire_offsets_forever(Rc::downgrade(shard))).detach();
+        glommio::spawn_local(expire_offsets_forever(Rc::downgrade(&self.inner))).detach();
     }
 
     /// Tombstones every expired offset of this shard's groups (see `Group::expired_offsets`).
-    async fn expire_offsets(&self, shard: &Shard) {
+    async fn expire_offsets(&self) {
         let retention_ms = self.inner.config.borrow().offsets_retention.as_millis() as i64;
         let now_ms = super::wall_clock_ms();
-        let snapshot = shard.metadata();
+        let snapshot = self.inner.offsets.metadata.current();
         let Some(topic) = snapshot.topic(OFFSETS_TOPIC) else {
             return;
         };
@@ -861,7 +943,7 @@ impl GroupCoordinator {
                 topic: OFFSETS_TOPIC.into(),
                 partition: super::partition_for(&group, topic.partition_count()),
             };
-            let Ok(log) = shard.partitions.log(&tp) else {
+            let Ok(log) = self.inner.offsets.partitions.log(&tp) else {
                 continue;
             };
             let log = OffsetsLog {
@@ -931,13 +1013,13 @@ fn subscribed_topics(group: &Group) -> Vec<String> {
 /// reads as `gone`. Shutdown answers `stopping` at once, as Kafka answers parked requests
 /// with `NOT_COORDINATOR` when a coordinator unloads: a parked join may otherwise hold its
 /// connection, and so the shutdown, for a whole rebalance timeout.
-async fn settle<T>(shard: &Shard, answer: Answer<T>, gone: T, stopping: T) -> T {
+async fn settle<T>(shutdown: &ShutdownSignal, answer: Answer<T>, gone: T, stopping: T) -> T {
     let receiver = match answer {
         Answer::Now(result) => return result,
         Answer::Later(receiver) => receiver,
     };
     let parked = std::pin::pin!(receiver.recv());
-    let shutdown = std::pin::pin!(shard.shutdown_started());
+    let shutdown = std::pin::pin!(shutdown.started());
     match futures::future::select(parked, shutdown).await {
         futures::future::Either::Left((answer, _)) => answer.unwrap_or(gone),
         futures::future::Either::Right(_) => stopping,
@@ -949,44 +1031,22 @@ fn protocol_matches(asked: Option<&String>, current: Option<&String>) -> bool {
     asked.is_none_or(|asked| Some(asked) == current)
 }
 
-fn error_reply(call: &GroupCall, code: i16) -> GroupReply {
-    match call {
-        GroupCall::Join(request) => GroupReply::Join(JoinResult::error(code, &request.member_id)),
-        GroupCall::Sync { .. } => GroupReply::Sync(SyncResult::error(code)),
-        GroupCall::Leave { members } => GroupReply::Codes(vec![code; members.len()]),
-        GroupCall::Commit { offsets, .. } => GroupReply::Codes(vec![code; offsets.len()]),
-        GroupCall::FetchOffsets { .. } | GroupCall::DeleteOffsets { .. } => GroupReply::Offsets {
-            error_code: code,
-            offsets: Vec::new(),
-        },
-        GroupCall::Describe => GroupReply::Described(GroupDescription {
-            error_code: code,
-            state: "",
-            protocol_type: String::new(),
-            protocol_name: String::new(),
-            members: Vec::new(),
-        }),
-        GroupCall::Heartbeat { .. } | GroupCall::Delete | GroupCall::List => GroupReply::Code(code),
-        GroupCall::InitProducerId { .. } => GroupReply::ProducerId(Err(code)),
-    }
-}
-
 /// Expires offsets every `offsets.retention.check.interval.ms` (Kafka: 10 minutes; sooner
 /// when the retention itself is shorter) until the shard is gone.
-async fn expire_offsets_forever(shard: Weak<Shard>) {
+async fn expire_offsets_forever(inner: Weak<Inner>) {
     loop {
         let interval = {
-            let Some(shard) = shard.upgrade() else {
+            let Some(inner) = inner.upgrade() else {
                 return;
             };
-            let retention = shard.groups.inner.config.borrow().offsets_retention;
+            let retention = inner.config.borrow().offsets_retention;
             retention.clamp(Duration::from_secs(1), Duration::from_secs(600))
         };
         glommio::timer::sleep(interval).await;
-        let Some(shard) = shard.upgrade() else {
+        let Some(inner) = inner.upgrade() else {
             return;
         };
-        shard.groups.expire_offsets(&shard).await;
+        GroupCoordinator { inner }.expire_offsets().await;
     }
 }
 

@@ -2,9 +2,8 @@
 //!
 //! Ownership: a group belongs to the shard that owns its partition of the internal topic
 //! `__consumer_offsets` (partition = Java `hashCode` of the group id, as Kafka places it).
-//! Handlers on any shard compute that owner and send the group's work there as a
-//! [`GroupCall`] (`Shard::group_call`); only the owner's [`GroupCoordinator`] touches the
-//! group. Committed offsets are records in that partition's log, appended and fdatasync'd
+//! Handlers on any shard compute that owner and send the group's work there as a typed
+//! job ([`on_coordinator`]); only the owner's [`GroupCoordinator`] touches the group. Committed offsets are records in that partition's log, appended and fdatasync'd
 //! before `OffsetCommit` is answered, and replayed the first time the owner serves a group
 //! of that partition after a start. Membership lives in memory only: after a restart the
 //! members rejoin (their heartbeats get `UNKNOWN_MEMBER_ID`), as after a coordinator move.
@@ -13,21 +12,16 @@ pub mod coordinator;
 pub mod group;
 pub mod records;
 
+use std::future::Future;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::controller::{ControllerCall, NewTopic};
-use crate::metadata::MetadataSnapshot;
-use crate::shard::Shard;
-pub use coordinator::GroupCoordinator;
-use group::{JoinRequest, JoinResult, SyncResult};
+pub use crate::metadata::OFFSETS_TOPIC;
+use crate::router::{CallKind, Ending, ShardRouter};
+pub use coordinator::{GroupCoordinator, OffsetsHandle};
 use records::CommittedOffset;
-
-/// Kafka's internal topic holding committed offsets.
-pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
 /// Partitions of `__consumer_offsets`. Kafka's default is 50, sized for a cluster; here each
 /// partition is an open log with its own flusher and preallocated segment, and 8 already
@@ -65,59 +59,32 @@ pub mod codes {
     pub const INVALID_REQUEST: i16 = ResponseError::InvalidRequest.code();
 }
 
-/// Work on one group (or, for `List`, on every group of the receiving shard), executed by
-/// the owner. Everything in it is `Send`: it may cross the mesh.
+/// A `SyncGroup` as the coordinator takes it.
 #[derive(Debug)]
-pub enum GroupCall {
-    Join(JoinRequest),
-    Sync {
-        member_id: String,
-        generation: i32,
-        /// v5: must match the group's, when given.
-        protocol_type: Option<String>,
-        protocol_name: Option<String>,
-        assignments: Vec<(String, Bytes)>,
-    },
-    Heartbeat {
-        member_id: String,
-        instance_id: Option<String>,
-        generation: i32,
-    },
-    /// (member id, group instance id) of each member leaving.
-    Leave {
-        members: Vec<(String, Option<String>)>,
-    },
-    Commit {
-        member_id: String,
-        instance_id: Option<String>,
-        generation: i32,
-        offsets: Vec<(String, i32, CommittedOffset)>,
-    },
-    /// `None`: every committed partition of the group.
-    FetchOffsets {
-        partitions: Option<Vec<(String, Vec<i32>)>>,
-    },
-    Describe,
-    List,
-    Delete,
-    DeleteOffsets {
-        partitions: Vec<(String, i32)>,
-    },
-    /// A producer id for an idempotent producer; served by shard 0 only (see
-    /// `producer_state::ProducerIds`). Not a group call, but coordinator work all the same.
-    InitProducerId {
-        producer_id: i64,
-        epoch: i16,
-    },
+pub struct SyncRequest {
+    pub member_id: String,
+    pub generation: i32,
+    /// v5: must match the group's, when given.
+    pub protocol_type: Option<String>,
+    pub protocol_name: Option<String>,
+    pub assignments: Vec<(String, Bytes)>,
 }
 
-/// A `GroupCall` addressed to the coordinator of `group` (empty for `List`), which lives on
-/// `__consumer_offsets` partition `partition`.
+/// An `OffsetCommit` as the coordinator takes it.
 #[derive(Debug)]
-pub struct GroupEnvelope {
+pub struct CommitRequest {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub generation: i32,
+    pub offsets: Vec<(String, i32, CommittedOffset)>,
+}
+
+/// Where a group's work goes: its id and the `__consumer_offsets` partition it lives on
+/// (see the module docs); the partition's owner runs it.
+#[derive(Debug, Clone)]
+pub struct GroupAddress {
     pub group: String,
     pub partition: i32,
-    pub call: GroupCall,
 }
 
 /// One member as `DescribeGroups` shows it.
@@ -143,23 +110,9 @@ pub struct GroupDescription {
 /// One group as `ListGroups` shows it: id, protocol type, state.
 pub type ListedGroup = (String, String, &'static str);
 
-#[derive(Debug)]
-pub enum GroupReply {
-    Join(JoinResult),
-    Sync(SyncResult),
-    /// One error code for the whole request.
-    Code(i16),
-    /// One error code per item of the request, in its order.
-    Codes(Vec<i16>),
-    Offsets {
-        error_code: i16,
-        offsets: Vec<(String, i32, Option<CommittedOffset>)>,
-    },
-    Described(GroupDescription),
-    Listed(Vec<ListedGroup>),
-    /// (producer id, epoch), or the error code.
-    ProducerId(Result<(i64, i16), i16>),
-}
+/// One group's committed offsets as `OffsetFetch` reads them: (topic, partition, offset if
+/// committed).
+pub type FetchedOffsets = Vec<(String, i32, Option<CommittedOffset>)>;
 
 /// Kafka's placement of a group: `abs(groupId.hashCode()) % partitions`, with Java's
 /// `String.hashCode` over UTF-16 code units, so a group lands on the partition number Kafka
@@ -173,73 +126,39 @@ pub fn partition_for(group: &str, partitions: i32) -> i32 {
     positive % partitions.max(1)
 }
 
-/// Where a group's coordinator lives: its `__consumer_offsets` partition and that
-/// partition's shard. Creates the internal topic on first use, as Kafka does on the first
-/// `FindCoordinator`. `Err` is the error code to answer with.
-pub async fn locate(shard: &Rc<Shard>, group: &str) -> Result<(i32, usize), i16> {
-    let snapshot = offsets_topic_snapshot(shard).await?;
-    let topic = snapshot
-        .topic(OFFSETS_TOPIC)
-        .ok_or(codes::COORDINATOR_NOT_AVAILABLE)?;
-    let partition = partition_for(group, topic.partition_count());
-    let owner = snapshot
-        .owner_of(OFFSETS_TOPIC, partition)
-        .ok_or(codes::COORDINATOR_NOT_AVAILABLE)?;
-    Ok((partition, owner))
+/// The services of a shard that coordinates groups, as group calls reach them on the
+/// owning shard.
+pub trait GroupsOwner: 'static {
+    /// The kind group calls are counted under.
+    const GROUP_CALLS: CallKind;
+
+    /// This shard's coordinator, for a call routed here.
+    fn groups(&self) -> &GroupCoordinator;
 }
 
-/// The metadata, once it holds `__consumer_offsets` (created here if missing).
-pub async fn offsets_topic_snapshot(shard: &Rc<Shard>) -> Result<Arc<MetadataSnapshot>, i16> {
-    let snapshot = shard.metadata();
-    if snapshot.topic(OFFSETS_TOPIC).is_some() {
-        return Ok(snapshot);
-    }
-    let topic = NewTopic {
-        name: OFFSETS_TOPIC.to_string(),
-        partitions: OFFSETS_TOPIC_PARTITIONS,
-        replication_factor: -1,
-        manual_assignment: Vec::new(),
-        configs: vec![
-            // Commits of an active group must never age out with a segment; expiry of
-            // offsets is the coordinator's job (offsets.retention), not the log's.
-            ("retention.ms".to_string(), Some("-1".to_string())),
-            // Kafka's offsets.topic.segment.bytes.
-            ("segment.bytes".to_string(), Some("104857600".to_string())),
-        ],
+/// Runs `work` on the coordinator of shard `owner` (the owner of the group's offsets
+/// partition), locally or over the mesh, and returns its typed answer. `None` when the owner
+/// is gone (only during shutdown).
+pub async fn on_coordinator<S, F, Fut, R>(
+    router: &Rc<ShardRouter<S>>,
+    owner: usize,
+    work: F,
+) -> Option<R>
+where
+    S: GroupsOwner,
+    F: FnOnce(GroupCoordinator) -> Fut + Send + 'static,
+    Fut: Future<Output = R> + 'static,
+    R: Send + 'static,
+{
+    let job = move |services: &Rc<S>| {
+        let coordinator = services.groups().clone();
+        coordinator.assert_owned_by(owner);
+        work(coordinator)
     };
-    let call = ControllerCall::CreateTopics {
-        topics: vec![topic],
-        validate_only: false,
-    };
-    shard
-        .controller_call(call)
+    router
+        .invoke_on(owner, S::GROUP_CALLS, Ending::ToCompletion, job)
         .await
-        .ok_or(codes::COORDINATOR_NOT_AVAILABLE)?;
-    let snapshot = shard.metadata();
-    if snapshot.topic(OFFSETS_TOPIC).is_some() {
-        Ok(snapshot)
-    } else {
-        tracing::error!("could not create {OFFSETS_TOPIC}");
-        Err(codes::COORDINATOR_NOT_AVAILABLE)
-    }
-}
-
-/// Sends `call` for `group` to its coordinator, wherever it lives. `Err` is the error code
-/// for the whole request (no coordinator reachable).
-pub async fn route(shard: &Rc<Shard>, group: &str, call: GroupCall) -> Result<GroupReply, i16> {
-    if group.is_empty() || group.len() > GROUP_ID_BYTES_MAX {
-        return Err(codes::INVALID_GROUP_ID);
-    }
-    let (partition, owner) = locate(shard, group).await?;
-    let envelope = GroupEnvelope {
-        group: group.to_string(),
-        partition,
-        call,
-    };
-    shard
-        .group_call(owner, envelope)
-        .await
-        .ok_or(codes::COORDINATOR_NOT_AVAILABLE)
+        .ok()
 }
 
 /// Wall-clock milliseconds (commit timestamps, offset expiry).

@@ -1,19 +1,16 @@
 //! `AlterConfigs` (the legacy, non-incremental form): replaces a topic's whole set of
 //! overrides with the given one.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 
-use super::describe_configs::RESOURCE_TOPIC;
-use super::{str_bytes, RequestContext};
 use crate::controller::{ConfigChange, ConfigOperation, ControllerCall};
 use crate::error_codes as codes;
-use crate::shard::Shard;
+use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
+use crate::handlers::describe_configs::RESOURCE_TOPIC;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &TopicAdmin<'_>,
     _context: &RequestContext,
     request: AlterConfigsRequest,
 ) -> AlterConfigsResponse {
@@ -62,7 +59,7 @@ pub async fn handle(
 /// Sends one topic's config change to the controller (both `AlterConfigs` forms end here) and
 /// returns the error code and message for that resource's response.
 pub(super) async fn submit_config_change(
-    shard: &Rc<Shard>,
+    shard: &TopicAdmin<'_>,
     change: ConfigChange,
     validate_only: bool,
 ) -> (i16, Option<String>) {

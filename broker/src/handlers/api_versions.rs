@@ -4,11 +4,10 @@ use bytes::Bytes;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
 
-use super::RequestContext;
 use crate::codec::{self, CodecError};
 use crate::error_codes as codes;
+use crate::handlers::context::RequestContext;
 use crate::registry::SUPPORTED_APIS;
-use crate::shard::Shard;
 
 fn advertised_ranges() -> Vec<ApiVersion> {
     SUPPORTED_APIS
@@ -24,7 +23,7 @@ fn advertised_ranges() -> Vec<ApiVersion> {
 
 #[allow(clippy::unused_async)]
 pub async fn handle(
-    _shard: &Shard,
+    _shard: &(),
     _context: &RequestContext,
     _request: ApiVersionsRequest,
 ) -> ApiVersionsResponse {

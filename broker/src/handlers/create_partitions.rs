@@ -1,16 +1,13 @@
 //! `CreatePartitions`: grow a topic; new partitions are placed on the least-loaded shards.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse, TopicName};
 
-use super::{str_bytes, RequestContext};
 use crate::controller::ControllerCall;
-use crate::shard::Shard;
+use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &TopicAdmin<'_>,
     _context: &RequestContext,
     request: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {

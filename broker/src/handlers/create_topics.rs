@@ -1,18 +1,15 @@
 //! `CreateTopics`: validated and applied by the controller on shard 0.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult,
 };
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, TopicName};
 
-use super::{str_bytes, RequestContext};
 use crate::controller::{ControllerCall, NewTopic, TopicOutcome};
 use crate::error_codes as codes;
+use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
 use crate::metadata::MetadataSnapshot;
-use crate::shard::Shard;
 use crate::topic_config::TOPIC_CONFIG_KEYS;
 
 /// `DescribeConfigs` `config_source` for a value that is a broker default.
@@ -21,7 +18,7 @@ const SOURCE_DEFAULT: i8 = 5;
 const SOURCE_TOPIC: i8 = 1;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &TopicAdmin<'_>,
     context: &RequestContext,
     request: CreateTopicsRequest,
 ) -> CreateTopicsResponse {
@@ -32,7 +29,7 @@ pub async fn handle(
             validate_only: request.validate_only,
         })
         .await;
-    let snapshot = shard.metadata();
+    let snapshot = shard.metadata.current();
     let results = reply.map_or_else(Vec::new, |reply| {
         reply
             .outcomes

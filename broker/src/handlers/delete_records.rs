@@ -1,25 +1,22 @@
 //! `DeleteRecords`: move each partition's log start forward (-1 = to the high watermark).
 
-use std::rc::Rc;
-
 use futures::future::join_all;
 use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
 };
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
-use super::RequestContext;
 use crate::error_codes as codes;
+use crate::handlers::context::{PartitionAccess, RequestContext};
 use crate::metadata::TopicPartition;
-use crate::partition::{PartitionCall, PartitionReply};
-use crate::shard::Shard;
+use crate::partition;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &PartitionAccess<'_>,
     _context: &RequestContext,
     request: DeleteRecordsRequest,
 ) -> DeleteRecordsResponse {
-    let snapshot = shard.metadata();
+    let snapshot = shard.metadata.current();
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let deletions = topic.partitions.iter().map(|partition| {
@@ -44,14 +41,11 @@ pub async fn handle(
                 let Some((tp, owner)) = tp else {
                     return result.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION);
                 };
-                match shard
-                    .partition_call(owner, PartitionCall::DeleteRecords { tp, offset })
-                    .await
-                {
-                    Some(PartitionReply::Offset(outcome)) => result
+                match partition::delete_records_on(shard.router, owner, tp, offset).await {
+                    Some(outcome) => result
                         .with_error_code(outcome.error_code)
                         .with_low_watermark(outcome.offset),
-                    _ => result.with_error_code(codes::NOT_LEADER_OR_FOLLOWER),
+                    None => result.with_error_code(codes::NOT_LEADER_OR_FOLLOWER),
                 }
             }
         });

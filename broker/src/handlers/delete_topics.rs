@@ -1,17 +1,14 @@
 //! `DeleteTopics`: by name (v1-5) or by name or id (v6); the controller removes the topic and
 //! each owning shard deletes its partition directories before the answer goes out.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
 
-use super::{str_bytes, RequestContext};
 use crate::controller::{ControllerCall, TopicRef};
-use crate::shard::Shard;
+use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &TopicAdmin<'_>,
     context: &RequestContext,
     request: DeleteTopicsRequest,
 ) -> DeleteTopicsResponse {

@@ -1,17 +1,14 @@
 //! `DescribeCluster`: this single node and the cluster id.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
 
-use super::{str_bytes, RequestContext};
 use crate::config::BrokerConfig;
-use crate::shard::Shard;
+use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
 
 #[allow(clippy::unused_async)]
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &TopicAdmin<'_>,
     context: &RequestContext,
     request: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
@@ -21,11 +18,12 @@ pub async fn handle(
         .with_host(str_bytes(&config.advertised_host))
         .with_port(config.advertised_port);
     let response = DescribeClusterResponse::default()
-        .with_cluster_id(str_bytes(&shard.metadata().cluster_id))
+        .with_cluster_id(str_bytes(&shard.metadata.current().cluster_id))
         .with_controller_id(BrokerId(BrokerConfig::NODE_ID))
         .with_brokers(vec![broker]);
     let response = if request.include_cluster_authorized_operations {
-        response.with_cluster_authorized_operations(super::metadata::CLUSTER_OPERATIONS_ALL)
+        response
+            .with_cluster_authorized_operations(crate::handlers::metadata::CLUSTER_OPERATIONS_ALL)
     } else {
         response
     };

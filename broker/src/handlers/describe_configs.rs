@@ -1,18 +1,15 @@
 //! `DescribeConfigs`: a topic's effective configs (with their source) and the broker's
 //! read-only settings.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use super::{str_bytes, RequestContext};
 use crate::error_codes as codes;
+use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
 use crate::settings::{Kind, Setting, Source};
-use crate::shard::Shard;
 use crate::topic_config::{FLUSH_POLICY_KEY, TOPIC_CONFIG_KEYS};
 
 pub const RESOURCE_TOPIC: i8 = 2;
@@ -28,7 +25,7 @@ const TYPE_LIST: i8 = 7;
 
 #[allow(clippy::unused_async)]
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &TopicAdmin<'_>,
     context: &RequestContext,
     request: DescribeConfigsRequest,
 ) -> DescribeConfigsResponse {
@@ -41,7 +38,7 @@ pub async fn handle(
 }
 
 fn describe(
-    shard: &Shard,
+    shard: &TopicAdmin<'_>,
     version: i16,
     resource: &kafka_protocol::messages::describe_configs_request::DescribeConfigsResource,
 ) -> DescribeConfigsResult {
@@ -56,7 +53,7 @@ fn describe(
     };
     let entries: Vec<(String, String, i8, i8, bool)> = match resource.resource_type {
         RESOURCE_TOPIC => {
-            let snapshot = shard.metadata();
+            let snapshot = shard.metadata.current();
             let Some(topic) = snapshot.topic(resource.resource_name.as_str()) else {
                 return result
                     .with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION)
@@ -131,7 +128,7 @@ fn broker_source(source: Option<&Source>) -> i8 {
 
 /// Every broker setting (`settings::SETTINGS`) with its effective value; read-only, as
 /// they are fixed at start-up.
-fn broker_configs(shard: &Shard) -> Vec<(String, String, i8, i8, bool)> {
+fn broker_configs(shard: &TopicAdmin<'_>) -> Vec<(String, String, i8, i8, bool)> {
     let config = &shard.config;
     config
         .settings

@@ -1,32 +1,33 @@
 //! `DescribeGroups`: state, protocol and members of each named group, from its coordinator.
 //! An unknown group is reported as `Dead` without error, as Kafka does before v6.
 
-use std::rc::Rc;
-
 use futures::future::join_all;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 
-use super::{str_bytes, RequestContext};
-use crate::groups::{self, GroupCall, GroupDescription, GroupReply};
-use crate::shard::Shard;
+use crate::groups::GroupDescription;
+use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
 
 /// Group ACL operations a client may perform, as a bitfield (no ACLs yet: all of them):
 /// READ 3, DELETE 6, DESCRIBE 8.
 const GROUP_OPERATIONS_ALL: i32 = 1 << 3 | 1 << 6 | 1 << 8;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &GroupAccess<'_>,
     context: &RequestContext,
     request: DescribeGroupsRequest,
 ) -> DescribeGroupsResponse {
     let version = context.api_version;
     let with_operations = version >= 3 && request.include_authorized_operations;
     let descriptions = request.groups.into_iter().map(|group_id| async move {
-        let reply = groups::route(shard, &group_id, GroupCall::Describe).await;
+        let reply = shard
+            .on_group_coordinator(
+                &group_id,
+                |groups, at| async move { groups.describe(at).await },
+            )
+            .await;
         let description = match reply {
-            Ok(GroupReply::Described(description)) => description,
-            Ok(other) => panic!("DescribeGroups answered with {other:?}"),
+            Ok(description) => description,
             Err(error_code) => GroupDescription {
                 error_code,
                 state: "",

@@ -13,23 +13,21 @@
 //! the rule is `recompress::apply_fetch_codec_rule`, applied to each read as soon as it is
 //! back, on the batch headers already in memory.
 
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::budgets::ByteBudget;
+use crate::handlers::context::{PartitionAccess, RequestContext};
 use bytes::{Bytes, BytesMut};
 use futures::future::{join_all, select, select_all, Either};
 use futures::FutureExt;
-use glommio::sync::Semaphore;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
-use super::RequestContext;
 use crate::error_codes as codes;
 use crate::metadata::{MetadataSnapshot, TopicPartition};
-use crate::partition::{FetchOutcome, PartitionCall, PartitionReply};
+use crate::partition::{self, FetchOutcome, WaitOutcome};
 use crate::recompress::{apply_fetch_codec_rule, CompressionType};
-use crate::shard::Shard;
 
 /// One requested partition, resolved against the metadata once per request.
 struct Wanted {
@@ -44,7 +42,7 @@ struct Wanted {
 }
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &PartitionAccess<'_>,
     context: &RequestContext,
     request: FetchRequest,
 ) -> FetchResponse {
@@ -54,7 +52,7 @@ pub async fn handle(
     let response_bytes_max =
         (request.max_bytes.max(1) as usize).min(limits.fetch_response_bytes_max);
     let min_bytes = request.min_bytes.max(0) as usize;
-    let snapshot = shard.metadata();
+    let snapshot = shard.metadata.current();
     let (wanted, mut topics) = resolve(&snapshot, request, response_bytes_max);
     loop {
         let mut outcomes = join_all(wanted.iter().map(|wanted| fetch_one(shard, wanted, 0))).await;
@@ -84,7 +82,7 @@ pub async fn handle(
             || any_error
             || unread_data
             || now >= deadline
-            || shard.is_shutting_down()
+            || shard.shutdown.is_started()
             || wanted.is_empty()
         {
             assemble(&wanted, outcomes, response_bytes_max, &mut topics);
@@ -147,7 +145,7 @@ fn resolve(
 /// served the first ones of its request only. `true` with the reservation when a partition
 /// with data was left unread (the response is full, or the budget is taken).
 async fn read_with_budget(
-    shard: &Shard,
+    shard: &PartitionAccess<'_>,
     wanted: &[Wanted],
     outcomes: &mut [FetchOutcome],
     response_bytes_max: usize,
@@ -234,12 +232,12 @@ fn apply_codec_rule(wanted: &Wanted, outcome: &mut FetchOutcome, fetch_version: 
 
 /// Bytes of the shard's fetch budget held by one fetch round, given back when dropped.
 struct Reservation {
-    budget: Rc<Semaphore>,
+    budget: ByteBudget,
     bytes: u64,
 }
 
 impl Reservation {
-    fn empty(shard: &Shard) -> Self {
+    fn empty(shard: &PartitionAccess<'_>) -> Self {
         Self {
             budget: shard.fetch_budget.clone(),
             bytes: 0,
@@ -247,25 +245,18 @@ impl Reservation {
     }
 
     /// Adds `bytes`, waiting until the budget has them.
-    async fn grow(&mut self, shard: &Shard, bytes: u64) {
+    async fn grow(&mut self, shard: &PartitionAccess<'_>, bytes: u64) {
         if bytes == 0 {
             return;
         }
-        shard
-            .fetch_budget
-            .acquire(bytes)
-            .await
-            .expect("the fetch budget is never closed");
+        self.budget.reserve(bytes).await;
         self.bytes += bytes;
         Self::report(shard);
     }
 
     /// Adds `bytes` if the budget has them now; `false` (nothing added) otherwise.
-    fn try_grow(&mut self, shard: &Shard, bytes: u64) -> bool {
-        let granted = shard
-            .fetch_budget
-            .try_acquire(bytes)
-            .expect("the fetch budget is never closed");
+    fn try_grow(&mut self, shard: &PartitionAccess<'_>, bytes: u64) -> bool {
+        let granted = self.budget.try_reserve(bytes);
         if granted {
             self.bytes += bytes;
             Self::report(shard);
@@ -273,17 +264,16 @@ impl Reservation {
         granted
     }
 
-    fn report(shard: &Shard) {
-        let budget_bytes = shard.config.limits.shard_fetch_bytes_max as u64;
+    fn report(shard: &PartitionAccess<'_>) {
         shard
             .metrics
-            .fetch_budget_reserved(budget_bytes - shard.fetch_budget.available());
+            .fetch_budget_reserved(shard.fetch_budget.in_use_bytes());
     }
 
     /// Gives back what is held beyond `bytes`.
     fn shrink_to(&mut self, bytes: u64) {
         if bytes < self.bytes {
-            self.budget.signal(self.bytes - bytes);
+            self.budget.release(self.bytes - bytes);
             self.bytes = bytes;
         }
     }
@@ -292,13 +282,13 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if self.bytes > 0 {
-            self.budget.signal(self.bytes);
+            self.budget.release(self.bytes);
         }
     }
 }
 
 /// Fetches one partition from its owner; `max_bytes` 0 answers its offsets and reads nothing.
-async fn fetch_one(shard: &Shard, wanted: &Wanted, max_bytes: usize) -> FetchOutcome {
+async fn fetch_one(shard: &PartitionAccess<'_>, wanted: &Wanted, max_bytes: usize) -> FetchOutcome {
     let missing = FetchOutcome {
         error_code: codes::UNKNOWN_TOPIC_OR_PARTITION,
         high_watermark: -1,
@@ -308,14 +298,9 @@ async fn fetch_one(shard: &Shard, wanted: &Wanted, max_bytes: usize) -> FetchOut
     let Some((tp, owner)) = &wanted.placement else {
         return missing;
     };
-    let call = PartitionCall::Fetch {
-        tp: tp.clone(),
-        offset: wanted.offset,
-        max_bytes,
-    };
-    match shard.partition_call(*owner, call).await {
-        Some(PartitionReply::Fetch(outcome)) => outcome,
-        Some(other) => panic!("fetch answered with {other:?}"),
+    let fetched = partition::fetch_on(shard.router, *owner, tp.clone(), wanted.offset, max_bytes);
+    match fetched.await {
+        Some(outcome) => outcome,
         None => FetchOutcome {
             error_code: codes::NOT_LEADER_OR_FOLLOWER,
             ..missing
@@ -330,7 +315,7 @@ async fn fetch_one(shard: &Shard, wanted: &Wanted, max_bytes: usize) -> FetchOut
 /// that partition's data is then returned at `wait`, or when another partition wakes us;
 /// answering at once would make the client poll again at once, and spin.
 async fn wait_for_any_append(
-    shard: &Shard,
+    shard: &PartitionAccess<'_>,
     wanted: &[Wanted],
     seen_high_watermarks: &[i64],
     wait: Duration,
@@ -340,18 +325,11 @@ async fn wait_for_any_append(
         .zip(seen_high_watermarks)
         .filter_map(|(wanted, seen_high_watermark)| {
             let (tp, owner) = wanted.placement.clone()?;
+            let offset = wanted.offset.max(*seen_high_watermark);
             Some(
-                shard
-                    .partition_call(
-                        owner,
-                        PartitionCall::WaitForData {
-                            tp,
-                            offset: wanted.offset.max(*seen_high_watermark),
-                            wait,
-                        },
-                    )
-                    .then(|reply| async move {
-                        if let Some(PartitionReply::WaitRefused) = reply {
+                partition::wait_for_data_on(shard.router, owner, tp, offset, wait)
+                    .then(|outcome| async move {
+                        if outcome == Some(WaitOutcome::Refused) {
                             futures::future::pending::<()>().await;
                         }
                     })
@@ -361,7 +339,7 @@ async fn wait_for_any_append(
         .collect();
     waits.push(glommio::timer::sleep(wait).boxed_local());
     let any_append = select_all(waits);
-    let shutdown = std::pin::pin!(shard.shutdown_started());
+    let shutdown = std::pin::pin!(shard.shutdown.started());
     match select(any_append, shutdown).await {
         Either::Left(_) | Either::Right(_) => {}
     }

@@ -2,23 +2,20 @@
 //! an internal matter, reached over the mesh). Asking creates `__consumer_offsets` on first
 //! use, as in Kafka. v4+ looks up a batch of keys.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
 
-use super::{str_bytes, RequestContext};
 use crate::config::BrokerConfig;
 use crate::error_codes as codes;
-use crate::groups::{self, codes as group_codes};
-use crate::shard::Shard;
+use crate::groups::codes as group_codes;
+use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
 
 /// `FindCoordinator` key types: 0 a consumer group, 1 a transactional id.
 const KEY_TYPE_GROUP: i8 = 0;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &GroupAccess<'_>,
     context: &RequestContext,
     request: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
@@ -30,7 +27,7 @@ pub async fn handle(
     let mut coordinators = Vec::with_capacity(keys.len());
     for key in keys {
         let error_code = lookup(shard, request.key_type, &key).await;
-        coordinators.push(coordinator(&shard.config, key, error_code));
+        coordinators.push(coordinator(shard.config, key, error_code));
     }
     if context.api_version >= 4 {
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
@@ -46,10 +43,10 @@ pub async fn handle(
 
 /// The error code for one key: transactions have no coordinator here (there is no
 /// transaction support), unknown key types are invalid.
-async fn lookup(shard: &Rc<Shard>, key_type: i8, key: &StrBytes) -> i16 {
+async fn lookup(shard: &GroupAccess<'_>, key_type: i8, key: &StrBytes) -> i16 {
     match key_type {
         KEY_TYPE_GROUP if key.is_empty() => group_codes::INVALID_GROUP_ID,
-        KEY_TYPE_GROUP => match groups::locate(shard, key).await {
+        KEY_TYPE_GROUP => match shard.locate_group(key).await {
             Ok(_) => codes::NONE,
             Err(code) => code,
         },

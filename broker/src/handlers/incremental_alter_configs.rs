@@ -2,23 +2,20 @@
 //! SUBTRACT only apply to list configs, and `cleanup.policy` (the one list) accepts only
 //! `delete`, so they are refused with `INVALID_CONFIG`.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 
-use super::alter_configs::submit_config_change;
-use super::describe_configs::RESOURCE_TOPIC;
-use super::{str_bytes, RequestContext};
 use crate::controller::{ConfigChange, ConfigOperation};
 use crate::error_codes as codes;
-use crate::shard::Shard;
+use crate::handlers::alter_configs::submit_config_change;
+use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
+use crate::handlers::describe_configs::RESOURCE_TOPIC;
 
 const OPERATION_SET: i8 = 0;
 const OPERATION_DELETE: i8 = 1;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &TopicAdmin<'_>,
     _context: &RequestContext,
     request: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {

@@ -3,20 +3,17 @@
 //! gets `TRANSACTIONAL_ID_AUTHORIZATION_FAILED`, which clients report as fatal rather than
 //! retrying forever against a coordinator that does not exist.
 
-use std::rc::Rc;
-
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 
-use super::RequestContext;
-use crate::groups::{GroupCall, GroupEnvelope, GroupReply};
-use crate::shard::Shard;
+use crate::groups;
+use crate::handlers::context::{GroupAccess, RequestContext};
 
 /// The shard that allocates producer ids (see `producer_state::ProducerIds`).
 const ALLOCATOR_SHARD: usize = 0;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &GroupAccess<'_>,
     _context: &RequestContext,
     request: InitProducerIdRequest,
 ) -> InitProducerIdResponse {
@@ -29,20 +26,16 @@ pub async fn handle(
     if request.transactional_id.is_some() {
         return failed(ResponseError::TransactionalIdAuthorizationFailed.code());
     }
-    let envelope = GroupEnvelope {
-        group: String::new(),
-        partition: -1,
-        call: GroupCall::InitProducerId {
-            producer_id: request.producer_id.0,
-            epoch: request.producer_epoch,
-        },
-    };
-    match shard.group_call(ALLOCATOR_SHARD, envelope).await {
-        Some(GroupReply::ProducerId(Ok((producer_id, epoch)))) => InitProducerIdResponse::default()
+    let (producer_id, epoch) = (request.producer_id.0, request.producer_epoch);
+    let allocated =
+        groups::on_coordinator(shard.router, ALLOCATOR_SHARD, move |groups| async move {
+            groups.init_producer_id(producer_id, epoch).await
+        });
+    match allocated.await {
+        Some(Ok((producer_id, epoch))) => InitProducerIdResponse::default()
             .with_producer_id(ProducerId(producer_id))
             .with_producer_epoch(epoch),
-        Some(GroupReply::ProducerId(Err(code))) => failed(code),
-        Some(other) => panic!("InitProducerId answered with {other:?}"),
+        Some(Err(code)) => failed(code),
         None => failed(ResponseError::CoordinatorNotAvailable.code()),
     }
 }

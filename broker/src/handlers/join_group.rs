@@ -2,18 +2,15 @@
 //! rebalance completes (or answers at once: `MEMBER_ID_REQUIRED`, errors, a rejoin that
 //! changes nothing).
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
 
-use super::{str_bytes, RequestContext};
 use crate::groups::group::{JoinRequest, JoinResult};
-use crate::groups::{self, millis, GroupCall, GroupReply};
-use crate::shard::Shard;
+use crate::groups::millis;
+use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &GroupAccess<'_>,
     context: &RequestContext,
     request: JoinGroupRequest,
 ) -> JoinGroupResponse {
@@ -40,11 +37,12 @@ pub async fn handle(
         require_known_member_id: version >= 4,
     };
     let member_id = join.member_id.clone();
-    let result = match groups::route(shard, &request.group_id, GroupCall::Join(join)).await {
-        Ok(GroupReply::Join(result)) => result,
-        Ok(other) => panic!("JoinGroup answered with {other:?}"),
-        Err(code) => JoinResult::error(code, &member_id),
-    };
+    let result = shard
+        .on_group_coordinator(&request.group_id, move |groups, at| async move {
+            groups.join(at, join).await
+        })
+        .await
+        .unwrap_or_else(|code| JoinResult::error(code, &member_id));
     response(version, result)
 }
 

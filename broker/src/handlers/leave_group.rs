@@ -1,17 +1,13 @@
 //! `LeaveGroup`: one member (v0-2) or a batch of members by id or group instance id (v3+).
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 
-use super::RequestContext;
 use crate::error_codes as codes;
-use crate::groups::{self, GroupCall, GroupReply};
-use crate::shard::Shard;
+use crate::handlers::context::{GroupAccess, RequestContext};
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &GroupAccess<'_>,
     context: &RequestContext,
     request: LeaveGroupRequest,
 ) -> LeaveGroupResponse {
@@ -33,12 +29,13 @@ pub async fn handle(
             )
         })
         .collect();
-    let call = GroupCall::Leave {
-        members: identities,
-    };
-    let member_codes = match groups::route(shard, &request.group_id, call).await {
-        Ok(GroupReply::Codes(codes)) => codes,
-        Ok(other) => panic!("LeaveGroup answered with {other:?}"),
+    let leaving = shard
+        .on_group_coordinator(&request.group_id, move |groups, at| async move {
+            groups.leave(at, identities).await
+        })
+        .await;
+    let member_codes = match leaving {
+        Ok(codes) => codes,
         Err(code) => return LeaveGroupResponse::default().with_error_code(code),
     };
     if !batched {

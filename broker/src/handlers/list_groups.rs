@@ -1,40 +1,31 @@
 //! `ListGroups`: every group of every shard's coordinator, optionally filtered by state
 //! (v4+) and type (v5+; every group here is a `classic` group).
 
-use std::rc::Rc;
-
 use futures::future::join_all;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
 
-use super::{str_bytes, RequestContext};
 use crate::error_codes as codes;
-use crate::groups::{GroupCall, GroupEnvelope, GroupReply};
-use crate::shard::Shard;
+use crate::groups;
+use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
 
 /// The group type of the classic protocol, as KIP-848 names it.
 const CLASSIC: &str = "classic";
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &GroupAccess<'_>,
     context: &RequestContext,
     request: ListGroupsRequest,
 ) -> ListGroupsResponse {
     let version = context.api_version;
     let asks = (0..shard.config.shard_count()).map(|owner| {
-        let envelope = GroupEnvelope {
-            group: String::new(),
-            partition: -1,
-            call: GroupCall::List,
-        };
-        shard.group_call(owner, envelope)
+        groups::on_coordinator(shard.router, owner, |groups| async move { groups.list() })
     });
     let mut error_code = codes::NONE;
     let mut listed = Vec::new();
     for reply in join_all(asks).await {
         match reply {
-            Some(GroupReply::Listed(groups)) => listed.extend(groups),
-            Some(other) => panic!("ListGroups answered with {other:?}"),
+            Some(groups) => listed.extend(groups),
             None => error_code = crate::groups::codes::COORDINATOR_NOT_AVAILABLE,
         }
     }

@@ -4,7 +4,6 @@
 //! the answers with the wrong queries (librdkafka gives every copy the last answer).
 
 use std::collections::{HashMap, HashSet};
-use std::rc::Rc;
 
 use futures::future::join_all;
 use kafka_protocol::messages::list_offsets_response::{
@@ -12,18 +11,17 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
-use super::RequestContext;
 use crate::error_codes as codes;
+use crate::handlers::context::{PartitionAccess, RequestContext};
 use crate::metadata::TopicPartition;
-use crate::partition::{PartitionCall, PartitionReply};
-use crate::shard::Shard;
+use crate::partition;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &PartitionAccess<'_>,
     context: &RequestContext,
     request: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
-    let snapshot = shard.metadata();
+    let snapshot = shard.metadata.current();
     let duplicated = duplicated_partitions(&request);
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
@@ -51,13 +49,9 @@ pub async fn handle(
                 }
                 let outcome = match tp {
                     None => None,
-                    Some((tp, owner)) => match shard
-                        .partition_call(owner, PartitionCall::ListOffsets { tp, timestamp_ms })
-                        .await
-                    {
-                        Some(PartitionReply::Offset(outcome)) => Some(outcome),
-                        _ => None,
-                    },
+                    Some((tp, owner)) => {
+                        partition::list_offset_on(shard.router, owner, tp, timestamp_ms).await
+                    }
                 };
                 let response =
                     ListOffsetsPartitionResponse::default().with_partition_index(partition_index);

@@ -1,6 +1,5 @@
 //! Metadata: brokers (this one node), topics with ids and partitions, auto-creation.
 
-use std::rc::Rc;
 use std::sync::Arc;
 
 use kafka_protocol::messages::metadata_response::{
@@ -9,12 +8,11 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use uuid::Uuid;
 
-use super::{str_bytes, RequestContext};
 use crate::config::BrokerConfig;
 use crate::controller::{ControllerCall, NewTopic};
 use crate::error_codes as codes;
+use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
 use crate::metadata::{MetadataSnapshot, TopicMetadata, TopicPartition};
-use crate::shard::Shard;
 
 /// Kafka ACL operation codes as a bitfield (1 << code). There are no ACLs yet, so a client
 /// that asks is told it may do everything: READ 3, WRITE 4, CREATE 5, DELETE 6, ALTER 7,
@@ -27,7 +25,7 @@ pub const CLUSTER_OPERATIONS_ALL: i32 =
     1 << 5 | 1 << 7 | 1 << 8 | 1 << 9 | 1 << 10 | 1 << 11 | 1 << 12;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &TopicAdmin<'_>,
     context: &RequestContext,
     request: MetadataRequest,
 ) -> MetadataResponse {
@@ -42,7 +40,7 @@ pub async fn handle(
     };
     let auto_create =
         shard.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
-    let mut snapshot = shard.metadata();
+    let mut snapshot = shard.metadata.current();
     let mut topics: Vec<MetadataResponseTopic> = match requested {
         None => snapshot
             .topics
@@ -58,7 +56,7 @@ pub async fn handle(
             let mut creation_errors = Vec::new();
             if auto_create && !missing.is_empty() {
                 creation_errors = create_missing(shard, missing).await;
-                snapshot = shard.metadata();
+                snapshot = shard.metadata.current();
             }
             requested
                 .iter()
@@ -84,7 +82,7 @@ pub async fn handle(
         response
     };
     response
-        .with_brokers(vec![this_broker(&shard.config)])
+        .with_brokers(vec![this_broker(shard.config)])
         .with_cluster_id((version >= 2).then(|| str_bytes(&snapshot.cluster_id)))
         .with_controller_id(BrokerId(if version >= 1 {
             BrokerConfig::NODE_ID
@@ -103,7 +101,7 @@ pub fn this_broker(config: &BrokerConfig) -> MetadataResponseBroker {
 
 /// Asks the controller to create `names` with the default settings; returns the names it
 /// refused, with the error code to report for each.
-async fn create_missing(shard: &Rc<Shard>, names: Vec<String>) -> Vec<(String, i16)> {
+async fn create_missing(shard: &TopicAdmin<'_>, names: Vec<String>) -> Vec<(String, i16)> {
     let topics = names
         .into_iter()
         .map(|name| NewTopic {

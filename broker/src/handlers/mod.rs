@@ -4,6 +4,7 @@
 
 pub mod alter_configs;
 pub mod api_versions;
+pub mod context;
 pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_groups;
@@ -28,31 +29,17 @@ pub mod offset_fetch;
 pub mod produce;
 pub mod sync_group;
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 
 use bytes::Bytes;
 use futures::future::LocalBoxFuture;
 use kafka_protocol::messages::ApiKey;
-use kafka_protocol::protocol::{Encodable, StrBytes};
+use kafka_protocol::protocol::Encodable;
 
 use crate::codec::{self, CodecError};
 use crate::metrics::ResponseErrorCode;
-use crate::shard::Shard;
-
-/// What a handler knows about the request besides its body.
-#[derive(Clone, Debug)]
-pub struct RequestContext {
-    pub api_key: ApiKey,
-    pub api_version: i16,
-    pub correlation_id: i32,
-    pub client_id: Option<String>,
-    pub peer: SocketAddr,
-    /// The connection, unique in the process (the shard's id in the top 16 bits).
-    pub connection_id: u64,
-    /// The request's place in its connection: 0, 1, 2, ... in arrival order.
-    pub request_sequence: u64,
-}
+use crate::shard::ShardServices;
+pub use context::{str_bytes, HandlerContext, RequestContext};
 
 macro_rules! served_apis {
     ($($variant:ident => $module:ident :: $request:ident),* $(,)?) => {
@@ -72,13 +59,13 @@ macro_rules! served_apis {
 
         /// Runs the handler and encodes its response frame; `None` when the request wants no
         /// response (Produce with acks=0).
-        pub async fn handle(shard: Rc<Shard>, context: RequestContext, request: Request) -> Result<Option<Bytes>, CodecError> {
+        pub async fn handle(shard: Rc<ShardServices>, context: RequestContext, request: Request) -> Result<Option<Bytes>, CodecError> {
             trace_request(&context);
             let started = std::time::Instant::now();
             let wants_response = !matches!(&request, Request::Produce(produce) if produce.acks == 0);
             let (frame, error_code) = match request {
                 $(Request::$variant(request) => {
-                    let response = $module::handle(&shard, &context, request).await;
+                    let response = $module::handle(&HandlerContext::of(&shard), &context, request).await;
                     (encode(&context, &response)?, response.error_code())
                 })*
             };
@@ -120,7 +107,7 @@ served_apis! {
 /// their places at their partitions (`produce::dispatch`). The rest of every request runs
 /// in the returned future, concurrently with the requests after it.
 pub fn start(
-    shard: Rc<Shard>,
+    shard: Rc<ShardServices>,
     context: RequestContext,
     request: Request,
 ) -> LocalBoxFuture<'static, Result<Option<Bytes>, CodecError>> {
@@ -130,7 +117,7 @@ pub fn start(
     trace_request(&context);
     let started = std::time::Instant::now();
     let wants_response = request.acks != 0;
-    let response = produce::dispatch(&shard, &context, request);
+    let response = produce::dispatch(&HandlerContext::of(&shard), &context, request);
     Box::pin(async move {
         let response = response.await;
         let frame = encode(&context, &response)?;
@@ -146,7 +133,7 @@ fn trace_request(context: &RequestContext) {
 
 /// Counts the answered request; passes its response frame through.
 fn answered(
-    shard: &Shard,
+    shard: &ShardServices,
     context: &RequestContext,
     started: std::time::Instant,
     response: Option<Bytes>,
@@ -169,9 +156,4 @@ fn encode<M: Encodable>(context: &RequestContext, response: &M) -> Result<Bytes,
         context.correlation_id,
         response,
     )
-}
-
-/// Shorthand for the codec's string type.
-pub fn str_bytes(text: &str) -> StrBytes {
-    StrBytes::from_string(text.to_string())
 }

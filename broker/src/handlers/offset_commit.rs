@@ -4,26 +4,23 @@
 //! is answered `UNKNOWN_TOPIC_OR_PARTITION` here and never reaches the coordinator, whether
 //! the commit comes from a group member or is a simple (generation -1) commit.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 
-use super::RequestContext;
 use crate::error_codes as codes;
 use crate::groups::records::CommittedOffset;
-use crate::groups::{self, wall_clock_ms, GroupCall, GroupReply};
-use crate::shard::Shard;
+use crate::groups::{wall_clock_ms, CommitRequest};
+use crate::handlers::context::{GroupAccess, RequestContext};
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &GroupAccess<'_>,
     _context: &RequestContext,
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
     let now_ms = wall_clock_ms();
-    let snapshot = shard.metadata();
+    let snapshot = shard.metadata.current();
     // Per partition of the request, in order: whether it exists (and goes to the coordinator).
     let known: Vec<bool> = request
         .topics
@@ -63,17 +60,18 @@ pub async fn handle(
         // Nothing left to commit: Kafka answers without asking the coordinator.
         Vec::new()
     } else {
-        let call = GroupCall::Commit {
+        let commit = CommitRequest {
             member_id: request.member_id.to_string(),
             instance_id: request.group_instance_id.map(|id| id.to_string()),
             generation: request.generation_id_or_member_epoch,
             offsets,
         };
-        match groups::route(shard, &request.group_id, call).await {
-            Ok(GroupReply::Codes(codes)) => codes,
-            Ok(other) => panic!("OffsetCommit answered with {other:?}"),
-            Err(code) => vec![code; count],
-        }
+        shard
+            .on_group_coordinator(&request.group_id, move |groups, at| async move {
+                groups.commit(at, commit).await
+            })
+            .await
+            .unwrap_or_else(|code| vec![code; count])
     };
     let mut partition_codes = merge_codes(&known, coordinator_codes).into_iter();
     let topics = request

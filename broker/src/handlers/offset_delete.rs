@@ -1,20 +1,16 @@
 //! `OffsetDelete`: removes a group's committed offsets for some partitions, refused for
 //! topics the group's members still subscribe to (`GROUP_SUBSCRIBED_TO_TOPIC`).
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::offset_delete_response::{
     OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
 };
 use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 
-use super::RequestContext;
 use crate::error_codes as codes;
-use crate::groups::{self, GroupCall, GroupReply};
-use crate::shard::Shard;
+use crate::handlers::context::{GroupAccess, RequestContext};
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &GroupAccess<'_>,
     _context: &RequestContext,
     request: OffsetDeleteRequest,
 ) -> OffsetDeleteResponse {
@@ -28,13 +24,14 @@ pub async fn handle(
                 .map(move |p| (topic.name.to_string(), p.partition_index))
         })
         .collect();
-    let call = GroupCall::DeleteOffsets { partitions };
-    let partition_codes = match groups::route(shard, &request.group_id, call).await {
-        Ok(GroupReply::Codes(codes)) => codes,
-        Ok(GroupReply::Offsets { error_code, .. }) | Err(error_code) => {
-            return OffsetDeleteResponse::default().with_error_code(error_code);
-        }
-        Ok(other) => panic!("OffsetDelete answered with {other:?}"),
+    let deleted = shard
+        .on_group_coordinator(&request.group_id, move |groups, at| async move {
+            groups.delete_offsets(at, partitions).await
+        })
+        .await;
+    let partition_codes = match deleted.and_then(|deleted| deleted) {
+        Ok(codes) => codes,
+        Err(error_code) => return OffsetDeleteResponse::default().with_error_code(error_code),
     };
     let mut partition_codes = partition_codes.into_iter();
     let topics = request

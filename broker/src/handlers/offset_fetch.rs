@@ -2,8 +2,6 @@
 //! v8+ for several at once (each routed to its own coordinator, concurrently). A partition
 //! without a commit reads offset -1, as in Kafka.
 
-use std::rc::Rc;
-
 use futures::future::join_all;
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
@@ -11,11 +9,9 @@ use kafka_protocol::messages::offset_fetch_response::{
 };
 use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, TopicName};
 
-use super::{str_bytes, RequestContext};
 use crate::error_codes as codes;
 use crate::groups::records::CommittedOffset;
-use crate::groups::{self, GroupCall, GroupReply};
-use crate::shard::Shard;
+use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
 
 /// One group's answer: a group-level error code, then per (topic, partition) the committed
 /// offset (None: nothing committed) in request order.
@@ -25,7 +21,7 @@ struct GroupOffsets {
 }
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &GroupAccess<'_>,
     context: &RequestContext,
     request: OffsetFetchRequest,
 ) -> OffsetFetchResponse {
@@ -54,7 +50,7 @@ pub async fn handle(
 }
 
 async fn fetch(
-    shard: &Rc<Shard>,
+    shard: &GroupAccess<'_>,
     group: &str,
     partitions: Option<Vec<(String, Vec<i32>)>>,
 ) -> GroupOffsets {
@@ -63,20 +59,21 @@ async fn fetch(
         .flatten()
         .flat_map(|(topic, indexes)| indexes.iter().map(move |i| (topic.clone(), *i)))
         .collect();
-    match groups::route(shard, group, GroupCall::FetchOffsets { partitions }).await {
-        Ok(GroupReply::Offsets {
-            error_code,
-            offsets,
-        }) if error_code == codes::NONE => GroupOffsets {
-            error_code,
+    let fetched = shard
+        .on_group_coordinator(group, move |groups, at| async move {
+            groups.fetch_offsets(at, partitions).await
+        })
+        .await;
+    match fetched.and_then(|fetched| fetched) {
+        Ok(offsets) => GroupOffsets {
+            error_code: codes::NONE,
             offsets,
         },
-        Ok(GroupReply::Offsets { error_code, .. }) | Err(error_code) => GroupOffsets {
+        Err(error_code) => GroupOffsets {
             error_code,
             // Kafka echoes the requested partitions with the error on each.
             offsets: requested.into_iter().map(|(t, p)| (t, p, None)).collect(),
         },
-        Ok(other) => panic!("OffsetFetch answered with {other:?}"),
     }
 }
 

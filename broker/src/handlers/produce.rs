@@ -8,7 +8,6 @@
 //! partition in request order, while their acks waits overlap.
 
 use std::future::Future;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,16 +17,15 @@ use glommio::task::JoinHandle;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 
-use super::RequestContext;
 use crate::error_codes as codes;
+use crate::handlers::context::{PartitionAccess, RequestContext};
 use crate::metadata::{MetadataSnapshot, TopicPartition};
-use crate::partition::{PartitionCall, PartitionReply, ProduceOrigin};
+use crate::partition::{self, ProduceOrigin, ProduceOutcome};
 use crate::recompress::apply_codec_rules;
 use crate::records::split_batches;
-use crate::shard::Shard;
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &PartitionAccess<'_>,
     context: &RequestContext,
     request: ProduceRequest,
 ) -> ProduceResponse {
@@ -37,11 +35,11 @@ pub async fn handle(
 /// Stage one, synchronous: every piece of the request takes its place at its partition
 /// before this returns. The future it returns is stage two: the pieces' answers.
 pub fn dispatch(
-    shard: &Rc<Shard>,
+    shard: &PartitionAccess<'_>,
     context: &RequestContext,
     request: ProduceRequest,
 ) -> impl Future<Output = ProduceResponse> + 'static {
-    let snapshot = shard.metadata();
+    let snapshot = shard.metadata.current();
     let rules = PieceRules {
         version: context.api_version,
         acks: request.acks,
@@ -98,7 +96,7 @@ type PieceAnswer = (usize, PartitionProduceResponse);
 
 /// Checks what can be checked here and dispatches the piece to its partition's owner.
 fn dispatch_piece(
-    shard: &Rc<Shard>,
+    shard: &PartitionAccess<'_>,
     snapshot: &Arc<MetadataSnapshot>,
     piece: Piece,
     rules: PieceRules,
@@ -146,25 +144,20 @@ fn dispatch_piece(
         topic: topic_metadata.name.clone(),
         partition,
     };
-    let call = PartitionCall::Produce {
-        tp,
-        batches,
-        acks: rules.acks,
-        origin: rules.origin,
-    };
     // Its own task, so the append is never cancelled half-way (a dropped future could stop
     // between batches): on timeout it carries on, and the client hears `REQUEST_TIMED_OUT`,
     // as from Kafka when acks take too long. Its place at the partition was taken by the
     // dispatch, so when the task first runs does not matter.
-    let appending = glommio::spawn_local(shard.dispatch_partition_call(owner, call)).detach();
+    let dispatched =
+        partition::produce_on(shard.router, owner, tp, batches, rules.acks, rules.origin);
+    let appending = glommio::spawn_local(dispatched).detach();
     Box::pin(async move {
         match within(appending, rules.timeout).await {
-            Ok(Some(PartitionReply::Produce(outcome))) => answer(
+            Ok(Some(outcome)) => answer(
                 outcome.error_code,
                 outcome.base_offset,
                 outcome.log_start_offset,
             ),
-            Ok(Some(other)) => panic!("produce answered with {other:?}"),
             Ok(None) => answer(codes::NOT_LEADER_OR_FOLLOWER, -1, -1),
             Err(TimedOut) => answer(codes::REQUEST_TIMED_OUT, -1, -1),
         }
@@ -175,9 +168,9 @@ struct TimedOut;
 
 /// Waits at most `timeout` for the append task's answer (its acks).
 async fn within(
-    appending: JoinHandle<Option<PartitionReply>>,
+    appending: JoinHandle<Option<ProduceOutcome>>,
     timeout: Duration,
-) -> Result<Option<PartitionReply>, TimedOut> {
+) -> Result<Option<ProduceOutcome>, TimedOut> {
     match select(appending, std::pin::pin!(glommio::timer::sleep(timeout))).await {
         Either::Left((reply, _)) => Ok(reply.flatten()),
         Either::Right(_) => Err(TimedOut),

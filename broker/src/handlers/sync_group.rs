@@ -1,21 +1,18 @@
 //! `SyncGroup`: the leader hands the coordinator every member's assignment; followers wait
 //! for theirs. Routed to the group's coordinator.
 
-use std::rc::Rc;
-
 use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 
-use super::{str_bytes, RequestContext};
 use crate::groups::group::SyncResult;
-use crate::groups::{self, GroupCall, GroupReply};
-use crate::shard::Shard;
+use crate::groups::SyncRequest;
+use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
 
 pub async fn handle(
-    shard: &Rc<Shard>,
+    shard: &GroupAccess<'_>,
     context: &RequestContext,
     request: SyncGroupRequest,
 ) -> SyncGroupResponse {
-    let call = GroupCall::Sync {
+    let sync = SyncRequest {
         member_id: request.member_id.to_string(),
         generation: request.generation_id,
         protocol_type: request.protocol_type.map(|p| p.to_string()),
@@ -26,11 +23,12 @@ pub async fn handle(
             .map(|a| (a.member_id.to_string(), a.assignment))
             .collect(),
     };
-    let result = match groups::route(shard, &request.group_id, call).await {
-        Ok(GroupReply::Sync(result)) => result,
-        Ok(other) => panic!("SyncGroup answered with {other:?}"),
-        Err(code) => SyncResult::error(code),
-    };
+    let result = shard
+        .on_group_coordinator(&request.group_id, move |groups, at| async move {
+            groups.sync(at, sync).await
+        })
+        .await
+        .unwrap_or_else(SyncResult::error);
     let with_protocol = context.api_version >= 5 && result.error_code == 0;
     SyncGroupResponse::default()
         .with_error_code(result.error_code)

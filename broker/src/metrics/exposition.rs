@@ -15,9 +15,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::error_code::error_name;
-use super::snapshot::{PartitionSnapshot, ShardSnapshot};
+use super::snapshot::{CrossShardCount, PartitionSnapshot, ShardSnapshot};
 use super::{HistogramBuckets, LATENCY_BUCKET_BOUNDS_SECONDS};
-use crate::router::ShardCall;
 
 /// The `Content-Type` of what `encode` returns.
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -202,24 +201,20 @@ impl Scrape {
             (
                 "ringfeed_cross_shard_calls_sent",
                 "Calls this shard sent to other shards over the channel mesh, by kind.",
-                (|counts: &crate::router::CrossShardCounts| counts.sent)
-                    as fn(&crate::router::CrossShardCounts) -> [u64; 4],
+                (|count: &CrossShardCount| count.sent) as fn(&CrossShardCount) -> u64,
             ),
             (
                 "ringfeed_cross_shard_calls_received",
                 "Calls this shard received from other shards over the channel mesh, by kind.",
-                |counts| counts.received,
+                |count| count.received,
             ),
         ] {
             let series = self.shards.iter().flat_map(|shard| {
-                ShardCall::KINDS
-                    .iter()
-                    .zip(pick(&shard.cross_shard))
-                    .map(|(kind, count)| {
-                        let mut labels = Self::shard_label(shard);
-                        labels.push(("kind", (*kind).to_string()));
-                        (labels, count)
-                    })
+                shard.cross_shard.iter().map(move |count| {
+                    let mut labels = Self::shard_label(shard);
+                    labels.push(("kind", count.kind.to_string()));
+                    (labels, pick(count))
+                })
             });
             counters(encoder, name, help, series)?;
         }

@@ -1,16 +1,10 @@
 //! A shard's metrics as one owned, `Send` value, built on the shard's thread when the admin
 //! thread asks (see the module docs of `metrics`).
 
-use std::rc::Weak;
 use std::sync::mpsc::SyncSender;
-
-use futures::channel::mpsc::Receiver;
-use futures::StreamExt;
 
 use super::{HistogramBuckets, ShardMetrics};
 use crate::registry::SUPPORTED_APIS;
-use crate::router::CrossShardCounts;
-use crate::shard::Shard;
 
 /// The admin thread's request for one shard's snapshot; the answer goes to `reply`.
 pub struct ScrapeRequest {
@@ -49,6 +43,15 @@ pub struct CommittedOffsetSnapshot {
     pub offset: i64,
 }
 
+/// Cross-shard calls of one kind that one shard has sent and received (the router counts
+/// them; the kinds are the services' `shard::CALL_KINDS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CrossShardCount {
+    pub kind: &'static str,
+    pub sent: u64,
+    pub received: u64,
+}
+
 /// Everything one shard reports on a scrape.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ShardSnapshot {
@@ -68,7 +71,8 @@ pub struct ShardSnapshot {
     /// groups, and how many it holds in all.
     pub committed_offsets: Vec<CommittedOffsetSnapshot>,
     pub committed_offsets_total: u64,
-    pub cross_shard: CrossShardCounts,
+    /// Per call kind, in the order of the kinds.
+    pub cross_shard: Vec<CrossShardCount>,
     /// Bytes of the shard's fetch budget reserved now, and the most reserved at once.
     pub fetch_budget_reserved_bytes: u64,
     pub fetch_budget_reserved_bytes_peak: u64,
@@ -78,66 +82,20 @@ pub struct ShardSnapshot {
     pub fetch_waits_refused: u64,
 }
 
-/// Answers scrape requests until the admin thread drops its sender (it never does while
-/// the process serves) or the shard is gone. Holds the shard weakly so it never keeps a
-/// stopped shard alive.
-pub async fn serve_scrapes(shard: Weak<Shard>, mut requests: Receiver<ScrapeRequest>) {
-    while let Some(request) = requests.next().await {
-        let Some(shard) = shard.upgrade() else { return };
-        // The admin thread may have given up waiting; then nobody wants the answer.
-        let _ = request
-            .reply
-            .try_send(collect(&shard, request.committed_offsets_max));
-    }
-}
-
-/// Copies this shard's metrics. Runs on the shard's thread; takes no await.
-pub fn collect(shard: &Shard, committed_offsets_max: usize) -> ShardSnapshot {
-    let metrics: &ShardMetrics = &shard.metrics;
-    let online = shard.partitions.online_logs();
-    let owned = shard.partitions.owned().len();
-    let mut partitions: Vec<PartitionSnapshot> = online
-        .iter()
-        .map(|(tp, log)| PartitionSnapshot {
-            topic: tp.topic.to_string(),
-            partition: tp.partition,
-            size_bytes: log.size_bytes(),
-            log_start_offset: log.log_start_offset(),
-            high_watermark: log.high_watermark(),
-        })
-        .collect();
-    partitions.sort_unstable_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
-    let (committed_offsets, committed_offsets_total) =
-        shard.groups.committed_offsets(committed_offsets_max);
-    let committed_offsets = committed_offsets
-        .into_iter()
-        .map(
-            |(group, topic, partition, offset)| CommittedOffsetSnapshot {
-                group,
-                topic,
-                partition,
-                offset,
-            },
-        )
-        .collect();
-    ShardSnapshot {
-        shard: shard.id,
-        apis: api_snapshots(metrics),
-        produce_latency: metrics.produce_latency.borrow().buckets(),
-        fetch_latency: metrics.fetch_latency.borrow().buckets(),
-        fdatasync_latency: metrics.fdatasync_latency.borrow().buckets(),
-        connections_open: metrics.connections_open.get(),
-        connections_accepted: metrics.connections_accepted.get(),
-        partitions_offline: (owned - online.len()) as u64,
-        partitions,
-        committed_offsets,
-        committed_offsets_total: committed_offsets_total as u64,
-        cross_shard: shard.cross_shard_counts(),
-        fetch_budget_reserved_bytes: shard.config.limits.shard_fetch_bytes_max as u64
-            - shard.fetch_budget.available(),
-        fetch_budget_reserved_bytes_peak: metrics.fetch_budget_reserved_bytes_peak.get(),
-        fetch_waits_parked: shard.partitions.parked_waits().parked() as u64,
-        fetch_waits_refused: shard.partitions.parked_waits().refused(),
+impl ShardMetrics {
+    /// What this shard counts itself; the shard's services add what their parts hold
+    /// (partitions, groups, cross-shard calls, budgets). Takes no await.
+    pub fn snapshot(&self) -> ShardSnapshot {
+        ShardSnapshot {
+            apis: api_snapshots(self),
+            produce_latency: self.produce_latency.borrow().buckets(),
+            fetch_latency: self.fetch_latency.borrow().buckets(),
+            fdatasync_latency: self.fdatasync_latency.borrow().buckets(),
+            connections_open: self.connections_open.get(),
+            connections_accepted: self.connections_accepted.get(),
+            fetch_budget_reserved_bytes_peak: self.fetch_budget_reserved_bytes_peak.get(),
+            ..ShardSnapshot::default()
+        }
     }
 }
 

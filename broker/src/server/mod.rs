@@ -2,8 +2,10 @@
 //! start one pinned executor per shard, route SIGINT/SIGTERM to every shard, and wait for
 //! all of them to finish.
 
+pub mod connection;
+mod shard_thread;
+
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -18,35 +20,16 @@ use crate::config::BrokerConfig;
 use crate::limits::Limits;
 use crate::metrics::ScrapeRequest;
 use crate::preflight;
-use crate::router::MeshPair;
-use crate::settings::Effective;
-use crate::shard::{self, ShardStart};
+use crate::shard::Meshes;
 use crate::topic_config::TopicConfig;
+use shard_thread::ShardStart;
 
 /// Memory glommio registers with `io_uring` per shard. Small on purpose: the default needs
 /// more locked memory than `RLIMIT_MEMLOCK` allows on ordinary hosts (8 MiB here), and the
 /// broker's buffers do not come from this pool.
 const SHARD_IO_MEMORY_BYTES: usize = 1 << 20;
 
-/// What the settings ask for (`settings::Effective::serve_options`), before resolution.
-#[derive(Debug, Clone)]
-pub struct ServeOptions {
-    pub listen: String,
-    pub advertised_listener: Option<String>,
-    pub data_dir: PathBuf,
-    pub shards: Option<usize>,
-    pub cpus: Option<Vec<usize>>,
-    pub spin_before_park_us: u64,
-    pub auto_create_topics: bool,
-    pub default_partitions: i32,
-    pub limits: Limits,
-    /// HOST:PORT of the HTTP admin listener (metrics, health, log level); None turns it off.
-    pub admin_listen: Option<String>,
-    /// The configuration of a topic that overrides nothing (the broker's `log.*` settings).
-    pub topic_defaults: TopicConfig,
-    /// Every setting with its value and source, for `DescribeConfigs`.
-    pub settings: Arc<Effective>,
-}
+pub use crate::settings::ServeOptions;
 
 /// Runs the broker until a signal stops it. Returns once every shard has closed its logs.
 pub fn serve(options: &ServeOptions) -> Result<(), String> {
@@ -270,7 +253,7 @@ fn start_shards(
     config: &Arc<BrokerConfig>,
     scrapes: Vec<futures::channel::mpsc::Receiver<ScrapeRequest>>,
 ) -> Result<StartedShards, String> {
-    let meshes = MeshPair::new(config.shard_count(), config.limits.mesh_channel_slots);
+    let meshes = Meshes::new(config.shard_count(), config.limits.mesh_channel_slots);
     let drained_shards = Arc::new(AtomicUsize::new(0));
     let connection_counts = ConnectionCounts::new(
         config.limits.connections_max,
@@ -298,7 +281,7 @@ fn start_shards(
             builder = builder.spin_before_park(spin);
         }
         let handle = builder
-            .spawn(move || shard::run(start))
+            .spawn(move || shard_thread::run(start))
             .map_err(|error| format!("cannot start shard {index} on cpu {cpu}: {error}"))?;
         handles.push(handle);
     }
@@ -353,28 +336,6 @@ fn reserve_port(address: SocketAddr) -> Result<socket2::Socket, String> {
         .bind(&address.into())
         .map_err(|error| format!("cannot bind {address}: {error}"))?;
     Ok(socket)
-}
-
-/// One shard's Kafka listener: glommio's `TcpListener::bind` (`SO_REUSEPORT`, so every shard
-/// listens on the same port) plus `SO_REUSEADDR`. Accepted connections inherit the flag, so
-/// what they leave in `TIME_WAIT` after a restart (even after SIGKILL) does not make
-/// `preflight::claim_port` report the port as taken. Call it on the shard's executor.
-pub(crate) fn shard_listener(address: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
-    use std::os::fd::IntoRawFd;
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(address),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_reuse_port(true)?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(1024)?;
-    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves to the
-    // glommio listener (into_raw_fd gives it up here).
-    Ok(unsafe {
-        <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd())
-    })
 }
 
 /// Where clients are told to connect. Without `--advertised-listener` it is the listen

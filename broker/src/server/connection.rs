@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -29,25 +30,31 @@ use glommio::sync::{Gate, StaticPermit};
 use glommio::task::JoinHandle;
 use glommio::timer::Timer;
 
+use crate::admission::ConnectionCounts;
 use crate::admission::Refusal;
 use crate::codec::CodecError;
 use crate::frame::{FrameBuffer, FrameError, FRAME_SIZE_PREFIX_BYTES};
 use crate::handlers::{self, RequestContext};
 use crate::log_throttle::LogThrottle;
 use crate::request_decode::{decode_frame, FrameVerdict};
-use crate::shard::Shard;
+use crate::shard::ShardServices;
 
 /// Accepts until the task is dropped (shutdown). Each connection runs inside `connections`
 /// so shutdown can wait for all of them to finish. A connection over `max.connections` or
 /// `max.connections.per.ip` is closed at once (Kafka closes over-limit connections too).
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, connections: Rc<Gate>) {
+pub async fn accept_loop(
+    shard: Rc<ShardServices>,
+    connection_counts: Arc<ConnectionCounts>,
+    listener: TcpListener,
+    connections: Rc<Gate>,
+) {
     let mut refusals = RefusalLog::default();
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
             Err(error) => {
                 // EMFILE/ENFILE land here: the connection waits in the backlog meanwhile.
-                tracing::warn!(shard = shard.id, %error, "accept failed");
+                tracing::warn!(shard = shard.shard_id, %error, "accept failed");
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             }
@@ -55,7 +62,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, connections: R
         let peer = stream
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let admitted = match shard.connection_counts.admit(peer.ip()) {
+        let admitted = match connection_counts.admit(peer.ip()) {
             Ok(admitted) => admitted,
             Err(refusal) => {
                 refusals.record(&shard, peer, refusal);
@@ -81,7 +88,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, connections: R
 struct RefusalLog(LogThrottle);
 
 impl RefusalLog {
-    fn record(&mut self, shard: &Shard, peer: SocketAddr, refusal: Refusal) {
+    fn record(&mut self, shard: &ShardServices, peer: SocketAddr, refusal: Refusal) {
         let Some(skipped) = self.0.occurrence(Instant::now()) else {
             return;
         };
@@ -91,7 +98,7 @@ impl RefusalLog {
             Refusal::AddressFull => ("max.connections.per.ip", limits.connections_per_ip_max),
         };
         tracing::warn!(
-            shard = shard.id,
+            shard = shard.shard_id,
             %peer,
             limit_name,
             limit,
@@ -147,13 +154,13 @@ struct ConnectionIdentity {
     next_request: Cell<u64>,
 }
 
-async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
-    tracing::debug!(shard = shard.id, %peer, "connection accepted");
+async fn serve(shard: Rc<ShardServices>, stream: TcpStream, peer: SocketAddr) {
+    tracing::debug!(shard = shard.shard_id, %peer, "connection accepted");
     let _counted = shard.metrics.connection_opened();
     let writer = match duplicate_for_writing(&stream) {
         Ok(writer) => writer,
         Err(error) => {
-            tracing::warn!(shard = shard.id, %peer, %error, "closing connection: cannot duplicate its socket");
+            tracing::warn!(shard = shard.shard_id, %peer, %error, "closing connection: cannot duplicate its socket");
             return;
         }
     };
@@ -163,7 +170,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let writing = glommio::spawn_local(write_responses(writer, queued));
     let identity = ConnectionIdentity {
         peer,
-        connection_id: new_connection_id(shard.id),
+        connection_id: new_connection_id(shard.shard_id),
         next_request: Cell::new(0),
     };
     let ending = read_requests(&shard, reader, &queue, &identity).await;
@@ -171,18 +178,22 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let write_error = writing.await;
     match (ending, write_error) {
         (Ending::Refused(reason), _) => {
-            tracing::warn!(shard = shard.id, %peer, %reason, "closing connection");
+            tracing::warn!(shard = shard.shard_id, %peer, %reason, "closing connection");
         }
-        (_, Some(reason)) => tracing::warn!(shard = shard.id, %peer, %reason, "closing connection"),
+        (_, Some(reason)) => {
+            tracing::warn!(shard = shard.shard_id, %peer, %reason, "closing connection");
+        }
         (Ending::Io(error), None) => {
-            tracing::debug!(shard = shard.id, %peer, %error, "connection closed on a socket error");
+            tracing::debug!(shard = shard.shard_id, %peer, %error, "connection closed on a socket error");
         }
-        (ending, None) => tracing::debug!(shard = shard.id, %peer, ?ending, "connection closed"),
+        (ending, None) => {
+            tracing::debug!(shard = shard.shard_id, %peer, ?ending, "connection closed");
+        }
     }
 }
 
 async fn read_requests(
-    shard: &Rc<Shard>,
+    shard: &Rc<ShardServices>,
     mut reader: TcpStream,
     queue: &LocalSender<QueuedResponse>,
     identity: &ConnectionIdentity,
@@ -231,12 +242,12 @@ async fn read_requests(
                 None => return read_timed_out(shard, &frames),
             }
         }
-        if shard.is_shutting_down() && frames.buffered_bytes() == 0 {
+        if shard.shutdown.is_started() && frames.buffered_bytes() == 0 {
             return Ending::ShuttingDown;
         }
         let read_result = {
             let read = std::pin::pin!(reader.read(frames.read_space()));
-            let shutdown = std::pin::pin!(shard.shutdown_started());
+            let shutdown = std::pin::pin!(shard.shutdown.started());
             match before_deadline(select(read, shutdown), &mut frame_deadline).await {
                 Some(Either::Left((result, _))) => Some(result),
                 Some(Either::Right(_)) => return Ending::ShuttingDown,
@@ -272,7 +283,7 @@ async fn before_deadline<T>(
     }
 }
 
-fn read_timed_out(shard: &Shard, frames: &FrameBuffer) -> Ending {
+fn read_timed_out(shard: &ShardServices, frames: &FrameBuffer) -> Ending {
     Ending::Refused(format!(
         "request not received whole within {:?} of its first byte ({} bytes so far)",
         shard.config.limits.request_read_timeout,
@@ -296,17 +307,17 @@ fn refused(error: &FrameError) -> Ending {
     Ending::Refused(format!("unframeable input: {error}"))
 }
 
-async fn reserve_budget(shard: &Rc<Shard>, frame_bytes: usize) -> StaticPermit {
+async fn reserve_budget(shard: &Rc<ShardServices>, frame_bytes: usize) -> StaticPermit {
     shard
-        .request_budget
-        .acquire_static_permit(frame_bytes as u64)
+        .budgets
+        .request_bytes
+        .reserve_permit(frame_bytes as u64)
         .await
-        .expect("the request budget is never closed")
 }
 
 /// Admits, decodes and starts one request. `Err` names why the connection must close.
 fn start_request(
-    shard: &Rc<Shard>,
+    shard: &Rc<ShardServices>,
     frame: Bytes,
     identity: &ConnectionIdentity,
 ) -> Result<PendingResponse, String> {

@@ -1,0 +1,146 @@
+//! What a handler knows of its request (`RequestContext`) and may use of its shard. Each
+//! handler names one of the shard contexts below in its
+//! signature, and the dispatcher (`served_apis!` in `mod.rs`) builds that one from the
+//! shard's services for the request: borrowed views, no reference counting per request.
+//!
+//! - [`TopicAdmin`]: the configuration, the metadata, and topic changes through the
+//!   controller (`Metadata`, topic and config admin, `DescribeCluster`).
+//! - [`GroupAccess`]: the configuration, the metadata, and work on group coordinators
+//!   (the group APIs, `FindCoordinator`, `InitProducerId`).
+//! - [`PartitionAccess`]: the configuration, the metadata, partition calls, the fetch
+//!   budget, the shutdown signal and the metrics (`Produce`, `Fetch`, `ListOffsets`,
+//!   `DeleteRecords`).
+//!
+//! None reaches the partition table, the group coordinator, the controller or the disk
+//! directly: those are other shards' as much as this one's, and are reached through typed
+//! calls (`partition::*_on`, `groups::on_coordinator`, `ShardServices::controller_call`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::StrBytes;
+
+use crate::budgets::ByteBudget;
+use crate::config::BrokerConfig;
+use crate::controller::{ControllerCall, ControllerReply};
+use crate::groups::{GroupAddress, GroupCoordinator};
+use crate::metadata::MetadataView;
+use crate::metrics::ShardMetrics;
+use crate::shard::{Router, ShardServices};
+use crate::shutdown::ShutdownSignal;
+
+/// What a handler knows about the request besides its body.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    pub api_key: ApiKey,
+    pub api_version: i16,
+    pub correlation_id: i32,
+    pub client_id: Option<String>,
+    pub peer: SocketAddr,
+    /// The connection, unique in the process (the shard's id in the top 16 bits).
+    pub connection_id: u64,
+    /// The request's place in its connection: 0, 1, 2, ... in arrival order.
+    pub request_sequence: u64,
+}
+
+/// Shorthand for the codec's string type.
+pub fn str_bytes(text: &str) -> StrBytes {
+    StrBytes::from_string(text.to_string())
+}
+
+/// A context a handler takes, built from the shard's services by the dispatcher.
+pub trait HandlerContext<'a> {
+    fn of(services: &'a Rc<ShardServices>) -> Self;
+}
+
+/// Nothing of the shard (`ApiVersions` answers from the registry alone).
+impl HandlerContext<'_> for () {
+    fn of(_: &Rc<ShardServices>) -> Self {}
+}
+
+/// See the module docs.
+pub struct TopicAdmin<'a> {
+    pub config: &'a Arc<BrokerConfig>,
+    pub metadata: &'a MetadataView,
+    services: &'a Rc<ShardServices>,
+}
+
+impl<'a> HandlerContext<'a> for TopicAdmin<'a> {
+    fn of(services: &'a Rc<ShardServices>) -> Self {
+        Self {
+            config: &services.config,
+            metadata: &services.metadata,
+            services,
+        }
+    }
+}
+
+impl TopicAdmin<'_> {
+    /// See `ShardServices::controller_call`.
+    pub async fn controller_call(&self, call: ControllerCall) -> Option<ControllerReply> {
+        self.services.controller_call(call).await
+    }
+}
+
+/// See the module docs.
+pub struct GroupAccess<'a> {
+    pub config: &'a Arc<BrokerConfig>,
+    pub metadata: &'a MetadataView,
+    /// For work on the coordinators of every shard (`groups::on_coordinator`).
+    pub router: &'a Rc<Router>,
+    services: &'a Rc<ShardServices>,
+}
+
+impl<'a> HandlerContext<'a> for GroupAccess<'a> {
+    fn of(services: &'a Rc<ShardServices>) -> Self {
+        Self {
+            config: &services.config,
+            metadata: &services.metadata,
+            router: &services.router,
+            services,
+        }
+    }
+}
+
+impl GroupAccess<'_> {
+    /// See `ShardServices::on_group_coordinator`.
+    pub async fn on_group_coordinator<F, Fut, R>(&self, group: &str, work: F) -> Result<R, i16>
+    where
+        F: FnOnce(GroupCoordinator, GroupAddress) -> Fut + Send + 'static,
+        Fut: Future<Output = R> + 'static,
+        R: Send + 'static,
+    {
+        self.services.on_group_coordinator(group, work).await
+    }
+
+    /// See `ShardServices::locate_group`.
+    pub async fn locate_group(&self, group: &str) -> Result<(i32, usize), i16> {
+        self.services.locate_group(group).await
+    }
+}
+
+/// See the module docs.
+pub struct PartitionAccess<'a> {
+    pub config: &'a Arc<BrokerConfig>,
+    pub metadata: &'a MetadataView,
+    pub router: &'a Rc<Router>,
+    pub fetch_budget: &'a ByteBudget,
+    pub shutdown: &'a ShutdownSignal,
+    pub metrics: &'a ShardMetrics,
+}
+
+impl<'a> HandlerContext<'a> for PartitionAccess<'a> {
+    fn of(services: &'a Rc<ShardServices>) -> Self {
+        Self {
+            config: &services.config,
+            metadata: &services.metadata,
+            router: &services.router,
+            fetch_budget: &services.budgets.fetch_bytes,
+            shutdown: &services.shutdown,
+            metrics: &services.metrics,
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The body of one shard's executor thread: join the meshes, start the shard's services
+//! (`shard::ShardServices::start`: on shard 0 recover the controller and publish the
+//! metadata, elsewhere wait for the first snapshot), listen and accept, and on shutdown stop
+//! accepting, let connections finish, wait until every shard has drained (cross-shard
+//! requests may still arrive until then), close every partition log, return.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use glommio::sync::Gate;
+
+use crate::admission::ConnectionCounts;
+use crate::config::BrokerConfig;
+use crate::disk::BrokerDisk;
+use crate::metrics::ScrapeRequest;
+use crate::server::connection;
+use crate::shard::{self, Meshes, ShardServices};
+
+/// Everything one shard's thread is started with.
+pub struct ShardStart {
+    pub config: Arc<BrokerConfig>,
+    pub meshes: Meshes,
+    pub shutdown_requested: oneshot::Receiver<()>,
+    /// Shards that have finished their connections; the barrier before logs close.
+    pub drained_shards: Arc<AtomicUsize>,
+    /// Shared by every shard: open connections in total and per client address.
+    pub connection_counts: Arc<ConnectionCounts>,
+    /// Tells `main` this shard is listening.
+    pub listening: std::sync::mpsc::Sender<usize>,
+    /// The admin thread's requests for this shard's metrics snapshot.
+    pub scrapes: futures::channel::mpsc::Receiver<ScrapeRequest>,
+}
+
+/// The body of one shard's executor. Returns when the shard has shut down cleanly.
+pub async fn run(start: ShardStart) -> Result<(), String> {
+    let ShardStart {
+        config,
+        meshes,
+        shutdown_requested,
+        drained_shards,
+        connection_counts,
+        listening,
+        scrapes,
+    } = start;
+    let (router, incoming) = shard::join_meshes(meshes).await;
+    let id = router.shard_id();
+    // The real disk: a shard started on its own thread cannot be handed a `SimDisk` (a
+    // single-thread handle, not `Send`); simulations build services on theirs.
+    let services =
+        ShardServices::build(config.clone(), id, BrokerDisk::default(), router, incoming).await?;
+    glommio::spawn_local(shard::serve_scrapes(Rc::downgrade(&services), scrapes)).detach();
+    forward_shutdown(&services, shutdown_requested);
+    services.first_metadata().await;
+    let listener = shard_listener(config.listen)
+        .map_err(|error| format!("shard {id}: cannot listen on {}: {error}", config.listen))?;
+    let connections = Rc::new(Gate::new());
+    let accepting = glommio::spawn_local(connection::accept_loop(
+        services.clone(),
+        connection_counts,
+        listener,
+        connections.clone(),
+    ));
+    let retention = glommio::spawn_local(shard::enforce_retention_periodically(services.clone()));
+    let _ = listening.send(id);
+    services.shutdown.started().await;
+    drop(accepting);
+    drop(retention);
+    let _ = connections.close().await;
+    drained_shards.fetch_add(1, Ordering::SeqCst);
+    while drained_shards.load(Ordering::SeqCst) < config.shard_count() {
+        // Shutdown only: peers may still send partition calls until they have drained.
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    shard::close_partitions(&services).await;
+    Ok(())
+}
+
+/// The signal thread completes `shutdown_requested`; turn that into the local broadcast.
+fn forward_shutdown(services: &ShardServices, shutdown_requested: oneshot::Receiver<()>) {
+    let shutdown = services.shutdown.clone();
+    glommio::spawn_local(async move {
+        let _ = shutdown_requested.await;
+        shutdown.start();
+    })
+    .detach();
+}
+
+/// One shard's Kafka listener: glommio's `TcpListener::bind` (`SO_REUSEPORT`, so every shard
+/// listens on the same port) plus `SO_REUSEADDR`. Accepted connections inherit the flag, so
+/// what they leave in `TIME_WAIT` after a restart (even after SIGKILL) does not make
+/// `preflight::claim_port` report the port as taken. Call it on the shard's executor.
+fn shard_listener(address: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    use std::os::fd::IntoRawFd;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves to the
+    // glommio listener (into_raw_fd gives it up here).
+    Ok(unsafe {
+        <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd())
+    })
+}
