@@ -164,12 +164,8 @@ fn fetch_once(
     stats: &mut ThreadStats,
 ) -> io::Result<()> {
     let version = client::version(&connection.versions, ApiKey::Fetch)?;
-    let positions = cursors
-        .iter()
-        .filter(|c| c.end_offset.is_none_or(|end| c.next_offset < end))
-        .map(|c| (c.partition, c.next_offset))
-        .collect::<Vec<_>>();
-    if positions.is_empty() {
+    let unfinished = |c: &&Cursor| c.end_offset.is_none_or(|end| c.next_offset < end);
+    if !cursors.iter().any(|c| unfinished(&c)) {
         return Ok(());
     }
     let topic = topic_name(&config.layout.topic);
@@ -182,6 +178,10 @@ fn fetch_once(
         max_bytes: FETCH_BYTES_MAX,
         partition_max_bytes: config.fetch_partition_bytes_max,
     };
+    let positions = cursors
+        .iter()
+        .filter(unfinished)
+        .map(|c| (c.partition, c.next_offset));
     let request = fetch_request(&from, positions);
     let correlation_id = connection.next_correlation_id();
     connection

@@ -66,14 +66,11 @@ pub fn fetch_version(negotiated: i16, topic_id: Uuid) -> i16 {
 
 /// The partitions of a `Fetch` answer, after its top-level error code (a fetch-session
 /// error) is checked. Each partition keeps its own error code: the caller acts on it
-/// (move to the new leader, reset an out-of-range position).
-pub fn fetched_partitions(response: FetchResponse) -> Result<Vec<PartitionData>> {
+/// (move to the new leader, reset an out-of-range position). An iterator, so a caller
+/// reading at full rate allocates nothing more than the decoded answer.
+pub fn fetched_partitions(response: FetchResponse) -> Result<impl Iterator<Item = PartitionData>> {
     check_error(response.error_code, None, "Fetch")?;
-    Ok(response
-        .responses
-        .into_iter()
-        .flat_map(|t| t.partitions)
-        .collect())
+    Ok(response.responses.into_iter().flat_map(|t| t.partitions))
 }
 
 impl Connection {
@@ -86,7 +83,7 @@ impl Connection {
     ) -> Result<Vec<PartitionData>> {
         let version = fetch_version(self.version::<FetchRequest>()?, from.topic_id);
         let request = fetch_request(from, positions);
-        fetched_partitions(self.call_at(&request, version)?)
+        Ok(fetched_partitions(self.call_at(&request, version)?)?.collect())
     }
 }
 
