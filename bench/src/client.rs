@@ -12,11 +12,9 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use kafka_protocol::messages::{
     ApiKey, CreateTopicsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest,
 };
-use kafka_protocol::protocol::Request;
 use ringfeed_client::{ApiRange, ConnectOptions, Versions, VersionsMode};
 pub use ringfeed_client::{Connection, FrameReader, FrameWriter};
 
@@ -27,7 +25,7 @@ use crate::cli::ApiVersionsMode;
 pub const RESPONSE_FRAME_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// How long a blocking read or write waits before the run is declared stuck.
 pub const SOCKET_TIMEOUT: Duration = Duration::from_secs(30);
-const CLIENT_ID: &str = "ringfeed-bench";
+pub const CLIENT_ID: &str = "ringfeed-bench";
 
 /// The versions the bench encodes: from the fixed version (the oldest with v2 record
 /// batches, below) to the highest it uses. Fetch stops at 12 because 13+ names topics by
@@ -102,22 +100,6 @@ pub fn version(versions: &Versions, key: ApiKey) -> io::Result<i16> {
             ),
         )
     })
-}
-
-/// Encodes a whole request frame (size prefix, header, body) into `frame`, reusing its memory.
-pub fn encode_request<R: Request>(
-    frame: &mut BytesMut,
-    request: &R,
-    version: i16,
-    correlation_id: i32,
-) -> io::Result<()> {
-    Ok(ringfeed_client::encode_request(
-        frame,
-        request,
-        version,
-        correlation_id,
-        CLIENT_ID,
-    )?)
 }
 
 fn announce_fallback(address: &str, why: &str) {

@@ -14,10 +14,12 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use bytes::Bytes;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse};
+use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse};
 use kafka_protocol::records::RecordBatchDecoder;
+use ringfeed_client::fetch::{fetch_request, fetched_partitions};
+use ringfeed_client::FetchFrom;
 use ringfeed_protocol::batch::{BatchHeader, WholeBatches, MAGIC_V2};
+use uuid::Uuid;
 
 use crate::cli::TIMESTAMP_HEADER_BYTES;
 use crate::client::{self, protocol_error, Connection};
@@ -162,32 +164,25 @@ fn fetch_once(
     stats: &mut ThreadStats,
 ) -> io::Result<()> {
     let version = client::version(&connection.versions, ApiKey::Fetch)?;
-    let partitions = cursors
-        .iter()
-        .filter(|c| c.end_offset.is_none_or(|end| c.next_offset < end))
-        .map(|c| {
-            FetchPartition::default()
-                .with_partition(c.partition)
-                .with_current_leader_epoch(-1)
-                .with_fetch_offset(c.next_offset)
-                .with_last_fetched_epoch(-1)
-                .with_log_start_offset(-1)
-                .with_partition_max_bytes(config.fetch_partition_bytes_max)
-        })
-        .collect::<Vec<_>>();
-    if partitions.is_empty() {
+    let unfinished = |c: &&Cursor| c.end_offset.is_none_or(|end| c.next_offset < end);
+    if !cursors.iter().any(|c| unfinished(&c)) {
         return Ok(());
     }
-    let request = FetchRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_max_wait_ms(config.fetch_wait_ms_max)
-        .with_min_bytes(1)
-        .with_max_bytes(FETCH_BYTES_MAX)
-        .with_session_id(0)
-        .with_session_epoch(-1)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(topic_name(&config.layout.topic))
-            .with_partitions(partitions)]);
+    let topic = topic_name(&config.layout.topic);
+    let from = FetchFrom {
+        topic: &topic,
+        // Fetch stops at v12 for the bench: topics are named.
+        topic_id: Uuid::nil(),
+        max_wait_ms: config.fetch_wait_ms_max,
+        min_bytes: 1,
+        max_bytes: FETCH_BYTES_MAX,
+        partition_max_bytes: config.fetch_partition_bytes_max,
+    };
+    let positions = cursors
+        .iter()
+        .filter(unfinished)
+        .map(|c| (c.partition, c.next_offset));
+    let request = fetch_request(&from, positions);
     let correlation_id = connection.next_correlation_id();
     connection
         .writer()
@@ -201,7 +196,7 @@ fn fetch_once(
     if response.error_code != 0 {
         return Err(protocol_error("Fetch", response.error_code));
     }
-    for data in response.responses.into_iter().flat_map(|t| t.partitions) {
+    for data in fetched_partitions(response)? {
         if data.error_code != 0 {
             return Err(protocol_error(
                 &format!("Fetch partition {}", data.partition_index),

@@ -15,8 +15,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
@@ -24,7 +23,11 @@ use kafka_protocol::records::{
 use ringfeed_protocol::batch::BATCH_HEADER_BYTES;
 
 use crate::cli::TIMESTAMP_HEADER_BYTES;
-use crate::client::{self, encode_request, FrameReader, FrameWriter};
+use ringfeed_client::produce::{encode_produce, partition_error_code};
+use ringfeed_client::ProduceTo;
+use uuid::Uuid;
+
+use crate::client::{self, FrameReader, FrameWriter};
 use crate::stats::{record_ns, ThreadStats};
 use crate::system::{prepare_thread, thread_cpu_time};
 use crate::topic::{topic_name, Layout};
@@ -92,6 +95,8 @@ struct Batch {
 struct Lane {
     writer: FrameWriter,
     produce_version: i16,
+    /// The topic's name, made once: each request shares its bytes.
+    topic: TopicName,
     next_correlation_id: i32,
     to_acker: Option<SyncSender<InFlight>>,
     acker: Option<JoinHandle<ThreadStats>>,
@@ -173,6 +178,7 @@ fn open_lane(
     Ok(Lane {
         writer,
         produce_version,
+        topic: topic_name(&config.layout.topic),
         next_correlation_id: 1,
         to_acker,
         acker,
@@ -394,25 +400,27 @@ fn encode_batch(config: &ProduceConfig, lane: &mut Lane, batch: &mut Batch) -> R
     };
     RecordBatchEncoder::encode(&mut batch.encoded, &batch.records, &options)
         .map_err(|error| format!("encode batch: {error}"))?;
-    let request = ProduceRequest::default()
-        .with_acks(config.acks)
-        .with_timeout_ms(PRODUCE_TIMEOUT_MS)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(topic_name(&config.layout.topic))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(batch.partition)
-                .with_records(Some(batch.encoded.split().freeze()))])]);
     let correlation_id = lane.next_correlation_id;
     lane.next_correlation_id = lane.next_correlation_id.wrapping_add(1);
-    encode_request(
+    let to = ProduceTo {
+        topic: &lane.topic,
+        // Produce stops at v9 for the bench: topics are named.
+        topic_id: Uuid::nil(),
+        acks: config.acks,
+        timeout_ms: PRODUCE_TIMEOUT_MS,
+    };
+    // The request is dropped inside, releasing the encoded batch, so the next one reuses
+    // its memory.
+    encode_produce(
         &mut lane.frame,
-        &request,
+        &to,
+        batch.partition,
+        batch.encoded.split().freeze(),
         lane.produce_version,
         correlation_id,
+        client::CLIENT_ID,
     )
     .map_err(|error| format!("encode produce request: {error}"))?;
-    // Dropping the request releases the encoded batch, so the next one reuses its memory.
-    drop(request);
     Ok(correlation_id)
 }
 
@@ -500,12 +508,7 @@ fn acknowledge(
         produce_version,
         in_flight.correlation_id,
     )?;
-    let error_code = response
-        .responses
-        .iter()
-        .flat_map(|t| &t.partition_responses)
-        .find(|p| p.index == in_flight.partition)
-        .map_or(-1, |p| p.error_code);
+    let error_code = partition_error_code(&response, in_flight.partition).unwrap_or(-1);
     if error_code != 0 {
         stats.error(format!(
             "partition {} answered error {error_code}",

@@ -6,14 +6,9 @@ use std::io;
 use std::thread;
 use std::time::Duration;
 
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
-use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{
-    ApiKey, BrokerId, CreateTopicsRequest, ListOffsetsRequest, MetadataRequest, MetadataResponse,
-    TopicName,
-};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{ApiKey, BrokerId, MetadataResponse};
+use ringfeed_client::admin::NewTopic;
+pub use ringfeed_client::topic_name;
 
 use crate::cli::ApiVersionsMode;
 use crate::client::{self, explain_fixed, protocol_error, Connection};
@@ -21,6 +16,8 @@ use crate::client::{self, explain_fixed, protocol_error, Connection};
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const LEADER_NOT_AVAILABLE: i16 = 5;
 const TOPIC_ALREADY_EXISTS: i16 = 36;
+/// How long the broker may take to create the topic.
+const CREATE_TOPICS_TIMEOUT_MS: i32 = 30_000;
 /// A new topic's leaders appear within this many metadata polls (100 ms apart) or the set-up
 /// fails: bounded, like everything else.
 const LEADER_POLLS_MAX: u32 = 100;
@@ -43,10 +40,6 @@ impl Layout {
     pub fn partitions(&self) -> usize {
         self.leaders.len()
     }
-}
-
-pub fn topic_name(topic: &str) -> TopicName {
-    TopicName(StrBytes::from_string(topic.to_string()))
 }
 
 /// Returns the topic's layout, creating it with `partitions` partitions when it does not
@@ -87,15 +80,9 @@ pub fn ensure_topic(
 }
 
 fn fetch_metadata(connection: &mut Connection, topic: &str) -> io::Result<MetadataResponse> {
-    let version = client::version(&connection.versions, ApiKey::Metadata)?;
-    let request = MetadataRequest::default()
-        .with_topics(Some(vec![
-            MetadataRequestTopic::default().with_name(Some(topic_name(topic)))
-        ]))
-        // The field exists from v4; before it a broker auto-creates by its own setting, and
-        // the codec refuses a non-default value it cannot encode.
-        .with_allow_auto_topic_creation(version < 4);
-    Ok(connection.call_at(&request, version)?)
+    // Checked first for the bench's own words on a broker too old for it.
+    client::version(&connection.versions, ApiKey::Metadata)?;
+    Ok(connection.metadata(Some(&[topic.to_string()]))?)
 }
 
 fn topic_error(metadata: &MetadataResponse, topic: &str) -> Option<i16> {
@@ -107,26 +94,19 @@ fn topic_error(metadata: &MetadataResponse, topic: &str) -> Option<i16> {
 }
 
 fn create_topic(connection: &mut Connection, topic: &str, partitions: i32) -> io::Result<()> {
-    let version = client::version(&connection.versions, ApiKey::CreateTopics)?;
-    // -1 ("broker default") replication needs v4+; a single-node target wants 1 anyway.
-    let replication_factor = if version >= 4 { -1 } else { 1 };
-    let request = CreateTopicsRequest::default()
-        .with_topics(vec![CreatableTopic::default()
-            .with_name(topic_name(topic))
-            .with_num_partitions(partitions)
-            .with_replication_factor(replication_factor)])
-        .with_timeout_ms(30_000);
-    let response = connection.call_at(&request, version)?;
-    for result in response.topics {
-        if result.error_code != 0 && result.error_code != TOPIC_ALREADY_EXISTS {
-            return Err(protocol_error(
-                &format!("CreateTopics {topic}"),
-                format!(
-                    "error {} {}",
-                    result.error_code,
-                    result.error_message.as_ref().map_or("", |m| m.as_str())
-                ),
-            ));
+    client::version(&connection.versions, ApiKey::CreateTopics)?;
+    // Replication by the broker's default (v4+), else 1: a single-node target wants 1 anyway.
+    let new_topic = NewTopic {
+        name: topic.to_string(),
+        partitions: Some(partitions),
+        ..NewTopic::default()
+    };
+    for created in connection.create_topics(&[new_topic], CREATE_TOPICS_TIMEOUT_MS)? {
+        match created.outcome {
+            Err(error) if error.broker_code() != Some(TOPIC_ALREADY_EXISTS) => {
+                return Err(protocol_error(&format!("CreateTopics {topic}"), error));
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -190,27 +170,21 @@ pub fn list_offsets(layout: &Layout, end: LogEnd) -> io::Result<Vec<i64>> {
     }
     for (leader, partitions) in by_leader {
         let mut connection = client::open(leader, layout.api_versions)?;
-        let version = client::version(&connection.versions, ApiKey::ListOffsets)?;
-        let request = ListOffsetsRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_topics(vec![ListOffsetsTopic::default()
-                .with_name(topic_name(&layout.topic))
-                .with_partitions(
-                    partitions
-                        .iter()
-                        .map(|&p| {
-                            ListOffsetsPartition::default()
-                                .with_partition_index(p)
-                                .with_timestamp(timestamp)
-                        })
-                        .collect(),
-                )]);
-        let response = connection.call_at(&request, version)?;
-        for partition in response.topics.iter().flat_map(|t| &t.partitions) {
-            if partition.error_code != 0 {
-                return Err(protocol_error("ListOffsets", partition.error_code));
-            }
-            offsets[partition.partition_index as usize] = partition.offset;
+        client::version(&connection.versions, ApiKey::ListOffsets)?;
+        for (partition, outcome) in
+            connection.list_offsets(&layout.topic, &partitions, timestamp)?
+        {
+            let offset = outcome.map_err(|error| protocol_error("ListOffsets", error))?;
+            let Some(slot) = usize::try_from(partition)
+                .ok()
+                .and_then(|index| offsets.get_mut(index))
+            else {
+                return Err(protocol_error(
+                    "ListOffsets",
+                    format!("an answer for partition {partition}, which was not asked"),
+                ));
+            };
+            *slot = offset;
         }
     }
     Ok(offsets)

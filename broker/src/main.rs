@@ -1,6 +1,6 @@
 //! `ringfeed`: the broker binary. `ringfeed serve` runs a Kafka-wire-compatible broker with
 //! one pinned glommio executor per shard; the client subcommands (`topic`, `produce`,
-//! `consume`, `group`) are the `ringfeed-cli` crate.
+//! `consume`, `group`) are the `ringfeed-cli` crate, built with the `cli` feature (default).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +11,7 @@ use ringfeed_broker::logging::LogFormat;
 use ringfeed_broker::server;
 use ringfeed_broker::settings::cli::SettingsArgs;
 use ringfeed_broker::{check_data, logging};
+#[cfg(feature = "cli")]
 use ringfeed_cli as cli;
 
 #[derive(Parser)]
@@ -40,6 +41,7 @@ enum Command {
         #[arg(default_value = "./ringfeed-data")]
         dir: PathBuf,
     },
+    #[cfg(feature = "cli")]
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
             }
             check_data::run(&dir)
         }
+        #[cfg(feature = "cli")]
         Command::Client(command) => {
             if let Err(error) = logging::init("warn", LogFormat::Text) {
                 eprintln!("ringfeed: {error}");

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::records::{Record, RecordBatchDecoder};
+use ringfeed_client::FetchFrom;
 use ringfeed_protocol::batch::{BatchHeader, WholeBatches, BATCH_HEADER_BYTES, MAGIC_V2};
 
 use super::client::{
@@ -231,8 +231,7 @@ impl Consumer<'_> {
         }
         let topics = [(self.layout.name.clone(), membership.assigned.clone())];
         let coordinator = self.cluster.coordinator(&membership.group)?;
-        let committed =
-            super::group::fetch_committed(coordinator, &membership.group, Some(&topics))?;
+        let committed = coordinator.fetch_committed(&membership.group, Some(&topics))?;
         let mut uncommitted = Vec::new();
         for &partition in &membership.assigned {
             match committed.get(&(self.layout.name.clone(), partition)) {
@@ -294,8 +293,10 @@ impl Consumer<'_> {
                 refresh = true;
                 continue;
             }
-            let response = match self.fetch(leader, &partitions) {
-                Ok(response) => response,
+            let fetched = match self.fetch(leader, &partitions) {
+                Ok(fetched) => fetched,
+                // The answer's own error code (a fetch session's): no retry helps.
+                Err(error) if error.broker_code().is_some() => return Err(error.into()),
                 Err(error) => {
                     eprintln!("{error}");
                     if let Some(address) = self.cluster.broker_address(leader).map(str::to_string) {
@@ -305,13 +306,7 @@ impl Consumer<'_> {
                     continue;
                 }
             };
-            if response.error_code != 0 {
-                return fail(format!(
-                    "Fetch: {}",
-                    describe_error(response.error_code, None)
-                ));
-            }
-            for partition in response.responses.into_iter().flat_map(|t| t.partitions) {
+            for partition in fetched {
                 match self.take_partition(partition)? {
                     PartitionResult::Done => return Ok(Stop::Done),
                     PartitionResult::Refresh => refresh = true,
@@ -335,32 +330,35 @@ impl Consumer<'_> {
         Ok(Stop::Continue)
     }
 
-    fn fetch(&mut self, leader: i32, partitions: &[i32]) -> CliResult<FetchResponse> {
+    /// One `Fetch` from `leader`. Only the answer's own error code comes back as a broker
+    /// error; failing to reach the leader is any other kind.
+    fn fetch(
+        &mut self,
+        leader: i32,
+        partitions: &[i32],
+    ) -> ringfeed_client::Result<Vec<PartitionData>> {
         let max_wait = FETCH_MAX_WAIT.min(self.cluster.timeout() / 2);
-        let connection = self.cluster.broker(leader)?;
-        let mut version = connection.version::<FetchRequest>()?;
-        if self.layout.topic_id.is_nil() {
-            version = version.min(12); // v13+ names topics by id only
-        }
-        let request = FetchRequest::default()
-            .with_max_wait_ms(max_wait.as_millis() as i32)
-            .with_min_bytes(1)
-            .with_max_bytes(self.args.fetch_max_bytes)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(topic_name(&self.layout.name))
-                .with_topic_id(self.layout.topic_id)
-                .with_partitions(
-                    partitions
-                        .iter()
-                        .map(|&p| {
-                            FetchPartition::default()
-                                .with_partition(p)
-                                .with_fetch_offset(self.positions[&p])
-                                .with_partition_max_bytes(self.args.fetch_max_bytes)
-                        })
-                        .collect(),
-                )]);
-        Ok(connection.call_at(&request, version)?)
+        let topic = topic_name(&self.layout.name);
+        let from = FetchFrom {
+            topic: &topic,
+            topic_id: self.layout.topic_id,
+            max_wait_ms: max_wait.as_millis() as i32,
+            min_bytes: 1,
+            max_bytes: self.args.fetch_max_bytes,
+            partition_max_bytes: self.args.fetch_max_bytes,
+        };
+        let positions: Vec<(i32, i64)> = partitions
+            .iter()
+            .map(|&p| (p, self.positions[&p]))
+            .collect();
+        let connection = self.cluster.broker(leader).map_err(|error| {
+            // Opening a connection can meet an `ApiVersions` error code: not the Fetch's.
+            match error.broker_code() {
+                Some(_) => ringfeed_client::Error::failed(error.to_string()),
+                None => error,
+            }
+        })?;
+        connection.fetch(&from, positions)
     }
 
     /// Prints a partition's records and moves its position; acts on its error code.

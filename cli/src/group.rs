@@ -4,25 +4,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::describe_groups_response::DescribedGroup;
-use kafka_protocol::messages::offset_commit_request::{
-    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
-};
-use kafka_protocol::messages::offset_fetch_request::{
-    OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
-};
-use kafka_protocol::messages::{
-    DeleteGroupsRequest, DescribeGroupsRequest, ListGroupsRequest, OffsetCommitRequest,
-    OffsetFetchRequest,
-};
-use kafka_protocol::protocol::StrBytes;
 
-use super::client::{
-    group_id, topic_name, Cluster, Connection, TopicLayout, OFFSET_EARLIEST, OFFSET_LATEST,
-};
+use super::client::{Cluster, Connection, TopicLayout, OFFSET_EARLIEST, OFFSET_LATEST};
 use super::membership::decode_assignment_topics;
-use super::{check_error, describe_error, fail, print_table, CliResult, ConnectArgs, Outcome};
+use super::{fail, print_table, CliResult, ConnectArgs, Outcome};
 
 /// Caps how many partitions one describe or reset covers, so a hostile or huge answer does
 /// not turn into unbounded `ListOffsets` traffic.
@@ -91,186 +77,21 @@ pub fn run(connect: &ConnectArgs, command: GroupCommand) -> CliResult<Outcome> {
     }
 }
 
-/// Commits `offsets` of `topic` for `group`. `generation` -1 and an empty member id commit
-/// as an admin, which Kafka accepts only while the group has no members. Returns each
-/// partition's error code.
-pub fn commit_offsets(
-    connection: &mut Connection,
-    group: &str,
-    generation: i32,
-    member_id: &str,
-    topic: &str,
-    offsets: &BTreeMap<i32, i64>,
-) -> CliResult<Vec<(i32, i16)>> {
-    let request = OffsetCommitRequest::default()
-        .with_group_id(group_id(group))
-        .with_generation_id_or_member_epoch(generation)
-        .with_member_id(StrBytes::from_string(member_id.to_string()))
-        .with_retention_time_ms(-1)
-        .with_topics(vec![OffsetCommitRequestTopic::default()
-            .with_name(topic_name(topic))
-            .with_partitions(
-                offsets
-                    .iter()
-                    .map(|(&partition, &offset)| {
-                        OffsetCommitRequestPartition::default()
-                            .with_partition_index(partition)
-                            .with_committed_offset(offset)
-                            .with_committed_leader_epoch(-1)
-                            .with_committed_metadata(Some(StrBytes::default()))
-                    })
-                    .collect(),
-            )]);
-    let response = connection.call(&request)?;
-    Ok(response
-        .topics
-        .iter()
-        .flat_map(|t| &t.partitions)
-        .map(|p| (p.partition_index, p.error_code))
-        .collect())
-}
-
-/// The group's committed offsets: of `topics` (name, partitions), or of every topic when
-/// `None`. Partitions without a commit are left out.
-pub fn fetch_committed(
-    connection: &mut Connection,
-    group: &str,
-    topics: Option<&[(String, Vec<i32>)]>,
-) -> CliResult<BTreeMap<(String, i32), i64>> {
-    let version = connection.version::<OffsetFetchRequest>()?;
-    let (group_error, answers) = if version >= 8 {
-        offset_fetch_by_groups(connection, version, group, topics)?
-    } else {
-        offset_fetch_single_group(connection, version, group, topics)?
-    };
-    check_error(
-        group_error,
-        None,
-        &format!("committed offsets of group {group}"),
-    )?;
-    let mut committed = BTreeMap::new();
-    for (topic, partition, offset, code) in answers {
-        check_error(
-            code,
-            None,
-            &format!("committed offset of {topic}/{partition}"),
-        )?;
-        // -1: no commit for this partition.
-        if offset >= 0 {
-            committed.insert((topic, partition), offset);
-        }
-    }
-    Ok(committed)
-}
-
-/// The group's error code and, per partition, (topic, partition, offset, error code).
-type OffsetFetchAnswer = (i16, Vec<(String, i32, i64, i16)>);
-
-/// `OffsetFetch` v8+, which asks for a list of groups.
-fn offset_fetch_by_groups(
-    connection: &mut Connection,
-    version: i16,
-    group: &str,
-    topics: Option<&[(String, Vec<i32>)]>,
-) -> CliResult<OffsetFetchAnswer> {
-    let request_topics = topics.map(|topics| {
-        topics
-            .iter()
-            .map(|(name, partitions)| {
-                OffsetFetchRequestTopics::default()
-                    .with_name(topic_name(name))
-                    .with_partition_indexes(partitions.clone())
-            })
-            .collect()
-    });
-    let request =
-        OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default()
-            .with_group_id(group_id(group))
-            .with_member_epoch(-1)
-            .with_topics(request_topics)]);
-    let response = connection.call_at(&request, version)?;
-    let mut answers = Vec::new();
-    for topic in response.groups.iter().flat_map(|g| &g.topics) {
-        answers.extend(topic.partitions.iter().map(|p| {
-            (
-                topic.name.0.to_string(),
-                p.partition_index,
-                p.committed_offset,
-                p.error_code,
-            )
-        }));
-    }
-    let group_error = response
-        .groups
-        .iter()
-        .map(|g| g.error_code)
-        .find(|&c| c != 0);
-    Ok((group_error.unwrap_or(0), answers))
-}
-
-/// `OffsetFetch` v1-v7, for one group.
-fn offset_fetch_single_group(
-    connection: &mut Connection,
-    version: i16,
-    group: &str,
-    topics: Option<&[(String, Vec<i32>)]>,
-) -> CliResult<OffsetFetchAnswer> {
-    let request_topics = topics.map(|topics| {
-        topics
-            .iter()
-            .map(|(name, partitions)| {
-                OffsetFetchRequestTopic::default()
-                    .with_name(topic_name(name))
-                    .with_partition_indexes(partitions.clone())
-            })
-            .collect()
-    });
-    let request = OffsetFetchRequest::default()
-        .with_group_id(group_id(group))
-        .with_topics(request_topics);
-    let response = connection.call_at(&request, version)?;
-    let mut answers = Vec::new();
-    for topic in &response.topics {
-        answers.extend(topic.partitions.iter().map(|p| {
-            (
-                topic.name.0.to_string(),
-                p.partition_index,
-                p.committed_offset,
-                p.error_code,
-            )
-        }));
-    }
-    Ok((response.error_code, answers))
-}
-
 fn list(cluster: &mut Cluster) -> Outcome {
     let mut groups: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut failures = 0;
     // Groups live on their coordinators: every broker is asked.
     for broker in cluster.broker_ids() {
-        let answer = cluster
-            .broker(broker)
-            .and_then(|c| c.call(&ListGroupsRequest::default()));
-        match answer {
-            Ok(response) if response.error_code == 0 => {
-                for group in response.groups {
-                    let state = if group.group_state.is_empty() {
+        match cluster.broker(broker).and_then(Connection::list_groups) {
+            Ok(listed) => {
+                for group in listed {
+                    let state = if group.state.is_empty() {
                         "-".to_string()
                     } else {
-                        group.group_state.to_string()
+                        group.state
                     };
-                    groups.insert(
-                        group.group_id.0.to_string(),
-                        (state, group.protocol_type.to_string()),
-                    );
+                    groups.insert(group.group, (state, group.protocol_type));
                 }
-            }
-            Ok(response) => {
-                failures += 1;
-                eprintln!(
-                    "broker {broker}: ListGroups: {}",
-                    describe_error(response.error_code, None)
-                );
             }
             Err(error) => {
                 failures += 1;
@@ -286,25 +107,6 @@ fn list(cluster: &mut Cluster) -> Outcome {
     Outcome::from_failures(failures)
 }
 
-fn describe_group(connection: &mut Connection, group: &str) -> CliResult<DescribedGroup> {
-    let request = DescribeGroupsRequest::default().with_groups(vec![group_id(group)]);
-    let response = connection.call(&request)?;
-    let Some(mut described) = response.groups.into_iter().next() else {
-        return fail(format!("DescribeGroups {group}: empty answer"));
-    };
-    // DescribeGroups v6 reports an unknown group as an error; older versions as "Dead".
-    if described.error_code == ResponseError::GroupIdNotFound.code() {
-        described.error_code = 0;
-        described.group_state = StrBytes::from_static_str("Dead");
-    }
-    check_error(
-        described.error_code,
-        described.error_message.as_ref(),
-        &format!("group {group}"),
-    )?;
-    Ok(described)
-}
-
 /// One row of `group describe`: a partition the group has a commit for or a member owns.
 struct LagRow {
     committed: Option<i64>,
@@ -314,8 +116,8 @@ struct LagRow {
 fn describe(cluster: &mut Cluster, group: &str) -> CliResult<Outcome> {
     let coordinator = cluster.coordinator_address(group)?;
     let connection = cluster.connection_to(&coordinator)?;
-    let described = describe_group(connection, group)?;
-    let committed = fetch_committed(connection, group, None)?;
+    let described = connection.describe_group(group)?;
+    let committed = connection.fetch_committed(group, None)?;
     if described.group_state.as_str() == "Dead" && committed.is_empty() {
         return fail(format!("group {group} does not exist"));
     }
@@ -478,27 +280,25 @@ fn reset_offsets(
     };
     let targets = reset_targets(cluster, &layout, &indexes, target)?;
     let connection = cluster.connection_to(&coordinator)?;
-    let previous = fetch_committed(
-        connection,
-        group,
-        Some(&[(topic.to_string(), indexes.clone())]),
-    )?;
-    let codes: BTreeMap<i32, i16> = if dry_run {
+    let previous =
+        connection.fetch_committed(group, Some(&[(topic.to_string(), indexes.clone())]))?;
+    let outcomes: BTreeMap<i32, ringfeed_client::Result<()>> = if dry_run {
         BTreeMap::new()
     } else {
-        commit_offsets(connection, group, -1, "", topic, &targets)?
+        connection
+            .commit_offsets(group, -1, "", topic, &targets)?
             .into_iter()
             .collect()
     };
     let mut failures = 0;
     let mut rows = Vec::with_capacity(targets.len());
     for (&partition, &offset) in &targets {
-        let status = match codes.get(&partition) {
+        let status = match outcomes.get(&partition) {
             _ if dry_run => "dry run".to_string(),
-            Some(0) => "ok".to_string(),
-            Some(&code) => {
+            Some(Ok(())) => "ok".to_string(),
+            Some(Err(error)) => {
                 failures += 1;
-                describe_error(code, None)
+                error.to_string()
             }
             None => {
                 failures += 1;
@@ -531,7 +331,7 @@ fn reset_offsets(
 
 /// Kafka accepts an admin commit only for a group without members; say so up front.
 fn require_no_members(connection: &mut Connection, group: &str) -> CliResult<()> {
-    let described = describe_group(connection, group)?;
+    let described = connection.describe_group(group)?;
     let state = described.group_state.as_str();
     if matches!(state, "Empty" | "Dead") {
         return Ok(());
@@ -575,20 +375,11 @@ fn reset_targets(
 fn delete(cluster: &mut Cluster, groups: &[String]) -> Outcome {
     let mut failures = 0;
     for group in groups {
-        let outcome = cluster.coordinator(group).and_then(|connection| {
-            let request = DeleteGroupsRequest::default().with_groups_names(vec![group_id(group)]);
-            connection.call(&request)
-        });
-        match outcome {
-            Ok(response) => {
-                let code = response.results.first().map_or(0, |r| r.error_code);
-                if code == 0 {
-                    println!("deleted {group}");
-                } else {
-                    failures += 1;
-                    eprintln!("group {group}: {}", describe_error(code, None));
-                }
-            }
+        match cluster
+            .coordinator(group)
+            .and_then(|connection| connection.delete_group(group))
+        {
+            Ok(()) => println!("deleted {group}"),
             Err(error) => {
                 failures += 1;
                 eprintln!("group {group}: {error}");

@@ -4,9 +4,9 @@
 //! `ApiVersions`, partition requests go to partition leaders found through `Metadata` and group
 //! requests to the coordinator found through `FindCoordinator`, as a Kafka client does.
 //!
-//! The connections, version negotiation and cluster routing are `ringfeed-client`'s
-//! (blocking, one request in flight per connection: a CLI waits for every answer anyway);
-//! this crate is the commands. Every response frame, fetch and line read has a bound. The
+//! The connections, version negotiation, cluster routing and every request (one typed call
+//! per API) are `ringfeed-client`'s (blocking, one request in flight per connection: a CLI
+//! waits for every answer anyway); this crate is the commands and their output. Every response frame, fetch and line read has a bound. The
 //! `ringfeed` binary runs these subcommands through [`run`].
 
 pub mod client;

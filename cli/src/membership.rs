@@ -10,17 +10,14 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::consumer_protocol_assignment::TopicPartition as AssignedTopic;
-use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
-use kafka_protocol::messages::leave_group_request::MemberIdentity;
-use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ConsumerProtocolAssignment, ConsumerProtocolSubscription, HeartbeatRequest, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, SyncGroupRequest,
+    ConsumerProtocolAssignment, ConsumerProtocolSubscription, JoinGroupResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Message, StrBytes};
+use ringfeed_client::groups::JoinGroup;
+use ringfeed_client::ErrorKind;
 
-use super::client::{group_id, topic_name, Cluster, RETRIES_MAX, RETRY_BACKOFF};
-use super::group::commit_offsets;
+use super::client::{topic_name, Cluster, RETRIES_MAX, RETRY_BACKOFF};
 use super::{describe_error, fail, CliError, CliResult};
 
 const PROTOCOL_TYPE: &str = "consumer";
@@ -102,45 +99,41 @@ impl Membership {
         } else {
             Vec::new()
         };
-        let timeout = cluster.timeout();
         let connection = cluster.connection_to(&self.coordinator)?;
-        let request = SyncGroupRequest::default()
-            .with_group_id(group_id(&self.group))
-            .with_generation_id(self.generation)
-            .with_member_id(StrBytes::from_string(self.member_id.clone()))
-            .with_protocol_type(Some(StrBytes::from_static_str(PROTOCOL_TYPE)))
-            .with_protocol_name(Some(StrBytes::from_static_str(ASSIGNOR)))
-            .with_assignments(assignments);
-        connection.set_read_timeout(REBALANCE_TIMEOUT + cluster_timeout_margin())?;
-        let response = connection.call(&request);
-        connection.set_read_timeout(timeout)?;
-        let response = response?;
-        if response.error_code != 0 {
-            return Ok(Err(response.error_code));
-        }
-        Ok(Ok(decode_assignment(&response.assignment, &self.topic)?))
+        let synced = connection.sync_group(
+            &self.group,
+            self.generation,
+            &self.member_id,
+            (PROTOCOL_TYPE, ASSIGNOR),
+            assignments,
+            REBALANCE_TIMEOUT + cluster_timeout_margin(),
+        );
+        let assignment = match synced {
+            Ok(assignment) => assignment,
+            Err(error) => match error.broker_code() {
+                Some(code) => return Ok(Err(code)),
+                None => return Err(error.into()),
+            },
+        };
+        Ok(Ok(decode_assignment(&assignment, &self.topic)?))
     }
 
     fn join_group(&mut self, cluster: &mut Cluster) -> CliResult<Result<JoinGroupResponse, i16>> {
         let subscription = encode_subscription(&self.topic)?;
         for _ in 0..2 {
-            let timeout = cluster.timeout();
             let connection = cluster.connection_to(&self.coordinator)?;
-            let request = JoinGroupRequest::default()
-                .with_group_id(group_id(&self.group))
-                .with_session_timeout_ms(SESSION_TIMEOUT.as_millis() as i32)
-                .with_rebalance_timeout_ms(REBALANCE_TIMEOUT.as_millis() as i32)
-                .with_member_id(StrBytes::from_string(self.member_id.clone()))
-                .with_protocol_type(StrBytes::from_static_str(PROTOCOL_TYPE))
-                .with_protocols(vec![JoinGroupRequestProtocol::default()
-                    .with_name(StrBytes::from_static_str(ASSIGNOR))
-                    .with_metadata(subscription.clone())]);
+            let protocols = [(ASSIGNOR, subscription.clone())];
+            let join = JoinGroup {
+                group: &self.group,
+                member_id: &self.member_id,
+                session_timeout: SESSION_TIMEOUT,
+                rebalance_timeout: REBALANCE_TIMEOUT,
+                protocol_type: PROTOCOL_TYPE,
+                protocols: &protocols,
+            };
             // The coordinator holds JoinGroup until every member rejoined or the rebalance
             // timeout passed (plus the group's initial delay on first join).
-            connection.set_read_timeout(REBALANCE_TIMEOUT + cluster_timeout_margin())?;
-            let response = connection.call(&request);
-            connection.set_read_timeout(timeout)?;
-            let response = response?;
+            let response = connection.join_group(&join, cluster_timeout_margin())?;
             if response.error_code == ResponseError::MemberIdRequired.code() {
                 // KIP-394: the first join only hands out a member id; join again with it.
                 self.member_id = response.member_id.to_string();
@@ -190,16 +183,17 @@ impl Membership {
         if self.last_heartbeat.elapsed() < HEARTBEAT_INTERVAL {
             return Ok(GroupState::Stable);
         }
-        let request = HeartbeatRequest::default()
-            .with_group_id(group_id(&self.group))
-            .with_generation_id(self.generation)
-            .with_member_id(StrBytes::from_string(self.member_id.clone()));
-        let response = cluster.connection_to(&self.coordinator)?.call(&request)?;
+        let beat = cluster.connection_to(&self.coordinator)?.heartbeat(
+            &self.group,
+            self.generation,
+            &self.member_id,
+        );
         self.last_heartbeat = Instant::now();
-        if response.error_code == 0 {
-            return Ok(GroupState::Stable);
-        }
-        self.recover_from(cluster, response.error_code)?;
+        let code = match beat {
+            Ok(()) => return Ok(GroupState::Stable),
+            Err(error) => error.broker_code().ok_or(error)?,
+        };
+        self.recover_from(cluster, code)?;
         Ok(GroupState::MustRejoin)
     }
 
@@ -214,8 +208,7 @@ impl Membership {
             return Ok(GroupState::Stable);
         }
         let connection = cluster.connection_to(&self.coordinator)?;
-        let codes = commit_offsets(
-            connection,
+        let outcomes = connection.commit_offsets(
             &self.group,
             self.generation,
             &self.member_id,
@@ -223,15 +216,13 @@ impl Membership {
             positions,
         )?;
         let mut state = GroupState::Stable;
-        for (partition, code) in codes {
-            if code != 0 {
+        for (partition, outcome) in outcomes {
+            if let Err(error) = outcome {
                 eprintln!(
-                    "group {}: committing {}/{partition}: {}",
-                    self.group,
-                    self.topic,
-                    describe_error(code, None)
+                    "group {}: committing {}/{partition}: {error}",
+                    self.group, self.topic,
                 );
-                self.recover_from(cluster, code)?;
+                self.recover_from(cluster, error.broker_code().ok_or(error)?)?;
                 state = GroupState::MustRejoin;
             }
         }
@@ -241,22 +232,16 @@ impl Membership {
     /// Leaves the group so the others are rebalanced at once rather than after the session
     /// timeout. Best effort: the process is exiting.
     pub fn leave(&mut self, cluster: &mut Cluster) {
-        let member_id = StrBytes::from_string(self.member_id.clone());
         let Ok(connection) = cluster.connection_to(&self.coordinator) else {
             return;
         };
-        let Ok(version) = connection.version::<LeaveGroupRequest>() else {
-            return;
-        };
-        let request = if version >= 3 {
-            LeaveGroupRequest::default()
-                .with_members(vec![MemberIdentity::default().with_member_id(member_id)])
-        } else {
-            LeaveGroupRequest::default().with_member_id(member_id)
-        }
-        .with_group_id(group_id(&self.group));
-        if let Err(error) = connection.call_at(&request, version) {
-            eprintln!("group {}: leaving: {error}", self.group);
+        match connection.leave_group(&self.group, &self.member_id) {
+            // Best effort, as before the typed call: a broker without `LeaveGroup`, or one
+            // that already dropped this member, lets the session time out instead.
+            Err(error) if matches!(error.kind(), ErrorKind::Unsupported | ErrorKind::Broker(_)) => {
+            }
+            Err(error) => eprintln!("group {}: leaving: {error}", self.group),
+            Ok(()) => {}
         }
     }
 }
@@ -340,7 +325,7 @@ fn encode_assignment(topics: &BTreeMap<String, Vec<i32>>) -> CliResult<Bytes> {
 fn assign_range(
     cluster: &mut Cluster,
     join: &JoinGroupResponse,
-) -> CliResult<Vec<SyncGroupRequestAssignment>> {
+) -> CliResult<Vec<(String, Bytes)>> {
     let mut subscriptions: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut members = Vec::with_capacity(join.members.len());
     for member in &join.members {
@@ -366,9 +351,7 @@ fn assign_range(
         .into_iter()
         .map(|member| {
             let topics = plan.get(&member).cloned().unwrap_or_default();
-            Ok(SyncGroupRequestAssignment::default()
-                .with_member_id(StrBytes::from_string(member))
-                .with_assignment(encode_assignment(&topics)?))
+            Ok((member, encode_assignment(&topics)?))
         })
         .collect()
 }

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::ProduceRequest;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
+
+use ringfeed_client::ProduceTo;
 
 use super::client::{topic_name, Cluster, TopicLayout, RETRIES_MAX, RETRY_BACKOFF};
 use super::{describe_error, fail, parse_key_value, CliError, CliResult, ConnectArgs, Outcome};
@@ -356,38 +356,39 @@ impl Producer<'_> {
                 .map(|(p, r)| (p, r, not_leader))
                 .collect());
         }
-        let request = self.build_request(&partitions)?;
-        let acks = self.args.acks;
+        let batches = self.encode_batches(&partitions)?;
+        let topic = topic_name(&self.layout.name);
+        let to = ProduceTo {
+            topic: &topic,
+            topic_id: self.layout.topic_id,
+            acks: self.args.acks.code(),
+            timeout_ms: self.cluster.broker_timeout_ms(),
+        };
         let connection = match self.cluster.broker(leader) {
             Ok(connection) => connection,
             Err(error) => return Ok(self.unanswered(leader, partitions, &error)),
         };
-        let mut version = connection.version::<ProduceRequest>()?;
-        if self.layout.topic_id.is_nil() {
-            version = version.min(12); // v13 names topics by id only
-        }
-        if acks == Acks::None {
-            if let Err(error) = connection.send_only(&request, version) {
-                return Ok(self.unanswered(leader, partitions, &error));
+        let produced = match connection.produce(&to, batches) {
+            Ok(produced) => produced,
+            // No version of Produce in common: no retry helps.
+            Err(error) if error.kind() == ringfeed_client::ErrorKind::Unsupported => {
+                return Err(error.into())
             }
+            Err(error) => return Ok(self.unanswered(leader, partitions, &error)),
+        };
+        if self.args.acks == Acks::None {
             self.produced += partitions.iter().map(|(_, r)| r.len() as u64).sum::<u64>();
             return Ok(Vec::new());
         }
-        let response = match connection.call_at(&request, version) {
-            Ok(response) => response,
-            Err(error) => return Ok(self.unanswered(leader, partitions, &error)),
-        };
         let mut codes: BTreeMap<i32, i16> = BTreeMap::new();
-        for partition in response
-            .responses
-            .iter()
-            .flat_map(|t| &t.partition_responses)
-        {
-            codes.insert(partition.index, partition.error_code);
-            if partition.error_code != 0 {
-                if let Some(message) = partition.error_message.as_ref().filter(|m| !m.is_empty()) {
-                    eprintln!("partition {}: {message}", partition.index);
-                }
+        for partition in produced {
+            let code = match &partition.outcome {
+                Ok(_) => 0,
+                Err(error) => error.broker_code().unwrap_or(-1),
+            };
+            codes.insert(partition.partition, code);
+            if let Some(message) = &partition.error_message {
+                eprintln!("partition {}: {message}", partition.partition);
             }
         }
         let mut failed = Vec::new();
@@ -418,7 +419,8 @@ impl Producer<'_> {
         partitions.into_iter().map(|(p, r)| (p, r, code)).collect()
     }
 
-    fn build_request(&self, partitions: &[(i32, Vec<Pending>)]) -> CliResult<ProduceRequest> {
+    /// One record batch per partition, stamped now.
+    fn encode_batches(&self, partitions: &[(i32, Vec<Pending>)]) -> CliResult<Vec<(i32, Bytes)>> {
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -426,7 +428,7 @@ impl Producer<'_> {
             version: 2,
             compression: self.args.compression.codec(),
         };
-        let mut partition_data = Vec::with_capacity(partitions.len());
+        let mut batches = Vec::with_capacity(partitions.len());
         for (partition, pending) in partitions {
             let records: Vec<Record> = pending
                 .iter()
@@ -450,20 +452,9 @@ impl Producer<'_> {
             let mut batch = BytesMut::new();
             RecordBatchEncoder::encode(&mut batch, &records, &options)
                 .map_err(|error| CliError(format!("encoding a record batch: {error}")))?;
-            partition_data.push(
-                PartitionProduceData::default()
-                    .with_index(*partition)
-                    .with_records(Some(batch.freeze())),
-            );
+            batches.push((*partition, batch.freeze()));
         }
-        let timeout_ms = self.cluster.broker_timeout_ms();
-        Ok(ProduceRequest::default()
-            .with_acks(self.args.acks.code())
-            .with_timeout_ms(timeout_ms)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(topic_name(&self.layout.name))
-                .with_topic_id(self.layout.topic_id)
-                .with_partition_data(partition_data)]))
+        Ok(batches)
     }
 }
 

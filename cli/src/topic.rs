@@ -1,29 +1,10 @@
 //! `ringfeed topic create|list|describe|alter-config|delete`: `CreateTopics`, `Metadata`,
 //! `ListOffsets`, `DescribeConfigs`, `IncrementalAlterConfigs` and `DeleteTopics`.
 
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
-use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
-use kafka_protocol::messages::incremental_alter_configs_request::{
-    AlterConfigsResource, AlterableConfig,
-};
-use kafka_protocol::messages::{
-    CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
-    IncrementalAlterConfigsRequest,
-};
-use kafka_protocol::protocol::StrBytes;
+use ringfeed_client::admin::{config_source_name, NewTopic};
 
-use super::client::{topic_name, Cluster, OFFSET_EARLIEST, OFFSET_LATEST};
-use super::{
-    check_error, describe_error, fail, parse_key_value, print_table, CliResult, ConnectArgs,
-    Outcome,
-};
-
-/// Kafka's config resource type for a topic.
-const RESOURCE_TYPE_TOPIC: i8 = 2;
-/// `IncrementalAlterConfigs` operations.
-const CONFIG_OPERATION_SET: i8 = 0;
-const CONFIG_OPERATION_DELETE: i8 = 1;
+use super::client::{Cluster, OFFSET_EARLIEST, OFFSET_LATEST};
+use super::{describe_error, fail, parse_key_value, print_table, CliResult, ConnectArgs, Outcome};
 
 #[derive(clap::Subcommand)]
 pub enum TopicCommand {
@@ -98,52 +79,27 @@ fn create(
     replication_factor: Option<i16>,
     configs: &[(String, String)],
 ) -> CliResult<Outcome> {
-    let timeout_ms = cluster.broker_timeout_ms();
-    let connection = cluster.controller()?;
-    let version = connection.version::<CreateTopicsRequest>()?;
-    // "-1: the broker's default" exists from v4; older brokers need numbers.
-    let default = if version >= 4 { -1 } else { 1 };
-    let topics = names
+    let topics: Vec<NewTopic> = names
         .iter()
-        .map(|name| {
-            CreatableTopic::default()
-                .with_name(topic_name(name))
-                .with_num_partitions(partitions.unwrap_or(default))
-                .with_replication_factor(replication_factor.unwrap_or(default as i16))
-                .with_configs(
-                    configs
-                        .iter()
-                        .map(|(key, value)| {
-                            CreatableTopicConfig::default()
-                                .with_name(StrBytes::from_string(key.clone()))
-                                .with_value(Some(StrBytes::from_string(value.clone())))
-                        })
-                        .collect(),
-                )
+        .map(|name| NewTopic {
+            name: name.clone(),
+            partitions,
+            replication_factor,
+            configs: configs.to_vec(),
         })
         .collect();
-    let request = CreateTopicsRequest::default()
-        .with_topics(topics)
-        .with_timeout_ms(timeout_ms);
-    let response = connection.call_at(&request, version)?;
     let mut failures = 0;
-    for result in &response.topics {
-        let name = result.name.0.as_str();
-        if result.error_code == 0 {
-            if version >= 5 {
-                println!(
-                    "created {name} ({} partitions, replication factor {})",
-                    result.num_partitions, result.replication_factor
-                );
-            } else {
-                println!("created {name}");
+    for created in cluster.create_topics(&topics)? {
+        let name = &created.name;
+        match created.outcome {
+            Ok(Some((partitions, replication_factor))) => println!(
+                "created {name} ({partitions} partitions, replication factor {replication_factor})"
+            ),
+            Ok(None) => println!("created {name}"),
+            Err(error) => {
+                failures += 1;
+                eprintln!("topic {name}: {error}");
             }
-        } else {
-            failures += 1;
-            eprintln!(
-                "topic {name}: {}",
-                describe_error(result.error_code, result.error_message.as_ref())
-            );
         }
     }
     Ok(Outcome::from_failures(failures))
@@ -237,53 +193,21 @@ fn describe(cluster: &mut Cluster, name: &str) -> CliResult<Outcome> {
 }
 
 fn print_configs(cluster: &mut Cluster, name: &str) -> CliResult<()> {
-    let request =
-        DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
-            .with_resource_type(RESOURCE_TYPE_TOPIC)
-            .with_resource_name(StrBytes::from_string(name.to_string()))
-            .with_configuration_keys(None)]);
-    let response = cluster.any().call(&request)?;
-    let Some(result) = response.results.first() else {
-        return fail(format!("DescribeConfigs {name}: empty answer"));
-    };
-    check_error(
-        result.error_code,
-        result.error_message.as_ref(),
-        &format!("configs of {name}"),
-    )?;
-    let mut rows: Vec<Vec<String>> = result
-        .configs
-        .iter()
+    let mut rows: Vec<Vec<String>> = cluster
+        .describe_topic_configs(name)?
+        .into_iter()
         .map(|c| {
             let value = if c.is_sensitive {
                 "(sensitive)".to_string()
             } else {
-                c.value
-                    .as_ref()
-                    .map_or_else(|| "(null)".to_string(), ToString::to_string)
+                c.value.unwrap_or_else(|| "(null)".to_string())
             };
-            vec![
-                c.name.to_string(),
-                value,
-                config_source_name(c.config_source).to_string(),
-            ]
+            vec![c.name, value, config_source_name(c.source).to_string()]
         })
         .collect();
     rows.sort();
     print_table(&["CONFIG", "VALUE", "SOURCE"], &rows);
     Ok(())
-}
-
-fn config_source_name(source: i8) -> &'static str {
-    match source {
-        1 => "DYNAMIC_TOPIC_CONFIG",
-        2 => "DYNAMIC_BROKER_CONFIG",
-        3 => "DYNAMIC_DEFAULT_BROKER_CONFIG",
-        4 => "STATIC_BROKER_CONFIG",
-        5 => "DEFAULT_CONFIG",
-        6 => "DYNAMIC_BROKER_LOGGER_CONFIG",
-        _ => "UNKNOWN",
-    }
 }
 
 fn alter_config(
@@ -295,36 +219,7 @@ fn alter_config(
     if set.is_empty() && delete.is_empty() {
         return fail("alter-config needs at least one --set key=value or --delete key");
     }
-    let mut configs: Vec<AlterableConfig> = set
-        .iter()
-        .map(|(key, value)| {
-            AlterableConfig::default()
-                .with_name(StrBytes::from_string(key.clone()))
-                .with_config_operation(CONFIG_OPERATION_SET)
-                .with_value(Some(StrBytes::from_string(value.clone())))
-        })
-        .collect();
-    configs.extend(delete.iter().map(|key| {
-        AlterableConfig::default()
-            .with_name(StrBytes::from_string(key.clone()))
-            .with_config_operation(CONFIG_OPERATION_DELETE)
-            .with_value(None)
-    }));
-    let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
-        AlterConfigsResource::default()
-            .with_resource_type(RESOURCE_TYPE_TOPIC)
-            .with_resource_name(StrBytes::from_string(name.to_string()))
-            .with_configs(configs),
-    ]);
-    let response = cluster.any().call(&request)?;
-    let Some(result) = response.responses.first() else {
-        return fail(format!("IncrementalAlterConfigs {name}: empty answer"));
-    };
-    check_error(
-        result.error_code,
-        result.error_message.as_ref(),
-        &format!("altering configs of {name}"),
-    )?;
+    cluster.alter_topic_configs(name, set, delete)?;
     for (key, value) in set {
         println!("{name}: set {key}={value}");
     }
@@ -335,36 +230,14 @@ fn alter_config(
 }
 
 fn delete_topics(cluster: &mut Cluster, names: &[String]) -> CliResult<Outcome> {
-    let timeout_ms = cluster.broker_timeout_ms();
-    let connection = cluster.controller()?;
-    let version = connection.version::<DeleteTopicsRequest>()?;
-    let request = if version >= 6 {
-        DeleteTopicsRequest::default().with_topics(
-            names
-                .iter()
-                .map(|name| DeleteTopicState::default().with_name(Some(topic_name(name))))
-                .collect(),
-        )
-    } else {
-        DeleteTopicsRequest::default()
-            .with_topic_names(names.iter().map(|n| topic_name(n)).collect())
-    }
-    .with_timeout_ms(timeout_ms);
-    let response = connection.call_at(&request, version)?;
     let mut failures = 0;
-    for result in &response.responses {
-        let name = result
-            .name
-            .as_ref()
-            .map_or_else(|| result.topic_id.to_string(), |n| n.0.to_string());
-        if result.error_code == 0 {
-            println!("deleted {name}");
-        } else {
-            failures += 1;
-            eprintln!(
-                "topic {name}: {}",
-                describe_error(result.error_code, result.error_message.as_ref())
-            );
+    for (name, outcome) in cluster.delete_topics(names)? {
+        match outcome {
+            Ok(()) => println!("deleted {name}"),
+            Err(error) => {
+                failures += 1;
+                eprintln!("topic {name}: {error}");
+            }
         }
     }
     Ok(Outcome::from_failures(failures))

@@ -137,25 +137,7 @@ impl Cluster {
     /// `Metadata` for `topics` (`None`: every topic), without creating any. Refreshes the
     /// broker list.
     pub fn metadata(&mut self, topics: Option<&[String]>) -> Result<MetadataResponse> {
-        let connection = self.any();
-        let version = connection.version::<MetadataRequest>()?;
-        let topics = topics.map(|names| {
-            names
-                .iter()
-                .map(|name| MetadataRequestTopic::default().with_name(Some(topic_name(name))))
-                .collect()
-        });
-        // v0 has no "all topics" null: an empty list means all there.
-        let topics = if version == 0 {
-            Some(topics.unwrap_or_default())
-        } else {
-            topics
-        };
-        // The crate refuses `false` below v4, where the field does not exist.
-        let request = MetadataRequest::default()
-            .with_topics(topics)
-            .with_allow_auto_topic_creation(version < 4);
-        let response = connection.call_at(&request, version)?;
+        let response = self.any().metadata(topics)?;
         check_error(response.error_code, None, "Metadata")?;
         self.brokers = response
             .brokers
@@ -322,28 +304,11 @@ impl Cluster {
             }
         }
         for (leader, indexes) in by_leader {
-            let request = ListOffsetsRequest::default()
-                .with_replica_id(BrokerId(-1))
-                .with_topics(vec![ListOffsetsTopic::default()
-                    .with_name(topic_name(&layout.name))
-                    .with_partitions(
-                        indexes
-                            .iter()
-                            .map(|&p| {
-                                ListOffsetsPartition::default()
-                                    .with_partition_index(p)
-                                    .with_timestamp(timestamp)
-                            })
-                            .collect(),
-                    )]);
-            let response = self.broker(leader)?.call(&request)?;
-            for partition in response.topics.iter().flat_map(|t| &t.partitions) {
-                let result = if partition.error_code == 0 {
-                    Ok(partition.offset)
-                } else {
-                    Err(describe_error(partition.error_code, None))
-                };
-                offsets.insert(partition.partition_index, result);
+            let answered = self
+                .broker(leader)?
+                .list_offsets(&layout.name, &indexes, timestamp)?;
+            for (index, outcome) in answered {
+                offsets.insert(index, outcome.map_err(|error| error.to_string()));
             }
         }
         for &index in partitions {
@@ -352,5 +317,72 @@ impl Cluster {
                 .or_insert_with(|| Err("missing from the ListOffsets answer".to_string()));
         }
         Ok(offsets)
+    }
+}
+
+impl Connection {
+    /// `Metadata` for `topics` (`None`: every topic) at the negotiated version, never
+    /// creating a topic where the version lets us say so (v4+).
+    pub fn metadata(&mut self, topics: Option<&[String]>) -> Result<MetadataResponse> {
+        let version = self.version::<MetadataRequest>()?;
+        let topics = topics.map(|names| {
+            names
+                .iter()
+                .map(|name| MetadataRequestTopic::default().with_name(Some(topic_name(name))))
+                .collect()
+        });
+        // v0 has no "all topics" null: an empty list means all there.
+        let topics = if version == 0 {
+            Some(topics.unwrap_or_default())
+        } else {
+            topics
+        };
+        // The crate refuses `false` below v4, where the field does not exist; before it a
+        // broker auto-creates by its own setting.
+        let request = MetadataRequest::default()
+            .with_topics(topics)
+            .with_allow_auto_topic_creation(version < 4);
+        self.call_at(&request, version)
+    }
+
+    /// `ListOffsets` of `partitions` of `topic` at `timestamp` (or `OFFSET_EARLIEST` /
+    /// `OFFSET_LATEST`), asked of this broker (their leader). Per partition in the answer:
+    /// the offset, or the error code that partition got.
+    pub fn list_offsets(
+        &mut self,
+        topic: &str,
+        partitions: &[i32],
+        timestamp: i64,
+    ) -> Result<Vec<(i32, Result<i64>)>> {
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(topic_name(topic))
+                .with_partitions(
+                    partitions
+                        .iter()
+                        .map(|&p| {
+                            ListOffsetsPartition::default()
+                                .with_partition_index(p)
+                                .with_timestamp(timestamp)
+                        })
+                        .collect(),
+                )]);
+        let response = self.call(&request)?;
+        Ok(response
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .map(|partition| {
+                let outcome = match partition.error_code {
+                    0 => Ok(partition.offset),
+                    code => Err(Error::new(
+                        ErrorKind::Broker(code),
+                        describe_error(code, None),
+                    )),
+                };
+                (partition.partition_index, outcome)
+            })
+            .collect())
     }
 }

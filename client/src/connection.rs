@@ -251,6 +251,11 @@ impl Connection {
         &self.writer.address
     }
 
+    /// The bound on any one socket read or write (`ConnectOptions::timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.writer.options.timeout
+    }
+
     /// The sending half, for a caller that times the request and its answer apart.
     pub fn writer(&mut self) -> &mut FrameWriter {
         &mut self.writer

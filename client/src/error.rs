@@ -71,6 +71,14 @@ impl Error {
         self.kind
     }
 
+    /// The broker's error code, when this error is one.
+    pub fn broker_code(&self) -> Option<i16> {
+        match self.kind {
+            ErrorKind::Broker(code) => Some(code),
+            _ => None,
+        }
+    }
+
     pub fn message(&self) -> &str {
         &self.message
     }

@@ -15,13 +15,29 @@
 //! - [`connection`]: one connection, its frames and its calls.
 //! - [`cluster`]: the cluster seen from a bootstrap broker: metadata, leaders, coordinators,
 //!   list offsets.
+//!
+//! Typed calls, one place per API: each takes plain Rust values, builds its request for the
+//! version negotiated with the broker and returns plain values, an error code becoming an
+//! [`Error`] of kind [`ErrorKind::Broker`].
+//!
+//! - [`produce`]: `Produce`, as a call or encoded straight into a caller's frame buffer.
+//! - [`fetch`]: `Fetch`, as a call or as the request for a caller that times its answer.
+//! - [`admin`]: `CreateTopics`, `DeleteTopics`, `DescribeConfigs`, `IncrementalAlterConfigs`.
+//! - [`groups`]: `OffsetCommit`, `OffsetFetch`, `JoinGroup`, `SyncGroup`, `Heartbeat`,
+//!   `LeaveGroup`, `ListGroups`, `DescribeGroups`, `DeleteGroups`.
 
+pub mod admin;
 pub mod cluster;
 pub mod connection;
 pub mod error;
+pub mod fetch;
+pub mod groups;
+pub mod produce;
 pub mod versions;
 
 pub use cluster::{group_id, topic_name, Cluster, PartitionLayout, TopicLayout};
 pub use connection::{encode_request, ConnectOptions, Connection, FrameReader, FrameWriter};
 pub use error::{Error, ErrorKind, Result};
+pub use fetch::FetchFrom;
+pub use produce::ProduceTo;
 pub use versions::{ApiRange, Versions, VersionsMode};
