@@ -446,7 +446,7 @@ impl Dispatched {
                         return PartitionReply::WaitRefused;
                     };
                     let data = std::pin::pin!(log.wait_for_data(offset));
-                    let timer = std::pin::pin!(glommio::timer::sleep(wait));
+                    let timer = std::pin::pin!(log.clock().sleep(wait));
                     select(data, timer).await;
                 }
                 PartitionReply::Waited

@@ -31,7 +31,9 @@ use crate::groups::{GroupCoordinator, GroupEnvelope, GroupReply};
 use crate::metadata::{MetadataSnapshot, TopicMetadata, TopicPartition};
 use crate::metrics::{ScrapeRequest, ShardMetrics};
 use crate::partition::{self, PartitionCall, PartitionReply, PartitionSlot, PartitionTable};
-use crate::router::{self, CrossShardCounts, MeshPair, ShardCall, ShardReply, ShardRouter};
+use crate::router::{
+    self, CrossShardCounts, IncomingCalls, MeshPair, ShardCall, ShardReply, ShardRouter,
+};
 use crate::storage::Clock;
 
 /// Partition logs a shard opens or closes at once (start-up, `CreateTopics`, shutdown).
@@ -53,6 +55,9 @@ pub struct Shard {
     /// Where every file of this shard's services lives: its partition logs and, on shard 0,
     /// the controller's and producer-id files (`disk.rs`).
     pub disk: BrokerDisk,
+    /// Where every service of this shard reads time and sleeps (`storage::clock`): the
+    /// system's in the binary, a simulated one in `simulation`.
+    pub clock: Clock,
     metadata: RefCell<Arc<MetadataSnapshot>>,
     pub partitions: PartitionTable,
     /// The consumer groups whose `__consumer_offsets` partition this shard owns.
@@ -324,7 +329,7 @@ impl Shard {
             self.disk.clone(),
             &dir,
             topic.config.log_config(),
-            Clock::System,
+            self.clock.clone(),
         );
         let slot = match opened.await {
             Ok((log, report)) => {
@@ -389,10 +394,55 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         listening,
         scrapes,
     } = start;
-    // The real disk: a shard started on its own thread by `server` cannot be handed a
-    // `SimDisk` (a single-thread handle, not `Send`); simulations build services on theirs.
-    let disk = BrokerDisk::default();
-    let (router, incoming) = router::join(meshes).await;
+    // The real disk and clock: a shard started on its own thread by `server` cannot be handed
+    // a `SimDisk` or `SimClock` (single-thread handles, not `Send`); simulations start
+    // services on theirs with `start_services`.
+    let shard = start_services(
+        config.clone(),
+        BrokerDisk::default(),
+        Clock::System,
+        router::join(meshes).await,
+        connection_counts,
+        scrapes,
+    )
+    .await?;
+    let id = shard.id;
+    forward_shutdown(&shard, shutdown_requested);
+    let listener = crate::server::shard_listener(config.listen)
+        .map_err(|error| format!("shard {id}: cannot listen on {}: {error}", config.listen))?;
+    let connections = Rc::new(Gate::new());
+    let accepting = glommio::spawn_local(crate::connection::accept_loop(
+        shard.clone(),
+        listener,
+        connections.clone(),
+    ));
+    let retention = glommio::spawn_local(enforce_retention_periodically(shard.clone()));
+    let _ = listening.send(id);
+    shard.shutdown_started().await;
+    drop(accepting);
+    drop(retention);
+    let _ = connections.close().await;
+    drained_shards.fetch_add(1, Ordering::SeqCst);
+    while drained_shards.load(Ordering::SeqCst) < config.shard_count() {
+        // Shutdown only: peers may still send partition calls until they have drained.
+        shard.clock.sleep(Duration::from_millis(5)).await;
+    }
+    close_partitions(&shard).await;
+    Ok(())
+}
+
+/// Everything of a shard but its sockets: recovers the controller (shard 0), builds the
+/// shard's services on `disk` and `clock`, serves the calls of the other shards and returns
+/// once this shard has applied the first metadata snapshot (shard 0 publishes it). The
+/// binary calls it from `run`; the simulation calls it on a simulated disk and clock.
+pub async fn start_services(
+    config: Arc<BrokerConfig>,
+    disk: BrokerDisk,
+    clock: Clock,
+    (router, incoming): (ShardRouter, IncomingCalls),
+    connection_counts: Arc<ConnectionCounts>,
+    scrapes: futures::channel::mpsc::Receiver<ScrapeRequest>,
+) -> Result<Rc<Shard>, String> {
     let id = router.shard_id();
     let controller = if id == 0 {
         Some(recover_controller(&config, &disk).await?)
@@ -403,9 +453,10 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         id,
         config: config.clone(),
         disk: disk.clone(),
+        clock: clock.clone(),
         metadata: RefCell::new(Arc::new(MetadataSnapshot::default())),
         partitions: PartitionTable::new(config.limits.shard_fetch_waits_parked_max),
-        groups: GroupCoordinator::default(),
+        groups: GroupCoordinator::new(clock),
         metrics: Rc::default(),
         router: Rc::new(router),
         controller,
@@ -441,33 +492,12 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
     router::serve_incoming(&shard.router, incoming, move |call| {
         executor_shard.clone().execute_call(call)
     });
-    forward_shutdown(&shard, shutdown_requested);
     if let Some(controller) = &shard.controller {
         shard.publish(controller.snapshot()).await;
     } else {
         let _ = shard.metadata_ready.acquire(1).await;
     }
-    let listener = crate::server::shard_listener(config.listen)
-        .map_err(|error| format!("shard {id}: cannot listen on {}: {error}", config.listen))?;
-    let connections = Rc::new(Gate::new());
-    let accepting = glommio::spawn_local(crate::connection::accept_loop(
-        shard.clone(),
-        listener,
-        connections.clone(),
-    ));
-    let retention = glommio::spawn_local(enforce_retention_periodically(shard.clone()));
-    let _ = listening.send(id);
-    shard.shutdown_started().await;
-    drop(accepting);
-    drop(retention);
-    let _ = connections.close().await;
-    drained_shards.fetch_add(1, Ordering::SeqCst);
-    while drained_shards.load(Ordering::SeqCst) < config.shard_count() {
-        // Shutdown only: peers may still send partition calls until they have drained.
-        glommio::timer::sleep(Duration::from_millis(5)).await;
-    }
-    close_partitions(&shard).await;
-    Ok(())
+    Ok(shard)
 }
 
 async fn recover_controller(
@@ -497,7 +527,10 @@ fn forward_shutdown(shard: &Rc<Shard>, shutdown_requested: oneshot::Receiver<()>
 
 async fn enforce_retention_periodically(shard: Rc<Shard>) {
     loop {
-        glommio::timer::sleep(shard.config.limits.retention_check_interval).await;
+        shard
+            .clock
+            .sleep(shard.config.limits.retention_check_interval)
+            .await;
         for (tp, log) in shard.partitions.online_logs() {
             match log.enforce_retention().await {
                 Ok(0) => {}

@@ -27,6 +27,7 @@ use crate::metadata::TopicPartition;
 use crate::producer_state::ProducerIds;
 use crate::shard::Shard;
 use crate::storage::batch::BatchHeader;
+use crate::storage::Clock;
 
 /// How often the ticker looks at session and rebalance deadlines. Kafka's own timers fire
 /// on the millisecond, but clients' timeouts are seconds; 100 ms keeps expiry prompt.
@@ -80,6 +81,8 @@ pub struct GroupCoordinator {
 
 #[derive(Default)]
 struct Inner {
+    /// The shard's clock: group deadlines, commit timestamps, offset expiry.
+    clock: Clock,
     config: RefCell<CoordinatorConfig>,
     groups: RefCell<HashMap<String, Group>>,
     /// Per offsets partition: closed once its replay has finished.
@@ -96,6 +99,16 @@ struct Inner {
 }
 
 impl GroupCoordinator {
+    /// A coordinator whose groups keep time on `clock` (the shard's).
+    pub fn new(clock: Clock) -> Self {
+        Self {
+            inner: Rc::new(Inner {
+                clock,
+                ..Inner::default()
+            }),
+        }
+    }
+
     fn rules(&self) -> GroupRules {
         self.inner.config.borrow().rules.clone()
     }
@@ -120,7 +133,7 @@ impl GroupCoordinator {
             Ok(log) => log,
             Err(code) => return error_reply(&call, code),
         };
-        let now = Instant::now();
+        let now = self.inner.clock.now();
         match call {
             GroupCall::Join(request) => {
                 let answer = self.with_group(&group, |g| g.join(request, &self.rules(), now));
@@ -219,7 +232,7 @@ impl GroupCoordinator {
         let mut groups = self.inner.groups.borrow_mut();
         let entry = groups
             .entry(group.to_string())
-            .or_insert_with(|| Group::new(group));
+            .or_insert_with(|| Group::new(group).with_clock(self.inner.clock.clone()));
         change(entry)
     }
 
@@ -325,9 +338,9 @@ impl GroupCoordinator {
                 let mut groups = self.inner.groups.borrow_mut();
                 match value {
                     Some(value) => {
-                        let entry = groups
-                            .entry(group.clone())
-                            .or_insert_with(|| Group::new(&group));
+                        let entry = groups.entry(group.clone()).or_insert_with(|| {
+                            Group::new(&group).with_clock(self.inner.clock.clone())
+                        });
                         entry.offsets.insert((topic, partition), value);
                     }
                     None => {
@@ -347,7 +360,7 @@ impl GroupCoordinator {
     /// is updated right after the append, in log order; if the fdatasync then fails the log
     /// is fenced and this coordinator stops answering for the partition.
     async fn persist(&self, log: &OffsetsLog, records: Vec<OffsetsRecord>) -> i16 {
-        let batch = records::encode_batch(&records, super::wall_clock_ms());
+        let batch = records::encode_batch(&records, self.inner.clock.now_ms());
         let gate = self.append_gate(log.partition);
         let turn = gate.acquire_permit(1).await.expect("never closed");
         let appended = match log.log.append(batch).await {
@@ -431,7 +444,7 @@ impl GroupCoordinator {
             let end = log.log.high_watermark();
             Ok((end, end - 1))
         } else {
-            let batch = records::encode_batch(&live, super::wall_clock_ms());
+            let batch = records::encode_batch(&live, self.inner.clock.now_ms());
             if batch.len() > log.log.config().batch_bytes_max {
                 tracing::warn!(
                     partition = log.partition,
@@ -836,14 +849,14 @@ impl GroupCoordinator {
         }
         *self.inner.config.borrow_mut() = CoordinatorConfig::from_limits(&shard.config.limits);
         let inner = Rc::downgrade(&self.inner);
-        glommio::spawn_local(tick_forever(inner)).detach();
+        glommio::spawn_local(tick_forever(inner, self.inner.clock.clone())).detach();
         glommio::spawn_local(expire_offsets_forever(Rc::downgrade(shard))).detach();
     }
 
     /// Tombstones every expired offset of this shard's groups (see `Group::expired_offsets`).
     async fn expire_offsets(&self, shard: &Shard) {
         let retention_ms = self.inner.config.borrow().offsets_retention.as_millis() as i64;
-        let now_ms = super::wall_clock_ms();
+        let now_ms = self.inner.clock.now_ms();
         let snapshot = shard.metadata();
         let Some(topic) = snapshot.topic(OFFSETS_TOPIC) else {
             return;
@@ -980,9 +993,10 @@ async fn expire_offsets_forever(shard: Weak<Shard>) {
                 return;
             };
             let retention = shard.groups.inner.config.borrow().offsets_retention;
-            retention.clamp(Duration::from_secs(1), Duration::from_secs(600))
+            let interval = retention.clamp(Duration::from_secs(1), Duration::from_secs(600));
+            shard.clock.sleep(interval)
         };
-        glommio::timer::sleep(interval).await;
+        interval.await;
         let Some(shard) = shard.upgrade() else {
             return;
         };
@@ -991,14 +1005,14 @@ async fn expire_offsets_forever(shard: Weak<Shard>) {
 }
 
 /// Runs every group's clock until the coordinator is dropped with its shard.
-async fn tick_forever(inner: Weak<Inner>) {
+async fn tick_forever(inner: Weak<Inner>, clock: Clock) {
     loop {
-        glommio::timer::sleep(TICK).await;
+        clock.sleep(TICK).await;
         let Some(inner) = inner.upgrade() else {
             return;
         };
         let rules = inner.config.borrow().rules.clone();
-        let now = Instant::now();
+        let now = clock.now();
         let mut groups = inner.groups.borrow_mut();
         for group in groups.values_mut() {
             group.tick(&rules, now);

@@ -14,7 +14,7 @@ use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 use super::RequestContext;
 use crate::error_codes as codes;
 use crate::groups::records::CommittedOffset;
-use crate::groups::{self, wall_clock_ms, GroupCall, GroupReply};
+use crate::groups::{self, GroupCall, GroupReply};
 use crate::shard::Shard;
 
 pub async fn handle(
@@ -22,7 +22,7 @@ pub async fn handle(
     _context: &RequestContext,
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
-    let now_ms = wall_clock_ms();
+    let now_ms = shard.clock.now_ms();
     let snapshot = shard.metadata();
     // Per partition of the request, in order: whether it exists (and goes to the coordinator).
     let known: Vec<bool> = request

@@ -25,6 +25,7 @@ use crate::partition::{PartitionCall, PartitionReply, ProduceOrigin};
 use crate::recompress::apply_codec_rules;
 use crate::records::split_batches;
 use crate::shard::Shard;
+use crate::storage::Sleep;
 
 pub async fn handle(
     shard: &Rc<Shard>,
@@ -157,8 +158,9 @@ fn dispatch_piece(
     // as from Kafka when acks take too long. Its place at the partition was taken by the
     // dispatch, so when the task first runs does not matter.
     let appending = glommio::spawn_local(shard.dispatch_partition_call(owner, call)).detach();
+    let timeout = shard.clock.sleep(rules.timeout);
     Box::pin(async move {
-        match within(appending, rules.timeout).await {
+        match within(appending, timeout).await {
             Ok(Some(PartitionReply::Produce(outcome))) => answer(
                 outcome.error_code,
                 outcome.base_offset,
@@ -173,12 +175,12 @@ fn dispatch_piece(
 
 struct TimedOut;
 
-/// Waits at most `timeout` for the append task's answer (its acks).
+/// Waits for the append task's answer (its acks) until `timeout` (the request's) fires.
 async fn within(
     appending: JoinHandle<Option<PartitionReply>>,
-    timeout: Duration,
+    timeout: Sleep,
 ) -> Result<Option<PartitionReply>, TimedOut> {
-    match select(appending, std::pin::pin!(glommio::timer::sleep(timeout))).await {
+    match select(appending, timeout).await {
         Either::Left((reply, _)) => Ok(reply.flatten()),
         Either::Right(_) => Err(TimedOut),
     }
