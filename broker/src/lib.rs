@@ -34,6 +34,8 @@ pub mod router;
 pub mod server;
 pub mod settings;
 pub mod shard;
+#[cfg(test)]
+mod simulation;
 pub mod topic_config;
 pub mod turns;
 
