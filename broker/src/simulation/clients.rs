@@ -671,8 +671,6 @@ async fn group_operation(
             model.trace((index, "commit", error));
             if error == NONE {
                 model.commit_acked(&group, key, offset);
-            } else {
-                model.commit_refused(&group, key, offset);
             }
             error
         }

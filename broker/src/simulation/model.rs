@@ -30,11 +30,13 @@ struct PartitionModel {
 }
 
 /// A group's committed offset for one partition: the last acknowledged commit, and the
-/// commits sent after it whose answer was lost (a crash): any of them may have landed.
+/// commits sent after it that were not acknowledged (no answer before a crash, or an error
+/// such as `COORDINATOR_NOT_AVAILABLE` after the append, whose fdatasync failed): any of
+/// them may have landed (a process crash keeps what was written but not synced).
 #[derive(Default)]
 struct CommitModel {
     acked: Option<i64>,
-    unanswered: BTreeSet<i64>,
+    unacknowledged: BTreeSet<i64>,
 }
 
 /// What the admin client knows of a scratch topic.
@@ -261,7 +263,7 @@ impl Model {
         self.commits
             .entry((group.to_string(), key.clone()))
             .or_default()
-            .unanswered
+            .unacknowledged
             .insert(offset);
     }
 
@@ -271,29 +273,22 @@ impl Model {
             .entry((group.to_string(), key.clone()))
             .or_default();
         commit.acked = Some(offset);
-        commit.unanswered.clear();
+        commit.unacknowledged.clear();
         self.acked_commits += 1;
     }
 
-    /// A commit answered with an error did not happen.
-    pub fn commit_refused(&mut self, group: &str, key: &PartitionKey, offset: i64) {
-        if let Some(commit) = self.commits.get_mut(&(group.to_string(), key.clone())) {
-            commit.unanswered.remove(&offset);
-        }
-    }
-
     /// `OffsetFetch` answered `committed` (-1: none): the last acknowledged commit, or one
-    /// sent after it and never answered.
+    /// sent after it and not acknowledged.
     pub fn check_committed(&self, group: &str, key: &PartitionKey, committed: i64) {
         let Some(commit) = self.commits.get(&(group.to_string(), key.clone())) else {
             return;
         };
         let fine =
-            commit.acked.unwrap_or(-1) == committed || commit.unanswered.contains(&committed);
+            commit.acked.unwrap_or(-1) == committed || commit.unacknowledged.contains(&committed);
         if !fine {
             self.violation(&format!(
-                "group {group} {key:?}: committed offset {committed}, acknowledged {:?} (unanswered {:?})",
-                commit.acked, commit.unanswered
+                "group {group} {key:?}: committed offset {committed}, acknowledged {:?} (unacknowledged {:?})",
+                commit.acked, commit.unacknowledged
             ));
         }
     }
