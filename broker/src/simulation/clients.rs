@@ -61,7 +61,7 @@ pub struct Connection {
     shard: Rc<Shard>,
     client_id: String,
     peer: SocketAddr,
-    connection_id: u64,
+    id: u64,
     next_sequence: u64,
 }
 
@@ -73,7 +73,7 @@ impl Connection {
             shard: life.shard.clone(),
             client_id: format!("sim-client-{client}"),
             peer: SocketAddr::from((Ipv4Addr::new(10, 0, high, low), 40_000 + client)),
-            connection_id: (u64::from(life.number) << 16) | u64::from(client),
+            id: (u64::from(life.number) << 16) | u64::from(client),
             next_sequence: 0,
         }
     }
@@ -93,7 +93,7 @@ impl Connection {
             correlation_id: i32::try_from(sequence % (1 << 31)).expect("below 2^31"),
             client_id: Some(self.client_id.clone()),
             peer: self.peer,
-            connection_id: self.connection_id,
+            connection_id: self.id,
             request_sequence: sequence,
         };
         let frame = handlers::start(self.shard.clone(), context, request)
@@ -557,26 +557,26 @@ async fn idempotent_operation(
         }
         return;
     }
-    let (batch, records) = match state.pending.clone() {
-        Some(pending) => pending,
-        None => {
-            state.sent += 1;
-            let records = 1 + i32::try_from(rng.below(4)).expect("small");
-            let values: Vec<String> = (0..records)
-                .map(|n| format!("i{index}-{}-{n}", state.sent))
-                .collect();
-            let batch = batch_of(
-                &values,
-                life.clock.now_ms(),
-                Some((producer_id, epoch, state.next_sequence)),
-            );
-            state.pending = Some((batch.clone(), records));
-            (batch, records)
-        }
+    let (batch, records) = if let Some(pending) = state.pending.clone() {
+        pending
+    } else {
+        state.sent += 1;
+        let records = 1 + i32::try_from(rng.below(4)).expect("small");
+        let values: Vec<String> = (0..records)
+            .map(|n| format!("i{index}-{}-{n}", state.sent))
+            .collect();
+        let batch = batch_of(
+            &values,
+            life.clock.now_ms(),
+            Some((producer_id, epoch, state.next_sequence)),
+        );
+        state.pending = Some((batch.clone(), records));
+        (batch, records)
     };
     let (error, base_offset) = connection.produce(&key, batch.clone(), -1).await;
-    let mut model = life.model.borrow_mut();
-    model.trace((index, "idempotent", error, base_offset));
+    life.model
+        .borrow_mut()
+        .trace((index, "idempotent", error, base_offset));
     let fenced = [
         code(ResponseError::OutOfOrderSequenceNumber),
         code(ResponseError::UnknownProducerId),
@@ -584,7 +584,9 @@ async fn idempotent_operation(
     ];
     if error == NONE || error == code(ResponseError::DuplicateSequenceNumber) {
         if error == NONE {
-            model.produce_acked(&key, base_offset, &batch);
+            life.model
+                .borrow_mut()
+                .produce_acked(&key, base_offset, &batch);
             state.last_acked = Some(batch);
         }
         state.next_sequence += records;
@@ -593,7 +595,6 @@ async fn idempotent_operation(
         // The broker lost this producer's sequence (a batch never made durable before a
         // cut): start a new epoch, as Kafka's producer does; the unanswered batch is given
         // up (it may or may not be in the log, once).
-        drop(model);
         let (error, producer_id, epoch) = connection.init_producer_id(producer_id, epoch).await;
         life.model
             .borrow_mut()

@@ -73,8 +73,8 @@ pub fn run_seed(seed: u64, shape: RunShape) -> RunSummary {
     match outcome.recv_timeout(SEED_REAL_TIME_MAX) {
         Ok(Ok(summary)) => summary,
         Ok(Err(error)) => panic!("seed={seed}: the simulation panicked: {error:?}"),
-        Err(_) => panic!(
-            "seed={seed}: no end after {SEED_REAL_TIME_MAX:?} of real time: a task spins without yielding"
+        Err(error) => panic!(
+            "seed={seed}: no end after {SEED_REAL_TIME_MAX:?} of real time ({error}): a task spins without yielding"
         ),
     }
 }
@@ -240,14 +240,15 @@ impl Simulation {
         for key in &partitions {
             let acked_end = self.model.borrow().acked_end(key);
             let (error, latest) = self.drive_call(reader.list_offset(key, -1)).await;
-            let model = self.model.borrow();
-            if error != 0 {
-                model.violation(&format!(
-                    "{key:?}: ListOffsets after restart: error {error}"
-                ));
+            {
+                let model = self.model.borrow();
+                if error != 0 {
+                    model.violation(&format!(
+                        "{key:?}: ListOffsets after restart: error {error}"
+                    ));
+                }
+                model.check_high_watermark(key, latest, acked_end, "after restart");
             }
-            model.check_high_watermark(key, latest, acked_end, "after restart");
-            drop(model);
             let mut batches = Vec::new();
             let mut offset = 0;
             while offset < latest {
@@ -267,7 +268,8 @@ impl Simulation {
                 .borrow_mut()
                 .check_fetched(key, 0, &batches, true);
         }
-        for (group, key) in self.model.borrow().commit_keys() {
+        let commit_keys = self.model.borrow().commit_keys();
+        for (group, key) in commit_keys {
             let (error, committed) = self.drive_call(reader.committed(&group, &key)).await;
             let model = self.model.borrow();
             if error != 0 {
@@ -401,7 +403,7 @@ impl Simulation {
                 .borrow()
                 .violation("deadlock: every task waits, and no timer is set");
         }
-        if self.clock.elapsed() - started > DRIVE_TIME_MAX {
+        if self.clock.elapsed().saturating_sub(started) > DRIVE_TIME_MAX {
             self.model.borrow().violation(&format!(
                 "stuck: {DRIVE_TIME_MAX:?} of simulated time passed without finishing"
             ));
