@@ -26,7 +26,7 @@
 //! A failure prints `seed=N`; `RINGFEED_SIM_SEED=N cargo test -p ringfeed-broker simulation`
 //! replays that seed alone. The long form:
 //! `RINGFEED_SIM_SEEDS=500 cargo test -p ringfeed-broker --release simulation -- --ignored`
-//! (see docs/TESTING.md).
+//! (figures in docs/RELIABILITY.md, section 8; `RINGFEED_SIM_TRACE=1` prints every answer).
 //!
 //! Replication will extend this harness with simulated peers: more shards or brokers on
 //! the same executor, each with its own `SimDisk`, a simulated network between them, and
