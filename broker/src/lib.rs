@@ -31,6 +31,8 @@ pub mod server;
 pub mod settings;
 pub mod shard;
 pub mod shutdown;
+#[cfg(test)]
+mod simulation;
 pub mod topic_config;
 pub mod turns;
 

@@ -388,7 +388,7 @@ impl PartitionTable {
                 return WaitOutcome::Refused;
             };
             let data = std::pin::pin!(log.wait_for_data(offset));
-            let timer = std::pin::pin!(glommio::timer::sleep(wait));
+            let timer = std::pin::pin!(log.clock().sleep(wait));
             select(data, timer).await;
         }
         WaitOutcome::Waited
@@ -644,6 +644,18 @@ async fn fetch(
             }
         }
     };
+    // A log its flusher fenced is offline even if no produce has seen it yet. Answered as
+    // data it would be empty at the high watermark while `WaitForData` returns at once (a
+    // fenced log wakes every waiter), and a long-poll Fetch would spin without yielding.
+    if log.fenced_error().is_some() {
+        fence_if_log_fenced(table, tp, &log);
+        return FetchOutcome {
+            error_code: codes::KAFKA_STORAGE_ERROR,
+            high_watermark: -1,
+            log_start_offset: -1,
+            batches: Vec::new(),
+        };
+    }
     let result = if max_bytes == 0 {
         Ok(Vec::new())
     } else {
@@ -795,6 +807,49 @@ mod tests {
         let topic_id = Uuid::new_v4();
         table.insert(tp(), PartitionSlot::Online { topic_id, log });
         table
+    }
+
+    /// Found by the broker simulation (seed 19 of its long form): a log fenced by its
+    /// flusher (a write failed) while no produce was waiting to take the partition offline
+    /// answered a Fetch at its high watermark with no error and no data, and
+    /// `WaitForData` returned at once (a fenced log wakes every waiter), so a long-poll
+    /// Fetch spun in `handlers::fetch` without yielding until its `max_wait_ms` ran out,
+    /// starving every other task of the shard. A fenced log must answer
+    /// `KAFKA_STORAGE_ERROR`, as an offline partition does.
+    #[test]
+    fn a_fetch_of_a_log_fenced_by_its_flusher_is_answered_with_a_storage_error() {
+        run(|| async {
+            let disk = crate::storage::sim::SimDisk::new();
+            let config = LogConfig {
+                preallocate_step_bytes: 4096,
+                ..LogConfig::default()
+            };
+            let (log, _) = PartitionLog::open_on(
+                crate::disk::BrokerDisk::Sim(disk.clone()),
+                std::path::Path::new("/data/t-0"),
+                config,
+                crate::storage::Clock::System,
+            )
+            .await
+            .expect("open");
+            let table = PartitionTable::default();
+            table.insert(
+                tp(),
+                PartitionSlot::Online {
+                    topic_id: Uuid::new_v4(),
+                    log: log.clone(),
+                },
+            );
+            let first = log.append(batch("kept")).await.expect("appended");
+            log.wait_written(first.last_offset).await.expect("written");
+            disk.fail_next_write();
+            let second = log.append(batch("lost")).await.expect("appended");
+            assert!(log.wait_written(second.last_offset).await.is_err());
+            assert!(log.fenced_error().is_some(), "the flusher fenced the log");
+            let outcome = table.fetch(&tp(), log.high_watermark(), 1 << 20).await;
+            assert_eq!(outcome.error_code, codes::KAFKA_STORAGE_ERROR);
+            assert!(table.log(&tp()).is_err(), "the partition is offline now");
+        });
     }
 
     fn batch(value: &str) -> Bytes {

@@ -100,6 +100,9 @@ pub struct ShardServices {
     /// Where every file of this shard's services lives: its partition logs and, on shard 0,
     /// the controller's and producer-id files (`disk.rs`).
     disk: BrokerDisk,
+    /// Where every service of this shard reads time and sleeps (`storage::clock`): the
+    /// system's in the binary, a simulated one in `simulation`.
+    pub clock: Clock,
 }
 
 impl PartitionOwner for ShardServices {
@@ -139,7 +142,7 @@ impl GroupsOwner for ShardServices {
 }
 
 impl ShardServices {
-    /// The one constructor: builds shard `shard_id`'s services on `disk` and the joined
+    /// The one constructor: builds shard `shard_id`'s services on `disk`, `clock` and the joined
     /// `router`, serves the calls of other shards, and returns once the first metadata
     /// snapshot is applied (shard 0 recovers the controller and publishes it). No sockets:
     /// the server layer listens; a simulation calls `handlers::start` directly.
@@ -147,10 +150,11 @@ impl ShardServices {
         config: Arc<BrokerConfig>,
         shard_id: usize,
         disk: BrokerDisk,
+        clock: Clock,
         router: Router,
         incoming: IncomingCalls<ShardServices>,
     ) -> Result<Rc<Self>, String> {
-        let services = Self::build(config, shard_id, disk, router, incoming).await?;
+        let services = Self::build(config, shard_id, disk, clock, router, incoming).await?;
         services.first_metadata().await;
         Ok(services)
     }
@@ -163,6 +167,7 @@ impl ShardServices {
         config: Arc<BrokerConfig>,
         shard_id: usize,
         disk: BrokerDisk,
+        clock: Clock,
         router: Router,
         incoming: IncomingCalls<ShardServices>,
     ) -> Result<Rc<Self>, String> {
@@ -189,6 +194,7 @@ impl ShardServices {
             limits: config.limits.clone(),
             disk: disk.clone(),
             data_dir: config.data_dir.clone(),
+            clock: clock.clone(),
         });
         let services = Rc::new(ShardServices {
             shard_id,
@@ -205,6 +211,7 @@ impl ShardServices {
             shutdown,
             router: Rc::new(router),
             disk,
+            clock,
         });
         services.report_offline_partitions();
         router::serve_incoming(&services.router, incoming, &services);
@@ -423,7 +430,7 @@ impl ShardServices {
             self.disk.clone(),
             &dir,
             topic.config.log_config(),
-            Clock::System,
+            self.clock.clone(),
         );
         let slot = match opened.await {
             Ok((log, report)) => {
@@ -550,7 +557,10 @@ async fn recover_controller(
 /// Removes the segments retention lets go, every `Limits::retention_check_interval`.
 pub async fn enforce_retention_periodically(shard: Rc<ShardServices>) {
     loop {
-        glommio::timer::sleep(shard.config.limits.retention_check_interval).await;
+        shard
+            .clock
+            .sleep(shard.config.limits.retention_check_interval)
+            .await;
         for (tp, log) in shard.partitions.online_logs() {
             match log.enforce_retention().await {
                 Ok(0) => {}

@@ -13,7 +13,7 @@
 //! wakes and exits.
 
 use std::rc::{Rc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::{join_all, select, Either};
 
@@ -50,13 +50,12 @@ async fn run<D: Disk>(weak: Weak<Inner<D>>, wake: Rc<Signal>) {
             }
             Work::Sync => start_sync_if_wanted(&inner),
             Work::Idle(sync_after) => {
+                let sleep = sync_after.map(|delay| inner.clock.sleep(delay));
                 drop(inner);
-                match sync_after {
+                match sleep {
                     None => woken.await,
-                    Some(delay) => {
-                        if let Either::Right(_) =
-                            select(woken, Box::pin(glommio::timer::sleep(delay))).await
-                        {
+                    Some(sleep) => {
+                        if let Either::Right(_) = select(woken, sleep).await {
                             request_interval_sync(&weak);
                         }
                     }
@@ -177,9 +176,9 @@ struct SyncTarget {
 }
 
 async fn sync<D: Disk>(inner: Rc<Inner<D>>, file: Rc<D::File>, target: SyncTarget) {
-    let started = Instant::now();
+    let started = inner.clock.now();
     let synced = file.fdatasync().await;
-    let latency = started.elapsed();
+    let latency = inner.clock.now() - started;
     assert!(
         inner.state.borrow().sync_in_flight,
         "at most one fdatasync is in flight, and this one was"

@@ -12,6 +12,7 @@
 
 pub mod batch;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod error;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -32,8 +33,9 @@ mod recovery;
 mod signal;
 
 pub use batch::BatchError;
+pub use clock::{Clock, SimClock, Sleep};
 pub use config::{FlushPolicy, LogConfig};
 pub use error::{AppendError, ReadError, StorageError};
 pub use io::{Disk, DiskFile, DmaDisk};
-pub use log::{AppendOutcome, CheckedBatch, Clock, FdatasyncObserver, LogStats, PartitionLog};
+pub use log::{AppendOutcome, CheckedBatch, FdatasyncObserver, LogStats, PartitionLog};
 pub use recovery::{RecoveryReport, TornTail};

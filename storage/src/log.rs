@@ -15,7 +15,7 @@
 //! the end of what completed writes put in the file (it survives a process crash); the
 //! durable offset is the end of what a completed fdatasync covered (it survives a power cut).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -27,6 +27,7 @@ use glommio::sync::Semaphore;
 use crate::appender::Appender;
 use crate::batch::{self, BatchHeader, BATCH_HEADER_BYTES};
 use crate::cache::{CachedBatch, TailCache};
+pub use crate::clock::Clock;
 use crate::config::LogConfig;
 use crate::error::{AppendError, ReadError, StorageError, OFFSET_MAX};
 use crate::index::SegmentIndex;
@@ -69,25 +70,6 @@ pub struct LogStats {
 /// awaits. The broker hands one to every log of a shard so they fill one shard-local
 /// histogram; nothing crosses threads.
 pub type FdatasyncObserver = Rc<dyn Fn(Duration)>;
-
-/// Wall-clock time for segment age and retention; tests drive a manual one.
-#[derive(Clone, Debug, Default)]
-pub enum Clock {
-    #[default]
-    System,
-    Manual(Rc<Cell<i64>>),
-}
-
-impl Clock {
-    pub fn now_ms(&self) -> i64 {
-        match self {
-            Clock::System => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64),
-            Clock::Manual(now) => now.get(),
-        }
-    }
-}
 
 /// The log of one partition. See the module docs for the ownership and concurrency contract.
 pub struct PartitionLog<D: Disk = DmaDisk> {
@@ -245,6 +227,12 @@ impl<D: Disk> PartitionLog<D> {
         });
         crate::flusher::spawn(Rc::downgrade(&inner), flusher_wake);
         Ok((PartitionLog { inner }, report))
+    }
+
+    /// The clock the log was opened with; a shard's services share it, so a wait on a log
+    /// (Fetch's `max_wait_ms`) sleeps on the same time as the log's own timers.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
     }
 
     pub fn dir(&self) -> &Path {

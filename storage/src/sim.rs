@@ -119,6 +119,11 @@ impl SimDisk {
         }
     }
 
+    /// Whether a power cut has happened: every operation now fails with EIO.
+    pub fn is_powered_off(&self) -> bool {
+        self.0.borrow().faults.powered_off
+    }
+
     /// Mutating operations completed so far (what [`SimDisk::power_cut_after_steps`] counts).
     pub fn steps(&self) -> u64 {
         self.0.borrow().steps

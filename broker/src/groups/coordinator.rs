@@ -31,6 +31,7 @@ use crate::partition::PartitionTable;
 use crate::producer_state::ProducerIds;
 use crate::shutdown::ShutdownSignal;
 use crate::storage::batch::BatchHeader;
+use crate::storage::Clock;
 
 /// How often the ticker looks at session and rebalance deadlines. Kafka's own timers fire
 /// on the millisecond, but clients' timeouts are seconds; 100 ms keeps expiry prompt.
@@ -89,6 +90,8 @@ pub struct OffsetsHandle {
     pub limits: Limits,
     pub disk: BrokerDisk,
     pub data_dir: std::path::PathBuf,
+    /// The shard's clock: group deadlines, commit timestamps, offset expiry.
+    pub clock: Clock,
 }
 
 /// See the module docs for the ownership and concurrency contract. Cheap to clone (clones
@@ -120,6 +123,8 @@ impl GroupCoordinator {
         self.inner.config.borrow().rules.clone()
     }
 
+    /// A coordinator for the shard `offsets` describes; its groups keep time on that
+    /// shard's clock.
     pub fn new(offsets: OffsetsHandle) -> Self {
         Self {
             inner: Rc::new(Inner {
@@ -149,7 +154,7 @@ impl GroupCoordinator {
         if let Err(code) = self.ensure_loaded(at.partition).await {
             return JoinResult::error(code, &request.member_id);
         }
-        let now = Instant::now();
+        let now = self.inner.offsets.clock.now();
         let answer = self.with_group(&at.group, |g| g.join(request, &self.rules(), now));
         let gone = JoinResult::error(codes::UNKNOWN_MEMBER_ID, "");
         let stopping = JoinResult::error(codes::NOT_COORDINATOR, "");
@@ -161,7 +166,7 @@ impl GroupCoordinator {
         if let Err(code) = self.ensure_loaded(at.partition).await {
             return SyncResult::error(code);
         }
-        let now = Instant::now();
+        let now = self.inner.offsets.clock.now();
         let SyncRequest {
             member_id,
             generation,
@@ -194,7 +199,7 @@ impl GroupCoordinator {
         if let Err(code) = self.ensure_loaded(at.partition).await {
             return code;
         }
-        let now = Instant::now();
+        let now = self.inner.offsets.clock.now();
         self.heartbeat_member(&at.group, &member_id, instance_id.as_ref(), generation, now)
     }
 
@@ -207,7 +212,7 @@ impl GroupCoordinator {
         if let Err(code) = self.ensure_loaded(at.partition).await {
             return vec![code; members.len()];
         }
-        let now = Instant::now();
+        let now = self.inner.offsets.clock.now();
         let rules = self.rules();
         members
             .iter()
@@ -301,7 +306,7 @@ impl GroupCoordinator {
         let mut groups = self.inner.groups.borrow_mut();
         let entry = groups
             .entry(group.to_string())
-            .or_insert_with(|| Group::new(group));
+            .or_insert_with(|| Group::new(group).with_clock(self.inner.offsets.clock.clone()));
         change(entry)
     }
 
@@ -410,9 +415,9 @@ impl GroupCoordinator {
                 let mut groups = self.inner.groups.borrow_mut();
                 match value {
                     Some(value) => {
-                        let entry = groups
-                            .entry(group.clone())
-                            .or_insert_with(|| Group::new(&group));
+                        let entry = groups.entry(group.clone()).or_insert_with(|| {
+                            Group::new(&group).with_clock(self.inner.offsets.clock.clone())
+                        });
                         entry.offsets.insert((topic, partition), value);
                     }
                     None => {
@@ -432,7 +437,7 @@ impl GroupCoordinator {
     /// is updated right after the append, in log order; if the fdatasync then fails the log
     /// is fenced and this coordinator stops answering for the partition.
     async fn persist(&self, log: &OffsetsLog, records: Vec<OffsetsRecord>) -> i16 {
-        let batch = records::encode_batch(&records, super::wall_clock_ms());
+        let batch = records::encode_batch(&records, self.inner.offsets.clock.now_ms());
         let gate = self.append_gate(log.partition);
         let turn = gate.acquire_permit(1).await.expect("never closed");
         let appended = match log.log.append(batch).await {
@@ -516,7 +521,7 @@ impl GroupCoordinator {
             let end = log.log.high_watermark();
             Ok((end, end - 1))
         } else {
-            let batch = records::encode_batch(&live, super::wall_clock_ms());
+            let batch = records::encode_batch(&live, self.inner.offsets.clock.now_ms());
             if batch.len() > log.log.config().batch_bytes_max {
                 tracing::warn!(
                     partition = log.partition,
@@ -918,14 +923,14 @@ impl GroupCoordinator {
         *self.inner.config.borrow_mut() =
             CoordinatorConfig::from_limits(&self.inner.offsets.limits);
         let inner = Rc::downgrade(&self.inner);
-        glommio::spawn_local(tick_forever(inner)).detach();
+        glommio::spawn_local(tick_forever(inner, self.inner.offsets.clock.clone())).detach();
         glommio::spawn_local(expire_offsets_forever(Rc::downgrade(&self.inner))).detach();
     }
 
     /// Tombstones every expired offset of this shard's groups (see `Group::expired_offsets`).
     async fn expire_offsets(&self) {
         let retention_ms = self.inner.config.borrow().offsets_retention.as_millis() as i64;
-        let now_ms = super::wall_clock_ms();
+        let now_ms = self.inner.offsets.clock.now_ms();
         let snapshot = self.inner.offsets.metadata.current();
         let Some(topic) = snapshot.topic(OFFSETS_TOPIC) else {
             return;
@@ -1040,9 +1045,10 @@ async fn expire_offsets_forever(inner: Weak<Inner>) {
                 return;
             };
             let retention = inner.config.borrow().offsets_retention;
-            retention.clamp(Duration::from_secs(1), Duration::from_secs(600))
+            let interval = retention.clamp(Duration::from_secs(1), Duration::from_secs(600));
+            inner.offsets.clock.sleep(interval)
         };
-        glommio::timer::sleep(interval).await;
+        interval.await;
         let Some(inner) = inner.upgrade() else {
             return;
         };
@@ -1051,14 +1057,14 @@ async fn expire_offsets_forever(inner: Weak<Inner>) {
 }
 
 /// Runs every group's clock until the coordinator is dropped with its shard.
-async fn tick_forever(inner: Weak<Inner>) {
+async fn tick_forever(inner: Weak<Inner>, clock: Clock) {
     loop {
-        glommio::timer::sleep(TICK).await;
+        clock.sleep(TICK).await;
         let Some(inner) = inner.upgrade() else {
             return;
         };
         let rules = inner.config.borrow().rules.clone();
-        let now = Instant::now();
+        let now = clock.now();
         let mut groups = inner.groups.borrow_mut();
         for group in groups.values_mut() {
             group.tick(&rules, now);

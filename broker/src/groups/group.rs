@@ -21,6 +21,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use super::codes as group_codes;
 use super::records::CommittedOffset;
 use crate::error_codes as codes;
+use crate::storage::Clock;
 
 /// Members plus handed-out member ids one group may hold (`group.max.size`; Kafka's default
 /// is unbounded). Every member id costs memory until its session ends, so a client looping
@@ -194,6 +195,8 @@ pub struct Group {
     pub offsets: BTreeMap<(String, i32), CommittedOffset>,
     /// When the group last became empty (for offset expiry), wall-clock ms.
     pub empty_since_ms: Option<i64>,
+    /// Where `empty_since_ms` is read from: the coordinator's clock.
+    wall_clock: Clock,
 }
 
 impl Group {
@@ -211,7 +214,15 @@ impl Group {
             initial_delay: false,
             offsets: BTreeMap::new(),
             empty_since_ms: None,
+            wall_clock: Clock::System,
         }
+    }
+
+    /// The group reads wall-clock time from `clock` (the shard's) instead of the system's.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.wall_clock = clock;
+        self
     }
 
     pub fn member(&self, member_id: &str) -> Option<&Member> {
@@ -662,7 +673,7 @@ impl Group {
         self.protocol_name = None;
         self.protocol_type = None;
         self.leader = None;
-        self.empty_since_ms = Some(super::wall_clock_ms());
+        self.empty_since_ms = Some(self.wall_clock.now_ms());
     }
 
     fn join_result_for(&self, member_id: &str, with_members: bool) -> JoinResult {

@@ -161,13 +161,6 @@ where
         .ok()
 }
 
-/// Wall-clock milliseconds (commit timestamps, offset expiry).
-pub fn wall_clock_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
-}
-
 /// `Duration` from a Kafka millisecond field; negative values count as zero.
 pub fn millis(value: i32) -> Duration {
     Duration::from_millis(u64::try_from(value).unwrap_or(0))

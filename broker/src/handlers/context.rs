@@ -31,6 +31,7 @@ use crate::metadata::MetadataView;
 use crate::metrics::ShardMetrics;
 use crate::shard::{Router, ShardServices};
 use crate::shutdown::ShutdownSignal;
+use crate::storage::Clock;
 
 /// What a handler knows about the request besides its body.
 #[derive(Clone, Debug)]
@@ -91,6 +92,8 @@ pub struct GroupAccess<'a> {
     pub metadata: &'a MetadataView,
     /// For work on the coordinators of every shard (`groups::on_coordinator`).
     pub router: &'a Rc<Router>,
+    /// Commit timestamps.
+    pub clock: &'a Clock,
     services: &'a Rc<ShardServices>,
 }
 
@@ -100,6 +103,7 @@ impl<'a> HandlerContext<'a> for GroupAccess<'a> {
             config: &services.config,
             metadata: &services.metadata,
             router: &services.router,
+            clock: &services.clock,
             services,
         }
     }
@@ -130,6 +134,8 @@ pub struct PartitionAccess<'a> {
     pub fetch_budget: &'a ByteBudget,
     pub shutdown: &'a ShutdownSignal,
     pub metrics: &'a ShardMetrics,
+    /// Deadlines and long-poll waits (`storage::Clock`: simulated in `simulation`).
+    pub clock: &'a Clock,
 }
 
 impl<'a> HandlerContext<'a> for PartitionAccess<'a> {
@@ -141,6 +147,7 @@ impl<'a> HandlerContext<'a> for PartitionAccess<'a> {
             fetch_budget: &services.budgets.fetch_bytes,
             shutdown: &services.shutdown,
             metrics: &services.metrics,
+            clock: &services.clock,
         }
     }
 }

@@ -14,7 +14,7 @@
 //! back, on the batch headers already in memory.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::budgets::ByteBudget;
 use crate::handlers::context::{PartitionAccess, RequestContext};
@@ -47,7 +47,7 @@ pub async fn handle(
     request: FetchRequest,
 ) -> FetchResponse {
     let limits = &shard.config.limits;
-    let deadline = Instant::now()
+    let deadline = shard.clock.now()
         + Duration::from_millis(request.max_wait_ms.max(0) as u64).min(limits.fetch_wait_max);
     let response_bytes_max =
         (request.max_bytes.max(1) as usize).min(limits.fetch_response_bytes_max);
@@ -77,7 +77,7 @@ pub async fn handle(
             .iter()
             .map(|outcome| outcome.high_watermark)
             .collect();
-        let now = Instant::now();
+        let now = shard.clock.now();
         if available >= min_bytes
             || any_error
             || unread_data
@@ -337,7 +337,7 @@ async fn wait_for_any_append(
             )
         })
         .collect();
-    waits.push(glommio::timer::sleep(wait).boxed_local());
+    waits.push(shard.clock.sleep(wait).boxed_local());
     let any_append = select_all(waits);
     let shutdown = std::pin::pin!(shard.shutdown.started());
     match select(any_append, shutdown).await {

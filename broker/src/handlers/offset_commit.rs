@@ -11,7 +11,7 @@ use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 
 use crate::error_codes as codes;
 use crate::groups::records::CommittedOffset;
-use crate::groups::{wall_clock_ms, CommitRequest};
+use crate::groups::CommitRequest;
 use crate::handlers::context::{GroupAccess, RequestContext};
 
 pub async fn handle(
@@ -19,7 +19,7 @@ pub async fn handle(
     _context: &RequestContext,
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
-    let now_ms = wall_clock_ms();
+    let now_ms = shard.clock.now_ms();
     let snapshot = shard.metadata.current();
     // Per partition of the request, in order: whether it exists (and goes to the coordinator).
     let known: Vec<bool> = request

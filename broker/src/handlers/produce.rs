@@ -23,6 +23,7 @@ use crate::metadata::{MetadataSnapshot, TopicPartition};
 use crate::partition::{self, ProduceOrigin, ProduceOutcome};
 use crate::recompress::apply_codec_rules;
 use crate::records::split_batches;
+use crate::storage::Sleep;
 
 pub async fn handle(
     shard: &PartitionAccess<'_>,
@@ -151,8 +152,9 @@ fn dispatch_piece(
     let dispatched =
         partition::produce_on(shard.router, owner, tp, batches, rules.acks, rules.origin);
     let appending = glommio::spawn_local(dispatched).detach();
+    let timeout = shard.clock.sleep(rules.timeout);
     Box::pin(async move {
-        match within(appending, rules.timeout).await {
+        match within(appending, timeout).await {
             Ok(Some(outcome)) => answer(
                 outcome.error_code,
                 outcome.base_offset,
@@ -166,12 +168,12 @@ fn dispatch_piece(
 
 struct TimedOut;
 
-/// Waits at most `timeout` for the append task's answer (its acks).
+/// Waits for the append task's answer (its acks) until `timeout` (the request's) fires.
 async fn within(
     appending: JoinHandle<Option<ProduceOutcome>>,
-    timeout: Duration,
+    timeout: Sleep,
 ) -> Result<Option<ProduceOutcome>, TimedOut> {
-    match select(appending, std::pin::pin!(glommio::timer::sleep(timeout))).await {
+    match select(appending, timeout).await {
         Either::Left((reply, _)) => Ok(reply.flatten()),
         Either::Right(_) => Err(TimedOut),
     }

@@ -19,6 +19,7 @@ use crate::disk::BrokerDisk;
 use crate::metrics::ScrapeRequest;
 use crate::server::connection;
 use crate::shard::{self, Meshes, ShardServices};
+use crate::storage::Clock;
 
 /// Everything one shard's thread is started with.
 pub struct ShardStart {
@@ -50,8 +51,15 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
     let id = router.shard_id();
     // The real disk: a shard started on its own thread cannot be handed a `SimDisk` (a
     // single-thread handle, not `Send`); simulations build services on theirs.
-    let services =
-        ShardServices::build(config.clone(), id, BrokerDisk::default(), router, incoming).await?;
+    let services = ShardServices::build(
+        config.clone(),
+        id,
+        BrokerDisk::default(),
+        Clock::System,
+        router,
+        incoming,
+    )
+    .await?;
     glommio::spawn_local(shard::serve_scrapes(Rc::downgrade(&services), scrapes)).detach();
     forward_shutdown(&services, shutdown_requested);
     services.first_metadata().await;

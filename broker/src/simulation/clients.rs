@@ -1,0 +1,739 @@
+//! Simulated Kafka clients: each builds requests from `kafka_protocol`'s message structs,
+//! runs them through the broker's real request entry (`handlers::start`) on a fake
+//! connection, decodes the response frame, and tells the model what it was answered. A
+//! client outlives the broker's restarts (an idempotent producer keeps its producer id and
+//! sequences; a group member its member id); only its connection is new in each life.
+
+use std::cell::RefCell;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, FetchRequest, FetchResponse, GroupId, HeartbeatRequest,
+    HeartbeatResponse, InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest,
+    JoinGroupResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    ProduceRequest, ProduceResponse, ProducerId, ResponseHeader, SyncGroupRequest,
+    SyncGroupResponse, TopicName,
+};
+use kafka_protocol::protocol::Decodable;
+use kafka_protocol::ResponseError;
+
+use super::model::{Model, PartitionKey, TopicFate};
+use crate::handlers::{self, str_bytes, Request, RequestContext};
+use crate::shard::ShardServices;
+use crate::storage::batch::{build, BatchHeader};
+use crate::storage::sim::{SeededRng, SimDisk};
+use crate::storage::Clock;
+
+const NONE: i16 = 0;
+const PRODUCE_TIMEOUT_MS: i32 = 2_000;
+
+fn code(error: ResponseError) -> i16 {
+    error.code()
+}
+
+/// What one life of the broker gives its clients.
+#[derive(Clone)]
+pub struct Life {
+    pub number: u32,
+    pub shard: Rc<ShardServices>,
+    pub model: Rc<RefCell<Model>>,
+    pub clock: Clock,
+    pub disk: SimDisk,
+}
+
+/// One fake connection: its id, its request sequence, and the calls through the handlers.
+pub struct Connection {
+    shard: Rc<ShardServices>,
+    client_id: String,
+    peer: SocketAddr,
+    id: u64,
+    next_sequence: u64,
+}
+
+impl Connection {
+    /// Connection ids are unique per life and client (shard 0: the top 16 bits are 0).
+    pub fn new(life: &Life, client: u16) -> Self {
+        let [high, low] = client.to_be_bytes();
+        Self {
+            shard: life.shard.clone(),
+            client_id: format!("sim-client-{client}"),
+            peer: SocketAddr::from((Ipv4Addr::new(10, 0, high, low), 40_000 + client)),
+            id: (u64::from(life.number) << 16) | u64::from(client),
+            next_sequence: 0,
+        }
+    }
+
+    /// Runs one request through `handlers::start` and decodes its answer of type `R`.
+    pub async fn call<R: Decodable>(
+        &mut self,
+        api_key: ApiKey,
+        version: i16,
+        request: Request,
+    ) -> R {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        let context = RequestContext {
+            api_key,
+            api_version: version,
+            correlation_id: i32::try_from(sequence % (1 << 31)).expect("below 2^31"),
+            client_id: Some(self.client_id.clone()),
+            peer: self.peer,
+            connection_id: self.id,
+            request_sequence: sequence,
+        };
+        let frame = handlers::start(self.shard.clone(), context, request)
+            .await
+            .expect("the response encodes")
+            .expect("every simulated request wants a response");
+        let mut frame = BytesMut::from(&frame[..]);
+        frame.advance(4); // the size prefix
+        let mut frame = frame.freeze();
+        ResponseHeader::decode(&mut frame, api_key.response_header_version(version))
+            .expect("the response header decodes");
+        R::decode(&mut frame, version).expect("the response body decodes")
+    }
+
+    pub async fn produce(&mut self, key: &PartitionKey, batch: Bytes, acks: i16) -> (i16, i64) {
+        let request = ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(PRODUCE_TIMEOUT_MS)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(str_bytes(&key.0)))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(key.1)
+                    .with_records(Some(batch))])]);
+        let response: ProduceResponse = self
+            .call(ApiKey::Produce, 9, Request::Produce(request))
+            .await;
+        let partition = &response.responses[0].partition_responses[0];
+        (partition.error_code, partition.base_offset)
+    }
+
+    /// Fetch of one partition: (error, high watermark, whole batches).
+    pub async fn fetch(
+        &mut self,
+        key: &PartitionKey,
+        offset: i64,
+        max_wait_ms: i32,
+        max_bytes: i32,
+    ) -> (i16, i64, Vec<Bytes>) {
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(1)
+            .with_max_bytes(max_bytes)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(str_bytes(&key.0)))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(key.1)
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(max_bytes)])]);
+        let response: FetchResponse = self.call(ApiKey::Fetch, 12, Request::Fetch(request)).await;
+        let partition = &response.responses[0].partitions[0];
+        let batches = split_batches(partition.records.clone().unwrap_or_default());
+        (partition.error_code, partition.high_watermark, batches)
+    }
+
+    /// `ListOffsets` of one partition at `timestamp` (-1 latest, -2 earliest).
+    pub async fn list_offset(&mut self, key: &PartitionKey, timestamp: i64) -> (i16, i64) {
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(TopicName(str_bytes(&key.0)))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(key.1)
+                    .with_timestamp(timestamp)])]);
+        let response: ListOffsetsResponse = self
+            .call(ApiKey::ListOffsets, 7, Request::ListOffsets(request))
+            .await;
+        let partition = &response.topics[0].partitions[0];
+        (partition.error_code, partition.offset)
+    }
+
+    pub async fn create_topic(&mut self, name: &str, partitions: i32) -> i16 {
+        let request = CreateTopicsRequest::default()
+            .with_topics(vec![CreatableTopic::default()
+                .with_name(TopicName(str_bytes(name)))
+                .with_num_partitions(partitions)
+                .with_replication_factor(-1)])
+            .with_timeout_ms(30_000);
+        let response: CreateTopicsResponse = self
+            .call(ApiKey::CreateTopics, 7, Request::CreateTopics(request))
+            .await;
+        response.topics[0].error_code
+    }
+
+    pub async fn delete_topic(&mut self, name: &str) -> i16 {
+        let request = DeleteTopicsRequest::default()
+            .with_topic_names(vec![TopicName(str_bytes(name))])
+            .with_timeout_ms(30_000);
+        let response: DeleteTopicsResponse = self
+            .call(ApiKey::DeleteTopics, 5, Request::DeleteTopics(request))
+            .await;
+        response.responses[0].error_code
+    }
+
+    /// The names of every topic the metadata holds.
+    pub async fn topic_names(&mut self) -> Vec<String> {
+        let request = MetadataRequest::default().with_topics(None);
+        let response: MetadataResponse = self
+            .call(ApiKey::Metadata, 12, Request::Metadata(request))
+            .await;
+        response
+            .topics
+            .iter()
+            .filter_map(|topic| topic.name.as_ref().map(|name| name.0.to_string()))
+            .collect()
+    }
+
+    pub async fn init_producer_id(&mut self, producer_id: i64, epoch: i16) -> (i16, i64, i16) {
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(epoch);
+        let response: InitProducerIdResponse = self
+            .call(ApiKey::InitProducerId, 4, Request::InitProducerId(request))
+            .await;
+        (
+            response.error_code,
+            response.producer_id.0,
+            response.producer_epoch,
+        )
+    }
+
+    /// (error, generation, member id, leader).
+    pub async fn join_group(&mut self, group: &str, member_id: &str) -> (i16, i32, String, String) {
+        let request = JoinGroupRequest::default()
+            .with_group_id(GroupId(str_bytes(group)))
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_member_id(str_bytes(member_id))
+            .with_protocol_type(str_bytes("consumer"))
+            .with_protocols(vec![JoinGroupRequestProtocol::default()
+                .with_name(str_bytes("range"))
+                .with_metadata(Bytes::from_static(b"sim"))]);
+        let response: JoinGroupResponse = self
+            .call(ApiKey::JoinGroup, 7, Request::JoinGroup(request))
+            .await;
+        (
+            response.error_code,
+            response.generation_id,
+            response.member_id.to_string(),
+            response.leader.to_string(),
+        )
+    }
+
+    pub async fn sync_group(
+        &mut self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        leader: bool,
+    ) -> i16 {
+        let assignments = if leader {
+            vec![SyncGroupRequestAssignment::default()
+                .with_member_id(str_bytes(member_id))
+                .with_assignment(Bytes::from_static(b"all"))]
+        } else {
+            Vec::new()
+        };
+        let request = SyncGroupRequest::default()
+            .with_group_id(GroupId(str_bytes(group)))
+            .with_generation_id(generation)
+            .with_member_id(str_bytes(member_id))
+            .with_protocol_type(Some(str_bytes("consumer")))
+            .with_protocol_name(Some(str_bytes("range")))
+            .with_assignments(assignments);
+        let response: SyncGroupResponse = self
+            .call(ApiKey::SyncGroup, 5, Request::SyncGroup(request))
+            .await;
+        response.error_code
+    }
+
+    pub async fn heartbeat(&mut self, group: &str, generation: i32, member_id: &str) -> i16 {
+        let request = HeartbeatRequest::default()
+            .with_group_id(GroupId(str_bytes(group)))
+            .with_generation_id(generation)
+            .with_member_id(str_bytes(member_id));
+        let response: HeartbeatResponse = self
+            .call(ApiKey::Heartbeat, 4, Request::Heartbeat(request))
+            .await;
+        response.error_code
+    }
+
+    pub async fn commit(
+        &mut self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        key: &PartitionKey,
+        offset: i64,
+    ) -> i16 {
+        let request = OffsetCommitRequest::default()
+            .with_group_id(GroupId(str_bytes(group)))
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(str_bytes(member_id))
+            .with_retention_time_ms(-1)
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(str_bytes(&key.0)))
+                .with_partitions(vec![OffsetCommitRequestPartition::default()
+                    .with_partition_index(key.1)
+                    .with_committed_offset(offset)
+                    .with_committed_leader_epoch(-1)])]);
+        let response: OffsetCommitResponse = self
+            .call(ApiKey::OffsetCommit, 8, Request::OffsetCommit(request))
+            .await;
+        response.topics[0].partitions[0].error_code
+    }
+
+    /// (error, committed offset or -1).
+    pub async fn committed(&mut self, group: &str, key: &PartitionKey) -> (i16, i64) {
+        let request = OffsetFetchRequest::default()
+            .with_group_id(GroupId(str_bytes(group)))
+            .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                .with_name(TopicName(str_bytes(&key.0)))
+                .with_partition_indexes(vec![key.1])]));
+        let response: OffsetFetchResponse = self
+            .call(ApiKey::OffsetFetch, 7, Request::OffsetFetch(request))
+            .await;
+        if response.error_code != NONE {
+            return (response.error_code, -1);
+        }
+        let partition = &response.topics[0].partitions[0];
+        (partition.error_code, partition.committed_offset)
+    }
+}
+
+/// Splits a Fetch response's records into whole batches; a batch cut by `max_bytes` at
+/// the end is left out, as a consumer would.
+pub fn split_batches(mut records: Bytes) -> Vec<Bytes> {
+    let mut batches = Vec::new();
+    while let Some(header) = BatchHeader::parse(&records) {
+        let total = header.total_bytes();
+        if total > records.len() || total == 0 {
+            break;
+        }
+        batches.push(records.split_to(total));
+    }
+    batches
+}
+
+/// A batch of `values` written at `timestamp_ms`; idempotent when `producer` is given as
+/// (producer id, epoch, base sequence).
+fn batch_of(values: &[String], timestamp_ms: i64, producer: Option<(i64, i16, i32)>) -> Bytes {
+    let records: Vec<_> = values
+        .iter()
+        .map(|value| build::Record {
+            key: None,
+            value: Some(value.as_bytes()),
+            timestamp_ms,
+        })
+        .collect();
+    let batch = build::batch(&records);
+    let Some((producer_id, epoch, base_sequence)) = producer else {
+        return batch;
+    };
+    // Kafka's v2 header: producerId at 43, producerEpoch at 51, baseSequence at 53; the CRC
+    // at 17 covers everything from the attributes at 21.
+    let mut batch = BytesMut::from(&batch[..]);
+    batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    batch[51..53].copy_from_slice(&epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    batch.freeze()
+}
+
+/// What a client does.
+pub enum Role {
+    /// acks=all produce of fresh payloads (now and then acks=1), never retried.
+    Producer { sent: u64 },
+    /// Idempotent produce to one partition, retrying unanswered batches and, now and then,
+    /// an acknowledged one (which must not be appended again).
+    IdempotentProducer(IdempotentState),
+    /// Fetch and `ListOffsets`, checking what they read against the model.
+    Consumer,
+    /// A one-member consumer group: join, sync, heartbeat, commit, fetch offsets.
+    GroupMember(GroupState),
+    /// Creates and deletes scratch topics, and checks the metadata remembers the answers.
+    Admin,
+}
+
+pub struct IdempotentState {
+    key: PartitionKey,
+    producer: Option<(i64, i16)>,
+    next_sequence: i32,
+    /// Sent and not acknowledged: retried as is until answered.
+    pending: Option<(Bytes, i32)>,
+    last_acked: Option<Bytes>,
+    sent: u64,
+}
+
+pub struct GroupState {
+    group: String,
+    member_id: String,
+    generation: Option<i32>,
+    next_offset: i64,
+}
+
+/// One simulated client: its role, its own random stream, its counters.
+pub struct Client {
+    pub index: u16,
+    role: Role,
+    rng: SeededRng,
+}
+
+impl Client {
+    pub fn new(index: u16, role: Role, seed: u64) -> Self {
+        Self {
+            index,
+            role,
+            rng: SeededRng::new(seed ^ (u64::from(index) << 48) ^ 0x5157),
+        }
+    }
+
+    pub fn idempotent(key: PartitionKey) -> Role {
+        Role::IdempotentProducer(IdempotentState {
+            key,
+            producer: None,
+            next_sequence: 0,
+            pending: None,
+            last_acked: None,
+            sent: 0,
+        })
+    }
+
+    pub fn group_member(group: &str) -> Role {
+        Role::GroupMember(GroupState {
+            group: group.to_string(),
+            member_id: String::new(),
+            generation: None,
+            next_offset: 0,
+        })
+    }
+
+    /// Runs `operations` operations in this life, with short random pauses between them,
+    /// and stops early once the power is off (the broker is about to be dropped).
+    pub async fn run_life(mut self, life: Life, operations: u64) -> Self {
+        let mut connection = Connection::new(&life, self.index);
+        for _ in 0..operations {
+            if life.disk.is_powered_off() {
+                break;
+            }
+            let pause = Duration::from_millis(self.rng.below(40));
+            life.clock.sleep(pause).await;
+            self.operate(&life, &mut connection).await;
+        }
+        self
+    }
+
+    async fn operate(&mut self, life: &Life, connection: &mut Connection) {
+        let partitions = life.model.borrow().partitions();
+        let key = partitions[self.rng.below(partitions.len() as u64) as usize].clone();
+        let index = self.index;
+        match &mut self.role {
+            Role::Producer { sent } => {
+                *sent += 1;
+                let acks = if self.rng.below(8) == 0 { 1 } else { -1 };
+                let values: Vec<String> = (0..=self.rng.below(4))
+                    .map(|n| format!("c{index}-{sent}-{n}"))
+                    .collect();
+                let batch = batch_of(&values, life.clock.now_ms(), None);
+                let (error, base_offset) = connection.produce(&key, batch.clone(), acks).await;
+                let mut model = life.model.borrow_mut();
+                model.trace((index, "produce", acks, error, base_offset));
+                if error == NONE && acks == -1 {
+                    model.produce_acked(&key, base_offset, &batch);
+                }
+            }
+            Role::IdempotentProducer(state) => {
+                idempotent_operation(state, &mut self.rng, index, life, connection).await;
+            }
+            Role::Consumer => self.consume(&key, life, connection).await,
+            Role::GroupMember(state) => {
+                group_operation(state, &mut self.rng, index, &key, life, connection).await;
+            }
+            Role::Admin => admin_operation(&mut self.rng, index, life, connection).await,
+        }
+    }
+
+    async fn consume(&mut self, key: &PartitionKey, life: &Life, connection: &mut Connection) {
+        let acked_end = life.model.borrow().acked_end(key);
+        if self.rng.below(3) == 0 {
+            let (error, latest) = connection.list_offset(key, -1).await;
+            let mut model = life.model.borrow_mut();
+            model.trace((self.index, "latest", error, latest));
+            if error == NONE {
+                model.check_high_watermark(key, latest, acked_end, "ListOffsets latest");
+            }
+            return;
+        }
+        let offset = if self.rng.below(3) == 0 {
+            0
+        } else {
+            i64::try_from(self.rng.below(u64::try_from(acked_end).unwrap_or(0) + 1)).unwrap_or(0)
+        };
+        let max_wait_ms = i32::try_from(self.rng.below(300)).unwrap_or(0);
+        let (error, high_watermark, batches) =
+            connection.fetch(key, offset, max_wait_ms, 64 << 10).await;
+        let mut model = life.model.borrow_mut();
+        model.trace((
+            self.index,
+            "fetch",
+            offset,
+            error,
+            high_watermark,
+            batches.len(),
+        ));
+        if error == code(ResponseError::OffsetOutOfRange) && offset <= acked_end {
+            model.violation(&format!(
+                "{key:?}: fetch at {offset} out of range with {acked_end} acknowledged"
+            ));
+        }
+        if error == NONE {
+            model.check_high_watermark(key, high_watermark, acked_end, "Fetch");
+            model.check_fetched(key, offset, &batches, false);
+        }
+    }
+}
+
+async fn idempotent_operation(
+    state: &mut IdempotentState,
+    rng: &mut SeededRng,
+    index: u16,
+    life: &Life,
+    connection: &mut Connection,
+) {
+    let Some((producer_id, epoch)) = state.producer else {
+        let (error, producer_id, epoch) = connection.init_producer_id(-1, -1).await;
+        life.model.borrow_mut().trace((index, "init", error));
+        if error == NONE {
+            state.producer = Some((producer_id, epoch));
+            state.next_sequence = 0;
+        }
+        return;
+    };
+    let key = state.key.clone();
+    if let (0, Some(acked)) = (rng.below(4), state.last_acked.clone()) {
+        // A retry of an acknowledged batch: answered with its offset or as a duplicate,
+        // never appended again.
+        let (error, base_offset) = connection.produce(&key, acked.clone(), -1).await;
+        let mut model = life.model.borrow_mut();
+        model.trace((index, "retry-acked", error, base_offset));
+        let original = model.acked_base_of(&key, &acked);
+        let duplicate = code(ResponseError::DuplicateSequenceNumber);
+        if error == NONE && Some(base_offset) != original {
+            model.violation(&format!(
+                "{key:?}: an acknowledged idempotent batch (at {original:?}) retried was answered at {base_offset}"
+            ));
+        }
+        let sequence_lost = [
+            code(ResponseError::OutOfOrderSequenceNumber),
+            code(ResponseError::UnknownProducerId),
+        ];
+        if sequence_lost.contains(&error) && !life.disk.is_powered_off() {
+            model.violation(&format!(
+                "{key:?}: an acknowledged idempotent batch retried was answered {error}: the producer state forgot it"
+            ));
+        }
+        if error == NONE || error == duplicate {
+            model.idempotent_retries_checked += 1;
+        }
+        return;
+    }
+    let (batch, records) = if let Some(pending) = state.pending.clone() {
+        pending
+    } else {
+        state.sent += 1;
+        let records = 1 + i32::try_from(rng.below(4)).expect("small");
+        let values: Vec<String> = (0..records)
+            .map(|n| format!("i{index}-{}-{n}", state.sent))
+            .collect();
+        let batch = batch_of(
+            &values,
+            life.clock.now_ms(),
+            Some((producer_id, epoch, state.next_sequence)),
+        );
+        state.pending = Some((batch.clone(), records));
+        (batch, records)
+    };
+    let (error, base_offset) = connection.produce(&key, batch.clone(), -1).await;
+    life.model
+        .borrow_mut()
+        .trace((index, "idempotent", error, base_offset));
+    let fenced = [
+        code(ResponseError::OutOfOrderSequenceNumber),
+        code(ResponseError::UnknownProducerId),
+        code(ResponseError::InvalidProducerEpoch),
+    ];
+    if error == NONE || error == code(ResponseError::DuplicateSequenceNumber) {
+        if error == NONE {
+            life.model
+                .borrow_mut()
+                .produce_acked(&key, base_offset, &batch);
+            state.last_acked = Some(batch);
+        }
+        state.next_sequence += records;
+        state.pending = None;
+    } else if fenced.contains(&error) {
+        // The broker lost this producer's sequence (a batch never made durable before a
+        // cut): start a new epoch, as Kafka's producer does; the unanswered batch is given
+        // up (it may or may not be in the log, once).
+        let (error, producer_id, epoch) = connection.init_producer_id(producer_id, epoch).await;
+        life.model
+            .borrow_mut()
+            .trace((index, "reinit", error, epoch));
+        if error == NONE {
+            state.producer = Some((producer_id, epoch));
+            state.next_sequence = 0;
+            state.pending = None;
+            state.last_acked = None;
+        }
+    }
+}
+
+async fn group_operation(
+    state: &mut GroupState,
+    rng: &mut SeededRng,
+    index: u16,
+    key: &PartitionKey,
+    life: &Life,
+    connection: &mut Connection,
+) {
+    let rejoin = [
+        code(ResponseError::RebalanceInProgress),
+        code(ResponseError::IllegalGeneration),
+        code(ResponseError::UnknownMemberId),
+    ];
+    let group = state.group.clone();
+    let Some(generation) = state.generation else {
+        let (error, generation, member_id, leader) =
+            connection.join_group(&group, &state.member_id).await;
+        life.model
+            .borrow_mut()
+            .trace((index, "join", error, generation));
+        if error == code(ResponseError::MemberIdRequired) {
+            state.member_id = member_id;
+            return;
+        }
+        if error == code(ResponseError::UnknownMemberId) {
+            state.member_id.clear();
+        }
+        if error != NONE {
+            return;
+        }
+        state.member_id = member_id;
+        let synced = connection
+            .sync_group(
+                &group,
+                generation,
+                &state.member_id,
+                leader == state.member_id,
+            )
+            .await;
+        life.model.borrow_mut().trace((index, "sync", synced));
+        if synced == NONE {
+            state.generation = Some(generation);
+        }
+        return;
+    };
+    let error = match rng.below(3) {
+        0 => {
+            let error = connection
+                .heartbeat(&group, generation, &state.member_id)
+                .await;
+            life.model.borrow_mut().trace((index, "heartbeat", error));
+            error
+        }
+        1 => {
+            state.next_offset += 1 + i64::try_from(rng.below(5)).expect("small");
+            let offset = state.next_offset;
+            life.model.borrow_mut().commit_sent(&group, key, offset);
+            let error = connection
+                .commit(&group, generation, &state.member_id, key, offset)
+                .await;
+            let mut model = life.model.borrow_mut();
+            model.trace((index, "commit", error));
+            if error == NONE {
+                model.commit_acked(&group, key, offset);
+            }
+            error
+        }
+        _ => {
+            let (error, committed) = connection.committed(&group, key).await;
+            let model = life.model.borrow_mut();
+            if error == NONE {
+                model.check_committed(&group, key, committed);
+            }
+            error
+        }
+    };
+    if rejoin.contains(&error) {
+        state.generation = None;
+        if error == code(ResponseError::UnknownMemberId) {
+            state.member_id.clear();
+        }
+    }
+}
+
+async fn admin_operation(
+    rng: &mut SeededRng,
+    index: u16,
+    life: &Life,
+    connection: &mut Connection,
+) {
+    let name = format!("scratch-{}", rng.below(3));
+    let fate = life.model.borrow().scratch_topics.get(&name).copied();
+    if rng.below(3) == 0 {
+        let names = connection.topic_names().await;
+        let model = life.model.borrow();
+        for (topic, fate) in &model.scratch_topics {
+            if let TopicFate::Known(exists) = fate {
+                if names.contains(topic) != *exists {
+                    model.violation(&format!(
+                        "topic {topic}: its acknowledged {} is not in the metadata",
+                        if *exists { "creation" } else { "deletion" }
+                    ));
+                }
+            }
+        }
+        return;
+    }
+    life.model
+        .borrow_mut()
+        .scratch_topics
+        .insert(name.clone(), TopicFate::Unknown);
+    let creating = fate != Some(TopicFate::Known(true));
+    let error = if creating {
+        let partitions = 1 + i32::try_from(rng.below(3)).expect("small");
+        connection.create_topic(&name, partitions).await
+    } else {
+        connection.delete_topic(&name).await
+    };
+    let mut model = life.model.borrow_mut();
+    model.trace((index, if creating { "create" } else { "delete" }, error));
+    let known = match (creating, error) {
+        (true, e) if e == NONE || e == code(ResponseError::TopicAlreadyExists) => Some(true),
+        (false, e) if e == NONE || e == code(ResponseError::UnknownTopicOrPartition) => Some(false),
+        _ => None,
+    };
+    if let Some(exists) = known {
+        model.scratch_topics.insert(name, TopicFate::Known(exists));
+    }
+}

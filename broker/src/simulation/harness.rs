@@ -1,0 +1,425 @@
+//! The harness: one broker shard on the simulated disk and clock, started with
+//! `ShardServices::start`, driven by simulated clients through lives separated by crashes.
+//!
+//! A run is a pure function of its seed: every choice comes from a `SeededRng`, the disk and
+//! the clock are simulated, and the executor is one glommio thread whose run queue is FIFO.
+//! Time moves only in `drive`: when nothing has changed for a while (every task waits on a
+//! timer or an answer), the clock jumps to the next timer.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+
+use super::clients::{Client, Connection, Life, Role};
+use super::model::{Model, PartitionKey, TopicFate};
+use crate::config::BrokerConfig;
+use crate::disk::BrokerDisk;
+
+use crate::settings::Effective;
+use crate::shard::{self, ShardServices};
+use crate::storage::sim::{CrashMode, SeededRng, SimDisk};
+use crate::storage::{Clock, SimClock};
+
+/// The simulated wall clock starts here (2023-11-14), so record timestamps are plausible.
+const WALL_START_MS: i64 = 1_700_000_000_000;
+/// Yields in a row without progress before the harness calls the executor idle.
+const QUIET_YIELDS: u32 = 12;
+/// Simulated time one `drive` may take before the run counts as stuck (a livelock).
+const DRIVE_TIME_MAX: Duration = Duration::from_secs(3_600);
+/// Topics the producers, consumers and groups use; never deleted.
+const STABLE_TOPICS: [(&str, i32); 2] = [("sim-a", 2), ("sim-b", 1)];
+
+/// How big one run is.
+#[derive(Clone, Copy, Debug)]
+pub struct RunShape {
+    pub lives: u32,
+    pub operations_per_client: u64,
+}
+
+/// What a run did, for the summary line and the determinism check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    pub seed: u64,
+    pub trace_digest: u64,
+    pub trace_events: u64,
+    pub power_cuts_mid_life: u32,
+    pub acked_batches: u64,
+    pub acked_commits: u64,
+    pub idempotent_retries_checked: u64,
+    pub full_scans: u64,
+    pub simulated_ms: u128,
+}
+
+/// Real time one seed may take before the run counts as stuck in a task that never yields
+/// (simulated time cannot move then, so only a real clock notices).
+const SEED_REAL_TIME_MAX: Duration = Duration::from_secs(300);
+
+/// Runs one seed on its own executor; panics with `seed=N` on a broken invariant.
+pub fn run_seed(seed: u64, shape: RunShape) -> RunSummary {
+    let executor = glommio::LocalExecutorBuilder::default()
+        .name("simulation")
+        .spawn(move || async move { Simulation::new(seed).run(shape).await })
+        .expect("executor");
+    let (finished, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = finished.send(executor.join());
+    });
+    match outcome.recv_timeout(SEED_REAL_TIME_MAX) {
+        Ok(Ok(summary)) => summary,
+        Ok(Err(error)) => panic!("seed={seed}: the simulation panicked: {error:?}"),
+        Err(error) => panic!(
+            "seed={seed}: no end after {SEED_REAL_TIME_MAX:?} of real time ({error}): a task spins without yielding"
+        ),
+    }
+}
+
+struct Simulation {
+    seed: u64,
+    rng: SeededRng,
+    clock: SimClock,
+    disk: SimDisk,
+    config: Arc<BrokerConfig>,
+    model: Rc<RefCell<Model>>,
+    /// Bumped by every answer a client gets, so `drive` sees progress that touches no disk.
+    progress: Rc<Cell<u64>>,
+    power_cuts_mid_life: u32,
+}
+
+impl Simulation {
+    fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            rng: SeededRng::new(seed),
+            clock: SimClock::new(WALL_START_MS),
+            disk: SimDisk::new(),
+            config: Arc::new(simulation_config()),
+            model: Rc::new(RefCell::new(Model::new(seed))),
+            progress: Rc::new(Cell::new(0)),
+            power_cuts_mid_life: 0,
+        }
+    }
+
+    async fn run(mut self, shape: RunShape) -> RunSummary {
+        let mut clients = self.clients();
+        for life in 0..shape.lives {
+            self.model.borrow_mut().start_life(life);
+            let shard = self.start().await;
+            let life_context = Life {
+                number: life,
+                shard: shard.clone(),
+                model: self.model.clone(),
+                clock: Clock::Simulated(self.clock.clone()),
+                disk: self.disk.clone(),
+            };
+            if life == 0 {
+                self.create_stable_topics(&life_context).await;
+            } else {
+                self.verify(&life_context).await;
+            }
+            if self.rng.below(5) < 3 {
+                // Mid-life: the power goes off after this many more disk steps, wherever
+                // the clients and the broker's tasks are then.
+                self.disk.power_cut_after_steps(self.rng.range(1, 600));
+            }
+            let stall = self.fdatasync_stall();
+            let runs = clients
+                .into_iter()
+                .map(|client| client.run_life(life_context.clone(), shape.operations_per_client));
+            let finished = self.drive(join_all(runs)).await;
+            clients = finished;
+            drop(stall);
+            self.disk.release_fdatasyncs();
+            if self.disk.is_powered_off() {
+                self.power_cuts_mid_life += 1;
+            }
+            drop(life_context);
+            drop(shard);
+            self.crash();
+        }
+        let shard = self.start().await;
+        let life = Life {
+            number: shape.lives,
+            shard,
+            model: self.model.clone(),
+            clock: Clock::Simulated(self.clock.clone()),
+            disk: self.disk.clone(),
+        };
+        self.verify(&life).await;
+        let model = self.model.borrow();
+        RunSummary {
+            seed: self.seed,
+            trace_digest: model.trace_digest(),
+            trace_events: model.trace_events,
+            power_cuts_mid_life: self.power_cuts_mid_life,
+            acked_batches: model.acked_batches,
+            acked_commits: model.acked_commits,
+            idempotent_retries_checked: model.idempotent_retries_checked,
+            full_scans: model.full_scans,
+            simulated_ms: self.clock.elapsed().as_millis(),
+        }
+    }
+
+    fn clients(&self) -> Vec<Client> {
+        let stable = |index: usize| -> PartitionKey {
+            let (topic, _) = STABLE_TOPICS[index % STABLE_TOPICS.len()];
+            (topic.to_string(), 0)
+        };
+        let roles = vec![
+            Role::Producer { sent: 0 },
+            Role::Producer { sent: 0 },
+            Client::idempotent(stable(0)),
+            Client::idempotent(stable(1)),
+            Role::Consumer,
+            Client::group_member("sim-group-0"),
+            Client::group_member("sim-group-1"),
+            Role::Admin,
+        ];
+        roles
+            .into_iter()
+            .enumerate()
+            .map(|(index, role)| Client::new(u16::try_from(index).expect("few"), role, self.seed))
+            .collect()
+    }
+
+    /// A new shard on the current disk image: controller recovery, partition recovery,
+    /// then the first metadata applied.
+    async fn start(&self) -> Rc<ShardServices> {
+        let config = self.config.clone();
+        let disk = BrokerDisk::Sim(self.disk.clone());
+        let clock = Clock::Simulated(self.clock.clone());
+        let started = async move {
+            let meshes = shard::Meshes::new(1, config.limits.mesh_channel_slots);
+            let (router, incoming) = shard::join_meshes(meshes).await;
+            ShardServices::start(config, 0, disk, clock, router, incoming).await
+        };
+        match self.drive(started).await {
+            Ok(shard) => shard,
+            Err(error) => self.model.borrow().violation(&format!(
+                "the broker does not restart from the crash image: {error}"
+            )),
+        }
+    }
+
+    async fn create_stable_topics(&self, life: &Life) {
+        let mut admin = Connection::new(life, 900);
+        for (topic, partitions) in STABLE_TOPICS {
+            let error = self.drive_call(admin.create_topic(topic, partitions)).await;
+            assert_eq!(error, 0, "seed={}: creating {topic}", self.seed);
+            for partition in 0..partitions {
+                self.model
+                    .borrow_mut()
+                    .track_partition((topic.to_string(), partition));
+            }
+        }
+    }
+
+    /// After a restart: every acknowledged batch is in the log at its offset, the log is
+    /// dense with no payload twice, the high watermark covers what was acknowledged,
+    /// acknowledged commits and topic changes survived.
+    async fn verify(&self, life: &Life) {
+        let mut reader = Connection::new(life, 901);
+        let partitions = self.model.borrow().partitions();
+        for key in &partitions {
+            let acked_end = self.model.borrow().acked_end(key);
+            let (error, latest) = self.drive_call(reader.list_offset(key, -1)).await;
+            {
+                let model = self.model.borrow();
+                if error != 0 {
+                    model.violation(&format!(
+                        "{key:?}: ListOffsets after restart: error {error}"
+                    ));
+                }
+                model.check_high_watermark(key, latest, acked_end, "after restart");
+            }
+            let mut batches = Vec::new();
+            let mut offset = 0;
+            while offset < latest {
+                let (error, _, read) = self.drive_call(reader.fetch(key, offset, 0, 1 << 20)).await;
+                let Some(last) = read.last() else {
+                    self.model.borrow().violation(&format!(
+                        "{key:?}: fetch at {offset} below the high watermark {latest} read nothing (error {error})"
+                    ));
+                };
+                offset = crate::storage::batch::BatchHeader::parse(last)
+                    .expect("split_batches keeps whole batches")
+                    .last_offset()
+                    + 1;
+                batches.extend(read);
+            }
+            self.model
+                .borrow_mut()
+                .check_fetched(key, 0, &batches, true);
+        }
+        let commit_keys = self.model.borrow().commit_keys();
+        for (group, key) in commit_keys {
+            let (error, committed) = self.drive_call(reader.committed(&group, &key)).await;
+            let model = self.model.borrow();
+            if error != 0 {
+                model.violation(&format!(
+                    "group {group}: OffsetFetch after restart: error {error}"
+                ));
+            }
+            model.check_committed(&group, &key, committed);
+        }
+        let names = self.drive_call(reader.topic_names()).await;
+        let model = self.model.borrow();
+        for (topic, fate) in &model.scratch_topics {
+            if let TopicFate::Known(exists) = fate {
+                if names.contains(topic) != *exists {
+                    model.violation(&format!(
+                        "topic {topic}: acknowledged as {} but the restarted broker says otherwise",
+                        if *exists { "created" } else { "deleted" }
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Now and then, fdatasyncs stall for a while (a slow device): produce requests time
+    /// out, and their retries meet appends that are written but not yet durable.
+    fn fdatasync_stall(&mut self) -> Option<glommio::task::JoinHandle<()>> {
+        if self.rng.below(3) != 0 {
+            return None;
+        }
+        let (start, length) = (self.rng.below(2_000), self.rng.range(100, 4_000));
+        let clock = Clock::Simulated(self.clock.clone());
+        let disk = self.disk.clone();
+        Some(
+            glommio::spawn_local(async move {
+                clock.sleep(Duration::from_millis(start)).await;
+                disk.stall_fdatasyncs();
+                clock.sleep(Duration::from_millis(length)).await;
+                disk.release_fdatasyncs();
+            })
+            .detach(),
+        )
+    }
+
+    /// The machine stops: the old disk is powered off (the old shard's tasks can change
+    /// nothing more) and the next life starts on what survived.
+    fn crash(&mut self) {
+        self.disk.power_cut_after_steps(0);
+        let mode = match self.rng.below(10) {
+            0 => CrashMode::ProcessCrash,
+            1 | 2 => CrashMode::PowerCutTearingLastWrite {
+                keep_bytes: 512 * usize::try_from(self.rng.below(8)).expect("small"),
+            },
+            _ => CrashMode::PowerCut,
+        };
+        self.model.borrow_mut().trace(format!("{mode:?}"));
+        self.disk = self.disk.crash_image(mode);
+    }
+
+    /// Runs a request future of the harness's own to its end (see `drive`).
+    async fn drive_call<T: 'static>(&self, call: impl Future<Output = T>) -> T {
+        // The harness's connection lives on its stack; the call borrows it, so it cannot be
+        // spawned: poll it here, interleaved with the driving.
+        let done = Rc::new(RefCell::new(None));
+        let finished = done.clone();
+        let call = async move {
+            *finished.borrow_mut() = Some(call.await);
+        };
+        let mut call = std::pin::pin!(call);
+        let started = self.clock.elapsed();
+        loop {
+            let mut quiet = 0;
+            while quiet < QUIET_YIELDS {
+                let before = self.progress_mark();
+                if futures::poll!(call.as_mut()).is_ready() {
+                    return done.borrow_mut().take().expect("set when ready");
+                }
+                crate::storage::sim::yield_once().await;
+                quiet = if self.progress_mark() == before {
+                    quiet + 1
+                } else {
+                    0
+                };
+            }
+            self.advance_time(started);
+        }
+    }
+
+    /// Runs `future` in its own task and moves simulated time whenever the executor has
+    /// gone quiet, until the future is done.
+    async fn drive<T: 'static>(&self, future: impl Future<Output = T> + 'static) -> T {
+        let done = Rc::new(RefCell::new(None));
+        let finished = done.clone();
+        let progress = self.progress.clone();
+        let _task = glommio::spawn_local(async move {
+            let output = future.await;
+            progress.set(progress.get() + 1);
+            *finished.borrow_mut() = Some(output);
+        });
+        let started = self.clock.elapsed();
+        loop {
+            let mut quiet = 0;
+            while quiet < QUIET_YIELDS {
+                let before = self.progress_mark();
+                crate::storage::sim::yield_once().await;
+                if let Some(output) = done.borrow_mut().take() {
+                    return output;
+                }
+                quiet = if self.progress_mark() == before {
+                    quiet + 1
+                } else {
+                    0
+                };
+            }
+            self.advance_time(started);
+        }
+    }
+
+    /// What changes when anything happens: disk steps, answers, the model's trace.
+    fn progress_mark(&self) -> (u64, u64, u64, usize) {
+        (
+            self.disk.steps(),
+            self.progress.get(),
+            self.model.borrow().trace_events,
+            self.clock.pending_timers(),
+        )
+    }
+
+    fn advance_time(&self, started: Duration) {
+        if !self.clock.advance_to_next_timer() {
+            self.model
+                .borrow()
+                .violation("deadlock: every task waits, and no timer is set");
+        }
+        if self.clock.elapsed().saturating_sub(started) > DRIVE_TIME_MAX {
+            self.model.borrow().violation(&format!(
+                "stuck: {DRIVE_TIME_MAX:?} of simulated time passed without finishing"
+            ));
+        }
+    }
+}
+
+/// One shard, small segments (rolls happen), small preallocation (the simulated disk keeps
+/// every byte in memory), frequent offsets checkpoints.
+fn simulation_config() -> BrokerConfig {
+    let settings = Effective::defaults();
+    let mut limits = settings.limits();
+    limits.segment_preallocate_bytes = 16 << 10;
+    limits.offsets_checkpoint_records = 16;
+    let mut topic_defaults = settings.topic_defaults();
+    topic_defaults.segment_bytes = 64 << 10;
+    topic_defaults.segment_preallocate_bytes = 16 << 10;
+    BrokerConfig {
+        listen: "127.0.0.1:9092".parse().expect("an address"),
+        advertised_host: "simulated".into(),
+        advertised_port: 9092,
+        data_dir: PathBuf::from("/data"),
+        shard_cpus: vec![0],
+        spin_before_park: None,
+        auto_create_topics: false,
+        default_partitions: 1,
+        limits,
+        admin_listen: None,
+        topic_defaults,
+        settings: Arc::new(settings),
+    }
+}
