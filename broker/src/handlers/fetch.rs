@@ -54,6 +54,10 @@ pub async fn handle(
     let min_bytes = request.min_bytes.max(0) as usize;
     let snapshot = shard.metadata.current();
     let (wanted, mut topics) = resolve(&snapshot, request, response_bytes_max);
+    // What the round before the last wait saw: a wait that ends with nothing appended (and
+    // neither the deadline nor shutdown reached) must not start a round that waits again at
+    // once, or the loop spins without yielding until the deadline and starves the shard.
+    let mut seen_before_wait: Option<Vec<i64>> = None;
     loop {
         let mut outcomes = join_all(wanted.iter().map(|wanted| fetch_one(shard, wanted, 0))).await;
         let (reserved, unread_data) =
@@ -78,18 +82,26 @@ pub async fn handle(
             .map(|outcome| outcome.high_watermark)
             .collect();
         let now = shard.clock.now();
+        let woken_for_nothing = seen_before_wait.as_ref() == Some(&seen_high_watermarks);
+        if woken_for_nothing {
+            tracing::debug!(
+                "a fetch wait ended with nothing appended; answering with what there is"
+            );
+        }
         if available >= min_bytes
             || any_error
             || unread_data
             || now >= deadline
             || shard.shutdown.is_started()
             || wanted.is_empty()
+            || woken_for_nothing
         {
             assemble(&wanted, outcomes, response_bytes_max, &mut topics);
             return FetchResponse::default().with_responses(topics);
         }
         drop(reserved); // a parked fetch holds no budget
         wait_for_any_append(shard, &wanted, &seen_high_watermarks, deadline - now).await;
+        seen_before_wait = Some(seen_high_watermarks);
     }
 }
 
