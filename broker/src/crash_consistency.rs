@@ -245,3 +245,27 @@ fn idempotent_retry_after_a_power_cut_is_answered_not_rewritten() {
         }
     });
 }
+
+/// A `producer-ids` file holding a block end near `i64::MAX` (damage, or a hand-made file):
+/// `InitProducerId` is refused with an error, never answered with a wrapped negative id and
+/// never a panic.
+#[test]
+fn a_producer_id_block_end_near_i64_max_is_refused_not_wrapped() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let ids_path = Path::new(DATA_DIR).join("producer-ids");
+        let broker_disk = BrokerDisk::Sim(disk.clone());
+        crate::storage::Disk::write_file_atomically(
+            &broker_disk,
+            &ids_path,
+            &(i64::MAX - 5).to_le_bytes(),
+        )
+        .await
+        .expect("write the file");
+        let ids = ProducerIds::new(broker_disk, Path::new(DATA_DIR));
+        for _ in 0..2 {
+            let refused = ids.init(-1, -1).await;
+            assert!(refused.is_err(), "answered {refused:?}");
+        }
+    });
+}

@@ -480,7 +480,19 @@ impl ProducerIds {
             return Ok((producer_id, epoch + 1));
         }
         if self.next.get() >= self.block_end.get() {
-            let end = self.block_end.get() + PRODUCER_ID_BLOCK;
+            // Only a damaged or hand-made file comes near i64::MAX: refuse, as for a damaged
+            // file, rather than wrap to negative ids.
+            let end = self
+                .block_end
+                .get()
+                .checked_add(PRODUCER_ID_BLOCK)
+                .ok_or_else(|| {
+                    tracing::error!(path = %self.path.display(), block_end = self.block_end.get(), "producer ids are exhausted; no producer ids are handed out");
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{}: producer ids are exhausted", self.path.display()),
+                    )
+                })?;
             self.disk
                 .write_file_atomically(&self.path, &end.to_le_bytes())
                 .await?;

@@ -801,7 +801,7 @@ mod tests {
             let (working, finished, done) = (working.clone(), finished.clone(), done.clone());
             async move {
                 if router.shard_id() == 0 {
-                    // Three calls, each given up after 20 ms: more waits than one.
+                    // Two waits and then one other call, each given up after 20 ms.
                     for _ in 0..2 {
                         let working = working.clone();
                         let wait = router.invoke_on(

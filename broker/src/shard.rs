@@ -22,7 +22,7 @@
 //! server stops accepting, lets connections finish, waits until every shard has drained,
 //! and calls [`close_partitions`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -377,11 +377,14 @@ impl ShardServices {
         if snapshot.epoch <= previous.epoch && previous.epoch != 0 {
             return;
         }
-        let wanted: HashMap<TopicPartition, Arc<TopicMetadata>> = snapshot
+        // Ordered maps: removals and opens start in partition order, so the order of their
+        // disk steps is the same in every run (a simulated power cut after N steps cuts the
+        // same file when a seed is replayed).
+        let wanted: BTreeMap<TopicPartition, Arc<TopicMetadata>> = snapshot
             .partitions_on(self.shard_id)
             .map(|(tp, topic)| (tp, topic.clone()))
             .collect();
-        let owned: HashMap<TopicPartition, Uuid> = self.partitions.owned().into_iter().collect();
+        let owned: BTreeMap<TopicPartition, Uuid> = self.partitions.owned().into_iter().collect();
         let removed = owned
             .iter()
             .filter(|(tp, id)| wanted.get(*tp).is_none_or(|topic| topic.id != **id));
