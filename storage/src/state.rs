@@ -125,9 +125,10 @@ impl<F: DiskFile> State<F> {
             .map_or(&self.active, |(_, s)| s)
     }
 
-    /// The order the module docs of `log.rs` promise: log start ≤ high watermark, and durable offset ≤
-    /// high watermark ≤ log end. Every offset moves forward under the append gate or in the
-    /// flusher, so a broken order is a bug in this crate, never something read from disk.
+    /// The order the module docs of `log.rs` promise: log start ≤ high watermark, and
+    /// durable offset ≤ high watermark ≤ log end. Every offset moves forward under the append
+    /// gate or in the flusher, so a broken order is a bug in this crate, never something read
+    /// from disk.
     pub(crate) fn assert_offsets_ordered(&self) {
         assert!(
             self.durable_offset <= self.written_offset && self.written_offset <= self.next_offset,
