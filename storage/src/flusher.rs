@@ -20,10 +20,10 @@ use futures::future::{join_all, select, Either};
 use crate::config::FlushPolicy;
 use crate::error::StorageError;
 use crate::io::{Disk, DiskFile};
-use crate::log::{Inner, PartitionLog, State};
 use crate::meta::{LogCheckpoint, MetaKind};
 use crate::segment::CHECKPOINT_FILE;
 use crate::signal::Signal;
+use crate::state::{Inner, PartitionLog, State};
 
 enum Work {
     Write,

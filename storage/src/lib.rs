@@ -31,6 +31,7 @@ mod lifecycle;
 mod log;
 mod recovery;
 mod signal;
+mod state;
 
 pub use batch::BatchError;
 pub use clock::{Clock, SimClock, Sleep};

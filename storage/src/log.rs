@@ -16,17 +16,14 @@
 //! durable offset is the end of what a completed fdatasync covered (it survives a power cut).
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use glommio::sync::Semaphore;
 
-use crate::appender::Appender;
 use crate::batch::{self, BatchHeader, BATCH_HEADER_BYTES};
-use crate::cache::{CachedBatch, TailCache};
+use crate::cache::CachedBatch;
 pub use crate::clock::Clock;
 use crate::config::LogConfig;
 use crate::error::{AppendError, ReadError, StorageError, OFFSET_MAX};
@@ -35,6 +32,8 @@ use crate::io::{Disk, DiskFile, DmaDisk};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::{Segment, WindowReader};
 use crate::signal::Signal;
+pub use crate::state::{FdatasyncObserver, LogStats, PartitionLog};
+use crate::state::{Inner, State};
 
 /// Where appended batches landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,139 +53,6 @@ impl CheckedBatch {
     /// The batch's header, as the check parsed it.
     pub fn header(&self) -> &BatchHeader {
         &self.header
-    }
-}
-
-/// Counters of what the log has done since it was opened (for metrics and benchmarks).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LogStats {
-    pub batches_appended: u64,
-    pub bytes_appended: u64,
-    pub write_rounds: u64,
-    pub fdatasyncs: u64,
-}
-
-/// Receives the latency of every fdatasync a log completes, on the log's own shard, between
-/// awaits. The broker hands one to every log of a shard so they fill one shard-local
-/// histogram; nothing crosses threads.
-pub type FdatasyncObserver = Rc<dyn Fn(Duration)>;
-
-/// The log of one partition. See the module docs for the ownership and concurrency contract.
-pub struct PartitionLog<D: Disk = DmaDisk> {
-    pub(crate) inner: Rc<Inner<D>>,
-}
-
-impl<D: Disk> Clone for PartitionLog<D> {
-    fn clone(&self) -> Self {
-        PartitionLog {
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-pub(crate) struct Inner<D: Disk> {
-    pub disk: D,
-    pub dir: PathBuf,
-    pub clock: Clock,
-    pub state: RefCell<State<D::File>>,
-    /// Serializes appends (and the rolls and preallocations they trigger); not first-come,
-    /// first-served (see the module docs).
-    pub append_gate: Semaphore,
-    /// Serializes writers of the checkpoint file, which share one temporary path.
-    pub checkpoint_gate: Semaphore,
-    /// Wakes the flusher: there is data to write or a durability request. Shared with the
-    /// flusher outside `Inner` so dropping the last handle can stop it.
-    pub flusher_wake: Rc<Signal>,
-    /// Fires whenever the high watermark, durable offset or fenced state changes.
-    pub progress: Signal,
-    /// See [`PartitionLog::observe_fdatasync_latency`].
-    pub fdatasync_observer: RefCell<Option<FdatasyncObserver>>,
-}
-
-impl<D: Disk> Drop for Inner<D> {
-    fn drop(&mut self) {
-        self.flusher_wake.notify_all();
-    }
-}
-
-/// Mutable state of one log. Borrowed only between awaits, never across one.
-pub(crate) struct State<F: DiskFile> {
-    pub config: LogConfig,
-    pub sealed: BTreeMap<i64, Segment<F>>,
-    pub active: Segment<F>,
-    pub appender: Appender<F::Buffer>,
-    pub active_first_append_ms: Option<i64>,
-    pub preallocation: crate::preallocation::Preallocation,
-    pub log_start_offset: i64,
-    pub next_offset: i64,
-    pub written_offset: i64,
-    pub durable_offset: i64,
-    /// Bytes of the active segment covered by the last fdatasync (for the checkpoint).
-    pub active_durable_bytes: u64,
-    /// The offset (exclusive) some waiter needs durable.
-    pub durable_wanted: i64,
-    pub last_sync_ms: i64,
-    /// An fdatasync task is running (at most one at a time).
-    pub sync_in_flight: bool,
-    pub last_checkpoint_ms: i64,
-    pub fenced: Option<StorageError>,
-    pub closed: bool,
-    pub cache: TailCache,
-    pub stats: LogStats,
-}
-
-impl<F: DiskFile> State<F> {
-    pub fn check_usable(&self) -> Result<(), StorageError> {
-        if let Some(error) = &self.fenced {
-            return Err(StorageError::Fenced(Rc::new(error.clone())));
-        }
-        if self.closed {
-            return Err(StorageError::Closed);
-        }
-        Ok(())
-    }
-
-    /// Every segment in offset order, the active one last.
-    pub(crate) fn segments(&self) -> impl Iterator<Item = &Segment<F>> {
-        self.sealed.values().chain(std::iter::once(&self.active))
-    }
-
-    /// The segment holding `offset`: the last one whose base is at or below it.
-    fn segment_for(&self, offset: i64) -> &Segment<F> {
-        if offset >= self.active.base_offset {
-            return &self.active;
-        }
-        self.sealed
-            .range(..=offset)
-            .next_back()
-            .map_or(&self.active, |(_, s)| s)
-    }
-
-    /// The order the module docs promise: log start ≤ high watermark, and durable offset ≤
-    /// high watermark ≤ log end. Every offset moves forward under the append gate or in the
-    /// flusher, so a broken order is a bug in this crate, never something read from disk.
-    pub(crate) fn assert_offsets_ordered(&self) {
-        assert!(
-            self.durable_offset <= self.written_offset && self.written_offset <= self.next_offset,
-            "offsets out of order: durable {} high watermark {} log end {}",
-            self.durable_offset,
-            self.written_offset,
-            self.next_offset
-        );
-        assert!(
-            self.log_start_offset <= self.written_offset,
-            "log start {} past the high watermark {}",
-            self.log_start_offset,
-            self.written_offset
-        );
-    }
-
-    fn segment_end_bytes(&self, segment: &Segment<F>) -> u64 {
-        if segment.base_offset == self.active.base_offset {
-            self.appender.appended_bytes() - self.appender.unwritten_bytes()
-        } else {
-            segment.bytes()
-        }
     }
 }
 

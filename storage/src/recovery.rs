@@ -16,16 +16,17 @@ use std::rc::Rc;
 use crate::appender::Appender;
 use crate::batch::BATCH_HEADER_BYTES;
 use crate::cache::TailCache;
+use crate::clock::Clock;
 use crate::config::LogConfig;
 use crate::error::{StorageError, OFFSET_MAX};
 use crate::index::{BuildingIndex, SegmentIndex};
 use crate::io::{align_up, Disk, DiskFile};
-use crate::log::{Clock, State};
 use crate::meta::{decode_checkpoint, encode_checkpoint, LogCheckpoint, MetaKind};
 use crate::segment::{
     self, index_file_name, parse_file_name, segment_file_name, ScanStop, Segment, CHECKPOINT_FILE,
     CLEAN_SHUTDOWN_FILE, SEGMENT_SUFFIX,
 };
+use crate::state::{LogStats, State};
 
 /// What recovery found and did, for the broker's start-up log and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -513,7 +514,7 @@ async fn assemble_state<F: DiskFile>(
         fenced: None,
         sync_in_flight: false,
         closed: false,
-        stats: crate::log::LogStats::default(),
+        stats: LogStats::default(),
         sealed,
         active,
         appender,

@@ -6,8 +6,10 @@ use std::collections::BTreeSet;
 
 use uuid::Uuid;
 
-use super::store::{ClusterState, ConfigEntry, TopicRecord};
-use super::{ControllerCall, PlacementRules};
+use crate::controller::calls::{
+    ConfigChange, ConfigOperation, ControllerCall, NewTopic, PlacementRules, TopicOutcome, TopicRef,
+};
+use crate::controller::store::{ClusterState, ConfigEntry, TopicRecord};
 use crate::error_codes as codes;
 use crate::metadata::OFFSETS_TOPIC;
 use crate::topic_config::validate_override;
@@ -18,78 +20,6 @@ const INTERNAL_TOPIC_MESSAGE: &str =
 
 /// Kafka's limit on topic name length (so `<topic>-<partition>` fits a file name).
 const TOPIC_NAME_BYTES_MAX: usize = 249;
-
-#[derive(Debug, Clone)]
-pub struct NewTopic {
-    pub name: String,
-    /// -1 asks for the broker default.
-    pub partitions: i32,
-    /// -1 asks for the default; this single broker can only hold 1.
-    pub replication_factor: i16,
-    /// Replica lists given by the client per partition (empty: let the broker place).
-    pub manual_assignment: Vec<Vec<i32>>,
-    pub configs: Vec<(String, Option<String>)>,
-}
-
-#[derive(Debug, Clone)]
-pub enum TopicRef {
-    Name(String),
-    Id(Uuid),
-}
-
-#[derive(Debug, Clone)]
-pub enum ConfigOperation {
-    Set(String),
-    Delete,
-}
-
-#[derive(Debug, Clone)]
-pub struct ConfigChange {
-    pub topic: String,
-    /// `AlterConfigs` (non-incremental) replaces every override with the given set.
-    pub replace_all: bool,
-    pub operations: Vec<(String, ConfigOperation)>,
-}
-
-#[derive(Debug, Clone)]
-pub struct TopicOutcome {
-    pub name: String,
-    pub topic_id: Uuid,
-    pub error_code: i16,
-    pub message: Option<String>,
-    pub partitions: i32,
-}
-
-impl TopicOutcome {
-    fn ok(name: &str, topic_id: Uuid, partitions: i32) -> Self {
-        Self {
-            name: name.to_string(),
-            topic_id,
-            error_code: codes::NONE,
-            message: None,
-            partitions,
-        }
-    }
-
-    fn error(name: &str, error_code: i16, message: impl Into<String>) -> Self {
-        Self {
-            name: name.to_string(),
-            topic_id: Uuid::nil(),
-            error_code,
-            message: Some(message.into()),
-            partitions: -1,
-        }
-    }
-
-    #[must_use]
-    pub fn failed(mut self, error_code: i16, message: String) -> Self {
-        if self.error_code == codes::NONE {
-            self.error_code = error_code;
-            self.message = Some(message);
-        }
-        self
-    }
-}
 
 pub fn apply(
     state: &mut ClusterState,

@@ -5,6 +5,7 @@
 //! snapshot to every shard and wait until each has applied it. Only then is the client
 //! answered, so a topic is usable everywhere once `CreateTopics` returns.
 
+mod calls;
 pub mod changes;
 pub mod store;
 
@@ -16,53 +17,13 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::error_codes as codes;
-use crate::limits::Limits;
 use crate::metadata::{MetadataSnapshot, TopicMetadata, TopicPartition};
 use crate::topic_config::TopicConfig;
-pub use changes::{ConfigChange, ConfigOperation, NewTopic, TopicOutcome, TopicRef};
+pub use calls::{
+    ConfigChange, ConfigOperation, ControllerCall, ControllerReply, NewTopic, PlacementRules,
+    TopicOutcome, TopicRef,
+};
 use store::{ClusterState, MetadataStore};
-
-/// A topic change requested by any shard.
-#[derive(Debug)]
-pub enum ControllerCall {
-    CreateTopics {
-        topics: Vec<NewTopic>,
-        validate_only: bool,
-    },
-    DeleteTopics {
-        topics: Vec<TopicRef>,
-    },
-    CreatePartitions {
-        topics: Vec<(String, i32)>,
-        validate_only: bool,
-    },
-    AlterConfigs {
-        changes: Vec<ConfigChange>,
-        validate_only: bool,
-    },
-    /// The owning shard could not open or keep open this partition's log: every shard
-    /// should report it offline in Metadata. Not persisted; a restart re-detects it.
-    ReportOffline {
-        tp: TopicPartition,
-        topic_id: Uuid,
-    },
-}
-
-/// One outcome per topic named in the call, in the call's order.
-#[derive(Debug)]
-pub struct ControllerReply {
-    pub outcomes: Vec<TopicOutcome>,
-}
-
-/// Rules the pure change functions apply, fixed at start-up.
-#[derive(Clone, Debug)]
-pub struct PlacementRules {
-    pub shard_count: usize,
-    pub default_partitions: i32,
-    pub limits: Limits,
-    /// The configuration of a topic that overrides nothing (the broker's `log.*` settings).
-    pub topic_defaults: TopicConfig,
-}
 
 /// Shard 0's controller. See the module docs for the one-change-at-a-time contract.
 pub struct Controller {

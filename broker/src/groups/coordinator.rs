@@ -17,15 +17,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use glommio::sync::Semaphore;
 
-use super::group::{Answer, Group, GroupRules, GroupState, JoinRequest, JoinResult, SyncResult};
-use super::records::{self, OffsetsRecord};
-use super::{
-    codes, CommitRequest, FetchedOffsets, GroupAddress, GroupDescription, MemberDescription,
-    SyncRequest, OFFSETS_TOPIC,
-};
 use crate::disk::{BrokerDisk, PartitionLog};
 use crate::error_codes as broker_codes;
+use crate::groups::group::{
+    Answer, Group, GroupRules, GroupState, JoinRequest, JoinResult, SyncResult,
+};
+use crate::groups::records::{self, OffsetsRecord};
+use crate::groups::types::{
+    codes, partition_for, CommitRequest, FetchedOffsets, GroupAddress, GroupDescription,
+    ListedGroup, MemberDescription, SyncRequest, OFFSET_METADATA_BYTES_MAX, TOPIC_NAME_BYTES_MAX,
+};
 use crate::limits::Limits;
+use crate::metadata::OFFSETS_TOPIC;
 use crate::metadata::{MetadataView, TopicPartition};
 use crate::partition::PartitionTable;
 use crate::producer_state::ProducerIds;
@@ -594,7 +597,7 @@ impl GroupCoordinator {
             .groups
             .borrow()
             .values()
-            .filter(|g| super::partition_for(&g.id, log.partitions_total) == log.partition)
+            .filter(|g| partition_for(&g.id, log.partitions_total) == log.partition)
             .flat_map(|g| {
                 g.offsets
                     .iter()
@@ -630,11 +633,11 @@ impl GroupCoordinator {
         let mut codes_out = Vec::with_capacity(offsets.len());
         let mut records = Vec::new();
         for (topic, partition, value) in offsets {
-            if value.metadata.len() > super::OFFSET_METADATA_BYTES_MAX {
+            if value.metadata.len() > OFFSET_METADATA_BYTES_MAX {
                 codes_out.push(codes::OFFSET_METADATA_TOO_LARGE);
                 continue;
             }
-            if topic.len() > super::TOPIC_NAME_BYTES_MAX {
+            if topic.len() > TOPIC_NAME_BYTES_MAX {
                 codes_out.push(broker_codes::UNKNOWN_TOPIC_OR_PARTITION);
                 continue;
             }
@@ -726,7 +729,7 @@ impl GroupCoordinator {
     }
 
     /// `ListGroups`: every group of this shard.
-    pub fn list(&self) -> Vec<super::ListedGroup> {
+    pub fn list(&self) -> Vec<ListedGroup> {
         self.inner
             .groups
             .borrow()
@@ -805,7 +808,7 @@ impl GroupCoordinator {
                 .groups
                 .borrow()
                 .values()
-                .filter(|g| super::partition_for(&g.id, partitions_total) == partition)
+                .filter(|g| partition_for(&g.id, partitions_total) == partition)
                 .flat_map(|g| {
                     g.offsets
                         .keys()
@@ -869,7 +872,7 @@ impl GroupCoordinator {
                 outcome.push((topic, partition, codes::GROUP_SUBSCRIBED_TO_TOPIC));
                 continue;
             }
-            if topic.len() > super::TOPIC_NAME_BYTES_MAX {
+            if topic.len() > TOPIC_NAME_BYTES_MAX {
                 outcome.push((topic, partition, broker_codes::UNKNOWN_TOPIC_OR_PARTITION));
                 continue;
             }
@@ -946,7 +949,7 @@ impl GroupCoordinator {
         for (group, partitions) in expired {
             let tp = TopicPartition {
                 topic: OFFSETS_TOPIC.into(),
-                partition: super::partition_for(&group, topic.partition_count()),
+                partition: partition_for(&group, topic.partition_count()),
             };
             let Ok(log) = self.inner.offsets.partitions.log(&tp) else {
                 continue;

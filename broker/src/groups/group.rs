@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
-use super::codes as group_codes;
-use super::records::CommittedOffset;
 use crate::error_codes as codes;
+use crate::groups::records::CommittedOffset;
+use crate::groups::types::codes as group_codes;
 use crate::storage::Clock;
 
 /// Members plus handed-out member ids one group may hold (`group.max.size`; Kafka's default

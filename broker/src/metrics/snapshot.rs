@@ -3,7 +3,7 @@
 
 use std::sync::mpsc::SyncSender;
 
-use super::{HistogramBuckets, ShardMetrics};
+use crate::metrics::shard::{HistogramBuckets, ShardMetrics};
 use crate::registry::SUPPORTED_APIS;
 
 /// The admin thread's request for one shard's snapshot; the answer goes to `reply`.

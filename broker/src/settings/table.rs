@@ -1,8 +1,8 @@
 //! The settings table: every setting the broker has, one entry each. See the parent
 //! module for how keys become flags and environment variables.
 
-use super::{Kind, Setting};
 use crate::logging::LogFormat;
+use crate::settings::kind::{Kind, Setting};
 use crate::topic_config::FLUSH_POLICY_KEY;
 
 const fn integer(min: i64, max: i64) -> Kind {

@@ -32,9 +32,9 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::Decodable;
 use kafka_protocol::ResponseError;
 
-use super::model::{Model, PartitionKey, TopicFate};
 use crate::handlers::{self, str_bytes, Request, RequestContext};
 use crate::shard::ShardServices;
+use crate::simulation::model::{Model, PartitionKey, TopicFate};
 use crate::storage::batch::{build, BatchHeader};
 use crate::storage::sim::{SeededRng, SimDisk};
 use crate::storage::Clock;

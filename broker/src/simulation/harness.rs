@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use futures::future::join_all;
 
-use super::clients::{Client, Connection, Life, Role};
-use super::model::{Model, PartitionKey, TopicFate};
 use crate::config::BrokerConfig;
 use crate::disk::BrokerDisk;
+use crate::simulation::clients::{Client, Connection, Life, Role};
+use crate::simulation::model::{Model, PartitionKey, TopicFate};
 
 use crate::settings::Effective;
 use crate::shard::{self, ShardServices};

@@ -1,0 +1,124 @@
+//! What a shard asks of the controller ([`ControllerCall`]) and what it gets back, with the
+//! rules the changes follow ([`PlacementRules`]): the vocabulary shared by the controller
+//! (the parent module) and its pure change functions (`changes`).
+
+use uuid::Uuid;
+
+use crate::error_codes as codes;
+use crate::limits::Limits;
+use crate::metadata::TopicPartition;
+use crate::topic_config::TopicConfig;
+
+#[derive(Debug, Clone)]
+pub struct NewTopic {
+    pub name: String,
+    /// -1 asks for the broker default.
+    pub partitions: i32,
+    /// -1 asks for the default; this single broker can only hold 1.
+    pub replication_factor: i16,
+    /// Replica lists given by the client per partition (empty: let the broker place).
+    pub manual_assignment: Vec<Vec<i32>>,
+    pub configs: Vec<(String, Option<String>)>,
+}
+
+#[derive(Debug, Clone)]
+pub enum TopicRef {
+    Name(String),
+    Id(Uuid),
+}
+
+#[derive(Debug, Clone)]
+pub enum ConfigOperation {
+    Set(String),
+    Delete,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConfigChange {
+    pub topic: String,
+    /// `AlterConfigs` (non-incremental) replaces every override with the given set.
+    pub replace_all: bool,
+    pub operations: Vec<(String, ConfigOperation)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TopicOutcome {
+    pub name: String,
+    pub topic_id: Uuid,
+    pub error_code: i16,
+    pub message: Option<String>,
+    pub partitions: i32,
+}
+
+impl TopicOutcome {
+    pub(super) fn ok(name: &str, topic_id: Uuid, partitions: i32) -> Self {
+        Self {
+            name: name.to_string(),
+            topic_id,
+            error_code: codes::NONE,
+            message: None,
+            partitions,
+        }
+    }
+
+    pub(super) fn error(name: &str, error_code: i16, message: impl Into<String>) -> Self {
+        Self {
+            name: name.to_string(),
+            topic_id: Uuid::nil(),
+            error_code,
+            message: Some(message.into()),
+            partitions: -1,
+        }
+    }
+
+    #[must_use]
+    pub fn failed(mut self, error_code: i16, message: String) -> Self {
+        if self.error_code == codes::NONE {
+            self.error_code = error_code;
+            self.message = Some(message);
+        }
+        self
+    }
+}
+
+/// A topic change requested by any shard.
+#[derive(Debug)]
+pub enum ControllerCall {
+    CreateTopics {
+        topics: Vec<NewTopic>,
+        validate_only: bool,
+    },
+    DeleteTopics {
+        topics: Vec<TopicRef>,
+    },
+    CreatePartitions {
+        topics: Vec<(String, i32)>,
+        validate_only: bool,
+    },
+    AlterConfigs {
+        changes: Vec<ConfigChange>,
+        validate_only: bool,
+    },
+    /// The owning shard could not open or keep open this partition's log: every shard
+    /// should report it offline in Metadata. Not persisted; a restart re-detects it.
+    ReportOffline {
+        tp: TopicPartition,
+        topic_id: Uuid,
+    },
+}
+
+/// One outcome per topic named in the call, in the call's order.
+#[derive(Debug)]
+pub struct ControllerReply {
+    pub outcomes: Vec<TopicOutcome>,
+}
+
+/// Rules the pure change functions apply, fixed at start-up.
+#[derive(Clone, Debug)]
+pub struct PlacementRules {
+    pub shard_count: usize,
+    pub default_partitions: i32,
+    pub limits: Limits,
+    /// The configuration of a topic that overrides nothing (the broker's `log.*` settings).
+    pub topic_defaults: TopicConfig,
+}

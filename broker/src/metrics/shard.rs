@@ -1,0 +1,272 @@
+//! What one shard counts ([`ShardMetrics`]) and the latency histograms it keeps. See the
+//! module docs of `metrics` for who writes and who reads it.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use kafka_protocol::messages::ApiKey;
+
+use crate::registry::SUPPORTED_APIS;
+use crate::storage::FdatasyncObserver;
+
+/// Upper bounds (seconds) of the exported latency histogram buckets: 50 µs to 10 s, about
+/// three per decade, so one set serves produce (sub-millisecond with acks=1), fetch (up to
+/// the long-poll wait) and fdatasync (milliseconds). Above the last bound is `+Inf`.
+pub const LATENCY_BUCKET_BOUNDS_SECONDS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 10.0,
+];
+
+/// Largest latency the histograms resolve (1 hour, in microseconds); longer ones are
+/// recorded as this (a Fetch long poll is capped at `fetch_wait_max`, far below it).
+const LATENCY_US_MAX: u64 = 3_600_000_000;
+
+/// Two significant digits: a 1 % bucket error, far finer than the exported buckets, at
+/// about 25 KiB per histogram (three per shard).
+const LATENCY_SIGNIFICANT_DIGITS: u8 = 2;
+
+/// A latency histogram in microseconds with the exact sum kept beside it (hdrhistogram keeps
+/// counts per value range only; Prometheus wants the sum).
+#[derive(Clone)]
+pub struct LatencyHistogram {
+    histogram: Histogram<u64>,
+    sum_us: u64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self {
+            histogram: Histogram::new_with_bounds(1, LATENCY_US_MAX, LATENCY_SIGNIFICANT_DIGITS)
+                .expect("constant histogram bounds are valid"),
+            sum_us: 0,
+        }
+    }
+}
+
+impl LatencyHistogram {
+    pub fn record(&mut self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.histogram.saturating_record(micros.max(1));
+        self.sum_us = self.sum_us.saturating_add(micros);
+    }
+
+    /// The histogram cut at `LATENCY_BUCKET_BOUNDS_SECONDS`.
+    pub fn buckets(&self) -> HistogramBuckets {
+        let mut counts = Vec::with_capacity(LATENCY_BUCKET_BOUNDS_SECONDS.len());
+        let mut below = 0;
+        for bound_seconds in LATENCY_BUCKET_BOUNDS_SECONDS {
+            let bound_us = (bound_seconds * 1e6) as u64;
+            let cumulative = self.histogram.count_between(0, bound_us);
+            counts.push(cumulative - below);
+            below = cumulative;
+        }
+        HistogramBuckets {
+            counts,
+            count: self.histogram.len(),
+            sum_seconds: self.sum_us as f64 / 1e6,
+        }
+    }
+}
+
+/// A histogram as exported: the count in each bucket of `LATENCY_BUCKET_BOUNDS_SECONDS`
+/// (not cumulative; the last, `+Inf`, is `count` minus their sum), the total count and sum.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HistogramBuckets {
+    pub counts: Vec<u64>,
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+impl HistogramBuckets {
+    /// Adds another shard's histogram (same bounds) to this one.
+    pub fn add(&mut self, other: &HistogramBuckets) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; other.counts.len()];
+        }
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+        self.count += other.count;
+        self.sum_seconds += other.sum_seconds;
+    }
+}
+
+/// Counters of one served API on one shard.
+#[derive(Default)]
+pub(super) struct ApiCounters {
+    /// (error code, requests answered with it); a handful of entries at most.
+    pub(super) answered: RefCell<Vec<(i16, u64)>>,
+    pub(super) request_bytes: Cell<u64>,
+    pub(super) response_bytes: Cell<u64>,
+}
+
+/// Everything one shard counts. Owned and written by that shard only; see the module docs.
+pub struct ShardMetrics {
+    /// By position in `registry::SUPPORTED_APIS`.
+    pub(super) apis: Vec<ApiCounters>,
+    pub(super) produce_latency: RefCell<LatencyHistogram>,
+    pub(super) fetch_latency: RefCell<LatencyHistogram>,
+    /// Shared with every partition log of the shard (see `fdatasync_observer`).
+    pub(super) fdatasync_latency: Rc<RefCell<LatencyHistogram>>,
+    pub(super) connections_open: Cell<u64>,
+    pub(super) connections_accepted: Cell<u64>,
+    /// The most fetch-budget bytes reserved at once since start (`fetch_budget_reserved`).
+    pub(super) fetch_budget_reserved_bytes_peak: Cell<u64>,
+}
+
+impl Default for ShardMetrics {
+    fn default() -> Self {
+        Self {
+            apis: SUPPORTED_APIS
+                .iter()
+                .map(|_| ApiCounters::default())
+                .collect(),
+            produce_latency: RefCell::default(),
+            fetch_latency: RefCell::default(),
+            fdatasync_latency: Rc::default(),
+            connections_open: Cell::new(0),
+            connections_accepted: Cell::new(0),
+            fetch_budget_reserved_bytes_peak: Cell::new(0),
+        }
+    }
+}
+
+impl ShardMetrics {
+    fn api(&self, api_key: ApiKey) -> &ApiCounters {
+        let index = SUPPORTED_APIS
+            .binary_search_by_key(&(api_key as i16), |spec| spec.key as i16)
+            .expect("only admitted APIs are counted");
+        &self.apis[index]
+    }
+
+    /// A request frame of `frame_bytes` was admitted and decoded.
+    pub fn request_received(&self, api_key: ApiKey, frame_bytes: usize) {
+        let counters = self.api(api_key);
+        counters
+            .request_bytes
+            .set(counters.request_bytes.get() + frame_bytes as u64);
+    }
+
+    /// A handler finished: `response_bytes` is 0 when no response is sent (acks=0).
+    pub fn request_answered(
+        &self,
+        api_key: ApiKey,
+        error_code: i16,
+        latency: Duration,
+        response_bytes: usize,
+    ) {
+        let counters = self.api(api_key);
+        counters
+            .response_bytes
+            .set(counters.response_bytes.get() + response_bytes as u64);
+        let mut answered = counters.answered.borrow_mut();
+        match answered.iter_mut().find(|(code, _)| *code == error_code) {
+            Some((_, count)) => *count += 1,
+            None => answered.push((error_code, 1)),
+        }
+        match api_key {
+            ApiKey::Produce => self.produce_latency.borrow_mut().record(latency),
+            ApiKey::Fetch => self.fetch_latency.borrow_mut().record(latency),
+            _ => {}
+        }
+    }
+
+    /// Counts a connection as open until the returned guard is dropped.
+    pub fn connection_opened(self: &Rc<Self>) -> OpenConnection {
+        self.connections_open.set(self.connections_open.get() + 1);
+        self.connections_accepted
+            .set(self.connections_accepted.get() + 1);
+        OpenConnection {
+            metrics: self.clone(),
+        }
+    }
+
+    /// A fetch has just reserved budget: `reserved_bytes` of the shard's fetch budget are
+    /// now reserved in all. Keeps the peak, which a scrape between two tasks would miss.
+    pub fn fetch_budget_reserved(&self, reserved_bytes: u64) {
+        let peak = &self.fetch_budget_reserved_bytes_peak;
+        peak.set(peak.get().max(reserved_bytes));
+    }
+
+    /// What every partition log of this shard reports its fdatasync latencies to.
+    pub fn fdatasync_observer(&self) -> FdatasyncObserver {
+        let histogram = self.fdatasync_latency.clone();
+        Rc::new(move |latency| histogram.borrow_mut().record(latency))
+    }
+}
+
+/// Decrements the open-connection gauge when the connection ends, however it ends.
+pub struct OpenConnection {
+    metrics: Rc<ShardMetrics>,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        let open = &self.metrics.connections_open;
+        open.set(open.get() - 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_count_each_latency_once_under_the_first_bound_at_or_above_it() {
+        let mut histogram = LatencyHistogram::default();
+        for micros in [30, 70, 900, 1_000, 20_000_000] {
+            histogram.record(Duration::from_micros(micros));
+        }
+        let buckets = histogram.buckets();
+        assert_eq!(buckets.count, 5);
+        assert_eq!(buckets.counts[0], 1, "30 µs ≤ 50 µs");
+        assert_eq!(buckets.counts[1], 1, "70 µs ≤ 100 µs");
+        assert_eq!(buckets.counts[4], 2, "900 µs and 1 ms ≤ 1 ms");
+        assert_eq!(
+            buckets.counts.iter().sum::<u64>(),
+            4,
+            "20 s lies above the last bound: only in +Inf"
+        );
+        assert!((buckets.sum_seconds - 20.002).abs() < 1e-9, "the exact sum");
+    }
+
+    #[test]
+    fn shard_histograms_add_up() {
+        let mut one = LatencyHistogram::default();
+        one.record(Duration::from_millis(3));
+        let mut total = HistogramBuckets::default();
+        total.add(&one.buckets());
+        total.add(&one.buckets());
+        assert_eq!(total.count, 2);
+        assert_eq!(total.counts[6], 2, "3 ms ≤ 5 ms");
+    }
+
+    #[test]
+    fn requests_are_counted_by_api_and_error_code() {
+        let metrics = ShardMetrics::default();
+        metrics.request_received(ApiKey::Produce, 100);
+        metrics.request_answered(ApiKey::Produce, 0, Duration::from_micros(80), 40);
+        metrics.request_answered(ApiKey::Produce, 0, Duration::from_micros(80), 40);
+        metrics.request_answered(ApiKey::Produce, 3, Duration::from_micros(80), 40);
+        let produce = metrics.api(ApiKey::Produce);
+        assert_eq!(*produce.answered.borrow(), vec![(0, 2), (3, 1)]);
+        assert_eq!(produce.request_bytes.get(), 100);
+        assert_eq!(produce.response_bytes.get(), 120);
+        assert_eq!(metrics.produce_latency.borrow().buckets().count, 3);
+        assert_eq!(metrics.fetch_latency.borrow().buckets().count, 0);
+    }
+
+    #[test]
+    fn the_connection_gauge_follows_its_guards() {
+        let metrics = Rc::new(ShardMetrics::default());
+        let first = metrics.connection_opened();
+        let second = metrics.connection_opened();
+        drop(first);
+        assert_eq!(metrics.connections_open.get(), 1);
+        drop(second);
+        assert_eq!(metrics.connections_open.get(), 0);
+        assert_eq!(metrics.connections_accepted.get(), 2);
+    }
+}
