@@ -32,6 +32,12 @@ fi
 # This replays the committed fuzz corpus too (fuzzing::tests in broker and storage). libFuzzer
 # itself is not run here: installing cargo-fuzz and building the targets from scratch took
 # 12 min on the 2-vCPU development machine (see fuzz/README.md); run scripts/fuzz.sh.
+# Dependencies between modules point one way (docs/ARCHITECTURE.md): no import cycle may return.
+echo "== import cycles"
+for crate_src in protocol/src storage/src client/src cli/src broker/src; do
+    python3 scripts/module-cycles.py "$crate_src" --files
+done
+
 echo "== cargo test --workspace"
 cargo test --workspace
 
