@@ -1320,20 +1320,24 @@ impl LocalExecutor {
         self.reactor.need_preempt()
     }
 
+    /// Runs task queues until preempted or none is runnable. Returns whether the caller
+    /// must come back before parking: `false` only when no task queue is runnable.
     fn run_task_queues(&self) -> bool {
         let mut ran = false;
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
-                break;
+                // Ringfeed patch: preempted before running anything used to return `false`,
+                // which the caller reads as "nothing to run" and parks on, while a queue is
+                // still runnable. Nothing else may ever wake that park (the work is this
+                // executor's own), so the executor could sleep forever with work pending.
+                return ran || !self.queues.borrow().active_executors.is_empty();
             }
             if !self.run_one_task_queue() {
                 return false;
-            } else {
-                ran = true;
             }
+            ran = true;
         }
-        ran
     }
 
     fn run_one_task_queue(&self) -> bool {
