@@ -104,7 +104,7 @@ pub fn encode_fetch_response_frame(
     );
     // Records field lengths of the spliced partitions, in response order.
     let mut spliced_records_bytes = Vec::new();
-    set_spliced_records(&mut response, partition_batches, Some(Bytes::new()));
+    set_spliced_records(&mut response, partition_batches, Some(&Bytes::new()));
     for batches in partition_batches
         .iter()
         .filter(|batches| !batches.is_empty())
@@ -182,7 +182,7 @@ pub fn encode_fetch_response_frame(
 fn set_spliced_records(
     response: &mut FetchResponse,
     partition_batches: &[Vec<Bytes>],
-    records: Option<Bytes>,
+    records: Option<&Bytes>,
 ) {
     let partitions = response
         .responses
@@ -196,7 +196,7 @@ fn set_spliced_records(
             partition.records.as_ref().is_none_or(Bytes::is_empty),
             "a partition with batches has no records of its own"
         );
-        partition.records.clone_from(&records);
+        partition.records = records.cloned();
     }
 }
 

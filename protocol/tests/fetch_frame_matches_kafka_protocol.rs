@@ -115,7 +115,7 @@ fn partition(random: &mut Seeded, version: i16) -> (PartitionData, Vec<Bytes>) {
     let batches: Vec<Bytes> = match random.below(4) {
         0 => Vec::new(),
         1 => vec![batch(random)],
-        _ => (0..1 + random.below(4)).map(|_| batch(random)).collect(),
+        _ => (0..=random.below(4)).map(|_| batch(random)).collect(),
     };
     // A partition without batches answers with its own records: empty, or absent.
     partition.records = if batches.is_empty() && random.chance(50) {
@@ -129,8 +129,9 @@ fn partition(random: &mut Seeded, version: i16) -> (PartitionData, Vec<Bytes>) {
 fn response(random: &mut Seeded, version: i16) -> (FetchResponse, Vec<Vec<Bytes>>) {
     let mut response = FetchResponse::default()
         .with_throttle_time_ms(if random.chance(30) { random.int() } else { 0 })
+        // An error the response as a whole carries (UNKNOWN_SERVER_ERROR), from v7.
         .with_error_code(if version >= 7 && random.chance(10) {
-            1
+            -1
         } else {
             0
         })
