@@ -64,7 +64,8 @@ impl ResponseFrame {
         frame.freeze()
     }
 
-    fn push(&mut self, slice: Bytes) {
+    /// Appends `slice` to the frame; an empty slice is left out.
+    pub fn push(&mut self, slice: Bytes) {
         if !slice.is_empty() {
             self.frame_bytes += slice.len();
             self.slices.push(slice);

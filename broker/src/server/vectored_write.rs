@@ -121,6 +121,47 @@ fn send_vectored(descriptor: RawFd, unsent: &Unsent<'_>) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::io::AsyncReadExt;
+    use glommio::net::TcpListener;
+
+    /// A frame far larger than the socket buffers, of more slices than one send takes, to a
+    /// reader that starts late: sends come back short and would block, and the bytes arrive
+    /// whole and in order.
+    #[test]
+    fn a_large_frame_of_many_slices_arrives_whole_through_a_full_socket() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let slices: Vec<Bytes> = (0..300_u32)
+                    .map(|index| {
+                        let size = 1 + (index as usize * 7919) % 100_000;
+                        Bytes::from(vec![u8::try_from(index % 251).unwrap(); size])
+                    })
+                    .collect();
+                let expected = slices.concat();
+                let mut frame = ResponseFrame::default();
+                for slice in slices {
+                    frame.push(slice);
+                }
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                let address = listener.local_addr().unwrap();
+                let reader = glommio::spawn_local(async move {
+                    let mut stream = listener.accept().await.unwrap();
+                    glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                    let mut received = Vec::new();
+                    stream.read_to_end(&mut received).await.unwrap();
+                    received
+                });
+                let mut writer = TcpStream::connect(address).await.unwrap();
+                write_frame(&mut writer, &frame).await.unwrap();
+                writer.close().await.unwrap();
+                let received = reader.await;
+                assert_eq!(received.len(), expected.len());
+                assert!(received == expected, "the bytes arrive in order");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 
     #[test]
     fn unsent_advances_across_slices_and_skips_empty_ones() {
