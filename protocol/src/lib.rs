@@ -5,6 +5,8 @@
 //! - [`batch`]: record-batch framing (header layout, whole batches out of a `records` blob).
 //! - [`codec`]: request and response headers and bodies around the generated `kafka-protocol`
 //!   messages, for both sides of a connection.
+//! - [`fetch_frame`]: the Fetch response frame as framing pieces and record batches, so the
+//!   records are written to the socket without a copy.
 //! - [`error_codes`]: the Kafka error codes Ringfeed returns, named once.
 //! - [`registry`]: the one table of APIs the broker serves with their version ranges.
 //!
@@ -16,6 +18,8 @@ pub mod batch;
 pub mod codec;
 #[cfg(feature = "codec")]
 pub mod error_codes;
+#[cfg(feature = "codec")]
+pub mod fetch_frame;
 pub mod frame;
 #[cfg(feature = "codec")]
 pub mod registry;

@@ -12,20 +12,28 @@
 //! Codecs: below v10 no zstd batch is returned (KIP-110), as the client may not decode it;
 //! the rule is `recompress::apply_fetch_codec_rule`, applied to each read as soon as it is
 //! back, on the batch headers already in memory.
+//!
+//! Copies: none of a record byte. The batches come back as `Bytes` of the tail cache or of
+//! the segment read, and the answer keeps them as they are (`FetchAnswer`); the frame is
+//! their framing encoded apart and the batches themselves (`fetch_frame`), written to the
+//! socket with vectored writes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::budgets::ByteBudget;
 use crate::handlers::context::{PartitionAccess, RequestContext};
-use bytes::{Bytes, BytesMut};
+use crate::handlers::{Answer, ResponseFrame};
+use bytes::Bytes;
 use futures::future::{join_all, select, select_all, Either};
 use futures::FutureExt;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
+use crate::codec::CodecError;
 use crate::error_codes as codes;
 use crate::metadata::{MetadataSnapshot, TopicPartition};
+use crate::metrics::ResponseErrorCode;
 use crate::partition::{self, FetchOutcome, WaitOutcome};
 use crate::recompress::{apply_fetch_codec_rule, CompressionType};
 
@@ -41,11 +49,36 @@ struct Wanted {
     compression: CompressionType,
 }
 
+/// A Fetch response whose records are still the batches as they were read: `response` has
+/// no records of its own where `partition_batches` has batches (one entry per partition, in
+/// the response's order).
+pub struct FetchAnswer {
+    pub response: FetchResponse,
+    pub partition_batches: Vec<Vec<Bytes>>,
+}
+
+impl ResponseErrorCode for FetchAnswer {
+    fn error_code(&self) -> i16 {
+        self.response.error_code()
+    }
+}
+
+impl Answer for FetchAnswer {
+    fn into_frame(self, context: &RequestContext) -> Result<ResponseFrame, CodecError> {
+        ringfeed_protocol::fetch_frame::encode_fetch_response_frame(
+            context.api_version,
+            context.correlation_id,
+            self.response,
+            &self.partition_batches,
+        )
+    }
+}
+
 pub async fn handle(
     shard: &PartitionAccess<'_>,
     context: &RequestContext,
     request: FetchRequest,
-) -> FetchResponse {
+) -> FetchAnswer {
     let limits = &shard.config.limits;
     let deadline = shard.clock.now()
         + Duration::from_millis(request.max_wait_ms.max(0) as u64).min(limits.fetch_wait_max);
@@ -96,8 +129,11 @@ pub async fn handle(
             || wanted.is_empty()
             || woken_for_nothing
         {
-            assemble(&wanted, outcomes, response_bytes_max, &mut topics);
-            return FetchResponse::default().with_responses(topics);
+            let partition_batches = assemble(&wanted, outcomes, response_bytes_max, &mut topics);
+            return FetchAnswer {
+                response: FetchResponse::default().with_responses(topics),
+                partition_batches,
+            };
         }
         drop(reserved); // a parked fetch holds no budget
         wait_for_any_append(shard, &wanted, &seen_high_watermarks, deadline - now).await;
@@ -359,22 +395,30 @@ async fn wait_for_any_append(
 
 /// Fills the response in request order within `response_bytes_max`; the first partition
 /// with data is always included whole, as Kafka does, so a large batch cannot stall a consumer.
+/// Returns the batches of each partition, in request order, which is the response's order:
+/// `resolve` gives each requested topic its own entry of `topics`, so `topic_index` never
+/// decreases along `wanted`.
 fn assemble(
     wanted: &[Wanted],
     outcomes: Vec<FetchOutcome>,
     response_bytes_max: usize,
     topics: &mut [FetchableTopicResponse],
-) {
+) -> Vec<Vec<Bytes>> {
+    debug_assert!(wanted
+        .windows(2)
+        .all(|pair| pair[0].topic_index <= pair[1].topic_index));
     let mut response_bytes = 0;
+    let mut partition_batches = Vec::with_capacity(wanted.len());
     for (wanted, outcome) in wanted.iter().zip(outcomes) {
         let batch_bytes: usize = outcome.batches.iter().map(Bytes::len).sum();
         let fits = response_bytes == 0 || response_bytes + batch_bytes <= response_bytes_max;
-        let records = if fits && batch_bytes > 0 {
+        if fits && batch_bytes > 0 {
             response_bytes += batch_bytes;
-            concatenate(outcome.batches)
+            partition_batches.push(outcome.batches);
         } else {
-            Bytes::new()
-        };
+            partition_batches.push(Vec::new());
+        }
+        // Records stay empty here: the frame splices the batches in (`FetchAnswer`).
         let partition = PartitionData::default()
             .with_partition_index(wanted.partition)
             .with_error_code(outcome.error_code)
@@ -382,19 +426,8 @@ fn assemble(
             .with_last_stable_offset(outcome.high_watermark)
             .with_log_start_offset(outcome.log_start_offset)
             .with_aborted_transactions(Some(Vec::new()))
-            .with_records(Some(records));
+            .with_records(Some(Bytes::new()));
         topics[wanted.topic_index].partitions.push(partition);
     }
-}
-
-/// One contiguous `records` field. A single batch is passed through without a copy.
-fn concatenate(mut batches: Vec<Bytes>) -> Bytes {
-    if batches.len() == 1 {
-        return batches.pop().expect("one batch");
-    }
-    let mut records = BytesMut::with_capacity(batches.iter().map(Bytes::len).sum());
-    for batch in &batches {
-        records.extend_from_slice(batch);
-    }
-    records.freeze()
+    partition_batches
 }

@@ -40,6 +40,7 @@ use crate::codec::{self, CodecError};
 use crate::metrics::ResponseErrorCode;
 use crate::shard::ShardServices;
 pub use context::{str_bytes, HandlerContext, RequestContext};
+pub use ringfeed_protocol::fetch_frame::ResponseFrame;
 
 macro_rules! served_apis {
     ($($variant:ident => $module:ident :: $request:ident),* $(,)?) => {
@@ -59,14 +60,15 @@ macro_rules! served_apis {
 
         /// Runs the handler and encodes its response frame; `None` when the request wants no
         /// response (Produce with acks=0).
-        pub async fn handle(shard: Rc<ShardServices>, context: RequestContext, request: Request) -> Result<Option<Bytes>, CodecError> {
+        pub async fn handle(shard: Rc<ShardServices>, context: RequestContext, request: Request) -> Result<Option<ResponseFrame>, CodecError> {
             trace_request(&context);
             let started = std::time::Instant::now();
             let wants_response = !matches!(&request, Request::Produce(produce) if produce.acks == 0);
             let (frame, error_code) = match request {
                 $(Request::$variant(request) => {
                     let response = $module::handle(&HandlerContext::of(&shard), &context, request).await;
-                    (encode(&context, &response)?, response.error_code())
+                    let error_code = response.error_code();
+                    (response.into_frame(&context)?, error_code)
                 })*
             };
             Ok(answered(&shard, &context, started, wants_response.then_some(frame), error_code))
@@ -110,7 +112,7 @@ pub fn start(
     shard: Rc<ShardServices>,
     context: RequestContext,
     request: Request,
-) -> LocalBoxFuture<'static, Result<Option<Bytes>, CodecError>> {
+) -> LocalBoxFuture<'static, Result<Option<ResponseFrame>, CodecError>> {
     let Request::Produce(request) = request else {
         return Box::pin(handle(shard, context, request));
     };
@@ -120,8 +122,8 @@ pub fn start(
     let response = produce::dispatch(&HandlerContext::of(&shard), &context, request);
     Box::pin(async move {
         let response = response.await;
-        let frame = encode(&context, &response)?;
         let error_code = response.error_code();
+        let frame = response.into_frame(&context)?;
         let frame = wants_response.then_some(frame);
         Ok(answered(&shard, &context, started, frame, error_code))
     })
@@ -136,10 +138,10 @@ fn answered(
     shard: &ShardServices,
     context: &RequestContext,
     started: std::time::Instant,
-    response: Option<Bytes>,
+    response: Option<ResponseFrame>,
     error_code: i16,
-) -> Option<Bytes> {
-    let response_bytes = response.as_ref().map_or(0, Bytes::len);
+) -> Option<ResponseFrame> {
+    let response_bytes = response.as_ref().map_or(0, ResponseFrame::len);
     shard.metrics.request_answered(
         context.api_key,
         error_code,
@@ -149,11 +151,20 @@ fn answered(
     response
 }
 
-fn encode<M: Encodable>(context: &RequestContext, response: &M) -> Result<Bytes, CodecError> {
-    codec::encode_response_frame(
-        context.api_key,
-        context.api_version,
-        context.correlation_id,
-        response,
-    )
+/// A handler's answer as it goes on the wire: its frame, and the error code it is counted under.
+pub trait Answer: ResponseErrorCode {
+    fn into_frame(self, context: &RequestContext) -> Result<ResponseFrame, CodecError>;
+}
+
+/// Every response but Fetch's: one buffer, encoded by `kafka-protocol`.
+impl<M: Encodable + ResponseErrorCode> Answer for M {
+    fn into_frame(self, context: &RequestContext) -> Result<ResponseFrame, CodecError> {
+        codec::encode_response_frame(
+            context.api_key,
+            context.api_version,
+            context.correlation_id,
+            &self,
+        )
+        .map(ResponseFrame::whole)
+    }
 }

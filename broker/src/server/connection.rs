@@ -34,9 +34,10 @@ use crate::admission::ConnectionCounts;
 use crate::admission::Refusal;
 use crate::codec::CodecError;
 use crate::frame::{FrameBuffer, FrameError, FRAME_SIZE_PREFIX_BYTES};
-use crate::handlers::{self, RequestContext};
+use crate::handlers::{self, RequestContext, ResponseFrame};
 use crate::log_throttle::LogThrottle;
 use crate::request_decode::{decode_frame, FrameVerdict};
+use crate::server::vectored_write::write_frame;
 use crate::shard::ShardServices;
 
 /// Accepts until the task is dropped (shutdown). Each connection runs inside `connections`
@@ -110,8 +111,8 @@ impl RefusalLog {
 
 /// A response in the writer's queue: either already encoded, or a handler still running.
 enum PendingResponse {
-    Ready(Bytes),
-    Running(JoinHandle<Result<Option<Bytes>, CodecError>>),
+    Ready(ResponseFrame),
+    Running(JoinHandle<Result<Option<ResponseFrame>, CodecError>>),
 }
 
 struct QueuedResponse {
@@ -329,7 +330,9 @@ fn start_request(
             header,
             request,
         } => (api_key, api_version, header, request),
-        FrameVerdict::ApiVersionsFallback(frame) => return Ok(PendingResponse::Ready(frame)),
+        FrameVerdict::ApiVersionsFallback(frame) => {
+            return Ok(PendingResponse::Ready(ResponseFrame::whole(frame)))
+        }
         FrameVerdict::Refused { admitted, reason } => {
             if let Some(api_key) = admitted {
                 shard.metrics.request_received(api_key, frame_bytes);
@@ -373,7 +376,7 @@ async fn write_responses(
             },
         };
         if let Some(frame) = frame {
-            if let Err(error) = writer.write_all(&frame).await {
+            if let Err(error) = write_frame(&mut writer, &frame).await {
                 return Some(format!("write failed: {error}"));
             }
         }

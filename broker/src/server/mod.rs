@@ -4,6 +4,7 @@
 
 pub mod connection;
 mod shard_thread;
+mod vectored_write;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::AtomicUsize;

@@ -100,7 +100,7 @@ impl Connection {
             .await
             .expect("the response encodes")
             .expect("every simulated request wants a response");
-        let mut frame = BytesMut::from(&frame[..]);
+        let mut frame = BytesMut::from(&frame.concatenated()[..]);
         frame.advance(4); // the size prefix
         let mut frame = frame.freeze();
         ResponseHeader::decode(&mut frame, api_key.response_header_version(version))
