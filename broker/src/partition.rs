@@ -475,6 +475,34 @@ pub fn produce_on<S: PartitionOwner>(
     async move { answered(reply.await) }
 }
 
+/// Runs `work` on the partition table of `tp`'s owner, checking the placement on receipt
+/// when that is another shard. `None` when the owner is gone (only during shutdown).
+async fn on_owner<S, R, F, Fut>(
+    router: &Rc<ShardRouter<S>>,
+    owner: usize,
+    tp: TopicPartition,
+    ending: Ending,
+    work: F,
+) -> Option<R>
+where
+    S: PartitionOwner,
+    F: FnOnce(Rc<PartitionTable>, TopicPartition) -> Fut + Send + 'static,
+    Fut: Future<Output = R> + 'static,
+    R: Send + 'static,
+{
+    let remote = owner != router.shard_id();
+    let reply = router.invoke_on(
+        owner,
+        S::PARTITION_CALLS,
+        ending,
+        move |services: &Rc<S>| {
+            let table = partitions_on_receipt(&**services, &tp, remote);
+            work(table, tp)
+        },
+    );
+    answered(reply.await)
+}
+
 /// [`PartitionTable::fetch`] on the partition's owner.
 pub async fn fetch_on<S: PartitionOwner>(
     router: &Rc<ShardRouter<S>>,
@@ -483,17 +511,14 @@ pub async fn fetch_on<S: PartitionOwner>(
     offset: i64,
     max_bytes: usize,
 ) -> Option<FetchOutcome> {
-    let remote = owner != router.shard_id();
-    let reply = router.invoke_on(
+    on_owner(
+        router,
         owner,
-        S::PARTITION_CALLS,
+        tp,
         Ending::ToCompletion,
-        move |services: &Rc<S>| {
-            let table = partitions_on_receipt(&**services, &tp, remote);
-            async move { table.fetch(&tp, offset, max_bytes).await }
-        },
-    );
-    answered(reply.await)
+        move |table, tp| async move { table.fetch(&tp, offset, max_bytes).await },
+    )
+    .await
 }
 
 /// [`PartitionTable::wait_for_data`] on the partition's owner; dropped by the caller, the
@@ -505,17 +530,14 @@ pub async fn wait_for_data_on<S: PartitionOwner>(
     offset: i64,
     wait: Duration,
 ) -> Option<WaitOutcome> {
-    let remote = owner != router.shard_id();
-    let reply = router.invoke_on(
+    on_owner(
+        router,
         owner,
-        S::PARTITION_CALLS,
+        tp,
         Ending::WithItsCaller,
-        move |services: &Rc<S>| {
-            let table = partitions_on_receipt(&**services, &tp, remote);
-            async move { table.wait_for_data(&tp, offset, wait).await }
-        },
-    );
-    answered(reply.await)
+        move |table, tp| async move { table.wait_for_data(&tp, offset, wait).await },
+    )
+    .await
 }
 
 /// [`PartitionTable::list_offset`] on the partition's owner.
@@ -525,17 +547,14 @@ pub async fn list_offset_on<S: PartitionOwner>(
     tp: TopicPartition,
     timestamp_ms: i64,
 ) -> Option<OffsetOutcome> {
-    let remote = owner != router.shard_id();
-    let reply = router.invoke_on(
+    on_owner(
+        router,
         owner,
-        S::PARTITION_CALLS,
+        tp,
         Ending::ToCompletion,
-        move |services: &Rc<S>| {
-            let table = partitions_on_receipt(&**services, &tp, remote);
-            async move { table.list_offset(&tp, timestamp_ms).await }
-        },
-    );
-    answered(reply.await)
+        move |table, tp| async move { table.list_offset(&tp, timestamp_ms).await },
+    )
+    .await
 }
 
 /// [`PartitionTable::delete_records`] on the partition's owner.
@@ -545,17 +564,14 @@ pub async fn delete_records_on<S: PartitionOwner>(
     tp: TopicPartition,
     offset: i64,
 ) -> Option<OffsetOutcome> {
-    let remote = owner != router.shard_id();
-    let reply = router.invoke_on(
+    on_owner(
+        router,
         owner,
-        S::PARTITION_CALLS,
+        tp,
         Ending::ToCompletion,
-        move |services: &Rc<S>| {
-            let table = partitions_on_receipt(&**services, &tp, remote);
-            async move { table.delete_records(&tp, offset).await }
-        },
-    );
-    answered(reply.await)
+        move |table, tp| async move { table.delete_records(&tp, offset).await },
+    )
+    .await
 }
 
 fn append_error_code(error: &AppendError) -> i16 {
