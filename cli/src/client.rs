@@ -72,24 +72,10 @@ pub fn connect(args: &ConnectArgs) -> CliResult<Cluster> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::messages::api_versions_response::ApiVersion;
-    use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
+    use kafka_protocol::messages::ApiKey;
     use kafka_protocol::protocol::Message;
+    use ringfeed_client::versions::advertised;
     use ringfeed_client::Versions;
-
-    fn advertised(ranges: &[(ApiKey, i16, i16)]) -> ApiVersionsResponse {
-        ApiVersionsResponse::default().with_api_keys(
-            ranges
-                .iter()
-                .map(|&(key, min, max)| {
-                    ApiVersion::default()
-                        .with_api_key(key as i16)
-                        .with_min_version(min)
-                        .with_max_version(max)
-                })
-                .collect(),
-        )
-    }
 
     #[test]
     fn negotiation_picks_the_highest_common_version() {

@@ -398,8 +398,8 @@ fn connect(address: &str, options: &ConnectOptions) -> Result<TcpStream> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::versions::advertised;
     use bytes::BufMut;
-    use kafka_protocol::messages::api_versions_response::ApiVersion;
     use kafka_protocol::messages::{FetchRequest, MetadataRequest, ResponseHeader};
     use kafka_protocol::protocol::{Encodable, Message};
     use std::thread;
@@ -421,20 +421,6 @@ mod tests {
             mode,
             timeout_hint: "",
         }
-    }
-
-    fn advertised(ranges: &[(ApiKey, i16, i16)]) -> ApiVersionsResponse {
-        ApiVersionsResponse::default().with_api_keys(
-            ranges
-                .iter()
-                .map(|&(key, min, max)| {
-                    ApiVersion::default()
-                        .with_api_key(key as i16)
-                        .with_min_version(min)
-                        .with_max_version(max)
-                })
-                .collect(),
-        )
     }
 
     /// Reads one request frame; returns (api key, api version, correlation id).

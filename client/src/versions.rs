@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
 use kafka_protocol::protocol::Request;
 
@@ -101,26 +102,27 @@ impl Versions {
     }
 }
 
+/// An `ApiVersions` answer advertising `ranges` (API, lowest, highest version), as a broker
+/// sends it: for tests and fake brokers.
+pub fn advertised(ranges: &[(ApiKey, i16, i16)]) -> ApiVersionsResponse {
+    ApiVersionsResponse::default().with_api_keys(
+        ranges
+            .iter()
+            .map(|&(key, min, max)| {
+                ApiVersion::default()
+                    .with_api_key(key as i16)
+                    .with_min_version(min)
+                    .with_max_version(max)
+            })
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::messages::api_versions_response::ApiVersion;
     use kafka_protocol::messages::{FetchRequest, ListOffsetsRequest, ProduceRequest};
     use kafka_protocol::protocol::Message;
-
-    fn advertised(ranges: &[(ApiKey, i16, i16)]) -> ApiVersionsResponse {
-        ApiVersionsResponse::default().with_api_keys(
-            ranges
-                .iter()
-                .map(|&(key, min, max)| {
-                    ApiVersion::default()
-                        .with_api_key(key as i16)
-                        .with_min_version(min)
-                        .with_max_version(max)
-                })
-                .collect(),
-        )
-    }
 
     #[test]
     fn negotiation_takes_the_highest_version_inside_both_ranges() {
