@@ -142,19 +142,18 @@ impl GroupsOwner for ShardServices {
 }
 
 impl ShardServices {
-    /// The one constructor: builds shard `shard_id`'s services on `disk`, `clock` and the joined
-    /// `router`, serves the calls of other shards, and returns once the first metadata
+    /// The one constructor: builds the services of the shard `router` joined as, on `disk`,
+    /// `clock` and that router, serves the calls of other shards, and returns once the first metadata
     /// snapshot is applied (shard 0 recovers the controller and publishes it). No sockets:
     /// the server layer listens; a simulation calls `handlers::start` directly.
     pub async fn start(
         config: Arc<BrokerConfig>,
-        shard_id: usize,
         disk: BrokerDisk,
         clock: Clock,
         router: Router,
         incoming: IncomingCalls<ShardServices>,
     ) -> Result<Rc<Self>, String> {
-        let services = Self::build(config, shard_id, disk, clock, router, incoming).await?;
+        let services = Self::build(config, disk, clock, router, incoming).await?;
         services.first_metadata().await;
         Ok(services)
     }
@@ -165,17 +164,12 @@ impl ShardServices {
     /// metadata.
     pub async fn build(
         config: Arc<BrokerConfig>,
-        shard_id: usize,
         disk: BrokerDisk,
         clock: Clock,
         router: Router,
         incoming: IncomingCalls<ShardServices>,
     ) -> Result<Rc<Self>, String> {
-        assert_eq!(
-            router.shard_id(),
-            shard_id,
-            "the router joined as another shard"
-        );
+        let shard_id = router.shard_id();
         let controller = if shard_id == 0 {
             Some(recover_controller(&config, &disk).await?)
         } else {

@@ -53,7 +53,6 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
     // single-thread handle, not `Send`); simulations build services on theirs.
     let services = ShardServices::build(
         config.clone(),
-        id,
         BrokerDisk::default(),
         Clock::System,
         router,

@@ -195,7 +195,7 @@ impl Simulation {
         let started = async move {
             let meshes = shard::Meshes::new(1, config.limits.mesh_channel_slots);
             let (router, incoming) = shard::join_meshes(meshes).await;
-            ShardServices::start(config, 0, disk, clock, router, incoming).await
+            ShardServices::start(config, disk, clock, router, incoming).await
         };
         match self.drive(started).await {
             Ok(shard) => shard,
