@@ -336,6 +336,17 @@ pub fn split_batches(mut records: Bytes) -> Vec<Bytes> {
 
 /// A batch of `values` written at `timestamp_ms`; idempotent when `producer` is given as
 /// (producer id, epoch, base sequence).
+/// Bytes added to a plain producer's value: mostly none, sometimes kilobytes, now and then
+/// more than a whole segment (64 KiB here), so appends roll segments mid-life, a batch can
+/// fill a segment alone, and reads cross segment boundaries and fetch byte limits.
+fn value_padding(rng: &mut SeededRng) -> usize {
+    match rng.below(20) {
+        0..=15 => 0,
+        16..=18 => rng.range(1 << 10, 8 << 10) as usize,
+        _ => rng.range(16 << 10, 96 << 10) as usize,
+    }
+}
+
 fn batch_of(values: &[String], timestamp_ms: i64, producer: Option<(i64, i16, i32)>) -> Bytes {
     let records: Vec<_> = values
         .iter()
@@ -452,7 +463,11 @@ impl Client {
                 *sent += 1;
                 let acks = if self.rng.below(8) == 0 { 1 } else { -1 };
                 let values: Vec<String> = (0..=self.rng.below(4))
-                    .map(|n| format!("c{index}-{sent}-{n}"))
+                    .map(|n| {
+                        let mut value = format!("c{index}-{sent}-{n}-");
+                        value.extend(std::iter::repeat_n('v', value_padding(&mut self.rng)));
+                        value
+                    })
                     .collect();
                 let batch = batch_of(&values, life.clock.now_ms(), None);
                 let (error, base_offset) = connection.produce(&key, batch.clone(), acks).await;
