@@ -199,6 +199,24 @@ pub fn with_base_offset(batch: &[u8], base_offset: i64) -> Bytes {
     stored.freeze()
 }
 
+/// The partitionLeaderEpoch field of a batch (or of its first 61 bytes); outside the CRC.
+/// Where the log holds Raft entries it is the entry's term (`FORMAT.md` § Raft index and term).
+pub fn partition_leader_epoch(batch: &[u8]) -> i32 {
+    let field = &batch[PARTITION_LEADER_EPOCH_OFFSET..PARTITION_LEADER_EPOCH_OFFSET + 4];
+    i32::from_be_bytes(field.try_into().expect("4 bytes"))
+}
+
+/// Returns a copy of `batch` with baseOffset and partitionLeaderEpoch set, as a Raft leader
+/// stamps an entry. Both lie outside the CRC, so the producer's checksum stays valid.
+pub fn stamped(batch: &[u8], base_offset: i64, partition_leader_epoch: i32) -> Bytes {
+    let mut stored = BytesMut::with_capacity(batch.len());
+    stored.extend_from_slice(&base_offset.to_be_bytes());
+    stored.extend_from_slice(&batch[BATCH_LENGTH_OFFSET..PARTITION_LEADER_EPOCH_OFFSET]);
+    stored.extend_from_slice(&partition_leader_epoch.to_be_bytes());
+    stored.extend_from_slice(&batch[PARTITION_LEADER_EPOCH_OFFSET + 4..]);
+    stored.freeze()
+}
+
 /// Reads a zigzag-encoded varint (up to 64 bits) and advances `bytes` past it.
 pub fn read_varint(bytes: &mut &[u8]) -> Option<i64> {
     let mut value: u64 = 0;

@@ -3,17 +3,23 @@
 //! While a segment is active its index grows in memory ([`SegmentIndex::Building`]); when the
 //! segment is sealed the index is written as an rkyv archive and later read back zero-copy
 //! ([`SegmentIndex::Archived`]): lookups binary-search the archived arrays in place.
+//!
+//! Every batch is also a Raft entry: the index knows the Raft index of the segment's first
+//! batch and each entry carries the batch's index relative to it, so a batch is found by its
+//! Raft index as by its offset (`storage/FORMAT.md` § Raft index and term).
 
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::meta::{self, MetaError, MetaKind};
 
-/// An offset index entry: the batch whose base offset is `base_offset + relative_offset`
-/// starts at byte `position` of the segment.
+/// An offset index entry: the batch whose base offset is `base_offset + relative_offset`,
+/// and whose Raft index is `base_index + relative_index`, starts at byte `position` of the
+/// segment.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OffsetIndexEntry {
     pub relative_offset: u32,
+    pub relative_index: u32,
     pub position: u32,
 }
 
@@ -26,7 +32,7 @@ pub struct TimeIndexEntry {
     pub position: u32,
 }
 
-const _: () = assert!(size_of::<ArchivedOffsetIndexEntry>() == 8);
+const _: () = assert!(size_of::<ArchivedOffsetIndexEntry>() == 12);
 const _: () = assert!(size_of::<ArchivedTimeIndexEntry>() == 16);
 
 /// What a sealed segment's index file holds: its entries and the facts about the segment
@@ -40,6 +46,14 @@ pub struct SegmentIndexData {
     pub next_offset: i64,
     /// Largest batch maxTimestamp in the segment, `i64::MIN` when empty.
     pub max_timestamp: i64,
+    /// The Raft index of the segment's first batch.
+    pub base_index: u64,
+    /// One past the Raft index of the segment's last batch (`base_index` when empty).
+    pub next_index: u64,
+    /// The term of the segment's first batch; of the batch before the segment when empty.
+    pub first_term: i32,
+    /// The term of the segment's last batch; of the batch before the segment when empty.
+    pub last_term: i32,
     pub offset_entries: Vec<OffsetIndexEntry>,
     pub time_entries: Vec<TimeIndexEntry>,
 }
@@ -51,10 +65,34 @@ pub enum SegmentIndex {
     Archived(AlignedVec),
 }
 
+/// Where a segment starts: its first offset, the Raft index of its first batch, and the
+/// term of the batch before it (0 at the start of a log), which its own terms may not go
+/// below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentStart {
+    pub base_offset: i64,
+    pub base_index: u64,
+    pub previous_term: i32,
+}
+
+/// One batch as the index records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexedBatch {
+    pub base_offset: i64,
+    /// One past the batch's last offset.
+    pub next_offset: i64,
+    pub max_timestamp: i64,
+    /// The batch's Raft term (see [`SegmentIndexData::last_term`]).
+    pub term: i32,
+    /// Where the batch starts in the segment, and its size.
+    pub position: u64,
+    pub bytes: usize,
+}
+
 /// The index of the active segment as it grows.
 pub struct BuildingIndex {
     pub data: SegmentIndexData,
-    /// Batches added (kept in memory only; the index file does not record it).
+    /// Batches added (kept in memory only; the index file has it as `next_index - base_index`).
     pub batches: u64,
     interval_bytes: u32,
     bytes_since_entry: u64,
@@ -62,12 +100,16 @@ pub struct BuildingIndex {
 }
 
 impl BuildingIndex {
-    pub fn new(base_offset: i64, interval_bytes: u32) -> BuildingIndex {
+    pub fn new(start: SegmentStart, interval_bytes: u32) -> BuildingIndex {
         BuildingIndex {
             data: SegmentIndexData {
-                base_offset,
+                base_offset: start.base_offset,
                 max_timestamp: i64::MIN,
-                next_offset: base_offset,
+                next_offset: start.base_offset,
+                base_index: start.base_index,
+                next_index: start.base_index,
+                first_term: start.previous_term,
+                last_term: start.previous_term,
                 ..SegmentIndexData::default()
             },
             batches: 0,
@@ -78,18 +120,20 @@ impl BuildingIndex {
         }
     }
 
-    /// Records one batch appended at `position`.
-    pub fn add_batch(
-        &mut self,
-        base_offset: i64,
-        next_offset: i64,
-        max_timestamp: i64,
-        position: u64,
-        bytes: usize,
-    ) {
+    /// Records one batch appended at `batch.position`; it gets Raft index `data.next_index`.
+    pub fn add_batch(&mut self, batch: IndexedBatch) {
+        let IndexedBatch {
+            base_offset,
+            next_offset,
+            max_timestamp,
+            term,
+            position,
+            bytes,
+        } = batch;
         let data = &mut self.data;
         // Both callers add batches in order: the append path at the log end, the recovery
-        // scan only after `check_header` matched the expected offset and a non-negative count.
+        // scan only after `check_header` matched the expected offset and a non-negative count
+        // and the term was checked not to go back.
         assert!(
             base_offset == data.next_offset && next_offset > base_offset,
             "batch {base_offset}..{next_offset} indexed where offset {} is next",
@@ -99,7 +143,18 @@ impl BuildingIndex {
             position, data.segment_bytes,
             "batches are indexed back to back"
         );
+        assert!(
+            term >= data.last_term,
+            "term {term} indexed after term {}",
+            data.last_term
+        );
+        let relative_index = self.batches;
+        if self.batches == 0 {
+            data.first_term = term;
+        }
+        data.last_term = term;
         self.batches += 1;
+        data.next_index += 1;
         data.max_timestamp = data.max_timestamp.max(max_timestamp);
         // An entry holds its offset (relative to the segment's base) and position in 32 bits
         // each. Compressed batches may claim up to 2^31 records, so a few of them can carry a
@@ -109,8 +164,9 @@ impl BuildingIndex {
         let entry = u32::try_from(base_offset - data.base_offset)
             .ok()
             .zip(u32::try_from(position).ok())
+            .zip(u32::try_from(relative_index).ok())
             .filter(|_| self.bytes_since_entry >= u64::from(self.interval_bytes));
-        if let Some((relative_offset, position)) = entry {
+        if let Some(((relative_offset, position), relative_index)) = entry {
             if let Some(last) = data.offset_entries.last() {
                 assert!(
                     relative_offset > last.relative_offset && position > last.position,
@@ -119,6 +175,7 @@ impl BuildingIndex {
             }
             data.offset_entries.push(OffsetIndexEntry {
                 relative_offset,
+                relative_index,
                 position,
             });
             if data.max_timestamp > self.time_entry_timestamp {
@@ -184,6 +241,76 @@ impl SegmentIndex {
         }
     }
 
+    pub fn base_index(&self) -> u64 {
+        match self {
+            SegmentIndex::Building(b) => b.data.base_index,
+            SegmentIndex::Archived(a) => Self::archived(a).base_index.to_native(),
+        }
+    }
+
+    pub fn next_index(&self) -> u64 {
+        match self {
+            SegmentIndex::Building(b) => b.data.next_index,
+            SegmentIndex::Archived(a) => Self::archived(a).next_index.to_native(),
+        }
+    }
+
+    pub fn first_term(&self) -> i32 {
+        match self {
+            SegmentIndex::Building(b) => b.data.first_term,
+            SegmentIndex::Archived(a) => Self::archived(a).first_term.to_native(),
+        }
+    }
+
+    pub fn last_term(&self) -> i32 {
+        match self {
+            SegmentIndex::Building(b) => b.data.last_term,
+            SegmentIndex::Archived(a) => Self::archived(a).last_term.to_native(),
+        }
+    }
+
+    /// The last indexed batch at or before Raft index `index`: its byte position, base
+    /// offset and Raft index. Walking batches forward from it reaches `index`.
+    pub fn locate_index(&self, index: u64) -> BatchLocation {
+        let base_index = self.base_index();
+        let relative = index.saturating_sub(base_index).min(u64::from(u32::MAX)) as u32;
+        let found = match self {
+            SegmentIndex::Building(b) => {
+                let entries = &b.data.offset_entries;
+                let count = entries.partition_point(|e| e.relative_index <= relative);
+                count.checked_sub(1).map(|i| {
+                    (
+                        entries[i].position,
+                        entries[i].relative_offset,
+                        entries[i].relative_index,
+                    )
+                })
+            }
+            SegmentIndex::Archived(a) => {
+                let entries = &Self::archived(a).offset_entries;
+                let count = entries.partition_point(|e| e.relative_index.to_native() <= relative);
+                count.checked_sub(1).map(|i| {
+                    let e = &entries[i];
+                    (
+                        e.position.to_native(),
+                        e.relative_offset.to_native(),
+                        e.relative_index.to_native(),
+                    )
+                })
+            }
+        };
+        let (position, relative_offset, relative_index) = found.unwrap_or((0, 0, 0));
+        let base_offset = match self {
+            SegmentIndex::Building(b) => b.data.base_offset,
+            SegmentIndex::Archived(a) => Self::archived(a).base_offset.to_native(),
+        };
+        BatchLocation {
+            position: u64::from(position),
+            base_offset: base_offset + i64::from(relative_offset),
+            index: base_index + u64::from(relative_index),
+        }
+    }
+
     /// Byte position of the last indexed batch starting at or before `offset`; scanning
     /// forward from it reaches the batch containing `offset`.
     pub fn position_for_offset(&self, base_offset: i64, offset: i64) -> u64 {
@@ -227,6 +354,14 @@ impl SegmentIndex {
     }
 }
 
+/// Where a batch starts: byte position in its segment, base offset and Raft index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLocation {
+    pub position: u64,
+    pub base_offset: i64,
+    pub index: u64,
+}
+
 /// The value of the last entry whose key is at most `target` (keys ascend).
 fn floor_position<T>(
     entries: &[T],
@@ -241,12 +376,40 @@ fn floor_position<T>(
 mod tests {
     use super::*;
 
+    fn start(base_offset: i64, base_index: u64) -> SegmentStart {
+        SegmentStart {
+            base_offset,
+            base_index,
+            previous_term: 0,
+        }
+    }
+
+    fn batch(
+        base_offset: i64,
+        next_offset: i64,
+        max_timestamp: i64,
+        position: u64,
+    ) -> IndexedBatch {
+        IndexedBatch {
+            base_offset,
+            next_offset,
+            max_timestamp,
+            term: 0,
+            position,
+            bytes: 600,
+        }
+    }
+
     fn built() -> BuildingIndex {
-        let mut index = BuildingIndex::new(100, 1000);
-        // Ten batches of 600 bytes, 5 records each, timestamps rising by 10 with a dip.
+        let mut index = BuildingIndex::new(start(100, 7), 1000);
+        // Ten batches of 600 bytes, 5 records each, timestamps rising by 10 with a dip, terms
+        // 1, 1, 1, 2, ... (each batch i >= 3 at term i - 1).
         for i in 0..10_i64 {
             let ts = if i == 5 { 5 } else { 1000 + i * 10 };
-            index.add_batch(100 + i * 5, 105 + i * 5, ts, (i * 600) as u64, 600);
+            index.add_batch(IndexedBatch {
+                term: (i as i32 - 1).max(1),
+                ..batch(100 + i * 5, 105 + i * 5, ts, (i * 600) as u64)
+            });
         }
         index
     }
@@ -268,23 +431,49 @@ mod tests {
             assert_eq!(form.position_for_offset(100, 149), 4800);
             assert_eq!(form.position_for_timestamp(0), 0);
             assert_eq!(form.position_for_timestamp(1041), 2400);
+            assert_eq!((form.base_index(), form.next_index()), (7, 17));
+            assert_eq!((form.first_term(), form.last_term()), (1, 8));
+            let location = |position, base_offset, index| BatchLocation {
+                position,
+                base_offset,
+                index,
+            };
+            assert_eq!(form.locate_index(7), location(0, 100, 7));
+            assert_eq!(form.locate_index(8), location(0, 100, 7));
+            assert_eq!(form.locate_index(9), location(1200, 110, 9));
+            assert_eq!(form.locate_index(16), location(4800, 140, 15));
         }
     }
 
     #[test]
     #[should_panic(expected = "indexed where offset 150 is next")]
     fn a_batch_indexed_out_of_order_panics() {
-        built().add_batch(160, 165, 0, 6000, 600);
+        built().add_batch(IndexedBatch {
+            term: 9,
+            ..batch(160, 165, 0, 6000)
+        });
+    }
+
+    #[test]
+    #[should_panic(expected = "term 7 indexed after term 8")]
+    fn a_term_going_back_panics() {
+        built().add_batch(IndexedBatch {
+            term: 7,
+            ..batch(150, 155, 0, 6000)
+        });
     }
 
     /// Compressed batches may claim 2^31 records each: offsets past 32 bits from the segment's
     /// base get no entry, so the entries stay in order and lookups stay right.
     #[test]
     fn offsets_past_32_bits_from_the_base_get_no_entry() {
-        let mut index = BuildingIndex::new(0, 0);
+        let mut index = BuildingIndex::new(start(0, 1), 0);
         let huge = i64::from(i32::MAX);
         for i in 0..4_i64 {
-            index.add_batch(i * huge, (i + 1) * huge, 0, (i * 100) as u64, 100);
+            index.add_batch(IndexedBatch {
+                bytes: 100,
+                ..batch(i * huge, (i + 1) * huge, 0, (i * 100) as u64)
+            });
         }
         let relative: Vec<u32> = index
             .data

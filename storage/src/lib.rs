@@ -26,6 +26,7 @@ pub mod sim;
 
 mod appender;
 mod cache;
+mod entries;
 mod flusher;
 mod lifecycle;
 mod log;
@@ -36,7 +37,8 @@ mod state;
 pub use batch::BatchError;
 pub use clock::{Clock, SimClock, Sleep};
 pub use config::{FlushPolicy, LogConfig};
-pub use error::{AppendError, ReadError, StorageError};
+pub use entries::{EntryOutcome, StoredEntry};
+pub use error::{AppendError, EntryError, ReadError, StorageError};
 pub use io::{Disk, DiskFile, DmaDisk};
 pub use log::{AppendOutcome, CheckedBatch, FdatasyncObserver, LogStats, PartitionLog};
 pub use recovery::{RecoveryReport, TornTail};
