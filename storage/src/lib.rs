@@ -33,6 +33,7 @@ mod log;
 mod recovery;
 mod signal;
 mod state;
+mod truncation;
 
 pub use batch::BatchError;
 pub use clock::{Clock, SimClock, Sleep};
