@@ -32,7 +32,20 @@ pub struct TimeIndexEntry {
     pub position: u32,
 }
 
+/// A term index entry: the segment's batches from Raft index `start_index` (offset
+/// `start_offset`) on have term `term`, up to the next entry. One for the segment's first
+/// batch and one for each batch whose term differs from the one before it: together, the
+/// segments' entries are the partition's leader-epoch cache (Kafka's leader-epoch
+/// checkpoint, KIP-101), kept and truncated with the log itself.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TermIndexEntry {
+    pub start_index: u64,
+    pub start_offset: i64,
+    pub term: i32,
+}
+
 const _: () = assert!(size_of::<ArchivedOffsetIndexEntry>() == 12);
+const _: () = assert!(size_of::<ArchivedTermIndexEntry>() == 24);
 const _: () = assert!(size_of::<ArchivedTimeIndexEntry>() == 16);
 
 /// What a sealed segment's index file holds: its entries and the facts about the segment
@@ -56,6 +69,7 @@ pub struct SegmentIndexData {
     pub last_term: i32,
     pub offset_entries: Vec<OffsetIndexEntry>,
     pub time_entries: Vec<TimeIndexEntry>,
+    pub term_entries: Vec<TermIndexEntry>,
 }
 
 /// A segment's index, in whichever form it is held.
@@ -151,6 +165,13 @@ impl BuildingIndex {
         let relative_index = self.batches;
         if self.batches == 0 {
             data.first_term = term;
+        }
+        if self.batches == 0 || term != data.last_term {
+            data.term_entries.push(TermIndexEntry {
+                start_index: data.next_index,
+                start_offset: base_offset,
+                term,
+            });
         }
         data.last_term = term;
         self.batches += 1;
@@ -266,6 +287,42 @@ impl SegmentIndex {
         match self {
             SegmentIndex::Building(b) => b.data.last_term,
             SegmentIndex::Archived(a) => Self::archived(a).last_term.to_native(),
+        }
+    }
+
+    /// The term of the batch at Raft index `index`, if this segment holds it.
+    pub fn term_at(&self, index: u64) -> Option<i32> {
+        if index < self.base_index() || index >= self.next_index() {
+            return None;
+        }
+        let term = match self {
+            SegmentIndex::Building(b) => {
+                let entries = &b.data.term_entries;
+                let count = entries.partition_point(|e| e.start_index <= index);
+                entries[count.checked_sub(1)?].term
+            }
+            SegmentIndex::Archived(a) => {
+                let entries = &Self::archived(a).term_entries;
+                let count = entries.partition_point(|e| e.start_index.to_native() <= index);
+                entries[count.checked_sub(1)?].term.to_native()
+            }
+        };
+        Some(term)
+    }
+
+    /// The segment's term entries, in index order.
+    pub fn term_entries(&self) -> Vec<TermIndexEntry> {
+        match self {
+            SegmentIndex::Building(b) => b.data.term_entries.clone(),
+            SegmentIndex::Archived(a) => Self::archived(a)
+                .term_entries
+                .iter()
+                .map(|e| TermIndexEntry {
+                    start_index: e.start_index.to_native(),
+                    start_offset: e.start_offset.to_native(),
+                    term: e.term.to_native(),
+                })
+                .collect(),
         }
     }
 
@@ -442,6 +499,21 @@ mod tests {
             assert_eq!(form.locate_index(8), location(0, 100, 7));
             assert_eq!(form.locate_index(9), location(1200, 110, 9));
             assert_eq!(form.locate_index(16), location(4800, 140, 15));
+            let terms: Vec<Option<i32>> = (6..18).map(|index| form.term_at(index)).collect();
+            let mut expected = vec![None, Some(1), Some(1), Some(1)];
+            expected.extend((2..=8).map(Some));
+            expected.push(None);
+            assert_eq!(terms, expected);
+            let entries = form.term_entries();
+            assert_eq!(entries.len(), 8, "one per term");
+            assert_eq!(
+                entries[1],
+                TermIndexEntry {
+                    start_index: 10,
+                    start_offset: 115,
+                    term: 2
+                }
+            );
         }
     }
 

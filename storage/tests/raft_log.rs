@@ -15,7 +15,7 @@ mod common;
 use bytes::Bytes;
 use common::{open_sim, read_all, run, small_config, workload_batch};
 use ringfeed_storage::sim::{CrashMode, SimDisk};
-use ringfeed_storage::{EntryError, PartitionLog, ReadError};
+use ringfeed_storage::{EntryError, LeaderEpoch, PartitionLog, ReadError, EPOCH_UNDEFINED};
 
 async fn lead(log: &PartitionLog<SimDisk>, i: usize, term: i32) -> ringfeed_storage::EntryOutcome {
     let checked = log.check(workload_batch(i)).expect("valid");
@@ -260,5 +260,81 @@ fn entries_from_before_replication_are_never_truncated() {
             .await
             .expect("a replicated entry can go");
         assert_eq!(log.last_index(), 3);
+    });
+}
+
+/// The leader-epoch cache lives in the segment indexes: it answers terms by index and
+/// `OffsetForLeaderEpoch` as Kafka does, follows truncations, and survives a power cut and
+/// the loss of every index file (terms are in the batches).
+#[test]
+fn the_leader_epoch_cache_follows_the_log() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let log = open_sim(&disk, small_config()).await.expect("open");
+        let mut starts = Vec::new();
+        for i in 0..40 {
+            let term = [1, 3, 4, 7][i / 10];
+            let outcome = lead(&log, i, term).await;
+            if i % 10 == 0 {
+                starts.push(LeaderEpoch {
+                    epoch: term,
+                    start_offset: outcome.base_offset,
+                    start_index: outcome.index,
+                });
+            }
+        }
+        log.wait_durable(log.log_end_offset() - 1)
+            .await
+            .expect("durable");
+        let check = |log: &PartitionLog<SimDisk>, starts: &[LeaderEpoch]| {
+            assert_eq!(log.leader_epochs(), starts);
+            for epoch in starts {
+                assert_eq!(log.term_at(epoch.start_index), Some(epoch.epoch));
+            }
+            assert_eq!(log.term_at(log.last_index() + 1), None);
+            assert_eq!(log.term_at(0), None);
+        };
+        check(&log, &starts);
+        let leo = log.log_end_offset();
+        assert_eq!(
+            log.end_offset_for_leader_epoch(1),
+            (1, starts[1].start_offset)
+        );
+        assert_eq!(
+            log.end_offset_for_leader_epoch(2),
+            (1, starts[1].start_offset)
+        );
+        assert_eq!(
+            log.end_offset_for_leader_epoch(5),
+            (4, starts[3].start_offset)
+        );
+        assert_eq!(log.end_offset_for_leader_epoch(7), (7, leo));
+        assert_eq!(
+            log.end_offset_for_leader_epoch(0),
+            (0, starts[0].start_offset)
+        );
+        assert_eq!(log.end_offset_for_leader_epoch(8), EPOCH_UNDEFINED);
+        assert_eq!(log.end_offset_for_leader_epoch(-1), EPOCH_UNDEFINED);
+
+        log.truncate_from_index(starts[2].start_index + 3)
+            .await
+            .expect("truncate");
+        check(&log, &starts[..3]);
+        assert_eq!(
+            log.end_offset_for_leader_epoch(4),
+            (4, log.log_end_offset())
+        );
+        assert_eq!(log.end_offset_for_leader_epoch(7), EPOCH_UNDEFINED);
+
+        let image = disk.crash_image(CrashMode::PowerCut);
+        for path in image.paths() {
+            if path.extension().is_some_and(|e| e == "index") {
+                ringfeed_storage::Disk::remove_file(&image, &path)
+                    .await
+                    .expect("remove");
+            }
+        }
+        let recovered = open_sim(&image, small_config()).await.expect("recover");
+        check(&recovered, &starts[..3]);
     });
 }

@@ -10,6 +10,7 @@
 //!   the crash interrupted), byte for byte with their Raft indexes and terms, no shorter than
 //!   what was acknowledged durable (nor than the cut, for an interrupted truncation);
 //! - offsets are contiguous and reads by offset return the same batches;
+//! - the leader-epoch cache and the term of every index match the recovered entries;
 //! - the next leader entry continues at the right index and offset.
 //!
 //! A failing seed and step count replay exactly.
@@ -19,7 +20,7 @@ mod common;
 use bytes::Bytes;
 use common::{header, open_sim, read_all, run, small_config, workload_batch};
 use ringfeed_storage::sim::{CrashMode, SeededRng, SimDisk};
-use ringfeed_storage::PartitionLog;
+use ringfeed_storage::{LeaderEpoch, PartitionLog};
 
 const SEEDS: u64 = 24;
 const OPERATIONS: usize = 60;
@@ -160,6 +161,26 @@ async fn check_recovery(image: &SimDisk, observed: &Observed, context: &str) {
     assert_eq!(log.first_index(), 1, "{context}");
     assert_eq!(log.last_index(), got.len() as u64, "{context}");
     assert_eq!(log.last_term(), got.last().map_or(0, |e| e.1), "{context}");
+    let mut epochs: Vec<LeaderEpoch> = Vec::new();
+    for (index, term, batch) in &got {
+        assert_eq!(
+            log.term_at(*index),
+            Some(*term),
+            "{context}: term of {index}"
+        );
+        if epochs.last().is_none_or(|last| last.epoch != *term) {
+            epochs.push(LeaderEpoch {
+                epoch: *term,
+                start_offset: header(batch).base_offset,
+                start_index: *index,
+            });
+        }
+    }
+    assert_eq!(
+        log.leader_epochs(),
+        epochs,
+        "{context}: the leader-epoch cache"
+    );
     let by_offset = read_all(&log).await;
     let by_index: Vec<Bytes> = got.iter().map(|e| e.2.clone()).collect();
     assert_eq!(
