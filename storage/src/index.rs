@@ -104,6 +104,7 @@ pub struct IndexedBatch {
 }
 
 /// The index of the active segment as it grows.
+#[derive(Clone)]
 pub struct BuildingIndex {
     pub data: SegmentIndexData,
     /// Batches added (kept in memory only; the index file has it as `next_index - base_index`).
@@ -111,6 +112,11 @@ pub struct BuildingIndex {
     interval_bytes: u32,
     bytes_since_entry: u64,
     time_entry_timestamp: i64,
+    /// The term of the batch before the segment.
+    previous_term: i32,
+    /// For each offset entry, the segment's largest maxTimestamp before its batch (memory
+    /// only), so [`Self::cut_back`] can undo batches exactly.
+    max_timestamp_before_entry: Vec<i64>,
 }
 
 impl BuildingIndex {
@@ -131,7 +137,46 @@ impl BuildingIndex {
             // Index the very first batch so lookups never start before the segment.
             bytes_since_entry: u64::MAX,
             time_entry_timestamp: i64::MIN,
+            previous_term: start.previous_term,
+            max_timestamp_before_entry: Vec::new(),
         }
+    }
+
+    /// Undoes the batches from the last indexed one at or before Raft index `index` on, as
+    /// if they had never been added, and returns where that batch starts: a scan from there
+    /// re-adds what precedes a cut (see `truncation.rs`) without reading the whole segment.
+    pub fn cut_back(&mut self, index: u64) -> u64 {
+        let data = &mut self.data;
+        let relative = index.saturating_sub(data.base_index);
+        let kept = data
+            .offset_entries
+            .partition_point(|e| u64::from(e.relative_index) <= relative)
+            .saturating_sub(1);
+        let Some(&floor) = data.offset_entries.get(kept) else {
+            // No batch was indexed: none was added.
+            return 0;
+        };
+        let floor_index = data.base_index + u64::from(floor.relative_index);
+        data.offset_entries.truncate(kept);
+        data.max_timestamp = self.max_timestamp_before_entry[kept];
+        self.max_timestamp_before_entry.truncate(kept);
+        data.time_entries.retain(|e| e.position < floor.position);
+        self.time_entry_timestamp = data.time_entries.last().map_or(i64::MIN, |e| e.timestamp);
+        data.term_entries.retain(|e| e.start_index < floor_index);
+        data.last_term = data
+            .term_entries
+            .last()
+            .map_or(self.previous_term, |e| e.term);
+        self.batches = u64::from(floor.relative_index);
+        if self.batches == 0 {
+            data.first_term = self.previous_term;
+        }
+        data.next_index = floor_index;
+        data.next_offset = data.base_offset + i64::from(floor.relative_offset);
+        data.segment_bytes = u64::from(floor.position);
+        // The undone batch had an entry: it gets one again.
+        self.bytes_since_entry = u64::MAX;
+        u64::from(floor.position)
     }
 
     /// Records one batch appended at `batch.position`; it gets Raft index `data.next_index`.
@@ -145,6 +190,7 @@ impl BuildingIndex {
             bytes,
         } = batch;
         let data = &mut self.data;
+        let max_timestamp_before = data.max_timestamp;
         // Both callers add batches in order: the append path at the log end, the recovery
         // scan only after `check_header` matched the expected offset and a non-negative count
         // and the term was checked not to go back.
@@ -199,6 +245,7 @@ impl BuildingIndex {
                 relative_index,
                 position,
             });
+            self.max_timestamp_before_entry.push(max_timestamp_before);
             if data.max_timestamp > self.time_entry_timestamp {
                 data.time_entries.push(TimeIndexEntry {
                     timestamp: data.max_timestamp,
@@ -514,6 +561,40 @@ mod tests {
                     term: 2
                 }
             );
+        }
+    }
+
+    /// Cutting back and re-adding the batches up to a cut gives the index of exactly those
+    /// batches, at every cut.
+    #[test]
+    fn cutting_back_then_re_adding_equals_indexing_the_prefix() {
+        let batches: Vec<IndexedBatch> = (0..10_i64)
+            .map(|i| IndexedBatch {
+                term: (i as i32 - 1).max(1),
+                ..batch(
+                    100 + i * 5,
+                    105 + i * 5,
+                    if i == 5 { 5 } else { 1000 + i * 10 },
+                    (i * 600) as u64,
+                )
+            })
+            .collect();
+        for cut in 0..=10_usize {
+            let mut prefix = BuildingIndex::new(start(100, 7), 1000);
+            for b in &batches[..cut] {
+                prefix.add_batch(*b);
+            }
+            let mut redone = built();
+            let from = redone.cut_back(7 + cut as u64);
+            let first_redone = batches
+                .iter()
+                .position(|b| b.position == from)
+                .unwrap_or(cut);
+            for b in &batches[first_redone..cut] {
+                redone.add_batch(*b);
+            }
+            assert_eq!(redone.data, prefix.data, "cut before batch {cut}");
+            assert_eq!(redone.batches, prefix.batches);
         }
     }
 

@@ -17,6 +17,10 @@
 //! 6. only then may the next append proceed (the append gate is held throughout).
 //!
 //! An IO error after step 2 fences the log: its memory and files disagree.
+//!
+//! Finding the cut reads only from the last index entry before it (about
+//! `index_interval_bytes`) in the active segment; a cut in a sealed segment re-reads that
+//! segment's headers from its start.
 
 use std::rc::Rc;
 
@@ -93,7 +97,7 @@ impl<D: Disk> PartitionLog<D> {
 
     /// Finds batch `index` in its segment and rebuilds that segment's index up to it.
     async fn find_cut(&self, index: u64) -> Result<Cut<D::File>, ReadError> {
-        let (file, start, location, end, terms_from_index) = {
+        let (file, start, location, end, terms_from_index, active_index) = {
             let state = self.state();
             let mut previous_term = 0;
             let mut found = None;
@@ -110,12 +114,19 @@ impl<D: Disk> PartitionLog<D> {
                 base_index: segment.index.base_index(),
                 previous_term,
             };
+            // The active segment's index is cut back to the last entry before the cut; a
+            // sealed one's is rebuilt from its start.
+            let active_index = match &segment.index {
+                SegmentIndex::Building(building) => Some(building.clone()),
+                SegmentIndex::Archived(_) => None,
+            };
             (
                 segment.file.clone(),
                 start,
                 segment.index.locate_index(index),
                 state.segment_end_bytes(segment),
                 state.terms_from_index,
+                active_index,
             )
         };
         let corrupt = |position, reason: String| ReadError::Corrupt {
@@ -130,8 +141,14 @@ impl<D: Disk> PartitionLog<D> {
             .ok_or_else(|| corrupt(location.position, format!("no batch at Raft index {index}")))?;
         // The bytes before the cut are durable and were checked when appended or recovered:
         // a header walk rebuilds the index (and the term before the cut).
-        let fresh = BuildingIndex::new(start, self.state().config.index_interval_bytes);
-        let scan = segment::scan(&*file, position, 0, position, terms_from_index, fresh)
+        let (from, rebuilt) = match active_index {
+            Some(mut building) => (building.cut_back(index), building),
+            None => (
+                0,
+                BuildingIndex::new(start, self.state().config.index_interval_bytes),
+            ),
+        };
+        let scan = segment::scan(&*file, position, from, position, terms_from_index, rebuilt)
             .await
             .map_err(|e| StorageError::io("read", e))?;
         if scan.stop != ScanStop::CleanEnd || scan.index.data.next_index != index {
