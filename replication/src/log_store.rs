@@ -111,6 +111,8 @@ struct StoreState {
     /// What [`LogStore::fetch`] read for the last request memory could not serve.
     fetched: Vec<Entry>,
     wanted: Option<Wanted>,
+    /// Requests served from disk by [`LogStore::fetch`] (for metrics).
+    fetches: u64,
 }
 
 /// raft-rs's [`Storage`] over one partition log. See the module docs.
@@ -162,6 +164,7 @@ impl<D: Disk> LogStore<D> {
             applied: commit,
             fetched: Vec::new(),
             wanted: None,
+            fetches: 0,
         };
         Ok(LogStore {
             log,
@@ -249,8 +252,15 @@ impl<D: Disk> LogStore<D> {
             .log
             .read_entries(wanted.low, wanted.high, max_bytes)
             .await?;
-        self.state.borrow_mut().fetched = stored.iter().map(stored_entry).collect();
+        let mut state = self.state.borrow_mut();
+        state.fetched = stored.iter().map(stored_entry).collect();
+        state.fetches += 1;
         Ok(Some(wanted.context))
+    }
+
+    /// How many requests raft-rs made were served from disk rather than memory.
+    pub fn fetches(&self) -> u64 {
+        self.state.borrow().fetches
     }
 }
 

@@ -7,6 +7,8 @@
 //! - a conflicting suffix is truncated before new entries are stored;
 //! - a one-node `RawNode` elects itself, commits a batch through the store, and after a power
 //!   cut starts again with the same log and hard state;
+//! - three `RawNode`s: a follower cut off while the others commit catches up from the leader's
+//!   disk through the asynchronous fetch, and all three logs hold identical bytes;
 //! - the raft-meta store keeps the last record per group, ignores a torn tail, refuses damage
 //!   before valid records, and compacts.
 
@@ -432,5 +434,123 @@ fn the_meta_store_compacts_when_old_records_dominate() {
             .await
             .expect("reopen");
         assert_eq!(reopened.get(9), Some(&meta(19_999)));
+    });
+}
+
+/// Runs one `Ready` of `node` (persisting through its store) and returns the messages it
+/// sends; then serves an entry fetch raft-rs asked for, if any.
+async fn step_ready(node: &mut RawNode<LogStore<SimDisk>>) -> Vec<raft::eraftpb::Message> {
+    let mut out = Vec::new();
+    if node.has_ready() {
+        let mut ready = node.ready();
+        out.extend(ready.take_messages());
+        node.store().append(ready.entries()).await.expect("persist");
+        if let Some(hard_state) = ready.hs() {
+            node.store().set_hard_state(hard_state.clone());
+        }
+        node.store().sync().await.expect("durable");
+        out.extend(ready.take_persisted_messages());
+        let applied = ready.committed_entries().last().map(|e| e.index);
+        let mut light = node.advance(ready);
+        out.extend(light.take_messages());
+        let applied = light
+            .committed_entries()
+            .last()
+            .map(|e| e.index)
+            .or(applied);
+        if let Some(index) = applied {
+            node.store().advance_applied(index);
+        }
+        node.advance_apply();
+    }
+    if let Some(context) = node.store().fetch().await.expect("fetch") {
+        node.on_entries_fetched(context);
+    }
+    out
+}
+
+/// Three nodes; node 2 is cut off while nodes 1 and 3 commit 30 entries and node 1 lets them
+/// leave memory. Healed, node 2 catches up from node 1's disk through the asynchronous fetch
+/// (`LogTemporarilyUnavailable`, `fetch`, `on_entries_fetched`), and the three logs hold the
+/// same bytes: every replica stamps an entry alike.
+#[test]
+fn a_lagging_follower_catches_up_from_disk_and_the_logs_are_identical() {
+    run(|| async {
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let voters = ConfState {
+            voters: vec![1, 2, 3],
+            ..ConfState::default()
+        };
+        let mut nodes = Vec::new();
+        for id in 1..=3_u64 {
+            let start = LogStoreStart {
+                raft_state: RaftState::new(HardState::default(), voters.clone()),
+                recent_bytes_max: 0,
+                ..LogStoreStart::default()
+            };
+            let store = LogStore::open(open_log(&SimDisk::new()).await, start)
+                .await
+                .expect("store");
+            let config = Config {
+                id,
+                ..Config::default()
+            };
+            nodes.push(RawNode::new(&config, store, &logger).expect("node"));
+        }
+        nodes[0].campaign().expect("campaign");
+        let mut proposals = 0;
+        for round in 0..400 {
+            let healed = round >= 150;
+            if nodes[0].raft.state == raft::StateRole::Leader && proposals < 30 && round % 3 == 0 {
+                nodes[0]
+                    .propose(Vec::new(), producer_batch(proposals))
+                    .expect("propose");
+                proposals += 1;
+            }
+            if round == 150 {
+                assert_eq!(nodes[1].store().log().last_index(), 0, "node 2 was cut off");
+                assert!(
+                    nodes[0].store().log().last_index() >= 31,
+                    "nodes 1 and 3 went on"
+                );
+            }
+            if healed {
+                nodes[0].tick();
+            }
+            let mut mail = Vec::new();
+            for node in &mut nodes {
+                mail.extend(step_ready(node).await);
+            }
+            for message in mail {
+                if !healed && (message.to == 2 || message.from == 2) {
+                    continue;
+                }
+                let to = message.to as usize - 1;
+                let _ = nodes[to].step(message);
+            }
+        }
+        assert!(
+            nodes[0].store().fetches() > 0,
+            "node 1 served node 2 from disk"
+        );
+        let leader_last = nodes[0].store().log().last_index();
+        assert!(leader_last >= 31, "the empty entry and 30 batches");
+        let mut logs = Vec::new();
+        for node in &nodes {
+            let log = node.store().log();
+            assert_eq!(
+                log.last_index(),
+                leader_last,
+                "node {} caught up",
+                node.raft.id
+            );
+            let entries = log
+                .read_entries(1, leader_last + 1, usize::MAX)
+                .await
+                .expect("entries");
+            logs.push(entries);
+        }
+        assert_eq!(logs[0], logs[1], "the follower that caught up from disk");
+        assert_eq!(logs[0], logs[2]);
     });
 }
