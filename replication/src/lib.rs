@@ -4,3 +4,5 @@
 //! The Raft log is the partition log: one Raft entry is one Kafka v2 batch as storage keeps it
 //! (see `storage/FORMAT.md`), so there is no second log and no offset-translation table.
 //! `docs/REPLICATION.md` holds the design; each module says which part it owns.
+
+pub mod wire;
