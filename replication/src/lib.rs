@@ -5,4 +5,5 @@
 //! (see `storage/FORMAT.md`), so there is no second log and no offset-translation table.
 //! `docs/REPLICATION.md` holds the design; each module says which part it owns.
 
+pub mod driver;
 pub mod wire;

@@ -304,7 +304,11 @@ impl Frame {
             out.put_u64(message.group_id);
             encode_message(&message.message, out);
         }
-        debug_assert_eq!(out.len() - start, size, "encoded_size disagrees with encode");
+        debug_assert_eq!(
+            out.len() - start,
+            size,
+            "encoded_size disagrees with encode"
+        );
     }
 
     /// Decodes one whole frame, `frame_length` prefix included (what a reader collected after
@@ -488,12 +492,11 @@ fn encode_message(message: &Message, out: &mut BytesMut) {
 fn decode_message(reader: &mut Reader<'_>) -> Result<Message, WireError> {
     let type_offset = reader.offset;
     let type_value = reader.u8("msg_type")?;
-    let msg_type = MessageType::from_i32(i32::from(type_value)).ok_or(
-        WireError::UnknownMessageType {
+    let msg_type =
+        MessageType::from_i32(i32::from(type_value)).ok_or(WireError::UnknownMessageType {
             value: type_value,
             offset: type_offset,
-        },
-    )?;
+        })?;
     let flags_offset = reader.offset;
     let flags = reader.u8("message_flags")?;
     if flags & !MESSAGE_FLAGS_KNOWN != 0 {
@@ -532,7 +535,11 @@ fn decode_message(reader: &mut Reader<'_>) -> Result<Message, WireError> {
 fn encode_entry(entry: &Entry, out: &mut BytesMut) {
     let entry_type = EntryType::from_i32(entry.entry_type).expect("raft made an unknown type");
     out.put_u8(entry_type as u8);
-    out.put_u8(if entry.sync_log { ENTRY_FLAG_SYNC_LOG } else { 0 });
+    out.put_u8(if entry.sync_log {
+        ENTRY_FLAG_SYNC_LOG
+    } else {
+        0
+    });
     out.put_u64(entry.term);
     out.put_u64(entry.index);
     out.put_u32(u32_len(entry.data.len()));
@@ -544,12 +551,11 @@ fn encode_entry(entry: &Entry, out: &mut BytesMut) {
 fn decode_entry(reader: &mut Reader<'_>) -> Result<Entry, WireError> {
     let type_offset = reader.offset;
     let type_value = reader.u8("entry_type")?;
-    let entry_type = EntryType::from_i32(i32::from(type_value)).ok_or(
-        WireError::UnknownEntryType {
+    let entry_type =
+        EntryType::from_i32(i32::from(type_value)).ok_or(WireError::UnknownEntryType {
             value: type_value,
             offset: type_offset,
-        },
-    )?;
+        })?;
     let flags_offset = reader.offset;
     let flags = reader.u8("entry_flags")?;
     if flags & !ENTRY_FLAG_SYNC_LOG != 0 {

@@ -1,5 +1,5 @@
 //! Guards the broker-to-broker codec: random frames round-trip exactly (seeded; replay one
-//! with RINGFEED_WIRE_SEED), heartbeats travel in the compact list and expand back to the
+//! with `RINGFEED_WIRE_SEED`), heartbeats travel in the compact list and expand back to the
 //! messages raft made, and malformed bytes are refused with an error, never a panic or an
 //! allocation sized by a hostile count.
 
@@ -13,7 +13,11 @@ const FROM: u64 = 3;
 const TO: u64 = 7;
 
 fn random_bytes(rng: &mut SeededRng, max: u64) -> Vec<u8> {
-    let len = if rng.below(3) == 0 { 0 } else { rng.below(max + 1) };
+    let len = if rng.below(3) == 0 {
+        0
+    } else {
+        rng.below(max + 1)
+    };
     (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 
@@ -64,8 +68,7 @@ fn random_entry(rng: &mut SeededRng) -> Entry {
 pub(crate) fn random_message(rng: &mut SeededRng, from: u64, to: u64) -> Message {
     let heartbeat = rng.below(3) == 0;
     let msg_type = if heartbeat {
-        [MessageType::MsgHeartbeat, MessageType::MsgHeartbeatResponse][rng.below(2) as usize]
-            as i32
+        [MessageType::MsgHeartbeat, MessageType::MsgHeartbeatResponse][rng.below(2) as usize] as i32
     } else {
         rng.below(19) as i32
     };
@@ -127,7 +130,11 @@ fn random_frames_round_trip_exactly() {
         let decoded = Frame::decode(&bytes, &limits)
             .unwrap_or_else(|error| panic!("seed {seed} (RINGFEED_WIRE_SEED={seed}): {error}"));
         assert_eq!(decoded, frame, "seed {seed} (RINGFEED_WIRE_SEED={seed})");
-        assert_eq!(encode(&decoded), bytes, "seed {seed}: encoding is not canonical");
+        assert_eq!(
+            encode(&decoded),
+            bytes,
+            "seed {seed}: encoding is not canonical"
+        );
     }
 }
 
@@ -138,7 +145,10 @@ fn every_prefix_of_a_frame_is_refused_without_panic() {
         let mut rng = SeededRng::new(seed);
         let bytes = encode(&random_frame(&mut rng));
         for end in 0..bytes.len() {
-            assert!(Frame::decode(&bytes[..end], &limits).is_err(), "seed {seed} end {end}");
+            assert!(
+                Frame::decode(&bytes[..end], &limits).is_err(),
+                "seed {seed} end {end}"
+            );
         }
     }
 }
@@ -184,7 +194,10 @@ fn a_heartbeat_with_other_fields_set_travels_in_full() {
     frame.push(9, message.clone());
     assert!(frame.heartbeats.is_empty());
     let decoded = Frame::decode(&encode(&frame), &WireLimits::default()).expect("decodes");
-    assert_eq!(decoded.into_group_messages().collect::<Vec<_>>(), [(9, message)]);
+    assert_eq!(
+        decoded.into_group_messages().collect::<Vec<_>>(),
+        [(9, message)]
+    );
 }
 
 fn one_message_frame() -> Vec<u8> {
