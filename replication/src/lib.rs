@@ -6,4 +6,6 @@
 //! `docs/REPLICATION.md` holds the design; each module says which part it owns.
 
 pub mod driver;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod wire;

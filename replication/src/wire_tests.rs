@@ -307,3 +307,41 @@ fn trailing_bytes_are_refused() {
         Err(WireError::TrailingBytes { left: 1, .. })
     ));
 }
+
+/// A poor man's fuzzer that runs in every `cargo test`: seeded mutations (bit flips, byte
+/// overwrites with boundary values, truncations, duplications) of real frames go through the
+/// fuzz target's checks. libFuzzer (`fuzz/`, target `wire_decoding`) goes further.
+#[test]
+fn mutated_frames_decode_or_fail_cleanly() {
+    let mut decoded = 0;
+    for seed in 0..3_000 {
+        let mut rng = SeededRng::new(seed);
+        let mut bytes = encode(&random_frame(&mut rng));
+        for _ in 0..1 + rng.below(4) {
+            let at = rng.below(bytes.len() as u64) as usize;
+            match rng.below(4) {
+                0 => bytes[at] ^= 1 << rng.below(8),
+                1 => bytes[at] = [0, 1, 2, 0x7f, 0x80, 0xff][rng.below(6) as usize],
+                2 => bytes.truncate(at),
+                _ => {
+                    let copy = bytes[at..].to_vec();
+                    bytes.extend_from_slice(&copy[..copy.len().min(16)]);
+                }
+            }
+            if bytes.is_empty() {
+                break;
+            }
+        }
+        // Keep the length prefix honest half of the time, so mutations reach the body.
+        if rng.below(2) == 0 && bytes.len() >= FRAME_LENGTH_BYTES {
+            let body = (bytes.len() - FRAME_LENGTH_BYTES) as u32;
+            bytes[..FRAME_LENGTH_BYTES].copy_from_slice(&body.to_be_bytes());
+        }
+        crate::fuzzing::wire_decoding(&bytes);
+        decoded += usize::from(Frame::decode(&bytes, &WireLimits::default()).is_ok());
+    }
+    assert!(
+        decoded > 0,
+        "no mutant decoded: the mutations never reach the re-encoding checks"
+    );
+}
