@@ -317,7 +317,7 @@ fn mutated_frames_decode_or_fail_cleanly() {
     for seed in 0..3_000 {
         let mut rng = SeededRng::new(seed);
         let mut bytes = encode(&random_frame(&mut rng));
-        for _ in 0..1 + rng.below(4) {
+        for _ in 0..=rng.below(4) {
             let at = rng.below(bytes.len() as u64) as usize;
             match rng.below(4) {
                 0 => bytes[at] ^= 1 << rng.below(8),
