@@ -25,6 +25,7 @@
 //! shard-local handles.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::panic::{self, AssertUnwindSafe};
 
 use raft::eraftpb::{Entry, HardState, Message, MessageType, Snapshot};
 use raft::{RawNode, SnapshotStatus, StateRole};
@@ -166,8 +167,8 @@ struct Group<S: GroupStore> {
     /// `thread_rng` whenever it resets (term or role change); the driver then redraws from
     /// its seeded source so a simulation replays exactly.
     timeout_drawn_for: (u64, StateRole),
-    /// A storage write failed: the group takes no further part (fsyncgate: never retry and
-    /// carry on as if the write happened).
+    /// A storage write failed (fsyncgate: never retry and carry on as if the write happened),
+    /// or raft-rs panicked on a peer's message: the group takes no further part.
     fenced: bool,
 }
 
@@ -371,10 +372,22 @@ impl<S: GroupStore> MultiRaft<S> {
             if group.fenced {
                 continue;
             }
-            // Refusals (a local message type from the network, a response from a node that is
-            // not a peer) are the peer's problem, not this group's.
-            if group.node.step(message).is_err() {
-                self.stats.messages_refused_by_raft += 1;
+            // raft-rs trusts its peers: a message no correct peer sends (a heartbeat committing
+            // past this node's log, an append conflicting with a committed entry) ends in its
+            // `fatal!`, a panic. The group is fenced instead, like after a storage error, and
+            // the shard's other groups carry on; the message came over the network, so it must
+            // not take the broker down. Its state is never touched again.
+            let node = &mut group.node;
+            match panic::catch_unwind(AssertUnwindSafe(|| node.step(message))) {
+                Ok(Ok(())) => {}
+                // Refusals (a local message type from the network, a response from a node that
+                // is not a peer) are the peer's problem, not this group's.
+                Ok(Err(_)) => self.stats.messages_refused_by_raft += 1,
+                Err(_) => {
+                    group.fenced = true;
+                    self.stats.groups_fenced += 1;
+                    continue;
+                }
             }
             self.maybe_ready.insert(group_id);
             redraw_election_timeout(group, &mut self.election_rng, false);
@@ -554,3 +567,7 @@ fn redraw_election_timeout<S: GroupStore>(group: &mut Group<S>, rng: &mut Seeded
     let timeout = rng.range(ELECTION_TICKS as u64, ELECTION_TICKS_MAX as u64 - 1);
     raft.set_randomized_election_timeout(timeout as usize);
 }
+
+#[cfg(test)]
+#[path = "driver_tests.rs"]
+mod tests;
