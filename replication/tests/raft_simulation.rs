@@ -26,11 +26,11 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, MessageType, Snapshot};
 use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RaftState, StateRole, Storage};
 use ringfeed_replication::driver::{Durability, GroupStore, MultiRaft};
-use ringfeed_replication::wire::{Frame, WireLimits};
+use ringfeed_replication::wire::{Frame, HeartbeatKind, WireLimits};
 use ringfeed_storage::sim::SeededRng;
 
 /// Steps between two ticks of a node (a step is a tenth of a tick: 10 ms of a 100 ms tick).
@@ -194,6 +194,40 @@ impl Checker {
             }
         }
         *seen = (*seen).max(committed);
+    }
+
+    /// Only a leader sends appends, heartbeats and snapshots: a node that led a term only
+    /// between two observations (elected and deposed within one round) still shows here.
+    fn on_send(&mut self, frame: &Frame) {
+        let leader_messages = frame
+            .heartbeats
+            .iter()
+            .filter(|heartbeat| heartbeat.kind == HeartbeatKind::Request)
+            .map(|heartbeat| (heartbeat.group_id, heartbeat.term))
+            .chain(
+                frame
+                    .messages
+                    .iter()
+                    .filter(|sent| {
+                        matches!(
+                            MessageType::from_i32(sent.message.msg_type),
+                            Some(
+                                MessageType::MsgAppend
+                                    | MessageType::MsgHeartbeat
+                                    | MessageType::MsgSnapshot
+                            )
+                        )
+                    })
+                    .map(|sent| (sent.group_id, sent.message.term)),
+            );
+        for (group, term) in leader_messages {
+            let leader = *self.leaders.entry((group, term)).or_insert(frame.from_node);
+            assert_eq!(
+                leader, frame.from_node,
+                "election safety: group {group} has leaders {leader} and {} in term {term}",
+                frame.from_node
+            );
+        }
     }
 
     fn check_leader_completeness(&self, node: u64, group: u64, raft: &raft::Raft<SimStore>) {
@@ -587,6 +621,13 @@ impl Sim {
                 .borrow_mut()
                 .on_apply(node_id, group, entry, &marker);
         });
+        // A fenced group means raft-rs panicked on a message (a peer broke an invariant, such
+        // as a heartbeat committing past an entry this node acknowledged and then lost).
+        assert_eq!(
+            driver.stats().groups_fenced,
+            0,
+            "node {node_id} fenced a group: raft-rs panicked on a peer's message"
+        );
         {
             let mut checker = checker.borrow_mut();
             for (group, raft) in driver.rafts() {
@@ -599,6 +640,7 @@ impl Sim {
     }
 
     fn send(&mut self, frame: &Frame) {
+        self.checker.borrow_mut().on_send(frame);
         let mut bytes = BytesMut::new();
         frame.encode(&mut bytes);
         if self.cut.contains(&(frame.from_node, frame.to_node))
