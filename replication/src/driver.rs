@@ -328,9 +328,9 @@ impl<S: GroupStore> MultiRaft<S> {
             || !self.maybe_ready.is_empty()
     }
 
-    /// One round (module docs). `apply(group_id, entry)` sees each committed entry once per
-    /// round it is delivered in (again after a restart, from `applied`). Returns the frames to
-    /// send, at most one per peer unless one would exceed the frame limit.
+    /// One round (module docs). `apply(group_id, entry)` sees every committed entry once, in
+    /// index order (after a restart, again from the `applied` index the group was added with).
+    /// Returns the frames to send: one per peer, more only where one would exceed the limit.
     pub fn round<D, A>(&mut self, durability: &mut D, mut apply: A) -> Vec<Frame>
     where
         D: Durability,
