@@ -2,6 +2,7 @@
 //! `server::serve` (or `ringfeed_cli::run` for the client subcommands); fuzz targets reach the
 //! request decoding and handlers through here.
 
+pub mod acl;
 pub mod admin;
 pub mod admission;
 pub mod budgets;

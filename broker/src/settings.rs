@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ringfeed_replication::voters::QuorumVoters;
+
+use crate::config::ClusterConfig;
 use crate::limits::Limits;
 use crate::recompress::CompressionType;
 use crate::topic_config::TopicConfig;
@@ -257,6 +260,7 @@ impl Effective {
             flush_ms: self.integer("log.flush.interval.ms"),
             compression: CompressionType::parse(self.text("compression.type"))
                 .expect("validated against the same names"),
+            min_insync_replicas: self.integer("min.insync.replicas"),
             segment_preallocate_bytes: self.unsigned("ringfeed.segment.preallocate.bytes"),
         }
     }
@@ -313,7 +317,18 @@ impl Effective {
             admin_listen: Some(self.text("ringfeed.admin.listen").to_string())
                 .filter(|text| text != "off"),
             topic_defaults: self.topic_defaults(),
+            cluster: self.cluster(),
             settings: Arc::new(self.clone()),
+        }
+    }
+
+    pub fn cluster(&self) -> ClusterConfig {
+        ClusterConfig {
+            node_id: self.integer("node.id") as i32,
+            voters: QuorumVoters::parse(self.text("controller.quorum.voters"))
+                .expect("validated by the same parser"),
+            default_replication_factor: self.integer("default.replication.factor") as i16,
+            replica_lag_time_max: Duration::from_millis(self.unsigned("replica.lag.time.max.ms")),
         }
     }
 
@@ -554,6 +569,8 @@ pub struct ServeOptions {
     pub admin_listen: Option<String>,
     /// The configuration of a topic that overrides nothing (the broker's `log.*` settings).
     pub topic_defaults: TopicConfig,
+    /// `node.id` and the controller quorum (docs/REPLICATION.md).
+    pub cluster: ClusterConfig,
     /// Every setting with its value and source, for `DescribeConfigs`.
     pub settings: Arc<Effective>,
 }

@@ -542,6 +542,9 @@ async fn recover_controller(
 ) -> Result<Controller, String> {
     let rules = PlacementRules {
         shard_count: config.shard_count(),
+        node_id: config.cluster.node_id,
+        broker_count: config.cluster.broker_count(),
+        default_replication_factor: config.cluster.default_replication_factor,
         default_partitions: config.default_partitions,
         limits: config.limits.clone(),
         topic_defaults: config.topic_defaults.clone(),

@@ -12,11 +12,12 @@ use crate::storage::{FlushPolicy, LogConfig};
 pub const FLUSH_POLICY_KEY: &str = "ringfeed.flush.policy";
 
 /// The keys a topic may override, in the order `DescribeConfigs` lists them.
-pub const TOPIC_CONFIG_KEYS: [&str; 9] = [
+pub const TOPIC_CONFIG_KEYS: [&str; 10] = [
     "cleanup.policy",
     "compression.type",
     "flush.ms",
     "max.message.bytes",
+    "min.insync.replicas",
     "retention.bytes",
     "retention.ms",
     "segment.bytes",
@@ -36,6 +37,8 @@ pub struct TopicConfig {
     pub flush_ms: i64,
     /// `compression.type`: the codec batches are stored in (`recompress`).
     pub compression: CompressionType,
+    /// `min.insync.replicas`: in-sync replicas an acks=all produce needs.
+    pub min_insync_replicas: i64,
     /// Broker-wide, not a topic key: see `Limits::segment_preallocate_bytes`.
     pub segment_preallocate_bytes: u64,
 }
@@ -65,6 +68,7 @@ impl TopicConfig {
                 .get("compression.type")
                 .and_then(|name| CompressionType::parse(name))
                 .unwrap_or(defaults.compression),
+            min_insync_replicas: long("min.insync.replicas", defaults.min_insync_replicas),
             segment_preallocate_bytes: defaults.segment_preallocate_bytes,
         }
     }
@@ -76,6 +80,7 @@ impl TopicConfig {
             "compression.type" => self.compression.name().into(),
             "flush.ms" => self.flush_ms.to_string(),
             "max.message.bytes" => self.max_message_bytes.to_string(),
+            "min.insync.replicas" => self.min_insync_replicas.to_string(),
             "retention.bytes" => self.retention_bytes.to_string(),
             "retention.ms" => self.retention_ms.to_string(),
             "segment.bytes" => self.segment_bytes.to_string(),
@@ -126,6 +131,10 @@ fn accepts(key: &str) -> Option<Accepts> {
             max: i64::from(i32::MAX),
         },
         "flush.ms" => at_least(0),
+        "min.insync.replicas" => Accepts::Number {
+            min: 1,
+            max: i64::from(i16::MAX),
+        },
         FLUSH_POLICY_KEY => Accepts::OneOf(&["always", "interval", "on-demand"]),
         _ => return None,
     })

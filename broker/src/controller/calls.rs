@@ -117,6 +117,12 @@ pub struct ControllerReply {
 #[derive(Clone, Debug)]
 pub struct PlacementRules {
     pub shard_count: usize,
+    /// This broker's `node.id`: the replica of every partition in a one-node cluster.
+    pub node_id: i32,
+    /// Brokers a topic's replicas can be spread over.
+    pub broker_count: usize,
+    /// `default.replication.factor`, for a `CreateTopics` request that asks for -1.
+    pub default_replication_factor: i16,
     pub default_partitions: i32,
     pub limits: Limits,
     /// The configuration of a topic that overrides nothing (the broker's `log.*` settings).

@@ -107,23 +107,32 @@ fn create_topic(
             ),
         );
     }
-    if !matches!(topic.replication_factor, -1 | 1) {
+    let replication_factor = match topic.replication_factor {
+        -1 => rules.default_replication_factor,
+        asked => asked,
+    };
+    if replication_factor < 1 || replication_factor as usize > rules.broker_count {
+        // Kafka's answer too: a replication factor is checked against the brokers there are.
         return TopicOutcome::error(
             &topic.name,
             codes::INVALID_REPLICATION_FACTOR,
-            "a single broker holds replication factor 1 only",
+            format!(
+                "replication factor {replication_factor} must be from 1 to the {} broker(s) \
+                 in the cluster",
+                rules.broker_count
+            ),
         );
     }
     let partitions = if !topic.manual_assignment.is_empty() {
         if topic
             .manual_assignment
             .iter()
-            .any(|replicas| replicas.as_slice() != [0])
+            .any(|replicas| replicas.as_slice() != [rules.node_id])
         {
             return TopicOutcome::error(
                 &topic.name,
                 codes::INVALID_REPLICA_ASSIGNMENT,
-                "the only broker is node 0",
+                format!("the only broker is node {}", rules.node_id),
             );
         }
         topic.manual_assignment.len() as i32
@@ -323,6 +332,9 @@ mod tests {
     fn rules(shard_count: usize) -> PlacementRules {
         PlacementRules {
             shard_count,
+            node_id: 0,
+            broker_count: 1,
+            default_replication_factor: 1,
             default_partitions: 3,
             limits: Limits::default(),
             topic_defaults: crate::settings::Effective::defaults().topic_defaults(),
@@ -430,6 +442,45 @@ mod tests {
             codes::INVALID_CONFIG
         );
         assert_eq!(state.topics.len(), 1, "failed creations leave no trace");
+    }
+
+    #[test]
+    fn replication_factor_and_assignments_follow_the_cluster_settings() {
+        let mut state = ClusterState::default();
+        let apply_with = |state: &mut ClusterState, topic: NewTopic, rules: &PlacementRules| {
+            let call = ControllerCall::CreateTopics {
+                topics: vec![topic],
+                validate_only: false,
+            };
+            apply(state, call, rules).remove(0)
+        };
+        let node_7 = PlacementRules {
+            node_id: 7,
+            ..rules(1)
+        };
+        // -1 asks for default.replication.factor, which cannot exceed the brokers there are.
+        let too_many_by_default = PlacementRules {
+            default_replication_factor: 2,
+            ..rules(1)
+        };
+        let outcome = apply_with(&mut state, new_topic("d", 1), &too_many_by_default);
+        assert_eq!(outcome.error_code, codes::INVALID_REPLICATION_FACTOR);
+        assert!(outcome.message.unwrap().contains("replication factor 2"));
+        // A manual assignment names this broker by its node.id, not a fixed 0.
+        let on = |replicas: Vec<i32>| NewTopic {
+            partitions: -1,
+            manual_assignment: vec![replicas],
+            ..new_topic("m", -1)
+        };
+        assert_eq!(
+            apply_with(&mut state, on(vec![0]), &node_7).error_code,
+            codes::INVALID_REPLICA_ASSIGNMENT
+        );
+        assert_eq!(
+            apply_with(&mut state, on(vec![7]), &node_7).error_code,
+            codes::NONE
+        );
+        assert_eq!(state.topics.len(), 1);
     }
 
     #[test]

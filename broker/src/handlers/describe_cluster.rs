@@ -3,7 +3,6 @@
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
 
-use crate::config::BrokerConfig;
 use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
 
 #[allow(clippy::unused_async)]
@@ -14,12 +13,12 @@ pub async fn handle(
 ) -> DescribeClusterResponse {
     let config = &shard.config;
     let broker = DescribeClusterBroker::default()
-        .with_broker_id(BrokerId(BrokerConfig::NODE_ID))
+        .with_broker_id(BrokerId(config.cluster.node_id))
         .with_host(str_bytes(&config.advertised_host))
         .with_port(config.advertised_port);
     let response = DescribeClusterResponse::default()
         .with_cluster_id(str_bytes(&shard.metadata.current().cluster_id))
-        .with_controller_id(BrokerId(BrokerConfig::NODE_ID))
+        .with_controller_id(BrokerId(config.cluster.node_id))
         .with_brokers(vec![broker]);
     let response = if request.include_cluster_authorized_operations {
         response

@@ -61,7 +61,7 @@ fn coordinator(config: &BrokerConfig, key: StrBytes, error_code: i16) -> Coordin
         .with_key(key)
         .with_error_code(error_code)
         .with_error_message((!found).then(|| str_bytes("no coordinator for this key")))
-        .with_node_id(BrokerId(if found { BrokerConfig::NODE_ID } else { -1 }))
+        .with_node_id(BrokerId(if found { config.cluster.node_id } else { -1 }))
         .with_host(if found {
             str_bytes(&config.advertised_host)
         } else {

@@ -38,6 +38,7 @@ pub async fn handle(
         Some(topics) if !(version == 0 && topics.is_empty()) => Some(topics),
         _ => None,
     };
+    let node = BrokerId(shard.config.cluster.node_id);
     let auto_create =
         shard.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
     let mut snapshot = shard.metadata.current();
@@ -45,7 +46,7 @@ pub async fn handle(
         None => snapshot
             .topics
             .values()
-            .map(|topic| describe_topic(&snapshot, topic, version))
+            .map(|topic| describe_topic(&snapshot, topic, version, node))
             .collect(),
         Some(requested) => {
             let missing: Vec<String> = requested
@@ -61,8 +62,10 @@ pub async fn handle(
             requested
                 .iter()
                 .map(|topic| match &topic.name {
-                    Some(name) => describe_by_name(&snapshot, name, &creation_errors, version),
-                    None => describe_by_id(&snapshot, topic.topic_id, version),
+                    Some(name) => {
+                        describe_by_name(&snapshot, name, &creation_errors, version, node)
+                    }
+                    None => describe_by_id(&snapshot, topic.topic_id, version, node),
                 })
                 .collect()
         }
@@ -84,17 +87,13 @@ pub async fn handle(
     response
         .with_brokers(vec![this_broker(shard.config)])
         .with_cluster_id((version >= 2).then(|| str_bytes(&snapshot.cluster_id)))
-        .with_controller_id(BrokerId(if version >= 1 {
-            BrokerConfig::NODE_ID
-        } else {
-            -1
-        }))
+        .with_controller_id(if version >= 1 { node } else { BrokerId(-1) })
         .with_topics(topics)
 }
 
 pub fn this_broker(config: &BrokerConfig) -> MetadataResponseBroker {
     MetadataResponseBroker::default()
-        .with_node_id(BrokerId(BrokerConfig::NODE_ID))
+        .with_node_id(BrokerId(config.cluster.node_id))
         .with_host(str_bytes(&config.advertised_host))
         .with_port(config.advertised_port)
 }
@@ -139,9 +138,10 @@ fn describe_by_name(
     name: &TopicName,
     creation_errors: &[(String, i16)],
     version: i16,
+    node: BrokerId,
 ) -> MetadataResponseTopic {
     if let Some(topic) = snapshot.topic(name.0.as_str()) {
-        return describe_topic(snapshot, topic, version);
+        return describe_topic(snapshot, topic, version, node);
     }
     let error_code = creation_errors
         .iter()
@@ -152,9 +152,14 @@ fn describe_by_name(
         .with_error_code(error_code)
 }
 
-fn describe_by_id(snapshot: &MetadataSnapshot, id: Uuid, version: i16) -> MetadataResponseTopic {
+fn describe_by_id(
+    snapshot: &MetadataSnapshot,
+    id: Uuid,
+    version: i16,
+    node: BrokerId,
+) -> MetadataResponseTopic {
     match snapshot.topic_by_id(id) {
-        Some(topic) => describe_topic(snapshot, topic, version),
+        Some(topic) => describe_topic(snapshot, topic, version, node),
         None => MetadataResponseTopic::default()
             .with_topic_id(id)
             .with_error_code(codes::UNKNOWN_TOPIC_ID),
@@ -168,8 +173,8 @@ fn describe_topic(
     snapshot: &MetadataSnapshot,
     topic: &Arc<TopicMetadata>,
     version: i16,
+    node: BrokerId,
 ) -> MetadataResponseTopic {
-    let node = BrokerId(BrokerConfig::NODE_ID);
     let partitions = (0..topic.partition_count())
         .map(|partition| {
             let tp = TopicPartition {

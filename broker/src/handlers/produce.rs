@@ -132,6 +132,11 @@ fn dispatch_piece(
     ) else {
         return refuse(codes::UNKNOWN_TOPIC_OR_PARTITION);
     };
+    // As Kafka does before appending: acks=all promises the write is on min.insync.replicas
+    // replicas, and a one-node cluster has exactly one in sync (docs/REPLICATION.md).
+    if rules.acks == -1 && topic_metadata.config.min_insync_replicas > IN_SYNC_REPLICAS {
+        return refuse(codes::NOT_ENOUGH_REPLICAS);
+    }
     let batches = match split_batches(&records, topic_metadata.config.max_message_bytes as usize) {
         Ok(batches) => batches,
         Err(error_code) => return refuse(error_code),
@@ -167,6 +172,10 @@ fn dispatch_piece(
 }
 
 struct TimedOut;
+
+/// Replicas of a partition in sync with its leader: the leader alone until replication
+/// lands (issue 12).
+const IN_SYNC_REPLICAS: i64 = 1;
 
 /// Waits for the append task's answer (its acks) until `timeout` (the request's) fires.
 async fn within(

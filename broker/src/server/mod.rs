@@ -35,6 +35,7 @@ pub use crate::settings::ServeOptions;
 /// Runs the broker until a signal stops it. Returns once every shard has closed its logs.
 pub fn serve(options: &ServeOptions) -> Result<(), String> {
     options.limits.validate()?;
+    options.cluster.validate()?;
     if let Some(warning) = preflight::check_data_dir_writable(&options.data_dir)? {
         tracing::warn!("{warning}");
     }
@@ -81,6 +82,7 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         admin_listen,
         topic_defaults: options.topic_defaults.clone(),
         settings: options.settings.clone(),
+        cluster: options.cluster.clone(),
     });
     let admin_status = Arc::new(AdminStatus::default());
     let (scrape_senders, scrape_receivers) = (0..config.shard_count())

@@ -76,6 +76,7 @@ fn value_name(setting: &Setting) -> &'static str {
         Kind::Path => "DIR",
         Kind::CpuList => "CPUS",
         Kind::OneOf(_) => "WORD",
+        Kind::QuorumVoters => "ID@HOST:PORT,...",
     }
 }
 

@@ -2,6 +2,8 @@
 //! accepts ([`Kind`]), with the parsing that turns a value into its canonical text. The table
 //! (`table.rs`) and the resolution of values (the parent module) both build on these.
 
+use ringfeed_replication::voters::QuorumVoters;
+
 use crate::topic_config;
 
 /// What values a setting accepts; each kind normalises what it accepts to one canonical text.
@@ -30,6 +32,8 @@ pub enum Kind {
     LogFilter,
     /// One of a fixed list of words (`text`, `json`).
     OneOf(&'static [&'static str]),
+    /// Kafka's `controller.quorum.voters`: `ID@HOST:PORT,...`, or "" for a one-node cluster.
+    QuorumVoters,
 }
 
 /// Where a setting's table entry says it belongs in help and docs.
@@ -117,6 +121,7 @@ impl Setting {
             Kind::CpuList => "CPU numbers, comma-separated, or empty".into(),
             Kind::LogFilter => "a tracing filter".into(),
             Kind::OneOf(names) => names.join(", "),
+            Kind::QuorumVoters => "ID@HOST:PORT,... or empty".into(),
         }
     }
 
@@ -168,6 +173,7 @@ impl Setting {
             )),
             Kind::Path => Ok(value.into()),
             Kind::CpuList => parse_cpu_list(value),
+            Kind::QuorumVoters => QuorumVoters::parse(value).map(|voters| voters.to_string()),
             Kind::LogFilter => tracing_subscriber::EnvFilter::try_new(value)
                 .map(|_| value.to_string())
                 .map_err(|error| format!("not a log filter ({error}): {value:?}")),

@@ -72,6 +72,43 @@ pub static SETTINGS: &[Setting] = &[
             "Directory holding partition logs and cluster metadata (one directory).",
         )
     },
+    row(
+        "node.id",
+        "0",
+        integer(0, INT_MAX),
+        "This broker's id: what Metadata shows clients, and how the broker finds its own \
+         entry in controller.quorum.voters.",
+    ),
+    row(
+        "controller.quorum.voters",
+        "",
+        Kind::QuorumVoters,
+        "The brokers of the cluster's controller quorum and each one's internal \
+         (broker-to-broker) address: ID@HOST:PORT,... Empty: a one-node cluster. Replication \
+         across brokers is being built (docs/REPLICATION.md): until it is, a list naming \
+         other brokers is refused at start.",
+    ),
+    row(
+        "default.replication.factor",
+        "1",
+        integer(1, i16::MAX as i64),
+        "Replicas of an auto-created topic, or of a CreateTopics request that asks for the \
+         default (-1). A topic cannot have more replicas than the cluster has brokers.",
+    ),
+    topic_default(
+        "min.insync.replicas",
+        "min.insync.replicas",
+        "1",
+        "An acks=all produce is refused with NOT_ENOUGH_REPLICAS while fewer replicas than \
+         this are in sync. Topics override it with min.insync.replicas.",
+    ),
+    row(
+        "replica.lag.time.max.ms",
+        "30000",
+        integer(1, INT_MAX),
+        "A follower that has not caught up with the leader for this long leaves the in-sync \
+         replicas.",
+    ),
     Setting {
         flag_aliases: &["default-partitions"],
         ..row(

@@ -402,6 +402,7 @@ fn every_topic_default_reaches_its_topic_key() {
         let value = match topic_key {
             FLUSH_POLICY_KEY => "always",
             "compression.type" => "zstd",
+            "min.insync.replicas" => "2",
             _ => "2097152",
         };
         let effective = Effective::resolve(&Inputs {

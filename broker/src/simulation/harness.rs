@@ -420,6 +420,7 @@ fn simulation_config() -> BrokerConfig {
         limits,
         admin_listen: None,
         topic_defaults,
+        cluster: settings.cluster(),
         settings: Arc::new(settings),
     }
 }

@@ -1,0 +1,218 @@
+//! Guards the driver's contract on raft-rs's memory store: groups elect and commit over
+//! encoded frames, a round sends at most one frame per peer, an idle cluster's traffic is all
+//! coalesced heartbeats, proposals at a follower are refused with the leader, and a peer's
+//! message that makes raft-rs panic fences its group instead of the broker.
+
+use bytes::BytesMut;
+use raft::eraftpb::{ConfState, Message, MessageType};
+use raft::storage::MemStorage;
+
+use super::*;
+
+const GROUPS: u64 = 200;
+
+struct Cluster {
+    drivers: Vec<MultiRaft<MemStorage>>,
+    durability: Vec<ImmediateDurability>,
+    in_flight: Vec<Vec<u8>>,
+    applied: BTreeMap<(u64, u64), Vec<Vec<u8>>>,
+}
+
+/// What one round of every node sent.
+#[derive(Default)]
+struct RoundTraffic {
+    frames: usize,
+    full_messages: usize,
+    heartbeats: usize,
+    bytes: usize,
+}
+
+impl Cluster {
+    fn new(nodes: u64) -> Self {
+        let voters: Vec<u64> = (1..=nodes).collect();
+        let mut drivers = Vec::new();
+        for node in 1..=nodes {
+            let mut driver = MultiRaft::new(node, 1, WireLimits::default(), node);
+            for group in 0..GROUPS {
+                let store =
+                    MemStorage::new_with_conf_state(ConfState::from((voters.clone(), vec![])));
+                driver.add_group(group, store, 0).expect("group starts");
+            }
+            drivers.push(driver);
+        }
+        Self {
+            durability: (0..nodes).map(|_| ImmediateDurability::default()).collect(),
+            drivers,
+            in_flight: Vec::new(),
+            applied: BTreeMap::new(),
+        }
+    }
+
+    /// Delivers what the last round sent, runs one round on every node (ticking them when
+    /// `tick`), and returns what this round sent.
+    fn round(&mut self, tick: bool) -> RoundTraffic {
+        for bytes in std::mem::take(&mut self.in_flight) {
+            let frame = Frame::decode(&bytes, &WireLimits::default()).expect("a valid frame");
+            self.drivers[(frame.to_node - 1) as usize].receive(frame);
+        }
+        let mut traffic = RoundTraffic::default();
+        for (driver, durability) in self.drivers.iter_mut().zip(&mut self.durability) {
+            if tick {
+                driver.tick();
+            }
+            let node = driver.node_id();
+            let applied = &mut self.applied;
+            let frames = driver.round(durability, |group, entry| {
+                if !entry.data.is_empty() {
+                    applied
+                        .entry((node, group))
+                        .or_default()
+                        .push(entry.data.clone());
+                }
+            });
+            let mut peers: Vec<u64> = frames.iter().map(|frame| frame.to_node).collect();
+            peers.dedup();
+            assert_eq!(
+                peers.len(),
+                frames.len(),
+                "more than one frame to a peer in a round"
+            );
+            for frame in frames {
+                traffic.frames += 1;
+                traffic.full_messages += frame.messages.len();
+                traffic.heartbeats += frame.heartbeats.len();
+                traffic.bytes += frame.encoded_size();
+                let mut bytes = BytesMut::new();
+                frame.encode(&mut bytes);
+                self.in_flight.push(bytes.to_vec());
+            }
+        }
+        traffic
+    }
+
+    fn leader(&self, group: u64) -> Option<usize> {
+        self.drivers
+            .iter()
+            .position(|driver| driver.raft(group).expect("hosted").state == StateRole::Leader)
+    }
+
+    fn run_until_every_group_has_a_leader(&mut self) {
+        for _ in 0..200 {
+            self.round(true);
+            if (0..GROUPS).all(|group| self.leader(group).is_some()) {
+                return;
+            }
+        }
+        panic!("groups without a leader after 200 ticks");
+    }
+}
+
+#[test]
+fn groups_elect_and_commit_over_frames_and_idle_traffic_is_coalesced_heartbeats() {
+    let mut cluster = Cluster::new(3);
+    cluster.run_until_every_group_has_a_leader();
+    for group in 0..GROUPS {
+        let leader = cluster.leader(group).expect("a leader");
+        let proposed = cluster.drivers[leader]
+            .propose(group, format!("record of {group}").into_bytes())
+            .expect("the leader accepts");
+        assert!(proposed.index > 1, "after the leader's empty entry");
+    }
+    for _ in 0..10 {
+        cluster.round(false);
+    }
+    for node in 1..=3 {
+        for group in 0..GROUPS {
+            assert_eq!(
+                cluster.applied.get(&(node, group)),
+                Some(&vec![format!("record of {group}").into_bytes()]),
+                "node {node} group {group}"
+            );
+        }
+    }
+    // Idle: ticks only. Every message is a heartbeat or its response, in the compact list.
+    let mut idle = RoundTraffic::default();
+    for _ in 0..(10 * HEARTBEAT_TICKS) {
+        let traffic = cluster.round(true);
+        idle.frames += traffic.frames;
+        idle.full_messages += traffic.full_messages;
+        idle.heartbeats += traffic.heartbeats;
+        idle.bytes += traffic.bytes;
+    }
+    let idle_ticks = 10 * HEARTBEAT_TICKS as u64;
+    let idle_ms = idle_ticks * TICK_INTERVAL_MS;
+    println!(
+        "idle, {GROUPS} groups on 3 nodes: {} frames, {} heartbeat records, {} bytes in {idle_ms} ms \
+         ({} bytes/s for the cluster)",
+        idle.frames,
+        idle.heartbeats,
+        idle.bytes,
+        idle.bytes as u64 * 1000 / idle_ms
+    );
+    assert_eq!(idle.full_messages, 0, "idle groups sent full messages");
+    assert!(idle.heartbeats > 0);
+    // 200 groups, 3 nodes: at most 6 ordered pairs of frames a round.
+    assert!(idle.frames <= 6 * 10 * HEARTBEAT_TICKS);
+}
+
+#[test]
+fn a_follower_refuses_proposals_and_names_the_leader() {
+    let mut cluster = Cluster::new(3);
+    cluster.run_until_every_group_has_a_leader();
+    // Let followers hear the leader.
+    for _ in 0..4 {
+        cluster.round(true);
+    }
+    let leader = cluster.leader(7).expect("a leader");
+    let follower = (leader + 1) % 3;
+    assert_eq!(
+        cluster.drivers[follower].propose(7, b"x".to_vec()),
+        Err(ProposeError::NotLeader {
+            group_id: 7,
+            leader_hint: leader as u64 + 1
+        })
+    );
+    assert_eq!(
+        cluster.drivers[follower].propose(GROUPS, b"x".to_vec()),
+        Err(ProposeError::UnknownGroup(GROUPS))
+    );
+}
+
+#[test]
+fn a_message_raft_rs_panics_on_fences_its_group_not_the_shard() {
+    let mut cluster = Cluster::new(3);
+    cluster.run_until_every_group_has_a_leader();
+    let leader = cluster.leader(3).expect("a leader");
+    let follower = (leader + 1) % 3;
+    let term = cluster.drivers[leader].raft(3).expect("hosted").term;
+    // No correct leader sends a commit index past the follower's log: raft-rs `fatal!`s.
+    let mut frame = Frame::new(leader as u64 + 1, follower as u64 + 1, 1);
+    frame.push(
+        3,
+        Message {
+            msg_type: MessageType::MsgHeartbeat as i32,
+            from: leader as u64 + 1,
+            to: follower as u64 + 1,
+            term,
+            commit: 1_000_000,
+            ..Message::default()
+        },
+    );
+    cluster.drivers[follower].receive(frame);
+    cluster.round(true);
+    assert!(cluster.drivers[follower].is_fenced(3));
+    assert_eq!(cluster.drivers[follower].stats().groups_fenced, 1);
+    assert!(!cluster.drivers[follower].is_fenced(4));
+    // The shard goes on: the other groups still commit through that follower.
+    let leader_of_4 = cluster.leader(4).expect("a leader");
+    cluster.drivers[leader_of_4]
+        .propose(4, b"after".to_vec())
+        .expect("accepted");
+    for _ in 0..10 {
+        cluster.round(false);
+    }
+    assert_eq!(
+        cluster.applied.get(&(follower as u64 + 1, 4)),
+        Some(&vec![b"after".to_vec()])
+    );
+}
