@@ -15,19 +15,30 @@
 //! (sending to a lagging follower) gets `LogTemporarilyUnavailable`, the driver runs
 //! [`LogStore::fetch`] and then calls `RawNode::on_entries_fetched` with the context it returns.
 //!
+//! Writes are staged (`GroupStore::stage_entries`, for the driver's rounds): visible to
+//! raft-rs's reads at once, written to the log by [`LogStore::write_staged`] in staging order.
+//! [`LogDurability`] is the shard's durability barrier over such stores: one worker writes
+//! every store's staged entries, waits for their fdatasyncs, saves the staged hard states in
+//! the shard's raft-meta store, and only then completes the ticket.
+//!
 //! Contract: one `LogStore` per group, owned by the shard that owns the partition, used by
-//! that shard's driver only. [`LogStore::append`] calls must not overlap (the driver persists
-//! one `Ready` at a time).
+//! that shard's driver and its `LogDurability` only (a cheap handle: both hold one).
+//! [`LogStore::write_staged`] calls must not overlap (the durability worker runs one at a
+//! time).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use bytes::Bytes;
-use raft::eraftpb::{Entry, EntryType, Snapshot};
+use raft::eraftpb::{Entry, EntryType, HardState, Snapshot};
 use raft::storage::{GetEntriesContext, RaftState, Storage};
 use raft::StorageError as RaftStorageError;
 use ringfeed_storage::batch::control;
 use ringfeed_storage::{Disk, EntryError, PartitionLog, ReadError, StorageError, StoredEntry};
+
+use crate::driver::{Durability, GroupStore};
+use crate::log_store_meta::{GroupMeta, RaftMetaStore};
 
 /// Why the store could not do what the driver asked. Every one leaves the log as it was or
 /// fenced (see the storage crate); none is retried by the store.
@@ -87,6 +98,14 @@ pub fn stored_entry(stored: &StoredEntry) -> Entry {
     entry
 }
 
+/// A write staged for the log, in staging order.
+#[derive(Debug, Clone)]
+enum StagedWrite {
+    /// Drop the entries from this index on (a conflict), before the appends after it.
+    Truncate(u64),
+    Append(Entry),
+}
+
 /// A request raft-rs made that memory could not serve, waiting for [`LogStore::fetch`].
 #[derive(Debug, Clone, Copy)]
 struct Wanted {
@@ -102,7 +121,8 @@ struct StoreState {
     /// whose start was compacted, or the batches appended before the log was replicated).
     snapshot_index: u64,
     snapshot_term: u64,
-    /// The most recent entries, contiguous, ending at the log's last index.
+    /// The most recent entries, contiguous, ending at the last index staged (which the log
+    /// reaches once the staged writes are written).
     recent: VecDeque<Entry>,
     recent_bytes: usize,
     recent_bytes_max: usize,
@@ -113,12 +133,24 @@ struct StoreState {
     wanted: Option<Wanted>,
     /// Requests served from disk by [`LogStore::fetch`] (for metrics).
     fetches: u64,
+    staged: Vec<StagedWrite>,
+    /// A hard state staged and not yet saved by the durability worker.
+    staged_hard_state: Option<HardState>,
 }
 
-/// raft-rs's [`Storage`] over one partition log. See the module docs.
+/// raft-rs's [`Storage`] over one partition log, a cheap handle. See the module docs.
 pub struct LogStore<D: Disk> {
     log: PartitionLog<D>,
-    state: RefCell<StoreState>,
+    state: Rc<RefCell<StoreState>>,
+}
+
+impl<D: Disk> Clone for LogStore<D> {
+    fn clone(&self) -> Self {
+        LogStore {
+            log: self.log.clone(),
+            state: self.state.clone(),
+        }
+    }
 }
 
 /// How a [`LogStore`] starts.
@@ -165,10 +197,12 @@ impl<D: Disk> LogStore<D> {
             fetched: Vec::new(),
             wanted: None,
             fetches: 0,
+            staged: Vec::new(),
+            staged_hard_state: None,
         };
         Ok(LogStore {
             log,
-            state: RefCell::new(state),
+            state: Rc::new(RefCell::new(state)),
         })
     }
 
@@ -176,42 +210,72 @@ impl<D: Disk> LogStore<D> {
         &self.log
     }
 
-    /// Persists a `Ready`'s entries: a suffix that conflicts with them is truncated first
-    /// (durably, see `storage/src/truncation.rs`), then each is appended, stamped with its
-    /// term. Written, not yet durable: [`Self::sync`] makes them durable.
+    /// Persists a `Ready`'s entries: stages them, then writes them ([`Self::write_staged`]).
+    /// Written, not yet durable: [`Self::sync`] makes them durable.
     pub async fn append(&self, entries: &[Entry]) -> Result<(), LogStoreError> {
+        self.stage(entries)?;
+        self.write_staged().await
+    }
+
+    /// Stages a `Ready`'s entries: raft-rs reads them at once; a suffix they conflict with is
+    /// dropped from memory now and from the log (durably, see `storage/src/truncation.rs`)
+    /// when the staged writes are written. Refuses, staging nothing, an entry that cannot
+    /// be stored (a term past a Kafka leader epoch, a data entry that is not a batch).
+    pub fn stage(&self, entries: &[Entry]) -> Result<(), LogStoreError> {
         let Some(first) = entries.first() else {
             return Ok(());
         };
-        if first.index <= self.log.last_index() {
-            self.log.truncate_from_index(first.index).await?;
-            let mut state = self.state.borrow_mut();
+        for entry in entries {
+            i32::try_from(entry.term).map_err(|_| LogStoreError::TermTooLarge(entry.term))?;
+            self.log
+                .check(entry_batch(entry)?)
+                .map_err(EntryError::from)?;
+        }
+        let mut state = self.state.borrow_mut();
+        let last_staged = state
+            .recent
+            .back()
+            .map_or(self.log.last_index(), |e| e.index);
+        if first.index <= last_staged {
             while state.recent.back().is_some_and(|e| e.index >= first.index) {
                 let dropped = state.recent.pop_back().expect("checked");
                 state.recent_bytes -= dropped.data.len();
             }
             state.fetched.clear();
+            state.staged.push(StagedWrite::Truncate(first.index));
         }
         for entry in entries {
-            let term =
-                i32::try_from(entry.term).map_err(|_| LogStoreError::TermTooLarge(entry.term))?;
-            let checked = self
-                .log
-                .check(entry_batch(entry)?)
-                .map_err(EntryError::from)?;
-            let outcome = self.log.append_as_leader(checked, term).await?;
-            // raft-rs hands entries in index order, right after the log's last.
-            assert_eq!(outcome.index, entry.index, "entries are persisted in order");
-            self.remember(entry.clone());
+            state.recent_bytes += entry.data.len();
+            state.recent.push_back(entry.clone());
+            state.staged.push(StagedWrite::Append(entry.clone()));
         }
         Ok(())
     }
 
-    fn remember(&self, entry: Entry) {
-        let mut state = self.state.borrow_mut();
-        state.recent_bytes += entry.data.len();
-        state.recent.push_back(entry);
-        evict(&mut state);
+    /// Writes the staged entries to the log, in staging order.
+    pub async fn write_staged(&self) -> Result<(), LogStoreError> {
+        let staged = std::mem::take(&mut self.state.borrow_mut().staged);
+        for write in staged {
+            match write {
+                StagedWrite::Truncate(index) => {
+                    if index <= self.log.last_index() {
+                        self.log.truncate_from_index(index).await?;
+                    }
+                }
+                StagedWrite::Append(entry) => {
+                    let term = i32::try_from(entry.term).expect("checked when staged");
+                    let checked = self
+                        .log
+                        .check(entry_batch(&entry)?)
+                        .map_err(EntryError::from)?;
+                    let outcome = self.log.append_as_leader(checked, term).await?;
+                    // raft-rs hands entries in index order, right after the log's last.
+                    assert_eq!(outcome.index, entry.index, "entries are written in order");
+                }
+            }
+        }
+        evict(&mut self.state.borrow_mut());
+        Ok(())
     }
 
     /// Waits until everything appended is durable; then the driver may tell raft-rs
@@ -225,8 +289,20 @@ impl<D: Disk> LogStore<D> {
     }
 
     /// Records the hard state raft-rs reported (persist it with `log_store_meta.rs` first).
-    pub fn set_hard_state(&self, hard_state: raft::eraftpb::HardState) {
+    pub fn set_hard_state(&self, hard_state: HardState) {
         self.state.borrow_mut().raft_state.hard_state = hard_state;
+    }
+
+    /// The group's meta to save, if a hard state was staged since the last call.
+    fn take_staged_meta(&self) -> Option<GroupMeta> {
+        let mut state = self.state.borrow_mut();
+        let hard_state = state.staged_hard_state.take()?;
+        Some(GroupMeta {
+            hard_state,
+            conf_state: state.raft_state.conf_state.clone(),
+            snapshot_index: state.snapshot_index,
+            snapshot_term: state.snapshot_term,
+        })
     }
 
     /// Records the configuration raft-rs applied.
@@ -336,8 +412,15 @@ impl<D: Disk> Storage for LogStore<D> {
         if index < state.snapshot_index {
             return Err(raft::Error::Store(RaftStorageError::Compacted));
         }
-        if let Some(entry) = state.recent.back().filter(|e| e.index == index) {
-            return Ok(entry.term);
+        // Memory first: it holds staged entries the log does not have yet, and after a
+        // staged truncation the log still holds the entries they replace.
+        if let Some(first_recent) = state.recent.front().map(|e| e.index) {
+            if index >= first_recent {
+                return match state.recent.get((index - first_recent) as usize) {
+                    Some(entry) => Ok(entry.term),
+                    None => Err(raft::Error::Store(RaftStorageError::Unavailable)),
+                };
+            }
         }
         match self.log.term_at(index) {
             Some(term) => Ok(u64::try_from(term).expect("the log holds no negative term")),
@@ -354,8 +437,12 @@ impl<D: Disk> Storage for LogStore<D> {
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        let snapshot_index = self.state.borrow().snapshot_index;
-        Ok(self.log.last_index().max(snapshot_index))
+        let state = self.state.borrow();
+        let last = state
+            .recent
+            .back()
+            .map_or(self.log.last_index(), |e| e.index);
+        Ok(last.max(state.snapshot_index))
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
@@ -363,5 +450,130 @@ impl<D: Disk> Storage for LogStore<D> {
         Err(raft::Error::Store(
             RaftStorageError::SnapshotTemporarilyUnavailable,
         ))
+    }
+}
+
+impl<D: Disk> GroupStore for LogStore<D> {
+    fn stage_snapshot(&mut self, _snapshot: Snapshot) -> raft::Result<()> {
+        // Rebuilding a replica from a snapshot is not built yet (see `snapshot`).
+        Err(raft::Error::Store(
+            RaftStorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+
+    fn stage_entries(&mut self, entries: &[Entry]) -> raft::Result<()> {
+        self.stage(entries)
+            .map_err(|e| raft::Error::Store(RaftStorageError::Other(e.to_string().into())))
+    }
+
+    fn stage_hard_state(&mut self, hard_state: &HardState) -> raft::Result<()> {
+        let mut state = self.state.borrow_mut();
+        state.raft_state.hard_state = hard_state.clone();
+        state.staged_hard_state = Some(hard_state.clone());
+        Ok(())
+    }
+}
+
+/// What the durability worker shares with the driver's calls.
+struct DurabilityState<D: Disk> {
+    stores: Vec<(u64, LogStore<D>)>,
+    meta: Option<RaftMetaStore<D>>,
+    requested: u64,
+    completed: u64,
+    worker_running: bool,
+    /// The first error: no later ticket completes (the shard's groups stop acknowledging).
+    failed: Option<LogStoreError>,
+}
+
+/// The shard's durability barrier over [`LogStore`]s (the driver's `Durability`): a ticket
+/// completes once every write staged before it, in every registered store, is written and
+/// fdatasync'd and the staged hard states are saved. One worker task at a time does the
+/// work, ticket after ticket, so each store's writes stay in staging order. Lives on the
+/// shard's executor.
+pub struct LogDurability<D: Disk> {
+    state: Rc<RefCell<DurabilityState<D>>>,
+}
+
+impl<D: Disk + 'static> LogDurability<D> {
+    pub fn new(meta: RaftMetaStore<D>) -> Self {
+        LogDurability {
+            state: Rc::new(RefCell::new(DurabilityState {
+                stores: Vec::new(),
+                meta: Some(meta),
+                requested: 0,
+                completed: 0,
+                worker_running: false,
+                failed: None,
+            })),
+        }
+    }
+
+    /// Makes `store` (group `group_id`) part of every later sync.
+    pub fn register(&self, group_id: u64, store: LogStore<D>) {
+        self.state.borrow_mut().stores.push((group_id, store));
+    }
+
+    /// The error that stopped the barrier, if one did.
+    pub fn failed(&self) -> Option<LogStoreError> {
+        self.state.borrow().failed.clone()
+    }
+
+    async fn work(state: Rc<RefCell<DurabilityState<D>>>) {
+        loop {
+            let (target, stores, meta) = {
+                let mut shared = state.borrow_mut();
+                if shared.requested == shared.completed || shared.failed.is_some() {
+                    shared.worker_running = false;
+                    return;
+                }
+                let meta = shared.meta.take().expect("one worker at a time");
+                (shared.requested, shared.stores.clone(), meta)
+            };
+            let (meta, result) = Self::sync_all(&stores, meta).await;
+            let mut shared = state.borrow_mut();
+            shared.meta = Some(meta);
+            match result {
+                Ok(()) => shared.completed = target,
+                Err(error) => shared.failed = Some(error),
+            }
+        }
+    }
+
+    async fn sync_all(
+        stores: &[(u64, LogStore<D>)],
+        mut meta: RaftMetaStore<D>,
+    ) -> (RaftMetaStore<D>, Result<(), LogStoreError>) {
+        let mut changed = Vec::new();
+        for (group_id, store) in stores {
+            if let Err(error) = store.write_staged().await {
+                return (meta, Err(error));
+            }
+            if let Err(error) = store.sync().await {
+                return (meta, Err(error));
+            }
+            changed.extend(store.take_staged_meta().map(|m| (*group_id, m)));
+        }
+        let saved = meta.save(&changed).await.map_err(LogStoreError::from);
+        (meta, saved)
+    }
+}
+
+impl<D: Disk + 'static> Durability for LogDurability<D> {
+    fn start_sync(&mut self) -> u64 {
+        let (ticket, start_worker) = {
+            let mut shared = self.state.borrow_mut();
+            shared.requested += 1;
+            let start_worker = !shared.worker_running;
+            shared.worker_running = true;
+            (shared.requested, start_worker)
+        };
+        if start_worker {
+            glommio::spawn_local(Self::work(self.state.clone())).detach();
+        }
+        ticket
+    }
+
+    fn durable_ticket(&mut self) -> u64 {
+        self.state.borrow().completed
     }
 }
