@@ -7,6 +7,8 @@
 //! - `wire`: the broker-to-broker frame codec (`replication/WIRE.md` draws it);
 //! - `driver`: `MultiRaft`, the per-shard driver of many raft-rs groups, generic over the
 //!   group store (`GroupStore`) and the shard's durability barrier (`Durability`);
+//! - `log_store`: raft-rs's `Storage` over a partition log (`LogStore`);
+//! - `log_store_meta`: the shard's raft-meta store (hard state, conf state, snapshot point);
 //! - `fuzzing`: the entry point of the `wire_decoding` fuzz target;
 //! - `voters`: `controller.quorum.voters`, the brokers and their internal addresses.
 //!
@@ -16,5 +18,7 @@
 pub mod driver;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod log_store;
+pub mod log_store_meta;
 pub mod voters;
 pub mod wire;

@@ -199,6 +199,24 @@ pub fn with_base_offset(batch: &[u8], base_offset: i64) -> Bytes {
     stored.freeze()
 }
 
+/// The partitionLeaderEpoch field of a batch (or of its first 61 bytes); outside the CRC.
+/// Where the log holds Raft entries it is the entry's term (`FORMAT.md` § Raft index and term).
+pub fn partition_leader_epoch(batch: &[u8]) -> i32 {
+    let field = &batch[PARTITION_LEADER_EPOCH_OFFSET..PARTITION_LEADER_EPOCH_OFFSET + 4];
+    i32::from_be_bytes(field.try_into().expect("4 bytes"))
+}
+
+/// Returns a copy of `batch` with baseOffset and partitionLeaderEpoch set, as a Raft leader
+/// stamps an entry. Both lie outside the CRC, so the producer's checksum stays valid.
+pub fn stamped(batch: &[u8], base_offset: i64, partition_leader_epoch: i32) -> Bytes {
+    let mut stored = BytesMut::with_capacity(batch.len());
+    stored.extend_from_slice(&base_offset.to_be_bytes());
+    stored.extend_from_slice(&batch[BATCH_LENGTH_OFFSET..PARTITION_LEADER_EPOCH_OFFSET]);
+    stored.extend_from_slice(&partition_leader_epoch.to_be_bytes());
+    stored.extend_from_slice(&batch[PARTITION_LEADER_EPOCH_OFFSET + 4..]);
+    stored.freeze()
+}
+
 /// Reads a zigzag-encoded varint (up to 64 bits) and advances `bytes` past it.
 pub fn read_varint(bytes: &mut &[u8]) -> Option<i64> {
     let mut value: u64 = 0;
@@ -304,10 +322,125 @@ pub mod build {
     }
 }
 
+/// Control batches for the Raft entries that carry no records (`FORMAT.md` § Raft index and
+/// term): one control record each, as Kafka's own Raft log stores them, so clients skip
+/// them like transaction markers and no offset is hidden. Every field is a function of the
+/// arguments (timestamps are -1, no producer): every replica that builds the batch for an
+/// entry builds the same bytes.
+pub mod control {
+    use super::{build, read_varint, BatchHeader, BATCH_HEADER_BYTES, MAGIC_V2};
+    use super::{ATTRIBUTES_OFFSET, CRC_OFFSET, LOG_OVERHEAD_BYTES};
+    use bytes::{BufMut, Bytes, BytesMut};
+
+    /// Kafka's `LeaderChange` control record type: the empty entry a new Raft leader appends.
+    pub const LEADER_CHANGE: i16 = 2;
+    /// Ringfeed's private control record type for a Raft configuration change; the value is
+    /// the entry's `ConfChangeV2` (or `ConfChange`) bytes. Kafka uses 0-6; clients skip control
+    /// batches whatever their type.
+    pub const RAFT_CONF_CHANGE: i16 = 0x5246;
+    /// As [`RAFT_CONF_CHANGE`], for a version-1 `ConfChange`.
+    pub const RAFT_CONF_CHANGE_V1: i16 = 0x5247;
+    /// Control record attribute bit of a v2 batch (attributes bit 5).
+    const CONTROL_ATTRIBUTE: i16 = 0x20;
+
+    /// A control batch of one record: key = (version 0, `control_type`), value = `value`.
+    pub fn batch(control_type: i16, value: &[u8]) -> Bytes {
+        let mut key = BytesMut::with_capacity(4);
+        key.put_i16(0);
+        key.put_i16(control_type);
+        let mut out = BytesMut::with_capacity(BATCH_HEADER_BYTES + value.len() + 16);
+        out.put_i64(0); // baseOffset, assigned by the log
+        out.put_i32(0); // batchLength, filled below
+        out.put_i32(-1); // partitionLeaderEpoch, stamped by the log
+        out.put_i8(MAGIC_V2);
+        out.put_u32(0); // crc, filled below
+        out.put_i16(CONTROL_ATTRIBUTE);
+        out.put_i32(0); // lastOffsetDelta
+        out.put_i64(-1); // baseTimestamp
+        out.put_i64(-1); // maxTimestamp
+        out.put_i64(-1); // producerId
+        out.put_i16(-1); // producerEpoch
+        out.put_i32(-1); // baseSequence
+        out.put_i32(1); // recordCount
+        let mut body = BytesMut::new();
+        body.put_i8(0); // record attributes
+        build::put_varint(&mut body, 0); // timestampDelta
+        build::put_varint(&mut body, 0); // offsetDelta
+        build::put_varint(&mut body, key.len() as i64);
+        body.put_slice(&key);
+        build::put_varint(&mut body, value.len() as i64);
+        body.put_slice(value);
+        build::put_varint(&mut body, 0); // no headers
+        build::put_varint(&mut out, body.len() as i64);
+        out.put_slice(&body);
+        let batch_length = (out.len() - LOG_OVERHEAD_BYTES) as i32;
+        out[8..12].copy_from_slice(&batch_length.to_be_bytes());
+        let crc = crc32c::crc32c(&out[ATTRIBUTES_OFFSET..]);
+        out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        out.freeze()
+    }
+
+    /// The type and value of a control batch's single record; `None` for a data batch or a
+    /// control batch of another shape. Reads only what [`batch`] writes; bytes from disk or
+    /// the network are never trusted to be well formed.
+    pub fn record(batch: &Bytes) -> Option<(i16, Bytes)> {
+        let header = BatchHeader::parse(batch)?;
+        if !header.is_control() || header.record_count != 1 || header.is_compressed() {
+            return None;
+        }
+        let mut rest = batch.get(BATCH_HEADER_BYTES..)?;
+        let _length = read_varint(&mut rest)?;
+        let (_attributes, tail) = rest.split_first()?;
+        rest = tail;
+        let _timestamp_delta = read_varint(&mut rest)?;
+        let _offset_delta = read_varint(&mut rest)?;
+        let key_length = usize::try_from(read_varint(&mut rest)?).ok()?;
+        let key = rest.get(..key_length)?;
+        rest = &rest[key_length..];
+        let control_type = i16::from_be_bytes(key.get(2..4)?.try_into().ok()?);
+        let value_length = usize::try_from(read_varint(&mut rest)?).ok()?;
+        let start = batch.len() - rest.len();
+        let value = batch.slice(
+            start
+                ..start
+                    .checked_add(value_length)
+                    .filter(|&end| end <= batch.len())?,
+        );
+        Some((control_type, value))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::build::{batch, filler, Record};
     use super::*;
+
+    #[test]
+    fn control_batches_are_valid_deterministic_and_read_back() {
+        let first = control::batch(control::RAFT_CONF_CHANGE, b"conf change bytes");
+        assert_eq!(
+            first,
+            control::batch(control::RAFT_CONF_CHANGE, b"conf change bytes")
+        );
+        let header = validate(&first, 1 << 20).expect("a valid batch");
+        assert!(header.is_control());
+        assert_eq!(
+            control::record(&first),
+            Some((
+                control::RAFT_CONF_CHANGE,
+                Bytes::from_static(b"conf change bytes")
+            ))
+        );
+        let empty = control::batch(control::LEADER_CHANGE, &[]);
+        assert_eq!(
+            control::record(&empty),
+            Some((control::LEADER_CHANGE, Bytes::new()))
+        );
+        assert_eq!(control::record(&sample()), None, "a data batch");
+        for cut in 0..first.len() {
+            let _ = control::record(&first.slice(..cut)); // never panics
+        }
+    }
 
     fn sample() -> Bytes {
         batch(&[

@@ -2,18 +2,27 @@
 //!
 //! Start-up trusts what it may (sealed segments with valid indexes, checkpointed bytes get a
 //! header walk only) to open fast; this check trusts nothing: every batch of every segment
-//! must pass length, magic, CRC32C and offset continuity, each index must match its segment,
-//! and the checkpoint and marker must decode and agree with the data. It only reads.
+//! must pass length, magic, CRC32C and offset continuity, terms must never go back, each
+//! index must match its segment (Raft indexes included), and the checkpoint and marker must
+//! decode and agree with the data. It only reads.
 
 use std::path::Path;
 
-use crate::index::{BuildingIndex, SegmentIndex};
+use crate::index::{BuildingIndex, SegmentIndex, SegmentStart};
 use crate::io::{Disk, DiskFile};
-use crate::meta::{decode_checkpoint, MetaKind};
+use crate::meta::{decode_checkpoint, decode_log_format, MetaKind, TERMS_NEVER};
 use crate::segment::{
     self, index_file_name, parse_file_name, segment_file_name, ScanStop, CHECKPOINT_FILE,
-    CLEAN_SHUTDOWN_FILE, SEGMENT_SUFFIX,
+    CLEAN_SHUTDOWN_FILE, LOG_FORMAT_FILE, SEGMENT_SUFFIX,
 };
+
+/// Where the next segment's Raft numbering must continue.
+struct Numbering {
+    /// `None` until a segment fixed it (the first from its index file, else index 1).
+    next_index: Option<u64>,
+    last_term: i32,
+    terms_from_index: u64,
+}
 
 /// One thing found wrong, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,9 +64,24 @@ pub async fn check_partition<D: Disk>(disk: &D, dir: &Path) -> std::io::Result<C
         .filter_map(|n| parse_file_name(n, SEGMENT_SUFFIX))
         .collect();
     bases.sort_unstable();
+    let terms_from_index = match disk.read_file(&dir.join(LOG_FORMAT_FILE)).await? {
+        Some(bytes) => match decode_log_format(&bytes) {
+            Ok(format) => format.terms_from_index,
+            Err(error) => {
+                report.find(LOG_FORMAT_FILE, format!("unusable: {error}"));
+                TERMS_NEVER
+            }
+        },
+        None => TERMS_NEVER,
+    };
+    let mut numbering = Numbering {
+        next_index: None,
+        last_term: 0,
+        terms_from_index,
+    };
     for (i, &base) in bases.iter().enumerate() {
         let is_last = i + 1 == bases.len();
-        check_segment(disk, dir, base, is_last, &mut report).await?;
+        check_segment(disk, dir, base, is_last, &mut numbering, &mut report).await?;
     }
     report.segments = bases.len();
     check_metadata(disk, dir, &names, &mut report).await;
@@ -70,9 +94,18 @@ async fn check_segment<D: Disk>(
     dir: &Path,
     base: i64,
     is_last: bool,
+    numbering: &mut Numbering,
     report: &mut CheckReport,
 ) -> std::io::Result<()> {
     let name = segment_file_name(base);
+    let index_file = match disk.read_file(&dir.join(index_file_name(base))).await {
+        Ok(Some(bytes)) => SegmentIndex::load(&bytes, base).ok(),
+        _ => None,
+    };
+    let base_index = numbering
+        .next_index
+        .or(index_file.as_ref().map(SegmentIndex::base_index))
+        .unwrap_or(1);
     let file = disk.open(&dir.join(&name), false).await?;
     let file_bytes = file.size().await?;
     if let Some(expected) = report.next_offset.filter(|&next| next != base) {
@@ -81,8 +114,16 @@ async fn check_segment<D: Disk>(
             format!("starts at offset {base} but the previous segment ends at {expected}"),
         );
     }
-    let scan = segment::scan(&file, file_bytes, 0, 0, BuildingIndex::new(base, 4096)).await?;
+    let start = SegmentStart {
+        base_offset: base,
+        base_index,
+        previous_term: numbering.last_term,
+    };
+    let index = BuildingIndex::new(start, 4096);
+    let scan = segment::scan(&file, file_bytes, 0, 0, numbering.terms_from_index, index).await?;
     let data = &scan.index.data;
+    numbering.next_index = Some(data.next_index);
+    numbering.last_term = data.last_term;
     report.batches += scan.index.batches;
     report.bytes += scan.valid_bytes;
     report.first_offset.get_or_insert(base);
@@ -109,6 +150,20 @@ async fn check_segment<D: Disk>(
     }
     if !is_last {
         check_index(disk, dir, base, scan.valid_bytes, data.next_offset, report).await;
+        if let Some(index) = index_file.filter(|index| {
+            (index.base_index(), index.next_index()) != (data.base_index, data.next_index)
+        }) {
+            report.find(
+                &index_file_name(base),
+                format!(
+                    "says Raft indexes {}..{}, the segment holds {}..{}",
+                    index.base_index(),
+                    index.next_index(),
+                    data.base_index,
+                    data.next_index
+                ),
+            );
+        }
     }
     Ok(())
 }

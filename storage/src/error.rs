@@ -66,6 +66,34 @@ pub enum AppendError {
     Storage(#[from] StorageError),
 }
 
+/// Why a Raft entry was refused by [`crate::PartitionLog::append_as_leader`] or
+/// [`crate::PartitionLog::append_replicated`]. Nothing was written.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EntryError {
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Terms never go back along a Raft log; a replicated entry claiming so is damage or a
+    /// confused peer.
+    #[error("an entry at term {term} cannot follow the log's last term {last_term}")]
+    TermGoesBack { term: i32, last_term: i32 },
+    /// A replicated entry must land at the offset its leader gave it: the logs share offsets.
+    #[error(
+        "an entry stamped with offset {base_offset} cannot go where the log ends at {next_offset}"
+    )]
+    OffsetMismatch { base_offset: i64, next_offset: i64 },
+}
+
+impl From<AppendError> for EntryError {
+    fn from(error: AppendError) -> Self {
+        match error {
+            AppendError::Batch(error) => EntryError::Batch(error),
+            AppendError::Storage(error) => EntryError::Storage(error),
+        }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ReadError {
     #[error("offset {offset} is outside the log [{log_start_offset}, {log_end_offset}]")]
@@ -82,6 +110,13 @@ pub enum ReadError {
         segment_base_offset: i64,
         position: u64,
         reason: String,
+    },
+    /// A Raft index outside the entries the log holds (below its first, or past its end).
+    #[error("Raft index {index} is outside the log [{first_index}, {next_index})")]
+    IndexOutOfRange {
+        index: u64,
+        first_index: u64,
+        next_index: u64,
     },
     #[error(transparent)]
     Storage(#[from] StorageError),

@@ -249,6 +249,7 @@ impl<D: Disk> PartitionLog<D> {
                 segment_base_offset: state.active.base_offset,
                 durable_bytes: state.active_durable_bytes,
                 next_offset: state.durable_offset,
+                segment_base_index: state.active.index.base_index(),
             }
         };
         let contents = crate::meta::encode_checkpoint(MetaKind::RecoveryCheckpoint, &checkpoint);

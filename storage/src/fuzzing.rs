@@ -361,6 +361,7 @@ mod tests {
             segment_base_offset: -7,
             durable_bytes: 0,
             next_offset: -7,
+            segment_base_index: 1,
         };
         let payload = rkyv::to_bytes::<rkyv::rancor::Error>(&checkpoint).expect("archive");
         let input = encode_partition_files(&[(FileKind::CheckpointSealed, 0, &payload)]);
@@ -378,7 +379,7 @@ mod tests {
     fn partition_files_round_trip_through_the_input_format() {
         let input = encode_partition_files(&[
             (FileKind::Segment, 0, b"abc"),
-            (FileKind::CheckpointSealed, 0, &[7; 32]),
+            (FileKind::CheckpointSealed, 0, &[7; 40]),
             (FileKind::Segment, 0, b"replaced"),
         ]);
         let files = decode_partition_files(Path::new("/d"), &input);

@@ -26,17 +26,22 @@ pub mod sim;
 
 mod appender;
 mod cache;
+mod entries;
+mod epochs;
 mod flusher;
 mod lifecycle;
 mod log;
 mod recovery;
 mod signal;
 mod state;
+mod truncation;
 
 pub use batch::BatchError;
 pub use clock::{Clock, SimClock, Sleep};
 pub use config::{FlushPolicy, LogConfig};
-pub use error::{AppendError, ReadError, StorageError};
+pub use entries::{EntryOutcome, StoredEntry};
+pub use epochs::{LeaderEpoch, EPOCH_UNDEFINED};
+pub use error::{AppendError, EntryError, ReadError, StorageError};
 pub use io::{Disk, DiskFile, DmaDisk};
 pub use log::{AppendOutcome, CheckedBatch, FdatasyncObserver, LogStats, PartitionLog};
 pub use recovery::{RecoveryReport, TornTail};

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use crate::appender::Appender;
 use crate::error::{ReadError, StorageError};
 use crate::flusher::fence;
-use crate::index::{BuildingIndex, SegmentIndex};
+use crate::index::{BuildingIndex, SegmentIndex, SegmentStart};
 use crate::io::{Disk, DiskFile};
 use crate::log::PartitionLog;
 use crate::meta::{encode_checkpoint, LogCheckpoint, MetaKind};
@@ -139,7 +139,12 @@ impl<D: Disk> PartitionLog<D> {
             state.appender.unwritten_bytes()
         );
         let appender = Appender::new(0, &[], state.config.write_chunk_bytes);
-        let index = BuildingIndex::new(base_offset, state.config.index_interval_bytes);
+        let start = SegmentStart {
+            base_offset,
+            base_index: state.next_index,
+            previous_term: state.last_term,
+        };
+        let index = BuildingIndex::new(start, state.config.index_interval_bytes);
         let new_active = Segment {
             base_offset,
             file: Rc::new(file),
@@ -335,6 +340,7 @@ impl<D: Disk> PartitionLog<D> {
                 segment_base_offset: state.active.base_offset,
                 durable_bytes: index.data.segment_bytes,
                 next_offset: state.next_offset,
+                segment_base_index: index.data.base_index,
             };
             (
                 state.active.base_offset,
@@ -398,7 +404,7 @@ impl<D: Disk> PartitionLog<D> {
 /// executor's blocking pool (glommio truncates there), one file per call so other blocking
 /// calls interleave, and leaves the close nothing to free. Best effort: the file is deleted
 /// either way, and a failure only means the close does the work.
-async fn empty_before_close<F: DiskFile>(file: &F, dir: &Path) {
+pub(crate) async fn empty_before_close<F: DiskFile>(file: &F, dir: &Path) {
     if let Err(error) = file.truncate(0).await {
         tracing::warn!(dir = %dir.display(), %error, "could not empty a deleted segment before closing it");
     }

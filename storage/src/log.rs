@@ -27,7 +27,7 @@ use crate::cache::CachedBatch;
 pub use crate::clock::Clock;
 use crate::config::LogConfig;
 use crate::error::{AppendError, ReadError, StorageError, OFFSET_MAX};
-use crate::index::SegmentIndex;
+use crate::index::{IndexedBatch, SegmentIndex};
 use crate::io::{Disk, DiskFile, DmaDisk};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::{Segment, WindowReader};
@@ -42,6 +42,26 @@ pub struct AppendOutcome {
     pub last_offset: i64,
 }
 
+/// How an append sets a batch's partitionLeaderEpoch, and so its Raft term
+/// (`FORMAT.md` § Raft index and term).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stamp {
+    /// A plain append to a log that has never been replicated: the producer's field is kept,
+    /// the term is 0.
+    Plain,
+    /// A Raft leader's entry: partitionLeaderEpoch is set to the term.
+    Leader(i32),
+    /// A follower's copy of an entry: stored unchanged; its field is its term.
+    Replicated,
+}
+
+/// Where an append put a batch, as [`PartitionLog::append_validated`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Placed {
+    pub outcome: AppendOutcome,
+    pub index: u64,
+}
+
 /// A batch that passed [`PartitionLog::check`]; only that function makes one.
 #[derive(Debug, Clone)]
 pub struct CheckedBatch {
@@ -53,6 +73,10 @@ impl CheckedBatch {
     /// The batch's header, as the check parsed it.
     pub fn header(&self) -> &BatchHeader {
         &self.header
+    }
+
+    pub(crate) fn into_parts(self) -> (Bytes, BatchHeader) {
+        (self.batch, self.header)
     }
 }
 
@@ -204,21 +228,42 @@ impl<D: Disk> PartitionLog<D> {
             .await
             .map_err(|_| StorageError::Closed)?;
         self.make_room(batch.len()).await?;
-        let outcome = self.append_validated(&batch, &header)?;
+        let placed = self.append_validated(&batch, &header, Stamp::Plain, 0)?;
         self.inner.flusher_wake.notify_all();
-        Ok(outcome)
+        Ok(placed.outcome)
     }
 
-    /// The synchronous part of an append: offsets, buffer copy, index and cache.
-    fn append_validated(
+    /// The synchronous part of an append: offsets, buffer copy, index and cache. `term` is
+    /// the batch's term, already checked against the log by the caller (see `entries.rs`).
+    pub(crate) fn append_validated(
         &self,
         batch: &[u8],
         header: &BatchHeader,
-    ) -> Result<AppendOutcome, StorageError> {
+        stamp: Stamp,
+        term: i32,
+    ) -> Result<Placed, StorageError> {
         let mut guard = self.state_mut();
         guard.check_usable()?;
         let state = &mut *guard;
         let base_offset = state.next_offset;
+        // The entry paths check these against the state they hold the gate over; a plain
+        // append to a replicated log would give a Raft entry an unstamped term.
+        match stamp {
+            Stamp::Plain => assert!(
+                state.terms_from_index == crate::meta::TERMS_NEVER && term == 0,
+                "a plain append to a replicated log"
+            ),
+            Stamp::Leader(stamped) => assert_eq!(stamped, term, "a leader stamps its term"),
+            Stamp::Replicated => assert_eq!(
+                header.base_offset, base_offset,
+                "a replicated entry lands at its leader's offset"
+            ),
+        }
+        assert!(
+            term >= state.last_term,
+            "term {term} appended after term {}",
+            state.last_term
+        );
         // Only `check` makes a CheckedBatch, after `batch::validate` made sure of both.
         assert!(
             header.record_count >= 1
@@ -238,28 +283,45 @@ impl<D: Disk> PartitionLog<D> {
         // the CRC): one copy of the batch, not two.
         let file = &*state.active.file;
         state.appender.append(file, &base_offset.to_be_bytes());
-        state
-            .appender
-            .append(file, &batch[batch::BASE_OFFSET_OFFSET + 8..]);
-        if let SegmentIndex::Building(index) = &mut state.active.index {
-            index.add_batch(
+        match stamp {
+            Stamp::Leader(term) => {
+                let epoch_at = batch::PARTITION_LEADER_EPOCH_OFFSET;
+                state
+                    .appender
+                    .append(file, &batch[batch::BATCH_LENGTH_OFFSET..epoch_at]);
+                state.appender.append(file, &term.to_be_bytes());
+                state.appender.append(file, &batch[epoch_at + 4..]);
+            }
+            Stamp::Plain | Stamp::Replicated => state
+                .appender
+                .append(file, &batch[batch::BASE_OFFSET_OFFSET + 8..]),
+        }
+        let index = state.next_index;
+        if let SegmentIndex::Building(building) = &mut state.active.index {
+            building.add_batch(IndexedBatch {
                 base_offset,
                 next_offset,
-                header.max_timestamp,
+                max_timestamp: header.max_timestamp,
+                term,
                 position,
-                batch.len(),
-            );
+                bytes: batch.len(),
+            });
         }
         // The clock is read once per segment, not per batch.
         if state.active_first_append_ms.is_none() {
             state.active_first_append_ms = Some(self.inner.clock.now_ms());
         }
         state.next_offset = next_offset;
+        state.next_index = index + 1;
+        state.last_term = term;
         state.assert_offsets_ordered();
         state.stats.batches_appended += 1;
         state.stats.bytes_appended += batch.len() as u64;
         if state.cache.admits(batch.len()) {
-            let bytes = batch::with_base_offset(batch, base_offset);
+            let bytes = match stamp {
+                Stamp::Leader(term) => batch::stamped(batch, base_offset, term),
+                Stamp::Plain | Stamp::Replicated => batch::with_base_offset(batch, base_offset),
+            };
             state.cache.push(CachedBatch {
                 base_offset,
                 next_offset,
@@ -268,9 +330,12 @@ impl<D: Disk> PartitionLog<D> {
         } else {
             state.cache.clear();
         }
-        Ok(AppendOutcome {
-            base_offset,
-            last_offset: next_offset - 1,
+        Ok(Placed {
+            outcome: AppendOutcome {
+                base_offset,
+                last_offset: next_offset - 1,
+            },
+            index,
         })
     }
 

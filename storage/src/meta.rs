@@ -1,6 +1,6 @@
 //! Small metadata files: a checksummed, versioned envelope around an rkyv archive
 //! (`storage/FORMAT.md` § Metadata envelope). Used for segment indexes, the recovery
-//! checkpoint and the clean-shutdown marker.
+//! checkpoint, the clean-shutdown marker and the log-format file.
 //!
 //! ```text
 //!  0 magic [u8; 4]       4 version u32 LE     8 payload_bytes u64 LE
@@ -27,6 +27,8 @@ pub enum MetaKind {
     CleanShutdown,
     /// The broker's idempotent-producer state of one partition (broker `producer_state.rs`).
     ProducerState,
+    /// The partition's format and where its Raft terms start (`log.format`).
+    LogFormat,
 }
 
 impl MetaKind {
@@ -36,12 +38,18 @@ impl MetaKind {
             MetaKind::RecoveryCheckpoint => *b"RFCP",
             MetaKind::CleanShutdown => *b"RFCS",
             MetaKind::ProducerState => *b"RFPS",
+            MetaKind::LogFormat => *b"RFLF",
         }
     }
 
-    /// Bumped whenever the archived structure changes; older files are rebuilt or ignored.
+    /// Bumped whenever the archived structure changes; older files are rebuilt or ignored,
+    /// except where [`open_versions`] is told to read an older version too. Version 2 of the
+    /// index, checkpoint and marker carries Raft indexes (partition format 2).
     pub const fn version(self) -> u32 {
-        1
+        match self {
+            MetaKind::SegmentIndex | MetaKind::RecoveryCheckpoint | MetaKind::CleanShutdown => 2,
+            MetaKind::ProducerState | MetaKind::LogFormat => 1,
+        }
     }
 }
 
@@ -76,6 +84,15 @@ pub fn seal(kind: MetaKind, payload: &[u8]) -> Vec<u8> {
 
 /// Checks the envelope and returns the payload copied into rkyv-aligned memory.
 pub fn open(kind: MetaKind, file: &[u8]) -> Result<AlignedVec, MetaError> {
+    open_versions(kind, file, &[kind.version()]).map(|(_, payload)| payload)
+}
+
+/// Like [`open`], accepting any of `versions`; returns the file's version with the payload.
+pub fn open_versions(
+    kind: MetaKind,
+    file: &[u8],
+    versions: &[u32],
+) -> Result<(u32, AlignedVec), MetaError> {
     let header = file
         .get(..ENVELOPE_HEADER_BYTES)
         .ok_or(MetaError::Truncated)?;
@@ -87,7 +104,7 @@ pub fn open(kind: MetaKind, file: &[u8]) -> Result<AlignedVec, MetaError> {
         return Err(MetaError::ChecksumMismatch);
     }
     let version = le_u32(ENVELOPE_VERSION_OFFSET);
-    if version != kind.version() {
+    if !versions.contains(&version) {
         return Err(MetaError::UnsupportedVersion(version));
     }
     let payload_bytes = u64::from_le_bytes(header[8..16].try_into().expect("8"));
@@ -100,7 +117,7 @@ pub fn open(kind: MetaKind, file: &[u8]) -> Result<AlignedVec, MetaError> {
     }
     let mut aligned = AlignedVec::with_capacity(payload.len());
     aligned.extend_from_slice(payload);
-    Ok(aligned)
+    Ok((version, aligned))
 }
 
 /// Where the log stood at a point known to be durable (the recovery checkpoint), or where it
@@ -112,22 +129,88 @@ pub struct LogCheckpoint {
     pub segment_base_offset: i64,
     pub durable_bytes: u64,
     pub next_offset: i64,
+    /// The Raft index of the first batch of segment `segment_base_offset` (format 2);
+    /// [`INDEX_UNKNOWN`] when read from a format-1 file, which did not record it.
+    pub segment_base_index: u64,
 }
+
+/// A Raft index no batch has: the first batch of a log has index 1 or more (`FORMAT.md`
+/// § Raft index and term), so 0 marks an index a format-1 file did not record.
+pub const INDEX_UNKNOWN: u64 = 0;
+
+/// The checkpoint as format 1 wrote it (read once, when a format-1 partition is upgraded).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+struct LogCheckpointV1 {
+    log_start_offset: i64,
+    segment_base_offset: i64,
+    durable_bytes: u64,
+    next_offset: i64,
+}
+
+const CHECKPOINT_VERSION_1: u32 = 1;
 
 pub fn encode_checkpoint(kind: MetaKind, checkpoint: &LogCheckpoint) -> Vec<u8> {
     let archive = rkyv::to_bytes::<rkyv::rancor::Error>(checkpoint).expect("plain struct");
     seal(kind, &archive)
 }
 
+/// Reads a checkpoint or marker of this format or of format 1 (its `segment_base_index`
+/// then is [`INDEX_UNKNOWN`]).
 pub fn decode_checkpoint(kind: MetaKind, file: &[u8]) -> Result<LogCheckpoint, MetaError> {
-    let payload = open(kind, file)?;
-    let archived = rkyv::access::<ArchivedLogCheckpoint, rkyv::rancor::Error>(&payload)
-        .map_err(|e| MetaError::InvalidArchive(e.to_string()))?;
+    let invalid = |e: rkyv::rancor::Error| MetaError::InvalidArchive(e.to_string());
+    let (version, payload) = open_versions(kind, file, &[kind.version(), CHECKPOINT_VERSION_1])?;
+    if version == CHECKPOINT_VERSION_1 {
+        let old = rkyv::access::<ArchivedLogCheckpointV1, rkyv::rancor::Error>(&payload)
+            .map_err(invalid)?;
+        return Ok(LogCheckpoint {
+            log_start_offset: old.log_start_offset.to_native(),
+            segment_base_offset: old.segment_base_offset.to_native(),
+            durable_bytes: old.durable_bytes.to_native(),
+            next_offset: old.next_offset.to_native(),
+            segment_base_index: INDEX_UNKNOWN,
+        });
+    }
+    let archived =
+        rkyv::access::<ArchivedLogCheckpoint, rkyv::rancor::Error>(&payload).map_err(invalid)?;
     Ok(LogCheckpoint {
         log_start_offset: archived.log_start_offset.to_native(),
         segment_base_offset: archived.segment_base_offset.to_native(),
         durable_bytes: archived.durable_bytes.to_native(),
         next_offset: archived.next_offset.to_native(),
+        segment_base_index: archived.segment_base_index.to_native(),
+    })
+}
+
+/// The partition's format (`log.format`). Its presence says the directory is format 2: every
+/// segment's Raft indexes are anchored in an index file or the checkpoint, so a directory
+/// without it is a format-1 one to upgrade (its batches are numbered from index 1).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogFormat {
+    pub format_version: u32,
+    /// Batches at Raft indexes below this were appended before the log was replicated
+    /// (by format 1, or by plain appends): their partitionLeaderEpoch is whatever the producer
+    /// sent, and their term is 0. From this index on, partitionLeaderEpoch is the Raft term.
+    /// [`TERMS_NEVER`] while the log has not been replicated.
+    pub terms_from_index: u64,
+}
+
+/// The partition format this code writes.
+pub const LOG_FORMAT_VERSION: u32 = 2;
+/// `terms_from_index` of a log that has never held a replicated entry.
+pub const TERMS_NEVER: u64 = u64::MAX;
+
+pub fn encode_log_format(format: &LogFormat) -> Vec<u8> {
+    let archive = rkyv::to_bytes::<rkyv::rancor::Error>(format).expect("plain struct");
+    seal(MetaKind::LogFormat, &archive)
+}
+
+pub fn decode_log_format(file: &[u8]) -> Result<LogFormat, MetaError> {
+    let payload = open(MetaKind::LogFormat, file)?;
+    let archived = rkyv::access::<ArchivedLogFormat, rkyv::rancor::Error>(&payload)
+        .map_err(|e| MetaError::InvalidArchive(e.to_string()))?;
+    Ok(LogFormat {
+        format_version: archived.format_version.to_native(),
+        terms_from_index: archived.terms_from_index.to_native(),
     })
 }
 
@@ -142,6 +225,7 @@ mod tests {
             segment_base_offset: 100,
             durable_bytes: 8192,
             next_offset: 170,
+            segment_base_index: 12,
         };
         let file = encode_checkpoint(MetaKind::RecoveryCheckpoint, &checkpoint);
         assert_eq!(
@@ -167,5 +251,41 @@ mod tests {
             decode_checkpoint(MetaKind::RecoveryCheckpoint, &file[..file.len() - 1]),
             Err(MetaError::Truncated)
         );
+    }
+
+    /// A format-1 checkpoint (what the code before Raft indexes wrote) still reads, with its
+    /// Raft index unknown, so an upgrade keeps trusting the bytes it vouched for.
+    #[test]
+    fn a_format_1_checkpoint_reads_with_its_index_unknown() {
+        let old = LogCheckpointV1 {
+            log_start_offset: 3,
+            segment_base_offset: 100,
+            durable_bytes: 8192,
+            next_offset: 170,
+        };
+        let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&old).expect("plain struct");
+        let mut file = seal(MetaKind::RecoveryCheckpoint, &archive);
+        file[ENVELOPE_VERSION_OFFSET..8].copy_from_slice(&CHECKPOINT_VERSION_1.to_le_bytes());
+        let header_crc = crc32c::crc32c(&file[..ENVELOPE_HEADER_CRC_OFFSET]);
+        file[ENVELOPE_HEADER_CRC_OFFSET..24].copy_from_slice(&header_crc.to_le_bytes());
+        assert_eq!(
+            decode_checkpoint(MetaKind::RecoveryCheckpoint, &file),
+            Ok(LogCheckpoint {
+                log_start_offset: 3,
+                segment_base_offset: 100,
+                durable_bytes: 8192,
+                next_offset: 170,
+                segment_base_index: INDEX_UNKNOWN,
+            })
+        );
+    }
+
+    #[test]
+    fn the_log_format_round_trips() {
+        let format = LogFormat {
+            format_version: LOG_FORMAT_VERSION,
+            terms_from_index: 42,
+        };
+        assert_eq!(decode_log_format(&encode_log_format(&format)), Ok(format));
     }
 }

@@ -9,6 +9,11 @@
 //! - Where the scan stops at damage, everything after it is searched for a valid batch with a
 //!   later offset. None: a torn tail, truncated, with the dropped bytes logged. One: damage in
 //!   the middle of the log, reported as an error and never cut.
+//! - Raft indexes: each segment starts at the index where the one before it ended. The first
+//!   segment's comes from an anchor (a sealed index file, or the checkpoint or marker naming
+//!   their segment's base index), counting back over the segments before it. A directory
+//!   without `log.format` is a format-1 one: its batches are numbered from index 1, its
+//!   indexes rebuilt, and once open it gets a checkpoint and then `log.format` (upgraded).
 
 use std::path::Path;
 use std::rc::Rc;
@@ -19,12 +24,15 @@ use crate::cache::TailCache;
 use crate::clock::Clock;
 use crate::config::LogConfig;
 use crate::error::{StorageError, OFFSET_MAX};
-use crate::index::{BuildingIndex, SegmentIndex};
+use crate::index::{BuildingIndex, SegmentIndex, SegmentStart};
 use crate::io::{align_up, Disk, DiskFile};
-use crate::meta::{decode_checkpoint, encode_checkpoint, LogCheckpoint, MetaKind};
+use crate::meta::{
+    decode_checkpoint, decode_log_format, encode_checkpoint, encode_log_format, LogCheckpoint,
+    LogFormat, MetaKind, INDEX_UNKNOWN, LOG_FORMAT_VERSION, TERMS_NEVER,
+};
 use crate::segment::{
     self, index_file_name, parse_file_name, segment_file_name, ScanStop, Segment, CHECKPOINT_FILE,
-    CLEAN_SHUTDOWN_FILE, SEGMENT_SUFFIX,
+    CLEAN_SHUTDOWN_FILE, LOG_FORMAT_FILE, SEGMENT_SUFFIX,
 };
 use crate::state::{LogStats, State};
 
@@ -41,6 +49,8 @@ pub struct RecoveryReport {
     pub truncated: Option<TornTail>,
     pub log_start_offset: i64,
     pub log_end_offset: i64,
+    /// The directory was format 1 and was upgraded in place (`FORMAT.md` § Upgrade).
+    pub upgraded: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +74,96 @@ pub(crate) async fn recover<D: Disk>(
     config: LogConfig,
     clock: &Clock,
 ) -> Result<(State<D::File>, RecoveryReport), StorageError> {
+    let (names, mut bases) = list_segments(disk, dir).await?;
+    let format = read_log_format(disk, dir, &names).await?;
+    let terms_from_index = format.map_or(TERMS_NEVER, |f| f.terms_from_index);
+    let marker = read_checkpoint(disk, dir, CLEAN_SHUTDOWN_FILE, MetaKind::CleanShutdown).await;
+    let checkpoint =
+        read_checkpoint(disk, dir, CHECKPOINT_FILE, MetaKind::RecoveryCheckpoint).await;
+    let mut report = RecoveryReport::default();
+    let created = bases.is_empty();
+    if created {
+        // A new partition, or one whose files were all removed: never reuse an offset a
+        // checkpoint remembers.
+        let base = checkpoint.map_or(0, |c| c.next_offset.max(c.log_start_offset));
+        let file = disk
+            .open(&dir.join(segment_file_name(base)), true)
+            .await
+            .map_err(io_error("creating a segment"))?;
+        disk.sync_dir(dir)
+            .await
+            .map_err(io_error("fsync of the partition directory"))?;
+        drop(file);
+        bases.push(base);
+    }
+    let last_base = *bases.last().expect("at least one segment");
+    let numbering = Numbering {
+        format,
+        created,
+        terms_from_index,
+        checkpoints: [marker, checkpoint],
+    };
+    let (sealed, start) =
+        open_sealed_segments(disk, dir, &bases, &numbering, &config, &mut report).await?;
+    let (marker, checkpoint) = vouching_for_last(dir, start, marker, checkpoint);
+    let (active, segment_bytes, marker) = open_last(
+        disk,
+        dir,
+        LastSegment {
+            start,
+            marker,
+            checkpoint,
+            terms_from_index,
+        },
+        &config,
+        &mut report,
+    )
+    .await?;
+    if let Some(previous) = sealed.values().next_back() {
+        if previous.next_offset() != last_base {
+            return Err(StorageError::MidLogCorruption(format!(
+                "{}: segment {} ends at offset {} but the next segment starts at {last_base}",
+                dir.display(),
+                previous.base_offset,
+                previous.next_offset()
+            )));
+        }
+    }
+    let on_disk = if names.iter().any(|n| n == CLEAN_SHUTDOWN_FILE) {
+        let marker = marker.map(|m| LogCheckpoint {
+            segment_base_index: active.index.base_index(),
+            ..m
+        });
+        retire_marker(disk, dir, marker, checkpoint).await?
+    } else {
+        checkpoint
+    };
+    let mut state = assemble_state(
+        active,
+        segment_bytes,
+        sealed,
+        checkpoint,
+        marker,
+        config,
+        clock,
+    )
+    .await?;
+    state.terms_from_index = terms_from_index;
+    anchor_and_upgrade(disk, dir, &state, on_disk, format).await?;
+    report.upgraded = format.is_none() && !created;
+    report.segments = bases.len();
+    report.clean_shutdown = marker.is_some();
+    report.log_start_offset = state.log_start_offset;
+    report.log_end_offset = state.next_offset;
+    Ok((state, report))
+}
+
+/// Creates the directory if needed, removes `*.tmp`, and lists it: every name, and the
+/// segments' base offsets in order.
+async fn list_segments<D: Disk>(
+    disk: &D,
+    dir: &Path,
+) -> Result<(Vec<String>, Vec<i64>), StorageError> {
     disk.create_dir_all(dir)
         .await
         .map_err(io_error("creating the partition directory"))?;
@@ -92,84 +192,311 @@ pub(crate) async fn recover<D: Disk>(
             segment_file_name(base)
         )));
     }
-    let marker = read_checkpoint(disk, dir, CLEAN_SHUTDOWN_FILE, MetaKind::CleanShutdown).await;
-    let checkpoint =
-        read_checkpoint(disk, dir, CHECKPOINT_FILE, MetaKind::RecoveryCheckpoint).await;
-    let mut report = RecoveryReport::default();
-    if bases.is_empty() {
-        // A new partition, or one whose files were all removed: never reuse an offset a
-        // checkpoint remembers.
-        let base = checkpoint.map_or(0, |c| c.next_offset.max(c.log_start_offset));
-        let file = disk
-            .open(&dir.join(segment_file_name(base)), true)
+    Ok((names, bases))
+}
+
+/// Removes the clean-shutdown marker (durably) before any new write, first making what it
+/// vouched for the checkpoint when the checkpoint says less. Returns the checkpoint on disk.
+async fn retire_marker<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    marker: Option<LogCheckpoint>,
+    checkpoint: Option<LogCheckpoint>,
+) -> Result<Option<LogCheckpoint>, StorageError> {
+    let mut on_disk = checkpoint;
+    if let Some(marker) = marker.filter(|m| checkpoint != Some(*m)) {
+        // What the marker vouched for stays vouched for once it is gone: otherwise a crash
+        // before the next checkpoint would scan those bytes as an unknown tail and could
+        // cut them (clean shutdown writes both; this covers a lost or stale checkpoint).
+        let contents = encode_checkpoint(MetaKind::RecoveryCheckpoint, &marker);
+        disk.write_file_atomically(&dir.join(CHECKPOINT_FILE), &contents)
             .await
-            .map_err(io_error("creating a segment"))?;
-        disk.sync_dir(dir)
-            .await
-            .map_err(io_error("fsync of the partition directory"))?;
-        drop(file);
-        bases.push(base);
+            .map_err(io_error("writing the recovery checkpoint"))?;
+        on_disk = Some(marker);
     }
+    // From here on the marker would lie: it must be gone before the first new write.
+    disk.remove_file(&dir.join(CLEAN_SHUTDOWN_FILE))
+        .await
+        .map_err(io_error("removing the clean-shutdown marker"))?;
+    disk.sync_dir(dir)
+        .await
+        .map_err(io_error("fsync of the partition directory"))?;
+    Ok(on_disk)
+}
+
+/// What numbers the segments: the format (none: format 1), whether the directory was just
+/// created, where terms start, and the marker and checkpoint as anchors.
+struct Numbering {
+    format: Option<LogFormat>,
+    created: bool,
+    terms_from_index: u64,
+    checkpoints: [Option<LogCheckpoint>; 2],
+}
+
+/// Numbers the first segment and opens every sealed one in order, each starting at the Raft
+/// index and term where the one before it ended. Returns them and where the last one starts.
+async fn open_sealed_segments<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    bases: &[i64],
+    numbering: &Numbering,
+    config: &LogConfig,
+    report: &mut RecoveryReport,
+) -> Result<
+    (
+        std::collections::BTreeMap<i64, Segment<D::File>>,
+        SegmentStart,
+    ),
+    StorageError,
+> {
     let last_base = *bases.last().expect("at least one segment");
+    let mut loaded = load_sealed_indexes(disk, dir, bases).await;
+    let first_index = match numbering.format {
+        // Format 1 numbered nothing: its batches become Raft indexes 1, 2, ...
+        None => 1,
+        // Nothing is left to number; continue where the checkpoint says the log was, if it
+        // says (a replicated log that lost every segment has lost data Raft counts on).
+        Some(_) if numbering.created => numbering.checkpoints[1]
+            .filter(|c| c.segment_base_offset == last_base && c.segment_base_index != INDEX_UNKNOWN)
+            .map_or(1, |c| c.segment_base_index),
+        Some(_) => {
+            let anchors = Anchors {
+                loaded: &loaded,
+                checkpoints: numbering.checkpoints,
+            };
+            first_base_index(disk, dir, bases, &anchors, config).await?
+        }
+    };
+    let mut start = SegmentStart {
+        base_offset: bases[0],
+        base_index: first_index,
+        previous_term: 0,
+    };
     let mut sealed = std::collections::BTreeMap::new();
     for (i, &base) in bases[..bases.len() - 1].iter().enumerate() {
-        let segment = open_sealed(disk, dir, base, bases[i + 1], &config, &mut report).await?;
+        let sealed_segment = SealedSegment {
+            start,
+            next_base: bases[i + 1],
+            loaded: loaded[i].take(),
+            terms_from_index: numbering.terms_from_index,
+        };
+        let segment = open_sealed(disk, dir, sealed_segment, config, report).await?;
+        start = SegmentStart {
+            base_offset: bases[i + 1],
+            base_index: segment.index.next_index(),
+            previous_term: segment.index.last_term(),
+        };
         sealed.insert(base, segment);
     }
-    let marker = marker.filter(|m| m.segment_base_offset == last_base);
-    let (active, segment_bytes, marker) = open_last(
-        disk,
-        dir,
-        last_base,
-        marker,
-        checkpoint,
-        &config,
-        &mut report,
-    )
-    .await?;
-    if let Some(previous) = sealed.values().next_back() {
-        if previous.next_offset() != last_base {
-            return Err(StorageError::MidLogCorruption(format!(
-                "{}: segment {} ends at offset {} but the next segment starts at {last_base}",
+    Ok((sealed, start))
+}
+
+/// The marker and checkpoint, less any that places the last segment at another Raft index
+/// than the sealed segments do: such a file is stale and vouches for nothing.
+fn vouching_for_last(
+    dir: &Path,
+    start: SegmentStart,
+    marker: Option<LogCheckpoint>,
+    checkpoint: Option<LogCheckpoint>,
+) -> (Option<LogCheckpoint>, Option<LogCheckpoint>) {
+    let last_base = start.base_offset;
+    let describes_last = |c: &LogCheckpoint| {
+        c.segment_base_offset == last_base
+            && (c.segment_base_index == INDEX_UNKNOWN || c.segment_base_index == start.base_index)
+    };
+    let marker = marker.filter(describes_last);
+    let checkpoint = checkpoint.filter(|c| {
+        let stale = c.segment_base_offset == last_base && !describes_last(c);
+        if stale {
+            tracing::warn!(dir = %dir.display(), ?c, "ignoring a checkpoint that disagrees with the segments' Raft indexes");
+        }
+        !stale
+    });
+    (marker, checkpoint)
+}
+
+/// The partition's `log.format`, `None` for a format-1 directory. A file that exists but
+/// cannot be read is refused: it decides the terms of the log's batches.
+async fn read_log_format<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    names: &[String],
+) -> Result<Option<LogFormat>, StorageError> {
+    if !names.iter().any(|n| n == LOG_FORMAT_FILE) {
+        return Ok(None);
+    }
+    let path = dir.join(LOG_FORMAT_FILE);
+    let bytes = disk
+        .read_file(&path)
+        .await
+        .map_err(io_error("reading the log format"))?;
+    let unusable = |why: String| {
+        StorageError::MidLogCorruption(format!("{}: unusable: {why}", path.display()))
+    };
+    let format =
+        decode_log_format(&bytes.unwrap_or_default()).map_err(|e| unusable(e.to_string()))?;
+    if format.format_version != LOG_FORMAT_VERSION {
+        return Err(unusable(format!(
+            "partition format {} (this build reads {LOG_FORMAT_VERSION})",
+            format.format_version
+        )));
+    }
+    Ok(Some(format))
+}
+
+/// Every sealed segment's index file that is usable as it stands: valid, format 2, and ending
+/// where the next segment begins. `None` where the index must be rebuilt.
+async fn load_sealed_indexes<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    bases: &[i64],
+) -> Vec<Option<SegmentIndex>> {
+    let mut loaded = Vec::new();
+    for pair in bases.windows(2) {
+        let (base, next_base) = (pair[0], pair[1]);
+        let index_path = dir.join(index_file_name(base));
+        let index = match disk.read_file(&index_path).await {
+            Ok(Some(bytes)) => SegmentIndex::load(&bytes, base).map_err(|e| e.to_string()),
+            Ok(None) => Err("missing".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        loaded.push(match index {
+            Ok(index) if index.next_offset() == next_base => Some(index),
+            other => {
+                let why = other
+                    .err()
+                    .unwrap_or_else(|| "ends before the next segment".into());
+                tracing::warn!(path = %index_path.display(), why, "rebuilding a segment index");
+                None
+            }
+        });
+    }
+    loaded
+}
+
+/// What records the Raft index of some segment's first batch.
+struct Anchors<'a> {
+    loaded: &'a [Option<SegmentIndex>],
+    checkpoints: [Option<LogCheckpoint>; 2],
+}
+
+/// The Raft index of the first segment's first batch, from the first anchor found (a sealed
+/// index file, else the marker or checkpoint), less the batches of the segments before the
+/// anchored one (counted by a scan). A format-2 directory without any anchor has lost its
+/// numbering, which no scan can restore: refused.
+async fn first_base_index<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    bases: &[i64],
+    anchors: &Anchors<'_>,
+    config: &LogConfig,
+) -> Result<u64, StorageError> {
+    let from_index = anchors
+        .loaded
+        .iter()
+        .enumerate()
+        .find_map(|(i, index)| index.as_ref().map(|index| (i, index.base_index())));
+    let from_checkpoint = || {
+        anchors.checkpoints.iter().flatten().find_map(|c| {
+            let i = bases.iter().position(|&b| b == c.segment_base_offset)?;
+            (c.segment_base_index != INDEX_UNKNOWN).then_some((i, c.segment_base_index))
+        })
+    };
+    let Some((anchored, anchor_index)) = from_index.or_else(from_checkpoint) else {
+        return Err(StorageError::MidLogCorruption(format!(
+            "{}: no segment index, checkpoint or marker records the log's Raft indexes",
+            dir.display()
+        )));
+    };
+    let mut before = 0_u64;
+    for &base in &bases[..anchored] {
+        before += count_batches(disk, dir, base, config).await?;
+    }
+    anchor_index
+        .checked_sub(before)
+        .filter(|&first| first >= 1)
+        .ok_or_else(|| {
+            StorageError::MidLogCorruption(format!(
+                "{}: segment {} is anchored at Raft index {anchor_index}, below the {before} batches before it",
                 dir.display(),
-                previous.base_offset,
-                previous.next_offset()
-            )));
-        }
+                bases[anchored]
+            ))
+        })
+}
+
+/// The batches of a sealed segment, by a validating scan (only when its index is lost and
+/// an anchor lies after it). Damage in a sealed segment is mid-log corruption.
+async fn count_batches<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    base: i64,
+    config: &LogConfig,
+) -> Result<u64, StorageError> {
+    let file = disk
+        .open(&dir.join(segment_file_name(base)), false)
+        .await
+        .map_err(io_error("opening a segment"))?;
+    let file_bytes = file.size().await.map_err(io_error("stat of a segment"))?;
+    let start = SegmentStart {
+        base_offset: base,
+        base_index: 1,
+        previous_term: 0,
+    };
+    let index = BuildingIndex::new(start, config.index_interval_bytes);
+    let scan = segment::scan(&file, file_bytes, 0, 0, TERMS_NEVER, index)
+        .await
+        .map_err(io_error("scanning a segment"))?;
+    if scan.stop != ScanStop::CleanEnd {
+        return Err(StorageError::MidLogCorruption(format!(
+            "{}: sealed segment {base} is damaged at byte {} ({:?})",
+            dir.display(),
+            scan.valid_bytes,
+            scan.stop
+        )));
     }
-    if names.iter().any(|n| n == CLEAN_SHUTDOWN_FILE) {
-        if let Some(marker) = marker.filter(|m| checkpoint != Some(*m)) {
-            // What the marker vouched for stays vouched for once it is gone: otherwise a crash
-            // before the next checkpoint would scan those bytes as an unknown tail and could
-            // cut them (clean shutdown writes both; this covers a lost or stale checkpoint).
-            let contents = encode_checkpoint(MetaKind::RecoveryCheckpoint, &marker);
-            disk.write_file_atomically(&dir.join(CHECKPOINT_FILE), &contents)
-                .await
-                .map_err(io_error("writing the recovery checkpoint"))?;
-        }
-        // From here on the marker would lie: it must be gone before the first new write.
-        disk.remove_file(&dir.join(CLEAN_SHUTDOWN_FILE))
-            .await
-            .map_err(io_error("removing the clean-shutdown marker"))?;
-        disk.sync_dir(dir)
-            .await
-            .map_err(io_error("fsync of the partition directory"))?;
+    Ok(scan.index.batches)
+}
+
+/// Makes sure the checkpoint anchors the active segment's Raft index (a new or format-1
+/// partition has no such checkpoint yet, and without an anchor a later open could not number
+/// the log), then, for a format-1 directory, writes `log.format`: the upgrade is complete only
+/// once both are durable, so a crash in between repeats it.
+async fn anchor_and_upgrade<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    state: &State<D::File>,
+    checkpoint: Option<LogCheckpoint>,
+    format: Option<LogFormat>,
+) -> Result<(), StorageError> {
+    let base_index = state.active.index.base_index();
+    let anchored = checkpoint.is_some_and(|c| {
+        c.segment_base_offset == state.active.base_offset && c.segment_base_index == base_index
+    });
+    if !anchored {
+        let fresh = LogCheckpoint {
+            log_start_offset: state.log_start_offset,
+            segment_base_offset: state.active.base_offset,
+            durable_bytes: state.active_durable_bytes,
+            next_offset: state.durable_offset,
+            segment_base_index: base_index,
+        };
+        disk.write_file_atomically(
+            &dir.join(CHECKPOINT_FILE),
+            &encode_checkpoint(MetaKind::RecoveryCheckpoint, &fresh),
+        )
+        .await
+        .map_err(io_error("writing the recovery checkpoint"))?;
     }
-    let state = assemble_state(
-        active,
-        segment_bytes,
-        sealed,
-        checkpoint,
-        marker,
-        config,
-        clock,
-    )
-    .await?;
-    report.segments = bases.len();
-    report.clean_shutdown = marker.is_some();
-    report.log_start_offset = state.log_start_offset;
-    report.log_end_offset = state.next_offset;
-    Ok((state, report))
+    if format.is_none() {
+        let format = LogFormat {
+            format_version: LOG_FORMAT_VERSION,
+            terms_from_index: TERMS_NEVER,
+        };
+        disk.write_file_atomically(&dir.join(LOG_FORMAT_FILE), &encode_log_format(&format))
+            .await
+            .map_err(io_error("writing the log format"))?;
+    }
+    Ok(())
 }
 
 async fn read_checkpoint<D: Disk>(
@@ -209,39 +536,58 @@ async fn read_checkpoint<D: Disk>(
     }
 }
 
-/// Opens a sealed segment from its index, or rebuilds the index by a validating scan.
+/// A sealed segment to open: where it starts, where the next begins, its index file if that
+/// was usable, and where the log's terms start.
+struct SealedSegment {
+    start: SegmentStart,
+    next_base: i64,
+    loaded: Option<SegmentIndex>,
+    terms_from_index: u64,
+}
+
+/// Opens a sealed segment from its index, or rebuilds the index by a validating scan. An
+/// index file that places the segment at another Raft index than the segments before it, or
+/// whose terms go below theirs, is stale and rebuilt too.
 async fn open_sealed<D: Disk>(
     disk: &D,
     dir: &Path,
-    base: i64,
-    next_base: i64,
+    sealed: SealedSegment,
     config: &LogConfig,
     report: &mut RecoveryReport,
 ) -> Result<Segment<D::File>, StorageError> {
+    let SealedSegment {
+        start,
+        next_base,
+        loaded,
+        terms_from_index,
+    } = sealed;
+    let base = start.base_offset;
     let file = disk
         .open(&dir.join(segment_file_name(base)), false)
         .await
         .map_err(io_error("opening a segment"))?;
     let index_path = dir.join(index_file_name(base));
-    let loaded = match disk.read_file(&index_path).await {
-        Ok(Some(bytes)) => SegmentIndex::load(&bytes, base).map_err(|e| e.to_string()),
-        Ok(None) => Err("missing".to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    let index = match loaded {
-        Ok(index) if index.next_offset() == next_base => index,
-        other => {
-            let why = other
-                .err()
-                .unwrap_or_else(|| "ends before the next segment".into());
-            tracing::warn!(path = %index_path.display(), why, "rebuilding a segment index");
+    let loaded = loaded.filter(|index| {
+        let placed =
+            index.base_index() == start.base_index && index.first_term() >= start.previous_term;
+        if !placed {
+            tracing::warn!(path = %index_path.display(), index = index.base_index(), expected = start.base_index,
+                "rebuilding a segment index that disagrees with the segments before it");
+        }
+        placed
+    });
+    let index = if let Some(index) = loaded {
+        index
+    } else {
+        {
             let file_bytes = file.size().await.map_err(io_error("stat of a segment"))?;
             let scan = segment::scan(
                 &file,
                 file_bytes,
                 0,
                 0,
-                BuildingIndex::new(base, config.index_interval_bytes),
+                terms_from_index,
+                BuildingIndex::new(start, config.index_interval_bytes),
             )
             .await
             .map_err(io_error("scanning a segment"))?;
@@ -268,24 +614,37 @@ async fn open_sealed<D: Disk>(
     })
 }
 
+/// The last segment to open: where it starts, and what vouches for its bytes.
+struct LastSegment {
+    start: SegmentStart,
+    marker: Option<LogCheckpoint>,
+    checkpoint: Option<LogCheckpoint>,
+    terms_from_index: u64,
+}
+
 /// Opens the last segment: trusted to the clean-shutdown marker, or scanned and, if its tail
 /// is torn, truncated. Returns the segment, its logical size, and the marker if it was
 /// trusted (`None` when it disagreed with the segment and a scan decided instead).
 async fn open_last<D: Disk>(
     disk: &D,
     dir: &Path,
-    base: i64,
-    marker: Option<LogCheckpoint>,
-    checkpoint: Option<LogCheckpoint>,
+    last: LastSegment,
     config: &LogConfig,
     report: &mut RecoveryReport,
 ) -> Result<(Segment<D::File>, u64, Option<LogCheckpoint>), StorageError> {
+    let LastSegment {
+        start,
+        marker,
+        checkpoint,
+        terms_from_index,
+    } = last;
+    let base = start.base_offset;
     let file = disk
         .open(&dir.join(segment_file_name(base)), false)
         .await
         .map_err(io_error("opening a segment"))?;
     let file_bytes = file.size().await.map_err(io_error("stat of a segment"))?;
-    let fresh_index = BuildingIndex::new(base, config.index_interval_bytes);
+    let fresh_index = BuildingIndex::new(start, config.index_interval_bytes);
     if let Some(marker) = marker {
         // Clean shutdown: only headers are walked, to rebuild the in-memory index.
         let scan = segment::scan(
@@ -293,6 +652,7 @@ async fn open_last<D: Disk>(
             marker.durable_bytes,
             0,
             marker.durable_bytes,
+            terms_from_index,
             fresh_index,
         )
         .await
@@ -328,7 +688,8 @@ async fn open_last<D: Disk>(
         file_bytes,
         0,
         trusted_bytes,
-        BuildingIndex::new(base, config.index_interval_bytes),
+        terms_from_index,
+        BuildingIndex::new(start, config.index_interval_bytes),
     )
     .await
     .map_err(io_error("scanning a segment"))?;
@@ -496,6 +857,10 @@ async fn assemble_state<F: DiskFile>(
     }
     let next_offset = active.next_offset();
     Ok(State {
+        next_index: active.index.next_index(),
+        last_term: active.index.last_term(),
+        // `recover` sets it from `log.format`.
+        terms_from_index: TERMS_NEVER,
         cache: TailCache::new(config.tail_cache_bytes_max),
         log_start_offset: remembered_start.clamp(first_base, next_offset),
         next_offset,

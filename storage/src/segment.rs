@@ -8,13 +8,14 @@ use bytes::Bytes;
 use crate::batch::{
     self, BatchHeader, BATCH_HEADER_BYTES, BATCH_LENGTH_MIN, MAGIC_OFFSET, MAGIC_V2,
 };
-use crate::index::{BuildingIndex, SegmentIndex};
+use crate::index::{BuildingIndex, IndexedBatch, SegmentIndex};
 use crate::io::DiskFile;
 
 pub const SEGMENT_SUFFIX: &str = ".log";
 pub const INDEX_SUFFIX: &str = ".index";
 pub const CHECKPOINT_FILE: &str = "recovery.checkpoint";
 pub const CLEAN_SHUTDOWN_FILE: &str = "clean.shutdown";
+pub const LOG_FORMAT_FILE: &str = "log.format";
 /// No batch can be larger than a request (socket.request.max.bytes, 100 MiB), so a header
 /// claiming more is damage, whatever the topic's current batch limit says.
 pub const RECOVERY_BATCH_BYTES_MAX: usize = 128 << 20;
@@ -113,15 +114,29 @@ pub struct ScanOutcome {
     pub index: BuildingIndex,
 }
 
+/// The Raft term of the batch at Raft index `index` whose partitionLeaderEpoch is `epoch`:
+/// the epoch from `terms_from_index` on, 0 before it (`FORMAT.md` § Raft index and term).
+pub fn term_of(index: u64, epoch: i32, terms_from_index: u64) -> i32 {
+    if index >= terms_from_index {
+        epoch
+    } else {
+        0
+    }
+}
+
 /// Walks batches from `position` (offset `next_offset` expected there) to the first that is
 /// not valid, adding each to `index`. Before `trusted_bytes` only headers are checked (the
 /// recovery checkpoint vouches for those bytes); after it every batch must pass length,
-/// magic, CRC32C and offset continuity.
+/// magic, CRC32C and offset continuity. Everywhere a batch's term (see [`term_of`]) may not
+/// be negative nor below the term before it: terms never go back along a Raft log, and a
+/// suffix truncation cut off could otherwise pass for a continuation (`FORMAT.md` § Suffix
+/// truncation).
 pub async fn scan<F: DiskFile>(
     file: &F,
     file_bytes: u64,
     mut position: u64,
     trusted_bytes: u64,
+    terms_from_index: u64,
     mut index: BuildingIndex,
 ) -> std::io::Result<ScanOutcome> {
     // The index covers the segment up to where the scan starts, no more and no less.
@@ -135,7 +150,14 @@ pub async fn scan<F: DiskFile>(
         let stop = match reader.get(position, BATCH_HEADER_BYTES).await? {
             None => Some(tail_stop(&mut reader, position, file_bytes).await?),
             Some(header_bytes) => {
-                match check_header(&header_bytes, expected_offset, file_bytes - position) {
+                let term = term_of(
+                    index.data.next_index,
+                    crate::batch::partition_leader_epoch(&header_bytes),
+                    terms_from_index,
+                );
+                match check_header(&header_bytes, expected_offset, file_bytes - position)
+                    .and_then(|header| check_term(header, term, &index))
+                {
                     Err(stop) => Some(stop),
                     Ok(header) => {
                         let size = header.total_bytes();
@@ -159,13 +181,14 @@ pub async fn scan<F: DiskFile>(
                                 ),
                             })
                         } else {
-                            index.add_batch(
-                                header.base_offset,
-                                header.last_offset() + 1,
-                                header.max_timestamp,
+                            index.add_batch(IndexedBatch {
+                                base_offset: header.base_offset,
+                                next_offset: header.last_offset() + 1,
+                                max_timestamp: header.max_timestamp,
+                                term,
                                 position,
-                                size,
-                            );
+                                bytes: size,
+                            });
                             position += size as u64;
                             None
                         }
@@ -229,6 +252,24 @@ fn check_header(
         return damaged(format!(
             "batch at offset {expected_offset} runs past the largest offset"
         ));
+    }
+    Ok(header)
+}
+
+/// A term that cannot follow the batches before it is damage (see [`scan`]).
+fn check_term(
+    header: BatchHeader,
+    term: i32,
+    index: &BuildingIndex,
+) -> Result<BatchHeader, ScanStop> {
+    let last_term = index.data.last_term;
+    if term < 0 || term < last_term {
+        return Err(ScanStop::Damaged {
+            reason: format!(
+                "batch at offset {} (Raft index {}) has term {term} after term {last_term}",
+                header.base_offset, index.data.next_index
+            ),
+        });
     }
     Ok(header)
 }

@@ -82,6 +82,12 @@ pub(crate) struct State<F: DiskFile> {
     pub preallocation: crate::preallocation::Preallocation,
     pub log_start_offset: i64,
     pub next_offset: i64,
+    /// The Raft index the next batch gets (`FORMAT.md` § Raft index and term).
+    pub next_index: u64,
+    /// The term of the last batch (0 for an empty log or one never replicated).
+    pub last_term: i32,
+    /// Where the log's terms start (see [`crate::meta::LogFormat`]).
+    pub terms_from_index: u64,
     pub written_offset: i64,
     pub durable_offset: i64,
     /// Bytes of the active segment covered by the last fdatasync (for the checkpoint).

@@ -1,0 +1,579 @@
+//! raft-rs's [`Storage`] over a partition log: the Raft log IS the partition log
+//! (`storage/FORMAT.md` § Raft index and term).
+//!
+//! One Raft entry is one Kafka v2 batch. A data entry's `data` is a producer batch; the
+//! empty entry a new leader appends and configuration changes are stored as control batches
+//! ([`entry_batch`]), built from the entry alone so that every replica stores the same bytes.
+//! Every replica persists an entry the same way, stamping the batch with its own log end
+//! offset and the entry's term: Raft has already matched the logs up to the entry before, so
+//! the log ends, and therefore the bytes, agree (a follower does not need its leader's
+//! stamped bytes, and an entry re-sent from the leader's disk is stamped identically).
+//!
+//! raft-rs calls `Storage` synchronously. Terms are answered from the log's leader-epoch
+//! cache (in memory, for every entry held). Entries are answered from the recent entries kept
+//! in memory (everything not yet applied is kept); for older ones a request that may wait
+//! (sending to a lagging follower) gets `LogTemporarilyUnavailable`, the driver runs
+//! [`LogStore::fetch`] and then calls `RawNode::on_entries_fetched` with the context it returns.
+//!
+//! Writes are staged (`GroupStore::stage_entries`, for the driver's rounds): visible to
+//! raft-rs's reads at once, written to the log by [`LogStore::write_staged`] in staging order.
+//! [`LogDurability`] is the shard's durability barrier over such stores: one worker writes
+//! every store's staged entries, waits for their fdatasyncs, saves the staged hard states in
+//! the shard's raft-meta store, and only then completes the ticket.
+//!
+//! Contract: one `LogStore` per group, owned by the shard that owns the partition, used by
+//! that shard's driver and its `LogDurability` only (a cheap handle: both hold one).
+//! [`LogStore::write_staged`] calls must not overlap (the durability worker runs one at a
+//! time).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use raft::eraftpb::{Entry, EntryType, HardState, Snapshot};
+use raft::storage::{GetEntriesContext, RaftState, Storage};
+use raft::StorageError as RaftStorageError;
+use ringfeed_storage::batch::control;
+use ringfeed_storage::{Disk, EntryError, PartitionLog, ReadError, StorageError, StoredEntry};
+
+use crate::driver::{Durability, GroupStore};
+use crate::log_store_meta::{GroupMeta, RaftMetaStore};
+
+/// Why the store could not do what the driver asked. Every one leaves the log as it was or
+/// fenced (see the storage crate); none is retried by the store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LogStoreError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Entry(#[from] EntryError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// Kafka's leader epoch is an i32; a Raft term past it cannot be stamped.
+    #[error("Raft term {0} does not fit a Kafka leader epoch")]
+    TermTooLarge(u64),
+    /// Data entries are producer batches; a control batch there would be read back as a
+    /// Raft entry of another kind (a configuration change).
+    #[error("a data entry at Raft index {0} holds a control batch")]
+    ControlBatchInData(u64),
+}
+
+/// The batch that stores `entry` (before the log stamps its offset and term).
+pub fn entry_batch(entry: &Entry) -> Result<Bytes, LogStoreError> {
+    let data = &entry.data;
+    Ok(match entry.entry_type() {
+        EntryType::EntryNormal if data.is_empty() => control::batch(control::LEADER_CHANGE, &[]),
+        EntryType::EntryNormal => {
+            let batch = Bytes::copy_from_slice(data);
+            if ringfeed_storage::batch::BatchHeader::parse(&batch).is_some_and(|h| h.is_control()) {
+                return Err(LogStoreError::ControlBatchInData(entry.index));
+            }
+            batch
+        }
+        EntryType::EntryConfChange => control::batch(control::RAFT_CONF_CHANGE_V1, data),
+        EntryType::EntryConfChangeV2 => control::batch(control::RAFT_CONF_CHANGE, data),
+    })
+}
+
+/// The Raft entry a stored batch is (the inverse of [`entry_batch`]).
+pub fn stored_entry(stored: &StoredEntry) -> Entry {
+    let mut entry = Entry {
+        term: u64::try_from(stored.term).expect("the log holds no negative term"),
+        index: stored.index,
+        ..Entry::default()
+    };
+    match control::record(&stored.batch) {
+        Some((control::LEADER_CHANGE, value)) if value.is_empty() => {}
+        Some((control::RAFT_CONF_CHANGE, value)) => {
+            entry.set_entry_type(EntryType::EntryConfChangeV2);
+            entry.data = value.to_vec();
+        }
+        Some((control::RAFT_CONF_CHANGE_V1, value)) => {
+            entry.set_entry_type(EntryType::EntryConfChange);
+            entry.data = value.to_vec();
+        }
+        _ => entry.data = stored.batch.to_vec(),
+    }
+    entry
+}
+
+/// A write staged for the log, in staging order.
+#[derive(Debug, Clone)]
+enum StagedWrite {
+    /// Drop the entries from this index on (a conflict), before the appends after it.
+    Truncate(u64),
+    Append(Entry),
+}
+
+/// A request raft-rs made that memory could not serve, waiting for [`LogStore::fetch`].
+#[derive(Debug, Clone, Copy)]
+struct Wanted {
+    low: u64,
+    high: u64,
+    max_size: Option<u64>,
+    context: GetEntriesContext,
+}
+
+struct StoreState {
+    raft_state: RaftState,
+    /// The index and term of the entry before the first one served: a snapshot's (a log
+    /// whose start was compacted, or the batches appended before the log was replicated).
+    snapshot_index: u64,
+    snapshot_term: u64,
+    /// The most recent entries, contiguous, ending at the last index staged (which the log
+    /// reaches once the staged writes are written).
+    recent: VecDeque<Entry>,
+    recent_bytes: usize,
+    recent_bytes_max: usize,
+    /// Entries below this may leave memory: applied ones.
+    applied: u64,
+    /// What [`LogStore::fetch`] read for the last request memory could not serve.
+    fetched: Vec<Entry>,
+    wanted: Option<Wanted>,
+    /// Requests served from disk by [`LogStore::fetch`] (for metrics).
+    fetches: u64,
+    staged: Vec<StagedWrite>,
+    /// A hard state staged and not yet saved by the durability worker.
+    staged_hard_state: Option<HardState>,
+}
+
+/// raft-rs's [`Storage`] over one partition log, a cheap handle. See the module docs.
+pub struct LogStore<D: Disk> {
+    log: PartitionLog<D>,
+    state: Rc<RefCell<StoreState>>,
+}
+
+impl<D: Disk> Clone for LogStore<D> {
+    fn clone(&self) -> Self {
+        LogStore {
+            log: self.log.clone(),
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// How a [`LogStore`] starts.
+#[derive(Debug, Clone, Default)]
+pub struct LogStoreStart {
+    /// The hard and conf state the group persisted (see `log_store_meta.rs`).
+    pub raft_state: RaftState,
+    /// The entry before the first one served (0, 0 for a log that starts at index 1).
+    pub snapshot_index: u64,
+    pub snapshot_term: u64,
+    /// Memory for recent entries beyond the unapplied ones.
+    pub recent_bytes_max: usize,
+}
+
+impl<D: Disk> LogStore<D> {
+    /// Opens the store over `log`, loading every entry after the persisted commit index into
+    /// memory: raft-rs reads unapplied entries synchronously, and the driver starts with
+    /// `Config::applied` = the persisted commit index.
+    pub async fn open(log: PartitionLog<D>, start: LogStoreStart) -> Result<Self, LogStoreError> {
+        let commit = start.raft_state.hard_state.commit;
+        let first_unapplied = (commit + 1)
+            .max(log.first_index())
+            .max(start.snapshot_index + 1);
+        let mut recent = VecDeque::new();
+        let mut recent_bytes = 0;
+        let mut low = first_unapplied;
+        while low <= log.last_index() {
+            let stored = log.read_entries(low, log.last_index() + 1, 1 << 20).await?;
+            let Some(last) = stored.last() else { break };
+            low = last.index + 1;
+            for entry in stored.iter().map(stored_entry) {
+                recent_bytes += entry.data.len();
+                recent.push_back(entry);
+            }
+        }
+        let state = StoreState {
+            raft_state: start.raft_state,
+            snapshot_index: start.snapshot_index,
+            snapshot_term: start.snapshot_term,
+            recent,
+            recent_bytes,
+            recent_bytes_max: start.recent_bytes_max,
+            applied: commit,
+            fetched: Vec::new(),
+            wanted: None,
+            fetches: 0,
+            staged: Vec::new(),
+            staged_hard_state: None,
+        };
+        Ok(LogStore {
+            log,
+            state: Rc::new(RefCell::new(state)),
+        })
+    }
+
+    pub fn log(&self) -> &PartitionLog<D> {
+        &self.log
+    }
+
+    /// Persists a `Ready`'s entries: stages them, then writes them ([`Self::write_staged`]).
+    /// Written, not yet durable: [`Self::sync`] makes them durable.
+    pub async fn append(&self, entries: &[Entry]) -> Result<(), LogStoreError> {
+        self.stage(entries)?;
+        self.write_staged().await
+    }
+
+    /// Stages a `Ready`'s entries: raft-rs reads them at once; a suffix they conflict with is
+    /// dropped from memory now and from the log (durably, see `storage/src/truncation.rs`)
+    /// when the staged writes are written. Refuses, staging nothing, an entry that cannot
+    /// be stored (a term past a Kafka leader epoch, a data entry that is not a batch).
+    pub fn stage(&self, entries: &[Entry]) -> Result<(), LogStoreError> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        for entry in entries {
+            i32::try_from(entry.term).map_err(|_| LogStoreError::TermTooLarge(entry.term))?;
+            self.log
+                .check(entry_batch(entry)?)
+                .map_err(EntryError::from)?;
+        }
+        let mut state = self.state.borrow_mut();
+        let last_staged = state
+            .recent
+            .back()
+            .map_or(self.log.last_index(), |e| e.index);
+        if first.index <= last_staged {
+            while state.recent.back().is_some_and(|e| e.index >= first.index) {
+                let dropped = state.recent.pop_back().expect("checked");
+                state.recent_bytes -= dropped.data.len();
+            }
+            state.fetched.clear();
+            state.staged.push(StagedWrite::Truncate(first.index));
+        }
+        for entry in entries {
+            state.recent_bytes += entry.data.len();
+            state.recent.push_back(entry.clone());
+            state.staged.push(StagedWrite::Append(entry.clone()));
+        }
+        Ok(())
+    }
+
+    /// Writes the staged entries to the log, in staging order.
+    pub async fn write_staged(&self) -> Result<(), LogStoreError> {
+        let staged = std::mem::take(&mut self.state.borrow_mut().staged);
+        for write in staged {
+            match write {
+                StagedWrite::Truncate(index) => {
+                    if index <= self.log.last_index() {
+                        self.log.truncate_from_index(index).await?;
+                    }
+                }
+                StagedWrite::Append(entry) => {
+                    let term = i32::try_from(entry.term).expect("checked when staged");
+                    let checked = self
+                        .log
+                        .check(entry_batch(&entry)?)
+                        .map_err(EntryError::from)?;
+                    let outcome = self.log.append_as_leader(checked, term).await?;
+                    // raft-rs hands entries in index order, right after the log's last.
+                    assert_eq!(outcome.index, entry.index, "entries are written in order");
+                }
+            }
+        }
+        evict(&mut self.state.borrow_mut());
+        Ok(())
+    }
+
+    /// Waits until everything appended is durable; then the driver may tell raft-rs
+    /// (`on_persist_ready`).
+    pub async fn sync(&self) -> Result<(), LogStoreError> {
+        let end = self.log.log_end_offset();
+        if end > self.log.log_start_offset() {
+            self.log.wait_durable(end - 1).await?;
+        }
+        Ok(())
+    }
+
+    /// Records the hard state raft-rs reported (persist it with `log_store_meta.rs` first).
+    pub fn set_hard_state(&self, hard_state: HardState) {
+        self.state.borrow_mut().raft_state.hard_state = hard_state;
+    }
+
+    /// The group's meta to save, if a hard state was staged since the last call.
+    fn take_staged_meta(&self) -> Option<GroupMeta> {
+        let mut state = self.state.borrow_mut();
+        let hard_state = state.staged_hard_state.take()?;
+        Some(GroupMeta {
+            hard_state,
+            conf_state: state.raft_state.conf_state.clone(),
+            snapshot_index: state.snapshot_index,
+            snapshot_term: state.snapshot_term,
+        })
+    }
+
+    /// Records the configuration raft-rs applied.
+    pub fn set_conf_state(&self, conf_state: raft::eraftpb::ConfState) {
+        self.state.borrow_mut().raft_state.conf_state = conf_state;
+    }
+
+    /// Entries up to `index` are applied: they may leave memory.
+    pub fn advance_applied(&self, index: u64) {
+        let mut state = self.state.borrow_mut();
+        state.applied = state.applied.max(index);
+        evict(&mut state);
+    }
+
+    /// Reads what raft-rs asked for and memory could not serve; returns the context to pass
+    /// to `RawNode::on_entries_fetched`, or `None` when nothing was waiting.
+    pub async fn fetch(&self) -> Result<Option<GetEntriesContext>, LogStoreError> {
+        let Some(wanted) = self.state.borrow_mut().wanted.take() else {
+            return Ok(None);
+        };
+        let max_bytes = wanted.max_size.map_or(usize::MAX, |max| max as usize);
+        let stored = self
+            .log
+            .read_entries(wanted.low, wanted.high, max_bytes)
+            .await?;
+        let mut state = self.state.borrow_mut();
+        state.fetched = stored.iter().map(stored_entry).collect();
+        state.fetches += 1;
+        Ok(Some(wanted.context))
+    }
+
+    /// How many requests raft-rs made were served from disk rather than memory.
+    pub fn fetches(&self) -> u64 {
+        self.state.borrow().fetches
+    }
+}
+
+/// Drops the oldest applied entries while memory is over its budget.
+fn evict(state: &mut StoreState) {
+    while state.recent_bytes > state.recent_bytes_max
+        && state
+            .recent
+            .front()
+            .is_some_and(|e| e.index <= state.applied)
+    {
+        let dropped = state.recent.pop_front().expect("checked");
+        state.recent_bytes -= dropped.data.len();
+    }
+}
+
+/// `entries[low..high]` of a contiguous run, if it holds `low` (as many as it has).
+fn slice_of(run: &[Entry], low: u64, high: u64) -> Option<Vec<Entry>> {
+    let first = run.first()?.index;
+    if low < first || low > run.last()?.index {
+        return None;
+    }
+    let start = (low - first) as usize;
+    let end = ((high - first) as usize).min(run.len());
+    Some(run[start..end].to_vec())
+}
+
+impl<D: Disk> Storage for LogStore<D> {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(self.state.borrow().raft_state.clone())
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into();
+        let first = self.first_index()?;
+        if low < first {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        let mut state = self.state.borrow_mut();
+        let state = &mut *state;
+        let recent = state.recent.make_contiguous();
+        let found = slice_of(recent, low, high).or_else(|| slice_of(&state.fetched, low, high));
+        if let Some(mut entries) = found {
+            raft::util::limit_size(&mut entries, max_size);
+            return Ok(entries);
+        }
+        if !context.can_async() {
+            // Unapplied entries are always in memory; only a broken driver contract gets here.
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        state.wanted = Some(Wanted {
+            low,
+            high,
+            max_size,
+            context,
+        });
+        Err(raft::Error::Store(
+            RaftStorageError::LogTemporarilyUnavailable,
+        ))
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        let state = self.state.borrow();
+        if index == state.snapshot_index {
+            return Ok(state.snapshot_term);
+        }
+        if index < state.snapshot_index {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        // Memory first: it holds staged entries the log does not have yet, and after a
+        // staged truncation the log still holds the entries they replace.
+        if let Some(first_recent) = state.recent.front().map(|e| e.index) {
+            if index >= first_recent {
+                return match state.recent.get((index - first_recent) as usize) {
+                    Some(entry) => Ok(entry.term),
+                    None => Err(raft::Error::Store(RaftStorageError::Unavailable)),
+                };
+            }
+        }
+        match self.log.term_at(index) {
+            Some(term) => Ok(u64::try_from(term).expect("the log holds no negative term")),
+            None if index < self.log.first_index() => {
+                Err(raft::Error::Store(RaftStorageError::Compacted))
+            }
+            None => Err(raft::Error::Store(RaftStorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        let snapshot_index = self.state.borrow().snapshot_index;
+        Ok(self.log.first_index().max(snapshot_index + 1))
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        let state = self.state.borrow();
+        let last = state
+            .recent
+            .back()
+            .map_or(self.log.last_index(), |e| e.index);
+        Ok(last.max(state.snapshot_index))
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Rebuilding a replica far behind retention from a snapshot is not built yet.
+        Err(raft::Error::Store(
+            RaftStorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+impl<D: Disk> GroupStore for LogStore<D> {
+    fn stage_snapshot(&mut self, _snapshot: Snapshot) -> raft::Result<()> {
+        // Rebuilding a replica from a snapshot is not built yet (see `snapshot`).
+        Err(raft::Error::Store(
+            RaftStorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+
+    fn stage_entries(&mut self, entries: &[Entry]) -> raft::Result<()> {
+        self.stage(entries)
+            .map_err(|e| raft::Error::Store(RaftStorageError::Other(e.to_string().into())))
+    }
+
+    fn stage_hard_state(&mut self, hard_state: &HardState) -> raft::Result<()> {
+        let mut state = self.state.borrow_mut();
+        state.raft_state.hard_state = hard_state.clone();
+        state.staged_hard_state = Some(hard_state.clone());
+        Ok(())
+    }
+}
+
+/// What the durability worker shares with the driver's calls.
+struct DurabilityState<D: Disk> {
+    stores: Vec<(u64, LogStore<D>)>,
+    meta: Option<RaftMetaStore<D>>,
+    requested: u64,
+    completed: u64,
+    worker_running: bool,
+    /// The first error: no later ticket completes (the shard's groups stop acknowledging).
+    failed: Option<LogStoreError>,
+}
+
+/// The shard's durability barrier over [`LogStore`]s (the driver's `Durability`): a ticket
+/// completes once every write staged before it, in every registered store, is written and
+/// fdatasync'd and the staged hard states are saved. One worker task at a time does the
+/// work, ticket after ticket, so each store's writes stay in staging order. Lives on the
+/// shard's executor.
+pub struct LogDurability<D: Disk> {
+    state: Rc<RefCell<DurabilityState<D>>>,
+}
+
+impl<D: Disk + 'static> LogDurability<D> {
+    pub fn new(meta: RaftMetaStore<D>) -> Self {
+        LogDurability {
+            state: Rc::new(RefCell::new(DurabilityState {
+                stores: Vec::new(),
+                meta: Some(meta),
+                requested: 0,
+                completed: 0,
+                worker_running: false,
+                failed: None,
+            })),
+        }
+    }
+
+    /// Makes `store` (group `group_id`) part of every later sync.
+    pub fn register(&self, group_id: u64, store: LogStore<D>) {
+        self.state.borrow_mut().stores.push((group_id, store));
+    }
+
+    /// The error that stopped the barrier, if one did.
+    pub fn failed(&self) -> Option<LogStoreError> {
+        self.state.borrow().failed.clone()
+    }
+
+    async fn work(state: Rc<RefCell<DurabilityState<D>>>) {
+        loop {
+            let (target, stores, meta) = {
+                let mut shared = state.borrow_mut();
+                if shared.requested == shared.completed || shared.failed.is_some() {
+                    shared.worker_running = false;
+                    return;
+                }
+                let meta = shared.meta.take().expect("one worker at a time");
+                (shared.requested, shared.stores.clone(), meta)
+            };
+            let (meta, result) = Self::sync_all(&stores, meta).await;
+            let mut shared = state.borrow_mut();
+            shared.meta = Some(meta);
+            match result {
+                Ok(()) => shared.completed = target,
+                Err(error) => shared.failed = Some(error),
+            }
+        }
+    }
+
+    async fn sync_all(
+        stores: &[(u64, LogStore<D>)],
+        mut meta: RaftMetaStore<D>,
+    ) -> (RaftMetaStore<D>, Result<(), LogStoreError>) {
+        let mut changed = Vec::new();
+        for (group_id, store) in stores {
+            if let Err(error) = store.write_staged().await {
+                return (meta, Err(error));
+            }
+            if let Err(error) = store.sync().await {
+                return (meta, Err(error));
+            }
+            changed.extend(store.take_staged_meta().map(|m| (*group_id, m)));
+        }
+        let saved = meta.save(&changed).await.map_err(LogStoreError::from);
+        (meta, saved)
+    }
+}
+
+impl<D: Disk + 'static> Durability for LogDurability<D> {
+    fn start_sync(&mut self) -> u64 {
+        let (ticket, start_worker) = {
+            let mut shared = self.state.borrow_mut();
+            shared.requested += 1;
+            let start_worker = !shared.worker_running;
+            shared.worker_running = true;
+            (shared.requested, start_worker)
+        };
+        if start_worker {
+            glommio::spawn_local(Self::work(self.state.clone())).detach();
+        }
+        ticket
+    }
+
+    fn durable_ticket(&mut self) -> u64 {
+        self.state.borrow().completed
+    }
+}
