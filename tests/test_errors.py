@@ -9,7 +9,8 @@ from confluent_kafka import KafkaError, Producer
 from kafka import KafkaProducer
 from kafka.errors import MessageSizeTooLargeError
 
-from helpers import KAFKA_PYTHON_NO_IDEMPOTENCE, connect, create_topic, encode_string, read_frame, request_frame, watermarks
+from helpers import (KAFKA_PYTHON_NO_IDEMPOTENCE, call, connect, create_topic, encode_string, read_frame,
+                     request_frame, watermarks)
 
 
 def produce_one(bootstrap, topic, value, **config):
@@ -91,3 +92,26 @@ def test_pipelined_requests_answer_in_order(broker):
         sock.sendall(b"".join(request_frame(18, 0, correlation_id, b"") for correlation_id in range(50)))
         order = [struct.unpack(">i", read_frame(sock)[:4])[0] for _ in range(50)]
     assert order == list(range(50))
+
+
+def test_control_batches_from_clients_are_invalid_record(broker):
+    """Control batches (transaction markers, the Raft log's leader-change entries) are the
+    broker's to write; Kafka's LogValidator refuses them from clients with INVALID_RECORD.
+    The batch is otherwise valid: its CRC is recomputed after setting the control bit."""
+    from kafka.protocol.produce import ProduceRequest
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+    from kafka.record.util import calc_crc32c
+
+    create_topic(broker.bootstrap, "no-forged-markers", 1)
+    builder = DefaultRecordBatchBuilder(2, 0, False, -1, -1, -1, 1 << 20)
+    builder.append(0, timestamp=1_700_000_000_000, key=b"\x00\x00\x00\x01", value=b"forged", headers=[])
+    batch = bytearray(builder.build())
+    attributes_at, crc_at = 21, 17  # v2 batch header: attributes after the CRC, CRC over attributes..end
+    (attributes,) = struct.unpack_from(">h", batch, attributes_at)
+    struct.pack_into(">h", batch, attributes_at, attributes | 0x20)
+    struct.pack_into(">I", batch, crc_at, calc_crc32c(bytes(batch[attributes_at:])))
+    with connect(broker.bootstrap) as sock:
+        response = call(sock, ProduceRequest[3](None, -1, 10000, [("no-forged-markers", [(0, bytes(batch))])]), 1)
+    (_, partitions), = response.topics
+    assert partitions[0][1] == 87  # INVALID_RECORD
+    assert watermarks(broker.bootstrap, "no-forged-markers", 0)[1] == 0

@@ -356,6 +356,12 @@ impl PartitionTable {
                 return failed(append_error_code(&error));
             }
         };
+        // Control batches (transaction markers, Raft's leader-change and membership entries)
+        // are written by the broker only; Kafka's LogValidator refuses them from clients.
+        if batches.iter().any(|checked| checked.header().is_control()) {
+            tracing::debug!(partition = %tp, "produce refused: clients may not write control batches");
+            return failed(codes::INVALID_RECORD);
+        }
         let sequencer = self.sequencer(&tp);
         let ticket = sequencer.turns.ticket();
         DispatchedProduce(ProduceStage::InLine(InLine {
