@@ -3,7 +3,12 @@
 //! (`KafkaApis.handleOffsetCommitRequest`), a partition that does not exist in the metadata
 //! is answered `UNKNOWN_TOPIC_OR_PARTITION` here and never reaches the coordinator, whether
 //! the commit comes from a group member or is a simple (generation -1) commit.
+//!
+//! Old versions: v0 carries no generation or member (a simple commit; Kafka 3.9 wrote it to
+//! ZooKeeper, Ringfeed to the coordinator like every other commit), v1 a per-partition
+//! commit timestamp (-1: the broker's clock), v2-4 a retention time (see `stored_value`).
 
+use kafka_protocol::messages::offset_commit_request::OffsetCommitRequestPartition;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
@@ -40,16 +45,7 @@ pub async fn handle(
         .iter()
         .flat_map(|topic| {
             topic.partitions.iter().map(move |partition| {
-                let value = CommittedOffset {
-                    offset: partition.committed_offset,
-                    leader_epoch: partition.committed_leader_epoch,
-                    metadata: partition
-                        .committed_metadata
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_default(),
-                    commit_timestamp_ms: now_ms,
-                };
+                let value = stored_value(partition, now_ms);
                 (topic.name.to_string(), partition.partition_index, value)
             })
         })
@@ -95,6 +91,27 @@ pub async fn handle(
     OffsetCommitResponse::default().with_topics(topics)
 }
 
+/// What a request partition commits. The commit timestamp is v1's `commit_timestamp` when
+/// the client set one, else now, as Kafka 3.9's `OffsetAndMetadata.fromRequest` does (it is
+/// -1, the default, in every other version). v2-4's `retention_time_ms` is not kept: offsets
+/// expire after the broker's `offsets.retention`, as they do for v5+ (issue 15 report).
+fn stored_value(partition: &OffsetCommitRequestPartition, now_ms: i64) -> CommittedOffset {
+    CommittedOffset {
+        offset: partition.committed_offset,
+        leader_epoch: partition.committed_leader_epoch,
+        metadata: partition
+            .committed_metadata
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        commit_timestamp_ms: if partition.commit_timestamp == -1 {
+            now_ms
+        } else {
+            partition.commit_timestamp
+        },
+    }
+}
+
 /// One code per partition of the request: the coordinator's codes, in order, for the
 /// partitions that exist; `UNKNOWN_TOPIC_OR_PARTITION` for the others.
 fn merge_codes(known: &[bool], coordinator_codes: Vec<i16>) -> Vec<i16> {
@@ -119,6 +136,15 @@ fn merge_codes(known: &[bool], coordinator_codes: Vec<i16>) -> Vec<i16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v1_commit_timestamp_is_kept_and_minus_one_means_now() {
+        let partition = OffsetCommitRequestPartition::default().with_committed_offset(17);
+        assert_eq!(stored_value(&partition, 1_000).commit_timestamp_ms, 1_000);
+        let stamped = partition.with_commit_timestamp(555);
+        let stored = stored_value(&stamped, 1_000);
+        assert_eq!((stored.offset, stored.commit_timestamp_ms), (17, 555));
+    }
 
     #[test]
     fn unknown_partitions_keep_their_place_among_the_coordinators_codes() {

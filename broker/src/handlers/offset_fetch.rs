@@ -1,6 +1,7 @@
 //! `OffsetFetch`: a group's committed offsets, from its coordinator. v0-7 ask for one group,
 //! v8+ for several at once (each routed to its own coordinator, concurrently). A partition
-//! without a commit reads offset -1, as in Kafka.
+//! without a commit reads offset -1, as in Kafka (v0: `UNKNOWN_TOPIC_OR_PARTITION`, as
+//! Kafka 3.9 answered when ZooKeeper had no offset).
 
 use futures::future::join_all;
 use kafka_protocol::messages::offset_fetch_response::{
@@ -105,12 +106,21 @@ fn single_group_response(version: i16, answer: GroupOffsets) -> OffsetFetchRespo
             let partitions = partitions
                 .into_iter()
                 .map(|(index, value)| {
+                    // v0 answers as Kafka 3.9 read ZooKeeper: the offset alone, and a
+                    // partition without one is UNKNOWN_TOPIC_OR_PARTITION.
+                    let error_code = match (&value, version) {
+                        (None, 0) if partition_code == codes::NONE => {
+                            codes::UNKNOWN_TOPIC_OR_PARTITION
+                        }
+                        _ => partition_code,
+                    };
                     let value = value.unwrap_or_else(no_commit);
+                    let metadata = if version == 0 { "" } else { &value.metadata };
                     let described = OffsetFetchResponsePartition::default()
                         .with_partition_index(index)
                         .with_committed_offset(value.offset)
-                        .with_metadata(Some(str_bytes(&value.metadata)))
-                        .with_error_code(partition_code);
+                        .with_metadata(Some(str_bytes(metadata)))
+                        .with_error_code(error_code);
                     if version >= 5 {
                         described.with_committed_leader_epoch(value.leader_epoch)
                     } else {
