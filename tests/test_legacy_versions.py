@@ -263,3 +263,19 @@ def test_metadata_v0_empty_topic_list_means_all_topics(legacy_broker):
     one = call(sock, MetadataRequest[0](["beta"]), 2)
     assert [topic[1] for topic in one.topics] == ["beta"]
     sock.close()
+
+
+def test_offset_commit_v2_retention_is_stored_and_replayed(legacy_broker):
+    """A v2-4 commit with a retention is kept in Kafka's offset value v1 (with its expire
+    timestamp): it must replay after a restart like any other commit."""
+    bootstrap = legacy_broker.bootstrap
+    helpers.create_topic(bootstrap, "retained", 1)
+    sock = helpers.connect(bootstrap)
+    committed = call(sock, OffsetCommitRequest[2]("keeper", -1, "", 3_600_000, [("retained", [(0, 12, "kept")])]), 1)
+    assert committed.topics == [("retained", [(0, 0)])]
+    sock.close()
+    legacy_broker.restart()
+    sock = helpers.connect(legacy_broker.bootstrap)
+    fetched = call(sock, OffsetFetchRequest[1]("keeper", [("retained", [0])]), 2)
+    assert fetched.topics == [("retained", [(0, 12, "kept", 0)])]
+    sock.close()

@@ -23,7 +23,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::{self, ApiKey, RequestHeader};
-use kafka_protocol::protocol::{Decodable, Encodable, Request as KafkaRequest, StrBytes};
+use kafka_protocol::protocol::{Encodable, Request as KafkaRequest, StrBytes};
 use ringfeed_broker::codec;
 use ringfeed_broker::handlers::Request;
 use ringfeed_broker::registry::SUPPORTED_APIS;

@@ -40,12 +40,14 @@ pub async fn handle(
         })
         .collect();
     let mut known_flags = known.iter();
+    // -1 (the default, and every version but 2-4): the broker's `offsets.retention`.
+    let retention_time_ms = request.retention_time_ms;
     let offsets: Vec<(String, i32, CommittedOffset)> = request
         .topics
         .iter()
         .flat_map(|topic| {
             topic.partitions.iter().map(move |partition| {
-                let value = stored_value(partition, now_ms);
+                let value = stored_value(partition, retention_time_ms, now_ms);
                 (topic.name.to_string(), partition.partition_index, value)
             })
         })
@@ -91,11 +93,15 @@ pub async fn handle(
     OffsetCommitResponse::default().with_topics(topics)
 }
 
-/// What a request partition commits. The commit timestamp is v1's `commit_timestamp` when
-/// the client set one, else now, as Kafka 3.9's `OffsetAndMetadata.fromRequest` does (it is
-/// -1, the default, in every other version). v2-4's `retention_time_ms` is not kept: offsets
-/// expire after the broker's `offsets.retention`, as they do for v5+ (issue 15 report).
-fn stored_value(partition: &OffsetCommitRequestPartition, now_ms: i64) -> CommittedOffset {
+/// What a request partition commits, as Kafka 3.9's `OffsetAndMetadata.fromRequest` makes
+/// it: the commit timestamp is v1's `commit_timestamp` when the client set one, else now (it
+/// is -1, the default, in every other version); v2-4's `retention_time_ms`, when not -1,
+/// makes the offset expire that long after now instead of after `offsets.retention`.
+fn stored_value(
+    partition: &OffsetCommitRequestPartition,
+    retention_time_ms: i64,
+    now_ms: i64,
+) -> CommittedOffset {
     CommittedOffset {
         offset: partition.committed_offset,
         leader_epoch: partition.committed_leader_epoch,
@@ -109,6 +115,8 @@ fn stored_value(partition: &OffsetCommitRequestPartition, now_ms: i64) -> Commit
         } else {
             partition.commit_timestamp
         },
+        expire_timestamp_ms: (retention_time_ms != -1)
+            .then(|| now_ms.saturating_add(retention_time_ms)),
     }
 }
 
@@ -140,10 +148,28 @@ mod tests {
     #[test]
     fn v1_commit_timestamp_is_kept_and_minus_one_means_now() {
         let partition = OffsetCommitRequestPartition::default().with_committed_offset(17);
-        assert_eq!(stored_value(&partition, 1_000).commit_timestamp_ms, 1_000);
+        assert_eq!(
+            stored_value(&partition, -1, 1_000).commit_timestamp_ms,
+            1_000
+        );
         let stamped = partition.with_commit_timestamp(555);
-        let stored = stored_value(&stamped, 1_000);
+        let stored = stored_value(&stamped, -1, 1_000);
         assert_eq!((stored.offset, stored.commit_timestamp_ms), (17, 555));
+        assert_eq!(
+            stored.expire_timestamp_ms, None,
+            "no retention: the broker's"
+        );
+    }
+
+    #[test]
+    fn v2_to_v4_retention_expires_the_offset_that_long_after_now() {
+        let partition = OffsetCommitRequestPartition::default().with_committed_offset(17);
+        let stored = stored_value(&partition, 60_000, 1_000);
+        assert_eq!(stored.expire_timestamp_ms, Some(61_000));
+        assert_eq!(
+            stored_value(&partition, i64::MAX, 1_000).expire_timestamp_ms,
+            Some(i64::MAX)
+        );
     }
 
     #[test]

@@ -176,5 +176,6 @@ fn no_commit() -> CommittedOffset {
         leader_epoch: -1,
         metadata: String::new(),
         commit_timestamp_ms: -1,
+        expire_timestamp_ms: None,
     }
 }
