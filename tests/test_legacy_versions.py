@@ -188,28 +188,36 @@ UNKNOWN_TOPIC_OR_PARTITION = 3
 
 
 def test_offset_commit_v0_v1_and_offset_fetch_v0(legacy_broker):
+    """v0 commits are kept apart, as Kafka 3.9 kept them in ZooKeeper: only OffsetFetch v0
+    reads them, and it reads nothing else. v1 commits are the group's, as in Kafka."""
     bootstrap = legacy_broker.bootstrap
     helpers.create_topic(bootstrap, "ledger", 2)
     sock = helpers.connect(bootstrap)
-    # v0: no generation or member (a simple commit).
+    # v0: no generation or member.
     committed = call(sock, OffsetCommitRequest[0]("burrow", [("ledger", [(0, 41, "zero")])]), 1)
     assert committed.topics == [("ledger", [(0, 0)])]
     # v1: generation -1 and no member (what Sarama sends by default), each partition with
     # its commit timestamp: -1 is the broker's clock, anything else is kept.
-    committed = call(sock, OffsetCommitRequest[1]("sarama", -1, "", [
+    committed = call(sock, OffsetCommitRequest[1]("burrow", -1, "", [
         ("ledger", [(0, 7, -1, "a"), (1, 9, 1_600_000_000_000, "b")]),
         ("missing", [(0, 1, -1, "")])]), 2)
     assert committed.topics == [("ledger", [(0, 0), (1, 0)]), ("missing", [(0, UNKNOWN_TOPIC_OR_PARTITION)])]
 
-    # OffsetFetch v0: the offset alone (no metadata, as ZooKeeper kept it); a partition
-    # without a commit is UNKNOWN_TOPIC_OR_PARTITION, as in Kafka 3.9.
-    fetched = call(sock, OffsetFetchRequest[0]("burrow", [("ledger", [0, 1])]), 3)
-    assert fetched.topics == [("ledger", [(0, 41, "", 0), (1, -1, "", UNKNOWN_TOPIC_OR_PARTITION)])]
-    fetched = call(sock, OffsetFetchRequest[0]("sarama", [("ledger", [0, 1])]), 4)
-    assert fetched.topics == [("ledger", [(0, 7, "", 0), (1, 9, "", 0)])]
-    # v1 reads the same commits, with their metadata.
-    fetched = call(sock, OffsetFetchRequest[1]("sarama", [("ledger", [0, 1])]), 5)
-    assert fetched.topics == [("ledger", [(0, 7, "a", 0), (1, 9, "b", 0)])]
+    def both_reads(correlation_id):
+        v0 = call(sock, OffsetFetchRequest[0]("burrow", [("ledger", [0, 1])]), correlation_id)
+        v1 = call(sock, OffsetFetchRequest[1]("burrow", [("ledger", [0, 1])]), correlation_id + 1)
+        return v0.topics, v1.topics
+
+    # v0 reads the offset alone (no metadata, as ZooKeeper kept it), UNKNOWN_TOPIC_OR_PARTITION
+    # where v0 never committed; v1 reads the v1 commits with their metadata.
+    expected = ([("ledger", [(0, 41, "", 0), (1, -1, "", UNKNOWN_TOPIC_OR_PARTITION)])],
+                [("ledger", [(0, 7, "a", 0), (1, 9, "b", 0)])])
+    assert both_reads(3) == expected
+    sock.close()
+    # Both kinds are in the offsets log and replay after a restart.
+    legacy_broker.restart()
+    sock = helpers.connect(legacy_broker.bootstrap)
+    assert both_reads(5) == expected
     sock.close()
 
 
@@ -278,4 +286,26 @@ def test_offset_commit_v2_retention_is_stored_and_replayed(legacy_broker):
     sock = helpers.connect(legacy_broker.bootstrap)
     fetched = call(sock, OffsetFetchRequest[1]("keeper", [("retained", [0])]), 2)
     assert fetched.topics == [("retained", [(0, 12, "kept", 0)])]
+    sock.close()
+
+
+def test_offset_commit_v0_survives_offsets_log_checkpoints(start_broker):
+    """The offsets log is checkpointed (live records appended again, the rest trimmed): v0
+    commits are live records too."""
+    broker = start_broker(shards=1, extra_args=[*FAST_GROUPS, "--offsets-checkpoint-records", "20"])
+    helpers.create_topic(broker.bootstrap, "ledger", 1)
+    sock = helpers.connect(broker.bootstrap)
+    assert call(sock, OffsetCommitRequest[0]("burrow", [("ledger", [(0, 41, "")])]), 1).topics == [("ledger", [(0, 0)])]
+    for round_ in range(60):
+        committed = call(sock, OffsetCommitRequest[2]("burrow", -1, "", -1, [("ledger", [(0, round_, "")])]), 2 + round_)
+        assert committed.topics == [("ledger", [(0, 0)])]
+    sock.close()
+    deadline = time.monotonic() + 10
+    while "offsets log checkpointed" not in broker.new_log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "offsets log checkpointed" in broker.new_log()
+    broker.restart()
+    sock = helpers.connect(broker.bootstrap)
+    assert call(sock, OffsetFetchRequest[0]("burrow", [("ledger", [0])]), 1).topics == [("ledger", [(0, 41, "", 0)])]
+    assert call(sock, OffsetFetchRequest[1]("burrow", [("ledger", [0])]), 2).topics == [("ledger", [(0, 59, "", 0)])]
     sock.close()

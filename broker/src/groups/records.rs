@@ -20,6 +20,11 @@ const OFFSET_KEY_VERSION: i16 = 1;
 const OFFSET_VALUE_VERSION: i16 = 3;
 const OFFSET_VALUE_WITH_EXPIRY_VERSION: i16 = 1;
 const GROUP_KEY_VERSION: i16 = 2;
+/// Ringfeed's own key for an OffsetCommit v0 commit. Kafka never wrote these to
+/// `__consumer_offsets` (it kept them in ZooKeeper), so no Kafka key version means this;
+/// 1000 stays clear of the versions Kafka's coordinator records use.
+const STANDALONE_OFFSET_KEY_VERSION: i16 = 1000;
+const STANDALONE_OFFSET_VALUE_VERSION: i16 = 0;
 
 /// One committed offset as stored and as `OffsetFetch` reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +51,14 @@ pub enum OffsetsRecord {
     },
     /// The group was deleted (a tombstone of its group key).
     GroupDeleted { group: String },
+    /// An OffsetCommit v0 commit: the offset alone, kept apart from the group's commits
+    /// (Kafka 3.9 wrote it to ZooKeeper; only OffsetFetch v0 reads it back).
+    StandaloneCommit {
+        group: String,
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
 }
 
 impl OffsetsRecord {
@@ -67,11 +80,28 @@ impl OffsetsRecord {
                 key.put_i16(GROUP_KEY_VERSION);
                 put_string(&mut key, group);
             }
+            OffsetsRecord::StandaloneCommit {
+                group,
+                topic,
+                partition,
+                ..
+            } => {
+                key.put_i16(STANDALONE_OFFSET_KEY_VERSION);
+                put_string(&mut key, group);
+                put_string(&mut key, topic);
+                key.put_i32(*partition);
+            }
         }
         key.freeze()
     }
 
     fn value(&self) -> Option<Bytes> {
+        if let OffsetsRecord::StandaloneCommit { offset, .. } = self {
+            let mut out = BytesMut::new();
+            out.put_i16(STANDALONE_OFFSET_VALUE_VERSION);
+            out.put_i64(*offset);
+            return Some(out.freeze());
+        }
         let OffsetsRecord::Commit {
             value: Some(value), ..
         } = self
@@ -186,6 +216,21 @@ fn decode_record(mut key: &[u8], value: Option<&[u8]>) -> Option<OffsetsRecord> 
         2 if value.is_none() => Some(OffsetsRecord::GroupDeleted {
             group: take_string(&mut key)?,
         }),
+        STANDALONE_OFFSET_KEY_VERSION => {
+            let group = take_string(&mut key)?;
+            let topic = take_string(&mut key)?;
+            let partition = take_i32(&mut key)?;
+            let mut value = value?;
+            if take_i16(&mut value)? != STANDALONE_OFFSET_VALUE_VERSION {
+                return None;
+            }
+            Some(OffsetsRecord::StandaloneCommit {
+                group,
+                topic,
+                partition,
+                offset: take_i64(&mut value)?,
+            })
+        }
         _ => None,
     }
 }
@@ -286,6 +331,12 @@ mod tests {
             },
             OffsetsRecord::GroupDeleted {
                 group: "old".into(),
+            },
+            OffsetsRecord::StandaloneCommit {
+                group: "burrow".into(),
+                topic: "orders".into(),
+                partition: 1,
+                offset: 77,
             },
         ];
         let batch = encode_batch(&records, 1_700_000_000_000);

@@ -4,9 +4,10 @@
 //! is answered `UNKNOWN_TOPIC_OR_PARTITION` here and never reaches the coordinator, whether
 //! the commit comes from a group member or is a simple (generation -1) commit.
 //!
-//! Old versions: v0 carries no generation or member (a simple commit; Kafka 3.9 wrote it to
-//! ZooKeeper, Ringfeed to the coordinator like every other commit), v1 a per-partition
-//! commit timestamp (-1: the broker's clock), v2-4 a retention time (see `stored_value`).
+//! Old versions: v0 commits are stored apart from the group's, the offset alone and without
+//! the group's membership rules, as Kafka 3.9 wrote them to ZooKeeper; only OffsetFetch v0
+//! reads them (`GroupCoordinator::commit_standalone`). v1 carries a per-partition commit
+//! timestamp (-1: the broker's clock), v2-4 a retention time (see `stored_value`).
 
 use kafka_protocol::messages::offset_commit_request::OffsetCommitRequestPartition;
 use kafka_protocol::messages::offset_commit_response::{
@@ -21,7 +22,7 @@ use crate::handlers::context::{GroupAccess, RequestContext};
 
 pub async fn handle(
     shard: &GroupAccess<'_>,
-    _context: &RequestContext,
+    context: &RequestContext,
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
     let now_ms = shard.clock.now_ms();
@@ -57,6 +58,17 @@ pub async fn handle(
     let coordinator_codes = if count == 0 {
         // Nothing left to commit: Kafka answers without asking the coordinator.
         Vec::new()
+    } else if context.api_version == 0 {
+        let standalone = offsets
+            .into_iter()
+            .map(|(topic, partition, value)| (topic, partition, value.offset, value.metadata.len()))
+            .collect();
+        shard
+            .on_group_coordinator(&request.group_id, move |groups, at| async move {
+                groups.commit_standalone(at, standalone).await
+            })
+            .await
+            .unwrap_or_else(|code| vec![code; count])
     } else {
         let commit = CommitRequest {
             member_id: request.member_id.to_string(),
