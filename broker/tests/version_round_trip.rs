@@ -90,7 +90,7 @@ fn seed() -> u64 {
 struct Tally {
     distinct: HashSet<Vec<u8>>,
     /// Distinct messages there are to find: one when the version has no fields at all
-    /// (ListGroups and ApiVersions requests before their flexible versions).
+    /// (`ListGroups` and `ApiVersions` requests before their flexible versions).
     wanted: usize,
 }
 
@@ -164,9 +164,10 @@ fn request_round_trip<R: KafkaRequest + PartialEq + std::fmt::Debug>(
         .unwrap_or_else(|error| panic!("decoded but cannot encode: {error}: {message:?}"));
     let mut encoded = frame.freeze();
     encoded.advance(4);
-    let again = broker_decodes(encoded.clone())
-        .map(&unwrap)
-        .unwrap_or_else(|| panic!("v{version}: re-encoded request refused: {message:?}"));
+    let again = broker_decodes(encoded.clone()).map_or_else(
+        || panic!("v{version}: re-encoded request refused: {message:?}"),
+        &unwrap,
+    );
     assert_eq!(&again, message, "v{version}: request changed on the way");
     let mut frame_again = BytesMut::new();
     codec::encode_request_frame(&mut frame_again, &again, version, 7, "round-trip")

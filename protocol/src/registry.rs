@@ -118,10 +118,13 @@ mod tests {
         }
     }
 
+    /// A version range, lowest and highest.
+    type VersionPair = (i16, i16);
+
     /// Kafka's request version ranges per API: 3.9 (apache/kafka branch `3.9`, each
     /// `*Request.json`'s `validVersions`) and 4.1 (what kafka-protocol 0.18, generated from
     /// 4.1.0, accepts; a `latestVersionUnstable` version is not served by a default broker).
-    const KAFKA_RANGES: [(ApiKey, (i16, i16), (i16, i16)); 25] = [
+    const KAFKA_RANGES: [(ApiKey, VersionPair, VersionPair); 25] = [
         (ApiKey::Produce, (0, 11), (3, 13)),
         (ApiKey::Fetch, (0, 17), (4, 18)),
         (ApiKey::ListOffsets, (0, 9), (1, 10)),

@@ -104,13 +104,16 @@ pub struct GroupCoordinator {
     inner: Rc<Inner>,
 }
 
+/// One group's `OffsetCommit` v0 offsets by (topic, partition).
+type StandaloneOffsets = HashMap<(String, i32), i64>;
+
 struct Inner {
     offsets: OffsetsHandle,
     config: RefCell<CoordinatorConfig>,
     groups: RefCell<HashMap<String, Group>>,
-    /// OffsetCommit v0 commits by group, then (topic, partition): apart from the groups'
-    /// commits, as Kafka 3.9 kept them apart (in ZooKeeper). Never expired, as there.
-    standalone_offsets: RefCell<HashMap<String, HashMap<(String, i32), i64>>>,
+    /// `OffsetCommit` v0 commits by group, then (topic, partition): apart from the groups'
+    /// commits, as Kafka 3.9 kept them apart (in `ZooKeeper`). Never expired, as there.
+    standalone_offsets: RefCell<HashMap<String, StandaloneOffsets>>,
     /// Per offsets partition: closed once its replay has finished.
     loads: RefCell<HashMap<i32, Rc<Semaphore>>>,
     ticker_started: std::cell::Cell<bool>,
@@ -253,7 +256,7 @@ impl GroupCoordinator {
 
     /// `OffsetCommit` v0: `(topic, partition, offset, metadata bytes)` stored apart from the
     /// group's commits and without the group's membership rules, as Kafka 3.9 wrote them to
-    /// ZooKeeper (the offset alone; metadata above `offset.metadata.max.bytes` refused).
+    /// `ZooKeeper` (the offset alone; metadata above `offset.metadata.max.bytes` refused).
     /// An error code per offset, in order.
     pub async fn commit_standalone(
         &self,
@@ -293,7 +296,7 @@ impl GroupCoordinator {
         codes_out
     }
 
-    /// `OffsetFetch` v0: the OffsetCommit v0 offsets of `partitions`, in order (`None`:
+    /// `OffsetFetch` v0: the `OffsetCommit` v0 offsets of `partitions`, in order (`None`:
     /// never committed with v0), or the error code for the group.
     pub async fn fetch_standalone(
         &self,
@@ -672,7 +675,7 @@ impl GroupCoordinator {
     }
 
     /// Every committed offset of the groups placed on this offsets partition, the
-    /// OffsetCommit v0 ones included.
+    /// `OffsetCommit` v0 ones included.
     fn live_records(&self, log: &OffsetsLog) -> Vec<OffsetsRecord> {
         let here = |group: &str| partition_for(group, log.partitions_total) == log.partition;
         let mut live: Vec<OffsetsRecord> = self

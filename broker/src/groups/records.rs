@@ -20,8 +20,8 @@ const OFFSET_KEY_VERSION: i16 = 1;
 const OFFSET_VALUE_VERSION: i16 = 3;
 const OFFSET_VALUE_WITH_EXPIRY_VERSION: i16 = 1;
 const GROUP_KEY_VERSION: i16 = 2;
-/// Ringfeed's own key for an OffsetCommit v0 commit. Kafka never wrote these to
-/// `__consumer_offsets` (it kept them in ZooKeeper), so no Kafka key version means this;
+/// Ringfeed's own key for an `OffsetCommit` v0 commit. Kafka never wrote these to
+/// `__consumer_offsets` (it kept them in `ZooKeeper`), so no Kafka key version means this;
 /// 1000 stays clear of the versions Kafka's coordinator records use.
 const STANDALONE_OFFSET_KEY_VERSION: i16 = 1000;
 const STANDALONE_OFFSET_VALUE_VERSION: i16 = 0;
@@ -33,7 +33,7 @@ pub struct CommittedOffset {
     pub leader_epoch: i32,
     pub metadata: String,
     pub commit_timestamp_ms: i64,
-    /// When the offset expires, from an OffsetCommit v2-4's `retention_time_ms` (now +
+    /// When the offset expires, from an `OffsetCommit` v2-4's `retention_time_ms` (now +
     /// retention); `None`: `offsets.retention` after the group empties (Kafka's rule since
     /// KIP-211). Kept in Kafka's offset value v1, which has no leader epoch.
     pub expire_timestamp_ms: Option<i64>,
@@ -51,8 +51,8 @@ pub enum OffsetsRecord {
     },
     /// The group was deleted (a tombstone of its group key).
     GroupDeleted { group: String },
-    /// An OffsetCommit v0 commit: the offset alone, kept apart from the group's commits
-    /// (Kafka 3.9 wrote it to ZooKeeper; only OffsetFetch v0 reads it back).
+    /// An `OffsetCommit` v0 commit: the offset alone, kept apart from the group's commits
+    /// (Kafka 3.9 wrote it to `ZooKeeper`; only `OffsetFetch` v0 reads it back).
     StandaloneCommit {
         group: String,
         topic: String,

@@ -5,7 +5,7 @@
 //! the commit comes from a group member or is a simple (generation -1) commit.
 //!
 //! Old versions: v0 commits are stored apart from the group's, the offset alone and without
-//! the group's membership rules, as Kafka 3.9 wrote them to ZooKeeper; only OffsetFetch v0
+//! the group's membership rules, as Kafka 3.9 wrote them to `ZooKeeper`; only `OffsetFetch` v0
 //! reads them (`GroupCoordinator::commit_standalone`). v1 carries a per-partition commit
 //! timestamp (-1: the broker's clock), v2-4 a retention time (see `stored_value`).
 

@@ -1,7 +1,7 @@
 //! `OffsetFetch`: a group's committed offsets, from its coordinator. v0-7 ask for one group,
 //! v8+ for several at once (each routed to its own coordinator, concurrently). A partition
-//! without a commit reads offset -1, as in Kafka. v0 reads only OffsetCommit v0's commits
-//! (Kafka 3.9 read them from ZooKeeper), answering `UNKNOWN_TOPIC_OR_PARTITION` where there
+//! without a commit reads offset -1, as in Kafka. v0 reads only `OffsetCommit` v0's commits
+//! (Kafka 3.9 read them from `ZooKeeper`), answering `UNKNOWN_TOPIC_OR_PARTITION` where there
 //! is none.
 
 use futures::future::join_all;
@@ -56,7 +56,7 @@ pub async fn handle(
     single_group_response(version, answer)
 }
 
-/// v0 reads what OffsetCommit v0 stored, and only that, as Kafka 3.9 read ZooKeeper.
+/// v0 reads what `OffsetCommit` v0 stored, and only that, as Kafka 3.9 read `ZooKeeper`.
 async fn fetch_standalone(
     shard: &GroupAccess<'_>,
     group: &str,
