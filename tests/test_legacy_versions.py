@@ -185,6 +185,7 @@ def fetch_body(version, topic):
 
 call = helpers.call
 UNKNOWN_TOPIC_OR_PARTITION = 3
+UNSUPPORTED_VERSION = 35
 
 
 def test_offset_commit_v0_v1_and_offset_fetch_v0(legacy_broker):
@@ -225,9 +226,10 @@ def test_list_offsets_v0_answers_old_style_offsets(legacy_broker):
     bootstrap = legacy_broker.bootstrap
     helpers.create_topic(bootstrap, "lag", 1)
     sock = helpers.connect(bootstrap)
-    empty = call(sock, ListOffsetsRequest[0](-1, [("lag", [(0, -1, 1), (0, -2, 1)])]), 1)
-    # The same partition twice is INVALID_REQUEST for both, as in later versions.
-    assert empty.topics == [("lag", [(0, 42, []), (0, 42, [])])]
+    # The same partition twice is answered twice (only v1+ refuse it with INVALID_REQUEST);
+    # negative timestamps other than -1 and -2 are UNSUPPORTED_VERSION, as in Kafka 3.9.
+    empty = call(sock, ListOffsetsRequest[0](-1, [("lag", [(0, -1, 1), (0, -2, 1), (0, -3, 1)])]), 1)
+    assert empty.topics == [("lag", [(0, 0, [0]), (0, 0, [0]), (0, UNSUPPORTED_VERSION, [])])]
     latest = call(sock, ListOffsetsRequest[0](-1, [("lag", [(0, -1, 1)])]), 2)
     assert latest.topics == [("lag", [(0, 0, [0])])]
     helpers.produce(bootstrap, "lag", [(b"k", b"v", [], helpers.TIMESTAMP_BASE_MS + i) for i in range(5)])

@@ -4,7 +4,8 @@
 //! the answers with the wrong queries (librdkafka gives every copy the last answer).
 //!
 //! v0 (Burrow, Sarama's `GetOffset`) asks for up to `max_num_offsets` offsets "before" a time
-//! and gets a list (`old_style_offsets`): see [`old_style_offsets`].
+//! and gets a list (`old_style_offsets`): see [`old_style_offsets`]. As in Kafka 3.9, v0
+//! answers duplicates one by one and refuses timestamps below -2 (`UNSUPPORTED_VERSION`).
 
 use std::collections::{HashMap, HashSet};
 
@@ -46,11 +47,8 @@ pub async fn handle(
             let (partition_index, timestamp_ms) = (partition.partition_index, partition.timestamp);
             let max_num_offsets = partition.max_num_offsets;
             async move {
-                if named_twice {
-                    return ListOffsetsPartitionResponse::default()
-                        .with_partition_index(partition_index)
-                        .with_error_code(codes::INVALID_REQUEST);
-                }
+                // v0 answers every copy of a partition named twice: Kafka 3.9's v0 path has
+                // no duplicate check.
                 if context.api_version == 0 {
                     let query = OldStyleQuery {
                         timestamp_ms,
@@ -60,6 +58,11 @@ pub async fn handle(
                     return answer_v0(shard, tp, query)
                         .await
                         .with_partition_index(partition_index);
+                }
+                if named_twice {
+                    return ListOffsetsPartitionResponse::default()
+                        .with_partition_index(partition_index)
+                        .with_error_code(codes::INVALID_REQUEST);
                 }
                 let outcome = match tp {
                     None => None,
@@ -106,6 +109,10 @@ async fn answer_v0(
     query: OldStyleQuery,
 ) -> ListOffsetsPartitionResponse {
     let response = ListOffsetsPartitionResponse::default();
+    if query.timestamp_ms < -2 {
+        // v0 knows only latest (-1) and earliest (-2) among the negative timestamps.
+        return response.with_error_code(codes::UNSUPPORTED_VERSION);
+    }
     let Some((tp, owner)) = tp else {
         return response.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION);
     };
