@@ -18,7 +18,7 @@ import time
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.protocol.admin import DescribeConfigsRequest
+from kafka.protocol.admin import CreateTopicsRequest, DescribeConfigsRequest
 from kafka.protocol.commit import OffsetCommitRequest, OffsetFetchRequest
 from kafka.protocol.list_offsets import ListOffsetsRequest
 from kafka.protocol.metadata import MetadataRequest
@@ -310,4 +310,70 @@ def test_offset_commit_v0_survives_offsets_log_checkpoints(start_broker):
     sock = helpers.connect(broker.bootstrap)
     assert call(sock, OffsetFetchRequest[0]("burrow", [("ledger", [0])]), 1).topics == [("ledger", [(0, 41, "", 0)])]
     assert call(sock, OffsetFetchRequest[1]("burrow", [("ledger", [0])]), 2).topics == [("ledger", [(0, 59, "", 0)])]
+    sock.close()
+
+
+def test_create_topics_v1_validate_only_creates_nothing(legacy_broker):
+    sock = helpers.connect(legacy_broker.bootstrap)
+    checked = call(sock, CreateTopicsRequest[1]([("dry", 3, 1, [], [])], 10000, True), 1)
+    assert checked.topic_errors == [("dry", 0, None)]
+    created = call(sock, CreateTopicsRequest[1]([("wet", 3, 1, [], [])], 10000, False), 2)
+    assert created.topic_errors == [("wet", 0, None)]
+    everything = call(sock, MetadataRequest[0]([]), 3)
+    assert sorted(topic[1] for topic in everything.topics) == ["wet"]
+    sock.close()
+
+
+def uvarint(value):
+    out = b""
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out += bytes([byte | 0x80])
+        else:
+            return out + bytes([byte])
+
+
+def compact_string(text):
+    data = text.encode()
+    return uvarint(len(data) + 1) + data
+
+
+def list_offsets_flexible(sock, version, topic, timestamp, correlation_id):
+    """One ListOffsets v6+ request (flexible: compact fields, tagged fields), for the versions
+    kafka-python does not know (8: max timestamp, 9: earliest local, 10: timeout). Returns
+    (error_code, timestamp, offset) of its one partition."""
+    header = struct.pack(">hhi", 2, version, correlation_id) + helpers.encode_string("ringfeed-tests") + b"\x00"
+    partition = struct.pack(">iiq", 0, -1, timestamp) + b"\x00"
+    body = struct.pack(">ib", -1, 0) + uvarint(2) + compact_string(topic) + uvarint(2) + partition + b"\x00"
+    if version >= 10:
+        body += struct.pack(">i", 1000)
+    body += b"\x00"
+    payload = header + body
+    sock.sendall(struct.pack(">i", len(payload)) + payload)
+    answer = helpers.read_frame(sock)
+    assert answer is not None, f"ListOffsets v{version}: the broker closed the connection"
+    assert struct.unpack(">i", answer[:4])[0] == correlation_id
+    rest = answer[5:]  # correlation id, header tagged fields
+    rest = rest[4:]  # throttle
+    assert rest[0] == 2, "one topic"
+    name_length = rest[1] - 1
+    rest = rest[2 + name_length:]
+    assert rest[0] == 2, "one partition"
+    _index, error_code, found_timestamp, offset = struct.unpack(">ihqq", rest[1:1 + 22])
+    return error_code, found_timestamp, offset
+
+
+def test_list_offsets_v8_to_v10(legacy_broker):
+    """Kafka 3.9 served ListOffsets up to v9 and 4.1 up to v10: max timestamp (-3, v7+),
+    earliest local (-4, v9; every segment here is local), latest with a timeout (v10)."""
+    bootstrap = legacy_broker.bootstrap
+    helpers.create_topic(bootstrap, "stamped", 1)
+    helpers.produce(bootstrap, "stamped", [(b"k", b"v", [], helpers.TIMESTAMP_BASE_MS + stamp)
+                                           for stamp in (5, 90, 20)])
+    sock = helpers.connect(bootstrap)
+    assert list_offsets_flexible(sock, 8, "stamped", -3, 1) == (0, helpers.TIMESTAMP_BASE_MS + 90, 1)
+    assert list_offsets_flexible(sock, 9, "stamped", -4, 2)[::2] == (0, 0)
+    assert list_offsets_flexible(sock, 10, "stamped", -1, 3)[::2] == (0, 3)
     sock.close()
