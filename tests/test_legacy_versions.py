@@ -377,3 +377,52 @@ def test_list_offsets_v8_to_v10(legacy_broker):
     assert list_offsets_flexible(sock, 9, "stamped", -4, 2)[::2] == (0, 0)
     assert list_offsets_flexible(sock, 10, "stamped", -1, 3)[::2] == (0, 3)
     sock.close()
+
+
+def flexible_call(sock, api_key, version, body, correlation_id):
+    """A flexible-version request (header v2) whose body the caller encoded; returns the
+    response body after the header (v1: correlation id, tagged fields)."""
+    header = struct.pack(">hhi", api_key, version, correlation_id) + helpers.encode_string("ringfeed-tests") + b"\x00"
+    payload = header + body
+    sock.sendall(struct.pack(">i", len(payload)) + payload)
+    answer = helpers.read_frame(sock)
+    assert answer is not None, f"api {api_key} v{version}: the broker closed the connection"
+    assert struct.unpack(">i", answer[:4])[0] == correlation_id
+    assert answer[4] == 0, "no tagged fields in the header"
+    return answer[5:]
+
+
+def read_compact_string(data):
+    length = data[0] - 1  # one-byte lengths only: the strings here are short
+    return data[1:1 + length].decode(), data[1 + length:]
+
+
+def test_kafka_4_1_additions_describe_cluster_v2_and_describe_groups_v6(legacy_broker):
+    """The 4.1 side of the union beyond 3.9: DescribeCluster v2 (fenced brokers: this one
+    is not) and DescribeGroups v6 (an unknown group is GROUP_ID_NOT_FOUND with a message)."""
+    sock = helpers.connect(legacy_broker.bootstrap)
+    # include_cluster_authorized_operations, endpoint_type (1: brokers), include_fenced_brokers
+    body = flexible_call(sock, 60, 2, struct.pack(">?b?", False, 1, True) + b"\x00", 1)
+    _throttle, error_code = struct.unpack(">ih", body[:6])
+    assert error_code == 0
+    rest = body[6:]
+    assert rest[0] == 0, "null error message"
+    assert rest[1] == 1, "endpoint type"
+    _cluster_id, rest = read_compact_string(rest[2:])
+    rest = rest[4:]  # controller id
+    assert rest[0] == 2, "one broker"
+    _broker_id = struct.unpack(">i", rest[1:5])
+    host, rest = read_compact_string(rest[5:])
+    port = struct.unpack(">i", rest[:4])[0]
+    assert (host, port) == ("127.0.0.1", legacy_broker.port)
+    assert rest[4] == 0, "null rack"
+    assert rest[5] == 0, "not fenced"
+
+    body = flexible_call(sock, 15, 6, b"\x02" + compact_string("no-such-group") + b"\x00\x00", 2)
+    rest = body[4:]  # throttle
+    assert rest[0] == 2, "one group"
+    error_code = struct.unpack(">h", rest[1:3])[0]
+    message, rest = read_compact_string(rest[3:])
+    group_id, _ = read_compact_string(rest)
+    assert (error_code, message, group_id) == (69, "Group no-such-group not found.", "no-such-group")
+    sock.close()
