@@ -8,8 +8,11 @@ Produce and Fetch at the pinned versions (Produce v2 / Fetch v2 for 0.10 carry m
 are the other half of issue 15 item 1: those tests skip, naming what is missing, only when the
 broker refuses that version, and run as soon as it serves it.
 
-Wire-level checks at the end send single old requests (OffsetCommit v0/v1, OffsetFetch v0,
-ListOffsets v0, DescribeConfigs v0, Metadata v0) and check Kafka 3.9's answers field by field.
+Wire-level checks at the end send single requests and check the answers field by field: Kafka
+3.9's old versions (OffsetCommit v0-v2 with v0's separate store, v1's timestamp and v2's
+retention surviving restarts and checkpoints, OffsetFetch v0, ListOffsets v0, DescribeConfigs
+v0, Metadata v0, CreateTopics v1) and the versions beyond 3.9's that Kafka 4.1 serves
+(ListOffsets v10, DescribeCluster v2, DescribeGroups v6).
 """
 
 import struct
