@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The one test command: installs what the tests need when it is missing (kcat from apt, a
-# Python venv in .venv with confluent-kafka, kafka-python, prometheus-client and pytest),
+# The one test command: installs what the tests need when it is missing (kcat, Go and
+# Debian's Sarama from apt, a Python venv in .venv with confluent-kafka, kafka-python, prometheus-client and pytest),
 # runs the Rust tests of the whole workspace, builds the release broker and runs the client
 # test suite against it.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k roundtrip).
@@ -14,6 +14,9 @@ python3 -c "import venv, ensurepip" >/dev/null 2>&1 || APT_PACKAGES+=(python3 py
 # tests/test_disk_full.py mounts a small ext4 image (skipped when not root).
 command -v mkfs.ext4 >/dev/null 2>&1 || APT_PACKAGES+=(e2fsprogs)
 command -v losetup >/dev/null 2>&1 || APT_PACKAGES+=(mount)
+# tests/test_sarama.py builds a Sarama program from Debian's Go sources (issue 15).
+command -v go >/dev/null 2>&1 || APT_PACKAGES+=(golang-go)
+[ -d /usr/share/gocode/src/github.com/Shopify/sarama ] || APT_PACKAGES+=(golang-github-shopify-sarama-dev)
 if [ "${#APT_PACKAGES[@]}" -gt 0 ]; then
     echo "== installing ${APT_PACKAGES[*]} (apt)"
     $SUDO apt-get update

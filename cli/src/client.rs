@@ -25,14 +25,16 @@ const CLIENT_ID: &str = "ringfeed-cli";
 
 /// The APIs the CLI uses, with every version the codec crate encodes, except
 /// OffsetCommit/OffsetFetch: their v10 names topics by id and the crate's v10 request
-/// structs have no field for it.
+/// structs have no field for it. Nor the versions Kafka 4 removed (KIP-896) that the codec
+/// carries again for the broker (vendor/README.md): their answers differ (`ListOffsets` v0's
+/// offset list, `OffsetCommit` v0's separate store) and the CLI's calls read the later shape.
 const APIS: [ApiRange; 20] = [
     ApiRange::of::<ProduceRequest>(),
     ApiRange::of::<FetchRequest>(),
-    ApiRange::of::<ListOffsetsRequest>(),
+    ApiRange::at_least::<ListOffsetsRequest>(1),
     ApiRange::of::<MetadataRequest>(),
-    ApiRange::up_to::<OffsetCommitRequest>(9),
-    ApiRange::up_to::<OffsetFetchRequest>(9),
+    ApiRange::between::<OffsetCommitRequest>(2, 9),
+    ApiRange::between::<OffsetFetchRequest>(1, 9),
     ApiRange::of::<FindCoordinatorRequest>(),
     ApiRange::of::<JoinGroupRequest>(),
     ApiRange::of::<HeartbeatRequest>(),
@@ -41,9 +43,9 @@ const APIS: [ApiRange; 20] = [
     ApiRange::of::<DescribeGroupsRequest>(),
     ApiRange::of::<ListGroupsRequest>(),
     ApiRange::of::<ApiVersionsRequest>(),
-    ApiRange::of::<CreateTopicsRequest>(),
-    ApiRange::of::<DeleteTopicsRequest>(),
-    ApiRange::of::<DescribeConfigsRequest>(),
+    ApiRange::at_least::<CreateTopicsRequest>(2),
+    ApiRange::at_least::<DeleteTopicsRequest>(1),
+    ApiRange::at_least::<DescribeConfigsRequest>(1),
     ApiRange::of::<DeleteGroupsRequest>(),
     ApiRange::of::<IncrementalAlterConfigsRequest>(),
     ApiRange::of::<DescribeClusterRequest>(),

@@ -34,6 +34,14 @@ impl ApiRange {
         }
     }
 
+    /// The codec crate's versions of `R`, at least `min`.
+    pub const fn at_least<R: Request>(min: i16) -> Self {
+        Self {
+            min,
+            ..Self::of::<R>()
+        }
+    }
+
     /// Exactly `min..=max` of `R`.
     pub const fn between<R: Request>(min: i16, max: i16) -> Self {
         Self {

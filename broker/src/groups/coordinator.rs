@@ -104,10 +104,16 @@ pub struct GroupCoordinator {
     inner: Rc<Inner>,
 }
 
+/// One group's `OffsetCommit` v0 offsets by (topic, partition).
+type StandaloneOffsets = HashMap<(String, i32), i64>;
+
 struct Inner {
     offsets: OffsetsHandle,
     config: RefCell<CoordinatorConfig>,
     groups: RefCell<HashMap<String, Group>>,
+    /// `OffsetCommit` v0 commits by group, then (topic, partition): apart from the groups'
+    /// commits, as Kafka 3.9 kept them apart (in `ZooKeeper`). Never expired, as there.
+    standalone_offsets: RefCell<HashMap<String, StandaloneOffsets>>,
     /// Per offsets partition: closed once its replay has finished.
     loads: RefCell<HashMap<i32, Rc<Semaphore>>>,
     ticker_started: std::cell::Cell<bool>,
@@ -134,6 +140,7 @@ impl GroupCoordinator {
                 offsets,
                 config: RefCell::default(),
                 groups: RefCell::default(),
+                standalone_offsets: RefCell::default(),
                 loads: RefCell::default(),
                 ticker_started: std::cell::Cell::new(false),
                 append_gates: RefCell::default(),
@@ -245,6 +252,69 @@ impl GroupCoordinator {
     ) -> Result<FetchedOffsets, i16> {
         self.ensure_loaded(at.partition).await?;
         Ok(self.committed(&at.group, partitions))
+    }
+
+    /// `OffsetCommit` v0: `(topic, partition, offset, metadata bytes)` stored apart from the
+    /// group's commits and without the group's membership rules, as Kafka 3.9 wrote them to
+    /// `ZooKeeper` (the offset alone; metadata above `offset.metadata.max.bytes` refused).
+    /// An error code per offset, in order.
+    pub async fn commit_standalone(
+        &self,
+        at: GroupAddress,
+        offsets: Vec<(String, i32, i64, usize)>,
+    ) -> Vec<i16> {
+        let log = match self.ensure_loaded(at.partition).await {
+            Ok(log) => log,
+            Err(code) => return vec![code; offsets.len()],
+        };
+        let mut codes_out = Vec::with_capacity(offsets.len());
+        let mut records = Vec::new();
+        for (topic, partition, offset, metadata_bytes) in offsets {
+            if metadata_bytes > OFFSET_METADATA_BYTES_MAX {
+                codes_out.push(codes::OFFSET_METADATA_TOO_LARGE);
+                continue;
+            }
+            if topic.len() > TOPIC_NAME_BYTES_MAX {
+                codes_out.push(broker_codes::UNKNOWN_TOPIC_OR_PARTITION);
+                continue;
+            }
+            codes_out.push(broker_codes::NONE);
+            records.push(OffsetsRecord::StandaloneCommit {
+                group: at.group.clone(),
+                topic,
+                partition,
+                offset,
+            });
+        }
+        if records.is_empty() {
+            return codes_out;
+        }
+        let code = self.persist(&log, records).await;
+        for slot in codes_out.iter_mut().filter(|c| **c == broker_codes::NONE) {
+            *slot = code;
+        }
+        codes_out
+    }
+
+    /// `OffsetFetch` v0: the `OffsetCommit` v0 offsets of `partitions`, in order (`None`:
+    /// never committed with v0), or the error code for the group.
+    pub async fn fetch_standalone(
+        &self,
+        at: GroupAddress,
+        partitions: Vec<(String, Vec<i32>)>,
+    ) -> Result<Vec<(String, i32, Option<i64>)>, i16> {
+        self.ensure_loaded(at.partition).await?;
+        let stored = self.inner.standalone_offsets.borrow();
+        let group = stored.get(&at.group);
+        Ok(partitions
+            .into_iter()
+            .flat_map(|(topic, indexes)| {
+                indexes.into_iter().map(move |index| {
+                    let offset = group.and_then(|g| g.get(&(topic.clone(), index)).copied());
+                    (topic.clone(), index, offset)
+                })
+            })
+            .collect())
     }
 
     /// `DescribeGroups`, for one group.
@@ -433,6 +503,19 @@ impl GroupCoordinator {
             OffsetsRecord::GroupDeleted { group } => {
                 self.inner.groups.borrow_mut().remove(&group);
             }
+            OffsetsRecord::StandaloneCommit {
+                group,
+                topic,
+                partition,
+                offset,
+            } => {
+                self.inner
+                    .standalone_offsets
+                    .borrow_mut()
+                    .entry(group)
+                    .or_default()
+                    .insert((topic, partition), offset);
+            }
         }
     }
 
@@ -591,13 +674,16 @@ impl GroupCoordinator {
         (listed, total)
     }
 
-    /// Every committed offset of the groups placed on this offsets partition.
+    /// Every committed offset of the groups placed on this offsets partition, the
+    /// `OffsetCommit` v0 ones included.
     fn live_records(&self, log: &OffsetsLog) -> Vec<OffsetsRecord> {
-        self.inner
+        let here = |group: &str| partition_for(group, log.partitions_total) == log.partition;
+        let mut live: Vec<OffsetsRecord> = self
+            .inner
             .groups
             .borrow()
             .values()
-            .filter(|g| partition_for(&g.id, log.partitions_total) == log.partition)
+            .filter(|g| here(&g.id))
             .flat_map(|g| {
                 g.offsets
                     .iter()
@@ -608,7 +694,21 @@ impl GroupCoordinator {
                         value: Some(value.clone()),
                     })
             })
-            .collect()
+            .collect();
+        let standalone = self.inner.standalone_offsets.borrow();
+        live.extend(standalone.iter().filter(|(group, _)| here(group)).flat_map(
+            |(group, offsets)| {
+                offsets.iter().map(
+                    |((topic, partition), offset)| OffsetsRecord::StandaloneCommit {
+                        group: group.clone(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                        offset: *offset,
+                    },
+                )
+            },
+        ));
+        live
     }
 
     /// `OffsetCommit`: admitted by the group's rules, then validated per partition.

@@ -930,6 +930,11 @@ impl Group {
         self.offsets
             .iter()
             .filter(|(_, value)| {
+                // An OffsetCommit v2-4 retention replaces `offsets.retention` for its offset,
+                // counted from the commit (Kafka's OffsetExpirationConditionImpl).
+                if let Some(expire_timestamp_ms) = value.expire_timestamp_ms {
+                    return now_ms >= expire_timestamp_ms;
+                }
                 let base_ms = self.empty_since_ms.unwrap_or(value.commit_timestamp_ms);
                 now_ms.saturating_sub(base_ms) >= retention_ms
             })
@@ -1176,6 +1181,7 @@ mod tests {
             leader_epoch: -1,
             metadata: String::new(),
             commit_timestamp_ms,
+            expire_timestamp_ms: None,
         };
         group.offsets.insert(("t".into(), 0), offset(1_000));
         group.offsets.insert(("t".into(), 1), offset(5_000));
@@ -1187,5 +1193,35 @@ mod tests {
         );
         group.state = GroupState::Stable;
         assert!(group.expired_offsets(100_000, 4_000).is_empty());
+    }
+
+    #[test]
+    fn an_offset_commit_retention_replaces_the_broker_retention() {
+        let mut group = Group::new("g");
+        let offset = |expire_timestamp_ms| CommittedOffset {
+            offset: 1,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms: 1_000,
+            expire_timestamp_ms,
+        };
+        group.offsets.insert(("t".into(), 0), offset(Some(2_000)));
+        group.offsets.insert(("t".into(), 1), offset(Some(900_000)));
+        group.offsets.insert(("t".into(), 2), offset(None));
+        let mut expired = group.expired_offsets(2_000, 100_000);
+        expired.sort();
+        assert_eq!(
+            expired,
+            vec![("t".into(), 0)],
+            "its own expiry, not the broker's"
+        );
+        let mut expired = group.expired_offsets(200_000, 100_000);
+        expired.sort();
+        assert_eq!(expired, vec![("t".into(), 0), ("t".into(), 2)]);
+        group.state = GroupState::Stable;
+        assert!(
+            group.expired_offsets(1_000_000, 100_000).is_empty(),
+            "only once empty"
+        );
     }
 }

@@ -15,8 +15,16 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::storage::batch::{self, build, BatchHeader, BATCH_HEADER_BYTES};
 
 const OFFSET_KEY_VERSION: i16 = 1;
+/// Kafka's offset value v3 (with the leader epoch), written for every commit without an
+/// expiry; v1 (with the expire timestamp) for one that carries it, as Kafka writes them.
 const OFFSET_VALUE_VERSION: i16 = 3;
+const OFFSET_VALUE_WITH_EXPIRY_VERSION: i16 = 1;
 const GROUP_KEY_VERSION: i16 = 2;
+/// Ringfeed's own key for an `OffsetCommit` v0 commit. Kafka never wrote these to
+/// `__consumer_offsets` (it kept them in `ZooKeeper`), so no Kafka key version means this;
+/// 1000 stays clear of the versions Kafka's coordinator records use.
+const STANDALONE_OFFSET_KEY_VERSION: i16 = 1000;
+const STANDALONE_OFFSET_VALUE_VERSION: i16 = 0;
 
 /// One committed offset as stored and as `OffsetFetch` reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +33,10 @@ pub struct CommittedOffset {
     pub leader_epoch: i32,
     pub metadata: String,
     pub commit_timestamp_ms: i64,
+    /// When the offset expires, from an `OffsetCommit` v2-4's `retention_time_ms` (now +
+    /// retention); `None`: `offsets.retention` after the group empties (Kafka's rule since
+    /// KIP-211). Kept in Kafka's offset value v1, which has no leader epoch.
+    pub expire_timestamp_ms: Option<i64>,
 }
 
 /// One record of the offsets log, decoded.
@@ -39,6 +51,14 @@ pub enum OffsetsRecord {
     },
     /// The group was deleted (a tombstone of its group key).
     GroupDeleted { group: String },
+    /// An `OffsetCommit` v0 commit: the offset alone, kept apart from the group's commits
+    /// (Kafka 3.9 wrote it to `ZooKeeper`; only `OffsetFetch` v0 reads it back).
+    StandaloneCommit {
+        group: String,
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
 }
 
 impl OffsetsRecord {
@@ -60,11 +80,28 @@ impl OffsetsRecord {
                 key.put_i16(GROUP_KEY_VERSION);
                 put_string(&mut key, group);
             }
+            OffsetsRecord::StandaloneCommit {
+                group,
+                topic,
+                partition,
+                ..
+            } => {
+                key.put_i16(STANDALONE_OFFSET_KEY_VERSION);
+                put_string(&mut key, group);
+                put_string(&mut key, topic);
+                key.put_i32(*partition);
+            }
         }
         key.freeze()
     }
 
     fn value(&self) -> Option<Bytes> {
+        if let OffsetsRecord::StandaloneCommit { offset, .. } = self {
+            let mut out = BytesMut::new();
+            out.put_i16(STANDALONE_OFFSET_VALUE_VERSION);
+            out.put_i64(*offset);
+            return Some(out.freeze());
+        }
         let OffsetsRecord::Commit {
             value: Some(value), ..
         } = self
@@ -72,11 +109,19 @@ impl OffsetsRecord {
             return None;
         };
         let mut out = BytesMut::new();
-        out.put_i16(OFFSET_VALUE_VERSION);
-        out.put_i64(value.offset);
-        out.put_i32(value.leader_epoch);
-        put_string(&mut out, &value.metadata);
-        out.put_i64(value.commit_timestamp_ms);
+        if let Some(expire_timestamp_ms) = value.expire_timestamp_ms {
+            out.put_i16(OFFSET_VALUE_WITH_EXPIRY_VERSION);
+            out.put_i64(value.offset);
+            put_string(&mut out, &value.metadata);
+            out.put_i64(value.commit_timestamp_ms);
+            out.put_i64(expire_timestamp_ms);
+        } else {
+            out.put_i16(OFFSET_VALUE_VERSION);
+            out.put_i64(value.offset);
+            out.put_i32(value.leader_epoch);
+            put_string(&mut out, &value.metadata);
+            out.put_i64(value.commit_timestamp_ms);
+        }
         Some(out.freeze())
     }
 }
@@ -171,19 +216,48 @@ fn decode_record(mut key: &[u8], value: Option<&[u8]>) -> Option<OffsetsRecord> 
         2 if value.is_none() => Some(OffsetsRecord::GroupDeleted {
             group: take_string(&mut key)?,
         }),
+        STANDALONE_OFFSET_KEY_VERSION => {
+            let group = take_string(&mut key)?;
+            let topic = take_string(&mut key)?;
+            let partition = take_i32(&mut key)?;
+            let mut value = value?;
+            if take_i16(&mut value)? != STANDALONE_OFFSET_VALUE_VERSION {
+                return None;
+            }
+            Some(OffsetsRecord::StandaloneCommit {
+                group,
+                topic,
+                partition,
+                offset: take_i64(&mut value)?,
+            })
+        }
         _ => None,
     }
 }
 
+/// Kafka's offset value versions: 0 and 2 (offset, metadata, commit timestamp), 1 (and the
+/// expire timestamp), 3 (offset, leader epoch, metadata, commit timestamp).
 fn decode_offset_value(mut value: &[u8]) -> Option<CommittedOffset> {
-    if take_i16(&mut value)? != OFFSET_VALUE_VERSION {
-        return None;
-    }
+    let version = take_i16(&mut value)?;
+    let offset = take_i64(&mut value)?;
+    let leader_epoch = match version {
+        0..=2 => -1,
+        OFFSET_VALUE_VERSION => take_i32(&mut value)?,
+        _ => return None,
+    };
+    let metadata = take_string(&mut value)?;
+    let commit_timestamp_ms = take_i64(&mut value)?;
+    let expire_timestamp_ms = if version == OFFSET_VALUE_WITH_EXPIRY_VERSION {
+        Some(take_i64(&mut value)?)
+    } else {
+        None
+    };
     Some(CommittedOffset {
-        offset: take_i64(&mut value)?,
-        leader_epoch: take_i32(&mut value)?,
-        metadata: take_string(&mut value)?,
-        commit_timestamp_ms: take_i64(&mut value)?,
+        offset,
+        leader_epoch,
+        metadata,
+        commit_timestamp_ms,
+        expire_timestamp_ms,
     })
 }
 
@@ -231,9 +305,22 @@ mod tests {
                 partition: 3,
                 value: Some(CommittedOffset {
                     offset: 42,
-                    leader_epoch: -1,
+                    leader_epoch: 5,
                     metadata: "m".into(),
                     commit_timestamp_ms: 1_700_000_000_000,
+                    expire_timestamp_ms: None,
+                }),
+            },
+            OffsetsRecord::Commit {
+                group: "payments".into(),
+                topic: "orders".into(),
+                partition: 5,
+                value: Some(CommittedOffset {
+                    offset: 43,
+                    leader_epoch: -1,
+                    metadata: "retained".into(),
+                    commit_timestamp_ms: 1_700_000_000_000,
+                    expire_timestamp_ms: Some(1_700_000_060_000),
                 }),
             },
             OffsetsRecord::Commit {
@@ -244,6 +331,12 @@ mod tests {
             },
             OffsetsRecord::GroupDeleted {
                 group: "old".into(),
+            },
+            OffsetsRecord::StandaloneCommit {
+                group: "burrow".into(),
+                topic: "orders".into(),
+                partition: 1,
+                offset: 77,
             },
         ];
         let batch = encode_batch(&records, 1_700_000_000_000);

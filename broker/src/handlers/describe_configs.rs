@@ -98,10 +98,12 @@ fn describe(
                 .with_value(Some(StrBytes::from_string(value)))
                 .with_read_only(read_only)
                 .with_config_source(source);
-            if version >= 3 {
-                entry.with_config_type(kind)
-            } else {
-                entry
+            match version {
+                // v0 has `is_default` instead of `config_source` ("true if the configuration
+                // is not set"); Kafka's client turns it back into a source.
+                0 => entry.with_is_default(source == SOURCE_DEFAULT),
+                3.. => entry.with_config_type(kind),
+                _ => entry,
             }
         })
         .collect();

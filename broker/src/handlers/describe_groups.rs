@@ -1,11 +1,12 @@
 //! `DescribeGroups`: state, protocol and members of each named group, from its coordinator.
-//! An unknown group is reported as `Dead` without error, as Kafka does before v6.
+//! An unknown group is reported as `Dead` without error before v6; from v6 (KIP-1043) with
+//! `GROUP_ID_NOT_FOUND` and a message, as Kafka 4 does.
 
 use futures::future::join_all;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 
-use crate::groups::GroupDescription;
+use crate::groups::{codes, GroupDescription};
 use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
 
 /// Group ACL operations a client may perform, as a bitfield (no ACLs yet: all of them):
@@ -36,7 +37,17 @@ pub async fn handle(
                 members: Vec::new(),
             },
         };
-        let described = described(version, description).with_group_id(group_id);
+        let unknown =
+            description.error_code == crate::error_codes::NONE && description.state == "Dead";
+        let described = described(version, description);
+        let described = if unknown && version >= 6 {
+            described
+                .with_error_code(codes::GROUP_ID_NOT_FOUND)
+                .with_error_message(Some(str_bytes(&format!("Group {} not found.", &*group_id))))
+        } else {
+            described
+        };
+        let described = described.with_group_id(group_id);
         if with_operations {
             described.with_authorized_operations(GROUP_OPERATIONS_ALL)
         } else {

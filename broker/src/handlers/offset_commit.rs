@@ -3,7 +3,13 @@
 //! (`KafkaApis.handleOffsetCommitRequest`), a partition that does not exist in the metadata
 //! is answered `UNKNOWN_TOPIC_OR_PARTITION` here and never reaches the coordinator, whether
 //! the commit comes from a group member or is a simple (generation -1) commit.
+//!
+//! Old versions: v0 commits are stored apart from the group's, the offset alone and without
+//! the group's membership rules, as Kafka 3.9 wrote them to `ZooKeeper`; only `OffsetFetch` v0
+//! reads them (`GroupCoordinator::commit_standalone`). v1 carries a per-partition commit
+//! timestamp (-1: the broker's clock), v2-4 a retention time (see `stored_value`).
 
+use kafka_protocol::messages::offset_commit_request::OffsetCommitRequestPartition;
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
@@ -16,7 +22,7 @@ use crate::handlers::context::{GroupAccess, RequestContext};
 
 pub async fn handle(
     shard: &GroupAccess<'_>,
-    _context: &RequestContext,
+    context: &RequestContext,
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
     let now_ms = shard.clock.now_ms();
@@ -35,21 +41,14 @@ pub async fn handle(
         })
         .collect();
     let mut known_flags = known.iter();
+    // -1 (the default, and every version but 2-4): the broker's `offsets.retention`.
+    let retention_time_ms = request.retention_time_ms;
     let offsets: Vec<(String, i32, CommittedOffset)> = request
         .topics
         .iter()
         .flat_map(|topic| {
             topic.partitions.iter().map(move |partition| {
-                let value = CommittedOffset {
-                    offset: partition.committed_offset,
-                    leader_epoch: partition.committed_leader_epoch,
-                    metadata: partition
-                        .committed_metadata
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_default(),
-                    commit_timestamp_ms: now_ms,
-                };
+                let value = stored_value(partition, retention_time_ms, now_ms);
                 (topic.name.to_string(), partition.partition_index, value)
             })
         })
@@ -59,6 +58,17 @@ pub async fn handle(
     let coordinator_codes = if count == 0 {
         // Nothing left to commit: Kafka answers without asking the coordinator.
         Vec::new()
+    } else if context.api_version == 0 {
+        let standalone = offsets
+            .into_iter()
+            .map(|(topic, partition, value)| (topic, partition, value.offset, value.metadata.len()))
+            .collect();
+        shard
+            .on_group_coordinator(&request.group_id, move |groups, at| async move {
+                groups.commit_standalone(at, standalone).await
+            })
+            .await
+            .unwrap_or_else(|code| vec![code; count])
     } else {
         let commit = CommitRequest {
             member_id: request.member_id.to_string(),
@@ -95,6 +105,33 @@ pub async fn handle(
     OffsetCommitResponse::default().with_topics(topics)
 }
 
+/// What a request partition commits, as Kafka 3.9's `OffsetAndMetadata.fromRequest` makes
+/// it: the commit timestamp is v1's `commit_timestamp` when the client set one, else now (it
+/// is -1, the default, in every other version); v2-4's `retention_time_ms`, when not -1,
+/// makes the offset expire that long after now instead of after `offsets.retention`.
+fn stored_value(
+    partition: &OffsetCommitRequestPartition,
+    retention_time_ms: i64,
+    now_ms: i64,
+) -> CommittedOffset {
+    CommittedOffset {
+        offset: partition.committed_offset,
+        leader_epoch: partition.committed_leader_epoch,
+        metadata: partition
+            .committed_metadata
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        commit_timestamp_ms: if partition.commit_timestamp == -1 {
+            now_ms
+        } else {
+            partition.commit_timestamp
+        },
+        expire_timestamp_ms: (retention_time_ms != -1)
+            .then(|| now_ms.saturating_add(retention_time_ms)),
+    }
+}
+
 /// One code per partition of the request: the coordinator's codes, in order, for the
 /// partitions that exist; `UNKNOWN_TOPIC_OR_PARTITION` for the others.
 fn merge_codes(known: &[bool], coordinator_codes: Vec<i16>) -> Vec<i16> {
@@ -119,6 +156,33 @@ fn merge_codes(known: &[bool], coordinator_codes: Vec<i16>) -> Vec<i16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v1_commit_timestamp_is_kept_and_minus_one_means_now() {
+        let partition = OffsetCommitRequestPartition::default().with_committed_offset(17);
+        assert_eq!(
+            stored_value(&partition, -1, 1_000).commit_timestamp_ms,
+            1_000
+        );
+        let stamped = partition.with_commit_timestamp(555);
+        let stored = stored_value(&stamped, -1, 1_000);
+        assert_eq!((stored.offset, stored.commit_timestamp_ms), (17, 555));
+        assert_eq!(
+            stored.expire_timestamp_ms, None,
+            "no retention: the broker's"
+        );
+    }
+
+    #[test]
+    fn v2_to_v4_retention_expires_the_offset_that_long_after_now() {
+        let partition = OffsetCommitRequestPartition::default().with_committed_offset(17);
+        let stored = stored_value(&partition, 60_000, 1_000);
+        assert_eq!(stored.expire_timestamp_ms, Some(61_000));
+        assert_eq!(
+            stored_value(&partition, i64::MAX, 1_000).expire_timestamp_ms,
+            Some(i64::MAX)
+        );
+    }
 
     #[test]
     fn unknown_partitions_keep_their_place_among_the_coordinators_codes() {

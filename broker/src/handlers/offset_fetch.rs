@@ -1,6 +1,8 @@
 //! `OffsetFetch`: a group's committed offsets, from its coordinator. v0-7 ask for one group,
 //! v8+ for several at once (each routed to its own coordinator, concurrently). A partition
-//! without a commit reads offset -1, as in Kafka.
+//! without a commit reads offset -1, as in Kafka. v0 reads only `OffsetCommit` v0's commits
+//! (Kafka 3.9 read them from `ZooKeeper`), answering `UNKNOWN_TOPIC_OR_PARTITION` where there
+//! is none.
 
 use futures::future::join_all;
 use kafka_protocol::messages::offset_fetch_response::{
@@ -45,8 +47,49 @@ pub async fn handle(
             .map(|t| (t.name.to_string(), t.partition_indexes))
             .collect()
     });
-    let answer = fetch(shard, &request.group_id, partitions).await;
+    let answer = if version == 0 {
+        // v0's topics are not nullable: the codec always gives a list.
+        fetch_standalone(shard, &request.group_id, partitions.unwrap_or_default()).await
+    } else {
+        fetch(shard, &request.group_id, partitions).await
+    };
     single_group_response(version, answer)
+}
+
+/// v0 reads what `OffsetCommit` v0 stored, and only that, as Kafka 3.9 read `ZooKeeper`.
+async fn fetch_standalone(
+    shard: &GroupAccess<'_>,
+    group: &str,
+    partitions: Vec<(String, Vec<i32>)>,
+) -> GroupOffsets {
+    let requested: Vec<(String, i32)> = partitions
+        .iter()
+        .flat_map(|(topic, indexes)| indexes.iter().map(move |i| (topic.clone(), *i)))
+        .collect();
+    let fetched = shard
+        .on_group_coordinator(group, move |groups, at| async move {
+            groups.fetch_standalone(at, partitions).await
+        })
+        .await;
+    match fetched.and_then(|fetched| fetched) {
+        Ok(offsets) => GroupOffsets {
+            error_code: codes::NONE,
+            offsets: offsets
+                .into_iter()
+                .map(|(topic, partition, offset)| {
+                    let value = offset.map(|offset| CommittedOffset {
+                        offset,
+                        ..no_commit()
+                    });
+                    (topic, partition, value)
+                })
+                .collect(),
+        },
+        Err(error_code) => GroupOffsets {
+            error_code,
+            offsets: requested.into_iter().map(|(t, p)| (t, p, None)).collect(),
+        },
+    }
 }
 
 async fn fetch(
@@ -105,12 +148,21 @@ fn single_group_response(version: i16, answer: GroupOffsets) -> OffsetFetchRespo
             let partitions = partitions
                 .into_iter()
                 .map(|(index, value)| {
+                    // v0 answers as Kafka 3.9 read ZooKeeper: the offset alone, and a
+                    // partition without one is UNKNOWN_TOPIC_OR_PARTITION.
+                    let error_code = match (&value, version) {
+                        (None, 0) if partition_code == codes::NONE => {
+                            codes::UNKNOWN_TOPIC_OR_PARTITION
+                        }
+                        _ => partition_code,
+                    };
                     let value = value.unwrap_or_else(no_commit);
+                    let metadata = if version == 0 { "" } else { &value.metadata };
                     let described = OffsetFetchResponsePartition::default()
                         .with_partition_index(index)
                         .with_committed_offset(value.offset)
-                        .with_metadata(Some(str_bytes(&value.metadata)))
-                        .with_error_code(partition_code);
+                        .with_metadata(Some(str_bytes(metadata)))
+                        .with_error_code(error_code);
                     if version >= 5 {
                         described.with_committed_leader_epoch(value.leader_epoch)
                     } else {
@@ -166,5 +218,6 @@ fn no_commit() -> CommittedOffset {
         leader_epoch: -1,
         metadata: String::new(),
         commit_timestamp_ms: -1,
+        expire_timestamp_ms: None,
     }
 }

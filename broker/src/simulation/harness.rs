@@ -15,8 +15,11 @@ use std::time::Duration;
 
 use futures::future::join_all;
 
+use kafka_protocol::messages::ApiKey;
+
 use crate::config::BrokerConfig;
 use crate::disk::BrokerDisk;
+use crate::handlers::{self, Request, RequestContext};
 use crate::simulation::clients::{Client, Connection, Life, Role};
 use crate::simulation::model::{Model, PartitionKey, TopicFate};
 
@@ -76,6 +79,20 @@ pub fn run_seed(seed: u64, shape: RunShape) -> RunSummary {
             "seed={seed}: no end after {SEED_REAL_TIME_MAX:?} of real time ({error}): a task spins without yielding"
         ),
     }
+}
+
+/// Sends every API at every version the registry accepts through `handlers::start` on a
+/// fresh shard with the stable topics: each request at its all-default value (Produce with
+/// acks=1, so it is answered) and, for the APIs with per-partition or per-resource answers,
+/// once more naming a stable topic's partition, so those answers are built too. Panics naming the API and version whose handler answers
+/// something its version cannot carry (the encoder refuses a field that version lacks: the
+/// connection would be closed). Returns how many (API, version) pairs answered.
+pub fn answer_every_served_version(seed: u64) -> usize {
+    let executor = glommio::LocalExecutorBuilder::default()
+        .name("simulation-versions")
+        .spawn(move || async move { Simulation::new(seed).answer_every_served_version().await })
+        .expect("executor");
+    executor.join().expect("the simulation ran")
 }
 
 struct Simulation {
@@ -162,6 +179,48 @@ impl Simulation {
             full_scans: model.full_scans,
             simulated_ms: self.clock.elapsed().as_millis(),
         }
+    }
+
+    async fn answer_every_served_version(self) -> usize {
+        let shard = self.start().await;
+        let life = Life {
+            number: 0,
+            shard: shard.clone(),
+            model: self.model.clone(),
+            clock: Clock::Simulated(self.clock.clone()),
+            disk: self.disk.clone(),
+        };
+        self.create_stable_topics(&life).await;
+        let mut answered = 0;
+        for spec in crate::registry::SUPPORTED_APIS {
+            for version in spec.accepted_min..=spec.advertised_max {
+                let context = RequestContext {
+                    api_key: spec.key,
+                    api_version: version,
+                    correlation_id: answered,
+                    client_id: Some("sim-versions".into()),
+                    peer: std::net::SocketAddr::from(([10, 0, 9, 9], 40_999)),
+                    connection_id: 999,
+                    request_sequence: u64::try_from(answered).expect("counts up from 0"),
+                };
+                let requests = [
+                    Some(all_default_request(spec.key)),
+                    naming_a_partition(spec.key, version),
+                ];
+                for request in requests.into_iter().flatten() {
+                    let frame = self
+                        .drive_call(handlers::start(shard.clone(), context.clone(), request))
+                        .await;
+                    match frame {
+                        Ok(Some(_)) => {}
+                        Ok(None) => panic!("{:?} v{version}: no answer", spec.key),
+                        Err(error) => panic!("{:?} v{version}: {error}", spec.key),
+                    }
+                }
+                answered += 1;
+            }
+        }
+        usize::try_from(answered).expect("counts up from 0")
     }
 
     fn clients(&self) -> Vec<Client> {
@@ -423,4 +482,120 @@ fn simulation_config() -> BrokerConfig {
         cluster: settings.cluster(),
         settings: Arc::new(settings),
     }
+}
+
+/// The request of `key` at its all-default value, answered (Produce with acks=1).
+fn all_default_request(key: ApiKey) -> Request {
+    use kafka_protocol::messages as m;
+    macro_rules! defaults {
+        ($($variant:ident => $message:ident),* $(,)?) => {
+            match key {
+                ApiKey::Produce => Request::Produce(m::ProduceRequest::default().with_acks(1)),
+                $(ApiKey::$variant => Request::$variant(m::$message::default()),)*
+                other => panic!("no default request for {other:?}; add it here"),
+            }
+        };
+    }
+    defaults!(
+        Fetch => FetchRequest,
+        ListOffsets => ListOffsetsRequest,
+        Metadata => MetadataRequest,
+        OffsetCommit => OffsetCommitRequest,
+        OffsetFetch => OffsetFetchRequest,
+        FindCoordinator => FindCoordinatorRequest,
+        JoinGroup => JoinGroupRequest,
+        Heartbeat => HeartbeatRequest,
+        LeaveGroup => LeaveGroupRequest,
+        SyncGroup => SyncGroupRequest,
+        DescribeGroups => DescribeGroupsRequest,
+        ListGroups => ListGroupsRequest,
+        DeleteGroups => DeleteGroupsRequest,
+        OffsetDelete => OffsetDeleteRequest,
+        DescribeConfigs => DescribeConfigsRequest,
+        AlterConfigs => AlterConfigsRequest,
+        ApiVersions => ApiVersionsRequest,
+        CreateTopics => CreateTopicsRequest,
+        DeleteTopics => DeleteTopicsRequest,
+        DeleteRecords => DeleteRecordsRequest,
+        CreatePartitions => CreatePartitionsRequest,
+        IncrementalAlterConfigs => IncrementalAlterConfigsRequest,
+        DescribeCluster => DescribeClusterRequest,
+        InitProducerId => InitProducerIdRequest,
+    )
+}
+
+/// A request of `key` naming partition 0 of the stable topic `sim-a` (or a resource, group
+/// or new topic), for the APIs whose answer has a part per partition or resource.
+fn naming_a_partition(key: ApiKey, version: i16) -> Option<Request> {
+    use kafka_protocol::messages::{self as m, GroupId, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let topic = || TopicName(StrBytes::from_static_str("sim-a"));
+    let group = || GroupId(StrBytes::from_static_str("sim-versions"));
+    let request = match key {
+        ApiKey::ListOffsets => Request::ListOffsets(m::ListOffsetsRequest::default().with_topics(
+            vec![m::list_offsets_request::ListOffsetsTopic::default()
+                .with_name(topic())
+                .with_partitions(vec![
+                    m::list_offsets_request::ListOffsetsPartition::default().with_timestamp(-1),
+                ])],
+        )),
+        ApiKey::OffsetCommit => Request::OffsetCommit(
+            m::OffsetCommitRequest::default()
+                .with_group_id(group())
+                .with_topics(vec![
+                    m::offset_commit_request::OffsetCommitRequestTopic::default()
+                        .with_name(topic())
+                        .with_partitions(vec![
+                            m::offset_commit_request::OffsetCommitRequestPartition::default()
+                                .with_committed_offset(1),
+                        ]),
+                ]),
+        ),
+        ApiKey::OffsetFetch if version < 8 => Request::OffsetFetch(
+            m::OffsetFetchRequest::default()
+                .with_group_id(group())
+                .with_topics(Some(vec![
+                    m::offset_fetch_request::OffsetFetchRequestTopic::default()
+                        .with_name(topic())
+                        .with_partition_indexes(vec![0]),
+                ])),
+        ),
+        ApiKey::OffsetFetch => Request::OffsetFetch(m::OffsetFetchRequest::default().with_groups(
+            vec![m::offset_fetch_request::OffsetFetchRequestGroup::default()
+                .with_group_id(group())
+                .with_topics(Some(vec![m::offset_fetch_request::OffsetFetchRequestTopics::default()
+                    .with_name(topic())
+                    .with_partition_indexes(vec![0])]))],
+        )),
+        ApiKey::DescribeConfigs => {
+            Request::DescribeConfigs(m::DescribeConfigsRequest::default().with_resources(vec![
+                m::describe_configs_request::DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(StrBytes::from_static_str("sim-a")),
+            ]))
+        }
+        ApiKey::DescribeGroups => {
+            Request::DescribeGroups(m::DescribeGroupsRequest::default().with_groups(vec![group()]))
+        }
+        ApiKey::CreateTopics => {
+            Request::CreateTopics(m::CreateTopicsRequest::default().with_topics(
+                vec![m::create_topics_request::CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_string(format!("sim-v{version}"))))
+                .with_num_partitions(1)
+                .with_replication_factor(1)],
+            ))
+        }
+        ApiKey::DeleteTopics if version < 6 => {
+            Request::DeleteTopics(m::DeleteTopicsRequest::default().with_topic_names(vec![
+                TopicName(StrBytes::from_string(format!("sim-v{version}"))),
+            ]))
+        }
+        ApiKey::Fetch => Request::Fetch(m::FetchRequest::default().with_topics(vec![
+            m::fetch_request::FetchTopic::default()
+                .with_topic(topic())
+                .with_partitions(vec![m::fetch_request::FetchPartition::default()]),
+        ])),
+        _ => return None,
+    };
+    Some(request)
 }
