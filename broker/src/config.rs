@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ringfeed_replication::voters::{NodeId, QuorumVoters};
-
+pub use crate::cluster_config::ClusterConfig;
 use crate::limits::Limits;
 use crate::settings::Effective;
 use crate::topic_config::TopicConfig;
@@ -41,61 +40,5 @@ pub struct BrokerConfig {
 impl BrokerConfig {
     pub fn shard_count(&self) -> usize {
         self.shard_cpus.len()
-    }
-}
-
-/// The cluster settings (docs/REPLICATION.md): this broker's id and the controller quorum.
-#[derive(Clone, Debug)]
-pub struct ClusterConfig {
-    /// `node.id`: what clients see as this broker's id; the shards are internal.
-    pub node_id: NodeId,
-    /// `controller.quorum.voters`; empty for a one-node cluster.
-    pub voters: QuorumVoters,
-    /// `default.replication.factor`: replicas of a topic created with -1.
-    pub default_replication_factor: i16,
-    /// `replica.lag.time.max.ms`: how long a follower may lag before it leaves the ISR.
-    pub replica_lag_time_max: Duration,
-}
-
-impl ClusterConfig {
-    /// A one-node cluster: this broker is its only voter and the only replica of everything.
-    pub fn one_node(node_id: NodeId) -> Self {
-        Self {
-            node_id,
-            voters: QuorumVoters::default(),
-            default_replication_factor: 1,
-            replica_lag_time_max: Duration::from_secs(30),
-        }
-    }
-
-    /// Brokers in the cluster. Until replication lands (issue 12) that is always one, and
-    /// `validate` refuses settings that name others.
-    pub fn broker_count(&self) -> usize {
-        self.voters.len().max(1)
-    }
-
-    /// Checks the settings against each other: this broker must be one of the voters it is
-    /// given, and a list naming other brokers is refused while replication is being built,
-    /// rather than started as a cluster that would not replicate.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.voters.is_empty() {
-            return Ok(());
-        }
-        if self.voters.get(self.node_id).is_none() {
-            return Err(format!(
-                "node.id {} is not among controller.quorum.voters ({}); a broker finds its own \
-                 internal address there by its id",
-                self.node_id, self.voters
-            ));
-        }
-        if self.voters.len() > 1 {
-            return Err(format!(
-                "controller.quorum.voters names {} brokers, but replication across brokers is \
-                 not available yet (docs/REPLICATION.md, issue 12); leave it empty or name only \
-                 this broker",
-                self.voters.len()
-            ));
-        }
-        Ok(())
     }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use ringfeed_replication::voters::QuorumVoters;
 
-use crate::config::ClusterConfig;
+use crate::cluster_config::ClusterConfig;
 use crate::limits::Limits;
 use crate::recompress::CompressionType;
 use crate::topic_config::TopicConfig;

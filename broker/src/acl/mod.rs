@@ -11,9 +11,3 @@
 
 pub mod authorizer;
 pub mod model;
-
-pub use authorizer::{Authorizer, AuthorizerRules, Decision};
-pub use model::{
-    AclBinding, AclBindingFilter, Operation, PatternType, PatternTypeFilter, Permission, Principal,
-    ResourceType,
-};
