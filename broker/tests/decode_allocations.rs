@@ -15,8 +15,9 @@ use std::cell::Cell;
 use std::path::Path;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::{self, ApiKey, RequestHeader};
+use kafka_protocol::messages::{ApiKey, RequestHeader};
 use kafka_protocol::protocol::{Encodable, StrBytes};
+use ringfeed_broker::handlers::Request;
 use ringfeed_broker::registry::SUPPORTED_APIS;
 use ringfeed_broker::request_decode::{decode_frame, FrameVerdict};
 
@@ -155,42 +156,10 @@ fn hostile_lengths_in_real_clients_frames_allocate_nothing_large() {
 
 /// The request body of `key` at its all-default value, encoded at `version`.
 fn default_body(key: ApiKey, version: i16, out: &mut BytesMut) {
-    macro_rules! encode_default {
-        ($($variant:ident => $message:ident),* $(,)?) => {
-            match key {
-                $(ApiKey::$variant => messages::$message::default().encode(out, version),)*
-                other => panic!("no default request for {other:?}; add it here"),
-            }
-        };
-    }
-    encode_default!(
-        Produce => ProduceRequest,
-        Fetch => FetchRequest,
-        ListOffsets => ListOffsetsRequest,
-        Metadata => MetadataRequest,
-        OffsetCommit => OffsetCommitRequest,
-        OffsetFetch => OffsetFetchRequest,
-        FindCoordinator => FindCoordinatorRequest,
-        JoinGroup => JoinGroupRequest,
-        Heartbeat => HeartbeatRequest,
-        LeaveGroup => LeaveGroupRequest,
-        SyncGroup => SyncGroupRequest,
-        DescribeGroups => DescribeGroupsRequest,
-        ListGroups => ListGroupsRequest,
-        DeleteGroups => DeleteGroupsRequest,
-        OffsetDelete => OffsetDeleteRequest,
-        DescribeConfigs => DescribeConfigsRequest,
-        AlterConfigs => AlterConfigsRequest,
-        ApiVersions => ApiVersionsRequest,
-        CreateTopics => CreateTopicsRequest,
-        DeleteTopics => DeleteTopicsRequest,
-        DeleteRecords => DeleteRecordsRequest,
-        CreatePartitions => CreatePartitionsRequest,
-        IncrementalAlterConfigs => IncrementalAlterConfigsRequest,
-        DescribeCluster => DescribeClusterRequest,
-        InitProducerId => InitProducerIdRequest,
-    )
-    .unwrap_or_else(|error| panic!("{key:?} v{version}: {error}"));
+    Request::default_of(key)
+        .unwrap_or_else(|| panic!("no default request for {key:?}"))
+        .encode_body(out, version)
+        .unwrap_or_else(|error| panic!("{key:?} v{version}: {error}"));
 }
 
 #[test]

@@ -50,6 +50,26 @@ macro_rules! served_apis {
             $($variant(kafka_protocol::messages::$request)),*
         }
 
+        impl Request {
+            /// The request of `api_key` with every field at its default, or None for an API
+            /// that is not served. Tests and the simulation draw every served API from here,
+            /// so a newly served API is covered without another list to keep in step.
+            pub fn default_of(api_key: ApiKey) -> Option<Self> {
+                match api_key {
+                    $(ApiKey::$variant => Some(Request::$variant(Default::default())),)*
+                    _ => None,
+                }
+            }
+
+            /// Encodes the request body at `version`; the error says what the version lacks.
+            pub fn encode_body(&self, out: &mut bytes::BytesMut, version: i16) -> Result<(), String> {
+                match self {
+                    $(Request::$variant(request) => request.encode(out, version),)*
+                }
+                .map_err(|error| error.to_string())
+            }
+        }
+
         /// Decodes the body of an admitted request.
         pub fn decode_request(api_key: ApiKey, api_version: i16, body: &mut Bytes) -> Result<Request, CodecError> {
             match api_key {

@@ -486,42 +486,12 @@ fn simulation_config() -> BrokerConfig {
 
 /// The request of `key` at its all-default value, answered (Produce with acks=1).
 fn all_default_request(key: ApiKey) -> Request {
-    use kafka_protocol::messages as m;
-    macro_rules! defaults {
-        ($($variant:ident => $message:ident),* $(,)?) => {
-            match key {
-                ApiKey::Produce => Request::Produce(m::ProduceRequest::default().with_acks(1)),
-                $(ApiKey::$variant => Request::$variant(m::$message::default()),)*
-                other => panic!("no default request for {other:?}; add it here"),
-            }
-        };
+    let mut request = Request::default_of(key)
+        .unwrap_or_else(|| panic!("{key:?} is advertised but has no request type"));
+    if let Request::Produce(produce) = &mut request {
+        produce.acks = 1;
     }
-    defaults!(
-        Fetch => FetchRequest,
-        ListOffsets => ListOffsetsRequest,
-        Metadata => MetadataRequest,
-        OffsetCommit => OffsetCommitRequest,
-        OffsetFetch => OffsetFetchRequest,
-        FindCoordinator => FindCoordinatorRequest,
-        JoinGroup => JoinGroupRequest,
-        Heartbeat => HeartbeatRequest,
-        LeaveGroup => LeaveGroupRequest,
-        SyncGroup => SyncGroupRequest,
-        DescribeGroups => DescribeGroupsRequest,
-        ListGroups => ListGroupsRequest,
-        DeleteGroups => DeleteGroupsRequest,
-        OffsetDelete => OffsetDeleteRequest,
-        DescribeConfigs => DescribeConfigsRequest,
-        AlterConfigs => AlterConfigsRequest,
-        ApiVersions => ApiVersionsRequest,
-        CreateTopics => CreateTopicsRequest,
-        DeleteTopics => DeleteTopicsRequest,
-        DeleteRecords => DeleteRecordsRequest,
-        CreatePartitions => CreatePartitionsRequest,
-        IncrementalAlterConfigs => IncrementalAlterConfigsRequest,
-        DescribeCluster => DescribeClusterRequest,
-        InitProducerId => InitProducerIdRequest,
-    )
+    request
 }
 
 /// A request of `key` naming partition 0 of the stable topic `sim-a` (or a resource, group
