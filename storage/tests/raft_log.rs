@@ -13,7 +13,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{open_sim, read_all, run, small_config, workload_batch};
+use common::{open_sim, raft_entries, read_all, run, small_config, workload_batch};
 use ringfeed_storage::sim::{CrashMode, SimDisk};
 use ringfeed_storage::{EntryError, LeaderEpoch, PartitionLog, ReadError, EPOCH_UNDEFINED};
 
@@ -22,16 +22,6 @@ async fn lead(log: &PartitionLog<SimDisk>, i: usize, term: i32) -> ringfeed_stor
     log.append_as_leader(checked, term)
         .await
         .expect("leader append")
-}
-
-async fn entries(log: &PartitionLog<SimDisk>) -> Vec<(u64, i32, Bytes)> {
-    let first = log.first_index();
-    log.read_entries(first, log.last_index() + 1, usize::MAX)
-        .await
-        .expect("entries")
-        .into_iter()
-        .map(|e| (e.index, e.term, e.batch))
-        .collect()
 }
 
 #[test]
@@ -52,7 +42,7 @@ fn leaders_stamp_followers_copy_and_bad_entries_are_refused() {
             .wait_durable(leader.log_end_offset() - 1)
             .await
             .expect("durable");
-        let stored = entries(&leader).await;
+        let stored = raft_entries(&leader).await;
         for (_, _, batch) in &stored {
             let copied = follower
                 .append_replicated(batch.clone())
@@ -68,7 +58,7 @@ fn leaders_stamp_followers_copy_and_bad_entries_are_refused() {
             .await
             .expect("durable");
         assert_eq!(
-            entries(&follower).await,
+            raft_entries(&follower).await,
             stored,
             "followers store the leader's bytes"
         );
@@ -133,7 +123,7 @@ fn truncation_cuts_durably_within_and_across_segments() {
         log.wait_durable(log.log_end_offset() - 1)
             .await
             .expect("durable");
-        let before = entries(&log).await;
+        let before = raft_entries(&log).await;
         let segments_before = disk.paths().len();
         for cut in [58_u64, 57, 31, 12] {
             log.truncate_from_index(cut).await.expect("truncate");
@@ -142,12 +132,15 @@ fn truncation_cuts_durably_within_and_across_segments() {
                 log.log_end_offset(),
                 common::header(&before[cut as usize - 1].2).base_offset
             );
-            assert_eq!(entries(&log).await, before[..cut as usize - 1].to_vec());
+            assert_eq!(
+                raft_entries(&log).await,
+                before[..cut as usize - 1].to_vec()
+            );
             // Durable on return: a power cut right now keeps exactly the truncated log.
             let image = disk.crash_image(CrashMode::PowerCut);
             let recovered = open_sim(&image, small_config()).await.expect("recover");
             assert_eq!(
-                entries(&recovered).await,
+                raft_entries(&recovered).await,
                 before[..cut as usize - 1].to_vec(),
                 "cut {cut}"
             );
@@ -187,7 +180,7 @@ fn a_same_sized_entry_after_a_cut_never_resurrects_the_old_tail() {
             log
         };
         let reference = build(SimDisk::new()).await;
-        let old = entries(&reference).await;
+        let old = raft_entries(&reference).await;
         let steps_to_cut = {
             let disk = SimDisk::new();
             let _log = build(disk.clone()).await;
@@ -219,7 +212,7 @@ fn a_same_sized_entry_after_a_cut_never_resurrects_the_old_tail() {
                 let recovered = open_sim(&image, small_config())
                     .await
                     .unwrap_or_else(|e| panic!("{context}: {e}"));
-                let got = entries(&recovered).await;
+                let got = raft_entries(&recovered).await;
                 let is_old_prefix = got.len() >= 4 && got[..] == old[..got.len()];
                 let is_new = got.len() <= 5
                     && got[..got.len().min(4)] == old[..got.len().min(4)]

@@ -18,9 +18,9 @@
 mod common;
 
 use bytes::Bytes;
-use common::{header, open_sim, read_all, run, small_config, workload_batch};
+use common::{header, open_sim, raft_entries, read_all, run, small_config, workload_batch};
 use ringfeed_storage::sim::{CrashMode, SeededRng, SimDisk};
-use ringfeed_storage::{LeaderEpoch, PartitionLog};
+use ringfeed_storage::LeaderEpoch;
 
 const SEEDS: u64 = 24;
 const OPERATIONS: usize = 60;
@@ -122,21 +122,11 @@ async fn workload(disk: &SimDisk, seed: u64) -> Observed {
     observed
 }
 
-async fn recovered_entries(log: &PartitionLog<SimDisk>) -> Vec<(u64, i32, Bytes)> {
-    let first = log.first_index();
-    log.read_entries(first, log.last_index() + 1, usize::MAX)
-        .await
-        .expect("entries")
-        .into_iter()
-        .map(|e| (e.index, e.term, e.batch))
-        .collect()
-}
-
 async fn check_recovery(image: &SimDisk, observed: &Observed, context: &str) {
     let log = open_sim(image, small_config())
         .await
         .unwrap_or_else(|e| panic!("{context}: recovery failed: {e}"));
-    let got = recovered_entries(&log).await;
+    let got = raft_entries(&log).await;
     let summary = || got.iter().map(|e| (e.0, e.1)).collect::<Vec<_>>();
     let at_least = match observed.interrupted_cut {
         Some(cut) => observed.durable.min(cut),

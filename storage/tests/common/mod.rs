@@ -79,6 +79,17 @@ pub fn header(bytes: &[u8]) -> BatchHeader {
     BatchHeader::parse(bytes).expect("a batch header")
 }
 
+/// Every Raft entry of the log as (index, term, batch), from its first index on.
+pub async fn raft_entries<D: Disk>(log: &PartitionLog<D>) -> Vec<(u64, i32, Bytes)> {
+    let first = log.first_index();
+    log.read_entries(first, log.last_index() + 1, usize::MAX)
+        .await
+        .expect("entries")
+        .into_iter()
+        .map(|entry| (entry.index, entry.term, entry.batch))
+        .collect()
+}
+
 /// Every batch from the log start to the high watermark, in order.
 pub async fn read_all<D: Disk>(log: &PartitionLog<D>) -> Vec<Bytes> {
     let mut offset = log.log_start_offset();
