@@ -1,6 +1,8 @@
 //! Guards how much disk the active segment reserves ahead of its data (issue 16 item 3).
-//! - 1,000 idle partitions with the default settings reserve less than 1 GB in total on
-//!   the real disk (they held 32 GB: a fixed 32 MiB fallocate step each).
+//! - Idle partitions with the default settings reserve less than 1 MB each on the real disk,
+//!   so 1,000 of them stay under 1 GB (they held 32 GB: a fixed 32 MiB fallocate step each).
+//!   The test opens 100, not 1,000: the per-partition figure is what is checked, and CI
+//!   machines with a few hundred MB of free disk must not fail it with ENOSPC.
 //! - A busy partition's steps double up to the configured maximum, so its steady state
 //!   preallocates as before; a partition that slows down gets smaller steps, and a segment
 //!   rolled after an idle spell starts at the smallest step.
@@ -34,9 +36,10 @@ fn allocated_bytes(dir: &Path) -> u64 {
 }
 
 #[test]
-fn a_thousand_idle_partitions_reserve_less_than_a_gigabyte() {
-    const PARTITIONS: u64 = 1_000;
-    const BUDGET_BYTES: u64 = 1_000_000_000;
+fn an_idle_partition_reserves_less_than_a_megabyte() {
+    const PARTITIONS: u64 = 100;
+    // 1 GB for 1,000 idle partitions (issue 16 item 3).
+    const BUDGET_BYTES_PER_PARTITION: u64 = 1_000_000;
     run(|| async {
         let root = tempfile::tempdir().expect("tempdir");
         let mut logs = Vec::new();
@@ -49,7 +52,7 @@ fn a_thousand_idle_partitions_reserve_less_than_a_gigabyte() {
         }
         let reserved = allocated_bytes(root.path());
         assert!(
-            reserved < BUDGET_BYTES,
+            reserved < PARTITIONS * BUDGET_BYTES_PER_PARTITION,
             "{PARTITIONS} idle partitions reserve {reserved} bytes of disk"
         );
         // Each holds its first step and little else (directories, the probe page).
