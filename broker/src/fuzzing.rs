@@ -124,6 +124,7 @@ fn check_decoded(
         Request::CreatePartitions(r) => round_trip(r, version, flexible),
         Request::IncrementalAlterConfigs(r) => round_trip(r, version, flexible),
         Request::DescribeCluster(r) => round_trip(r, version, flexible),
+        Request::DescribeLogDirs(r) => round_trip(r, version, flexible),
         Request::InitProducerId(r) => round_trip(r, version, flexible),
     }
 }
@@ -238,6 +239,7 @@ mod tests {
             CreatePartitions => CreatePartitionsRequest,
             IncrementalAlterConfigs => IncrementalAlterConfigsRequest,
             DescribeCluster => DescribeClusterRequest, InitProducerId => InitProducerIdRequest,
+            DescribeLogDirs => DescribeLogDirsRequest,
         }
         .expect("a default body encodes");
     }

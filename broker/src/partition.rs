@@ -580,6 +580,39 @@ pub async fn delete_records_on<S: PartitionOwner>(
     .await
 }
 
+/// The bytes on disk of each of `tps`, all owned by shard `owner`, in one call to it:
+/// `None` for a partition that is offline or not there (`DescribeLogDirs` leaves it out).
+/// `None` as a whole when the owner is gone (only during shutdown).
+pub async fn log_sizes_on<S: PartitionOwner>(
+    router: &Rc<ShardRouter<S>>,
+    owner: usize,
+    tps: Vec<TopicPartition>,
+) -> Option<Vec<(TopicPartition, Option<u64>)>> {
+    let remote = owner != router.shard_id();
+    let reply = router.invoke_on(
+        owner,
+        S::PARTITION_CALLS,
+        Ending::WithItsCaller,
+        move |services: &Rc<S>| {
+            if remote {
+                for tp in &tps {
+                    services.check_ownership_on_receipt(tp);
+                }
+            }
+            let table = services.partitions();
+            let sizes = tps
+                .into_iter()
+                .map(|tp| {
+                    let size = table.log(&tp).ok().map(|log| log.size_bytes());
+                    (tp, size)
+                })
+                .collect();
+            std::future::ready(sizes)
+        },
+    );
+    answered(reply.await)
+}
+
 fn append_error_code(error: &AppendError) -> i16 {
     match error {
         AppendError::Batch(error) => crate::recompress::batch_error_code(error),

@@ -283,6 +283,7 @@ fn round_trip_version(key: ApiKey, version: i16, draws: &mut Draws) {
         IncrementalAlterConfigs => IncrementalAlterConfigsRequest,
         DescribeCluster => DescribeClusterRequest,
         InitProducerId => InitProducerIdRequest,
+        DescribeLogDirs => DescribeLogDirsRequest,
     );
 }
 

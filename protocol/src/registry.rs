@@ -36,7 +36,7 @@ impl ApiSpec {
 /// Burrow, kafka-go and old librdkafka send them. `KAFKA_RANGES` in the tests holds both
 /// releases' ranges; the codec for the removed versions is generated from 3.9's message JSON
 /// (vendor/README.md).
-pub const SUPPORTED_APIS: [ApiSpec; 25] = [
+pub const SUPPORTED_APIS: [ApiSpec; 26] = [
     ApiSpec {
         accepted_min: 3,
         ..ApiSpec::new(ApiKey::Produce, 0, 11)
@@ -60,6 +60,7 @@ pub const SUPPORTED_APIS: [ApiSpec; 25] = [
     ApiSpec::new(ApiKey::InitProducerId, 0, 5),
     ApiSpec::new(ApiKey::DescribeConfigs, 0, 4),
     ApiSpec::new(ApiKey::AlterConfigs, 0, 2),
+    ApiSpec::new(ApiKey::DescribeLogDirs, 0, 4),
     ApiSpec::new(ApiKey::CreatePartitions, 0, 3),
     ApiSpec::new(ApiKey::DeleteGroups, 0, 2),
     ApiSpec::new(ApiKey::IncrementalAlterConfigs, 0, 1),
@@ -124,7 +125,7 @@ mod tests {
     /// Kafka's request version ranges per API: 3.9 (apache/kafka branch `3.9`, each
     /// `*Request.json`'s `validVersions`) and 4.1 (what kafka-protocol 0.18, generated from
     /// 4.1.0, accepts; a `latestVersionUnstable` version is not served by a default broker).
-    const KAFKA_RANGES: [(ApiKey, VersionPair, VersionPair); 25] = [
+    const KAFKA_RANGES: [(ApiKey, VersionPair, VersionPair); 26] = [
         (ApiKey::Produce, (0, 11), (3, 13)),
         (ApiKey::Fetch, (0, 17), (4, 18)),
         (ApiKey::ListOffsets, (0, 9), (1, 10)),
@@ -145,6 +146,7 @@ mod tests {
         (ApiKey::InitProducerId, (0, 5), (0, 5)),
         (ApiKey::DescribeConfigs, (0, 4), (1, 4)),
         (ApiKey::AlterConfigs, (0, 2), (0, 2)),
+        (ApiKey::DescribeLogDirs, (0, 4), (1, 4)),
         (ApiKey::CreatePartitions, (0, 3), (0, 3)),
         (ApiKey::DeleteGroups, (0, 2), (0, 2)),
         (ApiKey::IncrementalAlterConfigs, (0, 1), (0, 1)),

@@ -13,6 +13,7 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
+pub mod describe_log_dirs;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -121,6 +122,7 @@ served_apis! {
     CreatePartitions => create_partitions::CreatePartitionsRequest,
     IncrementalAlterConfigs => incremental_alter_configs::IncrementalAlterConfigsRequest,
     DescribeCluster => describe_cluster::DescribeClusterRequest,
+    DescribeLogDirs => describe_log_dirs::DescribeLogDirsRequest,
     InitProducerId => init_producer_id::InitProducerIdRequest,
 }
 

@@ -7,11 +7,11 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
     AlterConfigsResponse, ApiVersionsResponse, CreatePartitionsResponse, CreateTopicsResponse,
     DeleteGroupsResponse, DeleteRecordsResponse, DeleteTopicsResponse, DescribeClusterResponse,
-    DescribeConfigsResponse, DescribeGroupsResponse, FetchResponse, FindCoordinatorResponse,
-    HeartbeatResponse, IncrementalAlterConfigsResponse, InitProducerIdResponse, JoinGroupResponse,
-    LeaveGroupResponse, ListGroupsResponse, ListOffsetsResponse, MetadataResponse,
-    OffsetCommitResponse, OffsetDeleteResponse, OffsetFetchResponse, ProduceResponse,
-    SyncGroupResponse,
+    DescribeConfigsResponse, DescribeGroupsResponse, DescribeLogDirsResponse, FetchResponse,
+    FindCoordinatorResponse, HeartbeatResponse, IncrementalAlterConfigsResponse,
+    InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse,
+    ListOffsetsResponse, MetadataResponse, OffsetCommitResponse, OffsetDeleteResponse,
+    OffsetFetchResponse, ProduceResponse, SyncGroupResponse,
 };
 
 use crate::error_codes::NONE;
@@ -40,6 +40,7 @@ macro_rules! top_level_only {
 top_level_only!(
     ApiVersionsResponse,
     DescribeClusterResponse,
+    DescribeLogDirsResponse,
     HeartbeatResponse,
     InitProducerIdResponse,
     JoinGroupResponse,
