@@ -125,6 +125,7 @@ fn check_decoded(
         Request::IncrementalAlterConfigs(r) => round_trip(r, version, flexible),
         Request::DescribeCluster(r) => round_trip(r, version, flexible),
         Request::DescribeLogDirs(r) => round_trip(r, version, flexible),
+        Request::DescribeTopicPartitions(r) => round_trip(r, version, flexible),
         Request::InitProducerId(r) => round_trip(r, version, flexible),
     }
 }
@@ -240,6 +241,7 @@ mod tests {
             IncrementalAlterConfigs => IncrementalAlterConfigsRequest,
             DescribeCluster => DescribeClusterRequest, InitProducerId => InitProducerIdRequest,
             DescribeLogDirs => DescribeLogDirsRequest,
+            DescribeTopicPartitions => DescribeTopicPartitionsRequest,
         }
         .expect("a default body encodes");
     }
