@@ -140,6 +140,18 @@ def fetch_v4_body(topic, partition, offset, max_wait_ms, min_bytes, max_bytes=1 
             + struct.pack(">i", 1) + struct.pack(">iqi", partition, offset, max_bytes))
 
 
+def read_uvarint(data):
+    """Decodes one unsigned varint (flexible versions' lengths); returns it and the rest."""
+    value, shift, index = 0, 0, 0
+    while True:
+        byte = data[index]
+        value |= (byte & 0x7F) << shift
+        index += 1
+        if not byte & 0x80:
+            return value, data[index:]
+        shift += 7
+
+
 def read_frame(sock):
     """Reads one response frame; returns its body, or None if the broker closed the connection."""
     size_bytes = read_exactly(sock, 4)

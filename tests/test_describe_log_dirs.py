@@ -62,17 +62,6 @@ def produce_to(bootstrap, topic, partition, messages):
     return len(delivered)
 
 
-def uvarint(data):
-    value, shift, index = 0, 0, 0
-    while True:
-        byte = data[index]
-        value |= (byte & 0x7F) << shift
-        index += 1
-        if not byte & 0x80:
-            return value, data[index:]
-        shift += 7
-
-
 def test_v4_names_the_filesystem_size_and_free_space(broker):
     create_topic(broker.bootstrap, "named", 1)
     sock = helpers.connect(broker.bootstrap)
@@ -87,18 +76,18 @@ def test_v4_names_the_filesystem_size_and_free_space(broker):
     rest = answer[5:]
     _throttle, error_code = struct.unpack(">ih", rest[:6])
     assert error_code == 0
-    results, rest = uvarint(rest[6:])
+    results, rest = helpers.read_uvarint(rest[6:])
     assert results - 1 == 1
     result_error, = struct.unpack(">h", rest[:2])
     assert result_error == 0
-    length, rest = uvarint(rest[2:])
+    length, rest = helpers.read_uvarint(rest[2:])
     log_dir, rest = rest[:length - 1].decode(), rest[length - 1:]
     assert log_dir == str(broker.data_dir)
-    topics, rest = uvarint(rest)
+    topics, rest = helpers.read_uvarint(rest)
     assert topics - 1 == 1
-    length, rest = uvarint(rest)
+    length, rest = helpers.read_uvarint(rest)
     assert rest[:length - 1] == b"named"
-    partitions, rest = uvarint(rest[length - 1:])
+    partitions, rest = helpers.read_uvarint(rest[length - 1:])
     assert partitions - 1 == 1, "partition 7 does not exist and is left out"
     partition_index, size, offset_lag, is_future = struct.unpack(">iqq?", rest[:21])
     assert (partition_index, size, offset_lag, is_future) == (0, 0, 0, False)

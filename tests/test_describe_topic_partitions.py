@@ -14,31 +14,20 @@ from helpers import admin, create_topic
 UNKNOWN_TOPIC_OR_PARTITION = 3
 
 
-def uvarint(data):
-    value, shift, index = 0, 0, 0
-    while True:
-        byte = data[index]
-        value |= (byte & 0x7F) << shift
-        index += 1
-        if not byte & 0x80:
-            return value, data[index:]
-        shift += 7
-
-
 def compact_string(text):
     data = text.encode()
     return bytes([len(data) + 1]) + data
 
 
 def read_compact_string(data):
-    length, data = uvarint(data)
+    length, data = helpers.read_uvarint(data)
     if length == 0:
         return None, data
     return data[:length - 1].decode(), data[length - 1:]
 
 
 def read_int32s(data):
-    count, data = uvarint(data)
+    count, data = helpers.read_uvarint(data)
     if count == 0:
         return None, data
     values = list(struct.unpack(f">{count - 1}i", data[:4 * (count - 1)]))
@@ -61,12 +50,12 @@ def describe_page(sock, names, limit, cursor, correlation_id):
     assert struct.unpack(">i", answer[:4])[0] == correlation_id and answer[4] == 0
     data = answer[9:]  # header, throttle time
     topics = []
-    count, data = uvarint(data)
+    count, data = helpers.read_uvarint(data)
     for _ in range(count - 1):
         error_code, = struct.unpack(">h", data[:2])
         name, data = read_compact_string(data[2:])
         topic_id, is_internal = data[:16], data[16]
-        partitions_count, data = uvarint(data[17:])
+        partitions_count, data = helpers.read_uvarint(data[17:])
         partitions = []
         for _ in range(partitions_count - 1):
             p_error, index, leader, epoch = struct.unpack(">hiii", data[:14])
