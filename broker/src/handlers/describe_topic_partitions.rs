@@ -1,6 +1,6 @@
-//! `DescribeTopicPartitions` (KIP-966): topic and partition metadata in pages. librdkafka's
-//! `describe_topics` uses it when the broker serves it, so topics with tens of thousands of
-//! partitions do not need one huge Metadata response.
+//! `DescribeTopicPartitions` (KIP-966): topic and partition metadata in pages, so an admin
+//! tool describing topics with tens of thousands of partitions does not need one huge
+//! Metadata response. (librdkafka 2.16's `describe_topics` still sends Metadata.)
 //!
 //! Topics are described in name order (every topic when the request names none), from the
 //! request's cursor on, with at most `response_partition_limit` partitions (capped at
