@@ -8,16 +8,34 @@ use std::time::Duration;
 
 pub use crate::cluster_config::ClusterConfig;
 use crate::limits::Limits;
+use crate::listeners::SecurityProtocol;
 use crate::settings::Effective;
 use crate::topic_config::TopicConfig;
 
+/// One Kafka listener as bound: every shard accepts on it (`SO_REUSEPORT`).
 #[derive(Clone, Debug)]
-pub struct BrokerConfig {
-    /// The address every shard's `SO_REUSEPORT` listener binds (port 0 already resolved).
-    pub listen: SocketAddr,
-    /// Host and port clients are told to connect to (Metadata, `DescribeCluster`).
+pub struct BoundListener {
+    /// Kafka's listener name (`PLAINTEXT`, `SSL`, or one mapped by
+    /// `listener.security.protocol.map`).
+    pub name: String,
+    pub protocol: SecurityProtocol,
+    /// Port 0 already resolved.
+    pub address: SocketAddr,
+    /// Host and port clients on this listener are told to connect to.
     pub advertised_host: String,
     pub advertised_port: i32,
+}
+
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// The first listener's address (what the start-up line names; `listeners` has them all).
+    pub listen: SocketAddr,
+    /// Host and port of the first listener clients are told to connect to.
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    /// Every Kafka listener, in the order of the `listeners` setting; a connection knows
+    /// the index of the one it came in on (`RequestContext::listener`).
+    pub listeners: Vec<BoundListener>,
     pub data_dir: PathBuf,
     /// CPU of each shard, by shard index; its length is the shard count.
     pub shard_cpus: Vec<usize>,
@@ -40,5 +58,15 @@ pub struct BrokerConfig {
 impl BrokerConfig {
     pub fn shard_count(&self) -> usize {
         self.shard_cpus.len()
+    }
+
+    /// The address advertised on listener `index` (Kafka's rule: Metadata answers with the
+    /// advertised address of the listener the request came in on). An index without a
+    /// listener (simulations) gets the first listener's.
+    pub fn advertised(&self, index: usize) -> (&str, i32) {
+        self.listeners.get(index).map_or(
+            (self.advertised_host.as_str(), self.advertised_port),
+            |listener| (listener.advertised_host.as_str(), listener.advertised_port),
+        )
     }
 }

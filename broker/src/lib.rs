@@ -18,6 +18,7 @@ pub mod fuzzing;
 pub mod groups;
 pub mod handlers;
 pub mod limits;
+pub mod listeners;
 pub mod log_throttle;
 pub mod logging;
 pub mod metadata;

@@ -303,6 +303,7 @@ impl Effective {
         ServeOptions {
             listen: self.text("listeners").to_string(),
             advertised_listener: optional("advertised.listeners"),
+            protocol_map: self.text("listener.security.protocol.map").to_string(),
             data_dir: PathBuf::from(self.text("log.dirs")),
             shards: Some(self.unsigned("ringfeed.shards") as usize).filter(|shards| *shards > 0),
             cpus: optional("ringfeed.cpus").map(|cpus| {
@@ -503,15 +504,26 @@ pub fn read_config_file(flag: Option<&Path>) -> Result<Option<(PathBuf, String)>
 
 /// Resolves an address the way the broker will, so `listeners` typos fail with the key named.
 pub fn check_resolvable(effective: &Effective) -> Result<(), String> {
-    for key in ["listeners", "ringfeed.admin.listen"] {
-        let entry = effective.entry(key);
-        if entry.value == "off" {
-            continue;
-        }
-        if entry.value.to_socket_addrs().is_err() {
+    let entry = effective.entry("listeners");
+    let plans = crate::listeners::plan(
+        &entry.value,
+        &effective.entry("advertised.listeners").value,
+        &effective.entry("listener.security.protocol.map").value,
+    )
+    .map_err(|error| format!("invalid listeners (from {}): {error}", entry.source))?;
+    let mut addresses: Vec<(&str, String)> = plans
+        .into_iter()
+        .map(|plan| ("listeners", plan.bind))
+        .collect();
+    let admin = effective.entry("ringfeed.admin.listen");
+    if admin.value != "off" {
+        addresses.push(("ringfeed.admin.listen", admin.value.clone()));
+    }
+    for (key, address) in addresses {
+        if address.to_socket_addrs().is_err() {
             return Err(format!(
-                "invalid {key} (from {}): {} does not resolve to an address",
-                entry.source, entry.value
+                "invalid {key} (from {}): {address} does not resolve to an address",
+                effective.entry(key).source
             ));
         }
     }
@@ -556,8 +568,11 @@ mod table;
 /// `server::serve` runs the broker with.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// `listeners` (canonical text: `HOST:PORT` or `NAME://HOST:PORT,...`).
     pub listen: String,
     pub advertised_listener: Option<String>,
+    /// `listener.security.protocol.map`.
+    pub protocol_map: String,
     pub data_dir: PathBuf,
     pub shards: Option<usize>,
     pub cpus: Option<Vec<usize>>,

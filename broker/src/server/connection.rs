@@ -35,6 +35,7 @@ use crate::admission::Refusal;
 use crate::codec::CodecError;
 use crate::frame::{FrameBuffer, FrameError, FRAME_SIZE_PREFIX_BYTES};
 use crate::handlers::{self, RequestContext, ResponseFrame};
+use crate::listeners::SecurityProtocol;
 use crate::log_throttle::LogThrottle;
 use crate::request_decode::{decode_frame, FrameVerdict};
 use crate::server::vectored_write::write_frame;
@@ -46,12 +47,17 @@ use crate::shard::ShardServices;
 pub async fn accept_loop(
     shard: Rc<ShardServices>,
     connection_counts: Arc<ConnectionCounts>,
-    listener: TcpListener,
+    listener: ListenerOnShard,
     connections: Rc<Gate>,
 ) {
     let mut refusals = RefusalLog::default();
+    let ListenerOnShard {
+        index,
+        protocol,
+        socket,
+    } = listener;
     loop {
-        let stream = match listener.accept().await {
+        let stream = match socket.accept().await {
             Ok(stream) => stream,
             Err(error) => {
                 // EMFILE/ENFILE land here: the connection waits in the backlog meanwhile.
@@ -74,13 +80,20 @@ pub async fn accept_loop(
         let _ = stream.set_read_timeout(Some(shard.config.limits.connection_idle_max));
         let shard = shard.clone();
         let spawned = connections.spawn(async move {
-            serve(shard, stream, peer).await;
+            serve(shard, stream, peer, index, protocol).await;
             drop(admitted);
         });
         if let Ok(task) = spawned {
             task.detach();
         }
     }
+}
+
+/// One shard's socket for one of the broker's listeners (`BrokerConfig::listeners[index]`).
+pub struct ListenerOnShard {
+    pub index: usize,
+    pub protocol: SecurityProtocol,
+    pub socket: TcpListener,
 }
 
 /// Logs refused connections at most once per `REPEAT_LOG_INTERVAL` per shard, with a
@@ -151,11 +164,21 @@ fn new_connection_id(shard: usize) -> u64 {
 struct ConnectionIdentity {
     peer: SocketAddr,
     connection_id: u64,
+    /// Index of the listener the connection came in on (`BrokerConfig::listeners`).
+    listener: usize,
     /// The sequence the next request gets.
     next_request: Cell<u64>,
 }
 
-async fn serve(shard: Rc<ShardServices>, stream: TcpStream, peer: SocketAddr) {
+async fn serve(
+    shard: Rc<ShardServices>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: usize,
+    protocol: SecurityProtocol,
+) {
+    // TLS and SASL come in later stages; `serve` (mod.rs) refuses such listeners until then.
+    debug_assert_eq!(protocol, SecurityProtocol::Plaintext);
     tracing::debug!(shard = shard.shard_id, %peer, "connection accepted");
     let _counted = shard.metrics.connection_opened();
     let writer = match duplicate_for_writing(&stream) {
@@ -172,6 +195,7 @@ async fn serve(shard: Rc<ShardServices>, stream: TcpStream, peer: SocketAddr) {
     let identity = ConnectionIdentity {
         peer,
         connection_id: new_connection_id(shard.shard_id),
+        listener,
         next_request: Cell::new(0),
     };
     let ending = read_requests(&shard, reader, &queue, &identity).await;
@@ -350,6 +374,7 @@ fn start_request(
         client_id: header.client_id.map(|id| id.to_string()),
         peer: identity.peer,
         connection_id: identity.connection_id,
+        listener: identity.listener,
         request_sequence,
     };
     // `start` does the request's ordered part now, before the next frame is taken.

@@ -17,8 +17,9 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::admin::{AdminListener, AdminStatus};
 use crate::admission::ConnectionCounts;
-use crate::config::BrokerConfig;
+use crate::config::{BoundListener, BrokerConfig};
 use crate::limits::Limits;
+use crate::listeners;
 use crate::metrics::ScrapeRequest;
 use crate::preflight;
 use crate::shard::Meshes;
@@ -48,7 +49,24 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         )
     })?;
     let _data_dir_lock = lock_data_dir(&data_dir)?;
-    let requested = preflight::claim_port(resolve_address(&options.listen)?, "listeners")?;
+    let plans = listeners::plan(
+        &options.listen,
+        options.advertised_listener.as_deref().unwrap_or(""),
+        &options.protocol_map,
+    )?;
+    if let Some(plan) = plans
+        .iter()
+        .find(|plan| plan.protocol != listeners::SecurityProtocol::Plaintext)
+    {
+        return Err(format!(
+            "listener {} uses {}, which this build does not serve yet",
+            plan.name, plan.protocol
+        ));
+    }
+    let requested = plans
+        .iter()
+        .map(|plan| preflight::claim_port(resolve_address(&plan.bind)?, "listeners"))
+        .collect::<Result<Vec<_>, String>>()?;
     let admin_listen = options
         .admin_listen
         .as_deref()
@@ -59,19 +77,33 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
     if let Some(warning) = preflight::check_memlock(shard_cpus.len())? {
         tracing::warn!("{warning}");
     }
-    // Hold the claimed port (port 0 already resolved) in the shards' SO_REUSEPORT group until
-    // every shard listens on it, so nothing else can take it in between.
-    let reservation = reserve_port(requested)?;
-    let listen = reservation
-        .local_addr()
-        .ok()
-        .and_then(|address| address.as_socket())
-        .ok_or("cannot read the reserved address")?;
-    let (advertised_host, advertised_port) = advertised(options, listen)?;
+    // Hold each claimed port (port 0 already resolved) in the shards' SO_REUSEPORT group
+    // until every shard listens on it, so nothing else can take it in between.
+    let mut reservations = Vec::with_capacity(plans.len());
+    let mut bound = Vec::with_capacity(plans.len());
+    for (plan, requested) in plans.into_iter().zip(requested) {
+        let reservation = reserve_port(requested)?;
+        let address = reservation
+            .local_addr()
+            .ok()
+            .and_then(|address| address.as_socket())
+            .ok_or("cannot read the reserved address")?;
+        let (advertised_host, advertised_port) = advertised(plan.advertised, address)?;
+        bound.push(BoundListener {
+            name: plan.name,
+            protocol: plan.protocol,
+            address,
+            advertised_host,
+            advertised_port,
+        });
+        reservations.push(reservation);
+    }
+    let first = bound[0].clone();
     let config = Arc::new(BrokerConfig {
-        listen,
-        advertised_host,
-        advertised_port,
+        listen: first.address,
+        advertised_host: first.advertised_host,
+        advertised_port: first.advertised_port,
+        listeners: bound,
         data_dir,
         shard_cpus,
         spin_before_park: (options.spin_before_park_us > 0)
@@ -98,7 +130,7 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
     // A shard sends `listening` after it has applied the first metadata, which opens every
     // partition it owns: all of them listening means the broker can serve every partition.
     let all_listening = (0..config.shard_count()).all(|_| listening.recv().is_ok());
-    drop(reservation);
+    drop(reservations);
     admin_status.set_ready(all_listening);
     if all_listening {
         log_start_up(&config);
@@ -112,6 +144,17 @@ fn log_start_up(config: &BrokerConfig) {
     let admin = config
         .admin_listen
         .map_or_else(|| "off".to_string(), |address| address.to_string());
+    for listener in &config.listeners {
+        // One line per listener, so scripts and tests started with port 0 find each port.
+        tracing::info!(
+            "listener {} ({}) on {} advertised {}:{}",
+            listener.name,
+            listener.protocol,
+            listener.address,
+            listener.advertised_host,
+            listener.advertised_port
+        );
+    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         shards = config.shard_count(),
@@ -341,30 +384,22 @@ fn reserve_port(address: SocketAddr) -> Result<socket2::Socket, String> {
     Ok(socket)
 }
 
-/// Where clients are told to connect. Without `--advertised-listener` it is the listen
-/// address, except that a wildcard (0.0.0.0 / ::) is no address a client can dial: then the
-/// host name is advertised, as Kafka does.
-fn advertised(options: &ServeOptions, listen: SocketAddr) -> Result<(String, i32), String> {
-    let Some(advertised) = &options.advertised_listener else {
-        let host = if listen.ip().is_unspecified() {
-            host_name()?
-        } else {
-            listen.ip().to_string()
-        };
-        return Ok((host, i32::from(listen.port())));
+/// Where clients on one listener are told to connect. Without an `advertised.listeners`
+/// entry it is the listen address, except that a wildcard (0.0.0.0 / ::) is no address a
+/// client can dial: then the host name is advertised, as Kafka does.
+fn advertised(
+    advertised: Option<(String, u16)>,
+    listen: SocketAddr,
+) -> Result<(String, i32), String> {
+    if let Some((host, port)) = advertised {
+        return Ok((host, i32::from(port)));
+    }
+    let host = if listen.ip().is_unspecified() {
+        host_name()?
+    } else {
+        listen.ip().to_string()
     };
-    let (host, port) = advertised
-        .rsplit_once(':')
-        .ok_or_else(|| format!("advertised.listeners {advertised} is not HOST:PORT"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("advertised.listeners {advertised}: bad port"))?;
-    Ok((
-        host.trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string(),
-        i32::from(port),
-    ))
+    Ok((host, i32::from(listen.port())))
 }
 
 fn host_name() -> Result<String, String> {

@@ -49,8 +49,10 @@ pub static SETTINGS: &[Setting] = &[
             "listeners",
             "127.0.0.1:9092",
             Kind::Listener { optional: false },
-            "Address every shard listens on for Kafka clients: HOST:PORT (or PLAINTEXT://HOST:PORT; \
-             one listener). Port 0 picks a free port.",
+            "Where every shard listens for Kafka clients: NAME://HOST:PORT,... with Kafka's \
+             listener names (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL, or names mapped by \
+             listener.security.protocol.map), each on its own port; a bare HOST:PORT is the \
+             PLAINTEXT listener. Port 0 picks a free port.",
         )
     },
     Setting {
@@ -59,10 +61,19 @@ pub static SETTINGS: &[Setting] = &[
             "advertised.listeners",
             "",
             Kind::Listener { optional: true },
-            "HOST:PORT clients are told to connect to. Empty: the listen address, or the host \
-             name when listening on a wildcard address.",
+            "Where clients are told to connect, per listener name (NAME://HOST:PORT,...; a bare \
+             HOST:PORT is PLAINTEXT, or the only listener). A listener left out: its listen \
+             address, or the host name when listening on a wildcard address. Metadata answers \
+             with the address of the listener the request came in on.",
         )
     },
+    row(
+        "listener.security.protocol.map",
+        crate::listeners::DEFAULT_PROTOCOL_MAP,
+        Kind::ProtocolMap,
+        "The security protocol of each listener name (NAME:PROTOCOL,...; protocols PLAINTEXT, \
+         SSL, SASL_PLAINTEXT, SASL_SSL).",
+    ),
     Setting {
         flag_aliases: &["data-dir"],
         ..row(
