@@ -4,7 +4,13 @@ and without client certificates; SASL PLAIN and SCRAM through clients we did not
 (confluent-kafka/librdkafka, kafka-python, kcat); and hostile input on the new paths."""
 
 import re
+import socket
+import ssl
+import subprocess
 
+import pytest
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.protocol.metadata import MetadataRequest
 
 import helpers
@@ -46,3 +52,168 @@ def test_each_listener_answers_metadata_with_its_own_advertised_address(start_br
 def test_a_bare_address_is_still_the_plaintext_listener(broker):
     assert listener_ports(broker) == {"PLAINTEXT": broker.port}
     assert metadata_brokers(broker.port) == [("127.0.0.1", broker.port)]
+
+
+# --- TLS ---
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_certificate(directory, name, subject, ca=None, server=False):
+    """A key and a certificate signed by `ca` (a name made earlier), or a self-signed CA."""
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-subj", subject,
+            "-out", f"{name}.csr", cwd=directory)
+    if ca is None:
+        openssl("req", "-x509", "-new", "-key", f"{name}.key", "-subj", subject, "-days", "2",
+                "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                "-out", f"{name}.pem", cwd=directory)
+        return
+    extensions = directory / f"{name}.ext"
+    usage = "serverAuth" if server else "clientAuth"
+    alt = "subjectAltName=DNS:localhost,IP:127.0.0.1\n" if server else ""
+    extensions.write_text(f"basicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n{alt}")
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+            "-CAcreateserial", "-days", "2", "-extfile", extensions.name, "-out", f"{name}.pem", cwd=directory)
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory):
+    """A CA, the broker's certificate (localhost, 127.0.0.1), a client certificate from the
+    same CA, and one from a CA the broker does not trust."""
+    directory = tmp_path_factory.mktemp("certificates")
+    make_certificate(directory, "ca", "/CN=ringfeed-test-ca")
+    make_certificate(directory, "broker", "/CN=localhost", ca="ca", server=True)
+    make_certificate(directory, "client", "/C=DE/O=Ringfeed Tests/OU=trading/CN=alice", ca="ca")
+    make_certificate(directory, "rogue-ca", "/CN=rogue-ca")
+    make_certificate(directory, "rogue", "/CN=mallory", ca="rogue-ca")
+    # The keystore: chain and key in one PEM file.
+    (directory / "broker-keystore.pem").write_text(
+        (directory / "broker.pem").read_text() + (directory / "broker.key").read_text())
+    return directory
+
+
+def tls_args(certificates, listeners, client_auth="none", keystore_inline=False):
+    args = ["--listeners", listeners, "--ssl-truststore-location", str(certificates / "ca.pem"),
+            "--ssl-client-auth", client_auth]
+    if keystore_inline:
+        # Kafka's form: the chain as PEM text in the setting (`=` keeps clap from reading
+        # the leading dashes as a flag); the key as a file path.
+        args += ["--ssl-keystore-certificate-chain=" + (certificates / "broker.pem").read_text(),
+                 "--ssl-keystore-key", str(certificates / "broker.key")]
+    else:
+        args += ["--ssl-keystore-location", str(certificates / "broker-keystore.pem")]
+    return args
+
+
+def librdkafka_tls(certificates, client=None):
+    config = {"security.protocol": "SSL", "ssl.ca.location": str(certificates / "ca.pem")}
+    if client:
+        config["ssl.certificate.location"] = str(certificates / f"{client}.pem")
+        config["ssl.key.location"] = str(certificates / f"{client}.key")
+    return config
+
+
+def produce_and_consume_confluent(bootstrap, topic, config, count=50):
+    messages = helpers.make_messages(count, seed=7)
+    delivered = helpers.produce(bootstrap, topic, messages, **config)
+    assert len(delivered) == count
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{topic}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False, **config})
+    try:
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        received = []
+        while len(received) < count:
+            message = consumer.poll(10)
+            assert message is not None, f"only {len(received)} of {count} consumed"
+            assert message.error() is None, message.error()
+            received.append((message.key(), message.value()))
+        assert received == [(key, value) for key, value, _headers, _ts in messages]
+    finally:
+        consumer.close()
+
+
+def test_plaintext_and_ssl_listeners_at_once_with_mutual_tls(start_broker, certificates):
+    broker = start_broker(extra_args=tls_args(
+        certificates, "PLAINTEXT://127.0.0.1:0,SSL://127.0.0.1:0", client_auth="required")
+        + ["--log-level", "info,ringfeed_broker::server=debug"])
+    ports = listener_ports(broker)
+    plain, tls = f"127.0.0.1:{ports['PLAINTEXT']}", f"127.0.0.1:{ports['SSL']}"
+    helpers.create_topic(plain, "mtls", 1)
+    produce_and_consume_confluent(tls, "mtls", librdkafka_tls(certificates, client="client"))
+    # The certificate's subject is the principal, in Kafka's DEFAULT mapping (RFC 2253 order).
+    assert "principal=User:CN=alice,OU=trading,O=Ringfeed Tests,C=DE" in broker.new_log()
+    # The plaintext listener still serves.
+    assert metadata_brokers(ports["PLAINTEXT"]) == [("127.0.0.1", ports["PLAINTEXT"])]
+
+
+def tls_handshake(port, certificates, client=None):
+    """Returns None if the handshake and one Metadata call worked, else the error."""
+    context = ssl.create_default_context(cafile=str(certificates / "ca.pem"))
+    if client:
+        context.load_cert_chain(str(certificates / f"{client}.pem"), str(certificates / f"{client}.key"))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as sock:
+                response = helpers.call(sock, MetadataRequest[1](topics=[]), correlation_id=3)
+                assert response.brokers[0][2] == port
+                return None
+    except (ssl.SSLError, ConnectionError, OSError, AssertionError) as error:
+        return error
+
+
+def test_mutual_tls_refuses_untrusted_and_missing_client_certificates(start_broker, certificates):
+    broker = start_broker(extra_args=tls_args(certificates, "SSL://127.0.0.1:0", client_auth="required"))
+    port = listener_ports(broker)["SSL"]
+    assert tls_handshake(port, certificates, client="client") is None
+    assert tls_handshake(port, certificates, client="rogue") is not None
+    assert tls_handshake(port, certificates) is not None
+    # librdkafka with the untrusted certificate: no metadata.
+    consumer = Consumer({"bootstrap.servers": f"127.0.0.1:{port}", "group.id": "rogue",
+                         **librdkafka_tls(certificates, client="rogue")})
+    try:
+        with pytest.raises(KafkaException):
+            consumer.list_topics(timeout=3)
+    finally:
+        consumer.close()
+    log = broker.new_log()
+    assert "TLS handshake failed" in log
+    assert broker.alive()
+
+
+def test_kafka_python_over_ssl_with_inline_pem_keystore(start_broker, certificates):
+    broker = start_broker(extra_args=tls_args(certificates, "SSL://127.0.0.1:0", keystore_inline=True))
+    bootstrap = f"127.0.0.1:{listener_ports(broker)['SSL']}"
+    config = {"security_protocol": "SSL", "ssl_cafile": str(certificates / "ca.pem")}
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", **config, **helpers.KAFKA_PYTHON_NO_IDEMPOTENCE)
+    for index in range(30):
+        producer.send("kp-ssl", key=b"k%d" % index, value=b"v" * (index * 100))
+    producer.flush(timeout=20)
+    producer.close()
+    consumer = KafkaConsumer("kp-ssl", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=10000, **config)
+    values = [message.value for message in consumer]
+    consumer.close()
+    assert values == [b"v" * (index * 100) for index in range(30)]
+
+
+def test_garbage_and_a_truncated_client_hello_on_the_tls_port(start_broker, certificates):
+    broker = start_broker(extra_args=tls_args(
+        certificates, "PLAINTEXT://127.0.0.1:0,SSL://127.0.0.1:0") + ["--request-read-timeout-ms", "1000"])
+    ports = listener_ports(broker)
+    with socket.create_connection(("127.0.0.1", ports["SSL"]), timeout=10) as sock:
+        sock.sendall(b"\x00\x00\x00\x10GET / HTTP/1.1\r\n\r\n" * 10)
+        # At most a TLS alert, then the close (a hang would raise the socket timeout).
+        sock.settimeout(5)
+        while sock.recv(1024):
+            pass
+    # A ClientHello cut after its record header: the handshake deadline closes it.
+    with socket.create_connection(("127.0.0.1", ports["SSL"]), timeout=10) as sock:
+        sock.sendall(bytes.fromhex("16030100c8010000c40303"))
+        sock.settimeout(5)
+        assert sock.recv(1024) == b""
+    assert tls_handshake(ports["SSL"], certificates) is None
+    assert metadata_brokers(ports["PLAINTEXT"]) == [("127.0.0.1", ports["PLAINTEXT"])]
+    log = broker.new_log()
+    assert "TLS handshake failed" in log
+    assert "TLS handshake not done within" in log

@@ -24,6 +24,9 @@ pub struct BoundListener {
     /// Host and port clients on this listener are told to connect to.
     pub advertised_host: String,
     pub advertised_port: i32,
+    /// The TLS configuration of an SSL or `SASL_SSL` listener, built once at start-up and
+    /// shared immutable by every shard.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Clone, Debug)]

@@ -36,6 +36,7 @@ pub mod shard;
 pub mod shutdown;
 #[cfg(test)]
 mod simulation;
+pub mod tls;
 pub mod topic_config;
 pub mod turns;
 

@@ -304,6 +304,13 @@ impl Effective {
             listen: self.text("listeners").to_string(),
             advertised_listener: optional("advertised.listeners"),
             protocol_map: self.text("listener.security.protocol.map").to_string(),
+            tls: crate::tls::TlsSettings {
+                keystore_location: self.text("ssl.keystore.location").to_string(),
+                certificate_chain: self.text("ssl.keystore.certificate.chain").to_string(),
+                key: self.text("ssl.keystore.key").to_string(),
+                truststore_location: self.text("ssl.truststore.location").to_string(),
+                client_auth: self.text("ssl.client.auth").to_string(),
+            },
             data_dir: PathBuf::from(self.text("log.dirs")),
             shards: Some(self.unsigned("ringfeed.shards") as usize).filter(|shards| *shards > 0),
             cpus: optional("ringfeed.cpus").map(|cpus| {
@@ -573,6 +580,8 @@ pub struct ServeOptions {
     pub advertised_listener: Option<String>,
     /// `listener.security.protocol.map`.
     pub protocol_map: String,
+    /// The `ssl.*` settings of the SSL and `SASL_SSL` listeners.
+    pub tls: crate::tls::TlsSettings,
     pub data_dir: PathBuf,
     pub shards: Option<usize>,
     pub cpus: Option<Vec<usize>>,

@@ -13,7 +13,7 @@
 //! is written. The reader and the writer each hold their own descriptor of the socket
 //! (see `duplicate_for_writing`), so they share no lock.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::pin::Pin;
@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::future::{select, Either};
-use futures::io::{AsyncReadExt, AsyncWriteExt};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::{Gate, StaticPermit};
@@ -166,9 +166,14 @@ struct ConnectionIdentity {
     connection_id: u64,
     /// Index of the listener the connection came in on (`BrokerConfig::listeners`).
     listener: usize,
+    /// Who the client is: from its TLS certificate or SASL login, else `ANONYMOUS`.
+    principal: RefCell<Arc<str>>,
     /// The sequence the next request gets.
     next_request: Cell<u64>,
 }
+
+/// The principal of a connection nobody authenticated (Kafka's `KafkaPrincipal.ANONYMOUS`).
+pub const ANONYMOUS: &str = "User:ANONYMOUS";
 
 async fn serve(
     shard: Rc<ShardServices>,
@@ -177,18 +182,26 @@ async fn serve(
     listener: usize,
     protocol: SecurityProtocol,
 ) {
-    // TLS and SASL come in later stages; `serve` (mod.rs) refuses such listeners until then.
-    debug_assert_eq!(protocol, SecurityProtocol::Plaintext);
-    tracing::debug!(shard = shard.shard_id, %peer, "connection accepted");
+    // SASL comes in a later stage; `serve` (mod.rs) refuses SASL listeners until then.
+    debug_assert!(!protocol.uses_sasl());
+    tracing::debug!(shard = shard.shard_id, %peer, %protocol, "connection accepted");
     let _counted = shard.metrics.connection_opened();
-    let writer = match duplicate_for_writing(&stream) {
-        Ok(writer) => writer,
-        Err(error) => {
-            tracing::warn!(shard = shard.shard_id, %peer, %error, "closing connection: cannot duplicate its socket");
+    let tls = shard
+        .config
+        .listeners
+        .get(listener)
+        .and_then(|bound| bound.tls.clone());
+    let opened = match tls {
+        None => open_plain(stream),
+        Some(tls) => open_tls(&shard, stream, tls).await,
+    };
+    let (reader, writer, principal) = match opened {
+        Ok(opened) => opened,
+        Err(reason) => {
+            tracing::warn!(shard = shard.shard_id, %peer, %protocol, %reason, "closing connection");
             return;
         }
     };
-    let reader = stream;
     let (queue, queued) =
         local_channel::new_bounded(shard.config.limits.connection_inflight_requests_max);
     let writing = glommio::spawn_local(write_responses(writer, queued));
@@ -196,6 +209,7 @@ async fn serve(
         peer,
         connection_id: new_connection_id(shard.shard_id),
         listener,
+        principal: RefCell::new(principal),
         next_request: Cell::new(0),
     };
     let ending = read_requests(&shard, reader, &queue, &identity).await;
@@ -217,9 +231,121 @@ async fn serve(
     }
 }
 
+/// A plaintext connection: the reader and the writer each hold a descriptor of the socket.
+fn open_plain(stream: TcpStream) -> Result<(ReadSide, WriteSide, Arc<str>), String> {
+    let writer = duplicate_for_writing(&stream)
+        .map_err(|error| format!("cannot duplicate its socket: {error}"))?;
+    Ok((
+        ReadSide::Plain(stream),
+        WriteSide::Plain(writer),
+        Arc::from(ANONYMOUS),
+    ))
+}
+
+/// A TLS connection: the handshake (bounded by `request_read_timeout`, so a client that
+/// stops halfway through its ClientHello does not hold the connection), then the principal
+/// of the client certificate if one was given.
+async fn open_tls(
+    shard: &ShardServices,
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+) -> Result<(ReadSide, WriteSide, Arc<str>), String> {
+    let timeout = shard.config.limits.request_read_timeout;
+    let mut deadline = Some(Box::pin(Timer::new(timeout)));
+    let accept = futures_rustls::TlsAcceptor::from(config).accept(stream);
+    let tls = match before_deadline(accept, &mut deadline).await {
+        Some(Ok(tls)) => tls,
+        Some(Err(error)) => return Err(format!("TLS handshake failed: {error}")),
+        None => return Err(format!("TLS handshake not done within {timeout:?}")),
+    };
+    let principal = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|certificate| crate::tls::certificate_principal(certificate))
+        .unwrap_or_else(|| ANONYMOUS.to_string());
+    tracing::debug!(
+        shard = shard.shard_id,
+        version = ?tls.get_ref().1.protocol_version(),
+        %principal,
+        "TLS session established"
+    );
+    // One TLS session serves both directions; the halves share it behind a per-connection
+    // `BiLock` (TLS connections copy and encrypt anyway; plaintext ones keep their own fds).
+    let (reader, writer) = AsyncReadExt::split(tls);
+    Ok((
+        ReadSide::Tls(reader),
+        WriteSide::Tls(writer),
+        Arc::from(principal),
+    ))
+}
+
+type TlsStream = futures_rustls::server::TlsStream<TcpStream>;
+
+/// Where requests are read from.
+enum ReadSide {
+    Plain(TcpStream),
+    Tls(ReadHalf<TlsStream>),
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_read(context, buffer),
+            Self::Tls(stream) => Pin::new(stream).poll_read(context, buffer),
+        }
+    }
+}
+
+/// Where responses are written.
+enum WriteSide {
+    Plain(TcpStream),
+    Tls(WriteHalf<TlsStream>),
+}
+
+/// TLS records carry at most 16 KiB of plaintext: small slices of a frame are gathered up to
+/// that before each write, so a Fetch frame of many small batches is not one record each.
+const TLS_RECORD_PLAINTEXT_BYTES_MAX: usize = 16 * 1024;
+
+impl WriteSide {
+    async fn write_frame(&mut self, frame: &ResponseFrame) -> std::io::Result<()> {
+        match self {
+            Self::Plain(stream) => write_frame(stream, frame).await,
+            Self::Tls(stream) => {
+                let mut gathered = Vec::with_capacity(TLS_RECORD_PLAINTEXT_BYTES_MAX);
+                for slice in frame.slices() {
+                    if gathered.len() + slice.len() > TLS_RECORD_PLAINTEXT_BYTES_MAX {
+                        stream.write_all(&gathered).await?;
+                        gathered.clear();
+                    }
+                    if slice.len() >= TLS_RECORD_PLAINTEXT_BYTES_MAX {
+                        stream.write_all(slice).await?;
+                    } else {
+                        gathered.extend_from_slice(slice);
+                    }
+                }
+                stream.write_all(&gathered).await?;
+                stream.flush().await
+            }
+        }
+    }
+
+    async fn close(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Plain(stream) => stream.close().await,
+            Self::Tls(stream) => stream.close().await,
+        }
+    }
+}
+
 async fn read_requests(
     shard: &Rc<ShardServices>,
-    mut reader: TcpStream,
+    mut reader: ReadSide,
     queue: &LocalSender<QueuedResponse>,
     identity: &ConnectionIdentity,
 ) -> Ending {
@@ -375,6 +501,7 @@ fn start_request(
         peer: identity.peer,
         connection_id: identity.connection_id,
         listener: identity.listener,
+        principal: identity.principal.borrow().clone(),
         request_sequence,
     };
     // `start` does the request's ordered part now, before the next frame is taken.
@@ -386,7 +513,7 @@ fn start_request(
 
 /// Writes responses in queue order until the queue closes; returns why it stopped early.
 async fn write_responses(
-    mut writer: TcpStream,
+    mut writer: WriteSide,
     queued: LocalReceiver<QueuedResponse>,
 ) -> Option<String> {
     while let Some(entry) = queued.recv().await {
@@ -401,7 +528,7 @@ async fn write_responses(
             },
         };
         if let Some(frame) = frame {
-            if let Err(error) = write_frame(&mut writer, &frame).await {
+            if let Err(error) = writer.write_frame(&frame).await {
                 return Some(format!("write failed: {error}"));
             }
         }

@@ -54,15 +54,19 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         options.advertised_listener.as_deref().unwrap_or(""),
         &options.protocol_map,
     )?;
-    if let Some(plan) = plans
-        .iter()
-        .find(|plan| plan.protocol != listeners::SecurityProtocol::Plaintext)
-    {
+    if let Some(plan) = plans.iter().find(|plan| plan.protocol.uses_sasl()) {
         return Err(format!(
             "listener {} uses {}, which this build does not serve yet",
             plan.name, plan.protocol
         ));
     }
+    // One TLS configuration for every TLS listener, built before any port is taken so a bad
+    // keystore stops the start with the setting named.
+    let tls = plans
+        .iter()
+        .any(|plan| plan.protocol.uses_tls())
+        .then(|| crate::tls::server_config(&options.tls))
+        .transpose()?;
     let requested = plans
         .iter()
         .map(|plan| preflight::claim_port(resolve_address(&plan.bind)?, "listeners"))
@@ -95,6 +99,11 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
             address,
             advertised_host,
             advertised_port,
+            tls: if plan.protocol.uses_tls() {
+                tls.clone()
+            } else {
+                None
+            },
         });
         reservations.push(reservation);
     }

@@ -74,6 +74,7 @@ fn value_name(setting: &Setting) -> &'static str {
         Kind::TopicDefault | Kind::LogFilter => "VALUE",
         Kind::Listener { .. } | Kind::ListenerOrOff => "HOST:PORT",
         Kind::ProtocolMap => "NAME:PROTOCOL,...",
+        Kind::Text => "TEXT",
         Kind::Path => "DIR",
         Kind::CpuList => "CPUS",
         Kind::OneOf(_) => "WORD",

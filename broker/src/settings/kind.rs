@@ -25,6 +25,8 @@ pub enum Kind {
     Listener { optional: bool },
     /// Kafka's `listener.security.protocol.map`: `NAME:PROTOCOL,...`.
     ProtocolMap,
+    /// Free text, "" allowed (file paths and inline PEM of the `ssl.*` settings).
+    Text,
     /// `HOST:PORT` or `off`.
     ListenerOrOff,
     /// A directory path.
@@ -120,6 +122,7 @@ impl Setting {
             Kind::Listener { optional: false } => "NAME://HOST:PORT,... or HOST:PORT".into(),
             Kind::Listener { optional: true } => "NAME://HOST:PORT,..., HOST:PORT or empty".into(),
             Kind::ProtocolMap => "NAME:PROTOCOL,...".into(),
+            Kind::Text => "text or empty".into(),
             Kind::ListenerOrOff => "HOST:PORT or off".into(),
             Kind::Path => "a directory".into(),
             Kind::CpuList => "CPU numbers, comma-separated, or empty".into(),
@@ -169,6 +172,7 @@ impl Setting {
                 Ok(value.to_string())
             }
             Kind::Listener { optional } => parse_listeners(value, optional),
+            Kind::Text => Ok(value.to_string()),
             Kind::ProtocolMap => crate::listeners::parse_protocol_map(value).map(|map| {
                 map.iter()
                     .map(|(name, protocol)| format!("{name}:{protocol}"))

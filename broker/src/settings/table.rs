@@ -74,6 +74,50 @@ pub static SETTINGS: &[Setting] = &[
         "The security protocol of each listener name (NAME:PROTOCOL,...; protocols PLAINTEXT, \
          SSL, SASL_PLAINTEXT, SASL_SSL).",
     ),
+    row(
+        "ssl.keystore.type",
+        "PEM",
+        Kind::OneOf(&["PEM"]),
+        "Format of the TLS listeners' key and certificates (PEM only; JKS/PKCS12 are not read).",
+    ),
+    row(
+        "ssl.keystore.location",
+        "",
+        Kind::Text,
+        "PEM file with the TLS listeners' certificate chain (server certificate first) and \
+         its unencrypted private key. Alternative: ssl.keystore.certificate.chain and \
+         ssl.keystore.key.",
+    ),
+    row(
+        "ssl.keystore.certificate.chain",
+        "",
+        Kind::Text,
+        "The TLS certificate chain as PEM text (Kafka's form) or a PEM file path; used when \
+         ssl.keystore.location is empty.",
+    ),
+    row(
+        "ssl.keystore.key",
+        "",
+        Kind::Text,
+        "The TLS private key (unencrypted PKCS#8, PKCS#1 or SEC1) as PEM text or a PEM file \
+         path; used when ssl.keystore.location is empty.",
+    ),
+    row(
+        "ssl.truststore.location",
+        "",
+        Kind::Text,
+        "PEM file of the CA certificates client certificates must chain to (needed when \
+         ssl.client.auth is required or requested).",
+    ),
+    row(
+        "ssl.client.auth",
+        "none",
+        Kind::OneOf(&["required", "requested", "none"]),
+        "Mutual TLS on the SSL and SASL_SSL listeners: required refuses a client without a \
+         certificate the truststore vouches for; requested asks but admits one without. A \
+         certificate's principal is User:<subject DN in RFC 2253 form> (Kafka's \
+         ssl.principal.mapping.rules=DEFAULT).",
+    ),
     Setting {
         flag_aliases: &["data-dir"],
         ..row(

@@ -95,6 +95,7 @@ impl Connection {
             peer: self.peer,
             connection_id: self.id,
             listener: 0,
+            principal: std::sync::Arc::from("User:ANONYMOUS"),
             request_sequence: sequence,
         };
         let frame = handlers::start(self.shard.clone(), context, request)

@@ -202,6 +202,7 @@ impl Simulation {
                     peer: std::net::SocketAddr::from(([10, 0, 9, 9], 40_999)),
                     connection_id: 999,
                     listener: 0,
+                    principal: std::sync::Arc::from("User:ANONYMOUS"),
                     request_sequence: u64::try_from(answered).expect("counts up from 0"),
                 };
                 let requests = [
