@@ -30,6 +30,7 @@ pub mod recompress;
 pub mod records;
 pub mod request_decode;
 pub mod router;
+pub mod sasl;
 pub mod server;
 pub mod settings;
 pub mod shard;
