@@ -29,6 +29,46 @@ pub struct BoundListener {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+/// SASL as the SASL listeners serve it.
+#[derive(Clone, Debug, Default)]
+pub struct SaslConfig {
+    /// `sasl.enabled.mechanisms`, validated, in the order given.
+    pub mechanisms: Vec<String>,
+    /// Read once at start-up and shared immutable by every shard (`sasl::credentials`).
+    pub credentials: Arc<crate::sasl::Credentials>,
+}
+
+impl SaslConfig {
+    /// Parses `sasl.enabled.mechanisms`.
+    pub fn mechanisms_from(value: &str) -> Result<Vec<String>, String> {
+        let mechanisms: Vec<String> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(str::to_string)
+            .collect();
+        if let Some(unknown) = mechanisms
+            .iter()
+            .find(|name| crate::sasl::Mechanism::parse(name).is_none())
+        {
+            return Err(format!(
+                "sasl.enabled.mechanisms: {unknown} is not served (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)"
+            ));
+        }
+        Ok(mechanisms)
+    }
+}
+
+/// Parses `super.users` (`User:a;User:b`, Kafka's separator).
+pub fn parse_super_users(value: &str) -> Vec<String> {
+    value
+        .split(';')
+        .map(str::trim)
+        .filter(|principal| !principal.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 #[derive(Clone, Debug)]
 pub struct BrokerConfig {
     /// The first listener's address (what the start-up line names; `listeners` has them all).
@@ -39,6 +79,10 @@ pub struct BrokerConfig {
     /// Every Kafka listener, in the order of the `listeners` setting; a connection knows
     /// the index of the one it came in on (`RequestContext::listener`).
     pub listeners: Vec<BoundListener>,
+    /// What the SASL listeners check logins against.
+    pub sasl: SaslConfig,
+    /// `super.users`: principals allowed everything (kept for ACL enforcement).
+    pub super_users: Vec<String>,
     pub data_dir: PathBuf,
     /// CPU of each shard, by shard index; its length is the shard count.
     pub shard_cpus: Vec<usize>,

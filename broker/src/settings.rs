@@ -304,6 +304,8 @@ impl Effective {
             listen: self.text("listeners").to_string(),
             advertised_listener: optional("advertised.listeners"),
             protocol_map: self.text("listener.security.protocol.map").to_string(),
+            sasl_mechanisms: self.text("sasl.enabled.mechanisms").to_string(),
+            super_users: self.text("super.users").to_string(),
             tls: crate::tls::TlsSettings {
                 keystore_location: self.text("ssl.keystore.location").to_string(),
                 certificate_chain: self.text("ssl.keystore.certificate.chain").to_string(),
@@ -580,6 +582,10 @@ pub struct ServeOptions {
     pub advertised_listener: Option<String>,
     /// `listener.security.protocol.map`.
     pub protocol_map: String,
+    /// `sasl.enabled.mechanisms`, as written.
+    pub sasl_mechanisms: String,
+    /// `super.users`, as written.
+    pub super_users: String,
     /// The `ssl.*` settings of the SSL and `SASL_SSL` listeners.
     pub tls: crate::tls::TlsSettings,
     pub data_dir: PathBuf,

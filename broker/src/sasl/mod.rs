@@ -10,6 +10,7 @@
 
 pub mod credentials;
 pub mod scram;
+pub mod users;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;

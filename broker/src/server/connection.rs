@@ -38,6 +38,7 @@ use crate::handlers::{self, RequestContext, ResponseFrame};
 use crate::listeners::SecurityProtocol;
 use crate::log_throttle::LogThrottle;
 use crate::request_decode::{decode_frame, FrameVerdict};
+use crate::server::sasl_session::{self, Outcome, SaslState};
 use crate::server::vectored_write::write_frame;
 use crate::shard::ShardServices;
 
@@ -168,6 +169,8 @@ struct ConnectionIdentity {
     listener: usize,
     /// Who the client is: from its TLS certificate or SASL login, else `ANONYMOUS`.
     principal: RefCell<Arc<str>>,
+    /// The SASL exchange, on a SASL listener only.
+    sasl: RefCell<Option<SaslState>>,
     /// The sequence the next request gets.
     next_request: Cell<u64>,
 }
@@ -182,8 +185,6 @@ async fn serve(
     listener: usize,
     protocol: SecurityProtocol,
 ) {
-    // SASL comes in a later stage; `serve` (mod.rs) refuses SASL listeners until then.
-    debug_assert!(!protocol.uses_sasl());
     tracing::debug!(shard = shard.shard_id, %peer, %protocol, "connection accepted");
     let _counted = shard.metrics.connection_opened();
     let tls = shard
@@ -210,6 +211,7 @@ async fn serve(
         connection_id: new_connection_id(shard.shard_id),
         listener,
         principal: RefCell::new(principal),
+        sasl: RefCell::new(protocol.uses_sasl().then_some(SaslState::AwaitingHandshake)),
         next_request: Cell::new(0),
     };
     let ending = read_requests(&shard, reader, &queue, &identity).await;
@@ -349,7 +351,14 @@ async fn read_requests(
     queue: &LocalSender<QueuedResponse>,
     identity: &ConnectionIdentity,
 ) -> Ending {
-    let mut frames = FrameBuffer::new(shard.config.limits.request_frame_bytes_max);
+    let frame_bytes_max = shard.config.limits.request_frame_bytes_max;
+    let mut frames = FrameBuffer::new(frame_bytes_max);
+    if identity.sasl_pending() {
+        // Before authentication a frame is at most a SASL token with its header.
+        frames.set_frame_bytes_max(
+            frame_bytes_max.min(sasl_session::UNAUTHENTICATED_FRAME_BYTES_MAX),
+        );
+    }
     let mut budget: Option<StaticPermit> = None;
     // Runs from the first byte of a frame until the frame is whole (`request_read_timeout`).
     let mut frame_deadline: Option<Pin<Box<Timer>>> = None;
@@ -362,10 +371,17 @@ async fn read_requests(
                     Some(permit) => permit,
                     None => reserve_budget(shard, frame.len()).await,
                 };
-                let response = match start_request(shard, frame, identity) {
-                    Ok(response) => response,
+                let sasl_was_pending = identity.sasl_pending();
+                let Started {
+                    response,
+                    close_after,
+                } = match start_request(shard, frame, identity) {
+                    Ok(started) => started,
                     Err(reason) => return Ending::Refused(reason),
                 };
+                if sasl_was_pending && !identity.sasl_pending() {
+                    frames.set_frame_bytes_max(frame_bytes_max);
+                }
                 if queue
                     .send(QueuedResponse {
                         response,
@@ -375,6 +391,9 @@ async fn read_requests(
                     .is_err()
                 {
                     return Ending::PeerClosed;
+                }
+                if let Some(reason) = close_after {
+                    return Ending::Refused(reason);
                 }
                 continue;
             }
@@ -466,12 +485,49 @@ async fn reserve_budget(shard: &Rc<ShardServices>, frame_bytes: usize) -> Static
         .await
 }
 
+/// A started request: its response, and why the connection closes after it, if it does.
+struct Started {
+    response: PendingResponse,
+    close_after: Option<String>,
+}
+
+impl ConnectionIdentity {
+    /// Whether the connection is on a SASL listener and not yet authenticated.
+    fn sasl_pending(&self) -> bool {
+        self.sasl
+            .borrow()
+            .as_ref()
+            .is_some_and(|state| !matches!(state, SaslState::Authenticated))
+    }
+
+    /// Whether the next frame is a raw SASL token (after a v0 `SaslHandshake`).
+    fn expects_raw_token(&self) -> bool {
+        matches!(
+            self.sasl.borrow().as_ref(),
+            Some(SaslState::Authenticating {
+                raw_tokens: true,
+                ..
+            })
+        )
+    }
+}
+
 /// Admits, decodes and starts one request. `Err` names why the connection must close.
 fn start_request(
     shard: &Rc<ShardServices>,
     frame: Bytes,
     identity: &ConnectionIdentity,
-) -> Result<PendingResponse, String> {
+) -> Result<Started, String> {
+    if identity.expects_raw_token() {
+        let outcome = {
+            let mut state = identity.sasl.borrow_mut();
+            let state = state
+                .as_mut()
+                .expect("a raw token is expected on a SASL listener");
+            sasl_session::raw_token(shard, state, identity.peer.ip(), &frame)
+        };
+        return sasl_answer(shard, identity, outcome);
+    }
     let frame_bytes = frame.len() + FRAME_SIZE_PREFIX_BYTES;
     let (api_key, api_version, header, request) = match decode_frame(frame) {
         FrameVerdict::Decoded {
@@ -481,7 +537,10 @@ fn start_request(
             request,
         } => (api_key, api_version, header, request),
         FrameVerdict::ApiVersionsFallback(frame) => {
-            return Ok(PendingResponse::Ready(ResponseFrame::whole(frame)))
+            return Ok(Started {
+                response: PendingResponse::Ready(ResponseFrame::whole(frame)),
+                close_after: None,
+            })
         }
         FrameVerdict::Refused { admitted, reason } => {
             if let Some(api_key) = admitted {
@@ -504,11 +563,62 @@ fn start_request(
         principal: identity.principal.borrow().clone(),
         request_sequence,
     };
+    if identity.sasl_pending() {
+        let outcome = {
+            let mut state = identity.sasl.borrow_mut();
+            let state = state.as_mut().expect("pending on a SASL listener");
+            sasl_session::request(shard, state, &context, &request)
+        };
+        match outcome {
+            Ok(Outcome::Serve) => {}
+            Ok(outcome) => return sasl_answer(shard, identity, outcome),
+            Err(error) => return Err(format!("internal error, response not encodable: {error}")),
+        }
+    }
     // `start` does the request's ordered part now, before the next frame is taken.
     let handler = handlers::start(shard.clone(), context, *request);
-    Ok(PendingResponse::Running(
-        glommio::spawn_local(handler).detach(),
-    ))
+    Ok(Started {
+        response: PendingResponse::Running(glommio::spawn_local(handler).detach()),
+        close_after: None,
+    })
+}
+
+/// Queues the answer of a SASL step (after its delay, for a repeated failure) and records
+/// the principal a completed login established.
+fn sasl_answer(
+    shard: &ShardServices,
+    identity: &ConnectionIdentity,
+    outcome: Outcome,
+) -> Result<Started, String> {
+    let (frame, delay, close_after, principal) = match outcome {
+        Outcome::Serve => unreachable!("served by the caller"),
+        Outcome::Close(reason) => return Err(reason),
+        Outcome::Answer {
+            frame,
+            delay,
+            close,
+            principal,
+        } => (frame, delay, close, principal),
+    };
+    if let Some(principal) = principal {
+        tracing::debug!(shard = shard.shard_id, peer = %identity.peer, %principal, "SASL authentication succeeded");
+        *identity.principal.borrow_mut() = Arc::from(principal);
+    }
+    let frame = sasl_session::response_frame(frame);
+    let response = match frame {
+        Some(frame) if delay.is_zero() => PendingResponse::Ready(frame),
+        frame => PendingResponse::Running(
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(delay).await;
+                Ok(frame)
+            })
+            .detach(),
+        ),
+    };
+    Ok(Started {
+        response,
+        close_after,
+    })
 }
 
 /// Writes responses in queue order until the queue closes; returns why it stopped early.

@@ -3,6 +3,7 @@
 //! all of them to finish.
 
 pub mod connection;
+mod sasl_session;
 mod shard_thread;
 mod vectored_write;
 
@@ -17,7 +18,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::admin::{AdminListener, AdminStatus};
 use crate::admission::ConnectionCounts;
-use crate::config::{BoundListener, BrokerConfig};
+use crate::config::{BoundListener, BrokerConfig, SaslConfig};
 use crate::limits::Limits;
 use crate::listeners;
 use crate::metrics::ScrapeRequest;
@@ -54,12 +55,24 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         options.advertised_listener.as_deref().unwrap_or(""),
         &options.protocol_map,
     )?;
-    if let Some(plan) = plans.iter().find(|plan| plan.protocol.uses_sasl()) {
-        return Err(format!(
-            "listener {} uses {}, which this build does not serve yet",
-            plan.name, plan.protocol
-        ));
-    }
+    let sasl = if plans.iter().any(|plan| plan.protocol.uses_sasl()) {
+        let mechanisms = SaslConfig::mechanisms_from(&options.sasl_mechanisms)?;
+        if mechanisms.is_empty() {
+            return Err("a SASL listener needs sasl.enabled.mechanisms".into());
+        }
+        let credentials = crate::sasl::Credentials::load(&data_dir)?;
+        if credentials.is_empty() {
+            tracing::warn!(
+                "SASL listener without credentials: create users with `ringfeed user create NAME --data-dir DIR` before starting"
+            );
+        }
+        SaslConfig {
+            mechanisms,
+            credentials: Arc::new(credentials),
+        }
+    } else {
+        SaslConfig::default()
+    };
     // One TLS configuration for every TLS listener, built before any port is taken so a bad
     // keystore stops the start with the setting named.
     let tls = plans
@@ -113,6 +126,8 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         advertised_host: first.advertised_host,
         advertised_port: first.advertised_port,
         listeners: bound,
+        sasl,
+        super_users: crate::config::parse_super_users(&options.super_users),
         data_dir,
         shard_cpus,
         spin_before_park: (options.spin_before_park_us > 0)

@@ -75,6 +75,21 @@ pub static SETTINGS: &[Setting] = &[
          SSL, SASL_PLAINTEXT, SASL_SSL).",
     ),
     row(
+        "sasl.enabled.mechanisms",
+        "SCRAM-SHA-256,SCRAM-SHA-512",
+        Kind::Text,
+        "SASL mechanisms the SASL_PLAINTEXT and SASL_SSL listeners offer: any of PLAIN, \
+         SCRAM-SHA-256, SCRAM-SHA-512 (comma-separated). PLAIN is checked against the user's \
+         stored SCRAM credential; it sends the password itself, so offer it on SASL_SSL.",
+    ),
+    row(
+        "super.users",
+        "",
+        Kind::Text,
+        "Principals allowed everything whatever the ACLs say (User:name;User:other). Parsed \
+         and kept; ACLs are not enforced yet.",
+    ),
+    row(
         "ssl.keystore.type",
         "PEM",
         Kind::OneOf(&["PEM"]),

@@ -474,6 +474,8 @@ fn simulation_config() -> BrokerConfig {
         advertised_host: "simulated".into(),
         advertised_port: 9092,
         listeners: Vec::new(),
+        sasl: crate::config::SaslConfig::default(),
+        super_users: Vec::new(),
         data_dir: PathBuf::from("/data"),
         shard_cpus: vec![0],
         spin_before_park: None,
