@@ -249,7 +249,11 @@ impl ServerFirst {
         if binding != BASE64.encode(&self.client_first.gs2_header) {
             return Err("channel binding does not match the GS2 header".into());
         }
-        if !constant_time_equal(nonce.as_bytes(), self.nonce.as_bytes()) {
+        // Kafka's rule (`ScramSaslServer`: the final nonce must end with the one the server
+        // sent), not RFC 5802's equality: librdkafka sends its own nonce again in front of
+        // the server's. The server's fresh part is still required, so a replayed final
+        // message of another exchange fails.
+        if !nonce.ends_with(self.nonce.as_str()) {
             return Err("nonce does not match".into());
         }
         let proof = BASE64.decode(proof).map_err(|_| "proof is not base64")?;
@@ -311,7 +315,7 @@ mod tests {
             exchange.finish(tampered.as_bytes()).unwrap_err(),
             "invalid credentials"
         );
-        let wrong_nonce = client_final.replacen("r=", "r=x", 1);
+        let wrong_nonce = client_final.replacen(",p=", "x,p=", 1);
         assert_eq!(
             exchange.finish(wrong_nonce.as_bytes()).unwrap_err(),
             "nonce does not match"
@@ -341,6 +345,34 @@ mod tests {
             "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
             "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
             "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=",
+        );
+    }
+
+    #[test]
+    fn librdkafkas_repeated_client_nonce_is_accepted_as_kafka_accepts_it() {
+        // librdkafka puts its nonce in front of the server's whole nonce again (captured
+        // from kcat 1.7); Kafka's server takes a final nonce that ends with its own.
+        let credential = ScramCredential::derive(ScramHash::Sha256, b"pencil", b"salt", 4096);
+        let first = parse_client_first(b"n,,n=user,r=abc").unwrap();
+        let exchange = ServerFirst::new(first, credential.clone(), "XYZ");
+        let without_proof = "c=biws,r=abcabcXYZ";
+        let auth_message = format!("n=user,r=abc,{},{without_proof}", exchange.message);
+        let salted = salted_password(ScramHash::Sha256, b"pencil", b"salt", 4096);
+        let client_key = ScramHash::Sha256.sign(&salted, b"Client Key");
+        let signature = ScramHash::Sha256.sign(&credential.stored_key, auth_message.as_bytes());
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(&signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
+        let message = format!("{without_proof},p={}", BASE64.encode(proof));
+        assert!(exchange.finish(message.as_bytes()).is_ok());
+        // Without the server's part at the end it fails.
+        let first = parse_client_first(b"n,,n=user,r=abc").unwrap();
+        let exchange = ServerFirst::new(first, credential, "XYZ");
+        assert_eq!(
+            exchange.finish(b"c=biws,r=abcXY,p=AAAA").unwrap_err(),
+            "nonce does not match"
         );
     }
 

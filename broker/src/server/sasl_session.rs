@@ -82,8 +82,15 @@ pub fn raw_token(
                 principal,
             }
         }
-        // Kafka answers a failed v0 exchange by closing the connection.
+        // Kafka answers a failed v0 exchange by closing the connection. Counted as a failed
+        // `SaslAuthenticate`, which is what a v0 token stands for.
         Err(failure) => {
+            shard.metrics.request_answered(
+                ApiKey::SaslAuthenticate,
+                sasl_authenticate::SASL_AUTHENTICATION_FAILED,
+                Duration::ZERO,
+                0,
+            );
             let delay = failed_login(shard, peer, mechanism, &failure);
             Outcome::Answer {
                 frame: Bytes::new(),
@@ -239,7 +246,8 @@ thread_local! {
     static FAILED_LOGINS: RefCell<HashMap<IpAddr, (u32, Instant)>> = RefCell::new(HashMap::new());
 }
 
-/// Logs and counts a failed login; returns how long its answer waits.
+/// Logs a failed login and remembers it against the address; returns how long its answer
+/// waits. (The metrics count it as the answer's error code.)
 fn failed_login(
     shard: &ShardServices,
     peer: IpAddr,
@@ -247,12 +255,6 @@ fn failed_login(
     failure: &sasl::Failure,
 ) -> Duration {
     let failures = note_failure(peer, Instant::now());
-    shard.metrics.request_answered(
-        ApiKey::SaslAuthenticate,
-        sasl_authenticate::SASL_AUTHENTICATION_FAILED,
-        Duration::ZERO,
-        0,
-    );
     tracing::warn!(
         shard = shard.shard_id,
         %peer,
