@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::scram::{ScramCredential, ScramHash};
+use crate::sasl::scram::{ScramCredential, ScramHash};
 
 const FILE_NAME: &str = "scram-credentials.json";
 /// A credentials file larger than this is refused rather than read (tens of thousands of
@@ -83,7 +83,7 @@ impl Credentials {
             }
             Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
         };
-        let size = file.metadata().map(|meta| meta.len()).unwrap_or(0);
+        let size = file.metadata().map_or(0, |meta| meta.len());
         if size > FILE_BYTES_MAX {
             return Err(format!(
                 "{}: {size} bytes, more than the {FILE_BYTES_MAX} this build reads",

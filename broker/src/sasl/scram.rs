@@ -86,7 +86,7 @@ pub struct ScramCredential {
 }
 
 impl ScramCredential {
-    /// Derives the credential of `password` (already SASLprep'd: Kafka passes it as is).
+    /// Derives the credential of `password` (Kafka applies no `SASLprep`; neither does this).
     pub fn derive(hash: ScramHash, password: &[u8], salt: &[u8], iterations: u32) -> Self {
         let salted = salted_password(hash, password, salt, iterations);
         let client_key = hash.sign(&salted, b"Client Key");
@@ -134,7 +134,7 @@ pub struct ClientFirst {
     pub gs2_header: String,
     pub user: String,
     pub client_nonce: String,
-    /// `client-first-message-bare`: part of the AuthMessage.
+    /// `client-first-message-bare`: part of the `AuthMessage`.
     pub bare: String,
 }
 
@@ -160,9 +160,9 @@ fn decode_saslname(name: &str) -> Result<String, String> {
 pub fn parse_client_first(message: &[u8]) -> Result<ClientFirst, String> {
     let text = std::str::from_utf8(message).map_err(|_| "client-first-message is not UTF-8")?;
     let mut parts = text.splitn(3, ',');
-    let (binding, authzid, bare) = match (parts.next(), parts.next(), parts.next()) {
-        (Some(binding), Some(authzid), Some(bare)) => (binding, authzid, bare),
-        _ => return Err("client-first-message lacks its GS2 header".into()),
+    let (Some(binding), Some(authzid), Some(bare)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err("client-first-message lacks its GS2 header".into());
     };
     if binding != "n" && binding != "y" {
         return Err("channel binding is not supported".into());

@@ -3,11 +3,12 @@
 //! first superuser). The data directory's lock keeps a running broker's directory out of
 //! reach; the broker reads the credentials when it starts.
 
+use std::fmt::Write;
 use std::io::Read;
 use std::path::Path;
 
+use super::credentials::Credentials;
 use super::scram::{ScramCredential, ScramHash, ITERATIONS_MAX, ITERATIONS_MIN};
-use super::Credentials;
 
 /// A password read from standard input: one line, the newline dropped; bounded.
 const PASSWORD_BYTES_MAX: u64 = 1024;
@@ -86,7 +87,7 @@ pub fn list(data_dir: &Path) -> Result<String, String> {
             .iter()
             .map(|(hash, iterations)| format!("{}(iterations={iterations})", hash.mechanism()))
             .collect();
-        out.push_str(&format!("{user}\t{}\n", mechanisms.join(",")));
+        let _ = writeln!(out, "{user}\t{}", mechanisms.join(","));
     }
     Ok(out)
 }

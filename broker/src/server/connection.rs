@@ -245,7 +245,7 @@ fn open_plain(stream: TcpStream) -> Result<(ReadSide, WriteSide, Arc<str>), Stri
 }
 
 /// A TLS connection: the handshake (bounded by `request_read_timeout`, so a client that
-/// stops halfway through its ClientHello does not hold the connection), then the principal
+/// stops halfway through its `ClientHello` does not hold the connection), then the principal
 /// of the client certificate if one was given.
 async fn open_tls(
     shard: &ShardServices,

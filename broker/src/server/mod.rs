@@ -55,24 +55,7 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         options.advertised_listener.as_deref().unwrap_or(""),
         &options.protocol_map,
     )?;
-    let sasl = if plans.iter().any(|plan| plan.protocol.uses_sasl()) {
-        let mechanisms = SaslConfig::mechanisms_from(&options.sasl_mechanisms)?;
-        if mechanisms.is_empty() {
-            return Err("a SASL listener needs sasl.enabled.mechanisms".into());
-        }
-        let credentials = crate::sasl::Credentials::load(&data_dir)?;
-        if credentials.is_empty() {
-            tracing::warn!(
-                "SASL listener without credentials: create users with `ringfeed user create NAME --data-dir DIR` before starting"
-            );
-        }
-        SaslConfig {
-            mechanisms,
-            credentials: Arc::new(credentials),
-        }
-    } else {
-        SaslConfig::default()
-    };
+    let sasl = sasl_config(&plans, options, &data_dir)?;
     // One TLS configuration for every TLS listener, built before any port is taken so a bad
     // keystore stops the start with the setting named.
     let tls = plans
@@ -94,32 +77,7 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
     if let Some(warning) = preflight::check_memlock(shard_cpus.len())? {
         tracing::warn!("{warning}");
     }
-    // Hold each claimed port (port 0 already resolved) in the shards' SO_REUSEPORT group
-    // until every shard listens on it, so nothing else can take it in between.
-    let mut reservations = Vec::with_capacity(plans.len());
-    let mut bound = Vec::with_capacity(plans.len());
-    for (plan, requested) in plans.into_iter().zip(requested) {
-        let reservation = reserve_port(requested)?;
-        let address = reservation
-            .local_addr()
-            .ok()
-            .and_then(|address| address.as_socket())
-            .ok_or("cannot read the reserved address")?;
-        let (advertised_host, advertised_port) = advertised(plan.advertised, address)?;
-        bound.push(BoundListener {
-            name: plan.name,
-            protocol: plan.protocol,
-            address,
-            advertised_host,
-            advertised_port,
-            tls: if plan.protocol.uses_tls() {
-                tls.clone()
-            } else {
-                None
-            },
-        });
-        reservations.push(reservation);
-    }
+    let (bound, reservations) = reserve_listeners(plans, requested, tls.as_ref())?;
     let first = bound[0].clone();
     let config = Arc::new(BrokerConfig {
         listen: first.address,
@@ -160,6 +118,62 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         log_start_up(&config);
     } // else a shard ended before listening; its error is reported by join below
     join_shards(handles)
+}
+
+/// The SASL mechanisms and credentials, when a listener uses SASL.
+fn sasl_config(
+    plans: &[listeners::ListenerPlan],
+    options: &ServeOptions,
+    data_dir: &std::path::Path,
+) -> Result<SaslConfig, String> {
+    if !plans.iter().any(|plan| plan.protocol.uses_sasl()) {
+        return Ok(SaslConfig::default());
+    }
+    let mechanisms = SaslConfig::mechanisms_from(&options.sasl_mechanisms)?;
+    if mechanisms.is_empty() {
+        return Err("a SASL listener needs sasl.enabled.mechanisms".into());
+    }
+    let credentials = crate::sasl::Credentials::load(data_dir)?;
+    if credentials.is_empty() {
+        tracing::warn!(
+            "SASL listener without credentials: create users with `ringfeed user create NAME --data-dir DIR` before starting"
+        );
+    }
+    Ok(SaslConfig {
+        mechanisms,
+        credentials: Arc::new(credentials),
+    })
+}
+
+/// Holds each claimed port (port 0 already resolved) in the shards' `SO_REUSEPORT` group
+/// until every shard listens on it, so nothing else can take it in between; returns the
+/// listeners as bound and the reservations to drop once the shards listen.
+fn reserve_listeners(
+    plans: Vec<listeners::ListenerPlan>,
+    requested: Vec<SocketAddr>,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+) -> Result<(Vec<BoundListener>, Vec<socket2::Socket>), String> {
+    let mut reservations = Vec::with_capacity(plans.len());
+    let mut bound = Vec::with_capacity(plans.len());
+    for (plan, requested) in plans.into_iter().zip(requested) {
+        let reservation = reserve_port(requested)?;
+        let address = reservation
+            .local_addr()
+            .ok()
+            .and_then(|address| address.as_socket())
+            .ok_or("cannot read the reserved address")?;
+        let (advertised_host, advertised_port) = advertised(plan.advertised, address)?;
+        bound.push(BoundListener {
+            name: plan.name,
+            protocol: plan.protocol,
+            address,
+            advertised_host,
+            advertised_port,
+            tls: tls.filter(|_| plan.protocol.uses_tls()).cloned(),
+        });
+        reservations.push(reservation);
+    }
+    Ok((bound, reservations))
 }
 
 /// The one start-up line: what runs where, and what an ack promises. Its prefix
