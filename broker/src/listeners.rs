@@ -113,7 +113,7 @@ pub fn parse_list(value: &str) -> Result<Vec<ListenerAddress>, String> {
         }
         let (host, port) = address
             .rsplit_once(':')
-            .ok_or_else(|| format!("expected NAME://HOST:PORT or HOST:PORT, got {entry:?}"))?;
+            .ok_or_else(|| format!("expected HOST:PORT or NAME://HOST:PORT, got {entry:?}"))?;
         let port = port
             .parse::<u16>()
             .map_err(|_| format!("bad port in {entry:?}"))?;
@@ -338,7 +338,12 @@ mod tests {
                 DEFAULT_PROTOCOL_MAP,
                 "not in listeners",
             ),
-            ("a", "", DEFAULT_PROTOCOL_MAP, "expected NAME://HOST:PORT"),
+            (
+                "a",
+                "",
+                DEFAULT_PROTOCOL_MAP,
+                "expected HOST:PORT or NAME://",
+            ),
             ("SSL://a:99999", "", DEFAULT_PROTOCOL_MAP, "bad port"),
             ("", "", DEFAULT_PROTOCOL_MAP, "at least one"),
             ("X://a:1", "", "X:TLS", "unknown security protocol"),
