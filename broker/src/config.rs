@@ -38,27 +38,6 @@ pub struct SaslConfig {
     pub credentials: Arc<crate::sasl::Credentials>,
 }
 
-impl SaslConfig {
-    /// Parses `sasl.enabled.mechanisms`.
-    pub fn mechanisms_from(value: &str) -> Result<Vec<String>, String> {
-        let mechanisms: Vec<String> = value
-            .split(',')
-            .map(str::trim)
-            .filter(|name| !name.is_empty())
-            .map(str::to_string)
-            .collect();
-        if let Some(unknown) = mechanisms
-            .iter()
-            .find(|name| crate::sasl::Mechanism::parse(name).is_none())
-        {
-            return Err(format!(
-                "sasl.enabled.mechanisms: {unknown} is not served (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)"
-            ));
-        }
-        Ok(mechanisms)
-    }
-}
-
 /// Parses `super.users` (`User:a;User:b`, Kafka's separator).
 pub fn parse_super_users(value: &str) -> Vec<String> {
     value

@@ -520,13 +520,14 @@ pub fn check_resolvable(effective: &Effective) -> Result<(), String> {
         &effective.entry("listener.security.protocol.map").value,
     )
     .map_err(|error| format!("invalid listeners (from {}): {error}", entry.source))?;
-    crate::config::SaslConfig::mechanisms_from(&effective.entry("sasl.enabled.mechanisms").value)
-        .map_err(|error| {
-        format!(
-            "invalid sasl.enabled.mechanisms (from {}): {error}",
-            effective.entry("sasl.enabled.mechanisms").source
-        )
-    })?;
+    crate::sasl::parse_mechanisms(&effective.entry("sasl.enabled.mechanisms").value).map_err(
+        |error| {
+            format!(
+                "invalid sasl.enabled.mechanisms (from {}): {error}",
+                effective.entry("sasl.enabled.mechanisms").source
+            )
+        },
+    )?;
     let mut addresses: Vec<(&str, String)> = plans
         .into_iter()
         .map(|plan| ("listeners", plan.bind))

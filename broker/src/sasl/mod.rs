@@ -183,6 +183,25 @@ fn plain(token: &[u8], credentials: &Credentials) -> Result<Step, Failure> {
     })
 }
 
+/// Parses `sasl.enabled.mechanisms`: the names in the order given, each one served here.
+pub fn parse_mechanisms(value: &str) -> Result<Vec<String>, String> {
+    let mechanisms: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(str::to_string)
+        .collect();
+    if let Some(unknown) = mechanisms
+        .iter()
+        .find(|name| Mechanism::parse(name).is_none())
+    {
+        return Err(format!(
+            "sasl.enabled.mechanisms: {unknown} is not served (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)"
+        ));
+    }
+    Ok(mechanisms)
+}
+
 /// A fresh server nonce: 18 random bytes, base64 (printable, no comma, as RFC 5802 asks).
 pub fn server_nonce() -> String {
     use ring::rand::SecureRandom;
@@ -269,6 +288,16 @@ mod tests {
             .step(&vec![b'a'; TOKEN_BYTES_MAX + 1], &credentials(), "n")
             .unwrap_err();
         assert!(failure.reason.contains("bytes"));
+    }
+
+    #[test]
+    fn enabled_mechanisms_are_checked() {
+        assert_eq!(
+            parse_mechanisms(" PLAIN, SCRAM-SHA-512 ,").unwrap(),
+            vec!["PLAIN", "SCRAM-SHA-512"]
+        );
+        assert!(parse_mechanisms("GSSAPI").unwrap_err().contains("GSSAPI"));
+        assert!(parse_mechanisms("").unwrap().is_empty());
     }
 
     #[test]

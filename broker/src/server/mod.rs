@@ -129,7 +129,7 @@ fn sasl_config(
     if !plans.iter().any(|plan| plan.protocol.uses_sasl()) {
         return Ok(SaslConfig::default());
     }
-    let mechanisms = SaslConfig::mechanisms_from(&options.sasl_mechanisms)?;
+    let mechanisms = crate::sasl::parse_mechanisms(&options.sasl_mechanisms)?;
     if mechanisms.is_empty() {
         return Err("a SASL listener needs sasl.enabled.mechanisms".into());
     }
