@@ -421,3 +421,19 @@ def test_hostile_sasl_input_closes_cleanly_and_others_carry_on(start_broker, tmp
     producer.send("after-hostile", b"ok").get(timeout=20)
     producer.close()
     assert broker.alive()
+
+
+def test_settings_that_cannot_work_stop_the_start_with_the_setting_named(tmp_path, certificates):
+    cases = [
+        (["--listeners", "SASL_PLAINTEXT://127.0.0.1:0", "--sasl-enabled-mechanisms", "GSSAPI"],
+         "invalid sasl.enabled.mechanisms"),
+        (["--listeners", "CLIENT://127.0.0.1:0"], "CLIENT has no entry in listener.security.protocol.map"),
+        (["--listeners", "SSL://127.0.0.1:0"], "needs ssl.keystore.location"),
+        (["--listeners", "SSL://127.0.0.1:0", "--ssl-keystore-location", str(certificates / "broker-keystore.pem"),
+          "--ssl-client-auth", "required"], "needs ssl.truststore.location"),
+    ]
+    for index, (args, expected) in enumerate(cases):
+        result = subprocess.run([ringfeed_binary(), "serve", "--data-dir", str(tmp_path / f"d{index}"),
+                                 "--admin-listen", "off", *args], capture_output=True, timeout=30)
+        assert result.returncode != 0
+        assert expected in result.stderr.decode(), result.stderr.decode()
