@@ -11,6 +11,8 @@ if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
 APT_PACKAGES=()
 command -v kcat >/dev/null 2>&1 || APT_PACKAGES+=(kcat)
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || APT_PACKAGES+=(python3 python3-venv python3-pip)
+# tests/test_security.py makes its CA and certificates with the openssl CLI.
+command -v openssl >/dev/null 2>&1 || APT_PACKAGES+=(openssl)
 # tests/test_disk_full.py mounts a small ext4 image (skipped when not root).
 command -v mkfs.ext4 >/dev/null 2>&1 || APT_PACKAGES+=(e2fsprogs)
 command -v losetup >/dev/null 2>&1 || APT_PACKAGES+=(mount)

@@ -4,6 +4,9 @@ message size, and produce latency (one message at a time, acked) with percentile
 
     .venv/bin/python tests/measure_client_figures.py --bootstrap 127.0.0.1:9092
 
+`--client-config KEY=VALUE` (repeatable) adds librdkafka settings to every client, e.g.
+`security.protocol=SSL` and `ssl.ca.location=ca.pem` to measure a TLS listener.
+
 The full harness (pinned clients, HdrHistogram, coordinated omission) is `bench`; these are
 the figures a newcomer can reproduce with nothing but pip.
 """
@@ -17,15 +20,19 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
+# librdkafka settings every client gets (`--client-config`): security settings for TLS/SASL.
+CLIENT_CONFIG = {}
+
+
 def create_topic(bootstrap, name, partitions):
-    client = AdminClient({"bootstrap.servers": bootstrap})
+    client = AdminClient({"bootstrap.servers": bootstrap, **CLIENT_CONFIG})
     client.create_topics([NewTopic(name, partitions, 1)])[name].result(timeout=15)
 
 
 def produce_throughput(bootstrap, topic, count, size, acks):
     producer = Producer({"bootstrap.servers": bootstrap, "acks": acks, "linger.ms": 5,
                          "batch.size": 1_000_000, "queue.buffering.max.messages": 1_000_000,
-                         "compression.type": "none"})
+                         "compression.type": "none", **CLIENT_CONFIG})
     value = b"v" * size
     started = time.perf_counter()
     for _ in range(count):
@@ -43,7 +50,7 @@ def produce_throughput(bootstrap, topic, count, size, acks):
 def consume_throughput(bootstrap, topic, partitions, count, size):
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"measure-{uuid.uuid4()}",
                          "enable.auto.commit": False, "fetch.max.bytes": 52_428_800,
-                         "max.partition.fetch.bytes": 10_485_760})
+                         "max.partition.fetch.bytes": 10_485_760, **CLIENT_CONFIG})
     consumer.assign([TopicPartition(topic, partition, 0) for partition in range(partitions)])
     received = 0
     started = time.perf_counter()
@@ -58,7 +65,7 @@ def consume_throughput(bootstrap, topic, partitions, count, size):
 
 def produce_latency(bootstrap, topic, count, size, acks):
     """Each message is produced and waited for before the next: the client-observed ack time."""
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": acks, "linger.ms": 0})
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": acks, "linger.ms": 0, **CLIENT_CONFIG})
     value = b"l" * size
     samples_us = []
     for _ in range(200):  # warm-up: connections, metadata
@@ -81,7 +88,10 @@ def main():
     parser.add_argument("--count-small", type=int, default=1_000_000, help="messages at 100 B")
     parser.add_argument("--count-large", type=int, default=300_000, help="messages at 1 KiB")
     parser.add_argument("--latency-count", type=int, default=5_000)
+    parser.add_argument("--client-config", action="append", default=[], metavar="KEY=VALUE",
+                        help="a librdkafka setting for every client (repeatable)")
     args = parser.parse_args()
+    CLIENT_CONFIG.update(setting.split("=", 1) for setting in args.client_config)
     results = {}
     for size, count in ((100, args.count_small), (1024, args.count_large)):
         for acks in ("1", "all"):

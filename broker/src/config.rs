@@ -8,16 +8,60 @@ use std::time::Duration;
 
 pub use crate::cluster_config::ClusterConfig;
 use crate::limits::Limits;
+use crate::listeners::SecurityProtocol;
 use crate::settings::Effective;
 use crate::topic_config::TopicConfig;
 
+/// One Kafka listener as bound: every shard accepts on it (`SO_REUSEPORT`).
 #[derive(Clone, Debug)]
-pub struct BrokerConfig {
-    /// The address every shard's `SO_REUSEPORT` listener binds (port 0 already resolved).
-    pub listen: SocketAddr,
-    /// Host and port clients are told to connect to (Metadata, `DescribeCluster`).
+pub struct BoundListener {
+    /// Kafka's listener name (`PLAINTEXT`, `SSL`, or one mapped by
+    /// `listener.security.protocol.map`).
+    pub name: String,
+    pub protocol: SecurityProtocol,
+    /// Port 0 already resolved.
+    pub address: SocketAddr,
+    /// Host and port clients on this listener are told to connect to.
     pub advertised_host: String,
     pub advertised_port: i32,
+    /// The TLS configuration of an SSL or `SASL_SSL` listener, built once at start-up and
+    /// shared immutable by every shard.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// SASL as the SASL listeners serve it.
+#[derive(Clone, Debug, Default)]
+pub struct SaslConfig {
+    /// `sasl.enabled.mechanisms`, validated, in the order given.
+    pub mechanisms: Vec<String>,
+    /// Read once at start-up and shared immutable by every shard (`sasl::credentials`).
+    pub credentials: Arc<crate::sasl::Credentials>,
+}
+
+/// Parses `super.users` (`User:a;User:b`, Kafka's separator).
+pub fn parse_super_users(value: &str) -> Vec<String> {
+    value
+        .split(';')
+        .map(str::trim)
+        .filter(|principal| !principal.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// The first listener's address (what the start-up line names; `listeners` has them all).
+    pub listen: SocketAddr,
+    /// Host and port of the first listener clients are told to connect to.
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    /// Every Kafka listener, in the order of the `listeners` setting; a connection knows
+    /// the index of the one it came in on (`RequestContext::listener`).
+    pub listeners: Vec<BoundListener>,
+    /// What the SASL listeners check logins against.
+    pub sasl: SaslConfig,
+    /// `super.users`: principals allowed everything (kept for ACL enforcement).
+    pub super_users: Vec<String>,
     pub data_dir: PathBuf,
     /// CPU of each shard, by shard index; its length is the shard count.
     pub shard_cpus: Vec<usize>,
@@ -40,5 +84,15 @@ pub struct BrokerConfig {
 impl BrokerConfig {
     pub fn shard_count(&self) -> usize {
         self.shard_cpus.len()
+    }
+
+    /// The address advertised on listener `index` (Kafka's rule: Metadata answers with the
+    /// advertised address of the listener the request came in on). An index without a
+    /// listener (simulations) gets the first listener's.
+    pub fn advertised(&self, index: usize) -> (&str, i32) {
+        self.listeners.get(index).map_or(
+            (self.advertised_host.as_str(), self.advertised_port),
+            |listener| (listener.advertised_host.as_str(), listener.advertised_port),
+        )
     }
 }

@@ -18,6 +18,7 @@ pub mod fuzzing;
 pub mod groups;
 pub mod handlers;
 pub mod limits;
+pub mod listeners;
 pub mod log_throttle;
 pub mod logging;
 pub mod metadata;
@@ -29,12 +30,14 @@ pub mod recompress;
 pub mod records;
 pub mod request_decode;
 pub mod router;
+pub mod sasl;
 pub mod server;
 pub mod settings;
 pub mod shard;
 pub mod shutdown;
 #[cfg(test)]
 mod simulation;
+pub mod tls;
 pub mod topic_config;
 pub mod turns;
 

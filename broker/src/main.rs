@@ -41,9 +41,44 @@ enum Command {
         #[arg(default_value = "./ringfeed-data")]
         dir: PathBuf,
     },
+    /// SCRAM users of a stopped broker, written offline into its data directory.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     #[cfg(feature = "cli")]
     #[command(flatten)]
     Client(cli::ClientCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add or replace a user's SCRAM credential (the password is read from stdin).
+    Create {
+        name: String,
+        #[arg(long, default_value = "SCRAM-SHA-512")]
+        mechanism: String,
+        /// Read the password from standard input (the only way it is taken).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        #[arg(long, default_value_t = 4096)]
+        iterations: u32,
+        #[arg(long, default_value = "./ringfeed-data")]
+        data_dir: PathBuf,
+    },
+    /// List users and their mechanisms.
+    List {
+        #[arg(long, default_value = "./ringfeed-data")]
+        data_dir: PathBuf,
+    },
+    /// Delete a user's credential of one mechanism, or all of them.
+    Delete {
+        name: String,
+        #[arg(long)]
+        mechanism: Option<String>,
+        #[arg(long, default_value = "./ringfeed-data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -83,6 +118,7 @@ fn main() -> ExitCode {
             }
             check_data::run(&dir)
         }
+        Command::User { command } => user(command),
         #[cfg(feature = "cli")]
         Command::Client(command) => {
             if let Err(error) = logging::init("warn", LogFormat::Text) {
@@ -90,6 +126,37 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             cli::run(command)
+        }
+    }
+}
+
+fn user(command: UserCommand) -> ExitCode {
+    use ringfeed_broker::sasl::users;
+    let outcome = match command {
+        UserCommand::Create {
+            name,
+            mechanism,
+            password_stdin: _,
+            iterations,
+            data_dir,
+        } => users::read_password(std::io::stdin().lock()).and_then(|password| {
+            users::create(&data_dir, &name, &mechanism, iterations, &password)
+        }),
+        UserCommand::List { data_dir } => users::list(&data_dir),
+        UserCommand::Delete {
+            name,
+            mechanism,
+            data_dir,
+        } => users::delete(&data_dir, &name, mechanism.as_deref()),
+    };
+    match outcome {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("ringfeed: {error}");
+            ExitCode::FAILURE
         }
     }
 }

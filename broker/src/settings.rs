@@ -303,6 +303,16 @@ impl Effective {
         ServeOptions {
             listen: self.text("listeners").to_string(),
             advertised_listener: optional("advertised.listeners"),
+            protocol_map: self.text("listener.security.protocol.map").to_string(),
+            sasl_mechanisms: self.text("sasl.enabled.mechanisms").to_string(),
+            super_users: self.text("super.users").to_string(),
+            tls: crate::tls::TlsSettings {
+                keystore_location: self.text("ssl.keystore.location").to_string(),
+                certificate_chain: self.text("ssl.keystore.certificate.chain").to_string(),
+                key: self.text("ssl.keystore.key").to_string(),
+                truststore_location: self.text("ssl.truststore.location").to_string(),
+                client_auth: self.text("ssl.client.auth").to_string(),
+            },
             data_dir: PathBuf::from(self.text("log.dirs")),
             shards: Some(self.unsigned("ringfeed.shards") as usize).filter(|shards| *shards > 0),
             cpus: optional("ringfeed.cpus").map(|cpus| {
@@ -503,15 +513,34 @@ pub fn read_config_file(flag: Option<&Path>) -> Result<Option<(PathBuf, String)>
 
 /// Resolves an address the way the broker will, so `listeners` typos fail with the key named.
 pub fn check_resolvable(effective: &Effective) -> Result<(), String> {
-    for key in ["listeners", "ringfeed.admin.listen"] {
-        let entry = effective.entry(key);
-        if entry.value == "off" {
-            continue;
-        }
-        if entry.value.to_socket_addrs().is_err() {
+    let entry = effective.entry("listeners");
+    let plans = crate::listeners::plan(
+        &entry.value,
+        &effective.entry("advertised.listeners").value,
+        &effective.entry("listener.security.protocol.map").value,
+    )
+    .map_err(|error| format!("invalid listeners (from {}): {error}", entry.source))?;
+    crate::sasl::parse_mechanisms(&effective.entry("sasl.enabled.mechanisms").value).map_err(
+        |error| {
+            format!(
+                "invalid sasl.enabled.mechanisms (from {}): {error}",
+                effective.entry("sasl.enabled.mechanisms").source
+            )
+        },
+    )?;
+    let mut addresses: Vec<(&str, String)> = plans
+        .into_iter()
+        .map(|plan| ("listeners", plan.bind))
+        .collect();
+    let admin = effective.entry("ringfeed.admin.listen");
+    if admin.value != "off" {
+        addresses.push(("ringfeed.admin.listen", admin.value.clone()));
+    }
+    for (key, address) in addresses {
+        if address.to_socket_addrs().is_err() {
             return Err(format!(
-                "invalid {key} (from {}): {} does not resolve to an address",
-                entry.source, entry.value
+                "invalid {key} (from {}): {address} does not resolve to an address",
+                effective.entry(key).source
             ));
         }
     }
@@ -556,8 +585,17 @@ mod table;
 /// `server::serve` runs the broker with.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// `listeners` (canonical text: `HOST:PORT` or `NAME://HOST:PORT,...`).
     pub listen: String,
     pub advertised_listener: Option<String>,
+    /// `listener.security.protocol.map`.
+    pub protocol_map: String,
+    /// `sasl.enabled.mechanisms`, as written.
+    pub sasl_mechanisms: String,
+    /// `super.users`, as written.
+    pub super_users: String,
+    /// The `ssl.*` settings of the SSL and `SASL_SSL` listeners.
+    pub tls: crate::tls::TlsSettings,
     pub data_dir: PathBuf,
     pub shards: Option<usize>,
     pub cpus: Option<Vec<usize>>,

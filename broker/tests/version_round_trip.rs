@@ -285,6 +285,8 @@ fn round_trip_version(key: ApiKey, version: i16, draws: &mut Draws) {
         InitProducerId => InitProducerIdRequest,
         DescribeLogDirs => DescribeLogDirsRequest,
         DescribeTopicPartitions => DescribeTopicPartitionsRequest,
+        SaslHandshake => SaslHandshakeRequest,
+        SaslAuthenticate => SaslAuthenticateRequest,
     );
 }
 

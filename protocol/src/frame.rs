@@ -72,6 +72,12 @@ impl FrameBuffer {
         }
     }
 
+    /// Changes the largest frame taken from here on (a SASL connection reads small frames
+    /// until its client has authenticated).
+    pub fn set_frame_bytes_max(&mut self, frame_bytes_max: usize) {
+        self.frame_bytes_max = frame_bytes_max;
+    }
+
     /// Declared size of the frame at the front, once its prefix has arrived (checked
     /// against the limit: the caller reserves budget for it before `read_space` allocates).
     pub fn pending_frame_size(&self) -> Result<Option<usize>, FrameError> {

@@ -36,7 +36,7 @@ impl ApiSpec {
 /// Burrow, kafka-go and old librdkafka send them. `KAFKA_RANGES` in the tests holds both
 /// releases' ranges; the codec for the removed versions is generated from 3.9's message JSON
 /// (vendor/README.md).
-pub const SUPPORTED_APIS: [ApiSpec; 27] = [
+pub const SUPPORTED_APIS: [ApiSpec; 29] = [
     ApiSpec {
         accepted_min: 3,
         ..ApiSpec::new(ApiKey::Produce, 0, 11)
@@ -53,6 +53,7 @@ pub const SUPPORTED_APIS: [ApiSpec; 27] = [
     ApiSpec::new(ApiKey::SyncGroup, 0, 5),
     ApiSpec::new(ApiKey::DescribeGroups, 0, 6),
     ApiSpec::new(ApiKey::ListGroups, 0, 5),
+    ApiSpec::new(ApiKey::SaslHandshake, 0, 1),
     ApiSpec::new(ApiKey::ApiVersions, 0, 4),
     ApiSpec::new(ApiKey::CreateTopics, 0, 7),
     ApiSpec::new(ApiKey::DeleteTopics, 0, 6),
@@ -61,6 +62,7 @@ pub const SUPPORTED_APIS: [ApiSpec; 27] = [
     ApiSpec::new(ApiKey::DescribeConfigs, 0, 4),
     ApiSpec::new(ApiKey::AlterConfigs, 0, 2),
     ApiSpec::new(ApiKey::DescribeLogDirs, 0, 4),
+    ApiSpec::new(ApiKey::SaslAuthenticate, 0, 2),
     ApiSpec::new(ApiKey::CreatePartitions, 0, 3),
     ApiSpec::new(ApiKey::DeleteGroups, 0, 2),
     ApiSpec::new(ApiKey::IncrementalAlterConfigs, 0, 1),
@@ -126,7 +128,7 @@ mod tests {
     /// Kafka's request version ranges per API: 3.9 (apache/kafka branch `3.9`, each
     /// `*Request.json`'s `validVersions`) and 4.1 (what kafka-protocol 0.18, generated from
     /// 4.1.0, accepts; a `latestVersionUnstable` version is not served by a default broker).
-    const KAFKA_RANGES: [(ApiKey, VersionPair, VersionPair); 27] = [
+    const KAFKA_RANGES: [(ApiKey, VersionPair, VersionPair); 29] = [
         (ApiKey::Produce, (0, 11), (3, 13)),
         (ApiKey::Fetch, (0, 17), (4, 18)),
         (ApiKey::ListOffsets, (0, 9), (1, 10)),
@@ -140,6 +142,7 @@ mod tests {
         (ApiKey::SyncGroup, (0, 5), (0, 5)),
         (ApiKey::DescribeGroups, (0, 5), (0, 6)),
         (ApiKey::ListGroups, (0, 5), (0, 5)),
+        (ApiKey::SaslHandshake, (0, 1), (0, 1)),
         (ApiKey::ApiVersions, (0, 4), (0, 4)),
         (ApiKey::CreateTopics, (0, 7), (2, 7)),
         (ApiKey::DeleteTopics, (0, 6), (1, 6)),
@@ -148,6 +151,7 @@ mod tests {
         (ApiKey::DescribeConfigs, (0, 4), (1, 4)),
         (ApiKey::AlterConfigs, (0, 2), (0, 2)),
         (ApiKey::DescribeLogDirs, (0, 4), (1, 4)),
+        (ApiKey::SaslAuthenticate, (0, 2), (0, 2)),
         (ApiKey::CreatePartitions, (0, 3), (0, 3)),
         (ApiKey::DeleteGroups, (0, 2), (0, 2)),
         (ApiKey::IncrementalAlterConfigs, (0, 1), (0, 1)),

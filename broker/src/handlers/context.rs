@@ -43,6 +43,11 @@ pub struct RequestContext {
     pub peer: SocketAddr,
     /// The connection, unique in the process (the shard's id in the top 16 bits).
     pub connection_id: u64,
+    /// The listener the request came in on (index into `BrokerConfig::listeners`).
+    pub listener: usize,
+    /// The authenticated principal (`User:name`), kept for ACL enforcement; `User:ANONYMOUS`
+    /// when nobody authenticated.
+    pub principal: Arc<str>,
     /// The request's place in its connection: 0, 1, 2, ... in arrival order.
     pub request_sequence: u64,
 }

@@ -12,10 +12,11 @@ pub async fn handle(
     request: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
     let config = &shard.config;
+    let (host, port) = config.advertised(context.listener);
     let broker = DescribeClusterBroker::default()
         .with_broker_id(BrokerId(config.cluster.node_id))
-        .with_host(str_bytes(&config.advertised_host))
-        .with_port(config.advertised_port);
+        .with_host(str_bytes(host))
+        .with_port(port);
     let response = DescribeClusterResponse::default()
         .with_cluster_id(str_bytes(&shard.metadata.current().cluster_id))
         .with_controller_id(BrokerId(config.cluster.node_id))

@@ -27,7 +27,7 @@ pub async fn handle(
     let mut coordinators = Vec::with_capacity(keys.len());
     for key in keys {
         let error_code = lookup(shard, request.key_type, &key).await;
-        coordinators.push(coordinator(shard.config, key, error_code));
+        coordinators.push(coordinator(shard.config, context.listener, key, error_code));
     }
     if context.api_version >= 4 {
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
@@ -55,17 +55,23 @@ async fn lookup(shard: &GroupAccess<'_>, key_type: i8, key: &StrBytes) -> i16 {
     }
 }
 
-fn coordinator(config: &BrokerConfig, key: StrBytes, error_code: i16) -> Coordinator {
+fn coordinator(
+    config: &BrokerConfig,
+    listener: usize,
+    key: StrBytes,
+    error_code: i16,
+) -> Coordinator {
     let found = error_code == codes::NONE;
+    let (host, port) = config.advertised(listener);
     Coordinator::default()
         .with_key(key)
         .with_error_code(error_code)
         .with_error_message((!found).then(|| str_bytes("no coordinator for this key")))
         .with_node_id(BrokerId(if found { config.cluster.node_id } else { -1 }))
         .with_host(if found {
-            str_bytes(&config.advertised_host)
+            str_bytes(host)
         } else {
             StrBytes::default()
         })
-        .with_port(if found { config.advertised_port } else { -1 })
+        .with_port(if found { port } else { -1 })
 }

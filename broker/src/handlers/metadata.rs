@@ -85,17 +85,20 @@ pub async fn handle(
         response
     };
     response
-        .with_brokers(vec![this_broker(shard.config)])
+        .with_brokers(vec![this_broker(shard.config, context.listener)])
         .with_cluster_id((version >= 2).then(|| str_bytes(&snapshot.cluster_id)))
         .with_controller_id(if version >= 1 { node } else { BrokerId(-1) })
         .with_topics(topics)
 }
 
-pub fn this_broker(config: &BrokerConfig) -> MetadataResponseBroker {
+/// This broker as clients on `listener` should reach it (Kafka answers with the advertised
+/// address of the listener the request came in on).
+pub fn this_broker(config: &BrokerConfig, listener: usize) -> MetadataResponseBroker {
+    let (host, port) = config.advertised(listener);
     MetadataResponseBroker::default()
         .with_node_id(BrokerId(config.cluster.node_id))
-        .with_host(str_bytes(&config.advertised_host))
-        .with_port(config.advertised_port)
+        .with_host(str_bytes(host))
+        .with_port(port)
 }
 
 /// Asks the controller to create `names` with the default settings; returns the names it

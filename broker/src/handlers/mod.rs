@@ -29,6 +29,8 @@ pub mod offset_commit;
 pub mod offset_delete;
 pub mod offset_fetch;
 pub mod produce;
+pub mod sasl_authenticate;
+pub mod sasl_handshake;
 pub mod sync_group;
 
 use std::rc::Rc;
@@ -112,6 +114,8 @@ served_apis! {
     SyncGroup => sync_group::SyncGroupRequest,
     DescribeGroups => describe_groups::DescribeGroupsRequest,
     ListGroups => list_groups::ListGroupsRequest,
+    SaslHandshake => sasl_handshake::SaslHandshakeRequest,
+    SaslAuthenticate => sasl_authenticate::SaslAuthenticateRequest,
     DeleteGroups => delete_groups::DeleteGroupsRequest,
     OffsetDelete => offset_delete::OffsetDeleteRequest,
     DescribeConfigs => describe_configs::DescribeConfigsRequest,

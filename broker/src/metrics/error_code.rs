@@ -11,7 +11,8 @@ use kafka_protocol::messages::{
     DescribeTopicPartitionsResponse, FetchResponse, FindCoordinatorResponse, HeartbeatResponse,
     IncrementalAlterConfigsResponse, InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse,
     ListGroupsResponse, ListOffsetsResponse, MetadataResponse, OffsetCommitResponse,
-    OffsetDeleteResponse, OffsetFetchResponse, ProduceResponse, SyncGroupResponse,
+    OffsetDeleteResponse, OffsetFetchResponse, ProduceResponse, SaslAuthenticateResponse,
+    SaslHandshakeResponse, SyncGroupResponse,
 };
 
 use crate::error_codes::NONE;
@@ -45,6 +46,8 @@ top_level_only!(
     InitProducerIdResponse,
     JoinGroupResponse,
     ListGroupsResponse,
+    SaslAuthenticateResponse,
+    SaslHandshakeResponse,
     SyncGroupResponse,
 );
 

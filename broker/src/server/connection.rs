@@ -13,7 +13,7 @@
 //! is written. The reader and the writer each hold their own descriptor of the socket
 //! (see `duplicate_for_writing`), so they share no lock.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::pin::Pin;
@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::future::{select, Either};
-use futures::io::{AsyncReadExt, AsyncWriteExt};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::{Gate, StaticPermit};
@@ -35,8 +35,10 @@ use crate::admission::Refusal;
 use crate::codec::CodecError;
 use crate::frame::{FrameBuffer, FrameError, FRAME_SIZE_PREFIX_BYTES};
 use crate::handlers::{self, RequestContext, ResponseFrame};
+use crate::listeners::SecurityProtocol;
 use crate::log_throttle::LogThrottle;
 use crate::request_decode::{decode_frame, FrameVerdict};
+use crate::server::sasl_session::{self, Outcome, SaslState};
 use crate::server::vectored_write::write_frame;
 use crate::shard::ShardServices;
 
@@ -46,12 +48,17 @@ use crate::shard::ShardServices;
 pub async fn accept_loop(
     shard: Rc<ShardServices>,
     connection_counts: Arc<ConnectionCounts>,
-    listener: TcpListener,
+    listener: ListenerOnShard,
     connections: Rc<Gate>,
 ) {
     let mut refusals = RefusalLog::default();
+    let ListenerOnShard {
+        index,
+        protocol,
+        socket,
+    } = listener;
     loop {
-        let stream = match listener.accept().await {
+        let stream = match socket.accept().await {
             Ok(stream) => stream,
             Err(error) => {
                 // EMFILE/ENFILE land here: the connection waits in the backlog meanwhile.
@@ -74,13 +81,20 @@ pub async fn accept_loop(
         let _ = stream.set_read_timeout(Some(shard.config.limits.connection_idle_max));
         let shard = shard.clone();
         let spawned = connections.spawn(async move {
-            serve(shard, stream, peer).await;
+            serve(shard, stream, peer, index, protocol).await;
             drop(admitted);
         });
         if let Ok(task) = spawned {
             task.detach();
         }
     }
+}
+
+/// One shard's socket for one of the broker's listeners (`BrokerConfig::listeners[index]`).
+pub struct ListenerOnShard {
+    pub index: usize,
+    pub protocol: SecurityProtocol,
+    pub socket: TcpListener,
 }
 
 /// Logs refused connections at most once per `REPEAT_LOG_INTERVAL` per shard, with a
@@ -151,27 +165,53 @@ fn new_connection_id(shard: usize) -> u64 {
 struct ConnectionIdentity {
     peer: SocketAddr,
     connection_id: u64,
+    /// Index of the listener the connection came in on (`BrokerConfig::listeners`).
+    listener: usize,
+    /// Who the client is: from its TLS certificate or SASL login, else `ANONYMOUS`.
+    principal: RefCell<Arc<str>>,
+    /// The SASL exchange, on a SASL listener only.
+    sasl: RefCell<Option<SaslState>>,
     /// The sequence the next request gets.
     next_request: Cell<u64>,
 }
 
-async fn serve(shard: Rc<ShardServices>, stream: TcpStream, peer: SocketAddr) {
-    tracing::debug!(shard = shard.shard_id, %peer, "connection accepted");
+/// The principal of a connection nobody authenticated (Kafka's `KafkaPrincipal.ANONYMOUS`).
+pub const ANONYMOUS: &str = "User:ANONYMOUS";
+
+async fn serve(
+    shard: Rc<ShardServices>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: usize,
+    protocol: SecurityProtocol,
+) {
+    tracing::debug!(shard = shard.shard_id, %peer, %protocol, "connection accepted");
     let _counted = shard.metrics.connection_opened();
-    let writer = match duplicate_for_writing(&stream) {
-        Ok(writer) => writer,
-        Err(error) => {
-            tracing::warn!(shard = shard.shard_id, %peer, %error, "closing connection: cannot duplicate its socket");
+    let tls = shard
+        .config
+        .listeners
+        .get(listener)
+        .and_then(|bound| bound.tls.clone());
+    let opened = match tls {
+        None => open_plain(stream),
+        Some(tls) => open_tls(&shard, stream, tls).await,
+    };
+    let (reader, writer, principal) = match opened {
+        Ok(opened) => opened,
+        Err(reason) => {
+            tracing::warn!(shard = shard.shard_id, %peer, %protocol, %reason, "closing connection");
             return;
         }
     };
-    let reader = stream;
     let (queue, queued) =
         local_channel::new_bounded(shard.config.limits.connection_inflight_requests_max);
     let writing = glommio::spawn_local(write_responses(writer, queued));
     let identity = ConnectionIdentity {
         peer,
         connection_id: new_connection_id(shard.shard_id),
+        listener,
+        principal: RefCell::new(principal),
+        sasl: RefCell::new(protocol.uses_sasl().then_some(SaslState::AwaitingHandshake)),
         next_request: Cell::new(0),
     };
     let ending = read_requests(&shard, reader, &queue, &identity).await;
@@ -193,13 +233,132 @@ async fn serve(shard: Rc<ShardServices>, stream: TcpStream, peer: SocketAddr) {
     }
 }
 
+/// A plaintext connection: the reader and the writer each hold a descriptor of the socket.
+fn open_plain(stream: TcpStream) -> Result<(ReadSide, WriteSide, Arc<str>), String> {
+    let writer = duplicate_for_writing(&stream)
+        .map_err(|error| format!("cannot duplicate its socket: {error}"))?;
+    Ok((
+        ReadSide::Plain(stream),
+        WriteSide::Plain(writer),
+        Arc::from(ANONYMOUS),
+    ))
+}
+
+/// A TLS connection: the handshake (bounded by `request_read_timeout`, so a client that
+/// stops halfway through its `ClientHello` does not hold the connection), then the principal
+/// of the client certificate if one was given.
+async fn open_tls(
+    shard: &ShardServices,
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+) -> Result<(ReadSide, WriteSide, Arc<str>), String> {
+    let timeout = shard.config.limits.request_read_timeout;
+    let mut deadline = Some(Box::pin(Timer::new(timeout)));
+    let accept = futures_rustls::TlsAcceptor::from(config).accept(stream);
+    let tls = match before_deadline(accept, &mut deadline).await {
+        Some(Ok(tls)) => tls,
+        Some(Err(error)) => return Err(format!("TLS handshake failed: {error}")),
+        None => return Err(format!("TLS handshake not done within {timeout:?}")),
+    };
+    let principal = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|certificate| crate::tls::certificate_principal(certificate))
+        .unwrap_or_else(|| ANONYMOUS.to_string());
+    tracing::debug!(
+        shard = shard.shard_id,
+        version = ?tls.get_ref().1.protocol_version(),
+        %principal,
+        "TLS session established"
+    );
+    // One TLS session serves both directions; the halves share it behind a per-connection
+    // `BiLock` (TLS connections copy and encrypt anyway; plaintext ones keep their own fds).
+    let (reader, writer) = AsyncReadExt::split(tls);
+    Ok((
+        ReadSide::Tls(reader),
+        WriteSide::Tls(writer),
+        Arc::from(principal),
+    ))
+}
+
+type TlsStream = futures_rustls::server::TlsStream<TcpStream>;
+
+/// Where requests are read from.
+enum ReadSide {
+    Plain(TcpStream),
+    Tls(ReadHalf<TlsStream>),
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+        buffer: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_read(context, buffer),
+            Self::Tls(stream) => Pin::new(stream).poll_read(context, buffer),
+        }
+    }
+}
+
+/// Where responses are written.
+enum WriteSide {
+    Plain(TcpStream),
+    Tls(WriteHalf<TlsStream>),
+}
+
+/// TLS records carry at most 16 KiB of plaintext: small slices of a frame are gathered up to
+/// that before each write, so a Fetch frame of many small batches is not one record each.
+const TLS_RECORD_PLAINTEXT_BYTES_MAX: usize = 16 * 1024;
+
+impl WriteSide {
+    async fn write_frame(&mut self, frame: &ResponseFrame) -> std::io::Result<()> {
+        match self {
+            Self::Plain(stream) => write_frame(stream, frame).await,
+            Self::Tls(stream) => {
+                let mut gathered = Vec::with_capacity(TLS_RECORD_PLAINTEXT_BYTES_MAX);
+                for slice in frame.slices() {
+                    if gathered.len() + slice.len() > TLS_RECORD_PLAINTEXT_BYTES_MAX {
+                        stream.write_all(&gathered).await?;
+                        gathered.clear();
+                    }
+                    if slice.len() >= TLS_RECORD_PLAINTEXT_BYTES_MAX {
+                        stream.write_all(slice).await?;
+                    } else {
+                        gathered.extend_from_slice(slice);
+                    }
+                }
+                stream.write_all(&gathered).await?;
+                stream.flush().await
+            }
+        }
+    }
+
+    async fn close(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Plain(stream) => stream.close().await,
+            Self::Tls(stream) => stream.close().await,
+        }
+    }
+}
+
 async fn read_requests(
     shard: &Rc<ShardServices>,
-    mut reader: TcpStream,
+    mut reader: ReadSide,
     queue: &LocalSender<QueuedResponse>,
     identity: &ConnectionIdentity,
 ) -> Ending {
-    let mut frames = FrameBuffer::new(shard.config.limits.request_frame_bytes_max);
+    let frame_bytes_max = shard.config.limits.request_frame_bytes_max;
+    let mut frames = FrameBuffer::new(frame_bytes_max);
+    if identity.sasl_pending() {
+        // Before authentication a frame is at most a SASL token with its header.
+        frames.set_frame_bytes_max(
+            frame_bytes_max.min(sasl_session::UNAUTHENTICATED_FRAME_BYTES_MAX),
+        );
+    }
     let mut budget: Option<StaticPermit> = None;
     // Runs from the first byte of a frame until the frame is whole (`request_read_timeout`).
     let mut frame_deadline: Option<Pin<Box<Timer>>> = None;
@@ -212,10 +371,17 @@ async fn read_requests(
                     Some(permit) => permit,
                     None => reserve_budget(shard, frame.len()).await,
                 };
-                let response = match start_request(shard, frame, identity) {
-                    Ok(response) => response,
+                let sasl_was_pending = identity.sasl_pending();
+                let Started {
+                    response,
+                    close_after,
+                } = match start_request(shard, frame, identity) {
+                    Ok(started) => started,
                     Err(reason) => return Ending::Refused(reason),
                 };
+                if sasl_was_pending && !identity.sasl_pending() {
+                    frames.set_frame_bytes_max(frame_bytes_max);
+                }
                 if queue
                     .send(QueuedResponse {
                         response,
@@ -225,6 +391,9 @@ async fn read_requests(
                     .is_err()
                 {
                     return Ending::PeerClosed;
+                }
+                if let Some(reason) = close_after {
+                    return Ending::Refused(reason);
                 }
                 continue;
             }
@@ -316,12 +485,49 @@ async fn reserve_budget(shard: &Rc<ShardServices>, frame_bytes: usize) -> Static
         .await
 }
 
+/// A started request: its response, and why the connection closes after it, if it does.
+struct Started {
+    response: PendingResponse,
+    close_after: Option<String>,
+}
+
+impl ConnectionIdentity {
+    /// Whether the connection is on a SASL listener and not yet authenticated.
+    fn sasl_pending(&self) -> bool {
+        self.sasl
+            .borrow()
+            .as_ref()
+            .is_some_and(|state| !matches!(state, SaslState::Authenticated))
+    }
+
+    /// Whether the next frame is a raw SASL token (after a v0 `SaslHandshake`).
+    fn expects_raw_token(&self) -> bool {
+        matches!(
+            self.sasl.borrow().as_ref(),
+            Some(SaslState::Authenticating {
+                raw_tokens: true,
+                ..
+            })
+        )
+    }
+}
+
 /// Admits, decodes and starts one request. `Err` names why the connection must close.
 fn start_request(
     shard: &Rc<ShardServices>,
     frame: Bytes,
     identity: &ConnectionIdentity,
-) -> Result<PendingResponse, String> {
+) -> Result<Started, String> {
+    if identity.expects_raw_token() {
+        let outcome = {
+            let mut state = identity.sasl.borrow_mut();
+            let state = state
+                .as_mut()
+                .expect("a raw token is expected on a SASL listener");
+            sasl_session::raw_token(shard, state, identity.peer.ip(), &frame)
+        };
+        return sasl_answer(shard, identity, outcome);
+    }
     let frame_bytes = frame.len() + FRAME_SIZE_PREFIX_BYTES;
     let (api_key, api_version, header, request) = match decode_frame(frame) {
         FrameVerdict::Decoded {
@@ -331,7 +537,10 @@ fn start_request(
             request,
         } => (api_key, api_version, header, request),
         FrameVerdict::ApiVersionsFallback(frame) => {
-            return Ok(PendingResponse::Ready(ResponseFrame::whole(frame)))
+            return Ok(Started {
+                response: PendingResponse::Ready(ResponseFrame::whole(frame)),
+                close_after: None,
+            })
         }
         FrameVerdict::Refused { admitted, reason } => {
             if let Some(api_key) = admitted {
@@ -350,18 +559,71 @@ fn start_request(
         client_id: header.client_id.map(|id| id.to_string()),
         peer: identity.peer,
         connection_id: identity.connection_id,
+        listener: identity.listener,
+        principal: identity.principal.borrow().clone(),
         request_sequence,
     };
+    if identity.sasl_pending() {
+        let outcome = {
+            let mut state = identity.sasl.borrow_mut();
+            let state = state.as_mut().expect("pending on a SASL listener");
+            sasl_session::request(shard, state, &context, &request)
+        };
+        match outcome {
+            Ok(Outcome::Serve) => {}
+            Ok(outcome) => return sasl_answer(shard, identity, outcome),
+            Err(error) => return Err(format!("internal error, response not encodable: {error}")),
+        }
+    }
     // `start` does the request's ordered part now, before the next frame is taken.
     let handler = handlers::start(shard.clone(), context, *request);
-    Ok(PendingResponse::Running(
-        glommio::spawn_local(handler).detach(),
-    ))
+    Ok(Started {
+        response: PendingResponse::Running(glommio::spawn_local(handler).detach()),
+        close_after: None,
+    })
+}
+
+/// Queues the answer of a SASL step (after its delay, for a repeated failure) and records
+/// the principal a completed login established.
+fn sasl_answer(
+    shard: &ShardServices,
+    identity: &ConnectionIdentity,
+    outcome: Outcome,
+) -> Result<Started, String> {
+    let (frame, delay, close_after, principal) = match outcome {
+        Outcome::Serve => unreachable!("served by the caller"),
+        Outcome::Close(reason) => return Err(reason),
+        Outcome::Answer {
+            frame,
+            delay,
+            close,
+            principal,
+        } => (frame, delay, close, principal),
+    };
+    if let Some(principal) = principal {
+        tracing::debug!(shard = shard.shard_id, peer = %identity.peer, %principal, "SASL authentication succeeded");
+        *identity.principal.borrow_mut() = Arc::from(principal);
+    }
+    let frame = sasl_session::response_frame(frame);
+    let response = match frame {
+        Some(frame) if delay.is_zero() => PendingResponse::Ready(frame),
+        frame => PendingResponse::Running(
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(delay).await;
+                Ok(frame)
+            })
+            .detach(),
+        ),
+    };
+    Ok(Started {
+        response,
+        close_after,
+    })
 }
 
 /// Writes responses in queue order until the queue closes; returns why it stopped early.
 async fn write_responses(
-    mut writer: TcpStream,
+    mut writer: WriteSide,
     queued: LocalReceiver<QueuedResponse>,
 ) -> Option<String> {
     while let Some(entry) = queued.recv().await {
@@ -376,7 +638,7 @@ async fn write_responses(
             },
         };
         if let Some(frame) = frame {
-            if let Err(error) = write_frame(&mut writer, &frame).await {
+            if let Err(error) = writer.write_frame(&frame).await {
                 return Some(format!("write failed: {error}"));
             }
         }

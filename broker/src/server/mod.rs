@@ -3,6 +3,7 @@
 //! all of them to finish.
 
 pub mod connection;
+mod sasl_session;
 mod shard_thread;
 mod vectored_write;
 
@@ -17,8 +18,9 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::admin::{AdminListener, AdminStatus};
 use crate::admission::ConnectionCounts;
-use crate::config::BrokerConfig;
+use crate::config::{BoundListener, BrokerConfig, SaslConfig};
 use crate::limits::Limits;
+use crate::listeners;
 use crate::metrics::ScrapeRequest;
 use crate::preflight;
 use crate::shard::Meshes;
@@ -48,7 +50,23 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         )
     })?;
     let _data_dir_lock = lock_data_dir(&data_dir)?;
-    let requested = preflight::claim_port(resolve_address(&options.listen)?, "listeners")?;
+    let plans = listeners::plan(
+        &options.listen,
+        options.advertised_listener.as_deref().unwrap_or(""),
+        &options.protocol_map,
+    )?;
+    let sasl = sasl_config(&plans, options, &data_dir)?;
+    // One TLS configuration for every TLS listener, built before any port is taken so a bad
+    // keystore stops the start with the setting named.
+    let tls = plans
+        .iter()
+        .any(|plan| plan.protocol.uses_tls())
+        .then(|| crate::tls::server_config(&options.tls))
+        .transpose()?;
+    let requested = plans
+        .iter()
+        .map(|plan| preflight::claim_port(resolve_address(&plan.bind)?, "listeners"))
+        .collect::<Result<Vec<_>, String>>()?;
     let admin_listen = options
         .admin_listen
         .as_deref()
@@ -59,19 +77,15 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
     if let Some(warning) = preflight::check_memlock(shard_cpus.len())? {
         tracing::warn!("{warning}");
     }
-    // Hold the claimed port (port 0 already resolved) in the shards' SO_REUSEPORT group until
-    // every shard listens on it, so nothing else can take it in between.
-    let reservation = reserve_port(requested)?;
-    let listen = reservation
-        .local_addr()
-        .ok()
-        .and_then(|address| address.as_socket())
-        .ok_or("cannot read the reserved address")?;
-    let (advertised_host, advertised_port) = advertised(options, listen)?;
+    let (bound, reservations) = reserve_listeners(plans, requested, tls.as_ref())?;
+    let first = bound[0].clone();
     let config = Arc::new(BrokerConfig {
-        listen,
-        advertised_host,
-        advertised_port,
+        listen: first.address,
+        advertised_host: first.advertised_host,
+        advertised_port: first.advertised_port,
+        listeners: bound,
+        sasl,
+        super_users: crate::config::parse_super_users(&options.super_users),
         data_dir,
         shard_cpus,
         spin_before_park: (options.spin_before_park_us > 0)
@@ -98,12 +112,68 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
     // A shard sends `listening` after it has applied the first metadata, which opens every
     // partition it owns: all of them listening means the broker can serve every partition.
     let all_listening = (0..config.shard_count()).all(|_| listening.recv().is_ok());
-    drop(reservation);
+    drop(reservations);
     admin_status.set_ready(all_listening);
     if all_listening {
         log_start_up(&config);
     } // else a shard ended before listening; its error is reported by join below
     join_shards(handles)
+}
+
+/// The SASL mechanisms and credentials, when a listener uses SASL.
+fn sasl_config(
+    plans: &[listeners::ListenerPlan],
+    options: &ServeOptions,
+    data_dir: &std::path::Path,
+) -> Result<SaslConfig, String> {
+    if !plans.iter().any(|plan| plan.protocol.uses_sasl()) {
+        return Ok(SaslConfig::default());
+    }
+    let mechanisms = crate::sasl::parse_mechanisms(&options.sasl_mechanisms)?;
+    if mechanisms.is_empty() {
+        return Err("a SASL listener needs sasl.enabled.mechanisms".into());
+    }
+    let credentials = crate::sasl::Credentials::load(data_dir)?;
+    if credentials.is_empty() {
+        tracing::warn!(
+            "SASL listener without credentials: create users with `ringfeed user create NAME --data-dir DIR` before starting"
+        );
+    }
+    Ok(SaslConfig {
+        mechanisms,
+        credentials: Arc::new(credentials),
+    })
+}
+
+/// Holds each claimed port (port 0 already resolved) in the shards' `SO_REUSEPORT` group
+/// until every shard listens on it, so nothing else can take it in between; returns the
+/// listeners as bound and the reservations to drop once the shards listen.
+fn reserve_listeners(
+    plans: Vec<listeners::ListenerPlan>,
+    requested: Vec<SocketAddr>,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+) -> Result<(Vec<BoundListener>, Vec<socket2::Socket>), String> {
+    let mut reservations = Vec::with_capacity(plans.len());
+    let mut bound = Vec::with_capacity(plans.len());
+    for (plan, requested) in plans.into_iter().zip(requested) {
+        let reservation = reserve_port(requested)?;
+        let address = reservation
+            .local_addr()
+            .ok()
+            .and_then(|address| address.as_socket())
+            .ok_or("cannot read the reserved address")?;
+        let (advertised_host, advertised_port) = advertised(plan.advertised, address)?;
+        bound.push(BoundListener {
+            name: plan.name,
+            protocol: plan.protocol,
+            address,
+            advertised_host,
+            advertised_port,
+            tls: tls.filter(|_| plan.protocol.uses_tls()).cloned(),
+        });
+        reservations.push(reservation);
+    }
+    Ok((bound, reservations))
 }
 
 /// The one start-up line: what runs where, and what an ack promises. Its prefix
@@ -112,6 +182,17 @@ fn log_start_up(config: &BrokerConfig) {
     let admin = config
         .admin_listen
         .map_or_else(|| "off".to_string(), |address| address.to_string());
+    for listener in &config.listeners {
+        // One line per listener, so scripts and tests started with port 0 find each port.
+        tracing::info!(
+            "listener {} ({}) on {} advertised {}:{}",
+            listener.name,
+            listener.protocol,
+            listener.address,
+            listener.advertised_host,
+            listener.advertised_port
+        );
+    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         shards = config.shard_count(),
@@ -341,30 +422,22 @@ fn reserve_port(address: SocketAddr) -> Result<socket2::Socket, String> {
     Ok(socket)
 }
 
-/// Where clients are told to connect. Without `--advertised-listener` it is the listen
-/// address, except that a wildcard (0.0.0.0 / ::) is no address a client can dial: then the
-/// host name is advertised, as Kafka does.
-fn advertised(options: &ServeOptions, listen: SocketAddr) -> Result<(String, i32), String> {
-    let Some(advertised) = &options.advertised_listener else {
-        let host = if listen.ip().is_unspecified() {
-            host_name()?
-        } else {
-            listen.ip().to_string()
-        };
-        return Ok((host, i32::from(listen.port())));
+/// Where clients on one listener are told to connect. Without an `advertised.listeners`
+/// entry it is the listen address, except that a wildcard (0.0.0.0 / ::) is no address a
+/// client can dial: then the host name is advertised, as Kafka does.
+fn advertised(
+    advertised: Option<(String, u16)>,
+    listen: SocketAddr,
+) -> Result<(String, i32), String> {
+    if let Some((host, port)) = advertised {
+        return Ok((host, i32::from(port)));
+    }
+    let host = if listen.ip().is_unspecified() {
+        host_name()?
+    } else {
+        listen.ip().to_string()
     };
-    let (host, port) = advertised
-        .rsplit_once(':')
-        .ok_or_else(|| format!("advertised.listeners {advertised} is not HOST:PORT"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("advertised.listeners {advertised}: bad port"))?;
-    Ok((
-        host.trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string(),
-        i32::from(port),
-    ))
+    Ok((host, i32::from(listen.port())))
 }
 
 fn host_name() -> Result<String, String> {

@@ -62,15 +62,26 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
     glommio::spawn_local(shard::serve_scrapes(Rc::downgrade(&services), scrapes)).detach();
     forward_shutdown(&services, shutdown_requested);
     services.first_metadata().await;
-    let listener = shard_listener(config.listen)
-        .map_err(|error| format!("shard {id}: cannot listen on {}: {error}", config.listen))?;
     let connections = Rc::new(Gate::new());
-    let accepting = glommio::spawn_local(connection::accept_loop(
-        services.clone(),
-        connection_counts,
-        listener,
-        connections.clone(),
-    ));
+    let mut accepting = Vec::with_capacity(config.listeners.len());
+    for (index, bound) in config.listeners.iter().enumerate() {
+        let listener = shard_listener(bound.address).map_err(|error| {
+            format!(
+                "shard {id}: cannot listen on {} ({}): {error}",
+                bound.address, bound.name
+            )
+        })?;
+        accepting.push(glommio::spawn_local(connection::accept_loop(
+            services.clone(),
+            connection_counts.clone(),
+            connection::ListenerOnShard {
+                index,
+                protocol: bound.protocol,
+                socket: listener,
+            },
+            connections.clone(),
+        )));
+    }
     let retention = glommio::spawn_local(shard::enforce_retention_periodically(services.clone()));
     let _ = listening.send(id);
     services.shutdown.started().await;

@@ -73,6 +73,8 @@ fn value_name(setting: &Setting) -> &'static str {
         Kind::TopicDefault if setting.default.parse::<i64>().is_ok() => "N",
         Kind::TopicDefault | Kind::LogFilter => "VALUE",
         Kind::Listener { .. } | Kind::ListenerOrOff => "HOST:PORT",
+        Kind::ProtocolMap => "NAME:PROTOCOL,...",
+        Kind::Text => "TEXT",
         Kind::Path => "DIR",
         Kind::CpuList => "CPUS",
         Kind::OneOf(_) => "WORD",

@@ -20,8 +20,13 @@ pub enum Kind {
     /// The broker default of a topic config (`Setting::topic_key`): accepted exactly when the
     /// topic config would accept the value as an override.
     TopicDefault,
-    /// One Kafka listener: `HOST:PORT` or `PLAINTEXT://HOST:PORT`; `optional` allows "".
+    /// Kafka listeners: `NAME://HOST:PORT,...` (a bare `HOST:PORT` is `PLAINTEXT`);
+    /// `optional` allows "".
     Listener { optional: bool },
+    /// Kafka's `listener.security.protocol.map`: `NAME:PROTOCOL,...`.
+    ProtocolMap,
+    /// Free text, "" allowed (file paths and inline PEM of the `ssl.*` settings).
+    Text,
     /// `HOST:PORT` or `off`.
     ListenerOrOff,
     /// A directory path.
@@ -114,8 +119,10 @@ impl Setting {
             Kind::TopicDefault => topic_config::accepted_values(
                 self.topic_key.expect("a topic default names its topic key"),
             ),
-            Kind::Listener { optional: false } => "HOST:PORT".into(),
-            Kind::Listener { optional: true } => "HOST:PORT or empty".into(),
+            Kind::Listener { optional: false } => "NAME://HOST:PORT,... or HOST:PORT".into(),
+            Kind::Listener { optional: true } => "NAME://HOST:PORT,..., HOST:PORT or empty".into(),
+            Kind::ProtocolMap => "NAME:PROTOCOL,...".into(),
+            Kind::Text => "text or empty".into(),
             Kind::ListenerOrOff => "HOST:PORT or off".into(),
             Kind::Path => "a directory".into(),
             Kind::CpuList => "CPU numbers, comma-separated, or empty".into(),
@@ -164,7 +171,14 @@ impl Setting {
                 topic_config::validate_override(topic_key, value)?;
                 Ok(value.to_string())
             }
-            Kind::Listener { optional } => parse_listener(value, optional),
+            Kind::Listener { optional } => parse_listeners(value, optional),
+            Kind::Text => Ok(value.to_string()),
+            Kind::ProtocolMap => crate::listeners::parse_protocol_map(value).map(|map| {
+                map.iter()
+                    .map(|(name, protocol)| format!("{name}:{protocol}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
             Kind::ListenerOrOff if value == "off" => Ok(value.into()),
             Kind::ListenerOrOff => parse_listener(value, false),
             Kind::Path if value.is_empty() => Err("expected a directory path".into()),
@@ -184,6 +198,14 @@ impl Setting {
                 .ok_or_else(|| format!("expected one of {}, got {value:?}", names.join(", "))),
         }
     }
+}
+
+fn parse_listeners(value: &str, optional: bool) -> Result<String, String> {
+    let listeners = crate::listeners::parse_list(value)?;
+    if listeners.is_empty() && !optional {
+        return Err("expected at least one listener".into());
+    }
+    Ok(crate::listeners::canonical(&listeners))
 }
 
 fn parse_listener(value: &str, optional: bool) -> Result<String, String> {

@@ -49,8 +49,10 @@ pub static SETTINGS: &[Setting] = &[
             "listeners",
             "127.0.0.1:9092",
             Kind::Listener { optional: false },
-            "Address every shard listens on for Kafka clients: HOST:PORT (or PLAINTEXT://HOST:PORT; \
-             one listener). Port 0 picks a free port.",
+            "Where every shard listens for Kafka clients: NAME://HOST:PORT,... with Kafka's \
+             listener names (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL, or names mapped by \
+             listener.security.protocol.map), each on its own port; a bare HOST:PORT is the \
+             PLAINTEXT listener. Port 0 picks a free port.",
         )
     },
     Setting {
@@ -59,10 +61,78 @@ pub static SETTINGS: &[Setting] = &[
             "advertised.listeners",
             "",
             Kind::Listener { optional: true },
-            "HOST:PORT clients are told to connect to. Empty: the listen address, or the host \
-             name when listening on a wildcard address.",
+            "Where clients are told to connect, per listener name (NAME://HOST:PORT,...; a bare \
+             HOST:PORT is PLAINTEXT, or the only listener). A listener left out: its listen \
+             address, or the host name when listening on a wildcard address. Metadata answers \
+             with the address of the listener the request came in on.",
         )
     },
+    row(
+        "listener.security.protocol.map",
+        crate::listeners::DEFAULT_PROTOCOL_MAP,
+        Kind::ProtocolMap,
+        "The security protocol of each listener name (NAME:PROTOCOL,...; protocols PLAINTEXT, \
+         SSL, SASL_PLAINTEXT, SASL_SSL).",
+    ),
+    row(
+        "sasl.enabled.mechanisms",
+        "SCRAM-SHA-256,SCRAM-SHA-512",
+        Kind::Text,
+        "SASL mechanisms the SASL_PLAINTEXT and SASL_SSL listeners offer: any of PLAIN, \
+         SCRAM-SHA-256, SCRAM-SHA-512 (comma-separated). PLAIN is checked against the user's \
+         stored SCRAM credential; it sends the password itself, so offer it on SASL_SSL.",
+    ),
+    row(
+        "super.users",
+        "",
+        Kind::Text,
+        "Principals allowed everything whatever the ACLs say (User:name;User:other). Parsed \
+         and kept; ACLs are not enforced yet.",
+    ),
+    row(
+        "ssl.keystore.type",
+        "PEM",
+        Kind::OneOf(&["PEM"]),
+        "Format of the TLS listeners' key and certificates (PEM only; JKS/PKCS12 are not read).",
+    ),
+    row(
+        "ssl.keystore.location",
+        "",
+        Kind::Text,
+        "PEM file with the TLS listeners' certificate chain (server certificate first) and \
+         its unencrypted private key. Alternative: ssl.keystore.certificate.chain and \
+         ssl.keystore.key.",
+    ),
+    row(
+        "ssl.keystore.certificate.chain",
+        "",
+        Kind::Text,
+        "The TLS certificate chain as PEM text (Kafka's form) or a PEM file path; used when \
+         ssl.keystore.location is empty.",
+    ),
+    row(
+        "ssl.keystore.key",
+        "",
+        Kind::Text,
+        "The TLS private key (unencrypted PKCS#8, PKCS#1 or SEC1) as PEM text or a PEM file \
+         path; used when ssl.keystore.location is empty.",
+    ),
+    row(
+        "ssl.truststore.location",
+        "",
+        Kind::Text,
+        "PEM file of the CA certificates client certificates must chain to (needed when \
+         ssl.client.auth is required or requested).",
+    ),
+    row(
+        "ssl.client.auth",
+        "none",
+        Kind::OneOf(&["required", "requested", "none"]),
+        "Mutual TLS on the SSL and SASL_SSL listeners: required refuses a client without a \
+         certificate the truststore vouches for; requested asks but admits one without. A \
+         certificate's principal is User:<subject DN in RFC 2253 form> (Kafka's \
+         ssl.principal.mapping.rules=DEFAULT).",
+    ),
     Setting {
         flag_aliases: &["data-dir"],
         ..row(

@@ -208,7 +208,7 @@ fn bad_values_are_refused_naming_the_key_and_source() {
         ),
         (
             Inputs {
-                file: Some(file("listeners = \"SSL://a:1\"\n")),
+                file: Some(file("listeners = \"SSL://a:1,SSL://b:2\"\n")),
                 ..Inputs::default()
             },
             "invalid listeners (from file",

@@ -94,6 +94,8 @@ impl Connection {
             client_id: Some(self.client_id.clone()),
             peer: self.peer,
             connection_id: self.id,
+            listener: 0,
+            principal: std::sync::Arc::from("User:ANONYMOUS"),
             request_sequence: sequence,
         };
         let frame = handlers::start(self.shard.clone(), context, request)

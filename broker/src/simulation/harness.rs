@@ -201,6 +201,8 @@ impl Simulation {
                     client_id: Some("sim-versions".into()),
                     peer: std::net::SocketAddr::from(([10, 0, 9, 9], 40_999)),
                     connection_id: 999,
+                    listener: 0,
+                    principal: std::sync::Arc::from("User:ANONYMOUS"),
                     request_sequence: u64::try_from(answered).expect("counts up from 0"),
                 };
                 let requests = [
@@ -471,6 +473,9 @@ fn simulation_config() -> BrokerConfig {
         listen: "127.0.0.1:9092".parse().expect("an address"),
         advertised_host: "simulated".into(),
         advertised_port: 9092,
+        listeners: Vec::new(),
+        sasl: crate::config::SaslConfig::default(),
+        super_users: Vec::new(),
         data_dir: PathBuf::from("/data"),
         shard_cpus: vec![0],
         spin_before_park: None,
