@@ -24,8 +24,9 @@
 //! - Eviction (`tryEvict`) when the cache is full: the session unused for longer than the
 //!   minimum eviction time goes first; otherwise the newcomer displaces the least valuable
 //!   session it may (key: privileged, then size in partitions, then id) only if it is not
-//!   worth less. A consumer's session may displace only sessions older than the minimum
-//!   eviction time; a follower's (privileged) may also displace young consumer sessions.
+//!   worth less. A consumer's session may displace only sessions that were older than the
+//!   minimum eviction time when last used; a follower's (privileged) may also displace
+//!   young consumer sessions.
 //!
 //! Bounds: `slots_max` sessions (`max.incremental.fetch.session.cache.slots`, per shard
 //! here, per broker in Kafka) and `partitions_max` cached partitions in all of them: a

@@ -267,7 +267,8 @@ impl Model {
         if now - stalest.1.last_used_ms > MIN_EVICTION_MS {
             return Some(*stalest.0);
         }
-        let old = |s: &ModelSession| now - s.created_ms > MIN_EVICTION_MS;
+        // As Kafka: whether a session is old enough is decided when it was last used.
+        let old = |s: &ModelSession| s.last_used_ms - s.created_ms > MIN_EVICTION_MS;
         let least = self
             .sessions
             .iter()
