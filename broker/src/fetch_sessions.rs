@@ -81,9 +81,7 @@ struct CachedPartition {
 }
 
 impl CachedPartition {
-    fn new(request: &FetchPartition) -> Self {
-        let mut request = request.clone();
-        request.unknown_tagged_fields.clear();
+    fn new(request: FetchPartition) -> Self {
         // -1: whatever the first answer says differs, so a partition added to a session is
         // always in the next response (Kafka's INVALID_HIGH_WATERMARK).
         Self {
@@ -110,10 +108,9 @@ impl SessionPartitions {
     }
 
     /// Adds `key` at the end, or updates its request parameters in place.
-    fn upsert(&mut self, key: PartitionKey, request: &FetchPartition) {
+    fn upsert(&mut self, key: PartitionKey, mut request: FetchPartition) {
+        request.unknown_tagged_fields.clear();
         if let Some((_, cached)) = self.by_key.get_mut(&key) {
-            let mut request = request.clone();
-            request.unknown_tagged_fields.clear();
             cached.request = request;
             return;
         }
@@ -146,7 +143,9 @@ impl SessionPartitions {
         for key in self.order.values() {
             let (_, cached) = &self.by_key[key];
             match topics.last_mut() {
-                Some(topic) if topic.topic.0 == key.0 => topic.partitions.push(cached.request.clone()),
+                Some(topic) if topic.topic.0 == key.0 => {
+                    topic.partitions.push(cached.request.clone());
+                }
                 _ => topics.push(
                     FetchTopic::default()
                         .with_topic(TopicName(key.0.clone()))
@@ -231,7 +230,10 @@ impl FetchSessionCache {
     /// should not hand out the ids its clients still hold, as Kafka's random ids do not).
     pub fn new(shard_id: usize, slots_max: usize, partitions_max: usize, seed: u64) -> Self {
         let shard = i32::try_from(shard_id).expect("shard index fits an i32");
-        assert!(shard < i32::MAX / SESSION_ID_RANGE, "shard {shard} has no session id range");
+        assert!(
+            shard < i32::MAX / SESSION_ID_RANGE,
+            "shard {shard} has no session id range"
+        );
         Self {
             slots_max,
             partitions_max,
@@ -297,7 +299,7 @@ impl FetchSessionCache {
             return Err(codes::INVALID_FETCH_SESSION_EPOCH);
         }
         for (key, partition) in request_partitions(request) {
-            session.partitions.upsert(key, &partition);
+            session.partitions.upsert(key, partition);
         }
         for forgotten in &request.forgotten_topics_data {
             let name = owned(&forgotten.topic.0);
@@ -326,21 +328,23 @@ impl FetchSessionCache {
         partitions: Vec<(PartitionKey, FetchPartition)>,
         response: &[FetchableTopicResponse],
     ) -> i32 {
-        let size = partitions.len();
+        let mut cached = SessionPartitions::default();
+        for (key, partition) in partitions {
+            cached.upsert(key, partition);
+        }
+        // The size in partitions, a partition named twice counted once (Kafka's is a map's).
+        let size = cached.len();
         let key = EvictableKey {
             privileged,
             size,
             id: 0,
         };
         let room = self.partitions_cached + size <= self.partitions_max;
-        if !room || (self.sessions.len() >= self.slots_max && !self.try_evict(privileged, key, now_ms))
+        if !room
+            || (self.sessions.len() >= self.slots_max && !self.try_evict(privileged, key, now_ms))
         {
             self.counters.refused += 1;
             return NO_SESSION_ID;
-        }
-        let mut cached = SessionPartitions::default();
-        for (key, partition) in &partitions {
-            cached.upsert(key.clone(), partition);
         }
         record_answer(&mut cached, response, &[], false);
         let id = self.new_session_id();
@@ -437,7 +441,10 @@ impl FetchSessionCache {
 
     /// Kafka's `touch`: the session's place in the recency and eviction orders.
     fn touch(&mut self, session_id: i32, now_ms: i64) {
-        let session = self.sessions.get_mut(&session_id).expect("touching a live session");
+        let session = self
+            .sessions
+            .get_mut(&session_id)
+            .expect("touching a live session");
         self.last_used.remove(&(session.last_used_ms, session_id));
         session.last_used_ms = now_ms;
         self.last_used.insert((now_ms, session_id));

@@ -20,12 +20,12 @@ fn request(session_id: i32, epoch: i32, partitions: &[(&str, i32, i64)]) -> Fetc
     let topics = partitions
         .iter()
         .map(|&(topic, partition, offset)| {
-            FetchTopic::default().with_topic(name(topic)).with_partitions(vec![
-                FetchPartition::default()
+            FetchTopic::default()
+                .with_topic(name(topic))
+                .with_partitions(vec![FetchPartition::default()
                     .with_partition(partition)
                     .with_fetch_offset(offset)
-                    .with_partition_max_bytes(1 << 20),
-            ])
+                    .with_partition_max_bytes(1 << 20)])
         })
         .collect();
     FetchRequest::default()
@@ -87,7 +87,12 @@ fn create(
     else {
         panic!("epoch 0 is a full fetch");
     };
-    cache.finish_full(now_ms, privileged, partitions, &answer(&full, high_watermark))
+    cache.finish_full(
+        now_ms,
+        privileged,
+        partitions,
+        &answer(&full, high_watermark),
+    )
 }
 
 fn listed(request: &FetchRequest) -> Vec<(String, i32, i64)> {
@@ -109,7 +114,10 @@ fn incremental_request_adds_updates_and_forgets_and_fetches_the_whole_session() 
     let id = create(&mut cache, 0, &[("a", 0, 5), ("a", 1, 6), ("b", 0, 7)], 10);
     assert_eq!(id / SESSION_ID_RANGE, 3, "the id carries the shard");
     let mut next = forget(request(id, 1, &[("a", 1, 9), ("c", 0, 0)]), &[("b", 0)]);
-    assert!(matches!(cache.begin(1, &mut next), SessionPlan::Incremental { .. }));
+    assert!(matches!(
+        cache.begin(1, &mut next),
+        SessionPlan::Incremental { .. }
+    ));
     let expected = vec![
         ("a".to_string(), 0, 5),
         ("a".to_string(), 1, 9),
@@ -137,12 +145,18 @@ fn session_errors_are_kafkas() {
     ));
     // A repeated epoch (a retried request) is refused too: the session moved on.
     let mut first = request(id, 1, &[]);
-    assert!(matches!(cache.begin(1, &mut first), SessionPlan::Incremental { .. }));
+    assert!(matches!(
+        cache.begin(1, &mut first),
+        SessionPlan::Incremental { .. }
+    ));
     let mut again = request(id, 1, &[]);
     assert!(matches!(cache.begin(1, &mut again), SessionPlan::Error(_)));
     // Epoch -1 with the id closes the session.
     let mut close = request(id, FINAL_EPOCH, &[]);
-    assert!(matches!(cache.begin(1, &mut close), SessionPlan::Sessionless));
+    assert!(matches!(
+        cache.begin(1, &mut close),
+        SessionPlan::Sessionless
+    ));
     assert_eq!(cache.sessions(), 0);
     assert_eq!(cache.partitions_cached(), 0);
 }
@@ -164,8 +178,17 @@ fn incremental_answer_keeps_changed_partitions_and_moves_them_last() {
         .map(|p| p.partition_index)
         .collect();
     assert_eq!(indexes, vec![1, 2]);
-    let order: Vec<i32> = cache.partitions_of(id).unwrap().iter().map(|p| p.1).collect();
-    assert_eq!(order, vec![0, 1, 2], "carried partitions moved to the end, in order");
+    let order: Vec<i32> = cache
+        .partitions_of(id)
+        .unwrap()
+        .iter()
+        .map(|p| p.1)
+        .collect();
+    assert_eq!(
+        order,
+        vec![0, 1, 2],
+        "carried partitions moved to the end, in order"
+    );
     // Nothing changed: an empty answer.
     let mut quiet = request(id, 2, &[]);
     cache.begin(2, &mut quiet);
@@ -200,15 +223,26 @@ fn full_cache_evicts_stale_then_less_valuable_and_otherwise_answers_no_session()
     assert_ne!(small, NO_SESSION_ID);
     assert_ne!(large, NO_SESSION_ID);
     // Young sessions cannot be displaced by a consumer.
-    assert_eq!(create(&mut cache, 1000, &[("b", 0, 0); 1], 0), NO_SESSION_ID);
+    assert_eq!(
+        create(&mut cache, 1000, &[("b", 0, 0); 1], 0),
+        NO_SESSION_ID
+    );
     // Once old enough, a newcomer at least as large displaces the smallest.
     let keep_alive = |cache: &mut FetchSessionCache, id: i32, epoch: i32, now: i64| {
         let mut next = request(id, epoch, &[]);
-        assert!(matches!(cache.begin(now, &mut next), SessionPlan::Incremental { .. }));
+        assert!(matches!(
+            cache.begin(now, &mut next),
+            SessionPlan::Incremental { .. }
+        ));
     };
     keep_alive(&mut cache, small, 1, MIN_EVICTION_MS + 10);
     keep_alive(&mut cache, large, 1, MIN_EVICTION_MS + 10);
-    let newcomer = create(&mut cache, MIN_EVICTION_MS + 20, &[("b", 0, 0), ("b", 1, 0)], 0);
+    let newcomer = create(
+        &mut cache,
+        MIN_EVICTION_MS + 20,
+        &[("b", 0, 0), ("b", 1, 0)],
+        0,
+    );
     assert_ne!(newcomer, NO_SESSION_ID);
     assert_eq!(cache.epoch_of(small), None, "the smallest session went");
     assert_eq!(cache.epoch_of(large), Some(2));
@@ -225,7 +259,12 @@ fn full_cache_evicts_stale_then_less_valuable_and_otherwise_answers_no_session()
 fn partitions_bound_refuses_new_sessions_and_closes_growing_ones() {
     let mut cache = FetchSessionCache::new(0, 10, 3, 7);
     assert_eq!(
-        create(&mut cache, 0, &[("a", 0, 0), ("a", 1, 0), ("a", 2, 0), ("a", 3, 0)], 0),
+        create(
+            &mut cache,
+            0,
+            &[("a", 0, 0), ("a", 1, 0), ("a", 2, 0), ("a", 3, 0)],
+            0
+        ),
         NO_SESSION_ID
     );
     let id = create(&mut cache, 0, &[("a", 0, 0), ("a", 1, 0)], 0);
@@ -360,7 +399,7 @@ proptest! {
                             None => listed_model.push((t, p, o)),
                         }
                     }
-                    let size = partitions.len();
+                    let size = listed_model.len();
                     let fits = model.total() + size <= partitions_max;
                     let created_expected = fits && (model.sessions.len() < slots || {
                         match model.victim(privileged, size, now) {

@@ -113,8 +113,11 @@ pub async fn handle(
                 .iter()
                 .map(|batches| !batches.is_empty())
                 .collect();
-            let kept =
-                sessions.finish_incremental(session_id, &mut answer.response.responses, &has_records);
+            let kept = sessions.finish_incremental(
+                session_id,
+                &mut answer.response.responses,
+                &has_records,
+            );
             let mut kept = kept.into_iter();
             answer
                 .partition_batches

@@ -3,8 +3,8 @@
 
 use std::sync::mpsc::SyncSender;
 
-use crate::metrics::shard::{HistogramBuckets, ShardMetrics};
 use crate::fetch_sessions::SessionCounters;
+use crate::metrics::shard::{HistogramBuckets, ShardMetrics};
 use crate::registry::SUPPORTED_APIS;
 
 /// The admin thread's request for one shard's snapshot; the answer goes to `reply`.
