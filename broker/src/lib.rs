@@ -13,6 +13,7 @@ pub mod controller;
 #[cfg(test)]
 mod crash_consistency;
 pub mod disk;
+pub mod fetch_sessions;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod groups;

@@ -59,6 +59,15 @@ pub struct Limits {
     /// 100 of the shard's partitions. Waits end with their fetch (cancelled over the mesh), so
     /// only that many concurrent long polls reach the bound.
     pub shard_fetch_waits_parked_max: usize,
+    /// `max.incremental.fetch.session.cache.slots`: incremental fetch sessions (KIP-227) one
+    /// shard keeps (Kafka's bound is per broker; a session lives on the shard of the
+    /// connection that created it). Past it a new session displaces one by Kafka's eviction
+    /// rules or is not created (`fetch_sessions`).
+    pub shard_fetch_session_slots_max: usize,
+    /// Partitions cached in all of one shard's fetch sessions. A cached partition costs
+    /// about 200 bytes (its request parameters, last offsets, two map entries), so 200,000
+    /// bound a shard's sessions to about 40 MiB: 1,000 sessions of 200 partitions each.
+    pub shard_fetch_session_partitions_max: usize,
     /// Partitions a single topic may have (`CreateTopics` / `CreatePartitions` beyond this get
     /// `INVALID_PARTITIONS`).
     pub topic_partitions_max: i32,
@@ -122,6 +131,8 @@ impl Default for Limits {
             shard_fetch_bytes_max: 256 * 1024 * 1024,
             fetch_wait_max: Duration::from_secs(30),
             shard_fetch_waits_parked_max: 10_000,
+            shard_fetch_session_slots_max: 1000,
+            shard_fetch_session_partitions_max: 200_000,
             topic_partitions_max: 10_000,
             topics_max: 100_000,
             mesh_channel_slots: 1024,

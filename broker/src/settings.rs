@@ -293,6 +293,9 @@ impl Effective {
                 as usize,
             segment_preallocate_bytes: self.unsigned("ringfeed.segment.preallocate.bytes"),
             shard_fetch_waits_parked_max: self.unsigned("ringfeed.fetch.waits.parked.max") as usize,
+            shard_fetch_session_slots_max: self
+                .unsigned("max.incremental.fetch.session.cache.slots")
+                as usize,
             ..Limits::default()
         }
     }

@@ -22,6 +22,7 @@
 //! server stops accepting, lets connections finish, waits until every shard has drained,
 //! and calls [`close_partitions`].
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
@@ -38,6 +39,7 @@ use crate::config::BrokerConfig;
 use crate::controller::store::MetadataStore;
 use crate::controller::{Controller, ControllerCall, ControllerReply, NewTopic, PlacementRules};
 use crate::disk::{BrokerDisk, PartitionLog};
+use crate::fetch_sessions::FetchSessionCache;
 use crate::groups::{
     self, codes as group_codes, GroupAddress, GroupCoordinator, GroupsOwner, OffsetsHandle,
     GROUP_ID_BYTES_MAX, OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITIONS,
@@ -91,6 +93,9 @@ pub struct ShardServices {
     controller: Option<Controller>,
     pub metadata: Rc<MetadataView>,
     pub budgets: Budgets,
+    /// The incremental fetch sessions created on this shard's connections (`fetch_sessions`);
+    /// borrowed by its fetch handlers between awaits only.
+    pub fetch_sessions: RefCell<FetchSessionCache>,
     /// What this shard counts; read only by its own metrics snapshots.
     pub metrics: Rc<ShardMetrics>,
     pub shutdown: ShutdownSignal,
@@ -196,6 +201,12 @@ impl ShardServices {
                 config.limits.shard_inflight_request_bytes_max as u64,
                 config.limits.shard_fetch_bytes_max as u64,
             ),
+            fetch_sessions: RefCell::new(FetchSessionCache::new(
+                shard_id,
+                config.limits.shard_fetch_session_slots_max,
+                config.limits.shard_fetch_session_partitions_max,
+                session_id_seed(shard_id),
+            )),
             config,
             partitions,
             groups,
@@ -497,6 +508,9 @@ impl ShardServices {
             fetch_budget_reserved_bytes: self.budgets.fetch_bytes.in_use_bytes(),
             fetch_waits_parked: self.partitions.parked_waits().parked() as u64,
             fetch_waits_refused: self.partitions.parked_waits().refused(),
+            fetch_sessions: self.fetch_sessions.borrow().sessions() as u64,
+            fetch_session_partitions: self.fetch_sessions.borrow().partitions_cached() as u64,
+            fetch_session_counters: self.fetch_sessions.borrow().counters(),
             ..self.metrics.snapshot()
         }
     }
@@ -592,4 +606,15 @@ pub async fn close_partitions(shard: &ShardServices) {
         shard = shard.shard_id,
         "shard stopped; partition logs closed"
     );
+}
+
+/// Varies the first fetch session ids a shard hands out from one start to the next, so a
+/// client still holding a session of the broker's previous run is answered
+/// `FETCH_SESSION_ID_NOT_FOUND` rather than matched to a stranger's session (Kafka draws
+/// its ids at random for the same reason).
+fn session_id_seed(shard_id: usize) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+    nanos ^ (shard_id as u64).rotate_left(32) ^ u64::from(std::process::id())
 }

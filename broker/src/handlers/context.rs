@@ -15,6 +15,7 @@
 //! directly: those are other shards' as much as this one's, and are reached through typed
 //! calls (`partition::*_on`, `groups::on_coordinator`, `ShardServices::controller_call`).
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -26,6 +27,7 @@ use kafka_protocol::protocol::StrBytes;
 use crate::budgets::ByteBudget;
 use crate::config::BrokerConfig;
 use crate::controller::{ControllerCall, ControllerReply};
+use crate::fetch_sessions::FetchSessionCache;
 use crate::groups::{GroupAddress, GroupCoordinator};
 use crate::metadata::MetadataView;
 use crate::metrics::ShardMetrics;
@@ -139,6 +141,8 @@ pub struct PartitionAccess<'a> {
     pub fetch_budget: &'a ByteBudget,
     pub shutdown: &'a ShutdownSignal,
     pub metrics: &'a ShardMetrics,
+    /// The shard's incremental fetch sessions (Fetch only); never borrowed across an await.
+    pub fetch_sessions: &'a RefCell<FetchSessionCache>,
     /// Deadlines and long-poll waits (`storage::Clock`: simulated in `simulation`).
     pub clock: &'a Clock,
 }
@@ -152,6 +156,7 @@ impl<'a> HandlerContext<'a> for PartitionAccess<'a> {
             fetch_budget: &services.budgets.fetch_bytes,
             shutdown: &services.shutdown,
             metrics: &services.metrics,
+            fetch_sessions: &services.fetch_sessions,
             clock: &services.clock,
         }
     }

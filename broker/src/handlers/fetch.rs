@@ -32,6 +32,7 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
 use crate::codec::CodecError;
 use crate::error_codes as codes;
+use crate::fetch_sessions::{SessionPlan, NO_SESSION_ID};
 use crate::metadata::{MetadataSnapshot, TopicPartition};
 use crate::metrics::ResponseErrorCode;
 use crate::partition::{self, FetchOutcome, WaitOutcome};
@@ -74,7 +75,61 @@ impl Answer for FetchAnswer {
     }
 }
 
+/// Serves `request` within its fetch session, if it has one (`fetch_sessions`): a session
+/// error is answered at once; an incremental request is served as the session's whole list
+/// of partitions and answered with those that changed.
 pub async fn handle(
+    shard: &PartitionAccess<'_>,
+    context: &RequestContext,
+    mut request: FetchRequest,
+) -> FetchAnswer {
+    let plan = shard
+        .fetch_sessions
+        .borrow_mut()
+        .begin(shard.clock.now_ms(), &mut request);
+    if let SessionPlan::Error(error_code) = plan {
+        return FetchAnswer {
+            response: FetchResponse::default()
+                .with_error_code(error_code)
+                .with_session_id(NO_SESSION_ID),
+            partition_batches: Vec::new(),
+        };
+    }
+    let mut answer = serve(shard, context, request).await;
+    let mut sessions = shard.fetch_sessions.borrow_mut();
+    answer.response.session_id = match plan {
+        SessionPlan::Full {
+            privileged,
+            partitions,
+        } => sessions.finish_full(
+            shard.clock.now_ms(),
+            privileged,
+            partitions,
+            &answer.response.responses,
+        ),
+        SessionPlan::Incremental { session_id } => {
+            let has_records: Vec<bool> = answer
+                .partition_batches
+                .iter()
+                .map(|batches| !batches.is_empty())
+                .collect();
+            let kept = sessions.finish_incremental(
+                session_id,
+                &mut answer.response.responses,
+                &has_records,
+            );
+            let mut kept = kept.into_iter();
+            answer
+                .partition_batches
+                .retain(|_| kept.next().expect("one flag per partition"));
+            session_id
+        }
+        SessionPlan::Sessionless | SessionPlan::Error(_) => NO_SESSION_ID,
+    };
+    answer
+}
+
+async fn serve(
     shard: &PartitionAccess<'_>,
     context: &RequestContext,
     request: FetchRequest,

@@ -252,6 +252,63 @@ impl Scrape {
             self.shards
                 .iter()
                 .map(|shard| (Self::shard_label(shard), shard.fetch_waits_refused)),
+        )?;
+        self.encode_fetch_sessions(encoder)
+    }
+
+    /// The incremental fetch sessions (KIP-227) of each shard.
+    fn encode_fetch_sessions(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let per_shard = |value: fn(&ShardSnapshot) -> u64| {
+            self.shards
+                .iter()
+                .map(move |shard| (Self::shard_label(shard), value(shard) as i64))
+        };
+        let counted = |value: fn(&ShardSnapshot) -> u64| {
+            self.shards
+                .iter()
+                .map(move |shard| (Self::shard_label(shard), value(shard)))
+        };
+        gauges(
+            encoder,
+            "ringfeed_fetch_sessions",
+            "Incremental fetch sessions the shard keeps.",
+            per_shard(|shard| shard.fetch_sessions),
+        )?;
+        gauges(
+            encoder,
+            "ringfeed_fetch_session_partitions",
+            "Partitions cached in the shard's incremental fetch sessions.",
+            per_shard(|shard| shard.fetch_session_partitions),
+        )?;
+        counters(
+            encoder,
+            "ringfeed_fetch_sessions_created",
+            "Incremental fetch sessions created by full fetches (epoch 0).",
+            counted(|shard| shard.fetch_session_counters.created),
+        )?;
+        counters(
+            encoder,
+            "ringfeed_fetch_sessions_evicted",
+            "Incremental fetch sessions evicted to make room for a new one.",
+            counted(|shard| shard.fetch_session_counters.evicted),
+        )?;
+        counters(
+            encoder,
+            "ringfeed_fetch_sessions_refused",
+            "Full fetches that asked for a session and got none (the cache was full).",
+            counted(|shard| shard.fetch_session_counters.refused),
+        )?;
+        counters(
+            encoder,
+            "ringfeed_fetch_session_incremental_requests",
+            "Incremental fetches accepted (epoch > 0, known session, expected epoch).",
+            counted(|shard| shard.fetch_session_counters.incremental),
+        )?;
+        counters(
+            encoder,
+            "ringfeed_fetch_session_errors",
+            "Incremental fetches answered FETCH_SESSION_ID_NOT_FOUND or INVALID_FETCH_SESSION_EPOCH.",
+            counted(|shard| shard.fetch_session_counters.errors),
         )
     }
 

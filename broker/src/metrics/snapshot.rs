@@ -3,6 +3,7 @@
 
 use std::sync::mpsc::SyncSender;
 
+use crate::fetch_sessions::SessionCounters;
 use crate::metrics::shard::{HistogramBuckets, ShardMetrics};
 use crate::registry::SUPPORTED_APIS;
 
@@ -80,6 +81,11 @@ pub struct ShardSnapshot {
     pub fetch_waits_parked: u64,
     /// Waits answered at once because `Limits::shard_fetch_waits_parked_max` were parked.
     pub fetch_waits_refused: u64,
+    /// Incremental fetch sessions the shard keeps, the partitions they cache, and what its
+    /// cache did (`fetch_sessions`).
+    pub fetch_sessions: u64,
+    pub fetch_session_partitions: u64,
+    pub fetch_session_counters: SessionCounters,
 }
 
 impl ShardMetrics {

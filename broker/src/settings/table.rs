@@ -290,6 +290,14 @@ pub static SETTINGS: &[Setting] = &[
          was written. Topics override it with flush.ms.",
     ),
     row(
+        "max.incremental.fetch.session.cache.slots",
+        "1000",
+        integer(0, INT_MAX),
+        "Incremental fetch sessions (KIP-227) kept per shard (Kafka: per broker). When full, a \
+         new session displaces a stale or less valuable one by Kafka's rules, or the client \
+         is served without a session.",
+    ),
+    row(
         "group.initial.rebalance.delay.ms",
         "3000",
         integer(0, 300_000),
