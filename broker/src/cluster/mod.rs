@@ -7,6 +7,7 @@
 //!   `controller.quorum.voters` and `node.id`), and [`split_by_shard`], which cuts a received
 //!   frame into one frame per owning shard, so each shard's driver steps only its own groups.
 
+pub mod controller_group;
 pub mod transport;
 
 use std::collections::BTreeMap;
