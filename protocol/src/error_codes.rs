@@ -24,6 +24,8 @@ pub const KAFKA_STORAGE_ERROR: i16 = ResponseError::KafkaStorageError.code();
 pub const INVALID_RECORD: i16 = ResponseError::InvalidRecord.code();
 pub const UNKNOWN_TOPIC_ID: i16 = ResponseError::UnknownTopicId.code();
 pub const REQUEST_TIMED_OUT: i16 = ResponseError::RequestTimedOut.code();
+/// An admin request reached a broker that does not lead the controller group (41).
+pub const NOT_CONTROLLER: i16 = ResponseError::NotController.code();
 pub const NOT_ENOUGH_REPLICAS: i16 = ResponseError::NotEnoughReplicas.code();
 pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = ResponseError::UnsupportedCompressionType.code();
 pub const UNKNOWN_SERVER_ERROR: i16 = ResponseError::UnknownServerError.code();

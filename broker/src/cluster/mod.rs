@@ -10,12 +10,21 @@
 pub mod controller_group;
 pub mod transport;
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
 
+use glommio::channels::local_channel;
 use ringfeed_replication::wire::Frame;
 
+use crate::cluster::controller_group::{ControllerGroup, ControllerGroupStart, INBOUND_FRAMES_MAX};
+use crate::cluster::transport::{Transport, TransportSettings};
 use crate::cluster_config::ClusterConfig;
+use crate::config::BrokerConfig;
+use crate::controller::store::ClusterState;
+use crate::controller::Replicated;
+use crate::disk::BrokerDisk;
 
 /// The controller's Raft group (`KRaft`'s `__cluster_metadata`), driven by shard 0.
 pub const CONTROLLER_GROUP_ID: u64 = 0;
@@ -60,6 +69,58 @@ pub fn cluster_addresses(config: &ClusterConfig) -> Result<Option<ClusterAddress
         })
         .collect();
     Ok(Some(ClusterAddresses { listen, peers }))
+}
+
+/// Starts group 0 and the transport on shard 0 of a broker among several voters; returns
+/// the controller's part in the group and the last state committed in its log.
+pub async fn start_controller_group(
+    config: &BrokerConfig,
+    disk: &BrokerDisk,
+    addresses: &ClusterAddresses,
+) -> Result<(Replicated, Option<ClusterState>), String> {
+    let node_id = node_id_u64(config.cluster.node_id);
+    // Increases at every start (peers drop frames of this broker's previous life); the clock
+    // is the simplest source that does across restarts.
+    let incarnation = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+    let committed = Rc::new(RefCell::new(None));
+    let sink = committed.clone();
+    let (group, recovered) = ControllerGroup::open(
+        ControllerGroupStart {
+            node_id,
+            voters: config
+                .cluster
+                .voters
+                .voters()
+                .iter()
+                .map(|voter| node_id_u64(voter.node_id))
+                .collect(),
+            incarnation,
+            disk: disk.clone(),
+            data_dir: config.data_dir.clone(),
+            election_seed: node_id ^ incarnation,
+        },
+        Box::new(move |state| *sink.borrow_mut() = Some(state)),
+    )
+    .await?;
+    let (inbound, received) = local_channel::new_bounded(INBOUND_FRAMES_MAX);
+    let settings = TransportSettings::new(node_id, addresses.peers.len());
+    let transport = Transport::start(settings, addresses.listen, &addresses.peers, inbound)
+        .map_err(|error| {
+            format!(
+                "cannot listen on the internal address {} (controller.quorum.voters): {error}",
+                addresses.listen
+            )
+        })?;
+    group.attach(transport, received);
+    tracing::info!(node_id, voters = %config.cluster.voters, recovered = recovered.is_some(), "controller group 0 started");
+    let replicated = Replicated {
+        group,
+        committed,
+        has_committed_state: Cell::new(false),
+    };
+    Ok((replicated, recovered))
 }
 
 /// Kafka node ids are non-negative `int32`s (checked when the voters are parsed); Raft ids are

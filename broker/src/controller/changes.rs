@@ -123,6 +123,17 @@ fn create_topic(
             ),
         );
     }
+    if replication_factor > 1 {
+        // Honest until partition groups and the ReplicaManager land (docs/REPLICATION.md):
+        // a topic asking for copies on several brokers would silently get one.
+        return TopicOutcome::error(
+            &topic.name,
+            codes::INVALID_REPLICATION_FACTOR,
+            format!(
+                "replication factor {replication_factor}: replication factor > 1 is not built yet"
+            ),
+        );
+    }
     let partitions = if !topic.manual_assignment.is_empty() {
         if topic
             .manual_assignment

@@ -87,7 +87,11 @@ pub async fn handle(
     response
         .with_brokers(vec![this_broker(shard.config)])
         .with_cluster_id((version >= 2).then(|| str_bytes(&snapshot.cluster_id)))
-        .with_controller_id(if version >= 1 { node } else { BrokerId(-1) })
+        .with_controller_id(if version >= 1 {
+            BrokerId(snapshot.controller_id)
+        } else {
+            BrokerId(-1)
+        })
         .with_topics(topics)
 }
 
