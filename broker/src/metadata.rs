@@ -48,7 +48,7 @@ pub struct MetadataSnapshot {
     pub epoch: u64,
     pub cluster_id: String,
     /// The broker that leads the controller group (this broker in a one-node cluster), -1
-    /// while none is known: what Metadata and DescribeCluster answer as `controller_id`.
+    /// while none is known: what `Metadata` and `DescribeCluster` answer as `controller_id`.
     pub controller_id: i32,
     pub topics: BTreeMap<Arc<str>, Arc<TopicMetadata>>,
     /// Partitions whose owning shard cannot serve them (log damaged or fenced).

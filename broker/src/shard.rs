@@ -34,8 +34,8 @@ use futures::StreamExt;
 use uuid::Uuid;
 
 use crate::budgets::Budgets;
-use crate::config::BrokerConfig;
 use crate::cluster;
+use crate::config::BrokerConfig;
 use crate::controller::store::MetadataStore;
 use crate::controller::{Controller, ControllerCall, ControllerReply, NewTopic, PlacementRules};
 use crate::disk::{BrokerDisk, PartitionLog};
@@ -505,6 +505,11 @@ impl ShardServices {
             fetch_budget_reserved_bytes: self.budgets.fetch_bytes.in_use_bytes(),
             fetch_waits_parked: self.partitions.parked_waits().parked() as u64,
             fetch_waits_refused: self.partitions.parked_waits().refused(),
+            cluster_transport: self
+                .controller
+                .as_ref()
+                .and_then(Controller::replication)
+                .and_then(|replicated| replicated.group.transport_counts()),
             ..self.metrics.snapshot()
         }
     }

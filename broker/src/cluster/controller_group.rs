@@ -188,6 +188,14 @@ impl<D: Disk> ControllerGroup<D> {
         self.node_id
     }
 
+    /// The attached transport's counts (for metrics).
+    pub fn transport_counts(&self) -> Option<crate::cluster::transport::TransportCounts> {
+        self.transport
+            .borrow()
+            .as_ref()
+            .map(|transport| transport.counts())
+    }
+
     /// The current leader of group 0 as this broker knows it.
     pub fn leader(&self) -> Option<u64> {
         let driver = self.driver.borrow();

@@ -83,7 +83,9 @@ pub async fn start_controller_group(
     // is the simplest source that does across restarts.
     let incarnation = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+        .map_or(1, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        });
     let committed = Rc::new(RefCell::new(None));
     let sink = committed.clone();
     let (group, recovered) = ControllerGroup::open(
@@ -115,6 +117,10 @@ pub async fn start_controller_group(
         })?;
     group.attach(transport, received);
     tracing::info!(node_id, voters = %config.cluster.voters, recovered = recovered.is_some(), "controller group 0 started");
+    tracing::warn!(
+        "the controller is replicated across the voters, but partitions are not yet: this \
+         broker holds and serves its own copy of every partition (docs/REPLICATION.md, Status)"
+    );
     let replicated = Replicated {
         group,
         committed,

@@ -80,6 +80,8 @@ pub struct ShardSnapshot {
     pub fetch_waits_parked: u64,
     /// Waits answered at once because `Limits::shard_fetch_waits_parked_max` were parked.
     pub fetch_waits_refused: u64,
+    /// The cluster transport's counts, on the shard that runs it (shard 0 among voters).
+    pub cluster_transport: Option<crate::cluster::transport::TransportCounts>,
 }
 
 impl ShardMetrics {
