@@ -10,8 +10,10 @@ Not covered because not built yet: the broker registry (each broker's Metadata l
 itself) and partitions spread across brokers (docs/REPLICATION.md, "Status").
 """
 
+import re
 import socket
 import time
+import urllib.request
 
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka.protocol.admin import CreateTopicsRequest
@@ -58,6 +60,12 @@ def agreed_view(brokers):
     return None
 
 
+def metric_sum(broker, name):
+    with urllib.request.urlopen(broker.admin_url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(float(value) for value in re.findall(rf'^{name}\{{shard="\d+"\}} (\S+)$', text, re.M))
+
+
 def create(broker, name, partitions):
     client = AdminClient({"bootstrap.servers": broker.bootstrap})
     futures = client.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
@@ -79,6 +87,12 @@ def test_three_brokers_replicate_the_controller_and_survive_its_loss(tmp_path):
             broker.start()
         cluster_id, controller, _ = wait_for(lambda: agreed_view(brokers.values()), 15,
                                              "one controller every broker names")
+
+        for broker in brokers.values():
+            # Group 0's heartbeats and votes crossed the transport both ways.
+            assert metric_sum(broker, "ringfeed_cluster_frames_sent_total") > 0
+            assert metric_sum(broker, "ringfeed_cluster_frames_received_total") > 0
+            assert metric_sum(broker, "ringfeed_cluster_connections_refused_total") == 0
 
         create(brokers[controller], "orders", 12)
         _, _, topics = wait_for(lambda: agreed_view(brokers.values()), 10, "orders everywhere")

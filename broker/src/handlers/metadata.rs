@@ -133,7 +133,15 @@ async fn create_missing(shard: &TopicAdmin<'_>, names: Vec<String>) -> Vec<(Stri
                 codes::NONE | codes::TOPIC_ALREADY_EXISTS
             )
         })
-        .map(|outcome| (outcome.name, outcome.error_code))
+        .map(|outcome| {
+            // Auto-creation at a broker that is not the controller: Kafka's answer while a
+            // topic is being created, which clients retry (NOT_CONTROLLER is for admin APIs).
+            let code = match outcome.error_code {
+                codes::NOT_CONTROLLER => codes::LEADER_NOT_AVAILABLE,
+                code => code,
+            };
+            (outcome.name, code)
+        })
         .collect()
 }
 
