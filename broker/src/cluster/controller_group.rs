@@ -62,7 +62,15 @@ pub enum ProposalError {
     Superseded,
     #[error("controller log: {0}")]
     Storage(String),
+    /// Not committed within [`PROPOSAL_TIMEOUT`] (leadership lost, no quorum): the change
+    /// may or may not be made later.
+    #[error("the change was not committed within {PROPOSAL_TIMEOUT:?}")]
+    TimedOut,
 }
+
+/// How long a proposal waits to commit: many election timeouts (1-2 s each), so a change is
+/// only given up on when the group has no quorum.
+pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Called with every committed state, in log order.
 pub type OnCommit = Box<dyn Fn(ClusterState)>;
@@ -95,6 +103,8 @@ pub struct ControllerGroup<D: Disk> {
     doorbell: LocalSender<()>,
     transport: RefCell<Option<Rc<Transport>>>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
+    /// The durability barrier failed and that was logged (once, not every round).
+    storage_failure_logged: Cell<bool>,
 }
 
 impl<D: Disk> ControllerGroup<D> {
@@ -154,6 +164,7 @@ impl<D: Disk> ControllerGroup<D> {
             doorbell,
             transport: RefCell::new(None),
             tasks: RefCell::new(Vec::new()),
+            storage_failure_logged: Cell::new(false),
         });
         group
             .tasks
@@ -252,7 +263,14 @@ impl<D: Disk> ControllerGroup<D> {
             .borrow_mut()
             .insert(proposed.index, (proposed.term, answer));
         let _ = self.doorbell.try_send(());
-        answered.await.unwrap_or(Err(ProposalError::Superseded))
+        let answer = glommio::timer::timeout(PROPOSAL_TIMEOUT, async {
+            Ok(answered.await.unwrap_or(Err(ProposalError::Superseded)))
+        })
+        .await;
+        answer.unwrap_or_else(|_| {
+            self.waiting.borrow_mut().remove(&proposed.index);
+            Err(ProposalError::TimedOut)
+        })
     }
 
     /// Stops the driver and forwarding tasks; pending proposals are answered `Superseded`.
@@ -303,7 +321,9 @@ impl<D: Disk> ControllerGroup<D> {
             })
         };
         if let Some(error) = self.durability.borrow().failed() {
-            tracing::error!(%error, "controller log cannot be made durable; group 0 stops here");
+            if !self.storage_failure_logged.replace(true) {
+                tracing::error!(%error, "controller log cannot be made durable; group 0 stops here");
+            }
         }
         if let Some(transport) = self.transport.borrow().as_ref() {
             for frame in &frames {

@@ -200,6 +200,9 @@ impl Controller {
             Err(error @ ProposalError::Storage(_)) => {
                 Err((codes::KAFKA_STORAGE_ERROR, error.to_string()))
             }
+            Err(error @ ProposalError::TimedOut) => {
+                Err((codes::REQUEST_TIMED_OUT, error.to_string()))
+            }
         }
     }
 
