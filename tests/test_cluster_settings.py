@@ -99,7 +99,6 @@ def test_replication_factor_is_checked_against_the_brokers(start_broker):
 
 
 @pytest.mark.parametrize("voters, node_id, reason", [
-    ("1@127.0.0.1:19093,2@127.0.0.1:19094,3@127.0.0.1:19095", "1", "replication across brokers is not available yet"),
     ("1@127.0.0.1:19093", "2", "node.id 2 is not among controller.quorum.voters"),
     ("1@127.0.0.1", "1", "expected ID@HOST:PORT"),
 ])

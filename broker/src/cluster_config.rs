@@ -29,15 +29,13 @@ impl ClusterConfig {
         }
     }
 
-    /// Brokers in the cluster. Until replication lands (issue 12) that is always one, and
-    /// `validate` refuses settings that name others.
+    /// Brokers in the cluster: the voters (every broker is a voter for now), at least one.
     pub fn broker_count(&self) -> usize {
         self.voters.len().max(1)
     }
 
     /// Checks the settings against each other: this broker must be one of the voters it is
-    /// given, and a list naming other brokers is refused while replication is being built,
-    /// rather than started as a cluster that would not replicate.
+    /// given (it finds its internal address there).
     pub fn validate(&self) -> Result<(), String> {
         if self.voters.is_empty() {
             return Ok(());
@@ -47,14 +45,6 @@ impl ClusterConfig {
                 "node.id {} is not among controller.quorum.voters ({}); a broker finds its own \
                  internal address there by its id",
                 self.node_id, self.voters
-            ));
-        }
-        if self.voters.len() > 1 {
-            return Err(format!(
-                "controller.quorum.voters names {} brokers, but replication across brokers is \
-                 not available yet (docs/REPLICATION.md, issue 12); leave it empty or name only \
-                 this broker",
-                self.voters.len()
             ));
         }
         Ok(())

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod admission;
 pub mod budgets;
 pub mod check_data;
+pub mod cluster;
 pub mod cluster_config;
 pub mod config;
 pub mod controller;

@@ -47,6 +47,9 @@ pub struct MetadataSnapshot {
     /// Increases with every controller change; a shard ignores an older snapshot.
     pub epoch: u64,
     pub cluster_id: String,
+    /// The broker that leads the controller group (this broker in a one-node cluster), -1
+    /// while none is known: what `Metadata` and `DescribeCluster` answer as `controller_id`.
+    pub controller_id: i32,
     pub topics: BTreeMap<Arc<str>, Arc<TopicMetadata>>,
     /// Partitions whose owning shard cannot serve them (log damaged or fenced).
     pub offline_partitions: BTreeSet<TopicPartition>,

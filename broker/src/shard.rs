@@ -35,6 +35,7 @@ use futures::StreamExt;
 use uuid::Uuid;
 
 use crate::budgets::Budgets;
+use crate::cluster;
 use crate::config::BrokerConfig;
 use crate::controller::store::MetadataStore;
 use crate::controller::{Controller, ControllerCall, ControllerReply, NewTopic, PlacementRules};
@@ -220,6 +221,13 @@ impl ShardServices {
         });
         services.report_offline_partitions();
         router::serve_incoming(&services.router, incoming, &services);
+        if services
+            .controller
+            .as_ref()
+            .is_some_and(|controller| controller.replication().is_some())
+        {
+            glommio::spawn_local(follow_controller_group(Rc::downgrade(&services))).detach();
+        }
         Ok(services)
     }
 
@@ -511,6 +519,11 @@ impl ShardServices {
             fetch_sessions: self.fetch_sessions.borrow().sessions() as u64,
             fetch_session_partitions: self.fetch_sessions.borrow().partitions_cached() as u64,
             fetch_session_counters: self.fetch_sessions.borrow().counters(),
+            cluster_transport: self
+                .controller
+                .as_ref()
+                .and_then(Controller::replication)
+                .and_then(|replicated| replicated.group.transport_counts()),
             ..self.metrics.snapshot()
         }
     }
@@ -563,9 +576,43 @@ async fn recover_controller(
         limits: config.limits.clone(),
         topic_defaults: config.topic_defaults.clone(),
     };
-    Controller::recover(MetadataStore::new(disk.clone(), &config.data_dir), rules)
-        .await
-        .map_err(|error| error.to_string())
+    let store = MetadataStore::new(disk.clone(), &config.data_dir);
+    let Some(addresses) = cluster::cluster_addresses(&config.cluster)? else {
+        return Controller::recover(store, rules)
+            .await
+            .map_err(|error| error.to_string());
+    };
+    let replicated = cluster::start_controller_group(config, disk, &addresses).await?;
+    let (replicated, recovered) = replicated;
+    Ok(Controller::replicated(store, rules, replicated, recovered))
+}
+
+/// Shard 0 of a broker among several voters: adopts each state group 0 commits, publishes
+/// a new snapshot when the controller's leader changes (Metadata's `controller_id`), and
+/// lets the first leader of a new cluster commit its state. Polls every 50 ms: a follower
+/// sees a change at most that much after its commit.
+async fn follow_controller_group(services: std::rc::Weak<ShardServices>) {
+    let mut published_leader = None;
+    loop {
+        glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+        let Some(services) = services.upgrade() else {
+            return;
+        };
+        let Some(controller) = services.controller.as_ref() else {
+            return;
+        };
+        controller.commit_genesis().await;
+        let leader = controller.controller_id();
+        if let Some((snapshot, turn)) = controller.adopt_committed().await {
+            services.publish(snapshot).await;
+            drop(turn);
+            published_leader = Some(leader);
+        } else if published_leader != Some(leader) {
+            tracing::info!(controller = leader, "controller leader changed");
+            services.publish(controller.snapshot()).await;
+            published_leader = Some(leader);
+        }
+    }
 }
 
 /// Removes the segments retention lets go, every `Limits::retention_check_interval`.

@@ -18,6 +18,10 @@ use crate::topic_config::validate_override;
 const INTERNAL_TOPIC_MESSAGE: &str =
     "__consumer_offsets is internal: the group coordinator owns it";
 
+/// The name whose partition 0 directory holds the controller's Raft log
+/// (`cluster::controller_group::METADATA_LOG_DIR`), as Kafka's `KRaft` log is named.
+pub const CONTROLLER_LOG_TOPIC: &str = "__cluster_metadata";
+
 /// Kafka's limit on topic name length (so `<topic>-<partition>` fits a file name).
 const TOPIC_NAME_BYTES_MAX: usize = 249;
 
@@ -56,6 +60,18 @@ pub fn apply(
     }
 }
 
+/// Kafka's rule, and not the controller log's name: its partition 0 directory is the
+/// controller's Raft log (Kafka reserves the name too).
+fn validate_new_topic_name(name: &str) -> Result<(), String> {
+    validate_topic_name(name)?;
+    if name == CONTROLLER_LOG_TOPIC {
+        return Err(format!(
+            "{CONTROLLER_LOG_TOPIC} is reserved for the controller's log"
+        ));
+    }
+    Ok(())
+}
+
 /// Kafka's rule: 1-249 bytes of `[a-zA-Z0-9._-]`, and not `.` or `..`.
 pub fn validate_topic_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
@@ -83,7 +99,7 @@ fn create_topic(
     validate_only: bool,
     rules: &PlacementRules,
 ) -> TopicOutcome {
-    if let Err(reason) = validate_topic_name(&topic.name) {
+    if let Err(reason) = validate_new_topic_name(&topic.name) {
         return TopicOutcome::error(&topic.name, codes::INVALID_TOPIC_EXCEPTION, reason);
     }
     if state
@@ -120,6 +136,17 @@ fn create_topic(
                 "replication factor {replication_factor} must be from 1 to the {} broker(s) \
                  in the cluster",
                 rules.broker_count
+            ),
+        );
+    }
+    if replication_factor > 1 {
+        // Honest until partition groups and the ReplicaManager land (docs/REPLICATION.md):
+        // a topic asking for copies on several brokers would silently get one.
+        return TopicOutcome::error(
+            &topic.name,
+            codes::INVALID_REPLICATION_FACTOR,
+            format!(
+                "replication factor {replication_factor}: replication factor > 1 is not built yet"
             ),
         );
     }
@@ -361,6 +388,38 @@ mod tests {
             &rules(shards),
         )
         .remove(0)
+    }
+
+    #[test]
+    fn the_controller_log_name_and_replicas_on_several_brokers_are_refused() {
+        let mut state = ClusterState::default();
+        let outcome = create(&mut state, new_topic(CONTROLLER_LOG_TOPIC, 1), 1);
+        assert_eq!(outcome.error_code, codes::INVALID_TOPIC_EXCEPTION);
+        let mut three_brokers = rules(1);
+        three_brokers.broker_count = 3;
+        let mut replicated = new_topic("replicated", 1);
+        replicated.replication_factor = 3;
+        let outcomes = apply(
+            &mut state,
+            ControllerCall::CreateTopics {
+                topics: vec![replicated, new_topic("single", 2)],
+                validate_only: false,
+            },
+            &three_brokers,
+        );
+        assert_eq!(outcomes[0].error_code, codes::INVALID_REPLICATION_FACTOR);
+        assert!(outcomes[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("replication factor > 1 is not built yet"));
+        assert_eq!(outcomes[1].error_code, codes::NONE);
+        let names: Vec<&str> = state
+            .topics
+            .iter()
+            .map(|topic| topic.name.as_str())
+            .collect();
+        assert_eq!(names, ["single"]);
     }
 
     #[test]

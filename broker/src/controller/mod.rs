@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
+use crate::cluster::controller_group::{ControllerGroup, ProposalError};
+use crate::disk::BrokerDisk;
 use crate::error_codes as codes;
 use crate::metadata::{MetadataSnapshot, TopicMetadata, TopicPartition};
 use crate::topic_config::TopicConfig;
@@ -35,6 +37,18 @@ pub struct Controller {
     offline: RefCell<BTreeSet<TopicPartition>>,
     /// Epoch of the last snapshot built; shards ignore snapshots older than theirs.
     snapshot_epoch: Cell<u64>,
+    /// Group 0 when this broker is one of several voters (`cluster::controller_group`):
+    /// changes are proposed there instead of written to `cluster.meta`. None: one node.
+    replicated: Option<Replicated>,
+}
+
+/// The controller's part in group 0.
+pub struct Replicated {
+    pub group: Rc<ControllerGroup<BrokerDisk>>,
+    /// The latest committed state not yet adopted (written by the group's commit callback).
+    pub committed: Rc<RefCell<Option<ClusterState>>>,
+    /// Whether any state was ever committed (else the first leader proposes its own).
+    pub has_committed_state: Cell<bool>,
 }
 
 impl Controller {
@@ -62,13 +76,141 @@ impl Controller {
             rules,
             offline: RefCell::new(BTreeSet::new()),
             snapshot_epoch: Cell::new(0),
+            replicated: None,
         })
+    }
+
+    /// The controller of a broker among several voters: its state is the last one committed
+    /// in group 0 (`recovered`), or a fresh one until the first leader commits its own.
+    pub fn replicated(
+        store: MetadataStore,
+        rules: PlacementRules,
+        replicated: Replicated,
+        recovered: Option<ClusterState>,
+    ) -> Self {
+        replicated.has_committed_state.set(recovered.is_some());
+        let state = recovered.unwrap_or_else(|| ClusterState {
+            epoch: 1,
+            cluster_id: format!("ringfeed-{}", Uuid::new_v4().simple()),
+            topics: Vec::new(),
+        });
+        Self {
+            state: RefCell::new(state),
+            store,
+            one_change_at_a_time: Rc::new(glommio::sync::Semaphore::new(1)),
+            rules,
+            offline: RefCell::new(BTreeSet::new()),
+            snapshot_epoch: Cell::new(0),
+            replicated: Some(replicated),
+        }
+    }
+
+    pub fn replication(&self) -> Option<&Replicated> {
+        self.replicated.as_ref()
+    }
+
+    /// The broker leading the controller: this one in a one-node cluster, group 0's leader
+    /// otherwise (-1 while none is known).
+    pub fn controller_id(&self) -> i32 {
+        match &self.replicated {
+            None => self.rules.node_id,
+            Some(replicated) => replicated
+                .group
+                .leader()
+                .and_then(|leader| i32::try_from(leader).ok())
+                .unwrap_or(-1),
+        }
+    }
+
+    /// Takes the latest committed state of group 0 as this broker's, if one arrived; returns
+    /// the snapshot to publish (the caller publishes while holding the turn).
+    pub async fn adopt_committed(&self) -> Option<(Arc<MetadataSnapshot>, ChangeTurn)> {
+        let replicated = self.replicated.as_ref()?;
+        replicated.committed.borrow().as_ref()?;
+        let turn = self.take_turn().await;
+        let state = replicated.committed.borrow_mut().take()?;
+        replicated.has_committed_state.set(true);
+        if *self.state.borrow() == state {
+            return None;
+        }
+        self.forget_offline_of_deleted(&state);
+        *self.state.borrow_mut() = state;
+        Some((self.snapshot(), turn))
+    }
+
+    /// The first leader of a new cluster commits its state as the cluster's (its id is then
+    /// every broker's cluster id). Does nothing elsewhere or once a state is committed.
+    pub async fn commit_genesis(&self) {
+        let Some(replicated) = &self.replicated else {
+            return;
+        };
+        if replicated.has_committed_state.get() || !replicated.group.ready_to_propose() {
+            return;
+        }
+        let _turn = self.take_turn().await;
+        let mut genesis = self.state.borrow().clone();
+        genesis.epoch += 1;
+        match replicated.group.propose(&genesis).await {
+            Ok(()) => {
+                replicated.has_committed_state.set(true);
+                tracing::info!(cluster_id = %genesis.cluster_id, "this broker's state committed as the cluster's first");
+                *self.state.borrow_mut() = genesis;
+            }
+            Err(error) => tracing::info!(%error, "first cluster state not committed; retrying"),
+        }
+    }
+
+    async fn take_turn(&self) -> ChangeTurn {
+        ChangeTurn {
+            _permit: self
+                .one_change_at_a_time
+                .acquire_static_permit(1)
+                .await
+                .expect("never closed"),
+        }
+    }
+
+    /// A deleted topic takes its offline marks with it (a recreated one starts online).
+    fn forget_offline_of_deleted(&self, next: &ClusterState) {
+        self.offline.borrow_mut().retain(|tp| {
+            next.topics
+                .iter()
+                .any(|topic| topic.name.as_str() == &*tp.topic)
+        });
+    }
+
+    /// Persists `next`: `cluster.meta` on a one-node broker, a group 0 entry otherwise.
+    /// `Err` is the error code and message for every topic of the change.
+    async fn persist(&self, next: &ClusterState) -> Result<(), (i16, String)> {
+        let Some(replicated) = &self.replicated else {
+            return self.store.persist(next).await.map_err(|error| {
+                tracing::error!(%error, "cannot persist cluster metadata; change refused");
+                (codes::KAFKA_STORAGE_ERROR, error.to_string())
+            });
+        };
+        match replicated.group.propose(next).await {
+            Ok(()) => {
+                replicated.has_committed_state.set(true);
+                Ok(())
+            }
+            // Clients retry a NOT_CONTROLLER at the controller Metadata names (Kafka's rule).
+            Err(error @ (ProposalError::NotController { .. } | ProposalError::Superseded)) => {
+                Err((codes::NOT_CONTROLLER, error.to_string()))
+            }
+            Err(error @ ProposalError::Storage(_)) => {
+                Err((codes::KAFKA_STORAGE_ERROR, error.to_string()))
+            }
+            Err(error @ ProposalError::TimedOut) => {
+                Err((codes::REQUEST_TIMED_OUT, error.to_string()))
+            }
+        }
     }
 
     pub fn snapshot(&self) -> Arc<MetadataSnapshot> {
         self.snapshot_epoch.set(self.snapshot_epoch.get() + 1);
         let mut snapshot = build_snapshot(&self.state.borrow(), &self.rules);
         snapshot.epoch = self.snapshot_epoch.get();
+        snapshot.controller_id = self.controller_id();
         snapshot
             .offline_partitions
             .clone_from(&self.offline.borrow());
@@ -91,13 +233,7 @@ impl Controller {
         &self,
         call: ControllerCall,
     ) -> (ControllerReply, Option<Arc<MetadataSnapshot>>, ChangeTurn) {
-        let turn = ChangeTurn {
-            _permit: self
-                .one_change_at_a_time
-                .acquire_static_permit(1)
-                .await
-                .expect("never closed"),
-        };
+        let turn = self.take_turn().await;
         if let ControllerCall::ReportOffline { tp, topic_id } = call {
             let changed = self.mark_offline(tp, topic_id);
             let reply = ControllerReply {
@@ -108,24 +244,41 @@ impl Controller {
         let current = self.state.borrow().clone();
         let mut next = current.clone();
         let outcomes = changes::apply(&mut next, call, &self.rules);
+        let refuse = |outcomes: Vec<TopicOutcome>, code: i16, message: String| {
+            let outcomes = outcomes
+                .into_iter()
+                .map(|outcome| outcome.failed(code, message.clone()))
+                .collect();
+            ControllerReply { outcomes }
+        };
+        if let Some(replicated) = &self.replicated {
+            // A follower (or a leader not caught up in its term) must not compute changes
+            // from a state that may be stale, validate-only ones included.
+            if !replicated.group.ready_to_propose() {
+                let message = format!(
+                    "broker {} is not the controller; the controller is broker {}",
+                    self.rules.node_id,
+                    self.controller_id()
+                );
+                let outcomes = outcomes
+                    .into_iter()
+                    .map(|mut outcome| {
+                        outcome.error_code = codes::NOT_CONTROLLER;
+                        outcome.message = Some(message.clone());
+                        outcome
+                    })
+                    .collect();
+                return (ControllerReply { outcomes }, None, turn);
+            }
+        }
         if next == current {
             return (ControllerReply { outcomes }, None, turn);
         }
         next.epoch += 1;
-        if let Err(error) = self.store.persist(&next).await {
-            tracing::error!(%error, "cannot persist cluster metadata; change refused");
-            let outcomes = outcomes
-                .into_iter()
-                .map(|outcome| outcome.failed(codes::KAFKA_STORAGE_ERROR, error.to_string()))
-                .collect();
-            return (ControllerReply { outcomes }, None, turn);
+        if let Err((code, message)) = self.persist(&next).await {
+            return (refuse(outcomes, code, message), None, turn);
         }
-        // A deleted topic takes its offline marks with it (a recreated one starts online).
-        self.offline.borrow_mut().retain(|tp| {
-            next.topics
-                .iter()
-                .any(|topic| topic.name.as_str() == &*tp.topic)
-        });
+        self.forget_offline_of_deleted(&next);
         *self.state.borrow_mut() = next;
         (ControllerReply { outcomes }, Some(self.snapshot()), turn)
     }
@@ -166,6 +319,7 @@ pub fn build_snapshot(state: &ClusterState, rules: &PlacementRules) -> MetadataS
     MetadataSnapshot {
         epoch: 0,
         cluster_id: state.cluster_id.clone(),
+        controller_id: rules.node_id,
         topics,
         offline_partitions: BTreeSet::new(),
     }

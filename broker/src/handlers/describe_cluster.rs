@@ -17,9 +17,10 @@ pub async fn handle(
         .with_broker_id(BrokerId(config.cluster.node_id))
         .with_host(str_bytes(host))
         .with_port(port);
+    let snapshot = shard.metadata.current();
     let response = DescribeClusterResponse::default()
-        .with_cluster_id(str_bytes(&shard.metadata.current().cluster_id))
-        .with_controller_id(BrokerId(config.cluster.node_id))
+        .with_cluster_id(str_bytes(&snapshot.cluster_id))
+        .with_controller_id(BrokerId(snapshot.controller_id))
         .with_brokers(vec![broker]);
     let response = if request.include_cluster_authorized_operations {
         response

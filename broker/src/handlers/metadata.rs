@@ -87,7 +87,11 @@ pub async fn handle(
     response
         .with_brokers(vec![this_broker(shard.config, context.listener)])
         .with_cluster_id((version >= 2).then(|| str_bytes(&snapshot.cluster_id)))
-        .with_controller_id(if version >= 1 { node } else { BrokerId(-1) })
+        .with_controller_id(if version >= 1 {
+            BrokerId(snapshot.controller_id)
+        } else {
+            BrokerId(-1)
+        })
         .with_topics(topics)
 }
 
@@ -132,7 +136,15 @@ async fn create_missing(shard: &TopicAdmin<'_>, names: Vec<String>) -> Vec<(Stri
                 codes::NONE | codes::TOPIC_ALREADY_EXISTS
             )
         })
-        .map(|outcome| (outcome.name, outcome.error_code))
+        .map(|outcome| {
+            // Auto-creation at a broker that is not the controller: Kafka's answer while a
+            // topic is being created, which clients retry (NOT_CONTROLLER is for admin APIs).
+            let code = match outcome.error_code {
+                codes::NOT_CONTROLLER => codes::LEADER_NOT_AVAILABLE,
+                code => code,
+            };
+            (outcome.name, code)
+        })
         .collect()
 }
 

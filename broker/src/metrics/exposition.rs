@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 use super::error_code::error_name;
 use super::snapshot::{CrossShardCount, PartitionSnapshot, ShardSnapshot};
 use super::{HistogramBuckets, LATENCY_BUCKET_BOUNDS_SECONDS};
+use crate::cluster::transport::TransportCounts;
 
 /// The `Content-Type` of what `encode` returns.
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -218,7 +219,33 @@ impl Scrape {
             });
             counters(encoder, name, help, series)?;
         }
+        self.encode_cluster_transport(encoder)?;
         self.encode_fetch(encoder)
+    }
+
+    /// The broker-to-broker transport's counts, from the shard that runs it (shard 0 of a
+    /// broker among several voters); no series on a one-node broker.
+    fn encode_cluster_transport(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        type Pick = fn(&TransportCounts) -> u64;
+        let families: [(&str, &str, Pick); 9] = [
+            ("ringfeed_cluster_frames_sent", "Frames written to peer brokers.", |c| c.frames_sent),
+            ("ringfeed_cluster_bytes_sent", "Bytes of frames written to peer brokers.", |c| c.bytes_sent),
+            ("ringfeed_cluster_frames_received", "Frames received from peer brokers.", |c| c.frames_received),
+            ("ringfeed_cluster_bytes_received", "Bytes of frames received from peer brokers.", |c| c.bytes_received),
+            ("ringfeed_cluster_connections_opened", "Connections opened to peer brokers (reconnects included).", |c| c.connections_opened),
+            ("ringfeed_cluster_connection_failures", "Connection attempts to peer brokers that failed, and connections that broke.", |c| c.connection_failures),
+            ("ringfeed_cluster_frames_dropped_queue_full", "Frames dropped because their peer's send queue was full (Raft retries).", |c| c.frames_dropped_queue_full),
+            ("ringfeed_cluster_frames_dropped_send_failed", "Frames lost because their connection broke while they were written.", |c| c.frames_dropped_send_failed),
+            ("ringfeed_cluster_connections_refused", "Inbound peer connections closed for a bad or misaddressed frame, or above the connection limit.", |c| c.connections_refused_bad_frame + c.connections_refused_too_many),
+        ];
+        for (name, help, pick) in families {
+            let series = self.shards.iter().filter_map(|shard| {
+                let counts = shard.cluster_transport.as_ref()?;
+                Some((Self::shard_label(shard), pick(counts)))
+            });
+            counters(encoder, name, help, series)?;
+        }
+        Ok(())
     }
 
     fn encode_fetch(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {

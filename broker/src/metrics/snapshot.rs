@@ -86,6 +86,8 @@ pub struct ShardSnapshot {
     pub fetch_sessions: u64,
     pub fetch_session_partitions: u64,
     pub fetch_session_counters: SessionCounters,
+    /// The cluster transport's counts, on the shard that runs it (shard 0 among voters).
+    pub cluster_transport: Option<crate::cluster::transport::TransportCounts>,
 }
 
 impl ShardMetrics {

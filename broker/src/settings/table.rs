@@ -154,9 +154,10 @@ pub static SETTINGS: &[Setting] = &[
         "",
         Kind::QuorumVoters,
         "The brokers of the cluster's controller quorum and each one's internal \
-         (broker-to-broker) address: ID@HOST:PORT,... Empty: a one-node cluster. Replication \
-         across brokers is being built (docs/REPLICATION.md): until it is, a list naming \
-         other brokers is refused at start.",
+         (broker-to-broker) address: ID@HOST:PORT,... Empty, or only this broker: a one-node \
+         cluster. With other brokers the controller is replicated over them (Raft group 0, \
+         shard 0 listens on this broker's address); partitions are not spread or replicated \
+         yet (docs/REPLICATION.md, Status).",
     ),
     row(
         "default.replication.factor",

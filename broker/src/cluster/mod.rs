@@ -1,0 +1,258 @@
+//! The cluster layer of a broker (issue 12, docs/REPLICATION.md): the broker-to-broker
+//! transport on shard 0 and the routing of received Raft messages to the shard that drives
+//! their group.
+//!
+//! - `transport`: listener, one connection per peer, bounded queues, reconnects, counts;
+//! - this module: where a broker listens and whom it connects to (from
+//!   `controller.quorum.voters` and `node.id`), and [`split_by_shard`], which cuts a received
+//!   frame into one frame per owning shard, so each shard's driver steps only its own groups.
+
+pub mod controller_group;
+pub mod transport;
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+
+use glommio::channels::local_channel;
+use ringfeed_replication::wire::Frame;
+
+use crate::cluster::controller_group::{ControllerGroup, ControllerGroupStart, INBOUND_FRAMES_MAX};
+use crate::cluster::transport::{Transport, TransportSettings};
+use crate::cluster_config::ClusterConfig;
+use crate::config::BrokerConfig;
+use crate::controller::store::ClusterState;
+use crate::controller::Replicated;
+use crate::disk::BrokerDisk;
+
+/// The controller's Raft group (`KRaft`'s `__cluster_metadata`), driven by shard 0.
+pub const CONTROLLER_GROUP_ID: u64 = 0;
+
+/// Where this broker listens for peers and the internal address of each peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterAddresses {
+    pub listen: SocketAddr,
+    /// node id → `host:port`, this broker excluded.
+    pub peers: BTreeMap<u64, String>,
+}
+
+/// This broker's internal address and its peers', from `controller.quorum.voters`. `None` for
+/// a one-node cluster (no voters, or only this broker): it opens no internal port.
+pub fn cluster_addresses(config: &ClusterConfig) -> Result<Option<ClusterAddresses>, String> {
+    if config.voters.len() <= 1 {
+        return Ok(None);
+    }
+    let own = config.voters.get(config.node_id).ok_or_else(|| {
+        format!(
+            "node.id {} is not among controller.quorum.voters ({})",
+            config.node_id, config.voters
+        )
+    })?;
+    let listen = (own.host.as_str(), own.port)
+        .to_socket_addrs()
+        .map_err(|error| format!("cannot resolve this broker's internal address {own}: {error}"))?
+        .next()
+        .ok_or_else(|| format!("this broker's internal address {own} resolves to nothing"))?;
+    let peers = config
+        .voters
+        .voters()
+        .iter()
+        .filter(|voter| voter.node_id != config.node_id)
+        .map(|voter| {
+            let address = if voter.host.contains(':') {
+                format!("[{}]:{}", voter.host, voter.port)
+            } else {
+                format!("{}:{}", voter.host, voter.port)
+            };
+            (node_id_u64(voter.node_id), address)
+        })
+        .collect();
+    Ok(Some(ClusterAddresses { listen, peers }))
+}
+
+/// Starts group 0 and the transport on shard 0 of a broker among several voters; returns
+/// the controller's part in the group and the last state committed in its log.
+pub async fn start_controller_group(
+    config: &BrokerConfig,
+    disk: &BrokerDisk,
+    addresses: &ClusterAddresses,
+) -> Result<(Replicated, Option<ClusterState>), String> {
+    let node_id = node_id_u64(config.cluster.node_id);
+    // Increases at every start (peers drop frames of this broker's previous life); the clock
+    // is the simplest source that does across restarts.
+    let incarnation = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        });
+    let committed = Rc::new(RefCell::new(None));
+    let sink = committed.clone();
+    let (group, recovered) = ControllerGroup::open(
+        ControllerGroupStart {
+            node_id,
+            voters: config
+                .cluster
+                .voters
+                .voters()
+                .iter()
+                .map(|voter| node_id_u64(voter.node_id))
+                .collect(),
+            incarnation,
+            disk: disk.clone(),
+            data_dir: config.data_dir.clone(),
+            election_seed: node_id ^ incarnation,
+        },
+        Box::new(move |state| *sink.borrow_mut() = Some(state)),
+    )
+    .await?;
+    let (inbound, received) = local_channel::new_bounded(INBOUND_FRAMES_MAX);
+    let settings = TransportSettings::new(node_id, addresses.peers.len());
+    let transport = Transport::start(settings, addresses.listen, &addresses.peers, inbound)
+        .map_err(|error| {
+            format!(
+                "cannot listen on the internal address {} (controller.quorum.voters): {error}",
+                addresses.listen
+            )
+        })?;
+    group.attach(transport, received);
+    tracing::info!(node_id, voters = %config.cluster.voters, recovered = recovered.is_some(), "controller group 0 started");
+    tracing::warn!(
+        "the controller is replicated across the voters, but partitions are not yet: this \
+         broker holds and serves its own copy of every partition (docs/REPLICATION.md, Status)"
+    );
+    let replicated = Replicated {
+        group,
+        committed,
+        has_committed_state: Cell::new(false),
+    };
+    Ok((replicated, recovered))
+}
+
+/// Kafka node ids are non-negative `int32`s (checked when the voters are parsed); Raft ids are
+/// the same numbers as `u64`.
+pub fn node_id_u64(node_id: i32) -> u64 {
+    u64::try_from(node_id).expect("node ids are non-negative")
+}
+
+/// Cuts `frame` into one frame per shard that drives its groups (`shard_of_group`), keeping
+/// each group's messages in their order. Frames for other shards travel by a typed router
+/// call; shard 0 steps its own piece in place.
+pub fn split_by_shard(
+    frame: Frame,
+    shard_of_group: impl Fn(u64) -> usize,
+) -> BTreeMap<usize, Frame> {
+    let mut pieces: BTreeMap<usize, Frame> = BTreeMap::new();
+    let (from, to, incarnation) = (frame.from_node, frame.to_node, frame.incarnation);
+    let empty = || Frame::new(from, to, incarnation);
+    for heartbeat in frame.heartbeats {
+        let shard = shard_of_group(heartbeat.group_id);
+        pieces
+            .entry(shard)
+            .or_insert_with(empty)
+            .heartbeats
+            .push(heartbeat);
+    }
+    for message in frame.messages {
+        let shard = shard_of_group(message.group_id);
+        pieces
+            .entry(shard)
+            .or_insert_with(empty)
+            .messages
+            .push(message);
+    }
+    pieces
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::eraftpb::{Message, MessageType};
+    use ringfeed_replication::voters::QuorumVoters;
+
+    fn config(node_id: i32, voters: &str) -> ClusterConfig {
+        ClusterConfig {
+            voters: QuorumVoters::parse(voters).unwrap(),
+            ..ClusterConfig::one_node(node_id)
+        }
+    }
+
+    #[test]
+    fn a_broker_listens_on_its_own_voter_address_and_connects_to_the_others() {
+        let addresses =
+            cluster_addresses(&config(2, "1@127.0.0.1:9201,2@127.0.0.1:9202,3@[::1]:9203"))
+                .unwrap()
+                .unwrap();
+        assert_eq!(addresses.listen, SocketAddr::from(([127, 0, 0, 1], 9202)));
+        let peers: Vec<(u64, &str)> = addresses
+            .peers
+            .iter()
+            .map(|(id, address)| (*id, address.as_str()))
+            .collect();
+        assert_eq!(peers, [(1, "127.0.0.1:9201"), (3, "[::1]:9203")]);
+    }
+
+    #[test]
+    fn one_node_clusters_open_no_internal_port() {
+        assert_eq!(cluster_addresses(&config(1, "")).unwrap(), None);
+        assert_eq!(
+            cluster_addresses(&config(1, "1@127.0.0.1:9201")).unwrap(),
+            None
+        );
+        assert!(cluster_addresses(&config(4, "1@127.0.0.1:1,2@127.0.0.1:2"))
+            .unwrap_err()
+            .contains("not among"));
+    }
+
+    #[test]
+    fn splitting_keeps_every_message_once_in_order_per_group() {
+        let mut frame = Frame::new(1, 2, 7);
+        for index in 0..20_u64 {
+            let group = index % 5;
+            let message_type = if index % 2 == 0 {
+                MessageType::MsgHeartbeat
+            } else {
+                MessageType::MsgAppend
+            };
+            frame.push(
+                group,
+                Message {
+                    msg_type: message_type as i32,
+                    from: 1,
+                    to: 2,
+                    term: index,
+                    index: if message_type == MessageType::MsgAppend {
+                        index
+                    } else {
+                        0
+                    },
+                    ..Message::default()
+                },
+            );
+        }
+        let shard_of = |group: u64| usize::try_from(group % 3).unwrap();
+        let expected: Vec<(u64, Message)> = frame.clone().into_group_messages().collect();
+        let pieces = split_by_shard(frame, shard_of);
+        let mut seen = Vec::new();
+        for (shard, piece) in pieces {
+            assert_eq!(
+                (piece.from_node, piece.to_node, piece.incarnation),
+                (1, 2, 7)
+            );
+            for (group, message) in piece.into_group_messages() {
+                assert_eq!(shard_of(group), shard, "group {group} on the wrong shard");
+                seen.push((group, message));
+            }
+        }
+        for group in 0..5 {
+            let of_group = |list: &[(u64, Message)]| -> Vec<Message> {
+                list.iter()
+                    .filter(|(g, _)| *g == group)
+                    .map(|(_, message)| message.clone())
+                    .collect()
+            };
+            assert_eq!(of_group(&seen), of_group(&expected), "group {group}");
+        }
+        assert_eq!(seen.len(), expected.len());
+    }
+}

@@ -1,0 +1,426 @@
+//! The broker-to-broker transport on shard 0: one listener on this broker's internal address
+//! (its entry in `controller.quorum.voters`) and one outbound connection per peer broker,
+//! carrying frames of `ringfeed_replication::wire` (`replication/WIRE.md`).
+//!
+//! Contract:
+//! - Lives on one shard (shard 0) and is `!Send`; every count is a `Cell` only it writes.
+//! - Sending never waits: [`Transport::send`] encodes the frame and queues it for its peer.
+//!   Each peer's queue is bounded in bytes; a frame that does not fit is dropped and counted.
+//!   Raft tolerates lost messages (it retries appends and heartbeats), so dropping is safe,
+//!   while waiting would let one dead peer stall the driver round of every group.
+//! - Each peer has one writer task: connect (with a timeout), write queued frames in order,
+//!   and on any error close, wait a backoff that doubles from `backoff_min` to `backoff_max`,
+//!   and connect again. The frame being written when a connection breaks is lost (counted).
+//! - Receiving: each accepted connection has a reader task that checks the 4-byte length
+//!   against `WireLimits::frame_bytes_max` before buffering the body, decodes the frame
+//!   (version, counts and enums checked by the codec), and hands it to the inbound channel.
+//!   A frame that does not decode, or is not addressed from a known peer to this broker, closes
+//!   the connection with a warning: it came from something that is not a correct peer. A full
+//!   inbound channel drops the frame (counted), for the same reason sends do.
+//! - Accepted connections are bounded (`inbound_connections_max`): a peer that reconnects
+//!   briefly has two, anything more is refused.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::task::JoinHandle;
+use ringfeed_replication::wire::{frame_body_length, Frame, WireLimits, FRAME_LENGTH_BYTES};
+
+/// Limits and timings of the transport, fixed at start-up.
+#[derive(Debug, Clone)]
+pub struct TransportSettings {
+    /// This broker's `node.id`.
+    pub node_id: u64,
+    pub limits: WireLimits,
+    /// Encoded bytes queued for one peer at most. 64 MiB: two frames of the largest size, or
+    /// about a second of appends at 64 MiB/s to a peer that stopped reading.
+    pub send_queue_bytes_max: usize,
+    /// Decoded frames waiting for the driver at most (each at most `frame_bytes_max`).
+    pub inbound_frames_max: usize,
+    /// Accepted connections open at once at most.
+    pub inbound_connections_max: usize,
+    pub connect_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl TransportSettings {
+    /// The defaults for `peer_count` peers. Backoff 50 ms .. 1 s: a restarted peer is back in
+    /// the cluster within a second of listening, well inside a 1-2 s election timeout.
+    pub fn new(node_id: u64, peer_count: usize) -> Self {
+        Self {
+            node_id,
+            limits: WireLimits::default(),
+            send_queue_bytes_max: 64 << 20,
+            inbound_frames_max: 64,
+            inbound_connections_max: 2 * peer_count + 2,
+            connect_timeout: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The transport's counts, as [`Transport::counts`] copies them out for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportCounts {
+    pub frames_sent: u64,
+    pub bytes_sent: u64,
+    pub frames_received: u64,
+    pub bytes_received: u64,
+    /// Outbound connections established (the first one to each peer included).
+    pub connections_opened: u64,
+    /// Outbound connection attempts that failed, and connections that broke.
+    pub connection_failures: u64,
+    /// Frames dropped because their peer's queue was full.
+    pub frames_dropped_queue_full: u64,
+    /// Frames lost because the connection broke while they were written.
+    pub frames_dropped_send_failed: u64,
+    /// Frames addressed to a node that is not a peer.
+    pub frames_dropped_unknown_peer: u64,
+    /// Frames received and dropped because the driver's inbound channel was full.
+    pub frames_dropped_inbound_full: u64,
+    /// Inbound connections closed for a frame that does not decode or is misaddressed.
+    pub connections_refused_bad_frame: u64,
+    /// Inbound connections refused above `inbound_connections_max`.
+    pub connections_refused_too_many: u64,
+}
+
+/// The counters, written only by the transport's own tasks on its shard.
+#[derive(Default)]
+struct Stats {
+    counts: Cell<TransportCounts>,
+}
+
+impl Stats {
+    fn add(&self, change: impl FnOnce(&mut TransportCounts)) {
+        let mut counts = self.counts.get();
+        change(&mut counts);
+        self.counts.set(counts);
+    }
+}
+
+/// One peer's outbound queue: encoded frames waiting for its writer task.
+struct PeerQueue {
+    address: String,
+    frames: RefCell<VecDeque<Bytes>>,
+    queued_bytes: Cell<usize>,
+    /// Wakes the writer when a frame is queued (capacity 1: one pending wake is enough).
+    doorbell: LocalSender<()>,
+}
+
+/// The transport of one broker. See the module docs for the contract.
+pub struct Transport {
+    settings: TransportSettings,
+    local_address: SocketAddr,
+    peers: BTreeMap<u64, Rc<PeerQueue>>,
+    stats: Rc<Stats>,
+    tasks: RefCell<Vec<JoinHandle<()>>>,
+    /// The reader task of each open inbound connection, by connection number; a reader
+    /// removes itself when its connection ends.
+    readers: Readers,
+}
+
+type Readers = Rc<RefCell<BTreeMap<u64, JoinHandle<()>>>>;
+
+impl Transport {
+    /// Binds the internal address and starts accepting peers, and starts one writer per peer
+    /// (`peers`: node id → `host:port`, this broker excluded). Received frames go to `inbound`.
+    pub fn start(
+        settings: TransportSettings,
+        listen: SocketAddr,
+        peers: &BTreeMap<u64, String>,
+        inbound: LocalSender<Frame>,
+    ) -> std::io::Result<Rc<Self>> {
+        assert!(
+            !peers.contains_key(&settings.node_id),
+            "a broker is not its own peer"
+        );
+        let listener = TcpListener::bind(listen)?;
+        let local_address = listener.local_addr()?;
+        let stats = Rc::new(Stats::default());
+        let mut tasks = Vec::new();
+        let mut queues = BTreeMap::new();
+        for (&node_id, address) in peers {
+            let (doorbell, rung) = local_channel::new_bounded(1);
+            let queue = Rc::new(PeerQueue {
+                address: address.clone(),
+                frames: RefCell::new(VecDeque::new()),
+                queued_bytes: Cell::new(0),
+                doorbell,
+            });
+            let writer = write_to_peer(
+                node_id,
+                queue.clone(),
+                rung,
+                settings.clone(),
+                stats.clone(),
+            );
+            tasks.push(glommio::spawn_local(writer).detach());
+            queues.insert(node_id, queue);
+        }
+        let known_peers: Vec<u64> = peers.keys().copied().collect();
+        let readers = Readers::default();
+        let accept = accept_peers(
+            listener,
+            settings.clone(),
+            known_peers,
+            Rc::new(inbound),
+            stats.clone(),
+            readers.clone(),
+        );
+        tasks.push(glommio::spawn_local(accept).detach());
+        tracing::info!(node_id = settings.node_id, %local_address, peers = peers.len(), "cluster transport listening");
+        Ok(Rc::new(Self {
+            settings,
+            local_address,
+            peers: queues,
+            stats,
+            tasks: RefCell::new(tasks),
+            readers,
+        }))
+    }
+
+    /// The bound internal address (the port is the OS's choice when 0 was asked).
+    pub fn local_address(&self) -> SocketAddr {
+        self.local_address
+    }
+
+    pub fn counts(&self) -> TransportCounts {
+        self.stats.counts.get()
+    }
+
+    /// Queues `frame` for its `to_node`; never waits (module docs). Returns whether it was
+    /// queued.
+    pub fn send(&self, frame: &Frame) -> bool {
+        assert_eq!(
+            frame.from_node, self.settings.node_id,
+            "frame from another node"
+        );
+        let Some(queue) = self.peers.get(&frame.to_node) else {
+            self.stats
+                .add(|counts| counts.frames_dropped_unknown_peer += 1);
+            return false;
+        };
+        let size = frame.encoded_size();
+        // The driver splits its output at the frame limit; a larger frame is a driver bug.
+        assert!(
+            size - FRAME_LENGTH_BYTES <= self.settings.limits.frame_bytes_max,
+            "frame of {size} bytes above the wire limit"
+        );
+        if queue.queued_bytes.get() + size > self.settings.send_queue_bytes_max {
+            self.stats
+                .add(|counts| counts.frames_dropped_queue_full += 1);
+            return false;
+        }
+        let mut encoded = BytesMut::with_capacity(size);
+        frame.encode(&mut encoded);
+        queue.queued_bytes.set(queue.queued_bytes.get() + size);
+        queue.frames.borrow_mut().push_back(encoded.freeze());
+        // Full means a wake is already pending; the writer drains the whole queue on waking.
+        let _ = queue.doorbell.try_send(());
+        true
+    }
+
+    /// Stops every task: the listener, its readers' accept loop and the writers.
+    pub fn stop(&self) {
+        for task in self.tasks.borrow_mut().drain(..) {
+            task.cancel();
+        }
+        let readers = std::mem::take(&mut *self.readers.borrow_mut());
+        for reader in readers.into_values() {
+            reader.cancel();
+        }
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The writer task of one peer: connect, drain the queue, reconnect after a backoff.
+async fn write_to_peer(
+    node_id: u64,
+    queue: Rc<PeerQueue>,
+    rung: LocalReceiver<()>,
+    settings: TransportSettings,
+    stats: Rc<Stats>,
+) {
+    let mut backoff = settings.backoff_min;
+    loop {
+        let connected =
+            TcpStream::connect_timeout(queue.address.as_str(), settings.connect_timeout).await;
+        let mut stream = match connected {
+            Ok(stream) => stream,
+            Err(error) => {
+                stats.add(|counts| counts.connection_failures += 1);
+                tracing::debug!(peer = node_id, address = %queue.address, %error, "cannot reach peer broker; retrying");
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(settings.backoff_max);
+                continue;
+            }
+        };
+        // Raft messages are small and latency-bound (votes, heartbeats): no Nagle delay.
+        let _ = stream.set_nodelay(true);
+        stats.add(|counts| counts.connections_opened += 1);
+        tracing::info!(peer = node_id, address = %queue.address, "connected to peer broker");
+        backoff = settings.backoff_min;
+        if let Err(error) = drain_queue(&mut stream, &queue, &rung, &stats).await {
+            stats.add(|counts| {
+                counts.connection_failures += 1;
+                counts.frames_dropped_send_failed += 1;
+            });
+            tracing::warn!(peer = node_id, address = %queue.address, %error, "connection to peer broker broke; reconnecting");
+            glommio::timer::sleep(backoff).await;
+        }
+    }
+}
+
+/// Writes queued frames until the connection breaks.
+async fn drain_queue(
+    stream: &mut TcpStream,
+    queue: &PeerQueue,
+    rung: &LocalReceiver<()>,
+    stats: &Stats,
+) -> std::io::Result<()> {
+    loop {
+        let next = queue.frames.borrow_mut().pop_front();
+        let Some(frame) = next else {
+            if rung.recv().await.is_none() {
+                return Ok(());
+            }
+            continue;
+        };
+        queue
+            .queued_bytes
+            .set(queue.queued_bytes.get() - frame.len());
+        stream.write_all(&frame).await?;
+        stats.add(|counts| {
+            counts.frames_sent += 1;
+            counts.bytes_sent += frame.len() as u64;
+        });
+    }
+}
+
+async fn accept_peers(
+    listener: TcpListener,
+    settings: TransportSettings,
+    known_peers: Vec<u64>,
+    inbound: Rc<LocalSender<Frame>>,
+    stats: Rc<Stats>,
+    readers: Readers,
+) {
+    let known_peers = Rc::new(known_peers);
+    let mut connection_number = 0_u64;
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "accepting a peer broker connection failed");
+                glommio::timer::sleep(settings.backoff_min).await;
+                continue;
+            }
+        };
+        if readers.borrow().len() >= settings.inbound_connections_max {
+            stats.add(|counts| counts.connections_refused_too_many += 1);
+            tracing::warn!(peer = ?stream.peer_addr().ok(), limit = settings.inbound_connections_max, "too many peer broker connections; refused");
+            continue;
+        }
+        connection_number += 1;
+        let reader = read_from_peer(
+            stream,
+            settings.clone(),
+            known_peers.clone(),
+            inbound.clone(),
+            stats.clone(),
+        );
+        let finished = readers.clone();
+        let number = connection_number;
+        let task = glommio::spawn_local(async move {
+            reader.await;
+            finished.borrow_mut().remove(&number);
+        });
+        readers.borrow_mut().insert(number, task.detach());
+    }
+}
+
+/// Why an inbound connection was closed by us.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad frame: {0}")]
+    Wire(#[from] ringfeed_replication::wire::WireError),
+    #[error("frame from node {from} to node {to}: not a peer's frame for this broker")]
+    Misaddressed { from: u64, to: u64 },
+}
+
+async fn read_from_peer(
+    mut stream: TcpStream,
+    settings: TransportSettings,
+    known_peers: Rc<Vec<u64>>,
+    inbound: Rc<LocalSender<Frame>>,
+    stats: Rc<Stats>,
+) {
+    let peer = stream.peer_addr().ok();
+    let outcome = read_frames(&mut stream, &settings, &known_peers, &inbound, &stats).await;
+    match outcome {
+        Err(ReadError::Io(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+            tracing::debug!(?peer, "peer broker closed its connection");
+        }
+        Err(ReadError::Io(error)) => {
+            tracing::info!(?peer, %error, "peer broker connection lost");
+        }
+        Err(error) => {
+            stats.add(|counts| counts.connections_refused_bad_frame += 1);
+            tracing::warn!(?peer, %error, "closing peer broker connection");
+        }
+        Ok(()) => {}
+    }
+}
+
+/// Reads frames until the connection ends or sends something no correct peer sends.
+async fn read_frames(
+    stream: &mut TcpStream,
+    settings: &TransportSettings,
+    known_peers: &[u64],
+    inbound: &LocalSender<Frame>,
+    stats: &Stats,
+) -> Result<(), ReadError> {
+    loop {
+        let mut prefix = [0_u8; FRAME_LENGTH_BYTES];
+        stream.read_exact(&mut prefix).await?;
+        // Checked before a byte of the body is buffered.
+        let body_bytes = frame_body_length(prefix, &settings.limits)?;
+        let mut bytes = vec![0_u8; FRAME_LENGTH_BYTES + body_bytes];
+        bytes[..FRAME_LENGTH_BYTES].copy_from_slice(&prefix);
+        stream.read_exact(&mut bytes[FRAME_LENGTH_BYTES..]).await?;
+        let frame = Frame::decode(&bytes, &settings.limits)?;
+        if frame.to_node != settings.node_id || !known_peers.contains(&frame.from_node) {
+            return Err(ReadError::Misaddressed {
+                from: frame.from_node,
+                to: frame.to_node,
+            });
+        }
+        stats.add(|counts| {
+            counts.frames_received += 1;
+            counts.bytes_received += bytes.len() as u64;
+        });
+        if inbound.try_send(frame).is_err() {
+            stats.add(|counts| counts.frames_dropped_inbound_full += 1);
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "transport_tests.rs"]
+mod tests;

@@ -1,0 +1,191 @@
+//! Guards the transport's contract on real loopback sockets: frames arrive whole and counted
+//! both ways, a peer that starts late is reached by reconnecting, a full queue drops and
+//! counts instead of waiting, and a connection sending a bad frame is closed.
+
+use std::io::{Read, Write};
+
+use raft::eraftpb::{Entry, Message, MessageType};
+
+use super::*;
+
+fn settings(node_id: u64) -> TransportSettings {
+    TransportSettings {
+        backoff_min: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(20),
+        ..TransportSettings::new(node_id, 1)
+    }
+}
+
+fn frame(from: u64, to: u64, sequence: u64) -> Frame {
+    let mut frame = Frame::new(from, to, 1);
+    frame.push(
+        sequence % 3,
+        Message {
+            msg_type: MessageType::MsgAppend as i32,
+            from,
+            to,
+            term: 3,
+            index: sequence,
+            entries: vec![Entry {
+                term: 3,
+                index: sequence + 1,
+                data: vec![u8::try_from(sequence % 251).unwrap(); 100],
+                ..Entry::default()
+            }],
+            ..Message::default()
+        },
+    );
+    frame
+}
+
+/// A port nobody listens on now (bound, read, released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+async fn receive(inbound: &LocalReceiver<Frame>, count: usize) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    while frames.len() < count {
+        let next =
+            glommio::timer::timeout(Duration::from_secs(5), async { Ok(inbound.recv().await) })
+                .await
+                .expect("a frame within 5 s");
+        frames.push(next.expect("channel open"));
+    }
+    frames
+}
+
+fn run(
+    test: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send + 'static,
+) {
+    glommio::LocalExecutorBuilder::default()
+        .spawn(test)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+#[test]
+fn frames_cross_both_ways_in_order_and_are_counted() {
+    run(|| {
+        Box::pin(async {
+            let (port_a, port_b) = (free_port(), free_port());
+            let (to_a, at_a) = local_channel::new_bounded(64);
+            let (to_b, at_b) = local_channel::new_bounded(64);
+            let peers_a = BTreeMap::from([(2, format!("127.0.0.1:{port_b}"))]);
+            let peers_b = BTreeMap::from([(1, format!("127.0.0.1:{port_a}"))]);
+            let a = Transport::start(settings(1), loopback(port_a), &peers_a, to_a).unwrap();
+            let b = Transport::start(settings(2), loopback(port_b), &peers_b, to_b).unwrap();
+            let sent: Vec<Frame> = (0..50).map(|sequence| frame(1, 2, sequence)).collect();
+            for frame in &sent {
+                assert!(a.send(frame));
+            }
+            assert!(b.send(&frame(2, 1, 99)));
+            assert_eq!(receive(&at_b, 50).await, sent);
+            assert_eq!(receive(&at_a, 1).await, vec![frame(2, 1, 99)]);
+            let (counts_a, counts_b) = (a.counts(), b.counts());
+            assert_eq!(counts_a.frames_sent, 50);
+            assert_eq!(counts_b.frames_received, 50);
+            assert_eq!(counts_a.bytes_sent, counts_b.bytes_received);
+            let encoded: usize = sent.iter().map(Frame::encoded_size).sum();
+            assert_eq!(counts_a.bytes_sent, encoded as u64);
+            assert_eq!(counts_a.connections_opened, 1);
+            assert_eq!(counts_a.frames_dropped_queue_full, 0);
+            // No peer 7: dropped and counted, not queued anywhere.
+            assert!(!a.send(&frame(1, 7, 0)));
+            assert_eq!(a.counts().frames_dropped_unknown_peer, 1);
+        })
+    });
+}
+
+#[test]
+fn a_peer_that_starts_late_is_reached_by_reconnecting() {
+    run(|| {
+        Box::pin(async {
+            let (port_a, port_b) = (free_port(), free_port());
+            let (to_a, _at_a) = local_channel::new_bounded(64);
+            let (to_b, at_b) = local_channel::new_bounded(64);
+            let peers_a = BTreeMap::from([(2, format!("127.0.0.1:{port_b}"))]);
+            let a = Transport::start(settings(1), loopback(port_a), &peers_a, to_a).unwrap();
+            assert!(a.send(&frame(1, 2, 1)));
+            glommio::timer::sleep(Duration::from_millis(60)).await;
+            assert!(a.counts().connection_failures >= 2, "{:?}", a.counts());
+            let peers_b = BTreeMap::from([(1, format!("127.0.0.1:{port_a}"))]);
+            let _b = Transport::start(settings(2), loopback(port_b), &peers_b, to_b).unwrap();
+            // The frame queued while B was down arrives once A's backoff lets it reconnect.
+            assert_eq!(receive(&at_b, 1).await, vec![frame(1, 2, 1)]);
+            assert_eq!(a.counts().connections_opened, 1);
+        })
+    });
+}
+
+#[test]
+fn a_full_queue_drops_and_counts_instead_of_waiting() {
+    run(|| {
+        Box::pin(async {
+            let (to_a, _at_a) = local_channel::new_bounded(1);
+            let one_frame = frame(1, 2, 0).encoded_size();
+            let small = TransportSettings {
+                send_queue_bytes_max: 3 * one_frame,
+                ..settings(1)
+            };
+            // Nobody listens on the peer's port: everything stays queued.
+            let peers = BTreeMap::from([(2, format!("127.0.0.1:{}", free_port()))]);
+            let a = Transport::start(small, loopback(0), &peers, to_a).unwrap();
+            let queued = (0..10).filter(|_| a.send(&frame(1, 2, 0))).count();
+            assert_eq!(queued, 3);
+            assert_eq!(a.counts().frames_dropped_queue_full, 7);
+        })
+    });
+}
+
+#[test]
+fn bad_frames_close_the_connection_before_their_body_is_buffered() {
+    run(|| {
+        Box::pin(async {
+            let (to_a, at_a) = local_channel::new_bounded(8);
+            let peers = BTreeMap::from([(2, format!("127.0.0.1:{}", free_port()))]);
+            let a = Transport::start(settings(1), loopback(0), &peers, to_a).unwrap();
+            let address = a.local_address();
+            let mut good = BytesMut::new();
+            frame(2, 1, 5).encode(&mut good);
+            let mut oversized = good.to_vec();
+            oversized[..4].copy_from_slice(&u32::MAX.to_be_bytes());
+            let mut bad_version = good.to_vec();
+            bad_version[4..6].copy_from_slice(&9_u16.to_be_bytes());
+            let mut misaddressed = BytesMut::new();
+            frame(2, 3, 5).encode(&mut misaddressed);
+            let cases = [oversized, bad_version, misaddressed.to_vec()];
+            let case_count = cases.len() as u64;
+            // Blocking sockets on a helper thread, so the executor keeps serving.
+            let client = std::thread::spawn(move || {
+                for bytes in cases {
+                    let mut socket = std::net::TcpStream::connect(address).unwrap();
+                    socket.write_all(&good).unwrap();
+                    socket.write_all(&bytes).unwrap();
+                    let mut rest = Vec::new();
+                    // The broker closes its side: read ends (0 bytes, or reset).
+                    let _ = socket.read_to_end(&mut rest);
+                    assert!(rest.is_empty());
+                }
+            });
+            // Each connection's good frame arrives before the bad one closes it.
+            let received = receive(&at_a, 3).await;
+            assert!(received.iter().all(|frame| frame.from_node == 2));
+            while !client.is_finished() {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+            client.join().unwrap();
+            assert_eq!(a.counts().connections_refused_bad_frame, case_count);
+            assert_eq!(a.counts().frames_received, 3);
+        })
+    });
+}
