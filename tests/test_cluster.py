@@ -75,7 +75,9 @@ def create(broker, name, partitions):
 class ClusterBroker(Broker):
     def __init__(self, tmp_path, node_id, voters):
         super().__init__(tmp_path / f"data{node_id}", tmp_path / f"broker{node_id}.log", shards=2,
-                         extra_args=["--node-id", str(node_id), "--controller-quorum-voters", voters])
+                         extra_args=["--node-id", str(node_id), "--controller-quorum-voters", voters,
+                                     # Partitions are not replicated yet: the cluster is a preview.
+                                     "--cluster-preview-enable"])
         self.node_id = node_id
 
 

@@ -16,6 +16,10 @@ pub struct ClusterConfig {
     pub default_replication_factor: i16,
     /// `replica.lag.time.max.ms`: how long a follower may lag before it leaves the ISR.
     pub replica_lag_time_max: Duration,
+    /// `ringfeed.cluster.preview.enable`: start with voters naming other brokers although
+    /// partitions are not replicated yet. Off by default, so that nobody runs a "cluster"
+    /// whose brokers each keep a different copy of a topic without having asked for it.
+    pub preview: bool,
 }
 
 impl ClusterConfig {
@@ -26,6 +30,7 @@ impl ClusterConfig {
             voters: QuorumVoters::default(),
             default_replication_factor: 1,
             replica_lag_time_max: Duration::from_secs(30),
+            preview: false,
         }
     }
 
@@ -35,7 +40,8 @@ impl ClusterConfig {
     }
 
     /// Checks the settings against each other: this broker must be one of the voters it is
-    /// given (it finds its internal address there).
+    /// given (it finds its internal address there), and a list naming other brokers needs
+    /// `ringfeed.cluster.preview.enable` while partitions are not replicated.
     pub fn validate(&self) -> Result<(), String> {
         if self.voters.is_empty() {
             return Ok(());
@@ -45,6 +51,15 @@ impl ClusterConfig {
                 "node.id {} is not among controller.quorum.voters ({}); a broker finds its own \
                  internal address there by its id",
                 self.node_id, self.voters
+            ));
+        }
+        if self.voters.len() > 1 && !self.preview {
+            return Err(format!(
+                "controller.quorum.voters names other brokers ({}), but partitions are not \
+                 replicated yet: each broker would keep and serve its own copy of every topic \
+                 (docs/REPLICATION.md, Status). Set ringfeed.cluster.preview.enable=true to run \
+                 the replicated controller anyway",
+                self.voters
             ));
         }
         Ok(())

@@ -342,6 +342,7 @@ impl Effective {
                 .expect("validated by the same parser"),
             default_replication_factor: self.integer("default.replication.factor") as i16,
             replica_lag_time_max: Duration::from_millis(self.unsigned("replica.lag.time.max.ms")),
+            preview: self.boolean("ringfeed.cluster.preview.enable"),
         }
     }
 

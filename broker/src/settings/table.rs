@@ -174,6 +174,14 @@ pub static SETTINGS: &[Setting] = &[
          this are in sync. Topics override it with min.insync.replicas.",
     ),
     row(
+        "ringfeed.cluster.preview.enable",
+        "false",
+        Kind::Bool,
+        "Allow controller.quorum.voters to name other brokers before partitions are \
+         replicated: the controller is replicated, every broker keeps its own copy of each \
+         partition. For trying the cluster out, not for data that matters.",
+    ),
+    row(
         "replica.lag.time.max.ms",
         "30000",
         integer(1, INT_MAX),
