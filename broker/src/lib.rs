@@ -20,6 +20,7 @@ pub mod handlers;
 pub mod limits;
 pub mod log_throttle;
 pub mod logging;
+pub mod message_format;
 pub mod metadata;
 pub mod metrics;
 pub mod partition;

@@ -265,7 +265,9 @@ mod tests {
                 .map(|m| message_bytes(m.magic, m.key, m.value))
                 .sum::<usize>()
         );
-        let read: Vec<_> = MessageSetReader::new(&set).collect::<Result<_, _>>().unwrap();
+        let read: Vec<_> = MessageSetReader::new(&set)
+            .collect::<Result<_, _>>()
+            .unwrap();
         assert_eq!(read, written);
     }
 
@@ -299,7 +301,10 @@ mod tests {
         let cut = &set[..set.len() - 3];
         let produced: Vec<_> = MessageSetReader::new(cut).collect();
         assert_eq!(produced.len(), 2);
-        assert!(matches!(produced[1], Err(MessageSetError::Truncated { .. })));
+        assert!(matches!(
+            produced[1],
+            Err(MessageSetError::Truncated { .. })
+        ));
         let fetched: Vec<_> = MessageSetReader::allowing_partial_tail(cut).collect();
         assert_eq!(fetched.len(), 1);
         assert!(fetched[0].is_ok());
