@@ -3,10 +3,10 @@
 //! - [`up_convert`]: a Produce v0-2 `MessageSet` becomes one v2 record batch before the
 //!   normal produce path (offsets are then assigned by the partition). Keys, values, null
 //!   values and timestamps are kept (magic 0 has none: -1, Kafka's `NO_TIMESTAMP`; a magic 1
-//!   LogAppendTime wrapper's inner messages take the wrapper's timestamp, as Kafka reads
+//!   `LogAppendTime` wrapper's inner messages take the wrapper's timestamp, as Kafka reads
 //!   them). A set with compressed wrapper messages (gzip, snappy, lz4) becomes a batch in that
 //!   codec (the first wrapper's; Kafka clients never mix codecs in one set). The batch is
-//!   CreateTime: the topic's `message.timestamp.type` applies as to any v2 batch.
+//!   `CreateTime`: the topic's `message.timestamp.type` applies as to any v2 batch.
 //! - [`down_convert`]: the v2 batches read for a Fetch v0-3 become one `MessageSet` of the
 //!   request's magic (v0-1: magic 0, v2-3: magic 1) with every message's absolute offset and
 //!   (magic 1) its timestamp and timestamp type. Written **uncompressed** whatever the batch's
@@ -36,7 +36,7 @@ use ringfeed_storage::batch::{build, read_varint};
 use crate::error_codes as codes;
 use crate::recompress::{self, Codec, DECOMPRESSED_RECORDS_BYTES_MAX};
 
-/// The attributes bit of a LogAppendTime v2 batch (the same bit as magic 1's).
+/// The attributes bit of a `LogAppendTime` v2 batch (the same bit as magic 1's).
 const BATCH_LOG_APPEND_TIME: i16 = 0x08;
 
 /// The magic a Fetch version answers with (Kafka's `FetchResponse` rules): v0-1 predate
@@ -250,8 +250,8 @@ fn read_record<'a>(records: &mut &'a [u8]) -> Option<RecordView<'a>> {
     body = body.get(1..)?; // attributes, unused
     let timestamp_delta = read_varint(&mut body)?;
     let offset_delta = read_varint(&mut body)?;
-    let key = read_bytes(&mut body)?;
-    let value = read_bytes(&mut body)?;
+    let key = read_bytes(&mut body).ok()?;
+    let value = read_bytes(&mut body).ok()?;
     Some(RecordView {
         timestamp_delta,
         offset_delta,
@@ -260,15 +260,16 @@ fn read_record<'a>(records: &mut &'a [u8]) -> Option<RecordView<'a>> {
     })
 }
 
-fn read_bytes<'a>(body: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
-    let length = read_varint(body)?;
+/// A varint-length byte string (negative: null); `Err` when it does not parse.
+fn read_bytes<'a>(body: &mut &'a [u8]) -> Result<Option<&'a [u8]>, ()> {
+    let length = read_varint(body).ok_or(())?;
     if length < 0 {
-        return Some(None);
+        return Ok(None);
     }
-    let length = usize::try_from(length).ok()?;
-    let bytes = body.get(..length)?;
+    let length = usize::try_from(length).map_err(|_| ())?;
+    let bytes = body.get(..length).ok_or(())?;
     *body = &body[length..];
-    Some(Some(bytes))
+    Ok(Some(bytes))
 }
 
 #[cfg(test)]
@@ -493,13 +494,14 @@ mod tests {
             .collect();
         let batch = up_convert(&set, usize::MAX).unwrap();
         let one = message_set::message_bytes(1, None, Some(&[7; 100]));
-        let back = read_back(&down_convert(&[batch.clone()], rules(1, one * 3 + 5)).unwrap());
+        let back =
+            read_back(&down_convert(std::slice::from_ref(&batch), rules(1, one * 3 + 5)).unwrap());
         assert_eq!(back.iter().map(|m| m.0).collect::<Vec<_>>(), vec![0, 1, 2]);
         let from_4 = DownConversion {
             fetch_offset: 4,
             ..rules(0, usize::MAX)
         };
-        let back = read_back(&down_convert(&[batch.clone()], from_4).unwrap());
+        let back = read_back(&down_convert(std::slice::from_ref(&batch), from_4).unwrap());
         assert_eq!(
             back.first().map(|m| (m.0, m.1)),
             Some((4, -1)),
@@ -507,7 +509,7 @@ mod tests {
         );
         assert_eq!(back.len(), 6);
         // A first message above max_bytes: whole for v3, cut for v0-2.
-        let whole = down_convert(&[batch.clone()], rules(1, 10)).unwrap();
+        let whole = down_convert(std::slice::from_ref(&batch), rules(1, 10)).unwrap();
         assert_eq!(whole[0].len(), one);
         let cut = DownConversion {
             whole_first_message: false,
@@ -525,7 +527,7 @@ mod tests {
     }
 
     proptest! {
-        /// v2 -> MessageSet -> v2 keeps offsets, keys, values and timestamps.
+        /// v2 -> `MessageSet` -> v2 keeps offsets, keys, values and timestamps.
         #[test]
         fn round_trip_through_message_sets(
             records in proptest::collection::vec(

@@ -10,7 +10,7 @@
 //! ```
 //! `bytes` is an i32 length, -1 for null. Attributes: bits 0-2 the codec of a wrapper
 //! message (whose value is a compressed inner message set), bit 3 the timestamp type
-//! (magic 1: 0 CreateTime, 1 LogAppendTime).
+//! (magic 1: 0 `CreateTime`, 1 `LogAppendTime`).
 
 /// Bytes before `messageSize` counts from: the offset and the size.
 pub const LOG_OVERHEAD_BYTES: usize = 12;
@@ -20,7 +20,7 @@ pub const MESSAGE_V0_BYTES_MIN: usize = 4 + 1 + 1 + 4 + 4;
 pub const MESSAGE_V1_BYTES_MIN: usize = MESSAGE_V0_BYTES_MIN + 8;
 /// The attributes bits naming a wrapper message's codec (0: a plain message).
 pub const CODEC_MASK: i8 = 0x07;
-/// The attributes bit of a LogAppendTime timestamp (magic 1).
+/// The attributes bit of a `LogAppendTime` timestamp (magic 1).
 pub const TIMESTAMP_TYPE_LOG_APPEND: i8 = 0x08;
 /// The timestamp of a magic 0 message, which has none.
 pub const NO_TIMESTAMP: i64 = -1;
@@ -170,8 +170,8 @@ fn parse_body(at: usize, offset: i64, body: &[u8]) -> Result<Message<'_>, Messag
     } else {
         NO_TIMESTAMP
     };
-    let key = take_bytes(&mut rest).ok_or(MessageSetError::BadLength { at })?;
-    let value = take_bytes(&mut rest).ok_or(MessageSetError::BadLength { at })?;
+    let key = take_bytes(&mut rest).map_err(|NotInMessage| MessageSetError::BadLength { at })?;
+    let value = take_bytes(&mut rest).map_err(|NotInMessage| MessageSetError::BadLength { at })?;
     if !rest.is_empty() {
         return Err(MessageSetError::BadLength { at });
     }
@@ -185,18 +185,22 @@ fn parse_body(at: usize, offset: i64, body: &[u8]) -> Result<Message<'_>, Messag
     })
 }
 
-/// A length-prefixed byte string (-1: null); `None` when it does not fit in `rest`.
-fn take_bytes<'a>(rest: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
-    let length = i32::from_be_bytes(rest.get(..4)?.try_into().expect("4 bytes"));
+/// A length-prefixed byte string (-1: null); `Err` when it does not fit in `rest`.
+fn take_bytes<'a>(rest: &mut &'a [u8]) -> Result<Option<&'a [u8]>, NotInMessage> {
+    let length_field = rest.get(..4).ok_or(NotInMessage)?;
+    let length = i32::from_be_bytes(length_field.try_into().expect("4 bytes"));
     *rest = &rest[4..];
     if length == -1 {
-        return Some(None);
+        return Ok(None);
     }
-    let length = usize::try_from(length).ok()?;
-    let bytes = rest.get(..length)?;
+    let length = usize::try_from(length).map_err(|_| NotInMessage)?;
+    let bytes = rest.get(..length).ok_or(NotInMessage)?;
     *rest = &rest[length..];
-    Some(Some(bytes))
+    Ok(Some(bytes))
 }
+
+/// A length reaching past its message.
+struct NotInMessage;
 
 /// The bytes [`write_message`] writes for a message with these key and value lengths.
 pub fn message_bytes(magic: i8, key: Option<&[u8]>, value: Option<&[u8]>) -> usize {

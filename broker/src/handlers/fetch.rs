@@ -282,7 +282,7 @@ fn apply_codec_rule(wanted: &Wanted, outcome: &mut FetchOutcome, fetch_version: 
     }
 }
 
-/// Fetch v0-3: each partition's batches as one MessageSet of `magic`, converted only now,
+/// Fetch v0-3: each partition's batches as one `MessageSet` of `magic`, converted only now,
 /// once per answer (`message_format::down_convert`, bounded by the partition's `max_bytes`).
 fn down_convert(wanted: &[Wanted], outcomes: &mut [FetchOutcome], magic: i8, fetch_version: i16) {
     for (wanted, outcome) in wanted.iter().zip(outcomes) {

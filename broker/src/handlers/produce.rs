@@ -184,7 +184,7 @@ fn dispatch_piece(
 
 struct TimedOut;
 
-/// The first Produce version whose records are v2 batches (KIP-98); below it, MessageSets.
+/// The first Produce version whose records are v2 batches (KIP-98); below it, `MessageSet`s.
 const PRODUCE_VERSION_V2_FORMAT_MIN: i16 = 3;
 
 /// Replicas of a partition in sync with its leader: the leader alone until replication
