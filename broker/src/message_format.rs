@@ -107,6 +107,13 @@ fn up_convert_bounded(
         let value = message.value.ok_or(codes::CORRUPT_MESSAGE)?;
         let mut inner = Vec::new();
         let limit = decompressed_max - decompressed_bytes;
+        let fixed;
+        let value = if codec == Codec::Lz4 && message.magic == 0 {
+            fixed = with_lz4_header_checksum_fixed(value);
+            &fixed[..]
+        } else {
+            value
+        };
         recompress::decompress_section(codec, value, limit, &mut inner)?;
         decompressed_bytes += inner.len();
         inner_sets.push(inner);
@@ -147,6 +154,59 @@ fn up_convert_bounded(
     } else {
         recompress::recompress(batch, target)
     }
+}
+
+/// Kafka 0.8-0.10's lz4 framing of magic 0 messages (KAFKA-3160): the frame descriptor's
+/// header checksum was computed over the magic number too, and Kafka ignores that checksum
+/// for magic 0. The frame reader checks it, so it is recomputed as the LZ4 frame format
+/// defines it (second byte of XXH32 of the descriptor, FLG through the optional dictionary
+/// id). Anything that is not an LZ4 frame header is returned as it is, for the reader to
+/// refuse.
+fn with_lz4_header_checksum_fixed(frame: &[u8]) -> Vec<u8> {
+    const LZ4_FRAME_MAGIC: [u8; 4] = 0x184D_2204_u32.to_le_bytes();
+    let mut fixed = frame.to_vec();
+    let (Some(magic), Some(&flags)) = (frame.get(..4), frame.get(4)) else {
+        return fixed;
+    };
+    if magic != LZ4_FRAME_MAGIC {
+        return fixed;
+    }
+    let content_size_bytes = if flags & 0x08 != 0 { 8 } else { 0 };
+    let dictionary_id_bytes = if flags & 0x01 != 0 { 4 } else { 0 };
+    let checksum_at = 4 + 2 + content_size_bytes + dictionary_id_bytes;
+    if let Some(descriptor) = frame.get(4..checksum_at) {
+        if checksum_at < fixed.len() {
+            fixed[checksum_at] = (xxh32_short(descriptor) >> 8) as u8;
+        }
+    }
+    fixed
+}
+
+/// XXH32 with seed 0 of fewer than 16 bytes (an LZ4 frame descriptor is at most 14), as the
+/// xxHash specification defines it for short inputs.
+fn xxh32_short(input: &[u8]) -> u32 {
+    const PRIME1: u32 = 2_654_435_761;
+    const PRIME2: u32 = 2_246_822_519;
+    const PRIME3: u32 = 3_266_489_917;
+    const PRIME4: u32 = 668_265_263;
+    const PRIME5: u32 = 374_761_393;
+    debug_assert!(input.len() < 16);
+    let mut hash = PRIME5.wrapping_add(input.len() as u32);
+    let mut words = input.chunks_exact(4);
+    for word in &mut words {
+        let word = u32::from_le_bytes(word.try_into().expect("4 bytes"));
+        hash = hash.wrapping_add(word.wrapping_mul(PRIME3));
+        hash = hash.rotate_left(17).wrapping_mul(PRIME4);
+    }
+    for &byte in words.remainder() {
+        hash = hash.wrapping_add(u32::from(byte).wrapping_mul(PRIME5));
+        hash = hash.rotate_left(11).wrapping_mul(PRIME1);
+    }
+    hash ^= hash >> 15;
+    hash = hash.wrapping_mul(PRIME2);
+    hash ^= hash >> 13;
+    hash = hash.wrapping_mul(PRIME3);
+    hash ^ (hash >> 16)
 }
 
 fn record_of<'a>(message: &Message<'a>, timestamp: i64) -> build::Record<'a> {
@@ -392,6 +452,53 @@ mod tests {
                 ]
             );
         }
+    }
+
+    #[test]
+    fn xxh32_matches_the_reference_vectors() {
+        assert_eq!(xxh32_short(b""), 0x02CC_5D05);
+        assert_eq!(xxh32_short(b"abc"), 0x32D1_53FF);
+    }
+
+    /// A magic 0 lz4 wrapper as Kafka 0.8/0.9 clients frame it: header checksum over the
+    /// magic number too. Accepted (Kafka ignores it for magic 0); refused for magic 1.
+    #[test]
+    fn magic_0_lz4_with_the_old_kafka_header_checksum_is_read() {
+        let inner = plain(0, 0, NO_TIMESTAMP, None, Some(b"old lz4"));
+        let mut frame = recompress::compress_section(Codec::Lz4, &inner, Vec::new()).unwrap();
+        let flags = frame[4];
+        let checksum_at =
+            6 + if flags & 0x08 != 0 { 8 } else { 0 } + if flags & 1 != 0 { 4 } else { 0 };
+        assert_eq!(
+            frame[checksum_at],
+            (xxh32_short(&frame[4..checksum_at]) >> 8) as u8,
+            "lz4 writes the checksum this module computes"
+        );
+        frame[checksum_at] = (xxh32_short(&frame[..checksum_at]) >> 8) as u8;
+        let wrap = |magic: i8| {
+            let mut out = Vec::new();
+            let message = Message {
+                offset: 0,
+                magic,
+                attributes: Codec::Lz4 as i8,
+                timestamp: 0,
+                key: None,
+                value: Some(&frame),
+            };
+            message_set::write_message(&mut out, &message);
+            out
+        };
+        let batch = up_convert(&wrap(0), usize::MAX).unwrap();
+        assert_eq!(
+            read_back(&down_convert(&[batch], rules(0, usize::MAX)).unwrap())[0]
+                .3
+                .as_deref(),
+            Some(&b"old lz4"[..])
+        );
+        assert_eq!(
+            up_convert(&wrap(1), usize::MAX),
+            Err(codes::CORRUPT_MESSAGE)
+        );
     }
 
     #[test]
