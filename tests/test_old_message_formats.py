@@ -59,8 +59,6 @@ CODECS = [None, "gzip"] + (["snappy"] if has_snappy() else []) + (["lz4"] if has
 @pytest.mark.parametrize("compression", CODECS, ids=lambda codec: codec or "none")
 @pytest.mark.parametrize("pin", [(0, 9), (0, 10)], ids=["0.9", "0.10"])
 def test_kafka_python_old_formats_round_trip(broker, pin, compression):
-    if pin == (0, 9) and compression == "lz4":
-        pytest.skip("magic 0 lz4 (Kafka 0.8/0.9's wrong frame header checksum) is not accepted yet")
     bootstrap = broker.bootstrap
     topic = f"old-{pin[1]}-{compression or 'none'}"
     helpers.create_topic(bootstrap, topic, 1)
