@@ -33,6 +33,11 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import confluent_kafka, k
     # prometheus-client: the reference parser of the text format /metrics serves.
     .venv/bin/pip install --quiet "confluent-kafka>=2.3" "kafka-python>=2.0.3,<3" "prometheus-client>=0.17" pytest
 fi
+# kafka-python's lz4 and snappy codecs (xxhash: its magic 0 lz4 framing), for the old message
+# format tests (tests/test_old_message_formats.py).
+if ! .venv/bin/python -c "import lz4, snappy, xxhash" 2>/dev/null; then
+    .venv/bin/pip install --quiet lz4 python-snappy xxhash
+fi
 
 # This replays the committed fuzz corpus too (fuzzing::tests in broker and storage). libFuzzer
 # itself is not run here: installing cargo-fuzz and building the targets from scratch took

@@ -5,8 +5,7 @@ CreateTopics v0-v2, DeleteTopics v0-v1, Metadata v0-v5, ...). Each pin creates a
 lists offsets, joins a group, commits and reads back its commits against the real broker.
 
 Produce and Fetch at the pinned versions (Produce v2 / Fetch v2 for 0.10 carry message format v1)
-are the other half of issue 15 item 1: those tests skip, naming what is missing, only when the
-broker refuses that version, and run as soon as it serves it.
+are served too: the broker converts message sets (tests/test_old_message_formats.py goes further).
 
 Wire-level checks at the end send single requests and check the answers field by field: Kafka
 3.9's old versions (OffsetCommit v0-v2 with v0's separate store, v1's timestamp and v2's
@@ -120,12 +119,9 @@ PRODUCE_VERSION = {(0, 10): 2, (0, 11): 3, (1, 0): 5, (2, 0): 6}
 FETCH_VERSION = {(0, 10): 2, (0, 11): 5, (1, 0): 6, (2, 0): 8}
 
 
-def skip_unless_served(bootstrap, api_key, version, body, what):
-    """Skips when the broker closes the connection on `version` (not served yet); the test
-    runs as soon as it is served."""
-    if not broker_accepts(bootstrap, api_key, version, body):
-        pytest.skip(f"{what} v{version} is refused: message formats v0/v1 are issue 15 item 1's "
-                    f"records half, not served yet")
+def assert_served(bootstrap, api_key, version, body, what):
+    """The broker answers `version` rather than closing the connection."""
+    assert broker_accepts(bootstrap, api_key, version, body), f"{what} v{version} is refused"
 
 
 @pytest.mark.parametrize("pin", PINS, ids=pin_id)
@@ -133,7 +129,7 @@ def test_pinned_kafka_python_produces_and_consumes(legacy_broker, pin):
     bootstrap = legacy_broker.bootstrap
     topic = f"records-{pin_id(pin).replace('.', '-')}"
     helpers.create_topic(bootstrap, topic, 1)
-    skip_unless_served(bootstrap, 0, PRODUCE_VERSION[pin], produce_body(PRODUCE_VERSION[pin]), "Produce")
+    assert_served(bootstrap, 0, PRODUCE_VERSION[pin], produce_body(PRODUCE_VERSION[pin]), "Produce")
     producer = KafkaProducer(bootstrap_servers=bootstrap, api_version=pin, acks="all",
                              request_timeout_ms=5000, max_block_ms=5000, **helpers.KAFKA_PYTHON_NO_IDEMPOTENCE)
     try:
@@ -143,7 +139,7 @@ def test_pinned_kafka_python_produces_and_consumes(legacy_broker, pin):
     finally:
         producer.close(timeout=5)
 
-    skip_unless_served(bootstrap, 1, FETCH_VERSION[pin], fetch_body(FETCH_VERSION[pin], topic), "Fetch")
+    assert_served(bootstrap, 1, FETCH_VERSION[pin], fetch_body(FETCH_VERSION[pin], topic), "Fetch")
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, api_version=pin, group_id=f"read-{topic}",
                              auto_offset_reset="earliest", enable_auto_commit=False,
                              request_timeout_ms=11000, session_timeout_ms=10000, heartbeat_interval_ms=300,

@@ -119,6 +119,37 @@ pub fn request_decoding(data: &[u8]) -> usize {
     }
 }
 
+/// The message-set target (`fuzz/fuzz_targets/message_set_reading.rs`): arbitrary bytes as a
+/// Produce v0-2 partition's records (read, decompressed, up-converted) and as a fetch-style
+/// set; a set that converts is down-converted back at both magics under a small `max_bytes`.
+/// Any input ends in a converted batch or a Kafka error code, never a panic. Returns whether
+/// the input converted.
+pub fn message_set_reading(data: &[u8]) -> bool {
+    use crate::message_format::{down_convert, up_convert, DownConversion};
+    use ringfeed_protocol::message_set::MessageSetReader;
+    for message in MessageSetReader::allowing_partial_tail(data) {
+        if message.is_err() {
+            break;
+        }
+    }
+    let Ok(batch) = up_convert(data, Limits::default().request_frame_bytes_max) else {
+        return false;
+    };
+    ringfeed_storage::batch::validate(&batch, usize::MAX).expect("a converted batch is valid");
+    for magic in [0, 1] {
+        for whole_first_message in [false, true] {
+            let rules = DownConversion {
+                magic,
+                fetch_offset: 0,
+                max_bytes: 64,
+                whole_first_message,
+            };
+            down_convert(std::slice::from_ref(&batch), rules).expect("a valid batch converts");
+        }
+    }
+    true
+}
+
 /// Checks on a decoded request that need no shard: it goes back through the codec, and
 /// Produce records split into batches the storage validation can judge without panicking.
 fn check_decoded(
@@ -265,6 +296,27 @@ mod tests {
         assert!(
             decoded * 2 > paths.len(),
             "{decoded} of {} inputs decoded",
+            paths.len()
+        );
+    }
+
+    #[test]
+    fn message_set_reading_corpus_replays() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/message_set_reading");
+        let mut paths: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|error| panic!("{}: {error}", dir.display()))
+            .map(|entry| entry.expect("directory entry").path())
+            .collect();
+        paths.sort();
+        assert!(!paths.is_empty(), "{} holds no corpus", dir.display());
+        let converted = paths
+            .iter()
+            .filter(|path| message_set_reading(&std::fs::read(path).expect("corpus file")))
+            .count();
+        // The seeds are valid sets of each magic and codec and hostile ones: both kinds.
+        assert!(
+            converted > 0 && converted < paths.len(),
+            "{converted} of {}",
             paths.len()
         );
     }

@@ -23,6 +23,7 @@ pub mod limits;
 pub mod listeners;
 pub mod log_throttle;
 pub mod logging;
+pub mod message_format;
 pub mod metadata;
 pub mod metrics;
 pub mod partition;

@@ -258,6 +258,23 @@ pub fn batch_error_code(error: &BatchError) -> i16 {
     }
 }
 
+/// [`decompress`] for a message format v0/v1 wrapper's value (`message_format`): the same
+/// codecs, framings and limit. `codec` is not `None`.
+pub fn decompress_section(
+    codec: Codec,
+    section: &[u8],
+    limit: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), i16> {
+    decompress(codec, section, limit, out)
+}
+
+/// [`compress`], for tests building v0/v1 wrapper messages.
+#[cfg(test)]
+pub fn compress_section(codec: Codec, records: &[u8], out: Vec<u8>) -> Result<Vec<u8>, i16> {
+    compress(codec, records, out)
+}
+
 /// Appends the records section of a batch in `codec` (not `None`), uncompressed, to `out`;
 /// `CORRUPT_MESSAGE` when the codec cannot read it, `MESSAGE_TOO_LARGE` past `limit` bytes.
 fn decompress(codec: Codec, section: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), i16> {

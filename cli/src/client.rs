@@ -29,8 +29,9 @@ const CLIENT_ID: &str = "ringfeed-cli";
 /// carries again for the broker (vendor/README.md): their answers differ (`ListOffsets` v0's
 /// offset list, `OffsetCommit` v0's separate store) and the CLI's calls read the later shape.
 const APIS: [ApiRange; 20] = [
-    ApiRange::of::<ProduceRequest>(),
-    ApiRange::of::<FetchRequest>(),
+    // v2 record batches only: Produce 0-2 and Fetch 0-3 carry message format v0/v1.
+    ApiRange::at_least::<ProduceRequest>(3),
+    ApiRange::at_least::<FetchRequest>(4),
     ApiRange::at_least::<ListOffsetsRequest>(1),
     ApiRange::of::<MetadataRequest>(),
     ApiRange::between::<OffsetCommitRequest>(2, 9),
@@ -108,7 +109,7 @@ mod tests {
 
     #[test]
     fn no_common_version_leaves_the_api_out() {
-        // The broker only serves Produce 0-2, which the crate does not encode.
+        // The broker only serves Produce 0-2, whose message format v0/v1 the client does not write.
         let versions = Versions::negotiate(&APIS, &advertised(&[(ApiKey::Produce, 0, 2)]));
         assert_eq!(versions.get(ApiKey::Produce as i16), None);
         let versions = Versions::negotiate(&APIS, &advertised(&[(ApiKey::Fetch, 30, 40)]));

@@ -7,6 +7,7 @@
 //!   messages, for both sides of a connection.
 //! - [`fetch_frame`]: the Fetch response frame as framing pieces and record batches, so the
 //!   records are written to the socket without a copy.
+//! - [`message_set`]: Kafka's message format v0/v1 (magic 0 and 1), CRC32 checked.
 //! - [`error_codes`]: the Kafka error codes Ringfeed returns, named once.
 //! - [`registry`]: the one table of APIs the broker serves with their version ranges.
 //!
@@ -21,5 +22,6 @@ pub mod error_codes;
 #[cfg(feature = "codec")]
 pub mod fetch_frame;
 pub mod frame;
+pub mod message_set;
 #[cfg(feature = "codec")]
 pub mod registry;

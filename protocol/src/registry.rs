@@ -37,11 +37,8 @@ impl ApiSpec {
 /// releases' ranges; the codec for the removed versions is generated from 3.9's message JSON
 /// (vendor/README.md).
 pub const SUPPORTED_APIS: [ApiSpec; 29] = [
-    ApiSpec {
-        accepted_min: 3,
-        ..ApiSpec::new(ApiKey::Produce, 0, 11)
-    },
-    ApiSpec::new(ApiKey::Fetch, 4, 12),
+    ApiSpec::new(ApiKey::Produce, 0, 11),
+    ApiSpec::new(ApiKey::Fetch, 0, 12),
     ApiSpec::new(ApiKey::ListOffsets, 0, 10),
     ApiSpec::new(ApiKey::Metadata, 0, 13),
     ApiSpec::new(ApiKey::OffsetCommit, 0, 9),
@@ -161,7 +158,6 @@ mod tests {
     ];
 
     /// APIs whose advertised range is not yet the union, each with the work that closes it.
-    /// Produce 0-2 / Fetch 0-3 need the v0/v1 message formats (issue 15 item 1, records);
     /// Produce 12-13 / Fetch 13-18 need topic ids and fetch sessions (issue 15 item 4).
     const NOT_YET_THE_UNION: [ApiKey; 2] = [ApiKey::Produce, ApiKey::Fetch];
 
@@ -205,14 +201,18 @@ mod tests {
     fn admission_by_key_and_version() {
         assert_eq!(admit(0, 3), Admission::Serve(ApiKey::Produce));
         assert_eq!(
-            admit(0, 2),
-            Admission::Refuse,
-            "Produce 0-2 is advertised but refused"
+            admit(0, 0),
+            Admission::Serve(ApiKey::Produce),
+            "Produce 0-2: message format v0/v1, converted"
         );
         assert_eq!(admit(0, 12), Admission::Refuse);
         assert_eq!(admit(18, 4), Admission::Serve(ApiKey::ApiVersions));
         assert_eq!(admit(18, 9), Admission::ApiVersionsFallback);
-        assert_eq!(admit(1, 3), Admission::Refuse, "Fetch below 4");
+        assert_eq!(
+            admit(1, 0),
+            Admission::Serve(ApiKey::Fetch),
+            "Fetch 0-3 down-converts"
+        );
         assert_eq!(admit(999, 0), Admission::Refuse, "unknown key");
         assert_eq!(admit(11, 0), Admission::Serve(ApiKey::JoinGroup));
         assert_eq!(

@@ -33,6 +33,7 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use crate::codec::CodecError;
 use crate::error_codes as codes;
 use crate::fetch_sessions::{SessionPlan, NO_SESSION_ID};
+use crate::message_format;
 use crate::metadata::{MetadataSnapshot, TopicPartition};
 use crate::metrics::ResponseErrorCode;
 use crate::partition::{self, FetchOutcome, WaitOutcome};
@@ -184,6 +185,9 @@ async fn serve(
             || wanted.is_empty()
             || woken_for_nothing
         {
+            if let Some(magic) = message_format::fetch_magic(context.api_version) {
+                down_convert(&wanted, &mut outcomes, magic, context.api_version);
+            }
             let partition_batches = assemble(&wanted, outcomes, response_bytes_max, &mut topics);
             return FetchAnswer {
                 response: FetchResponse::default().with_responses(topics),
@@ -330,6 +334,31 @@ fn apply_codec_rule(wanted: &Wanted, outcome: &mut FetchOutcome, fetch_version: 
             log_start_offset: -1,
             batches: Vec::new(),
         };
+    }
+}
+
+/// Fetch v0-3: each partition's batches as one `MessageSet` of `magic`, converted only now,
+/// once per answer (`message_format::down_convert`, bounded by the partition's `max_bytes`).
+fn down_convert(wanted: &[Wanted], outcomes: &mut [FetchOutcome], magic: i8, fetch_version: i16) {
+    for (wanted, outcome) in wanted.iter().zip(outcomes) {
+        let rules = message_format::DownConversion {
+            magic,
+            fetch_offset: wanted.offset,
+            max_bytes: wanted.max_bytes,
+            whole_first_message: fetch_version >= 3,
+        };
+        match message_format::down_convert(&outcome.batches, rules) {
+            Ok(set) => outcome.batches = set,
+            Err(error_code) => {
+                tracing::warn!(error_code, "a stored batch could not be down-converted");
+                *outcome = FetchOutcome {
+                    error_code,
+                    high_watermark: -1,
+                    log_start_offset: -1,
+                    batches: Vec::new(),
+                };
+            }
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 
 use crate::error_codes as codes;
 use crate::handlers::context::{PartitionAccess, RequestContext};
+use crate::message_format;
 use crate::metadata::{MetadataSnapshot, TopicPartition};
 use crate::partition::{self, ProduceOrigin, ProduceOutcome};
 use crate::recompress::apply_codec_rules;
@@ -137,6 +138,16 @@ fn dispatch_piece(
     if rules.acks == -1 && topic_metadata.config.min_insync_replicas > IN_SYNC_REPLICAS {
         return refuse(codes::NOT_ENOUGH_REPLICAS);
     }
+    // Produce v0-2 carries message format v0/v1: one v2 batch from here on (`message_format`).
+    let records = if rules.version < PRODUCE_VERSION_V2_FORMAT_MIN {
+        match message_format::up_convert(&records, topic_metadata.config.max_message_bytes as usize)
+        {
+            Ok(batch) => batch,
+            Err(error_code) => return refuse(error_code),
+        }
+    } else {
+        records
+    };
     let batches = match split_batches(&records, topic_metadata.config.max_message_bytes as usize) {
         Ok(batches) => batches,
         Err(error_code) => return refuse(error_code),
@@ -172,6 +183,9 @@ fn dispatch_piece(
 }
 
 struct TimedOut;
+
+/// The first Produce version whose records are v2 batches (KIP-98); below it, `MessageSet`s.
+const PRODUCE_VERSION_V2_FORMAT_MIN: i16 = 3;
 
 /// Replicas of a partition in sync with its leader: the leader alone until replication
 /// lands (issue 12).
