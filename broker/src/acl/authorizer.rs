@@ -110,6 +110,19 @@ impl Authorizer {
         resource_type: ResourceType,
         name: &str,
     ) -> Decision {
+        self.authorize_principal(principal.as_str(), host, operation, resource_type, name)
+    }
+
+    /// `authorize` for a principal held as text (`RequestContext::principal`), so a check
+    /// on the request path allocates nothing.
+    pub fn authorize_principal(
+        &self,
+        principal: &str,
+        host: &str,
+        operation: Operation,
+        resource_type: ResourceType,
+        name: &str,
+    ) -> Decision {
         debug_assert!(
             !matches!(operation, Operation::Any | Operation::All),
             "a request asks for one concrete operation"
@@ -127,7 +140,7 @@ impl Authorizer {
         }
         let mut allowed = false;
         for entry in applicable {
-            let applies_to_caller = (entry.principal == *principal
+            let applies_to_caller = (entry.principal.as_str() == principal
                 || entry.principal.as_str() == WILDCARD_PRINCIPAL)
                 && (entry.host == host || entry.host == WILDCARD_HOST);
             if !applies_to_caller {
