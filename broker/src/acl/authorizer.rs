@@ -96,6 +96,10 @@ impl Authorizer {
         }
     }
 
+    pub fn is_super_user(&self, principal: &str) -> bool {
+        self.rules.super_users.contains(principal)
+    }
+
     pub fn acl_count(&self) -> usize {
         self.acl_count
     }

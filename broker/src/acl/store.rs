@@ -222,6 +222,44 @@ pub struct AclSnapshot {
 }
 
 impl AclSnapshot {
+    /// Whether `principal` from `host` may do `operation` to some resource of
+    /// `resource_type`: a super user; no ACL of the type while
+    /// `allow.everyone.if.no.acl.found`; or an ALLOW binding for the caller whose own
+    /// resource pattern is allowed (no DENY covers it). Kafka's `authorizeByResourceType`
+    /// also counts a prefix allowed beyond a narrower deny; this keeps to whole patterns.
+    pub fn allows_some(
+        &self,
+        principal: &str,
+        host: &str,
+        operation: Operation,
+        resource_type: ResourceType,
+    ) -> bool {
+        let decide = |name: &str| {
+            self.authorizer
+                .authorize_principal(principal, host, operation, resource_type, name)
+                == Decision::Allowed
+        };
+        if self.authorizer.is_super_user(principal) {
+            return true;
+        }
+        let of_type = || {
+            self.bindings
+                .iter()
+                .filter(move |binding| binding.resource_type == resource_type)
+        };
+        if of_type().next().is_none() {
+            return decide("");
+        }
+        of_type().any(|binding| {
+            binding.permission == Permission::Allow
+                && (binding.principal.as_str() == principal
+                    || binding.principal.as_str() == super::model::WILDCARD_PRINCIPAL)
+                && (binding.host == host || binding.host == super::model::WILDCARD_HOST)
+                && (binding.operation == Operation::All || binding.operation == operation)
+                && decide(&binding.resource_name)
+        })
+    }
+
     pub fn new(rules: AuthorizerRules, bindings: Vec<AclBinding>) -> Self {
         let authorizer = Authorizer::new(rules, &bindings);
         Self {

@@ -75,6 +75,32 @@ impl RequestContext {
         )
     }
 
+    /// Of `candidates` (a bitfield of Kafka operation codes, `1 << code`), those this
+    /// principal may do to the resource: Metadata's and DescribeGroups' authorized
+    /// operations.
+    pub fn authorized_operations(
+        &self,
+        resource_type: ResourceType,
+        name: &str,
+        candidates: i32,
+    ) -> i32 {
+        Operation::ALL
+            .iter()
+            .filter(|operation| candidates & (1 << operation.code()) != 0)
+            .filter(|operation| self.authorize(**operation, resource_type, name))
+            .fold(0, |bits, operation| bits | 1 << operation.code())
+    }
+
+    /// Whether the principal may do `operation` to some resource of `resource_type`
+    /// (Kafka's `authorizeByResourceType`, e.g. WRITE on any topic for idempotence).
+    pub fn authorize_any(&self, operation: Operation, resource_type: ResourceType) -> bool {
+        let Some(acls) = &self.acls else {
+            return true;
+        };
+        let host = self.peer.ip().to_string();
+        acls.allows_some(&self.principal, &host, operation, resource_type)
+    }
+
     /// `authorize` on the cluster resource (`kafka-cluster`).
     pub fn authorize_cluster(&self, operation: Operation) -> bool {
         self.authorize(operation, ResourceType::Cluster, CLUSTER_RESOURCE_NAME)
