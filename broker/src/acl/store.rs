@@ -313,7 +313,7 @@ impl AclView {
         self.rules.as_ref().map(|_| self.current.borrow().clone())
     }
 
-    /// The set as last published, whether or not it is enforced (DescribeAcls).
+    /// The set as last published, whether or not it is enforced (`DescribeAcls`).
     pub fn bindings(&self) -> Arc<AclSnapshot> {
         self.current.borrow().clone()
     }

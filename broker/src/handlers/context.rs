@@ -76,7 +76,7 @@ impl RequestContext {
     }
 
     /// Of `candidates` (a bitfield of Kafka operation codes, `1 << code`), those this
-    /// principal may do to the resource: Metadata's and DescribeGroups' authorized
+    /// principal may do to the resource: `Metadata`'s and `DescribeGroups`' authorized
     /// operations.
     pub fn authorized_operations(
         &self,

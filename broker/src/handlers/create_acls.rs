@@ -1,4 +1,4 @@
-//! `CreateAcls`: adds ACL bindings (Kafka's `kafka-acls.sh --add`, AdminClient
+//! `CreateAcls`: adds ACL bindings (Kafka's `kafka-acls.sh --add`, `AdminClient`
 //! `create_acls`). Needs ALTER on the cluster. Each creation is checked as Kafka checks it
 //! (`INVALID_REQUEST` with the reason); the valid ones go to shard 0 in one change, written
 //! durably and installed on every shard before the answer (`ShardServices::acl_change`).

@@ -7,13 +7,16 @@ use crate::acl::model::Operation;
 use crate::controller::ControllerCall;
 use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
 
+/// A topic and the partition count asked for it.
+type NameAndCount = (String, i32);
+
 pub async fn handle(
     shard: &TopicAdmin<'_>,
     context: &RequestContext,
     request: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
     // ALTER on each topic (Kafka's rule).
-    let (topics, refused): (Vec<(String, i32)>, Vec<(String, i32)>) = request
+    let (topics, refused): (Vec<NameAndCount>, Vec<NameAndCount>) = request
         .topics
         .iter()
         .map(|topic| (topic.name.0.to_string(), topic.count))

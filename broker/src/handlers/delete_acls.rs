@@ -1,5 +1,5 @@
 //! `DeleteAcls`: removes the ACL bindings each filter matches and answers, per filter, the
-//! bindings it removed (`kafka-acls.sh --remove`, AdminClient `delete_acls`). Needs ALTER
+//! bindings it removed (`kafka-acls.sh --remove`, `AdminClient` `delete_acls`). Needs ALTER
 //! on the cluster. A filter Kafka refuses gets `INVALID_REQUEST` alone; the valid filters
 //! go to shard 0 in one change (`ShardServices::acl_change`).
 

@@ -1,5 +1,5 @@
 //! `DescribeAcls`: the ACL bindings a filter matches, grouped by resource pattern
-//! (`kafka-acls.sh --list`, AdminClient `describe_acls`). Needs DESCRIBE on the cluster.
+//! (`kafka-acls.sh --list`, `AdminClient` `describe_acls`). Needs DESCRIBE on the cluster.
 //! Answered from this shard's snapshot, which holds the set as of the last change.
 
 use std::collections::BTreeMap;
@@ -12,6 +12,8 @@ use crate::acl::store::filter_from_codes;
 use crate::error_codes as codes;
 use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
 
+/// Async only because every handler is (`served_apis!` awaits them all).
+#[allow(clippy::unused_async)]
 pub async fn handle(
     shard: &TopicAdmin<'_>,
     context: &RequestContext,
