@@ -205,6 +205,9 @@ fn check_decoded(
         Request::IncrementalAlterConfigs(r) => round_trip(r, version, flexible),
         Request::DescribeCluster(r) => round_trip(r, version, flexible),
         Request::DescribeLogDirs(r) => round_trip(r, version, flexible),
+        Request::DescribeAcls(r) => round_trip(r, version, flexible),
+        Request::CreateAcls(r) => round_trip(r, version, flexible),
+        Request::DeleteAcls(r) => round_trip(r, version, flexible),
         Request::DescribeTopicPartitions(r) => round_trip(r, version, flexible),
         Request::InitProducerId(r) => round_trip(r, version, flexible),
         Request::SaslHandshake(r) => round_trip(r, version, flexible),
@@ -373,6 +376,8 @@ mod tests {
             IncrementalAlterConfigs => IncrementalAlterConfigsRequest,
             DescribeCluster => DescribeClusterRequest, InitProducerId => InitProducerIdRequest,
             DescribeLogDirs => DescribeLogDirsRequest,
+            DescribeAcls => DescribeAclsRequest, CreateAcls => CreateAclsRequest,
+            DeleteAcls => DeleteAclsRequest,
             DescribeTopicPartitions => DescribeTopicPartitionsRequest,
             SaslHandshake => SaslHandshakeRequest, SaslAuthenticate => SaslAuthenticateRequest,
         }

@@ -34,6 +34,9 @@ use futures::future::join_all;
 use futures::StreamExt;
 use uuid::Uuid;
 
+use crate::acl::store::{
+    self as acl_store, AclChange, AclChangeReply, AclSnapshot, AclStore, AclView,
+};
 use crate::budgets::Budgets;
 use crate::cluster;
 use crate::config::BrokerConfig;
@@ -109,6 +112,11 @@ pub struct ShardServices {
     /// Where every service of this shard reads time and sleeps (`storage::clock`): the
     /// system's in the binary, a simulated one in `simulation`.
     pub clock: Clock,
+    /// The ACLs this shard checks requests against (`acl::store`).
+    pub acls: AclView,
+    /// Shard 0 only: the durable ACL set; see `acl_change`. A lock because a change waits
+    /// on its file write and its broadcast, and changes must not interleave.
+    acl_store: Option<futures::lock::Mutex<AclStore>>,
 }
 
 impl PartitionOwner for ShardServices {
@@ -181,6 +189,13 @@ impl ShardServices {
         } else {
             None
         };
+        let acl_store = if shard_id == 0 {
+            let store = AclStore::load(disk.clone(), &config.data_dir).await?;
+            Some(futures::lock::Mutex::new(store))
+        } else {
+            None
+        };
+        let acls = AclView::new(acl_store::rules_of(&config.settings, &config.super_users));
         let partitions = Rc::new(PartitionTable::new(
             config.limits.shard_fetch_waits_parked_max,
         ));
@@ -218,6 +233,8 @@ impl ShardServices {
             router: Rc::new(router),
             disk,
             clock,
+            acls,
+            acl_store,
         });
         services.report_offline_partitions();
         router::serve_incoming(&services.router, incoming, &services);
@@ -235,6 +252,13 @@ impl ShardServices {
     /// wait until it is applied here.
     pub async fn first_metadata(self: &Rc<Self>) {
         if let Some(controller) = &self.controller {
+            // ACLs first: a shard serves requests once it has metadata, and must then
+            // already check them against the stored ACLs.
+            if let Some(store) = &self.acl_store {
+                let store = store.lock().await;
+                self.publish_acls(store.bindings().iter().cloned().collect())
+                    .await;
+            }
             self.publish(controller.snapshot()).await;
         } else {
             self.metadata.wait_until_ready().await;
@@ -282,6 +306,52 @@ impl ShardServices {
         }
         drop(turn);
         reply
+    }
+
+    /// Sends an ACL change to shard 0 and waits until every shard holds the resulting set.
+    /// `None` when shard 0 is gone (only during shutdown).
+    pub async fn acl_change(self: &Rc<Self>, change: AclChange) -> Option<AclChangeReply> {
+        let job = |services: &Rc<ShardServices>| {
+            let services = services.clone();
+            async move {
+                let store = services
+                    .acl_store
+                    .as_ref()
+                    .expect("ACL changes are routed to shard 0");
+                let mut store = store.lock().await;
+                let reply = store.apply(change).await;
+                services
+                    .publish_acls(store.bindings().iter().cloned().collect())
+                    .await;
+                reply
+            }
+        };
+        self.router
+            .invoke_on(0, CONTROLLER_CALLS, Ending::ToCompletion, job)
+            .await
+            .ok()
+    }
+
+    /// Shard 0: hands every shard the ACL set, each building nothing (the index is built
+    /// once here and shared immutable), and waits until all have installed it.
+    async fn publish_acls(self: &Rc<Self>, bindings: Vec<crate::acl::model::AclBinding>) {
+        let snapshot = Arc::new(AclSnapshot::new(self.acls.rules(), bindings));
+        let installs = (0..self.config.shard_count()).map(|shard| {
+            let snapshot = snapshot.clone();
+            let job = move |services: &Rc<ShardServices>| {
+                services.acls.install(snapshot);
+                async {}
+            };
+            async move {
+                let installed =
+                    self.router
+                        .invoke_on(shard, APPLY_METADATA_CALLS, Ending::ToCompletion, job);
+                if let Err(gone) = installed.await {
+                    tracing::warn!(%gone, "ACLs not installed");
+                }
+            }
+        });
+        join_all(installs).await;
     }
 
     /// Shard 0: hands `snapshot` to every shard and waits until all have applied it.

@@ -33,6 +33,10 @@ pub const LEADER_NOT_AVAILABLE: i16 = ResponseError::LeaderNotAvailable.code();
 pub const NOT_ENOUGH_REPLICAS: i16 = ResponseError::NotEnoughReplicas.code();
 pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = ResponseError::UnsupportedCompressionType.code();
 pub const UNKNOWN_SERVER_ERROR: i16 = ResponseError::UnknownServerError.code();
+pub const TOPIC_AUTHORIZATION_FAILED: i16 = ResponseError::TopicAuthorizationFailed.code();
+pub const GROUP_AUTHORIZATION_FAILED: i16 = ResponseError::GroupAuthorizationFailed.code();
+pub const CLUSTER_AUTHORIZATION_FAILED: i16 = ResponseError::ClusterAuthorizationFailed.code();
+pub const SECURITY_DISABLED: i16 = ResponseError::SecurityDisabled.code();
 
 /// `UnknownTopicOrPartition (3)`, with the broker's message after a colon when it sent one:
 /// how the clients name an error code to a person.

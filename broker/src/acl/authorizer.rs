@@ -96,6 +96,10 @@ impl Authorizer {
         }
     }
 
+    pub fn is_super_user(&self, principal: &str) -> bool {
+        self.rules.super_users.contains(principal)
+    }
+
     pub fn acl_count(&self) -> usize {
         self.acl_count
     }
@@ -105,6 +109,19 @@ impl Authorizer {
     pub fn authorize(
         &self,
         principal: &Principal,
+        host: &str,
+        operation: Operation,
+        resource_type: ResourceType,
+        name: &str,
+    ) -> Decision {
+        self.authorize_principal(principal.as_str(), host, operation, resource_type, name)
+    }
+
+    /// `authorize` for a principal held as text (`RequestContext::principal`), so a check
+    /// on the request path allocates nothing.
+    pub fn authorize_principal(
+        &self,
+        principal: &str,
         host: &str,
         operation: Operation,
         resource_type: ResourceType,
@@ -127,7 +144,7 @@ impl Authorizer {
         }
         let mut allowed = false;
         for entry in applicable {
-            let applies_to_caller = (entry.principal == *principal
+            let applies_to_caller = (entry.principal.as_str() == principal
                 || entry.principal.as_str() == WILDCARD_PRINCIPAL)
                 && (entry.host == host || entry.host == WILDCARD_HOST);
             if !applies_to_caller {

@@ -6,8 +6,10 @@
 //!
 //! - `model`: the binding and filter types, and how a filter matches a binding
 //!   (`DescribeAcls`/`DeleteAcls` semantics).
+//! - `store`: the durable ACL set on shard 0 and the change calls that reach it.
 //! - `authorizer`: the decision for one request (`authorize`), from an index built once per
 //!   ACL change and held by each shard (a shard-local lookup, no lock, no cross-shard call).
 
 pub mod authorizer;
 pub mod model;
+pub mod store;

@@ -137,6 +137,14 @@ impl Principal {
     }
 }
 
+/// Lookups by text (`HashSet<Principal>::contains(&str)`); the derived `Hash` hashes the
+/// one `String` field, as `str` hashes, so the two agree.
+impl std::borrow::Borrow<str> for Principal {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for Principal {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str(&self.0)

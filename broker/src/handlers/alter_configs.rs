@@ -4,6 +4,7 @@
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 
+use crate::acl::model::Operation;
 use crate::controller::{ConfigChange, ConfigOperation, ControllerCall};
 use crate::error_codes as codes;
 use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
@@ -11,7 +12,7 @@ use crate::handlers::describe_configs::RESOURCE_TOPIC;
 
 pub async fn handle(
     shard: &TopicAdmin<'_>,
-    _context: &RequestContext,
+    context: &RequestContext,
     request: AlterConfigsRequest,
 ) -> AlterConfigsResponse {
     let mut responses = Vec::with_capacity(request.resources.len());
@@ -25,6 +26,10 @@ pub async fn handle(
                     .with_error_code(codes::INVALID_REQUEST)
                     .with_error_message(Some(str_bytes("only topic configs can be altered"))),
             );
+            continue;
+        }
+        if !context.authorize_topic(Operation::AlterConfigs, resource.resource_name.as_str()) {
+            responses.push(response.with_error_code(codes::TOPIC_AUTHORIZATION_FAILED));
             continue;
         }
         let operations = resource

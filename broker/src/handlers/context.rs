@@ -24,6 +24,8 @@ use std::sync::Arc;
 use kafka_protocol::messages::ApiKey;
 use kafka_protocol::protocol::StrBytes;
 
+use crate::acl::model::{Operation, ResourceType, CLUSTER_RESOURCE_NAME};
+use crate::acl::store::{self as acl_store, AclChange, AclChangeReply, AclSnapshot, AclView};
 use crate::budgets::ByteBudget;
 use crate::config::BrokerConfig;
 use crate::controller::{ControllerCall, ControllerReply};
@@ -52,6 +54,69 @@ pub struct RequestContext {
     pub principal: Arc<str>,
     /// The request's place in its connection: 0, 1, 2, ... in arrival order.
     pub request_sequence: u64,
+    /// The shard's ACLs when the request started (`ShardServices::acls`); `None` when
+    /// authorization is off (`authorizer.class.name` empty): everything is allowed.
+    pub acls: Option<Arc<AclSnapshot>>,
+}
+
+impl RequestContext {
+    /// May this request's principal, from its address, do `operation` to the resource
+    /// `name` of `resource_type`? A lookup in the shard's own snapshot (`acl::authorizer`).
+    pub fn authorize(&self, operation: Operation, resource_type: ResourceType, name: &str) -> bool {
+        let Some(acls) = &self.acls else {
+            return true;
+        };
+        let host = self.peer.ip().to_string();
+        acl_store::decide(
+            Some(acls),
+            &self.principal,
+            &host,
+            operation,
+            resource_type,
+            name,
+        )
+    }
+
+    /// Of `candidates` (a bitfield of Kafka operation codes, `1 << code`), those this
+    /// principal may do to the resource: `Metadata`'s and `DescribeGroups`' authorized
+    /// operations.
+    pub fn authorized_operations(
+        &self,
+        resource_type: ResourceType,
+        name: &str,
+        candidates: i32,
+    ) -> i32 {
+        Operation::ALL
+            .iter()
+            .filter(|operation| candidates & (1 << operation.code()) != 0)
+            .filter(|operation| self.authorize(**operation, resource_type, name))
+            .fold(0, |bits, operation| bits | 1 << operation.code())
+    }
+
+    /// Whether the principal may do `operation` to some resource of `resource_type`
+    /// (Kafka's `authorizeByResourceType`, e.g. WRITE on any topic for idempotence).
+    pub fn authorize_any(&self, operation: Operation, resource_type: ResourceType) -> bool {
+        let Some(acls) = &self.acls else {
+            return true;
+        };
+        let host = self.peer.ip().to_string();
+        acls.allows_some(&self.principal, &host, operation, resource_type)
+    }
+
+    /// `authorize` on the cluster resource (`kafka-cluster`).
+    pub fn authorize_cluster(&self, operation: Operation) -> bool {
+        self.authorize(operation, ResourceType::Cluster, CLUSTER_RESOURCE_NAME)
+    }
+
+    /// `authorize` on a topic.
+    pub fn authorize_topic(&self, operation: Operation, topic: &str) -> bool {
+        self.authorize(operation, ResourceType::Topic, topic)
+    }
+
+    /// `authorize` on a group.
+    pub fn authorize_group(&self, operation: Operation, group: &str) -> bool {
+        self.authorize(operation, ResourceType::Group, group)
+    }
 }
 
 /// Shorthand for the codec's string type.
@@ -87,6 +152,16 @@ impl<'a> HandlerContext<'a> for TopicAdmin<'a> {
 }
 
 impl TopicAdmin<'_> {
+    /// See `ShardServices::acl_change`.
+    pub async fn acl_change(&self, change: AclChange) -> Option<AclChangeReply> {
+        self.services.acl_change(change).await
+    }
+
+    /// This shard's ACL state (`ShardServices::acls`).
+    pub fn acls(&self) -> &AclView {
+        &self.services.acls
+    }
+
     /// See `ShardServices::controller_call`.
     pub async fn controller_call(&self, call: ControllerCall) -> Option<ControllerReply> {
         self.services.controller_call(call).await

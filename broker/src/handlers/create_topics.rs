@@ -6,6 +6,7 @@ use kafka_protocol::messages::create_topics_response::{
 };
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, TopicName};
 
+use crate::acl::model::Operation;
 use crate::controller::{ControllerCall, NewTopic, TopicOutcome};
 use crate::error_codes as codes;
 use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
@@ -22,21 +23,37 @@ pub async fn handle(
     context: &RequestContext,
     request: CreateTopicsRequest,
 ) -> CreateTopicsResponse {
-    let topics: Vec<NewTopic> = request.topics.iter().map(new_topic).collect();
-    let reply = shard
-        .controller_call(ControllerCall::CreateTopics {
-            topics,
-            validate_only: request.validate_only,
-        })
-        .await;
+    // CREATE on the cluster, or on the topic (Kafka's rule).
+    let may_create_any = context.authorize_cluster(Operation::Create);
+    let (allowed, refused): (Vec<&CreatableTopic>, Vec<&CreatableTopic>) =
+        request.topics.iter().partition(|topic| {
+            may_create_any || context.authorize_topic(Operation::Create, topic.name.0.as_str())
+        });
+    let topics: Vec<NewTopic> = allowed.into_iter().map(new_topic).collect();
+    let reply = if topics.is_empty() {
+        None
+    } else {
+        shard
+            .controller_call(ControllerCall::CreateTopics {
+                topics,
+                validate_only: request.validate_only,
+            })
+            .await
+    };
     let snapshot = shard.metadata.current();
-    let results = reply.map_or_else(Vec::new, |reply| {
+    let mut results: Vec<CreatableTopicResult> = reply.map_or_else(Vec::new, |reply| {
         reply
             .outcomes
             .into_iter()
             .map(|outcome| describe_result(&snapshot, context.api_version, &outcome))
             .collect()
     });
+    results.extend(refused.into_iter().map(|topic| {
+        CreatableTopicResult::default()
+            .with_name(topic.name.clone())
+            .with_error_code(codes::TOPIC_AUTHORIZATION_FAILED)
+            .with_error_message(Some(str_bytes("creating the topic needs CREATE")))
+    }));
     CreateTopicsResponse::default().with_topics(results)
 }
 

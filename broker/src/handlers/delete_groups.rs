@@ -1,5 +1,6 @@
 //! `DeleteGroups`: removes groups without members, with their committed offsets.
 
+use crate::acl::model::Operation;
 use crate::handlers::context::{GroupAccess, RequestContext};
 use futures::future::join_all;
 use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
@@ -7,10 +8,15 @@ use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
 
 pub async fn handle(
     shard: &GroupAccess<'_>,
-    _context: &RequestContext,
+    context: &RequestContext,
     request: DeleteGroupsRequest,
 ) -> DeleteGroupsResponse {
     let results = request.groups_names.into_iter().map(|group_id| async move {
+        if !context.authorize_group(Operation::Delete, &group_id) {
+            return DeletableGroupResult::default()
+                .with_group_id(group_id)
+                .with_error_code(crate::error_codes::GROUP_AUTHORIZATION_FAILED);
+        }
         let error_code = shard
             .on_group_coordinator(
                 &group_id,

@@ -6,6 +6,7 @@ use kafka_protocol::messages::delete_records_response::{
 };
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
+use crate::acl::model::Operation;
 use crate::error_codes as codes;
 use crate::handlers::context::{PartitionAccess, RequestContext};
 use crate::metadata::TopicPartition;
@@ -13,12 +14,13 @@ use crate::partition;
 
 pub async fn handle(
     shard: &PartitionAccess<'_>,
-    _context: &RequestContext,
+    context: &RequestContext,
     request: DeleteRecordsRequest,
 ) -> DeleteRecordsResponse {
     let snapshot = shard.metadata.current();
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
+        let may_delete = context.authorize_topic(Operation::Delete, topic.name.0.as_str());
         let deletions = topic.partitions.iter().map(|partition| {
             let name = topic.name.0.as_str();
             let placement = snapshot
@@ -38,6 +40,9 @@ pub async fn handle(
                 let result = DeleteRecordsPartitionResult::default()
                     .with_partition_index(partition_index)
                     .with_low_watermark(-1);
+                if !may_delete {
+                    return result.with_error_code(codes::TOPIC_AUTHORIZATION_FAILED);
+                }
                 let Some((tp, owner)) = tp else {
                     return result.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION);
                 };

@@ -7,6 +7,7 @@ use kafka_protocol::messages::describe_configs_response::{
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::protocol::StrBytes;
 
+use crate::acl::model::Operation;
 use crate::error_codes as codes;
 use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
 use crate::settings::{Kind, Setting, Source};
@@ -32,9 +33,34 @@ pub async fn handle(
     let results = request
         .resources
         .into_iter()
-        .map(|resource| describe(shard, context.api_version, &resource))
+        .map(|resource| match refusal(context, &resource) {
+            Some(code) => DescribeConfigsResult::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name.clone())
+                .with_error_code(code),
+            None => describe(shard, context.api_version, &resource),
+        })
         .collect();
     DescribeConfigsResponse::default().with_results(results)
+}
+
+/// The error for a resource the principal may not `DESCRIBE_CONFIGS` (a topic, or the
+/// cluster for a broker's configs), or None.
+fn refusal(
+    context: &RequestContext,
+    resource: &kafka_protocol::messages::describe_configs_request::DescribeConfigsResource,
+) -> Option<i16> {
+    match resource.resource_type {
+        2 if !context
+            .authorize_topic(Operation::DescribeConfigs, resource.resource_name.as_str()) =>
+        {
+            Some(codes::TOPIC_AUTHORIZATION_FAILED)
+        }
+        4 | 8 if !context.authorize_cluster(Operation::DescribeConfigs) => {
+            Some(codes::CLUSTER_AUTHORIZATION_FAILED)
+        }
+        _ => None,
+    }
 }
 
 fn describe(

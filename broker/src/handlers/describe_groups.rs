@@ -6,6 +6,7 @@ use futures::future::join_all;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 
+use crate::acl::model::{Operation, ResourceType};
 use crate::groups::{codes, GroupDescription};
 use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
 
@@ -21,6 +22,11 @@ pub async fn handle(
     let version = context.api_version;
     let with_operations = version >= 3 && request.include_authorized_operations;
     let descriptions = request.groups.into_iter().map(|group_id| async move {
+        if !context.authorize_group(Operation::Describe, &group_id) {
+            return DescribedGroup::default()
+                .with_group_id(group_id)
+                .with_error_code(crate::error_codes::GROUP_AUTHORIZATION_FAILED);
+        }
         let reply = shard
             .on_group_coordinator(
                 &group_id,
@@ -49,7 +55,12 @@ pub async fn handle(
         };
         let described = described.with_group_id(group_id);
         if with_operations {
-            described.with_authorized_operations(GROUP_OPERATIONS_ALL)
+            let operations = context.authorized_operations(
+                ResourceType::Group,
+                &described.group_id,
+                GROUP_OPERATIONS_ALL,
+            );
+            described.with_authorized_operations(operations)
         } else {
             described
         }

@@ -18,6 +18,7 @@ use kafka_protocol::messages::describe_log_dirs_response::{
 };
 use kafka_protocol::messages::{DescribeLogDirsRequest, DescribeLogDirsResponse, TopicName};
 
+use crate::acl::model::Operation;
 use crate::error_codes as codes;
 use crate::handlers::context::{str_bytes, PartitionAccess, RequestContext};
 use crate::metadata::{MetadataSnapshot, TopicPartition};
@@ -25,9 +26,13 @@ use crate::partition;
 
 pub async fn handle(
     shard: &PartitionAccess<'_>,
-    _context: &RequestContext,
+    context: &RequestContext,
     request: DescribeLogDirsRequest,
 ) -> DescribeLogDirsResponse {
+    if !context.authorize_cluster(Operation::Describe) {
+        return DescribeLogDirsResponse::default()
+            .with_error_code(codes::CLUSTER_AUTHORIZATION_FAILED);
+    }
     let snapshot = shard.metadata.current();
     let shard_count = shard.router.shard_count();
     let mut by_owner: Vec<Vec<TopicPartition>> = vec![Vec::new(); shard_count];

@@ -21,6 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::acl::model::Operation;
 use crate::budgets::ByteBudget;
 use crate::handlers::context::{PartitionAccess, RequestContext};
 use crate::handlers::{Answer, ResponseFrame};
@@ -142,6 +143,7 @@ async fn serve(
         (request.max_bytes.max(1) as usize).min(limits.fetch_response_bytes_max);
     let min_bytes = request.min_bytes.max(0) as usize;
     let snapshot = shard.metadata.current();
+    let (request, refused_topics) = refuse_unreadable(context, request);
     let (wanted, mut topics) = resolve(&snapshot, request, response_bytes_max);
     // What the round before the last wait saw: a wait that ends with nothing appended (and
     // neither the deadline nor shutdown reached) must not start a round that waits again at
@@ -189,6 +191,7 @@ async fn serve(
                 down_convert(&wanted, &mut outcomes, magic, context.api_version);
             }
             let partition_batches = assemble(&wanted, outcomes, response_bytes_max, &mut topics);
+            topics.extend(refused_topics);
             return FetchAnswer {
                 response: FetchResponse::default().with_responses(topics),
                 partition_batches,
@@ -198,6 +201,42 @@ async fn serve(
         wait_for_any_append(shard, &wanted, &seen_high_watermarks, deadline - now).await;
         seen_before_wait = Some(seen_high_watermarks);
     }
+}
+
+/// Takes out of the request the topics the principal may not READ, each answered with
+/// `TOPIC_AUTHORIZATION_FAILED` on every partition it names (Kafka's per-partition answer).
+fn refuse_unreadable(
+    context: &RequestContext,
+    mut request: FetchRequest,
+) -> (FetchRequest, Vec<FetchableTopicResponse>) {
+    let (readable, unreadable) = std::mem::take(&mut request.topics)
+        .into_iter()
+        .partition(|topic| context.authorize_topic(Operation::Read, topic.topic.0.as_str()));
+    request.topics = readable;
+    let refused = unreadable
+        .into_iter()
+        .map(
+            |topic: kafka_protocol::messages::fetch_request::FetchTopic| {
+                let partitions = topic
+                    .partitions
+                    .iter()
+                    .map(|partition| {
+                        PartitionData::default()
+                            .with_partition_index(partition.partition)
+                            .with_error_code(codes::TOPIC_AUTHORIZATION_FAILED)
+                            .with_high_watermark(-1)
+                            .with_last_stable_offset(-1)
+                            .with_log_start_offset(-1)
+                    })
+                    .collect();
+                FetchableTopicResponse::default()
+                    .with_topic(topic.topic)
+                    .with_topic_id(topic.topic_id)
+                    .with_partitions(partitions)
+            },
+        )
+        .collect();
+    (request, refused)
 }
 
 fn resolve(

@@ -6,6 +6,7 @@ use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
 
+use crate::acl::model::Operation;
 use crate::config::BrokerConfig;
 use crate::error_codes as codes;
 use crate::groups::codes as group_codes;
@@ -26,7 +27,13 @@ pub async fn handle(
     };
     let mut coordinators = Vec::with_capacity(keys.len());
     for key in keys {
-        let error_code = lookup(shard, request.key_type, &key).await;
+        // A group's coordinator is found by who may describe the group (Kafka's rule).
+        let error_code =
+            if request.key_type == 0 && !context.authorize_group(Operation::Describe, &key) {
+                codes::GROUP_AUTHORIZATION_FAILED
+            } else {
+                lookup(shard, request.key_type, &key).await
+            };
         coordinators.push(coordinator(shard.config, context.listener, key, error_code));
     }
     if context.api_version >= 4 {

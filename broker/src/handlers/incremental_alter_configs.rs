@@ -5,6 +5,7 @@
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 
+use crate::acl::model::Operation;
 use crate::controller::{ConfigChange, ConfigOperation};
 use crate::error_codes as codes;
 use crate::handlers::alter_configs::submit_config_change;
@@ -16,7 +17,7 @@ const OPERATION_DELETE: i8 = 1;
 
 pub async fn handle(
     shard: &TopicAdmin<'_>,
-    _context: &RequestContext,
+    context: &RequestContext,
     request: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
     let mut responses = Vec::with_capacity(request.resources.len());
@@ -30,6 +31,10 @@ pub async fn handle(
                     .with_error_code(codes::INVALID_REQUEST)
                     .with_error_message(Some(str_bytes("only topic configs can be altered"))),
             );
+            continue;
+        }
+        if !context.authorize_topic(Operation::AlterConfigs, resource.resource_name.as_str()) {
+            responses.push(response.with_error_code(codes::TOPIC_AUTHORIZATION_FAILED));
             continue;
         }
         let mut operations = Vec::with_capacity(resource.configs.len());

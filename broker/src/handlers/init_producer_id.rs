@@ -6,6 +6,7 @@
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 
+use crate::acl::model::{Operation, ResourceType};
 use crate::groups;
 use crate::handlers::context::{GroupAccess, RequestContext};
 
@@ -14,7 +15,7 @@ const ALLOCATOR_SHARD: usize = 0;
 
 pub async fn handle(
     shard: &GroupAccess<'_>,
-    _context: &RequestContext,
+    context: &RequestContext,
     request: InitProducerIdRequest,
 ) -> InitProducerIdResponse {
     let failed = |code| {
@@ -25,6 +26,12 @@ pub async fn handle(
     };
     if request.transactional_id.is_some() {
         return failed(ResponseError::TransactionalIdAuthorizationFailed.code());
+    }
+    // Idempotence: IDEMPOTENT_WRITE on the cluster, or WRITE on any topic (Kafka 3+).
+    if !context.authorize_cluster(Operation::IdempotentWrite)
+        && !context.authorize_any(Operation::Write, ResourceType::Topic)
+    {
+        return failed(ResponseError::ClusterAuthorizationFailed.code());
     }
     let (producer_id, epoch) = (request.producer_id.0, request.producer_epoch);
     let allocated =

@@ -5,6 +5,8 @@
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
 
+use crate::acl::model::Operation;
+use crate::error_codes as codes;
 use crate::groups::group::{JoinRequest, JoinResult};
 use crate::groups::millis;
 use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
@@ -14,6 +16,9 @@ pub async fn handle(
     context: &RequestContext,
     request: JoinGroupRequest,
 ) -> JoinGroupResponse {
+    if !context.authorize_group(Operation::Read, &request.group_id) {
+        return JoinGroupResponse::default().with_error_code(codes::GROUP_AUTHORIZATION_FAILED);
+    }
     let version = context.api_version;
     let session_timeout = millis(request.session_timeout_ms);
     let join = JoinRequest {

@@ -3,6 +3,7 @@
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 
+use crate::acl::model::Operation;
 use crate::error_codes as codes;
 use crate::handlers::context::{GroupAccess, RequestContext};
 
@@ -11,6 +12,9 @@ pub async fn handle(
     context: &RequestContext,
     request: LeaveGroupRequest,
 ) -> LeaveGroupResponse {
+    if !context.authorize_group(Operation::Read, &request.group_id) {
+        return LeaveGroupResponse::default().with_error_code(codes::GROUP_AUTHORIZATION_FAILED);
+    }
     let batched = context.api_version >= 3;
     let members: Vec<_> = if batched {
         request.members

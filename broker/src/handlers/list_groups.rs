@@ -5,6 +5,7 @@ use futures::future::join_all;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
 
+use crate::acl::model::Operation;
 use crate::error_codes as codes;
 use crate::groups;
 use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
@@ -44,6 +45,7 @@ pub async fn handle(
         .into_iter()
         .filter(|(_, _, state)| states.is_empty() || states.contains(&state.to_lowercase()))
         .filter(|_| types_match)
+        .filter(|(group_id, _, _)| context.authorize_group(Operation::Describe, group_id))
         .map(|(group_id, protocol_type, state)| {
             let group = ListedGroup::default()
                 .with_group_id(GroupId(str_bytes(&group_id)))

@@ -15,6 +15,7 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
+use crate::acl::model::Operation;
 use crate::error_codes as codes;
 use crate::handlers::context::{PartitionAccess, RequestContext};
 use crate::metadata::TopicPartition;
@@ -29,6 +30,7 @@ pub async fn handle(
     let duplicated = duplicated_partitions(&request);
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
+        let may_describe = context.authorize_topic(Operation::Describe, topic.name.0.as_str());
         let lookups = topic.partitions.iter().map(|partition| {
             let named_twice =
                 duplicated.contains(&(topic.name.0.to_string(), partition.partition_index));
@@ -47,6 +49,11 @@ pub async fn handle(
             let (partition_index, timestamp_ms) = (partition.partition_index, partition.timestamp);
             let max_num_offsets = partition.max_num_offsets;
             async move {
+                if !may_describe {
+                    return ListOffsetsPartitionResponse::default()
+                        .with_partition_index(partition_index)
+                        .with_error_code(codes::TOPIC_AUTHORIZATION_FAILED);
+                }
                 // v0 answers every copy of a partition named twice: Kafka 3.9's v0 path has
                 // no duplicate check.
                 if context.api_version == 0 {

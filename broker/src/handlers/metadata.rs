@@ -8,14 +8,15 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use uuid::Uuid;
 
+use crate::acl::model::{Operation, ResourceType, CLUSTER_RESOURCE_NAME};
 use crate::config::BrokerConfig;
 use crate::controller::{ControllerCall, NewTopic};
 use crate::error_codes as codes;
 use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
 use crate::metadata::{MetadataSnapshot, TopicMetadata, TopicPartition};
 
-/// Kafka ACL operation codes as a bitfield (1 << code). There are no ACLs yet, so a client
-/// that asks is told it may do everything: READ 3, WRITE 4, CREATE 5, DELETE 6, ALTER 7,
+/// Kafka ACL operation codes as a bitfield (1 << code), of which a client that asks is told
+/// those its ACLs allow (all of them with authorization off): READ 3, WRITE 4, CREATE 5, DELETE 6, ALTER 7,
 /// DESCRIBE 8, `DESCRIBE_CONFIGS` 10, `ALTER_CONFIGS` 11.
 pub const TOPIC_OPERATIONS_ALL: i32 =
     1 << 3 | 1 << 4 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 8 | 1 << 10 | 1 << 11;
@@ -43,25 +44,43 @@ pub async fn handle(
         shard.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
     let mut snapshot = shard.metadata.current();
     let mut topics: Vec<MetadataResponseTopic> = match requested {
+        // Listing every topic lists those the principal may describe (Kafka's rule).
         None => snapshot
             .topics
             .values()
+            .filter(|topic| context.authorize_topic(Operation::Describe, &topic.name))
             .map(|topic| describe_topic(&snapshot, topic, version, node))
             .collect(),
         Some(requested) => {
-            let missing: Vec<String> = requested
+            let mut creation_errors = Vec::new();
+            // Auto-creation needs CREATE on the cluster or on the topic.
+            let (missing, uncreatable): (Vec<String>, Vec<String>) = requested
                 .iter()
                 .filter_map(|topic| topic.name.as_ref().map(|name| name.0.to_string()))
                 .filter(|name| snapshot.topic(name).is_none())
-                .collect();
-            let mut creation_errors = Vec::new();
+                .partition(|name| {
+                    context.authorize_cluster(Operation::Create)
+                        || context.authorize_topic(Operation::Create, name)
+                });
             if auto_create && !missing.is_empty() {
                 creation_errors = create_missing(shard, missing).await;
                 snapshot = shard.metadata.current();
             }
+            if auto_create {
+                creation_errors.extend(
+                    uncreatable
+                        .into_iter()
+                        .map(|name| (name, codes::TOPIC_AUTHORIZATION_FAILED)),
+                );
+            }
             requested
                 .iter()
                 .map(|topic| match &topic.name {
+                    Some(name) if !context.authorize_topic(Operation::Describe, name) => {
+                        MetadataResponseTopic::default()
+                            .with_name(Some(name.clone()))
+                            .with_error_code(codes::TOPIC_AUTHORIZATION_FAILED)
+                    }
                     Some(name) => {
                         describe_by_name(&snapshot, name, &creation_errors, version, node)
                     }
@@ -75,12 +94,18 @@ pub async fn handle(
             .iter_mut()
             .filter(|topic| topic.error_code == codes::NONE)
         {
-            topic.topic_authorized_operations = TOPIC_OPERATIONS_ALL;
+            let name = topic.name.as_ref().map_or("", |name| name.0.as_str());
+            topic.topic_authorized_operations =
+                context.authorized_operations(ResourceType::Topic, name, TOPIC_OPERATIONS_ALL);
         }
     }
     let response = MetadataResponse::default();
     let response = if include_cluster_operations {
-        response.with_cluster_authorized_operations(CLUSTER_OPERATIONS_ALL)
+        response.with_cluster_authorized_operations(context.authorized_operations(
+            ResourceType::Cluster,
+            CLUSTER_RESOURCE_NAME,
+            CLUSTER_OPERATIONS_ALL,
+        ))
     } else {
         response
     };

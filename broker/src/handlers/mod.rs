@@ -5,11 +5,14 @@
 pub mod alter_configs;
 pub mod api_versions;
 pub mod context;
+pub mod create_acls;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_acls;
 pub mod delete_groups;
 pub mod delete_records;
 pub mod delete_topics;
+pub mod describe_acls;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
@@ -130,6 +133,9 @@ served_apis! {
     DescribeLogDirs => describe_log_dirs::DescribeLogDirsRequest,
     DescribeTopicPartitions => describe_topic_partitions::DescribeTopicPartitionsRequest,
     InitProducerId => init_producer_id::InitProducerIdRequest,
+    DescribeAcls => describe_acls::DescribeAclsRequest,
+    CreateAcls => create_acls::CreateAclsRequest,
+    DeleteAcls => delete_acls::DeleteAclsRequest,
 }
 
 /// Starts a request. What must happen in the connection's request order happens here,

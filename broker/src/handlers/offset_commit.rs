@@ -15,6 +15,7 @@ use kafka_protocol::messages::offset_commit_response::{
 };
 use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 
+use crate::acl::model::Operation;
 use crate::error_codes as codes;
 use crate::groups::records::CommittedOffset;
 use crate::groups::CommitRequest;
@@ -23,8 +24,9 @@ use crate::handlers::context::{GroupAccess, RequestContext};
 pub async fn handle(
     shard: &GroupAccess<'_>,
     context: &RequestContext,
-    request: OffsetCommitRequest,
+    mut request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
+    let refused_topics = refuse_unauthorized(context, &mut request);
     let now_ms = shard.clock.now_ms();
     let snapshot = shard.metadata.current();
     // Per partition of the request, in order: whether it exists (and goes to the coordinator).
@@ -102,7 +104,44 @@ pub async fn handle(
                 .with_partitions(partitions)
         })
         .collect();
-    OffsetCommitResponse::default().with_topics(topics)
+    let topics: Vec<_> = topics;
+    OffsetCommitResponse::default().with_topics(topics.into_iter().chain(refused_topics).collect())
+}
+
+/// Takes out of the request the topics it may not commit: all of them without READ on the
+/// group (`GROUP_AUTHORIZATION_FAILED`), else those without READ on the topic
+/// (`TOPIC_AUTHORIZATION_FAILED`); returns their answers.
+fn refuse_unauthorized(
+    context: &RequestContext,
+    request: &mut OffsetCommitRequest,
+) -> Vec<OffsetCommitResponseTopic> {
+    let group_allowed = context.authorize_group(Operation::Read, &request.group_id);
+    let (readable, unreadable): (Vec<_>, Vec<_>) = std::mem::take(&mut request.topics)
+        .into_iter()
+        .partition(|topic| group_allowed && context.authorize_topic(Operation::Read, &topic.name));
+    request.topics = readable;
+    let refused_code = if group_allowed {
+        codes::TOPIC_AUTHORIZATION_FAILED
+    } else {
+        codes::GROUP_AUTHORIZATION_FAILED
+    };
+    unreadable
+        .into_iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|partition| {
+                    OffsetCommitResponsePartition::default()
+                        .with_partition_index(partition.partition_index)
+                        .with_error_code(refused_code)
+                })
+                .collect();
+            OffsetCommitResponseTopic::default()
+                .with_name(topic.name)
+                .with_partitions(partitions)
+        })
+        .collect()
 }
 
 /// What a request partition commits, as Kafka 3.9's `OffsetAndMetadata.fromRequest` makes

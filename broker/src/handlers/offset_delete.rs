@@ -6,14 +6,19 @@ use kafka_protocol::messages::offset_delete_response::{
 };
 use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 
+use crate::acl::model::Operation;
 use crate::error_codes as codes;
 use crate::handlers::context::{GroupAccess, RequestContext};
 
 pub async fn handle(
     shard: &GroupAccess<'_>,
-    _context: &RequestContext,
+    context: &RequestContext,
     request: OffsetDeleteRequest,
 ) -> OffsetDeleteResponse {
+    if !context.authorize_group(Operation::Delete, &request.group_id) {
+        return OffsetDeleteResponse::default()
+            .with_error_code(crate::error_codes::GROUP_AUTHORIZATION_FAILED);
+    }
     let partitions: Vec<(String, i32)> = request
         .topics
         .iter()

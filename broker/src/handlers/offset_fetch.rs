@@ -11,6 +11,7 @@ use kafka_protocol::messages::offset_fetch_response::{
 };
 use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, TopicName};
 
+use crate::acl::model::Operation;
 use crate::error_codes as codes;
 use crate::groups::records::CommittedOffset;
 use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
@@ -36,7 +37,7 @@ pub async fn handle(
                     .map(|t| (t.name.to_string(), t.partition_indexes))
                     .collect()
             });
-            let answer = fetch(shard, &group.group_id, partitions).await;
+            let answer = fetch(shard, context, &group.group_id, partitions).await;
             multi_group_entry(group.group_id, answer)
         });
         return OffsetFetchResponse::default().with_groups(join_all(lookups).await);
@@ -49,9 +50,15 @@ pub async fn handle(
     });
     let answer = if version == 0 {
         // v0's topics are not nullable: the codec always gives a list.
-        fetch_standalone(shard, &request.group_id, partitions.unwrap_or_default()).await
+        fetch_standalone(
+            shard,
+            context,
+            &request.group_id,
+            partitions.unwrap_or_default(),
+        )
+        .await
     } else {
-        fetch(shard, &request.group_id, partitions).await
+        fetch(shard, context, &request.group_id, partitions).await
     };
     single_group_response(version, answer)
 }
@@ -59,6 +66,7 @@ pub async fn handle(
 /// v0 reads what `OffsetCommit` v0 stored, and only that, as Kafka 3.9 read `ZooKeeper`.
 async fn fetch_standalone(
     shard: &GroupAccess<'_>,
+    context: &RequestContext,
     group: &str,
     partitions: Vec<(String, Vec<i32>)>,
 ) -> GroupOffsets {
@@ -66,6 +74,12 @@ async fn fetch_standalone(
         .iter()
         .flat_map(|(topic, indexes)| indexes.iter().map(move |i| (topic.clone(), *i)))
         .collect();
+    if !context.authorize_group(Operation::Read, group) {
+        return GroupOffsets {
+            error_code: codes::GROUP_AUTHORIZATION_FAILED,
+            offsets: requested.into_iter().map(|(t, p)| (t, p, None)).collect(),
+        };
+    }
     let fetched = shard
         .on_group_coordinator(group, move |groups, at| async move {
             groups.fetch_standalone(at, partitions).await
@@ -76,6 +90,8 @@ async fn fetch_standalone(
             error_code: codes::NONE,
             offsets: offsets
                 .into_iter()
+                // Topics the principal may not describe are left out, as Kafka leaves them out.
+                .filter(|(topic, _, _)| context.authorize_topic(Operation::Describe, topic))
                 .map(|(topic, partition, offset)| {
                     let value = offset.map(|offset| CommittedOffset {
                         offset,
@@ -94,6 +110,7 @@ async fn fetch_standalone(
 
 async fn fetch(
     shard: &GroupAccess<'_>,
+    context: &RequestContext,
     group: &str,
     partitions: Option<Vec<(String, Vec<i32>)>>,
 ) -> GroupOffsets {
@@ -102,15 +119,25 @@ async fn fetch(
         .flatten()
         .flat_map(|(topic, indexes)| indexes.iter().map(move |i| (topic.clone(), *i)))
         .collect();
+    if !context.authorize_group(Operation::Read, group) {
+        return GroupOffsets {
+            error_code: codes::GROUP_AUTHORIZATION_FAILED,
+            offsets: requested.into_iter().map(|(t, p)| (t, p, None)).collect(),
+        };
+    }
     let fetched = shard
         .on_group_coordinator(group, move |groups, at| async move {
             groups.fetch_offsets(at, partitions).await
         })
         .await;
     match fetched.and_then(|fetched| fetched) {
-        Ok(offsets) => GroupOffsets {
+        // Topics the principal may not describe are left out, as Kafka leaves them out.
+        Ok(mut offsets) => GroupOffsets {
+            offsets: {
+                offsets.retain(|(topic, _, _)| context.authorize_topic(Operation::Describe, topic));
+                offsets
+            },
             error_code: codes::NONE,
-            offsets,
         },
         Err(error_code) => GroupOffsets {
             error_code,

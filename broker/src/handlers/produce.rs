@@ -17,6 +17,7 @@ use glommio::task::JoinHandle;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 
+use crate::acl::model::Operation;
 use crate::error_codes as codes;
 use crate::handlers::context::{PartitionAccess, RequestContext};
 use crate::message_format;
@@ -52,9 +53,19 @@ pub fn dispatch(
         },
     };
     let mut responses = Vec::with_capacity(request.topic_data.len());
-    let mut pieces = Vec::new();
+    let mut pieces: Vec<LocalBoxFuture<'static, PieceAnswer>> = Vec::new();
     for (topic_index, topic) in request.topic_data.into_iter().enumerate() {
+        let may_write = context.authorize_topic(Operation::Write, topic.name.0.as_str());
         for partition in topic.partition_data {
+            if !may_write {
+                let refused = PartitionProduceResponse::default()
+                    .with_index(partition.index)
+                    .with_error_code(codes::TOPIC_AUTHORIZATION_FAILED)
+                    .with_base_offset(-1)
+                    .with_log_start_offset(-1);
+                pieces.push(Box::pin(ready((topic_index, refused))));
+                continue;
+            }
             let piece = Piece {
                 topic_index,
                 topic: topic.name.clone(),

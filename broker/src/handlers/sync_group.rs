@@ -3,6 +3,8 @@
 
 use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 
+use crate::acl::model::Operation;
+use crate::error_codes as codes;
 use crate::groups::group::SyncResult;
 use crate::groups::SyncRequest;
 use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
@@ -12,6 +14,9 @@ pub async fn handle(
     context: &RequestContext,
     request: SyncGroupRequest,
 ) -> SyncGroupResponse {
+    if !context.authorize_group(Operation::Read, &request.group_id) {
+        return SyncGroupResponse::default().with_error_code(codes::GROUP_AUTHORIZATION_FAILED);
+    }
     let sync = SyncRequest {
         member_id: request.member_id.to_string(),
         generation: request.generation_id,

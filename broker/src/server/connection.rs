@@ -562,6 +562,7 @@ fn start_request(
         listener: identity.listener,
         principal: identity.principal.borrow().clone(),
         request_sequence,
+        acls: shard.acls.current(),
     };
     if identity.sasl_pending() {
         let outcome = {

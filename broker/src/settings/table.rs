@@ -86,8 +86,27 @@ pub static SETTINGS: &[Setting] = &[
         "super.users",
         "",
         Kind::Text,
-        "Principals allowed everything whatever the ACLs say (User:name;User:other). Parsed \
-         and kept; ACLs are not enforced yet.",
+        "Principals allowed everything whatever the ACLs say (User:name;User:other), when \
+         authorizer.class.name turns ACLs on.",
+    ),
+    row(
+        "authorizer.class.name",
+        "",
+        Kind::OneOf(&[
+            "",
+            "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "kafka.security.authorizer.AclAuthorizer",
+        ]),
+        "Empty: no authorization, every client may do everything (Kafka's default). Kafka's \
+         org.apache.kafka.metadata.authorizer.StandardAuthorizer (or the older \
+         kafka.security.authorizer.AclAuthorizer) turns ACLs on: each request is checked \
+         against the ACLs CreateAcls stores.",
+    ),
+    row(
+        "allow.everyone.if.no.acl.found",
+        "false",
+        Kind::Bool,
+        "With ACLs on: allow every principal on a resource no ACL applies to.",
     ),
     row(
         "ssl.keystore.type",

@@ -97,6 +97,7 @@ impl Connection {
             listener: 0,
             principal: std::sync::Arc::from("User:ANONYMOUS"),
             request_sequence: sequence,
+            acls: self.shard.acls.current(),
         };
         let frame = handlers::start(self.shard.clone(), context, request)
             .await

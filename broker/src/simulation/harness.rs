@@ -204,6 +204,7 @@ impl Simulation {
                     listener: 0,
                     principal: std::sync::Arc::from("User:ANONYMOUS"),
                     request_sequence: u64::try_from(answered).expect("counts up from 0"),
+                    acls: None,
                 };
                 let requests = [
                     Some(all_default_request(spec.key)),
