@@ -174,6 +174,7 @@ fn check_decoded(
         Request::IncrementalAlterConfigs(r) => round_trip(r, version, flexible),
         Request::DescribeCluster(r) => round_trip(r, version, flexible),
         Request::DescribeLogDirs(r) => round_trip(r, version, flexible),
+        Request::DescribeProducers(r) => round_trip(r, version, flexible),
         Request::DescribeTopicPartitions(r) => round_trip(r, version, flexible),
         Request::InitProducerId(r) => round_trip(r, version, flexible),
         Request::SaslHandshake(r) => round_trip(r, version, flexible),
@@ -321,6 +322,7 @@ mod tests {
             IncrementalAlterConfigs => IncrementalAlterConfigsRequest,
             DescribeCluster => DescribeClusterRequest, InitProducerId => InitProducerIdRequest,
             DescribeLogDirs => DescribeLogDirsRequest,
+            DescribeProducers => DescribeProducersRequest,
             DescribeTopicPartitions => DescribeTopicPartitionsRequest,
             SaslHandshake => SaslHandshakeRequest, SaslAuthenticate => SaslAuthenticateRequest,
         }

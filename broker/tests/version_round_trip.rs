@@ -284,6 +284,7 @@ fn round_trip_version(key: ApiKey, version: i16, draws: &mut Draws) {
         DescribeCluster => DescribeClusterRequest,
         InitProducerId => InitProducerIdRequest,
         DescribeLogDirs => DescribeLogDirsRequest,
+        DescribeProducers => DescribeProducersRequest,
         DescribeTopicPartitions => DescribeTopicPartitionsRequest,
         SaslHandshake => SaslHandshakeRequest,
         SaslAuthenticate => SaslAuthenticateRequest,

@@ -48,7 +48,9 @@ impl MetaKind {
     pub const fn version(self) -> u32 {
         match self {
             MetaKind::SegmentIndex | MetaKind::RecoveryCheckpoint | MetaKind::CleanShutdown => 2,
-            MetaKind::ProducerState | MetaKind::LogFormat => 1,
+            // Version 2 of the producer state adds each producer's last timestamp.
+            MetaKind::ProducerState => 2,
+            MetaKind::LogFormat => 1,
         }
     }
 }

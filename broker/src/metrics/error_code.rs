@@ -8,11 +8,12 @@ use kafka_protocol::messages::{
     AlterConfigsResponse, ApiVersionsResponse, CreatePartitionsResponse, CreateTopicsResponse,
     DeleteGroupsResponse, DeleteRecordsResponse, DeleteTopicsResponse, DescribeClusterResponse,
     DescribeConfigsResponse, DescribeGroupsResponse, DescribeLogDirsResponse,
-    DescribeTopicPartitionsResponse, FetchResponse, FindCoordinatorResponse, HeartbeatResponse,
-    IncrementalAlterConfigsResponse, InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse,
-    ListGroupsResponse, ListOffsetsResponse, MetadataResponse, OffsetCommitResponse,
-    OffsetDeleteResponse, OffsetFetchResponse, ProduceResponse, SaslAuthenticateResponse,
-    SaslHandshakeResponse, SyncGroupResponse,
+    DescribeProducersResponse, DescribeTopicPartitionsResponse, FetchResponse,
+    FindCoordinatorResponse, HeartbeatResponse, IncrementalAlterConfigsResponse,
+    InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse,
+    ListOffsetsResponse, MetadataResponse, OffsetCommitResponse, OffsetDeleteResponse,
+    OffsetFetchResponse, ProduceResponse, SaslAuthenticateResponse, SaslHandshakeResponse,
+    SyncGroupResponse,
 };
 
 use crate::error_codes::NONE;
@@ -93,6 +94,7 @@ macro_rules! first_partition_error {
 
 first_partition_error!(
     DeleteRecordsResponse => topics.partitions,
+    DescribeProducersResponse => topics.partitions,
     ListOffsetsResponse => topics.partitions,
     OffsetCommitResponse => topics.partitions,
     ProduceResponse => responses.partition_responses,
