@@ -208,6 +208,7 @@ fn check_decoded(
         Request::DescribeAcls(r) => round_trip(r, version, flexible),
         Request::CreateAcls(r) => round_trip(r, version, flexible),
         Request::DeleteAcls(r) => round_trip(r, version, flexible),
+        Request::DescribeProducers(r) => round_trip(r, version, flexible),
         Request::DescribeTopicPartitions(r) => round_trip(r, version, flexible),
         Request::InitProducerId(r) => round_trip(r, version, flexible),
         Request::SaslHandshake(r) => round_trip(r, version, flexible),
@@ -378,6 +379,7 @@ mod tests {
             DescribeLogDirs => DescribeLogDirsRequest,
             DescribeAcls => DescribeAclsRequest, CreateAcls => CreateAclsRequest,
             DeleteAcls => DeleteAclsRequest,
+            DescribeProducers => DescribeProducersRequest,
             DescribeTopicPartitions => DescribeTopicPartitionsRequest,
             SaslHandshake => SaslHandshakeRequest, SaslAuthenticate => SaslAuthenticateRequest,
         }

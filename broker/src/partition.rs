@@ -406,6 +406,16 @@ impl PartitionTable {
         list_offset(self, tp, timestamp_ms).await
     }
 
+    /// The partition's active idempotent producers (`DescribeProducers`), or the error code
+    /// of a partition that is offline or not here.
+    pub async fn describe_producers(
+        &self,
+        tp: &TopicPartition,
+    ) -> Result<Vec<crate::producer_state::ProducerSummary>, i16> {
+        let log = self.log(tp)?;
+        Ok(self.producers.describe(tp, &log).await)
+    }
+
     /// Moves the log start to `offset` (-1 = the high watermark).
     pub async fn delete_records(&self, tp: &TopicPartition, offset: i64) -> OffsetOutcome {
         delete_records(self, tp, offset).await
@@ -559,6 +569,23 @@ pub async fn list_offset_on<S: PartitionOwner>(
         tp,
         Ending::ToCompletion,
         move |table, tp| async move { table.list_offset(&tp, timestamp_ms).await },
+    )
+    .await
+}
+
+/// [`PartitionTable::describe_producers`] on the partition's owner.
+pub async fn describe_producers_on<S: PartitionOwner>(
+    router: &Rc<ShardRouter<S>>,
+    owner: usize,
+    tp: TopicPartition,
+) -> Option<Result<Vec<crate::producer_state::ProducerSummary>, i16>> {
+    on_owner(
+        router,
+        owner,
+        tp,
+        // Loading the state from the log must not stop half-way.
+        Ending::ToCompletion,
+        move |table, tp| async move { table.describe_producers(&tp).await },
     )
     .await
 }

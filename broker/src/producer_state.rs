@@ -57,6 +57,23 @@ struct SnapshotProducer {
     producer_id: i64,
     epoch: i16,
     batches: Vec<SnapshotBatch>,
+    /// The max timestamp of the producer's newest batch (`DescribeProducers`); -1 when
+    /// upgraded from a version-1 file, which did not record it.
+    last_timestamp: i64,
+}
+
+/// Version 1 of the snapshot (no `last_timestamp`), read and upgraded in place.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Eq)]
+struct ProducerSnapshotV1 {
+    next_offset: i64,
+    producers: Vec<SnapshotProducerV1>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Eq)]
+struct SnapshotProducerV1 {
+    producer_id: i64,
+    epoch: i16,
+    batches: Vec<SnapshotBatch>,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Eq)]
@@ -72,8 +89,34 @@ fn encode_snapshot(snapshot: &ProducerSnapshot) -> Vec<u8> {
     meta::seal(MetaKind::ProducerState, &archive)
 }
 
+/// Reads the current version and version 1 (upgraded: its producers' last timestamp is
+/// unknown, -1, until their next batch); the next snapshot is written as the current one.
 fn decode_snapshot(file: &[u8]) -> Result<ProducerSnapshot, String> {
-    let payload = meta::open(MetaKind::ProducerState, file).map_err(|e| e.to_string())?;
+    let (version, payload) = meta::open_versions(
+        MetaKind::ProducerState,
+        file,
+        &[MetaKind::ProducerState.version(), 1],
+    )
+    .map_err(|e| e.to_string())?;
+    if version == 1 {
+        let archived = rkyv::access::<ArchivedProducerSnapshotV1, rkyv::rancor::Error>(&payload)
+            .map_err(|e| e.to_string())?;
+        let v1 = rkyv::deserialize::<ProducerSnapshotV1, rkyv::rancor::Error>(archived)
+            .map_err(|e| e.to_string())?;
+        return Ok(ProducerSnapshot {
+            next_offset: v1.next_offset,
+            producers: v1
+                .producers
+                .into_iter()
+                .map(|p| SnapshotProducer {
+                    producer_id: p.producer_id,
+                    epoch: p.epoch,
+                    batches: p.batches,
+                    last_timestamp: -1,
+                })
+                .collect(),
+        });
+    }
     let archived = rkyv::access::<ArchivedProducerSnapshot, rkyv::rancor::Error>(&payload)
         .map_err(|e| e.to_string())?;
     rkyv::deserialize::<ProducerSnapshot, rkyv::rancor::Error>(archived).map_err(|e| e.to_string())
@@ -87,10 +130,32 @@ struct BatchEntry {
     outcome: AppendOutcome,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ProducerEntry {
     epoch: i16,
     batches: VecDeque<BatchEntry>,
+    /// The max timestamp of the newest batch, -1 when not known.
+    last_timestamp: i64,
+}
+
+impl Default for ProducerEntry {
+    fn default() -> Self {
+        Self {
+            epoch: 0,
+            batches: VecDeque::new(),
+            last_timestamp: -1,
+        }
+    }
+}
+
+/// One active producer of a partition, as `DescribeProducers` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProducerSummary {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// -1 when no batch of the producer is remembered.
+    pub last_sequence: i32,
+    pub last_timestamp: i64,
 }
 
 /// What the sequence check decides for one batch.
@@ -183,6 +248,7 @@ impl PartitionProducers {
             .map(|(producer_id, entry)| SnapshotProducer {
                 producer_id: *producer_id,
                 epoch: entry.epoch,
+                last_timestamp: entry.last_timestamp,
                 batches: entry
                     .batches
                     .iter()
@@ -220,6 +286,7 @@ impl PartitionProducers {
             let entry = ProducerEntry {
                 epoch: producer.epoch,
                 batches,
+                last_timestamp: producer.last_timestamp,
             };
             producers.insert(producer.producer_id, entry);
         }
@@ -301,6 +368,7 @@ impl PartitionProducers {
             last_sequence: last_sequence(header),
             outcome,
         });
+        entry.last_timestamp = header.max_timestamp;
         while entry.batches.len() > BATCHES_REMEMBERED {
             entry.batches.pop_front();
         }
@@ -404,6 +472,34 @@ impl ProducerStates {
                 Ok(outcome)
             }
         }
+    }
+
+    /// The partition's active producers, sorted by id, loading its state from the log first
+    /// if no idempotent batch reached it since the start.
+    pub async fn describe(&self, tp: &TopicPartition, log: &PartitionLog) -> Vec<ProducerSummary> {
+        let (gate, state) = self
+            .partitions
+            .borrow_mut()
+            .entry(tp.clone())
+            .or_insert_with(|| (Rc::new(Semaphore::new(1)), Rc::default()))
+            .clone();
+        let _turn = gate.acquire_permit(1).await.expect("never closed");
+        if !state.loaded.get() {
+            state.load(tp, log).await;
+        }
+        let mut producers: Vec<ProducerSummary> = state
+            .producers
+            .borrow()
+            .iter()
+            .map(|(producer_id, entry)| ProducerSummary {
+                producer_id: *producer_id,
+                epoch: entry.epoch,
+                last_sequence: entry.batches.back().map_or(-1, |b| b.last_sequence),
+                last_timestamp: entry.last_timestamp,
+            })
+            .collect();
+        producers.sort_by_key(|p| p.producer_id);
+        producers
     }
 
     /// Forgets a partition that left this shard (deleted or moved).
@@ -639,6 +735,59 @@ mod tests {
         let mut corrupt = encode_snapshot(&snapshot);
         *corrupt.last_mut().unwrap() ^= 1;
         assert!(decode_snapshot(&corrupt).is_err());
+    }
+
+    /// A version-1 file (before last timestamps) is read, its producers' timestamps unknown.
+    #[test]
+    fn a_version_1_snapshot_is_upgraded_on_read() {
+        let v1 = ProducerSnapshotV1 {
+            next_offset: 20,
+            producers: vec![SnapshotProducerV1 {
+                producer_id: 7,
+                epoch: 2,
+                batches: vec![SnapshotBatch {
+                    first_sequence: 0,
+                    last_sequence: 9,
+                    base_offset: 10,
+                    last_offset: 19,
+                }],
+            }],
+        };
+        let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&v1).expect("plain structs");
+        let mut file = meta::seal(MetaKind::ProducerState, &archive);
+        // `seal` writes the current version; make it a version-1 envelope.
+        file[meta::ENVELOPE_VERSION_OFFSET..meta::ENVELOPE_VERSION_OFFSET + 4]
+            .copy_from_slice(&1_u32.to_le_bytes());
+        let header_crc = crc32c::crc32c(&file[..meta::ENVELOPE_HEADER_CRC_OFFSET]);
+        file[meta::ENVELOPE_HEADER_CRC_OFFSET..meta::ENVELOPE_HEADER_CRC_OFFSET + 4]
+            .copy_from_slice(&header_crc.to_le_bytes());
+        let upgraded = decode_snapshot(&file).expect("version 1 is read");
+        assert_eq!(upgraded.next_offset, 20);
+        assert_eq!(upgraded.producers[0].epoch, 2);
+        assert_eq!(upgraded.producers[0].last_timestamp, -1);
+        assert_eq!(upgraded.producers[0].batches, v1.producers[0].batches);
+        // A version this build does not know is refused, not misread.
+        file[meta::ENVELOPE_VERSION_OFFSET..meta::ENVELOPE_VERSION_OFFSET + 4]
+            .copy_from_slice(&9_u32.to_le_bytes());
+        let header_crc = crc32c::crc32c(&file[..meta::ENVELOPE_HEADER_CRC_OFFSET]);
+        file[meta::ENVELOPE_HEADER_CRC_OFFSET..meta::ENVELOPE_HEADER_CRC_OFFSET + 4]
+            .copy_from_slice(&header_crc.to_le_bytes());
+        assert!(decode_snapshot(&file).is_err());
+    }
+
+    #[test]
+    fn last_timestamp_follows_the_newest_batch_and_survives_a_snapshot() {
+        let state = PartitionProducers::default();
+        let mut first = header(0, 0, 10);
+        first.max_timestamp = 1_000;
+        let mut second = header(0, 10, 10);
+        second.max_timestamp = 2_000;
+        state.remember(&first, outcome(0));
+        state.remember(&second, outcome(10));
+        assert_eq!(state.producers.borrow()[&7].last_timestamp, 2_000);
+        let restored = PartitionProducers::default();
+        restored.install(decode_snapshot(&encode_snapshot(&state.snapshot(20))).expect("valid"));
+        assert_eq!(restored.producers.borrow()[&7].last_timestamp, 2_000);
     }
 
     #[test]

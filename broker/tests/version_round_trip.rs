@@ -287,6 +287,7 @@ fn round_trip_version(key: ApiKey, version: i16, draws: &mut Draws) {
         DescribeAcls => DescribeAclsRequest,
         CreateAcls => CreateAclsRequest,
         DeleteAcls => DeleteAclsRequest,
+        DescribeProducers => DescribeProducersRequest,
         DescribeTopicPartitions => DescribeTopicPartitionsRequest,
         SaslHandshake => SaslHandshakeRequest,
         SaslAuthenticate => SaslAuthenticateRequest,

@@ -47,8 +47,12 @@ impl MetaKind {
     /// index, checkpoint and marker carries Raft indexes (partition format 2).
     pub const fn version(self) -> u32 {
         match self {
-            MetaKind::SegmentIndex | MetaKind::RecoveryCheckpoint | MetaKind::CleanShutdown => 2,
-            MetaKind::ProducerState | MetaKind::LogFormat => 1,
+            // Version 2 of the producer state adds each producer's last timestamp.
+            MetaKind::SegmentIndex
+            | MetaKind::RecoveryCheckpoint
+            | MetaKind::CleanShutdown
+            | MetaKind::ProducerState => 2,
+            MetaKind::LogFormat => 1,
         }
     }
 }

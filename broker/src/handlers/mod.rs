@@ -17,6 +17,7 @@ pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
 pub mod describe_log_dirs;
+pub mod describe_producers;
 pub mod describe_topic_partitions;
 pub mod fetch;
 pub mod find_coordinator;
@@ -131,6 +132,7 @@ served_apis! {
     IncrementalAlterConfigs => incremental_alter_configs::IncrementalAlterConfigsRequest,
     DescribeCluster => describe_cluster::DescribeClusterRequest,
     DescribeLogDirs => describe_log_dirs::DescribeLogDirsRequest,
+    DescribeProducers => describe_producers::DescribeProducersRequest,
     DescribeTopicPartitions => describe_topic_partitions::DescribeTopicPartitionsRequest,
     InitProducerId => init_producer_id::InitProducerIdRequest,
     DescribeAcls => describe_acls::DescribeAclsRequest,
