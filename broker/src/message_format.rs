@@ -90,13 +90,15 @@ fn up_convert_bounded(
     if records.len() > batch_bytes_max {
         return Err(codes::MESSAGE_TOO_LARGE);
     }
-    // First pass: check every outer message and decompress the wrappers' inner sets, so the
-    // second can borrow keys and values from them.
+    // First pass: check every outer message (framing and CRC, once) and decompress the
+    // wrappers' inner sets, so the second can borrow keys and values from them.
+    let mut outer: Vec<Message<'_>> = Vec::new();
     let mut inner_sets: Vec<Vec<u8>> = Vec::new();
     let mut decompressed_bytes = 0;
     let mut target = Codec::None;
     for message in MessageSetReader::new(records) {
         let message = message.map_err(|error| set_error_code(&error))?;
+        outer.push(message);
         let codec = wrapper_codec(&message)?;
         if codec == Codec::None {
             continue;
@@ -120,10 +122,9 @@ fn up_convert_bounded(
     }
     let mut converted: Vec<build::Record<'_>> = Vec::new();
     let mut inner_sets = inner_sets.iter();
-    for message in MessageSetReader::new(records) {
-        let message = message.map_err(|error| set_error_code(&error))?;
+    for message in &outer {
         if message.codec() == 0 {
-            converted.push(record_of(&message, message.timestamp));
+            converted.push(record_of(message, message.timestamp));
             continue;
         }
         let inner_set = inner_sets.next().expect("one inner set per wrapper");
