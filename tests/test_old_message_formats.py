@@ -21,27 +21,32 @@ INVALID_RECORD = 87
 NONE = 0
 
 
-def kafka_python_produce(bootstrap, topic, pin, messages, compression=None):
-    """Sends (key, value, timestamp) messages; returns their offsets in order."""
+def kafka_python_produce(bootstrap, topic, pin, messages, compression=None, partitions=1):
+    """Sends (key, value, timestamp) messages, message i to partition i % partitions; returns
+    their offsets in order."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, api_version=pin, acks="all", linger_ms=5,
                              compression_type=compression, request_timeout_ms=10000, max_block_ms=10000,
                              **helpers.KAFKA_PYTHON_NO_IDEMPOTENCE)
     try:
-        futures = [producer.send(topic, key=key, value=value, timestamp_ms=timestamp)
-                   for key, value, timestamp in messages]
+        futures = [producer.send(topic, key=key, value=value, timestamp_ms=timestamp,
+                                 partition=i % partitions)
+                   for i, (key, value, timestamp) in enumerate(messages)]
         producer.flush(timeout=30)
         return [future.get(timeout=0).offset for future in futures]
     finally:
         producer.close(timeout=5)
 
 
-def kafka_python_consume(bootstrap, topic, pin, count):
-    """Reads `count` records of partition 0 from offset 0, no group."""
+def kafka_python_consume(bootstrap, topic, pin, count, partitions=1):
+    """Reads `count` records of partitions 0..partitions from offset 0 (one consumer, so one
+    fetch asks for them all), no group; returns them grouped by partition, each in order."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, api_version=pin, enable_auto_commit=False,
                              auto_offset_reset="earliest", consumer_timeout_ms=15000,
                              max_partition_fetch_bytes=1 << 20)
-    consumer.assign([TopicPartition(topic, 0)])
-    consumer.seek(TopicPartition(topic, 0), 0)
+    assigned = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer.assign(assigned)
+    for tp in assigned:
+        consumer.seek(tp, 0)
     records = []
     try:
         for record in consumer:
@@ -50,7 +55,7 @@ def kafka_python_consume(bootstrap, topic, pin, count):
                 break
     finally:
         consumer.close()
-    return records
+    return sorted(records, key=lambda record: record.partition)  # stable: offsets stay in order
 
 
 CODECS = [None, "gzip"] + (["snappy"] if has_snappy() else []) + (["lz4"] if has_lz4() else [])
@@ -61,22 +66,29 @@ CODECS = [None, "gzip"] + (["snappy"] if has_snappy() else []) + (["lz4"] if has
 def test_kafka_python_old_formats_round_trip(broker, pin, compression):
     bootstrap = broker.bootstrap
     topic = f"old-{pin[1]}-{compression or 'none'}"
-    helpers.create_topic(bootstrap, topic, 1)
+    partitions = 3
+    helpers.create_topic(bootstrap, topic, partitions)
     messages = [(f"k{i}".encode() if i % 3 or i % 50 == 7 else None,
                  None if i % 50 == 7 else bytes([i % 251]) * (i * 37 % 900),
                  1_700_000_000_000 + i)
                 for i in range(300)]
-    assert kafka_python_produce(bootstrap, topic, pin, messages, compression) == list(range(300))
-    records = kafka_python_consume(bootstrap, topic, pin, 300)
-    assert [r.offset for r in records] == list(range(300))
-    assert [(r.key, r.value) for r in records] == [(k, v) for k, v, _ in messages]
+    # Message i went to partition i % 3, at offset i // 3 there.
+    expected = sorted(((i % partitions, i // partitions, m) for i, m in enumerate(messages)),
+                      key=lambda e: e[0])
+    offsets = kafka_python_produce(bootstrap, topic, pin, messages, compression, partitions)
+    assert offsets == [i // partitions for i in range(300)]
+    records = kafka_python_consume(bootstrap, topic, pin, 300, partitions)
+    assert [(r.partition, r.offset, r.key, r.value) for r in records] == \
+        [(p, o, k, v) for p, o, (k, v, _) in expected]
     if pin >= (0, 10):
-        assert [r.timestamp for r in records] == [t for _, _, t in messages]
+        assert [r.timestamp for r in records] == [t for _, _, (_, _, t) in expected]
     else:
         assert all(r.timestamp in (None, -1) for r in records), "magic 0 has no timestamps"
     # A v2 fetcher reads what the old producer wrote: same offsets, keys and values.
-    v2 = helpers.consume_partition(bootstrap, topic, 0, 300)
-    assert [(o, k, v) for o, k, v, _, _ in v2] == [(i, k, v) for i, (k, v, _) in enumerate(messages)]
+    for partition in range(partitions):
+        v2 = helpers.consume_partition(bootstrap, topic, partition, 100)
+        assert [(o, k, v) for o, k, v, _, _ in v2] == \
+            [(o, k, v) for p, o, (k, v, _) in expected if p == partition]
 
 
 def librdkafka_config(fallback):

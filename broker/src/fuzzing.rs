@@ -258,17 +258,25 @@ mod tests {
     //! Replays every committed corpus file (`fuzz/corpus/request_decoding/`) through the
     //! entry point above, so a crash the fuzzer once found stays fixed under `cargo test`.
     use super::*;
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
 
-    #[test]
-    fn sasl_exchange_corpus_replays() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/sasl_exchange");
+    /// The committed inputs of one fuzz target (`fuzz/corpus/<target>/`), sorted; never empty.
+    fn corpus(target: &str) -> Vec<PathBuf> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus")
+            .join(target);
         let mut paths: Vec<_> = std::fs::read_dir(&dir)
-            .expect("the sasl_exchange corpus directory")
-            .map(|entry| entry.expect("a directory entry").path())
+            .unwrap_or_else(|error| panic!("{}: {error}", dir.display()))
+            .map(|entry| entry.expect("directory entry").path())
             .collect();
         paths.sort();
         assert!(!paths.is_empty(), "{} holds no corpus", dir.display());
+        paths
+    }
+
+    #[test]
+    fn sasl_exchange_corpus_replays() {
+        let paths = corpus("sasl_exchange");
         let mut completed = 0;
         for path in &paths {
             completed += super::sasl_exchange(&std::fs::read(path).expect("corpus file"));
@@ -283,13 +291,7 @@ mod tests {
 
     #[test]
     fn request_decoding_corpus_replays() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/request_decoding");
-        let mut paths: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|error| panic!("{}: {error}", dir.display()))
-            .map(|entry| entry.expect("directory entry").path())
-            .collect();
-        paths.sort();
-        assert!(!paths.is_empty(), "{} holds no corpus", dir.display());
+        let paths = corpus("request_decoding");
         let mut decoded = 0;
         for path in &paths {
             println!("{}", path.display());
@@ -306,13 +308,7 @@ mod tests {
 
     #[test]
     fn message_set_reading_corpus_replays() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/message_set_reading");
-        let mut paths: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|error| panic!("{}: {error}", dir.display()))
-            .map(|entry| entry.expect("directory entry").path())
-            .collect();
-        paths.sort();
-        assert!(!paths.is_empty(), "{} holds no corpus", dir.display());
+        let paths = corpus("message_set_reading");
         let converted = paths
             .iter()
             .filter(|path| message_set_reading(&std::fs::read(path).expect("corpus file")))

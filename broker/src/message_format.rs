@@ -90,13 +90,15 @@ fn up_convert_bounded(
     if records.len() > batch_bytes_max {
         return Err(codes::MESSAGE_TOO_LARGE);
     }
-    // First pass: check every outer message and decompress the wrappers' inner sets, so the
-    // second can borrow keys and values from them.
+    // First pass: check every outer message (framing and CRC, once) and decompress the
+    // wrappers' inner sets, so the second can borrow keys and values from them.
+    let mut outer: Vec<Message<'_>> = Vec::new();
     let mut inner_sets: Vec<Vec<u8>> = Vec::new();
     let mut decompressed_bytes = 0;
     let mut target = Codec::None;
     for message in MessageSetReader::new(records) {
         let message = message.map_err(|error| set_error_code(&error))?;
+        outer.push(message);
         let codec = wrapper_codec(&message)?;
         if codec == Codec::None {
             continue;
@@ -120,10 +122,9 @@ fn up_convert_bounded(
     }
     let mut converted: Vec<build::Record<'_>> = Vec::new();
     let mut inner_sets = inner_sets.iter();
-    for message in MessageSetReader::new(records) {
-        let message = message.map_err(|error| set_error_code(&error))?;
+    for message in &outer {
         if message.codec() == 0 {
-            converted.push(record_of(&message, message.timestamp));
+            converted.push(record_of(message, message.timestamp));
             continue;
         }
         let inner_set = inner_sets.next().expect("one inner set per wrapper");
@@ -252,14 +253,16 @@ pub fn down_convert(batches: &[Bytes], rules: DownConversion) -> Result<Vec<Byte
             .ok_or(codes::CORRUPT_MESSAGE)?;
         for _ in 0..header.record_count {
             let record = read_record(&mut records).ok_or(codes::CORRUPT_MESSAGE)?;
-            let offset = header.base_offset + record.offset_delta;
+            // Deltas are the producer's bytes (the log checks framing and CRC, not them):
+            // added as Kafka's Java longs add, wrapping, never a panic.
+            let offset = header.base_offset.wrapping_add(record.offset_delta);
             if offset < rules.fetch_offset {
                 continue;
             }
             let timestamp = if log_append_time {
                 header.max_timestamp
             } else {
-                header.base_timestamp + record.timestamp_delta
+                header.base_timestamp.wrapping_add(record.timestamp_delta)
             };
             let attributes = if rules.magic >= 1 && log_append_time {
                 TIMESTAMP_TYPE_LOG_APPEND
@@ -623,6 +626,38 @@ mod tests {
             ..rules(1, 10)
         };
         assert_eq!(down_convert(&[batch], cut).unwrap()[0].len(), 10);
+    }
+
+    /// A stored batch whose base plus a record's delta passes `i64::MAX` (a v3+ producer
+    /// chooses the timestamps and deltas) is converted, not a panic.
+    #[test]
+    fn deltas_past_i64_max_do_not_panic() {
+        use ringfeed_protocol::batch::{BASE_OFFSET_OFFSET, BASE_TIMESTAMP_OFFSET};
+        let records = [
+            build::Record {
+                key: None,
+                value: Some(b"a"),
+                timestamp_ms: 0,
+            },
+            build::Record {
+                key: None,
+                value: Some(b"b"),
+                timestamp_ms: 5,
+            },
+        ];
+        let mut batch = build::batch(&records).to_vec();
+        batch[BASE_OFFSET_OFFSET..BASE_OFFSET_OFFSET + 8].copy_from_slice(&i64::MAX.to_be_bytes());
+        batch[BASE_TIMESTAMP_OFFSET..BASE_TIMESTAMP_OFFSET + 8]
+            .copy_from_slice(&i64::MAX.to_be_bytes());
+        let rules = DownConversion {
+            fetch_offset: i64::MIN,
+            ..rules(1, usize::MAX)
+        };
+        let back = read_back(&down_convert(&[Bytes::from(batch)], rules).unwrap());
+        assert_eq!(
+            back.iter().map(|m| (m.0, m.1)).collect::<Vec<_>>(),
+            vec![(i64::MAX, i64::MAX), (i64::MIN, i64::MIN + 4)]
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use glommio::sync::Semaphore;
+use glommio::sync::{Semaphore, StaticPermit};
 use kafka_protocol::error::ResponseError;
 
 use crate::disk::{BrokerDisk, PartitionLog};
@@ -443,16 +443,7 @@ impl ProducerStates {
         let Some(header) = header else {
             return log.append_checked(batch).await.map_err(Refused::Append);
         };
-        let (gate, state) = self
-            .partitions
-            .borrow_mut()
-            .entry(tp.clone())
-            .or_insert_with(|| (Rc::new(Semaphore::new(1)), Rc::default()))
-            .clone();
-        let _turn = gate.acquire_permit(1).await.expect("never closed");
-        if !state.loaded.get() {
-            state.load(tp, log).await;
-        }
+        let (_turn, state) = self.gated_loaded(tp, log).await;
         let verdict = check(state.producers.borrow().get(&header.producer_id), &header);
         match verdict {
             Verdict::Refuse(code) => Err(Refused::Sequence(code)),
@@ -474,19 +465,30 @@ impl ProducerStates {
         }
     }
 
-    /// The partition's active producers, sorted by id, loading its state from the log first
-    /// if no idempotent batch reached it since the start.
-    pub async fn describe(&self, tp: &TopicPartition, log: &PartitionLog) -> Vec<ProducerSummary> {
+    /// The partition's state, loaded from the log if this is its first use, and the turn at
+    /// its gate: the state is read or changed only while the permit is held.
+    async fn gated_loaded(
+        &self,
+        tp: &TopicPartition,
+        log: &PartitionLog,
+    ) -> (StaticPermit, Rc<PartitionProducers>) {
         let (gate, state) = self
             .partitions
             .borrow_mut()
             .entry(tp.clone())
             .or_insert_with(|| (Rc::new(Semaphore::new(1)), Rc::default()))
             .clone();
-        let _turn = gate.acquire_permit(1).await.expect("never closed");
+        let turn = gate.acquire_static_permit(1).await.expect("never closed");
         if !state.loaded.get() {
             state.load(tp, log).await;
         }
+        (turn, state)
+    }
+
+    /// The partition's active producers, sorted by id, loading its state from the log first
+    /// if no idempotent batch reached it since the start.
+    pub async fn describe(&self, tp: &TopicPartition, log: &PartitionLog) -> Vec<ProducerSummary> {
+        let (_turn, state) = self.gated_loaded(tp, log).await;
         let mut producers: Vec<ProducerSummary> = state
             .producers
             .borrow()
