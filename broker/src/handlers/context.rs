@@ -60,6 +60,12 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
+    /// Whether ACLs are enforced: a handler skips taking its request apart by
+    /// authorization when they are not (`authorize` would allow everything anyway).
+    pub fn enforces_acls(&self) -> bool {
+        self.acls.is_some()
+    }
+
     /// May this request's principal, from its address, do `operation` to the resource
     /// `name` of `resource_type`? A lookup in the shard's own snapshot (`acl::authorizer`).
     pub fn authorize(&self, operation: Operation, resource_type: ResourceType, name: &str) -> bool {

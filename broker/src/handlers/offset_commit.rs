@@ -127,6 +127,9 @@ fn refuse_unauthorized(
     context: &RequestContext,
     request: &mut OffsetCommitRequest,
 ) -> Vec<OffsetCommitResponseTopic> {
+    if !context.enforces_acls() {
+        return Vec::new();
+    }
     let group_allowed = context.authorize_group(Operation::Read, &request.group_id);
     let (readable, unreadable): (Vec<_>, Vec<_>) = std::mem::take(&mut request.topics)
         .into_iter()
