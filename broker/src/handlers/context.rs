@@ -60,21 +60,43 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
+    /// Whether ACLs are enforced: a handler skips taking its request apart by
+    /// authorization when they are not (`authorize` would allow everything anyway).
+    pub fn enforces_acls(&self) -> bool {
+        self.acls.is_some()
+    }
+
     /// May this request's principal, from its address, do `operation` to the resource
     /// `name` of `resource_type`? A lookup in the shard's own snapshot (`acl::authorizer`).
     pub fn authorize(&self, operation: Operation, resource_type: ResourceType, name: &str) -> bool {
         let Some(acls) = &self.acls else {
             return true;
         };
-        let host = self.peer.ip().to_string();
-        acl_store::decide(
-            Some(acls),
-            &self.principal,
-            &host,
-            operation,
-            resource_type,
-            name,
-        )
+        self.with_host(|host| {
+            acl_store::decide(
+                Some(acls),
+                &self.principal,
+                host,
+                operation,
+                resource_type,
+                name,
+            )
+        })
+    }
+
+    /// Runs `work` with the client's address as text, formatted on the stack: a check per
+    /// topic or partition allocates nothing (an IPv6 address is at most 45 characters).
+    fn with_host<R>(&self, work: impl FnOnce(&str) -> R) -> R {
+        use std::io::Write;
+        let mut buffer = [0_u8; 64];
+        let mut cursor = std::io::Cursor::new(&mut buffer[..]);
+        if write!(cursor, "{}", self.peer.ip()).is_ok() {
+            let length = usize::try_from(cursor.position()).unwrap_or(0);
+            if let Ok(host) = std::str::from_utf8(&buffer[..length]) {
+                return work(host);
+            }
+        }
+        work(&self.peer.ip().to_string())
     }
 
     /// Of `candidates` (a bitfield of Kafka operation codes, `1 << code`), those this
@@ -99,8 +121,7 @@ impl RequestContext {
         let Some(acls) = &self.acls else {
             return true;
         };
-        let host = self.peer.ip().to_string();
-        acls.allows_some(&self.principal, &host, operation, resource_type)
+        self.with_host(|host| acls.allows_some(&self.principal, host, operation, resource_type))
     }
 
     /// `authorize` on the cluster resource (`kafka-cluster`).
@@ -233,6 +254,36 @@ impl<'a> HandlerContext<'a> for PartitionAccess<'a> {
             metrics: &services.metrics,
             fetch_sessions: &services.fetch_sessions,
             clock: &services.clock,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_text_on_the_stack_is_the_address_as_displayed() {
+        for peer in [
+            "127.0.0.1:9092",
+            "[::1]:9092",
+            "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:1",
+            "[::ffff:10.1.2.3]:9092",
+        ] {
+            let context = RequestContext {
+                api_key: ApiKey::Metadata,
+                api_version: 12,
+                correlation_id: 1,
+                client_id: None,
+                peer: peer.parse().unwrap(),
+                connection_id: 0,
+                listener: 0,
+                principal: Arc::from("User:ANONYMOUS"),
+                request_sequence: 0,
+                acls: None,
+            };
+            let expected = context.peer.ip().to_string();
+            assert_eq!(context.with_host(str::to_string), expected, "{peer}");
         }
     }
 }

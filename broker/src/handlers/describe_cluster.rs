@@ -3,6 +3,7 @@
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
 
+use crate::acl::model::{ResourceType, CLUSTER_RESOURCE_NAME};
 use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
 
 #[allow(clippy::unused_async)]
@@ -23,8 +24,12 @@ pub async fn handle(
         .with_controller_id(BrokerId(snapshot.controller_id))
         .with_brokers(vec![broker]);
     let response = if request.include_cluster_authorized_operations {
-        response
-            .with_cluster_authorized_operations(crate::handlers::metadata::CLUSTER_OPERATIONS_ALL)
+        // What the principal's ACLs allow on the cluster, as `Metadata` reports it.
+        response.with_cluster_authorized_operations(context.authorized_operations(
+            ResourceType::Cluster,
+            CLUSTER_RESOURCE_NAME,
+            crate::handlers::metadata::CLUSTER_OPERATIONS_ALL,
+        ))
     } else {
         response
     };

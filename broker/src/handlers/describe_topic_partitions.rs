@@ -19,6 +19,7 @@ use kafka_protocol::messages::{
     BrokerId, DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse, TopicName,
 };
 
+use crate::acl::model::{Operation, ResourceType};
 use crate::error_codes as codes;
 use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
 use crate::handlers::metadata::TOPIC_OPERATIONS_ALL;
@@ -30,15 +31,18 @@ pub const PARTITIONS_PER_RESPONSE_MAX: i32 = 2000;
 #[allow(clippy::unused_async)]
 pub async fn handle(
     shard: &TopicAdmin<'_>,
-    _context: &RequestContext,
+    context: &RequestContext,
     request: DescribeTopicPartitionsRequest,
 ) -> DescribeTopicPartitionsResponse {
     let snapshot = shard.metadata.current();
     let node = BrokerId(shard.config.cluster.node_id);
+    // As `Metadata`: listing every topic lists those the principal may describe; a named
+    // topic it may not describe is refused (and said to exist no more than an unknown one).
     let requested: Vec<(String, Option<i32>)> = if request.topics.is_empty() {
         snapshot
             .topics
             .values()
+            .filter(|topic| context.authorize_topic(Operation::Describe, &topic.name))
             .map(|topic| (topic.name.to_string(), Some(topic.partition_count())))
             .collect()
     } else {
@@ -47,7 +51,10 @@ pub async fn handle(
             .iter()
             .map(|topic| {
                 let name = topic.name.0.to_string();
-                let count = snapshot.topic(&name).map(|topic| topic.partition_count());
+                let count = snapshot
+                    .topic(&name)
+                    .filter(|_| context.authorize_topic(Operation::Describe, &name))
+                    .map(|topic| topic.partition_count());
                 (name, count)
             })
             .collect()
@@ -62,7 +69,19 @@ pub async fn handle(
     let (page, next) = page(requested, cursor.as_ref(), limit);
     let topics = page
         .into_iter()
-        .map(|(name, partitions)| describe(&snapshot, &name, partitions, node))
+        .map(|(name, partitions)| {
+            if !context.authorize_topic(Operation::Describe, &name) {
+                return DescribeTopicPartitionsResponseTopic::default()
+                    .with_name(Some(TopicName(str_bytes(&name))))
+                    .with_error_code(codes::TOPIC_AUTHORIZATION_FAILED);
+            }
+            let mut described = describe(&snapshot, &name, partitions, node);
+            if described.error_code == codes::NONE {
+                described.topic_authorized_operations =
+                    context.authorized_operations(ResourceType::Topic, &name, TOPIC_OPERATIONS_ALL);
+            }
+            described
+        })
         .collect();
     DescribeTopicPartitionsResponse::default()
         .with_topics(topics)
@@ -157,7 +176,6 @@ fn describe(
         .with_topic_id(topic.id)
         .with_is_internal(&*topic.name == crate::groups::OFFSETS_TOPIC)
         .with_partitions(partitions)
-        .with_topic_authorized_operations(TOPIC_OPERATIONS_ALL)
 }
 
 #[cfg(test)]

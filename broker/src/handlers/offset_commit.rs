@@ -9,7 +9,9 @@
 //! reads them (`GroupCoordinator::commit_standalone`). v1 carries a per-partition commit
 //! timestamp (-1: the broker's clock), v2-4 a retention time (see `stored_value`).
 
-use kafka_protocol::messages::offset_commit_request::OffsetCommitRequestPartition;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
 use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
@@ -90,22 +92,32 @@ pub async fn handle(
         .topics
         .into_iter()
         .map(|topic| {
-            let partitions = topic
-                .partitions
-                .iter()
-                .map(|partition| {
-                    OffsetCommitResponsePartition::default()
-                        .with_partition_index(partition.partition_index)
-                        .with_error_code(partition_codes.next().expect("one code per partition"))
-                })
-                .collect();
-            OffsetCommitResponseTopic::default()
-                .with_name(topic.name)
-                .with_partitions(partitions)
+            topic_answer(topic, || {
+                partition_codes.next().expect("one code per partition")
+            })
+        })
+        .chain(refused_topics)
+        .collect();
+    OffsetCommitResponse::default().with_topics(topics)
+}
+
+/// A topic's answer: each of its partitions, in request order, with the next of `codes`.
+fn topic_answer(
+    topic: OffsetCommitRequestTopic,
+    mut codes: impl FnMut() -> i16,
+) -> OffsetCommitResponseTopic {
+    let partitions = topic
+        .partitions
+        .iter()
+        .map(|partition| {
+            OffsetCommitResponsePartition::default()
+                .with_partition_index(partition.partition_index)
+                .with_error_code(codes())
         })
         .collect();
-    let topics: Vec<_> = topics;
-    OffsetCommitResponse::default().with_topics(topics.into_iter().chain(refused_topics).collect())
+    OffsetCommitResponseTopic::default()
+        .with_name(topic.name)
+        .with_partitions(partitions)
 }
 
 /// Takes out of the request the topics it may not commit: all of them without READ on the
@@ -115,6 +127,9 @@ fn refuse_unauthorized(
     context: &RequestContext,
     request: &mut OffsetCommitRequest,
 ) -> Vec<OffsetCommitResponseTopic> {
+    if !context.enforces_acls() {
+        return Vec::new();
+    }
     let group_allowed = context.authorize_group(Operation::Read, &request.group_id);
     let (readable, unreadable): (Vec<_>, Vec<_>) = std::mem::take(&mut request.topics)
         .into_iter()
@@ -127,20 +142,7 @@ fn refuse_unauthorized(
     };
     unreadable
         .into_iter()
-        .map(|topic| {
-            let partitions = topic
-                .partitions
-                .iter()
-                .map(|partition| {
-                    OffsetCommitResponsePartition::default()
-                        .with_partition_index(partition.partition_index)
-                        .with_error_code(refused_code)
-                })
-                .collect();
-            OffsetCommitResponseTopic::default()
-                .with_name(topic.name)
-                .with_partitions(partitions)
-        })
+        .map(|topic| topic_answer(topic, || refused_code))
         .collect()
 }
 

@@ -249,11 +249,14 @@ impl ServerFirst {
         if binding != BASE64.encode(&self.client_first.gs2_header) {
             return Err("channel binding does not match the GS2 header".into());
         }
-        // Kafka's rule (`ScramSaslServer`: the final nonce must end with the one the server
-        // sent), not RFC 5802's equality: librdkafka sends its own nonce again in front of
-        // the server's. The server's fresh part is still required, so a replayed final
-        // message of another exchange fails.
-        if !nonce.ends_with(self.nonce.as_str()) {
+        // RFC 5802 asks for the nonce the server sent. librdkafka before 2.6.1 sent its own
+        // nonce again in front of it (librdkafka PR 4895), which Kafka 3.8.1+ tolerates
+        // with `endsWith`; only that one form is accepted here besides the exact nonce, not
+        // any prefix.
+        let repeated_client_nonce = nonce
+            .strip_prefix(self.client_first.client_nonce.as_str())
+            .is_some_and(|rest| rest == self.nonce);
+        if nonce != self.nonce && !repeated_client_nonce {
             return Err("nonce does not match".into());
         }
         let proof = BASE64.decode(proof).map_err(|_| "proof is not base64")?;
@@ -367,6 +370,12 @@ mod tests {
             .collect();
         let message = format!("{without_proof},p={}", BASE64.encode(proof));
         assert!(exchange.finish(message.as_bytes()).is_ok());
+        // Any other text in front of the server's nonce fails.
+        let prefixed = format!("c=biws,r=zzzabcXYZ,p={}", BASE64.encode([0_u8; 32]));
+        assert_eq!(
+            exchange.finish(prefixed.as_bytes()).unwrap_err(),
+            "nonce does not match"
+        );
         // Without the server's part at the end it fails.
         let first = parse_client_first(b"n,,n=user,r=abc").unwrap();
         let exchange = ServerFirst::new(first, credential, "XYZ");
