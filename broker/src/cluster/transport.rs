@@ -42,8 +42,6 @@ pub struct TransportSettings {
     /// Encoded bytes queued for one peer at most. 64 MiB: two frames of the largest size, or
     /// about a second of appends at 64 MiB/s to a peer that stopped reading.
     pub send_queue_bytes_max: usize,
-    /// Decoded frames waiting for the driver at most (each at most `frame_bytes_max`).
-    pub inbound_frames_max: usize,
     /// Accepted connections open at once at most.
     pub inbound_connections_max: usize,
     pub connect_timeout: Duration,
@@ -59,7 +57,6 @@ impl TransportSettings {
             node_id,
             limits: WireLimits::default(),
             send_queue_bytes_max: 64 << 20,
-            inbound_frames_max: 64,
             inbound_connections_max: 2 * peer_count + 2,
             connect_timeout: Duration::from_secs(1),
             backoff_min: Duration::from_millis(50),
