@@ -125,6 +125,9 @@ fn page(
         if first >= count && count > 0 {
             continue;
         }
+        // A cursor past the end of a topic without partitions starts at its end, so that
+        // `first <= end` and the room below never grows.
+        let first = first.min(count);
         if room == 0 {
             return (described, Some((name, first)));
         }
@@ -265,5 +268,18 @@ mod tests {
             vec![("a".to_string(), Some(2..3)), ("b".to_string(), Some(0..1))]
         );
         assert_eq!(next, Some(("b".to_string(), 1)));
+    }
+
+    /// The cursor is the client's: a partition far past the end of a topic without
+    /// partitions must not widen the page (or overflow it).
+    #[test]
+    fn a_cursor_past_an_empty_topic_leaves_the_room_as_it_was() {
+        let topics = vec![("a".to_string(), Some(0)), ("b".to_string(), Some(3))];
+        let (described, next) = page(topics, Some(&("a".to_string(), i32::MAX)), 2);
+        assert_eq!(
+            described,
+            vec![("a".to_string(), Some(0..0)), ("b".to_string(), Some(0..2))]
+        );
+        assert_eq!(next, Some(("b".to_string(), 2)));
     }
 }
