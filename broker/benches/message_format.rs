@@ -7,73 +7,30 @@
 //! Run: `cargo bench -p ringfeed-broker --bench message_format` (figures in
 //! docs/BENCHMARKS.md). MB/s counts the records' value bytes.
 
-use std::hint::black_box;
 use std::time::Duration;
 
 use bytes::Bytes;
 use ringfeed_broker::message_format::{down_convert, up_convert, DownConversion};
 use ringfeed_broker::recompress::{recompress, Codec};
-use ringfeed_broker::storage::batch::build;
 
-const RECORD_BYTES: usize = 1024;
+mod support;
+
+use support::{batch_of, cpu_rounds, values, Values, RECORD_BYTES};
+
 const RECORDS: usize = 1024;
 const MEASURE: Duration = Duration::from_secs(2);
-
-fn values() -> Vec<Vec<u8>> {
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let words = [
-        "GET",
-        "POST",
-        "/api/v1/orders",
-        "status=200",
-        "latency_ms=",
-        "region=eu-west-1",
-    ];
-    (0..RECORDS)
-        .map(|_| {
-            let mut value = Vec::with_capacity(RECORD_BYTES);
-            while value.len() < RECORD_BYTES {
-                let word = words[(next() % words.len() as u64) as usize];
-                value.extend_from_slice(word.as_bytes());
-                value.extend_from_slice((next() % 100_000).to_string().as_bytes());
-                value.push(b' ');
-            }
-            value.truncate(RECORD_BYTES);
-            value
-        })
-        .collect()
-}
-
-fn thread_cpu_time() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec for the call to fill.
-    let result = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut now) };
-    assert_eq!(
-        result, 0,
-        "CLOCK_THREAD_CPUTIME_ID is always available on Linux"
-    );
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
-}
+const WORDS: [&str; 6] = [
+    "GET",
+    "POST",
+    "/api/v1/orders",
+    "status=200",
+    "latency_ms=",
+    "region=eu-west-1",
+];
 
 /// (MB/s of value bytes, CPU µs per 1 MiB) of `run`, per CPU-second.
-fn measure(mut run: impl FnMut() -> usize) -> (f64, f64) {
-    black_box(run());
-    let started = thread_cpu_time();
-    let mut rounds = 0_u32;
-    while thread_cpu_time().saturating_sub(started) < MEASURE {
-        black_box(run());
-        rounds += 1;
-    }
-    let seconds = thread_cpu_time().saturating_sub(started).as_secs_f64();
+fn measure(run: impl FnMut() -> usize) -> (f64, f64) {
+    let (rounds, seconds) = cpu_rounds(MEASURE, run);
     let bytes = (RECORDS * RECORD_BYTES) as f64;
     (
         f64::from(rounds) * bytes / seconds / 1e6,
@@ -82,17 +39,7 @@ fn measure(mut run: impl FnMut() -> usize) -> (f64, f64) {
 }
 
 fn main() {
-    let values = values();
-    let records: Vec<build::Record<'_>> = values
-        .iter()
-        .enumerate()
-        .map(|(index, value)| build::Record {
-            key: None,
-            value: Some(value),
-            timestamp_ms: 1_700_000_000_000 + index as i64,
-        })
-        .collect();
-    let plain = build::batch(&records);
+    let plain = batch_of(&values(RECORDS, Values::Text(&WORDS)));
     println!("| conversion | stored / sent codec | MB/s per CPU | CPU µs per MiB |");
     println!("| --- | --- | ---: | ---: |");
     for codec in [Codec::None, Codec::Lz4, Codec::Snappy, Codec::Gzip] {
