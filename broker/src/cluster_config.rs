@@ -20,6 +20,10 @@ pub struct ClusterConfig {
     /// partitions are not replicated yet. Off by default, so that nobody runs a "cluster"
     /// whose brokers each keep a different copy of a topic without having asked for it.
     pub preview: bool,
+    /// `broker.session.timeout.ms`: a broker not heard from for this long is fenced.
+    pub session_timeout: Duration,
+    /// `broker.rack`, if set.
+    pub rack: Option<String>,
 }
 
 impl ClusterConfig {
@@ -31,6 +35,8 @@ impl ClusterConfig {
             default_replication_factor: 1,
             replica_lag_time_max: Duration::from_secs(30),
             preview: false,
+            session_timeout: Duration::from_secs(9),
+            rack: None,
         }
     }
 

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use crate::controller::calls::{
     ConfigChange, ConfigOperation, ControllerCall, NewTopic, PlacementRules, TopicOutcome, TopicRef,
 };
+use crate::controller::placement::{self, Placed};
 use crate::controller::store::{ClusterState, ConfigEntry, TopicRecord};
 use crate::error_codes as codes;
 use crate::metadata::OFFSETS_TOPIC;
@@ -150,7 +151,28 @@ fn create_topic(
             ),
         );
     }
-    let partitions = if !topic.manual_assignment.is_empty() {
+    let mut assigned = None;
+    let partitions = if !topic.manual_assignment.is_empty() && rules.clustered {
+        let mut brokers = Vec::with_capacity(topic.manual_assignment.len());
+        for replicas in &topic.manual_assignment {
+            let [broker] = replicas.as_slice() else {
+                return TopicOutcome::error(
+                    &topic.name,
+                    codes::INVALID_REPLICA_ASSIGNMENT,
+                    "each partition takes exactly one broker: replication factor > 1 is not \
+                     built yet",
+                );
+            };
+            brokers.push(*broker);
+        }
+        match placement::place_on(state, &brokers, rules) {
+            Ok(placed) => assigned = Some(placed),
+            Err(reason) => {
+                return TopicOutcome::error(&topic.name, codes::INVALID_REPLICA_ASSIGNMENT, reason)
+            }
+        }
+        topic.manual_assignment.len() as i32
+    } else if !topic.manual_assignment.is_empty() {
         if topic
             .manual_assignment
             .iter()
@@ -187,40 +209,38 @@ fn create_topic(
         overrides.push(ConfigEntry { key, value });
     }
     let id = Uuid::new_v4();
+    // The topic's ordinal is its round-robin start offset across brokers.
+    let placed = match assigned {
+        Some(placed) => placed,
+        None => match placement::place(state, partitions as usize, state.topics.len(), rules) {
+            Ok(placed) => placed,
+            Err(reason) => {
+                return TopicOutcome::error(&topic.name, codes::INVALID_REPLICATION_FACTOR, reason)
+            }
+        },
+    };
     if !validate_only {
-        let partition_shards = place_partitions(state, partitions as usize, rules.shard_count);
+        let (partition_shards, partition_brokers) = split_placement(&placed, rules);
         state.topics.push(TopicRecord {
             name: topic.name.clone(),
             id: id.into_bytes(),
             partition_shards,
             overrides,
+            partition_brokers,
         });
     }
     TopicOutcome::ok(&topic.name, id, partitions)
 }
 
-/// Chooses shards for `count` new partitions: each goes to the shard with the fewest
-/// partitions so far (lowest index on ties), so shards stay within one partition of each other.
-fn place_partitions(state: &ClusterState, count: usize, shard_count: usize) -> Vec<u32> {
-    let mut load = vec![0_usize; shard_count];
-    for shard in state
-        .topics
-        .iter()
-        .flat_map(|topic| &topic.partition_shards)
-    {
-        load[*shard as usize % shard_count] += 1;
-    }
-    (0..count)
-        .map(|_| {
-            let (least_loaded, _) = load
-                .iter()
-                .enumerate()
-                .min_by_key(|(shard, partitions)| (**partitions, *shard))
-                .expect("at least one shard");
-            load[least_loaded] += 1;
-            least_loaded as u32
-        })
-        .collect()
+/// The shards and brokers to record; a one-node broker records no brokers (they are all it).
+fn split_placement(placed: &[Placed], rules: &PlacementRules) -> (Vec<u32>, Vec<i32>) {
+    let shards = placed.iter().map(|placed| placed.shard).collect();
+    let brokers = if rules.clustered {
+        placed.iter().map(|placed| placed.broker).collect()
+    } else {
+        Vec::new()
+    };
+    (shards, brokers)
 }
 
 fn delete_topic(state: &mut ClusterState, topic: &TopicRef) -> TopicOutcome {
@@ -295,9 +315,18 @@ fn add_partitions(
             ),
         );
     }
+    let added = (total - current) as usize;
+    // Continues the topic's round-robin where its existing partitions left it.
+    let start = index + current as usize;
+    let placed = match placement::place(state, added, start, rules) {
+        Ok(placed) => placed,
+        Err(reason) => return TopicOutcome::error(name, codes::INVALID_REPLICATION_FACTOR, reason),
+    };
     if !validate_only {
-        let added = place_partitions(state, (total - current) as usize, rules.shard_count);
-        state.topics[index].partition_shards.extend(added);
+        let (shards, brokers) = split_placement(&placed, rules);
+        let record = &mut state.topics[index];
+        record.partition_shards.extend(shards);
+        record.partition_brokers.extend(brokers);
     }
     TopicOutcome::ok(name, Uuid::from_bytes(state.topics[index].id), total)
 }
@@ -361,6 +390,7 @@ mod tests {
             shard_count,
             node_id: 0,
             broker_count: 1,
+            clustered: false,
             default_replication_factor: 1,
             default_partitions: 3,
             limits: Limits::default(),

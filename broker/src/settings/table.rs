@@ -201,6 +201,19 @@ pub static SETTINGS: &[Setting] = &[
          partition. For trying the cluster out, not for data that matters.",
     ),
     row(
+        "broker.session.timeout.ms",
+        "9000",
+        integer(1000, INT_MAX),
+        "A broker the controller has not heard from for this long (brokers heartbeat every \
+         second) is fenced: left out of Metadata until it registers again.",
+    ),
+    row(
+        "broker.rack",
+        "",
+        Kind::Text,
+        "This broker's rack, reported in Metadata and DescribeCluster. Empty: none.",
+    ),
+    row(
         "replica.lag.time.max.ms",
         "30000",
         integer(1, INT_MAX),
