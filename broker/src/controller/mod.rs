@@ -332,12 +332,19 @@ impl Controller {
             return None;
         }
         let now = std::time::Instant::now();
+        {
+            let mut liveness = replicated.liveness.borrow_mut();
+            liveness.lead(replicated.group.term(), now);
+            // The usual round: nothing heard, nobody due for fencing, no state to copy.
+            if mail.is_empty() && liveness.expired(&self.state.borrow(), now).is_empty() {
+                return None;
+            }
+        }
         let turn = self.take_turn().await;
         if !replicated.group.ready_to_propose() {
             return None;
         }
         let mut liveness = replicated.liveness.borrow_mut();
-        liveness.lead(replicated.group.term(), now);
         let current = self.state.borrow().clone();
         let mut next = current.clone();
         let mut wants_offsets_topic = false;
