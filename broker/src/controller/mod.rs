@@ -467,3 +467,78 @@ pub fn build_snapshot(state: &ClusterState, rules: &PlacementRules) -> MetadataS
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::store::{BrokerRecord, TopicRecord};
+    use crate::limits::Limits;
+
+    fn rules(clustered: bool) -> PlacementRules {
+        PlacementRules {
+            shard_count: 2,
+            node_id: 1,
+            broker_count: 3,
+            clustered,
+            default_replication_factor: 1,
+            default_partitions: 3,
+            limits: Limits::default(),
+            topic_defaults: crate::settings::Effective::defaults().topic_defaults(),
+        }
+    }
+
+    fn state() -> ClusterState {
+        let broker = |node_id, fenced| BrokerRecord {
+            node_id,
+            incarnation: 1,
+            listeners: Vec::new(),
+            rack: None,
+            shard_count: 2,
+            fenced,
+        };
+        ClusterState {
+            epoch: 3,
+            cluster_id: "c".into(),
+            topics: vec![TopicRecord {
+                name: "t".into(),
+                id: [1; 16],
+                partition_shards: vec![0, 0, 1],
+                overrides: Vec::new(),
+                partition_brokers: vec![1, 2, 1],
+            }],
+            brokers: vec![broker(1, false), broker(2, true), broker(3, false)],
+        }
+    }
+
+    fn local(snapshot: &MetadataSnapshot, shard: usize) -> Vec<i32> {
+        snapshot
+            .partitions_on(shard)
+            .map(|(tp, _)| tp.partition)
+            .collect()
+    }
+
+    #[test]
+    fn a_cluster_broker_holds_only_its_partitions_and_lists_only_live_brokers() {
+        let snapshot = build_snapshot(&state(), &rules(true));
+        let live: Vec<i32> = snapshot.brokers.iter().map(|b| b.node_id).collect();
+        assert_eq!(live, [1, 3], "the fenced broker is left out");
+        assert_eq!(
+            (local(&snapshot, 0), local(&snapshot, 1)),
+            (vec![0], vec![2])
+        );
+        assert_eq!(snapshot.broker_of("t", 1), Some(2));
+        assert!(!snapshot.is_alive(2));
+        assert!(snapshot.is_alive(3));
+    }
+
+    #[test]
+    fn a_one_node_broker_holds_every_partition_as_before() {
+        let snapshot = build_snapshot(&state(), &rules(false));
+        assert!(snapshot.brokers.is_empty());
+        assert_eq!(
+            (local(&snapshot, 0), local(&snapshot, 1)),
+            (vec![0, 1], vec![2])
+        );
+        assert_eq!(snapshot.broker_of("t", 1), Some(1));
+    }
+}
