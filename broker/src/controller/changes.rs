@@ -151,40 +151,18 @@ fn create_topic(
             ),
         );
     }
-    let mut assigned = None;
-    let partitions = if !topic.manual_assignment.is_empty() && rules.clustered {
-        let mut brokers = Vec::with_capacity(topic.manual_assignment.len());
-        for replicas in &topic.manual_assignment {
-            let [broker] = replicas.as_slice() else {
-                return TopicOutcome::error(
-                    &topic.name,
-                    codes::INVALID_REPLICA_ASSIGNMENT,
-                    "each partition takes exactly one broker: replication factor > 1 is not \
-                     built yet",
-                );
-            };
-            brokers.push(*broker);
-        }
-        match placement::place_on(state, &brokers, rules) {
-            Ok(placed) => assigned = Some(placed),
+    let assigned = if topic.manual_assignment.is_empty() {
+        None
+    } else {
+        match manual_assignment(state, &topic.manual_assignment, rules) {
+            Ok(placed) => Some(placed),
             Err(reason) => {
                 return TopicOutcome::error(&topic.name, codes::INVALID_REPLICA_ASSIGNMENT, reason)
             }
         }
-        topic.manual_assignment.len() as i32
-    } else if !topic.manual_assignment.is_empty() {
-        if topic
-            .manual_assignment
-            .iter()
-            .any(|replicas| replicas.as_slice() != [rules.node_id])
-        {
-            return TopicOutcome::error(
-                &topic.name,
-                codes::INVALID_REPLICA_ASSIGNMENT,
-                format!("the only broker is node {}", rules.node_id),
-            );
-        }
-        topic.manual_assignment.len() as i32
+    };
+    let partitions = if let Some(placed) = &assigned {
+        placed.len() as i32
     } else if topic.partitions == -1 {
         rules.default_partitions
     } else {
@@ -200,24 +178,20 @@ fn create_topic(
             ),
         );
     }
-    let mut overrides = Vec::new();
-    for (key, value) in topic.configs {
-        let Some(value) = value else { continue };
-        if let Err(reason) = validate_override(&key, &value) {
-            return TopicOutcome::error(&topic.name, codes::INVALID_CONFIG, reason);
-        }
-        overrides.push(ConfigEntry { key, value });
-    }
+    let overrides = match new_overrides(topic.configs) {
+        Ok(overrides) => overrides,
+        Err(reason) => return TopicOutcome::error(&topic.name, codes::INVALID_CONFIG, reason),
+    };
     let id = Uuid::new_v4();
     // The topic's ordinal is its round-robin start offset across brokers.
-    let placed = match assigned {
-        Some(placed) => placed,
-        None => match placement::place(state, partitions as usize, state.topics.len(), rules) {
-            Ok(placed) => placed,
-            Err(reason) => {
-                return TopicOutcome::error(&topic.name, codes::INVALID_REPLICATION_FACTOR, reason)
-            }
-        },
+    let placed = match assigned.map_or_else(
+        || placement::place(state, partitions as usize, state.topics.len(), rules),
+        Ok,
+    ) {
+        Ok(placed) => placed,
+        Err(reason) => {
+            return TopicOutcome::error(&topic.name, codes::INVALID_REPLICATION_FACTOR, reason)
+        }
     };
     if !validate_only {
         let (partition_shards, partition_brokers) = split_placement(&placed, rules);
@@ -230,6 +204,43 @@ fn create_topic(
         });
     }
     TopicOutcome::ok(&topic.name, id, partitions)
+}
+
+/// A new topic's config overrides, each validated (entries without a value are skipped).
+fn new_overrides(configs: Vec<(String, Option<String>)>) -> Result<Vec<ConfigEntry>, String> {
+    let mut overrides = Vec::new();
+    for (key, value) in configs {
+        let Some(value) = value else { continue };
+        validate_override(&key, &value)?;
+        overrides.push(ConfigEntry { key, value });
+    }
+    Ok(overrides)
+}
+
+/// Where a client's replica lists put each partition: one live broker per partition in a
+/// cluster; on a one-node broker, only that broker.
+fn manual_assignment(
+    state: &ClusterState,
+    assignment: &[Vec<i32>],
+    rules: &PlacementRules,
+) -> Result<Vec<Placed>, String> {
+    let brokers = assignment
+        .iter()
+        .map(|replicas| match replicas.as_slice() {
+            [broker] if rules.clustered || *broker == rules.node_id => Ok(*broker),
+            _ if !rules.clustered => Err(format!("the only broker is node {}", rules.node_id)),
+            _ => Err(
+                "each partition takes exactly one broker: replication factor > 1 is not \
+                      built yet"
+                    .to_string(),
+            ),
+        })
+        .collect::<Result<Vec<i32>, String>>()?;
+    if !rules.clustered {
+        // Where on this broker is the shards' business, as for any new partition.
+        return placement::place(state, brokers.len(), 0, rules);
+    }
+    placement::place_on(state, &brokers, rules)
 }
 
 /// The shards and brokers to record; a one-node broker records no brokers (they are all it).

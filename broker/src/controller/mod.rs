@@ -317,6 +317,46 @@ impl Controller {
         replicated.group.send_mail(leader, heartbeat.encode());
     }
 
+    /// Applies the heartbeats received to `next` (registrations) and the silence of others
+    /// (fencing); returns whether a broker asked for `__consumer_offsets`.
+    fn hear(
+        replicated: &Replicated,
+        mail: Vec<(u64, Vec<u8>)>,
+        next: &mut ClusterState,
+        now: std::time::Instant,
+    ) -> bool {
+        let mut liveness = replicated.liveness.borrow_mut();
+        let mut wants_offsets_topic = false;
+        for (from, payload) in mail {
+            let heartbeat = match registry::BrokerHeartbeat::decode(&payload) {
+                Ok(heartbeat) => heartbeat,
+                Err(reason) => {
+                    tracing::warn!(from, %reason, "dropped a broker heartbeat that does not decode");
+                    continue;
+                }
+            };
+            let node_id = heartbeat.registration.node_id;
+            if u64::try_from(node_id).ok() != Some(from) {
+                tracing::warn!(from, node_id, "dropped a heartbeat naming another broker");
+                continue;
+            }
+            liveness.heard(node_id, now);
+            if registry::register(next, &heartbeat.registration) {
+                tracing::info!(
+                    node_id,
+                    incarnation = heartbeat.registration.incarnation,
+                    "broker registered"
+                );
+            }
+            wants_offsets_topic |= heartbeat.wants_offsets_topic;
+        }
+        for node_id in liveness.expired(next, now) {
+            registry::fence(next, node_id);
+            tracing::warn!(node_id, session_timeout = ?liveness.session_timeout(), "broker fenced: no heartbeat for a session");
+        }
+        wants_offsets_topic
+    }
+
     /// The registry's work on group 0's leader (`registry`): reads the heartbeats received,
     /// registers brokers whose registration is new or changed, creates `__consumer_offsets`
     /// (`offsets_topic`) if a broker asked for it, and fences brokers silent for a session.
@@ -344,38 +384,9 @@ impl Controller {
         if !replicated.group.ready_to_propose() {
             return None;
         }
-        let mut liveness = replicated.liveness.borrow_mut();
         let current = self.state.borrow().clone();
         let mut next = current.clone();
-        let mut wants_offsets_topic = false;
-        for (from, payload) in mail {
-            let heartbeat = match registry::BrokerHeartbeat::decode(&payload) {
-                Ok(heartbeat) => heartbeat,
-                Err(reason) => {
-                    tracing::warn!(from, %reason, "dropped a broker heartbeat that does not decode");
-                    continue;
-                }
-            };
-            let node_id = heartbeat.registration.node_id;
-            if u64::try_from(node_id).ok() != Some(from) {
-                tracing::warn!(from, node_id, "dropped a heartbeat naming another broker");
-                continue;
-            }
-            liveness.heard(node_id, now);
-            if registry::register(&mut next, &heartbeat.registration) {
-                tracing::info!(
-                    node_id,
-                    incarnation = heartbeat.registration.incarnation,
-                    "broker registered"
-                );
-            }
-            wants_offsets_topic |= heartbeat.wants_offsets_topic;
-        }
-        for node_id in liveness.expired(&next, now) {
-            registry::fence(&mut next, node_id);
-            tracing::warn!(node_id, session_timeout = ?liveness.session_timeout(), "broker fenced: no heartbeat for a session");
-        }
-        drop(liveness);
+        let wants_offsets_topic = Self::hear(replicated, mail, &mut next, now);
         if wants_offsets_topic && !next.topics.iter().any(|topic| topic.name == OFFSETS_TOPIC) {
             let call = ControllerCall::CreateTopics {
                 topics: vec![offsets_topic],

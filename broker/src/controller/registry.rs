@@ -263,6 +263,6 @@ mod tests {
             assert!(BrokerHeartbeat::decode(&damaged).is_err(), "flip at {at}");
         }
         assert!(BrokerHeartbeat::decode(&bytes[..bytes.len() - 1]).is_err());
-        assert!(BrokerHeartbeat::decode(&[0; HEARTBEAT_BYTES_MAX + 1]).is_err());
+        assert!(BrokerHeartbeat::decode(&vec![0; HEARTBEAT_BYTES_MAX + 1]).is_err());
     }
 }
