@@ -1,13 +1,18 @@
-"""Guards the controller as Raft group 0 across real broker processes (issue 12, first broker
-wiring): three brokers on loopback elect one controller and agree on it and on the cluster id;
-topics created through confluent-kafka's AdminClient at the controller appear in every
-broker's Metadata; a broker that is not the controller answers CreateTopics with
-NOT_CONTROLLER (41); kill -9 of the controller elects a new one within seconds, which accepts
-changes; the killed broker restarts from its own log and catches up. And a broker whose
-voter list names only itself stays the one-node broker it was, data directory included.
+"""Guards the controller as Raft group 0 across real broker processes (issue 12): three
+brokers on loopback elect one controller and agree on it and on the cluster id; topics
+created through confluent-kafka's AdminClient at the controller appear in every broker's
+Metadata; a broker that is not the controller answers CreateTopics with NOT_CONTROLLER (41);
+kill -9 of the controller elects a new one within seconds, which accepts changes; the killed
+broker restarts from its own log and catches up. And a broker whose voter list names only
+itself stays the one-node broker it was, data directory included.
 
-Not covered because not built yet: the broker registry (each broker's Metadata lists only
-itself) and partitions spread across brokers (docs/REPLICATION.md, "Status").
+The broker registry and placement (replication factor 1): every broker's Metadata lists the
+three brokers and the same leader for each partition, spread over the three; a
+confluent-kafka producer and consumer group move records through them; a produce at the
+wrong broker is refused NOT_LEADER_OR_FOLLOWER; a killed broker is fenced after
+broker.session.timeout.ms and serves its partitions, data included, once restarted.
+
+Not covered because not built yet: replication factor > 1 (docs/REPLICATION.md, "Status").
 """
 
 import re
@@ -15,13 +20,19 @@ import socket
 import time
 import urllib.request
 
+from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka.protocol.admin import CreateTopicsRequest
+from kafka.protocol.fetch import FetchRequest
+from kafka.protocol.list_offsets import ListOffsetsRequest
+from kafka.protocol.produce import ProduceRequest
+from kafka.record.memory_records import MemoryRecordsBuilder
 
 from conftest import Broker
 import helpers
 
 NOT_CONTROLLER = 41
+NOT_LEADER_OR_FOLLOWER = 6
 
 
 def free_port():
@@ -73,11 +84,11 @@ def create(broker, name, partitions):
 
 
 class ClusterBroker(Broker):
-    def __init__(self, tmp_path, node_id, voters):
+    def __init__(self, tmp_path, node_id, voters, extra_args=()):
         super().__init__(tmp_path / f"data{node_id}", tmp_path / f"broker{node_id}.log", shards=2,
                          extra_args=["--node-id", str(node_id), "--controller-quorum-voters", voters,
                                      # Partitions are not replicated yet: the cluster is a preview.
-                                     "--cluster-preview-enable"])
+                                     "--cluster-preview-enable", *extra_args])
         self.node_id = node_id
 
 
@@ -146,3 +157,139 @@ def test_a_voter_list_of_only_this_broker_keeps_the_one_node_data(start_broker, 
     assert md.controller_id == 1
     assert len(md.topics["kept"].partitions) == 2
     assert not (broker.data_dir / "__cluster_metadata-0").exists()
+
+
+# Shorter than Kafka's 9 s default so the test stays short; the figure measured is against it.
+SESSION_TIMEOUT_S = 4
+
+
+def placement(broker, topic):
+    """(live broker ids, controller, {partition: leader}) as one broker's Metadata says."""
+    md = metadata(broker)
+    leaders = {p.id: p.leader for p in md.topics[topic].partitions.values()} if topic in md.topics else {}
+    return set(md.brokers), md.controller_id, leaders
+
+
+def agreed_placement(brokers, topic, live):
+    views = [placement(broker, topic) for broker in brokers]
+    if all(v == views[0] for v in views) and views[0][0] == live and views[0][1] in live:
+        return views[0]
+    return None
+
+
+def produce_raw(broker, topic, partition):
+    """One record by hand (Produce v3), so the answer's error code is the broker's own."""
+    builder = MemoryRecordsBuilder(magic=2, compression_type=0, batch_size=1 << 20)
+    builder.append(timestamp=int(time.time() * 1000), key=None, value=b"misrouted", headers=[])
+    builder.close()
+    request = ProduceRequest[3](transactional_id=None, required_acks=1, timeout=5000,
+                                topics=[(topic, [(partition, builder.buffer())])])
+    with helpers.connect(broker.bootstrap) as sock:
+        response = helpers.call(sock, request, 7)
+    [(_, [partition_response])] = response.topics
+    return partition_response[1]
+
+
+def read_raw_error_codes(broker, topic, partition):
+    """(Fetch v4, ListOffsets v1) error codes for one partition, sent by hand."""
+    fetch = FetchRequest[4](replica_id=-1, max_wait_time=0, min_bytes=0, max_bytes=1 << 20,
+                            isolation_level=0, topics=[(topic, [(partition, 0, 1 << 20)])])
+    offsets = ListOffsetsRequest[1](replica_id=-1, topics=[(topic, [(partition, -1)])])
+    with helpers.connect(broker.bootstrap) as sock:
+        fetched = helpers.call(sock, fetch, 8)
+        listed = helpers.call(sock, offsets, 9)
+    return fetched.topics[0][1][0][1], listed.topics[0][1][0][1]
+
+
+def consume_group(bootstrap, topic, group, expected, timeout=40):
+    """Consumes `topic` in `group` until `expected` records arrived; {partition: [values]}."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": True})
+    consumer.subscribe([topic])
+    seen = {}
+    count = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while count < expected and time.monotonic() < deadline:
+            for message in consumer.consume(num_messages=5000, timeout=0.5):
+                if message.error():
+                    raise KafkaException(message.error())
+                seen.setdefault(message.partition(), []).append(message.value())
+                count += 1
+    finally:
+        consumer.close()
+    return seen
+
+
+def test_partitions_are_placed_across_three_brokers_and_a_lost_one_is_fenced(tmp_path):
+    voters = ",".join(f"{node}@127.0.0.1:{free_port()}" for node in (1, 2, 3))
+    session = ["--broker-session-timeout-ms", str(SESSION_TIMEOUT_S * 1000)]
+    brokers = {node: ClusterBroker(tmp_path, node, voters, session) for node in (1, 2, 3)}
+    topic, partitions, per_partition = "spread", 12, 500
+    try:
+        for broker in brokers.values():
+            broker.start()
+        _, controller, _ = wait_for(lambda: agreed_placement(brokers.values(), topic, {1, 2, 3}),
+                                    20, "every broker listing the three brokers")
+        create(brokers[controller], topic, partitions)
+        live, _, leaders = wait_for(
+            lambda: (view := agreed_placement(brokers.values(), topic, {1, 2, 3})) and len(view[2]) == partitions and view,
+            10, "one placement every broker agrees on")
+        per_broker = {node: sum(1 for leader in leaders.values() if leader == node) for node in live}
+        assert per_broker == {1: 4, 2: 4, 3: 4}, per_broker
+
+        # Through librdkafka: each record to its partition, numbered per partition.
+        producer = Producer({"bootstrap.servers": brokers[1].bootstrap, "acks": "all", "linger.ms": 5})
+        failures = []
+        for index in range(per_partition):
+            for partition in range(partitions):
+                producer.produce(topic, value=f"{partition}:{index}".encode(), partition=partition,
+                                 on_delivery=lambda error, _message: error and failures.append(error))
+            producer.poll(0)
+        assert producer.flush(30) == 0
+        assert not failures, failures[:3]
+        del producer
+        seen = consume_group(brokers[2].bootstrap, topic, "spread-readers", partitions * per_partition)
+        for partition in range(partitions):
+            expected = [f"{partition}:{index}".encode() for index in range(per_partition)]
+            assert seen.get(partition) == expected, f"partition {partition}: {len(seen.get(partition, []))} records"
+
+        # A broker that does not hold the partition refuses it.
+        led_by_1 = next(p for p, leader in leaders.items() if leader == 1)
+        assert produce_raw(brokers[2], topic, led_by_1) == NOT_LEADER_OR_FOLLOWER
+        assert produce_raw(brokers[1], topic, led_by_1) == 0
+        assert read_raw_error_codes(brokers[3], topic, led_by_1) == (NOT_LEADER_OR_FOLLOWER,) * 2
+        assert read_raw_error_codes(brokers[1], topic, led_by_1) == (0, 0)
+
+        # kill -9 of a broker that is not the controller: fenced after a session.
+        victim = next(node for node in brokers if node != controller)
+        survivors = [broker for node, broker in brokers.items() if node != victim]
+        brokers[victim].process.kill()
+        brokers[victim].process.wait()
+        killed_at = time.monotonic()
+        wait_for(lambda: agreed_placement(survivors, topic, set(brokers) - {victim}),
+                 SESSION_TIMEOUT_S + 5, "the killed broker fenced")
+        fenced_s = time.monotonic() - killed_at
+        print(f"broker {victim} left Metadata {fenced_s:.2f} s after kill -9 "
+              f"(broker.session.timeout.ms={SESSION_TIMEOUT_S * 1000})")
+        # Heard from at most one heartbeat interval (1 s) before the kill.
+        assert SESSION_TIMEOUT_S - 1.2 <= fenced_s <= SESSION_TIMEOUT_S + 3
+        _, _, orphaned = placement(brokers[controller], topic)
+        victims = [p for p, leader in leaders.items() if leader == victim]
+        assert all(orphaned[p] == -1 for p in victims), orphaned
+
+        brokers[victim].start()
+        wait_for(lambda: (view := agreed_placement(brokers.values(), topic, {1, 2, 3})) and view[2] == leaders,
+                 15, "the restarted broker registered and leading its partitions again")
+        for partition in victims:
+            expected = [f"{partition}:{index}".encode() for index in range(per_partition)]
+            if partition == led_by_1:
+                expected.append(b"misrouted")  # the one record broker 1 took by hand
+            records = helpers.consume_partition(brokers[controller].bootstrap, topic, partition, len(expected))
+            assert [record[2] for record in records] == expected
+    finally:
+        helpers.forget_admin_clients()
+        for broker in brokers.values():
+            if broker.alive():
+                broker.process.kill()
+                broker.process.wait()

@@ -18,8 +18,12 @@ pub struct ClusterConfig {
     pub replica_lag_time_max: Duration,
     /// `ringfeed.cluster.preview.enable`: start with voters naming other brokers although
     /// partitions are not replicated yet. Off by default, so that nobody runs a "cluster"
-    /// whose brokers each keep a different copy of a topic without having asked for it.
+    /// where losing one broker loses its partitions without having asked for it.
     pub preview: bool,
+    /// `broker.session.timeout.ms`: a broker not heard from for this long is fenced.
+    pub session_timeout: Duration,
+    /// `broker.rack`, if set.
+    pub rack: Option<String>,
 }
 
 impl ClusterConfig {
@@ -31,6 +35,8 @@ impl ClusterConfig {
             default_replication_factor: 1,
             replica_lag_time_max: Duration::from_secs(30),
             preview: false,
+            session_timeout: Duration::from_secs(9),
+            rack: None,
         }
     }
 
@@ -56,9 +62,9 @@ impl ClusterConfig {
         if self.voters.len() > 1 && !self.preview {
             return Err(format!(
                 "controller.quorum.voters names other brokers ({}), but partitions are not \
-                 replicated yet: each broker would keep and serve its own copy of every topic \
-                 (docs/REPLICATION.md, Status). Set ringfeed.cluster.preview.enable=true to run \
-                 the replicated controller anyway",
+                 replicated yet: each lives on one broker and is unavailable while that broker \
+                 is down (docs/REPLICATION.md, Status). Set ringfeed.cluster.preview.enable=true \
+                 to run the cluster anyway",
                 self.voters
             ));
         }

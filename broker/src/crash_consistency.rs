@@ -46,12 +46,14 @@ fn random_state(rng: &mut SeededRng, epoch: u64) -> ClusterState {
                     value: "x".repeat(rng.below(5000) as usize),
                 })
                 .collect(),
+            partition_brokers: Vec::new(),
         })
         .collect();
     ClusterState {
         epoch,
         cluster_id: "rf-sim".into(),
         topics,
+        brokers: Vec::new(),
     }
 }
 

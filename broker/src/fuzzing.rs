@@ -224,6 +224,20 @@ fn check_decoded(
     }
 }
 
+/// The broker-heartbeat target (`fuzz/fuzz_targets/broker_heartbeat.rs`): the payload a peer
+/// sends the controller's registry mailbox (`controller::registry::BrokerHeartbeat`). Any
+/// input must decode or be refused, never panic; what decodes must encode back to bytes
+/// that decode to the same heartbeat. Returns whether it decoded.
+pub fn broker_heartbeat(data: &[u8]) -> bool {
+    use crate::controller::registry::BrokerHeartbeat;
+    let Ok(heartbeat) = BrokerHeartbeat::decode(data) else {
+        return false;
+    };
+    let again = BrokerHeartbeat::decode(&heartbeat.encode()).expect("re-encoded heartbeat decodes");
+    assert_eq!(again, heartbeat, "heartbeat round trip changed it");
+    true
+}
+
 /// Encodes a decoded message at the version it came in and decodes the result. For
 /// non-flexible versions the codec must be exactly symmetric: the message must encode and
 /// decode back equal. Flexible versions are only required not to panic: `kafka-protocol`
@@ -272,6 +286,41 @@ mod tests {
         paths.sort();
         assert!(!paths.is_empty(), "{} holds no corpus", dir.display());
         paths
+    }
+
+    #[test]
+    fn broker_heartbeat_corpus_replays() {
+        use crate::controller::registry::BrokerHeartbeat;
+        use crate::controller::store::{BrokerRecord, ListenerRecord};
+        let seed = BrokerHeartbeat {
+            registration: BrokerRecord {
+                node_id: 2,
+                incarnation: 1_796_000_000_000,
+                listeners: vec![ListenerRecord {
+                    name: "PLAINTEXT".into(),
+                    host: "127.0.0.1".into(),
+                    port: 9092,
+                }],
+                rack: Some("rack-a".into()),
+                shard_count: 4,
+                fenced: false,
+            },
+            wants_offsets_topic: true,
+        };
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/broker_heartbeat");
+        if std::env::var_os("RINGFEED_WRITE_CORPUS").is_some() {
+            std::fs::create_dir_all(&dir).expect("corpus directory");
+            std::fs::write(dir.join("registration"), seed.encode()).expect("seed");
+        }
+        let paths = corpus("broker_heartbeat");
+        let decoded = paths
+            .iter()
+            .filter(|path| super::broker_heartbeat(&std::fs::read(path).expect("corpus file")))
+            .count();
+        assert!(
+            decoded >= 1,
+            "no seed decodes: the target would only see refusals"
+        );
     }
 
     #[test]

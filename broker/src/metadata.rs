@@ -28,8 +28,11 @@ impl std::fmt::Display for TopicPartition {
 pub struct TopicMetadata {
     pub name: Arc<str>,
     pub id: Uuid,
-    /// `partition_shards[p]` is the shard that owns partition `p`.
+    /// `partition_shards[p]` is the shard that owns partition `p` (on its broker).
     pub partition_shards: Vec<usize>,
+    /// `partition_brokers[p]` is the broker (`node.id`) partition `p` is placed on: its
+    /// leader and only replica (replication factor 1). Same length as `partition_shards`.
+    pub partition_brokers: Vec<i32>,
     /// The overrides as set by the user (what `DescribeConfigs` reports as topic-level).
     pub overrides: BTreeMap<String, String>,
     pub config: TopicConfig,
@@ -53,6 +56,30 @@ pub struct MetadataSnapshot {
     pub topics: BTreeMap<Arc<str>, Arc<TopicMetadata>>,
     /// Partitions whose owning shard cannot serve them (log damaged or fenced).
     pub offline_partitions: BTreeSet<TopicPartition>,
+    /// This broker's `node.id`: it holds and serves only the partitions placed on it.
+    pub local_node: i32,
+    /// The registered brokers that are alive (not fenced), by node id; empty on a one-node
+    /// broker, whose only broker is itself (handlers describe it from its own config).
+    pub brokers: Vec<BrokerEndpoints>,
+}
+
+/// A live broker as clients reach it: the advertised address of each of its listeners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerEndpoints {
+    pub node_id: i32,
+    pub rack: Option<String>,
+    /// (listener name, advertised host, advertised port).
+    pub listeners: Vec<(String, String, i32)>,
+}
+
+impl BrokerEndpoints {
+    /// The address of this broker's listener named `listener`, if it has one.
+    pub fn address(&self, listener: &str) -> Option<(&str, i32)> {
+        self.listeners
+            .iter()
+            .find(|(name, _, _)| name == listener)
+            .map(|(_, host, port)| (host.as_str(), *port))
+    }
 }
 
 impl MetadataSnapshot {
@@ -73,7 +100,28 @@ impl MetadataSnapshot {
             .copied()
     }
 
-    /// Every partition placed on `shard`, with its topic.
+    /// The broker a partition is placed on (its leader), or `None` when the topic or
+    /// partition does not exist.
+    pub fn broker_of(&self, topic: &str, partition: i32) -> Option<i32> {
+        let topic = self.topics.get(topic)?;
+        topic
+            .partition_brokers
+            .get(usize::try_from(partition).ok()?)
+            .copied()
+    }
+
+    /// Whether clients can reach `node_id` now: this broker, or a registered one that is
+    /// not fenced (on a one-node broker, only itself).
+    pub fn is_alive(&self, node_id: i32) -> bool {
+        node_id == self.local_node || self.brokers.iter().any(|broker| broker.node_id == node_id)
+    }
+
+    /// The live broker `node_id`'s endpoints, if it is registered and alive.
+    pub fn broker(&self, node_id: i32) -> Option<&BrokerEndpoints> {
+        self.brokers.iter().find(|broker| broker.node_id == node_id)
+    }
+
+    /// Every partition placed on this broker's `shard`, with its topic.
     pub fn partitions_on(
         &self,
         shard: usize,
@@ -82,8 +130,9 @@ impl MetadataSnapshot {
             topic
                 .partition_shards
                 .iter()
+                .zip(&topic.partition_brokers)
                 .enumerate()
-                .filter(move |(_, owner)| **owner == shard)
+                .filter(move |(_, (owner, broker))| **owner == shard && **broker == self.local_node)
                 .map(move |(partition, _)| {
                     (
                         TopicPartition {

@@ -343,6 +343,8 @@ impl Effective {
             default_replication_factor: self.integer("default.replication.factor") as i16,
             replica_lag_time_max: Duration::from_millis(self.unsigned("replica.lag.time.max.ms")),
             preview: self.boolean("ringfeed.cluster.preview.enable"),
+            session_timeout: Duration::from_millis(self.unsigned("broker.session.timeout.ms")),
+            rack: Some(self.text("broker.rack").to_string()).filter(|rack| !rack.is_empty()),
         }
     }
 

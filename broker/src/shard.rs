@@ -404,16 +404,35 @@ impl ShardServices {
     /// Where a group's coordinator lives: its `__consumer_offsets` partition and that
     /// partition's shard. Creates the internal topic on first use, as Kafka does on the
     /// first `FindCoordinator`. `Err` is the error code to answer with.
+    /// A group whose partition another broker hosts is answered `NOT_COORDINATOR`, so the
+    /// client asks `FindCoordinator` again.
     pub async fn locate_group(self: &Rc<Self>, group: &str) -> Result<(i32, usize), i16> {
         let snapshot = self.offsets_topic_snapshot().await?;
         let topic = snapshot
             .topic(OFFSETS_TOPIC)
             .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)?;
         let partition = groups::partition_for(group, topic.partition_count());
+        if snapshot.broker_of(OFFSETS_TOPIC, partition) != Some(snapshot.local_node) {
+            return Err(group_codes::NOT_COORDINATOR);
+        }
         let owner = snapshot
             .owner_of(OFFSETS_TOPIC, partition)
             .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)?;
         Ok((partition, owner))
+    }
+
+    /// The broker coordinating `group`: the one hosting its `__consumer_offsets` partition
+    /// (created on first use), if that broker is alive.
+    pub async fn coordinator_broker(self: &Rc<Self>, group: &str) -> Result<i32, i16> {
+        let snapshot = self.offsets_topic_snapshot().await?;
+        let topic = snapshot
+            .topic(OFFSETS_TOPIC)
+            .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)?;
+        let partition = groups::partition_for(group, topic.partition_count());
+        snapshot
+            .broker_of(OFFSETS_TOPIC, partition)
+            .filter(|broker| snapshot.is_alive(*broker))
+            .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)
     }
 
     /// The metadata, once it holds `__consumer_offsets` (created here if missing).
@@ -422,19 +441,7 @@ impl ShardServices {
         if snapshot.topic(OFFSETS_TOPIC).is_some() {
             return Ok(snapshot);
         }
-        let topic = NewTopic {
-            name: OFFSETS_TOPIC.to_string(),
-            partitions: OFFSETS_TOPIC_PARTITIONS,
-            replication_factor: -1,
-            manual_assignment: Vec::new(),
-            configs: vec![
-                // Commits of an active group must never age out with a segment; expiry of
-                // offsets is the coordinator's job (offsets.retention), not the log's.
-                ("retention.ms".to_string(), Some("-1".to_string())),
-                // Kafka's offsets.topic.segment.bytes.
-                ("segment.bytes".to_string(), Some("104857600".to_string())),
-            ],
-        };
+        let topic = offsets_topic();
         let call = ControllerCall::CreateTopics {
             topics: vec![topic],
             validate_only: false,
@@ -641,6 +648,7 @@ async fn recover_controller(
         shard_count: config.shard_count(),
         node_id: config.cluster.node_id,
         broker_count: config.cluster.broker_count(),
+        clustered: config.cluster.voters.len() > 1,
         default_replication_factor: config.cluster.default_replication_factor,
         default_partitions: config.default_partitions,
         limits: config.limits.clone(),
@@ -660,9 +668,12 @@ async fn recover_controller(
 /// Shard 0 of a broker among several voters: adopts each state group 0 commits, publishes
 /// a new snapshot when the controller's leader changes (Metadata's `controller_id`), and
 /// lets the first leader of a new cluster commit its state. Polls every 50 ms: a follower
-/// sees a change at most that much after its commit.
+/// sees a change at most that much after its commit. Heartbeats the controller every
+/// `registry::HEARTBEAT_INTERVAL` (at once after a leader change or when a broker asked for
+/// `__consumer_offsets`), and on the leader runs the registry (`Controller::registry_round`).
 async fn follow_controller_group(services: std::rc::Weak<ShardServices>) {
     let mut published_leader = None;
+    let mut next_heartbeat = std::time::Instant::now();
     loop {
         glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
         let Some(services) = services.upgrade() else {
@@ -681,7 +692,37 @@ async fn follow_controller_group(services: std::rc::Weak<ShardServices>) {
             tracing::info!(controller = leader, "controller leader changed");
             services.publish(controller.snapshot()).await;
             published_leader = Some(leader);
+            next_heartbeat = std::time::Instant::now();
         }
+        let now = std::time::Instant::now();
+        let asked = controller
+            .replication()
+            .is_some_and(|replicated| replicated.wants_offsets_topic.get());
+        if now >= next_heartbeat || asked {
+            controller.heartbeat();
+            next_heartbeat = now + crate::controller::registry::HEARTBEAT_INTERVAL;
+        }
+        if let Some((snapshot, turn)) = controller.registry_round(offsets_topic()).await {
+            services.publish(snapshot).await;
+            drop(turn);
+        }
+    }
+}
+
+/// `__consumer_offsets` as the first `FindCoordinator` creates it.
+fn offsets_topic() -> NewTopic {
+    NewTopic {
+        name: OFFSETS_TOPIC.to_string(),
+        partitions: OFFSETS_TOPIC_PARTITIONS,
+        replication_factor: -1,
+        manual_assignment: Vec::new(),
+        configs: vec![
+            // Commits of an active group must never age out with a segment; expiry of
+            // offsets is the coordinator's job (offsets.retention), not the log's.
+            ("retention.ms".to_string(), Some("-1".to_string())),
+            // Kafka's offsets.topic.segment.bytes.
+            ("segment.bytes".to_string(), Some("104857600".to_string())),
+        ],
     }
 }
 

@@ -41,7 +41,7 @@ use ringfeed_storage::batch::{
 use ringfeed_storage::{Clock, Disk, LogConfig, PartitionLog};
 
 use crate::cluster::transport::Transport;
-use crate::cluster::{split_by_shard, CONTROLLER_GROUP_ID};
+use crate::cluster::{split_by_shard, CONTROLLER_GROUP_ID, REGISTRY_MAILBOX};
 use crate::controller::store::{self, ClusterState};
 
 /// The directory of group 0's log under the data directory.
@@ -50,6 +50,9 @@ pub const METADATA_LOG_DIR: &str = "__cluster_metadata-0";
 const RECENT_BYTES_MAX: usize = 4 << 20;
 /// Received frames waiting for the driver round.
 pub const INBOUND_FRAMES_MAX: usize = 256;
+/// Broker heartbeats received and not yet read by the controller; the oldest are dropped
+/// beyond this (each broker sends one a second, so only a stalled shard 0 gets near it).
+pub const MAILBOX_MAX: usize = 1024;
 
 /// Why a proposal was not applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,6 +108,9 @@ pub struct ControllerGroup<D: Disk> {
     tasks: RefCell<Vec<JoinHandle<()>>>,
     /// The durability barrier failed and that was logged (once, not every round).
     storage_failure_logged: Cell<bool>,
+    incarnation: u64,
+    /// Payloads addressed to the registry mailbox ([`REGISTRY_MAILBOX`]): (sender, bytes).
+    mailbox: RefCell<std::collections::VecDeque<(u64, Vec<u8>)>>,
 }
 
 impl<D: Disk> ControllerGroup<D> {
@@ -165,6 +171,8 @@ impl<D: Disk> ControllerGroup<D> {
             transport: RefCell::new(None),
             tasks: RefCell::new(Vec::new()),
             storage_failure_logged: Cell::new(false),
+            incarnation,
+            mailbox: RefCell::new(std::collections::VecDeque::new()),
         });
         group
             .tasks
@@ -179,8 +187,9 @@ impl<D: Disk> ControllerGroup<D> {
         *self.transport.borrow_mut() = Some(transport);
         let group = Rc::downgrade(self);
         let forward = async move {
-            while let Some(frame) = inbound.recv().await {
+            while let Some(mut frame) = inbound.recv().await {
                 let Some(group) = group.upgrade() else { return };
+                group.take_mail(&mut frame);
                 // Only shard 0's groups exist so far; pieces for other shards' groups
                 // would go there by a typed router call once partition groups do.
                 for (shard, piece) in split_by_shard(frame, |_group| 0) {
@@ -197,6 +206,75 @@ impl<D: Disk> ControllerGroup<D> {
 
     pub fn node_id(&self) -> u64 {
         self.node_id
+    }
+
+    /// This start's incarnation (frames carry it; so does the broker's registration).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// Moves the registry mailbox's messages out of `frame` (raft never sees them): each is
+    /// a `MsgPropose` whose one entry is the payload ([`Self::send_mail`]).
+    fn take_mail(&self, frame: &mut Frame) {
+        let from = frame.from_node;
+        let mut mailbox = self.mailbox.borrow_mut();
+        frame.messages.retain_mut(|message| {
+            if message.group_id != REGISTRY_MAILBOX {
+                return true;
+            }
+            for entry in message.message.entries.drain(..) {
+                if mailbox.len() >= MAILBOX_MAX {
+                    mailbox.pop_front();
+                }
+                mailbox.push_back((from, entry.data));
+            }
+            false
+        });
+    }
+
+    /// Sends `payload` to `to`'s registry mailbox on the transport, or into this broker's
+    /// own mailbox when `to` is this broker. Best effort, like every frame (the sender
+    /// repeats its heartbeat every interval).
+    pub fn send_mail(&self, to: u64, payload: Vec<u8>) {
+        if to == self.node_id {
+            let mut mailbox = self.mailbox.borrow_mut();
+            if mailbox.len() >= MAILBOX_MAX {
+                mailbox.pop_front();
+            }
+            mailbox.push_back((to, payload));
+            return;
+        }
+        let Some(transport) = self.transport.borrow().clone() else {
+            return;
+        };
+        let mut frame = Frame::new(self.node_id, to, self.incarnation);
+        frame.push(
+            REGISTRY_MAILBOX,
+            raft::eraftpb::Message {
+                msg_type: raft::eraftpb::MessageType::MsgPropose as i32,
+                from: self.node_id,
+                to,
+                entries: vec![Entry {
+                    data: payload,
+                    ..Entry::default()
+                }],
+                ..raft::eraftpb::Message::default()
+            },
+        );
+        transport.send(&frame);
+    }
+
+    /// The mailbox's payloads received so far, oldest first.
+    pub fn take_mailbox(&self) -> Vec<(u64, Vec<u8>)> {
+        self.mailbox.borrow_mut().drain(..).collect()
+    }
+
+    /// Group 0's current term as this broker knows it.
+    pub fn term(&self) -> u64 {
+        self.driver
+            .borrow()
+            .raft(CONTROLLER_GROUP_ID)
+            .map_or(0, |raft| raft.term)
     }
 
     /// The attached transport's counts (for metrics).

@@ -83,8 +83,10 @@ fn state(epoch: u64, topics: &[&str]) -> ClusterState {
                 id: [1; 16],
                 partition_shards: vec![0, 1],
                 overrides: Vec::new(),
+                partition_brokers: vec![1, 2],
             })
             .collect(),
+        brokers: Vec::new(),
     }
 }
 

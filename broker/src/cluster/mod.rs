@@ -22,12 +22,16 @@ use crate::cluster::controller_group::{ControllerGroup, ControllerGroupStart, IN
 use crate::cluster::transport::{Transport, TransportSettings};
 use crate::cluster_config::ClusterConfig;
 use crate::config::BrokerConfig;
-use crate::controller::store::ClusterState;
+use crate::controller::registry::Liveness;
+use crate::controller::store::{BrokerRecord, ClusterState, ListenerRecord};
 use crate::controller::Replicated;
 use crate::disk::BrokerDisk;
 
 /// The controller's Raft group (`KRaft`'s `__cluster_metadata`), driven by shard 0.
 pub const CONTROLLER_GROUP_ID: u64 = 0;
+/// Not a Raft group: frames' messages for this id carry broker heartbeats to the controller
+/// (`controller::registry`), taken out before the driver steps the rest.
+pub const REGISTRY_MAILBOX: u64 = u64::MAX;
 
 /// Where this broker listens for peers and the internal address of each peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,13 +122,36 @@ pub async fn start_controller_group(
     group.attach(transport, received);
     tracing::info!(node_id, voters = %config.cluster.voters, recovered = recovered.is_some(), "controller group 0 started");
     tracing::warn!(
-        "the controller is replicated across the voters, but partitions are not yet: this \
-         broker holds and serves its own copy of every partition (docs/REPLICATION.md, Status)"
+        "the controller is replicated across the voters and partitions are spread over the \
+         brokers, but each partition has one replica: a lost broker's partitions are \
+         unavailable until it returns (docs/REPLICATION.md, Status)"
     );
+    let registration = BrokerRecord {
+        node_id: config.cluster.node_id,
+        incarnation,
+        listeners: config
+            .listeners
+            .iter()
+            .map(|listener| ListenerRecord {
+                name: listener.name.clone(),
+                host: listener.advertised_host.clone(),
+                port: listener.advertised_port,
+            })
+            .collect(),
+        rack: config.cluster.rack.clone(),
+        shard_count: u32::try_from(config.shard_count()).unwrap_or(u32::MAX),
+        fenced: false,
+    };
     let replicated = Replicated {
         group,
         committed,
         has_committed_state: Cell::new(false),
+        registration,
+        liveness: RefCell::new(Liveness::new(
+            config.cluster.session_timeout,
+            std::time::Instant::now(),
+        )),
+        wants_offsets_topic: Cell::new(false),
     };
     Ok((replicated, recovered))
 }

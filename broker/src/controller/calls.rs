@@ -121,6 +121,9 @@ pub struct PlacementRules {
     pub node_id: i32,
     /// Brokers a topic's replicas can be spread over.
     pub broker_count: usize,
+    /// Several voters: partitions are placed on registered live brokers (`placement`);
+    /// false for a one-node broker, which places everything on itself as before.
+    pub clustered: bool,
     /// `default.replication.factor`, for a `CreateTopics` request that asks for -1.
     pub default_replication_factor: i16,
     pub default_partitions: i32,

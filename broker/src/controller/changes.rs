@@ -9,6 +9,7 @@ use uuid::Uuid;
 use crate::controller::calls::{
     ConfigChange, ConfigOperation, ControllerCall, NewTopic, PlacementRules, TopicOutcome, TopicRef,
 };
+use crate::controller::placement::{self, Placed};
 use crate::controller::store::{ClusterState, ConfigEntry, TopicRecord};
 use crate::error_codes as codes;
 use crate::metadata::OFFSETS_TOPIC;
@@ -150,19 +151,18 @@ fn create_topic(
             ),
         );
     }
-    let partitions = if !topic.manual_assignment.is_empty() {
-        if topic
-            .manual_assignment
-            .iter()
-            .any(|replicas| replicas.as_slice() != [rules.node_id])
-        {
-            return TopicOutcome::error(
-                &topic.name,
-                codes::INVALID_REPLICA_ASSIGNMENT,
-                format!("the only broker is node {}", rules.node_id),
-            );
+    let assigned = if topic.manual_assignment.is_empty() {
+        None
+    } else {
+        match manual_assignment(state, &topic.manual_assignment, rules) {
+            Ok(placed) => Some(placed),
+            Err(reason) => {
+                return TopicOutcome::error(&topic.name, codes::INVALID_REPLICA_ASSIGNMENT, reason)
+            }
         }
-        topic.manual_assignment.len() as i32
+    };
+    let partitions = if let Some(placed) = &assigned {
+        placed.len() as i32
     } else if topic.partitions == -1 {
         rules.default_partitions
     } else {
@@ -178,49 +178,80 @@ fn create_topic(
             ),
         );
     }
-    let mut overrides = Vec::new();
-    for (key, value) in topic.configs {
-        let Some(value) = value else { continue };
-        if let Err(reason) = validate_override(&key, &value) {
-            return TopicOutcome::error(&topic.name, codes::INVALID_CONFIG, reason);
-        }
-        overrides.push(ConfigEntry { key, value });
-    }
+    let overrides = match new_overrides(topic.configs) {
+        Ok(overrides) => overrides,
+        Err(reason) => return TopicOutcome::error(&topic.name, codes::INVALID_CONFIG, reason),
+    };
     let id = Uuid::new_v4();
+    // The topic's ordinal is its round-robin start offset across brokers.
+    let placed = match assigned.map_or_else(
+        || placement::place(state, partitions as usize, state.topics.len(), rules),
+        Ok,
+    ) {
+        Ok(placed) => placed,
+        Err(reason) => {
+            return TopicOutcome::error(&topic.name, codes::INVALID_REPLICATION_FACTOR, reason)
+        }
+    };
     if !validate_only {
-        let partition_shards = place_partitions(state, partitions as usize, rules.shard_count);
+        let (partition_shards, partition_brokers) = split_placement(&placed, rules);
         state.topics.push(TopicRecord {
             name: topic.name.clone(),
             id: id.into_bytes(),
             partition_shards,
             overrides,
+            partition_brokers,
         });
     }
     TopicOutcome::ok(&topic.name, id, partitions)
 }
 
-/// Chooses shards for `count` new partitions: each goes to the shard with the fewest
-/// partitions so far (lowest index on ties), so shards stay within one partition of each other.
-fn place_partitions(state: &ClusterState, count: usize, shard_count: usize) -> Vec<u32> {
-    let mut load = vec![0_usize; shard_count];
-    for shard in state
-        .topics
-        .iter()
-        .flat_map(|topic| &topic.partition_shards)
-    {
-        load[*shard as usize % shard_count] += 1;
+/// A new topic's config overrides, each validated (entries without a value are skipped).
+fn new_overrides(configs: Vec<(String, Option<String>)>) -> Result<Vec<ConfigEntry>, String> {
+    let mut overrides = Vec::new();
+    for (key, value) in configs {
+        let Some(value) = value else { continue };
+        validate_override(&key, &value)?;
+        overrides.push(ConfigEntry { key, value });
     }
-    (0..count)
-        .map(|_| {
-            let (least_loaded, _) = load
-                .iter()
-                .enumerate()
-                .min_by_key(|(shard, partitions)| (**partitions, *shard))
-                .expect("at least one shard");
-            load[least_loaded] += 1;
-            least_loaded as u32
+    Ok(overrides)
+}
+
+/// Where a client's replica lists put each partition: one live broker per partition in a
+/// cluster; on a one-node broker, only that broker.
+fn manual_assignment(
+    state: &ClusterState,
+    assignment: &[Vec<i32>],
+    rules: &PlacementRules,
+) -> Result<Vec<Placed>, String> {
+    let brokers = assignment
+        .iter()
+        .map(|replicas| match replicas.as_slice() {
+            [broker] if rules.clustered || *broker == rules.node_id => Ok(*broker),
+            _ if !rules.clustered => Err(format!("the only broker is node {}", rules.node_id)),
+            _ => Err(
+                "each partition takes exactly one broker: replication factor > 1 is not \
+                      built yet"
+                    .to_string(),
+            ),
         })
-        .collect()
+        .collect::<Result<Vec<i32>, String>>()?;
+    if !rules.clustered {
+        // Where on this broker is the shards' business, as for any new partition.
+        return placement::place(state, brokers.len(), 0, rules);
+    }
+    placement::place_on(state, &brokers, rules)
+}
+
+/// The shards and brokers to record; a one-node broker records no brokers (they are all it).
+fn split_placement(placed: &[Placed], rules: &PlacementRules) -> (Vec<u32>, Vec<i32>) {
+    let shards = placed.iter().map(|placed| placed.shard).collect();
+    let brokers = if rules.clustered {
+        placed.iter().map(|placed| placed.broker).collect()
+    } else {
+        Vec::new()
+    };
+    (shards, brokers)
 }
 
 fn delete_topic(state: &mut ClusterState, topic: &TopicRef) -> TopicOutcome {
@@ -295,9 +326,18 @@ fn add_partitions(
             ),
         );
     }
+    let added = (total - current) as usize;
+    // Continues the topic's round-robin where its existing partitions left it.
+    let start = index + current as usize;
+    let placed = match placement::place(state, added, start, rules) {
+        Ok(placed) => placed,
+        Err(reason) => return TopicOutcome::error(name, codes::INVALID_REPLICATION_FACTOR, reason),
+    };
     if !validate_only {
-        let added = place_partitions(state, (total - current) as usize, rules.shard_count);
-        state.topics[index].partition_shards.extend(added);
+        let (shards, brokers) = split_placement(&placed, rules);
+        let record = &mut state.topics[index];
+        record.partition_shards.extend(shards);
+        record.partition_brokers.extend(brokers);
     }
     TopicOutcome::ok(name, Uuid::from_bytes(state.topics[index].id), total)
 }
@@ -361,6 +401,7 @@ mod tests {
             shard_count,
             node_id: 0,
             broker_count: 1,
+            clustered: false,
             default_replication_factor: 1,
             default_partitions: 3,
             limits: Limits::default(),

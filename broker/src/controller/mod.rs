@@ -7,6 +7,8 @@
 
 mod calls;
 pub mod changes;
+pub mod placement;
+pub mod registry;
 pub mod store;
 
 use std::cell::{Cell, RefCell};
@@ -19,7 +21,9 @@ use uuid::Uuid;
 use crate::cluster::controller_group::{ControllerGroup, ProposalError};
 use crate::disk::BrokerDisk;
 use crate::error_codes as codes;
-use crate::metadata::{MetadataSnapshot, TopicMetadata, TopicPartition};
+use crate::metadata::{
+    BrokerEndpoints, MetadataSnapshot, TopicMetadata, TopicPartition, OFFSETS_TOPIC,
+};
 use crate::topic_config::TopicConfig;
 pub use calls::{
     ConfigChange, ConfigOperation, ControllerCall, ControllerReply, NewTopic, PlacementRules,
@@ -49,6 +53,13 @@ pub struct Replicated {
     pub committed: Rc<RefCell<Option<ClusterState>>>,
     /// Whether any state was ever committed (else the first leader proposes its own).
     pub has_committed_state: Cell<bool>,
+    /// What this broker registers as (`registry`), sent with every heartbeat.
+    pub registration: store::BrokerRecord,
+    /// When each broker was last heard from; read while this broker leads group 0.
+    pub liveness: RefCell<registry::Liveness>,
+    /// A `CreateTopics` of `__consumer_offsets` reached this broker while it did not lead:
+    /// the next heartbeat asks the controller to create it.
+    pub wants_offsets_topic: Cell<bool>,
 }
 
 impl Controller {
@@ -64,6 +75,7 @@ impl Controller {
                 epoch: 1,
                 cluster_id: format!("ringfeed-{}", Uuid::new_v4().simple()),
                 topics: Vec::new(),
+                brokers: Vec::new(),
             };
             store.persist(&fresh).await?;
             fresh
@@ -93,6 +105,7 @@ impl Controller {
             epoch: 1,
             cluster_id: format!("ringfeed-{}", Uuid::new_v4().simple()),
             topics: Vec::new(),
+            brokers: Vec::new(),
         });
         Self {
             state: RefCell::new(state),
@@ -255,6 +268,9 @@ impl Controller {
             // A follower (or a leader not caught up in its term) must not compute changes
             // from a state that may be stale, validate-only ones included.
             if !replicated.group.ready_to_propose() {
+                if outcomes.iter().any(|outcome| outcome.name == OFFSETS_TOPIC) {
+                    replicated.wants_offsets_topic.set(true);
+                }
                 let message = format!(
                     "broker {} is not the controller; the controller is broker {}",
                     self.rules.node_id,
@@ -284,6 +300,120 @@ impl Controller {
     }
 }
 
+impl Controller {
+    /// Sends this broker's heartbeat (its registration) to group 0's leader: over the
+    /// transport, or into its own mailbox when it leads. Nothing while no leader is known.
+    pub fn heartbeat(&self) {
+        let Some(replicated) = &self.replicated else {
+            return;
+        };
+        let Some(leader) = replicated.group.leader() else {
+            return;
+        };
+        let heartbeat = registry::BrokerHeartbeat {
+            registration: replicated.registration.clone(),
+            wants_offsets_topic: replicated.wants_offsets_topic.replace(false),
+        };
+        replicated.group.send_mail(leader, heartbeat.encode());
+    }
+
+    /// Applies the heartbeats received to `next` (registrations) and the silence of others
+    /// (fencing); returns whether a broker asked for `__consumer_offsets`.
+    fn hear(
+        replicated: &Replicated,
+        mail: Vec<(u64, Vec<u8>)>,
+        next: &mut ClusterState,
+        now: std::time::Instant,
+    ) -> bool {
+        let mut liveness = replicated.liveness.borrow_mut();
+        let mut wants_offsets_topic = false;
+        for (from, payload) in mail {
+            let heartbeat = match registry::BrokerHeartbeat::decode(&payload) {
+                Ok(heartbeat) => heartbeat,
+                Err(reason) => {
+                    tracing::warn!(from, %reason, "dropped a broker heartbeat that does not decode");
+                    continue;
+                }
+            };
+            let node_id = heartbeat.registration.node_id;
+            if u64::try_from(node_id).ok() != Some(from) {
+                tracing::warn!(from, node_id, "dropped a heartbeat naming another broker");
+                continue;
+            }
+            liveness.heard(node_id, now);
+            if registry::register(next, &heartbeat.registration) {
+                tracing::info!(
+                    node_id,
+                    incarnation = heartbeat.registration.incarnation,
+                    "broker registered"
+                );
+            }
+            wants_offsets_topic |= heartbeat.wants_offsets_topic;
+        }
+        for node_id in liveness.expired(next, now) {
+            registry::fence(next, node_id);
+            tracing::warn!(node_id, session_timeout = ?liveness.session_timeout(), "broker fenced: no heartbeat for a session");
+        }
+        wants_offsets_topic
+    }
+
+    /// The registry's work on group 0's leader (`registry`): reads the heartbeats received,
+    /// registers brokers whose registration is new or changed, creates `__consumer_offsets`
+    /// (`offsets_topic`) if a broker asked for it, and fences brokers silent for a session.
+    /// Returns the snapshot to publish when it committed a change. Elsewhere it only drops
+    /// the heartbeats (a follower is sent none but may hold a few from when it led).
+    pub async fn registry_round(
+        &self,
+        offsets_topic: NewTopic,
+    ) -> Option<(Arc<MetadataSnapshot>, ChangeTurn)> {
+        let replicated = self.replicated.as_ref()?;
+        let mail = replicated.group.take_mailbox();
+        if !replicated.group.ready_to_propose() {
+            return None;
+        }
+        let now = std::time::Instant::now();
+        {
+            let mut liveness = replicated.liveness.borrow_mut();
+            liveness.lead(replicated.group.term(), now);
+            // The usual round: nothing heard, nobody due for fencing, no state to copy.
+            if mail.is_empty() && liveness.expired(&self.state.borrow(), now).is_empty() {
+                return None;
+            }
+        }
+        let turn = self.take_turn().await;
+        if !replicated.group.ready_to_propose() {
+            return None;
+        }
+        let current = self.state.borrow().clone();
+        let mut next = current.clone();
+        let wants_offsets_topic = Self::hear(replicated, mail, &mut next, now);
+        if wants_offsets_topic && !next.topics.iter().any(|topic| topic.name == OFFSETS_TOPIC) {
+            let call = ControllerCall::CreateTopics {
+                topics: vec![offsets_topic],
+                validate_only: false,
+            };
+            let outcomes = changes::apply(&mut next, call, &self.rules);
+            if let Some(outcome) = outcomes
+                .first()
+                .filter(|outcome| outcome.error_code != codes::NONE)
+            {
+                tracing::warn!(message = ?outcome.message, "could not create {OFFSETS_TOPIC}");
+            }
+        }
+        if next == current {
+            return None;
+        }
+        next.epoch += 1;
+        if let Err((_, message)) = self.persist(&next).await {
+            tracing::info!(%message, "registry change not committed; retried with the next heartbeats");
+            return None;
+        }
+        self.forget_offline_of_deleted(&next);
+        *self.state.borrow_mut() = next;
+        Some((self.snapshot(), turn))
+    }
+}
+
 /// Held while a change is computed, persisted and published; the next change waits for it.
 pub struct ChangeTurn {
     _permit: glommio::sync::StaticPermit,
@@ -302,6 +432,14 @@ pub fn build_snapshot(state: &ClusterState, rules: &PlacementRules) -> MetadataS
                 .iter()
                 .map(|entry| (entry.key.clone(), entry.value.clone()))
                 .collect();
+            // A one-node broker holds every partition; so does a cluster for a topic with no
+            // recorded brokers (written before the registry, in the cluster preview).
+            let partition_brokers = (0..record.partition_shards.len())
+                .map(|partition| match record.partition_brokers.get(partition) {
+                    Some(broker) if rules.clustered => *broker,
+                    _ => rules.node_id,
+                })
+                .collect();
             let topic = TopicMetadata {
                 name: name.clone(),
                 id: Uuid::from_bytes(record.id),
@@ -310,6 +448,7 @@ pub fn build_snapshot(state: &ClusterState, rules: &PlacementRules) -> MetadataS
                     .iter()
                     .map(|shard| *shard as usize % rules.shard_count)
                     .collect(),
+                partition_brokers,
                 config: TopicConfig::resolve(&overrides, &rules.topic_defaults),
                 overrides,
             };
@@ -322,5 +461,95 @@ pub fn build_snapshot(state: &ClusterState, rules: &PlacementRules) -> MetadataS
         controller_id: rules.node_id,
         topics,
         offline_partitions: BTreeSet::new(),
+        local_node: rules.node_id,
+        brokers: state
+            .brokers
+            .iter()
+            .filter(|broker| rules.clustered && !broker.fenced)
+            .map(|broker| BrokerEndpoints {
+                node_id: broker.node_id,
+                rack: broker.rack.clone(),
+                listeners: broker
+                    .listeners
+                    .iter()
+                    .map(|listener| (listener.name.clone(), listener.host.clone(), listener.port))
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::store::{BrokerRecord, TopicRecord};
+    use crate::limits::Limits;
+
+    fn rules(clustered: bool) -> PlacementRules {
+        PlacementRules {
+            shard_count: 2,
+            node_id: 1,
+            broker_count: 3,
+            clustered,
+            default_replication_factor: 1,
+            default_partitions: 3,
+            limits: Limits::default(),
+            topic_defaults: crate::settings::Effective::defaults().topic_defaults(),
+        }
+    }
+
+    fn state() -> ClusterState {
+        let broker = |node_id, fenced| BrokerRecord {
+            node_id,
+            incarnation: 1,
+            listeners: Vec::new(),
+            rack: None,
+            shard_count: 2,
+            fenced,
+        };
+        ClusterState {
+            epoch: 3,
+            cluster_id: "c".into(),
+            topics: vec![TopicRecord {
+                name: "t".into(),
+                id: [1; 16],
+                partition_shards: vec![0, 0, 1],
+                overrides: Vec::new(),
+                partition_brokers: vec![1, 2, 1],
+            }],
+            brokers: vec![broker(1, false), broker(2, true), broker(3, false)],
+        }
+    }
+
+    fn local(snapshot: &MetadataSnapshot, shard: usize) -> Vec<i32> {
+        snapshot
+            .partitions_on(shard)
+            .map(|(tp, _)| tp.partition)
+            .collect()
+    }
+
+    #[test]
+    fn a_cluster_broker_holds_only_its_partitions_and_lists_only_live_brokers() {
+        let snapshot = build_snapshot(&state(), &rules(true));
+        let live: Vec<i32> = snapshot.brokers.iter().map(|b| b.node_id).collect();
+        assert_eq!(live, [1, 3], "the fenced broker is left out");
+        assert_eq!(
+            (local(&snapshot, 0), local(&snapshot, 1)),
+            (vec![0], vec![2])
+        );
+        assert_eq!(snapshot.broker_of("t", 1), Some(2));
+        assert!(!snapshot.is_alive(2));
+        assert!(snapshot.is_alive(3));
+    }
+
+    #[test]
+    fn a_one_node_broker_holds_every_partition_as_before() {
+        let snapshot = build_snapshot(&state(), &rules(false));
+        assert!(snapshot.brokers.is_empty());
+        assert_eq!(
+            (local(&snapshot, 0), local(&snapshot, 1)),
+            (vec![0, 1], vec![2])
+        );
+        assert_eq!(snapshot.broker_of("t", 1), Some(1));
     }
 }

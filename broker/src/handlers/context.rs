@@ -227,6 +227,11 @@ impl GroupAccess<'_> {
     pub async fn locate_group(&self, group: &str) -> Result<(i32, usize), i16> {
         self.services.locate_group(group).await
     }
+
+    /// See `ShardServices::coordinator_broker`.
+    pub async fn coordinator_broker(&self, group: &str) -> Result<i32, i16> {
+        self.services.coordinator_broker(group).await
+    }
 }
 
 /// See the module docs.

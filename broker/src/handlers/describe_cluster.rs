@@ -1,4 +1,4 @@
-//! `DescribeCluster`: this single node and the cluster id.
+//! `DescribeCluster`: the live brokers (as `Metadata` lists them) and the cluster id.
 
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
@@ -12,17 +12,22 @@ pub async fn handle(
     context: &RequestContext,
     request: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
-    let config = &shard.config;
-    let (host, port) = config.advertised(context.listener);
-    let broker = DescribeClusterBroker::default()
-        .with_broker_id(BrokerId(config.cluster.node_id))
-        .with_host(str_bytes(host))
-        .with_port(port);
     let snapshot = shard.metadata.current();
+    let brokers =
+        crate::handlers::metadata::live_brokers(shard.config, &snapshot, context.listener)
+            .into_iter()
+            .map(|(node, host, port, rack)| {
+                DescribeClusterBroker::default()
+                    .with_broker_id(BrokerId(node))
+                    .with_host(str_bytes(&host))
+                    .with_port(port)
+                    .with_rack(rack.as_deref().map(str_bytes))
+            })
+            .collect();
     let response = DescribeClusterResponse::default()
         .with_cluster_id(str_bytes(&snapshot.cluster_id))
         .with_controller_id(BrokerId(snapshot.controller_id))
-        .with_brokers(vec![broker]);
+        .with_brokers(brokers);
     let response = if request.include_cluster_authorized_operations {
         // What the principal's ACLs allow on the cluster, as `Metadata` reports it.
         response.with_cluster_authorized_operations(context.authorized_operations(

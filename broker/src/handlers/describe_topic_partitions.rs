@@ -160,12 +160,21 @@ fn describe(
                 topic: topic.name.clone(),
                 partition,
             };
+            // Led by the broker it is placed on, as `Metadata` describes it.
+            let node = snapshot
+                .broker_of(&topic.name, partition)
+                .map_or(node, BrokerId);
             let described = DescribeTopicPartitionsResponsePartition::default()
                 .with_partition_index(partition)
                 .with_leader_id(node)
                 .with_leader_epoch(0)
                 .with_replica_nodes(vec![node]);
-            if snapshot.offline_partitions.contains(&tp) {
+            if !snapshot.is_alive(node.0) {
+                described
+                    .with_leader_id(BrokerId(-1))
+                    .with_error_code(codes::LEADER_NOT_AVAILABLE)
+                    .with_offline_replicas(vec![node])
+            } else if snapshot.offline_partitions.contains(&tp) {
                 described
                     .with_error_code(codes::KAFKA_STORAGE_ERROR)
                     .with_offline_replicas(vec![node])

@@ -1,4 +1,6 @@
-//! Metadata: brokers (this one node), topics with ids and partitions, auto-creation.
+//! Metadata: brokers (the live registered ones in a cluster, this one on a one-node broker;
+//! each at its address for the listener the request came in on), topics with ids and
+//! partitions led by the broker each is placed on, auto-creation.
 
 use std::sync::Arc;
 
@@ -110,7 +112,18 @@ pub async fn handle(
         response
     };
     response
-        .with_brokers(vec![this_broker(shard.config, context.listener)])
+        .with_brokers(
+            live_brokers(shard.config, &snapshot, context.listener)
+                .into_iter()
+                .map(|(node, host, port, rack)| {
+                    MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(node))
+                        .with_host(str_bytes(&host))
+                        .with_port(port)
+                        .with_rack(rack.as_deref().map(str_bytes))
+                })
+                .collect(),
+        )
         .with_cluster_id((version >= 2).then(|| str_bytes(&snapshot.cluster_id)))
         .with_controller_id(if version >= 1 {
             BrokerId(snapshot.controller_id)
@@ -128,6 +141,52 @@ pub fn this_broker(config: &BrokerConfig, listener: usize) -> MetadataResponseBr
         .with_node_id(BrokerId(config.cluster.node_id))
         .with_host(str_bytes(host))
         .with_port(port)
+        .with_rack(config.cluster.rack.as_deref().map(str_bytes))
+}
+
+/// Where clients on this broker's `listener` reach broker `node`: this broker's advertised
+/// address, or the address the live broker `node` registered for the listener of the same
+/// name (`None` if it is not alive or has no such listener, as Kafka leaves it out).
+pub fn broker_address(
+    config: &BrokerConfig,
+    snapshot: &MetadataSnapshot,
+    listener: usize,
+    node: i32,
+) -> Option<(String, i32)> {
+    if node == config.cluster.node_id {
+        let (host, port) = config.advertised(listener);
+        return Some((host.to_string(), port));
+    }
+    let name = config.listeners.get(listener)?.name.as_str();
+    let (host, port) = snapshot.broker(node)?.address(name)?;
+    Some((host.to_string(), port))
+}
+
+/// Every live broker as clients on `listener` reach it, by node id: this one always, the
+/// other registered, unfenced brokers that have a listener of the same name.
+pub fn live_brokers(
+    config: &BrokerConfig,
+    snapshot: &MetadataSnapshot,
+    listener: usize,
+) -> Vec<(i32, String, i32, Option<String>)> {
+    let mut brokers: Vec<(i32, String, i32, Option<String>)> = snapshot
+        .brokers
+        .iter()
+        .filter(|broker| broker.node_id != config.cluster.node_id)
+        .filter_map(|broker| {
+            let (host, port) = broker_address(config, snapshot, listener, broker.node_id)?;
+            Some((broker.node_id, host, port, broker.rack.clone()))
+        })
+        .collect();
+    let (host, port) = config.advertised(listener);
+    brokers.push((
+        config.cluster.node_id,
+        host.to_string(),
+        port,
+        config.cluster.rack.clone(),
+    ));
+    brokers.sort_by_key(|broker| broker.0);
+    brokers
 }
 
 /// Asks the controller to create `names` with the default settings; returns the names it
@@ -221,11 +280,27 @@ fn describe_topic(
                 topic: topic.name.clone(),
                 partition,
             };
+            // The broker the partition is placed on leads it (its only replica); while it
+            // is fenced there is no leader to send clients to (Kafka's answer too).
+            let placed = snapshot
+                .broker_of(&topic.name, partition)
+                .map_or(node, BrokerId);
             let described = MetadataResponsePartition::default()
                 .with_partition_index(partition)
-                .with_leader_id(node)
+                .with_leader_id(placed)
                 .with_leader_epoch(if version >= 7 { 0 } else { -1 })
-                .with_replica_nodes(vec![node]);
+                .with_replica_nodes(vec![placed]);
+            if !snapshot.is_alive(placed.0) {
+                return described
+                    .with_leader_id(BrokerId(-1))
+                    .with_error_code(codes::LEADER_NOT_AVAILABLE)
+                    .with_offline_replicas(if version >= 5 {
+                        vec![placed]
+                    } else {
+                        Vec::new()
+                    });
+            }
+            let node = placed;
             if !snapshot.offline_partitions.contains(&tp) {
                 return described.with_isr_nodes(vec![node]);
             }

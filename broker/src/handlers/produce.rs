@@ -14,8 +14,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::{join_all, ready, select, Either, LocalBoxFuture};
 use glommio::task::JoinHandle;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::messages::produce_response::{
+    LeaderIdAndEpoch, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse, TopicName};
 
 use crate::acl::model::Operation;
 use crate::error_codes as codes;
@@ -144,6 +146,17 @@ fn dispatch_piece(
     ) else {
         return refuse(codes::UNKNOWN_TOPIC_OR_PARTITION);
     };
+    // Another broker's partition (issue 12): refused with its leader for v10+ clients.
+    if let Some(leader) = snapshot
+        .broker_of(topic.0.as_str(), partition)
+        .filter(|leader| *leader != snapshot.local_node)
+    {
+        let (index, refused) = answer(codes::NOT_LEADER_OR_FOLLOWER, -1, -1);
+        let hint = LeaderIdAndEpoch::default()
+            .with_leader_id(BrokerId(leader))
+            .with_leader_epoch(0);
+        return Box::pin(ready((index, refused.with_current_leader(hint))));
+    }
     // As Kafka does before appending: acks=all promises the write is on min.insync.replicas
     // replicas, and a one-node cluster has exactly one in sync (docs/REPLICATION.md).
     if rules.acks == -1 && topic_metadata.config.min_insync_replicas > IN_SYNC_REPLICAS {

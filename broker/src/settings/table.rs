@@ -175,8 +175,8 @@ pub static SETTINGS: &[Setting] = &[
         "The brokers of the cluster's controller quorum and each one's internal \
          (broker-to-broker) address: ID@HOST:PORT,... Empty, or only this broker: a one-node \
          cluster. With other brokers the controller is replicated over them (Raft group 0, \
-         shard 0 listens on this broker's address); partitions are not spread or replicated \
-         yet (docs/REPLICATION.md, Status).",
+         shard 0 listens on this broker's address) and partitions are spread over them, one \
+         replica each; they are not replicated yet (docs/REPLICATION.md, Status).",
     ),
     row(
         "default.replication.factor",
@@ -197,8 +197,22 @@ pub static SETTINGS: &[Setting] = &[
         "false",
         Kind::Bool,
         "Allow controller.quorum.voters to name other brokers before partitions are \
-         replicated: the controller is replicated, every broker keeps its own copy of each \
-         partition. For trying the cluster out, not for data that matters.",
+         replicated: the controller is replicated, each partition lives on one broker only \
+         and is unavailable while that broker is down. For trying the cluster out, not for \
+         data that matters.",
+    ),
+    row(
+        "broker.session.timeout.ms",
+        "9000",
+        integer(1000, INT_MAX),
+        "A broker the controller has not heard from for this long (brokers heartbeat every \
+         second) is fenced: left out of Metadata until it registers again.",
+    ),
+    row(
+        "broker.rack",
+        "",
+        Kind::Text,
+        "This broker's rack, reported in Metadata and DescribeCluster. Empty: none.",
     ),
     row(
         "replica.lag.time.max.ms",

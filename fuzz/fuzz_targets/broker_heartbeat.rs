@@ -1,0 +1,9 @@
+//! A peer's heartbeat to the controller's registry mailbox
+//! (`ringfeed_broker::fuzzing::broker_heartbeat`): size, magic, checksum, rkyv validation.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    ringfeed_broker::fuzzing::broker_heartbeat(data);
+});
