@@ -286,12 +286,17 @@ def test_session_by_topic_id_and_the_switch_to_names(topic_with_records):
         assert error == 0
         assert list(topics) == [topic_id] and list(topics[topic_id]) == [0]
         assert topics[topic_id][0]["high_watermark"] == high_watermarks[0] + 1
-        # Forgetting by id leaves the session.
-        error, _, topics, _ = fetch(sock, 17, [], 4, session_id=session_id, epoch=3,
+        # Partition 0's offset moves past the new record (sent by id) and partitions 1 and
+        # 2 are forgotten by id: nothing to carry, and a record on partition 1 stays unseen.
+        error, _, topics, _ = fetch(sock, 17, [(topic_id, [(0, high_watermarks[0] + 1)])], 4,
+                                    session_id=session_id, epoch=3,
                                     forgotten=[(topic_id, [1, 2])])
         assert error == 0 and topics == {}
+        produce_to(broker.bootstrap, "ids", 1, b"unseen")
+        error, _, topics, _ = fetch(sock, 17, [], 5, session_id=session_id, epoch=4)
+        assert error == 0 and topics == {}
         # The same session from a v12 request (names): Kafka's 106, session id 0.
-        error, answered_id, topics, _ = fetch(sock, 12, [], 5, session_id=session_id, epoch=4)
+        error, answered_id, topics, _ = fetch(sock, 12, [], 5, session_id=session_id, epoch=5)
         assert (error, answered_id, topics) == (FETCH_SESSION_TOPIC_ID_ERROR, 0, {})
         # A v12 session (names) used from v13 gets the same error.
         error, by_name_id, _, _ = fetch(sock, 12, [("ids", [(0, 0)])], 6, session_id=0, epoch=0)
