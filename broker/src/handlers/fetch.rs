@@ -227,18 +227,15 @@ fn resolve_topic_ids(
         return (request, Vec::new());
     }
     let mut unknown = Vec::new();
-    request
-        .topics
-        .retain_mut(|topic| match snapshot.topic_by_id(topic.topic_id) {
-            Some(metadata) => {
-                topic.topic = TopicName(StrBytes::from_string(metadata.name.to_string()));
-                true
-            }
-            None => {
-                unknown.push(refused_topic(topic, codes::UNKNOWN_TOPIC_ID));
-                false
-            }
-        });
+    request.topics.retain_mut(|topic| {
+        if let Some(metadata) = snapshot.topic_by_id(topic.topic_id) {
+            topic.topic = TopicName(StrBytes::from_string(metadata.name.to_string()));
+            true
+        } else {
+            unknown.push(refused_topic(topic, codes::UNKNOWN_TOPIC_ID));
+            false
+        }
+    });
     (request, unknown)
 }
 
