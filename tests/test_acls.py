@@ -206,3 +206,47 @@ def test_allow_everyone_if_no_acl_found(start_broker, tmp_path):
     assert produce_outcome(bootstrap, "bob", "open") == []
     assert set(produce_outcome(bootstrap, "bob", "guarded")) == {KafkaError.TOPIC_AUTHORIZATION_FAILED}
     assert produce_outcome(bootstrap, "alice", "guarded") == []
+
+
+# Kafka's wire codes (ResourceType, PatternType, AclOperation, AclPermissionType).
+ANY, TOPIC, LITERAL, PREFIXED, READ, WRITE, ALLOW = 1, 2, 3, 4, 3, 4, 3
+
+
+def test_acl_apis_v0_see_literal_patterns_only(start_broker):
+    """DescribeAcls/CreateAcls/DeleteAcls v0 (Kafka 3.9; no pattern type field): Kafka reads
+    a v0 filter or creation as LITERAL, so v0 creates literal bindings and neither lists nor
+    deletes prefixed ones. Raw v0 requests (kafka-python's own v0 codecs) on a plaintext
+    listener whose anonymous principal is the super user."""
+    from kafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest, DescribeAclsRequest
+    from helpers import call, connect
+    broker = start_broker(extra_args=["--authorizer-class-name", AUTHORIZER,
+                                      "--super-users", "User:ANONYMOUS"])
+    with connect(broker.bootstrap) as sock:
+        created = call(sock, CreateAclsRequest[0](
+            creations=[(TOPIC, "orders", "User:alice", "*", READ, ALLOW)]), 1)
+        assert [code for code, _ in created.creation_responses] == [0]
+        created = call(sock, CreateAclsRequest[1](
+            creations=[(TOPIC, "ord", PREFIXED, "User:alice", "*", WRITE, ALLOW)]), 2)
+        assert [code for code, _ in created.creation_responses] == [0]
+
+        everything_v0 = (ANY, None, None, None, ANY, ANY)
+        described = call(sock, DescribeAclsRequest[0](*everything_v0), 3)
+        assert described.error_code == 0
+        assert described.resources == [(TOPIC, "orders", [("User:alice", "*", READ, ALLOW)])]
+        # v1 with pattern type ANY sees both; with LITERAL what v0 saw.
+        described = call(sock, DescribeAclsRequest[1](ANY, None, ANY, None, None, ANY, ANY), 4)
+        assert sorted((r[0], r[1], r[2]) for r in described.resources) == [
+            (TOPIC, "ord", PREFIXED), (TOPIC, "orders", LITERAL)]
+
+        deleted = call(sock, DeleteAclsRequest[0](filters=[everything_v0]), 5)
+        ((error, _, matching),) = deleted.filter_responses
+        assert error == 0
+        assert [(m[0], m[2], m[3], m[4], m[6]) for m in matching] == [
+            (0, TOPIC, "orders", "User:alice", READ)]
+        described = call(sock, DescribeAclsRequest[1](ANY, None, ANY, None, None, ANY, ANY), 6)
+        assert [(r[0], r[1], r[2]) for r in described.resources] == [(TOPIC, "ord", PREFIXED)]
+        # The prefixed binding is out of v0's reach: describing and deleting see nothing.
+        assert call(sock, DescribeAclsRequest[0](*everything_v0), 7).resources == []
+        ((error, _, matching),) = call(sock, DeleteAclsRequest[0](filters=[everything_v0]),
+                                       8).filter_responses
+        assert (error, matching) == (0, [])

@@ -84,7 +84,7 @@ def test_api_versions_above_ours_gets_v0_fallback_with_error_35(broker):
     correlation_id, error_code, count = struct.unpack(">ihi", body[:10])
     assert (correlation_id, error_code) == (5, 35)
     ranges = {struct.unpack(">hhh", body[10 + 6 * i:16 + 6 * i])[0]: struct.unpack(">hhh", body[10 + 6 * i:16 + 6 * i])[1:] for i in range(count)}
-    assert ranges[18] == (0, 4) and ranges[0] == (0, 11) and ranges[1] == (0, 12)
+    assert ranges[18] == (0, 4) and ranges[0] == (0, 13) and ranges[1] == (0, 18)
 
 
 def test_pipelined_requests_answer_in_order(broker):

@@ -28,6 +28,14 @@
 //!   minimum eviction time when last used; a follower's (privileged) may also displace
 //!   young consumer sessions.
 //!
+//! Topic ids (Fetch v13+, KIP-516): such a request names topics by id only, and its
+//! session keys partitions by topic id and partition (Kafka's `TopicIdPartition`); a request
+//! below v13 names them and keys by name. The name is resolved from the id on every round
+//! (`handlers::fetch`), so a session holding the id of a deleted topic answers
+//! `UNKNOWN_TOPIC_ID` for it, as Kafka's does. A session remembers which kind it is: an
+//! incremental request of the other kind (a client that changed version mid-session) is
+//! answered `FETCH_SESSION_TOPIC_ID_ERROR` (106), Kafka's `FetchManager.newContext` rule.
+//!
 //! Bounds: `slots_max` sessions (`max.incremental.fetch.session.cache.slots`, per shard
 //! here, per broker in Kafka) and `partitions_max` cached partitions in all of them: a
 //! session that would pass the latter is not created (id 0), or, when an incremental
@@ -41,6 +49,7 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::FetchableTopicResponse;
 use kafka_protocol::messages::{FetchRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use uuid::Uuid;
 
 use crate::error_codes as codes;
 
@@ -68,7 +77,19 @@ fn next_epoch(epoch: i32) -> i32 {
     }
 }
 
-type PartitionKey = (StrBytes, i32);
+/// A topic id and partition (v13+; the name left empty), or a name and partition (the id
+/// nil), from [`partition_key`].
+type PartitionKey = (Uuid, StrBytes, i32);
+
+/// The key of a partition named by `topic_id` when it is not nil (Fetch v13+), else by
+/// `name`: a v13+ answer carries the name the handler resolved, which is not part of the key.
+fn partition_key(topic_id: Uuid, name: &StrBytes, partition: i32) -> PartitionKey {
+    if topic_id.is_nil() {
+        (topic_id, name.clone(), partition)
+    } else {
+        (topic_id, StrBytes::default(), partition)
+    }
+}
 
 /// What the session remembers of one partition: the request's parameters (so an
 /// incremental request need not repeat them) and what the last answer said of it.
@@ -143,12 +164,13 @@ impl SessionPartitions {
         for key in self.order.values() {
             let (_, cached) = &self.by_key[key];
             match topics.last_mut() {
-                Some(topic) if topic.topic.0 == key.0 => {
+                Some(topic) if topic.topic_id == key.0 && topic.topic.0 == key.1 => {
                     topic.partitions.push(cached.request.clone());
                 }
                 _ => topics.push(
                     FetchTopic::default()
-                        .with_topic(TopicName(key.0.clone()))
+                        .with_topic_id(key.0)
+                        .with_topic(TopicName(key.1.clone()))
                         .with_partitions(vec![cached.request.clone()]),
                 ),
             }
@@ -160,6 +182,8 @@ impl SessionPartitions {
 #[derive(Debug)]
 struct Session {
     privileged: bool,
+    /// Created by a Fetch v13+ request: keyed by topic id.
+    uses_topic_ids: bool,
     /// The epoch the next incremental request must carry.
     epoch: i32,
     created_ms: i64,
@@ -184,7 +208,8 @@ pub struct SessionCounters {
     pub evicted: u64,
     /// Incremental requests accepted.
     pub incremental: u64,
-    /// Requests answered `FETCH_SESSION_ID_NOT_FOUND` or `INVALID_FETCH_SESSION_EPOCH`.
+    /// Requests answered `FETCH_SESSION_ID_NOT_FOUND`, `INVALID_FETCH_SESSION_EPOCH` or
+    /// `FETCH_SESSION_TOPIC_ID_ERROR`.
     pub errors: u64,
     /// Full requests that asked for a session and got none (no slot).
     pub refused: u64,
@@ -199,6 +224,7 @@ pub enum SessionPlan {
     /// session from the request's partitions and the answer.
     Full {
         privileged: bool,
+        uses_topic_ids: bool,
         partitions: Vec<(PartitionKey, FetchPartition)>,
     },
     /// The request's topics were replaced by all of the session's partitions; then
@@ -263,7 +289,9 @@ impl FetchSessionCache {
 
     /// Decides how `request` is served and, for an incremental request, checks it against
     /// its session, applies its changes and rewrites its topics to the session's whole list.
-    pub fn begin(&mut self, now_ms: i64, request: &mut FetchRequest) -> SessionPlan {
+    /// `version`: the request's; from 13 topics are named by id.
+    pub fn begin(&mut self, now_ms: i64, request: &mut FetchRequest, version: i16) -> SessionPlan {
+        let uses_topic_ids = version >= 13;
         let privileged = request.replica_id.0 >= 0 || request.replica_state.replica_id.0 >= 0;
         let (session_id, epoch) = (request.session_id, request.session_epoch);
         if epoch == FINAL_EPOCH || epoch == INITIAL_EPOCH {
@@ -275,10 +303,11 @@ impl FetchSessionCache {
             }
             return SessionPlan::Full {
                 privileged,
+                uses_topic_ids,
                 partitions: request_partitions(request),
             };
         }
-        match self.update(now_ms, request) {
+        match self.update(now_ms, request, uses_topic_ids) {
             Ok(()) => {
                 self.counters.incremental += 1;
                 SessionPlan::Incremental { session_id }
@@ -290,7 +319,12 @@ impl FetchSessionCache {
         }
     }
 
-    fn update(&mut self, now_ms: i64, request: &mut FetchRequest) -> Result<(), i16> {
+    fn update(
+        &mut self,
+        now_ms: i64,
+        request: &mut FetchRequest,
+        uses_topic_ids: bool,
+    ) -> Result<(), i16> {
         let session_id = request.session_id;
         let Some(session) = self.sessions.get_mut(&session_id) else {
             return Err(codes::FETCH_SESSION_ID_NOT_FOUND);
@@ -298,13 +332,16 @@ impl FetchSessionCache {
         if session.epoch != request.session_epoch {
             return Err(codes::INVALID_FETCH_SESSION_EPOCH);
         }
+        if session.uses_topic_ids != uses_topic_ids {
+            return Err(codes::FETCH_SESSION_TOPIC_ID_ERROR);
+        }
         for (key, partition) in request_partitions(request) {
             session.partitions.upsert(key, partition);
         }
         for forgotten in &request.forgotten_topics_data {
-            let name = owned(&forgotten.topic.0);
             for &partition in &forgotten.partitions {
-                session.partitions.remove(&(name.clone(), partition));
+                let key = partition_key(forgotten.topic_id, &forgotten.topic.0, partition);
+                session.partitions.remove(&key);
             }
         }
         let grown = session.partitions.len().saturating_sub(session.cached_size);
@@ -325,6 +362,7 @@ impl FetchSessionCache {
         &mut self,
         now_ms: i64,
         privileged: bool,
+        uses_topic_ids: bool,
         partitions: Vec<(PartitionKey, FetchPartition)>,
         response: &[FetchableTopicResponse],
     ) -> i32 {
@@ -352,6 +390,7 @@ impl FetchSessionCache {
             id,
             Session {
                 privileged,
+                uses_topic_ids,
                 epoch: next_epoch(INITIAL_EPOCH),
                 created_ms: now_ms,
                 last_used_ms: now_ms,
@@ -478,7 +517,7 @@ impl FetchSessionCache {
                 .values()
                 .map(|key| {
                     let (_, cached) = &session.partitions.by_key[key];
-                    (key.0.to_string(), key.1, cached.request.fetch_offset)
+                    (key.1.to_string(), key.2, cached.request.fetch_offset)
                 })
                 .collect()
         })
@@ -501,9 +540,11 @@ fn owned(name: &StrBytes) -> StrBytes {
 fn request_partitions(request: &FetchRequest) -> Vec<(PartitionKey, FetchPartition)> {
     let mut partitions = Vec::new();
     for topic in &request.topics {
-        let name = owned(&topic.topic.0);
         for partition in &topic.partitions {
-            partitions.push(((name.clone(), partition.partition), partition.clone()));
+            let (topic_id, name, partition_index) =
+                partition_key(topic.topic_id, &topic.topic.0, partition.partition);
+            // Kept by the session: a copy that pins no request frame.
+            partitions.push(((topic_id, owned(&name), partition_index), partition.clone()));
         }
     }
     partitions
@@ -524,7 +565,7 @@ fn record_answer(
     for topic in response {
         for answer in &topic.partitions {
             let records = has_records.get(carried.len()).copied().unwrap_or(false);
-            let key = (topic.topic.0.clone(), answer.partition_index);
+            let key = partition_key(topic.topic_id, &topic.topic.0, answer.partition_index);
             let Some((_, cached)) = partitions.by_key.get_mut(&key) else {
                 carried.push(true);
                 continue;

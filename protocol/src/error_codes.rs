@@ -25,6 +25,8 @@ pub const INVALID_RECORD: i16 = ResponseError::InvalidRecord.code();
 pub const FETCH_SESSION_ID_NOT_FOUND: i16 = ResponseError::FetchSessionIdNotFound.code();
 pub const INVALID_FETCH_SESSION_EPOCH: i16 = ResponseError::InvalidFetchSessionEpoch.code();
 pub const UNKNOWN_TOPIC_ID: i16 = ResponseError::UnknownTopicId.code();
+/// A fetch session created with topic ids used without them, or the reverse (106).
+pub const FETCH_SESSION_TOPIC_ID_ERROR: i16 = ResponseError::FetchSessionTopicIdError.code();
 pub const REQUEST_TIMED_OUT: i16 = ResponseError::RequestTimedOut.code();
 /// An admin request reached a broker that does not lead the controller group (41).
 pub const NOT_CONTROLLER: i16 = ResponseError::NotController.code();

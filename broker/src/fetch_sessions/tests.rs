@@ -55,6 +55,7 @@ fn answer(request: &FetchRequest, high_watermark: i64) -> Vec<FetchableTopicResp
         .map(|topic| {
             FetchableTopicResponse::default()
                 .with_topic(topic.topic.clone())
+                .with_topic_id(topic.topic_id)
                 .with_partitions(
                     topic
                         .partitions
@@ -82,14 +83,16 @@ fn create(
     let mut full = request(0, INITIAL_EPOCH, partitions);
     let SessionPlan::Full {
         privileged,
+        uses_topic_ids,
         partitions,
-    } = cache.begin(now_ms, &mut full)
+    } = cache.begin(now_ms, &mut full, 12)
     else {
         panic!("epoch 0 is a full fetch");
     };
     cache.finish_full(
         now_ms,
         privileged,
+        uses_topic_ids,
         partitions,
         &answer(&full, high_watermark),
     )
@@ -115,7 +118,7 @@ fn incremental_request_adds_updates_and_forgets_and_fetches_the_whole_session() 
     assert_eq!(id / SESSION_ID_RANGE, 3, "the id carries the shard");
     let mut next = forget(request(id, 1, &[("a", 1, 9), ("c", 0, 0)]), &[("b", 0)]);
     assert!(matches!(
-        cache.begin(1, &mut next),
+        cache.begin(1, &mut next, 12),
         SessionPlan::Incremental { .. }
     ));
     let expected = vec![
@@ -135,26 +138,29 @@ fn session_errors_are_kafkas() {
     let id = create(&mut cache, 0, &[("a", 0, 5)], 10);
     let mut wrong_epoch = request(id, 2, &[]);
     assert!(matches!(
-        cache.begin(1, &mut wrong_epoch),
+        cache.begin(1, &mut wrong_epoch, 12),
         SessionPlan::Error(codes::INVALID_FETCH_SESSION_EPOCH)
     ));
     let mut unknown = request(id + 1, 1, &[]);
     assert!(matches!(
-        cache.begin(1, &mut unknown),
+        cache.begin(1, &mut unknown, 12),
         SessionPlan::Error(codes::FETCH_SESSION_ID_NOT_FOUND)
     ));
     // A repeated epoch (a retried request) is refused too: the session moved on.
     let mut first = request(id, 1, &[]);
     assert!(matches!(
-        cache.begin(1, &mut first),
+        cache.begin(1, &mut first, 12),
         SessionPlan::Incremental { .. }
     ));
     let mut again = request(id, 1, &[]);
-    assert!(matches!(cache.begin(1, &mut again), SessionPlan::Error(_)));
+    assert!(matches!(
+        cache.begin(1, &mut again, 12),
+        SessionPlan::Error(_)
+    ));
     // Epoch -1 with the id closes the session.
     let mut close = request(id, FINAL_EPOCH, &[]);
     assert!(matches!(
-        cache.begin(1, &mut close),
+        cache.begin(1, &mut close, 12),
         SessionPlan::Sessionless
     ));
     assert_eq!(cache.sessions(), 0);
@@ -166,7 +172,7 @@ fn incremental_answer_keeps_changed_partitions_and_moves_them_last() {
     let mut cache = FetchSessionCache::new(0, 10, 1000, 7);
     let id = create(&mut cache, 0, &[("a", 0, 5), ("a", 1, 5), ("a", 2, 5)], 10);
     let mut next = request(id, 1, &[]);
-    cache.begin(1, &mut next);
+    cache.begin(1, &mut next, 12);
     let mut response = answer(&next, 10);
     // Partition 1 has a new high watermark, partition 2 has records.
     response[0].partitions[1].high_watermark = 11;
@@ -191,7 +197,7 @@ fn incremental_answer_keeps_changed_partitions_and_moves_them_last() {
     );
     // Nothing changed: an empty answer.
     let mut quiet = request(id, 2, &[]);
-    cache.begin(2, &mut quiet);
+    cache.begin(2, &mut quiet, 12);
     let mut response = answer(&quiet, 10);
     response[0].partitions[1].high_watermark = 11;
     assert_eq!(
@@ -207,7 +213,7 @@ fn an_error_is_always_carried_and_the_partition_again_when_it_clears() {
     let id = create(&mut cache, 0, &[("a", 0, 5)], 10);
     for (epoch, error_code, carried) in [(1, 6, true), (2, 0, true), (3, 0, false)] {
         let mut next = request(id, epoch, &[]);
-        cache.begin(1, &mut next);
+        cache.begin(1, &mut next, 12);
         let mut response = answer(&next, 10);
         response[0].partitions[0].error_code = error_code;
         let kept = cache.finish_incremental(id, &mut response, &[false]);
@@ -231,7 +237,7 @@ fn full_cache_evicts_stale_then_less_valuable_and_otherwise_answers_no_session()
     let keep_alive = |cache: &mut FetchSessionCache, id: i32, epoch: i32, now: i64| {
         let mut next = request(id, epoch, &[]);
         assert!(matches!(
-            cache.begin(now, &mut next),
+            cache.begin(now, &mut next, 12),
             SessionPlan::Incremental { .. }
         ));
     };
@@ -270,7 +276,7 @@ fn partitions_bound_refuses_new_sessions_and_closes_growing_ones() {
     let id = create(&mut cache, 0, &[("a", 0, 0), ("a", 1, 0)], 0);
     let mut grow = request(id, 1, &[("b", 0, 0), ("b", 1, 0)]);
     assert!(matches!(
-        cache.begin(1, &mut grow),
+        cache.begin(1, &mut grow, 12),
         SessionPlan::Error(codes::FETCH_SESSION_ID_NOT_FOUND)
     ));
     assert_eq!(cache.sessions(), 0);
@@ -372,7 +378,7 @@ proptest! {
                 Op::Close(pick) => {
                     let Some(&id) = ids.get(pick) else { continue };
                     let mut close = request(id, FINAL_EPOCH, &[]);
-                    prop_assert!(matches!(cache.begin(now, &mut close), SessionPlan::Sessionless), "unexpected plan");
+                    prop_assert!(matches!(cache.begin(now, &mut close, 12), SessionPlan::Sessionless), "unexpected plan");
                     model.sessions.remove(&id);
                 }
                 Op::Full { privileged, close, partitions } => {
@@ -386,7 +392,7 @@ proptest! {
                         full.replica_id = kafka_protocol::messages::BrokerId(1);
                     }
                     model.sessions.remove(&close_id);
-                    let SessionPlan::Full { privileged: p, partitions } = cache.begin(now, &mut full) else {
+                    let SessionPlan::Full { privileged: p, uses_topic_ids, partitions } = cache.begin(now, &mut full, 12) else {
                         return Err(TestCaseError::fail("epoch 0 is full"));
                     };
                     prop_assert_eq!(p, privileged);
@@ -407,7 +413,7 @@ proptest! {
                             None => false,
                         }
                     });
-                    let id = cache.finish_full(now, privileged, partitions, &answer(&full, 0));
+                    let id = cache.finish_full(now, privileged, uses_topic_ids, partitions, &answer(&full, 0));
                     prop_assert_eq!(id != NO_SESSION_ID, created_expected);
                     if created_expected {
                         prop_assert_eq!(id / SESSION_ID_RANGE, 1);
@@ -432,7 +438,7 @@ proptest! {
                     let forget_borrowed: Vec<(&str, i32)> =
                         forget_names.iter().map(|(t, p)| (t.as_str(), *p)).collect();
                     let mut next = forget(request(id, epoch, &borrowed), &forget_borrowed);
-                    let plan = cache.begin(now, &mut next);
+                    let plan = cache.begin(now, &mut next, 12);
                     let total_before = model.total();
                     match model.sessions.get_mut(&id) {
                         None => prop_assert!(matches!(plan, SessionPlan::Error(codes::FETCH_SESSION_ID_NOT_FOUND)), "unexpected plan"),
@@ -474,4 +480,98 @@ proptest! {
             }
         }
     }
+}
+
+/// A Fetch v13+ request: `partitions` name topics by id only (no name on the wire).
+fn request_by_id(session_id: i32, epoch: i32, partitions: &[(Uuid, i32, i64)]) -> FetchRequest {
+    let topics = partitions
+        .iter()
+        .map(|&(topic_id, partition, offset)| {
+            FetchTopic::default()
+                .with_topic_id(topic_id)
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(partition)
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(1 << 20)])
+        })
+        .collect();
+    FetchRequest::default()
+        .with_session_id(session_id)
+        .with_session_epoch(epoch)
+        .with_topics(topics)
+}
+
+fn listed_by_id(request: &FetchRequest) -> Vec<(Uuid, i32, i64)> {
+    request
+        .topics
+        .iter()
+        .flat_map(|topic| {
+            topic
+                .partitions
+                .iter()
+                .map(|p| (topic.topic_id, p.partition, p.fetch_offset))
+        })
+        .collect()
+}
+
+#[test]
+fn a_v13_session_is_keyed_by_topic_id_and_refuses_requests_by_name() {
+    let (a, b) = (Uuid::from_u128(0xa), Uuid::from_u128(0xb));
+    let mut cache = FetchSessionCache::new(0, 10, 1000, 7);
+    let mut full = request_by_id(0, INITIAL_EPOCH, &[(a, 0, 5), (b, 0, 7)]);
+    let SessionPlan::Full {
+        privileged,
+        uses_topic_ids,
+        partitions,
+    } = cache.begin(0, &mut full, 13)
+    else {
+        panic!("epoch 0 is a full fetch");
+    };
+    assert!(uses_topic_ids);
+    // The handler's answer carries the names it resolved; they are not part of the key.
+    let mut answered = answer(&full, 10);
+    answered[0].topic = name("alpha");
+    answered[1].topic = name("beta");
+    let id = cache.finish_full(0, privileged, uses_topic_ids, partitions, &answered);
+    assert_ne!(id, NO_SESSION_ID);
+
+    // Incremental by id: update a-0, forget b-0 by id, add b-1.
+    let mut next = request_by_id(id, 1, &[(a, 0, 9), (b, 1, 0)]);
+    next.forgotten_topics_data = vec![ForgottenTopic::default()
+        .with_topic_id(b)
+        .with_partitions(vec![0])];
+    assert!(matches!(
+        cache.begin(1, &mut next, 18),
+        SessionPlan::Incremental { .. }
+    ));
+    assert_eq!(listed_by_id(&next), vec![(a, 0, 9), (b, 1, 0)]);
+    // The session recorded a-0's answer under its id: an unchanged a-0 is not carried.
+    let mut answered = answer(&next, 10);
+    answered[0].topic = name("alpha");
+    let kept = cache.finish_incremental(id, &mut answered, &[false, false]);
+    assert_eq!(kept, vec![false, true], "b-1 is new to the session");
+
+    // The same session used below v13 (names): Kafka's FETCH_SESSION_TOPIC_ID_ERROR.
+    let mut by_name = request(id, 2, &[]);
+    assert!(matches!(
+        cache.begin(2, &mut by_name, 12),
+        SessionPlan::Error(codes::FETCH_SESSION_TOPIC_ID_ERROR)
+    ));
+}
+
+#[test]
+fn a_session_by_name_refuses_v13_requests() {
+    let mut cache = FetchSessionCache::new(0, 10, 1000, 7);
+    let id = create(&mut cache, 0, &[("a", 0, 5)], 10);
+    let mut by_id = request_by_id(id, 1, &[]);
+    assert!(matches!(
+        cache.begin(1, &mut by_id, 13),
+        SessionPlan::Error(codes::FETCH_SESSION_TOPIC_ID_ERROR)
+    ));
+    // The same request at v12 is fine: the session keeps its epoch after an error.
+    let mut by_name = request(id, 1, &[]);
+    assert!(matches!(
+        cache.begin(1, &mut by_name, 12),
+        SessionPlan::Incremental { .. }
+    ));
 }

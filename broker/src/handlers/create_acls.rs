@@ -2,6 +2,8 @@
 //! `create_acls`). Needs ALTER on the cluster. Each creation is checked as Kafka checks it
 //! (`INVALID_REQUEST` with the reason); the valid ones go to shard 0 in one change, written
 //! durably and installed on every shard before the answer (`ShardServices::acl_change`).
+//!
+//! v0 (Kafka 3.9) has no pattern type: the codec reads each creation as LITERAL, as Kafka does.
 
 use kafka_protocol::messages::create_acls_response::AclCreationResult;
 use kafka_protocol::messages::{CreateAclsRequest, CreateAclsResponse};

@@ -2,6 +2,9 @@
 //! bindings it removed (`kafka-acls.sh --remove`, `AdminClient` `delete_acls`). Needs ALTER
 //! on the cluster. A filter Kafka refuses gets `INVALID_REQUEST` alone; the valid filters
 //! go to shard 0 in one change (`ShardServices::acl_change`).
+//!
+//! v0 (Kafka 3.9) has no pattern type filter: the codec reads it as LITERAL, so v0 deletes
+//! (and answers) literal bindings only, and never a prefixed one its answer could not name.
 
 use kafka_protocol::messages::delete_acls_response::{
     DeleteAclsFilterResult, DeleteAclsMatchingAcl,

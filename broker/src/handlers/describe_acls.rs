@@ -1,6 +1,10 @@
 //! `DescribeAcls`: the ACL bindings a filter matches, grouped by resource pattern
 //! (`kafka-acls.sh --list`, `AdminClient` `describe_acls`). Needs DESCRIBE on the cluster.
 //! Answered from this shard's snapshot, which holds the set as of the last change.
+//!
+//! v0 (Kafka 3.9; removed by KIP-896 in 4.0) has no pattern type filter: the codec reads it
+//! as LITERAL (the field's default, as Kafka's v0 request does), so v0 lists literal
+//! bindings only and its answer, which has no pattern type either, never holds another kind.
 
 use std::collections::BTreeMap;
 

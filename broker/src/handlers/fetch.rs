@@ -29,7 +29,8 @@ use bytes::Bytes;
 use futures::future::{join_all, select, select_all, Either};
 use futures::FutureExt;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
 
 use crate::codec::CodecError;
 use crate::error_codes as codes;
@@ -85,10 +86,11 @@ pub async fn handle(
     context: &RequestContext,
     mut request: FetchRequest,
 ) -> FetchAnswer {
-    let plan = shard
-        .fetch_sessions
-        .borrow_mut()
-        .begin(shard.clock.now_ms(), &mut request);
+    let plan = shard.fetch_sessions.borrow_mut().begin(
+        shard.clock.now_ms(),
+        &mut request,
+        context.api_version,
+    );
     if let SessionPlan::Error(error_code) = plan {
         return FetchAnswer {
             response: FetchResponse::default()
@@ -102,10 +104,12 @@ pub async fn handle(
     answer.response.session_id = match plan {
         SessionPlan::Full {
             privileged,
+            uses_topic_ids,
             partitions,
         } => sessions.finish_full(
             shard.clock.now_ms(),
             privileged,
+            uses_topic_ids,
             partitions,
             &answer.response.responses,
         ),
@@ -143,7 +147,9 @@ async fn serve(
         (request.max_bytes.max(1) as usize).min(limits.fetch_response_bytes_max);
     let min_bytes = request.min_bytes.max(0) as usize;
     let snapshot = shard.metadata.current();
-    let (request, refused_topics) = refuse_unreadable(context, request);
+    let (request, mut refused_topics) = resolve_topic_ids(&snapshot, request, context.api_version);
+    let (request, unreadable_topics) = refuse_unreadable(context, request);
+    refused_topics.extend(unreadable_topics);
     let (wanted, mut topics) = resolve(&snapshot, request, response_bytes_max);
     // What the round before the last wait saw: a wait that ends with nothing appended (and
     // neither the deadline nor shutdown reached) must not start a round that waits again at
@@ -190,7 +196,11 @@ async fn serve(
             if let Some(magic) = message_format::fetch_magic(context.api_version) {
                 down_convert(&wanted, &mut outcomes, magic, context.api_version);
             }
-            let partition_batches = assemble(&wanted, outcomes, response_bytes_max, &mut topics);
+            let mut partition_batches =
+                assemble(&wanted, outcomes, response_bytes_max, &mut topics);
+            // The refused partitions come last, with no records (one entry each for the frame).
+            let refused_partitions = refused_topics.iter().map(|topic| topic.partitions.len());
+            partition_batches.extend(std::iter::repeat_n(Vec::new(), refused_partitions.sum()));
             topics.extend(refused_topics);
             return FetchAnswer {
                 response: FetchResponse::default().with_responses(topics),
@@ -201,6 +211,56 @@ async fn serve(
         wait_for_any_append(shard, &wanted, &seen_high_watermarks, deadline - now).await;
         seen_before_wait = Some(seen_high_watermarks);
     }
+}
+
+/// Fetch v13+ names topics by id (KIP-516): names each topic whose id the metadata knows, so
+/// the rest of the request is served by name, and takes out those it does not know, each
+/// answered with `UNKNOWN_TOPIC_ID` on every partition and its id echoed (Kafka's
+/// `KafkaApis.handleFetchRequest`, which checks this before authorization). Below v13 the
+/// request is returned as it is.
+fn resolve_topic_ids(
+    snapshot: &MetadataSnapshot,
+    mut request: FetchRequest,
+    version: i16,
+) -> (FetchRequest, Vec<FetchableTopicResponse>) {
+    if version < 13 {
+        return (request, Vec::new());
+    }
+    let mut unknown = Vec::new();
+    request.topics.retain_mut(|topic| {
+        if let Some(metadata) = snapshot.topic_by_id(topic.topic_id) {
+            topic.topic = TopicName(StrBytes::from_string(metadata.name.to_string()));
+            true
+        } else {
+            unknown.push(refused_topic(topic, codes::UNKNOWN_TOPIC_ID));
+            false
+        }
+    });
+    (request, unknown)
+}
+
+/// Kafka's `FetchResponse.partitionResponse(tp, error)` for every partition of `topic`: the
+/// error, unknown (-1) offsets and no records; the topic named as the request named it.
+fn refused_topic(
+    topic: &kafka_protocol::messages::fetch_request::FetchTopic,
+    error_code: i16,
+) -> FetchableTopicResponse {
+    let partitions = topic
+        .partitions
+        .iter()
+        .map(|partition| {
+            PartitionData::default()
+                .with_partition_index(partition.partition)
+                .with_error_code(error_code)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1)
+        })
+        .collect();
+    FetchableTopicResponse::default()
+        .with_topic(topic.topic.clone())
+        .with_topic_id(topic.topic_id)
+        .with_partitions(partitions)
 }
 
 /// Takes out of the request the topics the principal may not READ, each answered with
@@ -218,27 +278,8 @@ fn refuse_unreadable(
         .partition(|topic| context.authorize_topic(Operation::Read, topic.topic.0.as_str()));
     request.topics = readable;
     let refused = unreadable
-        .into_iter()
-        .map(
-            |topic: kafka_protocol::messages::fetch_request::FetchTopic| {
-                let partitions = topic
-                    .partitions
-                    .iter()
-                    .map(|partition| {
-                        PartitionData::default()
-                            .with_partition_index(partition.partition)
-                            .with_error_code(codes::TOPIC_AUTHORIZATION_FAILED)
-                            .with_high_watermark(-1)
-                            .with_last_stable_offset(-1)
-                            .with_log_start_offset(-1)
-                    })
-                    .collect();
-                FetchableTopicResponse::default()
-                    .with_topic(topic.topic)
-                    .with_topic_id(topic.topic_id)
-                    .with_partitions(partitions)
-            },
-        )
+        .iter()
+        .map(|topic| refused_topic(topic, codes::TOPIC_AUTHORIZATION_FAILED))
         .collect();
     (request, refused)
 }
@@ -275,7 +316,12 @@ fn resolve(
                     .map_or(CompressionType::Producer, |topic| topic.config.compression),
             });
         }
-        topics.push(FetchableTopicResponse::default().with_topic(topic.topic));
+        // v13+: the id is what the answer carries (the name is not on the wire there).
+        topics.push(
+            FetchableTopicResponse::default()
+                .with_topic(topic.topic)
+                .with_topic_id(topic.topic_id),
+        );
     }
     (wanted, topics)
 }

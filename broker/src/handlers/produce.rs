@@ -18,6 +18,7 @@ use kafka_protocol::messages::produce_response::{
     LeaderIdAndEpoch, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
 
 use crate::acl::model::Operation;
 use crate::error_codes as codes;
@@ -56,13 +57,30 @@ pub fn dispatch(
     };
     let mut responses = Vec::with_capacity(request.topic_data.len());
     let mut pieces: Vec<LocalBoxFuture<'static, PieceAnswer>> = Vec::new();
-    for (topic_index, topic) in request.topic_data.into_iter().enumerate() {
-        let may_write = context.authorize_topic(Operation::Write, topic.name.0.as_str());
+    for (topic_index, mut topic) in request.topic_data.into_iter().enumerate() {
+        // v13+ names the topic by id only (KIP-516); an id the metadata does not know is
+        // UNKNOWN_TOPIC_ID on every partition, checked before authorization as Kafka's
+        // `KafkaApis.handleProduceRequest` does. Below v13 the id is not on the wire (nil).
+        let refusal = if rules.version >= PRODUCE_VERSION_TOPIC_IDS_MIN {
+            match snapshot.topic_by_id(topic.topic_id) {
+                Some(metadata) => {
+                    topic.name = TopicName(StrBytes::from_string(metadata.name.to_string()));
+                    None
+                }
+                None => Some(codes::UNKNOWN_TOPIC_ID),
+            }
+        } else {
+            None
+        };
+        let refusal = refusal.or_else(|| {
+            (!context.authorize_topic(Operation::Write, topic.name.0.as_str()))
+                .then_some(codes::TOPIC_AUTHORIZATION_FAILED)
+        });
         for partition in topic.partition_data {
-            if !may_write {
+            if let Some(error_code) = refusal {
                 let refused = PartitionProduceResponse::default()
                     .with_index(partition.index)
-                    .with_error_code(codes::TOPIC_AUTHORIZATION_FAILED)
+                    .with_error_code(error_code)
                     .with_base_offset(-1)
                     .with_log_start_offset(-1);
                 pieces.push(Box::pin(ready((topic_index, refused))));
@@ -76,7 +94,13 @@ pub fn dispatch(
             };
             pieces.push(dispatch_piece(shard, &snapshot, piece, rules));
         }
-        responses.push(TopicProduceResponse::default().with_name(topic.name));
+        // The answer names the topic as the request did: by id from v13 (the name is not on
+        // the wire there), by name below.
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(topic.name)
+                .with_topic_id(topic.topic_id),
+        );
     }
     async move {
         for (topic_index, partition_response) in join_all(pieces).await {
@@ -207,6 +231,11 @@ fn dispatch_piece(
 }
 
 struct TimedOut;
+
+/// The first Produce version that names topics by id (KIP-516). v12 (KIP-890 part 2) only
+/// tells a transactional broker the client lets it add partitions implicitly; without
+/// transactions it is v11 on the wire and in meaning.
+const PRODUCE_VERSION_TOPIC_IDS_MIN: i16 = 13;
 
 /// The first Produce version whose records are v2 batches (KIP-98); below it, `MessageSet`s.
 const PRODUCE_VERSION_V2_FORMAT_MIN: i16 = 3;
