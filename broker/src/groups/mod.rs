@@ -8,6 +8,8 @@
 //! of that partition after a start. Membership lives in memory only: after a restart the
 //! members rejoin (their heartbeats get `UNKNOWN_MEMBER_ID`), as after a coordinator move.
 
+pub mod assignor;
+pub mod consumer;
 pub mod coordinator;
 pub mod group;
 pub mod records;
