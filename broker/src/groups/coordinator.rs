@@ -22,9 +22,11 @@ use crate::error_codes as broker_codes;
 use crate::groups::group::{
     Answer, Group, GroupRules, GroupState, JoinRequest, JoinResult, SyncResult,
 };
+use crate::groups::assignor::Assignor;
+use crate::groups::consumer::{ConsumerRules, HeartbeatAnswer, HeartbeatRequest};
 use crate::groups::records::{self, OffsetsRecord};
 use crate::groups::types::{
-    codes, partition_for, CommitRequest, FetchedOffsets, GroupAddress, GroupDescription,
+    codes, partition_for, CommitRequest, ConsumerGroupDescription, FetchedOffsets, GroupAddress, GroupDescription,
     ListedGroup, MemberDescription, SyncRequest, OFFSET_METADATA_BYTES_MAX, TOPIC_NAME_BYTES_MAX,
 };
 use crate::limits::Limits;
@@ -58,6 +60,10 @@ impl CoordinatorConfig {
                 session_timeout_min: limits.group_session_timeout_min,
                 session_timeout_max: limits.group_session_timeout_max,
                 initial_rebalance_delay: limits.group_initial_rebalance_delay,
+                consumer: ConsumerRules {
+                    session_timeout: limits.group_consumer_session_timeout,
+                    heartbeat_interval: limits.group_consumer_heartbeat_interval,
+                },
             },
             offsets_retention: limits.offsets_retention,
             checkpoint_after_records: limits.offsets_checkpoint_records,
@@ -211,6 +217,52 @@ impl GroupCoordinator {
         }
         let now = self.inner.offsets.clock.now();
         self.heartbeat_member(&at.group, &member_id, instance_id.as_ref(), generation, now)
+    }
+
+    /// `ConsumerGroupHeartbeat` (KIP-848): answered at once (reconciliation never parks).
+    pub async fn consumer_heartbeat(
+        &self,
+        at: GroupAddress,
+        request: HeartbeatRequest,
+        version: i16,
+    ) -> HeartbeatAnswer {
+        if let Err(code) = self.ensure_loaded(at.partition).await {
+            return HeartbeatAnswer::error(code, "the coordinator is not available");
+        }
+        let now = self.inner.offsets.clock.now();
+        let rules = self.rules();
+        let snapshot = self.inner.offsets.metadata.current();
+        let partitions = |topic: &str| snapshot.topic(topic).map(|t| t.partition_count());
+        self.with_group(&at.group, |g| {
+            g.consumer_heartbeat(request, version, &partitions, &rules, now)
+        })
+    }
+
+    /// `ConsumerGroupDescribe` (KIP-848), for one group: `None` when there is no
+    /// consumer-protocol group of that id.
+    pub async fn consumer_describe(
+        &self,
+        at: GroupAddress,
+    ) -> Result<Option<ConsumerGroupDescription>, i16> {
+        self.ensure_loaded(at.partition).await?;
+        let groups = self.inner.groups.borrow();
+        Ok(groups.get(&at.group).and_then(|g| {
+            let consumer = g.consumer.as_ref()?;
+            Some(ConsumerGroupDescription {
+                state: consumer.state_name(),
+                group_epoch: consumer.group_epoch,
+                assignment_epoch: consumer.assignment_epoch,
+                assignor: consumer.assignor.unwrap_or(Assignor::ALL[0]).name(),
+                members: consumer
+                    .members
+                    .values()
+                    .map(|m| {
+                        let target = consumer.target.get(&m.member_id).cloned().unwrap_or_default();
+                        (m.clone(), target)
+                    })
+                    .collect(),
+            })
+        }))
     }
 
     /// `LeaveGroup`: an error code per (member id, group instance id) leaving, in order.
@@ -796,6 +848,16 @@ impl GroupCoordinator {
                 members: Vec::new(),
             };
         };
+        if g.consumer.is_some() && g.members.is_empty() {
+            // Kafka 4.x: DescribeGroups describes classic groups only.
+            return GroupDescription {
+                error_code: codes::GROUP_ID_NOT_FOUND,
+                state: GroupState::Dead.name(),
+                protocol_type: String::new(),
+                protocol_name: String::new(),
+                members: Vec::new(),
+            };
+        }
         let protocol = g.protocol_name.clone().unwrap_or_default();
         // Kafka shows member metadata and assignments only once the group is Stable.
         let stable = g.state == GroupState::Stable;
@@ -835,13 +897,20 @@ impl GroupCoordinator {
             .borrow()
             .values()
             .filter(|g| g.state != GroupState::Dead)
-            .map(|g| {
-                (
+            .map(|g| match &g.consumer {
+                Some(consumer) if g.members.is_empty() => (
+                    g.id.clone(),
+                    "consumer".to_string(),
+                    consumer.state_name(),
+                    "consumer",
+                ),
+                _ => (
                     g.id.clone(),
                     // A group only used for commits has no protocol type: "" as in Kafka.
                     g.protocol_type.clone().unwrap_or_default(),
                     g.state.name(),
-                )
+                    "classic",
+                ),
             })
             .collect()
     }
@@ -854,7 +923,7 @@ impl GroupCoordinator {
             let Some(g) = groups.get(group) else {
                 return codes::GROUP_ID_NOT_FOUND;
             };
-            if g.state != GroupState::Empty {
+            if g.state != GroupState::Empty || g.has_consumer_members() {
                 return codes::NON_EMPTY_GROUP;
             }
             let mut records: Vec<OffsetsRecord> = g
@@ -1078,6 +1147,13 @@ impl GroupCoordinator {
 /// The topics any member of `group` subscribes to, read from the consumer protocol's
 /// subscription (version i16, topics array of strings) in each member's metadata.
 fn subscribed_topics(group: &Group) -> Vec<String> {
+    if let Some(consumer) = group.consumer.as_ref().filter(|_| group.members.is_empty()) {
+        return consumer
+            .members
+            .values()
+            .flat_map(|m| m.subscribed_topics.iter().cloned())
+            .collect();
+    }
     if group.members.is_empty() {
         return Vec::new();
     }

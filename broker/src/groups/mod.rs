@@ -21,7 +21,7 @@ pub use coordinator::{GroupCoordinator, OffsetsHandle};
 use std::future::Future;
 use std::rc::Rc;
 pub use types::{
-    codes, millis, partition_for, CommitRequest, FetchedOffsets, GroupAddress, GroupDescription,
+    codes, millis, partition_for, CommitRequest, ConsumerGroupDescription, FetchedOffsets, GroupAddress, GroupDescription,
     ListedGroup, MemberDescription, SyncRequest, GROUP_ID_BYTES_MAX, OFFSETS_TOPIC_PARTITIONS,
     OFFSET_METADATA_BYTES_MAX, TOPIC_NAME_BYTES_MAX,
 };

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::groups::assignor::Assignment;
+use crate::groups::consumer::ConsumerMember;
 use crate::groups::records::CommittedOffset;
 
 /// Partitions of `__consumer_offsets`. Kafka's default is 50, sized for a cluster; here each
@@ -92,8 +94,20 @@ pub struct GroupDescription {
     pub members: Vec<MemberDescription>,
 }
 
-/// One group as `ListGroups` shows it: id, protocol type, state.
-pub type ListedGroup = (String, String, &'static str);
+/// One group as `ListGroups` shows it: id, protocol type, state, type (`classic` or
+/// `consumer`).
+pub type ListedGroup = (String, String, &'static str, &'static str);
+
+/// A consumer-protocol group as `ConsumerGroupDescribe` shows it: each member with its
+/// target assignment.
+#[derive(Debug, Clone)]
+pub struct ConsumerGroupDescription {
+    pub state: &'static str,
+    pub group_epoch: i32,
+    pub assignment_epoch: i32,
+    pub assignor: &'static str,
+    pub members: Vec<(ConsumerMember, Assignment)>,
+}
 
 /// One group's committed offsets as `OffsetFetch` reads them: (topic, partition, offset if
 /// committed).
