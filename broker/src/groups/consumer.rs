@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::error_codes as codes;
 use crate::groups::assignor::{Assignment, Assignor, MemberSpec};
-use crate::groups::group::GROUP_SIZE_MAX;
-use crate::groups::types::codes as group_codes;
+use crate::groups::types::{codes as group_codes, GROUP_SIZE_MAX};
 
 /// Error codes of KIP-848 the classic code does not use.
 pub mod consumer_codes {
@@ -119,6 +118,17 @@ impl HeartbeatAnswer {
             ..Self::default()
         }
     }
+}
+
+/// A consumer-protocol group as `ConsumerGroupDescribe` shows it: each member with its
+/// target assignment.
+#[derive(Debug, Clone)]
+pub struct ConsumerGroupDescription {
+    pub state: &'static str,
+    pub group_epoch: i32,
+    pub assignment_epoch: i32,
+    pub assignor: &'static str,
+    pub members: Vec<(ConsumerMember, Assignment)>,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -19,14 +19,16 @@ use glommio::sync::Semaphore;
 
 use crate::disk::{BrokerDisk, PartitionLog};
 use crate::error_codes as broker_codes;
+use crate::groups::assignor::Assignor;
+use crate::groups::consumer::{
+    ConsumerGroupDescription, ConsumerRules, HeartbeatAnswer, HeartbeatRequest,
+};
 use crate::groups::group::{
     Answer, Group, GroupRules, GroupState, JoinRequest, JoinResult, SyncResult,
 };
-use crate::groups::assignor::Assignor;
-use crate::groups::consumer::{ConsumerRules, HeartbeatAnswer, HeartbeatRequest};
 use crate::groups::records::{self, OffsetsRecord};
 use crate::groups::types::{
-    codes, partition_for, CommitRequest, ConsumerGroupDescription, FetchedOffsets, GroupAddress, GroupDescription,
+    codes, partition_for, CommitRequest, FetchedOffsets, GroupAddress, GroupDescription,
     ListedGroup, MemberDescription, SyncRequest, OFFSET_METADATA_BYTES_MAX, TOPIC_NAME_BYTES_MAX,
 };
 use crate::limits::Limits;
@@ -257,7 +259,11 @@ impl GroupCoordinator {
                     .members
                     .values()
                     .map(|m| {
-                        let target = consumer.target.get(&m.member_id).cloned().unwrap_or_default();
+                        let target = consumer
+                            .target
+                            .get(&m.member_id)
+                            .cloned()
+                            .unwrap_or_default();
                         (m.clone(), target)
                     })
                     .collect(),

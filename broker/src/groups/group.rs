@@ -24,11 +24,7 @@ use crate::groups::records::CommittedOffset;
 use crate::groups::types::codes as group_codes;
 use crate::storage::Clock;
 
-/// Members plus handed-out member ids one group may hold (`group.max.size`; Kafka's default
-/// is unbounded). Every member id costs memory until its session ends, so a client looping
-/// on `JoinGroup` without an id must hit a wall: 1,000 consumers is far beyond any partition
-/// count a group here can usefully share.
-pub const GROUP_SIZE_MAX: usize = 1000;
+pub use crate::groups::types::GROUP_SIZE_MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupState {
@@ -234,7 +230,9 @@ impl Group {
 
     /// A consumer-protocol group with members (KIP-848).
     pub fn has_consumer_members(&self) -> bool {
-        self.consumer.as_ref().is_some_and(|c| !c.members.is_empty())
+        self.consumer
+            .as_ref()
+            .is_some_and(|c| !c.members.is_empty())
     }
 
     pub fn member(&self, member_id: &str) -> Option<&Member> {
@@ -938,7 +936,14 @@ impl Group {
         let consumer = self.consumer.get_or_insert_default();
         let had_members = !consumer.members.is_empty();
         let new_member_id = || uuid::Uuid::new_v4().to_string();
-        let answer = consumer.heartbeat(request, version, partitions, new_member_id, &rules.consumer, now);
+        let answer = consumer.heartbeat(
+            request,
+            version,
+            partitions,
+            new_member_id,
+            &rules.consumer,
+            now,
+        );
         self.note_consumer_membership(had_members);
         answer
     }

@@ -1,4 +1,5 @@
-//! Consumer groups (Kafka's classic protocol) and committed offsets.
+//! Consumer groups (Kafka's classic protocol, and KIP-848's consumer protocol in
+//! `consumer` with its server-side assignors in `assignor`) and committed offsets.
 //!
 //! Ownership: a group belongs to the shard that owns its partition of the internal topic
 //! `__consumer_offsets` (partition = Java `hashCode` of the group id, as Kafka places it).
@@ -17,11 +18,12 @@ mod types;
 
 pub use crate::metadata::OFFSETS_TOPIC;
 use crate::router::{CallKind, Ending, ShardRouter};
+pub use consumer::ConsumerGroupDescription;
 pub use coordinator::{GroupCoordinator, OffsetsHandle};
 use std::future::Future;
 use std::rc::Rc;
 pub use types::{
-    codes, millis, partition_for, CommitRequest, ConsumerGroupDescription, FetchedOffsets, GroupAddress, GroupDescription,
+    codes, millis, partition_for, CommitRequest, FetchedOffsets, GroupAddress, GroupDescription,
     ListedGroup, MemberDescription, SyncRequest, GROUP_ID_BYTES_MAX, OFFSETS_TOPIC_PARTITIONS,
     OFFSET_METADATA_BYTES_MAX, TOPIC_NAME_BYTES_MAX,
 };

@@ -20,13 +20,13 @@ pub async fn handle(
 ) -> ConsumerGroupHeartbeatResponse {
     let group_id = request.group_id.to_string();
     if !context.authorize_group(Operation::Read, &group_id) {
-        return response(HeartbeatAnswer::error(
+        return response(&HeartbeatAnswer::error(
             codes::GROUP_AUTHORIZATION_FAILED,
             "group authorization failed",
         ));
     }
     if group_id.is_empty() || group_id.len() > GROUP_ID_BYTES_MAX {
-        return response(HeartbeatAnswer::error(
+        return response(&HeartbeatAnswer::error(
             crate::groups::codes::INVALID_REQUEST,
             "GroupId can't be empty.",
         ));
@@ -55,7 +55,11 @@ pub async fn handle(
         subscribed_topics: request
             .subscribed_topic_names
             .map(|names| names.into_iter().map(|n| n.to_string()).collect()),
-        subscribed_regex: request.subscribed_topic_regex.map(|r| r.to_string()),
+        // librdkafka sends "" for "no regex".
+        subscribed_regex: request
+            .subscribed_topic_regex
+            .filter(|r| !r.is_empty())
+            .map(|r| r.to_string()),
         server_assignor: request.server_assignor.map(|a| a.to_string()),
         owned,
         client_id: context.client_id.clone().unwrap_or_default(),
@@ -71,10 +75,10 @@ pub async fn handle(
         .assignment
         .as_ref()
         .map(|partitions| wire_assignment(&snapshot, partitions));
-    response(answer).with_assignment(assignment)
+    response(&answer).with_assignment(assignment)
 }
 
-fn response(answer: HeartbeatAnswer) -> ConsumerGroupHeartbeatResponse {
+fn response(answer: &HeartbeatAnswer) -> ConsumerGroupHeartbeatResponse {
     ConsumerGroupHeartbeatResponse::default()
         .with_error_code(answer.error_code)
         .with_error_message(answer.error_message.as_deref().map(str_bytes))
