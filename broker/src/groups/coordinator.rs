@@ -302,13 +302,26 @@ impl GroupCoordinator {
     }
 
     /// `OffsetFetch`: the committed offsets of `partitions` (of every committed partition
-    /// when `None`), or the error code for the group.
+    /// when `None`), or the error code for the group. `member` (v9: member id and epoch) is
+    /// checked against a consumer-protocol group's member epochs, as Kafka does
+    /// (`STALE_MEMBER_EPOCH`); admin clients name no member.
     pub async fn fetch_offsets(
         &self,
         at: GroupAddress,
         partitions: Option<Vec<(String, Vec<i32>)>>,
+        member: Option<(String, i32)>,
     ) -> Result<FetchedOffsets, i16> {
         self.ensure_loaded(at.partition).await?;
+        if let Some((member_id, member_epoch)) = member {
+            let groups = self.inner.groups.borrow();
+            let consumer = groups
+                .get(&at.group)
+                .filter(|g| g.members.is_empty())
+                .and_then(|g| g.consumer.as_ref());
+            if let Some(consumer) = consumer {
+                consumer.check_member_epoch(&member_id, member_epoch)?;
+            }
+        }
         Ok(self.committed(&at.group, partitions))
     }
 
