@@ -64,16 +64,18 @@ def measure(bootstrap, protocol, topic):
     joined_at = time.monotonic()
     second = Consumer(config)
     second.subscribe([topic])
-    threads.append(threading.Thread(target=consume, args=(second, received, stop)))
+    received_second = []
+    threads.append(threading.Thread(target=consume, args=(second, received_second, stop)))
     threads[-1].start()
     time.sleep(RUN_S - JOIN_AT_S)
     stop.set()
     for thread in threads:
         thread.join(30)
-    stamps = sorted(received)
+    first_after_join = sum(1 for stamp in received if stamp >= joined_at)
+    stamps = sorted(received + received_second)
     before = [b - a for a, b in zip(stamps, stamps[1:]) if a > joined_at - 4 and b < joined_at]
     after = [b - a for a, b in zip(stamps, stamps[1:]) if b >= joined_at]
-    return max(before, default=0), max(after, default=0), len(stamps)
+    return max(before, default=0), max(after, default=0), (first_after_join, len(received_second))
 
 
 def main():
@@ -83,9 +85,10 @@ def main():
         for protocol in ["classic", "consumer"]:
             topic = f"gap-{protocol}"
             helpers.create_topic(broker.bootstrap, topic, 12)
-            before, after, count = measure(broker.bootstrap, protocol, topic)
+            before, after, (first, second) = measure(broker.bootstrap, protocol, topic)
             print(f"{protocol:9} longest gap: {after * 1000:7.0f} ms during/after the join "
-                  f"(baseline before it: {before * 1000:5.0f} ms; {count} records received)")
+                  f"(baseline before it: {before * 1000:5.0f} ms; after the join A got {first}, "
+                  f"B got {second} records)")
     finally:
         broker.process.kill()
         broker.process.wait()
