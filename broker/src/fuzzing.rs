@@ -211,6 +211,8 @@ fn check_decoded(
         Request::DescribeProducers(r) => round_trip(r, version, flexible),
         Request::DescribeTopicPartitions(r) => round_trip(r, version, flexible),
         Request::InitProducerId(r) => round_trip(r, version, flexible),
+        Request::ConsumerGroupHeartbeat(r) => round_trip(r, version, flexible),
+        Request::ConsumerGroupDescribe(r) => round_trip(r, version, flexible),
         Request::SaslHandshake(r) => round_trip(r, version, flexible),
         Request::SaslAuthenticate(r) => {
             round_trip(r, version, flexible);
@@ -427,6 +429,8 @@ mod tests {
             DescribeProducers => DescribeProducersRequest,
             DescribeTopicPartitions => DescribeTopicPartitionsRequest,
             SaslHandshake => SaslHandshakeRequest, SaslAuthenticate => SaslAuthenticateRequest,
+            ConsumerGroupHeartbeat => ConsumerGroupHeartbeatRequest,
+            ConsumerGroupDescribe => ConsumerGroupDescribeRequest,
         }
         .expect("a default body encodes");
     }

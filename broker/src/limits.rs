@@ -86,6 +86,11 @@ pub struct Limits {
     /// `JoinGroup` accepts (others are answered `INVALID_SESSION_TIMEOUT`).
     pub group_session_timeout_min: Duration,
     pub group_session_timeout_max: Duration,
+    /// `group.consumer.session.timeout.ms` / `group.consumer.heartbeat.interval.ms`: the
+    /// session of a consumer-protocol member (KIP-848; the broker, not the client, sets it)
+    /// and how often its client is told to heartbeat.
+    pub group_consumer_session_timeout: Duration,
+    pub group_consumer_heartbeat_interval: Duration,
     /// `offsets.retention.minutes`: committed offsets of a group without members are
     /// deleted this long after it became empty (or after the commit, for simple consumers).
     pub offsets_retention: Duration,
@@ -140,6 +145,8 @@ impl Default for Limits {
             group_initial_rebalance_delay: Duration::from_secs(3),
             group_session_timeout_min: Duration::from_secs(6),
             group_session_timeout_max: Duration::from_secs(30 * 60),
+            group_consumer_session_timeout: Duration::from_secs(45),
+            group_consumer_heartbeat_interval: Duration::from_secs(5),
             offsets_retention: Duration::from_secs(7 * 24 * 60 * 60),
             offsets_checkpoint_records: 100_000,
             segment_preallocate_bytes: 32 * 1024 * 1024,

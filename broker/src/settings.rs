@@ -288,6 +288,12 @@ impl Effective {
             group_session_timeout_max: Duration::from_millis(
                 self.unsigned("group.max.session.timeout.ms"),
             ),
+            group_consumer_session_timeout: Duration::from_millis(
+                self.unsigned("group.consumer.session.timeout.ms"),
+            ),
+            group_consumer_heartbeat_interval: Duration::from_millis(
+                self.unsigned("group.consumer.heartbeat.interval.ms"),
+            ),
             offsets_retention: Duration::from_secs(self.unsigned("offsets.retention.minutes") * 60),
             offsets_checkpoint_records: self.unsigned("ringfeed.offsets.checkpoint.records")
                 as usize,

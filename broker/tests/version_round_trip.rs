@@ -291,6 +291,8 @@ fn round_trip_version(key: ApiKey, version: i16, draws: &mut Draws) {
         DescribeTopicPartitions => DescribeTopicPartitionsRequest,
         SaslHandshake => SaslHandshakeRequest,
         SaslAuthenticate => SaslAuthenticateRequest,
+        ConsumerGroupHeartbeat => ConsumerGroupHeartbeatRequest,
+        ConsumerGroupDescribe => ConsumerGroupDescribeRequest,
     );
 }
 

@@ -19,6 +19,10 @@ use glommio::sync::Semaphore;
 
 use crate::disk::{BrokerDisk, PartitionLog};
 use crate::error_codes as broker_codes;
+use crate::groups::assignor::Assignor;
+use crate::groups::consumer::{
+    ConsumerGroupDescription, ConsumerRules, HeartbeatAnswer, HeartbeatRequest,
+};
 use crate::groups::group::{
     Answer, Group, GroupRules, GroupState, JoinRequest, JoinResult, SyncResult,
 };
@@ -58,6 +62,10 @@ impl CoordinatorConfig {
                 session_timeout_min: limits.group_session_timeout_min,
                 session_timeout_max: limits.group_session_timeout_max,
                 initial_rebalance_delay: limits.group_initial_rebalance_delay,
+                consumer: ConsumerRules {
+                    session_timeout: limits.group_consumer_session_timeout,
+                    heartbeat_interval: limits.group_consumer_heartbeat_interval,
+                },
             },
             offsets_retention: limits.offsets_retention,
             checkpoint_after_records: limits.offsets_checkpoint_records,
@@ -213,6 +221,56 @@ impl GroupCoordinator {
         self.heartbeat_member(&at.group, &member_id, instance_id.as_ref(), generation, now)
     }
 
+    /// `ConsumerGroupHeartbeat` (KIP-848): answered at once (reconciliation never parks).
+    pub async fn consumer_heartbeat(
+        &self,
+        at: GroupAddress,
+        request: HeartbeatRequest,
+        version: i16,
+    ) -> HeartbeatAnswer {
+        if let Err(code) = self.ensure_loaded(at.partition).await {
+            return HeartbeatAnswer::error(code, "the coordinator is not available");
+        }
+        let now = self.inner.offsets.clock.now();
+        let rules = self.rules();
+        let snapshot = self.inner.offsets.metadata.current();
+        let partitions = |topic: &str| snapshot.topic(topic).map(|t| t.partition_count());
+        self.with_group(&at.group, |g| {
+            g.consumer_heartbeat(request, version, &partitions, &rules, now)
+        })
+    }
+
+    /// `ConsumerGroupDescribe` (KIP-848), for one group: `None` when there is no
+    /// consumer-protocol group of that id.
+    pub async fn consumer_describe(
+        &self,
+        at: GroupAddress,
+    ) -> Result<Option<ConsumerGroupDescription>, i16> {
+        self.ensure_loaded(at.partition).await?;
+        let groups = self.inner.groups.borrow();
+        Ok(groups.get(&at.group).and_then(|g| {
+            let consumer = g.consumer.as_ref()?;
+            Some(ConsumerGroupDescription {
+                state: consumer.state_name(),
+                group_epoch: consumer.group_epoch,
+                assignment_epoch: consumer.assignment_epoch,
+                assignor: consumer.assignor.unwrap_or(Assignor::ALL[0]).name(),
+                members: consumer
+                    .members
+                    .values()
+                    .map(|m| {
+                        let target = consumer
+                            .target
+                            .get(&m.member_id)
+                            .cloned()
+                            .unwrap_or_default();
+                        (m.clone(), target)
+                    })
+                    .collect(),
+            })
+        }))
+    }
+
     /// `LeaveGroup`: an error code per (member id, group instance id) leaving, in order.
     pub async fn leave(
         &self,
@@ -244,13 +302,26 @@ impl GroupCoordinator {
     }
 
     /// `OffsetFetch`: the committed offsets of `partitions` (of every committed partition
-    /// when `None`), or the error code for the group.
+    /// when `None`), or the error code for the group. `member` (v9: member id and epoch) is
+    /// checked against a consumer-protocol group's member epochs, as Kafka does
+    /// (`STALE_MEMBER_EPOCH`); admin clients name no member.
     pub async fn fetch_offsets(
         &self,
         at: GroupAddress,
         partitions: Option<Vec<(String, Vec<i32>)>>,
+        member: Option<(String, i32)>,
     ) -> Result<FetchedOffsets, i16> {
         self.ensure_loaded(at.partition).await?;
+        if let Some((member_id, member_epoch)) = member {
+            let groups = self.inner.groups.borrow();
+            let consumer = groups
+                .get(&at.group)
+                .filter(|g| g.members.is_empty())
+                .and_then(|g| g.consumer.as_ref());
+            if let Some(consumer) = consumer {
+                consumer.check_member_epoch(&member_id, member_epoch)?;
+            }
+        }
         Ok(self.committed(&at.group, partitions))
     }
 
@@ -796,6 +867,16 @@ impl GroupCoordinator {
                 members: Vec::new(),
             };
         };
+        if g.consumer.is_some() && g.members.is_empty() {
+            // Kafka 4.x: DescribeGroups describes classic groups only.
+            return GroupDescription {
+                error_code: codes::GROUP_ID_NOT_FOUND,
+                state: GroupState::Dead.name(),
+                protocol_type: String::new(),
+                protocol_name: String::new(),
+                members: Vec::new(),
+            };
+        }
         let protocol = g.protocol_name.clone().unwrap_or_default();
         // Kafka shows member metadata and assignments only once the group is Stable.
         let stable = g.state == GroupState::Stable;
@@ -835,13 +916,20 @@ impl GroupCoordinator {
             .borrow()
             .values()
             .filter(|g| g.state != GroupState::Dead)
-            .map(|g| {
-                (
+            .map(|g| match &g.consumer {
+                Some(consumer) if g.members.is_empty() => (
+                    g.id.clone(),
+                    "consumer".to_string(),
+                    consumer.state_name(),
+                    "consumer",
+                ),
+                _ => (
                     g.id.clone(),
                     // A group only used for commits has no protocol type: "" as in Kafka.
                     g.protocol_type.clone().unwrap_or_default(),
                     g.state.name(),
-                )
+                    "classic",
+                ),
             })
             .collect()
     }
@@ -854,7 +942,7 @@ impl GroupCoordinator {
             let Some(g) = groups.get(group) else {
                 return codes::GROUP_ID_NOT_FOUND;
             };
-            if g.state != GroupState::Empty {
+            if g.state != GroupState::Empty || g.has_consumer_members() {
                 return codes::NON_EMPTY_GROUP;
             }
             let mut records: Vec<OffsetsRecord> = g
@@ -1078,6 +1166,13 @@ impl GroupCoordinator {
 /// The topics any member of `group` subscribes to, read from the consumer protocol's
 /// subscription (version i16, topics array of strings) in each member's metadata.
 fn subscribed_topics(group: &Group) -> Vec<String> {
+    if let Some(consumer) = group.consumer.as_ref().filter(|_| group.members.is_empty()) {
+        return consumer
+            .members
+            .values()
+            .flat_map(|m| m.subscribed_topics.iter().cloned())
+            .collect();
+    }
     if group.members.is_empty() {
         return Vec::new();
     }

@@ -19,15 +19,12 @@ use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 use crate::error_codes as codes;
+use crate::groups::consumer::{ConsumerGroup, ConsumerRules, HeartbeatAnswer, HeartbeatRequest};
 use crate::groups::records::CommittedOffset;
 use crate::groups::types::codes as group_codes;
 use crate::storage::Clock;
 
-/// Members plus handed-out member ids one group may hold (`group.max.size`; Kafka's default
-/// is unbounded). Every member id costs memory until its session ends, so a client looping
-/// on `JoinGroup` without an id must hit a wall: 1,000 consumers is far beyond any partition
-/// count a group here can usefully share.
-pub const GROUP_SIZE_MAX: usize = 1000;
+pub use crate::groups::types::GROUP_SIZE_MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupState {
@@ -175,6 +172,8 @@ pub struct GroupRules {
     /// `group.initial.rebalance.delay.ms`: the first rebalance of an empty group waits this
     /// long so members starting together land in one generation.
     pub initial_rebalance_delay: Duration,
+    /// Timers of consumer-protocol groups (KIP-848).
+    pub consumer: ConsumerRules,
 }
 
 pub struct Group {
@@ -197,6 +196,9 @@ pub struct Group {
     pub empty_since_ms: Option<i64>,
     /// Where `empty_since_ms` is read from: the coordinator's clock.
     wall_clock: Clock,
+    /// Set once the group is used with the consumer protocol (KIP-848): its members live
+    /// there, and the classic fields above stay empty while it has members.
+    pub consumer: Option<Box<ConsumerGroup>>,
 }
 
 impl Group {
@@ -215,6 +217,7 @@ impl Group {
             offsets: BTreeMap::new(),
             empty_since_ms: None,
             wall_clock: Clock::System,
+            consumer: None,
         }
     }
 
@@ -223,6 +226,13 @@ impl Group {
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.wall_clock = clock;
         self
+    }
+
+    /// A consumer-protocol group with members (KIP-848).
+    pub fn has_consumer_members(&self) -> bool {
+        self.consumer
+            .as_ref()
+            .is_some_and(|c| !c.members.is_empty())
     }
 
     pub fn member(&self, member_id: &str) -> Option<&Member> {
@@ -402,6 +412,11 @@ impl Group {
         let fail = |code| Answer::Now(JoinResult::error(code, &request.member_id));
         if self.state == GroupState::Dead {
             return fail(group_codes::COORDINATOR_NOT_AVAILABLE);
+        }
+        if self.has_consumer_members() {
+            // A consumer-protocol group with members; the classic <-> consumer upgrade path
+            // of KIP-848 is not implemented.
+            return fail(group_codes::INCONSISTENT_GROUP_PROTOCOL);
         }
         if request.session_timeout < rules.session_timeout_min
             || request.session_timeout > rules.session_timeout_max
@@ -891,7 +906,55 @@ impl Group {
             self.after_member_removed(rules, now);
         }
         self.try_complete_join(now);
+        if let Some(consumer) = self.consumer.as_mut() {
+            let had_members = !consumer.members.is_empty();
+            for member_id in consumer.tick(now) {
+                tracing::info!(group = %self.id, member = %member_id, "consumer member session or rebalance timed out");
+            }
+            self.note_consumer_membership(had_members);
+        }
         self.assert_consistent();
+    }
+
+    /// `ConsumerGroupHeartbeat` (KIP-848) on this group; see [`ConsumerGroup::heartbeat`].
+    /// A group with classic members is not a consumer group (the upgrade path of KIP-848
+    /// is not implemented).
+    pub fn consumer_heartbeat(
+        &mut self,
+        request: HeartbeatRequest,
+        version: i16,
+        partitions: &dyn Fn(&str) -> Option<i32>,
+        rules: &GroupRules,
+        now: Instant,
+    ) -> HeartbeatAnswer {
+        if !self.members.is_empty() || self.state != GroupState::Empty {
+            return HeartbeatAnswer::error(
+                group_codes::GROUP_ID_NOT_FOUND,
+                &format!("Group {} is not a consumer group.", self.id),
+            );
+        }
+        let consumer = self.consumer.get_or_insert_default();
+        let had_members = !consumer.members.is_empty();
+        let new_member_id = || uuid::Uuid::new_v4().to_string();
+        let answer = consumer.heartbeat(
+            request,
+            version,
+            partitions,
+            new_member_id,
+            &rules.consumer,
+            now,
+        );
+        self.note_consumer_membership(had_members);
+        answer
+    }
+
+    /// Offsets of a consumer group expire counted from when its last member left.
+    fn note_consumer_membership(&mut self, had_members: bool) {
+        if self.has_consumer_members() {
+            self.empty_since_ms = None;
+        } else if had_members {
+            self.empty_since_ms = Some(self.wall_clock.now_ms());
+        }
     }
 
     /// `OffsetCommit` admission (Kafka's classic rules): a simple consumer (generation -1)
@@ -903,6 +966,12 @@ impl Group {
         instance_id: Option<&str>,
         generation: i32,
     ) -> Result<(), i16> {
+        if let Some(consumer) = &self.consumer {
+            if self.members.is_empty() {
+                // KIP-848: the member epoch stands where the generation stood.
+                return consumer.check_member_epoch(member_id, generation);
+            }
+        }
         match self.state {
             GroupState::Dead => Err(group_codes::COORDINATOR_NOT_AVAILABLE),
             GroupState::Empty if generation < 0 => Ok(()),
@@ -924,7 +993,7 @@ impl Group {
     /// from when it became empty, or from each commit when that is not known (a group only
     /// ever used by simple consumers, or one replayed after a restart).
     pub fn expired_offsets(&self, now_ms: i64, retention_ms: i64) -> Vec<(String, i32)> {
-        if self.state != GroupState::Empty {
+        if self.state != GroupState::Empty || self.has_consumer_members() {
             return Vec::new();
         }
         self.offsets
@@ -945,6 +1014,7 @@ impl Group {
     /// A group with neither members nor offsets can be forgotten.
     pub fn is_disposable(&self) -> bool {
         self.state == GroupState::Empty
+            && !self.has_consumer_members()
             && self.offsets.is_empty()
             && self.pending_members.is_empty()
     }
@@ -959,6 +1029,7 @@ mod tests {
             session_timeout_min: Duration::from_secs(6),
             session_timeout_max: Duration::from_secs(1800),
             initial_rebalance_delay: Duration::ZERO,
+            consumer: ConsumerRules::default(),
         }
     }
 

@@ -1,4 +1,5 @@
-//! Consumer groups (Kafka's classic protocol) and committed offsets.
+//! Consumer groups (Kafka's classic protocol, and KIP-848's consumer protocol in
+//! `consumer` with its server-side assignors in `assignor`) and committed offsets.
 //!
 //! Ownership: a group belongs to the shard that owns its partition of the internal topic
 //! `__consumer_offsets` (partition = Java `hashCode` of the group id, as Kafka places it).
@@ -8,6 +9,8 @@
 //! of that partition after a start. Membership lives in memory only: after a restart the
 //! members rejoin (their heartbeats get `UNKNOWN_MEMBER_ID`), as after a coordinator move.
 
+pub mod assignor;
+pub mod consumer;
 pub mod coordinator;
 pub mod group;
 pub mod records;
@@ -15,6 +18,7 @@ mod types;
 
 pub use crate::metadata::OFFSETS_TOPIC;
 use crate::router::{CallKind, Ending, ShardRouter};
+pub use consumer::ConsumerGroupDescription;
 pub use coordinator::{GroupCoordinator, OffsetsHandle};
 use std::future::Future;
 use std::rc::Rc;

@@ -8,6 +8,12 @@ use bytes::Bytes;
 
 use crate::groups::records::CommittedOffset;
 
+/// Members plus handed-out member ids one group may hold (`group.max.size`; Kafka's default
+/// is unbounded; consumer-protocol groups count their members). Every member id costs memory until its session ends, so a client looping
+/// on `JoinGroup` without an id must hit a wall: 1,000 consumers is far beyond any partition
+/// count a group here can usefully share.
+pub const GROUP_SIZE_MAX: usize = 1000;
+
 /// Partitions of `__consumer_offsets`. Kafka's default is 50, sized for a cluster; here each
 /// partition is an open log with its own flusher and preallocated segment, and 8 already
 /// spreads groups over every shard of this machine.
@@ -92,8 +98,9 @@ pub struct GroupDescription {
     pub members: Vec<MemberDescription>,
 }
 
-/// One group as `ListGroups` shows it: id, protocol type, state.
-pub type ListedGroup = (String, String, &'static str);
+/// One group as `ListGroups` shows it: id, protocol type, state, type (`classic` or
+/// `consumer`).
+pub type ListedGroup = (String, String, &'static str, &'static str);
 
 /// One group's committed offsets as `OffsetFetch` reads them: (topic, partition, offset if
 /// committed).

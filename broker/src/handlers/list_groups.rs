@@ -1,5 +1,5 @@
 //! `ListGroups`: every group of every shard's coordinator, optionally filtered by state
-//! (v4+) and type (v5+; every group here is a `classic` group).
+//! (v4+) and type (v5+: `classic` or `consumer`, KIP-848).
 
 use futures::future::join_all;
 use kafka_protocol::messages::list_groups_response::ListedGroup;
@@ -9,9 +9,6 @@ use crate::acl::model::Operation;
 use crate::error_codes as codes;
 use crate::groups;
 use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
-
-/// The group type of the classic protocol, as KIP-848 names it.
-const CLASSIC: &str = "classic";
 
 pub async fn handle(
     shard: &GroupAccess<'_>,
@@ -35,18 +32,20 @@ pub async fn handle(
         .iter()
         .map(|s| s.to_lowercase())
         .collect();
-    let types_match = request.types_filter.is_empty()
-        || request
-            .types_filter
-            .iter()
-            .any(|t| t.eq_ignore_ascii_case(CLASSIC));
+    let types_match = |group_type: &str| {
+        request.types_filter.is_empty()
+            || request
+                .types_filter
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(group_type))
+    };
     listed.sort();
     let groups = listed
         .into_iter()
-        .filter(|(_, _, state)| states.is_empty() || states.contains(&state.to_lowercase()))
-        .filter(|_| types_match)
-        .filter(|(group_id, _, _)| context.authorize_group(Operation::Describe, group_id))
-        .map(|(group_id, protocol_type, state)| {
+        .filter(|(_, _, state, _)| states.is_empty() || states.contains(&state.to_lowercase()))
+        .filter(|(_, _, _, group_type)| types_match(group_type))
+        .filter(|(group_id, _, _, _)| context.authorize_group(Operation::Describe, group_id))
+        .map(|(group_id, protocol_type, state, group_type)| {
             let group = ListedGroup::default()
                 .with_group_id(GroupId(str_bytes(&group_id)))
                 .with_protocol_type(str_bytes(&protocol_type));
@@ -56,7 +55,7 @@ pub async fn handle(
                 group
             };
             if version >= 5 {
-                group.with_group_type(str_bytes(CLASSIC))
+                group.with_group_type(str_bytes(group_type))
             } else {
                 group
             }

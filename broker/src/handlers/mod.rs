@@ -4,6 +4,8 @@
 
 pub mod alter_configs;
 pub mod api_versions;
+pub mod consumer_group_describe;
+pub mod consumer_group_heartbeat;
 pub mod context;
 pub mod create_acls;
 pub mod create_partitions;
@@ -138,6 +140,8 @@ served_apis! {
     DescribeAcls => describe_acls::DescribeAclsRequest,
     CreateAcls => create_acls::CreateAclsRequest,
     DeleteAcls => delete_acls::DeleteAclsRequest,
+    ConsumerGroupHeartbeat => consumer_group_heartbeat::ConsumerGroupHeartbeatRequest,
+    ConsumerGroupDescribe => consumer_group_describe::ConsumerGroupDescribeRequest,
 }
 
 /// Starts a request. What must happen in the connection's request order happens here,

@@ -37,7 +37,12 @@ pub async fn handle(
                     .map(|t| (t.name.to_string(), t.partition_indexes))
                     .collect()
             });
-            let answer = fetch(shard, context, &group.group_id, partitions).await;
+            // v9: a consumer-protocol member names itself and its epoch (KIP-848).
+            let member = (group.member_id.is_some() || group.member_epoch >= 0).then(|| {
+                let member_id = group.member_id.as_deref().unwrap_or_default().to_string();
+                (member_id, group.member_epoch)
+            });
+            let answer = fetch(shard, context, &group.group_id, partitions, member).await;
             multi_group_entry(group.group_id, answer)
         });
         return OffsetFetchResponse::default().with_groups(join_all(lookups).await);
@@ -58,7 +63,7 @@ pub async fn handle(
         )
         .await
     } else {
-        fetch(shard, context, &request.group_id, partitions).await
+        fetch(shard, context, &request.group_id, partitions, None).await
     };
     single_group_response(version, answer)
 }
@@ -113,6 +118,7 @@ async fn fetch(
     context: &RequestContext,
     group: &str,
     partitions: Option<Vec<(String, Vec<i32>)>>,
+    member: Option<(String, i32)>,
 ) -> GroupOffsets {
     let requested: Vec<(String, i32)> = partitions
         .iter()
@@ -127,7 +133,7 @@ async fn fetch(
     }
     let fetched = shard
         .on_group_coordinator(group, move |groups, at| async move {
-            groups.fetch_offsets(at, partitions).await
+            groups.fetch_offsets(at, partitions, member).await
         })
         .await;
     match fetched.and_then(|fetched| fetched) {

@@ -5,7 +5,8 @@
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
-    AlterConfigsResponse, ApiVersionsResponse, CreateAclsResponse, CreatePartitionsResponse,
+    AlterConfigsResponse, ApiVersionsResponse, ConsumerGroupDescribeResponse,
+    ConsumerGroupHeartbeatResponse, CreateAclsResponse, CreatePartitionsResponse,
     CreateTopicsResponse, DeleteAclsResponse, DeleteGroupsResponse, DeleteRecordsResponse,
     DeleteTopicsResponse, DescribeAclsResponse, DescribeClusterResponse, DescribeConfigsResponse,
     DescribeGroupsResponse, DescribeLogDirsResponse, DescribeProducersResponse,
@@ -41,6 +42,7 @@ macro_rules! top_level_only {
 
 top_level_only!(
     ApiVersionsResponse,
+    ConsumerGroupHeartbeatResponse,
     DescribeAclsResponse,
     DescribeClusterResponse,
     DescribeLogDirsResponse,
@@ -66,6 +68,7 @@ macro_rules! first_item_error {
 }
 
 first_item_error!(
+    ConsumerGroupDescribeResponse => groups,
     CreateAclsResponse => results,
     DeleteAclsResponse => filter_results,
     CreatePartitionsResponse => results,

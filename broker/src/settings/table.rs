@@ -340,6 +340,19 @@ pub static SETTINGS: &[Setting] = &[
          is served without a session.",
     ),
     row(
+        "group.consumer.session.timeout.ms",
+        "45000",
+        integer(1, INT_MAX),
+        "A consumer-protocol group member (KIP-848) that sends no heartbeat for this long is \
+         removed and its partitions reassigned.",
+    ),
+    row(
+        "group.consumer.heartbeat.interval.ms",
+        "5000",
+        integer(1, INT_MAX),
+        "How often consumer-protocol group members (KIP-848) are told to heartbeat.",
+    ),
+    row(
         "group.initial.rebalance.delay.ms",
         "3000",
         integer(0, 300_000),

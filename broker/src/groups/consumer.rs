@@ -1,0 +1,687 @@
+//! One consumer group of KIP-848's consumer protocol (`ConsumerGroupHeartbeat`): the group
+//! epoch, the target assignment and its epoch, and the members reconciling towards it.
+//!
+//! ```text
+//!  member:  Stable ──target changed, owns partitions now others'──▶ UnrevokedPartitions
+//!             ▲  ▲                                                      │ heartbeat no longer
+//!             │  └── new partitions all free ◀── UnreleasedPartitions ◀─┘ owns them (epoch
+//!             └───────────────────────────────────────────────────────────  := target epoch)
+//! ```
+//! Rules (Kafka's `GroupMetadataManager.consumerGroupHeartbeat` and
+//! `CurrentAssignmentBuilder`): any change of membership, subscriptions or subscribed
+//! topics' partition counts bumps the group epoch; the next heartbeat recomputes the target
+//! assignment at that epoch. A member keeps its epoch while it must revoke partitions; once a
+//! heartbeat shows it no longer owns them it moves to the target epoch and receives the new
+//! partitions that no other member still holds. So a partition never has two owners: every
+//! partition is in at most one member's assigned or pending-revocation set (`owners`).
+//! Pure and synchronous (takes `now`), owned by the coordinator of the group's shard.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use crate::error_codes as codes;
+use crate::groups::assignor::{Assignment, Assignor, MemberSpec};
+use crate::groups::types::{codes as group_codes, GROUP_SIZE_MAX};
+
+/// Error codes of KIP-848 the classic code does not use.
+pub mod consumer_codes {
+    use kafka_protocol::error::ResponseError;
+
+    pub const FENCED_MEMBER_EPOCH: i16 = ResponseError::FencedMemberEpoch.code();
+    pub const UNRELEASED_INSTANCE_ID: i16 = ResponseError::UnreleasedInstanceId.code();
+    pub const UNSUPPORTED_ASSIGNOR: i16 = ResponseError::UnsupportedAssignor.code();
+    pub const STALE_MEMBER_EPOCH: i16 = ResponseError::StaleMemberEpoch.code();
+}
+use consumer_codes::{FENCED_MEMBER_EPOCH, UNRELEASED_INSTANCE_ID, UNSUPPORTED_ASSIGNOR};
+
+/// The member epoch that leaves the group.
+pub const LEAVE_EPOCH: i32 = -1;
+/// The member epoch a static member leaves with: its assignment waits for its replacement.
+pub const STATIC_LEAVE_EPOCH: i32 = -2;
+
+/// Timers of consumer groups (`group.consumer.*`).
+#[derive(Clone, Debug)]
+pub struct ConsumerRules {
+    pub session_timeout: Duration,
+    pub heartbeat_interval: Duration,
+}
+
+impl Default for ConsumerRules {
+    fn default() -> Self {
+        Self {
+            session_timeout: Duration::from_secs(45),
+            heartbeat_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberState {
+    Stable,
+    UnrevokedPartitions,
+    UnreleasedPartitions,
+}
+
+#[derive(Clone, Debug)]
+pub struct ConsumerMember {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub rack_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub member_epoch: i32,
+    pub previous_epoch: i32,
+    pub state: MemberState,
+    pub subscribed_topics: BTreeSet<String>,
+    pub server_assignor: Option<String>,
+    pub rebalance_timeout: Duration,
+    pub assigned: Assignment,
+    pub pending_revocation: Assignment,
+    pub session_deadline: Instant,
+    /// While partitions are pending revocation: the member is removed if it has not
+    /// released them by then (its rebalance timeout).
+    pub revocation_deadline: Option<Instant>,
+}
+
+/// A `ConsumerGroupHeartbeat` as the group takes it (topic ids already resolved to names).
+#[derive(Clone, Debug, Default)]
+pub struct HeartbeatRequest {
+    pub member_id: String,
+    pub member_epoch: i32,
+    pub instance_id: Option<String>,
+    pub rack_id: Option<String>,
+    pub rebalance_timeout_ms: i32,
+    pub subscribed_topics: Option<Vec<String>>,
+    pub subscribed_regex: Option<String>,
+    pub server_assignor: Option<String>,
+    pub owned: Option<Assignment>,
+    pub client_id: String,
+    pub client_host: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeartbeatAnswer {
+    pub error_code: i16,
+    pub error_message: Option<String>,
+    pub member_id: String,
+    pub member_epoch: i32,
+    pub heartbeat_interval_ms: i32,
+    /// Sent when it changed, on a join and on a full request (as Kafka does).
+    pub assignment: Option<Assignment>,
+}
+
+impl HeartbeatAnswer {
+    pub fn error(error_code: i16, message: &str) -> Self {
+        Self {
+            error_code,
+            error_message: Some(message.to_string()),
+            ..Self::default()
+        }
+    }
+}
+
+/// A consumer-protocol group as `ConsumerGroupDescribe` shows it: each member with its
+/// target assignment.
+#[derive(Debug, Clone)]
+pub struct ConsumerGroupDescription {
+    pub state: &'static str,
+    pub group_epoch: i32,
+    pub assignment_epoch: i32,
+    pub assignor: &'static str,
+    pub members: Vec<(ConsumerMember, Assignment)>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ConsumerGroup {
+    pub group_epoch: i32,
+    pub assignment_epoch: i32,
+    pub assignor: Option<Assignor>,
+    pub target: BTreeMap<String, Assignment>,
+    pub members: BTreeMap<String, ConsumerMember>,
+    /// Partition counts of the subscribed topics the target was computed from.
+    pub subscribed_partitions: BTreeMap<String, i32>,
+    /// Every partition held (assigned or pending revocation), and by whom.
+    owners: BTreeMap<(String, i32), String>,
+}
+
+fn partitions_of(assignment: &Assignment) -> impl Iterator<Item = (String, i32)> + '_ {
+    assignment
+        .iter()
+        .flat_map(|(topic, set)| set.iter().map(move |p| (topic.clone(), *p)))
+}
+
+fn minus(a: &Assignment, b: &Assignment) -> Assignment {
+    let mut out = Assignment::new();
+    for (topic, p) in partitions_of(a) {
+        if !b.get(&topic).is_some_and(|set| set.contains(&p)) {
+            out.entry(topic).or_default().insert(p);
+        }
+    }
+    out
+}
+
+fn intersects(a: &Assignment, b: &Assignment) -> bool {
+    a.iter()
+        .any(|(topic, set)| b.get(topic).is_some_and(|other| !set.is_disjoint(other)))
+}
+
+fn invalid(message: &str) -> HeartbeatAnswer {
+    HeartbeatAnswer::error(group_codes::INVALID_REQUEST, message)
+}
+
+impl ConsumerGroup {
+    /// Kafka's consumer group states: `Empty`, `Assigning` (the target is behind the group
+    /// epoch), `Reconciling` (a member is not yet at the target), `Stable`.
+    pub fn state_name(&self) -> &'static str {
+        if self.members.is_empty() {
+            "Empty"
+        } else if self.assignment_epoch < self.group_epoch {
+            "Assigning"
+        } else if self
+            .members
+            .values()
+            .filter(|m| m.member_epoch != STATIC_LEAVE_EPOCH)
+            .any(|m| m.member_epoch != self.assignment_epoch || m.state != MemberState::Stable)
+        {
+            "Reconciling"
+        } else {
+            "Stable"
+        }
+    }
+
+    /// Who holds a partition now (assigned or pending revocation).
+    pub fn owner_of(&self, topic: &str, partition: i32) -> Option<&str> {
+        self.owners
+            .get(&(topic.to_string(), partition))
+            .map(String::as_str)
+    }
+
+    /// `OffsetCommit` / `OffsetFetch` admission of a member by its epoch.
+    pub fn check_member_epoch(&self, member_id: &str, member_epoch: i32) -> Result<(), i16> {
+        if member_epoch < 0 && member_id.is_empty() {
+            // An admin or simple client: allowed only without members.
+            return if self.members.is_empty() {
+                Ok(())
+            } else {
+                Err(group_codes::UNKNOWN_MEMBER_ID)
+            };
+        }
+        let member = self
+            .members
+            .get(member_id)
+            .ok_or(group_codes::UNKNOWN_MEMBER_ID)?;
+        match member_epoch.cmp(&member.member_epoch) {
+            std::cmp::Ordering::Equal => Ok(()),
+            std::cmp::Ordering::Greater => Err(FENCED_MEMBER_EPOCH),
+            std::cmp::Ordering::Less => Err(consumer_codes::STALE_MEMBER_EPOCH),
+        }
+    }
+
+    /// `ConsumerGroupHeartbeat`. `version` is the request's; `partitions` gives a topic's
+    /// partition count (`None`: no such topic); `new_member_id` a fresh id for a v0 join.
+    pub fn heartbeat(
+        &mut self,
+        request: HeartbeatRequest,
+        version: i16,
+        partitions: &dyn Fn(&str) -> Option<i32>,
+        new_member_id: impl FnOnce() -> String,
+        rules: &ConsumerRules,
+        now: Instant,
+    ) -> HeartbeatAnswer {
+        let mut answer =
+            self.heartbeat_checked(request, version, partitions, new_member_id, rules, now);
+        answer.heartbeat_interval_ms =
+            i32::try_from(rules.heartbeat_interval.as_millis()).unwrap_or(i32::MAX);
+        self.assert_consistent();
+        answer
+    }
+
+    fn heartbeat_checked(
+        &mut self,
+        mut request: HeartbeatRequest,
+        version: i16,
+        partitions: &dyn Fn(&str) -> Option<i32>,
+        new_member_id: impl FnOnce() -> String,
+        rules: &ConsumerRules,
+        now: Instant,
+    ) -> HeartbeatAnswer {
+        if let Err(answer) = validate(&request, version) {
+            return answer;
+        }
+        if request.member_epoch == LEAVE_EPOCH || request.member_epoch == STATIC_LEAVE_EPOCH {
+            return self.leave(&request);
+        }
+        if request.member_id.is_empty() {
+            request.member_id = new_member_id();
+        }
+        let joining = request.member_epoch == 0;
+        let full_request = request.rebalance_timeout_ms != -1
+            && (request.subscribed_topics.is_some() || request.subscribed_regex.is_some())
+            && request.owned.is_some();
+        // A join that also subscribes to new topics is one change of the group: one bump.
+        let epoch_before = self.group_epoch;
+        if joining {
+            if let Err(answer) = self.admit_join(&request, rules, now) {
+                return answer;
+            }
+        } else if let Err(code) = self.check_heartbeat_epoch(&request) {
+            return HeartbeatAnswer::error(code, "member epoch or member id is not current");
+        }
+        let before = self.members[&request.member_id].assigned.clone();
+        self.update_member(&request, rules, now);
+        self.refresh_subscribed_partitions(partitions);
+        self.group_epoch = self.group_epoch.min(epoch_before + 1);
+        if self.assignment_epoch < self.group_epoch {
+            self.compute_target();
+        }
+        self.reconcile(&request.member_id, request.owned.as_ref(), now);
+        let member = &self.members[&request.member_id];
+        let changed = member.assigned != before;
+        HeartbeatAnswer {
+            error_code: codes::NONE,
+            error_message: None,
+            member_id: member.member_id.clone(),
+            member_epoch: member.member_epoch,
+            heartbeat_interval_ms: 0,
+            assignment: (joining || full_request || changed).then(|| member.assigned.clone()),
+        }
+    }
+
+    /// A member joining (epoch 0): new, rejoining, or replacing a static member that left.
+    fn admit_join(
+        &mut self,
+        request: &HeartbeatRequest,
+        rules: &ConsumerRules,
+        now: Instant,
+    ) -> Result<(), HeartbeatAnswer> {
+        if let Some(instance_id) = &request.instance_id {
+            let holder = self
+                .members
+                .values()
+                .find(|m| m.instance_id.as_ref() == Some(instance_id))
+                .map(|m| (m.member_id.clone(), m.member_epoch));
+            if let Some((holder, epoch)) = holder {
+                if holder != request.member_id {
+                    if epoch != STATIC_LEAVE_EPOCH {
+                        return Err(HeartbeatAnswer::error(
+                            UNRELEASED_INSTANCE_ID,
+                            "the static member holding this instance id has not left",
+                        ));
+                    }
+                    // Its replacement takes over the partitions it held, from epoch 0.
+                    let mut old = self.members.remove(&holder).expect("found");
+                    self.target
+                        .remove(&holder)
+                        .map(|t| self.target.insert(request.member_id.clone(), t));
+                    for (topic, p) in partitions_of(&old.pending_revocation) {
+                        self.owners.remove(&(topic, p));
+                    }
+                    for (topic, p) in partitions_of(&old.assigned) {
+                        self.owners.insert((topic, p), request.member_id.clone());
+                    }
+                    old.member_id.clone_from(&request.member_id);
+                    old.member_epoch = 0;
+                    old.previous_epoch = 0;
+                    old.pending_revocation.clear();
+                    old.revocation_deadline = None;
+                    old.state = MemberState::Stable;
+                    self.members.insert(request.member_id.clone(), old);
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(member) = self.members.get_mut(&request.member_id) {
+            // A member rejoining with epoch 0 owns nothing any more (it was fenced or
+            // lost its state): what it held is free again.
+            let held: Vec<(String, i32)> = partitions_of(&member.assigned)
+                .chain(partitions_of(&member.pending_revocation))
+                .collect();
+            member.assigned.clear();
+            member.pending_revocation.clear();
+            member.revocation_deadline = None;
+            member.member_epoch = 0;
+            member.previous_epoch = 0;
+            member.state = MemberState::Stable;
+            for key in held {
+                self.owners.remove(&key);
+            }
+            return Ok(());
+        }
+        if self.members.len() >= GROUP_SIZE_MAX {
+            return Err(HeartbeatAnswer::error(
+                group_codes::GROUP_MAX_SIZE_REACHED,
+                "the group is full",
+            ));
+        }
+        self.members.insert(
+            request.member_id.clone(),
+            ConsumerMember {
+                member_id: request.member_id.clone(),
+                instance_id: request.instance_id.clone(),
+                rack_id: None,
+                client_id: request.client_id.clone(),
+                client_host: request.client_host.clone(),
+                member_epoch: 0,
+                previous_epoch: 0,
+                state: MemberState::Stable,
+                subscribed_topics: BTreeSet::new(),
+                server_assignor: None,
+                rebalance_timeout: Duration::ZERO,
+                assigned: Assignment::new(),
+                pending_revocation: Assignment::new(),
+                session_deadline: now + rules.session_timeout,
+                revocation_deadline: None,
+            },
+        );
+        self.group_epoch += 1;
+        Ok(())
+    }
+
+    /// Kafka's `throwIfMemberEpochIsInvalid`: a member may lag one epoch only when it shows
+    /// it owns exactly what it was assigned (the answer that moved it on was lost).
+    fn check_heartbeat_epoch(&self, request: &HeartbeatRequest) -> Result<(), i16> {
+        let member = self
+            .members
+            .get(&request.member_id)
+            .ok_or(group_codes::UNKNOWN_MEMBER_ID)?;
+        if member.member_epoch == STATIC_LEAVE_EPOCH {
+            return Err(group_codes::UNKNOWN_MEMBER_ID);
+        }
+        if request.instance_id.is_some() && request.instance_id != member.instance_id {
+            return Err(group_codes::FENCED_INSTANCE_ID);
+        }
+        let epoch = request.member_epoch;
+        if epoch > member.member_epoch {
+            return Err(FENCED_MEMBER_EPOCH);
+        }
+        if epoch < member.member_epoch
+            && (epoch != member.previous_epoch || request.owned.as_ref() != Some(&member.assigned))
+        {
+            return Err(FENCED_MEMBER_EPOCH);
+        }
+        Ok(())
+    }
+
+    fn update_member(&mut self, request: &HeartbeatRequest, rules: &ConsumerRules, now: Instant) {
+        let member = self.members.get_mut(&request.member_id).expect("admitted");
+        member.session_deadline = now + rules.session_timeout;
+        if request.rebalance_timeout_ms >= 0 {
+            member.rebalance_timeout = crate::groups::millis(request.rebalance_timeout_ms);
+        }
+        if request.rack_id.is_some() {
+            member.rack_id.clone_from(&request.rack_id);
+        }
+        if !request.client_id.is_empty() {
+            member.client_id.clone_from(&request.client_id);
+            member.client_host.clone_from(&request.client_host);
+        }
+        let mut bump = false;
+        if let Some(topics) = &request.subscribed_topics {
+            let topics: BTreeSet<String> = topics.iter().cloned().collect();
+            if topics != member.subscribed_topics {
+                member.subscribed_topics = topics;
+                bump = true;
+            }
+        }
+        if let Some(assignor) = &request.server_assignor {
+            if member.server_assignor.as_ref() != Some(assignor) {
+                member.server_assignor = Some(assignor.clone());
+                bump = true;
+            }
+        }
+        if bump {
+            self.group_epoch += 1;
+        }
+    }
+
+    /// A subscribed topic created, deleted or grown bumps the group epoch.
+    fn refresh_subscribed_partitions(&mut self, partitions: &dyn Fn(&str) -> Option<i32>) {
+        let topics: BTreeSet<&String> = self
+            .members
+            .values()
+            .flat_map(|m| m.subscribed_topics.iter())
+            .collect();
+        let current: BTreeMap<String, i32> = topics
+            .into_iter()
+            .filter_map(|t| partitions(t).map(|count| (t.clone(), count)))
+            .collect();
+        if current != self.subscribed_partitions {
+            self.subscribed_partitions = current;
+            self.group_epoch += 1;
+        }
+    }
+
+    /// The assignor most members ask for, else the first configured (`uniform`).
+    fn choose_assignor(&self) -> Assignor {
+        let mut votes: BTreeMap<&str, usize> = BTreeMap::new();
+        for name in self
+            .members
+            .values()
+            .filter_map(|m| m.server_assignor.as_deref())
+        {
+            *votes.entry(name).or_default() += 1;
+        }
+        votes
+            .into_iter()
+            .max_by_key(|(_, count)| *count)
+            .and_then(|(name, _)| Assignor::from_name(name))
+            .unwrap_or(Assignor::ALL[0])
+    }
+
+    fn compute_target(&mut self) {
+        let assignor = self.choose_assignor();
+        let specs: BTreeMap<String, MemberSpec> = self
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let spec = MemberSpec {
+                    topics: m.subscribed_topics.clone(),
+                    previous: self.target.get(id).cloned().unwrap_or_default(),
+                };
+                (id.clone(), spec)
+            })
+            .collect();
+        self.target = assignor.assign(&specs, &self.subscribed_partitions);
+        self.assignor = Some(assignor);
+        self.assignment_epoch = self.group_epoch;
+    }
+
+    /// Moves one member as far towards its target as the other members allow.
+    fn reconcile(&mut self, member_id: &str, owned: Option<&Assignment>, now: Instant) {
+        let target = self.target.get(member_id).cloned().unwrap_or_default();
+        let assignment_epoch = self.assignment_epoch;
+        let member = self
+            .members
+            .get_mut(member_id)
+            .expect("reconciled member exists");
+        if member.state == MemberState::UnrevokedPartitions {
+            let released =
+                owned.is_some_and(|owned| !intersects(owned, &member.pending_revocation));
+            if !released {
+                return;
+            }
+            for key in partitions_of(&member.pending_revocation) {
+                self.owners.remove(&key);
+            }
+            member.pending_revocation.clear();
+            member.revocation_deadline = None;
+        } else if member.state == MemberState::Stable && member.member_epoch == assignment_epoch {
+            return;
+        }
+        let revoking = minus(&member.assigned, &target);
+        if !revoking.is_empty() {
+            member.assigned = minus(&member.assigned, &revoking);
+            member.pending_revocation = revoking;
+            member.state = MemberState::UnrevokedPartitions;
+            member.revocation_deadline = Some(now + member.rebalance_timeout);
+            return;
+        }
+        let mut unreleased = false;
+        for (topic, p) in partitions_of(&minus(&target, &member.assigned)) {
+            let key = (topic, p);
+            match self.owners.get(&key) {
+                Some(holder) if holder != member_id => unreleased = true,
+                _ => {
+                    self.owners.insert(key.clone(), member_id.to_string());
+                    member.assigned.entry(key.0).or_default().insert(key.1);
+                }
+            }
+        }
+        if member.member_epoch != assignment_epoch {
+            member.previous_epoch = member.member_epoch;
+            member.member_epoch = assignment_epoch;
+        }
+        member.state = if unreleased {
+            MemberState::UnreleasedPartitions
+        } else {
+            MemberState::Stable
+        };
+    }
+
+    /// `member_epoch` -1 (leave) or -2 (a static member leaving for now).
+    fn leave(&mut self, request: &HeartbeatRequest) -> HeartbeatAnswer {
+        let member_id = match (&request.instance_id, request.member_epoch) {
+            (Some(instance_id), STATIC_LEAVE_EPOCH) => {
+                match self
+                    .members
+                    .values()
+                    .find(|m| m.instance_id.as_ref() == Some(instance_id))
+                {
+                    Some(m) if m.member_id == request.member_id => m.member_id.clone(),
+                    Some(_) => {
+                        return HeartbeatAnswer::error(
+                            group_codes::FENCED_INSTANCE_ID,
+                            "instance id held by another member",
+                        )
+                    }
+                    None => {
+                        return HeartbeatAnswer::error(
+                            group_codes::UNKNOWN_MEMBER_ID,
+                            "unknown member",
+                        )
+                    }
+                }
+            }
+            _ => request.member_id.clone(),
+        };
+        let Some(member) = self.members.get_mut(&member_id) else {
+            return HeartbeatAnswer::error(group_codes::UNKNOWN_MEMBER_ID, "unknown member");
+        };
+        if request.member_epoch == STATIC_LEAVE_EPOCH {
+            // Kept, with its assignment, for a replacement with the same instance id until
+            // its session expires.
+            member.member_epoch = STATIC_LEAVE_EPOCH;
+            for key in partitions_of(&member.pending_revocation) {
+                self.owners.remove(&key);
+            }
+            member.pending_revocation.clear();
+            member.revocation_deadline = None;
+            member.state = MemberState::Stable;
+        } else {
+            self.remove_member(&member_id);
+        }
+        HeartbeatAnswer {
+            member_id,
+            member_epoch: request.member_epoch,
+            ..HeartbeatAnswer::default()
+        }
+    }
+
+    /// Frees what the member held and bumps the group epoch.
+    pub fn remove_member(&mut self, member_id: &str) {
+        let Some(member) = self.members.remove(member_id) else {
+            return;
+        };
+        for key in partitions_of(&member.assigned).chain(partitions_of(&member.pending_revocation))
+        {
+            self.owners.remove(&key);
+        }
+        self.target.remove(member_id);
+        self.group_epoch += 1;
+    }
+
+    /// Removes members whose session expired or that did not revoke in time; their ids.
+    pub fn tick(&mut self, now: Instant) -> Vec<String> {
+        let expired: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| {
+                m.session_deadline <= now || m.revocation_deadline.is_some_and(|d| d <= now)
+            })
+            .map(|m| m.member_id.clone())
+            .collect();
+        for member_id in &expired {
+            self.remove_member(member_id);
+        }
+        self.assert_consistent();
+        expired
+    }
+
+    /// Every held partition has exactly one holder, and `owners` says who.
+    fn assert_consistent(&self) {
+        let mut held = 0;
+        for member in self.members.values() {
+            for key in
+                partitions_of(&member.assigned).chain(partitions_of(&member.pending_revocation))
+            {
+                held += 1;
+                assert_eq!(
+                    self.owners.get(&key).map(String::as_str),
+                    Some(member.member_id.as_str()),
+                    "partition {key:?} held by {} but owned by another",
+                    member.member_id
+                );
+            }
+        }
+        assert_eq!(held, self.owners.len(), "an owner without a holder");
+    }
+}
+
+/// Kafka's request validation (`throwIfConsumerGroupHeartbeatRequestIsInvalid`).
+fn validate(request: &HeartbeatRequest, version: i16) -> Result<(), HeartbeatAnswer> {
+    if version >= 1 && request.member_id.is_empty() {
+        return Err(invalid("MemberId can't be empty."));
+    }
+    if request.member_epoch == 0 {
+        if request.rebalance_timeout_ms == -1 {
+            return Err(invalid(
+                "RebalanceTimeoutMs must be provided in first request.",
+            ));
+        }
+        if request.owned.as_ref().is_none_or(|owned| !owned.is_empty()) {
+            return Err(invalid("TopicPartitions must be empty when (re-)joining."));
+        }
+        if request.subscribed_topics.is_none() && request.subscribed_regex.is_none() {
+            return Err(invalid(
+                "SubscribedTopicNames or SubscribedTopicRegex must be set in first request.",
+            ));
+        }
+    } else if request.member_epoch == STATIC_LEAVE_EPOCH {
+        if request.instance_id.is_none() {
+            return Err(invalid("InstanceId can't be null."));
+        }
+    } else if request.member_epoch < STATIC_LEAVE_EPOCH {
+        return Err(invalid("MemberEpoch is invalid."));
+    } else if version == 0 && request.member_id.is_empty() {
+        return Err(invalid("MemberId can't be empty."));
+    }
+    if request.subscribed_regex.is_some() {
+        return Err(invalid(
+            "SubscribedTopicRegex is not supported by this broker yet.",
+        ));
+    }
+    if let Some(name) = &request.server_assignor {
+        if Assignor::from_name(name).is_none() {
+            return Err(HeartbeatAnswer::error(
+                UNSUPPORTED_ASSIGNOR,
+                &format!(
+                    "ServerAssignor {name} is not supported. Supported assignors: uniform, range."
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,390 @@
+//! Guards the consumer group's reconciliation against a model of its clients: members that
+//! join, heartbeat, leave and crash in a seeded random order, each client owning exactly what
+//! the last answer assigned it. Safety: no partition is owned by two live clients at once.
+//! Liveness: once the churn stops, a few heartbeat rounds leave every partition owned and
+//! the group `Stable`. Plus the request rules and fencing of KIP-848 one by one.
+
+use super::*;
+use proptest::prelude::*;
+
+const TOPIC: &str = "t";
+const PARTITIONS: i32 = 12;
+
+fn rules() -> ConsumerRules {
+    ConsumerRules {
+        session_timeout: Duration::from_secs(45),
+        heartbeat_interval: Duration::from_secs(5),
+    }
+}
+
+fn counts(topic: &str) -> Option<i32> {
+    match topic {
+        TOPIC => Some(PARTITIONS),
+        "u" => Some(4),
+        _ => None,
+    }
+}
+
+fn join(member_id: &str) -> HeartbeatRequest {
+    HeartbeatRequest {
+        member_id: member_id.into(),
+        member_epoch: 0,
+        rebalance_timeout_ms: 300_000,
+        subscribed_topics: Some(vec![TOPIC.into()]),
+        owned: Some(Assignment::new()),
+        ..HeartbeatRequest::default()
+    }
+}
+
+/// A client of the model: what it owns and the epoch it last got.
+#[derive(Clone, Debug)]
+struct Client {
+    member_id: String,
+    epoch: i32,
+    owned: Assignment,
+    instance_id: Option<String>,
+}
+
+struct Sim {
+    group: ConsumerGroup,
+    clients: BTreeMap<usize, Client>,
+    now: Instant,
+}
+
+impl Sim {
+    fn new() -> Self {
+        Self {
+            group: ConsumerGroup::default(),
+            clients: BTreeMap::new(),
+            now: Instant::now(),
+        }
+    }
+
+    fn send(&mut self, request: HeartbeatRequest) -> HeartbeatAnswer {
+        self.group.heartbeat(
+            request,
+            1,
+            &counts,
+            || unreachable!("v1 ids come from clients"),
+            &rules(),
+            self.now,
+        )
+    }
+
+    fn join(&mut self, index: usize) {
+        if self.clients.contains_key(&index) {
+            return;
+        }
+        let member_id = format!("member-{index}");
+        let answer = self.send(join(&member_id));
+        assert_eq!(answer.error_code, 0, "{answer:?}");
+        let client = Client {
+            member_id,
+            epoch: answer.member_epoch,
+            owned: answer
+                .assignment
+                .expect("a join is answered with its assignment"),
+            instance_id: None,
+        };
+        self.clients.insert(index, client);
+        self.check_disjoint();
+    }
+
+    fn heartbeat(&mut self, index: usize) {
+        let Some(client) = self.clients.get(&index).cloned() else {
+            return;
+        };
+        let answer = self.send(HeartbeatRequest {
+            member_id: client.member_id.clone(),
+            member_epoch: client.epoch,
+            rebalance_timeout_ms: -1,
+            owned: Some(client.owned.clone()),
+            instance_id: client.instance_id.clone(),
+            ..HeartbeatRequest::default()
+        });
+        assert_eq!(answer.error_code, 0, "{answer:?}");
+        let client = self.clients.get_mut(&index).expect("present");
+        client.epoch = answer.member_epoch;
+        if let Some(assignment) = answer.assignment {
+            client.owned = assignment;
+        }
+        self.check_disjoint();
+    }
+
+    fn leave(&mut self, index: usize) {
+        let Some(client) = self.clients.remove(&index) else {
+            return;
+        };
+        let answer = self.send(HeartbeatRequest {
+            member_id: client.member_id,
+            member_epoch: LEAVE_EPOCH,
+            ..HeartbeatRequest::default()
+        });
+        assert_eq!((answer.error_code, answer.member_epoch), (0, LEAVE_EPOCH));
+    }
+
+    /// The client dies silently; its session runs out (the model's clock stands still, so
+    /// only its deadline is moved).
+    fn crash(&mut self, index: usize) {
+        if let Some(client) = self.clients.remove(&index) {
+            let member = self
+                .group
+                .members
+                .get_mut(&client.member_id)
+                .expect("member");
+            member.session_deadline = self.now;
+            let expired = self.group.tick(self.now);
+            assert_eq!(expired, vec![client.member_id]);
+        }
+    }
+
+    fn check_disjoint(&self) {
+        let mut seen = BTreeSet::new();
+        for client in self.clients.values() {
+            for (topic, set) in &client.owned {
+                for p in set {
+                    assert!(
+                        seen.insert((topic.clone(), *p)),
+                        "{topic}-{p} owned by two clients"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Heartbeats every client until nothing changes; then all is owned and stable.
+    fn settle(&mut self) {
+        for _ in 0..10 {
+            let indexes: Vec<usize> = self.clients.keys().copied().collect();
+            for index in indexes {
+                self.heartbeat(index);
+            }
+        }
+        if self.clients.is_empty() {
+            return;
+        }
+        let owned: usize = self
+            .clients
+            .values()
+            .map(|c| c.owned.values().map(BTreeSet::len).sum::<usize>())
+            .sum();
+        assert_eq!(
+            owned, PARTITIONS as usize,
+            "every partition owned once settled"
+        );
+        assert_eq!(self.group.state_name(), "Stable");
+        let loads: Vec<usize> = self
+            .clients
+            .values()
+            .map(|c| c.owned.values().map(BTreeSet::len).sum())
+            .collect();
+        assert!(loads.iter().max().unwrap() - loads.iter().min().unwrap() <= 1);
+        for client in self.clients.values() {
+            assert_eq!(client.epoch, self.group.assignment_epoch);
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Join(usize),
+    Heartbeat(usize),
+    Leave(usize),
+    Crash(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        1 => (0_usize..6).prop_map(Op::Join),
+        4 => (0_usize..6).prop_map(Op::Heartbeat),
+        1 => (0_usize..6).prop_map(Op::Leave),
+        1 => (0_usize..6).prop_map(Op::Crash),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn reconciliation_never_double_assigns_and_converges(ops in prop::collection::vec(op(), 1..120)) {
+        let mut sim = Sim::new();
+        for op in ops {
+            match op {
+                Op::Join(i) => sim.join(i),
+                Op::Heartbeat(i) => sim.heartbeat(i),
+                Op::Leave(i) => sim.leave(i),
+                Op::Crash(i) => sim.crash(i),
+            }
+        }
+        sim.settle();
+    }
+}
+
+#[test]
+fn three_members_share_twelve_partitions_after_revocation() {
+    let mut sim = Sim::new();
+    sim.join(0);
+    assert_eq!(sim.clients[&0].owned[TOPIC].len(), 12);
+    sim.join(1);
+    // The newcomer waits: every partition is still owned by member 0.
+    assert!(sim.clients[&1].owned.is_empty());
+    sim.heartbeat(0); // member 0 is told to give up half; keeps its epoch meanwhile
+    assert_eq!(sim.clients[&0].owned[TOPIC].len(), 6);
+    assert_eq!(sim.clients[&0].epoch, 1);
+    sim.heartbeat(0); // acknowledges the revocation: moves to the target epoch
+    assert_eq!(sim.clients[&0].epoch, 2);
+    sim.heartbeat(1);
+    assert_eq!(sim.clients[&1].owned[TOPIC].len(), 6);
+    sim.join(2);
+    sim.settle();
+}
+
+#[test]
+fn stale_and_future_epochs_are_fenced() {
+    let mut sim = Sim::new();
+    sim.join(0);
+    sim.join(1);
+    let member = sim.clients[&0].clone();
+    let mut request = HeartbeatRequest {
+        member_id: member.member_id.clone(),
+        member_epoch: member.epoch + 5,
+        rebalance_timeout_ms: -1,
+        ..HeartbeatRequest::default()
+    };
+    assert_eq!(sim.send(request.clone()).error_code, FENCED_MEMBER_EPOCH);
+    sim.heartbeat(0);
+    sim.heartbeat(0);
+    // Epoch moved from 1 to 2; an epoch-1 heartbeat (the previous epoch) passes only when
+    // it shows what it owns.
+    request.member_epoch = 1;
+    assert_eq!(sim.send(request.clone()).error_code, FENCED_MEMBER_EPOCH);
+    request.owned = Some(sim.group.members[&member.member_id].assigned.clone());
+    assert_eq!(sim.send(request).error_code, 0);
+    let unknown = HeartbeatRequest {
+        member_id: "nobody".into(),
+        member_epoch: 3,
+        ..HeartbeatRequest::default()
+    };
+    assert_eq!(sim.send(unknown).error_code, group_codes::UNKNOWN_MEMBER_ID);
+    assert_eq!(
+        sim.group.check_member_epoch(&member.member_id, 1),
+        Err(consumer_codes::STALE_MEMBER_EPOCH)
+    );
+    assert_eq!(
+        sim.group.check_member_epoch(&member.member_id, 99),
+        Err(FENCED_MEMBER_EPOCH)
+    );
+    assert_eq!(
+        sim.group.check_member_epoch("", -1),
+        Err(group_codes::UNKNOWN_MEMBER_ID)
+    );
+}
+
+#[test]
+fn join_requests_are_validated() {
+    let mut sim = Sim::new();
+    let mut request = join("");
+    assert_eq!(
+        sim.send(request.clone()).error_code,
+        group_codes::INVALID_REQUEST,
+        "v1 needs an id"
+    );
+    request.member_id = "m".into();
+    request.rebalance_timeout_ms = -1;
+    assert_eq!(
+        sim.send(request.clone()).error_code,
+        group_codes::INVALID_REQUEST
+    );
+    request.rebalance_timeout_ms = 1000;
+    request.subscribed_topics = None;
+    assert_eq!(
+        sim.send(request.clone()).error_code,
+        group_codes::INVALID_REQUEST
+    );
+    request.subscribed_topics = Some(vec![TOPIC.into()]);
+    request.server_assignor = Some("sticky".into());
+    assert_eq!(sim.send(request.clone()).error_code, UNSUPPORTED_ASSIGNOR);
+    request.server_assignor = Some("range".into());
+    request.owned = None;
+    assert_eq!(
+        sim.send(request.clone()).error_code,
+        group_codes::INVALID_REQUEST
+    );
+    request.owned = Some(Assignment::new());
+    // v0: the broker names the member.
+    request.member_id = String::new();
+    let answer = sim.group.heartbeat(
+        request,
+        0,
+        &counts,
+        || "server-made".into(),
+        &rules(),
+        sim.now,
+    );
+    assert_eq!(
+        (answer.error_code, answer.member_id.as_str()),
+        (0, "server-made")
+    );
+    assert_eq!(sim.group.assignor, Some(Assignor::Range));
+}
+
+#[test]
+fn static_member_is_replaced_and_keeps_its_partitions() {
+    let mut sim = Sim::new();
+    let mut request = join("a");
+    request.instance_id = Some("instance".into());
+    let first = sim.send(request.clone());
+    assert_eq!(first.error_code, 0);
+    // Another member id with the same instance id while "a" is active.
+    request.member_id = "b".into();
+    assert_eq!(sim.send(request.clone()).error_code, UNRELEASED_INSTANCE_ID);
+    let leave = HeartbeatRequest {
+        member_id: "a".into(),
+        member_epoch: STATIC_LEAVE_EPOCH,
+        instance_id: Some("instance".into()),
+        ..HeartbeatRequest::default()
+    };
+    assert_eq!(sim.send(leave).member_epoch, STATIC_LEAVE_EPOCH);
+    let epoch_before = sim.group.group_epoch;
+    let replaced = sim.send(request);
+    assert_eq!(replaced.error_code, 0);
+    assert_eq!(replaced.assignment, first.assignment);
+    assert_eq!(
+        sim.group.group_epoch, epoch_before,
+        "a replacement is no rebalance"
+    );
+    assert!(!sim.group.members.contains_key("a"));
+}
+
+#[test]
+fn new_topic_partitions_bump_the_epoch_and_revocation_times_out() {
+    let mut sim = Sim::new();
+    let mut first = join("first");
+    first.rebalance_timeout_ms = 1000;
+    let owned = sim.send(first).assignment.expect("assignment");
+    let epoch = sim.group.group_epoch;
+    let mut request = join("late");
+    request.subscribed_topics = Some(vec![TOPIC.into(), "u".into()]);
+    sim.send(request);
+    assert_eq!(
+        sim.group.group_epoch,
+        epoch + 1,
+        "member and topic u: one change"
+    );
+    let heartbeat = HeartbeatRequest {
+        member_id: "first".into(),
+        member_epoch: 1,
+        rebalance_timeout_ms: -1,
+        owned: Some(owned),
+        ..HeartbeatRequest::default()
+    };
+    // Told to revoke; it never acknowledges (keeps sending what it owned).
+    sim.send(heartbeat.clone());
+    sim.send(heartbeat);
+    assert_eq!(
+        sim.group.members["first"].state,
+        MemberState::UnrevokedPartitions
+    );
+    sim.now += Duration::from_millis(500);
+    assert!(sim.group.tick(sim.now).is_empty());
+    sim.now += Duration::from_millis(600);
+    assert_eq!(sim.group.tick(sim.now), vec!["first".to_string()]);
+}

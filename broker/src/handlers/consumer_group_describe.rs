@@ -1,0 +1,112 @@
+//! `ConsumerGroupDescribe` (KIP-848): epochs, assignor and members (with their current and
+//! target assignments) of consumer-protocol groups. A classic group or an unknown id is
+//! `GROUP_ID_NOT_FOUND`, as Kafka answers.
+
+use futures::future::join_all;
+use kafka_protocol::messages::consumer_group_describe_response::{
+    Assignment, DescribedGroup, Member, TopicPartitions,
+};
+use kafka_protocol::messages::{
+    ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, TopicName,
+};
+
+use crate::acl::model::{Operation, ResourceType};
+use crate::groups::assignor::Assignment as Partitions;
+use crate::groups::{codes, ConsumerGroupDescription};
+use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
+use crate::metadata::MetadataSnapshot;
+
+/// Group ACL operations a client may perform, as a bitfield: READ 3, DELETE 6, DESCRIBE 8.
+const GROUP_OPERATIONS_ALL: i32 = 1 << 3 | 1 << 6 | 1 << 8;
+/// `member_type` (v1): this member uses the consumer protocol.
+const MEMBER_TYPE_CONSUMER: i8 = 1;
+
+pub async fn handle(
+    shard: &GroupAccess<'_>,
+    context: &RequestContext,
+    request: ConsumerGroupDescribeRequest,
+) -> ConsumerGroupDescribeResponse {
+    let snapshot = shard.metadata.current();
+    let with_operations = request.include_authorized_operations;
+    let snapshot = &snapshot;
+    let descriptions = request.group_ids.into_iter().map(|group_id| async move {
+        let base = DescribedGroup::default().with_group_id(group_id.clone());
+        if !context.authorize_group(Operation::Describe, &group_id) {
+            return base.with_error_code(crate::error_codes::GROUP_AUTHORIZATION_FAILED);
+        }
+        let reply = shard
+            .on_group_coordinator(&group_id, |groups, at| async move {
+                groups.consumer_describe(at).await
+            })
+            .await;
+        let described = match reply.and_then(|inner| inner) {
+            Err(error_code) => base.with_error_code(error_code),
+            Ok(None) => base
+                .with_error_code(codes::GROUP_ID_NOT_FOUND)
+                .with_error_message(Some(str_bytes(&format!(
+                    "Group {} not found or not a consumer group.",
+                    &*group_id
+                )))),
+            Ok(Some(description)) => described(snapshot, base, description),
+        };
+        if with_operations {
+            let operations =
+                context.authorized_operations(ResourceType::Group, &group_id, GROUP_OPERATIONS_ALL);
+            described.with_authorized_operations(operations)
+        } else {
+            described
+        }
+    });
+    ConsumerGroupDescribeResponse::default().with_groups(join_all(descriptions).await)
+}
+
+fn described(
+    snapshot: &MetadataSnapshot,
+    base: DescribedGroup,
+    description: ConsumerGroupDescription,
+) -> DescribedGroup {
+    let members = description
+        .members
+        .into_iter()
+        .map(|(member, target)| {
+            Member::default()
+                .with_member_id(str_bytes(&member.member_id))
+                .with_instance_id(member.instance_id.as_deref().map(str_bytes))
+                .with_rack_id(member.rack_id.as_deref().map(str_bytes))
+                .with_member_epoch(member.member_epoch)
+                .with_client_id(str_bytes(&member.client_id))
+                .with_client_host(str_bytes(&member.client_host))
+                .with_subscribed_topic_names(
+                    member
+                        .subscribed_topics
+                        .iter()
+                        .map(|t| TopicName(str_bytes(t)))
+                        .collect(),
+                )
+                .with_assignment(assignment(snapshot, &member.assigned))
+                .with_target_assignment(assignment(snapshot, &target))
+                .with_member_type(MEMBER_TYPE_CONSUMER)
+        })
+        .collect();
+    base.with_group_state(str_bytes(description.state))
+        .with_group_epoch(description.group_epoch)
+        .with_assignment_epoch(description.assignment_epoch)
+        .with_assignor_name(str_bytes(description.assignor))
+        .with_members(members)
+}
+
+fn assignment(snapshot: &MetadataSnapshot, partitions: &Partitions) -> Assignment {
+    let topic_partitions = partitions
+        .iter()
+        .filter_map(|(name, set)| {
+            let topic = snapshot.topic(name)?;
+            Some(
+                TopicPartitions::default()
+                    .with_topic_id(topic.id)
+                    .with_topic_name(TopicName(str_bytes(name)))
+                    .with_partitions(set.iter().copied().collect()),
+            )
+        })
+        .collect();
+    Assignment::default().with_topic_partitions(topic_partitions)
+}

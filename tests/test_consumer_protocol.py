@@ -1,0 +1,195 @@
+"""Guards KIP-848 consumer groups (`group.protocol=consumer`, ConsumerGroupHeartbeat) driven
+by librdkafka (confluent-kafka) against the real broker: three members on a 12-partition
+topic joining, one leaving and one crashing (a SIGKILLed process) while records flow; every
+record consumed at least once, exactly once while nobody crashes, and committed offsets at
+the end of every partition. A classic group and a consumer-protocol group share one topic,
+each reading every record once. ListGroups' type filter and ConsumerGroupDescribe show the
+group as Kafka does."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from confluent_kafka import Consumer, ConsumerGroupType, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+import helpers
+from helpers import create_topic, produce
+
+PARTITIONS = 12
+TOPIC = "orders"
+# A killed member's partitions move after its session; 3 s keeps the test short.
+FAST_CONSUMER_GROUPS = [
+    "--group-consumer-session-timeout-ms", "3000",
+    "--group-consumer-heartbeat-interval-ms", "500",
+    "--group-initial-rebalance-delay-ms", "300",
+]
+
+
+@pytest.fixture
+def group_broker(start_broker):
+    broker = start_broker(shards=2, extra_args=FAST_CONSUMER_GROUPS)
+    create_topic(broker.bootstrap, TOPIC, PARTITIONS)
+    return broker
+
+
+def numbered(start, count):
+    return [(f"k{i}".encode(), f"m{i}".encode(), [], helpers.TIMESTAMP_BASE_MS + i)
+            for i in range(start, start + count)]
+
+
+def member(bootstrap, group, protocol="consumer"):
+    config = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+    }
+    if protocol == "consumer":
+        config["group.protocol"] = "consumer"
+    else:
+        config.update({"heartbeat.interval.ms": 300, "session.timeout.ms": 6000})
+    consumer = Consumer(config)
+    consumer.subscribe([TOPIC])
+    return consumer
+
+
+def poll_once(consumer, seen):
+    """One poll; a record is counted in `seen` (value -> times consumed), then committed."""
+    message = consumer.poll(0.05)
+    if message is None or message.error():
+        return
+    seen[message.value()] = seen.get(message.value(), 0) + 1
+    consumer.commit(message=message, asynchronous=False)
+
+
+def poll_until(consumers, seen, done, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for consumer in consumers:
+            poll_once(consumer, seen)
+        if done():
+            return
+    pytest.fail(f"timed out: {len(seen)} distinct records seen")
+
+
+def produced(start, count):
+    return {f"m{i}".encode() for i in range(start, start + count)}
+
+
+def assignment_sizes(consumers):
+    return sorted(len(c.assignment()) for c in consumers)
+
+
+def committed_at_end(bootstrap, consumer):
+    """Every partition's committed offset equals its high watermark."""
+    partitions = [TopicPartition(TOPIC, p) for p in range(PARTITIONS)]
+    committed = consumer.committed(partitions, timeout=10)
+    for tp in committed:
+        _, high = consumer.get_watermark_offsets(tp, timeout=10)
+        assert tp.offset == high, f"partition {tp.partition}: committed {tp.offset}, end {high}"
+
+
+CRASHING_MEMBER = textwrap.dedent("""
+    import sys
+    from confluent_kafka import Consumer
+    consumer = Consumer({"bootstrap.servers": sys.argv[1], "group.id": sys.argv[2],
+                         "group.protocol": "consumer", "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False})
+    consumer.subscribe([sys.argv[3]])
+    while True:
+        message = consumer.poll(0.05)
+        if message is None or message.error():
+            continue
+        # Processed (printed) before committed: a kill in between redelivers it.
+        print(message.value().decode(), flush=True)
+        consumer.commit(message=message, asynchronous=False)
+""")
+
+
+def test_three_members_join_leave_and_crash(group_broker):
+    bootstrap = group_broker.bootstrap
+    seen = {}
+    produce(bootstrap, TOPIC, numbered(0, 1200))
+    first = member(bootstrap, "kip848")
+    # First member alone: some records, then two more members join mid-stream.
+    poll_until([first], seen, lambda: len(seen) >= 200)
+    second = member(bootstrap, "kip848")
+    third = member(bootstrap, "kip848")
+    members = [first, second, third]
+    poll_until(members, seen, lambda: set(seen) >= produced(0, 1200) and assignment_sizes(members) == [4, 4, 4])
+    assert max(seen.values()) == 1, "a record was consumed twice with nobody crashing"
+    # One leaves (close sends the leave heartbeat): the other two take its partitions.
+    produce(bootstrap, TOPIC, numbered(1200, 1200))
+    poll_until(members, seen, lambda: len(seen) >= 1500)
+    second.close()
+    members = [first, third]
+    poll_until(members, seen, lambda: set(seen) >= produced(0, 2400) and assignment_sizes(members) == [6, 6])
+    assert max(seen.values()) == 1, "a record was consumed twice with nobody crashing"
+    # A third member in another process joins, consumes, and is killed without leaving.
+    crashing = subprocess.Popen([sys.executable, "-c", CRASHING_MEMBER, bootstrap, "kip848", TOPIC],
+                                stdout=subprocess.PIPE, text=True)
+    killed_seen = []
+    reader = threading.Thread(target=lambda: killed_seen.extend(line.strip() for line in crashing.stdout),
+                              daemon=True)
+    reader.start()
+    try:
+        produce(bootstrap, TOPIC, numbered(2400, 1200))
+        poll_until(members, seen, lambda: assignment_sizes(members) == [4, 4], timeout=30)
+        # Let it consume (and commit) part of its share, then kill it.
+        poll_until(members, seen, lambda: len(killed_seen) >= 50, timeout=30)
+        crashing.send_signal(signal.SIGKILL)
+        crashing.wait(10)
+        reader.join(10)
+    finally:
+        if crashing.poll() is None:
+            crashing.kill()
+    assert killed_seen, "the crashing member consumed nothing before it was killed"
+    for value in killed_seen:
+        seen[value.encode()] = seen.get(value.encode(), 0) + 1
+    # Its session times out (3 s) and the two survivors take everything from its commits.
+    poll_until(members, seen, lambda: set(seen) >= produced(0, 3600) and assignment_sizes(members) == [6, 6])
+    assert set(seen) == produced(0, 3600)
+    committed_at_end(bootstrap, first)
+    for consumer in members:
+        consumer.close()
+
+
+def test_classic_and_consumer_groups_share_a_topic(group_broker):
+    bootstrap = group_broker.bootstrap
+    produce(bootstrap, TOPIC, numbered(0, 600))
+    classic = [member(bootstrap, "classic-group", protocol="classic") for _ in range(2)]
+    modern = [member(bootstrap, "consumer-group") for _ in range(2)]
+    seen_classic, seen_modern = {}, {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for consumer in classic:
+            poll_once(consumer, seen_classic)
+        for consumer in modern:
+            poll_once(consumer, seen_modern)
+        if set(seen_classic) >= produced(0, 600) and set(seen_modern) >= produced(0, 600):
+            break
+    assert set(seen_classic) == produced(0, 600)
+    assert set(seen_modern) == produced(0, 600)
+    assert max(seen_modern.values()) == 1 and max(seen_classic.values()) == 1
+    # Both groups own every partition between their members.
+    assert sum(len(c.assignment()) for c in modern) == PARTITIONS
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    listed = admin.list_consumer_groups(types={ConsumerGroupType.CONSUMER}).result(timeout=15)
+    assert [g.group_id for g in listed.valid] == ["consumer-group"]
+    listed = admin.list_consumer_groups(types={ConsumerGroupType.CLASSIC}).result(timeout=15)
+    assert [g.group_id for g in listed.valid] == ["classic-group"]
+    described = admin.describe_consumer_groups(["consumer-group"])["consumer-group"].result(timeout=15)
+    assert described.type == ConsumerGroupType.CONSUMER
+    assert len(described.members) == 2
+    assigned = sorted(tp.partition for m in described.members for tp in m.assignment.topic_partitions)
+    assert assigned == list(range(PARTITIONS))
+    assert described.partition_assignor == "uniform"
+    # A classic member cannot join the consumer group while it has members.
+    for consumer in classic + modern:
+        consumer.close()
