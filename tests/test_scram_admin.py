@@ -6,6 +6,7 @@ user, missing credential, CLUSTER_AUTHORIZATION_FAILED) and hostile requests on 
 (kafka-python has no client for these APIs)."""
 
 import struct
+import subprocess
 
 import pytest
 from confluent_kafka import KafkaException, Producer
@@ -13,6 +14,7 @@ from confluent_kafka.admin import (AdminClient, ScramCredentialInfo, ScramMechan
                                    UserScramCredentialDeletion, UserScramCredentialUpsertion)
 
 import helpers
+from conftest import ringfeed_binary
 from test_acls import AUTHORIZER
 from test_security import create_user, listener_ports, sasl_authenticate, sasl_handshake
 
@@ -263,3 +265,30 @@ def test_hostile_alterations_on_a_raw_socket(start_broker, tmp_path):
     sock.close()
     assert can_log_in(sasl, "admin", "admin-secret")
     assert set(describe_all(admin_as(sasl))) == {"admin"}
+
+
+def test_ringfeed_user_with_bootstrap_server_changes_a_running_broker(start_broker, tmp_path):
+    """`ringfeed user create|list|delete --bootstrap-server`: KIP-554 from our CLI, checked by
+    librdkafka's logins and confluent-kafka's describe."""
+    broker = scram_broker(start_broker, tmp_path)
+    sasl, plaintext = bootstraps(broker)
+
+    def user(*args, password=None):
+        return subprocess.run([ringfeed_binary(), "user", *args, "--bootstrap-server", plaintext],
+                              input=password, capture_output=True, timeout=60)
+
+    created = user("create", "dora", "--mechanism", "SCRAM-SHA-256", "--iterations", "8192",
+                   "--password-stdin", password=b"dora-secret\n")
+    assert created.returncode == 0, created.stderr
+    assert can_log_in(sasl, "dora", "dora-secret", "SCRAM-SHA-256")
+    assert describe_all(admin_as(sasl))["dora"] == [("SCRAM_SHA_256", 8192)]
+    listed = user("list")
+    assert listed.stdout.decode().splitlines() == [
+        "admin\tSCRAM-SHA-512(iterations=4096)", "dora\tSCRAM-SHA-256(iterations=8192)"]
+    refused = user("create", "dora", "--iterations", "100", "--password-stdin", password=b"x\n")
+    assert refused.returncode != 0 and b"4096 to 16384" in refused.stderr
+    deleted = user("delete", "dora", "--mechanism", "SCRAM-SHA-256")
+    assert deleted.returncode == 0, deleted.stderr
+    assert not can_log_in(sasl, "dora", "dora-secret", "SCRAM-SHA-256")
+    missing = user("delete", "dora", "--mechanism", "SCRAM-SHA-256")
+    assert missing.returncode != 0 and b"ResourceNotFound (91)" in missing.stderr

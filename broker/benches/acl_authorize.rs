@@ -165,7 +165,10 @@ fn main() {
     let (nanos, allowed) = time_checks(&authorizer, &asks, &host);
     percentiles("authorize_principal, 1,000 ACLs", nanos);
     // A mix: the figure is not of one early exit.
-    assert!(allowed > 0 && allowed < CALLS, "allowed {allowed} of {CALLS}");
+    assert!(
+        allowed > 0 && allowed < CALLS,
+        "allowed {allowed} of {CALLS}"
+    );
     let mut with_host = Vec::with_capacity(CALLS);
     for call in 0..CALLS {
         let (principal, operation, resource_type, name) = &asks[call % asks.len()];

@@ -17,6 +17,7 @@ pub mod group;
 pub mod membership;
 pub mod produce;
 pub mod topic;
+pub mod user;
 
 use std::fmt::{self, Write as _};
 use std::process::ExitCode;
