@@ -34,7 +34,8 @@ pub struct BoundListener {
 pub struct SaslConfig {
     /// `sasl.enabled.mechanisms`, validated, in the order given.
     pub mechanisms: Vec<String>,
-    /// Read once at start-up and shared immutable by every shard (`sasl::credentials`).
+    /// As read at start-up: each shard's first `CredentialView`; shard 0 then publishes its
+    /// store's, and each `AlterUserScramCredentials` a new one (`sasl::store`).
     pub credentials: Arc<crate::sasl::Credentials>,
 }
 

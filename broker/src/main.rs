@@ -65,11 +65,18 @@ enum UserCommand {
         iterations: u32,
         #[arg(long, default_value = "./ringfeed-data")]
         data_dir: PathBuf,
+        /// Change a running broker's credentials over the Kafka protocol (KIP-554) instead of
+        /// the data directory (plain TCP, as `User:ANONYMOUS`).
+        #[arg(long)]
+        bootstrap_server: Option<String>,
     },
     /// List users and their mechanisms.
     List {
         #[arg(long, default_value = "./ringfeed-data")]
         data_dir: PathBuf,
+        /// Ask a running broker (KIP-554) instead of reading the data directory.
+        #[arg(long)]
+        bootstrap_server: Option<String>,
     },
     /// Delete a user's credential of one mechanism, or all of them.
     Delete {
@@ -78,6 +85,9 @@ enum UserCommand {
         mechanism: Option<String>,
         #[arg(long, default_value = "./ringfeed-data")]
         data_dir: PathBuf,
+        /// Delete on a running broker (KIP-554); the mechanism is then required.
+        #[arg(long)]
+        bootstrap_server: Option<String>,
     },
 }
 
@@ -132,23 +142,40 @@ fn main() -> ExitCode {
 
 fn user(command: UserCommand) -> ExitCode {
     use ringfeed_broker::sasl::users;
-    let outcome = match command {
-        UserCommand::Create {
-            name,
-            mechanism,
-            password_stdin: _,
-            iterations,
-            data_dir,
-        } => users::read_password(std::io::stdin().lock()).and_then(|password| {
-            users::create(&data_dir, &name, &mechanism, iterations, &password)
-        }),
-        UserCommand::List { data_dir } => users::list(&data_dir),
-        UserCommand::Delete {
-            name,
-            mechanism,
-            data_dir,
-        } => users::delete(&data_dir, &name, mechanism.as_deref()),
-    };
+    let outcome =
+        match command {
+            UserCommand::Create {
+                name,
+                mechanism,
+                password_stdin: _,
+                iterations,
+                data_dir,
+                bootstrap_server,
+            } => users::read_password(std::io::stdin().lock()).and_then(|password| {
+                match bootstrap_server {
+                    Some(server) => {
+                        user_online::create(&server, &name, &mechanism, iterations, &password)
+                    }
+                    None => users::create(&data_dir, &name, &mechanism, iterations, &password),
+                }
+            }),
+            UserCommand::List {
+                data_dir,
+                bootstrap_server,
+            } => match bootstrap_server {
+                Some(server) => user_online::list(&server),
+                None => users::list(&data_dir),
+            },
+            UserCommand::Delete {
+                name,
+                mechanism,
+                data_dir,
+                bootstrap_server,
+            } => match bootstrap_server {
+                Some(server) => user_online::delete(&server, &name, mechanism.as_deref()),
+                None => users::delete(&data_dir, &name, mechanism.as_deref()),
+            },
+        };
     match outcome {
         Ok(text) => {
             println!("{}", text.trim_end());
@@ -198,5 +225,70 @@ fn serve(args: &SettingsArgs) -> ExitCode {
             tracing::error!("{error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `ringfeed user ... --bootstrap-server`: the CLI's KIP-554 calls (`cli::user`).
+#[cfg(feature = "cli")]
+mod user_online {
+    use ringfeed_broker::sasl::{alteration, users};
+    use ringfeed_cli as cli;
+
+    fn connect(server: &str) -> cli::ConnectArgs {
+        cli::ConnectArgs {
+            brokers: vec![server.to_string()],
+            timeout_ms: 10_000,
+        }
+    }
+
+    pub fn create(
+        server: &str,
+        user: &str,
+        mechanism: &str,
+        iterations: u32,
+        password: &[u8],
+    ) -> Result<String, String> {
+        let (code, salt, salted_password) =
+            users::salted_for_the_wire(user, mechanism, iterations, password)?;
+        let change = cli::user::Change::Upsert {
+            mechanism: code,
+            iterations: i32::try_from(iterations).map_err(|error| error.to_string())?,
+            salt,
+            salted_password,
+        };
+        cli::user::alter(&connect(server), user, vec![change]).map_err(|error| error.0)
+    }
+
+    pub fn list(server: &str) -> Result<String, String> {
+        cli::user::list(&connect(server)).map_err(|error| error.0)
+    }
+
+    pub fn delete(server: &str, user: &str, mechanism: Option<&str>) -> Result<String, String> {
+        let Some(mechanism) = mechanism else {
+            return Err("--bootstrap-server needs --mechanism for a delete (KIP-554 deletes one credential)".into());
+        };
+        let hash = users::parse_hash(mechanism)?;
+        let change = cli::user::Change::Delete {
+            mechanism: alteration::mechanism_code(hash),
+        };
+        cli::user::alter(&connect(server), user, vec![change]).map_err(|error| error.0)
+    }
+}
+
+/// Without the client crates (`--no-default-features`) there is nothing to send with.
+#[cfg(not(feature = "cli"))]
+mod user_online {
+    const WHY: &str = "--bootstrap-server needs the binary built with the `cli` feature";
+
+    pub fn create(_: &str, _: &str, _: &str, _: u32, _: &[u8]) -> Result<String, String> {
+        Err(WHY.into())
+    }
+
+    pub fn list(_: &str) -> Result<String, String> {
+        Err(WHY.into())
+    }
+
+    pub fn delete(_: &str, _: &str, _: Option<&str>) -> Result<String, String> {
+        Err(WHY.into())
     }
 }

@@ -53,6 +53,8 @@ use crate::metrics::snapshot::{CommittedOffsetSnapshot, CrossShardCount, Partiti
 use crate::metrics::{ScrapeRequest, ShardMetrics, ShardSnapshot};
 use crate::partition::{PartitionOwner, PartitionSlot, PartitionTable};
 use crate::router::{self, CallKind, Ending, IncomingCalls, MeshPair, ShardRouter};
+use crate::sasl::alteration::{Alteration, UserResult};
+use crate::sasl::store::{CredentialStore, CredentialView};
 use crate::shutdown::ShutdownSignal;
 use crate::storage::Clock;
 
@@ -117,6 +119,11 @@ pub struct ShardServices {
     /// Shard 0 only: the durable ACL set; see `acl_change`. A lock because a change waits
     /// on its file write and its broadcast, and changes must not interleave.
     acl_store: Option<futures::lock::Mutex<AclStore>>,
+    /// The SCRAM credentials this shard's logins check (`sasl::store`).
+    pub credentials: CredentialView,
+    /// Shard 0 only: the durable credential set; see `alter_credentials`. A lock for the
+    /// reason `acl_store` has one.
+    credential_store: Option<futures::lock::Mutex<CredentialStore>>,
 }
 
 impl PartitionOwner for ShardServices {
@@ -196,6 +203,13 @@ impl ShardServices {
             None
         };
         let acls = AclView::new(acl_store::rules_of(&config.settings, &config.super_users));
+        let credential_store = if shard_id == 0 {
+            let store = CredentialStore::load(disk.clone(), &config.data_dir).await?;
+            Some(futures::lock::Mutex::new(store))
+        } else {
+            None
+        };
+        let credentials = CredentialView::new(config.sasl.credentials.clone());
         let partitions = Rc::new(PartitionTable::new(
             config.limits.shard_fetch_waits_parked_max,
         ));
@@ -235,6 +249,8 @@ impl ShardServices {
             clock,
             acls,
             acl_store,
+            credentials,
+            credential_store,
         });
         services.report_offline_partitions();
         router::serve_incoming(&services.router, incoming, &services);
@@ -258,6 +274,10 @@ impl ShardServices {
                 let store = store.lock().await;
                 self.publish_acls(store.bindings().iter().cloned().collect())
                     .await;
+            }
+            if let Some(store) = &self.credential_store {
+                let current = store.lock().await.current();
+                self.publish_credentials(current).await;
             }
             self.publish(controller.snapshot()).await;
         } else {
@@ -330,6 +350,52 @@ impl ShardServices {
             .invoke_on(0, CONTROLLER_CALLS, Ending::ToCompletion, job)
             .await
             .ok()
+    }
+
+    /// Sends an `AlterUserScramCredentials` to shard 0 and waits until every shard holds
+    /// the resulting credentials; each user's answer. `None` when shard 0 is gone (only
+    /// during shutdown).
+    pub async fn alter_credentials(
+        self: &Rc<Self>,
+        alteration: Alteration,
+    ) -> Option<Vec<UserResult>> {
+        let job = |services: &Rc<ShardServices>| {
+            let services = services.clone();
+            async move {
+                let store = services
+                    .credential_store
+                    .as_ref()
+                    .expect("credential changes are routed to shard 0");
+                let mut store = store.lock().await;
+                let results = store.alter(alteration).await;
+                services.publish_credentials(store.current()).await;
+                results
+            }
+        };
+        self.router
+            .invoke_on(0, CONTROLLER_CALLS, Ending::ToCompletion, job)
+            .await
+            .ok()
+    }
+
+    /// Shard 0: hands every shard the credential set and waits until all have installed it.
+    async fn publish_credentials(self: &Rc<Self>, credentials: Arc<crate::sasl::Credentials>) {
+        let installs = (0..self.config.shard_count()).map(|shard| {
+            let credentials = credentials.clone();
+            let job = move |services: &Rc<ShardServices>| {
+                services.credentials.install(credentials);
+                async {}
+            };
+            async move {
+                let installed =
+                    self.router
+                        .invoke_on(shard, APPLY_METADATA_CALLS, Ending::ToCompletion, job);
+                if let Err(gone) = installed.await {
+                    tracing::warn!(%gone, "SCRAM credentials not installed");
+                }
+            }
+        });
+        join_all(installs).await;
     }
 
     /// Shard 0: hands every shard the ACL set, each building nothing (the index is built

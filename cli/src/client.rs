@@ -2,11 +2,13 @@
 //! options, and the cluster it connects to from `--brokers`.
 
 use kafka_protocol::messages::{
-    ApiVersionsRequest, CreateTopicsRequest, DeleteGroupsRequest, DeleteTopicsRequest,
-    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest,
-    FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest, JoinGroupRequest,
-    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
-    OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
+    AlterUserScramCredentialsRequest, ApiVersionsRequest, CreateAclsRequest, CreateTopicsRequest,
+    DeleteAclsRequest, DeleteGroupsRequest, DeleteTopicsRequest, DescribeAclsRequest,
+    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+    DescribeUserScramCredentialsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
+    IncrementalAlterConfigsRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
+    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
+    SyncGroupRequest,
 };
 pub use ringfeed_client::cluster::{
     group_id, topic_name, Cluster, TopicLayout, OFFSET_EARLIEST, OFFSET_LATEST, RETRIES_MAX,
@@ -28,7 +30,7 @@ const CLIENT_ID: &str = "ringfeed-cli";
 /// structs have no field for it. Nor the versions Kafka 4 removed (KIP-896) that the codec
 /// carries again for the broker (vendor/README.md): their answers differ (`ListOffsets` v0's
 /// offset list, `OffsetCommit` v0's separate store) and the CLI's calls read the later shape.
-const APIS: [ApiRange; 20] = [
+const APIS: [ApiRange; 25] = [
     // v2 record batches only: Produce 0-2 and Fetch 0-3 carry message format v0/v1.
     ApiRange::at_least::<ProduceRequest>(3),
     ApiRange::at_least::<FetchRequest>(4),
@@ -50,6 +52,12 @@ const APIS: [ApiRange; 20] = [
     ApiRange::of::<DeleteGroupsRequest>(),
     ApiRange::of::<IncrementalAlterConfigsRequest>(),
     ApiRange::of::<DescribeClusterRequest>(),
+    // v1 on: resource pattern types (KIP-290).
+    ApiRange::at_least::<DescribeAclsRequest>(1),
+    ApiRange::at_least::<CreateAclsRequest>(1),
+    ApiRange::at_least::<DeleteAclsRequest>(1),
+    ApiRange::of::<DescribeUserScramCredentialsRequest>(),
+    ApiRange::of::<AlterUserScramCredentialsRequest>(),
 ];
 
 /// How the CLI's connections behave: versions always negotiated (the CLI speaks too many

@@ -1,4 +1,4 @@
-//! `ringfeed topic|produce|consume|group`: an rpk-like command-line client that speaks the
+//! `ringfeed topic|produce|consume|group|acl`: an rpk-like command-line client that speaks the
 //! Kafka protocol to any Kafka broker, Ringfeed or not. Nothing here reaches into the broker's
 //! internals: requests are built with the `kafka-protocol` crate, versions are negotiated with
 //! `ApiVersions`, partition requests go to partition leaders found through `Metadata` and group
@@ -9,6 +9,7 @@
 //! waits for every answer anyway); this crate is the commands and their output. Every response frame, fetch and line read has a bound. The
 //! `ringfeed` binary runs these subcommands through [`run`].
 
+pub mod acl;
 pub mod client;
 pub mod consume;
 pub mod format;
@@ -16,6 +17,7 @@ pub mod group;
 pub mod membership;
 pub mod produce;
 pub mod topic;
+pub mod user;
 
 use std::fmt::{self, Write as _};
 use std::process::ExitCode;
@@ -43,6 +45,13 @@ pub enum ClientCommand {
         connect: ConnectArgs,
         #[command(subcommand)]
         command: group::GroupCommand,
+    },
+    /// Create, list and delete ACLs (as `kafka-acls.sh`).
+    Acl {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(subcommand)]
+        command: acl::AclCommand,
     },
 }
 
@@ -77,6 +86,7 @@ pub fn run(command: ClientCommand) -> ExitCode {
         ClientCommand::Produce(args) => produce::run(&args),
         ClientCommand::Consume(args) => consume::run(&args),
         ClientCommand::Group { connect, command } => group::run(&connect, command),
+        ClientCommand::Acl { connect, command } => acl::run(&connect, command),
     };
     match outcome {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

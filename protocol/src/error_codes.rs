@@ -39,6 +39,10 @@ pub const TOPIC_AUTHORIZATION_FAILED: i16 = ResponseError::TopicAuthorizationFai
 pub const GROUP_AUTHORIZATION_FAILED: i16 = ResponseError::GroupAuthorizationFailed.code();
 pub const CLUSTER_AUTHORIZATION_FAILED: i16 = ResponseError::ClusterAuthorizationFailed.code();
 pub const SECURITY_DISABLED: i16 = ResponseError::SecurityDisabled.code();
+pub const UNSUPPORTED_SASL_MECHANISM: i16 = ResponseError::UnsupportedSaslMechanism.code();
+pub const RESOURCE_NOT_FOUND: i16 = ResponseError::ResourceNotFound.code();
+pub const DUPLICATE_RESOURCE: i16 = ResponseError::DuplicateResource.code();
+pub const UNACCEPTABLE_CREDENTIAL: i16 = ResponseError::UnacceptableCredential.code();
 
 /// `UnknownTopicOrPartition (3)`, with the broker's message after a colon when it sent one:
 /// how the clients name an error code to a person.

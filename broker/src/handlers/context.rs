@@ -7,6 +7,8 @@
 //!   controller (`Metadata`, topic and config admin, `DescribeCluster`).
 //! - [`GroupAccess`]: the configuration, the metadata, and work on group coordinators
 //!   (the group APIs, `FindCoordinator`, `InitProducerId`).
+//! - [`UserAdmin`]: the SCRAM credentials and their changes through shard 0
+//!   (`DescribeUserScramCredentials`, `AlterUserScramCredentials`).
 //! - [`PartitionAccess`]: the configuration, the metadata, partition calls, the fetch
 //!   budget, the shutdown signal and the metrics (`Produce`, `Fetch`, `ListOffsets`,
 //!   `DeleteRecords`).
@@ -186,6 +188,32 @@ impl TopicAdmin<'_> {
     /// See `ShardServices::controller_call`.
     pub async fn controller_call(&self, call: ControllerCall) -> Option<ControllerReply> {
         self.services.controller_call(call).await
+    }
+}
+
+/// See the module docs.
+pub struct UserAdmin<'a> {
+    services: &'a Rc<ShardServices>,
+}
+
+impl<'a> HandlerContext<'a> for UserAdmin<'a> {
+    fn of(services: &'a Rc<ShardServices>) -> Self {
+        Self { services }
+    }
+}
+
+impl UserAdmin<'_> {
+    /// The SCRAM credentials this shard serves now (`ShardServices::credentials`).
+    pub fn credentials(&self) -> Arc<crate::sasl::Credentials> {
+        self.services.credentials.current()
+    }
+
+    /// See `ShardServices::alter_credentials`.
+    pub async fn alter_credentials(
+        &self,
+        alteration: crate::sasl::alteration::Alteration,
+    ) -> Option<Vec<crate::sasl::alteration::UserResult>> {
+        self.services.alter_credentials(alteration).await
     }
 }
 

@@ -3,6 +3,7 @@
 //! types; this module only maps API keys to handlers (the version table is `registry`).
 
 pub mod alter_configs;
+pub mod alter_user_scram_credentials;
 pub mod api_versions;
 pub mod consumer_group_describe;
 pub mod consumer_group_heartbeat;
@@ -21,6 +22,7 @@ pub mod describe_groups;
 pub mod describe_log_dirs;
 pub mod describe_producers;
 pub mod describe_topic_partitions;
+pub mod describe_user_scram_credentials;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -140,6 +142,8 @@ served_apis! {
     DescribeAcls => describe_acls::DescribeAclsRequest,
     CreateAcls => create_acls::CreateAclsRequest,
     DeleteAcls => delete_acls::DeleteAclsRequest,
+    DescribeUserScramCredentials => describe_user_scram_credentials::DescribeUserScramCredentialsRequest,
+    AlterUserScramCredentials => alter_user_scram_credentials::AlterUserScramCredentialsRequest,
     ConsumerGroupHeartbeat => consumer_group_heartbeat::ConsumerGroupHeartbeatRequest,
     ConsumerGroupDescribe => consumer_group_describe::ConsumerGroupDescribeRequest,
 }

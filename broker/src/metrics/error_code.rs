@@ -16,6 +16,9 @@ use kafka_protocol::messages::{
     OffsetDeleteResponse, OffsetFetchResponse, ProduceResponse, SaslAuthenticateResponse,
     SaslHandshakeResponse, SyncGroupResponse,
 };
+use kafka_protocol::messages::{
+    AlterUserScramCredentialsResponse, DescribeUserScramCredentialsResponse,
+};
 
 use crate::error_codes::NONE;
 
@@ -55,6 +58,15 @@ top_level_only!(
     SyncGroupResponse,
 );
 
+/// A top-level code, then the first per-user one.
+impl ResponseErrorCode for DescribeUserScramCredentialsResponse {
+    fn error_code(&self) -> i16 {
+        first_error(
+            std::iter::once(self.error_code).chain(self.results.iter().map(|user| user.error_code)),
+        )
+    }
+}
+
 /// Responses without a top-level code: the first error among their items (topics, groups,
 /// config resources).
 macro_rules! first_item_error {
@@ -70,6 +82,7 @@ macro_rules! first_item_error {
 first_item_error!(
     ConsumerGroupDescribeResponse => groups,
     CreateAclsResponse => results,
+    AlterUserScramCredentialsResponse => results,
     DeleteAclsResponse => filter_results,
     CreatePartitionsResponse => results,
     CreateTopicsResponse => topics,

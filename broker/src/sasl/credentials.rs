@@ -1,11 +1,12 @@
 //! The SCRAM credentials the SASL mechanisms check: per user, at most one per hash (salt,
 //! iterations, `StoredKey`, `ServerKey`; never a password).
 //!
-//! Where they live today: `<data-dir>/scram-credentials.json`, written offline by
+//! Where they live: `<data-dir>/scram-credentials.json`, written offline by
 //! `ringfeed user create ... --data-dir DIR` before the broker starts (as
-//! `kafka-storage format --add-scram` does) and read once at start-up into an immutable
-//! `Arc` every shard checks against without a lock. Not yet in the controller's replicated
-//! metadata, and not yet changed over the Kafka protocol (KIP-554): see docs/SECURITY.md.
+//! `kafka-storage format --add-scram` does), and by the running broker's shard 0 on each
+//! `AlterUserScramCredentials` (KIP-554, `sasl::store`), which then hands every shard the
+//! new set as an immutable `Arc` each checks logins against without a lock. Not yet in the
+//! controller's replicated metadata: see docs/SECURITY.md.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -69,6 +70,32 @@ impl Credentials {
         self.users.is_empty()
     }
 
+    pub fn has_user(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    /// The file's contents as `save` writes them.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("credentials serialize")
+    }
+
+    /// Parses a credentials file read by the caller (`path` names it in errors).
+    pub fn from_json(contents: &[u8], path: &Path) -> Result<Self, String> {
+        if contents.len() as u64 > FILE_BYTES_MAX {
+            return Err(format!(
+                "{}: {} bytes, more than the {FILE_BYTES_MAX} this build reads",
+                path.display(),
+                contents.len()
+            ));
+        }
+        serde_json::from_slice(contents)
+            .map_err(|error| format!("{}: not a credentials file: {error}", path.display()))
+    }
+
     pub fn path(data_dir: &Path) -> PathBuf {
         data_dir.join(FILE_NAME)
     }
@@ -102,7 +129,7 @@ impl Credentials {
         let temporary = data_dir.join(format!("{FILE_NAME}.tmp"));
         let write = || -> std::io::Result<()> {
             let mut file = std::fs::File::create(&temporary)?;
-            file.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+            file.write_all(&self.to_json())?;
             file.sync_all()?;
             std::fs::rename(&temporary, &path)?;
             std::fs::File::open(data_dir)?.sync_all()

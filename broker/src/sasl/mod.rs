@@ -8,8 +8,10 @@
 //! one, else SHA-256): Kafka's PLAIN reads passwords from a JAAS file, which Ringfeed does
 //! not have; keeping one salted credential per user means no password is stored anywhere.
 
+pub mod alteration;
 pub mod credentials;
 pub mod scram;
+pub mod store;
 pub mod users;
 
 use base64::engine::general_purpose::STANDARD as BASE64;

@@ -89,13 +89,25 @@ impl ScramCredential {
     /// Derives the credential of `password` (Kafka applies no `SASLprep`; neither does this).
     pub fn derive(hash: ScramHash, password: &[u8], salt: &[u8], iterations: u32) -> Self {
         let salted = salted_password(hash, password, salt, iterations);
-        let client_key = hash.sign(&salted, b"Client Key");
+        Self::from_salted_password(hash, &salted, salt, iterations)
+    }
+
+    /// The credential of a password the client salted and iterated itself
+    /// (`AlterUserScramCredentials` carries `SaltedPassword`, never the password), as
+    /// Kafka's controller derives it (`ScramFormatter.storedKey(clientKey(..))`, `serverKey`).
+    pub fn from_salted_password(
+        hash: ScramHash,
+        salted_password: &[u8],
+        salt: &[u8],
+        iterations: u32,
+    ) -> Self {
+        let client_key = hash.sign(salted_password, b"Client Key");
         Self {
             hash,
             salt: salt.to_vec(),
             iterations,
             stored_key: digest::digest(hash.digest(), &client_key).as_ref().to_vec(),
-            server_key: hash.sign(&salted, b"Server Key"),
+            server_key: hash.sign(salted_password, b"Server Key"),
         }
     }
 
@@ -109,7 +121,7 @@ impl ScramCredential {
     }
 }
 
-fn salted_password(hash: ScramHash, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
+pub fn salted_password(hash: ScramHash, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
     let mut salted = vec![0_u8; hash.output_bytes()];
     let iterations = std::num::NonZeroU32::new(iterations.max(1)).expect("at least 1");
     pbkdf2::derive(hash.pbkdf2(), iterations, salt, password, &mut salted);

@@ -79,6 +79,29 @@ pub fn create(
     ))
 }
 
+/// What `AlterUserScramCredentials` carries for `password`: the mechanism's wire code, a
+/// fresh random salt and the salted password (`ringfeed user create --bootstrap-server`).
+/// The same checks as `create`.
+pub fn salted_for_the_wire(
+    user: &str,
+    mechanism: &str,
+    iterations: u32,
+    password: &[u8],
+) -> Result<(i8, Vec<u8>, Vec<u8>), String> {
+    check_user(user)?;
+    let hash = parse_hash(mechanism)?;
+    if !(ITERATIONS_MIN..=ITERATIONS_MAX).contains(&iterations) {
+        return Err(format!(
+            "iterations {iterations}: Kafka accepts {ITERATIONS_MIN} to {ITERATIONS_MAX}"
+        ));
+    }
+    let mut salt = vec![0_u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt)
+        .map_err(|_| "the system random source failed")?;
+    let salted = super::scram::salted_password(hash, password, &salt, iterations);
+    Ok((super::alteration::mechanism_code(hash), salt, salted))
+}
+
 pub fn list(data_dir: &Path) -> Result<String, String> {
     let credentials = Credentials::load(data_dir)?;
     let mut out = String::new();

@@ -66,7 +66,7 @@ pub fn raw_token(
     else {
         return Outcome::Close("raw SASL token outside an exchange".into());
     };
-    match authenticator.step(token, &shard.config.sasl.credentials, &sasl::server_nonce()) {
+    match authenticator.step(token, &shard.credentials.current(), &sasl::server_nonce()) {
         Ok(step) => {
             let (message, principal) = step_parts(step);
             let mut frame = BytesMut::with_capacity(4 + message.len());
@@ -185,7 +185,7 @@ fn authenticate_request(
     };
     let step = authenticator.step(
         &authenticate.auth_bytes,
-        &shard.config.sasl.credentials,
+        &shard.credentials.current(),
         &sasl::server_nonce(),
     );
     let response = sasl_authenticate::answer(&step);
