@@ -380,32 +380,35 @@ impl ShardServices {
 
     /// Shard 0: hands every shard the credential set and waits until all have installed it.
     async fn publish_credentials(self: &Rc<Self>, credentials: Arc<crate::sasl::Credentials>) {
-        let installs = (0..self.config.shard_count()).map(|shard| {
-            let credentials = credentials.clone();
-            let job = move |services: &Rc<ShardServices>| {
-                services.credentials.install(credentials);
-                async {}
-            };
-            async move {
-                let installed =
-                    self.router
-                        .invoke_on(shard, APPLY_METADATA_CALLS, Ending::ToCompletion, job);
-                if let Err(gone) = installed.await {
-                    tracing::warn!(%gone, "SCRAM credentials not installed");
-                }
-            }
-        });
-        join_all(installs).await;
+        self.install_on_every_shard(credentials, "SCRAM credentials", |services, credentials| {
+            services.credentials.install(credentials);
+        })
+        .await;
     }
 
     /// Shard 0: hands every shard the ACL set, each building nothing (the index is built
     /// once here and shared immutable), and waits until all have installed it.
     async fn publish_acls(self: &Rc<Self>, bindings: Vec<crate::acl::model::AclBinding>) {
         let snapshot = Arc::new(AclSnapshot::new(self.acls.rules(), bindings));
+        self.install_on_every_shard(snapshot, "ACLs", |services, snapshot| {
+            services.acls.install(snapshot);
+        })
+        .await;
+    }
+
+    /// Shard 0: runs `install` with a copy of `value` on every shard (itself included) and
+    /// waits until all have. A shard that is gone (only during shutdown) is logged, naming
+    /// `what`, and skipped.
+    async fn install_on_every_shard<T: Clone + Send + 'static>(
+        self: &Rc<Self>,
+        value: T,
+        what: &'static str,
+        install: fn(&ShardServices, T),
+    ) {
         let installs = (0..self.config.shard_count()).map(|shard| {
-            let snapshot = snapshot.clone();
+            let value = value.clone();
             let job = move |services: &Rc<ShardServices>| {
-                services.acls.install(snapshot);
+                install(services, value);
                 async {}
             };
             async move {
@@ -413,7 +416,7 @@ impl ShardServices {
                     self.router
                         .invoke_on(shard, APPLY_METADATA_CALLS, Ending::ToCompletion, job);
                 if let Err(gone) = installed.await {
-                    tracing::warn!(%gone, "ACLs not installed");
+                    tracing::warn!(%gone, "{what} not installed");
                 }
             }
         });
