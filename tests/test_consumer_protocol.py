@@ -4,10 +4,13 @@ topic joining, one leaving and one crashing (a SIGKILLed process) while records 
 record consumed at least once, exactly once while nobody crashes, and committed offsets at
 the end of every partition. A classic group and a consumer-protocol group share one topic,
 each reading every record once. ListGroups' type filter and ConsumerGroupDescribe show the
-group as Kafka does."""
+group as Kafka does. A broker restart under a two-member group keeps the group (it is replayed
+from __consumer_offsets): the members carry on with their partitions, the group epoch is
+unchanged, every record is read and every offset committed."""
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -193,3 +196,56 @@ def test_classic_and_consumer_groups_share_a_topic(group_broker):
     # A classic member cannot join the consumer group while it has members.
     for consumer in classic + modern:
         consumer.close()
+
+
+def describe_epochs(bootstrap, group):
+    """ConsumerGroupDescribe v0 over a raw socket: (state, group epoch, assignment epoch)."""
+    def compact(text):
+        return bytes([len(text) + 1]) + text.encode()
+    header = struct.pack(">hhi", 69, 0, 7) + helpers.encode_string("ringfeed-tests") + b"\x00"
+    body = bytes([2]) + compact(group) + b"\x00" + b"\x00"
+    payload = header + body
+    with helpers.connect(bootstrap) as sock:
+        sock.sendall(struct.pack(">i", len(payload)) + payload)
+        response = helpers.read_frame(sock)
+    assert struct.unpack(">i", response[:4])[0] == 7
+    rest = response[5:]  # correlation id, header tags
+    rest = rest[4:]  # throttle
+    count, rest = helpers.read_uvarint(rest)
+    assert count - 1 == 1
+    (error_code,) = struct.unpack(">h", rest[:2])
+    assert error_code == 0, error_code
+    rest = rest[2:]
+    strings = []
+    for _ in range(3):  # error message (nullable), group id, state
+        length, rest = helpers.read_uvarint(rest)
+        strings.append(rest[:max(length - 1, 0)].decode())
+        rest = rest[max(length - 1, 0):]
+    group_epoch, assignment_epoch = struct.unpack(">ii", rest[:8])
+    return strings[2], group_epoch, assignment_epoch
+
+
+def test_restart_keeps_the_group_and_its_epochs(group_broker):
+    bootstrap = group_broker.bootstrap
+    seen = {}
+    produce(bootstrap, TOPIC, numbered(0, 1200))
+    members = [member(bootstrap, "durable"), member(bootstrap, "durable")]
+    poll_until(members, seen, lambda: set(seen) >= produced(0, 1200)
+               and assignment_sizes(members) == [6, 6]
+               and describe_epochs(bootstrap, "durable")[0] == "Stable")
+    before = describe_epochs(bootstrap, "durable")
+    assignments = [sorted(tp.partition for tp in c.assignment()) for c in members]
+    assert before[1] >= 2 and before[1] == before[2], before
+    group_broker.restart()
+    produce(bootstrap, TOPIC, numbered(1200, 1200))
+    poll_until(members, seen, lambda: set(seen) >= produced(0, 2400))
+    # The group came back from the log: same epoch, no rebalance, same partitions each.
+    assert describe_epochs(bootstrap, "durable") == before
+    assert [sorted(tp.partition for tp in c.assignment()) for c in members] == assignments
+    assert "offsets log replayed" in group_broker.new_log()
+    committed_at_end(bootstrap, members[0])
+    for consumer in members:
+        consumer.close()
+    # The members' leave tombstones bump the epoch once per member, from where it was.
+    after_leave = describe_epochs(bootstrap, "durable")
+    assert after_leave[0] == "Empty" and after_leave[1] == before[1] + 2, after_leave

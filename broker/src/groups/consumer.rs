@@ -142,6 +142,8 @@ pub struct ConsumerGroup {
     pub subscribed_partitions: BTreeMap<String, i32>,
     /// Every partition held (assigned or pending revocation), and by whom.
     owners: BTreeMap<(String, i32), String>,
+    /// What changed since the last [`ConsumerGroup::take_records`] (see `persist`).
+    changes: persist::Changes,
 }
 
 fn partitions_of(assignment: &Assignment) -> impl Iterator<Item = (String, i32)> + '_ {
@@ -228,8 +230,17 @@ impl ConsumerGroup {
         rules: &ConsumerRules,
         now: Instant,
     ) -> HeartbeatAnswer {
+        let asked_id = request.member_id.clone();
+        let before = self.members.get(&asked_id).map(persist::member_values);
         let mut answer =
             self.heartbeat_checked(request, version, partitions, new_member_id, rules, now);
+        let member_id = if answer.member_id.is_empty() {
+            asked_id
+        } else {
+            answer.member_id.clone()
+        };
+        self.changes
+            .note_member(&member_id, before, self.members.get(&member_id));
         answer.heartbeat_interval_ms =
             i32::try_from(rules.heartbeat_interval.as_millis()).unwrap_or(i32::MAX);
         self.assert_consistent();
@@ -310,9 +321,11 @@ impl ConsumerGroup {
                     }
                     // Its replacement takes over the partitions it held, from epoch 0.
                     let mut old = self.members.remove(&holder).expect("found");
+                    self.changes.removed(&holder);
                     self.target
                         .remove(&holder)
                         .map(|t| self.target.insert(request.member_id.clone(), t));
+                    self.changes.target_moved(&request.member_id);
                     for (topic, p) in partitions_of(&old.pending_revocation) {
                         self.owners.remove(&(topic, p));
                     }
@@ -481,7 +494,9 @@ impl ConsumerGroup {
                 (id.clone(), spec)
             })
             .collect();
-        self.target = assignor.assign(&specs, &self.subscribed_partitions);
+        let target = assignor.assign(&specs, &self.subscribed_partitions);
+        self.changes.note_target(&self.target, &target);
+        self.target = target;
         self.assignor = Some(assignor);
         self.assignment_epoch = self.group_epoch;
     }
@@ -597,6 +612,7 @@ impl ConsumerGroup {
             self.owners.remove(&key);
         }
         self.target.remove(member_id);
+        self.changes.removed(member_id);
         self.group_epoch += 1;
     }
 
@@ -682,6 +698,8 @@ fn validate(request: &HeartbeatRequest, version: i16) -> Result<(), HeartbeatAns
     }
     Ok(())
 }
+
+mod persist;
 
 #[cfg(test)]
 mod tests;

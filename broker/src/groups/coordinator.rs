@@ -26,7 +26,7 @@ use crate::groups::consumer::{
 use crate::groups::group::{
     Answer, Group, GroupRules, GroupState, JoinRequest, JoinResult, SyncResult,
 };
-use crate::groups::records::{self, OffsetsRecord};
+use crate::groups::records::{self, ConsumerRecord, OffsetsRecord};
 use crate::groups::types::{
     codes, partition_for, CommitRequest, FetchedOffsets, GroupAddress, GroupDescription,
     ListedGroup, MemberDescription, SyncRequest, OFFSET_METADATA_BYTES_MAX, TOPIC_NAME_BYTES_MAX,
@@ -228,16 +228,34 @@ impl GroupCoordinator {
         request: HeartbeatRequest,
         version: i16,
     ) -> HeartbeatAnswer {
-        if let Err(code) = self.ensure_loaded(at.partition).await {
-            return HeartbeatAnswer::error(code, "the coordinator is not available");
-        }
+        let log = match self.ensure_loaded(at.partition).await {
+            Ok(log) => log,
+            Err(code) => return HeartbeatAnswer::error(code, "the coordinator is not available"),
+        };
         let now = self.inner.offsets.clock.now();
         let rules = self.rules();
         let snapshot = self.inner.offsets.metadata.current();
         let partitions = |topic: &str| snapshot.topic(topic).map(|t| t.partition_count());
-        self.with_group(&at.group, |g| {
-            g.consumer_heartbeat(request, version, &partitions, &rules, now)
-        })
+        let (answer, records) = self.with_group(&at.group, |g| {
+            let answer = g.consumer_heartbeat(request, version, &partitions, &rules, now);
+            let records = g
+                .consumer
+                .as_mut()
+                .map(|c| c.take_records(&g.id))
+                .unwrap_or_default();
+            (answer, records)
+        });
+        if records.is_empty() {
+            return answer;
+        }
+        // Answered only once the change is durable, as Kafka answers after its write. If
+        // the write fails, memory is ahead of the log: the member gets the error, retries,
+        // and the next change is written with the state as it then is.
+        let records = records.into_iter().map(OffsetsRecord::Consumer).collect();
+        match self.persist(&log, records).await {
+            broker_codes::NONE => answer,
+            code => HeartbeatAnswer::error(code, "the group's change could not be written"),
+        }
     }
 
     /// `ConsumerGroupDescribe` (KIP-848), for one group: `None` when there is no
@@ -535,7 +553,7 @@ impl GroupCoordinator {
                 skipped += foreign;
                 applied += decoded.len();
                 for record in decoded {
-                    self.apply(record);
+                    self.apply_replayed(record);
                 }
             }
         }
@@ -545,6 +563,31 @@ impl GroupCoordinator {
             .insert(tp.partition, applied);
         tracing::info!(partition = %tp, applied, skipped, elapsed_ms = started.elapsed().as_millis() as u64, "offsets log replayed");
         Ok(())
+    }
+
+    /// Applies one record read back from the offsets log: a consumer group's records
+    /// rebuild it (see `ConsumerGroup::replay`), the others as after an append.
+    fn apply_replayed(&self, record: OffsetsRecord) {
+        let OffsetsRecord::Consumer(record) = record else {
+            return self.apply(record);
+        };
+        let mut groups = self.inner.groups.borrow_mut();
+        if let ConsumerRecord::Group { group, value: None } = &record {
+            if let Some(g) = groups.get_mut(group) {
+                g.consumer = None;
+            }
+            return;
+        }
+        let rules = self.inner.config.borrow().rules.consumer.clone();
+        let now = self.inner.offsets.clock.now();
+        let group = record.group().to_string();
+        let entry = groups
+            .entry(group.clone())
+            .or_insert_with(|| Group::new(&group).with_clock(self.inner.offsets.clock.clone()));
+        entry
+            .consumer
+            .get_or_insert_default()
+            .replay(record, &rules, now);
     }
 
     /// Applies one record of the offsets log to memory (replay, and after each append).
@@ -587,6 +630,8 @@ impl GroupCoordinator {
                     .or_default()
                     .insert((topic, partition), offset);
             }
+            // Written from the group's memory, which already holds them.
+            OffsetsRecord::Consumer(_) => {}
         }
     }
 
@@ -766,6 +811,16 @@ impl GroupCoordinator {
                     })
             })
             .collect();
+        live.extend(
+            self.inner
+                .groups
+                .borrow()
+                .values()
+                .filter(|g| here(&g.id))
+                .filter_map(|g| Some(g.consumer.as_ref()?.all_records(&g.id)))
+                .flatten()
+                .map(OffsetsRecord::Consumer),
+        );
         let standalone = self.inner.standalone_offsets.borrow();
         live.extend(standalone.iter().filter(|(group, _)| here(group)).flat_map(
             |(group, offsets)| {
@@ -955,6 +1010,12 @@ impl GroupCoordinator {
                     value: None,
                 })
                 .collect();
+            if g.consumer.is_some() {
+                records.push(OffsetsRecord::Consumer(ConsumerRecord::Group {
+                    group: group.to_string(),
+                    value: None,
+                }));
+            }
             records.push(OffsetsRecord::GroupDeleted {
                 group: group.to_string(),
             });
@@ -1118,6 +1179,38 @@ impl GroupCoordinator {
         glommio::spawn_local(expire_offsets_forever(Rc::downgrade(&self.inner))).detach();
     }
 
+    /// The offsets partition `group` lives on, if this shard holds it.
+    fn offsets_log_of(&self, group: &str) -> Option<OffsetsLog> {
+        let snapshot = self.inner.offsets.metadata.current();
+        let partitions_total = snapshot.topic(OFFSETS_TOPIC)?.partition_count();
+        let tp = TopicPartition {
+            topic: OFFSETS_TOPIC.into(),
+            partition: partition_for(group, partitions_total),
+        };
+        let log = self.inner.offsets.partitions.log(&tp).ok()?;
+        Some(OffsetsLog {
+            partition: tp.partition,
+            partitions_total,
+            log,
+        })
+    }
+
+    /// Writes what the ticker changed in consumer groups (members whose session or
+    /// rebalance timeout ran out).
+    async fn persist_consumer_changes(&self, changed: Vec<(String, Vec<ConsumerRecord>)>) {
+        for (group, records) in changed {
+            let Some(log) = self.offsets_log_of(&group) else {
+                continue;
+            };
+            let count = records.len();
+            let records = records.into_iter().map(OffsetsRecord::Consumer).collect();
+            let code = self.persist(&log, records).await;
+            if code != broker_codes::NONE {
+                tracing::error!(%group, count, code, "consumer group change not written");
+            }
+        }
+    }
+
     /// Tombstones every expired offset of this shard's groups (see `Group::expired_offsets`).
     async fn expire_offsets(&self) {
         let retention_ms = self.inner.config.borrow().offsets_retention.as_millis() as i64;
@@ -1263,10 +1356,27 @@ async fn tick_forever(inner: Weak<Inner>, clock: Clock) {
         };
         let rules = inner.config.borrow().rules.clone();
         let now = clock.now();
-        let mut groups = inner.groups.borrow_mut();
-        for group in groups.values_mut() {
-            group.tick(&rules, now);
+        let mut changed = Vec::new();
+        {
+            let mut groups = inner.groups.borrow_mut();
+            for group in groups.values_mut() {
+                group.tick(&rules, now);
+                if let Some(consumer) = group.consumer.as_mut() {
+                    let records = consumer.take_records(&group.id);
+                    if !records.is_empty() {
+                        changed.push((group.id.clone(), records));
+                    }
+                }
+            }
+            groups.retain(|_, group| !group.is_disposable());
         }
-        groups.retain(|_, group| !group.is_disposable());
+        if !changed.is_empty() {
+            // Members the clock removed: their tombstones, written apart from the ticks.
+            let coordinator = GroupCoordinator { inner };
+            glommio::spawn_local(async move {
+                coordinator.persist_consumer_changes(changed).await;
+            })
+            .detach();
+        }
     }
 }
