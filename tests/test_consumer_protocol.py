@@ -9,6 +9,7 @@ from __consumer_offsets): the members carry on with their partitions, the group 
 unchanged, every record is read and every offset committed."""
 
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.request
 
 import pytest
 from confluent_kafka import Consumer, ConsumerGroupType, TopicPartition
@@ -198,6 +200,12 @@ def test_classic_and_consumer_groups_share_a_topic(group_broker):
         consumer.close()
 
 
+def metric_sum(broker, name):
+    with urllib.request.urlopen(broker.admin_url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(float(value) for value in re.findall(rf'^{name}\{{shard="\d+"\}} (\S+)$', text, re.M))
+
+
 def describe_epochs(bootstrap, group):
     """ConsumerGroupDescribe v0 over a raw socket: (state, group epoch, assignment epoch)."""
     def compact(text):
@@ -236,6 +244,10 @@ def test_restart_keeps_the_group_and_its_epochs(group_broker):
     before = describe_epochs(bootstrap, "durable")
     assignments = [sorted(tp.partition for tp in c.assignment()) for c in members]
     assert before[1] >= 2 and before[1] == before[2], before
+    # Every epoch bump so far is a rebalance in the coordinator's metrics, and both members
+    # reached a target (the histogram counts each arrival).
+    assert metric_sum(group_broker, "ringfeed_consumer_group_rebalances_total") == before[1]
+    assert metric_sum(group_broker, "ringfeed_consumer_group_reconciliation_seconds_count") >= 2
     group_broker.restart()
     produce(bootstrap, TOPIC, numbered(1200, 1200))
     poll_until(members, seen, lambda: set(seen) >= produced(0, 2400))

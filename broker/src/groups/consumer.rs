@@ -144,7 +144,17 @@ pub struct ConsumerGroup {
     owners: BTreeMap<(String, i32), String>,
     /// What changed since the last [`ConsumerGroup::take_records`] (see `persist`).
     changes: persist::Changes,
+    /// When the current target assignment was computed (or replayed).
+    target_since: Option<Instant>,
+    /// How long members took from a new target assignment to reaching it (epoch at the
+    /// assignment epoch, nothing left to revoke or wait for), since the coordinator last
+    /// took them for its metrics. At most `RECONCILED_KEPT`.
+    pub reconciled: Vec<Duration>,
 }
+
+/// Reconciliation times kept until the coordinator takes them (it does after every
+/// heartbeat; the bound only matters for a group driven without one, as in tests).
+const RECONCILED_KEPT: usize = 1024;
 
 fn partitions_of(assignment: &Assignment) -> impl Iterator<Item = (String, i32)> + '_ {
     assignment
@@ -284,6 +294,7 @@ impl ConsumerGroup {
         self.group_epoch = self.group_epoch.min(epoch_before + 1);
         if self.assignment_epoch < self.group_epoch {
             self.compute_target();
+            self.target_since = Some(now);
         }
         self.reconcile(&request.member_id, request.owned.as_ref(), now);
         let member = &self.members[&request.member_id];
@@ -551,6 +562,10 @@ impl ConsumerGroup {
         } else {
             MemberState::Stable
         };
+        if member.state == MemberState::Stable && self.reconciled.len() < RECONCILED_KEPT {
+            let since = self.target_since.unwrap_or(now);
+            self.reconciled.push(now.saturating_duration_since(since));
+        }
     }
 
     /// `member_epoch` -1 (leave) or -2 (a static member leaving for now).

@@ -34,6 +34,7 @@ use crate::groups::types::{
 use crate::limits::Limits;
 use crate::metadata::OFFSETS_TOPIC;
 use crate::metadata::{MetadataView, TopicPartition};
+use crate::metrics::{HistogramBuckets, LatencyHistogram};
 use crate::partition::PartitionTable;
 use crate::producer_state::ProducerIds;
 use crate::shutdown::ShutdownSignal;
@@ -133,6 +134,27 @@ struct Inner {
     checkpointing: RefCell<std::collections::HashSet<i32>>,
     /// Shard 0 only, created on first use.
     producer_ids: RefCell<Option<Rc<ProducerIds>>>,
+    /// KIP-848 metrics of the groups this shard coordinates.
+    consumer_counts: RefCell<ConsumerGroupCounts>,
+}
+
+/// Rebalances (group epoch bumps) of this shard's consumer-protocol groups, and how long
+/// their members took to reach each new target assignment.
+#[derive(Default)]
+struct ConsumerGroupCounts {
+    rebalances: u64,
+    reconciliation: LatencyHistogram,
+}
+
+impl ConsumerGroupCounts {
+    /// What one heartbeat or tick did to a group whose epoch was `epoch_before`.
+    fn note(&mut self, epoch_before: i32, consumer: &mut crate::groups::consumer::ConsumerGroup) {
+        let bumps = consumer.group_epoch.saturating_sub(epoch_before).max(0);
+        self.rebalances += u64::try_from(bumps).unwrap_or(0);
+        for took in consumer.reconciled.drain(..) {
+            self.reconciliation.record(took);
+        }
+    }
 }
 
 impl GroupCoordinator {
@@ -155,6 +177,7 @@ impl GroupCoordinator {
                 records_since_checkpoint: RefCell::default(),
                 checkpointing: RefCell::default(),
                 producer_ids: RefCell::default(),
+                consumer_counts: RefCell::default(),
             }),
         }
     }
@@ -237,12 +260,18 @@ impl GroupCoordinator {
         let snapshot = self.inner.offsets.metadata.current();
         let partitions = |topic: &str| snapshot.topic(topic).map(|t| t.partition_count());
         let (answer, records) = self.with_group(&at.group, |g| {
+            let epoch_before = g.consumer.as_ref().map_or(0, |c| c.group_epoch);
             let answer = g.consumer_heartbeat(request, version, &partitions, &rules, now);
-            let records = g
-                .consumer
-                .as_mut()
-                .map(|c| c.take_records(&g.id))
-                .unwrap_or_default();
+            let records = match g.consumer.as_mut() {
+                Some(consumer) => {
+                    self.inner
+                        .consumer_counts
+                        .borrow_mut()
+                        .note(epoch_before, consumer);
+                    consumer.take_records(&g.id)
+                }
+                None => Vec::new(),
+            };
             (answer, records)
         });
         if records.is_empty() {
@@ -764,6 +793,13 @@ impl GroupCoordinator {
                 tracing::error!(partition = log.partition, %error, "offsets checkpoint failed");
             }
         }
+    }
+
+    /// Consumer-protocol group rebalances (group epoch bumps) on this shard since the start,
+    /// and the reconciliation times of their members.
+    pub fn consumer_group_metrics(&self) -> (u64, HistogramBuckets) {
+        let counts = self.inner.consumer_counts.borrow();
+        (counts.rebalances, counts.reconciliation.buckets())
     }
 
     /// Committed offsets of this shard's groups as (group, topic, partition, offset), for
@@ -1360,8 +1396,13 @@ async fn tick_forever(inner: Weak<Inner>, clock: Clock) {
         {
             let mut groups = inner.groups.borrow_mut();
             for group in groups.values_mut() {
+                let epoch_before = group.consumer.as_ref().map_or(0, |c| c.group_epoch);
                 group.tick(&rules, now);
                 if let Some(consumer) = group.consumer.as_mut() {
+                    inner
+                        .consumer_counts
+                        .borrow_mut()
+                        .note(epoch_before, consumer);
                     let records = consumer.take_records(&group.id);
                     if !records.is_empty() {
                         changed.push((group.id.clone(), records));

@@ -248,6 +248,8 @@ impl ConsumerGroup {
                 if let Some(value) = value {
                     self.assignment_epoch = value.assignment_epoch;
                     self.assignor = value.assignor.as_deref().and_then(Assignor::from_name);
+                    // Reconciliation after a restart is measured from the replay.
+                    self.target_since = Some(now);
                     self.changes.written_epochs.1 = self.assignment_epoch;
                 }
             }

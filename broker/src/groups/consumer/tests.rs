@@ -337,6 +337,34 @@ proptest! {
 }
 
 #[test]
+fn reconciliation_time_runs_from_the_new_target_to_the_member_reaching_it() {
+    let mut sim = Sim::new();
+    sim.join(0);
+    assert_eq!(
+        sim.group.reconciled,
+        vec![Duration::ZERO],
+        "a lone join is at once"
+    );
+    sim.group.reconciled.clear();
+    sim.now += Duration::from_secs(1);
+    // The second join bumps the epoch: member 1 waits for member 0 to revoke half.
+    sim.join(1);
+    assert!(
+        sim.group.reconciled.is_empty(),
+        "member 1 waits for partitions"
+    );
+    sim.now += Duration::from_secs(2);
+    sim.heartbeat(0); // told to revoke
+    sim.now += Duration::from_secs(3);
+    sim.heartbeat(0); // revoked: at the target, 5 s after it was computed
+    sim.heartbeat(1); // its partitions are free now
+    assert_eq!(
+        sim.group.reconciled,
+        vec![Duration::from_secs(5), Duration::from_secs(5)]
+    );
+}
+
+#[test]
 fn three_members_share_twelve_partitions_after_revocation() {
     let mut sim = Sim::new();
     sim.join(0);
