@@ -6,7 +6,8 @@ the end of every partition. A classic group and a consumer-protocol group share 
 each reading every record once. ListGroups' type filter and ConsumerGroupDescribe show the
 group as Kafka does. A broker restart under a two-member group keeps the group (it is replayed
 from __consumer_offsets): the members carry on with their partitions, the group epoch is
-unchanged, every record is read and every offset committed."""
+unchanged, every record is read and every offset committed. With ACLs on, a member may
+subscribe only to topics it may describe (TOPIC_AUTHORIZATION_FAILED otherwise, as Kafka)."""
 
 import os
 import re
@@ -266,3 +267,43 @@ def test_restart_keeps_the_group_and_its_epochs(group_broker):
     # The members' leave tombstones bump the epoch once per member, from where it was.
     after_leave = describe_epochs(bootstrap, "durable")
     assert after_leave[0] == "Empty" and after_leave[1] == before[1] + 2, after_leave
+
+
+def heartbeat_join_v0(bootstrap, group, topics):
+    """A raw ConsumerGroupHeartbeat v0 join; returns its error code."""
+    def compact(text):
+        return bytes([len(text) + 1]) + text.encode()
+    header = struct.pack(">hhi", 68, 0, 9) + helpers.encode_string("ringfeed-tests") + b"\x00"
+    body = (compact(group) + compact("") + struct.pack(">i", 0) + b"\x00" + b"\x00"
+            + struct.pack(">i", 30000) + bytes([len(topics) + 1])
+            + b"".join(compact(t) for t in topics) + b"\x00" + b"\x01" + b"\x00")
+    payload = header + body
+    with helpers.connect(bootstrap) as sock:
+        sock.sendall(struct.pack(">i", len(payload)) + payload)
+        response = helpers.read_frame(sock)
+    assert struct.unpack(">i", response[:4])[0] == 9
+    return struct.unpack(">h", response[9:11])[0]  # after header tags and throttle
+
+
+def test_subscribing_needs_describe_on_every_topic(start_broker, tmp_path):
+    from confluent_kafka.admin import AclOperation, ResourceType
+    from test_acls import admin_client, allow, create_acls, create_topics
+    from test_security import create_user, listener_ports
+    data_dir = tmp_path / "data0"
+    create_user(data_dir, "admin", "admin-secret", "SCRAM-SHA-512")
+    broker = start_broker(extra_args=[
+        "--listeners", "SASL_PLAINTEXT://127.0.0.1:0,PLAINTEXT://127.0.0.1:0",
+        "--sasl-enabled-mechanisms", "SCRAM-SHA-512",
+        "--authorizer-class-name", "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "--super-users", "User:admin"])
+    ports = listener_ports(broker)
+    admin = admin_client(f"127.0.0.1:{ports['SASL_PLAINTEXT']}")
+    create_topics(admin, ["visible", "secret"])
+    create_acls(admin, [allow("User:ANONYMOUS", AclOperation.READ, ResourceType.GROUP, "acl-group"),
+                        allow("User:ANONYMOUS", AclOperation.DESCRIBE, ResourceType.TOPIC, "visible")])
+    plaintext = f"127.0.0.1:{ports['PLAINTEXT']}"
+    TOPIC_AUTHORIZATION_FAILED, GROUP_AUTHORIZATION_FAILED = 29, 30
+    assert heartbeat_join_v0(plaintext, "acl-group", ["visible", "secret"]) == TOPIC_AUTHORIZATION_FAILED
+    assert heartbeat_join_v0(plaintext, "acl-group", ["no-such-topic"]) == TOPIC_AUTHORIZATION_FAILED
+    assert heartbeat_join_v0(plaintext, "other-group", ["visible"]) == GROUP_AUTHORIZATION_FAILED
+    assert heartbeat_join_v0(plaintext, "acl-group", ["visible"]) == 0

@@ -44,6 +44,8 @@ pub const STATIC_LEAVE_EPOCH: i32 = -2;
 pub struct ConsumerRules {
     pub session_timeout: Duration,
     pub heartbeat_interval: Duration,
+    /// `group.consumer.max.size` (never above `GROUP_SIZE_MAX`).
+    pub max_size: usize,
 }
 
 impl Default for ConsumerRules {
@@ -51,6 +53,7 @@ impl Default for ConsumerRules {
         Self {
             session_timeout: Duration::from_secs(45),
             heartbeat_interval: Duration::from_secs(5),
+            max_size: GROUP_SIZE_MAX,
         }
     }
 }
@@ -371,10 +374,13 @@ impl ConsumerGroup {
             }
             return Ok(());
         }
-        if self.members.len() >= GROUP_SIZE_MAX {
+        let max_size = rules.max_size.min(GROUP_SIZE_MAX);
+        if self.members.len() >= max_size {
             return Err(HeartbeatAnswer::error(
                 group_codes::GROUP_MAX_SIZE_REACHED,
-                "the group is full",
+                &format!(
+                    "The consumer group has reached its maximum capacity of {max_size} members."
+                ),
             ));
         }
         self.members.insert(

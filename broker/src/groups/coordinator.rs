@@ -66,6 +66,7 @@ impl CoordinatorConfig {
                 consumer: ConsumerRules {
                     session_timeout: limits.group_consumer_session_timeout,
                     heartbeat_interval: limits.group_consumer_heartbeat_interval,
+                    max_size: limits.group_consumer_max_size,
                 },
             },
             offsets_retention: limits.offsets_retention,

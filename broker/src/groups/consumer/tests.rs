@@ -20,6 +20,7 @@ fn rules() -> ConsumerRules {
     ConsumerRules {
         session_timeout: Duration::from_secs(45),
         heartbeat_interval: Duration::from_secs(5),
+        max_size: GROUP_SIZE_MAX,
     }
 }
 
@@ -362,6 +363,26 @@ fn reconciliation_time_runs_from_the_new_target_to_the_member_reaching_it() {
         sim.group.reconciled,
         vec![Duration::from_secs(5), Duration::from_secs(5)]
     );
+}
+
+#[test]
+fn a_join_beyond_group_consumer_max_size_is_refused() {
+    let mut group = ConsumerGroup::default();
+    let rules = ConsumerRules {
+        max_size: 2,
+        ..rules()
+    };
+    let now = Instant::now();
+    let send = |group: &mut ConsumerGroup, member: &str| {
+        group.heartbeat(join(member), 1, &counts, || unreachable!(), &rules, now)
+    };
+    assert_eq!(send(&mut group, "a").error_code, 0);
+    assert_eq!(send(&mut group, "b").error_code, 0);
+    let refused = send(&mut group, "c");
+    assert_eq!(refused.error_code, group_codes::GROUP_MAX_SIZE_REACHED);
+    assert!(!group.members.contains_key("c"));
+    // A member already in the group rejoining is no new member.
+    assert_eq!(send(&mut group, "a").error_code, 0);
 }
 
 #[test]
