@@ -4,15 +4,21 @@ topic joining, one leaving and one crashing (a SIGKILLed process) while records 
 record consumed at least once, exactly once while nobody crashes, and committed offsets at
 the end of every partition. A classic group and a consumer-protocol group share one topic,
 each reading every record once. ListGroups' type filter and ConsumerGroupDescribe show the
-group as Kafka does."""
+group as Kafka does. A broker restart under a two-member group keeps the group (it is replayed
+from __consumer_offsets): the members carry on with their partitions, the group epoch is
+unchanged, every record is read and every offset committed. With ACLs on, a member may
+subscribe only to topics it may describe (TOPIC_AUTHORIZATION_FAILED otherwise, as Kafka)."""
 
 import os
+import re
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import urllib.request
 
 import pytest
 from confluent_kafka import Consumer, ConsumerGroupType, TopicPartition
@@ -193,3 +199,111 @@ def test_classic_and_consumer_groups_share_a_topic(group_broker):
     # A classic member cannot join the consumer group while it has members.
     for consumer in classic + modern:
         consumer.close()
+
+
+def metric_sum(broker, name):
+    with urllib.request.urlopen(broker.admin_url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(float(value) for value in re.findall(rf'^{name}\{{shard="\d+"\}} (\S+)$', text, re.M))
+
+
+def describe_epochs(bootstrap, group):
+    """ConsumerGroupDescribe v0 over a raw socket: (state, group epoch, assignment epoch)."""
+    def compact(text):
+        return bytes([len(text) + 1]) + text.encode()
+    header = struct.pack(">hhi", 69, 0, 7) + helpers.encode_string("ringfeed-tests") + b"\x00"
+    body = bytes([2]) + compact(group) + b"\x00" + b"\x00"
+    payload = header + body
+    with helpers.connect(bootstrap) as sock:
+        sock.sendall(struct.pack(">i", len(payload)) + payload)
+        response = helpers.read_frame(sock)
+    assert struct.unpack(">i", response[:4])[0] == 7
+    rest = response[5:]  # correlation id, header tags
+    rest = rest[4:]  # throttle
+    count, rest = helpers.read_uvarint(rest)
+    assert count - 1 == 1
+    (error_code,) = struct.unpack(">h", rest[:2])
+    assert error_code == 0, error_code
+    rest = rest[2:]
+    strings = []
+    for _ in range(3):  # error message (nullable), group id, state
+        length, rest = helpers.read_uvarint(rest)
+        strings.append(rest[:max(length - 1, 0)].decode())
+        rest = rest[max(length - 1, 0):]
+    group_epoch, assignment_epoch = struct.unpack(">ii", rest[:8])
+    return strings[2], group_epoch, assignment_epoch
+
+
+def test_restart_keeps_the_group_and_its_epochs(group_broker):
+    bootstrap = group_broker.bootstrap
+    seen = {}
+    produce(bootstrap, TOPIC, numbered(0, 1200))
+    members = [member(bootstrap, "durable"), member(bootstrap, "durable")]
+    # A third member comes and goes first, so the epoch is one a fresh group rejoined by
+    # two members would not reach (2): only a replayed group has it after the restart.
+    visitor = member(bootstrap, "durable")
+    poll_until(members + [visitor], seen, lambda: assignment_sizes(members + [visitor]) == [4, 4, 4])
+    visitor.close()
+    poll_until(members, seen, lambda: set(seen) >= produced(0, 1200)
+               and assignment_sizes(members) == [6, 6]
+               and describe_epochs(bootstrap, "durable")[0] == "Stable")
+    before = describe_epochs(bootstrap, "durable")
+    assignments = [sorted(tp.partition for tp in c.assignment()) for c in members]
+    assert before[1] >= 4 and before[1] == before[2], before
+    # Every epoch bump so far is a rebalance in the coordinator's metrics, and both members
+    # reached a target (the histogram counts each arrival).
+    assert metric_sum(group_broker, "ringfeed_consumer_group_rebalances_total") == before[1]
+    assert metric_sum(group_broker, "ringfeed_consumer_group_reconciliation_seconds_count") >= 2
+    group_broker.restart()
+    produce(bootstrap, TOPIC, numbered(1200, 1200))
+    poll_until(members, seen, lambda: set(seen) >= produced(0, 2400))
+    # The group came back from the log: same epoch, no rebalance, same partitions each.
+    assert describe_epochs(bootstrap, "durable") == before
+    assert [sorted(tp.partition for tp in c.assignment()) for c in members] == assignments
+    assert "offsets log replayed" in group_broker.new_log()
+    committed_at_end(bootstrap, members[0])
+    for consumer in members:
+        consumer.close()
+    # The members' leave tombstones bump the epoch once per member, from where it was.
+    after_leave = describe_epochs(bootstrap, "durable")
+    assert after_leave[0] == "Empty" and after_leave[1] == before[1] + 2, after_leave
+
+
+def heartbeat_join_v0(bootstrap, group, topics):
+    """A raw ConsumerGroupHeartbeat v0 join; returns its error code."""
+    def compact(text):
+        return bytes([len(text) + 1]) + text.encode()
+    header = struct.pack(">hhi", 68, 0, 9) + helpers.encode_string("ringfeed-tests") + b"\x00"
+    body = (compact(group) + compact("") + struct.pack(">i", 0) + b"\x00" + b"\x00"
+            + struct.pack(">i", 30000) + bytes([len(topics) + 1])
+            + b"".join(compact(t) for t in topics) + b"\x00" + b"\x01" + b"\x00")
+    payload = header + body
+    with helpers.connect(bootstrap) as sock:
+        sock.sendall(struct.pack(">i", len(payload)) + payload)
+        response = helpers.read_frame(sock)
+    assert struct.unpack(">i", response[:4])[0] == 9
+    return struct.unpack(">h", response[9:11])[0]  # after header tags and throttle
+
+
+def test_subscribing_needs_describe_on_every_topic(start_broker, tmp_path):
+    from confluent_kafka.admin import AclOperation, ResourceType
+    from test_acls import admin_client, allow, create_acls, create_topics
+    from test_security import create_user, listener_ports
+    data_dir = tmp_path / "data0"
+    create_user(data_dir, "admin", "admin-secret", "SCRAM-SHA-512")
+    broker = start_broker(extra_args=[
+        "--listeners", "SASL_PLAINTEXT://127.0.0.1:0,PLAINTEXT://127.0.0.1:0",
+        "--sasl-enabled-mechanisms", "SCRAM-SHA-512",
+        "--authorizer-class-name", "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "--super-users", "User:admin"])
+    ports = listener_ports(broker)
+    admin = admin_client(f"127.0.0.1:{ports['SASL_PLAINTEXT']}")
+    create_topics(admin, ["visible", "secret"])
+    create_acls(admin, [allow("User:ANONYMOUS", AclOperation.READ, ResourceType.GROUP, "acl-group"),
+                        allow("User:ANONYMOUS", AclOperation.DESCRIBE, ResourceType.TOPIC, "visible")])
+    plaintext = f"127.0.0.1:{ports['PLAINTEXT']}"
+    TOPIC_AUTHORIZATION_FAILED, GROUP_AUTHORIZATION_FAILED = 29, 30
+    assert heartbeat_join_v0(plaintext, "acl-group", ["visible", "secret"]) == TOPIC_AUTHORIZATION_FAILED
+    assert heartbeat_join_v0(plaintext, "acl-group", ["no-such-topic"]) == TOPIC_AUTHORIZATION_FAILED
+    assert heartbeat_join_v0(plaintext, "other-group", ["visible"]) == GROUP_AUTHORIZATION_FAILED
+    assert heartbeat_join_v0(plaintext, "acl-group", ["visible"]) == 0

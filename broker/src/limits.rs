@@ -91,6 +91,9 @@ pub struct Limits {
     /// and how often its client is told to heartbeat.
     pub group_consumer_session_timeout: Duration,
     pub group_consumer_heartbeat_interval: Duration,
+    /// `group.consumer.max.size`: members a consumer-protocol group may hold (at most
+    /// `groups::GROUP_SIZE_MAX`).
+    pub group_consumer_max_size: usize,
     /// `offsets.retention.minutes`: committed offsets of a group without members are
     /// deleted this long after it became empty (or after the commit, for simple consumers).
     pub offsets_retention: Duration,
@@ -146,6 +149,7 @@ impl Default for Limits {
             group_session_timeout_min: Duration::from_secs(6),
             group_session_timeout_max: Duration::from_secs(30 * 60),
             group_consumer_session_timeout: Duration::from_secs(45),
+            group_consumer_max_size: 1000,
             group_consumer_heartbeat_interval: Duration::from_secs(5),
             offsets_retention: Duration::from_secs(7 * 24 * 60 * 60),
             offsets_checkpoint_records: 100_000,

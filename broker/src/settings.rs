@@ -294,6 +294,7 @@ impl Effective {
             group_consumer_heartbeat_interval: Duration::from_millis(
                 self.unsigned("group.consumer.heartbeat.interval.ms"),
             ),
+            group_consumer_max_size: self.unsigned("group.consumer.max.size") as usize,
             offsets_retention: Duration::from_secs(self.unsigned("offsets.retention.minutes") * 60),
             offsets_checkpoint_records: self.unsigned("ringfeed.offsets.checkpoint.records")
                 as usize,

@@ -631,6 +631,8 @@ impl ShardServices {
         partitions.sort_unstable_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         let (committed_offsets, committed_offsets_total) =
             self.groups.committed_offsets(committed_offsets_max);
+        let (consumer_group_rebalances, consumer_group_reconciliation) =
+            self.groups.consumer_group_metrics();
         let committed_offsets = committed_offsets
             .into_iter()
             .map(
@@ -658,6 +660,8 @@ impl ShardServices {
             partitions,
             committed_offsets,
             committed_offsets_total: committed_offsets_total as u64,
+            consumer_group_rebalances,
+            consumer_group_reconciliation,
             cross_shard,
             fetch_budget_reserved_bytes: self.budgets.fetch_bytes.in_use_bytes(),
             fetch_waits_parked: self.partitions.parked_waits().parked() as u64,

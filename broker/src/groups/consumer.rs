@@ -44,6 +44,8 @@ pub const STATIC_LEAVE_EPOCH: i32 = -2;
 pub struct ConsumerRules {
     pub session_timeout: Duration,
     pub heartbeat_interval: Duration,
+    /// `group.consumer.max.size` (never above `GROUP_SIZE_MAX`).
+    pub max_size: usize,
 }
 
 impl Default for ConsumerRules {
@@ -51,6 +53,7 @@ impl Default for ConsumerRules {
         Self {
             session_timeout: Duration::from_secs(45),
             heartbeat_interval: Duration::from_secs(5),
+            max_size: GROUP_SIZE_MAX,
         }
     }
 }
@@ -142,7 +145,19 @@ pub struct ConsumerGroup {
     pub subscribed_partitions: BTreeMap<String, i32>,
     /// Every partition held (assigned or pending revocation), and by whom.
     owners: BTreeMap<(String, i32), String>,
+    /// What changed since the last [`ConsumerGroup::take_records`] (see `persist`).
+    changes: persist::Changes,
+    /// When the current target assignment was computed (or replayed).
+    target_since: Option<Instant>,
+    /// How long members took from a new target assignment to reaching it (epoch at the
+    /// assignment epoch, nothing left to revoke or wait for), since the coordinator last
+    /// took them for its metrics. At most `RECONCILED_KEPT`.
+    pub reconciled: Vec<Duration>,
 }
+
+/// Reconciliation times kept until the coordinator takes them (it does after every
+/// heartbeat; the bound only matters for a group driven without one, as in tests).
+const RECONCILED_KEPT: usize = 1024;
 
 fn partitions_of(assignment: &Assignment) -> impl Iterator<Item = (String, i32)> + '_ {
     assignment
@@ -228,8 +243,17 @@ impl ConsumerGroup {
         rules: &ConsumerRules,
         now: Instant,
     ) -> HeartbeatAnswer {
+        let asked_id = request.member_id.clone();
+        let before = self.members.get(&asked_id).map(persist::member_values);
         let mut answer =
             self.heartbeat_checked(request, version, partitions, new_member_id, rules, now);
+        let member_id = if answer.member_id.is_empty() {
+            asked_id
+        } else {
+            answer.member_id.clone()
+        };
+        self.changes
+            .note_member(&member_id, before, self.members.get(&member_id));
         answer.heartbeat_interval_ms =
             i32::try_from(rules.heartbeat_interval.as_millis()).unwrap_or(i32::MAX);
         self.assert_consistent();
@@ -273,6 +297,7 @@ impl ConsumerGroup {
         self.group_epoch = self.group_epoch.min(epoch_before + 1);
         if self.assignment_epoch < self.group_epoch {
             self.compute_target();
+            self.target_since = Some(now);
         }
         self.reconcile(&request.member_id, request.owned.as_ref(), now);
         let member = &self.members[&request.member_id];
@@ -310,9 +335,11 @@ impl ConsumerGroup {
                     }
                     // Its replacement takes over the partitions it held, from epoch 0.
                     let mut old = self.members.remove(&holder).expect("found");
+                    self.changes.removed(&holder);
                     self.target
                         .remove(&holder)
                         .map(|t| self.target.insert(request.member_id.clone(), t));
+                    self.changes.target_moved(&request.member_id);
                     for (topic, p) in partitions_of(&old.pending_revocation) {
                         self.owners.remove(&(topic, p));
                     }
@@ -347,10 +374,13 @@ impl ConsumerGroup {
             }
             return Ok(());
         }
-        if self.members.len() >= GROUP_SIZE_MAX {
+        let max_size = rules.max_size.min(GROUP_SIZE_MAX);
+        if self.members.len() >= max_size {
             return Err(HeartbeatAnswer::error(
                 group_codes::GROUP_MAX_SIZE_REACHED,
-                "the group is full",
+                &format!(
+                    "The consumer group has reached its maximum capacity of {max_size} members."
+                ),
             ));
         }
         self.members.insert(
@@ -481,7 +511,9 @@ impl ConsumerGroup {
                 (id.clone(), spec)
             })
             .collect();
-        self.target = assignor.assign(&specs, &self.subscribed_partitions);
+        let target = assignor.assign(&specs, &self.subscribed_partitions);
+        self.changes.note_target(&self.target, &target);
+        self.target = target;
         self.assignor = Some(assignor);
         self.assignment_epoch = self.group_epoch;
     }
@@ -536,6 +568,10 @@ impl ConsumerGroup {
         } else {
             MemberState::Stable
         };
+        if member.state == MemberState::Stable && self.reconciled.len() < RECONCILED_KEPT {
+            let since = self.target_since.unwrap_or(now);
+            self.reconciled.push(now.saturating_duration_since(since));
+        }
     }
 
     /// `member_epoch` -1 (leave) or -2 (a static member leaving for now).
@@ -597,6 +633,7 @@ impl ConsumerGroup {
             self.owners.remove(&key);
         }
         self.target.remove(member_id);
+        self.changes.removed(member_id);
         self.group_epoch += 1;
     }
 
@@ -682,6 +719,8 @@ fn validate(request: &HeartbeatRequest, version: i16) -> Result<(), HeartbeatAns
     }
     Ok(())
 }
+
+mod persist;
 
 #[cfg(test)]
 mod tests;

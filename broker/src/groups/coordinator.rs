@@ -26,7 +26,7 @@ use crate::groups::consumer::{
 use crate::groups::group::{
     Answer, Group, GroupRules, GroupState, JoinRequest, JoinResult, SyncResult,
 };
-use crate::groups::records::{self, OffsetsRecord};
+use crate::groups::records::{self, ConsumerRecord, OffsetsRecord};
 use crate::groups::types::{
     codes, partition_for, CommitRequest, FetchedOffsets, GroupAddress, GroupDescription,
     ListedGroup, MemberDescription, SyncRequest, OFFSET_METADATA_BYTES_MAX, TOPIC_NAME_BYTES_MAX,
@@ -34,6 +34,7 @@ use crate::groups::types::{
 use crate::limits::Limits;
 use crate::metadata::OFFSETS_TOPIC;
 use crate::metadata::{MetadataView, TopicPartition};
+use crate::metrics::{HistogramBuckets, LatencyHistogram};
 use crate::partition::PartitionTable;
 use crate::producer_state::ProducerIds;
 use crate::shutdown::ShutdownSignal;
@@ -65,6 +66,7 @@ impl CoordinatorConfig {
                 consumer: ConsumerRules {
                     session_timeout: limits.group_consumer_session_timeout,
                     heartbeat_interval: limits.group_consumer_heartbeat_interval,
+                    max_size: limits.group_consumer_max_size,
                 },
             },
             offsets_retention: limits.offsets_retention,
@@ -133,6 +135,27 @@ struct Inner {
     checkpointing: RefCell<std::collections::HashSet<i32>>,
     /// Shard 0 only, created on first use.
     producer_ids: RefCell<Option<Rc<ProducerIds>>>,
+    /// KIP-848 metrics of the groups this shard coordinates.
+    consumer_counts: RefCell<ConsumerGroupCounts>,
+}
+
+/// Rebalances (group epoch bumps) of this shard's consumer-protocol groups, and how long
+/// their members took to reach each new target assignment.
+#[derive(Default)]
+struct ConsumerGroupCounts {
+    rebalances: u64,
+    reconciliation: LatencyHistogram,
+}
+
+impl ConsumerGroupCounts {
+    /// What one heartbeat or tick did to a group whose epoch was `epoch_before`.
+    fn note(&mut self, epoch_before: i32, consumer: &mut crate::groups::consumer::ConsumerGroup) {
+        let bumps = consumer.group_epoch.saturating_sub(epoch_before).max(0);
+        self.rebalances += u64::try_from(bumps).unwrap_or(0);
+        for took in consumer.reconciled.drain(..) {
+            self.reconciliation.record(took);
+        }
+    }
 }
 
 impl GroupCoordinator {
@@ -155,6 +178,7 @@ impl GroupCoordinator {
                 records_since_checkpoint: RefCell::default(),
                 checkpointing: RefCell::default(),
                 producer_ids: RefCell::default(),
+                consumer_counts: RefCell::default(),
             }),
         }
     }
@@ -228,16 +252,40 @@ impl GroupCoordinator {
         request: HeartbeatRequest,
         version: i16,
     ) -> HeartbeatAnswer {
-        if let Err(code) = self.ensure_loaded(at.partition).await {
-            return HeartbeatAnswer::error(code, "the coordinator is not available");
-        }
+        let log = match self.ensure_loaded(at.partition).await {
+            Ok(log) => log,
+            Err(code) => return HeartbeatAnswer::error(code, "the coordinator is not available"),
+        };
         let now = self.inner.offsets.clock.now();
         let rules = self.rules();
         let snapshot = self.inner.offsets.metadata.current();
         let partitions = |topic: &str| snapshot.topic(topic).map(|t| t.partition_count());
-        self.with_group(&at.group, |g| {
-            g.consumer_heartbeat(request, version, &partitions, &rules, now)
-        })
+        let (answer, records) = self.with_group(&at.group, |g| {
+            let epoch_before = g.consumer.as_ref().map_or(0, |c| c.group_epoch);
+            let answer = g.consumer_heartbeat(request, version, &partitions, &rules, now);
+            let records = match g.consumer.as_mut() {
+                Some(consumer) => {
+                    self.inner
+                        .consumer_counts
+                        .borrow_mut()
+                        .note(epoch_before, consumer);
+                    consumer.take_records(&g.id)
+                }
+                None => Vec::new(),
+            };
+            (answer, records)
+        });
+        if records.is_empty() {
+            return answer;
+        }
+        // Answered only once the change is durable, as Kafka answers after its write. If
+        // the write fails, memory is ahead of the log: the member gets the error, retries,
+        // and the next change is written with the state as it then is.
+        let records = records.into_iter().map(OffsetsRecord::Consumer).collect();
+        match self.persist(&log, records).await {
+            broker_codes::NONE => answer,
+            code => HeartbeatAnswer::error(code, "the group's change could not be written"),
+        }
     }
 
     /// `ConsumerGroupDescribe` (KIP-848), for one group: `None` when there is no
@@ -535,7 +583,7 @@ impl GroupCoordinator {
                 skipped += foreign;
                 applied += decoded.len();
                 for record in decoded {
-                    self.apply(record);
+                    self.apply_replayed(record);
                 }
             }
         }
@@ -545,6 +593,31 @@ impl GroupCoordinator {
             .insert(tp.partition, applied);
         tracing::info!(partition = %tp, applied, skipped, elapsed_ms = started.elapsed().as_millis() as u64, "offsets log replayed");
         Ok(())
+    }
+
+    /// Applies one record read back from the offsets log: a consumer group's records
+    /// rebuild it (see `ConsumerGroup::replay`), the others as after an append.
+    fn apply_replayed(&self, record: OffsetsRecord) {
+        let OffsetsRecord::Consumer(record) = record else {
+            return self.apply(record);
+        };
+        let mut groups = self.inner.groups.borrow_mut();
+        if let ConsumerRecord::Group { group, value: None } = &record {
+            if let Some(g) = groups.get_mut(group) {
+                g.consumer = None;
+            }
+            return;
+        }
+        let rules = self.inner.config.borrow().rules.consumer.clone();
+        let now = self.inner.offsets.clock.now();
+        let group = record.group().to_string();
+        let entry = groups
+            .entry(group.clone())
+            .or_insert_with(|| Group::new(&group).with_clock(self.inner.offsets.clock.clone()));
+        entry
+            .consumer
+            .get_or_insert_default()
+            .replay(record, &rules, now);
     }
 
     /// Applies one record of the offsets log to memory (replay, and after each append).
@@ -587,6 +660,8 @@ impl GroupCoordinator {
                     .or_default()
                     .insert((topic, partition), offset);
             }
+            // Written from the group's memory, which already holds them.
+            OffsetsRecord::Consumer(_) => {}
         }
     }
 
@@ -721,6 +796,13 @@ impl GroupCoordinator {
         }
     }
 
+    /// Consumer-protocol group rebalances (group epoch bumps) on this shard since the start,
+    /// and the reconciliation times of their members.
+    pub fn consumer_group_metrics(&self) -> (u64, HistogramBuckets) {
+        let counts = self.inner.consumer_counts.borrow();
+        (counts.rebalances, counts.reconciliation.buckets())
+    }
+
     /// Committed offsets of this shard's groups as (group, topic, partition, offset), for
     /// the lag metric: at most `max`, by group id then topic and partition, and how many
     /// there are in all. Only groups served since the start are known (an offsets
@@ -766,6 +848,16 @@ impl GroupCoordinator {
                     })
             })
             .collect();
+        live.extend(
+            self.inner
+                .groups
+                .borrow()
+                .values()
+                .filter(|g| here(&g.id))
+                .filter_map(|g| Some(g.consumer.as_ref()?.all_records(&g.id)))
+                .flatten()
+                .map(OffsetsRecord::Consumer),
+        );
         let standalone = self.inner.standalone_offsets.borrow();
         live.extend(standalone.iter().filter(|(group, _)| here(group)).flat_map(
             |(group, offsets)| {
@@ -955,6 +1047,12 @@ impl GroupCoordinator {
                     value: None,
                 })
                 .collect();
+            if g.consumer.is_some() {
+                records.push(OffsetsRecord::Consumer(ConsumerRecord::Group {
+                    group: group.to_string(),
+                    value: None,
+                }));
+            }
             records.push(OffsetsRecord::GroupDeleted {
                 group: group.to_string(),
             });
@@ -1118,6 +1216,38 @@ impl GroupCoordinator {
         glommio::spawn_local(expire_offsets_forever(Rc::downgrade(&self.inner))).detach();
     }
 
+    /// The offsets partition `group` lives on, if this shard holds it.
+    fn offsets_log_of(&self, group: &str) -> Option<OffsetsLog> {
+        let snapshot = self.inner.offsets.metadata.current();
+        let partitions_total = snapshot.topic(OFFSETS_TOPIC)?.partition_count();
+        let tp = TopicPartition {
+            topic: OFFSETS_TOPIC.into(),
+            partition: partition_for(group, partitions_total),
+        };
+        let log = self.inner.offsets.partitions.log(&tp).ok()?;
+        Some(OffsetsLog {
+            partition: tp.partition,
+            partitions_total,
+            log,
+        })
+    }
+
+    /// Writes what the ticker changed in consumer groups (members whose session or
+    /// rebalance timeout ran out).
+    async fn persist_consumer_changes(&self, changed: Vec<(String, Vec<ConsumerRecord>)>) {
+        for (group, records) in changed {
+            let Some(log) = self.offsets_log_of(&group) else {
+                continue;
+            };
+            let count = records.len();
+            let records = records.into_iter().map(OffsetsRecord::Consumer).collect();
+            let code = self.persist(&log, records).await;
+            if code != broker_codes::NONE {
+                tracing::error!(%group, count, code, "consumer group change not written");
+            }
+        }
+    }
+
     /// Tombstones every expired offset of this shard's groups (see `Group::expired_offsets`).
     async fn expire_offsets(&self) {
         let retention_ms = self.inner.config.borrow().offsets_retention.as_millis() as i64;
@@ -1263,10 +1393,32 @@ async fn tick_forever(inner: Weak<Inner>, clock: Clock) {
         };
         let rules = inner.config.borrow().rules.clone();
         let now = clock.now();
-        let mut groups = inner.groups.borrow_mut();
-        for group in groups.values_mut() {
-            group.tick(&rules, now);
+        let mut changed = Vec::new();
+        {
+            let mut groups = inner.groups.borrow_mut();
+            for group in groups.values_mut() {
+                let epoch_before = group.consumer.as_ref().map_or(0, |c| c.group_epoch);
+                group.tick(&rules, now);
+                if let Some(consumer) = group.consumer.as_mut() {
+                    inner
+                        .consumer_counts
+                        .borrow_mut()
+                        .note(epoch_before, consumer);
+                    let records = consumer.take_records(&group.id);
+                    if !records.is_empty() {
+                        changed.push((group.id.clone(), records));
+                    }
+                }
+            }
+            groups.retain(|_, group| !group.is_disposable());
         }
-        groups.retain(|_, group| !group.is_disposable());
+        if !changed.is_empty() {
+            // Members the clock removed: their tombstones, written apart from the ticks.
+            let coordinator = GroupCoordinator { inner };
+            glommio::spawn_local(async move {
+                coordinator.persist_consumer_changes(changed).await;
+            })
+            .detach();
+        }
     }
 }

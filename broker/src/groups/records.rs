@@ -8,10 +8,17 @@
 //! group          key:   version i16 (2) | group string   (null value = group deleted)
 //! ```
 //! Strings are i16 length + UTF-8 bytes. Only the tombstone of a group key is written:
-//! membership is not persisted (after a restart members rejoin, as after a coordinator move).
+//! classic membership is not persisted (after a restart members rejoin, as after a
+//! coordinator move). Consumer-protocol groups (KIP-848) are persisted in Ringfeed's own
+//! records ([`ConsumerRecord`], key versions 1003-1008: Kafka's coordinator record type + 1000,
+//! values version 0), laid out in `storage/FORMAT.md`. Kafka's own are flexible-version
+//! records keyed by topic id; ours carry topic names, like the offset records above, so a
+//! deleted-and-recreated topic is never confused with the old one by id, and a reader of
+//! Kafka's schemas skips ours as unknown key versions instead of misreading them.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::groups::assignor::Assignment;
 use crate::storage::batch::{self, build, BatchHeader, BATCH_HEADER_BYTES};
 
 const OFFSET_KEY_VERSION: i16 = 1;
@@ -25,6 +32,14 @@ const GROUP_KEY_VERSION: i16 = 2;
 /// 1000 stays clear of the versions Kafka's coordinator records use.
 const STANDALONE_OFFSET_KEY_VERSION: i16 = 1000;
 const STANDALONE_OFFSET_VALUE_VERSION: i16 = 0;
+/// Consumer-protocol group records: Kafka's coordinator record type (its key version) +
+/// 1000, so the kind stays recognisable and clear of Kafka's own versions.
+const CONSUMER_GROUP_KEY_VERSION: i16 = 1003;
+const CONSUMER_MEMBER_KEY_VERSION: i16 = 1005;
+const CONSUMER_TARGET_KEY_VERSION: i16 = 1006;
+const CONSUMER_TARGET_MEMBER_KEY_VERSION: i16 = 1007;
+const CONSUMER_CURRENT_KEY_VERSION: i16 = 1008;
+const CONSUMER_VALUE_VERSION: i16 = 0;
 
 /// One committed offset as stored and as `OffsetFetch` reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +74,290 @@ pub enum OffsetsRecord {
         partition: i32,
         offset: i64,
     },
+    /// Part of a consumer-protocol group's state (KIP-848).
+    Consumer(ConsumerRecord),
+}
+
+/// Kafka's `ConsumerGroupMetadataValue` with its partition metadata: the group epoch and
+/// the partition counts of the subscribed topics it was reached with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsumerGroupValue {
+    pub group_epoch: i32,
+    pub subscribed_partitions: Vec<(String, i32)>,
+}
+
+/// Kafka's `ConsumerGroupMemberMetadataValue`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberMetadataValue {
+    pub instance_id: Option<String>,
+    pub rack_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub subscribed_topics: Vec<String>,
+    pub subscribed_regex: Option<String>,
+    pub rebalance_timeout_ms: i32,
+    pub server_assignor: Option<String>,
+}
+
+/// Kafka's `ConsumerGroupTargetAssignmentMetadataValue`, and the assignor that computed it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TargetMetadataValue {
+    pub assignment_epoch: i32,
+    pub assignor: Option<String>,
+}
+
+/// Kafka's `ConsumerGroupCurrentMemberAssignmentValue`. `state`: 0 stable, 1 unrevoked
+/// partitions, 2 unreleased partitions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CurrentAssignmentValue {
+    pub member_epoch: i32,
+    pub previous_epoch: i32,
+    pub state: i8,
+    pub assigned: Assignment,
+    pub pending_revocation: Assignment,
+}
+
+/// One record of a consumer-protocol group; a `None` value is a tombstone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsumerRecord {
+    Group {
+        group: String,
+        value: Option<ConsumerGroupValue>,
+    },
+    Member {
+        group: String,
+        member_id: String,
+        value: Option<MemberMetadataValue>,
+    },
+    Target {
+        group: String,
+        value: Option<TargetMetadataValue>,
+    },
+    TargetMember {
+        group: String,
+        member_id: String,
+        value: Option<Assignment>,
+    },
+    Current {
+        group: String,
+        member_id: String,
+        value: Option<CurrentAssignmentValue>,
+    },
+}
+
+impl ConsumerRecord {
+    fn key(&self, out: &mut BytesMut) {
+        let (version, group, member_id) = match self {
+            ConsumerRecord::Group { group, .. } => (CONSUMER_GROUP_KEY_VERSION, group, None),
+            ConsumerRecord::Target { group, .. } => (CONSUMER_TARGET_KEY_VERSION, group, None),
+            ConsumerRecord::Member {
+                group, member_id, ..
+            } => (CONSUMER_MEMBER_KEY_VERSION, group, Some(member_id)),
+            ConsumerRecord::TargetMember {
+                group, member_id, ..
+            } => (CONSUMER_TARGET_MEMBER_KEY_VERSION, group, Some(member_id)),
+            ConsumerRecord::Current {
+                group, member_id, ..
+            } => (CONSUMER_CURRENT_KEY_VERSION, group, Some(member_id)),
+        };
+        out.put_i16(version);
+        put_string(out, group);
+        if let Some(member_id) = member_id {
+            put_string(out, member_id);
+        }
+    }
+
+    fn value(&self) -> Option<Bytes> {
+        let mut out = BytesMut::new();
+        out.put_i16(CONSUMER_VALUE_VERSION);
+        match self {
+            ConsumerRecord::Group { value, .. } => {
+                let value = value.as_ref()?;
+                out.put_i32(value.group_epoch);
+                put_count(&mut out, value.subscribed_partitions.len());
+                for (topic, count) in &value.subscribed_partitions {
+                    put_string(&mut out, topic);
+                    out.put_i32(*count);
+                }
+            }
+            ConsumerRecord::Member { value, .. } => {
+                let value = value.as_ref()?;
+                put_nullable(&mut out, value.instance_id.as_deref());
+                put_nullable(&mut out, value.rack_id.as_deref());
+                put_string(&mut out, &value.client_id);
+                put_string(&mut out, &value.client_host);
+                put_count(&mut out, value.subscribed_topics.len());
+                for topic in &value.subscribed_topics {
+                    put_string(&mut out, topic);
+                }
+                put_nullable(&mut out, value.subscribed_regex.as_deref());
+                out.put_i32(value.rebalance_timeout_ms);
+                put_nullable(&mut out, value.server_assignor.as_deref());
+            }
+            ConsumerRecord::Target { value, .. } => {
+                let value = value.as_ref()?;
+                out.put_i32(value.assignment_epoch);
+                put_nullable(&mut out, value.assignor.as_deref());
+            }
+            ConsumerRecord::TargetMember { value, .. } => put_assignment(&mut out, value.as_ref()?),
+            ConsumerRecord::Current { value, .. } => {
+                let value = value.as_ref()?;
+                out.put_i32(value.member_epoch);
+                out.put_i32(value.previous_epoch);
+                out.put_i8(value.state);
+                put_assignment(&mut out, &value.assigned);
+                put_assignment(&mut out, &value.pending_revocation);
+            }
+        }
+        Some(out.freeze())
+    }
+
+    /// The group the record belongs to.
+    pub fn group(&self) -> &str {
+        match self {
+            ConsumerRecord::Group { group, .. }
+            | ConsumerRecord::Member { group, .. }
+            | ConsumerRecord::Target { group, .. }
+            | ConsumerRecord::TargetMember { group, .. }
+            | ConsumerRecord::Current { group, .. } => group,
+        }
+    }
+}
+
+fn decode_consumer(version: i16, mut key: &[u8], value: Option<&[u8]>) -> Option<ConsumerRecord> {
+    let group = take_string(&mut key)?;
+    let mut value = match value {
+        None => None,
+        Some(mut value) => {
+            if take_i16(&mut value)? != CONSUMER_VALUE_VERSION {
+                return None;
+            }
+            Some(value)
+        }
+    };
+    let record = match version {
+        CONSUMER_GROUP_KEY_VERSION => ConsumerRecord::Group {
+            group,
+            value: match value.as_mut() {
+                None => None,
+                Some(value) => Some(ConsumerGroupValue {
+                    group_epoch: take_i32(value)?,
+                    subscribed_partitions: take_list(value, |v| {
+                        Some((take_string(v)?, take_i32(v)?))
+                    })?,
+                }),
+            },
+        },
+        CONSUMER_TARGET_KEY_VERSION => ConsumerRecord::Target {
+            group,
+            value: match value.as_mut() {
+                None => None,
+                Some(value) => Some(TargetMetadataValue {
+                    assignment_epoch: take_i32(value)?,
+                    assignor: take_nullable(value)?,
+                }),
+            },
+        },
+        CONSUMER_MEMBER_KEY_VERSION => ConsumerRecord::Member {
+            member_id: take_string(&mut key)?,
+            group,
+            value: match value.as_mut() {
+                None => None,
+                Some(value) => Some(MemberMetadataValue {
+                    instance_id: take_nullable(value)?,
+                    rack_id: take_nullable(value)?,
+                    client_id: take_string(value)?,
+                    client_host: take_string(value)?,
+                    subscribed_topics: take_list(value, take_string)?,
+                    subscribed_regex: take_nullable(value)?,
+                    rebalance_timeout_ms: take_i32(value)?,
+                    server_assignor: take_nullable(value)?,
+                }),
+            },
+        },
+        CONSUMER_TARGET_MEMBER_KEY_VERSION => ConsumerRecord::TargetMember {
+            member_id: take_string(&mut key)?,
+            group,
+            value: match value.as_mut() {
+                None => None,
+                Some(value) => Some(take_assignment(value)?),
+            },
+        },
+        CONSUMER_CURRENT_KEY_VERSION => ConsumerRecord::Current {
+            member_id: take_string(&mut key)?,
+            group,
+            value: match value.as_mut() {
+                None => None,
+                Some(value) => Some(CurrentAssignmentValue {
+                    member_epoch: take_i32(value)?,
+                    previous_epoch: take_i32(value)?,
+                    state: i8::from_be_bytes(take(value, 1)?.try_into().ok()?),
+                    assigned: take_assignment(value)?,
+                    pending_revocation: take_assignment(value)?,
+                }),
+            },
+        },
+        _ => return None,
+    };
+    Some(record)
+}
+
+fn put_count(out: &mut BytesMut, count: usize) {
+    // Lists are bounded by the group's limits (members, topics, partitions) far below this.
+    out.put_i32(i32::try_from(count).expect("list length fits an i32"));
+}
+
+fn put_nullable(out: &mut BytesMut, text: Option<&str>) {
+    match text {
+        Some(text) => put_string(out, text),
+        None => out.put_i16(-1),
+    }
+}
+
+/// topics: i32 count, each topic string | partitions i32 count | partition i32...
+fn put_assignment(out: &mut BytesMut, assignment: &Assignment) {
+    put_count(out, assignment.len());
+    for (topic, partitions) in assignment {
+        put_string(out, topic);
+        put_count(out, partitions.len());
+        for partition in partitions {
+            out.put_i32(*partition);
+        }
+    }
+}
+
+/// A list of `count` items; a count beyond the bytes left fails as soon as they run out,
+/// so a lying count costs no more memory than the record holds.
+fn take_list<T>(
+    bytes: &mut &[u8],
+    mut item: impl FnMut(&mut &[u8]) -> Option<T>,
+) -> Option<Vec<T>> {
+    let count = usize::try_from(take_i32(bytes)?).ok()?;
+    let mut out = Vec::with_capacity(count.min(bytes.len()));
+    for _ in 0..count {
+        out.push(item(bytes)?);
+    }
+    Some(out)
+}
+
+fn take_assignment(bytes: &mut &[u8]) -> Option<Assignment> {
+    let topics = take_list(bytes, |v| Some((take_string(v)?, take_list(v, take_i32)?)))?;
+    let mut out = Assignment::new();
+    for (topic, partitions) in topics {
+        out.entry(topic).or_default().extend(partitions);
+    }
+    Some(out)
+}
+
+/// A nullable string: `Some(None)` for length -1.
+#[allow(clippy::option_option)]
+fn take_nullable(bytes: &mut &[u8]) -> Option<Option<String>> {
+    let length = take_i16(bytes)?;
+    if length == -1 {
+        return Some(None);
+    }
+    let length = usize::try_from(length).ok()?;
+    Some(Some(String::from_utf8(take(bytes, length)?.to_vec()).ok()?))
 }
 
 impl OffsetsRecord {
@@ -91,11 +390,15 @@ impl OffsetsRecord {
                 put_string(&mut key, topic);
                 key.put_i32(*partition);
             }
+            OffsetsRecord::Consumer(record) => record.key(&mut key),
         }
         key.freeze()
     }
 
     fn value(&self) -> Option<Bytes> {
+        if let OffsetsRecord::Consumer(record) = self {
+            return record.value();
+        }
         if let OffsetsRecord::StandaloneCommit { offset, .. } = self {
             let mut out = BytesMut::new();
             out.put_i16(STANDALONE_OFFSET_VALUE_VERSION);
@@ -231,6 +534,9 @@ fn decode_record(mut key: &[u8], value: Option<&[u8]>) -> Option<OffsetsRecord> 
                 offset: take_i64(&mut value)?,
             })
         }
+        version @ CONSUMER_GROUP_KEY_VERSION..=CONSUMER_CURRENT_KEY_VERSION => {
+            decode_consumer(version, key, value).map(OffsetsRecord::Consumer)
+        }
         _ => None,
     }
 }
@@ -342,6 +648,111 @@ mod tests {
         let batch = encode_batch(&records, 1_700_000_000_000);
         assert!(batch::validate(&batch, 1 << 20).is_ok(), "a valid v2 batch");
         assert_eq!(decode_batch(&batch), (records, 0));
+    }
+
+    fn consumer_records() -> Vec<OffsetsRecord> {
+        let assignment: Assignment = [("orders".to_string(), [0, 3, 7].into())].into();
+        let member = |member_id: &str| member_id.to_string();
+        [
+            ConsumerRecord::Group {
+                group: "g".into(),
+                value: Some(ConsumerGroupValue {
+                    group_epoch: 9,
+                    subscribed_partitions: vec![("orders".into(), 12), ("audit".into(), 1)],
+                }),
+            },
+            ConsumerRecord::Member {
+                group: "g".into(),
+                member_id: member("m1"),
+                value: Some(MemberMetadataValue {
+                    instance_id: Some("i1".into()),
+                    rack_id: None,
+                    client_id: "rdkafka".into(),
+                    client_host: "/10.0.0.1".into(),
+                    subscribed_topics: vec!["orders".into(), "audit".into()],
+                    subscribed_regex: Some("^orders-.*".into()),
+                    rebalance_timeout_ms: 300_000,
+                    server_assignor: Some("uniform".into()),
+                }),
+            },
+            ConsumerRecord::Target {
+                group: "g".into(),
+                value: Some(TargetMetadataValue {
+                    assignment_epoch: 9,
+                    assignor: Some("range".into()),
+                }),
+            },
+            ConsumerRecord::TargetMember {
+                group: "g".into(),
+                member_id: member("m1"),
+                value: Some(assignment.clone()),
+            },
+            ConsumerRecord::Current {
+                group: "g".into(),
+                member_id: member("m1"),
+                value: Some(CurrentAssignmentValue {
+                    member_epoch: 9,
+                    previous_epoch: 8,
+                    state: 1,
+                    assigned: assignment,
+                    pending_revocation: [("audit".to_string(), [0].into())].into(),
+                }),
+            },
+            ConsumerRecord::Current {
+                group: "g".into(),
+                member_id: member("m2"),
+                value: None,
+            },
+            ConsumerRecord::TargetMember {
+                group: "g".into(),
+                member_id: member("m2"),
+                value: None,
+            },
+            ConsumerRecord::Member {
+                group: "g".into(),
+                member_id: member("m2"),
+                value: None,
+            },
+            ConsumerRecord::Target {
+                group: "g".into(),
+                value: None,
+            },
+            ConsumerRecord::Group {
+                group: "g".into(),
+                value: None,
+            },
+        ]
+        .into_iter()
+        .map(OffsetsRecord::Consumer)
+        .collect()
+    }
+
+    #[test]
+    fn consumer_group_records_and_their_tombstones_round_trip() {
+        let records = consumer_records();
+        let batch = encode_batch(&records, 1_700_000_000_000);
+        assert!(batch::validate(&batch, 1 << 20).is_ok(), "a valid v2 batch");
+        assert_eq!(decode_batch(&batch), (records, 0));
+    }
+
+    #[test]
+    fn truncated_consumer_values_are_skipped_never_misread() {
+        for record in consumer_records() {
+            let (key, Some(value)) = (record.key(), record.value()) else {
+                continue;
+            };
+            for cut in 0..value.len() {
+                assert_eq!(
+                    decode_record(&key, Some(&value[..cut])),
+                    None,
+                    "{record:?} cut at {cut}"
+                );
+            }
+            let mut lying = value.to_vec();
+            lying.splice(2..2, [0x7f, 0xff, 0xff, 0xff]);
+            // A huge count in front of the real fields: rejected without allocating it.
+            let _ = decode_record(&key, Some(&lying));
+        }
     }
 
     #[test]

@@ -25,6 +25,22 @@ pub async fn handle(
             "group authorization failed",
         ));
     }
+    // Kafka's `handleConsumerGroupHeartbeat`: a member may subscribe only to topics it may
+    // describe (a subscription must not reveal which other topics exist).
+    let unauthorized = request
+        .subscribed_topic_names
+        .as_ref()
+        .is_some_and(|names| {
+            names
+                .iter()
+                .any(|name| !context.authorize_topic(Operation::Describe, name))
+        });
+    if unauthorized {
+        return response(&HeartbeatAnswer::error(
+            codes::TOPIC_AUTHORIZATION_FAILED,
+            "Topic authorization failed.",
+        ));
+    }
     if group_id.is_empty() || group_id.len() > GROUP_ID_BYTES_MAX {
         return response(&HeartbeatAnswer::error(
             crate::groups::codes::INVALID_REQUEST,

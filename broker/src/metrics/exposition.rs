@@ -63,6 +63,7 @@ impl Collector for Scrape {
         self.encode_latencies(&mut encoder)?;
         self.encode_shards(&mut encoder)?;
         self.encode_partitions(&mut encoder)?;
+        self.encode_consumer_groups(&mut encoder)?;
         self.encode_group_lag(&mut encoder)
     }
 }
@@ -391,6 +392,29 @@ impl Scrape {
             "ringfeed_partition_series_omitted",
             "Partitions left out of the per-partition series by the cap (Limits::metrics_partition_series_max).",
             [(Labels::new(), omitted as i64)],
+        )
+    }
+
+    /// KIP-848 consumer groups, per coordinator shard.
+    fn encode_consumer_groups(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        counters(
+            encoder,
+            "ringfeed_consumer_group_rebalances",
+            "Group epoch bumps of the consumer-protocol (KIP-848) groups the shard coordinates.",
+            self.shards
+                .iter()
+                .map(|shard| (Self::shard_label(shard), shard.consumer_group_rebalances)),
+        )?;
+        histograms(
+            encoder,
+            "ringfeed_consumer_group_reconciliation_seconds",
+            "Time from a new target assignment of a consumer-protocol group to a member reaching it (its epoch at the target's, nothing left to revoke or wait for).",
+            self.shards.iter().map(|shard| {
+                (
+                    Self::shard_label(shard),
+                    &shard.consumer_group_reconciliation,
+                )
+            }),
         )
     }
 

@@ -86,6 +86,10 @@ pub struct ShardSnapshot {
     pub fetch_sessions: u64,
     pub fetch_session_partitions: u64,
     pub fetch_session_counters: SessionCounters,
+    /// KIP-848 group epoch bumps of the groups this shard coordinates, and how long their
+    /// members took from a new target assignment to reaching it.
+    pub consumer_group_rebalances: u64,
+    pub consumer_group_reconciliation: HistogramBuckets,
     /// The cluster transport's counts, on the shard that runs it (shard 0 among voters).
     pub cluster_transport: Option<crate::cluster::transport::TransportCounts>,
 }

@@ -347,6 +347,14 @@ pub static SETTINGS: &[Setting] = &[
          removed and its partitions reassigned.",
     ),
     row(
+        "group.consumer.max.size",
+        "1000",
+        integer(1, 1000),
+        "Members a consumer-protocol group (KIP-848) may hold; a join beyond it is answered \
+         GROUP_MAX_SIZE_REACHED. Kafka's default is unbounded; here 1,000 is the ceiling, as \
+         every member costs coordinator memory and assignor work.",
+    ),
+    row(
         "group.consumer.heartbeat.interval.ms",
         "5000",
         integer(1, INT_MAX),

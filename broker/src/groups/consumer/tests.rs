@@ -2,9 +2,15 @@
 //! join, heartbeat, leave and crash in a seeded random order, each client owning exactly what
 //! the last answer assigned it. Safety: no partition is owned by two live clients at once.
 //! Liveness: once the churn stops, a few heartbeat rounds leave every partition owned and
-//! the group `Stable`. Plus the request rules and fencing of KIP-848 one by one.
+//! the group `Stable`. Persistence: every change is written as records, through the offsets
+//! log's encoding, to a replica that must equal the group after each step; a restart rebuilds
+//! the group from the whole log or a checkpoint, and its clients carry on without a rebalance.
+//! Plus the request rules and fencing of KIP-848 one by one.
 
 use super::*;
+use crate::groups::records::{
+    decode_batch, encode_batch, CurrentAssignmentValue, MemberMetadataValue, OffsetsRecord,
+};
 use proptest::prelude::*;
 
 const TOPIC: &str = "t";
@@ -14,6 +20,7 @@ fn rules() -> ConsumerRules {
     ConsumerRules {
         session_timeout: Duration::from_secs(45),
         heartbeat_interval: Duration::from_secs(5),
+        max_size: GROUP_SIZE_MAX,
     }
 }
 
@@ -49,6 +56,59 @@ struct Sim {
     group: ConsumerGroup,
     clients: BTreeMap<usize, Client>,
     now: Instant,
+    /// Every record the group has written, through the offsets log's encoding.
+    log: Vec<OffsetsRecord>,
+    /// A copy kept only by replaying `log` as it grows.
+    replica: ConsumerGroup,
+}
+
+/// The state persistence must carry over: everything but the timers.
+type Persisted = (
+    i32,
+    i32,
+    Option<&'static str>,
+    BTreeMap<String, i32>,
+    BTreeMap<String, Assignment>,
+    BTreeMap<String, (MemberMetadataValue, CurrentAssignmentValue)>,
+    BTreeMap<(String, i32), String>,
+);
+
+fn persisted(group: &ConsumerGroup) -> Persisted {
+    (
+        group.group_epoch,
+        group.assignment_epoch,
+        group.assignor.map(Assignor::name),
+        group.subscribed_partitions.clone(),
+        group
+            .target
+            .iter()
+            .filter(|(_, a)| !a.is_empty())
+            .map(|(id, a)| (id.clone(), a.clone()))
+            .collect(),
+        group
+            .members
+            .iter()
+            .map(|(id, m)| (id.clone(), persist::member_values(m)))
+            .collect(),
+        group.owners.clone(),
+    )
+}
+
+/// `records` through one stored batch and back, applied to `group`.
+fn replay_into(group: &mut ConsumerGroup, records: &[OffsetsRecord], now: Instant) {
+    if records.is_empty() {
+        return;
+    }
+    let (decoded, skipped) = decode_batch(&encode_batch(records, 0));
+    assert_eq!(skipped, 0);
+    assert_eq!(decoded, records);
+    for record in decoded {
+        let OffsetsRecord::Consumer(record) = record else {
+            panic!("only consumer records here");
+        };
+        group.replay(record, &rules(), now);
+    }
+    group.assert_consistent();
 }
 
 impl Sim {
@@ -57,6 +117,55 @@ impl Sim {
             group: ConsumerGroup::default(),
             clients: BTreeMap::new(),
             now: Instant::now(),
+            log: Vec::new(),
+            replica: ConsumerGroup::default(),
+        }
+    }
+
+    /// Writes what changed; the replica replaying it must equal the group.
+    fn write(&mut self) {
+        let records: Vec<OffsetsRecord> = self
+            .group
+            .take_records("g")
+            .into_iter()
+            .map(OffsetsRecord::Consumer)
+            .collect();
+        replay_into(&mut self.replica, &records, self.now);
+        self.log.extend(records);
+        assert_eq!(persisted(&self.replica), persisted(&self.group));
+    }
+
+    /// The broker restarts: the group is rebuilt from the whole log or, alternately, from a
+    /// checkpoint (`all_records`). Clients carry on heartbeating with what they had.
+    fn restart(&mut self, from_checkpoint: bool) {
+        self.write();
+        let mut restarted = ConsumerGroup::default();
+        if from_checkpoint {
+            let records: Vec<OffsetsRecord> = self
+                .group
+                .all_records("g")
+                .into_iter()
+                .map(OffsetsRecord::Consumer)
+                .collect();
+            replay_into(&mut restarted, &records, self.now);
+        } else {
+            let log = self.log.clone();
+            replay_into(&mut restarted, &log, self.now);
+        }
+        assert_eq!(persisted(&restarted), persisted(&self.group));
+        assert!(
+            restarted.take_records("g").is_empty(),
+            "replay is not a change"
+        );
+        let epoch = self.group.group_epoch;
+        self.group = restarted;
+        // A heartbeat of a member that was stable is no rebalance.
+        if let Some((&index, _)) = self.clients.iter().next() {
+            self.heartbeat(index);
+            assert_eq!(
+                self.group.group_epoch, epoch,
+                "no rebalance after a restart"
+            );
         }
     }
 
@@ -71,12 +180,18 @@ impl Sim {
         )
     }
 
+    fn send_and_write(&mut self, request: HeartbeatRequest) -> HeartbeatAnswer {
+        let answer = self.send(request);
+        self.write();
+        answer
+    }
+
     fn join(&mut self, index: usize) {
         if self.clients.contains_key(&index) {
             return;
         }
         let member_id = format!("member-{index}");
-        let answer = self.send(join(&member_id));
+        let answer = self.send_and_write(join(&member_id));
         assert_eq!(answer.error_code, 0, "{answer:?}");
         let client = Client {
             member_id,
@@ -94,7 +209,7 @@ impl Sim {
         let Some(client) = self.clients.get(&index).cloned() else {
             return;
         };
-        let answer = self.send(HeartbeatRequest {
+        let answer = self.send_and_write(HeartbeatRequest {
             member_id: client.member_id.clone(),
             member_epoch: client.epoch,
             rebalance_timeout_ms: -1,
@@ -115,7 +230,7 @@ impl Sim {
         let Some(client) = self.clients.remove(&index) else {
             return;
         };
-        let answer = self.send(HeartbeatRequest {
+        let answer = self.send_and_write(HeartbeatRequest {
             member_id: client.member_id,
             member_epoch: LEAVE_EPOCH,
             ..HeartbeatRequest::default()
@@ -135,6 +250,7 @@ impl Sim {
             member.session_deadline = self.now;
             let expired = self.group.tick(self.now);
             assert_eq!(expired, vec![client.member_id]);
+            self.write();
         }
     }
 
@@ -191,6 +307,7 @@ enum Op {
     Heartbeat(usize),
     Leave(usize),
     Crash(usize),
+    Restart { from_checkpoint: bool },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -199,6 +316,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0_usize..6).prop_map(Op::Heartbeat),
         1 => (0_usize..6).prop_map(Op::Leave),
         1 => (0_usize..6).prop_map(Op::Crash),
+        1 => any::<bool>().prop_map(|from_checkpoint| Op::Restart { from_checkpoint }),
     ]
 }
 
@@ -212,10 +330,59 @@ proptest! {
                 Op::Heartbeat(i) => sim.heartbeat(i),
                 Op::Leave(i) => sim.leave(i),
                 Op::Crash(i) => sim.crash(i),
+                Op::Restart { from_checkpoint } => sim.restart(from_checkpoint),
             }
         }
         sim.settle();
     }
+}
+
+#[test]
+fn reconciliation_time_runs_from_the_new_target_to_the_member_reaching_it() {
+    let mut sim = Sim::new();
+    sim.join(0);
+    assert_eq!(
+        sim.group.reconciled,
+        vec![Duration::ZERO],
+        "a lone join is at once"
+    );
+    sim.group.reconciled.clear();
+    sim.now += Duration::from_secs(1);
+    // The second join bumps the epoch: member 1 waits for member 0 to revoke half.
+    sim.join(1);
+    assert!(
+        sim.group.reconciled.is_empty(),
+        "member 1 waits for partitions"
+    );
+    sim.now += Duration::from_secs(2);
+    sim.heartbeat(0); // told to revoke
+    sim.now += Duration::from_secs(3);
+    sim.heartbeat(0); // revoked: at the target, 5 s after it was computed
+    sim.heartbeat(1); // its partitions are free now
+    assert_eq!(
+        sim.group.reconciled,
+        vec![Duration::from_secs(5), Duration::from_secs(5)]
+    );
+}
+
+#[test]
+fn a_join_beyond_group_consumer_max_size_is_refused() {
+    let mut group = ConsumerGroup::default();
+    let rules = ConsumerRules {
+        max_size: 2,
+        ..rules()
+    };
+    let now = Instant::now();
+    let send = |group: &mut ConsumerGroup, member: &str| {
+        group.heartbeat(join(member), 1, &counts, || unreachable!(), &rules, now)
+    };
+    assert_eq!(send(&mut group, "a").error_code, 0);
+    assert_eq!(send(&mut group, "b").error_code, 0);
+    let refused = send(&mut group, "c");
+    assert_eq!(refused.error_code, group_codes::GROUP_MAX_SIZE_REACHED);
+    assert!(!group.members.contains_key("c"));
+    // A member already in the group rejoining is no new member.
+    assert_eq!(send(&mut group, "a").error_code, 0);
 }
 
 #[test]
