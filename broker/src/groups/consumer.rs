@@ -146,7 +146,7 @@ pub struct ConsumerGroup {
     /// Every partition held (assigned or pending revocation), and by whom.
     owners: BTreeMap<(String, i32), String>,
     /// What changed since the last [`ConsumerGroup::take_records`] (see `persist`).
-    changes: persist::Changes,
+    changes: changes::Changes,
     /// When the current target assignment was computed (or replayed).
     target_since: Option<Instant>,
     /// How long members took from a new target assignment to reaching it (epoch at the
@@ -244,7 +244,7 @@ impl ConsumerGroup {
         now: Instant,
     ) -> HeartbeatAnswer {
         let asked_id = request.member_id.clone();
-        let before = self.members.get(&asked_id).map(persist::member_values);
+        let before = self.members.get(&asked_id).map(record_values);
         let mut answer =
             self.heartbeat_checked(request, version, partitions, new_member_id, rules, now);
         let member_id = if answer.member_id.is_empty() {
@@ -252,8 +252,11 @@ impl ConsumerGroup {
         } else {
             answer.member_id.clone()
         };
-        self.changes
-            .note_member(&member_id, before, self.members.get(&member_id));
+        self.changes.note_member(
+            &member_id,
+            before,
+            self.members.get(&member_id).map(record_values),
+        );
         answer.heartbeat_interval_ms =
             i32::try_from(rules.heartbeat_interval.as_millis()).unwrap_or(i32::MAX);
         self.assert_consistent();
@@ -720,6 +723,34 @@ fn validate(request: &HeartbeatRequest, version: i16) -> Result<(), HeartbeatAns
     Ok(())
 }
 
+/// A member as its two records hold it.
+fn record_values(member: &ConsumerMember) -> changes::MemberValues {
+    let metadata = crate::groups::records::MemberMetadataValue {
+        instance_id: member.instance_id.clone(),
+        rack_id: member.rack_id.clone(),
+        client_id: member.client_id.clone(),
+        client_host: member.client_host.clone(),
+        subscribed_topics: member.subscribed_topics.iter().cloned().collect(),
+        subscribed_regex: None,
+        rebalance_timeout_ms: i32::try_from(member.rebalance_timeout.as_millis())
+            .unwrap_or(i32::MAX),
+        server_assignor: member.server_assignor.clone(),
+    };
+    let current = crate::groups::records::CurrentAssignmentValue {
+        member_epoch: member.member_epoch,
+        previous_epoch: member.previous_epoch,
+        state: match member.state {
+            MemberState::Stable => 0,
+            MemberState::UnrevokedPartitions => 1,
+            MemberState::UnreleasedPartitions => 2,
+        },
+        assigned: member.assigned.clone(),
+        pending_revocation: member.pending_revocation.clone(),
+    };
+    (metadata, current)
+}
+
+mod changes;
 mod persist;
 
 #[cfg(test)]

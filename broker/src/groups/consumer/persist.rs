@@ -7,106 +7,14 @@
 //! records only. Replay keeps the epochs: members that go on heartbeating continue without a
 //! rebalance, their session timers restarted from the replay.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Instant;
 
-use super::{partitions_of, ConsumerGroup, ConsumerMember, ConsumerRules, MemberState};
-use crate::groups::assignor::{Assignment, Assignor};
-use crate::groups::records::{
-    ConsumerGroupValue, ConsumerRecord, CurrentAssignmentValue, MemberMetadataValue,
-    TargetMetadataValue,
+use super::{
+    partitions_of, record_values, ConsumerGroup, ConsumerMember, ConsumerRules, MemberState,
 };
-
-/// What changed since the records were last taken.
-#[derive(Clone, Debug, Default)]
-pub(super) struct Changes {
-    /// (group epoch, assignment epoch) as last written or replayed.
-    written_epochs: (i32, i32),
-    metadata: BTreeSet<String>,
-    current: BTreeSet<String>,
-    targets: BTreeSet<String>,
-    removed: BTreeSet<String>,
-}
-
-/// A member as its two records hold it.
-pub(super) fn member_values(
-    member: &ConsumerMember,
-) -> (MemberMetadataValue, CurrentAssignmentValue) {
-    let metadata = MemberMetadataValue {
-        instance_id: member.instance_id.clone(),
-        rack_id: member.rack_id.clone(),
-        client_id: member.client_id.clone(),
-        client_host: member.client_host.clone(),
-        subscribed_topics: member.subscribed_topics.iter().cloned().collect(),
-        subscribed_regex: None,
-        rebalance_timeout_ms: i32::try_from(member.rebalance_timeout.as_millis())
-            .unwrap_or(i32::MAX),
-        server_assignor: member.server_assignor.clone(),
-    };
-    let current = CurrentAssignmentValue {
-        member_epoch: member.member_epoch,
-        previous_epoch: member.previous_epoch,
-        state: match member.state {
-            MemberState::Stable => 0,
-            MemberState::UnrevokedPartitions => 1,
-            MemberState::UnreleasedPartitions => 2,
-        },
-        assigned: member.assigned.clone(),
-        pending_revocation: member.pending_revocation.clone(),
-    };
-    (metadata, current)
-}
-
-impl Changes {
-    /// The member a heartbeat was about, before and after it.
-    pub(super) fn note_member(
-        &mut self,
-        member_id: &str,
-        before: Option<(MemberMetadataValue, CurrentAssignmentValue)>,
-        after: Option<&ConsumerMember>,
-    ) {
-        let Some(after) = after else {
-            return; // removed: `removed` noted it
-        };
-        let (metadata, current) = member_values(after);
-        let (metadata_changed, current_changed) = match before {
-            Some((old_metadata, old_current)) => (old_metadata != metadata, old_current != current),
-            None => (true, true),
-        };
-        if metadata_changed {
-            self.metadata.insert(member_id.to_string());
-        }
-        if current_changed {
-            self.current.insert(member_id.to_string());
-        }
-    }
-
-    /// The member left the group (or its id was taken over by a static replacement).
-    pub(super) fn removed(&mut self, member_id: &str) {
-        self.metadata.remove(member_id);
-        self.current.remove(member_id);
-        self.targets.remove(member_id);
-        self.removed.insert(member_id.to_string());
-    }
-
-    /// The target of a member was set without a new computation (a static replacement).
-    pub(super) fn target_moved(&mut self, member_id: &str) {
-        self.targets.insert(member_id.to_string());
-    }
-
-    /// A new target assignment: the members whose target differs.
-    pub(super) fn note_target(
-        &mut self,
-        old: &BTreeMap<String, Assignment>,
-        new: &BTreeMap<String, Assignment>,
-    ) {
-        for member_id in old.keys().chain(new.keys()) {
-            if old.get(member_id) != new.get(member_id) {
-                self.targets.insert(member_id.clone());
-            }
-        }
-    }
-}
+use crate::groups::assignor::{Assignment, Assignor};
+use crate::groups::records::{ConsumerGroupValue, ConsumerRecord, TargetMetadataValue};
 
 fn state_of(code: i8) -> MemberState {
     match code {
@@ -154,7 +62,7 @@ impl ConsumerGroup {
                 out.push(ConsumerRecord::Member {
                     group: group.to_string(),
                     member_id: member_id.clone(),
-                    value: Some(member_values(member).0),
+                    value: Some(record_values(member).0),
                 });
             }
         }
@@ -171,7 +79,7 @@ impl ConsumerGroup {
                 out.push(ConsumerRecord::Current {
                     group: group.to_string(),
                     member_id: member_id.clone(),
-                    value: Some(member_values(member).1),
+                    value: Some(record_values(member).1),
                 });
             }
         }
@@ -183,7 +91,7 @@ impl ConsumerGroup {
     pub fn all_records(&self, group: &str) -> Vec<ConsumerRecord> {
         let mut out = vec![self.group_record(group), self.target_record(group)];
         for (member_id, member) in &self.members {
-            let (metadata, current) = member_values(member);
+            let (metadata, current) = record_values(member);
             out.push(ConsumerRecord::Member {
                 group: group.to_string(),
                 member_id: member_id.clone(),

@@ -88,7 +88,7 @@ fn persisted(group: &ConsumerGroup) -> Persisted {
         group
             .members
             .iter()
-            .map(|(id, m)| (id.clone(), persist::member_values(m)))
+            .map(|(id, m)| (id.clone(), super::record_values(m)))
             .collect(),
         group.owners.clone(),
     )
