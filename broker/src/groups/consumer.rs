@@ -211,7 +211,12 @@ impl ConsumerGroup {
             .map(String::as_str)
     }
 
-    /// `OffsetCommit` / `OffsetFetch` admission of a member by its epoch.
+    /// `OffsetCommit` / `OffsetFetch` admission of a member by its epoch. The member's
+    /// previous epoch is admitted too: a heartbeat answer that moved it on is sent only once
+    /// the change is durable, and a commit sent meanwhile carries the epoch before. That is
+    /// safe because a member's epoch moves on only after its revocations are acknowledged,
+    /// so since its previous epoch it has gained partitions, never lost one (the reasoning
+    /// of Kafka's KIP-1251, which tracks it per partition; Kafka 4.1 is strict here).
     pub fn check_member_epoch(&self, member_id: &str, member_epoch: i32) -> Result<(), i16> {
         if member_epoch < 0 && member_id.is_empty() {
             // An admin or simple client: allowed only without members.
@@ -228,6 +233,11 @@ impl ConsumerGroup {
         match member_epoch.cmp(&member.member_epoch) {
             std::cmp::Ordering::Equal => Ok(()),
             std::cmp::Ordering::Greater => Err(FENCED_MEMBER_EPOCH),
+            std::cmp::Ordering::Less
+                if member_epoch == member.previous_epoch && member_epoch > 0 =>
+            {
+                Ok(())
+            }
             std::cmp::Ordering::Less => Err(consumer_codes::STALE_MEMBER_EPOCH),
         }
     }
