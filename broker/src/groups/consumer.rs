@@ -213,10 +213,11 @@ impl ConsumerGroup {
 
     /// `OffsetCommit` / `OffsetFetch` admission of a member by its epoch. The member's
     /// previous epoch is admitted too: a heartbeat answer that moved it on is sent only once
-    /// the change is durable, and a commit sent meanwhile carries the epoch before. That is
-    /// safe because a member's epoch moves on only after its revocations are acknowledged,
-    /// so since its previous epoch it has gained partitions, never lost one (the reasoning
-    /// of Kafka's KIP-1251, which tracks it per partition; Kafka 4.1 is strict here).
+    /// the change is durable, and a commit sent meanwhile carries the epoch before. A member's
+    /// epoch moves on only after it acknowledged its revocations, so such a commit is for
+    /// partitions it still owns; only a client that commits a partition after releasing it
+    /// could slip through. Kafka's KIP-1251 checks this per partition, which we do not yet;
+    /// Kafka 4.1 is strict here.
     pub fn check_member_epoch(&self, member_id: &str, member_epoch: i32) -> Result<(), i16> {
         if member_epoch < 0 && member_id.is_empty() {
             // An admin or simple client: allowed only without members.
