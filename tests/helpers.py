@@ -152,6 +152,63 @@ def read_uvarint(data):
         shift += 7
 
 
+def uvarint(value):
+    """An unsigned varint (the lengths of flexible versions)."""
+    out = b""
+    while value >= 0x80:
+        out += bytes([(value & 0x7F) | 0x80])
+        value >>= 7
+    return out + bytes([value])
+
+
+def compact_bytes(data):
+    """A compact (flexible-version) byte string; None is the null one."""
+    if data is None:
+        return uvarint(0)
+    return uvarint(len(data) + 1) + data
+
+
+def compact_string(text):
+    return compact_bytes(None if text is None else text.encode())
+
+
+def compact_array(items):
+    """A compact array of already-encoded items."""
+    return uvarint(len(items) + 1) + b"".join(items)
+
+
+def tagged(fields=()):
+    """A tagged-field section: `fields` is [(tag, bytes)]."""
+    return uvarint(len(fields)) + b"".join(uvarint(tag) + uvarint(len(data)) + data
+                                           for tag, data in fields)
+
+
+def read_compact_string(data):
+    """Decodes one compact string (None for the null one); returns it and the rest."""
+    length, data = read_uvarint(data)
+    if length == 0:
+        return None, data
+    return data[:length - 1].decode(), data[length - 1:]
+
+
+def flexible_request_frame(api_key, api_version, correlation_id, body, client_id="ringfeed-tests"):
+    """Request header v2: the client id stays a non-compact string, then tagged fields."""
+    header = struct.pack(">hhi", api_key, api_version, correlation_id) + encode_string(client_id) + tagged()
+    payload = header + body
+    return struct.pack(">i", len(payload)) + payload
+
+
+def flexible_call(sock, api_key, version, body, correlation_id):
+    """A flexible-version request whose body the caller encoded; returns the response body
+    after the header (v1: correlation id, no tagged fields)."""
+    sock.sendall(flexible_request_frame(api_key, version, correlation_id, body))
+    answer = read_frame(sock)
+    assert answer is not None, f"api {api_key} v{version}: the broker closed the connection"
+    assert struct.unpack(">i", answer[:4])[0] == correlation_id
+    assert answer[4] == 0, "no tagged fields in the header"
+    return answer[5:]
+
+
 def read_frame(sock):
     """Reads one response frame; returns its body, or None if the broker closed the connection."""
     size_bytes = read_exactly(sock, 4)

@@ -11,7 +11,7 @@ import time
 from confluent_kafka import Producer
 
 import helpers
-from helpers import create_topic
+from helpers import compact_string, create_topic, read_compact_string, uvarint
 
 MESSAGES = 30
 
@@ -56,26 +56,6 @@ def describe_producers(bootstrap, topics):
         rest = rest[1:]
     assert rest == b"\x00", rest
     return found
-
-
-def uvarint(value):
-    out = b""
-    while value >= 0x80:
-        out += bytes([(value & 0x7F) | 0x80])
-        value >>= 7
-    return out + bytes([value])
-
-
-def compact_string(text):
-    data = text.encode()
-    return uvarint(len(data) + 1) + data
-
-
-def read_compact_string(data):
-    length, data = helpers.read_uvarint(data)
-    if length == 0:
-        return None, data
-    return data[:length - 1].decode(), data[length - 1:]
 
 
 def first_batch_producer(bootstrap, topic, partition):

@@ -9,21 +9,9 @@ import struct
 from confluent_kafka import TopicCollection
 
 import helpers
-from helpers import admin, create_topic
+from helpers import admin, compact_string, create_topic, read_compact_string
 
 UNKNOWN_TOPIC_OR_PARTITION = 3
-
-
-def compact_string(text):
-    data = text.encode()
-    return bytes([len(data) + 1]) + data
-
-
-def read_compact_string(data):
-    length, data = helpers.read_uvarint(data)
-    if length == 0:
-        return None, data
-    return data[:length - 1].decode(), data[length - 1:]
 
 
 def read_int32s(data):

@@ -18,20 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "reliability"))
 
 import hostile  # noqa: E402
 from conftest import Broker  # noqa: E402
-from helpers import connect, create_topic, consume_partition, encode_string, make_messages, produce, read_frame  # noqa: E402
+from helpers import connect, create_topic, consume_partition, encode_string, flexible_request_frame, make_messages, produce, read_frame  # noqa: E402
 
 # Room for the broker's own mappings (about 200 MiB of address space per shard at start)
 # and far below what a hostile count asks for (2^31 elements of tens of bytes each).
 ADDRESS_SPACE_LIMIT_BYTES = 4 << 30
 INT32_MAX = 0x7FFF_FFFF
 UNSIGNED_VARINT_MAX = bytes([0xFF, 0xFF, 0xFF, 0xFF, 0x0F])  # 2^32 - 1: compact count 2^32 - 2
-
-
-def flexible_request_frame(api_key, api_version, correlation_id, body, client_id="ringfeed-tests"):
-    """Request header v2: v1 plus an empty tagged-field section."""
-    header = struct.pack(">hhi", api_key, api_version, correlation_id) + encode_string(client_id) + b"\0"
-    payload = header + body
-    return struct.pack(">i", len(payload)) + payload
 
 
 def plain_request_frame(api_key, api_version, correlation_id, body):

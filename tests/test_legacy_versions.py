@@ -27,6 +27,7 @@ from kafka.protocol.metadata import MetadataRequest
 from kafka.structs import OffsetAndMetadata
 
 import helpers
+from helpers import compact_string, flexible_call, read_compact_string, uvarint
 
 FAST_GROUPS = ["--group-initial-rebalance-delay-ms", "300"]
 PINS = [(0, 10), (0, 11), (1, 0), (2, 0)]
@@ -323,22 +324,6 @@ def test_create_topics_v1_validate_only_creates_nothing(legacy_broker):
     sock.close()
 
 
-def uvarint(value):
-    out = b""
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out += bytes([byte | 0x80])
-        else:
-            return out + bytes([byte])
-
-
-def compact_string(text):
-    data = text.encode()
-    return uvarint(len(data) + 1) + data
-
-
 def list_offsets_flexible(sock, version, topic, timestamp, correlation_id):
     """One ListOffsets v6+ request (flexible: compact fields, tagged fields), for the versions
     kafka-python does not know (8: max timestamp, 9: earliest local, 10: timeout). Returns
@@ -376,24 +361,6 @@ def test_list_offsets_v8_to_v10(legacy_broker):
     assert list_offsets_flexible(sock, 9, "stamped", -4, 2)[::2] == (0, 0)
     assert list_offsets_flexible(sock, 10, "stamped", -1, 3)[::2] == (0, 3)
     sock.close()
-
-
-def flexible_call(sock, api_key, version, body, correlation_id):
-    """A flexible-version request (header v2) whose body the caller encoded; returns the
-    response body after the header (v1: correlation id, tagged fields)."""
-    header = struct.pack(">hhi", api_key, version, correlation_id) + helpers.encode_string("ringfeed-tests") + b"\x00"
-    payload = header + body
-    sock.sendall(struct.pack(">i", len(payload)) + payload)
-    answer = helpers.read_frame(sock)
-    assert answer is not None, f"api {api_key} v{version}: the broker closed the connection"
-    assert struct.unpack(">i", answer[:4])[0] == correlation_id
-    assert answer[4] == 0, "no tagged fields in the header"
-    return answer[5:]
-
-
-def read_compact_string(data):
-    length = data[0] - 1  # one-byte lengths only: the strings here are short
-    return data[1:1 + length].decode(), data[1 + length:]
 
 
 def test_kafka_4_1_additions_describe_cluster_v2_and_describe_groups_v6(legacy_broker):

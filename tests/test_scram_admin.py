@@ -14,6 +14,7 @@ from confluent_kafka.admin import (AdminClient, ScramCredentialInfo, ScramMechan
                                    UserScramCredentialDeletion, UserScramCredentialUpsertion)
 
 import helpers
+from helpers import compact_array, compact_bytes
 from conftest import ringfeed_binary
 from test_acls import AUTHORIZER
 from test_security import create_user, listener_ports, sasl_authenticate, sasl_handshake
@@ -163,25 +164,6 @@ def test_with_acls_on_only_alter_and_describe_on_the_cluster_may(start_broker, t
 
 
 # --- Raw requests: the cases a client library does not send ---
-
-def uvarint(value):
-    out = b""
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out += bytes([byte | 0x80])
-        else:
-            return out + bytes([byte])
-
-
-def compact_bytes(data):
-    return uvarint(len(data) + 1) + data
-
-
-def compact_array(items):
-    return uvarint(len(items) + 1) + b"".join(items)
-
 
 def upsertion(user, mechanism, iterations, salt, salted):
     return (compact_bytes(user.encode()) + struct.pack(">bi", mechanism, iterations)

@@ -16,8 +16,9 @@ import pytest
 from confluent_kafka import Producer, TopicCollection
 from confluent_kafka.admin import AdminClient
 
-from helpers import (call, connect, create_topic, fetch_v4_body, make_messages, produce,
-                     read_frame, request_frame)
+from helpers import (compact_array, compact_string, connect, create_topic, fetch_v4_body,
+                     flexible_request_frame, make_messages, produce, read_frame, request_frame,
+                     tagged, uvarint)
 from kafka.protocol.fetch import FetchResponse
 from kafka.record.default_records import DefaultRecordBatchBuilder
 from kafka.record.memory_records import MemoryRecords
@@ -28,43 +29,6 @@ FETCH_SESSION_TOPIC_ID_ERROR = 106
 
 
 # --- flexible-version wire helpers -------------------------------------------------------
-
-def uvarint(value):
-    out = b""
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out += bytes([byte | 0x80])
-        else:
-            return out + bytes([byte])
-
-
-def compact_string(text):
-    if text is None:
-        return uvarint(0)
-    data = text.encode()
-    return uvarint(len(data) + 1) + data
-
-
-def compact_array(items):
-    return uvarint(len(items) + 1) + b"".join(items)
-
-
-def tagged(fields=()):
-    """A tagged-field section: `fields` is [(tag, bytes)]."""
-    return uvarint(len(fields)) + b"".join(uvarint(tag) + uvarint(len(data)) + data
-                                           for tag, data in fields)
-
-
-def flexible_frame(api_key, version, correlation_id, body, client_id="ringfeed-tests"):
-    """Request header v2: the client id stays a non-compact string, then tagged fields."""
-    data = client_id.encode()
-    header = (struct.pack(">hhih", api_key, version, correlation_id, len(data)) + data
-              + tagged())
-    payload = header + body
-    return struct.pack(">i", len(payload)) + payload
-
 
 class Reader:
     def __init__(self, data):
@@ -114,7 +78,7 @@ class Reader:
 
 
 def flexible_call(sock, api_key, version, body, correlation_id):
-    sock.sendall(flexible_frame(api_key, version, correlation_id, body))
+    sock.sendall(flexible_request_frame(api_key, version, correlation_id, body))
     response = read_frame(sock)
     assert response is not None, "the broker closed the connection"
     reader = Reader(response)
