@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::topic_config::TopicConfig;
@@ -27,6 +28,9 @@ impl std::fmt::Display for TopicPartition {
 #[derive(Debug)]
 pub struct TopicMetadata {
     pub name: Arc<str>,
+    /// The same name as shared bytes: a Fetch or Produce by topic id (v13+) names the topic
+    /// with a reference count, not a new string per topic per request.
+    pub name_bytes: Bytes,
     pub id: Uuid,
     /// `partition_shards[p]` is the shard that owns partition `p` (on its broker).
     pub partition_shards: Vec<usize>,

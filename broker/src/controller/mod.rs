@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::cluster::controller_group::{ControllerGroup, ProposalError};
@@ -441,6 +442,7 @@ pub fn build_snapshot(state: &ClusterState, rules: &PlacementRules) -> MetadataS
                 })
                 .collect();
             let topic = TopicMetadata {
+                name_bytes: Bytes::copy_from_slice(name.as_bytes()),
                 name: name.clone(),
                 id: Uuid::from_bytes(record.id),
                 partition_shards: record

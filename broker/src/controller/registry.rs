@@ -27,6 +27,10 @@ use crate::controller::store::{BrokerRecord, ClusterState};
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Bytes a heartbeat may take (a registration with a handful of listeners is ~200).
 pub const HEARTBEAT_BYTES_MAX: usize = 16 << 10;
+/// Shards a broker may declare: placement scans every shard of a broker for the least
+/// loaded one, so a peer's count is bounded before it is believed (hosts have at most a few
+/// hundred cores today).
+pub const SHARD_COUNT_MAX: u32 = 4096;
 const MAGIC: [u8; 4] = *b"RFHB";
 const VERSION: u16 = 1;
 const HEADER_BYTES: usize = 4 + 2 + 4;
@@ -78,7 +82,16 @@ impl BrokerHeartbeat {
         }
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
         aligned.extend_from_slice(payload);
-        rkyv::from_bytes::<Self, rancor::Error>(&aligned).map_err(|error| error.to_string())
+        let heartbeat =
+            rkyv::from_bytes::<Self, rancor::Error>(&aligned).map_err(|error| error.to_string())?;
+        let shards = heartbeat.registration.shard_count;
+        if !(1..=SHARD_COUNT_MAX).contains(&shards) {
+            return Err(format!(
+                "broker {} declares {shards} shards, not within 1..={SHARD_COUNT_MAX}",
+                heartbeat.registration.node_id
+            ));
+        }
+        Ok(heartbeat)
     }
 }
 
@@ -195,6 +208,27 @@ mod tests {
             rack: None,
             shard_count: 2,
             fenced: false,
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_declaring_no_shards_or_too_many_is_refused() {
+        for (shards, accepted) in [
+            (0, false),
+            (1, true),
+            (SHARD_COUNT_MAX, true),
+            (SHARD_COUNT_MAX + 1, false),
+            (u32::MAX, false),
+        ] {
+            let heartbeat = BrokerHeartbeat {
+                registration: BrokerRecord {
+                    shard_count: shards,
+                    ..broker(1, 1)
+                },
+                wants_offsets_topic: false,
+            };
+            let decoded = BrokerHeartbeat::decode(&heartbeat.encode());
+            assert_eq!(decoded.is_ok(), accepted, "{shards} shards: {decoded:?}");
         }
     }
 

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use kafka_protocol::messages::ApiKey;
+use kafka_protocol::messages::{ApiKey, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::acl::model::{Operation, ResourceType, CLUSTER_RESOURCE_NAME};
@@ -33,7 +33,7 @@ use crate::config::BrokerConfig;
 use crate::controller::{ControllerCall, ControllerReply};
 use crate::fetch_sessions::FetchSessionCache;
 use crate::groups::{GroupAddress, GroupCoordinator};
-use crate::metadata::MetadataView;
+use crate::metadata::{MetadataView, TopicMetadata};
 use crate::metrics::ShardMetrics;
 use crate::shard::{Router, ShardServices};
 use crate::shutdown::ShutdownSignal;
@@ -145,6 +145,15 @@ impl RequestContext {
 /// Shorthand for the codec's string type.
 pub fn str_bytes(text: &str) -> StrBytes {
     StrBytes::from_string(text.to_string())
+}
+
+/// A topic's name for a request or response, sharing the metadata's bytes (no copy).
+pub fn topic_name(topic: &TopicMetadata) -> TopicName {
+    // The bytes were made from a `str`; the check costs a scan of a short name, not an
+    // allocation, and keeps this free of `unsafe`.
+    let name = StrBytes::from_utf8(topic.name_bytes.clone())
+        .unwrap_or_else(|_| StrBytes::from_string(topic.name.to_string()));
+    TopicName(name)
 }
 
 /// A context a handler takes, built from the shard's services by the dispatcher.

@@ -23,14 +23,13 @@ use std::time::Duration;
 
 use crate::acl::model::Operation;
 use crate::budgets::ByteBudget;
-use crate::handlers::context::{PartitionAccess, RequestContext};
+use crate::handlers::context::{topic_name, PartitionAccess, RequestContext};
 use crate::handlers::{Answer, ResponseFrame};
 use bytes::Bytes;
 use futures::future::{join_all, select, select_all, Either};
 use futures::FutureExt;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
 use crate::codec::CodecError;
 use crate::error_codes as codes;
@@ -229,7 +228,7 @@ fn resolve_topic_ids(
     let mut unknown = Vec::new();
     request.topics.retain_mut(|topic| {
         if let Some(metadata) = snapshot.topic_by_id(topic.topic_id) {
-            topic.topic = TopicName(StrBytes::from_string(metadata.name.to_string()));
+            topic.topic = topic_name(metadata);
             true
         } else {
             unknown.push(refused_topic(topic, codes::UNKNOWN_TOPIC_ID));

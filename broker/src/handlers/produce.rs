@@ -18,11 +18,10 @@ use kafka_protocol::messages::produce_response::{
     LeaderIdAndEpoch, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse, TopicName};
-use kafka_protocol::protocol::StrBytes;
 
 use crate::acl::model::Operation;
 use crate::error_codes as codes;
-use crate::handlers::context::{PartitionAccess, RequestContext};
+use crate::handlers::context::{topic_name, PartitionAccess, RequestContext};
 use crate::message_format;
 use crate::metadata::{MetadataSnapshot, TopicPartition};
 use crate::partition::{self, ProduceOrigin, ProduceOutcome};
@@ -64,7 +63,7 @@ pub fn dispatch(
         let refusal = if rules.version >= PRODUCE_VERSION_TOPIC_IDS_MIN {
             match snapshot.topic_by_id(topic.topic_id) {
                 Some(metadata) => {
-                    topic.name = TopicName(StrBytes::from_string(metadata.name.to_string()));
+                    topic.name = topic_name(metadata);
                     None
                 }
                 None => Some(codes::UNKNOWN_TOPIC_ID),
