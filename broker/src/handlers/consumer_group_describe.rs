@@ -13,6 +13,7 @@ use kafka_protocol::messages::{
 use crate::acl::model::{Operation, ResourceType};
 use crate::groups::assignor::Assignment as Partitions;
 use crate::groups::{codes, ConsumerGroupDescription};
+use crate::handlers::consumer_group_heartbeat::assigned_topics;
 use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
 use crate::metadata::MetadataSnapshot;
 
@@ -96,16 +97,13 @@ fn described(
 }
 
 fn assignment(snapshot: &MetadataSnapshot, partitions: &Partitions) -> Assignment {
-    let topic_partitions = partitions
-        .iter()
-        .filter_map(|(name, set)| {
-            let topic = snapshot.topic(name)?;
-            Some(
-                TopicPartitions::default()
-                    .with_topic_id(topic.id)
-                    .with_topic_name(TopicName(str_bytes(name)))
-                    .with_partitions(set.iter().copied().collect()),
-            )
+    let topic_partitions = assigned_topics(snapshot, partitions)
+        .into_iter()
+        .map(|topic| {
+            TopicPartitions::default()
+                .with_topic_id(topic.topic_id)
+                .with_topic_name(TopicName(str_bytes(topic.name)))
+                .with_partitions(topic.partitions)
         })
         .collect();
     Assignment::default().with_topic_partitions(topic_partitions)

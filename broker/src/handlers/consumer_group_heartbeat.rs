@@ -103,17 +103,39 @@ fn response(answer: &HeartbeatAnswer) -> ConsumerGroupHeartbeatResponse {
         .with_heartbeat_interval_ms(answer.heartbeat_interval_ms)
 }
 
-/// Names to topic ids; a topic deleted since the assignment was made is left out.
-fn wire_assignment(snapshot: &MetadataSnapshot, partitions: &Partitions) -> Assignment {
-    let topic_partitions = partitions
+/// An assigned topic as both consumer-group APIs answer it.
+pub struct AssignedTopic<'a> {
+    pub topic_id: uuid::Uuid,
+    pub name: &'a str,
+    pub partitions: Vec<i32>,
+}
+
+/// Names to topic ids (`ConsumerGroupHeartbeat` and `ConsumerGroupDescribe`); a topic deleted
+/// since the assignment was made is left out.
+pub fn assigned_topics<'a>(
+    snapshot: &MetadataSnapshot,
+    partitions: &'a Partitions,
+) -> Vec<AssignedTopic<'a>> {
+    partitions
         .iter()
         .filter_map(|(name, set)| {
             let topic = snapshot.topic(name)?;
-            Some(
-                TopicPartitions::default()
-                    .with_topic_id(topic.id)
-                    .with_partitions(set.iter().copied().collect()),
-            )
+            Some(AssignedTopic {
+                topic_id: topic.id,
+                name,
+                partitions: set.iter().copied().collect(),
+            })
+        })
+        .collect()
+}
+
+fn wire_assignment(snapshot: &MetadataSnapshot, partitions: &Partitions) -> Assignment {
+    let topic_partitions = assigned_topics(snapshot, partitions)
+        .into_iter()
+        .map(|topic| {
+            TopicPartitions::default()
+                .with_topic_id(topic.topic_id)
+                .with_partitions(topic.partitions)
         })
         .collect();
     Assignment::default().with_topic_partitions(topic_partitions)
