@@ -39,6 +39,18 @@ pub const LEAVE_EPOCH: i32 = -1;
 /// The member epoch a static member leaves with: its assignment waits for its replacement.
 pub const STATIC_LEAVE_EPOCH: i32 = -2;
 
+/// Topic names one member may subscribe to by name. With `GROUP_SIZE_MAX` members and
+/// names of at most 249 bytes, a group's subscriptions stay under 250 MB even so; the
+/// group-wide bound below keeps them to ~25 MB.
+pub const SUBSCRIBED_TOPICS_PER_MEMBER_MAX: usize = 1_000;
+/// Topic names subscribed by name, summed over a group's members.
+pub const SUBSCRIBED_TOPICS_PER_GROUP_MAX: usize = 100_000;
+/// Partitions a heartbeat may say its member owns (it cannot own more than the target
+/// gave it; this bounds the work on a lying request).
+pub const OWNED_PARTITIONS_PER_MEMBER_MAX: usize = 100_000;
+/// Longest topic name (Kafka's 249).
+const TOPIC_NAME_BYTES_MAX: usize = crate::groups::types::TOPIC_NAME_BYTES_MAX;
+
 /// Timers of consumer groups (`group.consumer.*`).
 #[derive(Clone, Debug)]
 pub struct ConsumerRules {
@@ -296,6 +308,9 @@ impl ConsumerGroup {
         let full_request = request.rebalance_timeout_ms != -1
             && (request.subscribed_topics.is_some() || request.subscribed_regex.is_some())
             && request.owned.is_some();
+        if let Err(message) = self.check_subscription_totals(&request) {
+            return invalid(&message);
+        }
         // A join that also subscribes to new topics is one change of the group: one bump.
         let epoch_before = self.group_epoch;
         if joining {
@@ -721,6 +736,7 @@ fn validate(request: &HeartbeatRequest, version: i16) -> Result<(), HeartbeatAns
             "SubscribedTopicRegex is not supported by this broker yet.",
         ));
     }
+    check_bounds(request)?;
     if let Some(name) = &request.server_assignor {
         if Assignor::from_name(name).is_none() {
             return Err(HeartbeatAnswer::error(
@@ -732,6 +748,56 @@ fn validate(request: &HeartbeatRequest, version: i16) -> Result<(), HeartbeatAns
         }
     }
     Ok(())
+}
+
+/// Bounds on what one heartbeat may carry (network input): names subscribed, their length,
+/// and partitions said to be owned. `INVALID_REQUEST`, as Kafka answers a malformed one.
+fn check_bounds(request: &HeartbeatRequest) -> Result<(), HeartbeatAnswer> {
+    if let Some(names) = &request.subscribed_topics {
+        if names.len() > SUBSCRIBED_TOPICS_PER_MEMBER_MAX {
+            return Err(invalid(&format!(
+                "SubscribedTopicNames has {} topics; at most {SUBSCRIBED_TOPICS_PER_MEMBER_MAX} are accepted.",
+                names.len()
+            )));
+        }
+        if names.iter().any(|n| n.len() > TOPIC_NAME_BYTES_MAX) {
+            return Err(invalid(&format!(
+                "SubscribedTopicNames has a name longer than {TOPIC_NAME_BYTES_MAX} bytes."
+            )));
+        }
+    }
+    let owned = request
+        .owned
+        .as_ref()
+        .map_or(0, |o| o.values().map(BTreeSet::len).sum::<usize>());
+    if owned > OWNED_PARTITIONS_PER_MEMBER_MAX {
+        return Err(invalid(&format!(
+            "TopicPartitions has {owned} partitions; at most {OWNED_PARTITIONS_PER_MEMBER_MAX} are accepted."
+        )));
+    }
+    Ok(())
+}
+
+impl ConsumerGroup {
+    /// The group-wide bound on names subscribed: this request's names in place of the
+    /// member's.
+    fn check_subscription_totals(&self, request: &HeartbeatRequest) -> Result<(), String> {
+        let Some(names) = &request.subscribed_topics else {
+            return Ok(());
+        };
+        let others: usize = self
+            .members
+            .values()
+            .filter(|m| m.member_id != request.member_id)
+            .map(|m| m.subscribed_topics.len())
+            .sum();
+        if others + names.len() > SUBSCRIBED_TOPICS_PER_GROUP_MAX {
+            return Err(format!(
+                "The group's members subscribe to more than {SUBSCRIBED_TOPICS_PER_GROUP_MAX} topic names in all."
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A member as its two records hold it.
