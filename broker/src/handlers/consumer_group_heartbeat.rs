@@ -5,10 +5,13 @@
 use kafka_protocol::messages::consumer_group_heartbeat_response::{Assignment, TopicPartitions};
 use kafka_protocol::messages::{ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse};
 
-use crate::acl::model::Operation;
+use std::sync::Arc;
+
+use crate::acl::model::{Operation, ResourceType};
+use crate::acl::store as acl_store;
 use crate::error_codes as codes;
 use crate::groups::assignor::Assignment as Partitions;
-use crate::groups::consumer::{HeartbeatAnswer, HeartbeatRequest};
+use crate::groups::consumer::{HeartbeatAnswer, HeartbeatRequest, TopicVisibility};
 use crate::groups::GROUP_ID_BYTES_MAX;
 use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
 use crate::metadata::MetadataSnapshot;
@@ -71,15 +74,13 @@ pub async fn handle(
         subscribed_topics: request
             .subscribed_topic_names
             .map(|names| names.into_iter().map(|n| n.to_string()).collect()),
-        // librdkafka sends "" for "no regex".
-        subscribed_regex: request
-            .subscribed_topic_regex
-            .filter(|r| !r.is_empty())
-            .map(|r| r.to_string()),
+        // null: unchanged; "" (librdkafka's "no regex"): none.
+        subscribed_regex: request.subscribed_topic_regex.map(|r| r.to_string()),
         server_assignor: request.server_assignor.map(|a| a.to_string()),
         owned,
         client_id: context.client_id.clone().unwrap_or_default(),
         client_host: format!("/{}", context.peer.ip()),
+        visibility: topic_visibility(context),
     };
     let answer = shard
         .on_group_coordinator(&group_id, move |groups, at| async move {
@@ -92,6 +93,30 @@ pub async fn handle(
         .as_ref()
         .map(|partitions| wire_assignment(&snapshot, partitions));
     response(&answer).with_assignment(assignment)
+}
+
+/// The topics this request's principal may DESCRIBE: what its regex may resolve to (Kafka
+/// 4.x filters a regex's topics the same way).
+fn topic_visibility(context: &RequestContext) -> TopicVisibility {
+    let Some(acls) = context.acls.clone() else {
+        return TopicVisibility::everything();
+    };
+    let principal = context.principal.clone();
+    let host = context.peer.ip().to_string();
+    let key: Arc<str> = Arc::from(format!("{principal}/{host}"));
+    TopicVisibility::new(
+        key,
+        Arc::new(move |topic: &str| {
+            acl_store::decide(
+                Some(&acls),
+                &principal,
+                &host,
+                Operation::Describe,
+                ResourceType::Topic,
+                topic,
+            )
+        }),
+    )
 }
 
 fn response(answer: &HeartbeatAnswer) -> ConsumerGroupHeartbeatResponse {

@@ -613,3 +613,5 @@ fn subscriptions_and_owned_partitions_are_bounded() {
     assert!(!group.members.contains_key("one-too-many"));
     assert_eq!(group.members.len(), members_at_bound);
 }
+
+mod regex_subscriptions;
