@@ -183,16 +183,7 @@ fn uniform_same_subscriptions(
             below.push_back(i);
         }
     }
-    owned
-        .into_iter()
-        .map(|(id, set)| {
-            let mut assignment = Assignment::new();
-            for (topic, p) in set {
-                assignment.entry(topic.clone()).or_default().insert(p);
-            }
-            (id.clone(), assignment)
-        })
-        .collect()
+    to_assignments(owned)
 }
 
 /// `uniform` for members with different subscriptions.
@@ -251,6 +242,16 @@ fn uniform_general(
         owned.get_mut(from).expect("entry").remove(&tp);
         owned.get_mut(to).expect("entry").insert(tp);
     }
+    to_assignments(owned)
+}
+
+/// The partitions each member ends up owning, as assignments by member id.
+fn to_assignments<'a, Partitions>(
+    owned: impl IntoIterator<Item = (&'a String, Partitions)>,
+) -> BTreeMap<String, Assignment>
+where
+    Partitions: IntoIterator<Item = (&'a String, i32)>,
+{
     owned
         .into_iter()
         .map(|(id, set)| {

@@ -17,11 +17,13 @@
 //! Pure and synchronous (takes `now`), owned by the coordinator of the group's shard.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error_codes as codes;
 use crate::groups::assignor::{Assignment, Assignor, MemberSpec};
 use crate::groups::types::{codes as group_codes, GROUP_SIZE_MAX};
+pub use topic_regex::{TopicCatalog, TopicVisibility, SUBSCRIBED_REGEX_BYTES_MAX};
 
 /// Error codes of KIP-848 the classic code does not use.
 pub mod consumer_codes {
@@ -31,6 +33,7 @@ pub mod consumer_codes {
     pub const UNRELEASED_INSTANCE_ID: i16 = ResponseError::UnreleasedInstanceId.code();
     pub const UNSUPPORTED_ASSIGNOR: i16 = ResponseError::UnsupportedAssignor.code();
     pub const STALE_MEMBER_EPOCH: i16 = ResponseError::StaleMemberEpoch.code();
+    pub const INVALID_REGULAR_EXPRESSION: i16 = ResponseError::InvalidRegularExpression.code();
 }
 use consumer_codes::{FENCED_MEMBER_EPOCH, UNRELEASED_INSTANCE_ID, UNSUPPORTED_ASSIGNOR};
 
@@ -38,6 +41,18 @@ use consumer_codes::{FENCED_MEMBER_EPOCH, UNRELEASED_INSTANCE_ID, UNSUPPORTED_AS
 pub const LEAVE_EPOCH: i32 = -1;
 /// The member epoch a static member leaves with: its assignment waits for its replacement.
 pub const STATIC_LEAVE_EPOCH: i32 = -2;
+
+/// Topic names one member may subscribe to by name. With `GROUP_SIZE_MAX` members and
+/// names of at most 249 bytes, a group's subscriptions stay under 250 MB even so; the
+/// group-wide bound below keeps them to ~25 MB.
+pub const SUBSCRIBED_TOPICS_PER_MEMBER_MAX: usize = 1_000;
+/// Topic names subscribed by name, summed over a group's members.
+pub const SUBSCRIBED_TOPICS_PER_GROUP_MAX: usize = 100_000;
+/// Partitions a heartbeat may say its member owns (it cannot own more than the target
+/// gave it; this bounds the work on a lying request).
+pub const OWNED_PARTITIONS_PER_MEMBER_MAX: usize = 100_000;
+/// Longest topic name (Kafka's 249).
+const TOPIC_NAME_BYTES_MAX: usize = crate::groups::types::TOPIC_NAME_BYTES_MAX;
 
 /// Timers of consumer groups (`group.consumer.*`).
 #[derive(Clone, Debug)]
@@ -75,7 +90,17 @@ pub struct ConsumerMember {
     pub member_epoch: i32,
     pub previous_epoch: i32,
     pub state: MemberState,
+    /// Subscribed by name.
     pub subscribed_topics: BTreeSet<String>,
+    /// `SubscribedTopicRegex`, and the topics it resolved to (as this member's principal
+    /// may see them; shared with the members of the same pattern and principal).
+    pub subscribed_regex: Option<String>,
+    pub regex_topics: Arc<BTreeSet<String>>,
+    /// The topic catalog's version `regex_topics` was resolved at (`None`: replayed).
+    pub regex_version: Option<u64>,
+    /// Whose rights resolve the pattern: from the member's latest heartbeat (`None` after
+    /// a replay until it heartbeats again; its resolution is then kept as replayed).
+    pub visibility: Option<TopicVisibility>,
     pub server_assignor: Option<String>,
     pub rebalance_timeout: Duration,
     pub assigned: Assignment,
@@ -84,6 +109,40 @@ pub struct ConsumerMember {
     /// While partitions are pending revocation: the member is removed if it has not
     /// released them by then (its rebalance timeout).
     pub revocation_deadline: Option<Instant>,
+}
+
+impl ConsumerMember {
+    /// A member that owns and subscribes to nothing yet.
+    pub(crate) fn new(member_id: &str, session_deadline: Instant) -> Self {
+        Self {
+            member_id: member_id.to_string(),
+            instance_id: None,
+            rack_id: None,
+            client_id: String::new(),
+            client_host: String::new(),
+            member_epoch: 0,
+            previous_epoch: 0,
+            state: MemberState::Stable,
+            subscribed_topics: BTreeSet::new(),
+            subscribed_regex: None,
+            regex_topics: Arc::default(),
+            regex_version: None,
+            visibility: None,
+            server_assignor: None,
+            rebalance_timeout: Duration::ZERO,
+            assigned: Assignment::new(),
+            pending_revocation: Assignment::new(),
+            session_deadline,
+            revocation_deadline: None,
+        }
+    }
+
+    /// Every topic the member subscribes to: by name and through its pattern.
+    pub fn topics(&self) -> impl Iterator<Item = &String> {
+        self.subscribed_topics
+            .iter()
+            .chain(self.regex_topics.iter())
+    }
 }
 
 /// A `ConsumerGroupHeartbeat` as the group takes it (topic ids already resolved to names).
@@ -95,11 +154,14 @@ pub struct HeartbeatRequest {
     pub rack_id: Option<String>,
     pub rebalance_timeout_ms: i32,
     pub subscribed_topics: Option<Vec<String>>,
+    /// `Some("")`: no pattern any more (librdkafka sends "" for none).
     pub subscribed_regex: Option<String>,
     pub server_assignor: Option<String>,
     pub owned: Option<Assignment>,
     pub client_id: String,
     pub client_host: String,
+    /// The topics the sender's principal may describe.
+    pub visibility: TopicVisibility,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -153,6 +215,9 @@ pub struct ConsumerGroup {
     /// assignment epoch, nothing left to revoke or wait for), since the coordinator last
     /// took them for its metrics. At most `RECONCILED_KEPT`.
     pub reconciled: Vec<Duration>,
+    /// When the members' patterns were last resolved again together (`None`: never since
+    /// the group was created or replayed).
+    regexes_refreshed_at: Option<Instant>,
 }
 
 /// Reconciliation times kept until the coordinator takes them (it does after every
@@ -249,7 +314,7 @@ impl ConsumerGroup {
         &mut self,
         request: HeartbeatRequest,
         version: i16,
-        partitions: &dyn Fn(&str) -> Option<i32>,
+        topics: &dyn TopicCatalog,
         new_member_id: impl FnOnce() -> String,
         rules: &ConsumerRules,
         now: Instant,
@@ -257,7 +322,7 @@ impl ConsumerGroup {
         let asked_id = request.member_id.clone();
         let before = self.members.get(&asked_id).map(record_values);
         let mut answer =
-            self.heartbeat_checked(request, version, partitions, new_member_id, rules, now);
+            self.heartbeat_checked(request, version, topics, new_member_id, rules, now);
         let member_id = if answer.member_id.is_empty() {
             asked_id
         } else {
@@ -278,7 +343,7 @@ impl ConsumerGroup {
         &mut self,
         mut request: HeartbeatRequest,
         version: i16,
-        partitions: &dyn Fn(&str) -> Option<i32>,
+        topics: &dyn TopicCatalog,
         new_member_id: impl FnOnce() -> String,
         rules: &ConsumerRules,
         now: Instant,
@@ -296,6 +361,13 @@ impl ConsumerGroup {
         let full_request = request.rebalance_timeout_ms != -1
             && (request.subscribed_topics.is_some() || request.subscribed_regex.is_some())
             && request.owned.is_some();
+        let new_regex = match self.changed_regex(&request) {
+            Ok(regex) => regex,
+            Err(answer) => return answer,
+        };
+        if let Err(message) = self.check_subscription_totals(&request) {
+            return invalid(&message);
+        }
         // A join that also subscribes to new topics is one change of the group: one bump.
         let epoch_before = self.group_epoch;
         if joining {
@@ -306,8 +378,15 @@ impl ConsumerGroup {
             return HeartbeatAnswer::error(code, "member epoch or member id is not current");
         }
         let before = self.members[&request.member_id].assigned.clone();
-        self.update_member(&request, rules, now);
-        self.refresh_subscribed_partitions(partitions);
+        // A new pattern is resolved at once, and the stale ones with it (Kafka refreshes
+        // every pattern of the group when a new one comes).
+        let new_pattern = matches!(new_regex, PatternChange::New(_));
+        self.update_member(&request, new_regex, topics, rules, now);
+        if new_pattern {
+            self.regexes_refreshed_at = None;
+        }
+        self.refresh_regexes(topics, now);
+        self.refresh_subscribed_partitions(topics);
         self.group_epoch = self.group_epoch.min(epoch_before + 1);
         if self.assignment_epoch < self.group_epoch {
             self.compute_target();
@@ -397,26 +476,11 @@ impl ConsumerGroup {
                 ),
             ));
         }
-        self.members.insert(
-            request.member_id.clone(),
-            ConsumerMember {
-                member_id: request.member_id.clone(),
-                instance_id: request.instance_id.clone(),
-                rack_id: None,
-                client_id: request.client_id.clone(),
-                client_host: request.client_host.clone(),
-                member_epoch: 0,
-                previous_epoch: 0,
-                state: MemberState::Stable,
-                subscribed_topics: BTreeSet::new(),
-                server_assignor: None,
-                rebalance_timeout: Duration::ZERO,
-                assigned: Assignment::new(),
-                pending_revocation: Assignment::new(),
-                session_deadline: now + rules.session_timeout,
-                revocation_deadline: None,
-            },
-        );
+        let mut member = ConsumerMember::new(&request.member_id, now + rules.session_timeout);
+        member.instance_id.clone_from(&request.instance_id);
+        member.client_id.clone_from(&request.client_id);
+        member.client_host.clone_from(&request.client_host);
+        self.members.insert(request.member_id.clone(), member);
         self.group_epoch += 1;
         Ok(())
     }
@@ -446,9 +510,17 @@ impl ConsumerGroup {
         Ok(())
     }
 
-    fn update_member(&mut self, request: &HeartbeatRequest, rules: &ConsumerRules, now: Instant) {
+    fn update_member(
+        &mut self,
+        request: &HeartbeatRequest,
+        new_regex: PatternChange,
+        topics: &dyn TopicCatalog,
+        rules: &ConsumerRules,
+        now: Instant,
+    ) {
         let member = self.members.get_mut(&request.member_id).expect("admitted");
         member.session_deadline = now + rules.session_timeout;
+        member.visibility = Some(request.visibility.clone());
         if request.rebalance_timeout_ms >= 0 {
             member.rebalance_timeout = crate::groups::millis(request.rebalance_timeout_ms);
         }
@@ -467,6 +539,22 @@ impl ConsumerGroup {
                 bump = true;
             }
         }
+        let resolved = match new_regex {
+            PatternChange::Unchanged => None,
+            PatternChange::Dropped => Some(BTreeSet::new()),
+            // A new pattern is resolved at once, with this member's rights.
+            PatternChange::New(regex) => {
+                Some(topic_regex::resolve(&regex, topics, &request.visibility))
+            }
+        };
+        if let Some(resolved) = resolved {
+            member.subscribed_regex = request.subscribed_regex.clone().filter(|r| !r.is_empty());
+            member.regex_version = Some(topics.version());
+            if *member.regex_topics != resolved {
+                member.regex_topics = Arc::new(resolved);
+                bump = true;
+            }
+        }
         if let Some(assignor) = &request.server_assignor {
             if member.server_assignor.as_ref() != Some(assignor) {
                 member.server_assignor = Some(assignor.clone());
@@ -479,15 +567,15 @@ impl ConsumerGroup {
     }
 
     /// A subscribed topic created, deleted or grown bumps the group epoch.
-    fn refresh_subscribed_partitions(&mut self, partitions: &dyn Fn(&str) -> Option<i32>) {
+    fn refresh_subscribed_partitions(&mut self, catalog: &dyn TopicCatalog) {
         let topics: BTreeSet<&String> = self
             .members
             .values()
-            .flat_map(|m| m.subscribed_topics.iter())
+            .flat_map(ConsumerMember::topics)
             .collect();
         let current: BTreeMap<String, i32> = topics
             .into_iter()
-            .filter_map(|t| partitions(t).map(|count| (t.clone(), count)))
+            .filter_map(|t| catalog.partitions(t).map(|count| (t.clone(), count)))
             .collect();
         if current != self.subscribed_partitions {
             self.subscribed_partitions = current;
@@ -519,7 +607,7 @@ impl ConsumerGroup {
             .iter()
             .map(|(id, m)| {
                 let spec = MemberSpec {
-                    topics: m.subscribed_topics.clone(),
+                    topics: m.topics().cloned().collect(),
                     previous: self.target.get(id).cloned().unwrap_or_default(),
                 };
                 (id.clone(), spec)
@@ -716,11 +804,7 @@ fn validate(request: &HeartbeatRequest, version: i16) -> Result<(), HeartbeatAns
     } else if version == 0 && request.member_id.is_empty() {
         return Err(invalid("MemberId can't be empty."));
     }
-    if request.subscribed_regex.is_some() {
-        return Err(invalid(
-            "SubscribedTopicRegex is not supported by this broker yet.",
-        ));
-    }
+    check_bounds(request)?;
     if let Some(name) = &request.server_assignor {
         if Assignor::from_name(name).is_none() {
             return Err(HeartbeatAnswer::error(
@@ -734,6 +818,138 @@ fn validate(request: &HeartbeatRequest, version: i16) -> Result<(), HeartbeatAns
     Ok(())
 }
 
+/// What a heartbeat does to its member's `SubscribedTopicRegex`.
+enum PatternChange {
+    /// Not sent, or the same as before.
+    Unchanged,
+    /// "": no pattern any more.
+    Dropped,
+    /// A new valid pattern (or any pattern on a join).
+    New(regex::Regex),
+}
+
+/// Bounds on what one heartbeat may carry (network input): names subscribed, their length,
+/// and partitions said to be owned. `INVALID_REQUEST`, as Kafka answers a malformed one.
+fn check_bounds(request: &HeartbeatRequest) -> Result<(), HeartbeatAnswer> {
+    if let Some(names) = &request.subscribed_topics {
+        if names.len() > SUBSCRIBED_TOPICS_PER_MEMBER_MAX {
+            return Err(invalid(&format!(
+                "SubscribedTopicNames has {} topics; at most {SUBSCRIBED_TOPICS_PER_MEMBER_MAX} are accepted.",
+                names.len()
+            )));
+        }
+        if names.iter().any(|n| n.len() > TOPIC_NAME_BYTES_MAX) {
+            return Err(invalid(&format!(
+                "SubscribedTopicNames has a name longer than {TOPIC_NAME_BYTES_MAX} bytes."
+            )));
+        }
+    }
+    let owned = request
+        .owned
+        .as_ref()
+        .map_or(0, |o| o.values().map(BTreeSet::len).sum::<usize>());
+    if owned > OWNED_PARTITIONS_PER_MEMBER_MAX {
+        return Err(invalid(&format!(
+            "TopicPartitions has {owned} partitions; at most {OWNED_PARTITIONS_PER_MEMBER_MAX} are accepted."
+        )));
+    }
+    Ok(())
+}
+
+impl ConsumerGroup {
+    /// How this request changes the member's pattern (a join sets it anew). An invalid one
+    /// is `INVALID_REGULAR_EXPRESSION`, before the member is admitted.
+    fn changed_regex(&self, request: &HeartbeatRequest) -> Result<PatternChange, HeartbeatAnswer> {
+        let Some(pattern) = &request.subscribed_regex else {
+            return Ok(PatternChange::Unchanged);
+        };
+        let current = self
+            .members
+            .get(&request.member_id)
+            .and_then(|m| m.subscribed_regex.as_deref());
+        let joining = request.member_epoch == 0;
+        if !joining && current.unwrap_or("") == pattern.as_str() {
+            return Ok(PatternChange::Unchanged);
+        }
+        if pattern.is_empty() {
+            return Ok(PatternChange::Dropped);
+        }
+        match topic_regex::compile(pattern) {
+            Ok(regex) => Ok(PatternChange::New(regex)),
+            Err(message) => Err(HeartbeatAnswer::error(
+                consumer_codes::INVALID_REGULAR_EXPRESSION,
+                &message,
+            )),
+        }
+    }
+
+    /// The group-wide bound on names subscribed: this request's names in place of the
+    /// member's.
+    fn check_subscription_totals(&self, request: &HeartbeatRequest) -> Result<(), String> {
+        let Some(names) = &request.subscribed_topics else {
+            return Ok(());
+        };
+        let others: usize = self
+            .members
+            .values()
+            .filter(|m| m.member_id != request.member_id)
+            .map(|m| m.subscribed_topics.len())
+            .sum();
+        if others + names.len() > SUBSCRIBED_TOPICS_PER_GROUP_MAX {
+            return Err(format!(
+                "The group's members subscribe to more than {SUBSCRIBED_TOPICS_PER_GROUP_MAX} topic names in all."
+            ));
+        }
+        Ok(())
+    }
+
+    /// Resolves the members' patterns again when the topics changed since they were last
+    /// resolved, at most once per [`topic_regex::REGEX_REFRESH_INTERVAL`]: all of them
+    /// together, so a topic created later is one bump of the group epoch. A member replayed
+    /// and not heard from since keeps its resolution (its principal's rights are not known
+    /// here).
+    fn refresh_regexes(&mut self, catalog: &dyn TopicCatalog, now: Instant) {
+        let version = catalog.version();
+        let stale = |m: &ConsumerMember| {
+            m.subscribed_regex.is_some()
+                && m.visibility.is_some()
+                && m.regex_version != Some(version)
+        };
+        if self.regexes_refreshed_at.is_some_and(|at| {
+            now.saturating_duration_since(at) < topic_regex::REGEX_REFRESH_INTERVAL
+        }) {
+            return;
+        }
+        if !self.members.values().any(stale) {
+            // The new pattern just resolved counts as this refresh.
+            if self.regexes_refreshed_at.is_none() {
+                self.regexes_refreshed_at = Some(now);
+            }
+            return;
+        }
+        let mut resolver = topic_regex::Resolver::default();
+        let mut changed = false;
+        for member in self.members.values_mut().filter(|m| stale(m)) {
+            let (Some(pattern), Some(visibility)) = (&member.subscribed_regex, &member.visibility)
+            else {
+                continue;
+            };
+            member.regex_version = Some(version);
+            if let Some(topics) = resolver.resolve(pattern, catalog, visibility) {
+                if topics != member.regex_topics {
+                    member.regex_topics = topics;
+                    self.changes.metadata.insert(member.member_id.clone());
+                    changed = true;
+                }
+            }
+        }
+        self.regexes_refreshed_at = Some(now);
+        if changed {
+            self.group_epoch += 1;
+        }
+    }
+}
+
 /// A member as its two records hold it.
 fn record_values(member: &ConsumerMember) -> changes::MemberValues {
     let metadata = crate::groups::records::MemberMetadataValue {
@@ -742,7 +958,8 @@ fn record_values(member: &ConsumerMember) -> changes::MemberValues {
         client_id: member.client_id.clone(),
         client_host: member.client_host.clone(),
         subscribed_topics: member.subscribed_topics.iter().cloned().collect(),
-        subscribed_regex: None,
+        subscribed_regex: member.subscribed_regex.clone(),
+        regex_topics: member.regex_topics.iter().cloned().collect(),
         rebalance_timeout_ms: i32::try_from(member.rebalance_timeout.as_millis())
             .unwrap_or(i32::MAX),
         server_assignor: member.server_assignor.clone(),
@@ -763,6 +980,7 @@ fn record_values(member: &ConsumerMember) -> changes::MemberValues {
 
 mod changes;
 mod persist;
+mod topic_regex;
 
 #[cfg(test)]
 mod tests;

@@ -21,7 +21,7 @@ use crate::disk::{BrokerDisk, PartitionLog};
 use crate::error_codes as broker_codes;
 use crate::groups::assignor::Assignor;
 use crate::groups::consumer::{
-    ConsumerGroupDescription, ConsumerRules, HeartbeatAnswer, HeartbeatRequest,
+    ConsumerGroupDescription, ConsumerRules, HeartbeatAnswer, HeartbeatRequest, TopicCatalog,
 };
 use crate::groups::group::{
     Answer, Group, GroupRules, GroupState, JoinRequest, JoinResult, SyncResult,
@@ -46,6 +46,21 @@ use crate::storage::Clock;
 const TICK: Duration = Duration::from_millis(100);
 /// Bytes read per step while replaying a partition of the offsets log.
 const REPLAY_READ_BYTES: usize = 1 << 20;
+
+/// The topics of this shard's metadata as consumer groups see them.
+struct SnapshotTopics<'a>(&'a crate::metadata::MetadataSnapshot);
+
+impl TopicCatalog for SnapshotTopics<'_> {
+    fn partitions(&self, topic: &str) -> Option<i32> {
+        self.0.topic(topic).map(|t| t.partition_count())
+    }
+    fn version(&self) -> u64 {
+        self.0.epoch
+    }
+    fn names(&self) -> Vec<&str> {
+        self.0.topics.keys().map(|name| &**name).collect()
+    }
+}
 
 /// What the coordinator applies, from the broker's limits.
 #[derive(Clone, Debug)]
@@ -259,10 +274,10 @@ impl GroupCoordinator {
         let now = self.inner.offsets.clock.now();
         let rules = self.rules();
         let snapshot = self.inner.offsets.metadata.current();
-        let partitions = |topic: &str| snapshot.topic(topic).map(|t| t.partition_count());
+        let topics = SnapshotTopics(&snapshot);
         let (answer, records) = self.with_group(&at.group, |g| {
             let epoch_before = g.consumer.as_ref().map_or(0, |c| c.group_epoch);
-            let answer = g.consumer_heartbeat(request, version, &partitions, &rules, now);
+            let answer = g.consumer_heartbeat(request, version, &topics, &rules, now);
             let records = match g.consumer.as_mut() {
                 Some(consumer) => {
                     self.inner

@@ -923,7 +923,7 @@ impl Group {
         &mut self,
         request: HeartbeatRequest,
         version: i16,
-        partitions: &dyn Fn(&str) -> Option<i32>,
+        topics: &dyn crate::groups::consumer::TopicCatalog,
         rules: &GroupRules,
         now: Instant,
     ) -> HeartbeatAnswer {
@@ -939,7 +939,7 @@ impl Group {
         let answer = consumer.heartbeat(
             request,
             version,
-            partitions,
+            topics,
             new_member_id,
             &rules.consumer,
             now,

@@ -40,6 +40,8 @@ const CONSUMER_TARGET_KEY_VERSION: i16 = 1006;
 const CONSUMER_TARGET_MEMBER_KEY_VERSION: i16 = 1007;
 const CONSUMER_CURRENT_KEY_VERSION: i16 = 1008;
 const CONSUMER_VALUE_VERSION: i16 = 0;
+/// Key 1005's value: v1 appends the topics the member's regex resolved to (v0 has none).
+const CONSUMER_MEMBER_VALUE_VERSION: i16 = 1;
 
 /// One committed offset as stored and as `OffsetFetch` reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +99,10 @@ pub struct MemberMetadataValue {
     pub subscribed_regex: Option<String>,
     pub rebalance_timeout_ms: i32,
     pub server_assignor: Option<String>,
+    /// The topics `subscribed_regex` resolved to, as its principal may see them (value v1;
+    /// empty when read from v0). Kafka keeps them in its `ConsumerGroupRegularExpression`
+    /// record, per pattern.
+    pub regex_topics: Vec<String>,
 }
 
 /// Kafka's `ConsumerGroupTargetAssignmentMetadataValue`, and the assignor that computed it.
@@ -169,7 +175,10 @@ impl ConsumerRecord {
 
     fn value(&self) -> Option<Bytes> {
         let mut out = BytesMut::new();
-        out.put_i16(CONSUMER_VALUE_VERSION);
+        out.put_i16(match self {
+            ConsumerRecord::Member { .. } => CONSUMER_MEMBER_VALUE_VERSION,
+            _ => CONSUMER_VALUE_VERSION,
+        });
         match self {
             ConsumerRecord::Group { value, .. } => {
                 let value = value.as_ref()?;
@@ -193,6 +202,10 @@ impl ConsumerRecord {
                 put_nullable(&mut out, value.subscribed_regex.as_deref());
                 out.put_i32(value.rebalance_timeout_ms);
                 put_nullable(&mut out, value.server_assignor.as_deref());
+                put_count(&mut out, value.regex_topics.len());
+                for topic in &value.regex_topics {
+                    put_string(&mut out, topic);
+                }
             }
             ConsumerRecord::Target { value, .. } => {
                 let value = value.as_ref()?;
@@ -226,10 +239,17 @@ impl ConsumerRecord {
 
 fn decode_consumer(version: i16, mut key: &[u8], value: Option<&[u8]>) -> Option<ConsumerRecord> {
     let group = take_string(&mut key)?;
+    let mut value_version = CONSUMER_VALUE_VERSION;
     let mut value = match value {
         None => None,
         Some(mut value) => {
-            if take_i16(&mut value)? != CONSUMER_VALUE_VERSION {
+            value_version = take_i16(&mut value)?;
+            let newest = if version == CONSUMER_MEMBER_KEY_VERSION {
+                CONSUMER_MEMBER_VALUE_VERSION
+            } else {
+                CONSUMER_VALUE_VERSION
+            };
+            if !(CONSUMER_VALUE_VERSION..=newest).contains(&value_version) {
                 return None;
             }
             Some(value)
@@ -272,6 +292,11 @@ fn decode_consumer(version: i16, mut key: &[u8], value: Option<&[u8]>) -> Option
                     subscribed_regex: take_nullable(value)?,
                     rebalance_timeout_ms: take_i32(value)?,
                     server_assignor: take_nullable(value)?,
+                    regex_topics: if value_version >= 1 {
+                        take_list(value, take_string)?
+                    } else {
+                        Vec::new()
+                    },
                 }),
             },
         },
@@ -673,6 +698,7 @@ mod tests {
                     subscribed_regex: Some("^orders-.*".into()),
                     rebalance_timeout_ms: 300_000,
                     server_assignor: Some("uniform".into()),
+                    regex_topics: vec!["orders-eu".into(), "orders-us".into()],
                 }),
             },
             ConsumerRecord::Target {
@@ -733,6 +759,39 @@ mod tests {
         let batch = encode_batch(&records, 1_700_000_000_000);
         assert!(batch::validate(&batch, 1 << 20).is_ok(), "a valid v2 batch");
         assert_eq!(decode_batch(&batch), (records, 0));
+    }
+
+    /// Member values written before regex subscriptions were served (v0, no resolved
+    /// topics) are still read.
+    #[test]
+    fn member_values_of_version_0_are_still_read() {
+        let value = MemberMetadataValue {
+            subscribed_regex: Some("^orders-.*".into()),
+            subscribed_topics: vec!["audit".into()],
+            ..MemberMetadataValue::default()
+        };
+        let record = ConsumerRecord::Member {
+            group: "g".into(),
+            member_id: "m1".into(),
+            value: Some(value),
+        };
+        let v1 = record.value().expect("a value");
+        assert_eq!(v1[..2], CONSUMER_MEMBER_VALUE_VERSION.to_be_bytes());
+        // v0: the same fields without the trailing (empty) list of resolved topics.
+        let mut v0 = CONSUMER_VALUE_VERSION.to_be_bytes().to_vec();
+        v0.extend_from_slice(&v1[2..v1.len() - 4]);
+        let key = OffsetsRecord::Consumer(record.clone()).key();
+        assert_eq!(
+            decode_record(&key, Some(&v0)),
+            Some(OffsetsRecord::Consumer(record))
+        );
+        let mut v2 = v1.to_vec();
+        v2[..2].copy_from_slice(&2_i16.to_be_bytes());
+        assert_eq!(
+            decode_record(&key, Some(&v2)),
+            None,
+            "a newer version is skipped"
+        );
     }
 
     #[test]

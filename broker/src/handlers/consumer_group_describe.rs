@@ -13,6 +13,7 @@ use kafka_protocol::messages::{
 use crate::acl::model::{Operation, ResourceType};
 use crate::groups::assignor::Assignment as Partitions;
 use crate::groups::{codes, ConsumerGroupDescription};
+use crate::handlers::consumer_group_heartbeat::assigned_topics;
 use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
 use crate::metadata::MetadataSnapshot;
 
@@ -83,6 +84,7 @@ fn described(
                         .map(|t| TopicName(str_bytes(t)))
                         .collect(),
                 )
+                .with_subscribed_topic_regex(member.subscribed_regex.as_deref().map(str_bytes))
                 .with_assignment(assignment(snapshot, &member.assigned))
                 .with_target_assignment(assignment(snapshot, &target))
                 .with_member_type(MEMBER_TYPE_CONSUMER)
@@ -96,17 +98,53 @@ fn described(
 }
 
 fn assignment(snapshot: &MetadataSnapshot, partitions: &Partitions) -> Assignment {
-    let topic_partitions = partitions
-        .iter()
-        .filter_map(|(name, set)| {
-            let topic = snapshot.topic(name)?;
-            Some(
-                TopicPartitions::default()
-                    .with_topic_id(topic.id)
-                    .with_topic_name(TopicName(str_bytes(name)))
-                    .with_partitions(set.iter().copied().collect()),
-            )
+    let topic_partitions = assigned_topics(snapshot, partitions)
+        .into_iter()
+        .map(|topic| {
+            TopicPartitions::default()
+                .with_topic_id(topic.topic_id)
+                .with_topic_name(TopicName(str_bytes(topic.name)))
+                .with_partitions(topic.partitions)
         })
         .collect();
     Assignment::default().with_topic_partitions(topic_partitions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::groups::consumer::ConsumerMember;
+
+    /// A member's pattern is shown as it subscribed (null when it has none), beside the
+    /// names it subscribed to.
+    #[test]
+    fn members_show_their_subscribed_regex() {
+        let now = std::time::Instant::now();
+        let mut with_regex = ConsumerMember::new("a", now);
+        with_regex.subscribed_regex = Some("^orders-.*".into());
+        let mut by_name = ConsumerMember::new("b", now);
+        by_name.subscribed_topics.insert("audit".into());
+        let description = ConsumerGroupDescription {
+            state: "Stable",
+            group_epoch: 3,
+            assignment_epoch: 3,
+            assignor: "uniform",
+            members: vec![
+                (with_regex, Partitions::new()),
+                (by_name, Partitions::new()),
+            ],
+        };
+        let group = described(
+            &MetadataSnapshot::default(),
+            DescribedGroup::default(),
+            description,
+        );
+        let regexes: Vec<Option<String>> = group
+            .members
+            .iter()
+            .map(|m| m.subscribed_topic_regex.as_ref().map(ToString::to_string))
+            .collect();
+        assert_eq!(regexes, vec![Some("^orders-.*".to_string()), None]);
+        assert_eq!(group.members[1].subscribed_topic_names.len(), 1);
+    }
 }

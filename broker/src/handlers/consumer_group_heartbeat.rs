@@ -5,10 +5,13 @@
 use kafka_protocol::messages::consumer_group_heartbeat_response::{Assignment, TopicPartitions};
 use kafka_protocol::messages::{ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse};
 
-use crate::acl::model::Operation;
+use std::sync::Arc;
+
+use crate::acl::model::{Operation, ResourceType};
+use crate::acl::store as acl_store;
 use crate::error_codes as codes;
 use crate::groups::assignor::Assignment as Partitions;
-use crate::groups::consumer::{HeartbeatAnswer, HeartbeatRequest};
+use crate::groups::consumer::{HeartbeatAnswer, HeartbeatRequest, TopicVisibility};
 use crate::groups::GROUP_ID_BYTES_MAX;
 use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
 use crate::metadata::MetadataSnapshot;
@@ -71,15 +74,13 @@ pub async fn handle(
         subscribed_topics: request
             .subscribed_topic_names
             .map(|names| names.into_iter().map(|n| n.to_string()).collect()),
-        // librdkafka sends "" for "no regex".
-        subscribed_regex: request
-            .subscribed_topic_regex
-            .filter(|r| !r.is_empty())
-            .map(|r| r.to_string()),
+        // null: unchanged; "" (librdkafka's "no regex"): none.
+        subscribed_regex: request.subscribed_topic_regex.map(|r| r.to_string()),
         server_assignor: request.server_assignor.map(|a| a.to_string()),
         owned,
         client_id: context.client_id.clone().unwrap_or_default(),
         client_host: format!("/{}", context.peer.ip()),
+        visibility: topic_visibility(context),
     };
     let answer = shard
         .on_group_coordinator(&group_id, move |groups, at| async move {
@@ -94,6 +95,30 @@ pub async fn handle(
     response(&answer).with_assignment(assignment)
 }
 
+/// The topics this request's principal may DESCRIBE: what its regex may resolve to (Kafka
+/// 4.x filters a regex's topics the same way).
+fn topic_visibility(context: &RequestContext) -> TopicVisibility {
+    let Some(acls) = context.acls.clone() else {
+        return TopicVisibility::everything();
+    };
+    let principal = context.principal.clone();
+    let host = context.peer.ip().to_string();
+    let key: Arc<str> = Arc::from(format!("{principal}/{host}"));
+    TopicVisibility::new(
+        key,
+        Arc::new(move |topic: &str| {
+            acl_store::decide(
+                Some(&acls),
+                &principal,
+                &host,
+                Operation::Describe,
+                ResourceType::Topic,
+                topic,
+            )
+        }),
+    )
+}
+
 fn response(answer: &HeartbeatAnswer) -> ConsumerGroupHeartbeatResponse {
     ConsumerGroupHeartbeatResponse::default()
         .with_error_code(answer.error_code)
@@ -103,17 +128,39 @@ fn response(answer: &HeartbeatAnswer) -> ConsumerGroupHeartbeatResponse {
         .with_heartbeat_interval_ms(answer.heartbeat_interval_ms)
 }
 
-/// Names to topic ids; a topic deleted since the assignment was made is left out.
-fn wire_assignment(snapshot: &MetadataSnapshot, partitions: &Partitions) -> Assignment {
-    let topic_partitions = partitions
+/// An assigned topic as both consumer-group APIs answer it.
+pub struct AssignedTopic<'a> {
+    pub topic_id: uuid::Uuid,
+    pub name: &'a str,
+    pub partitions: Vec<i32>,
+}
+
+/// Names to topic ids (`ConsumerGroupHeartbeat` and `ConsumerGroupDescribe`); a topic deleted
+/// since the assignment was made is left out.
+pub fn assigned_topics<'a>(
+    snapshot: &MetadataSnapshot,
+    partitions: &'a Partitions,
+) -> Vec<AssignedTopic<'a>> {
+    partitions
         .iter()
         .filter_map(|(name, set)| {
             let topic = snapshot.topic(name)?;
-            Some(
-                TopicPartitions::default()
-                    .with_topic_id(topic.id)
-                    .with_partitions(set.iter().copied().collect()),
-            )
+            Some(AssignedTopic {
+                topic_id: topic.id,
+                name,
+                partitions: set.iter().copied().collect(),
+            })
+        })
+        .collect()
+}
+
+fn wire_assignment(snapshot: &MetadataSnapshot, partitions: &Partitions) -> Assignment {
+    let topic_partitions = assigned_topics(snapshot, partitions)
+        .into_iter()
+        .map(|topic| {
+            TopicPartitions::default()
+                .with_topic_id(topic.topic_id)
+                .with_partitions(topic.partitions)
         })
         .collect();
     Assignment::default().with_topic_partitions(topic_partitions)

@@ -7,13 +7,12 @@
 //! records only. Replay keeps the epochs: members that go on heartbeating continue without a
 //! rebalance, their session timers restarted from the replay.
 
-use std::collections::BTreeSet;
 use std::time::Instant;
 
 use super::{
     partitions_of, record_values, ConsumerGroup, ConsumerMember, ConsumerRules, MemberState,
 };
-use crate::groups::assignor::{Assignment, Assignor};
+use crate::groups::assignor::Assignor;
 use crate::groups::records::{ConsumerGroupValue, ConsumerRecord, TargetMetadataValue};
 
 fn state_of(code: i8) -> MemberState {
@@ -176,6 +175,9 @@ impl ConsumerGroup {
                     member.client_id = value.client_id;
                     member.client_host = value.client_host;
                     member.subscribed_topics = value.subscribed_topics.into_iter().collect();
+                    member.subscribed_regex = value.subscribed_regex;
+                    member.regex_topics =
+                        std::sync::Arc::new(value.regex_topics.into_iter().collect());
                     member.rebalance_timeout = crate::groups::millis(value.rebalance_timeout_ms);
                     member.server_assignor = value.server_assignor;
                 }
@@ -261,22 +263,6 @@ impl ConsumerGroup {
     ) -> &mut ConsumerMember {
         self.members
             .entry(member_id.to_string())
-            .or_insert_with(|| ConsumerMember {
-                member_id: member_id.to_string(),
-                instance_id: None,
-                rack_id: None,
-                client_id: String::new(),
-                client_host: String::new(),
-                member_epoch: 0,
-                previous_epoch: 0,
-                state: MemberState::Stable,
-                subscribed_topics: BTreeSet::new(),
-                server_assignor: None,
-                rebalance_timeout: std::time::Duration::ZERO,
-                assigned: Assignment::new(),
-                pending_revocation: Assignment::new(),
-                session_deadline: now + rules.session_timeout,
-                revocation_deadline: None,
-            })
+            .or_insert_with(|| ConsumerMember::new(member_id, now + rules.session_timeout))
     }
 }

@@ -557,3 +557,61 @@ fn new_topic_partitions_bump_the_epoch_and_revocation_times_out() {
     sim.now += Duration::from_millis(600);
     assert_eq!(sim.group.tick(sim.now), vec!["first".to_string()]);
 }
+
+/// Network input is bounded: names per member and in the whole group, name length, and the
+/// partitions a heartbeat says its member owns.
+#[test]
+fn subscriptions_and_owned_partitions_are_bounded() {
+    let mut group = ConsumerGroup::default();
+    let now = Instant::now();
+    let mut send = |request: HeartbeatRequest| {
+        group.heartbeat(request, 1, &counts, || unreachable!(), &rules(), now)
+    };
+    let names = |n: usize| Some((0..n).map(|i| format!("t{i}")).collect::<Vec<_>>());
+    let answer = send(HeartbeatRequest {
+        subscribed_topics: names(SUBSCRIBED_TOPICS_PER_MEMBER_MAX + 1),
+        ..join("m")
+    });
+    assert_eq!(answer.error_code, group_codes::INVALID_REQUEST);
+    let answer = send(HeartbeatRequest {
+        subscribed_topics: Some(vec!["x".repeat(250)]),
+        ..join("m")
+    });
+    assert_eq!(answer.error_code, group_codes::INVALID_REQUEST);
+    let answer = send(HeartbeatRequest {
+        subscribed_topics: names(SUBSCRIBED_TOPICS_PER_MEMBER_MAX),
+        ..join("m")
+    });
+    assert_eq!(answer.error_code, 0, "at the bound");
+    let lying: Assignment = [(
+        "t0".to_string(),
+        (0..=i32::try_from(OWNED_PARTITIONS_PER_MEMBER_MAX).expect("fits")).collect(),
+    )]
+    .into();
+    let refused = send(HeartbeatRequest {
+        member_id: "m".into(),
+        member_epoch: answer.member_epoch,
+        rebalance_timeout_ms: -1,
+        owned: Some(lying),
+        ..HeartbeatRequest::default()
+    });
+    assert_eq!(refused.error_code, group_codes::INVALID_REQUEST);
+    // The group-wide bound: members of 1,000 names each, up to 100,000 names in all.
+    let members_at_bound = SUBSCRIBED_TOPICS_PER_GROUP_MAX / SUBSCRIBED_TOPICS_PER_MEMBER_MAX;
+    for i in 1..members_at_bound {
+        let answer = send(HeartbeatRequest {
+            subscribed_topics: names(SUBSCRIBED_TOPICS_PER_MEMBER_MAX),
+            ..join(&format!("m{i}"))
+        });
+        assert_eq!(answer.error_code, 0);
+    }
+    let answer = send(HeartbeatRequest {
+        subscribed_topics: names(1),
+        ..join("one-too-many")
+    });
+    assert_eq!(answer.error_code, group_codes::INVALID_REQUEST);
+    assert!(!group.members.contains_key("one-too-many"));
+    assert_eq!(group.members.len(), members_at_bound);
+}
+
+mod regex_subscriptions;
