@@ -497,7 +497,7 @@ impl ConnectionIdentity {
         self.sasl
             .borrow()
             .as_ref()
-            .is_some_and(|state| !matches!(state, SaslState::Authenticated))
+            .is_some_and(|state| !matches!(state, SaslState::Authenticated(_)))
     }
 
     /// Whether the next frame is a raw SASL token (after a v0 `SaslHandshake`).
@@ -564,12 +564,13 @@ fn start_request(
         request_sequence,
         acls: shard.acls.current(),
     };
-    if identity.sasl_pending() {
-        let outcome = {
-            let mut state = identity.sasl.borrow_mut();
-            let state = state.as_mut().expect("pending on a SASL listener");
-            sasl_session::request(shard, state, &context, &request)
-        };
+    // On a SASL listener, also after login (re-authentication, session expiry).
+    let sasl_outcome = identity
+        .sasl
+        .borrow_mut()
+        .as_mut()
+        .map(|state| sasl_session::request(shard, state, &context, &request));
+    if let Some(outcome) = sasl_outcome {
         match outcome {
             Ok(Outcome::Serve) => {}
             Ok(outcome) => return sasl_answer(shard, identity, outcome),

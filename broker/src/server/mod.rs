@@ -142,6 +142,8 @@ fn sasl_config(
     Ok(SaslConfig {
         mechanisms,
         credentials: Arc::new(credentials),
+        session_lifetime: (options.sasl_session_lifetime_ms > 0)
+            .then(|| Duration::from_millis(options.sasl_session_lifetime_ms)),
     })
 }
 

@@ -83,6 +83,15 @@ pub static SETTINGS: &[Setting] = &[
          stored SCRAM credential; it sends the password itself, so offer it on SASL_SSL.",
     ),
     row(
+        "connections.max.reauth.ms",
+        "0",
+        integer(0, i64::MAX),
+        "KIP-368: how long a SASL login lasts. SaslAuthenticate v1+ tells the client \
+         (session_lifetime_ms) and it re-authenticates on the same connection before then (same \
+         mechanism and principal, with the credentials as they are then); a request after the \
+         session ended closes the connection. 0: logins last as long as their connection.",
+    ),
+    row(
         "super.users",
         "",
         Kind::Text,
