@@ -83,6 +83,8 @@ pub struct BrokerConfig {
     pub settings: Arc<Effective>,
     /// Who this broker is in its cluster (a one-node cluster unless voters are given).
     pub cluster: ClusterConfig,
+    /// The `ssl.*` settings (for certificate reload) and the principal mapping.
+    pub tls: crate::tls::TlsConfig,
 }
 
 impl BrokerConfig {

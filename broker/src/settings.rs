@@ -323,6 +323,7 @@ impl Effective {
                 key: self.text("ssl.keystore.key").to_string(),
                 truststore_location: self.text("ssl.truststore.location").to_string(),
                 client_auth: self.text("ssl.client.auth").to_string(),
+                principal_mapping_rules: self.text("ssl.principal.mapping.rules").to_string(),
             },
             data_dir: PathBuf::from(self.text("log.dirs")),
             shards: Some(self.unsigned("ringfeed.shards") as usize).filter(|shards| *shards > 0),

@@ -1,11 +1,15 @@
 //! TLS for the `SSL` and `SASL_SSL` listeners, with rustls (no OpenSSL) on the `ring`
 //! provider: the server configuration built once at start-up from Kafka's `ssl.*` settings
-//! and shared immutable by every shard (an `Arc`, no lock on the data path), and the
-//! principal of a client certificate as Kafka's default `ssl.principal.mapping.rules`
-//! names it: `User:` and the subject's distinguished name in RFC 2253 form
-//! (`CN=client,OU=eng,O=Example`, last RDN first, as Java's `X500Principal.getName()`).
+//! and shared immutable by every shard (an `Arc`, no lock on the data path); and the
+//! principal of a client certificate: its subject's distinguished name in RFC 2253 form
+//! (`CN=client,OU=eng,O=Example`, last RDN first, as Java's `X500Principal.getName()`),
+//! mapped by `ssl.principal.mapping.rules` (`principal_mapping`), then `User:` before it.
+
+mod principal_mapping;
 
 use std::sync::Arc;
+
+pub use principal_mapping::PrincipalMapper;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -49,6 +53,8 @@ pub struct TlsSettings {
     pub truststore_location: String,
     /// `ssl.client.auth`.
     pub client_auth: String,
+    /// `ssl.principal.mapping.rules`.
+    pub principal_mapping_rules: String,
 }
 
 /// PEM text given inline (Kafka's `ssl.keystore.certificate.chain` / `ssl.keystore.key` hold
@@ -149,12 +155,29 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, String
     Ok(Arc::new(config))
 }
 
-/// The principal of a verified client certificate under Kafka's `DEFAULT` mapping rule:
-/// `User:` + the subject DN in RFC 2253 form. `None` if the certificate does not parse
+/// The principal of a verified client certificate: `User:` and what `mapper`
+/// (`ssl.principal.mapping.rules`) makes of the subject DN in RFC 2253 form. An error when
+/// no rule applies (Kafka refuses the connection then) or the certificate does not parse
 /// (rustls already verified it, so that does not happen for a chain the truststore signs).
-pub fn certificate_principal(certificate: &[u8]) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
-    Some(format!("User:{}", rfc2253(parsed.subject())))
+pub fn certificate_principal(
+    certificate: &[u8],
+    mapper: &PrincipalMapper,
+) -> Result<String, String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate)
+        .map_err(|error| format!("client certificate does not parse: {error}"))?;
+    let subject = rfc2253(parsed.subject());
+    let name = mapper.name(&subject).ok_or_else(|| {
+        format!("no ssl.principal.mapping.rules rule applies to the client certificate {subject}")
+    })?;
+    Ok(format!("User:{name}"))
+}
+
+/// What the TLS listeners need besides their server configuration: the settings it was
+/// built from and the principal mapping, parsed once at start-up.
+#[derive(Clone, Debug, Default)]
+pub struct TlsConfig {
+    pub settings: TlsSettings,
+    pub principal_mapper: Arc<PrincipalMapper>,
 }
 
 /// A distinguished name as RFC 2253 writes it: RDNs last-first, joined by `,`, the

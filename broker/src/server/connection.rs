@@ -260,13 +260,12 @@ async fn open_tls(
         Some(Err(error)) => return Err(format!("TLS handshake failed: {error}")),
         None => return Err(format!("TLS handshake not done within {timeout:?}")),
     };
-    let principal = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(|certificate| crate::tls::certificate_principal(certificate))
-        .unwrap_or_else(|| ANONYMOUS.to_string());
+    let principal = match tls.get_ref().1.peer_certificates().and_then(<[_]>::first) {
+        Some(certificate) => {
+            crate::tls::certificate_principal(certificate, &shard.config.tls.principal_mapper)?
+        }
+        None => ANONYMOUS.to_string(),
+    };
     tracing::debug!(
         shard = shard.shard_id,
         version = ?tls.get_ref().1.protocol_version(),

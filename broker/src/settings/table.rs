@@ -161,6 +161,16 @@ pub static SETTINGS: &[Setting] = &[
          certificate's principal is User:<subject DN in RFC 2253 form> (Kafka's \
          ssl.principal.mapping.rules=DEFAULT).",
     ),
+    row(
+        "ssl.principal.mapping.rules",
+        "DEFAULT",
+        Kind::Text,
+        "How a client certificate's subject (RFC 2253, e.g. CN=alice,OU=eng,O=Example) becomes \
+         the name in User:<name>: rules tried in order, separated by commas or line breaks. \
+         DEFAULT keeps the subject; RULE:pattern/replacement/ (then L or U to lower or upper \
+         case) applies when pattern matches the whole subject and rewrites it as Java's \
+         replaceAll ($1 is the first group). A certificate no rule applies to is refused.",
+    ),
     Setting {
         flag_aliases: &["data-dir"],
         ..row(
