@@ -324,6 +324,7 @@ impl Effective {
                 truststore_location: self.text("ssl.truststore.location").to_string(),
                 client_auth: self.text("ssl.client.auth").to_string(),
                 principal_mapping_rules: self.text("ssl.principal.mapping.rules").to_string(),
+                reload_interval_ms: self.unsigned("ringfeed.ssl.reload.interval.ms"),
             },
             data_dir: PathBuf::from(self.text("log.dirs")),
             shards: Some(self.unsigned("ringfeed.shards") as usize).filter(|shards| *shards > 0),

@@ -1,12 +1,15 @@
 //! TLS for the `SSL` and `SASL_SSL` listeners, with rustls (no OpenSSL) on the `ring`
-//! provider: the server configuration built once at start-up from Kafka's `ssl.*` settings
-//! and shared immutable by every shard (an `Arc`, no lock on the data path); and the
+//! provider: the server configuration built from Kafka's `ssl.*` settings at start-up and
+//! again when its PEM files change (`reload`), each shard holding the current one (an `Arc`
+//! in its `TlsView`, taken once per connection: no lock on the data path); and the
 //! principal of a client certificate: its subject's distinguished name in RFC 2253 form
 //! (`CN=client,OU=eng,O=Example`, last RDN first, as Java's `X500Principal.getName()`),
 //! mapped by `ssl.principal.mapping.rules` (`principal_mapping`), then `User:` before it.
 
 mod principal_mapping;
+pub mod reload;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 pub use principal_mapping::PrincipalMapper;
@@ -55,6 +58,9 @@ pub struct TlsSettings {
     pub client_auth: String,
     /// `ssl.principal.mapping.rules`.
     pub principal_mapping_rules: String,
+    /// `ringfeed.ssl.reload.interval.ms`: how often the PEM files are checked for a change
+    /// (0: never).
+    pub reload_interval_ms: u64,
 }
 
 /// PEM text given inline (Kafka's `ssl.keystore.certificate.chain` / `ssl.keystore.key` hold
@@ -172,12 +178,35 @@ pub fn certificate_principal(
     Ok(format!("User:{name}"))
 }
 
-/// What the TLS listeners need besides their server configuration: the settings it was
-/// built from and the principal mapping, parsed once at start-up.
+/// What the TLS listeners need besides their first server configuration: the settings to
+/// build it again from (`reload`) and the principal mapping, parsed once at start-up.
 #[derive(Clone, Debug, Default)]
 pub struct TlsConfig {
     pub settings: TlsSettings,
     pub principal_mapper: Arc<PrincipalMapper>,
+}
+
+/// A shard's TLS server configuration: the one built at start-up, then each one a reload
+/// installed (`ShardServices::publish_tls`). A connection takes it once, before its handshake.
+#[derive(Default)]
+pub struct TlsView {
+    current: RefCell<Option<Arc<ServerConfig>>>,
+}
+
+impl TlsView {
+    pub fn new(first: Option<Arc<ServerConfig>>) -> Self {
+        Self {
+            current: RefCell::new(first),
+        }
+    }
+
+    pub fn current(&self) -> Option<Arc<ServerConfig>> {
+        self.current.borrow().clone()
+    }
+
+    pub fn install(&self, config: Arc<ServerConfig>) {
+        *self.current.borrow_mut() = Some(config);
+    }
 }
 
 /// A distinguished name as RFC 2253 writes it: RDNs last-first, joined by `,`, the

@@ -187,11 +187,13 @@ async fn serve(
 ) {
     tracing::debug!(shard = shard.shard_id, %peer, %protocol, "connection accepted");
     let _counted = shard.metrics.connection_opened();
+    // A TLS listener takes the shard's current configuration (certificates reload).
     let tls = shard
         .config
         .listeners
         .get(listener)
-        .and_then(|bound| bound.tls.clone());
+        .filter(|bound| bound.tls.is_some())
+        .and_then(|_| shard.tls.current());
     let opened = match tls {
         None => open_plain(stream),
         Some(tls) => open_tls(&shard, stream, tls).await,

@@ -171,6 +171,14 @@ pub static SETTINGS: &[Setting] = &[
          case) applies when pattern matches the whole subject and rewrites it as Java's \
          replaceAll ($1 is the first group). A certificate no rule applies to is refused.",
     ),
+    row(
+        "ringfeed.ssl.reload.interval.ms",
+        "5000",
+        integer(0, INT_MAX),
+        "How often the TLS PEM files (keystore, certificate chain and key files, truststore) are \
+         checked for a change; a changed set is loaded and used for new connections, one that \
+         does not load keeps the current certificates (logged). 0: never reload.",
+    ),
     Setting {
         flag_aliases: &["data-dir"],
         ..row(
