@@ -37,6 +37,9 @@ pub struct SaslConfig {
     /// As read at start-up: each shard's first `CredentialView`; shard 0 then publishes its
     /// store's, and each `AlterUserScramCredentials` a new one (`sasl::store`).
     pub credentials: Arc<crate::sasl::Credentials>,
+    /// `connections.max.reauth.ms`: how long a login lasts before the client must
+    /// re-authenticate (KIP-368, `sasl::session`); `None` (0) for ever.
+    pub session_lifetime: Option<std::time::Duration>,
 }
 
 /// Parses `super.users` (`User:a;User:b`, Kafka's separator).
@@ -80,6 +83,8 @@ pub struct BrokerConfig {
     pub settings: Arc<Effective>,
     /// Who this broker is in its cluster (a one-node cluster unless voters are given).
     pub cluster: ClusterConfig,
+    /// The `ssl.*` settings (for certificate reload) and the principal mapping.
+    pub tls: crate::tls::TlsConfig,
 }
 
 impl BrokerConfig {

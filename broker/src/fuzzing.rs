@@ -65,6 +65,21 @@ pub fn sasl_exchange(data: &[u8]) -> usize {
     steps
 }
 
+/// The `ssl.principal.mapping.rules` target: the input up to its first NUL is the rule
+/// text, the rest a certificate subject. Any input must parse or be refused, and a parsed
+/// list must map any subject to a name or to none, never panic. Returns whether it parsed.
+pub fn principal_mapping(data: &[u8]) -> bool {
+    let (rules, subject) = match data.iter().position(|byte| *byte == 0) {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &b"CN=fuzz,OU=test,O=Ringfeed"[..]),
+    };
+    let Ok(mapper) = crate::tls::PrincipalMapper::parse(&String::from_utf8_lossy(rules)) else {
+        return false;
+    };
+    let _ = mapper.name(&String::from_utf8_lossy(subject));
+    true
+}
+
 fn split_tokens(data: &[u8]) -> Vec<&[u8]> {
     let mut tokens = Vec::new();
     let mut rest = data;
@@ -339,6 +354,21 @@ mod tests {
         assert!(
             completed >= 2,
             "only {completed} steps succeeded over the seeds"
+        );
+    }
+
+    #[test]
+    fn principal_mapping_corpus_replays() {
+        let paths = corpus("principal_mapping");
+        let parsed = paths
+            .iter()
+            .filter(|path| super::principal_mapping(&std::fs::read(path).expect("corpus file")))
+            .count();
+        // Kafka's documented lists parse; the invalid seed does not.
+        assert!(
+            parsed >= 2 && parsed < paths.len(),
+            "{parsed} of {} parsed",
+            paths.len()
         );
     }
 

@@ -315,6 +315,7 @@ impl Effective {
             advertised_listener: optional("advertised.listeners"),
             protocol_map: self.text("listener.security.protocol.map").to_string(),
             sasl_mechanisms: self.text("sasl.enabled.mechanisms").to_string(),
+            sasl_session_lifetime_ms: self.unsigned("connections.max.reauth.ms"),
             super_users: self.text("super.users").to_string(),
             tls: crate::tls::TlsSettings {
                 keystore_location: self.text("ssl.keystore.location").to_string(),
@@ -322,6 +323,8 @@ impl Effective {
                 key: self.text("ssl.keystore.key").to_string(),
                 truststore_location: self.text("ssl.truststore.location").to_string(),
                 client_auth: self.text("ssl.client.auth").to_string(),
+                principal_mapping_rules: self.text("ssl.principal.mapping.rules").to_string(),
+                reload_interval_ms: self.unsigned("ringfeed.ssl.reload.interval.ms"),
             },
             data_dir: PathBuf::from(self.text("log.dirs")),
             shards: Some(self.unsigned("ringfeed.shards") as usize).filter(|shards| *shards > 0),
@@ -605,6 +608,8 @@ pub struct ServeOptions {
     pub protocol_map: String,
     /// `sasl.enabled.mechanisms`, as written.
     pub sasl_mechanisms: String,
+    /// `connections.max.reauth.ms` (0: SASL sessions do not expire).
+    pub sasl_session_lifetime_ms: u64,
     /// `super.users`, as written.
     pub super_users: String,
     /// The `ssl.*` settings of the SSL and `SASL_SSL` listeners.

@@ -121,6 +121,8 @@ pub struct ShardServices {
     acl_store: Option<futures::lock::Mutex<AclStore>>,
     /// The SCRAM credentials this shard's logins check (`sasl::store`).
     pub credentials: CredentialView,
+    /// The TLS server configuration new connections on TLS listeners take (`tls::reload`).
+    pub tls: crate::tls::TlsView,
     /// Shard 0 only: the durable credential set; see `alter_credentials`. A lock for the
     /// reason `acl_store` has one.
     credential_store: Option<futures::lock::Mutex<CredentialStore>>,
@@ -210,6 +212,10 @@ impl ShardServices {
             None
         };
         let credentials = CredentialView::new(config.sasl.credentials.clone());
+        let first_tls = config
+            .listeners
+            .iter()
+            .find_map(|listener| listener.tls.clone());
         let partitions = Rc::new(PartitionTable::new(
             config.limits.shard_fetch_waits_parked_max,
         ));
@@ -251,6 +257,7 @@ impl ShardServices {
             acl_store,
             credentials,
             credential_store,
+            tls: crate::tls::TlsView::new(first_tls),
         });
         services.report_offline_partitions();
         router::serve_incoming(&services.router, incoming, &services);
@@ -382,6 +389,15 @@ impl ShardServices {
     async fn publish_credentials(self: &Rc<Self>, credentials: Arc<crate::sasl::Credentials>) {
         self.install_on_every_shard(credentials, "SCRAM credentials", |services, credentials| {
             services.credentials.install(credentials);
+        })
+        .await;
+    }
+
+    /// Shard 0: hands every shard a reloaded TLS configuration (`tls::reload`) and waits
+    /// until all have installed it.
+    pub async fn publish_tls(self: &Rc<Self>, config: Arc<rustls::ServerConfig>) {
+        self.install_on_every_shard(config, "TLS certificates", |services, config| {
+            services.tls.install(config);
         })
         .await;
     }

@@ -1,11 +1,18 @@
 //! TLS for the `SSL` and `SASL_SSL` listeners, with rustls (no OpenSSL) on the `ring`
-//! provider: the server configuration built once at start-up from Kafka's `ssl.*` settings
-//! and shared immutable by every shard (an `Arc`, no lock on the data path), and the
-//! principal of a client certificate as Kafka's default `ssl.principal.mapping.rules`
-//! names it: `User:` and the subject's distinguished name in RFC 2253 form
-//! (`CN=client,OU=eng,O=Example`, last RDN first, as Java's `X500Principal.getName()`).
+//! provider: the server configuration built from Kafka's `ssl.*` settings at start-up and
+//! again when its PEM files change (`reload`), each shard holding the current one (an `Arc`
+//! in its `TlsView`, taken once per connection: no lock on the data path); and the
+//! principal of a client certificate: its subject's distinguished name in RFC 2253 form
+//! (`CN=client,OU=eng,O=Example`, last RDN first, as Java's `X500Principal.getName()`),
+//! mapped by `ssl.principal.mapping.rules` (`principal_mapping`), then `User:` before it.
 
+mod principal_mapping;
+pub mod reload;
+
+use std::cell::RefCell;
 use std::sync::Arc;
+
+pub use principal_mapping::PrincipalMapper;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -49,6 +56,11 @@ pub struct TlsSettings {
     pub truststore_location: String,
     /// `ssl.client.auth`.
     pub client_auth: String,
+    /// `ssl.principal.mapping.rules`.
+    pub principal_mapping_rules: String,
+    /// `ringfeed.ssl.reload.interval.ms`: how often the PEM files are checked for a change
+    /// (0: never).
+    pub reload_interval_ms: u64,
 }
 
 /// PEM text given inline (Kafka's `ssl.keystore.certificate.chain` / `ssl.keystore.key` hold
@@ -149,12 +161,52 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, String
     Ok(Arc::new(config))
 }
 
-/// The principal of a verified client certificate under Kafka's `DEFAULT` mapping rule:
-/// `User:` + the subject DN in RFC 2253 form. `None` if the certificate does not parse
+/// The principal of a verified client certificate: `User:` and what `mapper`
+/// (`ssl.principal.mapping.rules`) makes of the subject DN in RFC 2253 form. An error when
+/// no rule applies (Kafka refuses the connection then) or the certificate does not parse
 /// (rustls already verified it, so that does not happen for a chain the truststore signs).
-pub fn certificate_principal(certificate: &[u8]) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
-    Some(format!("User:{}", rfc2253(parsed.subject())))
+pub fn certificate_principal(
+    certificate: &[u8],
+    mapper: &PrincipalMapper,
+) -> Result<String, String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate)
+        .map_err(|error| format!("client certificate does not parse: {error}"))?;
+    let subject = rfc2253(parsed.subject());
+    let name = mapper.name(&subject).ok_or_else(|| {
+        format!("no ssl.principal.mapping.rules rule applies to the client certificate {subject}")
+    })?;
+    Ok(format!("User:{name}"))
+}
+
+/// What the TLS listeners need besides their first server configuration: the settings to
+/// build it again from (`reload`) and the principal mapping, parsed once at start-up.
+#[derive(Clone, Debug, Default)]
+pub struct TlsConfig {
+    pub settings: TlsSettings,
+    pub principal_mapper: Arc<PrincipalMapper>,
+}
+
+/// A shard's TLS server configuration: the one built at start-up, then each one a reload
+/// installed (`ShardServices::publish_tls`). A connection takes it once, before its handshake.
+#[derive(Default)]
+pub struct TlsView {
+    current: RefCell<Option<Arc<ServerConfig>>>,
+}
+
+impl TlsView {
+    pub fn new(first: Option<Arc<ServerConfig>>) -> Self {
+        Self {
+            current: RefCell::new(first),
+        }
+    }
+
+    pub fn current(&self) -> Option<Arc<ServerConfig>> {
+        self.current.borrow().clone()
+    }
+
+    pub fn install(&self, config: Arc<ServerConfig>) {
+        *self.current.borrow_mut() = Some(config);
+    }
 }
 
 /// A distinguished name as RFC 2253 writes it: RDNs last-first, joined by `,`, the

@@ -1,7 +1,8 @@
 //! `SaslHandshake` (v0-1): the client names its mechanism. On a SASL listener before
 //! authentication the connection answers it (`server::connection`, which owns the
 //! exchange's state) with [`answer`]; anywhere else it is out of place and gets
-//! `ILLEGAL_SASL_STATE` (re-authentication, KIP-368, is not served).
+//! `ILLEGAL_SASL_STATE` (after login the connection takes it as a re-authentication when
+//! `connections.max.reauth.ms` allows one, KIP-368; see `sasl::session`).
 
 use kafka_protocol::messages::{SaslHandshakeRequest, SaslHandshakeResponse};
 

@@ -182,6 +182,23 @@ impl Scrape {
                 .iter()
                 .map(|shard| (Self::shard_label(shard), shard.connections_accepted)),
         )?;
+        counters(
+            encoder,
+            "ringfeed_sasl_reauthentications",
+            "SASL sessions renewed on their connection (KIP-368, connections.max.reauth.ms).",
+            self.shards
+                .iter()
+                .map(|shard| (Self::shard_label(shard), shard.sasl_reauthentications)),
+        )?;
+        counters(
+            encoder,
+            "ringfeed_sasl_sessions_expired",
+            "Connections closed because their SASL session ended without re-authentication \
+             (Kafka's expired-connections-killed-count).",
+            self.shards
+                .iter()
+                .map(|shard| (Self::shard_label(shard), shard.sasl_sessions_expired)),
+        )?;
         let partitions = self.shards.iter().flat_map(|shard| {
             let state = |name: &str, count: u64| {
                 let mut labels = Self::shard_label(shard);

@@ -112,6 +112,10 @@ pub struct ShardMetrics {
     pub(super) fdatasync_latency: Rc<RefCell<LatencyHistogram>>,
     pub(super) connections_open: Cell<u64>,
     pub(super) connections_accepted: Cell<u64>,
+    /// SASL sessions renewed on their connection, and connections closed because their
+    /// session ended without renewal (KIP-368).
+    pub(super) sasl_reauthentications: Cell<u64>,
+    pub(super) sasl_sessions_expired: Cell<u64>,
     /// The most fetch-budget bytes reserved at once since start (`fetch_budget_reserved`).
     pub(super) fetch_budget_reserved_bytes_peak: Cell<u64>,
 }
@@ -128,6 +132,8 @@ impl Default for ShardMetrics {
             fdatasync_latency: Rc::default(),
             connections_open: Cell::new(0),
             connections_accepted: Cell::new(0),
+            sasl_reauthentications: Cell::new(0),
+            sasl_sessions_expired: Cell::new(0),
             fetch_budget_reserved_bytes_peak: Cell::new(0),
         }
     }
@@ -181,6 +187,18 @@ impl ShardMetrics {
         OpenConnection {
             metrics: self.clone(),
         }
+    }
+
+    /// A SASL session was renewed on its connection (KIP-368).
+    pub fn sasl_reauthenticated(&self) {
+        self.sasl_reauthentications
+            .set(self.sasl_reauthentications.get() + 1);
+    }
+
+    /// A connection was closed because its SASL session ended without renewal.
+    pub fn sasl_session_expired(&self) {
+        self.sasl_sessions_expired
+            .set(self.sasl_sessions_expired.get() + 1);
     }
 
     /// A fetch has just reserved budget: `reserved_bytes` of the shard's fetch budget are

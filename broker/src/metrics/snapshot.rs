@@ -64,6 +64,9 @@ pub struct ShardSnapshot {
     pub fdatasync_latency: HistogramBuckets,
     pub connections_open: u64,
     pub connections_accepted: u64,
+    /// SASL sessions renewed, and connections closed for an ended session (KIP-368).
+    pub sasl_reauthentications: u64,
+    pub sasl_sessions_expired: u64,
     pub partitions_offline: u64,
     /// Every online partition of the shard (the exporter caps the series, and needs all
     /// high watermarks to compute group lag).
@@ -105,6 +108,8 @@ impl ShardMetrics {
             fdatasync_latency: self.fdatasync_latency.borrow().buckets(),
             connections_open: self.connections_open.get(),
             connections_accepted: self.connections_accepted.get(),
+            sasl_reauthentications: self.sasl_reauthentications.get(),
+            sasl_sessions_expired: self.sasl_sessions_expired.get(),
             fetch_budget_reserved_bytes_peak: self.fetch_budget_reserved_bytes_peak.get(),
             ..ShardSnapshot::default()
         }

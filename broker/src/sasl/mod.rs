@@ -11,6 +11,7 @@
 pub mod alteration;
 pub mod credentials;
 pub mod scram;
+pub mod session;
 pub mod store;
 pub mod users;
 
@@ -75,7 +76,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(user: Option<&str>, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(user: Option<&str>, reason: impl Into<String>) -> Self {
         Self {
             user: user.map(str::to_string),
             reason: reason.into(),

@@ -187,11 +187,13 @@ async fn serve(
 ) {
     tracing::debug!(shard = shard.shard_id, %peer, %protocol, "connection accepted");
     let _counted = shard.metrics.connection_opened();
+    // A TLS listener takes the shard's current configuration (certificates reload).
     let tls = shard
         .config
         .listeners
         .get(listener)
-        .and_then(|bound| bound.tls.clone());
+        .filter(|bound| bound.tls.is_some())
+        .and_then(|_| shard.tls.current());
     let opened = match tls {
         None => open_plain(stream),
         Some(tls) => open_tls(&shard, stream, tls).await,
@@ -260,13 +262,12 @@ async fn open_tls(
         Some(Err(error)) => return Err(format!("TLS handshake failed: {error}")),
         None => return Err(format!("TLS handshake not done within {timeout:?}")),
     };
-    let principal = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(|certificate| crate::tls::certificate_principal(certificate))
-        .unwrap_or_else(|| ANONYMOUS.to_string());
+    let principal = match tls.get_ref().1.peer_certificates().and_then(<[_]>::first) {
+        Some(certificate) => {
+            crate::tls::certificate_principal(certificate, &shard.config.tls.principal_mapper)?
+        }
+        None => ANONYMOUS.to_string(),
+    };
     tracing::debug!(
         shard = shard.shard_id,
         version = ?tls.get_ref().1.protocol_version(),
@@ -497,7 +498,7 @@ impl ConnectionIdentity {
         self.sasl
             .borrow()
             .as_ref()
-            .is_some_and(|state| !matches!(state, SaslState::Authenticated))
+            .is_some_and(|state| !matches!(state, SaslState::Authenticated(_)))
     }
 
     /// Whether the next frame is a raw SASL token (after a v0 `SaslHandshake`).
@@ -564,12 +565,13 @@ fn start_request(
         request_sequence,
         acls: shard.acls.current(),
     };
-    if identity.sasl_pending() {
-        let outcome = {
-            let mut state = identity.sasl.borrow_mut();
-            let state = state.as_mut().expect("pending on a SASL listener");
-            sasl_session::request(shard, state, &context, &request)
-        };
+    // On a SASL listener, also after login (re-authentication, session expiry).
+    let sasl_outcome = identity
+        .sasl
+        .borrow_mut()
+        .as_mut()
+        .map(|state| sasl_session::request(shard, state, &context, &request));
+    if let Some(outcome) = sasl_outcome {
         match outcome {
             Ok(Outcome::Serve) => {}
             Ok(outcome) => return sasl_answer(shard, identity, outcome),

@@ -56,6 +56,10 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         &options.protocol_map,
     )?;
     let sasl = sasl_config(&plans, options, &data_dir)?;
+    let principal_mapper = Arc::new(
+        crate::tls::PrincipalMapper::parse(&options.tls.principal_mapping_rules)
+            .map_err(|error| format!("invalid ssl.principal.mapping.rules: {error}"))?,
+    );
     // One TLS configuration for every TLS listener, built before any port is taken so a bad
     // keystore stops the start with the setting named.
     let tls = plans
@@ -97,6 +101,10 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         topic_defaults: options.topic_defaults.clone(),
         settings: options.settings.clone(),
         cluster: options.cluster.clone(),
+        tls: crate::tls::TlsConfig {
+            settings: options.tls.clone(),
+            principal_mapper,
+        },
     });
     let admin_status = Arc::new(AdminStatus::default());
     let (scrape_senders, scrape_receivers) = (0..config.shard_count())
@@ -142,6 +150,8 @@ fn sasl_config(
     Ok(SaslConfig {
         mechanisms,
         credentials: Arc::new(credentials),
+        session_lifetime: (options.sasl_session_lifetime_ms > 0)
+            .then(|| Duration::from_millis(options.sasl_session_lifetime_ms)),
     })
 }
 

@@ -5,6 +5,9 @@
 //! after a v1 one inside `SaslAuthenticate` requests. A failed login is answered with
 //! `SASL_AUTHENTICATION_FAILED` and a message (v1) or not at all (v0), logged, counted, and
 //! the connection closes; repeated failures from one address wait longer for their answer.
+//! After login the session lasts `connections.max.reauth.ms` (KIP-368, `sasl::session`): a
+//! `SaslHandshake` re-authenticates, and any other request after the session ended closes the
+//! connection (logged, counted in `ringfeed_sasl_sessions_expired`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -16,7 +19,8 @@ use kafka_protocol::messages::{ApiKey, SaslAuthenticateRequest, SaslHandshakeReq
 
 use crate::codec::{self, CodecError};
 use crate::handlers::{sasl_authenticate, sasl_handshake, RequestContext, ResponseFrame};
-use crate::sasl::{self, Authenticator, Step};
+use crate::sasl::session::{self, Reauthentication, Session};
+use crate::sasl::{self, Authenticator, Failure, Step};
 use crate::shard::ShardServices;
 
 /// Where a connection on a SASL listener stands.
@@ -24,13 +28,15 @@ use crate::shard::ShardServices;
 pub enum SaslState {
     /// `SaslHandshake` is next (`ApiVersions` may come first).
     AwaitingHandshake,
-    /// Tokens of `mechanism` are next: raw frames after a v0 handshake, else requests.
+    /// Tokens of `mechanism` are next: raw frames after a v0 handshake, else requests. A
+    /// re-authentication also holds the session it renews.
     Authenticating {
         authenticator: Authenticator,
         mechanism: String,
         raw_tokens: bool,
+        reauthentication: Option<Reauthentication>,
     },
-    Authenticated,
+    Authenticated(Session),
 }
 
 /// What the connection does with one frame on a SASL listener.
@@ -58,23 +64,15 @@ pub fn raw_token(
     peer: IpAddr,
     token: &[u8],
 ) -> Outcome {
-    let SaslState::Authenticating {
-        authenticator,
-        mechanism,
-        ..
-    } = state
-    else {
+    let SaslState::Authenticating { mechanism, .. } = state else {
         return Outcome::Close("raw SASL token outside an exchange".into());
     };
-    match authenticator.step(token, &shard.credentials.current(), &sasl::server_nonce()) {
-        Ok(step) => {
-            let (message, principal) = step_parts(step);
+    let mechanism = mechanism.clone();
+    match step_and_finish(shard, state, token) {
+        Ok((message, principal)) => {
             let mut frame = BytesMut::with_capacity(4 + message.len());
             frame.put_u32(message.len() as u32);
             frame.put_slice(&message);
-            if principal.is_some() {
-                *state = SaslState::Authenticated;
-            }
             Outcome::Answer {
                 frame: frame.freeze(),
                 delay: Duration::ZERO,
@@ -91,7 +89,7 @@ pub fn raw_token(
                 Duration::ZERO,
                 0,
             );
-            let delay = failed_login(shard, peer, mechanism, &failure);
+            let delay = failed_login(shard, peer, &mechanism, &failure);
             Outcome::Answer {
                 frame: Bytes::new(),
                 delay,
@@ -112,6 +110,51 @@ fn step_parts(step: Step) -> (Vec<u8>, Option<String>) {
     }
 }
 
+/// Steps the exchange with the client's `token` and, when it completes, starts the session
+/// (a re-authentication must keep mechanism and principal). Gives the server's message and
+/// the principal of a completed login.
+fn step_and_finish(
+    shard: &ShardServices,
+    state: &mut SaslState,
+    token: &[u8],
+) -> Result<(Vec<u8>, Option<String>), Failure> {
+    let SaslState::Authenticating {
+        authenticator,
+        mechanism,
+        reauthentication,
+        ..
+    } = state
+    else {
+        return Err(Failure::new(None, "SASL token outside an exchange"));
+    };
+    if let Some(reauthentication) = reauthentication {
+        reauthentication.check_mechanism(mechanism)?;
+    }
+    let step = authenticator.step(token, &shard.credentials.current(), &sasl::server_nonce())?;
+    let (message, principal) = step_parts(step);
+    let Some(principal) = principal else {
+        return Ok((message, None));
+    };
+    let lifetime = shard.config.sasl.session_lifetime;
+    let now = Instant::now();
+    let session = match reauthentication {
+        Some(reauthentication) => {
+            reauthentication.check_principal(&principal)?;
+            tracing::debug!(
+                shard = shard.shard_id,
+                %principal,
+                latency_ms = now.saturating_duration_since(reauthentication.started).as_millis(),
+                "SASL re-authentication succeeded"
+            );
+            shard.metrics.sasl_reauthenticated();
+            reauthentication.renewed(lifetime, now)
+        }
+        None => Session::begin(mechanism, &principal, lifetime, now, None),
+    };
+    *state = SaslState::Authenticated(session);
+    Ok((message, Some(principal)))
+}
+
 /// A decoded request before authentication.
 pub fn request(
     shard: &ShardServices,
@@ -121,9 +164,10 @@ pub fn request(
 ) -> Result<Outcome, CodecError> {
     use crate::handlers::Request;
     match (request, &mut *state) {
+        (_, SaslState::Authenticated(_)) => authenticated_request(shard, state, context, request),
         (Request::ApiVersions(_), _) => Ok(Outcome::Serve),
         (Request::SaslHandshake(handshake), SaslState::AwaitingHandshake) => {
-            handshake_request(shard, state, context, handshake)
+            handshake_request(shard, state, context, handshake, None)
         }
         (Request::SaslAuthenticate(authenticate), SaslState::Authenticating { .. }) => {
             authenticate_request(shard, state, context, authenticate)
@@ -138,11 +182,49 @@ pub fn request(
     }
 }
 
+/// A request after login: a `SaslHandshake` that may re-authenticate starts doing so (Kafka
+/// tries this before it looks at the session's expiry); anything else is served while the
+/// session lasts and closes the connection once it has ended.
+fn authenticated_request(
+    shard: &ShardServices,
+    state: &mut SaslState,
+    context: &RequestContext,
+    request: &crate::handlers::Request,
+) -> Result<Outcome, CodecError> {
+    let SaslState::Authenticated(current) = state else {
+        unreachable!("matched by the caller");
+    };
+    let now = Instant::now();
+    if let crate::handlers::Request::SaslHandshake(handshake) = request {
+        if current.may_reauthenticate(now) {
+            let reauthentication = Reauthentication {
+                previous: current.clone(),
+                started: now,
+            };
+            tracing::debug!(shard = shard.shard_id, peer = %context.peer, principal = %current.principal, "SASL re-authentication started");
+            return handshake_request(shard, state, context, handshake, Some(reauthentication));
+        }
+    }
+    if current.expired(now) {
+        shard.metrics.sasl_session_expired();
+        let expires = current.expires.unwrap_or(now);
+        return Ok(Outcome::Close(format!(
+            "SASL session of {} expired {} ms ago without re-authentication \
+             (connections.max.reauth.ms); {:?} request refused",
+            current.principal,
+            now.saturating_duration_since(expires).as_millis(),
+            context.api_key
+        )));
+    }
+    Ok(Outcome::Serve)
+}
+
 fn handshake_request(
     shard: &ShardServices,
     state: &mut SaslState,
     context: &RequestContext,
     handshake: &SaslHandshakeRequest,
+    reauthentication: Option<Reauthentication>,
 ) -> Result<Outcome, CodecError> {
     let (response, picked) = sasl_handshake::answer(handshake, &shard.config.sasl.mechanisms);
     let error_code = response.error_code;
@@ -153,6 +235,7 @@ fn handshake_request(
                 authenticator: Authenticator::new(mechanism),
                 mechanism: handshake.mechanism.to_string(),
                 raw_tokens: context.api_version == 0,
+                reauthentication,
             };
             None
         }
@@ -175,36 +258,26 @@ fn authenticate_request(
     context: &RequestContext,
     authenticate: &SaslAuthenticateRequest,
 ) -> Result<Outcome, CodecError> {
-    let SaslState::Authenticating {
-        authenticator,
-        mechanism,
-        ..
-    } = state
-    else {
+    let SaslState::Authenticating { mechanism, .. } = state else {
         unreachable!("matched by the caller");
     };
-    let step = authenticator.step(
-        &authenticate.auth_bytes,
-        &shard.credentials.current(),
-        &sasl::server_nonce(),
-    );
-    let response = sasl_authenticate::answer(&step);
+    let mechanism = mechanism.clone();
+    let step = step_and_finish(shard, state, &authenticate.auth_bytes);
+    let lifetime_ms = match &step {
+        Ok((_, Some(_))) => session::lifetime_ms(shard.config.sasl.session_lifetime),
+        _ => 0,
+    };
+    let response = sasl_authenticate::answer(&step, lifetime_ms);
     let frame = encode(shard, context, &response, response.error_code)?;
     Ok(match step {
-        Ok(step) => {
-            let (_, principal) = step_parts(step);
-            if principal.is_some() {
-                *state = SaslState::Authenticated;
-            }
-            Outcome::Answer {
-                frame,
-                delay: Duration::ZERO,
-                close: None,
-                principal,
-            }
-        }
+        Ok((_, principal)) => Outcome::Answer {
+            frame,
+            delay: Duration::ZERO,
+            close: None,
+            principal,
+        },
         Err(failure) => {
-            let delay = failed_login(shard, context.peer.ip(), mechanism, &failure);
+            let delay = failed_login(shard, context.peer.ip(), &mechanism, &failure);
             Outcome::Answer {
                 frame,
                 delay,

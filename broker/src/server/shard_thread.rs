@@ -83,10 +83,13 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         )));
     }
     let retention = glommio::spawn_local(shard::enforce_retention_periodically(services.clone()));
+    let tls_reload =
+        (id == 0).then(|| glommio::spawn_local(crate::tls::reload::watch(services.clone())));
     let _ = listening.send(id);
     services.shutdown.started().await;
     drop(accepting);
     drop(retention);
+    drop(tls_reload);
     let _ = connections.close().await;
     drained_shards.fetch_add(1, Ordering::SeqCst);
     while drained_shards.load(Ordering::SeqCst) < config.shard_count() {

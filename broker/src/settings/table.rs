@@ -83,6 +83,15 @@ pub static SETTINGS: &[Setting] = &[
          stored SCRAM credential; it sends the password itself, so offer it on SASL_SSL.",
     ),
     row(
+        "connections.max.reauth.ms",
+        "0",
+        integer(0, i64::MAX),
+        "KIP-368: how long a SASL login lasts. SaslAuthenticate v1+ tells the client \
+         (session_lifetime_ms) and it re-authenticates on the same connection before then (same \
+         mechanism and principal, with the credentials as they are then); a request after the \
+         session ended closes the connection. 0: logins last as long as their connection.",
+    ),
+    row(
         "super.users",
         "",
         Kind::Text,
@@ -151,6 +160,24 @@ pub static SETTINGS: &[Setting] = &[
          certificate the truststore vouches for; requested asks but admits one without. A \
          certificate's principal is User:<subject DN in RFC 2253 form> (Kafka's \
          ssl.principal.mapping.rules=DEFAULT).",
+    ),
+    row(
+        "ssl.principal.mapping.rules",
+        "DEFAULT",
+        Kind::Text,
+        "How a client certificate's subject (RFC 2253, e.g. CN=alice,OU=eng,O=Example) becomes \
+         the name in User:<name>: rules tried in order, separated by commas or line breaks. \
+         DEFAULT keeps the subject; RULE:pattern/replacement/ (then L or U to lower or upper \
+         case) applies when pattern matches the whole subject and rewrites it as Java's \
+         replaceAll ($1 is the first group). A certificate no rule applies to is refused.",
+    ),
+    row(
+        "ringfeed.ssl.reload.interval.ms",
+        "5000",
+        integer(0, INT_MAX),
+        "How often the TLS PEM files (keystore, certificate chain and key files, truststore) are \
+         checked for a change; a changed set is loaded and used for new connections, one that \
+         does not load keeps the current certificates (logged). 0: never reload.",
     ),
     Setting {
         flag_aliases: &["data-dir"],

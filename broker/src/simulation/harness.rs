@@ -487,6 +487,7 @@ fn simulation_config() -> BrokerConfig {
         topic_defaults,
         cluster: settings.cluster(),
         settings: Arc::new(settings),
+        tls: crate::tls::TlsConfig::default(),
     }
 }
 
