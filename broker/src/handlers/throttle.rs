@@ -1,0 +1,203 @@
+//! Client quotas on the request path (`quotas`): after a handler answers, what the request
+//! used is recorded against its quotas — a Produce's record bytes (`producer_byte_rate`), a
+//! Fetch's record bytes (`consumer_byte_rate`), the time the shard's thread spent polling
+//! the handler (`request_percentage`) — and when the client is over one, the response
+//! carries the throttle time (the largest of the three) in `throttle_time_ms` and the
+//! connection is muted that long (KIP-219: answered at once, then no request is read until
+//! the throttle time has passed; `server::connection`).
+//!
+//! Without quotas (`ShardQuotas::enabled` false) nothing is measured or recorded: the
+//! dispatcher awaits the handler as it is, and this module is not entered.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::messages::{
+    AlterClientQuotasResponse, AlterConfigsResponse, AlterUserScramCredentialsResponse,
+    ApiVersionsResponse, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatResponse,
+    CreateAclsResponse, CreatePartitionsResponse, CreateTopicsResponse, DeleteAclsResponse,
+    DeleteGroupsResponse, DeleteRecordsResponse, DeleteTopicsResponse, DescribeAclsResponse,
+    DescribeClientQuotasResponse, DescribeClusterResponse, DescribeConfigsResponse,
+    DescribeGroupsResponse, DescribeLogDirsResponse, DescribeProducersResponse,
+    DescribeTopicPartitionsResponse, DescribeUserScramCredentialsResponse, FindCoordinatorResponse,
+    HeartbeatResponse, IncrementalAlterConfigsResponse, InitProducerIdResponse, JoinGroupResponse,
+    LeaveGroupResponse, ListGroupsResponse, ListOffsetsResponse, MetadataResponse,
+    OffsetCommitResponse, OffsetDeleteResponse, OffsetFetchResponse, ProduceResponse,
+    SaslAuthenticateResponse, SaslHandshakeResponse, SyncGroupResponse,
+};
+
+use crate::handlers::context::RequestContext;
+use crate::handlers::fetch::FetchAnswer;
+use crate::quotas::QuotaKey;
+use crate::shard::ShardServices;
+
+/// A response that can say how long its client is throttled.
+pub trait Throttled {
+    /// Sets `throttle_time_ms` (a no-op for a response without it, and at versions without
+    /// it the codec leaves it out).
+    fn set_throttle_time_ms(&mut self, throttle_ms: i32);
+
+    /// The record bytes the response carries (Fetch only), for `consumer_byte_rate`.
+    fn fetched_bytes(&self) -> u64 {
+        0
+    }
+}
+
+macro_rules! throttled {
+    ($($response:ty),* $(,)?) => {
+        $(impl Throttled for $response {
+            fn set_throttle_time_ms(&mut self, throttle_ms: i32) {
+                self.throttle_time_ms = throttle_ms;
+            }
+        })*
+    };
+}
+
+throttled!(
+    AlterClientQuotasResponse,
+    AlterConfigsResponse,
+    AlterUserScramCredentialsResponse,
+    ApiVersionsResponse,
+    ConsumerGroupDescribeResponse,
+    ConsumerGroupHeartbeatResponse,
+    CreateAclsResponse,
+    CreatePartitionsResponse,
+    CreateTopicsResponse,
+    DeleteAclsResponse,
+    DeleteGroupsResponse,
+    DeleteRecordsResponse,
+    DeleteTopicsResponse,
+    DescribeAclsResponse,
+    DescribeClientQuotasResponse,
+    DescribeClusterResponse,
+    DescribeConfigsResponse,
+    DescribeGroupsResponse,
+    DescribeLogDirsResponse,
+    DescribeProducersResponse,
+    DescribeTopicPartitionsResponse,
+    DescribeUserScramCredentialsResponse,
+    FindCoordinatorResponse,
+    HeartbeatResponse,
+    IncrementalAlterConfigsResponse,
+    InitProducerIdResponse,
+    JoinGroupResponse,
+    LeaveGroupResponse,
+    ListGroupsResponse,
+    ListOffsetsResponse,
+    MetadataResponse,
+    OffsetCommitResponse,
+    OffsetDeleteResponse,
+    OffsetFetchResponse,
+    ProduceResponse,
+    SyncGroupResponse,
+);
+
+/// The SASL responses have no throttle time (and their requests are exempt).
+impl Throttled for SaslHandshakeResponse {
+    fn set_throttle_time_ms(&mut self, _: i32) {}
+}
+
+impl Throttled for SaslAuthenticateResponse {
+    fn set_throttle_time_ms(&mut self, _: i32) {}
+}
+
+impl Throttled for FetchAnswer {
+    fn set_throttle_time_ms(&mut self, throttle_ms: i32) {
+        self.response.throttle_time_ms = throttle_ms;
+    }
+
+    fn fetched_bytes(&self) -> u64 {
+        self.partition_batches
+            .iter()
+            .flatten()
+            .map(|batch| batch.len() as u64)
+            .sum()
+    }
+}
+
+/// Awaits `work`; when `measure`, also sums the time its polls took on this thread (the
+/// request's share of the shard, Kafka's request handler time). Two clock reads per poll.
+pub async fn measured<F: Future>(measure: bool, work: F) -> (F::Output, Duration) {
+    if !measure {
+        return (work.await, Duration::ZERO);
+    }
+    let mut work = std::pin::pin!(work);
+    let mut busy = Duration::ZERO;
+    let output = std::future::poll_fn(|context| {
+        let started = Instant::now();
+        let poll = work.as_mut().poll(context);
+        busy += started.elapsed();
+        poll
+    })
+    .await;
+    (output, busy)
+}
+
+/// APIs whose time is not counted against `request_percentage` (Kafka exempts the ones a
+/// client needs to learn it is throttled and to log in).
+fn exempt_from_request_quota(api_key: ApiKey) -> bool {
+    matches!(
+        api_key,
+        ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+    )
+}
+
+/// Records what the request used against its quotas; when over one, sets the response's
+/// throttle time and mutes the connection for it. `produced_bytes`: a Produce's record
+/// bytes (0 for any other request). Call only when `ShardQuotas::enabled`.
+pub fn enforce<R: Throttled>(
+    shard: &ShardServices,
+    context: &RequestContext,
+    response: &mut R,
+    busy: Duration,
+    produced_bytes: u64,
+) {
+    let quotas = &shard.quotas;
+    let now_ms = u64::try_from(shard.clock.now_ms()).unwrap_or(0);
+    let principal = &context.principal;
+    let client_id = context.client_id.as_deref();
+    #[allow(clippy::cast_precision_loss)]
+    let record =
+        |key: QuotaKey, value: f64| quotas.record(key, principal, client_id, value, now_ms);
+    let mut throttle_ms = 0;
+    if context.api_key == ApiKey::Produce {
+        #[allow(clippy::cast_precision_loss)]
+        let bytes = produced_bytes as f64;
+        throttle_ms = throttle_ms.max(record(QuotaKey::ProducerByteRate, bytes));
+    }
+    if context.api_key == ApiKey::Fetch {
+        #[allow(clippy::cast_precision_loss)]
+        let bytes = response.fetched_bytes() as f64;
+        throttle_ms = throttle_ms.max(record(QuotaKey::ConsumerByteRate, bytes));
+    }
+    if !exempt_from_request_quota(context.api_key) {
+        // Kafka's unit: percent of one thread, i.e. 100 per second of thread time.
+        let percent_seconds = busy.as_secs_f64() * 100.0;
+        throttle_ms = throttle_ms.max(record(QuotaKey::RequestPercentage, percent_seconds));
+    }
+    if throttle_ms > 0 {
+        let throttle = i32::try_from(throttle_ms).unwrap_or(i32::MAX);
+        response.set_throttle_time_ms(throttle);
+        quotas.mute(context.connection_id, now_ms + throttle_ms, now_ms);
+        tracing::debug!(
+            peer = %context.peer,
+            principal = %context.principal,
+            client_id = ?context.client_id,
+            api = ?context.api_key,
+            throttle_ms,
+            "client throttled"
+        );
+    }
+}
+
+/// A Produce request's record bytes, what Kafka counts against `producer_byte_rate`.
+pub fn produced_bytes(request: &kafka_protocol::messages::ProduceRequest) -> u64 {
+    request
+        .topic_data
+        .iter()
+        .flat_map(|topic| &topic.partition_data)
+        .filter_map(|partition| partition.records.as_ref())
+        .map(|records| records.len() as u64)
+        .sum()
+}
