@@ -175,8 +175,8 @@ pub fn start(
     let started = std::time::Instant::now();
     let wants_response = request.acks != 0;
     let quotas_enabled = shard.quotas.enabled();
-    let produced_bytes = if quotas_enabled {
-        throttle::produced_bytes(&request)
+    let produce_throttle_ms = if quotas_enabled {
+        throttle::record_produce(&shard, &context, throttle::produced_bytes(&request))
     } else {
         0
     };
@@ -187,7 +187,7 @@ pub fn start(
         let (mut response, busy) = throttle::measured(quotas_enabled, response).await;
         if quotas_enabled {
             let busy = busy + dispatch_busy;
-            throttle::enforce(&shard, &context, &mut response, busy, produced_bytes);
+            throttle::enforce(&shard, &context, &mut response, busy, produce_throttle_ms);
         }
         let error_code = response.error_code();
         let frame = response.into_frame(&context)?;

@@ -4,7 +4,9 @@
 //! the handler (`request_percentage`) — and when the client is over one, the response
 //! carries the throttle time (the largest of the three) in `throttle_time_ms` and the
 //! connection is muted that long (KIP-219: answered at once, then no request is read until
-//! the throttle time has passed; `server::connection`).
+//! the throttle time has passed; `server::connection`). A throttled Fetch is answered
+//! without records, and its bytes are not counted (Kafka's `handleFetchRequest`).
+//! Not done: Kafka also caps a Fetch's `max_bytes` at what the quota window allows.
 //!
 //! Without quotas (`ShardQuotas::enabled` false) nothing is measured or recorded: the
 //! dispatcher awaits the handler as it is, and this module is not entered.
@@ -42,6 +44,10 @@ pub trait Throttled {
     fn fetched_bytes(&self) -> u64 {
         0
     }
+
+    /// A throttled Fetch is answered empty (Kafka's `getThrottledResponse`); others keep
+    /// their answer.
+    fn drop_records(&mut self) {}
 }
 
 macro_rules! throttled {
@@ -114,6 +120,13 @@ impl Throttled for FetchAnswer {
             .map(|batch| batch.len() as u64)
             .sum()
     }
+
+    /// No partitions at all, the session id kept: to an incremental session "nothing
+    /// changed"; the client fetches the same offsets again once the throttle time passed.
+    fn drop_records(&mut self) {
+        self.response.responses.clear();
+        self.partition_batches.clear();
+    }
 }
 
 /// Awaits `work`; when `measure`, also sums the time its polls took on this thread (the
@@ -143,38 +156,64 @@ fn exempt_from_request_quota(api_key: ApiKey) -> bool {
     )
 }
 
-/// Records what the request used against its quotas; when over one, sets the response's
-/// throttle time and mutes the connection for it. `produced_bytes`: a Produce's record
-/// bytes (0 for any other request). Call only when `ShardQuotas::enabled`.
+/// Records a Produce's record bytes against `producer_byte_rate` as the request starts,
+/// and mutes the connection at once when it is over: the connection's next request is
+/// not taken before the throttle time has passed. (Kafka reads one request of a
+/// connection at a time, so its mute after the response stops the very next request;
+/// here requests are pipelined, and the mute must be set before the next frame is taken.)
+/// Returns the throttle time (ms). Call only when `ShardQuotas::enabled`.
+pub fn record_produce(shard: &ShardServices, context: &RequestContext, produced_bytes: u64) -> u64 {
+    let now_ms = u64::try_from(shard.clock.now_ms()).unwrap_or(0);
+    #[allow(clippy::cast_precision_loss)]
+    let bytes = produced_bytes as f64;
+    let throttle_ms = shard.quotas.record(
+        QuotaKey::ProducerByteRate,
+        &context.principal,
+        context.client_id.as_deref(),
+        bytes,
+        now_ms,
+    );
+    if throttle_ms > 0 {
+        shard
+            .quotas
+            .mute(context.connection_id, now_ms + throttle_ms, now_ms);
+    }
+    throttle_ms
+}
+
+/// Records what the request used against its quotas (a Fetch's bytes, the request's
+/// time); when over one, or when `throttle_ms` (a Produce's from `record_produce`) is not
+/// 0, sets the response's throttle time (the largest) and mutes the connection for it.
+/// Call only when `ShardQuotas::enabled`.
 pub fn enforce<R: Throttled>(
     shard: &ShardServices,
     context: &RequestContext,
     response: &mut R,
     busy: Duration,
-    produced_bytes: u64,
+    throttle_ms: u64,
 ) {
     let quotas = &shard.quotas;
     let now_ms = u64::try_from(shard.clock.now_ms()).unwrap_or(0);
     let principal = &context.principal;
     let client_id = context.client_id.as_deref();
-    #[allow(clippy::cast_precision_loss)]
     let record =
         |key: QuotaKey, value: f64| quotas.record(key, principal, client_id, value, now_ms);
-    let mut throttle_ms = 0;
-    if context.api_key == ApiKey::Produce {
-        #[allow(clippy::cast_precision_loss)]
-        let bytes = produced_bytes as f64;
-        throttle_ms = throttle_ms.max(record(QuotaKey::ProducerByteRate, bytes));
-    }
+    let mut throttle_ms = throttle_ms;
+    #[allow(clippy::cast_precision_loss)]
+    let fetched_bytes = response.fetched_bytes() as f64;
     if context.api_key == ApiKey::Fetch {
-        #[allow(clippy::cast_precision_loss)]
-        let bytes = response.fetched_bytes() as f64;
-        throttle_ms = throttle_ms.max(record(QuotaKey::ConsumerByteRate, bytes));
+        throttle_ms = throttle_ms.max(record(QuotaKey::ConsumerByteRate, fetched_bytes));
     }
     if !exempt_from_request_quota(context.api_key) {
         // Kafka's unit: percent of one thread, i.e. 100 per second of thread time.
         let percent_seconds = busy.as_secs_f64() * 100.0;
         throttle_ms = throttle_ms.max(record(QuotaKey::RequestPercentage, percent_seconds));
+    }
+    if throttle_ms > 0 && context.api_key == ApiKey::Fetch {
+        // Kafka's rule (KIP-219): a throttled Fetch is answered empty, and its bytes,
+        // not sent, are taken back out of the client's usage.
+        record(QuotaKey::ConsumerByteRate, -fetched_bytes);
+        response.drop_records();
     }
     if throttle_ms > 0 {
         let throttle = i32::try_from(throttle_ms).unwrap_or(i32::MAX);
