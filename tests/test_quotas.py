@@ -17,6 +17,7 @@ DESCRIBE_CLIENT_QUOTAS = 48
 ALTER_CLIENT_QUOTAS = 49
 NONE = 0
 INVALID_REQUEST = 42
+CLUSTER_AUTHORIZATION_FAILED = 31
 MiB = 1 << 20
 
 
@@ -330,3 +331,18 @@ def test_a_quotad_consumer_is_held_to_its_rate_and_another_is_not_slowed(start_b
     assert 0.8 * MiB <= slow_rate <= 1.2 * MiB
     assert loaded / together_seconds > 5 * MiB
     assert together_seconds < 2 * alone_seconds + 1
+
+
+def test_the_quota_apis_need_cluster_configs_acls(start_broker):
+    """With an authorizer and no ACL, ANONYMOUS may neither alter (ALTER_CONFIGS on the
+    cluster) nor describe (DESCRIBE_CONFIGS) quotas; nothing is changed."""
+    broker = start_broker(extra_args=["--authorizer-class-name", "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                                      "--super-users", "User:admin"])
+    sock = helpers.connect(broker.bootstrap)
+    results = alter(sock, [([("client-id", "x")], [("producer_byte_rate", 10.0, False)])])
+    assert [code for code, _, _ in results] == [CLUSTER_AUTHORIZATION_FAILED]
+    code, _, entries = describe(sock, [])
+    assert (code, entries) == (CLUSTER_AUTHORIZATION_FAILED, None)
+    sock.close()
+    broker.restart()
+    assert not (broker.data_dir / "quotas.json").exists()

@@ -240,3 +240,49 @@ pub fn produced_bytes(request: &kafka_protocol::messages::ProduceRequest) -> u64
         .map(|records| records.len() as u64)
         .sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use kafka_protocol::messages::fetch_response::FetchableTopicResponse;
+    use kafka_protocol::messages::FetchResponse;
+
+    #[test]
+    fn measured_counts_the_polls_time_only_when_asked() {
+        let spin = |duration: Duration| async move {
+            let started = Instant::now();
+            while started.elapsed() < duration {}
+            7
+        };
+        let (output, busy) =
+            futures::executor::block_on(measured(true, spin(Duration::from_millis(5))));
+        assert_eq!(output, 7);
+        assert!(busy >= Duration::from_millis(5), "{busy:?}");
+        let (_, busy) =
+            futures::executor::block_on(measured(false, spin(Duration::from_millis(1))));
+        assert_eq!(busy, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_throttled_fetch_keeps_its_session_and_loses_its_records() {
+        let mut answer = FetchAnswer {
+            response: FetchResponse::default()
+                .with_session_id(42)
+                .with_responses(vec![FetchableTopicResponse::default()]),
+            partition_batches: vec![vec![
+                Bytes::from_static(&[0; 100]),
+                Bytes::from_static(&[0; 20]),
+            ]],
+        };
+        assert_eq!(answer.fetched_bytes(), 120);
+        answer.drop_records();
+        answer.set_throttle_time_ms(250);
+        assert_eq!(answer.fetched_bytes(), 0);
+        assert!(answer.response.responses.is_empty());
+        assert_eq!(
+            (answer.response.session_id, answer.response.throttle_time_ms),
+            (42, 250)
+        );
+    }
+}
