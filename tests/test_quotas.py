@@ -5,6 +5,7 @@ confluent-kafka producer and consumer with client.id=slow are held to their byte
 a client with another id on the same broker is not slowed.
 """
 
+import json
 import struct
 import threading
 import time
@@ -229,10 +230,26 @@ VALUE = b"x" * 10_000
 PRODUCER = {"acks": 1, "linger.ms": 5, "batch.size": 65536, "queue.buffering.max.kbytes": 1024}
 
 
-def produce_for(bootstrap, topic, client_id, seconds=None, total_bytes=None):
+class Throttles:
+    """The largest throttle time librdkafka saw in any broker's responses (its statistics'
+    `brokers[].throttle.max`, ms)."""
+
+    def __init__(self):
+        self.max_ms = 0
+
+    def config(self):
+        return {"statistics.interval.ms": 200, "stats_cb": self.record}
+
+    def record(self, text):
+        for broker in json.loads(text).get("brokers", {}).values():
+            self.max_ms = max(self.max_ms, broker.get("throttle", {}).get("max", 0))
+
+
+def produce_for(bootstrap, topic, client_id, seconds=None, total_bytes=None, throttles=None):
     """Produces VALUE-sized messages as fast as allowed for `seconds` or until `total_bytes`
     are delivered; returns (bytes delivered, seconds taken)."""
-    producer = Producer({"bootstrap.servers": bootstrap, "client.id": client_id, **PRODUCER})
+    stats = throttles.config() if throttles else {}
+    producer = Producer({"bootstrap.servers": bootstrap, "client.id": client_id, **PRODUCER, **stats})
     delivered = [0]
 
     def on_delivery(error, message):
@@ -274,25 +291,31 @@ def test_a_quotad_producer_is_held_to_its_rate_and_another_is_not_slowed(start_b
     _, alone_seconds = produce_for(broker.bootstrap, "quota-produce", "fast", total_bytes=fast_bytes)
     set_client_quota(broker.bootstrap, "slow", "producer_byte_rate", MiB)
 
-    slow, slow_result = in_thread(lambda: produce_for(broker.bootstrap, "quota-produce", "slow", seconds=10))
+    slow_throttles, fast_throttles = Throttles(), Throttles()
+    slow, slow_result = in_thread(lambda: produce_for(broker.bootstrap, "quota-produce", "slow", seconds=10,
+                                                      throttles=slow_throttles))
     time.sleep(1)  # the fast producer runs while the slow one is throttled
-    _, together_seconds = produce_for(broker.bootstrap, "quota-produce", "fast", total_bytes=fast_bytes)
+    _, together_seconds = produce_for(broker.bootstrap, "quota-produce", "fast", total_bytes=fast_bytes,
+                                      throttles=fast_throttles)
     slow.join()
     slow_bytes, slow_seconds = slow_result["value"]
     slow_rate = slow_bytes / slow_seconds
     print(f"slow producer {slow_rate / MiB:.3f} MiB/s (quota 1 MiB/s); fast producer "
           f"{fast_bytes / alone_seconds / MiB:.1f} MiB/s alone, {fast_bytes / together_seconds / MiB:.1f} MiB/s beside it")
     assert 0.8 * MiB <= slow_rate <= 1.2 * MiB
-    # Not throttled: far above the slow one's quota, and not much slower than alone (the
-    # machine is shared, so only a gross slowdown counts).
+    # The slow one was told to wait, the fast one never; the fast one ran far above the
+    # slow one's quota (its speed beside vs alone is printed: the machine is shared, so a
+    # bound on the ratio would measure the neighbours).
+    assert slow_throttles.max_ms > 0
+    assert fast_throttles.max_ms == 0
     assert fast_bytes / together_seconds > 5 * MiB
-    assert together_seconds < 2 * alone_seconds + 1
 
 
-def consume_for(bootstrap, topic, client_id, seconds=None, total_bytes=None):
+def consume_for(bootstrap, topic, client_id, seconds=None, total_bytes=None, throttles=None):
     """Reads `topic` from the start as client `client_id` for `seconds` or until
     `total_bytes`; returns (bytes read, seconds taken)."""
     consumer = Consumer({
+        **(throttles.config() if throttles else {}),
         "bootstrap.servers": bootstrap, "client.id": client_id, "group.id": f"group-{client_id}-{time.monotonic()}",
         "enable.auto.commit": False, "fetch.max.bytes": 131072, "message.max.bytes": 131072,
         "max.partition.fetch.bytes": 65536,
@@ -320,17 +343,21 @@ def test_a_quotad_consumer_is_held_to_its_rate_and_another_is_not_slowed(start_b
     _, alone_seconds = consume_for(broker.bootstrap, "quota-fetch", "fast", total_bytes=loaded)
     set_client_quota(broker.bootstrap, "slow", "consumer_byte_rate", MiB)
 
-    slow, slow_result = in_thread(lambda: consume_for(broker.bootstrap, "quota-fetch", "slow", seconds=10))
+    slow_throttles, fast_throttles = Throttles(), Throttles()
+    slow, slow_result = in_thread(lambda: consume_for(broker.bootstrap, "quota-fetch", "slow", seconds=10,
+                                                      throttles=slow_throttles))
     time.sleep(1)
-    _, together_seconds = consume_for(broker.bootstrap, "quota-fetch", "fast", total_bytes=loaded)
+    _, together_seconds = consume_for(broker.bootstrap, "quota-fetch", "fast", total_bytes=loaded,
+                                      throttles=fast_throttles)
     slow.join()
     slow_bytes, slow_seconds = slow_result["value"]
     slow_rate = slow_bytes / slow_seconds
     print(f"slow consumer {slow_rate / MiB:.3f} MiB/s (quota 1 MiB/s); fast consumer "
           f"{loaded / alone_seconds / MiB:.1f} MiB/s alone, {loaded / together_seconds / MiB:.1f} MiB/s beside it")
     assert 0.8 * MiB <= slow_rate <= 1.2 * MiB
+    assert slow_throttles.max_ms > 0
+    assert fast_throttles.max_ms == 0
     assert loaded / together_seconds > 5 * MiB
-    assert together_seconds < 2 * alone_seconds + 1
 
 
 def test_the_quota_apis_need_cluster_configs_acls(start_broker):
@@ -346,3 +373,38 @@ def test_the_quota_apis_need_cluster_configs_acls(start_broker):
     sock.close()
     broker.restart()
     assert not (broker.data_dir / "quotas.json").exists()
+
+
+def test_the_cli_alters_and_describes_as_kafka_configs_does(start_broker):
+    """`ringfeed quota alter|describe` with kafka-configs.sh's flags: what it sets is what
+    DescribeClientQuotas answers, and a refused change exits non-zero with Kafka's error."""
+    import subprocess
+    from conftest import ringfeed_binary
+
+    broker = start_broker()
+
+    def run(*args):
+        return subprocess.run([ringfeed_binary(), "quota", *args, "--bootstrap-server", broker.bootstrap],
+                              capture_output=True, timeout=60, text=True)
+
+    done = run("alter", "--entity-type", "clients", "--entity-name", "slow",
+               "--add-config", "producer_byte_rate=1048576,consumer_byte_rate=2097152")
+    assert done.returncode == 0, done.stderr
+    assert "client-id 'slow'" in done.stdout
+    done = run("alter", "--user", "alice", "--client-defaults", "--add-config", "request_percentage=25")
+    assert done.returncode == 0, done.stderr
+    refused = run("alter", "--entity-type", "users", "--entity-default", "--add-config", "producer_byte_rate=0")
+    assert refused.returncode != 0 and "InvalidRequest" in refused.stderr, refused
+    sock = helpers.connect(broker.bootstrap)
+    assert describe(sock, [])[2] == {
+        (("client-id", "slow"),): {"producer_byte_rate": 1048576.0, "consumer_byte_rate": 2097152.0},
+        (("user", "alice"), ("client-id", None)): {"request_percentage": 25.0},
+    }
+    listed = run("describe", "--entity-type", "clients")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == [
+        "Quota configs for client-id 'slow' are producer_byte_rate=1048576, consumer_byte_rate=2097152"]
+    done = run("alter", "--entity-type", "clients", "--entity-name", "slow", "--delete-config", "producer_byte_rate")
+    assert done.returncode == 0, done.stderr
+    assert describe(sock, [("client-id", 0, "slow")])[2] == {(("client-id", "slow"),): {"consumer_byte_rate": 2097152.0}}
+    sock.close()
