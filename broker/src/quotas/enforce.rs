@@ -293,6 +293,18 @@ mod tests {
     }
 
     #[test]
+    fn a_request_time_throttle_is_at_most_one_window_and_a_byte_throttle_is_not() {
+        let quotas = quotas_with("request_percentage", &[("user", None)], 10.0);
+        // 50 s of thread time (5,000 percent-seconds) against 10%: far over, one window.
+        let request = quotas.record(QuotaKey::RequestPercentage, "User:bob", None, 5000.0, 0);
+        assert_eq!(request, SAMPLE_WINDOW_MS);
+        let bytes = quotas_with("consumer_byte_rate", &[("user", None)], 10.0);
+        let fetch = bytes.record(QuotaKey::ConsumerByteRate, "User:bob", None, 5000.0, 0);
+        // 500 B/s over the 10 s window against 10 B/s: (500 - 10) / 10 x 10 s.
+        assert_eq!(fetch, 490_000);
+    }
+
+    #[test]
     fn mutes_end_when_their_time_has_passed() {
         let quotas = ShardQuotas::new(1);
         assert_eq!(quotas.muted_for(7, 0), None);
