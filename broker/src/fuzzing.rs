@@ -223,6 +223,14 @@ fn check_decoded(
         Request::DescribeAcls(r) => round_trip(r, version, flexible),
         Request::CreateAcls(r) => round_trip(r, version, flexible),
         Request::DeleteAcls(r) => round_trip(r, version, flexible),
+        Request::DescribeClientQuotas(r) => {
+            round_trip(r, version, flexible);
+            quota_filter(r);
+        }
+        Request::AlterClientQuotas(r) => {
+            round_trip(r, version, flexible);
+            quota_alteration(r);
+        }
         Request::DescribeUserScramCredentials(r) => round_trip(r, version, flexible),
         Request::AlterUserScramCredentials(r) => round_trip(r, version, flexible),
         Request::DescribeProducers(r) => round_trip(r, version, flexible),
@@ -241,6 +249,59 @@ fn check_decoded(
             }
         }
     }
+}
+
+/// A `DescribeClientQuotas` filter goes through the handler's parse and match.
+fn quota_filter(request: &kafka_protocol::messages::DescribeClientQuotasRequest) {
+    let components: Vec<(&str, i8, Option<&str>)> = request
+        .components
+        .iter()
+        .map(|c| (c.entity_type.as_str(), c.match_type, c._match.as_deref()))
+        .collect();
+    if let Ok(filter) = crate::quotas::QuotaFilter::parse(&components, request.strict) {
+        let entity = crate::quotas::Entity {
+            user: Some(crate::quotas::EntityName::Default),
+            client_id: None,
+        };
+        let _ = filter.matches(&entity);
+    }
+}
+
+/// An `AlterClientQuotas` goes through the store's plan (entity and value checks, bounds)
+/// against an empty set; what it accepts must serialize and read back equal.
+fn quota_alteration(request: &kafka_protocol::messages::AlterClientQuotasRequest) {
+    use crate::quotas::store::{plan, QuotaEntry};
+    let entries = request
+        .entries
+        .iter()
+        .map(|entry| {
+            let components: Vec<(&str, Option<&str>)> = entry
+                .entity
+                .iter()
+                .map(|c| (c.entity_type.as_str(), c.entity_name.as_deref()))
+                .collect();
+            QuotaEntry {
+                entity: crate::quotas::Entity::parse(&components),
+                ops: entry
+                    .ops
+                    .iter()
+                    .map(|op| crate::quotas::QuotaOp {
+                        key: op.key.to_string(),
+                        value: op.value,
+                        remove: op.remove,
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let (set, _) = plan(&crate::quotas::QuotaSet::default(), entries);
+    let path = std::path::Path::new("quotas.json");
+    let reread = crate::quotas::QuotaSet::from_json(&set.to_json(), path);
+    assert_eq!(
+        reread.as_ref(),
+        Ok(&set),
+        "an accepted quota set reads back"
+    );
 }
 
 /// The broker-heartbeat target (`fuzz/fuzz_targets/broker_heartbeat.rs`): the payload a peer
@@ -458,6 +519,8 @@ mod tests {
             DescribeLogDirs => DescribeLogDirsRequest,
             DescribeAcls => DescribeAclsRequest, CreateAcls => CreateAclsRequest,
             DeleteAcls => DeleteAclsRequest,
+            DescribeClientQuotas => DescribeClientQuotasRequest,
+            AlterClientQuotas => AlterClientQuotasRequest,
             DescribeUserScramCredentials => DescribeUserScramCredentialsRequest,
             AlterUserScramCredentials => AlterUserScramCredentialsRequest,
             DescribeProducers => DescribeProducersRequest,

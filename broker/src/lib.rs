@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod partition;
 pub mod preflight;
 pub mod producer_state;
+pub mod quotas;
 pub mod recompress;
 pub mod records;
 pub mod request_decode;

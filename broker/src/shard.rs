@@ -52,6 +52,9 @@ use crate::metadata::{MetadataSnapshot, MetadataView, TopicMetadata, TopicPartit
 use crate::metrics::snapshot::{CommittedOffsetSnapshot, CrossShardCount, PartitionSnapshot};
 use crate::metrics::{ScrapeRequest, ShardMetrics, ShardSnapshot};
 use crate::partition::{PartitionOwner, PartitionSlot, PartitionTable};
+use crate::quotas::enforce::{PublishedUsage, PUBLISH_INTERVAL};
+use crate::quotas::store::{EntryResult, QuotaEntry, QuotaStore};
+use crate::quotas::{QuotaSet, ShardQuotas};
 use crate::router::{self, CallKind, Ending, IncomingCalls, MeshPair, ShardRouter};
 use crate::sasl::alteration::{Alteration, UserResult};
 use crate::sasl::store::{CredentialStore, CredentialView};
@@ -72,11 +75,18 @@ const PARTITION_OPENS_IN_FLIGHT_MAX: usize = 32;
 
 /// The kinds of cross-shard calls, as counted by the router and exported as metrics
 /// (`ringfeed_cross_shard_calls_*{kind}`); the `CallKind` constants below index it.
-pub const CALL_KINDS: &[&str] = &["partition", "controller", "apply_metadata", "group"];
+pub const CALL_KINDS: &[&str] = &[
+    "partition",
+    "controller",
+    "apply_metadata",
+    "group",
+    "quota_usage",
+];
 const PARTITION_CALLS: CallKind = CallKind(0);
 const CONTROLLER_CALLS: CallKind = CallKind(1);
 const APPLY_METADATA_CALLS: CallKind = CallKind(2);
 const GROUP_CALLS: CallKind = CallKind(3);
+const QUOTA_USAGE_CALLS: CallKind = CallKind(4);
 
 /// The router of a shard: jobs run on its `ShardServices`.
 pub type Router = ShardRouter<ShardServices>;
@@ -126,6 +136,11 @@ pub struct ShardServices {
     /// Shard 0 only: the durable credential set; see `alter_credentials`. A lock for the
     /// reason `acl_store` has one.
     credential_store: Option<futures::lock::Mutex<CredentialStore>>,
+    /// The client quotas this shard enforces and the usage it measured (`quotas::enforce`).
+    pub quotas: ShardQuotas,
+    /// Shard 0 only: the durable quota set; see `alter_quotas`. A lock for the reason
+    /// `acl_store` has one.
+    quota_store: Option<futures::lock::Mutex<QuotaStore>>,
 }
 
 impl PartitionOwner for ShardServices {
@@ -216,6 +231,13 @@ impl ShardServices {
             .listeners
             .iter()
             .find_map(|listener| listener.tls.clone());
+        let quota_store = if shard_id == 0 {
+            let store = QuotaStore::load(disk.clone(), &config.data_dir).await?;
+            Some(futures::lock::Mutex::new(store))
+        } else {
+            None
+        };
+        let quotas = ShardQuotas::new(config.shard_count());
         let partitions = Rc::new(PartitionTable::new(
             config.limits.shard_fetch_waits_parked_max,
         ));
@@ -258,9 +280,14 @@ impl ShardServices {
             credentials,
             credential_store,
             tls: crate::tls::TlsView::new(first_tls),
+            quotas,
+            quota_store,
         });
         services.report_offline_partitions();
         router::serve_incoming(&services.router, incoming, &services);
+        if services.config.shard_count() > 1 {
+            glommio::spawn_local(publish_usage_periodically(Rc::downgrade(&services))).detach();
+        }
         if services
             .controller
             .as_ref()
@@ -285,6 +312,10 @@ impl ShardServices {
             if let Some(store) = &self.credential_store {
                 let current = store.lock().await.current();
                 self.publish_credentials(current).await;
+            }
+            if let Some(store) = &self.quota_store {
+                let current = store.lock().await.current();
+                self.publish_quotas(current).await;
             }
             self.publish(controller.snapshot()).await;
         } else {
@@ -383,6 +414,60 @@ impl ShardServices {
             .invoke_on(0, CONTROLLER_CALLS, Ending::ToCompletion, job)
             .await
             .ok()
+    }
+
+    /// Sends an `AlterClientQuotas` to shard 0 and waits until every shard holds the
+    /// resulting quotas; each entry's answer. `None` when shard 0 is gone (only during
+    /// shutdown).
+    pub async fn alter_quotas(
+        self: &Rc<Self>,
+        entries: Vec<QuotaEntry>,
+        validate_only: bool,
+    ) -> Option<Vec<EntryResult>> {
+        let job = move |services: &Rc<ShardServices>| {
+            let services = services.clone();
+            async move {
+                let store = services
+                    .quota_store
+                    .as_ref()
+                    .expect("quota changes are routed to shard 0");
+                let mut store = store.lock().await;
+                let results = store.alter(entries, validate_only).await;
+                services.publish_quotas(store.current()).await;
+                results
+            }
+        };
+        self.router
+            .invoke_on(0, CONTROLLER_CALLS, Ending::ToCompletion, job)
+            .await
+            .ok()
+    }
+
+    /// Shard 0: hands every shard the quota set and waits until all have installed it.
+    async fn publish_quotas(self: &Rc<Self>, set: Arc<QuotaSet>) {
+        self.install_on_every_shard(set, "client quotas", |services, set| {
+            services.quotas.install(set);
+        })
+        .await;
+    }
+
+    /// Hands the other shards this shard's quota usage (`quotas::enforce`) and waits until
+    /// they have it.
+    async fn publish_usage(self: &Rc<Self>, usage: &PublishedUsage) {
+        let from = self.shard_id;
+        let sends = (0..self.config.shard_count())
+            .filter(|shard| *shard != from)
+            .map(|shard| {
+                let usage = usage.clone();
+                let job = move |services: &Rc<ShardServices>| {
+                    services.quotas.install_remote(from, usage);
+                    async {}
+                };
+                self.router
+                    .invoke_on(shard, QUOTA_USAGE_CALLS, Ending::ToCompletion, job)
+            });
+        // A shard that is gone (only during shutdown) misses one publish.
+        join_all(sends).await;
     }
 
     /// Shard 0: hands every shard the credential set and waits until all have installed it.
@@ -812,6 +897,28 @@ fn offsets_topic() -> NewTopic {
             // Kafka's offsets.topic.segment.bytes.
             ("segment.bytes".to_string(), Some("104857600".to_string())),
         ],
+    }
+}
+
+/// Every `PUBLISH_INTERVAL`, hands the other shards this shard's quota usage, when it has
+/// any (or had some the last time). Holds the services weakly, as the controller follower
+/// does.
+async fn publish_usage_periodically(services: std::rc::Weak<ShardServices>) {
+    loop {
+        let Some(clock) = services.upgrade().map(|services| services.clock.clone()) else {
+            return;
+        };
+        clock.sleep(PUBLISH_INTERVAL).await;
+        let Some(services) = services.upgrade() else {
+            return;
+        };
+        if services.shutdown.is_started() {
+            return;
+        }
+        let now_ms = u64::try_from(services.clock.now_ms()).unwrap_or(0);
+        if let Some(usage) = services.quotas.usage_to_publish(now_ms) {
+            services.publish_usage(&usage).await;
+        }
     }
 }
 

@@ -287,6 +287,8 @@ fn round_trip_version(key: ApiKey, version: i16, draws: &mut Draws) {
         DescribeAcls => DescribeAclsRequest,
         CreateAcls => CreateAclsRequest,
         DeleteAcls => DeleteAclsRequest,
+        DescribeClientQuotas => DescribeClientQuotasRequest,
+        AlterClientQuotas => AlterClientQuotasRequest,
         DescribeUserScramCredentials => DescribeUserScramCredentialsRequest,
         AlterUserScramCredentials => AlterUserScramCredentialsRequest,
         DescribeProducers => DescribeProducersRequest,

@@ -2,13 +2,13 @@
 //! options, and the cluster it connects to from `--brokers`.
 
 use kafka_protocol::messages::{
-    AlterUserScramCredentialsRequest, ApiVersionsRequest, CreateAclsRequest, CreateTopicsRequest,
-    DeleteAclsRequest, DeleteGroupsRequest, DeleteTopicsRequest, DescribeAclsRequest,
-    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
-    DescribeUserScramCredentialsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
-    IncrementalAlterConfigsRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest,
-    ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest, ProduceRequest,
-    SyncGroupRequest,
+    AlterClientQuotasRequest, AlterUserScramCredentialsRequest, ApiVersionsRequest,
+    CreateAclsRequest, CreateTopicsRequest, DeleteAclsRequest, DeleteGroupsRequest,
+    DeleteTopicsRequest, DescribeAclsRequest, DescribeClientQuotasRequest, DescribeClusterRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, DescribeUserScramCredentialsRequest,
+    FetchRequest, FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest,
+    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
+    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
 };
 pub use ringfeed_client::cluster::{
     group_id, topic_name, Cluster, TopicLayout, OFFSET_EARLIEST, OFFSET_LATEST, RETRIES_MAX,
@@ -30,7 +30,7 @@ const CLIENT_ID: &str = "ringfeed-cli";
 /// structs have no field for it. Nor the versions Kafka 4 removed (KIP-896) that the codec
 /// carries again for the broker (vendor/README.md): their answers differ (`ListOffsets` v0's
 /// offset list, `OffsetCommit` v0's separate store) and the CLI's calls read the later shape.
-const APIS: [ApiRange; 25] = [
+const APIS: [ApiRange; 27] = [
     // v2 record batches only: Produce 0-2 and Fetch 0-3 carry message format v0/v1.
     ApiRange::at_least::<ProduceRequest>(3),
     ApiRange::at_least::<FetchRequest>(4),
@@ -58,6 +58,8 @@ const APIS: [ApiRange; 25] = [
     ApiRange::at_least::<DeleteAclsRequest>(1),
     ApiRange::of::<DescribeUserScramCredentialsRequest>(),
     ApiRange::of::<AlterUserScramCredentialsRequest>(),
+    ApiRange::of::<DescribeClientQuotasRequest>(),
+    ApiRange::of::<AlterClientQuotasRequest>(),
 ];
 
 /// How the CLI's connections behave: versions always negotiated (the CLI speaks too many

@@ -1,4 +1,4 @@
-//! `ringfeed topic|produce|consume|group|acl`: an rpk-like command-line client that speaks the
+//! `ringfeed topic|produce|consume|group|acl|quota`: an rpk-like command-line client that speaks the
 //! Kafka protocol to any Kafka broker, Ringfeed or not. Nothing here reaches into the broker's
 //! internals: requests are built with the `kafka-protocol` crate, versions are negotiated with
 //! `ApiVersions`, partition requests go to partition leaders found through `Metadata` and group
@@ -16,6 +16,7 @@ pub mod format;
 pub mod group;
 pub mod membership;
 pub mod produce;
+pub mod quota;
 pub mod topic;
 pub mod user;
 
@@ -53,6 +54,13 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: acl::AclCommand,
     },
+    /// Set and describe client quotas (as `kafka-configs.sh --entity-type users|clients`).
+    Quota {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(subcommand)]
+        command: quota::QuotaCommand,
+    },
 }
 
 /// How to reach the cluster; accepted before or after the subcommand.
@@ -65,7 +73,8 @@ pub struct ConnectArgs {
         global = true,
         env = "RINGFEED_BROKERS",
         default_value = "127.0.0.1:9092",
-        value_delimiter = ','
+        value_delimiter = ',',
+        alias = "bootstrap-server"
     )]
     pub brokers: Vec<String>,
     /// How long to wait for a connection or for any one response, in milliseconds.
@@ -87,6 +96,7 @@ pub fn run(command: ClientCommand) -> ExitCode {
         ClientCommand::Consume(args) => consume::run(&args),
         ClientCommand::Group { connect, command } => group::run(&connect, command),
         ClientCommand::Acl { connect, command } => acl::run(&connect, command),
+        ClientCommand::Quota { connect, command } => quota::run(&connect, command),
     };
     match outcome {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

@@ -7,8 +7,9 @@
 //!   controller (`Metadata`, topic and config admin, `DescribeCluster`).
 //! - [`GroupAccess`]: the configuration, the metadata, and work on group coordinators
 //!   (the group APIs, `FindCoordinator`, `InitProducerId`).
-//! - [`UserAdmin`]: the SCRAM credentials and their changes through shard 0
-//!   (`DescribeUserScramCredentials`, `AlterUserScramCredentials`).
+//! - [`UserAdmin`]: the SCRAM credentials and client quotas, and their changes through
+//!   shard 0 (`DescribeUserScramCredentials`, `AlterUserScramCredentials`,
+//!   `DescribeClientQuotas`, `AlterClientQuotas`).
 //! - [`PartitionAccess`]: the configuration, the metadata, partition calls, the fetch
 //!   budget, the shutdown signal and the metrics (`Produce`, `Fetch`, `ListOffsets`,
 //!   `DeleteRecords`).
@@ -215,6 +216,20 @@ impl UserAdmin<'_> {
     /// The SCRAM credentials this shard serves now (`ShardServices::credentials`).
     pub fn credentials(&self) -> Arc<crate::sasl::Credentials> {
         self.services.credentials.current()
+    }
+
+    /// The client quotas this shard enforces now (`ShardServices::quotas`).
+    pub fn quotas(&self) -> Arc<crate::quotas::QuotaSet> {
+        self.services.quotas.current()
+    }
+
+    /// See `ShardServices::alter_quotas`.
+    pub async fn alter_quotas(
+        &self,
+        entries: Vec<crate::quotas::store::QuotaEntry>,
+        validate_only: bool,
+    ) -> Option<Vec<crate::quotas::store::EntryResult>> {
+        self.services.alter_quotas(entries, validate_only).await
     }
 
     /// See `ShardServices::alter_credentials`.

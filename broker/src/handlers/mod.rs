@@ -2,6 +2,7 @@
 //! from the decoded request to its response. Codecs are the generated `kafka-protocol`
 //! types; this module only maps API keys to handlers (the version table is `registry`).
 
+pub mod alter_client_quotas;
 pub mod alter_configs;
 pub mod alter_user_scram_credentials;
 pub mod api_versions;
@@ -16,6 +17,7 @@ pub mod delete_groups;
 pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_acls;
+pub mod describe_client_quotas;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
@@ -40,6 +42,7 @@ pub mod produce;
 pub mod sasl_authenticate;
 pub mod sasl_handshake;
 pub mod sync_group;
+pub mod throttle;
 
 use std::rc::Rc;
 
@@ -96,9 +99,15 @@ macro_rules! served_apis {
             trace_request(&context);
             let started = std::time::Instant::now();
             let wants_response = !matches!(&request, Request::Produce(produce) if produce.acks == 0);
+            let quotas_enabled = shard.quotas.enabled();
             let (frame, error_code) = match request {
                 $(Request::$variant(request) => {
-                    let response = $module::handle(&HandlerContext::of(&shard), &context, request).await;
+                    let handler_context = HandlerContext::of(&shard);
+                    let handling = $module::handle(&handler_context, &context, request);
+                    let (mut response, busy) = throttle::measured(quotas_enabled, handling).await;
+                    if quotas_enabled {
+                        throttle::enforce(&shard, &context, &mut response, busy, 0);
+                    }
                     let error_code = response.error_code();
                     (response.into_frame(&context)?, error_code)
                 })*
@@ -142,6 +151,8 @@ served_apis! {
     DescribeAcls => describe_acls::DescribeAclsRequest,
     CreateAcls => create_acls::CreateAclsRequest,
     DeleteAcls => delete_acls::DeleteAclsRequest,
+    DescribeClientQuotas => describe_client_quotas::DescribeClientQuotasRequest,
+    AlterClientQuotas => alter_client_quotas::AlterClientQuotasRequest,
     DescribeUserScramCredentials => describe_user_scram_credentials::DescribeUserScramCredentialsRequest,
     AlterUserScramCredentials => alter_user_scram_credentials::AlterUserScramCredentialsRequest,
     ConsumerGroupHeartbeat => consumer_group_heartbeat::ConsumerGroupHeartbeatRequest,
@@ -163,9 +174,21 @@ pub fn start(
     trace_request(&context);
     let started = std::time::Instant::now();
     let wants_response = request.acks != 0;
+    let quotas_enabled = shard.quotas.enabled();
+    let produce_throttle_ms = if quotas_enabled {
+        throttle::record_produce(&shard, &context, throttle::produced_bytes(&request))
+    } else {
+        0
+    };
+    let dispatched = std::time::Instant::now();
     let response = produce::dispatch(&HandlerContext::of(&shard), &context, request);
+    let dispatch_busy = dispatched.elapsed();
     Box::pin(async move {
-        let response = response.await;
+        let (mut response, busy) = throttle::measured(quotas_enabled, response).await;
+        if quotas_enabled {
+            let busy = busy + dispatch_busy;
+            throttle::enforce(&shard, &context, &mut response, busy, produce_throttle_ms);
+        }
         let error_code = response.error_code();
         let frame = response.into_frame(&context)?;
         let frame = wants_response.then_some(frame);

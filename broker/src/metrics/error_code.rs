@@ -5,6 +5,10 @@
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
+    AlterClientQuotasResponse, AlterUserScramCredentialsResponse, DescribeClientQuotasResponse,
+    DescribeUserScramCredentialsResponse,
+};
+use kafka_protocol::messages::{
     AlterConfigsResponse, ApiVersionsResponse, ConsumerGroupDescribeResponse,
     ConsumerGroupHeartbeatResponse, CreateAclsResponse, CreatePartitionsResponse,
     CreateTopicsResponse, DeleteAclsResponse, DeleteGroupsResponse, DeleteRecordsResponse,
@@ -15,9 +19,6 @@ use kafka_protocol::messages::{
     ListGroupsResponse, ListOffsetsResponse, MetadataResponse, OffsetCommitResponse,
     OffsetDeleteResponse, OffsetFetchResponse, ProduceResponse, SaslAuthenticateResponse,
     SaslHandshakeResponse, SyncGroupResponse,
-};
-use kafka_protocol::messages::{
-    AlterUserScramCredentialsResponse, DescribeUserScramCredentialsResponse,
 };
 
 use crate::error_codes::NONE;
@@ -46,6 +47,7 @@ macro_rules! top_level_only {
 top_level_only!(
     ApiVersionsResponse,
     ConsumerGroupHeartbeatResponse,
+    DescribeClientQuotasResponse,
     DescribeAclsResponse,
     DescribeClusterResponse,
     DescribeLogDirsResponse,
@@ -83,6 +85,7 @@ first_item_error!(
     ConsumerGroupDescribeResponse => groups,
     CreateAclsResponse => results,
     AlterUserScramCredentialsResponse => results,
+    AlterClientQuotasResponse => entries,
     DeleteAclsResponse => filter_results,
     CreatePartitionsResponse => results,
     CreateTopicsResponse => topics,

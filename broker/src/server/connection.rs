@@ -364,6 +364,10 @@ async fn read_requests(
     // Runs from the first byte of a frame until the frame is whole (`request_read_timeout`).
     let mut frame_deadline: Option<Pin<Box<Timer>>> = None;
     loop {
+        if wait_out_mute(shard, identity.connection_id).await {
+            // The mute is the broker's doing: the frame's read deadline starts over.
+            frame_deadline = None;
+        }
         match frames.take_frame() {
             Err(error) => return refused(&error),
             Ok(Some(frame)) => {
@@ -432,6 +436,23 @@ async fn read_requests(
             Some(Err(error)) => return Ending::Io(error),
         }
     }
+}
+
+/// KIP-219: a client over its quota is answered at once with the throttle time, then no
+/// more of its requests are taken until that time has passed (`quotas`, `handlers::throttle`).
+/// Returns whether the connection was muted. Without quotas: one empty-map check.
+async fn wait_out_mute(shard: &ShardServices, connection_id: u64) -> bool {
+    if !shard.quotas.any_muted() {
+        return false;
+    }
+    let now_ms = u64::try_from(shard.clock.now_ms()).unwrap_or(0);
+    let Some(muted) = shard.quotas.muted_for(connection_id, now_ms) else {
+        return false;
+    };
+    let sleep = std::pin::pin!(glommio::timer::sleep(muted));
+    let shutdown = std::pin::pin!(shard.shutdown.started());
+    select(sleep, shutdown).await;
+    true
 }
 
 /// Runs `work` unless the frame's deadline passes first (then `None`). No deadline: `work`.
