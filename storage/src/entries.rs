@@ -124,7 +124,7 @@ impl<D: Disk> PartitionLog<D> {
             term
         };
         let placed = self.append_validated(&batch, &header, stamp, term)?;
-        self.inner.flusher_wake.notify_all();
+        crate::flusher::wake(&self.inner);
         Ok(EntryOutcome {
             base_offset: placed.outcome.base_offset,
             last_offset: placed.outcome.last_offset,

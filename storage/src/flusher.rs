@@ -10,13 +10,17 @@
 //! fences the log: the durable offset never moves again, so no acknowledgement can follow.
 //!
 //! The task holds only a weak reference between rounds; when the last handle is dropped it
-//! wakes and exits.
+//! wakes and exits. It is started by the first [`wake`] and exits after [`FLUSHER_IDLE_EXIT`]
+//! with nothing to do (nothing unwritten, no fdatasync wanted or in flight, no interval sync
+//! pending), so a partition nobody writes to holds no task; the next `wake` starts one again.
 
+use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use futures::future::{join_all, select, Either};
 
+use crate::clock::Sleep;
 use crate::config::FlushPolicy;
 use crate::error::StorageError;
 use crate::io::{Disk, DiskFile};
@@ -33,31 +37,68 @@ enum Work {
     Stop,
 }
 
-pub(crate) fn spawn<D: Disk>(inner: Weak<Inner<D>>, wake: Rc<Signal>) {
-    glommio::spawn_local(run(inner, wake)).detach();
+/// How long a flusher with nothing to do waits before it exits. Long enough that a partition
+/// written at any steady rate keeps its task (a spawn per produce would cost an allocation on
+/// the hot path), short enough that idle partitions hold none.
+pub const FLUSHER_IDLE_EXIT: Duration = Duration::from_secs(10);
+
+/// Tells the log's flusher there is work (data to write, a durability request, a close or a
+/// fence), starting the task when none runs.
+pub(crate) fn wake<D: Disk>(inner: &Rc<Inner<D>>) {
+    if inner.flusher_running.get() {
+        inner.flusher_wake.notify_all();
+        return;
+    }
+    inner.flusher_running.set(true);
+    glommio::spawn_local(run(Rc::downgrade(inner), inner.flusher_wake.clone())).detach();
 }
 
 async fn run<D: Disk>(weak: Weak<Inner<D>>, wake: Rc<Signal>) {
+    // When the flusher last had work, and the timer that ends it once idle for
+    // `FLUSHER_IDLE_EXIT` since then. The timer outlives the waits it spans, so a busy log
+    // arms at most one per period rather than one per write round.
+    let mut busy_at = None;
+    let mut exit_timer: Option<Pin<Box<Sleep>>> = None;
     loop {
         let woken = wake.wait();
         let Some(inner) = weak.upgrade() else { return };
-        match next_work(&inner) {
-            Work::Stop => return,
+        // Decided and acted on with no await in between: a `wake` after this sees the flag
+        // cleared and starts a new task, so no work is left without a flusher.
+        let work = next_work(&inner);
+        if matches!(work, Work::Write | Work::Sync) {
+            busy_at = Some(inner.clock.now());
+        }
+        match work {
+            Work::Stop => {
+                inner.flusher_running.set(false);
+                return;
+            }
             Work::Write => {
                 if let Err(error) = round(&inner).await {
                     fence(&inner, error);
                 }
             }
             Work::Sync => start_sync_if_wanted(&inner),
-            Work::Idle(sync_after) => {
-                let sleep = sync_after.map(|delay| inner.clock.sleep(delay));
+            Work::Idle(Some(sync_after)) => {
+                let sleep = inner.clock.sleep(sync_after);
                 drop(inner);
-                match sleep {
-                    None => woken.await,
-                    Some(sleep) => {
-                        if let Either::Right(_) = select(woken, sleep).await {
-                            request_interval_sync(&weak);
-                        }
+                if let Either::Right(_) = select(woken, sleep).await {
+                    request_interval_sync(&weak);
+                }
+            }
+            Work::Idle(None) => {
+                let timer = exit_timer
+                    .get_or_insert_with(|| Box::pin(inner.clock.sleep(FLUSHER_IDLE_EXIT)));
+                drop(inner);
+                if let Either::Right(_) = select(woken, timer.as_mut()).await {
+                    exit_timer = None;
+                    let Some(inner) = weak.upgrade() else { return };
+                    let idle_long_enough = busy_at.is_none_or(|at| {
+                        inner.clock.now().saturating_duration_since(at) >= FLUSHER_IDLE_EXIT
+                    });
+                    if idle_long_enough && matches!(next_work(&inner), Work::Idle(None)) {
+                        inner.flusher_running.set(false);
+                        return;
                     }
                 }
             }
@@ -213,7 +254,7 @@ async fn sync<D: Disk>(inner: Rc<Inner<D>>, file: Rc<D::File>, target: SyncTarge
         observer(latency);
     }
     inner.progress.notify_all();
-    inner.flusher_wake.notify_all(); // more may have been written meanwhile
+    wake(&inner); // more may have been written meanwhile
     if checkpoint_due {
         let log = PartitionLog {
             inner: inner.clone(),
@@ -223,7 +264,7 @@ async fn sync<D: Disk>(inner: Rc<Inner<D>>, file: Rc<D::File>, target: SyncTarge
 }
 
 /// Stops the log from accepting or acknowledging anything more.
-pub(crate) fn fence<D: Disk>(inner: &Inner<D>, error: StorageError) {
+pub(crate) fn fence<D: Disk>(inner: &Rc<Inner<D>>, error: StorageError) {
     tracing::error!(dir = %inner.dir.display(), %error, "partition log fenced: pending and later appends fail");
     let mut state = inner.state.borrow_mut();
     if state.fenced.is_none() {
@@ -231,7 +272,7 @@ pub(crate) fn fence<D: Disk>(inner: &Inner<D>, error: StorageError) {
     }
     drop(state);
     inner.progress.notify_all();
-    inner.flusher_wake.notify_all();
+    wake(inner);
 }
 
 impl<D: Disk> PartitionLog<D> {

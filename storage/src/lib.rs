@@ -42,6 +42,7 @@ pub use config::{FlushPolicy, LogConfig};
 pub use entries::{EntryOutcome, StoredEntry};
 pub use epochs::{LeaderEpoch, EPOCH_UNDEFINED};
 pub use error::{AppendError, EntryError, ReadError, StorageError};
+pub use flusher::FLUSHER_IDLE_EXIT;
 pub use io::{Disk, DiskFile, DmaDisk};
 pub use log::{AppendOutcome, CheckedBatch, FdatasyncObserver, LogStats, PartitionLog};
 pub use recovery::{RecoveryReport, TornTail};

@@ -393,7 +393,7 @@ impl<D: Disk> PartitionLog<D> {
         self.state_mut().closed = true;
         self.inner.append_gate.close();
         self.inner.progress.notify_all();
-        self.inner.flusher_wake.notify_all();
+        crate::flusher::wake(&self.inner);
     }
 }
 

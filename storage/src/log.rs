@@ -15,7 +15,7 @@
 //! the end of what completed writes put in the file (it survives a process crash); the
 //! durable offset is the end of what a completed fdatasync covered (it survives a power cut).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::Path;
 use std::rc::Rc;
 
@@ -111,11 +111,11 @@ impl<D: Disk> PartitionLog<D> {
             state: RefCell::new(state),
             append_gate: Semaphore::new(1),
             checkpoint_gate: Semaphore::new(1),
-            flusher_wake: flusher_wake.clone(),
+            flusher_wake,
+            flusher_running: Cell::new(false),
             progress: Signal::default(),
             fdatasync_observer: RefCell::new(None),
         });
-        crate::flusher::spawn(Rc::downgrade(&inner), flusher_wake);
         Ok((PartitionLog { inner }, report))
     }
 
@@ -177,6 +177,12 @@ impl<D: Disk> PartitionLog<D> {
         self.state().stats
     }
 
+    /// Whether a flusher task exists now: one runs while the log has work and for a while
+    /// after, none once it has been idle (so idle partitions cost no task).
+    pub fn has_flusher_task(&self) -> bool {
+        self.inner.flusher_running.get()
+    }
+
     /// Reports the latency of each fdatasync the flusher completes from now on (for
     /// metrics). Replaces any previous observer.
     pub fn observe_fdatasync_latency(&self, observer: FdatasyncObserver) {
@@ -193,7 +199,7 @@ impl<D: Disk> PartitionLog<D> {
         state.cache.set_bytes_max(config.tail_cache_bytes_max);
         state.config = config;
         drop(state);
-        self.inner.flusher_wake.notify_all();
+        crate::flusher::wake(&self.inner);
     }
 
     /// Validates one Kafka v2 batch, assigns its offsets and appends it. The batch is
@@ -229,7 +235,7 @@ impl<D: Disk> PartitionLog<D> {
             .map_err(|_| StorageError::Closed)?;
         self.make_room(batch.len()).await?;
         let placed = self.append_validated(&batch, &header, Stamp::Plain, 0)?;
-        self.inner.flusher_wake.notify_all();
+        crate::flusher::wake(&self.inner);
         Ok(placed.outcome)
     }
 
@@ -363,7 +369,7 @@ impl<D: Disk> PartitionLog<D> {
             let mut state = self.state_mut();
             state.durable_wanted = state.durable_wanted.max(offset + 1);
         }
-        self.inner.flusher_wake.notify_all();
+        crate::flusher::wake(&self.inner);
         loop {
             let progress = self.inner.progress.wait();
             {

@@ -3,7 +3,7 @@
 //! flusher and recovery all build on these, and none of them on each other's types, so the
 //! dependencies point one way. The ownership and concurrency contract is in `log.rs`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -58,8 +58,13 @@ pub(crate) struct Inner<D: Disk> {
     /// Serializes writers of the checkpoint file, which share one temporary path.
     pub checkpoint_gate: Semaphore,
     /// Wakes the flusher: there is data to write or a durability request. Shared with the
-    /// flusher outside `Inner` so dropping the last handle can stop it.
+    /// flusher outside `Inner` so dropping the last handle can stop it. Signalled only
+    /// through `flusher::wake`, which starts the task when none runs.
     pub flusher_wake: Rc<Signal>,
+    /// Whether a flusher task exists for this log. It exits after `FLUSHER_IDLE_EXIT` with
+    /// nothing to do, so an idle partition holds no task (about 1.2 KiB of future and task
+    /// each, which dominated the memory of thousands of idle partitions).
+    pub flusher_running: Cell<bool>,
     /// Fires whenever the high watermark, durable offset or fenced state changes.
     pub progress: Signal,
     /// See [`PartitionLog::observe_fdatasync_latency`].

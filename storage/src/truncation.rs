@@ -91,7 +91,7 @@ impl<D: Disk> PartitionLog<D> {
             return Err(error.into());
         }
         self.inner.progress.notify_all();
-        self.inner.flusher_wake.notify_all();
+        crate::flusher::wake(&self.inner);
         Ok(())
     }
 
