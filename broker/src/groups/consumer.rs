@@ -84,6 +84,9 @@ pub struct ConsumerMember {
     /// While partitions are pending revocation: the member is removed if it has not
     /// released them by then (its rebalance timeout).
     pub revocation_deadline: Option<Instant>,
+    /// A member speaking the classic protocol (`JoinGroup`/`SyncGroup`/`Heartbeat`) inside
+    /// this group: its session timeout and protocols (see `classic_members`).
+    pub classic: Option<crate::groups::records::ClassicMemberValue>,
 }
 
 /// A `ConsumerGroupHeartbeat` as the group takes it (topic ids already resolved to names).
@@ -231,6 +234,14 @@ impl ConsumerGroup {
             .members
             .get(member_id)
             .ok_or(group_codes::UNKNOWN_MEMBER_ID)?;
+        if member.classic.is_some() {
+            // A classic member commits with its generation: Kafka's classic rule.
+            return if member_epoch == member.member_epoch {
+                Ok(())
+            } else {
+                Err(group_codes::ILLEGAL_GENERATION)
+            };
+        }
         match member_epoch.cmp(&member.member_epoch) {
             std::cmp::Ordering::Equal => Ok(()),
             std::cmp::Ordering::Greater => Err(FENCED_MEMBER_EPOCH),
@@ -415,6 +426,7 @@ impl ConsumerGroup {
                 pending_revocation: Assignment::new(),
                 session_deadline: now + rules.session_timeout,
                 revocation_deadline: None,
+                classic: None,
             },
         );
         self.group_epoch += 1;
@@ -746,6 +758,7 @@ fn record_values(member: &ConsumerMember) -> changes::MemberValues {
         rebalance_timeout_ms: i32::try_from(member.rebalance_timeout.as_millis())
             .unwrap_or(i32::MAX),
         server_assignor: member.server_assignor.clone(),
+        classic: member.classic.clone(),
     };
     let current = crate::groups::records::CurrentAssignmentValue {
         member_epoch: member.member_epoch,
@@ -762,6 +775,7 @@ fn record_values(member: &ConsumerMember) -> changes::MemberValues {
 }
 
 mod changes;
+pub mod classic_members;
 mod persist;
 
 #[cfg(test)]

@@ -11,7 +11,8 @@
 //! classic membership is not persisted (after a restart members rejoin, as after a
 //! coordinator move). Consumer-protocol groups (KIP-848) are persisted in Ringfeed's own
 //! records ([`ConsumerRecord`], key versions 1003-1008: Kafka's coordinator record type + 1000,
-//! values version 0), laid out in `storage/FORMAT.md`. Kafka's own are flexible-version
+//! values version 0; a classic member's metadata value version 1), laid out in
+//! `storage/FORMAT.md`. Kafka's own are flexible-version
 //! records keyed by topic id; ours carry topic names, like the offset records above, so a
 //! deleted-and-recreated topic is never confused with the old one by id, and a reader of
 //! Kafka's schemas skips ours as unknown key versions instead of misreading them.
@@ -40,6 +41,12 @@ const CONSUMER_TARGET_KEY_VERSION: i16 = 1006;
 const CONSUMER_TARGET_MEMBER_KEY_VERSION: i16 = 1007;
 const CONSUMER_CURRENT_KEY_VERSION: i16 = 1008;
 const CONSUMER_VALUE_VERSION: i16 = 0;
+/// A member's metadata value of a member using the classic protocol inside a consumer group
+/// (KIP-848's upgrade path): version 0 followed by its [`ClassicMemberValue`]. Members of the
+/// consumer protocol are still written as version 0, so older records read as before.
+const CONSUMER_MEMBER_CLASSIC_VALUE_VERSION: i16 = 1;
+/// Protocols one classic member may list (`JoinGroup` protocols; clients send one or two).
+pub const CLASSIC_PROTOCOLS_MAX: usize = 64;
 
 /// One committed offset as stored and as `OffsetFetch` reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +104,16 @@ pub struct MemberMetadataValue {
     pub subscribed_regex: Option<String>,
     pub rebalance_timeout_ms: i32,
     pub server_assignor: Option<String>,
+    /// Set for a member that speaks the classic protocol (Kafka's `ClassicMemberMetadata`).
+    pub classic: Option<ClassicMemberValue>,
+}
+
+/// Kafka's `ClassicMemberMetadata`: the session timeout and `JoinGroup` protocols (name,
+/// metadata) of a classic member inside a consumer group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClassicMemberValue {
+    pub session_timeout_ms: i32,
+    pub protocols: Vec<(String, Bytes)>,
 }
 
 /// Kafka's `ConsumerGroupTargetAssignmentMetadataValue`, and the assignor that computed it.
@@ -169,7 +186,17 @@ impl ConsumerRecord {
 
     fn value(&self) -> Option<Bytes> {
         let mut out = BytesMut::new();
-        out.put_i16(CONSUMER_VALUE_VERSION);
+        let classic = match self {
+            ConsumerRecord::Member {
+                value: Some(value), ..
+            } => value.classic.as_ref(),
+            _ => None,
+        };
+        out.put_i16(if classic.is_some() {
+            CONSUMER_MEMBER_CLASSIC_VALUE_VERSION
+        } else {
+            CONSUMER_VALUE_VERSION
+        });
         match self {
             ConsumerRecord::Group { value, .. } => {
                 let value = value.as_ref()?;
@@ -193,6 +220,15 @@ impl ConsumerRecord {
                 put_nullable(&mut out, value.subscribed_regex.as_deref());
                 out.put_i32(value.rebalance_timeout_ms);
                 put_nullable(&mut out, value.server_assignor.as_deref());
+                if let Some(classic) = &value.classic {
+                    out.put_i32(classic.session_timeout_ms);
+                    put_count(&mut out, classic.protocols.len());
+                    for (name, metadata) in &classic.protocols {
+                        put_string(&mut out, name);
+                        put_count(&mut out, metadata.len());
+                        out.put_slice(metadata);
+                    }
+                }
             }
             ConsumerRecord::Target { value, .. } => {
                 let value = value.as_ref()?;
@@ -226,10 +262,15 @@ impl ConsumerRecord {
 
 fn decode_consumer(version: i16, mut key: &[u8], value: Option<&[u8]>) -> Option<ConsumerRecord> {
     let group = take_string(&mut key)?;
+    let mut value_version = CONSUMER_VALUE_VERSION;
     let mut value = match value {
         None => None,
         Some(mut value) => {
-            if take_i16(&mut value)? != CONSUMER_VALUE_VERSION {
+            value_version = take_i16(&mut value)?;
+            let known = value_version == CONSUMER_VALUE_VERSION
+                || (value_version == CONSUMER_MEMBER_CLASSIC_VALUE_VERSION
+                    && version == CONSUMER_MEMBER_KEY_VERSION);
+            if !known {
                 return None;
             }
             Some(value)
@@ -272,6 +313,11 @@ fn decode_consumer(version: i16, mut key: &[u8], value: Option<&[u8]>) -> Option
                     subscribed_regex: take_nullable(value)?,
                     rebalance_timeout_ms: take_i32(value)?,
                     server_assignor: take_nullable(value)?,
+                    classic: if value_version == CONSUMER_MEMBER_CLASSIC_VALUE_VERSION {
+                        Some(take_classic(value)?)
+                    } else {
+                        None
+                    },
                 }),
             },
         },
@@ -300,6 +346,27 @@ fn decode_consumer(version: i16, mut key: &[u8], value: Option<&[u8]>) -> Option
         _ => return None,
     };
     Some(record)
+}
+
+/// A classic member's session timeout and protocols, each count checked against the bytes
+/// left and [`CLASSIC_PROTOCOLS_MAX`] before anything is allocated.
+fn take_classic(value: &mut &[u8]) -> Option<ClassicMemberValue> {
+    let session_timeout_ms = take_i32(value)?;
+    let count = usize::try_from(take_i32(value)?).ok()?;
+    if count > CLASSIC_PROTOCOLS_MAX || count.saturating_mul(6) > value.len() {
+        return None;
+    }
+    let mut protocols = Vec::with_capacity(count);
+    for _ in 0..count {
+        let name = take_string(value)?;
+        let length = usize::try_from(take_i32(value)?).ok()?;
+        let metadata = Bytes::copy_from_slice(take(value, length)?);
+        protocols.push((name, metadata));
+    }
+    Some(ClassicMemberValue {
+        session_timeout_ms,
+        protocols,
+    })
 }
 
 fn put_count(out: &mut BytesMut, count: usize) {
@@ -673,6 +740,31 @@ mod tests {
                     subscribed_regex: Some("^orders-.*".into()),
                     rebalance_timeout_ms: 300_000,
                     server_assignor: Some("uniform".into()),
+                    classic: None,
+                }),
+            },
+            ConsumerRecord::Member {
+                group: "g".into(),
+                member_id: member("classic-1"),
+                value: Some(MemberMetadataValue {
+                    instance_id: None,
+                    rack_id: None,
+                    client_id: "rdkafka".into(),
+                    client_host: "/10.0.0.2".into(),
+                    subscribed_topics: vec!["orders".into()],
+                    subscribed_regex: None,
+                    rebalance_timeout_ms: 300_000,
+                    server_assignor: None,
+                    classic: Some(ClassicMemberValue {
+                        session_timeout_ms: 10_000,
+                        protocols: vec![
+                            (
+                                "cooperative-sticky".into(),
+                                Bytes::from_static(b"\x00\x03sub"),
+                            ),
+                            ("range".into(), Bytes::new()),
+                        ],
+                    }),
                 }),
             },
             ConsumerRecord::Target {
@@ -730,6 +822,19 @@ mod tests {
     #[test]
     fn consumer_group_records_and_their_tombstones_round_trip() {
         let records = consumer_records();
+        // A consumer-protocol member's metadata is still value v0, as older builds wrote
+        // and read it; only a classic member's is v1.
+        let versions: Vec<[u8; 2]> = records
+            .iter()
+            .filter_map(|r| match r {
+                OffsetsRecord::Consumer(ConsumerRecord::Member { value: Some(_), .. }) => {
+                    let value = r.value().expect("a value");
+                    Some([value[0], value[1]])
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(versions, vec![[0, 0], [0, 1]]);
         let batch = encode_batch(&records, 1_700_000_000_000);
         assert!(batch::validate(&batch, 1 << 20).is_ok(), "a valid v2 batch");
         assert_eq!(decode_batch(&batch), (records, 0));

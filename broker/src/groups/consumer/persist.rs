@@ -178,6 +178,12 @@ impl ConsumerGroup {
                     member.subscribed_topics = value.subscribed_topics.into_iter().collect();
                     member.rebalance_timeout = crate::groups::millis(value.rebalance_timeout_ms);
                     member.server_assignor = value.server_assignor;
+                    if let Some(classic) = &value.classic {
+                        // A classic member's session is its own, restarted from the replay.
+                        member.session_deadline =
+                            now + crate::groups::millis(classic.session_timeout_ms);
+                    }
+                    member.classic = value.classic;
                 }
             },
             ConsumerRecord::TargetMember {
@@ -277,6 +283,7 @@ impl ConsumerGroup {
                 pending_revocation: Assignment::new(),
                 session_deadline: now + rules.session_timeout,
                 revocation_deadline: None,
+                classic: None,
             })
     }
 }
