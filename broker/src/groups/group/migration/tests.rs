@@ -848,3 +848,31 @@ fn consumer_group_from_classic_refuses_a_partition_assigned_twice() {
     assert!(converted.is_err());
     assert!(ConsumerGroup::from_classic(3, vec![snapshot("a")], Instant::now()).is_ok());
 }
+
+#[test]
+fn a_classic_member_inside_a_consumer_group_commits_with_its_generation() {
+    glommio::LocalExecutor::default().run(async {
+        let mut sim = Sim::new(5);
+        classic_member(&mut sim, 0);
+        sim.spawn(1, Kind::Consumer);
+        for _ in 0..8 {
+            sim.step(1);
+            sim.step(0);
+        }
+        assert!(sim.is_consumer_group());
+        let Phase::Stable(generation) = sim.clients[&0].phase else {
+            panic!("the classic member settled");
+        };
+        let member_id = sim.clients[&0].member_id.clone();
+        assert_eq!(sim.group.check_commit(&member_id, None, generation), Ok(()));
+        assert_eq!(
+            sim.group.check_commit(&member_id, None, generation - 1),
+            Err(codes::ILLEGAL_GENERATION),
+            "Kafka's classic rule: the generation must be the member epoch"
+        );
+        assert_eq!(
+            sim.group.check_commit("nobody", None, generation),
+            Err(codes::UNKNOWN_MEMBER_ID)
+        );
+    });
+}
