@@ -233,17 +233,21 @@ impl ConsumerGroup {
         if !self.supports_classic(&request.protocol_type, &request.protocols) {
             return fail(group_codes::INCONSISTENT_GROUP_PROTOCOL);
         }
-        if unknown && request.require_known_member_id {
+        // Kafka asks only dynamic members to come back with their new id (KIP-394).
+        if unknown && request.require_known_member_id && request.instance_id.is_none() {
             return fail(group_codes::MEMBER_ID_REQUIRED);
         }
         if let Some(instance_id) = &request.instance_id {
-            // Replacing a static member under a new member id is not served here.
-            let held_by_other = self
+            let holder = self
                 .members
                 .values()
-                .any(|m| m.instance_id.as_ref() == Some(instance_id) && m.member_id != member_id);
-            if held_by_other {
-                return fail(group_codes::FENCED_INSTANCE_ID);
+                .find(|m| m.instance_id.as_ref() == Some(instance_id) && m.member_id != member_id)
+                .map(|m| m.member_id.clone());
+            if let Some(holder) = holder {
+                if !unknown {
+                    return fail(group_codes::FENCED_INSTANCE_ID);
+                }
+                self.replace_static_member(&holder, member_id);
             }
         }
         let Ok(subscription) = consumer_protocol::decode_subscription(&request.protocols[0].1)
@@ -309,6 +313,30 @@ impl ConsumerGroup {
             generation: self.members[member_id].member_epoch,
             protocol_name: Some(protocol_name),
         }
+    }
+
+    /// KIP-345 inside a consumer group: a static member restarted under a new member id
+    /// takes over the old one's partitions and target, from epoch 0 (the old id is gone).
+    fn replace_static_member(&mut self, old_id: &str, member_id: &str) {
+        let mut member = self.members.remove(old_id).expect("found by the caller");
+        self.changes.removed(old_id);
+        if let Some(target) = self.target.remove(old_id) {
+            self.target.insert(member_id.to_string(), target);
+        }
+        self.changes.target_moved(member_id);
+        for key in partitions_of(&member.pending_revocation) {
+            self.owners.remove(&key);
+        }
+        for key in partitions_of(&member.assigned) {
+            self.owners.insert(key, member_id.to_string());
+        }
+        member.member_id = member_id.to_string();
+        member.member_epoch = 0;
+        member.previous_epoch = 0;
+        member.pending_revocation.clear();
+        member.revocation_deadline = None;
+        member.state = MemberState::Stable;
+        self.members.insert(member_id.to_string(), member);
     }
 
     /// The classic member a request names: by instance id when given (another member id

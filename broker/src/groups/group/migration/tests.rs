@@ -876,3 +876,78 @@ fn a_classic_member_inside_a_consumer_group_commits_with_its_generation() {
         );
     });
 }
+
+#[test]
+fn a_static_classic_member_restarted_takes_over_its_partitions() {
+    glommio::LocalExecutor::default().run(async {
+        let mut sim = Sim::new(6);
+        classic_member(&mut sim, 0);
+        sim.spawn(1, Kind::Consumer);
+        for _ in 0..8 {
+            sim.step(1);
+            sim.step(0);
+        }
+        assert!(sim.is_consumer_group());
+        let old_id = sim.clients[&0].member_id.clone();
+        let consumer = sim.group.consumer.as_mut().expect("consumer group");
+        consumer
+            .members
+            .get_mut(&old_id)
+            .expect("classic member")
+            .instance_id = Some("i1".into());
+        let held = consumer.members[&old_id].assigned.clone();
+        assert!(!held.is_empty());
+        // The process restarts: no member id, the same instance id, owning nothing.
+        let request = JoinRequest {
+            member_id: String::new(),
+            instance_id: Some("i1".into()),
+            client_id: "rdkafka".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(30),
+            protocol_type: "consumer".into(),
+            protocols: Sim::classic_protocols(Kind::Cooperative, &Assignment::new()),
+            require_known_member_id: true,
+        };
+        let joined = sim
+            .group
+            .join_consumer_group(request, &counts, &sim.rules, sim.now);
+        assert_eq!(joined.error_code, crate::error_codes::NONE, "{joined:?}");
+        assert_ne!(joined.member_id, old_id);
+        let consumer = sim.group.consumer.as_ref().expect("consumer group");
+        assert!(
+            !consumer.members.contains_key(&old_id),
+            "the old id is gone"
+        );
+        assert_eq!(consumer.members[&joined.member_id].assigned, held);
+        for (topic, partitions) in &held {
+            for p in partitions {
+                assert_eq!(
+                    consumer.owner_of(topic, *p),
+                    Some(joined.member_id.as_str())
+                );
+            }
+        }
+        // A known member id that is not the holder's is fenced.
+        let mut request = JoinRequest {
+            member_id: "someone-else".into(),
+            instance_id: Some("i1".into()),
+            client_id: "rdkafka".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(30),
+            protocol_type: "consumer".into(),
+            protocols: Sim::classic_protocols(Kind::Cooperative, &Assignment::new()),
+            require_known_member_id: true,
+        };
+        let fenced = sim
+            .group
+            .join_consumer_group(request.clone(), &counts, &sim.rules, sim.now);
+        assert_eq!(fenced.error_code, codes::FENCED_INSTANCE_ID);
+        request.member_id = joined.member_id.clone();
+        let again = sim
+            .group
+            .join_consumer_group(request, &counts, &sim.rules, sim.now);
+        assert_eq!(again.error_code, crate::error_codes::NONE);
+    });
+}
