@@ -1,13 +1,15 @@
 """Guards KIP-848's online migration (`group.consumer.migration.policy`, default
 bidirectional) with librdkafka (confluent-kafka): three classic consumers (range, then
-cooperative-sticky) share 12 partitions of a steadily produced topic, committing every record
-they process. They are restarted one at a time with `group.protocol=consumer`: the group
-becomes a consumer group (ListGroups' type filter, ConsumerGroupDescribe) with classic and
-consumer members side by side on the way, surviving a broker restart in the middle (the
-group and its classic members come back from __consumer_offsets); then rolled back to classic
-one at a time, and the group is classic again. Every produced record is consumed at least once (a member closes
-after committing what it processed, so nothing is lost at a handover) and the committed
-offsets reach every partition's end. The longest consumption gap of each roll is printed."""
+cooperative-sticky) share 12 partitions of a steadily produced topic, committing every
+record they process (asynchronously, and synchronously before they close). They are
+restarted one at a time with `group.protocol=consumer`: the group becomes a consumer group
+(ListGroups' type filter, ConsumerGroupDescribe) with classic and consumer members side by
+side on the way, surviving a broker restart in the middle (the group and its classic
+members come back from __consumer_offsets); then rolled back to classic one at a time, and
+the group is classic again. Every produced record is consumed at least once (a member
+closes after committing what it processed, so nothing is lost at a handover) and the
+committed offsets reach every partition's end. The longest consumption gap of each roll is
+printed."""
 
 import threading
 import time
@@ -77,6 +79,7 @@ class Group:
         self.seen = {}
         self.consumed_at = []
         self.refused_commits = 0
+        self.commit_errors = []
         self.consumed_by = {}
 
     def join(self, protocol):
@@ -85,6 +88,7 @@ class Group:
             "group.id": GROUP,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
+            "on_commit": self.on_commit,
         }
         if protocol == "consumer":
             config["group.protocol"] = "consumer"
@@ -96,8 +100,25 @@ class Group:
         self.members.append((protocol, consumer))
         self.consumed_by[id(consumer)] = 0
 
+    def commit_positions(self, consumer):
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as error:
+            # A commit from a generation a rebalance just ended is refused, as Kafka
+            # refuses it; those records are consumed again by their next owner.
+            if error.args[0].code() not in REBALANCE_ERRORS:
+                raise
+            self.refused_commits += 1
+
+    def on_commit(self, error, _partitions):
+        if error is not None:
+            if error.code() not in REBALANCE_ERRORS:
+                self.commit_errors.append(error)
+            self.refused_commits += 1
+
     def close(self, index):
         _, consumer = self.members.pop(index)
+        self.commit_positions(consumer)
         consumer.close()
 
     def poll_round(self):
@@ -108,14 +129,11 @@ class Group:
             self.seen[message.value()] = self.seen.get(message.value(), 0) + 1
             self.consumed_at.append(time.monotonic())
             self.consumed_by[id(consumer)] += 1
-            try:
-                consumer.commit(message=message, asynchronous=False)
-            except KafkaException as error:
-                # A commit from a generation a rebalance just ended is refused, as Kafka
-                # refuses it; the record is consumed again by its next owner.
-                if error.args[0].code() not in REBALANCE_ERRORS:
-                    raise
-                self.refused_commits += 1
+            # Asynchronous: a synchronous commit would wait behind this member's JoinGroup
+            # parked on the coordinator connection, while the one thread polling every
+            # member is what lets the others rejoin (a deadlock of the harness, not of the
+            # group). Each member commits synchronously before it closes.
+            consumer.commit(message=message, asynchronous=True)
 
     def poll_until(self, done, timeout=90):
         deadline = time.monotonic() + timeout
@@ -210,6 +228,10 @@ def test_classic_group_rolls_to_consumer_protocol_and_back(start_broker, strateg
         produced = producer.stop()
     # Nothing lost: every record produced is consumed, and the commits reach the end.
     group.poll_until(lambda: set(group.seen) >= produced)
+    group.run_for(1.0)
+    for _, member in group.members:
+        group.commit_positions(member)
+    assert not group.commit_errors, group.commit_errors[:3]
     consumer = group.members[0][1]
     committed = consumer.committed([TopicPartition(TOPIC, p) for p in range(PARTITIONS)], timeout=10)
     for tp in committed:
