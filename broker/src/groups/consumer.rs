@@ -701,7 +701,7 @@ impl ConsumerGroup {
 }
 
 /// Kafka's request validation (`throwIfConsumerGroupHeartbeatRequestIsInvalid`).
-fn validate(request: &HeartbeatRequest, version: i16) -> Result<(), HeartbeatAnswer> {
+pub(super) fn validate(request: &HeartbeatRequest, version: i16) -> Result<(), HeartbeatAnswer> {
     if version >= 1 && request.member_id.is_empty() {
         return Err(invalid("MemberId can't be empty."));
     }

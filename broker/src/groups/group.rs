@@ -953,6 +953,10 @@ impl Group {
                     &format!("Group {} is not a consumer group.", self.id),
                 );
             }
+            // A request the consumer group would refuse must not convert the group first.
+            if let Err(answer) = crate::groups::consumer::validate(&request, version) {
+                return answer;
+            }
             if let Err(answer) = self.upgrade_to_consumer(rules, now) {
                 return answer;
             }

@@ -781,6 +781,20 @@ fn the_policy_and_malformed_subscriptions_refuse_the_upgrade() {
         assert_eq!(owned_count(&sim.clients[&0].owned), PARTITIONS as usize);
 
         sim.rules.migration = MigrationPolicy::Bidirectional;
+        // A join the consumer group would refuse does not convert the group first.
+        let invalid = HeartbeatRequest {
+            member_id: "invalid".into(),
+            member_epoch: 0,
+            rebalance_timeout_ms: -1,
+            subscribed_topics: Some(vec![TOPIC.into()]),
+            owned: Some(Assignment::new()),
+            ..HeartbeatRequest::default()
+        };
+        let answer = sim
+            .group
+            .consumer_heartbeat(invalid, 1, &counts, &sim.rules, sim.now);
+        assert_eq!(answer.error_code, codes::INVALID_REQUEST);
+        assert!(!sim.is_consumer_group() && sim.group.consumer.is_none());
         // A classic member whose subscription bytes are garbage: no upgrade, no panic.
         let member = &mut sim.group.members[0];
         member.protocols = vec![(
