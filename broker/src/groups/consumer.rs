@@ -81,8 +81,9 @@ pub struct ConsumerMember {
     pub assigned: Assignment,
     pub pending_revocation: Assignment,
     pub session_deadline: Instant,
-    /// While partitions are pending revocation: the member is removed if it has not
-    /// released them by then (its rebalance timeout).
+    /// While partitions are pending revocation (or a classic member was told to rejoin):
+    /// the member is removed if it has not released them (rejoined) by then (its
+    /// rebalance timeout).
     pub revocation_deadline: Option<Instant>,
     /// A member speaking the classic protocol (`JoinGroup`/`SyncGroup`/`Heartbeat`) inside
     /// this group: its session timeout and protocols (see `classic_members`).

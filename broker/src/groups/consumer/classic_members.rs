@@ -9,7 +9,8 @@
 //!   (the server assigns);
 //! - a sync answers the member's assigned partitions as a `ConsumerProtocolAssignment`;
 //! - a heartbeat answers `REBALANCE_IN_PROGRESS` while the member must rejoin: its epoch is
-//!   behind the group's, it must revoke partitions, or partitions it waited for are free.
+//!   behind the group's, it must revoke partitions, or partitions it waited for are free; a
+//!   member that does not rejoin within its rebalance timeout is removed.
 //!
 //! So a classic member gives up a partition by rejoining without it, and gets new ones only
 //! once no other member holds them: the consumer group's `owners` invariant holds for both
@@ -290,6 +291,9 @@ impl ConsumerGroup {
         member.client_id.clone_from(&request.client_id);
         member.client_host.clone_from(&request.client_host);
         member.session_deadline = now + request.session_timeout;
+        if member.state != MemberState::UnrevokedPartitions {
+            member.revocation_deadline = None; // it rejoined (see `classic_heartbeat`)
+        }
         let protocol_name = request.protocols[0].0.clone();
         member.classic = Some(ClassicMemberValue {
             session_timeout_ms: millis_i32(request.session_timeout),
@@ -435,6 +439,12 @@ impl ConsumerGroup {
             || (member.state == MemberState::UnreleasedPartitions
                 && !self.waits_on_unreleased(&member_id));
         if must_rejoin {
+            // Kafka's join timeout: a member told to rejoin that keeps heartbeating without
+            // doing so is removed after its rebalance timeout (the clock's `tick`).
+            let member = self.members.get_mut(&member_id).expect("checked");
+            if member.revocation_deadline.is_none() {
+                member.revocation_deadline = Some(now + member.rebalance_timeout);
+            }
             group_codes::REBALANCE_IN_PROGRESS
         } else {
             codes::NONE

@@ -965,3 +965,46 @@ fn a_static_classic_member_restarted_takes_over_its_partitions() {
         assert_eq!(again.error_code, crate::error_codes::NONE);
     });
 }
+
+#[test]
+fn a_classic_member_that_never_rejoins_is_removed_after_its_rebalance_timeout() {
+    glommio::LocalExecutor::default().run(async {
+        let mut sim = Sim::new(7);
+        classic_member(&mut sim, 0);
+        sim.spawn(1, Kind::Consumer);
+        for _ in 0..8 {
+            sim.step(1);
+            sim.step(0);
+        }
+        let Phase::Stable(generation) = sim.clients[&0].phase else {
+            panic!("the classic member settled");
+        };
+        let member_id = sim.clients[&0].member_id.clone();
+        sim.spawn(2, Kind::Consumer);
+        sim.step(2); // a new member: the group epoch moves on
+        let start = sim.now;
+        // It heartbeats on (so its session lives) but never rejoins.
+        for second in 1..=35 {
+            sim.now = start + Duration::from_secs(second);
+            let code = sim
+                .group
+                .heartbeat_consumer_group(&member_id, None, generation, sim.now);
+            sim.group.tick(&sim.rules, sim.now);
+            sim.write();
+            sim.forget_zombies();
+            sim.step(1);
+            sim.step(2);
+            let present = sim
+                .group
+                .consumer
+                .as_ref()
+                .is_some_and(|c| c.members.contains_key(&member_id));
+            if second < 30 {
+                assert_eq!(code, codes::REBALANCE_IN_PROGRESS);
+                assert!(present, "still a member after {second} s");
+            } else if second > 30 {
+                assert!(!present, "removed after its 30 s rebalance timeout");
+            }
+        }
+    });
+}
