@@ -318,6 +318,57 @@ pub fn broker_heartbeat(data: &[u8]) -> bool {
     true
 }
 
+/// The consumer-protocol target (`fuzz/fuzz_targets/consumer_protocol.rs`): arbitrary bytes
+/// as a classic member's `ConsumerProtocolSubscription` and `ConsumerProtocolAssignment`
+/// (KIP-848's migration reads them from `JoinGroup` metadata and from the assignments a
+/// classic leader sent), and as both halves of a classic member moved into a consumer group.
+/// Any input must decode or be refused, never panic; what decodes must encode back to bytes
+/// that decode to the same topics and partitions. Returns whether either decoded.
+pub fn consumer_protocol(data: &[u8]) -> bool {
+    use crate::groups::consumer::classic_members::ClassicSnapshot;
+    use crate::groups::consumer::ConsumerGroup;
+    use crate::groups::consumer_protocol::{
+        decode_assignment, decode_subscription, encode_assignment, encode_subscription, VERSION_MAX,
+    };
+    let subscription = decode_subscription(data);
+    if let Ok(subscription) = &subscription {
+        let version = subscription.version.min(VERSION_MAX);
+        let again = encode_subscription(version, &subscription.topics, &subscription.owned);
+        let again = decode_subscription(&again).expect("a re-encoded subscription decodes");
+        assert_eq!(
+            (&again.topics, &again.owned),
+            (&subscription.topics, &subscription.owned)
+        );
+    }
+    let assignment = decode_assignment(data);
+    if let Ok(assignment) = &assignment {
+        let again = decode_assignment(&encode_assignment(1, assignment));
+        assert_eq!(
+            again.as_ref(),
+            Ok(assignment),
+            "assignment round trip changed it"
+        );
+    }
+    let snapshot = ClassicSnapshot {
+        member_id: "m".into(),
+        instance_id: None,
+        client_id: "c".into(),
+        client_host: "h".into(),
+        session_timeout: std::time::Duration::from_secs(10),
+        rebalance_timeout: std::time::Duration::from_secs(30),
+        protocols: vec![("range".into(), Bytes::copy_from_slice(data))],
+        metadata: Bytes::copy_from_slice(data),
+        assignment: Bytes::copy_from_slice(data),
+    };
+    let converted = ConsumerGroup::from_classic(1, vec![snapshot], std::time::Instant::now());
+    assert_eq!(
+        converted.is_ok(),
+        subscription.is_ok() && assignment.is_ok(),
+        "a member converts exactly when both halves decode"
+    );
+    subscription.is_ok() || assignment.is_ok()
+}
+
 /// Encodes a decoded message at the version it came in and decodes the result. For
 /// non-flexible versions the codec must be exactly symmetric: the message must encode and
 /// decode back equal. Flexible versions are only required not to panic: `kafka-protocol`
@@ -400,6 +451,49 @@ mod tests {
         assert!(
             decoded >= 1,
             "no seed decodes: the target would only see refusals"
+        );
+    }
+
+    #[test]
+    fn consumer_protocol_corpus_replays() {
+        use crate::groups::assignor::Assignment;
+        use crate::groups::consumer_protocol::{encode_assignment, encode_subscription};
+        let topics = vec!["orders".to_string(), "audit".to_string()];
+        let owned: Assignment = [("orders".to_string(), [0, 3].into())].into();
+        let mut lying = encode_subscription(1, &topics, &owned).to_vec();
+        lying.splice(2..6, [0x7f, 0xff, 0xff, 0xff]);
+        let seeds: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "subscription-v0",
+                encode_subscription(0, &topics, &owned).to_vec(),
+            ),
+            (
+                "subscription-v1",
+                encode_subscription(1, &topics, &owned).to_vec(),
+            ),
+            (
+                "subscription-v3",
+                encode_subscription(3, &topics, &owned).to_vec(),
+            ),
+            ("assignment-v1", encode_assignment(1, &owned).to_vec()),
+            ("lying-topic-count", lying),
+        ];
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/consumer_protocol");
+        if std::env::var_os("RINGFEED_WRITE_CORPUS").is_some() {
+            std::fs::create_dir_all(&dir).expect("corpus directory");
+            for (name, bytes) in &seeds {
+                std::fs::write(dir.join(name), bytes).expect("seed");
+            }
+        }
+        let paths = corpus("consumer_protocol");
+        let decoded = paths
+            .iter()
+            .filter(|path| super::consumer_protocol(&std::fs::read(path).expect("corpus file")))
+            .count();
+        assert!(
+            decoded >= 4 && decoded < paths.len(),
+            "the seeds hold valid messages and hostile ones: {decoded} of {} decoded",
+            paths.len()
         );
     }
 

@@ -94,6 +94,10 @@ pub struct Limits {
     /// `group.consumer.max.size`: members a consumer-protocol group may hold (at most
     /// `groups::GROUP_SIZE_MAX`).
     pub group_consumer_max_size: usize,
+    /// `group.consumer.migration.policy`: bidirectional, upgrade, downgrade or disabled —
+    /// which way a non-empty group may move between the classic and the consumer protocol
+    /// (KIP-848's online migration; `groups::MigrationPolicy`).
+    pub group_consumer_migration_policy: &'static str,
     /// `offsets.retention.minutes`: committed offsets of a group without members are
     /// deleted this long after it became empty (or after the commit, for simple consumers).
     pub offsets_retention: Duration,
@@ -150,6 +154,7 @@ impl Default for Limits {
             group_session_timeout_max: Duration::from_secs(30 * 60),
             group_consumer_session_timeout: Duration::from_secs(45),
             group_consumer_max_size: 1000,
+            group_consumer_migration_policy: "bidirectional",
             group_consumer_heartbeat_interval: Duration::from_secs(5),
             offsets_retention: Duration::from_secs(7 * 24 * 60 * 60),
             offsets_checkpoint_records: 100_000,

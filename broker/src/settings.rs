@@ -23,6 +23,9 @@ use crate::limits::Limits;
 use crate::recompress::CompressionType;
 use crate::topic_config::TopicConfig;
 
+/// Values of `group.consumer.migration.policy` (read by `groups::MigrationPolicy`).
+pub const MIGRATION_POLICIES: &[&str] = &["bidirectional", "upgrade", "downgrade", "disabled"];
+
 pub use kind::{Group, Kind, Setting};
 pub use table::SETTINGS;
 
@@ -295,6 +298,13 @@ impl Effective {
                 self.unsigned("group.consumer.heartbeat.interval.ms"),
             ),
             group_consumer_max_size: self.unsigned("group.consumer.max.size") as usize,
+            group_consumer_migration_policy: MIGRATION_POLICIES
+                .iter()
+                .find(|name| {
+                    name.eq_ignore_ascii_case(self.text("group.consumer.migration.policy"))
+                })
+                .copied()
+                .unwrap_or("bidirectional"),
             offsets_retention: Duration::from_secs(self.unsigned("offsets.retention.minutes") * 60),
             offsets_checkpoint_records: self.unsigned("ringfeed.offsets.checkpoint.records")
                 as usize,

@@ -106,9 +106,13 @@ pub struct ConsumerMember {
     pub assigned: Assignment,
     pub pending_revocation: Assignment,
     pub session_deadline: Instant,
-    /// While partitions are pending revocation: the member is removed if it has not
-    /// released them by then (its rebalance timeout).
+    /// While partitions are pending revocation (or a classic member was told to rejoin):
+    /// the member is removed if it has not released them (rejoined) by then (its
+    /// rebalance timeout).
     pub revocation_deadline: Option<Instant>,
+    /// A member speaking the classic protocol (`JoinGroup`/`SyncGroup`/`Heartbeat`) inside
+    /// this group: its session timeout and protocols (see `classic_members`).
+    pub classic: Option<crate::groups::records::ClassicMemberValue>,
 }
 
 impl ConsumerMember {
@@ -134,6 +138,7 @@ impl ConsumerMember {
             pending_revocation: Assignment::new(),
             session_deadline,
             revocation_deadline: None,
+            classic: None,
         }
     }
 
@@ -296,6 +301,14 @@ impl ConsumerGroup {
             .members
             .get(member_id)
             .ok_or(group_codes::UNKNOWN_MEMBER_ID)?;
+        if member.classic.is_some() {
+            // A classic member commits with its generation: Kafka's classic rule.
+            return if member_epoch == member.member_epoch {
+                Ok(())
+            } else {
+                Err(group_codes::ILLEGAL_GENERATION)
+            };
+        }
         match member_epoch.cmp(&member.member_epoch) {
             std::cmp::Ordering::Equal => Ok(()),
             std::cmp::Ordering::Greater => Err(FENCED_MEMBER_EPOCH),
@@ -777,7 +790,7 @@ impl ConsumerGroup {
 }
 
 /// Kafka's request validation (`throwIfConsumerGroupHeartbeatRequestIsInvalid`).
-fn validate(request: &HeartbeatRequest, version: i16) -> Result<(), HeartbeatAnswer> {
+pub(super) fn validate(request: &HeartbeatRequest, version: i16) -> Result<(), HeartbeatAnswer> {
     if version >= 1 && request.member_id.is_empty() {
         return Err(invalid("MemberId can't be empty."));
     }
@@ -963,6 +976,7 @@ fn record_values(member: &ConsumerMember) -> changes::MemberValues {
         rebalance_timeout_ms: i32::try_from(member.rebalance_timeout.as_millis())
             .unwrap_or(i32::MAX),
         server_assignor: member.server_assignor.clone(),
+        classic: member.classic.clone(),
     };
     let current = crate::groups::records::CurrentAssignmentValue {
         member_epoch: member.member_epoch,
@@ -979,6 +993,7 @@ fn record_values(member: &ConsumerMember) -> changes::MemberValues {
 }
 
 mod changes;
+pub mod classic_members;
 mod persist;
 mod topic_regex;
 

@@ -29,7 +29,8 @@ use crate::groups::group::{
 use crate::groups::records::{self, ConsumerRecord, OffsetsRecord};
 use crate::groups::types::{
     codes, partition_for, CommitRequest, FetchedOffsets, GroupAddress, GroupDescription,
-    ListedGroup, MemberDescription, SyncRequest, OFFSET_METADATA_BYTES_MAX, TOPIC_NAME_BYTES_MAX,
+    ListedGroup, MemberDescription, MigrationPolicy, SyncRequest, OFFSET_METADATA_BYTES_MAX,
+    TOPIC_NAME_BYTES_MAX,
 };
 use crate::limits::Limits;
 use crate::metadata::OFFSETS_TOPIC;
@@ -83,6 +84,8 @@ impl CoordinatorConfig {
                     heartbeat_interval: limits.group_consumer_heartbeat_interval,
                     max_size: limits.group_consumer_max_size,
                 },
+                migration: MigrationPolicy::from_name(limits.group_consumer_migration_policy)
+                    .unwrap_or_default(),
             },
             offsets_retention: limits.offsets_retention,
             checkpoint_after_records: limits.offsets_checkpoint_records,
@@ -206,13 +209,36 @@ impl GroupCoordinator {
         );
     }
 
-    /// `JoinGroup`; the answer may wait for the rebalance.
+    /// `JoinGroup`; the answer may wait for the rebalance. A classic member of a group whose
+    /// members live in its consumer group (KIP-848's migration) is answered by it, once its
+    /// change is durable.
     pub async fn join(&self, at: GroupAddress, request: JoinRequest) -> JoinResult {
-        if let Err(code) = self.ensure_loaded(at.partition).await {
-            return JoinResult::error(code, &request.member_id);
-        }
+        let log = match self.ensure_loaded(at.partition).await {
+            Ok(log) => log,
+            Err(code) => return JoinResult::error(code, &request.member_id),
+        };
         let now = self.inner.offsets.clock.now();
-        let answer = self.with_group(&at.group, |g| g.join(request, &self.rules(), now));
+        let rules = self.rules();
+        let snapshot = self.inner.offsets.metadata.current();
+        let topics = SnapshotTopics(&snapshot);
+        let member_id = request.member_id.clone();
+        let (answer, records) = self.with_group(&at.group, |g| {
+            let epoch_before = g.consumer.as_ref().map_or(0, |c| c.group_epoch);
+            let answer = if g.has_consumer_members() {
+                Answer::Now(g.join_consumer_group(request, &topics, &rules, now))
+            } else {
+                g.join(request, &rules, now)
+            };
+            (answer, self.take_consumer_records(g, epoch_before))
+        });
+        if !records.is_empty() {
+            let code = self.persist(&log, records).await;
+            if code != broker_codes::NONE {
+                if let Answer::Now(_) = answer {
+                    return JoinResult::error(code, &member_id);
+                }
+            }
+        }
         let gone = JoinResult::error(codes::UNKNOWN_MEMBER_ID, "");
         let stopping = JoinResult::error(codes::NOT_COORDINATOR, "");
         settle(&self.inner.offsets.shutdown, answer, gone, stopping).await
@@ -232,6 +258,10 @@ impl GroupCoordinator {
             assignments,
         } = request;
         let answer = self.with_existing(&at.group, |g| {
+            if g.has_consumer_members() {
+                let protocol = (protocol_type.as_deref(), protocol_name.as_deref());
+                return Answer::Now(g.sync_consumer_group(&member_id, generation, protocol, now));
+            }
             if !protocol_matches(protocol_type.as_ref(), g.protocol_type.as_ref())
                 || !protocol_matches(protocol_name.as_ref(), g.protocol_name.as_ref())
             {
@@ -278,17 +308,7 @@ impl GroupCoordinator {
         let (answer, records) = self.with_group(&at.group, |g| {
             let epoch_before = g.consumer.as_ref().map_or(0, |c| c.group_epoch);
             let answer = g.consumer_heartbeat(request, version, &topics, &rules, now);
-            let records = match g.consumer.as_mut() {
-                Some(consumer) => {
-                    self.inner
-                        .consumer_counts
-                        .borrow_mut()
-                        .note(epoch_before, consumer);
-                    consumer.take_records(&g.id)
-                }
-                None => Vec::new(),
-            };
-            (answer, records)
+            (answer, self.take_consumer_records(g, epoch_before))
         });
         if records.is_empty() {
             return answer;
@@ -296,7 +316,6 @@ impl GroupCoordinator {
         // Answered only once the change is durable, as Kafka answers after its write. If
         // the write fails, memory is ahead of the log: the member gets the error, retries,
         // and the next change is written with the state as it then is.
-        let records = records.into_iter().map(OffsetsRecord::Consumer).collect();
         match self.persist(&log, records).await {
             broker_codes::NONE => answer,
             code => HeartbeatAnswer::error(code, "the group's change could not be written"),
@@ -335,24 +354,58 @@ impl GroupCoordinator {
     }
 
     /// `LeaveGroup`: an error code per (member id, group instance id) leaving, in order.
+    /// Classic members inside a consumer group leave it (written before the answer).
     pub async fn leave(
         &self,
         at: GroupAddress,
         members: Vec<(String, Option<String>)>,
     ) -> Vec<i16> {
-        if let Err(code) = self.ensure_loaded(at.partition).await {
-            return vec![code; members.len()];
-        }
+        let log = match self.ensure_loaded(at.partition).await {
+            Ok(log) => log,
+            Err(code) => return vec![code; members.len()],
+        };
         let now = self.inner.offsets.clock.now();
         let rules = self.rules();
-        members
+        let mut records = Vec::new();
+        let mut codes_out: Vec<i16> = members
             .iter()
             .map(|(member_id, instance_id)| {
                 self.with_existing(&at.group, |g| {
-                    g.leave(member_id, instance_id.as_deref(), &rules, now)
+                    let epoch_before = g.consumer.as_ref().map_or(0, |c| c.group_epoch);
+                    let code = if g.has_consumer_members() {
+                        g.leave_consumer_group(member_id, instance_id.as_deref())
+                    } else {
+                        g.leave(member_id, instance_id.as_deref(), &rules, now)
+                    };
+                    records.extend(self.take_consumer_records(g, epoch_before));
+                    code
                 })
                 .unwrap_or(codes::UNKNOWN_MEMBER_ID)
             })
+            .collect();
+        if !records.is_empty() {
+            let code = self.persist(&log, records).await;
+            if code != broker_codes::NONE {
+                for slot in codes_out.iter_mut().filter(|c| **c == broker_codes::NONE) {
+                    *slot = code;
+                }
+            }
+        }
+        codes_out
+    }
+
+    /// The group's consumer-protocol changes as records to write, and its rebalances
+    /// counted (`epoch_before`: the consumer group's epoch before the change).
+    fn take_consumer_records(&self, g: &mut Group, epoch_before: i32) -> Vec<OffsetsRecord> {
+        if let Some(consumer) = g.consumer.as_mut() {
+            self.inner
+                .consumer_counts
+                .borrow_mut()
+                .note(epoch_before, consumer);
+        }
+        g.take_consumer_records()
+            .into_iter()
+            .map(OffsetsRecord::Consumer)
             .collect()
     }
 
@@ -494,6 +547,10 @@ impl GroupCoordinator {
         now: Instant,
     ) -> i16 {
         self.with_existing(group, |g| {
+            if g.has_consumer_members() {
+                let instance_id = instance_id.map(String::as_str);
+                return g.heartbeat_consumer_group(member_id, instance_id, generation, now);
+            }
             if let Some(instance_id) = instance_id {
                 let owner = g
                     .members
@@ -1419,10 +1476,10 @@ async fn tick_forever(inner: Weak<Inner>, clock: Clock) {
                         .consumer_counts
                         .borrow_mut()
                         .note(epoch_before, consumer);
-                    let records = consumer.take_records(&group.id);
-                    if !records.is_empty() {
-                        changed.push((group.id.clone(), records));
-                    }
+                }
+                let records = group.take_consumer_records();
+                if !records.is_empty() {
+                    changed.push((group.id.clone(), records));
                 }
             }
             groups.retain(|_, group| !group.is_disposable());

@@ -20,8 +20,8 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 use crate::error_codes as codes;
 use crate::groups::consumer::{ConsumerGroup, ConsumerRules, HeartbeatAnswer, HeartbeatRequest};
-use crate::groups::records::CommittedOffset;
-use crate::groups::types::codes as group_codes;
+use crate::groups::records::{CommittedOffset, ConsumerRecord};
+use crate::groups::types::{codes as group_codes, MigrationPolicy};
 use crate::storage::Clock;
 
 pub use crate::groups::types::GROUP_SIZE_MAX;
@@ -174,6 +174,8 @@ pub struct GroupRules {
     pub initial_rebalance_delay: Duration,
     /// Timers of consumer-protocol groups (KIP-848).
     pub consumer: ConsumerRules,
+    /// `group.consumer.migration.policy` (see `migration`).
+    pub migration: MigrationPolicy,
 }
 
 pub struct Group {
@@ -199,6 +201,9 @@ pub struct Group {
     /// Set once the group is used with the consumer protocol (KIP-848): its members live
     /// there, and the classic fields above stay empty while it has members.
     pub consumer: Option<Box<ConsumerGroup>>,
+    /// Records of a consumer group dropped by a migration (its tombstones), until the
+    /// coordinator takes them with [`Group::take_consumer_records`].
+    consumer_records: Vec<ConsumerRecord>,
 }
 
 impl Group {
@@ -218,7 +223,19 @@ impl Group {
             empty_since_ms: None,
             wall_clock: Clock::System,
             consumer: None,
+            consumer_records: Vec::new(),
         }
+    }
+
+    /// What changed in the group's consumer-protocol state since the last call, as records
+    /// of the offsets log: a dropped consumer group's tombstones, then the live one's
+    /// changes.
+    pub fn take_consumer_records(&mut self) -> Vec<ConsumerRecord> {
+        let mut records = std::mem::take(&mut self.consumer_records);
+        if let Some(consumer) = self.consumer.as_mut() {
+            records.extend(consumer.take_records(&self.id));
+        }
+        records
     }
 
     /// The group reads wall-clock time from `clock` (the shard's) instead of the system's.
@@ -414,10 +431,10 @@ impl Group {
             return fail(group_codes::COORDINATOR_NOT_AVAILABLE);
         }
         if self.has_consumer_members() {
-            // A consumer-protocol group with members; the classic <-> consumer upgrade path
-            // of KIP-848 is not implemented.
+            // Served by `join_consumer_group`; the coordinator routes it there.
             return fail(group_codes::INCONSISTENT_GROUP_PROTOCOL);
         }
+        self.drop_empty_consumer_group();
         if request.session_timeout < rules.session_timeout_min
             || request.session_timeout > rules.session_timeout_max
         {
@@ -908,17 +925,19 @@ impl Group {
         self.try_complete_join(now);
         if let Some(consumer) = self.consumer.as_mut() {
             let had_members = !consumer.members.is_empty();
+            let consumer_members = consumer.consumer_protocol_members();
             for member_id in consumer.tick(now) {
                 tracing::info!(group = %self.id, member = %member_id, "consumer member session or rebalance timed out");
             }
             self.note_consumer_membership(had_members);
+            self.maybe_downgrade(consumer_members, rules, now);
         }
         self.assert_consistent();
     }
 
     /// `ConsumerGroupHeartbeat` (KIP-848) on this group; see [`ConsumerGroup::heartbeat`].
-    /// A group with classic members is not a consumer group (the upgrade path of KIP-848
-    /// is not implemented).
+    /// A join (epoch 0) to a classic group with members upgrades it when it can (see
+    /// `migration`); the last consumer-protocol member leaving may downgrade it.
     pub fn consumer_heartbeat(
         &mut self,
         request: HeartbeatRequest,
@@ -928,13 +947,23 @@ impl Group {
         now: Instant,
     ) -> HeartbeatAnswer {
         if !self.members.is_empty() || self.state != GroupState::Empty {
-            return HeartbeatAnswer::error(
-                group_codes::GROUP_ID_NOT_FOUND,
-                &format!("Group {} is not a consumer group.", self.id),
-            );
+            if request.member_epoch != 0 || self.members.is_empty() {
+                return HeartbeatAnswer::error(
+                    group_codes::GROUP_ID_NOT_FOUND,
+                    &format!("Group {} is not a consumer group.", self.id),
+                );
+            }
+            // A request the consumer group would refuse must not convert the group first.
+            if let Err(answer) = crate::groups::consumer::validate(&request, version) {
+                return answer;
+            }
+            if let Err(answer) = self.upgrade_to_consumer(rules, now) {
+                return answer;
+            }
         }
         let consumer = self.consumer.get_or_insert_default();
         let had_members = !consumer.members.is_empty();
+        let consumer_members = consumer.consumer_protocol_members();
         let new_member_id = || uuid::Uuid::new_v4().to_string();
         let answer = consumer.heartbeat(
             request,
@@ -945,6 +974,7 @@ impl Group {
             now,
         );
         self.note_consumer_membership(had_members);
+        self.maybe_downgrade(consumer_members, rules, now);
         answer
     }
 
@@ -1020,16 +1050,19 @@ impl Group {
     }
 }
 
+mod migration;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn rules() -> GroupRules {
+    pub(super) fn rules() -> GroupRules {
         GroupRules {
             session_timeout_min: Duration::from_secs(6),
             session_timeout_max: Duration::from_secs(1800),
             initial_rebalance_delay: Duration::ZERO,
             consumer: ConsumerRules::default(),
+            migration: MigrationPolicy::default(),
         }
     }
 

@@ -13,6 +13,7 @@
 
 pub mod assignor;
 pub mod consumer;
+pub mod consumer_protocol;
 pub mod coordinator;
 pub mod group;
 pub mod records;
@@ -26,8 +27,8 @@ use std::future::Future;
 use std::rc::Rc;
 pub use types::{
     codes, millis, partition_for, CommitRequest, FetchedOffsets, GroupAddress, GroupDescription,
-    ListedGroup, MemberDescription, SyncRequest, GROUP_ID_BYTES_MAX, OFFSETS_TOPIC_PARTITIONS,
-    OFFSET_METADATA_BYTES_MAX, TOPIC_NAME_BYTES_MAX,
+    ListedGroup, MemberDescription, MigrationPolicy, SyncRequest, GROUP_ID_BYTES_MAX,
+    OFFSETS_TOPIC_PARTITIONS, OFFSET_METADATA_BYTES_MAX, TOPIC_NAME_BYTES_MAX,
 };
 
 /// The services of a shard that coordinates groups, as group calls reach them on the

@@ -11,7 +11,8 @@
 //! classic membership is not persisted (after a restart members rejoin, as after a
 //! coordinator move). Consumer-protocol groups (KIP-848) are persisted in Ringfeed's own
 //! records ([`ConsumerRecord`], key versions 1003-1008: Kafka's coordinator record type + 1000,
-//! values version 0), laid out in `storage/FORMAT.md`. Kafka's own are flexible-version
+//! values version 0; a classic member's metadata value version 1), laid out in
+//! `storage/FORMAT.md`. Kafka's own are flexible-version
 //! records keyed by topic id; ours carry topic names, like the offset records above, so a
 //! deleted-and-recreated topic is never confused with the old one by id, and a reader of
 //! Kafka's schemas skips ours as unknown key versions instead of misreading them.
@@ -40,8 +41,14 @@ const CONSUMER_TARGET_KEY_VERSION: i16 = 1006;
 const CONSUMER_TARGET_MEMBER_KEY_VERSION: i16 = 1007;
 const CONSUMER_CURRENT_KEY_VERSION: i16 = 1008;
 const CONSUMER_VALUE_VERSION: i16 = 0;
-/// Key 1005's value: v1 appends the topics the member's regex resolved to (v0 has none).
+/// Key 1005's value: v1 appends the topics the member's regex resolved to (v0 has none);
+/// v2 appends, after those, the [`ClassicMemberValue`] of a member using the classic
+/// protocol inside a consumer group (KIP-848's upgrade path). Members of the consumer
+/// protocol are written as v1.
 const CONSUMER_MEMBER_VALUE_VERSION: i16 = 1;
+const CONSUMER_MEMBER_CLASSIC_VALUE_VERSION: i16 = 2;
+/// Protocols one classic member may list (`JoinGroup` protocols; clients send one or two).
+pub const CLASSIC_PROTOCOLS_MAX: usize = 64;
 
 /// One committed offset as stored and as `OffsetFetch` reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,10 +106,21 @@ pub struct MemberMetadataValue {
     pub subscribed_regex: Option<String>,
     pub rebalance_timeout_ms: i32,
     pub server_assignor: Option<String>,
-    /// The topics `subscribed_regex` resolved to, as its principal may see them (value v1;
+    /// The topics `subscribed_regex` resolved to, as its principal may see them (value v1+;
     /// empty when read from v0). Kafka keeps them in its `ConsumerGroupRegularExpression`
     /// record, per pattern.
     pub regex_topics: Vec<String>,
+    /// Set for a member that speaks the classic protocol (Kafka's `ClassicMemberMetadata`;
+    /// value v2).
+    pub classic: Option<ClassicMemberValue>,
+}
+
+/// Kafka's `ClassicMemberMetadata`: the session timeout and `JoinGroup` protocols (name,
+/// metadata) of a classic member inside a consumer group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClassicMemberValue {
+    pub session_timeout_ms: i32,
+    pub protocols: Vec<(String, Bytes)>,
 }
 
 /// Kafka's `ConsumerGroupTargetAssignmentMetadataValue`, and the assignor that computed it.
@@ -176,6 +194,9 @@ impl ConsumerRecord {
     fn value(&self) -> Option<Bytes> {
         let mut out = BytesMut::new();
         out.put_i16(match self {
+            ConsumerRecord::Member {
+                value: Some(value), ..
+            } if value.classic.is_some() => CONSUMER_MEMBER_CLASSIC_VALUE_VERSION,
             ConsumerRecord::Member { .. } => CONSUMER_MEMBER_VALUE_VERSION,
             _ => CONSUMER_VALUE_VERSION,
         });
@@ -205,6 +226,15 @@ impl ConsumerRecord {
                 put_count(&mut out, value.regex_topics.len());
                 for topic in &value.regex_topics {
                     put_string(&mut out, topic);
+                }
+                if let Some(classic) = &value.classic {
+                    out.put_i32(classic.session_timeout_ms);
+                    put_count(&mut out, classic.protocols.len());
+                    for (name, metadata) in &classic.protocols {
+                        put_string(&mut out, name);
+                        put_count(&mut out, metadata.len());
+                        out.put_slice(metadata);
+                    }
                 }
             }
             ConsumerRecord::Target { value, .. } => {
@@ -245,7 +275,7 @@ fn decode_consumer(version: i16, mut key: &[u8], value: Option<&[u8]>) -> Option
         Some(mut value) => {
             value_version = take_i16(&mut value)?;
             let newest = if version == CONSUMER_MEMBER_KEY_VERSION {
-                CONSUMER_MEMBER_VALUE_VERSION
+                CONSUMER_MEMBER_CLASSIC_VALUE_VERSION
             } else {
                 CONSUMER_VALUE_VERSION
             };
@@ -292,10 +322,15 @@ fn decode_consumer(version: i16, mut key: &[u8], value: Option<&[u8]>) -> Option
                     subscribed_regex: take_nullable(value)?,
                     rebalance_timeout_ms: take_i32(value)?,
                     server_assignor: take_nullable(value)?,
-                    regex_topics: if value_version >= 1 {
+                    regex_topics: if value_version >= CONSUMER_MEMBER_VALUE_VERSION {
                         take_list(value, take_string)?
                     } else {
                         Vec::new()
+                    },
+                    classic: if value_version == CONSUMER_MEMBER_CLASSIC_VALUE_VERSION {
+                        Some(take_classic(value)?)
+                    } else {
+                        None
                     },
                 }),
             },
@@ -325,6 +360,27 @@ fn decode_consumer(version: i16, mut key: &[u8], value: Option<&[u8]>) -> Option
         _ => return None,
     };
     Some(record)
+}
+
+/// A classic member's session timeout and protocols, each count checked against the bytes
+/// left and [`CLASSIC_PROTOCOLS_MAX`] before anything is allocated.
+fn take_classic(value: &mut &[u8]) -> Option<ClassicMemberValue> {
+    let session_timeout_ms = take_i32(value)?;
+    let count = usize::try_from(take_i32(value)?).ok()?;
+    if count > CLASSIC_PROTOCOLS_MAX || count.saturating_mul(6) > value.len() {
+        return None;
+    }
+    let mut protocols = Vec::with_capacity(count);
+    for _ in 0..count {
+        let name = take_string(value)?;
+        let length = usize::try_from(take_i32(value)?).ok()?;
+        let metadata = Bytes::copy_from_slice(take(value, length)?);
+        protocols.push((name, metadata));
+    }
+    Some(ClassicMemberValue {
+        session_timeout_ms,
+        protocols,
+    })
 }
 
 fn put_count(out: &mut BytesMut, count: usize) {
@@ -699,6 +755,32 @@ mod tests {
                     rebalance_timeout_ms: 300_000,
                     server_assignor: Some("uniform".into()),
                     regex_topics: vec!["orders-eu".into(), "orders-us".into()],
+                    classic: None,
+                }),
+            },
+            ConsumerRecord::Member {
+                group: "g".into(),
+                member_id: member("classic-1"),
+                value: Some(MemberMetadataValue {
+                    instance_id: None,
+                    rack_id: None,
+                    client_id: "rdkafka".into(),
+                    client_host: "/10.0.0.2".into(),
+                    subscribed_topics: vec!["orders".into()],
+                    subscribed_regex: None,
+                    rebalance_timeout_ms: 300_000,
+                    server_assignor: None,
+                    regex_topics: Vec::new(),
+                    classic: Some(ClassicMemberValue {
+                        session_timeout_ms: 10_000,
+                        protocols: vec![
+                            (
+                                "cooperative-sticky".into(),
+                                Bytes::from_static(b"\x00\x03sub"),
+                            ),
+                            ("range".into(), Bytes::new()),
+                        ],
+                    }),
                 }),
             },
             ConsumerRecord::Target {
@@ -756,6 +838,19 @@ mod tests {
     #[test]
     fn consumer_group_records_and_their_tombstones_round_trip() {
         let records = consumer_records();
+        // A consumer-protocol member's metadata is value v1 (with its regex's topics); a
+        // classic member's is v2 (and its classic metadata after them).
+        let versions: Vec<[u8; 2]> = records
+            .iter()
+            .filter_map(|r| match r {
+                OffsetsRecord::Consumer(ConsumerRecord::Member { value: Some(_), .. }) => {
+                    let value = r.value().expect("a value");
+                    Some([value[0], value[1]])
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(versions, vec![[0, 1], [0, 2]]);
         let batch = encode_batch(&records, 1_700_000_000_000);
         assert!(batch::validate(&batch, 1 << 20).is_ok(), "a valid v2 batch");
         assert_eq!(decode_batch(&batch), (records, 0));

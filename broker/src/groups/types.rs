@@ -50,6 +50,40 @@ pub mod codes {
     pub const INVALID_REQUEST: i16 = ResponseError::InvalidRequest.code();
 }
 
+/// `group.consumer.migration.policy` (Kafka 4's): which way a non-empty group may move
+/// between the classic and the consumer protocol while its members stay online.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MigrationPolicy {
+    /// Both ways (Kafka's default).
+    #[default]
+    Bidirectional,
+    /// Classic to consumer only.
+    Upgrade,
+    /// Consumer to classic only.
+    Downgrade,
+    Disabled,
+}
+
+impl MigrationPolicy {
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "bidirectional" => Some(Self::Bidirectional),
+            "upgrade" => Some(Self::Upgrade),
+            "downgrade" => Some(Self::Downgrade),
+            "disabled" => Some(Self::Disabled),
+            _ => None,
+        }
+    }
+
+    pub fn upgrades(self) -> bool {
+        matches!(self, Self::Bidirectional | Self::Upgrade)
+    }
+
+    pub fn downgrades(self) -> bool {
+        matches!(self, Self::Bidirectional | Self::Downgrade)
+    }
+}
+
 /// A `SyncGroup` as the coordinator takes it.
 #[derive(Debug)]
 pub struct SyncRequest {

@@ -19,8 +19,10 @@ use crate::metadata::MetadataSnapshot;
 
 /// Group ACL operations a client may perform, as a bitfield: READ 3, DELETE 6, DESCRIBE 8.
 const GROUP_OPERATIONS_ALL: i32 = 1 << 3 | 1 << 6 | 1 << 8;
-/// `member_type` (v1): this member uses the consumer protocol.
+/// `member_type` (v1): the member uses the consumer protocol, or (KIP-848's migration) the
+/// classic one inside a consumer group.
 const MEMBER_TYPE_CONSUMER: i8 = 1;
+const MEMBER_TYPE_CLASSIC: i8 = 0;
 
 pub async fn handle(
     shard: &GroupAccess<'_>,
@@ -87,7 +89,11 @@ fn described(
                 .with_subscribed_topic_regex(member.subscribed_regex.as_deref().map(str_bytes))
                 .with_assignment(assignment(snapshot, &member.assigned))
                 .with_target_assignment(assignment(snapshot, &target))
-                .with_member_type(MEMBER_TYPE_CONSUMER)
+                .with_member_type(if member.classic.is_some() {
+                    MEMBER_TYPE_CLASSIC
+                } else {
+                    MEMBER_TYPE_CONSUMER
+                })
         })
         .collect();
     base.with_group_state(str_bytes(description.state))

@@ -382,6 +382,16 @@ pub static SETTINGS: &[Setting] = &[
          every member costs coordinator memory and assignor work.",
     ),
     row(
+        "group.consumer.migration.policy",
+        "bidirectional",
+        Kind::OneOf(crate::settings::MIGRATION_POLICIES),
+        "Whether a group with members may move between the classic and the consumer protocol \
+         (KIP-848) while they stay online: bidirectional, upgrade (classic to consumer only), \
+         downgrade (consumer to classic only) or disabled. An upgrade happens when a \
+         consumer-protocol member joins a classic group of protocol type consumer; a \
+         downgrade when the last consumer-protocol member leaves and classic members remain.",
+    ),
+    row(
         "group.consumer.heartbeat.interval.ms",
         "5000",
         integer(1, INT_MAX),

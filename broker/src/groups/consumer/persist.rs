@@ -180,6 +180,12 @@ impl ConsumerGroup {
                         std::sync::Arc::new(value.regex_topics.into_iter().collect());
                     member.rebalance_timeout = crate::groups::millis(value.rebalance_timeout_ms);
                     member.server_assignor = value.server_assignor;
+                    if let Some(classic) = &value.classic {
+                        // A classic member's session is its own, restarted from the replay.
+                        member.session_deadline =
+                            now + crate::groups::millis(classic.session_timeout_ms);
+                    }
+                    member.classic = value.classic;
                 }
             },
             ConsumerRecord::TargetMember {
