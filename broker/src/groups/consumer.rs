@@ -321,6 +321,33 @@ impl ConsumerGroup {
         }
     }
 
+    /// The per-partition half of the commit rule, after [`Self::check_member_epoch`]
+    /// admitted the request: a commit at the member's previous epoch (its answer moving it on
+    /// may still be on the way) counts only for partitions it still holds, assigned or
+    /// pending revocation. A partition it released at that epoch change may already be
+    /// another member's, whose offsets a late commit must not overwrite (KIP-1251's rule,
+    /// with holding now standing for the per-partition assignment epoch it records).
+    pub fn commit_admits_partition(
+        &self,
+        member_id: &str,
+        member_epoch: i32,
+        topic: &str,
+        partition: i32,
+    ) -> bool {
+        let Some(member) = self.members.get(member_id) else {
+            return true; // no member named: the group-level check decided
+        };
+        if member_epoch == member.member_epoch {
+            return true;
+        }
+        let holds = |assignment: &Assignment| {
+            assignment
+                .get(topic)
+                .is_some_and(|partitions| partitions.contains(&partition))
+        };
+        holds(&member.assigned) || holds(&member.pending_revocation)
+    }
+
     /// `ConsumerGroupHeartbeat`. `version` is the request's; `partitions` gives a topic's
     /// partition count (`None`: no such topic); `new_member_id` a fresh id for a v0 join.
     pub fn heartbeat(

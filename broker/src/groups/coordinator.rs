@@ -21,7 +21,8 @@ use crate::disk::{BrokerDisk, PartitionLog};
 use crate::error_codes as broker_codes;
 use crate::groups::assignor::Assignor;
 use crate::groups::consumer::{
-    ConsumerGroupDescription, ConsumerRules, HeartbeatAnswer, HeartbeatRequest, TopicCatalog,
+    consumer_codes::STALE_MEMBER_EPOCH, ConsumerGroupDescription, ConsumerRules, HeartbeatAnswer,
+    HeartbeatRequest, TopicCatalog,
 };
 use crate::groups::group::{
     Answer, Group, GroupRules, GroupState, JoinRequest, JoinResult, SyncResult,
@@ -961,13 +962,26 @@ impl GroupCoordinator {
         } = request;
         let admitted = self.with_group(group, |g| {
             g.check_commit(&member_id, instance_id.as_deref(), generation)
+                .map(|()| {
+                    offsets
+                        .iter()
+                        .map(|(topic, partition, _)| {
+                            g.commit_admits_partition(&member_id, generation, topic, *partition)
+                        })
+                        .collect::<Vec<bool>>()
+                })
         });
-        if let Err(code) = admitted {
-            return vec![code; offsets.len()];
-        }
+        let admitted_partitions = match admitted {
+            Ok(admitted_partitions) => admitted_partitions,
+            Err(code) => return vec![code; offsets.len()],
+        };
         let mut codes_out = Vec::with_capacity(offsets.len());
         let mut records = Vec::new();
-        for (topic, partition, value) in offsets {
+        for ((topic, partition, value), admitted) in offsets.into_iter().zip(admitted_partitions) {
+            if !admitted {
+                codes_out.push(STALE_MEMBER_EPOCH);
+                continue;
+            }
             if value.metadata.len() > OFFSET_METADATA_BYTES_MAX {
                 codes_out.push(codes::OFFSET_METADATA_TOO_LARGE);
                 continue;

@@ -1019,6 +1019,24 @@ impl Group {
         }
     }
 
+    /// Whether an admitted commit (see [`Self::check_commit`]) counts for one partition:
+    /// always, except for a consumer-protocol member at its previous epoch
+    /// ([`ConsumerGroup::commit_admits_partition`]).
+    pub fn commit_admits_partition(
+        &self,
+        member_id: &str,
+        generation: i32,
+        topic: &str,
+        partition: i32,
+    ) -> bool {
+        match &self.consumer {
+            Some(consumer) if self.members.is_empty() => {
+                consumer.commit_admits_partition(member_id, generation, topic, partition)
+            }
+            _ => true,
+        }
+    }
+
     /// Offsets past `offsets.retention` (KIP-211): only in a group without members, counted
     /// from when it became empty, or from each commit when that is not known (a group only
     /// ever used by simple consumers, or one replayed after a restart).

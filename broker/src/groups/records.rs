@@ -731,6 +731,35 @@ mod tests {
         assert_eq!(decode_batch(&batch), (records, 0));
     }
 
+    /// A member speaking the classic protocol inside a consumer group (value v2).
+    fn classic_member_record() -> ConsumerRecord {
+        ConsumerRecord::Member {
+            group: "g".into(),
+            member_id: "classic-1".to_string(),
+            value: Some(MemberMetadataValue {
+                instance_id: None,
+                rack_id: None,
+                client_id: "rdkafka".into(),
+                client_host: "/10.0.0.2".into(),
+                subscribed_topics: vec!["orders".into()],
+                subscribed_regex: None,
+                rebalance_timeout_ms: 300_000,
+                server_assignor: None,
+                regex_topics: Vec::new(),
+                classic: Some(ClassicMemberValue {
+                    session_timeout_ms: 10_000,
+                    protocols: vec![
+                        (
+                            "cooperative-sticky".into(),
+                            Bytes::from_static(b"\x00\x03sub"),
+                        ),
+                        ("range".into(), Bytes::new()),
+                    ],
+                }),
+            }),
+        }
+    }
+
     fn consumer_records() -> Vec<OffsetsRecord> {
         let assignment: Assignment = [("orders".to_string(), [0, 3, 7].into())].into();
         let member = |member_id: &str| member_id.to_string();
@@ -758,31 +787,7 @@ mod tests {
                     classic: None,
                 }),
             },
-            ConsumerRecord::Member {
-                group: "g".into(),
-                member_id: member("classic-1"),
-                value: Some(MemberMetadataValue {
-                    instance_id: None,
-                    rack_id: None,
-                    client_id: "rdkafka".into(),
-                    client_host: "/10.0.0.2".into(),
-                    subscribed_topics: vec!["orders".into()],
-                    subscribed_regex: None,
-                    rebalance_timeout_ms: 300_000,
-                    server_assignor: None,
-                    regex_topics: Vec::new(),
-                    classic: Some(ClassicMemberValue {
-                        session_timeout_ms: 10_000,
-                        protocols: vec![
-                            (
-                                "cooperative-sticky".into(),
-                                Bytes::from_static(b"\x00\x03sub"),
-                            ),
-                            ("range".into(), Bytes::new()),
-                        ],
-                    }),
-                }),
-            },
+            classic_member_record(),
             ConsumerRecord::Target {
                 group: "g".into(),
                 value: Some(TargetMetadataValue {

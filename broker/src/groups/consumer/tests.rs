@@ -445,6 +445,33 @@ fn stale_and_future_epochs_are_fenced() {
         sim.group.check_member_epoch("", -1),
         Err(group_codes::UNKNOWN_MEMBER_ID)
     );
+    // ... and at the previous epoch only for partitions the member still holds: one it
+    // released at the epoch change may already be another member's.
+    let state = &sim.group.members[&member.member_id];
+    let (held_topic, held_partitions) = state
+        .assigned
+        .iter()
+        .next()
+        .expect("member 0 holds partitions");
+    let held_partition = *held_partitions.iter().next().expect("a partition");
+    let pending = state.pending_revocation.get(held_topic);
+    let other_partition = (0..i32::MAX)
+        .find(|p| !held_partitions.contains(p) && !pending.is_some_and(|set| set.contains(p)))
+        .expect("a partition member 0 does not hold");
+    let other_topic = held_topic;
+    let epoch = sim.group.members[&member.member_id].member_epoch;
+    for (member_epoch, topic, partition, admitted) in [
+        (1, held_topic, held_partition, true),
+        (1, other_topic, other_partition, false),
+        (epoch, other_topic, other_partition, true), // current epoch: KIP-848's rule alone
+    ] {
+        assert_eq!(
+            sim.group
+                .commit_admits_partition(&member.member_id, member_epoch, topic, partition),
+            admitted,
+            "epoch {member_epoch}, {topic}-{partition}"
+        );
+    }
 }
 
 #[test]
