@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::persist::member_tombstones;
 use super::{
     minus, partitions_of, record_values, ConsumerGroup, ConsumerMember, ConsumerRules, MemberState,
 };
@@ -459,21 +460,7 @@ impl ConsumerGroup {
     pub fn tombstone_records(&self, group: &str) -> Vec<ConsumerRecord> {
         let mut out = Vec::new();
         for member_id in self.members.keys().chain(self.changes.removed.iter()) {
-            out.push(ConsumerRecord::Current {
-                group: group.to_string(),
-                member_id: member_id.clone(),
-                value: None,
-            });
-            out.push(ConsumerRecord::TargetMember {
-                group: group.to_string(),
-                member_id: member_id.clone(),
-                value: None,
-            });
-            out.push(ConsumerRecord::Member {
-                group: group.to_string(),
-                member_id: member_id.clone(),
-                value: None,
-            });
+            out.extend(member_tombstones(group, member_id));
         }
         out.push(ConsumerRecord::Group {
             group: group.to_string(),

@@ -23,6 +23,28 @@ fn state_of(code: i8) -> MemberState {
     }
 }
 
+/// A member's three records' tombstones, in the order Kafka writes them (current
+/// assignment, target, metadata).
+pub(super) fn member_tombstones(group: &str, member_id: &str) -> [ConsumerRecord; 3] {
+    [
+        ConsumerRecord::Current {
+            group: group.to_string(),
+            member_id: member_id.to_string(),
+            value: None,
+        },
+        ConsumerRecord::TargetMember {
+            group: group.to_string(),
+            member_id: member_id.to_string(),
+            value: None,
+        },
+        ConsumerRecord::Member {
+            group: group.to_string(),
+            member_id: member_id.to_string(),
+            value: None,
+        },
+    ]
+}
+
 impl ConsumerGroup {
     /// The records that bring a replayed copy up to this group, and forgets the changes:
     /// removed members' tombstones first, then the group epoch, member metadata, target
@@ -37,21 +59,7 @@ impl ConsumerGroup {
                 changes.current.insert(member_id.clone());
                 changes.targets.insert(member_id.clone());
             }
-            out.push(ConsumerRecord::Current {
-                group: group.to_string(),
-                member_id: member_id.clone(),
-                value: None,
-            });
-            out.push(ConsumerRecord::TargetMember {
-                group: group.to_string(),
-                member_id: member_id.clone(),
-                value: None,
-            });
-            out.push(ConsumerRecord::Member {
-                group: group.to_string(),
-                member_id: member_id.clone(),
-                value: None,
-            });
+            out.extend(member_tombstones(group, member_id));
         }
         if self.group_epoch != changes.written_epochs.0 {
             out.push(self.group_record(group));
