@@ -13,6 +13,7 @@ import time
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 import helpers
+from helpers import compact_string, uvarint
 
 DESCRIBE_CLIENT_QUOTAS = 48
 ALTER_CLIENT_QUOTAS = 49
@@ -24,21 +25,6 @@ MiB = 1 << 20
 
 def nullable_string(text):
     return struct.pack(">h", -1) if text is None else helpers.encode_string(text)
-
-
-def compact_string(text):
-    if text is None:
-        return bytes([0])
-    data = text.encode()
-    return uvarint(len(data) + 1) + data
-
-
-def uvarint(value):
-    out = b""
-    while value >= 0x80:
-        out += bytes([(value & 0x7F) | 0x80])
-        value >>= 7
-    return out + bytes([value])
 
 
 class Reader:
@@ -80,11 +66,9 @@ class Reader:
 
 def frame(api_key, version, correlation_id, body):
     """A request frame; v1 of both APIs is flexible (header v2: tagged fields after client id)."""
-    header = struct.pack(">hhi", api_key, version, correlation_id) + helpers.encode_string("quota-tests")
     if version >= 1:
-        header += bytes([0])
-    payload = header + body
-    return struct.pack(">i", len(payload)) + payload
+        return helpers.flexible_request_frame(api_key, version, correlation_id, body, "quota-tests")
+    return helpers.request_frame(api_key, version, correlation_id, body, "quota-tests")
 
 
 def send(sock, api_key, version, body, correlation_id=7):
