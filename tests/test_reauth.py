@@ -70,6 +70,11 @@ def test_a_request_after_the_session_ended_closes_the_connection(start_broker, t
     time.sleep(max(0.0, logged_in + 1.7 - time.monotonic()))
     assert not metadata_served(sock)
     sock.close()
+    # The reason is logged once the connection's writer has ended, which can be just after
+    # the client sees the close.
+    deadline = time.monotonic() + 5
+    while "SASL session of User:alice expired" not in broker.new_log() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert "SASL session of User:alice expired" in broker.new_log()
     assert metric(broker, "ringfeed_sasl_sessions_expired") == 1
 
