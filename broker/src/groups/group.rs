@@ -21,6 +21,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use crate::error_codes as codes;
 use crate::groups::consumer::{ConsumerGroup, ConsumerRules, HeartbeatAnswer, HeartbeatRequest};
 use crate::groups::records::{CommittedOffset, ConsumerRecord};
+pub use crate::groups::types::JoinRequest;
 use crate::groups::types::{codes as group_codes, MigrationPolicy};
 use crate::storage::Clock;
 
@@ -109,21 +110,6 @@ impl SyncResult {
 pub enum Answer<T> {
     Now(T),
     Later(LocalReceiver<T>),
-}
-
-/// A `JoinGroup` as the state machine needs it.
-#[derive(Clone, Debug)]
-pub struct JoinRequest {
-    pub member_id: String,
-    pub instance_id: Option<String>,
-    pub client_id: String,
-    pub client_host: String,
-    pub session_timeout: Duration,
-    pub rebalance_timeout: Duration,
-    pub protocol_type: String,
-    pub protocols: Vec<(String, Bytes)>,
-    /// v4+: a member without an id is given one and must rejoin with it (KIP-394).
-    pub require_known_member_id: bool,
 }
 
 // Kafka calls it the member id; `id` alone would hide which id.

@@ -173,3 +173,18 @@ mod tests {
         }
     }
 }
+
+/// A `JoinGroup` as a group takes it, classic or a classic member inside a consumer group.
+#[derive(Clone, Debug)]
+pub struct JoinRequest {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    /// v4+: a member without an id is given one and must rejoin with it (KIP-394).
+    pub require_known_member_id: bool,
+}

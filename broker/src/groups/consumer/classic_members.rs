@@ -29,24 +29,10 @@ use crate::error_codes as codes;
 use crate::groups::consumer::TopicCatalog;
 use crate::groups::consumer_protocol::{self, SchemaError};
 use crate::groups::records::{ClassicMemberValue, ConsumerRecord};
-use crate::groups::types::{codes as group_codes, GROUP_SIZE_MAX};
+use crate::groups::types::{codes as group_codes, JoinRequest, GROUP_SIZE_MAX};
 
 /// The protocol type of the classic groups a consumer group can take in.
 pub const CONSUMER_PROTOCOL_TYPE: &str = "consumer";
-
-/// A `JoinGroup` of a classic member, as the consumer group takes it.
-#[derive(Clone, Debug)]
-pub struct ClassicJoin {
-    pub member_id: String,
-    pub instance_id: Option<String>,
-    pub client_id: String,
-    pub client_host: String,
-    pub session_timeout: Duration,
-    pub rebalance_timeout: Duration,
-    pub protocol_type: String,
-    pub protocols: Vec<(String, Bytes)>,
-    pub require_known_member_id: bool,
-}
 
 /// What a classic member's `JoinGroup` gets from a consumer group.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -187,7 +173,7 @@ impl ConsumerGroup {
     /// member that joins without an id.
     pub fn classic_join(
         &mut self,
-        request: ClassicJoin,
+        request: JoinRequest,
         partitions: &dyn TopicCatalog,
         rules: &ConsumerRules,
         new_member_id: impl FnOnce() -> String,
@@ -215,7 +201,7 @@ impl ConsumerGroup {
         &mut self,
         member_id: &str,
         unknown: bool,
-        request: ClassicJoin,
+        request: JoinRequest,
         partitions: &dyn TopicCatalog,
         rules: &ConsumerRules,
         now: Instant,

@@ -20,9 +20,7 @@ use bytes::Bytes;
 
 use super::{Group, GroupRules, GroupState, JoinRequest, JoinResult, Member, SyncResult};
 use crate::error_codes as codes;
-use crate::groups::consumer::classic_members::{
-    ClassicJoin, ClassicSnapshot, CONSUMER_PROTOCOL_TYPE,
-};
+use crate::groups::consumer::classic_members::{ClassicSnapshot, CONSUMER_PROTOCOL_TYPE};
 use crate::groups::consumer::{ConsumerGroup, HeartbeatAnswer, TopicCatalog};
 use crate::groups::consumer_protocol;
 use crate::groups::types::{codes as group_codes, GROUP_SIZE_MAX};
@@ -203,20 +201,9 @@ impl Group {
             .instance_id
             .clone()
             .unwrap_or_else(|| request.client_id.clone());
-        let classic = ClassicJoin {
-            member_id: request.member_id,
-            instance_id: request.instance_id,
-            client_id: request.client_id,
-            client_host: request.client_host,
-            session_timeout: request.session_timeout,
-            rebalance_timeout: request.rebalance_timeout,
-            protocol_type: request.protocol_type,
-            protocols: request.protocols,
-            require_known_member_id: request.require_known_member_id,
-        };
         let new_member_id = || format!("{prefix}-{}", uuid::Uuid::new_v4());
         let answer =
-            consumer.classic_join(classic, partitions, &rules.consumer, new_member_id, now);
+            consumer.classic_join(request, partitions, &rules.consumer, new_member_id, now);
         if answer.error_code != codes::NONE {
             return JoinResult::error(answer.error_code, &answer.member_id);
         }
