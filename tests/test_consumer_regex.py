@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import Consumer
 
 import helpers
-from helpers import create_topic, produce
+from helpers import compact_string, create_topic, flexible_request_frame, produce
 
 # The coordinator resolves a group's patterns again at most every 10 s (as Kafka): a topic
 # created after the join is assigned within that plus a heartbeat.
@@ -87,19 +87,14 @@ def test_regex_members_consume_matching_topics_once_including_one_created_later(
         consumer.close()
 
 
-def compact(text):
-    return bytes([len(text) + 1]) + text.encode()
-
-
 def heartbeat_join_regex(bootstrap, group, regex):
     """A raw ConsumerGroupHeartbeat v1 join (the regex field is v1+) with a regex and no
     names: (error code, error message, number of partitions assigned)."""
-    header = struct.pack(">hhi", 68, 1, 11) + helpers.encode_string("ringfeed-tests") + b"\x00"
-    body = (compact(group) + compact(f"{group}-member") + struct.pack(">i", 0) + b"\x00" + b"\x00"
-            + struct.pack(">i", 30000) + b"\x00" + compact(regex) + b"\x00" + b"\x01" + b"\x00")
-    payload = header + body
+    body = (compact_string(group) + compact_string(f"{group}-member") + struct.pack(">i", 0)
+            + b"\x00" + b"\x00" + struct.pack(">i", 30000) + b"\x00" + compact_string(regex)
+            + b"\x00" + b"\x01" + b"\x00")
     with helpers.connect(bootstrap) as sock:
-        sock.sendall(struct.pack(">i", len(payload)) + payload)
+        sock.sendall(flexible_request_frame(68, 1, 11, body))
         response = helpers.read_frame(sock)
     assert struct.unpack(">i", response[:4])[0] == 11
     rest = response[9:]  # correlation id, header tags, throttle
