@@ -80,6 +80,20 @@ pub struct ConnectArgs {
     /// How long to wait for a connection or for any one response, in milliseconds.
     #[arg(long, global = true, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub timeout_ms: u64,
+    /// A Kafka client properties file with the security settings, as `kafka-topics.sh
+    /// --command-config` takes: `security.protocol` (`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT`,
+    /// `SASL_SSL`), `sasl.mechanism` (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) with
+    /// `sasl.jaas.config` or `sasl.username`/`sasl.password`, and PEM files in
+    /// `ssl.truststore.location` (or `ssl.ca.location`) and, for mutual TLS,
+    /// `ssl.keystore.location` (or `ssl.certificate.location` + `ssl.key.location`).
+    #[arg(
+        long,
+        global = true,
+        env = "RINGFEED_COMMAND_CONFIG",
+        alias = "client-config",
+        value_name = "FILE"
+    )]
+    pub command_config: Option<std::path::PathBuf>,
 }
 
 impl ConnectArgs {
