@@ -389,3 +389,48 @@ def test_three_brokers_name_the_leader_in_refusals_and_in_cluster_status(tmp_pat
             if broker.alive():
                 broker.process.kill()
                 broker.process.wait()
+
+
+TOPIC_AUTHORIZATION_FAILED = 29
+CLUSTER_AUTHORIZATION_FAILED = 31
+
+
+def offsets_for_epoch_as(bootstrap, user, replica_id, topic):
+    """OffsetForLeaderEpoch v3 for partition 0 of `topic` as `user` (SASL SCRAM through
+    kafka-python's client): that partition's (error, leader_epoch, end_offset)."""
+    from kafka.client_async import KafkaClient
+    from test_acls import login
+    credentials = login(user)
+    client = KafkaClient(bootstrap_servers=bootstrap, security_protocol="SASL_PLAINTEXT",
+                         sasl_mechanism="SCRAM-SHA-512", sasl_plain_username=user,
+                         sasl_plain_password=credentials["sasl.password"], api_version=(3, 0))
+    try:
+        node = client.least_loaded_node()
+        deadline = time.monotonic() + 15
+        while not client.ready(node) and time.monotonic() < deadline:
+            client.poll(timeout_ms=100)
+        request = OffsetForLeaderEpochRequest[3](replica_id=replica_id, topics=[(topic, [(0, -1, 0)])])
+        future = client.send(node, request)
+        client.poll(future=future, timeout_ms=15000)
+        assert future.succeeded(), future.exception
+        [(_, [answer])] = future.value.topics
+        return answer[0], answer[2], answer[3]
+    finally:
+        client.close()
+
+
+def test_offset_for_leader_epoch_needs_describe_or_cluster_action(start_broker, tmp_path):
+    from confluent_kafka.admin import AclOperation, ResourceType
+    from test_acls import acl_broker, admin_client, allow, create_acls, create_topics
+    _, bootstrap = acl_broker(start_broker, tmp_path)
+    admin = admin_client(bootstrap)
+    create_topics(admin, ["seen", "hidden"])
+    create_acls(admin, [allow("User:alice", AclOperation.DESCRIBE, ResourceType.TOPIC, "seen"),
+                        allow("User:bob", AclOperation.CLUSTER_ACTION, ResourceType.BROKER, "kafka-cluster")])
+    assert offsets_for_epoch_as(bootstrap, "alice", -1, "seen")[0] == NONE
+    assert offsets_for_epoch_as(bootstrap, "alice", -1, "hidden")[0] == TOPIC_AUTHORIZATION_FAILED
+    assert offsets_for_epoch_as(bootstrap, "alice", 2, "seen")[0] == CLUSTER_AUTHORIZATION_FAILED, \
+        "only brokers replicate"
+    # CLUSTER_ACTION answers every topic, whatever the replica id.
+    assert offsets_for_epoch_as(bootstrap, "bob", 2, "hidden")[0] == NONE
+    assert offsets_for_epoch_as(bootstrap, "bob", -1, "hidden")[0] == NONE
