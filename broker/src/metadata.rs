@@ -61,13 +61,13 @@ impl TopicMetadata {
     /// they all agree. Until partitions are replicated every partition has had one leader and
     /// its log holds only epoch 0 (`storage/FORMAT.md` § Raft index and term); replication
     /// makes it the partition's committed leader epoch (the Raft term).
+    /// -1 for a partition the topic does not have.
     pub fn leader_epoch(&self, partition: i32) -> i32 {
-        debug_assert!(
-            (0..self.partition_count()).contains(&partition),
-            "{}: no partition {partition}",
-            self.name
-        );
-        0
+        if self.leader(partition).is_some() {
+            0
+        } else {
+            NO_LEADER_EPOCH
+        }
     }
 }
 
@@ -339,6 +339,7 @@ mod tests {
             ..MetadataSnapshot::default()
         };
         let epoch = topic.leader_epoch(0);
+        assert_eq!(topic.leader_epoch(2), NO_LEADER_EPOCH, "no partition 2");
         assert_eq!(snapshot.leader_check(&topic, 0, -1), codes::NONE);
         assert_eq!(snapshot.leader_check(&topic, 0, epoch), codes::NONE);
         assert_eq!(
