@@ -34,6 +34,9 @@ from conftest import ringfeed_binary
 from test_cluster import ClusterBroker, agreed_placement, create, free_port, wait_for
 
 NONE = 0
+# How librdkafka logs the two epoch errors: by name, or by its description of them.
+EPOCH_ERRORS = ("FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EPOCH", "older than broker epoch",
+                "newer than broker epoch")
 UNKNOWN_TOPIC_OR_PARTITION = 3
 FENCED_LEADER_EPOCH = 74
 UNKNOWN_LEADER_EPOCH = 75
@@ -181,7 +184,7 @@ def test_a_librdkafka_consumer_validates_positions_without_epoch_errors(broker, 
     finally:
         consumer.close()
     text = "\n".join(logs)
-    for bad in ("FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EPOCH", "truncat", "OffsetForLeaderEpoch failed"):
+    for bad in (*EPOCH_ERRORS, "truncat", "OffsetForLeaderEpoch failed"):
         assert bad not in text, [line for line in logs if bad in line][:5]
 
 
@@ -360,6 +363,28 @@ def test_three_brokers_name_the_leader_in_refusals_and_in_cluster_status(tmp_pat
 
         assert offsets_for_epoch(brokers[3], 3, topic, [(led_by_1, -1, epoch)])[led_by_1][0] == NOT_LEADER_OR_FOLLOWER
         assert offsets_for_epoch(brokers[1], 3, topic, [(led_by_1, -1, epoch)])[led_by_1] == (0, epoch, 1)
+
+        # librdkafka over the three: Fetch v11+ with the epoch Metadata gave, no epoch error.
+        collect = _Collect()
+        logger = logging.getLogger("librdkafka-epochs-cluster")
+        logger.addHandler(collect)
+        logger.setLevel(logging.DEBUG)
+        consumer = Consumer({"bootstrap.servers": brokers[2].bootstrap, "group.id": "epoch-readers",
+                             "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                             "debug": "fetch,topic", "logger": logger})
+        try:
+            consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+            got = None
+            deadline = time.monotonic() + 20
+            while got is None and time.monotonic() < deadline:
+                message = consumer.poll(0.25)
+                if message is not None and not message.error():
+                    got = (message.partition(), message.value())
+            assert got == (led_by_1, b"misrouted")
+        finally:
+            consumer.close()
+        epoch_errors = [line for line in collect.lines if any(bad in line for bad in EPOCH_ERRORS)]
+        assert not epoch_errors, epoch_errors[:5]
 
         text = cluster_status(brokers[2].bootstrap)
         rows = status_rows(text)
