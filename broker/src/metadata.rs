@@ -46,7 +46,49 @@ impl TopicMetadata {
     pub fn partition_count(&self) -> i32 {
         self.partition_shards.len() as i32
     }
+
+    /// The broker that leads `partition` (the one it is placed on), if it exists.
+    pub fn leader(&self, partition: i32) -> Option<i32> {
+        self.partition_brokers
+            .get(usize::try_from(partition).ok()?)
+            .copied()
+    }
+
+    /// The current leader epoch of `partition`: what `Metadata` (v7+) and
+    /// `DescribeTopicPartitions` answer, what the `current_leader_epoch` checks of Fetch,
+    /// `ListOffsets` and `OffsetForLeaderEpoch` compare with, and the epoch of the leader that
+    /// Produce and Fetch name when they refuse (KIP-951). The one place the epoch is read, so
+    /// they all agree. Until partitions are replicated every partition has had one leader and
+    /// its log holds only epoch 0 (`storage/FORMAT.md` § Raft index and term); replication
+    /// makes it the partition's committed leader epoch (the Raft term).
+    /// -1 for a partition the topic does not have.
+    pub fn leader_epoch(&self, partition: i32) -> i32 {
+        if self.leader(partition).is_some() {
+            0
+        } else {
+            NO_LEADER_EPOCH
+        }
+    }
 }
+
+/// Kafka's check of a request's `current_leader_epoch` against the partition's `current`
+/// epoch (`Partition.checkCurrentLeaderEpoch`): -1 asks for no check; an older epoch is
+/// `FENCED_LEADER_EPOCH` (the client's metadata is stale), a newer one
+/// `UNKNOWN_LEADER_EPOCH` (this broker's is). `NONE` when they agree.
+pub fn current_leader_epoch_error(requested: i32, current: i32) -> i16 {
+    use crate::error_codes as codes;
+    if requested == NO_LEADER_EPOCH {
+        return codes::NONE;
+    }
+    match requested.cmp(&current) {
+        std::cmp::Ordering::Less => codes::FENCED_LEADER_EPOCH,
+        std::cmp::Ordering::Greater => codes::UNKNOWN_LEADER_EPOCH,
+        std::cmp::Ordering::Equal => codes::NONE,
+    }
+}
+
+/// A request's `current_leader_epoch` that asks for no check (`RecordBatch.NO_PARTITION_LEADER_EPOCH`).
+pub const NO_LEADER_EPOCH: i32 = -1;
 
 /// An immutable view of the cluster at one controller epoch. Shared across shards.
 #[derive(Debug, Default)]
@@ -112,6 +154,36 @@ impl MetadataSnapshot {
             .partition_brokers
             .get(usize::try_from(partition).ok()?)
             .copied()
+    }
+
+    /// Whether this broker may answer a leader's request (Fetch, `ListOffsets`,
+    /// `OffsetForLeaderEpoch`) about `partition` of `topic` from a client that names
+    /// `current_leader_epoch`: the epoch check first ([`current_leader_epoch_error`]), as
+    /// Kafka's `Partition.getLocalLog` does, then leadership (`NOT_LEADER_OR_FOLLOWER` when
+    /// another broker leads it). `NONE` when it may.
+    pub fn leader_check(
+        &self,
+        topic: &TopicMetadata,
+        partition: i32,
+        current_leader_epoch: i32,
+    ) -> i16 {
+        let epoch_error =
+            current_leader_epoch_error(current_leader_epoch, topic.leader_epoch(partition));
+        if epoch_error != crate::error_codes::NONE {
+            return epoch_error;
+        }
+        match topic.leader(partition) {
+            Some(leader) if leader != self.local_node => crate::error_codes::NOT_LEADER_OR_FOLLOWER,
+            _ => crate::error_codes::NONE,
+        }
+    }
+
+    /// The leader of `partition` of `topic` and its epoch, for a refusal that tells the
+    /// client where to go (KIP-951's `current_leader`); `None` while its broker is not alive.
+    pub fn current_leader(&self, topic: &TopicMetadata, partition: i32) -> Option<(i32, i32)> {
+        let leader = topic.leader(partition)?;
+        self.is_alive(leader)
+            .then(|| (leader, topic.leader_epoch(partition)))
     }
 
     /// Whether clients can reach `node_id` now: this broker, or a registered one that is
@@ -214,5 +286,84 @@ impl MetadataView {
         );
         *self.current.borrow_mut() = snapshot;
         self.ready.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error_codes as codes;
+
+    fn topic(partition_brokers: Vec<i32>) -> TopicMetadata {
+        TopicMetadata {
+            name: "t".into(),
+            name_bytes: Bytes::from_static(b"t"),
+            id: Uuid::nil(),
+            partition_shards: vec![0; partition_brokers.len()],
+            partition_brokers,
+            overrides: BTreeMap::new(),
+            config: crate::settings::Effective::defaults().topic_defaults(),
+        }
+    }
+
+    #[test]
+    fn current_leader_epoch_is_checked_as_kafka_does() {
+        assert_eq!(current_leader_epoch_error(NO_LEADER_EPOCH, 3), codes::NONE);
+        assert_eq!(current_leader_epoch_error(3, 3), codes::NONE);
+        assert_eq!(current_leader_epoch_error(2, 3), codes::FENCED_LEADER_EPOCH);
+        assert_eq!(
+            current_leader_epoch_error(4, 3),
+            codes::UNKNOWN_LEADER_EPOCH
+        );
+        assert_eq!(
+            current_leader_epoch_error(-2, 0),
+            codes::FENCED_LEADER_EPOCH,
+            "only -1 means no check"
+        );
+        assert_eq!(
+            (codes::FENCED_LEADER_EPOCH, codes::UNKNOWN_LEADER_EPOCH),
+            (74, 75)
+        );
+    }
+
+    #[test]
+    fn leader_check_tests_the_epoch_then_leadership() {
+        let topic = topic(vec![1, 2]);
+        let snapshot = MetadataSnapshot {
+            local_node: 1,
+            brokers: vec![BrokerEndpoints {
+                node_id: 2,
+                rack: None,
+                listeners: Vec::new(),
+            }],
+            ..MetadataSnapshot::default()
+        };
+        let epoch = topic.leader_epoch(0);
+        assert_eq!(topic.leader_epoch(2), NO_LEADER_EPOCH, "no partition 2");
+        assert_eq!(snapshot.leader_check(&topic, 0, -1), codes::NONE);
+        assert_eq!(snapshot.leader_check(&topic, 0, epoch), codes::NONE);
+        assert_eq!(
+            snapshot.leader_check(&topic, 0, epoch + 1),
+            codes::UNKNOWN_LEADER_EPOCH
+        );
+        assert_eq!(
+            snapshot.leader_check(&topic, 1, -1),
+            codes::NOT_LEADER_OR_FOLLOWER
+        );
+        assert_eq!(
+            snapshot.leader_check(&topic, 1, epoch + 1),
+            codes::UNKNOWN_LEADER_EPOCH,
+            "the epoch first, as Kafka's Partition.getLocalLog"
+        );
+        assert_eq!(snapshot.current_leader(&topic, 1), Some((2, epoch)));
+        let fenced = MetadataSnapshot {
+            local_node: 1,
+            ..MetadataSnapshot::default()
+        };
+        assert_eq!(
+            fenced.current_leader(&topic, 1),
+            None,
+            "broker 2 is not alive"
+        );
     }
 }

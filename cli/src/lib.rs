@@ -1,4 +1,4 @@
-//! `ringfeed topic|produce|consume|group|acl|quota`: an rpk-like command-line client that speaks the
+//! `ringfeed topic|produce|consume|group|acl|quota|cluster`: an rpk-like command-line client that speaks the
 //! Kafka protocol to any Kafka broker, Ringfeed or not. Nothing here reaches into the broker's
 //! internals: requests are built with the `kafka-protocol` crate, versions are negotiated with
 //! `ApiVersions`, partition requests go to partition leaders found through `Metadata` and group
@@ -11,6 +11,7 @@
 
 pub mod acl;
 pub mod client;
+pub mod cluster;
 pub mod consume;
 pub mod format;
 pub mod group;
@@ -60,6 +61,13 @@ pub enum ClientCommand {
         connect: ConnectArgs,
         #[command(subcommand)]
         command: quota::QuotaCommand,
+    },
+    /// The cluster's brokers, controller and partition health.
+    Cluster {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
     },
 }
 
@@ -111,6 +119,7 @@ pub fn run(command: ClientCommand) -> ExitCode {
         ClientCommand::Group { connect, command } => group::run(&connect, command),
         ClientCommand::Acl { connect, command } => acl::run(&connect, command),
         ClientCommand::Quota { connect, command } => quota::run(&connect, command),
+        ClientCommand::Cluster { connect, command } => cluster::run(&connect, command),
     };
     match outcome {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

@@ -167,7 +167,7 @@ fn describe(
             let described = DescribeTopicPartitionsResponsePartition::default()
                 .with_partition_index(partition)
                 .with_leader_id(node)
-                .with_leader_epoch(0)
+                .with_leader_epoch(topic.leader_epoch(partition))
                 .with_replica_nodes(vec![node]);
             if !snapshot.is_alive(node.0) {
                 described
