@@ -513,6 +513,16 @@ impl<D: Disk + 'static> LogDurability<D> {
         self.state.borrow_mut().stores.push((group_id, store));
     }
 
+    /// Leaves `group_id`'s store out of later syncs; a sync under way finishes with it.
+    /// Its staged writes that no sync took yet are dropped, as after a crash: the caller
+    /// removed the group from the driver first, so raft never hears they were persisted.
+    pub fn unregister(&self, group_id: u64) {
+        self.state
+            .borrow_mut()
+            .stores
+            .retain(|(id, _)| *id != group_id);
+    }
+
     /// The error that stopped the barrier, if one did.
     pub fn failed(&self) -> Option<LogStoreError> {
         self.state.borrow().failed.clone()

@@ -1,0 +1,508 @@
+//! Three brokers' replica managers in one process over a simulated network (frames moved
+//! by the test between rounds, cut per node) and simulated disks (power cuts): acks=all
+//! produces to a 3-replica partition, the leader cut off and then power-cut, a new leader
+//! that holds every acknowledged batch at its offset with its bytes, the old leader
+//! restarted from its disk catching up from the new one.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringfeed_replication::wire::Frame;
+use uuid::Uuid;
+
+use super::*;
+use crate::disk::BrokerDisk;
+use crate::error_codes as codes;
+use crate::metadata::TopicPartition;
+use crate::storage::batch::build;
+use crate::storage::sim::{yield_once, CrashMode, SimDisk};
+use crate::storage::{Clock, LogConfig, SimClock};
+
+const GROUP: u64 = 42;
+/// `replica.lag.time.max.ms` here: 10 steps of the simulated clock.
+const LAG: Duration = Duration::from_secs(1);
+
+fn run<Fut: std::future::Future<Output = ()> + 'static>(
+    test: impl FnOnce() -> Fut + Send + 'static,
+) {
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(1 << 20)
+        .spawn(test)
+        .expect("executor")
+        .join()
+        .expect("test ran");
+}
+
+fn tp() -> TopicPartition {
+    TopicPartition {
+        topic: "orders".into(),
+        partition: 0,
+    }
+}
+
+fn replica(min_insync_replicas: u32) -> HostedReplica {
+    HostedReplica {
+        topic: tp(),
+        topic_id: Uuid::from_u128(0x5eed),
+        group_id: GROUP,
+        voters: vec![1, 2, 3],
+        config: LogConfig::default(),
+        min_insync_replicas,
+    }
+}
+
+fn batch(label: &str) -> Bytes {
+    let value = format!("{label}-").repeat(20);
+    build::batch(&[
+        build::Record {
+            key: None,
+            value: Some(value.as_bytes()),
+            timestamp_ms: 1_000,
+        },
+        build::Record {
+            key: Some(label.as_bytes()),
+            value: Some(b"second"),
+            timestamp_ms: 1_001,
+        },
+    ])
+}
+
+/// The bytes a replica must keep unchanged: everything after baseOffset, batchLength and
+/// partitionLeaderEpoch, which the log stamps (outside the CRC).
+fn payload(batch: &[u8]) -> Vec<u8> {
+    batch[16..].to_vec()
+}
+
+struct Node {
+    id: u64,
+    disk: SimDisk,
+    manager: Option<Rc<ReplicaManager>>,
+    /// Frames to and from this node are dropped.
+    cut: bool,
+}
+
+struct Cluster {
+    clock: SimClock,
+    nodes: Vec<Node>,
+    in_flight: Vec<Frame>,
+    min_insync_replicas: u32,
+}
+
+async fn start_manager(
+    id: u64,
+    disk: SimDisk,
+    clock: &SimClock,
+    incarnation: u64,
+    min_insync: u32,
+) -> Rc<ReplicaManager> {
+    let manager = ReplicaManager::open(ReplicaManagerStart {
+        node_id: id,
+        incarnation,
+        shard: 0,
+        data_dir: PathBuf::from("/data"),
+        disk: BrokerDisk::Sim(disk),
+        clock: Clock::Simulated(clock.clone()),
+        election_seed: id * 31 + incarnation,
+        replica_lag_time_max: LAG,
+    })
+    .await
+    .expect("manager");
+    manager.reconcile(&[replica(min_insync)]).await;
+    assert_eq!(manager.group_ids(), [GROUP]);
+    manager
+}
+
+impl Cluster {
+    async fn new(min_insync_replicas: u32) -> Self {
+        let clock = SimClock::new(1_000_000);
+        let mut nodes = Vec::new();
+        for id in 1..=3 {
+            let disk = SimDisk::new();
+            let manager = start_manager(id, disk.clone(), &clock, 1, min_insync_replicas).await;
+            nodes.push(Node {
+                id,
+                disk,
+                manager: Some(manager),
+                cut: false,
+            });
+        }
+        Cluster {
+            clock,
+            nodes,
+            in_flight: Vec::new(),
+            min_insync_replicas,
+        }
+    }
+
+    fn manager(&self, id: u64) -> Rc<ReplicaManager> {
+        self.nodes[(id - 1) as usize]
+            .manager
+            .clone()
+            .expect("node is up")
+    }
+
+    /// One step: a tick of time (100 ms), the frames sent last step delivered, one round on
+    /// every live node, then the durability workers run.
+    async fn step(&mut self) {
+        self.clock.advance(Duration::from_millis(
+            ringfeed_replication::driver::TICK_INTERVAL_MS,
+        ));
+        let cut: BTreeSet<u64> = self.nodes.iter().filter(|n| n.cut).map(|n| n.id).collect();
+        for frame in std::mem::take(&mut self.in_flight) {
+            if cut.contains(&frame.from_node) || cut.contains(&frame.to_node) {
+                continue;
+            }
+            if let Some(manager) = &self.nodes[(frame.to_node - 1) as usize].manager {
+                manager.receive(frame);
+            }
+        }
+        for node in &self.nodes {
+            if let Some(manager) = &node.manager {
+                manager.tick();
+                manager.round();
+                self.in_flight.extend(manager.take_outbound());
+            }
+        }
+        for _ in 0..64 {
+            yield_once().await;
+        }
+    }
+
+    async fn steps(&mut self, count: usize) {
+        for _ in 0..count {
+            self.step().await;
+        }
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.nodes.iter().find_map(|node| {
+            let manager = node.manager.as_ref()?;
+            let (leader, _) = manager.leader_and_term(GROUP)?;
+            (leader == node.id && !node.cut).then_some(node.id)
+        })
+    }
+
+    async fn elect(&mut self) -> u64 {
+        for _ in 0..400 {
+            self.step().await;
+            if let Some(leader) = self.leader() {
+                // Let it commit its term's empty entry.
+                self.steps(5).await;
+                return leader;
+            }
+        }
+        panic!("no leader elected");
+    }
+
+    /// Produces `labels` one batch per call on `id`; returns each call's answer cell.
+    fn produce(
+        &self,
+        id: u64,
+        labels: &[String],
+        acks: i16,
+    ) -> Vec<Rc<RefCell<Option<ReplicaProduce>>>> {
+        let manager = self.manager(id);
+        labels
+            .iter()
+            .map(|label| {
+                let pending = manager.dispatch_produce(&tp(), vec![batch(label)], acks);
+                let cell = Rc::new(RefCell::new(None));
+                let sink = cell.clone();
+                glommio::spawn_local(async move {
+                    *sink.borrow_mut() = Some(pending.wait().await);
+                })
+                .detach();
+                cell
+            })
+            .collect()
+    }
+
+    async fn until_answered(&mut self, cells: &[Rc<RefCell<Option<ReplicaProduce>>>]) {
+        for _ in 0..400 {
+            if cells.iter().all(|cell| cell.borrow().is_some()) {
+                return;
+            }
+            self.step().await;
+        }
+        panic!("produce calls not answered");
+    }
+
+    fn power_cut(&mut self, id: u64) {
+        let node = &mut self.nodes[(id - 1) as usize];
+        if let Some(manager) = node.manager.take() {
+            manager.stop();
+        }
+        node.disk = node.disk.crash_image(CrashMode::PowerCut);
+    }
+
+    async fn restart(&mut self, id: u64, incarnation: u64) {
+        let disk = self.nodes[(id - 1) as usize].disk.clone();
+        let manager =
+            start_manager(id, disk, &self.clock, incarnation, self.min_insync_replicas).await;
+        self.nodes[(id - 1) as usize].manager = Some(manager);
+    }
+}
+
+/// Every batch fetched from the leader from offset 0: (base offset, payload).
+async fn fetch_all(manager: &ReplicaManager) -> (i64, Vec<(i64, Vec<u8>)>) {
+    let mut offset = 0;
+    let mut found = Vec::new();
+    let mut high_watermark = -1;
+    loop {
+        let fetched = manager.fetch(&tp(), offset, 1 << 20).await;
+        assert_eq!(fetched.error_code, codes::NONE);
+        high_watermark = high_watermark.max(fetched.high_watermark);
+        if fetched.batches.is_empty() {
+            return (high_watermark, found);
+        }
+        for batch in fetched.batches {
+            let header = crate::storage::batch::BatchHeader::parse(&batch).expect("header");
+            if !header.is_control() {
+                found.push((header.base_offset, payload(&batch)));
+            }
+            offset = header.last_offset() + 1;
+        }
+    }
+}
+
+/// Every entry of `id`'s log, as stored.
+async fn entries(cluster: &Cluster, id: u64) -> Vec<crate::storage::StoredEntry> {
+    let log = cluster.manager(id).log(GROUP).expect("hosted");
+    log.read_entries(1, log.last_index() + 1, usize::MAX)
+        .await
+        .expect("entries")
+}
+
+fn assert_acknowledged_held(acked: &[(i64, Vec<u8>)], held: &[(i64, Vec<u8>)], who: &str) {
+    for (offset, bytes) in acked {
+        let found = held.iter().find(|(at, _)| at == offset);
+        assert_eq!(
+            found.map(|(_, b)| b),
+            Some(bytes),
+            "{who}: acknowledged batch at offset {offset} missing or changed"
+        );
+    }
+}
+
+fn acked(labels: &[String], cells: &[Rc<RefCell<Option<ReplicaProduce>>>]) -> Vec<(i64, Vec<u8>)> {
+    labels
+        .iter()
+        .zip(cells)
+        .filter_map(|(label, cell)| {
+            let answer = (*cell.borrow())?;
+            (answer.error_code == codes::NONE).then(|| (answer.base_offset, payload(&batch(label))))
+        })
+        .collect()
+}
+
+fn labels(prefix: &str, count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("{prefix}{i}")).collect()
+}
+
+#[test]
+fn acknowledged_batches_survive_the_loss_of_their_leader() {
+    run(|| async {
+        let mut cluster = Cluster::new(2).await;
+        let first = cluster.elect().await;
+        let (first_term, acked_a, high_watermark) =
+            first_leader_acknowledges(&mut cluster, first).await;
+        cut_leader_acknowledges_nothing(&mut cluster, first, high_watermark).await;
+        new_leader_holds_everything(&mut cluster, first, first_term, &acked_a).await;
+    });
+}
+
+/// acks=all on the first leader: every call answered, at increasing offsets; followers
+/// refuse clients. Returns the leader's term, the acknowledged batches, the high watermark.
+async fn first_leader_acknowledges(
+    cluster: &mut Cluster,
+    first: u64,
+) -> (u64, Vec<(i64, Vec<u8>)>, i64) {
+    let first_term = cluster
+        .manager(first)
+        .leader_and_term(GROUP)
+        .expect("group")
+        .1;
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != first).collect();
+    for follower in &followers {
+        let manager = cluster.manager(*follower);
+        let refused = manager
+            .dispatch_produce(&tp(), vec![batch("x")], -1)
+            .wait()
+            .await;
+        assert_eq!(refused.error_code, codes::NOT_LEADER_OR_FOLLOWER);
+        let fetched = manager.fetch(&tp(), 0, 1 << 20).await;
+        assert_eq!(fetched.error_code, codes::NOT_LEADER_OR_FOLLOWER);
+    }
+
+    // acks=all on the first leader: every call answered, at increasing offsets.
+    let batch_a = labels("a", 20);
+    let cells = cluster.produce(first, &batch_a, -1);
+    cluster.until_answered(&cells).await;
+    let acked_a = acked(&batch_a, &cells);
+    assert_eq!(
+        acked_a.len(),
+        batch_a.len(),
+        "every acks=all call acknowledged"
+    );
+    let offsets: Vec<i64> = acked_a.iter().map(|(offset, _)| *offset).collect();
+    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 2), "{offsets:?}");
+    let (high_watermark, held) = fetch_all(&cluster.manager(first)).await;
+    assert_acknowledged_held(&acked_a, &held, "first leader");
+    assert_eq!(high_watermark, offsets.last().unwrap() + 2);
+    let changes = cluster.manager(first).take_leadership_changes();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(
+        (changes[0].leader, changes[0].term, changes[0].isr.clone()),
+        (first, first_term, vec![1, 2, 3])
+    );
+
+    (first_term, acked_a, high_watermark)
+}
+
+async fn cut_leader_acknowledges_nothing(cluster: &mut Cluster, first: u64, high_watermark: i64) {
+    // The leader is cut off: acks=all calls are not acknowledged (no quorum), its fetches
+    // never show what it appended alone, and it answers them when it steps down.
+    cluster.nodes[(first - 1) as usize].cut = true;
+    let batch_b = labels("b", 5);
+    let cells_b = cluster.produce(first, &batch_b, -1);
+    let cells_b1 = cluster.produce(first, &labels("c", 2), 1);
+    cluster.steps(3).await;
+    let (cut_high_watermark, _) = fetch_all(&cluster.manager(first)).await;
+    assert_eq!(
+        cut_high_watermark, high_watermark,
+        "uncommitted batches are not visible"
+    );
+    let log = cluster.manager(first).log(GROUP).expect("hosted");
+    assert!(
+        log.log_end_offset() > high_watermark,
+        "the cut leader appended"
+    );
+    cluster.until_answered(&cells_b).await;
+    for cell in &cells_b {
+        assert_eq!(
+            cell.borrow().expect("answered").error_code,
+            codes::NOT_LEADER_OR_FOLLOWER,
+            "an uncommitted acks=all call is never acknowledged"
+        );
+    }
+    // acks=1 is the leader's write: answered (and may be lost, as in Kafka).
+    cluster.until_answered(&cells_b1).await;
+    let stepped_down = cluster.manager(first).take_leadership_changes();
+    assert!(
+        stepped_down
+            .iter()
+            .any(|c| c.leader != first && c.isr.is_empty()),
+        "{stepped_down:?}"
+    );
+}
+
+async fn new_leader_holds_everything(
+    cluster: &mut Cluster,
+    first: u64,
+    first_term: u64,
+    acked_a: &[(i64, Vec<u8>)],
+) {
+    // A new leader among the others holds every acknowledged batch.
+    let second = cluster.elect().await;
+    assert_ne!(second, first);
+    let (_, held) = fetch_all(&cluster.manager(second)).await;
+    assert_acknowledged_held(acked_a, &held, "second leader");
+    let second_term = cluster.manager(second).leader_and_term(GROUP).unwrap().1;
+    assert!(second_term > first_term);
+    let reported = cluster.manager(second).take_leadership_changes();
+    assert!(
+        reported
+            .iter()
+            .any(|c| c.leader == second && c.term == second_term),
+        "{reported:?}"
+    );
+
+    // The old leader loses power, restarts from its disk: it holds what it acknowledged,
+    // then catches up from the new leader (its uncommitted tail replaced).
+    cluster.power_cut(first);
+    cluster.nodes[(first - 1) as usize].cut = false;
+    cluster.restart(first, 2).await;
+    let own: Vec<(i64, Vec<u8>)> = entries(cluster, first)
+        .await
+        .iter()
+        .filter_map(|entry| {
+            let header = crate::storage::batch::BatchHeader::parse(&entry.batch)?;
+            (!header.is_control()).then(|| (header.base_offset, payload(&entry.batch)))
+        })
+        .collect();
+    assert_acknowledged_held(acked_a, &own, "old leader after its restart, from its disk");
+
+    let batch_d = labels("d", 10);
+    let cells_d = cluster.produce(second, &batch_d, -1);
+    cluster.until_answered(&cells_d).await;
+    let acked_d = acked(&batch_d, &cells_d);
+    assert_eq!(acked_d.len(), batch_d.len());
+    cluster.steps(40).await;
+    let leader_entries = entries(cluster, second).await;
+    for id in 1..=3 {
+        assert_eq!(
+            entries(cluster, id).await,
+            leader_entries,
+            "replica {id} holds the leader's log byte for byte"
+        );
+    }
+    let (_, held) = fetch_all(&cluster.manager(second)).await;
+    assert_acknowledged_held(acked_a, &held, "second leader at the end");
+    assert_acknowledged_held(&acked_d, &held, "second leader at the end");
+    for id in 1..=3 {
+        assert_eq!(
+            cluster.manager(id).high_watermark(GROUP),
+            cluster.manager(second).high_watermark(GROUP),
+            "replica {id} applied everything"
+        );
+    }
+}
+
+#[test]
+fn acks_all_is_refused_below_min_insync_replicas() {
+    run(|| async {
+        let mut cluster = Cluster::new(3).await;
+        let leader = cluster.elect().await;
+        let cells = cluster.produce(leader, &labels("ok", 2), -1);
+        cluster.until_answered(&cells).await;
+        assert_eq!(acked(&labels("ok", 2), &cells).len(), 2);
+        let follower = (1..=3).find(|id| *id != leader).unwrap();
+        cluster.power_cut(follower);
+        // check-quorum clears `recent_active` once per election timeout.
+        cluster.steps(45).await;
+        assert_eq!(
+            cluster.leader(),
+            Some(leader),
+            "two of three keep the leader"
+        );
+        assert_eq!(cluster.manager(leader).in_sync(GROUP).len(), 2);
+        let refused = cluster
+            .manager(leader)
+            .dispatch_produce(&tp(), vec![batch("no")], -1);
+        assert_eq!(refused.wait().await.error_code, codes::NOT_ENOUGH_REPLICAS);
+        let acks_one = cluster.produce(leader, &labels("one", 1), 1);
+        cluster.until_answered(&acks_one).await;
+        assert_eq!(acks_one[0].borrow().unwrap().error_code, codes::NONE);
+        let changes = cluster.manager(leader).take_leadership_changes();
+        assert_eq!(changes.last().map(|c| c.isr.len()), Some(2), "{changes:?}");
+    });
+}
+
+#[test]
+fn reconcile_is_idempotent_and_closes_groups_no_longer_placed_here() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let manager = start_manager(1, disk, &SimClock::new(0), 1, 1).await;
+        manager.reconcile(&[replica(1)]).await;
+        assert_eq!(manager.counts().groups_opened, 1, "opened once");
+        assert!(manager.hosts(&tp()));
+        manager.reconcile(&[]).await;
+        assert!(!manager.hosts(&tp()));
+        assert_eq!(manager.group_ids(), Vec::<u64>::new());
+        assert_eq!(manager.counts().groups_closed, 1);
+    });
+}
