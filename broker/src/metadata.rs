@@ -46,6 +46,39 @@ impl TopicMetadata {
     pub fn partition_count(&self) -> i32 {
         self.partition_shards.len() as i32
     }
+
+    /// The brokers (`node.id`) holding a replica of `partition`, its placed leader first;
+    /// empty when the partition does not exist. A partition with one replica is served as
+    /// before, one with several is a Raft group (`replica`).
+    ///
+    /// Stand-in until the controller's placement carries replica lists (issue 12, h2):
+    /// today every partition has one replica, `partition_brokers[p]`.
+    pub fn replicas(&self, partition: i32) -> &[i32] {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.partition_brokers.get(p))
+            .map_or(&[], std::slice::from_ref)
+    }
+
+    /// The Raft group of `partition` (the same on every broker; a recreated topic gets new
+    /// ids), 0 when the partition does not exist (group 0 is the controller's, never a
+    /// partition's).
+    ///
+    /// Stand-in until the placement stores group ids (issue 12, h2): derived from the topic
+    /// id and the partition, the topic's 40 bits above the partition's 24.
+    pub fn group_id(&self, partition: i32) -> u64 {
+        let Some(p) = u64::try_from(partition)
+            .ok()
+            .filter(|p| *p < self.partition_shards.len() as u64)
+        else {
+            return 0;
+        };
+        let (high, low) = self.id.as_u64_pair();
+        let topic_bits = (high ^ low) & ((1 << 40) - 1);
+        let id = (topic_bits << 24) | (p & ((1 << 24) - 1));
+        // Never the controller's group (0) nor the registry mailbox (u64::MAX).
+        id.clamp(1, u64::MAX - 1)
+    }
 }
 
 /// An immutable view of the cluster at one controller epoch. Shared across shards.
@@ -214,5 +247,52 @@ impl MetadataView {
         );
         *self.current.borrow_mut() = snapshot;
         self.ready.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(id: Uuid, partitions: usize) -> TopicMetadata {
+        TopicMetadata {
+            name: "t".into(),
+            name_bytes: Bytes::from_static(b"t"),
+            id,
+            partition_shards: vec![0; partitions],
+            partition_brokers: (0..partitions as i32).collect(),
+            overrides: BTreeMap::new(),
+            config: crate::settings::Effective::defaults().topic_defaults(),
+        }
+    }
+
+    #[test]
+    fn group_ids_differ_per_partition_and_topic_and_are_never_reserved() {
+        let first = topic(Uuid::from_u128(1), 100);
+        let second = topic(Uuid::from_u128(2), 100);
+        let mut seen = BTreeSet::new();
+        for t in [&first, &second] {
+            for partition in 0..100 {
+                let id = t.group_id(partition);
+                assert!(id != 0 && id != u64::MAX);
+                assert!(seen.insert(id), "group id {id} twice");
+                assert_eq!(id, t.group_id(partition), "stable");
+            }
+        }
+        assert_eq!(first.group_id(100), 0, "no such partition");
+        assert_eq!(first.group_id(-1), 0);
+        assert_eq!(
+            topic(Uuid::nil(), 1).group_id(0),
+            1,
+            "never the controller's 0"
+        );
+    }
+
+    #[test]
+    fn replicas_are_the_placed_broker_until_the_placement_has_lists() {
+        let t = topic(Uuid::from_u128(3), 3);
+        assert_eq!(t.replicas(2), [2]);
+        assert!(t.replicas(3).is_empty());
+        assert!(t.replicas(-1).is_empty());
     }
 }

@@ -26,4 +26,4 @@ pub use manager::{ReplicaManager, ReplicaManagerStart};
 pub use types::{HostedReplica, LeadershipChange, ReplicaFetch, ReplicaOffset, ReplicaProduce};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -26,7 +26,7 @@ const GROUP: u64 = 42;
 /// `replica.lag.time.max.ms` here: 10 steps of the simulated clock.
 const LAG: Duration = Duration::from_secs(1);
 
-fn run<Fut: std::future::Future<Output = ()> + 'static>(
+pub(crate) fn run<Fut: std::future::Future<Output = ()> + 'static>(
     test: impl FnOnce() -> Fut + Send + 'static,
 ) {
     glommio::LocalExecutorBuilder::default()
@@ -37,7 +37,7 @@ fn run<Fut: std::future::Future<Output = ()> + 'static>(
         .expect("test ran");
 }
 
-fn tp() -> TopicPartition {
+pub(crate) fn tp() -> TopicPartition {
     TopicPartition {
         topic: "orders".into(),
         partition: 0,
@@ -55,7 +55,7 @@ fn replica(min_insync_replicas: u32) -> HostedReplica {
     }
 }
 
-fn batch(label: &str) -> Bytes {
+pub(crate) fn batch(label: &str) -> Bytes {
     let value = format!("{label}-").repeat(20);
     build::batch(&[
         build::Record {
@@ -73,7 +73,7 @@ fn batch(label: &str) -> Bytes {
 
 /// The bytes a replica must keep unchanged: everything after baseOffset, batchLength and
 /// partitionLeaderEpoch, which the log stamps (outside the CRC).
-fn payload(batch: &[u8]) -> Vec<u8> {
+pub(crate) fn payload(batch: &[u8]) -> Vec<u8> {
     batch[16..].to_vec()
 }
 
@@ -85,7 +85,7 @@ struct Node {
     cut: bool,
 }
 
-struct Cluster {
+pub(crate) struct Cluster {
     clock: SimClock,
     nodes: Vec<Node>,
     in_flight: Vec<Frame>,
@@ -117,7 +117,7 @@ async fn start_manager(
 }
 
 impl Cluster {
-    async fn new(min_insync_replicas: u32) -> Self {
+    pub(crate) async fn new(min_insync_replicas: u32) -> Self {
         let clock = SimClock::new(1_000_000);
         let mut nodes = Vec::new();
         for id in 1..=3 {
@@ -138,7 +138,7 @@ impl Cluster {
         }
     }
 
-    fn manager(&self, id: u64) -> Rc<ReplicaManager> {
+    pub(crate) fn manager(&self, id: u64) -> Rc<ReplicaManager> {
         self.nodes[(id - 1) as usize]
             .manager
             .clone()
@@ -147,7 +147,7 @@ impl Cluster {
 
     /// One step: a tick of time (100 ms), the frames sent last step delivered, one round on
     /// every live node, then the durability workers run.
-    async fn step(&mut self) {
+    pub(crate) async fn step(&mut self) {
         self.clock.advance(Duration::from_millis(
             ringfeed_replication::driver::TICK_INTERVAL_MS,
         ));
@@ -186,7 +186,7 @@ impl Cluster {
         })
     }
 
-    async fn elect(&mut self) -> u64 {
+    pub(crate) async fn elect(&mut self) -> u64 {
         for _ in 0..400 {
             self.step().await;
             if let Some(leader) = self.leader() {
