@@ -5,8 +5,8 @@
 //!   places on this shard and closes the others (idempotent; called from the shard's
 //!   metadata apply, one call at a time). A group's log is the partition's log in
 //!   `<data-dir>/<topic>-<partition>`; the shard's hard states live in
-//!   `<data-dir>/replica-raft-<shard>/raft-meta.log` (group 0's store on shard 0 stays where
-//!   it is). A restart reopens both: entries after the persisted commit are re-read into
+//!   `<data-dir>/shard-<shard>.raft/raft-meta.log` (group 0's store on shard 0 stays where
+//!   it is; a partition's directory always ends in `-<partition>`, so never collides). A restart reopens both: entries after the persisted commit are re-read into
 //!   memory and applied again from there.
 //! - Rounds: a round whenever frames or proposals arrive and a tick every
 //!   `TICK_INTERVAL_MS` ([`ReplicaManager::start`]); tests call [`ReplicaManager::tick`] and
@@ -51,7 +51,7 @@ use crate::error_codes as codes;
 use crate::metadata::TopicPartition;
 use crate::replica::types::{HostedReplica, LeadershipChange};
 use crate::storage::batch::BatchHeader;
-use crate::storage::Clock;
+use crate::storage::{Clock, Disk};
 
 /// Received frames waiting for the next round; more are dropped (Raft resends).
 pub const INBOUND_FRAMES_MAX: usize = 256;
@@ -184,7 +184,15 @@ impl ReplicaManager {
     /// Opens the shard's raft-meta store (recovering it); hosts no group until
     /// [`Self::reconcile`].
     pub async fn open(start: ReplicaManagerStart) -> Result<Rc<Self>, String> {
-        let meta_dir = start.data_dir.join(format!("replica-raft-{}", start.shard));
+        let meta_dir = start.data_dir.join(replica_meta_dir_name(start.shard));
+        let created = async {
+            start.disk.create_dir_all(&meta_dir).await?;
+            // The new directory's entry survives a power cut only once its parent is synced.
+            start.disk.sync_dir(&start.data_dir).await
+        };
+        created
+            .await
+            .map_err(|error| format!("creating {}: {error}", meta_dir.display()))?;
         let meta = RaftMetaStore::open(start.disk.clone(), &meta_dir)
             .await
             .map_err(|error| format!("raft-meta store in {}: {error}", meta_dir.display()))?;
@@ -680,6 +688,12 @@ impl Drop for ReplicaManager {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The directory of shard `shard`'s raft-meta store under the data directory. Never a
+/// partition's (those end in `-<partition>`).
+pub fn replica_meta_dir_name(shard: usize) -> String {
+    format!("shard-{shard}.raft")
 }
 
 /// Kafka offsets an entry takes in the log: the records of its data batch, or one for the
