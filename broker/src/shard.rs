@@ -1151,15 +1151,19 @@ pub async fn enforce_retention_periodically(shard: Rc<ShardServices>) {
 
 /// Closes every partition log of the shard (the end of its shutdown).
 pub async fn close_partitions(shard: &ShardServices) {
-    let closes = shard
-        .partitions
-        .online_logs()
-        .into_iter()
-        .map(|(tp, log)| async move {
-            if let Err(error) = log.close().await {
-                tracing::error!(partition = %tp, %error, "closing the partition log failed");
-            }
-        });
+    let mut logs = shard.partitions.online_logs();
+    if let Some(replicas) = &shard.replicas {
+        // No round may write to a log being closed: the driver stops first (its waiting
+        // produce calls are answered NOT_LEADER_OR_FOLLOWER; nothing unacknowledged is
+        // promised, and Raft recovers the rest from the hard state and the logs).
+        replicas.stop();
+        logs.extend(replicas.hosted_logs());
+    }
+    let closes = logs.into_iter().map(|(tp, log)| async move {
+        if let Err(error) = log.close().await {
+            tracing::error!(partition = %tp, %error, "closing the partition log failed");
+        }
+    });
     futures::stream::iter(closes)
         .buffer_unordered(PARTITION_OPENS_IN_FLIGHT_MAX)
         .collect::<()>()

@@ -270,6 +270,15 @@ impl ReplicaManager {
         Some(self.groups.borrow().get(&group_id)?.committed_end.get())
     }
 
+    /// Every hosted partition with its log (shutdown closes them after [`Self::stop`]).
+    pub fn hosted_logs(&self) -> Vec<(TopicPartition, PartitionLog)> {
+        self.groups
+            .borrow()
+            .values()
+            .map(|hosted| (hosted.replica.topic.clone(), hosted.log.clone()))
+            .collect()
+    }
+
     /// The partition log of a hosted group (for checks and tests).
     pub fn log(&self, group_id: u64) -> Option<PartitionLog> {
         Some(self.groups.borrow().get(&group_id)?.log.clone())

@@ -391,6 +391,21 @@ async fn cut_leader_acknowledges_nothing(cluster: &mut Cluster, first: u64, high
     }
     // acks=1 is the leader's write: answered (and may be lost, as in Kafka).
     cluster.until_answered(&cells_b1).await;
+    let acks_one: Vec<(i16, i64)> = cells_b1
+        .iter()
+        .map(|cell| {
+            let answer = cell.borrow().expect("answered");
+            (answer.error_code, answer.base_offset)
+        })
+        .collect();
+    // Stamped after the five acks=all batches of two records each.
+    assert_eq!(
+        acks_one,
+        [
+            (codes::NONE, high_watermark + 10),
+            (codes::NONE, high_watermark + 12)
+        ]
+    );
     let stepped_down = cluster.manager(first).take_leadership_changes();
     assert!(
         stepped_down
