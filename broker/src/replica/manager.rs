@@ -49,6 +49,7 @@ use ringfeed_replication::wire::{Frame, WireLimits};
 use crate::disk::{BrokerDisk, PartitionLog};
 use crate::error_codes as codes;
 use crate::metadata::TopicPartition;
+use crate::replica::producers::{Producers, TAIL_SCAN_ENTRIES};
 use crate::replica::types::{HostedReplica, LeadershipChange};
 use crate::storage::batch::BatchHeader;
 use crate::storage::{Clock, Disk};
@@ -124,8 +125,14 @@ pub(crate) struct Hosted {
     pub(crate) log: PartitionLog,
     /// The Kafka end offset of the entries applied here: the high watermark.
     pub(crate) committed_end: Cell<i64>,
-    /// Produce calls waiting, by the Raft index of their last batch.
-    pub(crate) waiting: RefCell<BTreeMap<u64, Waiter>>,
+    /// Produce calls waiting, by the Raft index of their last batch (and a serial: a
+    /// retried duplicate waits on the same entry as its original).
+    pub(crate) waiting: RefCell<BTreeMap<(u64, u64), Waiter>>,
+    pub(crate) next_waiter: Cell<u64>,
+    /// The last index applied here.
+    pub(crate) applied_index: Cell<u64>,
+    /// Idempotent producers' sequences (`producers`).
+    pub(crate) producers: RefCell<Producers>,
     /// When each voter last had every entry the leader had (leader only; reset on election).
     caught_up_at: RefCell<BTreeMap<u64, Instant>>,
     /// The last (leader, term, isr) recorded for the controller.
@@ -349,6 +356,7 @@ impl ReplicaManager {
         };
         let commit = hard_state.commit;
         let committed_end = end_offset_of_index(&log, commit).await?;
+        let producers = producers_of_tail(&log, commit).await?;
         let store = LogStore::open(
             log.clone(),
             LogStoreStart {
@@ -376,6 +384,9 @@ impl ReplicaManager {
                 log,
                 committed_end: Cell::new(committed_end),
                 waiting: RefCell::default(),
+                next_waiter: Cell::new(0),
+                applied_index: Cell::new(commit),
+                producers: RefCell::new(producers),
                 caught_up_at: RefCell::default(),
                 reported: RefCell::new(None),
                 committed: Signal::default(),
@@ -511,7 +522,7 @@ impl ReplicaManager {
 
     /// One round (module docs); returns whether work remains (a sync in flight).
     pub fn round(&self) -> bool {
-        let mut applied: Vec<(u64, u64, u64, i64)> = Vec::new();
+        let mut applied: Vec<Applied> = Vec::new();
         let frames = {
             let mut driver = self.driver.borrow_mut();
             if !driver.has_work() {
@@ -519,7 +530,13 @@ impl ReplicaManager {
             }
             let mut durability = self.durability.borrow_mut();
             driver.round(&mut *durability, |group_id, entry| {
-                applied.push((group_id, entry.index, entry.term, entry_span(entry)));
+                applied.push(Applied {
+                    group_id,
+                    index: entry.index,
+                    term: entry.term,
+                    span: entry_span(entry),
+                    producer: idempotent_header(entry),
+                });
             })
         };
         self.inbound_frames.set(0);
@@ -532,9 +549,9 @@ impl ReplicaManager {
             self.send(frame);
         }
         let mut moved = BTreeSet::new();
-        for (group_id, index, term, span) in applied {
-            self.apply(group_id, index, term, span);
-            moved.insert(group_id);
+        for entry in applied {
+            moved.insert(entry.group_id);
+            self.apply(&entry);
         }
         let groups = self.groups.borrow();
         for group_id in moved {
@@ -550,21 +567,36 @@ impl ReplicaManager {
         self.driver.borrow().has_work()
     }
 
-    fn apply(&self, group_id: u64, index: u64, term: u64, span: i64) {
-        let Some(hosted) = self.groups.borrow().get(&group_id).cloned() else {
+    fn apply(&self, entry: &Applied) {
+        let Some(hosted) = self.groups.borrow().get(&entry.group_id).cloned() else {
             return;
         };
         let base = hosted.committed_end.get();
-        hosted.committed_end.set(base + span);
-        let Some(waiter) = hosted.waiting.borrow_mut().remove(&index) else {
-            return;
-        };
-        let outcome = if waiter.term == term {
-            Ok(Some(base))
-        } else {
-            Err(codes::NOT_LEADER_OR_FOLLOWER)
-        };
-        let _ = waiter.answer.send(outcome);
+        hosted.committed_end.set(base + entry.span);
+        hosted.applied_index.set(entry.index);
+        if let Some(header) = &entry.producer {
+            hosted
+                .producers
+                .borrow_mut()
+                .committed(header, entry.index, base);
+        }
+        let keys: Vec<(u64, u64)> = hosted
+            .waiting
+            .borrow()
+            .range((entry.index, 0)..=(entry.index, u64::MAX))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in keys {
+            let Some(waiter) = hosted.waiting.borrow_mut().remove(&key) else {
+                continue;
+            };
+            let outcome = if waiter.term == entry.term {
+                Ok(Some(base))
+            } else {
+                Err(codes::NOT_LEADER_OR_FOLLOWER)
+            };
+            let _ = waiter.answer.send(outcome);
+        }
     }
 
     /// Answers the waiting calls of groups whose leadership or term changed, and acks=1
@@ -583,21 +615,21 @@ impl ReplicaManager {
                 .filter(|raft| raft.state == StateRole::Leader && !driver.is_fenced(group_id))
                 .map(|raft| raft.term);
             let mut waiters = hosted.waiting.borrow_mut();
-            let answered: Vec<(u64, Resolution)> = waiters
+            let answered: Vec<((u64, u64), Resolution)> = waiters
                 .iter()
-                .filter_map(|(index, waiter)| {
+                .filter_map(|(&(index, serial), waiter)| {
                     if Some(waiter.term) != leading_term {
-                        return Some((*index, Err(codes::NOT_LEADER_OR_FOLLOWER)));
+                        return Some(((index, serial), Err(codes::NOT_LEADER_OR_FOLLOWER)));
                     }
                     let raft = raft?;
                     let durable = waiter.acks == 1
-                        && raft.raft_log.persisted >= *index
-                        && raft.raft_log.term(*index).ok() == Some(waiter.term);
-                    durable.then_some((*index, Ok(None)))
+                        && raft.raft_log.persisted >= index
+                        && raft.raft_log.term(index).ok() == Some(waiter.term);
+                    durable.then_some(((index, serial), Ok(None)))
                 })
                 .collect();
-            for (index, outcome) in answered {
-                if let Some(waiter) = waiters.remove(&index) {
+            for (key, outcome) in answered {
+                if let Some(waiter) = waiters.remove(&key) {
                     let _ = waiter.answer.send(outcome);
                 }
             }
@@ -697,6 +729,48 @@ impl Drop for ReplicaManager {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A committed entry as the round hands it to `apply`.
+struct Applied {
+    group_id: u64,
+    index: u64,
+    term: u64,
+    span: i64,
+    /// The header of an idempotent producer's batch.
+    producer: Option<BatchHeader>,
+}
+
+/// The header of an entry that is an idempotent producer's batch.
+fn idempotent_header(entry: &Entry) -> Option<BatchHeader> {
+    if entry.entry_type() != EntryType::EntryNormal {
+        return None;
+    }
+    BatchHeader::parse(&entry.data).filter(|h| h.producer_id >= 0 && !h.is_control())
+}
+
+/// The producers of the last `TAIL_SCAN_ENTRIES` entries up to `commit` (see `producers`).
+async fn producers_of_tail(log: &PartitionLog, commit: u64) -> Result<Producers, String> {
+    let mut producers = Producers::default();
+    let mut low = log
+        .first_index()
+        .max(commit.saturating_sub(TAIL_SCAN_ENTRIES) + 1);
+    while low <= commit {
+        let read = log
+            .read_entries(low, commit + 1, 1 << 20)
+            .await
+            .map_err(|error| format!("reading entries from {low}: {error}"))?;
+        let Some(last) = read.last() else { break };
+        low = last.index + 1;
+        for entry in &read {
+            if let Some(header) =
+                BatchHeader::parse(&entry.batch).filter(|h| h.producer_id >= 0 && !h.is_control())
+            {
+                producers.committed(&header, entry.index, header.base_offset);
+            }
+        }
+    }
+    Ok(producers)
 }
 
 /// The directory of shard `shard`'s raft-meta store under the data directory. Never a

@@ -13,12 +13,14 @@
 //! - `manager`: [`ReplicaManager`]: opening and closing groups (`reconcile`), the driver
 //!   rounds, frames in and out (bounded queues), produce waits answered from the rounds,
 //!   leadership reports;
+//! - `producers`: idempotent producers' sequence checks over committed and proposed batches;
 //! - `serve`: what clients' requests do on a replicated partition (produce, fetch,
 //!   list-offsets, long-poll waits) on top of the manager.
 //!
 //! Owned by one shard, `!Send` (the stores hold the shard's disk handles and `Rc`s).
 
 pub mod manager;
+pub mod producers;
 pub mod serve;
 pub mod types;
 

@@ -22,9 +22,15 @@ use raft::StateRole;
 
 use crate::error_codes as codes;
 use crate::metadata::TopicPartition;
+use crate::producer_state::OUT_OF_ORDER_SEQUENCE_NUMBER;
 use crate::replica::manager::{Hosted, ReplicaManager, Resolution, Waiter};
+use crate::replica::producers::{BatchAt, Verdict};
 use crate::replica::types::{ReplicaFetch, ReplicaOffset, ReplicaProduce};
+use crate::storage::batch::BatchHeader;
 use crate::storage::{AppendError, ReadError};
+
+/// Kafka's `DUPLICATE_SEQUENCE_NUMBER` (46): a call of several batches repeats one.
+pub const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
 
 /// Kafka's `OFFSET_NOT_AVAILABLE` (78): a new leader has not committed in its term yet.
 pub const OFFSET_NOT_AVAILABLE: i16 = 78;
@@ -80,13 +86,13 @@ impl ReplicaManager {
         let Some(term) = self.leading_term(group_id) else {
             return refused(codes::NOT_LEADER_OR_FOLLOWER);
         };
-        let mut spans = Vec::with_capacity(batches.len());
+        let mut headers = Vec::with_capacity(batches.len());
         for batch in &batches {
             match hosted.log.check(batch.clone()) {
                 Ok(checked) if checked.header().is_control() => {
                     return refused(codes::INVALID_RECORD)
                 }
-                Ok(checked) => spans.push(i64::from(checked.header().last_offset_delta) + 1),
+                Ok(checked) => headers.push(*checked.header()),
                 Err(AppendError::Batch(error)) => {
                     return refused(crate::recompress::batch_error_code(&error))
                 }
@@ -102,11 +108,31 @@ impl ReplicaManager {
                 return refused(codes::NOT_ENOUGH_REPLICAS);
             }
         }
+        match self.check_sequences(group_id, &hosted, &headers, term) {
+            Ok(None) => {}
+            Ok(Some(duplicate)) => {
+                return self.answer_duplicate(group_id, &hosted, duplicate, acks)
+            }
+            Err(code) => return refused(code),
+        }
+        let spans: Vec<i64> = headers
+            .iter()
+            .map(|header| i64::from(header.last_offset_delta) + 1)
+            .collect();
         let mut last = None;
-        for batch in batches {
+        for (batch, header) in batches.into_iter().zip(&headers) {
             let proposed = self.driver.borrow_mut().propose(group_id, batch.to_vec());
             match proposed {
-                Ok(proposed) => last = Some(proposed),
+                Ok(proposed) => {
+                    if header.producer_id >= 0 {
+                        hosted.producers.borrow_mut().proposed(
+                            header,
+                            proposed.index,
+                            proposed.term,
+                        );
+                    }
+                    last = Some(proposed);
+                }
                 Err(error) => {
                     tracing::debug!(partition = %tp, %error, "proposal refused");
                     self.ring();
@@ -124,24 +150,120 @@ impl ReplicaManager {
                 log_start_offset: hosted.log.log_start_offset(),
             }));
         }
-        let (answer, answered) = oneshot::channel();
-        hosted.waiting.borrow_mut().insert(
-            last.index,
-            Waiter {
-                term: last.term,
-                acks,
-                answer,
-            },
-        );
-        self.groups_waiting.borrow_mut().insert(group_id);
         let span_before_last = spans[..spans.len() - 1].iter().sum();
+        self.wait_for(
+            group_id,
+            &hosted,
+            last.index,
+            last.term,
+            acks,
+            span_before_last,
+        )
+    }
+
+    /// Registers a produce call's wait for the entry at `index` proposed in `term`.
+    fn wait_for(
+        &self,
+        group_id: u64,
+        hosted: &Hosted,
+        index: u64,
+        term: u64,
+        acks: i16,
+        span_before_last: i64,
+    ) -> PendingReplicaProduce {
+        let (answer, answered) = oneshot::channel();
+        let serial = hosted.next_waiter.get();
+        hosted.next_waiter.set(serial + 1);
+        hosted
+            .waiting
+            .borrow_mut()
+            .insert((index, serial), Waiter { term, acks, answer });
+        self.groups_waiting.borrow_mut().insert(group_id);
         PendingReplicaProduce(Pending::Waiting {
             answered,
-            index: last.index,
-            term: last.term,
+            index,
+            term,
             span_before_last,
             log: hosted.log.clone(),
         })
+    }
+
+    /// The idempotent producers' checks of a call's batches (`producers`): `Ok(None)` to
+    /// propose them, `Ok(Some(at))` for a one-batch call that repeats a batch seen before.
+    fn check_sequences(
+        &self,
+        group_id: u64,
+        hosted: &Hosted,
+        headers: &[BatchHeader],
+        term: u64,
+    ) -> Result<Option<BatchAt>, i16> {
+        if headers.iter().all(|header| header.producer_id < 0) {
+            return Ok(None);
+        }
+        // Every earlier leader's batch that will commit must be applied here first.
+        let applied_all = self
+            .driver
+            .borrow()
+            .raft(group_id)
+            .is_some_and(|raft| raft.raft_log.committed == hosted.applied_index.get());
+        if !applied_all || !self.committed_in_term(group_id) {
+            return Err(codes::NOT_LEADER_OR_FOLLOWER);
+        }
+        let producers = hosted.producers.borrow();
+        for (position, header) in headers.iter().enumerate() {
+            if header.producer_id < 0 {
+                continue;
+            }
+            let previous = position
+                .checked_sub(1)
+                .map(|p| &headers[p])
+                .filter(|p| p.producer_id == header.producer_id);
+            if let Some(previous) = previous {
+                // Within one call a producer's batches follow each other.
+                let next =
+                    i64::from(previous.base_sequence) + i64::from(previous.last_offset_delta) + 1;
+                let next = i32::try_from(next % (i64::from(i32::MAX) + 1)).unwrap_or(0);
+                if header.producer_epoch != previous.producer_epoch || header.base_sequence != next
+                {
+                    return Err(OUT_OF_ORDER_SEQUENCE_NUMBER);
+                }
+                continue;
+            }
+            match producers.check(header, term) {
+                Verdict::Propose => {}
+                Verdict::Refuse(code) => return Err(code),
+                Verdict::Duplicate(at) if headers.len() == 1 => return Ok(Some(at)),
+                Verdict::Duplicate(_) => return Err(DUPLICATE_SEQUENCE_NUMBER),
+            }
+        }
+        Ok(None)
+    }
+
+    /// A retried batch: answered with the original's offsets once the original's acks hold.
+    fn answer_duplicate(
+        &self,
+        group_id: u64,
+        hosted: &Hosted,
+        at: BatchAt,
+        acks: i16,
+    ) -> PendingReplicaProduce {
+        tracing::debug!(
+            group_id,
+            ?at,
+            "duplicate batch answered from the producer state"
+        );
+        match at {
+            BatchAt::Committed { base_offset } => {
+                PendingReplicaProduce(Pending::Done(ReplicaProduce {
+                    error_code: codes::NONE,
+                    base_offset,
+                    log_start_offset: hosted.log.log_start_offset(),
+                }))
+            }
+            BatchAt::Proposed { index, term } => {
+                self.wait_for(group_id, hosted, index, term, acks.max(1), 0)
+            }
+        }
     }
 
     /// Reads of a hosted partition are served by its leader only.

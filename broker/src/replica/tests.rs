@@ -221,6 +221,28 @@ impl Cluster {
             .collect()
     }
 
+    /// Runs `calls` to their answers, stepping the cluster meanwhile.
+    async fn answers(&mut self, pending: Vec<serve::PendingReplicaProduce>) -> Vec<ReplicaProduce> {
+        let cells: Vec<Rc<RefCell<Option<ReplicaProduce>>>> = pending
+            .into_iter()
+            .map(|call| {
+                let cell = Rc::new(RefCell::new(None));
+                let sink = cell.clone();
+                glommio::spawn_local(async move {
+                    let answer = call.wait().await;
+                    *sink.borrow_mut() = Some(answer);
+                })
+                .detach();
+                cell
+            })
+            .collect();
+        self.until_answered(&cells).await;
+        cells
+            .iter()
+            .map(|cell| cell.borrow().expect("answered"))
+            .collect()
+    }
+
     async fn until_answered(&mut self, cells: &[Rc<RefCell<Option<ReplicaProduce>>>]) {
         for _ in 0..400 {
             if cells.iter().all(|cell| cell.borrow().is_some()) {
@@ -519,5 +541,104 @@ fn reconcile_is_idempotent_and_closes_groups_no_longer_placed_here() {
         assert!(!manager.hosts(&tp()));
         assert_eq!(manager.group_ids(), Vec::<u64>::new());
         assert_eq!(manager.counts().groups_closed, 1);
+    });
+}
+
+/// One batch of two records of producer 7, epoch 0, from `base_sequence`.
+fn idempotent_batch(base_sequence: i32) -> Bytes {
+    let mut bytes = bytes::BytesMut::from(&batch(&format!("seq{base_sequence}"))[..]);
+    // producerId at 43, producerEpoch at 51, baseSequence at 53; the CRC at 17 covers 21..
+    bytes[43..51].copy_from_slice(&7_i64.to_be_bytes());
+    bytes[51..53].copy_from_slice(&0_i16.to_be_bytes());
+    bytes[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&bytes[21..]);
+    bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+    bytes.freeze()
+}
+
+/// An idempotent producer's retries are answered with the original offsets and not
+/// proposed again, on the leader that took them, on the next leader after a failover (the
+/// state follows committed entries on every replica) and after a replica's restart (the
+/// state is rebuilt from its log); gaps are refused.
+#[test]
+fn idempotent_retries_are_answered_with_their_offsets_across_leaders() {
+    run(|| async {
+        let mut cluster = Cluster::new(2).await;
+        let first = cluster.elect().await;
+        let produce = |cluster: &Cluster, id: u64, sequence: i32| {
+            cluster
+                .manager(id)
+                .dispatch_produce(&tp(), vec![idempotent_batch(sequence)], -1)
+        };
+        let mut offsets = Vec::new();
+        for sequence in [0, 2, 4] {
+            let pending = produce(&cluster, first, sequence);
+            // A retry while the original is still in flight waits for it.
+            let retry = produce(&cluster, first, sequence);
+            let answers = cluster.answers(vec![pending, retry]).await;
+            assert_eq!(answers[0].error_code, codes::NONE);
+            assert_eq!(
+                answers[0], answers[1],
+                "the retry has the original's answer"
+            );
+            offsets.push(answers[0].base_offset);
+        }
+        let end = cluster.manager(first).log(GROUP).unwrap().log_end_offset();
+        let again = produce(&cluster, first, 2).wait().await;
+        assert_eq!(
+            (again.error_code, again.base_offset),
+            (codes::NONE, offsets[1])
+        );
+        let gap = produce(&cluster, first, 9).wait().await;
+        assert_eq!(
+            gap.error_code,
+            crate::producer_state::OUT_OF_ORDER_SEQUENCE_NUMBER
+        );
+        assert_eq!(
+            cluster.manager(first).log(GROUP).unwrap().log_end_offset(),
+            end,
+            "nothing proposed for retries and gaps"
+        );
+
+        // Failover: the next leader answers the retry of the last batch from its state.
+        cluster.nodes[(first - 1) as usize].cut = true;
+        let second = loop {
+            let leader = cluster.elect().await;
+            if leader != first {
+                break leader;
+            }
+        };
+        let mut retried = produce(&cluster, second, 4);
+        for _ in 0..20 {
+            // Until the new leader has committed in its term.
+            let answer = retried.wait().await;
+            if answer.error_code != codes::NOT_LEADER_OR_FOLLOWER {
+                assert_eq!(
+                    (answer.error_code, answer.base_offset),
+                    (codes::NONE, offsets[2])
+                );
+                break;
+            }
+            cluster.step().await;
+            retried = produce(&cluster, second, 4);
+        }
+        let next = produce(&cluster, second, 6);
+        let answer = cluster.answers(vec![next]).await;
+        assert_eq!(answer[0].error_code, codes::NONE, "the sequence goes on");
+
+        // A replica restarted from its disk rebuilds the state from its log.
+        let third = (1..=3).find(|id| *id != first && *id != second).unwrap();
+        cluster.power_cut(third);
+        cluster.restart(third, 2).await;
+        let (_, hosted) = cluster.manager(third).hosted(&tp()).unwrap();
+        let header = crate::storage::batch::BatchHeader::parse(&idempotent_batch(2)).unwrap();
+        assert_eq!(
+            hosted.producers.borrow().check(&header, 99),
+            crate::replica::producers::Verdict::Duplicate(
+                crate::replica::producers::BatchAt::Committed {
+                    base_offset: offsets[1]
+                }
+            )
+        );
     });
 }
