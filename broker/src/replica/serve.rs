@@ -377,7 +377,7 @@ impl ReplicaManager {
     }
 
     /// This replica leads the group and has committed an entry of its term.
-    fn committed_in_term(&self, group_id: u64) -> bool {
+    pub(crate) fn committed_in_term(&self, group_id: u64) -> bool {
         let driver = self.driver.borrow();
         driver.raft(group_id).is_some_and(|raft| {
             raft.state == StateRole::Leader
