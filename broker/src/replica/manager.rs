@@ -58,6 +58,8 @@ use crate::storage::{Clock, Disk};
 pub const INBOUND_FRAMES_MAX: usize = 256;
 /// A round's frames waiting for a sender; more are dropped (Raft resends).
 pub const OUTBOUND_FRAMES_MAX: usize = 256;
+/// How often the leader renews the index followers must reach to count as caught up.
+const ISR_MARK_INTERVAL: Duration = Duration::from_millis(500);
 /// Memory for a group's recent entries beyond its unapplied ones (serves followers that
 /// are a little behind without reading the disk).
 const RECENT_BYTES_MAX: usize = 1 << 20;
@@ -135,6 +137,10 @@ pub(crate) struct Hosted {
     pub(crate) producers: RefCell<Producers>,
     /// When each voter last had every entry the leader had (leader only; reset on election).
     caught_up_at: RefCell<BTreeMap<u64, Instant>>,
+    /// The leader's last index and when it was that (renewed every `ISR_MARK_INTERVAL`):
+    /// a follower that reached it was caught up at that time, even if the leader appended
+    /// more since (a partition under steady load never waits for a follower at its end).
+    isr_mark: Cell<Option<(Instant, u64)>>,
     /// The last (leader, term, isr) recorded for the controller.
     reported: RefCell<Option<(u64, u64, Vec<u64>)>>,
     /// Notified when `committed_end` moves or the group closes.
@@ -388,6 +394,7 @@ impl ReplicaManager {
                 applied_index: Cell::new(commit),
                 producers: RefCell::new(producers),
                 caught_up_at: RefCell::default(),
+                isr_mark: Cell::new(None),
                 reported: RefCell::new(None),
                 committed: Signal::default(),
                 closed: Cell::new(false),
@@ -654,10 +661,15 @@ impl ReplicaManager {
         let mut caught_up_at = hosted.caught_up_at.borrow_mut();
         if raft.state != StateRole::Leader {
             caught_up_at.clear();
+            hosted.isr_mark.set(None);
             return Vec::new();
         }
         let now = self.clock.now();
         let last_index = raft.raft_log.last_index();
+        let mark = hosted.isr_mark.get();
+        if mark.is_none_or(|(at, _)| now.saturating_duration_since(at) >= ISR_MARK_INTERVAL) {
+            hosted.isr_mark.set(Some((now, last_index)));
+        }
         let mut in_sync = Vec::new();
         for (&id, progress) in raft.prs().iter() {
             // A new leader gives every voter a whole lag period (Kafka resets
@@ -667,6 +679,10 @@ impl ReplicaManager {
             // by every response: sampled each tick, it says "heard within one timeout".
             if id == self.node_id || (progress.recent_active && progress.matched >= last_index) {
                 *since = now;
+            } else if let Some((at, index)) = mark {
+                if progress.recent_active && progress.matched >= index {
+                    *since = (*since).max(at);
+                }
             }
             if now.saturating_duration_since(*since) <= self.replica_lag_time_max {
                 in_sync.push(id);

@@ -775,3 +775,29 @@ fn seeded_faults_never_lose_an_acknowledged_batch() {
         });
     }
 }
+
+/// Under steady load a follower never has the leader's very last entry when the leader
+/// looks, yet it is in sync: it keeps reaching what the leader had a moment before. One
+/// that stops answering leaves the in-sync set after `replica.lag.time.max.ms`.
+#[test]
+fn followers_under_steady_load_stay_in_sync() {
+    run(|| async {
+        let mut cluster = Cluster::new(2).await;
+        let leader = cluster.elect().await;
+        // 4 s of simulated time, four times the lag, a batch every 100 ms.
+        for step in 0..40 {
+            cluster.produce(leader, &[format!("load{step}")], 1);
+            cluster.step().await;
+        }
+        assert_eq!(cluster.manager(leader).in_sync(GROUP), [1, 2, 3]);
+        let follower = (1..=3).find(|id| *id != leader).unwrap();
+        cluster.nodes[(follower - 1) as usize].cut = true;
+        for step in 0..30 {
+            cluster.produce(leader, &[format!("more{step}")], 1);
+            cluster.step().await;
+        }
+        let in_sync = cluster.manager(leader).in_sync(GROUP);
+        assert_eq!(in_sync.len(), 2, "{in_sync:?}");
+        assert!(!in_sync.contains(&follower));
+    });
+}
