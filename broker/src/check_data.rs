@@ -50,12 +50,17 @@ pub fn run(data_dir: &Path) -> ExitCode {
     print_reports(&reports)
 }
 
-/// Subdirectories holding segment files, sorted by name.
+/// Subdirectories holding segment files, sorted by name. A shard's Raft hard states
+/// (`shard-<n>.raft/raft-meta.log`, `replica`) are not a partition.
 fn partition_dirs(data_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut dirs = Vec::new();
     for entry in std::fs::read_dir(data_dir)? {
         let path = entry?.path();
+        let raft_meta = path
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().ends_with(".raft"));
         if path.is_dir()
+            && !raft_meta
             && std::fs::read_dir(&path)?
                 .flatten()
                 .any(|e| e.path().extension().is_some_and(|x| x == "log"))

@@ -69,6 +69,39 @@ impl TopicMetadata {
             NO_LEADER_EPOCH
         }
     }
+
+    /// The brokers (`node.id`) holding a replica of `partition`, its placed leader first;
+    /// empty when the partition does not exist. A partition with one replica is served as
+    /// before, one with several is a Raft group (`replica`).
+    ///
+    /// Stand-in until the controller's placement carries replica lists (issue 12, h2):
+    /// today every partition has one replica, `partition_brokers[p]`.
+    pub fn replicas(&self, partition: i32) -> &[i32] {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.partition_brokers.get(p))
+            .map_or(&[], std::slice::from_ref)
+    }
+
+    /// The Raft group of `partition` (the same on every broker; a recreated topic gets new
+    /// ids), 0 when the partition does not exist (group 0 is the controller's, never a
+    /// partition's).
+    ///
+    /// Stand-in until the placement stores group ids (issue 12, h2): derived from the topic
+    /// id and the partition, the topic's 40 bits above the partition's 24.
+    pub fn group_id(&self, partition: i32) -> u64 {
+        let Some(p) = u64::try_from(partition)
+            .ok()
+            .filter(|p| *p < self.partition_shards.len() as u64)
+        else {
+            return 0;
+        };
+        let (high, low) = self.id.as_u64_pair();
+        let topic_bits = (high ^ low) & ((1 << 40) - 1);
+        let id = (topic_bits << 24) | (p & ((1 << 24) - 1));
+        // Never the controller's group (0) nor the registry mailbox (u64::MAX).
+        id.clamp(1, u64::MAX - 1)
+    }
 }
 
 /// Kafka's check of a request's `current_leader_epoch` against the partition's `current`

@@ -31,6 +31,8 @@ use crate::error_codes as codes;
 use crate::log_throttle::LogThrottle;
 use crate::metadata::TopicPartition;
 use crate::producer_state::{ProducerStates, Refused};
+use crate::replica::serve::PendingReplicaProduce;
+use crate::replica::ReplicaManager;
 use crate::router::{CallKind, Ending, PeerGone, ShardRouter};
 use crate::storage::{AppendError, CheckedBatch, ReadError};
 use crate::turns::{Ticket, TurnQueue};
@@ -110,6 +112,9 @@ pub struct PartitionTable {
     parked_waits: ParkedWaits,
     /// The append line of each partition that has seen a produce call.
     sequencers: RefCell<HashMap<TopicPartition, Rc<AppendSequencer>>>,
+    /// The Raft groups of this shard's replicated partitions (a broker among several
+    /// voters only): a partition not in `slots` is looked up there.
+    replicas: RefCell<Option<Rc<ReplicaManager>>>,
 }
 
 /// The fetch long-poll waits parked on one shard's partitions, whether the fetch runs on
@@ -226,6 +231,17 @@ impl PartitionTable {
         }
     }
 
+    /// Serves replicated partitions from `replicas` (after the partitions in this table).
+    pub fn set_replicas(&self, replicas: Rc<ReplicaManager>) {
+        *self.replicas.borrow_mut() = Some(replicas);
+    }
+
+    /// The replica manager, when it hosts `tp` (a replicated partition).
+    fn replicas_hosting(&self, tp: &TopicPartition) -> Option<Rc<ReplicaManager>> {
+        let replicas = self.replicas.borrow();
+        replicas.as_ref().filter(|r| r.hosts(tp)).cloned()
+    }
+
     pub fn parked_waits(&self) -> &ParkedWaits {
         &self.parked_waits
     }
@@ -309,6 +325,8 @@ enum ProduceStage {
     InLine(InLine),
     /// Refused before it took a place.
     Refused(ProduceOutcome),
+    /// Proposed to a replicated partition's Raft group (`replica::serve`).
+    Replicated(PendingReplicaProduce),
 }
 
 /// A produce call holding its place in the partition's append line.
@@ -344,7 +362,15 @@ impl PartitionTable {
         };
         let log = match self.log(&tp) {
             Ok(log) => log,
-            Err(code) => return failed(code),
+            Err(code) => {
+                let Some(replicas) = self.replicas_hosting(&tp) else {
+                    return failed(code);
+                };
+                // Proposing is the append: it happens now, in dispatch order.
+                self.sequencer(&tp).assert_in_order(&tp, origin);
+                let pending = replicas.dispatch_produce(&tp, batches, acks);
+                return DispatchedProduce(ProduceStage::Replicated(pending));
+            }
         };
         let checked: Result<Vec<CheckedBatch>, AppendError> =
             batches.into_iter().map(|batch| log.check(batch)).collect();
@@ -396,6 +422,13 @@ impl PartitionTable {
             let data = std::pin::pin!(log.wait_for_data(offset));
             let timer = std::pin::pin!(log.clock().sleep(wait));
             select(data, timer).await;
+        } else if let Some(replicas) = self.replicas_hosting(tp) {
+            let Some(_parked) = self.parked_waits.try_park(tp) else {
+                return WaitOutcome::Refused;
+            };
+            let data = std::pin::pin!(replicas.wait_for_committed(tp, offset));
+            let timer = std::pin::pin!(glommio::timer::sleep(wait));
+            select(data, timer).await;
         }
         WaitOutcome::Waited
     }
@@ -441,6 +474,14 @@ impl DispatchedProduce {
         match self.0 {
             ProduceStage::InLine(in_line) => produce(table, in_line).await,
             ProduceStage::Refused(outcome) => outcome,
+            ProduceStage::Replicated(pending) => {
+                let answer = pending.wait().await;
+                ProduceOutcome {
+                    error_code: answer.error_code,
+                    base_offset: answer.base_offset,
+                    log_start_offset: answer.log_start_offset,
+                }
+            }
         }
     }
 }
@@ -745,6 +786,16 @@ async fn fetch(
 ) -> FetchOutcome {
     let log = match table.log(tp) {
         Ok(log) => log,
+        Err(_) if table.replicas_hosting(tp).is_some() => {
+            let replicas = table.replicas_hosting(tp).expect("checked");
+            let fetched = replicas.fetch(tp, offset, max_bytes).await;
+            return FetchOutcome {
+                error_code: fetched.error_code,
+                high_watermark: fetched.high_watermark,
+                log_start_offset: fetched.log_start_offset,
+                batches: fetched.batches,
+            };
+        }
         Err(error_code) => {
             return FetchOutcome {
                 error_code,
@@ -808,7 +859,13 @@ async fn list_offset(
     };
     let log = match table.log(tp) {
         Ok(log) => log,
-        Err(code) => return answer(code, -1, -1),
+        Err(code) => {
+            let Some(replicas) = table.replicas_hosting(tp) else {
+                return answer(code, -1, -1);
+            };
+            let found = replicas.list_offset(tp, timestamp_ms).await;
+            return answer(found.error_code, found.offset, found.timestamp_ms);
+        }
     };
     let found = match timestamp_ms {
         // -4 is the earliest *local* offset (KIP-405): every segment here is local.
@@ -1082,5 +1139,98 @@ mod tests {
             .borrow()
             .iter()
             .all(|(id, _)| *id != 2));
+    }
+
+    /// The shard's partition table serves a replicated partition it has no log for through the
+    /// replica manager: produce calls are proposed in dispatch order (offsets in that order,
+    /// whatever order their tasks run in), fetch and list-offsets answer from the committed end,
+    /// and a follower's table refuses clients.
+    #[test]
+    fn replicated_partitions_are_served_through_the_replica_manager() {
+        use crate::replica::tests::{batch, payload, run, tp, Cluster};
+        run(|| async {
+            let mut cluster = Cluster::new(2).await;
+            let leader = cluster.elect().await;
+            let table = Rc::new(PartitionTable::new(16));
+            table.set_replicas(cluster.manager(leader));
+            let dispatched: Vec<_> = (0..6_u64)
+                .map(|sequence| {
+                    let origin = ProduceOrigin {
+                        connection_id: 9,
+                        request_sequence: sequence,
+                    };
+                    table.dispatch_produce(tp(), vec![batch(&format!("t{sequence}"))], -1, origin)
+                })
+                .collect();
+            // Run in reverse: the order is the dispatch order all the same.
+            let cells: Vec<Rc<RefCell<Option<i64>>>> = dispatched
+                .into_iter()
+                .rev()
+                .map(|call| {
+                    let cell = Rc::new(RefCell::new(None));
+                    let (sink, table) = (cell.clone(), table.clone());
+                    glommio::spawn_local(async move {
+                        let outcome = call.run(&table).await;
+                        assert_eq!(outcome.error_code, codes::NONE);
+                        *sink.borrow_mut() = Some(outcome.base_offset);
+                    })
+                    .detach();
+                    cell
+                })
+                .collect();
+            for _ in 0..200 {
+                if cells.iter().all(|cell| cell.borrow().is_some()) {
+                    break;
+                }
+                cluster.step().await;
+            }
+            let mut offsets: Vec<i64> = cells
+                .iter()
+                .map(|cell| cell.borrow().expect("answered"))
+                .collect();
+            offsets.reverse();
+            assert!(offsets.windows(2).all(|w| w[1] == w[0] + 2), "{offsets:?}");
+            let fetched = table.fetch(&tp(), offsets[0], 1 << 20).await;
+            assert_eq!(fetched.error_code, codes::NONE);
+            assert_eq!(fetched.high_watermark, offsets[5] + 2);
+            let bases: Vec<i64> = fetched
+                .batches
+                .iter()
+                .map(|b| {
+                    crate::storage::batch::BatchHeader::parse(b)
+                        .unwrap()
+                        .base_offset
+                })
+                .collect();
+            assert_eq!(bases, offsets);
+            for (batch_bytes, sequence) in fetched.batches.iter().zip(0..) {
+                assert_eq!(
+                    payload(batch_bytes),
+                    payload(&batch(&format!("t{sequence}")))
+                );
+            }
+            let latest = table.list_offset(&tp(), -1).await;
+            assert_eq!(
+                (latest.error_code, latest.offset),
+                (codes::NONE, offsets[5] + 2)
+            );
+
+            let follower = (1..=3).find(|id| *id != leader).unwrap();
+            let follower_table = PartitionTable::new(16);
+            follower_table.set_replicas(cluster.manager(follower));
+            let origin = ProduceOrigin {
+                connection_id: 9,
+                request_sequence: 0,
+            };
+            let refused = follower_table
+                .dispatch_produce(tp(), vec![batch("f")], -1, origin)
+                .run(&follower_table)
+                .await;
+            assert_eq!(refused.error_code, codes::NOT_LEADER_OR_FOLLOWER);
+            let refused = follower_table.fetch(&tp(), 0, 1 << 20).await;
+            assert_eq!(refused.error_code, codes::NOT_LEADER_OR_FOLLOWER);
+            let refused = follower_table.list_offset(&tp(), -1).await;
+            assert_eq!(refused.error_code, codes::NOT_LEADER_OR_FOLLOWER);
+        });
     }
 }

@@ -22,7 +22,8 @@
 //! server stops accepting, lets connections finish, waits until every shard has drained,
 //! and calls [`close_partitions`].
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
@@ -55,6 +56,7 @@ use crate::partition::{PartitionOwner, PartitionSlot, PartitionTable};
 use crate::quotas::enforce::{PublishedUsage, PUBLISH_INTERVAL};
 use crate::quotas::store::{EntryResult, QuotaEntry, QuotaStore};
 use crate::quotas::{QuotaSet, ShardQuotas};
+use crate::replica::{HostedReplica, ReplicaManager, ReplicaManagerStart};
 use crate::router::{self, CallKind, Ending, IncomingCalls, MeshPair, ShardRouter};
 use crate::sasl::alteration::{Alteration, UserResult};
 use crate::sasl::store::{CredentialStore, CredentialView};
@@ -81,12 +83,19 @@ pub const CALL_KINDS: &[&str] = &[
     "apply_metadata",
     "group",
     "quota_usage",
+    "replica_frames",
 ];
 const PARTITION_CALLS: CallKind = CallKind(0);
 const CONTROLLER_CALLS: CallKind = CallKind(1);
 const APPLY_METADATA_CALLS: CallKind = CallKind(2);
 const GROUP_CALLS: CallKind = CallKind(3);
 const QUOTA_USAGE_CALLS: CallKind = CallKind(4);
+const REPLICA_FRAMES_CALLS: CallKind = CallKind(5);
+
+/// Frames of partition groups travelling between this shard and another one (to shard 0's
+/// transport, or from it to the owning shard) at once; more are dropped and counted: Raft
+/// resends what was lost, and a stalled shard must not grow a queue without bound.
+const REPLICA_FRAMES_IN_FLIGHT_MAX: usize = 256;
 
 /// The router of a shard: jobs run on its `ShardServices`.
 pub type Router = ShardRouter<ShardServices>;
@@ -141,6 +150,16 @@ pub struct ShardServices {
     /// Shard 0 only: the durable quota set; see `alter_quotas`. A lock for the reason
     /// `acl_store` has one.
     quota_store: Option<futures::lock::Mutex<QuotaStore>>,
+    /// The Raft groups of the replicated partitions placed on this shard (`replica`); only
+    /// on a broker among several voters.
+    pub replicas: Option<Rc<ReplicaManager>>,
+    /// Shard 0 of a cluster member: the shard hosting each local replicated partition's
+    /// group, to route the frames its transport receives (`replica_frame_received`).
+    replica_routes: RefCell<HashMap<u64, usize>>,
+    /// Replica frames sent to or from other shards and not yet delivered.
+    replica_frames_in_flight: Rc<Cell<usize>>,
+    /// Replica frames dropped at `REPLICA_FRAMES_IN_FLIGHT_MAX` or for unknown groups.
+    replica_frames_dropped: Cell<u64>,
 }
 
 impl PartitionOwner for ShardServices {
@@ -238,6 +257,7 @@ impl ShardServices {
             None
         };
         let quotas = ShardQuotas::new(config.shard_count());
+        let replicas = open_replicas(&config, &disk, &clock, shard_id).await?;
         let partitions = Rc::new(PartitionTable::new(
             config.limits.shard_fetch_waits_parked_max,
         ));
@@ -282,7 +302,12 @@ impl ShardServices {
             tls: crate::tls::TlsView::new(first_tls),
             quotas,
             quota_store,
+            replicas,
+            replica_routes: RefCell::default(),
+            replica_frames_in_flight: Rc::default(),
+            replica_frames_dropped: Cell::new(0),
         });
+        services.start_replicas();
         services.report_offline_partitions();
         router::serve_incoming(&services.router, incoming, &services);
         if services.config.shard_count() > 1 {
@@ -321,6 +346,160 @@ impl ShardServices {
         } else {
             self.metadata.wait_until_ready().await;
         }
+    }
+
+    /// Connects this shard's replica manager: partitions it hosts are served through the
+    /// partition table, its frames leave through shard 0's transport, and on shard 0 the
+    /// transport's partition-group frames are routed to the shards hosting their groups.
+    fn start_replicas(self: &Rc<Self>) {
+        let Some(replicas) = &self.replicas else {
+            return;
+        };
+        self.partitions.set_replicas(replicas.clone());
+        let weak = Rc::downgrade(self);
+        replicas.set_sender(Box::new(move |frame| {
+            if let Some(services) = weak.upgrade() {
+                services.send_replica_frame(frame);
+            }
+        }));
+        if let Some(replicated) = self.controller.as_ref().and_then(|c| c.replication()) {
+            let weak = Rc::downgrade(self);
+            replicated
+                .group
+                .set_partition_frames(Box::new(move |frame| {
+                    if let Some(services) = weak.upgrade() {
+                        services.replica_frame_received(frame);
+                    }
+                }));
+        }
+        replicas.start();
+    }
+
+    /// A frame of this shard's partition groups for a peer broker: onto shard 0's transport.
+    fn send_replica_frame(self: &Rc<Self>, frame: ringfeed_replication::wire::Frame) {
+        if let Some(replicated) = self.controller.as_ref().and_then(|c| c.replication()) {
+            replicated.group.send_frame(&frame);
+            return;
+        }
+        self.on_other_shard(0, move |services| {
+            if let Some(replicated) = services.controller.as_ref().and_then(|c| c.replication()) {
+                replicated.group.send_frame(&frame);
+            }
+        });
+    }
+
+    /// Shard 0: partition groups' messages the transport received, cut per hosting shard
+    /// (`cluster::split_by_shard`). Messages of groups not hosted here are dropped.
+    fn replica_frame_received(self: &Rc<Self>, frame: ringfeed_replication::wire::Frame) {
+        let pieces = {
+            let routes = self.replica_routes.borrow();
+            cluster::split_by_shard(frame, |group_id| {
+                routes.get(&group_id).copied().unwrap_or(usize::MAX)
+            })
+        };
+        for (shard, piece) in pieces {
+            if shard == usize::MAX {
+                self.replica_frames_dropped
+                    .set(self.replica_frames_dropped.get() + 1);
+            } else if shard == self.shard_id {
+                if let Some(replicas) = &self.replicas {
+                    replicas.receive(piece);
+                }
+            } else {
+                self.on_other_shard(shard, move |services| {
+                    if let Some(replicas) = &services.replicas {
+                        replicas.receive(piece);
+                    }
+                });
+            }
+        }
+    }
+
+    /// Runs `deliver` on `shard`'s services, in a task; dropped and counted when
+    /// `REPLICA_FRAMES_IN_FLIGHT_MAX` deliveries are under way.
+    fn on_other_shard(
+        self: &Rc<Self>,
+        shard: usize,
+        deliver: impl FnOnce(&Rc<ShardServices>) + Send + 'static,
+    ) {
+        let in_flight = self.replica_frames_in_flight.clone();
+        if in_flight.get() >= REPLICA_FRAMES_IN_FLIGHT_MAX {
+            self.replica_frames_dropped
+                .set(self.replica_frames_dropped.get() + 1);
+            return;
+        }
+        in_flight.set(in_flight.get() + 1);
+        let router = self.router.clone();
+        glommio::spawn_local(async move {
+            let _ = router
+                .invoke_on(
+                    shard,
+                    REPLICA_FRAMES_CALLS,
+                    Ending::ToCompletion,
+                    move |services| {
+                        deliver(services);
+                        std::future::ready(())
+                    },
+                )
+                .await;
+            in_flight.set(in_flight.get() - 1);
+        })
+        .detach();
+    }
+
+    /// The replicated partitions `snapshot` places on this broker (on any shard): each with
+    /// the shard hosting it. A partition with one replica is not one of them.
+    fn replicated_partitions(snapshot: &MetadataSnapshot) -> Vec<(usize, HostedReplica)> {
+        let mut hosted = Vec::new();
+        for topic in snapshot.topics.values() {
+            for (partition, shard) in topic.partition_shards.iter().enumerate() {
+                let partition = partition as i32;
+                let replicas = topic.replicas(partition);
+                if replicas.len() <= 1 || !replicas.contains(&snapshot.local_node) {
+                    continue;
+                }
+                hosted.push((
+                    *shard,
+                    HostedReplica {
+                        topic: TopicPartition {
+                            topic: topic.name.clone(),
+                            partition,
+                        },
+                        topic_id: topic.id,
+                        group_id: topic.group_id(partition),
+                        voters: replicas
+                            .iter()
+                            .filter_map(|id| u64::try_from(*id).ok())
+                            .collect(),
+                        config: topic.config.log_config(),
+                        min_insync_replicas: u32::try_from(topic.config.min_insync_replicas)
+                            .unwrap_or(1),
+                    },
+                ));
+            }
+        }
+        hosted
+    }
+
+    /// Opens and closes this shard's replicated partitions' groups as `snapshot` places
+    /// them; on shard 0 also records which shard hosts each group (frame routing).
+    async fn reconcile_replicas(&self, snapshot: &MetadataSnapshot) {
+        let Some(replicas) = &self.replicas else {
+            return;
+        };
+        let placed = Self::replicated_partitions(snapshot);
+        if self.shard_id == 0 {
+            *self.replica_routes.borrow_mut() = placed
+                .iter()
+                .map(|(shard, replica)| (replica.group_id, *shard))
+                .collect();
+        }
+        let here: Vec<HostedReplica> = placed
+            .into_iter()
+            .filter(|(shard, _)| *shard == self.shard_id)
+            .map(|(_, replica)| replica)
+            .collect();
+        replicas.reconcile(&here).await;
     }
 
     /// Tells the controller about every partition of this shard that goes offline.
@@ -640,8 +819,10 @@ impl ShardServices {
         // Ordered maps: removals and opens start in partition order, so the order of their
         // disk steps is the same in every run (a simulated power cut after N steps cuts the
         // same file when a seed is replayed).
+        // A partition with several replicas is a Raft group of `replicas`, not a plain log.
         let wanted: BTreeMap<TopicPartition, Arc<TopicMetadata>> = snapshot
             .partitions_on(self.shard_id)
+            .filter(|(tp, topic)| topic.replicas(tp.partition).len() <= 1)
             .map(|(tp, topic)| (tp, topic.clone()))
             .collect();
         let owned: BTreeMap<TopicPartition, Uuid> = self.partitions.owned().into_iter().collect();
@@ -673,6 +854,7 @@ impl ShardServices {
                 log.set_config(topic.config.log_config());
             }
         }
+        self.reconcile_replicas(&snapshot).await;
         let deleted_topics: BTreeSet<String> = previous
             .topics
             .iter()
@@ -809,6 +991,32 @@ async fn remove_partition(tp: TopicPartition, slot: PartitionSlot) {
     }
 }
 
+/// The replica manager of a broker among several voters (`replica`); `None` otherwise.
+async fn open_replicas(
+    config: &BrokerConfig,
+    disk: &BrokerDisk,
+    clock: &Clock,
+    shard_id: usize,
+) -> Result<Option<Rc<ReplicaManager>>, String> {
+    if config.cluster.voters.len() <= 1 {
+        return Ok(None);
+    }
+    let node_id = cluster::node_id_u64(config.cluster.node_id);
+    let incarnation = cluster::process_incarnation();
+    let manager = ReplicaManager::open(ReplicaManagerStart {
+        node_id,
+        incarnation,
+        shard: shard_id,
+        data_dir: config.data_dir.clone(),
+        disk: disk.clone(),
+        clock: clock.clone(),
+        election_seed: node_id ^ incarnation ^ ((shard_id as u64) << 48),
+        replica_lag_time_max: config.cluster.replica_lag_time_max,
+    })
+    .await?;
+    Ok(Some(manager))
+}
+
 /// Kafka's layout: `<data-dir>/<topic>-<partition>`. Topic names cannot contain `/`.
 pub fn partition_dir(data_dir: &std::path::Path, tp: &TopicPartition) -> PathBuf {
     data_dir.join(format!("{}-{}", tp.topic, tp.partition))
@@ -943,15 +1151,19 @@ pub async fn enforce_retention_periodically(shard: Rc<ShardServices>) {
 
 /// Closes every partition log of the shard (the end of its shutdown).
 pub async fn close_partitions(shard: &ShardServices) {
-    let closes = shard
-        .partitions
-        .online_logs()
-        .into_iter()
-        .map(|(tp, log)| async move {
-            if let Err(error) = log.close().await {
-                tracing::error!(partition = %tp, %error, "closing the partition log failed");
-            }
-        });
+    let mut logs = shard.partitions.online_logs();
+    if let Some(replicas) = &shard.replicas {
+        // No round may write to a log being closed: the driver stops first (its waiting
+        // produce calls are answered NOT_LEADER_OR_FOLLOWER; nothing unacknowledged is
+        // promised, and Raft recovers the rest from the hard state and the logs).
+        replicas.stop();
+        logs.extend(replicas.hosted_logs());
+    }
+    let closes = logs.into_iter().map(|(tp, log)| async move {
+        if let Err(error) = log.close().await {
+            tracing::error!(partition = %tp, %error, "closing the partition log failed");
+        }
+    });
     futures::stream::iter(closes)
         .buffer_unordered(PARTITION_OPENS_IN_FLIGHT_MAX)
         .collect::<()>()

@@ -244,6 +244,24 @@ impl<S: GroupStore> MultiRaft<S> {
         Ok(())
     }
 
+    /// Stops driving a group (its replica left this shard, or its topic was deleted) and
+    /// says whether it was hosted. Its readies waiting for a sync and its queued messages are dropped:
+    /// raft on the peers resends whatever they needed. The caller keeps the store's handle.
+    pub fn remove_group(&mut self, group_id: u64) -> bool {
+        if self.groups.remove(&group_id).is_none() {
+            return false;
+        }
+        self.maybe_ready.remove(&group_id);
+        self.inbox.retain(|(id, _)| *id != group_id);
+        for sync in &mut self.pending {
+            sync.readies.retain(|(id, _, _)| *id != group_id);
+        }
+        for messages in self.outbox.values_mut() {
+            messages.retain(|(id, _)| *id != group_id);
+        }
+        true
+    }
+
     pub fn group_ids(&self) -> impl Iterator<Item = u64> + '_ {
         self.groups.keys().copied()
     }

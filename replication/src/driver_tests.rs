@@ -216,3 +216,40 @@ fn a_message_raft_rs_panics_on_fences_its_group_not_the_shard() {
         Some(&vec![b"after".to_vec()])
     );
 }
+
+/// A group removed while its messages are queued and readies wait for a sync is forgotten
+/// whole: the next rounds neither panic on it nor send for it, and its later messages count
+/// as for an unknown group; the shard's other groups carry on.
+#[test]
+fn a_removed_group_leaves_nothing_behind() {
+    let mut cluster = Cluster::new(3);
+    cluster.run_until_every_group_has_a_leader();
+    let leader = cluster.leader(7).expect("a leader");
+    cluster.drivers[leader]
+        .propose(7, b"queued".to_vec())
+        .expect("the leader accepts");
+    // Every node has the group's messages queued or staged now.
+    cluster.round(false);
+    for driver in &mut cluster.drivers {
+        assert!(driver.remove_group(7));
+        assert!(!driver.remove_group(7), "removed once");
+        assert!(driver.raft(7).is_none());
+    }
+    for _ in 0..5 {
+        cluster.round(true);
+    }
+    let leader_of_8 = cluster.leader(8).expect("a leader");
+    cluster.drivers[leader_of_8]
+        .propose(8, b"still served".to_vec())
+        .expect("the leader accepts");
+    for _ in 0..5 {
+        cluster.round(false);
+    }
+    for node in 1..=3 {
+        assert_eq!(
+            cluster.applied.get(&(node, 8)),
+            Some(&vec![b"still served".to_vec()])
+        );
+        assert!(!cluster.applied.contains_key(&(node, 7)));
+    }
+}

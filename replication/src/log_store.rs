@@ -282,6 +282,11 @@ impl<D: Disk> LogStore<D> {
     /// (`on_persist_ready`).
     pub async fn sync(&self) -> Result<(), LogStoreError> {
         let end = self.log.log_end_offset();
+        // Every round syncs every store of the shard: an idle one must cost nothing (no
+        // flusher woken), or a shard's thousand quiet groups slow every produce.
+        if self.log.durable_offset() >= end && self.log.fenced_error().is_none() {
+            return Ok(());
+        }
         if end > self.log.log_start_offset() {
             self.log.wait_durable(end - 1).await?;
         }
@@ -511,6 +516,16 @@ impl<D: Disk + 'static> LogDurability<D> {
     /// Makes `store` (group `group_id`) part of every later sync.
     pub fn register(&self, group_id: u64, store: LogStore<D>) {
         self.state.borrow_mut().stores.push((group_id, store));
+    }
+
+    /// Leaves `group_id`'s store out of later syncs; a sync under way finishes with it.
+    /// Its staged writes that no sync took yet are dropped, as after a crash: the caller
+    /// removed the group from the driver first, so raft never hears they were persisted.
+    pub fn unregister(&self, group_id: u64) {
+        self.state
+            .borrow_mut()
+            .stores
+            .retain(|(id, _)| *id != group_id);
     }
 
     /// The error that stopped the barrier, if one did.

@@ -154,6 +154,11 @@ impl<D: Disk> RaftMetaStore<D> {
         })
     }
 
+    /// Every group's latest record, by group id.
+    pub fn groups(&self) -> impl Iterator<Item = (u64, &GroupMeta)> + '_ {
+        self.groups.iter().map(|(id, meta)| (*id, meta))
+    }
+
     /// The group's last saved meta.
     pub fn get(&self, group_id: u64) -> Option<&GroupMeta> {
         self.groups.get(&group_id)

@@ -111,7 +111,13 @@ pub struct ControllerGroup<D: Disk> {
     incarnation: u64,
     /// Payloads addressed to the registry mailbox ([`REGISTRY_MAILBOX`]): (sender, bytes).
     mailbox: RefCell<std::collections::VecDeque<(u64, Vec<u8>)>>,
+    /// Where received messages of partition groups go (the shards' replica managers);
+    /// dropped while none is set (Raft resends).
+    partition_frames: RefCell<Option<PartitionFrames>>,
 }
+
+/// Takes the part of a received frame that is for partition groups (not group 0).
+pub type PartitionFrames = Box<dyn Fn(Frame)>;
 
 impl<D: Disk> ControllerGroup<D> {
     /// Opens group 0's log and raft-meta store (recovering both) and returns the group with
@@ -173,6 +179,7 @@ impl<D: Disk> ControllerGroup<D> {
             storage_failure_logged: Cell::new(false),
             incarnation,
             mailbox: RefCell::new(std::collections::VecDeque::new()),
+            partition_frames: RefCell::new(None),
         });
         group
             .tasks
@@ -190,11 +197,16 @@ impl<D: Disk> ControllerGroup<D> {
             while let Some(mut frame) = inbound.recv().await {
                 let Some(group) = group.upgrade() else { return };
                 group.take_mail(&mut frame);
-                // Only shard 0's groups exist so far; pieces for other shards' groups
-                // would go there by a typed router call once partition groups do.
-                for (shard, piece) in split_by_shard(frame, |_group| 0) {
-                    debug_assert_eq!(shard, 0);
-                    group.driver.borrow_mut().receive(piece);
+                // Group 0 is stepped here; partition groups' messages go to the hook, which
+                // cuts them per owning shard (`replica`).
+                for (piece_of, piece) in split_by_shard(frame, |group_id| {
+                    usize::from(group_id != CONTROLLER_GROUP_ID)
+                }) {
+                    if piece_of == 0 {
+                        group.driver.borrow_mut().receive(piece);
+                    } else if let Some(hook) = group.partition_frames.borrow().as_ref() {
+                        hook(piece);
+                    }
                 }
                 let _ = group.doorbell.try_send(());
             }
@@ -206,6 +218,18 @@ impl<D: Disk> ControllerGroup<D> {
 
     pub fn node_id(&self) -> u64 {
         self.node_id
+    }
+
+    /// Sends the partition groups' messages received from now on to `hook`.
+    pub fn set_partition_frames(&self, hook: PartitionFrames) {
+        *self.partition_frames.borrow_mut() = Some(hook);
+    }
+
+    /// Sends a frame of partition groups on the transport (best effort, as every frame).
+    pub fn send_frame(&self, frame: &Frame) {
+        if let Some(transport) = self.transport.borrow().as_ref() {
+            transport.send(frame);
+        }
     }
 
     /// This start's incarnation (frames carry it; so does the broker's registration).

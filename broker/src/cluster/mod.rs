@@ -83,13 +83,7 @@ pub async fn start_controller_group(
     addresses: &ClusterAddresses,
 ) -> Result<(Replicated, Option<ClusterState>), String> {
     let node_id = node_id_u64(config.cluster.node_id);
-    // Increases at every start (peers drop frames of this broker's previous life); the clock
-    // is the simplest source that does across restarts.
-    let incarnation = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |elapsed| {
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-        });
+    let incarnation = process_incarnation();
     let committed = Rc::new(RefCell::new(None));
     let sink = committed.clone();
     let (group, recovered) = ControllerGroup::open(
@@ -154,6 +148,20 @@ pub async fn start_controller_group(
         wants_offsets_topic: Cell::new(false),
     };
     Ok((replicated, recovered))
+}
+
+/// This broker process's incarnation, the same on every shard: it increases at every start
+/// (peers drop frames of this broker's previous life, per sending driver, so every shard
+/// must send the same one); the clock is the simplest source that does across restarts.
+pub fn process_incarnation() -> u64 {
+    static INCARNATION: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *INCARNATION.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |elapsed| {
+                u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+            })
+    })
 }
 
 /// Kafka node ids are non-negative `int32`s (checked when the voters are parsed); Raft ids are

@@ -206,11 +206,16 @@ fn dispatch_piece(
     ) else {
         return refuse(codes::UNKNOWN_TOPIC_OR_PARTITION);
     };
+    // A replicated partition with a replica here: its Raft group answers (the leader takes
+    // the produce, another replica refuses it; `replica::serve`).
+    let replicas = topic_metadata.replicas(partition);
+    let replicated = replicas.len() > 1;
+    let hosted_replica = replicated && replicas.contains(&snapshot.local_node);
     // Another broker's partition (issue 12): refused with its leader for v10+ clients
     // (KIP-951; the leader's endpoint goes in the response's `node_endpoints`).
     if snapshot
         .broker_of(topic.0.as_str(), partition)
-        .is_some_and(|leader| leader != snapshot.local_node)
+        .is_some_and(|leader| leader != snapshot.local_node && !hosted_replica)
     {
         let (index, refused) = answer(codes::NOT_LEADER_OR_FOLLOWER, -1, -1);
         let hint = snapshot
@@ -223,8 +228,12 @@ fn dispatch_piece(
         return Box::pin(ready((index, refused.with_current_leader(hint))));
     }
     // As Kafka does before appending: acks=all promises the write is on min.insync.replicas
-    // replicas, and a one-node cluster has exactly one in sync (docs/REPLICATION.md).
-    if rules.acks == -1 && topic_metadata.config.min_insync_replicas > IN_SYNC_REPLICAS {
+    // replicas, and an unreplicated partition has exactly one in sync (docs/REPLICATION.md).
+    // A replicated one is checked against its group's in-sync set (`replica::serve`).
+    if rules.acks == -1
+        && !replicated
+        && topic_metadata.config.min_insync_replicas > IN_SYNC_REPLICAS
+    {
         return refuse(codes::NOT_ENOUGH_REPLICAS);
     }
     // Produce v0-2 carries message format v0/v1: one v2 batch from here on (`message_format`).

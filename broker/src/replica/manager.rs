@@ -1,0 +1,824 @@
+//! [`ReplicaManager`]: the Raft groups of the partition replicas one shard hosts, driven in
+//! rounds by one `MultiRaft` with one `LogDurability` (group commit across groups).
+//!
+//! - Groups: [`ReplicaManager::reconcile`] opens the groups of the replicas the metadata
+//!   places on this shard and closes the others (idempotent; called from the shard's
+//!   metadata apply, one call at a time). A group's log is the partition's log in
+//!   `<data-dir>/<topic>-<partition>`; the shard's hard states live in
+//!   `<data-dir>/shard-<shard>.raft/raft-meta.log` (group 0's store on shard 0 stays where
+//!   it is; a partition's directory always ends in `-<partition>`, so never collides). A restart reopens both: entries after the persisted commit are re-read into
+//!   memory and applied again from there.
+//! - Rounds: a round whenever frames or proposals arrive and a tick every
+//!   `TICK_INTERVAL_MS` ([`ReplicaManager::start`]); tests call [`ReplicaManager::tick`] and
+//!   [`ReplicaManager::round`] themselves. After the driver's round: committed entries
+//!   advance each group's committed end offset (the high watermark) and answer the produce
+//!   calls waiting on them; waiting calls of a group whose leadership or term changed are
+//!   answered `NOT_LEADER_OR_FOLLOWER`; leadership changes are recorded.
+//! - Frames: [`ReplicaManager::receive`] takes frames for this shard's groups (cut by
+//!   `cluster::split_by_shard`); at most [`INBOUND_FRAMES_MAX`] wait for a round, later ones
+//!   are dropped and counted (Raft resends). Frames of a round go to the sender the shard
+//!   installed ([`ReplicaManager::set_sender`]); without one they queue, at most
+//!   [`OUTBOUND_FRAMES_MAX`], and the newest are dropped and counted beyond that.
+//! - Offsets: every replica stamps an entry with its own log end offset (`log_store.rs`),
+//!   and logs agree up to the entry before, so an entry's Kafka offsets are the same on
+//!   every replica. The committed end offset is kept by adding each applied entry's span
+//!   (records of a data batch; 1 for the control batch of a leader's empty entry or a
+//!   configuration change) to the end offset of the commit index read at open.
+//!
+//! Owned by one shard, `!Send`; nothing is locked. No `RefCell` borrow is held across an
+//! await.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::rc::{Rc, Weak};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::task::JoinHandle;
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
+use raft::storage::RaftState;
+use raft::StateRole;
+use ringfeed_replication::driver::{MultiRaft, TICK_INTERVAL_MS};
+use ringfeed_replication::log_store::{LogDurability, LogStore, LogStoreStart};
+use ringfeed_replication::log_store_meta::{GroupMeta, RaftMetaStore};
+use ringfeed_replication::wire::{Frame, WireLimits};
+
+use crate::disk::{BrokerDisk, PartitionLog};
+use crate::error_codes as codes;
+use crate::metadata::TopicPartition;
+use crate::replica::producers::{Producers, TAIL_SCAN_ENTRIES};
+use crate::replica::types::{HostedReplica, LeadershipChange};
+use crate::storage::batch::BatchHeader;
+use crate::storage::{Clock, Disk};
+
+/// Received frames waiting for the next round; more are dropped (Raft resends).
+pub const INBOUND_FRAMES_MAX: usize = 256;
+/// A round's frames waiting for a sender; more are dropped (Raft resends).
+pub const OUTBOUND_FRAMES_MAX: usize = 256;
+/// How often the leader renews the index followers must reach to count as caught up.
+const ISR_MARK_INTERVAL: Duration = Duration::from_millis(500);
+/// Memory for a group's recent entries beyond its unapplied ones (serves followers that
+/// are a little behind without reading the disk).
+const RECENT_BYTES_MAX: usize = 1 << 20;
+
+/// How a shard's replica manager starts.
+pub struct ReplicaManagerStart {
+    pub node_id: u64,
+    /// This start's incarnation (frames carry it; peers drop frames of an earlier one).
+    pub incarnation: u64,
+    pub shard: usize,
+    pub data_dir: PathBuf,
+    pub disk: BrokerDisk,
+    pub clock: Clock,
+    pub election_seed: u64,
+    /// `replica.lag.time.max.ms`.
+    pub replica_lag_time_max: Duration,
+}
+
+/// What a produce call waits for: `Ok(Some(base))` its last batch committed in its term at
+/// Kafka offset `base`; `Ok(None)` (acks=1) it is durable on the leader in its term (the
+/// caller reads its offset); `Err(code)` it will not be acknowledged.
+pub(crate) type Resolution = Result<Option<i64>, i16>;
+
+pub(crate) struct Waiter {
+    pub(crate) term: u64,
+    pub(crate) acks: i16,
+    pub(crate) answer: oneshot::Sender<Resolution>,
+}
+
+/// A wake-everyone signal for this shard's tasks (fetch long polls on a group).
+#[derive(Default)]
+pub(crate) struct Signal {
+    generation: Cell<u64>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl Signal {
+    fn notify_all(&self) {
+        self.generation.set(self.generation.get() + 1);
+        for waker in std::mem::take(&mut *self.wakers.borrow_mut()) {
+            waker.wake();
+        }
+    }
+
+    /// Completes at the next `notify_all` after this call.
+    pub(crate) async fn wait(&self) {
+        let seen = self.generation.get();
+        std::future::poll_fn(|cx| {
+            if self.generation.get() != seen {
+                return std::task::Poll::Ready(());
+            }
+            let mut wakers = self.wakers.borrow_mut();
+            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
+            std::task::Poll::Pending
+        })
+        .await;
+    }
+}
+
+/// One hosted group.
+pub(crate) struct Hosted {
+    pub(crate) replica: HostedReplica,
+    pub(crate) log: PartitionLog,
+    /// The Kafka end offset of the entries applied here: the high watermark.
+    pub(crate) committed_end: Cell<i64>,
+    /// Produce calls waiting, by the Raft index of their last batch (and a serial: a
+    /// retried duplicate waits on the same entry as its original).
+    pub(crate) waiting: RefCell<BTreeMap<(u64, u64), Waiter>>,
+    pub(crate) next_waiter: Cell<u64>,
+    /// The last index applied here.
+    pub(crate) applied_index: Cell<u64>,
+    /// Idempotent producers' sequences (`producers`).
+    pub(crate) producers: RefCell<Producers>,
+    /// When each voter last had every entry the leader had (leader only; reset on election).
+    caught_up_at: RefCell<BTreeMap<u64, Instant>>,
+    /// The leader's last index and when it was that (renewed every `ISR_MARK_INTERVAL`):
+    /// a follower that reached it was caught up at that time, even if the leader appended
+    /// more since (a partition under steady load never waits for a follower at its end).
+    isr_mark: Cell<Option<(Instant, u64)>>,
+    /// The last (leader, term, isr) recorded for the controller.
+    reported: RefCell<Option<(u64, u64, Vec<u64>)>>,
+    /// Notified when `committed_end` moves or the group closes.
+    pub(crate) committed: Signal,
+    pub(crate) closed: Cell<bool>,
+}
+
+/// Counts for metrics and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicaCounts {
+    pub inbound_frames_dropped: u64,
+    pub outbound_frames_dropped: u64,
+    pub frames_for_unknown_groups: u64,
+    pub groups_opened: u64,
+    pub groups_closed: u64,
+}
+
+/// See the module docs.
+pub struct ReplicaManager {
+    pub(crate) node_id: u64,
+    shard: usize,
+    data_dir: PathBuf,
+    disk: BrokerDisk,
+    pub(crate) clock: Clock,
+    replica_lag_time_max: Duration,
+    pub(crate) driver: RefCell<MultiRaft<Store>>,
+    durability: RefCell<LogDurability<BrokerDisk>>,
+    pub(crate) groups: RefCell<BTreeMap<u64, Rc<Hosted>>>,
+    pub(crate) by_partition: RefCell<HashMap<TopicPartition, u64>>,
+    /// Hard states read at start, for groups not opened yet.
+    recovered: RefCell<BTreeMap<u64, GroupMeta>>,
+    /// Groups with produce calls waiting.
+    pub(crate) groups_waiting: RefCell<BTreeSet<u64>>,
+    inbound_frames: Cell<usize>,
+    outbound: RefCell<VecDeque<Frame>>,
+    sender: RefCell<Option<FrameSender>>,
+    /// Leadership changes not drained yet, the latest per group.
+    changes: RefCell<BTreeMap<u64, LeadershipChange>>,
+    /// A tick happened since leadership was last looked at.
+    scan_due: Cell<bool>,
+    counts: RefCell<ReplicaCounts>,
+    doorbell: LocalSender<()>,
+    rung: RefCell<Option<LocalReceiver<()>>>,
+    tasks: RefCell<Vec<JoinHandle<()>>>,
+    storage_failure_logged: Cell<bool>,
+}
+
+pub(crate) type Store = LogStore<BrokerDisk>;
+
+/// Where a shard's outbound frames go (see [`ReplicaManager::set_sender`]).
+pub type FrameSender = Box<dyn Fn(Frame)>;
+
+impl ReplicaManager {
+    /// Opens the shard's raft-meta store (recovering it); hosts no group until
+    /// [`Self::reconcile`].
+    pub async fn open(start: ReplicaManagerStart) -> Result<Rc<Self>, String> {
+        let meta_dir = start.data_dir.join(replica_meta_dir_name(start.shard));
+        let created = async {
+            start.disk.create_dir_all(&meta_dir).await?;
+            // The new directory's entry survives a power cut only once its parent is synced.
+            start.disk.sync_dir(&start.data_dir).await
+        };
+        created
+            .await
+            .map_err(|error| format!("creating {}: {error}", meta_dir.display()))?;
+        let meta = RaftMetaStore::open(start.disk.clone(), &meta_dir)
+            .await
+            .map_err(|error| format!("raft-meta store in {}: {error}", meta_dir.display()))?;
+        let recovered = meta.groups().map(|(id, m)| (id, m.clone())).collect();
+        let (doorbell, rung) = local_channel::new_bounded(1);
+        Ok(Rc::new(Self {
+            node_id: start.node_id,
+            shard: start.shard,
+            data_dir: start.data_dir,
+            disk: start.disk,
+            clock: start.clock,
+            replica_lag_time_max: start.replica_lag_time_max,
+            driver: RefCell::new(MultiRaft::new(
+                start.node_id,
+                start.incarnation,
+                WireLimits::default(),
+                start.election_seed,
+            )),
+            durability: RefCell::new(LogDurability::new(meta)),
+            groups: RefCell::default(),
+            by_partition: RefCell::default(),
+            recovered: RefCell::new(recovered),
+            groups_waiting: RefCell::default(),
+            inbound_frames: Cell::new(0),
+            outbound: RefCell::default(),
+            sender: RefCell::new(None),
+            changes: RefCell::default(),
+            scan_due: Cell::new(true),
+            counts: RefCell::default(),
+            doorbell,
+            rung: RefCell::new(Some(rung)),
+            tasks: RefCell::default(),
+            storage_failure_logged: Cell::new(false),
+        }))
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    pub fn counts(&self) -> ReplicaCounts {
+        self.counts.borrow().clone()
+    }
+
+    /// The groups hosted now, ascending.
+    pub fn group_ids(&self) -> Vec<u64> {
+        self.groups.borrow().keys().copied().collect()
+    }
+
+    /// Whether `tp` is a replicated partition hosted here (leader or follower).
+    pub fn hosts(&self, tp: &TopicPartition) -> bool {
+        self.by_partition.borrow().contains_key(tp)
+    }
+
+    /// The group id of a hosted partition.
+    pub fn group_of(&self, tp: &TopicPartition) -> Option<u64> {
+        self.by_partition.borrow().get(tp).copied()
+    }
+
+    pub(crate) fn hosted(&self, tp: &TopicPartition) -> Option<(u64, Rc<Hosted>)> {
+        let group_id = self.group_of(tp)?;
+        let hosted = self.groups.borrow().get(&group_id)?.clone();
+        Some((group_id, hosted))
+    }
+
+    /// The leader of a hosted group as this replica knows it (0: none) and the term.
+    pub fn leader_and_term(&self, group_id: u64) -> Option<(u64, u64)> {
+        let driver = self.driver.borrow();
+        let raft = driver.raft(group_id)?;
+        Some((raft.leader_id, raft.term))
+    }
+
+    /// The Kafka end offset of a hosted group's committed entries (its high watermark).
+    pub fn high_watermark(&self, group_id: u64) -> Option<i64> {
+        Some(self.groups.borrow().get(&group_id)?.committed_end.get())
+    }
+
+    /// Every hosted partition with its log (shutdown closes them after [`Self::stop`]).
+    pub fn hosted_logs(&self) -> Vec<(TopicPartition, PartitionLog)> {
+        self.groups
+            .borrow()
+            .values()
+            .map(|hosted| (hosted.replica.topic.clone(), hosted.log.clone()))
+            .collect()
+    }
+
+    /// The partition log of a hosted group (for checks and tests).
+    pub fn log(&self, group_id: u64) -> Option<PartitionLog> {
+        Some(self.groups.borrow().get(&group_id)?.log.clone())
+    }
+
+    /// Opens the groups of `wanted` not hosted yet and closes (deleting their logs) the
+    /// hosted ones `wanted` no longer names, or names with another topic id. Idempotent.
+    /// Calls must not overlap (the shard's metadata apply runs one at a time).
+    pub async fn reconcile(self: &Rc<Self>, wanted: &[HostedReplica]) {
+        let wanted_by_group: BTreeMap<u64, &HostedReplica> =
+            wanted.iter().map(|r| (r.group_id, r)).collect();
+        let stale: Vec<u64> = self
+            .groups
+            .borrow()
+            .iter()
+            .filter(|(id, hosted)| {
+                wanted_by_group.get(id).is_none_or(|r| {
+                    r.topic_id != hosted.replica.topic_id || r.topic != hosted.replica.topic
+                })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for group_id in stale {
+            if let Some(log) = self.close_group(group_id) {
+                let dir = log.dir().display().to_string();
+                if let Err(error) = log.remove().await {
+                    tracing::error!(group_id, %dir, %error, "removing a replica's log failed");
+                }
+            }
+        }
+        for (group_id, replica) in wanted_by_group {
+            let hosted = self.groups.borrow().get(&group_id).cloned();
+            match hosted {
+                Some(hosted) => {
+                    if hosted.replica.config != replica.config {
+                        hosted.log.set_config(replica.config.clone());
+                    }
+                }
+                None => {
+                    if let Err(error) = self.open_group(replica.clone()).await {
+                        tracing::error!(partition = %replica.topic, group_id, %error, "replica not opened");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn open_group(self: &Rc<Self>, replica: HostedReplica) -> Result<(), String> {
+        let dir = self.data_dir.join(format!(
+            "{}-{}",
+            replica.topic.topic, replica.topic.partition
+        ));
+        let (log, _report) = PartitionLog::open_on(
+            self.disk.clone(),
+            &dir,
+            replica.config.clone(),
+            self.clock.clone(),
+        )
+        .await
+        .map_err(|error| format!("{}: {error}", dir.display()))?;
+        let persisted = self.recovered.borrow_mut().remove(&replica.group_id);
+        let (hard_state, conf_state) = match persisted {
+            Some(meta) => (meta.hard_state, meta.conf_state),
+            None => (
+                HardState::default(),
+                ConfState::from((replica.voters.clone(), vec![])),
+            ),
+        };
+        let commit = hard_state.commit;
+        let committed_end = end_offset_of_index(&log, commit).await?;
+        let producers = producers_of_tail(&log, commit).await?;
+        let store = LogStore::open(
+            log.clone(),
+            LogStoreStart {
+                raft_state: RaftState::new(hard_state, conf_state),
+                recent_bytes_max: RECENT_BYTES_MAX,
+                ..LogStoreStart::default()
+            },
+        )
+        .await
+        .map_err(|error| format!("log store: {error}"))?;
+        let group_id = replica.group_id;
+        self.driver
+            .borrow_mut()
+            .add_group(group_id, store.clone(), commit)
+            .map_err(|error| format!("starting the group: {error}"))?;
+        self.durability.borrow().register(group_id, store);
+        tracing::info!(partition = %replica.topic, group_id, shard = self.shard, commit, committed_end, "replica open");
+        self.by_partition
+            .borrow_mut()
+            .insert(replica.topic.clone(), group_id);
+        self.groups.borrow_mut().insert(
+            group_id,
+            Rc::new(Hosted {
+                replica,
+                log,
+                committed_end: Cell::new(committed_end),
+                waiting: RefCell::default(),
+                next_waiter: Cell::new(0),
+                applied_index: Cell::new(commit),
+                producers: RefCell::new(producers),
+                caught_up_at: RefCell::default(),
+                isr_mark: Cell::new(None),
+                reported: RefCell::new(None),
+                committed: Signal::default(),
+                closed: Cell::new(false),
+            }),
+        );
+        self.counts.borrow_mut().groups_opened += 1;
+        self.ring();
+        Ok(())
+    }
+
+    /// Stops driving a group; its waiting produce calls are answered
+    /// `NOT_LEADER_OR_FOLLOWER`. Returns its log.
+    fn close_group(&self, group_id: u64) -> Option<PartitionLog> {
+        let hosted = self.groups.borrow_mut().remove(&group_id)?;
+        self.driver.borrow_mut().remove_group(group_id);
+        self.durability.borrow().unregister(group_id);
+        self.by_partition.borrow_mut().remove(&hosted.replica.topic);
+        self.groups_waiting.borrow_mut().remove(&group_id);
+        self.changes.borrow_mut().remove(&group_id);
+        for (_, waiter) in std::mem::take(&mut *hosted.waiting.borrow_mut()) {
+            let _ = waiter.answer.send(Err(codes::NOT_LEADER_OR_FOLLOWER));
+        }
+        hosted.closed.set(true);
+        hosted.committed.notify_all();
+        self.counts.borrow_mut().groups_closed += 1;
+        Some(hosted.log.clone())
+    }
+
+    /// Sends every frame of later rounds to `sender` (the transport on shard 0, a typed
+    /// call to shard 0 elsewhere); frames queued before are sent to it now.
+    pub fn set_sender(&self, sender: FrameSender) {
+        let queued: Vec<Frame> = self.outbound.borrow_mut().drain(..).collect();
+        for frame in queued {
+            sender(frame);
+        }
+        *self.sender.borrow_mut() = Some(sender);
+    }
+
+    /// The frames queued while no sender is installed (tests move them themselves).
+    pub fn take_outbound(&self) -> Vec<Frame> {
+        self.outbound.borrow_mut().drain(..).collect()
+    }
+
+    fn send(&self, frame: Frame) {
+        if let Some(sender) = self.sender.borrow().as_ref() {
+            sender(frame);
+            return;
+        }
+        let mut outbound = self.outbound.borrow_mut();
+        if outbound.len() >= OUTBOUND_FRAMES_MAX {
+            self.counts.borrow_mut().outbound_frames_dropped += 1;
+            return;
+        }
+        outbound.push_back(frame);
+    }
+
+    /// Takes a frame (or a piece of one) for this shard's groups for the next round.
+    pub fn receive(&self, frame: Frame) {
+        if self.inbound_frames.get() >= INBOUND_FRAMES_MAX {
+            self.counts.borrow_mut().inbound_frames_dropped += 1;
+            return;
+        }
+        self.inbound_frames.set(self.inbound_frames.get() + 1);
+        self.driver.borrow_mut().receive(frame);
+        self.ring();
+    }
+
+    pub(crate) fn ring(&self) {
+        let _ = self.doorbell.try_send(());
+    }
+
+    /// One tick is due (every `TICK_INTERVAL_MS`).
+    pub fn tick(&self) {
+        self.driver.borrow_mut().tick();
+        self.scan_due.set(true);
+    }
+
+    /// Drains the leadership changes recorded since the last call, by group.
+    pub fn take_leadership_changes(&self) -> Vec<LeadershipChange> {
+        std::mem::take(&mut *self.changes.borrow_mut())
+            .into_values()
+            .collect()
+    }
+
+    /// Starts the driver task: a round whenever there is work, a tick every
+    /// `TICK_INTERVAL_MS`. Once per manager.
+    pub fn start(self: &Rc<Self>) {
+        let Some(rung) = self.rung.borrow_mut().take() else {
+            return;
+        };
+        let task = glommio::spawn_local(Self::drive(Rc::downgrade(self), rung)).detach();
+        self.tasks.borrow_mut().push(task);
+    }
+
+    /// Stops the driver task; waiting produce calls are answered `NOT_LEADER_OR_FOLLOWER`.
+    pub fn stop(&self) {
+        for task in self.tasks.borrow_mut().drain(..) {
+            task.cancel();
+        }
+        for hosted in self.groups.borrow().values() {
+            for (_, waiter) in std::mem::take(&mut *hosted.waiting.borrow_mut()) {
+                let _ = waiter.answer.send(Err(codes::NOT_LEADER_OR_FOLLOWER));
+            }
+        }
+    }
+
+    async fn drive(manager: Weak<Self>, rung: LocalReceiver<()>) {
+        let tick = Duration::from_millis(TICK_INTERVAL_MS);
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let Some(this) = manager.upgrade() else {
+                return;
+            };
+            if Instant::now() >= next_tick {
+                this.tick();
+                next_tick = (next_tick + tick).max(Instant::now());
+            }
+            let syncs_pending = this.round();
+            drop(this);
+            let wait = if syncs_pending {
+                Duration::from_millis(1)
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
+            let _ = glommio::timer::timeout(wait, async {
+                rung.recv().await;
+                Ok(())
+            })
+            .await;
+        }
+    }
+
+    /// One round (module docs); returns whether work remains (a sync in flight).
+    pub fn round(&self) -> bool {
+        let mut applied: Vec<Applied> = Vec::new();
+        let frames = {
+            let mut driver = self.driver.borrow_mut();
+            if !driver.has_work() {
+                return false;
+            }
+            let mut durability = self.durability.borrow_mut();
+            driver.round(&mut *durability, |group_id, entry| {
+                applied.push(Applied {
+                    group_id,
+                    index: entry.index,
+                    term: entry.term,
+                    span: entry_span(entry),
+                    producer: idempotent_header(entry),
+                });
+            })
+        };
+        self.inbound_frames.set(0);
+        if let Some(error) = self.durability.borrow().failed() {
+            if !self.storage_failure_logged.replace(true) {
+                tracing::error!(shard = self.shard, %error, "replica logs cannot be made durable; this shard's groups stop acknowledging");
+            }
+        }
+        for frame in frames {
+            self.send(frame);
+        }
+        let mut moved = BTreeSet::new();
+        for entry in applied {
+            moved.insert(entry.group_id);
+            self.apply(&entry);
+        }
+        let groups = self.groups.borrow();
+        for group_id in moved {
+            if let Some(hosted) = groups.get(&group_id) {
+                hosted.committed.notify_all();
+            }
+        }
+        drop(groups);
+        self.answer_lost_and_persisted();
+        if self.scan_due.replace(false) {
+            self.record_leadership();
+        }
+        self.driver.borrow().has_work()
+    }
+
+    fn apply(&self, entry: &Applied) {
+        let Some(hosted) = self.groups.borrow().get(&entry.group_id).cloned() else {
+            return;
+        };
+        let base = hosted.committed_end.get();
+        hosted.committed_end.set(base + entry.span);
+        hosted.applied_index.set(entry.index);
+        if let Some(header) = &entry.producer {
+            hosted
+                .producers
+                .borrow_mut()
+                .committed(header, entry.index, base);
+        }
+        let keys: Vec<(u64, u64)> = hosted
+            .waiting
+            .borrow()
+            .range((entry.index, 0)..=(entry.index, u64::MAX))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in keys {
+            let Some(waiter) = hosted.waiting.borrow_mut().remove(&key) else {
+                continue;
+            };
+            let outcome = if waiter.term == entry.term {
+                Ok(Some(base))
+            } else {
+                Err(codes::NOT_LEADER_OR_FOLLOWER)
+            };
+            let _ = waiter.answer.send(outcome);
+        }
+    }
+
+    /// Answers the waiting calls of groups whose leadership or term changed, and acks=1
+    /// calls whose entries are durable on this leader in their term.
+    fn answer_lost_and_persisted(&self) {
+        let waiting: Vec<u64> = self.groups_waiting.borrow().iter().copied().collect();
+        let driver = self.driver.borrow();
+        let groups = self.groups.borrow();
+        for group_id in waiting {
+            let Some(hosted) = groups.get(&group_id) else {
+                self.groups_waiting.borrow_mut().remove(&group_id);
+                continue;
+            };
+            let raft = driver.raft(group_id);
+            let leading_term = raft
+                .filter(|raft| raft.state == StateRole::Leader && !driver.is_fenced(group_id))
+                .map(|raft| raft.term);
+            let mut waiters = hosted.waiting.borrow_mut();
+            let answered: Vec<((u64, u64), Resolution)> = waiters
+                .iter()
+                .filter_map(|(&(index, serial), waiter)| {
+                    if Some(waiter.term) != leading_term {
+                        return Some(((index, serial), Err(codes::NOT_LEADER_OR_FOLLOWER)));
+                    }
+                    let raft = raft?;
+                    let durable = waiter.acks == 1
+                        && raft.raft_log.persisted >= index
+                        && raft.raft_log.term(index).ok() == Some(waiter.term);
+                    durable.then_some(((index, serial), Ok(None)))
+                })
+                .collect();
+            for (key, outcome) in answered {
+                if let Some(waiter) = waiters.remove(&key) {
+                    let _ = waiter.answer.send(outcome);
+                }
+            }
+            if waiters.is_empty() {
+                self.groups_waiting.borrow_mut().remove(&group_id);
+            }
+        }
+    }
+
+    /// The voters of a group this replica leads that are in sync now (ascending, itself
+    /// included): each had every entry the leader had, and was heard from (raft-rs
+    /// `recent_active`), within `replica.lag.time.max.ms` (Kafka's `lastCaughtUpTime`).
+    /// Empty when it does not lead.
+    pub fn in_sync(&self, group_id: u64) -> Vec<u64> {
+        let driver = self.driver.borrow();
+        let Some(raft) = driver.raft(group_id) else {
+            return Vec::new();
+        };
+        let Some(hosted) = self.groups.borrow().get(&group_id).cloned() else {
+            return Vec::new();
+        };
+        let mut caught_up_at = hosted.caught_up_at.borrow_mut();
+        if raft.state != StateRole::Leader {
+            caught_up_at.clear();
+            hosted.isr_mark.set(None);
+            return Vec::new();
+        }
+        let now = self.clock.now();
+        let last_index = raft.raft_log.last_index();
+        let mark = hosted.isr_mark.get();
+        if mark.is_none_or(|(at, _)| now.saturating_duration_since(at) >= ISR_MARK_INTERVAL) {
+            hosted.isr_mark.set(Some((now, last_index)));
+        }
+        let mut in_sync = Vec::new();
+        for (&id, progress) in raft.prs().iter() {
+            // A new leader gives every voter a whole lag period (Kafka resets
+            // lastCaughtUpTime on a leader change the same way).
+            let since = caught_up_at.entry(id).or_insert(now);
+            // `recent_active` is cleared once per election timeout (check-quorum) and set
+            // by every response: sampled each tick, it says "heard within one timeout".
+            if id == self.node_id || (progress.recent_active && progress.matched >= last_index) {
+                *since = now;
+            } else if let Some((at, index)) = mark {
+                if progress.recent_active && progress.matched >= index {
+                    *since = (*since).max(at);
+                }
+            }
+            if now.saturating_duration_since(*since) <= self.replica_lag_time_max {
+                in_sync.push(id);
+            }
+        }
+        in_sync.sort_unstable();
+        in_sync
+    }
+
+    /// Records, per group, a change of (leader, term, in-sync set) since the last report.
+    fn record_leadership(&self) {
+        let ids: Vec<u64> = self.groups.borrow().keys().copied().collect();
+        for group_id in ids {
+            let Some((leader, term, leads)) = self
+                .driver
+                .borrow()
+                .raft(group_id)
+                .map(|raft| (raft.leader_id, raft.term, raft.state == StateRole::Leader))
+            else {
+                continue;
+            };
+            let Some(hosted) = self.groups.borrow().get(&group_id).cloned() else {
+                continue;
+            };
+            let isr = if leads {
+                self.in_sync(group_id)
+            } else {
+                Vec::new()
+            };
+            let now = (leader, term, isr);
+            let mut reported = hosted.reported.borrow_mut();
+            let was_leader = reported
+                .as_ref()
+                .is_some_and(|(leader, _, _)| *leader == self.node_id);
+            // The leader reports; a replica reports only that it stopped leading.
+            let report = if leads {
+                reported.as_ref() != Some(&now)
+            } else {
+                was_leader
+            };
+            if report {
+                self.changes.borrow_mut().insert(
+                    group_id,
+                    LeadershipChange {
+                        group_id,
+                        leader: now.0,
+                        term: now.1,
+                        isr: now.2.clone(),
+                    },
+                );
+            }
+            if leads || was_leader {
+                *reported = Some(now);
+            }
+        }
+    }
+}
+
+impl Drop for ReplicaManager {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A committed entry as the round hands it to `apply`.
+struct Applied {
+    group_id: u64,
+    index: u64,
+    term: u64,
+    span: i64,
+    /// The header of an idempotent producer's batch.
+    producer: Option<BatchHeader>,
+}
+
+/// The header of an entry that is an idempotent producer's batch.
+fn idempotent_header(entry: &Entry) -> Option<BatchHeader> {
+    if entry.entry_type() != EntryType::EntryNormal {
+        return None;
+    }
+    BatchHeader::parse(&entry.data).filter(|h| h.producer_id >= 0 && !h.is_control())
+}
+
+/// The producers of the last `TAIL_SCAN_ENTRIES` entries up to `commit` (see `producers`).
+async fn producers_of_tail(log: &PartitionLog, commit: u64) -> Result<Producers, String> {
+    let mut producers = Producers::default();
+    let mut low = log
+        .first_index()
+        .max(commit.saturating_sub(TAIL_SCAN_ENTRIES) + 1);
+    while low <= commit {
+        let read = log
+            .read_entries(low, commit + 1, 1 << 20)
+            .await
+            .map_err(|error| format!("reading entries from {low}: {error}"))?;
+        let Some(last) = read.last() else { break };
+        low = last.index + 1;
+        for entry in &read {
+            if let Some(header) =
+                BatchHeader::parse(&entry.batch).filter(|h| h.producer_id >= 0 && !h.is_control())
+            {
+                producers.committed(&header, entry.index, header.base_offset);
+            }
+        }
+    }
+    Ok(producers)
+}
+
+/// The directory of shard `shard`'s raft-meta store under the data directory. Never a
+/// partition's (those end in `-<partition>`).
+pub fn replica_meta_dir_name(shard: usize) -> String {
+    format!("shard-{shard}.raft")
+}
+
+/// Kafka offsets an entry takes in the log: the records of its data batch, or one for the
+/// control batch of a leader's empty entry or a configuration change (`log_store.rs`).
+fn entry_span(entry: &Entry) -> i64 {
+    if entry.entry_type() == EntryType::EntryNormal && !entry.data.is_empty() {
+        BatchHeader::parse(&entry.data).map_or(1, |h| i64::from(h.last_offset_delta) + 1)
+    } else {
+        1
+    }
+}
+
+/// The Kafka end offset of the entries up to Raft index `index` (the log start when
+/// `index` is before the log's first entry).
+async fn end_offset_of_index(log: &PartitionLog, index: u64) -> Result<i64, String> {
+    if index < log.first_index() {
+        return Ok(log.log_start_offset());
+    }
+    let read = log
+        .read_entries(index, index + 1, 0)
+        .await
+        .map_err(|error| format!("reading entry {index}: {error}"))?;
+    let entry = read
+        .first()
+        .ok_or_else(|| format!("committed entry {index} is missing from the log"))?;
+    let header = BatchHeader::parse(&entry.batch)
+        .ok_or_else(|| format!("committed entry {index} is not a batch"))?;
+    Ok(header.last_offset() + 1)
+}

@@ -1,0 +1,31 @@
+//! The shard side of replicated partitions (issue 12, `docs/REPLICATION.md` § Groups, § The
+//! Raft log is the partition log, § One driver round per shard, § Kafka semantics on top).
+//!
+//! A partition whose replica list names more than one broker is a Raft group; each broker
+//! hosting a replica drives it on the shard the controller placed the replica on. A shard
+//! owns one [`ReplicaManager`] for all of them: one `MultiRaft` over `LogStore`s (the Raft
+//! log is the partition log) and one `LogDurability` (one fdatasync wait per round across
+//! every group of the shard). A partition with one replica never reaches this module: it
+//! stays in `partition::PartitionTable` exactly as before.
+//!
+//! - `types`: what the shard hands in ([`HostedReplica`]) and what it gets out
+//!   ([`LeadershipChange`], the outcomes of produce, fetch and list-offsets);
+//! - `manager`: [`ReplicaManager`]: opening and closing groups (`reconcile`), the driver
+//!   rounds, frames in and out (bounded queues), produce waits answered from the rounds,
+//!   leadership reports;
+//! - `producers`: idempotent producers' sequence checks over committed and proposed batches;
+//! - `serve`: what clients' requests do on a replicated partition (produce, fetch,
+//!   list-offsets, long-poll waits) on top of the manager.
+//!
+//! Owned by one shard, `!Send` (the stores hold the shard's disk handles and `Rc`s).
+
+pub mod manager;
+pub mod producers;
+pub mod serve;
+pub mod types;
+
+pub use manager::{ReplicaManager, ReplicaManagerStart};
+pub use types::{HostedReplica, LeadershipChange, ReplicaFetch, ReplicaOffset, ReplicaProduce};
+
+#[cfg(test)]
+pub(crate) mod tests;

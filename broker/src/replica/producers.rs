@@ -1,0 +1,241 @@
+//! Idempotent producers on a replicated partition: the sequence checks of
+//! `producer_state` (same verdicts: a stale epoch is `INVALID_PRODUCER_EPOCH`, a gap
+//! `OUT_OF_ORDER_SEQUENCE_NUMBER`, a batch seen among a producer's last five is a duplicate
+//! answered with the original's offsets), over batches the group has committed (every
+//! replica records them as they are applied, so a new leader has them) and batches this
+//! leader proposed in its term and not yet committed.
+//!
+//! A leader checks only once it has applied every committed entry and committed in its
+//! term (`serve`): then every earlier leader's batch that will ever commit is applied.
+//! After a restart the state is rebuilt from the last [`TAIL_SCAN_ENTRIES`] committed
+//! entries of the log; a producer silent for longer is treated as new (its next batch is
+//! accepted whatever its sequence, as `producer_state` does for an unknown producer).
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::producer_state::{INVALID_PRODUCER_EPOCH, OUT_OF_ORDER_SEQUENCE_NUMBER};
+use crate::storage::batch::BatchHeader;
+
+/// Batches remembered per producer (Kafka's 5 in-flight requests per connection).
+const BATCHES_REMEMBERED: usize = 5;
+/// Committed entries read back at open to rebuild the state.
+pub const TAIL_SCAN_ENTRIES: u64 = 2_000;
+
+/// Where a remembered batch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchAt {
+    /// Proposed by this leader at `index` in `term`, not committed yet.
+    Proposed {
+        index: u64,
+        term: u64,
+    },
+    Committed {
+        base_offset: i64,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    first_sequence: i32,
+    last_sequence: i32,
+    at: BatchAt,
+}
+
+#[derive(Debug)]
+struct Producer {
+    epoch: i16,
+    batches: VecDeque<Seen>,
+}
+
+/// What to do with an idempotent batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Propose,
+    Duplicate(BatchAt),
+    Refuse(i16),
+}
+
+/// One replicated partition's producers. Owned by its group on one shard.
+#[derive(Debug, Default)]
+pub struct Producers {
+    producers: HashMap<i64, Producer>,
+}
+
+fn last_sequence(header: &BatchHeader) -> i32 {
+    // Sequences wrap at i32::MAX to 0 (Kafka's DefaultRecordBatch.incrementSequence).
+    let last = i64::from(header.base_sequence) + i64::from(header.last_offset_delta);
+    i32::try_from(last % (i64::from(i32::MAX) + 1)).unwrap_or(i32::MAX)
+}
+
+fn next_sequence(sequence: i32) -> i32 {
+    if sequence == i32::MAX {
+        0
+    } else {
+        sequence + 1
+    }
+}
+
+impl Producers {
+    /// The verdict on an idempotent batch (producer id ≥ 0) at a leader in `term`.
+    pub fn check(&self, header: &BatchHeader, term: u64) -> Verdict {
+        let Some(producer) = self.producers.get(&header.producer_id) else {
+            return Verdict::Propose;
+        };
+        if header.producer_epoch < producer.epoch {
+            return Verdict::Refuse(INVALID_PRODUCER_EPOCH);
+        }
+        if header.producer_epoch > producer.epoch {
+            return if header.base_sequence == 0 {
+                Verdict::Propose
+            } else {
+                Verdict::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+            };
+        }
+        // Proposals of an earlier term that were not committed are gone.
+        let live = || {
+            producer.batches.iter().filter(move |seen| match seen.at {
+                BatchAt::Proposed { term: at, .. } => at == term,
+                BatchAt::Committed { .. } => true,
+            })
+        };
+        let last = last_sequence(header);
+        if let Some(duplicate) = live()
+            .find(|seen| seen.first_sequence == header.base_sequence && seen.last_sequence == last)
+        {
+            return Verdict::Duplicate(duplicate.at);
+        }
+        match live().next_back() {
+            Some(newest) if header.base_sequence != next_sequence(newest.last_sequence) => {
+                Verdict::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+            }
+            _ => Verdict::Propose,
+        }
+    }
+
+    fn remember(&mut self, header: &BatchHeader, at: BatchAt) {
+        let producer = self
+            .producers
+            .entry(header.producer_id)
+            .or_insert_with(|| Producer {
+                epoch: header.producer_epoch,
+                batches: VecDeque::new(),
+            });
+        if header.producer_epoch > producer.epoch {
+            producer.epoch = header.producer_epoch;
+            producer.batches.clear();
+        }
+        producer.batches.push_back(Seen {
+            first_sequence: header.base_sequence,
+            last_sequence: last_sequence(header),
+            at,
+        });
+        while producer.batches.len() > BATCHES_REMEMBERED {
+            producer.batches.pop_front();
+        }
+    }
+
+    /// This leader proposed the batch at `index` in `term`.
+    pub fn proposed(&mut self, header: &BatchHeader, index: u64, term: u64) {
+        self.remember(header, BatchAt::Proposed { index, term });
+    }
+
+    /// The group committed the batch at `index` at `base_offset` (every replica, in log
+    /// order). A proposal at or below `index` not replaced here was superseded.
+    pub fn committed(&mut self, header: &BatchHeader, index: u64, base_offset: i64) {
+        if let Some(producer) = self.producers.get_mut(&header.producer_id) {
+            if header.producer_epoch < producer.epoch {
+                return;
+            }
+            let replaced = producer
+                .batches
+                .iter_mut()
+                .find(|seen| matches!(seen.at, BatchAt::Proposed { index: at, .. } if at == index));
+            if let Some(seen) = replaced {
+                seen.at = BatchAt::Committed { base_offset };
+                return;
+            }
+            producer.batches.retain(
+                |seen| !matches!(seen.at, BatchAt::Proposed { index: at, .. } if at <= index),
+            );
+        }
+        self.remember(header, BatchAt::Committed { base_offset });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(producer_id: i64, epoch: i16, base_sequence: i32, records: i32) -> BatchHeader {
+        BatchHeader {
+            base_offset: 0,
+            batch_length: 0,
+            magic: 2,
+            crc: 0,
+            attributes: 0,
+            last_offset_delta: records - 1,
+            base_timestamp: 0,
+            max_timestamp: 0,
+            producer_id,
+            producer_epoch: epoch,
+            base_sequence,
+            record_count: records,
+        }
+    }
+
+    #[test]
+    fn sequences_are_checked_against_committed_and_proposed_batches() {
+        let mut producers = Producers::default();
+        let first = header(7, 0, 0, 3);
+        assert_eq!(producers.check(&first, 2), Verdict::Propose);
+        producers.proposed(&first, 10, 2);
+        let second = header(7, 0, 3, 2);
+        assert_eq!(
+            producers.check(&second, 2),
+            Verdict::Propose,
+            "continues the proposal"
+        );
+        assert_eq!(
+            producers.check(&first, 2),
+            Verdict::Duplicate(BatchAt::Proposed { index: 10, term: 2 })
+        );
+        assert_eq!(
+            producers.check(&header(7, 0, 4, 1), 2),
+            Verdict::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+        producers.committed(&first, 10, 40);
+        assert_eq!(
+            producers.check(&first, 3),
+            Verdict::Duplicate(BatchAt::Committed { base_offset: 40 })
+        );
+        assert_eq!(
+            producers.check(&header(7, -1, 3, 1), 3),
+            Verdict::Refuse(INVALID_PRODUCER_EPOCH)
+        );
+        assert_eq!(
+            producers.check(&header(7, 1, 0, 1), 3),
+            Verdict::Propose,
+            "new epoch"
+        );
+        assert_eq!(
+            producers.check(&header(7, 1, 5, 1), 3),
+            Verdict::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+    }
+
+    #[test]
+    fn a_proposal_of_a_lost_term_is_forgotten() {
+        let mut producers = Producers::default();
+        producers.committed(&header(7, 0, 0, 1), 4, 10);
+        producers.proposed(&header(7, 0, 1, 1), 5, 2);
+        // Leadership lost; the next leader (term 3) never had index 5's batch.
+        assert_eq!(producers.check(&header(7, 0, 1, 1), 3), Verdict::Propose);
+        // A later commit at index 5 of another producer's batch supersedes it.
+        producers.committed(&header(8, 0, 0, 1), 5, 11);
+        producers.committed(&header(7, 0, 1, 1), 6, 12);
+        assert_eq!(
+            producers.check(&header(7, 0, 1, 1), 3),
+            Verdict::Duplicate(BatchAt::Committed { base_offset: 12 })
+        );
+    }
+}

@@ -1,0 +1,449 @@
+//! Client requests on a replicated partition (`docs/REPLICATION.md` § Kafka semantics on
+//! top), on the shard hosting its replica:
+//!
+//! - Produce, leader only (others: `NOT_LEADER_OR_FOLLOWER`). Every batch is checked as
+//!   today (CRC, format; control batches refused), acks=all checks `min.insync.replicas`
+//!   against the in-sync set before anything is proposed (`NOT_ENOUGH_REPLICAS`), then the
+//!   batches are proposed, synchronously, in the order calls are dispatched: a connection's
+//!   pipelined produces keep their order because proposing is the append. acks=1 is
+//!   answered once the last batch is durable on the leader, acks=all once it is committed
+//!   in the proposing term; a leader that loses leadership (or its term) first answers
+//!   `NOT_LEADER_OR_FOLLOWER`. The base offset answered is the one the log stamped.
+//! - Fetch and `ListOffsets`, leader only: the high watermark is the Kafka end offset of the
+//!   committed prefix and no batch at or past it is returned. A new leader answers
+//!   ListOffsets(latest) with `OFFSET_NOT_AVAILABLE` until it committed in its term (KIP-207).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use futures::future::{select, Either};
+use raft::StateRole;
+
+use crate::error_codes as codes;
+use crate::metadata::TopicPartition;
+use crate::producer_state::OUT_OF_ORDER_SEQUENCE_NUMBER;
+use crate::replica::manager::{Hosted, ReplicaManager, Resolution, Waiter};
+use crate::replica::producers::{BatchAt, Verdict};
+use crate::replica::types::{ReplicaFetch, ReplicaOffset, ReplicaProduce};
+use crate::storage::batch::BatchHeader;
+use crate::storage::{AppendError, ReadError};
+
+/// Kafka's `DUPLICATE_SEQUENCE_NUMBER` (46): a call of several batches repeats one.
+pub const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
+
+/// Kafka's `OFFSET_NOT_AVAILABLE` (78): a new leader has not committed in its term yet.
+pub const OFFSET_NOT_AVAILABLE: i16 = 78;
+
+/// How long a produce call waits for its acks before `REQUEST_TIMED_OUT`. A leader without
+/// a quorum steps down after an election timeout (check-quorum) and its calls are answered
+/// `NOT_LEADER_OR_FOLLOWER` then, so this only bounds a wait nothing else ends.
+pub const PRODUCE_ACKS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A produce call proposed (or refused) synchronously; [`Self::wait`] for its answer.
+pub struct PendingReplicaProduce(Pending);
+
+enum Pending {
+    Done(ReplicaProduce),
+    Waiting {
+        answered: oneshot::Receiver<Resolution>,
+        /// Raft index and term of the call's last batch.
+        index: u64,
+        term: u64,
+        /// Kafka offsets the call's batches before the last one take.
+        span_before_last: i64,
+        log: crate::disk::PartitionLog,
+    },
+}
+
+fn refused(error_code: i16) -> PendingReplicaProduce {
+    PendingReplicaProduce(Pending::Done(ReplicaProduce {
+        error_code,
+        base_offset: -1,
+        log_start_offset: -1,
+    }))
+}
+
+impl ReplicaManager {
+    /// Whether this replica leads the group now, with its term.
+    fn leading_term(&self, group_id: u64) -> Option<u64> {
+        let driver = self.driver.borrow();
+        let raft = driver.raft(group_id)?;
+        (raft.state == StateRole::Leader && !driver.is_fenced(group_id)).then_some(raft.term)
+    }
+
+    /// Stage one of a produce call on a hosted partition, synchronous: checks and proposes
+    /// `batches` (whole v2 batches, in order) now. See the module docs.
+    pub fn dispatch_produce(
+        &self,
+        tp: &TopicPartition,
+        batches: Vec<Bytes>,
+        acks: i16,
+    ) -> PendingReplicaProduce {
+        let Some((group_id, hosted)) = self.hosted(tp) else {
+            return refused(codes::NOT_LEADER_OR_FOLLOWER);
+        };
+        let Some(term) = self.leading_term(group_id) else {
+            return refused(codes::NOT_LEADER_OR_FOLLOWER);
+        };
+        let mut headers = Vec::with_capacity(batches.len());
+        for batch in &batches {
+            match hosted.log.check(batch.clone()) {
+                Ok(checked) if checked.header().is_control() => {
+                    return refused(codes::INVALID_RECORD)
+                }
+                Ok(checked) => headers.push(*checked.header()),
+                Err(AppendError::Batch(error)) => {
+                    return refused(crate::recompress::batch_error_code(&error))
+                }
+                Err(AppendError::Storage(_)) => return refused(codes::KAFKA_STORAGE_ERROR),
+            }
+        }
+        if batches.is_empty() {
+            return refused(codes::INVALID_RECORD);
+        }
+        if acks == -1 {
+            let in_sync = self.in_sync(group_id).len();
+            if (in_sync as u64) < u64::from(hosted.replica.min_insync_replicas) {
+                return refused(codes::NOT_ENOUGH_REPLICAS);
+            }
+        }
+        match self.check_sequences(group_id, &hosted, &headers, term) {
+            Ok(None) => {}
+            Ok(Some(duplicate)) => {
+                return self.answer_duplicate(group_id, &hosted, duplicate, acks)
+            }
+            Err(code) => return refused(code),
+        }
+        let spans: Vec<i64> = headers
+            .iter()
+            .map(|header| i64::from(header.last_offset_delta) + 1)
+            .collect();
+        let mut last = None;
+        for (batch, header) in batches.into_iter().zip(&headers) {
+            let proposed = self.driver.borrow_mut().propose(group_id, batch.to_vec());
+            match proposed {
+                Ok(proposed) => {
+                    if header.producer_id >= 0 {
+                        hosted.producers.borrow_mut().proposed(
+                            header,
+                            proposed.index,
+                            proposed.term,
+                        );
+                    }
+                    last = Some(proposed);
+                }
+                Err(error) => {
+                    tracing::debug!(partition = %tp, %error, "proposal refused");
+                    self.ring();
+                    return refused(codes::NOT_LEADER_OR_FOLLOWER);
+                }
+            }
+        }
+        self.ring();
+        let last = last.expect("one batch at least");
+        debug_assert_eq!(last.term, term);
+        if acks == 0 {
+            return PendingReplicaProduce(Pending::Done(ReplicaProduce {
+                error_code: codes::NONE,
+                base_offset: -1,
+                log_start_offset: hosted.log.log_start_offset(),
+            }));
+        }
+        let span_before_last = spans[..spans.len() - 1].iter().sum();
+        self.wait_for(
+            group_id,
+            &hosted,
+            last.index,
+            last.term,
+            acks,
+            span_before_last,
+        )
+    }
+
+    /// Registers a produce call's wait for the entry at `index` proposed in `term`.
+    fn wait_for(
+        &self,
+        group_id: u64,
+        hosted: &Hosted,
+        index: u64,
+        term: u64,
+        acks: i16,
+        span_before_last: i64,
+    ) -> PendingReplicaProduce {
+        let (answer, answered) = oneshot::channel();
+        let serial = hosted.next_waiter.get();
+        hosted.next_waiter.set(serial + 1);
+        hosted
+            .waiting
+            .borrow_mut()
+            .insert((index, serial), Waiter { term, acks, answer });
+        self.groups_waiting.borrow_mut().insert(group_id);
+        PendingReplicaProduce(Pending::Waiting {
+            answered,
+            index,
+            term,
+            span_before_last,
+            log: hosted.log.clone(),
+        })
+    }
+
+    /// The idempotent producers' checks of a call's batches (`producers`): `Ok(None)` to
+    /// propose them, `Ok(Some(at))` for a one-batch call that repeats a batch seen before.
+    fn check_sequences(
+        &self,
+        group_id: u64,
+        hosted: &Hosted,
+        headers: &[BatchHeader],
+        term: u64,
+    ) -> Result<Option<BatchAt>, i16> {
+        if headers.iter().all(|header| header.producer_id < 0) {
+            return Ok(None);
+        }
+        // Every earlier leader's batch that will commit must be applied here first.
+        let applied_all = self
+            .driver
+            .borrow()
+            .raft(group_id)
+            .is_some_and(|raft| raft.raft_log.committed == hosted.applied_index.get());
+        if !applied_all || !self.committed_in_term(group_id) {
+            return Err(codes::NOT_LEADER_OR_FOLLOWER);
+        }
+        let producers = hosted.producers.borrow();
+        for (position, header) in headers.iter().enumerate() {
+            if header.producer_id < 0 {
+                continue;
+            }
+            let previous = position
+                .checked_sub(1)
+                .map(|p| &headers[p])
+                .filter(|p| p.producer_id == header.producer_id);
+            if let Some(previous) = previous {
+                // Within one call a producer's batches follow each other.
+                let next =
+                    i64::from(previous.base_sequence) + i64::from(previous.last_offset_delta) + 1;
+                let next = i32::try_from(next % (i64::from(i32::MAX) + 1)).unwrap_or(0);
+                if header.producer_epoch != previous.producer_epoch || header.base_sequence != next
+                {
+                    return Err(OUT_OF_ORDER_SEQUENCE_NUMBER);
+                }
+                continue;
+            }
+            match producers.check(header, term) {
+                Verdict::Propose => {}
+                Verdict::Refuse(code) => return Err(code),
+                Verdict::Duplicate(at) if headers.len() == 1 => return Ok(Some(at)),
+                Verdict::Duplicate(_) => return Err(DUPLICATE_SEQUENCE_NUMBER),
+            }
+        }
+        Ok(None)
+    }
+
+    /// A retried batch: answered with the original's offsets once the original's acks hold.
+    fn answer_duplicate(
+        &self,
+        group_id: u64,
+        hosted: &Hosted,
+        at: BatchAt,
+        acks: i16,
+    ) -> PendingReplicaProduce {
+        tracing::debug!(
+            group_id,
+            ?at,
+            "duplicate batch answered from the producer state"
+        );
+        match at {
+            BatchAt::Committed { base_offset } => {
+                PendingReplicaProduce(Pending::Done(ReplicaProduce {
+                    error_code: codes::NONE,
+                    base_offset,
+                    log_start_offset: hosted.log.log_start_offset(),
+                }))
+            }
+            BatchAt::Proposed { index, term } => {
+                self.wait_for(group_id, hosted, index, term, acks.max(1), 0)
+            }
+        }
+    }
+
+    /// Reads of a hosted partition are served by its leader only.
+    fn leader_hosted(&self, tp: &TopicPartition) -> Result<(u64, std::rc::Rc<Hosted>), i16> {
+        let (group_id, hosted) = self.hosted(tp).ok_or(codes::NOT_LEADER_OR_FOLLOWER)?;
+        self.leading_term(group_id)
+            .ok_or(codes::NOT_LEADER_OR_FOLLOWER)?;
+        Ok((group_id, hosted))
+    }
+
+    /// Whole batches from `offset` below the high watermark, about `max_bytes`.
+    pub async fn fetch(&self, tp: &TopicPartition, offset: i64, max_bytes: usize) -> ReplicaFetch {
+        let hosted = match self.leader_hosted(tp) {
+            Ok((_, hosted)) => hosted,
+            Err(error_code) => {
+                return ReplicaFetch {
+                    error_code,
+                    high_watermark: -1,
+                    log_start_offset: -1,
+                    batches: Vec::new(),
+                }
+            }
+        };
+        let high_watermark = hosted.committed_end.get();
+        let mut outcome = ReplicaFetch {
+            error_code: codes::NONE,
+            high_watermark,
+            log_start_offset: hosted.log.log_start_offset(),
+            batches: Vec::new(),
+        };
+        if max_bytes == 0 || offset >= high_watermark {
+            if offset > hosted.log.log_end_offset() || offset < outcome.log_start_offset {
+                outcome.error_code = codes::OFFSET_OUT_OF_RANGE;
+            }
+            return outcome;
+        }
+        match hosted.log.read(offset, max_bytes).await {
+            Ok(batches) => {
+                // Committed entries are whole batches: one that starts below the high
+                // watermark ends below it.
+                outcome.batches = batches
+                    .into_iter()
+                    .take_while(|batch| {
+                        crate::storage::batch::BatchHeader::parse(batch)
+                            .is_some_and(|header| header.base_offset < high_watermark)
+                    })
+                    .collect();
+            }
+            Err(ReadError::OffsetOutOfRange { .. }) => {
+                outcome.error_code = codes::OFFSET_OUT_OF_RANGE;
+            }
+            Err(error) => {
+                tracing::error!(partition = %tp, offset, %error, "replica read failed");
+                outcome.error_code = codes::KAFKA_STORAGE_ERROR;
+            }
+        }
+        outcome
+    }
+
+    /// Resolves when the high watermark passes `offset`, the group closes, or this replica
+    /// does not host it (the fetch then reads its error). Race it with a timer.
+    pub async fn wait_for_committed(&self, tp: &TopicPartition, offset: i64) {
+        loop {
+            let Some((_, hosted)) = self.hosted(tp) else {
+                return;
+            };
+            let notified = hosted.committed.wait();
+            if hosted.committed_end.get() > offset || hosted.closed.get() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Kafka `ListOffsets` on a hosted partition: -2/-4 earliest, -1 latest (the high
+    /// watermark), -3 the max timestamp, else the first offset at or after the time; only
+    /// committed offsets are answered.
+    pub async fn list_offset(&self, tp: &TopicPartition, timestamp_ms: i64) -> ReplicaOffset {
+        let answer = |error_code, offset, timestamp_ms| ReplicaOffset {
+            error_code,
+            offset,
+            timestamp_ms,
+        };
+        let (group_id, hosted) = match self.leader_hosted(tp) {
+            Ok(found) => found,
+            Err(code) => return answer(code, -1, -1),
+        };
+        let high_watermark = hosted.committed_end.get();
+        let found = match timestamp_ms {
+            -2 | -4 => return answer(codes::NONE, hosted.log.log_start_offset(), -1),
+            -1 if !self.committed_in_term(group_id) => return answer(OFFSET_NOT_AVAILABLE, -1, -1),
+            -1 => return answer(codes::NONE, high_watermark, -1),
+            -3 => hosted
+                .log
+                .max_timestamp()
+                .await
+                .map(|found| found.map(|(ts, offset)| (offset, ts))),
+            timestamp_ms if timestamp_ms >= 0 => {
+                hosted.log.offset_for_timestamp(timestamp_ms).await
+            }
+            _ => return answer(codes::UNSUPPORTED_VERSION, -1, -1),
+        };
+        match found {
+            Ok(Some((offset, ts))) if offset < high_watermark => answer(codes::NONE, offset, ts),
+            Ok(_) => answer(codes::NONE, -1, -1),
+            Err(error) => {
+                tracing::error!(partition = %tp, %error, "time index lookup failed");
+                answer(codes::KAFKA_STORAGE_ERROR, -1, -1)
+            }
+        }
+    }
+
+    /// This replica leads the group and has committed an entry of its term.
+    pub(crate) fn committed_in_term(&self, group_id: u64) -> bool {
+        let driver = self.driver.borrow();
+        driver.raft(group_id).is_some_and(|raft| {
+            raft.state == StateRole::Leader
+                && raft.raft_log.term(raft.raft_log.committed).ok() == Some(raft.term)
+        })
+    }
+}
+
+impl PendingReplicaProduce {
+    /// Stage two: waits for the call's acks (see the module docs).
+    pub async fn wait(self) -> ReplicaProduce {
+        let (answered, index, term, span_before_last, log) = match self.0 {
+            Pending::Done(outcome) => return outcome,
+            Pending::Waiting {
+                answered,
+                index,
+                term,
+                span_before_last,
+                log,
+            } => (answered, index, term, span_before_last, log),
+        };
+        let failed = |error_code| ReplicaProduce {
+            error_code,
+            base_offset: -1,
+            log_start_offset: -1,
+        };
+        let timer = std::pin::pin!(glommio::timer::sleep(PRODUCE_ACKS_TIMEOUT));
+        let resolution = match select(answered, timer).await {
+            Either::Left((Ok(resolution), _)) => resolution,
+            // The manager dropped the call (stopped): not acknowledged.
+            Either::Left((Err(_), _)) => Err(codes::NOT_LEADER_OR_FOLLOWER),
+            Either::Right(_) => Err(codes::REQUEST_TIMED_OUT),
+        };
+        let last_base = match resolution {
+            Ok(Some(base)) => base,
+            Ok(None) => match stamped_base_offset(&log, index, term).await {
+                Ok(base) => base,
+                Err(code) => return failed(code),
+            },
+            Err(code) => return failed(code),
+        };
+        ReplicaProduce {
+            error_code: codes::NONE,
+            base_offset: last_base - span_before_last,
+            log_start_offset: log.log_start_offset(),
+        }
+    }
+}
+
+/// The offset the log stamped on the entry at `index`, if it still has `term` there.
+async fn stamped_base_offset(
+    log: &crate::disk::PartitionLog,
+    index: u64,
+    term: u64,
+) -> Result<i64, i16> {
+    let read = log
+        .read_entries(index, index + 1, 0)
+        .await
+        .map_err(|_| codes::KAFKA_STORAGE_ERROR)?;
+    match read.first() {
+        Some(entry) if u64::try_from(entry.term).ok() == Some(term) => {
+            crate::storage::batch::BatchHeader::parse(&entry.batch)
+                .map(|header| header.base_offset)
+                .ok_or(codes::KAFKA_STORAGE_ERROR)
+        }
+        // Replaced by a new leader's entry before this was read: not acknowledged.
+        _ => Err(codes::NOT_LEADER_OR_FOLLOWER),
+    }
+}

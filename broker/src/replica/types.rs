@@ -1,0 +1,65 @@
+//! What a shard hands the replica manager and what it gets back. Plain data, `Send`.
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use crate::metadata::TopicPartition;
+use crate::storage::LogConfig;
+
+/// One partition replica placed on this shard, as the shard's metadata apply sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostedReplica {
+    pub topic: TopicPartition,
+    /// A recreated topic is a new group (and a new log).
+    pub topic_id: Uuid,
+    /// The partition's Raft group (`TopicMetadata::group_id`): the same on every replica.
+    pub group_id: u64,
+    /// The brokers (`node.id`) holding a replica, this one included: the group's voters.
+    pub voters: Vec<u64>,
+    /// The topic's log settings.
+    pub config: LogConfig,
+    /// `min.insync.replicas`: an acks=all produce needs this many replicas in sync.
+    pub min_insync_replicas: u32,
+}
+
+/// A change of a local group's leadership, for the controller to commit (h2's side). The
+/// leader reports its term and in-sync set whenever one changes; a replica that stops
+/// leading reports the leader it knows (0: none) with an empty in-sync set. The consumer
+/// keeps, per group, the report of the highest term (of equal terms, the latest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeadershipChange {
+    pub group_id: u64,
+    /// The leader's node id, 0 when none is known.
+    pub leader: u64,
+    /// The Raft term, which is the partition's Kafka leader epoch.
+    pub term: u64,
+    /// The voters in sync (ascending, the leader included); empty unless `leader` reports.
+    pub isr: Vec<u64>,
+}
+
+/// A produce call's answer on a replicated partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaProduce {
+    pub error_code: i16,
+    /// The offset the log stamped on the call's first batch; -1 on an error (and acks=0).
+    pub base_offset: i64,
+    pub log_start_offset: i64,
+}
+
+/// A fetch's answer on a replicated partition: batches below the high watermark only.
+#[derive(Debug, Default)]
+pub struct ReplicaFetch {
+    pub error_code: i16,
+    /// The Kafka end offset of the committed prefix.
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub batches: Vec<Bytes>,
+}
+
+/// A list-offsets answer on a replicated partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaOffset {
+    pub error_code: i16,
+    pub offset: i64,
+    pub timestamp_ms: i64,
+}
