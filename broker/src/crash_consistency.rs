@@ -9,7 +9,10 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::Path;
 
-use crate::controller::store::{ClusterState, ConfigEntry, MetadataStore, TopicRecord};
+use crate::controller::store::{
+    ClusterState, ConfigEntry, MetadataStore, PartitionRecord, ReplicaRecord, TopicRecord,
+    LOCAL_BROKER,
+};
 use crate::disk::BrokerDisk;
 use crate::producer_state::ProducerIds;
 use crate::storage::sim::{CrashMode, SeededRng, SimDisk};
@@ -39,21 +42,28 @@ fn random_state(rng: &mut SeededRng, epoch: u64) -> ClusterState {
                 .repeat(2)
                 .try_into()
                 .expect("16 bytes"),
-            partition_shards: (0..=rng.below(6)).map(|_| rng.below(4) as u32).collect(),
+            partitions: (0..=rng.below(6))
+                .map(|group| {
+                    let replica = ReplicaRecord {
+                        broker: LOCAL_BROKER,
+                        shard: rng.below(4) as u32,
+                    };
+                    PartitionRecord::placed(vec![replica], group + 1)
+                })
+                .collect(),
             overrides: (0..rng.below(3))
                 .map(|n| ConfigEntry {
                     key: format!("key.{n}"),
                     value: "x".repeat(rng.below(5000) as usize),
                 })
                 .collect(),
-            partition_brokers: Vec::new(),
         })
         .collect();
     ClusterState {
         epoch,
         cluster_id: "rf-sim".into(),
         topics,
-        brokers: Vec::new(),
+        ..ClusterState::default()
     }
 }
 

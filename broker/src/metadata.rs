@@ -32,20 +32,100 @@ pub struct TopicMetadata {
     /// with a reference count, not a new string per topic per request.
     pub name_bytes: Bytes,
     pub id: Uuid,
-    /// `partition_shards[p]` is the shard that owns partition `p` (on its broker).
+    /// `partition_shards[p]` is the shard of THIS broker a request for partition `p` is
+    /// routed to: the shard of this broker's replica (of the first replica when this broker
+    /// holds none; such a request finds no log there and is refused).
     pub partition_shards: Vec<usize>,
-    /// `partition_brokers[p]` is the broker (`node.id`) partition `p` is placed on: its
-    /// leader and only replica (replication factor 1). Same length as `partition_shards`.
-    pub partition_brokers: Vec<i32>,
+    /// Replicas, leadership and Raft group of each partition, by partition index. Same
+    /// length as `partition_shards`.
+    pub partitions: Vec<PartitionMetadata>,
     /// The overrides as set by the user (what `DescribeConfigs` reports as topic-level).
     pub overrides: BTreeMap<String, String>,
     pub config: TopicConfig,
+}
+
+/// One partition as the controller placed it and as its leader last reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionMetadata {
+    /// Node ids of the replicas; the first is the preferred leader.
+    pub replicas: Vec<i32>,
+    /// The partition's Raft group (unique in the cluster's life).
+    pub group_id: u64,
+    /// Node id of the leader, -1 none (no live replica, or the reported leader fenced).
+    pub leader: i32,
+    /// The leader's epoch (its Raft term; 0 before any leader was reported).
+    pub leader_epoch: i32,
+    /// In-sync replicas, by node id (fenced brokers left out).
+    pub isr: Vec<i32>,
+    /// Replicas on fenced brokers.
+    pub offline_replicas: Vec<i32>,
+    /// This broker holds one of the replicas (on `partition_shards[p]`).
+    pub hosted_here: bool,
 }
 
 impl TopicMetadata {
     pub fn partition_count(&self) -> i32 {
         self.partition_shards.len() as i32
     }
+
+    fn partition(&self, partition: i32) -> Option<&PartitionMetadata> {
+        self.partitions.get(usize::try_from(partition).ok()?)
+    }
+
+    /// The node ids of `partition`'s replicas, the preferred leader first (empty for a
+    /// partition that does not exist).
+    pub fn replicas(&self, partition: i32) -> &[i32] {
+        self.partition(partition)
+            .map_or(&[], |partition| partition.replicas.as_slice())
+    }
+
+    /// `partition`'s Raft group id (0, the controller's, for a partition that does not
+    /// exist).
+    pub fn group_id(&self, partition: i32) -> u64 {
+        self.partition(partition)
+            .map_or(0, |partition| partition.group_id)
+    }
+
+    /// `partition`'s leader, -1 when it has none (or does not exist).
+    pub fn leader(&self, partition: i32) -> i32 {
+        self.partition(partition)
+            .map_or(-1, |partition| partition.leader)
+    }
+
+    /// `partition`'s leader epoch (-1 for a partition that does not exist).
+    pub fn leader_epoch(&self, partition: i32) -> i32 {
+        self.partition(partition)
+            .map_or(-1, |partition| partition.leader_epoch)
+    }
+
+    /// `partition`'s in-sync replicas.
+    pub fn isr(&self, partition: i32) -> &[i32] {
+        self.partition(partition)
+            .map_or(&[], |partition| partition.isr.as_slice())
+    }
+
+    /// `partition`'s replicas on fenced brokers.
+    pub fn offline_replicas(&self, partition: i32) -> &[i32] {
+        self.partition(partition)
+            .map_or(&[], |partition| partition.offline_replicas.as_slice())
+    }
+
+    /// Whether this broker holds a replica of `partition`.
+    pub fn hosted_here(&self, partition: i32) -> bool {
+        self.partition(partition)
+            .is_some_and(|partition| partition.hosted_here)
+    }
+}
+
+/// A partition as clients are told about it (`MetadataSnapshot::describe_partition`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionView {
+    pub error_code: i16,
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    pub offline_replicas: Vec<i32>,
 }
 
 /// An immutable view of the cluster at one controller epoch. Shared across shards.
@@ -104,14 +184,11 @@ impl MetadataSnapshot {
             .copied()
     }
 
-    /// The broker a partition is placed on (its leader), or `None` when the topic or
-    /// partition does not exist.
+    /// A partition's leader (-1 when it has none), or `None` when the topic or partition
+    /// does not exist.
     pub fn broker_of(&self, topic: &str, partition: i32) -> Option<i32> {
         let topic = self.topics.get(topic)?;
-        topic
-            .partition_brokers
-            .get(usize::try_from(partition).ok()?)
-            .copied()
+        topic.partition(partition).map(|partition| partition.leader)
     }
 
     /// Whether clients can reach `node_id` now: this broker, or a registered one that is
@@ -125,7 +202,38 @@ impl MetadataSnapshot {
         self.brokers.iter().find(|broker| broker.node_id == node_id)
     }
 
-    /// Every partition placed on this broker's `shard`, with its topic.
+    /// `partition` of `topic` as `Metadata` and `DescribeTopicPartitions` describe it: the
+    /// leader, epoch, replicas and ISR from the controller, replicas on fenced brokers
+    /// offline; this broker's replica offline (and out of the ISR) when its log is, and the
+    /// partition then `KAFKA_STORAGE_ERROR` if this broker leads it (Kafka's answer for a
+    /// failed log directory); `LEADER_NOT_AVAILABLE` while it has no leader.
+    pub fn describe_partition(&self, topic: &TopicMetadata, partition: i32) -> PartitionView {
+        let tp = TopicPartition {
+            topic: topic.name.clone(),
+            partition,
+        };
+        let mut view = PartitionView {
+            error_code: crate::error_codes::NONE,
+            leader: topic.leader(partition),
+            leader_epoch: topic.leader_epoch(partition),
+            replicas: topic.replicas(partition).to_vec(),
+            isr: topic.isr(partition).to_vec(),
+            offline_replicas: topic.offline_replicas(partition).to_vec(),
+        };
+        if topic.hosted_here(partition) && self.offline_partitions.contains(&tp) {
+            view.isr.retain(|node| *node != self.local_node);
+            view.offline_replicas.push(self.local_node);
+            if view.leader == self.local_node {
+                view.error_code = crate::error_codes::KAFKA_STORAGE_ERROR;
+            }
+        }
+        if view.leader < 0 {
+            view.error_code = crate::error_codes::LEADER_NOT_AVAILABLE;
+        }
+        view
+    }
+
+    /// Every partition with a replica on this broker's `shard`, with its topic.
     pub fn partitions_on(
         &self,
         shard: usize,
@@ -134,9 +242,9 @@ impl MetadataSnapshot {
             topic
                 .partition_shards
                 .iter()
-                .zip(&topic.partition_brokers)
+                .zip(&topic.partitions)
                 .enumerate()
-                .filter(move |(_, (owner, broker))| **owner == shard && **broker == self.local_node)
+                .filter(move |(_, (owner, partition))| **owner == shard && partition.hosted_here)
                 .map(move |(partition, _)| {
                     (
                         TopicPartition {

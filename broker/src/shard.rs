@@ -821,7 +821,6 @@ async fn recover_controller(
     let rules = PlacementRules {
         shard_count: config.shard_count(),
         node_id: config.cluster.node_id,
-        broker_count: config.cluster.broker_count(),
         clustered: config.cluster.voters.len() > 1,
         default_replication_factor: config.cluster.default_replication_factor,
         default_partitions: config.default_partitions,
