@@ -252,6 +252,10 @@ impl ShardServices {
             disk: disk.clone(),
             data_dir: config.data_dir.clone(),
             clock: clock.clone(),
+            producer_id_blocks: controller
+                .as_ref()
+                .and_then(Controller::replication)
+                .map(|replicated| replicated.producer_ids.clone()),
         });
         let services = Rc::new(ShardServices {
             shard_id,
@@ -868,10 +872,7 @@ async fn follow_controller_group(services: std::rc::Weak<ShardServices>) {
             next_heartbeat = std::time::Instant::now();
         }
         let now = std::time::Instant::now();
-        let asked = controller
-            .replication()
-            .is_some_and(|replicated| replicated.wants_offsets_topic.get());
-        if now >= next_heartbeat || asked {
+        if now >= next_heartbeat || controller.heartbeat_due_now() {
             controller.heartbeat();
             next_heartbeat = now + crate::controller::registry::HEARTBEAT_INTERVAL;
         }

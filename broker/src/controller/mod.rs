@@ -7,7 +7,9 @@
 
 mod calls;
 pub mod changes;
+pub mod leadership;
 pub mod placement;
+pub mod producer_ids;
 pub mod registry;
 pub mod store;
 
@@ -26,6 +28,7 @@ use crate::metadata::{
     BrokerEndpoints, MetadataSnapshot, PartitionMetadata, TopicMetadata, TopicPartition,
     OFFSETS_TOPIC,
 };
+use crate::producer_state::GrantedBlocks;
 use crate::topic_config::TopicConfig;
 pub use calls::{
     ConfigChange, ConfigOperation, ControllerCall, ControllerReply, NewPartitions, NewTopic,
@@ -62,6 +65,14 @@ pub struct Replicated {
     /// A `CreateTopics` of `__consumer_offsets` reached this broker while it did not lead:
     /// the next heartbeat asks the controller to create it.
     pub wants_offsets_topic: Cell<bool>,
+    /// Leadership changes of groups this broker leads, sent with every heartbeat until the
+    /// committed state shows them (`leadership`).
+    pub leadership: RefCell<leadership::PendingReports>,
+    /// A leadership change was queued since the last heartbeat: send one now.
+    pub leadership_urgent: Cell<bool>,
+    /// Producer-id blocks granted to this broker (`producer_ids`), shared with shard 0's
+    /// producer-id allocator.
+    pub producer_ids: Rc<GrantedBlocks>,
 }
 
 impl Controller {
@@ -143,6 +154,7 @@ impl Controller {
         let turn = self.take_turn().await;
         let state = replicated.committed.borrow_mut().take()?;
         replicated.has_committed_state.set(true);
+        self.committed(replicated, &state);
         if *self.state.borrow() == state {
             return None;
         }
@@ -294,6 +306,9 @@ impl Controller {
         if let Err((code, message)) = self.persist(&next).await {
             return (refuse(outcomes, code, message), None, turn);
         }
+        if let Some(replicated) = &self.replicated {
+            self.committed(replicated, &next);
+        }
         self.forget_offline_of_deleted(&next);
         *self.state.borrow_mut() = next;
         (ControllerReply { outcomes }, Some(self.snapshot()), turn)
@@ -313,8 +328,52 @@ impl Controller {
         let heartbeat = registry::BrokerHeartbeat {
             registration: replicated.registration.clone(),
             wants_offsets_topic: replicated.wants_offsets_topic.replace(false),
+            leadership: replicated.leadership.borrow().to_send(),
+            producer_ids: replicated
+                .producer_ids
+                .request()
+                .map(|(after, floor)| producer_ids::ProducerIdRequest { after, floor }),
         };
+        replicated.leadership_urgent.set(false);
         replicated.group.send_mail(leader, heartbeat.encode());
+    }
+
+    /// Whether a heartbeat should go before its interval: a broker asked for
+    /// `__consumer_offsets`, a producer-id block became wanted, or a leadership change was
+    /// reported.
+    pub fn heartbeat_due_now(&self) -> bool {
+        self.replicated.as_ref().is_some_and(|replicated| {
+            replicated.wants_offsets_topic.get()
+                || replicated.leadership_urgent.get()
+                || replicated.producer_ids.take_urgent()
+        })
+    }
+
+    /// Queues leadership changes of groups this broker leads for the controller (shard 0;
+    /// the `ReplicaManager`s' reports): sent with the next heartbeat (at once) and with
+    /// every one after until the committed state shows them. Nothing on a one-node broker.
+    pub fn report_leadership(&self, changes: Vec<leadership::LeadershipChange>) {
+        let Some(replicated) = &self.replicated else {
+            return;
+        };
+        if changes.is_empty() {
+            return;
+        }
+        replicated.leadership.borrow_mut().queue(changes);
+        replicated.leadership_urgent.set(true);
+    }
+
+    /// What this broker takes from each committed state it adopts: leadership reports now
+    /// settled, and a producer-id block granted to it.
+    fn committed(&self, replicated: &Replicated, state: &ClusterState) {
+        replicated.leadership.borrow_mut().forget_settled(state);
+        if let Some(start) = producer_ids::granted(
+            state,
+            self.rules.node_id,
+            replicated.registration.incarnation,
+        ) {
+            replicated.producer_ids.receive(start);
+        }
     }
 
     /// Applies the heartbeats received to `next` (registrations) and the silence of others
@@ -349,6 +408,18 @@ impl Controller {
                 );
             }
             wants_offsets_topic |= heartbeat.wants_offsets_topic;
+            if !heartbeat.leadership.is_empty() {
+                let (recorded, ignored) = leadership::apply(next, node_id, &heartbeat.leadership);
+                if recorded > 0 || !ignored.is_empty() {
+                    tracing::debug!(node_id, recorded, ?ignored, "leadership reports heard");
+                }
+            }
+            if let Some(request) = &heartbeat.producer_ids {
+                let incarnation = heartbeat.registration.incarnation;
+                if producer_ids::grant(next, node_id, incarnation, request) {
+                    tracing::info!(node_id, start = ?producer_ids::granted(next, node_id, incarnation), "producer-id block granted");
+                }
+            }
         }
         for node_id in liveness.expired(next, now) {
             registry::fence(next, node_id);
@@ -408,6 +479,7 @@ impl Controller {
             tracing::info!(%message, "registry change not committed; retried with the next heartbeats");
             return None;
         }
+        self.committed(replicated, &next);
         self.forget_offline_of_deleted(&next);
         *self.state.borrow_mut() = next;
         Some((self.snapshot(), turn))
