@@ -742,6 +742,41 @@ mod tests {
     }
 
     #[test]
+    fn clients_are_told_of_offline_replicas_and_missing_leaders() {
+        let mut snapshot = build_snapshot(&state(), &rules(true));
+        let tp = |topic: &str, partition| TopicPartition {
+            topic: topic.into(),
+            partition,
+        };
+        // This broker's (1) log of r-0, which it leads, and of r-1, which 3 leads, failed.
+        snapshot.offline_partitions.insert(tp("r", 0));
+        snapshot.offline_partitions.insert(tp("r", 1));
+        let r = snapshot.topic("r").unwrap().clone();
+        let led_here = snapshot.describe_partition(&r, 0);
+        assert_eq!(led_here.error_code, codes::KAFKA_STORAGE_ERROR);
+        assert_eq!(
+            (led_here.isr, led_here.offline_replicas),
+            (vec![3], vec![2, 1])
+        );
+        let led_elsewhere = snapshot.describe_partition(&r, 1);
+        assert_eq!(led_elsewhere.error_code, codes::NONE, "3 still serves it");
+        assert_eq!(
+            (led_elsewhere.isr, led_elsewhere.offline_replicas),
+            (vec![3], vec![2, 1])
+        );
+        let leaderless = snapshot.describe_partition(&r, 2);
+        assert_eq!(
+            (
+                leaderless.error_code,
+                leaderless.leader,
+                leaderless.leader_epoch
+            ),
+            (codes::LEADER_NOT_AVAILABLE, -1, 4)
+        );
+        assert_eq!(leaderless.replicas, [2, 3]);
+    }
+
+    #[test]
     fn a_one_node_broker_holds_every_partition_as_before() {
         let snapshot = build_snapshot(&state(), &rules(false));
         assert!(snapshot.brokers.is_empty());
