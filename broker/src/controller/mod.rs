@@ -605,6 +605,9 @@ fn describe_partition(
 }
 
 #[cfg(test)]
+mod heartbeat_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::controller::store::{BrokerRecord, ReplicaRecord, TopicRecord};
