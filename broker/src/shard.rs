@@ -344,6 +344,15 @@ impl ShardServices {
             }));
     }
 
+    /// Shard 0: queues leadership changes of Raft groups this broker leads for the
+    /// controller (`Controller::report_leadership`: sent with the next heartbeat, at once,
+    /// and resent until committed). Nothing on other shards or on a one-node broker.
+    pub fn report_leadership(&self, changes: Vec<crate::controller::leadership::LeadershipChange>) {
+        if let Some(controller) = &self.controller {
+            controller.report_leadership(changes);
+        }
+    }
+
     /// Sends a topic change to the controller on shard 0 and waits until every shard has
     /// the resulting metadata. `None` when shard 0 is gone (only during shutdown).
     pub async fn controller_call(self: &Rc<Self>, call: ControllerCall) -> Option<ControllerReply> {
