@@ -247,10 +247,16 @@ fn cluster_producer_ids_never_overlap_across_brokers_restarts_and_failovers() {
         // Without a controller, an init is answered a retriable error, not a made-up id.
         let (_, _, alone) = start(9, &SimDisk::new());
         alone.set_block_wait(std::time::Duration::from_millis(20));
-        assert_eq!(
-            alone.init_or_code(-1, -1).await,
-            Err(kafka_protocol::error::ResponseError::CoordinatorLoadInProgress.code())
-        );
+        let load_in_progress =
+            kafka_protocol::error::ResponseError::CoordinatorLoadInProgress.code();
+        assert_eq!(alone.init_or_code(-1, -1).await, Err(load_in_progress));
+        // The next one, right after, does not wait a period of its own (an hour here: a
+        // regression would be cut off by the minute below, not pass).
+        alone.set_block_wait(std::time::Duration::from_secs(3600));
+        let next = glommio::timer::timeout(std::time::Duration::from_secs(60), async {
+            Ok(alone.init_or_code(-1, -1).await)
+        });
+        assert_eq!(next.await.expect("answered at once"), Err(load_in_progress));
     });
 }
 

@@ -625,6 +625,8 @@ pub struct ProducerIds {
     issued: RefCell<VecDeque<(i64, i64)>>,
     /// How long an init waits for a granted block ([`BLOCK_WAIT`]; tests shorten it).
     block_wait: Cell<std::time::Duration>,
+    /// When the last wait for a block ended without one.
+    waited_in_vain: Cell<Option<std::time::Instant>>,
 }
 
 impl ProducerIds {
@@ -639,6 +641,7 @@ impl ProducerIds {
             granted,
             issued: RefCell::default(),
             block_wait: Cell::new(BLOCK_WAIT),
+            waited_in_vain: Cell::new(None),
         }
     }
 
@@ -667,7 +670,13 @@ impl ProducerIds {
         if producer_id >= 0 && issued_here && (0..i16::MAX - 1).contains(&epoch) {
             return Some((producer_id, epoch + 1));
         }
-        let deadline = std::time::Instant::now() + self.block_wait.get();
+        let now = std::time::Instant::now();
+        // Inits queued behind one that just waited in vain (the controller unreachable) do
+        // not wait a whole period each: within a period of that failure they only look.
+        let deadline = match self.waited_in_vain.get() {
+            Some(failed) if now < failed + BLOCK_WAIT => now,
+            _ => now + self.block_wait.get(),
+        };
         while self.next.get() >= self.block_end.get() {
             if let Some(start) = granted.take() {
                 let mut issued = self.issued.borrow_mut();
@@ -686,6 +695,7 @@ impl ProducerIds {
             }
             granted.want();
             if std::time::Instant::now() >= deadline {
+                self.waited_in_vain.set(Some(std::time::Instant::now()));
                 return None;
             }
             glommio::timer::sleep(BLOCK_POLL).await;
