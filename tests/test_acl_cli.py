@@ -3,8 +3,9 @@ confluent-kafka's AdminClient describes and what the broker enforces (alice may 
 the CLI allows it, and not after the CLI deletes it), ACLs librdkafka creates are what the CLI
 lists, and bad flags or a refused request end in a clear message and a non-zero exit.
 
-The CLI has no SASL or TLS yet: it reaches the broker on a PLAINTEXT listener as
-User:ANONYMOUS, which these brokers name a super user (an operator's local admin listener)."""
+Here the CLI reaches the broker on a PLAINTEXT listener as User:ANONYMOUS, which these brokers
+name a super user (an operator's local admin listener); test_cli_security.py drives it over
+SASL and TLS with --command-config."""
 
 from confluent_kafka.admin import (AclBinding, AclBindingFilter, AclOperation, AclPermissionType,
                                    ResourcePatternType, ResourceType)

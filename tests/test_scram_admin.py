@@ -155,7 +155,11 @@ def test_with_acls_on_only_alter_and_describe_on_the_cluster_may(start_broker, t
     info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096)
     assert alter(carol, [UserScramCredentialUpsertion("eve", info, b"pw")]) == {"eve": CLUSTER_AUTHORIZATION_FAILED}
     # confluent-kafka 2.16 crashes (SIGSEGV) on a refused describe-all, whatever the broker
-    # (Kafka answers the same top-level-only error): asked on a raw socket instead.
+    # (Kafka answers the same top-level-only error): asked on a raw socket instead. The fault
+    # is librdkafka's (src/rdkafka_admin.c, DescribeUserScramCredentialsResponse_parse, still
+    # so on its master of 2026-07): a non-zero top-level ErrorCode sets the result's errstr to
+    # rd_kafka_err2str()'s static string or to an alloca copy of the message (RD_KAFKAP_STR_DUPA),
+    # and rd_kafka_op_destroy later rd_free()s it.
     assert describe_raw(sasl_socket(sasl, "carol", "carol-secret"))[0] == CLUSTER_AUTHORIZATION_FAILED
     # The super user may; eve then logs in.
     admin = admin_as(sasl)

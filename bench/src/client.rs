@@ -72,6 +72,8 @@ fn options(mode: ApiVersionsMode) -> ConnectOptions {
             ApiVersionsMode::Fixed => VersionsMode::Fixed,
         },
         timeout_hint: "",
+        // The bench measures the broker's plaintext path; a TLS figure is asked of it apart.
+        security: ringfeed_client::Security::plaintext(),
     }
 }
 

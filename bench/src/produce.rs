@@ -158,7 +158,7 @@ fn open_lane(
 ) -> io::Result<Lane> {
     let connection = client::open(leader, config.layout.api_versions)?;
     let produce_version = client::version(&connection.versions, ApiKey::Produce)?;
-    let (writer, reader, _) = connection.split();
+    let (writer, reader, _) = connection.split()?;
     let (to_acker, acker) = if config.acks == 0 {
         (None, None)
     } else {

@@ -65,18 +65,15 @@ enum UserCommand {
         iterations: u32,
         #[arg(long, default_value = "./ringfeed-data")]
         data_dir: PathBuf,
-        /// Change a running broker's credentials over the Kafka protocol (KIP-554) instead of
-        /// the data directory (plain TCP, as `User:ANONYMOUS`).
-        #[arg(long)]
-        bootstrap_server: Option<String>,
+        #[command(flatten)]
+        online: OnlineArgs,
     },
     /// List users and their mechanisms.
     List {
         #[arg(long, default_value = "./ringfeed-data")]
         data_dir: PathBuf,
-        /// Ask a running broker (KIP-554) instead of reading the data directory.
-        #[arg(long)]
-        bootstrap_server: Option<String>,
+        #[command(flatten)]
+        online: OnlineArgs,
     },
     /// Delete a user's credential of one mechanism, or all of them.
     Delete {
@@ -85,10 +82,22 @@ enum UserCommand {
         mechanism: Option<String>,
         #[arg(long, default_value = "./ringfeed-data")]
         data_dir: PathBuf,
-        /// Delete on a running broker (KIP-554); the mechanism is then required.
-        #[arg(long)]
-        bootstrap_server: Option<String>,
+        #[command(flatten)]
+        online: OnlineArgs,
     },
+}
+
+/// A running broker to change instead of the data directory.
+#[derive(clap::Args)]
+struct OnlineArgs {
+    /// Change or read a running broker's credentials over the Kafka protocol (KIP-554)
+    /// instead of the data directory (a delete then needs --mechanism).
+    #[arg(long)]
+    bootstrap_server: Option<String>,
+    /// The client properties file for that connection (TLS, SASL), as the client commands'
+    /// `--command-config`; without it the connection is plaintext, as `User:ANONYMOUS`.
+    #[arg(long, requires = "bootstrap_server", value_name = "FILE")]
+    command_config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -142,40 +151,41 @@ fn main() -> ExitCode {
 
 fn user(command: UserCommand) -> ExitCode {
     use ringfeed_broker::sasl::users;
-    let outcome =
-        match command {
-            UserCommand::Create {
-                name,
-                mechanism,
-                password_stdin: _,
-                iterations,
-                data_dir,
-                bootstrap_server,
-            } => users::read_password(std::io::stdin().lock()).and_then(|password| {
-                match bootstrap_server {
-                    Some(server) => {
-                        user_online::create(&server, &name, &mechanism, iterations, &password)
-                    }
-                    None => users::create(&data_dir, &name, &mechanism, iterations, &password),
-                }
-            }),
-            UserCommand::List {
-                data_dir,
-                bootstrap_server,
-            } => match bootstrap_server {
-                Some(server) => user_online::list(&server),
-                None => users::list(&data_dir),
-            },
-            UserCommand::Delete {
-                name,
-                mechanism,
-                data_dir,
-                bootstrap_server,
-            } => match bootstrap_server {
-                Some(server) => user_online::delete(&server, &name, mechanism.as_deref()),
-                None => users::delete(&data_dir, &name, mechanism.as_deref()),
-            },
-        };
+    let outcome = match command {
+        UserCommand::Create {
+            name,
+            mechanism,
+            password_stdin: _,
+            iterations,
+            data_dir,
+            online,
+        } => users::read_password(std::io::stdin().lock()).and_then(|password| {
+            if online.bootstrap_server.is_some() {
+                user_online::create(&online, &name, &mechanism, iterations, &password)
+            } else {
+                users::create(&data_dir, &name, &mechanism, iterations, &password)
+            }
+        }),
+        UserCommand::List { data_dir, online } => {
+            if online.bootstrap_server.is_some() {
+                user_online::list(&online)
+            } else {
+                users::list(&data_dir)
+            }
+        }
+        UserCommand::Delete {
+            name,
+            mechanism,
+            data_dir,
+            online,
+        } => {
+            if online.bootstrap_server.is_some() {
+                user_online::delete(&online, &name, mechanism.as_deref())
+            } else {
+                users::delete(&data_dir, &name, mechanism.as_deref())
+            }
+        }
+    };
     match outcome {
         Ok(text) => {
             println!("{}", text.trim_end());
@@ -234,15 +244,18 @@ mod user_online {
     use ringfeed_broker::sasl::{alteration, users};
     use ringfeed_cli as cli;
 
-    fn connect(server: &str) -> cli::ConnectArgs {
+    use super::OnlineArgs;
+
+    fn connect(online: &OnlineArgs) -> cli::ConnectArgs {
         cli::ConnectArgs {
-            brokers: vec![server.to_string()],
+            brokers: online.bootstrap_server.iter().cloned().collect(),
             timeout_ms: 10_000,
+            command_config: online.command_config.clone(),
         }
     }
 
     pub fn create(
-        server: &str,
+        online: &OnlineArgs,
         user: &str,
         mechanism: &str,
         iterations: u32,
@@ -256,14 +269,18 @@ mod user_online {
             salt,
             salted_password,
         };
-        cli::user::alter(&connect(server), user, vec![change]).map_err(|error| error.0)
+        cli::user::alter(&connect(online), user, vec![change]).map_err(|error| error.0)
     }
 
-    pub fn list(server: &str) -> Result<String, String> {
-        cli::user::list(&connect(server)).map_err(|error| error.0)
+    pub fn list(online: &OnlineArgs) -> Result<String, String> {
+        cli::user::list(&connect(online)).map_err(|error| error.0)
     }
 
-    pub fn delete(server: &str, user: &str, mechanism: Option<&str>) -> Result<String, String> {
+    pub fn delete(
+        online: &OnlineArgs,
+        user: &str,
+        mechanism: Option<&str>,
+    ) -> Result<String, String> {
         let Some(mechanism) = mechanism else {
             return Err("--bootstrap-server needs --mechanism for a delete (KIP-554 deletes one credential)".into());
         };
@@ -271,24 +288,26 @@ mod user_online {
         let change = cli::user::Change::Delete {
             mechanism: alteration::mechanism_code(hash),
         };
-        cli::user::alter(&connect(server), user, vec![change]).map_err(|error| error.0)
+        cli::user::alter(&connect(online), user, vec![change]).map_err(|error| error.0)
     }
 }
 
 /// Without the client crates (`--no-default-features`) there is nothing to send with.
 #[cfg(not(feature = "cli"))]
 mod user_online {
+    use super::OnlineArgs;
+
     const WHY: &str = "--bootstrap-server needs the binary built with the `cli` feature";
 
-    pub fn create(_: &str, _: &str, _: &str, _: u32, _: &[u8]) -> Result<String, String> {
+    pub fn create(_: &OnlineArgs, _: &str, _: &str, _: u32, _: &[u8]) -> Result<String, String> {
         Err(WHY.into())
     }
 
-    pub fn list(_: &str) -> Result<String, String> {
+    pub fn list(_: &OnlineArgs) -> Result<String, String> {
         Err(WHY.into())
     }
 
-    pub fn delete(_: &str, _: &str, _: Option<&str>) -> Result<String, String> {
+    pub fn delete(_: &OnlineArgs, _: &str, _: Option<&str>) -> Result<String, String> {
         Err(WHY.into())
     }
 }

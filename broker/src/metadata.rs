@@ -92,10 +92,15 @@ impl TopicMetadata {
             .map_or(-1, |partition| partition.leader)
     }
 
-    /// `partition`'s leader epoch (-1 for a partition that does not exist).
+    /// The current leader epoch of `partition`: what `Metadata` (v7+) and
+    /// `DescribeTopicPartitions` answer, what the `current_leader_epoch` checks of Fetch,
+    /// `ListOffsets` and `OffsetForLeaderEpoch` compare with, and the epoch of the leader that
+    /// Produce and Fetch name when they refuse (KIP-951). The one place the epoch is read, so
+    /// they all agree: the epoch the controller recorded from the leader's report (its Raft
+    /// term), 0 until a leader reported. -1 for a partition the topic does not have.
     pub fn leader_epoch(&self, partition: i32) -> i32 {
         self.partition(partition)
-            .map_or(-1, |partition| partition.leader_epoch)
+            .map_or(NO_LEADER_EPOCH, |partition| partition.leader_epoch)
     }
 
     /// `partition`'s in-sync replicas.
@@ -127,6 +132,25 @@ pub struct PartitionView {
     pub isr: Vec<i32>,
     pub offline_replicas: Vec<i32>,
 }
+
+/// Kafka's check of a request's `current_leader_epoch` against the partition's `current`
+/// epoch (`Partition.checkCurrentLeaderEpoch`): -1 asks for no check; an older epoch is
+/// `FENCED_LEADER_EPOCH` (the client's metadata is stale), a newer one
+/// `UNKNOWN_LEADER_EPOCH` (this broker's is). `NONE` when they agree.
+pub fn current_leader_epoch_error(requested: i32, current: i32) -> i16 {
+    use crate::error_codes as codes;
+    if requested == NO_LEADER_EPOCH {
+        return codes::NONE;
+    }
+    match requested.cmp(&current) {
+        std::cmp::Ordering::Less => codes::FENCED_LEADER_EPOCH,
+        std::cmp::Ordering::Greater => codes::UNKNOWN_LEADER_EPOCH,
+        std::cmp::Ordering::Equal => codes::NONE,
+    }
+}
+
+/// A request's `current_leader_epoch` that asks for no check (`RecordBatch.NO_PARTITION_LEADER_EPOCH`).
+pub const NO_LEADER_EPOCH: i32 = -1;
 
 /// An immutable view of the cluster at one controller epoch. Shared across shards.
 #[derive(Debug, Default)]
@@ -189,6 +213,37 @@ impl MetadataSnapshot {
     pub fn broker_of(&self, topic: &str, partition: i32) -> Option<i32> {
         let topic = self.topics.get(topic)?;
         topic.partition(partition).map(|partition| partition.leader)
+    }
+
+    /// Whether this broker may answer a leader's request (Fetch, `ListOffsets`,
+    /// `OffsetForLeaderEpoch`) about `partition` of `topic` from a client that names
+    /// `current_leader_epoch`: the epoch check first ([`current_leader_epoch_error`]), as
+    /// Kafka's `Partition.getLocalLog` does, then leadership (`NOT_LEADER_OR_FOLLOWER` when
+    /// another broker leads it). `NONE` when it may.
+    pub fn leader_check(
+        &self,
+        topic: &TopicMetadata,
+        partition: i32,
+        current_leader_epoch: i32,
+    ) -> i16 {
+        let epoch_error =
+            current_leader_epoch_error(current_leader_epoch, topic.leader_epoch(partition));
+        if epoch_error != crate::error_codes::NONE {
+            return epoch_error;
+        }
+        // Another broker leads it, or nobody does (no live replica).
+        if topic.leader(partition) == self.local_node {
+            crate::error_codes::NONE
+        } else {
+            crate::error_codes::NOT_LEADER_OR_FOLLOWER
+        }
+    }
+
+    /// The leader of `partition` of `topic` and its epoch, for a refusal that tells the
+    /// client where to go (KIP-951's `current_leader`); `None` while its broker is not alive.
+    pub fn current_leader(&self, topic: &TopicMetadata, partition: i32) -> Option<(i32, i32)> {
+        let leader = topic.leader(partition);
+        (leader >= 0 && self.is_alive(leader)).then(|| (leader, topic.leader_epoch(partition)))
     }
 
     /// Whether clients can reach `node_id` now: this broker, or a registered one that is
@@ -322,5 +377,95 @@ impl MetadataView {
         );
         *self.current.borrow_mut() = snapshot;
         self.ready.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error_codes as codes;
+
+    fn topic(partition_brokers: &[i32]) -> TopicMetadata {
+        TopicMetadata {
+            name: "t".into(),
+            name_bytes: Bytes::from_static(b"t"),
+            id: Uuid::nil(),
+            partition_shards: vec![0; partition_brokers.len()],
+            partitions: partition_brokers
+                .iter()
+                .map(|&broker| PartitionMetadata {
+                    replicas: vec![broker],
+                    group_id: 1,
+                    leader: broker,
+                    leader_epoch: 0,
+                    isr: vec![broker],
+                    offline_replicas: Vec::new(),
+                    hosted_here: broker == 1,
+                })
+                .collect(),
+            overrides: BTreeMap::new(),
+            config: crate::settings::Effective::defaults().topic_defaults(),
+        }
+    }
+
+    #[test]
+    fn current_leader_epoch_is_checked_as_kafka_does() {
+        assert_eq!(current_leader_epoch_error(NO_LEADER_EPOCH, 3), codes::NONE);
+        assert_eq!(current_leader_epoch_error(3, 3), codes::NONE);
+        assert_eq!(current_leader_epoch_error(2, 3), codes::FENCED_LEADER_EPOCH);
+        assert_eq!(
+            current_leader_epoch_error(4, 3),
+            codes::UNKNOWN_LEADER_EPOCH
+        );
+        assert_eq!(
+            current_leader_epoch_error(-2, 0),
+            codes::FENCED_LEADER_EPOCH,
+            "only -1 means no check"
+        );
+        assert_eq!(
+            (codes::FENCED_LEADER_EPOCH, codes::UNKNOWN_LEADER_EPOCH),
+            (74, 75)
+        );
+    }
+
+    #[test]
+    fn leader_check_tests_the_epoch_then_leadership() {
+        let topic = topic(&[1, 2]);
+        let snapshot = MetadataSnapshot {
+            local_node: 1,
+            brokers: vec![BrokerEndpoints {
+                node_id: 2,
+                rack: None,
+                listeners: Vec::new(),
+            }],
+            ..MetadataSnapshot::default()
+        };
+        let epoch = topic.leader_epoch(0);
+        assert_eq!(topic.leader_epoch(2), NO_LEADER_EPOCH, "no partition 2");
+        assert_eq!(snapshot.leader_check(&topic, 0, -1), codes::NONE);
+        assert_eq!(snapshot.leader_check(&topic, 0, epoch), codes::NONE);
+        assert_eq!(
+            snapshot.leader_check(&topic, 0, epoch + 1),
+            codes::UNKNOWN_LEADER_EPOCH
+        );
+        assert_eq!(
+            snapshot.leader_check(&topic, 1, -1),
+            codes::NOT_LEADER_OR_FOLLOWER
+        );
+        assert_eq!(
+            snapshot.leader_check(&topic, 1, epoch + 1),
+            codes::UNKNOWN_LEADER_EPOCH,
+            "the epoch first, as Kafka's Partition.getLocalLog"
+        );
+        assert_eq!(snapshot.current_leader(&topic, 1), Some((2, epoch)));
+        let fenced = MetadataSnapshot {
+            local_node: 1,
+            ..MetadataSnapshot::default()
+        };
+        assert_eq!(
+            fenced.current_leader(&topic, 1),
+            None,
+            "broker 2 is not alive"
+        );
     }
 }

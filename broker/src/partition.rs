@@ -406,6 +406,17 @@ impl PartitionTable {
         list_offset(self, tp, timestamp_ms).await
     }
 
+    /// `OffsetForLeaderEpoch` from the partition's leader-epoch cache: the epoch and end
+    /// offset Kafka answers for `leader_epoch` (`storage::epochs`; (-1, -1) when undefined),
+    /// or the error code of a partition that is offline or not here.
+    pub fn end_offset_for_leader_epoch(
+        &self,
+        tp: &TopicPartition,
+        leader_epoch: i32,
+    ) -> Result<(i32, i64), i16> {
+        Ok(self.log(tp)?.end_offset_for_leader_epoch(leader_epoch))
+    }
+
     /// The partition's active idempotent producers (`DescribeProducers`), or the error code
     /// of a partition that is offline or not here.
     pub async fn describe_producers(
@@ -569,6 +580,23 @@ pub async fn list_offset_on<S: PartitionOwner>(
         tp,
         Ending::ToCompletion,
         move |table, tp| async move { table.list_offset(&tp, timestamp_ms).await },
+    )
+    .await
+}
+
+/// [`PartitionTable::end_offset_for_leader_epoch`] on the partition's owner.
+pub async fn end_offset_for_leader_epoch_on<S: PartitionOwner>(
+    router: &Rc<ShardRouter<S>>,
+    owner: usize,
+    tp: TopicPartition,
+    leader_epoch: i32,
+) -> Option<Result<(i32, i64), i16>> {
+    on_owner(
+        router,
+        owner,
+        tp,
+        Ending::WithItsCaller,
+        move |table, tp| std::future::ready(table.end_offset_for_leader_epoch(&tp, leader_epoch)),
     )
     .await
 }

@@ -279,6 +279,7 @@ fn round_trip_version(key: ApiKey, version: i16, draws: &mut Draws) {
         CreateTopics => CreateTopicsRequest,
         DeleteTopics => DeleteTopicsRequest,
         DeleteRecords => DeleteRecordsRequest,
+        OffsetForLeaderEpoch => OffsetForLeaderEpochRequest,
         CreatePartitions => CreatePartitionsRequest,
         IncrementalAlterConfigs => IncrementalAlterConfigsRequest,
         DescribeCluster => DescribeClusterRequest,

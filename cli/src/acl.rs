@@ -5,8 +5,8 @@
 //! `PatternType`, `AclOperation`, `AclPermissionType`), written here rather than taken from
 //! the broker: the CLI talks to any Kafka broker.
 //!
-//! Connections are plain TCP: the CLI has no SASL or TLS yet, so on a broker with ACLs on
-//! it acts as `User:ANONYMOUS` on a PLAINTEXT listener.
+//! Connections are secured as `--command-config` says; without it, on a broker with ACLs on,
+//! the CLI acts as `User:ANONYMOUS` on a PLAINTEXT listener.
 
 use kafka_protocol::messages::create_acls_request::AclCreation;
 use kafka_protocol::messages::delete_acls_request::DeleteAclsFilter;

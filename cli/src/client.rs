@@ -8,16 +8,17 @@ use kafka_protocol::messages::{
     DescribeConfigsRequest, DescribeGroupsRequest, DescribeUserScramCredentialsRequest,
     FetchRequest, FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest,
     JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, SyncGroupRequest,
+    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, SaslAuthenticateRequest,
+    SaslHandshakeRequest, SyncGroupRequest,
 };
 pub use ringfeed_client::cluster::{
     group_id, topic_name, Cluster, TopicLayout, OFFSET_EARLIEST, OFFSET_LATEST, RETRIES_MAX,
     RETRY_BACKOFF,
 };
 pub use ringfeed_client::Connection;
-use ringfeed_client::{ApiRange, ConnectOptions, VersionsMode};
+use ringfeed_client::{ApiRange, ConnectOptions, Security, VersionsMode};
 
-use super::{CliResult, ConnectArgs};
+use super::{CliError, CliResult, ConnectArgs};
 
 /// Largest response frame accepted. Fetches ask for at most `--fetch-max-bytes` (32 MiB),
 /// metadata of even a large cluster is a few MiB; anything bigger is a broken peer, refused
@@ -30,7 +31,7 @@ const CLIENT_ID: &str = "ringfeed-cli";
 /// structs have no field for it. Nor the versions Kafka 4 removed (KIP-896) that the codec
 /// carries again for the broker (vendor/README.md): their answers differ (`ListOffsets` v0's
 /// offset list, `OffsetCommit` v0's separate store) and the CLI's calls read the later shape.
-const APIS: [ApiRange; 27] = [
+const APIS: [ApiRange; 29] = [
     // v2 record batches only: Produce 0-2 and Fetch 0-3 carry message format v0/v1.
     ApiRange::at_least::<ProduceRequest>(3),
     ApiRange::at_least::<FetchRequest>(4),
@@ -60,12 +61,20 @@ const APIS: [ApiRange; 27] = [
     ApiRange::of::<AlterUserScramCredentialsRequest>(),
     ApiRange::of::<DescribeClientQuotasRequest>(),
     ApiRange::of::<AlterClientQuotasRequest>(),
+    // v1 on: the login's messages ride in SaslAuthenticate requests (v0 sent them raw).
+    ApiRange::at_least::<SaslHandshakeRequest>(1),
+    ApiRange::of::<SaslAuthenticateRequest>(),
 ];
 
 /// How the CLI's connections behave: versions always negotiated (the CLI speaks too many
-/// APIs for a fixed table), every socket operation bounded by `--timeout-ms`.
-pub fn options(args: &ConnectArgs) -> ConnectOptions {
-    ConnectOptions {
+/// APIs for a fixed table), every socket operation bounded by `--timeout-ms`, TLS and SASL
+/// as `--command-config` says.
+pub fn options(args: &ConnectArgs) -> CliResult<ConnectOptions> {
+    let security = match &args.command_config {
+        Some(path) => Security::read_file(path).map_err(CliError)?,
+        None => Security::plaintext(),
+    };
+    Ok(ConnectOptions {
         client_id: CLIENT_ID,
         timeout: args.timeout(),
         response_frame_bytes_max: RESPONSE_FRAME_BYTES_MAX,
@@ -73,13 +82,14 @@ pub fn options(args: &ConnectArgs) -> ConnectOptions {
         fixed: &[],
         mode: VersionsMode::Negotiate,
         timeout_hint: "see --timeout-ms",
-    }
+        security,
+    })
 }
 
 /// Connects to the first bootstrap broker of `--brokers` that answers and reads the broker
 /// list.
 pub fn connect(args: &ConnectArgs) -> CliResult<Cluster> {
-    Ok(Cluster::connect(&args.brokers, options(args))?)
+    Ok(Cluster::connect(&args.brokers, options(args)?)?)
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! `ringfeed topic|produce|consume|group|acl|quota`: an rpk-like command-line client that speaks the
+//! `ringfeed topic|produce|consume|group|acl|quota|cluster`: an rpk-like command-line client that speaks the
 //! Kafka protocol to any Kafka broker, Ringfeed or not. Nothing here reaches into the broker's
 //! internals: requests are built with the `kafka-protocol` crate, versions are negotiated with
 //! `ApiVersions`, partition requests go to partition leaders found through `Metadata` and group
@@ -11,6 +11,7 @@
 
 pub mod acl;
 pub mod client;
+pub mod cluster;
 pub mod consume;
 pub mod format;
 pub mod group;
@@ -61,6 +62,13 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: quota::QuotaCommand,
     },
+    /// The cluster's brokers, controller and partition health.
+    Cluster {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
 }
 
 /// How to reach the cluster; accepted before or after the subcommand.
@@ -80,6 +88,20 @@ pub struct ConnectArgs {
     /// How long to wait for a connection or for any one response, in milliseconds.
     #[arg(long, global = true, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub timeout_ms: u64,
+    /// A Kafka client properties file with the security settings, as `kafka-topics.sh
+    /// --command-config` takes: `security.protocol` (`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT`,
+    /// `SASL_SSL`), `sasl.mechanism` (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) with
+    /// `sasl.jaas.config` or `sasl.username`/`sasl.password`, and PEM files in
+    /// `ssl.truststore.location` (or `ssl.ca.location`) and, for mutual TLS,
+    /// `ssl.keystore.location` (or `ssl.certificate.location` + `ssl.key.location`).
+    #[arg(
+        long,
+        global = true,
+        env = "RINGFEED_COMMAND_CONFIG",
+        alias = "client-config",
+        value_name = "FILE"
+    )]
+    pub command_config: Option<std::path::PathBuf>,
 }
 
 impl ConnectArgs {
@@ -97,6 +119,7 @@ pub fn run(command: ClientCommand) -> ExitCode {
         ClientCommand::Group { connect, command } => group::run(&connect, command),
         ClientCommand::Acl { connect, command } => acl::run(&connect, command),
         ClientCommand::Quota { connect, command } => quota::run(&connect, command),
+        ClientCommand::Cluster { connect, command } => cluster::run(&connect, command),
     };
     match outcome {
         Ok(Outcome::Success) => ExitCode::SUCCESS,

@@ -3,23 +3,28 @@
 //! two halves to two threads so a sender can keep many requests in flight while a reader
 //! takes the responses, which Kafka returns in request order on a connection.
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, SaslAuthenticateRequest, SaslHandshakeRequest,
+};
 use kafka_protocol::protocol::{Decodable, Request, StrBytes};
 use ringfeed_protocol::codec;
 use ringfeed_protocol::error_codes;
 use ringfeed_protocol::frame::FRAME_SIZE_PREFIX_BYTES;
 
 use crate::error::{check_error, Error, ErrorKind, Result};
+use crate::sasl::SaslExchange;
+use crate::security::Security;
 use crate::versions::{ApiRange, Versions, VersionsMode};
 
-/// What a client is and how its connections behave; one per client, copied into each
+/// What a client is and how its connections behave; one per client, cloned into each
 /// connection.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnectOptions {
     /// The `client_id` of every request header, and the software name sent in `ApiVersions`.
     pub client_id: &'static str,
@@ -34,6 +39,8 @@ pub struct ConnectOptions {
     pub mode: VersionsMode,
     /// Where a person changes the timeout, named when one expires (empty: nowhere).
     pub timeout_hint: &'static str,
+    /// TLS and SASL for every connection (`Security::plaintext()`: neither).
+    pub security: Security,
 }
 
 /// Encodes a whole request frame (size prefix, header, body) into `frame`, reusing its
@@ -51,7 +58,7 @@ pub fn encode_request<R: Request>(
 
 /// The sending half of a connection.
 pub struct FrameWriter {
-    stream: TcpStream,
+    stream: Socket,
     address: String,
     options: ConnectOptions,
     /// Reused for every request sent through [`FrameWriter::send`].
@@ -79,22 +86,29 @@ impl FrameWriter {
             options,
             frame,
         } = self;
-        stream.write_all(frame).map_err(|error| {
-            Error::io(address, "sending a request", &error, options.timeout_hint)
-        })?;
+        stream
+            .write_all(frame)
+            .and_then(|()| stream.flush())
+            .map_err(|error| {
+                Error::io(address, "sending a request", &error, options.timeout_hint)
+            })?;
         Ok(frame.len())
     }
 
     /// Writes a frame made by [`encode_request`] (a caller that keeps its own buffer).
     pub fn write_frame(&mut self, frame: &[u8]) -> Result<()> {
-        self.stream.write_all(frame).map_err(|error| {
-            Error::io(
-                &self.address,
-                "sending a request",
-                &error,
-                self.options.timeout_hint,
-            )
-        })
+        let stream = &mut self.stream;
+        stream
+            .write_all(frame)
+            .and_then(|()| stream.flush())
+            .map_err(|error| {
+                Error::io(
+                    &self.address,
+                    "sending a request",
+                    &error,
+                    self.options.timeout_hint,
+                )
+            })
     }
 
     pub fn client_id(&self) -> &'static str {
@@ -104,7 +118,7 @@ impl FrameWriter {
 
 /// The receiving half of a connection.
 pub struct FrameReader {
-    stream: TcpStream,
+    stream: Socket,
     address: String,
     options: ConnectOptions,
 }
@@ -218,24 +232,89 @@ impl Connection {
                 }
             },
         }
+        if options.security.sasl.is_some() {
+            connection.authenticate()?;
+        }
         Ok(connection)
+    }
+
+    /// Logs in with `options.security.sasl`: `SaslHandshake` (v1, so the exchange rides in
+    /// `SaslAuthenticate` requests), then the mechanism's messages. Kafka lets `ApiVersions`
+    /// come first, which is how the versions used here were learned.
+    fn authenticate(&mut self) -> Result<()> {
+        let Some(login) = self.writer.options.security.sasl.clone() else {
+            return Ok(());
+        };
+        let what = format!(
+            "SASL {} login of {:?} at {}",
+            login.mechanism.name(),
+            login.username,
+            self.address()
+        );
+        let handshake_version = self.versions.get(SaslHandshakeRequest::KEY).unwrap_or(1);
+        if handshake_version < 1 {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("{what}: the broker has no SaslHandshake v1"),
+            ));
+        }
+        let handshake = self.call_at(
+            &SaslHandshakeRequest::default()
+                .with_mechanism(StrBytes::from_static_str(login.mechanism.name())),
+            handshake_version,
+        )?;
+        if handshake.error_code != 0 {
+            let offered: Vec<&str> = handshake.mechanisms.iter().map(StrBytes::as_str).collect();
+            let offered =
+                StrBytes::from_string(format!("the broker offers {}", offered.join(", ")));
+            check_error(handshake.error_code, Some(&offered), &what)?;
+        }
+        let authenticate_version = self.versions.get(SaslAuthenticateRequest::KEY).unwrap_or(0);
+        let (mut exchange, first) = SaslExchange::start(&login)
+            .map_err(|error| Error::failed(format!("{what}: {error}")))?;
+        let mut answer = self.sasl_step(first, authenticate_version, &what)?;
+        if let SaslExchange::Scram(client) = &mut exchange {
+            let client_final = client
+                .client_final(&answer)
+                .map_err(|error| Error::failed(format!("{what}: {error}")))?;
+            answer = self.sasl_step(client_final, authenticate_version, &what)?;
+            client
+                .verify_server_final(&answer)
+                .map_err(|error| Error::failed(format!("{what}: {error}")))?;
+        }
+        Ok(())
+    }
+
+    fn sasl_step(&mut self, message: Vec<u8>, version: i16, what: &str) -> Result<Vec<u8>> {
+        let response = self.call_at(
+            &SaslAuthenticateRequest::default().with_auth_bytes(message.into()),
+            version,
+        )?;
+        check_error(response.error_code, response.error_message.as_ref(), what)?;
+        Ok(response.auth_bytes.to_vec())
     }
 
     /// Connects and disables Nagle (a CLI waits on every answer; every bench figure is a
     /// latency figure).
     fn connect(address: &str, options: &ConnectOptions) -> Result<Self> {
         let stream = connect(address, options)?;
+        let stream = match &options.security.tls {
+            None => Socket::Plain(stream),
+            Some(config) => Socket::Tls(Arc::new(Mutex::new(tls_handshake(
+                address, stream, config, options,
+            )?))),
+        };
         let reader = FrameReader {
             stream: stream
                 .try_clone()
                 .map_err(|error| Error::io(address, "configuring the socket", &error, ""))?,
             address: address.to_string(),
-            options: *options,
+            options: options.clone(),
         };
         let writer = FrameWriter {
             stream,
             address: address.to_string(),
-            options: *options,
+            options: options.clone(),
             frame: BytesMut::with_capacity(4096),
         };
         Ok(Self {
@@ -362,9 +441,109 @@ impl Connection {
     }
 
     /// Splits the connection so one thread can send while another reads responses.
-    pub fn split(self) -> (FrameWriter, FrameReader, Versions) {
-        (self.writer, self.reader, self.versions)
+    ///
+    /// Plaintext connections only: the two halves of a TLS session share its state, and a
+    /// reader blocked inside it would hold up the writer (refused, not deadlocked).
+    pub fn split(self) -> Result<(FrameWriter, FrameReader, Versions)> {
+        if matches!(self.writer.stream, Socket::Tls(_)) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{}: a TLS connection cannot be split for pipelining",
+                    self.address()
+                ),
+            ));
+        }
+        Ok((self.writer, self.reader, self.versions))
     }
+}
+
+/// A connection's byte stream: TCP, or TLS over TCP. A TLS session is one state machine for
+/// both directions, so its halves share it behind a lock; only one side uses it at a time
+/// (`Connection` runs one request at a time, and `split` refuses TLS).
+enum Socket {
+    Plain(TcpStream),
+    Tls(Arc<Mutex<TlsStream>>),
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+impl Socket {
+    fn try_clone(&self) -> io::Result<Self> {
+        Ok(match self {
+            Self::Plain(stream) => Self::Plain(stream.try_clone()?),
+            Self::Tls(session) => Self::Tls(session.clone()),
+        })
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            Self::Plain(stream) => stream.set_read_timeout(timeout),
+            Self::Tls(session) => lock(session).sock.set_read_timeout(timeout),
+        }
+    }
+}
+
+fn lock(session: &Mutex<TlsStream>) -> std::sync::MutexGuard<'_, TlsStream> {
+    // A panic while holding the lock leaves a session whose state is still the protocol's;
+    // the next read or write reports any damage as an IO error.
+    session.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(stream) => stream.read(buf),
+            Self::Tls(session) => lock(session).read(buf),
+        }
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(stream) => stream.write(buf),
+            Self::Tls(session) => lock(session).write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(stream) => stream.flush(),
+            Self::Tls(session) => lock(session).flush(),
+        }
+    }
+}
+
+/// Runs the TLS handshake to its end, so a refused or untrusted certificate is reported as
+/// such at connect, not as a failed first request. The broker's certificate is checked
+/// against the host part of `address`.
+fn tls_handshake(
+    address: &str,
+    mut stream: TcpStream,
+    config: &Arc<rustls::ClientConfig>,
+    options: &ConnectOptions,
+) -> Result<TlsStream> {
+    let host = address
+        .rsplit_once(':')
+        .map_or(address, |(host, _port)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|error| Error::failed(format!("{address}: not a TLS server name: {error}")))?;
+    let mut session = rustls::ClientConnection::new(config.clone(), name)
+        .map_err(|error| Error::failed(format!("{address}: TLS: {error}")))?;
+    while session.is_handshaking() {
+        session.complete_io(&mut stream).map_err(|error| {
+            Error::io(
+                address,
+                "in the TLS handshake",
+                &error,
+                options.timeout_hint,
+            )
+        })?;
+    }
+    Ok(rustls::StreamOwned::new(session, stream))
 }
 
 fn connect(address: &str, options: &ConnectOptions) -> Result<TcpStream> {
@@ -420,6 +599,7 @@ mod tests {
             fixed: &FIXED,
             mode,
             timeout_hint: "",
+            security: crate::Security::plaintext(),
         }
     }
 
@@ -564,7 +744,7 @@ mod tests {
             }
         });
         let connection = Connection::open(&address, &options(VersionsMode::Fixed)).unwrap();
-        let (mut writer, mut reader, _) = connection.split();
+        let (mut writer, mut reader, _) = connection.split().unwrap();
         let mut frame = BytesMut::new();
         for correlation_id in 1..=3 {
             encode_request(

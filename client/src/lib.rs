@@ -15,6 +15,8 @@
 //! - [`connection`]: one connection, its frames and its calls.
 //! - [`cluster`]: the cluster seen from a bootstrap broker: metadata, leaders, coordinators,
 //!   list offsets.
+//! - [`security`]: TLS (rustls) and SASL settings, read from a Kafka client properties file;
+//!   [`sasl`]: the PLAIN and SCRAM login exchanges a connection runs after `ApiVersions`.
 //!
 //! Typed calls, one place per API: each takes plain Rust values, builds its request for the
 //! version negotiated with the broker and returns plain values, an error code becoming an
@@ -33,6 +35,8 @@ pub mod error;
 pub mod fetch;
 pub mod groups;
 pub mod produce;
+pub mod sasl;
+pub mod security;
 pub mod versions;
 
 pub use cluster::{group_id, topic_name, Cluster, PartitionLayout, TopicLayout};
@@ -40,4 +44,5 @@ pub use connection::{encode_request, ConnectOptions, Connection, FrameReader, Fr
 pub use error::{Error, ErrorKind, Result};
 pub use fetch::FetchFrom;
 pub use produce::ProduceTo;
+pub use security::Security;
 pub use versions::{ApiRange, Versions, VersionsMode};

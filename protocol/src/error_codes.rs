@@ -28,6 +28,8 @@ pub const UNKNOWN_TOPIC_ID: i16 = ResponseError::UnknownTopicId.code();
 /// A fetch session created with topic ids used without them, or the reverse (106).
 pub const FETCH_SESSION_TOPIC_ID_ERROR: i16 = ResponseError::FetchSessionTopicIdError.code();
 pub const REQUEST_TIMED_OUT: i16 = ResponseError::RequestTimedOut.code();
+pub const FENCED_LEADER_EPOCH: i16 = ResponseError::FencedLeaderEpoch.code();
+pub const UNKNOWN_LEADER_EPOCH: i16 = ResponseError::UnknownLeaderEpoch.code();
 /// An admin request reached a broker that does not lead the controller group (41).
 pub const NOT_CONTROLLER: i16 = ResponseError::NotController.code();
 /// A topic being created (auto-creation at a broker that is not the controller); retriable.

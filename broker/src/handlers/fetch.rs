@@ -28,8 +28,10 @@ use crate::handlers::{Answer, ResponseFrame};
 use bytes::Bytes;
 use futures::future::{join_all, select, select_all, Either};
 use futures::FutureExt;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::messages::fetch_response::{
+    FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
+};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
 
 use crate::codec::CodecError;
 use crate::error_codes as codes;
@@ -44,8 +46,14 @@ use crate::recompress::{apply_fetch_codec_rule, CompressionType};
 struct Wanted {
     topic_index: usize,
     partition: i32,
-    /// `None` when the topic or partition does not exist.
+    /// `None` when the topic or partition does not exist, or this broker refuses to serve
+    /// it (`refused`).
     placement: Option<(TopicPartition, usize)>,
+    /// `FENCED_LEADER_EPOCH`/`UNKNOWN_LEADER_EPOCH` (v9+) or `NOT_LEADER_OR_FOLLOWER`
+    /// (`MetadataSnapshot::leader_check`): answered without asking the owner.
+    refused: Option<i16>,
+    /// The partition's leader and epoch, named in a refusal's `current_leader` (v12+).
+    leader: Option<(i32, i32)>,
     offset: i64,
     max_bytes: usize,
     /// The topic's `compression.type`, for the Fetch codec rule.
@@ -201,8 +209,15 @@ async fn serve(
             let refused_partitions = refused_topics.iter().map(|topic| topic.partitions.len());
             partition_batches.extend(std::iter::repeat_n(Vec::new(), refused_partitions.sum()));
             topics.extend(refused_topics);
+            let node_endpoints = if context.api_version >= FETCH_VERSION_NODE_ENDPOINTS_MIN {
+                node_endpoints(shard, context, &snapshot, &topics)
+            } else {
+                Vec::new()
+            };
             return FetchAnswer {
-                response: FetchResponse::default().with_responses(topics),
+                response: FetchResponse::default()
+                    .with_responses(topics)
+                    .with_node_endpoints(node_endpoints),
                 partition_batches,
             };
         }
@@ -210,6 +225,33 @@ async fn serve(
         wait_for_any_append(shard, &wanted, &seen_high_watermarks, deadline - now).await;
         seen_before_wait = Some(seen_high_watermarks);
     }
+}
+
+/// The first Fetch version whose response carries `node_endpoints` (KIP-951).
+const FETCH_VERSION_NODE_ENDPOINTS_MIN: i16 = 16;
+
+/// The endpoints of the leaders named in `current_leader` (KIP-951), at the address of the
+/// listener the request came in on, so a client can go there without a Metadata round trip.
+fn node_endpoints(
+    shard: &PartitionAccess<'_>,
+    context: &RequestContext,
+    snapshot: &MetadataSnapshot,
+    topics: &[FetchableTopicResponse],
+) -> Vec<NodeEndpoint> {
+    let named = topics
+        .iter()
+        .flat_map(|topic| &topic.partitions)
+        .map(|partition| partition.current_leader.leader_id.0);
+    crate::handlers::metadata::endpoints_of(shard.config, snapshot, context.listener, named)
+        .into_iter()
+        .map(|(node, host, port, rack)| {
+            NodeEndpoint::default()
+                .with_node_id(BrokerId(node))
+                .with_host(crate::handlers::str_bytes(&host))
+                .with_port(port)
+                .with_rack(rack.as_deref().map(crate::handlers::str_bytes))
+        })
+        .collect()
 }
 
 /// Fetch v13+ names topics by id (KIP-516): names each topic whose id the metadata knows, so
@@ -294,7 +336,7 @@ fn resolve(
         let name = topic.topic.0.as_str();
         for partition in &topic.partitions {
             let metadata = snapshot.topic(name);
-            let placement = metadata
+            let mut placement = metadata
                 .zip(snapshot.owner_of(name, partition.partition))
                 .map(|(metadata, owner)| {
                     (
@@ -305,10 +347,29 @@ fn resolve(
                         owner,
                     )
                 });
+            // Below v9 `current_leader_epoch` is not on the wire and decodes as -1 (no check).
+            let refused = placement
+                .as_ref()
+                .zip(metadata)
+                .map(|(_, metadata)| {
+                    snapshot.leader_check(
+                        metadata,
+                        partition.partition,
+                        partition.current_leader_epoch,
+                    )
+                })
+                .filter(|error_code| *error_code != codes::NONE);
+            if refused.is_some() {
+                placement = None;
+            }
+            let leader = metadata
+                .and_then(|metadata| snapshot.current_leader(metadata, partition.partition));
             wanted.push(Wanted {
                 topic_index,
                 partition: partition.partition,
                 placement,
+                refused,
+                leader,
                 offset: partition.fetch_offset,
                 max_bytes: (partition.partition_max_bytes.max(1) as usize).min(response_bytes_max),
                 compression: metadata
@@ -510,7 +571,7 @@ impl Drop for Reservation {
 /// Fetches one partition from its owner; `max_bytes` 0 answers its offsets and reads nothing.
 async fn fetch_one(shard: &PartitionAccess<'_>, wanted: &Wanted, max_bytes: usize) -> FetchOutcome {
     let missing = FetchOutcome {
-        error_code: codes::UNKNOWN_TOPIC_OR_PARTITION,
+        error_code: wanted.refused.unwrap_or(codes::UNKNOWN_TOPIC_OR_PARTITION),
         high_watermark: -1,
         log_start_offset: -1,
         batches: Vec::new(),
@@ -591,7 +652,17 @@ fn assemble(
             partition_batches.push(Vec::new());
         }
         // Records stay empty here: the frame splices the batches in (`FetchAnswer`).
+        // KIP-951: a refusal names the leader to go to (v12+; `node_endpoints` at v16+).
+        let current_leader = match (outcome.error_code, wanted.leader) {
+            (codes::NOT_LEADER_OR_FOLLOWER | codes::FENCED_LEADER_EPOCH, Some((id, epoch))) => {
+                LeaderIdAndEpoch::default()
+                    .with_leader_id(BrokerId(id))
+                    .with_leader_epoch(epoch)
+            }
+            _ => LeaderIdAndEpoch::default(),
+        };
         let partition = PartitionData::default()
+            .with_current_leader(current_leader)
             .with_partition_index(wanted.partition)
             .with_error_code(outcome.error_code)
             .with_high_watermark(outcome.high_watermark)

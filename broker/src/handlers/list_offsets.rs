@@ -37,6 +37,19 @@ pub async fn handle(
             let placement = snapshot
                 .topic(topic.name.0.as_str())
                 .zip(snapshot.owner_of(topic.name.0.as_str(), partition.partition_index));
+            // v4+ (KIP-320): the client's leader epoch is checked, and the answer carries
+            // the current one. Below v4 the field is not on the wire and decodes as -1.
+            let (leader_error, leader_epoch) =
+                placement.map_or((codes::NONE, -1), |(metadata, _)| {
+                    (
+                        snapshot.leader_check(
+                            metadata,
+                            partition.partition_index,
+                            partition.current_leader_epoch,
+                        ),
+                        metadata.leader_epoch(partition.partition_index),
+                    )
+                });
             let tp = placement.map(|(metadata, owner)| {
                 (
                     TopicPartition {
@@ -71,6 +84,11 @@ pub async fn handle(
                         .with_partition_index(partition_index)
                         .with_error_code(codes::INVALID_REQUEST);
                 }
+                if leader_error != codes::NONE {
+                    return ListOffsetsPartitionResponse::default()
+                        .with_partition_index(partition_index)
+                        .with_error_code(leader_error);
+                }
                 let outcome = match tp {
                     None => None,
                     Some((tp, owner)) => {
@@ -84,7 +102,11 @@ pub async fn handle(
                         .with_error_code(outcome.error_code)
                         .with_offset(outcome.offset)
                         .with_timestamp(outcome.timestamp_ms)
-                        .with_leader_epoch(if context.api_version >= 4 { 0 } else { -1 }),
+                        .with_leader_epoch(if context.api_version >= 4 {
+                            leader_epoch
+                        } else {
+                            -1
+                        }),
                     None => response.with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION),
                 }
             }

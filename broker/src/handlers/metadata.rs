@@ -187,6 +187,25 @@ pub fn live_brokers(
     brokers
 }
 
+/// The live brokers among `named` (ids; -1 and repeats allowed), as [`live_brokers`] lists
+/// them: for the `node_endpoints` of KIP-951 refusals in Produce and Fetch.
+pub fn endpoints_of(
+    config: &BrokerConfig,
+    snapshot: &MetadataSnapshot,
+    listener: usize,
+    named: impl IntoIterator<Item = i32>,
+) -> Vec<(i32, String, i32, Option<String>)> {
+    let named: std::collections::BTreeSet<i32> =
+        named.into_iter().filter(|node| *node >= 0).collect();
+    if named.is_empty() {
+        return Vec::new();
+    }
+    live_brokers(config, snapshot, listener)
+        .into_iter()
+        .filter(|(node, ..)| named.contains(node))
+        .collect()
+}
+
 /// Asks the controller to create `names` with the default settings; returns the names it
 /// refused, with the error code to report for each.
 async fn create_missing(shard: &TopicAdmin<'_>, names: Vec<String>) -> Vec<(String, i16)> {

@@ -38,6 +38,7 @@ pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
 pub mod offset_fetch;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod sasl_authenticate;
 pub mod sasl_handshake;
@@ -141,6 +142,7 @@ served_apis! {
     CreateTopics => create_topics::CreateTopicsRequest,
     DeleteTopics => delete_topics::DeleteTopicsRequest,
     DeleteRecords => delete_records::DeleteRecordsRequest,
+    OffsetForLeaderEpoch => offset_for_leader_epoch::OffsetForLeaderEpochRequest,
     CreatePartitions => create_partitions::CreatePartitionsRequest,
     IncrementalAlterConfigs => incremental_alter_configs::IncrementalAlterConfigsRequest,
     DescribeCluster => describe_cluster::DescribeClusterRequest,

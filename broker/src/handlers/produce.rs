@@ -15,13 +15,14 @@ use bytes::Bytes;
 use futures::future::{join_all, ready, select, Either, LocalBoxFuture};
 use glommio::task::JoinHandle;
 use kafka_protocol::messages::produce_response::{
-    LeaderIdAndEpoch, PartitionProduceResponse, TopicProduceResponse,
+    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse, TopicName};
 
 use crate::acl::model::Operation;
+use crate::config::BrokerConfig;
 use crate::error_codes as codes;
-use crate::handlers::context::{topic_name, PartitionAccess, RequestContext};
+use crate::handlers::context::{str_bytes, topic_name, PartitionAccess, RequestContext};
 use crate::message_format;
 use crate::metadata::{MetadataSnapshot, TopicPartition};
 use crate::partition::{self, ProduceOrigin, ProduceOutcome};
@@ -101,14 +102,50 @@ pub fn dispatch(
                 .with_topic_id(topic.topic_id),
         );
     }
+    let config = shard.config.clone();
+    let listener = context.listener;
     async move {
         for (topic_index, partition_response) in join_all(pieces).await {
             responses[topic_index]
                 .partition_responses
                 .push(partition_response);
         }
-        ProduceResponse::default().with_responses(responses)
+        let node_endpoints = if rules.version >= PRODUCE_VERSION_NODE_ENDPOINTS_MIN {
+            node_endpoints(&config, &snapshot, listener, &responses)
+        } else {
+            Vec::new()
+        };
+        ProduceResponse::default()
+            .with_responses(responses)
+            .with_node_endpoints(node_endpoints)
     }
+}
+
+/// The first Produce version whose response names leaders (KIP-951).
+const PRODUCE_VERSION_NODE_ENDPOINTS_MIN: i16 = 10;
+
+/// The endpoints of the leaders named in `current_leader`, at the address of the listener the
+/// request came in on.
+fn node_endpoints(
+    config: &BrokerConfig,
+    snapshot: &MetadataSnapshot,
+    listener: usize,
+    responses: &[TopicProduceResponse],
+) -> Vec<NodeEndpoint> {
+    let named = responses
+        .iter()
+        .flat_map(|topic| &topic.partition_responses)
+        .map(|partition| partition.current_leader.leader_id.0);
+    crate::handlers::metadata::endpoints_of(config, snapshot, listener, named)
+        .into_iter()
+        .map(|(node, host, port, rack)| {
+            NodeEndpoint::default()
+                .with_node_id(BrokerId(node))
+                .with_host(str_bytes(&host))
+                .with_port(port)
+                .with_rack(rack.as_deref().map(str_bytes))
+        })
+        .collect()
 }
 
 /// One partition's share of a produce request.
@@ -169,15 +206,20 @@ fn dispatch_piece(
     ) else {
         return refuse(codes::UNKNOWN_TOPIC_OR_PARTITION);
     };
-    // Another broker's partition (issue 12): refused with its leader for v10+ clients.
-    if let Some(leader) = snapshot
+    // Another broker's partition (issue 12): refused with its leader for v10+ clients
+    // (KIP-951; the leader's endpoint goes in the response's `node_endpoints`).
+    if snapshot
         .broker_of(topic.0.as_str(), partition)
-        .filter(|leader| *leader != snapshot.local_node)
+        .is_some_and(|leader| leader != snapshot.local_node)
     {
         let (index, refused) = answer(codes::NOT_LEADER_OR_FOLLOWER, -1, -1);
-        let hint = LeaderIdAndEpoch::default()
-            .with_leader_id(BrokerId(leader))
-            .with_leader_epoch(0);
+        let hint = snapshot
+            .current_leader(topic_metadata, partition)
+            .map_or_else(LeaderIdAndEpoch::default, |(leader, epoch)| {
+                LeaderIdAndEpoch::default()
+                    .with_leader_id(BrokerId(leader))
+                    .with_leader_epoch(epoch)
+            });
         return Box::pin(ready((index, refused.with_current_leader(hint))));
     }
     // As Kafka does before appending: acks=all promises the write is on min.insync.replicas

@@ -25,8 +25,8 @@ use kafka_protocol::messages::{
     DescribeTopicPartitionsResponse, DescribeUserScramCredentialsResponse, FindCoordinatorResponse,
     HeartbeatResponse, IncrementalAlterConfigsResponse, InitProducerIdResponse, JoinGroupResponse,
     LeaveGroupResponse, ListGroupsResponse, ListOffsetsResponse, MetadataResponse,
-    OffsetCommitResponse, OffsetDeleteResponse, OffsetFetchResponse, ProduceResponse,
-    SaslAuthenticateResponse, SaslHandshakeResponse, SyncGroupResponse,
+    OffsetCommitResponse, OffsetDeleteResponse, OffsetFetchResponse, OffsetForLeaderEpochResponse,
+    ProduceResponse, SaslAuthenticateResponse, SaslHandshakeResponse, SyncGroupResponse,
 };
 
 use crate::handlers::context::RequestContext;
@@ -95,6 +95,7 @@ throttled!(
     OffsetCommitResponse,
     OffsetDeleteResponse,
     OffsetFetchResponse,
+    OffsetForLeaderEpochResponse,
     ProduceResponse,
     SyncGroupResponse,
 );

@@ -17,8 +17,8 @@ use kafka_protocol::messages::{
     DescribeTopicPartitionsResponse, FetchResponse, FindCoordinatorResponse, HeartbeatResponse,
     IncrementalAlterConfigsResponse, InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse,
     ListGroupsResponse, ListOffsetsResponse, MetadataResponse, OffsetCommitResponse,
-    OffsetDeleteResponse, OffsetFetchResponse, ProduceResponse, SaslAuthenticateResponse,
-    SaslHandshakeResponse, SyncGroupResponse,
+    OffsetDeleteResponse, OffsetFetchResponse, OffsetForLeaderEpochResponse, ProduceResponse,
+    SaslAuthenticateResponse, SaslHandshakeResponse, SyncGroupResponse,
 };
 
 use crate::error_codes::NONE;
@@ -119,6 +119,7 @@ first_partition_error!(
     DescribeProducersResponse => topics.partitions,
     ListOffsetsResponse => topics.partitions,
     OffsetCommitResponse => topics.partitions,
+    OffsetForLeaderEpochResponse => topics.partitions,
     ProduceResponse => responses.partition_responses,
 );
 
