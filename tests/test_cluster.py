@@ -12,7 +12,10 @@ confluent-kafka producer and consumer group move records through them; a produce
 wrong broker is refused NOT_LEADER_OR_FOLLOWER; a killed broker is fenced after
 broker.session.timeout.ms and serves its partitions, data included, once restarted.
 
-Not covered because not built yet: replication factor > 1 (docs/REPLICATION.md, "Status").
+Replication factor 3 (placement only; the partitions' Raft groups are being built): three
+replicas on distinct brokers, leaders spread, every broker's Metadata agreeing on replicas,
+ISR, leader and epoch; RF=4 on three brokers refused; producer ids from the controller's
+blocks never overlap across brokers or a restart.
 """
 
 import re
@@ -24,7 +27,9 @@ from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka.protocol.admin import CreateTopicsRequest
 from kafka.protocol.fetch import FetchRequest
+from kafka.protocol.init_producer_id import InitProducerIdRequest
 from kafka.protocol.list_offsets import ListOffsetsRequest
+from kafka.protocol.metadata import MetadataRequest
 from kafka.protocol.produce import ProduceRequest
 from kafka.record.memory_records import MemoryRecordsBuilder
 
@@ -293,3 +298,105 @@ def test_partitions_are_placed_across_three_brokers_and_a_lost_one_is_fenced(tmp
             if broker.alive():
                 broker.process.kill()
                 broker.process.wait()
+
+
+INVALID_REPLICATION_FACTOR = 38
+
+
+def replica_view(broker, topic):
+    """{partition: (leader, leader_epoch, replicas, isr, offline)} from one broker's Metadata v7,
+    sent by hand so the leader epoch is the broker's own answer; None while it does not know
+    the topic yet."""
+    with helpers.connect(broker.bootstrap) as sock:
+        response = helpers.call(sock, MetadataRequest[7](topics=[topic], allow_auto_topic_creation=False), 11)
+    [(error_code, name, _internal, partitions)] = response.topics
+    if error_code == 3:  # UNKNOWN_TOPIC_OR_PARTITION: not adopted yet
+        return None
+    assert (error_code, name) == (0, topic)
+    return {partition: (leader, epoch, tuple(replicas), tuple(isr), tuple(offline))
+            for (_error, partition, leader, epoch, replicas, isr, offline) in partitions}
+
+
+def init_producer_ids(broker, count):
+    """`count` InitProducerId answers (idempotent, no transactional id) from one broker."""
+    ids = []
+    with helpers.connect(broker.bootstrap) as sock:
+        for correlation_id in range(count):
+            response = helpers.call(sock, InitProducerIdRequest[0](None, 60000), correlation_id)
+            assert response.error_code == 0, response
+            assert response.producer_epoch == 0
+            ids.append(response.producer_id)
+    return ids
+
+
+def test_replication_factor_three_places_replicas_on_distinct_brokers(tmp_path):
+    """An RF=3 topic created through the AdminClient gets three replicas on distinct brokers
+    with leaders spread, and every broker's Metadata agrees on replicas, ISR, leader and
+    epoch; RF=4 on three brokers is refused. Producer ids from two brokers (blocks granted by
+    the controller) never overlap, also after one restarts."""
+    voters = ",".join(f"{node}@127.0.0.1:{free_port()}" for node in (1, 2, 3))
+    brokers = {node: ClusterBroker(tmp_path, node, voters) for node in (1, 2, 3)}
+    topic, partitions = "replicated", 6
+    try:
+        for broker in brokers.values():
+            broker.start()
+        _, controller, _ = wait_for(lambda: agreed_placement(brokers.values(), topic, {1, 2, 3}),
+                                    20, "every broker listing the three brokers")
+        client = AdminClient({"bootstrap.servers": brokers[controller].bootstrap})
+        futures = client.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=3),
+                                        NewTopic("too-many", num_partitions=1, replication_factor=4)])
+        futures[topic].result(timeout=15)
+        try:
+            futures["too-many"].result(timeout=15)
+            raise AssertionError("replication factor 4 on 3 brokers was accepted")
+        except KafkaException as error:
+            assert error.args[0].code() == INVALID_REPLICATION_FACTOR, error
+            assert "only 3 broker(s) are registered" in error.args[0].str(), error
+
+        def agreed():
+            views = [replica_view(broker, topic) for broker in brokers.values()]
+            if views[0] and len(views[0]) == partitions and all(view == views[0] for view in views):
+                return views[0]
+            return None
+        view = wait_for(agreed, 10, "one replica placement every broker agrees on")
+        print(f"RF=3 placement: {view}")
+        for partition, (leader, epoch, replicas, isr, offline) in view.items():
+            assert sorted(replicas) == [1, 2, 3], (partition, replicas)
+            assert leader == replicas[0], "the preferred leader leads"
+            assert epoch == 0, "no leadership reported yet"
+            assert sorted(isr) == [1, 2, 3] and offline == ()
+        leaders = [leader for leader, *_ in view.values()]
+        assert {node: leaders.count(node) for node in (1, 2, 3)} == {1: 2, 2: 2, 3: 2}
+        # The AdminClient sees the same replica lists.
+        md = metadata(brokers[1]).topics[topic].partitions
+        assert {p: tuple(md[p].replicas) for p in md} == {p: v[2] for p, v in view.items()}
+        absent = set(metadata(brokers[1]).topics) & {"too-many"}
+        assert not absent
+
+        # Producer ids: blocks from the controller, so two brokers never hand out the same id.
+        first, second = init_producer_ids(brokers[1], 1200), init_producer_ids(brokers[2], 1200)
+        assert len(set(first)) == len(first) and len(set(second)) == len(second)
+        assert not set(first) & set(second), sorted(set(first) & set(second))[:5]
+        restarted = 1 if controller != 1 else 2
+        brokers[restarted].process.kill()
+        brokers[restarted].process.wait()
+        brokers[restarted].start()
+        again = wait_for(lambda: init_producer_ids_or_none(brokers[restarted], 300), 20,
+                         "InitProducerId at the restarted broker")
+        assert not set(again) & (set(first) | set(second)), "a restarted broker reused ids"
+        print(f"producer ids: broker 1 {min(first)}..{max(first)}, broker 2 {min(second)}..{max(second)}, "
+              f"broker {restarted} after restart {min(again)}..{max(again)}")
+    finally:
+        helpers.forget_admin_clients()
+        for broker in brokers.values():
+            if broker.alive():
+                broker.process.kill()
+                broker.process.wait()
+
+
+def init_producer_ids_or_none(broker, count):
+    """Like `init_producer_ids`, None while the broker is not serving or has no block yet."""
+    try:
+        return init_producer_ids(broker, count)
+    except (AssertionError, OSError):
+        return None

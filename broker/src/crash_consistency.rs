@@ -9,7 +9,10 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::Path;
 
-use crate::controller::store::{ClusterState, ConfigEntry, MetadataStore, TopicRecord};
+use crate::controller::store::{
+    self, ClusterState, ConfigEntry, MetadataStore, PartitionRecord, ReplicaRecord, TopicRecord,
+    LOCAL_BROKER,
+};
 use crate::disk::BrokerDisk;
 use crate::producer_state::ProducerIds;
 use crate::storage::sim::{CrashMode, SeededRng, SimDisk};
@@ -39,21 +42,28 @@ fn random_state(rng: &mut SeededRng, epoch: u64) -> ClusterState {
                 .repeat(2)
                 .try_into()
                 .expect("16 bytes"),
-            partition_shards: (0..=rng.below(6)).map(|_| rng.below(4) as u32).collect(),
+            partitions: (0..=rng.below(6))
+                .map(|group| {
+                    let replica = ReplicaRecord {
+                        broker: LOCAL_BROKER,
+                        shard: rng.below(4) as u32,
+                    };
+                    PartitionRecord::placed(vec![replica], group + 1)
+                })
+                .collect(),
             overrides: (0..rng.below(3))
                 .map(|n| ConfigEntry {
                     key: format!("key.{n}"),
                     value: "x".repeat(rng.below(5000) as usize),
                 })
                 .collect(),
-            partition_brokers: Vec::new(),
         })
         .collect();
     ClusterState {
         epoch,
         cluster_id: "rf-sim".into(),
         topics,
-        brokers: Vec::new(),
+        ..ClusterState::default()
     }
 }
 
@@ -119,7 +129,8 @@ fn producer_ids_are_never_reused_across_power_cuts() {
             let mut issued = BTreeSet::new();
             let mut disk = SimDisk::new();
             for restart in 0..6 {
-                let ids = ProducerIds::new(BrokerDisk::Sim(disk.clone()), Path::new(DATA_DIR));
+                let ids =
+                    ProducerIds::new(BrokerDisk::Sim(disk.clone()), Path::new(DATA_DIR), None);
                 // A block file write takes a handful of steps: cut inside one now and then.
                 if rng.below(3) > 0 {
                     disk.power_cut_after_steps(rng.below(40));
@@ -140,7 +151,8 @@ fn producer_ids_are_never_reused_across_power_cuts() {
                 };
                 disk = disk.crash_image(mode);
                 if let Some(&old) = issued.iter().next_back() {
-                    let ids = ProducerIds::new(BrokerDisk::Sim(disk.clone()), Path::new(DATA_DIR));
+                    let ids =
+                        ProducerIds::new(BrokerDisk::Sim(disk.clone()), Path::new(DATA_DIR), None);
                     let reinit = ids.init(old, 3).await.expect("no fault");
                     assert_eq!(
                         reinit,
@@ -150,6 +162,101 @@ fn producer_ids_are_never_reused_across_power_cuts() {
                 }
             }
         }
+    });
+}
+
+/// Two brokers of a cluster take producer ids from blocks the controller grants
+/// (`controller::producer_ids`), interleaved, with restarts (a new life asks for a new
+/// block) and controller failovers (the state goes through its committed bytes): no id is
+/// ever handed out twice, and none below a broker's own `producer-ids` file.
+#[test]
+fn cluster_producer_ids_never_overlap_across_brokers_restarts_and_failovers() {
+    use crate::controller::producer_ids::{grant, granted, ProducerIdRequest};
+    use crate::producer_state::GrantedBlocks;
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+    // Per broker: incarnation, its blocks, its allocator.
+    type Broker = (u64, Rc<GrantedBlocks>, Rc<ProducerIds>);
+    run(|| async {
+        let state = Rc::new(RefCell::new(ClusterState::default()));
+        let start = |incarnation: u64, disk: &SimDisk| -> Broker {
+            let blocks = Rc::new(GrantedBlocks::default());
+            let ids = ProducerIds::new(
+                BrokerDisk::Sim(disk.clone()),
+                Path::new(DATA_DIR),
+                Some(blocks.clone()),
+            );
+            (incarnation, blocks, Rc::new(ids))
+        };
+        let disks = [SimDisk::new(), SimDisk::new()];
+        // Broker 1 issued 3,500 ids as a one-node broker before joining the cluster: its
+        // file holds the block end 4000.
+        let own = ProducerIds::new(BrokerDisk::Sim(disks[1].clone()), Path::new(DATA_DIR), None);
+        for _ in 0..3500 {
+            own.init(-1, -1).await.expect("no fault");
+        }
+        let brokers: Rc<RefCell<Vec<Broker>>> =
+            Rc::new(RefCell::new(vec![start(1, &disks[0]), start(1, &disks[1])]));
+        let stop = Rc::new(Cell::new(false));
+        // The controller: grants what the heartbeats ask, and each broker sees the state.
+        let controller = glommio::spawn_local({
+            let (state, brokers, stop) = (state.clone(), brokers.clone(), stop.clone());
+            async move {
+                let mut rounds = 0_u64;
+                while !stop.get() {
+                    rounds += 1;
+                    {
+                        let mut state = state.borrow_mut();
+                        if rounds % 7 == 0 {
+                            *state = store::decode(&store::encode(&state)).expect("round trip");
+                        }
+                        // A broker sees the committed state before its heartbeat asks (a
+                        // restarted one sees its previous life's block first).
+                        for (node, (incarnation, blocks, _)) in brokers.borrow().iter().enumerate()
+                        {
+                            if let Some(start) = granted(&state, node as i32, *incarnation) {
+                                blocks.receive(start);
+                            }
+                            if let Some((after, floor)) = blocks.request() {
+                                let request = ProducerIdRequest { after, floor };
+                                grant(&mut state, node as i32, *incarnation, &request);
+                            }
+                        }
+                    }
+                    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+        });
+        let mut rng = SeededRng::new(5);
+        let mut issued = BTreeSet::new();
+        for step in 0..6000 {
+            let node = rng.below(2) as usize;
+            if step % 1500 == 1499 {
+                let incarnation = brokers.borrow()[node].0 + 1;
+                brokers.borrow_mut()[node] = start(incarnation, &disks[node]);
+            }
+            let ids = brokers.borrow()[node].2.clone();
+            let (id, epoch) = ids.init_or_code(-1, -1).await.expect("a block arrives");
+            assert_eq!(epoch, 0);
+            assert!(node == 0 || id >= 4000, "broker 1 reissued its own id {id}");
+            assert!(issued.insert(id), "step {step}: id {id} handed out twice");
+        }
+        stop.set(true);
+        controller.await;
+        assert!(state.borrow().next_producer_id >= 6000);
+        // Without a controller, an init is answered a retriable error, not a made-up id.
+        let (_, _, alone) = start(9, &SimDisk::new());
+        alone.set_block_wait(std::time::Duration::from_millis(20));
+        let load_in_progress =
+            kafka_protocol::error::ResponseError::CoordinatorLoadInProgress.code();
+        assert_eq!(alone.init_or_code(-1, -1).await, Err(load_in_progress));
+        // The next one, right after, does not wait a period of its own (an hour here: a
+        // regression would be cut off by the minute below, not pass).
+        alone.set_block_wait(std::time::Duration::from_secs(3600));
+        let next = glommio::timer::timeout(std::time::Duration::from_secs(60), async {
+            Ok(alone.init_or_code(-1, -1).await)
+        });
+        assert_eq!(next.await.expect("answered at once"), Err(load_in_progress));
     });
 }
 
@@ -264,7 +371,7 @@ fn a_producer_id_block_end_near_i64_max_is_refused_not_wrapped() {
         )
         .await
         .expect("write the file");
-        let ids = ProducerIds::new(broker_disk, Path::new(DATA_DIR));
+        let ids = ProducerIds::new(broker_disk, Path::new(DATA_DIR), None);
         for _ in 0..2 {
             let refused = ids.init(-1, -1).await;
             assert!(refused.is_err(), "answered {refused:?}");

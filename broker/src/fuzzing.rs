@@ -422,6 +422,8 @@ mod tests {
 
     #[test]
     fn broker_heartbeat_corpus_replays() {
+        use crate::controller::leadership::LeadershipChange;
+        use crate::controller::producer_ids::ProducerIdRequest;
         use crate::controller::registry::BrokerHeartbeat;
         use crate::controller::store::{BrokerRecord, ListenerRecord};
         let seed = BrokerHeartbeat {
@@ -438,11 +440,31 @@ mod tests {
                 fenced: false,
             },
             wants_offsets_topic: true,
+            leadership: Vec::new(),
+            producer_ids: None,
         };
+        let reports = BrokerHeartbeat {
+            leadership: (1..4)
+                .map(|group_id| LeadershipChange {
+                    group_id,
+                    leader: 2,
+                    term: group_id + 4,
+                    isr: vec![2, 1, 3],
+                })
+                .collect(),
+            producer_ids: Some(ProducerIdRequest {
+                after: 3000,
+                floor: 1000,
+            }),
+            ..seed.clone()
+        };
+        // `registration-v1` is a version 1 heartbeat (the build before leadership reports).
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/broker_heartbeat");
         if std::env::var_os("RINGFEED_WRITE_CORPUS").is_some() {
             std::fs::create_dir_all(&dir).expect("corpus directory");
             std::fs::write(dir.join("registration"), seed.encode()).expect("seed");
+            std::fs::write(dir.join("leadership-and-producer-ids"), reports.encode())
+                .expect("seed");
         }
         let paths = corpus("broker_heartbeat");
         let decoded = paths
@@ -450,8 +472,8 @@ mod tests {
             .filter(|path| super::broker_heartbeat(&std::fs::read(path).expect("corpus file")))
             .count();
         assert!(
-            decoded >= 1,
-            "no seed decodes: the target would only see refusals"
+            decoded >= 3,
+            "{decoded} seeds decode: the target would see too few heartbeats"
         );
     }
 

@@ -32,14 +32,35 @@ pub struct TopicMetadata {
     /// with a reference count, not a new string per topic per request.
     pub name_bytes: Bytes,
     pub id: Uuid,
-    /// `partition_shards[p]` is the shard that owns partition `p` (on its broker).
+    /// `partition_shards[p]` is the shard of THIS broker a request for partition `p` is
+    /// routed to: the shard of this broker's replica (of the first replica when this broker
+    /// holds none; such a request finds no log there and is refused).
     pub partition_shards: Vec<usize>,
-    /// `partition_brokers[p]` is the broker (`node.id`) partition `p` is placed on: its
-    /// leader and only replica (replication factor 1). Same length as `partition_shards`.
-    pub partition_brokers: Vec<i32>,
+    /// Replicas, leadership and Raft group of each partition, by partition index. Same
+    /// length as `partition_shards`.
+    pub partitions: Vec<PartitionMetadata>,
     /// The overrides as set by the user (what `DescribeConfigs` reports as topic-level).
     pub overrides: BTreeMap<String, String>,
     pub config: TopicConfig,
+}
+
+/// One partition as the controller placed it and as its leader last reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionMetadata {
+    /// Node ids of the replicas; the first is the preferred leader.
+    pub replicas: Vec<i32>,
+    /// The partition's Raft group (unique in the cluster's life).
+    pub group_id: u64,
+    /// Node id of the leader, -1 none (no live replica, or the reported leader fenced).
+    pub leader: i32,
+    /// The leader's epoch (its Raft term; 0 before any leader was reported).
+    pub leader_epoch: i32,
+    /// In-sync replicas, by node id (fenced brokers left out).
+    pub isr: Vec<i32>,
+    /// Replicas on fenced brokers.
+    pub offline_replicas: Vec<i32>,
+    /// This broker holds one of the replicas (on `partition_shards[p]`).
+    pub hosted_here: bool,
 }
 
 impl TopicMetadata {
@@ -47,61 +68,69 @@ impl TopicMetadata {
         self.partition_shards.len() as i32
     }
 
-    /// The broker that leads `partition` (the one it is placed on), if it exists.
-    pub fn leader(&self, partition: i32) -> Option<i32> {
-        self.partition_brokers
-            .get(usize::try_from(partition).ok()?)
-            .copied()
+    fn partition(&self, partition: i32) -> Option<&PartitionMetadata> {
+        self.partitions.get(usize::try_from(partition).ok()?)
+    }
+
+    /// The node ids of `partition`'s replicas, the preferred leader first (empty for a
+    /// partition that does not exist).
+    pub fn replicas(&self, partition: i32) -> &[i32] {
+        self.partition(partition)
+            .map_or(&[], |partition| partition.replicas.as_slice())
+    }
+
+    /// `partition`'s Raft group id (0, the controller's, for a partition that does not
+    /// exist).
+    pub fn group_id(&self, partition: i32) -> u64 {
+        self.partition(partition)
+            .map_or(0, |partition| partition.group_id)
+    }
+
+    /// `partition`'s leader, -1 when it has none (or does not exist).
+    pub fn leader(&self, partition: i32) -> i32 {
+        self.partition(partition)
+            .map_or(-1, |partition| partition.leader)
     }
 
     /// The current leader epoch of `partition`: what `Metadata` (v7+) and
     /// `DescribeTopicPartitions` answer, what the `current_leader_epoch` checks of Fetch,
     /// `ListOffsets` and `OffsetForLeaderEpoch` compare with, and the epoch of the leader that
     /// Produce and Fetch name when they refuse (KIP-951). The one place the epoch is read, so
-    /// they all agree. Until partitions are replicated every partition has had one leader and
-    /// its log holds only epoch 0 (`storage/FORMAT.md` § Raft index and term); replication
-    /// makes it the partition's committed leader epoch (the Raft term).
-    /// -1 for a partition the topic does not have.
+    /// they all agree: the epoch the controller recorded from the leader's report (its Raft
+    /// term), 0 until a leader reported. -1 for a partition the topic does not have.
     pub fn leader_epoch(&self, partition: i32) -> i32 {
-        if self.leader(partition).is_some() {
-            0
-        } else {
-            NO_LEADER_EPOCH
-        }
+        self.partition(partition)
+            .map_or(NO_LEADER_EPOCH, |partition| partition.leader_epoch)
     }
 
-    /// The brokers (`node.id`) holding a replica of `partition`, its placed leader first;
-    /// empty when the partition does not exist. A partition with one replica is served as
-    /// before, one with several is a Raft group (`replica`).
-    ///
-    /// Stand-in until the controller's placement carries replica lists (issue 12, h2):
-    /// today every partition has one replica, `partition_brokers[p]`.
-    pub fn replicas(&self, partition: i32) -> &[i32] {
-        usize::try_from(partition)
-            .ok()
-            .and_then(|p| self.partition_brokers.get(p))
-            .map_or(&[], std::slice::from_ref)
+    /// `partition`'s in-sync replicas.
+    pub fn isr(&self, partition: i32) -> &[i32] {
+        self.partition(partition)
+            .map_or(&[], |partition| partition.isr.as_slice())
     }
 
-    /// The Raft group of `partition` (the same on every broker; a recreated topic gets new
-    /// ids), 0 when the partition does not exist (group 0 is the controller's, never a
-    /// partition's).
-    ///
-    /// Stand-in until the placement stores group ids (issue 12, h2): derived from the topic
-    /// id and the partition, the topic's 40 bits above the partition's 24.
-    pub fn group_id(&self, partition: i32) -> u64 {
-        let Some(p) = u64::try_from(partition)
-            .ok()
-            .filter(|p| *p < self.partition_shards.len() as u64)
-        else {
-            return 0;
-        };
-        let (high, low) = self.id.as_u64_pair();
-        let topic_bits = (high ^ low) & ((1 << 40) - 1);
-        let id = (topic_bits << 24) | (p & ((1 << 24) - 1));
-        // Never the controller's group (0) nor the registry mailbox (u64::MAX).
-        id.clamp(1, u64::MAX - 1)
+    /// `partition`'s replicas on fenced brokers.
+    pub fn offline_replicas(&self, partition: i32) -> &[i32] {
+        self.partition(partition)
+            .map_or(&[], |partition| partition.offline_replicas.as_slice())
     }
+
+    /// Whether this broker holds a replica of `partition`.
+    pub fn hosted_here(&self, partition: i32) -> bool {
+        self.partition(partition)
+            .is_some_and(|partition| partition.hosted_here)
+    }
+}
+
+/// A partition as clients are told about it (`MetadataSnapshot::describe_partition`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionView {
+    pub error_code: i16,
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    pub offline_replicas: Vec<i32>,
 }
 
 /// Kafka's check of a request's `current_leader_epoch` against the partition's `current`
@@ -179,14 +208,11 @@ impl MetadataSnapshot {
             .copied()
     }
 
-    /// The broker a partition is placed on (its leader), or `None` when the topic or
-    /// partition does not exist.
+    /// A partition's leader (-1 when it has none), or `None` when the topic or partition
+    /// does not exist.
     pub fn broker_of(&self, topic: &str, partition: i32) -> Option<i32> {
         let topic = self.topics.get(topic)?;
-        topic
-            .partition_brokers
-            .get(usize::try_from(partition).ok()?)
-            .copied()
+        topic.partition(partition).map(|partition| partition.leader)
     }
 
     /// Whether this broker may answer a leader's request (Fetch, `ListOffsets`,
@@ -205,18 +231,19 @@ impl MetadataSnapshot {
         if epoch_error != crate::error_codes::NONE {
             return epoch_error;
         }
-        match topic.leader(partition) {
-            Some(leader) if leader != self.local_node => crate::error_codes::NOT_LEADER_OR_FOLLOWER,
-            _ => crate::error_codes::NONE,
+        // Another broker leads it, or nobody does (no live replica).
+        if topic.leader(partition) == self.local_node {
+            crate::error_codes::NONE
+        } else {
+            crate::error_codes::NOT_LEADER_OR_FOLLOWER
         }
     }
 
     /// The leader of `partition` of `topic` and its epoch, for a refusal that tells the
     /// client where to go (KIP-951's `current_leader`); `None` while its broker is not alive.
     pub fn current_leader(&self, topic: &TopicMetadata, partition: i32) -> Option<(i32, i32)> {
-        let leader = topic.leader(partition)?;
-        self.is_alive(leader)
-            .then(|| (leader, topic.leader_epoch(partition)))
+        let leader = topic.leader(partition);
+        (leader >= 0 && self.is_alive(leader)).then(|| (leader, topic.leader_epoch(partition)))
     }
 
     /// Whether clients can reach `node_id` now: this broker, or a registered one that is
@@ -230,7 +257,38 @@ impl MetadataSnapshot {
         self.brokers.iter().find(|broker| broker.node_id == node_id)
     }
 
-    /// Every partition placed on this broker's `shard`, with its topic.
+    /// `partition` of `topic` as `Metadata` and `DescribeTopicPartitions` describe it: the
+    /// leader, epoch, replicas and ISR from the controller, replicas on fenced brokers
+    /// offline; this broker's replica offline (and out of the ISR) when its log is, and the
+    /// partition then `KAFKA_STORAGE_ERROR` if this broker leads it (Kafka's answer for a
+    /// failed log directory); `LEADER_NOT_AVAILABLE` while it has no leader.
+    pub fn describe_partition(&self, topic: &TopicMetadata, partition: i32) -> PartitionView {
+        let tp = TopicPartition {
+            topic: topic.name.clone(),
+            partition,
+        };
+        let mut view = PartitionView {
+            error_code: crate::error_codes::NONE,
+            leader: topic.leader(partition),
+            leader_epoch: topic.leader_epoch(partition),
+            replicas: topic.replicas(partition).to_vec(),
+            isr: topic.isr(partition).to_vec(),
+            offline_replicas: topic.offline_replicas(partition).to_vec(),
+        };
+        if topic.hosted_here(partition) && self.offline_partitions.contains(&tp) {
+            view.isr.retain(|node| *node != self.local_node);
+            view.offline_replicas.push(self.local_node);
+            if view.leader == self.local_node {
+                view.error_code = crate::error_codes::KAFKA_STORAGE_ERROR;
+            }
+        }
+        if view.leader < 0 {
+            view.error_code = crate::error_codes::LEADER_NOT_AVAILABLE;
+        }
+        view
+    }
+
+    /// Every partition with a replica on this broker's `shard`, with its topic.
     pub fn partitions_on(
         &self,
         shard: usize,
@@ -239,9 +297,9 @@ impl MetadataSnapshot {
             topic
                 .partition_shards
                 .iter()
-                .zip(&topic.partition_brokers)
+                .zip(&topic.partitions)
                 .enumerate()
-                .filter(move |(_, (owner, broker))| **owner == shard && **broker == self.local_node)
+                .filter(move |(_, (owner, partition))| **owner == shard && partition.hosted_here)
                 .map(move |(partition, _)| {
                     (
                         TopicPartition {
@@ -327,13 +385,24 @@ mod tests {
     use super::*;
     use crate::error_codes as codes;
 
-    fn topic(partition_brokers: Vec<i32>) -> TopicMetadata {
+    fn topic(partition_brokers: &[i32]) -> TopicMetadata {
         TopicMetadata {
             name: "t".into(),
             name_bytes: Bytes::from_static(b"t"),
             id: Uuid::nil(),
             partition_shards: vec![0; partition_brokers.len()],
-            partition_brokers,
+            partitions: partition_brokers
+                .iter()
+                .map(|&broker| PartitionMetadata {
+                    replicas: vec![broker],
+                    group_id: 1,
+                    leader: broker,
+                    leader_epoch: 0,
+                    isr: vec![broker],
+                    offline_replicas: Vec::new(),
+                    hosted_here: broker == 1,
+                })
+                .collect(),
             overrides: BTreeMap::new(),
             config: crate::settings::Effective::defaults().topic_defaults(),
         }
@@ -361,7 +430,7 @@ mod tests {
 
     #[test]
     fn leader_check_tests_the_epoch_then_leadership() {
-        let topic = topic(vec![1, 2]);
+        let topic = topic(&[1, 2]);
         let snapshot = MetadataSnapshot {
             local_node: 1,
             brokers: vec![BrokerEndpoints {

@@ -529,6 +529,85 @@ fn spawn_snapshot(tp: TopicPartition, log: PartitionLog, state: Rc<PartitionProd
     .detach();
 }
 
+/// How long an `InitProducerId` waits for the controller to grant a block before it is
+/// answered `COORDINATOR_LOAD_IN_PROGRESS` (retriable; Kafka answers the same while its
+/// broker waits for `AllocateProducerIds`).
+pub const BLOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often the wait looks for a granted block.
+const BLOCK_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+/// Blocks remembered for re-initialising a producer id issued by this broker (KIP-360).
+const ISSUED_BLOCKS_MAX: usize = 1024;
+
+/// Producer-id blocks the controller granted this broker of a cluster (shard 0;
+/// `controller::producer_ids`). The controller hands each block it sees committed for this
+/// broker's life to [`Self::receive`] and sends [`Self::request`] with its heartbeats;
+/// [`ProducerIds`] takes the blocks. Owned by shard 0, `!Send`.
+#[derive(Debug)]
+pub struct GrantedBlocks {
+    /// Blocks received and not used yet, oldest first.
+    ready: RefCell<VecDeque<i64>>,
+    /// Start of the last block received in this life, -1 none.
+    last_received: Cell<i64>,
+    /// A block is wanted: every heartbeat asks until one arrives.
+    wanted: Cell<bool>,
+    /// A block became wanted since the last heartbeat: send one now.
+    urgent: Cell<bool>,
+    /// The end of this broker's own `producer-ids` file (ids it issued as a one-node
+    /// broker): no block may start below it.
+    floor: Cell<i64>,
+}
+
+impl Default for GrantedBlocks {
+    fn default() -> Self {
+        Self {
+            ready: RefCell::default(),
+            last_received: Cell::new(-1),
+            wanted: Cell::new(false),
+            urgent: Cell::new(false),
+            floor: Cell::new(0),
+        }
+    }
+}
+
+impl GrantedBlocks {
+    /// A block the committed state records for this broker's life; a block already
+    /// received is ignored.
+    pub fn receive(&self, start: i64) {
+        if start != self.last_received.get() {
+            self.ready.borrow_mut().push_back(start);
+            self.last_received.set(start);
+            self.wanted.set(false);
+        }
+    }
+
+    /// What the next heartbeat asks for: (the last block received, floor), if a block is
+    /// wanted.
+    pub fn request(&self) -> Option<(i64, i64)> {
+        self.wanted
+            .get()
+            .then(|| (self.last_received.get(), self.floor.get()))
+    }
+
+    /// Whether a heartbeat should go now (a block became wanted since the last one).
+    pub fn take_urgent(&self) -> bool {
+        self.urgent.replace(false)
+    }
+
+    fn want(&self) {
+        if !self.wanted.replace(true) {
+            self.urgent.set(true);
+        }
+    }
+
+    fn take(&self) -> Option<i64> {
+        self.ready.borrow_mut().pop_front()
+    }
+
+    fn has_ready(&self) -> bool {
+        !self.ready.borrow().is_empty()
+    }
+}
+
 /// Shard 0's producer id allocator. See the module docs.
 pub struct ProducerIds {
     disk: BrokerDisk,
@@ -538,10 +617,20 @@ pub struct ProducerIds {
     block_end: Cell<i64>,
     loaded: Cell<bool>,
     gate: Semaphore,
+    /// A broker of a cluster: blocks come from the controller, and the `producer-ids` file
+    /// is only read (as a floor). None: a one-node broker, which persists its own blocks.
+    granted: Option<Rc<GrantedBlocks>>,
+    /// (start, end) of the blocks used in this life, for re-initialising an id this broker
+    /// issued; a cluster broker's blocks are not contiguous.
+    issued: RefCell<VecDeque<(i64, i64)>>,
+    /// How long an init waits for a granted block ([`BLOCK_WAIT`]; tests shorten it).
+    block_wait: Cell<std::time::Duration>,
+    /// When the last wait for a block ended without one.
+    waited_in_vain: Cell<Option<std::time::Instant>>,
 }
 
 impl ProducerIds {
-    pub fn new(disk: BrokerDisk, data_dir: &Path) -> Self {
+    pub fn new(disk: BrokerDisk, data_dir: &Path, granted: Option<Rc<GrantedBlocks>>) -> Self {
         Self {
             disk,
             path: data_dir.join("producer-ids"),
@@ -549,6 +638,117 @@ impl ProducerIds {
             block_end: Cell::new(0),
             loaded: Cell::new(false),
             gate: Semaphore::new(1),
+            granted,
+            issued: RefCell::default(),
+            block_wait: Cell::new(BLOCK_WAIT),
+            waited_in_vain: Cell::new(None),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn set_block_wait(&self, wait: std::time::Duration) {
+        self.block_wait.set(wait);
+    }
+
+    /// `InitProducerId` on a broker of a cluster: ids from the blocks the controller granted
+    /// (see [`GrantedBlocks`]); waits up to [`BLOCK_WAIT`] for one, then `None` (the
+    /// caller answers a retriable error).
+    async fn init_clustered(
+        &self,
+        granted: &GrantedBlocks,
+        producer_id: i64,
+        epoch: i16,
+    ) -> Option<(i64, i16)> {
+        let issued_here = {
+            let issued = self.issued.borrow();
+            let current = (self.block_end.get() - PRODUCER_ID_BLOCK, self.next.get());
+            issued
+                .iter()
+                .chain(std::iter::once(&current))
+                .any(|(start, end)| (*start..*end).contains(&producer_id))
+        };
+        if producer_id >= 0 && issued_here && (0..i16::MAX - 1).contains(&epoch) {
+            return Some((producer_id, epoch + 1));
+        }
+        let now = std::time::Instant::now();
+        // Inits queued behind one that just waited in vain (the controller unreachable) do
+        // not wait a whole period each: within a period of that failure they only look.
+        let deadline = match self.waited_in_vain.get() {
+            Some(failed) if now < failed + BLOCK_WAIT => now,
+            _ => now + self.block_wait.get(),
+        };
+        while self.next.get() >= self.block_end.get() {
+            if let Some(start) = granted.take() {
+                let mut issued = self.issued.borrow_mut();
+                if self.block_end.get() > 0 {
+                    issued.push_back((
+                        self.block_end.get() - PRODUCER_ID_BLOCK,
+                        self.block_end.get(),
+                    ));
+                }
+                if issued.len() > ISSUED_BLOCKS_MAX {
+                    issued.pop_front();
+                }
+                self.next.set(start);
+                self.block_end.set(start + PRODUCER_ID_BLOCK);
+                continue;
+            }
+            granted.want();
+            if std::time::Instant::now() >= deadline {
+                self.waited_in_vain.set(Some(std::time::Instant::now()));
+                return None;
+            }
+            glommio::timer::sleep(BLOCK_POLL).await;
+        }
+        let id = self.next.get();
+        self.next.set(id + 1);
+        // Ask for the next block when 90% of this one is used, as Kafka prefetches.
+        if self.block_end.get() - self.next.get() <= PRODUCER_ID_BLOCK / 10 && !granted.has_ready()
+        {
+            granted.want();
+        }
+        Some((id, 0))
+    }
+
+    /// `InitProducerId` with the broker's error code: `KAFKA_STORAGE_ERROR` when the
+    /// `producer-ids` file cannot be read or written, `COORDINATOR_LOAD_IN_PROGRESS` while a
+    /// cluster broker has no block from the controller.
+    pub async fn init_or_code(&self, producer_id: i64, epoch: i16) -> Result<(i64, i16), i16> {
+        let storage_error = |error: std::io::Error| {
+            tracing::error!(%error, "producer id block cannot be read or persisted");
+            crate::error_codes::KAFKA_STORAGE_ERROR
+        };
+        let Some(granted) = &self.granted else {
+            return self.init(producer_id, epoch).await.map_err(storage_error);
+        };
+        let _turn = self.gate.acquire_permit(1).await.expect("never closed");
+        if !self.loaded.get() {
+            let floor = self.load_block_end().await.map_err(storage_error)?;
+            granted.floor.set(floor);
+            self.loaded.set(true);
+        }
+        let allocated = self.init_clustered(granted, producer_id, epoch).await;
+        allocated.ok_or_else(|| {
+            tracing::info!("no producer-id block from the controller yet; InitProducerId answered COORDINATOR_LOAD_IN_PROGRESS");
+            ResponseError::CoordinatorLoadInProgress.code()
+        })
+    }
+
+    /// The block end the `producer-ids` file holds (0 when there is none); a damaged file
+    /// is an error.
+    async fn load_block_end(&self) -> std::io::Result<i64> {
+        let persisted = self.disk.read_file(&self.path).await?;
+        match persisted {
+            None => Ok(0),
+            Some(bytes) => persisted_block_end(&bytes).ok_or_else(|| {
+                // Starting again from 0 would hand out ids that producers hold:
+                // refuse (InitProducerId fails) until an operator looks.
+                tracing::error!(path = %self.path.display(), length = bytes.len(), "producer id file is damaged; no producer ids are handed out");
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} is damaged ({} bytes, want 8)", self.path.display(), bytes.len()),
+                )
+            }),
         }
     }
 
@@ -557,19 +757,7 @@ impl ProducerIds {
     pub async fn init(&self, producer_id: i64, epoch: i16) -> std::io::Result<(i64, i16)> {
         let _turn = self.gate.acquire_permit(1).await.expect("never closed");
         if !self.loaded.get() {
-            let persisted = self.disk.read_file(&self.path).await?;
-            let end = match persisted {
-                None => 0,
-                Some(bytes) => persisted_block_end(&bytes).ok_or_else(|| {
-                    // Starting again from 0 would hand out ids that producers hold:
-                    // refuse (InitProducerId fails) until an operator looks.
-                    tracing::error!(path = %self.path.display(), length = bytes.len(), "producer id file is damaged; no producer ids are handed out");
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("{} is damaged ({} bytes, want 8)", self.path.display(), bytes.len()),
-                    )
-                })?,
-            };
+            let end = self.load_block_end().await?;
             self.next.set(end);
             self.block_end.set(end);
             self.loaded.set(true);

@@ -272,6 +272,10 @@ impl ShardServices {
             disk: disk.clone(),
             data_dir: config.data_dir.clone(),
             clock: clock.clone(),
+            producer_id_blocks: controller
+                .as_ref()
+                .and_then(Controller::replication)
+                .map(|replicated| replicated.producer_ids.clone()),
         });
         let services = Rc::new(ShardServices {
             shard_id,
@@ -517,6 +521,15 @@ impl ShardServices {
                 })
                 .detach();
             }));
+    }
+
+    /// Shard 0: queues leadership changes of Raft groups this broker leads for the
+    /// controller (`Controller::report_leadership`: sent with the next heartbeat, at once,
+    /// and resent until committed). Nothing on other shards or on a one-node broker.
+    pub fn report_leadership(&self, changes: Vec<crate::controller::leadership::LeadershipChange>) {
+        if let Some(controller) = &self.controller {
+            controller.report_leadership(changes);
+        }
     }
 
     /// Sends a topic change to the controller on shard 0 and waits until every shard has
@@ -1029,7 +1042,6 @@ async fn recover_controller(
     let rules = PlacementRules {
         shard_count: config.shard_count(),
         node_id: config.cluster.node_id,
-        broker_count: config.cluster.broker_count(),
         clustered: config.cluster.voters.len() > 1,
         default_replication_factor: config.cluster.default_replication_factor,
         default_partitions: config.default_partitions,
@@ -1077,10 +1089,7 @@ async fn follow_controller_group(services: std::rc::Weak<ShardServices>) {
             next_heartbeat = std::time::Instant::now();
         }
         let now = std::time::Instant::now();
-        let asked = controller
-            .replication()
-            .is_some_and(|replicated| replicated.wants_offsets_topic.get());
-        if now >= next_heartbeat || asked {
+        if now >= next_heartbeat || controller.heartbeat_due_now() {
             controller.heartbeat();
             next_heartbeat = now + crate::controller::registry::HEARTBEAT_INTERVAL;
         }

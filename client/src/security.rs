@@ -109,9 +109,11 @@ impl Security {
             "SSL" => (true, false),
             "SASL_PLAINTEXT" => (false, true),
             "SASL_SSL" => (true, true),
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "security.protocol={other} is not one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"
-            )),
+            ))
+            }
         };
         let tls = if uses_tls {
             Some(Arc::new(tls_config(&get)?))

@@ -13,7 +13,7 @@ use ringfeed_storage::sim::SimDisk;
 
 use super::*;
 use crate::cluster::transport::{Transport, TransportSettings};
-use crate::controller::store::TopicRecord;
+use crate::controller::store::{PartitionRecord, ReplicaRecord, TopicRecord};
 
 struct Node {
     group: Rc<ControllerGroup<SimDisk>>,
@@ -81,12 +81,20 @@ fn state(epoch: u64, topics: &[&str]) -> ClusterState {
             .map(|name| TopicRecord {
                 name: (*name).to_string(),
                 id: [1; 16],
-                partition_shards: vec![0, 1],
+                partitions: [(1, 0), (2, 1)]
+                    .into_iter()
+                    .enumerate()
+                    .map(|(group, (broker, shard))| {
+                        PartitionRecord::placed(
+                            vec![ReplicaRecord { broker, shard }],
+                            group as u64 + 1,
+                        )
+                    })
+                    .collect(),
                 overrides: Vec::new(),
-                partition_brokers: vec![1, 2],
             })
             .collect(),
-        brokers: Vec::new(),
+        ..ClusterState::default()
     }
 }
 

@@ -117,8 +117,10 @@ pub async fn start_controller_group(
     tracing::info!(node_id, voters = %config.cluster.voters, recovered = recovered.is_some(), "controller group 0 started");
     tracing::warn!(
         "the controller is replicated across the voters and partitions are spread over the \
-         brokers, but each partition has one replica: a lost broker's partitions are \
-         unavailable until it returns (docs/REPLICATION.md, Status)"
+         brokers, but a partition's replicas are not kept in step yet: its leader's log alone \
+         takes writes, a lost broker's replication-factor-1 partitions are unavailable until \
+         it returns, and while a partition's first replica is down the next live one leads \
+         from its own log (docs/REPLICATION.md, Status)"
     );
     let registration = BrokerRecord {
         node_id: config.cluster.node_id,
@@ -146,6 +148,9 @@ pub async fn start_controller_group(
             std::time::Instant::now(),
         )),
         wants_offsets_topic: Cell::new(false),
+        leadership: RefCell::default(),
+        leadership_urgent: Cell::new(false),
+        producer_ids: Rc::default(),
     };
     Ok((replicated, recovered))
 }

@@ -14,11 +14,20 @@ pub struct NewTopic {
     pub name: String,
     /// -1 asks for the broker default.
     pub partitions: i32,
-    /// -1 asks for the default; this single broker can only hold 1.
+    /// -1 asks for `default.replication.factor`; at most the live brokers.
     pub replication_factor: i16,
     /// Replica lists given by the client per partition (empty: let the broker place).
     pub manual_assignment: Vec<Vec<i32>>,
     pub configs: Vec<(String, Option<String>)>,
+}
+
+/// A `CreatePartitions` entry: grow `name` to `total` partitions.
+#[derive(Debug, Clone)]
+pub struct NewPartitions {
+    pub name: String,
+    pub total: i32,
+    /// Replica lists of the new partitions given by the client (empty: let the broker place).
+    pub assignment: Vec<Vec<i32>>,
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +57,8 @@ pub struct TopicOutcome {
     pub error_code: i16,
     pub message: Option<String>,
     pub partitions: i32,
+    /// Replicas of each partition (-1 on failure).
+    pub replication_factor: i16,
 }
 
 impl TopicOutcome {
@@ -58,7 +69,14 @@ impl TopicOutcome {
             error_code: codes::NONE,
             message: None,
             partitions,
+            replication_factor: 1,
         }
+    }
+
+    #[must_use]
+    pub(super) fn with_replication_factor(mut self, replication_factor: i16) -> Self {
+        self.replication_factor = replication_factor;
+        self
     }
 
     pub(super) fn error(name: &str, error_code: i16, message: impl Into<String>) -> Self {
@@ -68,6 +86,7 @@ impl TopicOutcome {
             error_code,
             message: Some(message.into()),
             partitions: -1,
+            replication_factor: -1,
         }
     }
 
@@ -92,7 +111,7 @@ pub enum ControllerCall {
         topics: Vec<TopicRef>,
     },
     CreatePartitions {
-        topics: Vec<(String, i32)>,
+        topics: Vec<NewPartitions>,
         validate_only: bool,
     },
     AlterConfigs {
@@ -119,8 +138,6 @@ pub struct PlacementRules {
     pub shard_count: usize,
     /// This broker's `node.id`: the replica of every partition in a one-node cluster.
     pub node_id: i32,
-    /// Brokers a topic's replicas can be spread over.
-    pub broker_count: usize,
     /// Several voters: partitions are placed on registered live brokers (`placement`);
     /// false for a one-node broker, which places everything on itself as before.
     pub clustered: bool,

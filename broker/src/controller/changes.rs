@@ -9,8 +9,10 @@ use uuid::Uuid;
 use crate::controller::calls::{
     ConfigChange, ConfigOperation, ControllerCall, NewTopic, PlacementRules, TopicOutcome, TopicRef,
 };
-use crate::controller::placement::{self, Placed};
-use crate::controller::store::{ClusterState, ConfigEntry, TopicRecord};
+use crate::controller::placement;
+use crate::controller::store::{
+    ClusterState, ConfigEntry, PartitionRecord, ReplicaRecord, TopicRecord,
+};
 use crate::error_codes as codes;
 use crate::metadata::OFFSETS_TOPIC;
 use crate::topic_config::validate_override;
@@ -48,7 +50,16 @@ pub fn apply(
             validate_only,
         } => topics
             .into_iter()
-            .map(|(name, total)| add_partitions(state, &name, total, validate_only, rules))
+            .map(|growth| {
+                add_partitions(
+                    state,
+                    &growth.name,
+                    growth.total,
+                    &growth.assignment,
+                    validate_only,
+                    rules,
+                )
+            })
             .collect(),
         ControllerCall::AlterConfigs {
             changes,
@@ -124,33 +135,6 @@ fn create_topic(
             ),
         );
     }
-    let replication_factor = match topic.replication_factor {
-        -1 => rules.default_replication_factor,
-        asked => asked,
-    };
-    if replication_factor < 1 || replication_factor as usize > rules.broker_count {
-        // Kafka's answer too: a replication factor is checked against the brokers there are.
-        return TopicOutcome::error(
-            &topic.name,
-            codes::INVALID_REPLICATION_FACTOR,
-            format!(
-                "replication factor {replication_factor} must be from 1 to the {} broker(s) \
-                 in the cluster",
-                rules.broker_count
-            ),
-        );
-    }
-    if replication_factor > 1 {
-        // Honest until partition groups and the ReplicaManager land (docs/REPLICATION.md):
-        // a topic asking for copies on several brokers would silently get one.
-        return TopicOutcome::error(
-            &topic.name,
-            codes::INVALID_REPLICATION_FACTOR,
-            format!(
-                "replication factor {replication_factor}: replication factor > 1 is not built yet"
-            ),
-        );
-    }
     let assigned = if topic.manual_assignment.is_empty() {
         None
     } else {
@@ -161,6 +145,13 @@ fn create_topic(
             }
         }
     };
+    let replication_factor =
+        match replication_factor(state, assigned.as_deref(), topic.replication_factor, rules) {
+            Ok(factor) => factor,
+            Err(reason) => {
+                return TopicOutcome::error(&topic.name, codes::INVALID_REPLICATION_FACTOR, reason)
+            }
+        };
     let partitions = if let Some(placed) = &assigned {
         placed.len() as i32
     } else if topic.partitions == -1 {
@@ -185,7 +176,15 @@ fn create_topic(
     let id = Uuid::new_v4();
     // The topic's ordinal is its round-robin start offset across brokers.
     let placed = match assigned.map_or_else(
-        || placement::place(state, partitions as usize, state.topics.len(), rules),
+        || {
+            placement::place(
+                state,
+                partitions as usize,
+                replication_factor as usize,
+                state.topics.len(),
+                rules,
+            )
+        },
         Ok,
     ) {
         Ok(placed) => placed,
@@ -194,16 +193,47 @@ fn create_topic(
         }
     };
     if !validate_only {
-        let (partition_shards, partition_brokers) = split_placement(&placed, rules);
+        let partitions = placed
+            .into_iter()
+            .map(|replicas| PartitionRecord::placed(replicas, state.take_group_id()))
+            .collect();
         state.topics.push(TopicRecord {
             name: topic.name.clone(),
             id: id.into_bytes(),
-            partition_shards,
+            partitions,
             overrides,
-            partition_brokers,
         });
     }
-    TopicOutcome::ok(&topic.name, id, partitions)
+    TopicOutcome::ok(&topic.name, id, partitions).with_replication_factor(replication_factor)
+}
+
+/// A new topic's replication factor: its replica lists' length, or the one asked for (-1:
+/// `default.replication.factor`), which must be 1 to the brokers available (Kafka's check
+/// and message).
+fn replication_factor(
+    state: &ClusterState,
+    assigned: Option<&[Vec<ReplicaRecord>]>,
+    asked: i16,
+    rules: &PlacementRules,
+) -> Result<i16, String> {
+    let factor = match (assigned, asked) {
+        (Some(placed), _) => placed[0].len() as i16,
+        (None, -1) => rules.default_replication_factor,
+        (None, asked) => asked,
+    };
+    if factor < 1 {
+        return Err(
+            "Replication factor must be larger than 0, or -1 to use the default value.".into(),
+        );
+    }
+    let available = placement::available_brokers(state, rules);
+    if factor as usize > available {
+        return Err(placement::unreachable_replication_factor(
+            factor as usize,
+            available,
+        ));
+    }
+    Ok(factor)
 }
 
 /// A new topic's config overrides, each validated (entries without a value are skipped).
@@ -217,41 +247,43 @@ fn new_overrides(configs: Vec<(String, Option<String>)>) -> Result<Vec<ConfigEnt
     Ok(overrides)
 }
 
-/// Where a client's replica lists put each partition: one live broker per partition in a
-/// cluster; on a one-node broker, only that broker.
+/// Where a client's replica lists put each partition (Kafka's checks): every list names the
+/// same number of distinct, live brokers; on a one-node broker, only this broker.
 fn manual_assignment(
     state: &ClusterState,
     assignment: &[Vec<i32>],
     rules: &PlacementRules,
-) -> Result<Vec<Placed>, String> {
-    let brokers = assignment
-        .iter()
-        .map(|replicas| match replicas.as_slice() {
-            [broker] if rules.clustered || *broker == rules.node_id => Ok(*broker),
-            _ if !rules.clustered => Err(format!("the only broker is node {}", rules.node_id)),
-            _ => Err(
-                "each partition takes exactly one broker: replication factor > 1 is not \
-                      built yet"
-                    .to_string(),
-            ),
-        })
-        .collect::<Result<Vec<i32>, String>>()?;
+) -> Result<Vec<Vec<ReplicaRecord>>, String> {
+    let replication_factor = assignment[0].len();
+    for (partition, brokers) in assignment.iter().enumerate() {
+        if brokers.is_empty() {
+            return Err(format!("partition {partition} has an empty replica list"));
+        }
+        if brokers.len() != replication_factor {
+            return Err(format!(
+                "all partitions need the same number of replicas: partition {partition} has {}, \
+                 partition 0 has {replication_factor}",
+                brokers.len()
+            ));
+        }
+        if let Some(twice) = brokers
+            .iter()
+            .enumerate()
+            .find_map(|(at, broker)| brokers[..at].contains(broker).then_some(*broker))
+        {
+            return Err(format!(
+                "partition {partition} names broker {twice} more than once"
+            ));
+        }
+        if !rules.clustered && brokers.as_slice() != [rules.node_id] {
+            return Err(format!("the only broker is node {}", rules.node_id));
+        }
+    }
     if !rules.clustered {
         // Where on this broker is the shards' business, as for any new partition.
-        return placement::place(state, brokers.len(), 0, rules);
+        return placement::place(state, assignment.len(), 1, 0, rules);
     }
-    placement::place_on(state, &brokers, rules)
-}
-
-/// The shards and brokers to record; a one-node broker records no brokers (they are all it).
-fn split_placement(placed: &[Placed], rules: &PlacementRules) -> (Vec<u32>, Vec<i32>) {
-    let shards = placed.iter().map(|placed| placed.shard).collect();
-    let brokers = if rules.clustered {
-        placed.iter().map(|placed| placed.broker).collect()
-    } else {
-        Vec::new()
-    };
-    (shards, brokers)
+    placement::place_on(state, assignment)
 }
 
 fn delete_topic(state: &mut ClusterState, topic: &TopicRef) -> TopicOutcome {
@@ -273,7 +305,7 @@ fn delete_topic(state: &mut ClusterState, topic: &TopicRef) -> TopicOutcome {
             TopicOutcome::ok(
                 &record.name,
                 Uuid::from_bytes(record.id),
-                record.partition_shards.len() as i32,
+                record.partition_count() as i32,
             )
         }
         (None, TopicRef::Name(name)) => TopicOutcome::error(
@@ -293,6 +325,7 @@ fn add_partitions(
     state: &mut ClusterState,
     name: &str,
     total: i32,
+    assignment: &[Vec<i32>],
     validate_only: bool,
     rules: &PlacementRules,
 ) -> TopicOutcome {
@@ -308,7 +341,7 @@ fn add_partitions(
         // committed offsets.
         return TopicOutcome::error(name, codes::INVALID_REQUEST, INTERNAL_TOPIC_MESSAGE);
     }
-    let current = state.topics[index].partition_shards.len() as i32;
+    let current = state.topics[index].partition_count() as i32;
     if total <= current {
         return TopicOutcome::error(
             name,
@@ -327,19 +360,54 @@ fn add_partitions(
         );
     }
     let added = (total - current) as usize;
-    // Continues the topic's round-robin where its existing partitions left it.
-    let start = index + current as usize;
-    let placed = match placement::place(state, added, start, rules) {
-        Ok(placed) => placed,
-        Err(reason) => return TopicOutcome::error(name, codes::INVALID_REPLICATION_FACTOR, reason),
+    // New partitions get as many replicas as the topic's first one has.
+    let replication_factor = state.topics[index]
+        .partitions
+        .first()
+        .map_or(1, |partition| partition.replicas.len().max(1));
+    let placed = if assignment.is_empty() {
+        // Continues the topic's round-robin where its existing partitions left it.
+        let start = index + current as usize;
+        match placement::place(state, added, replication_factor, start, rules) {
+            Ok(placed) => placed,
+            Err(reason) => {
+                return TopicOutcome::error(name, codes::INVALID_REPLICATION_FACTOR, reason)
+            }
+        }
+    } else if assignment.len() != added {
+        return TopicOutcome::error(
+            name,
+            codes::INVALID_REPLICA_ASSIGNMENT,
+            format!(
+                "{} replica lists for {added} new partitions",
+                assignment.len()
+            ),
+        );
+    } else if assignment[0].len() != replication_factor {
+        return TopicOutcome::error(
+            name,
+            codes::INVALID_REPLICA_ASSIGNMENT,
+            format!(
+                "the topic's partitions have {replication_factor} replicas; the new ones name {}",
+                assignment[0].len()
+            ),
+        );
+    } else {
+        match manual_assignment(state, assignment, rules) {
+            Ok(placed) => placed,
+            Err(reason) => {
+                return TopicOutcome::error(name, codes::INVALID_REPLICA_ASSIGNMENT, reason)
+            }
+        }
     };
     if !validate_only {
-        let (shards, brokers) = split_placement(&placed, rules);
-        let record = &mut state.topics[index];
-        record.partition_shards.extend(shards);
-        record.partition_brokers.extend(brokers);
+        for replicas in placed {
+            let partition = PartitionRecord::placed(replicas, state.take_group_id());
+            state.topics[index].partitions.push(partition);
+        }
     }
     TopicOutcome::ok(name, Uuid::from_bytes(state.topics[index].id), total)
+        .with_replication_factor(replication_factor as i16)
 }
 
 fn alter_configs(
@@ -387,20 +455,20 @@ fn alter_configs(
     TopicOutcome::ok(
         &record.name,
         Uuid::from_bytes(record.id),
-        record.partition_shards.len() as i32,
+        record.partition_count() as i32,
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::calls::NewPartitions;
     use crate::limits::Limits;
 
     fn rules(shard_count: usize) -> PlacementRules {
         PlacementRules {
             shard_count,
             node_id: 0,
-            broker_count: 1,
             clustered: false,
             default_replication_factor: 1,
             default_partitions: 3,
@@ -436,8 +504,6 @@ mod tests {
         let mut state = ClusterState::default();
         let outcome = create(&mut state, new_topic(CONTROLLER_LOG_TOPIC, 1), 1);
         assert_eq!(outcome.error_code, codes::INVALID_TOPIC_EXCEPTION);
-        let mut three_brokers = rules(1);
-        three_brokers.broker_count = 3;
         let mut replicated = new_topic("replicated", 1);
         replicated.replication_factor = 3;
         let outcomes = apply(
@@ -446,14 +512,16 @@ mod tests {
                 topics: vec![replicated, new_topic("single", 2)],
                 validate_only: false,
             },
-            &three_brokers,
+            &rules(1),
         );
         assert_eq!(outcomes[0].error_code, codes::INVALID_REPLICATION_FACTOR);
-        assert!(outcomes[0]
-            .message
-            .as_deref()
-            .unwrap()
-            .contains("replication factor > 1 is not built yet"));
+        assert_eq!(
+            outcomes[0].message.as_deref(),
+            Some(
+                "Unable to replicate the partition 3 time(s): The target replication factor of \
+                 3 cannot be reached because only 1 broker(s) are registered."
+            )
+        );
         assert_eq!(outcomes[1].error_code, codes::NONE);
         let names: Vec<&str> = state
             .topics
@@ -463,13 +531,200 @@ mod tests {
         assert_eq!(names, ["single"]);
     }
 
+    fn cluster_of(live: &[i32], fenced: &[i32]) -> (ClusterState, PlacementRules) {
+        let broker = |node_id: i32, fenced: bool| crate::controller::store::BrokerRecord {
+            node_id,
+            incarnation: 1,
+            listeners: Vec::new(),
+            rack: None,
+            shard_count: 2,
+            fenced,
+        };
+        let mut brokers: Vec<_> = live
+            .iter()
+            .map(|node| broker(*node, false))
+            .chain(fenced.iter().map(|node| broker(*node, true)))
+            .collect();
+        brokers.sort_by_key(|broker| broker.node_id);
+        let state = ClusterState {
+            brokers,
+            ..ClusterState::default()
+        };
+        let rules = PlacementRules {
+            clustered: true,
+            node_id: live[0],
+            ..rules(2)
+        };
+        (state, rules)
+    }
+
+    fn create_with(
+        state: &mut ClusterState,
+        topic: NewTopic,
+        rules: &PlacementRules,
+    ) -> TopicOutcome {
+        let call = ControllerCall::CreateTopics {
+            topics: vec![topic],
+            validate_only: false,
+        };
+        apply(state, call, rules).remove(0)
+    }
+
+    fn replica_lists(record: &TopicRecord) -> Vec<Vec<i32>> {
+        record
+            .partitions
+            .iter()
+            .map(|p| p.replicas.iter().map(|r| r.broker).collect())
+            .collect()
+    }
+
+    #[test]
+    fn a_cluster_places_up_to_its_live_brokers_replicas_and_default_is_the_setting() {
+        let (mut state, rules) = cluster_of(&[1, 2, 3], &[4]);
+        let three = NewTopic {
+            replication_factor: 3,
+            ..new_topic("three", 3)
+        };
+        let outcome = create_with(&mut state, three, &rules);
+        assert_eq!(
+            (outcome.error_code, outcome.replication_factor),
+            (codes::NONE, 3)
+        );
+        assert_eq!(
+            replica_lists(&state.topics[0]),
+            [vec![1, 2, 3], vec![2, 3, 1], vec![3, 1, 2]]
+        );
+        let four = NewTopic {
+            replication_factor: 4,
+            ..new_topic("four", 1)
+        };
+        let refused = create_with(&mut state, four, &rules);
+        assert_eq!(refused.error_code, codes::INVALID_REPLICATION_FACTOR);
+        assert!(refused
+            .message
+            .unwrap()
+            .contains("factor of 4 cannot be reached because only 3 broker(s)"));
+        // -1 takes default.replication.factor.
+        let by_default = PlacementRules {
+            default_replication_factor: 2,
+            ..rules.clone()
+        };
+        let outcome = create_with(&mut state, new_topic("dflt", 2), &by_default);
+        assert_eq!(outcome.replication_factor, 2);
+        assert!(replica_lists(&state.topics[1])
+            .iter()
+            .all(|list| list.len() == 2));
+        // Growing keeps the topic's replication factor; group ids are never reused, even by
+        // a topic recreated under the same name.
+        let grow = ControllerCall::CreatePartitions {
+            topics: vec![NewPartitions {
+                name: "three".into(),
+                total: 5,
+                assignment: Vec::new(),
+            }],
+            validate_only: false,
+        };
+        assert_eq!(apply(&mut state, grow, &rules)[0].error_code, codes::NONE);
+        assert!(replica_lists(&state.topics[0])
+            .iter()
+            .all(|list| list.len() == 3));
+        let delete = ControllerCall::DeleteTopics {
+            topics: vec![TopicRef::Name("three".into())],
+        };
+        apply(&mut state, delete, &rules);
+        let again = NewTopic {
+            replication_factor: 3,
+            ..new_topic("three", 3)
+        };
+        create_with(&mut state, again, &rules);
+        let groups: Vec<u64> = state
+            .topics
+            .iter()
+            .flat_map(|topic| topic.partitions.iter().map(|p| p.group_id))
+            .collect();
+        assert_eq!(
+            groups,
+            [4, 5, 8, 9, 10],
+            "dflt's 4-5; the recreated topic's after 6-7"
+        );
+    }
+
+    #[test]
+    fn manual_assignments_are_honoured_and_validated() {
+        let (mut state, rules) = cluster_of(&[1, 2, 3], &[4]);
+        let assigned = |name: &str, lists: Vec<Vec<i32>>| NewTopic {
+            manual_assignment: lists,
+            ..new_topic(name, -1)
+        };
+        let outcome = create_with(
+            &mut state,
+            assigned("m", vec![vec![3, 1], vec![1, 2]]),
+            &rules,
+        );
+        assert_eq!(
+            (
+                outcome.error_code,
+                outcome.partitions,
+                outcome.replication_factor
+            ),
+            (codes::NONE, 2, 2)
+        );
+        assert_eq!(replica_lists(&state.topics[0]), [vec![3, 1], vec![1, 2]]);
+        for (lists, why) in [
+            (vec![vec![1, 1]], "more than once"),
+            (vec![vec![1, 2], vec![3]], "same number of replicas"),
+            (vec![vec![]], "empty replica list"),
+            (vec![vec![4]], "broker 4 is not registered and alive"),
+            (vec![vec![9]], "broker 9 is not registered and alive"),
+        ] {
+            let refused = create_with(&mut state, assigned("bad", lists.clone()), &rules);
+            assert_eq!(
+                refused.error_code,
+                codes::INVALID_REPLICA_ASSIGNMENT,
+                "{lists:?}"
+            );
+            assert!(
+                refused.message.as_deref().unwrap().contains(why),
+                "{lists:?}: {:?}",
+                refused.message
+            );
+        }
+        let grow = |lists: Vec<Vec<i32>>| ControllerCall::CreatePartitions {
+            topics: vec![NewPartitions {
+                name: "m".into(),
+                total: 3,
+                assignment: lists,
+            }],
+            validate_only: false,
+        };
+        assert_eq!(
+            apply(&mut state, grow(vec![vec![2]]), &rules)[0].error_code,
+            codes::INVALID_REPLICA_ASSIGNMENT,
+            "the topic has two replicas per partition"
+        );
+        assert_eq!(
+            apply(&mut state, grow(vec![vec![2, 3], vec![3, 1]]), &rules)[0].error_code,
+            codes::INVALID_REPLICA_ASSIGNMENT,
+            "two lists for one new partition"
+        );
+        assert_eq!(
+            apply(&mut state, grow(vec![vec![2, 3]]), &rules)[0].error_code,
+            codes::NONE
+        );
+        assert_eq!(replica_lists(&state.topics[0])[2], [2, 3]);
+    }
+
     #[test]
     fn the_offsets_topic_cannot_be_deleted_or_grown() {
         let mut state = ClusterState::default();
         create(&mut state, new_topic(OFFSETS_TOPIC, 8), 2);
         let rules = rules(2);
         let grow = ControllerCall::CreatePartitions {
-            topics: vec![(OFFSETS_TOPIC.into(), 16)],
+            topics: vec![NewPartitions {
+                name: OFFSETS_TOPIC.into(),
+                total: 16,
+                assignment: Vec::new(),
+            }],
             validate_only: false,
         };
         assert_eq!(
@@ -483,7 +738,7 @@ mod tests {
             apply(&mut state, delete, &rules)[0].error_code,
             codes::INVALID_REQUEST
         );
-        assert_eq!(state.topics[0].partition_shards.len(), 8);
+        assert_eq!(state.topics[0].partition_count(), 8);
     }
 
     #[test]
@@ -497,9 +752,16 @@ mod tests {
             create(&mut state, new_topic("b", 3), 2).error_code,
             codes::NONE
         );
-        assert_eq!(state.topics[0].partition_shards, vec![0, 1, 0]);
+        let shards = |topic: &TopicRecord| -> Vec<u32> {
+            topic
+                .partitions
+                .iter()
+                .map(|p| p.replicas[0].shard)
+                .collect()
+        };
+        assert_eq!(shards(&state.topics[0]), vec![0, 1, 0]);
         assert_eq!(
-            state.topics[1].partition_shards,
+            shards(&state.topics[1]),
             vec![1, 0, 1],
             "b starts on the lighter shard"
         );
@@ -565,7 +827,7 @@ mod tests {
         };
         let outcome = apply_with(&mut state, new_topic("d", 1), &too_many_by_default);
         assert_eq!(outcome.error_code, codes::INVALID_REPLICATION_FACTOR);
-        assert!(outcome.message.unwrap().contains("replication factor 2"));
+        assert!(outcome.message.unwrap().contains("replication factor of 2"));
         // A manual assignment names this broker by its node.id, not a fixed 0.
         let on = |replicas: Vec<i32>| NewTopic {
             partitions: -1,
@@ -606,7 +868,11 @@ mod tests {
             apply(
                 state,
                 ControllerCall::CreatePartitions {
-                    topics: vec![("g".into(), total)],
+                    topics: vec![NewPartitions {
+                        name: "g".into(),
+                        total,
+                        assignment: Vec::new(),
+                    }],
                     validate_only: false,
                 },
                 &rules(2),
@@ -615,7 +881,7 @@ mod tests {
         };
         assert_eq!(grow(&mut state, 2).error_code, codes::INVALID_PARTITIONS);
         assert_eq!(grow(&mut state, 5).error_code, codes::NONE);
-        assert_eq!(state.topics[0].partition_shards.len(), 5);
+        assert_eq!(state.topics[0].partition_count(), 5);
         let deleted = apply(
             &mut state,
             ControllerCall::DeleteTopics {

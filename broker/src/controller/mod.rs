@@ -7,7 +7,9 @@
 
 mod calls;
 pub mod changes;
+pub mod leadership;
 pub mod placement;
+pub mod producer_ids;
 pub mod registry;
 pub mod store;
 
@@ -23,14 +25,16 @@ use crate::cluster::controller_group::{ControllerGroup, ProposalError};
 use crate::disk::BrokerDisk;
 use crate::error_codes as codes;
 use crate::metadata::{
-    BrokerEndpoints, MetadataSnapshot, TopicMetadata, TopicPartition, OFFSETS_TOPIC,
+    BrokerEndpoints, MetadataSnapshot, PartitionMetadata, TopicMetadata, TopicPartition,
+    OFFSETS_TOPIC,
 };
+use crate::producer_state::GrantedBlocks;
 use crate::topic_config::TopicConfig;
 pub use calls::{
-    ConfigChange, ConfigOperation, ControllerCall, ControllerReply, NewTopic, PlacementRules,
-    TopicOutcome, TopicRef,
+    ConfigChange, ConfigOperation, ControllerCall, ControllerReply, NewPartitions, NewTopic,
+    PlacementRules, TopicOutcome, TopicRef,
 };
-use store::{ClusterState, MetadataStore};
+use store::{ClusterState, MetadataStore, PartitionRecord};
 
 /// Shard 0's controller. See the module docs for the one-change-at-a-time contract.
 pub struct Controller {
@@ -61,6 +65,14 @@ pub struct Replicated {
     /// A `CreateTopics` of `__consumer_offsets` reached this broker while it did not lead:
     /// the next heartbeat asks the controller to create it.
     pub wants_offsets_topic: Cell<bool>,
+    /// Leadership changes of groups this broker leads, sent with every heartbeat until the
+    /// committed state shows them (`leadership`).
+    pub leadership: RefCell<leadership::PendingReports>,
+    /// A leadership change was queued since the last heartbeat: send one now.
+    pub leadership_urgent: Cell<bool>,
+    /// Producer-id blocks granted to this broker (`producer_ids`), shared with shard 0's
+    /// producer-id allocator.
+    pub producer_ids: Rc<GrantedBlocks>,
 }
 
 impl Controller {
@@ -75,8 +87,7 @@ impl Controller {
             let fresh = ClusterState {
                 epoch: 1,
                 cluster_id: format!("ringfeed-{}", Uuid::new_v4().simple()),
-                topics: Vec::new(),
-                brokers: Vec::new(),
+                ..ClusterState::default()
             };
             store.persist(&fresh).await?;
             fresh
@@ -105,8 +116,7 @@ impl Controller {
         let state = recovered.unwrap_or_else(|| ClusterState {
             epoch: 1,
             cluster_id: format!("ringfeed-{}", Uuid::new_v4().simple()),
-            topics: Vec::new(),
-            brokers: Vec::new(),
+            ..ClusterState::default()
         });
         Self {
             state: RefCell::new(state),
@@ -144,6 +154,7 @@ impl Controller {
         let turn = self.take_turn().await;
         let state = replicated.committed.borrow_mut().take()?;
         replicated.has_committed_state.set(true);
+        self.committed(replicated, &state);
         if *self.state.borrow() == state {
             return None;
         }
@@ -295,6 +306,9 @@ impl Controller {
         if let Err((code, message)) = self.persist(&next).await {
             return (refuse(outcomes, code, message), None, turn);
         }
+        if let Some(replicated) = &self.replicated {
+            self.committed(replicated, &next);
+        }
         self.forget_offline_of_deleted(&next);
         *self.state.borrow_mut() = next;
         (ControllerReply { outcomes }, Some(self.snapshot()), turn)
@@ -314,8 +328,52 @@ impl Controller {
         let heartbeat = registry::BrokerHeartbeat {
             registration: replicated.registration.clone(),
             wants_offsets_topic: replicated.wants_offsets_topic.replace(false),
+            leadership: replicated.leadership.borrow().to_send(),
+            producer_ids: replicated
+                .producer_ids
+                .request()
+                .map(|(after, floor)| producer_ids::ProducerIdRequest { after, floor }),
         };
+        replicated.leadership_urgent.set(false);
         replicated.group.send_mail(leader, heartbeat.encode());
+    }
+
+    /// Whether a heartbeat should go before its interval: a broker asked for
+    /// `__consumer_offsets`, a producer-id block became wanted, or a leadership change was
+    /// reported.
+    pub fn heartbeat_due_now(&self) -> bool {
+        self.replicated.as_ref().is_some_and(|replicated| {
+            replicated.wants_offsets_topic.get()
+                || replicated.leadership_urgent.get()
+                || replicated.producer_ids.take_urgent()
+        })
+    }
+
+    /// Queues leadership changes of groups this broker leads for the controller (shard 0;
+    /// the `ReplicaManager`s' reports): sent with the next heartbeat (at once) and with
+    /// every one after until the committed state shows them. Nothing on a one-node broker.
+    pub fn report_leadership(&self, changes: Vec<leadership::LeadershipChange>) {
+        let Some(replicated) = &self.replicated else {
+            return;
+        };
+        if changes.is_empty() {
+            return;
+        }
+        replicated.leadership.borrow_mut().queue(changes);
+        replicated.leadership_urgent.set(true);
+    }
+
+    /// What this broker takes from each committed state it adopts: leadership reports now
+    /// settled, and a producer-id block granted to it.
+    fn committed(&self, replicated: &Replicated, state: &ClusterState) {
+        replicated.leadership.borrow_mut().forget_settled(state);
+        if let Some(start) = producer_ids::granted(
+            state,
+            self.rules.node_id,
+            replicated.registration.incarnation,
+        ) {
+            replicated.producer_ids.receive(start);
+        }
     }
 
     /// Applies the heartbeats received to `next` (registrations) and the silence of others
@@ -350,6 +408,18 @@ impl Controller {
                 );
             }
             wants_offsets_topic |= heartbeat.wants_offsets_topic;
+            if !heartbeat.leadership.is_empty() {
+                let (recorded, ignored) = leadership::apply(next, node_id, &heartbeat.leadership);
+                if recorded > 0 || !ignored.is_empty() {
+                    tracing::debug!(node_id, recorded, ?ignored, "leadership reports heard");
+                }
+            }
+            if let Some(request) = &heartbeat.producer_ids {
+                let incarnation = heartbeat.registration.incarnation;
+                if producer_ids::grant(next, node_id, incarnation, request) {
+                    tracing::info!(node_id, start = ?producer_ids::granted(next, node_id, incarnation), "producer-id block granted");
+                }
+            }
         }
         for node_id in liveness.expired(next, now) {
             registry::fence(next, node_id);
@@ -409,6 +479,7 @@ impl Controller {
             tracing::info!(%message, "registry change not committed; retried with the next heartbeats");
             return None;
         }
+        self.committed(replicated, &next);
         self.forget_offline_of_deleted(&next);
         *self.state.borrow_mut() = next;
         Some((self.snapshot(), turn))
@@ -423,6 +494,12 @@ pub struct ChangeTurn {
 /// Builds the immutable view shards read. Placement recorded for more shards than run now
 /// (a restart with fewer `--shards`) folds onto the running ones.
 pub fn build_snapshot(state: &ClusterState, rules: &PlacementRules) -> MetadataSnapshot {
+    let live: BTreeSet<i32> = state
+        .brokers
+        .iter()
+        .filter(|broker| rules.clustered && !broker.fenced)
+        .map(|broker| broker.node_id)
+        .collect();
     let topics = state
         .topics
         .iter()
@@ -433,24 +510,17 @@ pub fn build_snapshot(state: &ClusterState, rules: &PlacementRules) -> MetadataS
                 .iter()
                 .map(|entry| (entry.key.clone(), entry.value.clone()))
                 .collect();
-            // A one-node broker holds every partition; so does a cluster for a topic with no
-            // recorded brokers (written before the registry, in the cluster preview).
-            let partition_brokers = (0..record.partition_shards.len())
-                .map(|partition| match record.partition_brokers.get(partition) {
-                    Some(broker) if rules.clustered => *broker,
-                    _ => rules.node_id,
-                })
-                .collect();
+            let (partition_shards, partitions) = record
+                .partitions
+                .iter()
+                .map(|partition| describe_partition(partition, &live, rules))
+                .unzip();
             let topic = TopicMetadata {
                 name_bytes: Bytes::copy_from_slice(name.as_bytes()),
                 name: name.clone(),
                 id: Uuid::from_bytes(record.id),
-                partition_shards: record
-                    .partition_shards
-                    .iter()
-                    .map(|shard| *shard as usize % rules.shard_count)
-                    .collect(),
-                partition_brokers,
+                partition_shards,
+                partitions,
                 config: TopicConfig::resolve(&overrides, &rules.topic_defaults),
                 overrides,
             };
@@ -481,17 +551,72 @@ pub fn build_snapshot(state: &ClusterState, rules: &PlacementRules) -> MetadataS
     }
 }
 
+/// One partition as this broker serves it: the shard a request for it goes to here, and
+/// its replicas and leadership with fenced brokers taken out.
+///
+/// A one-node broker holds every partition; so does each broker of a cluster for a replica
+/// with no recorded broker (a topic written before the registry, in the cluster preview).
+/// Until a leader has been reported (epoch 0), the first live replica leads.
+fn describe_partition(
+    record: &PartitionRecord,
+    live: &BTreeSet<i32>,
+    rules: &PlacementRules,
+) -> (usize, PartitionMetadata) {
+    let resolve = |broker: i32| {
+        if !rules.clustered || broker == store::LOCAL_BROKER {
+            rules.node_id
+        } else {
+            broker
+        }
+    };
+    let alive = |node: &i32| *node == rules.node_id || live.contains(node);
+    let replicas: Vec<i32> = record
+        .replicas
+        .iter()
+        .map(|replica| resolve(replica.broker))
+        .collect();
+    let local = record
+        .replicas
+        .iter()
+        .find(|replica| resolve(replica.broker) == rules.node_id);
+    let shard = local
+        .or(record.replicas.first())
+        .map_or(0, |replica| replica.shard as usize % rules.shard_count);
+    let leader = if record.leader_epoch == 0 {
+        replicas.iter().copied().find(alive)
+    } else {
+        Some(resolve(record.leader)).filter(|leader| *leader >= 0 && alive(leader))
+    };
+    let partition = PartitionMetadata {
+        offline_replicas: replicas.iter().copied().filter(|r| !alive(r)).collect(),
+        isr: record
+            .isr
+            .iter()
+            .map(|node| resolve(*node))
+            .filter(alive)
+            .collect(),
+        replicas,
+        group_id: record.group_id,
+        leader: leader.unwrap_or(-1),
+        leader_epoch: record.leader_epoch,
+        hosted_here: local.is_some(),
+    };
+    (shard, partition)
+}
+
+#[cfg(test)]
+mod heartbeat_tests;
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::store::{BrokerRecord, TopicRecord};
+    use crate::controller::store::{BrokerRecord, ReplicaRecord, TopicRecord};
     use crate::limits::Limits;
 
     fn rules(clustered: bool) -> PlacementRules {
         PlacementRules {
             shard_count: 2,
             node_id: 1,
-            broker_count: 3,
             clustered,
             default_replication_factor: 1,
             default_partitions: 3,
@@ -500,6 +625,16 @@ mod tests {
         }
     }
 
+    fn on(replicas: &[(i32, u32)]) -> Vec<ReplicaRecord> {
+        replicas
+            .iter()
+            .map(|&(broker, shard)| ReplicaRecord { broker, shard })
+            .collect()
+    }
+
+    /// Brokers 1 and 3 live, 2 fenced. Topic `t`: one replica per partition; topic `r`: a
+    /// partition never reported (epoch 0) whose first replica is fenced, one whose leader
+    /// reported epoch 5, and one whose reported leader is fenced.
     fn state() -> ClusterState {
         let broker = |node_id, fenced| BrokerRecord {
             node_id,
@@ -509,39 +644,139 @@ mod tests {
             shard_count: 2,
             fenced,
         };
+        let single = |broker, shard, group| PartitionRecord::placed(on(&[(broker, shard)]), group);
         ClusterState {
             epoch: 3,
             cluster_id: "c".into(),
-            topics: vec![TopicRecord {
-                name: "t".into(),
-                id: [1; 16],
-                partition_shards: vec![0, 0, 1],
-                overrides: Vec::new(),
-                partition_brokers: vec![1, 2, 1],
-            }],
+            topics: vec![
+                TopicRecord {
+                    name: "t".into(),
+                    id: [1; 16],
+                    partitions: vec![single(1, 0, 1), single(2, 0, 2), single(1, 1, 3)],
+                    overrides: Vec::new(),
+                },
+                TopicRecord {
+                    name: "r".into(),
+                    id: [2; 16],
+                    partitions: vec![
+                        PartitionRecord::placed(on(&[(2, 1), (1, 1), (3, 0)]), 4),
+                        PartitionRecord {
+                            leader: 3,
+                            leader_epoch: 5,
+                            isr: vec![3, 1],
+                            ..PartitionRecord::placed(on(&[(3, 0), (2, 0), (1, 0)]), 5)
+                        },
+                        PartitionRecord {
+                            leader: 2,
+                            leader_epoch: 4,
+                            ..PartitionRecord::placed(on(&[(2, 0), (3, 1)]), 6)
+                        },
+                    ],
+                    overrides: Vec::new(),
+                },
+            ],
             brokers: vec![broker(1, false), broker(2, true), broker(3, false)],
+            ..ClusterState::default()
         }
     }
 
-    fn local(snapshot: &MetadataSnapshot, shard: usize) -> Vec<i32> {
+    fn local(snapshot: &MetadataSnapshot, shard: usize) -> Vec<String> {
         snapshot
             .partitions_on(shard)
-            .map(|(tp, _)| tp.partition)
+            .map(|(tp, _)| tp.to_string())
             .collect()
     }
 
     #[test]
-    fn a_cluster_broker_holds_only_its_partitions_and_lists_only_live_brokers() {
+    fn a_cluster_broker_holds_only_its_replicas_and_lists_only_live_brokers() {
         let snapshot = build_snapshot(&state(), &rules(true));
         let live: Vec<i32> = snapshot.brokers.iter().map(|b| b.node_id).collect();
         assert_eq!(live, [1, 3], "the fenced broker is left out");
         assert_eq!(
             (local(&snapshot, 0), local(&snapshot, 1)),
-            (vec![0], vec![2])
+            (
+                vec!["r-1".into(), "t-0".into()],
+                vec!["r-0".into(), "t-2".into()]
+            )
         );
-        assert_eq!(snapshot.broker_of("t", 1), Some(2));
+        assert_eq!(
+            snapshot.owner_of("r", 0),
+            Some(1),
+            "this broker's replica's shard"
+        );
+        assert_eq!(
+            snapshot.broker_of("t", 1),
+            Some(-1),
+            "its only replica is fenced"
+        );
         assert!(!snapshot.is_alive(2));
         assert!(snapshot.is_alive(3));
+    }
+
+    #[test]
+    fn leadership_is_the_reported_one_or_the_first_live_replica_before_any_report() {
+        let snapshot = build_snapshot(&state(), &rules(true));
+        let r = snapshot.topic("r").unwrap();
+        assert_eq!(r.replicas(0), [2, 1, 3]);
+        assert_eq!(
+            (r.leader(0), r.leader_epoch(0)),
+            (1, 0),
+            "first live replica"
+        );
+        assert_eq!(r.isr(0), [1, 3], "fenced brokers leave the ISR");
+        assert_eq!(r.offline_replicas(0), [2]);
+        assert_eq!((r.leader(1), r.leader_epoch(1)), (3, 5), "as reported");
+        assert_eq!(r.isr(1), [3, 1]);
+        assert_eq!(r.offline_replicas(1), [2]);
+        assert_eq!(
+            (r.leader(2), r.leader_epoch(2)),
+            (-1, 4),
+            "reported leader fenced"
+        );
+        assert!(!r.hosted_here(2));
+        assert_eq!(
+            [r.group_id(0), r.group_id(1), r.group_id(2), r.group_id(3)],
+            [4, 5, 6, 0]
+        );
+        assert_eq!(
+            (r.leader(3), r.leader_epoch(3), r.replicas(3)),
+            (-1, -1, &[][..])
+        );
+    }
+
+    #[test]
+    fn clients_are_told_of_offline_replicas_and_missing_leaders() {
+        let mut snapshot = build_snapshot(&state(), &rules(true));
+        let tp = |topic: &str, partition| TopicPartition {
+            topic: topic.into(),
+            partition,
+        };
+        // This broker's (1) log of r-0, which it leads, and of r-1, which 3 leads, failed.
+        snapshot.offline_partitions.insert(tp("r", 0));
+        snapshot.offline_partitions.insert(tp("r", 1));
+        let r = snapshot.topic("r").unwrap().clone();
+        let led_here = snapshot.describe_partition(&r, 0);
+        assert_eq!(led_here.error_code, codes::KAFKA_STORAGE_ERROR);
+        assert_eq!(
+            (led_here.isr, led_here.offline_replicas),
+            (vec![3], vec![2, 1])
+        );
+        let led_elsewhere = snapshot.describe_partition(&r, 1);
+        assert_eq!(led_elsewhere.error_code, codes::NONE, "3 still serves it");
+        assert_eq!(
+            (led_elsewhere.isr, led_elsewhere.offline_replicas),
+            (vec![3], vec![2, 1])
+        );
+        let leaderless = snapshot.describe_partition(&r, 2);
+        assert_eq!(
+            (
+                leaderless.error_code,
+                leaderless.leader,
+                leaderless.leader_epoch
+            ),
+            (codes::LEADER_NOT_AVAILABLE, -1, 4)
+        );
+        assert_eq!(leaderless.replicas, [2, 3]);
     }
 
     #[test]
@@ -550,7 +785,10 @@ mod tests {
         assert!(snapshot.brokers.is_empty());
         assert_eq!(
             (local(&snapshot, 0), local(&snapshot, 1)),
-            (vec![0, 1], vec![2])
+            (
+                vec!["r-1".into(), "r-2".into(), "t-0".into(), "t-1".into()],
+                vec!["r-0".into(), "t-2".into()]
+            )
         );
         assert_eq!(snapshot.broker_of("t", 1), Some(1));
     }

@@ -19,20 +19,27 @@ use std::time::{Duration, Instant};
 
 use rkyv::rancor;
 
+use crate::controller::leadership::{LeadershipChange, CHANGES_PER_HEARTBEAT_MAX, ISR_MAX};
+use crate::controller::producer_ids::ProducerIdRequest;
 use crate::controller::store::{BrokerRecord, ClusterState};
 
 /// How often a broker heartbeats the controller (Kafka's `broker.heartbeat.interval.ms`
 /// default is 2 s; 1 s here so a restarted broker is registered sooner). A few hundred bytes
 /// per broker per second: the cluster stays quiet when idle.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-/// Bytes a heartbeat may take (a registration with a handful of listeners is ~200).
-pub const HEARTBEAT_BYTES_MAX: usize = 16 << 10;
+/// Bytes a heartbeat may take: a registration with a handful of listeners is ~200, and up
+/// to `leadership::CHANGES_PER_HEARTBEAT_MAX` leadership changes of ~60 bytes each (more
+/// with a long ISR) ride along.
+pub const HEARTBEAT_BYTES_MAX: usize = 256 << 10;
 /// Shards a broker may declare: placement scans every shard of a broker for the least
 /// loaded one, so a peer's count is bounded before it is believed (hosts have at most a few
 /// hundred cores today).
 pub const SHARD_COUNT_MAX: u32 = 4096;
 const MAGIC: [u8; 4] = *b"RFHB";
-const VERSION: u16 = 1;
+/// 2 added leadership changes and producer-id requests; 1 is still read (a broker of the
+/// previous build during a rolling upgrade).
+const VERSION: u16 = 2;
+const VERSION_V1: u16 = 1;
 const HEADER_BYTES: usize = 4 + 2 + 4;
 
 /// What a broker tells the controller every [`HEARTBEAT_INTERVAL`].
@@ -42,6 +49,18 @@ pub struct BrokerHeartbeat {
     /// A `FindCoordinator` at this broker found no `__consumer_offsets`: the controller
     /// creates it (Kafka creates it on the first `FindCoordinator` too).
     pub wants_offsets_topic: bool,
+    /// Leadership of groups this broker leads, changed and not yet seen committed
+    /// (`leadership`); at most `CHANGES_PER_HEARTBEAT_MAX`.
+    pub leadership: Vec<LeadershipChange>,
+    /// This broker wants a producer-id block (`producer_ids`).
+    pub producer_ids: Option<ProducerIdRequest>,
+}
+
+/// What a version 1 heartbeat holds.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
+struct BrokerHeartbeatV1 {
+    registration: BrokerRecord,
+    wants_offsets_topic: bool,
 }
 
 impl BrokerHeartbeat {
@@ -70,7 +89,7 @@ impl BrokerHeartbeat {
             return Err("not a broker heartbeat".into());
         }
         let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-        if version != VERSION {
+        if version != VERSION && version != VERSION_V1 {
             return Err(format!(
                 "heartbeat version {version}, this build reads {VERSION}"
             ));
@@ -82,8 +101,34 @@ impl BrokerHeartbeat {
         }
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
         aligned.extend_from_slice(payload);
-        let heartbeat =
-            rkyv::from_bytes::<Self, rancor::Error>(&aligned).map_err(|error| error.to_string())?;
+        let heartbeat = if version == VERSION_V1 {
+            rkyv::from_bytes::<BrokerHeartbeatV1, rancor::Error>(&aligned).map(|old| Self {
+                registration: old.registration,
+                wants_offsets_topic: old.wants_offsets_topic,
+                leadership: Vec::new(),
+                producer_ids: None,
+            })
+        } else {
+            rkyv::from_bytes::<Self, rancor::Error>(&aligned)
+        }
+        .map_err(|error| error.to_string())?;
+        if heartbeat.leadership.len() > CHANGES_PER_HEARTBEAT_MAX {
+            return Err(format!(
+                "{} leadership changes, more than {CHANGES_PER_HEARTBEAT_MAX}",
+                heartbeat.leadership.len()
+            ));
+        }
+        if let Some(change) = heartbeat
+            .leadership
+            .iter()
+            .find(|change| change.isr.len() > ISR_MAX)
+        {
+            return Err(format!(
+                "group {} reports {} in-sync replicas, more than {ISR_MAX}",
+                change.group_id,
+                change.isr.len()
+            ));
+        }
         let shards = heartbeat.registration.shard_count;
         if !(1..=SHARD_COUNT_MAX).contains(&shards) {
             return Err(format!(
@@ -226,6 +271,8 @@ mod tests {
                     ..broker(1, 1)
                 },
                 wants_offsets_topic: false,
+                leadership: Vec::new(),
+                producer_ids: None,
             };
             let decoded = BrokerHeartbeat::decode(&heartbeat.encode());
             assert_eq!(decoded.is_ok(), accepted, "{shards} shards: {decoded:?}");
@@ -288,6 +335,16 @@ mod tests {
         let heartbeat = BrokerHeartbeat {
             registration: broker(2, 42),
             wants_offsets_topic: true,
+            leadership: vec![LeadershipChange {
+                group_id: 7,
+                leader: 2,
+                term: 3,
+                isr: vec![2, 1],
+            }],
+            producer_ids: Some(ProducerIdRequest {
+                after: 1000,
+                floor: 0,
+            }),
         };
         let bytes = heartbeat.encode();
         assert_eq!(BrokerHeartbeat::decode(&bytes).unwrap(), heartbeat);
@@ -298,5 +355,43 @@ mod tests {
         }
         assert!(BrokerHeartbeat::decode(&bytes[..bytes.len() - 1]).is_err());
         assert!(BrokerHeartbeat::decode(&vec![0; HEARTBEAT_BYTES_MAX + 1]).is_err());
+    }
+
+    #[test]
+    fn a_version_1_heartbeat_is_read_and_too_many_changes_are_refused() {
+        let old = BrokerHeartbeatV1 {
+            registration: broker(3, 9),
+            wants_offsets_topic: true,
+        };
+        let payload = rkyv::to_bytes::<rancor::Error>(&old).unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&VERSION_V1.to_le_bytes());
+        bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let decoded = BrokerHeartbeat::decode(&bytes).unwrap();
+        assert_eq!(decoded.registration, old.registration);
+        assert!(decoded.wants_offsets_topic && decoded.leadership.is_empty());
+        let change = |isr: usize| LeadershipChange {
+            group_id: 1,
+            leader: 3,
+            term: 1,
+            isr: vec![3; isr],
+        };
+        for (changes, isr, accepted) in [
+            (CHANGES_PER_HEARTBEAT_MAX, 3, true),
+            (CHANGES_PER_HEARTBEAT_MAX + 1, 3, false),
+            (1, ISR_MAX, true),
+            (1, ISR_MAX + 1, false),
+        ] {
+            let heartbeat = BrokerHeartbeat {
+                leadership: vec![change(isr); changes],
+                ..decoded.clone()
+            };
+            assert_eq!(
+                BrokerHeartbeat::decode(&heartbeat.encode()).is_ok(),
+                accepted,
+                "{changes} changes of {isr} in-sync replicas"
+            );
+        }
     }
 }

@@ -1,15 +1,54 @@
 //! The controller's durable state: one file, `<data-dir>/cluster.meta`, rewritten whole on
 //! every change with the temp + fsync + rename + directory-fsync sequence, so a crash leaves
-//! either the old or the new state, never a mix.
+//! either the old or the new state, never a mix. Group 0's entries (several voters) carry
+//! the same bytes.
 //!
 //! ```text
 //! offset  size  field
 //!      0     8  MAGIC              b"RFCLMETA"
-//!      8     4  FORMAT_VERSION     u32 little-endian (2; 1 is read and upgraded)
+//!      8     4  FORMAT_VERSION     u32 little-endian (3; 1 and 2 are read and upgraded)
 //!     12     4  payload_bytes      u32 little-endian
 //!     16     4  payload_crc32c     u32 little-endian, CRC32C of the payload
 //!     20     n  payload            rkyv archive of `ClusterState`
 //! ```
+//!
+//! The payload, format 3 (issue 12's replication; rkyv lays the fields out, this is what
+//! they mean):
+//!
+//! ```text
+//! ClusterState
+//!   epoch                   u64     +1 with every committed change
+//!   cluster_id              string
+//!   topics                  [TopicRecord]
+//!     name                  string
+//!     id                    16 bytes (UUID)
+//!     partitions            [PartitionRecord], by partition index
+//!       replicas            [ReplicaRecord]   first = preferred leader; distinct brokers
+//!         broker            i32     node.id; -1 = the broker reading it (one-node broker,
+//!                                   or a topic placed before the registry)
+//!         shard             u32     the shard of that broker holding the replica
+//!       group_id            u64     the partition's Raft group, never reused in the
+//!                                   cluster's life (from next_group_id; 0 is the controller)
+//!       leader              i32     node.id of the leader, -1 none
+//!       leader_epoch        i32     the leader's Raft term; 0 = never reported (the first
+//!                                   live replica leads, as before replication)
+//!       isr                 [i32]   in-sync replicas (node ids)
+//!     overrides             [ConfigEntry { key, value }]
+//!   brokers                 [BrokerRecord], by node id (empty on a one-node broker)
+//!     node_id, incarnation, listeners [{ name, host, port }], rack, shard_count, fenced
+//!   next_group_id           u64     the next partition group id to hand out (from 1)
+//!   next_producer_id        i64     start of the next producer-id block (AllocateProducerIds)
+//!   producer_id_blocks      [ProducerIdBlock]  the latest block granted to each broker
+//!     broker                i32
+//!     incarnation           u64     the broker life it was granted to (a restart asks anew)
+//!     start                 i64     ids start .. start + PRODUCER_ID_BLOCK_SIZE
+//! ```
+//!
+//! Upgrades, in place (the next write is format 3): format 1 (no brokers) and format 2
+//! (`partition_shards` and `partition_brokers` per topic) become one replica per partition
+//! (its broker, or -1 where none was recorded), leader = that broker, epoch 0, ISR = the
+//! replica; group ids are handed out in topic then partition order; the producer-id
+//! allocator starts at 0 (brokers ask with their own `producer-ids` file's end as a floor).
 
 use std::path::{Path, PathBuf};
 
@@ -19,25 +58,79 @@ use crate::disk::BrokerDisk;
 use crate::storage::Disk;
 
 pub const MAGIC: [u8; 8] = *b"RFCLMETA";
-/// 2 added the broker registry and each partition's broker (issue 12). Version 1 files
-/// (and group 0 entries) are still read: their topics have no recorded broker, which a
-/// one-node broker reads as itself (`partition_brokers` empty), and no registered brokers.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3 added replica lists, Raft group ids, leader/epoch/ISR and the producer-id allocator;
+/// 2 added the broker registry and each partition's broker (issue 12). Versions 1 and 2
+/// (files and group 0 entries) are still read and upgraded (see the module docs).
+pub const FORMAT_VERSION: u32 = 3;
 const FORMAT_VERSION_V1: u32 = 1;
+const FORMAT_VERSION_V2: u32 = 2;
 const HEADER_BYTES: usize = 20;
 const FILE_NAME: &str = "cluster.meta";
+/// A replica's broker when none is recorded: whichever broker reads the state (a one-node
+/// broker's own partitions, or a topic placed before the registry).
+pub const LOCAL_BROKER: i32 = -1;
+/// Producer ids in one block (Kafka's `AllocateProducerIds` hands out 1,000 at a time).
+pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
+/// The first partition group id (0 is the controller's group).
+pub const FIRST_GROUP_ID: u64 = 1;
 
 /// One topic as persisted.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct TopicRecord {
     pub name: String,
     pub id: [u8; 16],
-    /// Owning shard of each partition (on its broker), by partition index.
-    pub partition_shards: Vec<u32>,
+    /// By partition index.
+    pub partitions: Vec<PartitionRecord>,
     pub overrides: Vec<ConfigEntry>,
-    /// The broker (`node.id`) each partition is placed on, by partition index; empty for a
-    /// topic of a one-node broker or of a version 1 file (every partition is that broker's).
-    pub partition_brokers: Vec<i32>,
+}
+
+impl TopicRecord {
+    pub fn partition_count(&self) -> usize {
+        self.partitions.len()
+    }
+}
+
+/// One partition: where its replicas are, its Raft group and its leadership.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PartitionRecord {
+    /// First = preferred leader; on distinct brokers.
+    pub replicas: Vec<ReplicaRecord>,
+    /// The partition's Raft group, unique for the cluster's life.
+    pub group_id: u64,
+    /// Node id of the leader, -1 none.
+    pub leader: i32,
+    /// The leader's term; 0 = no leader reported yet.
+    pub leader_epoch: i32,
+    /// In-sync replicas, by node id.
+    pub isr: Vec<i32>,
+}
+
+impl PartitionRecord {
+    /// A partition just placed: its first replica leads at epoch 0, every replica in sync.
+    pub fn placed(replicas: Vec<ReplicaRecord>, group_id: u64) -> Self {
+        Self {
+            leader: replicas.first().map_or(-1, |replica| replica.broker),
+            leader_epoch: 0,
+            isr: replicas.iter().map(|replica| replica.broker).collect(),
+            replicas,
+            group_id,
+        }
+    }
+}
+
+/// One replica: a broker and the shard on it.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaRecord {
+    pub broker: i32,
+    pub shard: u32,
+}
+
+/// The latest producer-id block the controller granted a broker.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ProducerIdBlock {
+    pub broker: i32,
+    pub incarnation: u64,
+    pub start: i64,
 }
 
 /// One broker as it registered with the controller (issue 12's broker registry).
@@ -80,6 +173,21 @@ pub struct ClusterState {
     pub topics: Vec<TopicRecord>,
     /// Registered brokers, by node id (empty on a one-node broker).
     pub brokers: Vec<BrokerRecord>,
+    /// The next partition group id to hand out ([`FIRST_GROUP_ID`] when 0).
+    pub next_group_id: u64,
+    /// Start of the next producer-id block.
+    pub next_producer_id: i64,
+    /// The latest block granted to each broker, by broker.
+    pub producer_id_blocks: Vec<ProducerIdBlock>,
+}
+
+impl ClusterState {
+    /// Hands out the next partition group id.
+    pub fn take_group_id(&mut self) -> u64 {
+        let id = self.next_group_id.max(FIRST_GROUP_ID);
+        self.next_group_id = id + 1;
+        id
+    }
 }
 
 /// What a version 1 payload holds (`ClusterState` before the broker registry).
@@ -98,7 +206,26 @@ struct TopicRecordV1 {
     overrides: Vec<ConfigEntry>,
 }
 
-impl From<ClusterStateV1> for ClusterState {
+/// What a version 2 payload holds (before replica lists).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
+struct ClusterStateV2 {
+    epoch: u64,
+    cluster_id: String,
+    topics: Vec<TopicRecordV2>,
+    brokers: Vec<BrokerRecord>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
+struct TopicRecordV2 {
+    name: String,
+    id: [u8; 16],
+    partition_shards: Vec<u32>,
+    overrides: Vec<ConfigEntry>,
+    /// Empty: none recorded (a one-node broker's, or version 1's).
+    partition_brokers: Vec<i32>,
+}
+
+impl From<ClusterStateV1> for ClusterStateV2 {
     fn from(old: ClusterStateV1) -> Self {
         Self {
             epoch: old.epoch,
@@ -106,7 +233,7 @@ impl From<ClusterStateV1> for ClusterState {
             topics: old
                 .topics
                 .into_iter()
-                .map(|topic| TopicRecord {
+                .map(|topic| TopicRecordV2 {
                     name: topic.name,
                     id: topic.id,
                     partition_shards: topic.partition_shards,
@@ -116,6 +243,46 @@ impl From<ClusterStateV1> for ClusterState {
                 .collect(),
             brokers: Vec::new(),
         }
+    }
+}
+
+impl From<ClusterStateV2> for ClusterState {
+    fn from(old: ClusterStateV2) -> Self {
+        let mut state = Self {
+            epoch: old.epoch,
+            cluster_id: old.cluster_id,
+            topics: Vec::with_capacity(old.topics.len()),
+            brokers: old.brokers,
+            next_group_id: FIRST_GROUP_ID,
+            next_producer_id: 0,
+            producer_id_blocks: Vec::new(),
+        };
+        for topic in old.topics {
+            let partitions = topic
+                .partition_shards
+                .iter()
+                .enumerate()
+                .map(|(partition, shard)| {
+                    let broker = topic
+                        .partition_brokers
+                        .get(partition)
+                        .copied()
+                        .unwrap_or(LOCAL_BROKER);
+                    let replica = ReplicaRecord {
+                        broker,
+                        shard: *shard,
+                    };
+                    PartitionRecord::placed(vec![replica], state.take_group_id())
+                })
+                .collect();
+            state.topics.push(TopicRecord {
+                name: topic.name,
+                id: topic.id,
+                partitions,
+                overrides: topic.overrides,
+            });
+        }
+        state
     }
 }
 
@@ -150,7 +317,7 @@ pub fn decode(file: &[u8]) -> Result<ClusterState, String> {
     }
     let word = |at: usize| u32::from_le_bytes(file[at..at + 4].try_into().expect("four bytes"));
     let version = word(8);
-    if version != FORMAT_VERSION && version != FORMAT_VERSION_V1 {
+    if !(FORMAT_VERSION_V1..=FORMAT_VERSION).contains(&version) {
         return Err(format!(
             "format version {version}, this build reads {FORMAT_VERSION}"
         ));
@@ -165,12 +332,15 @@ pub fn decode(file: &[u8]) -> Result<ClusterState, String> {
     // rkyv reads archives in place and needs them aligned; the file buffer may not be.
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
     aligned.extend_from_slice(payload);
-    if version == FORMAT_VERSION_V1 {
-        return rkyv::from_bytes::<ClusterStateV1, rancor::Error>(&aligned)
-            .map(ClusterState::from)
-            .map_err(|error| error.to_string());
+    match version {
+        FORMAT_VERSION_V1 => rkyv::from_bytes::<ClusterStateV1, rancor::Error>(&aligned)
+            .map(|old| ClusterState::from(ClusterStateV2::from(old))),
+        FORMAT_VERSION_V2 => {
+            rkyv::from_bytes::<ClusterStateV2, rancor::Error>(&aligned).map(ClusterState::from)
+        }
+        _ => rkyv::from_bytes::<ClusterState, rancor::Error>(&aligned),
     }
-    rkyv::from_bytes::<ClusterState, rancor::Error>(&aligned).map_err(|error| error.to_string())
+    .map_err(|error| error.to_string())
 }
 
 /// Reads and writes `cluster.meta` in one data directory, on the shard's disk. Used only by
@@ -220,48 +390,73 @@ impl MetadataStore {
 mod tests {
     use super::*;
 
+    fn broker_record() -> BrokerRecord {
+        BrokerRecord {
+            node_id: 2,
+            incarnation: 77,
+            listeners: vec![ListenerRecord {
+                name: "PLAINTEXT".into(),
+                host: "b2".into(),
+                port: 9092,
+            }],
+            rack: Some("r1".into()),
+            shard_count: 4,
+            fenced: false,
+        }
+    }
+
     fn sample() -> ClusterState {
+        let replica = |broker, shard| ReplicaRecord { broker, shard };
         ClusterState {
             epoch: 7,
             cluster_id: "rf-test".into(),
             topics: vec![TopicRecord {
                 name: "orders".into(),
                 id: [9; 16],
-                partition_shards: vec![0, 1, 0],
+                partitions: vec![
+                    PartitionRecord::placed(vec![replica(2, 0), replica(3, 1)], 5),
+                    PartitionRecord {
+                        replicas: vec![replica(3, 1), replica(2, 1)],
+                        group_id: 6,
+                        leader: 2,
+                        leader_epoch: 4,
+                        isr: vec![2],
+                    },
+                ],
                 overrides: vec![ConfigEntry {
                     key: "retention.ms".into(),
                     value: "1000".into(),
                 }],
-                partition_brokers: vec![2, 3, 2],
             }],
-            brokers: vec![BrokerRecord {
-                node_id: 2,
+            brokers: vec![broker_record()],
+            next_group_id: 7,
+            next_producer_id: 3000,
+            producer_id_blocks: vec![ProducerIdBlock {
+                broker: 2,
                 incarnation: 77,
-                listeners: vec![ListenerRecord {
-                    name: "PLAINTEXT".into(),
-                    host: "b2".into(),
-                    port: 9092,
-                }],
-                rack: Some("r1".into()),
-                shard_count: 4,
-                fenced: false,
+                start: 2000,
             }],
         }
     }
 
-    /// A version 1 file, as a broker before the registry wrote it.
-    fn v1_file(state: &ClusterStateV1) -> Vec<u8> {
-        let payload = rkyv::to_bytes::<rancor::Error>(state).unwrap();
+    /// A file of an older version holding `payload`.
+    fn old_file(version: u32, payload: &[u8]) -> Vec<u8> {
         let mut file = MAGIC.to_vec();
-        file.extend_from_slice(&FORMAT_VERSION_V1.to_le_bytes());
+        file.extend_from_slice(&version.to_le_bytes());
         file.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        file.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-        file.extend_from_slice(&payload);
+        file.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+        file.extend_from_slice(payload);
         file
     }
 
+    fn assert_rewritten_as_current(upgraded: &ClusterState) {
+        let rewritten = encode(upgraded);
+        assert_eq!(rewritten[8..12], FORMAT_VERSION.to_le_bytes());
+        assert_eq!(&decode(&rewritten).unwrap(), upgraded);
+    }
+
     #[test]
-    fn version_1_files_are_read_and_rewritten_as_version_2() {
+    fn version_1_files_are_read_and_rewritten_as_version_3() {
         let old = ClusterStateV1 {
             epoch: 4,
             cluster_id: "rf-old".into(),
@@ -272,14 +467,76 @@ mod tests {
                 overrides: Vec::new(),
             }],
         };
-        let upgraded = decode(&v1_file(&old)).unwrap();
+        let payload = rkyv::to_bytes::<rancor::Error>(&old).unwrap();
+        let upgraded = decode(&old_file(FORMAT_VERSION_V1, &payload)).unwrap();
         assert_eq!(upgraded.cluster_id, "rf-old");
-        assert_eq!(upgraded.topics[0].partition_shards, vec![1, 0]);
-        assert!(upgraded.topics[0].partition_brokers.is_empty());
+        let partitions = &upgraded.topics[0].partitions;
+        let shards: Vec<u32> = partitions.iter().map(|p| p.replicas[0].shard).collect();
+        assert_eq!(shards, [1, 0]);
+        assert!(partitions
+            .iter()
+            .all(|p| p.replicas.len() == 1 && p.replicas[0].broker == LOCAL_BROKER));
         assert!(upgraded.brokers.is_empty());
-        let rewritten = encode(&upgraded);
-        assert_eq!(rewritten[8..12], FORMAT_VERSION.to_le_bytes());
-        assert_eq!(decode(&rewritten).unwrap(), upgraded);
+        assert_rewritten_as_current(&upgraded);
+    }
+
+    #[test]
+    fn version_2_files_are_read_and_rewritten_as_version_3() {
+        let old = ClusterStateV2 {
+            epoch: 9,
+            cluster_id: "rf-v2".into(),
+            topics: vec![
+                TopicRecordV2 {
+                    name: "a".into(),
+                    id: [1; 16],
+                    partition_shards: vec![0, 1, 1],
+                    overrides: Vec::new(),
+                    partition_brokers: vec![2, 3, 2],
+                },
+                TopicRecordV2 {
+                    name: "b".into(),
+                    id: [2; 16],
+                    partition_shards: vec![1],
+                    overrides: Vec::new(),
+                    partition_brokers: Vec::new(),
+                },
+            ],
+            brokers: vec![broker_record()],
+        };
+        let payload = rkyv::to_bytes::<rancor::Error>(&old).unwrap();
+        let upgraded = decode(&old_file(FORMAT_VERSION_V2, &payload)).unwrap();
+        assert_eq!(upgraded.epoch, 9);
+        assert_eq!(upgraded.brokers, old.brokers);
+        let a = &upgraded.topics[0].partitions;
+        let replicas: Vec<(i32, u32)> = a
+            .iter()
+            .map(|p| (p.replicas[0].broker, p.replicas[0].shard))
+            .collect();
+        assert_eq!(replicas, [(2, 0), (3, 1), (2, 1)]);
+        assert!(a
+            .iter()
+            .all(|p| p.leader == p.replicas[0].broker && p.leader_epoch == 0));
+        assert_eq!(a[1].isr, [3]);
+        assert_eq!(
+            upgraded.topics[1].partitions[0].replicas[0].broker,
+            LOCAL_BROKER
+        );
+        let groups: Vec<u64> = upgraded
+            .topics
+            .iter()
+            .flat_map(|topic| topic.partitions.iter().map(|p| p.group_id))
+            .collect();
+        assert_eq!(groups, [1, 2, 3, 4], "unique, from 1, in topic order");
+        assert_eq!(upgraded.next_group_id, 5);
+        assert_eq!(upgraded.next_producer_id, 0);
+        assert_rewritten_as_current(&upgraded);
+    }
+
+    #[test]
+    fn group_ids_are_never_zero_nor_reused() {
+        let mut state = ClusterState::default();
+        assert_eq!(state.take_group_id(), FIRST_GROUP_ID);
+        assert_eq!(state.take_group_id(), FIRST_GROUP_ID + 1);
     }
 
     #[test]
@@ -304,8 +561,12 @@ mod tests {
     fn truncation_and_foreign_versions_are_refused() {
         let file = encode(&sample());
         assert!(decode(&file[..file.len() - 1]).is_err());
-        let mut future = file.clone();
-        future[8..12].copy_from_slice(&3_u32.to_le_bytes());
-        assert!(decode(&future).unwrap_err().contains("format version 3"));
+        for version in [0_u32, 4] {
+            let mut foreign = file.clone();
+            foreign[8..12].copy_from_slice(&version.to_le_bytes());
+            assert!(decode(&foreign)
+                .unwrap_err()
+                .contains(&format!("format version {version}")));
+        }
     }
 }

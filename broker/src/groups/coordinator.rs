@@ -38,7 +38,7 @@ use crate::metadata::OFFSETS_TOPIC;
 use crate::metadata::{MetadataView, TopicPartition};
 use crate::metrics::{HistogramBuckets, LatencyHistogram};
 use crate::partition::PartitionTable;
-use crate::producer_state::ProducerIds;
+use crate::producer_state::{GrantedBlocks, ProducerIds};
 use crate::shutdown::ShutdownSignal;
 use crate::storage::batch::BatchHeader;
 use crate::storage::Clock;
@@ -124,6 +124,9 @@ pub struct OffsetsHandle {
     pub data_dir: std::path::PathBuf,
     /// The shard's clock: group deadlines, commit timestamps, offset expiry.
     pub clock: Clock,
+    /// Shard 0 of a broker of a cluster: the producer-id blocks the controller grants it
+    /// (`producer_state::GrantedBlocks`); None on a one-node broker and other shards.
+    pub producer_id_blocks: Option<Rc<GrantedBlocks>>,
 }
 
 /// See the module docs for the ownership and concurrency contract. Cheap to clone (clones
@@ -1281,13 +1284,14 @@ impl GroupCoordinator {
             .producer_ids
             .borrow_mut()
             .get_or_insert_with(|| {
-                Rc::new(ProducerIds::new(offsets.disk.clone(), &offsets.data_dir))
+                Rc::new(ProducerIds::new(
+                    offsets.disk.clone(),
+                    &offsets.data_dir,
+                    offsets.producer_id_blocks.clone(),
+                ))
             })
             .clone();
-        ids.init(producer_id, epoch).await.map_err(|error| {
-            tracing::error!(%error, "producer id block cannot be read or persisted");
-            broker_codes::KAFKA_STORAGE_ERROR
-        })
+        ids.init_or_code(producer_id, epoch).await
     }
 
     /// Starts the clock of this shard's groups, with the broker's settings.

@@ -1,14 +1,12 @@
-//! `CreatePartitions`: grow a topic; new partitions are placed on the least-loaded shards.
+//! `CreatePartitions`: grow a topic; new partitions get the topic's replication factor,
+//! placed by the controller or on the replica lists the client gives.
 
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse, TopicName};
 
 use crate::acl::model::Operation;
-use crate::controller::ControllerCall;
+use crate::controller::{ControllerCall, NewPartitions};
 use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
-
-/// A topic and the partition count asked for it.
-type NameAndCount = (String, i32);
 
 pub async fn handle(
     shard: &TopicAdmin<'_>,
@@ -16,16 +14,25 @@ pub async fn handle(
     request: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
     // ALTER on each topic (Kafka's rule).
-    let (topics, refused): (Vec<NameAndCount>, Vec<NameAndCount>) = request
+    let (topics, refused): (Vec<NewPartitions>, Vec<NewPartitions>) = request
         .topics
         .iter()
-        .map(|topic| (topic.name.0.to_string(), topic.count))
-        .partition(|(name, _)| context.authorize_topic(Operation::Alter, name));
+        .map(|topic| NewPartitions {
+            name: topic.name.0.to_string(),
+            total: topic.count,
+            assignment: topic
+                .assignments
+                .iter()
+                .flatten()
+                .map(|assignment| assignment.broker_ids.iter().map(|id| id.0).collect())
+                .collect(),
+        })
+        .partition(|growth| context.authorize_topic(Operation::Alter, &growth.name));
     let refused: Vec<CreatePartitionsTopicResult> = refused
         .into_iter()
-        .map(|(name, _)| {
+        .map(|growth| {
             CreatePartitionsTopicResult::default()
-                .with_name(TopicName(str_bytes(&name)))
+                .with_name(TopicName(str_bytes(&growth.name)))
                 .with_error_code(crate::error_codes::TOPIC_AUTHORIZATION_FAILED)
         })
         .collect();

@@ -98,7 +98,7 @@ fn describe_result(
     }
     result = result
         .with_num_partitions(outcome.partitions)
-        .with_replication_factor(1);
+        .with_replication_factor(outcome.replication_factor);
     let Some(topic) = snapshot.topic(&outcome.name) else {
         return result; // validate_only: nothing was created
     };

@@ -23,7 +23,7 @@ use crate::acl::model::{Operation, ResourceType};
 use crate::error_codes as codes;
 use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
 use crate::handlers::metadata::TOPIC_OPERATIONS_ALL;
-use crate::metadata::{MetadataSnapshot, TopicPartition};
+use crate::metadata::MetadataSnapshot;
 
 /// Kafka's default `max.request.partition.size.limit`: the most partitions one response holds.
 pub const PARTITIONS_PER_RESPONSE_MAX: i32 = 2000;
@@ -35,7 +35,6 @@ pub async fn handle(
     request: DescribeTopicPartitionsRequest,
 ) -> DescribeTopicPartitionsResponse {
     let snapshot = shard.metadata.current();
-    let node = BrokerId(shard.config.cluster.node_id);
     // As `Metadata`: listing every topic lists those the principal may describe; a named
     // topic it may not describe is refused (and said to exist no more than an unknown one).
     let requested: Vec<(String, Option<i32>)> = if request.topics.is_empty() {
@@ -75,7 +74,7 @@ pub async fn handle(
                     .with_name(Some(TopicName(str_bytes(&name))))
                     .with_error_code(codes::TOPIC_AUTHORIZATION_FAILED);
             }
-            let mut described = describe(&snapshot, &name, partitions, node);
+            let mut described = describe(&snapshot, &name, partitions);
             if described.error_code == codes::NONE {
                 described.topic_authorized_operations =
                     context.authorized_operations(ResourceType::Topic, &name, TOPIC_OPERATIONS_ALL);
@@ -146,7 +145,6 @@ fn describe(
     snapshot: &MetadataSnapshot,
     name: &str,
     partitions: Option<Range<i32>>,
-    node: BrokerId,
 ) -> DescribeTopicPartitionsResponseTopic {
     let topic_name = Some(TopicName(str_bytes(name)));
     let (Some(topic), Some(partitions)) = (snapshot.topic(name), partitions) else {
@@ -154,33 +152,19 @@ fn describe(
             .with_name(topic_name)
             .with_error_code(codes::UNKNOWN_TOPIC_OR_PARTITION);
     };
+    let nodes = |nodes: Vec<i32>| nodes.into_iter().map(BrokerId).collect::<Vec<_>>();
     let partitions = partitions
         .map(|partition| {
-            let tp = TopicPartition {
-                topic: topic.name.clone(),
-                partition,
-            };
-            // Led by the broker it is placed on, as `Metadata` describes it.
-            let node = snapshot
-                .broker_of(&topic.name, partition)
-                .map_or(node, BrokerId);
-            let described = DescribeTopicPartitionsResponsePartition::default()
+            // As `Metadata` describes it.
+            let view = snapshot.describe_partition(topic, partition);
+            DescribeTopicPartitionsResponsePartition::default()
+                .with_error_code(view.error_code)
                 .with_partition_index(partition)
-                .with_leader_id(node)
-                .with_leader_epoch(topic.leader_epoch(partition))
-                .with_replica_nodes(vec![node]);
-            if !snapshot.is_alive(node.0) {
-                described
-                    .with_leader_id(BrokerId(-1))
-                    .with_error_code(codes::LEADER_NOT_AVAILABLE)
-                    .with_offline_replicas(vec![node])
-            } else if snapshot.offline_partitions.contains(&tp) {
-                described
-                    .with_error_code(codes::KAFKA_STORAGE_ERROR)
-                    .with_offline_replicas(vec![node])
-            } else {
-                described.with_isr_nodes(vec![node])
-            }
+                .with_leader_id(BrokerId(view.leader))
+                .with_leader_epoch(view.leader_epoch)
+                .with_replica_nodes(nodes(view.replicas))
+                .with_isr_nodes(nodes(view.isr))
+                .with_offline_replicas(nodes(view.offline_replicas))
         })
         .collect();
     DescribeTopicPartitionsResponseTopic::default()

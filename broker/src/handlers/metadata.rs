@@ -1,6 +1,7 @@
 //! Metadata: brokers (the live registered ones in a cluster, this one on a one-node broker;
 //! each at its address for the listener the request came in on), topics with ids and
-//! partitions led by the broker each is placed on, auto-creation.
+//! partitions with their replicas, ISR, leader and leader epoch (`MetadataSnapshot::
+//! describe_partition`), auto-creation.
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use crate::config::BrokerConfig;
 use crate::controller::{ControllerCall, NewTopic};
 use crate::error_codes as codes;
 use crate::handlers::context::{str_bytes, RequestContext, TopicAdmin};
-use crate::metadata::{MetadataSnapshot, TopicMetadata, TopicPartition};
+use crate::metadata::{MetadataSnapshot, TopicMetadata};
 
 /// Kafka ACL operation codes as a bitfield (1 << code), of which a client that asks is told
 /// those its ACLs allow (all of them with authorization off): READ 3, WRITE 4, CREATE 5, DELETE 6, ALTER 7,
@@ -41,7 +42,6 @@ pub async fn handle(
         Some(topics) if !(version == 0 && topics.is_empty()) => Some(topics),
         _ => None,
     };
-    let node = BrokerId(shard.config.cluster.node_id);
     let auto_create =
         shard.config.auto_create_topics && (version < 4 || request.allow_auto_topic_creation);
     let mut snapshot = shard.metadata.current();
@@ -51,7 +51,7 @@ pub async fn handle(
             .topics
             .values()
             .filter(|topic| context.authorize_topic(Operation::Describe, &topic.name))
-            .map(|topic| describe_topic(&snapshot, topic, version, node))
+            .map(|topic| describe_topic(&snapshot, topic, version))
             .collect(),
         Some(requested) => {
             let mut creation_errors = Vec::new();
@@ -83,10 +83,8 @@ pub async fn handle(
                             .with_name(Some(name.clone()))
                             .with_error_code(codes::TOPIC_AUTHORIZATION_FAILED)
                     }
-                    Some(name) => {
-                        describe_by_name(&snapshot, name, &creation_errors, version, node)
-                    }
-                    None => describe_by_id(&snapshot, topic.topic_id, version, node),
+                    Some(name) => describe_by_name(&snapshot, name, &creation_errors, version),
+                    None => describe_by_id(&snapshot, topic.topic_id, version),
                 })
                 .collect()
         }
@@ -256,10 +254,9 @@ fn describe_by_name(
     name: &TopicName,
     creation_errors: &[(String, i16)],
     version: i16,
-    node: BrokerId,
 ) -> MetadataResponseTopic {
     if let Some(topic) = snapshot.topic(name.0.as_str()) {
-        return describe_topic(snapshot, topic, version, node);
+        return describe_topic(snapshot, topic, version);
     }
     let error_code = creation_errors
         .iter()
@@ -270,69 +267,39 @@ fn describe_by_name(
         .with_error_code(error_code)
 }
 
-fn describe_by_id(
-    snapshot: &MetadataSnapshot,
-    id: Uuid,
-    version: i16,
-    node: BrokerId,
-) -> MetadataResponseTopic {
+fn describe_by_id(snapshot: &MetadataSnapshot, id: Uuid, version: i16) -> MetadataResponseTopic {
     match snapshot.topic_by_id(id) {
-        Some(topic) => describe_topic(snapshot, topic, version, node),
+        Some(topic) => describe_topic(snapshot, topic, version),
         None => MetadataResponseTopic::default()
             .with_topic_id(id)
             .with_error_code(codes::UNKNOWN_TOPIC_ID),
     }
 }
 
-/// A partition whose log is offline keeps its leader (there is no other replica to move
-/// to) but reports `KAFKA_STORAGE_ERROR` with the node in `offline_replicas`, as Kafka does
-/// for a failed log directory.
+/// Each partition as the controller placed it and its leader reported it
+/// (`MetadataSnapshot::describe_partition`); the leader epoch from v7, offline replicas
+/// from v5.
 fn describe_topic(
     snapshot: &MetadataSnapshot,
     topic: &Arc<TopicMetadata>,
     version: i16,
-    node: BrokerId,
 ) -> MetadataResponseTopic {
+    let nodes = |nodes: Vec<i32>| nodes.into_iter().map(BrokerId).collect::<Vec<_>>();
     let partitions = (0..topic.partition_count())
         .map(|partition| {
-            let tp = TopicPartition {
-                topic: topic.name.clone(),
-                partition,
-            };
-            // The broker the partition is placed on leads it (its only replica); while it
-            // is fenced there is no leader to send clients to (Kafka's answer too).
-            let placed = snapshot
-                .broker_of(&topic.name, partition)
-                .map_or(node, BrokerId);
-            let described = MetadataResponsePartition::default()
+            let view = snapshot.describe_partition(topic, partition);
+            MetadataResponsePartition::default()
+                .with_error_code(view.error_code)
                 .with_partition_index(partition)
-                .with_leader_id(placed)
-                .with_leader_epoch(if version >= 7 {
-                    topic.leader_epoch(partition)
+                .with_leader_id(BrokerId(view.leader))
+                .with_leader_epoch(if version >= 7 { view.leader_epoch } else { -1 })
+                .with_replica_nodes(nodes(view.replicas))
+                .with_isr_nodes(nodes(view.isr))
+                .with_offline_replicas(if version >= 5 {
+                    nodes(view.offline_replicas)
                 } else {
-                    -1
+                    Vec::new()
                 })
-                .with_replica_nodes(vec![placed]);
-            if !snapshot.is_alive(placed.0) {
-                return described
-                    .with_leader_id(BrokerId(-1))
-                    .with_error_code(codes::LEADER_NOT_AVAILABLE)
-                    .with_offline_replicas(if version >= 5 {
-                        vec![placed]
-                    } else {
-                        Vec::new()
-                    });
-            }
-            let node = placed;
-            if !snapshot.offline_partitions.contains(&tp) {
-                return described.with_isr_nodes(vec![node]);
-            }
-            let described = described.with_error_code(codes::KAFKA_STORAGE_ERROR);
-            if version >= 5 {
-                described.with_offline_replicas(vec![node])
-            } else {
-                described
-            }
         })
         .collect();
     MetadataResponseTopic::default()

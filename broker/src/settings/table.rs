@@ -202,15 +202,17 @@ pub static SETTINGS: &[Setting] = &[
         "The brokers of the cluster's controller quorum and each one's internal \
          (broker-to-broker) address: ID@HOST:PORT,... Empty, or only this broker: a one-node \
          cluster. With other brokers the controller is replicated over them (Raft group 0, \
-         shard 0 listens on this broker's address) and partitions are spread over them, one \
-         replica each; they are not replicated yet (docs/REPLICATION.md, Status).",
+         shard 0 listens on this broker's address) and partitions are spread over them, each \
+         with its replication factor of replicas on distinct brokers; the replicas' Raft \
+         groups are being built (docs/REPLICATION.md, Status).",
     ),
     row(
         "default.replication.factor",
         "1",
         integer(1, i16::MAX as i64),
-        "Replicas of an auto-created topic, or of a CreateTopics request that asks for the \
-         default (-1). A topic cannot have more replicas than the cluster has brokers.",
+        "Replicas of an auto-created topic, of __consumer_offsets, or of a CreateTopics \
+         request that asks for the default (-1). A topic cannot have more replicas than the \
+         cluster has live brokers (INVALID_REPLICATION_FACTOR); a one-node broker has one.",
     ),
     topic_default(
         "min.insync.replicas",

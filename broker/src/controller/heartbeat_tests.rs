@@ -1,0 +1,199 @@
+//! Guards the heartbeat's riders end to end on one controller (a one-voter group 0 over a
+//! simulated disk): a leadership report queued with `report_leadership` is carried by the
+//! next heartbeat, committed by the registry round and dropped from the queue once the
+//! state shows it; a stale leader's report is ignored; an `InitProducerId` of this broker
+//! gets its ids from a block the controller granted through the heartbeat.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use glommio::channels::local_channel;
+use ringfeed_storage::sim::SimDisk;
+
+use super::*;
+use crate::cluster::controller_group::{ControllerGroupStart, INBOUND_FRAMES_MAX};
+use crate::cluster::transport::{Transport, TransportSettings};
+use crate::controller::leadership::LeadershipChange;
+use crate::controller::store::BrokerRecord;
+use crate::limits::Limits;
+use crate::producer_state::ProducerIds;
+
+async fn one_voter_controller(disk: &BrokerDisk) -> Controller {
+    let committed = Rc::new(RefCell::new(None));
+    let sink = committed.clone();
+    let (group, recovered) = ControllerGroup::open(
+        ControllerGroupStart {
+            node_id: 1,
+            voters: vec![1],
+            incarnation: 7,
+            disk: disk.clone(),
+            data_dir: "/data".into(),
+            election_seed: 1,
+        },
+        Box::new(move |state| *sink.borrow_mut() = Some(state)),
+    )
+    .await
+    .unwrap();
+    let (inbound, received) = local_channel::new_bounded(INBOUND_FRAMES_MAX);
+    let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let transport = Transport::start(
+        TransportSettings::new(1, 0),
+        listen,
+        &BTreeMap::new(),
+        inbound,
+    )
+    .unwrap();
+    group.attach(transport, received);
+    let replicated = Replicated {
+        group,
+        committed,
+        has_committed_state: Cell::new(false),
+        registration: BrokerRecord {
+            node_id: 1,
+            incarnation: 7,
+            listeners: Vec::new(),
+            rack: None,
+            shard_count: 2,
+            fenced: false,
+        },
+        liveness: RefCell::new(registry::Liveness::new(
+            Duration::from_secs(9),
+            Instant::now(),
+        )),
+        wants_offsets_topic: Cell::new(false),
+        leadership: RefCell::default(),
+        leadership_urgent: Cell::new(false),
+        producer_ids: Rc::default(),
+    };
+    let rules = PlacementRules {
+        shard_count: 2,
+        node_id: 1,
+        clustered: true,
+        default_replication_factor: 1,
+        default_partitions: 2,
+        limits: Limits::default(),
+        topic_defaults: crate::settings::Effective::defaults().topic_defaults(),
+    };
+    let store = MetadataStore::new(disk.clone(), std::path::Path::new("/data"));
+    Controller::replicated(store, rules, replicated, recovered)
+}
+
+fn offsets_topic() -> NewTopic {
+    NewTopic {
+        name: OFFSETS_TOPIC.into(),
+        partitions: 1,
+        replication_factor: -1,
+        manual_assignment: Vec::new(),
+        configs: Vec::new(),
+    }
+}
+
+/// What `shard::follow_controller_group` does every 50 ms, without the publishing.
+async fn round(controller: &Controller) {
+    controller.commit_genesis().await;
+    drop(controller.adopt_committed().await);
+    controller.heartbeat();
+    drop(controller.registry_round(offsets_topic()).await);
+}
+
+async fn rounds_until(controller: &Controller, what: &str, done: impl Fn(&Controller) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done(controller) {
+        assert!(Instant::now() < deadline, "{what} not reached in 10 s");
+        round(controller).await;
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn leadership_of(controller: &Controller, partition: i32) -> (i32, i32, Vec<i32>) {
+    let snapshot = controller.snapshot();
+    let topic = snapshot.topic("t").unwrap();
+    (
+        topic.leader(partition),
+        topic.leader_epoch(partition),
+        topic.isr(partition).to_vec(),
+    )
+}
+
+#[test]
+fn leadership_reports_and_producer_id_blocks_ride_the_heartbeat() {
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(4 << 20)
+        .spawn(|| async {
+            let disk = BrokerDisk::Sim(SimDisk::new());
+            let controller = Rc::new(one_voter_controller(&disk).await);
+            rounds_until(&controller, "this broker registered", |controller| {
+                controller.snapshot().broker(1).is_some()
+            })
+            .await;
+            let create = ControllerCall::CreateTopics {
+                topics: vec![NewTopic {
+                    name: "t".into(),
+                    ..offsets_topic()
+                }],
+                validate_only: false,
+            };
+            let (reply, ..) = controller.execute(create).await;
+            assert_eq!(reply.outcomes[0].error_code, codes::NONE);
+            let group_id = controller.snapshot().topic("t").unwrap().group_id(0);
+            assert_eq!(leadership_of(&controller, 0), (1, 0, vec![1]));
+
+            let report = |term| LeadershipChange {
+                group_id,
+                leader: 1,
+                term,
+                isr: vec![1],
+            };
+            controller.report_leadership(vec![report(3)]);
+            assert!(controller.heartbeat_due_now(), "a report goes out at once");
+            rounds_until(&controller, "the report committed", |controller| {
+                leadership_of(controller, 0).1 == 3
+            })
+            .await;
+            let pending = |controller: &Controller| {
+                controller
+                    .replication()
+                    .unwrap()
+                    .leadership
+                    .borrow()
+                    .is_empty()
+            };
+            rounds_until(&controller, "the report settled", pending).await;
+            assert!(
+                !controller.heartbeat_due_now(),
+                "steady state sends nothing"
+            );
+
+            // A stale leader's report (an older term) changes nothing and is dropped.
+            let before = controller.state.borrow().epoch;
+            controller.report_leadership(vec![report(2)]);
+            rounds_until(&controller, "the stale report dropped", pending).await;
+            assert_eq!(leadership_of(&controller, 0), (1, 3, vec![1]));
+            assert_eq!(controller.state.borrow().epoch, before, "nothing committed");
+
+            // InitProducerId waits for a block the heartbeat asks for.
+            let blocks = controller.replication().unwrap().producer_ids.clone();
+            let ids = ProducerIds::new(disk.clone(), std::path::Path::new("/data"), Some(blocks));
+            let background = glommio::spawn_local({
+                let controller = controller.clone();
+                async move {
+                    loop {
+                        if controller.heartbeat_due_now() {
+                            controller.heartbeat();
+                        }
+                        round(&controller).await;
+                        glommio::timer::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            })
+            .detach();
+            assert_eq!(ids.init_or_code(-1, -1).await, Ok((0, 0)));
+            assert_eq!(ids.init_or_code(-1, -1).await, Ok((1, 0)));
+            assert_eq!(controller.state.borrow().next_producer_id, 1000);
+            background.cancel();
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
