@@ -377,6 +377,53 @@ impl ShardServices {
                 }));
         }
         replicas.start();
+        self.start_leadership_reports();
+    }
+
+    /// Every tick, hands the leadership changes of this shard's partition groups to shard
+    /// 0's controller, which carries them on its next heartbeat (`controller::leadership`).
+    /// The manager keeps one change per group (the latest), so a slow shard 0 sees the
+    /// newest term, never a backlog.
+    fn start_leadership_reports(self: &Rc<Self>) {
+        let weak = Rc::downgrade(self);
+        glommio::spawn_local(async move {
+            let interval =
+                std::time::Duration::from_millis(ringfeed_replication::driver::TICK_INTERVAL_MS);
+            loop {
+                glommio::timer::sleep(interval).await;
+                let Some(services) = weak.upgrade() else {
+                    return;
+                };
+                let Some(replicas) = &services.replicas else {
+                    return;
+                };
+                let changes = replicas.take_leadership_changes();
+                if changes.is_empty() {
+                    continue;
+                }
+                if services.shard_id == 0 {
+                    services.report_leadership(changes);
+                    continue;
+                }
+                // Awaited here, so one report per shard is in flight at a time (bounded
+                // without a drop: a dropped report would not be sent again until the next
+                // change of the same group).
+                let router = services.router.clone();
+                drop(services);
+                let _ = router
+                    .invoke_on(
+                        0,
+                        REPLICA_FRAMES_CALLS,
+                        Ending::ToCompletion,
+                        move |shard0| {
+                            shard0.report_leadership(changes);
+                            std::future::ready(())
+                        },
+                    )
+                    .await;
+            }
+        })
+        .detach();
     }
 
     /// A frame of this shard's partition groups for a peer broker: onto shard 0's transport.

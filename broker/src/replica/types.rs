@@ -22,20 +22,12 @@ pub struct HostedReplica {
     pub min_insync_replicas: u32,
 }
 
-/// A change of a local group's leadership, for the controller to commit (h2's side). The
-/// leader reports its term and in-sync set whenever one changes; a replica that stops
-/// leading reports the leader it knows (0: none) with an empty in-sync set. The consumer
-/// keeps, per group, the report of the highest term (of equal terms, the latest).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LeadershipChange {
-    pub group_id: u64,
-    /// The leader's node id, 0 when none is known.
-    pub leader: u64,
-    /// The Raft term, which is the partition's Kafka leader epoch.
-    pub term: u64,
-    /// The voters in sync (ascending, the leader included); empty unless `leader` reports.
-    pub isr: Vec<u64>,
-}
+/// A change of a local group's leadership, for the controller to commit: the controller's
+/// own report type (`controller::leadership`). The leader reports its term and in-sync set
+/// whenever one changes; a replica that stops leading reports the leader it knows (0: none)
+/// with an empty in-sync set. The consumer keeps, per group, the report of the highest term
+/// (of equal terms, the latest).
+pub use crate::controller::leadership::LeadershipChange;
 
 /// A produce call's answer on a replicated partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
