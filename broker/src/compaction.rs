@@ -12,6 +12,14 @@
 //!   again; with nothing due it sleeps `log.cleaner.backoff.ms`. A pass never blocks appends
 //!   (the storage cleaner holds no append gate) and reads and writes at most
 //!   `log.cleaner.io.max.bytes.per.second`, so produce latency is not traded for it.
+//!
+//! Not yet: transactional batches and markers are left whole by the cleaner (there are no
+//! transactions yet; Kafka removes aborted data and, later, the markers). `__consumer_offsets`
+//! is not compacted: it would take the coordinator writing tombstones for every key it
+//! overwrites or forgets (it writes some today), replaying a compacted log (tombstones
+//! possibly gone after `delete.retention.ms`, so a key without a record must mean "absent"),
+//! the topic created with `cleanup.policy=compact` and its records keeping keys on every
+//! write; the cleaner itself needs nothing more.
 
 use std::rc::Rc;
 

@@ -271,9 +271,14 @@ fn cleaning_matches_the_model() {
                     );
                 }
                 if round % 7 == 6 {
-                    // What was cleaned and the cleaner's state survive a reopen.
+                    // What was cleaned and the cleaner's state survive a reopen, and the
+                    // offline check (every batch, every index against its segment) passes.
                     let before = read_all(&log).await;
                     log.close().await.expect("close");
+                    let report = ringfeed_storage::check::check_partition(&disk, Path::new(DIR))
+                        .await
+                        .expect("check");
+                    assert!(report.is_clean(), "seed {seed}: {:?}", report.findings);
                     log = open(&disk, &clock).await;
                     assert_eq!(before, read_all(&log).await, "seed {seed}: reopened");
                 }
