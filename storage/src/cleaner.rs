@@ -725,6 +725,8 @@ impl<D: Disk> PartitionLog<D> {
             };
             while let Some((header, bytes)) = walk.next().await? {
                 self.check_cleanable()?;
+                // Between batches, the shard's other tasks (appends, fetches) run first.
+                glommio::yield_if_needed().await;
                 throttle.spend(bytes.len() as u64).await;
                 if header.last_offset() < first_dirty {
                     continue;
@@ -780,6 +782,8 @@ impl<D: Disk> PartitionLog<D> {
             };
             while let Some((header, bytes)) = walk.next().await? {
                 self.check_cleanable()?;
+                // Between batches, the shard's other tasks (appends, fetches) run first.
+                glommio::yield_if_needed().await;
                 throttle.spend(bytes.len() as u64).await;
                 changed |=
                     clean_batch(&bytes, &header, rules, opaque_seen, codec, &mut removed).is_some();
@@ -820,6 +824,8 @@ impl<D: Disk> PartitionLog<D> {
         };
         while let Some((header, original)) = walk.next().await? {
             self.check_cleanable()?;
+            // Between batches, the shard's other tasks (appends, fetches) run first.
+            glommio::yield_if_needed().await;
             let replacement =
                 clean_batch(&original, &header, rules, opaque_seen, codec, &mut removed);
             let bytes: &[u8] = replacement.as_deref().unwrap_or(&original);
