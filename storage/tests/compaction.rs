@@ -11,6 +11,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use common::{header, raft_entries, read_all, run, small_config};
+use crc32c::crc32c;
 use ringfeed_storage::batch::{build, read_varint, BATCH_HEADER_BYTES};
 use ringfeed_storage::sim::{CrashMode, SeededRng, SimDisk};
 use ringfeed_storage::{CleanOptions, Clock, LogConfig, NoCodec, PartitionLog};
@@ -377,6 +378,28 @@ fn a_raft_log_keeps_every_index_and_term() {
             empty += usize::from(header(new).record_count == 0);
         }
         assert!(empty > 100, "{empty} emptied batches");
+        // A follower catching up from the cleaned leader takes its entries as they are, at
+        // the same indexes and terms (a compacted entry passes a follower's checks).
+        let (follower, _) = PartitionLog::open_on(
+            disk.clone(),
+            Path::new("/data/topic-1"),
+            config(),
+            clock.clone(),
+        )
+        .await
+        .expect("open the follower");
+        for (_, _, batch) in &cleaned {
+            follower
+                .append_replicated(batch.clone())
+                .await
+                .expect("a cleaned entry replicates");
+        }
+        follower
+            .wait_written(follower.log_end_offset() - 1)
+            .await
+            .expect("written");
+        assert_eq!(raft_entries(&follower).await, cleaned);
+        follower.close().await.expect("close");
         // And so does a reopen that rebuilds every index from the cleaned segments.
         log.close().await.expect("close");
         for path in disk.paths() {
@@ -389,6 +412,40 @@ fn a_raft_log_keeps_every_index_and_term() {
         let log = open(&disk, &clock).await;
         assert_eq!(cleaned, raft_entries(&log).await);
     });
+}
+
+/// A follower's check of a replicated entry takes what the cleaner writes and nothing
+/// looser: more records than offsets, offset deltas going back or past the batch are refused.
+#[test]
+fn a_compacted_entry_is_checked_as_such() {
+    use ringfeed_storage::batch::{validate, validate_compacted};
+    let records: Vec<build::Record<'_>> = (0..3)
+        .map(|_| build::Record {
+            key: Some(b"k"),
+            value: Some(b"v"),
+            timestamp_ms: 1,
+        })
+        .collect();
+    let batch = build::batch(&records).to_vec();
+    let max = 1 << 20;
+    assert!(validate(&batch, max).is_ok() && validate_compacted(&batch, max).is_ok());
+    let patched = |last_offset_delta: i32, record_count: i32| {
+        let mut b = batch.clone();
+        b[23..27].copy_from_slice(&last_offset_delta.to_be_bytes());
+        b[57..61].copy_from_slice(&record_count.to_be_bytes());
+        let crc = crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
+    };
+    // Three records over offsets 0..=5: compacted, not a producer's.
+    assert!(validate(&patched(5, 3), max).is_err());
+    assert!(validate_compacted(&patched(5, 3), max).is_ok());
+    // Three records cannot fit offsets 0..=1, and record 2's delta is past the batch.
+    assert!(validate_compacted(&patched(1, 3), max).is_err());
+    assert!(
+        validate_compacted(&patched(2, 2), max).is_err(),
+        "bytes after the records"
+    );
 }
 
 /// Records without a key are removed (Kafka's cleaner drops them), and a segment younger
