@@ -56,6 +56,8 @@ pub const CLEANER_STATE_FILE: &str = "cleaner.state";
 pub const CLEANED_SUFFIX: &str = ".cleaned";
 /// The attributes bit of a transactional batch.
 const TRANSACTIONAL_FLAG: i16 = 0x10;
+/// `first_cleaned_ms` of a segment remembered before it was cleaned whole.
+const NOT_CLEANED_WHOLE: i64 = i64::MAX;
 /// What one map entry costs beyond its key: the offset, the key's box and the table's slot.
 const MAP_ENTRY_OVERHEAD_BYTES: usize = 48;
 /// How much the cleaner reads and writes at a time.
@@ -608,6 +610,7 @@ impl<D: Disk> PartitionLog<D> {
             .collect();
         let first_cleaned = first_clean_times(&cleaner, &to_clean, map_end, now_ms);
         let pass = Pass {
+            previous: &cleaner,
             map: &map,
             map_end,
             delete_retention_ms: options.delete_retention_ms,
@@ -615,7 +618,7 @@ impl<D: Disk> PartitionLog<D> {
             codec,
         };
         let dir = self.dir().to_path_buf();
-        let (rewritten, waiting) = self
+        let (rewritten, flags) = self
             .rewrite_all(
                 &to_clean,
                 &first_cleaned,
@@ -625,11 +628,11 @@ impl<D: Disk> PartitionLog<D> {
             )
             .await?;
         let first_base = views.first().map_or(log_start, |v| v.base_offset);
-        let times: Vec<(i64, Option<i64>, bool)> = to_clean
+        let times: Vec<(i64, Option<i64>, SegmentFlags)> = to_clean
             .iter()
             .zip(first_cleaned)
-            .zip(waiting)
-            .map(|((v, first), waiting)| (v.base_offset, first, waiting))
+            .zip(flags)
+            .map(|((v, first), flags)| (v.base_offset, first, flags))
             .collect();
         let cleaner = next_state(
             &cleaner,
@@ -654,13 +657,20 @@ impl<D: Disk> PartitionLog<D> {
         pass: &Pass<'_>,
         throttle: &mut Throttle<'_>,
         outcome: &mut CleanOutcome,
-    ) -> Result<(Vec<(i64, SegmentIndex)>, Vec<bool>), StorageError> {
+    ) -> Result<(Vec<(i64, SegmentIndex)>, Vec<SegmentFlags>), StorageError> {
         let dir = self.dir().to_path_buf();
         let terms_from_index = self.state().terms_from_index;
         let mut rewritten = Vec::new();
-        let mut waiting = Vec::new();
+        let mut flags = Vec::new();
         let mut opaque_seen = false;
         for (view, &first_cleaned_ms) in to_clean.iter().zip(first_cleaned) {
+            // Left whole by an earlier pass: it may hold values a tombstone after it hides.
+            let unread_before = pass
+                .previous
+                .cleaned
+                .iter()
+                .any(|c| c.base_offset == view.base_offset && c.holds_unread);
+            opaque_seen |= unread_before;
             let tombstones_expire = first_cleaned_ms.is_some_and(|first| {
                 first.saturating_add(pass.delete_retention_ms as i64) <= pass.now_ms
             });
@@ -681,9 +691,10 @@ impl<D: Disk> PartitionLog<D> {
                 )
                 .await;
             match result {
-                Ok((index, tombstones_waiting)) => {
+                Ok((index, mut segment_flags)) => {
                     rewritten.extend(index.map(|index| (view.base_offset, index)));
-                    waiting.push(tombstones_waiting);
+                    segment_flags.holds_unread |= unread_before;
+                    flags.push(segment_flags);
                 }
                 Err(error) => {
                     self.discard_cleaned(&dir, &rewritten).await;
@@ -696,7 +707,7 @@ impl<D: Disk> PartitionLog<D> {
                 }
             }
         }
-        Ok((rewritten, waiting))
+        Ok((rewritten, flags))
     }
 
     /// The key → latest offset map over the dirty part from `first_dirty`, and where it ends
@@ -768,7 +779,7 @@ impl<D: Disk> PartitionLog<D> {
         codec: &dyn RecordCodec,
         throttle: &mut Throttle<'_>,
         outcome: &mut CleanOutcome,
-    ) -> Result<(Option<SegmentIndex>, bool), StorageError> {
+    ) -> Result<(Option<SegmentIndex>, SegmentFlags), StorageError> {
         // A first walk decides; the file is written only if something goes, by a second walk
         // that decides the same way (nothing of the segment is held in memory).
         let opaque_at_start = *opaque_seen;
@@ -789,9 +800,12 @@ impl<D: Disk> PartitionLog<D> {
                     clean_batch(&bytes, &header, rules, opaque_seen, codec, &mut removed).is_some();
             }
         }
-        let waiting = removed.tombstones_waiting > 0;
+        let flags = SegmentFlags {
+            tombstones_waiting: removed.tombstones_waiting > 0,
+            holds_unread: removed.unread > 0,
+        };
         if !changed {
-            return Ok((None, waiting));
+            return Ok((None, flags));
         }
         *opaque_seen = opaque_at_start;
         removed = Counts::default();
@@ -869,7 +883,7 @@ impl<D: Disk> PartitionLog<D> {
         outcome.tombstones_removed += removed.tombstones;
         outcome.keyless_removed += removed.keyless;
         throttle.spend(written).await;
-        Ok((Some(SegmentIndex::Building(index)), waiting))
+        Ok((Some(SegmentIndex::Building(index)), flags))
     }
 
     async fn discard_cleaned(&self, dir: &Path, rewritten: &[(i64, SegmentIndex)]) {
@@ -975,7 +989,8 @@ fn first_clean_times<F>(
                 .cleaned
                 .iter()
                 .find(|c| c.base_offset == v.base_offset)
-                .map(|c| c.first_cleaned_ms);
+                .map(|c| c.first_cleaned_ms)
+                .filter(|&ms| ms != NOT_CLEANED_WHOLE);
             earlier.or((v.next_offset <= map_end).then_some(now_ms))
         })
         .collect()
@@ -986,7 +1001,7 @@ fn first_clean_times<F>(
 fn next_state(
     before: &CleanerState,
     first_base: i64,
-    times: &[(i64, Option<i64>, bool)],
+    times: &[(i64, Option<i64>, SegmentFlags)],
     map_end: i64,
     swapping: Vec<i64>,
 ) -> CleanerState {
@@ -997,15 +1012,19 @@ fn next_state(
         .filter(|c| c.base_offset >= first_base)
         .filter(|c| !times.iter().any(|&(base, _, _)| base == c.base_offset))
         .collect();
-    segments.extend(times.iter().filter_map(
-        |&(base_offset, first_cleaned_ms, tombstones_waiting)| {
-            Some(CleanedSegment {
-                base_offset,
-                first_cleaned_ms: first_cleaned_ms?,
-                tombstones_waiting,
-            })
-        },
-    ));
+    segments.extend(
+        times
+            .iter()
+            .filter_map(|&(base_offset, first_cleaned_ms, flags)| {
+                // A segment not yet cleaned whole is remembered only for what it holds unread.
+                (first_cleaned_ms.is_some() || flags.holds_unread).then_some(CleanedSegment {
+                    base_offset,
+                    first_cleaned_ms: first_cleaned_ms.unwrap_or(NOT_CLEANED_WHOLE),
+                    tombstones_waiting: flags.tombstones_waiting,
+                    holds_unread: flags.holds_unread,
+                })
+            }),
+    );
     segments.sort_by_key(|c| c.base_offset);
     CleanerState {
         clean_end_offset: map_end,
@@ -1021,10 +1040,20 @@ struct Counts {
     tombstones: u64,
     keyless: u64,
     tombstones_waiting: u64,
+    /// Batches left whole that may hold superseded values.
+    unread: u64,
+}
+
+/// What a pass learnt about one segment (kept in [`CleanedSegment`]).
+#[derive(Debug, Clone, Copy)]
+struct SegmentFlags {
+    tombstones_waiting: bool,
+    holds_unread: bool,
 }
 
 /// What every segment of a pass shares.
 struct Pass<'a> {
+    previous: &'a CleanerState,
     map: &'a OffsetMap,
     map_end: i64,
     delete_retention_ms: u64,
@@ -1070,11 +1099,15 @@ fn clean_batch(
     }
     let Some(section) = open_records(bytes, header, codec) else {
         // Raft's control batches hold no keys; any other batch left unread might.
-        *opaque_seen |= !header.is_control();
+        if !header.is_control() {
+            *opaque_seen = true;
+            removed.unread += 1;
+        }
         return None;
     };
     let Some(records) = parse_records(&section, header.record_count) else {
         *opaque_seen = true;
+        removed.unread += 1;
         return None;
     };
     let mut kept = Vec::with_capacity(records.len());
@@ -1113,6 +1146,7 @@ fn clean_batch(
     let rebuilt = rebuild_batch(bytes, header, &section, &records, &kept, codec);
     if rebuilt.is_none() {
         *opaque_seen = true; // its superseded records stay
+        removed.unread += 1;
         return None;
     }
     removed.records += counts.records;

@@ -230,6 +230,10 @@ pub struct CleanedSegment {
     /// Tombstones stayed in it at its last clean only because their retention had not run
     /// out: a pass is due once it has, even with nothing dirty (Kafka's KIP-534).
     pub tombstones_waiting: bool,
+    /// A batch of it was left whole although it may hold superseded values (its records
+    /// could not be read, or its codec could not compress the cleaned copy): no tombstone
+    /// after it is ever removed, as that could bring such a value back.
+    pub holds_unread: bool,
 }
 
 /// The log cleaner's state of one partition (`cleaner.state`, `FORMAT.md` § Log cleaner).
@@ -329,6 +333,7 @@ mod tests {
                 base_offset: 0,
                 first_cleaned_ms: 1234,
                 tombstones_waiting: true,
+                holds_unread: false,
             }],
             swapping: vec![0, 40],
         };

@@ -14,7 +14,7 @@ use common::{header, raft_entries, read_all, run, small_config};
 use crc32c::crc32c;
 use ringfeed_storage::batch::{build, read_varint, BATCH_HEADER_BYTES};
 use ringfeed_storage::sim::{CrashMode, SeededRng, SimDisk};
-use ringfeed_storage::{CleanOptions, Clock, LogConfig, NoCodec, PartitionLog};
+use ringfeed_storage::{CleanOptions, Clock, LogConfig, NoCodec, PartitionLog, RecordCodec};
 
 const DIR: &str = "/data/topic-0";
 
@@ -446,6 +446,138 @@ fn a_compacted_entry_is_checked_as_such() {
         validate_compacted(&patched(2, 2), max).is_err(),
         "bytes after the records"
     );
+}
+
+/// A codec whose "compression" is the identity: batches marked gzip that it can open.
+struct IdentityCodec;
+
+impl RecordCodec for IdentityCodec {
+    fn decompress(&self, _attributes: i16, section: &[u8]) -> Option<Vec<u8>> {
+        Some(section.to_vec())
+    }
+    fn compress(&self, _attributes: i16, records: &[u8]) -> Option<Vec<u8>> {
+        Some(records.to_vec())
+    }
+}
+
+/// `records` as a batch whose attributes say gzip (its section is plain: only a codec that
+/// knows, like [`IdentityCodec`], opens it).
+fn marked_compressed(records: &[build::Record<'_>]) -> Bytes {
+    let mut b = build::batch(records).to_vec();
+    b[22] |= 1;
+    let crc = crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    Bytes::from(b)
+}
+
+/// A codec that opens batches but cannot compress them again.
+struct OpenOnlyCodec;
+
+impl RecordCodec for OpenOnlyCodec {
+    fn decompress(&self, _attributes: i16, section: &[u8]) -> Option<Vec<u8>> {
+        Some(section.to_vec())
+    }
+    fn compress(&self, _attributes: i16, _records: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+/// Appends k=old (in a batch marked compressed, with j=1), then a tombstone of k, then
+/// filler so both are sealed; cleans three times with `codec` and delete.retention.ms 0.
+async fn clean_past_a_compressed_batch(codec: &dyn RecordCodec) -> Vec<Bytes> {
+    let disk = SimDisk::new();
+    let clock = Clock::Manual(Rc::new(Cell::new(1_000_000_i64)));
+    let log = open(&disk, &clock).await;
+    let record = |key: &'static [u8], value: Option<&'static [u8]>| build::Record {
+        key: Some(key),
+        value,
+        timestamp_ms: 1_000_000,
+    };
+    let compressed = marked_compressed(&[record(b"k", Some(b"old")), record(b"j", Some(b"1"))]);
+    log.append(compressed).await.expect("append");
+    log.append(build::batch(&[record(b"k", None)]))
+        .await
+        .expect("append");
+    for i in 0..60 {
+        let key: &'static [u8] = format!("filler-{i}").into_bytes().leak();
+        log.append(build::batch(&[record(key, Some(&[7; 100]))]))
+            .await
+            .expect("append");
+    }
+    log.wait_written(log.log_end_offset() - 1)
+        .await
+        .expect("written");
+    let options = CleanOptions {
+        delete_retention_ms: 0,
+        ..CleanOptions::default()
+    };
+    for _ in 0..3 {
+        log.clean(&options, codec).await.expect("clean");
+    }
+    // New dirty data with other keys, cleaned after a reopen: the pass rewrites everything
+    // from the start with the tombstone's retention over and k not in its map (what was left
+    // whole is remembered on disk).
+    for i in 0..60 {
+        let key: &'static [u8] = format!("more-{i}").into_bytes().leak();
+        log.append(build::batch(&[record(key, Some(&[7; 100]))]))
+            .await
+            .expect("append");
+    }
+    log.close().await.expect("close");
+    let log = open(&disk, &clock).await;
+    log.clean(&options, codec).await.expect("clean");
+    read_all(&log).await
+}
+
+fn keys_of(batch: &[u8]) -> Vec<(i64, Option<Vec<u8>>)> {
+    records_of(batch)
+        .into_iter()
+        .map(|r| (r.offset, r.key))
+        .collect()
+}
+
+/// A batch the cleaner cannot open, or cannot compress again once cleaned, may hold an older
+/// value of a key: a tombstone after it stays, however old. One it can: its superseded
+/// record goes, it is compressed again, and the tombstone goes too.
+#[test]
+fn a_tombstone_after_a_batch_left_whole_stays() {
+    run(|| async {
+        let original = marked_compressed(&[
+            build::Record {
+                key: Some(b"k"),
+                value: Some(b"old"),
+                timestamp_ms: 1_000_000,
+            },
+            build::Record {
+                key: Some(b"j"),
+                value: Some(b"1"),
+                timestamp_ms: 1_000_000,
+            },
+        ]);
+        for left_whole in [
+            clean_past_a_compressed_batch(&NoCodec).await,
+            clean_past_a_compressed_batch(&OpenOnlyCodec).await,
+        ] {
+            assert_eq!(left_whole[0], common::stored_at(&original, 0));
+            assert_eq!(
+                keys_of(&left_whole[1]),
+                [(2, Some(b"k".to_vec()))],
+                "the tombstone stays"
+            );
+        }
+        let cleaned = clean_past_a_compressed_batch(&IdentityCodec).await;
+        assert_eq!(header(&cleaned[0]).attributes & 7, 1, "compressed again");
+        assert_eq!(
+            keys_of(&cleaned[0]),
+            [(1, Some(b"j".to_vec()))],
+            "k=old went"
+        );
+        assert_eq!(
+            header(&cleaned[1]).record_count,
+            0,
+            "then the tombstone went"
+        );
+    });
 }
 
 /// Records without a key are removed (Kafka's cleaner drops them), and a segment younger
