@@ -809,20 +809,7 @@ impl<D: Disk> PartitionLog<D> {
         }
         *opaque_seen = opaque_at_start;
         removed = Counts::default();
-        let disk = &self.inner.disk;
-        let path = self.dir().join(cleaned_file_name(view.base_offset));
-        let file = disk
-            .open(&path, true)
-            .await
-            .map_err(io_error("creating a cleaned segment"))?;
-        file.truncate(0)
-            .await
-            .map_err(io_error("creating a cleaned segment"))?;
-        let mut writer = SegmentWriter {
-            file,
-            pending: Vec::new(),
-            written: 0,
-        };
+        let mut writer = self.create_cleaned(view.base_offset).await?;
         let mut index = BuildingIndex::new(
             SegmentStart {
                 base_offset: view.base_offset,
@@ -884,6 +871,25 @@ impl<D: Disk> PartitionLog<D> {
         outcome.keyless_removed += removed.keyless;
         throttle.spend(written).await;
         Ok((Some(SegmentIndex::Building(index)), flags))
+    }
+
+    /// Creates (or empties) `<base>.cleaned` for writing.
+    async fn create_cleaned(&self, base: i64) -> Result<SegmentWriter<D::File>, StorageError> {
+        let path = self.dir().join(cleaned_file_name(base));
+        let file = self
+            .inner
+            .disk
+            .open(&path, true)
+            .await
+            .map_err(io_error("creating a cleaned segment"))?;
+        file.truncate(0)
+            .await
+            .map_err(io_error("creating a cleaned segment"))?;
+        Ok(SegmentWriter {
+            file,
+            pending: Vec::new(),
+            written: 0,
+        })
     }
 
     async fn discard_cleaned(&self, dir: &Path, rewritten: &[(i64, SegmentIndex)]) {
