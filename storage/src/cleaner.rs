@@ -574,6 +574,14 @@ impl<D: Disk> PartitionLog<D> {
         self.check_cleanable()?;
         let now_ms = self.inner.clock.now_ms();
         let cleaner = self.cleaner_state().await?;
+        if !cleaner.swapping.is_empty() {
+            // A committed swap failed half-way (an IO error): the next open finishes it;
+            // until then no pass may commit another over it.
+            return Err(StorageError::MidLogCorruption(format!(
+                "{}: a cleaned-segment swap is pending until the partition is reopened",
+                self.dir().display()
+            )));
+        }
         let log_start = self.log_start_offset();
         let first_dirty = cleaner.clean_end_offset.max(log_start);
         let views = self.cleanable_segments(options.min_compaction_lag_ms);
