@@ -35,7 +35,7 @@ def test_create_describe_and_refuse_duplicate(broker):
         create_topic(broker.bootstrap, "orders", 3)
     assert refused.value.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS
     with pytest.raises(KafkaException) as refused:
-        create_topic(broker.bootstrap, "compacted", 1, {"cleanup.policy": "compact"})
+        create_topic(broker.bootstrap, "compacted", 1, {"cleanup.policy": "compacted"})
     assert refused.value.args[0].code() == KafkaError.INVALID_CONFIG
     futures = admin(broker.bootstrap).create_topics([NewTopic("replicated", 1, replication_factor=3)])
     with pytest.raises(KafkaException) as refused:

@@ -117,6 +117,9 @@ impl Disk for BrokerDisk {
     async fn remove_file(&self, path: &Path) -> io::Result<()> {
         on_disk!(self, disk => disk.remove_file(path).await)
     }
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        on_disk!(self, disk => disk.rename(from, to).await)
+    }
     async fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
         on_disk!(self, disk => disk.remove_dir_all(dir).await)
     }

@@ -9,6 +9,7 @@ pub mod budgets;
 pub mod check_data;
 pub mod cluster;
 pub mod cluster_config;
+pub mod compaction;
 pub mod config;
 pub mod controller;
 #[cfg(test)]

@@ -79,6 +79,12 @@ pub struct Limits {
     /// How often each shard applies retention to the partitions it owns
     /// (`log.retention.check.interval.ms`).
     pub retention_check_interval: Duration,
+    /// The log cleaner (`log.cleaner.*`): whether it runs, its IO budget per shard (bytes
+    /// read and written per second), its key map per pass, and its sleep when idle.
+    pub cleaner_enabled: bool,
+    pub cleaner_io_bytes_per_second: u64,
+    pub cleaner_map_bytes: usize,
+    pub cleaner_backoff: Duration,
     /// `group.initial.rebalance.delay.ms`: the first rebalance of an empty group waits this
     /// long for more members, so consumers started together share one generation.
     pub group_initial_rebalance_delay: Duration,
@@ -149,6 +155,10 @@ impl Default for Limits {
             topics_max: 100_000,
             mesh_channel_slots: 1024,
             retention_check_interval: Duration::from_secs(300),
+            cleaner_enabled: true,
+            cleaner_io_bytes_per_second: 50 << 20,
+            cleaner_map_bytes: 16 << 20,
+            cleaner_backoff: Duration::from_secs(15),
             group_initial_rebalance_delay: Duration::from_secs(3),
             group_session_timeout_min: Duration::from_secs(6),
             group_session_timeout_max: Duration::from_secs(30 * 60),

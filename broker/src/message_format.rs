@@ -242,15 +242,27 @@ pub fn down_convert(batches: &[Bytes], rules: DownConversion) -> Result<Vec<Byte
         if header.is_control() {
             continue;
         }
-        let uncompressed = if header.attributes & COMPRESSION_CODEC_MASK == 0 {
-            batch.clone()
-        } else {
-            recompress::recompress(batch.clone(), Codec::None)?
-        };
-        let log_append_time = header.attributes & BATCH_LOG_APPEND_TIME != 0;
-        let mut records = uncompressed
+        // Decompressed as stored, not re-validated as a producer's batch: a batch the log
+        // cleaner compacted has fewer records than offsets (storage/FORMAT.md § Log cleaner).
+        let section = batch
             .get(BATCH_HEADER_BYTES..)
             .ok_or(codes::CORRUPT_MESSAGE)?;
+        let decompressed;
+        let mut records = if header.attributes & COMPRESSION_CODEC_MASK == 0 {
+            section
+        } else {
+            let codec = Codec::from_attributes(header.attributes).ok_or(codes::CORRUPT_MESSAGE)?;
+            let mut out = Vec::new();
+            recompress::decompress_section(
+                codec,
+                section,
+                DECOMPRESSED_RECORDS_BYTES_MAX,
+                &mut out,
+            )?;
+            decompressed = out;
+            &decompressed[..]
+        };
+        let log_append_time = header.attributes & BATCH_LOG_APPEND_TIME != 0;
         for _ in 0..header.record_count {
             let record = read_record(&mut records).ok_or(codes::CORRUPT_MESSAGE)?;
             // Deltas are the producer's bytes (the log checks framing and CRC, not them):
@@ -595,6 +607,34 @@ mod tests {
             up_convert_bounded(&two, usize::MAX, 1000),
             Err(codes::MESSAGE_TOO_LARGE)
         );
+    }
+
+    /// A compressed batch the log cleaner compacted (fewer records than its offsets, with a
+    /// gap) is converted for an old client, each record at its own offset.
+    #[test]
+    fn a_compacted_compressed_batch_is_down_converted() {
+        let records = [
+            build::Record {
+                key: Some(b"a"),
+                value: Some(b"1"),
+                timestamp_ms: 5,
+            },
+            build::Record {
+                key: Some(b"b"),
+                value: Some(b"2"),
+                timestamp_ms: 5,
+            },
+        ];
+        let gzip = recompress::recompress(build::batch(&records), Codec::Gzip).unwrap();
+        // As the cleaner leaves it: lastOffsetDelta 5 over 2 records.
+        let mut compacted = gzip.to_vec();
+        compacted[23..27].copy_from_slice(&5_i32.to_be_bytes());
+        let crc = crc32c::crc32c(&compacted[21..]);
+        compacted[17..21].copy_from_slice(&crc.to_be_bytes());
+        let back =
+            read_back(&down_convert(&[Bytes::from(compacted)], rules(1, usize::MAX)).unwrap());
+        let offsets: Vec<i64> = back.iter().map(|m| m.0).collect();
+        assert_eq!(offsets, [0, 1]);
     }
 
     #[test]

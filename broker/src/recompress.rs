@@ -68,7 +68,7 @@ pub enum Codec {
 }
 
 impl Codec {
-    fn from_attributes(attributes: i16) -> Option<Codec> {
+    pub fn from_attributes(attributes: i16) -> Option<Codec> {
         Some(match attributes & batch::COMPRESSION_CODEC_MASK {
             0 => Codec::None,
             1 => Codec::Gzip,
@@ -269,8 +269,8 @@ pub fn decompress_section(
     decompress(codec, section, limit, out)
 }
 
-/// [`compress`], for tests building v0/v1 wrapper messages.
-#[cfg(test)]
+/// [`compress`], for the log cleaner (which compresses a cleaned batch's records again in
+/// their codec) and tests building v0/v1 wrapper messages.
 pub fn compress_section(codec: Codec, records: &[u8], out: Vec<u8>) -> Result<Vec<u8>, i16> {
     compress(codec, records, out)
 }

@@ -265,6 +265,20 @@ impl Effective {
                 .expect("validated against the same names"),
             min_insync_replicas: self.integer("min.insync.replicas"),
             segment_preallocate_bytes: self.unsigned("ringfeed.segment.preallocate.bytes"),
+            cleanup_policy: crate::topic_config::canonical_cleanup_policy(
+                self.text("log.cleanup.policy"),
+            )
+            .expect("validated by the same function")
+            .to_string(),
+            delete_retention_ms: self.integer("log.cleaner.delete.retention.ms"),
+            min_compaction_lag_ms: self.integer("log.cleaner.min.compaction.lag.ms"),
+            max_compaction_lag_ms: self.integer("log.cleaner.max.compaction.lag.ms"),
+            min_cleanable_dirty_ratio_ppm: (self
+                .text("log.cleaner.min.cleanable.ratio")
+                .parse::<f64>()
+                .expect("validated as a ratio")
+                * 1_000_000.0)
+                .round() as i64,
         }
     }
 
@@ -282,6 +296,10 @@ impl Effective {
             retention_check_interval: Duration::from_millis(
                 self.unsigned("log.retention.check.interval.ms"),
             ),
+            cleaner_enabled: self.boolean("log.cleaner.enable"),
+            cleaner_io_bytes_per_second: self.unsigned("log.cleaner.io.max.bytes.per.second"),
+            cleaner_map_bytes: self.unsigned("log.cleaner.dedupe.buffer.size") as usize,
+            cleaner_backoff: Duration::from_millis(self.unsigned("log.cleaner.backoff.ms")),
             group_initial_rebalance_delay: Duration::from_millis(
                 self.unsigned("group.initial.rebalance.delay.ms"),
             ),

@@ -41,6 +41,86 @@ pub enum BatchError {
 /// uncompressed batches the records are walked too (lengths and offset deltas), so a batch
 /// whose header lies about its contents is refused before it reaches the disk.
 pub fn validate(batch: &[u8], batch_bytes_max: usize) -> Result<BatchHeader, BatchError> {
+    let header = validate_framing(batch, batch_bytes_max)?;
+    if header.record_count <= 0 {
+        return Err(BatchError::InvalidRecord(format!(
+            "record count {} must be positive",
+            header.record_count
+        )));
+    }
+    if i64::from(header.last_offset_delta) != i64::from(header.record_count) - 1 {
+        return Err(BatchError::InvalidRecord(format!(
+            "lastOffsetDelta {} does not match record count {}",
+            header.last_offset_delta, header.record_count
+        )));
+    }
+    if !header.is_compressed() {
+        check_uncompressed_records(&batch[BATCH_HEADER_BYTES..], header.record_count)?;
+    }
+    Ok(header)
+}
+
+/// Checks a batch as a compacted log may hold it (a Raft follower's copy of its leader's
+/// entry, `FORMAT.md` § Log cleaner): like [`validate`], except that it may hold fewer
+/// records than its offsets (none at all), each uncompressed record's offsetDelta rising
+/// within `0..=lastOffsetDelta`.
+pub fn validate_compacted(batch: &[u8], batch_bytes_max: usize) -> Result<BatchHeader, BatchError> {
+    let header = validate_framing(batch, batch_bytes_max)?;
+    if header.last_offset_delta < 0
+        || header.record_count < 0
+        || i64::from(header.record_count) > i64::from(header.last_offset_delta) + 1
+    {
+        return Err(BatchError::InvalidRecord(format!(
+            "record count {} does not fit lastOffsetDelta {}",
+            header.record_count, header.last_offset_delta
+        )));
+    }
+    if !header.is_compressed() {
+        check_compacted_records(
+            &batch[BATCH_HEADER_BYTES..],
+            header.record_count,
+            header.last_offset_delta,
+        )?;
+    }
+    Ok(header)
+}
+
+/// Walks the uncompressed records of a compacted batch: lengths fit, offsetDeltas rise
+/// within `0..=last_offset_delta`, the records fill the batch exactly.
+fn check_compacted_records(
+    mut records: &[u8],
+    record_count: i32,
+    last_offset_delta: i32,
+) -> Result<(), BatchError> {
+    let mut previous = -1;
+    for index in 0..record_count {
+        let invalid = |what: &str| BatchError::InvalidRecord(format!("record {index}: {what}"));
+        let length = read_varint(&mut records).ok_or_else(|| invalid("bad length varint"))?;
+        if length < 0 || length as usize > records.len() {
+            return Err(invalid("length runs past the batch"));
+        }
+        let (mut record, rest) = records.split_at(length as usize);
+        records = rest;
+        record = record.get(1..).ok_or_else(|| invalid("empty record"))?; // attributes
+        read_varint(&mut record).ok_or_else(|| invalid("bad timestampDelta"))?;
+        let offset_delta = read_varint(&mut record).ok_or_else(|| invalid("bad offsetDelta"))?;
+        if offset_delta <= previous || offset_delta > i64::from(last_offset_delta) {
+            return Err(invalid("offsetDelta out of sequence"));
+        }
+        previous = offset_delta;
+    }
+    if !records.is_empty() {
+        return Err(BatchError::InvalidRecord(format!(
+            "{} bytes after the last of {record_count} records",
+            records.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The checks every stored batch passes: exactly one whole batch, magic 2, the CRC32C, the
+/// size limit.
+fn validate_framing(batch: &[u8], batch_bytes_max: usize) -> Result<BatchHeader, BatchError> {
     if batch.len() > batch_bytes_max {
         return Err(BatchError::TooLarge {
             size_bytes: batch.len(),
@@ -72,21 +152,6 @@ pub fn validate(batch: &[u8], batch_bytes_max: usize) -> Result<BatchHeader, Bat
             "CRC32C mismatch: batch says {:#010x}, bytes give {computed_crc:#010x}",
             header.crc
         )));
-    }
-    if header.record_count <= 0 {
-        return Err(BatchError::InvalidRecord(format!(
-            "record count {} must be positive",
-            header.record_count
-        )));
-    }
-    if i64::from(header.last_offset_delta) != i64::from(header.record_count) - 1 {
-        return Err(BatchError::InvalidRecord(format!(
-            "lastOffsetDelta {} does not match record count {}",
-            header.last_offset_delta, header.record_count
-        )));
-    }
-    if !header.is_compressed() {
-        check_uncompressed_records(&batch[BATCH_HEADER_BYTES..], header.record_count)?;
     }
     Ok(header)
 }

@@ -80,10 +80,15 @@ impl<D: Disk> PartitionLog<D> {
 
     /// Appends a follower's copy of its leader's entry, bytes unchanged: its baseOffset must
     /// be this log's end and its partitionLeaderEpoch (its term) at least the last term.
-    /// The bytes come from the network: everything is checked, nothing is trusted.
+    /// The bytes come from the network: everything is checked, nothing is trusted. The
+    /// entry may be one the leader's cleaner compacted (fewer records than offsets, or none).
     pub async fn append_replicated(&self, entry: Bytes) -> Result<EntryOutcome, EntryError> {
-        let checked = self.check(entry)?;
-        let (batch, header) = checked.into_parts();
+        let header = {
+            let state = self.state();
+            state.check_usable()?;
+            batch::validate_compacted(&entry, state.config.batch_bytes_max)?
+        };
+        let batch = entry;
         self.append_entry(batch, header, Stamp::Replicated).await
     }
 

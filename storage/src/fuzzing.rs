@@ -25,6 +25,23 @@ const BATCH_BYTES_MAX: usize = (1 << 20) + 12;
 pub fn batch_validation(data: &[u8]) {
     let verdict = batch::validate(data, BATCH_BYTES_MAX);
     let intact = batch::is_intact(data);
+    // A Raft follower's check of an entry a leader's cleaner may have compacted: looser
+    // than a producer's (every producer batch passes it), still a whole intact batch.
+    let compacted = batch::validate_compacted(data, BATCH_BYTES_MAX);
+    if let Ok(header) = &compacted {
+        assert!(
+            intact,
+            "validate_compacted accepted a batch is_intact refuses"
+        );
+        assert!(
+            header.record_count >= 0
+                && i64::from(header.record_count) <= i64::from(header.last_offset_delta) + 1
+        );
+    }
+    assert!(
+        verdict.is_err() || compacted.is_ok(),
+        "a producer's batch must pass a follower's check"
+    );
     // Time lookups walk records of batches read from disk without `validate`: any bytes.
     for timestamp_ms in [i64::MIN, -1, 0, 1_700_000_000_000, i64::MAX] {
         let _ = batch::first_at_or_after(data, timestamp_ms);

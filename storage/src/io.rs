@@ -46,6 +46,9 @@ pub trait Disk: Clone + 'static {
     /// Makes creations, renames and removals inside `dir` durable.
     async fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     async fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Renames `from` to `to`, atomically replacing any file named `to`; durable once the
+    /// directory is synced.
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     async fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Opens a data file for reading and writing, creating it when `create` is set.
     async fn open(&self, path: &Path, create: bool) -> io::Result<Self::File>;
@@ -131,6 +134,10 @@ impl Disk for DmaDisk {
 
     async fn remove_file(&self, path: &Path) -> io::Result<()> {
         Ok(glommio::io::remove(path).await?)
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        Ok(glommio::io::rename(from, to).await?)
     }
 
     async fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {

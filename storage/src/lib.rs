@@ -12,6 +12,7 @@
 
 pub mod batch;
 pub mod check;
+pub mod cleaner;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -37,6 +38,7 @@ mod state;
 mod truncation;
 
 pub use batch::BatchError;
+pub use cleaner::{CleanOptions, CleanOutcome, DirtySummary, NoCodec, RecordCodec};
 pub use clock::{Clock, SimClock, Sleep};
 pub use config::{FlushPolicy, LogConfig};
 pub use entries::{EntryOutcome, StoredEntry};

@@ -254,6 +254,13 @@ impl<D: Disk> PartitionLog<D> {
     }
 
     async fn delete_segments(&self, base_offsets: &[i64]) -> Result<(), StorageError> {
+        // Not under a cleaning pass (see `cleaner.rs`).
+        let _segments = self
+            .inner
+            .segments_gate
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         let removed: Vec<Segment<D::File>> = {
             let mut state = self.state_mut();
             let removed = base_offsets
@@ -328,6 +335,14 @@ impl<D: Disk> PartitionLog<D> {
             .acquire_permit(1)
             .await
             .map_err(|_| StorageError::Closed)?;
+        // A cleaning pass stops at its next batch; a committed swap finishes first.
+        self.inner.stopping.set(true);
+        let segments = self
+            .inner
+            .segments_gate
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         let end = self.log_end_offset();
         self.wait_durable(end - 1).await?;
         let (base_offset, index_contents, marker) = {
@@ -362,6 +377,7 @@ impl<D: Disk> PartitionLog<D> {
             .write_file_atomically(&self.dir().join(CLEAN_SHUTDOWN_FILE), &marker_bytes)
             .await;
         self.shut();
+        drop(segments);
         drop(permit);
         marker_written.map_err(|e| StorageError::io("writing the clean-shutdown marker", e))
     }
@@ -369,6 +385,8 @@ impl<D: Disk> PartitionLog<D> {
     /// Stops the log and deletes its directory (`DeleteTopics`).
     pub async fn remove(self) -> Result<(), StorageError> {
         let _permit = self.inner.append_gate.acquire_permit(1).await;
+        self.inner.stopping.set(true);
+        let _segments = self.inner.segments_gate.acquire_permit(1).await;
         self.shut();
         // A read still in flight on the deleted topic may fail on an emptied file; the
         // topic is gone, so that is its answer.

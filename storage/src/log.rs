@@ -111,6 +111,9 @@ impl<D: Disk> PartitionLog<D> {
             state: RefCell::new(state),
             append_gate: Semaphore::new(1),
             checkpoint_gate: Semaphore::new(1),
+            segments_gate: Semaphore::new(1),
+            cleaner_state: RefCell::new(None),
+            stopping: Cell::new(false),
             flusher_wake,
             flusher_running: Cell::new(false),
             progress: Signal::default(),
@@ -270,10 +273,15 @@ impl<D: Disk> PartitionLog<D> {
             "term {term} appended after term {}",
             state.last_term
         );
-        // Only `check` makes a CheckedBatch, after `batch::validate` made sure of both.
+        // Only `check` makes a CheckedBatch, after `batch::validate` made sure of both; a
+        // replicated entry passed `batch::validate_compacted` (a compacted entry may hold
+        // fewer records than offsets).
         assert!(
-            header.record_count >= 1
-                && i64::from(header.last_offset_delta) == i64::from(header.record_count) - 1,
+            header.record_count >= 0
+                && header.last_offset_delta >= 0
+                && i64::from(header.record_count) <= i64::from(header.last_offset_delta) + 1
+                && (stamp == Stamp::Replicated
+                    || i64::from(header.last_offset_delta) == i64::from(header.record_count) - 1),
             "an unchecked batch reached the append: {header:?}"
         );
         let records = i64::from(header.last_offset_delta) + 1;

@@ -29,6 +29,8 @@ pub enum MetaKind {
     ProducerState,
     /// The partition's format and where its Raft terms start (`log.format`).
     LogFormat,
+    /// What the log cleaner has done and the swap it is committing (`cleaner.state`).
+    CleanerState,
 }
 
 impl MetaKind {
@@ -39,6 +41,7 @@ impl MetaKind {
             MetaKind::CleanShutdown => *b"RFCS",
             MetaKind::ProducerState => *b"RFPS",
             MetaKind::LogFormat => *b"RFLF",
+            MetaKind::CleanerState => *b"RFCL",
         }
     }
 
@@ -52,7 +55,7 @@ impl MetaKind {
             | MetaKind::RecoveryCheckpoint
             | MetaKind::CleanShutdown
             | MetaKind::ProducerState => 2,
-            MetaKind::LogFormat => 1,
+            MetaKind::LogFormat | MetaKind::CleanerState => 1,
         }
     }
 }
@@ -218,6 +221,44 @@ pub fn decode_log_format(file: &[u8]) -> Result<LogFormat, MetaError> {
     })
 }
 
+/// One segment the cleaner has cleaned at least once, and when it first did (the start of its
+/// tombstones' `delete.retention.ms`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CleanedSegment {
+    pub base_offset: i64,
+    pub first_cleaned_ms: i64,
+    /// Tombstones stayed in it at its last clean only because their retention had not run
+    /// out: a pass is due once it has, even with nothing dirty (Kafka's KIP-534).
+    pub tombstones_waiting: bool,
+    /// A batch of it was left whole although it may hold superseded values (its records
+    /// could not be read, or its codec could not compress the cleaned copy): no tombstone
+    /// after it is ever removed, as that could bring such a value back.
+    pub holds_unread: bool,
+}
+
+/// The log cleaner's state of one partition (`cleaner.state`, `FORMAT.md` § Log cleaner).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct CleanerState {
+    /// The first offset not yet cleaned (Kafka's cleaner-offset-checkpoint).
+    pub clean_end_offset: i64,
+    /// Segments cleaned at least once, in offset order.
+    pub cleaned: Vec<CleanedSegment>,
+    /// Non-empty only while a swap is being committed: the segments whose `<base>.cleaned`
+    /// file replaces `<base>.log`, in offset order. Writing this file is the swap's commit.
+    pub swapping: Vec<i64>,
+}
+
+pub fn encode_cleaner_state(state: &CleanerState) -> Vec<u8> {
+    let archive = rkyv::to_bytes::<rkyv::rancor::Error>(state).expect("plain struct");
+    seal(MetaKind::CleanerState, &archive)
+}
+
+pub fn decode_cleaner_state(file: &[u8]) -> Result<CleanerState, MetaError> {
+    let payload = open(MetaKind::CleanerState, file)?;
+    rkyv::from_bytes::<CleanerState, rkyv::rancor::Error>(&payload)
+        .map_err(|e| MetaError::InvalidArchive(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,6 +323,23 @@ mod tests {
                 segment_base_index: INDEX_UNKNOWN,
             })
         );
+    }
+
+    #[test]
+    fn the_cleaner_state_round_trips() {
+        let state = CleanerState {
+            clean_end_offset: 77,
+            cleaned: vec![CleanedSegment {
+                base_offset: 0,
+                first_cleaned_ms: 1234,
+                tombstones_waiting: true,
+                holds_unread: false,
+            }],
+            swapping: vec![0, 40],
+        };
+        let file = encode_cleaner_state(&state);
+        assert_eq!(decode_cleaner_state(&file), Ok(state));
+        assert!(decode_cleaner_state(&file[..file.len() - 1]).is_err());
     }
 
     #[test]

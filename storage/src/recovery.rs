@@ -74,7 +74,11 @@ pub(crate) async fn recover<D: Disk>(
     config: LogConfig,
     clock: &Clock,
 ) -> Result<(State<D::File>, RecoveryReport), StorageError> {
-    let (names, mut bases) = list_segments(disk, dir).await?;
+    let (mut names, mut bases) = list_segments(disk, dir).await?;
+    // A cleaner's swap: finished if committed, else its files removed (`cleaner.rs`).
+    if crate::cleaner::recover_swap(disk, dir, &names).await? {
+        (names, bases) = list_segments(disk, dir).await?;
+    }
     let format = read_log_format(disk, dir, &names).await?;
     let terms_from_index = format.map_or(TERMS_NEVER, |f| f.terms_from_index);
     let marker = read_checkpoint(disk, dir, CLEAN_SHUTDOWN_FILE, MetaKind::CleanShutdown).await;

@@ -403,6 +403,19 @@ impl Disk for SimDisk {
         }
     }
 
+    async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check_powered("rename")?;
+        let mut state = self.0.borrow_mut();
+        let data = state
+            .live_names
+            .remove(from)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        state.live_names.insert(to.to_path_buf(), data);
+        drop(state);
+        self.step();
+        Ok(())
+    }
+
     async fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
         self.check_powered("rmdir")?;
         let mut state = self.0.borrow_mut();

@@ -26,6 +26,8 @@ pub struct LogStats {
     pub bytes_appended: u64,
     pub write_rounds: u64,
     pub fdatasyncs: u64,
+    /// Bytes of segments the cleaner rewrote (their size before).
+    pub bytes_cleaned: u64,
 }
 
 /// Receives the latency of every fdatasync a log completes, on the log's own shard, between
@@ -67,6 +69,13 @@ pub(crate) struct Inner<D: Disk> {
     pub flusher_running: Cell<bool>,
     /// Fires whenever the high watermark, durable offset or fenced state changes.
     pub progress: Signal,
+    /// Held by the cleaner for a whole pass, and by whatever removes or replaces segments
+    /// (retention, truncation, close, removal), so no segment disappears under a pass.
+    pub segments_gate: Semaphore,
+    /// The cleaner's state as last read or written (`None`: read it from its file).
+    pub cleaner_state: RefCell<Option<crate::meta::CleanerState>>,
+    /// Set when close or removal begins: a cleaning pass stops at its next batch.
+    pub stopping: Cell<bool>,
     /// See [`PartitionLog::observe_fdatasync_latency`].
     pub fdatasync_observer: RefCell<Option<FdatasyncObserver>>,
 }

@@ -59,6 +59,13 @@ impl<D: Disk> PartitionLog<D> {
             .acquire_permit(1)
             .await
             .map_err(|_| StorageError::Closed)?;
+        // Not under a cleaning pass (see `cleaner.rs`).
+        let _segments = self
+            .inner
+            .segments_gate
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::Closed)?;
         {
             let state = self.state();
             state.check_usable()?;

@@ -796,7 +796,7 @@ mod tests {
             codes::INVALID_REPLICATION_FACTOR
         );
         let compacted = NewTopic {
-            configs: vec![("cleanup.policy".into(), Some("compact".into()))],
+            configs: vec![("cleanup.policy".into(), Some("compacted".into()))],
             ..new_topic("c", 1)
         };
         assert_eq!(

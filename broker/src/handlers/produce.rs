@@ -255,6 +255,13 @@ fn dispatch_piece(
         Ok(batches) => batches,
         Err(error_code) => return refuse(error_code),
     };
+    // The cleaner keeps the last record per key: a record without one has no place in a
+    // compacted topic (Kafka's INVALID_RECORD).
+    if topic_metadata.config.is_compacted() {
+        if let Err(error_code) = crate::compaction::refuse_keyless(&batches) {
+            return refuse(error_code);
+        }
+    }
     let tp = TopicPartition {
         topic: topic_metadata.name.clone(),
         partition,

@@ -292,6 +292,35 @@ impl Scrape {
         )?;
         counters(
             encoder,
+            "ringfeed_cleaner_passes",
+            "Log cleaner passes finished (compacted topics).",
+            self.shards
+                .iter()
+                .map(|shard| (Self::shard_label(shard), shard.cleaner_passes)),
+        )?;
+        counters(
+            encoder,
+            "ringfeed_cleaner_bytes_cleaned",
+            "Bytes of segments the log cleaner rewrote (their size before cleaning).",
+            self.shards
+                .iter()
+                .map(|shard| (Self::shard_label(shard), shard.cleaner_bytes_cleaned)),
+        )?;
+        gauges(
+            encoder,
+            "ringfeed_cleaner_last_pass_timestamp_ms",
+            "When the log cleaner last finished a pass (Unix ms; 0: never).",
+            per_shard(|shard| shard.cleaner_last_pass_ms),
+        )?;
+        gauges(
+            encoder,
+            "ringfeed_cleaner_max_dirty_percent",
+            "The largest dirty share of a compacted log's cleanable bytes on the shard at the \
+             cleaner's last look (Kafka's max-dirty-percent).",
+            per_shard(|shard| shard.cleaner_max_dirty_percent),
+        )?;
+        counters(
+            encoder,
             "ringfeed_fetch_waits_refused",
             "Fetch long-poll waits refused because the shard had its maximum parked.",
             self.shards

@@ -118,6 +118,13 @@ pub struct ShardMetrics {
     pub(super) sasl_sessions_expired: Cell<u64>,
     /// The most fetch-budget bytes reserved at once since start (`fetch_budget_reserved`).
     pub(super) fetch_budget_reserved_bytes_peak: Cell<u64>,
+    /// The log cleaner (`compaction`): passes, bytes of segments it rewrote, when it last
+    /// finished a pass (Unix ms, 0 never), and the largest dirty ratio among the shard's
+    /// compacted logs at its last look (Kafka's `max-dirty-percent`).
+    pub(super) cleaner_passes: Cell<u64>,
+    pub(super) cleaner_bytes_cleaned: Cell<u64>,
+    pub(super) cleaner_last_pass_ms: Cell<u64>,
+    pub(super) cleaner_max_dirty_percent: Cell<u64>,
 }
 
 impl Default for ShardMetrics {
@@ -135,6 +142,10 @@ impl Default for ShardMetrics {
             sasl_reauthentications: Cell::new(0),
             sasl_sessions_expired: Cell::new(0),
             fetch_budget_reserved_bytes_peak: Cell::new(0),
+            cleaner_passes: Cell::new(0),
+            cleaner_bytes_cleaned: Cell::new(0),
+            cleaner_last_pass_ms: Cell::new(0),
+            cleaner_max_dirty_percent: Cell::new(0),
         }
     }
 }
@@ -206,6 +217,21 @@ impl ShardMetrics {
     pub fn fetch_budget_reserved(&self, reserved_bytes: u64) {
         let peak = &self.fetch_budget_reserved_bytes_peak;
         peak.set(peak.get().max(reserved_bytes));
+    }
+
+    /// The cleaner looked at the shard's compacted logs; the dirtiest has `max_dirty_ratio`.
+    pub fn cleaner_scanned(&self, max_dirty_ratio: f64) {
+        self.cleaner_max_dirty_percent
+            .set((max_dirty_ratio.clamp(0.0, 1.0) * 100.0).round() as u64);
+    }
+
+    /// The cleaner finished a pass that rewrote `bytes` of segments, at `now_ms`.
+    pub fn cleaner_pass(&self, bytes: u64, now_ms: i64) {
+        self.cleaner_passes.set(self.cleaner_passes.get() + 1);
+        self.cleaner_bytes_cleaned
+            .set(self.cleaner_bytes_cleaned.get() + bytes);
+        self.cleaner_last_pass_ms
+            .set(u64::try_from(now_ms).unwrap_or(0));
     }
 
     /// What every partition log of this shard reports its fdatasync latencies to.

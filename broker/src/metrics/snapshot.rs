@@ -95,6 +95,11 @@ pub struct ShardSnapshot {
     pub consumer_group_reconciliation: HistogramBuckets,
     /// The cluster transport's counts, on the shard that runs it (shard 0 among voters).
     pub cluster_transport: Option<crate::cluster::transport::TransportCounts>,
+    /// The log cleaner: passes, bytes rewritten, last pass (Unix ms), max dirty percent.
+    pub cleaner_passes: u64,
+    pub cleaner_bytes_cleaned: u64,
+    pub cleaner_last_pass_ms: u64,
+    pub cleaner_max_dirty_percent: u64,
 }
 
 impl ShardMetrics {
@@ -111,6 +116,10 @@ impl ShardMetrics {
             sasl_reauthentications: self.sasl_reauthentications.get(),
             sasl_sessions_expired: self.sasl_sessions_expired.get(),
             fetch_budget_reserved_bytes_peak: self.fetch_budget_reserved_bytes_peak.get(),
+            cleaner_passes: self.cleaner_passes.get(),
+            cleaner_bytes_cleaned: self.cleaner_bytes_cleaned.get(),
+            cleaner_last_pass_ms: self.cleaner_last_pass_ms.get(),
+            cleaner_max_dirty_percent: self.cleaner_max_dirty_percent.get(),
             ..ShardSnapshot::default()
         }
     }

@@ -83,12 +83,17 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         )));
     }
     let retention = glommio::spawn_local(shard::enforce_retention_periodically(services.clone()));
+    let cleaner =
+        glommio::spawn_local(crate::compaction::clean_logs_periodically(services.clone()));
     let tls_reload =
         (id == 0).then(|| glommio::spawn_local(crate::tls::reload::watch(services.clone())));
     let _ = listening.send(id);
     services.shutdown.started().await;
     drop(accepting);
     drop(retention);
+    // Cancelled between awaits: a pass not yet committed leaves files the next open removes,
+    // a committed one is finished by that open (`storage/FORMAT.md` § Log cleaner).
+    drop(cleaner);
     drop(tls_reload);
     let _ = connections.close().await;
     drained_shards.fetch_add(1, Ordering::SeqCst);

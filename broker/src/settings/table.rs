@@ -341,6 +341,72 @@ pub static SETTINGS: &[Setting] = &[
         "How often each shard applies retention to its partitions.",
     ),
     topic_default(
+        "log.cleanup.policy",
+        "cleanup.policy",
+        "delete",
+        "What happens to old segments: delete (retention.ms and retention.bytes remove them), \
+         compact (the log cleaner keeps the last record of each key; retention is off) or \
+         compact,delete (both). Topics override it with cleanup.policy.",
+    ),
+    topic_default(
+        "log.cleaner.delete.retention.ms",
+        "delete.retention.ms",
+        "86400000",
+        "A tombstone (null value) of a compacted topic stays this long after its segment was \
+         first cleaned, so consumers can see the delete. Topics override it with \
+         delete.retention.ms.",
+    ),
+    topic_default(
+        "log.cleaner.min.compaction.lag.ms",
+        "min.compaction.lag.ms",
+        "0",
+        "A segment of a compacted topic is cleaned only once its newest record is this old. \
+         Topics override it with min.compaction.lag.ms.",
+    ),
+    topic_default(
+        "log.cleaner.max.compaction.lag.ms",
+        "max.compaction.lag.ms",
+        "9223372036854775807",
+        "A compacted log whose oldest uncleaned segment is this old is cleaned whatever its \
+         dirty ratio. Topics override it with max.compaction.lag.ms.",
+    ),
+    topic_default(
+        "log.cleaner.min.cleanable.ratio",
+        "min.cleanable.dirty.ratio",
+        "0.5",
+        "The cleaner takes a compacted log once this share of its cleanable bytes has not \
+         been cleaned yet. Topics override it with min.cleanable.dirty.ratio.",
+    ),
+    row(
+        "log.cleaner.enable",
+        "true",
+        Kind::Bool,
+        "Run the log cleaner (compaction of topics whose cleanup.policy includes compact) on \
+         every shard.",
+    ),
+    row(
+        "log.cleaner.io.max.bytes.per.second",
+        "52428800",
+        integer(1, i64::MAX),
+        "Bytes the log cleaner of one shard reads and writes per second, at most (Kafka's \
+         applies to all cleaner threads and is unlimited by default; here it is per shard and \
+         bounded so cleaning leaves the disk to produce and fetch).",
+    ),
+    row(
+        "log.cleaner.dedupe.buffer.size",
+        "16777216",
+        integer(64 * 1024, 1 << 40),
+        "Bytes of the key-to-offset map one shard's cleaner builds per pass (keys plus 48 \
+         bytes each; Kafka's is shared by its cleaner threads). A dirty section with more \
+         keys is cleaned in several passes.",
+    ),
+    row(
+        "log.cleaner.backoff.ms",
+        "15000",
+        integer(1, INT_MAX),
+        "How long a shard's cleaner sleeps when no compacted log needs cleaning.",
+    ),
+    topic_default(
         "log.segment.bytes",
         "segment.bytes",
         "1073741824",

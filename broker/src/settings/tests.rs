@@ -403,6 +403,8 @@ fn every_topic_default_reaches_its_topic_key() {
             FLUSH_POLICY_KEY => "always",
             "compression.type" => "zstd",
             "min.insync.replicas" => "2",
+            "cleanup.policy" => "compact",
+            "min.cleanable.dirty.ratio" => "0.25",
             _ => "2097152",
         };
         let effective = Effective::resolve(&Inputs {

@@ -1,0 +1,280 @@
+//! The broker's side of log compaction (`cleanup.policy=compact`; the cleaner itself is
+//! `storage/src/cleaner.rs`):
+//!
+//! - [`CleanerCodec`]: opens and recompresses compressed batches for the cleaner with the
+//!   produce path's codecs (`recompress`), so compressed records are compacted too.
+//! - [`refuse_keyless`]: a compacted topic refuses a record without a key with
+//!   `INVALID_RECORD`, as Kafka's `LogValidator` does (the cleaner could only drop it).
+//! - [`clean_logs_periodically`]: one cleaner per shard, in the background. Each round it
+//!   asks every compacted log of the shard how dirty it is, cleans the dirtiest one that is
+//!   due (its dirty ratio reached `min.cleanable.dirty.ratio`, its oldest dirty segment is
+//!   past `max.compaction.lag.ms`, or expired tombstones wait in it), one pass, then looks
+//!   again; with nothing due it sleeps `log.cleaner.backoff.ms`. A pass never blocks appends
+//!   (the storage cleaner holds no append gate) and reads and writes at most
+//!   `log.cleaner.io.max.bytes.per.second`, so produce latency is not traded for it.
+//!
+//! Not yet: transactional batches and markers are left whole by the cleaner (there are no
+//! transactions yet; Kafka removes aborted data and, later, the markers). `__consumer_offsets`
+//! is not compacted: it would take the coordinator writing tombstones for every key it
+//! overwrites or forgets (it writes some today), replaying a compacted log (tombstones
+//! possibly gone after `delete.retention.ms`, so a key without a record must mean "absent"),
+//! the topic created with `cleanup.policy=compact` and its records keeping keys on every
+//! write; the cleaner itself needs nothing more.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use crate::error_codes as codes;
+use crate::metadata::TopicPartition;
+use crate::recompress::{
+    compress_section, decompress_section, Codec, DECOMPRESSED_RECORDS_BYTES_MAX,
+};
+use crate::shard::ShardServices;
+use crate::storage::batch::{read_varint, BatchHeader, BATCH_HEADER_BYTES};
+use crate::storage::{CleanOptions, RecordCodec};
+
+/// The produce path's codecs, for the cleaner. A section that does not decompress (or
+/// decompresses past [`DECOMPRESSED_RECORDS_BYTES_MAX`]) is left whole by the cleaner.
+pub struct CleanerCodec;
+
+impl RecordCodec for CleanerCodec {
+    fn decompress(&self, attributes: i16, section: &[u8]) -> Option<Vec<u8>> {
+        let codec = Codec::from_attributes(attributes).filter(|c| *c != Codec::None)?;
+        let mut out = Vec::new();
+        decompress_section(codec, section, DECOMPRESSED_RECORDS_BYTES_MAX, &mut out).ok()?;
+        Some(out)
+    }
+
+    fn compress(&self, attributes: i16, records: &[u8]) -> Option<Vec<u8>> {
+        let codec = Codec::from_attributes(attributes).filter(|c| *c != Codec::None)?;
+        compress_section(codec, records, Vec::new()).ok()
+    }
+}
+
+/// Whether every record of `records` (a batch's records section, uncompressed, holding
+/// `count` records) has a key: `INVALID_RECORD` for the first without one or a record that
+/// does not parse.
+fn check_keys(mut records: &[u8], count: i32) -> Result<(), i16> {
+    for _ in 0..count {
+        let length = read_varint(&mut records)
+            .and_then(|l| usize::try_from(l).ok())
+            .filter(|&l| l <= records.len())
+            .ok_or(codes::INVALID_RECORD)?;
+        let (record, rest) = records.split_at(length);
+        records = rest;
+        let mut fields = record.get(1..).ok_or(codes::INVALID_RECORD)?; // attributes
+        read_varint(&mut fields).ok_or(codes::INVALID_RECORD)?; // timestampDelta
+        read_varint(&mut fields).ok_or(codes::INVALID_RECORD)?; // offsetDelta
+        let key_length = read_varint(&mut fields).ok_or(codes::INVALID_RECORD)?;
+        if key_length < 0 {
+            return Err(codes::INVALID_RECORD);
+        }
+    }
+    Ok(())
+}
+
+/// Refuses batches for a compacted topic that hold a record without a key, as Kafka does
+/// (`INVALID_RECORD`, "Compacted topic cannot accept message without key"). Compressed
+/// batches are decompressed to look (bounded by [`DECOMPRESSED_RECORDS_BYTES_MAX`]: past it
+/// `MESSAGE_TOO_LARGE`, unreadable `CORRUPT_MESSAGE`). Control batches have keys by
+/// definition and are not producers' anyway.
+pub fn refuse_keyless(batches: &[Bytes]) -> Result<(), i16> {
+    for batch in batches {
+        let header = BatchHeader::parse(batch).ok_or(codes::CORRUPT_MESSAGE)?;
+        if header.is_control() {
+            continue;
+        }
+        let section = batch.get(BATCH_HEADER_BYTES..).unwrap_or_default();
+        if header.is_compressed() {
+            let codec = Codec::from_attributes(header.attributes).ok_or(codes::CORRUPT_MESSAGE)?;
+            let mut records = Vec::new();
+            decompress_section(codec, section, DECOMPRESSED_RECORDS_BYTES_MAX, &mut records)?;
+            check_keys(&records, header.record_count)?;
+        } else {
+            check_keys(section, header.record_count)?;
+        }
+    }
+    Ok(())
+}
+
+/// One candidate of a cleaning round.
+struct Candidate {
+    tp: TopicPartition,
+    log: crate::disk::PartitionLog,
+    options: CleanOptions,
+    /// Forced (max lag or expired tombstones) first, then by dirty ratio.
+    priority: f64,
+}
+
+/// The shard's cleaner: see the module docs.
+pub async fn clean_logs_periodically(shard: Rc<ShardServices>) {
+    let limits = &shard.config.limits;
+    if !limits.cleaner_enabled {
+        return;
+    }
+    loop {
+        if shard.shutdown.is_started() {
+            return;
+        }
+        let cleaned = match dirtiest(&shard).await {
+            Some(candidate) => clean_one(&shard, candidate).await,
+            None => false,
+        };
+        if cleaned {
+            glommio::executor().yield_task_queue_now().await;
+        } else {
+            shard.clock.sleep(limits.cleaner_backoff).await;
+        }
+    }
+}
+
+/// The compacted log of this shard most in need of a pass, if any is due.
+async fn dirtiest(shard: &ShardServices) -> Option<Candidate> {
+    let snapshot = shard.metadata.current();
+    let now_ms = shard.clock.now_ms();
+    let limits = &shard.config.limits;
+    let mut best: Option<Candidate> = None;
+    let mut max_dirty_ratio: f64 = 0.0;
+    for (tp, log) in shard.partitions.online_logs() {
+        let Some(topic) = snapshot.topic(&tp.topic) else {
+            continue;
+        };
+        let config = &topic.config;
+        if !config.is_compacted() {
+            continue;
+        }
+        let lag_ms = u64::try_from(config.min_compaction_lag_ms).unwrap_or(0);
+        let retention_ms = u64::try_from(config.delete_retention_ms).unwrap_or(0);
+        let summary = match log.dirty_summary(lag_ms, retention_ms).await {
+            Ok(summary) => summary,
+            Err(error) => {
+                tracing::warn!(partition = %tp, %error, "cannot size a compacted log for cleaning");
+                continue;
+            }
+        };
+        max_dirty_ratio = max_dirty_ratio.max(summary.dirty_ratio);
+        let overdue = summary
+            .first_dirty_max_timestamp
+            .is_some_and(|ts| ts < now_ms.saturating_sub(config.max_compaction_lag_ms));
+        let forced = overdue || summary.tombstones_due;
+        let ratio_due =
+            summary.dirty_bytes > 0 && summary.dirty_ratio >= config.min_cleanable_dirty_ratio();
+        if !(forced || ratio_due) {
+            continue;
+        }
+        let priority = summary.dirty_ratio + if forced { 2.0 } else { 0.0 };
+        if best.as_ref().is_some_and(|b| b.priority >= priority) {
+            continue;
+        }
+        best = Some(Candidate {
+            tp,
+            log,
+            options: CleanOptions {
+                map_bytes: limits.cleaner_map_bytes,
+                delete_retention_ms: retention_ms,
+                min_compaction_lag_ms: lag_ms,
+                io_bytes_per_second: Some(limits.cleaner_io_bytes_per_second),
+            },
+            priority,
+        });
+    }
+    shard.metrics.cleaner_scanned(max_dirty_ratio);
+    best
+}
+
+/// One pass over `candidate`; whether it did anything.
+async fn clean_one(shard: &ShardServices, candidate: Candidate) -> bool {
+    let Candidate {
+        tp, log, options, ..
+    } = candidate;
+    match log.clean(&options, &CleanerCodec).await {
+        Ok(outcome) => {
+            shard
+                .metrics
+                .cleaner_pass(outcome.bytes_before, shard.clock.now_ms());
+            tracing::info!(
+                partition = %tp,
+                segments = outcome.segments_rewritten,
+                bytes_before = outcome.bytes_before,
+                bytes_after = outcome.bytes_after,
+                records_removed = outcome.records_removed,
+                tombstones_removed = outcome.tombstones_removed,
+                clean_end_offset = outcome.clean_end_offset,
+                "cleaned a compacted log"
+            );
+            true
+        }
+        Err(error) => {
+            tracing::warn!(partition = %tp, %error, "cleaning a compacted log failed");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::batch::build;
+
+    fn batch(key: Option<&[u8]>) -> Bytes {
+        build::batch(&[
+            build::Record {
+                key: Some(b"k"),
+                value: Some(b"v"),
+                timestamp_ms: 1,
+            },
+            build::Record {
+                key,
+                value: Some(b"v"),
+                timestamp_ms: 1,
+            },
+        ])
+    }
+
+    #[test]
+    fn a_record_without_a_key_is_refused_with_invalid_record() {
+        assert_eq!(refuse_keyless(&[batch(Some(b"k2"))]), Ok(()));
+        assert_eq!(
+            refuse_keyless(&[batch(Some(b"k2")), batch(None)]),
+            Err(codes::INVALID_RECORD)
+        );
+        // A tombstone has a key: accepted.
+        let tombstone = build::batch(&[build::Record {
+            key: Some(b"k"),
+            value: None,
+            timestamp_ms: 1,
+        }]);
+        assert_eq!(refuse_keyless(&[tombstone]), Ok(()));
+    }
+
+    #[test]
+    fn a_compressed_batch_is_opened_to_look_for_keys() {
+        for key in [Some(&b"k2"[..]), None] {
+            let plain = batch(key);
+            let compressed =
+                crate::recompress::recompress(plain, Codec::Gzip).expect("recompressed");
+            let expected = if key.is_some() {
+                Ok(())
+            } else {
+                Err(codes::INVALID_RECORD)
+            };
+            assert_eq!(refuse_keyless(std::slice::from_ref(&compressed)), expected);
+            // And the cleaner's codec opens what the produce path compressed.
+            let header = BatchHeader::parse(&compressed).expect("header");
+            let records = CleanerCodec
+                .decompress(header.attributes, &compressed[BATCH_HEADER_BYTES..])
+                .expect("opens");
+            assert_eq!(check_keys(&records, 2), expected);
+            let again = CleanerCodec
+                .compress(header.attributes, &records)
+                .expect("closes");
+            assert_eq!(
+                CleanerCodec
+                    .decompress(header.attributes, &again)
+                    .as_deref(),
+                Some(&records[..])
+            );
+        }
+    }
+}
