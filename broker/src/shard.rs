@@ -232,30 +232,21 @@ impl ShardServices {
         } else {
             None
         };
-        let acl_store = if shard_id == 0 {
-            let store = AclStore::load(disk.clone(), &config.data_dir).await?;
-            Some(futures::lock::Mutex::new(store))
-        } else {
-            None
-        };
+        let acl_store =
+            shard0_store(shard_id, AclStore::load(disk.clone(), &config.data_dir)).await?;
         let acls = AclView::new(acl_store::rules_of(&config.settings, &config.super_users));
-        let credential_store = if shard_id == 0 {
-            let store = CredentialStore::load(disk.clone(), &config.data_dir).await?;
-            Some(futures::lock::Mutex::new(store))
-        } else {
-            None
-        };
+        let credential_store = shard0_store(
+            shard_id,
+            CredentialStore::load(disk.clone(), &config.data_dir),
+        )
+        .await?;
         let credentials = CredentialView::new(config.sasl.credentials.clone());
         let first_tls = config
             .listeners
             .iter()
             .find_map(|listener| listener.tls.clone());
-        let quota_store = if shard_id == 0 {
-            let store = QuotaStore::load(disk.clone(), &config.data_dir).await?;
-            Some(futures::lock::Mutex::new(store))
-        } else {
-            None
-        };
+        let quota_store =
+            shard0_store(shard_id, QuotaStore::load(disk.clone(), &config.data_dir)).await?;
         let quotas = ShardQuotas::new(config.shard_count());
         let replicas = open_replicas(&config, &disk, &clock, shard_id).await?;
         let partitions = Rc::new(PartitionTable::new(
@@ -1239,4 +1230,17 @@ fn session_id_seed(shard_id: usize) -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_nanos() as u64);
     nanos ^ (shard_id as u64).rotate_left(32) ^ u64::from(std::process::id())
+}
+
+/// A store of the data directory that only shard 0 owns (ACLs, SCRAM credentials, quotas):
+/// loaded there, behind the async lock its changes take; `None` on every other shard, whose
+/// `load` future is dropped unpolled.
+async fn shard0_store<T>(
+    shard_id: usize,
+    load: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<Option<futures::lock::Mutex<T>>, String> {
+    if shard_id != 0 {
+        return Ok(None);
+    }
+    Ok(Some(futures::lock::Mutex::new(load.await?)))
 }
