@@ -119,6 +119,16 @@ pub struct ControllerGroup<D: Disk> {
 /// Takes the part of a received frame that is for partition groups (not group 0).
 pub type PartitionFrames = Box<dyn Fn(Frame)>;
 
+impl<D: Disk> crate::cluster::DrivenRounds for ControllerGroup<D> {
+    fn tick_groups(&self) {
+        self.driver.borrow_mut().tick();
+    }
+
+    fn run_round(&self) -> bool {
+        self.round()
+    }
+}
+
 impl<D: Disk> ControllerGroup<D> {
     /// Opens group 0's log and raft-meta store (recovering both) and returns the group with
     /// the latest committed state in its log (None on a fresh log). Call [`Self::run`] next.
@@ -181,10 +191,10 @@ impl<D: Disk> ControllerGroup<D> {
             mailbox: RefCell::new(std::collections::VecDeque::new()),
             partition_frames: RefCell::new(None),
         });
-        group
-            .tasks
-            .borrow_mut()
-            .push(glommio::spawn_local(Self::drive(Rc::downgrade(&group), rung)).detach());
+        group.tasks.borrow_mut().push(
+            glommio::spawn_local(crate::cluster::drive_rounds(Rc::downgrade(&group), rung))
+                .detach(),
+        );
         Ok((group, recovered))
     }
 
@@ -381,32 +391,6 @@ impl<D: Disk> ControllerGroup<D> {
             task.cancel();
         }
         self.waiting.borrow_mut().clear();
-    }
-
-    /// The driver task: a round whenever there is work, a tick every `TICK_INTERVAL_MS`.
-    async fn drive(group: std::rc::Weak<Self>, rung: LocalReceiver<()>) {
-        let tick = Duration::from_millis(TICK_INTERVAL_MS);
-        let mut next_tick = Instant::now() + tick;
-        loop {
-            let Some(this) = group.upgrade() else { return };
-            if Instant::now() >= next_tick {
-                this.driver.borrow_mut().tick();
-                next_tick = (next_tick + tick).max(Instant::now());
-            }
-            let syncs_pending = this.round();
-            drop(this);
-            // While a sync is in flight the next round releases it; poll it soon.
-            let wait = if syncs_pending {
-                Duration::from_millis(1)
-            } else {
-                next_tick.saturating_duration_since(Instant::now())
-            };
-            let _ = glommio::timer::timeout(wait, async {
-                rung.recv().await;
-                Ok(())
-            })
-            .await;
-        }
     }
 
     /// One driver round; returns whether work remains (a sync in flight).

@@ -193,6 +193,16 @@ pub(crate) type Store = LogStore<BrokerDisk>;
 /// Where a shard's outbound frames go (see [`ReplicaManager::set_sender`]).
 pub type FrameSender = Box<dyn Fn(Frame)>;
 
+impl crate::cluster::DrivenRounds for ReplicaManager {
+    fn tick_groups(&self) {
+        self.tick();
+    }
+
+    fn run_round(&self) -> bool {
+        self.round()
+    }
+}
+
 impl ReplicaManager {
     /// Opens the shard's raft-meta store (recovering it); hosts no group until
     /// [`Self::reconcile`].
@@ -485,7 +495,8 @@ impl ReplicaManager {
         let Some(rung) = self.rung.borrow_mut().take() else {
             return;
         };
-        let task = glommio::spawn_local(Self::drive(Rc::downgrade(self), rung)).detach();
+        let task =
+            glommio::spawn_local(crate::cluster::drive_rounds(Rc::downgrade(self), rung)).detach();
         self.tasks.borrow_mut().push(task);
     }
 
@@ -498,32 +509,6 @@ impl ReplicaManager {
             for (_, waiter) in std::mem::take(&mut *hosted.waiting.borrow_mut()) {
                 let _ = waiter.answer.send(Err(codes::NOT_LEADER_OR_FOLLOWER));
             }
-        }
-    }
-
-    async fn drive(manager: Weak<Self>, rung: LocalReceiver<()>) {
-        let tick = Duration::from_millis(TICK_INTERVAL_MS);
-        let mut next_tick = Instant::now() + tick;
-        loop {
-            let Some(this) = manager.upgrade() else {
-                return;
-            };
-            if Instant::now() >= next_tick {
-                this.tick();
-                next_tick = (next_tick + tick).max(Instant::now());
-            }
-            let syncs_pending = this.round();
-            drop(this);
-            let wait = if syncs_pending {
-                Duration::from_millis(1)
-            } else {
-                next_tick.saturating_duration_since(Instant::now())
-            };
-            let _ = glommio::timer::timeout(wait, async {
-                rung.recv().await;
-                Ok(())
-            })
-            .await;
         }
     }
 
