@@ -22,7 +22,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::channel::oneshot;
@@ -31,7 +31,7 @@ use glommio::task::JoinHandle;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
 use raft::storage::RaftState;
 use raft::StateRole;
-use ringfeed_replication::driver::{MultiRaft, ProposeError, TICK_INTERVAL_MS};
+use ringfeed_replication::driver::{MultiRaft, ProposeError};
 use ringfeed_replication::log_store::{LogDurability, LogStore, LogStoreStart};
 use ringfeed_replication::log_store_meta::RaftMetaStore;
 use ringfeed_replication::wire::{Frame, WireLimits};

@@ -204,6 +204,49 @@ pub fn split_by_shard(
     pieces
 }
 
+/// What a shard's Raft driver task drives: the controller's group 0
+/// (`controller_group::ControllerGroup`) or a shard's partition groups
+/// (`replica::ReplicaManager`).
+pub trait DrivenRounds {
+    /// One tick of every group (`TICK_INTERVAL_MS` apart).
+    fn tick_groups(&self);
+    /// One driver round; whether a durability sync is still in flight.
+    fn run_round(&self) -> bool;
+}
+
+/// The driver task of a [`DrivenRounds`]: a round whenever `rung` rings (frames or proposals
+/// arrived), a tick every `TICK_INTERVAL_MS`, and a round again 1 ms later while a sync is in
+/// flight (the next round releases it). Ends when the driven value is dropped.
+pub async fn drive_rounds<T: DrivenRounds>(
+    driven: std::rc::Weak<T>,
+    rung: glommio::channels::local_channel::LocalReceiver<()>,
+) {
+    use std::time::{Duration, Instant};
+    let tick = Duration::from_millis(ringfeed_replication::driver::TICK_INTERVAL_MS);
+    let mut next_tick = Instant::now() + tick;
+    loop {
+        let Some(this) = driven.upgrade() else {
+            return;
+        };
+        if Instant::now() >= next_tick {
+            this.tick_groups();
+            next_tick = (next_tick + tick).max(Instant::now());
+        }
+        let syncs_pending = this.run_round();
+        drop(this);
+        let wait = if syncs_pending {
+            Duration::from_millis(1)
+        } else {
+            next_tick.saturating_duration_since(Instant::now())
+        };
+        let _ = glommio::timer::timeout(wait, async {
+            rung.recv().await;
+            Ok(())
+        })
+        .await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,48 +337,5 @@ mod tests {
             assert_eq!(of_group(&seen), of_group(&expected), "group {group}");
         }
         assert_eq!(seen.len(), expected.len());
-    }
-}
-
-/// What a shard's Raft driver task drives: the controller's group 0
-/// (`controller_group::ControllerGroup`) or a shard's partition groups
-/// (`replica::ReplicaManager`).
-pub trait DrivenRounds {
-    /// One tick of every group (`TICK_INTERVAL_MS` apart).
-    fn tick_groups(&self);
-    /// One driver round; whether a durability sync is still in flight.
-    fn run_round(&self) -> bool;
-}
-
-/// The driver task of a [`DrivenRounds`]: a round whenever `rung` rings (frames or proposals
-/// arrived), a tick every `TICK_INTERVAL_MS`, and a round again 1 ms later while a sync is in
-/// flight (the next round releases it). Ends when the driven value is dropped.
-pub async fn drive_rounds<T: DrivenRounds>(
-    driven: std::rc::Weak<T>,
-    rung: glommio::channels::local_channel::LocalReceiver<()>,
-) {
-    use std::time::{Duration, Instant};
-    let tick = Duration::from_millis(ringfeed_replication::driver::TICK_INTERVAL_MS);
-    let mut next_tick = Instant::now() + tick;
-    loop {
-        let Some(this) = driven.upgrade() else {
-            return;
-        };
-        if Instant::now() >= next_tick {
-            this.tick_groups();
-            next_tick = (next_tick + tick).max(Instant::now());
-        }
-        let syncs_pending = this.run_round();
-        drop(this);
-        let wait = if syncs_pending {
-            Duration::from_millis(1)
-        } else {
-            next_tick.saturating_duration_since(Instant::now())
-        };
-        let _ = glommio::timer::timeout(wait, async {
-            rung.recv().await;
-            Ok(())
-        })
-        .await;
     }
 }

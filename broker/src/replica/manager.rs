@@ -31,7 +31,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,7 @@ use glommio::task::JoinHandle;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
 use raft::storage::RaftState;
 use raft::StateRole;
-use ringfeed_replication::driver::{MultiRaft, TICK_INTERVAL_MS};
+use ringfeed_replication::driver::MultiRaft;
 use ringfeed_replication::log_store::{LogDurability, LogStore, LogStoreStart};
 use ringfeed_replication::log_store_meta::{GroupMeta, RaftMetaStore};
 use ringfeed_replication::wire::{Frame, WireLimits};
