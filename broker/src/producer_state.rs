@@ -168,7 +168,7 @@ enum Verdict {
 }
 
 /// Kafka's sequence numbers wrap from `i32::MAX` to 0.
-fn next_sequence(sequence: i32) -> i32 {
+pub(crate) fn next_sequence(sequence: i32) -> i32 {
     if sequence == i32::MAX {
         0
     } else {
@@ -176,43 +176,79 @@ fn next_sequence(sequence: i32) -> i32 {
     }
 }
 
-fn last_sequence(header: &BatchHeader) -> i32 {
+pub(crate) fn last_sequence(header: &BatchHeader) -> i32 {
     let last = i64::from(header.base_sequence) + i64::from(header.last_offset_delta);
     // Wraps past i32::MAX like the client's counter does.
     (last % (i64::from(i32::MAX) + 1)) as i32
 }
 
+/// What Kafka's sequence rules say of an idempotent batch: new (write it), a duplicate of a
+/// remembered batch (answer with its `T`, write nothing), or refused with an error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sequenced<T> {
+    New,
+    Duplicate(T),
+    Refused(i16),
+}
+
 /// Kafka's rules (`ProducerStateManager.checkSequence`): an older epoch is fenced; a newer
 /// epoch must start at sequence 0; in the same epoch a batch equal to a remembered one is a
-/// duplicate and anything but the next sequence is out of order. An unknown producer is
-/// accepted at any sequence (its state may have aged out of the log).
-fn check(entry: Option<&ProducerEntry>, header: &BatchHeader) -> Verdict {
-    let Some(entry) = entry else {
-        return Verdict::Append;
+/// duplicate and anything but the next sequence is out of order. An unknown producer
+/// (`known_epoch` `None`) is accepted at any sequence (its state may have aged out of the
+/// log). `remembered` are the producer's batches, oldest first, as (first sequence, last
+/// sequence, what a duplicate answers). Shared by the plain log (`check` below) and the
+/// replicated partitions (`replica::producers`).
+pub(crate) fn check_sequence<T, I>(
+    known_epoch: Option<i16>,
+    header: &BatchHeader,
+    remembered: I,
+) -> Sequenced<T>
+where
+    I: DoubleEndedIterator<Item = (i32, i32, T)> + Clone,
+{
+    let Some(epoch) = known_epoch else {
+        return Sequenced::New;
     };
-    if header.producer_epoch < entry.epoch {
-        return Verdict::Refuse(INVALID_PRODUCER_EPOCH);
+    if header.producer_epoch < epoch {
+        return Sequenced::Refused(INVALID_PRODUCER_EPOCH);
     }
-    if header.producer_epoch > entry.epoch {
+    if header.producer_epoch > epoch {
         return if header.base_sequence == 0 {
-            Verdict::Append
+            Sequenced::New
         } else {
-            Verdict::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+            Sequenced::Refused(OUT_OF_ORDER_SEQUENCE_NUMBER)
         };
     }
     let last = last_sequence(header);
-    if let Some(duplicate) = entry
-        .batches
-        .iter()
-        .find(|b| b.first_sequence == header.base_sequence && b.last_sequence == last)
+    if let Some((_, _, at)) = remembered
+        .clone()
+        .find(|(first, seen_last, _)| *first == header.base_sequence && *seen_last == last)
     {
-        return Verdict::Duplicate(duplicate.outcome);
+        return Sequenced::Duplicate(at);
     }
-    match entry.batches.back() {
-        Some(newest) if header.base_sequence != next_sequence(newest.last_sequence) => {
-            Verdict::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+    match remembered.last() {
+        Some((_, newest_last, _)) if header.base_sequence != next_sequence(newest_last) => {
+            Sequenced::Refused(OUT_OF_ORDER_SEQUENCE_NUMBER)
         }
-        _ => Verdict::Append,
+        _ => Sequenced::New,
+    }
+}
+
+fn check(entry: Option<&ProducerEntry>, header: &BatchHeader) -> Verdict {
+    let verdict = check_sequence(
+        entry.map(|entry| entry.epoch),
+        header,
+        entry.into_iter().flat_map(|entry| {
+            entry
+                .batches
+                .iter()
+                .map(|b| (b.first_sequence, b.last_sequence, b.outcome))
+        }),
+    );
+    match verdict {
+        Sequenced::New => Verdict::Append,
+        Sequenced::Duplicate(outcome) => Verdict::Duplicate(outcome),
+        Sequenced::Refused(code) => Verdict::Refuse(code),
     }
 }
 

@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::producer_state::{INVALID_PRODUCER_EPOCH, OUT_OF_ORDER_SEQUENCE_NUMBER};
+use crate::producer_state::{check_sequence, last_sequence, Sequenced};
 use crate::storage::batch::BatchHeader;
 
 /// Batches remembered per producer (Kafka's 5 in-flight requests per connection).
@@ -61,54 +61,25 @@ pub struct Producers {
     producers: HashMap<i64, Producer>,
 }
 
-fn last_sequence(header: &BatchHeader) -> i32 {
-    // Sequences wrap at i32::MAX to 0 (Kafka's DefaultRecordBatch.incrementSequence).
-    let last = i64::from(header.base_sequence) + i64::from(header.last_offset_delta);
-    i32::try_from(last % (i64::from(i32::MAX) + 1)).unwrap_or(i32::MAX)
-}
-
-fn next_sequence(sequence: i32) -> i32 {
-    if sequence == i32::MAX {
-        0
-    } else {
-        sequence + 1
-    }
-}
-
 impl Producers {
     /// The verdict on an idempotent batch (producer id ≥ 0) at a leader in `term`.
     pub fn check(&self, header: &BatchHeader, term: u64) -> Verdict {
-        let Some(producer) = self.producers.get(&header.producer_id) else {
-            return Verdict::Propose;
-        };
-        if header.producer_epoch < producer.epoch {
-            return Verdict::Refuse(INVALID_PRODUCER_EPOCH);
-        }
-        if header.producer_epoch > producer.epoch {
-            return if header.base_sequence == 0 {
-                Verdict::Propose
-            } else {
-                Verdict::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
-            };
-        }
+        let producer = self.producers.get(&header.producer_id);
         // Proposals of an earlier term that were not committed are gone.
-        let live = || {
-            producer.batches.iter().filter(move |seen| match seen.at {
-                BatchAt::Proposed { term: at, .. } => at == term,
-                BatchAt::Committed { .. } => true,
-            })
-        };
-        let last = last_sequence(header);
-        if let Some(duplicate) = live()
-            .find(|seen| seen.first_sequence == header.base_sequence && seen.last_sequence == last)
-        {
-            return Verdict::Duplicate(duplicate.at);
-        }
-        match live().next_back() {
-            Some(newest) if header.base_sequence != next_sequence(newest.last_sequence) => {
-                Verdict::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
-            }
-            _ => Verdict::Propose,
+        let live = producer.into_iter().flat_map(|producer| {
+            producer
+                .batches
+                .iter()
+                .filter(move |seen| match seen.at {
+                    BatchAt::Proposed { term: at, .. } => at == term,
+                    BatchAt::Committed { .. } => true,
+                })
+                .map(|seen| (seen.first_sequence, seen.last_sequence, seen.at))
+        });
+        match check_sequence(producer.map(|producer| producer.epoch), header, live) {
+            Sequenced::New => Verdict::Propose,
+            Sequenced::Duplicate(at) => Verdict::Duplicate(at),
+            Sequenced::Refused(code) => Verdict::Refuse(code),
         }
     }
 
@@ -165,6 +136,7 @@ impl Producers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::producer_state::{INVALID_PRODUCER_EPOCH, OUT_OF_ORDER_SEQUENCE_NUMBER};
 
     fn header(producer_id: i64, epoch: i16, base_sequence: i32, records: i32) -> BatchHeader {
         BatchHeader {
