@@ -88,34 +88,13 @@ pub fn validate_compacted(batch: &[u8], batch_bytes_max: usize) -> Result<BatchH
 /// Walks the uncompressed records of a compacted batch: lengths fit, offsetDeltas rise
 /// within `0..=last_offset_delta`, the records fill the batch exactly.
 fn check_compacted_records(
-    mut records: &[u8],
+    records: &[u8],
     record_count: i32,
     last_offset_delta: i32,
 ) -> Result<(), BatchError> {
-    let mut previous = -1;
-    for index in 0..record_count {
-        let invalid = |what: &str| BatchError::InvalidRecord(format!("record {index}: {what}"));
-        let length = read_varint(&mut records).ok_or_else(|| invalid("bad length varint"))?;
-        if length < 0 || length as usize > records.len() {
-            return Err(invalid("length runs past the batch"));
-        }
-        let (mut record, rest) = records.split_at(length as usize);
-        records = rest;
-        record = record.get(1..).ok_or_else(|| invalid("empty record"))?; // attributes
-        read_varint(&mut record).ok_or_else(|| invalid("bad timestampDelta"))?;
-        let offset_delta = read_varint(&mut record).ok_or_else(|| invalid("bad offsetDelta"))?;
-        if offset_delta <= previous || offset_delta > i64::from(last_offset_delta) {
-            return Err(invalid("offsetDelta out of sequence"));
-        }
-        previous = offset_delta;
-    }
-    if !records.is_empty() {
-        return Err(BatchError::InvalidRecord(format!(
-            "{} bytes after the last of {record_count} records",
-            records.len()
-        )));
-    }
-    Ok(())
+    walk_records(records, record_count, |_, previous, offset_delta| {
+        offset_delta > previous && offset_delta <= i64::from(last_offset_delta)
+    })
 }
 
 /// The checks every stored batch passes: exactly one whole batch, magic 2, the CRC32C, the
@@ -158,7 +137,21 @@ fn validate_framing(batch: &[u8], batch_bytes_max: usize) -> Result<BatchHeader,
 
 /// Walks uncompressed records: each length must fit, each offsetDelta must be its index,
 /// and the records must fill the batch exactly.
-pub fn check_uncompressed_records(mut records: &[u8], record_count: i32) -> Result<(), BatchError> {
+pub fn check_uncompressed_records(records: &[u8], record_count: i32) -> Result<(), BatchError> {
+    walk_records(records, record_count, |index, _, offset_delta| {
+        offset_delta == i64::from(index)
+    })
+}
+
+/// The walk both record checks share: each record's length must fit, its offsetDelta must
+/// satisfy `in_order(index, previous offsetDelta (-1 first), offsetDelta)`, and the records
+/// must fill the batch exactly.
+fn walk_records(
+    mut records: &[u8],
+    record_count: i32,
+    in_order: impl Fn(i32, i64, i64) -> bool,
+) -> Result<(), BatchError> {
+    let mut previous = -1;
     for index in 0..record_count {
         let invalid = |what: &str| BatchError::InvalidRecord(format!("record {index}: {what}"));
         let length = read_varint(&mut records).ok_or_else(|| invalid("bad length varint"))?;
@@ -170,9 +163,10 @@ pub fn check_uncompressed_records(mut records: &[u8], record_count: i32) -> Resu
         record = record.get(1..).ok_or_else(|| invalid("empty record"))?; // attributes
         read_varint(&mut record).ok_or_else(|| invalid("bad timestampDelta"))?;
         let offset_delta = read_varint(&mut record).ok_or_else(|| invalid("bad offsetDelta"))?;
-        if offset_delta != i64::from(index) {
+        if !in_order(index, previous, offset_delta) {
             return Err(invalid("offsetDelta out of sequence"));
         }
+        previous = offset_delta;
     }
     if !records.is_empty() {
         return Err(BatchError::InvalidRecord(format!(
