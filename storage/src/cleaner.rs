@@ -565,12 +565,7 @@ impl<D: Disk> PartitionLog<D> {
         options: &CleanOptions,
         codec: &dyn RecordCodec,
     ) -> Result<CleanOutcome, StorageError> {
-        let _segments = self
-            .inner
-            .segments_gate
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _segments = self.segments_turn().await?;
         self.check_cleanable()?;
         let now_ms = self.inner.clock.now_ms();
         let cleaner = self.cleaner_state().await?;

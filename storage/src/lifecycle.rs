@@ -255,12 +255,7 @@ impl<D: Disk> PartitionLog<D> {
 
     async fn delete_segments(&self, base_offsets: &[i64]) -> Result<(), StorageError> {
         // Not under a cleaning pass (see `cleaner.rs`).
-        let _segments = self
-            .inner
-            .segments_gate
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _segments = self.segments_turn().await?;
         let removed: Vec<Segment<D::File>> = {
             let mut state = self.state_mut();
             let removed = base_offsets
@@ -337,12 +332,7 @@ impl<D: Disk> PartitionLog<D> {
             .map_err(|_| StorageError::Closed)?;
         // A cleaning pass stops at its next batch; a committed swap finishes first.
         self.inner.stopping.set(true);
-        let segments = self
-            .inner
-            .segments_gate
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let segments = self.segments_turn().await?;
         let end = self.log_end_offset();
         self.wait_durable(end - 1).await?;
         let (base_offset, index_contents, marker) = {

@@ -41,6 +41,20 @@ pub struct PartitionLog<D: Disk = DmaDisk> {
     pub(crate) inner: Rc<Inner<D>>,
 }
 
+impl<D: Disk> PartitionLog<D> {
+    /// Takes the segments gate (module docs of `cleaner.rs`): held while a cleaning pass
+    /// runs or segments are removed or replaced, so none disappears under a pass.
+    pub(crate) async fn segments_turn(
+        &self,
+    ) -> Result<glommio::sync::Permit<'_>, crate::StorageError> {
+        self.inner
+            .segments_gate
+            .acquire_permit(1)
+            .await
+            .map_err(|_| crate::StorageError::Closed)
+    }
+}
+
 impl<D: Disk> Clone for PartitionLog<D> {
     fn clone(&self) -> Self {
         PartitionLog {

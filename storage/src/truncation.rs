@@ -60,12 +60,7 @@ impl<D: Disk> PartitionLog<D> {
             .await
             .map_err(|_| StorageError::Closed)?;
         // Not under a cleaning pass (see `cleaner.rs`).
-        let _segments = self
-            .inner
-            .segments_gate
-            .acquire_permit(1)
-            .await
-            .map_err(|_| StorageError::Closed)?;
+        let _segments = self.segments_turn().await?;
         {
             let state = self.state();
             state.check_usable()?;
