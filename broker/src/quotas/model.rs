@@ -276,8 +276,11 @@ impl QuotaFilter {
             ..Self::default()
         };
         for (entity_type, match_type, name) in components {
+            // Kafka's order (`ClientQuotasImage.describe`): empty, duplicate, then unknown type.
+            if entity_type.is_empty() {
+                return Err(invalid("Invalid empty entity type.".into()));
+            }
             let slot = match *entity_type {
-                "" => return Err(invalid("Invalid empty entity type.".into())),
                 USER => &mut filter.user,
                 CLIENT_ID => &mut filter.client_id,
                 IP => {
@@ -288,7 +291,7 @@ impl QuotaFilter {
                 other => {
                     return Err((
                         codes::UNSUPPORTED_VERSION,
-                        format!("Custom entity type {other} not supported"),
+                        format!("Unsupported entity type {other}"),
                     ))
                 }
             };
