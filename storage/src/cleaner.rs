@@ -515,11 +515,11 @@ impl<D: Disk> PartitionLog<D> {
     }
 
     async fn cleaner_state(&self) -> Result<CleanerState, StorageError> {
-        if let Some(state) = self.inner.cleaner_state.borrow().clone() {
-            return Ok(state);
+        if let Some(state) = self.inner.cleaner_state.borrow().as_deref() {
+            return Ok(state.clone());
         }
         let state = read_state(&self.inner.disk, self.dir()).await?;
-        *self.inner.cleaner_state.borrow_mut() = Some(state.clone());
+        *self.inner.cleaner_state.borrow_mut() = Some(Box::new(state.clone()));
         Ok(state)
     }
 
@@ -932,7 +932,7 @@ impl<D: Disk> PartitionLog<D> {
         }
         *self.inner.cleaner_state.borrow_mut() = None;
         if rewritten.is_empty() {
-            *self.inner.cleaner_state.borrow_mut() = Some(cleaner);
+            *self.inner.cleaner_state.borrow_mut() = Some(Box::new(cleaner));
             return Ok(());
         }
         for (base, index) in rewritten {
@@ -976,7 +976,7 @@ impl<D: Disk> PartitionLog<D> {
         }
         cleaner.swapping.clear();
         write_state(disk, dir, &cleaner).await?;
-        *self.inner.cleaner_state.borrow_mut() = Some(cleaner);
+        *self.inner.cleaner_state.borrow_mut() = Some(Box::new(cleaner));
         Ok(())
     }
 }

@@ -254,6 +254,17 @@ async fn open_dma(
     Ok(options.dma_open(path).await?)
 }
 
+/// How many directories [`settle_iopoll`] remembers per thread.
+const SETTLED_DIRS_MAX: usize = 256;
+
+thread_local! {
+    /// Directories whose device is settled: every open (each roll, each segment at
+    /// recovery) comes here, and a directory seen before needs no `stat` at all. At most
+    /// [`SETTLED_DIRS_MAX`]: it held every partition directory the thread ever opened
+    /// (about 90 bytes each, never given back when a topic was deleted).
+    static SETTLED_DIRS: std::cell::RefCell<std::collections::HashSet<PathBuf>> = std::cell::RefCell::default();
+}
+
 /// Settles, once per device and thread, whether glommio sends DMA reads to its IOPOLL ring.
 ///
 /// glommio decides that (per thread, per device) by reading the first page of the first
@@ -268,9 +279,6 @@ async fn settle_iopoll(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
     thread_local! {
         static SETTLED_DEVICES: std::cell::RefCell<std::collections::HashSet<u64>> = std::cell::RefCell::default();
-        /// Directories whose device is settled: every open (each roll, each segment at
-        /// recovery) comes here, and a directory seen before needs no `stat` at all.
-        static SETTLED_DIRS: std::cell::RefCell<std::collections::HashSet<PathBuf>> = std::cell::RefCell::default();
         static ONE_PROBE_AT_A_TIME: Rc<glommio::sync::Semaphore> = Rc::new(glommio::sync::Semaphore::new(1));
     }
     if SETTLED_DIRS.with(|settled| settled.borrow().contains(dir)) {
@@ -288,7 +296,16 @@ async fn settle_iopoll(dir: &Path) -> io::Result<()> {
             SETTLED_DEVICES.with(|settled| settled.borrow_mut().insert(device));
         }
     }
-    SETTLED_DIRS.with(|settled| settled.borrow_mut().insert(dir.to_path_buf()));
+    SETTLED_DIRS.with(|settled| {
+        let mut settled = settled.borrow_mut();
+        // Forgetting costs only a `stat` at the next open of a forgotten directory; a
+        // partition's opens come together (its segments at recovery, then a roll now and
+        // then), so a small set still spares most of them.
+        if settled.len() >= SETTLED_DIRS_MAX {
+            settled.clear();
+        }
+        settled.insert(dir.to_path_buf());
+    });
     Ok(())
 }
 
@@ -368,4 +385,32 @@ pub(crate) fn temporary_path(path: &Path) -> PathBuf {
 
 pub(crate) fn parent_of(path: &Path) -> &Path {
     path.parent().unwrap_or_else(|| Path::new("."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A broker that creates and deletes topics for months opens ever new partition
+    /// directories: what this thread remembers of them stays bounded.
+    #[test]
+    fn settled_directories_stay_bounded() {
+        let root = tempfile::tempdir().unwrap();
+        let root_path = root.path().to_path_buf();
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let directories = SETTLED_DIRS_MAX + 44;
+                for n in 0..directories {
+                    let dir = root_path.join(format!("topic-{n}"));
+                    DmaDisk.create_dir_all(&dir).await.unwrap();
+                    drop(DmaDisk.open(&dir.join("00.log"), true).await.unwrap());
+                    let remembered = SETTLED_DIRS.with(|settled| settled.borrow().len());
+                    assert!(remembered <= SETTLED_DIRS_MAX, "{remembered} directories");
+                    assert!(SETTLED_DIRS.with(|settled| settled.borrow().contains(&dir)));
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 }

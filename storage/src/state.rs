@@ -86,8 +86,9 @@ pub(crate) struct Inner<D: Disk> {
     /// Held by the cleaner for a whole pass, and by whatever removes or replaces segments
     /// (retention, truncation, close, removal), so no segment disappears under a pass.
     pub segments_gate: Semaphore,
-    /// The cleaner's state as last read or written (`None`: read it from its file).
-    pub cleaner_state: RefCell<Option<crate::meta::CleanerState>>,
+    /// The cleaner's state as last read or written (`None`: read it from its file). Boxed:
+    /// only compacted partitions ever fill it, and inline it cost every log 64 bytes.
+    pub cleaner_state: RefCell<Option<Box<crate::meta::CleanerState>>>,
     /// Set when close or removal begins: a cleaning pass stops at its next batch.
     pub stopping: Cell<bool>,
     /// See [`PartitionLog::observe_fdatasync_latency`].

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Live heap of a broker serving an existing data directory (issue 16 item 3): starts
+# `ringfeed serve` under heaptrack, SIGKILLs it a few seconds after it listens (so what
+# heaptrack reports as leaked is the heap live at that moment) and prints the total and the
+# number of live allocations. Needs heaptrack (Debian package `heaptrack`).
+#
+#   bench/startup.py --bin target/release/ringfeed --partitions 4000 --work-dir /tmp/su --keep
+#   bench/scripts/idle_heap.sh target/release/ringfeed /tmp/su/data-4000 /tmp/heap-4000
+#
+# The folded stacks (OUT.folded, bytes per stack) say where the heap is.
+set -euo pipefail
+bin=$1 data_dir=$2 out=$3
+rm -f "$out".*
+heaptrack -o "$out" "$bin" serve --listen 127.0.0.1:0 --data-dir "$data_dir" --shards 2 \
+    --admin-listen off --segment-preallocate-bytes 65536 >"$out.log" 2>&1 &
+for _ in $(seq 1 240); do
+    grep -q "ringfeed listening" "$out.log" && break
+    sleep 0.5
+done
+sleep 4
+pkill -9 -f -- "--data-dir $data_dir " || true
+wait || true
+heaptrack_print -f "$out.zst" -F "$out.folded" --flamegraph-cost-type leaked >/dev/null 2>&1
+live_bytes=$(awk '{ total += $NF } END { print total }' "$out.folded")
+live_allocations=$(grep "leaked allocations" "$out.log" | awk '{ print $NF }')
+echo "live heap: $live_bytes B in $live_allocations allocations ($out.folded)"
