@@ -11,6 +11,7 @@ pub mod leadership;
 pub mod placement;
 pub mod producer_ids;
 pub mod registry;
+pub mod security;
 pub mod store;
 
 use std::cell::{Cell, RefCell};
