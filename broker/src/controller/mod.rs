@@ -50,6 +50,11 @@ pub struct Controller {
     /// Group 0 when this broker is one of several voters (`cluster::controller_group`):
     /// changes are proposed there instead of written to `cluster.meta`. None: one node.
     replicated: Option<Replicated>,
+    /// A cluster broker's data directory ACL, credential and quota files, folded into the
+    /// state once per cluster by the first leader (`security::seed`).
+    security_seed: RefCell<security::SecuritySets>,
+    /// The security records last handed to this broker's shards (`security_to_install`).
+    installed_security: RefCell<Option<store::SecurityRecords>>,
 }
 
 /// The controller's part in group 0.
@@ -102,6 +107,8 @@ impl Controller {
             offline: RefCell::new(BTreeSet::new()),
             snapshot_epoch: Cell::new(0),
             replicated: None,
+            security_seed: RefCell::default(),
+            installed_security: RefCell::default(),
         })
     }
 
@@ -127,7 +134,28 @@ impl Controller {
             offline: RefCell::new(BTreeSet::new()),
             snapshot_epoch: Cell::new(0),
             replicated: Some(replicated),
+            security_seed: RefCell::default(),
+            installed_security: RefCell::default(),
         }
+    }
+
+    /// What a cluster broker's files hold, for the first leader to seed the cluster with.
+    pub fn set_security_seed(&self, local: security::SecuritySets) {
+        *self.security_seed.borrow_mut() = local;
+    }
+
+    /// On a cluster broker, the ACLs, credentials and quotas of the controller's state when
+    /// they differ from those last returned (the caller installs them on every shard);
+    /// None otherwise (a one-node broker keeps its files' stores).
+    pub fn security_to_install(&self) -> Option<security::SecuritySets> {
+        self.replicated.as_ref()?;
+        let state = self.state.borrow();
+        let mut installed = self.installed_security.borrow_mut();
+        if installed.as_ref() == Some(&state.security) {
+            return None;
+        }
+        *installed = Some(state.security.clone());
+        Some(security::sets_of(&state.security))
     }
 
     pub fn replication(&self) -> Option<&Replicated> {
@@ -175,6 +203,7 @@ impl Controller {
         }
         let _turn = self.take_turn().await;
         let mut genesis = self.state.borrow().clone();
+        security::seed(&mut genesis.security, &self.security_seed.borrow());
         genesis.epoch += 1;
         match replicated.group.propose(&genesis).await {
             Ok(()) => {
@@ -184,6 +213,91 @@ impl Controller {
             }
             Err(error) => tracing::info!(%error, "first cluster state not committed; retrying"),
         }
+    }
+
+    /// The leader of a cluster whose committed state predates the security records
+    /// (format 3) folds its files in once (`security::seed`). Returns the snapshot to
+    /// publish when it committed.
+    pub async fn seed_security(&self) -> Option<(Arc<MetadataSnapshot>, ChangeTurn)> {
+        let replicated = self.replicated.as_ref()?;
+        let unseeded = || {
+            replicated.has_committed_state.get()
+                && replicated.group.ready_to_propose()
+                && replicated.committed.borrow().is_none()
+                && !self.state.borrow().security.seeded
+        };
+        if !unseeded() {
+            return None;
+        }
+        let turn = self.take_turn().await;
+        if !unseeded() {
+            return None;
+        }
+        let mut next = self.state.borrow().clone();
+        security::seed(&mut next.security, &self.security_seed.borrow());
+        next.epoch += 1;
+        if let Err((_, message)) = self.persist(&next).await {
+            tracing::info!(%message, "security seed not committed; retrying");
+            return None;
+        }
+        tracing::info!(
+            acls = next.security.acls.len(),
+            credentials = next.security.scram.len(),
+            quotas = next.security.quotas.len(),
+            "this broker's security files seeded the cluster's state"
+        );
+        self.committed(replicated, &next);
+        *self.state.borrow_mut() = next;
+        Some((self.snapshot(), turn))
+    }
+
+    /// Applies one `CreateAcls`, `DeleteAcls`, `AlterUserScramCredentials` or
+    /// `AlterClientQuotas` of a cluster broker: computed from the committed state on group
+    /// 0's leader, proposed, and answered once committed (the caller publishes the
+    /// snapshot, which installs the new sets on every shard, before answering). Elsewhere
+    /// every part is answered `NOT_CONTROLLER`, as topic changes are.
+    pub async fn execute_security(
+        &self,
+        change: security::SecurityChange,
+    ) -> (
+        security::SecurityReply,
+        Option<Arc<MetadataSnapshot>>,
+        ChangeTurn,
+    ) {
+        let turn = self.take_turn().await;
+        let current = self.state.borrow().clone();
+        let mut next = current.clone();
+        let reply = security::apply(&mut next.security, change);
+        let Some(replicated) = &self.replicated else {
+            let message = "security changes of a one-node broker go to its files";
+            return (
+                reply.refused(codes::UNKNOWN_SERVER_ERROR, message, true),
+                None,
+                turn,
+            );
+        };
+        if !replicated.group.ready_to_propose() {
+            let message = format!(
+                "broker {} is not the controller; the controller is broker {}",
+                self.rules.node_id,
+                self.controller_id()
+            );
+            return (
+                reply.refused(codes::NOT_CONTROLLER, &message, true),
+                None,
+                turn,
+            );
+        }
+        if next == current {
+            return (reply, None, turn);
+        }
+        next.epoch += 1;
+        if let Err((code, message)) = self.persist(&next).await {
+            return (reply.refused(code, &message, false), None, turn);
+        }
+        self.committed(replicated, &next);
+        *self.state.borrow_mut() = next;
+        (reply, Some(self.snapshot()), turn)
     }
 
     async fn take_turn(&self) -> ChangeTurn {
