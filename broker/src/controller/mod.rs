@@ -723,6 +723,9 @@ fn describe_partition(
 mod heartbeat_tests;
 
 #[cfg(test)]
+mod security_group_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::controller::store::{BrokerRecord, ReplicaRecord, TopicRecord};
