@@ -7,7 +7,9 @@ anonymous principal is a super user (the raw admin requests). The first superuse
 created offline with `ringfeed user create --data-dir` in every data directory before the
 first start; whichever broker leads first seeds the cluster with it, so admin logs in on all
 three. Then, through the controller (a broker that is not the controller answers
-NOT_CONTROLLER, as for CreateTopics): AlterUserScramCredentials creates alice, CreateAcls
+NOT_CONTROLLER, as for CreateTopics; confluent-kafka's AdminClient sends these requests to
+the controller by itself, so one bootstrapped at another broker creates a user who then logs
+in at a third): AlterUserScramCredentials creates alice, CreateAcls
 lets her write a topic: every broker accepts her PLAIN login and her produce to the partition
 it leads (raw requests, so the answer is that broker's own), and a confluent-kafka producer
 bootstrapped at another broker logs in as alice and delivers; a DENY WRITE created at the
@@ -21,7 +23,8 @@ import hashlib
 import os
 import struct
 
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import (AdminClient, ScramCredentialInfo, ScramMechanism,
+                                   UserScramCredentialUpsertion)
 from kafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest
 
 import helpers
@@ -193,6 +196,15 @@ def test_acls_credentials_and_quotas_made_at_the_controller_hold_on_every_broker
         assert f"controller is broker {controller}" in message
         code, _ = create_acl(others[1], "User:alice", ALL, ALLOW)
         assert code == NOT_CONTROLLER
+
+        # confluent-kafka's AdminClient sends these to the controller Metadata names, so one
+        # bootstrapped at another broker works: carol, made so, logs in at a third.
+        admin = AdminClient({"bootstrap.servers": others[0].bootstrap})
+        upsertion = UserScramCredentialUpsertion(
+            "carol", ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096), b"carol-secret")
+        for future in admin.alter_user_scram_credentials([upsertion]).values():
+            future.result(timeout=15)
+        wait_for(lambda: logs_in(others[1], "carol"), 10, "carol logs in at another broker")
 
         code, message = upsert_scram_user(leader, "alice", "alice-secret")
         assert code == 0, message
