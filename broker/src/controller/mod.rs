@@ -1,5 +1,6 @@
 //! The controller: the single owner of topics, partition → shard placement and topic
-//! configs. It lives on shard 0. Every change goes through `Controller::execute`, one at a
+//! configs, and on a broker of a cluster of the ACLs, SCRAM credentials and client quotas
+//! (`security`). It lives on shard 0. Every change goes through `Controller::execute`, one at a
 //! time (a local semaphore of one permit serialises them; no cross-thread lock): compute the
 //! new state with the pure functions in `changes`, persist it, then push the resulting
 //! snapshot to every shard and wait until each has applied it. Only then is the client
