@@ -1,22 +1,21 @@
 """Security metadata in the controller's replicated state (issues 12 and 13), on three real
-broker processes: ACLs, SCRAM credentials and client quotas changed through the controller
-broker are committed by group 0 and enforced by the two others.
+broker processes: ACLs, SCRAM credentials and client quotas changed at any broker are
+committed by the controller's Raft group and enforced by all three.
 
 Each broker has a SASL_PLAINTEXT listener (the clients under test) and a PLAINTEXT one whose
 anonymous principal is a super user (the raw admin requests). The first superuser `admin` is
 created offline with `ringfeed user create --data-dir` in every data directory before the
 first start; whichever broker leads first seeds the cluster with it, so admin logs in on all
-three. Then, through the controller (a broker that is not the controller answers
-NOT_CONTROLLER, as for CreateTopics; confluent-kafka's AdminClient sends these requests to
-the controller by itself, so one bootstrapped at another broker creates a user who then logs
-in at a third): AlterUserScramCredentials creates alice, CreateAcls
-lets her write a topic: every broker accepts her PLAIN login and her produce to the partition
-it leads (raw requests, so the answer is that broker's own), and a confluent-kafka producer
-bootstrapped at another broker logs in as alice and delivers; a DENY WRITE created at the
-controller is then refused (TOPIC_AUTHORIZATION_FAILED) by every broker, and deleting it
-allows again; a quota set at the controller is described by the others; and after kill -9 of
-the controller the survivors still refuse by a DENY made before it, and their new controller
-holds it (deletes it).
+three. confluent-kafka's AdminClient bootstrapped at a broker that is not the controller
+creates a user who then logs in at a third. Raw requests at brokers that are not the
+controller are forwarded to it and answered once committed and applied there (checked at
+once, without waiting): AlterUserScramCredentials creates alice, CreateAcls lets her write a
+topic: every broker accepts her PLAIN login and her produce to the partition it leads (raw
+requests, so the answer is that broker's own), and a confluent-kafka producer bootstrapped at
+another broker logs in as alice and delivers; a DENY WRITE is then refused
+(TOPIC_AUTHORIZATION_FAILED) by every broker, and deleting it allows again; a quota set at
+one broker is described by the others; and after kill -9 of the controller the survivors
+still refuse by a DENY made before it, and their new controller holds it (deletes it).
 """
 
 import hashlib
@@ -36,7 +35,6 @@ from test_quotas import describe as describe_quotas
 from test_security import create_user, listener_ports, sasl_authenticate, sasl_handshake
 
 AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
-NOT_CONTROLLER = 41
 TOPIC_AUTHORIZATION_FAILED = 29
 ALTER_USER_SCRAM_CREDENTIALS = 51
 SCRAM_SHA_512 = 2
@@ -190,13 +188,6 @@ def test_acls_credentials_and_quotas_made_at_the_controller_hold_on_every_broker
             wait_for(lambda broker=broker: logs_in(broker, "admin"), 15, "admin logs in")
         assert not logs_in(others[0], "alice")
 
-        # A broker that is not the controller refuses, as for CreateTopics.
-        code, message = upsert_scram_user(others[0], "alice", "alice-secret")
-        assert code == NOT_CONTROLLER, message
-        assert f"controller is broker {controller}" in message
-        code, _ = create_acl(others[1], "User:alice", ALL, ALLOW)
-        assert code == NOT_CONTROLLER
-
         # confluent-kafka's AdminClient sends these to the controller Metadata names, so one
         # bootstrapped at another broker works: carol, made so, logs in at a third.
         admin = AdminClient({"bootstrap.servers": others[0].bootstrap})
@@ -206,14 +197,18 @@ def test_acls_credentials_and_quotas_made_at_the_controller_hold_on_every_broker
             future.result(timeout=15)
         wait_for(lambda: logs_in(others[1], "carol"), 10, "carol logs in at another broker")
 
-        code, message = upsert_scram_user(leader, "alice", "alice-secret")
+        # A broker that is not the controller forwards the change to it, and answers once
+        # the change is committed and applied here: alice logs in at once.
+        code, message = upsert_scram_user(others[0], "alice", "alice-secret")
         assert code == 0, message
+        assert logs_in(others[0], "alice")
         create(leader, "secured", 3)
         _, _, leaders = wait_for(lambda: agreed_placement(brokers.values(), "secured", set(brokers)),
                                  15, "secured placed")
         led = {node: next(p for p, at in leaders.items() if at == node) for node in brokers}
-        code, message = create_acl(leader, "User:alice", ALL, ALLOW)
+        code, message = create_acl(others[1], "User:alice", ALL, ALLOW)
         assert code == 0, message
+        assert produce_as_alice(others[1], led[others[1].node_id]) == 0, "applied before the answer"
         for node, broker in brokers.items():
             # Each broker checks alice's login and her produce to the partition it leads.
             wait_for(lambda broker=broker: logs_in(broker, "alice"), 10, "alice logs in")
@@ -222,8 +217,9 @@ def test_acls_credentials_and_quotas_made_at_the_controller_hold_on_every_broker
         # A client we did not write, bootstrapped at another broker, logs in and delivers.
         assert produce_outcome(others[0].sasl, "alice", "secured") == []
 
-        code, message = create_acl(leader, "User:alice", WRITE, DENY)
+        code, message = create_acl(others[0], "User:alice", WRITE, DENY)
         assert code == 0, message
+        assert produce_as_alice(others[0], led[others[0].node_id]) == TOPIC_AUTHORIZATION_FAILED
         for node, broker in brokers.items():
             wait_for(lambda node=node, broker=broker:
                      produce_as_alice(broker, led[node]) == TOPIC_AUTHORIZATION_FAILED, 10,
@@ -232,17 +228,17 @@ def test_acls_credentials_and_quotas_made_at_the_controller_hold_on_every_broker
         assert set(outcome) == {TOPIC_AUTHORIZATION_FAILED}, outcome
 
         quota_entity = [("user", "alice")]
-        with helpers.connect(leader.bootstrap) as sock:
+        with helpers.connect(others[1].bootstrap) as sock:
             [(code, message, _)] = alter_quotas(sock, [(quota_entity, [("producer_byte_rate", 4096.0, False)])])
         assert code == 0, message
-        for broker in others:
+        for broker in [leader, others[0]]:
             def described(broker=broker):
                 with helpers.connect(broker.bootstrap) as sock:
                     code, _, entries = describe_quotas(sock, [("user", 0, "alice")])
                 return code == 0 and entries == {(("user", "alice"),): {"producer_byte_rate": 4096.0}}
             wait_for(described, 10, "the quota described by another broker")
 
-        code, message, removed = delete_acls(leader, "User:alice", DENY)
+        code, message, removed = delete_acls(others[0], "User:alice", DENY)
         assert (code, removed) == (0, 1), message
         for node, broker in brokers.items():
             wait_for(lambda node=node, broker=broker: produce_as_alice(broker, led[node]) == 0, 10,

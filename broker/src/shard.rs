@@ -610,12 +610,33 @@ impl ShardServices {
             .controller
             .as_ref()
             .expect("security changes are routed to shard 0");
-        let (reply, snapshot, turn) = controller.execute_security(change).await;
+        let (reply, snapshot, turn) = controller.execute_security(change, true).await;
         if let Some(snapshot) = snapshot {
             self.publish(snapshot).await;
         }
         drop(turn);
         reply
+    }
+
+    /// Shard 0 of the controller's leader: runs the security changes other brokers
+    /// forwarded (`controller::forwarding`), publishes each, and answers its sender.
+    async fn serve_forwarded(self: &Rc<Self>, controller: &Controller) {
+        for (from, request) in controller.take_forwarded() {
+            let change = match request.change.into_change() {
+                Ok(change) => change,
+                Err(reason) => {
+                    tracing::warn!(from, %reason, "a forwarded change this build cannot read");
+                    continue;
+                }
+            };
+            let (reply, snapshot, turn) = controller.execute_security(change, false).await;
+            let committed = snapshot.is_some();
+            if let Some(snapshot) = snapshot {
+                self.publish(snapshot).await;
+            }
+            controller.answer_forwarded(from, request.id, &reply, committed);
+            drop(turn);
+        }
     }
 
     /// Sends an ACL change to shard 0 and waits until every shard holds the resulting set.
@@ -1245,6 +1266,7 @@ async fn follow_controller_group(services: std::rc::Weak<ShardServices>) {
             services.publish(snapshot).await;
             drop(turn);
         }
+        services.serve_forwarded(controller).await;
     }
 }
 

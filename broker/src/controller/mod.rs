@@ -8,6 +8,7 @@
 
 mod calls;
 pub mod changes;
+pub mod forwarding;
 pub mod leadership;
 pub mod placement;
 pub mod producer_ids;
@@ -16,11 +17,12 @@ pub mod security;
 pub mod store;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::channel::oneshot;
 use uuid::Uuid;
 
 use crate::cluster::controller_group::{ControllerGroup, ProposalError};
@@ -56,7 +58,23 @@ pub struct Controller {
     security_seed: RefCell<security::SecuritySets>,
     /// The security records last handed to this broker's shards (`security_to_install`).
     installed_security: RefCell<Option<store::SecurityRecords>>,
+    /// Security changes forwarded to or from this broker (`forwarding`).
+    forwards: Forwards,
 }
+
+/// What a broker keeps of forwarded security changes (`forwarding`).
+#[derive(Default)]
+struct Forwards {
+    next_id: Cell<u64>,
+    /// This broker's changes sent to the leader, waiting for its reply.
+    waiting: RefCell<HashMap<u64, oneshot::Sender<forwarding::ForwardReply>>>,
+    /// Changes other brokers forwarded to this leader, not yet run: (sender, request).
+    received: RefCell<Vec<(u64, forwarding::ForwardRequest)>>,
+}
+
+/// Forwarded changes a leader holds before running them; more are answered
+/// `REQUEST_TIMED_OUT` by their senders' timeout.
+const FORWARDS_RECEIVED_MAX: usize = 256;
 
 /// The controller's part in group 0.
 pub struct Replicated {
@@ -110,6 +128,7 @@ impl Controller {
             replicated: None,
             security_seed: RefCell::default(),
             installed_security: RefCell::default(),
+            forwards: Forwards::default(),
         })
     }
 
@@ -137,6 +156,7 @@ impl Controller {
             replicated: Some(replicated),
             security_seed: RefCell::default(),
             installed_security: RefCell::default(),
+            forwards: Forwards::default(),
         }
     }
 
@@ -255,11 +275,13 @@ impl Controller {
     /// Applies one `CreateAcls`, `DeleteAcls`, `AlterUserScramCredentials` or
     /// `AlterClientQuotas` of a cluster broker: computed from the committed state on group
     /// 0's leader, proposed, and answered once committed (the caller publishes the
-    /// snapshot, which installs the new sets on every shard, before answering). Elsewhere
-    /// every part is answered `NOT_CONTROLLER`, as topic changes are.
+    /// snapshot, which installs the new sets on every shard, before answering). Elsewhere,
+    /// with `may_forward`, the change goes to the leader (`forward`); without (a change
+    /// forwarded here) or while no leader is known every part is answered `NOT_CONTROLLER`.
     pub async fn execute_security(
         &self,
         change: security::SecurityChange,
+        may_forward: bool,
     ) -> (
         security::SecurityReply,
         Option<Arc<MetadataSnapshot>>,
@@ -268,6 +290,7 @@ impl Controller {
         let turn = self.take_turn().await;
         let current = self.state.borrow().clone();
         let mut next = current.clone();
+        let wire = may_forward.then(|| forwarding::WireChange::of(&change));
         let reply = security::apply(&mut next.security, change);
         let Some(replicated) = &self.replicated else {
             let message = "security changes of a one-node broker go to its files";
@@ -278,6 +301,14 @@ impl Controller {
             );
         };
         if !replicated.group.ready_to_propose() {
+            let leader = replicated
+                .group
+                .leader()
+                .filter(|leader| *leader != u64::try_from(self.rules.node_id).unwrap_or(0));
+            if let (Some(leader), Some(wire)) = (leader, wire) {
+                drop(turn);
+                return self.forward(replicated, leader, wire, reply).await;
+            }
             let message = format!(
                 "broker {} is not the controller; the controller is broker {}",
                 self.rules.node_id,
@@ -299,6 +330,151 @@ impl Controller {
         self.committed(replicated, &next);
         *self.state.borrow_mut() = next;
         (reply, Some(self.snapshot()), turn)
+    }
+
+    /// Sends `wire` to the leader and waits for its answer, then until this broker has
+    /// adopted (and installed on its shards) the state that holds the change. `local` is
+    /// the change's answer computed here, for the shape of a timeout's answer.
+    async fn forward(
+        &self,
+        replicated: &Replicated,
+        leader: u64,
+        wire: forwarding::WireChange,
+        local: security::SecurityReply,
+    ) -> (
+        security::SecurityReply,
+        Option<Arc<MetadataSnapshot>>,
+        ChangeTurn,
+    ) {
+        let id = self.forwards.next_id.get().wrapping_add(1);
+        self.forwards.next_id.set(id);
+        let (answer, answered) = oneshot::channel();
+        self.forwards.waiting.borrow_mut().insert(id, answer);
+        let request = forwarding::ForwardRequest { id, change: wire };
+        replicated.group.send_mail(leader, request.encode());
+        let deadline = std::time::Instant::now() + forwarding::FORWARD_TIMEOUT;
+        let answered = glommio::timer::timeout(forwarding::FORWARD_TIMEOUT, async {
+            Ok(answered.await.ok())
+        })
+        .await
+        .ok()
+        .flatten();
+        self.forwards.waiting.borrow_mut().remove(&id);
+        let Some(answer) = answered else {
+            let message = format!(
+                "the controller (broker {leader}) did not answer the forwarded change in {:?}",
+                forwarding::FORWARD_TIMEOUT
+            );
+            let reply = local.refused(codes::REQUEST_TIMED_OUT, &message, true);
+            return (reply, None, self.take_turn().await);
+        };
+        // Answer once this broker enforces the change too (its follow loop adopts and
+        // publishes the state holding the turn, so taking it waits for the install).
+        while self.state.borrow().epoch < answer.epoch && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let turn = self.take_turn().await;
+        if self.state.borrow().epoch < answer.epoch {
+            let message = "committed by the controller, not yet applied by this broker";
+            let reply = answer
+                .reply
+                .into_reply()
+                .refused(codes::REQUEST_TIMED_OUT, message, false);
+            return (reply, None, turn);
+        }
+        (answer.reply.into_reply(), None, turn)
+    }
+
+    /// Takes the forwarding messages out of `mail`: replies complete this broker's waiting
+    /// changes; requests are kept for `take_forwarded` on the leader and answered
+    /// `NOT_CONTROLLER` elsewhere. Returns the rest (heartbeats).
+    fn sort_forward_mail(
+        &self,
+        replicated: &Replicated,
+        mail: Vec<(u64, Vec<u8>)>,
+    ) -> Vec<(u64, Vec<u8>)> {
+        let mut rest = Vec::with_capacity(mail.len());
+        for (from, payload) in mail {
+            match forwarding::ForwardMail::decode(&payload) {
+                None => rest.push((from, payload)),
+                Some(Err(reason)) => {
+                    tracing::warn!(from, %reason, "dropped a forwarded change that does not decode");
+                }
+                Some(Ok(forwarding::ForwardMail::Reply(reply))) => {
+                    if let Some(waiting) = self.forwards.waiting.borrow_mut().remove(&reply.id) {
+                        let _ = waiting.send(reply);
+                    }
+                }
+                Some(Ok(forwarding::ForwardMail::Request(request))) => {
+                    self.receive_forwarded(replicated, from, request);
+                }
+            }
+        }
+        rest
+    }
+
+    /// Keeps a forwarded change for the leader's next round, or answers `NOT_CONTROLLER`
+    /// when this broker does not lead (or holds `FORWARDS_RECEIVED_MAX` already).
+    fn receive_forwarded(
+        &self,
+        replicated: &Replicated,
+        from: u64,
+        request: forwarding::ForwardRequest,
+    ) {
+        let mut received = self.forwards.received.borrow_mut();
+        if replicated.group.ready_to_propose() && received.len() < FORWARDS_RECEIVED_MAX {
+            received.push((from, request));
+            return;
+        }
+        let Ok(change) = request.change.into_change() else {
+            return;
+        };
+        let message = format!(
+            "broker {} is not the controller; the controller is broker {}",
+            self.rules.node_id,
+            self.controller_id()
+        );
+        let reply = security::apply(&mut store::SecurityRecords::default(), change).refused(
+            codes::NOT_CONTROLLER,
+            &message,
+            true,
+        );
+        let reply = forwarding::ForwardReply {
+            id: request.id,
+            epoch: 0,
+            reply: forwarding::WireReply::of(&reply),
+        };
+        replicated.group.send_mail(from, reply.encode());
+    }
+
+    /// The leader: the changes other brokers forwarded, to run with `execute_security` and
+    /// answer with `answer_forwarded`.
+    pub fn take_forwarded(&self) -> Vec<(u64, forwarding::ForwardRequest)> {
+        std::mem::take(&mut *self.forwards.received.borrow_mut())
+    }
+
+    /// The leader: answers a forwarded change; `committed` says whether it changed the state
+    /// (then the sender waits until it has adopted the current epoch).
+    pub fn answer_forwarded(
+        &self,
+        to: u64,
+        id: u64,
+        reply: &security::SecurityReply,
+        committed: bool,
+    ) {
+        let Some(replicated) = &self.replicated else {
+            return;
+        };
+        let reply = forwarding::ForwardReply {
+            id,
+            epoch: if committed {
+                self.state.borrow().epoch
+            } else {
+                0
+            },
+            reply: forwarding::WireReply::of(reply),
+        };
+        replicated.group.send_mail(to, reply.encode());
     }
 
     async fn take_turn(&self) -> ChangeTurn {
@@ -548,13 +724,15 @@ impl Controller {
     /// registers brokers whose registration is new or changed, creates `__consumer_offsets`
     /// (`offsets_topic`) if a broker asked for it, and fences brokers silent for a session.
     /// Returns the snapshot to publish when it committed a change. Elsewhere it only drops
-    /// the heartbeats (a follower is sent none but may hold a few from when it led).
+    /// the heartbeats (a follower is sent none but may hold a few from when it led). On
+    /// every broker, forwarded security changes and their replies are taken out of the
+    /// mailbox first (`sort_forward_mail`).
     pub async fn registry_round(
         &self,
         offsets_topic: NewTopic,
     ) -> Option<(Arc<MetadataSnapshot>, ChangeTurn)> {
         let replicated = self.replicated.as_ref()?;
-        let mail = replicated.group.take_mailbox();
+        let mail = self.sort_forward_mail(replicated, replicated.group.take_mailbox());
         if !replicated.group.ready_to_propose() {
             return None;
         }

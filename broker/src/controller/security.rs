@@ -6,7 +6,8 @@
 //! `AlterClientQuotas` are controller changes: [`apply`] computes the new
 //! [`SecurityRecords`] from the committed ones with the same rules the one-node stores
 //! apply (`acl::store::add_bindings` / `remove_matching`, `sasl::alteration::plan`,
-//! `quotas::store::plan`), the controller proposes the state to group 0, and every broker
+//! `quotas::store::plan`), the controller proposes the state to group 0 (a broker that does
+//! not lead forwards the change to the one that does, `controller::forwarding`), and every broker
 //! installs the committed sets on all its shards ([`sets_of`]). No IO here.
 //!
 //! Seeding ([`seed`]): the first leader of a new cluster (or of a cluster whose state was

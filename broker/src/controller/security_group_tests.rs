@@ -40,7 +40,7 @@ fn security_changes_are_committed_by_the_controller_group_and_installed_once() {
             );
             controller.set_security_seed(files);
 
-            let (reply, snapshot, turn) = controller.execute_security(deny_alice()).await;
+            let (reply, snapshot, turn) = controller.execute_security(deny_alice(), true).await;
             assert!(
                 matches!(reply, SecurityReply::Acls(AclChangeReply::Created(Err((code, _)))) if code == codes::NOT_CONTROLLER),
                 "no leader yet: {reply:?}"
@@ -57,7 +57,7 @@ fn security_changes_are_committed_by_the_controller_group_and_installed_once() {
             assert!(controller.security_to_install().is_none(), "nothing new");
 
             let before = controller.state.borrow().epoch;
-            let (reply, snapshot, turn) = controller.execute_security(deny_alice()).await;
+            let (reply, snapshot, turn) = controller.execute_security(deny_alice(), true).await;
             drop(turn);
             assert!(matches!(
                 reply,
@@ -70,7 +70,7 @@ fn security_changes_are_committed_by_the_controller_group_and_installed_once() {
             assert!(installed.credentials.has_user("admin"));
 
             // The same ACL again: idempotent, nothing proposed.
-            let (_, snapshot, turn) = controller.execute_security(deny_alice()).await;
+            let (_, snapshot, turn) = controller.execute_security(deny_alice(), true).await;
             drop(turn);
             assert!(snapshot.is_none());
 
@@ -88,7 +88,7 @@ fn security_changes_are_committed_by_the_controller_group_and_installed_once() {
                 }],
                 validate_only: true,
             };
-            let (reply, snapshot, turn) = controller.execute_security(quota).await;
+            let (reply, snapshot, turn) = controller.execute_security(quota, true).await;
             drop(turn);
             assert!(matches!(reply, SecurityReply::Quotas(ref r) if r[0].0 == codes::NONE));
             assert!(snapshot.is_none(), "validate only");
