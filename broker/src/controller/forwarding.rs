@@ -336,7 +336,7 @@ impl WireReply {
 }
 
 /// A mailbox message about forwarding.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum ForwardMail {
     Request(ForwardRequest),
     Reply(ForwardReply),
