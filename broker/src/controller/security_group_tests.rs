@@ -1,8 +1,9 @@
 //! Guards the controller's security changes end to end on one controller (a one-voter group
 //! 0 over a simulated disk): before the group has a leader a change is answered
 //! `NOT_CONTROLLER` and nothing changes; the first leader's genesis carries the seed of its
-//! files (the offline superuser); a change is committed with one epoch and handed to the
-//! shards once (`security_to_install`); a validate-only change commits nothing.
+//! files (the offline superuser), and an upgraded (unseeded) state is seeded once; a change
+//! is committed with one epoch and handed to the shards once (`security_to_install`); a
+//! validate-only change commits nothing.
 
 use super::heartbeat_tests::{one_voter_controller, rounds_until};
 use super::security::{SecurityChange, SecurityReply, SecuritySets};
@@ -94,6 +95,52 @@ fn security_changes_are_committed_by_the_controller_group_and_installed_once() {
             assert!(snapshot.is_none(), "validate only");
             assert_eq!(controller.state.borrow().epoch, before + 1);
             assert!(controller.security_to_install().is_none());
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+/// A cluster whose committed state predates the security records (format 3: unseeded) is
+/// seeded once by its leader after the upgrade, with one commit; never again after.
+#[test]
+fn an_upgraded_cluster_is_seeded_once_by_its_leader() {
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(4 << 20)
+        .spawn(|| async {
+            let disk = BrokerDisk::Sim(SimDisk::new());
+            let controller = one_voter_controller(&disk).await;
+            rounds_until(&controller, "the first state committed", |controller| {
+                controller.state.borrow().security.seeded
+            })
+            .await;
+            assert!(controller.seed_security().await.is_none(), "seeded already");
+            let mut files = SecuritySets::default();
+            files.credentials.insert(
+                "admin",
+                ScramCredential::from_salted_password(ScramHash::Sha512, &[3; 64], b"s", 4096),
+            );
+            controller.set_security_seed(files);
+            // Every committed state adopted (as the follow loop does before seeding).
+            rounds_until(&controller, "committed states adopted", |controller| {
+                controller
+                    .replication()
+                    .unwrap()
+                    .committed
+                    .borrow()
+                    .is_none()
+            })
+            .await;
+            // As a format 3 state reads: no security records, not seeded.
+            controller.state.borrow_mut().security = store::SecurityRecords::default();
+            let before = controller.state.borrow().epoch;
+            let (snapshot, turn) = controller.seed_security().await.expect("seeded");
+            drop((snapshot, turn));
+            let state = controller.state.borrow().clone();
+            assert_eq!(state.epoch, before + 1);
+            assert!(state.security.seeded);
+            assert_eq!(state.security.scram.len(), 1);
+            assert!(controller.seed_security().await.is_none(), "once");
         })
         .unwrap()
         .join()
