@@ -306,11 +306,37 @@ fn quota_alteration(request: &kafka_protocol::messages::AlterClientQuotasRequest
 }
 
 /// The broker-heartbeat target (`fuzz/fuzz_targets/broker_heartbeat.rs`): the payload a peer
-/// sends the controller's registry mailbox (`controller::registry::BrokerHeartbeat`). Any
-/// input must decode or be refused, never panic; what decodes must encode back to bytes
-/// that decode to the same heartbeat. Returns whether it decoded.
+/// sends a registry mailbox: a heartbeat (`controller::registry::BrokerHeartbeat`) or a
+/// forwarded security change or its reply (`controller::forwarding`). Any input must decode
+/// or be refused, never panic; what decodes must encode back to bytes that decode to the
+/// same message, and a forwarded change must apply (or be refused) without a panic. Returns
+/// whether it decoded.
 pub fn broker_heartbeat(data: &[u8]) -> bool {
+    use crate::controller::forwarding::ForwardMail;
     use crate::controller::registry::BrokerHeartbeat;
+    if let Some(mail) = ForwardMail::decode(data) {
+        let Ok(mail) = mail else {
+            return false;
+        };
+        let bytes = match &mail {
+            ForwardMail::Request(request) => request.encode(),
+            ForwardMail::Reply(reply) => reply.encode(),
+        };
+        let again = ForwardMail::decode(&bytes)
+            .expect("re-encoded forward mail is forward mail")
+            .expect("re-encoded forward mail decodes");
+        assert_eq!(again, mail, "forward mail round trip changed it");
+        match mail {
+            ForwardMail::Request(request) => {
+                if let Ok(change) = request.change.into_change() {
+                    let mut records = crate::controller::store::SecurityRecords::default();
+                    crate::controller::security::apply(&mut records, change);
+                }
+            }
+            ForwardMail::Reply(reply) => drop(reply.reply.into_reply()),
+        }
+        return true;
+    }
     let Ok(heartbeat) = BrokerHeartbeat::decode(data) else {
         return false;
     };
@@ -465,6 +491,9 @@ mod tests {
             std::fs::write(dir.join("registration"), seed.encode()).expect("seed");
             std::fs::write(dir.join("leadership-and-producer-ids"), reports.encode())
                 .expect("seed");
+            for (name, bytes) in forward_seeds() {
+                std::fs::write(dir.join(name), bytes).expect("seed");
+            }
         }
         let paths = corpus("broker_heartbeat");
         let decoded = paths
@@ -472,9 +501,47 @@ mod tests {
             .filter(|path| super::broker_heartbeat(&std::fs::read(path).expect("corpus file")))
             .count();
         assert!(
-            decoded >= 3,
-            "{decoded} seeds decode: the target would see too few heartbeats"
+            decoded >= 5,
+            "{decoded} seeds decode: the target would see too few heartbeats and forwards"
         );
+    }
+
+    /// A forwarded credential change and a reply removing an ACL.
+    fn forward_seeds() -> Vec<(&'static str, Vec<u8>)> {
+        use crate::controller::forwarding::{
+            ForwardReply, ForwardRequest, WireChange, WireReply, WireUpsertion,
+        };
+        use crate::controller::store::AclRecord;
+        let request = ForwardRequest {
+            id: 7,
+            change: WireChange::Credentials {
+                deletions: vec![("bob".into(), 1)],
+                upsertions: vec![WireUpsertion {
+                    user: "alice".into(),
+                    mechanism: 2,
+                    iterations: 4096,
+                    salt: vec![1; 24],
+                    salted_password: vec![2; 64],
+                }],
+            },
+        };
+        let reply = ForwardReply {
+            id: 7,
+            epoch: 42,
+            reply: WireReply::Deleted(Ok(vec![vec![AclRecord {
+                resource_type: 2,
+                resource_name: "orders".into(),
+                pattern_type: 4,
+                principal: "User:alice".into(),
+                host: "*".into(),
+                operation: 4,
+                permission: 2,
+            }]])),
+        };
+        vec![
+            ("forward-request", request.encode()),
+            ("forward-reply", reply.encode()),
+        ]
     }
 
     #[test]

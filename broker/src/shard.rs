@@ -41,6 +41,7 @@ use crate::acl::store::{
 use crate::budgets::Budgets;
 use crate::cluster;
 use crate::config::BrokerConfig;
+use crate::controller::security::{SecurityChange, SecurityReply, SecuritySets};
 use crate::controller::store::MetadataStore;
 use crate::controller::{Controller, ControllerCall, ControllerReply, NewTopic, PlacementRules};
 use crate::disk::{BrokerDisk, PartitionLog};
@@ -232,21 +233,14 @@ impl ShardServices {
         } else {
             None
         };
-        let acl_store =
-            shard0_store(shard_id, AclStore::load(disk.clone(), &config.data_dir)).await?;
+        let (acl_store, credential_store, quota_store) =
+            load_security_stores(shard_id, &config, &disk, controller.as_ref()).await?;
         let acls = AclView::new(acl_store::rules_of(&config.settings, &config.super_users));
-        let credential_store = shard0_store(
-            shard_id,
-            CredentialStore::load(disk.clone(), &config.data_dir),
-        )
-        .await?;
         let credentials = CredentialView::new(config.sasl.credentials.clone());
         let first_tls = config
             .listeners
             .iter()
             .find_map(|listener| listener.tls.clone());
-        let quota_store =
-            shard0_store(shard_id, QuotaStore::load(disk.clone(), &config.data_dir)).await?;
         let quotas = ShardQuotas::new(config.shard_count());
         let replicas = open_replicas(&config, &disk, &clock, shard_id).await?;
         let partitions = Rc::new(PartitionTable::new(
@@ -323,7 +317,12 @@ impl ShardServices {
     pub async fn first_metadata(self: &Rc<Self>) {
         if let Some(controller) = &self.controller {
             // ACLs first: a shard serves requests once it has metadata, and must then
-            // already check them against the stored ACLs.
+            // already check them against the stored ACLs. A cluster broker's come from the
+            // controller's state, installed by `publish`.
+            if controller.replication().is_some() {
+                self.publish(controller.snapshot()).await;
+                return;
+            }
             if let Some(store) = &self.acl_store {
                 let store = store.lock().await;
                 self.publish_acls(store.bindings().iter().cloned().collect())
@@ -596,12 +595,62 @@ impl ShardServices {
         reply
     }
 
+    /// Shard 0: whether this broker is one of several voters (its security metadata is the
+    /// controller's, `controller::security`).
+    fn is_cluster_member(&self) -> bool {
+        self.controller
+            .as_ref()
+            .is_some_and(|controller| controller.replication().is_some())
+    }
+
+    /// Shard 0 of a cluster broker: runs a security change through the controller and,
+    /// once committed, installs the new sets and metadata on every shard before answering.
+    async fn security_change(self: &Rc<Self>, change: SecurityChange) -> SecurityReply {
+        let controller = self
+            .controller
+            .as_ref()
+            .expect("security changes are routed to shard 0");
+        let (reply, snapshot, turn) = controller.execute_security(change, true).await;
+        if let Some(snapshot) = snapshot {
+            self.publish(snapshot).await;
+        }
+        drop(turn);
+        reply
+    }
+
+    /// Shard 0 of the controller's leader: runs the security changes other brokers
+    /// forwarded (`controller::forwarding`), publishes each, and answers its sender.
+    async fn serve_forwarded(self: &Rc<Self>, controller: &Controller) {
+        for (from, request) in controller.take_forwarded() {
+            let change = match request.change.into_change() {
+                Ok(change) => change,
+                Err(reason) => {
+                    tracing::warn!(from, %reason, "a forwarded change this build cannot read");
+                    continue;
+                }
+            };
+            let (reply, snapshot, turn) = controller.execute_security(change, false).await;
+            let committed = snapshot.is_some();
+            if let Some(snapshot) = snapshot {
+                self.publish(snapshot).await;
+            }
+            controller.answer_forwarded(from, request.id, &reply, committed);
+            drop(turn);
+        }
+    }
+
     /// Sends an ACL change to shard 0 and waits until every shard holds the resulting set.
     /// `None` when shard 0 is gone (only during shutdown).
     pub async fn acl_change(self: &Rc<Self>, change: AclChange) -> Option<AclChangeReply> {
         let job = |services: &Rc<ShardServices>| {
             let services = services.clone();
             async move {
+                if services.is_cluster_member() {
+                    return match services.security_change(SecurityChange::Acls(change)).await {
+                        SecurityReply::Acls(reply) => reply,
+                        _ => AclChangeReply::Created(Err(wrong_reply())),
+                    };
+                }
                 let store = services
                     .acl_store
                     .as_ref()
@@ -630,6 +679,15 @@ impl ShardServices {
         let job = |services: &Rc<ShardServices>| {
             let services = services.clone();
             async move {
+                if services.is_cluster_member() {
+                    return match services
+                        .security_change(SecurityChange::Credentials(alteration))
+                        .await
+                    {
+                        SecurityReply::Credentials(results) => results,
+                        _ => Vec::new(),
+                    };
+                }
                 let store = services
                     .credential_store
                     .as_ref()
@@ -657,6 +715,16 @@ impl ShardServices {
         let job = move |services: &Rc<ShardServices>| {
             let services = services.clone();
             async move {
+                if services.is_cluster_member() {
+                    let change = SecurityChange::Quotas {
+                        entries,
+                        validate_only,
+                    };
+                    return match services.security_change(change).await {
+                        SecurityReply::Quotas(results) => results,
+                        _ => Vec::new(),
+                    };
+                }
                 let store = services
                     .quota_store
                     .as_ref()
@@ -754,8 +822,19 @@ impl ShardServices {
         join_all(installs).await;
     }
 
-    /// Shard 0: hands `snapshot` to every shard and waits until all have applied it.
+    /// Shard 0: hands `snapshot` to every shard and waits until all have applied it. On a
+    /// cluster broker, first installs the controller's ACLs, credentials and quotas on
+    /// every shard when they changed (`controller::security`).
     async fn publish(self: &Rc<Self>, snapshot: Arc<MetadataSnapshot>) {
+        if let Some(sets) = self
+            .controller
+            .as_ref()
+            .and_then(Controller::security_to_install)
+        {
+            self.publish_acls(sets.acls.into_iter().collect()).await;
+            self.publish_credentials(Arc::new(sets.credentials)).await;
+            self.publish_quotas(Arc::new(sets.quotas)).await;
+        }
         let applies = (0..self.config.shard_count()).map(|shard| {
             let snapshot = snapshot.clone();
             let job = move |services: &Rc<ShardServices>| {
@@ -1073,6 +1152,54 @@ pub fn partition_dir(data_dir: &std::path::Path, tp: &TopicPartition) -> PathBuf
     data_dir.join(format!("{}-{}", tp.topic, tp.partition))
 }
 
+/// The answer when a security change is answered in the shape of another (never: each
+/// change's reply is built from the change).
+fn wrong_reply() -> (i16, String) {
+    (
+        crate::error_codes::UNKNOWN_SERVER_ERROR,
+        "internal error: wrong reply".into(),
+    )
+}
+
+/// The stores shard 0 owns of the data directory's ACL, credential and quota files (None
+/// elsewhere). A cluster broker hands what they hold to its controller, for the first leader
+/// to seed the cluster with (`controller::security::seed`); the controller's state is then
+/// what every shard enforces.
+async fn load_security_stores(
+    shard_id: usize,
+    config: &BrokerConfig,
+    disk: &BrokerDisk,
+    controller: Option<&Controller>,
+) -> Result<SecurityStores, String> {
+    let acls = shard0_store(shard_id, AclStore::load(disk.clone(), &config.data_dir)).await?;
+    let credentials = shard0_store(
+        shard_id,
+        CredentialStore::load(disk.clone(), &config.data_dir),
+    )
+    .await?;
+    let quotas = shard0_store(shard_id, QuotaStore::load(disk.clone(), &config.data_dir)).await?;
+    if let Some(controller) = controller.filter(|c| c.replication().is_some()) {
+        let mut local = SecuritySets::default();
+        if let Some(store) = &acls {
+            local.acls.clone_from(store.lock().await.bindings());
+        }
+        if let Some(store) = &credentials {
+            local.credentials = (*store.lock().await.current()).clone();
+        }
+        if let Some(store) = &quotas {
+            local.quotas = (*store.lock().await.current()).clone();
+        }
+        controller.set_security_seed(local);
+    }
+    Ok((acls, credentials, quotas))
+}
+
+type SecurityStores = (
+    Option<futures::lock::Mutex<AclStore>>,
+    Option<futures::lock::Mutex<CredentialStore>>,
+    Option<futures::lock::Mutex<QuotaStore>>,
+);
+
 async fn recover_controller(
     config: &BrokerConfig,
     disk: &BrokerDisk,
@@ -1135,6 +1262,11 @@ async fn follow_controller_group(services: std::rc::Weak<ShardServices>) {
             services.publish(snapshot).await;
             drop(turn);
         }
+        if let Some((snapshot, turn)) = controller.seed_security().await {
+            services.publish(snapshot).await;
+            drop(turn);
+        }
+        services.serve_forwarded(controller).await;
     }
 }
 

@@ -1,4 +1,4 @@
-//! A peer's heartbeat to the controller's registry mailbox
+//! A peer's heartbeat or forwarded security change to a registry mailbox
 //! (`ringfeed_broker::fuzzing::broker_heartbeat`): size, magic, checksum, rkyv validation.
 #![no_main]
 

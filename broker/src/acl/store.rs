@@ -1,12 +1,15 @@
 //! The durable ACL set and what every shard serves from.
 //!
-//! Shard 0 owns the one `AclStore` (the file `acls.json` in the data directory, rewritten
-//! whole and atomically on each change). It is apart from the controller for now: ACLs are
-//! cluster metadata and move into the controller's replicated log when the controller
-//! replicates (issue 13: "ACLs and credentials live in the controller's metadata"). Until
-//! then a change is: shard 0 applies it to the store, writes the file, then hands every
-//! shard an immutable `AclSnapshot` (a typed broadcast, `ShardServices::publish_acls`), so
-//! each check is a lookup in the shard's own snapshot.
+//! A one-node broker: shard 0 owns the one `AclStore` (the file `acls.json` in the data
+//! directory, rewritten whole and atomically on each change). A change is: shard 0 applies
+//! it to the store, writes the file, then hands every shard an immutable `AclSnapshot` (a
+//! typed broadcast, `ShardServices::publish_acls`), so each check is a lookup in the
+//! shard's own snapshot.
+//!
+//! A broker of a cluster: the ACL set is part of the controller's replicated state
+//! (`controller::security`, issue 13: "ACLs and credentials live in the controller's
+//! metadata"); every broker installs the committed set the same way. Its `acls.json` is
+//! read once, to seed a new cluster (docs/SECURITY.md).
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -19,6 +22,7 @@ use super::model::{
     AclBinding, AclBindingFilter, Operation, PatternType, Permission, Principal, ResourceType,
 };
 use crate::disk::BrokerDisk;
+use crate::error_codes as codes;
 use crate::settings::Effective;
 use crate::storage::Disk;
 
@@ -147,28 +151,16 @@ impl AclStore {
     /// Adds `bindings` (already validated) and writes the set; an ACL already there is
     /// not an error (Kafka's `CreateAcls` is idempotent). On a failed write the set is as
     /// before and the error is the message for every creation.
-    pub async fn create(&mut self, bindings: Vec<AclBinding>) -> Result<(), String> {
-        let added: Vec<AclBinding> = bindings
-            .into_iter()
-            .filter(|binding| !self.bindings.contains(binding))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if self.bindings.len() + added.len() > ACL_COUNT_MAX {
-            return Err(format!(
-                "the broker holds {} ACLs; at most {ACL_COUNT_MAX}",
-                self.bindings.len()
-            ));
-        }
+    pub async fn create(&mut self, bindings: Vec<AclBinding>) -> Result<(), (i16, String)> {
+        let added = add_bindings(&mut self.bindings, bindings)?;
         if added.is_empty() {
             return Ok(());
         }
-        self.bindings.extend(added.iter().cloned());
         if let Err(error) = self.save().await {
             for binding in &added {
                 self.bindings.remove(binding);
             }
-            return Err(error);
+            return Err((codes::UNKNOWN_SERVER_ERROR, error));
         }
         Ok(())
     }
@@ -178,28 +170,15 @@ impl AclStore {
     pub async fn delete(
         &mut self,
         filters: &[AclBindingFilter],
-    ) -> Result<Vec<Vec<AclBinding>>, String> {
-        let mut removed_by_filter = Vec::with_capacity(filters.len());
-        let mut taken: HashSet<AclBinding> = HashSet::new();
-        for filter in filters {
-            let removed: Vec<AclBinding> = self
-                .bindings
-                .iter()
-                .filter(|binding| filter.matches(binding) && !taken.contains(*binding))
-                .cloned()
-                .collect();
-            taken.extend(removed.iter().cloned());
-            removed_by_filter.push(removed);
-        }
-        if taken.is_empty() {
+    ) -> Result<Vec<Vec<AclBinding>>, (i16, String)> {
+        let removed_by_filter = remove_matching(&mut self.bindings, filters);
+        if removed_by_filter.iter().all(Vec::is_empty) {
             return Ok(removed_by_filter);
         }
-        for binding in &taken {
-            self.bindings.remove(binding);
-        }
         if let Err(error) = self.save().await {
-            self.bindings.extend(taken);
-            return Err(error);
+            self.bindings
+                .extend(removed_by_filter.into_iter().flatten());
+            return Err((codes::UNKNOWN_SERVER_ERROR, error));
         }
         Ok(removed_by_filter)
     }
@@ -212,6 +191,56 @@ impl AclStore {
             .await
             .map_err(|error| format!("cannot write {}: {error}", self.path.display()))
     }
+}
+
+/// Adds `bindings` (already validated) to `set`; an ACL already there is not an error
+/// (Kafka's `CreateAcls` is idempotent). Returns the bindings added; refused, with `set`
+/// unchanged, when it would pass `ACL_COUNT_MAX`. Shared by the one-node store and the
+/// cluster controller (`controller::security`).
+pub fn add_bindings(
+    set: &mut BTreeSet<AclBinding>,
+    bindings: Vec<AclBinding>,
+) -> Result<Vec<AclBinding>, (i16, String)> {
+    let added: Vec<AclBinding> = bindings
+        .into_iter()
+        .filter(|binding| !set.contains(binding))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if set.len() + added.len() > ACL_COUNT_MAX {
+        return Err((
+            codes::UNKNOWN_SERVER_ERROR,
+            format!(
+                "the broker holds {} ACLs; at most {ACL_COUNT_MAX}",
+                set.len()
+            ),
+        ));
+    }
+    set.extend(added.iter().cloned());
+    Ok(added)
+}
+
+/// Removes from `set` every binding each filter matches; per filter, the bindings it
+/// removed (a binding two filters match is reported under the first).
+pub fn remove_matching(
+    set: &mut BTreeSet<AclBinding>,
+    filters: &[AclBindingFilter],
+) -> Vec<Vec<AclBinding>> {
+    let mut removed_by_filter = Vec::with_capacity(filters.len());
+    let mut taken: HashSet<AclBinding> = HashSet::new();
+    for filter in filters {
+        let removed: Vec<AclBinding> = set
+            .iter()
+            .filter(|binding| filter.matches(binding) && !taken.contains(*binding))
+            .cloned()
+            .collect();
+        taken.extend(removed.iter().cloned());
+        removed_by_filter.push(removed);
+    }
+    for binding in &taken {
+        set.remove(binding);
+    }
+    removed_by_filter
 }
 
 /// What a shard decides and describes from: the ACL set at one change, and its index.
@@ -347,12 +376,13 @@ pub enum AclChange {
     Delete(Vec<AclBindingFilter>),
 }
 
-/// What shard 0 answers once every shard holds the new set.
+/// What shard 0 answers once every shard holds the new set; `Err` is the error code and
+/// message for every binding or filter of the change.
 #[derive(Debug)]
 pub enum AclChangeReply {
-    Created(Result<(), String>),
+    Created(Result<(), (i16, String)>),
     /// Per filter, the bindings it removed.
-    Deleted(Result<Vec<Vec<AclBinding>>, String>),
+    Deleted(Result<Vec<Vec<AclBinding>>, (i16, String)>),
 }
 
 impl AclStore {

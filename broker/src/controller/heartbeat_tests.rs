@@ -19,7 +19,7 @@ use crate::controller::store::BrokerRecord;
 use crate::limits::Limits;
 use crate::producer_state::ProducerIds;
 
-async fn one_voter_controller(disk: &BrokerDisk) -> Controller {
+pub(super) async fn one_voter_controller(disk: &BrokerDisk) -> Controller {
     let committed = Rc::new(RefCell::new(None));
     let sink = committed.clone();
     let (group, recovered) = ControllerGroup::open(
@@ -90,14 +90,18 @@ fn offsets_topic() -> NewTopic {
 }
 
 /// What `shard::follow_controller_group` does every 50 ms, without the publishing.
-async fn round(controller: &Controller) {
+pub(super) async fn round(controller: &Controller) {
     controller.commit_genesis().await;
     drop(controller.adopt_committed().await);
     controller.heartbeat();
     drop(controller.registry_round(offsets_topic()).await);
 }
 
-async fn rounds_until(controller: &Controller, what: &str, done: impl Fn(&Controller) -> bool) {
+pub(super) async fn rounds_until(
+    controller: &Controller,
+    what: &str,
+    done: impl Fn(&Controller) -> bool,
+) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !done(controller) {
         assert!(Instant::now() < deadline, "{what} not reached in 10 s");

@@ -1,5 +1,6 @@
 //! The controller: the single owner of topics, partition → shard placement and topic
-//! configs. It lives on shard 0. Every change goes through `Controller::execute`, one at a
+//! configs, and on a broker of a cluster of the ACLs, SCRAM credentials and client quotas
+//! (`security`). It lives on shard 0. Every change goes through `Controller::execute`, one at a
 //! time (a local semaphore of one permit serialises them; no cross-thread lock): compute the
 //! new state with the pure functions in `changes`, persist it, then push the resulting
 //! snapshot to every shard and wait until each has applied it. Only then is the client
@@ -7,18 +8,21 @@
 
 mod calls;
 pub mod changes;
+pub mod forwarding;
 pub mod leadership;
 pub mod placement;
 pub mod producer_ids;
 pub mod registry;
+pub mod security;
 pub mod store;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::channel::oneshot;
 use uuid::Uuid;
 
 use crate::cluster::controller_group::{ControllerGroup, ProposalError};
@@ -49,7 +53,28 @@ pub struct Controller {
     /// Group 0 when this broker is one of several voters (`cluster::controller_group`):
     /// changes are proposed there instead of written to `cluster.meta`. None: one node.
     replicated: Option<Replicated>,
+    /// A cluster broker's data directory ACL, credential and quota files, folded into the
+    /// state once per cluster by the first leader (`security::seed`).
+    security_seed: RefCell<security::SecuritySets>,
+    /// The security records last handed to this broker's shards (`security_to_install`).
+    installed_security: RefCell<Option<store::SecurityRecords>>,
+    /// Security changes forwarded to or from this broker (`forwarding`).
+    forwards: Forwards,
 }
+
+/// What a broker keeps of forwarded security changes (`forwarding`).
+#[derive(Default)]
+struct Forwards {
+    next_id: Cell<u64>,
+    /// This broker's changes sent to the leader, waiting for its reply.
+    waiting: RefCell<HashMap<u64, oneshot::Sender<forwarding::ForwardReply>>>,
+    /// Changes other brokers forwarded to this leader, not yet run: (sender, request).
+    received: RefCell<Vec<(u64, forwarding::ForwardRequest)>>,
+}
+
+/// Forwarded changes a leader holds before running them; more are answered
+/// `REQUEST_TIMED_OUT` by their senders' timeout.
+const FORWARDS_RECEIVED_MAX: usize = 256;
 
 /// The controller's part in group 0.
 pub struct Replicated {
@@ -101,6 +126,9 @@ impl Controller {
             offline: RefCell::new(BTreeSet::new()),
             snapshot_epoch: Cell::new(0),
             replicated: None,
+            security_seed: RefCell::default(),
+            installed_security: RefCell::default(),
+            forwards: Forwards::default(),
         })
     }
 
@@ -126,7 +154,29 @@ impl Controller {
             offline: RefCell::new(BTreeSet::new()),
             snapshot_epoch: Cell::new(0),
             replicated: Some(replicated),
+            security_seed: RefCell::default(),
+            installed_security: RefCell::default(),
+            forwards: Forwards::default(),
         }
+    }
+
+    /// What a cluster broker's files hold, for the first leader to seed the cluster with.
+    pub fn set_security_seed(&self, local: security::SecuritySets) {
+        *self.security_seed.borrow_mut() = local;
+    }
+
+    /// On a cluster broker, the ACLs, credentials and quotas of the controller's state when
+    /// they differ from those last returned (the caller installs them on every shard);
+    /// None otherwise (a one-node broker keeps its files' stores).
+    pub fn security_to_install(&self) -> Option<security::SecuritySets> {
+        self.replicated.as_ref()?;
+        let state = self.state.borrow();
+        let mut installed = self.installed_security.borrow_mut();
+        if installed.as_ref() == Some(&state.security) {
+            return None;
+        }
+        *installed = Some(state.security.clone());
+        Some(security::sets_of(&state.security))
     }
 
     pub fn replication(&self) -> Option<&Replicated> {
@@ -174,6 +224,7 @@ impl Controller {
         }
         let _turn = self.take_turn().await;
         let mut genesis = self.state.borrow().clone();
+        security::seed(&mut genesis.security, &self.security_seed.borrow());
         genesis.epoch += 1;
         match replicated.group.propose(&genesis).await {
             Ok(()) => {
@@ -183,6 +234,247 @@ impl Controller {
             }
             Err(error) => tracing::info!(%error, "first cluster state not committed; retrying"),
         }
+    }
+
+    /// The leader of a cluster whose committed state predates the security records
+    /// (format 3) folds its files in once (`security::seed`). Returns the snapshot to
+    /// publish when it committed.
+    pub async fn seed_security(&self) -> Option<(Arc<MetadataSnapshot>, ChangeTurn)> {
+        let replicated = self.replicated.as_ref()?;
+        let unseeded = || {
+            replicated.has_committed_state.get()
+                && replicated.group.ready_to_propose()
+                && replicated.committed.borrow().is_none()
+                && !self.state.borrow().security.seeded
+        };
+        if !unseeded() {
+            return None;
+        }
+        let turn = self.take_turn().await;
+        if !unseeded() {
+            return None;
+        }
+        let mut next = self.state.borrow().clone();
+        security::seed(&mut next.security, &self.security_seed.borrow());
+        next.epoch += 1;
+        if let Err((_, message)) = self.persist(&next).await {
+            tracing::info!(%message, "security seed not committed; retrying");
+            return None;
+        }
+        tracing::info!(
+            acls = next.security.acls.len(),
+            credentials = next.security.scram.len(),
+            quotas = next.security.quotas.len(),
+            "this broker's security files seeded the cluster's state"
+        );
+        self.committed(replicated, &next);
+        *self.state.borrow_mut() = next;
+        Some((self.snapshot(), turn))
+    }
+
+    /// Applies one `CreateAcls`, `DeleteAcls`, `AlterUserScramCredentials` or
+    /// `AlterClientQuotas` of a cluster broker: computed from the committed state on group
+    /// 0's leader, proposed, and answered once committed (the caller publishes the
+    /// snapshot, which installs the new sets on every shard, before answering). Elsewhere,
+    /// with `may_forward`, the change goes to the leader (`forward`); without (a change
+    /// forwarded here) or while no leader is known every part is answered `NOT_CONTROLLER`.
+    pub async fn execute_security(
+        &self,
+        change: security::SecurityChange,
+        may_forward: bool,
+    ) -> (
+        security::SecurityReply,
+        Option<Arc<MetadataSnapshot>>,
+        ChangeTurn,
+    ) {
+        let turn = self.take_turn().await;
+        let current = self.state.borrow().clone();
+        let mut next = current.clone();
+        let wire = may_forward.then(|| forwarding::WireChange::of(&change));
+        let reply = security::apply(&mut next.security, change);
+        let Some(replicated) = &self.replicated else {
+            let message = "security changes of a one-node broker go to its files";
+            return (
+                reply.refused(codes::UNKNOWN_SERVER_ERROR, message, true),
+                None,
+                turn,
+            );
+        };
+        if !replicated.group.ready_to_propose() {
+            let leader = replicated
+                .group
+                .leader()
+                .filter(|leader| *leader != u64::try_from(self.rules.node_id).unwrap_or(0));
+            if let (Some(leader), Some(wire)) = (leader, wire) {
+                drop(turn);
+                return self.forward(replicated, leader, wire, reply).await;
+            }
+            let message = format!(
+                "broker {} is not the controller; the controller is broker {}",
+                self.rules.node_id,
+                self.controller_id()
+            );
+            return (
+                reply.refused(codes::NOT_CONTROLLER, &message, true),
+                None,
+                turn,
+            );
+        }
+        if next == current {
+            return (reply, None, turn);
+        }
+        next.epoch += 1;
+        if let Err((code, message)) = self.persist(&next).await {
+            return (reply.refused(code, &message, false), None, turn);
+        }
+        self.committed(replicated, &next);
+        *self.state.borrow_mut() = next;
+        (reply, Some(self.snapshot()), turn)
+    }
+
+    /// Sends `wire` to the leader and waits for its answer, then until this broker has
+    /// adopted (and installed on its shards) the state that holds the change. `local` is
+    /// the change's answer computed here, for the shape of a timeout's answer.
+    async fn forward(
+        &self,
+        replicated: &Replicated,
+        leader: u64,
+        wire: forwarding::WireChange,
+        local: security::SecurityReply,
+    ) -> (
+        security::SecurityReply,
+        Option<Arc<MetadataSnapshot>>,
+        ChangeTurn,
+    ) {
+        let id = self.forwards.next_id.get().wrapping_add(1);
+        self.forwards.next_id.set(id);
+        let (answer, answered) = oneshot::channel();
+        self.forwards.waiting.borrow_mut().insert(id, answer);
+        let request = forwarding::ForwardRequest { id, change: wire };
+        replicated.group.send_mail(leader, request.encode());
+        let deadline = std::time::Instant::now() + forwarding::FORWARD_TIMEOUT;
+        let answered = glommio::timer::timeout(forwarding::FORWARD_TIMEOUT, async {
+            Ok(answered.await.ok())
+        })
+        .await
+        .ok()
+        .flatten();
+        self.forwards.waiting.borrow_mut().remove(&id);
+        let Some(answer) = answered else {
+            let message = format!(
+                "the controller (broker {leader}) did not answer the forwarded change in {:?}",
+                forwarding::FORWARD_TIMEOUT
+            );
+            let reply = local.refused(codes::REQUEST_TIMED_OUT, &message, true);
+            return (reply, None, self.take_turn().await);
+        };
+        // Answer once this broker enforces the change too (its follow loop adopts and
+        // publishes the state holding the turn, so taking it waits for the install).
+        while self.state.borrow().epoch < answer.epoch && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let turn = self.take_turn().await;
+        if self.state.borrow().epoch < answer.epoch {
+            let message = "committed by the controller, not yet applied by this broker";
+            let reply = answer
+                .reply
+                .into_reply()
+                .refused(codes::REQUEST_TIMED_OUT, message, false);
+            return (reply, None, turn);
+        }
+        (answer.reply.into_reply(), None, turn)
+    }
+
+    /// Takes the forwarding messages out of `mail`: replies complete this broker's waiting
+    /// changes; requests are kept for `take_forwarded` on the leader and answered
+    /// `NOT_CONTROLLER` elsewhere. Returns the rest (heartbeats).
+    fn sort_forward_mail(
+        &self,
+        replicated: &Replicated,
+        mail: Vec<(u64, Vec<u8>)>,
+    ) -> Vec<(u64, Vec<u8>)> {
+        let mut rest = Vec::with_capacity(mail.len());
+        for (from, payload) in mail {
+            match forwarding::ForwardMail::decode(&payload) {
+                None => rest.push((from, payload)),
+                Some(Err(reason)) => {
+                    tracing::warn!(from, %reason, "dropped a forwarded change that does not decode");
+                }
+                Some(Ok(forwarding::ForwardMail::Reply(reply))) => {
+                    if let Some(waiting) = self.forwards.waiting.borrow_mut().remove(&reply.id) {
+                        let _ = waiting.send(reply);
+                    }
+                }
+                Some(Ok(forwarding::ForwardMail::Request(request))) => {
+                    self.receive_forwarded(replicated, from, request);
+                }
+            }
+        }
+        rest
+    }
+
+    /// Keeps a forwarded change for the leader's next round, or answers `NOT_CONTROLLER`
+    /// when this broker does not lead (or holds `FORWARDS_RECEIVED_MAX` already).
+    fn receive_forwarded(
+        &self,
+        replicated: &Replicated,
+        from: u64,
+        request: forwarding::ForwardRequest,
+    ) {
+        let mut received = self.forwards.received.borrow_mut();
+        if replicated.group.ready_to_propose() && received.len() < FORWARDS_RECEIVED_MAX {
+            received.push((from, request));
+            return;
+        }
+        let Ok(change) = request.change.into_change() else {
+            return;
+        };
+        let message = format!(
+            "broker {} is not the controller; the controller is broker {}",
+            self.rules.node_id,
+            self.controller_id()
+        );
+        let reply = security::apply(&mut store::SecurityRecords::default(), change).refused(
+            codes::NOT_CONTROLLER,
+            &message,
+            true,
+        );
+        let reply = forwarding::ForwardReply {
+            id: request.id,
+            epoch: 0,
+            reply: forwarding::WireReply::of(&reply),
+        };
+        replicated.group.send_mail(from, reply.encode());
+    }
+
+    /// The leader: the changes other brokers forwarded, to run with `execute_security` and
+    /// answer with `answer_forwarded`.
+    pub fn take_forwarded(&self) -> Vec<(u64, forwarding::ForwardRequest)> {
+        std::mem::take(&mut *self.forwards.received.borrow_mut())
+    }
+
+    /// The leader: answers a forwarded change; `committed` says whether it changed the state
+    /// (then the sender waits until it has adopted the current epoch).
+    pub fn answer_forwarded(
+        &self,
+        to: u64,
+        id: u64,
+        reply: &security::SecurityReply,
+        committed: bool,
+    ) {
+        let Some(replicated) = &self.replicated else {
+            return;
+        };
+        let reply = forwarding::ForwardReply {
+            id,
+            epoch: if committed {
+                self.state.borrow().epoch
+            } else {
+                0
+            },
+            reply: forwarding::WireReply::of(reply),
+        };
+        replicated.group.send_mail(to, reply.encode());
     }
 
     async fn take_turn(&self) -> ChangeTurn {
@@ -432,13 +724,15 @@ impl Controller {
     /// registers brokers whose registration is new or changed, creates `__consumer_offsets`
     /// (`offsets_topic`) if a broker asked for it, and fences brokers silent for a session.
     /// Returns the snapshot to publish when it committed a change. Elsewhere it only drops
-    /// the heartbeats (a follower is sent none but may hold a few from when it led).
+    /// the heartbeats (a follower is sent none but may hold a few from when it led). On
+    /// every broker, forwarded security changes and their replies are taken out of the
+    /// mailbox first (`sort_forward_mail`).
     pub async fn registry_round(
         &self,
         offsets_topic: NewTopic,
     ) -> Option<(Arc<MetadataSnapshot>, ChangeTurn)> {
         let replicated = self.replicated.as_ref()?;
-        let mail = replicated.group.take_mailbox();
+        let mail = self.sort_forward_mail(replicated, replicated.group.take_mailbox());
         if !replicated.group.ready_to_propose() {
             return None;
         }
@@ -606,6 +900,9 @@ fn describe_partition(
 
 #[cfg(test)]
 mod heartbeat_tests;
+
+#[cfg(test)]
+mod security_group_tests;
 
 #[cfg(test)]
 mod tests {

@@ -6,14 +6,14 @@
 //! ```text
 //! offset  size  field
 //!      0     8  MAGIC              b"RFCLMETA"
-//!      8     4  FORMAT_VERSION     u32 little-endian (3; 1 and 2 are read and upgraded)
+//!      8     4  FORMAT_VERSION     u32 little-endian (4; 1 to 3 are read and upgraded)
 //!     12     4  payload_bytes      u32 little-endian
 //!     16     4  payload_crc32c     u32 little-endian, CRC32C of the payload
 //!     20     n  payload            rkyv archive of `ClusterState`
 //! ```
 //!
-//! The payload, format 3 (issue 12's replication; rkyv lays the fields out, this is what
-//! they mean):
+//! The payload, format 4 (issue 12's replication, issue 13's security metadata; rkyv lays
+//! the fields out, this is what they mean):
 //!
 //! ```text
 //! ClusterState
@@ -42,9 +42,25 @@
 //!     broker                i32
 //!     incarnation           u64     the broker life it was granted to (a restart asks anew)
 //!     start                 i64     ids start .. start + PRODUCER_ID_BLOCK_SIZE
+//!   security                SecurityRecords (format 4; a cluster's ACLs, SCRAM credentials
+//!                                   and client quotas; empty on a one-node broker, which
+//!                                   keeps its files, see docs/SECURITY.md)
+//!     seeded                bool    the first leader folded its data directory's files in
+//!                                   (`controller::security::seed`); never again after
+//!     acls                  [AclRecord], sorted, distinct: Kafka's wire codes
+//!       resource_type i8, resource_name string, pattern_type i8, principal string,
+//!       host string, operation i8, permission i8
+//!     scram                 [ScramRecord], sorted by (user, mechanism), one per pair
+//!       user string, mechanism i8 (1 SCRAM-SHA-256, 2 SCRAM-SHA-512), salt bytes,
+//!       iterations u32, stored_key bytes, server_key bytes   (never a password)
+//!     quotas                [QuotaRecord], sorted by entity, one per entity
+//!       user     Option<Option<string>>   None: no user part; Some(None): the default
+//!       client_id Option<Option<string>>  the same for the client id
+//!       values   [{ key string, value_bits u64 (f64::to_bits) }]
 //! ```
 //!
-//! Upgrades, in place (the next write is format 3): format 1 (no brokers) and format 2
+//! Upgrades, in place (the next write is format 4): format 3 gets an empty, unseeded
+//! `security` (the first leader then folds its files in). format 1 (no brokers) and format 2
 //! (`partition_shards` and `partition_brokers` per topic) become one replica per partition
 //! (its broker, or -1 where none was recorded), leader = that broker, epoch 0, ISR = the
 //! replica; group ids are handed out in topic then partition order; the producer-id
@@ -58,12 +74,14 @@ use crate::disk::BrokerDisk;
 use crate::storage::Disk;
 
 pub const MAGIC: [u8; 8] = *b"RFCLMETA";
+/// 4 added the security records (ACLs, SCRAM credentials, client quotas; issue 13);
 /// 3 added replica lists, Raft group ids, leader/epoch/ISR and the producer-id allocator;
-/// 2 added the broker registry and each partition's broker (issue 12). Versions 1 and 2
+/// 2 added the broker registry and each partition's broker (issue 12). Versions 1 to 3
 /// (files and group 0 entries) are still read and upgraded (see the module docs).
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 const FORMAT_VERSION_V1: u32 = 1;
 const FORMAT_VERSION_V2: u32 = 2;
+const FORMAT_VERSION_V3: u32 = 3;
 const HEADER_BYTES: usize = 20;
 const FILE_NAME: &str = "cluster.meta";
 /// A replica's broker when none is recorded: whichever broker reads the state (a one-node
@@ -179,6 +197,64 @@ pub struct ClusterState {
     pub next_producer_id: i64,
     /// The latest block granted to each broker, by broker.
     pub producer_id_blocks: Vec<ProducerIdBlock>,
+    /// A cluster's ACLs, credentials and quotas (`controller::security`).
+    pub security: SecurityRecords,
+}
+
+/// The security metadata a cluster's controller owns (issue 13: "ACLs and credentials live
+/// in the controller's metadata"). Kept sorted and distinct by `controller::security`, so
+/// two states holding the same sets compare equal.
+#[derive(
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq, Default,
+)]
+pub struct SecurityRecords {
+    /// The first leader folded its data directory's files in (done once per cluster).
+    pub seeded: bool,
+    pub acls: Vec<AclRecord>,
+    pub scram: Vec<ScramRecord>,
+    pub quotas: Vec<QuotaRecord>,
+}
+
+/// One ACL binding, in Kafka's wire codes.
+#[derive(
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
+pub struct AclRecord {
+    pub resource_type: i8,
+    pub resource_name: String,
+    pub pattern_type: i8,
+    pub principal: String,
+    pub host: String,
+    pub operation: i8,
+    pub permission: i8,
+}
+
+/// One user's SCRAM credential of one mechanism: salted and iterated, never a password.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ScramRecord {
+    pub user: String,
+    /// Kafka's `ScramMechanism` code: 1 SCRAM-SHA-256, 2 SCRAM-SHA-512.
+    pub mechanism: i8,
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+/// One quota entity and its values.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct QuotaRecord {
+    /// None: the entity has no user part; `Some(None)`: the default user.
+    pub user: Option<Option<String>>,
+    pub client_id: Option<Option<String>>,
+    pub values: Vec<QuotaValueRecord>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct QuotaValueRecord {
+    pub key: String,
+    /// `f64::to_bits` (a float has no `Eq`; the bits compare exactly).
+    pub value_bits: u64,
 }
 
 impl ClusterState {
@@ -187,6 +263,33 @@ impl ClusterState {
         let id = self.next_group_id.max(FIRST_GROUP_ID);
         self.next_group_id = id + 1;
         id
+    }
+}
+
+/// What a version 3 payload holds (before the security records).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
+struct ClusterStateV3 {
+    epoch: u64,
+    cluster_id: String,
+    topics: Vec<TopicRecord>,
+    brokers: Vec<BrokerRecord>,
+    next_group_id: u64,
+    next_producer_id: i64,
+    producer_id_blocks: Vec<ProducerIdBlock>,
+}
+
+impl From<ClusterStateV3> for ClusterState {
+    fn from(old: ClusterStateV3) -> Self {
+        Self {
+            epoch: old.epoch,
+            cluster_id: old.cluster_id,
+            topics: old.topics,
+            brokers: old.brokers,
+            next_group_id: old.next_group_id,
+            next_producer_id: old.next_producer_id,
+            producer_id_blocks: old.producer_id_blocks,
+            security: SecurityRecords::default(),
+        }
     }
 }
 
@@ -256,6 +359,7 @@ impl From<ClusterStateV2> for ClusterState {
             next_group_id: FIRST_GROUP_ID,
             next_producer_id: 0,
             producer_id_blocks: Vec::new(),
+            security: SecurityRecords::default(),
         };
         for topic in old.topics {
             let partitions = topic
@@ -337,6 +441,9 @@ pub fn decode(file: &[u8]) -> Result<ClusterState, String> {
             .map(|old| ClusterState::from(ClusterStateV2::from(old))),
         FORMAT_VERSION_V2 => {
             rkyv::from_bytes::<ClusterStateV2, rancor::Error>(&aligned).map(ClusterState::from)
+        }
+        FORMAT_VERSION_V3 => {
+            rkyv::from_bytes::<ClusterStateV3, rancor::Error>(&aligned).map(ClusterState::from)
         }
         _ => rkyv::from_bytes::<ClusterState, rancor::Error>(&aligned),
     }
@@ -436,6 +543,34 @@ mod tests {
                 incarnation: 77,
                 start: 2000,
             }],
+            security: SecurityRecords {
+                seeded: true,
+                acls: vec![AclRecord {
+                    resource_type: 2,
+                    resource_name: "orders".into(),
+                    pattern_type: 3,
+                    principal: "User:alice".into(),
+                    host: "*".into(),
+                    operation: 3,
+                    permission: 3,
+                }],
+                scram: vec![ScramRecord {
+                    user: "alice".into(),
+                    mechanism: 2,
+                    salt: vec![1, 2, 3],
+                    iterations: 4096,
+                    stored_key: vec![4; 64],
+                    server_key: vec![5; 64],
+                }],
+                quotas: vec![QuotaRecord {
+                    user: Some(Some("alice".into())),
+                    client_id: Some(None),
+                    values: vec![QuotaValueRecord {
+                        key: "producer_byte_rate".into(),
+                        value_bits: 1024.0_f64.to_bits(),
+                    }],
+                }],
+            },
         }
     }
 
@@ -456,7 +591,7 @@ mod tests {
     }
 
     #[test]
-    fn version_1_files_are_read_and_rewritten_as_version_3() {
+    fn version_1_files_are_read_and_rewritten_as_current() {
         let old = ClusterStateV1 {
             epoch: 4,
             cluster_id: "rf-old".into(),
@@ -481,7 +616,7 @@ mod tests {
     }
 
     #[test]
-    fn version_2_files_are_read_and_rewritten_as_version_3() {
+    fn version_2_files_are_read_and_rewritten_as_current() {
         let old = ClusterStateV2 {
             epoch: 9,
             cluster_id: "rf-v2".into(),
@@ -533,6 +668,32 @@ mod tests {
     }
 
     #[test]
+    fn version_3_files_are_read_with_empty_unseeded_security_and_rewritten_as_version_4() {
+        let current = sample();
+        let old = ClusterStateV3 {
+            epoch: current.epoch,
+            cluster_id: current.cluster_id.clone(),
+            topics: current.topics.clone(),
+            brokers: current.brokers.clone(),
+            next_group_id: current.next_group_id,
+            next_producer_id: current.next_producer_id,
+            producer_id_blocks: current.producer_id_blocks.clone(),
+        };
+        let payload = rkyv::to_bytes::<rancor::Error>(&old).unwrap();
+        let upgraded = decode(&old_file(FORMAT_VERSION_V3, &payload)).unwrap();
+        assert_eq!(
+            upgraded,
+            ClusterState {
+                security: SecurityRecords::default(),
+                ..current
+            },
+            "every version 3 field kept"
+        );
+        assert!(!upgraded.security.seeded, "the first leader seeds it");
+        assert_rewritten_as_current(&upgraded);
+    }
+
+    #[test]
     fn group_ids_are_never_zero_nor_reused() {
         let mut state = ClusterState::default();
         assert_eq!(state.take_group_id(), FIRST_GROUP_ID);
@@ -561,7 +722,7 @@ mod tests {
     fn truncation_and_foreign_versions_are_refused() {
         let file = encode(&sample());
         assert!(decode(&file[..file.len() - 1]).is_err());
-        for version in [0_u32, 4] {
+        for version in [0_u32, 5] {
             let mut foreign = file.clone();
             foreign[8..12].copy_from_slice(&version.to_le_bytes());
             assert!(decode(&foreign)

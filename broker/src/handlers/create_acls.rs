@@ -62,15 +62,21 @@ pub async fn handle(
     } else {
         match shard.acl_change(AclChange::Create(valid)).await {
             Some(AclChangeReply::Created(result)) => result,
-            Some(AclChangeReply::Deleted(_)) => Err("internal error: wrong reply".into()),
-            None => Err("the broker is shutting down".into()),
+            Some(AclChangeReply::Deleted(_)) => Err((
+                codes::UNKNOWN_SERVER_ERROR,
+                "internal error: wrong reply".into(),
+            )),
+            None => Err((
+                codes::UNKNOWN_SERVER_ERROR,
+                "the broker is shutting down".into(),
+            )),
         }
     };
     let results = checked
         .into_iter()
         .map(|checked| match (checked, &stored) {
             (Err(reason), _) => refused(codes::INVALID_REQUEST, &reason),
-            (Ok(_), Err(reason)) => refused(codes::UNKNOWN_SERVER_ERROR, reason),
+            (Ok(_), Err((code, reason))) => refused(*code, reason),
             (Ok(_), Ok(())) => AclCreationResult::default().with_error_code(codes::NONE),
         })
         .collect();

@@ -65,8 +65,14 @@ pub async fn handle(
     } else {
         match shard.acl_change(AclChange::Delete(valid)).await {
             Some(AclChangeReply::Deleted(result)) => result,
-            Some(AclChangeReply::Created(_)) => Err("internal error: wrong reply".into()),
-            None => Err("the broker is shutting down".into()),
+            Some(AclChangeReply::Created(_)) => Err((
+                codes::UNKNOWN_SERVER_ERROR,
+                "internal error: wrong reply".into(),
+            )),
+            None => Err((
+                codes::UNKNOWN_SERVER_ERROR,
+                "the broker is shutting down".into(),
+            )),
         }
     };
     let mut removed_per_valid = match &removed {
@@ -77,7 +83,7 @@ pub async fn handle(
         .into_iter()
         .map(|checked| match (checked, &removed) {
             (Err(reason), _) => refused(codes::INVALID_REQUEST, &reason),
-            (Ok(_), Err(reason)) => refused(codes::UNKNOWN_SERVER_ERROR, reason),
+            (Ok(_), Err((code, reason))) => refused(*code, reason),
             (Ok(_), Ok(_)) => {
                 let matching = removed_per_valid
                     .next()

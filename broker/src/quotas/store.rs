@@ -2,7 +2,9 @@
 //! as `sasl::store` keeps the SCRAM credentials: an `AlterClientQuotas` is applied to a
 //! copy, the whole file is written atomically (temporary file, fsync, rename, directory
 //! fsync), and only then does the broker hand every shard the new set
-//! (`ShardServices::alter_quotas`) and answer.
+//! (`ShardServices::alter_quotas`) and answer. That is a one-node broker; on a broker of a
+//! cluster the set is part of the controller's replicated state (`controller::security`) and
+//! the file only seeds a new cluster (docs/SECURITY.md, "In a cluster").
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -5,8 +5,9 @@
 //! `ringfeed user create ... --data-dir DIR` before the broker starts (as
 //! `kafka-storage format --add-scram` does), and by the running broker's shard 0 on each
 //! `AlterUserScramCredentials` (KIP-554, `sasl::store`), which then hands every shard the
-//! new set as an immutable `Arc` each checks logins against without a lock. Not yet in the
-//! controller's replicated metadata: see docs/SECURITY.md.
+//! new set as an immutable `Arc` each checks logins against without a lock. On a broker of a
+//! cluster they are part of the controller's replicated state (`controller::security`),
+//! and this file only seeds a new cluster: see docs/SECURITY.md.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,15 @@ impl Credentials {
             self.users.remove(user);
         }
         removed
+    }
+
+    /// Every credential, by user (the controller's records are built from these).
+    pub fn credentials(&self) -> impl Iterator<Item = (&str, &ScramCredential)> {
+        self.users.iter().flat_map(|(user, credentials)| {
+            credentials
+                .iter()
+                .map(move |credential| (user.as_str(), credential))
+        })
     }
 
     /// Every user with the mechanisms and iterations of their credentials.

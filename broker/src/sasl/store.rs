@@ -8,6 +8,10 @@
 //! new set (a typed broadcast, `ShardServices::alter_credentials`), so the next login on
 //! any shard checks against it. Each shard's [`CredentialView`] holds the set as last
 //! installed; a login takes it once (an `Arc`, no lock).
+//!
+//! That is a one-node broker. On a broker of a cluster the set is part of the controller's
+//! replicated state (`controller::security`), installed into the same views from each
+//! committed state; the file only seeds a new cluster (docs/SECURITY.md, "In a cluster").
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
