@@ -1166,6 +1166,9 @@ async fn delete_records(table: &PartitionTable, tp: &TopicPartition, offset: i64
 }
 
 #[cfg(test)]
+mod txn_tests;
+
+#[cfg(test)]
 mod tests {
     use std::future::Future;
     use std::panic::AssertUnwindSafe;

@@ -1,0 +1,404 @@
+//! Transactions on one partition through the partition table, as the produce path, the
+//! coordinator's markers and `read_committed` fetches use it: examples, then a property test
+//! against a model, with crashes (process crash and power cut on the simulated disk) between
+//! steps.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::path::Path;
+
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+
+use super::*;
+use crate::disk::BrokerDisk;
+use crate::producer_state::{INVALID_TXN_STATE, TRANSACTION_COORDINATOR_FENCED};
+use crate::storage::batch::build::{self, Record};
+use crate::storage::batch::{control, BatchHeader};
+use crate::storage::sim::{CrashMode, SimDisk};
+use crate::storage::{Clock, LogConfig};
+
+fn run<Fut: Future<Output = ()> + 'static>(test: impl FnOnce() -> Fut + Send + 'static) {
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(1 << 20)
+        .spawn(test)
+        .expect("executor")
+        .join()
+        .expect("test ran");
+}
+
+fn tp() -> TopicPartition {
+    TopicPartition {
+        topic: "t".into(),
+        partition: 0,
+    }
+}
+
+/// A table owning `t-0`, its log opened (recovered) on `disk`.
+async fn open_table(disk: &SimDisk) -> PartitionTable {
+    let config = LogConfig {
+        preallocate_step_bytes: 4096,
+        ..LogConfig::default()
+    };
+    let (log, _) = PartitionLog::open_on(
+        BrokerDisk::Sim(disk.clone()),
+        Path::new("/data/t-0"),
+        config,
+        Clock::System,
+    )
+    .await
+    .expect("open");
+    let table = PartitionTable::new(16);
+    table.insert(
+        tp(),
+        PartitionSlot::Online {
+            topic_id: Uuid::nil(),
+            log,
+        },
+    );
+    table
+}
+
+/// One batch of `records` records of producer `producer_id` (epoch 0) from `base_sequence`;
+/// transactional when asked. Producer -1 is a plain (non-idempotent) batch.
+fn batch(producer_id: i64, base_sequence: i32, records: usize, transactional: bool) -> Bytes {
+    let value = base_sequence.to_be_bytes();
+    let records: Vec<_> = (0..records)
+        .map(|_| Record {
+            key: None,
+            value: Some(&value),
+            timestamp_ms: 1_700_000_000_000,
+        })
+        .collect();
+    let mut batch = BytesMut::from(&build::batch(&records)[..]);
+    if producer_id >= 0 {
+        let attributes: i16 = if transactional { 0x10 } else { 0 };
+        batch[21..23].copy_from_slice(&attributes.to_be_bytes());
+        batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+        batch[51..53].copy_from_slice(&0_i16.to_be_bytes());
+        batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+        let crc = crc32c::crc32c(&batch[21..]);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    }
+    batch.freeze()
+}
+
+async fn produce(table: &PartitionTable, batch: Bytes) -> ProduceOutcome {
+    let origin = ProduceOrigin {
+        connection_id: 1,
+        request_sequence: 0,
+    };
+    table
+        .dispatch_produce(tp(), vec![batch], -1, origin)
+        .run(table)
+        .await
+}
+
+fn marker(producer_id: i64, commit: bool) -> TxnMarker {
+    TxnMarker {
+        producer_id,
+        producer_epoch: 0,
+        commit,
+        coordinator_epoch: 0,
+    }
+}
+
+/// What a Kafka client hands the application from a `read_committed` fetch: the base
+/// offsets of the data batches it keeps, following the consumer's rule (a producer's
+/// batches are skipped from the first offset of one of its aborted transactions up to its
+/// abort marker; control batches are never returned).
+fn consumed(outcome: &FetchOutcome) -> Vec<i64> {
+    let mut aborted: Vec<(i64, i64)> = outcome.aborted_transactions.clone();
+    aborted.sort_by_key(|(_, first_offset)| *first_offset);
+    let mut aborted = aborted.into_iter().peekable();
+    let mut skipping = HashSet::new();
+    let mut kept = Vec::new();
+    for stored in &outcome.batches {
+        let header = BatchHeader::parse(stored).expect("header");
+        while let Some((producer_id, _)) =
+            aborted.next_if(|(_, first_offset)| *first_offset <= header.last_offset())
+        {
+            skipping.insert(producer_id);
+        }
+        if header.is_control() {
+            if control::txn_marker_of(stored) == Some((false, 0)) {
+                skipping.remove(&header.producer_id);
+            }
+            continue;
+        }
+        if header.is_transactional() && skipping.contains(&header.producer_id) {
+            continue;
+        }
+        kept.push(header.base_offset);
+    }
+    kept
+}
+
+async fn read_committed(table: &PartitionTable, offset: i64) -> FetchOutcome {
+    table
+        .fetch_isolated(&tp(), offset, 1 << 20, Isolation::ReadCommitted)
+        .await
+}
+
+#[test]
+fn commit_and_abort_move_the_lso_and_read_committed_skips_aborted_data() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let table = open_table(&disk).await;
+        let plain = produce(&table, batch(-1, 0, 2, false)).await;
+        assert_eq!((plain.error_code, plain.base_offset), (codes::NONE, 0));
+        let first = produce(&table, batch(1, 0, 3, true)).await;
+        assert_eq!(first.base_offset, 2);
+        let other = produce(&table, batch(2, 0, 1, true)).await;
+        assert_eq!(other.base_offset, 5);
+        produce(&table, batch(-1, 0, 1, false)).await;
+        let open = read_committed(&table, 0).await;
+        assert_eq!((open.high_watermark, open.last_stable_offset), (7, 2));
+        assert_eq!(
+            consumed(&open),
+            vec![0],
+            "only the data before the open transaction"
+        );
+        let uncommitted = table.fetch(&tp(), 0, 1 << 20).await;
+        assert_eq!(
+            uncommitted.batches.len(),
+            4,
+            "read_uncommitted sees everything"
+        );
+        assert_eq!(uncommitted.last_stable_offset, 2, "and is told the LSO");
+        let latest = table
+            .list_offset_isolated(&tp(), -1, Isolation::ReadCommitted)
+            .await;
+        assert_eq!(latest.offset, 2);
+
+        // A non-transactional write of a producer with an open transaction is refused.
+        let refused = produce(&table, batch(1, 3, 1, false)).await;
+        assert_eq!(refused.error_code, INVALID_TXN_STATE);
+
+        assert_eq!(table.write_txn_marker(&tp(), marker(1, false)).await, Ok(7));
+        let after_abort = read_committed(&table, 0).await;
+        assert_eq!(after_abort.last_stable_offset, 5, "producer 2 still open");
+        assert_eq!(after_abort.aborted_transactions, vec![(1, 2)]);
+        assert_eq!(consumed(&after_abort), vec![0]);
+        assert_eq!(table.write_txn_marker(&tp(), marker(2, true)).await, Ok(8));
+        let done = read_committed(&table, 0).await;
+        assert_eq!((done.high_watermark, done.last_stable_offset), (9, 9));
+        assert_eq!(
+            consumed(&done),
+            vec![0, 5, 6],
+            "aborted 2-4 skipped, 5 committed"
+        );
+        // A fetch from past the aborted transaction's marker is not told about it.
+        assert!(read_committed(&table, 8)
+            .await
+            .aborted_transactions
+            .is_empty());
+        // A retried marker is written again and changes nothing.
+        assert_eq!(table.write_txn_marker(&tp(), marker(1, false)).await, Ok(9));
+        assert_eq!(
+            read_committed(&table, 0).await.aborted_transactions,
+            vec![(1, 2)]
+        );
+    });
+}
+
+#[test]
+fn stale_markers_are_fenced() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let table = open_table(&disk).await;
+        produce(&table, batch(1, 0, 1, true)).await;
+        let bumped = TxnMarker {
+            producer_epoch: 1,
+            coordinator_epoch: 5,
+            ..marker(1, false)
+        };
+        assert!(table.write_txn_marker(&tp(), bumped).await.is_ok());
+        assert_eq!(
+            table.write_txn_marker(&tp(), marker(1, true)).await,
+            Err(crate::producer_state::INVALID_PRODUCER_EPOCH),
+            "epoch 0 after epoch 1"
+        );
+        let old_coordinator = TxnMarker {
+            producer_epoch: 1,
+            coordinator_epoch: 4,
+            ..marker(1, true)
+        };
+        assert_eq!(
+            table.write_txn_marker(&tp(), old_coordinator).await,
+            Err(TRANSACTION_COORDINATOR_FENCED)
+        );
+        let unknown = TopicPartition {
+            topic: "nope".into(),
+            partition: 0,
+        };
+        assert_eq!(
+            table.write_txn_marker(&unknown, marker(1, true)).await,
+            Err(codes::NOT_LEADER_OR_FOLLOWER)
+        );
+    });
+}
+
+#[test]
+fn an_open_transaction_survives_a_crash_and_stays_invisible() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let table = open_table(&disk).await;
+        produce(&table, batch(1, 0, 2, true)).await;
+        produce(&table, batch(2, 0, 2, true)).await;
+        table
+            .write_txn_marker(&tp(), marker(2, false))
+            .await
+            .expect("marker");
+        produce(&table, batch(-1, 0, 1, false)).await;
+        for mode in [CrashMode::ProcessCrash, CrashMode::PowerCut] {
+            let image = disk.crash_image(mode);
+            let reopened = open_table(&image).await;
+            let fetched = read_committed(&reopened, 0).await;
+            assert_eq!(
+                fetched.last_stable_offset, 0,
+                "{mode:?}: producer 1 still open"
+            );
+            assert!(consumed(&fetched).is_empty());
+            reopened
+                .write_txn_marker(&tp(), marker(1, true))
+                .await
+                .expect("marker");
+            let fetched = read_committed(&reopened, 0).await;
+            assert_eq!(fetched.aborted_transactions, vec![(2, 2)], "{mode:?}");
+            assert_eq!(consumed(&fetched), vec![0, 5], "{mode:?}");
+        }
+    });
+}
+
+/// A step of the property test.
+#[derive(Debug, Clone)]
+enum Step {
+    /// A batch of producer `0..3`, transactional or only idempotent.
+    Data { producer: i64, transactional: bool },
+    /// A plain batch (no producer id).
+    Plain,
+    /// The coordinator's marker for the producer.
+    End { producer: i64, commit: bool },
+    /// The broker crashes (a power cut; every acknowledged write is durable) and restarts.
+    Crash,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0..3_i64, any::<bool>())
+            .prop_map(|(producer, transactional)| Step::Data { producer, transactional }),
+        1 => Just(Step::Plain),
+        2 => (0..3_i64, any::<bool>()).prop_map(|(producer, commit)| Step::End { producer, commit }),
+        1 => Just(Step::Crash),
+    ]
+}
+
+/// The model: where each data batch went and what became of it.
+#[derive(Default)]
+struct Model {
+    /// Base offset → producer (-1 plain) of every data batch appended.
+    batches: BTreeMap<i64, i64>,
+    /// Producer → base offsets of its open transaction's batches.
+    open: BTreeMap<i64, Vec<i64>>,
+    /// Base offsets of aborted batches.
+    aborted: HashSet<i64>,
+    /// Producer → next sequence.
+    sequences: BTreeMap<i64, i32>,
+    next_offset: i64,
+}
+
+impl Model {
+    fn last_stable_offset(&self) -> i64 {
+        self.open
+            .values()
+            .filter_map(|offsets| offsets.first().copied())
+            .min()
+            .unwrap_or(self.next_offset)
+    }
+
+    fn visible(&self) -> Vec<i64> {
+        let stable = self.last_stable_offset();
+        self.batches
+            .keys()
+            .copied()
+            .filter(|offset| *offset < stable && !self.aborted.contains(offset))
+            .collect()
+    }
+}
+
+async fn check_against(table: &PartitionTable, model: &Model) {
+    let fetched = read_committed(table, 0).await;
+    assert_eq!(fetched.error_code, codes::NONE);
+    assert_eq!(fetched.high_watermark, model.next_offset);
+    assert_eq!(fetched.last_stable_offset, model.last_stable_offset());
+    assert_eq!(consumed(&fetched), model.visible());
+}
+
+async fn play(steps: Vec<Step>) {
+    let mut disk = SimDisk::new();
+    let mut table = open_table(&disk).await;
+    let mut model = Model::default();
+    for step in steps {
+        match step {
+            Step::Data {
+                producer,
+                transactional,
+            } => {
+                let sequence = model.sequences.get(&producer).copied().unwrap_or(0);
+                let outcome = produce(&table, batch(producer, sequence, 2, transactional)).await;
+                if !transactional && model.open.contains_key(&producer) {
+                    assert_eq!(outcome.error_code, INVALID_TXN_STATE);
+                    continue;
+                }
+                assert_eq!(outcome.error_code, codes::NONE, "{step:?}");
+                assert_eq!(outcome.base_offset, model.next_offset);
+                model.batches.insert(model.next_offset, producer);
+                if transactional {
+                    model
+                        .open
+                        .entry(producer)
+                        .or_default()
+                        .push(model.next_offset);
+                }
+                model.sequences.insert(producer, sequence + 2);
+                model.next_offset += 2;
+            }
+            Step::Plain => {
+                let outcome = produce(&table, batch(-1, 0, 1, false)).await;
+                assert_eq!(outcome.base_offset, model.next_offset);
+                model.batches.insert(model.next_offset, -1);
+                model.next_offset += 1;
+            }
+            Step::End { producer, commit } => {
+                let written = table
+                    .write_txn_marker(&tp(), marker(producer, commit))
+                    .await;
+                assert_eq!(written, Ok(model.next_offset));
+                model.next_offset += 1;
+                if let Some(offsets) = model.open.remove(&producer) {
+                    if !commit {
+                        model.aborted.extend(offsets);
+                    }
+                }
+            }
+            Step::Crash => {
+                disk = disk.crash_image(CrashMode::PowerCut);
+                table = open_table(&disk).await;
+            }
+        }
+        check_against(&table, &model).await;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Any interleaving of transactional, idempotent and plain batches, commits, aborts and
+    /// crashes: the LSO, the high watermark and what a `read_committed` client keeps match the
+    /// model after every step.
+    #[test]
+    fn read_committed_matches_the_model(steps in prop::collection::vec(step(), 1..40)) {
+        run(move || play(steps));
+    }
+}
