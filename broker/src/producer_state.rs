@@ -59,6 +59,13 @@ const PRODUCER_ID_BLOCK: i64 = 1000;
 /// Offsets of idempotent batches between snapshots of a partition's producer state: well
 /// inside `TAIL_SCAN_OFFSETS`, so the scan after a start never has to reach past one.
 const SNAPSHOT_EVERY_OFFSETS: i64 = 50_000;
+/// A marker, or a batch opening a transaction, takes a snapshot when the log has grown this
+/// many offsets (of any batches) since the last one: the open and aborted transactions a restart needs are then never
+/// further back than the scan from a snapshot reaches, however little of the partition's
+/// traffic is idempotent, and a snapshot (at most about 2 MB with
+/// `ABORTED_TXNS_PER_PARTITION_MAX` entries) is rewritten at most once per this many
+/// offsets. Below `TAIL_SCAN_OFFSETS`, so a partition with no snapshot yet is scanned whole.
+const SNAPSHOT_AFTER_MARKER_OFFSETS: i64 = 10_000;
 /// The snapshot file in the partition's directory (`storage/FORMAT.md`).
 const SNAPSHOT_FILE: &str = "producer-state.snapshot";
 
@@ -337,6 +344,8 @@ struct PartitionProducers {
     loaded: Cell<bool>,
     /// Offsets of idempotent batches appended since the last snapshot.
     offsets_since_snapshot: Cell<i64>,
+    /// `next_offset` of the last snapshot taken or loaded (0 none).
+    snapshot_offset: Cell<i64>,
     /// Snapshot files are written one at a time.
     snapshot_gate: Semaphore,
 }
@@ -348,6 +357,7 @@ impl Default for PartitionProducers {
             txns: RefCell::default(),
             loaded: Cell::new(false),
             offsets_since_snapshot: Cell::new(0),
+            snapshot_offset: Cell::new(0),
             snapshot_gate: Semaphore::new(1),
         }
     }
@@ -554,6 +564,7 @@ impl PartitionProducers {
         let mut offset = (end - TAIL_SCAN_OFFSETS).max(log.log_start_offset());
         if let Some(snapshot) = Self::read_snapshot(tp, log).await {
             offset = snapshot.next_offset.max(log.log_start_offset());
+            self.snapshot_offset.set(snapshot.next_offset);
             self.install(snapshot);
         }
         let mut batches_seen = 0_usize;
@@ -656,6 +667,12 @@ impl ProducerStates {
                     .txns
                     .borrow_mut()
                     .record_data_batch(&header, outcome.base_offset);
+                let opened = header.is_transactional()
+                    && state.txns.borrow().open_transaction(header.producer_id)
+                        == Some(outcome.base_offset);
+                if opened {
+                    snapshot_if_far(tp, log, &state);
+                }
                 let since = state.offsets_since_snapshot.get() + i64::from(header.record_count);
                 state.offsets_since_snapshot.set(since);
                 if since >= SNAPSHOT_EVERY_OFFSETS {
@@ -701,14 +718,8 @@ impl ProducerStates {
         let outcome = log.append_checked(checked).await.map_err(Refused::Append)?;
         let aborted = state.apply_marker(marker, outcome.base_offset);
         state.txns.borrow_mut().drop_below(log.log_start_offset());
-        let since = state.offsets_since_snapshot.get() + 1;
-        state.offsets_since_snapshot.set(since);
-        // An abort's entry is what a restart could not rebuild once the log tail scan no
-        // longer reaches its marker: snapshot it now (aborts are the rare outcome).
-        if aborted.is_some() || since >= SNAPSHOT_EVERY_OFFSETS {
-            state.offsets_since_snapshot.set(0);
-            spawn_snapshot(tp.clone(), log.clone(), state.clone());
-        }
+        snapshot_if_far(tp, log, &state);
+        tracing::trace!(partition = %tp, producer = marker.producer_id, commit = marker.commit, offset = outcome.base_offset, aborted = aborted.is_some(), "transaction marker appended");
         Ok(outcome)
     }
 
@@ -793,10 +804,24 @@ impl ProducerStates {
     }
 }
 
+/// At a transaction's opening or marker: a snapshot when the last one is
+/// `SNAPSHOT_AFTER_MARKER_OFFSETS` or more behind the log end. Open and aborted transactions
+/// are what a restart could not rebuild once the log tail scan no longer reaches their
+/// batches and markers; the scan from a snapshot has no such limit. The caller holds the
+/// partition's gate.
+fn snapshot_if_far(tp: &TopicPartition, log: &PartitionLog, state: &Rc<PartitionProducers>) {
+    let grown = log.log_end_offset() - state.snapshot_offset.get();
+    if grown >= SNAPSHOT_AFTER_MARKER_OFFSETS {
+        state.offsets_since_snapshot.set(0);
+        spawn_snapshot(tp.clone(), log.clone(), state.clone());
+    }
+}
+
 /// Takes the snapshot now (the caller holds the partition's gate, so the state matches the
 /// log) and writes it in the background; a write that fails only costs a longer scan.
 fn spawn_snapshot(tp: TopicPartition, log: PartitionLog, state: Rc<PartitionProducers>) {
     let snapshot = state.snapshot(log.log_end_offset());
+    state.snapshot_offset.set(snapshot.next_offset);
     let bytes = encode_snapshot(&snapshot);
     glommio::spawn_local(async move {
         let path = log.dir().join(SNAPSHOT_FILE);

@@ -271,6 +271,42 @@ fn an_open_transaction_survives_a_crash_and_stays_invisible() {
     });
 }
 
+/// An aborted transaction whose marker lies further back than the producer-state scan
+/// after a start reaches (`TAIL_SCAN_OFFSETS`, 200,000 offsets) is still known after a crash:
+/// a later marker, far enough from the last snapshot, snapshotted it.
+#[test]
+fn an_aborted_transaction_beyond_the_tail_scan_survives_a_crash_through_the_snapshot() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let table = open_table(&disk).await;
+        produce(&table, batch(1, 0, 2, true)).await;
+        table
+            .write_txn_marker(&tp(), marker(1, false))
+            .await
+            .expect("abort");
+        for _ in 0..11 {
+            let filler = build::filler(20_000, 1, 1_700_000_000_000);
+            assert_eq!(produce(&table, filler).await.error_code, codes::NONE);
+        }
+        // No open transaction for producer 2: written all the same, and far from any
+        // snapshot, so it takes one.
+        table
+            .write_txn_marker(&tp(), marker(2, true))
+            .await
+            .expect("marker");
+        // The snapshot is written in the background.
+        glommio::timer::sleep(Duration::from_millis(200)).await;
+        let reopened = open_table(&disk.crash_image(CrashMode::PowerCut)).await;
+        let fetched = read_committed(&reopened, 0).await;
+        assert_eq!(fetched.aborted_transactions, vec![(1, 0)]);
+        assert_eq!(
+            consumed(&fetched).first(),
+            Some(&3),
+            "the aborted batch is skipped"
+        );
+    });
+}
+
 /// A step of the property test.
 #[derive(Debug, Clone)]
 enum Step {
