@@ -35,6 +35,12 @@ pub use transactions::{
     ONGOING_TXNS_PER_PARTITION_MAX, POLICY_VIOLATION,
 };
 
+/// Open transactions one shard tracks at most, over all its partitions: a batch that would
+/// open one more is refused with `POLICY_VIOLATION` (as at the per-partition bound,
+/// `transactions.rs`). About 100 bytes each. Checked before the append, so partitions
+/// appending at the same moment may each pass it once.
+pub const ONGOING_TXNS_PER_SHARD_MAX: usize = 20_000;
+
 pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = ResponseError::OutOfOrderSequenceNumber.code();
 pub const INVALID_PRODUCER_EPOCH: i16 = ResponseError::InvalidProducerEpoch.code();
 pub const TRANSACTION_COORDINATOR_FENCED: i16 = ResponseError::TransactionCoordinatorFenced.code();
@@ -661,6 +667,16 @@ impl ProducerStates {
                     .borrow()
                     .check_data_batch(&header)
                     .map_err(Refused::Sequence)?;
+                let opens = header.is_transactional()
+                    && state
+                        .txns
+                        .borrow()
+                        .open_transaction(header.producer_id)
+                        .is_none();
+                if opens && self.open_txns_on_shard() >= ONGOING_TXNS_PER_SHARD_MAX {
+                    tracing::debug!(partition = %tp, producer = header.producer_id, "transaction refused: the shard has its maximum of open transactions");
+                    return Err(Refused::Sequence(POLICY_VIOLATION));
+                }
                 let outcome = log.append_checked(batch).await.map_err(Refused::Append)?;
                 state.remember_appended(&header, outcome);
                 state
@@ -796,6 +812,17 @@ impl ProducerStates {
             .collect();
         producers.sort_by_key(|p| p.producer_id);
         producers
+    }
+
+    /// Open transactions on every partition of the shard whose state is loaded (a
+    /// partition's open transactions are known only once loaded; its first transactional
+    /// batch loads it). Counted when a batch would open a transaction, not kept.
+    fn open_txns_on_shard(&self) -> usize {
+        self.partitions
+            .borrow()
+            .values()
+            .map(|(_, state)| state.txns.borrow().ongoing_count())
+            .sum()
     }
 
     /// Forgets a partition that left this shard (deleted or moved).

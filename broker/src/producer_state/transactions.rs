@@ -18,7 +18,8 @@
 //!   open at offsets past the log end, so the LSO never goes back.
 //!
 //! Bounds (Kafka has none): [`ONGOING_TXNS_PER_PARTITION_MAX`] open transactions and
-//! [`ABORTED_TXNS_PER_PARTITION_MAX`] aborted entries per partition. At either bound a
+//! [`ABORTED_TXNS_PER_PARTITION_MAX`] aborted entries per partition, and
+//! `ONGOING_TXNS_PER_SHARD_MAX` open transactions per shard (the parent module). At any bound a
 //! transactional batch that would open a new transaction is refused with `POLICY_VIOLATION`
 //! (the client aborts the transaction; its abort marker adds no entry here, as nothing of it
 //! was written here); batches of transactions already open and markers are never refused for
