@@ -418,6 +418,15 @@ impl PartitionTable {
                 let Some(replicas) = self.replicas_hosting(&tp) else {
                     return failed(code);
                 };
+                // Replicated partitions (preview) do not track transactions: refusing the
+                // data keeps `read_committed` readers from seeing an open transaction.
+                if batches.iter().any(|batch| {
+                    crate::storage::batch::BatchHeader::parse(batch)
+                        .is_some_and(|header| header.is_transactional())
+                }) {
+                    tracing::debug!(partition = %tp, "produce refused: transactions on replicated partitions are not supported yet");
+                    return failed(crate::producer_state::POLICY_VIOLATION);
+                }
                 // Proposing is the append: it happens now, in dispatch order.
                 self.sequencer(&tp).assert_in_order(&tp, origin);
                 let pending = replicas.dispatch_produce(&tp, batches, acks);
@@ -567,8 +576,9 @@ impl PartitionTable {
     /// (`NOT_LEADER_OR_FOLLOWER`, `KAFKA_STORAGE_ERROR`), `INVALID_PRODUCER_EPOCH` for an
     /// epoch older than the producer's here, `TRANSACTION_COORDINATOR_FENCED` for an older
     /// coordinator epoch. A marker for a producer with no open transaction here is written
-    /// too (Kafka does; a retry), and changes nothing else. Replicated partitions do not take
-    /// markers yet: `UNSUPPORTED_VERSION`.
+    /// too (Kafka does; a retry), and changes nothing else. Replicated partitions (preview)
+    /// refuse transactional data, so a marker there has nothing to complete: answered `Ok(-1)`
+    /// with nothing written (a coordinator must not retry it forever).
     pub async fn write_txn_marker(
         &self,
         tp: &TopicPartition,
@@ -577,8 +587,8 @@ impl PartitionTable {
         let log = match self.log(tp) {
             Ok(log) => log,
             Err(_) if self.replicas_hosting(tp).is_some() => {
-                tracing::warn!(partition = %tp, "transaction marker for a replicated partition: not supported yet");
-                return Err(codes::UNSUPPORTED_VERSION);
+                tracing::debug!(partition = %tp, "transaction marker for a replicated partition: no transaction can be open there; nothing written");
+                return Ok(-1);
             }
             Err(code) => return Err(code),
         };

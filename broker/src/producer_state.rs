@@ -246,6 +246,10 @@ pub struct ProducerSummary {
     /// -1 when no batch of the producer is remembered.
     pub last_sequence: i32,
     pub last_timestamp: i64,
+    /// Of the producer's last transaction marker here, -1 none.
+    pub coordinator_epoch: i32,
+    /// The first offset of the producer's open transaction here, -1 none.
+    pub current_txn_start_offset: i64,
 }
 
 /// What the sequence check decides for one batch.
@@ -808,6 +812,12 @@ impl ProducerStates {
                 epoch: entry.epoch,
                 last_sequence: entry.batches.back().map_or(-1, |b| b.last_sequence),
                 last_timestamp: entry.last_timestamp,
+                coordinator_epoch: entry.coordinator_epoch,
+                current_txn_start_offset: state
+                    .txns
+                    .borrow()
+                    .open_transaction(*producer_id)
+                    .unwrap_or(-1),
             })
             .collect();
         producers.sort_by_key(|p| p.producer_id);

@@ -307,6 +307,66 @@ fn an_aborted_transaction_beyond_the_tail_scan_survives_a_crash_through_the_snap
     });
 }
 
+/// A `read_committed` long poll parked at the LSO (data above it, in an open transaction)
+/// wakes when the commit marker moves the LSO, not at its timeout; a `read_uncommitted` one
+/// at the same offset returns at once.
+#[test]
+fn a_read_committed_wait_wakes_on_the_marker() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let table = std::rc::Rc::new(open_table(&disk).await);
+        produce(&table, batch(1, 0, 2, true)).await;
+        let long = Duration::from_secs(30);
+        let started = Instant::now();
+        let outcome = table
+            .wait_for_data_isolated(&tp(), 0, long, Isolation::ReadUncommitted)
+            .await;
+        assert_eq!(outcome, WaitOutcome::Waited);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let committer = table.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            committer
+                .write_txn_marker(&tp(), marker(1, true))
+                .await
+                .expect("marker");
+        })
+        .detach();
+        let started = Instant::now();
+        table
+            .wait_for_data_isolated(&tp(), 0, long, Isolation::ReadCommitted)
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "woken by the marker"
+        );
+        assert_eq!(read_committed(&table, 0).await.last_stable_offset, 3);
+    });
+}
+
+/// Replicated partitions (preview) track no transactions: they refuse transactional data,
+/// and a marker there has nothing to complete (answered at once, nothing written).
+#[test]
+fn replicated_partitions_refuse_transactional_data() {
+    use crate::replica::tests::{run, tp, Cluster};
+    run(|| async {
+        let mut cluster = Cluster::new(2).await;
+        let leader = cluster.elect().await;
+        let table = PartitionTable::new(16);
+        table.set_replicas(cluster.manager(leader));
+        let origin = ProduceOrigin {
+            connection_id: 1,
+            request_sequence: 0,
+        };
+        let refused = table
+            .dispatch_produce(tp(), vec![batch(1, 0, 1, true)], -1, origin)
+            .run(&table)
+            .await;
+        assert_eq!(refused.error_code, crate::producer_state::POLICY_VIOLATION);
+        assert_eq!(table.write_txn_marker(&tp(), marker(1, true)).await, Ok(-1));
+    });
+}
+
 /// A step of the property test.
 #[derive(Debug, Clone)]
 enum Step {
