@@ -540,9 +540,7 @@ impl PartitionTable {
         loop {
             let stable = self
                 .producers
-                .with_txns(tp, log, |txns| {
-                    txns.last_stable_offset(log.high_watermark())
-                })
+                .with_txns(tp, log, |txns| stable_offset(txns, &log))
                 .await;
             if stable > offset || log.fenced_error().is_some() {
                 return;
@@ -1028,14 +1026,12 @@ async fn fetch(
         Isolation::ReadCommitted => {
             table
                 .producers
-                .with_txns(tp, &log, |txns| {
-                    txns.last_stable_offset(log.high_watermark())
-                })
+                .with_txns(tp, &log, |txns| stable_offset(txns, &log))
                 .await
         }
         Isolation::ReadUncommitted => table
             .producers
-            .loaded_txns(tp, |txns| txns.last_stable_offset(log.high_watermark()))
+            .loaded_txns(tp, |txns| stable_offset(txns, &log))
             .unwrap_or_else(|| log.high_watermark()),
     };
     let result = if max_bytes == 0 {
@@ -1084,6 +1080,15 @@ async fn fetch(
     outcome
 }
 
+/// The last stable offset of `log` with these transactions: the first offset of the oldest
+/// open transaction, at least the log start (Kafka's `maybeIncrementFirstUnstableOffset`:
+/// records removed by retention or `DeleteRecords` no longer hold readers back), at most the
+/// high watermark.
+fn stable_offset(txns: &crate::producer_state::PartitionTxns, log: &PartitionLog) -> i64 {
+    txns.last_stable_offset(log.high_watermark())
+        .max(log.log_start_offset())
+}
+
 /// Keeps the leading batches that end below the last stable offset (it is always at a batch
 /// boundary: a transaction's first offset, or the high watermark).
 fn keep_stable(batches: &mut Vec<Bytes>, last_stable_offset: i64) {
@@ -1124,9 +1129,7 @@ async fn list_offset(
         -1 if isolation == Isolation::ReadCommitted => {
             let stable = table
                 .producers
-                .with_txns(tp, &log, |txns| {
-                    txns.last_stable_offset(log.high_watermark())
-                })
+                .with_txns(tp, &log, |txns| stable_offset(txns, &log))
                 .await;
             return answer(codes::NONE, stable, -1);
         }

@@ -367,6 +367,31 @@ fn replicated_partitions_refuse_transactional_data() {
     });
 }
 
+/// Records removed by `DeleteRecords` no longer hold `read_committed` readers back: the LSO
+/// is at least the log start (Kafka clamps its first unstable offset the same way).
+#[test]
+fn the_lso_is_never_below_the_log_start() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let table = open_table(&disk).await;
+        produce(&table, batch(-1, 0, 1, false)).await;
+        produce(&table, batch(1, 0, 2, true)).await;
+        produce(&table, batch(-1, 0, 2, false)).await;
+        assert_eq!(read_committed(&table, 0).await.last_stable_offset, 1);
+        let deleted = table.delete_records(&tp(), 3).await;
+        assert_eq!((deleted.error_code, deleted.offset), (codes::NONE, 3));
+        let fetched = read_committed(&table, 3).await;
+        assert_eq!(
+            (fetched.error_code, fetched.last_stable_offset),
+            (codes::NONE, 3)
+        );
+        let latest = table
+            .list_offset_isolated(&tp(), -1, Isolation::ReadCommitted)
+            .await;
+        assert_eq!(latest.offset, 3);
+    });
+}
+
 /// A step of the property test.
 #[derive(Debug, Clone)]
 enum Step {
