@@ -540,7 +540,7 @@ impl PartitionTable {
         loop {
             let stable = self
                 .producers
-                .with_txns(tp, log, |txns| stable_offset(txns, &log))
+                .with_txns(tp, log, |txns| stable_offset(txns, log))
                 .await;
             if stable > offset || log.fenced_error().is_some() {
                 return;
