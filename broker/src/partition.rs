@@ -1141,6 +1141,18 @@ async fn list_offset(
         timestamp_ms if timestamp_ms >= 0 => log.offset_for_timestamp(timestamp_ms).await,
         _ => return answer(codes::UNSUPPORTED_VERSION, -1, -1),
     };
+    // Kafka's `fetchOffsetForTimestamp`: a `read_committed` lookup finds only offsets below
+    // the last stable offset.
+    let found = match (found, isolation) {
+        (Ok(Some((offset, found_timestamp_ms))), Isolation::ReadCommitted) => {
+            let stable = table
+                .producers
+                .with_txns(tp, &log, |txns| stable_offset(txns, &log))
+                .await;
+            Ok(Some((offset, found_timestamp_ms)).filter(|_| offset < stable))
+        }
+        (found, _) => found,
+    };
     match found {
         Ok(Some((offset, found_timestamp_ms))) => answer(codes::NONE, offset, found_timestamp_ms),
         Ok(None) => answer(codes::NONE, -1, -1),

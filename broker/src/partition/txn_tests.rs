@@ -392,6 +392,34 @@ fn the_lso_is_never_below_the_log_start() {
     });
 }
 
+/// A `read_committed` time lookup finds only offsets below the LSO (Kafka's
+/// `fetchOffsetForTimestamp`); `read_uncommitted` finds the open transaction's.
+#[test]
+fn a_read_committed_time_lookup_stops_at_the_lso() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let table = open_table(&disk).await;
+        produce(&table, batch(1, 0, 2, true)).await;
+        let time = 1_700_000_000_000;
+        let uncommitted = table
+            .list_offset_isolated(&tp(), time, Isolation::ReadUncommitted)
+            .await;
+        assert_eq!(uncommitted.offset, 0);
+        let committed = table
+            .list_offset_isolated(&tp(), time, Isolation::ReadCommitted)
+            .await;
+        assert_eq!((committed.error_code, committed.offset), (codes::NONE, -1));
+        table
+            .write_txn_marker(&tp(), marker(1, true))
+            .await
+            .expect("marker");
+        let committed = table
+            .list_offset_isolated(&tp(), time, Isolation::ReadCommitted)
+            .await;
+        assert_eq!(committed.offset, 0);
+    });
+}
+
 /// A step of the property test.
 #[derive(Debug, Clone)]
 enum Step {
