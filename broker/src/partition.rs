@@ -540,8 +540,9 @@ impl PartitionTable {
         loop {
             let stable = self
                 .producers
-                .with_txns(tp, log, |txns| stable_offset(txns, log))
-                .await;
+                .with_txns_if_any(tp, log, |txns| stable_offset(txns, log))
+                .await
+                .unwrap_or_else(|| log.high_watermark());
             if stable > offset || log.fenced_error().is_some() {
                 return;
             }
@@ -1023,12 +1024,11 @@ async fn fetch(
     // Taken before the read: the stable offset never goes back, so batches read below it
     // stay stable whatever is appended meanwhile.
     let last_stable_offset = match isolation {
-        Isolation::ReadCommitted => {
-            table
-                .producers
-                .with_txns(tp, &log, |txns| stable_offset(txns, &log))
-                .await
-        }
+        Isolation::ReadCommitted => table
+            .producers
+            .with_txns_if_any(tp, &log, |txns| stable_offset(txns, &log))
+            .await
+            .unwrap_or_else(|| log.high_watermark()),
         Isolation::ReadUncommitted => table
             .producers
             .loaded_txns(tp, |txns| stable_offset(txns, &log))
@@ -1073,8 +1073,9 @@ async fn fetch(
         {
             outcome.aborted_transactions = table
                 .producers
-                .with_txns(tp, &log, |txns| txns.aborted_overlapping(offset, upper))
-                .await;
+                .with_txns_if_any(tp, &log, |txns| txns.aborted_overlapping(offset, upper))
+                .await
+                .unwrap_or_default();
         }
     }
     outcome
@@ -1129,8 +1130,9 @@ async fn list_offset(
         -1 if isolation == Isolation::ReadCommitted => {
             let stable = table
                 .producers
-                .with_txns(tp, &log, |txns| stable_offset(txns, &log))
-                .await;
+                .with_txns_if_any(tp, &log, |txns| stable_offset(txns, &log))
+                .await
+                .unwrap_or_else(|| log.high_watermark());
             return answer(codes::NONE, stable, -1);
         }
         -1 => return answer(codes::NONE, log.high_watermark(), -1),
@@ -1147,8 +1149,9 @@ async fn list_offset(
         (Ok(Some((offset, found_timestamp_ms))), Isolation::ReadCommitted) => {
             let stable = table
                 .producers
-                .with_txns(tp, &log, |txns| stable_offset(txns, &log))
-                .await;
+                .with_txns_if_any(tp, &log, |txns| stable_offset(txns, &log))
+                .await
+                .unwrap_or_else(|| log.high_watermark());
             Ok(Some((offset, found_timestamp_ms)).filter(|_| offset < stable))
         }
         (found, _) => found,

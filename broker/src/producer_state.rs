@@ -74,6 +74,11 @@ const SNAPSHOT_EVERY_OFFSETS: i64 = 50_000;
 const SNAPSHOT_AFTER_MARKER_OFFSETS: i64 = 10_000;
 /// The snapshot file in the partition's directory (`storage/FORMAT.md`).
 const SNAPSHOT_FILE: &str = "producer-state.snapshot";
+/// An empty file in the partition's directory, written (durably) before the partition's
+/// first transactional batch is appended: without it the partition never held a
+/// transaction, and a `read_committed` reader needs no producer state loaded
+/// (`storage/FORMAT.md`).
+const TRANSACTIONS_SEEN_FILE: &str = "transactions.seen";
 
 /// The archived form of one partition's producer state (`storage/FORMAT.md`), version 3.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Eq)]
@@ -639,6 +644,9 @@ type GatedProducers = (Rc<Semaphore>, Rc<PartitionProducers>);
 #[derive(Default)]
 pub struct ProducerStates {
     partitions: RefCell<HashMap<TopicPartition, GatedProducers>>,
+    /// Whether each partition's `transactions.seen` file exists, once looked up (or
+    /// written). Only ever goes from false to true while the partition is here.
+    transactions_seen: RefCell<HashMap<TopicPartition, bool>>,
 }
 
 impl ProducerStates {
@@ -680,6 +688,9 @@ impl ProducerStates {
                 if opens && self.open_txns_on_shard() >= ONGOING_TXNS_PER_SHARD_MAX {
                     tracing::debug!(partition = %tp, producer = header.producer_id, "transaction refused: the shard has its maximum of open transactions");
                     return Err(Refused::Sequence(POLICY_VIOLATION));
+                }
+                if opens {
+                    self.mark_transactions_seen(tp, log).await?;
                 }
                 let outcome = log.append_checked(batch).await.map_err(Refused::Append)?;
                 state.remember_appended(&header, outcome);
@@ -766,6 +777,67 @@ impl ProducerStates {
         read(&txns)
     }
 
+    /// Writes the partition's `transactions.seen` file, once, before its first
+    /// transactional batch is appended (the caller holds the gate, the state is loaded).
+    async fn mark_transactions_seen(
+        &self,
+        tp: &TopicPartition,
+        log: &PartitionLog,
+    ) -> Result<(), Refused> {
+        if self.transactions_seen.borrow().get(tp) == Some(&true) {
+            return Ok(());
+        }
+        let path = log.dir().join(TRANSACTIONS_SEEN_FILE);
+        if let Err(error) = log.disk().write_file_atomically(&path, &[]).await {
+            tracing::error!(partition = %tp, %error, "transactions.seen not written; transactional batch refused");
+            return Err(Refused::Sequence(crate::error_codes::KAFKA_STORAGE_ERROR));
+        }
+        self.transactions_seen.borrow_mut().insert(tp.clone(), true);
+        Ok(())
+    }
+
+    /// Whether the partition ever held a transactional batch (its `transactions.seen`
+    /// file), looked up once. A lookup that fails answers yes: loading is always safe.
+    async fn ever_transactional(&self, tp: &TopicPartition, log: &PartitionLog) -> bool {
+        if let Some(seen) = self.transactions_seen.borrow().get(tp) {
+            return *seen;
+        }
+        let path = log.dir().join(TRANSACTIONS_SEEN_FILE);
+        let seen = match log.disk().read_file(&path).await {
+            Ok(found) => found.is_some(),
+            Err(error) => {
+                tracing::warn!(partition = %tp, %error, "transactions.seen unreadable; loading the producer state");
+                true
+            }
+        };
+        // An append may have written the file meanwhile: never go back from true.
+        *self
+            .transactions_seen
+            .borrow_mut()
+            .entry(tp.clone())
+            .or_insert(seen)
+    }
+
+    /// [`Self::with_txns`] for a `read_committed` reader: `None`, with nothing loaded, when
+    /// the partition never held a transactional batch (no transaction is open and none was
+    /// aborted: everything is stable).
+    pub async fn with_txns_if_any<R>(
+        &self,
+        tp: &TopicPartition,
+        log: &PartitionLog,
+        read: impl FnOnce(&PartitionTxns) -> R,
+    ) -> Option<R> {
+        let loaded = self
+            .partitions
+            .borrow()
+            .get(tp)
+            .is_some_and(|(_, state)| state.loaded.get());
+        if !loaded && !self.ever_transactional(tp, log).await {
+            return None;
+        }
+        Some(self.with_txns(tp, log, read).await)
+    }
+
     /// Runs `read` on the partition's transactions if they are loaded; `None` (nothing
     /// loaded) otherwise.
     pub fn loaded_txns<R>(
@@ -838,6 +910,7 @@ impl ProducerStates {
     /// Forgets a partition that left this shard (deleted or moved).
     pub fn forget(&self, tp: &TopicPartition) {
         self.partitions.borrow_mut().remove(tp);
+        self.transactions_seen.borrow_mut().remove(tp);
     }
 }
 

@@ -420,6 +420,33 @@ fn a_read_committed_time_lookup_stops_at_the_lso() {
     });
 }
 
+/// A partition that never held a transactional batch serves `read_committed` readers
+/// without loading any producer state (no `transactions.seen` file); one that did loads it,
+/// after a restart too.
+#[test]
+fn read_committed_loads_producer_state_only_where_transactions_were_written() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let table = open_table(&disk).await;
+        produce(&table, batch(-1, 0, 3, false)).await;
+        let fetched = read_committed(&table, 0).await;
+        assert_eq!((fetched.high_watermark, fetched.last_stable_offset), (3, 3));
+        assert_eq!(consumed(&fetched), vec![0]);
+        assert!(
+            table.producers.loaded_txns(&tp(), |_| ()).is_none(),
+            "nothing loaded"
+        );
+        produce(&table, batch(1, 0, 1, true)).await;
+        let reopened = open_table(&disk.crash_image(CrashMode::PowerCut)).await;
+        let fetched = read_committed(&reopened, 0).await;
+        assert_eq!(
+            fetched.last_stable_offset, 3,
+            "the open transaction is found"
+        );
+        assert!(reopened.producers.loaded_txns(&tp(), |_| ()).is_some());
+    });
+}
+
 /// A step of the property test.
 #[derive(Debug, Clone)]
 enum Step {
