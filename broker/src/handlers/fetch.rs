@@ -9,6 +9,12 @@
 //! never reserves the client's whole `max_bytes` (librdkafka and the Java client ask for
 //! 50 MiB) for a response of a few hundred bytes.
 //!
+//! Isolation (v4+, KIP-98): a `read_committed` request reads each partition up to its last
+//! stable offset (`partition::Isolation`), is answered the aborted transactions overlapping
+//! the batches returned, and its long poll waits for the last stable offset to move, not
+//! the high watermark. `read_uncommitted` reads to the high watermark as before; both are
+//! told the last stable offset.
+//!
 //! Codecs: below v10 no zstd batch is returned (KIP-110), as the client may not decode it;
 //! the rule is `recompress::apply_fetch_codec_rule`, applied to each read as soon as it is
 //! back, on the batch headers already in memory.
