@@ -610,6 +610,10 @@ impl PartitionProducers {
                             coordinator_epoch,
                         };
                         self.apply_marker(marker, header.base_offset);
+                    } else if header.is_transactional() {
+                        // Never written by this broker; left out, so the producer's
+                        // transaction stays open (readers wait) rather than guessed closed.
+                        tracing::warn!(partition = %tp, offset = header.base_offset, producer = header.producer_id, "a transactional control batch that is not a readable marker; ignored");
                     }
                     continue;
                 }
