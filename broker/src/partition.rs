@@ -30,6 +30,7 @@ use crate::disk::PartitionLog;
 use crate::error_codes as codes;
 use crate::log_throttle::LogThrottle;
 use crate::metadata::TopicPartition;
+pub use crate::producer_state::TxnMarker;
 use crate::producer_state::{ProducerStates, Refused};
 use crate::replica::serve::PendingReplicaProduce;
 use crate::replica::ReplicaManager;
@@ -57,8 +58,59 @@ pub struct ProduceOutcome {
 pub struct FetchOutcome {
     pub error_code: i16,
     pub high_watermark: i64,
+    /// The last stable offset (transactions): below it every transaction is complete. The
+    /// high watermark for a partition whose transactions are not loaded (no idempotent,
+    /// transactional or `read_committed` use since the start) and for replicated partitions.
+    pub last_stable_offset: i64,
     pub log_start_offset: i64,
     pub batches: Vec<Bytes>,
+    /// `read_committed`: the aborted transactions overlapping the returned batches, as
+    /// (producer id, first offset) (Kafka's `aborted_transactions`).
+    pub aborted_transactions: Vec<(i64, i64)>,
+}
+
+impl FetchOutcome {
+    /// An answer with `error_code`, unknown (-1) offsets and no data.
+    pub fn failed(error_code: i16) -> Self {
+        Self {
+            error_code,
+            high_watermark: -1,
+            last_stable_offset: -1,
+            log_start_offset: -1,
+            batches: Vec::new(),
+            aborted_transactions: Vec::new(),
+        }
+    }
+
+    /// Where a reader at `isolation` stops: the last stable offset or the high watermark.
+    pub fn readable_end(&self, isolation: Isolation) -> i64 {
+        match isolation {
+            Isolation::ReadCommitted => self.last_stable_offset,
+            Isolation::ReadUncommitted => self.high_watermark,
+        }
+    }
+}
+
+/// Fetch's and `ListOffsets`' `isolation_level` (KIP-98).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Isolation {
+    /// 0: everything up to the high watermark, open and aborted transactions included.
+    #[default]
+    ReadUncommitted,
+    /// 1: up to the last stable offset, with the aborted transactions to skip.
+    ReadCommitted,
+}
+
+impl Isolation {
+    /// Kafka's wire value: 1 is `read_committed`, anything else `read_uncommitted` (as Kafka's
+    /// `IsolationLevel.forId` would refuse; old versions send 0).
+    pub fn from_level(level: i8) -> Self {
+        if level == 1 {
+            Isolation::ReadCommitted
+        } else {
+            Isolation::ReadUncommitted
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -366,6 +418,15 @@ impl PartitionTable {
                 let Some(replicas) = self.replicas_hosting(&tp) else {
                     return failed(code);
                 };
+                // Replicated partitions (preview) do not track transactions: refusing the
+                // data keeps `read_committed` readers from seeing an open transaction.
+                if batches.iter().any(|batch| {
+                    crate::storage::batch::BatchHeader::parse(batch)
+                        .is_some_and(|header| header.is_transactional())
+                }) {
+                    tracing::debug!(partition = %tp, "produce refused: transactions on replicated partitions are not supported yet");
+                    return failed(crate::producer_state::POLICY_VIOLATION);
+                }
                 // Proposing is the append: it happens now, in dispatch order.
                 self.sequencer(&tp).assert_in_order(&tp, origin);
                 let pending = replicas.dispatch_produce(&tp, batches, acks);
@@ -388,6 +449,14 @@ impl PartitionTable {
             tracing::debug!(partition = %tp, "produce refused: clients may not write control batches");
             return failed(codes::INVALID_RECORD);
         }
+        // Kafka's LogValidator: a transactional batch belongs to a producer id.
+        if batches
+            .iter()
+            .any(|checked| checked.header().is_transactional() && checked.header().producer_id < 0)
+        {
+            tracing::debug!(partition = %tp, "produce refused: a transactional batch without a producer id");
+            return failed(codes::INVALID_RECORD);
+        }
         let sequencer = self.sequencer(&tp);
         let ticket = sequencer.turns.ticket();
         DispatchedProduce(ProduceStage::InLine(InLine {
@@ -401,10 +470,23 @@ impl PartitionTable {
         }))
     }
 
-    /// Whole batches from `offset`, about `max_bytes` (at least one batch when any exists).
-    /// `max_bytes` 0 reads nothing: only the offsets are answered (a fetch's probe).
+    /// Whole batches from `offset`, about `max_bytes` (at least one batch when any exists),
+    /// `read_uncommitted`. `max_bytes` 0 reads nothing: only the offsets are answered (a
+    /// fetch's probe).
     pub async fn fetch(&self, tp: &TopicPartition, offset: i64, max_bytes: usize) -> FetchOutcome {
-        fetch(self, tp, offset, max_bytes).await
+        fetch(self, tp, offset, max_bytes, Isolation::ReadUncommitted).await
+    }
+
+    /// [`Self::fetch`] at `isolation`: `read_committed` returns only batches below the last
+    /// stable offset, with the aborted transactions overlapping them.
+    pub async fn fetch_isolated(
+        &self,
+        tp: &TopicPartition,
+        offset: i64,
+        max_bytes: usize,
+        isolation: Isolation,
+    ) -> FetchOutcome {
+        fetch(self, tp, offset, max_bytes, isolation).await
     }
 
     /// Resolves when the high watermark passes `offset`, or after `wait`; `Refused` at once
@@ -415,13 +497,32 @@ impl PartitionTable {
         offset: i64,
         wait: Duration,
     ) -> WaitOutcome {
+        self.wait_for_data_isolated(tp, offset, wait, Isolation::ReadUncommitted)
+            .await
+    }
+
+    /// [`Self::wait_for_data`] at `isolation`: `read_committed` waits for the last stable
+    /// offset to pass `offset` (it moves with writes and with markers, each of which the
+    /// log's progress signal follows).
+    pub async fn wait_for_data_isolated(
+        &self,
+        tp: &TopicPartition,
+        offset: i64,
+        wait: Duration,
+        isolation: Isolation,
+    ) -> WaitOutcome {
         if let Ok(log) = self.log(tp) {
             let Some(_parked) = self.parked_waits.try_park(tp) else {
                 return WaitOutcome::Refused;
             };
-            let data = std::pin::pin!(log.wait_for_data(offset));
             let timer = std::pin::pin!(log.clock().sleep(wait));
-            select(data, timer).await;
+            if isolation == Isolation::ReadCommitted {
+                let stable = std::pin::pin!(self.wait_for_stable(tp, &log, offset));
+                select(stable, timer).await;
+            } else {
+                let data = std::pin::pin!(log.wait_for_data(offset));
+                select(data, timer).await;
+            }
         } else if let Some(replicas) = self.replicas_hosting(tp) {
             let Some(_parked) = self.parked_waits.try_park(tp) else {
                 return WaitOutcome::Refused;
@@ -433,10 +534,83 @@ impl PartitionTable {
         WaitOutcome::Waited
     }
 
+    /// Completes when the last stable offset passes `offset`, or the log is fenced or
+    /// closed.
+    async fn wait_for_stable(&self, tp: &TopicPartition, log: &PartitionLog, offset: i64) {
+        loop {
+            let stable = self
+                .producers
+                .with_txns_if_any(tp, log, |txns| stable_offset(txns, log))
+                .await
+                .unwrap_or_else(|| log.high_watermark());
+            if stable > offset || log.fenced_error().is_some() {
+                return;
+            }
+            log.wait_for_progress().await;
+        }
+    }
+
     /// Kafka `ListOffsets` semantics: -2 earliest, -1 latest, else the first offset at or
     /// after the time.
     pub async fn list_offset(&self, tp: &TopicPartition, timestamp_ms: i64) -> OffsetOutcome {
-        list_offset(self, tp, timestamp_ms).await
+        list_offset(self, tp, timestamp_ms, Isolation::ReadUncommitted).await
+    }
+
+    /// [`Self::list_offset`] at `isolation`: `read_committed`'s latest (-1) is the last
+    /// stable offset.
+    pub async fn list_offset_isolated(
+        &self,
+        tp: &TopicPartition,
+        timestamp_ms: i64,
+        isolation: Isolation,
+    ) -> OffsetOutcome {
+        list_offset(self, tp, timestamp_ms, isolation).await
+    }
+
+    /// Appends `marker`'s control batch (Kafka's format: attributes transactional|control,
+    /// one record, key = version 0 + type 0 abort / 1 commit, value = version 0 +
+    /// coordinator epoch), waits until it is durable, and completes the producer's open
+    /// transaction here (the last stable offset moves; an abort records an aborted-txn
+    /// entry). The marker's offset, or the Kafka error code: the partition's
+    /// (`NOT_LEADER_OR_FOLLOWER`, `KAFKA_STORAGE_ERROR`), `INVALID_PRODUCER_EPOCH` for an
+    /// epoch older than the producer's here, `TRANSACTION_COORDINATOR_FENCED` for an older
+    /// coordinator epoch. A marker for a producer with no open transaction here is written
+    /// too (Kafka does; a retry), and changes nothing else. Replicated partitions (preview)
+    /// refuse transactional data, so a marker there has nothing to complete: answered `Ok(-1)`
+    /// with nothing written (a coordinator must not retry it forever).
+    pub async fn write_txn_marker(
+        &self,
+        tp: &TopicPartition,
+        marker: TxnMarker,
+    ) -> Result<i64, i16> {
+        let log = match self.log(tp) {
+            Ok(log) => log,
+            Err(_) if self.replicas_hosting(tp).is_some() => {
+                tracing::debug!(partition = %tp, "transaction marker for a replicated partition: no transaction can be open there; nothing written");
+                return Ok(-1);
+            }
+            Err(code) => return Err(code),
+        };
+        let timestamp_ms = log.clock().now_ms();
+        let outcome = match self
+            .producers
+            .write_marker(tp, &log, marker, timestamp_ms)
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(Refused::Sequence(code)) => return Err(code),
+            Err(Refused::Append(error)) => {
+                tracing::warn!(partition = %tp, %error, "transaction marker not appended");
+                fence_if_log_fenced(self, tp, &log);
+                return Err(append_error_code(&error));
+            }
+        };
+        if let Err(error) = log.wait_durable(outcome.last_offset).await {
+            tracing::warn!(partition = %tp, %error, "transaction marker not made durable");
+            fence_if_log_fenced(self, tp, &log);
+            return Err(codes::KAFKA_STORAGE_ERROR);
+        }
+        Ok(outcome.base_offset)
     }
 
     /// `OffsetForLeaderEpoch` from the partition's leader-epoch cache: the epoch and end
@@ -571,20 +745,25 @@ where
     answered(reply.await)
 }
 
-/// [`PartitionTable::fetch`] on the partition's owner.
+/// [`PartitionTable::fetch_isolated`] on the partition's owner.
 pub async fn fetch_on<S: PartitionOwner>(
     router: &Rc<ShardRouter<S>>,
     owner: usize,
     tp: TopicPartition,
     offset: i64,
     max_bytes: usize,
+    isolation: Isolation,
 ) -> Option<FetchOutcome> {
     on_owner(
         router,
         owner,
         tp,
         Ending::ToCompletion,
-        move |table, tp| async move { table.fetch(&tp, offset, max_bytes).await },
+        move |table, tp| async move {
+            table
+                .fetch_isolated(&tp, offset, max_bytes, isolation)
+                .await
+        },
     )
     .await
 }
@@ -597,32 +776,64 @@ pub async fn wait_for_data_on<S: PartitionOwner>(
     tp: TopicPartition,
     offset: i64,
     wait: Duration,
+    isolation: Isolation,
 ) -> Option<WaitOutcome> {
     on_owner(
         router,
         owner,
         tp,
         Ending::WithItsCaller,
-        move |table, tp| async move { table.wait_for_data(&tp, offset, wait).await },
+        move |table, tp| async move {
+            table
+                .wait_for_data_isolated(&tp, offset, wait, isolation)
+                .await
+        },
     )
     .await
 }
 
-/// [`PartitionTable::list_offset`] on the partition's owner.
+/// [`PartitionTable::list_offset_isolated`] on the partition's owner.
 pub async fn list_offset_on<S: PartitionOwner>(
     router: &Rc<ShardRouter<S>>,
     owner: usize,
     tp: TopicPartition,
     timestamp_ms: i64,
+    isolation: Isolation,
 ) -> Option<OffsetOutcome> {
     on_owner(
         router,
         owner,
         tp,
         Ending::ToCompletion,
-        move |table, tp| async move { table.list_offset(&tp, timestamp_ms).await },
+        move |table, tp| async move {
+            table
+                .list_offset_isolated(&tp, timestamp_ms, isolation)
+                .await
+        },
     )
     .await
+}
+
+/// [`PartitionTable::write_txn_marker`] on the partition's owner: the Kafka error code
+/// (0 ok); `NOT_LEADER_OR_FOLLOWER` when the owner is gone (only during shutdown).
+pub async fn write_txn_marker_on<S: PartitionOwner>(
+    router: &Rc<ShardRouter<S>>,
+    owner: usize,
+    tp: TopicPartition,
+    marker: TxnMarker,
+) -> i16 {
+    on_owner(
+        router,
+        owner,
+        tp,
+        // A marker appended must be waited for to the end (durability, then the answer).
+        Ending::ToCompletion,
+        move |table, tp| async move { table.write_txn_marker(&tp, marker).await },
+    )
+    .await
+    .map_or(codes::NOT_LEADER_OR_FOLLOWER, |written| {
+        written.err().unwrap_or(codes::NONE)
+    })
 }
 
 /// [`PartitionTable::end_offset_for_leader_epoch`] on the partition's owner.
@@ -783,40 +994,46 @@ async fn fetch(
     tp: &TopicPartition,
     offset: i64,
     max_bytes: usize,
+    isolation: Isolation,
 ) -> FetchOutcome {
     let log = match table.log(tp) {
         Ok(log) => log,
         Err(_) if table.replicas_hosting(tp).is_some() => {
             let replicas = table.replicas_hosting(tp).expect("checked");
             let fetched = replicas.fetch(tp, offset, max_bytes).await;
+            // Replicated partitions take no transaction markers yet: no transaction is
+            // ever open there, so everything committed is stable.
             return FetchOutcome {
                 error_code: fetched.error_code,
                 high_watermark: fetched.high_watermark,
+                last_stable_offset: fetched.high_watermark,
                 log_start_offset: fetched.log_start_offset,
                 batches: fetched.batches,
+                aborted_transactions: Vec::new(),
             };
         }
-        Err(error_code) => {
-            return FetchOutcome {
-                error_code,
-                high_watermark: -1,
-                log_start_offset: -1,
-                batches: Vec::new(),
-            }
-        }
+        Err(error_code) => return FetchOutcome::failed(error_code),
     };
     // A log its flusher fenced is offline even if no produce has seen it yet. Answered as
     // data it would be empty at the high watermark while `WaitForData` returns at once (a
     // fenced log wakes every waiter), and a long-poll Fetch would spin without yielding.
     if log.fenced_error().is_some() {
         fence_if_log_fenced(table, tp, &log);
-        return FetchOutcome {
-            error_code: codes::KAFKA_STORAGE_ERROR,
-            high_watermark: -1,
-            log_start_offset: -1,
-            batches: Vec::new(),
-        };
+        return FetchOutcome::failed(codes::KAFKA_STORAGE_ERROR);
     }
+    // Taken before the read: the stable offset never goes back, so batches read below it
+    // stay stable whatever is appended meanwhile.
+    let last_stable_offset = match isolation {
+        Isolation::ReadCommitted => table
+            .producers
+            .with_txns_if_any(tp, &log, |txns| stable_offset(txns, &log))
+            .await
+            .unwrap_or_else(|| log.high_watermark()),
+        Isolation::ReadUncommitted => table
+            .producers
+            .loaded_txns(tp, |txns| stable_offset(txns, &log))
+            .unwrap_or_else(|| log.high_watermark()),
+    };
     let result = if max_bytes == 0 {
         Ok(Vec::new())
     } else {
@@ -825,8 +1042,10 @@ async fn fetch(
     let mut outcome = FetchOutcome {
         error_code: codes::NONE,
         high_watermark: log.high_watermark(),
+        last_stable_offset,
         log_start_offset: log.log_start_offset(),
         batches: Vec::new(),
+        aborted_transactions: Vec::new(),
     };
     match result {
         Ok(batches) => outcome.batches = batches,
@@ -844,13 +1063,51 @@ async fn fetch(
             outcome.error_code = codes::KAFKA_STORAGE_ERROR;
         }
     }
+    if isolation == Isolation::ReadCommitted && !outcome.batches.is_empty() {
+        keep_stable(&mut outcome.batches, last_stable_offset);
+        if let Some(upper) = outcome
+            .batches
+            .last()
+            .and_then(|batch| crate::storage::batch::BatchHeader::parse(batch))
+            .map(|header| header.last_offset() + 1)
+        {
+            outcome.aborted_transactions = table
+                .producers
+                .with_txns_if_any(tp, &log, |txns| txns.aborted_overlapping(offset, upper))
+                .await
+                .unwrap_or_default();
+        }
+    }
     outcome
+}
+
+/// The last stable offset of `log` with these transactions: the first offset of the oldest
+/// open transaction, at least the log start (Kafka's `maybeIncrementFirstUnstableOffset`:
+/// records removed by retention or `DeleteRecords` no longer hold readers back), at most the
+/// high watermark.
+fn stable_offset(txns: &crate::producer_state::PartitionTxns, log: &PartitionLog) -> i64 {
+    txns.last_stable_offset(log.high_watermark())
+        .max(log.log_start_offset())
+}
+
+/// Keeps the leading batches that end below the last stable offset (it is always at a batch
+/// boundary: a transaction's first offset, or the high watermark).
+fn keep_stable(batches: &mut Vec<Bytes>, last_stable_offset: i64) {
+    let stable = batches
+        .iter()
+        .take_while(|batch| {
+            crate::storage::batch::BatchHeader::parse(batch)
+                .is_some_and(|header| header.last_offset() < last_stable_offset)
+        })
+        .count();
+    batches.truncate(stable);
 }
 
 async fn list_offset(
     table: &PartitionTable,
     tp: &TopicPartition,
     timestamp_ms: i64,
+    isolation: Isolation,
 ) -> OffsetOutcome {
     let answer = |error_code, offset, timestamp_ms| OffsetOutcome {
         error_code,
@@ -870,6 +1127,14 @@ async fn list_offset(
     let found = match timestamp_ms {
         // -4 is the earliest *local* offset (KIP-405): every segment here is local.
         -2 | -4 => return answer(codes::NONE, log.log_start_offset(), -1),
+        -1 if isolation == Isolation::ReadCommitted => {
+            let stable = table
+                .producers
+                .with_txns_if_any(tp, &log, |txns| stable_offset(txns, &log))
+                .await
+                .unwrap_or_else(|| log.high_watermark());
+            return answer(codes::NONE, stable, -1);
+        }
         -1 => return answer(codes::NONE, log.high_watermark(), -1),
         -3 => log
             .max_timestamp()
@@ -877,6 +1142,19 @@ async fn list_offset(
             .map(|found| found.map(|(ts, offset)| (offset, ts))),
         timestamp_ms if timestamp_ms >= 0 => log.offset_for_timestamp(timestamp_ms).await,
         _ => return answer(codes::UNSUPPORTED_VERSION, -1, -1),
+    };
+    // Kafka's `fetchOffsetForTimestamp`: a `read_committed` lookup finds only offsets below
+    // the last stable offset.
+    let found = match (found, isolation) {
+        (Ok(Some((offset, found_timestamp_ms))), Isolation::ReadCommitted) => {
+            let stable = table
+                .producers
+                .with_txns_if_any(tp, &log, |txns| stable_offset(txns, &log))
+                .await
+                .unwrap_or_else(|| log.high_watermark());
+            Ok(Some((offset, found_timestamp_ms)).filter(|_| offset < stable))
+        }
+        (found, _) => found,
     };
     match found {
         Ok(Some((offset, found_timestamp_ms))) => answer(codes::NONE, offset, found_timestamp_ms),
@@ -914,6 +1192,9 @@ async fn delete_records(table: &PartitionTable, tp: &TopicPartition, offset: i64
         }
     }
 }
+
+#[cfg(test)]
+mod txn_tests;
 
 #[cfg(test)]
 mod tests {

@@ -24,12 +24,35 @@ use kafka_protocol::error::ResponseError;
 
 use crate::disk::{BrokerDisk, PartitionLog};
 use crate::metadata::TopicPartition;
-use crate::storage::batch::BatchHeader;
+use crate::storage::batch::{control, BatchHeader};
 use crate::storage::meta::{self, MetaKind};
 use crate::storage::{AppendError, AppendOutcome, CheckedBatch, Disk};
 
+mod transactions;
+
+pub use transactions::{
+    AbortedTxn, PartitionTxns, ABORTED_TXNS_PER_PARTITION_MAX, INVALID_TXN_STATE,
+    ONGOING_TXNS_PER_PARTITION_MAX, POLICY_VIOLATION,
+};
+
+/// Open transactions one shard tracks at most, over all its partitions: a batch that would
+/// open one more is refused with `POLICY_VIOLATION` (as at the per-partition bound,
+/// `transactions.rs`). About 100 bytes each. Checked before the append, so partitions
+/// appending at the same moment may each pass it once.
+pub const ONGOING_TXNS_PER_SHARD_MAX: usize = 20_000;
+
 pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = ResponseError::OutOfOrderSequenceNumber.code();
 pub const INVALID_PRODUCER_EPOCH: i16 = ResponseError::InvalidProducerEpoch.code();
+pub const TRANSACTION_COORDINATOR_FENCED: i16 = ResponseError::TransactionCoordinatorFenced.code();
+
+/// A commit or abort marker the transaction coordinator writes to one partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnMarker {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub commit: bool,
+    pub coordinator_epoch: i32,
+}
 
 /// Batches remembered per producer and partition (Kafka's in-flight limit for idempotence).
 const BATCHES_REMEMBERED: usize = 5;
@@ -42,14 +65,30 @@ const PRODUCER_ID_BLOCK: i64 = 1000;
 /// Offsets of idempotent batches between snapshots of a partition's producer state: well
 /// inside `TAIL_SCAN_OFFSETS`, so the scan after a start never has to reach past one.
 const SNAPSHOT_EVERY_OFFSETS: i64 = 50_000;
+/// A marker, or a batch opening a transaction, takes a snapshot when the log has grown this
+/// many offsets (of any batches) since the last one: the open and aborted transactions a restart needs are then never
+/// further back than the scan from a snapshot reaches, however little of the partition's
+/// traffic is idempotent, and a snapshot (at most about 2 MB with
+/// `ABORTED_TXNS_PER_PARTITION_MAX` entries) is rewritten at most once per this many
+/// offsets. Below `TAIL_SCAN_OFFSETS`, so a partition with no snapshot yet is scanned whole.
+const SNAPSHOT_AFTER_MARKER_OFFSETS: i64 = 10_000;
 /// The snapshot file in the partition's directory (`storage/FORMAT.md`).
 const SNAPSHOT_FILE: &str = "producer-state.snapshot";
+/// An empty file in the partition's directory, written (durably) before the partition's
+/// first transactional batch is appended: without it the partition never held a
+/// transaction, and a `read_committed` reader needs no producer state loaded
+/// (`storage/FORMAT.md`).
+const TRANSACTIONS_SEEN_FILE: &str = "transactions.seen";
 
-/// The archived form of one partition's producer state (`storage/FORMAT.md`).
+/// The archived form of one partition's producer state (`storage/FORMAT.md`), version 3.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Eq)]
 struct ProducerSnapshot {
     next_offset: i64,
     producers: Vec<SnapshotProducer>,
+    /// Open transactions as of `next_offset`: (producer id, first offset).
+    ongoing_txns: Vec<(i64, i64)>,
+    /// Aborted transactions whose marker is below `next_offset`, in marker order.
+    aborted_txns: Vec<SnapshotAbortedTxn>,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Eq)]
@@ -59,6 +98,32 @@ struct SnapshotProducer {
     batches: Vec<SnapshotBatch>,
     /// The max timestamp of the producer's newest batch (`DescribeProducers`); -1 when
     /// upgraded from a version-1 file, which did not record it.
+    last_timestamp: i64,
+    /// The coordinator epoch of the producer's last marker here; -1 none (or upgraded).
+    coordinator_epoch: i32,
+}
+
+/// Kafka's `.txnindex` entry fields.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Eq)]
+struct SnapshotAbortedTxn {
+    producer_id: i64,
+    first_offset: i64,
+    last_offset: i64,
+    last_stable_offset: i64,
+}
+
+/// Version 2 of the snapshot (no transactions), read and upgraded in place.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Eq)]
+struct ProducerSnapshotV2 {
+    next_offset: i64,
+    producers: Vec<SnapshotProducerV2>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Eq)]
+struct SnapshotProducerV2 {
+    producer_id: i64,
+    epoch: i16,
+    batches: Vec<SnapshotBatch>,
     last_timestamp: i64,
 }
 
@@ -89,15 +154,38 @@ fn encode_snapshot(snapshot: &ProducerSnapshot) -> Vec<u8> {
     meta::seal(MetaKind::ProducerState, &archive)
 }
 
-/// Reads the current version and version 1 (upgraded: its producers' last timestamp is
-/// unknown, -1, until their next batch); the next snapshot is written as the current one.
+/// Reads the current version, version 2 (upgraded: no transactions, coordinator epochs
+/// unknown) and version 1 (also: its producers' last timestamp is unknown, -1, until their
+/// next batch); the next snapshot is written as the current one.
 fn decode_snapshot(file: &[u8]) -> Result<ProducerSnapshot, String> {
     let (version, payload) = meta::open_versions(
         MetaKind::ProducerState,
         file,
-        &[MetaKind::ProducerState.version(), 1],
+        &[MetaKind::ProducerState.version(), 2, 1],
     )
     .map_err(|e| e.to_string())?;
+    if version == 2 {
+        let archived = rkyv::access::<ArchivedProducerSnapshotV2, rkyv::rancor::Error>(&payload)
+            .map_err(|e| e.to_string())?;
+        let v2 = rkyv::deserialize::<ProducerSnapshotV2, rkyv::rancor::Error>(archived)
+            .map_err(|e| e.to_string())?;
+        return Ok(ProducerSnapshot {
+            next_offset: v2.next_offset,
+            producers: v2
+                .producers
+                .into_iter()
+                .map(|p| SnapshotProducer {
+                    producer_id: p.producer_id,
+                    epoch: p.epoch,
+                    batches: p.batches,
+                    last_timestamp: p.last_timestamp,
+                    coordinator_epoch: -1,
+                })
+                .collect(),
+            ongoing_txns: Vec::new(),
+            aborted_txns: Vec::new(),
+        });
+    }
     if version == 1 {
         let archived = rkyv::access::<ArchivedProducerSnapshotV1, rkyv::rancor::Error>(&payload)
             .map_err(|e| e.to_string())?;
@@ -113,8 +201,11 @@ fn decode_snapshot(file: &[u8]) -> Result<ProducerSnapshot, String> {
                     epoch: p.epoch,
                     batches: p.batches,
                     last_timestamp: -1,
+                    coordinator_epoch: -1,
                 })
                 .collect(),
+            ongoing_txns: Vec::new(),
+            aborted_txns: Vec::new(),
         });
     }
     let archived = rkyv::access::<ArchivedProducerSnapshot, rkyv::rancor::Error>(&payload)
@@ -136,6 +227,9 @@ struct ProducerEntry {
     batches: VecDeque<BatchEntry>,
     /// The max timestamp of the newest batch, -1 when not known.
     last_timestamp: i64,
+    /// The coordinator epoch of the producer's last marker here, -1 none: a marker from an
+    /// older coordinator is fenced (Kafka's `checkCoordinatorEpoch`).
+    coordinator_epoch: i32,
 }
 
 impl Default for ProducerEntry {
@@ -144,6 +238,7 @@ impl Default for ProducerEntry {
             epoch: 0,
             batches: VecDeque::new(),
             last_timestamp: -1,
+            coordinator_epoch: -1,
         }
     }
 }
@@ -156,6 +251,10 @@ pub struct ProducerSummary {
     /// -1 when no batch of the producer is remembered.
     pub last_sequence: i32,
     pub last_timestamp: i64,
+    /// Of the producer's last transaction marker here, -1 none.
+    pub coordinator_epoch: i32,
+    /// The first offset of the producer's open transaction here, -1 none.
+    pub current_txn_start_offset: i64,
 }
 
 /// What the sequence check decides for one batch.
@@ -255,9 +354,13 @@ fn check(entry: Option<&ProducerEntry>, header: &BatchHeader) -> Verdict {
 /// Producer state of one partition. Owned by the partition's shard.
 struct PartitionProducers {
     producers: RefCell<HashMap<i64, ProducerEntry>>,
+    /// The partition's transactions (`transactions.rs`).
+    txns: RefCell<PartitionTxns>,
     loaded: Cell<bool>,
     /// Offsets of idempotent batches appended since the last snapshot.
     offsets_since_snapshot: Cell<i64>,
+    /// `next_offset` of the last snapshot taken or loaded (0 none).
+    snapshot_offset: Cell<i64>,
     /// Snapshot files are written one at a time.
     snapshot_gate: Semaphore,
 }
@@ -266,16 +369,19 @@ impl Default for PartitionProducers {
     fn default() -> Self {
         Self {
             producers: RefCell::default(),
+            txns: RefCell::default(),
             loaded: Cell::new(false),
             offsets_since_snapshot: Cell::new(0),
+            snapshot_offset: Cell::new(0),
             snapshot_gate: Semaphore::new(1),
         }
     }
 }
 
 impl PartitionProducers {
-    /// The state as of `next_offset`: batches at or past it (appended, not yet written) are
-    /// left out, the scan after a start finds them if they were written.
+    /// The state as of `next_offset`, the log end offset when taken under the gate (every
+    /// batch and marker appended so far is accounted for; a load ignores the snapshot when
+    /// the log it finds ends below that). Batches at or past it are left out.
     fn snapshot(&self, next_offset: i64) -> ProducerSnapshot {
         let producers = self
             .producers
@@ -285,6 +391,7 @@ impl PartitionProducers {
                 producer_id: *producer_id,
                 epoch: entry.epoch,
                 last_timestamp: entry.last_timestamp,
+                coordinator_epoch: entry.coordinator_epoch,
                 batches: entry
                     .batches
                     .iter()
@@ -298,9 +405,24 @@ impl PartitionProducers {
                     .collect(),
             })
             .collect();
+        let txns = self.txns.borrow();
         ProducerSnapshot {
             next_offset,
             producers,
+            ongoing_txns: txns
+                .ongoing()
+                .filter(|(_, first_offset)| *first_offset < next_offset)
+                .collect(),
+            aborted_txns: txns
+                .aborted()
+                .filter(|entry| entry.last_offset < next_offset)
+                .map(|entry| SnapshotAbortedTxn {
+                    producer_id: entry.producer_id,
+                    first_offset: entry.first_offset,
+                    last_offset: entry.last_offset,
+                    last_stable_offset: entry.last_stable_offset,
+                })
+                .collect(),
         }
     }
 
@@ -323,9 +445,30 @@ impl PartitionProducers {
                 epoch: producer.epoch,
                 batches,
                 last_timestamp: producer.last_timestamp,
+                coordinator_epoch: producer.coordinator_epoch,
             };
             producers.insert(producer.producer_id, entry);
         }
+        let mut aborted: Vec<AbortedTxn> = snapshot
+            .aborted_txns
+            .iter()
+            .map(|entry| AbortedTxn {
+                producer_id: entry.producer_id,
+                first_offset: entry.first_offset,
+                last_offset: entry.last_offset,
+                last_stable_offset: entry.last_stable_offset,
+            })
+            .collect();
+        // Written by this module under a CRC, but checked all the same: nothing read from
+        // disk may trip an assertion later.
+        let ongoing: Vec<(i64, i64)> = snapshot
+            .ongoing_txns
+            .iter()
+            .copied()
+            .filter(|(_, first_offset)| *first_offset < snapshot.next_offset)
+            .collect();
+        aborted.retain(|entry| entry.last_offset < snapshot.next_offset);
+        self.txns.borrow_mut().restore(&ongoing, &aborted);
     }
 
     /// The snapshot in the partition's directory, if it is whole and not ahead of the log.
@@ -410,6 +553,25 @@ impl PartitionProducers {
         }
     }
 
+    /// A marker the log placed at `offset` (or replayed from it): the producer's epoch
+    /// moves up to the marker's (its remembered batches are of the older epoch), its
+    /// coordinator epoch is the marker's, and its open transaction here, if any, is
+    /// completed (an abort's entry is returned).
+    fn apply_marker(&self, marker: TxnMarker, offset: i64) -> Option<AbortedTxn> {
+        {
+            let mut producers = self.producers.borrow_mut();
+            let entry = producers.entry(marker.producer_id).or_default();
+            if marker.producer_epoch != entry.epoch {
+                entry.batches.clear();
+                entry.epoch = marker.producer_epoch;
+            }
+            entry.coordinator_epoch = marker.coordinator_epoch;
+        }
+        self.txns
+            .borrow_mut()
+            .complete(marker.producer_id, marker.commit, offset)
+    }
+
     /// Loads the snapshot, then replays the batch headers after it (or, without one, the
     /// log's tail).
     async fn load(&self, tp: &TopicPartition, log: &PartitionLog) {
@@ -417,6 +579,7 @@ impl PartitionProducers {
         let mut offset = (end - TAIL_SCAN_OFFSETS).max(log.log_start_offset());
         if let Some(snapshot) = Self::read_snapshot(tp, log).await {
             offset = snapshot.next_offset.max(log.log_start_offset());
+            self.snapshot_offset.set(snapshot.next_offset);
             self.install(snapshot);
         }
         let mut batches_seen = 0_usize;
@@ -434,26 +597,47 @@ impl PartitionProducers {
                     break;
                 };
                 offset = header.last_offset() + 1;
-                if header.producer_id >= 0 {
-                    batches_seen += 1;
-                    let outcome = AppendOutcome {
-                        base_offset: header.base_offset,
-                        last_offset: header.last_offset(),
-                    };
-                    self.remember(&header, outcome);
+                if header.producer_id < 0 {
+                    continue;
                 }
+                batches_seen += 1;
+                if header.is_control() {
+                    if let Some((commit, coordinator_epoch)) = control::txn_marker_of(&stored) {
+                        let marker = TxnMarker {
+                            producer_id: header.producer_id,
+                            producer_epoch: header.producer_epoch,
+                            commit,
+                            coordinator_epoch,
+                        };
+                        self.apply_marker(marker, header.base_offset);
+                    } else if header.is_transactional() {
+                        // Never written by this broker; left out, so the producer's
+                        // transaction stays open (readers wait) rather than guessed closed.
+                        tracing::warn!(partition = %tp, offset = header.base_offset, producer = header.producer_id, "a transactional control batch that is not a readable marker; ignored");
+                    }
+                    continue;
+                }
+                let outcome = AppendOutcome {
+                    base_offset: header.base_offset,
+                    last_offset: header.last_offset(),
+                };
+                self.remember(&header, outcome);
+                self.txns
+                    .borrow_mut()
+                    .record_data_batch(&header, header.base_offset);
             }
         }
+        self.txns.borrow_mut().drop_below(log.log_start_offset());
         tracing::debug!(partition = %tp, batches_seen, producers = self.producers.borrow().len(), "producer state rebuilt (snapshot, then the batches after it or the log tail)");
         self.loaded.set(true);
     }
 }
 
-/// Why an idempotent append was refused.
+/// Why an idempotent append (or a marker) was refused.
 #[derive(Debug)]
 pub enum Refused {
     Append(AppendError),
-    /// A sequence or epoch error code.
+    /// A sequence, epoch, coordinator-epoch or transaction-state error code.
     Sequence(i16),
 }
 
@@ -464,6 +648,9 @@ type GatedProducers = (Rc<Semaphore>, Rc<PartitionProducers>);
 #[derive(Default)]
 pub struct ProducerStates {
     partitions: RefCell<HashMap<TopicPartition, GatedProducers>>,
+    /// Whether each partition's `transactions.seen` file exists, once looked up (or
+    /// written). Only ever goes from false to true while the partition is here.
+    transactions_seen: RefCell<HashMap<TopicPartition, bool>>,
 }
 
 impl ProducerStates {
@@ -488,8 +675,39 @@ impl ProducerStates {
                 Ok(outcome)
             }
             Verdict::Append => {
+                if header.is_transactional() {
+                    state.txns.borrow_mut().drop_below(log.log_start_offset());
+                }
+                state
+                    .txns
+                    .borrow()
+                    .check_data_batch(&header)
+                    .map_err(Refused::Sequence)?;
+                let opens = header.is_transactional()
+                    && state
+                        .txns
+                        .borrow()
+                        .open_transaction(header.producer_id)
+                        .is_none();
+                if opens && self.open_txns_on_shard() >= ONGOING_TXNS_PER_SHARD_MAX {
+                    tracing::debug!(partition = %tp, producer = header.producer_id, "transaction refused: the shard has its maximum of open transactions");
+                    return Err(Refused::Sequence(POLICY_VIOLATION));
+                }
+                if opens {
+                    self.mark_transactions_seen(tp, log).await?;
+                }
                 let outcome = log.append_checked(batch).await.map_err(Refused::Append)?;
                 state.remember_appended(&header, outcome);
+                state
+                    .txns
+                    .borrow_mut()
+                    .record_data_batch(&header, outcome.base_offset);
+                let opened = header.is_transactional()
+                    && state.txns.borrow().open_transaction(header.producer_id)
+                        == Some(outcome.base_offset);
+                if opened {
+                    snapshot_if_far(tp, log, &state);
+                }
                 let since = state.offsets_since_snapshot.get() + i64::from(header.record_count);
                 state.offsets_since_snapshot.set(since);
                 if since >= SNAPSHOT_EVERY_OFFSETS {
@@ -499,6 +717,142 @@ impl ProducerStates {
                 Ok(outcome)
             }
         }
+    }
+
+    /// Appends `marker`'s control batch (Kafka's format, stamped `timestamp_ms`) and
+    /// completes the producer's open transaction here. Refused with
+    /// `INVALID_PRODUCER_EPOCH` when the marker's producer epoch is older than the
+    /// producer's here, `TRANSACTION_COORDINATOR_FENCED` when its coordinator epoch is
+    /// older than the last marker's (Kafka's `appendEndTxnMarker` checks). A marker for a
+    /// producer with no open transaction here is written all the same (a retry). The caller
+    /// waits for durability.
+    pub async fn write_marker(
+        &self,
+        tp: &TopicPartition,
+        log: &PartitionLog,
+        marker: TxnMarker,
+        timestamp_ms: i64,
+    ) -> Result<AppendOutcome, Refused> {
+        let (_turn, state) = self.gated_loaded(tp, log).await;
+        if let Some(entry) = state.producers.borrow().get(&marker.producer_id) {
+            if marker.producer_epoch < entry.epoch {
+                return Err(Refused::Sequence(INVALID_PRODUCER_EPOCH));
+            }
+            if marker.coordinator_epoch < entry.coordinator_epoch {
+                return Err(Refused::Sequence(TRANSACTION_COORDINATOR_FENCED));
+            }
+        }
+        let batch = control::txn_marker(
+            marker.producer_id,
+            marker.producer_epoch,
+            marker.commit,
+            marker.coordinator_epoch,
+            timestamp_ms,
+        );
+        let checked = log.check(batch).map_err(Refused::Append)?;
+        let outcome = log.append_checked(checked).await.map_err(Refused::Append)?;
+        let aborted = state.apply_marker(marker, outcome.base_offset);
+        state.txns.borrow_mut().drop_below(log.log_start_offset());
+        snapshot_if_far(tp, log, &state);
+        tracing::trace!(partition = %tp, producer = marker.producer_id, commit = marker.commit, offset = outcome.base_offset, aborted = aborted.is_some(), "transaction marker appended");
+        Ok(outcome)
+    }
+
+    /// Runs `read` on the partition's transactions, loading the producer state from the log
+    /// first if this is its first use since the start (so a `read_committed` reader never
+    /// sees a transaction that was open at a crash). Once loaded it takes no gate.
+    pub async fn with_txns<R>(
+        &self,
+        tp: &TopicPartition,
+        log: &PartitionLog,
+        read: impl FnOnce(&PartitionTxns) -> R,
+    ) -> R {
+        let loaded = self
+            .partitions
+            .borrow()
+            .get(tp)
+            .filter(|(_, state)| state.loaded.get())
+            .map(|(_, state)| state.clone());
+        let state = match loaded {
+            Some(state) => state,
+            None => self.gated_loaded(tp, log).await.1,
+        };
+        let txns = state.txns.borrow();
+        read(&txns)
+    }
+
+    /// Writes the partition's `transactions.seen` file, once, before its first
+    /// transactional batch is appended (the caller holds the gate, the state is loaded).
+    async fn mark_transactions_seen(
+        &self,
+        tp: &TopicPartition,
+        log: &PartitionLog,
+    ) -> Result<(), Refused> {
+        if self.transactions_seen.borrow().get(tp) == Some(&true) {
+            return Ok(());
+        }
+        let path = log.dir().join(TRANSACTIONS_SEEN_FILE);
+        if let Err(error) = log.disk().write_file_atomically(&path, &[]).await {
+            tracing::error!(partition = %tp, %error, "transactions.seen not written; transactional batch refused");
+            return Err(Refused::Sequence(crate::error_codes::KAFKA_STORAGE_ERROR));
+        }
+        self.transactions_seen.borrow_mut().insert(tp.clone(), true);
+        Ok(())
+    }
+
+    /// Whether the partition ever held a transactional batch (its `transactions.seen`
+    /// file), looked up once. A lookup that fails answers yes: loading is always safe.
+    async fn ever_transactional(&self, tp: &TopicPartition, log: &PartitionLog) -> bool {
+        if let Some(seen) = self.transactions_seen.borrow().get(tp) {
+            return *seen;
+        }
+        let path = log.dir().join(TRANSACTIONS_SEEN_FILE);
+        let seen = match log.disk().read_file(&path).await {
+            Ok(found) => found.is_some(),
+            Err(error) => {
+                tracing::warn!(partition = %tp, %error, "transactions.seen unreadable; loading the producer state");
+                true
+            }
+        };
+        // An append may have written the file meanwhile: never go back from true.
+        *self
+            .transactions_seen
+            .borrow_mut()
+            .entry(tp.clone())
+            .or_insert(seen)
+    }
+
+    /// [`Self::with_txns`] for a `read_committed` reader: `None`, with nothing loaded, when
+    /// the partition never held a transactional batch (no transaction is open and none was
+    /// aborted: everything is stable).
+    pub async fn with_txns_if_any<R>(
+        &self,
+        tp: &TopicPartition,
+        log: &PartitionLog,
+        read: impl FnOnce(&PartitionTxns) -> R,
+    ) -> Option<R> {
+        let loaded = self
+            .partitions
+            .borrow()
+            .get(tp)
+            .is_some_and(|(_, state)| state.loaded.get());
+        if !loaded && !self.ever_transactional(tp, log).await {
+            return None;
+        }
+        Some(self.with_txns(tp, log, read).await)
+    }
+
+    /// Runs `read` on the partition's transactions if they are loaded; `None` (nothing
+    /// loaded) otherwise.
+    pub fn loaded_txns<R>(
+        &self,
+        tp: &TopicPartition,
+        read: impl FnOnce(&PartitionTxns) -> R,
+    ) -> Option<R> {
+        let partitions = self.partitions.borrow();
+        let (_, state) = partitions.get(tp).filter(|(_, state)| state.loaded.get())?;
+        let txns = state.txns.borrow();
+        Some(read(&txns))
     }
 
     /// The partition's state, loaded from the log if this is its first use, and the turn at
@@ -534,22 +888,54 @@ impl ProducerStates {
                 epoch: entry.epoch,
                 last_sequence: entry.batches.back().map_or(-1, |b| b.last_sequence),
                 last_timestamp: entry.last_timestamp,
+                coordinator_epoch: entry.coordinator_epoch,
+                current_txn_start_offset: state
+                    .txns
+                    .borrow()
+                    .open_transaction(*producer_id)
+                    .unwrap_or(-1),
             })
             .collect();
         producers.sort_by_key(|p| p.producer_id);
         producers
     }
 
+    /// Open transactions on every partition of the shard whose state is loaded (a
+    /// partition's open transactions are known only once loaded; its first transactional
+    /// batch loads it). Counted when a batch would open a transaction, not kept.
+    fn open_txns_on_shard(&self) -> usize {
+        self.partitions
+            .borrow()
+            .values()
+            .map(|(_, state)| state.txns.borrow().ongoing_count())
+            .sum()
+    }
+
     /// Forgets a partition that left this shard (deleted or moved).
     pub fn forget(&self, tp: &TopicPartition) {
         self.partitions.borrow_mut().remove(tp);
+        self.transactions_seen.borrow_mut().remove(tp);
+    }
+}
+
+/// At a transaction's opening or marker: a snapshot when the last one is
+/// `SNAPSHOT_AFTER_MARKER_OFFSETS` or more behind the log end. Open and aborted transactions
+/// are what a restart could not rebuild once the log tail scan no longer reaches their
+/// batches and markers; the scan from a snapshot has no such limit. The caller holds the
+/// partition's gate.
+fn snapshot_if_far(tp: &TopicPartition, log: &PartitionLog, state: &Rc<PartitionProducers>) {
+    let grown = log.log_end_offset() - state.snapshot_offset.get();
+    if grown >= SNAPSHOT_AFTER_MARKER_OFFSETS {
+        state.offsets_since_snapshot.set(0);
+        spawn_snapshot(tp.clone(), log.clone(), state.clone());
     }
 }
 
 /// Takes the snapshot now (the caller holds the partition's gate, so the state matches the
 /// log) and writes it in the background; a write that fails only costs a longer scan.
 fn spawn_snapshot(tp: TopicPartition, log: PartitionLog, state: Rc<PartitionProducers>) {
-    let snapshot = state.snapshot(log.high_watermark());
+    let snapshot = state.snapshot(log.log_end_offset());
+    state.snapshot_offset.set(snapshot.next_offset);
     let bytes = encode_snapshot(&snapshot);
     glommio::spawn_local(async move {
         let path = log.dir().join(SNAPSHOT_FILE);

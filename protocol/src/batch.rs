@@ -42,6 +42,9 @@ const _: () = assert!(LOG_OVERHEAD_BYTES == BATCH_LENGTH_OFFSET + 4);
 pub const COMPRESSION_CODEC_MASK: i16 = 0x07;
 /// The `attributes` bit of a control batch (transaction markers).
 pub const CONTROL_FLAG: i16 = 0x20;
+/// The `attributes` bit of a transactional batch (KIP-98): its records belong to the
+/// producer's open transaction until a marker commits or aborts it.
+pub const TRANSACTIONAL_FLAG: i16 = 0x10;
 
 /// The header fields of one batch, read from its first 61 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +102,10 @@ impl BatchHeader {
 
     pub fn is_control(&self) -> bool {
         self.attributes & CONTROL_FLAG != 0
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & TRANSACTIONAL_FLAG != 0
     }
 }
 

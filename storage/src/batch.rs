@@ -402,8 +402,81 @@ pub mod control {
     /// Control record attribute bit of a v2 batch (attributes bit 5).
     const CONTROL_ATTRIBUTE: i16 = 0x20;
 
+    /// Kafka's `ControlRecordType.ABORT`: the marker that aborts a producer's transaction.
+    pub const ABORT_MARKER: i16 = 0;
+    /// Kafka's `ControlRecordType.COMMIT`.
+    pub const COMMIT_MARKER: i16 = 1;
+    /// Transactional attribute bit of a v2 batch (attributes bit 4).
+    const TRANSACTIONAL_ATTRIBUTE: i16 = 0x10;
+
     /// A control batch of one record: key = (version 0, `control_type`), value = `value`.
     pub fn batch(control_type: i16, value: &[u8]) -> Bytes {
+        build_one(
+            ControlHeader {
+                attributes: CONTROL_ATTRIBUTE,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_ms: -1,
+            },
+            control_type,
+            value,
+        )
+    }
+
+    /// A transaction marker as Kafka writes it (`EndTransactionMarker`, `MemoryRecords.
+    /// withEndTransactionMarker`): attributes transactional|control, the producer's id and
+    /// epoch, base sequence -1, one record whose key is (version 0, type 0 abort / 1 commit)
+    /// and whose value is (version i16 0, coordinator epoch i32).
+    pub fn txn_marker(
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+        timestamp_ms: i64,
+    ) -> Bytes {
+        let mut value = BytesMut::with_capacity(6);
+        value.put_i16(0);
+        value.put_i32(coordinator_epoch);
+        let control_type = if commit { COMMIT_MARKER } else { ABORT_MARKER };
+        build_one(
+            ControlHeader {
+                attributes: CONTROL_ATTRIBUTE | TRANSACTIONAL_ATTRIBUTE,
+                producer_id,
+                producer_epoch,
+                timestamp_ms,
+            },
+            control_type,
+            &value,
+        )
+    }
+
+    /// What a transaction marker says: (commit, coordinator epoch). `None` for any other
+    /// batch, or a marker whose record is malformed (bytes from disk are never trusted).
+    pub fn txn_marker_of(batch: &Bytes) -> Option<(bool, i32)> {
+        let header = BatchHeader::parse(batch)?;
+        if header.attributes & TRANSACTIONAL_ATTRIBUTE == 0 {
+            return None;
+        }
+        let (control_type, value) = record(batch)?;
+        let commit = match control_type {
+            COMMIT_MARKER => true,
+            ABORT_MARKER => false,
+            _ => return None,
+        };
+        let coordinator_epoch = i32::from_be_bytes(value.get(2..6)?.try_into().ok()?);
+        Some((commit, coordinator_epoch))
+    }
+
+    /// The header fields a control batch sets; the rest are fixed.
+    #[derive(Clone, Copy)]
+    struct ControlHeader {
+        attributes: i16,
+        producer_id: i64,
+        producer_epoch: i16,
+        timestamp_ms: i64,
+    }
+
+    fn build_one(header: ControlHeader, control_type: i16, value: &[u8]) -> Bytes {
         let mut key = BytesMut::with_capacity(4);
         key.put_i16(0);
         key.put_i16(control_type);
@@ -413,12 +486,12 @@ pub mod control {
         out.put_i32(-1); // partitionLeaderEpoch, stamped by the log
         out.put_i8(MAGIC_V2);
         out.put_u32(0); // crc, filled below
-        out.put_i16(CONTROL_ATTRIBUTE);
+        out.put_i16(header.attributes);
         out.put_i32(0); // lastOffsetDelta
-        out.put_i64(-1); // baseTimestamp
-        out.put_i64(-1); // maxTimestamp
-        out.put_i64(-1); // producerId
-        out.put_i16(-1); // producerEpoch
+        out.put_i64(header.timestamp_ms); // baseTimestamp
+        out.put_i64(header.timestamp_ms); // maxTimestamp
+        out.put_i64(header.producer_id);
+        out.put_i16(header.producer_epoch);
         out.put_i32(-1); // baseSequence
         out.put_i32(1); // recordCount
         let mut body = BytesMut::new();
@@ -498,6 +571,37 @@ mod tests {
         assert_eq!(control::record(&sample()), None, "a data batch");
         for cut in 0..first.len() {
             let _ = control::record(&first.slice(..cut)); // never panics
+        }
+    }
+
+    /// Kafka's marker bytes: attributes 0x30, the producer's id and epoch, sequence -1, one
+    /// record with key (0, type) and value (0, coordinator epoch).
+    #[test]
+    fn transaction_markers_have_kafka_s_layout_and_read_back() {
+        let marker = control::txn_marker(42, 3, false, 7, 1_000);
+        let header = validate(&marker, 1 << 20).expect("a valid batch");
+        assert_eq!(header.attributes, 0x30);
+        assert!(header.is_control() && header.is_transactional());
+        assert_eq!((header.producer_id, header.producer_epoch), (42, 3));
+        assert_eq!((header.base_sequence, header.record_count), (-1, 1));
+        assert_eq!(
+            (header.base_timestamp, header.max_timestamp),
+            (1_000, 1_000)
+        );
+        let (control_type, value) = control::record(&marker).expect("one control record");
+        assert_eq!(control_type, control::ABORT_MARKER);
+        assert_eq!(&value[..], &[0, 0, 0, 0, 0, 7]);
+        assert_eq!(control::txn_marker_of(&marker), Some((false, 7)));
+        let commit = control::txn_marker(42, 3, true, -1, 0);
+        assert_eq!(control::txn_marker_of(&commit), Some((true, -1)));
+        assert_eq!(
+            control::txn_marker_of(&control::batch(control::LEADER_CHANGE, &[])),
+            None,
+            "a Raft control batch is not a marker"
+        );
+        assert_eq!(control::txn_marker_of(&sample()), None);
+        for cut in 0..marker.len() {
+            let _ = control::txn_marker_of(&marker.slice(..cut)); // never panics
         }
     }
 

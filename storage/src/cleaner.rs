@@ -22,11 +22,23 @@
 //!    each is renamed over its `<base>.log`, oldest first. Recovery completes a committed
 //!    swap and deletes the files of an uncommitted one ([`recover_swap`]).
 //!
-//! Batches left whole, unread ("opaque"): control batches (Raft's and, later, transaction
-//! markers), transactional batches (not in scope: no transactions yet), and compressed
-//! batches the caller's [`RecordCodec`] cannot open. Their keys are not in the map, so a
-//! tombstone after one is kept (removing it could bring back a value the opaque batch
-//! holds).
+//! Batches left whole, unread ("opaque"): control batches (Raft's and transaction
+//! markers), transactional batches, and compressed batches the caller's [`RecordCodec`]
+//! cannot open. Their keys are not in the map, so a tombstone after one is kept (removing
+//! it could bring back a value the opaque batch holds). Leaving transactional data whole is
+//! safe: an aborted or still-open transaction's value never shadows an older one, and the
+//! broker's transaction state (open and aborted transactions, `producer_state.rs`) is kept
+//! apart from the segments, by offset, which cleaning preserves.
+//!
+//! Not done yet, where Kafka's `LogCleaner` does more with transactions: it removes the
+//! records of aborted transactions (it walks the aborted-transaction index of the range
+//! being cleaned and drops the batches of producers inside an aborted transaction); it
+//! removes a transaction's marker once no record of that transaction is left below it and
+//! the marker is older than `delete.retention.ms` (KIP-534's delete horizon, kept in the
+//! batch header); it keeps the last batch of every active producer so that producer's
+//! state survives compaction; and it never cleans at or above the first unstable offset
+//! (the LSO), so open transactions are not compacted. Committed transactional records take
+//! part in key deduplication there.
 //!
 //! Concurrency: appends never wait for the cleaner; the cleaner holds the log's segments
 //! gate, which retention, truncation and close take before they remove segments, so no

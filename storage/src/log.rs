@@ -411,6 +411,21 @@ impl<D: Disk> PartitionLog<D> {
         }
     }
 
+    /// Completes at the log's next progress (a write or fdatasync completing, a fence, a
+    /// close), or at once when it is fenced or closed: for waiters whose condition is more
+    /// than the high watermark (a `read_committed` fetch waits for the last stable offset).
+    /// Cancel-safe.
+    pub async fn wait_for_progress(&self) {
+        let progress = self.inner.progress.wait();
+        {
+            let state = self.state();
+            if state.fenced.is_some() || state.closed {
+                return;
+            }
+        }
+        progress.await;
+    }
+
     /// Whole batches, as stored, from the one containing `offset` up to the high watermark,
     /// until one more would pass `max_bytes` (the first is returned whatever its size). An
     /// empty result at the high watermark.

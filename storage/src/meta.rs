@@ -50,11 +50,10 @@ impl MetaKind {
     /// index, checkpoint and marker carries Raft indexes (partition format 2).
     pub const fn version(self) -> u32 {
         match self {
-            // Version 2 of the producer state adds each producer's last timestamp.
-            MetaKind::SegmentIndex
-            | MetaKind::RecoveryCheckpoint
-            | MetaKind::CleanShutdown
-            | MetaKind::ProducerState => 2,
+            MetaKind::SegmentIndex | MetaKind::RecoveryCheckpoint | MetaKind::CleanShutdown => 2,
+            // Version 2 of the producer state adds each producer's last timestamp, version 3
+            // the partition's open and aborted transactions and coordinator epochs.
+            MetaKind::ProducerState => 3,
             MetaKind::LogFormat | MetaKind::CleanerState => 1,
         }
     }

@@ -82,9 +82,8 @@ fn partition_response(index: i32, answer: Result<Vec<ProducerSummary>, i16>) -> 
                         .with_producer_epoch(i32::from(producer.epoch))
                         .with_last_sequence(producer.last_sequence)
                         .with_last_timestamp(producer.last_timestamp)
-                        // No transactions: no coordinator, no open transaction.
-                        .with_coordinator_epoch(-1)
-                        .with_current_txn_start_offset(-1)
+                        .with_coordinator_epoch(producer.coordinator_epoch)
+                        .with_current_txn_start_offset(producer.current_txn_start_offset)
                 })
                 .collect(),
         ),

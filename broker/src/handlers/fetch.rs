@@ -9,6 +9,12 @@
 //! never reserves the client's whole `max_bytes` (librdkafka and the Java client ask for
 //! 50 MiB) for a response of a few hundred bytes.
 //!
+//! Isolation (v4+, KIP-98): a `read_committed` request reads each partition up to its last
+//! stable offset (`partition::Isolation`), is answered the aborted transactions overlapping
+//! the batches returned, and its long poll waits for the last stable offset to move, not
+//! the high watermark. `read_uncommitted` reads to the high watermark as before; both are
+//! told the last stable offset.
+//!
 //! Codecs: below v10 no zstd batch is returned (KIP-110), as the client may not decode it;
 //! the rule is `recompress::apply_fetch_codec_rule`, applied to each read as soon as it is
 //! back, on the batch headers already in memory.
@@ -29,9 +35,9 @@ use bytes::Bytes;
 use futures::future::{join_all, select, select_all, Either};
 use futures::FutureExt;
 use kafka_protocol::messages::fetch_response::{
-    FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
+    AbortedTransaction, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
 };
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId};
 
 use crate::codec::CodecError;
 use crate::error_codes as codes;
@@ -39,7 +45,7 @@ use crate::fetch_sessions::{SessionPlan, NO_SESSION_ID};
 use crate::message_format;
 use crate::metadata::{MetadataSnapshot, TopicPartition};
 use crate::metrics::ResponseErrorCode;
-use crate::partition::{self, FetchOutcome, WaitOutcome};
+use crate::partition::{self, FetchOutcome, Isolation, WaitOutcome};
 use crate::recompress::{apply_fetch_codec_rule, CompressionType};
 
 /// One requested partition, resolved against the metadata once per request.
@@ -58,6 +64,8 @@ struct Wanted {
     max_bytes: usize,
     /// The topic's `compression.type`, for the Fetch codec rule.
     compression: CompressionType,
+    /// The request's `isolation_level`: `read_committed` reads up to the last stable offset.
+    isolation: Isolation,
 }
 
 /// A Fetch response whose records are still the batches as they were read: `response` has
@@ -180,10 +188,12 @@ async fn serve(
             .iter()
             .any(|outcome| outcome.error_code != codes::NONE);
         // Wait for appends past what this round saw, not past the fetch offset: with some
-        // data below min_bytes the latter would be satisfied at once and spin.
-        let seen_high_watermarks: Vec<i64> = outcomes
+        // data below min_bytes the latter would be satisfied at once and spin. (For
+        // read_committed, what it saw is the last stable offset.)
+        let seen_high_watermarks: Vec<i64> = wanted
             .iter()
-            .map(|outcome| outcome.high_watermark)
+            .zip(&outcomes)
+            .map(|(wanted, outcome)| outcome.readable_end(wanted.isolation))
             .collect();
         let now = shard.clock.now();
         let woken_for_nothing = seen_before_wait.as_ref() == Some(&seen_high_watermarks);
@@ -332,6 +342,8 @@ fn resolve(
 ) -> (Vec<Wanted>, Vec<FetchableTopicResponse>) {
     let mut wanted = Vec::new();
     let mut topics = Vec::with_capacity(request.topics.len());
+    // Below v4 the field is not on the wire and decodes as 0 (read_uncommitted).
+    let isolation = Isolation::from_level(request.isolation_level);
     for (topic_index, topic) in request.topics.into_iter().enumerate() {
         let name = topic.topic.0.as_str();
         for partition in &topic.partitions {
@@ -374,6 +386,7 @@ fn resolve(
                 max_bytes: (partition.partition_max_bytes.max(1) as usize).min(response_bytes_max),
                 compression: metadata
                     .map_or(CompressionType::Producer, |topic| topic.config.compression),
+                isolation,
             });
         }
         // v13+: the id is what the answer carries (the name is not on the wire there).
@@ -409,9 +422,10 @@ async fn read_with_budget(
     let mut pending: Vec<usize> = (0..wanted.len())
         .filter(|&index| {
             let (wanted, probe) = (&wanted[index], &outcomes[index]);
-            // Any offset but the high watermark goes to the read, which also decides the
+            // Any offset but the readable end (the high watermark, or for read_committed
+            // the last stable offset) goes to the read, which also decides the
             // out-of-range cases.
-            probe.error_code == codes::NONE && probe.high_watermark != wanted.offset
+            probe.error_code == codes::NONE && probe.readable_end(wanted.isolation) != wanted.offset
         })
         .collect();
     let mut reservation = Reservation::empty(shard);
@@ -477,12 +491,7 @@ fn apply_codec_rule(wanted: &Wanted, outcome: &mut FetchOutcome, fetch_version: 
     if let Err(error_code) =
         apply_fetch_codec_rule(&mut outcome.batches, fetch_version, wanted.compression)
     {
-        *outcome = FetchOutcome {
-            error_code,
-            high_watermark: -1,
-            log_start_offset: -1,
-            batches: Vec::new(),
-        };
+        *outcome = FetchOutcome::failed(error_code);
     }
 }
 
@@ -500,12 +509,7 @@ fn down_convert(wanted: &[Wanted], outcomes: &mut [FetchOutcome], magic: i8, fet
             Ok(set) => outcome.batches = set,
             Err(error_code) => {
                 tracing::warn!(error_code, "a stored batch could not be down-converted");
-                *outcome = FetchOutcome {
-                    error_code,
-                    high_watermark: -1,
-                    log_start_offset: -1,
-                    batches: Vec::new(),
-                };
+                *outcome = FetchOutcome::failed(error_code);
             }
         }
     }
@@ -570,22 +574,20 @@ impl Drop for Reservation {
 
 /// Fetches one partition from its owner; `max_bytes` 0 answers its offsets and reads nothing.
 async fn fetch_one(shard: &PartitionAccess<'_>, wanted: &Wanted, max_bytes: usize) -> FetchOutcome {
-    let missing = FetchOutcome {
-        error_code: wanted.refused.unwrap_or(codes::UNKNOWN_TOPIC_OR_PARTITION),
-        high_watermark: -1,
-        log_start_offset: -1,
-        batches: Vec::new(),
-    };
     let Some((tp, owner)) = &wanted.placement else {
-        return missing;
+        return FetchOutcome::failed(wanted.refused.unwrap_or(codes::UNKNOWN_TOPIC_OR_PARTITION));
     };
-    let fetched = partition::fetch_on(shard.router, *owner, tp.clone(), wanted.offset, max_bytes);
+    let fetched = partition::fetch_on(
+        shard.router,
+        *owner,
+        tp.clone(),
+        wanted.offset,
+        max_bytes,
+        wanted.isolation,
+    );
     match fetched.await {
         Some(outcome) => outcome,
-        None => FetchOutcome {
-            error_code: codes::NOT_LEADER_OR_FOLLOWER,
-            ..missing
-        },
+        None => FetchOutcome::failed(codes::NOT_LEADER_OR_FOLLOWER),
     }
 }
 
@@ -608,13 +610,20 @@ async fn wait_for_any_append(
             let (tp, owner) = wanted.placement.clone()?;
             let offset = wanted.offset.max(*seen_high_watermark);
             Some(
-                partition::wait_for_data_on(shard.router, owner, tp, offset, wait)
-                    .then(|outcome| async move {
-                        if outcome == Some(WaitOutcome::Refused) {
-                            futures::future::pending::<()>().await;
-                        }
-                    })
-                    .boxed_local(),
+                partition::wait_for_data_on(
+                    shard.router,
+                    owner,
+                    tp,
+                    offset,
+                    wait,
+                    wanted.isolation,
+                )
+                .then(|outcome| async move {
+                    if outcome == Some(WaitOutcome::Refused) {
+                        futures::future::pending::<()>().await;
+                    }
+                })
+                .boxed_local(),
             )
         })
         .collect();
@@ -645,12 +654,23 @@ fn assemble(
     for (wanted, outcome) in wanted.iter().zip(outcomes) {
         let batch_bytes: usize = outcome.batches.iter().map(Bytes::len).sum();
         let fits = response_bytes == 0 || response_bytes + batch_bytes <= response_bytes_max;
-        if fits && batch_bytes > 0 {
+        // read_committed: the aborted transactions of the batches returned, none without.
+        let aborted_transactions = if fits && batch_bytes > 0 {
             response_bytes += batch_bytes;
             partition_batches.push(outcome.batches);
+            outcome
+                .aborted_transactions
+                .iter()
+                .map(|&(producer_id, first_offset)| {
+                    AbortedTransaction::default()
+                        .with_producer_id(ProducerId(producer_id))
+                        .with_first_offset(first_offset)
+                })
+                .collect()
         } else {
             partition_batches.push(Vec::new());
-        }
+            Vec::new()
+        };
         // Records stay empty here: the frame splices the batches in (`FetchAnswer`).
         // KIP-951: a refusal names the leader to go to (v12+; `node_endpoints` at v16+).
         let current_leader = match (outcome.error_code, wanted.leader) {
@@ -666,9 +686,9 @@ fn assemble(
             .with_partition_index(wanted.partition)
             .with_error_code(outcome.error_code)
             .with_high_watermark(outcome.high_watermark)
-            .with_last_stable_offset(outcome.high_watermark)
+            .with_last_stable_offset(outcome.last_stable_offset)
             .with_log_start_offset(outcome.log_start_offset)
-            .with_aborted_transactions(Some(Vec::new()))
+            .with_aborted_transactions(Some(aborted_transactions))
             .with_records(Some(Bytes::new()));
         topics[wanted.topic_index].partitions.push(partition);
     }

@@ -19,7 +19,7 @@ use crate::acl::model::Operation;
 use crate::error_codes as codes;
 use crate::handlers::context::{PartitionAccess, RequestContext};
 use crate::metadata::TopicPartition;
-use crate::partition;
+use crate::partition::{self, Isolation};
 
 pub async fn handle(
     shard: &PartitionAccess<'_>,
@@ -28,6 +28,9 @@ pub async fn handle(
 ) -> ListOffsetsResponse {
     let snapshot = shard.metadata.current();
     let duplicated = duplicated_partitions(&request);
+    // v2+ (KIP-98): read_committed's latest is the last stable offset. Below v2 the field
+    // is not on the wire and decodes as 0.
+    let isolation = Isolation::from_level(request.isolation_level);
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let may_describe = context.authorize_topic(Operation::Describe, topic.name.0.as_str());
@@ -92,7 +95,8 @@ pub async fn handle(
                 let outcome = match tp {
                     None => None,
                     Some((tp, owner)) => {
-                        partition::list_offset_on(shard.router, owner, tp, timestamp_ms).await
+                        partition::list_offset_on(shard.router, owner, tp, timestamp_ms, isolation)
+                            .await
                     }
                 };
                 let response =
@@ -153,7 +157,15 @@ async fn answer_v0(
     // owner as the v1+ queries -2, -1 and -3 are.
     let mut found = [0_i64; 3];
     for (slot, sentinel) in found.iter_mut().zip([-2, -1, -3]) {
-        let outcome = partition::list_offset_on(shard.router, owner, tp.clone(), sentinel).await;
+        // v0 has no isolation level: read_uncommitted.
+        let outcome = partition::list_offset_on(
+            shard.router,
+            owner,
+            tp.clone(),
+            sentinel,
+            Isolation::ReadUncommitted,
+        )
+        .await;
         match outcome {
             Some(outcome) if outcome.error_code == codes::NONE => {
                 *slot = if sentinel == -3 {

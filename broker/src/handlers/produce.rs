@@ -19,7 +19,7 @@ use kafka_protocol::messages::produce_response::{
 };
 use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse, TopicName};
 
-use crate::acl::model::Operation;
+use crate::acl::model::{Operation, ResourceType};
 use crate::config::BrokerConfig;
 use crate::error_codes as codes;
 use crate::handlers::context::{str_bytes, topic_name, PartitionAccess, RequestContext};
@@ -54,6 +54,15 @@ pub fn dispatch(
             connection_id: context.connection_id,
             request_sequence: context.request_sequence,
         },
+        // Kafka's `handleProduceRequest`: transactional records need the request's
+        // transactional id and WRITE on it.
+        transactional_id_authorized: request.transactional_id.as_ref().is_some_and(|id| {
+            context.authorize(
+                Operation::Write,
+                ResourceType::TransactionalId,
+                id.0.as_str(),
+            )
+        }),
     };
     let mut responses = Vec::with_capacity(request.topic_data.len());
     let mut pieces: Vec<LocalBoxFuture<'static, PieceAnswer>> = Vec::new();
@@ -165,6 +174,9 @@ struct PieceRules {
     /// The request's `timeout_ms`: how long the client is willing to wait for its acks.
     timeout: Duration,
     origin: ProduceOrigin,
+    /// The request names a transactional id the principal may WRITE: needed for
+    /// transactional batches.
+    transactional_id_authorized: bool,
 }
 
 type PieceAnswer = (usize, PartitionProduceResponse);
@@ -250,6 +262,11 @@ fn dispatch_piece(
         Ok(batches) => batches,
         Err(error_code) => return refuse(error_code),
     };
+    // Kafka refuses the whole request; each piece holding transactional batches is refused
+    // here (a transactional producer's pieces all hold them).
+    if !rules.transactional_id_authorized && batches.iter().any(is_transactional) {
+        return refuse(TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+    }
     let batches = match apply_codec_rules(batches, rules.version, topic_metadata.config.compression)
     {
         Ok(batches) => batches,
@@ -288,6 +305,13 @@ fn dispatch_piece(
 }
 
 struct TimedOut;
+
+const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 =
+    kafka_protocol::error::ResponseError::TransactionalIdAuthorizationFailed.code();
+
+fn is_transactional(batch: &Bytes) -> bool {
+    crate::storage::batch::BatchHeader::parse(batch).is_some_and(|header| header.is_transactional())
+}
 
 /// The first Produce version that names topics by id (KIP-516). v12 (KIP-890 part 2) only
 /// tells a transactional broker the client lets it add partitions implicitly; without
