@@ -676,6 +676,51 @@ pub async fn delete_records_on<S: PartitionOwner>(
     .await
 }
 
+/// A commit or abort marker the transaction coordinator writes to one partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnMarker {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub commit: bool,
+    pub coordinator_epoch: i32,
+}
+
+impl PartitionTable {
+    /// STAND-IN (txn-coord, dropped when txn-part's real marker write is merged): the real
+    /// one appends Kafka's control batch, waits until it is durable and completes the
+    /// producer's transaction on the partition. This one writes nothing and answers Ok.
+    #[allow(clippy::unused_async)]
+    pub async fn write_txn_marker(
+        &self,
+        tp: &TopicPartition,
+        marker: TxnMarker,
+    ) -> Result<i64, i16> {
+        let _ = (tp, marker);
+        Ok(-1)
+    }
+}
+
+/// [`PartitionTable::write_txn_marker`] on the partition's owner: the Kafka error code
+/// (0 ok). STAND-IN until txn-part's version is merged (see `write_txn_marker`).
+pub async fn write_txn_marker_on<S: PartitionOwner>(
+    router: &Rc<ShardRouter<S>>,
+    owner: usize,
+    tp: TopicPartition,
+    marker: TxnMarker,
+) -> i16 {
+    on_owner(
+        router,
+        owner,
+        tp,
+        Ending::ToCompletion,
+        move |table, tp| async move { table.write_txn_marker(&tp, marker).await },
+    )
+    .await
+    .map_or(codes::NOT_LEADER_OR_FOLLOWER, |written| {
+        written.err().unwrap_or(codes::NONE)
+    })
+}
+
 /// The bytes on disk of each of `tps`, all owned by shard `owner`, in one call to it:
 /// `None` for a partition that is offline or not there (`DescribeLogDirs` leaves it out).
 /// `None` as a whole when the owner is gone (only during shutdown).
