@@ -36,7 +36,7 @@ impl ApiSpec {
 /// Burrow, kafka-go and old librdkafka send them. `KAFKA_RANGES` in the tests holds both
 /// releases' ranges; the codec for the removed versions is generated from 3.9's message JSON
 /// (vendor/README.md).
-pub const SUPPORTED_APIS: [ApiSpec; 40] = [
+pub const SUPPORTED_APIS: [ApiSpec; 43] = [
     ApiSpec::new(ApiKey::Produce, 0, 13),
     ApiSpec::new(ApiKey::Fetch, 0, 18),
     ApiSpec::new(ApiKey::ListOffsets, 0, 10),
@@ -57,6 +57,9 @@ pub const SUPPORTED_APIS: [ApiSpec; 40] = [
     ApiSpec::new(ApiKey::DeleteRecords, 0, 2),
     ApiSpec::new(ApiKey::InitProducerId, 0, 5),
     ApiSpec::new(ApiKey::OffsetForLeaderEpoch, 2, 4),
+    ApiSpec::new(ApiKey::AddPartitionsToTxn, 0, 5),
+    ApiSpec::new(ApiKey::AddOffsetsToTxn, 0, 4),
+    ApiSpec::new(ApiKey::EndTxn, 0, 5),
     ApiSpec::new(ApiKey::DescribeAcls, 0, 3),
     ApiSpec::new(ApiKey::CreateAcls, 0, 3),
     ApiSpec::new(ApiKey::DeleteAcls, 0, 3),
@@ -136,7 +139,7 @@ mod tests {
     /// Kafka's request version ranges per API: 3.9 (apache/kafka branch `3.9`, each
     /// `*Request.json`'s `validVersions`) and 4.1 (what kafka-protocol 0.18, generated from
     /// 4.1.0, accepts; a `latestVersionUnstable` version is not served by a default broker).
-    const KAFKA_RANGES: [(ApiKey, VersionPair, VersionPair); 40] = [
+    const KAFKA_RANGES: [(ApiKey, VersionPair, VersionPair); 43] = [
         (ApiKey::Produce, (0, 11), (3, 13)),
         (ApiKey::Fetch, (0, 17), (4, 18)),
         (ApiKey::ListOffsets, (0, 9), (1, 10)),
@@ -157,6 +160,9 @@ mod tests {
         (ApiKey::DeleteRecords, (0, 2), (0, 2)),
         (ApiKey::InitProducerId, (0, 5), (0, 5)),
         (ApiKey::OffsetForLeaderEpoch, (0, 4), (2, 4)),
+        (ApiKey::AddPartitionsToTxn, (0, 5), (0, 5)),
+        (ApiKey::AddOffsetsToTxn, (0, 4), (0, 4)),
+        (ApiKey::EndTxn, (0, 4), (0, 5)),
         (ApiKey::DescribeAcls, (0, 3), (1, 3)),
         (ApiKey::CreateAcls, (0, 3), (1, 3)),
         (ApiKey::DeleteAcls, (0, 3), (1, 3)),

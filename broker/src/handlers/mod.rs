@@ -2,6 +2,8 @@
 //! from the decoded request to its response. Codecs are the generated `kafka-protocol`
 //! types; this module only maps API keys to handlers (the version table is `registry`).
 
+pub mod add_offsets_to_txn;
+pub mod add_partitions_to_txn;
 pub mod alter_client_quotas;
 pub mod alter_configs;
 pub mod alter_user_scram_credentials;
@@ -25,6 +27,7 @@ pub mod describe_log_dirs;
 pub mod describe_producers;
 pub mod describe_topic_partitions;
 pub mod describe_user_scram_credentials;
+pub mod end_txn;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -150,6 +153,9 @@ served_apis! {
     DescribeProducers => describe_producers::DescribeProducersRequest,
     DescribeTopicPartitions => describe_topic_partitions::DescribeTopicPartitionsRequest,
     InitProducerId => init_producer_id::InitProducerIdRequest,
+    AddPartitionsToTxn => add_partitions_to_txn::AddPartitionsToTxnRequest,
+    AddOffsetsToTxn => add_offsets_to_txn::AddOffsetsToTxnRequest,
+    EndTxn => end_txn::EndTxnRequest,
     DescribeAcls => describe_acls::DescribeAclsRequest,
     CreateAcls => create_acls::CreateAclsRequest,
     DeleteAcls => delete_acls::DeleteAclsRequest,
