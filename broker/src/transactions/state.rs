@@ -424,3 +424,431 @@ pub fn for_version(code: i16, version: i16, first_version_knowing: i16) -> i16 {
         code
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MAX: usize = 4;
+
+    fn tp(partition: i32) -> TopicPartition {
+        TopicPartition {
+            topic: "t".into(),
+            partition,
+        }
+    }
+
+    fn begun() -> TxnMetadata {
+        rotated(None, 7, false, 1000, 0)
+    }
+
+    fn ongoing() -> TxnMetadata {
+        add_partitions(Some(&begun()), false, 7, 0, &[tp(0)], MAX, 5)
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_new_id_gets_a_producer_id_at_epoch_0() {
+        assert_eq!(
+            plan_init(None, false, None, 1000, 0),
+            InitPlan::NewProducerId {
+                record_last_epoch: false
+            }
+        );
+        let first = begun();
+        assert_eq!((first.producer_id, first.producer_epoch), (7, 0));
+        assert_eq!(first.state, TxnState::Empty);
+    }
+
+    #[test]
+    fn init_again_bumps_the_epoch_and_fences_the_old_producer() {
+        let InitPlan::Persist(next) = plan_init(Some(&begun()), false, None, 1000, 1) else {
+            panic!("a bump");
+        };
+        assert_eq!(next.producer_epoch, 1);
+        assert_eq!(
+            add_partitions(Some(&next), false, 7, 0, &[tp(0)], MAX, 2),
+            Err(codes::PRODUCER_FENCED)
+        );
+        assert_eq!(
+            end_txn(Some(&next), false, 7, 0, true, 2),
+            EndPlan::Answer(codes::PRODUCER_FENCED)
+        );
+    }
+
+    #[test]
+    fn init_with_an_ongoing_transaction_aborts_it_at_a_bumped_epoch() {
+        let InitPlan::AbortOngoing(prepared) = plan_init(Some(&ongoing()), false, None, 1000, 9)
+        else {
+            panic!("an abort first");
+        };
+        assert_eq!(prepared.state, TxnState::PrepareAbort);
+        assert_eq!(prepared.producer_epoch, 1);
+        assert_eq!(prepared.partitions, [tp(0)].into());
+        // While it completes, the retry is told to wait.
+        assert_eq!(
+            plan_init(Some(&prepared), false, None, 1000, 10),
+            InitPlan::Refuse(codes::CONCURRENT_TRANSACTIONS)
+        );
+        let done = completed(&prepared, 11).unwrap();
+        let InitPlan::Persist(next) = plan_init(Some(&done), false, None, 1000, 12) else {
+            panic!("a bump");
+        };
+        assert_eq!((next.producer_epoch, next.state), (2, TxnState::Empty));
+    }
+
+    #[test]
+    fn kip_360_retries_and_fencing() {
+        let current = begun();
+        // The producer names its current epoch: bumped, the old epoch remembered.
+        let InitPlan::Persist(next) = plan_init(Some(&current), false, Some((7, 0)), 1000, 1)
+        else {
+            panic!("a bump");
+        };
+        assert_eq!((next.producer_epoch, next.last_producer_epoch), (1, 0));
+        // A retry of that request (it never saw the answer) gets the same epoch.
+        assert_eq!(
+            plan_init(Some(&next), false, Some((7, 0)), 1000, 2),
+            InitPlan::Current {
+                producer_id: 7,
+                epoch: 1
+            }
+        );
+        // Another producer id, or an older epoch, is fenced.
+        assert_eq!(
+            plan_init(Some(&next), false, Some((8, 1)), 1000, 2),
+            InitPlan::Refuse(codes::PRODUCER_FENCED)
+        );
+        let InitPlan::Persist(third) = plan_init(Some(&next), false, Some((7, 1)), 1000, 3) else {
+            panic!("a bump");
+        };
+        assert_eq!(
+            plan_init(Some(&third), false, Some((7, 0)), 1000, 4),
+            InitPlan::Refuse(codes::PRODUCER_FENCED)
+        );
+    }
+
+    #[test]
+    fn an_exhausted_epoch_rotates_the_producer_id() {
+        let mut current = begun();
+        current.producer_epoch = i16::MAX - 1;
+        assert_eq!(
+            plan_init(Some(&current), false, None, 1000, 1),
+            InitPlan::NewProducerId {
+                record_last_epoch: false
+            }
+        );
+        let next = rotated(Some(&current), 8, true, 1000, 1);
+        assert_eq!((next.producer_id, next.producer_epoch), (8, 0));
+        assert_eq!(
+            (next.last_producer_id, next.last_producer_epoch),
+            (7, i16::MAX - 1)
+        );
+        // The retry with the old id and exhausted epoch is answered with the new one.
+        assert_eq!(
+            plan_init(Some(&next), false, Some((7, i16::MAX - 1)), 1000, 2),
+            InitPlan::Current {
+                producer_id: 8,
+                epoch: 0
+            }
+        );
+    }
+
+    #[test]
+    fn out_of_order_requests_get_kafkas_codes() {
+        let empty = begun();
+        assert_eq!(
+            end_txn(Some(&empty), false, 7, 0, true, 1),
+            EndPlan::Answer(codes::INVALID_TXN_STATE)
+        );
+        assert_eq!(
+            end_txn(None, false, 7, 0, true, 1),
+            EndPlan::Answer(codes::INVALID_PRODUCER_ID_MAPPING)
+        );
+        assert_eq!(
+            add_partitions(Some(&empty), false, 99, 0, &[tp(0)], MAX, 1),
+            Err(codes::INVALID_PRODUCER_ID_MAPPING)
+        );
+        assert_eq!(
+            add_partitions(Some(&empty), true, 7, 0, &[tp(0)], MAX, 1),
+            Err(codes::CONCURRENT_TRANSACTIONS)
+        );
+        let EndPlan::Prepare(prepared) = end_txn(Some(&ongoing()), false, 7, 0, true, 6) else {
+            panic!("a prepare");
+        };
+        assert_eq!(
+            end_txn(Some(&prepared), false, 7, 0, true, 7),
+            EndPlan::Answer(codes::CONCURRENT_TRANSACTIONS)
+        );
+        assert_eq!(
+            end_txn(Some(&prepared), false, 7, 0, false, 7),
+            EndPlan::Answer(codes::INVALID_TXN_STATE)
+        );
+        assert_eq!(
+            add_partitions(Some(&prepared), false, 7, 0, &[tp(1)], MAX, 7),
+            Err(codes::CONCURRENT_TRANSACTIONS)
+        );
+        let done = completed(&prepared, 8).unwrap();
+        assert_eq!(
+            end_txn(Some(&done), false, 7, 0, true, 9),
+            EndPlan::Answer(codes::NONE)
+        );
+        assert_eq!(
+            end_txn(Some(&done), false, 7, 0, false, 9),
+            EndPlan::Answer(codes::INVALID_TXN_STATE)
+        );
+        assert!(done.partitions.is_empty());
+    }
+
+    #[test]
+    fn partitions_per_transaction_are_bounded() {
+        let many: Vec<_> = (0..=i32::try_from(MAX).unwrap()).map(tp).collect();
+        assert_eq!(
+            add_partitions(Some(&begun()), false, 7, 0, &many, MAX, 1),
+            Err(codes::OVER_PARTITIONS_BOUND)
+        );
+    }
+
+    #[test]
+    fn timeouts_and_expiry() {
+        let current = ongoing(); // started at 5, timeout 1000
+        assert!(!timed_out(&current, 1005));
+        assert!(timed_out(&current, 1006));
+        assert!(
+            !expired(&current, 10, 1_000_000),
+            "an ongoing id never expires"
+        );
+        assert!(expired(&begun(), 10, 10));
+        assert_eq!(
+            for_version(codes::PRODUCER_FENCED, 1, 2),
+            codes::INVALID_PRODUCER_EPOCH
+        );
+        assert_eq!(
+            for_version(codes::PRODUCER_FENCED, 2, 2),
+            codes::PRODUCER_FENCED
+        );
+    }
+
+    /// One request of the model test.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Init,
+        /// Add partitions with the current producer (or a stale epoch / wrong id).
+        Add {
+            partitions: Vec<i32>,
+            who: Who,
+        },
+        End {
+            commit: bool,
+            who: Who,
+        },
+        /// The markers of a prepared transaction are written.
+        MarkersDone,
+        Timeout,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Who {
+        Current,
+        StaleEpoch,
+        OtherId,
+    }
+
+    /// The simple model: what a client sees, written from Kafka's documented behaviour.
+    #[derive(Clone, Debug, PartialEq)]
+    enum Phase {
+        Empty,
+        Ongoing,
+        Preparing { commit: bool },
+        Complete { commit: bool },
+    }
+
+    #[derive(Clone, Debug)]
+    struct Model {
+        producer: Option<(i64, i16)>,
+        phase: Phase,
+        partitions: BTreeSet<i32>,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let who = prop_oneof![
+            6 => Just(Who::Current),
+            1 => Just(Who::StaleEpoch),
+            1 => Just(Who::OtherId)
+        ];
+        prop_oneof![
+            Just(Op::Init),
+            (proptest::collection::vec(0..6_i32, 1..3), who.clone())
+                .prop_map(|(partitions, who)| Op::Add { partitions, who }),
+            (any::<bool>(), who).prop_map(|(commit, who)| Op::End { commit, who }),
+            Just(Op::MarkersDone),
+            Just(Op::Timeout),
+        ]
+    }
+
+    proptest! {
+        /// Random request sequences: the state machine's codes, producer and state match
+        /// the model's after every step.
+        #[test]
+        fn the_state_machine_matches_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+            let mut real: Option<TxnMetadata> = None;
+            let mut model = Model { producer: None, phase: Phase::Empty, partitions: BTreeSet::new() };
+            let mut next_pid = 100_i64;
+            for (step, op) in ops.into_iter().enumerate() {
+                let now = i64::try_from(step).unwrap() * 10;
+                let ident = |who: Who, model: &Model| {
+                    let (pid, epoch) = model.producer.unwrap_or((1, 0));
+                    match who {
+                        Who::Current => (pid, epoch),
+                        Who::StaleEpoch => (pid, epoch - 1),
+                        Who::OtherId => (pid + 1000, epoch),
+                    }
+                };
+                match op {
+                    Op::Init => {
+                        let code = model_init(&mut model, &mut next_pid);
+                        let got = match plan_init(real.as_ref(), false, None, 50, now) {
+                            InitPlan::NewProducerId { .. } => {
+                                let pid = next_pid - 1;
+                                real = Some(rotated(real.as_ref(), pid, false, 50, now));
+                                codes::NONE
+                            }
+                            InitPlan::Persist(next) => { real = Some(next); codes::NONE }
+                            InitPlan::AbortOngoing(next) => { real = Some(next); codes::CONCURRENT_TRANSACTIONS }
+                            InitPlan::Refuse(code) => code,
+                            InitPlan::Current { .. } => codes::NONE,
+                        };
+                        prop_assert_eq!(got, code);
+                    }
+                    Op::Add { partitions, who } => {
+                        let (pid, epoch) = ident(who, &model);
+                        let code = model_add(&mut model, pid, epoch, &partitions);
+                        let tps: Vec<_> = partitions.iter().copied().map(tp).collect();
+                        let got = match add_partitions(real.as_ref(), false, pid, epoch, &tps, 100, now) {
+                            Ok(Some(next)) => { real = Some(next); codes::NONE }
+                            Ok(None) => codes::NONE,
+                            Err(code) => code,
+                        };
+                        prop_assert_eq!(got, code);
+                    }
+                    Op::End { commit, who } => {
+                        let (pid, epoch) = ident(who, &model);
+                        let code = model_end(&mut model, pid, epoch, commit);
+                        let got = match end_txn(real.as_ref(), false, pid, epoch, commit, now) {
+                            EndPlan::Prepare(next) => { real = Some(next); codes::NONE }
+                            EndPlan::Answer(code) => code,
+                        };
+                        prop_assert_eq!(got, code);
+                    }
+                    Op::MarkersDone => {
+                        if let Phase::Preparing { commit } = model.phase {
+                            model.phase = Phase::Complete { commit };
+                            model.partitions.clear();
+                        }
+                        if let Some(next) = real.as_ref().and_then(|r| completed(r, now)) {
+                            real = Some(next);
+                        }
+                    }
+                    Op::Timeout => {
+                        // The ticker found the ongoing transaction past its timeout.
+                        if model.phase == Phase::Ongoing {
+                            model.phase = Phase::Preparing { commit: false };
+                            if let Some((pid, epoch)) = model.producer {
+                                model.producer = Some((pid, epoch + 1));
+                            }
+                        }
+                        if let Some(current) = real.as_ref().filter(|r| r.state == TxnState::Ongoing) {
+                            real = Some(fenced_abort(current, now));
+                        }
+                    }
+                }
+                // The states agree.
+                match (&real, &model.producer) {
+                    (None, None) => {}
+                    (Some(r), Some((pid, epoch))) => {
+                        prop_assert_eq!((r.producer_id, r.producer_epoch), (*pid, *epoch));
+                        let phase = match r.state {
+                            TxnState::Empty => Phase::Empty,
+                            TxnState::Ongoing => Phase::Ongoing,
+                            TxnState::PrepareCommit => Phase::Preparing { commit: true },
+                            TxnState::PrepareAbort => Phase::Preparing { commit: false },
+                            TxnState::CompleteCommit => Phase::Complete { commit: true },
+                            TxnState::CompleteAbort => Phase::Complete { commit: false },
+                            other => { prop_assert!(false, "unexpected {other:?}"); unreachable!() }
+                        };
+                        prop_assert_eq!(&phase, &model.phase);
+                        let partitions: BTreeSet<i32> = r.partitions.iter().map(|tp| tp.partition).collect();
+                        prop_assert_eq!(&partitions, &model.partitions);
+                    }
+                    (real, model) => prop_assert!(false, "real {real:?} vs model {model:?}"),
+                }
+            }
+        }
+    }
+
+    fn model_init(model: &mut Model, next_pid: &mut i64) -> i16 {
+        let Some((pid, epoch)) = model.producer else {
+            model.producer = Some((*next_pid, 0));
+            *next_pid += 1;
+            return codes::NONE;
+        };
+        match model.phase {
+            Phase::Preparing { .. } => codes::CONCURRENT_TRANSACTIONS,
+            Phase::Ongoing => {
+                model.producer = Some((pid, epoch + 1));
+                model.phase = Phase::Preparing { commit: false };
+                codes::CONCURRENT_TRANSACTIONS
+            }
+            Phase::Empty | Phase::Complete { .. } => {
+                model.producer = Some((pid, epoch + 1));
+                model.phase = Phase::Empty;
+                model.partitions.clear();
+                codes::NONE
+            }
+        }
+    }
+
+    fn model_check(model: &Model, pid: i64, epoch: i16) -> Result<(), i16> {
+        match model.producer {
+            None => Err(codes::INVALID_PRODUCER_ID_MAPPING),
+            Some((p, _)) if p != pid => Err(codes::INVALID_PRODUCER_ID_MAPPING),
+            Some((_, e)) if e != epoch => Err(codes::PRODUCER_FENCED),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn model_add(model: &mut Model, pid: i64, epoch: i16, partitions: &[i32]) -> i16 {
+        if let Err(code) = model_check(model, pid, epoch) {
+            return code;
+        }
+        match model.phase {
+            Phase::Preparing { .. } => codes::CONCURRENT_TRANSACTIONS,
+            Phase::Ongoing => {
+                model.partitions.extend(partitions);
+                codes::NONE
+            }
+            Phase::Empty | Phase::Complete { .. } => {
+                model.partitions = partitions.iter().copied().collect();
+                model.phase = Phase::Ongoing;
+                codes::NONE
+            }
+        }
+    }
+
+    fn model_end(model: &mut Model, pid: i64, epoch: i16, commit: bool) -> i16 {
+        if let Err(code) = model_check(model, pid, epoch) {
+            return code;
+        }
+        match model.phase {
+            Phase::Ongoing => {
+                model.phase = Phase::Preparing { commit };
+                codes::NONE
+            }
+            Phase::Preparing { commit: c } if c == commit => codes::CONCURRENT_TRANSACTIONS,
+            Phase::Complete { commit: c } if c == commit => codes::NONE,
+            _ => codes::INVALID_TXN_STATE,
+        }
+    }
+}
