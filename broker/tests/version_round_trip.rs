@@ -287,6 +287,8 @@ fn round_trip_version(key: ApiKey, version: i16, draws: &mut Draws) {
         AddPartitionsToTxn => AddPartitionsToTxnRequest,
         AddOffsetsToTxn => AddOffsetsToTxnRequest,
         EndTxn => EndTxnRequest,
+        DescribeTransactions => DescribeTransactionsRequest,
+        ListTransactions => ListTransactionsRequest,
         DescribeLogDirs => DescribeLogDirsRequest,
         DescribeAcls => DescribeAclsRequest,
         CreateAcls => CreateAclsRequest,

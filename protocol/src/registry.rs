@@ -36,7 +36,7 @@ impl ApiSpec {
 /// Burrow, kafka-go and old librdkafka send them. `KAFKA_RANGES` in the tests holds both
 /// releases' ranges; the codec for the removed versions is generated from 3.9's message JSON
 /// (vendor/README.md).
-pub const SUPPORTED_APIS: [ApiSpec; 43] = [
+pub const SUPPORTED_APIS: [ApiSpec; 45] = [
     ApiSpec::new(ApiKey::Produce, 0, 13),
     ApiSpec::new(ApiKey::Fetch, 0, 18),
     ApiSpec::new(ApiKey::ListOffsets, 0, 10),
@@ -77,6 +77,8 @@ pub const SUPPORTED_APIS: [ApiSpec; 43] = [
     ApiSpec::new(ApiKey::AlterUserScramCredentials, 0, 0),
     ApiSpec::new(ApiKey::DescribeCluster, 0, 2),
     ApiSpec::new(ApiKey::DescribeProducers, 0, 0),
+    ApiSpec::new(ApiKey::DescribeTransactions, 0, 0),
+    ApiSpec::new(ApiKey::ListTransactions, 0, 2),
     ApiSpec::new(ApiKey::ConsumerGroupHeartbeat, 0, 1),
     ApiSpec::new(ApiKey::ConsumerGroupDescribe, 0, 1),
     ApiSpec::new(ApiKey::DescribeTopicPartitions, 0, 0),
@@ -139,7 +141,7 @@ mod tests {
     /// Kafka's request version ranges per API: 3.9 (apache/kafka branch `3.9`, each
     /// `*Request.json`'s `validVersions`) and 4.1 (what kafka-protocol 0.18, generated from
     /// 4.1.0, accepts; a `latestVersionUnstable` version is not served by a default broker).
-    const KAFKA_RANGES: [(ApiKey, VersionPair, VersionPair); 43] = [
+    const KAFKA_RANGES: [(ApiKey, VersionPair, VersionPair); 45] = [
         (ApiKey::Produce, (0, 11), (3, 13)),
         (ApiKey::Fetch, (0, 17), (4, 18)),
         (ApiKey::ListOffsets, (0, 9), (1, 10)),
@@ -180,6 +182,8 @@ mod tests {
         (ApiKey::AlterUserScramCredentials, (0, 0), (0, 0)),
         (ApiKey::DescribeCluster, (0, 1), (0, 2)),
         (ApiKey::DescribeProducers, (0, 0), (0, 0)),
+        (ApiKey::DescribeTransactions, (0, 0), (0, 0)),
+        (ApiKey::ListTransactions, (0, 1), (0, 2)),
         (ApiKey::ConsumerGroupHeartbeat, (0, 0), (0, 1)),
         (ApiKey::ConsumerGroupDescribe, (0, 0), (0, 1)),
         (ApiKey::DescribeTopicPartitions, (0, 0), (0, 0)),

@@ -26,6 +26,7 @@ pub mod describe_groups;
 pub mod describe_log_dirs;
 pub mod describe_producers;
 pub mod describe_topic_partitions;
+pub mod describe_transactions;
 pub mod describe_user_scram_credentials;
 pub mod end_txn;
 pub mod fetch;
@@ -37,6 +38,7 @@ pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
 pub mod list_offsets;
+pub mod list_transactions;
 pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
@@ -156,6 +158,8 @@ served_apis! {
     AddPartitionsToTxn => add_partitions_to_txn::AddPartitionsToTxnRequest,
     AddOffsetsToTxn => add_offsets_to_txn::AddOffsetsToTxnRequest,
     EndTxn => end_txn::EndTxnRequest,
+    DescribeTransactions => describe_transactions::DescribeTransactionsRequest,
+    ListTransactions => list_transactions::ListTransactionsRequest,
     DescribeAcls => describe_acls::DescribeAclsRequest,
     CreateAcls => create_acls::CreateAclsRequest,
     DeleteAcls => delete_acls::DeleteAclsRequest,

@@ -6,8 +6,8 @@
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
     AddOffsetsToTxnResponse, AddPartitionsToTxnResponse, AlterClientQuotasResponse,
-    AlterUserScramCredentialsResponse, DescribeClientQuotasResponse,
-    DescribeUserScramCredentialsResponse, EndTxnResponse,
+    AlterUserScramCredentialsResponse, DescribeClientQuotasResponse, DescribeTransactionsResponse,
+    DescribeUserScramCredentialsResponse, EndTxnResponse, ListTransactionsResponse,
 };
 use kafka_protocol::messages::{
     AlterConfigsResponse, ApiVersionsResponse, ConsumerGroupDescribeResponse,
@@ -47,6 +47,7 @@ macro_rules! top_level_only {
 
 top_level_only!(
     AddOffsetsToTxnResponse,
+    ListTransactionsResponse,
     EndTxnResponse,
     ApiVersionsResponse,
     ConsumerGroupHeartbeatResponse,
@@ -103,6 +104,7 @@ macro_rules! first_item_error {
 }
 
 first_item_error!(
+    DescribeTransactionsResponse => transaction_states,
     ConsumerGroupDescribeResponse => groups,
     CreateAclsResponse => results,
     AlterUserScramCredentialsResponse => results,

@@ -46,6 +46,7 @@ pub mod codes {
     pub const TOPIC_AUTHORIZATION_FAILED: i16 = ResponseError::TopicAuthorizationFailed.code();
     pub const GROUP_AUTHORIZATION_FAILED: i16 = ResponseError::GroupAuthorizationFailed.code();
     pub const TRANSACTIONAL_ID_NOT_FOUND: i16 = ResponseError::TransactionalIdNotFound.code();
+    pub const INVALID_REGULAR_EXPRESSION: i16 = ResponseError::InvalidRegularExpression.code();
     /// What a transaction past `TXN_PARTITIONS_MAX` gets.
     pub const OVER_PARTITIONS_BOUND: i16 = INVALID_REQUEST;
 }
