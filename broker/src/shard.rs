@@ -231,12 +231,23 @@ impl TxnEffects for ShardTxnEffects {
         let router = self.router.clone();
         let owner = self.metadata.current().owner_of(&tp.topic, tp.partition);
         Box::pin(async move {
-            match owner {
-                Some(owner) => {
-                    crate::partition::write_txn_marker_on(&router, owner, tp, marker).await
-                }
-                None => crate::error_codes::UNKNOWN_TOPIC_OR_PARTITION,
+            let Some(owner) = owner else {
+                return crate::error_codes::UNKNOWN_TOPIC_OR_PARTITION;
+            };
+            let partition = tp.partition;
+            let offsets = &*tp.topic == OFFSETS_TOPIC;
+            let code = crate::partition::write_txn_marker_on(&router, owner, tp, marker).await;
+            // The marker on a `__consumer_offsets` partition also ends the transaction's
+            // pending `TxnOffsetCommit` offsets in that partition's group coordinator (on
+            // the same shard, which owns the partition).
+            if code == crate::error_codes::NONE && offsets {
+                let (producer_id, commit) = (marker.producer_id, marker.commit);
+                groups::on_coordinator(&router, owner, move |groups| async move {
+                    groups.complete_txn(partition, producer_id, commit);
+                })
+                .await;
             }
+            code
         })
     }
 }

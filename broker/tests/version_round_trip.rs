@@ -287,6 +287,7 @@ fn round_trip_version(key: ApiKey, version: i16, draws: &mut Draws) {
         AddPartitionsToTxn => AddPartitionsToTxnRequest,
         AddOffsetsToTxn => AddOffsetsToTxnRequest,
         EndTxn => EndTxnRequest,
+        TxnOffsetCommit => TxnOffsetCommitRequest,
         DescribeTransactions => DescribeTransactionsRequest,
         ListTransactions => ListTransactionsRequest,
         DescribeLogDirs => DescribeLogDirsRequest,

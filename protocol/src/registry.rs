@@ -36,7 +36,7 @@ impl ApiSpec {
 /// Burrow, kafka-go and old librdkafka send them. `KAFKA_RANGES` in the tests holds both
 /// releases' ranges; the codec for the removed versions is generated from 3.9's message JSON
 /// (vendor/README.md).
-pub const SUPPORTED_APIS: [ApiSpec; 45] = [
+pub const SUPPORTED_APIS: [ApiSpec; 46] = [
     ApiSpec::new(ApiKey::Produce, 0, 13),
     ApiSpec::new(ApiKey::Fetch, 0, 18),
     ApiSpec::new(ApiKey::ListOffsets, 0, 10),
@@ -60,6 +60,7 @@ pub const SUPPORTED_APIS: [ApiSpec; 45] = [
     ApiSpec::new(ApiKey::AddPartitionsToTxn, 0, 5),
     ApiSpec::new(ApiKey::AddOffsetsToTxn, 0, 4),
     ApiSpec::new(ApiKey::EndTxn, 0, 5),
+    ApiSpec::new(ApiKey::TxnOffsetCommit, 0, 5),
     ApiSpec::new(ApiKey::DescribeAcls, 0, 3),
     ApiSpec::new(ApiKey::CreateAcls, 0, 3),
     ApiSpec::new(ApiKey::DeleteAcls, 0, 3),
@@ -141,7 +142,7 @@ mod tests {
     /// Kafka's request version ranges per API: 3.9 (apache/kafka branch `3.9`, each
     /// `*Request.json`'s `validVersions`) and 4.1 (what kafka-protocol 0.18, generated from
     /// 4.1.0, accepts; a `latestVersionUnstable` version is not served by a default broker).
-    const KAFKA_RANGES: [(ApiKey, VersionPair, VersionPair); 45] = [
+    const KAFKA_RANGES: [(ApiKey, VersionPair, VersionPair); 46] = [
         (ApiKey::Produce, (0, 11), (3, 13)),
         (ApiKey::Fetch, (0, 17), (4, 18)),
         (ApiKey::ListOffsets, (0, 9), (1, 10)),
@@ -165,6 +166,7 @@ mod tests {
         (ApiKey::AddPartitionsToTxn, (0, 5), (0, 5)),
         (ApiKey::AddOffsetsToTxn, (0, 4), (0, 4)),
         (ApiKey::EndTxn, (0, 4), (0, 5)),
+        (ApiKey::TxnOffsetCommit, (0, 4), (0, 5)),
         (ApiKey::DescribeAcls, (0, 3), (1, 3)),
         (ApiKey::CreateAcls, (0, 3), (1, 3)),
         (ApiKey::DeleteAcls, (0, 3), (1, 3)),

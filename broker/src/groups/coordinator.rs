@@ -159,7 +159,16 @@ struct Inner {
     producer_ids: RefCell<Option<Rc<ProducerIds>>>,
     /// KIP-848 metrics of the groups this shard coordinates.
     consumer_counts: RefCell<ConsumerGroupCounts>,
+    /// `TxnOffsetCommit` offsets written but not yet visible, by (offsets partition,
+    /// producer id): the transaction's marker on that partition applies them (commit) or
+    /// drops them (abort), see `complete_txn`. Bounded by `TXN_OFFSETS_PENDING_MAX`.
+    txn_offsets: RefCell<HashMap<(i32, i64), Vec<OffsetsRecord>>>,
 }
+
+/// Offsets of open transactions one shard's groups hold at once (records). Past it a
+/// `TxnOffsetCommit` is refused `COORDINATOR_NOT_AVAILABLE` (retriable) until transactions
+/// end; Kafka has no bound.
+const TXN_OFFSETS_PENDING_MAX: usize = 100_000;
 
 /// Rebalances (group epoch bumps) of this shard's consumer-protocol groups, and how long
 /// their members took to reach each new target assignment.
@@ -198,6 +207,7 @@ impl GroupCoordinator {
                 ticker_started: std::cell::Cell::new(false),
                 append_gates: RefCell::default(),
                 records_since_checkpoint: RefCell::default(),
+                txn_offsets: RefCell::default(),
                 checkpointing: RefCell::default(),
                 producer_ids: RefCell::default(),
                 consumer_counts: RefCell::default(),
@@ -418,6 +428,133 @@ impl GroupCoordinator {
         match self.ensure_loaded(at.partition).await {
             Ok(log) => self.commit_offsets(&log, &at.group, request).await,
             Err(code) => vec![code; request.offsets.len()],
+        }
+    }
+
+    /// `TxnOffsetCommit`: the offsets are written as the producer's transactional batch and
+    /// held pending until the transaction's marker on this partition (`complete_txn`).
+    /// A request naming no generation, member or instance is not checked against the group
+    /// (Kafka's rule for transactional commits); one that does is checked as a commit.
+    pub async fn commit_transactional(
+        &self,
+        at: GroupAddress,
+        producer_id: i64,
+        producer_epoch: i16,
+        request: CommitRequest,
+    ) -> Vec<i16> {
+        let count = request.offsets.len();
+        let log = match self.ensure_loaded(at.partition).await {
+            Ok(log) => log,
+            Err(code) => return vec![code; count],
+        };
+        let named = request.generation >= 0
+            || !request.member_id.is_empty()
+            || request.instance_id.is_some();
+        if named {
+            let checked = self.with_group(&at.group, |g| {
+                g.check_commit(
+                    &request.member_id,
+                    request.instance_id.as_deref(),
+                    request.generation,
+                )
+            });
+            if let Err(code) = checked {
+                return vec![code; count];
+            }
+        }
+        let pending: usize = self.inner.txn_offsets.borrow().values().map(Vec::len).sum();
+        if pending + count > TXN_OFFSETS_PENDING_MAX {
+            return vec![codes::COORDINATOR_NOT_AVAILABLE; count];
+        }
+        let mut codes_out = Vec::with_capacity(count);
+        let mut records = Vec::new();
+        for (topic, partition, value) in request.offsets {
+            let code = if value.metadata.len() > OFFSET_METADATA_BYTES_MAX {
+                codes::OFFSET_METADATA_TOO_LARGE
+            } else if topic.len() > TOPIC_NAME_BYTES_MAX {
+                broker_codes::UNKNOWN_TOPIC_OR_PARTITION
+            } else {
+                records.push(OffsetsRecord::Commit {
+                    group: at.group.clone(),
+                    topic,
+                    partition,
+                    value: Some(value),
+                });
+                broker_codes::NONE
+            };
+            codes_out.push(code);
+        }
+        if records.is_empty() {
+            return codes_out;
+        }
+        let batch = records::encode_txn_batch(
+            &records,
+            self.inner.offsets.clock.now_ms(),
+            producer_id,
+            producer_epoch,
+        );
+        let code = self
+            .append_txn_offsets(&log, batch, producer_id, records)
+            .await;
+        for slot in codes_out.iter_mut().filter(|c| **c == broker_codes::NONE) {
+            *slot = code;
+        }
+        codes_out
+    }
+
+    async fn append_txn_offsets(
+        &self,
+        log: &OffsetsLog,
+        batch: Bytes,
+        producer_id: i64,
+        records: Vec<OffsetsRecord>,
+    ) -> i16 {
+        let gate = self.append_gate(log.partition);
+        let turn = gate.acquire_permit(1).await.expect("never closed");
+        let appended = match log.log.append(batch).await {
+            Ok(appended) => appended,
+            Err(error) => {
+                tracing::error!(%error, "appending transactional offsets failed");
+                return codes::COORDINATOR_NOT_AVAILABLE;
+            }
+        };
+        // Pending in log order; the marker (after this, from the same coordinator's
+        // EndTxn) finds them.
+        self.inner
+            .txn_offsets
+            .borrow_mut()
+            .entry((log.partition, producer_id))
+            .or_default()
+            .extend(records);
+        drop(turn);
+        if let Err(error) = log.log.wait_durable(appended.last_offset).await {
+            tracing::error!(%error, "fdatasync of transactional offsets failed");
+            return codes::COORDINATOR_NOT_AVAILABLE;
+        }
+        broker_codes::NONE
+    }
+
+    /// The transaction of `producer_id` ended on offsets partition `partition` (its marker
+    /// is written there): its pending offsets become the groups' committed offsets
+    /// (`commit`) or are dropped. Called by the transaction coordinator's marker write,
+    /// and by the replay when it reads a marker.
+    pub fn complete_txn(&self, partition: i32, producer_id: i64, commit: bool) {
+        let pending = self
+            .inner
+            .txn_offsets
+            .borrow_mut()
+            .remove(&(partition, producer_id));
+        let Some(records) = pending.filter(|_| commit) else {
+            return;
+        };
+        *self
+            .inner
+            .records_since_checkpoint
+            .borrow_mut()
+            .entry(partition)
+            .or_default() += records.len();
+        for record in records {
+            self.apply(record);
         }
     }
 
@@ -655,7 +792,23 @@ impl GroupCoordinator {
                     return Err(format!("unparseable batch at offset {offset}"));
                 };
                 offset = header.last_offset() + 1;
+                if header.is_control() {
+                    if let Some(commit) = records::marker_commits(&stored) {
+                        self.complete_txn(tp.partition, header.producer_id, commit);
+                    }
+                    continue;
+                }
                 let (decoded, foreign) = records::decode_batch(&stored);
+                if records::is_transactional_data(&header) {
+                    skipped += foreign;
+                    self.inner
+                        .txn_offsets
+                        .borrow_mut()
+                        .entry((tp.partition, header.producer_id))
+                        .or_default()
+                        .extend(decoded);
+                    continue;
+                }
                 skipped += foreign;
                 applied += decoded.len();
                 for record in decoded {
@@ -793,7 +946,17 @@ impl GroupCoordinator {
             .borrow()
             .get(&log.partition)
             .is_some_and(|count| *count >= threshold);
-        if !due || !self.inner.checkpointing.borrow_mut().insert(log.partition) {
+        // A checkpoint trims the log before it; offsets of an open transaction written
+        // before it would be lost with it (they are not live yet), so it waits until no
+        // transaction has pending offsets on the partition.
+        let open_transactions = self
+            .inner
+            .txn_offsets
+            .borrow()
+            .keys()
+            .any(|(partition, _)| *partition == log.partition);
+        if !due || open_transactions || !self.inner.checkpointing.borrow_mut().insert(log.partition)
+        {
             return;
         }
         let (coordinator, log) = (

@@ -49,6 +49,7 @@ pub mod sasl_authenticate;
 pub mod sasl_handshake;
 pub mod sync_group;
 pub mod throttle;
+pub mod txn_offset_commit;
 
 use std::rc::Rc;
 
@@ -158,6 +159,7 @@ served_apis! {
     AddPartitionsToTxn => add_partitions_to_txn::AddPartitionsToTxnRequest,
     AddOffsetsToTxn => add_offsets_to_txn::AddOffsetsToTxnRequest,
     EndTxn => end_txn::EndTxnRequest,
+    TxnOffsetCommit => txn_offset_commit::TxnOffsetCommitRequest,
     DescribeTransactions => describe_transactions::DescribeTransactionsRequest,
     ListTransactions => list_transactions::ListTransactionsRequest,
     DescribeAcls => describe_acls::DescribeAclsRequest,

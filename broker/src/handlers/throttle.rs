@@ -29,7 +29,7 @@ use kafka_protocol::messages::{
     LeaveGroupResponse, ListGroupsResponse, ListOffsetsResponse, ListTransactionsResponse,
     MetadataResponse, OffsetCommitResponse, OffsetDeleteResponse, OffsetFetchResponse,
     OffsetForLeaderEpochResponse, ProduceResponse, SaslAuthenticateResponse, SaslHandshakeResponse,
-    SyncGroupResponse,
+    SyncGroupResponse, TxnOffsetCommitResponse,
 };
 
 use crate::handlers::context::RequestContext;
@@ -93,6 +93,7 @@ throttled!(
     AddPartitionsToTxnResponse,
     AddOffsetsToTxnResponse,
     EndTxnResponse,
+    TxnOffsetCommitResponse,
     DescribeTransactionsResponse,
     ListTransactionsResponse,
     JoinGroupResponse,

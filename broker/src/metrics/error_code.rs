@@ -8,6 +8,7 @@ use kafka_protocol::messages::{
     AddOffsetsToTxnResponse, AddPartitionsToTxnResponse, AlterClientQuotasResponse,
     AlterUserScramCredentialsResponse, DescribeClientQuotasResponse, DescribeTransactionsResponse,
     DescribeUserScramCredentialsResponse, EndTxnResponse, ListTransactionsResponse,
+    TxnOffsetCommitResponse,
 };
 use kafka_protocol::messages::{
     AlterConfigsResponse, ApiVersionsResponse, ConsumerGroupDescribeResponse,
@@ -138,6 +139,7 @@ macro_rules! first_partition_error {
 }
 
 first_partition_error!(
+    TxnOffsetCommitResponse => topics.partitions,
     DeleteRecordsResponse => topics.partitions,
     DescribeProducersResponse => topics.partitions,
     ListOffsetsResponse => topics.partitions,
