@@ -158,6 +158,46 @@ def test_a_transaction_past_its_timeout_is_aborted_and_its_producer_fenced(start
     assert read_values(broker.bootstrap, "txn-timeout", "read_committed", 0, timeout=5) == []
 
 
+def test_offsets_sent_to_a_transaction_commit_with_it_and_vanish_with_an_abort(broker):
+    """Consume-transform-produce: the group's offsets become visible when the transaction
+    commits (TxnOffsetCommit held pending until the marker on its offsets partition) and
+    are dropped when it aborts."""
+    create_topic(broker.bootstrap, "txn-in", 1)
+    create_topic(broker.bootstrap, "txn-out", 1)
+    helpers.produce(broker.bootstrap, "txn-in", helpers.make_messages(10))
+    consumer = Consumer({
+        "bootstrap.servers": broker.bootstrap,
+        "group.id": "txn-ctp",
+        "enable.auto.commit": False,
+        "isolation.level": "read_committed",
+    })
+    consumer.assign([TopicPartition("txn-in", 0, 0)])
+    producer = transactional_producer(broker.bootstrap, "tx-ctp")
+    producer.init_transactions(30)
+    try:
+        consumed = []
+        deadline = time.monotonic() + 20
+        while len(consumed) < 10 and time.monotonic() < deadline:
+            consumed += [m for m in consumer.consume(num_messages=10, timeout=0.5) if not m.error()]
+        assert len(consumed) == 10
+        producer.begin_transaction()
+        for message in consumed[:5]:
+            producer.produce("txn-out", value=message.value(), partition=0)
+        producer.send_offsets_to_transaction([TopicPartition("txn-in", 0, 5)], consumer.consumer_group_metadata(), 30)
+        producer.commit_transaction(30)
+        committed, = consumer.committed([TopicPartition("txn-in", 0)], timeout=10)
+        assert committed.offset == 5
+        producer.begin_transaction()
+        producer.produce("txn-out", value=b"never", partition=0)
+        producer.send_offsets_to_transaction([TopicPartition("txn-in", 0, 8)], consumer.consumer_group_metadata(), 30)
+        producer.abort_transaction(30)
+        committed, = consumer.committed([TopicPartition("txn-in", 0)], timeout=10)
+        assert committed.offset == 5
+    finally:
+        consumer.close()
+        del producer
+
+
 # Raw requests: the coordinator's answers to requests out of order.
 
 
