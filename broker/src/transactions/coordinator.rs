@@ -26,7 +26,7 @@
 //! `transactional.id.expiration.ms`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
@@ -129,6 +129,10 @@ struct Inner {
     /// Per partition: closed once its replay has finished.
     loads: RefCell<HashMap<i32, Rc<Semaphore>>>,
     ticker_started: Cell<bool>,
+    /// Ids whose markers are being written (one completion task per id at a time); the
+    /// ticker restarts the completion of a prepared transaction not in here (a failed
+    /// write of its Complete record).
+    completing: RefCell<HashSet<String>>,
 }
 
 impl TxnCoordinator {
@@ -139,6 +143,7 @@ impl TxnCoordinator {
                 ids: RefCell::default(),
                 loads: RefCell::default(),
                 ticker_started: Cell::new(false),
+                completing: RefCell::default(),
             }),
         }
     }
@@ -460,11 +465,18 @@ impl TxnCoordinator {
 
     /// Writes the markers of a prepared transaction, then persists its completion.
     fn spawn_completion(&self, id: String, prepared: TxnMetadata) {
+        if !self.inner.completing.borrow_mut().insert(id.clone()) {
+            return;
+        }
         let coordinator = self.clone();
-        glommio::spawn_local(async move { coordinator.complete(id, prepared).await }).detach();
+        glommio::spawn_local(async move {
+            coordinator.complete(&id, prepared).await;
+            coordinator.inner.completing.borrow_mut().remove(&id);
+        })
+        .detach();
     }
 
-    async fn complete(&self, id: String, prepared: TxnMetadata) {
+    async fn complete(&self, id: &str, prepared: TxnMetadata) {
         let marker = TxnMarker {
             producer_id: prepared.producer_id,
             producer_epoch: prepared.producer_epoch,
@@ -479,7 +491,7 @@ impl TxnCoordinator {
         if self.inner.handle.shutdown.is_started() {
             return; // finished after the restart, from the replayed Prepare record
         }
-        let Some(partition) = self.inner.ids.borrow().get(&id).map(|e| e.partition) else {
+        let Some(partition) = self.inner.ids.borrow().get(id).map(|e| e.partition) else {
             return;
         };
         let Ok(log) = self.ensure_loaded(partition).await else {
@@ -487,7 +499,7 @@ impl TxnCoordinator {
         };
         let next = {
             let ids = self.inner.ids.borrow();
-            let Some(entry) = ids.get(&id) else { return };
+            let Some(entry) = ids.get(id) else { return };
             // Only the transaction these markers were for; nothing else moves a Prepare
             // state, so anything else means it was already completed.
             match &entry.metadata {
@@ -498,8 +510,8 @@ impl TxnCoordinator {
             }
         };
         let Some(next) = next else { return };
-        if let Err(code) = self.transition(&log, &id, partition, Some(next)).await {
-            tracing::warn!(transactional_id = %id, code, "completing a transaction failed; it is retried when the partition is loaded again");
+        if let Err(code) = self.transition(&log, id, partition, Some(next)).await {
+            tracing::warn!(transactional_id = %id, code, "completing a transaction failed; the ticker retries it");
         }
     }
 
@@ -645,6 +657,25 @@ impl TxnCoordinator {
         glommio::spawn_local(tick_forever(Rc::downgrade(&self.inner))).detach();
     }
 
+    /// Starts the completion of every prepared transaction that has none running (its
+    /// Complete record failed to be written, or its task ended at a failed load).
+    fn restart_stalled_completions(&self) {
+        let stalled: Vec<(String, TxnMetadata)> = {
+            let ids = self.inner.ids.borrow();
+            let completing = self.inner.completing.borrow();
+            ids.iter()
+                .filter(|(id, e)| !e.pending && !completing.contains(*id))
+                .filter_map(|(id, e)| Some((id.clone(), e.metadata.clone()?)))
+                .filter(|(_, m)| {
+                    matches!(m.state, TxnState::PrepareCommit | TxnState::PrepareAbort)
+                })
+                .collect()
+        };
+        for (id, prepared) in stalled {
+            self.spawn_completion(id, prepared);
+        }
+    }
+
     /// One round of the ticker: aborts timed-out transactions (fencing their producers)
     /// and forgets idle ids.
     async fn tick(&self) {
@@ -671,6 +702,7 @@ impl TxnCoordinator {
                 .collect();
             (timed_out, expired)
         };
+        self.restart_stalled_completions();
         for (id, partition, metadata) in timed_out {
             let Ok(log) = self.ensure_loaded(partition).await else {
                 continue;
