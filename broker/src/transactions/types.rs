@@ -1,7 +1,6 @@
 //! What the parts of `transactions` share: the internal topic, bounds and error codes.
 
-/// Kafka's internal topic of transaction state.
-pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+pub use crate::metadata::TRANSACTION_STATE_TOPIC;
 
 /// Partitions of `__transaction_state`. Kafka's default is 50, sized for a cluster; here,
 /// as for `__consumer_offsets` (`groups::OFFSETS_TOPIC_PARTITIONS`), each partition is an
