@@ -291,3 +291,39 @@ def test_transaction_state_survives_a_restart(broker):
         assert (code, same_id, bumped) == (NONE, producer_id, epoch + 1)
     finally:
         sock.close()
+
+
+def test_txn_list_and_describe_cli(broker):
+    """`ringfeed txn list|describe` (ListTransactions / DescribeTransactions, KIP-664) show an
+    open transaction with its producer and partitions, then its completed state."""
+    import os
+    import subprocess
+
+    from conftest import ringfeed_binary
+
+    def ok(*args):
+        result = subprocess.run([ringfeed_binary(), *args, "--brokers", broker.bootstrap],
+                                capture_output=True, timeout=60, env={**os.environ, "NO_COLOR": "1"})
+        assert result.returncode == 0, result.stderr.decode(errors="replace")
+        return result.stdout.decode()
+
+    create_topic(broker.bootstrap, "txn-cli", 2)
+    sock = coordinator_socket(broker.bootstrap, "tx-cli")
+    try:
+        code, producer_id, epoch = init(sock, "tx-cli")
+        assert code == NONE
+        request = AddPartitionsToTxnRequest[0]("tx-cli", producer_id, epoch, [("txn-cli", [0, 1])])
+        assert call(sock, request, 3).results[0][1][0][1] == NONE
+        rows = [line.split() for line in ok("txn", "list").splitlines()]
+        assert ["tx-cli", str(producer_id), "Ongoing"] in rows
+        described = ok("txn", "describe", "tx-cli")
+        assert "Ongoing" in described and f"{producer_id} (epoch {epoch})" in described
+        partitions = [line.split() for line in described.splitlines() if line.startswith("txn-cli")]
+        assert partitions == [["txn-cli", "0"], ["txn-cli", "1"]]
+        assert call(sock, EndTxnRequest[0]("tx-cli", producer_id, epoch, True), 4).error_code == NONE
+        deadline = time.monotonic() + 10
+        while "CompleteCommit" not in ok("txn", "describe", "tx-cli") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "CompleteCommit" in ok("txn", "describe", "tx-cli")
+    finally:
+        sock.close()
