@@ -777,3 +777,229 @@ async fn tick_forever(inner: Weak<Inner>) {
         TxnCoordinator { inner }.tick().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::partition::PartitionSlot;
+    use crate::storage::LogConfig;
+
+    fn run<Fut: Future<Output = ()> + 'static>(test: impl FnOnce() -> Fut + Send + 'static) {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(test)
+            .expect("executor")
+            .join()
+            .expect("test ran");
+    }
+
+    /// Producer ids from a counter; markers recorded, or never answered when `stuck`.
+    #[derive(Default)]
+    struct Recorded {
+        next_producer_id: Cell<i64>,
+        markers: RefCell<Vec<(TopicPartition, TxnMarker)>>,
+        stuck: bool,
+    }
+
+    impl TxnEffects for Rc<Recorded> {
+        fn new_producer_id(&self) -> LocalBoxFuture<'static, Result<i64, i16>> {
+            let id = 1000 + self.next_producer_id.get();
+            self.next_producer_id.set(self.next_producer_id.get() + 1);
+            Box::pin(std::future::ready(Ok(id)))
+        }
+        fn write_marker(
+            &self,
+            tp: TopicPartition,
+            marker: TxnMarker,
+        ) -> LocalBoxFuture<'static, i16> {
+            if self.stuck {
+                return Box::pin(std::future::pending());
+            }
+            self.markers.borrow_mut().push((tp, marker));
+            Box::pin(std::future::ready(codes::NONE))
+        }
+    }
+
+    fn tp(topic: &str, partition: i32) -> TopicPartition {
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
+    }
+
+    async fn table_with_state_partition(dir: &std::path::Path) -> Rc<PartitionTable> {
+        let disk = crate::disk::BrokerDisk::default();
+        let (log, _) = PartitionLog::open_on(disk, dir, LogConfig::default(), Clock::System)
+            .await
+            .expect("open");
+        let table = Rc::new(PartitionTable::default());
+        table.insert(
+            tp(TRANSACTION_STATE_TOPIC, 0),
+            PartitionSlot::Online {
+                topic_id: Uuid::new_v4(),
+                log,
+            },
+        );
+        table
+    }
+
+    fn coordinator(table: &Rc<PartitionTable>, effects: &Rc<Recorded>) -> TxnCoordinator {
+        TxnCoordinator::new(TxnHandle {
+            shard_id: 0,
+            partitions: table.clone(),
+            clock: Clock::System,
+            shutdown: ShutdownSignal::default(),
+            config: TxnConfig::default(),
+            effects: Rc::new(effects.clone()),
+        })
+    }
+
+    fn at(id: &str) -> TxnAddress {
+        TxnAddress {
+            transactional_id: id.into(),
+            partition: 0,
+        }
+    }
+
+    /// Waits (yielding to the completion task) until the id reaches `state`.
+    async fn settle(coordinator: &TxnCoordinator, id: &str, state: TxnState) -> TxnMetadata {
+        for _ in 0..200 {
+            let described = coordinator.describe(at(id)).await.expect("known");
+            if described.state == state {
+                return described;
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("{id} never reached {state:?}");
+    }
+
+    #[test]
+    fn a_commit_writes_a_marker_to_every_partition_then_completes() {
+        run(|| async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let table = table_with_state_partition(dir.path()).await;
+            let effects = Rc::new(Recorded::default());
+            let coordinator = coordinator(&table, &effects);
+            let (producer_id, epoch) = coordinator
+                .init_producer_id(at("tx"), 60_000, None)
+                .await
+                .expect("init");
+            assert_eq!((producer_id, epoch), (1000, 0));
+            let added = coordinator
+                .add_partitions(at("tx"), producer_id, epoch, vec![tp("a", 0), tp("b", 1)])
+                .await;
+            assert_eq!(added, codes::NONE);
+            assert_eq!(
+                coordinator
+                    .end_txn(at("tx"), producer_id, epoch, true)
+                    .await,
+                codes::NONE
+            );
+            let done = settle(&coordinator, "tx", TxnState::CompleteCommit).await;
+            assert!(done.partitions.is_empty());
+            let markers = effects.markers.borrow().clone();
+            assert_eq!(markers.len(), 2);
+            assert!(markers
+                .iter()
+                .all(|(_, m)| m.commit && m.producer_id == producer_id && m.producer_epoch == 0));
+            // A timeout above the maximum is refused before anything else.
+            assert_eq!(
+                coordinator.init_producer_id(at("tx"), 900_001, None).await,
+                Err(codes::INVALID_TRANSACTION_TIMEOUT)
+            );
+        });
+    }
+
+    #[test]
+    fn state_is_replayed_and_a_prepared_transaction_is_completed_after_a_restart() {
+        run(|| async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let table = table_with_state_partition(dir.path()).await;
+            // First life: the markers never get written (the broker dies meanwhile).
+            let stuck = Rc::new(Recorded {
+                stuck: true,
+                ..Recorded::default()
+            });
+            let first = coordinator(&table, &stuck);
+            let (producer_id, epoch) = first
+                .init_producer_id(at("tx"), 60_000, None)
+                .await
+                .expect("init");
+            first
+                .add_partitions(at("tx"), producer_id, epoch, vec![tp("a", 0)])
+                .await;
+            // An ongoing transaction of another id, to be found after the restart.
+            let (other_id, other_epoch) = first
+                .init_producer_id(at("other"), 60_000, None)
+                .await
+                .expect("init");
+            first
+                .add_partitions(at("other"), other_id, other_epoch, vec![tp("c", 2)])
+                .await;
+            assert_eq!(
+                first.end_txn(at("tx"), producer_id, epoch, true).await,
+                codes::NONE
+            );
+            assert_eq!(
+                first.end_txn(at("tx"), producer_id, epoch, true).await,
+                codes::CONCURRENT_TRANSACTIONS,
+                "a retry while the markers are written"
+            );
+            drop(first);
+            // Second life on the same log: the prepared commit is finished.
+            let effects = Rc::new(Recorded::default());
+            let second = coordinator(&table, &effects);
+            let done = settle(&second, "tx", TxnState::CompleteCommit).await;
+            assert_eq!(
+                (done.producer_id, done.producer_epoch),
+                (producer_id, epoch)
+            );
+            assert_eq!(
+                effects.markers.borrow().clone(),
+                vec![(
+                    tp("a", 0),
+                    TxnMarker {
+                        producer_id,
+                        producer_epoch: epoch,
+                        commit: true,
+                        coordinator_epoch: COORDINATOR_EPOCH
+                    }
+                )]
+            );
+            let other = second.describe(at("other")).await.expect("replayed");
+            assert_eq!(other.state, TxnState::Ongoing);
+            assert_eq!(other.partitions, [tp("c", 2)].into());
+            // A new producer for it: the ongoing transaction is aborted at a bumped epoch
+            // first (the caller is told to retry), then the epoch is bumped again.
+            assert_eq!(
+                second.init_producer_id(at("other"), 60_000, None).await,
+                Err(codes::CONCURRENT_TRANSACTIONS)
+            );
+            settle(&second, "other", TxnState::CompleteAbort).await;
+            let abort = effects
+                .markers
+                .borrow()
+                .last()
+                .map(|(_, marker)| *marker)
+                .expect("a marker");
+            assert_eq!(
+                (abort.commit, abort.producer_epoch),
+                (false, other_epoch + 1)
+            );
+            assert_eq!(
+                second.init_producer_id(at("other"), 60_000, None).await,
+                Ok((other_id, other_epoch + 2))
+            );
+            assert_eq!(
+                second
+                    .add_partitions(at("other"), other_id, other_epoch, vec![tp("c", 2)])
+                    .await,
+                codes::PRODUCER_FENCED
+            );
+        });
+    }
+}
