@@ -407,6 +407,11 @@ impl ShardServices {
         } else {
             self.metadata.wait_until_ready().await;
         }
+        // The transaction state this shard holds is replayed now, not at the first request
+        // for it: transactions left prepared are completed and open ones are timed out
+        // without waiting for their producers to come back (issue 14, item 4).
+        let transactions = self.transactions.clone();
+        glommio::spawn_local(async move { transactions.load_all().await }).detach();
     }
 
     /// Connects this shard's replica manager: partitions it hosts are served through the
