@@ -327,3 +327,34 @@ def test_txn_list_and_describe_cli(broker):
         assert "CompleteCommit" in ok("txn", "describe", "tx-cli")
     finally:
         sock.close()
+
+
+def test_an_open_transaction_is_aborted_after_a_restart_without_its_producer(start_broker):
+    """A broker SIGKILLed mid-transaction finds the open transaction at start-up (every
+    shard replays its __transaction_state partitions) and aborts it at its timeout, fencing
+    the producer, though the producer never comes back."""
+    import signal
+
+    broker = start_broker(extra_args=[
+        "--transaction-abort-timed-out-transaction-cleanup-interval-ms", "200",
+    ])
+    create_topic(broker.bootstrap, "txn-crash", 1)
+    sock = coordinator_socket(broker.bootstrap, "tx-crash")
+    try:
+        code, producer_id, epoch = init(sock, "tx-crash", timeout_ms=1000)
+        assert code == NONE
+        request = AddPartitionsToTxnRequest[0]("tx-crash", producer_id, epoch, [("txn-crash", [0])])
+        assert call(sock, request, 3).results[0][1][0][1] == NONE
+    finally:
+        sock.close()
+    broker.restart(signal.SIGKILL)
+    # Nothing asks about tx-crash; the ticker of its shard still aborts it.
+    time.sleep(3)
+    sock = coordinator_socket(broker.bootstrap, "tx-crash")
+    try:
+        request = AddPartitionsToTxnRequest[2]("tx-crash", producer_id, epoch, [("txn-crash", [0])])
+        assert call(sock, request, 4).results[0][1][0][1] == PRODUCER_FENCED
+        code, same_id, bumped = init(sock, "tx-crash")
+        assert (code, same_id, bumped) == (NONE, producer_id, epoch + 2)
+    finally:
+        sock.close()
