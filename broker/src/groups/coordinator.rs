@@ -8,6 +8,12 @@
 //! A `__consumer_offsets` partition is replayed once, by the first call that needs it;
 //! calls arriving meanwhile wait for that replay. A ticker (started with the first load)
 //! runs session and rebalance timeouts and offset expiry.
+//!
+//! Transactional offsets (`TxnOffsetCommit`) are appended as the producer's transactional
+//! batch and held pending per (offsets partition, producer id) until the transaction's
+//! marker on that partition: `complete_txn` applies them on commit and drops them on abort,
+//! called by the transaction coordinator's marker write and by the replay when it reads the
+//! marker (a control batch). A checkpoint waits while a partition has pending offsets.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
