@@ -1681,3 +1681,149 @@ async fn tick_forever(inner: Weak<Inner>, clock: Clock) {
         }
     }
 }
+
+#[cfg(test)]
+mod txn_offset_tests {
+    use std::future::Future;
+
+    use bytes::BytesMut;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::partition::PartitionSlot;
+    use crate::storage::batch::{ATTRIBUTES_OFFSET, CRC_OFFSET};
+    use crate::storage::LogConfig;
+
+    fn run<Fut: Future<Output = ()> + 'static>(test: impl FnOnce() -> Fut + Send + 'static) {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(test)
+            .expect("executor")
+            .join()
+            .expect("test ran");
+    }
+
+    fn offsets_tp() -> TopicPartition {
+        TopicPartition {
+            topic: OFFSETS_TOPIC.into(),
+            partition: 0,
+        }
+    }
+
+    async fn table(dir: &std::path::Path) -> Rc<PartitionTable> {
+        let disk = BrokerDisk::default();
+        let (log, _) = PartitionLog::open_on(disk, dir, LogConfig::default(), Clock::System)
+            .await
+            .expect("open");
+        let table = Rc::new(PartitionTable::default());
+        table.insert(
+            offsets_tp(),
+            PartitionSlot::Online {
+                topic_id: Uuid::new_v4(),
+                log,
+            },
+        );
+        table
+    }
+
+    fn coordinator(table: &Rc<PartitionTable>, dir: &std::path::Path) -> GroupCoordinator {
+        GroupCoordinator::new(OffsetsHandle {
+            shard_id: 0,
+            partitions: table.clone(),
+            metadata: Rc::new(MetadataView::default()),
+            shutdown: ShutdownSignal::default(),
+            limits: Limits::default(),
+            disk: BrokerDisk::default(),
+            data_dir: dir.to_path_buf(),
+            clock: Clock::System,
+            producer_id_blocks: None,
+        })
+    }
+
+    fn at() -> GroupAddress {
+        GroupAddress {
+            group: "g".into(),
+            partition: 0,
+        }
+    }
+
+    fn commit(offset: i64) -> CommitRequest {
+        CommitRequest {
+            member_id: String::new(),
+            instance_id: None,
+            generation: -1,
+            offsets: vec![(
+                "t".into(),
+                0,
+                crate::groups::records::CommittedOffset {
+                    offset,
+                    leader_epoch: -1,
+                    metadata: String::new(),
+                    commit_timestamp_ms: 1,
+                    expire_timestamp_ms: None,
+                },
+            )],
+        }
+    }
+
+    async fn committed(coordinator: &GroupCoordinator) -> Option<i64> {
+        let fetched = coordinator
+            .fetch_offsets(at(), Some(vec![("t".into(), vec![0])]), None)
+            .await
+            .expect("fetched");
+        fetched
+            .first()
+            .and_then(|(_, _, value)| value.as_ref().map(|v| v.offset))
+    }
+
+    /// A marker as the partition side writes it: a control batch of the producer.
+    fn marker(producer_id: i64, commit: bool) -> Bytes {
+        let plain = crate::storage::batch::control::batch(i16::from(commit), &[0, 0, 0, 0, 0, 0]);
+        let mut out = BytesMut::from(&plain[..]);
+        out[43..51].copy_from_slice(&producer_id.to_be_bytes());
+        let crc = crc32c::crc32c(&out[ATTRIBUTES_OFFSET..]);
+        out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        out.freeze()
+    }
+
+    #[test]
+    fn transactional_offsets_are_visible_only_once_committed_live_and_after_replay() {
+        run(|| async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let table = table(dir.path()).await;
+            let log = table.log(&offsets_tp()).expect("log");
+            // The partition side appends the marker, then the coordinator is told.
+            let mark = |producer_id: i64, commit: bool| {
+                let log = log.clone();
+                async move {
+                    let appended = log
+                        .append(marker(producer_id, commit))
+                        .await
+                        .expect("marker");
+                    log.wait_durable(appended.last_offset)
+                        .await
+                        .expect("durable");
+                }
+            };
+            let live = coordinator(&table, dir.path());
+            assert_eq!(live.commit_transactional(at(), 7, 0, commit(42)).await, [0]);
+            assert_eq!(committed(&live).await, None, "pending until the marker");
+            mark(7, true).await;
+            live.complete_txn(0, 7, true);
+            assert_eq!(committed(&live).await, Some(42));
+            assert_eq!(live.commit_transactional(at(), 7, 1, commit(50)).await, [0]);
+            mark(7, false).await;
+            live.complete_txn(0, 7, false);
+            assert_eq!(committed(&live).await, Some(42), "an abort drops them");
+            // Replay: the same outcome from the log; a pending commit of producer 8 without
+            // its marker stays invisible...
+            assert_eq!(live.commit_transactional(at(), 8, 0, commit(60)).await, [0]);
+            let replayed = coordinator(&table, dir.path());
+            assert_eq!(committed(&replayed).await, Some(42));
+            // ...until a commit marker of that producer follows it in the log.
+            mark(8, true).await;
+            let replayed = coordinator(&table, dir.path());
+            assert_eq!(committed(&replayed).await, Some(60));
+        });
+    }
+}
