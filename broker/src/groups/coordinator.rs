@@ -1683,7 +1683,7 @@ async fn tick_forever(inner: Weak<Inner>, clock: Clock) {
 }
 
 #[cfg(test)]
-mod txn_offset_tests {
+mod tests {
     use std::future::Future;
 
     use bytes::BytesMut;
@@ -1755,7 +1755,7 @@ mod txn_offset_tests {
             offsets: vec![(
                 "t".into(),
                 0,
-                crate::groups::records::CommittedOffset {
+                records::CommittedOffset {
                     offset,
                     leader_epoch: -1,
                     metadata: String::new(),
