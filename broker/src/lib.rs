@@ -45,6 +45,7 @@ pub mod shutdown;
 mod simulation;
 pub mod tls;
 pub mod topic_config;
+pub mod transactions;
 pub mod turns;
 
 /// The partition log: Kafka batches in `O_DIRECT` segments (crate `ringfeed-storage`).

@@ -132,6 +132,16 @@ pub struct Limits {
     /// Connections the kernel queues for the admin listener while it serves one (listen
     /// backlog); further connection attempts are refused by the kernel.
     pub admin_pending_connections_max: u32,
+    /// `transaction.max.timeout.ms`: an `InitProducerId` asking a longer
+    /// `transaction.timeout.ms` gets `INVALID_TRANSACTION_TIMEOUT` (Kafka's default 15 min).
+    pub transaction_max_timeout: Duration,
+    /// `transactional.id.expiration.ms`: an id with no transaction in progress and no
+    /// change for this long is forgotten (Kafka's default 7 days).
+    pub transactional_id_expiration: Duration,
+    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`: how often each
+    /// shard's coordinator looks for transactions past their timeout and idle ids (Kafka's
+    /// default 10 s).
+    pub transaction_abort_check_interval: Duration,
 }
 
 impl Default for Limits {
@@ -174,6 +184,9 @@ impl Default for Limits {
             admin_request_bytes_max: 16 * 1024,
             admin_connection_time_max: Duration::from_secs(5),
             admin_pending_connections_max: 16,
+            transaction_max_timeout: Duration::from_secs(15 * 60),
+            transactional_id_expiration: Duration::from_secs(7 * 24 * 60 * 60),
+            transaction_abort_check_interval: Duration::from_secs(10),
         }
     }
 }

@@ -317,6 +317,16 @@ impl MetadataSnapshot {
 /// user changes to it) and owned by the group coordinators (`groups`).
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
+/// Kafka's internal topic of transaction state; owned by the transaction coordinators
+/// (`transactions`), refused to user changes like `OFFSETS_TOPIC`.
+pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+
+/// Whether `name` is one of the internal topics only the broker writes and whose partition
+/// count placement depends on (`Metadata`'s `is_internal`).
+pub fn is_internal_topic(name: &str) -> bool {
+    name == OFFSETS_TOPIC || name == TRANSACTION_STATE_TOPIC
+}
+
 /// One shard's view of the metadata: the snapshot it serves from, the gate that opens once
 /// the first snapshot is installed, and the turn that orders the applies. Owned by one shard
 /// (`!Send`); the snapshots themselves are shared. Only the shard's services install a

@@ -324,6 +324,15 @@ impl Effective {
                 .copied()
                 .unwrap_or("bidirectional"),
             offsets_retention: Duration::from_secs(self.unsigned("offsets.retention.minutes") * 60),
+            transaction_max_timeout: Duration::from_millis(
+                self.unsigned("transaction.max.timeout.ms"),
+            ),
+            transactional_id_expiration: Duration::from_millis(
+                self.unsigned("transactional.id.expiration.ms"),
+            ),
+            transaction_abort_check_interval: Duration::from_millis(
+                self.unsigned("transaction.abort.timed.out.transaction.cleanup.interval.ms"),
+            ),
             offsets_checkpoint_records: self.unsigned("ringfeed.offsets.checkpoint.records")
                 as usize,
             segment_preallocate_bytes: self.unsigned("ringfeed.segment.preallocate.bytes"),

@@ -31,7 +31,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use futures::channel::mpsc::Receiver;
-use futures::future::join_all;
+use futures::future::{join_all, LocalBoxFuture};
 use futures::StreamExt;
 use uuid::Uuid;
 
@@ -53,6 +53,7 @@ use crate::groups::{
 use crate::metadata::{MetadataSnapshot, MetadataView, TopicMetadata, TopicPartition};
 use crate::metrics::snapshot::{CommittedOffsetSnapshot, CrossShardCount, PartitionSnapshot};
 use crate::metrics::{ScrapeRequest, ShardMetrics, ShardSnapshot};
+use crate::partition::TxnMarker;
 use crate::partition::{PartitionOwner, PartitionSlot, PartitionTable};
 use crate::quotas::enforce::{PublishedUsage, PUBLISH_INTERVAL};
 use crate::quotas::store::{EntryResult, QuotaEntry, QuotaStore};
@@ -63,6 +64,10 @@ use crate::sasl::alteration::{Alteration, UserResult};
 use crate::sasl::store::{CredentialStore, CredentialView};
 use crate::shutdown::ShutdownSignal;
 use crate::storage::Clock;
+use crate::transactions::{
+    self, TxnAddress, TxnConfig, TxnCoordinator, TxnEffects, TxnHandle, TxnOwner,
+    TRANSACTION_STATE_PARTITIONS, TRANSACTION_STATE_TOPIC, TXN_ID_BYTES_MAX,
+};
 
 /// Partition logs a shard opens or closes at once (start-up, `CreateTopics`, shutdown).
 ///
@@ -85,6 +90,7 @@ pub const CALL_KINDS: &[&str] = &[
     "group",
     "quota_usage",
     "replica_frames",
+    "transaction",
 ];
 const PARTITION_CALLS: CallKind = CallKind(0);
 const CONTROLLER_CALLS: CallKind = CallKind(1);
@@ -92,6 +98,7 @@ const APPLY_METADATA_CALLS: CallKind = CallKind(2);
 const GROUP_CALLS: CallKind = CallKind(3);
 const QUOTA_USAGE_CALLS: CallKind = CallKind(4);
 const REPLICA_FRAMES_CALLS: CallKind = CallKind(5);
+const TXN_CALLS: CallKind = CallKind(6);
 
 /// Frames of partition groups travelling between this shard and another one (to shard 0's
 /// transport, or from it to the owning shard) at once; more are dropped and counted: Raft
@@ -115,6 +122,8 @@ pub struct ShardServices {
     pub config: Arc<BrokerConfig>,
     pub partitions: Rc<PartitionTable>,
     pub groups: GroupCoordinator,
+    /// The transactional ids whose `__transaction_state` partition is here (`transactions`).
+    pub transactions: TxnCoordinator,
     /// Shard 0 only; see `controller_call`.
     controller: Option<Controller>,
     pub metadata: Rc<MetadataView>,
@@ -191,6 +200,59 @@ impl PartitionOwner for ShardServices {
     }
 }
 
+impl TxnOwner for ShardServices {
+    const TXN_CALLS: CallKind = TXN_CALLS;
+
+    fn transactions(&self) -> &TxnCoordinator {
+        &self.transactions
+    }
+}
+
+/// What a shard's transaction coordinator needs of other shards: producer ids from shard
+/// 0's allocator, and markers written by each partition's owner.
+struct ShardTxnEffects {
+    router: Rc<Router>,
+    metadata: Rc<MetadataView>,
+}
+
+impl TxnEffects for ShardTxnEffects {
+    fn new_producer_id(&self) -> LocalBoxFuture<'static, Result<i64, i16>> {
+        let router = self.router.clone();
+        Box::pin(async move {
+            groups::on_coordinator(&router, 0, |groups| async move {
+                groups.init_producer_id(-1, -1).await
+            })
+            .await
+            .unwrap_or(Err(group_codes::COORDINATOR_NOT_AVAILABLE))
+            .map(|(producer_id, _)| producer_id)
+        })
+    }
+
+    fn write_marker(&self, tp: TopicPartition, marker: TxnMarker) -> LocalBoxFuture<'static, i16> {
+        let router = self.router.clone();
+        let owner = self.metadata.current().owner_of(&tp.topic, tp.partition);
+        Box::pin(async move {
+            let Some(owner) = owner else {
+                return crate::error_codes::UNKNOWN_TOPIC_OR_PARTITION;
+            };
+            let partition = tp.partition;
+            let offsets = &*tp.topic == OFFSETS_TOPIC;
+            let code = crate::partition::write_txn_marker_on(&router, owner, tp, marker).await;
+            // The marker on a `__consumer_offsets` partition also ends the transaction's
+            // pending `TxnOffsetCommit` offsets in that partition's group coordinator (on
+            // the same shard, which owns the partition).
+            if code == crate::error_codes::NONE && offsets {
+                let (producer_id, commit) = (marker.producer_id, marker.commit);
+                groups::on_coordinator(&router, owner, move |groups| async move {
+                    groups.complete_txn(partition, producer_id, commit);
+                })
+                .await;
+            }
+            code
+        })
+    }
+}
+
 impl GroupsOwner for ShardServices {
     const GROUP_CALLS: CallKind = GROUP_CALLS;
 
@@ -262,6 +324,9 @@ impl ShardServices {
                 .and_then(Controller::replication)
                 .map(|replicated| replicated.producer_ids.clone()),
         });
+        let router = Rc::new(router);
+        let parts = (&partitions, &clock, &shutdown);
+        let transactions = txn_coordinator(shard_id, parts, &config.limits, (&router, &metadata));
         let services = Rc::new(ShardServices {
             shard_id,
             budgets: Budgets::new(
@@ -277,11 +342,12 @@ impl ShardServices {
             config,
             partitions,
             groups,
+            transactions,
             controller,
             metadata,
             metrics: Rc::default(),
             shutdown,
-            router: Rc::new(router),
+            router,
             disk,
             clock,
             acls,
@@ -340,6 +406,11 @@ impl ShardServices {
         } else {
             self.metadata.wait_until_ready().await;
         }
+        // The transaction state this shard holds is replayed now, not at the first request
+        // for it: transactions left prepared are completed and open ones are timed out
+        // without waiting for their producers to come back (issue 14, item 4).
+        let transactions = self.transactions.clone();
+        glommio::spawn_local(async move { transactions.load_all().await }).detach();
     }
 
     /// Connects this shard's replica manager: partitions it hosts are served through the
@@ -914,13 +985,77 @@ impl ShardServices {
             .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)
     }
 
+    /// Runs `work` on the coordinator of transactional id `id`, wherever it lives, with the
+    /// id's address. `Err` is the error code for the whole request.
+    pub async fn on_txn_coordinator<F, Fut, R>(self: &Rc<Self>, id: &str, work: F) -> Result<R, i16>
+    where
+        F: FnOnce(TxnCoordinator, TxnAddress) -> Fut + Send + 'static,
+        Fut: Future<Output = R> + 'static,
+        R: Send + 'static,
+    {
+        if id.is_empty() || id.len() > TXN_ID_BYTES_MAX {
+            return Err(group_codes::INVALID_REQUEST);
+        }
+        let snapshot = self
+            .internal_topic_snapshot(TRANSACTION_STATE_TOPIC)
+            .await?;
+        let topic = snapshot
+            .topic(TRANSACTION_STATE_TOPIC)
+            .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)?;
+        let partition = groups::partition_for(id, topic.partition_count());
+        if snapshot.broker_of(TRANSACTION_STATE_TOPIC, partition) != Some(snapshot.local_node) {
+            return Err(group_codes::NOT_COORDINATOR);
+        }
+        let owner = snapshot
+            .owner_of(TRANSACTION_STATE_TOPIC, partition)
+            .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)?;
+        let at = TxnAddress {
+            transactional_id: id.to_string(),
+            partition,
+        };
+        transactions::on_coordinator(&self.router, owner, move |coordinator| {
+            work(coordinator, at)
+        })
+        .await
+        .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)
+    }
+
+    /// The broker coordinating transactional id `id`: the one hosting its
+    /// `__transaction_state` partition (created on first use, as Kafka does).
+    pub async fn txn_coordinator_broker(self: &Rc<Self>, id: &str) -> Result<i32, i16> {
+        let snapshot = self
+            .internal_topic_snapshot(TRANSACTION_STATE_TOPIC)
+            .await?;
+        let topic = snapshot
+            .topic(TRANSACTION_STATE_TOPIC)
+            .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)?;
+        let partition = groups::partition_for(id, topic.partition_count());
+        snapshot
+            .broker_of(TRANSACTION_STATE_TOPIC, partition)
+            .filter(|broker| snapshot.is_alive(*broker))
+            .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)
+    }
+
     /// The metadata, once it holds `__consumer_offsets` (created here if missing).
     async fn offsets_topic_snapshot(self: &Rc<Self>) -> Result<Arc<MetadataSnapshot>, i16> {
+        self.internal_topic_snapshot(OFFSETS_TOPIC).await
+    }
+
+    /// The metadata, once it holds the internal topic `name` (`__consumer_offsets` or
+    /// `__transaction_state`), created here if missing.
+    async fn internal_topic_snapshot(
+        self: &Rc<Self>,
+        name: &str,
+    ) -> Result<Arc<MetadataSnapshot>, i16> {
         let snapshot = self.metadata.current();
-        if snapshot.topic(OFFSETS_TOPIC).is_some() {
+        if snapshot.topic(name).is_some() {
             return Ok(snapshot);
         }
-        let topic = offsets_topic();
+        let topic = if name == OFFSETS_TOPIC {
+            offsets_topic()
+        } else {
+            transaction_state_topic()
+        };
         let call = ControllerCall::CreateTopics {
             topics: vec![topic],
             validate_only: false,
@@ -929,10 +1064,10 @@ impl ShardServices {
             .await
             .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)?;
         let snapshot = self.metadata.current();
-        if snapshot.topic(OFFSETS_TOPIC).is_some() {
+        if snapshot.topic(name).is_some() {
             Ok(snapshot)
         } else {
-            tracing::error!("could not create {OFFSETS_TOPIC}");
+            tracing::error!("could not create {name}");
             Err(group_codes::COORDINATOR_NOT_AVAILABLE)
         }
     }
@@ -1282,6 +1417,54 @@ fn offsets_topic() -> NewTopic {
             // offsets is the coordinator's job (offsets.retention), not the log's.
             ("retention.ms".to_string(), Some("-1".to_string())),
             // Kafka's offsets.topic.segment.bytes.
+            ("segment.bytes".to_string(), Some("104857600".to_string())),
+        ],
+    }
+}
+
+/// The shard's transaction coordinator, on its partitions, clock and shutdown signal.
+fn txn_coordinator(
+    shard_id: usize,
+    (partitions, clock, shutdown): (&Rc<PartitionTable>, &Clock, &ShutdownSignal),
+    limits: &crate::limits::Limits,
+    (router, metadata): (&Rc<Router>, &Rc<MetadataView>),
+) -> TxnCoordinator {
+    let effects = ShardTxnEffects {
+        router: router.clone(),
+        metadata: metadata.clone(),
+    };
+    TxnCoordinator::new(TxnHandle {
+        shard_id,
+        partitions: partitions.clone(),
+        clock: clock.clone(),
+        shutdown: shutdown.clone(),
+        config: txn_config(limits),
+        effects: Rc::new(effects),
+    })
+}
+
+/// The transaction coordinator's settings, from the broker's limits.
+fn txn_config(limits: &crate::limits::Limits) -> TxnConfig {
+    TxnConfig {
+        max_timeout_ms: i32::try_from(limits.transaction_max_timeout.as_millis())
+            .unwrap_or(i32::MAX),
+        id_expiration: limits.transactional_id_expiration,
+        abort_check_interval: limits.transaction_abort_check_interval,
+    }
+}
+
+/// `__transaction_state` as Kafka creates it: compacted (the latest record per
+/// transactional id; a tombstone forgets an expired id), never deleted by age.
+fn transaction_state_topic() -> NewTopic {
+    NewTopic {
+        name: TRANSACTION_STATE_TOPIC.to_string(),
+        partitions: TRANSACTION_STATE_PARTITIONS,
+        replication_factor: -1,
+        manual_assignment: Vec::new(),
+        configs: vec![
+            ("cleanup.policy".to_string(), Some("compact".to_string())),
+            ("retention.ms".to_string(), Some("-1".to_string())),
+            // Kafka's transaction.state.log.segment.bytes.
             ("segment.bytes".to_string(), Some("104857600".to_string())),
         ],
     }

@@ -19,6 +19,7 @@ pub mod membership;
 pub mod produce;
 pub mod quota;
 pub mod topic;
+pub mod txn;
 pub mod user;
 
 use std::fmt::{self, Write as _};
@@ -47,6 +48,13 @@ pub enum ClientCommand {
         connect: ConnectArgs,
         #[command(subcommand)]
         command: group::GroupCommand,
+    },
+    /// List and describe transactions (as `kafka-transactions.sh list|describe`).
+    Txn {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(subcommand)]
+        command: txn::TxnCommand,
     },
     /// Create, list and delete ACLs (as `kafka-acls.sh`).
     Acl {
@@ -117,6 +125,7 @@ pub fn run(command: ClientCommand) -> ExitCode {
         ClientCommand::Produce(args) => produce::run(&args),
         ClientCommand::Consume(args) => consume::run(&args),
         ClientCommand::Group { connect, command } => group::run(&connect, command),
+        ClientCommand::Txn { connect, command } => txn::run(&connect, command),
         ClientCommand::Acl { connect, command } => acl::run(&connect, command),
         ClientCommand::Quota { connect, command } => quota::run(&connect, command),
         ClientCommand::Cluster { connect, command } => cluster::run(&connect, command),

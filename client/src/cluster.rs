@@ -231,6 +231,15 @@ impl Cluster {
 
     /// The address of `group`'s coordinator, retrying while it is being loaded or moved.
     pub fn coordinator_address(&mut self, group: &str) -> Result<String> {
+        self.coordinator_address_of(group, 0)
+    }
+
+    /// The address of transactional id `id`'s coordinator (`FindCoordinator` key type 1).
+    pub fn txn_coordinator_address(&mut self, id: &str) -> Result<String> {
+        self.coordinator_address_of(id, 1)
+    }
+
+    fn coordinator_address_of(&mut self, group: &str, key_type: i8) -> Result<String> {
         for attempt in 1..=RETRIES_MAX {
             let connection = self.any();
             let version = connection.version::<FindCoordinatorRequest>()?;
@@ -239,7 +248,8 @@ impl Cluster {
                 FindCoordinatorRequest::default().with_coordinator_keys(vec![key])
             } else {
                 FindCoordinatorRequest::default().with_key(key)
-            };
+            }
+            .with_key_type(key_type);
             let response = connection.call_at(&request, version)?;
             let (code, message, host, port) = match response.coordinators.first() {
                 Some(c) if version >= 4 => (
@@ -263,7 +273,12 @@ impl Cluster {
                 return Err(Error::new(
                     ErrorKind::Broker(code),
                     format!(
-                        "group {group}: finding its coordinator: {}",
+                        "{} {group}: finding its coordinator: {}",
+                        if key_type == 0 {
+                            "group"
+                        } else {
+                            "transactional id"
+                        },
                         describe_error(code, message.as_ref())
                     ),
                 ));

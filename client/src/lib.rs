@@ -37,6 +37,7 @@ pub mod groups;
 pub mod produce;
 pub mod sasl;
 pub mod security;
+pub mod transactions;
 pub mod versions;
 
 pub use cluster::{group_id, topic_name, Cluster, PartitionLayout, TopicLayout};

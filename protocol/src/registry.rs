@@ -36,7 +36,7 @@ impl ApiSpec {
 /// Burrow, kafka-go and old librdkafka send them. `KAFKA_RANGES` in the tests holds both
 /// releases' ranges; the codec for the removed versions is generated from 3.9's message JSON
 /// (vendor/README.md).
-pub const SUPPORTED_APIS: [ApiSpec; 40] = [
+pub const SUPPORTED_APIS: [ApiSpec; 46] = [
     ApiSpec::new(ApiKey::Produce, 0, 13),
     ApiSpec::new(ApiKey::Fetch, 0, 18),
     ApiSpec::new(ApiKey::ListOffsets, 0, 10),
@@ -57,6 +57,10 @@ pub const SUPPORTED_APIS: [ApiSpec; 40] = [
     ApiSpec::new(ApiKey::DeleteRecords, 0, 2),
     ApiSpec::new(ApiKey::InitProducerId, 0, 5),
     ApiSpec::new(ApiKey::OffsetForLeaderEpoch, 2, 4),
+    ApiSpec::new(ApiKey::AddPartitionsToTxn, 0, 5),
+    ApiSpec::new(ApiKey::AddOffsetsToTxn, 0, 4),
+    ApiSpec::new(ApiKey::EndTxn, 0, 5),
+    ApiSpec::new(ApiKey::TxnOffsetCommit, 0, 5),
     ApiSpec::new(ApiKey::DescribeAcls, 0, 3),
     ApiSpec::new(ApiKey::CreateAcls, 0, 3),
     ApiSpec::new(ApiKey::DeleteAcls, 0, 3),
@@ -74,6 +78,8 @@ pub const SUPPORTED_APIS: [ApiSpec; 40] = [
     ApiSpec::new(ApiKey::AlterUserScramCredentials, 0, 0),
     ApiSpec::new(ApiKey::DescribeCluster, 0, 2),
     ApiSpec::new(ApiKey::DescribeProducers, 0, 0),
+    ApiSpec::new(ApiKey::DescribeTransactions, 0, 0),
+    ApiSpec::new(ApiKey::ListTransactions, 0, 2),
     ApiSpec::new(ApiKey::ConsumerGroupHeartbeat, 0, 1),
     ApiSpec::new(ApiKey::ConsumerGroupDescribe, 0, 1),
     ApiSpec::new(ApiKey::DescribeTopicPartitions, 0, 0),
@@ -136,7 +142,7 @@ mod tests {
     /// Kafka's request version ranges per API: 3.9 (apache/kafka branch `3.9`, each
     /// `*Request.json`'s `validVersions`) and 4.1 (what kafka-protocol 0.18, generated from
     /// 4.1.0, accepts; a `latestVersionUnstable` version is not served by a default broker).
-    const KAFKA_RANGES: [(ApiKey, VersionPair, VersionPair); 40] = [
+    const KAFKA_RANGES: [(ApiKey, VersionPair, VersionPair); 46] = [
         (ApiKey::Produce, (0, 11), (3, 13)),
         (ApiKey::Fetch, (0, 17), (4, 18)),
         (ApiKey::ListOffsets, (0, 9), (1, 10)),
@@ -157,6 +163,10 @@ mod tests {
         (ApiKey::DeleteRecords, (0, 2), (0, 2)),
         (ApiKey::InitProducerId, (0, 5), (0, 5)),
         (ApiKey::OffsetForLeaderEpoch, (0, 4), (2, 4)),
+        (ApiKey::AddPartitionsToTxn, (0, 5), (0, 5)),
+        (ApiKey::AddOffsetsToTxn, (0, 4), (0, 4)),
+        (ApiKey::EndTxn, (0, 4), (0, 5)),
+        (ApiKey::TxnOffsetCommit, (0, 4), (0, 5)),
         (ApiKey::DescribeAcls, (0, 3), (1, 3)),
         (ApiKey::CreateAcls, (0, 3), (1, 3)),
         (ApiKey::DeleteAcls, (0, 3), (1, 3)),
@@ -174,6 +184,8 @@ mod tests {
         (ApiKey::AlterUserScramCredentials, (0, 0), (0, 0)),
         (ApiKey::DescribeCluster, (0, 1), (0, 2)),
         (ApiKey::DescribeProducers, (0, 0), (0, 0)),
+        (ApiKey::DescribeTransactions, (0, 0), (0, 0)),
+        (ApiKey::ListTransactions, (0, 1), (0, 2)),
         (ApiKey::ConsumerGroupHeartbeat, (0, 0), (0, 1)),
         (ApiKey::ConsumerGroupDescribe, (0, 0), (0, 1)),
         (ApiKey::DescribeTopicPartitions, (0, 0), (0, 0)),

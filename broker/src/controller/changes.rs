@@ -14,7 +14,7 @@ use crate::controller::store::{
     ClusterState, ConfigEntry, PartitionRecord, ReplicaRecord, TopicRecord,
 };
 use crate::error_codes as codes;
-use crate::metadata::OFFSETS_TOPIC;
+use crate::metadata::is_internal_topic;
 use crate::topic_config::validate_override;
 
 /// Why `__consumer_offsets` cannot be deleted or grown by clients.
@@ -295,11 +295,13 @@ fn delete_topic(state: &mut ClusterState, topic: &TopicRef) -> TopicOutcome {
             .position(|record| record.id == id.into_bytes()),
     };
     match (position, topic) {
-        (Some(position), _) if state.topics[position].name == OFFSETS_TOPIC => TopicOutcome::error(
-            OFFSETS_TOPIC,
-            codes::INVALID_REQUEST,
-            INTERNAL_TOPIC_MESSAGE,
-        ),
+        (Some(position), _) if is_internal_topic(&state.topics[position].name) => {
+            TopicOutcome::error(
+                &state.topics[position].name.clone(),
+                codes::INVALID_REQUEST,
+                INTERNAL_TOPIC_MESSAGE,
+            )
+        }
         (Some(position), _) => {
             let record = state.topics.remove(position);
             TopicOutcome::ok(
@@ -336,7 +338,7 @@ fn add_partitions(
             format!("no topic {name}"),
         );
     };
-    if name == OFFSETS_TOPIC {
+    if is_internal_topic(name) {
         // More partitions would move groups (placement is hash % count) away from their
         // committed offsets.
         return TopicOutcome::error(name, codes::INVALID_REQUEST, INTERNAL_TOPIC_MESSAGE);
@@ -464,6 +466,7 @@ mod tests {
     use super::*;
     use crate::controller::calls::NewPartitions;
     use crate::limits::Limits;
+    use crate::metadata::{OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC};
 
     fn rules(shard_count: usize) -> PlacementRules {
         PlacementRules {
@@ -715,30 +718,32 @@ mod tests {
     }
 
     #[test]
-    fn the_offsets_topic_cannot_be_deleted_or_grown() {
-        let mut state = ClusterState::default();
-        create(&mut state, new_topic(OFFSETS_TOPIC, 8), 2);
-        let rules = rules(2);
-        let grow = ControllerCall::CreatePartitions {
-            topics: vec![NewPartitions {
-                name: OFFSETS_TOPIC.into(),
-                total: 16,
-                assignment: Vec::new(),
-            }],
-            validate_only: false,
-        };
-        assert_eq!(
-            apply(&mut state, grow, &rules)[0].error_code,
-            codes::INVALID_REQUEST
-        );
-        let delete = ControllerCall::DeleteTopics {
-            topics: vec![TopicRef::Name(OFFSETS_TOPIC.into())],
-        };
-        assert_eq!(
-            apply(&mut state, delete, &rules)[0].error_code,
-            codes::INVALID_REQUEST
-        );
-        assert_eq!(state.topics[0].partition_count(), 8);
+    fn the_internal_topics_cannot_be_deleted_or_grown() {
+        for internal in [OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC] {
+            let mut state = ClusterState::default();
+            create(&mut state, new_topic(internal, 8), 2);
+            let rules = rules(2);
+            let grow = ControllerCall::CreatePartitions {
+                topics: vec![NewPartitions {
+                    name: internal.into(),
+                    total: 16,
+                    assignment: Vec::new(),
+                }],
+                validate_only: false,
+            };
+            assert_eq!(
+                apply(&mut state, grow, &rules)[0].error_code,
+                codes::INVALID_REQUEST
+            );
+            let delete = ControllerCall::DeleteTopics {
+                topics: vec![TopicRef::Name(internal.into())],
+            };
+            assert_eq!(
+                apply(&mut state, delete, &rules)[0].error_code,
+                codes::INVALID_REQUEST
+            );
+            assert_eq!(state.topics[0].partition_count(), 8);
+        }
     }
 
     #[test]

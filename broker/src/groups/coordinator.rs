@@ -8,6 +8,12 @@
 //! A `__consumer_offsets` partition is replayed once, by the first call that needs it;
 //! calls arriving meanwhile wait for that replay. A ticker (started with the first load)
 //! runs session and rebalance timeouts and offset expiry.
+//!
+//! Transactional offsets (`TxnOffsetCommit`) are appended as the producer's transactional
+//! batch and held pending per (offsets partition, producer id) until the transaction's
+//! marker on that partition: `complete_txn` applies them on commit and drops them on abort,
+//! called by the transaction coordinator's marker write and by the replay when it reads the
+//! marker (a control batch). A checkpoint waits while a partition has pending offsets.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -159,7 +165,16 @@ struct Inner {
     producer_ids: RefCell<Option<Rc<ProducerIds>>>,
     /// KIP-848 metrics of the groups this shard coordinates.
     consumer_counts: RefCell<ConsumerGroupCounts>,
+    /// `TxnOffsetCommit` offsets written but not yet visible, by (offsets partition,
+    /// producer id): the transaction's marker on that partition applies them (commit) or
+    /// drops them (abort), see `complete_txn`. Bounded by `TXN_OFFSETS_PENDING_MAX`.
+    txn_offsets: RefCell<HashMap<(i32, i64), Vec<OffsetsRecord>>>,
 }
+
+/// Offsets of open transactions one shard's groups hold at once (records). Past it a
+/// `TxnOffsetCommit` is refused `COORDINATOR_NOT_AVAILABLE` (retriable) until transactions
+/// end; Kafka has no bound.
+const TXN_OFFSETS_PENDING_MAX: usize = 100_000;
 
 /// Rebalances (group epoch bumps) of this shard's consumer-protocol groups, and how long
 /// their members took to reach each new target assignment.
@@ -198,6 +213,7 @@ impl GroupCoordinator {
                 ticker_started: std::cell::Cell::new(false),
                 append_gates: RefCell::default(),
                 records_since_checkpoint: RefCell::default(),
+                txn_offsets: RefCell::default(),
                 checkpointing: RefCell::default(),
                 producer_ids: RefCell::default(),
                 consumer_counts: RefCell::default(),
@@ -418,6 +434,133 @@ impl GroupCoordinator {
         match self.ensure_loaded(at.partition).await {
             Ok(log) => self.commit_offsets(&log, &at.group, request).await,
             Err(code) => vec![code; request.offsets.len()],
+        }
+    }
+
+    /// `TxnOffsetCommit`: the offsets are written as the producer's transactional batch and
+    /// held pending until the transaction's marker on this partition (`complete_txn`).
+    /// A request naming no generation, member or instance is not checked against the group
+    /// (Kafka's rule for transactional commits); one that does is checked as a commit.
+    pub async fn commit_transactional(
+        &self,
+        at: GroupAddress,
+        producer_id: i64,
+        producer_epoch: i16,
+        request: CommitRequest,
+    ) -> Vec<i16> {
+        let count = request.offsets.len();
+        let log = match self.ensure_loaded(at.partition).await {
+            Ok(log) => log,
+            Err(code) => return vec![code; count],
+        };
+        let named = request.generation >= 0
+            || !request.member_id.is_empty()
+            || request.instance_id.is_some();
+        if named {
+            let checked = self.with_group(&at.group, |g| {
+                g.check_commit(
+                    &request.member_id,
+                    request.instance_id.as_deref(),
+                    request.generation,
+                )
+            });
+            if let Err(code) = checked {
+                return vec![code; count];
+            }
+        }
+        let pending: usize = self.inner.txn_offsets.borrow().values().map(Vec::len).sum();
+        if pending + count > TXN_OFFSETS_PENDING_MAX {
+            return vec![codes::COORDINATOR_NOT_AVAILABLE; count];
+        }
+        let mut codes_out = Vec::with_capacity(count);
+        let mut records = Vec::new();
+        for (topic, partition, value) in request.offsets {
+            let code = if value.metadata.len() > OFFSET_METADATA_BYTES_MAX {
+                codes::OFFSET_METADATA_TOO_LARGE
+            } else if topic.len() > TOPIC_NAME_BYTES_MAX {
+                broker_codes::UNKNOWN_TOPIC_OR_PARTITION
+            } else {
+                records.push(OffsetsRecord::Commit {
+                    group: at.group.clone(),
+                    topic,
+                    partition,
+                    value: Some(value),
+                });
+                broker_codes::NONE
+            };
+            codes_out.push(code);
+        }
+        if records.is_empty() {
+            return codes_out;
+        }
+        let batch = records::encode_txn_batch(
+            &records,
+            self.inner.offsets.clock.now_ms(),
+            producer_id,
+            producer_epoch,
+        );
+        let code = self
+            .append_txn_offsets(&log, batch, producer_id, records)
+            .await;
+        for slot in codes_out.iter_mut().filter(|c| **c == broker_codes::NONE) {
+            *slot = code;
+        }
+        codes_out
+    }
+
+    async fn append_txn_offsets(
+        &self,
+        log: &OffsetsLog,
+        batch: Bytes,
+        producer_id: i64,
+        records: Vec<OffsetsRecord>,
+    ) -> i16 {
+        let gate = self.append_gate(log.partition);
+        let turn = gate.acquire_permit(1).await.expect("never closed");
+        let appended = match log.log.append(batch).await {
+            Ok(appended) => appended,
+            Err(error) => {
+                tracing::error!(%error, "appending transactional offsets failed");
+                return codes::COORDINATOR_NOT_AVAILABLE;
+            }
+        };
+        // Pending in log order; the marker (after this, from the same coordinator's
+        // EndTxn) finds them.
+        self.inner
+            .txn_offsets
+            .borrow_mut()
+            .entry((log.partition, producer_id))
+            .or_default()
+            .extend(records);
+        drop(turn);
+        if let Err(error) = log.log.wait_durable(appended.last_offset).await {
+            tracing::error!(%error, "fdatasync of transactional offsets failed");
+            return codes::COORDINATOR_NOT_AVAILABLE;
+        }
+        broker_codes::NONE
+    }
+
+    /// The transaction of `producer_id` ended on offsets partition `partition` (its marker
+    /// is written there): its pending offsets become the groups' committed offsets
+    /// (`commit`) or are dropped. Called by the transaction coordinator's marker write,
+    /// and by the replay when it reads a marker.
+    pub fn complete_txn(&self, partition: i32, producer_id: i64, commit: bool) {
+        let pending = self
+            .inner
+            .txn_offsets
+            .borrow_mut()
+            .remove(&(partition, producer_id));
+        let Some(records) = pending.filter(|_| commit) else {
+            return;
+        };
+        *self
+            .inner
+            .records_since_checkpoint
+            .borrow_mut()
+            .entry(partition)
+            .or_default() += records.len();
+        for record in records {
+            self.apply(record);
         }
     }
 
@@ -655,7 +798,23 @@ impl GroupCoordinator {
                     return Err(format!("unparseable batch at offset {offset}"));
                 };
                 offset = header.last_offset() + 1;
+                if header.is_control() {
+                    if let Some(commit) = records::marker_commits(&stored) {
+                        self.complete_txn(tp.partition, header.producer_id, commit);
+                    }
+                    continue;
+                }
                 let (decoded, foreign) = records::decode_batch(&stored);
+                if records::is_transactional_data(&header) {
+                    skipped += foreign;
+                    self.inner
+                        .txn_offsets
+                        .borrow_mut()
+                        .entry((tp.partition, header.producer_id))
+                        .or_default()
+                        .extend(decoded);
+                    continue;
+                }
                 skipped += foreign;
                 applied += decoded.len();
                 for record in decoded {
@@ -793,7 +952,17 @@ impl GroupCoordinator {
             .borrow()
             .get(&log.partition)
             .is_some_and(|count| *count >= threshold);
-        if !due || !self.inner.checkpointing.borrow_mut().insert(log.partition) {
+        // A checkpoint trims the log before it; offsets of an open transaction written
+        // before it would be lost with it (they are not live yet), so it waits until no
+        // transaction has pending offsets on the partition.
+        let open_transactions = self
+            .inner
+            .txn_offsets
+            .borrow()
+            .keys()
+            .any(|(partition, _)| *partition == log.partition);
+        if !due || open_transactions || !self.inner.checkpointing.borrow_mut().insert(log.partition)
+        {
             return;
         }
         let (coordinator, log) = (
@@ -1510,5 +1679,151 @@ async fn tick_forever(inner: Weak<Inner>, clock: Clock) {
             })
             .detach();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use bytes::BytesMut;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::partition::PartitionSlot;
+    use crate::storage::batch::{ATTRIBUTES_OFFSET, CRC_OFFSET};
+    use crate::storage::LogConfig;
+
+    fn run<Fut: Future<Output = ()> + 'static>(test: impl FnOnce() -> Fut + Send + 'static) {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(test)
+            .expect("executor")
+            .join()
+            .expect("test ran");
+    }
+
+    fn offsets_tp() -> TopicPartition {
+        TopicPartition {
+            topic: OFFSETS_TOPIC.into(),
+            partition: 0,
+        }
+    }
+
+    async fn table(dir: &std::path::Path) -> Rc<PartitionTable> {
+        let disk = BrokerDisk::default();
+        let (log, _) = PartitionLog::open_on(disk, dir, LogConfig::default(), Clock::System)
+            .await
+            .expect("open");
+        let table = Rc::new(PartitionTable::default());
+        table.insert(
+            offsets_tp(),
+            PartitionSlot::Online {
+                topic_id: Uuid::new_v4(),
+                log,
+            },
+        );
+        table
+    }
+
+    fn coordinator(table: &Rc<PartitionTable>, dir: &std::path::Path) -> GroupCoordinator {
+        GroupCoordinator::new(OffsetsHandle {
+            shard_id: 0,
+            partitions: table.clone(),
+            metadata: Rc::new(MetadataView::default()),
+            shutdown: ShutdownSignal::default(),
+            limits: Limits::default(),
+            disk: BrokerDisk::default(),
+            data_dir: dir.to_path_buf(),
+            clock: Clock::System,
+            producer_id_blocks: None,
+        })
+    }
+
+    fn at() -> GroupAddress {
+        GroupAddress {
+            group: "g".into(),
+            partition: 0,
+        }
+    }
+
+    fn commit(offset: i64) -> CommitRequest {
+        CommitRequest {
+            member_id: String::new(),
+            instance_id: None,
+            generation: -1,
+            offsets: vec![(
+                "t".into(),
+                0,
+                records::CommittedOffset {
+                    offset,
+                    leader_epoch: -1,
+                    metadata: String::new(),
+                    commit_timestamp_ms: 1,
+                    expire_timestamp_ms: None,
+                },
+            )],
+        }
+    }
+
+    async fn committed(coordinator: &GroupCoordinator) -> Option<i64> {
+        let fetched = coordinator
+            .fetch_offsets(at(), Some(vec![("t".into(), vec![0])]), None)
+            .await
+            .expect("fetched");
+        fetched
+            .first()
+            .and_then(|(_, _, value)| value.as_ref().map(|v| v.offset))
+    }
+
+    /// A marker as the partition side writes it: a control batch of the producer.
+    fn marker(producer_id: i64, commit: bool) -> Bytes {
+        let plain = crate::storage::batch::control::batch(i16::from(commit), &[0, 0, 0, 0, 0, 0]);
+        let mut out = BytesMut::from(&plain[..]);
+        out[43..51].copy_from_slice(&producer_id.to_be_bytes());
+        let crc = crc32c::crc32c(&out[ATTRIBUTES_OFFSET..]);
+        out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        out.freeze()
+    }
+
+    #[test]
+    fn transactional_offsets_are_visible_only_once_committed_live_and_after_replay() {
+        run(|| async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let table = table(dir.path()).await;
+            let log = table.log(&offsets_tp()).expect("log");
+            // The partition side appends the marker, then the coordinator is told.
+            let mark = |producer_id: i64, commit: bool| {
+                let log = log.clone();
+                async move {
+                    let appended = log
+                        .append(marker(producer_id, commit))
+                        .await
+                        .expect("marker");
+                    log.wait_durable(appended.last_offset)
+                        .await
+                        .expect("durable");
+                }
+            };
+            let live = coordinator(&table, dir.path());
+            assert_eq!(live.commit_transactional(at(), 7, 0, commit(42)).await, [0]);
+            assert_eq!(committed(&live).await, None, "pending until the marker");
+            mark(7, true).await;
+            live.complete_txn(0, 7, true);
+            assert_eq!(committed(&live).await, Some(42));
+            assert_eq!(live.commit_transactional(at(), 7, 1, commit(50)).await, [0]);
+            mark(7, false).await;
+            live.complete_txn(0, 7, false);
+            assert_eq!(committed(&live).await, Some(42), "an abort drops them");
+            // Replay: the same outcome from the log; a pending commit of producer 8 without
+            // its marker stays invisible...
+            assert_eq!(live.commit_transactional(at(), 8, 0, commit(60)).await, [0]);
+            let replayed = coordinator(&table, dir.path());
+            assert_eq!(committed(&replayed).await, Some(42));
+            // ...until a commit marker of that producer follows it in the log.
+            mark(8, true).await;
+            let replayed = coordinator(&table, dir.path());
+            assert_eq!(committed(&replayed).await, Some(60));
+        });
     }
 }

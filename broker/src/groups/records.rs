@@ -20,7 +20,9 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::groups::assignor::Assignment;
-use crate::storage::batch::{self, build, BatchHeader, BATCH_HEADER_BYTES};
+use crate::storage::batch::{
+    self, build, BatchHeader, ATTRIBUTES_OFFSET, BATCH_HEADER_BYTES, CRC_OFFSET,
+};
 
 const OFFSET_KEY_VERSION: i16 = 1;
 /// Kafka's offset value v3 (with the leader epoch), written for every commit without an
@@ -528,6 +530,52 @@ pub fn encode_batch(records: &[OffsetsRecord], timestamp_ms: i64) -> Bytes {
     build::batch(&records)
 }
 
+/// Attributes bit of a transactional batch (Kafka's `isTransactional`).
+pub const TRANSACTIONAL_FLAG: i16 = 0x10;
+
+/// `TxnOffsetCommit`'s records as Kafka writes them: one transactional batch of the
+/// producer (id, epoch, no sequence), which the transaction's marker on this partition
+/// later commits or aborts.
+pub fn encode_txn_batch(
+    records: &[OffsetsRecord],
+    timestamp_ms: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+) -> Bytes {
+    let plain = encode_batch(records, timestamp_ms);
+    let mut out = BytesMut::from(&plain[..]);
+    let attributes = i16::from_be_bytes([out[ATTRIBUTES_OFFSET], out[ATTRIBUTES_OFFSET + 1]]);
+    out[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2]
+        .copy_from_slice(&(attributes | TRANSACTIONAL_FLAG).to_be_bytes());
+    out[PRODUCER_ID_OFFSET..PRODUCER_ID_OFFSET + 8].copy_from_slice(&producer_id.to_be_bytes());
+    out[PRODUCER_ID_OFFSET + 8..PRODUCER_ID_OFFSET + 10]
+        .copy_from_slice(&producer_epoch.to_be_bytes());
+    let crc = crc32c::crc32c(&out[ATTRIBUTES_OFFSET..]);
+    out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+    out.freeze()
+}
+
+/// Where the producer id sits in a v2 batch header (the epoch follows it).
+const PRODUCER_ID_OFFSET: usize = 43;
+
+/// Whether a stored batch is a transaction's data (not its marker).
+pub fn is_transactional_data(header: &BatchHeader) -> bool {
+    header.attributes & TRANSACTIONAL_FLAG != 0 && !header.is_control()
+}
+
+/// A control batch's marker: `Some(true)` commit, `Some(false)` abort (key = version i16,
+/// type i16: 0 abort, 1 commit); None when it does not parse.
+pub fn marker_commits(stored: &[u8]) -> Option<bool> {
+    let mut rest = stored.get(BATCH_HEADER_BYTES..)?;
+    let (mut key, _) = next_record(&mut rest)?;
+    let _version = take_i16(&mut key)?;
+    match take_i16(&mut key)? {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    }
+}
+
 /// Decodes every record of one stored batch. Records that are not ours (a compressed batch,
 /// an unknown schema version) are skipped and counted, never trusted.
 pub fn decode_batch(stored: &[u8]) -> (Vec<OffsetsRecord>, usize) {
@@ -682,6 +730,37 @@ fn take_string(bytes: &mut &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A control batch as a transaction marker is written (key: version 0, type).
+    fn marker(control_type: i16) -> Bytes {
+        crate::storage::batch::control::batch(control_type, &[0, 0, 0, 0, 0, 0])
+    }
+
+    #[test]
+    fn transactional_offsets_are_a_valid_transactional_batch_of_the_producer() {
+        let records = vec![OffsetsRecord::Commit {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: 0,
+            value: Some(CommittedOffset {
+                offset: 7,
+                leader_epoch: -1,
+                metadata: String::new(),
+                commit_timestamp_ms: 1,
+                expire_timestamp_ms: None,
+            }),
+        }];
+        let stored = encode_txn_batch(&records, 1, 42, 3);
+        let header = crate::storage::batch::validate(&stored, 1 << 20).expect("valid CRC");
+        assert_eq!((header.producer_id, header.producer_epoch), (42, 3));
+        assert!(is_transactional_data(&header));
+        assert_eq!(decode_batch(&stored).0, records);
+        // Kafka's markers: control type 1 commits, 0 aborts.
+        let commit = marker(1);
+        let abort = marker(0);
+        assert_eq!(marker_commits(&commit), Some(true));
+        assert_eq!(marker_commits(&abort), Some(false));
+    }
 
     #[test]
     fn commits_tombstones_and_group_deletions_round_trip_through_one_batch() {

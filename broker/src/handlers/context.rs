@@ -280,6 +280,23 @@ impl GroupAccess<'_> {
         self.services.locate_group(group).await
     }
 
+    /// See `ShardServices::on_txn_coordinator`.
+    pub async fn on_txn_coordinator<F, Fut, R>(&self, id: &str, work: F) -> Result<R, i16>
+    where
+        F: FnOnce(crate::transactions::TxnCoordinator, crate::transactions::TxnAddress) -> Fut
+            + Send
+            + 'static,
+        Fut: Future<Output = R> + 'static,
+        R: Send + 'static,
+    {
+        self.services.on_txn_coordinator(id, work).await
+    }
+
+    /// See `ShardServices::txn_coordinator_broker`.
+    pub async fn txn_coordinator_broker(&self, id: &str) -> Result<i32, i16> {
+        self.services.txn_coordinator_broker(id).await
+    }
+
     /// See `ShardServices::coordinator_broker`.
     pub async fn coordinator_broker(&self, group: &str) -> Result<i32, i16> {
         self.services.coordinator_broker(group).await

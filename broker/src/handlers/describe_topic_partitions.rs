@@ -170,7 +170,7 @@ fn describe(
     DescribeTopicPartitionsResponseTopic::default()
         .with_name(topic_name)
         .with_topic_id(topic.id)
-        .with_is_internal(&*topic.name == crate::groups::OFFSETS_TOPIC)
+        .with_is_internal(crate::metadata::is_internal_topic(&topic.name))
         .with_partitions(partitions)
 }
 

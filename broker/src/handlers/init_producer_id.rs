@@ -1,7 +1,7 @@
-//! `InitProducerId` for idempotent producers: a producer id that is never reused, or the
-//! next epoch of one we issued (KIP-360). Transactions are not served: a transactional id
-//! gets `TRANSACTIONAL_ID_AUTHORIZATION_FAILED`, which clients report as fatal rather than
-//! retrying forever against a coordinator that does not exist.
+//! `InitProducerId`: for idempotent producers a producer id that is never reused, or the
+//! next epoch of one we issued (KIP-360); with a transactional id, the id's transaction
+//! coordinator answers (`transactions`): a new producer id, or the next epoch, fencing the
+//! previous producer and aborting its open transaction first.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
@@ -9,6 +9,11 @@ use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, Pr
 use crate::acl::model::{Operation, ResourceType};
 use crate::groups;
 use crate::handlers::context::{GroupAccess, RequestContext};
+use crate::transactions::{codes, state};
+
+/// Clients below this version know `INVALID_PRODUCER_EPOCH`, not `PRODUCER_FENCED`
+/// (KIP-588, as Kafka's `KafkaApis` maps it).
+const FIRST_VERSION_KNOWING_FENCED: i16 = 4;
 
 /// The shard that allocates producer ids (see `producer_state::ProducerIds`).
 const ALLOCATOR_SHARD: usize = 0;
@@ -24,8 +29,18 @@ pub async fn handle(
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1)
     };
-    if request.transactional_id.is_some() {
-        return failed(ResponseError::TransactionalIdAuthorizationFailed.code());
+    if let Some(id) = request.transactional_id.as_ref() {
+        let id = id.0.to_string();
+        return match transactional(shard, context, &request, id).await {
+            Ok((producer_id, epoch)) => InitProducerIdResponse::default()
+                .with_producer_id(ProducerId(producer_id))
+                .with_producer_epoch(epoch),
+            Err(code) => failed(state::for_version(
+                code,
+                context.api_version,
+                FIRST_VERSION_KNOWING_FENCED,
+            )),
+        };
     }
     // Idempotence: IDEMPOTENT_WRITE on the cluster, or WRITE on any topic (Kafka 3+).
     if !context.authorize_cluster(Operation::IdempotentWrite)
@@ -45,4 +60,28 @@ pub async fn handle(
         Some(Err(code)) => failed(code),
         None => failed(ResponseError::CoordinatorNotAvailable.code()),
     }
+}
+
+/// The transactional path: WRITE on the transactional id, then the id's coordinator.
+async fn transactional(
+    shard: &GroupAccess<'_>,
+    context: &RequestContext,
+    request: &InitProducerIdRequest,
+    id: String,
+) -> Result<(i64, i16), i16> {
+    if id.is_empty() {
+        return Err(codes::INVALID_REQUEST);
+    }
+    if !context.authorize(Operation::Write, ResourceType::TransactionalId, &id) {
+        return Err(codes::TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+    }
+    // KIP-360: v3+ may name the producer id and epoch it had; -1/-1 means none.
+    let expected = (request.producer_id.0 >= 0 && request.producer_epoch >= 0)
+        .then_some((request.producer_id.0, request.producer_epoch));
+    let timeout_ms = request.transaction_timeout_ms;
+    shard
+        .on_txn_coordinator(&id, move |coordinator, at| async move {
+            coordinator.init_producer_id(at, timeout_ms, expected).await
+        })
+        .await?
 }

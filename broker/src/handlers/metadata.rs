@@ -304,7 +304,7 @@ fn describe_topic(
         .collect();
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(str_bytes(&topic.name))))
-        .with_is_internal(&*topic.name == crate::groups::OFFSETS_TOPIC)
+        .with_is_internal(crate::metadata::is_internal_topic(&topic.name))
         .with_topic_id(if version >= 10 { topic.id } else { Uuid::nil() })
         .with_partitions(partitions)
 }

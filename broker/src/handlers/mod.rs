@@ -2,6 +2,8 @@
 //! from the decoded request to its response. Codecs are the generated `kafka-protocol`
 //! types; this module only maps API keys to handlers (the version table is `registry`).
 
+pub mod add_offsets_to_txn;
+pub mod add_partitions_to_txn;
 pub mod alter_client_quotas;
 pub mod alter_configs;
 pub mod alter_user_scram_credentials;
@@ -24,7 +26,9 @@ pub mod describe_groups;
 pub mod describe_log_dirs;
 pub mod describe_producers;
 pub mod describe_topic_partitions;
+pub mod describe_transactions;
 pub mod describe_user_scram_credentials;
+pub mod end_txn;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -34,6 +38,7 @@ pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
 pub mod list_offsets;
+pub mod list_transactions;
 pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
@@ -44,6 +49,7 @@ pub mod sasl_authenticate;
 pub mod sasl_handshake;
 pub mod sync_group;
 pub mod throttle;
+pub mod txn_offset_commit;
 
 use std::rc::Rc;
 
@@ -150,6 +156,12 @@ served_apis! {
     DescribeProducers => describe_producers::DescribeProducersRequest,
     DescribeTopicPartitions => describe_topic_partitions::DescribeTopicPartitionsRequest,
     InitProducerId => init_producer_id::InitProducerIdRequest,
+    AddPartitionsToTxn => add_partitions_to_txn::AddPartitionsToTxnRequest,
+    AddOffsetsToTxn => add_offsets_to_txn::AddOffsetsToTxnRequest,
+    EndTxn => end_txn::EndTxnRequest,
+    TxnOffsetCommit => txn_offset_commit::TxnOffsetCommitRequest,
+    DescribeTransactions => describe_transactions::DescribeTransactionsRequest,
+    ListTransactions => list_transactions::ListTransactionsRequest,
     DescribeAcls => describe_acls::DescribeAclsRequest,
     CreateAcls => create_acls::CreateAclsRequest,
     DeleteAcls => delete_acls::DeleteAclsRequest,

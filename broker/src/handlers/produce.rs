@@ -208,8 +208,8 @@ fn dispatch_piece(
     if !matches!(rules.acks, -1..=1) {
         return refuse(codes::INVALID_REQUIRED_ACKS);
     }
-    // Only the group coordinator writes the offsets topic, as in Kafka.
-    if topic.0.as_str() == crate::groups::OFFSETS_TOPIC {
+    // Only the group and transaction coordinators write the internal topics, as in Kafka.
+    if crate::metadata::is_internal_topic(topic.0.as_str()) {
         return refuse(codes::INVALID_TOPIC_EXCEPTION);
     }
     let (Some(topic_metadata), Some(owner)) = (

@@ -5,8 +5,10 @@
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{
-    AlterClientQuotasResponse, AlterUserScramCredentialsResponse, DescribeClientQuotasResponse,
-    DescribeUserScramCredentialsResponse,
+    AddOffsetsToTxnResponse, AddPartitionsToTxnResponse, AlterClientQuotasResponse,
+    AlterUserScramCredentialsResponse, DescribeClientQuotasResponse, DescribeTransactionsResponse,
+    DescribeUserScramCredentialsResponse, EndTxnResponse, ListTransactionsResponse,
+    TxnOffsetCommitResponse,
 };
 use kafka_protocol::messages::{
     AlterConfigsResponse, ApiVersionsResponse, ConsumerGroupDescribeResponse,
@@ -45,6 +47,9 @@ macro_rules! top_level_only {
 }
 
 top_level_only!(
+    AddOffsetsToTxnResponse,
+    ListTransactionsResponse,
+    EndTxnResponse,
     ApiVersionsResponse,
     ConsumerGroupHeartbeatResponse,
     DescribeClientQuotasResponse,
@@ -59,6 +64,24 @@ top_level_only!(
     SaslHandshakeResponse,
     SyncGroupResponse,
 );
+
+/// The top-level code (v4+), then the first per-partition one of either form.
+impl ResponseErrorCode for AddPartitionsToTxnResponse {
+    fn error_code(&self) -> i16 {
+        let topics = self.results_by_topic_v3_and_below.iter().chain(
+            self.results_by_transaction
+                .iter()
+                .flat_map(|t| &t.topic_results),
+        );
+        first_error(
+            std::iter::once(self.error_code).chain(
+                topics
+                    .flat_map(|topic| &topic.results_by_partition)
+                    .map(|partition| partition.partition_error_code),
+            ),
+        )
+    }
+}
 
 /// A top-level code, then the first per-user one.
 impl ResponseErrorCode for DescribeUserScramCredentialsResponse {
@@ -82,6 +105,7 @@ macro_rules! first_item_error {
 }
 
 first_item_error!(
+    DescribeTransactionsResponse => transaction_states,
     ConsumerGroupDescribeResponse => groups,
     CreateAclsResponse => results,
     AlterUserScramCredentialsResponse => results,
@@ -115,6 +139,7 @@ macro_rules! first_partition_error {
 }
 
 first_partition_error!(
+    TxnOffsetCommitResponse => topics.partitions,
     DeleteRecordsResponse => topics.partitions,
     DescribeProducersResponse => topics.partitions,
     ListOffsetsResponse => topics.partitions,

@@ -494,6 +494,27 @@ pub static SETTINGS: &[Setting] = &[
          INVALID_SESSION_TIMEOUT above it.",
     ),
     row(
+        "transaction.max.timeout.ms",
+        "900000",
+        integer(1, INT_MAX),
+        "The longest transaction.timeout.ms a transactional producer may ask for; a longer \
+         one gets INVALID_TRANSACTION_TIMEOUT from InitProducerId.",
+    ),
+    row(
+        "transactional.id.expiration.ms",
+        "604800000",
+        integer(1, INT_MAX),
+        "A transactional id with no transaction in progress and no change for this long is \
+         forgotten by its coordinator.",
+    ),
+    row(
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+        "10000",
+        integer(1, INT_MAX),
+        "How often each shard's transaction coordinator aborts transactions past their \
+         timeout (fencing their producers) and forgets expired transactional ids.",
+    ),
+    row(
         "offsets.retention.minutes",
         "10080",
         integer(1, INT_MAX),
