@@ -253,8 +253,15 @@ def test_out_of_order_requests_get_kafkas_codes(broker):
             time.sleep(0.1)
         assert code == INVALID_TXN_STATE
         # A new InitProducerId bumps the epoch; the old epoch is fenced (v0 clients are
-        # told INVALID_PRODUCER_EPOCH, which is all they know).
-        code, same_id, bumped = init(sock, "tx-raw")
+        # told INVALID_PRODUCER_EPOCH, which is all they know). While the commit's markers
+        # are still being written (PrepareCommit) it is CONCURRENT_TRANSACTIONS, as in
+        # Kafka, and the client retries.
+        deadline = time.monotonic() + 10
+        while True:
+            code, same_id, bumped = init(sock, "tx-raw")
+            if code != CONCURRENT_TRANSACTIONS or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert (code, same_id, bumped) == (NONE, producer_id, epoch + 1)
         request = AddPartitionsToTxnRequest[0]("tx-raw", producer_id, epoch, [("txn-raw", [0])])
         response = call(sock, request, 10)
