@@ -33,6 +33,7 @@ pub mod producer_state;
 pub mod quotas;
 pub mod recompress;
 pub mod records;
+pub mod replays;
 pub mod replica;
 pub mod request_decode;
 pub mod router;

@@ -16,7 +16,7 @@
 //! marker (a control batch). A checkpoint waits while a partition has pending offsets.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,7 @@ use crate::metadata::{MetadataView, TopicPartition};
 use crate::metrics::{HistogramBuckets, LatencyHistogram};
 use crate::partition::PartitionTable;
 use crate::producer_state::{GrantedBlocks, ProducerIds};
+use crate::replays::{ReplayTurn, Replays};
 use crate::shutdown::ShutdownSignal;
 use crate::storage::batch::BatchHeader;
 use crate::storage::Clock;
@@ -153,7 +154,7 @@ struct Inner {
     /// commits, as Kafka 3.9 kept them apart (in `ZooKeeper`). Never expired, as there.
     standalone_offsets: RefCell<HashMap<String, StandaloneOffsets>>,
     /// Per offsets partition: closed once its replay has finished.
-    loads: RefCell<HashMap<i32, Rc<Semaphore>>>,
+    replays: Replays,
     ticker_started: std::cell::Cell<bool>,
     /// See `append_gate`.
     append_gates: RefCell<HashMap<i32, Rc<Semaphore>>>,
@@ -209,7 +210,7 @@ impl GroupCoordinator {
                 config: RefCell::default(),
                 groups: RefCell::default(),
                 standalone_offsets: RefCell::default(),
-                loads: RefCell::default(),
+                replays: Replays::default(),
                 ticker_started: std::cell::Cell::new(false),
                 append_gates: RefCell::default(),
                 records_since_checkpoint: RefCell::default(),
@@ -567,13 +568,18 @@ impl GroupCoordinator {
     /// `OffsetFetch`: the committed offsets of `partitions` (of every committed partition
     /// when `None`), or the error code for the group. `member` (v9: member id and epoch) is
     /// checked against a consumer-protocol group's member epochs, as Kafka does
-    /// (`STALE_MEMBER_EPOCH`); admin clients name no member.
+    /// (`STALE_MEMBER_EPOCH`); admin clients name no member. With `require_stable`
+    /// (KIP-447, v7+), a partition whose offset a transaction committed that has not ended
+    /// yet answers `None` here and is listed in the second part: the handler answers it
+    /// `UNSTABLE_OFFSET_COMMIT` and the client asks again, instead of reading the offset
+    /// from before the transaction and reprocessing what it covered.
     pub async fn fetch_offsets(
         &self,
         at: GroupAddress,
         partitions: Option<Vec<(String, Vec<i32>)>>,
         member: Option<(String, i32)>,
-    ) -> Result<FetchedOffsets, i16> {
+        require_stable: bool,
+    ) -> Result<(FetchedOffsets, Vec<(String, i32)>), i16> {
         self.ensure_loaded(at.partition).await?;
         if let Some((member_id, member_epoch)) = member {
             let groups = self.inner.groups.borrow();
@@ -585,7 +591,37 @@ impl GroupCoordinator {
                 consumer.check_member_epoch(&member_id, member_epoch)?;
             }
         }
-        Ok(self.committed(&at.group, partitions))
+        let mut offsets = self.committed(&at.group, partitions);
+        if !require_stable {
+            return Ok((offsets, Vec::new()));
+        }
+        let unstable = self.unstable_offsets(&at.group);
+        let mut listed = Vec::new();
+        for (topic, partition, value) in &mut offsets {
+            if unstable.contains(&(topic.clone(), *partition)) {
+                *value = None;
+                listed.push((topic.clone(), *partition));
+            }
+        }
+        Ok((offsets, listed))
+    }
+
+    /// The (topic, partition)s of `group` with transactional offsets still pending.
+    fn unstable_offsets(&self, group: &str) -> HashSet<(String, i32)> {
+        let pending = self.inner.txn_offsets.borrow();
+        pending
+            .values()
+            .flatten()
+            .filter_map(|record| match record {
+                OffsetsRecord::Commit {
+                    group: of,
+                    topic,
+                    partition,
+                    ..
+                } if of == group => Some((topic.clone(), *partition)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// `OffsetCommit` v0: `(topic, partition, offset, metadata bytes)` stored apart from the
@@ -753,27 +789,16 @@ impl GroupCoordinator {
             log,
         };
         self.start_ticker();
-        let existing = self.inner.loads.borrow().get(&partition).cloned();
-        if let Some(loaded) = existing {
-            // Closed when the replay is done; an error from acquire means exactly that.
-            let _ = loaded.acquire(1).await;
-            return if self.inner.loads.borrow().contains_key(&partition) {
-                Ok(log)
-            } else {
-                Err(codes::COORDINATOR_LOAD_IN_PROGRESS)
-            };
-        }
-        let loading = Rc::new(Semaphore::new(0));
-        self.inner
-            .loads
-            .borrow_mut()
-            .insert(partition, loading.clone());
+        let replaying = match self.inner.replays.turn(partition).await {
+            ReplayTurn::Replayed => return Ok(log),
+            ReplayTurn::Failed => return Err(codes::COORDINATOR_LOAD_IN_PROGRESS),
+            ReplayTurn::Replay(replaying) => replaying,
+        };
         let replayed = self.replay(&tp, &log.log).await;
         if let Err(error) = &replayed {
             tracing::error!(partition = %tp, %error, "replaying the offsets log failed");
-            self.inner.loads.borrow_mut().remove(&partition);
         }
-        loading.close();
+        replaying.finish(replayed.is_ok());
         replayed
             .map(|()| log)
             .map_err(|_| codes::COORDINATOR_NOT_AVAILABLE)
@@ -1767,13 +1792,32 @@ mod tests {
     }
 
     async fn committed(coordinator: &GroupCoordinator) -> Option<i64> {
-        let fetched = coordinator
-            .fetch_offsets(at(), Some(vec![("t".into(), vec![0])]), None)
+        let (fetched, unstable) = coordinator
+            .fetch_offsets(at(), Some(vec![("t".into(), vec![0])]), None, false)
             .await
             .expect("fetched");
+        assert!(
+            unstable.is_empty(),
+            "listed only when stable offsets are asked for"
+        );
         fetched
             .first()
             .and_then(|(_, _, value)| value.as_ref().map(|v| v.offset))
+    }
+
+    /// What a KIP-447 client (`require_stable`) is told is unstable.
+    async fn unstable(coordinator: &GroupCoordinator) -> Vec<(String, i32)> {
+        let (fetched, unstable) = coordinator
+            .fetch_offsets(at(), Some(vec![("t".into(), vec![0])]), None, true)
+            .await
+            .expect("fetched");
+        if !unstable.is_empty() {
+            assert!(
+                fetched[0].2.is_none(),
+                "an unstable partition shows no offset"
+            );
+        }
+        unstable
     }
 
     /// A marker as the partition side writes it: a control batch of the producer.
@@ -1808,9 +1852,11 @@ mod tests {
             let live = coordinator(&table, dir.path());
             assert_eq!(live.commit_transactional(at(), 7, 0, commit(42)).await, [0]);
             assert_eq!(committed(&live).await, None, "pending until the marker");
+            assert_eq!(unstable(&live).await, [("t".to_string(), 0)]);
             mark(7, true).await;
             live.complete_txn(0, 7, true);
             assert_eq!(committed(&live).await, Some(42));
+            assert_eq!(unstable(&live).await, []);
             assert_eq!(live.commit_transactional(at(), 7, 1, commit(50)).await, [0]);
             mark(7, false).await;
             live.complete_txn(0, 7, false);

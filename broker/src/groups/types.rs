@@ -35,6 +35,9 @@ pub mod codes {
     pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = ResponseError::CoordinatorLoadInProgress.code();
     pub const COORDINATOR_NOT_AVAILABLE: i16 = ResponseError::CoordinatorNotAvailable.code();
     pub const NOT_COORDINATOR: i16 = ResponseError::NotCoordinator.code();
+    /// KIP-447: `OffsetFetch` with `require_stable` for a partition whose offset was
+    /// committed in a transaction that has not ended yet (the client retries).
+    pub const UNSTABLE_OFFSET_COMMIT: i16 = ResponseError::UnstableOffsetCommit.code();
     pub const ILLEGAL_GENERATION: i16 = ResponseError::IllegalGeneration.code();
     pub const INCONSISTENT_GROUP_PROTOCOL: i16 = ResponseError::InconsistentGroupProtocol.code();
     pub const INVALID_GROUP_ID: i16 = ResponseError::InvalidGroupId.code();

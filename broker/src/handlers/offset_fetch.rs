@@ -13,6 +13,7 @@ use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, TopicNam
 
 use crate::acl::model::Operation;
 use crate::error_codes as codes;
+use crate::groups::codes as group_codes;
 use crate::groups::records::CommittedOffset;
 use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
 
@@ -21,6 +22,19 @@ use crate::handlers::context::{str_bytes, GroupAccess, RequestContext};
 struct GroupOffsets {
     error_code: i16,
     offsets: Vec<(String, i32, Option<CommittedOffset>)>,
+    /// Partitions answered `UNSTABLE_OFFSET_COMMIT` (KIP-447: a transaction that committed
+    /// their offset has not ended yet, and the request asked for stable offsets).
+    unstable: Vec<(String, i32)>,
+}
+
+impl GroupOffsets {
+    fn failed(error_code: i16, requested: Vec<(String, i32)>) -> Self {
+        GroupOffsets {
+            error_code,
+            offsets: requested.into_iter().map(|(t, p)| (t, p, None)).collect(),
+            unstable: Vec::new(),
+        }
+    }
 }
 
 pub async fn handle(
@@ -29,6 +43,8 @@ pub async fn handle(
     request: OffsetFetchRequest,
 ) -> OffsetFetchResponse {
     let version = context.api_version;
+    // v7+ (KIP-447); false in earlier versions, which have no such field.
+    let require_stable = request.require_stable;
     if version >= 8 {
         let lookups = request.groups.into_iter().map(|group| async move {
             let partitions = group.topics.map(|topics| {
@@ -42,7 +58,15 @@ pub async fn handle(
                 let member_id = group.member_id.as_deref().unwrap_or_default().to_string();
                 (member_id, group.member_epoch)
             });
-            let answer = fetch(shard, context, &group.group_id, partitions, member).await;
+            let answer = fetch(
+                shard,
+                context,
+                &group.group_id,
+                partitions,
+                member,
+                require_stable,
+            )
+            .await;
             multi_group_entry(group.group_id, answer)
         });
         return OffsetFetchResponse::default().with_groups(join_all(lookups).await);
@@ -63,7 +87,15 @@ pub async fn handle(
         )
         .await
     } else {
-        fetch(shard, context, &request.group_id, partitions, None).await
+        fetch(
+            shard,
+            context,
+            &request.group_id,
+            partitions,
+            None,
+            require_stable,
+        )
+        .await
     };
     single_group_response(version, answer)
 }
@@ -80,10 +112,7 @@ async fn fetch_standalone(
         .flat_map(|(topic, indexes)| indexes.iter().map(move |i| (topic.clone(), *i)))
         .collect();
     if !context.authorize_group(Operation::Read, group) {
-        return GroupOffsets {
-            error_code: codes::GROUP_AUTHORIZATION_FAILED,
-            offsets: requested.into_iter().map(|(t, p)| (t, p, None)).collect(),
-        };
+        return GroupOffsets::failed(codes::GROUP_AUTHORIZATION_FAILED, requested);
     }
     let fetched = shard
         .on_group_coordinator(group, move |groups, at| async move {
@@ -93,6 +122,7 @@ async fn fetch_standalone(
     match fetched.and_then(|fetched| fetched) {
         Ok(offsets) => GroupOffsets {
             error_code: codes::NONE,
+            unstable: Vec::new(),
             offsets: offsets
                 .into_iter()
                 // Topics the principal may not describe are left out, as Kafka leaves them out.
@@ -106,10 +136,7 @@ async fn fetch_standalone(
                 })
                 .collect(),
         },
-        Err(error_code) => GroupOffsets {
-            error_code,
-            offsets: requested.into_iter().map(|(t, p)| (t, p, None)).collect(),
-        },
+        Err(error_code) => GroupOffsets::failed(error_code, requested),
     }
 }
 
@@ -119,6 +146,7 @@ async fn fetch(
     group: &str,
     partitions: Option<Vec<(String, Vec<i32>)>>,
     member: Option<(String, i32)>,
+    require_stable: bool,
 ) -> GroupOffsets {
     let requested: Vec<(String, i32)> = partitions
         .iter()
@@ -126,30 +154,37 @@ async fn fetch(
         .flat_map(|(topic, indexes)| indexes.iter().map(move |i| (topic.clone(), *i)))
         .collect();
     if !context.authorize_group(Operation::Read, group) {
-        return GroupOffsets {
-            error_code: codes::GROUP_AUTHORIZATION_FAILED,
-            offsets: requested.into_iter().map(|(t, p)| (t, p, None)).collect(),
-        };
+        return GroupOffsets::failed(codes::GROUP_AUTHORIZATION_FAILED, requested);
     }
     let fetched = shard
         .on_group_coordinator(group, move |groups, at| async move {
-            groups.fetch_offsets(at, partitions, member).await
+            groups
+                .fetch_offsets(at, partitions, member, require_stable)
+                .await
         })
         .await;
     match fetched.and_then(|fetched| fetched) {
         // Topics the principal may not describe are left out, as Kafka leaves them out.
-        Ok(mut offsets) => GroupOffsets {
+        Ok((mut offsets, unstable)) => GroupOffsets {
             offsets: {
                 offsets.retain(|(topic, _, _)| context.authorize_topic(Operation::Describe, topic));
                 offsets
             },
             error_code: codes::NONE,
+            unstable,
         },
-        Err(error_code) => GroupOffsets {
-            error_code,
-            // Kafka echoes the requested partitions with the error on each.
-            offsets: requested.into_iter().map(|(t, p)| (t, p, None)).collect(),
-        },
+        // Kafka echoes the requested partitions with the error on each.
+        Err(error_code) => GroupOffsets::failed(error_code, requested),
+    }
+}
+
+/// The error code of one partition: `code`, or `UNSTABLE_OFFSET_COMMIT` when it is listed
+/// as unstable.
+fn code_unless_unstable(unstable: &[(String, i32)], topic: &str, partition: i32, code: i16) -> i16 {
+    if unstable.iter().any(|(t, p)| t == topic && *p == partition) {
+        group_codes::UNSTABLE_OFFSET_COMMIT
+    } else {
+        code
     }
 }
 
@@ -175,6 +210,7 @@ fn single_group_response(version: i16, answer: GroupOffsets) -> OffsetFetchRespo
     } else {
         codes::NONE
     };
+    let unstable = answer.unstable;
     let topics = by_topic(answer.offsets)
         .into_iter()
         .map(|(topic, partitions)| {
@@ -187,7 +223,7 @@ fn single_group_response(version: i16, answer: GroupOffsets) -> OffsetFetchRespo
                         (None, 0) if partition_code == codes::NONE => {
                             codes::UNKNOWN_TOPIC_OR_PARTITION
                         }
-                        _ => partition_code,
+                        _ => code_unless_unstable(&unstable, &topic, index, partition_code),
                     };
                     let value = value.unwrap_or_else(no_commit);
                     let metadata = if version == 0 { "" } else { &value.metadata };
@@ -220,6 +256,7 @@ fn multi_group_entry(
     group_id: kafka_protocol::messages::GroupId,
     answer: GroupOffsets,
 ) -> OffsetFetchResponseGroup {
+    let unstable = answer.unstable;
     let topics = by_topic(answer.offsets)
         .into_iter()
         .map(|(topic, partitions)| {
@@ -232,6 +269,12 @@ fn multi_group_entry(
                         .with_committed_offset(value.offset)
                         .with_committed_leader_epoch(value.leader_epoch)
                         .with_metadata(Some(str_bytes(&value.metadata)))
+                        .with_error_code(code_unless_unstable(
+                            &unstable,
+                            &topic,
+                            index,
+                            codes::NONE,
+                        ))
                 })
                 .collect();
             OffsetFetchResponseTopics::default()

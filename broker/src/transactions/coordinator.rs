@@ -31,12 +31,12 @@ use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use futures::future::{join_all, LocalBoxFuture};
-use glommio::sync::Semaphore;
 
 use crate::disk::PartitionLog;
 use crate::error_codes as broker_codes;
 use crate::metadata::TopicPartition;
 use crate::partition::{PartitionTable, TxnMarker};
+use crate::replays::{ReplayTurn, Replays};
 use crate::shutdown::ShutdownSignal;
 use crate::storage::batch::BatchHeader;
 use crate::storage::Clock;
@@ -127,7 +127,7 @@ struct Inner {
     handle: TxnHandle,
     ids: RefCell<HashMap<String, Entry>>,
     /// Per partition: closed once its replay has finished.
-    loads: RefCell<HashMap<i32, Rc<Semaphore>>>,
+    replays: Replays,
     ticker_started: Cell<bool>,
     /// Ids whose markers are being written (one completion task per id at a time); the
     /// ticker restarts the completion of a prepared transaction not in here (a failed
@@ -141,7 +141,7 @@ impl TxnCoordinator {
             inner: Rc::new(Inner {
                 handle,
                 ids: RefCell::default(),
-                loads: RefCell::default(),
+                replays: Replays::default(),
                 ticker_started: Cell::new(false),
                 completing: RefCell::default(),
             }),
@@ -557,22 +557,13 @@ impl TxnCoordinator {
             }
         })?;
         self.start_ticker();
-        let existing = self.inner.loads.borrow().get(&partition).cloned();
-        if let Some(loaded) = existing {
-            let _ = loaded.acquire(1).await;
-            return if self.inner.loads.borrow().contains_key(&partition) {
-                Ok(log)
-            } else {
-                Err(codes::COORDINATOR_LOAD_IN_PROGRESS)
-            };
-        }
-        let loading = Rc::new(Semaphore::new(0));
-        self.inner
-            .loads
-            .borrow_mut()
-            .insert(partition, loading.clone());
+        let replaying = match self.inner.replays.turn(partition).await {
+            ReplayTurn::Replayed => return Ok(log),
+            ReplayTurn::Failed => return Err(codes::COORDINATOR_LOAD_IN_PROGRESS),
+            ReplayTurn::Replay(replaying) => replaying,
+        };
         let replayed = self.replay(partition, &log).await;
-        loading.close();
+        replaying.finish(replayed.is_ok());
         match replayed {
             Ok(prepared) => {
                 for (id, metadata) in prepared {
@@ -584,7 +575,6 @@ impl TxnCoordinator {
                 // Damaged: reported, and the partition's ids are not served (every request
                 // gets COORDINATOR_NOT_AVAILABLE and tries the replay again).
                 tracing::error!(partition = %tp, %error, "replaying the transaction state log failed");
-                self.inner.loads.borrow_mut().remove(&partition);
                 self.inner
                     .ids
                     .borrow_mut()
