@@ -7,6 +7,7 @@ use bytes::Bytes;
 use ringfeed_protocol::batch::{self, FramingError};
 
 use crate::error_codes as codes;
+use crate::storage::batch as storage_batch;
 
 /// Splits `records` into whole batches (zero-copy slices). Errors are the Kafka code to put
 /// on the partition: `CORRUPT_MESSAGE` for broken framing, `MESSAGE_TOO_LARGE` for a batch above
@@ -24,6 +25,35 @@ pub fn framing_error_code(error: &FramingError) -> i16 {
         | FramingError::ShorterThanHeader { .. }
         | FramingError::Truncated { .. } => codes::CORRUPT_MESSAGE,
     }
+}
+
+/// Splits the next record of an uncompressed batch's records section off `rest`: its key
+/// and value (`None` = null). `None` when the record is malformed. Used by the coordinators
+/// that read their own logs (`__consumer_offsets`, `__transaction_state`).
+pub fn next_record<'a>(rest: &mut &'a [u8]) -> Option<(&'a [u8], Option<&'a [u8]>)> {
+    let length = usize::try_from(storage_batch::read_varint(rest)?).ok()?;
+    let record = rest.get(..length)?;
+    *rest = rest.get(length..)?;
+    let mut fields = record.get(1..)?; // attributes
+    storage_batch::read_varint(&mut fields)?; // timestamp delta
+    storage_batch::read_varint(&mut fields)?; // offset delta
+    let key = take_varint_bytes(&mut fields)??;
+    let value = take_varint_bytes(&mut fields)?;
+    Some((key, value))
+}
+
+/// A varint-length-prefixed field: `Some(None)` for length -1 (null).
+// The two levels mean different things: outer `None` is a malformed record, inner a null.
+#[allow(clippy::option_option)]
+fn take_varint_bytes<'a>(fields: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
+    let length = storage_batch::read_varint(fields)?;
+    if length < 0 {
+        return Some(None);
+    }
+    let length = usize::try_from(length).ok()?;
+    let bytes = fields.get(..length)?;
+    *fields = fields.get(length..)?;
+    Some(Some(bytes))
 }
 
 /// The splitting itself is tested in `ringfeed_protocol::batch`; these check the codes.

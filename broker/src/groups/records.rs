@@ -20,8 +20,9 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::groups::assignor::Assignment;
+use crate::records::next_record;
 use crate::storage::batch::{
-    self, build, BatchHeader, ATTRIBUTES_OFFSET, BATCH_HEADER_BYTES, CRC_OFFSET,
+    build, BatchHeader, ATTRIBUTES_OFFSET, BATCH_HEADER_BYTES, CRC_OFFSET,
 };
 
 const OFFSET_KEY_VERSION: i16 = 1;
@@ -601,33 +602,6 @@ pub fn decode_batch(stored: &[u8]) -> (Vec<OffsetsRecord>, usize) {
     (decoded, skipped)
 }
 
-/// Splits the next record off `rest`: its key and value (`None` = null).
-fn next_record<'a>(rest: &mut &'a [u8]) -> Option<(&'a [u8], Option<&'a [u8]>)> {
-    let length = usize::try_from(batch::read_varint(rest)?).ok()?;
-    let record = rest.get(..length)?;
-    *rest = rest.get(length..)?;
-    let mut fields = record.get(1..)?; // attributes
-    batch::read_varint(&mut fields)?; // timestamp delta
-    batch::read_varint(&mut fields)?; // offset delta
-    let key = take_varint_bytes(&mut fields)??;
-    let value = take_varint_bytes(&mut fields)?;
-    Some((key, value))
-}
-
-/// A varint-length-prefixed field: `Some(None)` for length -1 (null).
-// The two levels mean different things: outer `None` is a malformed record, inner a null.
-#[allow(clippy::option_option)]
-fn take_varint_bytes<'a>(fields: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
-    let length = batch::read_varint(fields)?;
-    if length < 0 {
-        return Some(None);
-    }
-    let length = usize::try_from(length).ok()?;
-    let bytes = fields.get(..length)?;
-    *fields = fields.get(length..)?;
-    Some(Some(bytes))
-}
-
 fn decode_record(mut key: &[u8], value: Option<&[u8]>) -> Option<OffsetsRecord> {
     match take_i16(&mut key)? {
         0 | 1 => {
@@ -806,7 +780,10 @@ mod tests {
             },
         ];
         let batch = encode_batch(&records, 1_700_000_000_000);
-        assert!(batch::validate(&batch, 1 << 20).is_ok(), "a valid v2 batch");
+        assert!(
+            crate::storage::batch::validate(&batch, 1 << 20).is_ok(),
+            "a valid v2 batch"
+        );
         assert_eq!(decode_batch(&batch), (records, 0));
     }
 
@@ -936,7 +913,10 @@ mod tests {
             .collect();
         assert_eq!(versions, vec![[0, 1], [0, 2]]);
         let batch = encode_batch(&records, 1_700_000_000_000);
-        assert!(batch::validate(&batch, 1 << 20).is_ok(), "a valid v2 batch");
+        assert!(
+            crate::storage::batch::validate(&batch, 1 << 20).is_ok(),
+            "a valid v2 batch"
+        );
         assert_eq!(decode_batch(&batch), (records, 0));
     }
 

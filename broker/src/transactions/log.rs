@@ -17,7 +17,8 @@ use std::collections::BTreeSet;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::metadata::TopicPartition;
-use crate::storage::batch::{self, build, BatchHeader, BATCH_HEADER_BYTES};
+use crate::records::next_record;
+use crate::storage::batch::{build, BatchHeader, BATCH_HEADER_BYTES};
 use crate::transactions::state::{TxnMetadata, TxnState, NO_PRODUCER_EPOCH, NO_PRODUCER_ID};
 
 const KEY_VERSION: i16 = 0;
@@ -196,32 +197,6 @@ pub fn decode_batch(stored: &[u8]) -> Result<Vec<TxnRecord>, String> {
         records.push(decode(key, value)?);
     }
     Ok(records)
-}
-
-/// Splits the next record off `rest`: its key and value (`None` = null).
-fn next_record<'a>(rest: &mut &'a [u8]) -> Option<(&'a [u8], Option<&'a [u8]>)> {
-    let length = usize::try_from(batch::read_varint(rest)?).ok()?;
-    let record = rest.get(..length)?;
-    *rest = rest.get(length..)?;
-    let mut fields = record.get(1..)?; // attributes
-    batch::read_varint(&mut fields)?; // timestamp delta
-    batch::read_varint(&mut fields)?; // offset delta
-    let key = varint_bytes(&mut fields)??;
-    let value = varint_bytes(&mut fields)?;
-    Some((key, value))
-}
-
-// Outer `None`: malformed; inner: null.
-#[allow(clippy::option_option)]
-fn varint_bytes<'a>(fields: &mut &'a [u8]) -> Option<Option<&'a [u8]>> {
-    let length = batch::read_varint(fields)?;
-    if length < 0 {
-        return Some(None);
-    }
-    let length = usize::try_from(length).ok()?;
-    let bytes = fields.get(..length)?;
-    *fields = fields.get(length..)?;
-    Some(Some(bytes))
 }
 
 #[cfg(test)]
