@@ -957,16 +957,27 @@ impl ShardServices {
     /// A group whose partition another broker hosts is answered `NOT_COORDINATOR`, so the
     /// client asks `FindCoordinator` again.
     pub async fn locate_group(self: &Rc<Self>, group: &str) -> Result<(i32, usize), i16> {
-        let snapshot = self.offsets_topic_snapshot().await?;
+        self.locate_coordinator(OFFSETS_TOPIC, group).await
+    }
+
+    /// The partition of internal topic `name` that coordinates `key` (a group or a
+    /// transactional id, by Kafka's hash) and the shard owning it here; `NOT_COORDINATOR`
+    /// when another broker hosts it.
+    async fn locate_coordinator(
+        self: &Rc<Self>,
+        name: &str,
+        key: &str,
+    ) -> Result<(i32, usize), i16> {
+        let snapshot = self.internal_topic_snapshot(name).await?;
         let topic = snapshot
-            .topic(OFFSETS_TOPIC)
+            .topic(name)
             .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)?;
-        let partition = groups::partition_for(group, topic.partition_count());
-        if snapshot.broker_of(OFFSETS_TOPIC, partition) != Some(snapshot.local_node) {
+        let partition = groups::partition_for(key, topic.partition_count());
+        if snapshot.broker_of(name, partition) != Some(snapshot.local_node) {
             return Err(group_codes::NOT_COORDINATOR);
         }
         let owner = snapshot
-            .owner_of(OFFSETS_TOPIC, partition)
+            .owner_of(name, partition)
             .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)?;
         Ok((partition, owner))
     }
@@ -974,13 +985,19 @@ impl ShardServices {
     /// The broker coordinating `group`: the one hosting its `__consumer_offsets` partition
     /// (created on first use), if that broker is alive.
     pub async fn coordinator_broker(self: &Rc<Self>, group: &str) -> Result<i32, i16> {
-        let snapshot = self.offsets_topic_snapshot().await?;
+        self.coordinator_broker_of(OFFSETS_TOPIC, group).await
+    }
+
+    /// The live broker hosting the partition of internal topic `name` that coordinates
+    /// `key` (the topic created on first use, as Kafka does).
+    async fn coordinator_broker_of(self: &Rc<Self>, name: &str, key: &str) -> Result<i32, i16> {
+        let snapshot = self.internal_topic_snapshot(name).await?;
         let topic = snapshot
-            .topic(OFFSETS_TOPIC)
+            .topic(name)
             .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)?;
-        let partition = groups::partition_for(group, topic.partition_count());
+        let partition = groups::partition_for(key, topic.partition_count());
         snapshot
-            .broker_of(OFFSETS_TOPIC, partition)
+            .broker_of(name, partition)
             .filter(|broker| snapshot.is_alive(*broker))
             .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)
     }
@@ -996,19 +1013,7 @@ impl ShardServices {
         if id.is_empty() || id.len() > TXN_ID_BYTES_MAX {
             return Err(group_codes::INVALID_REQUEST);
         }
-        let snapshot = self
-            .internal_topic_snapshot(TRANSACTION_STATE_TOPIC)
-            .await?;
-        let topic = snapshot
-            .topic(TRANSACTION_STATE_TOPIC)
-            .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)?;
-        let partition = groups::partition_for(id, topic.partition_count());
-        if snapshot.broker_of(TRANSACTION_STATE_TOPIC, partition) != Some(snapshot.local_node) {
-            return Err(group_codes::NOT_COORDINATOR);
-        }
-        let owner = snapshot
-            .owner_of(TRANSACTION_STATE_TOPIC, partition)
-            .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)?;
+        let (partition, owner) = self.locate_coordinator(TRANSACTION_STATE_TOPIC, id).await?;
         let at = TxnAddress {
             transactional_id: id.to_string(),
             partition,
@@ -1023,22 +1028,8 @@ impl ShardServices {
     /// The broker coordinating transactional id `id`: the one hosting its
     /// `__transaction_state` partition (created on first use, as Kafka does).
     pub async fn txn_coordinator_broker(self: &Rc<Self>, id: &str) -> Result<i32, i16> {
-        let snapshot = self
-            .internal_topic_snapshot(TRANSACTION_STATE_TOPIC)
-            .await?;
-        let topic = snapshot
-            .topic(TRANSACTION_STATE_TOPIC)
-            .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)?;
-        let partition = groups::partition_for(id, topic.partition_count());
-        snapshot
-            .broker_of(TRANSACTION_STATE_TOPIC, partition)
-            .filter(|broker| snapshot.is_alive(*broker))
-            .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)
-    }
-
-    /// The metadata, once it holds `__consumer_offsets` (created here if missing).
-    async fn offsets_topic_snapshot(self: &Rc<Self>) -> Result<Arc<MetadataSnapshot>, i16> {
-        self.internal_topic_snapshot(OFFSETS_TOPIC).await
+        self.coordinator_broker_of(TRANSACTION_STATE_TOPIC, id)
+            .await
     }
 
     /// The metadata, once it holds the internal topic `name` (`__consumer_offsets` or
