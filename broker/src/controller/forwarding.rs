@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use rkyv::rancor;
 
-use crate::acl::model::{AclBinding, AclBindingFilter};
-use crate::acl::store::{binding_from_codes, filter_from_codes, AclChange, AclChangeReply};
+use crate::acl::model::AclBindingFilter;
+use crate::acl::store::{filter_from_codes, AclChange, AclChangeReply};
 use crate::controller::security::{SecurityChange, SecurityReply};
 use crate::controller::store::AclRecord;
 use crate::quotas::model::{Entity, EntityName, QuotaOp};
@@ -107,30 +107,6 @@ pub enum WireReply {
     Quotas(Vec<(i16, Option<String>)>),
 }
 
-fn acl_record(binding: &AclBinding) -> AclRecord {
-    AclRecord {
-        resource_type: binding.resource_type.code(),
-        resource_name: binding.resource_name.clone(),
-        pattern_type: binding.pattern_type.code(),
-        principal: binding.principal.as_str().to_string(),
-        host: binding.host.clone(),
-        operation: binding.operation.code(),
-        permission: binding.permission.code(),
-    }
-}
-
-fn binding_of(record: &AclRecord) -> Result<AclBinding, String> {
-    binding_from_codes(
-        record.resource_type,
-        record.resource_name.clone(),
-        record.pattern_type,
-        &record.principal,
-        record.host.clone(),
-        record.operation,
-        record.permission,
-    )
-}
-
 fn filter_record(filter: &AclBindingFilter) -> WireFilter {
     WireFilter {
         resource_type: filter.resource_type.code(),
@@ -155,7 +131,7 @@ impl WireChange {
     pub fn of(change: &SecurityChange) -> Self {
         match change {
             SecurityChange::Acls(AclChange::Create(bindings)) => {
-                Self::CreateAcls(bindings.iter().map(acl_record).collect())
+                Self::CreateAcls(bindings.iter().map(AclRecord::of).collect())
             }
             SecurityChange::Acls(AclChange::Delete(filters)) => {
                 Self::DeleteAcls(filters.iter().map(filter_record).collect())
@@ -216,7 +192,10 @@ impl WireChange {
     pub fn into_change(self) -> Result<SecurityChange, String> {
         Ok(match self {
             Self::CreateAcls(records) => SecurityChange::Acls(AclChange::Create(
-                records.iter().map(binding_of).collect::<Result<_, _>>()?,
+                records
+                    .iter()
+                    .map(AclRecord::binding)
+                    .collect::<Result<_, _>>()?,
             )),
             Self::DeleteAcls(filters) => SecurityChange::Acls(AclChange::Delete(
                 filters
@@ -294,7 +273,7 @@ impl WireReply {
                     .map(|removed| {
                         removed
                             .iter()
-                            .map(|bindings| bindings.iter().map(acl_record).collect())
+                            .map(|bindings| bindings.iter().map(AclRecord::of).collect())
                             .collect()
                     })
                     .map_err(Clone::clone),
@@ -316,7 +295,7 @@ impl WireReply {
                 SecurityReply::Acls(AclChangeReply::Deleted(result.map(|removed| {
                     removed
                         .iter()
-                        .map(|records| records.iter().filter_map(|r| binding_of(r).ok()).collect())
+                        .map(|records| records.iter().filter_map(|r| r.binding().ok()).collect())
                         .collect()
                 })))
             }
@@ -400,7 +379,9 @@ impl ForwardMail {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::acl::model::{Operation, PatternType, Permission, Principal, ResourceType};
+    use crate::acl::model::{
+        AclBinding, Operation, PatternType, Permission, Principal, ResourceType,
+    };
 
     #[test]
     fn requests_and_replies_round_trip_and_damage_is_refused() {

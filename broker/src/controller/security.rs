@@ -173,22 +173,42 @@ fn ops_of<'a>(values: impl Iterator<Item = (&'a str, f64)>) -> Vec<QuotaOp> {
         .collect()
 }
 
+impl AclRecord {
+    /// The record of `binding`, in Kafka's wire codes (the controller's state and the
+    /// forwarded changes both carry these).
+    pub fn of(binding: &AclBinding) -> AclRecord {
+        AclRecord {
+            resource_type: binding.resource_type.code(),
+            resource_name: binding.resource_name.clone(),
+            pattern_type: binding.pattern_type.code(),
+            principal: binding.principal.as_str().to_string(),
+            host: binding.host.clone(),
+            operation: binding.operation.code(),
+            permission: binding.permission.code(),
+        }
+    }
+
+    /// The binding this record holds, or why its codes are not one.
+    pub fn binding(&self) -> Result<AclBinding, String> {
+        binding_from_codes(
+            self.resource_type,
+            self.resource_name.clone(),
+            self.pattern_type,
+            &self.principal,
+            self.host.clone(),
+            self.operation,
+            self.permission,
+        )
+    }
+}
+
 /// The sets `records` describe. A record this build cannot read (only possible from a
 /// newer or damaged writer, as every record was checked when it was created) is logged
 /// and left out.
 pub fn sets_of(records: &SecurityRecords) -> SecuritySets {
     let mut sets = SecuritySets::default();
     for acl in &records.acls {
-        let binding = binding_from_codes(
-            acl.resource_type,
-            acl.resource_name.clone(),
-            acl.pattern_type,
-            &acl.principal,
-            acl.host.clone(),
-            acl.operation,
-            acl.permission,
-        );
-        match binding {
+        match acl.binding() {
             Ok(binding) => {
                 sets.acls.insert(binding);
             }
@@ -243,19 +263,7 @@ fn record_name(name: &EntityName) -> Option<String> {
 pub fn records_of(sets: &SecuritySets, seeded: bool) -> SecurityRecords {
     SecurityRecords {
         seeded,
-        acls: sets
-            .acls
-            .iter()
-            .map(|binding| AclRecord {
-                resource_type: binding.resource_type.code(),
-                resource_name: binding.resource_name.clone(),
-                pattern_type: binding.pattern_type.code(),
-                principal: binding.principal.as_str().to_string(),
-                host: binding.host.clone(),
-                operation: binding.operation.code(),
-                permission: binding.permission.code(),
-            })
-            .collect(),
+        acls: sets.acls.iter().map(AclRecord::of).collect(),
         scram: {
             let mut scram: Vec<ScramRecord> = sets
                 .credentials
