@@ -164,53 +164,58 @@ fn decode_snapshot(file: &[u8]) -> Result<ProducerSnapshot, String> {
         &[MetaKind::ProducerState.version(), 2, 1],
     )
     .map_err(|e| e.to_string())?;
-    if version == 2 {
-        let archived = rkyv::access::<ArchivedProducerSnapshotV2, rkyv::rancor::Error>(&payload)
-            .map_err(|e| e.to_string())?;
-        let v2 = rkyv::deserialize::<ProducerSnapshotV2, rkyv::rancor::Error>(archived)
-            .map_err(|e| e.to_string())?;
-        return Ok(ProducerSnapshot {
-            next_offset: v2.next_offset,
-            producers: v2
-                .producers
-                .into_iter()
-                .map(|p| SnapshotProducer {
-                    producer_id: p.producer_id,
-                    epoch: p.epoch,
-                    batches: p.batches,
-                    last_timestamp: p.last_timestamp,
-                    coordinator_epoch: -1,
-                })
-                .collect(),
-            ongoing_txns: Vec::new(),
-            aborted_txns: Vec::new(),
-        });
-    }
-    if version == 1 {
-        let archived = rkyv::access::<ArchivedProducerSnapshotV1, rkyv::rancor::Error>(&payload)
-            .map_err(|e| e.to_string())?;
-        let v1 = rkyv::deserialize::<ProducerSnapshotV1, rkyv::rancor::Error>(archived)
-            .map_err(|e| e.to_string())?;
-        return Ok(ProducerSnapshot {
-            next_offset: v1.next_offset,
-            producers: v1
-                .producers
-                .into_iter()
-                .map(|p| SnapshotProducer {
-                    producer_id: p.producer_id,
-                    epoch: p.epoch,
-                    batches: p.batches,
-                    last_timestamp: -1,
-                    coordinator_epoch: -1,
-                })
-                .collect(),
-            ongoing_txns: Vec::new(),
-            aborted_txns: Vec::new(),
-        });
-    }
-    let archived = rkyv::access::<ArchivedProducerSnapshot, rkyv::rancor::Error>(&payload)
-        .map_err(|e| e.to_string())?;
-    rkyv::deserialize::<ProducerSnapshot, rkyv::rancor::Error>(archived).map_err(|e| e.to_string())
+    // Each older version is upgraded one step at a time: 1 to 2, then 2 to the current.
+    let v2 = match version {
+        1 => {
+            let archived =
+                rkyv::access::<ArchivedProducerSnapshotV1, rkyv::rancor::Error>(&payload)
+                    .map_err(|e| e.to_string())?;
+            let v1 = rkyv::deserialize::<ProducerSnapshotV1, rkyv::rancor::Error>(archived)
+                .map_err(|e| e.to_string())?;
+            ProducerSnapshotV2 {
+                next_offset: v1.next_offset,
+                producers: v1
+                    .producers
+                    .into_iter()
+                    .map(|p| SnapshotProducerV2 {
+                        producer_id: p.producer_id,
+                        epoch: p.epoch,
+                        batches: p.batches,
+                        last_timestamp: -1,
+                    })
+                    .collect(),
+            }
+        }
+        2 => {
+            let archived =
+                rkyv::access::<ArchivedProducerSnapshotV2, rkyv::rancor::Error>(&payload)
+                    .map_err(|e| e.to_string())?;
+            rkyv::deserialize::<ProducerSnapshotV2, rkyv::rancor::Error>(archived)
+                .map_err(|e| e.to_string())?
+        }
+        _ => {
+            let archived = rkyv::access::<ArchivedProducerSnapshot, rkyv::rancor::Error>(&payload)
+                .map_err(|e| e.to_string())?;
+            return rkyv::deserialize::<ProducerSnapshot, rkyv::rancor::Error>(archived)
+                .map_err(|e| e.to_string());
+        }
+    };
+    Ok(ProducerSnapshot {
+        next_offset: v2.next_offset,
+        producers: v2
+            .producers
+            .into_iter()
+            .map(|p| SnapshotProducer {
+                producer_id: p.producer_id,
+                epoch: p.epoch,
+                batches: p.batches,
+                last_timestamp: p.last_timestamp,
+                coordinator_epoch: -1,
+            })
+            .collect(),
+        ongoing_txns: Vec::new(),
+        aborted_txns: Vec::new(),
+    })
 }
 
 /// One remembered batch of a producer.
@@ -1347,6 +1352,46 @@ mod tests {
         let mut corrupt = encode_snapshot(&snapshot);
         *corrupt.last_mut().unwrap() ^= 1;
         assert!(decode_snapshot(&corrupt).is_err());
+    }
+
+    /// `archive` in a snapshot envelope of `version` (`seal` writes the current one).
+    fn sealed_as(version: u32, archive: &[u8]) -> Vec<u8> {
+        let mut file = meta::seal(MetaKind::ProducerState, archive);
+        file[meta::ENVELOPE_VERSION_OFFSET..meta::ENVELOPE_VERSION_OFFSET + 4]
+            .copy_from_slice(&version.to_le_bytes());
+        let header_crc = crc32c::crc32c(&file[..meta::ENVELOPE_HEADER_CRC_OFFSET]);
+        file[meta::ENVELOPE_HEADER_CRC_OFFSET..meta::ENVELOPE_HEADER_CRC_OFFSET + 4]
+            .copy_from_slice(&header_crc.to_le_bytes());
+        file
+    }
+
+    /// A version-2 file (before transactions) is read: its producers keep their last
+    /// timestamps, have no coordinator epoch, and no transaction is open or aborted.
+    #[test]
+    fn a_version_2_snapshot_is_upgraded_on_read() {
+        let v2 = ProducerSnapshotV2 {
+            next_offset: 30,
+            producers: vec![SnapshotProducerV2 {
+                producer_id: 8,
+                epoch: 3,
+                batches: vec![SnapshotBatch {
+                    first_sequence: 5,
+                    last_sequence: 9,
+                    base_offset: 25,
+                    last_offset: 29,
+                }],
+                last_timestamp: 1_234,
+            }],
+        };
+        let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&v2).expect("plain structs");
+        let upgraded = decode_snapshot(&sealed_as(2, &archive)).expect("version 2 is read");
+        assert_eq!(upgraded.next_offset, 30);
+        let producer = &upgraded.producers[0];
+        assert_eq!((producer.producer_id, producer.epoch), (8, 3));
+        assert_eq!(producer.last_timestamp, 1_234);
+        assert_eq!(producer.coordinator_epoch, -1);
+        assert_eq!(producer.batches, v2.producers[0].batches);
+        assert!(upgraded.ongoing_txns.is_empty() && upgraded.aborted_txns.is_empty());
     }
 
     /// A version-1 file (before last timestamps) is read, its producers' timestamps unknown.
