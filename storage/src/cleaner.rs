@@ -66,8 +66,6 @@ use crate::state::PartitionLog;
 pub const CLEANER_STATE_FILE: &str = "cleaner.state";
 /// A cleaned segment written beside the one it replaces, before the swap.
 pub const CLEANED_SUFFIX: &str = ".cleaned";
-/// The attributes bit of a transactional batch.
-const TRANSACTIONAL_FLAG: i16 = 0x10;
 /// `first_cleaned_ms` of a segment remembered before it was cleaned whole.
 const NOT_CLEANED_WHOLE: i64 = i64::MAX;
 /// What one map entry costs beyond its key: the offset, the key's box and the table's slot.
@@ -212,7 +210,7 @@ fn parse_records(section: &[u8], count: i32) -> Option<Vec<RecordRef>> {
 
 /// A batch's records, opened if they can be: `None` for a batch left whole.
 fn open_records(bytes: &[u8], header: &BatchHeader, codec: &dyn RecordCodec) -> Option<Vec<u8>> {
-    if header.is_control() || header.attributes & TRANSACTIONAL_FLAG != 0 {
+    if header.is_control() || header.is_transactional() {
         return None;
     }
     let section = &bytes[BATCH_HEADER_BYTES..];
