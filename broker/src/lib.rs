@@ -44,6 +44,8 @@ pub mod shard;
 pub mod shutdown;
 #[cfg(test)]
 mod simulation;
+#[cfg(test)]
+mod test_executor;
 pub mod tls;
 pub mod topic_config;
 pub mod transactions;

@@ -1198,7 +1198,6 @@ mod txn_tests;
 
 #[cfg(test)]
 mod tests {
-    use std::future::Future;
     use std::panic::AssertUnwindSafe;
 
     use futures::future::join_all;
@@ -1208,14 +1207,7 @@ mod tests {
     use crate::storage::batch::build::{self, Record};
     use crate::storage::LogConfig;
 
-    fn run<Fut: Future<Output = ()> + 'static>(test: impl FnOnce() -> Fut + Send + 'static) {
-        glommio::LocalExecutorBuilder::default()
-            .io_memory(1 << 20)
-            .spawn(test)
-            .expect("executor")
-            .join()
-            .expect("test ran");
-    }
+    use crate::test_executor::run;
 
     fn tp() -> TopicPartition {
         TopicPartition {

@@ -89,15 +89,7 @@ impl Drop for Replaying<'_> {
 mod tests {
     use super::*;
 
-    fn run<Fut: std::future::Future<Output = ()> + 'static>(
-        test: impl FnOnce() -> Fut + Send + 'static,
-    ) {
-        glommio::LocalExecutorBuilder::default()
-            .spawn(move || async move { test().await })
-            .unwrap()
-            .join()
-            .unwrap();
-    }
+    use crate::test_executor::run;
 
     #[test]
     fn one_replay_per_partition_and_waiters_learn_its_outcome() {

@@ -163,20 +163,10 @@ mod tests {
     use std::time::Duration;
 
     use futures::future::join_all;
-    use glommio::LocalExecutorBuilder;
 
     use super::*;
 
-    fn run<Fut: std::future::Future<Output = ()> + 'static>(
-        test: impl FnOnce() -> Fut + Send + 'static,
-    ) {
-        LocalExecutorBuilder::default()
-            .io_memory(1 << 20)
-            .spawn(test)
-            .expect("executor")
-            .join()
-            .expect("test ran");
-    }
+    use crate::test_executor::run;
 
     #[test]
     fn turns_follow_ticket_order_not_poll_order() {

@@ -1709,7 +1709,6 @@ async fn tick_forever(inner: Weak<Inner>, clock: Clock) {
 
 #[cfg(test)]
 mod tests {
-    use std::future::Future;
 
     use bytes::BytesMut;
     use uuid::Uuid;
@@ -1719,14 +1718,7 @@ mod tests {
     use crate::storage::batch::{ATTRIBUTES_OFFSET, CRC_OFFSET};
     use crate::storage::LogConfig;
 
-    fn run<Fut: Future<Output = ()> + 'static>(test: impl FnOnce() -> Fut + Send + 'static) {
-        glommio::LocalExecutorBuilder::default()
-            .io_memory(1 << 20)
-            .spawn(test)
-            .expect("executor")
-            .join()
-            .expect("test ran");
-    }
+    use crate::test_executor::run;
 
     fn offsets_tp() -> TopicPartition {
         TopicPartition {

@@ -4,7 +4,6 @@
 //! steps.
 
 use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
 use std::path::Path;
 
 use bytes::{Bytes, BytesMut};
@@ -18,14 +17,7 @@ use crate::storage::batch::{control, BatchHeader};
 use crate::storage::sim::{CrashMode, SimDisk};
 use crate::storage::{Clock, LogConfig};
 
-fn run<Fut: Future<Output = ()> + 'static>(test: impl FnOnce() -> Fut + Send + 'static) {
-    glommio::LocalExecutorBuilder::default()
-        .io_memory(1 << 20)
-        .spawn(test)
-        .expect("executor")
-        .join()
-        .expect("test ran");
-}
+use crate::test_executor::run;
 
 fn tp() -> TopicPartition {
     TopicPartition {

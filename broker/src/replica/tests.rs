@@ -26,16 +26,7 @@ const GROUP: u64 = 42;
 /// `replica.lag.time.max.ms` here: 10 steps of the simulated clock.
 const LAG: Duration = Duration::from_secs(1);
 
-pub(crate) fn run<Fut: std::future::Future<Output = ()> + 'static>(
-    test: impl FnOnce() -> Fut + Send + 'static,
-) {
-    glommio::LocalExecutorBuilder::default()
-        .io_memory(1 << 20)
-        .spawn(test)
-        .expect("executor")
-        .join()
-        .expect("test ran");
-}
+pub(crate) use crate::test_executor::run;
 
 pub(crate) fn tp() -> TopicPartition {
     TopicPartition {

@@ -770,7 +770,6 @@ async fn tick_forever(inner: Weak<Inner>) {
 
 #[cfg(test)]
 mod tests {
-    use std::future::Future;
 
     use uuid::Uuid;
 
@@ -778,14 +777,7 @@ mod tests {
     use crate::partition::PartitionSlot;
     use crate::storage::LogConfig;
 
-    fn run<Fut: Future<Output = ()> + 'static>(test: impl FnOnce() -> Fut + Send + 'static) {
-        glommio::LocalExecutorBuilder::default()
-            .io_memory(1 << 20)
-            .spawn(test)
-            .expect("executor")
-            .join()
-            .expect("test ran");
-    }
+    use crate::test_executor::run;
 
     /// Producer ids from a counter; markers recorded, or never answered when `stuck`.
     #[derive(Default)]
