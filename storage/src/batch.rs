@@ -390,6 +390,7 @@ pub mod control {
     use super::{build, read_varint, BatchHeader, BATCH_HEADER_BYTES, MAGIC_V2};
     use super::{ATTRIBUTES_OFFSET, CRC_OFFSET, LOG_OVERHEAD_BYTES};
     use bytes::{BufMut, Bytes, BytesMut};
+    use ringfeed_protocol::batch::{CONTROL_FLAG, TRANSACTIONAL_FLAG};
 
     /// Kafka's `LeaderChange` control record type: the empty entry a new Raft leader appends.
     pub const LEADER_CHANGE: i16 = 2;
@@ -399,21 +400,17 @@ pub mod control {
     pub const RAFT_CONF_CHANGE: i16 = 0x5246;
     /// As [`RAFT_CONF_CHANGE`], for a version-1 `ConfChange`.
     pub const RAFT_CONF_CHANGE_V1: i16 = 0x5247;
-    /// Control record attribute bit of a v2 batch (attributes bit 5).
-    const CONTROL_ATTRIBUTE: i16 = 0x20;
 
     /// Kafka's `ControlRecordType.ABORT`: the marker that aborts a producer's transaction.
     pub const ABORT_MARKER: i16 = 0;
     /// Kafka's `ControlRecordType.COMMIT`.
     pub const COMMIT_MARKER: i16 = 1;
-    /// Transactional attribute bit of a v2 batch (attributes bit 4).
-    const TRANSACTIONAL_ATTRIBUTE: i16 = 0x10;
 
     /// A control batch of one record: key = (version 0, `control_type`), value = `value`.
     pub fn batch(control_type: i16, value: &[u8]) -> Bytes {
         build_one(
             ControlHeader {
-                attributes: CONTROL_ATTRIBUTE,
+                attributes: CONTROL_FLAG,
                 producer_id: -1,
                 producer_epoch: -1,
                 timestamp_ms: -1,
@@ -440,7 +437,7 @@ pub mod control {
         let control_type = if commit { COMMIT_MARKER } else { ABORT_MARKER };
         build_one(
             ControlHeader {
-                attributes: CONTROL_ATTRIBUTE | TRANSACTIONAL_ATTRIBUTE,
+                attributes: CONTROL_FLAG | TRANSACTIONAL_FLAG,
                 producer_id,
                 producer_epoch,
                 timestamp_ms,
@@ -454,7 +451,7 @@ pub mod control {
     /// batch, or a marker whose record is malformed (bytes from disk are never trusted).
     pub fn txn_marker_of(batch: &Bytes) -> Option<(bool, i32)> {
         let header = BatchHeader::parse(batch)?;
-        if header.attributes & TRANSACTIONAL_ATTRIBUTE == 0 {
+        if !header.is_transactional() {
             return None;
         }
         let (control_type, value) = record(batch)?;
