@@ -103,8 +103,17 @@ def test_three_brokers_replicate_the_controller_and_survive_its_loss(tmp_path):
     try:
         for broker in brokers.values():
             broker.start()
-        cluster_id, controller, _ = wait_for(lambda: agreed_view(brokers.values()), 15,
-                                             "one controller every broker names")
+        ids_seen = set()
+
+        def agreed_and_ids_seen():
+            ids_seen.update(view(broker)[0] for broker in brokers.values())
+            return agreed_view(brokers.values())
+
+        cluster_id, controller, _ = wait_for(agreed_and_ids_seen, 15, "one controller every broker names")
+        # Before group 0 commits its first state a broker has no cluster id (null in
+        # Metadata), never a made-up one the cluster then replaces: librdkafka warns that it
+        # is "simultaneously connected to multiple clusters" when the id changes.
+        assert ids_seen - {None} == {cluster_id}, ids_seen
 
         for broker in brokers.values():
             # Group 0's heartbeats and votes crossed the transport both ways.
@@ -112,6 +121,11 @@ def test_three_brokers_replicate_the_controller_and_survive_its_loss(tmp_path):
             assert metric_sum(broker, "ringfeed_cluster_frames_received_total") > 0
             assert metric_sum(broker, "ringfeed_cluster_connections_refused_total") == 0
 
+        # Agreeing on the controller comes before every broker registered with it; until
+        # then the controller refuses replicas on the brokers it does not know, as Kafka's
+        # does (INVALID_REPLICATION_FACTOR: "only 0 broker(s) are registered").
+        wait_for(lambda: agreed_placement(brokers.values(), "orders", {1, 2, 3}), 15,
+                 "the three brokers registered")
         create(brokers[controller], "orders", 12)
         _, _, topics = wait_for(lambda: agreed_view(brokers.values()), 10, "orders everywhere")
         assert topics == {"orders": 12}

@@ -157,7 +157,10 @@ pub const NO_LEADER_EPOCH: i32 = -1;
 pub struct MetadataSnapshot {
     /// Increases with every controller change; a shard ignores an older snapshot.
     pub epoch: u64,
-    pub cluster_id: String,
+    /// None on a broker among several voters until it holds a state committed in group 0:
+    /// its own fresh id would be replaced by the first leader's, and a client that saw both
+    /// would believe it had met two clusters.
+    pub cluster_id: Option<String>,
     /// The broker that leads the controller group (this broker in a one-node cluster), -1
     /// while none is known: what `Metadata` and `DescribeCluster` answer as `controller_id`.
     pub controller_id: i32,

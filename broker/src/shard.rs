@@ -1367,7 +1367,10 @@ async fn follow_controller_group(services: std::rc::Weak<ShardServices>) {
         let Some(controller) = services.controller.as_ref() else {
             return;
         };
-        controller.commit_genesis().await;
+        if let Some((snapshot, turn)) = controller.commit_genesis().await {
+            services.publish(snapshot).await;
+            drop(turn);
+        }
         let leader = controller.controller_id();
         if let Some((snapshot, turn)) = controller.adopt_committed().await {
             services.publish(snapshot).await;

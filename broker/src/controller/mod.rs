@@ -215,14 +215,13 @@ impl Controller {
 
     /// The first leader of a new cluster commits its state as the cluster's (its id is then
     /// every broker's cluster id). Does nothing elsewhere or once a state is committed.
-    pub async fn commit_genesis(&self) {
-        let Some(replicated) = &self.replicated else {
-            return;
-        };
+    /// Returns the snapshot to publish (now with the cluster id) when it committed.
+    pub async fn commit_genesis(&self) -> Option<(Arc<MetadataSnapshot>, ChangeTurn)> {
+        let replicated = self.replicated.as_ref()?;
         if replicated.has_committed_state.get() || !replicated.group.ready_to_propose() {
-            return;
+            return None;
         }
-        let _turn = self.take_turn().await;
+        let turn = self.take_turn().await;
         let mut genesis = self.state.borrow().clone();
         security::seed(&mut genesis.security, &self.security_seed.borrow());
         genesis.epoch += 1;
@@ -231,8 +230,12 @@ impl Controller {
                 replicated.has_committed_state.set(true);
                 tracing::info!(cluster_id = %genesis.cluster_id, "this broker's state committed as the cluster's first");
                 *self.state.borrow_mut() = genesis;
+                Some((self.snapshot(), turn))
             }
-            Err(error) => tracing::info!(%error, "first cluster state not committed; retrying"),
+            Err(error) => {
+                tracing::info!(%error, "first cluster state not committed; retrying");
+                None
+            }
         }
     }
 
@@ -528,6 +531,13 @@ impl Controller {
         let mut snapshot = build_snapshot(&self.state.borrow(), &self.rules);
         snapshot.epoch = self.snapshot_epoch.get();
         snapshot.controller_id = self.controller_id();
+        if self
+            .replicated
+            .as_ref()
+            .is_some_and(|replicated| !replicated.has_committed_state.get())
+        {
+            snapshot.cluster_id = None;
+        }
         snapshot
             .offline_partitions
             .clone_from(&self.offline.borrow());
@@ -823,7 +833,7 @@ pub fn build_snapshot(state: &ClusterState, rules: &PlacementRules) -> MetadataS
         .collect();
     MetadataSnapshot {
         epoch: 0,
-        cluster_id: state.cluster_id.clone(),
+        cluster_id: Some(state.cluster_id.clone()),
         controller_id: rules.node_id,
         topics,
         offline_partitions: BTreeSet::new(),

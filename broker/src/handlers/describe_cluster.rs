@@ -24,8 +24,18 @@ pub async fn handle(
                     .with_rack(rack.as_deref().map(str_bytes))
             })
             .collect();
+    let Some(cluster_id) = snapshot.cluster_id.as_deref() else {
+        // Kafka's broker does not serve clients before it joined its cluster; this one does,
+        // so it answers a retriable error rather than an id the cluster will not keep.
+        return DescribeClusterResponse::default()
+            .with_error_code(crate::error_codes::LEADER_NOT_AVAILABLE)
+            .with_error_message(Some(str_bytes(
+                "this broker has not joined its cluster yet (no controller state committed)",
+            )))
+            .with_controller_id(BrokerId(snapshot.controller_id));
+    };
     let response = DescribeClusterResponse::default()
-        .with_cluster_id(str_bytes(&snapshot.cluster_id))
+        .with_cluster_id(str_bytes(cluster_id))
         .with_controller_id(BrokerId(snapshot.controller_id))
         .with_brokers(brokers);
     let response = if request.include_cluster_authorized_operations {

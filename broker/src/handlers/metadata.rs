@@ -9,6 +9,7 @@ use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
 use crate::acl::model::{Operation, ResourceType, CLUSTER_RESOURCE_NAME};
@@ -122,13 +123,22 @@ pub async fn handle(
                 })
                 .collect(),
         )
-        .with_cluster_id((version >= 2).then(|| str_bytes(&snapshot.cluster_id)))
+        .with_cluster_id(cluster_id_field(&snapshot, version))
         .with_controller_id(if version >= 1 {
             BrokerId(snapshot.controller_id)
         } else {
             BrokerId(-1)
         })
         .with_topics(topics)
+}
+
+/// Metadata's `cluster_id` (v2+): null while this broker has not joined its cluster.
+fn cluster_id_field(snapshot: &MetadataSnapshot, version: i16) -> Option<StrBytes> {
+    snapshot
+        .cluster_id
+        .as_deref()
+        .filter(|_| version >= 2)
+        .map(str_bytes)
 }
 
 /// This broker as clients on `listener` should reach it (Kafka answers with the advertised
