@@ -66,6 +66,9 @@ pub struct BrokerConfig {
     pub sasl: SaslConfig,
     /// `super.users`: principals allowed everything (kept for ACL enforcement).
     pub super_users: Vec<String>,
+    /// Mutual TLS on the broker-to-broker port (`controller.listener.names` mapped to
+    /// `SSL`), built once at start-up; None for a plaintext port or a one-node broker.
+    pub peer_tls: Option<Arc<crate::cluster::peer_tls::PeerTls>>,
     pub data_dir: PathBuf,
     /// CPU of each shard, by shard index; its length is the shard count.
     pub shard_cpus: Vec<usize>,

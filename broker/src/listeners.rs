@@ -170,6 +170,49 @@ pub fn parse_protocol_map(value: &str) -> Result<Vec<(String, SecurityProtocol)>
     Ok(map)
 }
 
+/// The security protocol of the broker-to-broker port: the one `protocol_map` gives the
+/// first name of `controller.listener.names` (empty: `PLAINTEXT`). That port's address is
+/// this broker's entry in `controller.quorum.voters`, so the name must not also be a Kafka
+/// listener; and it carries no SASL exchange, so only `PLAINTEXT` and `SSL` (mutual TLS
+/// between broker principals) are served.
+pub fn internal_protocol(
+    controller_listener_names: &str,
+    protocol_map: &str,
+    client_listeners: &[ListenerPlan],
+) -> Result<SecurityProtocol, String> {
+    let Some(name) = controller_listener_names
+        .split(',')
+        .map(|name| name.trim().to_ascii_uppercase())
+        .find(|name| !name.is_empty())
+    else {
+        return Ok(SecurityProtocol::Plaintext);
+    };
+    if client_listeners.iter().any(|plan| plan.name == name) {
+        return Err(format!(
+            "controller.listener.names names {name}, which is also in listeners: the \
+             broker-to-broker port's address is this broker's entry in \
+             controller.quorum.voters, not a Kafka listener"
+        ));
+    }
+    let protocol = parse_protocol_map(protocol_map)?
+        .into_iter()
+        .find(|(mapped, _)| *mapped == name)
+        .map(|(_, protocol)| protocol)
+        .ok_or_else(|| {
+            format!(
+                "controller.listener.names names {name}, which has no entry in \
+                 listener.security.protocol.map"
+            )
+        })?;
+    match protocol {
+        SecurityProtocol::Plaintext | SecurityProtocol::Ssl => Ok(protocol),
+        SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl => Err(format!(
+            "controller.listener.names: {name} maps to {protocol:?}; the broker-to-broker \
+             port serves PLAINTEXT or SSL (mutual TLS between the brokers of super.users)"
+        )),
+    }
+}
+
 /// One listener as the broker will open it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenerPlan {
@@ -290,6 +333,26 @@ mod tests {
         assert_eq!(plans[0].advertised, Some(("a.example".into(), 19092)));
         assert_eq!(plans[1].advertised, None);
         assert_eq!(plans[2].advertised, Some(("b.example".into(), 19094)));
+    }
+
+    #[test]
+    fn the_internal_port_takes_its_protocol_from_the_controller_listener_name() {
+        let clients = plan("127.0.0.1:9092", "", DEFAULT_PROTOCOL_MAP).unwrap();
+        let map = "PLAINTEXT:PLAINTEXT,CONTROLLER:SSL,BROKERS:SASL_SSL";
+        assert_eq!(
+            internal_protocol("", map, &clients),
+            Ok(SecurityProtocol::Plaintext)
+        );
+        assert_eq!(
+            internal_protocol("controller", map, &clients),
+            Ok(SecurityProtocol::Ssl)
+        );
+        let sasl = internal_protocol("BROKERS", map, &clients).unwrap_err();
+        assert!(sasl.contains("PLAINTEXT or SSL"), "{sasl}");
+        let unmapped = internal_protocol("OTHER", map, &clients).unwrap_err();
+        assert!(unmapped.contains("no entry"), "{unmapped}");
+        let shared = internal_protocol("PLAINTEXT", map, &clients).unwrap_err();
+        assert!(shared.contains("also in listeners"), "{shared}");
     }
 
     #[test]

@@ -351,6 +351,7 @@ impl Effective {
             listen: self.text("listeners").to_string(),
             advertised_listener: optional("advertised.listeners"),
             protocol_map: self.text("listener.security.protocol.map").to_string(),
+            controller_listener_names: self.text("controller.listener.names").to_string(),
             sasl_mechanisms: self.text("sasl.enabled.mechanisms").to_string(),
             sasl_session_lifetime_ms: self.unsigned("connections.max.reauth.ms"),
             super_users: self.text("super.users").to_string(),
@@ -643,6 +644,8 @@ pub struct ServeOptions {
     pub advertised_listener: Option<String>,
     /// `listener.security.protocol.map`.
     pub protocol_map: String,
+    /// `controller.listener.names`, as written.
+    pub controller_listener_names: String,
     /// `sasl.enabled.mechanisms`, as written.
     pub sasl_mechanisms: String,
     /// `connections.max.reauth.ms` (0: SASL sessions do not expire).

@@ -5,6 +5,8 @@
 //! principal of a client certificate: its subject's distinguished name in RFC 2253 form
 //! (`CN=client,OU=eng,O=Example`, last RDN first, as Java's `X500Principal.getName()`),
 //! mapped by `ssl.principal.mapping.rules` (`principal_mapping`), then `User:` before it.
+//! The broker-to-broker transport uses the same keystore and truststore both ways
+//! (`server_config` with client certificates required, and `client_config`).
 
 mod principal_mapping;
 pub mod reload;
@@ -17,7 +19,7 @@ pub use principal_mapping::PrincipalMapper;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// Kafka's `ssl.client.auth`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,9 +97,12 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Builds the server configuration the TLS listeners share. TLS 1.2 and 1.3.
-pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, String> {
-    let (chain, key) = if settings.keystore_location.is_empty() {
+/// The certificate chain and private key of `ssl.keystore.location`, or of
+/// `ssl.keystore.certificate.chain` + `ssl.keystore.key`.
+fn keystore(
+    settings: &TlsSettings,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    if settings.keystore_location.is_empty() {
         if settings.certificate_chain.is_empty() || settings.key.is_empty() {
             return Err(
                 "a TLS listener needs ssl.keystore.location (PEM with the certificate \
@@ -110,17 +115,37 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, String
             &settings.certificate_chain,
         )?;
         let key_pem = pem_text("ssl.keystore.key", &settings.key)?;
-        (
+        Ok((
             certificates("ssl.keystore.certificate.chain", &chain_pem)?,
             private_key("ssl.keystore.key", &key_pem)?,
-        )
+        ))
     } else {
         let pem = pem_text("ssl.keystore.location", &settings.keystore_location)?;
-        (
+        Ok((
             certificates("ssl.keystore.location", &pem)?,
             private_key("ssl.keystore.location", &pem)?,
-        )
-    };
+        ))
+    }
+}
+
+/// The CAs of `ssl.truststore.location`; `why` says what needs them when it is not set.
+fn truststore(settings: &TlsSettings, why: &str) -> Result<Arc<RootCertStore>, String> {
+    if settings.truststore_location.is_empty() {
+        return Err(format!("{why} needs ssl.truststore.location"));
+    }
+    let pem = pem_text("ssl.truststore.location", &settings.truststore_location)?;
+    let mut roots = RootCertStore::empty();
+    for certificate in certificates("ssl.truststore.location", &pem)? {
+        roots
+            .add(certificate)
+            .map_err(|error| format!("ssl.truststore.location: {error}"))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// Builds the server configuration the TLS listeners share. TLS 1.2 and 1.3.
+pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, String> {
+    let (chain, key) = keystore(settings)?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
         .map_err(|error| format!("TLS: {error}"))?;
@@ -128,21 +153,14 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, String
     let builder = if client_auth == ClientAuth::None {
         builder.with_no_client_auth()
     } else {
-        if settings.truststore_location.is_empty() {
-            return Err(format!(
-                "ssl.client.auth={} needs ssl.truststore.location (PEM of the CAs that sign \
-                 client certificates)",
+        let roots = truststore(
+            settings,
+            &format!(
+                "ssl.client.auth={} (the CAs that sign client certificates)",
                 settings.client_auth
-            ));
-        }
-        let pem = pem_text("ssl.truststore.location", &settings.truststore_location)?;
-        let mut roots = RootCertStore::empty();
-        for certificate in certificates("ssl.truststore.location", &pem)? {
-            roots
-                .add(certificate)
-                .map_err(|error| format!("ssl.truststore.location: {error}"))?;
-        }
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+            ),
+        )?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider());
         let verifier = if client_auth == ClientAuth::Requested {
             verifier.allow_unauthenticated()
         } else {
@@ -157,6 +175,25 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, String
         .with_single_cert(chain, key)
         .map_err(|error| format!("ssl.keystore: the key does not fit the certificate: {error}"))?;
     // Kafka clients do not negotiate ALPN; nothing to offer.
+    config.alpn_protocols.clear();
+    Ok(Arc::new(config))
+}
+
+/// The client side of mutual TLS, for the broker-to-broker transport: this broker's
+/// keystore as its client certificate, the truststore's CAs for the peer's server
+/// certificate (whose name must match the peer's address). TLS 1.2 and 1.3.
+pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, String> {
+    let (chain, key) = keystore(settings)?;
+    let roots = truststore(
+        settings,
+        "TLS between brokers (the CAs of the brokers' certificates)",
+    )?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+        .map_err(|error| format!("TLS: {error}"))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|error| format!("ssl.keystore: the key does not fit the certificate: {error}"))?;
     config.alpn_protocols.clear();
     Ok(Arc::new(config))
 }

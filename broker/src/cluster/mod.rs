@@ -8,6 +8,7 @@
 //!   frame into one frame per owning shard, so each shard's driver steps only its own groups.
 
 pub mod controller_group;
+pub mod peer_tls;
 pub mod transport;
 
 use std::cell::{Cell, RefCell};
@@ -105,7 +106,10 @@ pub async fn start_controller_group(
     )
     .await?;
     let (inbound, received) = local_channel::new_bounded(INBOUND_FRAMES_MAX);
-    let settings = TransportSettings::new(node_id, addresses.peers.len());
+    let settings = TransportSettings {
+        tls: config.peer_tls.clone(),
+        ..TransportSettings::new(node_id, addresses.peers.len())
+    };
     let transport = Transport::start(settings, addresses.listen, &addresses.peers, inbound)
         .map_err(|error| {
             format!(

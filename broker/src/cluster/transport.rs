@@ -19,6 +19,11 @@
 //!   inbound channel drops the frame (counted), for the same reason sends do.
 //! - Accepted connections are bounded (`inbound_connections_max`): a peer that reconnects
 //!   briefly has two, anything more is refused.
+//! - With `tls` set, every connection is mutual TLS between broker principals (`peer_tls`),
+//!   both ways, before any frame: a peer that fails the handshake or is not a broker is
+//!   refused (inbound: counted in `connections_refused_unauthenticated`; outbound: a
+//!   connection failure, retried after the backoff). Without it the port is plaintext and
+//!   unauthenticated (`docs/SECURITY.md`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -27,11 +32,13 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::io::{AsyncReadExt, AsyncWriteExt};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::task::JoinHandle;
 use ringfeed_replication::wire::{frame_body_length, Frame, WireLimits, FRAME_LENGTH_BYTES};
+
+use super::peer_tls::PeerTls;
 
 /// Limits and timings of the transport, fixed at start-up.
 #[derive(Debug, Clone)]
@@ -47,6 +54,8 @@ pub struct TransportSettings {
     pub connect_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Mutual TLS between brokers, or None for a plaintext port.
+    pub tls: Option<std::sync::Arc<PeerTls>>,
 }
 
 impl TransportSettings {
@@ -61,6 +70,7 @@ impl TransportSettings {
             connect_timeout: Duration::from_secs(1),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
+            tls: None,
         }
     }
 }
@@ -88,6 +98,9 @@ pub struct TransportCounts {
     pub connections_refused_bad_frame: u64,
     /// Inbound connections refused above `inbound_connections_max`.
     pub connections_refused_too_many: u64,
+    /// Inbound connections refused for a failed TLS handshake or a peer certificate that
+    /// is not a broker's (only with `tls`).
+    pub connections_refused_unauthenticated: u64,
 }
 
 /// The counters, written only by the transport's own tasks on its shard.
@@ -268,10 +281,28 @@ async fn write_to_peer(
         };
         // Raft messages are small and latency-bound (votes, heartbeats): no Nagle delay.
         let _ = stream.set_nodelay(true);
-        stats.add(|counts| counts.connections_opened += 1);
-        tracing::info!(peer = node_id, address = %queue.address, "connected to peer broker");
-        backoff = settings.backoff_min;
-        if let Err(error) = drain_queue(&mut stream, &queue, &rung, &stats).await {
+        let drained = match &settings.tls {
+            None => {
+                opened(node_id, &queue, &stats);
+                backoff = settings.backoff_min;
+                drain_queue(&mut stream, &queue, &rung, &stats).await
+            }
+            Some(tls) => match tls.connect(stream, &queue.address).await {
+                Ok(mut stream) => {
+                    opened(node_id, &queue, &stats);
+                    backoff = settings.backoff_min;
+                    drain_queue(&mut stream, &queue, &rung, &stats).await
+                }
+                Err(error) => {
+                    stats.add(|counts| counts.connection_failures += 1);
+                    tracing::warn!(peer = node_id, address = %queue.address, %error, "peer broker refused: TLS between brokers failed; retrying");
+                    glommio::timer::sleep(backoff).await;
+                    backoff = (backoff * 2).min(settings.backoff_max);
+                    continue;
+                }
+            },
+        };
+        if let Err(error) = drained {
             stats.add(|counts| {
                 counts.connection_failures += 1;
                 counts.frames_dropped_send_failed += 1;
@@ -282,9 +313,14 @@ async fn write_to_peer(
     }
 }
 
+fn opened(node_id: u64, queue: &PeerQueue, stats: &Stats) {
+    stats.add(|counts| counts.connections_opened += 1);
+    tracing::info!(peer = node_id, address = %queue.address, "connected to peer broker");
+}
+
 /// Writes queued frames until the connection breaks.
 async fn drain_queue(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncWrite + Unpin),
     queue: &PeerQueue,
     rung: &LocalReceiver<()>,
     stats: &Stats,
@@ -292,6 +328,9 @@ async fn drain_queue(
     loop {
         let next = queue.frames.borrow_mut().pop_front();
         let Some(frame) = next else {
+            // TLS holds written frames in its session buffer until flushed; plaintext
+            // flushes nothing.
+            stream.flush().await?;
             if rung.recv().await.is_none() {
                 return Ok(());
             }
@@ -369,7 +408,19 @@ async fn read_from_peer(
     stats: Rc<Stats>,
 ) {
     let peer = stream.peer_addr().ok();
-    let outcome = read_frames(&mut stream, &settings, &known_peers, &inbound, &stats).await;
+    let outcome = match &settings.tls {
+        None => read_frames(&mut stream, &settings, &known_peers, &inbound, &stats).await,
+        Some(tls) => match tls.accept(stream).await {
+            Ok(mut stream) => {
+                read_frames(&mut stream, &settings, &known_peers, &inbound, &stats).await
+            }
+            Err(error) => {
+                stats.add(|counts| counts.connections_refused_unauthenticated += 1);
+                tracing::warn!(?peer, %error, "refused a connection to the internal address");
+                return;
+            }
+        },
+    };
     match outcome {
         Err(ReadError::Io(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
             tracing::debug!(?peer, "peer broker closed its connection");
@@ -387,7 +438,7 @@ async fn read_from_peer(
 
 /// Reads frames until the connection ends or sends something no correct peer sends.
 async fn read_frames(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + Unpin),
     settings: &TransportSettings,
     known_peers: &[u64],
     inbound: &LocalSender<Frame>,

@@ -254,7 +254,7 @@ impl Scrape {
             ("ringfeed_cluster_connection_failures", "Connection attempts to peer brokers that failed, and connections that broke.", |c| c.connection_failures),
             ("ringfeed_cluster_frames_dropped_queue_full", "Frames dropped because their peer's send queue was full (Raft retries).", |c| c.frames_dropped_queue_full),
             ("ringfeed_cluster_frames_dropped_send_failed", "Frames lost because their connection broke while they were written.", |c| c.frames_dropped_send_failed),
-            ("ringfeed_cluster_connections_refused", "Inbound peer connections closed for a bad or misaddressed frame, or above the connection limit.", |c| c.connections_refused_bad_frame + c.connections_refused_too_many),
+            ("ringfeed_cluster_connections_refused", "Inbound peer connections closed for a bad or misaddressed frame, above the connection limit, or (TLS between brokers) for a failed handshake or a certificate that is not a broker's.", |c| c.connections_refused_bad_frame + c.connections_refused_too_many + c.connections_refused_unauthenticated),
         ];
         for (name, help, pick) in families {
             let series = self.shards.iter().filter_map(|shard| {

@@ -67,6 +67,7 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         .any(|plan| plan.protocol.uses_tls())
         .then(|| crate::tls::server_config(&options.tls))
         .transpose()?;
+    let peer_tls = peer_tls(options, &plans, &principal_mapper)?;
     let requested = plans
         .iter()
         .map(|plan| preflight::claim_port(resolve_address(&plan.bind)?, "listeners"))
@@ -90,6 +91,7 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         listeners: bound,
         sasl,
         super_users: crate::config::parse_super_users(&options.super_users),
+        peer_tls,
         data_dir,
         shard_cpus,
         spin_before_park: (options.spin_before_park_us > 0)
@@ -158,6 +160,30 @@ fn sasl_config(
 /// Holds each claimed port (port 0 already resolved) in the shards' `SO_REUSEPORT` group
 /// until every shard listens on it, so nothing else can take it in between; returns the
 /// listeners as bound and the reservations to drop once the shards listen.
+/// Mutual TLS for the broker-to-broker port, when this broker has peers and
+/// `controller.listener.names` maps to `SSL`; built before any port is taken, so a bad
+/// keystore or an empty `super.users` stops the start with the setting named.
+fn peer_tls(
+    options: &ServeOptions,
+    plans: &[listeners::ListenerPlan],
+    principal_mapper: &Arc<crate::tls::PrincipalMapper>,
+) -> Result<Option<Arc<crate::cluster::peer_tls::PeerTls>>, String> {
+    let protocol = listeners::internal_protocol(
+        &options.controller_listener_names,
+        &options.protocol_map,
+        plans,
+    )?;
+    if protocol != listeners::SecurityProtocol::Ssl || options.cluster.voters.len() <= 1 {
+        return Ok(None);
+    }
+    let tls = crate::cluster::peer_tls::PeerTls::new(
+        &options.tls,
+        principal_mapper.clone(),
+        &crate::config::parse_super_users(&options.super_users),
+    )?;
+    Ok(Some(Arc::new(tls)))
+}
+
 fn reserve_listeners(
     plans: Vec<listeners::ListenerPlan>,
     requested: Vec<SocketAddr>,

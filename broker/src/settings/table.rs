@@ -207,6 +207,19 @@ pub static SETTINGS: &[Setting] = &[
          groups are being built (docs/REPLICATION.md, Status).",
     ),
     row(
+        "controller.listener.names",
+        "",
+        Kind::Text,
+        "The listener name of the broker-to-broker port (the address of each broker's entry \
+         in controller.quorum.voters; not one of listeners). Its protocol is the one \
+         listener.security.protocol.map gives the name: PLAINTEXT (also when empty: anything \
+         that reaches the port is trusted, so keep it on a network only the brokers reach) \
+         or SSL: mutual TLS with the ssl.keystore.* and ssl.truststore.location settings, \
+         each end's certificate checked against the truststore and its principal \
+         (ssl.principal.mapping.rules) required to be one of super.users, and the \
+         dialled address checked against the certificate's names.",
+    ),
+    row(
         "default.replication.factor",
         "1",
         integer(1, i16::MAX as i64),

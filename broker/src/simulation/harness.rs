@@ -477,6 +477,7 @@ fn simulation_config() -> BrokerConfig {
         listeners: Vec::new(),
         sasl: crate::config::SaslConfig::default(),
         super_users: Vec::new(),
+        peer_tls: None,
         data_dir: PathBuf::from("/data"),
         shard_cpus: vec![0],
         spin_before_park: None,
