@@ -38,7 +38,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::task::JoinHandle;
 use ringfeed_replication::wire::{frame_body_length, Frame, WireLimits, FRAME_LENGTH_BYTES};
 
-use super::peer_tls::PeerTls;
+use crate::cluster::peer_tls::PeerTls;
 
 /// Limits and timings of the transport, fixed at start-up.
 #[derive(Debug, Clone)]
