@@ -170,3 +170,79 @@ def test_the_checker_finds_each_kind_of_anomaly():
     assert found["duplicated"] == [b"p0-1"]
     assert found["inconsistent"] == [b"p0-1", b"p0-2"]
     assert found["reordered"] == [b"p0-1", b"p0-1"]
+
+
+def segment_files(broker, topic):
+    return sorted((broker.data_dir / f"{topic}-0").glob("*.log"))
+
+
+def test_retention_removes_old_segments_on_every_replica(tmp_path):
+    """retention.ms on an RF=3 topic: once its records are older than retention, every
+    replica removes the sealed segments wholly below what the group still needs, the leader
+    answers the new log start, and a consumer from the beginning reads every record from
+    there on, in order."""
+    topic = "expiring"
+    voters = ",".join(f"{node}@127.0.0.1:{free_port()}" for node in (1, 2, 3))
+    brokers = {node: ClusterBroker(tmp_path, node, voters, extra_args=["--log-retention-check-interval-ms", "500"])
+               for node in (1, 2, 3)}
+    try:
+        for broker in brokers.values():
+            broker.start()
+        _, controller, _ = wait_for(lambda: agreed_placement(brokers.values(), topic, {1, 2, 3}), 20,
+                                    "every broker listing the three brokers")
+        admin = AdminClient({"bootstrap.servers": brokers[controller].bootstrap})
+        config = {"segment.bytes": str(1 << 20), "retention.ms": "3000"}
+        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=3, config=config)])[topic].result(timeout=15)
+        bootstrap = ",".join(broker.bootstrap for broker in brokers.values())
+        producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                             "linger.ms": 5})
+        acknowledged = {}
+
+        def delivered(error, message):
+            assert error is None, error
+            acknowledged[message.offset()] = message.value()
+
+        # 2,000 records of 10 KB: about 20 segments of the smallest size allowed (1 MiB).
+        for number in range(2000):
+            producer.produce(topic, value=b"%06d-" % number + b"r" * 10_000, partition=0, on_delivery=delivered)
+            if number % 200 == 0:
+                producer.poll(0)
+        assert producer.flush(60) == 0
+        assert len(acknowledged) == 2000
+        written = {node: len(segment_files(broker, topic)) for node, broker in brokers.items()}
+        assert all(count > 10 for count in written.values()), written
+
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "retention-check",
+                             "enable.auto.commit": False})
+
+        def log_start():
+            low, _ = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=5)
+            return low if low > 0 else None
+
+        start = wait_for(log_start, 30, "the leader's log start past 0 after retention.ms")
+        wait_for(lambda: all(len(segment_files(broker, topic)) < written[node] // 2
+                             for node, broker in brokers.items()), 30, "every replica removed old segments")
+        print(f"log start {start}; segments per replica before {written}, after "
+              f"{ {node: len(segment_files(broker, topic)) for node, broker in brokers.items()} }")
+
+        consumer.assign([TopicPartition(topic, 0, start)])
+        read = []
+        deadline = time.monotonic() + 30
+        last = max(acknowledged)
+        while time.monotonic() < deadline and (not read or read[-1][0] < last):
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is None:
+                read.append((message.offset(), message.value()))
+        consumer.close()
+        assert read and read[0][0] == start
+        assert read == sorted((offset, value) for offset, value in acknowledged.items() if offset >= start)
+
+        # Still writable after its log start moved.
+        producer.produce(topic, value=b"after", partition=0, on_delivery=delivered)
+        assert producer.flush(30) == 0
+    finally:
+        helpers.forget_admin_clients()
+        for broker in brokers.values():
+            if broker.alive():
+                broker.process.kill()
+                broker.process.wait()

@@ -1493,8 +1493,18 @@ pub async fn enforce_retention_periodically(shard: Rc<ShardServices>) {
             .clock
             .sleep(shard.config.limits.retention_check_interval)
             .await;
+        let mut outcomes = Vec::new();
         for (tp, log) in shard.partitions.online_logs() {
             match log.enforce_retention().await {
+                Ok(0) => {}
+                outcome => outcomes.push((tp, outcome)),
+            }
+        }
+        if let Some(replicas) = &shard.replicas {
+            outcomes.extend(replicas.enforce_retention().await);
+        }
+        for (tp, outcome) in outcomes {
+            match outcome {
                 Ok(0) => {}
                 Ok(segments) => {
                     tracing::info!(partition = %tp, segments, "retention removed segments");

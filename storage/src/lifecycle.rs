@@ -223,13 +223,32 @@ impl<D: Disk> PartitionLog<D> {
     /// segment's newest timestamp, as Kafka does) and those wholly below the log start.
     /// Returns how many were deleted. The active segment is never deleted.
     pub async fn enforce_retention(&self) -> Result<usize, StorageError> {
+        self.enforce_retention_below_index(u64::MAX).await
+    }
+
+    /// [`Self::enforce_retention`] for a replicated log: only segments whose every batch has
+    /// a Raft index below `index_limit` may go (the entries its group may still need stay,
+    /// whatever retention says), and the first segment that must stay ends the pass, so the
+    /// log keeps a prefix-free run of segments.
+    pub async fn enforce_retention_below_index(
+        &self,
+        index_limit: u64,
+    ) -> Result<usize, StorageError> {
         let now_ms = self.inner.clock.now_ms();
         let mut doomed = Vec::new();
         {
             let state = self.state();
             let mut total: u64 = state.sealed.values().map(Segment::bytes).sum::<u64>()
                 + state.appender.appended_bytes();
-            for segment in state.sealed.values() {
+            // Each sealed segment with the base index of the segment after it: the index
+            // one past its last batch.
+            let next_base_indexes = state
+                .sealed
+                .values()
+                .skip(1)
+                .chain(std::iter::once(&state.active))
+                .map(|next| next.index.base_index());
+            for (segment, end_index) in state.sealed.values().zip(next_base_indexes) {
                 let below_start = segment.next_offset() <= state.log_start_offset;
                 let over_size = state
                     .config
@@ -239,7 +258,7 @@ impl<D: Disk> PartitionLog<D> {
                     .config
                     .retention_ms
                     .is_some_and(|ms| segment.index.max_timestamp() < now_ms - ms as i64);
-                if !(below_start || over_size || expired) {
+                if !(below_start || over_size || expired) || end_index > index_limit {
                     break;
                 }
                 total -= segment.bytes();

@@ -87,6 +87,67 @@ fn segments_roll_by_size_and_by_age() {
     });
 }
 
+/// A replicated log keeps the entries its group may still need: retention by age removes
+/// only the sealed segments whose every batch is below the index limit, stops at the first
+/// that is not, and the limit never splits a segment.
+#[test]
+fn retention_of_a_replicated_log_stops_at_the_index_limit() {
+    run(|| async {
+        let now = Rc::new(Cell::new(2_000_000));
+        let clock = Clock::Manual(now.clone());
+        let disk = SimDisk::new();
+        let log = open(&disk, small_config(), &clock).await;
+        for i in 0..60 {
+            log.append(workload_batch(i)).await.expect("append");
+        }
+        log.wait_durable(log.log_end_offset() - 1)
+            .await
+            .expect("durable");
+        let segments = segment_count(&disk);
+        assert!(segments >= 4, "small segments, got {segments}");
+        // Every sealed segment is expired (timestamps near 1_000_000 ms, 10 s retention).
+        log.set_config(LogConfig {
+            retention_ms: Some(10_000),
+            ..small_config()
+        });
+        let first_index = log.first_index();
+        assert_eq!(
+            log.enforce_retention_below_index(first_index)
+                .await
+                .expect("retention"),
+            0,
+            "nothing below the first index"
+        );
+        // A limit inside the log: the segments wholly below it go, the one holding it stays.
+        let limit = first_index + 25;
+        let deleted = log
+            .enforce_retention_below_index(limit)
+            .await
+            .expect("retention");
+        assert!(deleted >= 1, "some whole segments lie below index {limit}");
+        // Every batch at or above the limit is still there.
+        assert!(
+            log.first_index() <= limit,
+            "a segment holding index {limit} stays"
+        );
+        assert!(log.first_index() > first_index);
+        assert_eq!(segment_count(&disk), segments - deleted);
+        let kept_start = log.first_index();
+        // Everything from the first kept index on is still there.
+        assert_eq!(
+            read_all(&log).await.len() as u64,
+            log.last_index() + 1 - kept_start
+        );
+        assert_eq!(
+            log.enforce_retention_below_index(u64::MAX)
+                .await
+                .expect("retention"),
+            segments - deleted - 1,
+            "without a limit every expired sealed segment goes"
+        );
+    });
+}
+
 #[test]
 fn retention_deletes_whole_old_segments_by_size_and_by_age() {
     run(|| async {

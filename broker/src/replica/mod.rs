@@ -14,6 +14,8 @@
 //!   rounds, frames in and out (bounded queues), produce waits answered from the rounds,
 //!   leadership reports;
 //! - `producers`: idempotent producers' sequence checks over committed and proposed batches;
+//! - `retention`: `retention.ms`/`retention.bytes` on the hosted logs, never removing what
+//!   the group may still need;
 //! - `serve`: what clients' requests do on a replicated partition (produce, fetch,
 //!   list-offsets, long-poll waits) on top of the manager.
 //!
@@ -21,6 +23,7 @@
 
 pub mod manager;
 pub mod producers;
+pub mod retention;
 pub mod serve;
 pub mod types;
 

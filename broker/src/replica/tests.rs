@@ -163,7 +163,7 @@ impl Cluster {
         }
     }
 
-    async fn steps(&mut self, count: usize) {
+    pub(crate) async fn steps(&mut self, count: usize) {
         for _ in 0..count {
             self.step().await;
         }
@@ -190,7 +190,7 @@ impl Cluster {
     }
 
     /// Produces `labels` one batch per call on `id`; returns each call's answer cell.
-    fn produce(
+    pub(crate) fn produce(
         &self,
         id: u64,
         labels: &[String],
@@ -234,7 +234,7 @@ impl Cluster {
             .collect()
     }
 
-    async fn until_answered(&mut self, cells: &[Rc<RefCell<Option<ReplicaProduce>>>]) {
+    pub(crate) async fn until_answered(&mut self, cells: &[Rc<RefCell<Option<ReplicaProduce>>>]) {
         for _ in 0..400 {
             if cells.iter().all(|cell| cell.borrow().is_some()) {
                 return;
@@ -242,6 +242,11 @@ impl Cluster {
             self.step().await;
         }
         panic!("produce calls not answered");
+    }
+
+    /// Cuts `id` off the simulated network (frames to and from it dropped), or heals it.
+    pub(crate) fn set_cut(&mut self, id: u64, cut: bool) {
+        self.nodes[(id - 1) as usize].cut = cut;
     }
 
     fn power_cut(&mut self, id: u64) {
@@ -312,7 +317,7 @@ fn acked(labels: &[String], cells: &[Rc<RefCell<Option<ReplicaProduce>>>]) -> Ve
         .collect()
 }
 
-fn labels(prefix: &str, count: usize) -> Vec<String> {
+pub(crate) fn labels(prefix: &str, count: usize) -> Vec<String> {
     (0..count).map(|i| format!("{prefix}{i}")).collect()
 }
 

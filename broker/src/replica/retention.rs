@@ -1,0 +1,62 @@
+//! Retention (`retention.ms`, `retention.bytes`) on replicated partitions.
+//!
+//! Each replica removes whole sealed segments from its own log, by the same rules as a
+//! partition with one replica, but never an entry its group may still need:
+//! - nothing at or above the entry last applied here (`Hosted::applied_index`): those may
+//!   not be committed yet, and the applied entry's term is what raft-rs checks next;
+//! - on the leader, nothing at or above the lowest `matched` index of any voter: the leader
+//!   sends each follower the entries after its `matched`, together with the term of the
+//!   entry at `matched`, and must still hold both. A follower that is down holds the
+//!   leader's retention back until it returns, rather than being cut off: rebuilding a
+//!   replica from a snapshot is not built (`LogStore::snapshot` answers "temporarily
+//!   unavailable", and raft-rs retries).
+//!
+//! What is not covered: a follower removes what it applied without knowing how far the
+//! other followers are; if it later leads while another voter lags behind its log start,
+//! that voter cannot catch up until snapshots exist (it stays out of the ISR; the partition
+//! serves with the others). Retention by time makes that a replica lagging by the whole
+//! retention period.
+//!
+//! Runs on the shard that owns the groups (`shard::enforce_retention_periodically`).
+
+use raft::StateRole;
+
+use crate::metadata::TopicPartition;
+use crate::replica::ReplicaManager;
+use crate::storage::StorageError;
+
+impl ReplicaManager {
+    /// One retention pass over every hosted group's log (see the module docs). Returns each
+    /// partition whose pass removed segments or failed.
+    pub async fn enforce_retention(&self) -> Vec<(TopicPartition, Result<usize, StorageError>)> {
+        let passes: Vec<_> = {
+            let driver = self.driver.borrow();
+            self.groups
+                .borrow()
+                .iter()
+                .filter_map(|(&group_id, hosted)| {
+                    let raft = driver.raft(group_id)?;
+                    let mut limit = hosted.applied_index.get();
+                    if raft.state == StateRole::Leader {
+                        for (_, progress) in raft.prs().iter() {
+                            limit = limit.min(progress.matched);
+                        }
+                    }
+                    Some((hosted.replica.topic.clone(), hosted.log.clone(), limit))
+                })
+                .collect()
+        };
+        let mut outcomes = Vec::new();
+        for (tp, log, index_limit) in passes {
+            match log.enforce_retention_below_index(index_limit).await {
+                Ok(0) => {}
+                outcome => outcomes.push((tp, outcome)),
+            }
+        }
+        outcomes
+    }
+}
+
+#[cfg(test)]
+#[path = "retention_tests.rs"]
+mod tests;
