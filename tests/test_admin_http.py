@@ -8,10 +8,15 @@
 - PUT /log-level changes the level of the running broker (debug lines appear after it) and
   a filter that does not parse is refused with 400, leaving the level as it was;
 - malformed, oversized and unknown requests get a 4xx with a message, and the listener
-  keeps serving after them.
+  keeps serving after them;
+- over TLS with a required client certificate and an admin token: the probes answer without
+  the token, everything else 401 without it and as before with it; no client certificate, a
+  certificate from another CA and plaintext are refused, and the listener carries on.
 """
 
+from http.client import HTTPException
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +26,7 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import admin, create_topic, make_messages, produce
+from test_security import certificates  # noqa: F401  (the CA and certificates fixture)
 
 PARTITIONS = 4
 
@@ -225,3 +231,56 @@ def test_bad_requests_get_a_4xx_and_the_listener_keeps_serving(broker):
         sock.sendall(b"GET /metr")
     assert http(broker, "/health")[0] == 200
     assert broker.alive()
+
+
+# --- TLS, client certificates and the admin token (issue 13) ---
+
+ADMIN_TOKEN = "s3cret-admin-token-0123456789"
+
+
+def https(broker, path, context, method="GET", token=None, body=None):
+    """(status, text) of one admin request over TLS."""
+    request = urllib.request.Request(f"https://127.0.0.1:{broker.admin_port}{path}", data=body, method=method)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_admin_listener_over_mutual_tls_with_a_token(start_broker, certificates, tmp_path):  # noqa: F811
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(ADMIN_TOKEN + "\n")
+    broker = start_broker(extra_args=[
+        "--ssl-keystore-location", str(certificates / "broker-keystore.pem"),
+        "--ssl-truststore-location", str(certificates / "ca.pem"),
+        "--admin-ssl-enable", "--admin-ssl-client-auth", "required",
+        "--admin-token-file", str(token_file)])
+    trusted = ssl.create_default_context(cafile=str(certificates / "ca.pem"))
+    trusted.load_cert_chain(str(certificates / "client.pem"), str(certificates / "client.key"))
+
+    # The probes need no token; everything else does.
+    assert https(broker, "/health", trusted)[0] == 200
+    assert https(broker, "/ready", trusted)[0] == 200
+    status, text = https(broker, "/metrics", trusted)
+    assert status == 401 and "Authorization: Bearer" in text
+    assert https(broker, "/metrics", trusted, token="wrong-token-0123456789")[0] == 401
+    status, text = https(broker, "/metrics", trusted, token=ADMIN_TOKEN)
+    assert status == 200 and "ringfeed_" in text
+    assert https(broker, "/log-level", trusted, method="PUT", body=b"debug")[0] == 401
+    assert https(broker, "/log-level", trusted, method="PUT", token=ADMIN_TOKEN, body=b"info")[0] == 200
+    assert "admin request without the admin token refused" in broker.new_log()
+
+    # No client certificate, one from another CA, plaintext: nothing is served.
+    anonymous = ssl.create_default_context(cafile=str(certificates / "ca.pem"))
+    rogue = ssl.create_default_context(cafile=str(certificates / "ca.pem"))
+    rogue.load_cert_chain(str(certificates / "rogue.pem"), str(certificates / "rogue.key"))
+    for context in (anonymous, rogue):
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+            https(broker, "/health", context)
+    with pytest.raises((urllib.error.URLError, ConnectionError, HTTPException)):
+        urllib.request.urlopen(f"http://127.0.0.1:{broker.admin_port}/health", timeout=10).read()
+    # And the listener still serves afterwards.
+    assert https(broker, "/health", trusted)[0] == 200

@@ -375,6 +375,11 @@ impl Effective {
             auto_create_topics: self.boolean("auto.create.topics.enable"),
             default_partitions: self.integer("num.partitions") as i32,
             limits: self.limits(),
+            admin_security: crate::admin::security::AdminSecuritySettings {
+                tls: self.boolean("ringfeed.admin.ssl.enable"),
+                client_auth: self.text("ringfeed.admin.ssl.client.auth").to_string(),
+                token_file: self.text("ringfeed.admin.token.file").to_string(),
+            },
             admin_listen: Some(self.text("ringfeed.admin.listen").to_string())
                 .filter(|text| text != "off"),
             topic_defaults: self.topic_defaults(),
@@ -663,6 +668,8 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// HOST:PORT of the HTTP admin listener (metrics, health, log level); None turns it off.
     pub admin_listen: Option<String>,
+    /// TLS, client certificates and the token of the admin listener.
+    pub admin_security: crate::admin::security::AdminSecuritySettings,
     /// The configuration of a topic that overrides nothing (the broker's `log.*` settings).
     pub topic_defaults: TopicConfig,
     /// `node.id` and the controller quorum (docs/REPLICATION.md).

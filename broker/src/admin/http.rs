@@ -6,6 +6,8 @@
 use std::io::{Read, Write};
 use std::time::Instant;
 
+use super::security::AdminStream;
+
 /// Headers a request may carry; more is answered 431.
 const HEADERS_MAX: usize = 32;
 
@@ -15,6 +17,8 @@ pub struct Request {
     pub method: String,
     /// The path without its query string.
     pub path: String,
+    /// The token of an `Authorization: Bearer <token>` header.
+    pub bearer: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -60,7 +64,14 @@ pub fn parse(buffer: &[u8], request_bytes_max: usize) -> Result<Parsed, Refusal>
         Err(error) => return Err(Refusal::new(400, format!("malformed request: {error}"))),
     };
     let mut body_bytes = 0_usize;
+    let mut bearer = None;
     for header in request.headers.iter() {
+        if header.name.eq_ignore_ascii_case("authorization") {
+            bearer = std::str::from_utf8(header.value)
+                .ok()
+                .and_then(|value| value.trim().strip_prefix("Bearer "))
+                .map(|token| token.trim().to_string());
+        }
         if header.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(Refusal::new(
                 501,
@@ -88,6 +99,7 @@ pub fn parse(buffer: &[u8], request_bytes_max: usize) -> Result<Parsed, Refusal>
     Ok(Parsed::Complete(Request {
         method: request.method.unwrap_or_default().to_string(),
         path: path.to_string(),
+        bearer,
         body: buffer[head_bytes..head_bytes + body_bytes].to_vec(),
     }))
 }
@@ -96,7 +108,7 @@ pub fn parse(buffer: &[u8], request_bytes_max: usize) -> Result<Parsed, Refusal>
 /// (the caller sets it). `Ok(None)`: the client closed or stalled before sending a whole
 /// request; nothing is answered.
 pub fn read_request(
-    stream: &mut std::net::TcpStream,
+    stream: &mut AdminStream,
     request_bytes_max: usize,
     deadline: Instant,
 ) -> Result<Option<Request>, Refusal> {
@@ -104,7 +116,7 @@ pub fn read_request(
     let mut chunk = [0_u8; 4096];
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() || stream.set_read_timeout(Some(remaining)).is_err() {
+        if remaining.is_zero() || stream.socket().set_read_timeout(Some(remaining)).is_err() {
             return Ok(None);
         }
         let wanted = chunk.len().min(request_bytes_max + 1 - buffer.len());
@@ -126,13 +138,13 @@ const DRAIN_BYTES_MAX: usize = 1 << 20;
 /// bytes makes the kernel send a reset, which can destroy the answer before the client
 /// reads it. So stop sending, then read and discard what the client still sends, up to
 /// `DRAIN_BYTES_MAX` or the deadline.
-pub fn drain_before_close(stream: &mut std::net::TcpStream, deadline: Instant) {
-    let _ = stream.shutdown(std::net::Shutdown::Write);
+pub fn drain_before_close(stream: &mut AdminStream, deadline: Instant) {
+    let _ = stream.socket().shutdown(std::net::Shutdown::Write);
     let mut discarded = 0;
     let mut chunk = [0_u8; 4096];
     while discarded < DRAIN_BYTES_MAX {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() || stream.set_read_timeout(Some(remaining)).is_err() {
+        if remaining.is_zero() || stream.socket().set_read_timeout(Some(remaining)).is_err() {
             return;
         }
         match stream.read(&mut chunk) {
@@ -146,6 +158,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         413 => "Content Too Large",

@@ -10,10 +10,13 @@
 //! | `PUT /log-level` | body = new filter (`debug`, `ringfeed_broker=debug,info`); 400 if it does not parse |
 //!
 //! It runs on its own std thread, never on a shard's core time, and serves one connection
-//! at a time under `Limits::admin_*` bounds (request size, time per connection, backlog).
+//! at a time under `Limits::admin_*` bounds (request size, time per connection, backlog;
+//! a TLS handshake counts against the connection's time). TLS, client certificates and a
+//! bearer token are `security`'s.
 //! The shards' metrics reach it as snapshots they build on request (see `metrics`).
 
 pub mod http;
+pub mod security;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +29,7 @@ use crate::limits::Limits;
 use crate::metrics::exposition::{self, ScrapeContext};
 use crate::metrics::{ScrapeRequest, ShardSnapshot};
 use http::{Refusal, Request};
+use security::{AdminSecurity, AdminStream};
 
 /// How long a scrape waits for the shards' snapshots. A shard that has not answered by
 /// then (stuck, or still starting) is left out and counted as missing.
@@ -55,6 +59,7 @@ pub struct AdminListener {
     /// One per shard, by shard index.
     scrapes: Vec<Sender<ScrapeRequest>>,
     limits: Limits,
+    security: AdminSecurity,
 }
 
 impl AdminListener {
@@ -64,6 +69,7 @@ impl AdminListener {
         status: Arc<AdminStatus>,
         scrapes: Vec<Sender<ScrapeRequest>>,
         limits: Limits,
+        security: AdminSecurity,
     ) -> Result<Self, String> {
         let cannot = |error: std::io::Error| format!("admin listener on {address}: {error}");
         let socket = socket2::Socket::new(
@@ -82,6 +88,7 @@ impl AdminListener {
             status,
             scrapes,
             limits,
+            security,
         })
     }
 
@@ -112,14 +119,32 @@ impl AdminListener {
         }
     }
 
-    fn serve_connection(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+    fn serve_connection(&mut self, socket: TcpStream, peer: SocketAddr) {
         let deadline = Instant::now() + self.limits.admin_connection_time_max;
-        let _ = stream.set_write_timeout(Some(self.limits.admin_connection_time_max));
+        let _ = socket.set_write_timeout(Some(self.limits.admin_connection_time_max));
+        let mut stream = match AdminStream::accept(socket, self.security.tls.as_ref()) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%peer, %error, "admin connection refused");
+                return;
+            }
+        };
         let request =
             http::read_request(&mut stream, self.limits.admin_request_bytes_max, deadline);
         let refused = request.is_err();
         let answer = match request {
             Ok(None) => return,
+            Ok(Some(request))
+                if !self
+                    .security
+                    .admits(&request.path, request.bearer.as_deref()) =>
+            {
+                tracing::warn!(%peer, path = %request.path, "admin request without the admin token refused");
+                Answer {
+                    extra_headers: "WWW-Authenticate: Bearer\r\n",
+                    ..Answer::text(401, "send the admin token: Authorization: Bearer <token>\n")
+                }
+            }
             Ok(Some(request)) => self.route(&request),
             Err(refusal) => {
                 tracing::debug!(%peer, status = refusal.status, message = %refusal.message, "admin request refused");
@@ -283,6 +308,7 @@ mod tests {
             status.clone(),
             vec![scrapes],
             Limits::default(),
+            AdminSecurity::default(),
         )
         .expect("bind");
         let address = listener.local_addr().unwrap();

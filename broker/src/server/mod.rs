@@ -68,6 +68,8 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         .then(|| crate::tls::server_config(&options.tls))
         .transpose()?;
     let peer_tls = peer_tls(options, &plans, &principal_mapper)?;
+    let admin_security =
+        crate::admin::security::AdminSecurity::new(&options.admin_security, &options.tls)?;
     let requested = plans
         .iter()
         .map(|plan| preflight::claim_port(resolve_address(&plan.bind)?, "listeners"))
@@ -112,7 +114,7 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
     let (scrape_senders, scrape_receivers) = (0..config.shard_count())
         .map(|_| futures::channel::mpsc::channel(0))
         .unzip();
-    start_admin(&config, &admin_status, scrape_senders)?;
+    start_admin(&config, &admin_status, scrape_senders, admin_security)?;
     let StartedShards {
         handles,
         shutdown_senders,
@@ -271,12 +273,19 @@ fn start_admin(
     config: &BrokerConfig,
     status: &Arc<AdminStatus>,
     scrapes: Vec<futures::channel::mpsc::Sender<ScrapeRequest>>,
+    security: crate::admin::security::AdminSecurity,
 ) -> Result<(), String> {
     let Some(address) = config.admin_listen else {
         tracing::info!("admin listener off");
         return Ok(());
     };
-    let admin = AdminListener::bind(address, status.clone(), scrapes, config.limits.clone())?;
+    let admin = AdminListener::bind(
+        address,
+        status.clone(),
+        scrapes,
+        config.limits.clone(),
+        security,
+    )?;
     // Its own line, so tests started with `--admin-listen 127.0.0.1:0` can read the port.
     tracing::info!("admin listening on {}", admin.local_addr()?);
     admin.spawn()

@@ -598,6 +598,28 @@ pub static SETTINGS: &[Setting] = &[
         "HOST:PORT of the HTTP admin listener (/metrics, /health, /ready); off disables it.",
     ),
     row(
+        "ringfeed.admin.ssl.enable",
+        "false",
+        Kind::Bool,
+        "Serve the admin listener over TLS (1.2/1.3) with the broker's ssl.keystore.* \
+         certificate.",
+    ),
+    row(
+        "ringfeed.admin.ssl.client.auth",
+        "none",
+        Kind::OneOf(&["none", "required"]),
+        "required: the admin listener serves only clients presenting a certificate that \
+         ssl.truststore.location signs (needs ringfeed.admin.ssl.enable).",
+    ),
+    row(
+        "ringfeed.admin.token.file",
+        "",
+        Kind::Text,
+        "A file holding the admin token (at least 16 characters): every admin request but \
+         GET /health and GET /ready must send Authorization: Bearer <token>, or is answered \
+         401. Empty: no token. Use it with TLS, or the token crosses the network in clear.",
+    ),
+    row(
         "ringfeed.log.level",
         "info",
         Kind::LogFilter,
