@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::time::Instant;
 
-use super::security::AdminStream;
+use crate::admin::security::AdminStream;
 
 /// Headers a request may carry; more is answered 431.
 const HEADERS_MAX: usize = 32;
