@@ -209,8 +209,9 @@ def test_retention_removes_old_segments_on_every_replica(tmp_path):
                 producer.poll(0)
         assert producer.flush(60) == 0
         assert len(acknowledged) == 2000
-        written = {node: len(segment_files(broker, topic)) for node, broker in brokers.items()}
-        assert all(count > 10 for count in written.values()), written
+        # About 20 MB went to each replica in 1 MiB segments; retention may already have
+        # begun on some while the producer ran (the records expire 3 s after they were
+        # written), so what is checked is where each replica ends up.
 
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "retention-check",
                              "enable.auto.commit": False})
@@ -220,9 +221,9 @@ def test_retention_removes_old_segments_on_every_replica(tmp_path):
             return low if low > 0 else None
 
         start = wait_for(log_start, 30, "the leader's log start past 0 after retention.ms")
-        wait_for(lambda: all(len(segment_files(broker, topic)) < written[node] // 2
-                             for node, broker in brokers.items()), 30, "every replica removed old segments")
-        print(f"log start {start}; segments per replica before {written}, after "
+        wait_for(lambda: all(len(segment_files(broker, topic)) <= 3 for broker in brokers.values()), 30,
+                 "every replica down to at most 3 of its about 20 segments")
+        print(f"log start {start}; segments per replica after retention "
               f"{ {node: len(segment_files(broker, topic)) for node, broker in brokers.items()} }")
 
         consumer.assign([TopicPartition(topic, 0, start)])
