@@ -69,8 +69,10 @@ def wait_for(condition, timeout, what):
     raise AssertionError(f"{what} not reached within {timeout} s")
 
 
-def agreed_view(brokers):
-    views = [view(broker) for broker in brokers]
+def agreed_view(brokers, views=None):
+    """The view every broker agrees on, with a controller among them; None otherwise.
+    `views`: the brokers' views when the caller took them already."""
+    views = views if views is not None else [view(broker) for broker in brokers]
     if all(v == views[0] for v in views) and views[0][1] in {b.node_id for b in brokers}:
         return views[0]
     return None
@@ -106,8 +108,9 @@ def test_three_brokers_replicate_the_controller_and_survive_its_loss(tmp_path):
         ids_seen = set()
 
         def agreed_and_ids_seen():
-            ids_seen.update(view(broker)[0] for broker in brokers.values())
-            return agreed_view(brokers.values())
+            views = [view(broker) for broker in brokers.values()]
+            ids_seen.update(cluster_id for cluster_id, _, _ in views)
+            return agreed_view(brokers.values(), views)
 
         cluster_id, controller, _ = wait_for(agreed_and_ids_seen, 15, "one controller every broker names")
         # Before group 0 commits its first state a broker has no cluster id (null in
