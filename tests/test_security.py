@@ -1,6 +1,6 @@
 """Guards Kafka's listener model and the security protocols on the real binary: several
 listeners at once, each answering Metadata with its own advertised address; TLS (rustls) with
-and without client certificates; SASL PLAIN and SCRAM through clients we did not write
+and without client certificates (untrusted, expired and missing ones refused); SASL PLAIN and SCRAM through clients we did not write
 (confluent-kafka/librdkafka, kafka-python, kcat); and hostile input on the new paths."""
 
 import base64
@@ -67,8 +67,9 @@ def openssl(*args, cwd):
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def make_certificate(directory, name, subject, ca=None, server=False):
-    """A key and a certificate signed by `ca` (a name made earlier), or a self-signed CA."""
+def make_certificate(directory, name, subject, ca=None, server=False, days=2):
+    """A key and a certificate signed by `ca` (a name made earlier), or a self-signed CA;
+    `days=-1` makes one that expired a day before it was issued."""
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-subj", subject,
             "-out", f"{name}.csr", cwd=directory)
     if ca is None:
@@ -81,7 +82,7 @@ def make_certificate(directory, name, subject, ca=None, server=False):
     alt = "subjectAltName=DNS:localhost,IP:127.0.0.1\n" if server else ""
     extensions.write_text(f"basicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n{alt}")
     openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-            "-CAcreateserial", "-days", "2", "-extfile", extensions.name, "-out", f"{name}.pem", cwd=directory)
+            "-CAcreateserial", "-days", str(days), "-extfile", extensions.name, "-out", f"{name}.pem", cwd=directory)
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +95,7 @@ def certificates(tmp_path_factory):
     make_certificate(directory, "client", "/C=DE/O=Ringfeed Tests/OU=trading/CN=alice", ca="ca")
     make_certificate(directory, "rogue-ca", "/CN=rogue-ca")
     make_certificate(directory, "rogue", "/CN=mallory", ca="rogue-ca")
+    make_certificate(directory, "expired", "/CN=alice", ca="ca", days=-1)
     # The keystore: chain and key in one PEM file.
     (directory / "broker-keystore.pem").write_text(
         (directory / "broker.pem").read_text() + (directory / "broker.key").read_text())
@@ -169,11 +171,13 @@ def tls_handshake(port, certificates, client=None):
         return error
 
 
-def test_mutual_tls_refuses_untrusted_and_missing_client_certificates(start_broker, certificates):
+def test_mutual_tls_refuses_untrusted_expired_and_missing_client_certificates(start_broker, certificates):
     broker = start_broker(extra_args=tls_args(certificates, "SSL://127.0.0.1:0", client_auth="required"))
     port = listener_ports(broker)["SSL"]
     assert tls_handshake(port, certificates, client="client") is None
     assert tls_handshake(port, certificates, client="rogue") is not None
+    # Signed by the trusted CA, but its validity ended.
+    assert tls_handshake(port, certificates, client="expired") is not None
     assert tls_handshake(port, certificates) is not None
     # librdkafka with the untrusted certificate: no metadata.
     consumer = Consumer({"bootstrap.servers": f"127.0.0.1:{port}", "group.id": "rogue",
