@@ -13,7 +13,9 @@
 //!   [`ReplicaManager::round`] themselves. After the driver's round: committed entries
 //!   advance each group's committed end offset (the high watermark) and answer the produce
 //!   calls waiting on them; waiting calls of a group whose leadership or term changed are
-//!   answered `NOT_LEADER_OR_FOLLOWER`; leadership changes are recorded.
+//!   answered [`OUTCOME_UNKNOWN`] (their entries may still commit under the next leader) and
+//!   those whose entry a new leader replaced `NOT_LEADER_OR_FOLLOWER`; leadership changes
+//!   are recorded.
 //! - Frames: [`ReplicaManager::receive`] takes frames for this shard's groups (cut by
 //!   `cluster::split_by_shard`); at most [`INBOUND_FRAMES_MAX`] wait for a round, later ones
 //!   are dropped and counted (Raft resends). Frames of a round go to the sender the shard
@@ -189,6 +191,11 @@ pub struct ReplicaManager {
 }
 
 pub(crate) type Store = LogStore<BrokerDisk>;
+
+/// The answer to a produce call whose entry was proposed but whose fate this replica cannot
+/// know (it stopped leading, or stopped): Kafka's `REQUEST_TIMED_OUT`, which clients take as
+/// "possibly written" and retry with the same producer sequence.
+pub const OUTCOME_UNKNOWN: i16 = codes::REQUEST_TIMED_OUT;
 
 /// Where a shard's outbound frames go (see [`ReplicaManager::set_sender`]).
 pub type FrameSender = Box<dyn Fn(Frame)>;
@@ -500,14 +507,15 @@ impl ReplicaManager {
         self.tasks.borrow_mut().push(task);
     }
 
-    /// Stops the driver task; waiting produce calls are answered `NOT_LEADER_OR_FOLLOWER`.
+    /// Stops the driver task; waiting produce calls are answered [`OUTCOME_UNKNOWN`]: their
+    /// entries may still be committed by the group without this replica.
     pub fn stop(&self) {
         for task in self.tasks.borrow_mut().drain(..) {
             task.cancel();
         }
         for hosted in self.groups.borrow().values() {
             for (_, waiter) in std::mem::take(&mut *hosted.waiting.borrow_mut()) {
-                let _ = waiter.answer.send(Err(codes::NOT_LEADER_OR_FOLLOWER));
+                let _ = waiter.answer.send(Err(OUTCOME_UNKNOWN));
             }
         }
     }
@@ -611,7 +619,15 @@ impl ReplicaManager {
                 .iter()
                 .filter_map(|(&(index, serial), waiter)| {
                     if Some(waiter.term) != leading_term {
-                        return Some(((index, serial), Err(codes::NOT_LEADER_OR_FOLLOWER)));
+                        // The entry is in this replica's log and may have reached others:
+                        // the next leader can still commit it. So the outcome is unknown,
+                        // and the answer says so (`REQUEST_TIMED_OUT`, which librdkafka
+                        // treats as possibly persisted and retries with the same sequence,
+                        // deduplicated by the next leader). `NOT_LEADER_OR_FOLLOWER` would
+                        // say "not written": after an epoch bump librdkafka then sends the
+                        // records again as new ones, and a committed copy is duplicated
+                        // (found by `reliability/partitions.py`).
+                        return Some(((index, serial), Err(OUTCOME_UNKNOWN)));
                     }
                     let raft = raft?;
                     let durable = waiter.acks == 1

@@ -27,7 +27,7 @@ pub mod retention;
 pub mod serve;
 pub mod types;
 
-pub use manager::{ReplicaManager, ReplicaManagerStart};
+pub use manager::{ReplicaManager, ReplicaManagerStart, OUTCOME_UNKNOWN};
 pub use types::{HostedReplica, LeadershipChange, ReplicaFetch, ReplicaOffset, ReplicaProduce};
 
 #[cfg(test)]
