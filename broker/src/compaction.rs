@@ -13,8 +13,14 @@
 //!   (the storage cleaner holds no append gate) and reads and writes at most
 //!   `log.cleaner.io.max.bytes.per.second`, so produce latency is not traded for it.
 //!
-//! Not yet: transactional batches and markers are left whole by the cleaner (there are no
-//! transactions yet; Kafka removes aborted data and, later, the markers). `__consumer_offsets`
+//! - Transactions: a log that ever held a transactional batch is cleaned with its
+//!   transactions (`PartitionTxnView`, from the partition's producer state): nothing at or
+//!   above its LSO, aborted records removed, markers removed once their records are gone
+//!   and `delete.retention.ms` ran out, and the aborted entries of removed markers forgotten
+//!   durably before the pass commits (`storage/src/cleaner.rs`). A log that never held one
+//!   is cleaned without (it has no transactional batch to read).
+//!
+//! Not yet: `__consumer_offsets`
 //! is not compacted: it would take the coordinator writing tombstones for every key it
 //! overwrites or forgets (it writes some today), replaying a compacted log (tombstones
 //! possibly gone after `delete.retention.ms`, so a key without a record must mean "absent"),
@@ -27,12 +33,13 @@ use bytes::Bytes;
 
 use crate::error_codes as codes;
 use crate::metadata::TopicPartition;
+use crate::producer_state::ProducerStates;
 use crate::recompress::{
     compress_section, decompress_section, Codec, DECOMPRESSED_RECORDS_BYTES_MAX,
 };
 use crate::shard::ShardServices;
 use crate::storage::batch::{read_varint, BatchHeader, BATCH_HEADER_BYTES};
-use crate::storage::{CleanOptions, RecordCodec};
+use crate::storage::{AbortedRange, CleanOptions, CleanerTxns, RecordCodec, StorageError};
 
 /// The produce path's codecs, for the cleaner. A section that does not decompress (or
 /// decompresses past [`DECOMPRESSED_RECORDS_BYTES_MAX`]) is left whole by the cleaner.
@@ -98,10 +105,43 @@ pub fn refuse_keyless(batches: &[Bytes]) -> Result<(), i16> {
     Ok(())
 }
 
+/// A partition's transactions as the storage cleaner asks for them: read from its producer
+/// state when the round chose it; aborted entries are forgotten (durably) through it.
+struct PartitionTxnView<'a> {
+    producers: &'a ProducerStates,
+    tp: &'a TopicPartition,
+    log: &'a crate::disk::PartitionLog,
+    first_unstable_offset: i64,
+    aborted: Vec<AbortedRange>,
+}
+
+impl CleanerTxns for PartitionTxnView<'_> {
+    fn first_unstable_offset(&self) -> i64 {
+        self.first_unstable_offset
+    }
+
+    fn aborted(&self) -> Vec<AbortedRange> {
+        self.aborted.clone()
+    }
+
+    async fn forget_aborted(&self, marker_offsets: &[i64]) -> Result<(), StorageError> {
+        self.producers
+            .forget_cleaned_aborts(self.tp, self.log, marker_offsets)
+            .await
+            .map(|_| ())
+            .map_err(|source| StorageError::Io {
+                operation: "writing the producer state snapshot",
+                source: Rc::new(source),
+            })
+    }
+}
+
 /// One candidate of a cleaning round.
 struct Candidate {
     tp: TopicPartition,
     log: crate::disk::PartitionLog,
+    /// Its LSO, if it ever held a transaction (`None`: it never did).
+    first_unstable_offset: Option<i64>,
     options: CleanOptions,
     /// Forced (max lag or expired tombstones) first, then by dirty ratio.
     priority: f64,
@@ -146,7 +186,13 @@ async fn dirtiest(shard: &ShardServices) -> Option<Candidate> {
         }
         let lag_ms = u64::try_from(config.min_compaction_lag_ms).unwrap_or(0);
         let retention_ms = u64::try_from(config.delete_retention_ms).unwrap_or(0);
-        let summary = match log.dirty_summary(lag_ms, retention_ms).await {
+        let first_unstable_offset = shard
+            .partitions
+            .producer_states()
+            .cleaner_first_unstable_offset(&tp, &log)
+            .await;
+        let upper = first_unstable_offset.unwrap_or(i64::MAX);
+        let summary = match log.dirty_summary_below(lag_ms, retention_ms, upper).await {
             Ok(summary) => summary,
             Err(error) => {
                 tracing::warn!(partition = %tp, %error, "cannot size a compacted log for cleaning");
@@ -170,6 +216,7 @@ async fn dirtiest(shard: &ShardServices) -> Option<Candidate> {
         best = Some(Candidate {
             tp,
             log,
+            first_unstable_offset,
             options: CleanOptions {
                 map_bytes: limits.cleaner_map_bytes,
                 delete_retention_ms: retention_ms,
@@ -186,9 +233,33 @@ async fn dirtiest(shard: &ShardServices) -> Option<Candidate> {
 /// One pass over `candidate`; whether it did anything.
 async fn clean_one(shard: &ShardServices, candidate: Candidate) -> bool {
     let Candidate {
-        tp, log, options, ..
+        tp,
+        log,
+        first_unstable_offset,
+        options,
+        ..
     } = candidate;
-    match log.clean(&options, &CleanerCodec).await {
+    let producers = shard.partitions.producer_states();
+    // Read again: the LSO only goes up, and entries may have been dropped meanwhile.
+    let view = match first_unstable_offset {
+        Some(_) => {
+            producers
+                .cleaner_view(&tp, &log)
+                .await
+                .map(|(first_unstable_offset, aborted)| PartitionTxnView {
+                    producers,
+                    tp: &tp,
+                    log: &log,
+                    first_unstable_offset,
+                    aborted,
+                })
+        }
+        None => None,
+    };
+    match log
+        .clean_with_txns(&options, &CleanerCodec, view.as_ref())
+        .await
+    {
         Ok(outcome) => {
             shard
                 .metrics
@@ -200,10 +271,14 @@ async fn clean_one(shard: &ShardServices, candidate: Candidate) -> bool {
                 bytes_after = outcome.bytes_after,
                 records_removed = outcome.records_removed,
                 tombstones_removed = outcome.tombstones_removed,
+                aborted_records_removed = outcome.aborted_records_removed,
+                markers_removed = outcome.markers_removed,
                 clean_end_offset = outcome.clean_end_offset,
                 "cleaned a compacted log"
             );
-            true
+            // A pass that read nothing (nothing was due after all) is no reason to look
+            // again at once.
+            outcome.io_bytes > 0
         }
         Err(error) => {
             tracing::warn!(partition = %tp, %error, "cleaning a compacted log failed");
