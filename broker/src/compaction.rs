@@ -307,6 +307,154 @@ mod tests {
         ])
     }
 
+    /// `records` keyed records as one transactional batch of `producer_id` (epoch 0).
+    fn transactional(producer_id: i64, sequence: i32, keys: &[&[u8]]) -> Bytes {
+        let records: Vec<build::Record<'_>> = keys
+            .iter()
+            .map(|key| build::Record {
+                key: Some(key),
+                value: Some(b"value"),
+                timestamp_ms: 1,
+            })
+            .collect();
+        let mut out = build::batch(&records).to_vec();
+        out[21..23].copy_from_slice(&0x10_i16.to_be_bytes());
+        out[43..51].copy_from_slice(&producer_id.to_be_bytes());
+        out[51..53].copy_from_slice(&0_i16.to_be_bytes());
+        out[53..57].copy_from_slice(&sequence.to_be_bytes());
+        let crc = crc32c::crc32c(&out[21..]);
+        out[17..21].copy_from_slice(&crc.to_be_bytes());
+        Bytes::from(out)
+    }
+
+    /// One pass over `log` with the transactions of `states`, as `clean_one` does it.
+    async fn clean_with_state(
+        states: &ProducerStates,
+        tp: &TopicPartition,
+        log: &crate::disk::PartitionLog,
+        options: &CleanOptions,
+    ) -> crate::storage::CleanOutcome {
+        let (first_unstable_offset, aborted) =
+            states.cleaner_view(tp, log).await.expect("transactional");
+        let view = PartitionTxnView {
+            producers: states,
+            tp,
+            log,
+            first_unstable_offset,
+            aborted,
+        };
+        log.clean_with_txns(options, &CleanerCodec, Some(&view))
+            .await
+            .expect("cleaned")
+    }
+
+    /// The broker's side on a real log: a pass removes an aborted transaction's records, a
+    /// later one retires its marker and has the producer state forget its entry (durably);
+    /// after a restart the state rebuilt from the snapshot and the log has no aborted entry
+    /// and no open transaction, and the retired marker's producer epoch still counts.
+    #[test]
+    fn cleaned_aborts_are_forgotten_and_stay_forgotten_after_a_restart() {
+        use crate::disk::{BrokerDisk, PartitionLog};
+        use crate::producer_state::{ProducerStates, TxnMarker};
+        use crate::storage::sim::{CrashMode, SimDisk};
+        use crate::storage::{Clock, Disk, LogConfig};
+        use std::path::Path;
+
+        crate::test_executor::run(|| async {
+            let tp = TopicPartition {
+                topic: "t".into(),
+                partition: 0,
+            };
+            let dir = Path::new("/data/t-0");
+            let config = LogConfig {
+                segment_bytes_max: 1 << 10,
+                preallocate_step_bytes: 4096,
+                ..LogConfig::default()
+            };
+            let open = |disk: &SimDisk| {
+                PartitionLog::open_on(
+                    BrokerDisk::Sim(disk.clone()),
+                    dir,
+                    config.clone(),
+                    Clock::System,
+                )
+            };
+            let disk = SimDisk::new();
+            let (log, _) = open(&disk).await.expect("open");
+            let states = ProducerStates::default();
+            let append = |batch: Bytes| {
+                let checked = log.check(batch).expect("valid");
+                states.append(&tp, &log, checked)
+            };
+            append(transactional(7, 0, &[b"a", b"b"]))
+                .await
+                .expect("appended");
+            append(transactional(8, 0, &[b"a"]))
+                .await
+                .expect("appended");
+            // Producer 7 aborted by the coordinator after an epoch bump; 8 commits.
+            for (producer_id, producer_epoch, commit) in [(7, 1, false), (8, 0, true)] {
+                let marker = TxnMarker {
+                    producer_id,
+                    producer_epoch,
+                    commit,
+                    coordinator_epoch: 3,
+                };
+                states
+                    .write_marker(&tp, &log, marker, 1)
+                    .await
+                    .expect("marker");
+            }
+            for round in 0..40_u8 {
+                append(batch(Some(&[b'k', round % 4][..])))
+                    .await
+                    .expect("appended");
+            }
+            log.wait_durable(log.log_end_offset() - 1)
+                .await
+                .expect("durable");
+            let options = CleanOptions {
+                delete_retention_ms: 0,
+                ..CleanOptions::default()
+            };
+            let mut removed = (0, 0);
+            for _ in 0..2 {
+                let outcome = clean_with_state(&states, &tp, &log, &options).await;
+                removed.0 += outcome.aborted_records_removed;
+                removed.1 += outcome.abort_markers_removed.len();
+            }
+            assert_eq!(removed, (2, 1), "2 aborted records, then their marker");
+            assert_eq!(
+                states.with_txns(&tp, &log, |t| t.aborted().count()).await,
+                0
+            );
+
+            drop(log);
+            // From the snapshot written when the entry was forgotten, and from the log alone
+            // (the retired marker and the emptied batches replayed).
+            for without_snapshot in [false, true] {
+                let image = disk.crash_image(CrashMode::ProcessCrash);
+                if without_snapshot {
+                    image
+                        .remove_file(&dir.join("producer-state.snapshot"))
+                        .await
+                        .expect("removed");
+                }
+                let (log, _) = open(&image).await.expect("reopen");
+                let states = ProducerStates::default();
+                let (stable, aborted) = states.cleaner_view(&tp, &log).await.expect("seen");
+                assert_eq!((stable, aborted), (log.high_watermark(), vec![]));
+                let described = states.describe(&tp, &log).await;
+                let seven = described
+                    .iter()
+                    .find(|p| p.producer_id == 7)
+                    .expect("known");
+                assert_eq!((seven.epoch, seven.coordinator_epoch), (1, 3));
+                assert_eq!(seven.current_txn_start_offset, -1);
+            }
+        });
+    }
+
     #[test]
     fn a_record_without_a_key_is_refused_with_invalid_record() {
         assert_eq!(refuse_keyless(&[batch(Some(b"k2"))]), Ok(()));

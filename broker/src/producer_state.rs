@@ -570,18 +570,22 @@ impl PartitionProducers {
     /// coordinator epoch is the marker's, and its open transaction here, if any, is
     /// completed (an abort's entry is returned).
     fn apply_marker(&self, marker: TxnMarker, offset: i64) -> Option<AbortedTxn> {
-        {
-            let mut producers = self.producers.borrow_mut();
-            let entry = producers.entry(marker.producer_id).or_default();
-            if marker.producer_epoch != entry.epoch {
-                entry.batches.clear();
-                entry.epoch = marker.producer_epoch;
-            }
-            entry.coordinator_epoch = marker.coordinator_epoch;
-        }
+        self.note_marker_epochs(&marker);
         self.txns
             .borrow_mut()
             .complete(marker.producer_id, marker.commit, offset)
+    }
+
+    /// The producer and coordinator epochs of a marker (also of one the log cleaner
+    /// retired, which ends nothing but still fences older epochs).
+    fn note_marker_epochs(&self, marker: &TxnMarker) {
+        let mut producers = self.producers.borrow_mut();
+        let entry = producers.entry(marker.producer_id).or_default();
+        if marker.producer_epoch != entry.epoch {
+            entry.batches.clear();
+            entry.epoch = marker.producer_epoch;
+        }
+        entry.coordinator_epoch = marker.coordinator_epoch;
     }
 
     /// Loads the snapshot, then replays the batch headers after it (or, without one, the
@@ -614,9 +618,21 @@ impl PartitionProducers {
                 }
                 batches_seen += 1;
                 if header.is_control() {
-                    if header.record_count == 0 {
-                        // A marker the log cleaner removed (its transaction's records went
-                        // first): it ends nothing any more.
+                    if let Some((control::RETIRED_TXN_MARKER, value)) = control::record(&stored) {
+                        // A marker the log cleaner retired (its transaction's records went
+                        // first): it ends nothing any more; its epochs still fence.
+                        if let Some(coordinator_epoch) = value
+                            .get(2..6)
+                            .and_then(|b| b.try_into().ok())
+                            .map(i32::from_be_bytes)
+                        {
+                            self.note_marker_epochs(&TxnMarker {
+                                producer_id: header.producer_id,
+                                producer_epoch: header.producer_epoch,
+                                commit: true,
+                                coordinator_epoch,
+                            });
+                        }
                         continue;
                     }
                     if let Some((commit, coordinator_epoch)) = control::txn_marker_of(&stored) {

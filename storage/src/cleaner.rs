@@ -36,8 +36,11 @@
 //!   `delete.retention.ms` ran out for its segment, as a tombstone is (Ringfeed's delete
 //!   horizon is per segment, from its first clean, where KIP-534 stamps it in each batch).
 //!   A segment holding a marker that waits only for that time is flagged as one holding
-//!   tombstones, so a pass comes for it. Removing a marker empties its batch (0 records),
-//!   which stays like any other;
+//!   tombstones, so a pass comes for it. Removing a marker retires it: its batch and record
+//!   stay (every batch does), the record's control type rewritten to Ringfeed's
+//!   [`batch::control::RETIRED_TXN_MARKER`], which readers skip and which ends nothing (an
+//!   emptied control batch would be Kafka's nearest, but kafka-python's `read_committed`
+//!   reader fails on one);
 //! - before the pass commits, the broker is told the abort markers it removes
 //!   ([`CleanerTxns::forget_aborted`]) and forgets their aborted-transaction entries
 //!   durably: an entry whose marker is gone would hide its producer's later records from
@@ -1329,7 +1332,7 @@ fn clean_batch(
     let transactional = header.is_transactional() && header.producer_id >= 0;
     if let (Some(txns), true) = (rules.txns, transactional) {
         if header.is_control() {
-            return clean_marker(bytes, header, rules, walk, codec, removed);
+            return clean_marker(bytes, header, rules, walk, removed);
         }
         if header.record_count <= 0 {
             return None; // emptied by an earlier pass
@@ -1351,23 +1354,21 @@ fn clean_batch(
 /// A transaction marker (control, transactional) below the map's end: kept while its
 /// transaction's records were read in this pass (Kafka's rule: a later pass removes it once
 /// they are gone), else removed once `delete.retention.ms` ran out for its segment, as a
-/// tombstone is. Removed means emptied: the batch stays, with no record.
+/// tombstone is. Removed means retired: the batch and its one record stay, the record's
+/// type rewritten to [`batch::control::RETIRED_TXN_MARKER`] (readers skip it; it ends
+/// nothing).
 fn clean_marker(
     bytes: &Bytes,
     header: &BatchHeader,
     rules: &Rules<'_>,
     walk: &mut WalkState,
-    codec: &dyn RecordCodec,
     removed: &mut Counts,
 ) -> Option<Vec<u8>> {
     let seen = walk.txns.remove(&header.producer_id).unwrap_or_default();
-    if header.record_count <= 0 {
-        return None; // removed by an earlier pass
-    }
     let abort = match batch::control::record(bytes) {
         Some((batch::control::ABORT_MARKER, _)) => true,
         Some((batch::control::COMMIT_MARKER, _)) => false,
-        _ => return None, // not a marker this broker writes: left whole
+        _ => return None, // retired by an earlier pass, or not a marker: left whole
     };
     if seen.read {
         if !seen.kept {
@@ -1379,12 +1380,12 @@ fn clean_marker(
         removed.markers_waiting += 1;
         return None;
     }
-    let emptied = rebuild_batch(bytes, header, &[], &[], &[], codec)?;
+    let retired = batch::control::with_type(bytes, batch::control::RETIRED_TXN_MARKER)?;
     removed.markers += 1;
     if abort {
         removed.abort_markers.push(header.base_offset);
     }
-    Some(emptied)
+    Some(retired)
 }
 
 /// The records of a batch that are not a transaction's aborted ones: the latest of each key

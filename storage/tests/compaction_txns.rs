@@ -403,7 +403,7 @@ fn check_reader(model: &Model, after: &[Bytes], aborted_list: &[AbortedRange], l
     // No aborted entry outlives its marker; a removed marker's transaction left no record.
     let markers_left: HashSet<i64> = after
         .iter()
-        .filter(|b| header(b).is_control() && header(b).record_count > 0)
+        .filter(|b| is_live_marker(b))
         .map(|b| header(b).base_offset)
         .collect();
     for entry in aborted_list {
@@ -418,6 +418,14 @@ fn check_reader(model: &Model, after: &[Bytes], aborted_list: &[AbortedRange], l
             assert_eq!(of_it, 0, "marker {offset} removed while its records remain");
         }
     }
+}
+
+/// Whether `batch` is a commit or abort marker (not one the cleaner retired).
+fn is_live_marker(batch: &Bytes) -> bool {
+    matches!(
+        control::record(batch),
+        Some((control::ABORT_MARKER | control::COMMIT_MARKER, _))
+    ) && header(batch).is_transactional()
 }
 
 /// Offsets of every record (of any batch, markers' included) still in `batch`.
@@ -606,7 +614,7 @@ async fn final_clean(
             .iter()
             .find(|b| header(b).base_offset == offset)
             .expect("the marker's batch stays");
-        if header(batch).record_count > 0 {
+        if is_live_marker(batch) {
             assert!(
                 records_left_of(model, &left, offset, producer_id) > 0,
                 "seed {seed}: marker {offset} stayed, its records gone"
