@@ -333,6 +333,25 @@ mod tests {
     }
 
     #[test]
+    fn at_the_aborted_bound_the_cleaner_makes_room_again() {
+        let mut txns = PartitionTxns::default();
+        let max = ABORTED_TXNS_PER_PARTITION_MAX as i64;
+        for n in 0..max {
+            txns.record_data_batch(&header(1, true), 2 * n);
+            txns.complete(1, false, 2 * n + 1);
+        }
+        assert_eq!(
+            txns.check_data_batch(&header(2, true)),
+            Err(POLICY_VIOLATION)
+        );
+        // The cleaner retires the markers of the older half (their records went earlier).
+        let markers: Vec<i64> = (0..max / 2).map(|n| 2 * n + 1).collect();
+        assert_eq!(txns.forget_aborted(&markers), markers.len());
+        assert_eq!(txns.check_data_batch(&header(2, true)), Ok(()));
+        assert_eq!(txns.aborted_overlapping(0, 2 * max)[0], (1, max));
+    }
+
+    #[test]
     fn a_new_transaction_past_the_bound_is_refused_but_open_ones_go_on() {
         let mut txns = PartitionTxns::default();
         for producer_id in 0..ONGOING_TXNS_PER_PARTITION_MAX as i64 {
