@@ -290,7 +290,12 @@ async fn clean_one(shard: &ShardServices, candidate: Candidate) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::batch::build;
+    use crate::disk::BrokerDisk;
+    use crate::producer_state::TxnMarker;
+    use crate::storage::batch::{build, control};
+    use crate::storage::sim::{CrashMode, SimDisk};
+    use crate::storage::{Clock, Disk, LogConfig};
+    use std::path::Path;
 
     fn batch(key: Option<&[u8]>) -> Bytes {
         build::batch(&[
@@ -333,7 +338,7 @@ mod tests {
         tp: &TopicPartition,
         log: &crate::disk::PartitionLog,
         options: &CleanOptions,
-    ) -> crate::storage::CleanOutcome {
+    ) -> Result<crate::storage::CleanOutcome, StorageError> {
         let (first_unstable_offset, aborted) =
             states.cleaner_view(tp, log).await.expect("transactional");
         let view = PartitionTxnView {
@@ -345,106 +350,137 @@ mod tests {
         };
         log.clean_with_txns(options, &CleanerCodec, Some(&view))
             .await
-            .expect("cleaned")
     }
 
-    /// The broker's side on a real log: a pass removes an aborted transaction's records, a
-    /// later one retires its marker and has the producer state forget its entry (durably);
-    /// after a restart the state rebuilt from the snapshot and the log has no aborted entry
-    /// and no open transaction, and the retired marker's producer epoch still counts.
+    const DIR: &str = "/data/t-0";
+
+    fn partition() -> TopicPartition {
+        TopicPartition {
+            topic: "t".into(),
+            partition: 0,
+        }
+    }
+
+    async fn open_log(disk: &SimDisk) -> crate::disk::PartitionLog {
+        let config = LogConfig {
+            segment_bytes_max: 1 << 10,
+            preallocate_step_bytes: 4096,
+            ..LogConfig::default()
+        };
+        crate::disk::PartitionLog::open_on(
+            BrokerDisk::Sim(disk.clone()),
+            Path::new(DIR),
+            config,
+            Clock::System,
+        )
+        .await
+        .expect("open")
+        .0
+    }
+
+    /// Producers 7 and 9 abort (7 by the coordinator after an epoch bump, coordinator epoch
+    /// 3), 8 commits; then plain records roll segments past them all. Durable.
+    async fn write_transactions(states: &ProducerStates, log: &crate::disk::PartitionLog) {
+        let tp = partition();
+        let append = |batch: Bytes| {
+            let checked = log.check(batch).expect("valid");
+            states.append(&tp, log, checked)
+        };
+        append(transactional(7, 0, &[b"a", b"b"]))
+            .await
+            .expect("appended");
+        append(transactional(8, 0, &[b"a"]))
+            .await
+            .expect("appended");
+        append(transactional(9, 0, &[b"c"]))
+            .await
+            .expect("appended");
+        for (producer_id, producer_epoch, commit) in [(7, 1, false), (8, 0, true), (9, 0, false)] {
+            let marker = TxnMarker {
+                producer_id,
+                producer_epoch,
+                commit,
+                coordinator_epoch: 3,
+            };
+            states
+                .write_marker(&tp, log, marker, 1)
+                .await
+                .expect("marker");
+        }
+        for round in 0..40_u8 {
+            append(batch(Some(&[b'k', round % 4][..])))
+                .await
+                .expect("appended");
+        }
+        log.wait_durable(log.log_end_offset() - 1)
+            .await
+            .expect("durable");
+    }
+
+    fn retention_zero() -> CleanOptions {
+        CleanOptions {
+            delete_retention_ms: 0,
+            ..CleanOptions::default()
+        }
+    }
+
+    /// The aborted entries a fresh producer state of `log` (a restart) lists, each checked
+    /// to have its abort marker still live in the log.
+    async fn entries_after_restart(log: &crate::disk::PartitionLog) -> Vec<AbortedRange> {
+        let states = ProducerStates::default();
+        let (stable, aborted) = states.cleaner_view(&partition(), log).await.expect("seen");
+        assert_eq!(stable, log.high_watermark(), "no transaction reopened");
+        for entry in &aborted {
+            let batches = log.read(entry.marker_offset, 1).await.expect("read");
+            let marker = batches.first().expect("the marker's batch");
+            assert_eq!(
+                control::txn_marker_of(marker).map(|(commit, _)| commit),
+                Some(false),
+                "aborted entry {entry:?} outlived its marker"
+            );
+        }
+        aborted
+    }
+
+    /// The broker's side on a real log: a pass removes the aborted transactions' records, a
+    /// later one retires their markers and has the producer state forget their entries
+    /// (durably); after a restart the state rebuilt from the snapshot and the log has no
+    /// aborted entry and no open transaction, and a retired marker's epochs still count.
     #[test]
     fn cleaned_aborts_are_forgotten_and_stay_forgotten_after_a_restart() {
-        use crate::disk::{BrokerDisk, PartitionLog};
-        use crate::producer_state::{ProducerStates, TxnMarker};
-        use crate::storage::sim::{CrashMode, SimDisk};
-        use crate::storage::{Clock, Disk, LogConfig};
-        use std::path::Path;
-
         crate::test_executor::run(|| async {
-            let tp = TopicPartition {
-                topic: "t".into(),
-                partition: 0,
-            };
-            let dir = Path::new("/data/t-0");
-            let config = LogConfig {
-                segment_bytes_max: 1 << 10,
-                preallocate_step_bytes: 4096,
-                ..LogConfig::default()
-            };
-            let open = |disk: &SimDisk| {
-                PartitionLog::open_on(
-                    BrokerDisk::Sim(disk.clone()),
-                    dir,
-                    config.clone(),
-                    Clock::System,
-                )
-            };
+            let tp = partition();
             let disk = SimDisk::new();
-            let (log, _) = open(&disk).await.expect("open");
+            let log = open_log(&disk).await;
             let states = ProducerStates::default();
-            let append = |batch: Bytes| {
-                let checked = log.check(batch).expect("valid");
-                states.append(&tp, &log, checked)
-            };
-            append(transactional(7, 0, &[b"a", b"b"]))
-                .await
-                .expect("appended");
-            append(transactional(8, 0, &[b"a"]))
-                .await
-                .expect("appended");
-            // Producer 7 aborted by the coordinator after an epoch bump; 8 commits.
-            for (producer_id, producer_epoch, commit) in [(7, 1, false), (8, 0, true)] {
-                let marker = TxnMarker {
-                    producer_id,
-                    producer_epoch,
-                    commit,
-                    coordinator_epoch: 3,
-                };
-                states
-                    .write_marker(&tp, &log, marker, 1)
-                    .await
-                    .expect("marker");
-            }
-            for round in 0..40_u8 {
-                append(batch(Some(&[b'k', round % 4][..])))
-                    .await
-                    .expect("appended");
-            }
-            log.wait_durable(log.log_end_offset() - 1)
-                .await
-                .expect("durable");
-            let options = CleanOptions {
-                delete_retention_ms: 0,
-                ..CleanOptions::default()
-            };
+            write_transactions(&states, &log).await;
             let mut removed = (0, 0);
             for _ in 0..2 {
-                let outcome = clean_with_state(&states, &tp, &log, &options).await;
+                let outcome = clean_with_state(&states, &tp, &log, &retention_zero())
+                    .await
+                    .expect("cleaned");
                 removed.0 += outcome.aborted_records_removed;
                 removed.1 += outcome.abort_markers_removed.len();
             }
-            assert_eq!(removed, (2, 1), "2 aborted records, then their marker");
+            assert_eq!(removed, (3, 2), "3 aborted records, then their 2 markers");
             assert_eq!(
                 states.with_txns(&tp, &log, |t| t.aborted().count()).await,
                 0
             );
-
             drop(log);
-            // From the snapshot written when the entry was forgotten, and from the log alone
-            // (the retired marker and the emptied batches replayed).
+            // From the snapshot written when the entries were forgotten, and from the log
+            // alone (the retired markers and the emptied batches replayed).
             for without_snapshot in [false, true] {
                 let image = disk.crash_image(CrashMode::ProcessCrash);
                 if without_snapshot {
                     image
-                        .remove_file(&dir.join("producer-state.snapshot"))
+                        .remove_file(&Path::new(DIR).join("producer-state.snapshot"))
                         .await
                         .expect("removed");
                 }
-                let (log, _) = open(&image).await.expect("reopen");
-                let states = ProducerStates::default();
-                let (stable, aborted) = states.cleaner_view(&tp, &log).await.expect("seen");
-                assert_eq!((stable, aborted), (log.high_watermark(), vec![]));
-                let described = states.describe(&tp, &log).await;
+                let log = open_log(&image).await;
+                assert_eq!(entries_after_restart(&log).await, vec![]);
+                let described = ProducerStates::default().describe(&tp, &log).await;
                 let seven = described
                     .iter()
                     .find(|p| p.producer_id == 7)
@@ -452,6 +488,69 @@ mod tests {
                 assert_eq!((seven.epoch, seven.coordinator_epoch), (1, 3));
                 assert_eq!(seven.current_txn_start_offset, -1);
             }
+        });
+    }
+
+    /// A power cut after every mutating step of the pass that retires the abort markers
+    /// (snapshot written, cleaned segments written, swap committed, swapped): after the
+    /// restart no aborted entry outlives its marker, and the entries are all there (the cut
+    /// came before the snapshot) or none is.
+    #[test]
+    fn a_power_cut_at_any_step_of_the_marker_pass_leaves_no_entry_without_its_marker() {
+        crate::test_executor::run(|| async {
+            let tp = partition();
+            let base = SimDisk::new();
+            {
+                let log = open_log(&base).await;
+                let states = ProducerStates::default();
+                write_transactions(&states, &log).await;
+                let first = clean_with_state(&states, &tp, &log, &retention_zero())
+                    .await
+                    .expect("cleaned");
+                assert_eq!(first.aborted_records_removed, 3);
+                assert!(
+                    first.abort_markers_removed.is_empty(),
+                    "markers wait a pass"
+                );
+                // A snapshot holding both entries (without one, a restart's replay finds no
+                // record of their transactions and rebuilds no entry: nothing to hide).
+                states
+                    .forget_cleaned_aborts(&tp, &log, &[])
+                    .await
+                    .expect("snapshot");
+                log.close().await.expect("close");
+            }
+            let all =
+                entries_after_restart(&open_log(&base.crash_image(CrashMode::ProcessCrash)).await)
+                    .await;
+            assert_eq!(all.len(), 2);
+            let (mut saw_all, mut saw_none) = (0, 0);
+            for steps in 0.. {
+                let image = base.crash_image(CrashMode::ProcessCrash);
+                let log = open_log(&image).await;
+                let states = ProducerStates::default();
+                image.power_cut_after_steps(steps);
+                let finished = clean_with_state(&states, &tp, &log, &retention_zero())
+                    .await
+                    .is_ok()
+                    && !image.is_powered_off();
+                drop((log, states));
+                let after = image.crash_image(CrashMode::PowerCut);
+                let entries = entries_after_restart(&open_log(&after).await).await;
+                if entries == all {
+                    saw_all += 1;
+                } else {
+                    assert_eq!(entries, vec![], "after {steps} steps: some entries");
+                    saw_none += 1;
+                }
+                if finished {
+                    break;
+                }
+            }
+            assert!(
+                saw_all > 0 && saw_none > 2,
+                "all {saw_all}, none {saw_none}"
+            );
         });
     }
 
