@@ -20,13 +20,29 @@
 //!   durably before the pass commits (`storage/src/cleaner.rs`). A log that never held one
 //!   is cleaned without (it has no transactional batch to read).
 //!
-//! Not yet: `__consumer_offsets`
-//! is not compacted: it would take the coordinator writing tombstones for every key it
-//! overwrites or forgets (it writes some today), replaying a compacted log (tombstones
-//! possibly gone after `delete.retention.ms`, so a key without a record must mean "absent"),
-//! the topic created with `cleanup.policy=compact` and its records keeping keys on every
-//! write; the cleaner itself needs nothing more.
-
+//! Not yet: `__consumer_offsets` is not compacted (it is checkpointed and trimmed,
+//! `groups/coordinator.rs`). Compacting it takes, in the group coordinator (`groups/`) and
+//! the controller, not in the cleaner:
+//! 1. the topic created with `cleanup.policy=compact` (`controller/changes.rs` creates the
+//!    internal topics) and the checkpoint-and-trim retired or kept beside the cleaner;
+//! 2. a tombstone for every key the coordinator overwrites away or forgets (offset expiry,
+//!    `OffsetDelete`, group deletion; it writes some today), and a replay that reads a key
+//!    without a record as absent (tombstones go after `delete.retention.ms`);
+//! 3. the cleaner told the partition's transactions: `TxnOffsetCommit` batches are appended
+//!    by the coordinator straight to the log, not through `ProducerStates::append`, so the
+//!    partition has no `transactions.seen`, no LSO and no aborted list, and a pass leaves its
+//!    transactional batches whole (unread; safe, but never compacted, and every tombstone
+//!    after one is kept). Either those appends go through `ProducerStates` (which then
+//!    tracks the LSO and aborted entries as for any partition), or a [`CleanerTxns`] backed
+//!    by the coordinator (LSO = first offset of the oldest pending transaction in
+//!    `txn_offsets`; aborted ranges recorded at `complete_txn(.., false)` and kept across a
+//!    replay) is passed for these partitions;
+//! 4. the replay taught what the cleaner leaves: a transactional batch with no records must
+//!    not create a pending entry (today it creates an empty one, which blocks checkpoints
+//!    and is never completed if its marker is retired), and a retired marker
+//!    (`RETIRED_TXN_MARKER`) completes nothing (today `marker_commits` already answers
+//!    `None` for it).
+//!
 use std::rc::Rc;
 
 use bytes::Bytes;
