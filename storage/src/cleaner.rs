@@ -88,6 +88,9 @@ pub const CLEANED_SUFFIX: &str = ".cleaned";
 const NOT_CLEANED_WHOLE: i64 = i64::MAX;
 /// What one map entry costs beyond its key: the offset, the key's box and the table's slot.
 const MAP_ENTRY_OVERHEAD_BYTES: usize = 48;
+/// How often a pass waiting for the broker to forget aborted entries looks whether the log
+/// is closing.
+const STOPPING_POLL: Duration = Duration::from_millis(10);
 /// How much the cleaner reads and writes at a time.
 const CLEANER_IO_BYTES: usize = 1 << 20;
 
@@ -819,20 +822,44 @@ impl<D: Disk> PartitionLog<D> {
             map_end,
             rewritten.iter().map(|(base, _)| *base).collect(),
         );
-        if let (Some(txns), false) = (txns, outcome.abort_markers_removed.is_empty()) {
-            // Forgotten first: an aborted entry whose marker is gone would hide the
-            // producer's later records from readers; a marker whose entry is gone hides
-            // nothing (its transaction's records went in an earlier pass).
-            if let Err(error) = txns.forget_aborted(&outcome.abort_markers_removed).await {
-                self.discard_cleaned(&dir, &rewritten).await;
-                return Err(error);
-            }
+        // Forgotten first: an aborted entry whose marker is gone would hide the producer's
+        // later records from readers; a marker whose entry is gone hides nothing (its
+        // transaction's records went in an earlier pass).
+        let forgotten = self.forget_unless_stopping(txns, &outcome.abort_markers_removed);
+        if let Err(error) = forgotten.await {
+            self.discard_cleaned(&dir, &rewritten).await;
+            return Err(error);
         }
         self.commit_and_swap(&dir, cleaner, rewritten).await?;
         outcome.clean_end_offset = map_end;
         outcome.io_bytes = throttle.bytes;
         self.inner.state.borrow_mut().stats.bytes_cleaned += outcome.bytes_before;
         Ok(outcome)
+    }
+
+    /// `txns.forget_aborted(markers)`, given up (`Closed`) once the log starts closing: the
+    /// broker may have to wait for a gate that an append holds while it waits for the log's
+    /// append gate, which `close` holds while it waits for this pass's segments gate. Given
+    /// up, the pass does not commit: its markers stay, and any entry already forgotten
+    /// hides nothing (its records went in an earlier pass).
+    async fn forget_unless_stopping<T: CleanerTxns>(
+        &self,
+        txns: Option<&T>,
+        markers: &[i64],
+    ) -> Result<(), StorageError> {
+        let Some(txns) = txns.filter(|_| !markers.is_empty()) else {
+            return Ok(());
+        };
+        let forget = std::pin::pin!(txns.forget_aborted(markers));
+        let stopping = std::pin::pin!(async {
+            while !self.inner.stopping.get() {
+                self.inner.clock.sleep(STOPPING_POLL).await;
+            }
+        });
+        match futures::future::select(forget, stopping).await {
+            futures::future::Either::Left((forgotten, _)) => forgotten,
+            futures::future::Either::Right(((), _)) => Err(StorageError::Closed),
+        }
     }
 
     /// Rewrites each of `to_clean` that changes; returns the cleaned segments' indexes and,

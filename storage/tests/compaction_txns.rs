@@ -757,3 +757,47 @@ fn a_power_cut_at_any_step_of_a_transactional_pass_keeps_readers_right() {
         }
     });
 }
+
+/// The broker's side never answers (its gate is held by an append that waits for the log's
+/// append gate, which `close` holds): a pass waiting to have entries forgotten gives up
+/// when the log starts closing, without committing, so `close` finishes.
+struct NeverForgets(ModelTxns);
+
+impl CleanerTxns for NeverForgets {
+    fn first_unstable_offset(&self) -> i64 {
+        self.0.first_unstable_offset()
+    }
+    fn aborted(&self) -> Vec<AbortedRange> {
+        self.0.aborted()
+    }
+    async fn forget_aborted(&self, _marker_offsets: &[i64]) -> Result<(), StorageError> {
+        futures::future::pending().await
+    }
+}
+
+#[test]
+fn a_pass_waiting_to_forget_entries_gives_way_to_close() {
+    run(|| async {
+        let (disk, clock, _model, _list) = crash_setup().await;
+        let (log, txns) = reopened(&disk, &clock).await;
+        let first = log
+            .clean_with_txns(&crash_options(), &NoCodec, Some(&txns))
+            .await
+            .expect("clean");
+        assert!(first.aborted_records_removed > 0);
+        let before = read_all(&log).await;
+        let stuck = NeverForgets(txns);
+        let pass = {
+            let log = log.clone();
+            glommio::spawn_local(async move {
+                log.clean_with_txns(&crash_options(), &NoCodec, Some(&stuck))
+                    .await
+            })
+        };
+        glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+        log.close().await.expect("close");
+        assert!(matches!(pass.await, Err(StorageError::Closed)));
+        let (log, _) = reopened(&disk, &clock).await;
+        assert_eq!(read_all(&log).await, before, "the pass did not commit");
+    });
+}
