@@ -60,7 +60,9 @@
 //!
 //! Concurrency: appends never wait for the cleaner; the cleaner holds the log's segments
 //! gate, which retention, truncation and close take before they remove segments, so no
-//! segment disappears under a pass.
+//! segment disappears under a pass. While it holds that gate it may wait for the broker to
+//! forget aborted entries (which takes the partition's producer gate); it gives that wait
+//! up once the log starts closing, so close never waits on an append waiting on close.
 
 use std::collections::HashMap;
 use std::path::Path;
