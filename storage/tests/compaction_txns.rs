@@ -633,7 +633,7 @@ async fn crash_setup() -> (SimDisk, Clock, Model, Vec<AbortedRange>) {
     let mut rng = SeededRng::new(7);
     let mut model = Model::default();
     let txns = ModelTxns::default();
-    for _ in 0..160 {
+    for _ in 0..80 {
         append_step(&log, &mut rng, 12, now.get(), &mut model, &txns).await;
     }
     // Close every transaction, one way or the other, then roll.
@@ -647,7 +647,7 @@ async fn crash_setup() -> (SimDisk, Clock, Model, Vec<AbortedRange>) {
             .extend(model.open_records.remove(&producer_id).unwrap_or_default());
         model.markers.insert(at, (producer_id, false));
     }
-    for _ in 0..30 {
+    for _ in 0..16 {
         let filler = random_batch(&mut rng, 12, now.get());
         let at = log
             .append(filler.clone())
