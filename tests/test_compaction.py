@@ -19,6 +19,8 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import ConfigResource
 from kafka import KafkaConsumer
 from kafka import TopicPartition as KafkaTopicPartition
+from kafka.protocol.fetch import FetchRequest
+from kafka.record import MemoryRecords
 
 import pytest
 
@@ -78,10 +80,10 @@ def read_all_confluent(bootstrap, end_offset):
     return records
 
 
-def read_all_kafka_python(bootstrap, end_offset):
+def read_all_kafka_python(bootstrap, end_offset, topic=TOPIC):
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                              consumer_timeout_ms=30000)
-    partition = KafkaTopicPartition(TOPIC, 0)
+    partition = KafkaTopicPartition(topic, 0)
     consumer.assign([partition])
     consumer.seek(partition, 0)
     records = []
@@ -184,3 +186,177 @@ def test_a_record_without_a_key_is_refused_by_a_compacted_topic(start_broker):
     producer.produce("plain", value=b"no key", on_delivery=lambda error, _: errors.append(error))
     assert producer.flush(30) == 0
     assert errors[-1] is None
+
+
+TXN_TOPIC = "txn-table"
+RETIRED_TXN_MARKER = 0x5248  # storage batch::control: a marker the cleaner removed
+
+
+def raw_fetch_all(bootstrap, topic, end_offset):
+    """Walks partition 0 with read_committed Fetch v4 requests: (every aborted-transaction
+    entry the broker returned, [(base offset, is control, control record types)] of every
+    batch)."""
+    sock = helpers.connect(bootstrap)
+    aborted, batches = [], []
+    offset, correlation_id = 0, 100
+    try:
+        while offset < end_offset:
+            correlation_id += 1
+            request = FetchRequest[4](-1, 100, 0, 1 << 20, 1, [(topic, [(0, offset, 1 << 20)])])
+            response = helpers.call(sock, request, correlation_id)
+            _partition, error_code, _hw, _lso, entries, records = response.topics[0][1][0]
+            assert error_code == 0
+            aborted.extend(entries or [])
+            memory = MemoryRecords(records)
+            while True:
+                stored = memory.next_batch()
+                if stored is None:
+                    break
+                types = [r.type for r in stored] if stored.is_control_batch else []
+                batches.append((stored.base_offset, stored.is_control_batch, types))
+                offset = stored.base_offset + stored.last_offset_delta + 1
+    finally:
+        sock.close()
+    return aborted, batches
+
+
+def read_all_kafka_python_committed(bootstrap, topic, end_offset):
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             isolation_level="read_committed", consumer_timeout_ms=30000)
+    partition = KafkaTopicPartition(topic, 0)
+    consumer.assign([partition])
+    consumer.seek(partition, 0)
+    records = []
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline and consumer.position(partition) < end_offset:
+            for batch in consumer.poll(timeout_ms=1000).values():
+                records.extend((r.offset, r.key, r.value) for r in batch)
+    finally:
+        consumer.close()
+    return records
+
+
+def read_confluent(bootstrap, topic, end_offset, isolation):
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"txn-compaction-{isolation}",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "isolation.level": isolation,
+    })
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    records = []
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            message = consumer.poll(1.0)
+            if message is None:
+                continue
+            if message.error():
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    position = consumer.position([TopicPartition(topic, 0)])[0].offset
+                    if position >= end_offset:
+                        break
+                    continue
+                raise AssertionError(message.error())
+            records.append((message.offset(), message.key(), message.value()))
+    finally:
+        consumer.close()
+    return records
+
+
+def test_aborted_transactions_and_their_markers_are_cleaned_away(start_broker):
+    """A transactional producer commits two transactions in three and aborts the third on a
+    compacted topic with small segments and a short delete.retention.ms; once the cleaner
+    settles, the aborted records are gone (read_uncommitted readers no longer see them), the
+    markers are retired (their batches stay, skipped by clients) and the broker's
+    aborted-transaction list is empty (Fetch returns no entry), while read_committed readers (librdkafka, kafka-python) see the latest committed
+    value of every key and read_uncommitted ones the same records."""
+    broker = start_broker(extra_args=CLEANER_ARGS)
+    helpers.create_topic(broker.bootstrap, TXN_TOPIC, 1, config={
+        "cleanup.policy": "compact",
+        "segment.bytes": str(SEGMENT_BYTES),
+        "min.cleanable.dirty.ratio": "0.01",
+        "delete.retention.ms": "1000",
+    })
+    producer = Producer({
+        "bootstrap.servers": broker.bootstrap,
+        "transactional.id": "txn-table-writer",
+        "linger.ms": 5,
+    })
+    producer.init_transactions(30)
+    rng = random.Random(11)
+    written = {}  # offset -> (key, value, committed)
+    transactions = 0
+    for index in range(120):
+        commit = index % 3 != 2
+        delivered = []
+        producer.begin_transaction()
+        for _ in range(25):
+            key = f"key-{rng.randrange(KEYS)}".encode()
+            value = None if rng.random() < 0.05 else rng.randbytes(1500)
+            producer.produce(TXN_TOPIC, key=key, value=value, partition=0,
+                             on_delivery=lambda error, message: delivered.append(message))
+        assert producer.flush(30) == 0
+        if commit:
+            producer.commit_transaction(30)
+        else:
+            producer.abort_transaction(30)
+        transactions += 1
+        for message in delivered:
+            assert message.error() is None
+            written[message.offset()] = (message.key(), message.value(), commit)
+    # Plain records after them, so the last transactions' segment rolls and is cleanable.
+    filler = [(f"filler-{i % 20}".encode(), rng.randbytes(1500), [], helpers.TIMESTAMP_BASE_MS)
+              for i in range(800)]
+    for (_, offset), message in helpers.produce(broker.bootstrap, TXN_TOPIC, filler).items():
+        written[offset] = (message[0], message[1], True)
+    end_offset = max(written) + 1
+    aborted_offsets = {o for o, (_, _, committed) in written.items() if not committed}
+    assert len(aborted_offsets) == 40 * 25
+
+    wait_for_the_cleaner(broker)
+    time.sleep(1.5)  # delete.retention.ms, then the pass that removes the markers
+    wait_for_the_cleaner(broker)
+
+    entries, batches = raw_fetch_all(broker.bootstrap, TXN_TOPIC, end_offset)
+    assert entries == [], "aborted entries left after their markers were cleaned"
+    markers = [b for b in batches if b[1]]
+    assert len(markers) == transactions, "every marker's batch stays (its offset too)"
+    left = [b for b in markers if b[2] != [RETIRED_TXN_MARKER]]
+    assert all(b[2] in ([0], [1]) for b in left)
+    # A commit marker stays while a record of its transaction does (latest of its key).
+    assert len(left) < transactions // 3, f"{len(left)} of {transactions} markers left"
+
+    latest = {}
+    for offset in sorted(written):
+        key, value, committed = written[offset]
+        if committed:
+            latest[key] = (offset, value)
+
+    def check(records):
+        seen = {}
+        for offset, key, value in records:
+            assert offset not in aborted_offsets, f"aborted record at {offset} read"
+            assert written[offset][:2] == (key, value)
+            seen[key] = (offset, value)
+        for key, (offset, value) in latest.items():
+            if value is not None:
+                assert seen.get(key) == (offset, value), f"latest of {key} is not what is read"
+        return len(records)
+
+    committed = read_confluent(broker.bootstrap, TXN_TOPIC, end_offset, "read_committed")
+    uncommitted = read_confluent(broker.bootstrap, TXN_TOPIC, end_offset, "read_uncommitted")
+    assert uncommitted == committed, "no aborted record left for read_uncommitted to see"
+    kept = check(committed)
+    assert kept < 2 * (KEYS + 20) + 700, f"{kept} records left"
+    assert read_all_kafka_python_committed(broker.bootstrap, TXN_TOPIC, end_offset) == committed
+    assert read_all_kafka_python(broker.bootstrap, end_offset, topic=TXN_TOPIC) == committed
+
+    # The producer state after a restart agrees (no transaction reopened by an emptied batch).
+    broker.restart()
+    assert read_confluent(broker.bootstrap, TXN_TOPIC, end_offset, "read_committed") == committed
+    producer.begin_transaction()
+    producer.produce(TXN_TOPIC, key=b"after", value=b"restart", partition=0)
+    producer.commit_transaction(30)

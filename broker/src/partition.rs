@@ -354,6 +354,12 @@ impl PartitionTable {
             .collect()
     }
 
+    /// The producer states of this shard's partitions (the log cleaner's view of their
+    /// transactions, `compaction.rs`).
+    pub fn producer_states(&self) -> &ProducerStates {
+        &self.producers
+    }
+
     /// Marks a partition offline after a storage failure, so later requests fail fast.
     pub fn fence(&self, tp: &TopicPartition, reason: String) {
         let mut slots = self.slots.borrow_mut();

@@ -368,6 +368,11 @@ struct PartitionProducers {
     snapshot_offset: Cell<i64>,
     /// Snapshot files are written one at a time.
     snapshot_gate: Semaphore,
+    /// Snapshots taken so far, and the newest written (or being written): an older one that
+    /// gets its turn at the gate later is not written over it (it may still hold aborted
+    /// entries the log cleaner had forgotten).
+    snapshots_taken: Cell<u64>,
+    snapshot_written: Cell<u64>,
 }
 
 impl Default for PartitionProducers {
@@ -379,6 +384,8 @@ impl Default for PartitionProducers {
             offsets_since_snapshot: Cell::new(0),
             snapshot_offset: Cell::new(0),
             snapshot_gate: Semaphore::new(1),
+            snapshots_taken: Cell::new(0),
+            snapshot_written: Cell::new(0),
         }
     }
 }
@@ -563,18 +570,22 @@ impl PartitionProducers {
     /// coordinator epoch is the marker's, and its open transaction here, if any, is
     /// completed (an abort's entry is returned).
     fn apply_marker(&self, marker: TxnMarker, offset: i64) -> Option<AbortedTxn> {
-        {
-            let mut producers = self.producers.borrow_mut();
-            let entry = producers.entry(marker.producer_id).or_default();
-            if marker.producer_epoch != entry.epoch {
-                entry.batches.clear();
-                entry.epoch = marker.producer_epoch;
-            }
-            entry.coordinator_epoch = marker.coordinator_epoch;
-        }
+        self.note_marker_epochs(&marker);
         self.txns
             .borrow_mut()
             .complete(marker.producer_id, marker.commit, offset)
+    }
+
+    /// The producer and coordinator epochs of a marker (also of one the log cleaner
+    /// retired, which ends nothing but still fences older epochs).
+    fn note_marker_epochs(&self, marker: &TxnMarker) {
+        let mut producers = self.producers.borrow_mut();
+        let entry = producers.entry(marker.producer_id).or_default();
+        if marker.producer_epoch != entry.epoch {
+            entry.batches.clear();
+            entry.epoch = marker.producer_epoch;
+        }
+        entry.coordinator_epoch = marker.coordinator_epoch;
     }
 
     /// Loads the snapshot, then replays the batch headers after it (or, without one, the
@@ -607,6 +618,23 @@ impl PartitionProducers {
                 }
                 batches_seen += 1;
                 if header.is_control() {
+                    if let Some((control::RETIRED_TXN_MARKER, value)) = control::record(&stored) {
+                        // A marker the log cleaner retired (its transaction's records went
+                        // first): it ends nothing any more; its epochs still fence.
+                        if let Some(coordinator_epoch) = value
+                            .get(2..6)
+                            .and_then(|b| b.try_into().ok())
+                            .map(i32::from_be_bytes)
+                        {
+                            self.note_marker_epochs(&TxnMarker {
+                                producer_id: header.producer_id,
+                                producer_epoch: header.producer_epoch,
+                                commit: true,
+                                coordinator_epoch,
+                            });
+                        }
+                        continue;
+                    }
                     if let Some((commit, coordinator_epoch)) = control::txn_marker_of(&stored) {
                         let marker = TxnMarker {
                             producer_id: header.producer_id,
@@ -916,6 +944,65 @@ impl ProducerStates {
             .sum()
     }
 
+    /// The log cleaner removes the abort markers at `marker_offsets` (their transactions'
+    /// records are gone): their aborted entries are forgotten, and a snapshot without them
+    /// is written before this returns, so that after a crash no entry outlives its marker
+    /// (the cleaner commits its pass only after). Markers the log already holds empty are
+    /// skipped by the replay after the snapshot, so nothing brings the entries back.
+    pub async fn forget_cleaned_aborts(
+        &self,
+        tp: &TopicPartition,
+        log: &PartitionLog,
+        marker_offsets: &[i64],
+    ) -> std::io::Result<usize> {
+        let (turn, state) = self.gated_loaded(tp, log).await;
+        let forgotten = state.txns.borrow_mut().forget_aborted(marker_offsets);
+        state.offsets_since_snapshot.set(0);
+        let taken = take_snapshot(log, &state);
+        drop(turn); // appends go on; the snapshot holds the state as of now
+        write_snapshot(log, &state, taken).await?;
+        tracing::debug!(partition = %tp, forgotten, markers = marker_offsets.len(), "aborted transactions forgotten: the cleaner removes their markers");
+        Ok(forgotten)
+    }
+
+    /// The LSO of a partition that ever held a transactional batch, for the log cleaner's
+    /// choice of a log; `None` for one that never did.
+    pub async fn cleaner_first_unstable_offset(
+        &self,
+        tp: &TopicPartition,
+        log: &PartitionLog,
+    ) -> Option<i64> {
+        self.with_txns_if_any(tp, log, |txns| {
+            txns.last_stable_offset(log.high_watermark())
+                .max(log.log_start_offset())
+        })
+        .await
+    }
+
+    /// The LSO and the aborted transactions of a partition that ever held a transactional
+    /// batch, for the log cleaner; `None` for one that never did.
+    pub async fn cleaner_view(
+        &self,
+        tp: &TopicPartition,
+        log: &PartitionLog,
+    ) -> Option<(i64, Vec<crate::storage::AbortedRange>)> {
+        self.with_txns_if_any(tp, log, |txns| {
+            let stable = txns
+                .last_stable_offset(log.high_watermark())
+                .max(log.log_start_offset());
+            let aborted = txns
+                .aborted()
+                .map(|entry| crate::storage::AbortedRange {
+                    producer_id: entry.producer_id,
+                    first_offset: entry.first_offset,
+                    marker_offset: entry.last_offset,
+                })
+                .collect();
+            (stable, aborted)
+        })
+        .await
+    }
+
     /// Forgets a partition that left this shard (deleted or moved).
     pub fn forget(&self, tp: &TopicPartition) {
         self.partitions.borrow_mut().remove(tp);
@@ -939,21 +1026,56 @@ fn snapshot_if_far(tp: &TopicPartition, log: &PartitionLog, state: &Rc<Partition
 /// Takes the snapshot now (the caller holds the partition's gate, so the state matches the
 /// log) and writes it in the background; a write that fails only costs a longer scan.
 fn spawn_snapshot(tp: TopicPartition, log: PartitionLog, state: Rc<PartitionProducers>) {
-    let snapshot = state.snapshot(log.log_end_offset());
-    state.snapshot_offset.set(snapshot.next_offset);
-    let bytes = encode_snapshot(&snapshot);
+    let taken = take_snapshot(&log, &state);
     glommio::spawn_local(async move {
-        let path = log.dir().join(SNAPSHOT_FILE);
-        // Two snapshots of one partition would share the temporary file: one at a time.
-        let _turn = state.snapshot_gate.acquire_permit(1).await.expect("never closed");
-        match log.disk().write_file_atomically(&path, &bytes).await {
-            Ok(()) => {
-                tracing::debug!(partition = %tp, next_offset = snapshot.next_offset, producers = snapshot.producers.len(), "producer state snapshot written");
-            }
-            Err(error) => tracing::warn!(partition = %tp, %error, "producer state snapshot not written"),
+        if let Err(error) = write_snapshot(&log, &state, taken).await {
+            tracing::warn!(partition = %tp, %error, "producer state snapshot not written");
         }
     })
     .detach();
+}
+
+/// A snapshot taken under the partition's gate, numbered, encoded.
+struct TakenSnapshot {
+    number: u64,
+    next_offset: i64,
+    bytes: Vec<u8>,
+}
+
+fn take_snapshot(log: &PartitionLog, state: &PartitionProducers) -> TakenSnapshot {
+    let snapshot = state.snapshot(log.log_end_offset());
+    state.snapshot_offset.set(snapshot.next_offset);
+    let number = state.snapshots_taken.get() + 1;
+    state.snapshots_taken.set(number);
+    TakenSnapshot {
+        number,
+        next_offset: snapshot.next_offset,
+        bytes: encode_snapshot(&snapshot),
+    }
+}
+
+/// Writes `taken` durably, unless a newer snapshot was written already.
+async fn write_snapshot(
+    log: &PartitionLog,
+    state: &PartitionProducers,
+    taken: TakenSnapshot,
+) -> std::io::Result<()> {
+    let path = log.dir().join(SNAPSHOT_FILE);
+    // Two snapshots of one partition would share the temporary file: one at a time.
+    let _turn = state
+        .snapshot_gate
+        .acquire_permit(1)
+        .await
+        .expect("never closed");
+    if taken.number < state.snapshot_written.get() {
+        return Ok(());
+    }
+    state.snapshot_written.set(taken.number);
+    log.disk()
+        .write_file_atomically(&path, &taken.bytes)
+        .await?;
+    tracing::debug!(partition = %log.dir().display(), next_offset = taken.next_offset, "producer state snapshot written");
+    Ok(())
 }
 
 /// How long an `InitProducerId` waits for the controller to grant a block before it is

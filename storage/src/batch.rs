@@ -401,6 +401,13 @@ pub mod control {
     /// As [`RAFT_CONF_CHANGE`], for a version-1 `ConfChange`.
     pub const RAFT_CONF_CHANGE_V1: i16 = 0x5247;
 
+    /// Ringfeed's private control record type for a transaction marker the log cleaner
+    /// removed (`FORMAT.md` § Log cleaner): the marker's batch stays (every batch does), its
+    /// one record's type rewritten to this, so it ends nothing any more and readers skip it
+    /// (an empty control batch would do too, but kafka-python's `read_committed` reader fails
+    /// on one).
+    pub const RETIRED_TXN_MARKER: i16 = 0x5248;
+
     /// Kafka's `ControlRecordType.ABORT`: the marker that aborts a producer's transaction.
     pub const ABORT_MARKER: i16 = 0;
     /// Kafka's `ControlRecordType.COMMIT`.
@@ -507,6 +514,31 @@ pub mod control {
         let crc = crc32c::crc32c(&out[ATTRIBUTES_OFFSET..]);
         out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
         out.freeze()
+    }
+
+    /// `batch` (a control batch of one record) with its record's type rewritten to
+    /// `control_type` and its CRC32C recomputed; `None` if it is not of that shape.
+    pub fn with_type(batch: &Bytes, control_type: i16) -> Option<Vec<u8>> {
+        let header = BatchHeader::parse(batch)?;
+        if !header.is_control() || header.record_count != 1 || header.is_compressed() {
+            return None;
+        }
+        let mut rest = batch.get(BATCH_HEADER_BYTES..)?;
+        let _length = read_varint(&mut rest)?;
+        let (_attributes, tail) = rest.split_first()?;
+        rest = tail;
+        let _timestamp_delta = read_varint(&mut rest)?;
+        let _offset_delta = read_varint(&mut rest)?;
+        if read_varint(&mut rest)? < 4 {
+            return None;
+        }
+        let type_at = batch.len() - rest.len() + 2;
+        let mut out = batch.to_vec();
+        out.get_mut(type_at..type_at + 2)?
+            .copy_from_slice(&control_type.to_be_bytes());
+        let crc = crc32c::crc32c(&out[ATTRIBUTES_OFFSET..]);
+        out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        Some(out)
     }
 
     /// The type and value of a control batch's single record; `None` for a data batch or a

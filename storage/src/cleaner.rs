@@ -22,27 +22,47 @@
 //!    each is renamed over its `<base>.log`, oldest first. Recovery completes a committed
 //!    swap and deletes the files of an uncommitted one ([`recover_swap`]).
 //!
-//! Batches left whole, unread ("opaque"): control batches (Raft's and transaction
-//! markers), transactional batches, and compressed batches the caller's [`RecordCodec`]
-//! cannot open. Their keys are not in the map, so a tombstone after one is kept (removing
-//! it could bring back a value the opaque batch holds). Leaving transactional data whole is
-//! safe: an aborted or still-open transaction's value never shadows an older one, and the
-//! broker's transaction state (open and aborted transactions, `producer_state.rs`) is kept
-//! apart from the segments, by offset, which cleaning preserves.
+//! Transactions ([`PartitionLog::clean_with_txns`], given the broker's [`CleanerTxns`]), as
+//! Kafka's `LogCleaner` with its `CleanedTransactionMetadata`:
+//! - nothing at or above the first unstable offset (the LSO: the first offset of the oldest
+//!   open transaction) is cleaned: the map ends at the first batch at or above it, and a
+//!   segment starting there is not cleanable; an open transaction's records are never
+//!   compacted or removed;
+//! - the records of an aborted transaction (its producer's transactional batches between
+//!   the entry's first offset and its abort marker) are removed and shadow nothing in the
+//!   map; committed transactional records are compacted like any other;
+//! - a marker (commit or abort) stays while its transaction had a record read in this pass
+//!   (a later pass may remove it once they are all gone); with none left, it is removed once
+//!   `delete.retention.ms` ran out for its segment, as a tombstone is (Ringfeed's delete
+//!   horizon is per segment, from its first clean, where KIP-534 stamps it in each batch).
+//!   A segment holding a marker that waits only for that time is flagged as one holding
+//!   tombstones, so a pass comes for it. Removing a marker retires it: its batch and record
+//!   stay (every batch does), the record's control type rewritten to Ringfeed's
+//!   [`batch::control::RETIRED_TXN_MARKER`], which readers skip and which ends nothing (an
+//!   emptied control batch would be Kafka's nearest, but kafka-python's `read_committed`
+//!   reader fails on one);
+//! - before the pass commits, the broker is told the abort markers it removes
+//!   ([`CleanerTxns::forget_aborted`]) and forgets their aborted-transaction entries
+//!   durably: an entry whose marker is gone would hide its producer's later records from
+//!   `read_committed` readers, while a marker whose entry is gone hides nothing (its
+//!   records went in an earlier pass). So the broker's aborted list shrinks as the log is
+//!   cleaned, on a compacted topic as retention shrinks it on a deleted one.
 //!
-//! Not done yet, where Kafka's `LogCleaner` does more with transactions: it removes the
-//! records of aborted transactions (it walks the aborted-transaction index of the range
-//! being cleaned and drops the batches of producers inside an aborted transaction); it
-//! removes a transaction's marker once no record of that transaction is left below it and
-//! the marker is older than `delete.retention.ms` (KIP-534's delete horizon, kept in the
-//! batch header); it keeps the last batch of every active producer so that producer's
-//! state survives compaction; and it never cleans at or above the first unstable offset
-//! (the LSO), so open transactions are not compacted. Committed transactional records take
-//! part in key deduplication there.
+//! Batches left whole, unread ("opaque"): control batches other than transaction markers
+//! (Raft's), transactional batches when the pass is not told the partition's transactions
+//! ([`PartitionLog::clean`]), and compressed batches the caller's [`RecordCodec`] cannot
+//! open. Their keys are not in the map, so a tombstone after one is kept (removing it could
+//! bring back a value the opaque batch holds).
+//!
+//! Where Kafka does more: it keeps the last batch of every active producer whole so the
+//! producer's state survives compaction; here every batch's header stays anyway (producer
+//! id, epoch, sequences), which is what the broker's producer state is rebuilt from.
 //!
 //! Concurrency: appends never wait for the cleaner; the cleaner holds the log's segments
 //! gate, which retention, truncation and close take before they remove segments, so no
-//! segment disappears under a pass.
+//! segment disappears under a pass. While it holds that gate it may wait for the broker to
+//! forget aborted entries (which takes the partition's producer gate); it gives that wait
+//! up once the log starts closing, so close never waits on an append waiting on close.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -70,6 +90,9 @@ pub const CLEANED_SUFFIX: &str = ".cleaned";
 const NOT_CLEANED_WHOLE: i64 = i64::MAX;
 /// What one map entry costs beyond its key: the offset, the key's box and the table's slot.
 const MAP_ENTRY_OVERHEAD_BYTES: usize = 48;
+/// How often a pass waiting for the broker to forget aborted entries looks whether the log
+/// is closing.
+const STOPPING_POLL: Duration = Duration::from_millis(10);
 /// How much the cleaner reads and writes at a time.
 const CLEANER_IO_BYTES: usize = 1 << 20;
 
@@ -119,8 +142,50 @@ impl RecordCodec for NoCodec {
     }
 }
 
+/// One aborted transaction of the partition, as the cleaner needs it: its producer, the
+/// offset of its first batch and of its abort marker (the broker's aborted-transaction list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedRange {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub marker_offset: i64,
+}
+
+/// The partition's transactions, which the broker keeps apart from the segments
+/// (`producer_state`): what a pass that cleans transactional data needs to know, and the
+/// one thing it asks back.
+#[allow(async_fn_in_trait)] // single-threaded (glommio): no Send bound is wanted
+pub trait CleanerTxns {
+    /// The first offset of the oldest open transaction, or the high watermark (the LSO): a
+    /// pass cleans nothing at or above it.
+    fn first_unstable_offset(&self) -> i64;
+    /// Every aborted transaction whose marker is in the log, in any order.
+    fn aborted(&self) -> Vec<AbortedRange>;
+    /// The pass removes the abort markers at `marker_offsets` (their transactions' records
+    /// went in an earlier pass): called before the pass commits, it must forget their
+    /// entries durably, so no reader is ever told a transaction is aborted whose marker
+    /// (which ends it for the reader) is gone. An error abandons the pass.
+    async fn forget_aborted(&self, marker_offsets: &[i64]) -> Result<(), StorageError>;
+}
+
+/// No transaction information: transactional batches and markers are left whole (unread),
+/// as they always may be.
+pub struct NoTxns;
+
+impl CleanerTxns for NoTxns {
+    fn first_unstable_offset(&self) -> i64 {
+        i64::MAX
+    }
+    fn aborted(&self) -> Vec<AbortedRange> {
+        Vec::new()
+    }
+    async fn forget_aborted(&self, _marker_offsets: &[i64]) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
 /// What one pass did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CleanOutcome {
     /// Segments rewritten and swapped in.
     pub segments_rewritten: usize,
@@ -133,6 +198,12 @@ pub struct CleanOutcome {
     pub tombstones_removed: u64,
     /// Records without a key, removed (Kafka's cleaner drops them).
     pub keyless_removed: u64,
+    /// Records of aborted transactions, removed.
+    pub aborted_records_removed: u64,
+    /// Transaction markers removed (emptied: their batch stays, with no record), and the
+    /// offsets of the abort markers among them.
+    pub markers_removed: u64,
+    pub abort_markers_removed: Vec<i64>,
     /// The first offset not cleaned after this pass.
     pub clean_end_offset: i64,
 }
@@ -208,9 +279,15 @@ fn parse_records(section: &[u8], count: i32) -> Option<Vec<RecordRef>> {
     (at == section.len()).then_some(records)
 }
 
-/// A batch's records, opened if they can be: `None` for a batch left whole.
-fn open_records(bytes: &[u8], header: &BatchHeader, codec: &dyn RecordCodec) -> Option<Vec<u8>> {
-    if header.is_control() || header.is_transactional() {
+/// A batch's records, opened if they can be: `None` for a batch left whole (transactional
+/// data is read only when the pass knows the partition's transactions).
+fn open_records(
+    bytes: &[u8],
+    header: &BatchHeader,
+    codec: &dyn RecordCodec,
+    txns: Option<&TxnRules>,
+) -> Option<Vec<u8>> {
+    if header.is_control() || (header.is_transactional() && txns.is_none()) {
         return None;
     }
     let section = &bytes[BATCH_HEADER_BYTES..];
@@ -219,6 +296,56 @@ fn open_records(bytes: &[u8], header: &BatchHeader, codec: &dyn RecordCodec) -> 
     } else {
         Some(section.to_vec())
     }
+}
+
+/// The partition's aborted transactions, by producer, as one pass sees them.
+struct TxnRules {
+    /// Producer id → its aborted transactions as (first offset, marker offset), ordered.
+    aborted: HashMap<i64, Vec<(i64, i64)>>,
+}
+
+impl TxnRules {
+    fn new(ranges: Vec<AbortedRange>) -> Self {
+        let mut aborted: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
+        for range in ranges {
+            aborted
+                .entry(range.producer_id)
+                .or_default()
+                .push((range.first_offset, range.marker_offset));
+        }
+        for ranges in aborted.values_mut() {
+            ranges.sort_unstable();
+        }
+        TxnRules { aborted }
+    }
+
+    /// Whether the transactional batch of `producer_id` at `offset` belongs to an aborted
+    /// transaction (one producer's transactions on a partition never overlap).
+    fn is_aborted(&self, producer_id: i64, offset: i64) -> bool {
+        self.aborted.get(&producer_id).is_some_and(|ranges| {
+            let after = ranges.partition_point(|&(first, _)| first <= offset);
+            after > 0 && offset < ranges[after - 1].1
+        })
+    }
+}
+
+/// What one producer's current transaction (since its last marker) held, as a walk goes.
+#[derive(Clone, Copy, Default)]
+struct TxnSeen {
+    /// A batch with records was read (before this pass cleaned it).
+    read: bool,
+    /// A record stays after this pass.
+    kept: bool,
+}
+
+/// What a walk over the segments of a pass carries from batch to batch.
+#[derive(Clone, Default)]
+struct WalkState {
+    /// A batch was left whole (unread) earlier in the walk: it may hold a value a later
+    /// tombstone hides.
+    opaque_seen: bool,
+    /// Per producer, its transaction since its last marker.
+    txns: HashMap<i64, TxnSeen>,
 }
 
 /// The key → latest offset map of one pass, bounded in bytes.
@@ -489,15 +616,22 @@ impl<F: DiskFile> BatchWalk<'_, F> {
 
 impl<D: Disk> PartitionLog<D> {
     /// The sealed segments a pass may clean: up to the first whose newest timestamp is
-    /// younger than `min_compaction_lag_ms`.
-    fn cleanable_segments(&self, min_compaction_lag_ms: u64) -> Vec<SegmentView<D::File>> {
+    /// younger than `min_compaction_lag_ms`, and none starting at or above
+    /// `first_unstable_offset` (one holding it is cleaned only below it).
+    fn cleanable_segments(
+        &self,
+        min_compaction_lag_ms: u64,
+        first_unstable_offset: i64,
+    ) -> Vec<SegmentView<D::File>> {
         let now_ms = self.inner.clock.now_ms();
         let state = self.state();
         let mut previous_term = 0;
         let mut views = Vec::new();
         for segment in state.sealed.values() {
             let max_timestamp = segment.index.max_timestamp();
-            if max_timestamp > now_ms.saturating_sub(min_compaction_lag_ms as i64) {
+            if max_timestamp > now_ms.saturating_sub(min_compaction_lag_ms as i64)
+                || segment.base_offset >= first_unstable_offset
+            {
                 break;
             }
             views.push(SegmentView {
@@ -539,9 +673,21 @@ impl<D: Disk> PartitionLog<D> {
         min_compaction_lag_ms: u64,
         delete_retention_ms: u64,
     ) -> Result<DirtySummary, StorageError> {
+        self.dirty_summary_below(min_compaction_lag_ms, delete_retention_ms, i64::MAX)
+            .await
+    }
+
+    /// [`Self::dirty_summary`] of a log whose transactions are cleaned: nothing at or above
+    /// `first_unstable_offset` (the LSO) counts as dirty, as a pass would not clean it.
+    pub async fn dirty_summary_below(
+        &self,
+        min_compaction_lag_ms: u64,
+        delete_retention_ms: u64,
+        first_unstable_offset: i64,
+    ) -> Result<DirtySummary, StorageError> {
         let cleaner = self.cleaner_state().await?;
         let first_dirty = cleaner.clean_end_offset.max(self.log_start_offset());
-        let views = self.cleanable_segments(min_compaction_lag_ms);
+        let views = self.cleanable_segments(min_compaction_lag_ms, first_unstable_offset);
         let mut summary = DirtySummary {
             tombstones_due: tombstones_due(
                 &cleaner,
@@ -552,7 +698,7 @@ impl<D: Disk> PartitionLog<D> {
             ..DirtySummary::default()
         };
         for view in views {
-            if view.next_offset <= first_dirty {
+            if view.next_offset.min(first_unstable_offset) <= first_dirty {
                 summary.clean_bytes += view.bytes;
             } else {
                 summary.dirty_bytes += view.bytes;
@@ -568,14 +714,30 @@ impl<D: Disk> PartitionLog<D> {
         Ok(summary)
     }
 
-    /// One cleaning pass (see the module docs). Appends go on meanwhile; an error leaves the
-    /// log as it was (a swap already committed is finished by the next open).
+    /// One cleaning pass (see the module docs) that leaves transactional batches and
+    /// markers whole. Appends go on meanwhile; an error leaves the log as it was (a swap
+    /// already committed is finished by the next open).
     pub async fn clean(
         &self,
         options: &CleanOptions,
         codec: &dyn RecordCodec,
     ) -> Result<CleanOutcome, StorageError> {
+        self.clean_with_txns::<NoTxns>(options, codec, None).await
+    }
+
+    /// One cleaning pass that, told the partition's transactions (`txns`), cleans below its
+    /// LSO only, removes aborted transactions' records, compacts committed ones with the
+    /// rest and removes markers once their transactions' records are gone (module docs).
+    pub async fn clean_with_txns<T: CleanerTxns>(
+        &self,
+        options: &CleanOptions,
+        codec: &dyn RecordCodec,
+        txns: Option<&T>,
+    ) -> Result<CleanOutcome, StorageError> {
         let _segments = self.segments_turn().await?;
+        // Read before anything else: transactions opened later start above the log end.
+        let first_unstable = txns.map_or(i64::MAX, CleanerTxns::first_unstable_offset);
+        let txn_rules = txns.map(|t| TxnRules::new(t.aborted()));
         self.check_cleanable()?;
         let now_ms = self.inner.clock.now_ms();
         let cleaner = self.cleaner_state().await?;
@@ -589,8 +751,10 @@ impl<D: Disk> PartitionLog<D> {
         }
         let log_start = self.log_start_offset();
         let first_dirty = cleaner.clean_end_offset.max(log_start);
-        let views = self.cleanable_segments(options.min_compaction_lag_ms);
-        let cleanable_end = views.last().map_or(first_dirty, |v| v.next_offset);
+        let views = self.cleanable_segments(options.min_compaction_lag_ms, first_unstable);
+        let cleanable_end = views
+            .last()
+            .map_or(first_dirty, |v| v.next_offset.min(first_unstable));
         let mut outcome = CleanOutcome {
             clean_end_offset: first_dirty,
             ..CleanOutcome::default()
@@ -606,7 +770,12 @@ impl<D: Disk> PartitionLog<D> {
             bytes: 0,
         };
         let (map, map_end) = if dirty {
-            self.build_map(&views, first_dirty, options.map_bytes, codec, &mut throttle)
+            let bounds = MapBounds {
+                first_dirty,
+                first_unstable,
+                map_bytes: options.map_bytes,
+            };
+            self.build_map(&views, &bounds, codec, txn_rules.as_ref(), &mut throttle)
                 .await?
         } else {
             // Only expired tombstones to remove, from the segments already clean.
@@ -629,6 +798,7 @@ impl<D: Disk> PartitionLog<D> {
             delete_retention_ms: options.delete_retention_ms,
             now_ms,
             codec,
+            txns: txn_rules.as_ref(),
         };
         let dir = self.dir().to_path_buf();
         let (rewritten, flags) = self
@@ -654,11 +824,44 @@ impl<D: Disk> PartitionLog<D> {
             map_end,
             rewritten.iter().map(|(base, _)| *base).collect(),
         );
+        // Forgotten first: an aborted entry whose marker is gone would hide the producer's
+        // later records from readers; a marker whose entry is gone hides nothing (its
+        // transaction's records went in an earlier pass).
+        let forgotten = self.forget_unless_stopping(txns, &outcome.abort_markers_removed);
+        if let Err(error) = forgotten.await {
+            self.discard_cleaned(&dir, &rewritten).await;
+            return Err(error);
+        }
         self.commit_and_swap(&dir, cleaner, rewritten).await?;
         outcome.clean_end_offset = map_end;
         outcome.io_bytes = throttle.bytes;
         self.inner.state.borrow_mut().stats.bytes_cleaned += outcome.bytes_before;
         Ok(outcome)
+    }
+
+    /// `txns.forget_aborted(markers)`, given up (`Closed`) once the log starts closing: the
+    /// broker may have to wait for a gate that an append holds while it waits for the log's
+    /// append gate, which `close` holds while it waits for this pass's segments gate. Given
+    /// up, the pass does not commit: its markers stay, and any entry already forgotten
+    /// hides nothing (its records went in an earlier pass).
+    async fn forget_unless_stopping<T: CleanerTxns>(
+        &self,
+        txns: Option<&T>,
+        markers: &[i64],
+    ) -> Result<(), StorageError> {
+        let Some(txns) = txns.filter(|_| !markers.is_empty()) else {
+            return Ok(());
+        };
+        let forget = std::pin::pin!(txns.forget_aborted(markers));
+        let stopping = std::pin::pin!(async {
+            while !self.inner.stopping.get() {
+                self.inner.clock.sleep(STOPPING_POLL).await;
+            }
+        });
+        match futures::future::select(forget, stopping).await {
+            futures::future::Either::Left((forgotten, _)) => forgotten,
+            futures::future::Either::Right(((), _)) => Err(StorageError::Closed),
+        }
     }
 
     /// Rewrites each of `to_clean` that changes; returns the cleaned segments' indexes and,
@@ -675,7 +878,7 @@ impl<D: Disk> PartitionLog<D> {
         let terms_from_index = self.state().terms_from_index;
         let mut rewritten = Vec::new();
         let mut flags = Vec::new();
-        let mut opaque_seen = false;
+        let mut walk = WalkState::default();
         for (view, &first_cleaned_ms) in to_clean.iter().zip(first_cleaned) {
             // Left whole by an earlier pass: it may hold values a tombstone after it hides.
             let unread_before = pass
@@ -683,7 +886,7 @@ impl<D: Disk> PartitionLog<D> {
                 .cleaned
                 .iter()
                 .any(|c| c.base_offset == view.base_offset && c.holds_unread);
-            opaque_seen |= unread_before;
+            walk.opaque_seen |= unread_before;
             let tombstones_expire = first_cleaned_ms.is_some_and(|first| {
                 first.saturating_add(pass.delete_retention_ms as i64) <= pass.now_ms
             });
@@ -691,12 +894,13 @@ impl<D: Disk> PartitionLog<D> {
                 map: pass.map,
                 map_end: pass.map_end,
                 tombstones_expire,
+                txns: pass.txns,
             };
             let result = self
                 .rewrite_segment(
                     view,
                     &rules,
-                    &mut opaque_seen,
+                    &mut walk,
                     terms_from_index,
                     pass.codec,
                     throttle,
@@ -728,11 +932,16 @@ impl<D: Disk> PartitionLog<D> {
     async fn build_map(
         &self,
         views: &[SegmentView<D::File>],
-        first_dirty: i64,
-        map_bytes: usize,
+        bounds: &MapBounds,
         codec: &dyn RecordCodec,
+        txns: Option<&TxnRules>,
         throttle: &mut Throttle<'_>,
     ) -> Result<(OffsetMap, i64), StorageError> {
+        let MapBounds {
+            first_dirty,
+            first_unstable,
+            map_bytes,
+        } = *bounds;
         let mut map = OffsetMap {
             latest: HashMap::new(),
             bytes: 0,
@@ -755,10 +964,20 @@ impl<D: Disk> PartitionLog<D> {
                 if header.last_offset() < first_dirty {
                     continue;
                 }
-                if map.bytes >= map_bytes && map_end > first_dirty {
+                if header.base_offset >= first_unstable
+                    || (map.bytes >= map_bytes && map_end > first_dirty)
+                {
                     return Ok((map, map_end));
                 }
-                if let Some(section) = open_records(&bytes, &header, codec) {
+                // An aborted transaction's records shadow nothing: they are removed.
+                let aborted = header.is_transactional()
+                    && txns.is_some_and(|t| t.is_aborted(header.producer_id, header.base_offset));
+                let section = if aborted {
+                    None
+                } else {
+                    open_records(&bytes, &header, codec, txns)
+                };
+                if let Some(section) = section {
                     let records =
                         parse_records(&section, header.record_count).ok_or_else(|| {
                             StorageError::MidLogCorruption(format!(
@@ -787,7 +1006,7 @@ impl<D: Disk> PartitionLog<D> {
         &self,
         view: &SegmentView<D::File>,
         rules: &Rules<'_>,
-        opaque_seen: &mut bool,
+        walk_state: &mut WalkState,
         terms_from_index: u64,
         codec: &dyn RecordCodec,
         throttle: &mut Throttle<'_>,
@@ -795,7 +1014,7 @@ impl<D: Disk> PartitionLog<D> {
     ) -> Result<(Option<SegmentIndex>, SegmentFlags), StorageError> {
         // A first walk decides; the file is written only if something goes, by a second walk
         // that decides the same way (nothing of the segment is held in memory).
-        let opaque_at_start = *opaque_seen;
+        let state_at_start = walk_state.clone();
         let mut changed = false;
         let mut removed = Counts::default();
         {
@@ -810,17 +1029,17 @@ impl<D: Disk> PartitionLog<D> {
                 glommio::yield_if_needed().await;
                 throttle.spend(bytes.len() as u64).await;
                 changed |=
-                    clean_batch(&bytes, &header, rules, opaque_seen, codec, &mut removed).is_some();
+                    clean_batch(&bytes, &header, rules, walk_state, codec, &mut removed).is_some();
             }
         }
         let flags = SegmentFlags {
-            tombstones_waiting: removed.tombstones_waiting > 0,
+            tombstones_waiting: removed.tombstones_waiting > 0 || removed.markers_waiting > 0,
             holds_unread: removed.unread > 0,
         };
         if !changed {
             return Ok((None, flags));
         }
-        *opaque_seen = opaque_at_start;
+        *walk_state = state_at_start;
         removed = Counts::default();
         let mut writer = self.create_cleaned(view.base_offset).await?;
         let mut index = BuildingIndex::new(
@@ -841,7 +1060,7 @@ impl<D: Disk> PartitionLog<D> {
             // Between batches, the shard's other tasks (appends, fetches) run first.
             glommio::yield_if_needed().await;
             let replacement =
-                clean_batch(&original, &header, rules, opaque_seen, codec, &mut removed);
+                clean_batch(&original, &header, rules, walk_state, codec, &mut removed);
             let bytes: &[u8] = replacement.as_deref().unwrap_or(&original);
             let term = term_of(
                 index.data.next_index,
@@ -882,6 +1101,11 @@ impl<D: Disk> PartitionLog<D> {
         outcome.records_removed += removed.records;
         outcome.tombstones_removed += removed.tombstones;
         outcome.keyless_removed += removed.keyless;
+        outcome.aborted_records_removed += removed.aborted_records;
+        outcome.markers_removed += removed.markers;
+        outcome
+            .abort_markers_removed
+            .extend_from_slice(&removed.abort_markers);
         throttle.spend(written).await;
         Ok((Some(SegmentIndex::Building(index)), flags))
     }
@@ -1052,13 +1276,18 @@ fn next_state(
     }
 }
 
-/// What a pass removed (and the tombstones it kept only for their retention).
+/// What a pass removed (and the tombstones and markers it kept only for their retention).
 #[derive(Default)]
 struct Counts {
     records: u64,
     tombstones: u64,
     keyless: u64,
+    aborted_records: u64,
+    markers: u64,
+    abort_markers: Vec<i64>,
     tombstones_waiting: u64,
+    /// Markers a later pass may remove: their transactions' records are all gone.
+    markers_waiting: u64,
     /// Batches left whole that may hold superseded values.
     unread: u64,
 }
@@ -1078,6 +1307,16 @@ struct Pass<'a> {
     delete_retention_ms: u64,
     now_ms: i64,
     codec: &'a dyn RecordCodec,
+    txns: Option<&'a TxnRules>,
+}
+
+/// Where a pass's map may reach.
+#[derive(Clone, Copy)]
+struct MapBounds {
+    first_dirty: i64,
+    /// The LSO: the map ends at the first batch at or above it.
+    first_unstable: i64,
+    map_bytes: usize,
 }
 
 /// Whether a segment already clean holds tombstones whose retention has run out.
@@ -1100,34 +1339,108 @@ fn tombstones_due<F>(
 struct Rules<'a> {
     map: &'a OffsetMap,
     map_end: i64,
+    /// Tombstones, and markers whose transactions' records are gone, may go.
     tombstones_expire: bool,
+    /// `None`: transactional batches and markers are left whole.
+    txns: Option<&'a TxnRules>,
 }
 
 /// The cleaned copy of one batch, or `None` to keep it as it is. `removed` counts records,
 /// tombstones and keyless records removed.
 fn clean_batch(
-    bytes: &[u8],
+    bytes: &Bytes,
     header: &BatchHeader,
     rules: &Rules<'_>,
-    opaque_seen: &mut bool,
+    walk: &mut WalkState,
     codec: &dyn RecordCodec,
     removed: &mut Counts,
 ) -> Option<Vec<u8>> {
     if header.base_offset >= rules.map_end {
         return None;
     }
-    let Some(section) = open_records(bytes, header, codec) else {
+    let transactional = header.is_transactional() && header.producer_id >= 0;
+    if let (Some(txns), true) = (rules.txns, transactional) {
+        if header.is_control() {
+            return clean_marker(bytes, header, rules, walk, removed);
+        }
+        if header.record_count <= 0 {
+            return None; // emptied by an earlier pass
+        }
+        walk.txns.entry(header.producer_id).or_default().read = true;
+        if txns.is_aborted(header.producer_id, header.base_offset) {
+            removed.aborted_records += u64::try_from(header.record_count).unwrap_or(0);
+            return rebuild_batch(bytes, header, &[], &[], &[], codec);
+        }
+    }
+    let (cleaned, kept_any) =
+        clean_records(bytes, header, rules, &mut walk.opaque_seen, codec, removed);
+    if let (Some(_), true, false) = (rules.txns, transactional, header.is_control()) {
+        walk.txns.entry(header.producer_id).or_default().kept |= kept_any;
+    }
+    cleaned
+}
+
+/// A transaction marker (control, transactional) below the map's end: kept while its
+/// transaction's records were read in this pass (Kafka's rule: a later pass removes it once
+/// they are gone), else removed once `delete.retention.ms` ran out for its segment, as a
+/// tombstone is. Removed means retired: the batch and its one record stay, the record's
+/// type rewritten to [`batch::control::RETIRED_TXN_MARKER`] (readers skip it; it ends
+/// nothing).
+fn clean_marker(
+    bytes: &Bytes,
+    header: &BatchHeader,
+    rules: &Rules<'_>,
+    walk: &mut WalkState,
+    removed: &mut Counts,
+) -> Option<Vec<u8>> {
+    let seen = walk.txns.remove(&header.producer_id).unwrap_or_default();
+    let abort = match batch::control::record(bytes) {
+        Some((batch::control::ABORT_MARKER, _)) => true,
+        Some((batch::control::COMMIT_MARKER, _)) => false,
+        _ => return None, // retired by an earlier pass, or not a marker: left whole
+    };
+    if seen.read {
+        if !seen.kept {
+            removed.markers_waiting += 1;
+        }
+        return None;
+    }
+    if !rules.tombstones_expire {
+        removed.markers_waiting += 1;
+        return None;
+    }
+    let retired = batch::control::with_type(bytes, batch::control::RETIRED_TXN_MARKER)?;
+    removed.markers += 1;
+    if abort {
+        removed.abort_markers.push(header.base_offset);
+    }
+    Some(retired)
+}
+
+/// The records of a batch that are not a transaction's aborted ones: the latest of each key
+/// stays (see the module docs). Returns the cleaned copy (`None`: unchanged) and whether
+/// any record stays.
+fn clean_records(
+    bytes: &[u8],
+    header: &BatchHeader,
+    rules: &Rules<'_>,
+    opaque_seen: &mut bool,
+    codec: &dyn RecordCodec,
+    removed: &mut Counts,
+) -> (Option<Vec<u8>>, bool) {
+    let has_records = header.record_count > 0;
+    let Some(section) = open_records(bytes, header, codec, rules.txns) else {
         // Raft's control batches hold no keys; any other batch left unread might.
         if !header.is_control() {
             *opaque_seen = true;
             removed.unread += 1;
         }
-        return None;
+        return (None, has_records);
     };
     let Some(records) = parse_records(&section, header.record_count) else {
         *opaque_seen = true;
         removed.unread += 1;
-        return None;
+        return (None, has_records);
     };
     let mut kept = Vec::with_capacity(records.len());
     let mut counts = Counts::default();
@@ -1160,16 +1473,16 @@ fn clean_batch(
     }
     removed.tombstones_waiting += counts.tombstones_waiting;
     if counts.records == 0 {
-        return None;
+        return (None, has_records);
     }
     let rebuilt = rebuild_batch(bytes, header, &section, &records, &kept, codec);
     if rebuilt.is_none() {
         *opaque_seen = true; // its superseded records stay
         removed.unread += 1;
-        return None;
+        return (None, has_records);
     }
     removed.records += counts.records;
     removed.tombstones += counts.tombstones;
     removed.keyless += counts.keyless;
-    rebuilt
+    (rebuilt, kept.iter().any(|&k| k))
 }

@@ -38,7 +38,10 @@ mod state;
 mod truncation;
 
 pub use batch::BatchError;
-pub use cleaner::{CleanOptions, CleanOutcome, DirtySummary, NoCodec, RecordCodec};
+pub use cleaner::{
+    AbortedRange, CleanOptions, CleanOutcome, CleanerTxns, DirtySummary, NoCodec, NoTxns,
+    RecordCodec,
+};
 pub use clock::{Clock, SimClock, Sleep};
 pub use config::{FlushPolicy, LogConfig};
 pub use entries::{EntryOutcome, StoredEntry};

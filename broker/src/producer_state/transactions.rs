@@ -23,9 +23,23 @@
 //! transactional batch that would open a new transaction is refused with `POLICY_VIOLATION`
 //! (the client aborts the transaction; its abort marker adds no entry here, as nothing of it
 //! was written here); batches of transactions already open and markers are never refused for
-//! it, so aborted entries stay below the bound plus the open transactions. Aborted entries
-//! whose marker is below the log start (retention, `DeleteRecords`) are dropped: their records
-//! are gone, as Kafka drops a segment's `.txnindex` with the segment.
+//! it, so aborted entries stay below the bound plus the open transactions.
+//!
+//! What the aborted bound counts: aborts whose records or marker are still in the log.
+//! Entries leave in two ways, so it is reached only by aborts in the part of the log not yet
+//! cleaned or not yet retained away, not by every abort the partition ever saw:
+//! - whose marker is below the log start (retention, `DeleteRecords`): their records are
+//!   gone, as Kafka drops a segment's `.txnindex` with the segment;
+//! - whose marker the log cleaner removes (a compacted topic): the cleaner removes an aborted
+//!   transaction's records in one pass and its marker in a later one, once
+//!   `delete.retention.ms` ran out (`storage/src/cleaner.rs`), and before that pass commits
+//!   the entry is forgotten here and a snapshot without it written
+//!   (`ProducerStates::forget_cleaned_aborts`), as Kafka's cleaner writes the cleaned
+//!   segment's `.txnindex` without it. On a compacted topic whose cleaner keeps up, the
+//!   entries are those of the dirty part plus the aborts of the last `delete.retention.ms`.
+//!
+//! A transactional batch with no records is one the cleaner emptied (producers cannot
+//! send one): replayed at a start it opens nothing, as its transaction's marker may be gone.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -82,9 +96,13 @@ impl PartitionTxns {
     }
 
     /// Records a data batch the log placed at `base_offset` (after [`Self::check_data_batch`],
-    /// or replayed from the log).
+    /// or replayed from the log). A batch with no records (one the log cleaner emptied; a
+    /// producer's never has none) opens nothing: its transaction's marker may be gone too.
     pub fn record_data_batch(&mut self, header: &BatchHeader, base_offset: i64) {
-        if header.is_transactional() && !self.ongoing.contains_key(&header.producer_id) {
+        if header.is_transactional()
+            && header.record_count > 0
+            && !self.ongoing.contains_key(&header.producer_id)
+        {
             self.open(header.producer_id, base_offset);
         }
     }
@@ -190,6 +208,18 @@ impl PartitionTxns {
         }
     }
 
+    /// Forgets the aborted entries whose abort markers are at `marker_offsets`: the log
+    /// cleaner removes those markers, their transactions' records being gone. Returns how
+    /// many were forgotten.
+    pub fn forget_aborted(&mut self, marker_offsets: &[i64]) -> usize {
+        let mut sorted = marker_offsets.to_vec();
+        sorted.sort_unstable();
+        let before = self.aborted.len();
+        self.aborted
+            .retain(|entry| sorted.binary_search(&entry.last_offset).is_err());
+        before - self.aborted.len()
+    }
+
     /// Restores state read from a snapshot (`ongoing` as (producer id, first offset),
     /// `aborted` in marker order); entries out of order are skipped, never trusted.
     pub fn restore(&mut self, ongoing: &[(i64, i64)], aborted: &[AbortedTxn]) {
@@ -279,6 +309,46 @@ mod tests {
         );
         txns.drop_below(21);
         assert_eq!(txns.aborted().count(), 0);
+    }
+
+    #[test]
+    fn cleaned_aborts_are_forgotten_and_emptied_batches_open_nothing() {
+        let mut txns = PartitionTxns::default();
+        for (producer_id, first, marker) in [(1, 0, 5), (2, 6, 9), (1, 10, 12)] {
+            txns.record_data_batch(&header(producer_id, true), first);
+            txns.complete(producer_id, false, marker);
+        }
+        assert_eq!(txns.forget_aborted(&[12, 5, 40]), 2);
+        let left: Vec<i64> = txns.aborted().map(|e| e.last_offset).collect();
+        assert_eq!(left, vec![9]);
+        // The bound counts only what is left: room again for new transactions.
+        assert_eq!(txns.check_data_batch(&header(3, true)), Ok(()));
+        // A batch the cleaner emptied (replayed at a start) opens no transaction, as its
+        // marker may be gone too.
+        let mut emptied = header(4, true);
+        emptied.record_count = 0;
+        txns.record_data_batch(&emptied, 20);
+        assert_eq!(txns.open_transaction(4), None);
+        assert_eq!(txns.last_stable_offset(30), 30);
+    }
+
+    #[test]
+    fn at_the_aborted_bound_the_cleaner_makes_room_again() {
+        let mut txns = PartitionTxns::default();
+        let max = ABORTED_TXNS_PER_PARTITION_MAX as i64;
+        for n in 0..max {
+            txns.record_data_batch(&header(1, true), 2 * n);
+            txns.complete(1, false, 2 * n + 1);
+        }
+        assert_eq!(
+            txns.check_data_batch(&header(2, true)),
+            Err(POLICY_VIOLATION)
+        );
+        // The cleaner retires the markers of the older half (their records went earlier).
+        let markers: Vec<i64> = (0..max / 2).map(|n| 2 * n + 1).collect();
+        assert_eq!(txns.forget_aborted(&markers), markers.len());
+        assert_eq!(txns.check_data_batch(&header(2, true)), Ok(()));
+        assert_eq!(txns.aborted_overlapping(0, 2 * max)[0], (1, max));
     }
 
     #[test]
