@@ -16,6 +16,7 @@ pub mod consumer;
 pub mod consumer_protocol;
 pub mod coordinator;
 pub mod group;
+pub mod offsets_store;
 pub mod records;
 mod types;
 

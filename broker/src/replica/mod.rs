@@ -25,7 +25,10 @@ pub mod serve;
 pub mod types;
 
 pub use manager::{ReplicaManager, ReplicaManagerStart};
-pub use types::{HostedReplica, LeadershipChange, ReplicaFetch, ReplicaOffset, ReplicaProduce};
+pub use serve::PendingReplicaProduce;
+pub use types::{
+    CoordinatorRole, HostedReplica, LeadershipChange, ReplicaFetch, ReplicaOffset, ReplicaProduce,
+};
 
 #[cfg(test)]
 pub(crate) mod tests;
