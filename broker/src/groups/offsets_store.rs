@@ -410,6 +410,13 @@ mod tests {
                 }
             }
             assert_eq!(codes_out, [broker_codes::NONE]);
+            // Transactional offsets are refused: no marker would reach the Raft log.
+            let call = on(first);
+            let refused = answer(&mut cluster, async move {
+                call.commit_transactional(at(), 7, 0, commit(43)).await
+            })
+            .await;
+            assert_eq!(refused, [crate::producer_state::POLICY_VIOLATION]);
             for follower in (1..=3).filter(|id| *id != first) {
                 let call = on(follower);
                 let refused = answer(
