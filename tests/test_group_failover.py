@@ -160,3 +160,101 @@ def test_committed_offsets_survive_the_coordinators_kill(tmp_path):
             if broker.alive():
                 broker.process.kill()
                 broker.process.wait()
+
+
+def java_partition(key, partitions):
+    """Kafka's placement of a group or transactional id: abs(String.hashCode) % partitions."""
+    hash_code = 0
+    for unit in key.encode("utf-16-be").hex(" ", 2).split():
+        hash_code = (hash_code * 31 + int(unit, 16)) & 0xFFFFFFFF
+    if hash_code >= 1 << 31:
+        hash_code -= 1 << 32
+    return (0 if hash_code == -(1 << 31) else abs(hash_code)) % partitions
+
+
+def leaders(broker, topic):
+    md = metadata(broker)
+    found = md.topics.get(topic)
+    if found is None or found.error is not None:
+        return None
+    return {p.id: p.leader for p in found.partitions.values()}
+
+
+def test_transactions_survive_the_transaction_coordinators_kill(tmp_path):
+    """`__transaction_state` replicated (RF 3): the transaction coordinator's broker is killed
+    (-9) with a transaction open; the same transactional id initialises on the partition's new
+    leader, which aborts the open transaction, and goes on. The data partition is RF 1 on a
+    surviving broker (transactions on replicated partitions are refused)."""
+    voters = ",".join(f"{node}@127.0.0.1:{free_port()}" for node in (1, 2, 3))
+    brokers = {node: ClusterBroker(tmp_path, node, voters, extra_args=["--default-replication-factor", "3"])
+               for node in (1, 2, 3)}
+    txn_id = "failover-tx"
+    try:
+        for broker in brokers.values():
+            broker.start()
+        _, controller, _ = wait_for(lambda: agreed_placement(brokers.values(), "txdata", {1, 2, 3}), 30,
+                                    "every broker listing the three brokers")
+        admin = AdminClient({"bootstrap.servers": brokers[controller].bootstrap})
+        admin.create_topics([NewTopic("txdata", num_partitions=3, replication_factor=1)])["txdata"].result(timeout=15)
+        bootstrap = ",".join(broker.bootstrap for broker in brokers.values())
+        config = {"bootstrap.servers": bootstrap, "transactional.id": txn_id, "linger.ms": 5,
+                  "transaction.timeout.ms": 60000, "message.timeout.ms": 60000}
+        first = Producer(config)
+        first.init_transactions(60)
+        state_partition = java_partition(txn_id, 8)
+        victim = wait_for(lambda: (leaders(brokers[controller], "__transaction_state") or {}).get(state_partition), 20,
+                          "a leader of the id's __transaction_state partition")
+        data = leaders(brokers[controller], "txdata")
+        partition = next(p for p, leader in sorted(data.items()) if leader != victim)
+        print("transaction coordinator:", victim, "data partition", partition, "on broker", data[partition])
+
+        first.begin_transaction()
+        for number in range(10):
+            first.produce("txdata", value=b"committed-%d" % number, partition=partition)
+        first.commit_transaction(60)
+        first.begin_transaction()
+        for number in range(10):
+            first.produce("txdata", value=b"open-%d" % number, partition=partition)
+        assert first.flush(30) == 0
+
+        brokers[victim].process.kill()
+        brokers[victim].process.wait()
+        killed_at = time.monotonic()
+        survivors = ",".join(b.bootstrap for node, b in brokers.items() if node != victim)
+        second = Producer({**config, "bootstrap.servers": survivors})
+        second.init_transactions(90)
+        initialised_s = time.monotonic() - killed_at
+        second.begin_transaction()
+        for number in range(10):
+            second.produce("txdata", value=b"after-%d" % number, partition=partition)
+        second.commit_transaction(60)
+        committed_s = time.monotonic() - killed_at
+        print(f"kill -9 of the transaction coordinator (broker {victim}): the id initialised on the new "
+              f"leader after {initialised_s:.2f} s, its next transaction committed after {committed_s:.2f} s")
+
+        consumer = Consumer({"bootstrap.servers": survivors, "group.id": "txn-reader",
+                             "isolation.level": "read_committed", "auto.offset.reset": "earliest",
+                             "enable.auto.commit": False})
+        try:
+            consumer.assign([TopicPartition("txdata", partition, 0)])
+            values = []
+            deadline = time.monotonic() + 60
+            while len(values) < 20 and time.monotonic() < deadline:
+                message = consumer.poll(1)
+                if message is not None and not message.error():
+                    values.append(message.value())
+            # Nothing past the second transaction's records should arrive.
+            end = time.monotonic() + 2
+            while time.monotonic() < end:
+                message = consumer.poll(0.5)
+                if message is not None and not message.error():
+                    values.append(message.value())
+        finally:
+            consumer.close()
+        assert values == [b"committed-%d" % n for n in range(10)] + [b"after-%d" % n for n in range(10)], values
+    finally:
+        helpers.forget_admin_clients()
+        for broker in brokers.values():
+            if broker.alive():
+                broker.process.kill()
+                broker.process.wait()

@@ -973,10 +973,10 @@ impl ShardServices {
             .topic(name)
             .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)?;
         let partition = groups::partition_for(key, topic.partition_count());
-        // A replicated offsets partition's coordinator is its Raft leader, which may be this
-        // broker before the controller has recorded it: a replica here lets the owning
-        // shard decide (`NOT_COORDINATOR` there unless it leads).
-        let replica_here = name == OFFSETS_TOPIC && {
+        // A replicated partition's coordinator is its Raft leader, which may be this broker
+        // before the controller has recorded it: a replica here lets the owning shard
+        // decide (`NOT_COORDINATOR` there unless it leads).
+        let replica_here = {
             let replicas = topic.replicas(partition);
             replicas.len() > 1 && replicas.contains(&snapshot.local_node)
         };
