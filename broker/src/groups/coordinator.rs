@@ -7,7 +7,9 @@
 //! append, fdatasync) and parked joins/syncs waiting for the group to move on.
 //! A `__consumer_offsets` partition is replayed once, by the first call that needs it;
 //! calls arriving meanwhile wait for that replay. A ticker (started with the first load)
-//! runs session and rebalance timeouts and offset expiry.
+//! runs session and rebalance timeouts and offset expiry. A replicated partition is served
+//! only while this shard's replica leads it: loaded once per term, unloaded when the term
+//! or the leadership goes (`offsets_store`, `store_of`, `unload`).
 //!
 //! Transactional offsets (`TxnOffsetCommit`) are appended as the producer's transactional
 //! batch and held pending per (offsets partition, producer id) until the transaction's
