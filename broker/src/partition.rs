@@ -289,7 +289,7 @@ impl PartitionTable {
     }
 
     /// The replica manager, when it hosts `tp` (a replicated partition).
-    fn replicas_hosting(&self, tp: &TopicPartition) -> Option<Rc<ReplicaManager>> {
+    pub(crate) fn replicas_hosting(&self, tp: &TopicPartition) -> Option<Rc<ReplicaManager>> {
         let replicas = self.replicas.borrow();
         replicas.as_ref().filter(|r| r.hosts(tp)).cloned()
     }

@@ -62,6 +62,14 @@ impl Replays {
     }
 }
 
+impl Replays {
+    /// Forgets that `partition` was replayed (its coordinator unloaded it): the next request
+    /// replays it again.
+    pub fn forget(&self, partition: i32) {
+        self.replays.borrow_mut().remove(&partition);
+    }
+}
+
 impl Replaying<'_> {
     /// Ends the replay: `replayed` keeps the partition replayed, `false` forgets it.
     pub fn finish(mut self, replayed: bool) {

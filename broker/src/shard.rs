@@ -973,7 +973,14 @@ impl ShardServices {
             .topic(name)
             .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)?;
         let partition = groups::partition_for(key, topic.partition_count());
-        if snapshot.broker_of(name, partition) != Some(snapshot.local_node) {
+        // A replicated partition's coordinator is its Raft leader, which may be this broker
+        // before the controller has recorded it: a replica here lets the owning shard
+        // decide (`NOT_COORDINATOR` there unless it leads).
+        let replica_here = {
+            let replicas = topic.replicas(partition);
+            replicas.len() > 1 && replicas.contains(&snapshot.local_node)
+        };
+        if snapshot.broker_of(name, partition) != Some(snapshot.local_node) && !replica_here {
             return Err(group_codes::NOT_COORDINATOR);
         }
         let owner = snapshot

@@ -7,7 +7,9 @@
 //! append, fdatasync) and parked joins/syncs waiting for the group to move on.
 //! A `__consumer_offsets` partition is replayed once, by the first call that needs it;
 //! calls arriving meanwhile wait for that replay. A ticker (started with the first load)
-//! runs session and rebalance timeouts and offset expiry.
+//! runs session and rebalance timeouts and offset expiry. A replicated partition is served
+//! only while this shard's replica leads it: loaded once per term, unloaded when the term
+//! or the leadership goes (`offsets_store`, `store_of`, `unload`).
 //!
 //! Transactional offsets (`TxnOffsetCommit`) are appended as the producer's transactional
 //! batch and held pending per (offsets partition, producer id) until the transaction's
@@ -33,6 +35,7 @@ use crate::groups::consumer::{
 use crate::groups::group::{
     Answer, Group, GroupRules, GroupState, JoinRequest, JoinResult, SyncResult,
 };
+use crate::groups::offsets_store::OffsetsStore;
 use crate::groups::records::{self, ConsumerRecord, OffsetsRecord};
 use crate::groups::types::{
     codes, partition_for, CommitRequest, FetchedOffsets, GroupAddress, GroupDescription,
@@ -107,13 +110,20 @@ impl Default for CoordinatorConfig {
     }
 }
 
-/// The log of one offsets partition, as the coordinator writes it.
+/// A plain offsets partition's log, as a checkpoint writes and trims it.
+struct OffsetsCheckpoint {
+    partition: i32,
+    log: PartitionLog,
+}
+
+/// One offsets partition, as the coordinator writes it.
 #[derive(Clone)]
 struct OffsetsLog {
     partition: i32,
     /// Partitions of `__consumer_offsets`: which groups live on this one.
     partitions_total: i32,
-    log: PartitionLog,
+    /// Its log, or its Raft group when it is replicated (`offsets_store`).
+    store: OffsetsStore,
 }
 
 /// What a coordinator uses of its shard, and nothing more: the `__consumer_offsets`
@@ -155,6 +165,9 @@ struct Inner {
     standalone_offsets: RefCell<HashMap<String, StandaloneOffsets>>,
     /// Per offsets partition: closed once its replay has finished.
     replays: Replays,
+    /// Replicated offsets partitions loaded (replayed) here, by the Raft term this replica
+    /// leads them in: the coordinator serves them in that term only (see `unload`).
+    loaded_terms: RefCell<HashMap<i32, u64>>,
     ticker_started: std::cell::Cell<bool>,
     /// See `append_gate`.
     append_gates: RefCell<HashMap<i32, Rc<Semaphore>>>,
@@ -211,6 +224,7 @@ impl GroupCoordinator {
                 groups: RefCell::default(),
                 standalone_offsets: RefCell::default(),
                 replays: Replays::default(),
+                loaded_terms: RefCell::default(),
                 ticker_started: std::cell::Cell::new(false),
                 append_gates: RefCell::default(),
                 records_since_checkpoint: RefCell::default(),
@@ -454,6 +468,13 @@ impl GroupCoordinator {
             Ok(log) => log,
             Err(code) => return vec![code; count],
         };
+        if let OffsetsStore::Replicated { .. } = log.store {
+            // Transactions on replicated partitions are refused (as their produce is): the
+            // transaction's marker is not written through Raft, so these offsets would stay
+            // pending in the log and vanish at the next leader's replay.
+            tracing::debug!(group = %at.group, "TxnOffsetCommit refused: a replicated offsets partition");
+            return vec![crate::producer_state::POLICY_VIOLATION; count];
+        }
         let named = request.generation >= 0
             || !request.member_id.is_empty()
             || request.instance_id.is_some();
@@ -518,12 +539,9 @@ impl GroupCoordinator {
     ) -> i16 {
         let gate = self.append_gate(log.partition);
         let turn = gate.acquire_permit(1).await.expect("never closed");
-        let appended = match log.log.append(batch).await {
+        let appended = match log.store.append(batch).await {
             Ok(appended) => appended,
-            Err(error) => {
-                tracing::error!(%error, "appending transactional offsets failed");
-                return codes::COORDINATOR_NOT_AVAILABLE;
-            }
+            Err(code) => return code,
         };
         // Pending in log order; the marker (after this, from the same coordinator's
         // EndTxn) finds them.
@@ -534,11 +552,10 @@ impl GroupCoordinator {
             .or_default()
             .extend(records);
         drop(turn);
-        if let Err(error) = log.log.wait_durable(appended.last_offset).await {
-            tracing::error!(%error, "fdatasync of transactional offsets failed");
-            return codes::COORDINATOR_NOT_AVAILABLE;
+        match appended.durable().await {
+            Ok(()) => broker_codes::NONE,
+            Err(code) => code,
         }
-        broker_codes::NONE
     }
 
     /// The transaction of `producer_id` ended on offsets partition `partition` (its marker
@@ -762,20 +779,14 @@ impl GroupCoordinator {
         self.inner.groups.borrow_mut().get_mut(group).map(change)
     }
 
-    /// The log of offsets partition `partition`, replayed into memory the first time.
+    /// The offsets partition `partition`, replayed into memory the first time (for a
+    /// replicated one: the first time in each term this replica leads it).
     async fn ensure_loaded(&self, partition: i32) -> Result<OffsetsLog, i16> {
         let tp = TopicPartition {
             topic: OFFSETS_TOPIC.into(),
             partition,
         };
-        // A partition this shard does not hold (a stale route) or an offline one.
-        let log = self.inner.offsets.partitions.log(&tp).map_err(|code| {
-            if code == broker_codes::NOT_LEADER_OR_FOLLOWER {
-                codes::NOT_COORDINATOR
-            } else {
-                codes::COORDINATOR_NOT_AVAILABLE
-            }
-        })?;
+        let store = self.store_of(&tp)?;
         let partitions_total = self
             .inner
             .offsets
@@ -786,7 +797,7 @@ impl GroupCoordinator {
         let log = OffsetsLog {
             partition,
             partitions_total,
-            log,
+            store,
         };
         self.start_ticker();
         let replaying = match self.inner.replays.turn(partition).await {
@@ -794,27 +805,135 @@ impl GroupCoordinator {
             ReplayTurn::Failed => return Err(codes::COORDINATOR_LOAD_IN_PROGRESS),
             ReplayTurn::Replay(replaying) => replaying,
         };
-        let replayed = self.replay(&tp, &log.log).await;
+        let mut replayed = self.replay(&tp, &log.store).await;
+        if let (Ok(()), OffsetsStore::Replicated { term, .. }) = (&replayed, &log.store) {
+            // Leadership may have moved on while the log was read.
+            if log.store.still_leading() {
+                self.inner
+                    .loaded_terms
+                    .borrow_mut()
+                    .insert(partition, *term);
+                tracing::info!(partition = %tp, term, "offsets partition loaded as its leader");
+            } else {
+                replayed = Err("leadership lost during the replay".to_string());
+            }
+        }
         if let Err(error) = &replayed {
             tracing::error!(partition = %tp, %error, "replaying the offsets log failed");
         }
         replaying.finish(replayed.is_ok());
+        if replayed.is_err() && matches!(log.store, OffsetsStore::Replicated { .. }) {
+            self.unload(partition);
+            return Err(codes::NOT_COORDINATOR);
+        }
         replayed
             .map(|()| log)
             .map_err(|_| codes::COORDINATOR_NOT_AVAILABLE)
     }
 
+    /// Where offsets partition `tp` is written on this shard: its log (one replica), or its
+    /// Raft group while this replica leads it (unloaded and refused otherwise). Err is the
+    /// code to answer with.
+    fn store_of(&self, tp: &TopicPartition) -> Result<OffsetsStore, i16> {
+        let not_here = match self.inner.offsets.partitions.log(tp) {
+            Ok(log) => return Ok(OffsetsStore::Plain(log)),
+            Err(code) => code,
+        };
+        let Some(replicas) = self.inner.offsets.partitions.replicas_hosting(tp) else {
+            // A partition this shard does not hold (a stale route) or an offline one.
+            return Err(if not_here == broker_codes::NOT_LEADER_OR_FOLLOWER {
+                codes::NOT_COORDINATOR
+            } else {
+                codes::COORDINATOR_NOT_AVAILABLE
+            });
+        };
+        let loaded = self.inner.loaded_terms.borrow().get(&tp.partition).copied();
+        match OffsetsStore::replicated(replicas, tp.clone()) {
+            Ok((store, _)) if loaded == Some(store.term()) => Ok(store),
+            Ok((store, caught_up)) => {
+                if loaded.is_some() {
+                    self.unload(tp.partition);
+                }
+                if caught_up {
+                    Ok(store)
+                } else {
+                    Err(codes::COORDINATOR_LOAD_IN_PROGRESS)
+                }
+            }
+            Err(code) => {
+                if loaded.is_some() {
+                    self.unload(tp.partition);
+                }
+                Err(code)
+            }
+        }
+    }
+
+    /// Forgets replicated offsets partition `partition` (this replica stopped leading it, or
+    /// leads it in a new term): its groups, offsets and pending transactional offsets leave
+    /// memory, parked joins and syncs of its groups are released, and the next call in a
+    /// term this replica leads replays the log again, as Kafka's coordinator unloads a
+    /// partition when it loses leadership.
+    fn unload(&self, partition: i32) {
+        let Some(term) = self.inner.loaded_terms.borrow_mut().remove(&partition) else {
+            return;
+        };
+        let total = self
+            .inner
+            .offsets
+            .metadata
+            .current()
+            .topic(OFFSETS_TOPIC)
+            .map_or(1, |topic| topic.partition_count());
+        let here = |group: &str| partition_for(group, total) == partition;
+        let mut groups = self.inner.groups.borrow_mut();
+        let before = groups.len();
+        groups.retain(|id, _| !here(id));
+        let unloaded = before - groups.len();
+        drop(groups);
+        self.inner
+            .standalone_offsets
+            .borrow_mut()
+            .retain(|id, _| !here(id));
+        self.inner
+            .txn_offsets
+            .borrow_mut()
+            .retain(|(at, _), _| *at != partition);
+        self.inner
+            .records_since_checkpoint
+            .borrow_mut()
+            .remove(&partition);
+        self.inner.replays.forget(partition);
+        tracing::info!(
+            partition,
+            term,
+            groups = unloaded,
+            "offsets partition unloaded: no longer its leader in that term"
+        );
+    }
+
+    /// Unloads every loaded replicated partition this replica no longer leads in the term
+    /// it loaded it in (the ticker's check, so parked calls are released promptly).
+    fn unload_lost_partitions(&self) {
+        let loaded: Vec<i32> = self.inner.loaded_terms.borrow().keys().copied().collect();
+        for partition in loaded {
+            let tp = TopicPartition {
+                topic: OFFSETS_TOPIC.into(),
+                partition,
+            };
+            // store_of unloads what it finds stale.
+            let _ = self.store_of(&tp);
+        }
+    }
+
     /// Reads the partition's whole log and applies every record in order.
-    async fn replay(&self, tp: &TopicPartition, log: &PartitionLog) -> Result<(), String> {
+    async fn replay(&self, tp: &TopicPartition, log: &OffsetsStore) -> Result<(), String> {
         let started = Instant::now();
         let mut offset = log.log_start_offset();
-        let end = log.high_watermark();
+        let end = log.replay_end();
         let (mut applied, mut skipped) = (0_usize, 0_usize);
         while offset < end {
-            let batches = log
-                .read(offset, REPLAY_READ_BYTES)
-                .await
-                .map_err(|error| error.to_string())?;
+            let batches = log.read(offset, REPLAY_READ_BYTES).await?;
             if batches.is_empty() {
                 break;
             }
@@ -932,12 +1051,9 @@ impl GroupCoordinator {
         let batch = records::encode_batch(&records, self.inner.offsets.clock.now_ms());
         let gate = self.append_gate(log.partition);
         let turn = gate.acquire_permit(1).await.expect("never closed");
-        let appended = match log.log.append(batch).await {
+        let appended = match log.store.append(batch).await {
             Ok(appended) => appended,
-            Err(error) => {
-                tracing::error!(%error, "appending to the offsets log failed");
-                return codes::COORDINATOR_NOT_AVAILABLE;
-            }
+            Err(code) => return code,
         };
         *self
             .inner
@@ -949,9 +1065,8 @@ impl GroupCoordinator {
             self.apply(record);
         }
         drop(turn);
-        if let Err(error) = log.log.wait_durable(appended.last_offset).await {
-            tracing::error!(%error, "fdatasync of the offsets log failed");
-            return codes::COORDINATOR_NOT_AVAILABLE;
+        if let Err(code) = appended.durable().await {
+            return code;
         }
         self.maybe_checkpoint(log);
         broker_codes::NONE
@@ -1010,10 +1125,17 @@ impl GroupCoordinator {
     /// Kafka compacts `__consumer_offsets`; this log cannot, so it is checkpointed instead:
     /// every live offset of the partition is appended again as one batch, and once that is
     /// durable everything before it is deleted (it holds nothing the checkpoint lacks).
-    async fn checkpoint(&self, log: &OffsetsLog) {
+    async fn checkpoint(&self, offsets: &OffsetsLog) {
+        let Some(plain) = offsets.store.checkpointable() else {
+            return;
+        };
+        let log = &OffsetsCheckpoint {
+            partition: offsets.partition,
+            log: plain.clone(),
+        };
         let gate = self.append_gate(log.partition);
         let turn = gate.acquire_permit(1).await.expect("never closed");
-        let live = self.live_records(log);
+        let live = self.live_records(offsets);
         self.inner
             .records_since_checkpoint
             .borrow_mut()
@@ -1363,6 +1485,8 @@ impl GroupCoordinator {
         for partition in owned {
             let log = match self.ensure_loaded(partition).await {
                 Ok(log) => log,
+                // A replicated partition another replica leads: its coordinator writes them.
+                Err(codes::NOT_COORDINATOR) => continue,
                 Err(code) => {
                     tracing::warn!(
                         partition,
@@ -1500,7 +1624,9 @@ impl GroupCoordinator {
         glommio::spawn_local(expire_offsets_forever(Rc::downgrade(&self.inner))).detach();
     }
 
-    /// The offsets partition `group` lives on, if this shard holds it.
+    /// The offsets partition `group` lives on, if this shard holds it and has it loaded
+    /// (a replicated one: in the term this replica leads it now). For the ticker's writes,
+    /// which must never reach a partition memory does not reflect.
     fn offsets_log_of(&self, group: &str) -> Option<OffsetsLog> {
         let snapshot = self.inner.offsets.metadata.current();
         let partitions_total = snapshot.topic(OFFSETS_TOPIC)?.partition_count();
@@ -1508,11 +1634,16 @@ impl GroupCoordinator {
             topic: OFFSETS_TOPIC.into(),
             partition: partition_for(group, partitions_total),
         };
-        let log = self.inner.offsets.partitions.log(&tp).ok()?;
+        let store = self.store_of(&tp).ok()?;
+        if let OffsetsStore::Replicated { term, .. } = &store {
+            if self.inner.loaded_terms.borrow().get(&tp.partition) != Some(term) {
+                return None;
+            }
+        }
         Some(OffsetsLog {
             partition: tp.partition,
             partitions_total,
-            log,
+            store,
         })
     }
 
@@ -1536,10 +1667,6 @@ impl GroupCoordinator {
     async fn expire_offsets(&self) {
         let retention_ms = self.inner.config.borrow().offsets_retention.as_millis() as i64;
         let now_ms = self.inner.offsets.clock.now_ms();
-        let snapshot = self.inner.offsets.metadata.current();
-        let Some(topic) = snapshot.topic(OFFSETS_TOPIC) else {
-            return;
-        };
         let expired: Vec<(String, Vec<(String, i32)>)> = self
             .inner
             .groups
@@ -1549,17 +1676,8 @@ impl GroupCoordinator {
             .filter(|(_, expired)| !expired.is_empty())
             .collect();
         for (group, partitions) in expired {
-            let tp = TopicPartition {
-                topic: OFFSETS_TOPIC.into(),
-                partition: partition_for(&group, topic.partition_count()),
-            };
-            let Ok(log) = self.inner.offsets.partitions.log(&tp) else {
+            let Some(log) = self.offsets_log_of(&group) else {
                 continue;
-            };
-            let log = OffsetsLog {
-                partition: tp.partition,
-                partitions_total: topic.partition_count(),
-                log,
             };
             let count = partitions.len();
             let records = partitions
@@ -1675,6 +1793,10 @@ async fn tick_forever(inner: Weak<Inner>, clock: Clock) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
+        GroupCoordinator {
+            inner: inner.clone(),
+        }
+        .unload_lost_partitions();
         let rules = inner.config.borrow().rules.clone();
         let now = clock.now();
         let mut changed = Vec::new();

@@ -10,12 +10,17 @@
 //! those members rejoin (their heartbeats get `UNKNOWN_MEMBER_ID`), as after a coordinator
 //! move. Consumer-protocol groups (KIP-848) are written to the same log as they change and
 //! replayed with it, so their members carry on at their epochs after a restart.
+//!
+//! A replicated `__consumer_offsets` partition (a cluster's `default.replication.factor` > 1)
+//! is coordinated by its Raft leader only, its records committed through the partition's
+//! group before they are answered (`offsets_store`).
 
 pub mod assignor;
 pub mod consumer;
 pub mod consumer_protocol;
 pub mod coordinator;
 pub mod group;
+pub mod offsets_store;
 pub mod records;
 mod types;
 

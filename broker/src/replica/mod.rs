@@ -28,7 +28,10 @@ pub mod serve;
 pub mod types;
 
 pub use manager::{ReplicaManager, ReplicaManagerStart, OUTCOME_UNKNOWN};
-pub use types::{HostedReplica, LeadershipChange, ReplicaFetch, ReplicaOffset, ReplicaProduce};
+pub use serve::PendingReplicaProduce;
+pub use types::{
+    CoordinatorRole, HostedReplica, LeadershipChange, ReplicaFetch, ReplicaOffset, ReplicaProduce,
+};
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -25,7 +25,7 @@ use crate::metadata::TopicPartition;
 use crate::producer_state::OUT_OF_ORDER_SEQUENCE_NUMBER;
 use crate::replica::manager::{Hosted, ReplicaManager, Resolution, Waiter};
 use crate::replica::producers::{BatchAt, Verdict};
-use crate::replica::types::{ReplicaFetch, ReplicaOffset, ReplicaProduce};
+use crate::replica::types::{CoordinatorRole, ReplicaFetch, ReplicaOffset, ReplicaProduce};
 use crate::storage::batch::BatchHeader;
 use crate::storage::{AppendError, ReadError};
 
@@ -66,7 +66,7 @@ fn refused(error_code: i16) -> PendingReplicaProduce {
 
 impl ReplicaManager {
     /// Whether this replica leads the group now, with its term.
-    fn leading_term(&self, group_id: u64) -> Option<u64> {
+    pub(crate) fn leading_term(&self, group_id: u64) -> Option<u64> {
         let driver = self.driver.borrow();
         let raft = driver.raft(group_id)?;
         (raft.state == StateRole::Leader && !driver.is_fenced(group_id)).then_some(raft.term)
@@ -159,6 +159,73 @@ impl ReplicaManager {
             acks,
             span_before_last,
         )
+    }
+
+    /// What an internal topic's coordinator may do on the hosted partition `tp` now
+    /// (`groups::offsets_store`): serve it only as its leader; load it (replay) only once
+    /// every entry of earlier terms is committed and applied here.
+    pub fn coordinator_role(&self, tp: &TopicPartition) -> CoordinatorRole {
+        let Some((group_id, hosted)) = self.hosted(tp) else {
+            return CoordinatorRole::NotLeader;
+        };
+        let Some(term) = self.leading_term(group_id) else {
+            return CoordinatorRole::NotLeader;
+        };
+        let applied_all = self
+            .driver
+            .borrow()
+            .raft(group_id)
+            .is_some_and(|raft| raft.raft_log.committed == hosted.applied_index.get());
+        CoordinatorRole::Leader {
+            term,
+            caught_up: applied_all && self.committed_in_term(group_id),
+        }
+    }
+
+    /// The log of hosted partition `tp` (reads only: writes go through Raft).
+    pub fn hosted_log(&self, tp: &TopicPartition) -> Option<crate::disk::PartitionLog> {
+        self.hosted(tp).map(|(_, hosted)| hosted.log.clone())
+    }
+
+    /// The Kafka end offset of hosted partition `tp`'s committed prefix.
+    pub fn committed_end_of(&self, tp: &TopicPartition) -> Option<i64> {
+        self.hosted(tp)
+            .map(|(_, hosted)| hosted.committed_end.get())
+    }
+
+    /// An internal topic coordinator's own batch (group coordinator records, transactional
+    /// offsets), proposed now if this replica still leads `tp` in `term`; answered once
+    /// committed in that term (acks=all) after the `min.insync.replicas` check. Unlike a
+    /// client's produce no idempotent-producer check applies: the coordinator writes under
+    /// its own per-partition order.
+    pub fn propose_as_coordinator(
+        &self,
+        tp: &TopicPartition,
+        term: u64,
+        batch: &[u8],
+    ) -> PendingReplicaProduce {
+        let Some((group_id, hosted)) = self.hosted(tp) else {
+            return refused(codes::NOT_LEADER_OR_FOLLOWER);
+        };
+        if self.leading_term(group_id) != Some(term) {
+            return refused(codes::NOT_LEADER_OR_FOLLOWER);
+        }
+        let in_sync = self.in_sync(group_id).len();
+        if (in_sync as u64) < u64::from(hosted.replica.min_insync_replicas) {
+            return refused(codes::NOT_ENOUGH_REPLICAS);
+        }
+        let proposed = self.driver.borrow_mut().propose(group_id, batch.to_vec());
+        self.ring();
+        match proposed {
+            Ok(proposed) if proposed.term == term => {
+                self.wait_for(group_id, &hosted, proposed.index, term, -1, 0)
+            }
+            Ok(_) => refused(codes::NOT_LEADER_OR_FOLLOWER),
+            Err(error) => {
+                tracing::debug!(partition = %tp, %error, "coordinator proposal refused");
+                refused(codes::NOT_LEADER_OR_FOLLOWER)
+            }
+        }
     }
 
     /// Registers a produce call's wait for the entry at `index` proposed in `term`.
@@ -392,6 +459,14 @@ impl ReplicaManager {
 }
 
 impl PendingReplicaProduce {
+    /// The error code of a call refused before anything was proposed.
+    pub fn refusal(&self) -> Option<i16> {
+        match &self.0 {
+            Pending::Done(outcome) if outcome.error_code != codes::NONE => Some(outcome.error_code),
+            _ => None,
+        }
+    }
+
     /// Stage two: waits for the call's acks (see the module docs).
     pub async fn wait(self) -> ReplicaProduce {
         let (answered, index, term, span_before_last, log) = match self.0 {

@@ -109,11 +109,21 @@ async fn start_manager(
 
 impl Cluster {
     pub(crate) async fn new(min_insync_replicas: u32) -> Self {
+        Self::hosting(min_insync_replicas, &[]).await
+    }
+
+    /// A cluster whose managers host `more` groups besides `GROUP` from the start.
+    pub(crate) async fn hosting(min_insync_replicas: u32, more: &[HostedReplica]) -> Self {
         let clock = SimClock::new(1_000_000);
         let mut nodes = Vec::new();
         for id in 1..=3 {
             let disk = SimDisk::new();
             let manager = start_manager(id, disk.clone(), &clock, 1, min_insync_replicas).await;
+            if !more.is_empty() {
+                let mut all = vec![replica(min_insync_replicas)];
+                all.extend_from_slice(more);
+                manager.reconcile(&all).await;
+            }
             nodes.push(Node {
                 id,
                 disk,

@@ -55,3 +55,16 @@ pub struct ReplicaOffset {
     pub offset: i64,
     pub timestamp_ms: i64,
 }
+
+/// What an internal topic's coordinator (groups, transactions) may do on a replicated
+/// partition of that topic hosted here (`ReplicaManager::coordinator_role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoordinatorRole {
+    /// Another replica leads, or none does: `NOT_COORDINATOR`.
+    NotLeader,
+    /// This replica leads in `term`. `caught_up`: it committed an entry of its term and
+    /// applied everything committed, so a replay up to the committed end sees every entry
+    /// of earlier terms; until then a coordinator that has not loaded the partition in this
+    /// term answers `COORDINATOR_LOAD_IN_PROGRESS` (retriable).
+    Leader { term: u64, caught_up: bool },
+}

@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use futures::future::{join_all, LocalBoxFuture};
 
-use crate::disk::PartitionLog;
 use crate::error_codes as broker_codes;
+use crate::groups::offsets_store::OffsetsStore;
 use crate::metadata::TopicPartition;
 use crate::partition::{PartitionTable, TxnMarker};
 use crate::replays::{ReplayTurn, Replays};
@@ -133,6 +133,9 @@ struct Inner {
     /// ticker restarts the completion of a prepared transaction not in here (a failed
     /// write of its Complete record).
     completing: RefCell<HashSet<String>>,
+    /// Replicated partitions loaded here, by the Raft term this replica leads them in
+    /// (`groups::offsets_store`, as the group coordinator keeps them).
+    loaded_terms: RefCell<HashMap<i32, u64>>,
 }
 
 impl TxnCoordinator {
@@ -144,6 +147,7 @@ impl TxnCoordinator {
                 replays: Replays::default(),
                 ticker_started: Cell::new(false),
                 completing: RefCell::default(),
+                loaded_terms: RefCell::default(),
             }),
         }
     }
@@ -388,7 +392,7 @@ impl TxnCoordinator {
     /// installs it. The caller checked the transition between its last await and this call.
     async fn transition(
         &self,
-        log: &PartitionLog,
+        log: &OffsetsStore,
         id: &str,
         partition: i32,
         next: Option<TxnMetadata>,
@@ -435,7 +439,7 @@ impl TxnCoordinator {
 
     async fn persist_pending(
         &self,
-        log: &PartitionLog,
+        log: &OffsetsStore,
         id: &str,
         previous: Option<TxnMetadata>,
         next: Option<TxnMetadata>,
@@ -448,6 +452,16 @@ impl TxnCoordinator {
         if let Err(code) = written {
             self.clear_pending(id, previous);
             return Err(code);
+        }
+        if let OffsetsStore::Replicated {
+            partition, term, ..
+        } = log
+        {
+            // Unloaded meanwhile (leadership moved): the ids in memory are another term's,
+            // or none; the next leader's replay has the record if it was committed.
+            if self.inner.loaded_terms.borrow().get(&partition.partition) != Some(term) {
+                return Err(codes::NOT_COORDINATOR);
+            }
         }
         let mut ids = self.inner.ids.borrow_mut();
         match next {
@@ -543,26 +557,32 @@ impl TxnCoordinator {
         }
     }
 
-    /// The log of transaction-state partition `partition`, replayed the first time.
-    async fn ensure_loaded(&self, partition: i32) -> Result<PartitionLog, i16> {
+    /// The transaction-state partition `partition`, replayed the first time (a replicated
+    /// one: the first time in each term this replica leads it; see `store_of`).
+    async fn ensure_loaded(&self, partition: i32) -> Result<OffsetsStore, i16> {
         let tp = TopicPartition {
             topic: TRANSACTION_STATE_TOPIC.into(),
             partition,
         };
-        let log = self.inner.handle.partitions.log(&tp).map_err(|code| {
-            if code == broker_codes::NOT_LEADER_OR_FOLLOWER {
-                codes::NOT_COORDINATOR
-            } else {
-                codes::COORDINATOR_NOT_AVAILABLE
-            }
-        })?;
+        let log = self.store_of(&tp)?;
         self.start_ticker();
         let replaying = match self.inner.replays.turn(partition).await {
             ReplayTurn::Replayed => return Ok(log),
             ReplayTurn::Failed => return Err(codes::COORDINATOR_LOAD_IN_PROGRESS),
             ReplayTurn::Replay(replaying) => replaying,
         };
-        let replayed = self.replay(partition, &log).await;
+        let mut replayed = self.replay(partition, &log).await;
+        if let (Ok(_), OffsetsStore::Replicated { term, .. }) = (&replayed, &log) {
+            if log.still_leading() {
+                self.inner
+                    .loaded_terms
+                    .borrow_mut()
+                    .insert(partition, *term);
+                tracing::info!(partition = %tp, term, "transaction state partition loaded as its leader");
+            } else {
+                replayed = Err("leadership lost during the replay".to_string());
+            }
+        }
         replaying.finish(replayed.is_ok());
         match replayed {
             Ok(prepared) => {
@@ -579,8 +599,82 @@ impl TxnCoordinator {
                     .ids
                     .borrow_mut()
                     .retain(|_, entry| entry.partition != partition);
+                if let OffsetsStore::Replicated { .. } = log {
+                    self.unload(partition);
+                    return Err(codes::NOT_COORDINATOR);
+                }
                 Err(codes::COORDINATOR_NOT_AVAILABLE)
             }
+        }
+    }
+
+    /// Where transaction-state partition `tp` is written on this shard: its log (one
+    /// replica), or its Raft group while this replica leads it (unloaded and refused
+    /// otherwise), exactly as the group coordinator decides for `__consumer_offsets`.
+    fn store_of(&self, tp: &TopicPartition) -> Result<OffsetsStore, i16> {
+        let not_here = match self.inner.handle.partitions.log(tp) {
+            Ok(log) => return Ok(OffsetsStore::Plain(log)),
+            Err(code) => code,
+        };
+        let Some(replicas) = self.inner.handle.partitions.replicas_hosting(tp) else {
+            return Err(if not_here == broker_codes::NOT_LEADER_OR_FOLLOWER {
+                codes::NOT_COORDINATOR
+            } else {
+                codes::COORDINATOR_NOT_AVAILABLE
+            });
+        };
+        let loaded = self.inner.loaded_terms.borrow().get(&tp.partition).copied();
+        match OffsetsStore::replicated(replicas, tp.clone()) {
+            Ok((store, _)) if loaded == Some(store.term()) => Ok(store),
+            Ok((store, caught_up)) => {
+                if loaded.is_some() {
+                    self.unload(tp.partition);
+                }
+                if caught_up {
+                    Ok(store)
+                } else {
+                    Err(codes::COORDINATOR_LOAD_IN_PROGRESS)
+                }
+            }
+            Err(code) => {
+                if loaded.is_some() {
+                    self.unload(tp.partition);
+                }
+                Err(code)
+            }
+        }
+    }
+
+    /// Forgets replicated partition `partition` (this replica stopped leading it, or leads
+    /// it in a new term): its ids leave memory and the next call it leads replays it again.
+    /// Completions under way fail their next write (proposed in the old term).
+    fn unload(&self, partition: i32) {
+        let Some(term) = self.inner.loaded_terms.borrow_mut().remove(&partition) else {
+            return;
+        };
+        self.inner
+            .ids
+            .borrow_mut()
+            .retain(|_, entry| entry.partition != partition);
+        self.inner.replays.forget(partition);
+        tracing::info!(
+            partition,
+            term,
+            "transaction state partition unloaded: no longer its leader in that term"
+        );
+    }
+
+    /// Unloads every loaded replicated partition this replica no longer leads in the term
+    /// it loaded it in.
+    fn unload_lost_partitions(&self) {
+        let loaded: Vec<i32> = self.inner.loaded_terms.borrow().keys().copied().collect();
+        for partition in loaded {
+            let tp = TopicPartition {
+                topic: TRANSACTION_STATE_TOPIC.into(),
+                partition,
+            };
+            // store_of unloads what it finds stale.
+            let _ = self.store_of(&tp);
         }
     }
 
@@ -589,16 +683,13 @@ impl TxnCoordinator {
     async fn replay(
         &self,
         partition: i32,
-        log: &PartitionLog,
+        log: &OffsetsStore,
     ) -> Result<Vec<(String, TxnMetadata)>, String> {
         let mut offset = log.log_start_offset();
-        let end = log.high_watermark();
+        let end = log.replay_end();
         let mut found: HashMap<String, TxnMetadata> = HashMap::new();
         while offset < end {
-            let batches = log
-                .read(offset, REPLAY_READ_BYTES)
-                .await
-                .map_err(|error| error.to_string())?;
+            let batches = log.read(offset, REPLAY_READ_BYTES).await?;
             if batches.is_empty() {
                 break;
             }
@@ -606,6 +697,10 @@ impl TxnCoordinator {
                 let header = BatchHeader::parse(&stored)
                     .ok_or_else(|| format!("unparseable batch at offset {offset}"))?;
                 offset = header.last_offset() + 1;
+                if header.is_control() {
+                    // A Raft leader's first entry in a replicated partition.
+                    continue;
+                }
                 for record in log::decode_batch(&stored)
                     .map_err(|error| format!("offset {}: {error}", header.base_offset))?
                 {
@@ -669,6 +764,7 @@ impl TxnCoordinator {
     /// One round of the ticker: aborts timed-out transactions (fencing their producers)
     /// and forgets idle ids.
     async fn tick(&self) {
+        self.unload_lost_partitions();
         let now = self.now_ms();
         let expiration_ms =
             i64::try_from(self.inner.handle.config.id_expiration.as_millis()).unwrap_or(i64::MAX);
@@ -734,19 +830,11 @@ impl TxnCoordinator {
     }
 }
 
-/// Appends one batch and waits until it is fdatasync'd. A failed write fences the log
-/// (storage), so the coordinator stops answering for the partition.
-async fn append_durably(log: &PartitionLog, batch: &bytes::Bytes) -> Result<(), i16> {
-    let appended = log.append(batch.clone()).await.map_err(|error| {
-        tracing::error!(%error, "appending to the transaction state log failed");
-        codes::COORDINATOR_NOT_AVAILABLE
-    })?;
-    log.wait_durable(appended.last_offset)
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, "fdatasync of the transaction state log failed");
-            codes::COORDINATOR_NOT_AVAILABLE
-        })
+/// Appends one batch and waits until it is acknowledged: fdatasync'd (a plain log; a failed
+/// write fences it, so the coordinator stops answering for the partition) or committed in
+/// the leader's term (a replicated partition).
+async fn append_durably(log: &OffsetsStore, batch: &bytes::Bytes) -> Result<(), i16> {
+    log.append(batch.clone()).await?.durable().await
 }
 
 async fn tick_forever(inner: Weak<Inner>) {
@@ -815,9 +903,10 @@ mod tests {
 
     async fn table_with_state_partition(dir: &std::path::Path) -> Rc<PartitionTable> {
         let disk = crate::disk::BrokerDisk::default();
-        let (log, _) = PartitionLog::open_on(disk, dir, LogConfig::default(), Clock::System)
-            .await
-            .expect("open");
+        let (log, _) =
+            crate::disk::PartitionLog::open_on(disk, dir, LogConfig::default(), Clock::System)
+                .await
+                .expect("open");
         let table = Rc::new(PartitionTable::default());
         table.insert(
             tp(TRANSACTION_STATE_TOPIC, 0),

@@ -1,0 +1,467 @@
+//! Where the group coordinator's records of one `__consumer_offsets` partition go, and where
+//! its replay reads them: the seam between the coordinator and the two kinds of partition
+//! (`docs/REPLICATION.md` § Kafka semantics on top, "Idempotent producers and consumer
+//! groups").
+//!
+//! - [`OffsetsStore::Plain`]: a partition with one replica, the shard's own log (as on a
+//!   one-node broker): an append is answered once fdatasync'd.
+//! - [`OffsetsStore::Replicated`]: a partition with several replicas, its Raft group on
+//!   this shard (`replica::ReplicaManager`). The coordinator runs there only while this
+//!   replica leads, in the term it loaded the partition in: each batch is proposed in that
+//!   term and answered once committed in it (acks=all, after the `min.insync.replicas`
+//!   check); the replay reads the committed prefix only.
+//!
+//! Appending is two steps, as the coordinator needs them: [`OffsetsStore::append`] puts the
+//! batch in the partition's order now (under the coordinator's per-partition gate), and
+//! [`PendingAppend::durable`] waits for its acknowledgement outside the gate.
+//!
+//! Owned by the coordinator's shard (`!Send`).
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use crate::disk::PartitionLog;
+use crate::error_codes as broker_codes;
+use crate::groups::types::codes;
+use crate::metadata::TopicPartition;
+use crate::replica::{CoordinatorRole, PendingReplicaProduce, ReplicaManager};
+
+/// One offsets partition as the coordinator writes and replays it. Cheap to clone.
+#[derive(Clone)]
+pub enum OffsetsStore {
+    /// The partition's only replica: this shard's log.
+    Plain(PartitionLog),
+    /// One replica of the partition's Raft group, led by this broker in `term`.
+    Replicated {
+        replicas: Rc<ReplicaManager>,
+        partition: TopicPartition,
+        term: u64,
+    },
+}
+
+/// An append in the partition's order, not yet acknowledged.
+pub enum PendingAppend {
+    Plain {
+        log: PartitionLog,
+        base_offset: i64,
+        last_offset: i64,
+    },
+    Replicated(PendingReplicaProduce),
+}
+
+impl OffsetsStore {
+    /// The store of replicated partition `partition` hosted by `replicas` if this replica
+    /// leads it, with whether it is caught up (may be loaded now, see
+    /// `replica::CoordinatorRole`); else `NOT_COORDINATOR`.
+    pub fn replicated(
+        replicas: Rc<ReplicaManager>,
+        partition: TopicPartition,
+    ) -> Result<(Self, bool), i16> {
+        match replicas.coordinator_role(&partition) {
+            CoordinatorRole::NotLeader => Err(codes::NOT_COORDINATOR),
+            CoordinatorRole::Leader { term, caught_up } => Ok((
+                Self::Replicated {
+                    replicas,
+                    partition,
+                    term,
+                },
+                caught_up,
+            )),
+        }
+    }
+
+    /// The Raft term this store writes in; 0 for a plain log (no terms).
+    pub fn term(&self) -> u64 {
+        match self {
+            Self::Plain(_) => 0,
+            Self::Replicated { term, .. } => *term,
+        }
+    }
+
+    /// Whether this store may still be written: a replicated one while its replica leads in
+    /// its term.
+    pub fn still_leading(&self) -> bool {
+        match self {
+            Self::Plain(_) => true,
+            Self::Replicated {
+                replicas,
+                partition,
+                term,
+            } => matches!(
+                replicas.coordinator_role(partition),
+                CoordinatorRole::Leader { term: now, .. } if now == *term
+            ),
+        }
+    }
+
+    /// Puts `batch` in the partition's order now; the error code is the coordinator's
+    /// answer.
+    pub async fn append(&self, batch: Bytes) -> Result<PendingAppend, i16> {
+        match self {
+            Self::Plain(log) => match log.append(batch).await {
+                Ok(appended) => Ok(PendingAppend::Plain {
+                    log: log.clone(),
+                    base_offset: appended.base_offset,
+                    last_offset: appended.last_offset,
+                }),
+                Err(error) => {
+                    tracing::error!(%error, "appending to the offsets log failed");
+                    Err(codes::COORDINATOR_NOT_AVAILABLE)
+                }
+            },
+            Self::Replicated {
+                replicas,
+                partition,
+                term,
+            } => {
+                let pending = replicas.propose_as_coordinator(partition, *term, &batch);
+                match pending.refusal() {
+                    None => Ok(PendingAppend::Replicated(pending)),
+                    Some(code) => Err(coordinator_code(code)),
+                }
+            }
+        }
+    }
+
+    /// The first offset of the log.
+    pub fn log_start_offset(&self) -> i64 {
+        match self {
+            Self::Plain(log) => log.log_start_offset(),
+            Self::Replicated {
+                replicas,
+                partition,
+                ..
+            } => replicas
+                .hosted_log(partition)
+                .map_or(0, |log| log.log_start_offset()),
+        }
+    }
+
+    /// The end of what a replay reads: the plain log's high watermark, or the replicated
+    /// partition's committed end.
+    pub fn replay_end(&self) -> i64 {
+        match self {
+            Self::Plain(log) => log.high_watermark(),
+            Self::Replicated {
+                replicas,
+                partition,
+                ..
+            } => replicas.committed_end_of(partition).unwrap_or(0),
+        }
+    }
+
+    /// Whole batches from `offset`, about `max_bytes`, below [`Self::replay_end`].
+    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Vec<Bytes>, String> {
+        match self {
+            Self::Plain(log) => log
+                .read(offset, max_bytes)
+                .await
+                .map_err(|error| error.to_string()),
+            Self::Replicated {
+                replicas,
+                partition,
+                ..
+            } => {
+                let fetched = replicas.fetch(partition, offset, max_bytes).await;
+                if fetched.error_code == broker_codes::NONE {
+                    Ok(fetched.batches)
+                } else {
+                    Err(format!("replica read error {}", fetched.error_code))
+                }
+            }
+        }
+    }
+
+    /// The plain log, for a checkpoint (append everything live, then trim before it). A
+    /// replicated partition is not checkpointed: retention and `DeleteRecords` on replicated
+    /// partitions are not built (`docs/REPLICATION.md`, Status), so its log only grows.
+    pub fn checkpointable(&self) -> Option<&PartitionLog> {
+        match self {
+            Self::Plain(log) => Some(log),
+            Self::Replicated { .. } => None,
+        }
+    }
+}
+
+impl PendingAppend {
+    /// Waits until the append is acknowledged: fdatasync'd (plain) or committed in the
+    /// proposing term (replicated). The error code is the coordinator's answer, mapped as
+    /// Kafka's group coordinator maps its append errors.
+    pub async fn durable(self) -> Result<(), i16> {
+        match self {
+            Self::Plain {
+                log, last_offset, ..
+            } => log.wait_durable(last_offset).await.map_err(|error| {
+                tracing::error!(%error, "fdatasync of the offsets log failed");
+                codes::COORDINATOR_NOT_AVAILABLE
+            }),
+            Self::Replicated(pending) => match pending.wait().await.error_code {
+                broker_codes::NONE => Ok(()),
+                code => {
+                    tracing::debug!(code, "offsets batch not committed");
+                    Err(coordinator_code(code))
+                }
+            },
+        }
+    }
+
+    /// The offsets the append took, for a checkpoint of a plain log.
+    pub fn plain_offsets(&self) -> Option<(i64, i64)> {
+        match self {
+            Self::Plain {
+                base_offset,
+                last_offset,
+                ..
+            } => Some((*base_offset, *last_offset)),
+            Self::Replicated(_) => None,
+        }
+    }
+}
+
+/// A replicated partition's refusal as the group coordinator answers it, as Kafka's
+/// `GroupMetadataManager` maps its append errors: the replica no longer leads →
+/// `NOT_COORDINATOR` (the client finds the new one); too few in sync, or no commit in time →
+/// `COORDINATOR_NOT_AVAILABLE` (retriable).
+fn coordinator_code(code: i16) -> i16 {
+    match code {
+        broker_codes::NOT_LEADER_OR_FOLLOWER | broker_codes::KAFKA_STORAGE_ERROR => {
+            codes::NOT_COORDINATOR
+        }
+        _ => codes::COORDINATOR_NOT_AVAILABLE,
+    }
+}
+
+/// Three replicas of `__consumer_offsets-0` over the replica tests' simulated network, one
+/// group coordinator per node on its replica: only the leader coordinates, commits are
+/// answered once committed by the group, a leader cut off unloads and refuses, and the new
+/// leader replays the committed offsets before serving.
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::future::Future;
+    use std::rc::Rc;
+
+    use uuid::Uuid;
+
+    use crate::disk::BrokerDisk;
+    use crate::error_codes as broker_codes;
+    use crate::groups::records::CommittedOffset;
+    use crate::groups::types::{codes, CommitRequest, GroupAddress};
+    use crate::groups::{GroupCoordinator, OffsetsHandle, OFFSETS_TOPIC};
+    use crate::limits::Limits;
+    use crate::metadata::{MetadataView, TopicPartition};
+    use crate::partition::PartitionTable;
+    use crate::replica::tests::{run, Cluster};
+    use crate::replica::HostedReplica;
+    use crate::shutdown::ShutdownSignal;
+    use crate::storage::{Clock, LogConfig};
+
+    const OFFSETS_GROUP: u64 = 43;
+
+    fn offsets_tp() -> TopicPartition {
+        TopicPartition {
+            topic: OFFSETS_TOPIC.into(),
+            partition: 0,
+        }
+    }
+
+    fn coordinator(cluster: &Cluster, id: u64) -> GroupCoordinator {
+        let table = Rc::new(PartitionTable::new(16));
+        table.set_replicas(cluster.manager(id));
+        GroupCoordinator::new(OffsetsHandle {
+            shard_id: 0,
+            partitions: table,
+            // No `__consumer_offsets` in the metadata: one partition, so every group is on 0.
+            metadata: Rc::new(MetadataView::default()),
+            shutdown: ShutdownSignal::default(),
+            limits: Limits::default(),
+            disk: BrokerDisk::default(),
+            data_dir: std::path::PathBuf::from("/data"),
+            clock: Clock::System,
+            producer_id_blocks: None,
+        })
+    }
+
+    fn at() -> GroupAddress {
+        GroupAddress {
+            group: "g".into(),
+            partition: 0,
+        }
+    }
+
+    fn commit(offset: i64) -> CommitRequest {
+        CommitRequest {
+            member_id: String::new(),
+            instance_id: None,
+            generation: -1,
+            offsets: vec![(
+                "t".into(),
+                0,
+                CommittedOffset {
+                    offset,
+                    leader_epoch: -1,
+                    metadata: String::new(),
+                    commit_timestamp_ms: 1,
+                    expire_timestamp_ms: None,
+                },
+            )],
+        }
+    }
+
+    /// Runs `call` while stepping the cluster until it answers.
+    async fn answer<T: 'static>(
+        cluster: &mut Cluster,
+        call: impl Future<Output = T> + 'static,
+    ) -> T {
+        let outcome = Rc::new(RefCell::new(None));
+        let sink = outcome.clone();
+        glommio::spawn_local(async move {
+            let answered = call.await;
+            *sink.borrow_mut() = Some(answered);
+        })
+        .detach();
+        for _ in 0..400 {
+            if let Some(answered) = outcome.borrow_mut().take() {
+                return answered;
+            }
+            cluster.step().await;
+        }
+        panic!("coordinator call not answered");
+    }
+
+    /// The committed offset of group "g" on t-0 as node `id`'s coordinator answers it,
+    /// retried while it loads.
+    async fn committed(
+        cluster: &mut Cluster,
+        coordinator: &GroupCoordinator,
+    ) -> Result<Option<i64>, i16> {
+        for _ in 0..100 {
+            let call = coordinator.clone();
+            let fetched = answer(cluster, async move {
+                call.fetch_offsets(at(), Some(vec![("t".into(), vec![0])]), None, false)
+                    .await
+            })
+            .await;
+            match fetched {
+                Err(codes::COORDINATOR_LOAD_IN_PROGRESS) => cluster.step().await,
+                Err(code) => return Err(code),
+                Ok((fetched, _)) => {
+                    return Ok(fetched
+                        .first()
+                        .and_then(|(_, _, v)| v.as_ref().map(|v| v.offset)))
+                }
+            }
+        }
+        panic!("the coordinator never finished loading");
+    }
+
+    async fn offsets_leader(cluster: &mut Cluster, not: Option<u64>) -> u64 {
+        for _ in 0..400 {
+            cluster.step().await;
+            let leader = (1..=3).find(|id| {
+                Some(*id) != not
+                    && cluster
+                        .manager(*id)
+                        .leader_and_term(OFFSETS_GROUP)
+                        .is_some_and(|(leader, _)| leader == *id)
+            });
+            if let Some(leader) = leader {
+                // As `Cluster::elect`: let it commit its term's first entry. (Without these
+                // steps, coordinator calls answered at once, one step apart, kept the
+                // simulated leader from persisting that entry for 50 steps; plain steps
+                // then let it commit within 2. Not understood: a test-harness question.)
+                for _ in 0..5 {
+                    cluster.step().await;
+                }
+                return leader;
+            }
+        }
+        panic!("no leader of the offsets partition");
+    }
+
+    #[test]
+    fn the_coordinator_follows_the_offsets_partitions_leader() {
+        run(|| async {
+            let offsets_replica = HostedReplica {
+                topic: offsets_tp(),
+                topic_id: Uuid::from_u128(0x0ff5),
+                group_id: OFFSETS_GROUP,
+                voters: vec![1, 2, 3],
+                config: LogConfig::default(),
+                min_insync_replicas: 2,
+            };
+            let mut cluster = Cluster::hosting(2, &[offsets_replica]).await;
+            let first = offsets_leader(&mut cluster, None).await;
+            let coordinators: Vec<GroupCoordinator> =
+                (1..=3).map(|id| coordinator(&cluster, id)).collect();
+            let on = |id: u64| coordinators[(id - 1) as usize].clone();
+            // The leader answers once its term's first entry is committed.
+            let mut codes_out = Vec::new();
+            for _ in 0..50 {
+                let call = on(first);
+                codes_out = answer(
+                    &mut cluster,
+                    async move { call.commit(at(), commit(42)).await },
+                )
+                .await;
+                if codes_out != [codes::COORDINATOR_LOAD_IN_PROGRESS] {
+                    break;
+                }
+            }
+            assert_eq!(codes_out, [broker_codes::NONE]);
+            // Transactional offsets are refused: no marker would reach the Raft log.
+            let call = on(first);
+            let refused = answer(&mut cluster, async move {
+                call.commit_transactional(at(), 7, 0, commit(43)).await
+            })
+            .await;
+            assert_eq!(refused, [crate::producer_state::POLICY_VIOLATION]);
+            for follower in (1..=3).filter(|id| *id != first) {
+                let call = on(follower);
+                let refused = answer(
+                    &mut cluster,
+                    async move { call.commit(at(), commit(1)).await },
+                )
+                .await;
+                assert_eq!(refused, [codes::NOT_COORDINATOR], "follower {follower}");
+                assert_eq!(
+                    committed(&mut cluster, &on(follower)).await,
+                    Err(codes::NOT_COORDINATOR)
+                );
+            }
+            assert_eq!(committed(&mut cluster, &on(first)).await, Ok(Some(42)));
+
+            // The leader is cut off: a commit it proposes now is never acknowledged, a new
+            // leader takes over and has the acknowledged offset, the old one unloads.
+            cluster.set_cut(first, true);
+            let call = on(first);
+            let lost = glommio::spawn_local(async move { call.commit(at(), commit(99)).await });
+            let second = offsets_leader(&mut cluster, Some(first)).await;
+            assert_eq!(committed(&mut cluster, &on(second)).await, Ok(Some(42)));
+            let call = on(second);
+            let acked = answer(
+                &mut cluster,
+                async move { call.commit(at(), commit(50)).await },
+            )
+            .await;
+            assert_eq!(acked, [broker_codes::NONE]);
+            assert_eq!(committed(&mut cluster, &on(second)).await, Ok(Some(50)));
+            cluster.set_cut(first, false);
+            for _ in 0..30 {
+                cluster.step().await;
+            }
+            let lost = lost.await;
+            assert_ne!(
+                lost,
+                [broker_codes::NONE],
+                "a commit of a leader cut off is not acknowledged"
+            );
+            assert_eq!(
+                committed(&mut cluster, &on(first)).await,
+                Err(codes::NOT_COORDINATOR)
+            );
+            assert_eq!(committed(&mut cluster, &on(second)).await, Ok(Some(50)));
+        });
+    }
+}
