@@ -316,6 +316,37 @@ impl<S: GroupStore> MultiRaft<S> {
         })
     }
 
+    /// Asks this node, leader of `group_id`, to hand the leadership to voter `to` (raft-rs
+    /// leader transfer: the leader stops taking proposals, brings `to` up to its last index,
+    /// then tells it to campaign at once; a transfer not done within an election timeout is
+    /// abandoned and the leader takes proposals again). Returns whether a transfer is under
+    /// way to `to` after the call: false when this node does not lead the group, the group is
+    /// fenced, or `to` is this node or not a voter.
+    pub fn transfer_leader(&mut self, group_id: u64, to: u64) -> bool {
+        let Some(group) = self.groups.get_mut(&group_id) else {
+            return false;
+        };
+        let raft = &group.node.raft;
+        if group.fenced
+            || raft.state != StateRole::Leader
+            || to == self.node_id
+            || !raft.prs().conf().voters().contains(to)
+        {
+            return false;
+        }
+        group.node.transfer_leader(to);
+        self.maybe_ready.insert(group_id);
+        group.node.raft.lead_transferee == Some(to)
+    }
+
+    /// The voter a leadership transfer of `group_id` is under way to, if any.
+    pub fn transferring_to(&self, group_id: u64) -> Option<u64> {
+        let raft = &self.groups.get(&group_id)?.node.raft;
+        (raft.state == StateRole::Leader)
+            .then_some(raft.lead_transferee)
+            .flatten()
+    }
+
     /// Queues a received frame's messages for the next round.
     pub fn receive(&mut self, frame: Frame) {
         if frame.to_node != self.node_id {
