@@ -25,7 +25,7 @@ use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::replica::handover::imbalanced_brokers;
+use crate::replica::handover::{imbalanced_brokers, Transfer};
 use crate::shard::ShardServices;
 
 /// How long a controlled shutdown waits, in all, for leadership to move before the shard
@@ -33,6 +33,10 @@ use crate::shard::ShardServices;
 /// to a caught-up replica takes a few round trips, one to a lagging one at most an
 /// election timeout, 2 s, before raft-rs abandons it).
 pub const CONTROLLED_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long leader balancing lets its transfers run before giving up the ones not done
+/// (the preferred replica lagging, or refusing because its broker is shutting down): a
+/// group being transferred takes no produce calls, so this bounds that pause.
+const BALANCE_TRANSFER_WAIT: Duration = Duration::from_millis(500);
 /// How often a controlled shutdown looks at its transfers.
 const HANDOVER_POLL: Duration = Duration::from_millis(10);
 
@@ -79,19 +83,20 @@ async fn hand_over_partitions(services: &ShardServices, deadline: Instant) {
     };
     let started = Instant::now();
     let led_at_start = replicas.led_groups().len();
-    let mut leading = replicas.hand_over_leadership();
-    while leading > 0 && Instant::now() < deadline {
+    while replicas.hand_over_leadership() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(HANDOVER_POLL).await;
-        leading = replicas.hand_over_leadership();
     }
     let moved_at = started.elapsed();
+    // Still called: a group balanced back here meanwhile (its leader decided before the
+    // refusal) is handed over again.
     while still_recorded_here(services) && Instant::now() < deadline {
+        replicas.hand_over_leadership();
         glommio::timer::sleep(HANDOVER_POLL).await;
     }
     tracing::info!(
         shard = services.shard_id,
         led_at_start,
-        still_leading = leading,
+        still_leading = replicas.led_groups().len(),
         moved_ms = moved_at.as_millis(),
         recorded_ms = started.elapsed().as_millis(),
         "controlled shutdown: partition leadership handed over"
@@ -122,8 +127,8 @@ fn still_recorded_here(services: &ShardServices) -> bool {
 }
 
 /// See the module docs. Ends with the shard (its services dropped) or at shutdown.
-pub async fn balance_leaders_periodically(services: Weak<ShardServices>) {
-    let settings = match services.upgrade() {
+pub async fn balance_leaders_periodically(weak: Weak<ShardServices>) {
+    let settings = match weak.upgrade() {
         Some(services) if services.replicas.is_some() => services.config.cluster.leader_balancing,
         _ => return,
     };
@@ -132,20 +137,31 @@ pub async fn balance_leaders_periodically(services: Weak<ShardServices>) {
     }
     loop {
         glommio::timer::sleep(settings.check_interval).await;
-        let Some(services) = services.upgrade() else {
+        let Some(services) = weak.upgrade() else {
             return;
         };
         if services.shutdown.is_started() {
             return;
         }
-        balance_leaders(&services, settings.per_broker_percentage);
+        let started = balance_leaders(&services, settings.per_broker_percentage);
+        if started.is_empty() {
+            continue;
+        }
+        drop(services);
+        glommio::timer::sleep(BALANCE_TRANSFER_WAIT).await;
+        let Some(services) = weak.upgrade() else {
+            return;
+        };
+        if let Some(replicas) = &services.replicas {
+            replicas.abort_transfers(&started);
+        }
     }
 }
 
-/// One pass of leader balancing on this shard (module docs).
-fn balance_leaders(services: &ShardServices, percentage: u32) {
+/// One pass of leader balancing on this shard (module docs); returns the transfers started.
+fn balance_leaders(services: &ShardServices, percentage: u32) -> Vec<Transfer> {
     let Some(replicas) = &services.replicas else {
-        return;
+        return Vec::new();
     };
     let snapshot = services.metadata.current();
     let mut partitions = Vec::new();
@@ -160,10 +176,10 @@ fn balance_leaders(services: &ShardServices, percentage: u32) {
     }
     let imbalanced = imbalanced_brokers(partitions, percentage);
     if imbalanced.is_empty() {
-        return;
+        return Vec::new();
     }
     replicas.move_to_preferred(|broker| {
         i32::try_from(broker)
             .is_ok_and(|broker| imbalanced.contains(&broker) && snapshot.is_alive(broker))
-    });
+    })
 }

@@ -330,11 +330,14 @@ impl<D: Disk> ControllerGroup<D> {
         self.leader() == Some(self.node_id)
     }
 
-    /// Controlled shutdown: while this broker leads group 0, hands the leadership to a
+    /// Controlled shutdown: from now on refuses the leadership of group 0
+    /// (`MultiRaft::refuse_leadership`); while this broker leads it, hands it to a
     /// caught-up voter (heard from recently, holding every entry; of several, the lowest
-    /// id) unless a transfer is under way. Returns whether it still leads.
+    /// id) unless a transfer is under way. Returns whether a transfer is under way (false
+    /// once another broker leads, or when no voter is caught up).
     pub fn hand_over(&self) -> bool {
         let mut driver = self.driver.borrow_mut();
+        driver.refuse_leadership();
         let Some(raft) = driver.raft(CONTROLLER_GROUP_ID) else {
             return false;
         };
@@ -353,12 +356,14 @@ impl<D: Disk> ControllerGroup<D> {
             })
             .map(|(&id, _)| id)
             .min();
-        if let Some(successor) = successor {
-            if driver.transfer_leader(CONTROLLER_GROUP_ID, successor) {
-                tracing::info!(to = successor, "handing the controller over");
-                let _ = self.doorbell.try_send(());
-            }
+        let Some(successor) = successor else {
+            return false;
+        };
+        if !driver.transfer_leader(CONTROLLER_GROUP_ID, successor) {
+            return false;
         }
+        tracing::info!(to = successor, "handing the controller over");
+        let _ = self.doorbell.try_send(());
         true
     }
 

@@ -63,20 +63,25 @@ impl ReplicaManager {
             .or_else(|| followers().min())
     }
 
-    /// Controlled shutdown: starts handing every group led here to its [`Self::successor`]
-    /// (a group already being transferred is left to finish). Returns how many groups this
-    /// replica still leads; call again until 0 or the shutdown's time is up.
+    /// Controlled shutdown: from now on refuses leadership handed to this replica
+    /// (`MultiRaft::refuse_leadership`), and starts handing every group led here to its
+    /// [`Self::successor`] (a group already being transferred is left to finish). Returns
+    /// how many groups led here have a transfer under way: call again until 0 (every group
+    /// moved, or the rest have no follower in sync) or the shutdown's time is up.
     pub fn hand_over_leadership(&self) -> usize {
-        let led = self.led_groups();
+        self.driver.borrow_mut().refuse_leadership();
         let mut started = Vec::new();
-        for &group_id in &led {
+        let mut under_way = 0;
+        for group_id in self.led_groups() {
             if self.driver.borrow().transferring_to(group_id).is_some() {
+                under_way += 1;
                 continue;
             }
             let Some(to) = self.successor(group_id) else {
                 continue;
             };
             if self.driver.borrow_mut().transfer_leader(group_id, to) {
+                under_way += 1;
                 started.push(Transfer { group_id, to });
             }
         }
@@ -84,7 +89,7 @@ impl ReplicaManager {
             tracing::info!(transfers = ?started, "handing partition leadership over for shutdown");
             self.ring();
         }
-        led.len()
+        under_way
     }
 
     /// Leader balancing: hands every group led here whose preferred replica (first voter)
@@ -126,6 +131,27 @@ impl ReplicaManager {
             self.ring();
         }
         started
+    }
+
+    /// Gives up the `transfers` still under way (the leader takes proposals again); returns
+    /// how many were. A transfer to an in-sync replica takes a few round trips; one refused
+    /// (its broker is shutting down) would otherwise block the group's produce calls until
+    /// raft-rs abandons it after an election timeout.
+    pub fn abort_transfers(&self, transfers: &[Transfer]) -> usize {
+        let mut aborted = 0;
+        for transfer in transfers {
+            let mut driver = self.driver.borrow_mut();
+            if driver.transferring_to(transfer.group_id) == Some(transfer.to)
+                && driver.abort_transfer(transfer.group_id)
+            {
+                aborted += 1;
+            }
+        }
+        if aborted > 0 {
+            tracing::info!(aborted, "leadership transfers not done in time given up");
+            self.ring();
+        }
+        aborted
     }
 }
 

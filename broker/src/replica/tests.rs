@@ -872,6 +872,28 @@ fn a_handed_over_group_moves_to_an_in_sync_replica_and_keeps_every_acknowledged_
                 "{label}"
             );
         }
+        // The old leader refuses leadership from now on (say, a balancing leader handing
+        // the group back): it does not campaign, and the leader gives the transfer up.
+        let back = handover::Transfer {
+            group_id: GROUP,
+            to: first,
+        };
+        assert!(cluster
+            .manager(successor)
+            .driver
+            .borrow_mut()
+            .transfer_leader(GROUP, first));
+        cluster.steps(5).await;
+        assert_eq!(cluster.leader(), Some(successor));
+        assert_eq!(cluster.manager(successor).abort_transfers(&[back]), 1);
+        assert_eq!(
+            cluster
+                .manager(successor)
+                .driver
+                .borrow()
+                .transferring_to(GROUP),
+            None
+        );
         let after = labels("d", 3);
         let cells = cluster.produce(successor, &after, -1);
         cluster.until_answered(&cells).await;
