@@ -16,7 +16,7 @@ import signal
 import time
 from collections import Counter, defaultdict
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import helpers
@@ -113,12 +113,30 @@ class Workload:
         """When the first record produced after `at` on `partition` was acknowledged."""
         return min((t for t, p, produced in self.ack_times if p == partition and produced > at), default=None)
 
+    def end_offset(self, consumer, partition):
+        """The partition's high watermark once it covers every acknowledged record: asked
+        again while the answer is an error (a leader that moved, or one that has not
+        committed in its term yet: OFFSET_NOT_AVAILABLE) or below them."""
+        wanted = 1 + max((offset for p, offset in self.acknowledged.values() if p == partition), default=-1)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                high = consumer.get_watermark_offsets(TopicPartition(TOPIC, partition), timeout=10)[1]
+                if high >= wanted:
+                    return high
+                seen = f"high watermark {high}"
+            except KafkaException as error:
+                seen = str(error)
+            assert time.monotonic() < deadline, f"partition {partition}: {seen}, below {wanted}"
+            print(f"partition {partition}: {seen} (acknowledged up to {wanted}); asking again")
+            time.sleep(0.1)
+
     def check(self, bootstrap):
         """Reads every partition back with a fresh consumer and asserts no anomaly."""
         consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "checker", "enable.auto.commit": False})
         read = []
         try:
-            ends = {p: consumer.get_watermark_offsets(TopicPartition(TOPIC, p), timeout=10)[1] for p in range(PARTITIONS)}
+            ends = {p: self.end_offset(consumer, p) for p in range(PARTITIONS)}
             consumer.assign([TopicPartition(TOPIC, p, 0) for p in range(PARTITIONS)])
             deadline = time.monotonic() + 60
             positions = defaultdict(int)

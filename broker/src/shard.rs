@@ -1221,6 +1221,10 @@ impl ShardServices {
                 .as_ref()
                 .and_then(Controller::replication)
                 .and_then(|replicated| replicated.group.transport_counts()),
+            replication: self
+                .replicas
+                .as_ref()
+                .map(|replicas| replicas.replication_snapshot()),
             ..self.metrics.snapshot()
         }
     }

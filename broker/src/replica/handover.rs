@@ -85,6 +85,7 @@ impl ReplicaManager {
                 started.push(Transfer { group_id, to });
             }
         }
+        self.counts.borrow_mut().transfers_started += started.len() as u64;
         if !started.is_empty() {
             tracing::info!(transfers = ?started, "handing partition leadership over for shutdown");
             self.ring();
@@ -126,6 +127,7 @@ impl ReplicaManager {
                 });
             }
         }
+        self.counts.borrow_mut().transfers_started += started.len() as u64;
         if !started.is_empty() {
             tracing::info!(transfers = ?started, "moving partition leadership to preferred replicas");
             self.ring();
@@ -147,11 +149,67 @@ impl ReplicaManager {
                 aborted += 1;
             }
         }
+        self.counts.borrow_mut().transfers_aborted += aborted as u64;
         if aborted > 0 {
             tracing::info!(aborted, "leadership transfers not done in time given up");
             self.ring();
         }
         aborted
+    }
+}
+
+/// What a shard's partition groups look like now, for metrics (`metrics::exposition`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicationSnapshot {
+    /// Groups hosted on the shard, and those it leads.
+    pub groups: u64,
+    pub groups_led: u64,
+    /// Groups led here with fewer replicas in sync than replicas (Kafka's
+    /// `UnderReplicatedPartitions`), and with fewer than `min.insync.replicas`
+    /// (`UnderMinIsrPartitionCount`: acks=all is refused).
+    pub under_replicated: u64,
+    pub under_min_isr: u64,
+    /// Raft entries (batches) the followers of groups led here are behind the leader's
+    /// last one: summed, and the most one follower is behind.
+    pub follower_lag_entries: u64,
+    pub follower_lag_entries_max: u64,
+    /// Leadership transfers to this shard refused while shutting down.
+    pub leadership_refused: u64,
+    pub counts: crate::replica::manager::ReplicaCounts,
+}
+
+impl ReplicaManager {
+    /// See [`ReplicationSnapshot`]. Takes no await.
+    pub fn replication_snapshot(&self) -> ReplicationSnapshot {
+        let mut snapshot = ReplicationSnapshot {
+            groups: self.groups.borrow().len() as u64,
+            counts: self.counts.borrow().clone(),
+            leadership_refused: self.driver.borrow().stats().leadership_refused,
+            ..ReplicationSnapshot::default()
+        };
+        for group_id in self.led_groups() {
+            snapshot.groups_led += 1;
+            let in_sync = self.in_sync(group_id).len() as u64;
+            let Some(hosted) = self.groups.borrow().get(&group_id).cloned() else {
+                continue;
+            };
+            snapshot.under_replicated += u64::from(in_sync < hosted.replica.voters.len() as u64);
+            snapshot.under_min_isr +=
+                u64::from(in_sync < u64::from(hosted.replica.min_insync_replicas));
+            let driver = self.driver.borrow();
+            let Some(raft) = driver.raft(group_id) else {
+                continue;
+            };
+            let last_index = raft.raft_log.last_index();
+            for (&id, progress) in raft.prs().iter() {
+                if id != self.node_id {
+                    let lag = last_index.saturating_sub(progress.matched);
+                    snapshot.follower_lag_entries += lag;
+                    snapshot.follower_lag_entries_max = snapshot.follower_lag_entries_max.max(lag);
+                }
+            }
+        }
+        snapshot
     }
 }
 

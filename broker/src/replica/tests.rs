@@ -949,3 +949,47 @@ fn leadership_returns_to_the_preferred_replica_when_wanted() {
         assert_eq!(acked(&after, &cells).len(), after.len());
     });
 }
+
+/// The replication metrics: the leader's groups, elections, a follower cut off leaving the
+/// in-sync set (under-replicated, an ISR shrink, its lag growing) and coming back (an
+/// expand).
+#[test]
+fn replication_snapshot_counts_leaders_isr_changes_and_lag() {
+    run(|| async {
+        let mut cluster = Cluster::new(2).await;
+        let leader = cluster.elect().await;
+        let snapshot = cluster.manager(leader).replication_snapshot();
+        assert_eq!((snapshot.groups, snapshot.groups_led), (1, 1));
+        assert_eq!(snapshot.counts.leader_elections, 1);
+        assert_eq!((snapshot.under_replicated, snapshot.under_min_isr), (0, 0));
+        let follower = if leader == 3 { 2 } else { 3 };
+        assert_eq!(
+            cluster.manager(follower).replication_snapshot().groups_led,
+            0
+        );
+
+        cluster.nodes[(follower - 1) as usize].cut = true;
+        let cells = cluster.produce(leader, &labels("f", 4), -1);
+        cluster.until_answered(&cells).await;
+        cluster.steps(30).await;
+        let snapshot = cluster.manager(leader).replication_snapshot();
+        assert_eq!(snapshot.under_replicated, 1, "{snapshot:?}");
+        assert_eq!(
+            snapshot.under_min_isr, 0,
+            "two of three in sync, min.insync.replicas 2"
+        );
+        assert!(snapshot.follower_lag_entries_max >= 4, "{snapshot:?}");
+        assert_eq!(snapshot.counts.isr_shrinks, 1, "{snapshot:?}");
+
+        cluster.nodes[(follower - 1) as usize].cut = false;
+        cluster.steps(30).await;
+        let snapshot = cluster.manager(leader).replication_snapshot();
+        assert_eq!(
+            (snapshot.under_replicated, snapshot.follower_lag_entries),
+            (0, 0),
+            "{snapshot:?}"
+        );
+        assert_eq!(snapshot.counts.isr_expands, 1, "{snapshot:?}");
+        assert_eq!(snapshot.counts.leader_elections, 1);
+    });
+}
