@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import helpers
-from test_cluster import ClusterBroker, agreed_placement, free_port, metadata, wait_for
+from test_cluster import ClusterBroker, agreed_placement, free_port, metadata, metric_sum, wait_for
 
 TOPIC = "ledger"
 PARTITIONS = 3
@@ -281,6 +281,14 @@ def test_sigterm_hands_leadership_over_first_and_balancing_brings_it_back(tmp_pa
         workload.write(300)
         workload.flush(30)
         assert len(workload.acknowledged) == 1200 * PARTITIONS
+        # The replication metrics saw the moves: balancing transfers, elections (transfers
+        # start new terms), nothing under-replicated once settled.
+        live = list(brokers.values())
+        assert sum(metric_sum(b, "ringfeed_replica_leadership_transfers_total") for b in live) > 0
+        assert sum(metric_sum(b, "ringfeed_replica_leader_elections_total") for b in live) > 0
+        assert sum(metric_sum(b, "ringfeed_replica_groups_led") for b in live) == PARTITIONS
+        wait_for(lambda: sum(metric_sum(b, "ringfeed_replica_under_replicated_partitions") for b in live) == 0,
+                 10, "no partition under-replicated")
         workload.check(bootstrap)
     finally:
         stop_all(brokers)
