@@ -77,7 +77,8 @@ class Workload:
     """A librdkafka idempotent acks=all producer writing numbered records to every partition,
     recording what was acknowledged (at which offset) and when."""
 
-    def __init__(self, bootstrap):
+    def __init__(self, bootstrap, brokers=()):
+        self.brokers = list(brokers)
         self.producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
                                   "linger.ms": 2, "message.timeout.ms": 60000})
         self.acknowledged = {}
@@ -146,6 +147,12 @@ class Workload:
                     continue
                 read.append((message.partition(), message.offset(), message.value().rsplit(b"-", 1)[0]))
                 positions[message.partition()] = message.offset() + 1
+            if any(positions[p] < ends[p] for p in range(PARTITIONS)):
+                # Diagnosis for a read that did not reach the end (seen twice in about 40 runs,
+                # the records on every replica's disk): where each broker says the leaders are.
+                print("read stopped short:", dict(positions), "of", ends)
+                for broker in self.brokers:
+                    print(" broker", broker.node_id, replica_view(broker) if broker.alive() else "down")
         finally:
             consumer.close()
         anomalies = check({value.rsplit(b"-", 1)[0]: at for value, at in self.acknowledged.items()}, read)
@@ -180,7 +187,7 @@ def test_acks_all_survives_a_killed_leader_with_nothing_lost_or_repeated(tmp_pat
     try:
         brokers = start_cluster(tmp_path)
         bootstrap = ",".join(broker.bootstrap for broker in brokers.values())
-        workload = Workload(bootstrap)
+        workload = Workload(bootstrap, brokers.values())
         workload.write(500)
         workload.flush(30)
         # Raft elected the leaders by now (their reports moved Metadata's leaders off the
@@ -225,9 +232,12 @@ def led_by_preferred(brokers):
 
 # How long a SIGTERM'd leader may leave its partition without an acks=all: the handover is a
 # few round trips (tens of ms) plus the controller recording it and librdkafka finding the
-# successor; kill -9 costs an election timeout (1-2 s) on top. Generous for a loaded 2-vCPU
-# CI machine; the run prints the figure.
-SIGTERM_UNAVAILABLE_MAX_S = 2.0
+# successor, 0.06-1.06 s measured (median about 0.3 s); kill -9 costs an election timeout
+# (1-2 s) on top, 1.7-2.3 s. Generous, for a loaded 2-vCPU CI machine and for the rare run
+# where the successor does not win its election and the group is handed over again after an
+# election timeout (docs/REPLICATION.md); the run prints the figure, and the broker's log
+# must say every group was handed over.
+SIGTERM_UNAVAILABLE_MAX_S = 3.0
 BALANCE_INTERVAL_S = 2
 
 
@@ -242,7 +252,7 @@ def test_sigterm_hands_leadership_over_first_and_balancing_brings_it_back(tmp_pa
     try:
         brokers = start_cluster(tmp_path, ["--leader-imbalance-check-interval-seconds", str(BALANCE_INTERVAL_S)])
         bootstrap = ",".join(broker.bootstrap for broker in brokers.values())
-        workload = Workload(bootstrap)
+        workload = Workload(bootstrap, brokers.values())
         workload.write(300)
         workload.flush(30)
         # Balancing puts each partition on its preferred replica (one per broker).
@@ -268,6 +278,8 @@ def test_sigterm_hands_leadership_over_first_and_balancing_brings_it_back(tmp_pa
         handed = [line for line in brokers[victim].new_log().splitlines() if "controlled shutdown" in line]
         print("\n".join(handed))
         assert unavailable_s < SIGTERM_UNAVAILABLE_MAX_S, unavailable_s
+        per_shard = [line for line in handed if "partition leadership handed over" in line]
+        assert len(per_shard) == 2 and all("still_leading=0" in line for line in per_shard), handed
         assert metadata(survivors[0]).controller_id != victim
 
         brokers[victim].start()
@@ -286,7 +298,9 @@ def test_sigterm_hands_leadership_over_first_and_balancing_brings_it_back(tmp_pa
         live = list(brokers.values())
         assert sum(metric_sum(b, "ringfeed_replica_leadership_transfers_total") for b in live) > 0
         assert sum(metric_sum(b, "ringfeed_replica_leader_elections_total") for b in live) > 0
-        assert sum(metric_sum(b, "ringfeed_replica_groups_led") for b in live) == PARTITIONS
+        # A transfer or an election may be under way at one instant: asked until it settles.
+        wait_for(lambda: sum(metric_sum(b, "ringfeed_replica_groups_led") for b in live) == PARTITIONS,
+                 10, "one leader per partition in the metrics")
         wait_for(lambda: sum(metric_sum(b, "ringfeed_replica_under_replicated_partitions") for b in live) == 0,
                  10, "no partition under-replicated")
         workload.check(bootstrap)
