@@ -1221,10 +1221,11 @@ impl ShardServices {
                 .as_ref()
                 .and_then(Controller::replication)
                 .and_then(|replicated| replicated.group.transport_counts()),
-            replication: self
-                .replicas
-                .as_ref()
-                .map(|replicas| replicas.replication_snapshot()),
+            replication: self.replicas.as_ref().map(|replicas| {
+                let mut snapshot = replicas.replication_snapshot();
+                snapshot.frames_dropped += self.replica_frames_dropped.get();
+                snapshot
+            }),
             ..self.metrics.snapshot()
         }
     }

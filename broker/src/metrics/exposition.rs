@@ -264,7 +264,7 @@ impl Scrape {
             });
             gauges(encoder, name, help, series)?;
         }
-        let counter_families: [(&str, &str, Pick); 6] = [
+        let counter_families: [(&str, &str, Pick); 7] = [
             (
                 "ringfeed_replica_leader_elections",
                 "Times a replica on the shard became its partition's leader (a new term).",
@@ -294,6 +294,11 @@ impl Scrape {
                 "ringfeed_replica_leadership_refused",
                 "Leadership transfers to the shard refused while shutting down.",
                 |r| r.leadership_refused,
+            ),
+            (
+                "ringfeed_replica_frames_dropped",
+                "Frames of the shard's partition groups dropped on a full queue (Raft resends appends, not votes).",
+                |r| r.frames_dropped,
             ),
         ];
         for (name, help, pick) in counter_families {

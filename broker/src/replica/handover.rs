@@ -175,6 +175,10 @@ pub struct ReplicationSnapshot {
     pub follower_lag_entries_max: u64,
     /// Leadership transfers to this shard refused while shutting down.
     pub leadership_refused: u64,
+    /// Frames of the shard's groups dropped on a full queue: waiting for a round, for a
+    /// sender, or (set by the shard) between shards. Raft resends appends and heartbeats,
+    /// not votes or a transfer's `MsgTimeoutNow`: a dropped one costs an election timeout.
+    pub frames_dropped: u64,
     pub counts: crate::replica::manager::ReplicaCounts,
 }
 
@@ -185,6 +189,10 @@ impl ReplicaManager {
             groups: self.groups.borrow().len() as u64,
             counts: self.counts.borrow().clone(),
             leadership_refused: self.driver.borrow().stats().leadership_refused,
+            frames_dropped: {
+                let counts = self.counts.borrow();
+                counts.inbound_frames_dropped + counts.outbound_frames_dropped
+            },
             ..ReplicationSnapshot::default()
         };
         for group_id in self.led_groups() {
