@@ -12,14 +12,15 @@ The run prints the time from the kill to the first acknowledgement on the succes
 (the target is 5 s with the default election settings).
 """
 
+import signal
 import time
 from collections import Counter, defaultdict
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import helpers
-from test_cluster import ClusterBroker, agreed_placement, free_port, metadata, wait_for
+from test_cluster import ClusterBroker, agreed_placement, free_port, metadata, metric_sum, wait_for
 
 TOPIC = "ledger"
 PARTITIONS = 3
@@ -62,57 +63,149 @@ def check(acknowledged, read):
     return {"lost": lost, "duplicated": duplicated, "inconsistent": inconsistent, "reordered": reordered}
 
 
-def test_acks_all_survives_a_killed_leader_with_nothing_lost_or_repeated(tmp_path):
+def padding(number):
+    # Mostly small records, every tenth 100 KB and every hundredth 900 KB (under the 1 MB
+    # message bound): large batches cross the failover too, not only 100-byte ones.
+    if number % 100 == 99:
+        return 900_000
+    if number % 10 == 9:
+        return 100_000
+    return 100
+
+
+class Workload:
+    """A librdkafka idempotent acks=all producer writing numbered records to every partition,
+    recording what was acknowledged (at which offset) and when."""
+
+    def __init__(self, bootstrap, brokers=()):
+        self.brokers = list(brokers)
+        self.producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                                  "linger.ms": 2, "message.timeout.ms": 60000})
+        self.acknowledged = {}
+        # (acknowledged at, partition, produced at)
+        self.ack_times = []
+        self.sequence = defaultdict(int)
+
+    def write(self, count):
+        for _ in range(count):
+            for partition in range(PARTITIONS):
+                value = b"p%d-%d" % (partition, self.sequence[partition])
+                self.sequence[partition] += 1
+                produced_at = time.monotonic()
+
+                def delivered(error, message, produced_at=produced_at):
+                    if error is None:
+                        self.acknowledged[message.value()] = (message.partition(), message.offset())
+                        self.ack_times.append((time.monotonic(), message.partition(), produced_at))
+
+                while True:
+                    try:
+                        self.producer.produce(TOPIC, value=value + b"-" + b"x" * padding(self.sequence[partition]),
+                                              partition=partition, on_delivery=delivered)
+                        break
+                    except BufferError:
+                        self.producer.poll(0.05)
+            self.producer.poll(0)
+
+    def flush(self, timeout):
+        self.producer.flush(timeout)
+
+    def first_ack_after(self, at, partition):
+        """When the first record produced after `at` on `partition` was acknowledged."""
+        return min((t for t, p, produced in self.ack_times if p == partition and produced > at), default=None)
+
+    def end_offset(self, consumer, partition):
+        """The partition's high watermark once it covers every acknowledged record: asked
+        again while the answer is an error (a leader that moved, or one that has not
+        committed in its term yet: OFFSET_NOT_AVAILABLE) or below them."""
+        wanted = 1 + max((offset for p, offset in self.acknowledged.values() if p == partition), default=-1)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                high = consumer.get_watermark_offsets(TopicPartition(TOPIC, partition), timeout=10)[1]
+                if high >= wanted:
+                    return high
+                seen = f"high watermark {high}"
+            except KafkaException as error:
+                seen = str(error)
+            assert time.monotonic() < deadline, f"partition {partition}: {seen}, below {wanted}"
+            print(f"partition {partition}: {seen} (acknowledged up to {wanted}); asking again")
+            time.sleep(0.1)
+
+    def check(self, bootstrap):
+        """Reads every partition back with a fresh consumer and asserts no anomaly."""
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "checker", "enable.auto.commit": False})
+        read = []
+        try:
+            ends = {p: self.end_offset(consumer, p) for p in range(PARTITIONS)}
+            wanted = {p: 1 + max((o for q, o in self.acknowledged.values() if q == p), default=-1)
+                      for p in range(PARTITIONS)}
+            consumer.assign([TopicPartition(TOPIC, p, 0) for p in range(PARTITIONS)])
+            deadline = time.monotonic() + 60
+            positions = defaultdict(int)
+            heard_at = time.monotonic()
+            errors = Counter()
+            # The log may end with a control batch (a new leader's empty entry), which no
+            # consumer sees: past the last acknowledged record, 2 s without a message ends
+            # the read (anything later, a duplicate say, would have arrived by then).
+            while time.monotonic() < deadline:
+                if all(positions[p] >= ends[p] for p in range(PARTITIONS)):
+                    break
+                if all(positions[p] >= wanted[p] for p in range(PARTITIONS)) and time.monotonic() - heard_at > 2:
+                    break
+                message = consumer.poll(0.5)
+                if message is not None and message.error():
+                    errors[str(message.error())] += 1
+                if message is None or message.error():
+                    continue
+                heard_at = time.monotonic()
+                read.append((message.partition(), message.offset(), message.value().rsplit(b"-", 1)[0]))
+                positions[message.partition()] = message.offset() + 1
+            if any(positions[p] < wanted[p] for p in range(PARTITIONS)):
+                # Diagnosis for a read that did not reach the acknowledged records (seen 3
+                # times in about 50 runs, the records on every replica's disk): where each
+                # broker says the leaders are.
+                print("read stopped short:", dict(positions), "of", wanted, "high watermarks", ends,
+                      "consumer errors", dict(errors))
+                for broker in self.brokers:
+                    print(" broker", broker.node_id, replica_view(broker) if broker.alive() else "down")
+        finally:
+            consumer.close()
+        anomalies = check({value.rsplit(b"-", 1)[0]: at for value, at in self.acknowledged.items()}, read)
+        assert anomalies == {"lost": [], "duplicated": [], "inconsistent": [], "reordered": []}, \
+            {kind: values[:10] for kind, values in anomalies.items()}
+
+
+def start_cluster(tmp_path, extra_args=()):
+    """Three brokers and the RF=3 topic, its replicas in sync; returns the brokers by id."""
     voters = ",".join(f"{node}@127.0.0.1:{free_port()}" for node in (1, 2, 3))
-    brokers = {node: ClusterBroker(tmp_path, node, voters) for node in (1, 2, 3)}
+    brokers = {node: ClusterBroker(tmp_path, node, voters, extra_args) for node in (1, 2, 3)}
+    for broker in brokers.values():
+        broker.start()
+    _, controller, _ = wait_for(lambda: agreed_placement(brokers.values(), TOPIC, {1, 2, 3}), 20,
+                                "every broker listing the three brokers")
+    admin = AdminClient({"bootstrap.servers": brokers[controller].bootstrap})
+    admin.create_topics([NewTopic(TOPIC, num_partitions=PARTITIONS, replication_factor=3)])[TOPIC].result(timeout=15)
+    wait_for(lambda: settled(brokers.values(), {1, 2, 3}), 20, "three replicas in sync")
+    return brokers
+
+
+def stop_all(brokers):
+    helpers.forget_admin_clients()
+    for broker in brokers.values():
+        if broker.alive():
+            broker.process.kill()
+            broker.process.wait()
+
+
+def test_acks_all_survives_a_killed_leader_with_nothing_lost_or_repeated(tmp_path):
+    brokers = {}
     try:
-        for broker in brokers.values():
-            broker.start()
-        _, controller, _ = wait_for(lambda: agreed_placement(brokers.values(), TOPIC, {1, 2, 3}), 20,
-                                    "every broker listing the three brokers")
-        admin = AdminClient({"bootstrap.servers": brokers[controller].bootstrap})
-        admin.create_topics([NewTopic(TOPIC, num_partitions=PARTITIONS, replication_factor=3)])[TOPIC].result(timeout=15)
-        wait_for(lambda: settled(brokers.values(), {1, 2, 3}), 20, "three replicas in sync")
-
+        brokers = start_cluster(tmp_path)
         bootstrap = ",".join(broker.bootstrap for broker in brokers.values())
-        producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
-                             "linger.ms": 2, "message.timeout.ms": 60000})
-        acknowledged = {}
-        ack_times = []
-
-        def delivered(error, message):
-            if error is None:
-                acknowledged[message.value()] = (message.partition(), message.offset())
-                ack_times.append((time.monotonic(), message.partition()))
-
-        sequence = defaultdict(int)
-
-        def padding(number):
-            # Mostly small records, every tenth 100 KB and every hundredth 900 KB (under the
-            # 1 MB message bound): large batches cross the failover too, not only 100-byte ones.
-            if number % 100 == 99:
-                return 900_000
-            if number % 10 == 9:
-                return 100_000
-            return 100
-
-        def write(count):
-            for _ in range(count):
-                for partition in range(PARTITIONS):
-                    value = b"p%d-%d" % (partition, sequence[partition])
-                    sequence[partition] += 1
-                    while True:
-                        try:
-                            producer.produce(TOPIC, value=value + b"-" + b"x" * padding(sequence[partition]),
-                                             partition=partition,
-                                             on_delivery=delivered)
-                            break
-                        except BufferError:
-                            producer.poll(0.05)
-                producer.poll(0)
-
-        write(500)
-        producer.flush(30)
+        workload = Workload(bootstrap, brokers.values())
+        workload.write(500)
+        workload.flush(30)
         # Raft elected the leaders by now (their reports moved Metadata's leaders off the
         # placement's first replica): the victim is partition 0's leader as Metadata says now.
         current = wait_for(lambda: settled(brokers.values(), {1, 2, 3}), 10, "agreed leaders")
@@ -121,43 +214,116 @@ def test_acks_all_survives_a_killed_leader_with_nothing_lost_or_repeated(tmp_pat
         brokers[victim].process.kill()
         brokers[victim].process.wait()
         killed_at = time.monotonic()
-        write(500)
-        producer.flush(60)
-        first_after = min((t for t, partition in ack_times if partition == 0 and t > killed_at), default=None)
+        workload.write(500)
+        workload.flush(60)
+        first_after = workload.first_ack_after(killed_at, 0)
         assert first_after is not None, "nothing acknowledged on partition 0 after its leader's kill"
         print(f"kill -9 of partition 0's leader (broker {victim}) to the first acks=all on its successor: "
               f"{first_after - killed_at:.2f} s")
         print("after the kill:", replica_view(brokers[next(n for n in brokers if n != victim)]))
         brokers[victim].start()
         wait_for(lambda: settled(brokers.values(), {1, 2, 3}), 30, "the restarted broker back in sync")
-        write(500)
-        producer.flush(30)
-        assert len(acknowledged) == 1500 * PARTITIONS
-
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "checker", "enable.auto.commit": False})
-        read = []
-        try:
-            ends = {p: consumer.get_watermark_offsets(TopicPartition(TOPIC, p), timeout=10)[1] for p in range(PARTITIONS)}
-            consumer.assign([TopicPartition(TOPIC, p, 0) for p in range(PARTITIONS)])
-            deadline = time.monotonic() + 60
-            positions = defaultdict(int)
-            while any(positions[p] < ends[p] for p in range(PARTITIONS)) and time.monotonic() < deadline:
-                message = consumer.poll(1)
-                if message is None or message.error():
-                    continue
-                read.append((message.partition(), message.offset(), message.value().rsplit(b"-", 1)[0]))
-                positions[message.partition()] = message.offset() + 1
-        finally:
-            consumer.close()
-        anomalies = check({value.rsplit(b"-", 1)[0]: at for value, at in acknowledged.items()}, read)
-        assert anomalies == {"lost": [], "duplicated": [], "inconsistent": [], "reordered": []}, \
-            {kind: values[:10] for kind, values in anomalies.items()}
+        workload.write(500)
+        workload.flush(30)
+        assert len(workload.acknowledged) == 1500 * PARTITIONS
+        workload.check(bootstrap)
     finally:
-        helpers.forget_admin_clients()
-        for broker in brokers.values():
-            if broker.alive():
-                broker.process.kill()
-                broker.process.wait()
+        stop_all(brokers)
+
+
+def preferred_leaders(broker):
+    """{partition: (leader, preferred replica)} of TOPIC in one broker's Metadata."""
+    md = metadata(broker)
+    if TOPIC not in md.topics:
+        return None
+    return {p.id: (p.leader, p.replicas[0]) for p in md.topics[TOPIC].partitions.values()}
+
+
+def led_by_preferred(brokers):
+    views = [preferred_leaders(broker) for broker in brokers]
+    if views[0] is None or any(v != views[0] for v in views):
+        return None
+    return views[0] if all(leader == preferred for leader, preferred in views[0].values()) else None
+
+
+# How long a SIGTERM'd leader may leave its partition without an acks=all: the handover is a
+# few round trips (tens of ms) plus the controller recording it and librdkafka finding the
+# successor, 0.06-1.06 s measured (median about 0.3 s); kill -9 costs an election timeout
+# (1-2 s) on top, 1.7-2.3 s. Generous, for a loaded 2-vCPU CI machine and for the rare run
+# where the successor does not win its election and the group is handed over again after an
+# election timeout (docs/REPLICATION.md); the run prints the figure, and the broker's log
+# must say every group was handed over.
+SIGTERM_UNAVAILABLE_MAX_S = 3.0
+BALANCE_INTERVAL_S = 2
+
+
+def test_sigterm_hands_leadership_over_first_and_balancing_brings_it_back(tmp_path):
+    """Controlled shutdown and preferred leader election under a running idempotent producer:
+    SIGTERM of partition 0's leader moves its leadership (and the controller's, if it leads
+    it) to an in-sync replica before it stops, so partition 0 is unavailable for a moment, not
+    an election timeout; once the broker is back, leader balancing returns every partition to
+    its preferred replica within the check interval; nothing acknowledged is lost, repeated or
+    reordered."""
+    brokers = {}
+    try:
+        brokers = start_cluster(tmp_path, ["--leader-imbalance-check-interval-seconds", str(BALANCE_INTERVAL_S)])
+        bootstrap = ",".join(broker.bootstrap for broker in brokers.values())
+        workload = Workload(bootstrap, brokers.values())
+        workload.write(300)
+        workload.flush(30)
+        # Balancing puts each partition on its preferred replica (one per broker).
+        leaders = wait_for(lambda: led_by_preferred(brokers.values()), 4 * BALANCE_INTERVAL_S + 10,
+                           "every partition led by its preferred replica")
+        print("before SIGTERM:", leaders)
+        victim = leaders[0][0]
+        controller = metadata(brokers[victim]).controller_id
+        brokers[victim].process.send_signal(signal.SIGTERM)
+        signalled_at = time.monotonic()
+        workload.write(300)
+        workload.flush(60)
+        exit_code = brokers[victim].process.wait(timeout=30)
+        stopped_s = time.monotonic() - signalled_at
+        assert exit_code == 0
+        first_after = workload.first_ack_after(signalled_at, 0)
+        assert first_after is not None, "nothing acknowledged on partition 0 after SIGTERM of its leader"
+        unavailable_s = first_after - signalled_at
+        survivors = [broker for node, broker in brokers.items() if node != victim]
+        print(f"SIGTERM of partition 0's leader (broker {victim}, controller {controller}) to the first "
+              f"acks=all on its successor: {unavailable_s:.2f} s; the broker exited after {stopped_s:.2f} s")
+        print("after SIGTERM:", replica_view(survivors[0]), "controller", metadata(survivors[0]).controller_id)
+        handed = [line for line in brokers[victim].new_log().splitlines() if "controlled shutdown" in line]
+        print("\n".join(handed))
+        print("replica frames dropped:", {node: metric_sum(b, "ringfeed_replica_frames_dropped_total")
+                                          for node, b in brokers.items() if node != victim})
+        assert unavailable_s < SIGTERM_UNAVAILABLE_MAX_S, unavailable_s
+        per_shard = [line for line in handed if "partition leadership handed over" in line]
+        assert len(per_shard) == 2 and all("still_leading=0" in line for line in per_shard), handed
+        assert metadata(survivors[0]).controller_id != victim
+
+        brokers[victim].start()
+        restarted_at = time.monotonic()
+        wait_for(lambda: settled(brokers.values(), {1, 2, 3}), 30, "the restarted broker back in sync")
+        workload.write(300)
+        leaders = wait_for(lambda: led_by_preferred(brokers.values()), 4 * BALANCE_INTERVAL_S + 20,
+                           "leadership back on the preferred replicas")
+        print(f"leaders back on their preferred replicas {time.monotonic() - restarted_at:.2f} s after the "
+              f"restart (check interval {BALANCE_INTERVAL_S} s): {leaders}")
+        workload.write(300)
+        workload.flush(30)
+        assert len(workload.acknowledged) == 1200 * PARTITIONS
+        # The replication metrics saw the moves: balancing transfers, elections (transfers
+        # start new terms), nothing under-replicated once settled.
+        live = list(brokers.values())
+        assert sum(metric_sum(b, "ringfeed_replica_leadership_transfers_total") for b in live) > 0
+        assert sum(metric_sum(b, "ringfeed_replica_leader_elections_total") for b in live) > 0
+        # A transfer or an election may be under way at one instant: asked until it settles.
+        wait_for(lambda: sum(metric_sum(b, "ringfeed_replica_groups_led") for b in live) == PARTITIONS,
+                 10, "one leader per partition in the metrics")
+        wait_for(lambda: sum(metric_sum(b, "ringfeed_replica_under_replicated_partitions") for b in live) == 0,
+                 10, "no partition under-replicated")
+        workload.check(bootstrap)
+    finally:
+        stop_all(brokers)
 
 
 def test_the_checker_finds_each_kind_of_anomaly():

@@ -24,6 +24,29 @@ pub struct ClusterConfig {
     pub session_timeout: Duration,
     /// `broker.rack`, if set.
     pub rack: Option<String>,
+    /// `controlled.shutdown.enable`: hand leadership over before shutting down.
+    pub controlled_shutdown: bool,
+    /// `auto.leader.rebalance.enable`, `leader.imbalance.check.interval.seconds`,
+    /// `leader.imbalance.per.broker.percentage` (`leader_moves`).
+    pub leader_balancing: LeaderBalancing,
+}
+
+/// When leadership moves back to preferred replicas (`leader_moves`, Kafka's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaderBalancing {
+    pub enabled: bool,
+    pub check_interval: Duration,
+    pub per_broker_percentage: u32,
+}
+
+impl Default for LeaderBalancing {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            check_interval: Duration::from_secs(300),
+            per_broker_percentage: 10,
+        }
+    }
 }
 
 impl ClusterConfig {
@@ -37,6 +60,8 @@ impl ClusterConfig {
             preview: false,
             session_timeout: Duration::from_secs(9),
             rack: None,
+            controlled_shutdown: true,
+            leader_balancing: LeaderBalancing::default(),
         }
     }
 

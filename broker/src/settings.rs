@@ -398,6 +398,17 @@ impl Effective {
             preview: self.boolean("ringfeed.cluster.preview.enable"),
             session_timeout: Duration::from_millis(self.unsigned("broker.session.timeout.ms")),
             rack: Some(self.text("broker.rack").to_string()).filter(|rack| !rack.is_empty()),
+            controlled_shutdown: self.boolean("controlled.shutdown.enable"),
+            leader_balancing: crate::cluster_config::LeaderBalancing {
+                enabled: self.boolean("auto.leader.rebalance.enable"),
+                check_interval: Duration::from_secs(
+                    self.unsigned("leader.imbalance.check.interval.seconds"),
+                ),
+                per_broker_percentage: u32::try_from(
+                    self.unsigned("leader.imbalance.per.broker.percentage"),
+                )
+                .unwrap_or(100),
+            },
         }
     }
 

@@ -631,6 +631,14 @@ impl ShardServices {
             }));
     }
 
+    /// Shard 0 of a cluster member: the controller's Raft group (group 0).
+    pub fn controller_group(
+        &self,
+    ) -> Option<Rc<crate::cluster::controller_group::ControllerGroup<BrokerDisk>>> {
+        let replicated = self.controller.as_ref()?.replication()?;
+        Some(replicated.group.clone())
+    }
+
     /// Shard 0: queues leadership changes of Raft groups this broker leads for the
     /// controller (`Controller::report_leadership`: sent with the next heartbeat, at once,
     /// and resent until committed). Nothing on other shards or on a one-node broker.
@@ -1220,6 +1228,11 @@ impl ShardServices {
                 .as_ref()
                 .and_then(Controller::replication)
                 .and_then(|replicated| replicated.group.transport_counts()),
+            replication: self.replicas.as_ref().map(|replicas| {
+                let mut snapshot = replicas.replication_snapshot();
+                snapshot.frames_dropped += self.replica_frames_dropped.get();
+                snapshot
+            }),
             ..self.metrics.snapshot()
         }
     }

@@ -1,5 +1,6 @@
 //! `ringfeed cluster status`: the brokers (id, address, rack), the controller, how many
-//! partitions each broker leads, and the partitions that are under-replicated (fewer in-sync
+//! partitions each broker leads and is the preferred leader of (first replica; leader
+//! balancing moves leadership there), how many partitions another replica leads, and the partitions that are under-replicated (fewer in-sync
 //! replicas than replicas) or offline (no leader), from `Metadata` of every topic and
 //! `DescribeCluster` (where the broker serves it; the `Metadata` broker list otherwise).
 
@@ -31,6 +32,8 @@ pub struct BrokerStatus {
     pub rack: Option<String>,
     /// Partitions whose leader it is.
     pub leaders: usize,
+    /// Partitions whose preferred leader (first replica) it is.
+    pub preferred: usize,
 }
 
 /// One partition that needs attention.
@@ -54,6 +57,8 @@ pub struct ClusterStatus {
     pub offline: Vec<PartitionStatus>,
     /// Partitions led by a broker missing from the broker list (fenced, or just gone).
     pub led_by_unlisted: usize,
+    /// Partitions with a leader that is not their preferred replica (first in the list).
+    pub not_on_preferred: usize,
 }
 
 impl ClusterStatus {
@@ -72,6 +77,7 @@ impl ClusterStatus {
                     address: format!("{host}:{port}"),
                     rack: rack.map(ToString::to_string),
                     leaders: 0,
+                    preferred: 0,
                 },
             );
         };
@@ -110,6 +116,7 @@ impl ClusterStatus {
             under_replicated: Vec::new(),
             offline: Vec::new(),
             led_by_unlisted: 0,
+            not_on_preferred: 0,
         };
         for topic in &metadata.topics {
             let name = topic.name.as_ref().map_or("", |name| name.0.as_str());
@@ -126,6 +133,14 @@ impl ClusterStatus {
                     Some(leader) => leader.leaders += 1,
                     None if described.leader >= 0 => status.led_by_unlisted += 1,
                     None => {}
+                }
+                if let Some(&preferred) = described.replicas.first() {
+                    if let Some(broker) = brokers.get_mut(&preferred) {
+                        broker.preferred += 1;
+                    }
+                    if described.leader >= 0 && described.leader != preferred {
+                        status.not_on_preferred += 1;
+                    }
                 }
                 if described.leader < 0 {
                     status.offline.push(described);
@@ -201,11 +216,19 @@ fn print_status(status: &ClusterStatus) {
                     "no".into()
                 },
                 broker.leaders.to_string(),
+                broker.preferred.to_string(),
             ]
         })
         .collect();
     print_table(
-        &["BROKER", "ADDRESS", "RACK", "CONTROLLER", "LEADERS"],
+        &[
+            "BROKER",
+            "ADDRESS",
+            "RACK",
+            "CONTROLLER",
+            "LEADERS",
+            "PREFERRED",
+        ],
         &rows,
     );
     println!();
@@ -213,6 +236,10 @@ fn print_status(status: &ClusterStatus) {
     if status.led_by_unlisted > 0 {
         println!("led by brokers not listed: {}", status.led_by_unlisted);
     }
+    println!(
+        "led by another than their preferred replica: {}",
+        status.not_on_preferred
+    );
     print_partitions("under-replicated partitions", &status.under_replicated);
     print_partitions("offline partitions", &status.offline);
 }
@@ -300,6 +327,16 @@ mod tests {
             .map(|b| (b.node_id, b.leaders))
             .collect();
         assert_eq!(leaders, vec![(1, 1), (2, 2)]);
+        let preferred: Vec<(i32, usize)> = status
+            .brokers
+            .iter()
+            .map(|b| (b.node_id, b.preferred))
+            .collect();
+        assert_eq!(preferred, vec![(1, 1), (2, 2)]);
+        assert_eq!(
+            status.not_on_preferred, 0,
+            "partition 4 is led by its preferred 3, partition 2 by none"
+        );
         assert_eq!(status.brokers[0].address, "h:9001");
         assert_eq!(status.partitions, 5);
         assert_eq!(
@@ -319,6 +356,24 @@ mod tests {
             "no leader: offline, not also under-replicated"
         );
         assert!(!status.is_healthy());
+    }
+
+    #[test]
+    fn a_partition_led_by_another_than_its_preferred_replica_is_counted() {
+        let moved = metadata().with_topics(vec![MetadataResponseTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_static_str("t"))))
+            .with_partitions(vec![
+                partition(0, 2, &[1, 2], &[1, 2]),
+                partition(1, 2, &[2, 1], &[1, 2]),
+            ])]);
+        let status = ClusterStatus::from_answers(&moved, None);
+        assert_eq!(status.not_on_preferred, 1);
+        let counts: Vec<(i32, usize, usize)> = status
+            .brokers
+            .iter()
+            .map(|b| (b.node_id, b.leaders, b.preferred))
+            .collect();
+        assert_eq!(counts, vec![(1, 0, 1), (2, 2, 1)]);
     }
 
     #[test]

@@ -137,6 +137,8 @@ pub struct DriverStats {
     pub messages_too_large: u64,
     pub syncs_started: u64,
     pub groups_fenced: u64,
+    /// Leadership transfers to this node refused while it shuts down.
+    pub leadership_refused: u64,
 }
 
 /// The raft settings every group shares; only the node id differs per broker.
@@ -197,6 +199,8 @@ pub struct MultiRaft<S: GroupStore> {
     /// The highest incarnation heard from each peer.
     peer_incarnations: BTreeMap<u64, u64>,
     stats: DriverStats,
+    /// Set when the broker starts a controlled shutdown ([`Self::refuse_leadership`]).
+    refusing_leadership: bool,
     logger: slog::Logger,
 }
 
@@ -216,6 +220,7 @@ impl<S: GroupStore> MultiRaft<S> {
             outbox: BTreeMap::new(),
             peer_incarnations: BTreeMap::new(),
             stats: DriverStats::default(),
+            refusing_leadership: false,
             logger: slog::Logger::root(slog::Discard, slog::o!()),
         }
     }
@@ -316,6 +321,61 @@ impl<S: GroupStore> MultiRaft<S> {
         })
     }
 
+    /// Asks this node, leader of `group_id`, to hand the leadership to voter `to` (raft-rs
+    /// leader transfer: the leader stops taking proposals, brings `to` up to its last index,
+    /// then tells it to campaign at once; a transfer not done within an election timeout is
+    /// abandoned and the leader takes proposals again). Returns whether a transfer is under
+    /// way to `to` after the call: false when this node does not lead the group, the group is
+    /// fenced, or `to` is this node or not a voter.
+    pub fn transfer_leader(&mut self, group_id: u64, to: u64) -> bool {
+        let Some(group) = self.groups.get_mut(&group_id) else {
+            return false;
+        };
+        let raft = &group.node.raft;
+        if group.fenced
+            || raft.state != StateRole::Leader
+            || to == self.node_id
+            || !raft.prs().conf().voters().contains(to)
+        {
+            return false;
+        }
+        group.node.transfer_leader(to);
+        self.maybe_ready.insert(group_id);
+        group.node.raft.lead_transferee == Some(to)
+    }
+
+    /// From now on this node refuses leadership handed to it: a leader's transfer to it
+    /// (`MsgTimeoutNow`) is dropped, so it does not campaign. For a broker shutting down,
+    /// so that another broker's leader balancing does not move a group back to it while it
+    /// is handing its own over (that leader gives its transfer up, `abort_transfer`).
+    pub fn refuse_leadership(&mut self) {
+        self.refusing_leadership = true;
+    }
+
+    /// Ends a leadership transfer of `group_id` under way from this node (the leader takes
+    /// proposals again); returns whether one was. raft-rs abandons a transfer to one voter
+    /// when asked for another, and asking for itself is a no-op after that.
+    pub fn abort_transfer(&mut self, group_id: u64) -> bool {
+        let Some(group) = self.groups.get_mut(&group_id) else {
+            return false;
+        };
+        let raft = &group.node.raft;
+        if raft.state != StateRole::Leader || raft.lead_transferee.is_none() {
+            return false;
+        }
+        group.node.transfer_leader(self.node_id);
+        self.maybe_ready.insert(group_id);
+        group.node.raft.lead_transferee.is_none()
+    }
+
+    /// The voter a leadership transfer of `group_id` is under way to, if any.
+    pub fn transferring_to(&self, group_id: u64) -> Option<u64> {
+        let raft = &self.groups.get(&group_id)?.node.raft;
+        (raft.state == StateRole::Leader)
+            .then_some(raft.lead_transferee)
+            .flatten()
+    }
+
     /// Queues a received frame's messages for the next round.
     pub fn receive(&mut self, frame: Frame) {
         if frame.to_node != self.node_id {
@@ -388,6 +448,13 @@ impl<S: GroupStore> MultiRaft<S> {
                 continue;
             };
             if group.fenced {
+                continue;
+            }
+            if self.refusing_leadership && message.get_msg_type() == MessageType::MsgTimeoutNow {
+                // Shutting down: a leader (balancing, or shutting down too) is handing this
+                // node a group. It does not campaign; the leader's transfer ends when it
+                // gives up (`abort_transfer`, or raft-rs after an election timeout).
+                self.stats.leadership_refused += 1;
                 continue;
             }
             // raft-rs trusts its peers: a message no correct peer sends (a heartbeat committing

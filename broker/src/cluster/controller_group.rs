@@ -330,6 +330,43 @@ impl<D: Disk> ControllerGroup<D> {
         self.leader() == Some(self.node_id)
     }
 
+    /// Controlled shutdown: from now on refuses the leadership of group 0
+    /// (`MultiRaft::refuse_leadership`); while this broker leads it, hands it to a
+    /// caught-up voter (heard from recently, holding every entry; of several, the lowest
+    /// id) unless a transfer is under way. Returns whether a transfer is under way (false
+    /// once another broker leads, or when no voter is caught up).
+    pub fn hand_over(&self) -> bool {
+        let mut driver = self.driver.borrow_mut();
+        driver.refuse_leadership();
+        let Some(raft) = driver.raft(CONTROLLER_GROUP_ID) else {
+            return false;
+        };
+        if raft.state != StateRole::Leader {
+            return false;
+        }
+        if driver.transferring_to(CONTROLLER_GROUP_ID).is_some() {
+            return true;
+        }
+        let last_index = raft.raft_log.last_index();
+        let successor = raft
+            .prs()
+            .iter()
+            .filter(|(&id, progress)| {
+                id != self.node_id && progress.recent_active && progress.matched >= last_index
+            })
+            .map(|(&id, _)| id)
+            .min();
+        let Some(successor) = successor else {
+            return false;
+        };
+        if !driver.transfer_leader(CONTROLLER_GROUP_ID, successor) {
+            return false;
+        }
+        tracing::info!(to = successor, "handing the controller over");
+        let _ = self.doorbell.try_send(());
+        true
+    }
+
     /// Whether a change proposed now is computed from the latest committed state: this
     /// broker leads, has committed an entry of its term, and applied everything committed.
     pub fn ready_to_propose(&self) -> bool {

@@ -18,6 +18,7 @@ use super::error_code::error_name;
 use super::snapshot::{CrossShardCount, PartitionSnapshot, ShardSnapshot};
 use super::{HistogramBuckets, LATENCY_BUCKET_BOUNDS_SECONDS};
 use crate::cluster::transport::TransportCounts;
+use crate::replica::handover::ReplicationSnapshot;
 
 /// The `Content-Type` of what `encode` returns.
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -238,7 +239,76 @@ impl Scrape {
             counters(encoder, name, help, series)?;
         }
         self.encode_cluster_transport(encoder)?;
+        self.encode_replication(encoder)?;
         self.encode_fetch(encoder)
+    }
+
+    /// The partition groups of each shard (`replica`); no series on a one-node broker.
+    fn encode_replication(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        type Pick = fn(&ReplicationSnapshot) -> u64;
+        let gauge_families: [(&str, &str, Pick); 6] = [
+            ("ringfeed_replica_groups", "Replicated partitions with a replica on the shard.", |r| r.groups),
+            ("ringfeed_replica_groups_led", "Replicated partitions the shard leads.", |r| r.groups_led),
+            ("ringfeed_replica_under_replicated_partitions", "Partitions led by the shard with fewer replicas in sync than replicas.", |r| r.under_replicated),
+            ("ringfeed_replica_under_min_isr_partitions", "Partitions led by the shard with fewer replicas in sync than min.insync.replicas (acks=all refused).", |r| r.under_min_isr),
+            ("ringfeed_replica_follower_lag_entries", "Raft entries (batches) the followers of partitions led by the shard are behind, summed.", |r| r.follower_lag_entries),
+            ("ringfeed_replica_follower_lag_entries_max", "The most Raft entries (batches) one follower of a partition led by the shard is behind.", |r| r.follower_lag_entries_max),
+        ];
+        for (name, help, pick) in gauge_families {
+            let series = self.shards.iter().filter_map(|shard| {
+                let replication = shard.replication.as_ref()?;
+                Some((
+                    Self::shard_label(shard),
+                    i64::try_from(pick(replication)).unwrap_or(i64::MAX),
+                ))
+            });
+            gauges(encoder, name, help, series)?;
+        }
+        let counter_families: [(&str, &str, Pick); 7] = [
+            (
+                "ringfeed_replica_leader_elections",
+                "Times a replica on the shard became its partition's leader (a new term).",
+                |r| r.counts.leader_elections,
+            ),
+            (
+                "ringfeed_replica_isr_shrinks",
+                "Changes of a led partition's in-sync replicas that removed some.",
+                |r| r.counts.isr_shrinks,
+            ),
+            (
+                "ringfeed_replica_isr_expands",
+                "Changes of a led partition's in-sync replicas that added some.",
+                |r| r.counts.isr_expands,
+            ),
+            (
+                "ringfeed_replica_leadership_transfers",
+                "Leadership transfers the shard started (controlled shutdown, leader balancing).",
+                |r| r.counts.transfers_started,
+            ),
+            (
+                "ringfeed_replica_leadership_transfers_abandoned",
+                "Leadership transfers the shard gave up (not done within 500 ms).",
+                |r| r.counts.transfers_aborted,
+            ),
+            (
+                "ringfeed_replica_leadership_refused",
+                "Leadership transfers to the shard refused while shutting down.",
+                |r| r.leadership_refused,
+            ),
+            (
+                "ringfeed_replica_frames_dropped",
+                "Frames of the shard's partition groups dropped on a full queue (Raft resends appends, not votes).",
+                |r| r.frames_dropped,
+            ),
+        ];
+        for (name, help, pick) in counter_families {
+            let series = self.shards.iter().filter_map(|shard| {
+                let replication = shard.replication.as_ref()?;
+                Some((Self::shard_label(shard), pick(replication)))
+            });
+            counters(encoder, name, help, series)?;
+        }
+        Ok(())
     }
 
     /// The broker-to-broker transport's counts, from the shard that runs it (shard 0 of a

@@ -95,6 +95,8 @@ pub struct ShardSnapshot {
     pub consumer_group_reconciliation: HistogramBuckets,
     /// The cluster transport's counts, on the shard that runs it (shard 0 among voters).
     pub cluster_transport: Option<crate::cluster::transport::TransportCounts>,
+    /// The shard's partition groups (`replica`), on a broker among several voters.
+    pub replication: Option<crate::replica::handover::ReplicationSnapshot>,
     /// The log cleaner: passes, bytes rewritten, last pass (Unix ms), max dirty percent.
     pub cleaner_passes: u64,
     pub cleaner_bytes_cleaned: u64,

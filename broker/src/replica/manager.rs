@@ -158,6 +158,14 @@ pub struct ReplicaCounts {
     pub frames_for_unknown_groups: u64,
     pub groups_opened: u64,
     pub groups_closed: u64,
+    /// Times a replica here became its group's leader (a new term).
+    pub leader_elections: u64,
+    /// Changes of a led group's in-sync set that removed replicas, and that added some.
+    pub isr_shrinks: u64,
+    pub isr_expands: u64,
+    /// Leadership transfers started here (`handover`) and given up.
+    pub transfers_started: u64,
+    pub transfers_aborted: u64,
 }
 
 /// See the module docs.
@@ -183,7 +191,7 @@ pub struct ReplicaManager {
     changes: RefCell<BTreeMap<u64, LeadershipChange>>,
     /// A tick happened since leadership was last looked at.
     scan_due: Cell<bool>,
-    counts: RefCell<ReplicaCounts>,
+    pub(crate) counts: RefCell<ReplicaCounts>,
     doorbell: LocalSender<()>,
     rung: RefCell<Option<LocalReceiver<()>>>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
@@ -718,6 +726,9 @@ impl ReplicaManager {
             let was_leader = reported
                 .as_ref()
                 .is_some_and(|(leader, _, _)| *leader == self.node_id);
+            if leads {
+                self.count_leadership(reported.as_ref(), &now);
+            }
             // The leader reports; a replica reports only that it stopped leading.
             let report = if leads {
                 reported.as_ref() != Some(&now)
@@ -738,6 +749,25 @@ impl ReplicaManager {
             if leads || was_leader {
                 *reported = Some(now);
             }
+        }
+    }
+}
+
+impl ReplicaManager {
+    /// Counts an election won, or a change of the in-sync set, between the last report of
+    /// a group led here and `now` (leader, term, in-sync set).
+    fn count_leadership(
+        &self,
+        reported: Option<&(u64, u64, Vec<u64>)>,
+        now: &(u64, u64, Vec<u64>),
+    ) {
+        let mut counts = self.counts.borrow_mut();
+        match reported {
+            Some((leader, term, isr)) if *leader == now.0 && *term == now.1 => {
+                counts.isr_shrinks += u64::from(isr.iter().any(|id| !now.2.contains(id)));
+                counts.isr_expands += u64::from(now.2.iter().any(|id| !isr.contains(id)));
+            }
+            _ => counts.leader_elections += 1,
         }
     }
 }

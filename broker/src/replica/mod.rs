@@ -21,6 +21,7 @@
 //!
 //! Owned by one shard, `!Send` (the stores hold the shard's disk handles and `Rc`s).
 
+pub mod handover;
 pub mod manager;
 pub mod producers;
 pub mod retention;

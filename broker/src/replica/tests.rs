@@ -810,3 +810,204 @@ fn followers_under_steady_load_stay_in_sync() {
         assert!(!in_sync.contains(&follower));
     });
 }
+
+/// Steps until `id` no longer leads and another node does; returns that node and the steps.
+async fn until_leadership_moves_from(
+    cluster: &mut Cluster,
+    id: u64,
+    steps_max: usize,
+) -> (u64, usize) {
+    for step in 1..=steps_max {
+        cluster.step().await;
+        if let Some(leader) = cluster.leader().filter(|&leader| leader != id) {
+            return (leader, step);
+        }
+    }
+    panic!("leadership did not move from {id} within {steps_max} steps");
+}
+
+/// Controlled shutdown: the leader hands its group to the preferred replica (in sync),
+/// within a few round trips; produce calls during the transfer are refused
+/// `NOT_LEADER_OR_FOLLOWER` at once, calls waiting are answered (never left hanging), and
+/// every acknowledged batch is on the successor at its offset.
+#[test]
+fn a_handed_over_group_moves_to_an_in_sync_replica_and_keeps_every_acknowledged_batch() {
+    run(|| async {
+        let mut cluster = Cluster::new(2).await;
+        let first = cluster.elect().await;
+        let before = labels("a", 10);
+        let cells = cluster.produce(first, &before, -1);
+        cluster.until_answered(&cells).await;
+        let mut acknowledged = acked(&before, &cells);
+        assert_eq!(acknowledged.len(), before.len());
+        cluster.steps(3).await;
+        let expected = if first == 1 { 2 } else { 1 };
+        assert_eq!(cluster.manager(first).successor(GROUP), Some(expected));
+
+        // In flight when the shutdown starts.
+        let in_flight = labels("b", 5);
+        let in_flight_cells = cluster.produce(first, &in_flight, -1);
+        assert_eq!(
+            cluster.manager(first).hand_over_leadership(),
+            1,
+            "still leading"
+        );
+        let refused = cluster
+            .manager(first)
+            .dispatch_produce(&tp(), vec![batch("c")], -1);
+        assert_eq!(
+            refused.wait().await.error_code,
+            codes::NOT_LEADER_OR_FOLLOWER
+        );
+
+        let (successor, steps) = until_leadership_moves_from(&mut cluster, first, 20).await;
+        assert_eq!(
+            successor, expected,
+            "the preferred replica, in sync, takes over"
+        );
+        assert!(
+            steps <= 10,
+            "moved within one election timeout: {steps} steps"
+        );
+        assert_eq!(cluster.manager(first).hand_over_leadership(), 0);
+        cluster.until_answered(&in_flight_cells).await;
+        for cell in &in_flight_cells {
+            let code = cell.borrow().expect("answered").error_code;
+            assert!(
+                code == codes::NONE || code == codes::NOT_LEADER_OR_FOLLOWER,
+                "answered {code}"
+            );
+        }
+        acknowledged.extend(acked(&in_flight, &in_flight_cells));
+        cluster.steps(5).await;
+        let (_, held) = fetch_all(&cluster.manager(successor)).await;
+        assert_acknowledged_held(&acknowledged, &held, "successor");
+        // Every in-flight batch was in the log the successor caught up on: committed.
+        for label in &in_flight {
+            assert!(
+                held.iter()
+                    .any(|(_, bytes)| *bytes == payload(&batch(label))),
+                "{label}"
+            );
+        }
+        // The old leader refuses leadership from now on (say, a balancing leader handing
+        // the group back): it does not campaign, and the leader gives the transfer up.
+        let back = handover::Transfer {
+            group_id: GROUP,
+            to: first,
+        };
+        assert!(cluster
+            .manager(successor)
+            .driver
+            .borrow_mut()
+            .transfer_leader(GROUP, first));
+        cluster.steps(5).await;
+        assert_eq!(cluster.leader(), Some(successor));
+        assert_eq!(cluster.manager(successor).abort_transfers(&[back]), 1);
+        assert_eq!(
+            cluster
+                .manager(successor)
+                .driver
+                .borrow()
+                .transferring_to(GROUP),
+            None
+        );
+        let after = labels("d", 3);
+        let cells = cluster.produce(successor, &after, -1);
+        cluster.until_answered(&cells).await;
+        assert_eq!(
+            acked(&after, &cells).len(),
+            after.len(),
+            "the successor acknowledges"
+        );
+    });
+}
+
+/// Leader balancing: a group led elsewhere goes back to its preferred replica (the first
+/// voter) once the caller wants that broker balanced, and only then.
+#[test]
+fn leadership_returns_to_the_preferred_replica_when_wanted() {
+    run(|| async {
+        let mut cluster = Cluster::new(2).await;
+        let mut leader = cluster.elect().await;
+        if leader == 1 {
+            assert!(cluster
+                .manager(1)
+                .driver
+                .borrow_mut()
+                .transfer_leader(GROUP, 2));
+            leader = until_leadership_moves_from(&mut cluster, 1, 20).await.0;
+        }
+        cluster.steps(3).await;
+        assert!(cluster
+            .manager(leader)
+            .move_to_preferred(|_| false)
+            .is_empty());
+        cluster.steps(3).await;
+        assert_eq!(cluster.leader(), Some(leader));
+        let started = cluster
+            .manager(leader)
+            .move_to_preferred(|broker| broker == 1);
+        assert_eq!(
+            started,
+            [handover::Transfer {
+                group_id: GROUP,
+                to: 1
+            }]
+        );
+        let (now, _) = until_leadership_moves_from(&mut cluster, leader, 20).await;
+        assert_eq!(now, 1);
+        assert!(
+            cluster.manager(1).move_to_preferred(|_| true).is_empty(),
+            "already there"
+        );
+        let after = labels("e", 3);
+        let cells = cluster.produce(1, &after, -1);
+        cluster.until_answered(&cells).await;
+        assert_eq!(acked(&after, &cells).len(), after.len());
+    });
+}
+
+/// The replication metrics: the leader's groups, elections, a follower cut off leaving the
+/// in-sync set (under-replicated, an ISR shrink, its lag growing) and coming back (an
+/// expand).
+#[test]
+fn replication_snapshot_counts_leaders_isr_changes_and_lag() {
+    run(|| async {
+        let mut cluster = Cluster::new(2).await;
+        let leader = cluster.elect().await;
+        let snapshot = cluster.manager(leader).replication_snapshot();
+        assert_eq!((snapshot.groups, snapshot.groups_led), (1, 1));
+        assert_eq!(snapshot.counts.leader_elections, 1);
+        assert_eq!((snapshot.under_replicated, snapshot.under_min_isr), (0, 0));
+        let follower = if leader == 3 { 2 } else { 3 };
+        assert_eq!(
+            cluster.manager(follower).replication_snapshot().groups_led,
+            0
+        );
+
+        cluster.nodes[(follower - 1) as usize].cut = true;
+        let cells = cluster.produce(leader, &labels("f", 4), -1);
+        cluster.until_answered(&cells).await;
+        cluster.steps(30).await;
+        let snapshot = cluster.manager(leader).replication_snapshot();
+        assert_eq!(snapshot.under_replicated, 1, "{snapshot:?}");
+        assert_eq!(
+            snapshot.under_min_isr, 0,
+            "two of three in sync, min.insync.replicas 2"
+        );
+        assert!(snapshot.follower_lag_entries_max >= 4, "{snapshot:?}");
+        assert_eq!(snapshot.counts.isr_shrinks, 1, "{snapshot:?}");
+
+        cluster.nodes[(follower - 1) as usize].cut = false;
+        cluster.steps(30).await;
+        let snapshot = cluster.manager(leader).replication_snapshot();
+        assert_eq!(
+            (snapshot.under_replicated, snapshot.follower_lag_entries),
+            (0, 0),
+            "{snapshot:?}"
+        );
+        assert_eq!(snapshot.counts.isr_expands, 1, "{snapshot:?}");
+        assert_eq!(snapshot.counts.leader_elections, 1);
+    });
+}

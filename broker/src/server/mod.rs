@@ -384,6 +384,7 @@ fn start_shards(
 ) -> Result<StartedShards, String> {
     let meshes = Meshes::new(config.shard_count(), config.limits.mesh_channel_slots);
     let drained_shards = Arc::new(AtomicUsize::new(0));
+    let handed_over_shards = Arc::new(AtomicUsize::new(0));
     let connection_counts = ConnectionCounts::new(
         config.limits.connections_max,
         config.limits.connections_per_ip_max,
@@ -399,6 +400,7 @@ fn start_shards(
             meshes: meshes.clone(),
             shutdown_requested,
             drained_shards: drained_shards.clone(),
+            handed_over_shards: handed_over_shards.clone(),
             connection_counts: connection_counts.clone(),
             listening: listening_sender.clone(),
             scrapes,

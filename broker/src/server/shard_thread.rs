@@ -28,6 +28,8 @@ pub struct ShardStart {
     pub shutdown_requested: oneshot::Receiver<()>,
     /// Shards that have finished their connections; the barrier before logs close.
     pub drained_shards: Arc<AtomicUsize>,
+    /// Shards done handing their partitions' leadership over (`leader_moves`).
+    pub handed_over_shards: Arc<AtomicUsize>,
     /// Shared by every shard: open connections in total and per client address.
     pub connection_counts: Arc<ConnectionCounts>,
     /// Tells `main` this shard is listening.
@@ -43,6 +45,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         meshes,
         shutdown_requested,
         drained_shards,
+        handed_over_shards,
         connection_counts,
         listening,
         scrapes,
@@ -60,7 +63,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
     )
     .await?;
     glommio::spawn_local(shard::serve_scrapes(Rc::downgrade(&services), scrapes)).detach();
-    forward_shutdown(&services, shutdown_requested);
+    forward_shutdown(&services, shutdown_requested, handed_over_shards);
     services.first_metadata().await;
     let connections = Rc::new(Gate::new());
     let mut accepting = Vec::with_capacity(config.listeners.len());
@@ -85,6 +88,9 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
     let retention = glommio::spawn_local(shard::enforce_retention_periodically(services.clone()));
     let cleaner =
         glommio::spawn_local(crate::compaction::clean_logs_periodically(services.clone()));
+    let balancing = glommio::spawn_local(crate::leader_moves::balance_leaders_periodically(
+        Rc::downgrade(&services),
+    ));
     let tls_reload =
         (id == 0).then(|| glommio::spawn_local(crate::tls::reload::watch(services.clone())));
     let _ = listening.send(id);
@@ -95,6 +101,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
     // a committed one is finished by that open (`storage/FORMAT.md` § Log cleaner).
     drop(cleaner);
     drop(tls_reload);
+    drop(balancing);
     let _ = connections.close().await;
     drained_shards.fetch_add(1, Ordering::SeqCst);
     while drained_shards.load(Ordering::SeqCst) < config.shard_count() {
@@ -105,11 +112,21 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
     Ok(())
 }
 
-/// The signal thread completes `shutdown_requested`; turn that into the local broadcast.
-fn forward_shutdown(services: &ShardServices, shutdown_requested: oneshot::Receiver<()>) {
+/// The signal thread completes `shutdown_requested`: hand leadership over while still
+/// serving (`leader_moves::controlled_shutdown`, bounded), then turn it into the local
+/// broadcast.
+fn forward_shutdown(
+    services: &Rc<ShardServices>,
+    shutdown_requested: oneshot::Receiver<()>,
+    handed_over_shards: Arc<AtomicUsize>,
+) {
     let shutdown = services.shutdown.clone();
+    let services = Rc::downgrade(services);
     glommio::spawn_local(async move {
         let _ = shutdown_requested.await;
+        if let Some(services) = services.upgrade() {
+            crate::leader_moves::controlled_shutdown(&services, &handed_over_shards).await;
+        }
         shutdown.start();
     })
     .detach();

@@ -263,6 +263,36 @@ pub static SETTINGS: &[Setting] = &[
         "A follower that has not caught up with the leader for this long leaves the in-sync \
          replicas.",
     ),
+    row(
+        "controlled.shutdown.enable",
+        "true",
+        Kind::Bool,
+        "On SIGTERM, before closing anything, hand the leadership of every replicated \
+         partition (and of the controller) this broker leads to an in-sync replica, waiting \
+         at most 5 s for the transfers. Off: the other replicas elect new leaders after an \
+         election timeout (1-2 s), as after a crash.",
+    ),
+    row(
+        "auto.leader.rebalance.enable",
+        "true",
+        Kind::Bool,
+        "Move the leadership of replicated partitions back to their preferred replica (the \
+         first in the replica list) when it is in sync and its broker's leader imbalance is \
+         above leader.imbalance.per.broker.percentage.",
+    ),
+    row(
+        "leader.imbalance.check.interval.seconds",
+        "300",
+        integer(1, INT_MAX),
+        "How often each broker checks the leader imbalance of the partitions it leads.",
+    ),
+    row(
+        "leader.imbalance.per.broker.percentage",
+        "10",
+        integer(0, 100),
+        "A broker whose preferred partitions are led by others for more than this share of \
+         them gets their leadership back.",
+    ),
     Setting {
         flag_aliases: &["default-partitions"],
         ..row(
