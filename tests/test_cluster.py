@@ -73,7 +73,10 @@ def agreed_view(brokers, views=None):
     """The view every broker agrees on, with a controller among them; None otherwise.
     `views`: the brokers' views when the caller took them already."""
     views = views if views is not None else [view(broker) for broker in brokers]
-    if all(v == views[0] for v in views) and views[0][1] in {b.node_id for b in brokers}:
+    # A null cluster id is a broker that has not joined yet (no state committed), whatever
+    # controller it already names.
+    if (all(v == views[0] for v in views) and views[0][0] is not None
+            and views[0][1] in {b.node_id for b in brokers}):
         return views[0]
     return None
 
