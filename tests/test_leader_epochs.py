@@ -208,14 +208,15 @@ def cluster_status(bootstrap):
 
 
 def status_rows(text):
-    """{broker id: (address, controller, leaders)} from the BROKER table."""
+    """{broker id: (address, controller, leaders)} from the BROKER table (its PREFERRED
+    column, the partitions whose preferred replica the broker is, is not compared)."""
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("BROKER"))
     rows = {}
     for line in lines[start + 1:]:
         if not line.strip():
             break
-        node, address, _rack, controller, leaders = line.split()
+        node, address, _rack, controller, leaders, _preferred = line.split()
         rows[int(node)] = (address, controller == "yes", int(leaders))
     return rows
 
