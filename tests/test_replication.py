@@ -12,6 +12,7 @@ The run prints the time from the kill to the first acknowledgement on the succes
 (the target is 5 s with the default election settings).
 """
 
+import os
 import signal
 import time
 from collections import Counter, defaultdict
@@ -21,6 +22,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 import helpers
 from test_cluster import ClusterBroker, agreed_placement, free_port, metadata, metric_sum, wait_for
+from test_leader_epochs import answered, metadata_epochs, offsets_for_epoch
+
+NOT_LEADER_OR_FOLLOWER = 6
 
 TOPIC = "ledger"
 PARTITIONS = 3
@@ -82,8 +86,13 @@ class Workload:
 
     def __init__(self, bootstrap, brokers=()):
         self.brokers = list(brokers)
-        self.producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
-                                  "linger.ms": 2, "message.timeout.ms": 60000})
+        config = {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                  "linger.ms": 2, "message.timeout.ms": 60000}
+        # For a failing run's diagnosis: librdkafka's debug contexts (e.g. "eos" shows the
+        # idempotent producer's retries, sequence errors and epoch bumps) on stderr.
+        if os.environ.get("RINGFEED_TEST_RDKAFKA_DEBUG"):
+            config["debug"] = os.environ["RINGFEED_TEST_RDKAFKA_DEBUG"]
+        self.producer = Producer(config)
         self.acknowledged = {}
         # (acknowledged at, partition, produced at)
         self.ack_times = []
@@ -117,11 +126,17 @@ class Workload:
         """When the first record produced after `at` on `partition` was acknowledged."""
         return min((t for t, p, produced in self.ack_times if p == partition and produced > at), default=None)
 
+    def acknowledged_end(self, partition):
+        """One past the last offset acknowledged on `partition`. An acknowledgement of a
+        DUPLICATE_SEQUENCE_NUMBER answer carries no offset and counts for none."""
+        return 1 + max((offset for p, offset in self.acknowledged.values() if p == partition and offset is not None),
+                       default=-1)
+
     def end_offset(self, consumer, partition):
         """The partition's high watermark once it covers every acknowledged record: asked
         again while the answer is an error (a leader that moved, or one that has not
         committed in its term yet: OFFSET_NOT_AVAILABLE) or below them."""
-        wanted = 1 + max((offset for p, offset in self.acknowledged.values() if p == partition), default=-1)
+        wanted = self.acknowledged_end(partition)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -137,12 +152,14 @@ class Workload:
 
     def check(self, bootstrap):
         """Reads every partition back with a fresh consumer and asserts no anomaly."""
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "checker", "enable.auto.commit": False})
+        config = {"bootstrap.servers": bootstrap, "group.id": "checker", "enable.auto.commit": False}
+        if os.environ.get("RINGFEED_TEST_RDKAFKA_CONSUMER_DEBUG"):
+            config["debug"] = os.environ["RINGFEED_TEST_RDKAFKA_CONSUMER_DEBUG"]
+        consumer = Consumer(config)
         read = []
         try:
             ends = {p: self.end_offset(consumer, p) for p in range(PARTITIONS)}
-            wanted = {p: 1 + max((o for q, o in self.acknowledged.values() if q == p), default=-1)
-                      for p in range(PARTITIONS)}
+            wanted = {p: self.acknowledged_end(p) for p in range(PARTITIONS)}
             consumer.assign([TopicPartition(TOPIC, p, 0) for p in range(PARTITIONS)])
             deadline = time.monotonic() + 60
             positions = defaultdict(int)
@@ -327,6 +344,68 @@ def test_sigterm_hands_leadership_over_first_and_balancing_brings_it_back(tmp_pa
         workload.check(bootstrap)
     finally:
         stop_all(brokers)
+
+
+def test_a_consumer_reads_on_across_a_leader_change(tmp_path):
+    """KIP-320: after a leader change a consumer validates its position with
+    OffsetForLeaderEpoch at the new leader before it fetches again, and asks again as long as
+    it is refused. A replicated partition's leader answers it from its log's leader-epoch
+    cache (the Raft terms); it once answered NOT_LEADER_OR_FOLLOWER, and a librdkafka consumer
+    that lived through a leader change then read nothing more of the partition (the read-back
+    stall of 4 in about 55 runs of the SIGTERM test)."""
+    brokers = {}
+    try:
+        brokers = start_cluster(tmp_path)
+        bootstrap = ",".join(broker.bootstrap for broker in brokers.values())
+        workload = Workload(bootstrap, brokers.values())
+        workload.write(100)
+        workload.flush(30)
+        leader = wait_for(lambda: settled(brokers.values(), {1, 2, 3}), 10, "agreed leaders")[0][0]
+        epoch = metadata_epochs(brokers[leader], TOPIC)[0]
+        end = workload.acknowledged_end(0)
+        # The leader answers the current epoch with its log end, an epoch above it undefined;
+        # a follower refuses.
+        error, answered_epoch, end_offset = offsets_for_epoch(brokers[leader], 4, TOPIC, [(0, epoch, epoch)])[0]
+        assert (error, answered_epoch) == (0, epoch) and end_offset >= end, (error, answered_epoch, end_offset, end)
+        assert offsets_for_epoch(brokers[leader], 4, TOPIC, [(0, epoch, epoch + 1)])[0] == (0, -1, -1)
+        follower = next(node for node in brokers if node != leader)
+        assert offsets_for_epoch(brokers[follower], 4, TOPIC, [(0, -1, epoch)])[0][0] == NOT_LEADER_OR_FOLLOWER
+
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "reader", "enable.auto.commit": False})
+        try:
+            consumer.assign([TopicPartition(TOPIC, 0, 0)])
+            position = read_partition_to(consumer, end, 30)
+            assert position >= end, f"read to {position} of {end} before the leader change"
+
+            brokers[leader].process.send_signal(signal.SIGTERM)
+            assert brokers[leader].process.wait(timeout=30) == 0
+            survivors = [broker for node, broker in brokers.items() if node != leader]
+            workload.write(100)
+            workload.flush(60)
+            end = workload.acknowledged_end(0)
+            position = read_partition_to(consumer, end, 30)
+            validated = sum(answered(broker, "OffsetForLeaderEpoch") for broker in survivors)
+            print(f"read to {position} of {end} after the leader change; OffsetForLeaderEpoch answered "
+                  f"{validated:.0f} times by the survivors")
+            assert position >= end, f"the consumer stopped at {position} of {end} after the leader change"
+            assert validated > 0, "the consumer validated its position at the new leader"
+        finally:
+            consumer.close()
+    finally:
+        stop_all(brokers)
+
+
+def read_partition_to(consumer, end, timeout_s):
+    """Polls until the consumer's next offset of partition 0 reaches `end` or `timeout_s`
+    passes; returns the position reached."""
+    position = consumer.position([TopicPartition(TOPIC, 0)])[0].offset
+    position = max(position, 0)
+    deadline = time.monotonic() + timeout_s
+    while position < end and time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is not None and not message.error():
+            position = message.offset() + 1
+    return position
 
 
 def test_the_checker_finds_each_kind_of_anomaly():

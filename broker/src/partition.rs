@@ -621,13 +621,21 @@ impl PartitionTable {
 
     /// `OffsetForLeaderEpoch` from the partition's leader-epoch cache: the epoch and end
     /// offset Kafka answers for `leader_epoch` (`storage::epochs`; (-1, -1) when undefined),
-    /// or the error code of a partition that is offline or not here.
+    /// or the error code of a partition that is offline or not here. A replicated partition
+    /// is answered by its leader (a consumer validates its position there after every leader
+    /// change, KIP-320, and would ask again forever if refused).
     pub fn end_offset_for_leader_epoch(
         &self,
         tp: &TopicPartition,
         leader_epoch: i32,
     ) -> Result<(i32, i64), i16> {
-        Ok(self.log(tp)?.end_offset_for_leader_epoch(leader_epoch))
+        match self.log(tp) {
+            Ok(log) => Ok(log.end_offset_for_leader_epoch(leader_epoch)),
+            Err(code) => match self.replicas_hosting(tp) {
+                Some(replicas) => replicas.end_offset_for_leader_epoch(tp, leader_epoch),
+                None => Err(code),
+            },
+        }
     }
 
     /// The partition's active idempotent producers (`DescribeProducers`), or the error code

@@ -383,6 +383,19 @@ impl ReplicaManager {
                             .is_some_and(|header| header.base_offset < high_watermark)
                     })
                     .collect();
+                if outcome.batches.is_empty() {
+                    // The offset is below the high watermark, so a batch holds it: an empty
+                    // answer has the consumer ask again and again without progress.
+                    tracing::warn!(
+                        partition = %tp,
+                        offset,
+                        max_bytes,
+                        high_watermark,
+                        written_offset = hosted.log.high_watermark(),
+                        log_end_offset = hosted.log.log_end_offset(),
+                        "a replica read below the high watermark found no batch"
+                    );
+                }
             }
             Err(ReadError::OffsetOutOfRange { .. }) => {
                 outcome.error_code = codes::OFFSET_OUT_OF_RANGE;
@@ -393,6 +406,19 @@ impl ReplicaManager {
             }
         }
         outcome
+    }
+
+    /// Kafka `OffsetForLeaderEpoch` on a hosted partition, answered by its leader only (as
+    /// Kafka answers consumers): the leader-epoch cache of its log, whose epochs are the Raft
+    /// terms (`storage::epochs`; the current term ends at the log end, as Kafka's leader
+    /// answers with its log end offset).
+    pub fn end_offset_for_leader_epoch(
+        &self,
+        tp: &TopicPartition,
+        leader_epoch: i32,
+    ) -> Result<(i32, i64), i16> {
+        let (_, hosted) = self.leader_hosted(tp)?;
+        Ok(hosted.log.end_offset_for_leader_epoch(leader_epoch))
     }
 
     /// Resolves when the high watermark passes `offset`, the group closes, or this replica
