@@ -221,7 +221,7 @@ impl<S: GroupStore> MultiRaft<S> {
             peer_incarnations: BTreeMap::new(),
             stats: DriverStats::default(),
             refusing_leadership: false,
-            logger: slog::Logger::root(slog::Discard, slog::o!()),
+            logger: crate::raft_log::logger(),
         }
     }
 
@@ -236,7 +236,8 @@ impl<S: GroupStore> MultiRaft<S> {
     /// Starts driving a group whose store already holds its membership (and, after a restart,
     /// its durable log and hard state). `applied`: the last index the state machine holds.
     pub fn add_group(&mut self, group_id: u64, store: S, applied: u64) -> raft::Result<()> {
-        let node = RawNode::new(&group_config(self.node_id, applied), store, &self.logger)?;
+        let logger = crate::raft_log::group_logger(&self.logger, group_id);
+        let node = RawNode::new(&group_config(self.node_id, applied), store, &logger)?;
         let mut group = Group {
             node,
             timeout_drawn_for: (0, StateRole::Follower),

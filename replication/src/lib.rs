@@ -9,6 +9,7 @@
 //!   group store (`GroupStore`) and the shard's durability barrier (`Durability`);
 //! - `log_store`: raft-rs's `Storage` over a partition log (`LogStore`);
 //! - `log_store_meta`: the shard's raft-meta store (hard state, conf state, snapshot point);
+//! - `raft_log`: raft-rs's log lines forwarded to `tracing` (target `raft`);
 //! - `fuzzing`: the entry point of the `wire_decoding` fuzz target;
 //! - `voters`: `controller.quorum.voters`, the brokers and their internal addresses.
 //!
@@ -20,5 +21,6 @@ pub mod driver;
 pub mod fuzzing;
 pub mod log_store;
 pub mod log_store_meta;
+pub mod raft_log;
 pub mod voters;
 pub mod wire;
