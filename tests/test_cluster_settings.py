@@ -102,7 +102,7 @@ def test_replication_factor_is_checked_against_the_brokers(start_broker):
     ("1@127.0.0.1:19093", "2", "node.id 2 is not among controller.quorum.voters"),
     ("1@127.0.0.1", "1", "expected ID@HOST:PORT"),
     # Other brokers, without the preview switch: partitions would not be replicated.
-    ("1@127.0.0.1:19093,2@127.0.0.1:19094", "1", "partitions are not replicated yet"),
+    ("1@127.0.0.1:19093,2@127.0.0.1:19094", "1", "the cluster is a preview"),
 ])
 def test_voter_lists_this_broker_cannot_serve_are_refused_at_start(tmp_path, voters, node_id, reason):
     result = subprocess.run(

@@ -17,8 +17,8 @@ pub struct ClusterConfig {
     /// `replica.lag.time.max.ms`: how long a follower may lag before it leaves the ISR.
     pub replica_lag_time_max: Duration,
     /// `ringfeed.cluster.preview.enable`: start with voters naming other brokers although
-    /// partitions are not replicated yet. Off by default, so that nobody runs a "cluster"
-    /// where losing one broker loses its partitions without having asked for it.
+    /// the cluster is not complete (docs/REPLICATION.md, Status). Off by default, so that
+    /// nobody runs an unfinished cluster without having asked for it.
     pub preview: bool,
     /// `broker.session.timeout.ms`: a broker not heard from for this long is fenced.
     pub session_timeout: Duration,
@@ -72,7 +72,7 @@ impl ClusterConfig {
 
     /// Checks the settings against each other: this broker must be one of the voters it is
     /// given (it finds its internal address there), and a list naming other brokers needs
-    /// `ringfeed.cluster.preview.enable` while partitions are not replicated.
+    /// `ringfeed.cluster.preview.enable` while the cluster is a preview.
     pub fn validate(&self) -> Result<(), String> {
         if self.voters.is_empty() {
             return Ok(());
@@ -86,10 +86,10 @@ impl ClusterConfig {
         }
         if self.voters.len() > 1 && !self.preview {
             return Err(format!(
-                "controller.quorum.voters names other brokers ({}), but partitions are not \
-                 replicated yet: each lives on one broker and is unavailable while that broker \
-                 is down (docs/REPLICATION.md, Status). Set ringfeed.cluster.preview.enable=true \
-                 to run the cluster anyway",
+                "controller.quorum.voters names other brokers ({}), and the cluster is a \
+                 preview: partitions are replicated, but transactions on replicated partitions, \
+                 snapshots and DeleteRecords on them are not built yet (docs/REPLICATION.md, \
+                 Status). Set ringfeed.cluster.preview.enable=true to run the cluster anyway",
                 self.voters
             ));
         }

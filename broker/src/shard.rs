@@ -1073,7 +1073,13 @@ impl ShardServices {
         if snapshot.topic(name).is_some() {
             Ok(snapshot)
         } else {
-            tracing::error!("could not create {name}");
+            // Usually the controller created it and this broker has not installed that
+            // metadata yet (another broker's controller commits first); the client asks
+            // again on COORDINATOR_NOT_AVAILABLE. A refusal is logged by the controller.
+            tracing::info!(
+                topic = name,
+                "internal topic not in this broker's metadata yet; the client will ask again"
+            );
             Err(group_codes::COORDINATOR_NOT_AVAILABLE)
         }
     }

@@ -120,11 +120,10 @@ pub async fn start_controller_group(
     group.attach(transport, received);
     tracing::info!(node_id, voters = %config.cluster.voters, recovered = recovered.is_some(), "controller group 0 started");
     tracing::warn!(
-        "the controller is replicated across the voters and partitions are spread over the \
-         brokers, but a partition's replicas are not kept in step yet: its leader's log alone \
-         takes writes, a lost broker's replication-factor-1 partitions are unavailable until \
-         it returns, and while a partition's first replica is down the next live one leads \
-         from its own log (docs/REPLICATION.md, Status)"
+        "the cluster is a preview: the controller and every partition are replicated by Raft \
+         (acks=all waits for a quorum), but transactions on replicated partitions, snapshots \
+         for a replica far behind its leader and DeleteRecords on replicated partitions are \
+         not built yet (docs/REPLICATION.md, Status)"
     );
     let registration = BrokerRecord {
         node_id: config.cluster.node_id,

@@ -238,10 +238,10 @@ pub static SETTINGS: &[Setting] = &[
         "ringfeed.cluster.preview.enable",
         "false",
         Kind::Bool,
-        "Allow controller.quorum.voters to name other brokers before partitions are \
-         replicated: the controller is replicated, each partition lives on one broker only \
-         and is unavailable while that broker is down. For trying the cluster out, not for \
-         data that matters.",
+        "Allow controller.quorum.voters to name other brokers while the cluster is a \
+         preview: the controller and the partitions are replicated by Raft, but transactions \
+         on replicated partitions, snapshots and DeleteRecords on them are not built yet \
+         (docs/REPLICATION.md, Status).",
     ),
     row(
         "broker.session.timeout.ms",
