@@ -10,11 +10,12 @@
 //!   one-node broker): `ELECTION_NOT_NEEDED`; preferred replica's broker not alive or the
 //!   replica not in the ISR: `PREFERRED_LEADER_NOT_AVAILABLE`;
 //! - unclean election (type 1) is never done (issue 12: an out-of-sync replica never leads,
-//!   so nothing acknowledged is lost): a partition with a leader is answered
-//!   `ELECTION_NOT_NEEDED`, as Kafka does; one without is answered
-//!   `ELIGIBLE_LEADERS_NOT_AVAILABLE` (Kafka's answer when no replica may be elected), with
-//!   a message saying unclean election is disabled; it gets a leader when an in-sync replica
-//!   comes back.
+//!   so nothing acknowledged is lost): every known partition is answered `INVALID_REQUEST`
+//!   with [`UNCLEAN_REFUSED`] as its message, whether it has a leader or not. Kafka answers
+//!   `ELECTION_NOT_NEEDED` for a partition with a leader, which would tell an operator that
+//!   the cluster could do one when needed; this one cannot, and the message says so. A
+//!   partition without a leader gets one when an in-sync replica comes back.
+//! - any other type: `INVALID_REQUEST`.
 //!
 //! A null topic list means every partition; as Kafka's controller does, the partitions that
 //! need no election are then left out of the answer. Authorization: `ALTER` on `CLUSTER`
@@ -44,6 +45,8 @@ const POLL: Duration = Duration::from_millis(20);
 /// How often a partition not moved yet is asked for again: the ask rides a best-effort
 /// mailbox, and raft-rs abandons a transfer to a replica that did not catch up in time.
 const ASK_AGAIN: Duration = Duration::from_secs(1);
+/// The message of every partition of an unclean election (see the module docs).
+pub const UNCLEAN_REFUSED: &str = "unclean leader election is never done by Ringfeed: an out-of-sync replica never leads, so no acknowledged record is lost; a partition without a leader gets one when an in-sync replica is back (use election type 0, preferred)";
 /// Partitions answered per request: Kafka sets none, but every one is held while waiting.
 const PARTITIONS_MAX: usize = 100_000;
 
@@ -72,15 +75,14 @@ pub fn decide(
     let Some(placement) = placement else {
         return Decision::Answer(codes::UNKNOWN_TOPIC_OR_PARTITION, None);
     };
-    let has_leader = placement.leader >= 0 && alive(placement.leader);
     match election_type {
-        UNCLEAN if has_leader => Decision::Answer(codes::ELECTION_NOT_NEEDED, None),
-        UNCLEAN => Decision::Answer(
-            codes::ELIGIBLE_LEADERS_NOT_AVAILABLE,
-            Some("unclean leader election is never done: the partition gets a leader when an in-sync replica is back"),
-        ),
+        UNCLEAN => Decision::Answer(codes::INVALID_REQUEST, Some(UNCLEAN_REFUSED)),
         PREFERRED => {
-            let preferred = placement.replicas.first().copied().unwrap_or(placement.leader);
+            let preferred = placement
+                .replicas
+                .first()
+                .copied()
+                .unwrap_or(placement.leader);
             if preferred == placement.leader {
                 Decision::Answer(codes::ELECTION_NOT_NEEDED, None)
             } else if !alive(preferred) || !placement.isr.contains(&preferred) {
@@ -89,7 +91,10 @@ pub fn decide(
                 Decision::Elect { preferred }
             }
         }
-        _ => Decision::Answer(codes::INVALID_REQUEST, Some("election_type is 0 (preferred) or 1 (unclean)")),
+        _ => Decision::Answer(
+            codes::INVALID_REQUEST,
+            Some("election_type is 0 (preferred) or 1 (unclean)"),
+        ),
     }
 }
 
@@ -310,26 +315,29 @@ mod tests {
     #[test]
     fn unclean_election_is_never_done() {
         let all = [1, 2, 3];
-        // With a leader, Kafka's answer: not needed.
-        let p = placed(&[1, 2, 3], 2, &[2]);
-        assert_eq!(
-            decide_with(1, Some(&p), &all),
-            Decision::Answer(codes::ELECTION_NOT_NEEDED, None)
-        );
-        // Without one (or its broker gone), refused: never a move to an out-of-sync replica.
-        for p in [placed(&[1, 2, 3], -1, &[]), placed(&[1, 2, 3], 2, &[2])] {
-            let alive = if p.leader < 0 { &all[..] } else { &[1, 3][..] };
-            let Decision::Answer(code, Some(message)) = decide_with(1, Some(&p), alive) else {
-                panic!("unclean election must be refused");
-            };
-            assert_eq!(code, codes::ELIGIBLE_LEADERS_NOT_AVAILABLE);
-            assert!(message.contains("never"));
+        // With a leader, without one, with its broker gone: always refused with the reason,
+        // never a move to an out-of-sync replica.
+        for (p, alive) in [
+            (placed(&[1, 2, 3], 2, &[2]), &all[..]),
+            (placed(&[1, 2, 3], -1, &[]), &all[..]),
+            (placed(&[1, 2, 3], 2, &[2]), &[1, 3][..]),
+        ] {
+            assert_eq!(
+                decide_with(1, Some(&p), alive),
+                Decision::Answer(codes::INVALID_REQUEST, Some(UNCLEAN_REFUSED))
+            );
         }
+        assert!(UNCLEAN_REFUSED.contains("never done"));
+        // An unknown partition is unknown whatever the type.
+        assert_eq!(
+            decide_with(1, None, &all),
+            Decision::Answer(codes::UNKNOWN_TOPIC_OR_PARTITION, None)
+        );
         // Any other type is a bad request.
         let p = placed(&[1, 2, 3], 1, &[1, 2, 3]);
         assert!(matches!(
             decide_with(2, Some(&p), &all),
-            Decision::Answer(codes::INVALID_REQUEST, _)
+            Decision::Answer(codes::INVALID_REQUEST, Some(message)) if message != UNCLEAN_REFUSED
         ));
     }
 }
