@@ -34,9 +34,11 @@ pub enum ClusterCommand {
         /// Only this partition of --topic.
         #[arg(long, requires = "topic")]
         partition: Option<i32>,
-        /// How long the brokers may take to move the leaders, in milliseconds.
-        #[arg(long, default_value_t = 30_000)]
-        timeout_ms: i32,
+        /// How long the brokers may take to move the leaders, in milliseconds (the broker
+        /// waits at most 300 s). Not `--timeout-ms`: that bounds each socket operation; the
+        /// answer is awaited for both added.
+        #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(i32).range(0..=300_000))]
+        election_timeout_ms: i32,
     },
 }
 
@@ -47,8 +49,8 @@ pub fn run(connect: &ConnectArgs, command: ClusterCommand) -> CliResult<Outcome>
         ClusterCommand::ElectLeaders {
             topic,
             partition,
-            timeout_ms,
-        } => elect_leaders(&mut cluster, topic, partition, timeout_ms),
+            election_timeout_ms,
+        } => elect_leaders(&mut cluster, topic, partition, election_timeout_ms),
     }
 }
 
@@ -92,7 +94,13 @@ fn elect_leaders(
         .with_election_type(0)
         .with_topic_partitions(election_scope(cluster, topic, partition)?)
         .with_timeout_ms(timeout_ms);
-    let response = cluster.controller()?.call(&request)?;
+    let connection = cluster.controller()?;
+    // The broker holds the answer until the leaders moved or the election timeout passed.
+    let socket_timeout = connection.timeout();
+    let election_timeout = std::time::Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0));
+    connection.set_read_timeout(socket_timeout + election_timeout)?;
+    let response = connection.call(&request)?;
+    connection.set_read_timeout(socket_timeout)?;
     check_error(response.error_code, None, "ElectLeaders")?;
     let mut failures = 0;
     let mut rows = Vec::new();
