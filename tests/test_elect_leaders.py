@@ -1,32 +1,40 @@
 """Guards ElectLeaders (API key 43, Kafka's preferred leader election) on three brokers with a
-replication factor 3 topic, through confluent-kafka's AdminClient.elect_leaders and
+replication factor 3 topic, through two clients we did not write (confluent-kafka's
+AdminClient.elect_leaders, which sends v2, flexible; kafka-python's
+KafkaAdminClient.perform_leader_election, which sends v1), hand-encoded v0 and v2 frames, and
 `ringfeed cluster elect-leaders`:
 
 - a partition led by another replica than its preferred one (first in the replica list) is
   moved to it with a raft leader transfer, and the answer (NONE) comes after Metadata on every
   broker names the preferred replica its leader;
 - a partition already on its preferred replica: ELECTION_NOT_NEEDED; an unknown one:
-  UNKNOWN_TOPIC_OR_PARTITION;
-- unclean election is never done (issue 12): a partition with a leader is answered
-  ELECTION_NOT_NEEDED, as Kafka does, and no leader moves;
+  UNKNOWN_TOPIC_OR_PARTITION; a null topic list means every partition, and those needing no
+  election are left out of the answer (as Kafka's controller does);
+- unclean election (type 1) is never done (issue 12): every partition is answered
+  INVALID_REQUEST with a message saying so, and no leader moves;
 - a preferred replica whose broker is gone (kill -9, fenced): PREFERRED_LEADER_NOT_AVAILABLE;
 - a one-node broker is always its partitions' preferred leader: ELECTION_NOT_NEEDED.
 """
 
 import signal
+import struct
 import subprocess
 import time
 
+import pytest
 from confluent_kafka import ElectionType, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
+from kafka import KafkaAdminClient
+from kafka.errors import InvalidRequestError, UnknownTopicOrPartitionError
 
 import helpers
 from conftest import ringfeed_binary
-from test_cluster import metadata, wait_for
+from test_cluster import agreed_view, metadata, wait_for
 from test_replication import PARTITIONS, TOPIC, settled, start_cluster, stop_all
 
 NONE = 0
 UNKNOWN_TOPIC_OR_PARTITION = 3
+INVALID_REQUEST = 42
 PREFERRED_LEADER_NOT_AVAILABLE = 80
 ELECTION_NOT_NEEDED = 84
 SESSION_TIMEOUT_MS = 3000
@@ -38,15 +46,46 @@ def leaders(broker):
     return {p.id: (p.leader, p.replicas[0]) for p in md.topics[TOPIC].partitions.values()}
 
 
-def elect(bootstrap, election_type, partitions):
-    """{partition: error code} of AdminClient.elect_leaders (0 for success)."""
+def code_of(error):
+    """The Kafka error code of one partition's outcome (None: success)."""
+    if error is None:
+        return NONE
+    return error.args[0].code() if isinstance(error, KafkaException) else error.code()
+
+
+def elect_with_messages(bootstrap, election_type, partitions):
+    """{partition: (error code, error text)} of confluent-kafka's AdminClient.elect_leaders
+    (0 and None for success)."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     tps = None if partitions is None else [TopicPartition(TOPIC, p) for p in partitions]
     try:
-        result = admin.elect_leaders(election_type, tps, operation_timeout=20).result(timeout=40)
+        # No operation_timeout: confluent-kafka 2.16.1's elect_leaders fails on any keyword
+        # (SystemError in its argument parsing); the default is socket.timeout.ms, 60 s.
+        result = admin.elect_leaders(election_type, tps).result(timeout=70)
     except KafkaException as error:
         raise AssertionError(f"elect_leaders failed as a whole: {error}") from error
-    return {tp.partition: (0 if error is None else error.code()) for tp, error in result.items()}
+    return {tp.partition: (code_of(error), None if error is None else str(error)) for tp, error in result.items()}
+
+
+def elect(bootstrap, election_type, partitions):
+    """{partition: error code} of AdminClient.elect_leaders (0 for success)."""
+    return {p: code for p, (code, _) in elect_with_messages(bootstrap, election_type, partitions).items()}
+
+
+def elect_kafka_python(bootstrap, election_type, partitions):
+    """{partition: error code} of kafka-python's perform_leader_election (ElectLeaders v1). It
+    raises the first error other than NONE and ELECTION_NOT_NEEDED."""
+    # kafka-python asks for the controller at start and gives its connection 2 s by
+    # default; a broker restarted a moment ago can take longer to be reached.
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=70_000,
+                             api_version_auto_timeout_ms=20_000)
+    try:
+        response = admin.perform_leader_election(election_type, {TOPIC: list(partitions)}, timeout_ms=60_000)
+    finally:
+        admin.close()
+    assert response.API_VERSION == 1 and response.error_code == NONE
+    return {partition: code for topic, results in response.replication_election_results
+            for partition, code, _ in results if topic == TOPIC}
 
 
 def off_preferred(brokers):
@@ -83,10 +122,14 @@ def test_elect_leaders_moves_partitions_back_to_their_preferred_replica(tmp_path
         moved = wait_for(lambda: off_preferred(brokers.values()), 10, "leaders agreed off preferred")
         print("off their preferred replica before ElectLeaders:", moved, leaders(brokers[1]))
 
-        # Unclean election is never done: every partition has a leader, so Kafka's answer is
-        # ELECTION_NOT_NEEDED, and nothing moves.
-        assert elect(bootstrap, ElectionType.UNCLEAN, range(PARTITIONS)) == {
-            p: ELECTION_NOT_NEEDED for p in range(PARTITIONS)}
+        # Unclean election is never done: refused for every partition, with the reason, by
+        # both clients, and nothing moves.
+        answers = elect_with_messages(bootstrap, ElectionType.UNCLEAN, range(PARTITIONS))
+        assert {p: code for p, (code, _) in answers.items()} == {p: INVALID_REQUEST for p in range(PARTITIONS)}
+        assert all("never done" in text for _, text in answers.values()), answers
+        wait_for(lambda: agreed_view(brokers.values()), 20, "one controller every broker names")
+        with pytest.raises(InvalidRequestError):
+            elect_kafka_python(bootstrap, 1, range(PARTITIONS))
         assert off_preferred(brokers.values()) == moved
 
         started = time.monotonic()
@@ -114,8 +157,21 @@ def test_elect_leaders_moves_partitions_back_to_their_preferred_replica(tmp_path
         print(out)
         assert result.returncode == 0, result.stderr.decode(errors="replace")
         assert "elected" in out
-        wait_for(lambda: partition not in (off_preferred(brokers.values()) or {partition}), 5,
+        # off_preferred is None while the brokers disagree; an empty set once all agree on
+        # preferred leaders.
+        wait_for(lambda: (now := off_preferred(brokers.values())) is not None and partition not in now, 5,
                  "the CLI's partition on its preferred replica")
+
+        # kafka-python (v1), for the whole topic after moving leaders away once more.
+        move_leaders_off_preferred(brokers)
+        wait_for(lambda: settled(brokers.values(), {1, 2, 3}), 30, "replicas in sync after the restart")
+        moved = wait_for(lambda: off_preferred(brokers.values()), 10, "leaders agreed off preferred")
+        # kafka-python sends its ElectLeaders to the controller Metadata names; a broker just
+        # restarted names none (-1) for a moment.
+        wait_for(lambda: agreed_view(brokers.values()), 20, "one controller every broker names")
+        answers = elect_kafka_python(bootstrap, 0, range(PARTITIONS))
+        assert answers == {p: NONE if p in moved else ELECTION_NOT_NEEDED for p in range(PARTITIONS)}
+        wait_for(lambda: off_preferred(brokers.values()) == set(), 5, "every broker naming the preferred leaders")
 
         # A preferred replica whose broker is gone: not available (after it is fenced).
         view = leaders(brokers[1])
@@ -140,5 +196,99 @@ def test_a_one_node_broker_needs_no_election(broker):
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     result = admin.elect_leaders(ElectionType.PREFERRED, [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1),
                                                           TopicPartition(TOPIC, 7)]).result(timeout=20)
-    codes = {tp.partition: (0 if error is None else error.code()) for tp, error in result.items()}
+    codes = {tp.partition: code_of(error) for tp, error in result.items()}
     assert codes == {0: ELECTION_NOT_NEEDED, 1: ELECTION_NOT_NEEDED, 7: UNKNOWN_TOPIC_OR_PARTITION}
+    # kafka-python (v1): ELECTION_NOT_NEEDED is success to it, an unknown partition raises.
+    assert elect_kafka_python(broker.bootstrap, 0, [0, 1]) == {0: ELECTION_NOT_NEEDED, 1: ELECTION_NOT_NEEDED}
+    with pytest.raises(UnknownTopicOrPartitionError):
+        elect_kafka_python(broker.bootstrap, 0, [7])
+
+
+# --- Hand-encoded frames: v0 (no election type: preferred), v2 (flexible) ---
+
+ELECT_LEADERS = 43
+
+
+def read_string(data):
+    """A nullable non-compact string; returns it and the rest."""
+    (length,) = struct.unpack(">h", data[:2])
+    if length < 0:
+        return None, data[2:]
+    return data[2:2 + length].decode(), data[2 + length:]
+
+
+def elect_v0(sock, partitions, correlation_id):
+    """ElectLeaders v0 (partitions None: the null list); returns {(topic, partition): (code, message)}."""
+    if partitions is None:
+        body = struct.pack(">i", -1)
+    else:
+        body = (struct.pack(">i", 1) + helpers.encode_string(TOPIC)
+                + struct.pack(">i", len(partitions)) + b"".join(struct.pack(">i", p) for p in partitions))
+    body += struct.pack(">i", 10_000)
+    sock.sendall(helpers.request_frame(ELECT_LEADERS, 0, correlation_id, body))
+    answer = helpers.read_frame(sock)
+    assert answer is not None and struct.unpack(">i", answer[:4])[0] == correlation_id
+    data = answer[8:]  # correlation id, throttle_time_ms; v0 has no top-level error code
+    results = {}
+    (topics,), data = struct.unpack(">i", data[:4]), data[4:]
+    for _ in range(topics):
+        topic, data = read_string(data)
+        (count,), data = struct.unpack(">i", data[:4]), data[4:]
+        for _ in range(count):
+            partition, code = struct.unpack(">ih", data[:6])
+            message, data = read_string(data[6:])
+            results[(topic, partition)] = (code, message)
+    assert data == b"", "bytes after the v0 response"
+    return results
+
+
+def elect_v2(sock, election_type, partitions, correlation_id):
+    """ElectLeaders v2 (flexible); returns (top-level code, {(topic, partition): (code, message)})."""
+    if partitions is None:
+        topics = helpers.uvarint(0)
+    else:
+        topics = helpers.compact_array([helpers.compact_string(TOPIC)
+                                        + helpers.compact_array([struct.pack(">i", p) for p in partitions])
+                                        + helpers.tagged()])
+    body = struct.pack(">b", election_type) + topics + struct.pack(">i", 10_000) + helpers.tagged()
+    data = helpers.flexible_call(sock, ELECT_LEADERS, 2, body, correlation_id)
+    _, top_code = struct.unpack(">ih", data[:6])
+    data = data[6:]
+    results = {}
+    topics, data = helpers.read_uvarint(data)
+    for _ in range(topics - 1):
+        topic, data = helpers.read_compact_string(data)
+        count, data = helpers.read_uvarint(data)
+        for _ in range(count - 1):
+            partition, code = struct.unpack(">ih", data[:6])
+            message, data = helpers.read_compact_string(data[6:])
+            assert data[0] == 0, "no tagged fields in a partition result"
+            data = data[1:]
+            results[(topic, partition)] = (code, message)
+        assert data[0] == 0, "no tagged fields in a topic result"
+        data = data[1:]
+    assert data == b"\x00", "only the empty tagged-field section after the results"
+    return top_code, results
+
+
+def test_versions_0_and_2_on_the_wire(broker):
+    helpers.create_topic(broker.bootstrap, TOPIC, 2)
+    with helpers.connect(broker.bootstrap) as sock:
+        # v0 carries no election type: preferred.
+        assert elect_v0(sock, [0, 5], 1) == {(TOPIC, 0): (ELECTION_NOT_NEEDED, None),
+                                             (TOPIC, 5): (UNKNOWN_TOPIC_OR_PARTITION, None)}
+        # A null list is every partition; those needing no election are left out.
+        assert elect_v0(sock, None, 2) == {}
+        assert elect_v2(sock, 0, None, 3) == (NONE, {})
+        assert elect_v2(sock, 0, [1], 4) == (NONE, {(TOPIC, 1): (ELECTION_NOT_NEEDED, None)})
+        # Unclean: refused with the reason, for named partitions and for every partition.
+        top, results = elect_v2(sock, 1, [0, 1], 5)
+        assert top == NONE and {tp: code for tp, (code, _) in results.items()} == {
+            (TOPIC, 0): INVALID_REQUEST, (TOPIC, 1): INVALID_REQUEST}
+        assert all("never done" in message for _, message in results.values()), results
+        top, results = elect_v2(sock, 1, None, 6)
+        assert {tp: code for tp, (code, _) in results.items() if tp[0] == TOPIC} == {
+            (TOPIC, 0): INVALID_REQUEST, (TOPIC, 1): INVALID_REQUEST}
+        # Neither preferred nor unclean.
+        top, results = elect_v2(sock, 5, [0], 7)
+        assert results[(TOPIC, 0)][0] == INVALID_REQUEST
