@@ -13,7 +13,8 @@ KafkaAdminClient.perform_leader_election, which sends v1), hand-encoded v0 and v
 - unclean election (type 1) is never done (issue 12): every partition is answered
   INVALID_REQUEST with a message saying so, and no leader moves;
 - a preferred replica whose broker is gone (kill -9, fenced): PREFERRED_LEADER_NOT_AVAILABLE;
-- a one-node broker is always its partitions' preferred leader: ELECTION_NOT_NEEDED.
+- a one-node broker is always its partitions' preferred leader: ELECTION_NOT_NEEDED;
+- without ALTER on the cluster: CLUSTER_AUTHORIZATION_FAILED (Kafka's rule).
 """
 
 import signal
@@ -22,13 +23,14 @@ import subprocess
 import time
 
 import pytest
-from confluent_kafka import ElectionType, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import ElectionType, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AclOperation, AdminClient, ResourceType
 from kafka import KafkaAdminClient
 from kafka.errors import InvalidRequestError, UnknownTopicOrPartitionError
 
 import helpers
 from conftest import ringfeed_binary
+from test_acls import acl_broker, admin_client, allow, create_acls, create_topics
 from test_cluster import agreed_view, metadata, wait_for
 from test_replication import PARTITIONS, TOPIC, settled, start_cluster, stop_all
 
@@ -292,3 +294,25 @@ def test_versions_0_and_2_on_the_wire(broker):
         # Neither preferred nor unclean.
         top, results = elect_v2(sock, 5, [0], 7)
         assert results[(TOPIC, 0)][0] == INVALID_REQUEST
+
+
+def test_an_election_needs_alter_on_the_cluster(start_broker, tmp_path):
+    """Kafka's rule (KafkaApis.handleElectLeaders): ALTER on CLUSTER, else the request and
+    every partition are refused CLUSTER_AUTHORIZATION_FAILED."""
+    _, bootstrap = acl_broker(start_broker, tmp_path)
+    admin = admin_client(bootstrap)
+    create_topics(admin, [TOPIC])
+    tps = [TopicPartition(TOPIC, 0)]
+    # Each client is kept in a name until its future completes: librdkafka fails the futures
+    # of a client collected before (_DESTROY).
+    alice = admin_client(bootstrap, "alice")
+    # librdkafka fails the whole request on the top-level code (v1+).
+    with pytest.raises(KafkaException) as refused:
+        alice.elect_leaders(ElectionType.PREFERRED, tps).result(timeout=30)
+    assert refused.value.args[0].code() == KafkaError.CLUSTER_AUTHORIZATION_FAILED, refused.value
+    # The super user, then alice once granted ALTER on the cluster, get the partition's answer.
+    for user, client in (("admin", admin), ("alice", alice)):
+        if user == "alice":
+            create_acls(admin, [allow("User:alice", AclOperation.ALTER, ResourceType.BROKER, "kafka-cluster")])
+        result = client.elect_leaders(ElectionType.PREFERRED, tps).result(timeout=30)
+        assert {tp.partition: code_of(error) for tp, error in result.items()} == {0: ELECTION_NOT_NEEDED}, user
