@@ -209,6 +209,7 @@ fn check_decoded(
         Request::DescribeGroups(r) => round_trip(r, version, flexible),
         Request::ListGroups(r) => round_trip(r, version, flexible),
         Request::DeleteGroups(r) => round_trip(r, version, flexible),
+        Request::ElectLeaders(r) => round_trip(r, version, flexible),
         Request::OffsetDelete(r) => round_trip(r, version, flexible),
         Request::DescribeConfigs(r) => round_trip(r, version, flexible),
         Request::AlterConfigs(r) => round_trip(r, version, flexible),
@@ -313,13 +314,26 @@ fn quota_alteration(request: &kafka_protocol::messages::AlterClientQuotasRequest
 
 /// The broker-heartbeat target (`fuzz/fuzz_targets/broker_heartbeat.rs`): the payload a peer
 /// sends a registry mailbox: a heartbeat (`controller::registry::BrokerHeartbeat`) or a
-/// forwarded security change or its reply (`controller::forwarding`). Any input must decode
+/// forwarded security change or its reply (`controller::forwarding`), or an `ElectLeaders`
+/// ask (`controller::election_mail`). Any input must decode
 /// or be refused, never panic; what decodes must encode back to bytes that decode to the
 /// same message, and a forwarded change must apply (or be refused) without a panic. Returns
 /// whether it decoded.
 pub fn broker_heartbeat(data: &[u8]) -> bool {
     use crate::controller::forwarding::ForwardMail;
     use crate::controller::registry::BrokerHeartbeat;
+    if let Some(election) = crate::controller::election_mail::ElectionMail::decode(data) {
+        let Ok(election) = election else {
+            return false;
+        };
+        let again = crate::controller::election_mail::ElectionMail::decode(&election.encode());
+        assert_eq!(
+            again,
+            Some(Ok(election)),
+            "election mail round trip changed it"
+        );
+        return true;
+    }
     if let Some(mail) = ForwardMail::decode(data) {
         let Ok(mail) = mail else {
             return false;
@@ -699,7 +713,8 @@ mod tests {
             JoinGroup => JoinGroupRequest, Heartbeat => HeartbeatRequest,
             LeaveGroup => LeaveGroupRequest, SyncGroup => SyncGroupRequest,
             DescribeGroups => DescribeGroupsRequest, ListGroups => ListGroupsRequest,
-            DeleteGroups => DeleteGroupsRequest, OffsetDelete => OffsetDeleteRequest,
+            DeleteGroups => DeleteGroupsRequest, ElectLeaders => ElectLeadersRequest,
+            OffsetDelete => OffsetDeleteRequest,
             DescribeConfigs => DescribeConfigsRequest, AlterConfigs => AlterConfigsRequest,
             ApiVersions => ApiVersionsRequest, CreateTopics => CreateTopicsRequest,
             DeleteTopics => DeleteTopicsRequest, DeleteRecords => DeleteRecordsRequest,

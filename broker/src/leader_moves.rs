@@ -19,14 +19,25 @@
 //!   reach a leader with; the imbalance it decides on is the same committed metadata every
 //!   broker holds, so the brokers reach the same verdict as a central controller would.
 //!
+//! - [`elect_preferred`] (Kafka's `ElectLeaders`, preferred election, asked by a client):
+//!   the preferred replica's broker asks its group's leader for the leadership
+//!   ([`claim_leadership`]); the broker the client asked sends that broker an
+//!   `election_mail` when it is another one. Unlike leader balancing, the leader does not
+//!   decide: raft-rs lets a follower ask for the leadership for itself (its leader then
+//!   transfers as above), and the preferred replica is the one broker every asking broker
+//!   can name, so no call to reach a partition's leader is needed.
+//!
 //! Runs on the shard's executor; holds its services only for the duration of a pass.
 
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::controller::election_mail::{ElectionMail, ELECTION_PARTITIONS_MAX};
+use crate::metadata::TopicPartition;
 use crate::replica::handover::{imbalanced_brokers, Transfer};
-use crate::shard::ShardServices;
+use crate::router::Ending;
+use crate::shard::{ShardServices, PARTITION_CALLS, REPLICA_FRAMES_CALLS};
 
 /// How long a controlled shutdown waits, in all, for leadership to move before the shard
 /// stops anyway (Kafka bounds its controlled shutdown by retries instead; a raft transfer
@@ -187,4 +198,93 @@ fn balance_leaders(services: &ShardServices, percentage: u32) -> Vec<Transfer> {
         i32::try_from(broker)
             .is_ok_and(|broker| imbalanced.contains(&broker) && snapshot.is_alive(broker))
     })
+}
+
+/// `ElectLeaders`: moves each of `partitions` to its preferred replica on `broker`: here
+/// ([`claim_leadership`]), or by an `election_mail` to that broker (sent from shard 0,
+/// which holds the transport). Returns at once; the caller watches the metadata.
+pub async fn elect_preferred(
+    services: &Rc<ShardServices>,
+    broker: i32,
+    partitions: Vec<TopicPartition>,
+) {
+    if broker == services.metadata.current().local_node {
+        claim_leadership(services, partitions).await;
+        return;
+    }
+    let Ok(to) = u64::try_from(broker) else {
+        return;
+    };
+    for chunk in partitions.chunks(ELECTION_PARTITIONS_MAX) {
+        let mail = ElectionMail {
+            partitions: chunk.to_vec(),
+        }
+        .encode();
+        if let Some(group) = services.controller_group() {
+            group.send_mail(to, mail);
+            continue;
+        }
+        // Best effort like the mail itself: the asking handler sends again while it waits.
+        let _ = services
+            .router
+            .invoke_on(
+                0,
+                REPLICA_FRAMES_CALLS,
+                Ending::ToCompletion,
+                move |shard0| {
+                    if let Some(group) = shard0.controller_group() {
+                        group.send_mail(to, mail);
+                    }
+                    std::future::ready(())
+                },
+            )
+            .await;
+    }
+}
+
+/// On the preferred replica's broker: asks the leader of each of `partitions` hosted here
+/// for the leadership (`ReplicaManager::claim_leadership`), on the shard hosting its group.
+pub async fn claim_leadership(services: &Rc<ShardServices>, partitions: Vec<TopicPartition>) {
+    let snapshot = services.metadata.current();
+    for tp in partitions {
+        let Some(topic) = snapshot.topic(&tp.topic) else {
+            continue;
+        };
+        let Some(owner) = snapshot.owner_of(&tp.topic, tp.partition) else {
+            continue;
+        };
+        let group_id = topic.group_id(tp.partition);
+        let _ = services
+            .router
+            .invoke_on(owner, PARTITION_CALLS, Ending::ToCompletion, move |shard| {
+                let asked = shard
+                    .replicas
+                    .as_ref()
+                    .is_some_and(|replicas| replicas.claim_leadership(group_id));
+                std::future::ready(asked)
+            })
+            .await;
+    }
+}
+
+/// How often shard 0 looks for election asks other brokers mailed (`election_mail`).
+const ELECTION_ASKS_POLL: Duration = Duration::from_millis(50);
+
+/// Shard 0 of a cluster broker: claims the leadership of the partitions other brokers'
+/// `ElectLeaders` asked this broker, the preferred replica, to take
+/// (`Controller::take_elections`). Ends with the shard or at shutdown.
+pub async fn claim_asked_elections(weak: Weak<ShardServices>) {
+    loop {
+        glommio::timer::sleep(ELECTION_ASKS_POLL).await;
+        let Some(services) = weak.upgrade() else {
+            return;
+        };
+        if services.shutdown.is_started() {
+            return;
+        }
+        let asked = services.take_elections();
+        if !asked.is_empty() {
+            claim_leadership(&services, asked).await;
+        }
+    }
 }

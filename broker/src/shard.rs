@@ -92,12 +92,12 @@ pub const CALL_KINDS: &[&str] = &[
     "replica_frames",
     "transaction",
 ];
-const PARTITION_CALLS: CallKind = CallKind(0);
+pub(crate) const PARTITION_CALLS: CallKind = CallKind(0);
 const CONTROLLER_CALLS: CallKind = CallKind(1);
 const APPLY_METADATA_CALLS: CallKind = CallKind(2);
 const GROUP_CALLS: CallKind = CallKind(3);
 const QUOTA_USAGE_CALLS: CallKind = CallKind(4);
-const REPLICA_FRAMES_CALLS: CallKind = CallKind(5);
+pub(crate) const REPLICA_FRAMES_CALLS: CallKind = CallKind(5);
 const TXN_CALLS: CallKind = CallKind(6);
 
 /// Frames of partition groups travelling between this shard and another one (to shard 0's
@@ -632,6 +632,15 @@ impl ShardServices {
     }
 
     /// Shard 0 of a cluster member: the controller's Raft group (group 0).
+    /// The partitions other brokers' `ElectLeaders` asked this broker to claim since the
+    /// last call (`Controller::take_elections`; shard 0 of a cluster broker, else empty).
+    pub fn take_elections(&self) -> Vec<TopicPartition> {
+        self.controller
+            .as_ref()
+            .map(Controller::take_elections)
+            .unwrap_or_default()
+    }
+
     pub fn controller_group(
         &self,
     ) -> Option<Rc<crate::cluster::controller_group::ControllerGroup<BrokerDisk>>> {

@@ -3,25 +3,130 @@
 //! balancing moves leadership there), how many partitions another replica leads, and the partitions that are under-replicated (fewer in-sync
 //! replicas than replicas) or offline (no leader), from `Metadata` of every topic and
 //! `DescribeCluster` (where the broker serves it; the `Metadata` broker list otherwise).
+//!
+//! `ringfeed cluster elect-leaders [--topic T [--partition P]]`: Kafka's preferred leader
+//! election (`ElectLeaders`, type 0, as `kafka-leader-election.sh --election-type PREFERRED`):
+//! every partition, one topic's, or one partition goes back to its preferred replica; prints
+//! each partition's outcome.
 
 use std::collections::BTreeMap;
 
-use kafka_protocol::messages::{DescribeClusterRequest, DescribeClusterResponse, MetadataResponse};
+use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+use kafka_protocol::messages::{
+    DescribeClusterRequest, DescribeClusterResponse, ElectLeadersRequest, MetadataResponse,
+    TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
 
 use super::client::Cluster;
 use super::{check_error, print_table, CliResult, ConnectArgs, Outcome};
 
-#[derive(clap::Subcommand, Clone, Copy)]
+#[derive(clap::Subcommand, Clone)]
 pub enum ClusterCommand {
     /// Brokers, controller, leaders per broker, under-replicated and offline partitions.
     Status,
+    /// Moves leadership back to each partition's preferred replica (first in its replica
+    /// list): every partition, one topic's, or one partition.
+    ElectLeaders {
+        /// Only this topic's partitions (all of them unless --partition).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only this partition of --topic.
+        #[arg(long, requires = "topic")]
+        partition: Option<i32>,
+        /// How long the brokers may take to move the leaders, in milliseconds (the broker
+        /// waits at most 300 s). Not `--timeout-ms`: that bounds each socket operation; the
+        /// answer is awaited for both added.
+        #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(i32).range(0..=300_000))]
+        election_timeout_ms: i32,
+    },
 }
 
 pub fn run(connect: &ConnectArgs, command: ClusterCommand) -> CliResult<Outcome> {
     let mut cluster = super::client::connect(connect)?;
     match command {
         ClusterCommand::Status => status(&mut cluster),
+        ClusterCommand::ElectLeaders {
+            topic,
+            partition,
+            election_timeout_ms,
+        } => elect_leaders(&mut cluster, topic, partition, election_timeout_ms),
     }
+}
+
+/// Kafka's `ELECTION_NOT_NEEDED`: the partition already has its preferred leader.
+const ELECTION_NOT_NEEDED: i16 = 84;
+
+/// The `topic_partitions` of the request: null (every partition) without `--topic`; the
+/// topic's partitions from `Metadata` without `--partition`.
+fn election_scope(
+    cluster: &mut Cluster,
+    topic: Option<String>,
+    partition: Option<i32>,
+) -> CliResult<Option<Vec<TopicPartitions>>> {
+    let Some(topic) = topic else {
+        return Ok(None);
+    };
+    let partitions = if let Some(partition) = partition {
+        vec![partition]
+    } else {
+        let metadata = cluster.metadata(Some(std::slice::from_ref(&topic)))?;
+        let described = metadata.topics.first();
+        if let Some(described) = described {
+            check_error(described.error_code, None, &format!("topic {topic}"))?;
+        }
+        described
+            .map(|t| t.partitions.iter().map(|p| p.partition_index).collect())
+            .unwrap_or_default()
+    };
+    Ok(Some(vec![TopicPartitions::default()
+        .with_topic(TopicName(StrBytes::from_string(topic)))
+        .with_partitions(partitions)]))
+}
+
+fn elect_leaders(
+    cluster: &mut Cluster,
+    topic: Option<String>,
+    partition: Option<i32>,
+    timeout_ms: i32,
+) -> CliResult<Outcome> {
+    let request = ElectLeadersRequest::default()
+        .with_election_type(0)
+        .with_topic_partitions(election_scope(cluster, topic, partition)?)
+        .with_timeout_ms(timeout_ms);
+    let connection = cluster.controller()?;
+    // The broker holds the answer until the leaders moved or the election timeout passed.
+    let socket_timeout = connection.timeout();
+    let election_timeout = std::time::Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0));
+    connection.set_read_timeout(socket_timeout + election_timeout)?;
+    let response = connection.call(&request)?;
+    connection.set_read_timeout(socket_timeout)?;
+    check_error(response.error_code, None, "ElectLeaders")?;
+    let mut failures = 0;
+    let mut rows = Vec::new();
+    for topic in &response.replica_election_results {
+        for result in &topic.partition_result {
+            let outcome = match result.error_code {
+                0 => "elected".to_string(),
+                ELECTION_NOT_NEEDED => "already on the preferred replica".to_string(),
+                code => {
+                    failures += 1;
+                    super::describe_error(code, result.error_message.as_ref())
+                }
+            };
+            rows.push(vec![
+                topic.topic.0.to_string(),
+                result.partition_id.to_string(),
+                outcome,
+            ]);
+        }
+    }
+    if rows.is_empty() {
+        println!("every partition is led by its preferred replica");
+    } else {
+        print_table(&["TOPIC", "PARTITION", "OUTCOME"], &rows);
+    }
+    Ok(Outcome::from_failures(failures))
 }
 
 /// One broker as the status lists it.

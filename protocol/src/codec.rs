@@ -221,6 +221,7 @@ pub fn api_key_name(api_key: ApiKey) -> &'static str {
         ApiKey::ListGroups => "ListGroups",
         ApiKey::DescribeGroups => "DescribeGroups",
         ApiKey::DeleteGroups => "DeleteGroups",
+        ApiKey::ElectLeaders => "ElectLeaders",
         ApiKey::OffsetDelete => "OffsetDelete",
         ApiKey::InitProducerId => "InitProducerId",
         ApiKey::AddPartitionsToTxn => "AddPartitionsToTxn",

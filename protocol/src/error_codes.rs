@@ -45,6 +45,8 @@ pub const UNSUPPORTED_SASL_MECHANISM: i16 = ResponseError::UnsupportedSaslMechan
 pub const RESOURCE_NOT_FOUND: i16 = ResponseError::ResourceNotFound.code();
 pub const DUPLICATE_RESOURCE: i16 = ResponseError::DuplicateResource.code();
 pub const UNACCEPTABLE_CREDENTIAL: i16 = ResponseError::UnacceptableCredential.code();
+pub const PREFERRED_LEADER_NOT_AVAILABLE: i16 = ResponseError::PreferredLeaderNotAvailable.code();
+pub const ELECTION_NOT_NEEDED: i16 = ResponseError::ElectionNotNeeded.code();
 
 /// `UnknownTopicOrPartition (3)`, with the broker's message after a colon when it sent one:
 /// how the clients name an error code to a person.

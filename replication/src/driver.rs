@@ -345,6 +345,34 @@ impl<S: GroupStore> MultiRaft<S> {
         group.node.raft.lead_transferee == Some(to)
     }
 
+    /// Asks for the leadership of `group_id` for this node (`ElectLeaders`, preferred
+    /// election): on its leader a no-op (true); on a follower that knows its leader,
+    /// raft-rs forwards a `MsgTransferLeader` naming this node to the leader, which then
+    /// transfers as in [`Self::transfer_leader`] (only the transferee itself may ask: the
+    /// wire takes a message's sender from its frame). Returns whether the leadership is
+    /// here or was asked for; false when the group is not hosted, fenced, has no known
+    /// leader, or this node is not a voter, or refuses leadership (shutting down).
+    pub fn request_leadership(&mut self, group_id: u64) -> bool {
+        let node_id = self.node_id;
+        let refusing = self.refusing_leadership;
+        let Some(group) = self.groups.get_mut(&group_id) else {
+            return false;
+        };
+        let raft = &group.node.raft;
+        if group.fenced || refusing || !raft.prs().conf().voters().contains(node_id) {
+            return false;
+        }
+        if raft.state == StateRole::Leader {
+            return true;
+        }
+        if raft.leader_id == raft::INVALID_ID {
+            return false;
+        }
+        group.node.transfer_leader(node_id);
+        self.maybe_ready.insert(group_id);
+        true
+    }
+
     /// From now on this node refuses leadership handed to it: a leader's transfer to it
     /// (`MsgTimeoutNow`) is dropped, so it does not campaign. For a broker shutting down,
     /// so that another broker's leader balancing does not move a group back to it while it

@@ -8,6 +8,7 @@
 
 mod calls;
 pub mod changes;
+pub mod election_mail;
 pub mod forwarding;
 pub mod leadership;
 pub mod placement;
@@ -70,7 +71,14 @@ struct Forwards {
     waiting: RefCell<HashMap<u64, oneshot::Sender<forwarding::ForwardReply>>>,
     /// Changes other brokers forwarded to this leader, not yet run: (sender, request).
     received: RefCell<Vec<(u64, forwarding::ForwardRequest)>>,
+    /// Partitions whose preferred replica is on this broker that another broker's
+    /// `ElectLeaders` asked to move here (`election_mail`), not yet claimed.
+    elections: RefCell<Vec<crate::metadata::TopicPartition>>,
 }
+
+/// Election asks a broker holds before its next claim (50 ms apart); more are dropped, and
+/// their senders ask again while they wait.
+const ELECTIONS_RECEIVED_MAX: usize = 16_384;
 
 /// Forwarded changes a leader holds before running them; more are answered
 /// `REQUEST_TIMED_OUT` by their senders' timeout.
@@ -398,6 +406,10 @@ impl Controller {
     ) -> Vec<(u64, Vec<u8>)> {
         let mut rest = Vec::with_capacity(mail.len());
         for (from, payload) in mail {
+            if let Some(election) = election_mail::ElectionMail::decode(&payload) {
+                self.receive_election(from, election);
+                continue;
+            }
             match forwarding::ForwardMail::decode(&payload) {
                 None => rest.push((from, payload)),
                 Some(Err(reason)) => {
@@ -414,6 +426,26 @@ impl Controller {
             }
         }
         rest
+    }
+
+    /// Keeps the partitions of an election mail for [`Self::take_elections`].
+    fn receive_election(&self, from: u64, election: Result<election_mail::ElectionMail, String>) {
+        match election {
+            Err(reason) => {
+                tracing::warn!(from, %reason, "dropped an election mail that does not decode");
+            }
+            Ok(mail) => {
+                let mut elections = self.forwards.elections.borrow_mut();
+                let room = ELECTIONS_RECEIVED_MAX.saturating_sub(elections.len());
+                elections.extend(mail.partitions.into_iter().take(room));
+            }
+        }
+    }
+
+    /// The partitions other brokers asked this one to claim the leadership of
+    /// (`ElectLeaders`), since the last call.
+    pub fn take_elections(&self) -> Vec<crate::metadata::TopicPartition> {
+        std::mem::take(&mut *self.forwards.elections.borrow_mut())
     }
 
     /// Keeps a forwarded change for the leader's next round, or answers `NOT_CONTROLLER`

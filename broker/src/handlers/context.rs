@@ -13,6 +13,8 @@
 //! - [`PartitionAccess`]: the configuration, the metadata, partition calls, the fetch
 //!   budget, the shutdown signal and the metrics (`Produce`, `Fetch`, `ListOffsets`,
 //!   `DeleteRecords`).
+//! - [`LeaderElection`]: the metadata, and leadership moves to preferred replicas through
+//!   `leader_moves` (`ElectLeaders`).
 //!
 //! None reaches the partition table, the group coordinator, the controller or the disk
 //! directly: those are other shards' as much as this one's, and are reached through typed
@@ -300,6 +302,32 @@ impl GroupAccess<'_> {
     /// See `ShardServices::coordinator_broker`.
     pub async fn coordinator_broker(&self, group: &str) -> Result<i32, i16> {
         self.services.coordinator_broker(group).await
+    }
+}
+
+/// See the module docs.
+pub struct LeaderElection<'a> {
+    pub metadata: &'a MetadataView,
+    services: &'a Rc<ShardServices>,
+}
+
+impl<'a> HandlerContext<'a> for LeaderElection<'a> {
+    fn of(services: &'a Rc<ShardServices>) -> Self {
+        Self {
+            metadata: &services.metadata,
+            services,
+        }
+    }
+}
+
+impl LeaderElection<'_> {
+    /// See `leader_moves::elect_preferred`.
+    pub async fn elect_preferred(
+        &self,
+        broker: i32,
+        partitions: Vec<crate::metadata::TopicPartition>,
+    ) {
+        crate::leader_moves::elect_preferred(self.services, broker, partitions).await;
     }
 }
 

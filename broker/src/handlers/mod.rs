@@ -28,6 +28,7 @@ pub mod describe_producers;
 pub mod describe_topic_partitions;
 pub mod describe_transactions;
 pub mod describe_user_scram_credentials;
+pub mod elect_leaders;
 pub mod end_txn;
 pub mod fetch;
 pub mod find_coordinator;
@@ -152,6 +153,7 @@ served_apis! {
     CreatePartitions => create_partitions::CreatePartitionsRequest,
     IncrementalAlterConfigs => incremental_alter_configs::IncrementalAlterConfigsRequest,
     DescribeCluster => describe_cluster::DescribeClusterRequest,
+    ElectLeaders => elect_leaders::ElectLeadersRequest,
     DescribeLogDirs => describe_log_dirs::DescribeLogDirsRequest,
     DescribeProducers => describe_producers::DescribeProducersRequest,
     DescribeTopicPartitions => describe_topic_partitions::DescribeTopicPartitionsRequest,

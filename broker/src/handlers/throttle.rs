@@ -24,12 +24,12 @@ use kafka_protocol::messages::{
     DescribeClientQuotasResponse, DescribeClusterResponse, DescribeConfigsResponse,
     DescribeGroupsResponse, DescribeLogDirsResponse, DescribeProducersResponse,
     DescribeTopicPartitionsResponse, DescribeTransactionsResponse,
-    DescribeUserScramCredentialsResponse, EndTxnResponse, FindCoordinatorResponse,
-    HeartbeatResponse, IncrementalAlterConfigsResponse, InitProducerIdResponse, JoinGroupResponse,
-    LeaveGroupResponse, ListGroupsResponse, ListOffsetsResponse, ListTransactionsResponse,
-    MetadataResponse, OffsetCommitResponse, OffsetDeleteResponse, OffsetFetchResponse,
-    OffsetForLeaderEpochResponse, ProduceResponse, SaslAuthenticateResponse, SaslHandshakeResponse,
-    SyncGroupResponse, TxnOffsetCommitResponse,
+    DescribeUserScramCredentialsResponse, ElectLeadersResponse, EndTxnResponse,
+    FindCoordinatorResponse, HeartbeatResponse, IncrementalAlterConfigsResponse,
+    InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse,
+    ListOffsetsResponse, ListTransactionsResponse, MetadataResponse, OffsetCommitResponse,
+    OffsetDeleteResponse, OffsetFetchResponse, OffsetForLeaderEpochResponse, ProduceResponse,
+    SaslAuthenticateResponse, SaslHandshakeResponse, SyncGroupResponse, TxnOffsetCommitResponse,
 };
 
 use crate::handlers::context::RequestContext;
@@ -76,6 +76,7 @@ throttled!(
     DeleteAclsResponse,
     DeleteGroupsResponse,
     DeleteRecordsResponse,
+    ElectLeadersResponse,
     DeleteTopicsResponse,
     DescribeAclsResponse,
     DescribeClientQuotasResponse,

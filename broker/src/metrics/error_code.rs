@@ -16,11 +16,11 @@ use kafka_protocol::messages::{
     CreateTopicsResponse, DeleteAclsResponse, DeleteGroupsResponse, DeleteRecordsResponse,
     DeleteTopicsResponse, DescribeAclsResponse, DescribeClusterResponse, DescribeConfigsResponse,
     DescribeGroupsResponse, DescribeLogDirsResponse, DescribeProducersResponse,
-    DescribeTopicPartitionsResponse, FetchResponse, FindCoordinatorResponse, HeartbeatResponse,
-    IncrementalAlterConfigsResponse, InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse,
-    ListGroupsResponse, ListOffsetsResponse, MetadataResponse, OffsetCommitResponse,
-    OffsetDeleteResponse, OffsetFetchResponse, OffsetForLeaderEpochResponse, ProduceResponse,
-    SaslAuthenticateResponse, SaslHandshakeResponse, SyncGroupResponse,
+    DescribeTopicPartitionsResponse, ElectLeadersResponse, FetchResponse, FindCoordinatorResponse,
+    HeartbeatResponse, IncrementalAlterConfigsResponse, InitProducerIdResponse, JoinGroupResponse,
+    LeaveGroupResponse, ListGroupsResponse, ListOffsetsResponse, MetadataResponse,
+    OffsetCommitResponse, OffsetDeleteResponse, OffsetFetchResponse, OffsetForLeaderEpochResponse,
+    ProduceResponse, SaslAuthenticateResponse, SaslHandshakeResponse, SyncGroupResponse,
 };
 
 use crate::error_codes::NONE;
@@ -80,6 +80,18 @@ impl ResponseErrorCode for AddPartitionsToTxnResponse {
                     .map(|partition| partition.partition_error_code),
             ),
         )
+    }
+}
+
+/// The top-level code (v1+), then the first per-partition one.
+impl ResponseErrorCode for ElectLeadersResponse {
+    fn error_code(&self) -> i16 {
+        let partitions = self
+            .replica_election_results
+            .iter()
+            .flat_map(|topic| &topic.partition_result)
+            .map(|partition| partition.error_code);
+        first_error(std::iter::once(self.error_code).chain(partitions))
     }
 }
 

@@ -135,6 +135,21 @@ impl ReplicaManager {
         started
     }
 
+    /// `ElectLeaders` (preferred election), on the preferred replica's broker: asks for the
+    /// leadership of `group_id` for this replica (`MultiRaft::request_leadership`; its
+    /// leader transfers it here once this replica has caught up). Returns whether this
+    /// replica leads the group or asked for it.
+    pub fn claim_leadership(&self, group_id: u64) -> bool {
+        if !self.groups.borrow().contains_key(&group_id) {
+            return false;
+        }
+        let asked = self.driver.borrow_mut().request_leadership(group_id);
+        if asked {
+            self.ring();
+        }
+        asked
+    }
+
     /// Gives up the `transfers` still under way (the leader takes proposals again); returns
     /// how many were. A transfer to an in-sync replica takes a few round trips; one refused
     /// (its broker is shutting down) would otherwise block the group's produce calls until

@@ -91,6 +91,11 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
     let balancing = glommio::spawn_local(crate::leader_moves::balance_leaders_periodically(
         Rc::downgrade(&services),
     ));
+    let elections = (id == 0).then(|| {
+        glommio::spawn_local(crate::leader_moves::claim_asked_elections(Rc::downgrade(
+            &services,
+        )))
+    });
     let tls_reload =
         (id == 0).then(|| glommio::spawn_local(crate::tls::reload::watch(services.clone())));
     let _ = listening.send(id);
@@ -102,6 +107,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
     drop(cleaner);
     drop(tls_reload);
     drop(balancing);
+    drop(elections);
     let _ = connections.close().await;
     drained_shards.fetch_add(1, Ordering::SeqCst);
     while drained_shards.load(Ordering::SeqCst) < config.shard_count() {
