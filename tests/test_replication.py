@@ -127,10 +127,12 @@ class Workload:
         return min((t for t, p, produced in self.ack_times if p == partition and produced > at), default=None)
 
     def acknowledged_end(self, partition):
-        """One past the last offset acknowledged on `partition`. An acknowledgement of a
-        DUPLICATE_SEQUENCE_NUMBER answer carries no offset and counts for none."""
-        return 1 + max((offset for p, offset in self.acknowledged.values() if p == partition and offset is not None),
-                       default=-1)
+        """Where the partition's log ends at least: past the last offset acknowledged, and
+        past as many offsets as records acknowledged (an acknowledgement without an offset,
+        of DUPLICATE_SEQUENCE_NUMBER or librdkafka's implicit one, says only that the record
+        is there)."""
+        offsets = [offset for p, offset in self.acknowledged.values() if p == partition]
+        return max(1 + max((offset for offset in offsets if offset is not None), default=-1), len(offsets))
 
     def end_offset(self, consumer, partition):
         """The partition's high watermark once it covers every acknowledged record: asked
@@ -160,6 +162,7 @@ class Workload:
         try:
             ends = {p: self.end_offset(consumer, p) for p in range(PARTITIONS)}
             wanted = {p: self.acknowledged_end(p) for p in range(PARTITIONS)}
+            print("reading back: high watermarks", ends, "acknowledged up to", wanted)
             consumer.assign([TopicPartition(TOPIC, p, 0) for p in range(PARTITIONS)])
             deadline = time.monotonic() + 60
             positions = defaultdict(int)
