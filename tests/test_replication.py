@@ -19,9 +19,11 @@ from collections import Counter, defaultdict
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from kafka.admin import KafkaAdminClient
 
 import helpers
 from test_cluster import ClusterBroker, agreed_placement, free_port, metadata, metric_sum, wait_for
+from test_describe_producers import describe_producers
 from test_leader_epochs import answered, metadata_epochs, offsets_for_epoch
 
 NOT_LEADER_OR_FOLLOWER = 6
@@ -394,6 +396,42 @@ def test_a_consumer_reads_on_across_a_leader_change(tmp_path):
             assert validated > 0, "the consumer validated its position at the new leader"
         finally:
             consumer.close()
+    finally:
+        stop_all(brokers)
+
+
+def test_admin_reads_of_replicated_partitions(tmp_path):
+    """DescribeProducers is answered by a replicated partition's leader from the producer
+    state its sequence checks use (a follower refuses, as Kafka's does), and DescribeLogDirs
+    lists every replica a broker holds, leader or follower (kafka-python's admin client);
+    both once answered as if replicated partitions were not there."""
+    brokers = {}
+    try:
+        brokers = start_cluster(tmp_path)
+        bootstrap = ",".join(broker.bootstrap for broker in brokers.values())
+        workload = Workload(bootstrap, brokers.values())
+        workload.write(50)
+        workload.flush(30)
+        view = wait_for(lambda: settled(brokers.values(), {1, 2, 3}), 10, "agreed leaders")
+        for partition, (leader, _, _) in view.items():
+            error, producers = describe_producers(brokers[leader].bootstrap, [(TOPIC, [partition])])[(TOPIC, partition)]
+            assert error == 0 and len(producers) == 1, (partition, error, producers)
+            producer_id, epoch, last_sequence, last_timestamp, coordinator_epoch, txn_start = producers[0]
+            assert producer_id >= 0 and epoch == 0 and last_sequence == workload.sequence[partition] - 1
+            assert last_timestamp > 0 and (coordinator_epoch, txn_start) == (-1, -1)
+            follower = next(node for node in brokers if node != leader)
+            assert describe_producers(brokers[follower].bootstrap, [(TOPIC, [partition])])[(TOPIC, partition)] \
+                == (NOT_LEADER_OR_FOLLOWER, [])
+        for broker in brokers.values():
+            client = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=10000)
+            try:
+                response = client.describe_log_dirs()
+            finally:
+                client.close()
+            sizes = {(name, partition): size for _, _, topics in response.log_dirs
+                     for name, partitions in topics for partition, size, _, _ in partitions}
+            # 50 records a partition, among them five of 100 KB: each replica holds them.
+            assert all(sizes.get((TOPIC, p), 0) > 5 * 100_000 for p in range(PARTITIONS)), (broker.node_id, sizes)
     finally:
         stop_all(brokers)
 

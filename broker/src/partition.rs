@@ -639,12 +639,21 @@ impl PartitionTable {
     }
 
     /// The partition's active idempotent producers (`DescribeProducers`), or the error code
-    /// of a partition that is offline or not here.
+    /// of a partition that is offline or not here. A replicated partition is answered by its
+    /// leader.
     pub async fn describe_producers(
         &self,
         tp: &TopicPartition,
     ) -> Result<Vec<crate::producer_state::ProducerSummary>, i16> {
-        let log = self.log(tp)?;
+        let log = match self.log(tp) {
+            Ok(log) => log,
+            Err(code) => {
+                return match self.replicas_hosting(tp) {
+                    Some(replicas) => replicas.describe_producers(tp),
+                    None => Err(code),
+                }
+            }
+        };
         Ok(self.producers.describe(tp, &log).await)
     }
 
@@ -924,7 +933,12 @@ pub async fn log_sizes_on<S: PartitionOwner>(
             let sizes = tps
                 .into_iter()
                 .map(|tp| {
-                    let size = table.log(&tp).ok().map(|log| log.size_bytes());
+                    let size = match table.log(&tp) {
+                        Ok(log) => Some(log.size_bytes()),
+                        Err(_) => table
+                            .replicas_hosting(&tp)
+                            .and_then(|replicas| replicas.log_size_bytes(&tp)),
+                    };
                     (tp, size)
                 })
                 .collect();

@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::producer_state::{check_sequence, last_sequence, Sequenced};
+use crate::producer_state::{check_sequence, last_sequence, ProducerSummary, Sequenced};
 use crate::storage::batch::BatchHeader;
 
 /// Batches remembered per producer (Kafka's 5 in-flight requests per connection).
@@ -38,6 +38,8 @@ pub enum BatchAt {
 struct Seen {
     first_sequence: i32,
     last_sequence: i32,
+    /// The batch's max timestamp (`DescribeProducers`).
+    max_timestamp: i64,
     at: BatchAt,
 }
 
@@ -98,11 +100,39 @@ impl Producers {
         producer.batches.push_back(Seen {
             first_sequence: header.base_sequence,
             last_sequence: last_sequence(header),
+            max_timestamp: header.max_timestamp,
             at,
         });
         while producer.batches.len() > BATCHES_REMEMBERED {
             producer.batches.pop_front();
         }
+    }
+
+    /// Kafka `DescribeProducers` at a leader in `term`: each producer's epoch, and the last
+    /// sequence and timestamp of its newest batch that is committed or proposed in `term`
+    /// (-1 when none is). Replicated partitions take no transactions, so no coordinator
+    /// epoch or open transaction is ever named.
+    pub fn describe(&self, term: u64) -> Vec<ProducerSummary> {
+        let mut summaries: Vec<ProducerSummary> = self
+            .producers
+            .iter()
+            .map(|(&producer_id, producer)| {
+                let newest = producer.batches.iter().rev().find(|seen| match seen.at {
+                    BatchAt::Proposed { term: at, .. } => at == term,
+                    BatchAt::Committed { .. } => true,
+                });
+                ProducerSummary {
+                    producer_id,
+                    epoch: producer.epoch,
+                    last_sequence: newest.map_or(-1, |seen| seen.last_sequence),
+                    last_timestamp: newest.map_or(-1, |seen| seen.max_timestamp),
+                    coordinator_epoch: -1,
+                    current_txn_start_offset: -1,
+                }
+            })
+            .collect();
+        summaries.sort_by_key(|summary| summary.producer_id);
+        summaries
     }
 
     /// This leader proposed the batch at `index` in `term`.
@@ -192,6 +222,35 @@ mod tests {
         assert_eq!(
             producers.check(&header(7, 1, 5, 1), 3),
             Verdict::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+    }
+
+    #[test]
+    fn describe_names_the_newest_live_batch_of_each_producer() {
+        let mut producers = Producers::default();
+        let mut first = header(7, 2, 0, 3);
+        first.max_timestamp = 1_000;
+        producers.committed(&first, 10, 40);
+        let mut second = header(7, 2, 3, 2);
+        second.max_timestamp = 2_000;
+        producers.proposed(&second, 11, 5);
+        producers.committed(&header(3, 0, 0, 1), 12, 43);
+        let described = producers.describe(5);
+        assert_eq!(
+            described
+                .iter()
+                .map(|s| (s.producer_id, s.epoch, s.last_sequence, s.last_timestamp))
+                .collect::<Vec<_>>(),
+            [(3, 0, 0, 0), (7, 2, 4, 2_000)]
+        );
+        assert!(described
+            .iter()
+            .all(|s| s.coordinator_epoch == -1 && s.current_txn_start_offset == -1));
+        // In a later term the proposal of term 5 no longer counts; the committed batch does.
+        let later = producers.describe(6);
+        assert_eq!(
+            (later[1].last_sequence, later[1].last_timestamp),
+            (2, 1_000)
         );
     }
 

@@ -421,6 +421,26 @@ impl ReplicaManager {
         Ok(hosted.log.end_offset_for_leader_epoch(leader_epoch))
     }
 
+    /// Kafka `DescribeProducers` on a hosted partition, answered by its leader only (as
+    /// Kafka does): the idempotent producers its sequence checks know.
+    pub fn describe_producers(
+        &self,
+        tp: &TopicPartition,
+    ) -> Result<Vec<crate::producer_state::ProducerSummary>, i16> {
+        let (group_id, hosted) = self.leader_hosted(tp)?;
+        let term = self
+            .leading_term(group_id)
+            .ok_or(codes::NOT_LEADER_OR_FOLLOWER)?;
+        let described = hosted.producers.borrow().describe(term);
+        Ok(described)
+    }
+
+    /// The bytes of a hosted partition's log on disk, leader or follower (`DescribeLogDirs`
+    /// lists every replica a broker holds, as Kafka's does).
+    pub fn log_size_bytes(&self, tp: &TopicPartition) -> Option<u64> {
+        self.hosted(tp).map(|(_, hosted)| hosted.log.size_bytes())
+    }
+
     /// Resolves when the high watermark passes `offset`, the group closes, or this replica
     /// does not host it (the fetch then reads its error). Race it with a timer.
     pub async fn wait_for_committed(&self, tp: &TopicPartition, offset: i64) {
