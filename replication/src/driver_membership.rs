@@ -137,8 +137,9 @@ impl<S: GroupStore> MultiRaft<S> {
     }
 
     /// Takes the next step of moving `group_id`, which this node must lead, to `target`
-    /// voters (module docs). A new learner counts as caught up when its matched index is at
-    /// most `lag_entries_max` below the leader's last index. Call again after every round
+    /// voters (module docs). A new learner counts as caught up when it was heard from lately
+    /// (raft-rs `recent_active`) and its matched index is at most `lag_entries_max` below
+    /// the leader's last index. Call again after every round
     /// until it returns [`MembershipStep::Done`]; each call proposes at most one change.
     pub fn advance_membership(
         &mut self,
@@ -169,9 +170,13 @@ impl<S: GroupStore> MultiRaft<S> {
         }
         let now = Membership::of(&raft.prs().conf().to_conf_state());
         let last_index = raft.raft_log.last_index();
+        // Heard from lately (a learner that never answered has matched 0, which a short
+        // log would otherwise count as within the lag) and within the lag.
         let caught_up = |id: u64| {
             raft.prs().get(id).is_some_and(|progress| {
-                progress.matched.saturating_add(lag_entries_max) >= last_index
+                progress.recent_active
+                    && progress.matched > 0
+                    && progress.matched.saturating_add(lag_entries_max) >= last_index
             })
         };
         // The caught-up voter of the target this leader hands over to, when it leaves.

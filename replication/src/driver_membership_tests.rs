@@ -276,3 +276,36 @@ fn a_change_applies_only_to_the_configuration_it_was_made_for() {
     entry.data = vec![0xff; 3];
     assert_eq!(apply(&entry, &before), None);
 }
+
+#[test]
+fn a_learner_never_heard_from_is_not_promoted_however_short_the_log() {
+    // Node 3 is added as a learner but never opens the group (a stopped broker): with a log
+    // far shorter than the lag, the move must still wait for it.
+    let mut nodes = Nodes::new(3, &[1, 2]);
+    let leader = nodes.elect();
+    let target = set(&[1, 2, 3]);
+    let mut steps = Vec::new();
+    for round in 0..300 {
+        let step = nodes
+            .driver(leader)
+            .advance_membership(GROUP, &target, u64::MAX)
+            .unwrap();
+        if steps.last() != Some(&step) {
+            steps.push(step);
+        }
+        nodes.round(round % 3 == 0);
+    }
+    assert_eq!(
+        steps,
+        vec![MembershipStep::Proposed, MembershipStep::Waiting],
+        "the learner is added, then the move waits"
+    );
+    let now = nodes.membership(leader);
+    assert_eq!(now.voters, set(&[1, 2]));
+    assert_eq!(now.learners, set(&[3]));
+    // Once it opens the group and answers, the move finishes.
+    nodes.join(3, &[1, 2], &[3]);
+    let mut produced = Vec::new();
+    nodes.move_to(&[1, 2, 3], &mut produced);
+    assert_eq!(nodes.membership(leader).voters, target);
+}
