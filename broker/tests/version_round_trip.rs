@@ -304,6 +304,8 @@ fn round_trip_version(key: ApiKey, version: i16, draws: &mut Draws) {
         SaslAuthenticate => SaslAuthenticateRequest,
         ConsumerGroupHeartbeat => ConsumerGroupHeartbeatRequest,
         ConsumerGroupDescribe => ConsumerGroupDescribeRequest,
+        AlterPartitionReassignments => AlterPartitionReassignmentsRequest,
+        ListPartitionReassignments => ListPartitionReassignmentsRequest,
     );
 }
 
