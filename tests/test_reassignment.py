@@ -115,7 +115,7 @@ def cli(broker, *args):
 
 
 def test_reassignment_reorders_replicas_and_answers_kafkas_errors(tmp_path):
-    brokers = start_cluster(tmp_path)
+    brokers = start_cluster(tmp_path, ["--leader-imbalance-check-interval-seconds", "1"])
     clients = {}
     try:
         controller = metadata(brokers[1]).controller_id
@@ -131,6 +131,9 @@ def test_reassignment_reorders_replicas_and_answers_kafkas_errors(tmp_path):
         assert code == NONE and results == {(TOPIC, 0): (NONE, None)}, results
         wait_for(lambda: all(replicas(b, TOPIC)[0] == reordered for b in brokers.values()), 15,
                  "every broker's Metadata showing the new order")
+        # Leader balancing follows the new preferred replica.
+        wait_for(lambda: all(metadata(b).topics[TOPIC].partitions[0].leader == reordered[0]
+                             for b in brokers.values()), 20, "partition 0 led by its new preferred replica")
         assert {p: r for p, r in replicas(brokers[other], TOPIC).items() if p != 0} == \
             {p: r for p, r in before.items() if p != 0}, "other partitions untouched"
 

@@ -131,6 +131,9 @@ impl Signal {
 /// One hosted group.
 pub(crate) struct Hosted {
     pub(crate) replica: HostedReplica,
+    /// The group's replicas as the metadata names them now, first = preferred leader
+    /// (`replica.voters` is what the group was opened with; a reassignment changes them).
+    pub(crate) voters: RefCell<Vec<u64>>,
     pub(crate) log: PartitionLog,
     /// The Kafka end offset of the entries applied here: the high watermark.
     pub(crate) committed_end: Cell<i64>,
@@ -376,6 +379,9 @@ impl ReplicaManager {
                     if hosted.replica.config != replica.config {
                         hosted.log.set_config(replica.config.clone());
                     }
+                    if *hosted.voters.borrow() != replica.voters {
+                        hosted.voters.replace(replica.voters.clone());
+                    }
                 }
                 None => {
                     if let Err(error) = self.open_group(replica.clone()).await {
@@ -435,6 +441,7 @@ impl ReplicaManager {
         self.groups.borrow_mut().insert(
             group_id,
             Rc::new(Hosted {
+                voters: RefCell::new(replica.voters.clone()),
                 replica,
                 log,
                 committed_end: Cell::new(committed_end),
