@@ -66,8 +66,9 @@ pub fn apply(
     let mut recorded = 0;
     let mut ignored = Vec::new();
     for change in changes {
-        let outcome = apply_one(state, &by_group, from, change);
+        // The move first: the ISR of a report that ends it names the new replicas.
         let moved = complete_move(state, from, change);
+        let outcome = apply_one(state, &by_group, from, change);
         match outcome {
             Ok(()) => recorded += 1,
             Err(_) if moved => recorded += 1,
@@ -351,6 +352,59 @@ mod tests {
         pending.queue(vec![change(10, 2, 1, &[2]), change(77, 2, 9, &[2])]);
         pending.forget_settled(&state);
         assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn the_leaders_settled_voters_end_a_move_to_them_and_nothing_else_does() {
+        use crate::controller::store::{BrokerRecord, ReassignmentRecord};
+        let mut state = state();
+        state.brokers = (1..=4)
+            .map(|node_id| BrokerRecord {
+                node_id,
+                incarnation: 1,
+                listeners: Vec::new(),
+                rack: None,
+                shard_count: 1,
+                fenced: false,
+            })
+            .collect();
+        let replica = |broker| ReplicaRecord { broker, shard: 0 };
+        state.reassignments.push(ReassignmentRecord {
+            group_id: 10,
+            target: vec![replica(2), replica(3), replica(4)],
+            hosted: vec![replica(4)],
+        });
+        apply(&mut state, 1, &[change(10, 1, 3, &[1, 2, 3])]);
+        let settled = |leader, term, voters: &[u64]| LeadershipChange {
+            voters: voters.to_vec(),
+            ..change(10, leader, term, &[leader])
+        };
+        let mut pending = PendingReports::default();
+        pending.queue(vec![settled(4, 4, &[2, 3, 4])]);
+        pending.forget_settled(&state);
+        assert_eq!(
+            pending.to_send().len(),
+            1,
+            "kept while the move is recorded"
+        );
+        // Not from the leader it names, stale, or other voters: the move goes on.
+        apply(&mut state, 2, &[settled(4, 4, &[2, 3, 4])]);
+        apply(&mut state, 4, &[settled(4, 2, &[2, 3, 4])]);
+        apply(&mut state, 4, &[settled(4, 4, &[1, 2, 3, 4])]);
+        assert_eq!(state.reassignments.len(), 1);
+        // The new replica, leading before the move ends, is heard; its report ends it.
+        let (recorded, ignored) = apply(&mut state, 4, &[settled(4, 4, &[4, 3, 2])]);
+        assert_eq!((recorded, ignored), (1, vec![]));
+        assert!(state.reassignments.is_empty());
+        let brokers: Vec<i32> = state.topics[0].partitions[0]
+            .replicas
+            .iter()
+            .map(|replica| replica.broker)
+            .collect();
+        assert_eq!(brokers, vec![2, 3, 4]);
+        assert_eq!(leadership(&state, 0), (4, 4, vec![4]));
+        pending.forget_settled(&state);
+        assert!(pending.is_empty(), "settled once the move is gone");
     }
 
     #[test]
