@@ -258,6 +258,11 @@ def test_partitions_move_to_other_brokers_under_acks_all_load_and_a_move_is_canc
             assert client.listed() == moving
             time.sleep(2)
             assert client.listed([(TOPIC, [partition])]) == moving, "still in progress"
+            shown = cli(brokers[controller], "reassignments")
+            ids = lambda nodes: ",".join(map(str, nodes))
+            assert shown.returncode == 0 and "reassignments in progress: 1" in shown.stdout, shown
+            assert [TOPIC, str(partition), ids(wanted + [leaving]), str(stopped), str(leaving)] in \
+                [line.split() for line in shown.stdout.splitlines()], shown.stdout
             _, results = client.alter([(TOPIC, partition, None)])
             assert results == {(TOPIC, partition): (NONE, None)}, results
             assert client.listed() == {}, "a cancelled move is not listed"
