@@ -246,6 +246,8 @@ fn check_decoded(
         Request::ListTransactions(r) => round_trip(r, version, flexible),
         Request::ConsumerGroupHeartbeat(r) => round_trip(r, version, flexible),
         Request::ConsumerGroupDescribe(r) => round_trip(r, version, flexible),
+        Request::AlterPartitionReassignments(r) => round_trip(r, version, flexible),
+        Request::ListPartitionReassignments(r) => round_trip(r, version, flexible),
         Request::SaslHandshake(r) => round_trip(r, version, flexible),
         Request::SaslAuthenticate(r) => {
             round_trip(r, version, flexible);
@@ -496,6 +498,7 @@ mod tests {
                     leader: 2,
                     term: group_id + 4,
                     isr: vec![2, 1, 3],
+                    voters: vec![1, 2, 3],
                 })
                 .collect(),
             producer_ids: Some(ProducerIdRequest {
@@ -737,6 +740,8 @@ mod tests {
             SaslHandshake => SaslHandshakeRequest, SaslAuthenticate => SaslAuthenticateRequest,
             ConsumerGroupHeartbeat => ConsumerGroupHeartbeatRequest,
             ConsumerGroupDescribe => ConsumerGroupDescribeRequest,
+            AlterPartitionReassignments => AlterPartitionReassignmentsRequest,
+            ListPartitionReassignments => ListPartitionReassignmentsRequest,
         }
         .expect("a default body encodes");
     }

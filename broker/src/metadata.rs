@@ -59,8 +59,14 @@ pub struct PartitionMetadata {
     pub isr: Vec<i32>,
     /// Replicas on fenced brokers.
     pub offline_replicas: Vec<i32>,
-    /// This broker holds one of the replicas (on `partition_shards[p]`).
+    /// This broker holds one of the replicas, or a replica a move added (on
+    /// `partition_shards[p]`).
     pub hosted_here: bool,
+    /// A move in progress (`controller::reassignment`): the voters its leader moves the
+    /// group to (empty: no move), and the brokers hosting a replica for it beyond
+    /// `replicas` (they open the group as learners).
+    pub target: Vec<i32>,
+    pub learners: Vec<i32>,
 }
 
 impl TopicMetadata {
@@ -81,6 +87,14 @@ impl TopicMetadata {
 
     /// `partition`'s Raft group id (0, the controller's, for a partition that does not
     /// exist).
+    /// `partition`'s move in progress: (target voters, brokers hosting a learner for it);
+    /// both empty when it is not moving.
+    pub fn moving(&self, partition: i32) -> (&[i32], &[i32]) {
+        self.partition(partition).map_or((&[], &[]), |partition| {
+            (partition.target.as_slice(), partition.learners.as_slice())
+        })
+    }
+
     pub fn group_id(&self, partition: i32) -> u64 {
         self.partition(partition)
             .map_or(0, |partition| partition.group_id)
@@ -172,6 +186,20 @@ pub struct MetadataSnapshot {
     /// The registered brokers that are alive (not fenced), by node id; empty on a one-node
     /// broker, whose only broker is itself (handlers describe it from its own config).
     pub brokers: Vec<BrokerEndpoints>,
+    /// Partition moves in progress (`ListPartitionReassignments`), in topic then partition
+    /// order.
+    pub reassignments: Vec<PartitionMove>,
+}
+
+/// A partition's move as `ListPartitionReassignments` shows it (Kafka's KIP-455): its
+/// replicas (the target's, then the leaving ones), the adding and the removing ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionMove {
+    pub topic: String,
+    pub partition: i32,
+    pub replicas: Vec<i32>,
+    pub adding: Vec<i32>,
+    pub removing: Vec<i32>,
 }
 
 /// A live broker as clients reach it: the advertised address of each of its listeners.
@@ -414,6 +442,8 @@ mod tests {
                     isr: vec![broker],
                     offline_replicas: Vec::new(),
                     hosted_here: broker == 1,
+                    target: Vec::new(),
+                    learners: Vec::new(),
                 })
                 .collect(),
             overrides: BTreeMap::new(),

@@ -567,9 +567,19 @@ impl ShardServices {
             for (partition, shard) in topic.partition_shards.iter().enumerate() {
                 let partition = partition as i32;
                 let replicas = topic.replicas(partition);
-                if replicas.len() <= 1 || !replicas.contains(&snapshot.local_node) {
+                let (target, learners) = topic.moving(partition);
+                if replicas.len() <= 1
+                    || !(replicas.contains(&snapshot.local_node)
+                        || learners.contains(&snapshot.local_node))
+                {
                     continue;
                 }
+                let ids = |nodes: &[i32]| -> Vec<u64> {
+                    nodes
+                        .iter()
+                        .filter_map(|id| u64::try_from(*id).ok())
+                        .collect()
+                };
                 hosted.push((
                     *shard,
                     HostedReplica {
@@ -579,10 +589,9 @@ impl ShardServices {
                         },
                         topic_id: topic.id,
                         group_id: topic.group_id(partition),
-                        voters: replicas
-                            .iter()
-                            .filter_map(|id| u64::try_from(*id).ok())
-                            .collect(),
+                        voters: ids(replicas),
+                        learners: ids(learners),
+                        target: ids(target),
                         config: topic.config.log_config(),
                         min_insync_replicas: u32::try_from(topic.config.min_insync_replicas)
                             .unwrap_or(1),

@@ -2,13 +2,14 @@
 //! options, and the cluster it connects to from `--brokers`.
 
 use kafka_protocol::messages::{
-    AlterClientQuotasRequest, AlterUserScramCredentialsRequest, ApiVersionsRequest,
-    CreateAclsRequest, CreateTopicsRequest, DeleteAclsRequest, DeleteGroupsRequest,
-    DeleteTopicsRequest, DescribeAclsRequest, DescribeClientQuotasRequest, DescribeClusterRequest,
-    DescribeConfigsRequest, DescribeGroupsRequest, DescribeTransactionsRequest,
-    DescribeUserScramCredentialsRequest, ElectLeadersRequest, FetchRequest, FindCoordinatorRequest,
-    HeartbeatRequest, IncrementalAlterConfigsRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, ListTransactionsRequest, MetadataRequest,
+    AlterClientQuotasRequest, AlterPartitionReassignmentsRequest, AlterUserScramCredentialsRequest,
+    ApiVersionsRequest, CreateAclsRequest, CreateTopicsRequest, DeleteAclsRequest,
+    DeleteGroupsRequest, DeleteTopicsRequest, DescribeAclsRequest, DescribeClientQuotasRequest,
+    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest,
+    DescribeTransactionsRequest, DescribeUserScramCredentialsRequest, ElectLeadersRequest,
+    FetchRequest, FindCoordinatorRequest, HeartbeatRequest, IncrementalAlterConfigsRequest,
+    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest,
+    ListPartitionReassignmentsRequest, ListTransactionsRequest, MetadataRequest,
     OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, SaslAuthenticateRequest,
     SaslHandshakeRequest, SyncGroupRequest,
 };
@@ -32,7 +33,7 @@ const CLIENT_ID: &str = "ringfeed-cli";
 /// structs have no field for it. Nor the versions Kafka 4 removed (KIP-896) that the codec
 /// carries again for the broker (vendor/README.md): their answers differ (`ListOffsets` v0's
 /// offset list, `OffsetCommit` v0's separate store) and the CLI's calls read the later shape.
-const APIS: [ApiRange; 32] = [
+const APIS: [ApiRange; 34] = [
     // v2 record batches only: Produce 0-2 and Fetch 0-3 carry message format v0/v1.
     ApiRange::at_least::<ProduceRequest>(3),
     ApiRange::at_least::<FetchRequest>(4),
@@ -68,6 +69,8 @@ const APIS: [ApiRange; 32] = [
     ApiRange::of::<ListTransactionsRequest>(),
     ApiRange::of::<DescribeTransactionsRequest>(),
     ApiRange::of::<ElectLeadersRequest>(),
+    ApiRange::of::<AlterPartitionReassignmentsRequest>(),
+    ApiRange::of::<ListPartitionReassignmentsRequest>(),
 ];
 
 /// How the CLI's connections behave: versions always negotiated (the CLI speaks too many

@@ -8,13 +8,21 @@
 //! election (`ElectLeaders`, type 0, as `kafka-leader-election.sh --election-type PREFERRED`):
 //! every partition, one topic's, or one partition goes back to its preferred replica; prints
 //! each partition's outcome.
+//!
+//! `ringfeed cluster reassign`: gives a partition a new replica list, or cancels its move,
+//! with `AlterPartitionReassignments` on the controller (Kafka's `kafka-reassign-partitions
+//! --execute` / `--cancel` for one partition); `ringfeed cluster reassignments` lists the
+//! moves in progress (`ListPartitionReassignments`, `--list`).
 
 use std::collections::BTreeMap;
 
+use kafka_protocol::messages::alter_partition_reassignments_request::{
+    ReassignablePartition, ReassignableTopic,
+};
 use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
 use kafka_protocol::messages::{
-    DescribeClusterRequest, DescribeClusterResponse, ElectLeadersRequest, MetadataResponse,
-    TopicName,
+    AlterPartitionReassignmentsRequest, BrokerId, DescribeClusterRequest, DescribeClusterResponse,
+    ElectLeadersRequest, ListPartitionReassignmentsRequest, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -40,6 +48,26 @@ pub enum ClusterCommand {
         #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(i32).range(0..=300_000))]
         election_timeout_ms: i32,
     },
+    /// Give a partition a new replica list (first = preferred leader), or cancel its move.
+    Reassign {
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        partition: i32,
+        /// The new replicas by node id, comma-separated (e.g. 2,3,4).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required_unless_present = "cancel",
+            conflicts_with = "cancel"
+        )]
+        replicas: Vec<i32>,
+        /// Cancel the partition's move in progress.
+        #[arg(long)]
+        cancel: bool,
+    },
+    /// The partition moves in progress: replicas, adding and removing ones.
+    Reassignments,
 }
 
 pub fn run(connect: &ConnectArgs, command: ClusterCommand) -> CliResult<Outcome> {
@@ -51,6 +79,18 @@ pub fn run(connect: &ConnectArgs, command: ClusterCommand) -> CliResult<Outcome>
             partition,
             election_timeout_ms,
         } => elect_leaders(&mut cluster, topic, partition, election_timeout_ms),
+        ClusterCommand::Reassign {
+            topic,
+            partition,
+            replicas,
+            cancel,
+        } => reassign(
+            &mut cluster,
+            &topic,
+            partition,
+            (!cancel).then_some(replicas),
+        ),
+        ClusterCommand::Reassignments => reassignments(&mut cluster),
     }
 }
 
@@ -127,6 +167,93 @@ fn elect_leaders(
         print_table(&["TOPIC", "PARTITION", "OUTCOME"], &rows);
     }
     Ok(Outcome::from_failures(failures))
+}
+
+/// `AlterPartitionReassignments` of one partition on the controller; prints what it did.
+fn reassign(
+    cluster: &mut Cluster,
+    topic: &str,
+    partition: i32,
+    replicas: Option<Vec<i32>>,
+) -> CliResult<Outcome> {
+    let request = AlterPartitionReassignmentsRequest::default().with_topics(vec![
+        ReassignableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![ReassignablePartition::default()
+                .with_partition_index(partition)
+                .with_replicas(
+                    replicas
+                        .clone()
+                        .map(|ids| ids.into_iter().map(BrokerId).collect()),
+                )]),
+    ]);
+    let response = cluster.controller()?.call(&request)?;
+    check_error(
+        response.error_code,
+        response.error_message.as_ref(),
+        "AlterPartitionReassignments",
+    )?;
+    for result in response.responses.iter().flat_map(|t| &t.partitions) {
+        check_error(
+            result.error_code,
+            result.error_message.as_ref(),
+            &format!("{topic}-{}", result.partition_index),
+        )?;
+    }
+    match replicas {
+        Some(replicas) => println!(
+            "{topic}-{partition}: reassignment to {} accepted",
+            id_list(&replicas)
+        ),
+        None => println!("{topic}-{partition}: reassignment cancelled"),
+    }
+    Ok(Outcome::Success)
+}
+
+/// `ListPartitionReassignments` of every partition on the controller, as a table.
+fn reassignments(cluster: &mut Cluster) -> CliResult<Outcome> {
+    let request = ListPartitionReassignmentsRequest::default().with_topics(None);
+    let response = cluster.controller()?.call(&request)?;
+    check_error(
+        response.error_code,
+        response.error_message.as_ref(),
+        "ListPartitionReassignments",
+    )?;
+    let brokers = |list: &[BrokerId]| id_list(&list.iter().map(|id| id.0).collect::<Vec<_>>());
+    let rows: Vec<Vec<String>> = response
+        .topics
+        .iter()
+        .flat_map(|topic| {
+            topic.partitions.iter().map(|p| {
+                vec![
+                    topic.name.0.to_string(),
+                    p.partition_index.to_string(),
+                    brokers(&p.replicas),
+                    brokers(&p.adding_replicas),
+                    brokers(&p.removing_replicas),
+                ]
+            })
+        })
+        .collect();
+    println!("reassignments in progress: {}", rows.len());
+    if !rows.is_empty() {
+        print_table(
+            &["TOPIC", "PARTITION", "REPLICAS", "ADDING", "REMOVING"],
+            &rows,
+        );
+    }
+    Ok(Outcome::Success)
+}
+
+/// A list of node ids for a table cell, `-` when empty.
+fn id_list(ids: &[i32]) -> String {
+    if ids.is_empty() {
+        return "-".into();
+    }
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// One broker as the status lists it.

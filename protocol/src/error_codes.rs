@@ -20,6 +20,10 @@ pub const INVALID_REPLICA_ASSIGNMENT: i16 = ResponseError::InvalidReplicaAssignm
 pub const INVALID_CONFIG: i16 = ResponseError::InvalidConfig.code();
 pub const INVALID_REQUEST: i16 = ResponseError::InvalidRequest.code();
 pub const POLICY_VIOLATION: i16 = ResponseError::PolicyViolation.code();
+/// `AlterPartitionReassignments` cancelling a partition that is not moving (85).
+pub const NO_REASSIGNMENT_IN_PROGRESS: i16 = ResponseError::NoReassignmentInProgress.code();
+/// More partitions moving than the controller allows at once (60).
+pub const REASSIGNMENT_IN_PROGRESS: i16 = ResponseError::ReassignmentInProgress.code();
 pub const KAFKA_STORAGE_ERROR: i16 = ResponseError::KafkaStorageError.code();
 pub const INVALID_RECORD: i16 = ResponseError::InvalidRecord.code();
 pub const FETCH_SESSION_ID_NOT_FOUND: i16 = ResponseError::FetchSessionIdNotFound.code();

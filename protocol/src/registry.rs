@@ -36,7 +36,7 @@ impl ApiSpec {
 /// Burrow, kafka-go and old librdkafka send them. `KAFKA_RANGES` in the tests holds both
 /// releases' ranges; the codec for the removed versions is generated from 3.9's message JSON
 /// (vendor/README.md).
-pub const SUPPORTED_APIS: [ApiSpec; 47] = [
+pub const SUPPORTED_APIS: [ApiSpec; 49] = [
     ApiSpec::new(ApiKey::Produce, 0, 13),
     ApiSpec::new(ApiKey::Fetch, 0, 18),
     ApiSpec::new(ApiKey::ListOffsets, 0, 10),
@@ -72,6 +72,8 @@ pub const SUPPORTED_APIS: [ApiSpec; 47] = [
     ApiSpec::new(ApiKey::DeleteGroups, 0, 2),
     ApiSpec::new(ApiKey::ElectLeaders, 0, 2),
     ApiSpec::new(ApiKey::IncrementalAlterConfigs, 0, 1),
+    ApiSpec::new(ApiKey::AlterPartitionReassignments, 0, 1),
+    ApiSpec::new(ApiKey::ListPartitionReassignments, 0, 0),
     ApiSpec::new(ApiKey::OffsetDelete, 0, 0),
     ApiSpec::new(ApiKey::DescribeClientQuotas, 0, 1),
     ApiSpec::new(ApiKey::AlterClientQuotas, 0, 1),
@@ -143,7 +145,7 @@ mod tests {
     /// Kafka's request version ranges per API: 3.9 (apache/kafka branch `3.9`, each
     /// `*Request.json`'s `validVersions`) and 4.1 (what kafka-protocol 0.18, generated from
     /// 4.1.0, accepts; a `latestVersionUnstable` version is not served by a default broker).
-    const KAFKA_RANGES: [(ApiKey, VersionPair, VersionPair); 47] = [
+    const KAFKA_RANGES: [(ApiKey, VersionPair, VersionPair); 49] = [
         (ApiKey::Produce, (0, 11), (3, 13)),
         (ApiKey::Fetch, (0, 17), (4, 18)),
         (ApiKey::ListOffsets, (0, 9), (1, 10)),
@@ -179,6 +181,8 @@ mod tests {
         (ApiKey::DeleteGroups, (0, 2), (0, 2)),
         (ApiKey::ElectLeaders, (0, 2), (0, 2)),
         (ApiKey::IncrementalAlterConfigs, (0, 1), (0, 1)),
+        (ApiKey::AlterPartitionReassignments, (0, 0), (0, 1)),
+        (ApiKey::ListPartitionReassignments, (0, 0), (0, 0)),
         (ApiKey::OffsetDelete, (0, 0), (0, 0)),
         (ApiKey::DescribeClientQuotas, (0, 1), (0, 1)),
         (ApiKey::AlterClientQuotas, (0, 1), (0, 1)),

@@ -27,7 +27,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{self, AssertUnwindSafe};
 
-use raft::eraftpb::{Entry, HardState, Message, MessageType, Snapshot};
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use ringfeed_storage::sim::SeededRng;
 use thiserror::Error;
@@ -63,6 +63,9 @@ pub trait GroupStore: raft::Storage {
     /// Appends `entries`, first dropping any stored entry at or after the first one's index.
     fn stage_entries(&mut self, entries: &[Entry]) -> raft::Result<()>;
     fn stage_hard_state(&mut self, hard_state: &HardState) -> raft::Result<()>;
+    /// Records the configuration a committed change made, to be saved with the next durable
+    /// write (a restart reopens the group with it).
+    fn stage_conf_state(&mut self, conf_state: ConfState);
 }
 
 /// The shard's durability barrier, shared by all its groups: one wait covers every write
@@ -87,6 +90,10 @@ impl GroupStore for raft::storage::MemStorage {
     fn stage_hard_state(&mut self, hard_state: &HardState) -> raft::Result<()> {
         self.wl().set_hardstate(hard_state.clone());
         Ok(())
+    }
+
+    fn stage_conf_state(&mut self, conf_state: ConfState) {
+        self.wl().set_conf_state(conf_state);
     }
 }
 
@@ -628,6 +635,9 @@ fn handle_ready<S: GroupStore, A: FnMut(u64, &Entry)>(
         queue_message(outbox, group_id, message);
     }
     for entry in ready.take_committed_entries() {
+        if entry.entry_type() == EntryType::EntryConfChangeV2 {
+            apply_conf_change(group, &entry);
+        }
         apply(group_id, &entry);
     }
     let mut staged = false;
@@ -653,6 +663,19 @@ fn handle_ready<S: GroupStore, A: FnMut(u64, &Entry)>(
         staged,
         persisted_messages,
     })
+}
+
+/// Applies a committed configuration change to the group where it applies
+/// (`driver_membership::change_to_apply`) and stages the configuration it made. A change
+/// raft-rs refuses (one not made here) changes nothing.
+fn apply_conf_change<S: GroupStore>(group: &mut Group<S>, entry: &Entry) {
+    let current = group.node.raft.prs().conf().to_conf_state();
+    let Some(change) = membership::change_to_apply(entry, &current) else {
+        return;
+    };
+    if let Ok(conf_state) = group.node.apply_conf_change(&change) {
+        group.node.mut_store().stage_conf_state(conf_state);
+    }
 }
 
 struct HandledReady {
@@ -682,6 +705,13 @@ fn redraw_election_timeout<S: GroupStore>(group: &mut Group<S>, rng: &mut Seeded
     raft.set_randomized_election_timeout(timeout as usize);
 }
 
+#[path = "driver_membership.rs"]
+pub mod membership;
+
 #[cfg(test)]
 #[path = "driver_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "driver_membership_tests.rs"]
+mod membership_tests;

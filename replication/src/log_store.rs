@@ -477,6 +477,16 @@ impl<D: Disk> GroupStore for LogStore<D> {
         state.staged_hard_state = Some(hard_state.clone());
         Ok(())
     }
+
+    fn stage_conf_state(&mut self, conf_state: raft::eraftpb::ConfState) {
+        let mut state = self.state.borrow_mut();
+        state.raft_state.conf_state = conf_state;
+        // The raft-meta record holds both states and is written when a hard state is
+        // staged: staging the current one saves the new configuration with the next sync.
+        if state.staged_hard_state.is_none() {
+            state.staged_hard_state = Some(state.raft_state.hard_state.clone());
+        }
+    }
 }
 
 /// What the durability worker shares with the driver's calls.

@@ -439,6 +439,12 @@ impl GroupStore for SimStore {
         self.stage(Write::HardState(hard_state.clone()));
         Ok(())
     }
+
+    fn stage_conf_state(&mut self, conf_state: ConfState) {
+        // The simulated groups never change membership (the driver's membership tests
+        // cover that on the memory store); kept in memory for completeness.
+        self.log.wl().set_conf_state(conf_state);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -30,6 +30,15 @@ pub struct NewPartitions {
     pub assignment: Vec<Vec<i32>>,
 }
 
+/// An `AlterPartitionReassignments` entry: move `topic`/`partition` to `replicas` (first =
+/// preferred leader), or cancel its move (None).
+#[derive(Debug, Clone)]
+pub struct PartitionReassignment {
+    pub topic: String,
+    pub partition: i32,
+    pub replicas: Option<Vec<i32>>,
+}
+
 #[derive(Debug, Clone)]
 pub enum TopicRef {
     Name(String),
@@ -117,6 +126,13 @@ pub enum ControllerCall {
     AlterConfigs {
         changes: Vec<ConfigChange>,
         validate_only: bool,
+    },
+    /// One outcome per entry, in order: `name` the topic, `partitions` the partition index.
+    AlterReassignments {
+        partitions: Vec<PartitionReassignment>,
+        /// v1's `allow_replication_factor_change` (true before v1): false refuses a list
+        /// of another length than the partition's replicas.
+        allow_replication_factor_change: bool,
     },
     /// The owning shard could not open or keep open this partition's log: every shard
     /// should report it offline in Metadata. Not persisted; a restart re-detects it.

@@ -7,12 +7,13 @@ use std::collections::BTreeSet;
 use uuid::Uuid;
 
 use crate::controller::calls::{
-    ConfigChange, ConfigOperation, ControllerCall, NewTopic, PlacementRules, TopicOutcome, TopicRef,
+    ConfigChange, ConfigOperation, ControllerCall, NewTopic, PartitionReassignment, PlacementRules,
+    TopicOutcome, TopicRef,
 };
-use crate::controller::placement;
 use crate::controller::store::{
     ClusterState, ConfigEntry, PartitionRecord, ReplicaRecord, TopicRecord,
 };
+use crate::controller::{placement, reassignment};
 use crate::error_codes as codes;
 use crate::metadata::is_internal_topic;
 use crate::topic_config::validate_override;
@@ -68,8 +69,57 @@ pub fn apply(
             .into_iter()
             .map(|change| alter_configs(state, change, validate_only))
             .collect(),
+        ControllerCall::AlterReassignments {
+            partitions,
+            allow_replication_factor_change,
+        } => partitions
+            .into_iter()
+            .map(|entry| reassign(state, &entry, allow_replication_factor_change, rules))
+            .collect(),
         ControllerCall::ReportOffline { .. } => unreachable!("handled by Controller::execute"),
     }
+}
+
+/// `AlterPartitionReassignments` of one partition (`reassignment::alter`), after v1's
+/// replication-factor check.
+fn reassign(
+    state: &mut ClusterState,
+    entry: &PartitionReassignment,
+    allow_replication_factor_change: bool,
+    rules: &PlacementRules,
+) -> TopicOutcome {
+    let mut result = TopicOutcome::ok(&entry.topic, Uuid::nil(), entry.partition);
+    let current = state
+        .topics
+        .iter()
+        .find(|topic| topic.name == entry.topic)
+        .and_then(|topic| topic.partitions.get(usize::try_from(entry.partition).ok()?))
+        .map(|record| record.replicas.len());
+    if let (false, Some(current), Some(wanted)) = (
+        allow_replication_factor_change,
+        current,
+        entry.replicas.as_ref(),
+    ) {
+        if wanted.len() != current && !wanted.is_empty() {
+            result.error_code = codes::INVALID_REPLICATION_FACTOR;
+            result.message = Some(format!(
+                "The replication factor is changed from {current} to {}",
+                wanted.len()
+            ));
+            return result;
+        }
+    }
+    if let Err((code, message)) = reassignment::alter(
+        state,
+        &entry.topic,
+        entry.partition,
+        entry.replicas.as_deref(),
+        rules,
+    ) {
+        result.error_code = code;
+        result.message = Some(message);
+    }
+    result
 }
 
 /// Kafka's rule, and not the controller log's name: its partition 0 directory is the

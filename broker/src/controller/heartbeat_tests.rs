@@ -148,6 +148,7 @@ fn leadership_reports_and_producer_id_blocks_ride_the_heartbeat() {
                 leader: 1,
                 term,
                 isr: vec![1],
+                voters: Vec::new(),
             };
             controller.report_leadership(vec![report(3)]);
             assert!(controller.heartbeat_due_now(), "a report goes out at once");

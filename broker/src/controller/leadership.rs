@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::controller::reassignment;
 use crate::controller::store::ClusterState;
 
 /// Changes one heartbeat carries at most; the rest go with the following ones.
@@ -34,6 +35,9 @@ pub struct LeadershipChange {
     /// The leader's Raft term: the partition's leader epoch.
     pub term: u64,
     pub isr: Vec<u64>,
+    /// The group's voters while its membership is settled (no learner, not joint), from its
+    /// leader; empty otherwise. A move whose target they are ends (`reassignment::complete`).
+    pub voters: Vec<u64>,
 }
 
 /// Why a report was not recorded (logged at debug by the caller).
@@ -62,12 +66,42 @@ pub fn apply(
     let mut recorded = 0;
     let mut ignored = Vec::new();
     for change in changes {
-        match apply_one(state, &by_group, from, change) {
+        // The move first: the ISR of a report that ends it names the new replicas.
+        let moved = complete_move(state, from, change);
+        let outcome = apply_one(state, &by_group, from, change);
+        match outcome {
             Ok(()) => recorded += 1,
+            Err(_) if moved => recorded += 1,
             Err(why) => ignored.push((change.group_id, why)),
         }
     }
     (recorded, ignored)
+}
+
+/// Ends the move of the change's group when its leader (the sender, not stale) reports the
+/// voters the move targets.
+fn complete_move(state: &mut ClusterState, from: i32, change: &LeadershipChange) -> bool {
+    if change.voters.is_empty() || i64::try_from(change.leader).ok() != Some(i64::from(from)) {
+        return false;
+    }
+    let Some(record) = state
+        .topics
+        .iter()
+        .flat_map(|topic| &topic.partitions)
+        .find(|record| record.group_id == change.group_id)
+    else {
+        return false;
+    };
+    let fresh = i64::try_from(change.term).unwrap_or(i64::MAX) >= i64::from(record.leader_epoch);
+    let hosting = reassignment::hosting(state, change.group_id, &record.replicas);
+    if !fresh || !hosting.contains(&from) {
+        return false;
+    }
+    let done = reassignment::complete(state, change.group_id, &change.voters);
+    if done {
+        tracing::info!(group_id = change.group_id, voters = ?change.voters, "partition move done");
+    }
+    done
 }
 
 fn apply_one(
@@ -79,10 +113,16 @@ fn apply_one(
     let &(topic, partition) = by_group
         .get(&change.group_id)
         .ok_or(Ignored::UnknownGroup)?;
+    // During a move, a replica it added may lead (the old leader handed over to it).
+    let hosting = reassignment::hosting(
+        state,
+        change.group_id,
+        &state.topics[topic].partitions[partition].replicas,
+    );
     let record = &mut state.topics[topic].partitions[partition];
     let term = i32::try_from(change.term).map_err(|_| Ignored::Stale)?;
     let is_replica = |node: i32| record.replicas.iter().any(|replica| replica.broker == node);
-    if !is_replica(from) {
+    if !hosting.contains(&from) {
         return Err(Ignored::NotAReplica);
     }
     let leader = if change.leader == 0 {
@@ -177,6 +217,19 @@ impl PendingReports {
             let Some(&(leader, epoch, isr)) = recorded.get(group) else {
                 return false;
             };
+            // A report that ends a move stays until the move is gone.
+            if !change.voters.is_empty()
+                && reassignment::of_group(state, *group).is_some_and(|moving| {
+                    let target: std::collections::BTreeSet<u64> = moving
+                        .target
+                        .iter()
+                        .filter_map(|replica| u64::try_from(replica.broker).ok())
+                        .collect();
+                    target == change.voters.iter().copied().collect()
+                })
+            {
+                return true;
+            }
             let term = i64::try_from(change.term).unwrap_or(i64::MAX);
             let reported_leader = if change.leader == 0 {
                 -1
@@ -227,6 +280,7 @@ mod tests {
             leader,
             term,
             isr: isr.to_vec(),
+            voters: Vec::new(),
         }
     }
 
@@ -298,6 +352,59 @@ mod tests {
         pending.queue(vec![change(10, 2, 1, &[2]), change(77, 2, 9, &[2])]);
         pending.forget_settled(&state);
         assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn the_leaders_settled_voters_end_a_move_to_them_and_nothing_else_does() {
+        use crate::controller::store::{BrokerRecord, ReassignmentRecord};
+        let mut state = state();
+        state.brokers = (1..=4)
+            .map(|node_id| BrokerRecord {
+                node_id,
+                incarnation: 1,
+                listeners: Vec::new(),
+                rack: None,
+                shard_count: 1,
+                fenced: false,
+            })
+            .collect();
+        let replica = |broker| ReplicaRecord { broker, shard: 0 };
+        state.reassignments.push(ReassignmentRecord {
+            group_id: 10,
+            target: vec![replica(2), replica(3), replica(4)],
+            hosted: vec![replica(4)],
+        });
+        apply(&mut state, 1, &[change(10, 1, 3, &[1, 2, 3])]);
+        let settled = |leader, term, voters: &[u64]| LeadershipChange {
+            voters: voters.to_vec(),
+            ..change(10, leader, term, &[leader])
+        };
+        let mut pending = PendingReports::default();
+        pending.queue(vec![settled(4, 4, &[2, 3, 4])]);
+        pending.forget_settled(&state);
+        assert_eq!(
+            pending.to_send().len(),
+            1,
+            "kept while the move is recorded"
+        );
+        // Not from the leader it names, stale, or other voters: the move goes on.
+        apply(&mut state, 2, &[settled(4, 4, &[2, 3, 4])]);
+        apply(&mut state, 4, &[settled(4, 2, &[2, 3, 4])]);
+        apply(&mut state, 4, &[settled(4, 4, &[1, 2, 3, 4])]);
+        assert_eq!(state.reassignments.len(), 1);
+        // The new replica, leading before the move ends, is heard; its report ends it.
+        let (recorded, ignored) = apply(&mut state, 4, &[settled(4, 4, &[4, 3, 2])]);
+        assert_eq!((recorded, ignored), (1, vec![]));
+        assert!(state.reassignments.is_empty());
+        let brokers: Vec<i32> = state.topics[0].partitions[0]
+            .replicas
+            .iter()
+            .map(|replica| replica.broker)
+            .collect();
+        assert_eq!(brokers, vec![2, 3, 4]);
+        assert_eq!(leadership(&state, 0), (4, 4, vec![4]));
+        pending.forget_settled(&state);
+        assert!(pending.is_empty(), "settled once the move is gone");
     }
 
     #[test]

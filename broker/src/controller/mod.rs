@@ -13,6 +13,7 @@ pub mod forwarding;
 pub mod leadership;
 pub mod placement;
 pub mod producer_ids;
+pub mod reassignment;
 pub mod registry;
 pub mod security;
 pub mod store;
@@ -37,7 +38,7 @@ use crate::producer_state::GrantedBlocks;
 use crate::topic_config::TopicConfig;
 pub use calls::{
     ConfigChange, ConfigOperation, ControllerCall, ControllerReply, NewPartitions, NewTopic,
-    PlacementRules, TopicOutcome, TopicRef,
+    PartitionReassignment, PlacementRules, TopicOutcome, TopicRef,
 };
 use store::{ClusterState, MetadataStore, PartitionRecord};
 
@@ -602,6 +603,9 @@ impl Controller {
         }
         let current = self.state.borrow().clone();
         let mut next = current.clone();
+        // Only a creation asks for the offsets topic (a reassignment's outcomes name
+        // existing topics, that one included).
+        let creates = matches!(call, ControllerCall::CreateTopics { .. });
         let outcomes = changes::apply(&mut next, call, &self.rules);
         let refuse = |outcomes: Vec<TopicOutcome>, code: i16, message: String| {
             let outcomes = outcomes
@@ -614,7 +618,7 @@ impl Controller {
             // A follower (or a leader not caught up in its term) must not compute changes
             // from a state that may be stale, validate-only ones included.
             if !replicated.group.ready_to_propose() {
-                if outcomes.iter().any(|outcome| outcome.name == OFFSETS_TOPIC) {
+                if creates && outcomes.iter().any(|outcome| outcome.name == OFFSETS_TOPIC) {
                     replicated.wants_offsets_topic.set(true);
                 }
                 let message = format!(
@@ -849,7 +853,10 @@ pub fn build_snapshot(state: &ClusterState, rules: &PlacementRules) -> MetadataS
             let (partition_shards, partitions) = record
                 .partitions
                 .iter()
-                .map(|partition| describe_partition(partition, &live, rules))
+                .map(|partition| {
+                    let moving = reassignment::of_group(state, partition.group_id);
+                    describe_partition(partition, moving, &live, rules)
+                })
                 .unzip();
             let topic = TopicMetadata {
                 name_bytes: Bytes::copy_from_slice(name.as_bytes()),
@@ -884,6 +891,7 @@ pub fn build_snapshot(state: &ClusterState, rules: &PlacementRules) -> MetadataS
                     .collect(),
             })
             .collect(),
+        reassignments: reassignment::in_progress(state, None),
     }
 }
 
@@ -895,6 +903,7 @@ pub fn build_snapshot(state: &ClusterState, rules: &PlacementRules) -> MetadataS
 /// Until a leader has been reported (epoch 0), the first live replica leads.
 fn describe_partition(
     record: &PartitionRecord,
+    moving: Option<&store::ReassignmentRecord>,
     live: &BTreeSet<i32>,
     rules: &PlacementRules,
 ) -> (usize, PartitionMetadata) {
@@ -911,9 +920,19 @@ fn describe_partition(
         .iter()
         .map(|replica| resolve(replica.broker))
         .collect();
+    // A replica a move added is hosted too (as a learner until the move ends).
+    let added: Vec<store::ReplicaRecord> = moving.map_or_else(Vec::new, |moving| {
+        moving
+            .hosted
+            .iter()
+            .filter(|hosted| !record.replicas.iter().any(|r| r.broker == hosted.broker))
+            .copied()
+            .collect()
+    });
     let local = record
         .replicas
         .iter()
+        .chain(&added)
         .find(|replica| resolve(replica.broker) == rules.node_id);
     let shard = local
         .or(record.replicas.first())
@@ -936,6 +955,10 @@ fn describe_partition(
         leader: leader.unwrap_or(-1),
         leader_epoch: record.leader_epoch,
         hosted_here: local.is_some(),
+        target: moving.map_or_else(Vec::new, |moving| {
+            moving.target.iter().map(|r| resolve(r.broker)).collect()
+        }),
+        learners: added.iter().map(|r| resolve(r.broker)).collect(),
     };
     (shard, partition)
 }

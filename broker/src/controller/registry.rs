@@ -36,10 +36,12 @@ pub const HEARTBEAT_BYTES_MAX: usize = 256 << 10;
 /// hundred cores today).
 pub const SHARD_COUNT_MAX: u32 = 4096;
 const MAGIC: [u8; 4] = *b"RFHB";
-/// 2 added leadership changes and producer-id requests; 1 is still read (a broker of the
-/// previous build during a rolling upgrade).
-const VERSION: u16 = 2;
+/// 3 added each leadership change's settled voters (partition moves); 2 added leadership
+/// changes and producer-id requests; 1 and 2 are still read (a broker of a previous build
+/// during a rolling upgrade).
+const VERSION: u16 = 3;
 const VERSION_V1: u16 = 1;
+const VERSION_V2: u16 = 2;
 const HEADER_BYTES: usize = 4 + 2 + 4;
 
 /// What a broker tells the controller every [`HEARTBEAT_INTERVAL`].
@@ -54,6 +56,44 @@ pub struct BrokerHeartbeat {
     pub leadership: Vec<LeadershipChange>,
     /// This broker wants a producer-id block (`producer_ids`).
     pub producer_ids: Option<ProducerIdRequest>,
+}
+
+/// What a version 2 heartbeat holds (leadership changes without voters).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
+struct BrokerHeartbeatV2 {
+    registration: BrokerRecord,
+    wants_offsets_topic: bool,
+    leadership: Vec<LeadershipChangeV2>,
+    producer_ids: Option<ProducerIdRequest>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
+struct LeadershipChangeV2 {
+    group_id: u64,
+    leader: u64,
+    term: u64,
+    isr: Vec<u64>,
+}
+
+impl From<BrokerHeartbeatV2> for BrokerHeartbeat {
+    fn from(old: BrokerHeartbeatV2) -> Self {
+        Self {
+            registration: old.registration,
+            wants_offsets_topic: old.wants_offsets_topic,
+            leadership: old
+                .leadership
+                .into_iter()
+                .map(|change| LeadershipChange {
+                    group_id: change.group_id,
+                    leader: change.leader,
+                    term: change.term,
+                    isr: change.isr,
+                    voters: Vec::new(),
+                })
+                .collect(),
+            producer_ids: old.producer_ids,
+        }
+    }
 }
 
 /// What a version 1 heartbeat holds.
@@ -89,7 +129,7 @@ impl BrokerHeartbeat {
             return Err("not a broker heartbeat".into());
         }
         let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-        if version != VERSION && version != VERSION_V1 {
+        if version != VERSION && version != VERSION_V1 && version != VERSION_V2 {
             return Err(format!(
                 "heartbeat version {version}, this build reads {VERSION}"
             ));
@@ -108,6 +148,8 @@ impl BrokerHeartbeat {
                 leadership: Vec::new(),
                 producer_ids: None,
             })
+        } else if version == VERSION_V2 {
+            rkyv::from_bytes::<BrokerHeartbeatV2, rancor::Error>(&aligned).map(Self::from)
         } else {
             rkyv::from_bytes::<Self, rancor::Error>(&aligned)
         }
@@ -121,12 +163,12 @@ impl BrokerHeartbeat {
         if let Some(change) = heartbeat
             .leadership
             .iter()
-            .find(|change| change.isr.len() > ISR_MAX)
+            .find(|change| change.isr.len() > ISR_MAX || change.voters.len() > ISR_MAX)
         {
             return Err(format!(
-                "group {} reports {} in-sync replicas, more than {ISR_MAX}",
+                "group {} reports {} in-sync replicas or voters, more than {ISR_MAX}",
                 change.group_id,
-                change.isr.len()
+                change.isr.len().max(change.voters.len())
             ));
         }
         let shards = heartbeat.registration.shard_count;
@@ -340,6 +382,7 @@ mod tests {
                 leader: 2,
                 term: 3,
                 isr: vec![2, 1],
+                voters: vec![1, 2],
             }],
             producer_ids: Some(ProducerIdRequest {
                 after: 1000,
@@ -355,6 +398,38 @@ mod tests {
         }
         assert!(BrokerHeartbeat::decode(&bytes[..bytes.len() - 1]).is_err());
         assert!(BrokerHeartbeat::decode(&vec![0; HEARTBEAT_BYTES_MAX + 1]).is_err());
+    }
+
+    #[test]
+    fn a_version_2_heartbeat_is_read_with_no_voters() {
+        let old = BrokerHeartbeatV2 {
+            registration: broker(3, 9),
+            wants_offsets_topic: false,
+            leadership: vec![LeadershipChangeV2 {
+                group_id: 4,
+                leader: 3,
+                term: 2,
+                isr: vec![3, 1],
+            }],
+            producer_ids: None,
+        };
+        let payload = rkyv::to_bytes::<rancor::Error>(&old).unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&VERSION_V2.to_le_bytes());
+        bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let decoded = BrokerHeartbeat::decode(&bytes).unwrap();
+        assert_eq!(
+            decoded.leadership,
+            vec![LeadershipChange {
+                group_id: 4,
+                leader: 3,
+                term: 2,
+                isr: vec![3, 1],
+                voters: Vec::new(),
+            }]
+        );
+        assert_eq!(decoded.registration, old.registration);
     }
 
     #[test]
@@ -376,6 +451,7 @@ mod tests {
             leader: 3,
             term: 1,
             isr: vec![3; isr],
+            voters: Vec::new(),
         };
         for (changes, isr, accepted) in [
             (CHANGES_PER_HEARTBEAT_MAX, 3, true),

@@ -6,14 +6,14 @@
 //! ```text
 //! offset  size  field
 //!      0     8  MAGIC              b"RFCLMETA"
-//!      8     4  FORMAT_VERSION     u32 little-endian (4; 1 to 3 are read and upgraded)
+//!      8     4  FORMAT_VERSION     u32 little-endian (5; 1 to 4 are read and upgraded)
 //!     12     4  payload_bytes      u32 little-endian
 //!     16     4  payload_crc32c     u32 little-endian, CRC32C of the payload
 //!     20     n  payload            rkyv archive of `ClusterState`
 //! ```
 //!
-//! The payload, format 4 (issue 12's replication, issue 13's security metadata; rkyv lays
-//! the fields out, this is what they mean):
+//! The payload, format 5 (issue 12's replication and reassignments, issue 13's security
+//! metadata; rkyv lays the fields out, this is what they mean):
 //!
 //! ```text
 //! ClusterState
@@ -57,9 +57,18 @@
 //!       user     Option<Option<string>>   None: no user part; Some(None): the default
 //!       client_id Option<Option<string>>  the same for the client id
 //!       values   [{ key string, value_bits u64 (f64::to_bits) }]
+//!   reassignments           [ReassignmentRecord] (format 5; partition moves in progress,
+//!                                   by group id, at most `controller::reassignment::IN_FLIGHT_MAX`)
+//!     group_id              u64     the partition's Raft group
+//!     target                [ReplicaRecord]  the replicas it moves to (first = preferred
+//!                                   leader); the partition's `replicas` stay the old ones
+//!                                   until its leader reports the group's voters are these
+//!     hosted                [ReplicaRecord]  every replica the move placed beyond `replicas`
+//!                                   (kept open until the move ends, so a cancelled move's
+//!                                   learners are removed from the group before they close)
 //! ```
 //!
-//! Upgrades, in place (the next write is format 4): format 3 gets an empty, unseeded
+//! Upgrades, in place (the next write is format 5): format 4 gets no reassignments; format 3 gets an empty, unseeded
 //! `security` (the first leader then folds its files in). format 1 (no brokers) and format 2
 //! (`partition_shards` and `partition_brokers` per topic) become one replica per partition
 //! (its broker, or -1 where none was recorded), leader = that broker, epoch 0, ISR = the
@@ -74,14 +83,16 @@ use crate::disk::BrokerDisk;
 use crate::storage::Disk;
 
 pub const MAGIC: [u8; 8] = *b"RFCLMETA";
+/// 5 added partition reassignments in progress (issue 12 item 8);
 /// 4 added the security records (ACLs, SCRAM credentials, client quotas; issue 13);
 /// 3 added replica lists, Raft group ids, leader/epoch/ISR and the producer-id allocator;
 /// 2 added the broker registry and each partition's broker (issue 12). Versions 1 to 3
-/// (files and group 0 entries) are still read and upgraded (see the module docs).
-pub const FORMAT_VERSION: u32 = 4;
+/// (files and group 0 entries) are still read and upgraded (see the module docs), and 4.
+pub const FORMAT_VERSION: u32 = 5;
 const FORMAT_VERSION_V1: u32 = 1;
 const FORMAT_VERSION_V2: u32 = 2;
 const FORMAT_VERSION_V3: u32 = 3;
+const FORMAT_VERSION_V4: u32 = 4;
 const HEADER_BYTES: usize = 20;
 const FILE_NAME: &str = "cluster.meta";
 /// A replica's broker when none is recorded: whichever broker reads the state (a one-node
@@ -199,6 +210,19 @@ pub struct ClusterState {
     pub producer_id_blocks: Vec<ProducerIdBlock>,
     /// A cluster's ACLs, credentials and quotas (`controller::security`).
     pub security: SecurityRecords,
+    /// Partition moves in progress (`controller::reassignment`), by group id.
+    pub reassignments: Vec<ReassignmentRecord>,
+}
+
+/// A partition moving to other replicas (Kafka's KIP-455 reassignment).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ReassignmentRecord {
+    pub group_id: u64,
+    /// The replicas it moves to; equal to the partition's replicas once cancelled (the
+    /// leader then removes the learners it added).
+    pub target: Vec<ReplicaRecord>,
+    /// Replicas hosted for the move beyond the partition's `replicas` (each once).
+    pub hosted: Vec<ReplicaRecord>,
 }
 
 /// The security metadata a cluster's controller owns (issue 13: "ACLs and credentials live
@@ -266,6 +290,35 @@ impl ClusterState {
     }
 }
 
+/// What a version 4 payload holds (before reassignments).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
+struct ClusterStateV4 {
+    epoch: u64,
+    cluster_id: String,
+    topics: Vec<TopicRecord>,
+    brokers: Vec<BrokerRecord>,
+    next_group_id: u64,
+    next_producer_id: i64,
+    producer_id_blocks: Vec<ProducerIdBlock>,
+    security: SecurityRecords,
+}
+
+impl From<ClusterStateV4> for ClusterState {
+    fn from(old: ClusterStateV4) -> Self {
+        Self {
+            epoch: old.epoch,
+            cluster_id: old.cluster_id,
+            topics: old.topics,
+            brokers: old.brokers,
+            next_group_id: old.next_group_id,
+            next_producer_id: old.next_producer_id,
+            producer_id_blocks: old.producer_id_blocks,
+            security: old.security,
+            reassignments: Vec::new(),
+        }
+    }
+}
+
 /// What a version 3 payload holds (before the security records).
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
 struct ClusterStateV3 {
@@ -289,6 +342,7 @@ impl From<ClusterStateV3> for ClusterState {
             next_producer_id: old.next_producer_id,
             producer_id_blocks: old.producer_id_blocks,
             security: SecurityRecords::default(),
+            reassignments: Vec::new(),
         }
     }
 }
@@ -360,6 +414,7 @@ impl From<ClusterStateV2> for ClusterState {
             next_producer_id: 0,
             producer_id_blocks: Vec::new(),
             security: SecurityRecords::default(),
+            reassignments: Vec::new(),
         };
         for topic in old.topics {
             let partitions = topic
@@ -444,6 +499,9 @@ pub fn decode(file: &[u8]) -> Result<ClusterState, String> {
         }
         FORMAT_VERSION_V3 => {
             rkyv::from_bytes::<ClusterStateV3, rancor::Error>(&aligned).map(ClusterState::from)
+        }
+        FORMAT_VERSION_V4 => {
+            rkyv::from_bytes::<ClusterStateV4, rancor::Error>(&aligned).map(ClusterState::from)
         }
         _ => rkyv::from_bytes::<ClusterState, rancor::Error>(&aligned),
     }
@@ -571,6 +629,11 @@ mod tests {
                     }],
                 }],
             },
+            reassignments: vec![ReassignmentRecord {
+                group_id: 5,
+                target: vec![replica(3, 1), replica(4, 0)],
+                hosted: vec![replica(4, 0)],
+            }],
         }
     }
 
@@ -685,11 +748,38 @@ mod tests {
             upgraded,
             ClusterState {
                 security: SecurityRecords::default(),
+                reassignments: Vec::new(),
                 ..current
             },
             "every version 3 field kept"
         );
         assert!(!upgraded.security.seeded, "the first leader seeds it");
+        assert_rewritten_as_current(&upgraded);
+    }
+
+    #[test]
+    fn version_4_files_are_read_without_reassignments_and_rewritten_as_version_5() {
+        let current = sample();
+        let old = ClusterStateV4 {
+            epoch: current.epoch,
+            cluster_id: current.cluster_id.clone(),
+            topics: current.topics.clone(),
+            brokers: current.brokers.clone(),
+            next_group_id: current.next_group_id,
+            next_producer_id: current.next_producer_id,
+            producer_id_blocks: current.producer_id_blocks.clone(),
+            security: current.security.clone(),
+        };
+        let payload = rkyv::to_bytes::<rancor::Error>(&old).unwrap();
+        let upgraded = decode(&old_file(FORMAT_VERSION_V4, &payload)).unwrap();
+        assert_eq!(
+            upgraded,
+            ClusterState {
+                reassignments: Vec::new(),
+                ..current
+            },
+            "every version 4 field kept"
+        );
         assert_rewritten_as_current(&upgraded);
     }
 
@@ -722,7 +812,7 @@ mod tests {
     fn truncation_and_foreign_versions_are_refused() {
         let file = encode(&sample());
         assert!(decode(&file[..file.len() - 1]).is_err());
-        for version in [0_u32, 5] {
+        for version in [0_u32, 6] {
             let mut foreign = file.clone();
             foreign[8..12].copy_from_slice(&version.to_le_bytes());
             assert!(decode(&foreign)

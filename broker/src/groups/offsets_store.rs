@@ -388,6 +388,8 @@ mod tests {
                 topic_id: Uuid::from_u128(0x0ff5),
                 group_id: OFFSETS_GROUP,
                 voters: vec![1, 2, 3],
+                learners: Vec::new(),
+                target: Vec::new(),
                 config: LogConfig::default(),
                 min_insync_replicas: 2,
             };

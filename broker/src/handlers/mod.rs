@@ -6,6 +6,7 @@ pub mod add_offsets_to_txn;
 pub mod add_partitions_to_txn;
 pub mod alter_client_quotas;
 pub mod alter_configs;
+pub mod alter_partition_reassignments;
 pub mod alter_user_scram_credentials;
 pub mod api_versions;
 pub mod consumer_group_describe;
@@ -39,6 +40,7 @@ pub mod join_group;
 pub mod leave_group;
 pub mod list_groups;
 pub mod list_offsets;
+pub mod list_partition_reassignments;
 pub mod list_transactions;
 pub mod metadata;
 pub mod offset_commit;
@@ -173,6 +175,8 @@ served_apis! {
     AlterUserScramCredentials => alter_user_scram_credentials::AlterUserScramCredentialsRequest,
     ConsumerGroupHeartbeat => consumer_group_heartbeat::ConsumerGroupHeartbeatRequest,
     ConsumerGroupDescribe => consumer_group_describe::ConsumerGroupDescribeRequest,
+    AlterPartitionReassignments => alter_partition_reassignments::AlterPartitionReassignmentsRequest,
+    ListPartitionReassignments => list_partition_reassignments::ListPartitionReassignmentsRequest,
 }
 
 /// Starts a request. What must happen in the connection's request order happens here,

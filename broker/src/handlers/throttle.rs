@@ -31,6 +31,9 @@ use kafka_protocol::messages::{
     OffsetDeleteResponse, OffsetFetchResponse, OffsetForLeaderEpochResponse, ProduceResponse,
     SaslAuthenticateResponse, SaslHandshakeResponse, SyncGroupResponse, TxnOffsetCommitResponse,
 };
+use kafka_protocol::messages::{
+    AlterPartitionReassignmentsResponse, ListPartitionReassignmentsResponse,
+};
 
 use crate::handlers::context::RequestContext;
 use crate::handlers::fetch::FetchAnswer;
@@ -65,6 +68,8 @@ macro_rules! throttled {
 
 throttled!(
     AlterClientQuotasResponse,
+    AlterPartitionReassignmentsResponse,
+    ListPartitionReassignmentsResponse,
     AlterConfigsResponse,
     AlterUserScramCredentialsResponse,
     ApiVersionsResponse,

@@ -23,6 +23,10 @@ use kafka_protocol::messages::{
     ProduceResponse, SaslAuthenticateResponse, SaslHandshakeResponse, SyncGroupResponse,
 };
 
+use kafka_protocol::messages::{
+    AlterPartitionReassignmentsResponse, ListPartitionReassignmentsResponse,
+};
+
 use crate::error_codes::NONE;
 
 /// The error code a whole response is counted under (see the module docs).
@@ -47,6 +51,7 @@ macro_rules! top_level_only {
 }
 
 top_level_only!(
+    ListPartitionReassignmentsResponse,
     AddOffsetsToTxnResponse,
     ListTransactionsResponse,
     EndTxnResponse,
@@ -92,6 +97,20 @@ impl ResponseErrorCode for ElectLeadersResponse {
             .flat_map(|topic| &topic.partition_result)
             .map(|partition| partition.error_code);
         first_error(std::iter::once(self.error_code).chain(partitions))
+    }
+}
+
+/// The top-level code, then the first per-partition one.
+impl ResponseErrorCode for AlterPartitionReassignmentsResponse {
+    fn error_code(&self) -> i16 {
+        first_error(
+            std::iter::once(self.error_code).chain(
+                self.responses
+                    .iter()
+                    .flat_map(|topic| &topic.partitions)
+                    .map(|partition| partition.error_code),
+            ),
+        )
     }
 }
 

@@ -56,7 +56,7 @@ impl ReplicaManager {
             .groups
             .borrow()
             .get(&group_id)
-            .and_then(|hosted| hosted.replica.voters.first().copied());
+            .and_then(|hosted| hosted.voters.borrow().first().copied());
         let followers = || in_sync.iter().copied().filter(|&id| id != self.node_id);
         preferred
             .filter(|&preferred| preferred != self.node_id && in_sync.contains(&preferred))
@@ -106,7 +106,7 @@ impl ReplicaManager {
                 .groups
                 .borrow()
                 .get(&group_id)
-                .and_then(|hosted| hosted.replica.voters.first().copied())
+                .and_then(|hosted| hosted.voters.borrow().first().copied())
             else {
                 continue;
             };
@@ -216,7 +216,7 @@ impl ReplicaManager {
             let Some(hosted) = self.groups.borrow().get(&group_id).cloned() else {
                 continue;
             };
-            snapshot.under_replicated += u64::from(in_sync < hosted.replica.voters.len() as u64);
+            snapshot.under_replicated += u64::from(in_sync < hosted.voters.borrow().len() as u64);
             snapshot.under_min_isr +=
                 u64::from(in_sync < u64::from(hosted.replica.min_insync_replicas));
             let driver = self.driver.borrow();

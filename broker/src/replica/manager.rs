@@ -43,6 +43,7 @@ use glommio::task::JoinHandle;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
 use raft::storage::RaftState;
 use raft::StateRole;
+use ringfeed_replication::driver::membership::MembershipStep;
 use ringfeed_replication::driver::MultiRaft;
 use ringfeed_replication::log_store::{LogDurability, LogStore, LogStoreStart};
 use ringfeed_replication::log_store_meta::{GroupMeta, RaftMetaStore};
@@ -62,6 +63,10 @@ pub const INBOUND_FRAMES_MAX: usize = 256;
 pub const OUTBOUND_FRAMES_MAX: usize = 256;
 /// How often the leader renews the index followers must reach to count as caught up.
 const ISR_MARK_INTERVAL: Duration = Duration::from_millis(500);
+/// Entries a new replica of a moving group may be behind its leader's last one and count
+/// as caught up (`MultiRaft::advance_membership`): under steady produce a learner is always
+/// a few entries behind, and the joint change waits for it in the joint quorum anyway.
+const MOVE_LAG_ENTRIES_MAX: u64 = 16;
 /// Memory for a group's recent entries beyond its unapplied ones (serves followers that
 /// are a little behind without reading the disk).
 const RECENT_BYTES_MAX: usize = 1 << 20;
@@ -126,6 +131,9 @@ impl Signal {
 /// One hosted group.
 pub(crate) struct Hosted {
     pub(crate) replica: HostedReplica,
+    /// The group's replicas as the metadata names them now, first = preferred leader
+    /// (`replica.voters` is what the group was opened with; a reassignment changes them).
+    pub(crate) voters: RefCell<Vec<u64>>,
     pub(crate) log: PartitionLog,
     /// The Kafka end offset of the entries applied here: the high watermark.
     pub(crate) committed_end: Cell<i64>,
@@ -145,6 +153,8 @@ pub(crate) struct Hosted {
     isr_mark: Cell<Option<(Instant, u64)>>,
     /// The last (leader, term, isr) recorded for the controller.
     reported: RefCell<Option<(u64, u64, Vec<u64>)>>,
+    /// The settled voters last recorded for the controller (`LeadershipChange::voters`).
+    reported_voters: RefCell<Vec<u64>>,
     /// Notified when `committed_end` moves or the group closes.
     pub(crate) committed: Signal,
     pub(crate) closed: Cell<bool>,
@@ -160,6 +170,8 @@ pub struct ReplicaCounts {
     pub groups_closed: u64,
     /// Times a replica here became its group's leader (a new term).
     pub leader_elections: u64,
+    /// Membership changes proposed here for partition moves.
+    pub membership_changes: u64,
     /// Changes of a led group's in-sync set that removed replicas, and that added some.
     pub isr_shrinks: u64,
     pub isr_expands: u64,
@@ -189,6 +201,9 @@ pub struct ReplicaManager {
     sender: RefCell<Option<FrameSender>>,
     /// Leadership changes not drained yet, the latest per group.
     changes: RefCell<BTreeMap<u64, LeadershipChange>>,
+    /// The voters each hosted group moves to (`HostedReplica::target`), for the groups
+    /// moving; the leader drives each change (`drive_moves`).
+    targets: RefCell<BTreeMap<u64, BTreeSet<u64>>>,
     /// A tick happened since leadership was last looked at.
     scan_due: Cell<bool>,
     pub(crate) counts: RefCell<ReplicaCounts>,
@@ -258,6 +273,7 @@ impl ReplicaManager {
             outbound: RefCell::default(),
             sender: RefCell::new(None),
             changes: RefCell::default(),
+            targets: RefCell::default(),
             scan_due: Cell::new(true),
             counts: RefCell::default(),
             doorbell,
@@ -347,12 +363,24 @@ impl ReplicaManager {
                 }
             }
         }
+        {
+            let mut targets = self.targets.borrow_mut();
+            targets.clear();
+            for replica in wanted {
+                if !replica.target.is_empty() {
+                    targets.insert(replica.group_id, replica.target.iter().copied().collect());
+                }
+            }
+        }
         for (group_id, replica) in wanted_by_group {
             let hosted = self.groups.borrow().get(&group_id).cloned();
             match hosted {
                 Some(hosted) => {
                     if hosted.replica.config != replica.config {
                         hosted.log.set_config(replica.config.clone());
+                    }
+                    if *hosted.voters.borrow() != replica.voters {
+                        hosted.voters.replace(replica.voters.clone());
                     }
                 }
                 None => {
@@ -382,7 +410,9 @@ impl ReplicaManager {
             Some(meta) => (meta.hard_state, meta.conf_state),
             None => (
                 HardState::default(),
-                ConfState::from((replica.voters.clone(), vec![])),
+                // A replica a move added joins with the old voters and the move's
+                // learners (`driver::membership`: it passes older changes over).
+                ConfState::from((replica.voters.clone(), replica.learners.clone())),
             ),
         };
         let commit = hard_state.commit;
@@ -411,6 +441,7 @@ impl ReplicaManager {
         self.groups.borrow_mut().insert(
             group_id,
             Rc::new(Hosted {
+                voters: RefCell::new(replica.voters.clone()),
                 replica,
                 log,
                 committed_end: Cell::new(committed_end),
@@ -421,6 +452,7 @@ impl ReplicaManager {
                 caught_up_at: RefCell::default(),
                 isr_mark: Cell::new(None),
                 reported: RefCell::new(None),
+                reported_voters: RefCell::default(),
                 committed: Signal::default(),
                 closed: Cell::new(false),
             }),
@@ -570,6 +602,7 @@ impl ReplicaManager {
         drop(groups);
         self.answer_lost_and_persisted();
         if self.scan_due.replace(false) {
+            self.drive_moves();
             self.record_leadership();
         }
         self.driver.borrow().has_work()
@@ -680,7 +713,12 @@ impl ReplicaManager {
             hosted.isr_mark.set(Some((now, last_index)));
         }
         let mut in_sync = Vec::new();
+        // Learners (a move's new replicas) are not in the ISR until they are voters.
+        let voters = raft.prs().conf().voters().ids();
         for (&id, progress) in raft.prs().iter() {
+            if !voters.contains(id) {
+                continue;
+            }
             // A new leader gives every voter a whole lag period (Kafka resets
             // lastCaughtUpTime on a leader change the same way).
             let since = caught_up_at.entry(id).or_insert(now);
@@ -699,6 +737,58 @@ impl ReplicaManager {
         }
         in_sync.sort_unstable();
         in_sync
+    }
+
+    /// Takes the next step of each move whose group this replica leads
+    /// (`MultiRaft::advance_membership`: learners, one joint change, leave joint; a leader
+    /// leaving the group hands over first). Once per tick; a step not possible now (a
+    /// change in flight, learners catching up) waits for the next tick.
+    fn drive_moves(&self) {
+        let targets: Vec<(u64, BTreeSet<u64>)> = self
+            .targets
+            .borrow()
+            .iter()
+            .map(|(group, target)| (*group, target.clone()))
+            .collect();
+        for (group_id, target) in targets {
+            let step = self.driver.borrow_mut().advance_membership(
+                group_id,
+                &target,
+                MOVE_LAG_ENTRIES_MAX,
+            );
+            match step {
+                Ok(MembershipStep::Proposed) => {
+                    self.counts.borrow_mut().membership_changes += 1;
+                    let now = self.driver.borrow().membership(group_id);
+                    tracing::info!(
+                        group_id,
+                        ?target,
+                        ?now,
+                        "partition move: membership change proposed"
+                    );
+                    self.ring();
+                }
+                Ok(MembershipStep::Transferring(to)) => {
+                    tracing::info!(
+                        group_id,
+                        to,
+                        "partition move: handing leadership over first"
+                    );
+                }
+                // The controller ends the move on the leader's report of these voters;
+                // report them again until it has (a move cancelled before any change, or a
+                // report lost with a controller failover, would otherwise never end).
+                Ok(MembershipStep::Done) => {
+                    if let Some(hosted) = self.groups.borrow().get(&group_id) {
+                        hosted.reported_voters.borrow_mut().clear();
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(group_id, %error, "partition move: no step taken");
+                }
+            }
+        }
     }
 
     /// Records, per group, a change of (leader, term, in-sync set) since the last report.
@@ -721,6 +811,18 @@ impl ReplicaManager {
             } else {
                 Vec::new()
             };
+            // The voters once the membership is settled: what ends a move at the controller.
+            let voters: Vec<u64> = if leads {
+                self.driver
+                    .borrow()
+                    .membership(group_id)
+                    .filter(|now| !now.is_joint() && now.learners.is_empty())
+                    .map(|now| now.voters.into_iter().collect())
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            let voters_changed = *hosted.reported_voters.borrow() != voters;
             let now = (leader, term, isr);
             let mut reported = hosted.reported.borrow_mut();
             let was_leader = reported
@@ -731,7 +833,7 @@ impl ReplicaManager {
             }
             // The leader reports; a replica reports only that it stopped leading.
             let report = if leads {
-                reported.as_ref() != Some(&now)
+                reported.as_ref() != Some(&now) || voters_changed
             } else {
                 was_leader
             };
@@ -743,11 +845,13 @@ impl ReplicaManager {
                         leader: now.0,
                         term: now.1,
                         isr: now.2.clone(),
+                        voters: voters.clone(),
                     },
                 );
             }
             if leads || was_leader {
                 *reported = Some(now);
+                *hosted.reported_voters.borrow_mut() = voters;
             }
         }
     }

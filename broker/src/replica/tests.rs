@@ -41,6 +41,8 @@ fn replica(min_insync_replicas: u32) -> HostedReplica {
         topic_id: Uuid::from_u128(0x5eed),
         group_id: GROUP,
         voters: vec![1, 2, 3],
+        learners: Vec::new(),
+        target: Vec::new(),
         config: LogConfig::default(),
         min_insync_replicas,
     }

@@ -16,6 +16,13 @@ pub struct HostedReplica {
     pub group_id: u64,
     /// The brokers (`node.id`) holding a replica, this one included: the group's voters.
     pub voters: Vec<u64>,
+    /// Brokers hosting a replica a move in progress added (learners of the group until it
+    /// ends); a replica that opens the group anew starts with these as learners
+    /// (`ringfeed_replication::driver::membership`).
+    pub learners: Vec<u64>,
+    /// The voters a move in progress takes the group to (empty: none); the group's leader
+    /// drives the change.
+    pub target: Vec<u64>,
     /// The topic's log settings.
     pub config: LogConfig,
     /// `min.insync.replicas`: an acks=all produce needs this many replicas in sync.
