@@ -795,17 +795,28 @@ impl ReplicaManager {
     fn record_leadership(&self) {
         let ids: Vec<u64> = self.groups.borrow().keys().copied().collect();
         for group_id in ids {
-            let Some((leader, term, leads)) = self
-                .driver
-                .borrow()
-                .raft(group_id)
-                .map(|raft| (raft.leader_id, raft.term, raft.state == StateRole::Leader))
-            else {
-                continue;
-            };
             let Some(hosted) = self.groups.borrow().get(&group_id).cloned() else {
                 continue;
             };
+            let Some((leader, term, leads, serving)) =
+                self.driver.borrow().raft(group_id).map(|raft| {
+                    let leads = raft.state == StateRole::Leader;
+                    let applied_term = raft.raft_log.term(hosted.applied_index.get()).ok();
+                    let serving = leads && applied_term == Some(raft.term);
+                    (raft.leader_id, raft.term, leads, serving)
+                })
+            else {
+                continue;
+            };
+            // A leader is reported (so Metadata sends clients to it) once it has applied an
+            // entry of its term, when it serves produce: before that it refuses idempotent
+            // batches (`serve::check_sequences`). A client sent there too early has its
+            // first request refused and its next, pipelined one refused out of sequence,
+            // which librdkafka answers with an epoch bump that renumbers, and so writes
+            // again, whatever it was retrying on other partitions.
+            if leads && !serving {
+                continue;
+            }
             let isr = if leads {
                 self.in_sync(group_id)
             } else {

@@ -925,6 +925,51 @@ fn a_handed_over_group_moves_to_an_in_sync_replica_and_keeps_every_acknowledged_
     });
 }
 
+/// A new leader is reported (and so named in Metadata) only once it has applied an entry of
+/// its term, when it serves idempotent producers; one cut off before its term's first entry
+/// commits is not reported.
+#[test]
+fn a_leader_is_reported_once_it_serves() {
+    run(|| async {
+        let mut cluster = Cluster::new(2).await;
+        let mut leader = None;
+        for _ in 0..400 {
+            cluster.step().await;
+            leader = cluster.leader();
+            if leader.is_some() {
+                break;
+            }
+        }
+        let leader = leader.expect("a leader elected");
+        let term = cluster.manager(leader).leader_and_term(GROUP).unwrap().1;
+        // Cut off as soon as it leads: its term's empty entry cannot commit.
+        cluster.nodes[(leader - 1) as usize].cut = true;
+        cluster.steps(3).await;
+        assert_eq!(
+            cluster.manager(leader).leader_and_term(GROUP),
+            Some((leader, term)),
+            "still leading (check quorum has not stepped it down yet)"
+        );
+        let early = cluster.manager(leader).take_leadership_changes();
+        assert!(
+            early.iter().all(|change| change.leader != leader),
+            "reported before it could serve: {early:?}"
+        );
+        cluster.nodes[(leader - 1) as usize].cut = false;
+        let mut reported = Vec::new();
+        for _ in 0..5 {
+            cluster.step().await;
+            reported.extend(cluster.manager(leader).take_leadership_changes());
+        }
+        assert!(
+            reported
+                .iter()
+                .any(|change| change.leader == leader && change.term == term),
+            "reported once it serves: {reported:?}"
+        );
+    });
+}
+
 /// Leader balancing: a group led elsewhere goes back to its preferred replica (the first
 /// voter) once the caller wants that broker balanced, and only then.
 #[test]
