@@ -366,7 +366,9 @@ def test_a_consumer_reads_on_across_a_leader_change(tmp_path):
         workload.write(100)
         workload.flush(30)
         leader = wait_for(lambda: settled(brokers.values(), {1, 2, 3}), 10, "agreed leaders")[0][0]
-        epoch = metadata_epochs(brokers[leader], TOPIC)[0]
+        # Terms start at 1: epoch 0 is the placement's, before the leader's report is recorded.
+        epoch = wait_for(lambda: metadata_epochs(brokers[leader], TOPIC)[0] or None, 10,
+                         "the leader's term in Metadata")
         end = workload.acknowledged_end(0)
         # The leader answers the current epoch with its log end, an epoch above it undefined;
         # a follower refuses.
@@ -412,7 +414,10 @@ def test_admin_reads_of_replicated_partitions(tmp_path):
         workload = Workload(bootstrap, brokers.values())
         workload.write(50)
         workload.flush(30)
-        view = wait_for(lambda: settled(brokers.values(), {1, 2, 3}), 10, "agreed leaders")
+        # Leaders as Raft elected them: every epoch past the placement's 0 (terms start at 1).
+        view = wait_for(lambda: (agreed := settled(brokers.values(), {1, 2, 3}))
+                        and all(metadata_epochs(brokers[leader], TOPIC)[p] > 0 for p, (leader, _, _) in agreed.items())
+                        and agreed, 10, "agreed leaders, each reported in its term")
         for partition, (leader, _, _) in view.items():
             error, producers = describe_producers(brokers[leader].bootstrap, [(TOPIC, [partition])])[(TOPIC, partition)]
             assert error == 0 and len(producers) == 1, (partition, error, producers)
