@@ -279,6 +279,18 @@ async fn write_to_peer(
                 continue;
             }
         };
+        // A peer that is down leaves its port free, and a connect to a free loopback port in
+        // the ephemeral range can be given that same port as its source: TCP's simultaneous
+        // open then connects the socket to itself, and frames written to it reach nobody
+        // until the write buffer fills. Such a connection is a failed attempt.
+        if is_self_connection(stream.local_addr().ok(), stream.peer_addr().ok()) {
+            stats.add(|counts| counts.connection_failures += 1);
+            tracing::debug!(peer = node_id, address = %queue.address, "connected to itself (the peer is down); retrying");
+            drop(stream);
+            glommio::timer::sleep(backoff).await;
+            backoff = (backoff * 2).min(settings.backoff_max);
+            continue;
+        }
         // Raft messages are small and latency-bound (votes, heartbeats): no Nagle delay.
         let _ = stream.set_nodelay(true);
         let drained = match &settings.tls {
@@ -311,6 +323,11 @@ async fn write_to_peer(
             glommio::timer::sleep(backoff).await;
         }
     }
+}
+
+/// A TCP connection whose two ends are the same address: connected to itself.
+fn is_self_connection(local: Option<SocketAddr>, peer: Option<SocketAddr>) -> bool {
+    matches!((local, peer), (Some(local), Some(peer)) if local == peer)
 }
 
 fn opened(node_id: u64, queue: &PeerQueue, stats: &Stats) {

@@ -281,3 +281,15 @@ fn a_trusted_certificate_that_is_not_a_brokers_and_plaintext_are_refused() {
         })
     });
 }
+
+#[test]
+fn a_connection_to_its_own_address_is_told_apart() {
+    let a = loopback(40_001);
+    let b = loopback(40_002);
+    assert!(is_self_connection(Some(a), Some(a)));
+    assert!(!is_self_connection(Some(a), Some(b)));
+    assert!(
+        !is_self_connection(None, Some(a)),
+        "unknown ends are not judged"
+    );
+}
