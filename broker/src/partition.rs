@@ -263,6 +263,14 @@ impl AppendSequencer {
     }
 }
 
+/// Where a partition this shard owns is served from ([`PartitionTable::served`]).
+pub(crate) enum Served {
+    /// A plain log in the table.
+    Log(PartitionLog),
+    /// A replicated partition: its leader serves it through the replica manager.
+    Replica(Rc<ReplicaManager>),
+}
+
 impl PartitionTable {
     /// `fetch_waits_parked_max`: `Limits::shard_fetch_waits_parked_max`.
     pub fn new(fetch_waits_parked_max: usize) -> Self {
@@ -292,6 +300,15 @@ impl PartitionTable {
     pub(crate) fn replicas_hosting(&self, tp: &TopicPartition) -> Option<Rc<ReplicaManager>> {
         let replicas = self.replicas.borrow();
         replicas.as_ref().filter(|r| r.hosts(tp)).cloned()
+    }
+
+    /// Where a partition this shard owns is served from: its log in this table, or the
+    /// replica manager when it is replicated; else the error code `log` answers.
+    pub(crate) fn served(&self, tp: &TopicPartition) -> Result<Served, i16> {
+        match self.log(tp) {
+            Ok(log) => Ok(Served::Log(log)),
+            Err(code) => self.replicas_hosting(tp).map(Served::Replica).ok_or(code),
+        }
     }
 
     pub fn parked_waits(&self) -> &ParkedWaits {
@@ -629,12 +646,9 @@ impl PartitionTable {
         tp: &TopicPartition,
         leader_epoch: i32,
     ) -> Result<(i32, i64), i16> {
-        match self.log(tp) {
-            Ok(log) => Ok(log.end_offset_for_leader_epoch(leader_epoch)),
-            Err(code) => match self.replicas_hosting(tp) {
-                Some(replicas) => replicas.end_offset_for_leader_epoch(tp, leader_epoch),
-                None => Err(code),
-            },
+        match self.served(tp)? {
+            Served::Log(log) => Ok(log.end_offset_for_leader_epoch(leader_epoch)),
+            Served::Replica(replicas) => replicas.end_offset_for_leader_epoch(tp, leader_epoch),
         }
     }
 
@@ -645,16 +659,10 @@ impl PartitionTable {
         &self,
         tp: &TopicPartition,
     ) -> Result<Vec<crate::producer_state::ProducerSummary>, i16> {
-        let log = match self.log(tp) {
-            Ok(log) => log,
-            Err(code) => {
-                return match self.replicas_hosting(tp) {
-                    Some(replicas) => replicas.describe_producers(tp),
-                    None => Err(code),
-                }
-            }
-        };
-        Ok(self.producers.describe(tp, &log).await)
+        match self.served(tp)? {
+            Served::Log(log) => Ok(self.producers.describe(tp, &log).await),
+            Served::Replica(replicas) => replicas.describe_producers(tp),
+        }
     }
 
     /// Moves the log start to `offset` (-1 = the high watermark).
@@ -933,11 +941,10 @@ pub async fn log_sizes_on<S: PartitionOwner>(
             let sizes = tps
                 .into_iter()
                 .map(|tp| {
-                    let size = match table.log(&tp) {
-                        Ok(log) => Some(log.size_bytes()),
-                        Err(_) => table
-                            .replicas_hosting(&tp)
-                            .and_then(|replicas| replicas.log_size_bytes(&tp)),
+                    let size = match table.served(&tp) {
+                        Ok(Served::Log(log)) => Some(log.size_bytes()),
+                        Ok(Served::Replica(replicas)) => replicas.log_size_bytes(&tp),
+                        Err(_) => None,
                     };
                     (tp, size)
                 })

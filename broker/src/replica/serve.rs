@@ -427,7 +427,7 @@ impl ReplicaManager {
         &self,
         tp: &TopicPartition,
     ) -> Result<Vec<crate::producer_state::ProducerSummary>, i16> {
-        let (group_id, hosted) = self.leader_hosted(tp)?;
+        let (group_id, hosted) = self.hosted(tp).ok_or(codes::NOT_LEADER_OR_FOLLOWER)?;
         let term = self
             .leading_term(group_id)
             .ok_or(codes::NOT_LEADER_OR_FOLLOWER)?;
