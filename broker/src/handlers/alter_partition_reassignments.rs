@@ -4,10 +4,9 @@
 //! another length (`INVALID_REPLICATION_FACTOR`). One controller change for the whole request; an error per
 //! partition (`controller::reassignment`).
 //!
-//! What is applied today: a new order of the same brokers (a new preferred leader), at once.
-//! A list naming other brokers is validated as Kafka does and then refused with
-//! `INVALID_REQUEST`: the partition's leader does not change its Raft group's membership
-//! yet (docs/REPLICATION.md, Status).
+//! A new order of the same brokers (a new preferred leader) is applied at once; a list
+//! naming other brokers is recorded as a move, which the partition's leader carries out by
+//! changing its Raft group's membership (docs/REPLICATION.md, Status).
 
 use std::collections::BTreeMap;
 
