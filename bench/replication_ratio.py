@@ -267,6 +267,13 @@ def rounds(options, single, cluster, set_ups, count, rate):
                   f"p50 {figures['p50_ms']:6.1f} ms  p99 {figures['p99_ms']:6.1f} ms  p99.9 {figures['p999_ms']:6.1f} ms  "
                   f"max {figures['max_ms']:6.1f} ms  errors {figures['errors']}  broker CPU {figures['cpu_measured']:.0f}% "
                   f"(other set-up, idle: {figures['cpu_idle']:.0f}%)", flush=True)
+            if len(brokers) > 1:
+                # A follower that cannot keep up leaves the in-sync set; one that never comes
+                # back would show here round after round (and slow acks=all, which then waits
+                # for the last follower in sync).
+                placed = view(brokers[0], name) or {}
+                in_sync = {p: len(isr) for p, (_, _, isr) in sorted(placed.items())}
+                print(f"        in sync after the round (partition: replicas): {in_sync}", flush=True)
     return results
 
 

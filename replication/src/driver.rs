@@ -58,6 +58,12 @@ const _: () = assert!(HEARTBEAT_TICKS < ELECTION_TICKS);
 /// [`Durability::start_sync`] completes; writes of one group become durable in the order they
 /// were staged (a power cut keeps a prefix of them).
 pub trait GroupStore: raft::Storage {
+    /// Whether raft-rs asked for entries this store could not serve at once
+    /// (`LogTemporarilyUnavailable`): the shard reads them and calls
+    /// [`MultiRaft::entries_fetched`]. A store that serves everything from memory never does.
+    fn wants_fetch(&self) -> bool {
+        false
+    }
     /// Replaces the log with `snapshot` (the follower was too far behind).
     fn stage_snapshot(&mut self, snapshot: Snapshot) -> raft::Result<()>;
     /// Appends `entries`, first dropping any stored entry at or after the first one's index.
@@ -66,6 +72,9 @@ pub trait GroupStore: raft::Storage {
     /// Records the configuration a committed change made, to be saved with the next durable
     /// write (a restart reopens the group with it).
     fn stage_conf_state(&mut self, conf_state: ConfState);
+    /// Entries up to `index` are applied (and so durable here): a store may let them leave
+    /// memory. Raft-rs reads them again only to send them to a lagging follower.
+    fn advance_applied(&mut self, _index: u64) {}
 }
 
 /// The shard's durability barrier, shared by all its groups: one wait covers every write
@@ -199,6 +208,9 @@ pub struct MultiRaft<S: GroupStore> {
     /// Groups touched since their last Ready (stepped, ticked, proposed to, persisted): only
     /// these can have a new one, so a round costs what changed, not the number of groups.
     maybe_ready: BTreeSet<u64>,
+    /// Groups whose store wants entries read from disk ([`GroupStore::wants_fetch`]), for
+    /// the shard to serve ([`Self::take_fetches_wanted`]).
+    fetches_wanted: BTreeSet<u64>,
     election_rng: SeededRng,
     pending: VecDeque<PendingSync>,
     /// Messages to send this round, per peer node, in the order raft made them.
@@ -222,6 +234,7 @@ impl<S: GroupStore> MultiRaft<S> {
             inbox: Vec::new(),
             ticks_due: 0,
             maybe_ready: BTreeSet::new(),
+            fetches_wanted: BTreeSet::new(),
             election_rng: SeededRng::new(election_seed),
             pending: VecDeque::new(),
             outbox: BTreeMap::new(),
@@ -265,6 +278,7 @@ impl<S: GroupStore> MultiRaft<S> {
             return false;
         }
         self.maybe_ready.remove(&group_id);
+        self.fetches_wanted.remove(&group_id);
         self.inbox.retain(|(id, _)| *id != group_id);
         for sync in &mut self.pending {
             sync.readies.retain(|(id, _, _)| *id != group_id);
@@ -412,6 +426,39 @@ impl<S: GroupStore> MultiRaft<S> {
             .flatten()
     }
 
+    /// The groups whose store wants entries read from disk since the last call: for each,
+    /// the shard reads them (`LogStore::fetch`) and calls [`Self::entries_fetched`].
+    pub fn take_fetches_wanted(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.fetches_wanted)
+            .into_iter()
+            .collect()
+    }
+
+    /// The store of a hosted group.
+    pub fn store(&self, group_id: u64) -> Option<&S> {
+        self.groups.get(&group_id).map(|group| group.node.store())
+    }
+
+    /// Entries raft-rs asked for under `context` were read into the group's store: raft-rs
+    /// asks again (sending to the follower that waited) and is served from them. A context
+    /// of an earlier term or leadership does nothing (raft-rs checks).
+    pub fn entries_fetched(&mut self, group_id: u64, context: raft::GetEntriesContext) {
+        let Some(group) = self.groups.get_mut(&group_id) else {
+            return;
+        };
+        if group.fenced {
+            return;
+        }
+        let node = &mut group.node;
+        if panic::catch_unwind(AssertUnwindSafe(|| node.on_entries_fetched(context))).is_err() {
+            // As in `step_inbox`: raft-rs's `fatal!` fences this group, not the shard.
+            group.fenced = true;
+            self.stats.groups_fenced += 1;
+            return;
+        }
+        self.maybe_ready.insert(group_id);
+    }
+
     /// Queues a received frame's messages for the next round.
     pub fn receive(&mut self, frame: Frame) {
         if frame.to_node != self.node_id {
@@ -457,7 +504,15 @@ impl<S: GroupStore> MultiRaft<S> {
         let mut staged_any = false;
         for group_id in std::mem::take(&mut self.maybe_ready) {
             let group = self.groups.get_mut(&group_id).expect("hosted group");
-            if group.fenced || !group.node.has_ready() {
+            if group.fenced {
+                continue;
+            }
+            // Stepping (an append response from a lagging follower) may have asked for
+            // entries memory no longer holds.
+            if group.node.store().wants_fetch() {
+                self.fetches_wanted.insert(group_id);
+            }
+            if !group.node.has_ready() {
                 continue;
             }
             let Ok(ready) = handle_ready(group_id, group, &mut self.outbox, &mut apply) else {
@@ -634,14 +689,18 @@ fn handle_ready<S: GroupStore, A: FnMut(u64, &Entry)>(
     for message in ready.take_messages() {
         queue_message(outbox, group_id, message);
     }
-    for entry in ready.take_committed_entries() {
+    let committed = ready.take_committed_entries();
+    for entry in &committed {
         if entry.entry_type() == EntryType::EntryConfChangeV2 {
-            apply_conf_change(group, &entry);
+            apply_conf_change(group, entry);
         }
-        apply(group_id, &entry);
+        apply(group_id, entry);
     }
     let mut staged = false;
     let store = group.node.mut_store();
+    if let Some(last) = committed.last() {
+        store.advance_applied(last.index);
+    }
     if !ready.snapshot().is_empty() {
         staged = true;
         store.stage_snapshot(ready.snapshot().clone())?;

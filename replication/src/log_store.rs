@@ -12,8 +12,11 @@
 //! raft-rs calls `Storage` synchronously. Terms are answered from the log's leader-epoch
 //! cache (in memory, for every entry held). Entries are answered from the recent entries kept
 //! in memory (everything not yet applied is kept); for older ones a request that may wait
-//! (sending to a lagging follower) gets `LogTemporarilyUnavailable`, the driver runs
-//! [`LogStore::fetch`] and then calls `RawNode::on_entries_fetched` with the context it returns.
+//! (sending to a lagging follower) gets `LogTemporarilyUnavailable` and is remembered
+//! ([`GroupStore::wants_fetch`]); the shard runs [`LogStore::fetch`], hands the context it
+//! returns to the driver (`MultiRaft::entries_fetched`, which calls
+//! `RawNode::on_entries_fetched`: raft-rs asks again and is served from what was read), then
+//! [`LogStore::release_fetched`].
 //!
 //! Writes are staged (`GroupStore::stage_entries`, for the driver's rounds): visible to
 //! raft-rs's reads at once, written to the log by [`LogStore::write_staged`] in staging order.
@@ -106,6 +109,12 @@ enum StagedWrite {
     Append(Entry),
 }
 
+/// Requests memory could not serve kept waiting for [`LogStore::fetch`]: about one per
+/// lagging follower (raft-rs asks again for a follower at each of its heartbeat responses;
+/// a request for the same first index replaces the earlier one). More are dropped, oldest
+/// first: raft-rs asks again.
+const WANTED_MAX: usize = 8;
+
 /// A request raft-rs made that memory could not serve, waiting for [`LogStore::fetch`].
 #[derive(Debug, Clone, Copy)]
 struct Wanted {
@@ -128,9 +137,11 @@ struct StoreState {
     recent_bytes_max: usize,
     /// Entries below this may leave memory: applied ones.
     applied: u64,
-    /// What [`LogStore::fetch`] read for the last request memory could not serve.
+    /// What [`LogStore::fetch`] read for the last request memory could not serve, until
+    /// [`LogStore::release_fetched`].
     fetched: Vec<Entry>,
-    wanted: Option<Wanted>,
+    /// Oldest first, at most [`WANTED_MAX`].
+    wanted: VecDeque<Wanted>,
     /// Requests served from disk by [`LogStore::fetch`] (for metrics).
     fetches: u64,
     staged: Vec<StagedWrite>,
@@ -195,7 +206,7 @@ impl<D: Disk> LogStore<D> {
             recent_bytes_max: start.recent_bytes_max,
             applied: commit,
             fetched: Vec::new(),
-            wanted: None,
+            wanted: VecDeque::new(),
             fetches: 0,
             staged: Vec::new(),
             staged_hard_state: None,
@@ -322,10 +333,12 @@ impl<D: Disk> LogStore<D> {
         evict(&mut state);
     }
 
-    /// Reads what raft-rs asked for and memory could not serve; returns the context to pass
-    /// to `RawNode::on_entries_fetched`, or `None` when nothing was waiting.
+    /// Reads the oldest request raft-rs made that memory could not serve; returns the
+    /// context to pass to `RawNode::on_entries_fetched` (at once, before anything else
+    /// touches the store: raft-rs's repeated request is served from what was read), or
+    /// `None` when nothing was waiting.
     pub async fn fetch(&self) -> Result<Option<GetEntriesContext>, LogStoreError> {
-        let Some(wanted) = self.state.borrow_mut().wanted.take() else {
+        let Some(wanted) = self.state.borrow_mut().wanted.pop_front() else {
             return Ok(None);
         };
         let max_bytes = wanted.max_size.map_or(usize::MAX, |max| max as usize);
@@ -337,6 +350,21 @@ impl<D: Disk> LogStore<D> {
         state.fetched = stored.iter().map(stored_entry).collect();
         state.fetches += 1;
         Ok(Some(wanted.context))
+    }
+
+    /// Bytes of entry data held in memory (recent entries; what a fetch read is apart).
+    pub fn recent_bytes(&self) -> usize {
+        self.state.borrow().recent_bytes
+    }
+
+    /// Whether a request memory could not serve waits for [`Self::fetch`].
+    pub fn wants_fetch(&self) -> bool {
+        !self.state.borrow().wanted.is_empty()
+    }
+
+    /// Gives back the memory of what [`Self::fetch`] read, once raft-rs took it.
+    pub fn release_fetched(&self) {
+        self.state.borrow_mut().fetched = Vec::new();
     }
 
     /// How many requests raft-rs made were served from disk rather than memory.
@@ -398,12 +426,21 @@ impl<D: Disk> Storage for LogStore<D> {
             // Unapplied entries are always in memory; only a broken driver contract gets here.
             return Err(raft::Error::Store(RaftStorageError::Unavailable));
         }
-        state.wanted = Some(Wanted {
+        let wanted = Wanted {
             low,
             high,
             max_size,
             context,
-        });
+        };
+        match state.wanted.iter_mut().find(|w| w.low == low) {
+            Some(earlier) => *earlier = wanted,
+            None => {
+                if state.wanted.len() == WANTED_MAX {
+                    state.wanted.pop_front();
+                }
+                state.wanted.push_back(wanted);
+            }
+        }
         Err(raft::Error::Store(
             RaftStorageError::LogTemporarilyUnavailable,
         ))
@@ -459,6 +496,14 @@ impl<D: Disk> Storage for LogStore<D> {
 }
 
 impl<D: Disk> GroupStore for LogStore<D> {
+    fn wants_fetch(&self) -> bool {
+        LogStore::wants_fetch(self)
+    }
+
+    fn advance_applied(&mut self, index: u64) {
+        LogStore::advance_applied(self, index);
+    }
+
     fn stage_snapshot(&mut self, _snapshot: Snapshot) -> raft::Result<()> {
         // Rebuilding a replica from a snapshot is not built yet (see `snapshot`).
         Err(raft::Error::Store(

@@ -264,7 +264,7 @@ impl Scrape {
             });
             gauges(encoder, name, help, series)?;
         }
-        let counter_families: [(&str, &str, Pick); 7] = [
+        let counter_families: [(&str, &str, Pick); 8] = [
             (
                 "ringfeed_replica_leader_elections",
                 "Times a replica on the shard became its partition's leader (a new term).",
@@ -294,6 +294,11 @@ impl Scrape {
                 "ringfeed_replica_leadership_refused",
                 "Leadership transfers to the shard refused while shutting down.",
                 |r| r.leadership_refused,
+            ),
+            (
+                "ringfeed_replica_catch_up_reads",
+                "Reads of a led partition's log for a follower behind what the leader keeps in memory (up to 1 MiB each).",
+                |r| r.counts.entries_fetches,
             ),
             (
                 "ringfeed_replica_frames_dropped",

@@ -69,7 +69,7 @@ const ISR_MARK_INTERVAL: Duration = Duration::from_millis(500);
 const MOVE_LAG_ENTRIES_MAX: u64 = 16;
 /// Memory for a group's recent entries beyond its unapplied ones (serves followers that
 /// are a little behind without reading the disk).
-const RECENT_BYTES_MAX: usize = 1 << 20;
+pub(crate) const RECENT_BYTES_MAX: usize = 1 << 20;
 
 /// How a shard's replica manager starts.
 pub struct ReplicaManagerStart {
@@ -178,10 +178,14 @@ pub struct ReplicaCounts {
     /// Leadership transfers started here (`handover`) and given up.
     pub transfers_started: u64,
     pub transfers_aborted: u64,
+    /// Entries read from a log for a lagging follower (`catch_up`), one per read.
+    pub entries_fetches: u64,
 }
 
 /// See the module docs.
 pub struct ReplicaManager {
+    /// Itself, for the tasks it starts from `&self` (`catch_up`).
+    pub(crate) this: std::rc::Weak<ReplicaManager>,
     pub(crate) node_id: u64,
     shard: usize,
     data_dir: PathBuf,
@@ -211,6 +215,9 @@ pub struct ReplicaManager {
     rung: RefCell<Option<LocalReceiver<()>>>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
     storage_failure_logged: Cell<bool>,
+    /// Groups whose followers wait for entries read from the log (`catch_up`).
+    pub(crate) fetches_queued: RefCell<BTreeSet<u64>>,
+    pub(crate) fetch_task_running: Cell<bool>,
 }
 
 pub(crate) type Store = LogStore<BrokerDisk>;
@@ -251,7 +258,8 @@ impl ReplicaManager {
             .map_err(|error| format!("raft-meta store in {}: {error}", meta_dir.display()))?;
         let recovered = meta.groups().map(|(id, m)| (id, m.clone())).collect();
         let (doorbell, rung) = local_channel::new_bounded(1);
-        Ok(Rc::new(Self {
+        Ok(Rc::new_cyclic(|this| Self {
+            this: this.clone(),
             node_id: start.node_id,
             shard: start.shard,
             data_dir: start.data_dir,
@@ -280,6 +288,8 @@ impl ReplicaManager {
             rung: RefCell::new(Some(rung)),
             tasks: RefCell::default(),
             storage_failure_logged: Cell::new(false),
+            fetches_queued: RefCell::default(),
+            fetch_task_running: Cell::new(false),
         }))
     }
 
@@ -470,6 +480,7 @@ impl ReplicaManager {
         self.durability.borrow().unregister(group_id);
         self.by_partition.borrow_mut().remove(&hosted.replica.topic);
         self.groups_waiting.borrow_mut().remove(&group_id);
+        self.fetches_queued.borrow_mut().remove(&group_id);
         self.changes.borrow_mut().remove(&group_id);
         for (_, waiter) in std::mem::take(&mut *hosted.waiting.borrow_mut()) {
             let _ = waiter.answer.send(Err(codes::NOT_LEADER_OR_FOLLOWER));
@@ -563,13 +574,14 @@ impl ReplicaManager {
     /// One round (module docs); returns whether work remains (a sync in flight).
     pub fn round(&self) -> bool {
         let mut applied: Vec<Applied> = Vec::new();
+        let fetches;
         let frames = {
             let mut driver = self.driver.borrow_mut();
             if !driver.has_work() {
                 return false;
             }
             let mut durability = self.durability.borrow_mut();
-            driver.round(&mut *durability, |group_id, entry| {
+            let frames = driver.round(&mut *durability, |group_id, entry| {
                 applied.push(Applied {
                     group_id,
                     index: entry.index,
@@ -577,8 +589,11 @@ impl ReplicaManager {
                     span: entry_span(entry),
                     producer: idempotent_header(entry),
                 });
-            })
+            });
+            fetches = driver.take_fetches_wanted();
+            frames
         };
+        self.queue_fetches(fetches);
         self.inbound_frames.set(0);
         if let Some(error) = self.durability.borrow().failed() {
             if !self.storage_failure_logged.replace(true) {

@@ -13,6 +13,7 @@
 //! - `manager`: [`ReplicaManager`]: opening and closing groups (`reconcile`), the driver
 //!   rounds, frames in and out (bounded queues), produce waits answered from the rounds,
 //!   leadership reports;
+//! - `catch_up`: a follower behind what the leader keeps in memory served from its log;
 //! - `producers`: idempotent producers' sequence checks over committed and proposed batches;
 //! - `retention`: `retention.ms`/`retention.bytes` on the hosted logs, never removing what
 //!   the group may still need;
@@ -21,6 +22,7 @@
 //!
 //! Owned by one shard, `!Send` (the stores hold the shard's disk handles and `Rc`s).
 
+pub mod catch_up;
 pub mod handover;
 pub mod manager;
 pub mod producers;

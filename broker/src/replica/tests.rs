@@ -1058,3 +1058,75 @@ fn replication_snapshot_counts_leaders_isr_changes_and_lag() {
         assert_eq!(snapshot.counts.leader_elections, 1);
     });
 }
+
+/// A batch of one record whose value is `bytes` long.
+fn large_batch(label: &str, bytes: usize) -> Bytes {
+    let value = label.as_bytes().iter().copied().cycle().take(bytes);
+    build::batch(&[build::Record {
+        key: Some(label.as_bytes()),
+        value: Some(&value.collect::<Vec<u8>>()),
+        timestamp_ms: 1_000,
+    }])
+}
+
+/// A follower cut off while the leader commits more than it keeps in memory (the store's
+/// recent entries, `RECENT_BYTES_MAX`) catches up from the leader's log once healed: the
+/// leader reads what memory no longer holds from disk (raft-rs's asynchronous fetch), so the
+/// follower ends with every entry, byte for byte, and is back in sync.
+#[test]
+fn a_follower_behind_the_leaders_memory_catches_up_from_its_log() {
+    run(|| async {
+        let mut cluster = Cluster::new(2).await;
+        let leader = cluster.elect().await;
+        let follower = (1..=3).find(|id| *id != leader).unwrap();
+        cluster.set_cut(follower, true);
+        // Three times the leader's memory, 64 KiB a batch.
+        let batches = 3 * manager::RECENT_BYTES_MAX / (64 << 10);
+        let manager = cluster.manager(leader);
+        let mut cells = Vec::new();
+        for round in 0..batches / 8 {
+            for i in 0..8 {
+                let label = format!("large{round}-{i}");
+                let pending =
+                    manager.dispatch_produce(&tp(), vec![large_batch(&label, 64 << 10)], -1);
+                let cell = Rc::new(RefCell::new(None));
+                let sink = cell.clone();
+                glommio::spawn_local(async move {
+                    *sink.borrow_mut() = Some(pending.wait().await);
+                })
+                .detach();
+                cells.push(cell);
+            }
+            cluster.step().await;
+        }
+        cluster.until_answered(&cells).await;
+        assert!(cells
+            .iter()
+            .all(|cell| cell.borrow().expect("answered").error_code == codes::NONE));
+        let leader_entries = entries(&cluster, leader).await;
+        assert!(entries(&cluster, follower).await.len() < leader_entries.len() / 2);
+        // Applied entries left the leader's memory: it keeps its budget, not the log.
+        let held = manager
+            .driver
+            .borrow()
+            .store(GROUP)
+            .expect("hosted")
+            .recent_bytes();
+        assert!(held <= manager::RECENT_BYTES_MAX, "{held} bytes held");
+
+        cluster.set_cut(follower, false);
+        cluster.steps(100).await;
+        let follower_entries = entries(&cluster, follower).await;
+        assert_eq!(
+            follower_entries.len(),
+            leader_entries.len(),
+            "the follower caught up"
+        );
+        for (ours, theirs) in leader_entries.iter().zip(&follower_entries) {
+            assert_eq!((ours.index, ours.term), (theirs.index, theirs.term));
+            assert_eq!(ours.batch, theirs.batch, "entry {} differs", ours.index);
+        }
+        assert_eq!(cluster.manager(leader).in_sync(GROUP), [1, 2, 3]);
+        assert!(cluster.manager(leader).counts().entries_fetches >= 2);
+    });
+}
