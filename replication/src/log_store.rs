@@ -432,14 +432,13 @@ impl<D: Disk> Storage for LogStore<D> {
             max_size,
             context,
         };
-        match state.wanted.iter_mut().find(|w| w.low == low) {
-            Some(earlier) => *earlier = wanted,
-            None => {
-                if state.wanted.len() == WANTED_MAX {
-                    state.wanted.pop_front();
-                }
-                state.wanted.push_back(wanted);
+        if let Some(earlier) = state.wanted.iter_mut().find(|w| w.low == low) {
+            *earlier = wanted;
+        } else {
+            if state.wanted.len() == WANTED_MAX {
+                state.wanted.pop_front();
             }
+            state.wanted.push_back(wanted);
         }
         Err(raft::Error::Store(
             RaftStorageError::LogTemporarilyUnavailable,
