@@ -543,3 +543,61 @@ def test_retention_removes_old_segments_on_every_replica(tmp_path):
             if broker.alive():
                 broker.process.kill()
                 broker.process.wait()
+
+
+def rss_mib(broker):
+    status = open(f"/proc/{broker.process.pid}/status").read()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+
+def replica_sizes(broker):
+    """{partition: bytes} of TOPIC's replicas on `broker` (DescribeLogDirs, kafka-python)."""
+    client = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=10000)
+    try:
+        response = client.describe_log_dirs()
+    finally:
+        client.close()
+    return {partition: size for _, _, topics in response.log_dirs
+            for name, partitions in topics if name == TOPIC for partition, size, _, _ in partitions}
+
+
+def test_a_follower_back_from_a_long_pause_catches_up_from_the_leaders_log(tmp_path):
+    """A broker paused (SIGSTOP) while 24 MB of 200 KB records are written at acks=all by a plain,
+    pipelining librdkafka producer falls 8 MB behind on each partition, eight times what a
+    leader keeps in memory (1 MiB of applied entries per partition). Continued, it must rejoin
+    every ISR and end with replicas the size of the leaders'.
+
+    What this does not pin down: whether the rest reaches it from the leaders' logs (the
+    catch-up reads, printed) or from appends the leaders had already queued for it in the
+    transport (up to 64 MiB per peer). One run made 29 catch-up reads; runs with a kill -9 and
+    restart instead of a pause, and with 80 MB per partition, made none. The read itself is
+    proven in one process by replica::tests::a_follower_behind_the_leaders_memory_catches_up_from_its_log,
+    which fails without it."""
+    brokers = {}
+    try:
+        brokers = start_cluster(tmp_path)
+        paused = brokers[3]
+        os.kill(paused.process.pid, signal.SIGSTOP)
+        live = ",".join(broker.bootstrap for broker in (brokers[1], brokers[2]))
+        producer = Producer({"bootstrap.servers": live, "acks": "all", "enable.idempotence": False,
+                             "linger.ms": 5, "request.timeout.ms": 3000, "message.timeout.ms": 120000})
+        failed = []
+        value = os.urandom(200_000)
+        for number in range(120):
+            producer.produce(TOPIC, value=value, key=str(number), partition=number % PARTITIONS,
+                             on_delivery=lambda error, _: error is not None and failed.append(error))
+            producer.poll(0)
+        assert producer.flush(120) == 0 and not failed, failed[:3]
+        print("RSS after the records, MiB:", {node: round(rss_mib(b)) for node, b in brokers.items() if b is not paused})
+        os.kill(paused.process.pid, signal.SIGCONT)
+        wait_for(lambda: settled(brokers.values(), {1, 2, 3}), 60, "the paused broker back in every ISR")
+        view = settled(brokers.values(), {1, 2, 3})
+        leaders = {partition: leader for partition, (leader, _, _) in view.items()}
+        sizes = wait_for(lambda: (s := {node: replica_sizes(b) for node, b in brokers.items()})
+                         and all(s[node][p] == s[leaders[p]][p] for node in s for p in range(PARTITIONS)) and s,
+                         30, "every replica the size of its leader's")
+        assert all(sizes[leaders[p]][p] > 8_000_000 for p in range(PARTITIONS)), sizes
+        reads = sum(metric_sum(brokers[node], "ringfeed_replica_catch_up_reads_total") for node in brokers)
+        print("catch-up reads:", reads, "replica sizes:", sizes)
+    finally:
+        stop_all(brokers)
