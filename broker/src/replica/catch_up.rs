@@ -8,9 +8,9 @@
 //! groups one request at a time: it reads the entries from the partition log
 //! (`LogStore::fetch`, up to raft-rs's `max_size_per_msg`), hands the request's context to
 //! the driver, where raft-rs asks again, is served from what was read and sends the append,
-//! and gives the memory back. The follower's answer to that append asks for the next
-//! entries, so a follower catches up one append (1 MiB) per round trip until it is back
-//! within memory.
+//! and gives the memory back. raft-rs then asks for what follows (at once when it sends
+//! aggressively, after the follower's answer otherwise), which queues the next read, until
+//! the follower is back within memory. How fast that is has not been measured.
 //!
 //! Bounds: at most one queued fetch per group (a set), each store keeps at most a few
 //! requests (`log_store::WANTED_MAX`), and one read's entries are held at a time per
