@@ -80,7 +80,7 @@ fn an_idle_log_closes_its_files_and_wakes_for_the_next_append_and_read() {
             .expect("written");
         assert!(disk.open_files() > 1, "several segments, each open");
         assert_eq!(log.doze_if_idle(IDLE), Doze::Active, "just used");
-        time.advance(IDLE - Duration::from_secs(1));
+        time.advance(Duration::from_secs(29));
         assert_eq!(log.doze_if_idle(IDLE), Doze::Active, "not idle long enough");
         time.advance(Duration::from_secs(2));
         assert_eq!(log.doze_if_idle(IDLE), Doze::Syncing);
@@ -351,7 +351,7 @@ fn nothing_sleeps_under_an_append_and_racing_wakers_wake_it_once() {
             let log = log.clone();
             glommio::spawn_local(async move { read_all(&log).await })
         };
-        let appender = {
+        let append_task = {
             let log = log.clone();
             glommio::spawn_local(async move { log.append(workload_batch(30)).await })
         };
@@ -365,7 +365,7 @@ fn nothing_sleeps_under_an_append_and_racing_wakers_wake_it_once() {
             expected[..],
             "the read sees every batch in order"
         );
-        let appended = appender.await.expect("append");
+        let appended = append_task.await.expect("append");
         assert_eq!(
             appended.base_offset,
             common::header(&expected[29]).last_offset() + 1
@@ -432,6 +432,128 @@ struct Model {
     durable: usize,
 }
 
+/// One random walk: the log under test, its disk and clock, the model, and the long polls
+/// parked on the log (where each waits, and whether it completed).
+struct Walk {
+    time: SimClock,
+    disk: SimDisk,
+    config: LogConfig,
+    log: PartitionLog<SimDisk>,
+    model: Model,
+    parked: Vec<(i64, Rc<Cell<bool>>)>,
+    next_batch: usize,
+    dozes: usize,
+}
+
+impl Walk {
+    async fn step(&mut self, step: Step, context: &str) {
+        match step {
+            Step::Append(count) => {
+                for _ in 0..count {
+                    let batch = workload_batch(self.next_batch);
+                    self.next_batch += 1;
+                    let outcome = self.log.append(batch.clone()).await.expect("append");
+                    self.log
+                        .wait_written(outcome.last_offset)
+                        .await
+                        .expect("written");
+                    self.model
+                        .batches
+                        .push(stored_at(&batch, outcome.base_offset));
+                }
+            }
+            Step::AwaitDurable => {
+                let end = self.log.log_end_offset();
+                if end > 0 {
+                    self.log.wait_durable(end - 1).await.expect("durable");
+                }
+                self.model.durable = self.model.batches.len();
+            }
+            Step::Read(pick) => self.read(pick, context).await,
+            Step::Idle(spell) => {
+                // The flusher's idle exit and the doze both run on this clock.
+                self.time.advance(spell);
+                settle().await;
+                if self.log.doze_if_idle(IDLE) == Doze::Dozed {
+                    self.dozes += 1;
+                    assert_eq!(self.disk.open_files(), 0, "{context}");
+                    assert_eq!(
+                        self.log.durable_offset(),
+                        self.log.log_end_offset(),
+                        "{context}: dormant means durable"
+                    );
+                    self.model.durable = self.model.batches.len();
+                }
+                settle().await;
+            }
+            Step::Park => {
+                let end = self.log.log_end_offset();
+                let done = Rc::new(Cell::new(false));
+                let (waiting, woken) = (self.log.clone(), done.clone());
+                glommio::spawn_local(async move {
+                    waiting.wait_for_data(end).await;
+                    woken.set(true);
+                })
+                .detach();
+                self.parked.push((end, done));
+            }
+            Step::Crash(mode) => self.crash(mode, context).await,
+            Step::Reopen => {
+                self.log.close().await.expect("close");
+                self.parked.clear();
+                self.log = open(&self.disk, &self.time, self.config.clone()).await;
+                self.model.durable = self.model.batches.len();
+            }
+        }
+        // A parked poll completes exactly when data arrives past where it waited.
+        settle().await;
+        let high_watermark = self.log.high_watermark();
+        for (end, done) in &self.parked {
+            assert_eq!(
+                done.get(),
+                high_watermark > *end,
+                "{context}: poll at {end}"
+            );
+        }
+    }
+
+    async fn read(&mut self, pick: u64, context: &str) {
+        let batches = &self.model.batches;
+        if batches.is_empty() {
+            return;
+        }
+        let i = (pick % batches.len() as u64) as usize;
+        let offset = common::header(&batches[i]).base_offset;
+        let read = self.log.read(offset, 4 << 10).await.expect("read");
+        assert!(!read.is_empty(), "{context}");
+        assert_eq!(read[..], batches[i..i + read.len()], "{context}");
+    }
+
+    /// A crash, then recovery: every durable batch is back, nothing unacknowledged or out
+    /// of order is, and a process crash loses nothing written.
+    async fn crash(&mut self, mode: CrashMode, context: &str) {
+        settle().await;
+        self.disk = self.disk.crash_image(mode);
+        self.parked.clear();
+        self.log = open(&self.disk, &self.time, self.config.clone()).await;
+        let recovered = read_all(&self.log).await;
+        let model = &mut self.model;
+        assert!(
+            recovered.len() >= model.durable && recovered.len() <= model.batches.len(),
+            "{context}: recovered {} of {} with {} durable",
+            recovered.len(),
+            model.batches.len(),
+            model.durable
+        );
+        assert_eq!(recovered[..], model.batches[..recovered.len()], "{context}");
+        if mode == CrashMode::ProcessCrash {
+            assert_eq!(recovered.len(), model.batches.len(), "{context}");
+        }
+        model.batches.truncate(recovered.len());
+        model.durable = model.batches.len();
+    }
+}
+
 #[test]
 fn random_appends_reads_idle_spells_and_crashes_match_a_vec() {
     run(|| async {
@@ -439,119 +561,32 @@ fn random_appends_reads_idle_spells_and_crashes_match_a_vec() {
         for seed in 0..24_u64 {
             let mut rng = SeededRng::new(seed);
             let time = SimClock::new(1_000_000);
-            let mut disk = SimDisk::new();
+            let disk = SimDisk::new();
             let config = LogConfig {
                 tail_cache_bytes_max: [0, 16 << 10][rng.below(2) as usize],
                 ..small_config()
             };
-            let mut log = open(&disk, &time, config.clone()).await;
-            let mut model = Model {
-                batches: Vec::new(),
-                durable: 0,
+            let log = open(&disk, &time, config.clone()).await;
+            let mut walk = Walk {
+                time,
+                disk,
+                config,
+                log,
+                model: Model {
+                    batches: Vec::new(),
+                    durable: 0,
+                },
+                parked: Vec::new(),
+                next_batch: 0,
+                dozes: 0,
             };
-            let mut parked = Vec::new();
-            let mut next_batch = 0;
             for step_number in 0..120 {
                 let step = random_step(&mut rng);
                 let context = format!("seed {seed} step {step_number} {step:?}");
-                match step {
-                    Step::Append(count) => {
-                        for _ in 0..count {
-                            let batch = workload_batch(next_batch);
-                            next_batch += 1;
-                            let outcome = log.append(batch.clone()).await.expect("append");
-                            log.wait_written(outcome.last_offset)
-                                .await
-                                .expect("written");
-                            model.batches.push(stored_at(&batch, outcome.base_offset));
-                        }
-                    }
-                    Step::AwaitDurable => {
-                        let end = log.log_end_offset();
-                        if end > 0 {
-                            log.wait_durable(end - 1).await.expect("durable");
-                        }
-                        model.durable = model.batches.len();
-                    }
-                    Step::Read(pick) => {
-                        if !model.batches.is_empty() {
-                            let i = (pick % model.batches.len() as u64) as usize;
-                            let offset = common::header(&model.batches[i]).base_offset;
-                            let read = log.read(offset, 4 << 10).await.expect("read");
-                            assert!(!read.is_empty(), "{context}");
-                            assert_eq!(read[..], model.batches[i..i + read.len()], "{context}");
-                        }
-                    }
-                    Step::Idle(spell) => {
-                        // The flusher's idle exit and the doze both run on this clock.
-                        time.advance(spell);
-                        settle().await;
-                        if log.doze_if_idle(IDLE) == Doze::Dozed {
-                            dozes += 1;
-                            assert_eq!(disk.open_files(), 0, "{context}");
-                            assert_eq!(
-                                log.durable_offset(),
-                                log.log_end_offset(),
-                                "{context}: dormant means durable"
-                            );
-                            model.durable = model.batches.len();
-                        }
-                        settle().await;
-                    }
-                    Step::Park => {
-                        let end = log.log_end_offset();
-                        let done = Rc::new(Cell::new(false));
-                        let (waiting, woken) = (log.clone(), done.clone());
-                        glommio::spawn_local(async move {
-                            waiting.wait_for_data(end).await;
-                            woken.set(true);
-                        })
-                        .detach();
-                        parked.push((end, done));
-                    }
-                    Step::Crash(mode) => {
-                        settle().await;
-                        let image = disk.crash_image(mode);
-                        drop(log);
-                        parked.clear();
-                        disk = image;
-                        log = open(&disk, &time, config.clone()).await;
-                        let recovered = read_all(&log).await;
-                        assert!(
-                            recovered.len() >= model.durable
-                                && recovered.len() <= model.batches.len(),
-                            "{context}: recovered {} of {} with {} durable",
-                            recovered.len(),
-                            model.batches.len(),
-                            model.durable
-                        );
-                        assert_eq!(recovered[..], model.batches[..recovered.len()], "{context}");
-                        if mode == CrashMode::ProcessCrash {
-                            assert_eq!(recovered.len(), model.batches.len(), "{context}");
-                        }
-                        model.batches.truncate(recovered.len());
-                        model.durable = model.batches.len();
-                    }
-                    Step::Reopen => {
-                        log.close().await.expect("close");
-                        drop(log);
-                        parked.clear();
-                        log = open(&disk, &time, config.clone()).await;
-                        model.durable = model.batches.len();
-                    }
-                }
-                // A parked poll completes exactly when data arrives past where it waited.
-                settle().await;
-                let high_watermark = log.high_watermark();
-                for (end, done) in &parked {
-                    assert_eq!(
-                        done.get(),
-                        high_watermark > *end,
-                        "{context}: poll at {end}"
-                    );
-                }
+                walk.step(step, &context).await;
             }
-            assert_eq!(read_all(&log).await, model.batches, "seed {seed}");
+            assert_eq!(read_all(&walk.log).await, walk.model.batches, "seed {seed}");
+            dozes += walk.dozes;
         }
         assert!(dozes > 50, "the walks went dormant {dozes} times");
     });
