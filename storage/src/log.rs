@@ -169,6 +169,11 @@ impl<D: Disk> PartitionLog<D> {
         self.state().durable_offset
     }
 
+    /// Whether the log was closed or removed (it accepts and wakes nothing more).
+    pub fn is_closed(&self) -> bool {
+        self.state().closed
+    }
+
     /// The error that fenced this log, if one did.
     pub fn fenced_error(&self) -> Option<StorageError> {
         self.state().fenced.clone()
