@@ -355,7 +355,10 @@ fn a_read_committed_wait_ends_when_its_log_closes() {
         table
             .wait_for_data_isolated(&tp(), 0, Duration::from_secs(30), Isolation::ReadCommitted)
             .await;
-        assert!(started.elapsed() < Duration::from_secs(5), "ended by the close");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "ended by the close"
+        );
     });
 }
 
