@@ -13,6 +13,14 @@ table row per (N, kind) and, with --json, writes the figures.
 
 Each partition fallocates --preallocate-bytes ahead of its writes (64 KiB here rather than
 the 32 MiB default: 10,000 partitions x 32 MiB would need 320 GB).
+
+With --idle-wait S, RSS and open file descriptors are measured again S seconds after the
+restart (before the records are read back), once idle partitions have had time to go
+dormant (issue 16 item 3; pass `--broker-arg=--log-dormant-after-ms=2000` to make that
+quick):
+
+    bench/startup.py --bin BIN --partitions 10,10000 --idle-wait 20 \
+        --broker-arg=--log-dormant-after-ms=2000
 """
 
 import argparse
@@ -37,10 +45,10 @@ LISTENING = re.compile(r"ringfeed listening on (\S+):(\d+) ")
 
 
 class Broker:
-    def __init__(self, binary, data_dir, log_path, shards, preallocate_bytes):
+    def __init__(self, binary, data_dir, log_path, shards, preallocate_bytes, extra_args=()):
         self.command = [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
                         "--shards", str(shards), "--admin-listen", "127.0.0.1:0",
-                        "--segment-preallocate-bytes", str(preallocate_bytes)]
+                        "--segment-preallocate-bytes", str(preallocate_bytes), *extra_args]
         self.log_path = log_path
         self.process = None
         self.port = None
@@ -90,6 +98,9 @@ class Broker:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def open_fds(self):
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
 
 def create_topics(bootstrap, topic_count):
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -128,7 +139,8 @@ def count_records(bootstrap, topics, expected):
 def run(args, partitions, work_dir):
     data_dir = work_dir / f"data-{partitions}"
     log_path = work_dir / f"broker-{partitions}.log"
-    broker = Broker(args.bin, data_dir, log_path, args.shards, args.preallocate_bytes)
+    broker = Broker(args.bin, data_dir, log_path, args.shards, args.preallocate_bytes,
+                    args.broker_arg)
     broker.start(args.timeout)
     topics = create_topics(broker.bootstrap, max(1, partitions // PARTITIONS_PER_TOPIC))
     produce_one_per_partition(broker.bootstrap, topics)
@@ -137,13 +149,22 @@ def run(args, partitions, work_dir):
     for kind, sig in (("clean", signal.SIGTERM), ("unclean", signal.SIGKILL)):
         broker.stop(sig)
         accepted_s, metadata_s = broker.start(args.timeout)
-        rss_mib = broker.rss_mib()
-        found = count_records(broker.bootstrap, topics, total)
-        rows.append({"partitions": total, "restart": kind, "accept_s": round(accepted_s, 3),
-                     "metadata_s": round(metadata_s, 3), "rss_mib": round(rss_mib, 1),
-                     "records_found": found, "records_expected": total})
+        rss_mib, fds = broker.rss_mib(), broker.open_fds()
+        row = {"partitions": total, "restart": kind, "accept_s": round(accepted_s, 3),
+               "metadata_s": round(metadata_s, 3), "rss_mib": round(rss_mib, 1), "fds": fds,
+               "records_expected": total}
+        idle = ""
+        if args.idle_wait:
+            # Before the records are read back: reading every partition wakes them all, and
+            # the allocator keeps what that costs.
+            time.sleep(args.idle_wait)
+            row["idle_rss_mib"] = round(broker.rss_mib(), 1)
+            row["idle_fds"] = broker.open_fds()
+            idle = f" {row['idle_rss_mib']:>12.1f} {row['idle_fds']:>9}"
+        found = row["records_found"] = count_records(broker.bootstrap, topics, total)
+        rows.append(row)
         print(f"{total:>10} {kind:>8} {accepted_s:>10.3f} {metadata_s:>12.3f} {rss_mib:>9.1f}"
-              f" {found:>7}/{total}", flush=True)
+              f" {fds:>6} {found:>7}/{total}{idle}", flush=True)
     broker.stop(signal.SIGTERM)
     if not args.keep:
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -161,11 +182,17 @@ def main():
     parser.add_argument("--work-dir", help="where data directories and logs go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--idle-wait", type=float, default=0.0,
+                        help="seconds to wait after reading back before measuring RSS and fds again")
+    parser.add_argument("--broker-arg", action="append", default=[],
+                        help="an extra argument for `ringfeed serve` (repeatable)")
     args = parser.parse_args()
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="ringfeed-startup-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     print(f"work dir {work_dir}; {args.shards} shards; preallocate {args.preallocate_bytes} bytes")
-    print(f"{'partitions':>10} {'restart':>8} {'accept_s':>10} {'metadata_s':>12} {'rss_MiB':>9} records")
+    idle = f" {'idle_rss_MiB':>12} {'idle_fds':>9}" if args.idle_wait else ""
+    print(f"{'partitions':>10} {'restart':>8} {'accept_s':>10} {'metadata_s':>12} {'rss_MiB':>9}"
+          f" {'fds':>6} records{idle}")
     rows = []
     for partitions in (int(p) for p in args.partitions.split(",")):
         rows += run(args, partitions, work_dir)

@@ -79,6 +79,9 @@ pub struct Limits {
     /// How often each shard applies retention to the partitions it owns
     /// (`log.retention.check.interval.ms`).
     pub retention_check_interval: Duration,
+    /// A partition log unused this long goes dormant (`ringfeed.log.dormant.after.ms`; the
+    /// storage crate's `dormancy.rs`).
+    pub log_dormant_after: Duration,
     /// The log cleaner (`log.cleaner.*`): whether it runs, its IO budget per shard (bytes
     /// read and written per second), its key map per pass, and its sleep when idle.
     pub cleaner_enabled: bool,
@@ -165,6 +168,7 @@ impl Default for Limits {
             topics_max: 100_000,
             mesh_channel_slots: 1024,
             retention_check_interval: Duration::from_secs(300),
+            log_dormant_after: Duration::from_secs(30),
             cleaner_enabled: true,
             cleaner_io_bytes_per_second: 50 << 20,
             cleaner_map_bytes: 16 << 20,

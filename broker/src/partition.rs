@@ -566,7 +566,10 @@ impl PartitionTable {
                 .with_txns_if_any(tp, log, |txns| stable_offset(txns, log))
                 .await
                 .unwrap_or_else(|| log.high_watermark());
-            if stable > offset || log.fenced_error().is_some() {
+            // `wait_for_progress` completes at once on a fenced or closed log: without this
+            // check a read_committed long poll on a closed log (a shutting-down broker) spun
+            // its shard without ever yielding, so its timer never fired.
+            if stable > offset || log.fenced_error().is_some() || log.is_closed() {
                 return;
             }
             log.wait_for_progress().await;

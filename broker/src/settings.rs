@@ -296,6 +296,9 @@ impl Effective {
             retention_check_interval: Duration::from_millis(
                 self.unsigned("log.retention.check.interval.ms"),
             ),
+            log_dormant_after: Duration::from_millis(
+                self.unsigned("ringfeed.log.dormant.after.ms"),
+            ),
             cleaner_enabled: self.boolean("log.cleaner.enable"),
             cleaner_io_bytes_per_second: self.unsigned("log.cleaner.io.max.bytes.per.second"),
             cleaner_map_bytes: self.unsigned("log.cleaner.dedupe.buffer.size") as usize,

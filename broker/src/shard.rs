@@ -143,6 +143,8 @@ pub struct ShardServices {
     /// Where every service of this shard reads time and sleeps (`storage::clock`): the
     /// system's in the binary, a simulated one in `simulation`.
     pub clock: Clock,
+    /// One copy of each topic config in use by this shard's logs, shared by its partitions.
+    log_configs: crate::storage::SharedConfigs,
     /// The ACLs this shard checks requests against (`acl::store`).
     pub acls: AclView,
     /// Shard 0 only: the durable ACL set; see `acl_change`. A lock because a change waits
@@ -329,6 +331,7 @@ impl ShardServices {
         let transactions = txn_coordinator(shard_id, parts, &config.limits, (&router, &metadata));
         let services = Rc::new(ShardServices {
             shard_id,
+            log_configs: crate::storage::SharedConfigs::default(),
             budgets: Budgets::new(
                 config.limits.shard_inflight_request_bytes_max as u64,
                 config.limits.shard_fetch_bytes_max as u64,
@@ -1146,7 +1149,7 @@ impl ShardServices {
                 .topic(&tp.topic)
                 .is_some_and(|old| old.id == topic.id && old.config != topic.config);
             if let (true, Ok(log)) = (config_changed, self.partitions.log(tp)) {
-                log.set_config(topic.config.log_config());
+                log.set_config(self.log_configs.share(topic.config.log_config()));
             }
         }
         self.reconcile_replicas(&snapshot).await;
@@ -1169,7 +1172,7 @@ impl ShardServices {
         let opened = PartitionLog::open_on(
             self.disk.clone(),
             &dir,
-            topic.config.log_config(),
+            self.log_configs.share(topic.config.log_config()),
             self.clock.clone(),
         );
         let slot = match opened.await {
@@ -1555,6 +1558,29 @@ pub async fn enforce_retention_periodically(shard: Rc<ShardServices>) {
                 }
                 Err(error) => tracing::error!(partition = %tp, %error, "retention failed"),
             }
+        }
+    }
+}
+
+/// Puts the shard's idle partition logs to sleep (the storage crate's `dormancy.rs`): every
+/// half of `Limits::log_dormant_after`, each log unused for that long closes its files and
+/// drops its buffers. One synchronous check per log, no task per log: 10,000 partitions
+/// cost a few milliseconds per sweep.
+pub async fn put_idle_logs_to_sleep_periodically(shard: Rc<ShardServices>) {
+    let idle_after = shard.config.limits.log_dormant_after;
+    loop {
+        shard.clock.sleep(idle_after / 2).await;
+        let mut dozed = 0_usize;
+        for (_, log) in shard.partitions.online_logs() {
+            if log.doze_if_idle(idle_after) == crate::storage::Doze::Dozed {
+                dozed += 1;
+            }
+        }
+        if let Some(replicas) = &shard.replicas {
+            dozed += replicas.doze_idle_logs(idle_after);
+        }
+        if dozed > 0 {
+            tracing::debug!(shard = shard.shard_id, dozed, "partition logs went dormant");
         }
     }
 }

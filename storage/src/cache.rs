@@ -59,6 +59,12 @@ impl TailCache {
         self.bytes_total = 0;
     }
 
+    /// Empties the cache and gives back its memory (a dormant log keeps no batches).
+    pub fn release(&mut self) {
+        self.clear();
+        self.batches = VecDeque::new();
+    }
+
     pub fn set_bytes_max(&mut self, bytes_max: usize) {
         self.bytes_max = bytes_max;
         self.evict_over_budget();

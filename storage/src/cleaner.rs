@@ -227,7 +227,8 @@ pub struct DirtySummary {
 /// One sealed segment, as a pass sees it.
 struct SegmentView<F> {
     base_offset: i64,
-    file: Rc<F>,
+    /// `None` while the log is dormant: only a pass reads the file, and a pass wakes it.
+    file: Option<Rc<F>>,
     bytes: u64,
     next_offset: i64,
     base_index: u64,
@@ -235,6 +236,14 @@ struct SegmentView<F> {
     last_term: i32,
     previous_term: i32,
     max_timestamp: i64,
+}
+
+impl<F> SegmentView<F> {
+    fn file(&self) -> &F {
+        self.file
+            .as_deref()
+            .expect("a cleaning pass keeps its log awake")
+    }
 }
 
 /// One record of a batch: its bytes within the records section and what decides its fate.
@@ -734,6 +743,9 @@ impl<D: Disk> PartitionLog<D> {
         codec: &dyn RecordCodec,
         txns: Option<&T>,
     ) -> Result<CleanOutcome, StorageError> {
+        // A pass reads and replaces segment files: a dormant log wakes, and stays awake
+        // until the pass ends (taken before the segments gate, which waking takes too).
+        let _awake = self.awake().await?;
         let _segments = self.segments_turn().await?;
         // Read before anything else: transactions opened later start above the log end.
         let first_unstable = txns.map_or(i64::MAX, CleanerTxns::first_unstable_offset);
@@ -952,7 +964,7 @@ impl<D: Disk> PartitionLog<D> {
                 s.index.position_for_offset(view.base_offset, first_dirty)
             });
             let mut walk = BatchWalk {
-                reader: WindowReader::new(&*view.file, view.bytes, CLEANER_IO_BYTES),
+                reader: WindowReader::new(view.file(), view.bytes, CLEANER_IO_BYTES),
                 position,
                 base_offset: view.base_offset,
             };
@@ -1019,7 +1031,7 @@ impl<D: Disk> PartitionLog<D> {
         let mut removed = Counts::default();
         {
             let mut walk = BatchWalk {
-                reader: WindowReader::new(&*view.file, view.bytes, CLEANER_IO_BYTES),
+                reader: WindowReader::new(view.file(), view.bytes, CLEANER_IO_BYTES),
                 position: 0,
                 base_offset: view.base_offset,
             };
@@ -1051,7 +1063,7 @@ impl<D: Disk> PartitionLog<D> {
             self.state().config.index_interval_bytes,
         );
         let mut walk = BatchWalk {
-            reader: WindowReader::new(&*view.file, view.bytes, CLEANER_IO_BYTES),
+            reader: WindowReader::new(view.file(), view.bytes, CLEANER_IO_BYTES),
             position: 0,
             base_offset: view.base_offset,
         };
@@ -1182,10 +1194,12 @@ impl<D: Disk> PartitionLog<D> {
                     .sealed
                     .get_mut(&base)
                     .expect("the segments gate keeps a segment being cleaned");
-                let old = std::mem::replace(&mut segment.file, Rc::new(file));
+                let old = segment.file.replace(Rc::new(file));
                 segment.index = index;
                 old
             };
+            // A pass keeps the log awake: the old file is open.
+            let old = old.expect("a cleaning pass keeps its log awake");
             if Rc::strong_count(&old) == 1 {
                 // Its blocks are freed here, on the blocking pool, not by the close on the
                 // shard thread (as `lifecycle::empty_before_close` does for deletions).

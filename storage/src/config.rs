@@ -1,8 +1,12 @@
 //! Per-partition settings. Defaults follow Kafka's topic defaults where Kafka has one.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+
 /// When the log calls fdatasync for data that no acks=all producer is waiting on.
 /// Acks=all always waits for an fdatasync, whatever the policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FlushPolicy {
     /// fdatasync after every write round: every append becomes durable as soon as it can.
     Always,
@@ -13,7 +17,7 @@ pub enum FlushPolicy {
     OnDemand,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LogConfig {
     /// Roll to a new segment before one grows past this (Kafka `segment.bytes`, 1 GiB).
     pub segment_bytes_max: u64,
@@ -60,5 +64,63 @@ impl Default for LogConfig {
             checkpoint_interval_ms: 1000,
             flush: FlushPolicy::OnDemand,
         }
+    }
+}
+
+/// One shared copy of each distinct [`LogConfig`] in use on a shard, so the partitions of a
+/// topic (and of topics with equal settings) hold an `Rc` of 8 bytes instead of a 128-byte
+/// copy each. Entries whose logs are all gone are dropped as the table grows: it holds at
+/// most about twice the configs in use. Lives on one shard (`Rc`, `RefCell`).
+#[derive(Default)]
+pub struct SharedConfigs {
+    configs: RefCell<HashMap<LogConfig, Weak<LogConfig>>>,
+    /// Table size at which dead entries are next swept out.
+    sweep_at: std::cell::Cell<usize>,
+}
+
+impl SharedConfigs {
+    /// The shared copy of `config`, made if none is alive.
+    pub fn share(&self, config: LogConfig) -> Rc<LogConfig> {
+        let mut configs = self.configs.borrow_mut();
+        if let Some(shared) = configs.get(&config).and_then(Weak::upgrade) {
+            return shared;
+        }
+        if configs.len() >= self.sweep_at.get() {
+            configs.retain(|_, weak| weak.strong_count() > 0);
+            self.sweep_at.set((configs.len() * 2).max(16));
+        }
+        let shared = Rc::new(config.clone());
+        configs.insert(config, Rc::downgrade(&shared));
+        shared
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_configs_share_one_copy_and_dead_ones_are_swept() {
+        let shared = SharedConfigs::default();
+        let a = shared.share(LogConfig::default());
+        let b = shared.share(LogConfig::default());
+        assert!(Rc::ptr_eq(&a, &b));
+        let other = shared.share(LogConfig {
+            retention_bytes: Some(1),
+            ..LogConfig::default()
+        });
+        assert!(!Rc::ptr_eq(&a, &other));
+        drop(other);
+        for bytes in 2..100 {
+            drop(shared.share(LogConfig {
+                retention_bytes: Some(bytes),
+                ..LogConfig::default()
+            }));
+        }
+        assert!(
+            shared.configs.borrow().len() <= 32,
+            "dead entries are swept"
+        );
+        assert!(Rc::ptr_eq(&a, &shared.share(LogConfig::default())));
     }
 }

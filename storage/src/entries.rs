@@ -104,6 +104,7 @@ impl<D: Disk> PartitionLog<D> {
             .acquire_permit(1)
             .await
             .map_err(|_| StorageError::Closed)?;
+        let _awake = self.awake_holding_append_gate().await?;
         self.record_terms_start().await?;
         self.make_room(batch.len()).await?;
         let term = {
@@ -184,6 +185,7 @@ impl<D: Disk> PartitionLog<D> {
         let mut entries: Vec<StoredEntry> = Vec::new();
         let mut bytes = 0;
         let mut next = low;
+        let _awake = self.awake().await?;
         // One segment at a time: a read ends at its segment's end, and the next one goes on
         // from there while the budget lasts.
         while let Some(plan) = self.plan_entry_read(next, high)? {
@@ -232,7 +234,7 @@ impl<D: Disk> PartitionLog<D> {
             .expect("the first segment starts at or below `low`");
         let location = segment.index.locate_index(low);
         Ok(Some(EntryRead {
-            file: segment.file.clone(),
+            file: segment.file().clone(),
             segment_base_offset: segment.base_offset,
             position: location.position,
             base_offset: location.base_offset,

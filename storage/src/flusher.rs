@@ -108,10 +108,10 @@ async fn run<D: Disk>(weak: Weak<Inner<D>>, wake: Rc<Signal>) {
 
 fn next_work<D: Disk>(inner: &Inner<D>) -> Work {
     let state = inner.state.borrow();
-    if state.fenced.is_some() || (state.closed && state.appender.unwritten_bytes() == 0) {
+    if state.fenced.is_some() || (state.closed && state.unwritten_bytes() == 0) {
         return Work::Stop;
     }
-    if state.appender.unwritten_bytes() > 0 {
+    if state.unwritten_bytes() > 0 {
         return Work::Write;
     }
     if state.sync_in_flight {
@@ -150,8 +150,9 @@ async fn round<D: Disk>(inner: &Rc<Inner<D>>) -> Result<(), StorageError> {
     let (file, round, round_end_offset) = {
         let mut guard = inner.state.borrow_mut();
         let state = &mut *guard;
-        let file = state.active.file.clone();
-        let round = state.appender.take_writes();
+        // Unwritten bytes keep the log awake (`dormancy.rs`).
+        let file = state.active.file().clone();
+        let round = state.appender_mut().take_writes();
         (file, round, state.next_offset)
     };
     if !round.writes.is_empty() {
@@ -170,7 +171,7 @@ async fn round<D: Disk>(inner: &Rc<Inner<D>>) -> Result<(), StorageError> {
         // A roll first waits until everything is durable, so it never swaps the file under a
         // round in flight: these writes went to the segment that is still active.
         assert!(
-            Rc::ptr_eq(&file, &state.active.file),
+            Rc::ptr_eq(&file, state.active.file()),
             "the active segment changed during a write round"
         );
         // Rounds run one at a time, each taking the log end when it starts: the high
@@ -180,7 +181,7 @@ async fn round<D: Disk>(inner: &Rc<Inner<D>>) -> Result<(), StorageError> {
             "a write round would move the high watermark back from {} to {round_end_offset}",
             state.written_offset
         );
-        state.appender.mark_written(round.end_bytes);
+        state.appender_mut().mark_written(round.end_bytes);
         state.stats.write_rounds += 1;
         state.written_offset = round_end_offset;
         state.assert_offsets_ordered();
@@ -202,9 +203,10 @@ fn start_sync_if_wanted<D: Disk>(inner: &Rc<Inner<D>>) {
         let target = SyncTarget {
             segment_base_offset: state.active.base_offset,
             offset: state.written_offset,
-            bytes: state.appender.appended_bytes() - state.appender.unwritten_bytes(),
+            bytes: state.active_appended_bytes() - state.unwritten_bytes(),
         };
-        (state.active.file.clone(), target)
+        // A dormant log has nothing unsynced (`dormancy.rs`): wanted, the log is awake.
+        (state.active.file().clone(), target)
     };
     glommio::spawn_local(sync(inner.clone(), file, target)).detach();
 }

@@ -179,6 +179,15 @@ impl BuildingIndex {
         u64::from(floor.position)
     }
 
+    /// Gives back the vectors' spare capacity (a dormant log's index grows no more until it
+    /// wakes).
+    pub fn shrink_to_fit(&mut self) {
+        self.data.offset_entries.shrink_to_fit();
+        self.data.time_entries.shrink_to_fit();
+        self.data.term_entries.shrink_to_fit();
+        self.max_timestamp_before_entry.shrink_to_fit();
+    }
+
     /// Records one batch appended at `batch.position`; it gets Raft index `data.next_index`.
     pub fn add_batch(&mut self, batch: IndexedBatch) {
         let IndexedBatch {

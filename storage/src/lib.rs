@@ -27,6 +27,7 @@ pub mod sim;
 
 mod appender;
 mod cache;
+mod dormancy;
 mod entries;
 mod epochs;
 mod flusher;
@@ -43,7 +44,8 @@ pub use cleaner::{
     RecordCodec,
 };
 pub use clock::{Clock, SimClock, Sleep};
-pub use config::{FlushPolicy, LogConfig};
+pub use config::{FlushPolicy, LogConfig, SharedConfigs};
+pub use dormancy::Doze;
 pub use entries::{EntryOutcome, StoredEntry};
 pub use epochs::{LeaderEpoch, EPOCH_UNDEFINED};
 pub use error::{AppendError, EntryError, ReadError, StorageError};

@@ -46,7 +46,7 @@ impl<D: Disk> PartitionLog<D> {
     fn obstacle(&self, batch_bytes: usize) -> Result<Option<Obstacle>, StorageError> {
         let state = self.state();
         state.check_usable()?;
-        let appended = state.appender.appended_bytes();
+        let appended = state.active_appended_bytes();
         let needed = appended + batch_bytes as u64;
         let too_big = needed > state.config.segment_bytes_max;
         let too_old = match (
@@ -71,8 +71,8 @@ impl<D: Disk> PartitionLog<D> {
                 end_bytes: preallocation::target_bytes(needed, step_bytes),
                 step_bytes,
             })
-        } else if state.appender.unwritten_bytes() > 0
-            && state.appender.unwritten_bytes() + batch_bytes as u64
+        } else if state.unwritten_bytes() > 0
+            && state.unwritten_bytes() + batch_bytes as u64
                 > state.config.unwritten_bytes_max as u64
         {
             Some(Obstacle::Backpressure)
@@ -84,7 +84,7 @@ impl<D: Disk> PartitionLog<D> {
     /// Grows the active file's allocation. ENOSPC here refuses the append but leaves the log
     /// usable: nothing was written, and appends succeed again once space is freed.
     async fn preallocate(&self, end_bytes: u64, step_bytes: u64) -> Result<(), StorageError> {
-        let file = self.state().active.file.clone();
+        let file = self.state().active.file().clone();
         file.preallocate(end_bytes)
             .await
             .map_err(|e| StorageError::io("preallocating the active segment", e))?;
@@ -130,13 +130,13 @@ impl<D: Disk> PartitionLog<D> {
         // `roll` holds the append gate and waited until everything was durable: nothing of
         // the old segment is left unwritten, and the new one starts at the log end.
         assert!(
-            state.appender.unwritten_bytes() == 0
+            state.unwritten_bytes() == 0
                 && state.durable_offset == state.next_offset
                 && base_offset == state.next_offset,
             "rolling to {base_offset} with log end {}, durable {} and {} bytes unwritten",
             state.next_offset,
             state.durable_offset,
-            state.appender.unwritten_bytes()
+            state.unwritten_bytes()
         );
         let appender = Appender::new(0, &[], state.config.write_chunk_bytes);
         let start = SegmentStart {
@@ -147,12 +147,12 @@ impl<D: Disk> PartitionLog<D> {
         let index = BuildingIndex::new(start, state.config.index_interval_bytes);
         let new_active = Segment {
             base_offset,
-            file: Rc::new(file),
+            file: Some(Rc::new(file)),
             index: SegmentIndex::Building(index),
         };
         let old = std::mem::replace(&mut state.active, new_active);
         state.sealed.insert(old.base_offset, old);
-        state.appender = appender;
+        state.appender = Some(Box::new(appender));
         state.preallocation = Preallocation {
             end_bytes: step_bytes,
             step_bytes,
@@ -193,7 +193,7 @@ impl<D: Disk> PartitionLog<D> {
                 unreachable!("the active index is building")
             };
             (
-                state.active.file.clone(),
+                state.active.file().clone(),
                 state.active.base_offset,
                 SegmentIndex::encode(&index.data),
                 index.data.segment_bytes,
@@ -239,7 +239,7 @@ impl<D: Disk> PartitionLog<D> {
         {
             let state = self.state();
             let mut total: u64 = state.sealed.values().map(Segment::bytes).sum::<u64>()
-                + state.appender.appended_bytes();
+                + state.active_appended_bytes();
             // Each sealed segment with the base index of the segment after it: the index
             // one past its last batch.
             let next_base_indexes = state
@@ -304,9 +304,10 @@ impl<D: Disk> PartitionLog<D> {
                 .map_err(|e| StorageError::io("deleting a segment", e))?;
         }
         for segment in removed {
-            // Out of the map, a file no reader holds can gain no new one.
-            if Rc::strong_count(&segment.file) == 1 {
-                empty_before_close(&*segment.file, self.dir()).await;
+            // Out of the map, a file no reader holds can gain no new one. A dormant log's
+            // segments are closed already: their unlink (on the blocking pool) freed them.
+            if let Some(file) = segment.file.filter(|file| Rc::strong_count(file) == 1) {
+                empty_before_close(&*file, self.dir()).await;
             }
         }
         disk.sync_dir(self.dir())
@@ -403,7 +404,7 @@ impl<D: Disk> PartitionLog<D> {
             let state = self.state();
             state
                 .segments()
-                .map(|segment| segment.file.clone())
+                .filter_map(|segment| segment.file.clone())
                 .collect()
         };
         for file in files {

@@ -84,7 +84,7 @@ impl PartitionLog<DmaDisk> {
     /// Opens (creating if needed) the partition in `dir` on the real disk, recovering it.
     pub async fn open(
         dir: &Path,
-        config: LogConfig,
+        config: impl Into<Rc<LogConfig>>,
     ) -> Result<(Self, RecoveryReport), StorageError> {
         Self::open_on(DmaDisk, dir, config, Clock::System).await
     }
@@ -96,14 +96,15 @@ impl<D: Disk> PartitionLog<D> {
     pub async fn open_on(
         disk: D,
         dir: &Path,
-        config: LogConfig,
+        config: impl Into<Rc<LogConfig>>,
         clock: Clock,
     ) -> Result<(Self, RecoveryReport), StorageError> {
         // glommio opens directories relative to no fd: a relative path fails with EBADF.
         let dir = &std::path::absolute(dir)
             .map_err(|e| StorageError::io("resolving the partition directory", e))?;
-        let (state, report) = recovery::recover(&disk, dir, config, &clock).await?;
+        let (state, report) = recovery::recover(&disk, dir, config.into(), &clock).await?;
         let flusher_wake = Rc::new(Signal::default());
+        let opened_at = clock.now();
         let inner = Rc::new(Inner {
             disk,
             dir: dir.clone(),
@@ -118,6 +119,9 @@ impl<D: Disk> PartitionLog<D> {
             flusher_running: Cell::new(false),
             progress: Signal::default(),
             fdatasync_observer: RefCell::new(None),
+            in_use: Cell::new(0),
+            used: Cell::new(false),
+            idle_since: Cell::new(opened_at),
         });
         Ok((PartitionLog { inner }, report))
     }
@@ -165,6 +169,11 @@ impl<D: Disk> PartitionLog<D> {
         self.state().durable_offset
     }
 
+    /// Whether the log was closed or removed (it accepts and wakes nothing more).
+    pub fn is_closed(&self) -> bool {
+        self.state().closed
+    }
+
     /// The error that fenced this log, if one did.
     pub fn fenced_error(&self) -> Option<StorageError> {
         self.state().fenced.clone()
@@ -173,7 +182,7 @@ impl<D: Disk> PartitionLog<D> {
     /// Bytes of batches in all segments.
     pub fn size_bytes(&self) -> u64 {
         let state = self.state();
-        state.sealed.values().map(Segment::bytes).sum::<u64>() + state.appender.appended_bytes()
+        state.sealed.values().map(Segment::bytes).sum::<u64>() + state.active_appended_bytes()
     }
 
     pub fn stats(&self) -> LogStats {
@@ -193,11 +202,13 @@ impl<D: Disk> PartitionLog<D> {
     }
 
     pub fn config(&self) -> LogConfig {
-        self.state().config.clone()
+        LogConfig::clone(&self.state().config)
     }
 
     /// Applies new settings; they govern the next append, roll and retention pass.
-    pub fn set_config(&self, config: LogConfig) {
+    /// A caller with many logs under one config passes them one `Rc` (see `State::config`).
+    pub fn set_config(&self, config: impl Into<Rc<LogConfig>>) {
+        let config = config.into();
         let mut state = self.state_mut();
         state.cache.set_bytes_max(config.tail_cache_bytes_max);
         state.config = config;
@@ -236,6 +247,7 @@ impl<D: Disk> PartitionLog<D> {
             .acquire_permit(1)
             .await
             .map_err(|_| StorageError::Closed)?;
+        let _awake = self.awake_holding_append_gate().await?;
         self.make_room(batch.len()).await?;
         let placed = self.append_validated(&batch, &header, Stamp::Plain, 0)?;
         crate::flusher::wake(&self.inner);
@@ -292,23 +304,26 @@ impl<D: Disk> PartitionLog<D> {
             });
         }
         let next_offset = base_offset + records;
-        let position = state.appender.appended_bytes();
+        // The caller holds the append gate and keeps the log awake (`dormancy.rs`).
+        let appender = state
+            .appender
+            .as_deref_mut()
+            .expect("the log is awake while it appends");
+        let position = appender.appended_bytes();
         // Straight into the DMA buffers, baseOffset rewritten on the way (it lies outside
         // the CRC): one copy of the batch, not two.
-        let file = &*state.active.file;
-        state.appender.append(file, &base_offset.to_be_bytes());
+        let file = &**state.active.file();
+        appender.append(file, &base_offset.to_be_bytes());
         match stamp {
             Stamp::Leader(term) => {
                 let epoch_at = batch::PARTITION_LEADER_EPOCH_OFFSET;
-                state
-                    .appender
-                    .append(file, &batch[batch::BATCH_LENGTH_OFFSET..epoch_at]);
-                state.appender.append(file, &term.to_be_bytes());
-                state.appender.append(file, &batch[epoch_at + 4..]);
+                appender.append(file, &batch[batch::BATCH_LENGTH_OFFSET..epoch_at]);
+                appender.append(file, &term.to_be_bytes());
+                appender.append(file, &batch[epoch_at + 4..]);
             }
-            Stamp::Plain | Stamp::Replicated => state
-                .appender
-                .append(file, &batch[batch::BASE_OFFSET_OFFSET + 8..]),
+            Stamp::Plain | Stamp::Replicated => {
+                appender.append(file, &batch[batch::BASE_OFFSET_OFFSET + 8..]);
+            }
         }
         let index = state.next_index;
         if let SegmentIndex::Building(building) = &mut state.active.index {
@@ -430,21 +445,17 @@ impl<D: Disk> PartitionLog<D> {
     /// until one more would pass `max_bytes` (the first is returned whatever its size). An
     /// empty result at the high watermark.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<Vec<Bytes>, ReadError> {
+        if let Some(answer) = self.read_from_memory(offset, max_bytes) {
+            return answer;
+        }
+        // A disk read: a dormant log wakes first (`dormancy.rs`), and its state may have
+        // moved meanwhile, so the memory is asked again.
+        let _awake = self.awake().await?;
+        if let Some(answer) = self.read_from_memory(offset, max_bytes) {
+            return answer;
+        }
         let (file, plan) = {
             let state = self.state();
-            if offset < state.log_start_offset || offset > state.next_offset {
-                return Err(ReadError::OffsetOutOfRange {
-                    offset,
-                    log_start_offset: state.log_start_offset,
-                    log_end_offset: state.next_offset,
-                });
-            }
-            if offset >= state.written_offset {
-                return Ok(Vec::new());
-            }
-            if let Some(batches) = state.cache.read(offset, max_bytes, state.written_offset) {
-                return Ok(batches);
-            }
             let segment = state.segment_for(offset);
             let plan = DiskRead {
                 segment_base_offset: segment.base_offset,
@@ -456,15 +467,40 @@ impl<D: Disk> PartitionLog<D> {
                 max_bytes,
                 visible_end: state.written_offset,
             };
-            (segment.file.clone(), plan)
+            (segment.file().clone(), plan)
         };
         read_batches(&*file, plan).await
+    }
+
+    /// What [`Self::read`] answers without the disk: an offset out of range, nothing at the
+    /// high watermark, or batches from the tail cache. `None`: the disk must be read.
+    fn read_from_memory(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Option<Result<Vec<Bytes>, ReadError>> {
+        let state = self.state();
+        if offset < state.log_start_offset || offset > state.next_offset {
+            return Some(Err(ReadError::OffsetOutOfRange {
+                offset,
+                log_start_offset: state.log_start_offset,
+                log_end_offset: state.next_offset,
+            }));
+        }
+        if offset >= state.written_offset {
+            return Some(Ok(Vec::new()));
+        }
+        let batches = state.cache.read(offset, max_bytes, state.written_offset)?;
+        // Served from memory the log holds only while awake: a use of it.
+        self.inner.used.set(true);
+        Some(Ok(batches))
     }
 
     /// The largest record timestamp from the log start on and the offset of the first record
     /// carrying it (Kafka's max-timestamp offset lookup); `None` for an empty log. Compressed
     /// batches are not decoded: there the batch's base offset stands for the record.
     pub async fn max_timestamp(&self) -> Result<Option<(i64, i64)>, StorageError> {
+        let _awake = self.awake().await?;
         let (indexed_max, log_start) = {
             let state = self.state();
             let log_start = state.log_start_offset;
@@ -507,7 +543,7 @@ impl<D: Disk> PartitionLog<D> {
                 .find(|s| s.base_offset < log_start && s.next_offset() > log_start)
                 .map(|s| {
                     (
-                        s.file.clone(),
+                        s.file().clone(),
                         s.index.position_for_offset(s.base_offset, log_start),
                         state.segment_end_bytes(s),
                     )
@@ -531,6 +567,7 @@ impl<D: Disk> PartitionLog<D> {
         &self,
         timestamp_ms: i64,
     ) -> Result<Option<(i64, i64)>, StorageError> {
+        let _awake = self.awake().await?;
         let mut after_base = None;
         // The first segment whose largest timestamp reaches `timestamp_ms` holds the answer,
         // unless every record there that reaches it lies below the log start.
@@ -574,7 +611,7 @@ impl<D: Disk> PartitionLog<D> {
                 .position_for_offset(segment.base_offset, log_start),
         );
         Some(TimeSearch {
-            file: segment.file.clone(),
+            file: segment.file().clone(),
             base_offset: segment.base_offset,
             position,
             end: state.segment_end_bytes(segment),

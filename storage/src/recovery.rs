@@ -71,7 +71,7 @@ fn io_error(operation: &'static str) -> impl FnOnce(std::io::Error) -> StorageEr
 pub(crate) async fn recover<D: Disk>(
     disk: &D,
     dir: &Path,
-    config: LogConfig,
+    config: Rc<LogConfig>,
     clock: &Clock,
 ) -> Result<(State<D::File>, RecoveryReport), StorageError> {
     let (mut names, mut bases) = list_segments(disk, dir).await?;
@@ -613,7 +613,7 @@ async fn open_sealed<D: Disk>(
     };
     Ok(Segment {
         base_offset: base,
-        file: Rc::new(file),
+        file: Some(Rc::new(file)),
         index,
     })
 }
@@ -675,7 +675,7 @@ async fn open_last<D: Disk>(
             return Ok((
                 Segment {
                     base_offset: base,
-                    file: Rc::new(file),
+                    file: Some(Rc::new(file)),
                     index: SegmentIndex::Building(scan.index),
                 },
                 scan.valid_bytes,
@@ -711,7 +711,7 @@ async fn open_last<D: Disk>(
     Ok((
         Segment {
             base_offset: base,
-            file: Rc::new(file),
+            file: Some(Rc::new(file)),
             index: SegmentIndex::Building(scan.index),
         },
         valid_bytes,
@@ -804,10 +804,10 @@ async fn assemble_state<F: DiskFile>(
     sealed: std::collections::BTreeMap<i64, Segment<F>>,
     checkpoint: Option<LogCheckpoint>,
     marker: Option<LogCheckpoint>,
-    config: LogConfig,
+    config: Rc<LogConfig>,
     clock: &Clock,
 ) -> Result<State<F>, StorageError> {
-    let file = &*active.file;
+    let file = &**active.file();
     file.fdatasync()
         .await
         .map_err(io_error("fdatasync of the active segment"))?;
@@ -834,7 +834,11 @@ async fn assemble_state<F: DiskFile>(
         .read_at(tail_start, (segment_bytes - tail_start) as usize)
         .await
         .map_err(io_error("reading the tail page"))?;
-    let appender = Appender::new(segment_bytes, &tail_page, config.write_chunk_bytes);
+    let appender = Box::new(Appender::new(
+        segment_bytes,
+        &tail_page,
+        config.write_chunk_bytes,
+    ));
     let first_base = sealed.keys().next().copied().unwrap_or(active.base_offset);
     let remembered_start = marker
         .or(checkpoint)
@@ -886,7 +890,7 @@ async fn assemble_state<F: DiskFile>(
         stats: LogStats::default(),
         sealed,
         active,
-        appender,
+        appender: Some(appender),
         config,
     })
 }

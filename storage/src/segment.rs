@@ -42,11 +42,20 @@ pub fn parse_file_name(name: &str, suffix: &str) -> Option<i64> {
 /// One segment of a partition: its file and index. The active segment is the last one.
 pub struct Segment<F> {
     pub base_offset: i64,
-    pub file: Rc<F>,
+    /// The open file; `None` while the log is dormant (`dormancy.rs`).
+    pub file: Option<Rc<F>>,
     pub index: SegmentIndex,
 }
 
 impl<F> Segment<F> {
+    /// The open file of a segment of an awake log. Whatever reads or writes a segment first
+    /// wakes the log (`dormancy.rs`), so a closed file here is a bug in this crate.
+    pub fn file(&self) -> &Rc<F> {
+        self.file
+            .as_ref()
+            .expect("a segment's file is open while its log is awake")
+    }
+
     pub fn next_offset(&self) -> i64 {
         self.index.next_offset()
     }

@@ -35,6 +35,8 @@ struct SimState {
     steps: u64,
     /// The most recent write not yet covered by an fdatasync of its file.
     last_unsynced_write: Option<(FileRef, u64, Vec<u8>)>,
+    /// Data files open now (handles not yet dropped), as file descriptors would be.
+    open_files: usize,
 }
 
 #[derive(Default)]
@@ -42,6 +44,8 @@ struct SimState {
 struct Faults {
     fail_next_write: bool,
     fail_next_fdatasync: bool,
+    /// The next data-file open fails (as with EMFILE, too many open files).
+    fail_next_open: bool,
     capacity_bytes: Option<u64>,
     power_cut_after_writes: Option<u64>,
     power_cut_after_steps: Option<u64>,
@@ -87,6 +91,16 @@ impl SimDisk {
     /// The next data write fails with EIO (once).
     pub fn fail_next_write(&self) {
         self.0.borrow_mut().faults.fail_next_write = true;
+    }
+
+    /// The next [`Disk::open`] fails with EMFILE (once).
+    pub fn fail_next_open(&self) {
+        self.0.borrow_mut().faults.fail_next_open = true;
+    }
+
+    /// Data files open now: what file descriptors they would hold.
+    pub fn open_files(&self) -> usize {
+        self.0.borrow().open_files
     }
 
     /// The next data-file fdatasync fails with EIO (once); what it covered does not become
@@ -308,6 +322,14 @@ pub struct SimFile {
     data: FileRef,
 }
 
+impl Drop for SimFile {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.disk.0.try_borrow_mut() {
+            state.open_files -= 1;
+        }
+    }
+}
+
 impl SimFile {
     /// fdatasync; `data_file` says whether it counts as (and can be failed as) a data-file
     /// fdatasync rather than part of an atomic metadata write.
@@ -429,8 +451,15 @@ impl Disk for SimDisk {
     async fn open(&self, path: &Path, create: bool) -> io::Result<SimFile> {
         self.check_powered("open")?;
         let mut state = self.0.borrow_mut();
+        if std::mem::take(&mut state.faults.fail_next_open) {
+            return Err(io::Error::from_raw_os_error(libc::EMFILE));
+        }
         let data = match state.live_names.get(path) {
-            Some(data) => data.clone(),
+            Some(data) => {
+                let data = data.clone();
+                drop(state);
+                data
+            }
             None if create => {
                 let data = FileRef::default();
                 state.live_names.insert(path.to_path_buf(), data.clone());
@@ -440,6 +469,7 @@ impl Disk for SimDisk {
             }
             None => return Err(io::Error::from(io::ErrorKind::NotFound)),
         };
+        self.0.borrow_mut().open_files += 1;
         Ok(SimFile {
             disk: self.clone(),
             data,

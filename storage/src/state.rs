@@ -93,6 +93,15 @@ pub(crate) struct Inner<D: Disk> {
     pub stopping: Cell<bool>,
     /// See [`PartitionLog::observe_fdatasync_latency`].
     pub fdatasync_observer: RefCell<Option<FdatasyncObserver>>,
+    /// Operations in flight that need the log awake (`dormancy.rs`): while any runs, the log
+    /// does not go dormant.
+    pub in_use: Cell<u32>,
+    /// Set by every use of the log's awake parts; cleared by the idle check, which then
+    /// counts the log idle from that moment (`dormancy.rs`). A flag, so the append path
+    /// reads no clock.
+    pub used: Cell<bool>,
+    /// Since when the idle checks have found the log unused.
+    pub idle_since: Cell<std::time::Instant>,
 }
 
 impl<D: Disk> Drop for Inner<D> {
@@ -103,10 +112,14 @@ impl<D: Disk> Drop for Inner<D> {
 
 /// Mutable state of one log. Borrowed only between awaits, never across one.
 pub(crate) struct State<F: DiskFile> {
-    pub config: LogConfig,
+    /// Shared with the other partitions of its topic when the caller passes one `Rc` to
+    /// them all (the broker does): 8 bytes per log, not 128.
+    pub config: Rc<LogConfig>,
     pub sealed: BTreeMap<i64, Segment<F>>,
     pub active: Segment<F>,
-    pub appender: Appender<F::Buffer>,
+    /// The write-behind buffers of the active segment; `None` while the log is dormant
+    /// (`dormancy.rs`). Boxed: a dormant log keeps 8 bytes of it, not 136.
+    pub appender: Option<Box<Appender<F::Buffer>>>,
     pub active_first_append_ms: Option<i64>,
     pub preallocation: crate::preallocation::Preallocation,
     pub log_start_offset: i64,
@@ -182,9 +195,37 @@ impl<F: DiskFile> State<F> {
 
     pub(crate) fn segment_end_bytes(&self, segment: &Segment<F>) -> u64 {
         if segment.base_offset == self.active.base_offset {
-            self.appender.appended_bytes() - self.appender.unwritten_bytes()
+            self.active_appended_bytes() - self.unwritten_bytes()
         } else {
             segment.bytes()
         }
+    }
+
+    /// Whether the log is dormant: its files closed, no appender (`dormancy.rs`).
+    pub(crate) fn is_dormant(&self) -> bool {
+        self.appender.is_none()
+    }
+
+    /// The appender of an awake log. Everything that appends or writes first wakes the log
+    /// and keeps it awake (`dormancy.rs`), so a dormant one here is a bug in this crate.
+    pub(crate) fn appender_mut(&mut self) -> &mut Appender<F::Buffer> {
+        self.appender
+            .as_deref_mut()
+            .expect("the log is awake while it appends or writes")
+    }
+
+    /// Bytes appended to the active segment. A dormant log has written everything it
+    /// appended, and its index ends where its data does.
+    pub(crate) fn active_appended_bytes(&self) -> u64 {
+        self.appender
+            .as_ref()
+            .map_or_else(|| self.active.bytes(), |appender| appender.appended_bytes())
+    }
+
+    /// Appended bytes not yet written (none while dormant).
+    pub(crate) fn unwritten_bytes(&self) -> u64 {
+        self.appender
+            .as_ref()
+            .map_or(0, |appender| appender.unwritten_bytes())
     }
 }

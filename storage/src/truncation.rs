@@ -75,6 +75,9 @@ impl<D: Disk> PartitionLog<D> {
                 });
             }
         }
+        // The cut reads the segment and rebuilds the appender: a dormant log wakes.
+        self.wake_holding_gates().await?;
+        let _awake = self.in_use();
         let end = self.log_end_offset();
         if self.durable_offset() < end {
             self.wait_durable(end - 1).await?;
@@ -123,7 +126,7 @@ impl<D: Disk> PartitionLog<D> {
                 SegmentIndex::Archived(_) => None,
             };
             (
-                segment.file.clone(),
+                segment.file().clone(),
                 start,
                 segment.index.locate_index(index),
                 state.segment_end_bytes(segment),
@@ -196,7 +199,7 @@ impl<D: Disk> PartitionLog<D> {
         let cut_was_sealed = state.sealed.remove(&cut.segment_base_offset).is_some();
         let new_active = Segment {
             base_offset: cut.segment_base_offset,
-            file: cut.file.clone(),
+            file: Some(cut.file.clone()),
             index: SegmentIndex::Building(cut.index),
         };
         let old_active = std::mem::replace(&mut state.active, new_active);
@@ -207,8 +210,11 @@ impl<D: Disk> PartitionLog<D> {
             SegmentIndex::Building(index) => index.data.last_term,
             SegmentIndex::Archived(_) => unreachable!("the active index is building"),
         };
-        state.appender =
-            Appender::new(cut.position, &cut.tail_page, state.config.write_chunk_bytes);
+        state.appender = Some(Box::new(Appender::new(
+            cut.position,
+            &cut.tail_page,
+            state.config.write_chunk_bytes,
+        )));
         state.preallocation = Preallocation {
             // Nothing is allocated past the cut once the file is truncated there: the next
             // append allocates its step.
@@ -275,8 +281,8 @@ impl<D: Disk> PartitionLog<D> {
             .await
             .map_err(|e| StorageError::io("fdatasync after a truncation", e))?;
         for segment in &doomed.later {
-            if Rc::strong_count(&segment.file) == 1 {
-                empty_before_close(&*segment.file, dir).await;
+            if let Some(file) = segment.file.as_ref().filter(|f| Rc::strong_count(f) == 1) {
+                empty_before_close(&**file, dir).await;
             }
         }
         tracing::info!(dir = %dir.display(), segment = doomed.cut_base_offset, position = doomed.cut_position,

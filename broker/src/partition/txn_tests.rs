@@ -336,6 +336,32 @@ fn a_read_committed_wait_wakes_on_the_marker() {
     });
 }
 
+/// A `read_committed` long poll parked on a partition whose log closes (a broker shutting
+/// down) ends when it closes. It used to loop on the closed log's progress, which completes
+/// at once, and never yield: its shard spun until killed (seen stopping 10,000 partitions).
+#[test]
+fn a_read_committed_wait_ends_when_its_log_closes() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let table = std::rc::Rc::new(open_table(&disk).await);
+        produce(&table, batch(1, 0, 2, true)).await;
+        let log = table.log(&tp()).expect("log");
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            log.close().await.expect("close");
+        })
+        .detach();
+        let started = Instant::now();
+        table
+            .wait_for_data_isolated(&tp(), 0, Duration::from_secs(30), Isolation::ReadCommitted)
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "ended by the close"
+        );
+    });
+}
+
 /// Replicated partitions (preview) track no transactions: they refuse transactional data,
 /// and a marker there has nothing to complete (answered at once, nothing written).
 #[test]

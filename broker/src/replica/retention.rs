@@ -55,6 +55,21 @@ impl ReplicaManager {
         }
         outcomes
     }
+
+    /// Puts every hosted log unused for `idle_after` to sleep (the storage crate's
+    /// `dormancy.rs`); a Raft round that appends or reads entries wakes it again. Returns
+    /// how many went dormant now.
+    pub fn doze_idle_logs(&self, idle_after: std::time::Duration) -> usize {
+        let logs: Vec<_> = self
+            .groups
+            .borrow()
+            .values()
+            .map(|hosted| hosted.log.clone())
+            .collect();
+        logs.iter()
+            .filter(|log| log.doze_if_idle(idle_after) == crate::storage::Doze::Dozed)
+            .count()
+    }
 }
 
 #[cfg(test)]

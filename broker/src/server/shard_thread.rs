@@ -86,6 +86,8 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         )));
     }
     let retention = glommio::spawn_local(shard::enforce_retention_periodically(services.clone()));
+    let dormancy =
+        glommio::spawn_local(shard::put_idle_logs_to_sleep_periodically(services.clone()));
     let cleaner =
         glommio::spawn_local(crate::compaction::clean_logs_periodically(services.clone()));
     let balancing = glommio::spawn_local(crate::leader_moves::balance_leaders_periodically(
@@ -102,6 +104,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
     services.shutdown.started().await;
     drop(accepting);
     drop(retention);
+    drop(dormancy);
     // Cancelled between awaits: a pass not yet committed leaves files the next open removes,
     // a committed one is finished by that open (`storage/FORMAT.md` § Log cleaner).
     drop(cleaner);

@@ -383,6 +383,17 @@ pub static SETTINGS: &[Setting] = &[
         integer(1, INT_MAX),
         "How often each shard applies retention to its partitions.",
     ),
+    row(
+        "ringfeed.log.dormant.after.ms",
+        "30000",
+        integer(1, INT_MAX),
+        "A partition nobody appends to or reads from (a fetch at its end or a parked long poll \
+         does not count) for this long goes dormant: it makes its data durable, closes its \
+         segment files (giving back their file descriptors) and drops its write buffers and \
+         tail cache; the next append or read reopens them (a few file opens and one page read). \
+         Checked every half of this, so a partition sleeps between 1 and 1.5 times this after its \
+         last use (more when its data must first be made durable).",
+    ),
     topic_default(
         "log.cleanup.policy",
         "cleanup.policy",
