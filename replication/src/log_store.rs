@@ -357,6 +357,13 @@ impl<D: Disk> LogStore<D> {
         self.state.borrow().recent_bytes
     }
 
+    /// Bytes of entry data the store holds now: recent entries and what the last fetch
+    /// read, not yet released (for metrics).
+    pub fn held_bytes(&self) -> usize {
+        let state = self.state.borrow();
+        state.recent_bytes + state.fetched.iter().map(|e| e.data.len()).sum::<usize>()
+    }
+
     /// Whether a request memory could not serve waits for [`Self::fetch`].
     pub fn wants_fetch(&self) -> bool {
         !self.state.borrow().wanted.is_empty()
