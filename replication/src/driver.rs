@@ -27,6 +27,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{self, AssertUnwindSafe};
 
+use bytes::Bytes;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use ringfeed_storage::sim::SeededRng;
@@ -309,8 +310,10 @@ impl<S: GroupStore> MultiRaft<S> {
         self.groups.get(&group_id).is_some_and(|group| group.fenced)
     }
 
-    /// Proposes `data` as a new entry of `group_id` on this node, which must lead it.
-    pub fn propose(&mut self, group_id: u64, data: Vec<u8>) -> Result<Proposed, ProposeError> {
+    /// Proposes `data` as a new entry of `group_id` on this node, which must lead it. The
+    /// entry shares `data`'s memory: raft-rs's copies of it (the unstable log, a message per
+    /// follower, the committed entries) are references, not copies.
+    pub fn propose(&mut self, group_id: u64, data: Bytes) -> Result<Proposed, ProposeError> {
         let group = self
             .groups
             .get_mut(&group_id)

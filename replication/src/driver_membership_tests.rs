@@ -71,7 +71,7 @@ impl Nodes {
                 if entry.entry_type() == raft::eraftpb::EntryType::EntryNormal
                     && !entry.data.is_empty()
                 {
-                    applied.entry(node).or_default().push(entry.data.clone());
+                    applied.entry(node).or_default().push(entry.data.to_vec());
                 }
             }) {
                 let mut bytes = BytesMut::new();
@@ -107,7 +107,7 @@ impl Nodes {
         (first..first + count)
             .filter(|n| {
                 self.driver(leader)
-                    .propose(GROUP, format!("record {n}").into_bytes())
+                    .propose(GROUP, format!("record {n}").into_bytes().into())
                     .is_ok()
             })
             .count()
@@ -261,7 +261,7 @@ fn a_change_applies_only_to_the_configuration_it_was_made_for() {
     };
     let mut entry = Entry::default();
     entry.set_entry_type(EntryType::EntryConfChangeV2);
-    entry.data = change.encode_to_vec();
+    entry.data = change.encode_to_vec().into();
     let apply =
         |entry: &Entry, current: &ConfState| super::membership::change_to_apply(entry, current);
     assert_eq!(
@@ -273,7 +273,7 @@ fn a_change_applies_only_to_the_configuration_it_was_made_for() {
     assert_eq!(apply(&entry, &after), None);
     assert_eq!(apply(&entry, &ConfState::from((vec![2, 3], vec![]))), None);
     // Damaged data is no change.
-    entry.data = vec![0xff; 3];
+    entry.data = vec![0xff; 3].into();
     assert_eq!(apply(&entry, &before), None);
 }
 

@@ -67,7 +67,7 @@ impl Cluster {
                     applied
                         .entry((node, group))
                         .or_default()
-                        .push(entry.data.clone());
+                        .push(entry.data.to_vec());
                 }
             });
             let mut peers: Vec<u64> = frames.iter().map(|frame| frame.to_node).collect();
@@ -114,7 +114,7 @@ fn groups_elect_and_commit_over_frames_and_idle_traffic_is_coalesced_heartbeats(
     for group in 0..GROUPS {
         let leader = cluster.leader(group).expect("a leader");
         let proposed = cluster.drivers[leader]
-            .propose(group, format!("record of {group}").into_bytes())
+            .propose(group, format!("record of {group}").into_bytes().into())
             .expect("the leader accepts");
         assert!(proposed.index > 1, "after the leader's empty entry");
     }
@@ -166,14 +166,14 @@ fn a_follower_refuses_proposals_and_names_the_leader() {
     let leader = cluster.leader(7).expect("a leader");
     let follower = (leader + 1) % 3;
     assert_eq!(
-        cluster.drivers[follower].propose(7, b"x".to_vec()),
+        cluster.drivers[follower].propose(7, bytes::Bytes::from_static(b"x")),
         Err(ProposeError::NotLeader {
             group_id: 7,
             leader_hint: leader as u64 + 1
         })
     );
     assert_eq!(
-        cluster.drivers[follower].propose(GROUPS, b"x".to_vec()),
+        cluster.drivers[follower].propose(GROUPS, bytes::Bytes::from_static(b"x")),
         Err(ProposeError::UnknownGroup(GROUPS))
     );
 }
@@ -206,7 +206,7 @@ fn a_message_raft_rs_panics_on_fences_its_group_not_the_shard() {
     // The shard goes on: the other groups still commit through that follower.
     let leader_of_4 = cluster.leader(4).expect("a leader");
     cluster.drivers[leader_of_4]
-        .propose(4, b"after".to_vec())
+        .propose(4, bytes::Bytes::from_static(b"after"))
         .expect("accepted");
     for _ in 0..10 {
         cluster.round(false);
@@ -226,7 +226,7 @@ fn a_removed_group_leaves_nothing_behind() {
     cluster.run_until_every_group_has_a_leader();
     let leader = cluster.leader(7).expect("a leader");
     cluster.drivers[leader]
-        .propose(7, b"queued".to_vec())
+        .propose(7, bytes::Bytes::from_static(b"queued"))
         .expect("the leader accepts");
     // Every node has the group's messages queued or staged now.
     cluster.round(false);
@@ -240,7 +240,7 @@ fn a_removed_group_leaves_nothing_behind() {
     }
     let leader_of_8 = cluster.leader(8).expect("a leader");
     cluster.drivers[leader_of_8]
-        .propose(8, b"still served".to_vec())
+        .propose(8, bytes::Bytes::from_static(b"still served"))
         .expect("the leader accepts");
     for _ in 0..5 {
         cluster.round(false);

@@ -38,7 +38,9 @@ use raft::eraftpb::{Entry, EntryType, HardState, Snapshot};
 use raft::storage::{GetEntriesContext, RaftState, Storage};
 use raft::StorageError as RaftStorageError;
 use ringfeed_storage::batch::control;
-use ringfeed_storage::{Disk, EntryError, PartitionLog, ReadError, StorageError, StoredEntry};
+use ringfeed_storage::{
+    CheckedBatch, Disk, EntryError, PartitionLog, ReadError, StorageError, StoredEntry,
+};
 
 use crate::driver::{Durability, GroupStore};
 use crate::log_store_meta::{GroupMeta, RaftMetaStore};
@@ -68,7 +70,7 @@ pub fn entry_batch(entry: &Entry) -> Result<Bytes, LogStoreError> {
     Ok(match entry.entry_type() {
         EntryType::EntryNormal if data.is_empty() => control::batch(control::LEADER_CHANGE, &[]),
         EntryType::EntryNormal => {
-            let batch = Bytes::copy_from_slice(data);
+            let batch = data.clone();
             if ringfeed_storage::batch::BatchHeader::parse(&batch).is_some_and(|h| h.is_control()) {
                 return Err(LogStoreError::ControlBatchInData(entry.index));
             }
@@ -90,13 +92,13 @@ pub fn stored_entry(stored: &StoredEntry) -> Entry {
         Some((control::LEADER_CHANGE, value)) if value.is_empty() => {}
         Some((control::RAFT_CONF_CHANGE, value)) => {
             entry.set_entry_type(EntryType::EntryConfChangeV2);
-            entry.data = value.to_vec();
+            entry.data = value;
         }
         Some((control::RAFT_CONF_CHANGE_V1, value)) => {
             entry.set_entry_type(EntryType::EntryConfChange);
-            entry.data = value.to_vec();
+            entry.data = value;
         }
-        _ => entry.data = stored.batch.to_vec(),
+        _ => entry.data = stored.batch.clone(),
     }
     entry
 }
@@ -106,7 +108,12 @@ pub fn stored_entry(stored: &StoredEntry) -> Entry {
 enum StagedWrite {
     /// Drop the entries from this index on (a conflict), before the appends after it.
     Truncate(u64),
-    Append(Entry),
+    /// Append the batch of the entry at `index`, checked when it was staged.
+    Append {
+        index: u64,
+        term: i32,
+        batch: CheckedBatch,
+    },
 }
 
 /// Requests memory could not serve kept waiting for [`LogStore::fetch`]: about one per
@@ -236,11 +243,15 @@ impl<D: Disk> LogStore<D> {
         let Some(first) = entries.first() else {
             return Ok(());
         };
+        let mut checked = Vec::with_capacity(entries.len());
         for entry in entries {
-            i32::try_from(entry.term).map_err(|_| LogStoreError::TermTooLarge(entry.term))?;
-            self.log
+            let term =
+                i32::try_from(entry.term).map_err(|_| LogStoreError::TermTooLarge(entry.term))?;
+            let batch = self
+                .log
                 .check(entry_batch(entry)?)
                 .map_err(EntryError::from)?;
+            checked.push((term, batch));
         }
         let mut state = self.state.borrow_mut();
         let last_staged = state
@@ -255,10 +266,15 @@ impl<D: Disk> LogStore<D> {
             state.fetched.clear();
             state.staged.push(StagedWrite::Truncate(first.index));
         }
-        for entry in entries {
+        // Entries share their data (`Bytes`): keeping one is not a copy.
+        for (entry, (term, batch)) in entries.iter().zip(checked) {
             state.recent_bytes += entry.data.len();
             state.recent.push_back(entry.clone());
-            state.staged.push(StagedWrite::Append(entry.clone()));
+            state.staged.push(StagedWrite::Append {
+                index: entry.index,
+                term,
+                batch,
+            });
         }
         Ok(())
     }
@@ -273,15 +289,10 @@ impl<D: Disk> LogStore<D> {
                         self.log.truncate_from_index(index).await?;
                     }
                 }
-                StagedWrite::Append(entry) => {
-                    let term = i32::try_from(entry.term).expect("checked when staged");
-                    let checked = self
-                        .log
-                        .check(entry_batch(&entry)?)
-                        .map_err(EntryError::from)?;
-                    let outcome = self.log.append_as_leader(checked, term).await?;
+                StagedWrite::Append { index, term, batch } => {
+                    let outcome = self.log.append_as_leader(batch, term).await?;
                     // raft-rs hands entries in index order, right after the log's last.
-                    assert_eq!(outcome.index, entry.index, "entries are written in order");
+                    assert_eq!(outcome.index, index, "entries are written in order");
                 }
             }
         }
@@ -355,6 +366,13 @@ impl<D: Disk> LogStore<D> {
     /// Bytes of entry data held in memory (recent entries; what a fetch read is apart).
     pub fn recent_bytes(&self) -> usize {
         self.state.borrow().recent_bytes
+    }
+
+    /// Bytes of entry data the store holds now: recent entries and what the last fetch
+    /// read, not yet released (for metrics).
+    pub fn held_bytes(&self) -> usize {
+        let state = self.state.borrow();
+        state.recent_bytes + state.fetched.iter().map(|e| e.data.len()).sum::<usize>()
     }
 
     /// Whether a request memory could not serve waits for [`Self::fetch`].

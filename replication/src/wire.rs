@@ -15,7 +15,7 @@
 //! `bytes = "vec"`), so decoding copies each entry's bytes once, from the frame into the
 //! entry, and encoding copies them once into the frame buffer. Nothing else is copied.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use raft::eraftpb::{
     ConfState, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMetadata,
 };
@@ -570,7 +570,10 @@ fn decode_entry(reader: &mut Reader<'_>) -> Result<Entry, WireError> {
         sync_log: flags & ENTRY_FLAG_SYNC_LOG != 0,
         term: reader.u64("term")?,
         index: reader.u64("index")?,
-        data: reader.bytes_with_length("data_length")?.to_vec(),
+        // Copied out of the frame (the one copy a received entry costs), rather than
+        // shared: a shared slice would keep the whole frame, with every other group's
+        // entries, alive for as long as the store keeps this one.
+        data: Bytes::copy_from_slice(reader.bytes_with_length("data_length")?),
         context: reader.bytes_with_length("context_length")?.to_vec(),
     })
 }

@@ -58,7 +58,7 @@ fn random_entry(rng: &mut SeededRng) -> Entry {
         entry_type: rng.below(3) as i32,
         term: random_u64(rng),
         index: random_u64(rng),
-        data: random_bytes(rng, 200),
+        data: random_bytes(rng, 200).into(),
         context: random_bytes(rng, 8),
         sync_log: rng.below(5) == 0,
     }
@@ -209,7 +209,7 @@ fn one_message_frame() -> Vec<u8> {
             from: FROM,
             to: TO,
             entries: vec![Entry {
-                data: b"batch".to_vec(),
+                data: bytes::Bytes::from_static(b"batch"),
                 ..Entry::default()
             }],
             ..Message::default()

@@ -72,7 +72,7 @@ fn entry(index: u64, term: u64, kind: EntryType, data: Vec<u8>) -> Entry {
     let mut entry = Entry {
         index,
         term,
-        data,
+        data: data.into(),
         ..Entry::default()
     };
     entry.set_entry_type(kind);
@@ -330,7 +330,7 @@ async fn drive(
         }
         node.store().sync().await.expect("durable");
         for entry in ready.take_committed_entries() {
-            committed_data.push(entry.data.clone());
+            committed_data.push(entry.data.to_vec());
         }
         let mut light = node.advance(ready);
         if let Some(commit) = light.commit_index() {
@@ -344,7 +344,7 @@ async fn drive(
             meta.save(&[(7, group)]).await.expect("commit");
         }
         for entry in light.take_committed_entries() {
-            committed_data.push(entry.data.clone());
+            committed_data.push(entry.data.to_vec());
         }
         node.advance_apply();
     }

@@ -104,7 +104,7 @@ fn groups_commit_through_log_stores_under_the_driver() {
                         let count = proposed.entry(group).or_insert(0_u64);
                         if leads && *count < 10 && round % 5 == 0 {
                             let data = producer_batch(group * 100 + *count);
-                            if node.driver.propose(group, data).is_ok() {
+                            if node.driver.propose(group, data.into()).is_ok() {
                                 *count += 1;
                             }
                         }
@@ -115,7 +115,7 @@ fn groups_commit_through_log_stores_under_the_driver() {
                             committed
                                 .entry((id, group))
                                 .or_default()
-                                .push(entry.data.clone());
+                                .push(entry.data.to_vec());
                         }
                     });
                     in_flight.extend(frames);

@@ -726,7 +726,7 @@ impl Sim {
         };
         let length = 1 + self.rng.below(64);
         let data: Vec<u8> = (0..length).map(|_| self.rng.next_u64() as u8).collect();
-        if driver.propose(group, data).is_ok() {
+        if driver.propose(group, data.into()).is_ok() {
             self.proposals += 1;
         }
     }
@@ -762,7 +762,7 @@ impl Sim {
                         && proposed_in.get(&group) != Some(&raft.term)
                     {
                         let term = raft.term;
-                        if driver.propose(group, self.marker.clone()).is_ok() {
+                        if driver.propose(group, self.marker.clone().into()).is_ok() {
                             proposed_in.insert(group, term);
                         }
                     }

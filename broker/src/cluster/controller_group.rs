@@ -260,7 +260,7 @@ impl<D: Disk> ControllerGroup<D> {
                 if mailbox.len() >= MAILBOX_MAX {
                     mailbox.pop_front();
                 }
-                mailbox.push_back((from, entry.data));
+                mailbox.push_back((from, entry.data.to_vec()));
             }
             false
         });
@@ -289,7 +289,7 @@ impl<D: Disk> ControllerGroup<D> {
                 from: self.node_id,
                 to,
                 entries: vec![Entry {
-                    data: payload,
+                    data: payload.into(),
                     ..Entry::default()
                 }],
                 ..raft::eraftpb::Message::default()
@@ -394,10 +394,7 @@ impl<D: Disk> ControllerGroup<D> {
             value: Some(&encoded),
             timestamp_ms: unix_millis(),
         }]);
-        let proposed = self
-            .driver
-            .borrow_mut()
-            .propose(CONTROLLER_GROUP_ID, batch.to_vec());
+        let proposed = self.driver.borrow_mut().propose(CONTROLLER_GROUP_ID, batch);
         let proposed = match proposed {
             Ok(proposed) => proposed,
             Err(ProposeError::NotLeader { leader_hint, .. }) => {

@@ -101,6 +101,8 @@ pub struct TransportCounts {
     /// Inbound connections refused for a failed TLS handshake or a peer certificate that
     /// is not a broker's (only with `tls`).
     pub connections_refused_unauthenticated: u64,
+    /// A gauge, not a count: bytes of frames waiting in the peers' send queues now.
+    pub queued_bytes: u64,
 }
 
 /// The counters, written only by the transport's own tasks on its shard.
@@ -204,7 +206,14 @@ impl Transport {
     }
 
     pub fn counts(&self) -> TransportCounts {
-        self.stats.counts.get()
+        TransportCounts {
+            queued_bytes: self
+                .peers
+                .values()
+                .map(|queue| queue.queued_bytes.get() as u64)
+                .sum(),
+            ..self.stats.counts.get()
+        }
     }
 
     /// Queues `frame` for its `to_node`; never waits (module docs). Returns whether it was

@@ -31,7 +31,7 @@ fn frame(from: u64, to: u64, sequence: u64) -> Frame {
             entries: vec![Entry {
                 term: 3,
                 index: sequence + 1,
-                data: vec![u8::try_from(sequence % 251).unwrap(); 100],
+                data: vec![u8::try_from(sequence % 251).unwrap(); 100].into(),
                 ..Entry::default()
             }],
             ..Message::default()

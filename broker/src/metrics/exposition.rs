@@ -246,13 +246,14 @@ impl Scrape {
     /// The partition groups of each shard (`replica`); no series on a one-node broker.
     fn encode_replication(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         type Pick = fn(&ReplicationSnapshot) -> u64;
-        let gauge_families: [(&str, &str, Pick); 6] = [
+        let gauge_families: [(&str, &str, Pick); 7] = [
             ("ringfeed_replica_groups", "Replicated partitions with a replica on the shard.", |r| r.groups),
             ("ringfeed_replica_groups_led", "Replicated partitions the shard leads.", |r| r.groups_led),
             ("ringfeed_replica_under_replicated_partitions", "Partitions led by the shard with fewer replicas in sync than replicas.", |r| r.under_replicated),
             ("ringfeed_replica_under_min_isr_partitions", "Partitions led by the shard with fewer replicas in sync than min.insync.replicas (acks=all refused).", |r| r.under_min_isr),
             ("ringfeed_replica_follower_lag_entries", "Raft entries (batches) the followers of partitions led by the shard are behind, summed.", |r| r.follower_lag_entries),
             ("ringfeed_replica_follower_lag_entries_max", "The most Raft entries (batches) one follower of a partition led by the shard is behind.", |r| r.follower_lag_entries_max),
+            ("ringfeed_replica_store_bytes", "Bytes of Raft entry data the shard's partition groups hold in memory (recent entries, catch-up reads).", |r| r.store_bytes),
         ];
         for (name, help, pick) in gauge_families {
             let series = self.shards.iter().filter_map(|shard| {
@@ -338,7 +339,19 @@ impl Scrape {
             });
             counters(encoder, name, help, series)?;
         }
-        Ok(())
+        let queued = self.shards.iter().filter_map(|shard| {
+            let counts = shard.cluster_transport.as_ref()?;
+            Some((
+                Self::shard_label(shard),
+                i64::try_from(counts.queued_bytes).unwrap_or(i64::MAX),
+            ))
+        });
+        gauges(
+            encoder,
+            "ringfeed_cluster_send_queue_bytes",
+            "Bytes of frames waiting in the peers' send queues now.",
+            queued,
+        )
     }
 
     fn encode_fetch(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {

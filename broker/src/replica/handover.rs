@@ -188,6 +188,9 @@ pub struct ReplicationSnapshot {
     /// last one: summed, and the most one follower is behind.
     pub follower_lag_entries: u64,
     pub follower_lag_entries_max: u64,
+    /// Bytes of entry data the shard's group stores hold in memory (recent entries and
+    /// catch-up reads not yet handed over), summed over every group hosted here.
+    pub store_bytes: u64,
     /// Leadership transfers to this shard refused while shutting down.
     pub leadership_refused: u64,
     /// Frames of the shard's groups dropped on a full queue: waiting for a round, for a
@@ -207,6 +210,15 @@ impl ReplicaManager {
             frames_dropped: {
                 let counts = self.counts.borrow();
                 counts.inbound_frames_dropped + counts.outbound_frames_dropped
+            },
+            store_bytes: {
+                let driver = self.driver.borrow();
+                self.groups
+                    .borrow()
+                    .keys()
+                    .filter_map(|&group_id| driver.store(group_id))
+                    .map(|store| store.held_bytes() as u64)
+                    .sum()
             },
             ..ReplicationSnapshot::default()
         };

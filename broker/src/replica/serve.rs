@@ -121,7 +121,7 @@ impl ReplicaManager {
             .collect();
         let mut last = None;
         for (batch, header) in batches.into_iter().zip(&headers) {
-            let proposed = self.driver.borrow_mut().propose(group_id, batch.to_vec());
+            let proposed = self.driver.borrow_mut().propose(group_id, batch.clone());
             match proposed {
                 Ok(proposed) => {
                     if header.producer_id >= 0 {
@@ -214,7 +214,10 @@ impl ReplicaManager {
         if (in_sync as u64) < u64::from(hosted.replica.min_insync_replicas) {
             return refused(codes::NOT_ENOUGH_REPLICAS);
         }
-        let proposed = self.driver.borrow_mut().propose(group_id, batch.to_vec());
+        let proposed = self
+            .driver
+            .borrow_mut()
+            .propose(group_id, Bytes::copy_from_slice(batch));
         self.ring();
         match proposed {
             Ok(proposed) if proposed.term == term => {

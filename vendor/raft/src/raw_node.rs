@@ -39,6 +39,10 @@ type Bytes = bytes::Bytes;
 #[cfg(not(feature = "protobuf-codec"))]
 type Bytes = Vec<u8>;
 
+/// An entry's data: shared, not copied, when entries are cloned (vendored change, see
+/// vendor/README.md).
+type EntryData = raft_proto::protocompat::pbcrate::bytes::Bytes;
+
 /// Represents a Peer node in the cluster.
 #[derive(Debug, Default)]
 pub struct Peer {
@@ -357,7 +361,7 @@ impl<T: Storage> RawNode<T> {
     }
 
     /// Propose proposes data to be appended to the raft log.
-    pub fn propose(&mut self, context: impl Into<Bytes>, data: impl Into<Bytes>) -> Result<()> {
+    pub fn propose(&mut self, context: impl Into<Bytes>, data: impl Into<EntryData>) -> Result<()> {
         let mut m = Message::default();
         m.set_msg_type(MessageType::MsgPropose);
         m.from = self.raft.id;
@@ -770,7 +774,7 @@ impl<T: Storage> RawNode<T> {
     /// Read State has a read index. Once the application advances further than the read
     /// index, any linearizable read requests issued before the read request can be
     /// processed safely. The read state will have the same rctx attached.
-    pub fn read_index(&mut self, rctx: impl Into<Bytes>) {
+    pub fn read_index(&mut self, rctx: impl Into<EntryData>) {
         let mut m = Message::default();
         m.set_msg_type(MessageType::MsgReadIndex);
         let mut e = Entry::default();
