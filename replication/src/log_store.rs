@@ -21,8 +21,10 @@
 //! Writes are staged (`GroupStore::stage_entries`, for the driver's rounds): visible to
 //! raft-rs's reads at once, written to the log by [`LogStore::write_staged`] in staging order.
 //! [`LogDurability`] is the shard's durability barrier over such stores: one worker writes
-//! every store's staged entries, waits for their fdatasyncs, saves the staged hard states in
-//! the shard's raft-meta store, and only then completes the ticket.
+//! the staged entries of every store that staged something, waits for their fdatasyncs (all
+//! of them at once, so that ext4 can commit them together), saves the staged hard states in
+//! the shard's raft-meta store, and only then completes the ticket. A store that staged
+//! nothing costs a round nothing: a store queues itself for the worker when it stages.
 //!
 //! Contract: one `LogStore` per group, owned by the shard that owns the partition, used by
 //! that shard's driver and its `LogDurability` only (a cheap handle: both hold one).
@@ -30,10 +32,11 @@
 //! time).
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use bytes::Bytes;
+use futures::future::join_all;
 use raft::eraftpb::{Entry, EntryType, HardState, Snapshot};
 use raft::storage::{GetEntriesContext, RaftState, Storage};
 use raft::StorageError as RaftStorageError;
@@ -154,7 +157,29 @@ struct StoreState {
     staged: Vec<StagedWrite>,
     /// A hard state staged and not yet saved by the durability worker.
     staged_hard_state: Option<HardState>,
+    /// Where this store queues its group for the durability worker when it stages
+    /// something, once [`LogDurability::register`] has registered it.
+    sync_queue: Option<(u64, SyncQueue)>,
+    /// Queued and not yet taken by the worker: at most one place in the queue.
+    queued_for_sync: bool,
 }
+
+impl StoreState {
+    /// Something was staged: the next durability round must visit this store.
+    fn queue_for_sync(&mut self) {
+        if self.queued_for_sync {
+            return;
+        }
+        if let Some((group_id, queue)) = &self.sync_queue {
+            queue.borrow_mut().push(*group_id);
+            self.queued_for_sync = true;
+        }
+    }
+}
+
+/// The groups of a shard whose stores staged writes or a hard state since the durability
+/// worker last took them, each once.
+type SyncQueue = Rc<RefCell<Vec<u64>>>;
 
 /// raft-rs's [`Storage`] over one partition log, a cheap handle. See the module docs.
 pub struct LogStore<D: Disk> {
@@ -217,6 +242,8 @@ impl<D: Disk> LogStore<D> {
             fetches: 0,
             staged: Vec::new(),
             staged_hard_state: None,
+            sync_queue: None,
+            queued_for_sync: false,
         };
         Ok(LogStore {
             log,
@@ -276,13 +303,19 @@ impl<D: Disk> LogStore<D> {
                 batch,
             });
         }
+        state.queue_for_sync();
         Ok(())
     }
 
     /// Writes the staged entries to the log, in staging order.
     pub async fn write_staged(&self) -> Result<(), LogStoreError> {
         let staged = std::mem::take(&mut self.state.borrow_mut().staged);
-        for write in staged {
+        self.write(staged).await
+    }
+
+    /// Writes `writes`, taken from the staged ones in order, to the log.
+    async fn write(&self, writes: Vec<StagedWrite>) -> Result<(), LogStoreError> {
+        for write in writes {
             match write {
                 StagedWrite::Truncate(index) => {
                     if index <= self.log.last_index() {
@@ -304,8 +337,7 @@ impl<D: Disk> LogStore<D> {
     /// (`on_persist_ready`).
     pub async fn sync(&self) -> Result<(), LogStoreError> {
         let end = self.log.log_end_offset();
-        // Every round syncs every store of the shard: an idle one must cost nothing (no
-        // flusher woken), or a shard's thousand quiet groups slow every produce.
+        // A store that staged only a hard state has nothing to wait for: no flusher woken.
         if self.log.durable_offset() >= end && self.log.fenced_error().is_none() {
             return Ok(());
         }
@@ -537,6 +569,7 @@ impl<D: Disk> GroupStore for LogStore<D> {
         let mut state = self.state.borrow_mut();
         state.raft_state.hard_state = hard_state.clone();
         state.staged_hard_state = Some(hard_state.clone());
+        state.queue_for_sync();
         Ok(())
     }
 
@@ -548,25 +581,41 @@ impl<D: Disk> GroupStore for LogStore<D> {
         if state.staged_hard_state.is_none() {
             state.staged_hard_state = Some(state.raft_state.hard_state.clone());
         }
+        state.queue_for_sync();
     }
 }
 
 /// What the durability worker shares with the driver's calls.
 struct DurabilityState<D: Disk> {
-    stores: Vec<(u64, LogStore<D>)>,
+    stores: HashMap<u64, LogStore<D>>,
+    /// The registered stores that staged something since a round last took them.
+    queue: SyncQueue,
     meta: Option<RaftMetaStore<D>>,
     requested: u64,
     completed: u64,
     worker_running: bool,
     /// The first error: no later ticket completes (the shard's groups stop acknowledging).
     failed: Option<LogStoreError>,
+    stats: DurabilityStats,
+}
+
+/// What the durability worker has done, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DurabilityStats {
+    /// Rounds run (each completes every ticket requested before it started).
+    pub rounds: u64,
+    /// Stores written and synced, summed over the rounds: a round visits only the stores
+    /// that staged something since the previous one.
+    pub stores_synced: u64,
 }
 
 /// The shard's durability barrier over [`LogStore`]s (the driver's `Durability`): a ticket
 /// completes once every write staged before it, in every registered store, is written and
 /// fdatasync'd and the staged hard states are saved. One worker task at a time does the
-/// work, ticket after ticket, so each store's writes stay in staging order. Lives on the
-/// shard's executor.
+/// work, round after round, so each store's writes stay in staging order; a round visits
+/// only the stores that queued themselves by staging (a shard's thousand quiet groups cost
+/// a busy one nothing), and waits for their fdatasyncs together rather than one by one.
+/// Lives on the shard's executor.
 pub struct LogDurability<D: Disk> {
     state: Rc<RefCell<DurabilityState<D>>>,
 }
@@ -575,29 +624,46 @@ impl<D: Disk + 'static> LogDurability<D> {
     pub fn new(meta: RaftMetaStore<D>) -> Self {
         LogDurability {
             state: Rc::new(RefCell::new(DurabilityState {
-                stores: Vec::new(),
+                stores: HashMap::new(),
+                queue: SyncQueue::default(),
                 meta: Some(meta),
                 requested: 0,
                 completed: 0,
                 worker_running: false,
                 failed: None,
+                stats: DurabilityStats::default(),
             })),
         }
     }
 
-    /// Makes `store` (group `group_id`) part of every later sync.
+    /// Makes `store` (group `group_id`) part of every later sync that follows its staging.
     pub fn register(&self, group_id: u64, store: LogStore<D>) {
-        self.state.borrow_mut().stores.push((group_id, store));
+        let mut shared = self.state.borrow_mut();
+        {
+            let mut store_state = store.state.borrow_mut();
+            assert!(
+                store_state.sync_queue.is_none(),
+                "a store is registered with one barrier, once"
+            );
+            store_state.sync_queue = Some((group_id, shared.queue.clone()));
+            // Whatever it staged before it was registered goes with the next round.
+            store_state.queued_for_sync = false;
+            store_state.queue_for_sync();
+        }
+        let replaced = shared.stores.insert(group_id, store);
+        assert!(replaced.is_none(), "group {group_id} registered twice");
     }
 
     /// Leaves `group_id`'s store out of later syncs; a sync under way finishes with it.
     /// Its staged writes that no sync took yet are dropped, as after a crash: the caller
     /// removed the group from the driver first, so raft never hears they were persisted.
     pub fn unregister(&self, group_id: u64) {
-        self.state
-            .borrow_mut()
-            .stores
-            .retain(|(id, _)| *id != group_id);
+        let removed = self.state.borrow_mut().stores.remove(&group_id);
+        if let Some(store) = removed {
+            let mut store_state = store.state.borrow_mut();
+            store_state.sync_queue = None;
+            store_state.queued_for_sync = false;
+        }
     }
 
     /// The error that stopped the barrier, if one did.
@@ -605,18 +671,26 @@ impl<D: Disk + 'static> LogDurability<D> {
         self.state.borrow().failed.clone()
     }
 
+    pub fn stats(&self) -> DurabilityStats {
+        self.state.borrow().stats
+    }
+
     async fn work(state: Rc<RefCell<DurabilityState<D>>>) {
         loop {
-            let (target, stores, meta) = {
+            let (target, round, meta) = {
                 let mut shared = state.borrow_mut();
                 if shared.requested == shared.completed || shared.failed.is_some() {
                     shared.worker_running = false;
                     return;
                 }
                 let meta = shared.meta.take().expect("one worker at a time");
-                (shared.requested, shared.stores.clone(), meta)
+                let queued = std::mem::take(&mut *shared.queue.borrow_mut());
+                let round = Self::take_round(&shared.stores, queued);
+                shared.stats.rounds += 1;
+                shared.stats.stores_synced += round.len() as u64;
+                (shared.requested, round, meta)
             };
-            let (meta, result) = Self::sync_all(&stores, meta).await;
+            let (meta, result) = Self::sync_round(round, meta).await;
             let mut shared = state.borrow_mut();
             shared.meta = Some(meta);
             match result {
@@ -626,23 +700,60 @@ impl<D: Disk + 'static> LogDurability<D> {
         }
     }
 
-    async fn sync_all(
-        stores: &[(u64, LogStore<D>)],
+    /// The queued stores with what they staged, taken at one instant: a store staging
+    /// again while the round runs queues itself for the next one.
+    fn take_round(stores: &HashMap<u64, LogStore<D>>, queued: Vec<u64>) -> Vec<RoundStore<D>> {
+        queued
+            .into_iter()
+            // An unregistered group's id may still be queued: its writes are dropped.
+            .filter_map(|group_id| stores.get(&group_id).map(|store| (group_id, store)))
+            .map(|(group_id, store)| {
+                let mut store_state = store.state.borrow_mut();
+                debug_assert!(store_state.queued_for_sync, "queued once, taken once");
+                store_state.queued_for_sync = false;
+                RoundStore {
+                    group_id,
+                    store: store.clone(),
+                    writes: std::mem::take(&mut store_state.staged),
+                    meta: None,
+                }
+            })
+            .collect()
+    }
+
+    async fn sync_round(
+        mut round: Vec<RoundStore<D>>,
         mut meta: RaftMetaStore<D>,
     ) -> (RaftMetaStore<D>, Result<(), LogStoreError>) {
-        let mut changed = Vec::new();
-        for (group_id, store) in stores {
-            if let Err(error) = store.write_staged().await {
-                return (meta, Err(error));
-            }
-            if let Err(error) = store.sync().await {
-                return (meta, Err(error));
-            }
-            changed.extend(store.take_staged_meta().map(|m| (*group_id, m)));
+        // The hard states go with the entries staged before them: taken now, saved once
+        // those entries are durable.
+        for taken in &mut round {
+            taken.meta = taken.store.take_staged_meta();
         }
+        let synced = join_all(round.iter_mut().map(|taken| async {
+            let writes = std::mem::take(&mut taken.writes);
+            taken.store.write(writes).await?;
+            taken.store.sync().await
+        }))
+        .await;
+        if let Some(error) = synced.into_iter().find_map(Result::err) {
+            return (meta, Err(error));
+        }
+        let changed: Vec<(u64, GroupMeta)> = round
+            .into_iter()
+            .filter_map(|taken| taken.meta.map(|m| (taken.group_id, m)))
+            .collect();
         let saved = meta.save(&changed).await.map_err(LogStoreError::from);
         (meta, saved)
     }
+}
+
+/// One store's share of a durability round.
+struct RoundStore<D: Disk> {
+    group_id: u64,
+    store: LogStore<D>,
+    writes: Vec<StagedWrite>,
+    meta: Option<GroupMeta>,
 }
 
 impl<D: Disk + 'static> Durability for LogDurability<D> {

@@ -53,6 +53,8 @@ struct Faults {
     /// Data-file fdatasyncs wait (as on a slow device) until released.
     fdatasyncs_stalled: bool,
     stalled_wakers: Vec<std::task::Waker>,
+    /// fdatasyncs waiting for [`SimDisk::release_fdatasyncs`] now.
+    stalled_waiting: usize,
 }
 
 type FileRef = Rc<RefCell<SimFileData>>;
@@ -171,7 +173,25 @@ impl SimDisk {
         }
     }
 
+    /// Data-file fdatasyncs waiting now for [`SimDisk::release_fdatasyncs`]: how many a
+    /// caller has in flight at once.
+    pub fn stalled_fdatasyncs(&self) -> usize {
+        self.0.borrow().faults.stalled_waiting
+    }
+
     async fn wait_while_stalled(&self) {
+        /// Counts the wait as long as it lasts, also when the caller drops it.
+        struct Waiting<'a>(&'a SimDisk);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0 .0.borrow_mut().faults.stalled_waiting -= 1;
+            }
+        }
+        if !self.0.borrow().faults.fdatasyncs_stalled {
+            return;
+        }
+        self.0.borrow_mut().faults.stalled_waiting += 1;
+        let _waiting = Waiting(self);
         std::future::poll_fn(|cx| {
             let mut state = self.0.borrow_mut();
             if state.faults.fdatasyncs_stalled {

@@ -265,7 +265,7 @@ impl Scrape {
             });
             gauges(encoder, name, help, series)?;
         }
-        let counter_families: [(&str, &str, Pick); 8] = [
+        let counter_families: [(&str, &str, Pick); 10] = [
             (
                 "ringfeed_replica_leader_elections",
                 "Times a replica on the shard became its partition's leader (a new term).",
@@ -305,6 +305,16 @@ impl Scrape {
                 "ringfeed_replica_frames_dropped",
                 "Frames of the shard's partition groups dropped on a full queue (Raft resends appends, not votes).",
                 |r| r.frames_dropped,
+            ),
+            (
+                "ringfeed_replica_durability_rounds",
+                "Rounds of the shard's durability worker: staged Raft writes written, fdatasync'd and hard states saved.",
+                |r| r.durability.rounds,
+            ),
+            (
+                "ringfeed_replica_durability_stores_synced",
+                "Partition group stores written and synced by the shard's durability rounds, summed over the rounds.",
+                |r| r.durability.stores_synced,
             ),
         ];
         for (name, help, pick) in counter_families {

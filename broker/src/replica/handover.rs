@@ -197,6 +197,8 @@ pub struct ReplicationSnapshot {
     /// sender, or (set by the shard) between shards. Raft resends appends and heartbeats,
     /// not votes or a transfer's `MsgTimeoutNow`: a dropped one costs an election timeout.
     pub frames_dropped: u64,
+    /// The shard's durability rounds and the group stores they wrote and synced.
+    pub durability: ringfeed_replication::log_store::DurabilityStats,
     pub counts: crate::replica::manager::ReplicaCounts,
 }
 
@@ -211,6 +213,7 @@ impl ReplicaManager {
                 let counts = self.counts.borrow();
                 counts.inbound_frames_dropped + counts.outbound_frames_dropped
             },
+            durability: self.durability_stats(),
             store_bytes: {
                 let driver = self.driver.borrow();
                 self.groups

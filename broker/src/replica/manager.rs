@@ -301,6 +301,10 @@ impl ReplicaManager {
         self.counts.borrow().clone()
     }
 
+    pub(crate) fn durability_stats(&self) -> ringfeed_replication::log_store::DurabilityStats {
+        self.durability.borrow().stats()
+    }
+
     /// The groups hosted now, ascending.
     pub fn group_ids(&self) -> Vec<u64> {
         self.groups.borrow().keys().copied().collect()
