@@ -89,15 +89,12 @@ impl Store {
             bytes_max,
             ..Batches::default()
         };
-        match self.free_slots.pop() {
-            Some(slot) => {
-                self.slots[slot] = Some(batches);
-                slot
-            }
-            None => {
-                self.slots.push(Some(batches));
-                self.slots.len() - 1
-            }
+        if let Some(slot) = self.free_slots.pop() {
+            self.slots[slot] = Some(batches);
+            slot
+        } else {
+            self.slots.push(Some(batches));
+            self.slots.len() - 1
         }
     }
 
