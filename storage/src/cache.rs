@@ -360,7 +360,7 @@ mod tests {
             let shard = ShardTailCache::new(budget);
             let mut caches: Vec<TailCache> = Vec::new();
             // Per cache: (next offset, batches held as (age, base, len)).
-            let mut model: Vec<(i64, VecDeque<(u64, i64, usize)>, usize)> = Vec::new();
+            let mut model: Vec<ModelCache> = Vec::new();
             let mut age = 0_u64;
             for _ in 0..2_000 {
                 match rng.below(20) {
@@ -369,12 +369,16 @@ mod tests {
                         let mut cache = TailCache::new(bytes_max);
                         cache.share(&shard);
                         caches.push(cache);
-                        model.push((0, VecDeque::new(), bytes_max));
+                        model.push(ModelCache {
+                            next: 0,
+                            held: VecDeque::new(),
+                            bytes_max,
+                        });
                     }
                     1 if !caches.is_empty() => {
                         let i = rng.below(caches.len() as u64) as usize;
                         caches[i].clear();
-                        model[i].1.clear();
+                        model[i].held.clear();
                     }
                     2 if !caches.is_empty() => {
                         let i = rng.below(caches.len() as u64) as usize;
@@ -385,34 +389,34 @@ mod tests {
                         let i = rng.below(caches.len() as u64) as usize;
                         let len = rng.range(1, 400) as usize;
                         let count = rng.range(1, 5) as i64;
-                        let base = model[i].0;
+                        let base = model[i].next;
                         caches[i].push(batch(base, count, len));
-                        model[i].0 += count;
-                        model[i].1.push_back((age, base, len));
+                        model[i].next += count;
+                        model[i].held.push_back((age, base, len));
                         age += 1;
-                        let bytes_max = model[i].2;
-                        while model[i].1.iter().map(|b| b.2).sum::<usize>() > bytes_max {
-                            model[i].1.pop_front();
+                        while model[i].bytes() > model[i].bytes_max {
+                            model[i].held.pop_front();
                         }
-                        while model.iter().flat_map(|m| &m.1).map(|b| b.2).sum::<usize>() > budget {
+                        while model.iter().map(ModelCache::bytes).sum::<usize>() > budget {
                             let oldest = (0..model.len())
-                                .filter(|&j| !model[j].1.is_empty())
-                                .min_by_key(|&j| model[j].1[0].0)
+                                .filter(|&j| !model[j].held.is_empty())
+                                .min_by_key(|&j| model[j].held[0].0)
                                 .expect("something is held");
-                            model[oldest].1.pop_front();
+                            model[oldest].held.pop_front();
                         }
                     }
                     _ => {}
                 }
-                let held: usize = model.iter().flat_map(|m| &m.1).map(|b| b.2).sum();
+                let held: usize = model.iter().map(ModelCache::bytes).sum();
                 assert_eq!(shard.stats().bytes as usize, held, "seed {seed}");
-                for (cache, (next, batches, _)) in caches.iter().zip(&model) {
-                    match batches.front() {
-                        None => assert!(cache.read(*next - 1, usize::MAX, *next).is_none()),
+                for (cache, modelled) in caches.iter().zip(&model) {
+                    let next = modelled.next;
+                    match modelled.held.front() {
+                        None => assert!(cache.read(next - 1, usize::MAX, next).is_none()),
                         Some(&(_, base, _)) => {
-                            let read = cache.read(base, usize::MAX, *next).expect("held");
+                            let read = cache.read(base, usize::MAX, next).expect("held");
                             let lens: Vec<usize> = read.iter().map(Bytes::len).collect();
-                            let expected: Vec<usize> = batches.iter().map(|b| b.2).collect();
+                            let expected: Vec<usize> = modelled.held.iter().map(|b| b.2).collect();
                             assert_eq!(lens, expected, "seed {seed}");
                             if base > 0 {
                                 assert!(read_before(cache, base).is_none(), "seed {seed}");
@@ -421,6 +425,20 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// One cache as the model sees it: its next offset, the batches it holds as (age, base
+    /// offset, length), oldest first, and its own bound.
+    struct ModelCache {
+        next: i64,
+        held: VecDeque<(u64, i64, usize)>,
+        bytes_max: usize,
+    }
+
+    impl ModelCache {
+        fn bytes(&self) -> usize {
+            self.held.iter().map(|b| b.2).sum()
         }
     }
 
