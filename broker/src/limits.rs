@@ -82,6 +82,9 @@ pub struct Limits {
     /// A partition log unused this long goes dormant (`ringfeed.log.dormant.after.ms`; the
     /// storage crate's `dormancy.rs`).
     pub log_dormant_after: Duration,
+    /// Bytes of batches the tail caches of one shard's partitions hold together
+    /// (`ringfeed.log.tail.cache.shard.bytes`; the storage crate's `cache.rs`).
+    pub tail_cache_shard_bytes: usize,
     /// The log cleaner (`log.cleaner.*`): whether it runs, its IO budget per shard (bytes
     /// read and written per second), its key map per pass, and its sleep when idle.
     pub cleaner_enabled: bool,
@@ -169,6 +172,7 @@ impl Default for Limits {
             mesh_channel_slots: 1024,
             retention_check_interval: Duration::from_secs(300),
             log_dormant_after: Duration::from_secs(30),
+            tail_cache_shard_bytes: 32 << 20,
             cleaner_enabled: true,
             cleaner_io_bytes_per_second: 50 << 20,
             cleaner_map_bytes: 16 << 20,

@@ -299,6 +299,7 @@ impl Effective {
             log_dormant_after: Duration::from_millis(
                 self.unsigned("ringfeed.log.dormant.after.ms"),
             ),
+            tail_cache_shard_bytes: self.unsigned("ringfeed.log.tail.cache.shard.bytes") as usize,
             cleaner_enabled: self.boolean("log.cleaner.enable"),
             cleaner_io_bytes_per_second: self.unsigned("log.cleaner.io.max.bytes.per.second"),
             cleaner_map_bytes: self.unsigned("log.cleaner.dedupe.buffer.size") as usize,

@@ -145,6 +145,9 @@ pub struct ShardServices {
     pub clock: Clock,
     /// One copy of each topic config in use by this shard's logs, shared by its partitions.
     log_configs: crate::storage::SharedConfigs,
+    /// The memory budget the tail caches of this shard's partition logs share (replicated
+    /// ones included).
+    pub tail_cache: crate::storage::ShardTailCache,
     /// The ACLs this shard checks requests against (`acl::store`).
     pub acls: AclView,
     /// Shard 0 only: the durable ACL set; see `acl_change`. A lock because a change waits
@@ -306,7 +309,8 @@ impl ShardServices {
             .iter()
             .find_map(|listener| listener.tls.clone());
         let quotas = ShardQuotas::new(config.shard_count());
-        let replicas = open_replicas(&config, &disk, &clock, shard_id).await?;
+        let tail_cache = crate::storage::ShardTailCache::new(config.limits.tail_cache_shard_bytes);
+        let replicas = open_replicas(&config, &disk, &clock, shard_id, &tail_cache).await?;
         let partitions = Rc::new(PartitionTable::new(
             config.limits.shard_fetch_waits_parked_max,
         ));
@@ -332,6 +336,7 @@ impl ShardServices {
         let services = Rc::new(ShardServices {
             shard_id,
             log_configs: crate::storage::SharedConfigs::default(),
+            tail_cache,
             budgets: Budgets::new(
                 config.limits.shard_inflight_request_bytes_max as u64,
                 config.limits.shard_fetch_bytes_max as u64,
@@ -1179,6 +1184,7 @@ impl ShardServices {
             Ok((log, report)) => {
                 tracing::info!(partition = %tp, shard = self.shard_id, ?report, "partition open");
                 log.observe_fdatasync_latency(self.metrics.fdatasync_observer());
+                log.share_tail_cache(&self.tail_cache);
                 PartitionSlot::Online {
                     topic_id: topic.id,
                     log,
@@ -1245,6 +1251,7 @@ impl ShardServices {
             consumer_group_reconciliation,
             cross_shard,
             fetch_budget_reserved_bytes: self.budgets.fetch_bytes.in_use_bytes(),
+            tail_cache: self.tail_cache.stats(),
             fetch_waits_parked: self.partitions.parked_waits().parked() as u64,
             fetch_waits_refused: self.partitions.parked_waits().refused(),
             fetch_sessions: self.fetch_sessions.borrow().sessions() as u64,
@@ -1300,6 +1307,7 @@ async fn open_replicas(
     disk: &BrokerDisk,
     clock: &Clock,
     shard_id: usize,
+    tail_cache: &crate::storage::ShardTailCache,
 ) -> Result<Option<Rc<ReplicaManager>>, String> {
     if config.cluster.voters.len() <= 1 {
         return Ok(None);
@@ -1315,6 +1323,7 @@ async fn open_replicas(
         clock: clock.clone(),
         election_seed: node_id ^ incarnation ^ ((shard_id as u64) << 48),
         replica_lag_time_max: config.cluster.replica_lag_time_max,
+        tail_cache: tail_cache.clone(),
     })
     .await?;
     Ok(Some(manager))

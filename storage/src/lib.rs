@@ -39,6 +39,7 @@ mod state;
 mod truncation;
 
 pub use batch::BatchError;
+pub use cache::{ShardTailCache, ShardTailCacheStats};
 pub use cleaner::{
     AbortedRange, CleanOptions, CleanOutcome, CleanerTxns, DirtySummary, NoCodec, NoTxns,
     RecordCodec,

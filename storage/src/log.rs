@@ -195,6 +195,12 @@ impl<D: Disk> PartitionLog<D> {
         self.inner.flusher_running.get()
     }
 
+    /// Makes the log's tail cache one of `shard`'s, under the budget they share (see
+    /// `cache.rs`). What the cache held is dropped.
+    pub fn share_tail_cache(&self, shard: &crate::ShardTailCache) {
+        self.state_mut().cache.share(shard);
+    }
+
     /// Reports the latency of each fdatasync the flusher completes from now on (for
     /// metrics). Replaces any previous observer.
     pub fn observe_fdatasync_latency(&self, observer: FdatasyncObserver) {

@@ -384,6 +384,23 @@ impl Scrape {
         )?;
         gauges(
             encoder,
+            "ringfeed_tail_cache_bytes",
+            "Bytes of recent batches the shard's partitions keep in memory for tail reads.",
+            per_shard(|shard| shard.tail_cache.bytes),
+        )?;
+        counters(
+            encoder,
+            "ringfeed_tail_cache_shard_evictions",
+            "Batches the shard's tail caches dropped because the shard's budget was full.",
+            self.shards.iter().map(|shard| {
+                (
+                    Self::shard_label(shard),
+                    shard.tail_cache.evicted_for_shard_budget,
+                )
+            }),
+        )?;
+        gauges(
+            encoder,
             "ringfeed_fetch_waits_parked",
             "Fetch long-poll waits parked on the shard's partitions (its own fetches' and other shards').",
             per_shard(|shard| shard.fetch_waits_parked),

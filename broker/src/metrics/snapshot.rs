@@ -80,6 +80,8 @@ pub struct ShardSnapshot {
     /// Bytes of the shard's fetch budget reserved now, and the most reserved at once.
     pub fetch_budget_reserved_bytes: u64,
     pub fetch_budget_reserved_bytes_peak: u64,
+    /// The shard's tail caches together (`storage::cache`).
+    pub tail_cache: crate::storage::ShardTailCacheStats,
     /// Long-poll waits parked on the shard's partitions now (local and other shards' fetches).
     pub fetch_waits_parked: u64,
     /// Waits answered at once because `Limits::shard_fetch_waits_parked_max` were parked.

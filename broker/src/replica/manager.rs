@@ -83,6 +83,8 @@ pub struct ReplicaManagerStart {
     pub election_seed: u64,
     /// `replica.lag.time.max.ms`.
     pub replica_lag_time_max: Duration,
+    /// The shard's tail-cache budget, shared with its other logs.
+    pub tail_cache: crate::storage::ShardTailCache,
 }
 
 /// What a produce call waits for: `Ok(Some(base))` its last batch committed in its term at
@@ -192,6 +194,7 @@ pub struct ReplicaManager {
     disk: BrokerDisk,
     pub(crate) clock: Clock,
     replica_lag_time_max: Duration,
+    tail_cache: crate::storage::ShardTailCache,
     pub(crate) driver: RefCell<MultiRaft<Store>>,
     durability: RefCell<LogDurability<BrokerDisk>>,
     pub(crate) groups: RefCell<BTreeMap<u64, Rc<Hosted>>>,
@@ -266,6 +269,7 @@ impl ReplicaManager {
             disk: start.disk,
             clock: start.clock,
             replica_lag_time_max: start.replica_lag_time_max,
+            tail_cache: start.tail_cache,
             driver: RefCell::new(MultiRaft::new(
                 start.node_id,
                 start.incarnation,
@@ -419,6 +423,7 @@ impl ReplicaManager {
         )
         .await
         .map_err(|error| format!("{}: {error}", dir.display()))?;
+        log.share_tail_cache(&self.tail_cache);
         let persisted = self.recovered.borrow_mut().remove(&replica.group_id);
         let (hard_state, conf_state) = match persisted {
             Some(meta) => (meta.hard_state, meta.conf_state),

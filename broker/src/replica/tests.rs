@@ -101,6 +101,7 @@ async fn start_manager(
         clock: Clock::Simulated(clock.clone()),
         election_seed: id * 31 + incarnation,
         replica_lag_time_max: LAG,
+        tail_cache: crate::storage::ShardTailCache::new(usize::MAX),
     })
     .await
     .expect("manager");

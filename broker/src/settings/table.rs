@@ -384,6 +384,16 @@ pub static SETTINGS: &[Setting] = &[
         "How often each shard applies retention to its partitions.",
     ),
     row(
+        "ringfeed.log.tail.cache.shard.bytes",
+        "33554432",
+        integer(0, INT_MAX),
+        "Bytes of recent record batches each shard keeps in memory to serve consumers at the \
+         tail without reading the disk, over all its partitions (each partition keeps at most \
+         4 MiB of them). When full, the oldest batch of any partition goes first. Raise it on \
+         hosts with memory to spare and many partitions read at their tail; 0 turns the tail \
+         cache off.",
+    ),
+    row(
         "ringfeed.log.dormant.after.ms",
         "30000",
         integer(1, INT_MAX),
