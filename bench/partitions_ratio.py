@@ -20,6 +20,7 @@ rdkafka_performance is not installed by the test command: build it from librdkaf
 
 import argparse
 import json
+import resource
 import re
 import shutil
 import socket
@@ -97,7 +98,11 @@ def one_round(options, partitions, work):
                    "-s", str(options.size), "-c", str(options.count), "-a", str(options.acks),
                    "-X", "linger.ms=5", "-X", "batch.size=1000000",
                    "-X", "sticky.partitioning.linger.ms=0"]
+        client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        client_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        client_cpu = (client_after.ru_utime + client_after.ru_stime
+                      - client_before.ru_utime - client_before.ru_stime)
         output = done.stdout + done.stderr
         matches = PRODUCED.findall(output)
         if not matches or int(matches[-1][0]) != options.count:
@@ -112,6 +117,8 @@ def one_round(options, partitions, work):
             "rss_mb_before": round(rss_before, 1),
             "rss_mb_after": round(rss_mb(broker.pid), 1),
             "broker_cpu_s_per_gb": round(cpu / produced_mb * 1000, 1),
+            # The client shares the host's CPUs: what it spends bounds the rate too.
+            "client_cpu_s_per_gb": round(client_cpu / produced_mb * 1000, 1),
             # Bytes written to disk per byte of record values: batch and record framing,
             # index and checkpoint writes, and partial pages rewritten by later rounds.
             "disk_bytes_per_value_byte": round(written / (produced_mb * 1e6), 2),
@@ -150,7 +157,8 @@ def main():
             rounds.append(result)
             print(f"round {round_number + 1} {partitions:6} partitions: {result['msgs_per_s']:>9,} msg/s "
                   f"{result['mb_per_s']:7.1f} MB/s  RSS {result['rss_mb_before']:.0f} -> "
-                  f"{result['rss_mb_after']:.0f} MB  broker {result['broker_cpu_s_per_gb']} CPU-s/GB  "
+                  f"{result['rss_mb_after']:.0f} MB  CPU-s/GB broker {result['broker_cpu_s_per_gb']} "
+                  f"client {result['client_cpu_s_per_gb']}  "
                   f"disk {result['disk_bytes_per_value_byte']} B/B",
                   flush=True)
     if options.out:

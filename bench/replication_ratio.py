@@ -28,6 +28,7 @@ machines. Leader balancing is left at its default (checked every 300 s), longer 
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -234,6 +235,9 @@ def main():
         single.stop()
         for broker in cluster:
             broker.stop()
+        # A run writes tens of GB (about 38 GB on a quiet host); the logs stay.
+        for broker in (single, *cluster):
+            shutil.rmtree(broker.data_dir, ignore_errors=True)
     print("-- medians", flush=True)
     for label, results in (("full speed", full), (f"{options.rate}/s", paced)):
         median = {name: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for name, runs in results.items()}
