@@ -17,12 +17,14 @@ stream never does.
 
 import argparse
 import re
+import socket
 import shutil
 import statistics
 import subprocess
 import tempfile
 import time
 import uuid
+import urllib.request
 from pathlib import Path
 
 from confluent_kafka import Producer
@@ -31,10 +33,16 @@ from confluent_kafka.admin import AdminClient, NewTopic
 LISTENING = re.compile(r"ringfeed listening on (\S+):(\d+) ")
 
 
-def start_broker(binary, data_dir, log_path, shards):
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_broker(binary, data_dir, log_path, shards, admin_port):
     log = open(log_path, "wb")
     process = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
-                                "--shards", str(shards), "--admin-listen", "off"],
+                                "--shards", str(shards), "--admin-listen", f"127.0.0.1:{admin_port}"],
                                stdout=log, stderr=log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -96,7 +104,8 @@ def main():
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="txn-cost-"))
-    process, bootstrap = start_broker(args.bin, work / "data", work / "broker.log", args.shards)
+    admin_port = free_port()
+    process, bootstrap = start_broker(args.bin, work / "data", work / "broker.log", args.shards, admin_port)
     value = b"v" * args.size
     idempotent, transactional = [], []
     try:
@@ -109,6 +118,7 @@ def main():
             print(f"round {round_number}: idempotent {plain:,.0f} records/s, "
                   f"transactions of {args.per_transaction} {txn:,.0f} records/s ({txn / plain:.2f})",
                   flush=True)
+        print_transaction_answers(admin_port)
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -117,6 +127,24 @@ def main():
     print(f"medians: idempotent {statistics.median(idempotent):,.0f} records/s, transactional "
           f"{statistics.median(transactional):,.0f} records/s: ratio {ratio:.2f} "
           f"(target >= 0.80)")
+
+
+TXN_APIS = ("InitProducerId", "AddPartitionsToTxn", "AddOffsetsToTxn", "EndTxn", "Produce")
+REQUESTS = re.compile(r'^ringfeed_requests_total\{shard="\d+",api="(\w+)",error="(\w+)"\} (\S+)$', re.M)
+
+
+def print_transaction_answers(admin_port):
+    """How the broker answered the transactional APIs over every round: a retriable error
+    (CONCURRENT_TRANSACTIONS while the previous transaction completes) costs the client a
+    backoff (librdkafka: 20 ms for AddPartitionsToTxn)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    answers = {}
+    for api, error, value in REQUESTS.findall(text):
+        if api in TXN_APIS:
+            answers[(api, error)] = answers.get((api, error), 0) + int(float(value))
+    print("answers, all rounds:", ", ".join(f"{api} {error} {count}" for (api, error), count in sorted(answers.items())),
+          flush=True)
 
 
 if __name__ == "__main__":
