@@ -51,6 +51,7 @@ pub mod tls;
 pub mod topic_config;
 pub mod transactions;
 pub mod turns;
+mod wake;
 
 /// The partition log: Kafka batches in `O_DIRECT` segments (crate `ringfeed-storage`).
 pub use ringfeed_storage as storage;

@@ -34,7 +34,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
@@ -98,38 +97,6 @@ pub(crate) struct Waiter {
     pub(crate) answer: oneshot::Sender<Resolution>,
 }
 
-/// A wake-everyone signal for this shard's tasks (fetch long polls on a group).
-#[derive(Default)]
-pub(crate) struct Signal {
-    generation: Cell<u64>,
-    wakers: RefCell<Vec<Waker>>,
-}
-
-impl Signal {
-    fn notify_all(&self) {
-        self.generation.set(self.generation.get() + 1);
-        for waker in std::mem::take(&mut *self.wakers.borrow_mut()) {
-            waker.wake();
-        }
-    }
-
-    /// Completes at the next `notify_all` after this call.
-    pub(crate) async fn wait(&self) {
-        let seen = self.generation.get();
-        std::future::poll_fn(|cx| {
-            if self.generation.get() != seen {
-                return std::task::Poll::Ready(());
-            }
-            let mut wakers = self.wakers.borrow_mut();
-            if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                wakers.push(cx.waker().clone());
-            }
-            std::task::Poll::Pending
-        })
-        .await;
-    }
-}
-
 /// One hosted group.
 pub(crate) struct Hosted {
     pub(crate) replica: HostedReplica,
@@ -158,7 +125,7 @@ pub(crate) struct Hosted {
     /// The settled voters last recorded for the controller (`LeadershipChange::voters`).
     reported_voters: RefCell<Vec<u64>>,
     /// Notified when `committed_end` moves or the group closes.
-    pub(crate) committed: Signal,
+    pub(crate) committed: crate::wake::Signal,
     pub(crate) closed: Cell<bool>,
 }
 
@@ -472,7 +439,7 @@ impl ReplicaManager {
                 isr_mark: Cell::new(None),
                 reported: RefCell::new(None),
                 reported_voters: RefCell::default(),
-                committed: Signal::default(),
+                committed: crate::wake::Signal::default(),
                 closed: Cell::new(false),
             }),
         );

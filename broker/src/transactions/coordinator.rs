@@ -19,7 +19,10 @@
 //! `EndTxn` is answered once its PrepareCommit/PrepareAbort is durable, as Kafka answers;
 //! the markers (`TxnEffects::write_marker`, one per partition, on the partition's owner)
 //! and the CompleteCommit/CompleteAbort record follow in a task of their own. Requests for
-//! the id in the meantime get `CONCURRENT_TRANSACTIONS` (`state.rs`).
+//! the id in the meantime get `CONCURRENT_TRANSACTIONS` (`state.rs`), except
+//! `AddPartitionsToTxn`/`AddOffsetsToTxn`, the next transaction's first request, which
+//! waits up to [`CONCURRENT_WAIT_MAX`] for the completion first (Kafka refuses at once and
+//! the client retries after its backoff).
 //!
 //! A ticker (started with the first load) aborts transactions past their timeout with an
 //! epoch bump (the producer is fenced, as in Kafka) and forgets ids idle longer than
@@ -53,6 +56,10 @@ const REPLAY_READ_BYTES: usize = 1 << 20;
 /// placement fixed), so it is constant. When coordinators follow leadership this must
 /// become that partition's leader epoch.
 const COORDINATOR_EPOCH: i32 = 0;
+/// The longest `AddPartitionsToTxn` waits for its id's previous transaction to complete
+/// before answering `CONCURRENT_TRANSACTIONS` (the completion's markers and Complete record
+/// take a few fdatasyncs; one stuck on an unavailable partition is retried by the ticker).
+const CONCURRENT_WAIT_MAX: Duration = Duration::from_millis(100);
 /// Between retries of a marker write that failed with a retriable error.
 const MARKER_RETRY_MAX: Duration = Duration::from_secs(1);
 
@@ -136,6 +143,9 @@ struct Inner {
     /// Replicated partitions loaded here, by the Raft term this replica leads them in
     /// (`groups::offsets_store`, as the group coordinator keeps them).
     loaded_terms: RefCell<HashMap<i32, u64>>,
+    /// Notified whenever an id's transition or completion ends: requests waiting for an id
+    /// to settle (`add_partitions`) plan again.
+    settled: crate::wake::Signal,
 }
 
 impl TxnCoordinator {
@@ -148,6 +158,7 @@ impl TxnCoordinator {
                 ticker_started: Cell::new(false),
                 completing: RefCell::default(),
                 loaded_terms: RefCell::default(),
+                settled: crate::wake::Signal::default(),
             }),
         }
     }
@@ -248,7 +259,7 @@ impl TxnCoordinator {
             Err(code) => return code,
         };
         let id = at.transactional_id.as_str();
-        let planned = {
+        let plan = || {
             let ids = self.inner.ids.borrow();
             let entry = ids.get(id);
             state::add_partitions(
@@ -261,6 +272,24 @@ impl TxnCoordinator {
                 self.now_ms(),
             )
         };
+        let mut planned = plan();
+        if planned == Err(codes::CONCURRENT_TRANSACTIONS) {
+            // The producer's previous transaction is still completing (its markers, then its
+            // Complete record) or another request for the id is being persisted: a
+            // producer's first AddPartitionsToTxn after a commit usually arrives then.
+            // Refused, the client retries after a backoff (librdkafka 20 ms, several
+            // transactions' worth here); waiting here for the id to settle costs it only
+            // the completion's own time.
+            let deadline = self.inner.handle.clock.now() + CONCURRENT_WAIT_MAX;
+            while planned == Err(codes::CONCURRENT_TRANSACTIONS)
+                && self.inner.handle.clock.now() < deadline
+            {
+                let settled = std::pin::pin!(self.inner.settled.wait());
+                let expired = self.inner.handle.clock.sleep_until(deadline);
+                futures::future::select(settled, expired).await;
+                planned = plan();
+            }
+        }
         match planned {
             Err(code) => code,
             Ok(None) => codes::NONE,
@@ -423,6 +452,7 @@ impl TxnCoordinator {
 
     /// Ends a pending transition that did not happen: back to `previous`.
     fn clear_pending(&self, id: &str, previous: Option<TxnMetadata>) {
+        self.inner.settled.notify_all();
         let mut ids = self.inner.ids.borrow_mut();
         match previous {
             Some(metadata) => {
@@ -474,6 +504,8 @@ impl TxnCoordinator {
                 ids.remove(id);
             }
         }
+        drop(ids);
+        self.inner.settled.notify_all();
         Ok(())
     }
 
@@ -486,6 +518,7 @@ impl TxnCoordinator {
         glommio::spawn_local(async move {
             coordinator.complete(&id, prepared).await;
             coordinator.inner.completing.borrow_mut().remove(&id);
+            coordinator.inner.settled.notify_all();
         })
         .detach();
     }
@@ -867,12 +900,14 @@ mod tests {
 
     use crate::test_executor::run;
 
-    /// Producer ids from a counter; markers recorded, or never answered when `stuck`.
+    /// Producer ids from a counter; markers recorded (after `marker_delay`), or never
+    /// answered when `stuck`.
     #[derive(Default)]
     struct Recorded {
         next_producer_id: Cell<i64>,
-        markers: RefCell<Vec<(TopicPartition, TxnMarker)>>,
+        markers: Rc<RefCell<Vec<(TopicPartition, TxnMarker)>>>,
         stuck: bool,
+        marker_delay: Option<Duration>,
     }
 
     impl TxnEffects for Rc<Recorded> {
@@ -888,6 +923,14 @@ mod tests {
         ) -> LocalBoxFuture<'static, i16> {
             if self.stuck {
                 return Box::pin(std::future::pending());
+            }
+            if let Some(delay) = self.marker_delay {
+                let markers = self.markers.clone();
+                return Box::pin(async move {
+                    glommio::timer::sleep(delay).await;
+                    markers.borrow_mut().push((tp, marker));
+                    codes::NONE
+                });
             }
             self.markers.borrow_mut().push((tp, marker));
             Box::pin(std::future::ready(codes::NONE))
@@ -981,6 +1024,94 @@ mod tests {
             assert_eq!(
                 coordinator.init_producer_id(at("tx"), 900_001, None).await,
                 Err(codes::INVALID_TRANSACTION_TIMEOUT)
+            );
+        });
+    }
+
+    /// librdkafka's first `AddPartitionsToTxn` of the next transaction usually arrives while
+    /// the previous one's markers are written; refused, it retries 20 ms later.
+    #[test]
+    fn the_next_transaction_waits_for_the_previous_ones_completion() {
+        run(|| async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let table = table_with_state_partition(dir.path()).await;
+            let effects = Rc::new(Recorded {
+                marker_delay: Some(Duration::from_millis(30)),
+                ..Recorded::default()
+            });
+            let coordinator = coordinator(&table, &effects);
+            let (producer_id, epoch) = coordinator
+                .init_producer_id(at("tx"), 60_000, None)
+                .await
+                .expect("init");
+            let first = vec![tp("a", 0)];
+            assert_eq!(
+                coordinator
+                    .add_partitions(at("tx"), producer_id, epoch, first)
+                    .await,
+                codes::NONE
+            );
+            assert_eq!(
+                coordinator
+                    .end_txn(at("tx"), producer_id, epoch, true)
+                    .await,
+                codes::NONE
+            );
+            assert!(
+                effects.markers.borrow().is_empty(),
+                "markers still on their way"
+            );
+            let next = vec![tp("b", 1)];
+            assert_eq!(
+                coordinator
+                    .add_partitions(at("tx"), producer_id, epoch, next)
+                    .await,
+                codes::NONE,
+                "answered once the previous transaction completed, not refused"
+            );
+            assert_eq!(effects.markers.borrow().len(), 1);
+            let described = coordinator.describe(at("tx")).await.expect("known");
+            assert_eq!(described.state, TxnState::Ongoing);
+            assert_eq!(described.partitions, [tp("b", 1)].into());
+        });
+    }
+
+    /// A completion that cannot finish (a marker's partition unavailable) does not hold the
+    /// request: it is refused after a bounded wait, as before.
+    #[test]
+    fn a_stuck_completion_is_refused_after_a_bounded_wait() {
+        run(|| async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let table = table_with_state_partition(dir.path()).await;
+            let effects = Rc::new(Recorded {
+                stuck: true,
+                ..Recorded::default()
+            });
+            let coordinator = coordinator(&table, &effects);
+            let (producer_id, epoch) = coordinator
+                .init_producer_id(at("tx"), 60_000, None)
+                .await
+                .expect("init");
+            coordinator
+                .add_partitions(at("tx"), producer_id, epoch, vec![tp("a", 0)])
+                .await;
+            assert_eq!(
+                coordinator
+                    .end_txn(at("tx"), producer_id, epoch, true)
+                    .await,
+                codes::NONE
+            );
+            let started = std::time::Instant::now();
+            assert_eq!(
+                coordinator
+                    .add_partitions(at("tx"), producer_id, epoch, vec![tp("b", 1)])
+                    .await,
+                codes::CONCURRENT_TRANSACTIONS
+            );
+            let waited = started.elapsed();
+            assert!(
+                waited >= CONCURRENT_WAIT_MAX && waited < CONCURRENT_WAIT_MAX * 20,
+                "waited {waited:?}"
             );
         });
     }
