@@ -7,13 +7,14 @@
 //! requests one after the other, so a client's pipelined requests are appended to each
 //! partition in request order, while their acks waits overlap.
 
+use std::cell::RefCell;
 use std::future::Future;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::{join_all, ready, select, Either, LocalBoxFuture};
-use glommio::task::JoinHandle;
+use futures::future::{join_all, select, LocalBoxFuture};
 use kafka_protocol::messages::produce_response::{
     LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
 };
@@ -28,7 +29,6 @@ use crate::metadata::{MetadataSnapshot, TopicPartition};
 use crate::partition::{self, ProduceOrigin, ProduceOutcome};
 use crate::recompress::apply_codec_rules;
 use crate::records::split_batches;
-use crate::storage::Sleep;
 
 pub async fn handle(
     shard: &PartitionAccess<'_>,
@@ -65,7 +65,9 @@ pub fn dispatch(
         }),
     };
     let mut responses = Vec::with_capacity(request.topic_data.len());
-    let mut pieces: Vec<LocalBoxFuture<'static, PieceAnswer>> = Vec::new();
+    // One slot per piece, in request order; the pieces appending fill theirs from one task.
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut appending: Vec<(usize, Appending)> = Vec::new();
     for (topic_index, mut topic) in request.topic_data.into_iter().enumerate() {
         // v13+ names the topic by id only (KIP-516); an id the metadata does not know is
         // UNKNOWN_TOPIC_ID on every partition, checked before authorization as Kafka's
@@ -87,21 +89,29 @@ pub fn dispatch(
         });
         for partition in topic.partition_data {
             if let Some(error_code) = refusal {
-                let refused = PartitionProduceResponse::default()
-                    .with_index(partition.index)
-                    .with_error_code(error_code)
-                    .with_base_offset(-1)
-                    .with_log_start_offset(-1);
-                pieces.push(Box::pin(ready((topic_index, refused))));
+                let refused = partition_answer(partition.index, error_code, -1, -1);
+                slots.push(Slot::answered(topic_index, partition.index, refused));
                 continue;
             }
             let piece = Piece {
-                topic_index,
                 topic: topic.name.clone(),
                 partition: partition.index,
                 records: partition.records.unwrap_or_default(),
             };
-            pieces.push(dispatch_piece(shard, &snapshot, piece, rules));
+            let index = partition.index;
+            match dispatch_piece(shard, &snapshot, piece, rules) {
+                PieceStart::Answered(response) => {
+                    slots.push(Slot::answered(topic_index, index, response));
+                }
+                PieceStart::Appending(future) => {
+                    appending.push((slots.len(), future));
+                    slots.push(Slot {
+                        topic_index,
+                        partition: index,
+                        state: SlotState::Waiting,
+                    });
+                }
+            }
         }
         // The answer names the topic as the request did: by id from v13 (the name is not on
         // the wire there), by name below.
@@ -111,10 +121,22 @@ pub fn dispatch(
                 .with_topic_id(topic.topic_id),
         );
     }
+    let slots = Rc::new(RefCell::new(slots));
+    let waiting = (!appending.is_empty()).then(|| {
+        (
+            run_appends(&slots, appending),
+            shard.clock.sleep(rules.timeout),
+        )
+    });
     let config = shard.config.clone();
     let listener = context.listener;
     async move {
-        for (topic_index, partition_response) in join_all(pieces).await {
+        if let Some((task, timeout)) = waiting {
+            // Either all pieces are answered, or the request's time is up.
+            select(task, timeout).await;
+        }
+        for slot in std::mem::take(&mut *slots.borrow_mut()) {
+            let (topic_index, partition_response) = slot.into_answer();
             responses[topic_index]
                 .partition_responses
                 .push(partition_response);
@@ -128,6 +150,34 @@ pub fn dispatch(
             .with_responses(responses)
             .with_node_endpoints(node_endpoints)
     }
+}
+
+/// Runs the request's appends in one task and records each outcome in its slot. One task,
+/// so no append is cancelled half-way (a dropped future could stop between batches): when
+/// the request's timeout fires first, the task carries on and the client hears
+/// `REQUEST_TIMED_OUT` for the pieces not answered yet, as from Kafka when acks take too
+/// long. Every piece took its place at its partition in the dispatch, so when the task first
+/// runs does not matter. One task and one timer per request, not per partition: a request
+/// for 1,000 partitions made 1,000 of each.
+fn run_appends(
+    slots: &Rc<RefCell<Vec<Slot>>>,
+    appending: Vec<(usize, Appending)>,
+) -> glommio::task::JoinHandle<()> {
+    let filled = slots.clone();
+    glommio::spawn_local(async move {
+        join_all(appending.into_iter().map(|(slot, future)| {
+            let filled = filled.clone();
+            async move {
+                let outcome = future.await;
+                // Gone when the request timed out and was answered without it.
+                if let Some(entry) = filled.borrow_mut().get_mut(slot) {
+                    entry.state = SlotState::Done(outcome);
+                }
+            }
+        }))
+        .await;
+    })
+    .detach()
 }
 
 /// The first Produce version whose response names leaders (KIP-951).
@@ -159,7 +209,6 @@ fn node_endpoints(
 
 /// One partition's share of a produce request.
 struct Piece {
-    topic_index: usize,
     topic: TopicName,
     partition: i32,
     records: Bytes,
@@ -179,7 +228,71 @@ struct PieceRules {
     transactional_id_authorized: bool,
 }
 
-type PieceAnswer = (usize, PartitionProduceResponse);
+/// A piece's append on its partition's owner, dispatched: the wait for its outcome
+/// (`None`: the owner is gone, only during shutdown).
+type Appending = LocalBoxFuture<'static, Option<ProduceOutcome>>;
+
+/// What the dispatch of a piece gives: its answer at once (refused), or its append.
+enum PieceStart {
+    Answered(PartitionProduceResponse),
+    Appending(Appending),
+}
+
+/// One piece of the request in the response: where it goes and how far it got.
+struct Slot {
+    topic_index: usize,
+    partition: i32,
+    state: SlotState,
+}
+
+enum SlotState {
+    Answered(PartitionProduceResponse),
+    Waiting,
+    Done(Option<ProduceOutcome>),
+}
+
+impl Slot {
+    fn answered(topic_index: usize, partition: i32, response: PartitionProduceResponse) -> Slot {
+        Slot {
+            topic_index,
+            partition,
+            state: SlotState::Answered(response),
+        }
+    }
+
+    /// The piece's answer; one still waiting when the request's time ran out timed out.
+    fn into_answer(self) -> (usize, PartitionProduceResponse) {
+        let response = match self.state {
+            SlotState::Answered(response) => response,
+            SlotState::Done(Some(outcome)) => partition_answer(
+                self.partition,
+                outcome.error_code,
+                outcome.base_offset,
+                outcome.log_start_offset,
+            ),
+            SlotState::Done(None) => {
+                partition_answer(self.partition, codes::NOT_LEADER_OR_FOLLOWER, -1, -1)
+            }
+            SlotState::Waiting => {
+                partition_answer(self.partition, codes::REQUEST_TIMED_OUT, -1, -1)
+            }
+        };
+        (self.topic_index, response)
+    }
+}
+
+fn partition_answer(
+    partition: i32,
+    error_code: i16,
+    base_offset: i64,
+    log_start_offset: i64,
+) -> PartitionProduceResponse {
+    PartitionProduceResponse::default()
+        .with_index(partition)
+        .with_error_code(error_code)
+        .with_base_offset(base_offset)
+        .with_log_start_offset(log_start_offset)
+}
 
 /// Checks what can be checked here and dispatches the piece to its partition's owner.
 fn dispatch_piece(
@@ -187,24 +300,13 @@ fn dispatch_piece(
     snapshot: &Arc<MetadataSnapshot>,
     piece: Piece,
     rules: PieceRules,
-) -> LocalBoxFuture<'static, PieceAnswer> {
+) -> PieceStart {
     let Piece {
-        topic_index,
         topic,
         partition,
         records,
     } = piece;
-    let answer = move |error_code, base_offset, log_start_offset| {
-        let response = PartitionProduceResponse::default()
-            .with_index(partition)
-            .with_error_code(error_code)
-            .with_base_offset(base_offset)
-            .with_log_start_offset(log_start_offset);
-        (topic_index, response)
-    };
-    let refuse = |error_code| -> LocalBoxFuture<'static, PieceAnswer> {
-        Box::pin(ready(answer(error_code, -1, -1)))
-    };
+    let refuse = |error_code| PieceStart::Answered(partition_answer(partition, error_code, -1, -1));
     if !matches!(rules.acks, -1..=1) {
         return refuse(codes::INVALID_REQUIRED_ACKS);
     }
@@ -229,7 +331,7 @@ fn dispatch_piece(
         .broker_of(topic.0.as_str(), partition)
         .is_some_and(|leader| leader != snapshot.local_node && !hosted_replica)
     {
-        let (index, refused) = answer(codes::NOT_LEADER_OR_FOLLOWER, -1, -1);
+        let refused = partition_answer(partition, codes::NOT_LEADER_OR_FOLLOWER, -1, -1);
         let hint = snapshot
             .current_leader(topic_metadata, partition)
             .map_or_else(LeaderIdAndEpoch::default, |(leader, epoch)| {
@@ -237,7 +339,7 @@ fn dispatch_piece(
                     .with_leader_id(BrokerId(leader))
                     .with_leader_epoch(epoch)
             });
-        return Box::pin(ready((index, refused.with_current_leader(hint))));
+        return PieceStart::Answered(refused.with_current_leader(hint));
     }
     // As Kafka does before appending: acks=all promises the write is on min.insync.replicas
     // replicas, and an unreplicated partition has exactly one in sync (docs/REPLICATION.md).
@@ -283,28 +385,16 @@ fn dispatch_piece(
         topic: topic_metadata.name.clone(),
         partition,
     };
-    // Its own task, so the append is never cancelled half-way (a dropped future could stop
-    // between batches): on timeout it carries on, and the client hears `REQUEST_TIMED_OUT`,
-    // as from Kafka when acks take too long. Its place at the partition was taken by the
-    // dispatch, so when the task first runs does not matter.
-    let dispatched =
-        partition::produce_on(shard.router, owner, tp, batches, rules.acks, rules.origin);
-    let appending = glommio::spawn_local(dispatched).detach();
-    let timeout = shard.clock.sleep(rules.timeout);
-    Box::pin(async move {
-        match within(appending, timeout).await {
-            Ok(Some(outcome)) => answer(
-                outcome.error_code,
-                outcome.base_offset,
-                outcome.log_start_offset,
-            ),
-            Ok(None) => answer(codes::NOT_LEADER_OR_FOLLOWER, -1, -1),
-            Err(TimedOut) => answer(codes::REQUEST_TIMED_OUT, -1, -1),
-        }
-    })
+    // The piece takes its place at the partition now; `dispatch` runs the wait.
+    PieceStart::Appending(Box::pin(partition::produce_on(
+        shard.router,
+        owner,
+        tp,
+        batches,
+        rules.acks,
+        rules.origin,
+    )))
 }
-
-struct TimedOut;
 
 const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 =
     kafka_protocol::error::ResponseError::TransactionalIdAuthorizationFailed.code();
@@ -324,14 +414,3 @@ const PRODUCE_VERSION_V2_FORMAT_MIN: i16 = 3;
 /// Replicas of a partition in sync with its leader: the leader alone until replication
 /// lands (issue 12).
 const IN_SYNC_REPLICAS: i64 = 1;
-
-/// Waits for the append task's answer (its acks) until `timeout` (the request's) fires.
-async fn within(
-    appending: JoinHandle<Option<ProduceOutcome>>,
-    timeout: Sleep,
-) -> Result<Option<ProduceOutcome>, TimedOut> {
-    match select(appending, timeout).await {
-        Either::Left((reply, _)) => Ok(reply.flatten()),
-        Either::Right(_) => Err(TimedOut),
-    }
-}

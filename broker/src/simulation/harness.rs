@@ -95,6 +95,25 @@ pub fn answer_every_served_version(seed: u64) -> usize {
     executor.join().expect("the simulation ran")
 }
 
+/// (topic, partition, error) of each partition in a produce response, in its order.
+pub type PieceAnswers = Vec<(String, i32, i16)>;
+
+/// One Produce request (acks=all, 200 ms timeout) to partitions 0 and 1 of a topic while
+/// fdatasyncs stall, and to a topic that does not exist: returns each partition's
+/// (topic, partition, error) in the response's order, then, once the stall ends, the
+/// (error, base offset) of one more acks=all produce to partition 0.
+pub fn produce_pieces_time_out_while_fdatasyncs_stall(seed: u64) -> (PieceAnswers, (i16, i64)) {
+    let executor = glommio::LocalExecutorBuilder::default()
+        .name("simulation-timeouts")
+        .spawn(move || async move {
+            Simulation::new(seed)
+                .produce_pieces_time_out_while_fdatasyncs_stall()
+                .await
+        })
+        .expect("executor");
+    executor.join().expect("the simulation ran")
+}
+
 struct Simulation {
     seed: u64,
     rng: SeededRng,
@@ -224,6 +243,72 @@ impl Simulation {
             }
         }
         usize::try_from(answered).expect("counts up from 0")
+    }
+
+    async fn produce_pieces_time_out_while_fdatasyncs_stall(self) -> (PieceAnswers, (i16, i64)) {
+        use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+        use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+
+        let shard = self.start().await;
+        let life = Life {
+            number: 0,
+            shard: shard.clone(),
+            model: self.model.clone(),
+            clock: Clock::Simulated(self.clock.clone()),
+            disk: self.disk.clone(),
+        };
+        let mut connection = Connection::new(&life, 1);
+        assert_eq!(
+            self.drive_call(connection.create_topic("pieces", 2)).await,
+            0
+        );
+        let batch = || {
+            crate::storage::batch::build::batch(&[crate::storage::batch::build::Record {
+                key: None,
+                value: Some(b"piece"),
+                timestamp_ms: WALL_START_MS,
+            }])
+        };
+        let topic = |name: &str, partitions: &[i32]| {
+            TopicProduceData::default()
+                .with_name(TopicName(crate::handlers::context::str_bytes(name)))
+                .with_partition_data(
+                    partitions
+                        .iter()
+                        .map(|&index| {
+                            PartitionProduceData::default()
+                                .with_index(index)
+                                .with_records(Some(batch()))
+                        })
+                        .collect(),
+                )
+        };
+        self.disk.stall_fdatasyncs();
+        let request = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(200)
+            .with_topic_data(vec![topic("pieces", &[0, 1]), topic("missing", &[0])]);
+        let response: ProduceResponse = self
+            .drive_call(connection.call(ApiKey::Produce, 9, Request::Produce(request)))
+            .await;
+        let answers = response
+            .responses
+            .iter()
+            .flat_map(|topic| {
+                topic.partition_responses.iter().map(|partition| {
+                    (
+                        topic.name.0.to_string(),
+                        partition.index,
+                        partition.error_code,
+                    )
+                })
+            })
+            .collect();
+        self.disk.release_fdatasyncs();
+        let after = self
+            .drive_call(connection.produce(&("pieces".to_string(), 0), batch(), -1))
+            .await;
+        (answers, after)
     }
 
     fn clients(&self) -> Vec<Client> {

@@ -36,7 +36,10 @@ mod clients;
 mod harness;
 mod model;
 
-use harness::{answer_every_served_version, run_seed, RunShape, RunSummary};
+use harness::{
+    answer_every_served_version, produce_pieces_time_out_while_fdatasyncs_stall, run_seed,
+    RunShape, RunSummary,
+};
 
 /// The shape `cargo test` runs: a few lives per seed, a few dozen requests per client.
 const QUICK: RunShape = RunShape {
@@ -69,6 +72,26 @@ fn simulation_every_served_version_is_answered() {
         .map(|spec| usize::try_from(spec.advertised_max - spec.accepted_min + 1).expect("a range"))
         .sum();
     assert_eq!(answer_every_served_version(11), served);
+}
+
+/// A produce request's pieces share one timeout (`handlers/produce.rs`): the ones still
+/// waiting for their fdatasync when it fires are answered `REQUEST_TIMED_OUT`, the ones
+/// answered at once keep their own error, in the request's order; the timed-out appends
+/// carry on (the next produce to the partition lands after the timed-out one).
+#[test]
+fn simulation_produce_pieces_time_out_together_and_their_appends_carry_on() {
+    let (answers, after) = produce_pieces_time_out_while_fdatasyncs_stall(5);
+    let timed_out = crate::error_codes::REQUEST_TIMED_OUT;
+    let unknown = crate::error_codes::UNKNOWN_TOPIC_OR_PARTITION;
+    assert_eq!(
+        answers,
+        [
+            ("pieces".to_string(), 0, timed_out),
+            ("pieces".to_string(), 1, timed_out),
+            ("missing".to_string(), 0, unknown),
+        ]
+    );
+    assert_eq!(after, (0, 1), "offset 0 went to the timed-out append");
 }
 
 /// A few seeds in every `cargo test`; `RINGFEED_SIM_SEED=N` runs seed N alone.
