@@ -159,6 +159,18 @@ fn a_round_visits_only_the_stores_that_staged() {
         wait_for(&mut shard.durability, ticket).await;
         assert_eq!(shard.durability.stats().stores_synced, 100 + 3);
         assert_eq!(shard.stores[3].log().last_index(), 1);
+
+        // Unregistered and registered again (a new store over the same log) before a round:
+        // the group's id is queued twice and the round takes its store once.
+        shard.stores[50].stage(&[data_entry(50, 2)]).expect("stage");
+        shard.durability.unregister(50);
+        let reopened = open_store(&shard.disk, 50).await;
+        shard.durability.register(50, reopened.clone());
+        reopened.stage(&[data_entry(50, 2)]).expect("stage");
+        let ticket = shard.durability.start_sync();
+        wait_for(&mut shard.durability, ticket).await;
+        assert_eq!(shard.durability.stats().stores_synced, 100 + 3 + 1);
+        assert_eq!(reopened.log().last_index(), 2);
     });
 }
 
