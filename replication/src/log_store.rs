@@ -707,16 +707,20 @@ impl<D: Disk + 'static> LogDurability<D> {
             .into_iter()
             // An unregistered group's id may still be queued: its writes are dropped.
             .filter_map(|group_id| stores.get(&group_id).map(|store| (group_id, store)))
-            .map(|(group_id, store)| {
+            .filter_map(|(group_id, store)| {
                 let mut store_state = store.state.borrow_mut();
-                debug_assert!(store_state.queued_for_sync, "queued once, taken once");
+                // Not queued: taken already in this round. A group unregistered and
+                // registered again (a new store) before a round has its id queued twice.
+                if !store_state.queued_for_sync {
+                    return None;
+                }
                 store_state.queued_for_sync = false;
-                RoundStore {
+                Some(RoundStore {
                     group_id,
                     store: store.clone(),
                     writes: std::mem::take(&mut store_state.staged),
                     meta: None,
-                }
+                })
             })
             .collect()
     }

@@ -7,9 +7,12 @@
 //!   tickets are requested at random, and whenever a ticket completes, a power cut at that
 //!   moment keeps every entry and hard state staged before the ticket was requested.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use common::run;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
 use raft::storage::RaftState;
 use ringfeed_replication::driver::{Durability, GroupStore};
@@ -18,19 +21,6 @@ use ringfeed_replication::log_store_meta::RaftMetaStore;
 use ringfeed_storage::batch::build;
 use ringfeed_storage::sim::{yield_once, CrashMode, SeededRng, SimDisk};
 use ringfeed_storage::{Clock, LogConfig, PartitionLog};
-
-fn run<F, Fut>(test: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + 'static,
-{
-    glommio::LocalExecutorBuilder::default()
-        .io_memory(1 << 20)
-        .spawn(test)
-        .expect("executor")
-        .join()
-        .expect("test task");
-}
 
 fn log_dir(group: u64) -> PathBuf {
     PathBuf::from(format!("/data/t-{group}"))
@@ -169,6 +159,18 @@ fn a_round_visits_only_the_stores_that_staged() {
         wait_for(&mut shard.durability, ticket).await;
         assert_eq!(shard.durability.stats().stores_synced, 100 + 3);
         assert_eq!(shard.stores[3].log().last_index(), 1);
+
+        // Unregistered and registered again (a new store over the same log) before a round:
+        // the group's id is queued twice and the round takes its store once.
+        shard.stores[50].stage(&[data_entry(50, 2)]).expect("stage");
+        shard.durability.unregister(50);
+        let reopened = open_store(&shard.disk, 50).await;
+        shard.durability.register(50, reopened.clone());
+        reopened.stage(&[data_entry(50, 2)]).expect("stage");
+        let ticket = shard.durability.start_sync();
+        wait_for(&mut shard.durability, ticket).await;
+        assert_eq!(shard.durability.stats().stores_synced, 100 + 3 + 1);
+        assert_eq!(reopened.log().last_index(), 2);
     });
 }
 

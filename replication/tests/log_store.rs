@@ -12,8 +12,11 @@
 //! - the raft-meta store keeps the last record per group, ignores a torn tail, refuses damage
 //!   before valid records, and compacts.
 
+mod common;
+
 use std::path::Path;
 
+use common::run;
 use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, HardState};
 use raft::protocompat::PbMessage;
 use raft::storage::{GetEntriesContext, RaftState, Storage};
@@ -23,19 +26,6 @@ use ringfeed_replication::log_store_meta::{GroupMeta, RaftMetaStore, RAFT_META_F
 use ringfeed_storage::batch::build;
 use ringfeed_storage::sim::{CrashMode, SimDisk};
 use ringfeed_storage::{Clock, LogConfig, PartitionLog};
-
-fn run<F, Fut>(test: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + 'static,
-{
-    glommio::LocalExecutorBuilder::default()
-        .io_memory(1 << 20)
-        .spawn(test)
-        .expect("executor")
-        .join()
-        .expect("test task");
-}
 
 fn config() -> LogConfig {
     LogConfig {

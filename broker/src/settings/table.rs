@@ -390,8 +390,8 @@ pub static SETTINGS: &[Setting] = &[
         "Bytes of recent record batches each shard keeps in memory to serve consumers at the \
          tail without reading the disk, over all its partitions (each partition keeps at most \
          4 MiB of them). When full, the oldest batch of any partition goes first. Raise it on \
-         hosts with memory to spare and many partitions read at their tail; 0 turns the tail \
-         cache off.",
+         hosts with memory to spare and many partitions read at their tail; at 0 nothing stays \
+         cached and every read goes to the disk.",
     ),
     row(
         "ringfeed.log.dormant.after.ms",

@@ -145,13 +145,7 @@ impl Simulation {
         for life in 0..shape.lives {
             self.model.borrow_mut().start_life(life);
             let shard = self.start().await;
-            let life_context = Life {
-                number: life,
-                shard: shard.clone(),
-                model: self.model.clone(),
-                clock: Clock::Simulated(self.clock.clone()),
-                disk: self.disk.clone(),
-            };
+            let life_context = self.life(life, shard.clone());
             if life == 0 {
                 self.create_stable_topics(&life_context).await;
             } else {
@@ -178,13 +172,7 @@ impl Simulation {
             self.crash();
         }
         let shard = self.start().await;
-        let life = Life {
-            number: shape.lives,
-            shard,
-            model: self.model.clone(),
-            clock: Clock::Simulated(self.clock.clone()),
-            disk: self.disk.clone(),
-        };
+        let life = self.life(shape.lives, shard);
         self.verify(&life).await;
         let model = self.model.borrow();
         RunSummary {
@@ -202,13 +190,7 @@ impl Simulation {
 
     async fn answer_every_served_version(self) -> usize {
         let shard = self.start().await;
-        let life = Life {
-            number: 0,
-            shard: shard.clone(),
-            model: self.model.clone(),
-            clock: Clock::Simulated(self.clock.clone()),
-            disk: self.disk.clone(),
-        };
+        let life = self.life(0, shard.clone());
         self.create_stable_topics(&life).await;
         let mut answered = 0;
         for spec in crate::registry::SUPPORTED_APIS {
@@ -250,13 +232,7 @@ impl Simulation {
         use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 
         let shard = self.start().await;
-        let life = Life {
-            number: 0,
-            shard: shard.clone(),
-            model: self.model.clone(),
-            clock: Clock::Simulated(self.clock.clone()),
-            disk: self.disk.clone(),
-        };
+        let life = self.life(0, shard.clone());
         let mut connection = Connection::new(&life, 1);
         assert_eq!(
             self.drive_call(connection.create_topic("pieces", 2)).await,
@@ -335,6 +311,17 @@ impl Simulation {
 
     /// A new shard on the current disk image: controller recovery, partition recovery,
     /// then the first metadata applied.
+    /// Life `number` of the broker, on `shard`, as the clients see it.
+    fn life(&self, number: u32, shard: Rc<ShardServices>) -> Life {
+        Life {
+            number,
+            shard,
+            model: self.model.clone(),
+            clock: Clock::Simulated(self.clock.clone()),
+            disk: self.disk.clone(),
+        }
+    }
+
     async fn start(&self) -> Rc<ShardServices> {
         let config = self.config.clone();
         let disk = BrokerDisk::Sim(self.disk.clone());

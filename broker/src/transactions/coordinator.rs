@@ -1028,6 +1028,24 @@ mod tests {
         });
     }
 
+    /// Commits a transaction of "tx" on partition a-0 and returns as soon as the commit is
+    /// answered: the completion (markers, `CompleteCommit`) is still under way.
+    async fn committed_and_completing(coordinator: &TxnCoordinator) -> (i64, i16) {
+        let (producer_id, epoch) = coordinator
+            .init_producer_id(at("tx"), 60_000, None)
+            .await
+            .expect("init");
+        let added = coordinator
+            .add_partitions(at("tx"), producer_id, epoch, vec![tp("a", 0)])
+            .await;
+        assert_eq!(added, codes::NONE);
+        let ended = coordinator
+            .end_txn(at("tx"), producer_id, epoch, true)
+            .await;
+        assert_eq!(ended, codes::NONE);
+        (producer_id, epoch)
+    }
+
     /// librdkafka's first `AddPartitionsToTxn` of the next transaction usually arrives while
     /// the previous one's markers are written; refused, it retries 20 ms later.
     #[test]
@@ -1040,23 +1058,7 @@ mod tests {
                 ..Recorded::default()
             });
             let coordinator = coordinator(&table, &effects);
-            let (producer_id, epoch) = coordinator
-                .init_producer_id(at("tx"), 60_000, None)
-                .await
-                .expect("init");
-            let first = vec![tp("a", 0)];
-            assert_eq!(
-                coordinator
-                    .add_partitions(at("tx"), producer_id, epoch, first)
-                    .await,
-                codes::NONE
-            );
-            assert_eq!(
-                coordinator
-                    .end_txn(at("tx"), producer_id, epoch, true)
-                    .await,
-                codes::NONE
-            );
+            let (producer_id, epoch) = committed_and_completing(&coordinator).await;
             assert!(
                 effects.markers.borrow().is_empty(),
                 "markers still on their way"
@@ -1088,19 +1090,7 @@ mod tests {
                 ..Recorded::default()
             });
             let coordinator = coordinator(&table, &effects);
-            let (producer_id, epoch) = coordinator
-                .init_producer_id(at("tx"), 60_000, None)
-                .await
-                .expect("init");
-            coordinator
-                .add_partitions(at("tx"), producer_id, epoch, vec![tp("a", 0)])
-                .await;
-            assert_eq!(
-                coordinator
-                    .end_txn(at("tx"), producer_id, epoch, true)
-                    .await,
-                codes::NONE
-            );
+            let (producer_id, epoch) = committed_and_completing(&coordinator).await;
             let started = std::time::Instant::now();
             assert_eq!(
                 coordinator
