@@ -51,6 +51,7 @@ struct Store {
     next_age: u64,
     bytes_total: usize,
     bytes_max: usize,
+    /// Counts kept as they change (`bytes` is `bytes_total`, filled in by `stats()`).
     stats: ShardTailCacheStats,
 }
 
@@ -125,7 +126,6 @@ impl Store {
             self.evict_oldest_of(oldest);
             self.stats.evicted_for_shard_budget += 1;
         }
-        self.stats.bytes = self.bytes_total as u64;
     }
 
     fn evict_oldest_of(&mut self, slot: usize) {
@@ -143,7 +143,6 @@ impl Store {
         }
         self.bytes_total -= len;
         self.stats.batches -= 1;
-        self.stats.bytes = self.bytes_total as u64;
     }
 
     fn clear(&mut self, slot: usize) {
@@ -157,7 +156,6 @@ impl Store {
         }
         self.bytes_total -= bytes;
         self.stats.batches -= count as u64;
-        self.stats.bytes = self.bytes_total as u64;
     }
 }
 
@@ -173,7 +171,11 @@ impl ShardTailCache {
     }
 
     pub fn stats(&self) -> ShardTailCacheStats {
-        self.0.borrow().stats
+        let store = self.0.borrow();
+        ShardTailCacheStats {
+            bytes: store.bytes_total as u64,
+            ..store.stats
+        }
     }
 }
 
