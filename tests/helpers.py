@@ -2,9 +2,11 @@
 with delivery reports, and consuming a partition to its end with confluent-kafka."""
 
 import random
+import re
 import struct
 import socket
 import time
+import urllib.request
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -231,3 +233,11 @@ def read_exactly(sock, count):
 def connect(bootstrap):
     host, port = bootstrap.rsplit(":", 1)
     return socket.create_connection((host, int(port)), timeout=30)
+
+
+def metric_by_shard(broker, name):
+    """{shard: value} of a per-shard metric from the broker's /metrics."""
+    with urllib.request.urlopen(broker.admin_url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {int(shard): float(value)
+            for shard, value in re.findall(rf'^{name}\{{shard="(\d+)"\}} (\S+)$', text, re.M)}

@@ -8,15 +8,13 @@ consumer must receive every record within a few seconds of its production, and n
 may ever have reserved as much as one client's `fetch.max.bytes` for it
 (`ringfeed_fetch_budget_reserved_bytes_peak`)."""
 
-import re
 import threading
 import time
-import urllib.request
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from helpers import create_topic
+from helpers import create_topic, metric_by_shard
 
 CONSUMERS = 50
 PARTITIONS = 2
@@ -26,12 +24,6 @@ DELIVERY_SECONDS_MAX = 5.0
 LIBRDKAFKA_FETCH_MAX_BYTES = 52_428_800
 SHARD_FETCH_BUDGET_BYTES = 256 << 20
 
-
-def metric_by_shard(broker, name):
-    with urllib.request.urlopen(broker.admin_url + "/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {int(shard): float(value)
-            for shard, value in re.findall(rf'^{name}\{{shard="(\d+)"\}} (\S+)$', text, re.M)}
 
 
 def run_consumer(bootstrap, topic, index, received, errors, stop):

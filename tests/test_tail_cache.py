@@ -3,23 +3,14 @@ cache.rs), driven by librdkafka: many partitions written at once keep each shard
 bytes within the budget (the oldest batches of any partition dropped first), and consumers
 still read every record, in order, from the cache or from disk."""
 
-import re
-import urllib.request
-
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from helpers import create_topic
+from helpers import create_topic, metric_by_shard
 
 PARTITIONS = 40
 RECORDS_PER_PARTITION = 1_500
 VALUE_BYTES = 300
 BUDGET_BYTES = 256 << 10
-
-
-def metric_values(broker, name):
-    with urllib.request.urlopen(broker.admin_url + "/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return [float(value) for value in re.findall(rf'^{name}\{{shard="\d+"\}} (\S+)$', text, re.M)]
 
 
 def test_many_busy_partitions_stay_within_the_shard_budget_and_read_back_whole(start_broker):
@@ -39,11 +30,11 @@ def test_many_busy_partitions_stay_within_the_shard_budget_and_read_back_whole(s
         producer.poll(0)
     assert producer.flush(60) == 0
 
-    cached = metric_values(broker, "ringfeed_tail_cache_bytes")
+    cached = list(metric_by_shard(broker, "ringfeed_tail_cache_bytes").values())
     assert len(cached) == 2, "one series per shard"
     # 18 MB written over both shards: each shard's cache is full to its budget, not past it.
     assert all(0 < value <= BUDGET_BYTES for value in cached), cached
-    evictions = metric_values(broker, "ringfeed_tail_cache_shard_evictions_total")
+    evictions = metric_by_shard(broker, "ringfeed_tail_cache_shard_evictions_total").values()
     assert sum(evictions) > 0, "the budget, not the 4 MiB per partition, bounded the caches"
 
     consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "tail-cache",
