@@ -83,6 +83,9 @@ pub enum EntryError {
         "an entry stamped with offset {base_offset} cannot go where the log ends at {next_offset}"
     )]
     OffsetMismatch { base_offset: i64, next_offset: i64 },
+    /// Raft indexes start at 1: index 0 holds no entry (a replacement was asked for it).
+    #[error("Raft index {index} cannot hold an entry (indexes start at 1)")]
+    InvalidIndex { index: u64 },
 }
 
 impl From<AppendError> for EntryError {

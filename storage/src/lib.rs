@@ -34,6 +34,8 @@ mod flusher;
 mod lifecycle;
 mod log;
 mod recovery;
+mod replacement;
+mod replacement_commit;
 mod signal;
 mod state;
 mod truncation;

@@ -167,7 +167,19 @@ impl<D: Disk> PartitionLog<D> {
         base_offset: i64,
         preallocate_bytes: u64,
     ) -> Result<D::File, StorageError> {
-        let path = self.dir().join(segment_file_name(base_offset));
+        self.create_data_file(&segment_file_name(base_offset), preallocate_bytes)
+            .await
+    }
+
+    /// Creates the data file `name` in the partition directory, allocated to
+    /// `preallocate_bytes`, its name made durable. A new segment starts so, and so does an
+    /// entry staged to replace the log (`replacement.rs`). A failed preallocation leaves no file.
+    pub(crate) async fn create_data_file(
+        &self,
+        name: &str,
+        preallocate_bytes: u64,
+    ) -> Result<D::File, StorageError> {
+        let path = self.dir().join(name);
         let disk = &self.inner.disk;
         let file = disk
             .open(&path, true)

@@ -30,6 +30,7 @@ use crate::meta::{
     decode_checkpoint, decode_log_format, encode_checkpoint, encode_log_format, LogCheckpoint,
     LogFormat, MetaKind, INDEX_UNKNOWN, LOG_FORMAT_VERSION, TERMS_NEVER,
 };
+use crate::replacement_commit::Replaced;
 use crate::segment::{
     self, index_file_name, parse_file_name, segment_file_name, ScanStop, Segment, CHECKPOINT_FILE,
     CLEAN_SHUTDOWN_FILE, LOG_FORMAT_FILE, SEGMENT_SUFFIX,
@@ -75,6 +76,14 @@ pub(crate) async fn recover<D: Disk>(
     clock: &Clock,
 ) -> Result<(State<D::File>, RecoveryReport), StorageError> {
     let (mut names, mut bases) = list_segments(disk, dir).await?;
+    // A committed replacement of the log is finished first: it removes the old log, the
+    // cleaner's files included (`replacement_commit.rs`).
+    if crate::replacement_commit::finish_if_committed(disk, dir, &names)
+        .await?
+        .is_some()
+    {
+        (names, bases) = list_segments(disk, dir).await?;
+    }
     // A cleaner's swap: finished if committed, else its files removed (`cleaner.rs`).
     if crate::cleaner::recover_swap(disk, dir, &names).await? {
         (names, bases) = list_segments(disk, dir).await?;
@@ -160,6 +169,51 @@ pub(crate) async fn recover<D: Disk>(
     report.log_start_offset = state.log_start_offset;
     report.log_end_offset = state.next_offset;
     Ok((state, report))
+}
+
+/// The state of a log that a replacement just turned into one segment of one entry
+/// (`replacement.rs`): the last segment opened as [`recover`] opens it, with the checkpoint
+/// the replacement wrote, and the state assembled around it.
+pub(crate) async fn open_replaced<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    replaced: &Replaced,
+    config: Rc<LogConfig>,
+    clock: &Clock,
+) -> Result<State<D::File>, StorageError> {
+    let checkpoint = replaced.checkpoint;
+    let last = LastSegment {
+        start: SegmentStart {
+            base_offset: checkpoint.segment_base_offset,
+            base_index: checkpoint.segment_base_index,
+            previous_term: 0,
+        },
+        marker: None,
+        checkpoint: Some(checkpoint),
+        terms_from_index: replaced.terms_from_index,
+    };
+    let mut report = RecoveryReport::default();
+    let (active, segment_bytes, _) = open_last(disk, dir, last, &config, &mut report).await?;
+    let sealed = std::collections::BTreeMap::new();
+    let mut state = assemble_state(
+        active,
+        segment_bytes,
+        sealed,
+        Some(checkpoint),
+        None,
+        config,
+        clock,
+    )
+    .await?;
+    state.terms_from_index = replaced.terms_from_index;
+    if state.next_offset != checkpoint.next_offset || segment_bytes != checkpoint.durable_bytes {
+        return Err(StorageError::MidLogCorruption(format!(
+            "{}: the replacement entry reads back as {segment_bytes} bytes up to offset {}, not {checkpoint:?}",
+            dir.display(),
+            state.next_offset
+        )));
+    }
+    Ok(state)
 }
 
 /// Creates the directory if needed, removes `*.tmp`, and lists it: every name, and the
