@@ -1,5 +1,7 @@
 //! Opening a partition directory: what to trust, what to scan, what to cut and what to refuse.
 //!
+//! - A replacement of the whole log committed before a crash (`replacement_commit.rs`) is
+//!   finished before anything else is read; one not committed is a `*.tmp`, removed.
 //! - Sealed segments (all but the last) were fdatasync'd before the next one was created;
 //!   their index files say where they end. A missing or invalid index is rebuilt by a full
 //!   validating scan, and any damage inside a sealed segment is mid-log corruption.
