@@ -83,8 +83,9 @@ pub enum EntryError {
         "an entry stamped with offset {base_offset} cannot go where the log ends at {next_offset}"
     )]
     OffsetMismatch { base_offset: i64, next_offset: i64 },
-    /// Raft indexes start at 1: index 0 holds no entry (a replacement was asked for it).
-    #[error("Raft index {index} cannot hold an entry (indexes start at 1)")]
+    /// A log cannot start at this Raft index (a replacement was asked for it): indexes
+    /// start at 1, and the index after it must exist.
+    #[error("a log cannot start at Raft index {index} (indexes run from 1 to 2^64 - 3)")]
     InvalidIndex { index: u64 },
 }
 

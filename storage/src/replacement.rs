@@ -35,7 +35,9 @@ use crate::io::{Disk, DiskFile};
 use crate::lifecycle::empty_before_close;
 use crate::preallocation::{step_min_bytes, target_bytes};
 use crate::recovery::open_replaced;
-use crate::replacement_commit::{self, committed_file_name, entry_fits, staged_file_name};
+use crate::replacement_commit::{
+    self, committed_file_name, entry_fits, index_fits, staged_file_name,
+};
 use crate::state::{PartitionLog, State};
 
 impl<D: Disk> PartitionLog<D> {
@@ -46,7 +48,7 @@ impl<D: Disk> PartitionLog<D> {
     /// next append lands at its lastOffset + 1 and Raft index `index` + 1, and the last term
     /// is its partitionLeaderEpoch. Durable when it returns.
     ///
-    /// A refused entry (index 0, a damaged batch, a negative term or offsets out of range)
+    /// A refused entry (index 0 or `u64::MAX - 1` and up, a damaged batch, a negative term or offsets out of range)
     /// or an IO error before the commit leaves the old log as it was. An IO error after the
     /// commit fences the log; reopening it gives the new one.
     pub async fn replace_with_entry(
@@ -98,7 +100,7 @@ impl<D: Disk> PartitionLog<D> {
     fn check_replacement(&self, index: u64, entry: &[u8]) -> Result<BatchHeader, EntryError> {
         let state = self.state();
         state.check_usable()?;
-        if index == 0 {
+        if !index_fits(index) {
             return Err(EntryError::InvalidIndex { index });
         }
         let header = batch::validate_compacted(entry, state.config.batch_bytes_max)?;
@@ -123,6 +125,9 @@ impl<D: Disk> PartitionLog<D> {
         let disk = &self.inner.disk;
         let staged = self.dir().join(staged_file_name(index));
         let committed = self.dir().join(committed_file_name(index));
+        // A staged file left by an attempt whose cleanup failed would keep its bytes past
+        // this entry's.
+        let _ = disk.remove_file(&staged).await;
         let mut written = self.write_staged(&staged_file_name(index), entry).await;
         if written.is_ok() {
             written = disk

@@ -71,6 +71,10 @@ pub(crate) async fn finish_if_committed<D: Disk>(
     let committed: Vec<u64> = names.iter().filter_map(|n| parse_committed(n)).collect();
     match committed[..] {
         [] => Ok(None),
+        [index] if !index_fits(index) => Err(StorageError::MidLogCorruption(format!(
+            "{}: a committed replacement of the log at Raft index {index}, which no entry has",
+            dir.display()
+        ))),
         [index] => {
             tracing::info!(dir = %dir.display(), index, "finishing a committed replacement of the log");
             finish(disk, dir, index).await.map(Some)
@@ -161,6 +165,12 @@ async fn read_committed<D: Disk>(
         return Err(damaged("offsets or term out of range"));
     }
     Ok((header, term))
+}
+
+/// Whether a log can start at Raft index `index`: indexes start at 1, and the one after it
+/// must exist and differ from [`crate::meta::TERMS_NEVER`].
+pub(crate) fn index_fits(index: u64) -> bool {
+    (1..crate::meta::TERMS_NEVER - 1).contains(&index)
 }
 
 /// Whether an entry's offsets and term can start a log: base offset from 0, last offset

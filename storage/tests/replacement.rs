@@ -7,8 +7,8 @@
 //!   log's end (the tail cache must not serve the old batches there);
 //! - a power cut after every disk step of a replacement reopens as the old log or the new
 //!   one, never refused and never a mix;
-//! - a refused entry (index 0, a damaged batch, a negative term) changes nothing on disk,
-//!   and an IO error before the commit leaves the old log usable.
+//! - a refused entry (index 0 or the last ones, a damaged batch, a negative term) changes
+//!   nothing on disk, and an IO error before the commit leaves the old log usable.
 
 mod common;
 
@@ -315,8 +315,9 @@ fn refused_entries_leave_the_log_as_it_was() {
         let last = bad_crc.len() - 1;
         bad_crc[last] ^= 0x55;
         let negative_offset = stamped(&workload_batch(800), -5, 6);
-        let refusals: [(&str, u64, Bytes); 4] = [
+        let refusals: [(&str, u64, Bytes); 5] = [
             ("index 0", 0, good.clone()),
+            ("the last index", u64::MAX - 1, good.clone()),
             ("a damaged batch", 200, Bytes::from(bad_crc)),
             ("a negative term", 200, leader_entry(800, 100_000, -1)),
             ("a negative offset", 200, negative_offset),
@@ -326,6 +327,7 @@ fn refused_entries_leave_the_log_as_it_was() {
             let refused = log.replace_with_entry(index, entry).await;
             let as_expected = match case {
                 "index 0" => matches!(refused, Err(EntryError::InvalidIndex { index: 0 })),
+                "the last index" => matches!(refused, Err(EntryError::InvalidIndex { .. })),
                 "a negative term" => {
                     matches!(refused, Err(EntryError::TermGoesBack { term: -1, .. }))
                 }
