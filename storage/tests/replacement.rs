@@ -6,7 +6,8 @@
 //! - a diverged follower: the entry lands on an old segment's base offset, or below the old
 //!   log's end (the tail cache must not serve the old batches there);
 //! - a power cut after every disk step of a replacement reopens as the old log or the new
-//!   one, never refused and never a mix;
+//!   one, never refused and never a mix; a power cut while an open finishes a committed
+//!   replacement still gives the new one;
 //! - a refused entry (index 0 or the last ones, a damaged batch, a negative term) changes
 //!   nothing on disk, and an IO error before the commit leaves the old log usable.
 
@@ -437,5 +438,49 @@ fn a_power_cut_at_any_step_of_a_replacement_leaves_the_old_or_the_new_log() {
         }
         println!("power cuts: {saw_old} reopened as the old log, {saw_new} as the new one");
         assert!(saw_old > 10 && saw_new > 10, "old {saw_old}, new {saw_new}");
+    });
+}
+
+/// Recovery finishes a committed replacement with the same steps, so a power cut during
+/// that open, at any of its steps, still reopens as the new log.
+#[test]
+fn a_power_cut_while_an_open_finishes_a_replacement_still_gives_the_new_log() {
+    run(|| async {
+        let base = SimDisk::new();
+        fill(&base, &open_sim(&base, small_config()).await.expect("open")).await;
+        let (index, entry) = (5_000, leader_entry(600, 3_000_000, 8));
+        let new: Entries = vec![(index, 8, entry.clone())];
+        // The first power cut that leaves the replacement committed and nothing more.
+        let committed = 'search: {
+            for steps in 0.. {
+                let image = base.crash_image(CrashMode::ProcessCrash);
+                let log = open_sim(&image, small_config()).await.expect("open");
+                image.power_cut_after_steps(steps);
+                let done = log.replace_with_entry(index, entry.clone()).await.is_ok();
+                let after = image.crash_image(CrashMode::PowerCut);
+                if names(&after).iter().any(|n| n.ends_with(".segment")) {
+                    break 'search after;
+                }
+                assert!(!done, "the replacement finished without a committed file");
+            }
+            unreachable!()
+        };
+        let mut opens_cut = 0;
+        for steps in 0.. {
+            let image = committed.crash_image(CrashMode::ProcessCrash);
+            image.power_cut_after_steps(steps);
+            let opened = open_sim(&image, small_config()).await.is_ok() && !image.is_powered_off();
+            let after = image.crash_image(CrashMode::PowerCut);
+            let log = open_sim(&after, small_config())
+                .await
+                .unwrap_or_else(|e| panic!("open cut after {steps} steps, then open: {e}"));
+            assert_log_is(&log, &new, &format!("open cut after {steps} steps")).await;
+            assert_only_new_files(&after, header(&entry).base_offset);
+            if opened {
+                break;
+            }
+            opens_cut += 1;
+        }
+        assert!(opens_cut > 10, "{opens_cut} steps in the finishing open");
     });
 }
