@@ -408,6 +408,12 @@ pub mod control {
     /// on one).
     pub const RETIRED_TXN_MARKER: i16 = 0x5248;
 
+    /// Ringfeed's private control record type for `DeleteRecords` on a replicated partition:
+    /// the value is the new log start offset (i64, big-endian). Every replica that applies
+    /// the entry advances its log start there, so the records are gone from each and stay
+    /// gone after a change of leader.
+    pub const LOG_START: i16 = 0x5249;
+
     /// Kafka's `ControlRecordType.ABORT`: the marker that aborts a producer's transaction.
     pub const ABORT_MARKER: i16 = 0;
     /// Kafka's `ControlRecordType.COMMIT`.

@@ -332,6 +332,17 @@ impl<D: Disk> PartitionLog<D> {
     /// Advances the log start to `offset` (`DeleteRecords`), durably, and deletes the segments
     /// wholly below it. `offset` may not pass the high watermark.
     pub async fn delete_records_before(&self, offset: i64) -> Result<i64, ReadError> {
+        self.advance_log_start(offset).await?;
+        self.enforce_retention().await?;
+        Ok(self.log_start_offset())
+    }
+
+    /// Advances the log start to `offset`, durably (a checkpoint is written, even when the
+    /// start was there already: a caller that raised it in memory first, or raced another
+    /// caller, returns only once it is durable), and deletes nothing: a replicated log's
+    /// segments below the start go in its retention pass, under its Raft index limit. Reads
+    /// below the start are refused at once. `offset` may not pass what is written.
+    pub async fn advance_log_start(&self, offset: i64) -> Result<i64, ReadError> {
         {
             let mut state = self.state_mut();
             state.check_usable()?;
@@ -342,14 +353,12 @@ impl<D: Disk> PartitionLog<D> {
                     log_end_offset: state.written_offset,
                 });
             }
-            if offset <= state.log_start_offset {
-                return Ok(state.log_start_offset);
+            if offset > state.log_start_offset {
+                state.log_start_offset = offset;
+                state.assert_offsets_ordered();
             }
-            state.log_start_offset = offset;
-            state.assert_offsets_ordered();
         }
         self.write_checkpoint().await?;
-        self.enforce_retention().await?;
         Ok(self.log_start_offset())
     }
 

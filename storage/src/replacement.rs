@@ -96,8 +96,11 @@ impl<D: Disk> PartitionLog<D> {
         })
     }
 
-    /// The checks of [`Self::append_replicated`], and those a log's first entry needs.
-    fn check_replacement(&self, index: u64, entry: &[u8]) -> Result<BatchHeader, EntryError> {
+    /// The checks of [`Self::append_replicated`], and those a log's first entry needs: what
+    /// [`Self::replace_with_entry`] refuses before it changes anything. A Raft store checks a
+    /// snapshot from a peer with it before staging it, so that a bad one is refused for its
+    /// group alone rather than failing a write round later.
+    pub fn check_replacement(&self, index: u64, entry: &[u8]) -> Result<BatchHeader, EntryError> {
         let state = self.state();
         state.check_usable()?;
         if !index_fits(index) {
