@@ -212,6 +212,9 @@ pub struct MultiRaft<S: GroupStore> {
     /// Groups whose store wants entries read from disk ([`GroupStore::wants_fetch`]), for
     /// the shard to serve ([`Self::take_fetches_wanted`]).
     fetches_wanted: BTreeSet<u64>,
+    /// Snapshots staged since the last [`Self::take_snapshots_installed`] (a group's state
+    /// machine starts again from each), in staging order.
+    snapshots_installed: Vec<(u64, Snapshot)>,
     election_rng: SeededRng,
     pending: VecDeque<PendingSync>,
     /// Messages to send this round, per peer node, in the order raft made them.
@@ -236,6 +239,7 @@ impl<S: GroupStore> MultiRaft<S> {
             ticks_due: 0,
             maybe_ready: BTreeSet::new(),
             fetches_wanted: BTreeSet::new(),
+            snapshots_installed: Vec::new(),
             election_rng: SeededRng::new(election_seed),
             pending: VecDeque::new(),
             outbox: BTreeMap::new(),
@@ -437,6 +441,14 @@ impl<S: GroupStore> MultiRaft<S> {
             .collect()
     }
 
+    /// The snapshots the groups staged since the last call, each with its group, in order:
+    /// a group's applied state jumps to the snapshot's index (no entry up to it is applied
+    /// one by one). A group handles one Ready per round, and a Ready with a snapshot
+    /// applies no entry, so a round gives a group a snapshot or applied entries, not both.
+    pub fn take_snapshots_installed(&mut self) -> Vec<(u64, Snapshot)> {
+        std::mem::take(&mut self.snapshots_installed)
+    }
+
     /// The store of a hosted group.
     pub fn store(&self, group_id: u64) -> Option<&S> {
         self.groups.get(&group_id).map(|group| group.node.store())
@@ -528,6 +540,9 @@ impl<S: GroupStore> MultiRaft<S> {
                 self.maybe_ready.insert(group_id);
             }
             staged_any |= ready.staged;
+            if let Some(snapshot) = ready.snapshot {
+                self.snapshots_installed.push((group_id, snapshot));
+            }
             readies.push((group_id, ready.number, ready.persisted_messages));
         }
         self.queue_for_durability(durability, readies, staged_any);
@@ -704,9 +719,11 @@ fn handle_ready<S: GroupStore, A: FnMut(u64, &Entry)>(
     if let Some(last) = committed.last() {
         store.advance_applied(last.index);
     }
+    let mut snapshot = None;
     if !ready.snapshot().is_empty() {
         staged = true;
         store.stage_snapshot(ready.snapshot().clone())?;
+        snapshot = Some(ready.snapshot().clone());
     }
     if !ready.entries().is_empty() {
         staged = true;
@@ -724,6 +741,7 @@ fn handle_ready<S: GroupStore, A: FnMut(u64, &Entry)>(
         number,
         staged,
         persisted_messages,
+        snapshot,
     })
 }
 
@@ -744,6 +762,7 @@ struct HandledReady {
     number: u64,
     staged: bool,
     persisted_messages: Vec<Message>,
+    snapshot: Option<Snapshot>,
 }
 
 fn queue_message(outbox: &mut BTreeMap<u64, Vec<(u64, Message)>>, group_id: u64, message: Message) {

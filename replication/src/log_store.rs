@@ -26,6 +26,20 @@
 //! the shard's raft-meta store, and only then completes the ticket. A store that staged
 //! nothing costs a round nothing: a store queues itself for the worker when it stages.
 //!
+//! Snapshots (stores opened with `serves_snapshots`, the partitions' groups): a follower
+//! that needs entries its leader no longer holds (its leader's retention removed them) is
+//! rebuilt from the leader's first entry. The leader's snapshot is that one entry, as its log
+//! stores it (stamped with offset and term; [`snapshot_data`]), at its Raft index, with the
+//! leader's applied configuration; reading it may wait for the disk, so the first request
+//! gets `SnapshotTemporarilyUnavailable` and queues a read ([`LogStore::fetch`]), and
+//! raft-rs asks again at the follower's next heartbeat response. The follower stages a
+//! replacement: its whole log gives way to that entry (`PartitionLog::replace_with_entry`,
+//! crash-safe), and appends go on after it. Kafka's follower does the same when its fetch
+//! offset falls below the leader's log start (truncate fully, start at the leader's log
+//! start). A follower's own offsets then start where its leader's log starts; what the
+//! leader no longer holds is gone from the follower too, as it is from every reader.
+//! The controller's store does not serve snapshots: its state machine needs every entry.
+//!
 //! Contract: one `LogStore` per group, owned by the shard that owns the partition, used by
 //! that shard's driver and its `LogDurability` only (a cheap handle: both hold one).
 //! [`LogStore::write_staged`] calls must not overlap (the durability worker runs one at a
@@ -58,11 +72,14 @@ pub enum LogStoreError {
     Entry(#[from] EntryError),
     #[error(transparent)]
     Read(#[from] ReadError),
+    /// A snapshot from a peer that is not what [`snapshot_data`] makes.
+    #[error("a snapshot that cannot be installed: {0}")]
+    BadSnapshot(String),
     /// Kafka's leader epoch is an i32; a Raft term past it cannot be stamped.
     #[error("Raft term {0} does not fit a Kafka leader epoch")]
     TermTooLarge(u64),
-    /// Data entries are producer batches; a control batch there would be read back as a
-    /// Raft entry of another kind (a configuration change).
+    /// Data entries are producer batches (or a `LOG_START` control batch); another control
+    /// batch there would be read back as a Raft entry of another kind (a configuration change).
     #[error("a data entry at Raft index {0} holds a control batch")]
     ControlBatchInData(u64),
 }
@@ -74,7 +91,11 @@ pub fn entry_batch(entry: &Entry) -> Result<Bytes, LogStoreError> {
         EntryType::EntryNormal if data.is_empty() => control::batch(control::LEADER_CHANGE, &[]),
         EntryType::EntryNormal => {
             let batch = data.clone();
-            if ringfeed_storage::batch::BatchHeader::parse(&batch).is_some_and(|h| h.is_control()) {
+            // The one control batch a data entry may be: a replicated `DeleteRecords`
+            // (`control::LOG_START`), which reads back as a data entry too.
+            let is_control =
+                ringfeed_storage::batch::BatchHeader::parse(&batch).is_some_and(|h| h.is_control());
+            if is_control && !matches!(control::record(&batch), Some((control::LOG_START, _))) {
                 return Err(LogStoreError::ControlBatchInData(entry.index));
             }
             batch
@@ -117,6 +138,80 @@ enum StagedWrite {
         term: i32,
         batch: CheckedBatch,
     },
+    /// Replace the whole log with one entry: a leader's first entry, as the leader stores
+    /// it, at `index` (a snapshot; see the module docs), then raise the log start to the
+    /// leader's (its `DeleteRecords`) once the log reaches it.
+    Replace {
+        index: u64,
+        batch: Bytes,
+        log_start_offset: i64,
+    },
+}
+
+/// The version byte that starts a snapshot's data ([`snapshot_data`]).
+const SNAPSHOT_DATA_VERSION: u8 = 1;
+
+/// What a partition's snapshot carries ([`snapshot_data`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotEntry {
+    /// The leader's log start offset: at or past the entry's base offset (`DeleteRecords`
+    /// may have moved it into or past the entry).
+    pub log_start_offset: i64,
+    /// The leader's stored batch of the snapshot's entry (baseOffset and
+    /// partitionLeaderEpoch stamped, as its log holds it).
+    pub batch: Bytes,
+}
+
+/// A snapshot's data: the version byte, the leader's log start offset (i64, big-endian),
+/// then the leader's stored batch of the snapshot's entry.
+pub fn snapshot_data(log_start_offset: i64, stored_batch: &[u8]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + stored_batch.len());
+    data.push(SNAPSHOT_DATA_VERSION);
+    data.extend_from_slice(&log_start_offset.to_be_bytes());
+    data.extend_from_slice(stored_batch);
+    data
+}
+
+/// The version byte and the log start offset before a snapshot's batch.
+const SNAPSHOT_HEADER_BYTES: usize = 1 + 8;
+
+/// What a snapshot carries, checked against its metadata: the batch's partitionLeaderEpoch
+/// must be the snapshot's term, and the log start may not lie before the batch. The bytes
+/// came from a peer; the log checks the batch itself (`PartitionLog::check_replacement`).
+pub fn snapshot_entry(snapshot: &Snapshot) -> Result<SnapshotEntry, LogStoreError> {
+    let metadata = snapshot.get_metadata();
+    let data = &snapshot.data;
+    if data.first() != Some(&SNAPSHOT_DATA_VERSION) || data.len() < SNAPSHOT_HEADER_BYTES {
+        return Err(LogStoreError::BadSnapshot(format!(
+            "unknown data version {:?} ({} bytes)",
+            data.first(),
+            data.len()
+        )));
+    }
+    let log_start_offset = i64::from_be_bytes(data[1..9].try_into().expect("8 bytes"));
+    let batch = Bytes::copy_from_slice(&data[SNAPSHOT_HEADER_BYTES..]);
+    if ringfeed_storage::batch::BatchHeader::parse(&batch).is_none() {
+        return Err(LogStoreError::BadSnapshot("its data is not a batch".into()));
+    }
+    let epoch = ringfeed_storage::batch::partition_leader_epoch(&batch);
+    if u64::try_from(epoch).ok() != Some(metadata.term) || metadata.index == 0 {
+        return Err(LogStoreError::BadSnapshot(format!(
+            "index {} term {} with a batch of epoch {epoch}",
+            metadata.index, metadata.term
+        )));
+    }
+    let base_offset = ringfeed_storage::batch::BatchHeader::parse(&batch)
+        .expect("parsed above")
+        .base_offset;
+    if log_start_offset < base_offset {
+        return Err(LogStoreError::BadSnapshot(format!(
+            "log start {log_start_offset} before its entry's offset {base_offset}"
+        )));
+    }
+    Ok(SnapshotEntry {
+        log_start_offset,
+        batch,
+    })
 }
 
 /// Requests memory could not serve kept waiting for [`LogStore::fetch`]: about one per
@@ -154,6 +249,19 @@ struct StoreState {
     wanted: VecDeque<Wanted>,
     /// Requests served from disk by [`LogStore::fetch`] (for metrics).
     fetches: u64,
+    /// Whether this store sends and installs snapshots (see the module docs).
+    serves_snapshots: bool,
+    /// The entry a snapshot is to be made of, waiting for [`LogStore::fetch`] to read it.
+    snapshot_wanted: Option<u64>,
+    /// That entry, read, until the next snapshot is made of it (one batch at most).
+    snapshot_entry: Option<StoredEntry>,
+    /// Snapshots made here for a follower (for metrics).
+    snapshots_made: u64,
+    /// Replacements staged and not yet written: until then the log holds entries the
+    /// snapshot replaced, and nothing past the snapshot is read from it.
+    replaces_staged: u32,
+    /// A snapshot's log start past what the log holds yet, raised once it is durable.
+    log_start_pending: Option<i64>,
     staged: Vec<StagedWrite>,
     /// A hard state staged and not yet saved by the durability worker.
     staged_hard_state: Option<HardState>,
@@ -206,6 +314,9 @@ pub struct LogStoreStart {
     pub snapshot_term: u64,
     /// Memory for recent entries beyond the unapplied ones.
     pub recent_bytes_max: usize,
+    /// Whether the group sends and installs snapshots (partitions do, the controller does
+    /// not; see the module docs).
+    pub serves_snapshots: bool,
 }
 
 impl<D: Disk> LogStore<D> {
@@ -240,6 +351,12 @@ impl<D: Disk> LogStore<D> {
             fetched: Vec::new(),
             wanted: VecDeque::new(),
             fetches: 0,
+            serves_snapshots: start.serves_snapshots,
+            snapshot_wanted: None,
+            snapshot_entry: None,
+            snapshots_made: 0,
+            replaces_staged: 0,
+            log_start_pending: None,
             staged: Vec::new(),
             staged_hard_state: None,
             sync_queue: None,
@@ -281,10 +398,7 @@ impl<D: Disk> LogStore<D> {
             checked.push((term, batch));
         }
         let mut state = self.state.borrow_mut();
-        let last_staged = state
-            .recent
-            .back()
-            .map_or(self.log.last_index(), |e| e.index);
+        let last_staged = self.last_staged(&state);
         if first.index <= last_staged {
             while state.recent.back().is_some_and(|e| e.index >= first.index) {
                 let dropped = state.recent.pop_back().expect("checked");
@@ -327,6 +441,18 @@ impl<D: Disk> LogStore<D> {
                     // raft-rs hands entries in index order, right after the log's last.
                     assert_eq!(outcome.index, index, "entries are written in order");
                 }
+                StagedWrite::Replace {
+                    index,
+                    batch,
+                    log_start_offset,
+                } => {
+                    let outcome = self.log.replace_with_entry(index, batch).await?;
+                    assert_eq!(outcome.index, index, "the log holds the snapshot's entry");
+                    let mut state = self.state.borrow_mut();
+                    state.replaces_staged -= 1;
+                    state.log_start_pending =
+                        (log_start_offset > outcome.base_offset).then_some(log_start_offset);
+                }
             }
         }
         evict(&mut self.state.borrow_mut());
@@ -338,11 +464,21 @@ impl<D: Disk> LogStore<D> {
     pub async fn sync(&self) -> Result<(), LogStoreError> {
         let end = self.log.log_end_offset();
         // A store that staged only a hard state has nothing to wait for: no flusher woken.
-        if self.log.durable_offset() >= end && self.log.fenced_error().is_none() {
-            return Ok(());
-        }
-        if end > self.log.log_start_offset() {
+        let all_durable = self.log.durable_offset() >= end && self.log.fenced_error().is_none();
+        if !all_durable && end > self.log.log_start_offset() {
             self.log.wait_durable(end - 1).await?;
+        }
+        self.raise_pending_log_start().await
+    }
+
+    /// Raises the log start to a snapshot's (its leader's `DeleteRecords`) once the log holds
+    /// everything below it durably: in the same round as the entries that reach it, so a
+    /// reader never meets offsets the leader had deleted for longer than that round.
+    async fn raise_pending_log_start(&self) -> Result<(), LogStoreError> {
+        let pending = self.state.borrow().log_start_pending;
+        if let Some(start) = pending.filter(|&start| start <= self.log.durable_offset()) {
+            self.log.advance_log_start(start).await?;
+            self.state.borrow_mut().log_start_pending = None;
         }
         Ok(())
     }
@@ -381,6 +517,15 @@ impl<D: Disk> LogStore<D> {
     /// touches the store: raft-rs's repeated request is served from what was read), or
     /// `None` when nothing was waiting.
     pub async fn fetch(&self) -> Result<Option<GetEntriesContext>, LogStoreError> {
+        let snapshot_wanted = self.state.borrow_mut().snapshot_wanted.take();
+        if let Some(index) = snapshot_wanted {
+            // raft-rs asks for the snapshot again by itself (at the follower's next
+            // heartbeat response): there is no context to hand back.
+            let stored = self.log.read_entries(index, index + 1, 0).await?;
+            let entry = stored.into_iter().next().filter(|e| e.index == index);
+            self.state.borrow_mut().snapshot_entry = entry;
+            return Ok(None);
+        }
         let Some(wanted) = self.state.borrow_mut().wanted.pop_front() else {
             return Ok(None);
         };
@@ -409,7 +554,33 @@ impl<D: Disk> LogStore<D> {
 
     /// Whether a request memory could not serve waits for [`Self::fetch`].
     pub fn wants_fetch(&self) -> bool {
-        !self.state.borrow().wanted.is_empty()
+        let state = self.state.borrow();
+        !state.wanted.is_empty() || state.snapshot_wanted.is_some()
+    }
+
+    /// How many snapshots this store made for a follower.
+    pub fn snapshots_made(&self) -> u64 {
+        self.state.borrow().snapshots_made
+    }
+
+    /// The last index staged: the last recent entry, else the snapshot's while a
+    /// replacement waits (the log still holds what it replaces), else the log's last.
+    fn last_staged(&self, state: &StoreState) -> u64 {
+        match state.recent.back() {
+            Some(entry) => entry.index,
+            None if state.replaces_staged > 0 => state.snapshot_index,
+            None => self.log.last_index(),
+        }
+    }
+
+    /// The entry a snapshot is made of: the first the log holds whose partitionLeaderEpoch
+    /// is its term, applied (so committed everywhere it matters).
+    fn snapshot_point(&self, state: &StoreState) -> Option<u64> {
+        if state.replaces_staged > 0 {
+            return None;
+        }
+        let index = self.log.first_index().max(self.log.terms_from_index()?);
+        (index <= state.applied && index <= self.log.last_index()).then_some(index)
     }
 
     /// Gives back the memory of what [`Self::fetch`] read, once raft-rs took it.
@@ -472,8 +643,10 @@ impl<D: Disk> Storage for LogStore<D> {
             raft::util::limit_size(&mut entries, max_size);
             return Ok(entries);
         }
-        if !context.can_async() {
-            // Unapplied entries are always in memory; only a broken driver contract gets here.
+        if !context.can_async() || state.replaces_staged > 0 {
+            // Unapplied entries are always in memory; only a broken driver contract gets here
+            // (or a read past a snapshot before its replacement is written: everything
+            // staged after the snapshot is in memory).
             return Err(raft::Error::Store(RaftStorageError::Unavailable));
         }
         let wanted = Wanted {
@@ -513,6 +686,10 @@ impl<D: Disk> Storage for LogStore<D> {
                 };
             }
         }
+        if state.replaces_staged > 0 {
+            // The log still holds what the snapshot replaced.
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
         match self.log.term_at(index) {
             Some(term) => Ok(u64::try_from(term).expect("the log holds no negative term")),
             None if index < self.log.first_index() => {
@@ -523,24 +700,46 @@ impl<D: Disk> Storage for LogStore<D> {
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        let snapshot_index = self.state.borrow().snapshot_index;
-        Ok(self.log.first_index().max(snapshot_index + 1))
+        let state = self.state.borrow();
+        if state.replaces_staged > 0 {
+            return Ok(state.snapshot_index + 1);
+        }
+        Ok(self.log.first_index().max(state.snapshot_index + 1))
     }
 
     fn last_index(&self) -> raft::Result<u64> {
         let state = self.state.borrow();
-        let last = state
-            .recent
-            .back()
-            .map_or(self.log.last_index(), |e| e.index);
-        Ok(last.max(state.snapshot_index))
+        Ok(self.last_staged(&state).max(state.snapshot_index))
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Rebuilding a replica far behind retention from a snapshot is not built yet.
-        Err(raft::Error::Store(
-            RaftStorageError::SnapshotTemporarilyUnavailable,
-        ))
+        let unavailable = raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable);
+        let mut state = self.state.borrow_mut();
+        if !state.serves_snapshots {
+            return Err(unavailable);
+        }
+        let Some(index) = self.snapshot_point(&state) else {
+            return Err(unavailable);
+        };
+        match state.snapshot_entry.take() {
+            Some(entry) if entry.index == index => {
+                state.snapshots_made += 1;
+                let mut snapshot = Snapshot {
+                    data: snapshot_data(self.log.log_start_offset(), &entry.batch),
+                    ..Snapshot::default()
+                };
+                let metadata = snapshot.mut_metadata();
+                metadata.index = index;
+                metadata.term = u64::try_from(entry.term).expect("the log holds no negative term");
+                metadata.set_conf_state(state.raft_state.conf_state.clone());
+                Ok(snapshot)
+            }
+            _ => {
+                // Read it first ([`LogStore::fetch`]); raft-rs asks again.
+                state.snapshot_wanted = Some(index);
+                Err(unavailable)
+            }
+        }
     }
 }
 
@@ -553,11 +752,45 @@ impl<D: Disk> GroupStore for LogStore<D> {
         LogStore::advance_applied(self, index);
     }
 
-    fn stage_snapshot(&mut self, _snapshot: Snapshot) -> raft::Result<()> {
-        // Rebuilding a replica from a snapshot is not built yet (see `snapshot`).
-        Err(raft::Error::Store(
-            RaftStorageError::SnapshotTemporarilyUnavailable,
-        ))
+    fn stage_snapshot(&mut self, snapshot: Snapshot) -> raft::Result<()> {
+        let mut state = self.state.borrow_mut();
+        if !state.serves_snapshots {
+            return Err(raft::Error::Store(
+                RaftStorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let metadata = snapshot.get_metadata();
+        let entry = snapshot_entry(&snapshot)
+            .and_then(|entry| {
+                self.log
+                    .check_replacement(metadata.index, &entry.batch)
+                    .map_err(LogStoreError::from)?;
+                Ok(entry)
+            })
+            .map_err(|e| raft::Error::Store(RaftStorageError::Other(e.to_string().into())))?;
+        let state = &mut *state;
+        state.recent.clear();
+        state.recent_bytes = 0;
+        state.fetched.clear();
+        state.wanted.clear();
+        state.snapshot_wanted = None;
+        state.snapshot_entry = None;
+        state.snapshot_index = metadata.index;
+        state.snapshot_term = metadata.term;
+        state.applied = state.applied.max(metadata.index);
+        state.raft_state.conf_state = metadata.get_conf_state().clone();
+        state.raft_state.hard_state.commit = state.raft_state.hard_state.commit.max(metadata.index);
+        // The raft-meta record saves the snapshot point and configuration with the
+        // replacement (raft-rs usually stages a hard state in the same Ready too).
+        state.staged_hard_state = Some(state.raft_state.hard_state.clone());
+        state.staged.push(StagedWrite::Replace {
+            index: metadata.index,
+            batch: entry.batch,
+            log_start_offset: entry.log_start_offset,
+        });
+        state.replaces_staged += 1;
+        state.queue_for_sync();
+        Ok(())
     }
 
     fn stage_entries(&mut self, entries: &[Entry]) -> raft::Result<()> {
