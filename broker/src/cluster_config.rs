@@ -87,9 +87,9 @@ impl ClusterConfig {
         if self.voters.len() > 1 && !self.preview {
             return Err(format!(
                 "controller.quorum.voters names other brokers ({}), and the cluster is a \
-                 preview: partitions are replicated, but transactions on replicated partitions, \
-                 snapshots and DeleteRecords on them are not built yet (docs/REPLICATION.md, \
-                 Status). Set ringfeed.cluster.preview.enable=true to run the cluster anyway",
+                 preview: partitions are replicated, but transactions on replicated partitions \
+                 are not built yet (docs/REPLICATION.md, Status). Set \
+                 ringfeed.cluster.preview.enable=true to run the cluster anyway",
                 self.voters
             ));
         }

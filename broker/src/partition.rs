@@ -1210,8 +1210,12 @@ async fn delete_records(table: &PartitionTable, tp: &TopicPartition, offset: i64
         offset,
         timestamp_ms: -1,
     };
-    let log = match table.log(tp) {
-        Ok(log) => log,
+    let log = match table.served(tp) {
+        Ok(Served::Log(log)) => log,
+        Ok(Served::Replica(replicas)) => {
+            let (error_code, log_start) = replicas.delete_records(tp, offset).await;
+            return answer(error_code, log_start);
+        }
         Err(code) => return answer(code, -1),
     };
     let target = if offset == -1 {

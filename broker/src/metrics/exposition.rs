@@ -265,7 +265,7 @@ impl Scrape {
             });
             gauges(encoder, name, help, series)?;
         }
-        let counter_families: [(&str, &str, Pick); 10] = [
+        let counter_families: [(&str, &str, Pick); 11] = [
             (
                 "ringfeed_replica_leader_elections",
                 "Times a replica on the shard became its partition's leader (a new term).",
@@ -300,6 +300,11 @@ impl Scrape {
                 "ringfeed_replica_catch_up_reads",
                 "Reads of a led partition's log for a follower behind what the leader keeps in memory (up to 1 MiB each).",
                 |r| r.counts.entries_fetches,
+            ),
+            (
+                "ringfeed_replica_snapshots_installed",
+                "Replicas on the shard rebuilt from their leader's first entry (too far behind its log start).",
+                |r| r.counts.snapshots_installed,
             ),
             (
                 "ringfeed_replica_frames_dropped",

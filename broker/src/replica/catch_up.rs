@@ -12,6 +12,10 @@
 //! aggressively, after the follower's answer otherwise), which queues the next read, until
 //! the follower is back within memory. How fast that is has not been measured.
 //!
+//! The same task reads the entry a snapshot is made of, for a follower behind the leader's
+//! log start (`LogStore::snapshot`): raft-rs asks for the snapshot again by itself at the
+//! follower's next heartbeat response, so such a read hands nothing back.
+//!
 //! Bounds: at most one queued fetch per group (a set), each store keeps at most a few
 //! requests (`log_store::WANTED_MAX`), and one read's entries are held at a time per
 //! shard. Without this a follower that fell more than `RECENT_BYTES_MAX` behind was never

@@ -39,12 +39,12 @@ use std::time::{Duration, Instant};
 use futures::channel::oneshot;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::task::JoinHandle;
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
+use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::storage::RaftState;
 use raft::StateRole;
 use ringfeed_replication::driver::membership::MembershipStep;
 use ringfeed_replication::driver::MultiRaft;
-use ringfeed_replication::log_store::{LogDurability, LogStore, LogStoreStart};
+use ringfeed_replication::log_store::{snapshot_entry, LogDurability, LogStore, LogStoreStart};
 use ringfeed_replication::log_store_meta::{GroupMeta, RaftMetaStore};
 use ringfeed_replication::wire::{Frame, WireLimits};
 
@@ -53,7 +53,7 @@ use crate::error_codes as codes;
 use crate::metadata::TopicPartition;
 use crate::replica::producers::{Producers, TAIL_SCAN_ENTRIES};
 use crate::replica::types::{HostedReplica, LeadershipChange};
-use crate::storage::batch::BatchHeader;
+use crate::storage::batch::{control, BatchHeader};
 use crate::storage::{Clock, Disk};
 
 /// Received frames waiting for the next round; more are dropped (Raft resends).
@@ -149,6 +149,9 @@ pub struct ReplicaCounts {
     pub transfers_aborted: u64,
     /// Entries read from a log for a lagging follower (`catch_up`), one per read.
     pub entries_fetches: u64,
+    /// Snapshots installed here: a replica too far behind its leader rebuilt from the
+    /// leader's first entry (`install_snapshot`).
+    pub snapshots_installed: u64,
 }
 
 /// See the module docs.
@@ -392,24 +395,48 @@ impl ReplicaManager {
         .map_err(|error| format!("{}: {error}", dir.display()))?;
         log.share_tail_cache(&self.tail_cache);
         let persisted = self.recovered.borrow_mut().remove(&replica.group_id);
-        let (hard_state, conf_state) = match persisted {
-            Some(meta) => (meta.hard_state, meta.conf_state),
+        let (mut hard_state, conf_state, snapshot_index, snapshot_term) = match persisted {
+            Some(meta) => (
+                meta.hard_state,
+                meta.conf_state,
+                meta.snapshot_index,
+                meta.snapshot_term,
+            ),
             None => (
                 HardState::default(),
                 // A replica a move added joins with the old voters and the move's
                 // learners (`driver::membership`: it passes older changes over).
                 ConfState::from((replica.voters.clone(), replica.learners.clone())),
+                0,
+                0,
             ),
         };
+        // Everything before the log's first entry was committed (retention removes applied
+        // entries only; a snapshot's entry is a committed one). A crash between a snapshot's
+        // replacement of the log and the save of its hard state leaves a commit index
+        // before the new log: raft-rs refuses to start below its log's first index.
+        if hard_state != HardState::default() {
+            hard_state.commit = hard_state.commit.max(log.first_index().saturating_sub(1));
+        }
         let commit = hard_state.commit;
         let committed_end = end_offset_of_index(&log, commit).await?;
-        let producers = producers_of_tail(&log, commit).await?;
+        let tail = scan_tail(&log, commit).await?;
+        // A `LOG_START` entry applied before a crash whose raise had not reached the disk
+        // (`apply` raises it in a task of its own): raised again before the replica serves.
+        if let Some(start) = tail.log_start.filter(|&s| s > log.log_start_offset()) {
+            log.advance_log_start(start)
+                .await
+                .map_err(|error| format!("raising the log start to {start}: {error}"))?;
+        }
+        let producers = tail.producers;
         let store = LogStore::open(
             log.clone(),
             LogStoreStart {
                 raft_state: RaftState::new(hard_state, conf_state),
+                snapshot_index,
+                snapshot_term,
                 recent_bytes_max: RECENT_BYTES_MAX,
-                ..LogStoreStart::default()
+                serves_snapshots: true,
             },
         )
         .await
@@ -551,6 +578,7 @@ impl ReplicaManager {
     pub fn round(&self) -> bool {
         let mut applied: Vec<Applied> = Vec::new();
         let fetches;
+        let installed;
         let frames = {
             let mut driver = self.driver.borrow_mut();
             if !driver.has_work() {
@@ -564,9 +592,11 @@ impl ReplicaManager {
                     term: entry.term,
                     span: entry_span(entry),
                     producer: idempotent_header(entry),
+                    log_start: log_start_of(entry),
                 });
             });
             fetches = driver.take_fetches_wanted();
+            installed = driver.take_snapshots_installed();
             frames
         };
         self.queue_fetches(fetches);
@@ -580,6 +610,10 @@ impl ReplicaManager {
             self.send(frame);
         }
         let mut moved = BTreeSet::new();
+        for (group_id, snapshot) in installed {
+            moved.insert(group_id);
+            self.install_snapshot(group_id, &snapshot);
+        }
         for entry in applied {
             moved.insert(entry.group_id);
             self.apply(&entry);
@@ -599,6 +633,29 @@ impl ReplicaManager {
         self.driver.borrow().has_work()
     }
 
+    /// A snapshot this replica staged: its log gives way to the leader's first entry
+    /// (`log_store.rs`, written by the next durability round), so the applied state starts
+    /// again there: the high watermark is that entry's end, and the idempotent producers'
+    /// state is what the entries after it bring (a producer whose last batches were only
+    /// before the snapshot is not known here, as after a restart that found none).
+    fn install_snapshot(&self, group_id: u64, snapshot: &Snapshot) {
+        let Some(hosted) = self.groups.borrow().get(&group_id).cloned() else {
+            return;
+        };
+        let index = snapshot.get_metadata().index;
+        let end = snapshot_entry(snapshot)
+            .ok()
+            .and_then(|entry| BatchHeader::parse(&entry.batch))
+            .map(|header| header.last_offset() + 1);
+        // The store checked the batch when it staged the snapshot.
+        let Some(end) = end else { return };
+        tracing::info!(partition = %hosted.replica.topic, group_id, index, log_start = end, "replica too far behind its leader: rebuilt from the leader's first entry");
+        hosted.applied_index.set(index);
+        hosted.committed_end.set(end);
+        *hosted.producers.borrow_mut() = Producers::default();
+        self.counts.borrow_mut().snapshots_installed += 1;
+    }
+
     fn apply(&self, entry: &Applied) {
         let Some(hosted) = self.groups.borrow().get(&entry.group_id).cloned() else {
             return;
@@ -611,6 +668,19 @@ impl ReplicaManager {
                 .producers
                 .borrow_mut()
                 .committed(header, entry.index, base);
+        }
+        if let Some(start) = entry.log_start {
+            // Every replica raises its own log start; the segments below it go in the
+            // retention pass, under its index limit. The leader's `DeleteRecords` waits for
+            // its own raise to be durable before it answers (`serve::delete_records`).
+            let log = hosted.log.clone();
+            let tp = hosted.replica.topic.clone();
+            glommio::spawn_local(async move {
+                if let Err(error) = log.advance_log_start(start).await {
+                    tracing::warn!(partition = %tp, start, %error, "raising the log start of a replica failed");
+                }
+            })
+            .detach();
         }
         let keys: Vec<(u64, u64)> = hosted
             .waiting
@@ -892,6 +962,26 @@ struct Applied {
     span: i64,
     /// The header of an idempotent producer's batch.
     producer: Option<BatchHeader>,
+    /// The log start a replicated `DeleteRecords` raises the log to (`serve::delete_records`).
+    log_start: Option<i64>,
+}
+
+/// The log start offset a `LOG_START` control entry carries.
+fn log_start_of(entry: &Entry) -> Option<i64> {
+    if entry.entry_type() != EntryType::EntryNormal {
+        return None;
+    }
+    log_start_carried(&entry.data)
+}
+
+/// The log start offset of a `LOG_START` control batch.
+fn log_start_carried(batch: &bytes::Bytes) -> Option<i64> {
+    match control::record(batch) {
+        Some((control::LOG_START, value)) => {
+            Some(i64::from_be_bytes(value.as_ref().try_into().ok()?))
+        }
+        _ => None,
+    }
 }
 
 /// The header of an entry that is an idempotent producer's batch.
@@ -902,9 +992,20 @@ fn idempotent_header(entry: &Entry) -> Option<BatchHeader> {
     BatchHeader::parse(&entry.data).filter(|h| h.producer_id >= 0 && !h.is_control())
 }
 
-/// The producers of the last `TAIL_SCAN_ENTRIES` entries up to `commit` (see `producers`).
-async fn producers_of_tail(log: &PartitionLog, commit: u64) -> Result<Producers, String> {
-    let mut producers = Producers::default();
+/// What the last `TAIL_SCAN_ENTRIES` committed entries tell a replica that opens.
+struct TailState {
+    /// Their idempotent producers (see `producers`).
+    producers: Producers,
+    /// The highest log start a `LOG_START` entry among them carries.
+    log_start: Option<i64>,
+}
+
+/// Reads the last `TAIL_SCAN_ENTRIES` entries up to `commit` (see [`TailState`]).
+async fn scan_tail(log: &PartitionLog, commit: u64) -> Result<TailState, String> {
+    let mut tail = TailState {
+        producers: Producers::default(),
+        log_start: None,
+    };
     let mut low = log
         .first_index()
         .max(commit.saturating_sub(TAIL_SCAN_ENTRIES) + 1);
@@ -916,14 +1017,19 @@ async fn producers_of_tail(log: &PartitionLog, commit: u64) -> Result<Producers,
         let Some(last) = read.last() else { break };
         low = last.index + 1;
         for entry in &read {
-            if let Some(header) =
-                BatchHeader::parse(&entry.batch).filter(|h| h.producer_id >= 0 && !h.is_control())
-            {
-                producers.committed(&header, entry.index, header.base_offset);
+            let Some(header) = BatchHeader::parse(&entry.batch) else {
+                continue;
+            };
+            if header.producer_id >= 0 && !header.is_control() {
+                tail.producers
+                    .committed(&header, entry.index, header.base_offset);
+            }
+            if let Some(start) = log_start_carried(&entry.batch) {
+                tail.log_start = tail.log_start.max(Some(start));
             }
         }
     }
-    Ok(producers)
+    Ok(tail)
 }
 
 /// The directory of shard `shard`'s raft-meta store under the data directory. Never a

@@ -4,18 +4,18 @@
 //! partition with one replica, but never an entry its group may still need:
 //! - nothing at or above the entry last applied here (`Hosted::applied_index`): those may
 //!   not be committed yet, and the applied entry's term is what raft-rs checks next;
-//! - on the leader, nothing at or above the lowest `matched` index of any voter: the leader
-//!   sends each follower the entries after its `matched`, together with the term of the
-//!   entry at `matched`, and must still hold both. A follower that is down holds the
-//!   leader's retention back until it returns, rather than being cut off: rebuilding a
-//!   replica from a snapshot is not built (`LogStore::snapshot` answers "temporarily
-//!   unavailable", and raft-rs retries).
+//! - on the leader, nothing at or above the lowest `matched` index of a voter heard from
+//!   within the last election timeout (raft-rs `recent_active`, kept by `check_quorum`): the
+//!   leader sends each follower the entries after its `matched`, together with the term of
+//!   the entry at `matched`, so a follower that is merely slow gets its entries from the log.
 //!
-//! What is not covered: a follower removes what it applied without knowing how far the
-//! other followers are; if it later leads while another voter lags behind its log start,
-//! that voter cannot catch up until snapshots exist (it stays out of the ISR; the partition
-//! serves with the others). Retention by time makes that a replica lagging by the whole
-//! retention period.
+//! A voter that is silent (down, cut off, paused) does not hold retention back, as in Kafka:
+//! `retention.bytes` and `retention.ms` bound the leader's disk whatever a dead broker's
+//! state. When it returns behind the leader's log start it is rebuilt from a snapshot, the
+//! leader's first entry (`LogStore::snapshot`, `ReplicaManager::install_snapshot`): its log
+//! starts again at the leader's log start, and what retention removed is gone from it too.
+//! A follower also removes what it applied without knowing how far the others are; if it
+//! later leads, a voter behind its log start is rebuilt the same way.
 //!
 //! Runs on the shard that owns the groups (`shard::enforce_retention_periodically`).
 
@@ -38,7 +38,7 @@ impl ReplicaManager {
                     let raft = driver.raft(group_id)?;
                     let mut limit = hosted.applied_index.get();
                     if raft.state == StateRole::Leader {
-                        for (_, progress) in raft.prs().iter() {
+                        for (_, progress) in raft.prs().iter().filter(|(_, p)| p.recent_active) {
                             limit = limit.min(progress.matched);
                         }
                     }

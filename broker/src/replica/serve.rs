@@ -26,7 +26,7 @@ use crate::producer_state::OUT_OF_ORDER_SEQUENCE_NUMBER;
 use crate::replica::manager::{Hosted, ReplicaManager, Resolution, Waiter};
 use crate::replica::producers::{BatchAt, Verdict};
 use crate::replica::types::{CoordinatorRole, ReplicaFetch, ReplicaOffset, ReplicaProduce};
-use crate::storage::batch::BatchHeader;
+use crate::storage::batch::{control, BatchHeader};
 use crate::storage::{AppendError, ReadError};
 
 /// Kafka's `DUPLICATE_SEQUENCE_NUMBER` (46): a call of several batches repeats one.
@@ -227,6 +227,54 @@ impl ReplicaManager {
             Err(error) => {
                 tracing::debug!(partition = %tp, %error, "coordinator proposal refused");
                 refused(codes::NOT_LEADER_OR_FOLLOWER)
+            }
+        }
+    }
+
+    /// `DeleteRecords` on a hosted partition this replica leads: proposes a `LOG_START`
+    /// control entry (`storage::batch::control`); every replica that applies it raises its own
+    /// log start (`manager::apply`), so the records are gone on each and stay gone after a
+    /// change of leader. Answered once the entry is committed (acks=all, after the
+    /// `min.insync.replicas` check) and this leader's raised start is durable: (error code,
+    /// the log start). `offset` -1 means the high watermark.
+    pub async fn delete_records(&self, tp: &TopicPartition, offset: i64) -> (i16, i64) {
+        let Some((group_id, hosted)) = self.hosted(tp) else {
+            return (codes::NOT_LEADER_OR_FOLLOWER, -1);
+        };
+        let Some(term) = self.leading_term(group_id) else {
+            return (codes::NOT_LEADER_OR_FOLLOWER, -1);
+        };
+        let log_start = hosted.log.log_start_offset();
+        let high_watermark = hosted.committed_end.get();
+        let target = if offset == -1 { high_watermark } else { offset };
+        if target < 0 || target > high_watermark {
+            return (codes::OFFSET_OUT_OF_RANGE, log_start);
+        }
+        if target <= log_start {
+            return (codes::NONE, log_start);
+        }
+        let in_sync = self.in_sync(group_id).len();
+        if (in_sync as u64) < u64::from(hosted.replica.min_insync_replicas) {
+            return (codes::NOT_ENOUGH_REPLICAS, log_start);
+        }
+        let entry = control::batch(control::LOG_START, &target.to_be_bytes());
+        let proposed = self.driver.borrow_mut().propose(group_id, entry);
+        self.ring();
+        let pending = match proposed {
+            Ok(proposed) if proposed.term == term => {
+                self.wait_for(group_id, &hosted, proposed.index, term, -1, 0)
+            }
+            _ => return (codes::NOT_LEADER_OR_FOLLOWER, -1),
+        };
+        let answer = pending.wait().await;
+        if answer.error_code != codes::NONE {
+            return (answer.error_code, -1);
+        }
+        match hosted.log.advance_log_start(target).await {
+            Ok(start) => (codes::NONE, start),
+            Err(error) => {
+                tracing::error!(partition = %tp, %error, "delete records failed");
+                (codes::KAFKA_STORAGE_ERROR, -1)
             }
         }
     }
@@ -576,3 +624,7 @@ async fn stamped_base_offset(
         _ => Err(codes::NOT_LEADER_OR_FOLLOWER),
     }
 }
+
+#[cfg(test)]
+#[path = "delete_records_tests.rs"]
+mod delete_records_tests;

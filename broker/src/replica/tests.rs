@@ -182,7 +182,7 @@ impl Cluster {
         }
     }
 
-    fn leader(&self) -> Option<u64> {
+    pub(crate) fn leader(&self) -> Option<u64> {
         self.nodes.iter().find_map(|node| {
             let manager = node.manager.as_ref()?;
             let (leader, _) = manager.leader_and_term(GROUP)?;
@@ -257,12 +257,26 @@ impl Cluster {
         panic!("produce calls not answered");
     }
 
+    /// Whether `id` is cut off the simulated network.
+    pub(crate) fn is_cut(&self, id: u64) -> bool {
+        self.nodes[(id - 1) as usize].cut
+    }
+
+    /// The nodes running a manager.
+    pub(crate) fn nodes_up(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|node| node.manager.is_some())
+            .map(|node| node.id)
+            .collect()
+    }
+
     /// Cuts `id` off the simulated network (frames to and from it dropped), or heals it.
     pub(crate) fn set_cut(&mut self, id: u64, cut: bool) {
         self.nodes[(id - 1) as usize].cut = cut;
     }
 
-    fn power_cut(&mut self, id: u64) {
+    pub(crate) fn power_cut(&mut self, id: u64) {
         let node = &mut self.nodes[(id - 1) as usize];
         if let Some(manager) = node.manager.take() {
             manager.stop();
@@ -270,7 +284,7 @@ impl Cluster {
         node.disk = node.disk.crash_image(CrashMode::PowerCut);
     }
 
-    async fn restart(&mut self, id: u64, incarnation: u64) {
+    pub(crate) async fn restart(&mut self, id: u64, incarnation: u64) {
         let disk = self.nodes[(id - 1) as usize].disk.clone();
         let manager =
             start_manager(id, disk, &self.clock, incarnation, self.min_insync_replicas).await;
@@ -319,7 +333,10 @@ fn assert_acknowledged_held(acked: &[(i64, Vec<u8>)], held: &[(i64, Vec<u8>)], w
     }
 }
 
-fn acked(labels: &[String], cells: &[Rc<RefCell<Option<ReplicaProduce>>>]) -> Vec<(i64, Vec<u8>)> {
+pub(crate) fn acked(
+    labels: &[String],
+    cells: &[Rc<RefCell<Option<ReplicaProduce>>>],
+) -> Vec<(i64, Vec<u8>)> {
     labels
         .iter()
         .zip(cells)

@@ -240,8 +240,7 @@ pub static SETTINGS: &[Setting] = &[
         Kind::Bool,
         "Allow controller.quorum.voters to name other brokers while the cluster is a \
          preview: the controller and the partitions are replicated by Raft, but transactions \
-         on replicated partitions, snapshots and DeleteRecords on them are not built yet \
-         (docs/REPLICATION.md, Status).",
+         on replicated partitions are not built yet (docs/REPLICATION.md, Status).",
     ),
     row(
         "broker.session.timeout.ms",
