@@ -18,8 +18,8 @@ import time
 from collections import Counter, defaultdict
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
-from kafka.admin import KafkaAdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from kafka.protocol.admin import DescribeLogDirsRequest
 
 import helpers
 from test_cluster import ClusterBroker, agreed_placement, free_port, metadata, metric_sum, wait_for
@@ -428,12 +428,7 @@ def test_admin_reads_of_replicated_partitions(tmp_path):
             assert describe_producers(brokers[follower].bootstrap, [(TOPIC, [partition])])[(TOPIC, partition)] \
                 == (NOT_LEADER_OR_FOLLOWER, [])
         for broker in brokers.values():
-            client = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=10000)
-            try:
-                response = client.describe_log_dirs()
-            finally:
-                client.close()
-            sizes = {(name, partition): size for _, _, topics in response.log_dirs
+            sizes = {(name, partition): size for _, _, topics in describe_log_dirs(broker).log_dirs
                      for name, partitions in topics for partition, size, _, _ in partitions}
             # 50 records a partition, among them five of 100 KB: each replica holds them.
             assert all(sizes.get((TOPIC, p), 0) > 5 * 100_000 for p in range(PARTITIONS)), (broker.node_id, sizes)
@@ -545,20 +540,208 @@ def test_retention_removes_old_segments_on_every_replica(tmp_path):
                 broker.process.wait()
 
 
+def test_a_broker_down_past_the_leaders_retention_is_rebuilt_from_its_log_start(tmp_path):
+    """A follower killed (-9) while retention.bytes moves the leader's log start past the
+    follower's log end: the leader does not keep segments for a broker it no longer hears
+    from (retention.bytes bounds its disk), and the follower, restarted, is rebuilt from a
+    snapshot of the leader's first entry: it rejoins the ISR, its log starts within the
+    leader's retained range, its replica ends as large as the leader's within a segment, and
+    it counts in the quorum again (acks=all with min.insync.replicas=3). Byte-for-byte
+    equality of the rebuilt log is checked in one process by
+    replica::retention::tests::retention_passes_a_silent_follower_which_is_rebuilt_from_the_leaders_first_entry."""
+    topic = "bounded"
+    voters = ",".join(f"{node}@127.0.0.1:{free_port()}" for node in (1, 2, 3))
+    brokers = {node: ClusterBroker(tmp_path, node, voters, extra_args=["--log-retention-check-interval-ms", "500"])
+               for node in (1, 2, 3)}
+    try:
+        for broker in brokers.values():
+            broker.start()
+        _, controller, _ = wait_for(lambda: agreed_placement(brokers.values(), topic, {1, 2, 3}), 20,
+                                    "every broker listing the three brokers")
+        admin = AdminClient({"bootstrap.servers": brokers[controller].bootstrap})
+        config = {"segment.bytes": str(1 << 20), "retention.bytes": str(3 << 20)}
+        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=3, config=config)])[topic].result(timeout=15)
+        bootstrap = ",".join(broker.bootstrap for broker in brokers.values())
+
+        witness = brokers[controller]
+
+        def view():
+            md = metadata(witness)
+            if topic not in md.topics or 0 not in md.topics[topic].partitions:
+                return None
+            partition = md.topics[topic].partitions[0]
+            return partition.leader, tuple(sorted(partition.isrs))
+
+        leader, _ = wait_for(lambda: (v := view()) and v[1] == (1, 2, 3) and v, 20, "three replicas in sync")
+        producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                             "linger.ms": 5, "message.timeout.ms": 60000})
+        failed = []
+
+        def write(count, start):
+            for number in range(start, start + count):
+                producer.produce(topic, value=b"%06d-" % number + b"r" * 10_000, partition=0,
+                                 on_delivery=lambda error, _: error is not None and failed.append(error))
+                if number % 100 == 0:
+                    producer.poll(0)
+            assert producer.flush(60) == 0 and not failed, failed[:3]
+
+        write(300, 0)
+        followers = [node for node in (1, 2, 3) if node != leader]
+        victim = next((node for node in followers if node != controller), followers[0])
+        witness = brokers[next(node for node in (1, 2, 3) if node != victim)]
+        victim_end = wait_for(lambda: (r := replica_sizes_of(brokers[victim], topic)) and r.get(0), 10,
+                              "the victim's replica size")
+        brokers[victim].process.kill()
+        brokers[victim].process.wait()
+        # 20 MB more: the leader keeps about 3 MiB of it.
+        write(2000, 300)
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "rebuild-check",
+                             "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+
+        def log_start():
+            low, _ = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=5)
+            return low if low > 300 else None
+
+        start = wait_for(log_start, 30, "the leader's log start past everything the stopped follower had")
+        print(f"victim {victim} had {victim_end} bytes (offsets below 300); leader {leader}'s log start is now {start}")
+
+        restarted_at = time.monotonic()
+        brokers[victim].start()
+        # (It may never have left the ISR: replica.lag.time.max.ms is 30 s.)
+        installed = wait_for(lambda: brokers[victim].alive() and metric_sum(
+            brokers[victim], "ringfeed_replica_snapshots_installed_total"), 60, "the follower rebuilt from a snapshot")
+        print(f"restart to the snapshot installed: {time.monotonic() - restarted_at:.2f} s")
+        wait_for(lambda: (v := view()) and v[1] == (1, 2, 3), 60, "the restarted follower in the ISR")
+        sizes = wait_for(lambda: (s := {node: replica_sizes_of(b, topic).get(0) for node, b in brokers.items()})
+                         and abs(s[victim] - s[leader]) <= (1 << 20) and s,
+                         30, "the rebuilt replica as large as the leader's within a segment")
+        victim_starts = sorted(int(path.stem) for path in segment_files(brokers[victim], topic))
+        print(f"snapshots installed {installed}; replica sizes {sizes}; rebuilt segments start at {victim_starts[:3]}")
+        assert victim_starts[0] >= 300, victim_starts
+
+        # It counts in the quorum again: with min.insync.replicas=3 nothing commits without it.
+        admin.alter_configs([ConfigResource(ConfigResource.Type.TOPIC, topic,
+                                            set_config={**config, "min.insync.replicas": "3"})])[
+            ConfigResource(ConfigResource.Type.TOPIC, topic)].result(timeout=15)
+        write(100, 2300)
+        consumer.assign([TopicPartition(topic, 0, start)])
+        read = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (not read or read[-1] < 2399):
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is None:
+                read.append(int(message.value()[:6]))
+        consumer.close()
+        assert read and read == list(range(read[0], 2400)) and read[0] < 2300, (read[:3], read[-3:])
+    finally:
+        helpers.forget_admin_clients()
+        for broker in brokers.values():
+            if broker.alive():
+                broker.process.kill()
+                broker.process.wait()
+
+
+def test_delete_records_on_a_replicated_partition_holds_across_a_leader_kill(tmp_path):
+    """DeleteRecords on an RF=3 partition (confluent-kafka's admin client): answered with the
+    new low watermark, and the records stay gone after the leader is killed (-9): the
+    successor answers the same earliest offset and a consumer from the beginning reads on
+    from there, skipping the control entry the deletion wrote."""
+    brokers = {}
+    try:
+        brokers = start_cluster(tmp_path)
+        bootstrap = ",".join(broker.bootstrap for broker in brokers.values())
+        producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                             "linger.ms": 5})
+        # Offsets as acknowledged: control entries (a new leader's, the deletion's) take
+        # offsets too, so a record's offset is not its number.
+        acknowledged = {}
+
+        def acknowledge(error, message):
+            assert error is None, error
+            acknowledged[int(message.value())] = message.offset()
+
+        for number in range(200):
+            producer.produce(TOPIC, value=b"%04d" % number, partition=0, on_delivery=acknowledge)
+        assert producer.flush(30) == 0
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        deleted = list(admin.delete_records([TopicPartition(TOPIC, 0, 150)]).values())[0].result(timeout=15)
+        assert deleted.low_watermark == 150
+        before = Consumer({"bootstrap.servers": bootstrap, "group.id": "before-kill"})
+        try:
+            assert before.get_watermark_offsets(TopicPartition(TOPIC, 0), timeout=10)[0] == 150
+        finally:
+            before.close()
+
+        current = wait_for(lambda: settled(brokers.values(), {1, 2, 3}), 20, "agreed leaders")
+        victim = current[0][0]
+        brokers[victim].process.kill()
+        brokers[victim].process.wait()
+        live = [broker for node, broker in brokers.items() if node != victim]
+        wait_for(lambda: (view := replica_view(live[0])) and view[0][0] != victim and view[0][0] in brokers,
+                 30, "a successor leading partition 0")
+        for number in range(200, 210):
+            producer.produce(TOPIC, value=b"%04d" % number, partition=0, on_delivery=acknowledge)
+        assert producer.flush(60) == 0
+        assert len(acknowledged) == 210
+        # A consumer made after the kill: an idle librdkafka handle that asked the old leader
+        # keeps asking it (its metadata refreshes on its own interval, 5 min by default).
+        consumer = Consumer({"bootstrap.servers": ",".join(broker.bootstrap for broker in live),
+                             "group.id": "after-kill", "enable.auto.commit": False,
+                             "auto.offset.reset": "earliest"})
+        try:
+            low, high = wait_for(lambda: (w := watermarks_or_none(consumer, TopicPartition(TOPIC, 0)))
+                                 and w[1] > 210 and w, 30, "the successor's watermarks")
+            assert low == 150, (low, high)
+            consumer.assign([TopicPartition(TOPIC, 0, 0)])
+            kept = sorted((offset, number) for number, offset in acknowledged.items() if offset >= 150)
+            read = []
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and len(read) < len(kept):
+                message = consumer.poll(0.5)
+                if message is not None and message.error() is None:
+                    read.append((message.offset(), int(message.value())))
+            assert read == kept, (read[:3], kept[:3], read[-3:], kept[-3:])
+            assert len(kept) >= 50 and kept[-1][1] == 209, kept[:3]
+        finally:
+            consumer.close()
+    finally:
+        stop_all(brokers)
+
+
+def watermarks_or_none(consumer, partition):
+    """The partition's (low, high) watermarks, or None while the consumer's query fails: its
+    metadata may still name a killed leader until librdkafka refreshes it."""
+    try:
+        return consumer.get_watermark_offsets(partition, timeout=5)
+    except KafkaException as error:
+        print(f"watermarks of {partition}: {error}; asking again")
+        return None
+
+
+def describe_log_dirs(broker):
+    """`broker`'s own DescribeLogDirs v0 answer (kafka-python's request over a socket to it:
+    its admin client sends the request to whichever broker it finds least loaded)."""
+    sock = helpers.connect(broker.bootstrap)
+    try:
+        return helpers.call(sock, DescribeLogDirsRequest[0](topics=None), correlation_id=1)
+    finally:
+        sock.close()
+
+
+def replica_sizes_of(broker, topic):
+    """{partition: bytes} of `topic`'s replicas on `broker` (DescribeLogDirs)."""
+    return {partition: size for _, _, topics in describe_log_dirs(broker).log_dirs
+            for name, partitions in topics if name == topic for partition, size, _, _ in partitions}
+
+
 def rss_mib(broker):
     status = open(f"/proc/{broker.process.pid}/status").read()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
 
 
 def replica_sizes(broker):
-    """{partition: bytes} of TOPIC's replicas on `broker` (DescribeLogDirs, kafka-python)."""
-    client = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=10000)
-    try:
-        response = client.describe_log_dirs()
-    finally:
-        client.close()
-    return {partition: size for _, _, topics in response.log_dirs
-            for name, partitions in topics if name == TOPIC for partition, size, _, _ in partitions}
+    """{partition: bytes} of TOPIC's replicas on `broker`."""
+    return replica_sizes_of(broker, TOPIC)
 
 
 def test_a_follower_back_from_a_long_pause_catches_up_from_the_leaders_log(tmp_path):
