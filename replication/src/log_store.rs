@@ -45,7 +45,7 @@
 //! [`LogStore::write_staged`] calls must not overlap (the durability worker runs one at a
 //! time).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
@@ -240,6 +240,8 @@ struct StoreState {
     recent: VecDeque<Entry>,
     recent_bytes: usize,
     recent_bytes_max: usize,
+    /// This store's place in its shard's [`RecentBudget`], if it shares one.
+    budget_share: Option<BudgetShare>,
     /// Entries below this may leave memory: applied ones.
     applied: u64,
     /// What [`LogStore::fetch`] read for the last request memory could not serve, until
@@ -314,6 +316,9 @@ pub struct LogStoreStart {
     pub snapshot_term: u64,
     /// Memory for recent entries beyond the unapplied ones.
     pub recent_bytes_max: usize,
+    /// The shard-wide budget the store's applied entries share with its neighbours' (see
+    /// [`RecentBudget`]); without one only `recent_bytes_max` bounds them.
+    pub recent_budget: Option<RecentBudget>,
     /// Whether the group sends and installs snapshots (partitions do, the controller does
     /// not; see the module docs).
     pub serves_snapshots: bool,
@@ -347,6 +352,7 @@ impl<D: Disk> LogStore<D> {
             recent,
             recent_bytes,
             recent_bytes_max: start.recent_bytes_max,
+            budget_share: start.recent_budget.as_ref().map(RecentBudget::join),
             applied: commit,
             fetched: Vec::new(),
             wanted: VecDeque::new(),
@@ -594,9 +600,77 @@ impl<D: Disk> LogStore<D> {
     }
 }
 
-/// Drops the oldest applied entries while memory is over its budget.
+/// Memory for recent applied entries shared by the stores of one shard: each keeps at most
+/// an equal share of `shard_bytes_max` (and never more than its own `recent_bytes_max`).
+/// Without it a shard of a thousand partitions that each saw a megabyte pass kept a
+/// gigabyte of entries no follower needed. Applied entries past the share are read from the
+/// log again when a follower needs them (`LogStore::fetch`); unapplied entries stay in memory
+/// whatever the budget (raft-rs reads them synchronously), bounded by the driver's limits on
+/// proposals and inbound messages.
+///
+/// Owned by one shard, like its stores (a cheap handle).
+#[derive(Debug, Clone)]
+pub struct RecentBudget {
+    inner: Rc<BudgetInner>,
+}
+
+#[derive(Debug)]
+struct BudgetInner {
+    shard_bytes_max: usize,
+    stores: Cell<usize>,
+}
+
+impl RecentBudget {
+    pub fn new(shard_bytes_max: usize) -> Self {
+        RecentBudget {
+            inner: Rc::new(BudgetInner {
+                shard_bytes_max,
+                stores: Cell::new(0),
+            }),
+        }
+    }
+
+    /// Each store's share now: the budget over the stores that hold a place in it.
+    pub fn share(&self) -> usize {
+        self.inner.shard_bytes_max / self.inner.stores.get().max(1)
+    }
+
+    /// The stores that share it.
+    pub fn stores(&self) -> usize {
+        self.inner.stores.get()
+    }
+
+    fn join(&self) -> BudgetShare {
+        self.inner.stores.set(self.inner.stores.get() + 1);
+        BudgetShare {
+            budget: self.clone(),
+        }
+    }
+}
+
+/// A store's place in a [`RecentBudget`], given back when the store goes.
+#[derive(Debug)]
+struct BudgetShare {
+    budget: RecentBudget,
+}
+
+impl Drop for BudgetShare {
+    fn drop(&mut self) {
+        let stores = &self.budget.inner.stores;
+        stores.set(stores.get().checked_sub(1).expect("a share was taken"));
+    }
+}
+
+/// Drops the oldest applied entries while memory is over the store's budget: its own, or
+/// its share of its shard's if that is smaller.
 fn evict(state: &mut StoreState) {
-    while state.recent_bytes > state.recent_bytes_max
+    let bytes_max = state
+        .budget_share
+        .as_ref()
+        .map_or(state.recent_bytes_max, |share| {
+            state.recent_bytes_max.min(share.budget.share())
+        });
+    while state.recent_bytes > bytes_max
         && state
             .recent
             .front()

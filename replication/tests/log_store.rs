@@ -5,6 +5,7 @@
 //! - old entries are fetched asynchronously (`LogTemporarilyUnavailable`, then `fetch`),
 //!   unapplied ones always answer synchronously, also after a restart;
 //! - a conflicting suffix is truncated before new entries are stored;
+//! - the stores of a shard share one budget for their applied entries, unapplied ones stay;
 //! - a one-node `RawNode` elects itself, commits a batch through the store, and after a power
 //!   cut starts again with the same log and hard state;
 //! - three `RawNode`s: a follower cut off while the others commit catches up from the leader's
@@ -21,7 +22,7 @@ use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, HardState};
 use raft::protocompat::PbMessage;
 use raft::storage::{GetEntriesContext, RaftState, Storage};
 use raft::{Config, RawNode, StorageError as RaftStorageError};
-use ringfeed_replication::log_store::{LogStore, LogStoreStart};
+use ringfeed_replication::log_store::{LogStore, LogStoreStart, RecentBudget};
 use ringfeed_replication::log_store_meta::{GroupMeta, RaftMetaStore, RAFT_META_FILE};
 use ringfeed_storage::batch::build;
 use ringfeed_storage::sim::{CrashMode, SimDisk};
@@ -172,6 +173,62 @@ fn entries_round_trip_from_memory_and_from_disk() {
         for (read, written) in unapplied.iter().zip(&written[20..]) {
             assert!(same(read, written));
         }
+    });
+}
+
+#[test]
+fn the_stores_of_a_shard_share_one_budget_for_applied_entries() {
+    run(|| async {
+        const SHARD_BYTES: usize = 8 << 10;
+        let budget = RecentBudget::new(SHARD_BYTES);
+        let mut stores = Vec::new();
+        for _ in 0..4 {
+            let start = LogStoreStart {
+                recent_budget: Some(budget.clone()),
+                ..start(0, 1 << 20)
+            };
+            let store = LogStore::open(open_log(&SimDisk::new()).await, start)
+                .await
+                .expect("store");
+            stores.push(store);
+        }
+        assert_eq!((budget.stores(), budget.share()), (4, SHARD_BYTES / 4));
+        let written = sample_entries();
+        for store in &stores {
+            store.append(&written).await.expect("append");
+            store.sync().await.expect("sync");
+            // Unapplied entries stay whatever the budget: raft-rs reads them synchronously.
+            assert!(store.recent_bytes() > SHARD_BYTES);
+        }
+        for store in &stores {
+            store.advance_applied(31);
+            let held = store.recent_bytes();
+            assert!(held <= SHARD_BYTES / 4 && held > 0, "{held} bytes held");
+        }
+        // What left memory comes back from the log, the same.
+        let context = GetEntriesContext::empty(true);
+        let store = &stores[0];
+        assert!(store.entries(1, 32, None, context).is_err());
+        assert!(store.fetch().await.expect("fetch").is_some());
+        let read = store.entries(1, 32, None, context).expect("fetched");
+        assert!(read.iter().zip(&written).all(|(r, w)| same(r, w)));
+        store.release_fetched();
+
+        // The stores that go give their shares back: the one left keeps more.
+        stores.truncate(1);
+        assert_eq!((budget.stores(), budget.share()), (1, SHARD_BYTES));
+        let store = &stores[0];
+        let more: Vec<Entry> = (32..=60)
+            .map(|i| entry(i, 4, EntryType::EntryNormal, producer_batch(i as usize)))
+            .collect();
+        store.append(&more).await.expect("append");
+        store.sync().await.expect("sync");
+        store.advance_applied(60);
+        let held = store.recent_bytes();
+        assert!(
+            held <= SHARD_BYTES && held > SHARD_BYTES / 2,
+            "{held} bytes held"
+        );
     });
 }
 

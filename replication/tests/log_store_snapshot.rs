@@ -51,6 +51,7 @@ async fn open_store_from(
         snapshot_index,
         snapshot_term,
         recent_bytes_max: 1 << 20,
+        recent_budget: None,
         serves_snapshots,
     };
     LogStore::open(log, start).await.expect("store")

@@ -1,7 +1,7 @@
 //! Catching a lagging follower up from the leader's log.
 //!
 //! A group's store keeps its recent entries in memory (`RECENT_BYTES_MAX` beyond the
-//! unapplied ones). A follower further behind (it was down, cut off, or slower than the
+//! unapplied ones, less when many groups share the shard's `RECENT_BYTES_SHARD_MAX`). A follower further behind (it was down, cut off, or slower than the
 //! others under load) asks for entries memory no longer holds: raft-rs's read gets
 //! `LogTemporarilyUnavailable`, the store remembers the request, and the driver names the
 //! group in `take_fetches_wanted` after its round. One task per shard then serves those

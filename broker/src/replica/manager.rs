@@ -44,7 +44,9 @@ use raft::storage::RaftState;
 use raft::StateRole;
 use ringfeed_replication::driver::membership::MembershipStep;
 use ringfeed_replication::driver::MultiRaft;
-use ringfeed_replication::log_store::{snapshot_entry, LogDurability, LogStore, LogStoreStart};
+use ringfeed_replication::log_store::{
+    snapshot_entry, LogDurability, LogStore, LogStoreStart, RecentBudget,
+};
 use ringfeed_replication::log_store_meta::{GroupMeta, RaftMetaStore};
 use ringfeed_replication::wire::{Frame, WireLimits};
 
@@ -69,6 +71,9 @@ const MOVE_LAG_ENTRIES_MAX: u64 = 16;
 /// Memory for a group's recent entries beyond its unapplied ones (serves followers that
 /// are a little behind without reading the disk).
 pub(crate) const RECENT_BYTES_MAX: usize = 1 << 20;
+/// Memory for the recent applied entries of all the groups of one shard together
+/// (`log_store::RecentBudget`): a shard of many partitions keeps less of each.
+pub(crate) const RECENT_BYTES_SHARD_MAX: usize = 64 << 20;
 
 /// How a shard's replica manager starts.
 pub struct ReplicaManagerStart {
@@ -165,6 +170,8 @@ pub struct ReplicaManager {
     pub(crate) clock: Clock,
     replica_lag_time_max: Duration,
     tail_cache: crate::storage::ShardTailCache,
+    /// The memory this shard's groups share for their recent applied entries.
+    recent_budget: RecentBudget,
     pub(crate) driver: RefCell<MultiRaft<Store>>,
     durability: RefCell<LogDurability<BrokerDisk>>,
     pub(crate) groups: RefCell<BTreeMap<u64, Rc<Hosted>>>,
@@ -240,6 +247,7 @@ impl ReplicaManager {
             clock: start.clock,
             replica_lag_time_max: start.replica_lag_time_max,
             tail_cache: start.tail_cache,
+            recent_budget: RecentBudget::new(RECENT_BYTES_SHARD_MAX),
             driver: RefCell::new(MultiRaft::new(
                 start.node_id,
                 start.incarnation,
@@ -436,6 +444,7 @@ impl ReplicaManager {
                 snapshot_index,
                 snapshot_term,
                 recent_bytes_max: RECENT_BYTES_MAX,
+                recent_budget: Some(self.recent_budget.clone()),
                 serves_snapshots: true,
             },
         )
