@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use glommio::sync::Semaphore;
 
-use crate::disk::{BrokerDisk, PartitionLog};
+use crate::disk::BrokerDisk;
 use crate::error_codes as broker_codes;
 use crate::groups::assignor::Assignor;
 use crate::groups::consumer::{
@@ -108,12 +108,6 @@ impl Default for CoordinatorConfig {
     fn default() -> Self {
         Self::from_limits(&crate::limits::Limits::default())
     }
-}
-
-/// A plain offsets partition's log, as a checkpoint writes and trims it.
-struct OffsetsCheckpoint {
-    partition: i32,
-    log: PartitionLog,
 }
 
 /// One offsets partition, as the coordinator writes it.
@@ -1124,66 +1118,65 @@ impl GroupCoordinator {
 
     /// Kafka compacts `__consumer_offsets`; this log cannot, so it is checkpointed instead:
     /// every live offset of the partition is appended again as one batch, and once that is
-    /// durable everything before it is deleted (it holds nothing the checkpoint lacks).
+    /// acknowledged (durable; on a replicated partition committed by its group) everything
+    /// before it is deleted (it holds nothing the checkpoint lacks). A replicated partition
+    /// deletes through its group, so every replica trims and a new leader replays from the
+    /// checkpoint on.
     async fn checkpoint(&self, offsets: &OffsetsLog) {
-        let Some(plain) = offsets.store.checkpointable() else {
-            return;
-        };
-        let log = &OffsetsCheckpoint {
-            partition: offsets.partition,
-            log: plain.clone(),
-        };
-        let gate = self.append_gate(log.partition);
+        let partition = offsets.partition;
+        let store = &offsets.store;
+        let gate = self.append_gate(partition);
         let turn = gate.acquire_permit(1).await.expect("never closed");
         let live = self.live_records(offsets);
         self.inner
             .records_since_checkpoint
             .borrow_mut()
-            .insert(log.partition, 0);
-        // (first offset to keep, last offset that must be durable before trimming)
+            .insert(partition, 0);
+        // When nothing is live everything goes up to the end taken here, under the gate:
+        // what is appended after it stays.
+        let end = store.replay_end();
         let appended = if live.is_empty() {
-            let end = log.log.high_watermark();
-            Ok((end, end - 1))
+            None
         } else {
             let batch = records::encode_batch(&live, self.inner.offsets.clock.now_ms());
-            if batch.len() > log.log.config().batch_bytes_max {
+            if store.batch_bytes_max().is_none_or(|max| batch.len() > max) {
                 tracing::warn!(
-                    partition = log.partition,
+                    partition,
                     bytes = batch.len(),
                     "offsets checkpoint larger than a batch; not checkpointed"
                 );
                 return;
             }
-            let appended = log.log.append(batch).await;
-            appended.map(|a| (a.base_offset, a.last_offset))
+            match store.append(batch).await {
+                Ok(pending) => Some(pending),
+                Err(code) => {
+                    tracing::warn!(partition, code, "offsets checkpoint append refused");
+                    return;
+                }
+            }
         };
         drop(turn);
-        let Ok((keep_from, last)) = appended else {
-            tracing::error!(
-                partition = log.partition,
-                "offsets checkpoint append failed"
-            );
-            return;
+        let keep_from = match appended {
+            None => end,
+            Some(pending) => match pending.acknowledged().await {
+                Ok(base_offset) => base_offset,
+                Err(code) => {
+                    tracing::warn!(partition, code, "offsets checkpoint not acknowledged");
+                    return;
+                }
+            },
         };
-        let trimmed = match log.log.wait_durable(last).await {
-            Ok(()) => log
-                .log
-                .delete_records_before(keep_from)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(error) => Err(error.to_string()),
-        };
-        match trimmed {
+        match store.trim_before(keep_from).await {
             Ok(start) => {
                 tracing::info!(
-                    partition = log.partition,
+                    partition,
                     live = live.len(),
                     log_start_offset = start,
                     "offsets log checkpointed"
                 );
             }
             Err(error) => {
-                tracing::error!(partition = log.partition, %error, "offsets checkpoint failed");
+                tracing::error!(partition, %error, "offsets checkpoint failed");
             }
         }
     }
@@ -1836,6 +1829,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::disk::PartitionLog;
     use crate::partition::PartitionSlot;
     use crate::storage::batch::{ATTRIBUTES_OFFSET, CRC_OFFSET};
     use crate::storage::LogConfig;

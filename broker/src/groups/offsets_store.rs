@@ -173,13 +173,46 @@ impl OffsetsStore {
         }
     }
 
-    /// The plain log, for a checkpoint (append everything live, then trim before it). A
-    /// replicated partition is not checkpointed: retention and `DeleteRecords` on replicated
-    /// partitions are not built (`docs/REPLICATION.md`, Status), so its log only grows.
-    pub fn checkpointable(&self) -> Option<&PartitionLog> {
+    /// Deletes everything before `offset` (a checkpoint's first offset, or the
+    /// [`Self::replay_end`] taken under the append gate when nothing is live) once a
+    /// checkpoint is acknowledged; answers the new log start. A plain log first waits until
+    /// everything before `offset` is durable. A replicated partition deletes through its
+    /// Raft group (`ReplicaManager::delete_records`), so every replica trims and a new leader
+    /// replays from the checkpoint.
+    pub async fn trim_before(&self, offset: i64) -> Result<i64, String> {
         match self {
-            Self::Plain(log) => Some(log),
-            Self::Replicated { .. } => None,
+            Self::Plain(log) => {
+                if offset > log.log_start_offset() {
+                    log.wait_durable(offset - 1)
+                        .await
+                        .map_err(|error| error.to_string())?;
+                }
+                log.delete_records_before(offset)
+                    .await
+                    .map_err(|error| error.to_string())
+            }
+            Self::Replicated {
+                replicas,
+                partition,
+                ..
+            } => match replicas.delete_records(partition, offset).await {
+                (broker_codes::NONE, start) => Ok(start),
+                (code, _) => Err(format!("DeleteRecords on the replicated partition: {code}")),
+            },
+        }
+    }
+
+    /// The largest batch the partition's log takes.
+    pub fn batch_bytes_max(&self) -> Option<usize> {
+        match self {
+            Self::Plain(log) => Some(log.config().batch_bytes_max),
+            Self::Replicated {
+                replicas,
+                partition,
+                ..
+            } => replicas
+                .hosted_log(partition)
+                .map(|log| log.config().batch_bytes_max),
         }
     }
 }
@@ -189,32 +222,30 @@ impl PendingAppend {
     /// proposing term (replicated). The error code is the coordinator's answer, mapped as
     /// Kafka's group coordinator maps its append errors.
     pub async fn durable(self) -> Result<(), i16> {
-        match self {
-            Self::Plain {
-                log, last_offset, ..
-            } => log.wait_durable(last_offset).await.map_err(|error| {
-                tracing::error!(%error, "fdatasync of the offsets log failed");
-                codes::COORDINATOR_NOT_AVAILABLE
-            }),
-            Self::Replicated(pending) => match pending.wait().await.error_code {
-                broker_codes::NONE => Ok(()),
-                code => {
-                    tracing::debug!(code, "offsets batch not committed");
-                    Err(coordinator_code(code))
-                }
-            },
-        }
+        self.acknowledged().await.map(|_| ())
     }
 
-    /// The offsets the append took, for a checkpoint of a plain log.
-    pub fn plain_offsets(&self) -> Option<(i64, i64)> {
+    /// [`Self::durable`], answering the append's first offset.
+    pub async fn acknowledged(self) -> Result<i64, i16> {
         match self {
             Self::Plain {
+                log,
                 base_offset,
                 last_offset,
-                ..
-            } => Some((*base_offset, *last_offset)),
-            Self::Replicated(_) => None,
+            } => match log.wait_durable(last_offset).await {
+                Ok(()) => Ok(base_offset),
+                Err(error) => {
+                    tracing::error!(%error, "fdatasync of the offsets log failed");
+                    Err(codes::COORDINATOR_NOT_AVAILABLE)
+                }
+            },
+            Self::Replicated(pending) => match pending.wait().await {
+                answer if answer.error_code == broker_codes::NONE => Ok(answer.base_offset),
+                answer => {
+                    tracing::debug!(code = answer.error_code, "offsets batch not committed");
+                    Err(coordinator_code(answer.error_code))
+                }
+            },
         }
     }
 }
@@ -267,6 +298,10 @@ mod tests {
     }
 
     fn coordinator(cluster: &Cluster, id: u64) -> GroupCoordinator {
+        coordinator_with(cluster, id, Limits::default())
+    }
+
+    fn coordinator_with(cluster: &Cluster, id: u64, limits: Limits) -> GroupCoordinator {
         let table = Rc::new(PartitionTable::new(16));
         table.set_replicas(cluster.manager(id));
         GroupCoordinator::new(OffsetsHandle {
@@ -275,7 +310,7 @@ mod tests {
             // No `__consumer_offsets` in the metadata: one partition, so every group is on 0.
             metadata: Rc::new(MetadataView::default()),
             shutdown: ShutdownSignal::default(),
-            limits: Limits::default(),
+            limits,
             disk: BrokerDisk::default(),
             data_dir: std::path::PathBuf::from("/data"),
             clock: Clock::System,
@@ -378,6 +413,87 @@ mod tests {
             }
         }
         panic!("no leader of the offsets partition");
+    }
+
+    fn offsets_replica() -> HostedReplica {
+        HostedReplica {
+            topic: offsets_tp(),
+            topic_id: Uuid::from_u128(0x0ff5),
+            group_id: OFFSETS_GROUP,
+            voters: vec![1, 2, 3],
+            learners: Vec::new(),
+            target: Vec::new(),
+            config: LogConfig::default(),
+            min_insync_replicas: 2,
+        }
+    }
+
+    /// Commits `offset` for group "g" through `coordinator`, retried while it loads.
+    async fn commit_acknowledged(
+        cluster: &mut Cluster,
+        coordinator: &GroupCoordinator,
+        offset: i64,
+    ) {
+        for _ in 0..50 {
+            let call = coordinator.clone();
+            let answered = answer(
+                cluster,
+                async move { call.commit(at(), commit(offset)).await },
+            )
+            .await;
+            if answered != [codes::COORDINATOR_LOAD_IN_PROGRESS] {
+                assert_eq!(answered, [broker_codes::NONE], "commit of {offset}");
+                return;
+            }
+        }
+        panic!("the coordinator never finished loading");
+    }
+
+    /// A replicated offsets partition is checkpointed as a plain one is: the live offsets
+    /// appended again, then everything before them deleted through the group, so every
+    /// replica's log starts at the checkpoint and a new leader replays from there.
+    #[test]
+    fn a_replicated_offsets_partition_is_checkpointed_on_every_replica() {
+        run(|| async {
+            let mut cluster = Cluster::hosting(2, &[offsets_replica()]).await;
+            let first = offsets_leader(&mut cluster, None).await;
+            let limits = Limits {
+                offsets_checkpoint_records: 5,
+                ..Limits::default()
+            };
+            let coordinators: Vec<GroupCoordinator> = (1..=3)
+                .map(|id| coordinator_with(&cluster, id, limits.clone()))
+                .collect();
+            let on = |id: u64| coordinators[(id - 1) as usize].clone();
+            for offset in 1..=12 {
+                commit_acknowledged(&mut cluster, &on(first), offset).await;
+            }
+            let logs: Vec<_> = (1..=3)
+                .map(|id| cluster.manager(id).log(OFFSETS_GROUP).expect("hosted"))
+                .collect();
+            let agreed = |logs: &[crate::disk::PartitionLog]| {
+                let start = logs[0].log_start_offset();
+                start > 5 && logs.iter().all(|log| log.log_start_offset() == start)
+            };
+            for _ in 0..200 {
+                if agreed(&logs) {
+                    break;
+                }
+                cluster.step().await;
+            }
+            let starts: Vec<i64> = logs
+                .iter()
+                .map(crate::disk::PartitionLog::log_start_offset)
+                .collect();
+            assert!(starts.iter().all(|&start| start > 5), "{starts:?}");
+            assert!(starts.iter().all(|&start| start == starts[0]), "{starts:?}");
+            assert_eq!(committed(&mut cluster, &on(first)).await, Ok(Some(12)));
+
+            // A new leader replays from the checkpoint and has the last offset.
+            cluster.set_cut(first, true);
+            let second = offsets_leader(&mut cluster, Some(first)).await;
+            assert_eq!(committed(&mut cluster, &on(second)).await, Ok(Some(12)));
+        });
     }
 
     #[test]
