@@ -30,7 +30,7 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from replication_ratio import Broker, agreed_controller, create, settled, wait_for
+from replication_ratio import Broker, agreed_controller, create, free_port, settled, wait_for
 
 TOPIC = "many"
 RECORD_BYTES = 16 << 10
@@ -130,14 +130,6 @@ def run_count(options, partitions, work):
             broker.stop()
         for broker in cluster:
             shutil.rmtree(broker.data_dir, ignore_errors=True)
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def main():

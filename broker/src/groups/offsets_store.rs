@@ -499,35 +499,13 @@ mod tests {
     #[test]
     fn the_coordinator_follows_the_offsets_partitions_leader() {
         run(|| async {
-            let offsets_replica = HostedReplica {
-                topic: offsets_tp(),
-                topic_id: Uuid::from_u128(0x0ff5),
-                group_id: OFFSETS_GROUP,
-                voters: vec![1, 2, 3],
-                learners: Vec::new(),
-                target: Vec::new(),
-                config: LogConfig::default(),
-                min_insync_replicas: 2,
-            };
-            let mut cluster = Cluster::hosting(2, &[offsets_replica]).await;
+            let mut cluster = Cluster::hosting(2, &[offsets_replica()]).await;
             let first = offsets_leader(&mut cluster, None).await;
             let coordinators: Vec<GroupCoordinator> =
                 (1..=3).map(|id| coordinator(&cluster, id)).collect();
             let on = |id: u64| coordinators[(id - 1) as usize].clone();
             // The leader answers once its term's first entry is committed.
-            let mut codes_out = Vec::new();
-            for _ in 0..50 {
-                let call = on(first);
-                codes_out = answer(
-                    &mut cluster,
-                    async move { call.commit(at(), commit(42)).await },
-                )
-                .await;
-                if codes_out != [codes::COORDINATOR_LOAD_IN_PROGRESS] {
-                    break;
-                }
-            }
-            assert_eq!(codes_out, [broker_codes::NONE]);
+            commit_acknowledged(&mut cluster, &on(first), 42).await;
             // Transactional offsets are refused: no marker would reach the Raft log.
             let call = on(first);
             let refused = answer(&mut cluster, async move {
