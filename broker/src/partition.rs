@@ -287,7 +287,9 @@ impl PartitionTable {
                 tracing::debug!(partition = %tp, %reason, "request for an offline partition");
                 Err(codes::KAFKA_STORAGE_ERROR)
             }
-            None => Err(codes::NOT_LEADER_OR_FOLLOWER),
+            None => Err(self
+                .replica_failure(tp)
+                .unwrap_or(codes::NOT_LEADER_OR_FOLLOWER)),
         }
     }
 
@@ -309,6 +311,17 @@ impl PartitionTable {
             Ok(log) => Ok(Served::Log(log)),
             Err(code) => self.replicas_hosting(tp).map(Served::Replica).ok_or(code),
         }
+    }
+
+    /// `KAFKA_STORAGE_ERROR` for a replicated partition this shard should host but whose
+    /// log could not be opened (as for an offline plain log; Kafka answers the same for a
+    /// partition on a failed log directory).
+    fn replica_failure(&self, tp: &TopicPartition) -> Option<i16> {
+        let replicas = self.replicas.borrow();
+        replicas
+            .as_ref()
+            .filter(|r| r.failed_to_open(tp))
+            .map(|_| codes::KAFKA_STORAGE_ERROR)
     }
 
     pub fn parked_waits(&self) -> &ParkedWaits {

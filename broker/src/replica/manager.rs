@@ -31,7 +31,7 @@
 //! await.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -176,6 +176,10 @@ pub struct ReplicaManager {
     durability: RefCell<LogDurability<BrokerDisk>>,
     pub(crate) groups: RefCell<BTreeMap<u64, Rc<Hosted>>>,
     pub(crate) by_partition: RefCell<HashMap<TopicPartition, u64>>,
+    /// Replicas this shard should host whose log could not be opened, with why: answered
+    /// `KAFKA_STORAGE_ERROR` (as an offline plain log is) until an open succeeds. Opening is
+    /// tried again at every reconcile.
+    unopened: RefCell<HashMap<TopicPartition, String>>,
     /// Hard states read at start, for groups not opened yet.
     recovered: RefCell<BTreeMap<u64, GroupMeta>>,
     /// Groups with produce calls waiting.
@@ -257,6 +261,7 @@ impl ReplicaManager {
             durability: RefCell::new(LogDurability::new(meta)),
             groups: RefCell::default(),
             by_partition: RefCell::default(),
+            unopened: RefCell::default(),
             recovered: RefCell::new(recovered),
             groups_waiting: RefCell::default(),
             inbound_frames: Cell::new(0),
@@ -300,6 +305,11 @@ impl ReplicaManager {
     /// The group id of a hosted partition.
     pub fn group_of(&self, tp: &TopicPartition) -> Option<u64> {
         self.by_partition.borrow().get(tp).copied()
+    }
+
+    /// Whether this shard should host `tp` but could not open its log (see `unopened`).
+    pub fn failed_to_open(&self, tp: &TopicPartition) -> bool {
+        self.unopened.borrow().contains_key(tp)
     }
 
     pub(crate) fn hosted(&self, tp: &TopicPartition) -> Option<(u64, Rc<Hosted>)> {
@@ -379,13 +389,24 @@ impl ReplicaManager {
                         hosted.voters.replace(replica.voters.clone());
                     }
                 }
-                None => {
-                    if let Err(error) = self.open_group(replica.clone()).await {
-                        tracing::error!(partition = %replica.topic, group_id, %error, "replica not opened");
+                None => match self.open_group(replica.clone()).await {
+                    Ok(()) => {
+                        self.unopened.borrow_mut().remove(&replica.topic);
                     }
-                }
+                    Err(error) => {
+                        tracing::error!(partition = %replica.topic, group_id, %error, "replica not opened");
+                        self.unopened
+                            .borrow_mut()
+                            .insert(replica.topic.clone(), error);
+                    }
+                },
             }
         }
+        let wanted_partitions: HashSet<&TopicPartition> =
+            wanted.iter().map(|replica| &replica.topic).collect();
+        self.unopened
+            .borrow_mut()
+            .retain(|tp, _| wanted_partitions.contains(tp));
     }
 
     async fn open_group(self: &Rc<Self>, replica: HostedReplica) -> Result<(), String> {

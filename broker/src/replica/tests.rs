@@ -142,6 +142,11 @@ impl Cluster {
         }
     }
 
+    /// Node `id`'s simulated disk (for faults).
+    pub(crate) fn disk(&self, id: u64) -> SimDisk {
+        self.nodes[(id - 1) as usize].disk.clone()
+    }
+
     pub(crate) fn manager(&self, id: u64) -> Rc<ReplicaManager> {
         self.nodes[(id - 1) as usize]
             .manager
@@ -1146,5 +1151,70 @@ fn a_follower_behind_the_leaders_memory_catches_up_from_its_log() {
         }
         assert_eq!(cluster.manager(leader).in_sync(GROUP), [1, 2, 3]);
         assert!(cluster.manager(leader).counts().entries_fetches >= 2);
+    });
+}
+
+/// A replica whose log cannot be opened (here: EMFILE) is answered `KAFKA_STORAGE_ERROR`, as
+/// an offline plain log is, not `NOT_LEADER_OR_FOLLOWER` (which would send clients looking
+/// for a leader that this broker's metadata may well name); the next reconcile tries again
+/// and serves it, and a replica no longer wanted is forgotten.
+#[test]
+fn a_replica_whose_log_cannot_be_opened_answers_a_storage_error() {
+    run(|| async {
+        let cluster = Cluster::new(2).await;
+        let manager = cluster.manager(1);
+        let table = crate::partition::PartitionTable::new(16);
+        table.set_replicas(manager.clone());
+        let broken_tp = TopicPartition {
+            topic: "broken".into(),
+            partition: 0,
+        };
+        let broken = HostedReplica {
+            topic: broken_tp.clone(),
+            topic_id: Uuid::from_u128(0xb0),
+            group_id: GROUP + 1,
+            ..replica(2)
+        };
+        let nowhere = TopicPartition {
+            topic: "nowhere".into(),
+            partition: 0,
+        };
+
+        cluster.disk(1).fail_next_open();
+        manager.reconcile(&[replica(2), broken.clone()]).await;
+        assert!(manager.failed_to_open(&broken_tp));
+        assert_eq!(
+            table.log(&broken_tp).err(),
+            Some(codes::KAFKA_STORAGE_ERROR)
+        );
+        assert!(table.served(&broken_tp).is_err());
+        assert_eq!(
+            table.log(&nowhere).err(),
+            Some(codes::NOT_LEADER_OR_FOLLOWER)
+        );
+
+        manager.reconcile(&[replica(2), broken.clone()]).await;
+        assert!(!manager.failed_to_open(&broken_tp));
+        assert!(manager.hosts(&broken_tp));
+        assert!(matches!(
+            table.served(&broken_tp),
+            Ok(crate::partition::Served::Replica(_))
+        ));
+
+        manager.reconcile(&[replica(2)]).await;
+        let other = HostedReplica {
+            topic: nowhere.clone(),
+            group_id: GROUP + 2,
+            ..broken.clone()
+        };
+        cluster.disk(1).fail_next_open();
+        manager.reconcile(&[replica(2), other]).await;
+        assert!(manager.failed_to_open(&nowhere));
+        manager.reconcile(&[replica(2)]).await;
+        assert!(!manager.failed_to_open(&nowhere), "no longer wanted");
+        assert_eq!(
+            table.log(&nowhere).err(),
+            Some(codes::NOT_LEADER_OR_FOLLOWER)
+        );
     });
 }
