@@ -317,11 +317,9 @@ impl PartitionTable {
     /// log could not be opened (as for an offline plain log; Kafka answers the same for a
     /// partition on a failed log directory).
     fn replica_failure(&self, tp: &TopicPartition) -> Option<i16> {
-        let replicas = self.replicas.borrow();
-        replicas
-            .as_ref()
-            .filter(|r| r.failed_to_open(tp))
-            .map(|_| codes::KAFKA_STORAGE_ERROR)
+        let reason = self.replicas.borrow().as_ref()?.failed_to_open(tp)?;
+        tracing::debug!(partition = %tp, %reason, "request for a replica whose log could not be opened");
+        Some(codes::KAFKA_STORAGE_ERROR)
     }
 
     pub fn parked_waits(&self) -> &ParkedWaits {

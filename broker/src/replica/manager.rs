@@ -307,9 +307,9 @@ impl ReplicaManager {
         self.by_partition.borrow().get(tp).copied()
     }
 
-    /// Whether this shard should host `tp` but could not open its log (see `unopened`).
-    pub fn failed_to_open(&self, tp: &TopicPartition) -> bool {
-        self.unopened.borrow().contains_key(tp)
+    /// Why this shard could not open the log of `tp`, which it should host (see `unopened`).
+    pub fn failed_to_open(&self, tp: &TopicPartition) -> Option<String> {
+        self.unopened.borrow().get(tp).cloned()
     }
 
     pub(crate) fn hosted(&self, tp: &TopicPartition) -> Option<(u64, Rc<Hosted>)> {

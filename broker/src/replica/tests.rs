@@ -1182,7 +1182,7 @@ fn a_replica_whose_log_cannot_be_opened_answers_a_storage_error() {
 
         cluster.disk(1).fail_next_open();
         manager.reconcile(&[replica(2), broken.clone()]).await;
-        assert!(manager.failed_to_open(&broken_tp));
+        assert!(manager.failed_to_open(&broken_tp).is_some());
         assert_eq!(
             table.log(&broken_tp).err(),
             Some(codes::KAFKA_STORAGE_ERROR)
@@ -1194,7 +1194,7 @@ fn a_replica_whose_log_cannot_be_opened_answers_a_storage_error() {
         );
 
         manager.reconcile(&[replica(2), broken.clone()]).await;
-        assert!(!manager.failed_to_open(&broken_tp));
+        assert!(manager.failed_to_open(&broken_tp).is_none());
         assert!(manager.hosts(&broken_tp));
         assert!(matches!(
             table.served(&broken_tp),
@@ -1209,9 +1209,12 @@ fn a_replica_whose_log_cannot_be_opened_answers_a_storage_error() {
         };
         cluster.disk(1).fail_next_open();
         manager.reconcile(&[replica(2), other]).await;
-        assert!(manager.failed_to_open(&nowhere));
+        assert!(manager.failed_to_open(&nowhere).is_some());
         manager.reconcile(&[replica(2)]).await;
-        assert!(!manager.failed_to_open(&nowhere), "no longer wanted");
+        assert!(
+            manager.failed_to_open(&nowhere).is_none(),
+            "no longer wanted"
+        );
         assert_eq!(
             table.log(&nowhere).err(),
             Some(codes::NOT_LEADER_OR_FOLLOWER)
