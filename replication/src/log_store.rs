@@ -190,9 +190,9 @@ pub fn snapshot_entry(snapshot: &Snapshot) -> Result<SnapshotEntry, LogStoreErro
     }
     let log_start_offset = i64::from_be_bytes(data[1..9].try_into().expect("8 bytes"));
     let batch = Bytes::copy_from_slice(&data[SNAPSHOT_HEADER_BYTES..]);
-    if ringfeed_storage::batch::BatchHeader::parse(&batch).is_none() {
+    let Some(header) = ringfeed_storage::batch::BatchHeader::parse(&batch) else {
         return Err(LogStoreError::BadSnapshot("its data is not a batch".into()));
-    }
+    };
     let epoch = ringfeed_storage::batch::partition_leader_epoch(&batch);
     if u64::try_from(epoch).ok() != Some(metadata.term) || metadata.index == 0 {
         return Err(LogStoreError::BadSnapshot(format!(
@@ -200,9 +200,7 @@ pub fn snapshot_entry(snapshot: &Snapshot) -> Result<SnapshotEntry, LogStoreErro
             metadata.index, metadata.term
         )));
     }
-    let base_offset = ringfeed_storage::batch::BatchHeader::parse(&batch)
-        .expect("parsed above")
-        .base_offset;
+    let base_offset = header.base_offset;
     if log_start_offset < base_offset {
         return Err(LogStoreError::BadSnapshot(format!(
             "log start {log_start_offset} before its entry's offset {base_offset}"

@@ -616,14 +616,7 @@ impl ReplicaManager {
             }
             let mut durability = self.durability.borrow_mut();
             let frames = driver.round(&mut *durability, |group_id, entry| {
-                applied.push(Applied {
-                    group_id,
-                    index: entry.index,
-                    term: entry.term,
-                    span: entry_span(entry),
-                    producer: idempotent_header(entry),
-                    log_start: log_start_of(entry),
-                });
+                applied.push(Applied::of(group_id, entry));
             });
             fetches = driver.take_fetches_wanted();
             installed = driver.take_snapshots_installed();
@@ -996,12 +989,26 @@ struct Applied {
     log_start: Option<i64>,
 }
 
-/// The log start offset a `LOG_START` control entry carries.
-fn log_start_of(entry: &Entry) -> Option<i64> {
-    if entry.entry_type() != EntryType::EntryNormal {
-        return None;
+impl Applied {
+    /// What applying `entry` needs, its batch header parsed once (this runs for every
+    /// committed batch).
+    fn of(group_id: u64, entry: &Entry) -> Self {
+        let header = (entry.entry_type() == EntryType::EntryNormal)
+            .then(|| BatchHeader::parse(&entry.data))
+            .flatten();
+        Applied {
+            group_id,
+            index: entry.index,
+            term: entry.term,
+            // A leader's empty entry and a configuration change take one offset each, as
+            // their control batches in the log (`log_store.rs`).
+            span: header.map_or(1, |h| i64::from(h.last_offset_delta) + 1),
+            producer: header.filter(|h| h.producer_id >= 0 && !h.is_control()),
+            log_start: header
+                .filter(BatchHeader::is_control)
+                .and_then(|_| log_start_carried(&entry.data)),
+        }
     }
-    log_start_carried(&entry.data)
 }
 
 /// The log start offset of a `LOG_START` control batch.
@@ -1012,14 +1019,6 @@ fn log_start_carried(batch: &bytes::Bytes) -> Option<i64> {
         }
         _ => None,
     }
-}
-
-/// The header of an entry that is an idempotent producer's batch.
-fn idempotent_header(entry: &Entry) -> Option<BatchHeader> {
-    if entry.entry_type() != EntryType::EntryNormal {
-        return None;
-    }
-    BatchHeader::parse(&entry.data).filter(|h| h.producer_id >= 0 && !h.is_control())
 }
 
 /// What the last `TAIL_SCAN_ENTRIES` committed entries tell a replica that opens.
@@ -1054,7 +1053,11 @@ async fn scan_tail(log: &PartitionLog, commit: u64) -> Result<TailState, String>
                 tail.producers
                     .committed(&header, entry.index, header.base_offset);
             }
-            if let Some(start) = log_start_carried(&entry.batch) {
+            if let Some(start) = header
+                .is_control()
+                .then(|| log_start_carried(&entry.batch))
+                .flatten()
+            {
                 tail.log_start = tail.log_start.max(Some(start));
             }
         }
@@ -1066,16 +1069,6 @@ async fn scan_tail(log: &PartitionLog, commit: u64) -> Result<TailState, String>
 /// partition's (those end in `-<partition>`).
 pub fn replica_meta_dir_name(shard: usize) -> String {
     format!("shard-{shard}.raft")
-}
-
-/// Kafka offsets an entry takes in the log: the records of its data batch, or one for the
-/// control batch of a leader's empty entry or a configuration change (`log_store.rs`).
-fn entry_span(entry: &Entry) -> i64 {
-    if entry.entry_type() == EntryType::EntryNormal && !entry.data.is_empty() {
-        BatchHeader::parse(&entry.data).map_or(1, |h| i64::from(h.last_offset_delta) + 1)
-    } else {
-        1
-    }
 }
 
 /// The Kafka end offset of the entries up to Raft index `index` (the log start when
