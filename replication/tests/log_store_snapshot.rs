@@ -101,18 +101,30 @@ async fn leader_snapshot(leader: &LogStore<SimDisk>) -> Snapshot {
     leader.snapshot(0, 2).expect("a snapshot once read")
 }
 
+/// A leader store on `disk` with entries `1..=last` of `term` applied, whose retention then
+/// removed what it could below index `below`: its first entry is past index 1.
+async fn leader_past_retention(
+    disk: &SimDisk,
+    last: u64,
+    term: u64,
+    below: u64,
+) -> LogStore<SimDisk> {
+    let leader = open_store(disk, "leader", true).await;
+    append_applied(&leader, 1, last, term, "lead").await;
+    leader
+        .log()
+        .enforce_retention_below_index(below)
+        .await
+        .expect("retention");
+    leader
+}
+
 #[test]
 fn a_leader_offers_its_first_applied_entry_once_read_from_disk() {
     run(|| async {
         let disk = SimDisk::new();
-        let leader = open_store(&disk, "leader", true).await;
-        append_applied(&leader, 1, 20, 3, "a").await;
-        // Retention (as `enforce_retention_below_index` does) moves the first entry on.
-        leader
-            .log()
-            .enforce_retention_below_index(20)
-            .await
-            .expect("retention");
+        // Retention moves the first entry on.
+        let leader = leader_past_retention(&disk, 20, 3, 20).await;
         let first = leader.log().first_index();
         assert!(first > 1 && first <= 20, "first index {first}");
 
@@ -165,13 +177,7 @@ fn no_snapshot_of_an_unapplied_entry_nor_from_a_store_that_serves_none() {
 fn a_follower_installs_a_snapshot_and_appends_after_it() {
     run(|| async {
         let disk = SimDisk::new();
-        let leader = open_store(&disk, "leader", true).await;
-        append_applied(&leader, 1, 30, 2, "lead").await;
-        leader
-            .log()
-            .enforce_retention_below_index(25)
-            .await
-            .expect("retention");
+        let leader = leader_past_retention(&disk, 30, 2, 25).await;
         let snapshot = leader_snapshot(&leader).await;
         let point = snapshot.get_metadata().index;
         assert!(point > 10);
@@ -249,13 +255,7 @@ fn a_follower_installs_a_snapshot_and_appends_after_it() {
 fn a_follower_takes_its_leaders_log_start_once_it_holds_everything_below_it() {
     run(|| async {
         let disk = SimDisk::new();
-        let leader = open_store(&disk, "leader", true).await;
-        append_applied(&leader, 1, 30, 2, "lead").await;
-        leader
-            .log()
-            .enforce_retention_below_index(25)
-            .await
-            .expect("retention");
+        let leader = leader_past_retention(&disk, 30, 2, 25).await;
         // The leader's DeleteRecords moved its start past its first entry: one record per
         // entry, so the start lies three entries further on.
         let first_offset = leader.log().log_start_offset();
