@@ -215,6 +215,21 @@ def start_cluster(tmp_path, extra_args=()):
     return brokers
 
 
+def start_retention_cluster(tmp_path, topic, config):
+    """Three brokers checking retention every 500 ms and `topic`, one RF=3 partition with
+    `config`; returns the brokers by id and the controller's id."""
+    voters = ",".join(f"{node}@127.0.0.1:{free_port()}" for node in (1, 2, 3))
+    brokers = {node: ClusterBroker(tmp_path, node, voters, extra_args=["--log-retention-check-interval-ms", "500"])
+               for node in (1, 2, 3)}
+    for broker in brokers.values():
+        broker.start()
+    _, controller, _ = wait_for(lambda: agreed_placement(brokers.values(), topic, {1, 2, 3}), 20,
+                                "every broker listing the three brokers")
+    admin = AdminClient({"bootstrap.servers": brokers[controller].bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=3, config=config)])[topic].result(timeout=15)
+    return brokers, controller
+
+
 def stop_all(brokers):
     helpers.forget_admin_clients()
     for broker in brokers.values():
@@ -473,17 +488,10 @@ def test_retention_removes_old_segments_on_every_replica(tmp_path):
     answers the new log start, and a consumer from the beginning reads every record from
     there on, in order."""
     topic = "expiring"
-    voters = ",".join(f"{node}@127.0.0.1:{free_port()}" for node in (1, 2, 3))
-    brokers = {node: ClusterBroker(tmp_path, node, voters, extra_args=["--log-retention-check-interval-ms", "500"])
-               for node in (1, 2, 3)}
+    brokers = {}
     try:
-        for broker in brokers.values():
-            broker.start()
-        _, controller, _ = wait_for(lambda: agreed_placement(brokers.values(), topic, {1, 2, 3}), 20,
-                                    "every broker listing the three brokers")
-        admin = AdminClient({"bootstrap.servers": brokers[controller].bootstrap})
-        config = {"segment.bytes": str(1 << 20), "retention.ms": "3000"}
-        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=3, config=config)])[topic].result(timeout=15)
+        brokers, controller = start_retention_cluster(tmp_path, topic, {"segment.bytes": str(1 << 20),
+                                                                        "retention.ms": "3000"})
         bootstrap = ",".join(broker.bootstrap for broker in brokers.values())
         producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
                              "linger.ms": 5})
@@ -533,11 +541,7 @@ def test_retention_removes_old_segments_on_every_replica(tmp_path):
         producer.produce(topic, value=b"after", partition=0, on_delivery=delivered)
         assert producer.flush(30) == 0
     finally:
-        helpers.forget_admin_clients()
-        for broker in brokers.values():
-            if broker.alive():
-                broker.process.kill()
-                broker.process.wait()
+        stop_all(brokers)
 
 
 def test_a_broker_down_past_the_leaders_retention_is_rebuilt_from_its_log_start(tmp_path):
@@ -550,17 +554,11 @@ def test_a_broker_down_past_the_leaders_retention_is_rebuilt_from_its_log_start(
     equality of the rebuilt log is checked in one process by
     replica::retention::tests::retention_passes_a_silent_follower_which_is_rebuilt_from_the_leaders_first_entry."""
     topic = "bounded"
-    voters = ",".join(f"{node}@127.0.0.1:{free_port()}" for node in (1, 2, 3))
-    brokers = {node: ClusterBroker(tmp_path, node, voters, extra_args=["--log-retention-check-interval-ms", "500"])
-               for node in (1, 2, 3)}
+    config = {"segment.bytes": str(1 << 20), "retention.bytes": str(3 << 20)}
+    brokers = {}
     try:
-        for broker in brokers.values():
-            broker.start()
-        _, controller, _ = wait_for(lambda: agreed_placement(brokers.values(), topic, {1, 2, 3}), 20,
-                                    "every broker listing the three brokers")
+        brokers, controller = start_retention_cluster(tmp_path, topic, config)
         admin = AdminClient({"bootstrap.servers": brokers[controller].bootstrap})
-        config = {"segment.bytes": str(1 << 20), "retention.bytes": str(3 << 20)}
-        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=3, config=config)])[topic].result(timeout=15)
         bootstrap = ",".join(broker.bootstrap for broker in brokers.values())
 
         witness = brokers[controller]
@@ -634,11 +632,7 @@ def test_a_broker_down_past_the_leaders_retention_is_rebuilt_from_its_log_start(
         consumer.close()
         assert read and read == list(range(read[0], 2400)) and read[0] < 2300, (read[:3], read[-3:])
     finally:
-        helpers.forget_admin_clients()
-        for broker in brokers.values():
-            if broker.alive():
-                broker.process.kill()
-                broker.process.wait()
+        stop_all(brokers)
 
 
 def test_delete_records_on_a_replicated_partition_holds_across_a_leader_kill(tmp_path):
