@@ -147,10 +147,17 @@ impl Producers {
             if header.producer_epoch < producer.epoch {
                 return;
             }
-            let replaced = producer
-                .batches
-                .iter_mut()
-                .find(|seen| matches!(seen.at, BatchAt::Proposed { index: at, .. } if at == index));
+            // The proposal this entry is: at its index, with its sequences. Another batch
+            // of the producer's can commit at the index of a proposal that was lost (a
+            // leader of a later term put the retry elsewhere); taking it for the proposal
+            // would name that proposal's sequences committed at this batch's offset.
+            let first = header.base_sequence;
+            let last = last_sequence(header);
+            let replaced = producer.batches.iter_mut().find(|seen| {
+                matches!(seen.at, BatchAt::Proposed { index: at, .. } if at == index)
+                    && seen.first_sequence == first
+                    && seen.last_sequence == last
+            });
             if let Some(seen) = replaced {
                 seen.at = BatchAt::Committed { base_offset };
                 return;
@@ -252,6 +259,27 @@ mod tests {
             (later[1].last_sequence, later[1].last_timestamp),
             (2, 1_000)
         );
+    }
+
+    #[test]
+    fn another_batch_committed_at_a_lost_proposals_index_does_not_take_its_place() {
+        let mut producers = Producers::default();
+        producers.committed(&header(7, 0, 0, 1), 4, 10);
+        // Proposed in term 2 at indexes 5 and 6, then leadership was lost.
+        producers.proposed(&header(7, 0, 1, 1), 5, 2);
+        producers.proposed(&header(7, 0, 2, 1), 6, 2);
+        // The next leader's empty entry took index 5; the retries committed at 6 and 7.
+        producers.committed(&header(7, 0, 1, 1), 6, 12);
+        producers.committed(&header(7, 0, 2, 1), 7, 13);
+        assert_eq!(
+            producers.check(&header(7, 0, 1, 1), 3),
+            Verdict::Duplicate(BatchAt::Committed { base_offset: 12 })
+        );
+        assert_eq!(
+            producers.check(&header(7, 0, 2, 1), 3),
+            Verdict::Duplicate(BatchAt::Committed { base_offset: 13 })
+        );
+        assert_eq!(producers.check(&header(7, 0, 3, 1), 3), Verdict::Propose);
     }
 
     #[test]
