@@ -265,7 +265,7 @@ impl Scrape {
             });
             gauges(encoder, name, help, series)?;
         }
-        let counter_families: [(&str, &str, Pick); 11] = [
+        let counter_families: [(&str, &str, Pick); 12] = [
             (
                 "ringfeed_replica_leader_elections",
                 "Times a replica on the shard became its partition's leader (a new term).",
@@ -305,6 +305,11 @@ impl Scrape {
                 "ringfeed_replica_snapshots_installed",
                 "Replicas on the shard rebuilt from their leader's first entry (too far behind its log start).",
                 |r| r.counts.snapshots_installed,
+            ),
+            (
+                "ringfeed_replica_offset_mismatches",
+                "Applied entries whose end disagreed with the log's end (a defect: the high watermark is off).",
+                |r| r.counts.offset_mismatches,
             ),
             (
                 "ringfeed_replica_frames_dropped",

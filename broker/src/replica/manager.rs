@@ -157,6 +157,9 @@ pub struct ReplicaCounts {
     /// Snapshots installed here: a replica too far behind its leader rebuilt from the
     /// leader's first entry (`install_snapshot`).
     pub snapshots_installed: u64,
+    /// Applied entries whose end disagreed with the log's (`apply`): the high watermark
+    /// no longer matched the stored offsets. Always 0 unless there is a defect.
+    pub offset_mismatches: u64,
 }
 
 /// See the module docs.
@@ -686,6 +689,7 @@ impl ReplicaManager {
         let base = hosted.committed_end.get();
         hosted.committed_end.set(base + entry.span);
         hosted.applied_index.set(entry.index);
+        self.check_applied_end(&hosted, entry.index);
         if let Some(header) = &entry.producer {
             hosted
                 .producers
@@ -721,6 +725,24 @@ impl ReplicaManager {
                 Err(codes::NOT_LEADER_OR_FOLLOWER)
             };
             let _ = waiter.answer.send(outcome);
+        }
+    }
+
+    /// The invariant that the high watermark is where the log's entries put it: applied
+    /// entries are durable here, so when the entry just applied is the log's last, the
+    /// committed end (summed from the applied entries' spans) is the log's end. Checked
+    /// where that costs nothing; a breach is logged and counted, not a panic (it may come
+    /// from what is on disk).
+    fn check_applied_end(&self, hosted: &Hosted, index: u64) {
+        if hosted.log.last_index() != index {
+            return;
+        }
+        let log_end = hosted.log.log_end_offset();
+        let committed_end = hosted.committed_end.get();
+        if log_end != committed_end {
+            self.counts.borrow_mut().offset_mismatches += 1;
+            tracing::error!(partition = %hosted.replica.topic, index, committed_end, log_end,
+                "the applied entries' end disagrees with the log's: the high watermark is off");
         }
     }
 

@@ -744,9 +744,21 @@ fn driver_tasks_and_senders_replicate_over_encoded_frames() {
 /// byte on their committed prefix. Each seed runs produces (acks=all and acks=1) at whoever
 /// leads, cuts and heals nodes, and power-cuts and restarts them; after healing everything
 /// a final leader must hold every acknowledged acks=all batch. A failing seed replays.
+/// The seeds of a seeded test: `quick`, or `RINGFEED_REPLICA_SEEDS` of them from 1 (a long
+/// run: `RINGFEED_REPLICA_SEEDS=500 cargo test -p ringfeed-broker --release replica::`).
+fn seeds_from_env(quick: std::ops::RangeInclusive<u64>) -> std::ops::RangeInclusive<u64> {
+    match std::env::var("RINGFEED_REPLICA_SEEDS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        Some(count) => 1..=count,
+        None => quick,
+    }
+}
+
 #[test]
 fn seeded_faults_never_lose_an_acknowledged_batch() {
-    for seed in 1..=6_u64 {
+    for seed in seeds_from_env(1..=6) {
         run(move || async move {
             let mut rng = crate::storage::sim::SeededRng::new(seed);
             let mut cluster = Cluster::new(2).await;
@@ -804,6 +816,11 @@ fn seeded_faults_never_lose_an_acknowledged_batch() {
                     theirs[..agree],
                     leader_entries[..agree],
                     "seed {seed}: replica {id} differs from the leader"
+                );
+                assert_eq!(
+                    cluster.manager(id).counts().offset_mismatches,
+                    0,
+                    "seed {seed}: replica {id}'s high watermark left its log's offsets"
                 );
             }
         });
