@@ -121,6 +121,9 @@ pub(crate) struct Hosted {
     pub(crate) producers: RefCell<Producers>,
     /// When each voter last had every entry the leader had (leader only; reset on election).
     caught_up_at: RefCell<BTreeMap<u64, Instant>>,
+    /// The term `caught_up_at` is of: a replica that leads again in a later term starts
+    /// afresh even if nothing asked while it followed.
+    caught_up_term: Cell<u64>,
     /// The leader's last index and when it was that (renewed every `ISR_MARK_INTERVAL`):
     /// a follower that reached it was caught up at that time, even if the leader appended
     /// more since (a partition under steady load never waits for a follower at its end).
@@ -496,6 +499,7 @@ impl ReplicaManager {
                 applied_index: Cell::new(commit),
                 producers: RefCell::new(producers),
                 caught_up_at: RefCell::default(),
+                caught_up_term: Cell::new(0),
                 isr_mark: Cell::new(None),
                 reported: RefCell::new(None),
                 reported_voters: RefCell::default(),
@@ -807,11 +811,14 @@ impl ReplicaManager {
             return Vec::new();
         };
         let mut caught_up_at = hosted.caught_up_at.borrow_mut();
-        if raft.state != StateRole::Leader {
+        if raft.state != StateRole::Leader || hosted.caught_up_term.get() != raft.term {
             caught_up_at.clear();
             hosted.isr_mark.set(None);
+        }
+        if raft.state != StateRole::Leader {
             return Vec::new();
         }
+        hosted.caught_up_term.set(raft.term);
         let now = self.clock.now();
         let last_index = raft.raft_log.last_index();
         let mark = hosted.isr_mark.get();
