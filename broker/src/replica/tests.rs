@@ -677,6 +677,92 @@ fn idempotent_retries_are_answered_with_their_offsets_across_leaders() {
     });
 }
 
+/// A leader cut off with two proposals of one producer loses both; the next leader commits
+/// the retry of the first at the index where the old leader had proposed the second. Once
+/// the old leader leads again, the retry of the second is a new batch there, not a
+/// duplicate of the first: it is written, and answered at its own offset. (Before, the old
+/// leader took the committed batch for its own proposal at that index, and answered the
+/// retry of the second with the first's offset: acknowledged, never written.)
+#[test]
+fn a_retry_lost_with_its_leaders_term_is_written_when_that_leader_leads_again() {
+    run(|| async {
+        let mut cluster = Cluster::new(2).await;
+        let first = cluster.elect().await;
+        let produce = |cluster: &Cluster, id: u64, sequence: i32| {
+            cluster
+                .manager(id)
+                .dispatch_produce(&tp(), vec![idempotent_batch(sequence)], -1)
+        };
+        let answer = cluster.answers(vec![produce(&cluster, first, 0)]).await;
+        assert_eq!(answer[0].error_code, codes::NONE);
+
+        // Cut off, the leader proposes two batches (sequences 2 and 4); neither can commit.
+        cluster.set_cut(first, true);
+        let lost = vec![produce(&cluster, first, 2), produce(&cluster, first, 4)];
+        let second = loop {
+            let leader = cluster.elect().await;
+            if leader != first {
+                break leader;
+            }
+        };
+        // The retry of the first commits at the index the old leader gave the second.
+        let mut retried = None;
+        for _ in 0..20 {
+            let answer = cluster.answers(vec![produce(&cluster, second, 2)]).await;
+            if answer[0].error_code == codes::NONE {
+                retried = Some(answer[0]);
+                break;
+            }
+            cluster.step().await;
+        }
+        let retried = retried.expect("the new leader takes the retry");
+        cluster.set_cut(first, false);
+        let lost_answers = cluster.answers(lost).await;
+        assert!(lost_answers.iter().all(|a| a.error_code != codes::NONE));
+        cluster.steps(20).await;
+
+        // Leadership goes back to the old leader (as balancing would).
+        assert!(cluster
+            .manager(second)
+            .driver
+            .borrow_mut()
+            .transfer_leader(GROUP, first));
+        for _ in 0..40 {
+            cluster.step().await;
+            if cluster.leader() == Some(first) {
+                break;
+            }
+        }
+        assert_eq!(cluster.leader(), Some(first));
+        let mut written = None;
+        for _ in 0..20 {
+            let answer = cluster.answers(vec![produce(&cluster, first, 4)]).await;
+            if answer[0].error_code != codes::NOT_LEADER_OR_FOLLOWER {
+                written = Some(answer[0]);
+                break;
+            }
+            cluster.step().await;
+        }
+        let written = written.expect("the old leader answers the retry");
+        assert_eq!(written.error_code, codes::NONE);
+        assert_ne!(written.base_offset, retried.base_offset);
+        let (_, held) = fetch_all(&cluster.manager(first)).await;
+        let at = |sequence: i32| {
+            let wanted = payload(&idempotent_batch(sequence));
+            held.iter()
+                .filter(|(_, bytes)| *bytes == wanted)
+                .map(|(offset, _)| *offset)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(at(2), [retried.base_offset]);
+        assert_eq!(
+            at(4),
+            [written.base_offset],
+            "the second batch is written once, where acknowledged"
+        );
+    });
+}
+
 /// The production wiring: each manager's own driver task (`start`: real ticks, rounds on
 /// arrival) and a sender that encodes every frame to the wire and the peer decodes
 /// (`set_sender`, as shard 0's transport does). A leader is elected and an acks=all produce
