@@ -30,9 +30,20 @@ const GLOMMIO_MEMLOCK_MIN_BYTES: u64 = 512 << 10;
 /// inherit it) a previous run's connections in `TIME_WAIT` do not block the bind, so a
 /// restart on the same port is not refused. A port still held is probed again for
 /// `DEAD_LISTENER_GRACE`, the time a killed broker's listener takes to disappear.
-pub fn claim_port(address: SocketAddr, key: &str) -> Result<SocketAddr, String> {
+///
+/// A port 0 is resolved by a probe bound to it, which `claims` keeps open until the caller
+/// drops it: the next port-0 claim of this start is then given another port. (With each
+/// probe closed at once, the Kafka listener and the admin listener, both on port 0, were
+/// once given the same port, and the second to listen failed with "address in use".)
+pub fn claim_port(
+    address: SocketAddr,
+    key: &str,
+    claims: &mut PortClaims,
+) -> Result<SocketAddr, String> {
     if address.port() == 0 {
-        return free_port(address);
+        let (resolved, probe) = free_port(address)?;
+        claims.probes.push(probe);
+        return Ok(resolved);
     }
     let setting = settings::setting(key);
     let deadline = Instant::now() + DEAD_LISTENER_GRACE;
@@ -74,7 +85,7 @@ const DEAD_LISTENER_GRACE: Duration = Duration::from_secs(2);
 /// port another process's `SO_REUSEPORT` group already listens on (seen here: a second broker
 /// joined a running one and the kernel split clients between two brokers with different
 /// logs); a plain bind (without `SO_REUSEPORT`) is given a free port.
-fn free_port(address: SocketAddr) -> Result<SocketAddr, String> {
+fn free_port(address: SocketAddr) -> Result<(SocketAddr, socket2::Socket), String> {
     let probe = socket2::Socket::new(
         socket2::Domain::for_address(address),
         socket2::Type::STREAM,
@@ -84,11 +95,20 @@ fn free_port(address: SocketAddr) -> Result<SocketAddr, String> {
     probe
         .bind(&address.into())
         .map_err(|error| format!("cannot bind {address}: {error}"))?;
-    probe
+    let resolved = probe
         .local_addr()
         .ok()
         .and_then(|claimed| claimed.as_socket())
-        .ok_or_else(|| format!("cannot read the address bound for {address}"))
+        .ok_or_else(|| format!("cannot read the address bound for {address}"))?;
+    Ok((resolved, probe))
+}
+
+/// The probes holding the ports that port-0 claims resolved to (see [`claim_port`]). Drop it
+/// once every claim of the start is made, before binding the listeners (the probes hold
+/// their ports without `SO_REUSEPORT`, so no listener could bind them).
+#[derive(Default)]
+pub struct PortClaims {
+    probes: Vec<socket2::Socket>,
 }
 
 fn bind_probe(address: SocketAddr) -> std::io::Result<()> {
@@ -257,11 +277,27 @@ mod tests {
             .unwrap();
         listener.listen(16).unwrap();
         let taken = listener.local_addr().unwrap().as_socket().unwrap();
-        let error = claim_port(taken, "listeners").unwrap_err();
+        let mut claims = PortClaims::default();
+        let error = claim_port(taken, "listeners", &mut claims).unwrap_err();
         assert!(error.contains("already in use"), "{error}");
         assert!(error.contains("--listeners"), "{error}");
         drop(listener);
-        assert_eq!(claim_port(taken, "listeners"), Ok(taken));
+        assert_eq!(claim_port(taken, "listeners", &mut claims), Ok(taken));
+    }
+
+    #[test]
+    fn a_port_zero_claim_holds_its_port_until_the_claims_are_dropped() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut claims = PortClaims::default();
+        let kafka = claim_port(any, "listeners", &mut claims).unwrap();
+        let admin = claim_port(any, "ringfeed.admin.listen", &mut claims).unwrap();
+        assert_ne!(kafka.port(), admin.port());
+        // Held: nothing else (the kernel's next port-0 pick included) gets it meanwhile.
+        let error = bind_probe(kafka).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::AddrInUse);
+        drop(claims);
+        bind_probe(kafka).unwrap();
+        bind_probe(admin).unwrap();
     }
 
     #[test]

@@ -70,15 +70,23 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
     let peer_tls = peer_tls(options, &plans, &principal_mapper)?;
     let admin_security =
         crate::admin::security::AdminSecurity::new(&options.admin_security, &options.tls)?;
+    let mut claims = preflight::PortClaims::default();
     let requested = plans
         .iter()
-        .map(|plan| preflight::claim_port(resolve_address(&plan.bind)?, "listeners"))
+        .map(|plan| preflight::claim_port(resolve_address(&plan.bind)?, "listeners", &mut claims))
         .collect::<Result<Vec<_>, String>>()?;
     let admin_listen = options
         .admin_listen
         .as_deref()
-        .map(|listen| preflight::claim_port(resolve_address(listen)?, "ringfeed.admin.listen"))
+        .map(|listen| {
+            preflight::claim_port(
+                resolve_address(listen)?,
+                "ringfeed.admin.listen",
+                &mut claims,
+            )
+        })
         .transpose()?;
+    drop(claims);
     let shard_cpus = shard_cpus(options)?;
     preflight::check_io_uring()?;
     if let Some(warning) = preflight::check_memlock(shard_cpus.len())? {
