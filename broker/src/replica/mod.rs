@@ -37,4 +37,6 @@ pub use types::{
 };
 
 #[cfg(test)]
+mod idempotence_sim_tests;
+#[cfg(test)]
 pub(crate) mod tests;

@@ -22,7 +22,7 @@ use crate::storage::batch::build;
 use crate::storage::sim::{yield_once, CrashMode, SimDisk};
 use crate::storage::{Clock, LogConfig, SimClock};
 
-const GROUP: u64 = 42;
+pub(crate) const GROUP: u64 = 42;
 /// `replica.lag.time.max.ms` here: 10 steps of the simulated clock.
 const LAG: Duration = Duration::from_secs(1);
 
@@ -298,7 +298,7 @@ impl Cluster {
 }
 
 /// Every batch fetched from the leader from offset 0: (base offset, payload).
-async fn fetch_all(manager: &ReplicaManager) -> (i64, Vec<(i64, Vec<u8>)>) {
+pub(crate) async fn fetch_all(manager: &ReplicaManager) -> (i64, Vec<(i64, Vec<u8>)>) {
     let mut offset = 0;
     let mut found = Vec::new();
     let mut high_watermark = -1;
@@ -579,7 +579,7 @@ fn reconcile_is_idempotent_and_closes_groups_no_longer_placed_here() {
 }
 
 /// One batch of two records of producer 7, epoch 0, from `base_sequence`.
-fn idempotent_batch(base_sequence: i32) -> Bytes {
+pub(crate) fn idempotent_batch(base_sequence: i32) -> Bytes {
     let mut bytes = bytes::BytesMut::from(&batch(&format!("seq{base_sequence}"))[..]);
     // producerId at 43, producerEpoch at 51, baseSequence at 53; the CRC at 17 covers 21..
     bytes[43..51].copy_from_slice(&7_i64.to_be_bytes());
@@ -832,13 +832,13 @@ fn driver_tasks_and_senders_replicate_over_encoded_frames() {
 /// a final leader must hold every acknowledged acks=all batch. A failing seed replays.
 /// The seeds of a seeded test: `quick`, or `RINGFEED_REPLICA_SEEDS` of them from 1 (a long
 /// run: `RINGFEED_REPLICA_SEEDS=500 cargo test -p ringfeed-broker --release replica::`).
-fn seeds_from_env(quick: std::ops::RangeInclusive<u64>) -> std::ops::RangeInclusive<u64> {
+pub(crate) fn seeds_from_env(quick: impl IntoIterator<Item = u64>) -> Vec<u64> {
     match std::env::var("RINGFEED_REPLICA_SEEDS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
     {
-        Some(count) => 1..=count,
-        None => quick,
+        Some(count) => (1..=count).collect(),
+        None => quick.into_iter().collect(),
     }
 }
 
