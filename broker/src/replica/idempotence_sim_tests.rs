@@ -150,23 +150,13 @@ fn an_idempotent_producer_under_faults_and_leader_moves_loses_and_repeats_nothin
         run(move || async move {
             let mut rng = SeededRng::new(seed);
             let mut cluster = Cluster::new(2).await;
-            let mut incarnations = [1_u64; 3];
             let mut producer = Producer::default();
             cluster.elect().await;
             for _round in 0..120 {
                 producer.collect();
                 match rng.below(8) {
-                    0 => {
-                        let id = rng.range(1, 3);
-                        let cut = !cluster.is_cut(id);
-                        cluster.set_cut(id, cut);
-                    }
-                    1 if rng.below(3) == 0 => {
-                        let id = rng.range(1, 3);
-                        cluster.power_cut(id);
-                        incarnations[(id - 1) as usize] += 1;
-                        cluster.restart(id, incarnations[(id - 1) as usize]).await;
-                    }
+                    0 => cluster.toggle_cut(rng.range(1, 3)),
+                    1 if rng.below(3) == 0 => cluster.power_cycle(rng.range(1, 3)).await,
                     2 | 3 => {
                         // Balancing hands the group back to its preferred replica (1), a
                         // controlled shutdown to any other.

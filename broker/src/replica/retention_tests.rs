@@ -137,7 +137,6 @@ fn seeded_faults_with_retention_keep_replicas_identical_where_they_overlap() {
         run(move || async move {
             let mut rng = crate::storage::sim::SeededRng::new(seed);
             let mut cluster = Cluster::new(2).await;
-            let mut incarnations = [1_u64; 3];
             let expire_all = |cluster: &Cluster| {
                 for id in 1..=3 {
                     if cluster.nodes_up().contains(&id) {
@@ -151,16 +150,9 @@ fn seeded_faults_with_retention_keep_replicas_identical_where_they_overlap() {
             let mut produced = Vec::new();
             for round in 0..80 {
                 match rng.below(8) {
-                    0 => {
-                        let id = rng.range(1, 3);
-                        let cut = !cluster.is_cut(id);
-                        cluster.set_cut(id, cut);
-                    }
+                    0 => cluster.toggle_cut(rng.range(1, 3)),
                     1 if rng.below(2) == 0 => {
-                        let id = rng.range(1, 3);
-                        cluster.power_cut(id);
-                        incarnations[(id - 1) as usize] += 1;
-                        cluster.restart(id, incarnations[(id - 1) as usize]).await;
+                        cluster.power_cycle(rng.range(1, 3)).await;
                         expire_all(&cluster);
                     }
                     2 => {

@@ -76,6 +76,8 @@ struct Node {
     manager: Option<Rc<ReplicaManager>>,
     /// Frames to and from this node are dropped.
     cut: bool,
+    /// The incarnation its manager was last started with.
+    incarnation: u64,
 }
 
 pub(crate) struct Cluster {
@@ -132,6 +134,7 @@ impl Cluster {
                 disk,
                 manager: Some(manager),
                 cut: false,
+                incarnation: 1,
             });
         }
         Cluster {
@@ -262,11 +265,6 @@ impl Cluster {
         panic!("produce calls not answered");
     }
 
-    /// Whether `id` is cut off the simulated network.
-    pub(crate) fn is_cut(&self, id: u64) -> bool {
-        self.nodes[(id - 1) as usize].cut
-    }
-
     /// The nodes running a manager.
     pub(crate) fn nodes_up(&self) -> Vec<u64> {
         self.nodes
@@ -293,7 +291,22 @@ impl Cluster {
         let disk = self.nodes[(id - 1) as usize].disk.clone();
         let manager =
             start_manager(id, disk, &self.clock, incarnation, self.min_insync_replicas).await;
-        self.nodes[(id - 1) as usize].manager = Some(manager);
+        let node = &mut self.nodes[(id - 1) as usize];
+        node.manager = Some(manager);
+        node.incarnation = incarnation;
+    }
+
+    /// Cuts node `id` off the simulated network, or heals it if it was cut.
+    pub(crate) fn toggle_cut(&mut self, id: u64) {
+        let node = &mut self.nodes[(id - 1) as usize];
+        node.cut = !node.cut;
+    }
+
+    /// Power-cuts node `id` and starts it again from its disk, in its next incarnation.
+    pub(crate) async fn power_cycle(&mut self, id: u64) {
+        self.power_cut(id);
+        let incarnation = self.nodes[(id - 1) as usize].incarnation + 1;
+        self.restart(id, incarnation).await;
     }
 }
 
@@ -579,6 +592,17 @@ fn reconcile_is_idempotent_and_closes_groups_no_longer_placed_here() {
 }
 
 /// One batch of two records of producer 7, epoch 0, from `base_sequence`.
+/// An acks=all produce of `idempotent_batch(sequence)` on node `id`.
+pub(crate) fn produce_idempotent(
+    cluster: &Cluster,
+    id: u64,
+    sequence: i32,
+) -> serve::PendingReplicaProduce {
+    cluster
+        .manager(id)
+        .dispatch_produce(&tp(), vec![idempotent_batch(sequence)], -1)
+}
+
 pub(crate) fn idempotent_batch(base_sequence: i32) -> Bytes {
     let mut bytes = bytes::BytesMut::from(&batch(&format!("seq{base_sequence}"))[..]);
     // producerId at 43, producerEpoch at 51, baseSequence at 53; the CRC at 17 covers 21..
@@ -599,11 +623,7 @@ fn idempotent_retries_are_answered_with_their_offsets_across_leaders() {
     run(|| async {
         let mut cluster = Cluster::new(2).await;
         let first = cluster.elect().await;
-        let produce = |cluster: &Cluster, id: u64, sequence: i32| {
-            cluster
-                .manager(id)
-                .dispatch_produce(&tp(), vec![idempotent_batch(sequence)], -1)
-        };
+        let produce = produce_idempotent;
         let mut offsets = Vec::new();
         for sequence in [0, 2, 4] {
             let pending = produce(&cluster, first, sequence);
@@ -688,11 +708,7 @@ fn a_retry_lost_with_its_leaders_term_is_written_when_that_leader_leads_again() 
     run(|| async {
         let mut cluster = Cluster::new(2).await;
         let first = cluster.elect().await;
-        let produce = |cluster: &Cluster, id: u64, sequence: i32| {
-            cluster
-                .manager(id)
-                .dispatch_produce(&tp(), vec![idempotent_batch(sequence)], -1)
-        };
+        let produce = produce_idempotent;
         let answer = cluster.answers(vec![produce(&cluster, first, 0)]).await;
         assert_eq!(answer[0].error_code, codes::NONE);
 
@@ -848,21 +864,11 @@ fn seeded_faults_never_lose_an_acknowledged_batch() {
         run(move || async move {
             let mut rng = crate::storage::sim::SeededRng::new(seed);
             let mut cluster = Cluster::new(2).await;
-            let mut incarnations = [1_u64; 3];
             let mut calls: Vec<(String, Rc<RefCell<Option<ReplicaProduce>>>)> = Vec::new();
             for round in 0..60 {
                 match rng.below(6) {
-                    0 => {
-                        let id = rng.range(1, 3);
-                        let node = &mut cluster.nodes[(id - 1) as usize];
-                        node.cut = !node.cut;
-                    }
-                    1 if rng.below(2) == 0 => {
-                        let id = rng.range(1, 3);
-                        cluster.power_cut(id);
-                        incarnations[(id - 1) as usize] += 1;
-                        cluster.restart(id, incarnations[(id - 1) as usize]).await;
-                    }
+                    0 => cluster.toggle_cut(rng.range(1, 3)),
+                    1 if rng.below(2) == 0 => cluster.power_cycle(rng.range(1, 3)).await,
                     _ => {
                         if let Some(leader) = cluster.leader() {
                             let label = format!("s{seed}r{round}");
