@@ -4,7 +4,8 @@
 //!
 //! The client behaves as librdkafka does with `enable.idempotence`: at most five batches in
 //! flight to the leader it knows, sent in sequence order; a batch answered with an error is
-//! sent again with the same sequence (so are those after it), to whichever node leads then.
+//! sent again with the same sequence, in order with the others not yet acknowledged, to
+//! whichever node leads then.
 //! Meanwhile the simulation cuts nodes off and heals them, power-cuts and restarts them, and
 //! hands leadership to another replica (as leader balancing and controlled shutdown do).
 //! The defect this was written after (`producers::committed` taking another batch for a
