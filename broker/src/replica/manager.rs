@@ -1060,13 +1060,20 @@ struct TailState {
 
 /// Reads the last `TAIL_SCAN_ENTRIES` entries up to `commit` (see [`TailState`]).
 async fn scan_tail(log: &PartitionLog, commit: u64) -> Result<TailState, String> {
-    let mut tail = TailState {
-        producers: Producers::default(),
-        log_start: None,
-    };
     let mut low = log
         .first_index()
         .max(commit.saturating_sub(TAIL_SCAN_ENTRIES) + 1);
+    // Every committed entry is read when the scan starts at the log's first and nothing
+    // was ever removed before it (retention, DeleteRecords).
+    let whole_log = low == log.first_index() && log.log_start_offset() == 0;
+    let mut tail = TailState {
+        producers: if whole_log {
+            Producers::from_the_start()
+        } else {
+            Producers::default()
+        },
+        log_start: None,
+    };
     while low <= commit {
         let read = log
             .read_entries(low, commit + 1, 1 << 20)

@@ -61,9 +61,23 @@ pub enum Verdict {
 #[derive(Debug, Default)]
 pub struct Producers {
     producers: HashMap<i64, Producer>,
+    /// Built from every entry the partition ever committed (a new partition, or one whose
+    /// whole log the scan at open read): a producer unknown here never wrote to it. Not so
+    /// after a snapshot, or when the log's start or its older entries were not read; then an
+    /// unknown producer is taken at any sequence, as Kafka does for a producer whose state
+    /// retention removed.
+    complete: bool,
 }
 
 impl Producers {
+    /// The state of a partition read from its first entry on (see `complete`).
+    pub fn from_the_start() -> Self {
+        Producers {
+            producers: HashMap::new(),
+            complete: true,
+        }
+    }
+
     /// The verdict on an idempotent batch (producer id ≥ 0) at a leader in `term`.
     pub fn check(&self, header: &BatchHeader, term: u64) -> Verdict {
         let producer = self.producers.get(&header.producer_id);
@@ -78,7 +92,18 @@ impl Producers {
                 })
                 .map(|seen| (seen.first_sequence, seen.last_sequence, seen.at))
         });
+        let nothing_live = live.clone().next().is_none();
         match check_sequence(producer.map(|producer| producer.epoch), header, live) {
+            Sequenced::New if nothing_live && self.complete && header.base_sequence != 0 => {
+                // Nothing of the producer's is committed here or proposed in this term, yet
+                // its batch does not start at sequence 0: its earlier batches were refused
+                // here (a leader that had not applied its term's first entry yet) or lost
+                // with another term. Taken, the client would count them written (librdkafka
+                // acks them implicitly when a later batch succeeds) and they would be lost.
+                // Found by the SIGTERM test of test_replication.py: 98 records acknowledged
+                // that way, never written.
+                Verdict::Refuse(crate::producer_state::OUT_OF_ORDER_SEQUENCE_NUMBER)
+            }
             Sequenced::New => Verdict::Propose,
             Sequenced::Duplicate(at) => Verdict::Duplicate(at),
             Sequenced::Refused(code) => Verdict::Refuse(code),
@@ -280,6 +305,22 @@ mod tests {
             Verdict::Duplicate(BatchAt::Committed { base_offset: 13 })
         );
         assert_eq!(producers.check(&header(7, 0, 3, 1), 3), Verdict::Propose);
+    }
+
+    #[test]
+    fn an_unknown_producer_must_start_at_sequence_zero_where_the_state_is_complete() {
+        let complete = Producers::from_the_start();
+        assert_eq!(
+            complete.check(&header(7, 0, 98, 10), 2),
+            Verdict::Refuse(OUT_OF_ORDER_SEQUENCE_NUMBER)
+        );
+        assert_eq!(complete.check(&header(7, 0, 0, 98), 2), Verdict::Propose);
+        // After a snapshot (or a partial scan) a producer may be unknown for having written
+        // only before what this replica read: taken at any sequence, as Kafka does.
+        assert_eq!(
+            Producers::default().check(&header(7, 0, 98, 10), 2),
+            Verdict::Propose
+        );
     }
 
     #[test]
