@@ -8,13 +8,17 @@
 //! whichever node leads then.
 //! Meanwhile the simulation cuts nodes off and heals them, power-cuts and restarts them, and
 //! hands leadership to another replica (as leader balancing and controlled shutdown do).
-//! The defect this was written after (`producers::committed` taking another batch for a
-//! lost proposal, so a retry was answered with another batch's offset and never written)
-//! fails it at seed 103 (batch 23 acknowledged at offset 47 and held nowhere), 1 seed in
-//! the first 103; `RINGFEED_REPLICA_SEEDS=N` runs seeds 1 to N.
+//! Defects it finds when reverted: `producers::committed` taking another batch for a lost
+//! proposal (seed 103: batch 18 acknowledged at offset 37, held nowhere); a producer with
+//! nothing committed or live taken at a sequence other than 0, so librdkafka's implicit
+//! acknowledgement of the batches before it covered batches never written (seed 2, and
+//! seed 653 for a producer known only by proposals lost with their term).
+//! `RINGFEED_REPLICA_SEEDS=N` runs seeds 1 to N; seed 769 stalls (23 of 40 batches): the
+//! broker refuses the producer's next batch as out of order for good, where librdkafka
+//! would bump its epoch, which this client does not model.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 use crate::error_codes as codes;
@@ -34,10 +38,16 @@ type Answer = Rc<RefCell<Option<ReplicaProduce>>>;
 /// The client's view: what it sent, what was answered, what it must send again.
 #[derive(Default)]
 struct Producer {
-    /// Batch number → the offset it was acknowledged at.
-    acknowledged: BTreeMap<i32, i64>,
+    /// Batch number → the offset it was acknowledged at; `None` for a batch acknowledged
+    /// implicitly: librdkafka counts every batch before an acknowledged one as written
+    /// (the broker's sequence check would have refused a gap), without an offset.
+    acknowledged: BTreeMap<i32, Option<i64>>,
     /// Calls not answered yet: (batch number, answer cell).
     in_flight: Vec<(i32, Answer)>,
+    /// Calls sent and not yet arrived, in sending order (one connection): (batch number,
+    /// the node sent to, where its answer goes). One arrives per simulated step, so a
+    /// pipelined request meets the leader as it is a moment later than the one before.
+    on_the_wire: VecDeque<(i32, u64, Answer)>,
     /// The next batch number never sent.
     next_new: i32,
     /// Inconsistencies seen in answers (two acknowledgements of one batch at two offsets).
@@ -54,15 +64,17 @@ impl Producer {
             match answer {
                 None => still.push((number, cell)),
                 Some(answer) if answer.error_code == codes::NONE => {
-                    if let Some(&earlier) = self.acknowledged.get(&number) {
-                        if earlier != answer.base_offset {
+                    match self.acknowledged.insert(number, Some(answer.base_offset)) {
+                        Some(Some(earlier)) if earlier != answer.base_offset => {
                             self.inconsistent.push(format!(
                                 "batch {number} acknowledged at {earlier} and at {}",
                                 answer.base_offset
                             ));
                         }
-                    } else {
-                        self.acknowledged.insert(number, answer.base_offset);
+                        _ => {}
+                    }
+                    for before in 0..number {
+                        self.acknowledged.entry(before).or_insert(None);
                     }
                 }
                 Some(_) => {}
@@ -89,20 +101,29 @@ impl Producer {
     }
 }
 
-fn send(cluster: &Cluster, producer: &mut Producer, to: u64, number: i32) {
-    let pending = cluster.manager(to).dispatch_produce(
-        &crate::replica::tests::tp(),
-        vec![idempotent_batch(number * RECORDS_PER_BATCH)],
-        -1,
-    );
+fn send(producer: &mut Producer, to: u64, number: i32) {
     let cell: Answer = Rc::new(RefCell::new(None));
-    let sink = cell.clone();
-    glommio::spawn_local(async move {
-        *sink.borrow_mut() = Some(pending.wait().await);
-    })
-    .detach();
+    producer.on_the_wire.push_back((number, to, cell.clone()));
     producer.in_flight.push((number, cell));
     producer.next_new = producer.next_new.max(number + 1);
+}
+
+/// Up to `count` calls on the wire arrive, in order, and are dispatched where they were sent.
+fn deliver(cluster: &Cluster, producer: &mut Producer, count: usize) {
+    for _ in 0..count {
+        let Some((number, to, cell)) = producer.on_the_wire.pop_front() else {
+            return;
+        };
+        let pending = cluster.manager(to).dispatch_produce(
+            &crate::replica::tests::tp(),
+            vec![idempotent_batch(number * RECORDS_PER_BATCH)],
+            -1,
+        );
+        glommio::spawn_local(async move {
+            *cell.borrow_mut() = Some(pending.wait().await);
+        })
+        .detach();
+    }
 }
 
 /// Sends up to `count` of the batches due now to the node the client believes leads.
@@ -114,7 +135,7 @@ fn send_what_is_due(cluster: &Cluster, producer: &mut Producer, count: usize) {
         let Some(number) = producer.next_to_send() else {
             return;
         };
-        send(cluster, producer, leader, number);
+        send(producer, leader, number);
     }
 }
 
@@ -145,14 +166,17 @@ async fn read_all(manager: &crate::replica::ReplicaManager) -> Option<Vec<(i64, 
 
 #[test]
 fn an_idempotent_producer_under_faults_and_leader_moves_loses_and_repeats_nothing() {
-    // Seed 103 found the loss `producers::committed` had (a retry answered with another
-    // batch's offset, never written); it stays among the quick seeds.
-    for seed in seeds_from_env((1..=8).chain([103])) {
+    // Seeds 103 and 653 found losses (module docs); they stay among the quick seeds.
+    for seed in seeds_from_env((1..=8).chain([103, 653])) {
         run(move || async move {
             let mut rng = SeededRng::new(seed);
             let mut cluster = Cluster::new(2).await;
             let mut producer = Producer::default();
-            cluster.elect().await;
+            // The client starts as soon as a leader is named: its first batches may meet a
+            // leader that does not serve yet, and later ones the same leader once it does.
+            while cluster.leader().is_none() {
+                cluster.step().await;
+            }
             for _round in 0..120 {
                 producer.collect();
                 match rng.below(8) {
@@ -181,8 +205,10 @@ fn an_idempotent_producer_under_faults_and_leader_moves_loses_and_repeats_nothin
                         send_what_is_due(&cluster, &mut producer, count);
                     }
                 }
-                let steps = rng.range(1, 8) as usize;
-                cluster.steps(steps).await;
+                for _ in 0..rng.range(1, 8) {
+                    deliver(&cluster, &mut producer, 1);
+                    cluster.step().await;
+                }
             }
             // Heal, and let the client finish.
             for id in 1..=3 {
@@ -194,6 +220,7 @@ fn an_idempotent_producer_under_faults_and_leader_moves_loses_and_repeats_nothin
                     break;
                 }
                 send_what_is_due(&cluster, &mut producer, IN_FLIGHT_MAX);
+                deliver(&cluster, &mut producer, IN_FLIGHT_MAX);
                 cluster.step().await;
             }
             assert!(
@@ -215,23 +242,25 @@ fn an_idempotent_producer_under_faults_and_leader_moves_loses_and_repeats_nothin
                 }
             };
             let mut previous_offset = -1;
-            for (number, offset) in &producer.acknowledged {
+            for (number, acknowledged_at) in &producer.acknowledged {
                 let wanted = payload(&idempotent_batch(number * RECORDS_PER_BATCH));
                 let found: Vec<i64> = held
                     .iter()
                     .filter(|(_, bytes)| *bytes == wanted)
                     .map(|(at, _)| *at)
                     .collect();
-                assert_eq!(
-                    found,
-                    [*offset],
-                    "seed {seed}: batch {number} acknowledged at {offset}, held at {found:?}"
+                let [offset] = found[..] else {
+                    panic!("seed {seed}: batch {number} acknowledged at {acknowledged_at:?}, held at {found:?}");
+                };
+                assert!(
+                    acknowledged_at.is_none_or(|at| at == offset),
+                    "seed {seed}: batch {number} acknowledged at {acknowledged_at:?}, held at {offset}"
                 );
                 assert!(
-                    *offset > previous_offset,
+                    offset > previous_offset,
                     "seed {seed}: batch {number} at {offset} is not after the one before it"
                 );
-                previous_offset = *offset;
+                previous_offset = offset;
             }
             for id in cluster.nodes_up() {
                 assert_eq!(

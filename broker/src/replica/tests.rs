@@ -591,7 +591,6 @@ fn reconcile_is_idempotent_and_closes_groups_no_longer_placed_here() {
     });
 }
 
-/// One batch of two records of producer 7, epoch 0, from `base_sequence`.
 /// An acks=all produce of `idempotent_batch(sequence)` on node `id`.
 pub(crate) fn produce_idempotent(
     cluster: &Cluster,
@@ -603,6 +602,7 @@ pub(crate) fn produce_idempotent(
         .dispatch_produce(&tp(), vec![idempotent_batch(sequence)], -1)
 }
 
+/// One batch of two records of producer 7, epoch 0, from `base_sequence`.
 pub(crate) fn idempotent_batch(base_sequence: i32) -> Bytes {
     let mut bytes = bytes::BytesMut::from(&batch(&format!("seq{base_sequence}"))[..]);
     // producerId at 43, producerEpoch at 51, baseSequence at 53; the CRC at 17 covers 21..
@@ -841,11 +841,6 @@ fn driver_tasks_and_senders_replicate_over_encoded_frames() {
     });
 }
 
-/// Seeded faults against the invariant that matters: an acks=all batch, once acknowledged,
-/// is held at its offset with its bytes by every later leader, and replicas agree byte for
-/// byte on their committed prefix. Each seed runs produces (acks=all and acks=1) at whoever
-/// leads, cuts and heals nodes, and power-cuts and restarts them; after healing everything
-/// a final leader must hold every acknowledged acks=all batch. A failing seed replays.
 /// The seeds of a seeded test: `quick`, or `RINGFEED_REPLICA_SEEDS` of them from 1 (a long
 /// run: `RINGFEED_REPLICA_SEEDS=500 cargo test -p ringfeed-broker --release replica::`).
 pub(crate) fn seeds_from_env(quick: impl IntoIterator<Item = u64>) -> Vec<u64> {
@@ -858,6 +853,11 @@ pub(crate) fn seeds_from_env(quick: impl IntoIterator<Item = u64>) -> Vec<u64> {
     }
 }
 
+/// Seeded faults against the invariant that matters: an acks=all batch, once acknowledged,
+/// is held at its offset with its bytes by every later leader, and replicas agree byte for
+/// byte on their committed prefix. Each seed runs produces (acks=all and acks=1) at whoever
+/// leads, cuts and heals nodes, and power-cuts and restarts them; after healing everything
+/// a final leader must hold every acknowledged acks=all batch. A failing seed replays.
 #[test]
 fn seeded_faults_never_lose_an_acknowledged_batch() {
     for seed in seeds_from_env(1..=6) {
