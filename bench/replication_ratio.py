@@ -28,6 +28,7 @@ machines. Leader balancing is left at its default (checked every 300 s), longer 
 
 import argparse
 import os
+import random
 import shutil
 import signal
 import socket
@@ -49,9 +50,17 @@ PRODUCER = {"acks": "all", "linger.ms": 5, "compression.type": "none", "enable.i
 
 
 def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below net.ipv4.ip_local_port_range, for voters' internal addresses: a port
+    from bind(0) is ephemeral, and a connection can be given it before the broker binds it."""
+    for _ in range(1000):
+        port = random.randint(10000, 32767)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 10000 and 32767")
 
 
 class Broker:

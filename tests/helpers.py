@@ -241,3 +241,35 @@ def metric_by_shard(broker, name):
         text = response.read().decode()
     return {int(shard): float(value)
             for shard, value in re.findall(rf'^{name}\{{shard="(\d+)"\}} (\S+)$', text, re.M)}
+
+
+_PORTS_HANDED_OUT = set()
+
+
+def port_outside_ephemeral_range(host="127.0.0.1"):
+    """A port nothing holds, below net.ipv4.ip_local_port_range, handed out once per process.
+
+    A port from bind(("127.0.0.1", 0)) is an ephemeral port: once that probe closes, any
+    outbound connection may be given it as its source port before the broker binds it, and
+    the broker then cannot (seen in CI: a voter's internal port taken between the pick and
+    the start). Ports below the range are never given to connections."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            ephemeral_low = int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    low, high = 10000, ephemeral_low - 1
+    if high - low < 1000:
+        raise RuntimeError(f"ip_local_port_range starts at {ephemeral_low}: no room below it for test ports")
+    for _ in range(1000):
+        port = random.randint(low, high)
+        if port in _PORTS_HANDED_OUT:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        _PORTS_HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port between {low} and {high}")

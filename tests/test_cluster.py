@@ -41,9 +41,9 @@ NOT_LEADER_OR_FOLLOWER = 6
 
 
 def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port for an address that must be known before its broker starts (a voter's
+    internal address in controller.quorum.voters). See `helpers.port_outside_ephemeral_range`."""
+    return helpers.port_outside_ephemeral_range()
 
 
 def metadata(broker):

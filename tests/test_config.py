@@ -197,6 +197,41 @@ def test_port_taken_by_another_broker_is_refused_and_a_kill_restart_is_not(start
     produce(first.bootstrap, "traffic", make_messages(10))
 
 
+def test_internal_port_held_by_an_outbound_connection_is_refused_at_start(tmp_path):
+    # A connection's ephemeral source port on this broker's internal address: the transport
+    # cannot bind it. The broker once waited for its shard 0, silently, until CI gave up.
+    target = socket.socket()
+    target.bind(("127.0.0.1", 0))
+    target.listen()
+    holder = socket.create_connection(target.getsockname())
+    port = holder.getsockname()[1]
+    try:
+        result = run(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "off", "--shards", "2",
+                      "--data-dir", str(tmp_path / "data"), "--node-id", "1",
+                      "--controller-quorum-voters",
+                      f"1@127.0.0.1:{port},2@127.0.0.1:1,3@127.0.0.1:2", "--cluster-preview-enable"],
+                     timeout=20)
+    finally:
+        holder.close()
+        target.close()
+    assert result.returncode == 1, result.stderr
+    assert f"internal address 127.0.0.1:{port} is already in use" in result.stderr, result.stderr
+    assert "panicked" not in result.stderr
+
+
+def test_a_shard_that_cannot_start_stops_the_broker_with_its_error(tmp_path):
+    # Shard 0 fails to recover the damaged metadata; shard 1 waits for that metadata. The
+    # broker once waited for both forever, even after SIGTERM.
+    data = tmp_path / "data"
+    first = Broker(data, tmp_path / "first.log", shards=2).start()
+    first.stop()
+    (data / "cluster.meta").write_bytes(b"not a metadata file at all")
+    result = run(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "off", "--shards", "2",
+                  "--data-dir", str(data)], timeout=20)
+    assert result.returncode == 1, result.stderr
+    assert "cluster.meta: not a Ringfeed cluster metadata file or damaged" in result.stderr, result.stderr
+
+
 def test_port_held_by_a_plain_listener_is_refused(tmp_path):
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))

@@ -46,16 +46,7 @@ pub fn claim_port(
         return Ok(resolved);
     }
     let setting = settings::setting(key);
-    let deadline = Instant::now() + DEAD_LISTENER_GRACE;
-    let outcome = loop {
-        let outcome = bind_probe(address);
-        let in_use = matches!(&outcome, Err(error) if error.kind() == ErrorKind::AddrInUse);
-        if !in_use || Instant::now() >= deadline {
-            break outcome;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    match outcome {
+    match probe_with_grace(address) {
         Ok(()) => Ok(address),
         Err(error) if error.kind() == ErrorKind::AddrInUse => Err(format!(
             "{key} {address}: the port is already in use by another process (another ringfeed \
@@ -73,6 +64,43 @@ pub fn claim_port(
         Err(error) => Err(format!(
             "{key} {address}: cannot bind ({error}). Is the address one of this host's?"
         )),
+    }
+}
+
+/// This broker's internal (broker-to-broker) address from `controller.quorum.voters`,
+/// refused with what to do when another process holds its port. Claimed with the listeners,
+/// before any shard starts: the transport binds it on shard 0 later, and a bind failing
+/// there once left the broker waiting for that shard, silently, until the test that
+/// started it gave up (a voter port picked free by a test, then taken by an outbound
+/// connection's ephemeral port before the broker bound it).
+pub fn claim_internal_port(address: SocketAddr) -> Result<(), String> {
+    match probe_with_grace(address) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == ErrorKind::AddrInUse => Err(format!(
+            "controller.quorum.voters: this broker's internal address {address} is already in \
+             use by another process (another ringfeed, or a connection given that port as its \
+             ephemeral source port: internal ports are best kept outside \
+             net.ipv4.ip_local_port_range). `ss -tanp 'sport = :{port}'` shows who holds it.",
+            port = address.port(),
+        )),
+        Err(error) => Err(format!(
+            "controller.quorum.voters: cannot bind this broker's internal address {address} \
+             ({error}). Is the address one of this host's?"
+        )),
+    }
+}
+
+/// Binds a probe to `address`, again and again for `DEAD_LISTENER_GRACE` while the port is
+/// in use, and returns the last outcome.
+fn probe_with_grace(address: SocketAddr) -> std::io::Result<()> {
+    let deadline = Instant::now() + DEAD_LISTENER_GRACE;
+    loop {
+        let outcome = bind_probe(address);
+        let in_use = matches!(&outcome, Err(error) if error.kind() == ErrorKind::AddrInUse);
+        if !in_use || Instant::now() >= deadline {
+            return outcome;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

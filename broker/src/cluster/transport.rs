@@ -142,6 +142,25 @@ pub struct Transport {
 
 type Readers = Rc<RefCell<BTreeMap<u64, JoinHandle<()>>>>;
 
+/// The internal listener: `SO_REUSEADDR`, so the connections a previous run left in
+/// `TIME_WAIT` on this port (accepted ones keep the listener's port) do not block a restart,
+/// and no `SO_REUSEPORT` (glommio's `TcpListener::bind` sets it): one process holds the port,
+/// and `preflight::claim_internal_port` can see whether another already does.
+fn internal_listener(address: SocketAddr) -> std::io::Result<TcpListener> {
+    use std::os::fd::IntoRawFd;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves to the
+    // glommio listener (into_raw_fd gives it up here).
+    Ok(unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd()) })
+}
+
 impl Transport {
     /// Binds the internal address and starts accepting peers, and starts one writer per peer
     /// (`peers`: node id → `host:port`, this broker excluded). Received frames go to `inbound`.
@@ -155,7 +174,7 @@ impl Transport {
             !peers.contains_key(&settings.node_id),
             "a broker is not its own peer"
         );
-        let listener = TcpListener::bind(listen)?;
+        let listener = internal_listener(listen)?;
         let local_address = listener.local_addr()?;
         let stats = Rc::new(Stats::default());
         let mut tasks = Vec::new();

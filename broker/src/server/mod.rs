@@ -86,6 +86,9 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
             )
         })
         .transpose()?;
+    if let Some(internal) = crate::cluster::cluster_addresses(&options.cluster)? {
+        preflight::claim_internal_port(internal.listen)?;
+    }
     drop(claims);
     let shard_cpus = shard_cpus(options)?;
     preflight::check_io_uring()?;
@@ -129,15 +132,31 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         listening,
     } = start_shards(&config, scrape_receivers)?;
     install_signal_handler(shutdown_senders, admin_status.clone())?;
-    // A shard sends `listening` after it has applied the first metadata, which opens every
-    // partition it owns: all of them listening means the broker can serve every partition.
-    let all_listening = (0..config.shard_count()).all(|_| listening.recv().is_ok());
+    wait_until_every_shard_listens(&listening, config.shard_count())?;
     drop(reservations);
-    admin_status.set_ready(all_listening);
-    if all_listening {
-        log_start_up(&config);
-    } // else a shard ended before listening; its error is reported by join below
+    admin_status.set_ready(true);
+    log_start_up(&config);
     join_shards(handles)
+}
+
+/// A shard reports listening after it has applied the first metadata, which opens every
+/// partition it owns: all of them listening means the broker can serve every partition. A
+/// shard that stopped before it listened reports why; the others may be waiting for it (for
+/// shard 0's metadata, say), so the broker stops with that error.
+fn wait_until_every_shard_listens(
+    listening: &Receiver<shard_thread::StartReport>,
+    shard_count: usize,
+) -> Result<(), String> {
+    for _ in 0..shard_count {
+        match listening.recv() {
+            Ok(Ok(_shard)) => {}
+            Ok(Err(error)) => return Err(error),
+            Err(std::sync::mpsc::RecvError) => {
+                return Err("every shard stopped before listening".to_string())
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The SASL mechanisms and credentials, when a listener uses SASL.
@@ -381,8 +400,8 @@ struct StartedShards {
     handles: ShardHandles,
     /// One trigger per shard; the signal thread fires them all.
     shutdown_senders: Vec<oneshot::Sender<()>>,
-    /// Each shard sends its index once it listens.
-    listening: Receiver<usize>,
+    /// Each shard's start: its id once it listens, or why it stopped before.
+    listening: Receiver<shard_thread::StartReport>,
 }
 
 /// Starts one pinned executor per shard.

@@ -21,6 +21,43 @@ use crate::server::connection;
 use crate::shard::{self, Meshes, ShardServices};
 use crate::storage::Clock;
 
+/// What a shard tells `serve` about its start: its id once it listens, or why it stopped
+/// before it did.
+pub type StartReport = Result<usize, String>;
+
+/// Sends one shard's [`StartReport`] exactly once. Dropped without a report (an error
+/// returned early, or a panic unwinding the executor), it reports a failure: `serve` waits
+/// for every shard, and a shard gone without a word once left the broker waiting forever.
+struct StartReporter {
+    sender: Option<std::sync::mpsc::Sender<StartReport>>,
+}
+
+impl StartReporter {
+    fn listening(mut self, shard: usize) {
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.send(Ok(shard));
+        }
+    }
+
+    /// Reports `error` and hands it back, for `?`-style returns.
+    fn failed(mut self, error: String) -> String {
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.send(Err(error.clone()));
+        }
+        error
+    }
+}
+
+impl Drop for StartReporter {
+    fn drop(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.send(Err(
+                "a shard stopped before it listened (see the panic above)".to_string(),
+            ));
+        }
+    }
+}
+
 /// Everything one shard's thread is started with.
 pub struct ShardStart {
     pub config: Arc<BrokerConfig>,
@@ -32,8 +69,8 @@ pub struct ShardStart {
     pub handed_over_shards: Arc<AtomicUsize>,
     /// Shared by every shard: open connections in total and per client address.
     pub connection_counts: Arc<ConnectionCounts>,
-    /// Tells `main` this shard is listening.
-    pub listening: std::sync::mpsc::Sender<usize>,
+    /// Tells `serve` this shard is listening, or why it stopped before.
+    pub listening: std::sync::mpsc::Sender<StartReport>,
     /// The admin thread's requests for this shard's metrics snapshot.
     pub scrapes: futures::channel::mpsc::Receiver<ScrapeRequest>,
 }
@@ -50,30 +87,40 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         listening,
         scrapes,
     } = start;
+    let report = StartReporter {
+        sender: Some(listening),
+    };
     let (router, incoming) = shard::join_meshes(meshes).await;
     let id = router.shard_id();
     // The real disk: a shard started on its own thread cannot be handed a `SimDisk` (a
     // single-thread handle, not `Send`); simulations build services on theirs.
-    let services = ShardServices::build(
+    let services = match ShardServices::build(
         config.clone(),
         BrokerDisk::default(),
         Clock::System,
         router,
         incoming,
     )
-    .await?;
+    .await
+    {
+        Ok(services) => services,
+        Err(error) => return Err(report.failed(error)),
+    };
     glommio::spawn_local(shard::serve_scrapes(Rc::downgrade(&services), scrapes)).detach();
     forward_shutdown(&services, shutdown_requested, handed_over_shards);
     services.first_metadata().await;
     let connections = Rc::new(Gate::new());
     let mut accepting = Vec::with_capacity(config.listeners.len());
     for (index, bound) in config.listeners.iter().enumerate() {
-        let listener = shard_listener(bound.address).map_err(|error| {
-            format!(
-                "shard {id}: cannot listen on {} ({}): {error}",
-                bound.address, bound.name
-            )
-        })?;
+        let listener = match shard_listener(bound.address) {
+            Ok(listener) => listener,
+            Err(error) => {
+                return Err(report.failed(format!(
+                    "shard {id}: cannot listen on {} ({}): {error}",
+                    bound.address, bound.name
+                )))
+            }
+        };
         accepting.push(glommio::spawn_local(connection::accept_loop(
             services.clone(),
             connection_counts.clone(),
@@ -100,7 +147,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
     });
     let tls_reload =
         (id == 0).then(|| glommio::spawn_local(crate::tls::reload::watch(services.clone())));
-    let _ = listening.send(id);
+    report.listening(id);
     services.shutdown.started().await;
     drop(accepting);
     drop(retention);
@@ -161,4 +208,53 @@ fn shard_listener(address: SocketAddr) -> std::io::Result<glommio::net::TcpListe
     Ok(unsafe {
         <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{StartReport, StartReporter};
+
+    fn reporter() -> (StartReporter, std::sync::mpsc::Receiver<StartReport>) {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let reporter = StartReporter {
+            sender: Some(sender),
+        };
+        (reporter, receiver)
+    }
+
+    #[test]
+    fn a_shard_reports_once_whether_it_listens_fails_or_vanishes() {
+        let (listening, receiver) = reporter();
+        listening.listening(3);
+        assert_eq!(receiver.try_iter().collect::<Vec<_>>(), vec![Ok(3)]);
+
+        let (failing, receiver) = reporter();
+        assert_eq!(failing.failed("no metadata".into()), "no metadata");
+        assert_eq!(
+            receiver.try_iter().collect::<Vec<_>>(),
+            vec![Err("no metadata".to_string())]
+        );
+
+        let (vanishing, receiver) = reporter();
+        drop(vanishing);
+        let reports: Vec<_> = receiver.try_iter().collect();
+        assert!(matches!(reports.as_slice(), [Err(why)] if why.contains("stopped before")));
+    }
+
+    /// A panic in a shard's future unwinds its executor, which drops the future and with it
+    /// the reporter, which then reports.
+    #[test]
+    fn a_panicking_shard_still_reports() {
+        let (reporter, receiver) = reporter();
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(move || async move {
+                let _reporter = reporter;
+                glommio::yield_if_needed().await;
+                panic!("shard start failed");
+            })
+            .unwrap();
+        assert!(executor.join().is_err());
+        let reports: Vec<_> = receiver.try_iter().collect();
+        assert!(matches!(reports.as_slice(), [Err(why)] if why.contains("stopped before")));
+    }
 }

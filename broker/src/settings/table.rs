@@ -203,8 +203,10 @@ pub static SETTINGS: &[Setting] = &[
          (broker-to-broker) address: ID@HOST:PORT,... Empty, or only this broker: a one-node \
          cluster. With other brokers the controller is replicated over them (Raft group 0, \
          shard 0 listens on this broker's address) and partitions are spread over them, each \
-         with its replication factor of replicas on distinct brokers; the replicas' Raft \
-         groups are being built (docs/REPLICATION.md, Status).",
+         with its replication factor of replicas on distinct brokers, each partition a Raft \
+         group of its own. Keep internal ports below net.ipv4.ip_local_port_range: a port in \
+         it can be held by an outbound connection's source port, and the broker then refuses \
+         to start (docs/REPLICATION.md, Status).",
     ),
     row(
         "controller.listener.names",
