@@ -142,10 +142,12 @@ pub struct Transport {
 
 type Readers = Rc<RefCell<BTreeMap<u64, JoinHandle<()>>>>;
 
-/// The internal listener: `SO_REUSEADDR`, so the connections a previous run left in
-/// `TIME_WAIT` on this port (accepted ones keep the listener's port) do not block a restart,
-/// and no `SO_REUSEPORT` (glommio's `TcpListener::bind` sets it): one process holds the port,
-/// and `preflight::claim_internal_port` can see whether another already does.
+/// The internal listener: glommio's `TcpListener::bind` (`SO_REUSEPORT`, which lets a
+/// transport restarted in the same process bind before the old listener's close completes)
+/// plus `SO_REUSEADDR`, which the connections it accepts inherit: what they leave in
+/// `TIME_WAIT` after a restart then does not make `preflight::claim_internal_port` (a probe
+/// with `SO_REUSEADDR` only) report the port as taken, while a live listener or connection
+/// on it still does.
 fn internal_listener(address: SocketAddr) -> std::io::Result<TcpListener> {
     use std::os::fd::IntoRawFd;
     let socket = socket2::Socket::new(
@@ -153,6 +155,7 @@ fn internal_listener(address: SocketAddr) -> std::io::Result<TcpListener> {
         socket2::Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
+    socket.set_reuse_port(true)?;
     socket.set_reuse_address(true)?;
     socket.bind(&address.into())?;
     socket.listen(1024)?;

@@ -132,7 +132,9 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         listening,
     } = start_shards(&config, scrape_receivers)?;
     install_signal_handler(shutdown_senders, admin_status.clone())?;
-    wait_until_every_shard_listens(&listening, config.shard_count())?;
+    if let Err(failure) = wait_until_every_shard_listens(&listening, config.shard_count()) {
+        return Err(start_failure_reason(failure, handles));
+    }
     drop(reservations);
     admin_status.set_ready(true);
     log_start_up(&config);
@@ -141,22 +143,44 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
 
 /// A shard reports listening after it has applied the first metadata, which opens every
 /// partition it owns: all of them listening means the broker can serve every partition. A
-/// shard that stopped before it listened reports why; the others may be waiting for it (for
-/// shard 0's metadata, say), so the broker stops with that error.
+/// shard that stopped before it listened reports it; the others may be waiting for it (for
+/// shard 0's metadata, say), so the broker stops then.
 fn wait_until_every_shard_listens(
     listening: &Receiver<shard_thread::StartReport>,
     shard_count: usize,
-) -> Result<(), String> {
+) -> Result<(), shard_thread::StartFailure> {
     for _ in 0..shard_count {
         match listening.recv() {
             Ok(Ok(_shard)) => {}
-            Ok(Err(error)) => return Err(error),
+            Ok(Err(failure)) => return Err(failure),
+            // Every reporter reports before it goes, so this is never reached.
             Err(std::sync::mpsc::RecvError) => {
-                return Err("every shard stopped before listening".to_string())
+                return Err(shard_thread::StartFailure {
+                    shard_index: 0,
+                    error: None,
+                })
             }
         }
     }
     Ok(())
+}
+
+/// The error a failed start ends with. A shard that went without a word (a panic, or an
+/// executor glommio could not build) has ended or is unwinding, so its thread is joined for
+/// the reason; the other shards are left waiting, as the process is about to exit.
+fn start_failure_reason(failure: shard_thread::StartFailure, mut handles: ShardHandles) -> String {
+    let shard_index = failure.shard_index;
+    if let Some(error) = failure.error {
+        return error;
+    }
+    if shard_index >= handles.len() {
+        return "a shard stopped before it listened".to_string();
+    }
+    match handles.swap_remove(shard_index).join() {
+        Ok(Err(error)) => error,
+        Ok(Ok(())) => format!("shard {shard_index} stopped before it listened"),
+        Err(error) => format!("shard {shard_index} stopped before it listened: {error}"),
+    }
 }
 
 /// The SASL mechanisms and credentials, when a listener uses SASL.
@@ -429,7 +453,7 @@ fn start_shards(
             drained_shards: drained_shards.clone(),
             handed_over_shards: handed_over_shards.clone(),
             connection_counts: connection_counts.clone(),
-            listening: listening_sender.clone(),
+            listening: shard_thread::StartReporter::new(index, listening_sender.clone()),
             scrapes,
         };
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))

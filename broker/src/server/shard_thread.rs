@@ -21,40 +21,65 @@ use crate::server::connection;
 use crate::shard::{self, Meshes, ShardServices};
 use crate::storage::Clock;
 
+/// Why a shard stopped before it listened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartFailure {
+    /// The shard's index in `start_shards` (its thread's handle there).
+    pub shard_index: usize,
+    /// What the shard returned; `None` when it went without a word (a panic, or glommio
+    /// failing to build its executor): the thread's result says more.
+    pub error: Option<String>,
+}
+
 /// What a shard tells `serve` about its start: its id once it listens, or why it stopped
 /// before it did.
-pub type StartReport = Result<usize, String>;
+pub type StartReport = Result<usize, StartFailure>;
 
 /// Sends one shard's [`StartReport`] exactly once. Dropped without a report (an error
-/// returned early, or a panic unwinding the executor), it reports a failure: `serve` waits
-/// for every shard, and a shard gone without a word once left the broker waiting forever.
-struct StartReporter {
+/// returned early, a panic unwinding the executor, or the executor never built, which drops
+/// the shard's future unrun), it reports a failure: `serve` waits for every shard, and a
+/// shard gone without a word once left the broker waiting forever.
+pub struct StartReporter {
+    shard_index: usize,
     sender: Option<std::sync::mpsc::Sender<StartReport>>,
 }
 
 impl StartReporter {
-    fn listening(mut self, shard: usize) {
-        if let Some(sender) = self.sender.take() {
-            let _ = sender.send(Ok(shard));
+    pub fn new(shard_index: usize, sender: std::sync::mpsc::Sender<StartReport>) -> Self {
+        Self {
+            shard_index,
+            sender: Some(sender),
         }
+    }
+
+    fn send(&mut self, report: StartReport) {
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.send(report);
+        }
+    }
+
+    fn listening(mut self, shard: usize) {
+        self.send(Ok(shard));
     }
 
     /// Reports `error` and hands it back, for `?`-style returns.
     fn failed(mut self, error: String) -> String {
-        if let Some(sender) = self.sender.take() {
-            let _ = sender.send(Err(error.clone()));
-        }
+        let shard_index = self.shard_index;
+        self.send(Err(StartFailure {
+            shard_index,
+            error: Some(error.clone()),
+        }));
         error
     }
 }
 
 impl Drop for StartReporter {
     fn drop(&mut self) {
-        if let Some(sender) = self.sender.take() {
-            let _ = sender.send(Err(
-                "a shard stopped before it listened (see the panic above)".to_string(),
-            ));
-        }
+        let shard_index = self.shard_index;
+        self.send(Err(StartFailure {
+            shard_index,
+            error: None,
+        }));
     }
 }
 
@@ -70,7 +95,7 @@ pub struct ShardStart {
     /// Shared by every shard: open connections in total and per client address.
     pub connection_counts: Arc<ConnectionCounts>,
     /// Tells `serve` this shard is listening, or why it stopped before.
-    pub listening: std::sync::mpsc::Sender<StartReport>,
+    pub listening: StartReporter,
     /// The admin thread's requests for this shard's metrics snapshot.
     pub scrapes: futures::channel::mpsc::Receiver<ScrapeRequest>,
 }
@@ -87,9 +112,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         listening,
         scrapes,
     } = start;
-    let report = StartReporter {
-        sender: Some(listening),
-    };
+    let report = listening;
     let (router, incoming) = shard::join_meshes(meshes).await;
     let id = router.shard_id();
     // The real disk: a shard started on its own thread cannot be handed a `SimDisk` (a
@@ -212,14 +235,18 @@ fn shard_listener(address: SocketAddr) -> std::io::Result<glommio::net::TcpListe
 
 #[cfg(test)]
 mod tests {
-    use super::{StartReport, StartReporter};
+    use super::{StartFailure, StartReport, StartReporter};
 
     fn reporter() -> (StartReporter, std::sync::mpsc::Receiver<StartReport>) {
         let (sender, receiver) = std::sync::mpsc::channel();
-        let reporter = StartReporter {
-            sender: Some(sender),
-        };
-        (reporter, receiver)
+        (StartReporter::new(1, sender), receiver)
+    }
+
+    fn unexplained() -> StartReport {
+        Err(StartFailure {
+            shard_index: 1,
+            error: None,
+        })
     }
 
     #[test]
@@ -230,15 +257,15 @@ mod tests {
 
         let (failing, receiver) = reporter();
         assert_eq!(failing.failed("no metadata".into()), "no metadata");
-        assert_eq!(
-            receiver.try_iter().collect::<Vec<_>>(),
-            vec![Err("no metadata".to_string())]
-        );
+        let failure = StartFailure {
+            shard_index: 1,
+            error: Some("no metadata".into()),
+        };
+        assert_eq!(receiver.try_iter().collect::<Vec<_>>(), vec![Err(failure)]);
 
         let (vanishing, receiver) = reporter();
         drop(vanishing);
-        let reports: Vec<_> = receiver.try_iter().collect();
-        assert!(matches!(reports.as_slice(), [Err(why)] if why.contains("stopped before")));
+        assert_eq!(receiver.try_iter().collect::<Vec<_>>(), vec![unexplained()]);
     }
 
     /// A panic in a shard's future unwinds its executor, which drops the future and with it
@@ -254,7 +281,6 @@ mod tests {
             })
             .unwrap();
         assert!(executor.join().is_err());
-        let reports: Vec<_> = receiver.try_iter().collect();
-        assert!(matches!(reports.as_slice(), [Err(why)] if why.contains("stopped before")));
+        assert_eq!(receiver.try_iter().collect::<Vec<_>>(), vec![unexplained()]);
     }
 }
