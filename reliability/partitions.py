@@ -13,14 +13,20 @@ waits `--heal-s`:
             its stale term, until the link comes back);
   minority  two brokers are cut off from the rest (each alone);
   majority  all but two brokers are cut off: the two left form no majority of most groups
-            nor of the controller, so writes stop until the heal.
+            nor of the controller, so writes stop until the heal;
+  ring      every broker reaches only its two neighbours on a ring (brokers 1-2-3-4-5-1 with
+            5): each still sees a majority of the cluster, counting itself, but no two
+            non-neighbours can talk, so a leader may lose followers that another broker
+            still reaches (needs 4 brokers or more; with 3 every broker is a neighbour). The
+            client reaches every broker throughout.
 At the end a consumer reads every partition and the Jepsen-style checker of
 tests/test_replication.py counts lost, duplicated, misplaced (inconsistent offset) and
 reordered records. Printed: acknowledgements per round (during the fault and after the heal)
 and the anomalies; exit status 1 when any anomaly is found.
 
-A ring partition (each broker reaching only its neighbours) needs per-pair filtering
-(nftables), which this script does not do.
+The ring is cut per broker pair inside the brokers' namespaces: a blackhole route on each
+side discards every packet between two non-neighbours, both ways, while the bridge and the
+client's links stay up.
 """
 
 import argparse
@@ -80,6 +86,21 @@ def tear_down_network(nodes):
 def cut(nodes, down):
     for node in nodes:
         sh("ip", "link", "set", f"rfh{node}", "down" if down else "up")
+
+
+def ring_non_neighbours(nodes):
+    """The broker pairs a ring cut separates: all but each broker's two ring neighbours."""
+    pairs = set()
+    for position, node in enumerate(nodes):
+        neighbours = {nodes[(position - 1) % len(nodes)], nodes[(position + 1) % len(nodes)]}
+        pairs.update((node, other) for other in nodes if other != node and other not in neighbours)
+    return sorted(pairs)
+
+
+def cut_ring(nodes, down):
+    for node, other in ring_non_neighbours(nodes):
+        sh("ip", "netns", "exec", f"rf{node}", "ip", "route", "add" if down else "del",
+           "blackhole", f"{address(other)}/32")
 
 
 def start_broker(binary, node, voters, work):
@@ -198,25 +219,38 @@ def main():
         writer = Writer(bootstrap, args.client_debug)
         writer.start()
         time.sleep(3)
-        faults = ["leader", "minority", "majority"]
+        faults = ["leader", "minority", "majority"] + (["ring"] if len(nodes) >= 4 else [])
         for round_number in range(args.rounds):
             fault = faults[round_number % len(faults)]
-            if fault == "leader":
+            if fault == "ring":
+                victims = nodes
+                apart = sorted({tuple(sorted(pair)) for pair in ring_non_neighbours(nodes)})
+                what = f"ring cut {apart} apart"
+            elif fault == "leader":
                 victims = [wait_for(lambda: leaders(bootstrap), 30, "leaders")[0]]
             elif fault == "minority":
                 victims = rng.sample(nodes, 2)
             else:
                 victims = rng.sample(nodes, len(nodes) - 2)
+            if fault != "ring":
+                what = f"{fault} cut {sorted(victims)}"
+
+            def apply(down):
+                if fault == "ring":
+                    cut_ring(nodes, down)
+                else:
+                    cut(victims, down)
+
             acks_before = len(writer.ack_times)
             started = time.monotonic()
-            cut(victims, down=True)
+            apply(down=True)
             time.sleep(args.fault_s)
             during = len(writer.ack_times) - acks_before
-            cut(victims, down=False)
+            apply(down=False)
             healed_at = time.monotonic()
             time.sleep(args.heal_s)
             after = len(writer.ack_times) - acks_before - during
-            print(f"round {round_number + 1}: {fault} cut {sorted(victims)} for {healed_at - started:.1f} s: "
+            print(f"round {round_number + 1}: {what} for {healed_at - started:.1f} s: "
                   f"{during} acks during, {after} in the {args.heal_s:.0f} s after the heal", flush=True)
         writer.stopping.set()
         writer.join()
