@@ -103,6 +103,33 @@ def cut_ring(nodes, down):
            "blackhole", f"{address(other)}/32")
 
 
+def reaches(node, other):
+    """Whether a TCP connection from `node`'s namespace to `other`'s Kafka port opens within 1 s."""
+    probe = sh("ip", "netns", "exec", f"rf{node}", "timeout", "1", "bash", "-c",
+               f"exec 3<>/dev/tcp/{address(other)}/9092", check_status=False)
+    return probe.returncode == 0
+
+
+def cut_off_leaders(bootstrap, nodes):
+    """Partitions whose leader a ring cut separates from every other replica: they must elect
+    a new leader among the replicas that still reach each other."""
+    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(TOPIC, timeout=5)
+    apart = set(ring_non_neighbours(nodes))
+    return sorted(partition.id for partition in metadata.topics[TOPIC].partitions.values()
+                  if all((partition.leader, replica) in apart
+                         for replica in partition.replicas if replica != partition.leader))
+
+
+def check_ring_cut(nodes):
+    """The cut is real: the first broker reaches its ring neighbours and none of the others."""
+    first = nodes[0]
+    cut_off = {other for node, other in ring_non_neighbours(nodes) if node == first}
+    for other in nodes[1:]:
+        if reaches(first, other) == (other in cut_off):
+            raise SystemExit(f"ring cut not in effect: broker {first} reaching {other} is "
+                             f"{reaches(first, other)}")
+
+
 def start_broker(binary, node, voters, work):
     log = open(work / f"broker{node}.log", "w")
     command = ["ip", "netns", "exec", f"rf{node}", binary, "serve", "--node-id", str(node),
@@ -225,7 +252,8 @@ def main():
             if fault == "ring":
                 victims = nodes
                 apart = sorted({tuple(sorted(pair)) for pair in ring_non_neighbours(nodes)})
-                what = f"ring cut {apart} apart"
+                stranded = wait_for(lambda: (cut_off_leaders(bootstrap, nodes),), 30, "leaders")[0]
+                what = f"ring cut {apart} apart (leaders cut off from their followers: partitions {stranded})"
             elif fault == "leader":
                 victims = [wait_for(lambda: leaders(bootstrap), 30, "leaders")[0]]
             elif fault == "minority":
@@ -238,6 +266,8 @@ def main():
             def apply(down):
                 if fault == "ring":
                     cut_ring(nodes, down)
+                    if down:
+                        check_ring_cut(nodes)
                 else:
                     cut(victims, down)
 

@@ -129,57 +129,96 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
     let StartedShards {
         handles,
         shutdown_senders,
-        listening,
+        events,
     } = start_shards(&config, scrape_receivers)?;
     install_signal_handler(shutdown_senders, admin_status.clone())?;
-    if let Err(failure) = wait_until_every_shard_listens(&listening, config.shard_count()) {
-        return Err(start_failure_reason(failure, handles));
+    serve_until_the_shards_end(&config, handles, &events, reservations, &admin_status)
+}
+
+/// Once every shard listens: the broker is ready, until a shutdown ends every shard or a
+/// panic ends one.
+fn serve_until_the_shards_end(
+    config: &BrokerConfig,
+    handles: ShardHandles,
+    events: &Receiver<shard_thread::ShardEvent>,
+    reservations: Vec<socket2::Socket>,
+    admin_status: &AdminStatus,
+) -> Result<(), String> {
+    if let Err((shard_index, error)) = wait_until_every_shard_listens(events, config.shard_count())
+    {
+        return Err(error.unwrap_or_else(|| {
+            thread_failure(shard_index, handles, "stopped before it listened")
+        }));
     }
     drop(reservations);
     admin_status.set_ready(true);
-    log_start_up(&config);
+    log_start_up(config);
+    if let Some(shard_index) = wait_for_the_first_end(events) {
+        // Fail-stop: the shard's partitions would never answer again, and its calls from
+        // other shards would wait forever; exiting lets a supervisor restart the broker,
+        // whose recovery treats this as a crash.
+        return Err(thread_failure(shard_index, handles, "panicked"));
+    }
     join_shards(handles)
 }
 
 /// A shard reports listening after it has applied the first metadata, which opens every
 /// partition it owns: all of them listening means the broker can serve every partition. A
-/// shard that stopped before it listened reports it; the others may be waiting for it (for
-/// shard 0's metadata, say), so the broker stops then.
+/// shard that stopped before it listened reports it (its index, and its error when it
+/// returned one); the others may be waiting for it (for shard 0's metadata, say), so the
+/// broker stops then.
 fn wait_until_every_shard_listens(
-    listening: &Receiver<shard_thread::StartReport>,
+    events: &Receiver<shard_thread::ShardEvent>,
     shard_count: usize,
-) -> Result<(), shard_thread::StartFailure> {
-    for _ in 0..shard_count {
-        match listening.recv() {
-            Ok(Ok(_shard)) => {}
-            Ok(Err(failure)) => return Err(failure),
-            // Every reporter reports before it goes, so this is never reached.
-            Err(std::sync::mpsc::RecvError) => {
-                return Err(shard_thread::StartFailure {
-                    shard_index: 0,
-                    error: None,
-                })
+) -> Result<(), (usize, Option<String>)> {
+    use shard_thread::ShardEvent;
+    let mut listening = 0;
+    while listening < shard_count {
+        match events.recv() {
+            Ok(ShardEvent::Listening(_shard)) => listening += 1,
+            Ok(ShardEvent::StoppedBeforeListening { shard_index, error }) => {
+                return Err((shard_index, error))
             }
+            // A shard ends only after it listened, and every shard has yet to.
+            Ok(ShardEvent::Ended { shard_index, .. }) => {
+                return Err((
+                    shard_index,
+                    Some(format!("shard {shard_index} ended early")),
+                ))
+            }
+            // Every reporter reports before it goes, so this is never reached.
+            Err(std::sync::mpsc::RecvError) => return Err((0, None)),
         }
     }
     Ok(())
 }
 
-/// The error a failed start ends with. A shard that went without a word (a panic, or an
-/// executor glommio could not build) has ended or is unwinding, so its thread is joined for
-/// the reason; the other shards are left waiting, as the process is about to exit.
-fn start_failure_reason(failure: shard_thread::StartFailure, mut handles: ShardHandles) -> String {
-    let shard_index = failure.shard_index;
-    if let Some(error) = failure.error {
-        return error;
+/// Waits until a shard's body ends, which a shutdown does for every shard; returns the
+/// shard's index if a panic ended it.
+fn wait_for_the_first_end(events: &Receiver<shard_thread::ShardEvent>) -> Option<usize> {
+    loop {
+        match events.recv() {
+            Ok(shard_thread::ShardEvent::Ended {
+                shard_index,
+                panicked,
+            }) => return panicked.then_some(shard_index),
+            Ok(_) => {}
+            Err(std::sync::mpsc::RecvError) => return None,
+        }
     }
+}
+
+/// Why a shard's thread ended, from its result. The thread has ended or is unwinding, so
+/// the join returns at once; the other shards are left as they are, since the process is
+/// about to exit.
+fn thread_failure(shard_index: usize, mut handles: ShardHandles, what: &str) -> String {
     if shard_index >= handles.len() {
-        return "a shard stopped before it listened".to_string();
+        return format!("a shard {what}");
     }
     match handles.swap_remove(shard_index).join() {
         Ok(Err(error)) => error,
-        Ok(Ok(())) => format!("shard {shard_index} stopped before it listened"),
-        Err(error) => format!("shard {shard_index} stopped before it listened: {error}"),
+        Ok(Ok(())) => format!("shard {shard_index} {what}"),
+        Err(error) => format!("shard {shard_index} {what}: {error}"),
     }
 }
 
@@ -424,8 +463,8 @@ struct StartedShards {
     handles: ShardHandles,
     /// One trigger per shard; the signal thread fires them all.
     shutdown_senders: Vec<oneshot::Sender<()>>,
-    /// Each shard's start: its id once it listens, or why it stopped before.
-    listening: Receiver<shard_thread::StartReport>,
+    /// Each shard's start (its id once it listens, or why it stopped before) and end.
+    events: Receiver<shard_thread::ShardEvent>,
 }
 
 /// Starts one pinned executor per shard.
@@ -440,7 +479,7 @@ fn start_shards(
         config.limits.connections_max,
         config.limits.connections_per_ip_max,
     );
-    let (listening_sender, listening) = std::sync::mpsc::channel();
+    let (event_sender, events) = std::sync::mpsc::channel();
     let mut shutdown_senders = Vec::new();
     let mut handles = Vec::new();
     for ((index, cpu), scrapes) in config.shard_cpus.iter().copied().enumerate().zip(scrapes) {
@@ -453,7 +492,7 @@ fn start_shards(
             drained_shards: drained_shards.clone(),
             handed_over_shards: handed_over_shards.clone(),
             connection_counts: connection_counts.clone(),
-            listening: shard_thread::StartReporter::new(index, listening_sender.clone()),
+            reporter: shard_thread::ShardReporter::new(index, event_sender.clone()),
             scrapes,
         };
         let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -470,7 +509,7 @@ fn start_shards(
     Ok(StartedShards {
         handles,
         shutdown_senders,
-        listening,
+        events,
     })
 }
 

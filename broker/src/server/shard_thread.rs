@@ -21,65 +21,87 @@ use crate::server::connection;
 use crate::shard::{self, Meshes, ShardServices};
 use crate::storage::Clock;
 
-/// Why a shard stopped before it listened.
+/// What a shard's thread tells `serve`, in order: [`ShardEvent::Listening`] or
+/// [`ShardEvent::StoppedBeforeListening`], then (after listening) [`ShardEvent::Ended`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StartFailure {
-    /// The shard's index in `start_shards` (its thread's handle there).
-    pub shard_index: usize,
-    /// What the shard returned; `None` when it went without a word (a panic, or glommio
-    /// failing to build its executor): the thread's result says more.
-    pub error: Option<String>,
+pub enum ShardEvent {
+    /// The shard applied the first metadata and listens; its id.
+    Listening(usize),
+    /// The shard stopped before it listened. `error` is what it returned; `None` when it
+    /// went without a word (a panic, or glommio failing to build its executor): its
+    /// thread's result says more.
+    StoppedBeforeListening {
+        shard_index: usize,
+        error: Option<String>,
+    },
+    /// The shard's body finished after listening: after a shutdown, or by a panic.
+    Ended { shard_index: usize, panicked: bool },
 }
 
-/// What a shard tells `serve` about its start: its id once it listens, or why it stopped
-/// before it did.
-pub type StartReport = Result<usize, StartFailure>;
-
-/// Sends one shard's [`StartReport`] exactly once. Dropped without a report (an error
-/// returned early, a panic unwinding the executor, or the executor never built, which drops
-/// the shard's future unrun), it reports a failure: `serve` waits for every shard, and a
-/// shard gone without a word once left the broker waiting forever.
-pub struct StartReporter {
+/// Reports one shard's life to `serve` ([`ShardEvent`]) from the shard's thread, made
+/// before the thread so that whatever ends the thread ends the reporter too: dropped
+/// before it reported listening (an error returned early, a panic unwinding the executor,
+/// or the executor never built, which drops the shard's future unrun) it reports a failed
+/// start; dropped after, it reports the end and whether a panic caused it. `serve` waits
+/// for every shard's start and then for the first end, so a shard gone never leaves the
+/// broker waiting (once it did, silently, for a shard that failed to start), nor running
+/// on with a shard dead (its partitions' calls would never be answered).
+pub struct ShardReporter {
     shard_index: usize,
-    sender: Option<std::sync::mpsc::Sender<StartReport>>,
+    listened: bool,
+    /// Taken by the last report.
+    sender: Option<std::sync::mpsc::Sender<ShardEvent>>,
 }
 
-impl StartReporter {
-    pub fn new(shard_index: usize, sender: std::sync::mpsc::Sender<StartReport>) -> Self {
+impl ShardReporter {
+    pub fn new(shard_index: usize, sender: std::sync::mpsc::Sender<ShardEvent>) -> Self {
         Self {
             shard_index,
+            listened: false,
             sender: Some(sender),
         }
     }
 
-    fn send(&mut self, report: StartReport) {
-        if let Some(sender) = self.sender.take() {
-            let _ = sender.send(report);
+    fn listening(&mut self, shard: usize) {
+        assert!(!self.listened, "a shard listens once");
+        self.listened = true;
+        if let Some(sender) = &self.sender {
+            let _ = sender.send(ShardEvent::Listening(shard));
         }
     }
 
-    fn listening(mut self, shard: usize) {
-        self.send(Ok(shard));
-    }
-
-    /// Reports `error` and hands it back, for `?`-style returns.
+    /// Reports a failed start with `error` and hands the error back, for early returns.
     fn failed(mut self, error: String) -> String {
-        let shard_index = self.shard_index;
-        self.send(Err(StartFailure {
-            shard_index,
-            error: Some(error.clone()),
-        }));
+        assert!(!self.listened, "a start failure comes before listening");
+        // Reported here with its reason; the drop then has no sender left to report with.
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.send(ShardEvent::StoppedBeforeListening {
+                shard_index: self.shard_index,
+                error: Some(error.clone()),
+            });
+        }
         error
     }
 }
 
-impl Drop for StartReporter {
+impl Drop for ShardReporter {
     fn drop(&mut self) {
+        let Some(sender) = self.sender.take() else {
+            return;
+        };
         let shard_index = self.shard_index;
-        self.send(Err(StartFailure {
-            shard_index,
-            error: None,
-        }));
+        let event = if self.listened {
+            ShardEvent::Ended {
+                shard_index,
+                panicked: std::thread::panicking(),
+            }
+        } else {
+            ShardEvent::StoppedBeforeListening {
+                shard_index,
+                error: None,
+            }
+        };
+        let _ = sender.send(event);
     }
 }
 
@@ -94,8 +116,8 @@ pub struct ShardStart {
     pub handed_over_shards: Arc<AtomicUsize>,
     /// Shared by every shard: open connections in total and per client address.
     pub connection_counts: Arc<ConnectionCounts>,
-    /// Tells `serve` this shard is listening, or why it stopped before.
-    pub listening: StartReporter,
+    /// Tells `serve` this shard is listening, or why it stopped before, and when it ends.
+    pub reporter: ShardReporter,
     /// The admin thread's requests for this shard's metrics snapshot.
     pub scrapes: futures::channel::mpsc::Receiver<ScrapeRequest>,
 }
@@ -109,10 +131,10 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         drained_shards,
         handed_over_shards,
         connection_counts,
-        listening,
+        reporter,
         scrapes,
     } = start;
-    let report = listening;
+    let mut report = reporter;
     let (router, incoming) = shard::join_meshes(meshes).await;
     let id = router.shard_id();
     // The real disk: a shard started on its own thread cannot be handed a `SimDisk` (a
@@ -235,52 +257,79 @@ fn shard_listener(address: SocketAddr) -> std::io::Result<glommio::net::TcpListe
 
 #[cfg(test)]
 mod tests {
-    use super::{StartFailure, StartReport, StartReporter};
+    use super::{ShardEvent, ShardReporter};
 
-    fn reporter() -> (StartReporter, std::sync::mpsc::Receiver<StartReport>) {
+    fn reporter() -> (ShardReporter, std::sync::mpsc::Receiver<ShardEvent>) {
         let (sender, receiver) = std::sync::mpsc::channel();
-        (StartReporter::new(1, sender), receiver)
+        (ShardReporter::new(1, sender), receiver)
     }
 
-    fn unexplained() -> StartReport {
-        Err(StartFailure {
-            shard_index: 1,
-            error: None,
-        })
+    fn events(receiver: &std::sync::mpsc::Receiver<ShardEvent>) -> Vec<ShardEvent> {
+        receiver.try_iter().collect()
     }
+
+    const UNEXPLAINED: ShardEvent = ShardEvent::StoppedBeforeListening {
+        shard_index: 1,
+        error: None,
+    };
 
     #[test]
-    fn a_shard_reports_once_whether_it_listens_fails_or_vanishes() {
-        let (listening, receiver) = reporter();
+    fn a_shard_reports_its_start_then_its_end() {
+        let (mut listening, receiver) = reporter();
         listening.listening(3);
-        assert_eq!(receiver.try_iter().collect::<Vec<_>>(), vec![Ok(3)]);
+        assert_eq!(events(&receiver), vec![ShardEvent::Listening(3)]);
+        drop(listening);
+        let ended = ShardEvent::Ended {
+            shard_index: 1,
+            panicked: false,
+        };
+        assert_eq!(events(&receiver), vec![ended]);
 
         let (failing, receiver) = reporter();
         assert_eq!(failing.failed("no metadata".into()), "no metadata");
-        let failure = StartFailure {
+        let failure = ShardEvent::StoppedBeforeListening {
             shard_index: 1,
             error: Some("no metadata".into()),
         };
-        assert_eq!(receiver.try_iter().collect::<Vec<_>>(), vec![Err(failure)]);
+        assert_eq!(events(&receiver), vec![failure]);
 
         let (vanishing, receiver) = reporter();
         drop(vanishing);
-        assert_eq!(receiver.try_iter().collect::<Vec<_>>(), vec![unexplained()]);
+        assert_eq!(events(&receiver), vec![UNEXPLAINED]);
     }
 
-    /// A panic in a shard's future unwinds its executor, which drops the future and with it
-    /// the reporter, which then reports.
-    #[test]
-    fn a_panicking_shard_still_reports() {
+    /// Holds a reporter in a future on a glommio executor, as a shard does, across an await
+    /// (so it lives in the task, not on a stack frame), then panics; returns what the
+    /// reporter sent once the executor's thread is gone.
+    fn panic_on_an_executor(listen_first: bool) -> Vec<ShardEvent> {
         let (reporter, receiver) = reporter();
         let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .spawn(move || async move {
-                let _reporter = reporter;
-                glommio::yield_if_needed().await;
-                panic!("shard start failed");
+                let mut reporter = reporter;
+                if listen_first {
+                    reporter.listening(0);
+                }
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                panic!("shard failed");
             })
             .unwrap();
-        assert!(executor.join().is_err());
-        assert_eq!(receiver.try_iter().collect::<Vec<_>>(), vec![unexplained()]);
+        assert!(executor.join().is_err(), "the shard panicked");
+        events(&receiver)
+    }
+
+    /// A panic in a shard's future unwinds its executor, which drops the future and with it
+    /// the reporter, which then reports: before listening, a failed start; after, an end by
+    /// a panic.
+    #[test]
+    fn a_panicking_shard_still_reports() {
+        assert_eq!(panic_on_an_executor(false), vec![UNEXPLAINED]);
+        let ended = ShardEvent::Ended {
+            shard_index: 1,
+            panicked: true,
+        };
+        assert_eq!(
+            panic_on_an_executor(true),
+            vec![ShardEvent::Listening(0), ended]
+        );
     }
 }
