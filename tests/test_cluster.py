@@ -126,6 +126,10 @@ def test_three_brokers_replicate_the_controller_and_survive_its_loss(tmp_path):
             assert metric_sum(broker, "ringfeed_cluster_frames_sent_total") > 0
             assert metric_sum(broker, "ringfeed_cluster_frames_received_total") > 0
             assert metric_sum(broker, "ringfeed_cluster_connections_refused_total") == 0
+        # Every broker hears both others, follower pairs included (group 0 sends them
+        # nothing: keepalives do).
+        wait_for(lambda: all(metric_sum(broker, "ringfeed_cluster_peers_live") == 2
+                             for broker in brokers.values()), 5, "every peer live everywhere")
 
         # Agreeing on the controller comes before every broker registered with it; until
         # then the controller refuses replicas on the brokers it does not know, as Kafka's
@@ -154,6 +158,10 @@ def test_three_brokers_replicate_the_controller_and_survive_its_loss(tmp_path):
         print(f"new controller {successor} named by both survivors {election_s:.2f} s after kill -9 of {controller}")
         assert successor != controller
         assert election_s < 8
+        # The survivors stop counting the killed broker as live within the liveness
+        # timeout (1 s) and a check or two.
+        wait_for(lambda: all(metric_sum(broker, "ringfeed_cluster_peers_live") == 1
+                             for broker in survivors), 5, "the killed broker not live")
 
         create(brokers[successor], "after-failover", 3)
         wait_for(lambda: (agreed_view(survivors) or (0, 0, {}))[2]

@@ -108,6 +108,7 @@ pub async fn start_controller_group(
     let (inbound, received) = local_channel::new_bounded(INBOUND_FRAMES_MAX);
     let settings = TransportSettings {
         tls: config.peer_tls.clone(),
+        incarnation,
         ..TransportSettings::new(node_id, addresses.peers.len())
     };
     let transport = Transport::start(settings, addresses.listen, &addresses.peers, inbound)

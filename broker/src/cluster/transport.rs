@@ -19,6 +19,12 @@
 //!   inbound channel drops the frame (counted), for the same reason sends do.
 //! - Accepted connections are bounded (`inbound_connections_max`): a peer that reconnects
 //!   briefly has two, anything more is refused.
+//! - Liveness per peer broker, not per group: a writer with nothing to send for
+//!   `KEEPALIVE_INTERVAL` sends an empty frame (a header and two empty lists, wire version
+//!   1), and a peer heard from (any frame) within `LIVENESS_TIMEOUT` is live. Empty frames
+//!   are counted apart and not handed to the driver. This is the liveness quiet idle groups
+//!   will rest on (`docs/REPLICATION.md`, "Quiet idle groups"); today it is reported
+//!   (`ringfeed_cluster_peers_live`, a log line at each change) and used by nothing else.
 //! - With `tls` set, every connection is mutual TLS between broker principals (`peer_tls`),
 //!   both ways, before any frame: a peer that fails the handshake or is not a broker is
 //!   refused (inbound: counted in `connections_refused_unauthenticated`; outbound: a
@@ -26,10 +32,10 @@
 //!   unauthenticated (`docs/SECURITY.md`).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -40,11 +46,23 @@ use ringfeed_replication::wire::{frame_body_length, Frame, WireLimits, FRAME_LEN
 
 use crate::cluster::peer_tls::PeerTls;
 
+/// How long a writer with nothing to send waits before it sends an empty frame: the leader
+/// heartbeat interval (`ringfeed_replication::driver::HEARTBEAT_TICKS` ticks).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(200);
+/// A peer heard from within this is live: the shortest election timeout
+/// (`ringfeed_replication::driver::ELECTION_TICKS` ticks), five keepalive intervals.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(1);
+
+const _: () = assert!(KEEPALIVE_INTERVAL.as_millis() * 5 <= LIVENESS_TIMEOUT.as_millis());
+
 /// Limits and timings of the transport, fixed at start-up.
 #[derive(Debug, Clone)]
 pub struct TransportSettings {
     /// This broker's `node.id`.
     pub node_id: u64,
+    /// This start's incarnation, in the header of the empty frames the transport sends
+    /// itself (the driver's frames carry their own).
+    pub incarnation: u64,
     pub limits: WireLimits,
     /// Encoded bytes queued for one peer at most. 64 MiB: two frames of the largest size, or
     /// about a second of appends at 64 MiB/s to a peer that stopped reading.
@@ -64,6 +82,7 @@ impl TransportSettings {
     pub fn new(node_id: u64, peer_count: usize) -> Self {
         Self {
             node_id,
+            incarnation: 0,
             limits: WireLimits::default(),
             send_queue_bytes_max: 64 << 20,
             inbound_connections_max: 2 * peer_count + 2,
@@ -103,6 +122,13 @@ pub struct TransportCounts {
     pub connections_refused_unauthenticated: u64,
     /// A gauge, not a count: bytes of frames waiting in the peers' send queues now.
     pub queued_bytes: u64,
+    /// Empty frames sent because a peer's writer had nothing else for `KEEPALIVE_INTERVAL`
+    /// (not in `frames_sent`).
+    pub keepalives_sent: u64,
+    /// Empty frames received (not in `frames_received`; not handed to the driver).
+    pub keepalives_received: u64,
+    /// A gauge: peers heard from within `LIVENESS_TIMEOUT`, as of the last check.
+    pub peers_live: u64,
 }
 
 /// The counters, written only by the transport's own tasks on its shard.
@@ -138,9 +164,41 @@ pub struct Transport {
     /// The reader task of each open inbound connection, by connection number; a reader
     /// removes itself when its connection ends.
     readers: Readers,
+    liveness: Rc<Liveness>,
 }
 
 type Readers = Rc<RefCell<BTreeMap<u64, JoinHandle<()>>>>;
+
+/// When each peer was last heard from, written by the readers; and which peers the last
+/// liveness check found live.
+#[derive(Default)]
+struct Liveness {
+    last_heard: RefCell<BTreeMap<u64, Instant>>,
+    live: RefCell<BTreeSet<u64>>,
+}
+
+impl Liveness {
+    fn heard(&self, peer: u64) {
+        self.last_heard.borrow_mut().insert(peer, Instant::now());
+    }
+
+    /// Recomputes the live set as of `now`; returns the peers that became live and those
+    /// that stopped being live.
+    fn check(&self, now: Instant) -> (Vec<u64>, Vec<u64>) {
+        let live_now: BTreeSet<u64> = self
+            .last_heard
+            .borrow()
+            .iter()
+            .filter(|(_, heard)| now.saturating_duration_since(**heard) < LIVENESS_TIMEOUT)
+            .map(|(peer, _)| *peer)
+            .collect();
+        let mut live = self.live.borrow_mut();
+        let came = live_now.difference(&live).copied().collect();
+        let went = live.difference(&live_now).copied().collect();
+        *live = live_now;
+        (came, went)
+    }
+}
 
 /// The internal listener: glommio's `TcpListener::bind` (`SO_REUSEPORT`, which lets a
 /// transport restarted in the same process bind before the old listener's close completes)
@@ -182,6 +240,7 @@ impl Transport {
         let stats = Rc::new(Stats::default());
         let mut tasks = Vec::new();
         let mut queues = BTreeMap::new();
+        let liveness = Rc::new(Liveness::default());
         for (&node_id, address) in peers {
             let (doorbell, rung) = local_channel::new_bounded(1);
             let queue = Rc::new(PeerQueue {
@@ -190,9 +249,14 @@ impl Transport {
                 queued_bytes: Cell::new(0),
                 doorbell,
             });
+            let mut keepalive = BytesMut::new();
+            Frame::new(settings.node_id, node_id, settings.incarnation).encode(&mut keepalive);
             let writer = write_to_peer(
-                node_id,
-                queue.clone(),
+                Peer {
+                    node_id,
+                    queue: queue.clone(),
+                    keepalive: keepalive.freeze(),
+                },
                 rung,
                 settings.clone(),
                 stats.clone(),
@@ -206,11 +270,18 @@ impl Transport {
             listener,
             settings.clone(),
             known_peers,
-            Rc::new(inbound),
+            Inbound {
+                frames: Rc::new(inbound),
+                liveness: liveness.clone(),
+            },
             stats.clone(),
             readers.clone(),
         );
         tasks.push(glommio::spawn_local(accept).detach());
+        tasks.push(
+            glommio::spawn_local(check_liveness_periodically(liveness.clone(), stats.clone()))
+                .detach(),
+        );
         tracing::info!(node_id = settings.node_id, %local_address, peers = peers.len(), "cluster transport listening");
         Ok(Rc::new(Self {
             settings,
@@ -219,7 +290,14 @@ impl Transport {
             stats,
             tasks: RefCell::new(tasks),
             readers,
+            liveness,
         }))
+    }
+
+    /// The peers heard from within `LIVENESS_TIMEOUT`, as of the last check (every
+    /// `KEEPALIVE_INTERVAL`).
+    pub fn live_peers(&self) -> BTreeSet<u64> {
+        self.liveness.live.borrow().clone()
     }
 
     /// The bound internal address (the port is the OS's choice when 0 was asked).
@@ -288,14 +366,26 @@ impl Drop for Transport {
     }
 }
 
-/// The writer task of one peer: connect, drain the queue, reconnect after a backoff.
-async fn write_to_peer(
+/// One peer as its writer task sees it.
+struct Peer {
     node_id: u64,
     queue: Rc<PeerQueue>,
+    /// The encoded empty frame sent after `KEEPALIVE_INTERVAL` with nothing else to send.
+    keepalive: Bytes,
+}
+
+/// The writer task of one peer: connect, drain the queue, reconnect after a backoff.
+async fn write_to_peer(
+    peer: Peer,
     rung: LocalReceiver<()>,
     settings: TransportSettings,
     stats: Rc<Stats>,
 ) {
+    let Peer {
+        node_id,
+        ref queue,
+        ref keepalive,
+    } = peer;
     let mut backoff = settings.backoff_min;
     loop {
         let connected =
@@ -326,15 +416,15 @@ async fn write_to_peer(
         let _ = stream.set_nodelay(true);
         let drained = match &settings.tls {
             None => {
-                opened(node_id, &queue, &stats);
+                opened(node_id, queue, &stats);
                 backoff = settings.backoff_min;
-                drain_queue(&mut stream, &queue, &rung, &stats).await
+                drain_queue(&mut stream, queue, &rung, keepalive, &stats).await
             }
             Some(tls) => match tls.connect(stream, &queue.address).await {
                 Ok(mut stream) => {
-                    opened(node_id, &queue, &stats);
+                    opened(node_id, queue, &stats);
                     backoff = settings.backoff_min;
-                    drain_queue(&mut stream, &queue, &rung, &stats).await
+                    drain_queue(&mut stream, queue, &rung, keepalive, &stats).await
                 }
                 Err(error) => {
                     stats.add(|counts| counts.connection_failures += 1);
@@ -366,11 +456,13 @@ fn opened(node_id: u64, queue: &PeerQueue, stats: &Stats) {
     tracing::info!(peer = node_id, address = %queue.address, "connected to peer broker");
 }
 
-/// Writes queued frames until the connection breaks.
+/// Writes queued frames until the connection breaks, and `keepalive` whenever nothing was
+/// queued for `KEEPALIVE_INTERVAL`.
 async fn drain_queue(
     stream: &mut (impl AsyncWrite + Unpin),
     queue: &PeerQueue,
     rung: &LocalReceiver<()>,
+    keepalive: &Bytes,
     stats: &Stats,
 ) -> std::io::Result<()> {
     loop {
@@ -379,8 +471,15 @@ async fn drain_queue(
             // TLS holds written frames in its session buffer until flushed; plaintext
             // flushes nothing.
             stream.flush().await?;
-            if rung.recv().await.is_none() {
-                return Ok(());
+            let woken =
+                glommio::timer::timeout(KEEPALIVE_INTERVAL, async { Ok(rung.recv().await) }).await;
+            match woken {
+                Ok(Some(())) => {}
+                Ok(None) => return Ok(()),
+                Err(_timed_out) => {
+                    stream.write_all(keepalive).await?;
+                    stats.add(|counts| counts.keepalives_sent += 1);
+                }
             }
             continue;
         };
@@ -395,11 +494,39 @@ async fn drain_queue(
     }
 }
 
+/// Where the readers put what they receive: frames for the driver, and when each peer was
+/// heard from.
+#[derive(Clone)]
+struct Inbound {
+    frames: Rc<LocalSender<Frame>>,
+    liveness: Rc<Liveness>,
+}
+
+/// Every `KEEPALIVE_INTERVAL`: which peers are live, counted and logged at each change.
+async fn check_liveness_periodically(liveness: Rc<Liveness>, stats: Rc<Stats>) {
+    loop {
+        glommio::timer::sleep(KEEPALIVE_INTERVAL).await;
+        let (came, went) = liveness.check(Instant::now());
+        for peer in came {
+            tracing::info!(peer, "peer broker is live (heard from)");
+        }
+        for peer in went {
+            tracing::warn!(
+                peer,
+                silent_ms = LIVENESS_TIMEOUT.as_millis() as u64,
+                "peer broker is not live: nothing heard from it for the liveness timeout"
+            );
+        }
+        let live = liveness.live.borrow().len() as u64;
+        stats.add(|counts| counts.peers_live = live);
+    }
+}
+
 async fn accept_peers(
     listener: TcpListener,
     settings: TransportSettings,
     known_peers: Vec<u64>,
-    inbound: Rc<LocalSender<Frame>>,
+    inbound: Inbound,
     stats: Rc<Stats>,
     readers: Readers,
 ) {
@@ -452,7 +579,7 @@ async fn read_from_peer(
     mut stream: TcpStream,
     settings: TransportSettings,
     known_peers: Rc<Vec<u64>>,
-    inbound: Rc<LocalSender<Frame>>,
+    inbound: Inbound,
     stats: Rc<Stats>,
 ) {
     let peer = stream.peer_addr().ok();
@@ -489,7 +616,7 @@ async fn read_frames(
     stream: &mut (impl AsyncRead + Unpin),
     settings: &TransportSettings,
     known_peers: &[u64],
-    inbound: &LocalSender<Frame>,
+    inbound: &Inbound,
     stats: &Stats,
 ) -> Result<(), ReadError> {
     loop {
@@ -507,11 +634,16 @@ async fn read_frames(
                 to: frame.to_node,
             });
         }
+        inbound.liveness.heard(frame.from_node);
+        if frame.is_empty() {
+            stats.add(|counts| counts.keepalives_received += 1);
+            continue;
+        }
         stats.add(|counts| {
             counts.frames_received += 1;
             counts.bytes_received += bytes.len() as u64;
         });
-        if inbound.try_send(frame).is_err() {
+        if inbound.frames.try_send(frame).is_err() {
             stats.add(|counts| counts.frames_dropped_inbound_full += 1);
         }
     }

@@ -293,3 +293,60 @@ fn a_connection_to_its_own_address_is_told_apart() {
         "unknown ends are not judged"
     );
 }
+
+#[test]
+fn idle_peers_keep_each_other_live_with_empty_frames_and_a_stopped_one_is_not_live() {
+    run(|| {
+        Box::pin(async {
+            let (port_a, port_b) = (free_port(), free_port());
+            let (to_a, at_a) = local_channel::new_bounded(64);
+            let (to_b, at_b) = local_channel::new_bounded(64);
+            let peers_a = BTreeMap::from([(2, format!("127.0.0.1:{port_b}"))]);
+            let peers_b = BTreeMap::from([(1, format!("127.0.0.1:{port_a}"))]);
+            let a = Transport::start(settings(1), loopback(port_a), &peers_a, to_a).unwrap();
+            let b = Transport::start(settings(2), loopback(port_b), &peers_b, to_b).unwrap();
+            assert!(a.live_peers().is_empty(), "nothing heard yet");
+            // No frame is queued either way: only keepalives cross.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while a.live_peers() != BTreeSet::from([2]) || b.live_peers() != BTreeSet::from([1]) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{:?} {:?}",
+                    a.counts(),
+                    b.counts()
+                );
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+            glommio::timer::sleep(3 * KEEPALIVE_INTERVAL).await;
+            let (counts_a, counts_b) = (a.counts(), b.counts());
+            assert!(counts_a.keepalives_sent >= 2, "{counts_a:?}");
+            assert!(counts_b.keepalives_received >= 2, "{counts_b:?}");
+            assert_eq!((counts_a.frames_sent, counts_b.frames_received), (0, 0));
+            assert_eq!(counts_a.peers_live, 1);
+            // Keepalives are not frames for the driver: none waits in either channel.
+            for inbound in [&at_a, &at_b] {
+                let waiting = glommio::timer::timeout(Duration::from_millis(20), async {
+                    Ok(inbound.recv().await)
+                })
+                .await;
+                assert!(waiting.is_err(), "a keepalive reached the driver");
+            }
+            // A frame of the driver's resets the idle wait and still arrives alone.
+            assert!(a.send(&frame(1, 2, 5)));
+            assert_eq!(receive(&at_b, 1).await, vec![frame(1, 2, 5)]);
+
+            b.stop();
+            drop(b);
+            let stopped = Instant::now();
+            while !a.live_peers().is_empty() {
+                assert!(
+                    stopped.elapsed() < LIVENESS_TIMEOUT + 4 * KEEPALIVE_INTERVAL,
+                    "a stopped peer stays live"
+                );
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(stopped.elapsed() + 2 * KEEPALIVE_INTERVAL >= LIVENESS_TIMEOUT);
+            assert_eq!(a.counts().peers_live, 0);
+        })
+    });
+}

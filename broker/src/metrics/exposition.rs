@@ -341,7 +341,7 @@ impl Scrape {
     /// broker among several voters); no series on a one-node broker.
     fn encode_cluster_transport(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         type Pick = fn(&TransportCounts) -> u64;
-        let families: [(&str, &str, Pick); 9] = [
+        let families: [(&str, &str, Pick); 11] = [
             ("ringfeed_cluster_frames_sent", "Frames written to peer brokers.", |c| c.frames_sent),
             ("ringfeed_cluster_bytes_sent", "Bytes of frames written to peer brokers.", |c| c.bytes_sent),
             ("ringfeed_cluster_frames_received", "Frames received from peer brokers.", |c| c.frames_received),
@@ -350,6 +350,8 @@ impl Scrape {
             ("ringfeed_cluster_connection_failures", "Connection attempts to peer brokers that failed, and connections that broke.", |c| c.connection_failures),
             ("ringfeed_cluster_frames_dropped_queue_full", "Frames dropped because their peer's send queue was full (Raft retries).", |c| c.frames_dropped_queue_full),
             ("ringfeed_cluster_frames_dropped_send_failed", "Frames lost because their connection broke while they were written.", |c| c.frames_dropped_send_failed),
+            ("ringfeed_cluster_keepalives_sent", "Empty frames sent to a peer broker after 200 ms with nothing else for it (liveness; not in frames_sent).", |c| c.keepalives_sent),
+            ("ringfeed_cluster_keepalives_received", "Empty frames received from peer brokers (liveness; not in frames_received).", |c| c.keepalives_received),
             ("ringfeed_cluster_connections_refused", "Inbound peer connections closed for a bad or misaddressed frame, above the connection limit, or (TLS between brokers) for a failed handshake or a certificate that is not a broker's.", |c| c.connections_refused_bad_frame + c.connections_refused_too_many + c.connections_refused_unauthenticated),
         ];
         for (name, help, pick) in families {
@@ -371,6 +373,19 @@ impl Scrape {
             "ringfeed_cluster_send_queue_bytes",
             "Bytes of frames waiting in the peers' send queues now.",
             queued,
+        )?;
+        let live = self.shards.iter().filter_map(|shard| {
+            let counts = shard.cluster_transport.as_ref()?;
+            Some((
+                Self::shard_label(shard),
+                i64::try_from(counts.peers_live).unwrap_or(i64::MAX),
+            ))
+        });
+        gauges(
+            encoder,
+            "ringfeed_cluster_peers_live",
+            "Peer brokers heard from (any frame, keepalives included) within the last second.",
+            live,
         )
     }
 
