@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -280,8 +281,10 @@ def main():
             healed_at = time.monotonic()
             time.sleep(args.heal_s)
             after = len(writer.ack_times) - acks_before - during
-            print(f"round {round_number + 1}: {what} for {healed_at - started:.1f} s: "
-                  f"{during} acks during, {after} in the {args.heal_s:.0f} s after the heal", flush=True)
+            healed_utc = datetime.now(timezone.utc) - timedelta(seconds=time.monotonic() - healed_at)
+            print(f"round {round_number + 1}: {what} for {healed_at - started:.1f} s, healed at "
+                  f"{healed_utc:%H:%M:%S.%f} UTC: {during} acks during, {after} in the "
+                  f"{args.heal_s:.0f} s after the heal", flush=True)
         writer.stopping.set()
         writer.join()
         remaining = writer.producer.flush(300)

@@ -26,7 +26,7 @@ const GLOMMIO_MEMLOCK_MIN_BYTES: u64 = 512 << 10;
 /// to do) if another process listens on it. A plain socket with `SO_REUSEADDR` and without `SO_REUSEPORT` cannot bind a
 /// port on which any socket listens, with or without `SO_REUSEPORT`, so a second ringfeed,
 /// which would otherwise join the first one's `SO_REUSEPORT` group, is caught; with
-/// `SO_REUSEADDR` on both sides (`server::shard_thread::shard_listener` sets it, and accepted connections
+/// `SO_REUSEADDR` on both sides (`server::reusable_listener` sets it, and accepted connections
 /// inherit it) a previous run's connections in `TIME_WAIT` do not block the bind, so a
 /// restart on the same port is not refused. A port still held is probed again for
 /// `DEAD_LISTENER_GRACE`, the time a killed broker's listener takes to disappear.

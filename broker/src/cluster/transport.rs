@@ -200,28 +200,6 @@ impl Liveness {
     }
 }
 
-/// The internal listener: glommio's `TcpListener::bind` (`SO_REUSEPORT`, which lets a
-/// transport restarted in the same process bind before the old listener's close completes)
-/// plus `SO_REUSEADDR`, which the connections it accepts inherit: what they leave in
-/// `TIME_WAIT` after a restart then does not make `preflight::claim_internal_port` (a probe
-/// with `SO_REUSEADDR` only) report the port as taken, while a live listener or connection
-/// on it still does.
-fn internal_listener(address: SocketAddr) -> std::io::Result<TcpListener> {
-    use std::os::fd::IntoRawFd;
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(address),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_reuse_port(true)?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(1024)?;
-    // SAFETY: the descriptor is a bound, listening TCP socket whose ownership moves to the
-    // glommio listener (into_raw_fd gives it up here).
-    Ok(unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd()) })
-}
-
 impl Transport {
     /// Binds the internal address and starts accepting peers, and starts one writer per peer
     /// (`peers`: node id → `host:port`, this broker excluded). Received frames go to `inbound`.
@@ -235,7 +213,10 @@ impl Transport {
             !peers.contains_key(&settings.node_id),
             "a broker is not its own peer"
         );
-        let listener = internal_listener(listen)?;
+        // SO_REUSEPORT lets a transport restarted in the same process bind before the old
+        // listener's close completes; SO_REUSEADDR keeps the TIME_WAIT a previous run left
+        // from blocking a restart (`preflight::claim_internal_port`).
+        let listener = crate::server::reusable_listener(listen)?;
         let local_address = listener.local_addr()?;
         let stats = Rc::new(Stats::default());
         let mut tasks = Vec::new();
@@ -414,6 +395,7 @@ async fn write_to_peer(
         }
         // Raft messages are small and latency-bound (votes, heartbeats): no Nagle delay.
         let _ = stream.set_nodelay(true);
+        set_unacknowledged_timeout(&stream, UNACKNOWLEDGED_TIMEOUT);
         let drained = match &settings.tls {
             None => {
                 opened(node_id, queue, &stats);
@@ -443,6 +425,44 @@ async fn write_to_peer(
             tracing::warn!(peer = node_id, address = %queue.address, %error, "connection to peer broker broke; reconnecting");
             glommio::timer::sleep(backoff).await;
         }
+    }
+}
+
+/// How long written bytes may stay unacknowledged by the peer's kernel before the
+/// connection is given up (`TCP_USER_TIMEOUT`). Keepalives keep bytes in flight, so a link
+/// that drops everything is noticed within this, and the writer connects afresh, which
+/// succeeds as soon as the link is back. Without it the connection waited out TCP's
+/// retransmission backoff: after an 8 s cut the partitions harness saw peers heard again
+/// up to 5 s after the heal.
+const UNACKNOWLEDGED_TIMEOUT: Duration = Duration::from_secs(2);
+
+const _: () = assert!(UNACKNOWLEDGED_TIMEOUT.as_millis() > LIVENESS_TIMEOUT.as_millis());
+
+/// An inbound connection with no frame for this long is closed: its peer sends a keepalive
+/// every `KEEPALIVE_INTERVAL`, so it is dead (or a peer without keepalives, which connects
+/// again when it next has a frame).
+const INBOUND_SILENCE_MAX: Duration = Duration::from_secs(3);
+
+const _: () = assert!(INBOUND_SILENCE_MAX.as_millis() > UNACKNOWLEDGED_TIMEOUT.as_millis());
+
+/// Sets `TCP_USER_TIMEOUT`; a failure leaves the kernel's default (retransmissions for
+/// about 15 minutes) and is only logged.
+fn set_unacknowledged_timeout(stream: &TcpStream, timeout: Duration) {
+    use std::os::fd::AsRawFd;
+    let milliseconds = libc::c_uint::try_from(timeout.as_millis()).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: setsockopt reads `size_of::<c_uint>()` bytes from a live local; the descriptor
+    // is the stream's own, open for the call.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            std::ptr::from_ref(&milliseconds).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot set TCP_USER_TIMEOUT on a peer connection");
     }
 }
 
@@ -621,7 +641,22 @@ async fn read_frames(
 ) -> Result<(), ReadError> {
     loop {
         let mut prefix = [0_u8; FRAME_LENGTH_BYTES];
-        stream.read_exact(&mut prefix).await?;
+        // A live peer sends something every KEEPALIVE_INTERVAL; a connection silent for
+        // longer than INBOUND_SILENCE_MAX is dead (a cut link delivers no FIN), and keeping
+        // its reader would count it against `inbound_connections_max` while the peer's
+        // writer connects afresh.
+        glommio::timer::timeout(INBOUND_SILENCE_MAX, async {
+            stream.read_exact(&mut prefix).await?;
+            Ok(())
+        })
+        .await
+        .map_err(|error| match error {
+            glommio::GlommioError::IoError(error) => error,
+            _timed_out => std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no frame from the peer broker for 3 s (keepalives come every 200 ms)",
+            ),
+        })?;
         // Checked before a byte of the body is buffered.
         let body_bytes = frame_body_length(prefix, &settings.limits)?;
         let mut bytes = vec![0_u8; FRAME_LENGTH_BYTES + body_bytes];

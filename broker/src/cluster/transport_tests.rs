@@ -65,6 +65,27 @@ async fn receive(inbound: &LocalReceiver<Frame>, count: usize) -> Vec<Frame> {
     frames
 }
 
+/// Two transports on loopback, each the other's only peer, and what each receives.
+struct Pair {
+    a: Rc<Transport>,
+    at_a: LocalReceiver<Frame>,
+    b: Rc<Transport>,
+    at_b: LocalReceiver<Frame>,
+}
+
+/// Starts A with `settings_a` and B with `settings_b` (node ids 1 and 2). Call it on an
+/// executor.
+fn pair(settings_a: TransportSettings, settings_b: TransportSettings) -> Pair {
+    let (port_a, port_b) = (free_port(), free_port());
+    let (to_a, at_a) = local_channel::new_bounded(64);
+    let (to_b, at_b) = local_channel::new_bounded(64);
+    let peers_a = BTreeMap::from([(2, format!("127.0.0.1:{port_b}"))]);
+    let peers_b = BTreeMap::from([(1, format!("127.0.0.1:{port_a}"))]);
+    let a = Transport::start(settings_a, loopback(port_a), &peers_a, to_a).unwrap();
+    let b = Transport::start(settings_b, loopback(port_b), &peers_b, to_b).unwrap();
+    Pair { a, at_a, b, at_b }
+}
+
 fn run(
     test: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send + 'static,
 ) {
@@ -79,13 +100,7 @@ fn run(
 fn frames_cross_both_ways_in_order_and_are_counted() {
     run(|| {
         Box::pin(async {
-            let (port_a, port_b) = (free_port(), free_port());
-            let (to_a, at_a) = local_channel::new_bounded(64);
-            let (to_b, at_b) = local_channel::new_bounded(64);
-            let peers_a = BTreeMap::from([(2, format!("127.0.0.1:{port_b}"))]);
-            let peers_b = BTreeMap::from([(1, format!("127.0.0.1:{port_a}"))]);
-            let a = Transport::start(settings(1), loopback(port_a), &peers_a, to_a).unwrap();
-            let b = Transport::start(settings(2), loopback(port_b), &peers_b, to_b).unwrap();
+            let Pair { a, at_a, b, at_b } = pair(settings(1), settings(2));
             let sent: Vec<Frame> = (0..50).map(|sequence| frame(1, 2, sequence)).collect();
             for frame in &sent {
                 assert!(a.send(frame));
@@ -218,15 +233,7 @@ fn with_tls(node_id: u64, keystore: &str) -> TransportSettings {
 fn brokers_exchange_frames_over_mutual_tls() {
     run(|| {
         Box::pin(async {
-            let (port_a, port_b) = (free_port(), free_port());
-            let (to_a, at_a) = local_channel::new_bounded(64);
-            let (to_b, at_b) = local_channel::new_bounded(64);
-            let peers_a = BTreeMap::from([(2, format!("127.0.0.1:{port_b}"))]);
-            let peers_b = BTreeMap::from([(1, format!("127.0.0.1:{port_a}"))]);
-            let a =
-                Transport::start(with_tls(1, "broker"), loopback(port_a), &peers_a, to_a).unwrap();
-            let b =
-                Transport::start(with_tls(2, "broker"), loopback(port_b), &peers_b, to_b).unwrap();
+            let Pair { a, at_a, b, at_b } = pair(with_tls(1, "broker"), with_tls(2, "broker"));
             let sent: Vec<Frame> = (0..20).map(|sequence| frame(1, 2, sequence)).collect();
             for frame in &sent {
                 assert!(a.send(frame));
@@ -246,16 +253,8 @@ fn brokers_exchange_frames_over_mutual_tls() {
 fn a_trusted_certificate_that_is_not_a_brokers_and_plaintext_are_refused() {
     run(|| {
         Box::pin(async {
-            let (port_a, port_b) = (free_port(), free_port());
-            let (to_a, _at_a) = local_channel::new_bounded(64);
-            let (to_b, _at_b) = local_channel::new_bounded(64);
-            let peers_a = BTreeMap::from([(2, format!("127.0.0.1:{port_b}"))]);
-            let peers_b = BTreeMap::from([(1, format!("127.0.0.1:{port_a}"))]);
             // A holds alice's certificate: the CA signed it, but alice is no broker.
-            let a =
-                Transport::start(with_tls(1, "alice"), loopback(port_a), &peers_a, to_a).unwrap();
-            let b =
-                Transport::start(with_tls(2, "broker"), loopback(port_b), &peers_b, to_b).unwrap();
+            let Pair { a, b, .. } = pair(with_tls(1, "alice"), with_tls(2, "broker"));
             assert!(a.send(&frame(1, 2, 1)));
             // Something speaking plaintext frames to B's TLS port.
             let mut good = BytesMut::new();
@@ -298,13 +297,7 @@ fn a_connection_to_its_own_address_is_told_apart() {
 fn idle_peers_keep_each_other_live_with_empty_frames_and_a_stopped_one_is_not_live() {
     run(|| {
         Box::pin(async {
-            let (port_a, port_b) = (free_port(), free_port());
-            let (to_a, at_a) = local_channel::new_bounded(64);
-            let (to_b, at_b) = local_channel::new_bounded(64);
-            let peers_a = BTreeMap::from([(2, format!("127.0.0.1:{port_b}"))]);
-            let peers_b = BTreeMap::from([(1, format!("127.0.0.1:{port_a}"))]);
-            let a = Transport::start(settings(1), loopback(port_a), &peers_a, to_a).unwrap();
-            let b = Transport::start(settings(2), loopback(port_b), &peers_b, to_b).unwrap();
+            let Pair { a, at_a, b, at_b } = pair(settings(1), settings(2));
             assert!(a.live_peers().is_empty(), "nothing heard yet");
             // No frame is queued either way: only keepalives cross.
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -347,6 +340,36 @@ fn idle_peers_keep_each_other_live_with_empty_frames_and_a_stopped_one_is_not_li
             }
             assert!(stopped.elapsed() + 2 * KEEPALIVE_INTERVAL >= LIVENESS_TIMEOUT);
             assert_eq!(a.counts().peers_live, 0);
+        })
+    });
+}
+
+#[test]
+fn a_silent_inbound_connection_is_closed_after_three_seconds() {
+    run(|| {
+        Box::pin(async {
+            let (to_a, _at_a) = local_channel::new_bounded(64);
+            let peers = BTreeMap::from([(2, format!("127.0.0.1:{}", free_port()))]);
+            let a = Transport::start(settings(1), loopback(0), &peers, to_a).unwrap();
+            let address = a.local_address();
+            // A peer whose link went dead: connected, then nothing, not even a FIN.
+            let silent = std::thread::spawn(move || {
+                let mut socket = std::net::TcpStream::connect(address).unwrap();
+                let opened = std::time::Instant::now();
+                let mut rest = Vec::new();
+                let _ = socket.read_to_end(&mut rest);
+                opened.elapsed()
+            });
+            let deadline = Instant::now() + INBOUND_SILENCE_MAX + Duration::from_secs(5);
+            while !silent.is_finished() {
+                assert!(
+                    Instant::now() < deadline,
+                    "the silent connection stayed open"
+                );
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+            let open_for = silent.join().unwrap();
+            assert!(open_for >= INBOUND_SILENCE_MAX, "closed after {open_for:?}");
         })
     });
 }

@@ -361,32 +361,29 @@ impl Scrape {
             });
             counters(encoder, name, help, series)?;
         }
-        let queued = self.shards.iter().filter_map(|shard| {
-            let counts = shard.cluster_transport.as_ref()?;
-            Some((
-                Self::shard_label(shard),
-                i64::try_from(counts.queued_bytes).unwrap_or(i64::MAX),
-            ))
-        });
-        gauges(
-            encoder,
-            "ringfeed_cluster_send_queue_bytes",
-            "Bytes of frames waiting in the peers' send queues now.",
-            queued,
-        )?;
-        let live = self.shards.iter().filter_map(|shard| {
-            let counts = shard.cluster_transport.as_ref()?;
-            Some((
-                Self::shard_label(shard),
-                i64::try_from(counts.peers_live).unwrap_or(i64::MAX),
-            ))
-        });
-        gauges(
-            encoder,
-            "ringfeed_cluster_peers_live",
-            "Peer brokers heard from (any frame, keepalives included) within the last second.",
-            live,
-        )
+        let gauge_families: [(&str, &str, Pick); 2] = [
+            (
+                "ringfeed_cluster_send_queue_bytes",
+                "Bytes of frames waiting in the peers' send queues now.",
+                |c| c.queued_bytes,
+            ),
+            (
+                "ringfeed_cluster_peers_live",
+                "Peer brokers heard from (any frame, keepalives included) within the last second.",
+                |c| c.peers_live,
+            ),
+        ];
+        for (name, help, pick) in gauge_families {
+            let series = self.shards.iter().filter_map(|shard| {
+                let counts = shard.cluster_transport.as_ref()?;
+                Some((
+                    Self::shard_label(shard),
+                    i64::try_from(pick(counts)).unwrap_or(i64::MAX),
+                ))
+            });
+            gauges(encoder, name, help, series)?;
+        }
+        Ok(())
     }
 
     fn encode_fetch(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {

@@ -157,7 +157,7 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
     let connections = Rc::new(Gate::new());
     let mut accepting = Vec::with_capacity(config.listeners.len());
     for (index, bound) in config.listeners.iter().enumerate() {
-        let listener = match shard_listener(bound.address) {
+        let listener = match reusable_listener(bound.address) {
             Ok(listener) => listener,
             Err(error) => {
                 return Err(report.failed(format!(
@@ -233,11 +233,13 @@ fn forward_shutdown(
     .detach();
 }
 
-/// One shard's Kafka listener: glommio's `TcpListener::bind` (`SO_REUSEPORT`, so every shard
-/// listens on the same port) plus `SO_REUSEADDR`. Accepted connections inherit the flag, so
-/// what they leave in `TIME_WAIT` after a restart (even after SIGKILL) does not make
-/// `preflight::claim_port` report the port as taken. Call it on the shard's executor.
-fn shard_listener(address: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+/// A listener on `address` with `SO_REUSEPORT` (so every shard listens on the same Kafka
+/// port, and a listener restarted in the same process binds before the old one's close
+/// completes) plus `SO_REUSEADDR`. Accepted connections inherit the flag, so what they leave
+/// in `TIME_WAIT` after a restart (even after SIGKILL) does not make `preflight`'s probes
+/// report the port as taken, while a live listener or connection on it still does. Call it
+/// on the executor that will accept.
+pub(crate) fn reusable_listener(address: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
     use std::os::fd::IntoRawFd;
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(address),
