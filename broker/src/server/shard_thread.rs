@@ -131,10 +131,9 @@ pub async fn run(start: ShardStart) -> Result<(), String> {
         drained_shards,
         handed_over_shards,
         connection_counts,
-        reporter,
+        reporter: mut report,
         scrapes,
     } = start;
-    let mut report = reporter;
     let (router, incoming) = shard::join_meshes(meshes).await;
     let id = router.shard_id();
     // The real disk: a shard started on its own thread cannot be handed a `SimDisk` (a
