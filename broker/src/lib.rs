@@ -45,6 +45,7 @@ pub mod shard;
 pub mod shutdown;
 #[cfg(test)]
 mod simulation;
+pub mod sockets;
 #[cfg(test)]
 mod test_executor;
 pub mod tls;

@@ -26,7 +26,7 @@ const GLOMMIO_MEMLOCK_MIN_BYTES: u64 = 512 << 10;
 /// to do) if another process listens on it. A plain socket with `SO_REUSEADDR` and without `SO_REUSEPORT` cannot bind a
 /// port on which any socket listens, with or without `SO_REUSEPORT`, so a second ringfeed,
 /// which would otherwise join the first one's `SO_REUSEPORT` group, is caught; with
-/// `SO_REUSEADDR` on both sides (`server::reusable_listener` sets it, and accepted connections
+/// `SO_REUSEADDR` on both sides (`sockets::reusable_listener` sets it, and accepted connections
 /// inherit it) a previous run's connections in `TIME_WAIT` do not block the bind, so a
 /// restart on the same port is not refused. A port still held is probed again for
 /// `DEAD_LISTENER_GRACE`, the time a killed broker's listener takes to disappear.
@@ -46,7 +46,7 @@ pub fn claim_port(
         return Ok(resolved);
     }
     let setting = settings::setting(key);
-    match probe_with_grace(address) {
+    match probe_with_grace(address, PortSharing::None) {
         Ok(()) => Ok(address),
         Err(error) if error.kind() == ErrorKind::AddrInUse => Err(format!(
             "{key} {address}: the port is already in use by another process (another ringfeed \
@@ -73,8 +73,14 @@ pub fn claim_port(
 /// there once left the broker waiting for that shard, silently, until the test that
 /// started it gave up (a voter port picked free by a test, then taken by an outbound
 /// connection's ephemeral port before the broker bound it).
+///
+/// The probe sets `SO_REUSEPORT` as the transport's listener does: a listener of a binary
+/// before stop 35 left its accepted connections' `TIME_WAIT` without `SO_REUSEADDR`, which a
+/// probe without `SO_REUSEPORT` counts as taken, so a restart just after an upgrade would be
+/// refused. The cost: another ringfeed's transport listener (same user, `SO_REUSEPORT`) is
+/// not seen, as it was not before this check existed; a connection or any other listener is.
 pub fn claim_internal_port(address: SocketAddr) -> Result<(), String> {
-    match probe_with_grace(address) {
+    match probe_with_grace(address, PortSharing::ReusePort) {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == ErrorKind::AddrInUse => Err(format!(
             "controller.quorum.voters: this broker's internal address {address} is already in \
@@ -92,10 +98,10 @@ pub fn claim_internal_port(address: SocketAddr) -> Result<(), String> {
 
 /// Binds a probe to `address`, again and again for `DEAD_LISTENER_GRACE` while the port is
 /// in use, and returns the last outcome.
-fn probe_with_grace(address: SocketAddr) -> std::io::Result<()> {
+fn probe_with_grace(address: SocketAddr, sharing: PortSharing) -> std::io::Result<()> {
     let deadline = Instant::now() + DEAD_LISTENER_GRACE;
     loop {
-        let outcome = bind_probe(address);
+        let outcome = bind_probe(address, sharing);
         let in_use = matches!(&outcome, Err(error) if error.kind() == ErrorKind::AddrInUse);
         if !in_use || Instant::now() >= deadline {
             return outcome;
@@ -139,13 +145,24 @@ pub struct PortClaims {
     probes: Vec<socket2::Socket>,
 }
 
-fn bind_probe(address: SocketAddr) -> std::io::Result<()> {
+/// What a probe shares its port with besides `TIME_WAIT` (`SO_REUSEADDR` is always set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PortSharing {
+    None,
+    /// `SO_REUSEPORT` too: the listeners of this user that set it do not count as taken.
+    ReusePort,
+}
+
+fn bind_probe(address: SocketAddr, sharing: PortSharing) -> std::io::Result<()> {
     let probe = socket2::Socket::new(
         socket2::Domain::for_address(address),
         socket2::Type::STREAM,
         None,
     )?;
     probe.set_reuse_address(true)?;
+    if sharing == PortSharing::ReusePort {
+        probe.set_reuse_port(true)?;
+    }
     probe.bind(&address.into())
 }
 
@@ -321,11 +338,47 @@ mod tests {
         let admin = claim_port(any, "ringfeed.admin.listen", &mut claims).unwrap();
         assert_ne!(kafka.port(), admin.port());
         // Held: nothing else (the kernel's next port-0 pick included) gets it meanwhile.
-        let error = bind_probe(kafka).unwrap_err();
+        let error = bind_probe(kafka, PortSharing::None).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::AddrInUse);
         drop(claims);
-        bind_probe(kafka).unwrap();
-        bind_probe(admin).unwrap();
+        bind_probe(kafka, PortSharing::None).unwrap();
+        bind_probe(admin, PortSharing::None).unwrap();
+    }
+
+    /// The internal port after an upgrade: connections the old transport listener (with
+    /// `SO_REUSEPORT` only) accepted and closed first wait in `TIME_WAIT`; the claim must
+    /// not count them, while a connection holding the port must be refused.
+    #[test]
+    fn the_internal_port_claim_passes_time_wait_of_an_old_listener_and_refuses_a_connection() {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let old = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        old.set_reuse_port(true).unwrap();
+        old.bind(&loopback.into()).unwrap();
+        old.listen(8).unwrap();
+        // SAFETY: the descriptor is a bound, listening socket whose ownership moves here.
+        let old = unsafe { std::net::TcpListener::from_raw_fd(old.into_raw_fd()) };
+        let address = old.local_addr().unwrap();
+        let client = std::net::TcpStream::connect(address).unwrap();
+        let (accepted, _) = old.accept().unwrap();
+        drop(accepted); // the server side closes first: its end waits in TIME_WAIT
+        std::thread::sleep(Duration::from_millis(50));
+        drop(client);
+        drop(old);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            bind_probe(address, PortSharing::None).unwrap_err().kind(),
+            ErrorKind::AddrInUse,
+            "the case the internal probe is for"
+        );
+        claim_internal_port(address).unwrap();
+
+        // An outbound connection's source port is taken.
+        let target = std::net::TcpListener::bind(loopback).unwrap();
+        let holder = std::net::TcpStream::connect(target.local_addr().unwrap()).unwrap();
+        let held = holder.local_addr().unwrap();
+        let error = bind_probe(held, PortSharing::ReusePort).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::AddrInUse);
     }
 
     #[test]

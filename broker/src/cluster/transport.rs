@@ -221,7 +221,7 @@ impl Transport {
         // SO_REUSEPORT lets a transport restarted in the same process bind before the old
         // listener's close completes; SO_REUSEADDR keeps the TIME_WAIT a previous run left
         // from blocking a restart (`preflight::claim_internal_port`).
-        let listener = crate::server::reusable_listener(listen)?;
+        let listener = crate::sockets::reusable_listener(listen)?;
         let local_address = listener.local_addr()?;
         let stats = Rc::new(Stats::default());
         let mut tasks = Vec::new();

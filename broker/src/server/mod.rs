@@ -7,8 +7,6 @@ mod sasl_session;
 mod shard_thread;
 mod vectored_write;
 
-pub(crate) use shard_thread::reusable_listener;
-
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc::Receiver;
