@@ -27,9 +27,9 @@
 //!   (`ringfeed_cluster_peers_live`, a log line at each change) and used by nothing else.
 //! - A dead link is noticed on both ends: a writer's connection whose bytes stay
 //!   unacknowledged for `UNACKNOWLEDGED_TIMEOUT` fails (`TCP_USER_TIMEOUT`) and is made
-//!   afresh, and a reader closes a connection with no frame for `INBOUND_SILENCE_MAX` (a cut
-//!   link delivers no FIN, and the stale reader would hold a place of
-//!   `inbound_connections_max`).
+//!   afresh, and a reader closes a connection from which no byte arrived for
+//!   `INBOUND_SILENCE_MAX`, between frames or inside one (a cut link delivers no FIN, and
+//!   the stale reader would hold a place of `inbound_connections_max`).
 //! - With `tls` set, every connection is mutual TLS between broker principals (`peer_tls`),
 //!   both ways, before any frame: a peer that fails the handshake or is not a broker is
 //!   refused (inbound: counted in `connections_refused_unauthenticated`; outbound: a
@@ -443,9 +443,9 @@ const UNACKNOWLEDGED_TIMEOUT: Duration = Duration::from_secs(2);
 
 const _: () = assert!(UNACKNOWLEDGED_TIMEOUT.as_millis() > LIVENESS_TIMEOUT.as_millis());
 
-/// An inbound connection with no frame for this long is closed: its peer sends a keepalive
-/// every `KEEPALIVE_INTERVAL`, so it is dead (or a peer without keepalives, which connects
-/// again when it next has a frame).
+/// An inbound connection from which no byte arrives for this long, between frames or inside
+/// one, is closed: its peer sends a keepalive every `KEEPALIVE_INTERVAL`, so it is dead (or a
+/// peer without keepalives, which connects again when it next has a frame).
 const INBOUND_SILENCE_MAX: Duration = Duration::from_secs(3);
 
 const _: () = assert!(INBOUND_SILENCE_MAX.as_millis() > UNACKNOWLEDGED_TIMEOUT.as_millis());
@@ -636,6 +636,35 @@ async fn read_from_peer(
     }
 }
 
+/// Fills `buffer`, failing with `TimedOut` when no byte arrives for `INBOUND_SILENCE_MAX`. A
+/// live peer sends something every `KEEPALIVE_INTERVAL`, so a connection that long silent,
+/// between frames or inside one, is dead (a cut link delivers no FIN), and keeping its reader
+/// would hold a place of `inbound_connections_max` while the peer's writer connects afresh.
+async fn read_while_progressing(
+    stream: &mut (impl AsyncRead + Unpin),
+    buffer: &mut [u8],
+) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        let read = glommio::timer::timeout(INBOUND_SILENCE_MAX, async {
+            Ok(stream.read(&mut buffer[filled..]).await?)
+        })
+        .await
+        .map_err(|error| match error {
+            glommio::GlommioError::IoError(error) => error,
+            _timed_out => std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "nothing from the peer broker for 3 s (keepalives come every 200 ms)",
+            ),
+        })?;
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        filled += read;
+    }
+    Ok(())
+}
+
 /// Reads frames until the connection ends or sends something no correct peer sends.
 async fn read_frames(
     stream: &mut (impl AsyncRead + Unpin),
@@ -646,27 +675,12 @@ async fn read_frames(
 ) -> Result<(), ReadError> {
     loop {
         let mut prefix = [0_u8; FRAME_LENGTH_BYTES];
-        // A live peer sends something every KEEPALIVE_INTERVAL; a connection silent for
-        // longer than INBOUND_SILENCE_MAX is dead (a cut link delivers no FIN), and keeping
-        // its reader would count it against `inbound_connections_max` while the peer's
-        // writer connects afresh.
-        glommio::timer::timeout(INBOUND_SILENCE_MAX, async {
-            stream.read_exact(&mut prefix).await?;
-            Ok(())
-        })
-        .await
-        .map_err(|error| match error {
-            glommio::GlommioError::IoError(error) => error,
-            _timed_out => std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "no frame from the peer broker for 3 s (keepalives come every 200 ms)",
-            ),
-        })?;
+        read_while_progressing(stream, &mut prefix).await?;
         // Checked before a byte of the body is buffered.
         let body_bytes = frame_body_length(prefix, &settings.limits)?;
         let mut bytes = vec![0_u8; FRAME_LENGTH_BYTES + body_bytes];
         bytes[..FRAME_LENGTH_BYTES].copy_from_slice(&prefix);
-        stream.read_exact(&mut bytes[FRAME_LENGTH_BYTES..]).await?;
+        read_while_progressing(stream, &mut bytes[FRAME_LENGTH_BYTES..]).await?;
         let frame = Frame::decode(&bytes, &settings.limits)?;
         if frame.to_node != settings.node_id || !known_peers.contains(&frame.from_node) {
             return Err(ReadError::Misaddressed {

@@ -345,31 +345,38 @@ fn idle_peers_keep_each_other_live_with_empty_frames_and_a_stopped_one_is_not_li
 }
 
 #[test]
-fn a_silent_inbound_connection_is_closed_after_three_seconds() {
+fn a_silent_inbound_connection_is_closed_after_three_seconds_between_frames_or_inside_one() {
     run(|| {
         Box::pin(async {
             let (to_a, _at_a) = local_channel::new_bounded(64);
             let peers = BTreeMap::from([(2, format!("127.0.0.1:{}", free_port()))]);
             let a = Transport::start(settings(1), loopback(0), &peers, to_a).unwrap();
             let address = a.local_address();
-            // A peer whose link went dead: connected, then nothing, not even a FIN.
-            let silent = std::thread::spawn(move || {
-                let mut socket = std::net::TcpStream::connect(address).unwrap();
-                let opened = std::time::Instant::now();
-                let mut rest = Vec::new();
-                let _ = socket.read_to_end(&mut rest);
-                opened.elapsed()
+            let mut frame_start = BytesMut::new();
+            frame(2, 1, 3).encode(&mut frame_start);
+            frame_start.truncate(FRAME_LENGTH_BYTES + 10);
+            // Peers whose link went dead: connected, then nothing (not even a FIN), before
+            // a frame or partway through one.
+            let silent = [Vec::new(), frame_start.to_vec()].map(|sent| {
+                std::thread::spawn(move || {
+                    let mut socket = std::net::TcpStream::connect(address).unwrap();
+                    socket.write_all(&sent).unwrap();
+                    let opened = std::time::Instant::now();
+                    let mut rest = Vec::new();
+                    let _ = socket.read_to_end(&mut rest);
+                    opened.elapsed()
+                })
             });
             let deadline = Instant::now() + INBOUND_SILENCE_MAX + Duration::from_secs(5);
-            while !silent.is_finished() {
-                assert!(
-                    Instant::now() < deadline,
-                    "the silent connection stayed open"
-                );
+            while !silent.iter().all(std::thread::JoinHandle::is_finished) {
+                assert!(Instant::now() < deadline, "a silent connection stayed open");
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
-            let open_for = silent.join().unwrap();
-            assert!(open_for >= INBOUND_SILENCE_MAX, "closed after {open_for:?}");
+            for connection in silent {
+                let open_for = connection.join().unwrap();
+                assert!(open_for >= INBOUND_SILENCE_MAX, "closed after {open_for:?}");
+            }
+            assert_eq!(a.counts().frames_received, 0);
         })
     });
 }
