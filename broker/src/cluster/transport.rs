@@ -608,6 +608,12 @@ async fn read_from_peer(
     stats: Rc<Stats>,
 ) {
     let peer = stream.peer_addr().ok();
+    // glommio's read timeout runs only while a read waits and restarts with every byte, so
+    // it bounds the silence between frames, inside one and in the TLS handshake, without a
+    // timer per read that completes at once.
+    if let Err(error) = stream.set_read_timeout(Some(INBOUND_SILENCE_MAX)) {
+        tracing::warn!(?peer, %error, "cannot set a read timeout on a peer broker connection");
+    }
     let outcome = match &settings.tls {
         None => read_frames(&mut stream, &settings, &known_peers, &inbound, &stats).await,
         Some(tls) => match tls.accept(stream).await {
@@ -636,35 +642,6 @@ async fn read_from_peer(
     }
 }
 
-/// Fills `buffer`, failing with `TimedOut` when no byte arrives for `INBOUND_SILENCE_MAX`. A
-/// live peer sends something every `KEEPALIVE_INTERVAL`, so a connection that long silent,
-/// between frames or inside one, is dead (a cut link delivers no FIN), and keeping its reader
-/// would hold a place of `inbound_connections_max` while the peer's writer connects afresh.
-async fn read_while_progressing(
-    stream: &mut (impl AsyncRead + Unpin),
-    buffer: &mut [u8],
-) -> std::io::Result<()> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        let read = glommio::timer::timeout(INBOUND_SILENCE_MAX, async {
-            Ok(stream.read(&mut buffer[filled..]).await?)
-        })
-        .await
-        .map_err(|error| match error {
-            glommio::GlommioError::IoError(error) => error,
-            _timed_out => std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "nothing from the peer broker for 3 s (keepalives come every 200 ms)",
-            ),
-        })?;
-        if read == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        filled += read;
-    }
-    Ok(())
-}
-
 /// Reads frames until the connection ends or sends something no correct peer sends.
 async fn read_frames(
     stream: &mut (impl AsyncRead + Unpin),
@@ -675,12 +652,12 @@ async fn read_frames(
 ) -> Result<(), ReadError> {
     loop {
         let mut prefix = [0_u8; FRAME_LENGTH_BYTES];
-        read_while_progressing(stream, &mut prefix).await?;
+        stream.read_exact(&mut prefix).await?;
         // Checked before a byte of the body is buffered.
         let body_bytes = frame_body_length(prefix, &settings.limits)?;
         let mut bytes = vec![0_u8; FRAME_LENGTH_BYTES + body_bytes];
         bytes[..FRAME_LENGTH_BYTES].copy_from_slice(&prefix);
-        read_while_progressing(stream, &mut bytes[FRAME_LENGTH_BYTES..]).await?;
+        stream.read_exact(&mut bytes[FRAME_LENGTH_BYTES..]).await?;
         let frame = Frame::decode(&bytes, &settings.limits)?;
         if frame.to_node != settings.node_id || !known_peers.contains(&frame.from_node) {
             return Err(ReadError::Misaddressed {
