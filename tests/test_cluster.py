@@ -19,7 +19,6 @@ blocks never overlap across brokers or a restart.
 """
 
 import re
-import socket
 import time
 import urllib.request
 

@@ -13,10 +13,8 @@ The run prints the time from the kill to the first acknowledgement on the succes
 """
 
 import os
-import re
 import signal
 import time
-import urllib.request
 from collections import Counter, defaultdict
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
@@ -77,12 +75,10 @@ def check(acknowledged, read):
 def offset_mismatches(broker):
     """The broker's count of applied entries whose end disagreed with its log's (always 0
     unless there is a defect); the metric must be there, so that 0 means checked."""
-    with urllib.request.urlopen(broker.admin_url + "/metrics", timeout=5) as response:
-        text = response.read().decode()
     name = "ringfeed_replica_offset_mismatches_total"
-    samples = re.findall(rf'^{name}\{{shard="\d+"\}} (\S+)$', text, re.M)
+    samples = helpers.metric_by_shard(broker, name)
     assert samples, f"broker {broker.node_id} exposes no {name}"
-    return sum(float(value) for value in samples)
+    return sum(samples.values())
 
 
 def padding(number):

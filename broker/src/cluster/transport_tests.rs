@@ -65,6 +65,15 @@ async fn receive(inbound: &LocalReceiver<Frame>, count: usize) -> Vec<Frame> {
     frames
 }
 
+/// Node 1's transport on a port of its own, its one peer (node 2) at a port nobody listens
+/// on, and what it receives. Call it on an executor.
+fn alone(settings: TransportSettings) -> (Rc<Transport>, LocalReceiver<Frame>) {
+    let (to_a, at_a) = local_channel::new_bounded(64);
+    let peers = BTreeMap::from([(2, format!("127.0.0.1:{}", free_port()))]);
+    let a = Transport::start(settings, loopback(0), &peers, to_a).unwrap();
+    (a, at_a)
+}
+
 /// Two transports on loopback, each the other's only peer, and what each receives.
 struct Pair {
     a: Rc<Transport>,
@@ -148,15 +157,13 @@ fn a_peer_that_starts_late_is_reached_by_reconnecting() {
 fn a_full_queue_drops_and_counts_instead_of_waiting() {
     run(|| {
         Box::pin(async {
-            let (to_a, _at_a) = local_channel::new_bounded(1);
             let one_frame = frame(1, 2, 0).encoded_size();
             let small = TransportSettings {
                 send_queue_bytes_max: 3 * one_frame,
                 ..settings(1)
             };
             // Nobody listens on the peer's port: everything stays queued.
-            let peers = BTreeMap::from([(2, format!("127.0.0.1:{}", free_port()))]);
-            let a = Transport::start(small, loopback(0), &peers, to_a).unwrap();
+            let (a, _at_a) = alone(small);
             let queued = (0..10).filter(|_| a.send(&frame(1, 2, 0))).count();
             assert_eq!(queued, 3);
             assert_eq!(a.counts().frames_dropped_queue_full, 7);
@@ -168,9 +175,7 @@ fn a_full_queue_drops_and_counts_instead_of_waiting() {
 fn bad_frames_close_the_connection_before_their_body_is_buffered() {
     run(|| {
         Box::pin(async {
-            let (to_a, at_a) = local_channel::new_bounded(8);
-            let peers = BTreeMap::from([(2, format!("127.0.0.1:{}", free_port()))]);
-            let a = Transport::start(settings(1), loopback(0), &peers, to_a).unwrap();
+            let (a, at_a) = alone(settings(1));
             let address = a.local_address();
             let mut good = BytesMut::new();
             frame(2, 1, 5).encode(&mut good);
@@ -348,9 +353,7 @@ fn idle_peers_keep_each_other_live_with_empty_frames_and_a_stopped_one_is_not_li
 fn a_silent_inbound_connection_is_closed_after_three_seconds_between_frames_or_inside_one() {
     run(|| {
         Box::pin(async {
-            let (to_a, _at_a) = local_channel::new_bounded(64);
-            let peers = BTreeMap::from([(2, format!("127.0.0.1:{}", free_port()))]);
-            let a = Transport::start(settings(1), loopback(0), &peers, to_a).unwrap();
+            let (a, _at_a) = alone(settings(1));
             let address = a.local_address();
             let mut frame_start = BytesMut::new();
             frame(2, 1, 3).encode(&mut frame_start);
