@@ -256,6 +256,13 @@ def stop_all(brokers):
             broker.process.wait()
 
 
+def all_quiet(brokers):
+    """Whether every partition group on every broker is quiet (idle: ticks once a second,
+    its leader heartbeats every 2 s; docs/REPLICATION.md, "Quiet idle groups")."""
+    return all(0 < metric_sum(b, "ringfeed_replica_groups") == metric_sum(b, "ringfeed_replica_groups_quiet")
+               for b in brokers)
+
+
 def test_acks_all_survives_a_killed_leader_with_nothing_lost_or_repeated(tmp_path):
     brokers = {}
     try:
@@ -264,6 +271,10 @@ def test_acks_all_survives_a_killed_leader_with_nothing_lost_or_repeated(tmp_pat
         workload = Workload(bootstrap, brokers.values())
         workload.write(500)
         workload.flush(30)
+        # Idle, every group goes quiet: the leader killed below is a quiet one, whose
+        # followers must notice its broker's silence rather than wait out their slow
+        # election timeout (10-20 s).
+        wait_for(lambda: all_quiet(brokers.values()), 15, "every group quiet on every broker")
         # Raft elected the leaders by now (their reports moved Metadata's leaders off the
         # placement's first replica): the victim is partition 0's leader as Metadata says now.
         current = wait_for(lambda: settled(brokers.values(), {1, 2, 3}), 10, "agreed leaders")
@@ -279,12 +290,16 @@ def test_acks_all_survives_a_killed_leader_with_nothing_lost_or_repeated(tmp_pat
         print(f"kill -9 of partition 0's leader (broker {victim}) to the first acks=all on its successor: "
               f"{first_after - killed_at:.2f} s")
         print("after the kill:", replica_view(brokers[next(n for n in brokers if n != victim)]))
+        # Far below a quiet follower's own election timeout (10-20 s): its leader's broker
+        # falling silent woke it (with room for a loaded host).
+        assert first_after - killed_at < 8, "a quiet leader's loss was noticed late"
         brokers[victim].start()
         wait_for(lambda: settled(brokers.values(), {1, 2, 3}), 30, "the restarted broker back in sync")
         workload.write(500)
         workload.flush(30)
         assert len(workload.acknowledged) == 1500 * PARTITIONS
         workload.check(bootstrap)
+        wait_for(lambda: all_quiet(brokers.values()), 15, "every group quiet again after the restart")
     finally:
         stop_all(brokers)
 

@@ -22,6 +22,9 @@
 //! server stops accepting, lets connections finish, waits until every shard has drained,
 //! and calls [`close_partitions`].
 
+#[path = "shard_liveness.rs"]
+mod liveness;
+
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::collections::{BTreeMap, BTreeSet};
@@ -444,6 +447,10 @@ impl ShardServices {
                         services.replica_frame_received(frame);
                     }
                 }));
+            let relay = liveness::LivenessRelay::start(self);
+            replicated
+                .group
+                .set_liveness_listener(Box::new(move |live| relay.tell(live)));
         }
         replicas.start();
         self.start_leadership_reports();

@@ -156,6 +156,9 @@ pub struct DriverStats {
     pub groups_fenced: u64,
     /// Leadership transfers to this node refused while it shuts down.
     pub leadership_refused: u64,
+    /// Groups that went quiet (`quiet`), and quiet groups woken again.
+    pub groups_quieted: u64,
+    pub groups_woken: u64,
 }
 
 /// The raft settings every group shares; only the node id differs per broker.
@@ -189,6 +192,8 @@ struct Group<S: GroupStore> {
     /// A storage write failed (fsyncgate: never retry and carry on as if the write happened),
     /// or raft-rs panicked on a peer's message: the group takes no further part.
     fenced: bool,
+    /// Whether it ticks once in `QUIET_TICK_EVERY`, and why (`quiet`).
+    rest: quiet::Rest,
 }
 
 /// Readies staged in one round, released together when their sync completes.
@@ -206,6 +211,11 @@ pub struct MultiRaft<S: GroupStore> {
     groups: BTreeMap<u64, Group<S>>,
     inbox: Vec<(u64, Message)>,
     ticks_due: u32,
+    /// Ticks taken since the driver started: a quiet group ticks when this is a multiple of
+    /// `QUIET_TICK_EVERY`.
+    ticks_taken: u64,
+    /// The peer brokers the transport heard from lately ([`Self::set_live_peers`]).
+    live_peers: LivePeers,
     /// Groups touched since their last Ready (stepped, ticked, proposed to, persisted): only
     /// these can have a new one, so a round costs what changed, not the number of groups.
     maybe_ready: BTreeSet<u64>,
@@ -237,6 +247,8 @@ impl<S: GroupStore> MultiRaft<S> {
             groups: BTreeMap::new(),
             inbox: Vec::new(),
             ticks_due: 0,
+            ticks_taken: 0,
+            live_peers: LivePeers::new(),
             maybe_ready: BTreeSet::new(),
             fetches_wanted: BTreeSet::new(),
             snapshots_installed: Vec::new(),
@@ -267,6 +279,7 @@ impl<S: GroupStore> MultiRaft<S> {
             node,
             timeout_drawn_for: (0, StateRole::Follower),
             fenced: false,
+            rest: quiet::Rest::default(),
         };
         redraw_election_timeout(&mut group, &mut self.election_rng, true);
         let previous = self.groups.insert(group_id, group);
@@ -340,6 +353,7 @@ impl<S: GroupStore> MultiRaft<S> {
                 group_id,
                 reason: error.to_string(),
             })?;
+        self.stats.count_rest(group.rest.wake());
         self.maybe_ready.insert(group_id);
         let raft = &group.node.raft;
         let index = raft.raft_log.last_index();
@@ -369,6 +383,7 @@ impl<S: GroupStore> MultiRaft<S> {
             return false;
         }
         group.node.transfer_leader(to);
+        self.stats.count_rest(group.rest.wake());
         self.maybe_ready.insert(group_id);
         group.node.raft.lead_transferee == Some(to)
     }
@@ -397,6 +412,7 @@ impl<S: GroupStore> MultiRaft<S> {
             return false;
         }
         group.node.transfer_leader(node_id);
+        self.stats.count_rest(group.rest.wake());
         self.maybe_ready.insert(group_id);
         true
     }
@@ -421,6 +437,7 @@ impl<S: GroupStore> MultiRaft<S> {
             return false;
         }
         group.node.transfer_leader(self.node_id);
+        self.stats.count_rest(group.rest.wake());
         self.maybe_ready.insert(group_id);
         group.node.raft.lead_transferee.is_none()
     }
@@ -471,6 +488,7 @@ impl<S: GroupStore> MultiRaft<S> {
             self.stats.groups_fenced += 1;
             return;
         }
+        self.stats.count_rest(group.rest.wake());
         self.maybe_ready.insert(group_id);
     }
 
@@ -566,14 +584,22 @@ impl<S: GroupStore> MultiRaft<S> {
                 self.stats.leadership_refused += 1;
                 continue;
             }
+            if group.rest.is_quiet() && !quiet::Rest::keeps_quiet(&group.node.raft, &message) {
+                self.stats.count_rest(group.rest.wake());
+            }
             // raft-rs trusts its peers: a message no correct peer sends (a heartbeat committing
             // past this node's log, an append conflicting with a committed entry) ends in its
             // `fatal!`, a panic. The group is fenced instead, like after a storage error, and
             // the shard's other groups carry on; the message came over the network, so it must
             // not take the broker down. Its state is never touched again.
             let node = &mut group.node;
+            let heartbeat = (message.get_msg_type() == MessageType::MsgHeartbeat).then_some((
+                message.from,
+                message.term,
+                message.commit,
+            ));
             match panic::catch_unwind(AssertUnwindSafe(|| node.step(message))) {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => group.rest.stepped_heartbeat(&group.node.raft, heartbeat),
                 // Refusals (a local message type from the network, a response from a node that
                 // is not a peer) are the peer's problem, not this group's.
                 Ok(Err(_)) => self.stats.messages_refused_by_raft += 1,
@@ -588,18 +614,68 @@ impl<S: GroupStore> MultiRaft<S> {
         }
     }
 
+    /// Ticks every awake group, and the quiet ones on every `QUIET_TICK_EVERY`th tick; each
+    /// group ticked goes quiet or wakes as its calm says (`quiet`).
     fn tick_groups(&mut self) {
         let ticks = std::mem::take(&mut self.ticks_due);
-        if ticks == 0 {
-            return;
-        }
         for _ in 0..ticks {
-            for group in self.groups.values_mut().filter(|group| !group.fenced) {
+            self.ticks_taken += 1;
+            let slow_tick = self.ticks_taken % quiet::QUIET_TICK_EVERY == 0;
+            for (&group_id, group) in &mut self.groups {
+                if group.fenced || (group.rest.is_quiet() && !slow_tick) {
+                    continue;
+                }
                 group.node.tick();
                 redraw_election_timeout(group, &mut self.election_rng, false);
+                let raft = &group.node.raft;
+                let calm = quiet::is_calm(raft, &group.rest, &self.live_peers);
+                let role = raft.state;
+                self.stats.count_rest(group.rest.after_tick(calm, role));
+                self.maybe_ready.insert(group_id);
             }
         }
-        self.maybe_ready.extend(self.groups.keys().copied());
+    }
+
+    /// The peer brokers the transport heard from lately, each with its incarnation (the
+    /// shard is told at each change). Quiet groups whose leader's broker, or one of whose
+    /// followers' brokers, stopped or started being live or restarted wake (`quiet`).
+    ///
+    /// A woken follower whose leader's broker fell silent or restarted counts its election
+    /// timeout as one timeout (`ELECTION_TICKS`) spent already: the leader was not heard for
+    /// the liveness timeout, which is that long, so it campaigns within the rest of its
+    /// randomized timeout, and a quiet group fails over as fast as an awake one.
+    pub fn set_live_peers(&mut self, live: LivePeers) {
+        if live == self.live_peers {
+            return;
+        }
+        let changed = quiet::liveness_changes(&self.live_peers, &live);
+        self.live_peers = live;
+        for (&group_id, group) in &mut self.groups {
+            if !group.rest.is_quiet() || !quiet::woken_by_liveness(&group.node.raft, &changed) {
+                continue;
+            }
+            self.stats.count_rest(group.rest.wake());
+            self.maybe_ready.insert(group_id);
+            let raft = &mut group.node.raft;
+            if raft.state == StateRole::Follower {
+                raft.election_elapsed = raft.election_elapsed.max(ELECTION_TICKS);
+            }
+        }
+    }
+
+    /// The groups ticking once in `QUIET_TICK_EVERY` now.
+    pub fn quiet_groups(&self) -> usize {
+        self.groups
+            .values()
+            .filter(|group| group.rest.is_quiet())
+            .count()
+    }
+
+    /// Whether `group_id` is hosted and quiet.
+    pub fn is_quiet(&self, group_id: u64) -> bool {
+        self.groups
+            .get(&group_id)
+            .is_some_and(|group| group.rest.is_quiet())
     }
 
     fn queue_for_durability<D: Durability>(
@@ -788,6 +864,21 @@ fn redraw_election_timeout<S: GroupStore>(group: &mut Group<S>, rng: &mut Seeded
 
 #[path = "driver_membership.rs"]
 pub mod membership;
+
+#[path = "driver_quiet.rs"]
+pub mod quiet;
+
+pub use quiet::LivePeers;
+
+impl DriverStats {
+    fn count_rest(&mut self, change: quiet::Change) {
+        match change {
+            quiet::Change::None => {}
+            quiet::Change::Quieted => self.groups_quieted += 1,
+            quiet::Change::Woken => self.groups_woken += 1,
+        }
+    }
+}
 
 #[cfg(test)]
 #[path = "driver_tests.rs"]

@@ -276,6 +276,7 @@ impl<S: GroupStore> MultiRaft<S> {
                 group_id,
                 reason: error.to_string(),
             })?;
+        self.stats.count_rest(group.rest.wake());
         self.maybe_ready.insert(group_id);
         Ok(MembershipStep::Proposed)
     }

@@ -253,3 +253,110 @@ fn a_removed_group_leaves_nothing_behind() {
         assert!(!cluster.applied.contains_key(&(node, 7)));
     }
 }
+
+/// Every node told that every other node is live, in incarnation 1.
+fn all_live(cluster: &mut Cluster) {
+    let nodes = cluster.drivers.len() as u64;
+    for driver in &mut cluster.drivers {
+        let me = driver.node_id();
+        driver.set_live_peers(
+            (1..=nodes)
+                .filter(|id| *id != me)
+                .map(|id| (id, 1))
+                .collect(),
+        );
+    }
+}
+
+fn run_until_every_group_is_quiet(cluster: &mut Cluster) {
+    for _ in 0..100 {
+        cluster.round(true);
+        if cluster
+            .drivers
+            .iter()
+            .all(|driver| driver.quiet_groups() == GROUPS as usize)
+        {
+            return;
+        }
+    }
+    panic!("groups still awake after 100 idle ticks");
+}
+
+/// The wake rules of `quiet`, each on its own: a follower wakes the moment its leader's
+/// broker stops being live (not at its next slow tick), a leader when a follower's broker
+/// restarts, both when something is proposed, and they settle again once it is committed.
+#[test]
+fn quiet_groups_wake_on_liveness_changes_and_proposals_and_settle_again() {
+    let mut cluster = Cluster::new(3);
+    all_live(&mut cluster);
+    cluster.run_until_every_group_has_a_leader();
+    run_until_every_group_is_quiet(&mut cluster);
+    let led_by = |cluster: &Cluster, node: usize| -> Vec<u64> {
+        (0..GROUPS)
+            .filter(|group| cluster.leader(*group) == Some(node))
+            .collect()
+    };
+    let led_by_1 = led_by(&cluster, 0);
+    let (led_by_2, led_by_3) = (led_by(&cluster, 1), led_by(&cluster, 2));
+    assert!(!led_by_1.is_empty() && !led_by_2.is_empty() && !led_by_3.is_empty());
+
+    // Node 2 stops hearing node 1, at once: its followers of node 1's groups wake, and its
+    // leaders (node 1 follows them); its followers of node 3's groups stay quiet.
+    cluster.drivers[1].set_live_peers(LivePeers::from([(3, 1)]));
+    for group in 0..GROUPS {
+        assert_eq!(
+            cluster.drivers[1].is_quiet(group),
+            led_by_3.contains(&group),
+            "group {group} on node 2"
+        );
+    }
+    cluster.drivers[1].set_live_peers(LivePeers::from([(1, 1), (3, 1)]));
+    run_until_every_group_is_quiet(&mut cluster);
+
+    // Node 1 hears node 3 in a new incarnation (a restart faster than the liveness
+    // timeout): its leaders wake (node 3 follows them), and its followers of node 3's
+    // groups; its followers of node 2's groups stay quiet.
+    cluster.drivers[0].set_live_peers(LivePeers::from([(2, 1), (3, 2)]));
+    for group in 0..GROUPS {
+        assert_eq!(
+            cluster.drivers[0].is_quiet(group),
+            led_by_2.contains(&group),
+            "group {group} on node 1"
+        );
+    }
+    run_until_every_group_is_quiet(&mut cluster);
+
+    // A proposal wakes its leader; the append wakes the followers; committed everywhere,
+    // all settle again.
+    let group = led_by_1[0];
+    cluster.drivers[0]
+        .propose(group, Bytes::from_static(b"wakes"))
+        .expect("the leader accepts");
+    assert!(!cluster.drivers[0].is_quiet(group));
+    cluster.round(false);
+    cluster.round(false);
+    assert!(!cluster.drivers[1].is_quiet(group) && !cluster.drivers[2].is_quiet(group));
+    run_until_every_group_is_quiet(&mut cluster);
+    for node in 1..=3 {
+        assert_eq!(
+            cluster.applied.get(&(node, group)),
+            Some(&vec![b"wakes".to_vec()]),
+            "node {node}"
+        );
+    }
+}
+
+/// Without liveness no group with peers is calm: a driver that is never told of live peers
+/// (the controller group's) keeps ticking every group every tick.
+#[test]
+fn without_liveness_no_group_goes_quiet() {
+    let mut cluster = Cluster::new(3);
+    cluster.run_until_every_group_has_a_leader();
+    for _ in 0..100 {
+        cluster.round(true);
+    }
+    for driver in &cluster.drivers {
+        assert_eq!(driver.quiet_groups(), 0);
+        assert_eq!(driver.stats().groups_quieted, 0);
+    }
+}

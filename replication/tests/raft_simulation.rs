@@ -29,7 +29,8 @@ use bytes::BytesMut;
 use raft::eraftpb::{ConfState, Entry, HardState, MessageType, Snapshot};
 use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RaftState, StateRole, Storage};
-use ringfeed_replication::driver::{Durability, GroupStore, MultiRaft};
+use ringfeed_replication::driver::quiet::QUIET_TICK_EVERY;
+use ringfeed_replication::driver::{Durability, GroupStore, MultiRaft, ELECTION_TICKS_MAX};
 use ringfeed_replication::wire::{Frame, HeartbeatKind, WireLimits};
 use ringfeed_storage::sim::SeededRng;
 
@@ -38,6 +39,15 @@ const TICK_STEPS: u64 = 10;
 /// Steps the simulation may take, after healing, for every group to commit a new entry on
 /// every node: 100 ticks, five times the longest election timeout.
 const LIVENESS_STEPS_MAX: u64 = 100 * TICK_STEPS;
+/// A node's transport sends a keepalive to each peer this often (200 ms: 2 ticks).
+const KEEPALIVE_STEPS: u64 = 2 * TICK_STEPS;
+/// A peer heard from within this is live to a node (1 s: 10 ticks), as the transport says.
+const PEER_LIVENESS_STEPS: u64 = 10 * TICK_STEPS;
+/// Steps an idle, healed cluster may take for every group to go quiet on every node: a
+/// heartbeat round trip for the commit to be known, a leader's calm ticks, and slack.
+const QUIET_STEPS_MAX: u64 = 30 * TICK_STEPS;
+/// Ticks over which a quiet cluster's frames are counted.
+const QUIET_WINDOW_TICKS: u64 = 100;
 
 #[derive(Debug, Clone, Copy)]
 struct SimConfig {
@@ -65,6 +75,36 @@ struct Checker {
     leader_commit_seen: BTreeMap<(u64, u64, u64), u64>,
     /// (node, group) that applied the post-heal marker.
     markers_applied: BTreeSet<(u64, u64)>,
+}
+
+/// The transport's liveness, modelled: (node, peer) -> the step and incarnation the node last
+/// heard the peer in, from a delivered frame or a keepalive (which the cuts and drops of the
+/// network stop like any frame). A restarted node has heard from no one yet.
+#[derive(Default)]
+struct Liveness {
+    heard: BTreeMap<(u64, u64), (u64, u64)>,
+}
+
+impl Liveness {
+    fn heard(&mut self, node: u64, peer: u64, now: u64, incarnation: u64) {
+        let last = self.heard.entry((node, peer)).or_insert((now, incarnation));
+        // A frame of an older incarnation still in flight does not undo a newer one.
+        if incarnation >= last.1 {
+            *last = (now, incarnation);
+        }
+    }
+
+    fn forget(&mut self, node: u64) {
+        self.heard.retain(|(observer, _), _| *observer != node);
+    }
+
+    fn live_peers(&self, node: u64, now: u64) -> ringfeed_replication::driver::LivePeers {
+        self.heard
+            .range((node, 0)..=(node, u64::MAX))
+            .filter(|(_, (at, _))| now - at < PEER_LIVENESS_STEPS)
+            .map(|((_, peer), (_, incarnation))| (*peer, *incarnation))
+            .collect()
+    }
 }
 
 fn entry_bytes(entry: &Entry) -> Vec<u8> {
@@ -481,6 +521,12 @@ struct Sim {
     checker: Rc<RefCell<Checker>>,
     marker: Vec<u8>,
     proposals: u64,
+    liveness: Liveness,
+    /// No node is told of live peers, so no group with peers goes quiet (for comparisons).
+    liveness_withheld: bool,
+    /// Frames, and group messages in them, sent by every node since the start.
+    frames_sent: u64,
+    messages_sent: u64,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -491,6 +537,10 @@ struct SimReport {
     crashes: u64,
     partitions: u64,
     liveness_steps: u64,
+    /// Steps from the marker's last apply until every group was quiet on every node.
+    quiet_steps: u64,
+    /// Frames every node sent in `QUIET_WINDOW_TICKS` once all groups were quiet.
+    quiet_frames: u64,
 }
 
 impl Sim {
@@ -540,6 +590,10 @@ impl Sim {
             checker,
             marker: Vec::new(),
             proposals: 0,
+            liveness: Liveness::default(),
+            liveness_withheld: false,
+            frames_sent: 0,
+            messages_sent: 0,
         };
         for index in 0..sim.nodes.len() {
             sim.start_node(index, &voters);
@@ -577,6 +631,8 @@ impl Sim {
             driver.add_group(group, store, 0).expect("group starts");
         }
         node.driver = Some(driver);
+        let id = node.id;
+        self.liveness.forget(id);
     }
 
     fn voters(&self) -> Vec<u64> {
@@ -586,6 +642,7 @@ impl Sim {
     fn step(&mut self) {
         self.now += 1;
         self.deliver();
+        self.send_keepalives();
         for index in 0..self.nodes.len() {
             self.run_node(index);
         }
@@ -604,7 +661,33 @@ impl Sim {
             };
             let decoded =
                 Frame::decode(&frame.bytes, &WireLimits::default()).expect("our own frame");
+            self.liveness
+                .heard(frame.to, decoded.from_node, now, decoded.incarnation);
             driver.receive(decoded);
+        }
+    }
+
+    /// Each running node's keepalive to each peer, every `KEEPALIVE_STEPS` (in its own
+    /// phase), through the same cuts and drops as frames; delivered at once.
+    fn send_keepalives(&mut self) {
+        let now = self.now;
+        for from in 0..self.nodes.len() {
+            let sender = &self.nodes[from];
+            if sender.driver.is_none() || (now + sender.tick_phase) % KEEPALIVE_STEPS != 0 {
+                continue;
+            }
+            let (from_id, incarnation) = (sender.id, sender.incarnation);
+            for to in 0..self.nodes.len() {
+                let to_id = self.nodes[to].id;
+                if to_id == from_id
+                    || self.nodes[to].driver.is_none()
+                    || self.cut.contains(&(from_id, to_id))
+                    || self.rng.below(1000) < self.drop_per_mille
+                {
+                    continue;
+                }
+                self.liveness.heard(to_id, from_id, now, incarnation);
+            }
         }
     }
 
@@ -616,6 +699,9 @@ impl Sim {
             return;
         };
         node.disk.borrow_mut().now = now;
+        if !self.liveness_withheld {
+            driver.set_live_peers(self.liveness.live_peers(node.id, now));
+        }
         if (now + node.tick_phase) % TICK_STEPS == 0 {
             driver.tick();
         }
@@ -640,6 +726,11 @@ impl Sim {
                 checker.observe(node_id, group, raft);
             }
         }
+        self.frames_sent += frames.len() as u64;
+        self.messages_sent += frames
+            .iter()
+            .map(|frame| (frame.heartbeats.len() + frame.messages.len()) as u64)
+            .sum::<u64>();
         for frame in frames {
             self.send(&frame);
         }
@@ -777,6 +868,64 @@ impl Sim {
         panic!("liveness: after healing, (node, group) {missing:?} still lack a new commit");
     }
 
+    /// Steps an idle cluster until every group is quiet on every node; returns the steps.
+    fn await_quiet(&mut self) -> u64 {
+        let all = self.config.groups as usize;
+        for steps in 1..=QUIET_STEPS_MAX {
+            self.step();
+            let quiet = self
+                .nodes
+                .iter()
+                .all(|node| node.driver.as_ref().expect("healed").quiet_groups() == all);
+            if quiet {
+                return steps;
+            }
+        }
+        let loud: Vec<(u64, u64, StateRole)> = self
+            .nodes
+            .iter()
+            .flat_map(|node| {
+                let driver = node.driver.as_ref().expect("healed");
+                (0..self.config.groups)
+                    .filter(|&group| !driver.is_quiet(group))
+                    .map(move |group| (node.id, group, driver.raft(group).expect("hosted").state))
+            })
+            .take(10)
+            .collect();
+        panic!("quiet: an idle cluster still has (node, group, role) {loud:?} awake");
+    }
+
+    /// Frames sent over `QUIET_WINDOW_TICKS` by a cluster whose groups are all quiet: a node
+    /// ticks its quiet groups on every `QUIET_TICK_EVERY`th tick, so it sends at most a round of
+    /// heartbeats and a round of responses to each peer per slow tick, whatever the number
+    /// of groups. Every group must stay quiet meanwhile.
+    fn count_quiet_frames(&mut self) -> u64 {
+        let before = self.frames_sent;
+        let woken_before = self.woken();
+        for _ in 0..QUIET_WINDOW_TICKS * TICK_STEPS {
+            self.step();
+        }
+        assert_eq!(self.woken(), woken_before, "an idle quiet group woke");
+        let frames = self.frames_sent - before;
+        let slow_ticks = QUIET_WINDOW_TICKS / QUIET_TICK_EVERY + 1;
+        let bound = self.config.nodes * (self.config.nodes - 1) * 2 * slow_ticks;
+        assert!(
+            frames <= bound,
+            "a quiet cluster of {} groups sent {frames} frames in {QUIET_WINDOW_TICKS} ticks \
+             (at most {bound} expected)",
+            self.config.groups
+        );
+        frames
+    }
+
+    fn woken(&self) -> u64 {
+        self.nodes
+            .iter()
+            .filter_map(|node| node.driver.as_ref())
+            .map(|driver| driver.stats().groups_woken)
+            .sum()
+    }
+
     /// Full log matching on every pair of nodes: where two logs hold the same (index, term),
     /// they are identical up to there.
     fn check_logs_match(&self) {
@@ -831,6 +980,8 @@ impl Sim {
         self.heal();
         report.liveness_steps = self.await_liveness();
         self.check_logs_match();
+        report.quiet_steps = self.await_quiet();
+        report.quiet_frames = self.count_quiet_frames();
         let checker = self.checker.borrow();
         report.proposals = self.proposals;
         report.committed = checker.committed.len();
@@ -872,11 +1023,14 @@ fn run_seeds(name: &str, seeds: &[u64], config: SimConfig) {
         total.crashes += report.crashes;
         total.partitions += report.partitions;
         total.liveness_steps = total.liveness_steps.max(report.liveness_steps);
+        total.quiet_steps = total.quiet_steps.max(report.quiet_steps);
+        total.quiet_frames = total.quiet_frames.max(report.quiet_frames);
     }
     println!(
         "{name}: {} seeds in {:.1?}: {} proposals accepted, {} (group, index) committed, \
          {} elections won, {} power cuts, {} partitions; after healing every group committed \
-         on every node within {} steps ({} ticks) at worst",
+         on every node within {} steps ({} ticks) at worst; idle, every group was quiet \
+         within {} ticks, and a quiet cluster sent at most {} frames in {QUIET_WINDOW_TICKS} ticks",
         seeds.len(),
         started.elapsed(),
         total.proposals,
@@ -885,7 +1039,9 @@ fn run_seeds(name: &str, seeds: &[u64], config: SimConfig) {
         total.crashes,
         total.partitions,
         total.liveness_steps,
-        total.liveness_steps / TICK_STEPS
+        total.liveness_steps / TICK_STEPS,
+        total.quiet_steps / TICK_STEPS,
+        total.quiet_frames,
     );
     assert!(total.committed > 0 && total.elections > 0);
 }
@@ -924,6 +1080,132 @@ fn many_small_clusters_stay_safe_and_live_under_faults() {
     run_seeds("3 nodes x 3 groups", &seeds(10_000..10_150), SMALL);
     let five = SimConfig { nodes: 5, ..SMALL };
     run_seeds("5 nodes x 3 groups", &seeds(20_000..20_075), five);
+}
+
+/// A cluster with no faults, settled: every group has a leader that committed in its term,
+/// and (unless liveness is withheld) every group is quiet on every node.
+fn settled_cluster(seed: u64, liveness_withheld: bool) -> Sim {
+    let mut sim = Sim::new(
+        seed,
+        SimConfig {
+            nodes: 3,
+            groups: 50,
+            chaos_steps: 0,
+        },
+    );
+    sim.drop_per_mille = 0;
+    sim.duplicate_per_mille = 0;
+    sim.liveness_withheld = liveness_withheld;
+    sim.await_liveness();
+    if !liveness_withheld {
+        sim.await_quiet();
+    }
+    sim
+}
+
+/// Steps until every group has a leader among the running nodes in a term above
+/// `terms_before`; returns the steps.
+fn await_new_leaders(sim: &mut Sim, terms_before: &BTreeMap<u64, u64>) -> u64 {
+    for steps in 1..=LIVENESS_STEPS_MAX {
+        sim.step();
+        let led: BTreeSet<u64> = sim
+            .nodes
+            .iter()
+            .filter_map(|node| node.driver.as_ref())
+            .flat_map(|driver| {
+                driver
+                    .rafts()
+                    .filter(|(group, raft)| {
+                        raft.state == StateRole::Leader
+                            && terms_before
+                                .get(group)
+                                .is_some_and(|term| raft.term > *term)
+                    })
+                    .map(|(group, _)| group)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if terms_before.keys().all(|group| led.contains(group)) {
+            return steps;
+        }
+    }
+    panic!("the killed leader's groups elected no new leader");
+}
+
+/// The node leading the most groups, and every group's term on it.
+fn busiest_leader(sim: &Sim) -> (usize, BTreeMap<u64, u64>) {
+    let index = (0..sim.nodes.len())
+        .max_by_key(|&index| {
+            let driver = sim.nodes[index].driver.as_ref().expect("running");
+            driver
+                .rafts()
+                .filter(|(_, raft)| raft.state == StateRole::Leader)
+                .count()
+        })
+        .expect("nodes");
+    let driver = sim.nodes[index].driver.as_ref().expect("running");
+    let led = driver
+        .rafts()
+        .filter(|(_, raft)| raft.state == StateRole::Leader)
+        .map(|(group, raft)| (group, raft.term))
+        .collect();
+    (index, led)
+}
+
+/// Quiet groups send a tenth of the messages of awake ones, and a quiet group whose leader
+/// is killed still elects a successor within the liveness timeout plus an election: its
+/// followers wake when the leader's broker stops being live, not when their slow election
+/// timeout (10-20 s) runs out. The invariants are checked throughout.
+#[test]
+fn quiet_groups_cost_a_tenth_and_a_killed_leader_is_replaced_within_liveness_and_an_election() {
+    for seed in seeds(500..503) {
+        let mut awake = settled_cluster(seed, true);
+        let mut quiet = settled_cluster(seed, false);
+        let window = QUIET_WINDOW_TICKS * TICK_STEPS;
+        let (awake_before, quiet_before) = (awake.messages_sent, quiet.messages_sent);
+        for _ in 0..window {
+            awake.step();
+            quiet.step();
+        }
+        let awake_messages = awake.messages_sent - awake_before;
+        let quiet_messages = quiet.messages_sent - quiet_before;
+        println!(
+            "seed {seed}: 50 idle groups on 3 nodes sent {awake_messages} messages awake and \
+             {quiet_messages} quiet in {QUIET_WINDOW_TICKS} ticks"
+        );
+        assert!(
+            quiet_messages * (QUIET_TICK_EVERY - 2) <= awake_messages,
+            "seed {seed}: quiet groups sent {quiet_messages} messages, awake ones {awake_messages}"
+        );
+
+        for (name, sim) in [("awake", &mut awake), ("quiet", &mut quiet)] {
+            let (index, led) = busiest_leader(sim);
+            let mut report = SimReport::default();
+            sim.crash(index, &mut report);
+            sim.nodes[index].down_until = u64::MAX;
+            let steps = await_new_leaders(sim, &led);
+            let ticks = steps / TICK_STEPS;
+            println!(
+                "seed {seed}, {name}: {} groups lost their leader; all had a new one after \
+                 {ticks} ticks",
+                led.len()
+            );
+            let liveness_ticks = if name == "quiet" {
+                PEER_LIVENESS_STEPS / TICK_STEPS + KEEPALIVE_STEPS / TICK_STEPS
+            } else {
+                0
+            };
+            // Two of the longest election timeouts (a split vote takes a second one), a
+            // pre-vote and a vote round, and for quiet groups the liveness timeout (which a
+            // keepalive interval can overshoot): far below a quiet follower's own election
+            // timeout, 10 to 20 times longer.
+            let bound = 2 * ELECTION_TICKS_MAX as u64 + 3 + liveness_ticks;
+            assert!(
+                ticks <= bound,
+                "seed {seed}, {name}: failover took {ticks} ticks, more than {bound}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -235,6 +235,14 @@ impl<D: Disk> ControllerGroup<D> {
         *self.partition_frames.borrow_mut() = Some(hook);
     }
 
+    /// Hands the transport's liveness changes to `listener` (the shards' Raft drivers);
+    /// nothing while no transport is attached.
+    pub fn set_liveness_listener(&self, listener: crate::cluster::transport::LivenessListener) {
+        if let Some(transport) = self.transport.borrow().as_ref() {
+            transport.set_liveness_listener(listener);
+        }
+    }
+
     /// Sends a frame of partition groups on the transport (best effort, as every frame).
     pub fn send_frame(&self, frame: &Frame) {
         if let Some(transport) = self.transport.borrow().as_ref() {

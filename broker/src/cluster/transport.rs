@@ -22,9 +22,10 @@
 //! - Liveness per peer broker, not per group: a writer with nothing to send for
 //!   `KEEPALIVE_INTERVAL` sends an empty frame (a header and two empty lists, wire version
 //!   1), and a peer heard from (any frame) within `LIVENESS_TIMEOUT` is live. Empty frames
-//!   are counted apart and not handed to the driver. This is the liveness quiet idle groups
-//!   will rest on (`docs/REPLICATION.md`, "Quiet idle groups"); today it is reported
-//!   (`ringfeed_cluster_peers_live`, a log line at each change) and used by nothing else.
+//!   are counted apart and not handed to the driver. A peer heard in a newer incarnation
+//!   than before restarted. Each change is logged, counted (`ringfeed_cluster_peers_live`)
+//!   and told to the liveness listener: every shard's Raft driver rests idle groups on it
+//!   (`docs/REPLICATION.md`, "Quiet idle groups").
 //! - A dead link is noticed on both ends: a writer's connection whose bytes stay
 //!   unacknowledged for `UNACKNOWLEDGED_TIMEOUT` fails (`TCP_USER_TIMEOUT`) and is made
 //!   afresh, and a reader closes a connection from which no byte arrived for
@@ -37,7 +38,7 @@
 //!   unauthenticated (`docs/SECURITY.md`).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -47,6 +48,7 @@ use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::task::JoinHandle;
+use ringfeed_replication::driver::LivePeers;
 use ringfeed_replication::wire::{frame_body_length, Frame, WireLimits, FRAME_LENGTH_BYTES};
 
 use crate::cluster::peer_tls::PeerTls;
@@ -174,34 +176,85 @@ pub struct Transport {
 
 type Readers = Rc<RefCell<BTreeMap<u64, JoinHandle<()>>>>;
 
-/// When each peer was last heard from, written by the readers; and which peers the last
-/// liveness check found live.
+/// When each peer was last heard from and in which incarnation, written by the readers;
+/// which peers the last liveness check found live; and who is told of each change.
 #[derive(Default)]
 struct Liveness {
-    last_heard: RefCell<BTreeMap<u64, Instant>>,
-    live: RefCell<BTreeSet<u64>>,
+    last_heard: RefCell<BTreeMap<u64, (Instant, u64)>>,
+    live: RefCell<LivePeers>,
+    listener: RefCell<Option<LivenessListener>>,
+}
+
+/// Told the live peers (with their incarnations) at each change: the shards' Raft drivers
+/// rest idle groups on it (`ringfeed_replication::driver::quiet`).
+pub type LivenessListener = Box<dyn Fn(&LivePeers)>;
+
+/// What one liveness check found changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct LivenessChanges {
+    came: Vec<u64>,
+    went: Vec<u64>,
+    /// Heard in a newer incarnation than before: restarted within the liveness timeout.
+    restarted: Vec<u64>,
+}
+
+impl LivenessChanges {
+    fn is_empty(&self) -> bool {
+        self.came.is_empty() && self.went.is_empty() && self.restarted.is_empty()
+    }
 }
 
 impl Liveness {
-    fn heard(&self, peer: u64) {
-        self.last_heard.borrow_mut().insert(peer, Instant::now());
+    fn heard(&self, peer: u64, incarnation: u64) {
+        let now = Instant::now();
+        let mut last_heard = self.last_heard.borrow_mut();
+        let last = last_heard.entry(peer).or_insert((now, incarnation));
+        // A frame of an older incarnation (an old connection's last bytes) does not make a
+        // restarted peer look restarted again.
+        if incarnation >= last.1 {
+            *last = (now, incarnation);
+        }
     }
 
-    /// Recomputes the live set as of `now`; returns the peers that became live and those
-    /// that stopped being live.
-    fn check(&self, now: Instant) -> (Vec<u64>, Vec<u64>) {
-        let live_now: BTreeSet<u64> = self
+    /// Recomputes the live set as of `now` and tells the listener if it changed.
+    fn check(&self, now: Instant) -> LivenessChanges {
+        let live_now: LivePeers = self
             .last_heard
             .borrow()
             .iter()
-            .filter(|(_, heard)| now.saturating_duration_since(**heard) < LIVENESS_TIMEOUT)
-            .map(|(peer, _)| *peer)
+            .filter(|(_, (heard, _))| now.saturating_duration_since(*heard) < LIVENESS_TIMEOUT)
+            .map(|(peer, (_, incarnation))| (*peer, *incarnation))
             .collect();
         let mut live = self.live.borrow_mut();
-        let came = live_now.difference(&live).copied().collect();
-        let went = live.difference(&live_now).copied().collect();
+        let changes = LivenessChanges {
+            came: live_now
+                .keys()
+                .filter(|peer| !live.contains_key(peer))
+                .copied()
+                .collect(),
+            went: live
+                .keys()
+                .filter(|peer| !live_now.contains_key(peer))
+                .copied()
+                .collect(),
+            restarted: live_now
+                .iter()
+                .filter(|(peer, incarnation)| live.get(peer).is_some_and(|was| was != *incarnation))
+                .map(|(peer, _)| *peer)
+                .collect(),
+        };
         *live = live_now;
-        (came, went)
+        drop(live);
+        if !changes.is_empty() {
+            self.tell_listener();
+        }
+        changes
+    }
+
+    fn tell_listener(&self) {
+        if let Some(listener) = self.listener.borrow().as_ref() {
+            listener(&self.live.borrow());
+        }
     }
 }
 
@@ -280,10 +333,16 @@ impl Transport {
         }))
     }
 
-    /// The peers heard from within `LIVENESS_TIMEOUT`, as of the last check (every
-    /// `KEEPALIVE_INTERVAL`).
-    pub fn live_peers(&self) -> BTreeSet<u64> {
+    /// The peers heard from within `LIVENESS_TIMEOUT`, each with the incarnation it was
+    /// last heard in, as of the last check (every `KEEPALIVE_INTERVAL`).
+    pub fn live_peers(&self) -> LivePeers {
         self.liveness.live.borrow().clone()
+    }
+
+    /// From now on `listener` is told the live peers at each change, and once now.
+    pub fn set_liveness_listener(&self, listener: LivenessListener) {
+        *self.liveness.listener.borrow_mut() = Some(listener);
+        self.liveness.tell_listener();
     }
 
     /// The bound internal address (the port is the OS's choice when 0 was asked).
@@ -531,11 +590,17 @@ struct Inbound {
 async fn check_liveness_periodically(liveness: Rc<Liveness>, stats: Rc<Stats>) {
     loop {
         glommio::timer::sleep(KEEPALIVE_INTERVAL).await;
-        let (came, went) = liveness.check(Instant::now());
-        for peer in came {
+        let changes = liveness.check(Instant::now());
+        for peer in changes.came {
             tracing::info!(peer, "peer broker is live (heard from)");
         }
-        for peer in went {
+        for peer in changes.restarted {
+            tracing::info!(
+                peer,
+                "peer broker restarted (heard from in a new incarnation)"
+            );
+        }
+        for peer in changes.went {
             tracing::warn!(
                 peer,
                 silent_ms = LIVENESS_TIMEOUT.as_millis() as u64,
@@ -665,7 +730,7 @@ async fn read_frames(
                 to: frame.to_node,
             });
         }
-        inbound.liveness.heard(frame.from_node);
+        inbound.liveness.heard(frame.from_node, frame.incarnation);
         if frame.is_empty() {
             stats.add(|counts| counts.keepalives_received += 1);
             continue;

@@ -304,9 +304,15 @@ fn idle_peers_keep_each_other_live_with_empty_frames_and_a_stopped_one_is_not_li
         Box::pin(async {
             let Pair { a, at_a, b, at_b } = pair(settings(1), settings(2));
             assert!(a.live_peers().is_empty(), "nothing heard yet");
+            let told: Rc<RefCell<Vec<LivePeers>>> = Rc::default();
+            let sink = told.clone();
+            a.set_liveness_listener(Box::new(move |live| sink.borrow_mut().push(live.clone())));
+            assert_eq!(*told.borrow(), [LivePeers::new()], "told at once");
             // No frame is queued either way: only keepalives cross.
             let deadline = Instant::now() + Duration::from_secs(5);
-            while a.live_peers() != BTreeSet::from([2]) || b.live_peers() != BTreeSet::from([1]) {
+            while a.live_peers() != LivePeers::from([(2, 0)])
+                || b.live_peers() != LivePeers::from([(1, 0)])
+            {
                 assert!(
                     Instant::now() < deadline,
                     "{:?} {:?}",
@@ -345,6 +351,16 @@ fn idle_peers_keep_each_other_live_with_empty_frames_and_a_stopped_one_is_not_li
             }
             assert!(stopped.elapsed() + 2 * KEEPALIVE_INTERVAL >= LIVENESS_TIMEOUT);
             assert_eq!(a.counts().peers_live, 0);
+            // Told each change once, in order (the check after `a.live_peers()` emptied
+            // has run: it is what empties it).
+            assert_eq!(
+                *told.borrow(),
+                [
+                    LivePeers::new(),
+                    LivePeers::from([(2, 0)]),
+                    LivePeers::new()
+                ]
+            );
         })
     });
 }
@@ -382,4 +398,40 @@ fn a_silent_inbound_connection_is_closed_after_three_seconds_between_frames_or_i
             assert_eq!(a.counts().frames_received, 0);
         })
     });
+}
+
+/// A peer heard in a newer incarnation restarted (faster than the liveness timeout, or it
+/// would have gone and come); a late frame of its old incarnation changes nothing.
+#[test]
+fn a_peer_heard_in_a_newer_incarnation_counts_as_restarted_and_an_older_one_as_nothing() {
+    let liveness = Liveness::default();
+    let told: Rc<RefCell<Vec<LivePeers>>> = Rc::default();
+    let sink = told.clone();
+    *liveness.listener.borrow_mut() = Some(Box::new(move |live: &LivePeers| {
+        sink.borrow_mut().push(live.clone());
+    }));
+    liveness.heard(2, 7);
+    liveness.heard(3, 1);
+    let changes = liveness.check(Instant::now());
+    assert_eq!((changes.came, changes.restarted), (vec![2, 3], vec![]));
+    liveness.heard(2, 8);
+    liveness.heard(2, 7);
+    let changes = liveness.check(Instant::now());
+    assert_eq!(
+        changes,
+        LivenessChanges {
+            restarted: vec![2],
+            ..LivenessChanges::default()
+        }
+    );
+    assert!(liveness.check(Instant::now()).is_empty());
+    assert_eq!(
+        *told.borrow(),
+        [
+            LivePeers::from([(2, 7), (3, 1)]),
+            LivePeers::from([(2, 8), (3, 1)])
+        ]
+    );
+    let later = Instant::now() + LIVENESS_TIMEOUT;
+    assert_eq!(liveness.check(later).went, vec![2, 3]);
 }

@@ -240,7 +240,37 @@ impl Scrape {
         }
         self.encode_cluster_transport(encoder)?;
         self.encode_replication(encoder)?;
+        self.encode_quiet_groups(encoder)?;
         self.encode_fetch(encoder)
+    }
+
+    /// How many of each shard's partition groups are quiet (idle, ticking once in ten:
+    /// `ringfeed_replication::driver::quiet`); no series on a one-node broker.
+    fn encode_quiet_groups(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+        let replications = || {
+            self.shards.iter().filter_map(|shard| {
+                let replication = shard.replication.as_ref()?;
+                Some((Self::shard_label(shard), replication))
+            })
+        };
+        gauges(
+            encoder,
+            "ringfeed_replica_groups_quiet",
+            "Replicated partitions on the shard whose Raft group is quiet (idle: ticks once in ten, its leader heartbeats every 2 s).",
+            replications().map(|(label, r)| (label, i64::try_from(r.groups_quiet).unwrap_or(i64::MAX))),
+        )?;
+        counters(
+            encoder,
+            "ringfeed_replica_groups_quieted",
+            "Times a partition's Raft group on the shard went quiet (idle).",
+            replications().map(|(label, r)| (label, r.groups_quieted)),
+        )?;
+        counters(
+            encoder,
+            "ringfeed_replica_groups_woken",
+            "Times a quiet partition group on the shard was woken (a write, a vote, a peer broker's liveness change).",
+            replications().map(|(label, r)| (label, r.groups_woken)),
+        )
     }
 
     /// The partition groups of each shard (`replica`); no series on a one-node broker.
@@ -296,6 +326,7 @@ impl Scrape {
                 "Leadership transfers to the shard refused while shutting down.",
                 |r| r.leadership_refused,
             ),
+
             (
                 "ringfeed_replica_catch_up_reads",
                 "Reads of a led partition's log for a follower behind what the leader keeps in memory (up to 1 MiB each).",

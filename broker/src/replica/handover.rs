@@ -193,6 +193,11 @@ pub struct ReplicationSnapshot {
     pub store_bytes: u64,
     /// Leadership transfers to this shard refused while shutting down.
     pub leadership_refused: u64,
+    /// Groups ticking once in ten now (`ringfeed_replication::driver::quiet`), and how
+    /// often groups went quiet and were woken again.
+    pub groups_quiet: u64,
+    pub groups_quieted: u64,
+    pub groups_woken: u64,
     /// Frames of the shard's groups dropped on a full queue: waiting for a round, for a
     /// sender, or (set by the shard) between shards. Raft resends appends and heartbeats,
     /// not votes or a transfer's `MsgTimeoutNow`: a dropped one costs an election timeout.
@@ -209,6 +214,9 @@ impl ReplicaManager {
             groups: self.groups.borrow().len() as u64,
             counts: self.counts.borrow().clone(),
             leadership_refused: self.driver.borrow().stats().leadership_refused,
+            groups_quiet: self.driver.borrow().quiet_groups() as u64,
+            groups_quieted: self.driver.borrow().stats().groups_quieted,
+            groups_woken: self.driver.borrow().stats().groups_woken,
             frames_dropped: {
                 let counts = self.counts.borrow();
                 counts.inbound_frames_dropped + counts.outbound_frames_dropped

@@ -200,6 +200,8 @@ pub struct ReplicaManager {
     targets: RefCell<BTreeMap<u64, BTreeSet<u64>>>,
     /// A tick happened since leadership was last looked at.
     scan_due: Cell<bool>,
+    /// Leadership scans made (`record_leadership`).
+    scans: Cell<u64>,
     pub(crate) counts: RefCell<ReplicaCounts>,
     doorbell: LocalSender<()>,
     rung: RefCell<Option<LocalReceiver<()>>>,
@@ -276,6 +278,7 @@ impl ReplicaManager {
             changes: RefCell::default(),
             targets: RefCell::default(),
             scan_due: Cell::new(true),
+            scans: Cell::new(0),
             counts: RefCell::default(),
             doorbell,
             rung: RefCell::new(Some(rung)),
@@ -567,6 +570,13 @@ impl ReplicaManager {
         }
         self.inbound_frames.set(self.inbound_frames.get() + 1);
         self.driver.borrow_mut().receive(frame);
+        self.ring();
+    }
+
+    /// The peer brokers shard 0's transport heard from lately changed: quiet groups rest
+    /// on it, and those it concerns wake (`ringfeed_replication::driver::quiet`).
+    pub fn set_live_peers(&self, live: ringfeed_replication::driver::LivePeers) {
+        self.driver.borrow_mut().set_live_peers(live);
         self.ring();
     }
 
@@ -905,8 +915,22 @@ impl ReplicaManager {
     }
 
     /// Records, per group, a change of (leader, term, in-sync set) since the last report.
+    /// Quiet groups are looked at once in `QUIET_TICK_EVERY` scans: nothing changes in them
+    /// (a quiet leader's followers have everything and are live; any change wakes it), and
+    /// a second between looks keeps `in_sync`'s samples well inside the lag time.
     fn record_leadership(&self) {
-        let ids: Vec<u64> = self.groups.borrow().keys().copied().collect();
+        let scan = self.scans.get() + 1;
+        self.scans.set(scan);
+        let quiet_too = scan % ringfeed_replication::driver::quiet::QUIET_TICK_EVERY == 0;
+        let ids: Vec<u64> = {
+            let driver = self.driver.borrow();
+            self.groups
+                .borrow()
+                .keys()
+                .copied()
+                .filter(|&group_id| quiet_too || !driver.is_quiet(group_id))
+                .collect()
+        };
         for group_id in ids {
             let Some(hosted) = self.groups.borrow().get(&group_id).cloned() else {
                 continue;

@@ -5,12 +5,13 @@
 //! restarted from its disk catching up from the new one.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ringfeed_replication::driver::ELECTION_TICKS_MAX;
 use ringfeed_replication::wire::Frame;
 use uuid::Uuid;
 
@@ -85,7 +86,16 @@ pub(crate) struct Cluster {
     nodes: Vec<Node>,
     in_flight: Vec<Frame>,
     min_insync_replicas: u32,
+    /// The transport's liveness, modelled: (node, peer) -> (step, incarnation) the node last
+    /// heard the peer in. Running nodes that no cut separates hear each other every step (a
+    /// keepalive); a peer heard within `PEER_LIVENESS_STEPS` is live. Quiet idle groups rest
+    /// on it as in the broker (`ringfeed_replication::driver::quiet`).
+    heard: BTreeMap<(u64, u64), (u64, u64)>,
+    steps_taken: u64,
 }
+
+/// Steps (ticks of 100 ms) within which a peer heard from is live: the transport's 1 s.
+const PEER_LIVENESS_STEPS: u64 = 10;
 
 async fn start_manager(
     id: u64,
@@ -142,6 +152,8 @@ impl Cluster {
             nodes,
             in_flight: Vec::new(),
             min_insync_replicas,
+            heard: BTreeMap::new(),
+            steps_taken: 0,
         }
     }
 
@@ -172,8 +184,11 @@ impl Cluster {
                 manager.receive(frame);
             }
         }
+        self.steps_taken += 1;
+        self.hear_keepalives();
         for node in &self.nodes {
             if let Some(manager) = &node.manager {
+                manager.set_live_peers(self.live_peers(node.id));
                 manager.tick();
                 manager.round();
                 self.in_flight.extend(manager.take_outbound());
@@ -182,6 +197,43 @@ impl Cluster {
         for _ in 0..64 {
             yield_once().await;
         }
+    }
+
+    /// Every running node hears every other one no cut separates it from.
+    fn hear_keepalives(&mut self) {
+        let running: Vec<(u64, u64)> = self
+            .nodes
+            .iter()
+            .filter(|node| node.manager.is_some() && !node.cut)
+            .map(|node| (node.id, node.incarnation))
+            .collect();
+        for &(node, _) in &running {
+            for &(peer, incarnation) in &running {
+                if peer != node {
+                    self.heard
+                        .insert((node, peer), (self.steps_taken, incarnation));
+                }
+            }
+        }
+    }
+
+    fn live_peers(&self, node: u64) -> ringfeed_replication::driver::LivePeers {
+        self.heard
+            .range((node, 0)..=(node, u64::MAX))
+            .filter(|(_, (at, _))| self.steps_taken - at < PEER_LIVENESS_STEPS)
+            .map(|((_, peer), (_, incarnation))| (*peer, *incarnation))
+            .collect()
+    }
+
+    /// Whether every group of every running node is quiet.
+    pub(crate) fn all_quiet(&self) -> bool {
+        self.nodes
+            .iter()
+            .filter_map(|node| node.manager.as_ref())
+            .all(|manager| {
+                let snapshot = manager.replication_snapshot();
+                snapshot.groups_quiet == snapshot.groups
+            })
     }
 
     pub(crate) async fn steps(&mut self, count: usize) {
@@ -294,6 +346,8 @@ impl Cluster {
         let node = &mut self.nodes[(id - 1) as usize];
         node.manager = Some(manager);
         node.incarnation = incarnation;
+        // A restarted transport has heard from no one yet.
+        self.heard.retain(|(observer, _), _| *observer != id);
     }
 
     /// Cuts node `id` off the simulated network, or heals it if it was cut.
@@ -1328,5 +1382,74 @@ fn a_replica_whose_log_cannot_be_opened_answers_a_storage_error() {
             table.log(&nowhere).err(),
             Some(codes::NOT_LEADER_OR_FOLLOWER)
         );
+    });
+}
+
+/// Steps until `cell` is answered; returns how many it took.
+async fn steps_until_answered(
+    cluster: &mut Cluster,
+    cell: &Rc<RefCell<Option<ReplicaProduce>>>,
+) -> usize {
+    for steps in 1..=100 {
+        cluster.step().await;
+        if cell.borrow().is_some() {
+            return steps;
+        }
+    }
+    panic!("produce not answered in 100 steps");
+}
+
+async fn steps_until_quiet(cluster: &mut Cluster) -> usize {
+    for steps in 1..=40 {
+        cluster.step().await;
+        if cluster.all_quiet() {
+            return steps;
+        }
+    }
+    panic!("an idle group is still awake after 40 ticks");
+}
+
+/// Quiet groups on the broker's replica managers (`ringfeed_replication::driver::quiet`):
+/// an idle group goes quiet on every replica; an acks=all produce to it is acknowledged in
+/// as many steps as when it was awake; it goes quiet again; and when its leader is
+/// power-cut, the survivors elect within the liveness timeout and an election or two.
+#[test]
+fn an_idle_group_goes_quiet_wakes_for_a_produce_and_survives_its_leaders_loss() {
+    run(|| async {
+        let mut cluster = Cluster::new(2).await;
+        let leader = cluster.elect().await;
+        let awake = cluster.produce(leader, &labels("awake", 1), -1);
+        let awake_steps = steps_until_answered(&mut cluster, &awake[0]).await;
+        assert!(!cluster.all_quiet());
+        let settled = steps_until_quiet(&mut cluster).await;
+
+        let quiet = cluster.produce(leader, &labels("quiet", 1), -1);
+        let quiet_steps = steps_until_answered(&mut cluster, &quiet[0]).await;
+        assert_eq!(
+            quiet_steps, awake_steps,
+            "a quiet group acknowledges as fast as an awake one"
+        );
+        let acknowledged = acked(&labels("quiet", 1), &quiet);
+        assert_eq!(acknowledged.len(), 1, "{:?}", quiet[0].borrow());
+        steps_until_quiet(&mut cluster).await;
+
+        cluster.power_cut(leader);
+        let mut failover = 0;
+        while cluster.leader().is_none() {
+            cluster.step().await;
+            failover += 1;
+            // The liveness timeout, two of the longest election timeouts (a split vote),
+            // and a pre-vote and a vote round: far below a quiet follower's own 10-20 s.
+            assert!(
+                failover <= PEER_LIVENESS_STEPS as usize + 2 * ELECTION_TICKS_MAX + 3,
+                "no new leader {failover} ticks after the quiet leader's loss"
+            );
+        }
+        println!(
+            "settled quiet in {settled} ticks; acks=all answered in {awake_steps} steps awake, \
+             {quiet_steps} quiet; a new leader {failover} ticks after the old one's power cut"
+        );
+        let (_, held) = fetch_all(&cluster.manager(cluster.leader().expect("led"))).await;
+        assert_acknowledged_held(&acknowledged, &held, "the new leader");
     });
 }
