@@ -19,6 +19,11 @@ waits `--heal-s`:
             non-neighbours can talk, so a leader may lose followers that another broker
             still reaches (needs 4 brokers or more; with 3 every broker is a neighbour). The
             client reaches every broker throughout.
+With `--quiet-s Q` the writer pauses for Q seconds before each fault, so the partitions' Raft
+groups go quiet (docs/REPLICATION.md, "Quiet idle groups": an idle group ticks once a second
+and its leader heartbeats every 2 s), the fault strikes quiet groups, and the writer resumes
+as it begins; the round prints how many groups every broker the host still reaches had quiet
+just before the cut (read from each broker's metrics).
 At the end a consumer reads every partition and the Jepsen-style checker of
 tests/test_replication.py counts lost, duplicated, misplaced (inconsistent offset) and
 reordered records. Printed: acknowledgements per round (during the fault and after the heal)
@@ -31,6 +36,8 @@ client's links stay up.
 
 import argparse
 import random
+import re
+import urllib.request
 import subprocess
 import sys
 import tempfile
@@ -51,6 +58,7 @@ BRIDGE = "br-ringfeed"
 SUBNET = "10.77.0"
 TOPIC = "partitioned"
 PARTITIONS = 6
+ADMIN_PORT = 9644
 
 
 def sh(*args, check_status=True):
@@ -136,8 +144,25 @@ def start_broker(binary, node, voters, work):
     command = ["ip", "netns", "exec", f"rf{node}", binary, "serve", "--node-id", str(node),
                "--controller-quorum-voters", voters, "--cluster-preview-enable",
                "--listeners", f"{address(node)}:9092", "--data-dir", str(work / f"data{node}"),
-               "--shards", "1", "--admin-listen", "off", "--segment-preallocate-bytes", str(1 << 20)]
+               "--shards", "1", "--admin-listen", f"{address(node)}:{ADMIN_PORT}",
+               "--segment-preallocate-bytes", str(1 << 20)]
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+
+
+def quiet_groups(nodes):
+    """(quiet groups, groups) summed over the brokers whose metrics answer within 1 s."""
+    quiet = total = 0
+    for node in nodes:
+        try:
+            with urllib.request.urlopen(f"http://{address(node)}:{ADMIN_PORT}/metrics", timeout=1) as response:
+                text = response.read().decode()
+        except OSError:
+            continue
+        def metric(name):
+            return sum(int(float(v)) for v in re.findall(rf'^{name}\{{shard="\d+"\}} (\S+)$', text, re.M))
+        quiet += metric("ringfeed_replica_groups_quiet")
+        total += metric("ringfeed_replica_groups")
+    return quiet, total
 
 
 def leaders(bootstrap):
@@ -175,6 +200,8 @@ class Writer(threading.Thread):
         self.ack_times = []
         self.failed = 0
         self.stopping = threading.Event()
+        # Set: nothing new is produced (what is in flight still completes).
+        self.paused = threading.Event()
         self.sequence = defaultdict(int)
 
     def delivered(self, error, message):
@@ -186,6 +213,9 @@ class Writer(threading.Thread):
 
     def run(self):
         while not self.stopping.is_set():
+            if self.paused.is_set():
+                self.producer.poll(0.01)
+                continue
             for partition in range(PARTITIONS):
                 value = b"p%d-%d" % (partition, self.sequence[partition])
                 self.sequence[partition] += 1
@@ -223,6 +253,8 @@ def main():
     parser.add_argument("--fault-s", type=float, default=8.0)
     parser.add_argument("--heal-s", type=float, default=8.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quiet-s", type=float, default=0.0,
+                        help="pause the writer this long before each fault, so the groups it strikes are quiet")
     parser.add_argument("--client-debug", default="", help="librdkafka debug contexts (e.g. eos), to stderr")
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -272,9 +304,15 @@ def main():
                 else:
                     cut(victims, down)
 
+            if args.quiet_s > 0:
+                writer.paused.set()
+                time.sleep(args.quiet_s)
+                quiet, groups = quiet_groups(nodes)
+                what += f" (quiet before the cut: {quiet} of {groups} replicas' groups)"
             acks_before = len(writer.ack_times)
             started = time.monotonic()
             apply(down=True)
+            writer.paused.clear()
             time.sleep(args.fault_s)
             during = len(writer.ack_times) - acks_before
             apply(down=False)
