@@ -456,16 +456,25 @@ impl ShardServices {
         self.start_leadership_reports();
     }
 
-    /// Every tick, hands the leadership changes of this shard's partition groups to shard
-    /// 0's controller, which carries them on its next heartbeat (`controller::leadership`).
-    /// The manager keeps one change per group (the latest), so a slow shard 0 sees the
-    /// newest term, never a backlog.
+    /// When changes are recorded, at most once a tick, hands the leadership changes of this
+    /// shard's partition groups to shard 0's controller, which carries them on its next
+    /// heartbeat (`controller::leadership`). The manager keeps one change per group (the
+    /// latest), so a slow shard 0 sees the newest term, never a backlog. Waiting for the
+    /// manager's ring rather than polling lets a shard of quiet groups sleep.
     fn start_leadership_reports(self: &Rc<Self>) {
+        let Some(recorded) = self
+            .replicas
+            .as_ref()
+            .and_then(|replicas| replicas.take_changes_rung())
+        else {
+            return;
+        };
         let weak = Rc::downgrade(self);
         glommio::spawn_local(async move {
             let interval =
                 std::time::Duration::from_millis(ringfeed_replication::driver::TICK_INTERVAL_MS);
-            loop {
+            while recorded.recv().await.is_some() {
+                // Changes recorded within a tick go in one report.
                 glommio::timer::sleep(interval).await;
                 let Some(services) = weak.upgrade() else {
                     return;

@@ -216,6 +216,10 @@ pub struct MultiRaft<S: GroupStore> {
     ticks_taken: u64,
     /// The peer brokers the transport heard from lately ([`Self::set_live_peers`]).
     live_peers: LivePeers,
+    /// Set by a tick after which every group was quiet or fenced, to the count of wakes
+    /// then (`DriverStats::groups_woken`): a wake since, or a new group, makes it stale, so
+    /// [`Self::ticks_until_needed`] costs nothing per round.
+    resting_since_tick: Option<u64>,
     /// Groups touched since their last Ready (stepped, ticked, proposed to, persisted): only
     /// these can have a new one, so a round costs what changed, not the number of groups.
     maybe_ready: BTreeSet<u64>,
@@ -249,6 +253,7 @@ impl<S: GroupStore> MultiRaft<S> {
             ticks_due: 0,
             ticks_taken: 0,
             live_peers: LivePeers::new(),
+            resting_since_tick: None,
             maybe_ready: BTreeSet::new(),
             fetches_wanted: BTreeSet::new(),
             snapshots_installed: Vec::new(),
@@ -284,6 +289,7 @@ impl<S: GroupStore> MultiRaft<S> {
         redraw_election_timeout(&mut group, &mut self.election_rng, true);
         let previous = self.groups.insert(group_id, group);
         assert!(previous.is_none(), "group {group_id} added twice");
+        self.resting_since_tick = None;
         self.maybe_ready.insert(group_id);
         Ok(())
     }
@@ -621,6 +627,7 @@ impl<S: GroupStore> MultiRaft<S> {
         for _ in 0..ticks {
             self.ticks_taken += 1;
             let slow_tick = self.ticks_taken % quiet::QUIET_TICK_EVERY == 0;
+            let mut all_resting = true;
             for (&group_id, group) in &mut self.groups {
                 if group.fenced || (group.rest.is_quiet() && !slow_tick) {
                     continue;
@@ -631,8 +638,10 @@ impl<S: GroupStore> MultiRaft<S> {
                 let calm = quiet::is_calm(raft, &group.rest, &self.live_peers);
                 let role = raft.state;
                 self.stats.count_rest(group.rest.after_tick(calm, role));
+                all_resting &= group.rest.is_quiet();
                 self.maybe_ready.insert(group_id);
             }
+            self.resting_since_tick = all_resting.then_some(self.stats.groups_woken);
         }
     }
 
@@ -669,6 +678,19 @@ impl<S: GroupStore> MultiRaft<S> {
             .values()
             .filter(|group| group.rest.is_quiet())
             .count()
+    }
+
+    /// How many ticks may pass before one matters to a group: `None` while a group is awake
+    /// (it ticks every tick), else the ticks up to and including the next slow tick, when
+    /// quiet groups tick (1..=`QUIET_TICK_EVERY`). A driver task may sleep that long when
+    /// nothing else wakes it, then call [`Self::tick`] once per tick that passed: quiet groups
+    /// tick at the same moments as if it had woken every tick.
+    pub fn ticks_until_needed(&self) -> Option<u64> {
+        if self.resting_since_tick != Some(self.stats.groups_woken) {
+            return None;
+        }
+        let taken = self.ticks_taken + u64::from(self.ticks_due);
+        Some(quiet::QUIET_TICK_EVERY - taken % quiet::QUIET_TICK_EVERY)
     }
 
     /// Whether `group_id` is hosted and quiet.

@@ -7,6 +7,7 @@ use bytes::BytesMut;
 use raft::eraftpb::{ConfState, Message, MessageType};
 use raft::storage::MemStorage;
 
+use super::quiet::QUIET_TICK_EVERY;
 use super::*;
 
 const GROUPS: u64 = 200;
@@ -359,4 +360,53 @@ fn without_liveness_no_group_goes_quiet() {
         assert_eq!(driver.quiet_groups(), 0);
         assert_eq!(driver.stats().groups_quieted, 0);
     }
+}
+
+/// A driver whose groups are all quiet tells its task how long it may sleep: until the next
+/// slow tick, since no tick before it makes any group do anything. Any wake ends that.
+#[test]
+fn a_driver_of_quiet_groups_needs_only_its_slow_ticks() {
+    let mut cluster = Cluster::new(3);
+    all_live(&mut cluster);
+    assert_eq!(
+        cluster.drivers[0].ticks_until_needed(),
+        None,
+        "nothing ticked yet"
+    );
+    cluster.run_until_every_group_has_a_leader();
+    assert_eq!(
+        cluster.drivers[0].ticks_until_needed(),
+        None,
+        "groups awake"
+    );
+    run_until_every_group_is_quiet(&mut cluster);
+    let until = cluster.drivers[0]
+        .ticks_until_needed()
+        .expect("every group quiet");
+    assert!((1..=QUIET_TICK_EVERY).contains(&until));
+    // The ticks before the slow one: no group of node 1 ticks, so it sends nothing.
+    for _ in 1..until {
+        cluster.drivers[0].tick();
+    }
+    let mut durability = ImmediateDurability::default();
+    let frames = cluster.drivers[0].round(&mut durability, |_, _| {});
+    assert!(
+        frames.is_empty(),
+        "a tick before the slow one made a quiet group speak"
+    );
+    assert_eq!(cluster.drivers[0].ticks_until_needed(), Some(1));
+    cluster.drivers[0].tick();
+    cluster.drivers[0].round(&mut durability, |_, _| {});
+    assert_eq!(
+        cluster.drivers[0].ticks_until_needed(),
+        Some(QUIET_TICK_EVERY)
+    );
+    // A proposal wakes its group: every tick matters again.
+    let led = (0..GROUPS)
+        .find(|group| cluster.leader(*group) == Some(0))
+        .expect("node 1 leads a group");
+    cluster.drivers[0]
+        .propose(led, Bytes::from_static(b"wakes"))
+        .expect("the leader accepts");
+    assert_eq!(cluster.drivers[0].ticks_until_needed(), None);
 }

@@ -215,11 +215,25 @@ pub trait DrivenRounds {
     fn tick_groups(&self);
     /// One driver round; whether a durability sync is still in flight.
     fn run_round(&self) -> bool;
+    /// How many ticks may pass before one matters (`MultiRaft::ticks_until_needed`); `None`:
+    /// every tick does.
+    fn ticks_until_needed(&self) -> Option<u64> {
+        None
+    }
 }
+
+/// Ticks a driver task delivers at once after it was late; beyond, the rest are dropped (a
+/// shard stalled for seconds does not replay them all in one go).
+const TICKS_CAUGHT_UP_MAX: u32 = 2 * ringfeed_replication::driver::quiet::QUIET_TICK_EVERY as u32;
 
 /// The driver task of a [`DrivenRounds`]: a round whenever `rung` rings (frames or proposals
 /// arrived), a tick every `TICK_INTERVAL_MS`, and a round again 1 ms later while a sync is in
 /// flight (the next round releases it). Ends when the driven value is dropped.
+///
+/// While every group rests (`ticks_until_needed`), the task sleeps until the next tick that
+/// matters instead of waking every tick, then delivers every tick that passed: a shard of
+/// quiet groups wakes once a second, not ten times. Anything that wakes a group (a frame, a
+/// proposal, a liveness change) rings `rung` first.
 pub async fn drive_rounds<T: DrivenRounds>(
     driven: std::rc::Weak<T>,
     rung: glommio::channels::local_channel::LocalReceiver<()>,
@@ -231,16 +245,24 @@ pub async fn drive_rounds<T: DrivenRounds>(
         let Some(this) = driven.upgrade() else {
             return;
         };
-        if Instant::now() >= next_tick {
+        let mut delivered = 0;
+        while Instant::now() >= next_tick {
+            if delivered == TICKS_CAUGHT_UP_MAX {
+                next_tick = Instant::now() + tick;
+                break;
+            }
             this.tick_groups();
-            next_tick = (next_tick + tick).max(Instant::now());
+            next_tick += tick;
+            delivered += 1;
         }
         let syncs_pending = this.run_round();
+        let ticks_to_sleep = this.ticks_until_needed().unwrap_or(1).max(1);
         drop(this);
         let wait = if syncs_pending {
             Duration::from_millis(1)
         } else {
-            next_tick.saturating_duration_since(Instant::now())
+            let wake_at = next_tick + tick * u32::try_from(ticks_to_sleep - 1).unwrap_or(0);
+            wake_at.saturating_duration_since(Instant::now())
         };
         let _ = glommio::timer::timeout(wait, async {
             rung.recv().await;

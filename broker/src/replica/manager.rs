@@ -200,11 +200,17 @@ pub struct ReplicaManager {
     targets: RefCell<BTreeMap<u64, BTreeSet<u64>>>,
     /// A tick happened since leadership was last looked at.
     scan_due: Cell<bool>,
-    /// Leadership scans made (`record_leadership`).
-    scans: Cell<u64>,
+    /// Ticks taken; a tick that is a multiple of `QUIET_TICK_EVERY` makes the next
+    /// leadership scan look at quiet groups too (`record_leadership`).
+    ticks: Cell<u64>,
+    quiet_scan_due: Cell<bool>,
     pub(crate) counts: RefCell<ReplicaCounts>,
     doorbell: LocalSender<()>,
     rung: RefCell<Option<LocalReceiver<()>>>,
+    /// Rung when a leadership change is recorded, for the task that reports them
+    /// (`take_changes_rung`), so it need not poll.
+    changes_doorbell: LocalSender<()>,
+    changes_rung: RefCell<Option<LocalReceiver<()>>>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
     storage_failure_logged: Cell<bool>,
     /// Groups whose followers wait for entries read from the log (`catch_up`).
@@ -230,6 +236,10 @@ impl crate::cluster::DrivenRounds for ReplicaManager {
     fn run_round(&self) -> bool {
         self.round()
     }
+
+    fn ticks_until_needed(&self) -> Option<u64> {
+        self.driver.borrow().ticks_until_needed()
+    }
 }
 
 impl ReplicaManager {
@@ -250,6 +260,7 @@ impl ReplicaManager {
             .map_err(|error| format!("raft-meta store in {}: {error}", meta_dir.display()))?;
         let recovered = meta.groups().map(|(id, m)| (id, m.clone())).collect();
         let (doorbell, rung) = local_channel::new_bounded(1);
+        let (changes_doorbell, changes_rung) = local_channel::new_bounded(1);
         Ok(Rc::new_cyclic(|this| Self {
             this: this.clone(),
             node_id: start.node_id,
@@ -278,10 +289,13 @@ impl ReplicaManager {
             changes: RefCell::default(),
             targets: RefCell::default(),
             scan_due: Cell::new(true),
-            scans: Cell::new(0),
+            ticks: Cell::new(0),
+            quiet_scan_due: Cell::new(true),
             counts: RefCell::default(),
             doorbell,
             rung: RefCell::new(Some(rung)),
+            changes_doorbell,
+            changes_rung: RefCell::new(Some(changes_rung)),
             tasks: RefCell::default(),
             storage_failure_logged: Cell::new(false),
             fetches_queued: RefCell::default(),
@@ -588,6 +602,17 @@ impl ReplicaManager {
     pub fn tick(&self) {
         self.driver.borrow_mut().tick();
         self.scan_due.set(true);
+        let ticks = self.ticks.get() + 1;
+        self.ticks.set(ticks);
+        if ticks % ringfeed_replication::driver::quiet::QUIET_TICK_EVERY == 0 {
+            self.quiet_scan_due.set(true);
+        }
+    }
+
+    /// What rings when a leadership change is recorded ([`Self::take_leadership_changes`]);
+    /// taken once, by the task that reports them.
+    pub fn take_changes_rung(&self) -> Option<LocalReceiver<()>> {
+        self.changes_rung.borrow_mut().take()
     }
 
     /// Drains the leadership changes recorded since the last call, by group.
@@ -915,13 +940,11 @@ impl ReplicaManager {
     }
 
     /// Records, per group, a change of (leader, term, in-sync set) since the last report.
-    /// Quiet groups are looked at once in `QUIET_TICK_EVERY` scans: nothing changes in them
+    /// Quiet groups are looked at once in `QUIET_TICK_EVERY` ticks: nothing changes in them
     /// (a quiet leader's followers have everything and are live; any change wakes it), and
     /// a second between looks keeps `in_sync`'s samples well inside the lag time.
     fn record_leadership(&self) {
-        let scan = self.scans.get() + 1;
-        self.scans.set(scan);
-        let quiet_too = scan % ringfeed_replication::driver::quiet::QUIET_TICK_EVERY == 0;
+        let quiet_too = self.quiet_scan_due.replace(false);
         let ids: Vec<u64> = {
             let driver = self.driver.borrow();
             self.groups
@@ -986,6 +1009,7 @@ impl ReplicaManager {
                 was_leader
             };
             if report {
+                let _ = self.changes_doorbell.try_send(());
                 self.changes.borrow_mut().insert(
                     group_id,
                     LeadershipChange {
