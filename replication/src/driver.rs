@@ -6,7 +6,7 @@
 //! round:  1. release the readies whose writes became durable   (on_persist_ready, then send
 //!                                                                their persisted messages)
 //!         2. step the messages received since the last round
-//!         3. tick every group once per tick due
+//!         3. tick every awake group once per tick due (a quiet one on every tenth: `quiet`)
 //!         4. for each group with a Ready: send the leader's messages, apply committed entries
 //!            (callback), stage snapshot / entries / hard state in its store,
 //!            advance_append_async, advance_apply

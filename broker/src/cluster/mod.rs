@@ -222,18 +222,16 @@ pub trait DrivenRounds {
     }
 }
 
-/// Ticks a driver task delivers at once after it was late; beyond, the rest are dropped (a
-/// shard stalled for seconds does not replay them all in one go).
-const TICKS_CAUGHT_UP_MAX: u32 = 2 * ringfeed_replication::driver::quiet::QUIET_TICK_EVERY as u32;
-
 /// The driver task of a [`DrivenRounds`]: a round whenever `rung` rings (frames or proposals
 /// arrived), a tick every `TICK_INTERVAL_MS`, and a round again 1 ms later while a sync is in
 /// flight (the next round releases it). Ends when the driven value is dropped.
 ///
 /// While every group rests (`ticks_until_needed`), the task sleeps until the next tick that
-/// matters instead of waking every tick, then delivers every tick that passed: a shard of
-/// quiet groups wakes once a second, not ten times. Anything that wakes a group (a frame, a
-/// proposal, a liveness change) rings `rung` first.
+/// matters instead of waking every tick, then delivers the ticks it slept through: a shard of
+/// quiet groups wakes once a second, not ten times, and its groups tick at the same moments.
+/// Anything that wakes a group (a frame, a proposal, a liveness change) rings `rung` first.
+/// Ticks missed otherwise (the shard was busy or stalled) are dropped, not delivered in a
+/// burst: a burst would run awake followers' election timeouts out at once.
 pub async fn drive_rounds<T: DrivenRounds>(
     driven: std::rc::Weak<T>,
     rung: glommio::channels::local_channel::LocalReceiver<()>,
@@ -241,28 +239,31 @@ pub async fn drive_rounds<T: DrivenRounds>(
     use std::time::{Duration, Instant};
     let tick = Duration::from_millis(ringfeed_replication::driver::TICK_INTERVAL_MS);
     let mut next_tick = Instant::now() + tick;
+    // Ticks after `next_tick` the task chose to sleep through (0 unless resting).
+    let mut slept_through: u32 = 0;
     loop {
         let Some(this) = driven.upgrade() else {
             return;
         };
-        let mut delivered = 0;
-        while Instant::now() >= next_tick {
-            if delivered == TICKS_CAUGHT_UP_MAX {
-                next_tick = Instant::now() + tick;
-                break;
+        let now = Instant::now();
+        if now >= next_tick {
+            let late = now.duration_since(next_tick).as_nanos() / tick.as_nanos();
+            let behind = u32::try_from(late).unwrap_or(u32::MAX).saturating_add(1);
+            let due = behind.min(slept_through + 1);
+            for _ in 0..due {
+                this.tick_groups();
             }
-            this.tick_groups();
-            next_tick += tick;
-            delivered += 1;
+            next_tick = (next_tick + tick * due).max(now);
         }
         let syncs_pending = this.run_round();
-        let ticks_to_sleep = this.ticks_until_needed().unwrap_or(1).max(1);
+        slept_through = this.ticks_until_needed().map_or(0, |ticks| {
+            u32::try_from(ticks.saturating_sub(1)).unwrap_or(0)
+        });
         drop(this);
         let wait = if syncs_pending {
             Duration::from_millis(1)
         } else {
-            let wake_at = next_tick + tick * u32::try_from(ticks_to_sleep - 1).unwrap_or(0);
-            wake_at.saturating_duration_since(Instant::now())
+            (next_tick + tick * slept_through).saturating_duration_since(Instant::now())
         };
         let _ = glommio::timer::timeout(wait, async {
             rung.recv().await;
