@@ -57,6 +57,96 @@ type Labels = Vec<(&'static str, String)>;
 /// Picks one gauge value out of a partition's snapshot.
 type PartitionGauge = fn(&PartitionSnapshot) -> i64;
 
+/// A per-shard figure of the replication snapshot.
+type ReplicaPick = fn(&ReplicationSnapshot) -> u64;
+
+/// The gauge families of `Scrape::encode_replication`: (name, help, figure).
+#[rustfmt::skip]
+const REPLICA_GAUGES: &[(&str, &str, ReplicaPick)] = &[
+    ("ringfeed_replica_groups", "Replicated partitions with a replica on the shard.", |r| r.groups),
+    ("ringfeed_replica_groups_led", "Replicated partitions the shard leads.", |r| r.groups_led),
+    ("ringfeed_replica_under_replicated_partitions", "Partitions led by the shard with fewer replicas in sync than replicas.", |r| r.under_replicated),
+    ("ringfeed_replica_under_min_isr_partitions", "Partitions led by the shard with fewer replicas in sync than min.insync.replicas (acks=all refused).", |r| r.under_min_isr),
+    ("ringfeed_replica_follower_lag_entries", "Raft entries (batches) the followers of partitions led by the shard are behind, summed.", |r| r.follower_lag_entries),
+    ("ringfeed_replica_follower_lag_entries_max", "The most Raft entries (batches) one follower of a partition led by the shard is behind.", |r| r.follower_lag_entries_max),
+    ("ringfeed_replica_store_bytes", "Bytes of Raft entry data the shard's partition groups hold in memory (recent entries, catch-up reads).", |r| r.store_bytes),
+    ("ringfeed_replica_groups_quiet", "Replicated partitions on the shard whose Raft group is quiet (idle: ticks once in ten, its leader heartbeats every 2 s).", |r| r.groups_quiet),
+];
+
+/// The counter families of `Scrape::encode_replication` (`_total` is added on encoding).
+const REPLICA_COUNTERS: &[(&str, &str, ReplicaPick)] = &[
+    (
+        "ringfeed_replica_leader_elections",
+        "Times a replica on the shard became its partition's leader (a new term).",
+        |r| r.counts.leader_elections,
+    ),
+    (
+        "ringfeed_replica_isr_shrinks",
+        "Changes of a led partition's in-sync replicas that removed some.",
+        |r| r.counts.isr_shrinks,
+    ),
+    (
+        "ringfeed_replica_isr_expands",
+        "Changes of a led partition's in-sync replicas that added some.",
+        |r| r.counts.isr_expands,
+    ),
+    (
+        "ringfeed_replica_leadership_transfers",
+        "Leadership transfers the shard started (controlled shutdown, leader balancing).",
+        |r| r.counts.transfers_started,
+    ),
+    (
+        "ringfeed_replica_leadership_transfers_abandoned",
+        "Leadership transfers the shard gave up (not done within 500 ms).",
+        |r| r.counts.transfers_aborted,
+    ),
+    (
+        "ringfeed_replica_leadership_refused",
+        "Leadership transfers to the shard refused while shutting down.",
+        |r| r.leadership_refused,
+    ),
+    (
+        "ringfeed_replica_catch_up_reads",
+        "Reads of a led partition's log for a follower behind what the leader keeps in memory (up to 1 MiB each).",
+        |r| r.counts.entries_fetches,
+    ),
+    (
+        "ringfeed_replica_snapshots_installed",
+        "Replicas on the shard rebuilt from their leader's first entry (too far behind its log start).",
+        |r| r.counts.snapshots_installed,
+    ),
+    (
+        "ringfeed_replica_offset_mismatches",
+        "Applied entries whose end disagreed with the log's end (a defect: the high watermark is off).",
+        |r| r.counts.offset_mismatches,
+    ),
+    (
+        "ringfeed_replica_frames_dropped",
+        "Frames of the shard's partition groups dropped on a full queue (Raft resends appends, not votes).",
+        |r| r.frames_dropped,
+    ),
+    (
+        "ringfeed_replica_durability_rounds",
+        "Rounds of the shard's durability worker: staged Raft writes written, fdatasync'd and hard states saved.",
+        |r| r.durability.rounds,
+    ),
+    (
+        "ringfeed_replica_durability_stores_synced",
+        "Partition group stores written and synced by the shard's durability rounds, summed over the rounds.",
+        |r| r.durability.stores_synced,
+    ),
+    (
+        "ringfeed_replica_groups_quieted",
+        "Times a partition's Raft group on the shard went quiet (idle).",
+        |r| r.groups_quieted,
+    ),
+    (
+        "ringfeed_replica_groups_woken",
+        "Times a quiet partition group on the shard was woken (a write, a vote, a peer broker's liveness change).",
+        |r| r.groups_woken,
+    ),
+];
+
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         self.encode_process(&mut encoder)?;
@@ -240,52 +330,13 @@ impl Scrape {
         }
         self.encode_cluster_transport(encoder)?;
         self.encode_replication(encoder)?;
-        self.encode_quiet_groups(encoder)?;
         self.encode_fetch(encoder)
     }
 
-    /// How many of each shard's partition groups are quiet (idle, ticking once in ten:
-    /// `ringfeed_replication::driver::quiet`); no series on a one-node broker.
-    fn encode_quiet_groups(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
-        let replications = || {
-            self.shards.iter().filter_map(|shard| {
-                let replication = shard.replication.as_ref()?;
-                Some((Self::shard_label(shard), replication))
-            })
-        };
-        gauges(
-            encoder,
-            "ringfeed_replica_groups_quiet",
-            "Replicated partitions on the shard whose Raft group is quiet (idle: ticks once in ten, its leader heartbeats every 2 s).",
-            replications().map(|(label, r)| (label, i64::try_from(r.groups_quiet).unwrap_or(i64::MAX))),
-        )?;
-        counters(
-            encoder,
-            "ringfeed_replica_groups_quieted",
-            "Times a partition's Raft group on the shard went quiet (idle).",
-            replications().map(|(label, r)| (label, r.groups_quieted)),
-        )?;
-        counters(
-            encoder,
-            "ringfeed_replica_groups_woken",
-            "Times a quiet partition group on the shard was woken (a write, a vote, a peer broker's liveness change).",
-            replications().map(|(label, r)| (label, r.groups_woken)),
-        )
-    }
-
-    /// The partition groups of each shard (`replica`); no series on a one-node broker.
+    /// The partition groups of each shard (`replica`, families in `REPLICA_GAUGES` and
+    /// `REPLICA_COUNTERS`); no series on a one-node broker.
     fn encode_replication(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
-        type Pick = fn(&ReplicationSnapshot) -> u64;
-        let gauge_families: [(&str, &str, Pick); 7] = [
-            ("ringfeed_replica_groups", "Replicated partitions with a replica on the shard.", |r| r.groups),
-            ("ringfeed_replica_groups_led", "Replicated partitions the shard leads.", |r| r.groups_led),
-            ("ringfeed_replica_under_replicated_partitions", "Partitions led by the shard with fewer replicas in sync than replicas.", |r| r.under_replicated),
-            ("ringfeed_replica_under_min_isr_partitions", "Partitions led by the shard with fewer replicas in sync than min.insync.replicas (acks=all refused).", |r| r.under_min_isr),
-            ("ringfeed_replica_follower_lag_entries", "Raft entries (batches) the followers of partitions led by the shard are behind, summed.", |r| r.follower_lag_entries),
-            ("ringfeed_replica_follower_lag_entries_max", "The most Raft entries (batches) one follower of a partition led by the shard is behind.", |r| r.follower_lag_entries_max),
-            ("ringfeed_replica_store_bytes", "Bytes of Raft entry data the shard's partition groups hold in memory (recent entries, catch-up reads).", |r| r.store_bytes),
-        ];
-        for (name, help, pick) in gauge_families {
+        for &(name, help, pick) in REPLICA_GAUGES {
             let series = self.shards.iter().filter_map(|shard| {
                 let replication = shard.replication.as_ref()?;
                 Some((
@@ -295,70 +346,7 @@ impl Scrape {
             });
             gauges(encoder, name, help, series)?;
         }
-        let counter_families: [(&str, &str, Pick); 12] = [
-            (
-                "ringfeed_replica_leader_elections",
-                "Times a replica on the shard became its partition's leader (a new term).",
-                |r| r.counts.leader_elections,
-            ),
-            (
-                "ringfeed_replica_isr_shrinks",
-                "Changes of a led partition's in-sync replicas that removed some.",
-                |r| r.counts.isr_shrinks,
-            ),
-            (
-                "ringfeed_replica_isr_expands",
-                "Changes of a led partition's in-sync replicas that added some.",
-                |r| r.counts.isr_expands,
-            ),
-            (
-                "ringfeed_replica_leadership_transfers",
-                "Leadership transfers the shard started (controlled shutdown, leader balancing).",
-                |r| r.counts.transfers_started,
-            ),
-            (
-                "ringfeed_replica_leadership_transfers_abandoned",
-                "Leadership transfers the shard gave up (not done within 500 ms).",
-                |r| r.counts.transfers_aborted,
-            ),
-            (
-                "ringfeed_replica_leadership_refused",
-                "Leadership transfers to the shard refused while shutting down.",
-                |r| r.leadership_refused,
-            ),
-
-            (
-                "ringfeed_replica_catch_up_reads",
-                "Reads of a led partition's log for a follower behind what the leader keeps in memory (up to 1 MiB each).",
-                |r| r.counts.entries_fetches,
-            ),
-            (
-                "ringfeed_replica_snapshots_installed",
-                "Replicas on the shard rebuilt from their leader's first entry (too far behind its log start).",
-                |r| r.counts.snapshots_installed,
-            ),
-            (
-                "ringfeed_replica_offset_mismatches",
-                "Applied entries whose end disagreed with the log's end (a defect: the high watermark is off).",
-                |r| r.counts.offset_mismatches,
-            ),
-            (
-                "ringfeed_replica_frames_dropped",
-                "Frames of the shard's partition groups dropped on a full queue (Raft resends appends, not votes).",
-                |r| r.frames_dropped,
-            ),
-            (
-                "ringfeed_replica_durability_rounds",
-                "Rounds of the shard's durability worker: staged Raft writes written, fdatasync'd and hard states saved.",
-                |r| r.durability.rounds,
-            ),
-            (
-                "ringfeed_replica_durability_stores_synced",
-                "Partition group stores written and synced by the shard's durability rounds, summed over the rounds.",
-                |r| r.durability.stores_synced,
-            ),
-        ];
-        for (name, help, pick) in counter_families {
+        for &(name, help, pick) in REPLICA_COUNTERS {
             let series = self.shards.iter().filter_map(|shard| {
                 let replication = shard.replication.as_ref()?;
                 Some((Self::shard_label(shard), pick(replication)))
