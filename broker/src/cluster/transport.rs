@@ -512,21 +512,12 @@ const _: () = assert!(INBOUND_SILENCE_MAX.as_millis() > UNACKNOWLEDGED_TIMEOUT.a
 /// Sets `TCP_USER_TIMEOUT`; a failure leaves the kernel's default (retransmissions for
 /// about 15 minutes) and is only logged.
 fn set_unacknowledged_timeout(stream: &TcpStream, timeout: Duration) {
-    use std::os::fd::AsRawFd;
-    let milliseconds = libc::c_uint::try_from(timeout.as_millis()).unwrap_or(libc::c_uint::MAX);
-    // SAFETY: setsockopt reads `size_of::<c_uint>()` bytes from a live local; the descriptor
-    // is the stream's own, open for the call.
-    let result = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_USER_TIMEOUT,
-            std::ptr::from_ref(&milliseconds).cast(),
-            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
-        )
-    };
-    if result != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot set TCP_USER_TIMEOUT on a peer connection");
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the descriptor is the stream's own and stays open while `stream` is borrowed,
+    // which outlives this borrow (glommio's stream has `AsRawFd` but not `AsFd`).
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    if let Err(error) = socket2::SockRef::from(&fd).set_tcp_user_timeout(Some(timeout)) {
+        tracing::debug!(%error, "cannot set TCP_USER_TIMEOUT on a peer connection");
     }
 }
 

@@ -435,3 +435,23 @@ fn a_peer_heard_in_a_newer_incarnation_counts_as_restarted_and_an_older_one_as_n
     let later = Instant::now() + LIVENESS_TIMEOUT;
     assert_eq!(liveness.check(later).went, vec![2, 3]);
 }
+
+/// A writer's connection gives unacknowledged bytes up after `UNACKNOWLEDGED_TIMEOUT`: the
+/// option the kernel reports back is the one set.
+#[test]
+fn a_peer_connection_carries_the_unacknowledged_timeout() {
+    run(|| {
+        Box::pin(async {
+            use std::os::fd::{AsRawFd, BorrowedFd};
+            let listener = std::net::TcpListener::bind(loopback(0)).unwrap();
+            let stream = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            set_unacknowledged_timeout(&stream, UNACKNOWLEDGED_TIMEOUT);
+            // SAFETY: the stream is open for the whole borrow.
+            let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+            let set = socket2::SockRef::from(&fd).tcp_user_timeout().unwrap();
+            assert_eq!(set, Some(UNACKNOWLEDGED_TIMEOUT));
+        })
+    });
+}
