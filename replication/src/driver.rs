@@ -693,6 +693,11 @@ impl<S: GroupStore> MultiRaft<S> {
         Some(quiet::QUIET_TICK_EVERY - taken % quiet::QUIET_TICK_EVERY)
     }
 
+    /// Slow ticks taken (ticks on which quiet groups tick, `QUIET_TICK_EVERY` apart).
+    pub fn slow_ticks_taken(&self) -> u64 {
+        self.ticks_taken / quiet::QUIET_TICK_EVERY
+    }
+
     /// Whether `group_id` is hosted and quiet.
     pub fn is_quiet(&self, group_id: u64) -> bool {
         self.groups

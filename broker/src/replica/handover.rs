@@ -210,28 +210,29 @@ pub struct ReplicationSnapshot {
 impl ReplicaManager {
     /// See [`ReplicationSnapshot`]. Takes no await.
     pub fn replication_snapshot(&self) -> ReplicationSnapshot {
-        let mut snapshot = ReplicationSnapshot {
-            groups: self.groups.borrow().len() as u64,
-            counts: self.counts.borrow().clone(),
-            leadership_refused: self.driver.borrow().stats().leadership_refused,
-            groups_quiet: self.driver.borrow().quiet_groups() as u64,
-            groups_quieted: self.driver.borrow().stats().groups_quieted,
-            groups_woken: self.driver.borrow().stats().groups_woken,
-            frames_dropped: {
-                let counts = self.counts.borrow();
-                counts.inbound_frames_dropped + counts.outbound_frames_dropped
-            },
-            durability: self.durability_stats(),
-            store_bytes: {
-                let driver = self.driver.borrow();
-                self.groups
+        let mut snapshot = {
+            let driver = self.driver.borrow();
+            ReplicationSnapshot {
+                groups: self.groups.borrow().len() as u64,
+                counts: self.counts.borrow().clone(),
+                leadership_refused: driver.stats().leadership_refused,
+                groups_quiet: driver.quiet_groups() as u64,
+                groups_quieted: driver.stats().groups_quieted,
+                groups_woken: driver.stats().groups_woken,
+                frames_dropped: {
+                    let counts = self.counts.borrow();
+                    counts.inbound_frames_dropped + counts.outbound_frames_dropped
+                },
+                durability: self.durability_stats(),
+                store_bytes: self
+                    .groups
                     .borrow()
                     .keys()
                     .filter_map(|&group_id| driver.store(group_id))
                     .map(|store| store.held_bytes() as u64)
-                    .sum()
-            },
-            ..ReplicationSnapshot::default()
+                    .sum(),
+                ..ReplicationSnapshot::default()
+            }
         };
         for group_id in self.led_groups() {
             snapshot.groups_led += 1;

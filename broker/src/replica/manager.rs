@@ -200,10 +200,9 @@ pub struct ReplicaManager {
     targets: RefCell<BTreeMap<u64, BTreeSet<u64>>>,
     /// A tick happened since leadership was last looked at.
     scan_due: Cell<bool>,
-    /// Ticks taken; a tick that is a multiple of `QUIET_TICK_EVERY` makes the next
-    /// leadership scan look at quiet groups too (`record_leadership`).
-    ticks: Cell<u64>,
-    quiet_scan_due: Cell<bool>,
+    /// The driver's slow ticks when a leadership scan last looked at quiet groups
+    /// (`record_leadership`).
+    quiet_scanned_at: Cell<Option<u64>>,
     pub(crate) counts: RefCell<ReplicaCounts>,
     doorbell: LocalSender<()>,
     rung: RefCell<Option<LocalReceiver<()>>>,
@@ -289,8 +288,7 @@ impl ReplicaManager {
             changes: RefCell::default(),
             targets: RefCell::default(),
             scan_due: Cell::new(true),
-            ticks: Cell::new(0),
-            quiet_scan_due: Cell::new(true),
+            quiet_scanned_at: Cell::new(None),
             counts: RefCell::default(),
             doorbell,
             rung: RefCell::new(Some(rung)),
@@ -602,11 +600,6 @@ impl ReplicaManager {
     pub fn tick(&self) {
         self.driver.borrow_mut().tick();
         self.scan_due.set(true);
-        let ticks = self.ticks.get() + 1;
-        self.ticks.set(ticks);
-        if ticks % ringfeed_replication::driver::quiet::QUIET_TICK_EVERY == 0 {
-            self.quiet_scan_due.set(true);
-        }
     }
 
     /// What rings when a leadership change is recorded ([`Self::take_leadership_changes`]);
@@ -940,13 +933,14 @@ impl ReplicaManager {
     }
 
     /// Records, per group, a change of (leader, term, in-sync set) since the last report.
-    /// Quiet groups are looked at once in `QUIET_TICK_EVERY` ticks: nothing changes in them
-    /// (a quiet leader's followers have everything and are live; any change wakes it), and
-    /// a second between looks keeps `in_sync`'s samples well inside the lag time.
+    /// Quiet groups are looked at once per slow tick, when they tick: nothing changes in
+    /// them (a quiet leader's followers have everything and are live; any change wakes it),
+    /// and a second between looks keeps `in_sync`'s samples well inside the lag time.
     fn record_leadership(&self) {
-        let quiet_too = self.quiet_scan_due.replace(false);
         let ids: Vec<u64> = {
             let driver = self.driver.borrow();
+            let slow_ticks = Some(driver.slow_ticks_taken());
+            let quiet_too = self.quiet_scanned_at.replace(slow_ticks) != slow_ticks;
             self.groups
                 .borrow()
                 .keys()
