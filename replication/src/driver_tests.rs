@@ -97,14 +97,21 @@ impl Cluster {
             .position(|driver| driver.raft(group).expect("hosted").state == StateRole::Leader)
     }
 
-    fn run_until_every_group_has_a_leader(&mut self) {
-        for _ in 0..200 {
+    /// Ticked rounds until `reached`, at most `ticks_max` of them.
+    fn run_until(&mut self, ticks_max: usize, what: &str, reached: impl Fn(&Self) -> bool) {
+        for _ in 0..ticks_max {
             self.round(true);
-            if (0..GROUPS).all(|group| self.leader(group).is_some()) {
+            if reached(self) {
                 return;
             }
         }
-        panic!("groups without a leader after 200 ticks");
+        panic!("{what} not reached after {ticks_max} ticks");
+    }
+
+    fn run_until_every_group_has_a_leader(&mut self) {
+        self.run_until(200, "a leader for every group", |cluster| {
+            (0..GROUPS).all(|group| cluster.leader(group).is_some())
+        });
     }
 }
 
@@ -270,17 +277,12 @@ fn all_live(cluster: &mut Cluster) {
 }
 
 fn run_until_every_group_is_quiet(cluster: &mut Cluster) {
-    for _ in 0..100 {
-        cluster.round(true);
-        if cluster
+    cluster.run_until(100, "every group quiet", |cluster| {
+        cluster
             .drivers
             .iter()
             .all(|driver| driver.quiet_groups() == GROUPS as usize)
-        {
-            return;
-        }
-    }
-    panic!("groups still awake after 100 idle ticks");
+    });
 }
 
 /// The wake rules of `quiet`, each on its own: a follower wakes the moment its leader's

@@ -230,10 +230,23 @@ impl Cluster {
         self.nodes
             .iter()
             .filter_map(|node| node.manager.as_ref())
-            .all(|manager| {
-                let snapshot = manager.replication_snapshot();
-                snapshot.groups_quiet == snapshot.groups
-            })
+            .all(|manager| manager.driver.borrow().quiet_groups() == manager.group_ids().len())
+    }
+
+    /// Steps until `reached` holds, at most `steps_max` of them; returns how many it took.
+    pub(crate) async fn steps_until(
+        &mut self,
+        steps_max: usize,
+        what: &str,
+        reached: impl Fn(&Self) -> bool,
+    ) -> usize {
+        for steps in 1..=steps_max {
+            self.step().await;
+            if reached(self) {
+                return steps;
+            }
+        }
+        panic!("{what} not reached in {steps_max} steps");
     }
 
     pub(crate) async fn steps(&mut self, count: usize) {
@@ -1385,30 +1398,6 @@ fn a_replica_whose_log_cannot_be_opened_answers_a_storage_error() {
     });
 }
 
-/// Steps until `cell` is answered; returns how many it took.
-async fn steps_until_answered(
-    cluster: &mut Cluster,
-    cell: &Rc<RefCell<Option<ReplicaProduce>>>,
-) -> usize {
-    for steps in 1..=100 {
-        cluster.step().await;
-        if cell.borrow().is_some() {
-            return steps;
-        }
-    }
-    panic!("produce not answered in 100 steps");
-}
-
-async fn steps_until_quiet(cluster: &mut Cluster) -> usize {
-    for steps in 1..=40 {
-        cluster.step().await;
-        if cluster.all_quiet() {
-            return steps;
-        }
-    }
-    panic!("an idle group is still awake after 40 ticks");
-}
-
 /// Quiet groups on the broker's replica managers (`ringfeed_replication::driver::quiet`):
 /// an idle group goes quiet on every replica; an acks=all produce to it is acknowledged in
 /// as many steps as when it was awake; it goes quiet again; and when its leader is
@@ -1419,32 +1408,42 @@ fn an_idle_group_goes_quiet_wakes_for_a_produce_and_survives_its_leaders_loss() 
         let mut cluster = Cluster::new(2).await;
         let leader = cluster.elect().await;
         let awake = cluster.produce(leader, &labels("awake", 1), -1);
-        let awake_steps = steps_until_answered(&mut cluster, &awake[0]).await;
+        let answered = |cell: &Rc<RefCell<Option<ReplicaProduce>>>| {
+            let cell = cell.clone();
+            move |_: &Cluster| cell.borrow().is_some()
+        };
+        let awake_steps = cluster
+            .steps_until(100, "awake answer", answered(&awake[0]))
+            .await;
         assert!(!cluster.all_quiet());
-        let settled = steps_until_quiet(&mut cluster).await;
+        let settled = cluster
+            .steps_until(40, "every group quiet", Cluster::all_quiet)
+            .await;
 
         let quiet = cluster.produce(leader, &labels("quiet", 1), -1);
-        let quiet_steps = steps_until_answered(&mut cluster, &quiet[0]).await;
+        let quiet_steps = cluster
+            .steps_until(100, "quiet answer", answered(&quiet[0]))
+            .await;
         assert_eq!(
             quiet_steps, awake_steps,
             "a quiet group acknowledges as fast as an awake one"
         );
         let acknowledged = acked(&labels("quiet", 1), &quiet);
         assert_eq!(acknowledged.len(), 1, "{:?}", quiet[0].borrow());
-        steps_until_quiet(&mut cluster).await;
+        cluster
+            .steps_until(40, "every group quiet again", Cluster::all_quiet)
+            .await;
 
         cluster.power_cut(leader);
-        let mut failover = 0;
-        while cluster.leader().is_none() {
-            cluster.step().await;
-            failover += 1;
-            // The liveness timeout, two of the longest election timeouts (a split vote),
-            // and a pre-vote and a vote round: far below a quiet follower's own 10-20 s.
-            assert!(
-                failover <= PEER_LIVENESS_STEPS as usize + 2 * ELECTION_TICKS_MAX + 3,
-                "no new leader {failover} ticks after the quiet leader's loss"
-            );
-        }
+        // The liveness timeout, two of the longest election timeouts (a split vote), and a
+        // pre-vote and a vote round: far below a quiet follower's own 10-20 s.
+        let failover = cluster
+            .steps_until(
+                PEER_LIVENESS_STEPS as usize + 2 * ELECTION_TICKS_MAX + 3,
+                "a new leader after the quiet leader's loss",
+                |cluster| cluster.leader().is_some(),
+            )
+            .await;
         println!(
             "settled quiet in {settled} ticks; acks=all answered in {awake_steps} steps awake, \
              {quiet_steps} quiet; a new leader {failover} ticks after the old one's power cut"
