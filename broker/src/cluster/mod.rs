@@ -253,7 +253,9 @@ pub async fn drive_rounds<T: DrivenRounds>(
             for _ in 0..due {
                 this.tick_groups();
             }
-            next_tick = (next_tick + tick * due).max(now);
+            // Past every tick now due, delivered or dropped: the next one is in the future,
+            // so a stall is followed by one tick, not by one now and another at once.
+            next_tick += tick * behind;
         }
         let syncs_pending = this.run_round();
         slept_through = this.ticks_until_needed().map_or(0, |ticks| {
@@ -363,5 +365,137 @@ mod tests {
             assert_eq!(of_group(&seen), of_group(&expected), "group {group}");
         }
         assert_eq!(seen.len(), expected.len());
+    }
+
+    /// A [`DrivenRounds`] that records when its ticks and rounds come.
+    struct Recorder {
+        started: std::time::Instant,
+        /// Milliseconds since `started` of every tick.
+        ticks_at_ms: RefCell<Vec<u128>>,
+        /// How many ticks had come at each round.
+        ticks_at_round: RefCell<Vec<u64>>,
+        /// Rests until the next tick that is a multiple of 10, like a shard of quiet groups.
+        rests: bool,
+        /// The next round blocks the thread this long (a stalled shard).
+        stall_next_round: Cell<Option<std::time::Duration>>,
+        /// Milliseconds since `started` when the stall ended.
+        stall_ended_at_ms: Cell<Option<u128>>,
+    }
+
+    impl Recorder {
+        fn new(rests: bool) -> Rc<Recorder> {
+            Rc::new(Recorder {
+                started: std::time::Instant::now(),
+                ticks_at_ms: RefCell::default(),
+                ticks_at_round: RefCell::default(),
+                rests,
+                stall_next_round: Cell::new(None),
+                stall_ended_at_ms: Cell::new(None),
+            })
+        }
+
+        fn ticks(&self) -> u64 {
+            self.ticks_at_ms.borrow().len() as u64
+        }
+    }
+
+    impl DrivenRounds for Recorder {
+        fn tick_groups(&self) {
+            self.ticks_at_ms
+                .borrow_mut()
+                .push(self.started.elapsed().as_millis());
+        }
+
+        fn run_round(&self) -> bool {
+            self.ticks_at_round.borrow_mut().push(self.ticks());
+            if let Some(stall) = self.stall_next_round.take() {
+                std::thread::sleep(stall);
+                self.stall_ended_at_ms
+                    .set(Some(self.started.elapsed().as_millis()));
+            }
+            false
+        }
+
+        fn ticks_until_needed(&self) -> Option<u64> {
+            self.rests.then(|| 10 - self.ticks() % 10)
+        }
+    }
+
+    #[test]
+    fn a_stalled_driver_resumes_with_one_tick_not_a_burst() {
+        crate::test_executor::run(|| async {
+            let recorder = Recorder::new(false);
+            let (doorbell, rung) = glommio::channels::local_channel::new_bounded(1);
+            glommio::spawn_local(drive_rounds(Rc::downgrade(&recorder), rung)).detach();
+            glommio::timer::sleep(std::time::Duration::from_millis(350)).await;
+            recorder
+                .stall_next_round
+                .set(Some(std::time::Duration::from_secs(1)));
+            doorbell.try_send(()).expect("ring the driver");
+            // The first sleep ends after the stall (the thread is blocked), the second 450 ms
+            // after it.
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            glommio::timer::sleep(std::time::Duration::from_millis(450)).await;
+            let stall_ended_at_ms = recorder.stall_ended_at_ms.get().expect("the stall ran");
+            let ticks_at_ms = recorder.ticks_at_ms.borrow().clone();
+            let before: Vec<u128> = ticks_at_ms
+                .iter()
+                .copied()
+                .filter(|at| *at < stall_ended_at_ms - 1_000)
+                .collect();
+            let after: Vec<u128> = ticks_at_ms
+                .iter()
+                .copied()
+                .filter(|at| *at >= stall_ended_at_ms)
+                .collect();
+            assert!(before.len() >= 2, "ticks before the stall: {ticks_at_ms:?}");
+            // Ten ticks were missed; one is delivered at once, the next at its usual moment
+            // (the stall ends about 50 ms before one, at 1,350 ms).
+            let right_after = after
+                .iter()
+                .filter(|at| **at < stall_ended_at_ms + 25)
+                .count();
+            assert_eq!(
+                right_after, 1,
+                "ticks {ticks_at_ms:?}, stall ended at {stall_ended_at_ms}"
+            );
+            assert!(
+                (3..=6).contains(&after.len()),
+                "ticks in the 450 ms after the stall: {after:?}"
+            );
+            drop(doorbell);
+        });
+    }
+
+    #[test]
+    fn a_resting_driver_wakes_once_per_ten_ticks_and_delivers_the_ticks_it_slept_through() {
+        crate::test_executor::run(|| async {
+            let recorder = Recorder::new(true);
+            let (doorbell, rung) = glommio::channels::local_channel::new_bounded(1);
+            glommio::spawn_local(drive_rounds(Rc::downgrade(&recorder), rung)).detach();
+            glommio::timer::sleep(std::time::Duration::from_millis(2_500)).await;
+            let ticks = recorder.ticks();
+            let ticks_at_round = recorder.ticks_at_round.borrow().clone();
+            // Two wakes (at 1 s and 2 s) after the first round, none in between.
+            assert!(
+                (10..=20).contains(&ticks),
+                "ticks in 2.5 s of rest: {ticks}"
+            );
+            assert!(
+                ticks_at_round.len() <= 4,
+                "rounds in 2.5 s of rest: {ticks_at_round:?}"
+            );
+            assert!(
+                ticks_at_round.iter().all(|ticks| ticks % 10 == 0),
+                "a round between the ticks that matter: {ticks_at_round:?}"
+            );
+            // A ring wakes it at once, between the ticks that matter.
+            doorbell.try_send(()).expect("ring the driver");
+            glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+            assert_eq!(
+                recorder.ticks_at_round.borrow().len(),
+                ticks_at_round.len() + 1
+            );
+        });
     }
 }
