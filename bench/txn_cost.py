@@ -4,7 +4,9 @@ the throughput of the same idempotent stream). Starts `ringfeed serve` on a fres
 directory, then alternates two runs per round with librdkafka (confluent-kafka), each to a
 fresh topic: an idempotent producer sending N records, and a transactional producer sending
 the same N records in transactions of --per-transaction records (begin, produce, commit).
-Prints records/s of each run and the ratio of the medians.
+With --producers K, each run has K such producers at once (K transactional ids), sharing the
+N records. Prints records/s of each run, where the broker spent the transactional run's
+requests (`ringfeed_request_latency_seconds`), and the ratio of the medians.
 
     .venv/bin/python bench/txn_cost.py --bin target/release/ringfeed --records 200000
 
@@ -22,6 +24,7 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 import urllib.request
@@ -62,34 +65,79 @@ def fresh_topic(bootstrap, partitions):
     return name
 
 
-def idempotent_run(bootstrap, topic, records, value):
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
-                         "linger.ms": 5, "queue.buffering.max.messages": 1_000_000})
+def timed_in_threads(producers, send):
+    """Runs `send(index)` in `producers` threads started together; records/s of the whole."""
+    barrier = threading.Barrier(producers + 1)
+    sent = [0] * producers
+
+    def run(index):
+        ready = send(index)
+        barrier.wait()
+        sent[index] = ready()
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(producers)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
     started = time.perf_counter()
-    for _ in range(records):
-        while True:
-            try:
-                producer.produce(topic, value=value)
-                break
-            except BufferError:
-                producer.poll(0.01)
-    assert producer.flush(120) == 0
-    return records / (time.perf_counter() - started)
+    for thread in threads:
+        thread.join()
+    return sum(sent) / (time.perf_counter() - started)
 
 
-def transactional_run(bootstrap, topic, records, value, per_transaction):
-    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"cost-{topic}",
-                         "linger.ms": 5, "queue.buffering.max.messages": 1_000_000})
-    producer.init_transactions(30)
-    started = time.perf_counter()
-    sent = 0
-    while sent < records:
-        producer.begin_transaction()
-        for _ in range(min(per_transaction, records - sent)):
-            producer.produce(topic, value=value)
-        sent += min(per_transaction, records - sent)
-        producer.commit_transaction(60)
-    return records / (time.perf_counter() - started)
+def share(records, producers, index):
+    return records // producers + (1 if index < records % producers else 0)
+
+
+def idempotent_run(bootstrap, topic, records, value, producers=1):
+    def send(index):
+        producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
+                             "linger.ms": 5, "queue.buffering.max.messages": 1_000_000})
+        mine = share(records, producers, index)
+
+        def go():
+            for _ in range(mine):
+                while True:
+                    try:
+                        producer.produce(topic, value=value)
+                        break
+                    except BufferError:
+                        producer.poll(0.01)
+            assert producer.flush(120) == 0
+            return mine
+        return go
+    return timed_in_threads(producers, send)
+
+
+def transactional_run(bootstrap, topic, records, value, per_transaction, producers=1):
+    def send(index):
+        producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"cost-{topic}-{index}",
+                             "linger.ms": 5, "queue.buffering.max.messages": 1_000_000})
+        producer.init_transactions(30)
+        mine = share(records, producers, index)
+
+        def go():
+            sent = 0
+            while sent < mine:
+                began = time.perf_counter()
+                producer.begin_transaction()
+                for _ in range(min(per_transaction, mine - sent)):
+                    producer.produce(topic, value=value)
+                sent += min(per_transaction, mine - sent)
+                committing = time.perf_counter()
+                producer.commit_transaction(60)
+                ended = time.perf_counter()
+                with clock_lock:
+                    clocks["transactions"] += 1
+                    clocks["total"] += ended - began
+                    clocks["commit"] += ended - committing
+            return mine
+        return go
+    clock_lock = threading.Lock()
+    clocks = {"transactions": 0, "total": 0.0, "commit": 0.0}
+    rate = timed_in_threads(producers, send)
+    count = max(clocks["transactions"], 1)
+    return rate, clocks["total"] * 1000 / count, clocks["commit"] * 1000 / count
 
 
 def main():
@@ -101,6 +149,9 @@ def main():
     parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--producers", type=int, default=1,
+                        help="producers writing at once in each run, each its own client (and, "
+                             "transactional, its own transactional id), in threads of this process")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="txn-cost-"))
@@ -110,13 +161,22 @@ def main():
     idempotent, transactional = [], []
     try:
         for round_number in range(1, args.rounds + 1):
-            plain = idempotent_run(bootstrap, fresh_topic(bootstrap, args.partitions), args.records, value)
-            txn = transactional_run(bootstrap, fresh_topic(bootstrap, args.partitions), args.records, value,
-                                    args.per_transaction)
+            plain = idempotent_run(bootstrap, fresh_topic(bootstrap, args.partitions), args.records, value,
+                                   args.producers)
+            topic = fresh_topic(bootstrap, args.partitions)
+            before = request_latency(admin_port)
+            txn, transaction_ms, commit_ms = transactional_run(bootstrap, topic, args.records, value,
+                                                               args.per_transaction, args.producers)
+            spent = latency_during(before, request_latency(admin_port))
             idempotent.append(plain)
             transactional.append(txn)
             print(f"round {round_number}: idempotent {plain:,.0f} records/s, "
                   f"transactions of {args.per_transaction} {txn:,.0f} records/s ({txn / plain:.2f})",
+                  flush=True)
+            print(f"  a transaction takes {transaction_ms:.3f} ms at its producer, {commit_ms:.3f} ms of it "
+                  "in commit_transaction (AddPartitionsToTxn, the batch, EndTxn)", flush=True)
+            print("  broker time per request in the transactional run: "
+                  + ", ".join(f"{api} {count:,} x {mean_ms:.3f} ms" for api, (count, mean_ms) in spent.items()),
                   flush=True)
         print_transaction_answers(admin_port)
     finally:
@@ -131,6 +191,31 @@ def main():
 
 TXN_APIS = ("InitProducerId", "AddPartitionsToTxn", "AddOffsetsToTxn", "EndTxn", "Produce")
 REQUESTS = re.compile(r'^ringfeed_requests_total\{shard="\d+",api="(\w+)",error="(\w+)"\} (\S+)$', re.M)
+LATENCY = re.compile(r'^ringfeed_request_latency_seconds_(sum|count)\{shard="\d+",api="(\w+)"\} (\S+)$', re.M)
+
+
+def request_latency(admin_port):
+    """{api: [seconds, requests]} summed over shards, from the broker's latency histogram
+    (request decoded to response queued)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    totals = {}
+    for kind, api, value in LATENCY.findall(text):
+        if api in TXN_APIS:
+            totals.setdefault(api, [0.0, 0])[0 if kind == "sum" else 1] += float(value)
+    return totals
+
+
+def latency_during(before, after):
+    """{api: (requests, mean ms)} between two `request_latency` readings: where a
+    transaction's time goes inside the broker (the rest is the client and the network)."""
+    spent = {}
+    for api, (seconds, count) in after.items():
+        seconds_before, count_before = before.get(api, [0.0, 0])
+        requests = int(count - count_before)
+        if requests:
+            spent[api] = (requests, (seconds - seconds_before) * 1000 / requests)
+    return spent
 
 
 def print_transaction_answers(admin_port):

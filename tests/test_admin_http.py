@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import admin, create_topic, make_messages, produce
@@ -173,6 +173,35 @@ def test_produce_and_consume_move_the_counters_bytes_and_histograms(two_shard_br
         size = total(after, "ringfeed_partition_size_bytes", topic="orders", partition=str(partition))
         assert (size > 0) == (partition in ends)
     assert sum(s.value for s in samples(after, "ringfeed_consumer_group_lag", group="readers")) == 0
+
+
+def test_a_transaction_s_requests_are_timed_by_api(two_shard_broker):
+    """Each request a transactional producer waits on has its own latency series, so the time
+    of a transaction can be split between them (bench/txn_cost.py prints the split)."""
+    broker = two_shard_broker
+    create_topic(broker.bootstrap, "txn-timed", 1)
+    before = scrape(broker)
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": "timed"})
+    producer.init_transactions(30)
+    for _ in range(3):
+        producer.begin_transaction()
+        producer.produce("txn-timed", value=b"v" * 100)
+        producer.commit_transaction(30)
+    after = scrape(broker)
+
+    def timed(api, sample):
+        name = f"ringfeed_request_latency_seconds_{sample}"
+        return total(after, "ringfeed_request_latency_seconds", name, api=api) - \
+            total(before, "ringfeed_request_latency_seconds", name, api=api)
+
+    for api in ("AddPartitionsToTxn", "EndTxn"):
+        answered = total(after, "ringfeed_requests", "ringfeed_requests_total", api=api) - \
+            total(before, "ringfeed_requests", "ringfeed_requests_total", api=api)
+        assert answered == 3, api
+        assert timed(api, "count") == answered, api
+        # Each waited for a durable record in __transaction_state.
+        assert timed(api, "sum") > 0, api
+    assert timed("Produce", "count") >= 3
 
 
 def test_group_lag_appears_for_a_group_with_a_known_lag(two_shard_broker):

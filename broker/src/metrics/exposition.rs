@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 
 use super::error_code::error_name;
 use super::snapshot::{CrossShardCount, PartitionSnapshot, ShardSnapshot};
-use super::{HistogramBuckets, LATENCY_BUCKET_BOUNDS_SECONDS};
+use super::{HistogramBuckets, LATENCY_BUCKET_BOUNDS_SECONDS, TIMED_APIS};
 use crate::cluster::transport::TransportCounts;
 use crate::replica::handover::ReplicationSnapshot;
 
@@ -229,21 +229,19 @@ impl Scrape {
 
     fn encode_latencies(&self, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
         let requests = self.shards.iter().flat_map(|shard| {
-            [
-                ("Produce", &shard.produce_latency),
-                ("Fetch", &shard.fetch_latency),
-            ]
-            .into_iter()
-            .map(|(api, buckets)| {
-                let mut labels = Self::shard_label(shard);
-                labels.push(("api", api.to_string()));
-                (labels, buckets)
-            })
+            TIMED_APIS
+                .iter()
+                .zip(&shard.request_latency)
+                .map(|(api, buckets)| {
+                    let mut labels = Self::shard_label(shard);
+                    labels.push(("api", format!("{api:?}")));
+                    (labels, buckets)
+                })
         });
         histograms(
             encoder,
             "ringfeed_request_latency_seconds",
-            "Time from a decoded request to its encoded response, for Produce (includes the fdatasync for acks=all) and Fetch (includes the long-poll wait).",
+            "Time from a decoded request to its encoded response, for Produce (includes the fdatasync for acks=all), Fetch (includes the long-poll wait) and the transactional requests a producer waits on (AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit, EndTxn: each includes its durable write).",
             requests,
         )?;
         histograms(
@@ -734,6 +732,7 @@ fn histograms<'a>(
 mod tests {
     use super::*;
     use crate::metrics::snapshot::{ApiSnapshot, CommittedOffsetSnapshot};
+    use kafka_protocol::messages::ApiKey;
 
     /// The lines of one metric.
     fn lines_of<'a>(text: &'a str, metric: &'a str) -> impl Iterator<Item = &'a str> {
@@ -770,7 +769,16 @@ mod tests {
                 request_bytes: 600,
                 response_bytes: 300,
             }],
-            produce_latency: latency.buckets(),
+            request_latency: TIMED_APIS
+                .iter()
+                .map(|api| {
+                    if *api == ApiKey::Produce {
+                        latency.buckets()
+                    } else {
+                        HistogramBuckets::default()
+                    }
+                })
+                .collect(),
             partitions: vec![
                 partition("orders", 1, 40),
                 partition("orders", 0, 10),

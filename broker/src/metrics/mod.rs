@@ -15,6 +15,7 @@ pub mod snapshot;
 
 pub use error_code::ResponseErrorCode;
 pub use shard::{
-    HistogramBuckets, LatencyHistogram, OpenConnection, ShardMetrics, LATENCY_BUCKET_BOUNDS_SECONDS,
+    HistogramBuckets, LatencyHistogram, OpenConnection, ShardMetrics,
+    LATENCY_BUCKET_BOUNDS_SECONDS, TIMED_APIS,
 };
 pub use snapshot::{ScrapeRequest, ShardSnapshot};

@@ -102,12 +102,24 @@ pub(super) struct ApiCounters {
     pub(super) response_bytes: Cell<u64>,
 }
 
+/// The APIs whose latency is kept as a histogram (`ringfeed_request_latency_seconds`): the
+/// data path, and the requests a transaction's client waits on one after another (where a
+/// transaction's time goes). A short list: a histogram per API per shard is dozens of series.
+pub const TIMED_APIS: [ApiKey; 6] = [
+    ApiKey::Produce,
+    ApiKey::Fetch,
+    ApiKey::AddPartitionsToTxn,
+    ApiKey::AddOffsetsToTxn,
+    ApiKey::TxnOffsetCommit,
+    ApiKey::EndTxn,
+];
+
 /// Everything one shard counts. Owned and written by that shard only; see the module docs.
 pub struct ShardMetrics {
     /// By position in `registry::SUPPORTED_APIS`.
     pub(super) apis: Vec<ApiCounters>,
-    pub(super) produce_latency: RefCell<LatencyHistogram>,
-    pub(super) fetch_latency: RefCell<LatencyHistogram>,
+    /// By position in [`TIMED_APIS`].
+    pub(super) request_latency: Vec<RefCell<LatencyHistogram>>,
     /// Shared with every partition log of the shard (see `fdatasync_observer`).
     pub(super) fdatasync_latency: Rc<RefCell<LatencyHistogram>>,
     /// The one observer every partition log of the shard holds a clone of: one closure per
@@ -139,8 +151,7 @@ impl Default for ShardMetrics {
                 .iter()
                 .map(|_| ApiCounters::default())
                 .collect(),
-            produce_latency: RefCell::default(),
-            fetch_latency: RefCell::default(),
+            request_latency: TIMED_APIS.iter().map(|_| RefCell::default()).collect(),
             fdatasync_latency,
             fdatasync_observer: Rc::new(move |latency| histogram.borrow_mut().record(latency)),
             connections_open: Cell::new(0),
@@ -189,10 +200,8 @@ impl ShardMetrics {
             Some((_, count)) => *count += 1,
             None => answered.push((error_code, 1)),
         }
-        match api_key {
-            ApiKey::Produce => self.produce_latency.borrow_mut().record(latency),
-            ApiKey::Fetch => self.fetch_latency.borrow_mut().record(latency),
-            _ => {}
+        if let Some(timed) = TIMED_APIS.iter().position(|key| *key == api_key) {
+            self.request_latency[timed].borrow_mut().record(latency);
         }
     }
 
@@ -303,8 +312,15 @@ mod tests {
         assert_eq!(*produce.answered.borrow(), vec![(0, 2), (3, 1)]);
         assert_eq!(produce.request_bytes.get(), 100);
         assert_eq!(produce.response_bytes.get(), 120);
-        assert_eq!(metrics.produce_latency.borrow().buckets().count, 3);
-        assert_eq!(metrics.fetch_latency.borrow().buckets().count, 0);
+        metrics.request_answered(ApiKey::EndTxn, 0, Duration::from_micros(900), 20);
+        metrics.request_answered(ApiKey::Metadata, 0, Duration::from_micros(50), 200);
+        let counts: Vec<(ApiKey, u64)> = TIMED_APIS
+            .iter()
+            .zip(&metrics.request_latency)
+            .map(|(api, histogram)| (*api, histogram.borrow().buckets().count))
+            .filter(|(_, count)| *count > 0)
+            .collect();
+        assert_eq!(counts, [(ApiKey::Produce, 3), (ApiKey::EndTxn, 1)]);
     }
 
     #[test]

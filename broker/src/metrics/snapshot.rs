@@ -59,8 +59,8 @@ pub struct ShardSnapshot {
     pub shard: usize,
     /// APIs with at least one request.
     pub apis: Vec<ApiSnapshot>,
-    pub produce_latency: HistogramBuckets,
-    pub fetch_latency: HistogramBuckets,
+    /// Per API of `shard::TIMED_APIS`, in its order (an empty histogram for one not served).
+    pub request_latency: Vec<HistogramBuckets>,
     pub fdatasync_latency: HistogramBuckets,
     pub connections_open: u64,
     pub connections_accepted: u64,
@@ -112,8 +112,11 @@ impl ShardMetrics {
     pub fn snapshot(&self) -> ShardSnapshot {
         ShardSnapshot {
             apis: api_snapshots(self),
-            produce_latency: self.produce_latency.borrow().buckets(),
-            fetch_latency: self.fetch_latency.borrow().buckets(),
+            request_latency: self
+                .request_latency
+                .iter()
+                .map(|histogram| histogram.borrow().buckets())
+                .collect(),
             fdatasync_latency: self.fdatasync_latency.borrow().buckets(),
             connections_open: self.connections_open.get(),
             connections_accepted: self.connections_accepted.get(),
