@@ -175,9 +175,10 @@ def main():
                   flush=True)
             print(f"  a transaction takes {transaction_ms:.3f} ms at its producer, {commit_ms:.3f} ms of it "
                   "in commit_transaction (AddPartitionsToTxn, the batch, EndTxn)", flush=True)
+            syncs, sync_ms = spent.pop("fdatasync", (0, 0.0))
             print("  broker time per request in the transactional run: "
-                  + ", ".join(f"{api} {count:,} x {mean_ms:.3f} ms" for api, (count, mean_ms) in spent.items()),
-                  flush=True)
+                  + ", ".join(f"{api} {count:,} x {mean_ms:.3f} ms" for api, (count, mean_ms) in spent.items())
+                  + f"; {syncs:,} fdatasyncs of {sync_ms:.3f} ms", flush=True)
         print_transaction_answers(admin_port)
     finally:
         process.terminate()
@@ -192,17 +193,21 @@ def main():
 TXN_APIS = ("InitProducerId", "AddPartitionsToTxn", "AddOffsetsToTxn", "EndTxn", "Produce")
 REQUESTS = re.compile(r'^ringfeed_requests_total\{shard="\d+",api="(\w+)",error="(\w+)"\} (\S+)$', re.M)
 LATENCY = re.compile(r'^ringfeed_request_latency_seconds_(sum|count)\{shard="\d+",api="(\w+)"\} (\S+)$', re.M)
+FDATASYNC = re.compile(r'^ringfeed_fdatasync_latency_seconds_(sum|count)\{shard="\d+"\} (\S+)$', re.M)
 
 
 def request_latency(admin_port):
     """{api: [seconds, requests]} summed over shards, from the broker's latency histogram
-    (request decoded to response queued)."""
+    (request decoded to response queued), and the same for "fdatasync" (every partition log's
+    fdatasyncs, `__transaction_state` included)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as response:
         text = response.read().decode()
     totals = {}
     for kind, api, value in LATENCY.findall(text):
         if api in TXN_APIS:
             totals.setdefault(api, [0.0, 0])[0 if kind == "sum" else 1] += float(value)
+    for kind, value in FDATASYNC.findall(text):
+        totals.setdefault("fdatasync", [0.0, 0])[0 if kind == "sum" else 1] += float(value)
     return totals
 
 
