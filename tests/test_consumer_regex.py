@@ -44,15 +44,21 @@ def regex_member(bootstrap, group):
     return consumer
 
 
-def poll_until(consumers, seen, done, timeout=60):
+def poll_until(consumers, seen, done, timeout=60, deliveries=None):
+    """Polls every consumer in turn, counting each record in `seen` and committing after it,
+    until `done()`. `deliveries`, if given, gets (seconds since the first call, member, partition,
+    offset, record) of every delivery: what a failure needs to tell who consumed a record twice."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for consumer in consumers:
+        for index, consumer in enumerate(consumers):
             message = consumer.poll(0.05)
             if message is None or message.error():
                 continue
             key = message.value().decode()
             seen[key] = seen.get(key, 0) + 1
+            if deliveries is not None:
+                deliveries.append((round(time.monotonic() - deadline + timeout, 3), index,
+                                   message.partition(), message.offset(), key))
             consumer.commit(message=message, asynchronous=False)
         if done():
             return
@@ -70,15 +76,20 @@ def test_regex_members_consume_matching_topics_once_including_one_created_later(
         create_topic(bootstrap, name, partitions)
         produce(bootstrap, name, records(name, 300))
     members = [regex_member(bootstrap, "regex-group") for _ in range(3)]
-    seen = {}
-    poll_until(members, seen, lambda: set(seen) >= expected(MATCHING, 300))
+    seen, deliveries = {}, []
+    poll_until(members, seen, lambda: set(seen) >= expected(MATCHING, 300), deliveries=deliveries)
     # Created after the join: assigned without any member subscribing again.
     create_topic(bootstrap, LATER[0], LATER[1])
     produce(bootstrap, LATER[0], records(LATER[0], 300))
-    poll_until(members, seen, lambda: set(seen) >= expected([*MATCHING, LATER[0]], 300))
+    poll_until(members, seen, lambda: set(seen) >= expected([*MATCHING, LATER[0]], 300),
+               deliveries=deliveries)
     for consumer in members:
         consumer.poll(0.5)
-    assert max(seen.values()) == 1, "a record was consumed twice with nobody crashing"
+    twice = {key for key, count in seen.items() if count > 1}
+    # (seconds, member, partition, offset, record) of each delivery of a record seen twice, and
+    # the first deliveries overall (seen once in a full run; cause not yet known).
+    assert not twice, ("a record was consumed twice with nobody crashing",
+                       [d for d in deliveries if d[4] in twice], deliveries[:20])
     assert not [key for key in seen if key.split(":")[0] in NOT_MATCHING], "a topic that does not match was consumed"
     partitions = sorted((tp.topic, tp.partition) for c in members for tp in c.assignment())
     wanted = sorted((t, p) for t, n in [*MATCHING.items(), LATER] for p in range(n))
