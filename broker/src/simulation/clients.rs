@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
@@ -20,6 +21,10 @@ use kafka_protocol::messages::offset_commit_request::{
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+use kafka_protocol::messages::{
+    AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, EndTxnRequest, EndTxnResponse,
+    TransactionalId,
+};
 use kafka_protocol::messages::{
     ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
     DeleteTopicsResponse, FetchRequest, FetchResponse, GroupId, HeartbeatRequest,
@@ -41,6 +46,9 @@ use crate::storage::Clock;
 
 const NONE: i16 = 0;
 const PRODUCE_TIMEOUT_MS: i32 = 2_000;
+/// Long enough that the coordinator never aborts a simulated transaction on its own within
+/// a life: a transaction ends by its producer's `EndTxn`, or by its re-initialisation.
+const TRANSACTION_TIMEOUT_MS: i32 = 600_000;
 
 fn code(error: ResponseError) -> i16 {
     error.code()
@@ -112,7 +120,19 @@ impl Connection {
     }
 
     pub async fn produce(&mut self, key: &PartitionKey, batch: Bytes, acks: i16) -> (i16, i64) {
+        self.produce_as(key, batch, acks, None).await
+    }
+
+    /// [`Self::produce`] with the request's transactional id (transactional batches need it).
+    pub async fn produce_as(
+        &mut self,
+        key: &PartitionKey,
+        batch: Bytes,
+        acks: i16,
+        transactional_id: Option<&str>,
+    ) -> (i16, i64) {
         let request = ProduceRequest::default()
+            .with_transactional_id(transactional_id.map(|id| TransactionalId(str_bytes(id))))
             .with_acks(acks)
             .with_timeout_ms(PRODUCE_TIMEOUT_MS)
             .with_topic_data(vec![TopicProduceData::default()
@@ -166,6 +186,106 @@ impl Connection {
             .await;
         let partition = &response.topics[0].partitions[0];
         (partition.error_code, partition.offset)
+    }
+
+    /// A `read_committed` Fetch of one partition: (error, last stable offset, the aborted
+    /// transactions it lists as (producer id, first offset), whole batches).
+    pub async fn fetch_committed(
+        &mut self,
+        key: &PartitionKey,
+        offset: i64,
+        max_bytes: i32,
+    ) -> (i16, i64, Vec<(i64, i64)>, Vec<Bytes>) {
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(max_bytes)
+            .with_isolation_level(1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(str_bytes(&key.0)))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(key.1)
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(max_bytes)])]);
+        let response: FetchResponse = self.call(ApiKey::Fetch, 12, Request::Fetch(request)).await;
+        let partition = &response.responses[0].partitions[0];
+        let aborted = partition
+            .aborted_transactions
+            .iter()
+            .flatten()
+            .map(|aborted| (aborted.producer_id.0, aborted.first_offset))
+            .collect();
+        let batches = split_batches(partition.records.clone().unwrap_or_default());
+        (
+            partition.error_code,
+            partition.last_stable_offset,
+            aborted,
+            batches,
+        )
+    }
+
+    /// `InitProducerId` for `transactional_id`: (error, producer id, epoch).
+    pub async fn init_transactional(&mut self, transactional_id: &str) -> (i16, i64, i16) {
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(str_bytes(transactional_id))))
+            .with_transaction_timeout_ms(TRANSACTION_TIMEOUT_MS)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        let response: InitProducerIdResponse = self
+            .call(ApiKey::InitProducerId, 4, Request::InitProducerId(request))
+            .await;
+        (
+            response.error_code,
+            response.producer_id.0,
+            response.producer_epoch,
+        )
+    }
+
+    /// `AddPartitionsToTxn` v3 of one partition: its error.
+    pub async fn add_partition_to_txn(
+        &mut self,
+        transactional_id: &str,
+        producer: (i64, i16),
+        key: &PartitionKey,
+    ) -> i16 {
+        let request = AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(TransactionalId(str_bytes(transactional_id)))
+            .with_v3_and_below_producer_id(ProducerId(producer.0))
+            .with_v3_and_below_producer_epoch(producer.1)
+            .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
+                .with_name(TopicName(str_bytes(&key.0)))
+                .with_partitions(vec![key.1])]);
+        let response: AddPartitionsToTxnResponse = self
+            .call(
+                ApiKey::AddPartitionsToTxn,
+                3,
+                Request::AddPartitionsToTxn(request),
+            )
+            .await;
+        response
+            .results_by_topic_v3_and_below
+            .first()
+            .and_then(|topic| topic.results_by_partition.first())
+            .map_or(response.error_code, |partition| {
+                partition.partition_error_code
+            })
+    }
+
+    /// `EndTxn`: its error.
+    pub async fn end_txn(
+        &mut self,
+        transactional_id: &str,
+        producer: (i64, i16),
+        commit: bool,
+    ) -> i16 {
+        let request = EndTxnRequest::default()
+            .with_transactional_id(TransactionalId(str_bytes(transactional_id)))
+            .with_producer_id(ProducerId(producer.0))
+            .with_producer_epoch(producer.1)
+            .with_committed(commit);
+        let response: EndTxnResponse = self.call(ApiKey::EndTxn, 3, Request::EndTxn(request)).await;
+        response.error_code
     }
 
     pub async fn create_topic(&mut self, name: &str, partitions: i32) -> i16 {
@@ -351,6 +471,16 @@ fn value_padding(rng: &mut SeededRng) -> usize {
 }
 
 fn batch_of(values: &[String], timestamp_ms: i64, producer: Option<(i64, i16, i32)>) -> Bytes {
+    batch_with(values, timestamp_ms, producer, false)
+}
+
+/// [`batch_of`] with a producer, marked transactional when `transactional`.
+fn batch_with(
+    values: &[String],
+    timestamp_ms: i64,
+    producer: Option<(i64, i16, i32)>,
+    transactional: bool,
+) -> Bytes {
     let records: Vec<_> = values
         .iter()
         .map(|value| build::Record {
@@ -369,6 +499,12 @@ fn batch_of(values: &[String], timestamp_ms: i64, producer: Option<(i64, i16, i3
     batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
     batch[51..53].copy_from_slice(&epoch.to_be_bytes());
     batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    if transactional {
+        // The attributes, at 21.
+        let attributes = i16::from_be_bytes([batch[21], batch[22]])
+            | ringfeed_protocol::batch::TRANSACTIONAL_FLAG;
+        batch[21..23].copy_from_slice(&attributes.to_be_bytes());
+    }
     let crc = crc32c::crc32c(&batch[21..]);
     batch[17..21].copy_from_slice(&crc.to_be_bytes());
     batch.freeze()
@@ -387,6 +523,21 @@ pub enum Role {
     GroupMember(GroupState),
     /// Creates and deletes scratch topics, and checks the metadata remembers the answers.
     Admin,
+    /// A transactional producer on one partition: begin, one to three batches, commit or
+    /// abort; re-initialised (its epoch bumped, its open transaction ended by the
+    /// coordinator) after an error it cannot retry and in every new life.
+    TransactionalProducer(TransactionalState),
+}
+
+pub struct TransactionalState {
+    key: PartitionKey,
+    transactional_id: String,
+    producer: Option<(i64, i16)>,
+    next_sequence: i32,
+    /// The open transaction's number (the model's name for it with the client's index), and
+    /// whether `AddPartitionsToTxn` was answered.
+    open: Option<(u64, bool)>,
+    transactions: u64,
 }
 
 pub struct IdempotentState {
@@ -433,6 +584,17 @@ impl Client {
         })
     }
 
+    pub fn transactional(key: PartitionKey, transactional_id: &str) -> Role {
+        Role::TransactionalProducer(TransactionalState {
+            key,
+            transactional_id: transactional_id.to_string(),
+            producer: None,
+            next_sequence: 0,
+            open: None,
+            transactions: 0,
+        })
+    }
+
     pub fn group_member(group: &str) -> Role {
         Role::GroupMember(GroupState {
             group: group.to_string(),
@@ -446,6 +608,14 @@ impl Client {
     /// and stops early once the power is off (the broker is about to be dropped).
     pub async fn run_life(mut self, life: Life, operations: u64) -> Self {
         let mut connection = Connection::new(&life, self.index);
+        if let Role::TransactionalProducer(state) = &mut self.role {
+            // A producer starting again, as after its own crash: it re-initialises, which
+            // ends whatever it left open (completed if its commit was decided, else aborted).
+            if let Some((number, _)) = state.open.take() {
+                life.model.borrow_mut().txn_abandoned(self.index, number);
+            }
+            state.producer = None;
+        }
         for _ in 0..operations {
             if life.disk.is_powered_off() {
                 break;
@@ -488,6 +658,9 @@ impl Client {
                 group_operation(state, &mut self.rng, index, &key, life, connection).await;
             }
             Role::Admin => admin_operation(&mut self.rng, index, life, connection).await,
+            Role::TransactionalProducer(state) => {
+                transactional_operation(state, &mut self.rng, index, life, connection).await;
+            }
         }
     }
 
@@ -622,6 +795,113 @@ async fn idempotent_operation(
             state.next_sequence = 0;
             state.pending = None;
             state.last_acked = None;
+        }
+    }
+}
+
+/// One step of a transactional producer: initialise, begin (`AddPartitionsToTxn`), produce a
+/// batch, or end the transaction. What it was answered goes to the model, which checks
+/// `read_committed` reads against it (`Model::check_read_committed`).
+async fn transactional_operation(
+    state: &mut TransactionalState,
+    rng: &mut SeededRng,
+    index: u16,
+    life: &Life,
+    connection: &mut Connection,
+) {
+    let fenced = [
+        code(ResponseError::ProducerFenced),
+        code(ResponseError::InvalidProducerEpoch),
+        code(ResponseError::InvalidProducerIdMapping),
+        code(ResponseError::InvalidTxnState),
+        code(ResponseError::OutOfOrderSequenceNumber),
+        code(ResponseError::UnknownProducerId),
+    ];
+    let Some(producer) = state.producer else {
+        let (error, producer_id, epoch) =
+            connection.init_transactional(&state.transactional_id).await;
+        life.model.borrow_mut().trace((index, "txn-init", error));
+        if error == NONE {
+            state.producer = Some((producer_id, epoch));
+            state.next_sequence = 0;
+        }
+        return;
+    };
+    let key = state.key.clone();
+    let give_up = |state: &mut TransactionalState, model: &mut Model| {
+        // Its open transaction is left to the coordinator: aborted when the producer
+        // re-initialises, unless its commit was decided.
+        if let Some((number, _)) = state.open.take() {
+            model.txn_abandoned(index, number);
+        }
+        state.producer = None;
+    };
+    match state.open {
+        None | Some((_, false)) => {
+            let number = if let Some((number, _)) = state.open {
+                number
+            } else {
+                state.transactions += 1;
+                let number = state.transactions;
+                life.model.borrow_mut().txn_begun(index, number, &key);
+                state.open = Some((number, false));
+                number
+            };
+            let error = connection
+                .add_partition_to_txn(&state.transactional_id, producer, &key)
+                .await;
+            let mut model = life.model.borrow_mut();
+            model.trace((index, "txn-add", number, error));
+            if error == NONE {
+                state.open = Some((number, true));
+            } else if fenced.contains(&error) {
+                give_up(state, &mut model);
+            }
+        }
+        Some((number, true)) => {
+            let batches = life.model.borrow().txn_batches(index, number);
+            if batches < 3 && rng.below(3) != 0 {
+                let records = 1 + i32::try_from(rng.below(3)).expect("small");
+                let values: Vec<String> = (0..records)
+                    .map(|n| format!("t{index}-{number}-{batches}-{n}"))
+                    .collect();
+                let batch = batch_with(
+                    &values,
+                    life.clock.now_ms(),
+                    Some((producer.0, producer.1, state.next_sequence)),
+                    true,
+                );
+                let (error, base_offset) = connection
+                    .produce_as(&key, batch.clone(), -1, Some(&state.transactional_id))
+                    .await;
+                let mut model = life.model.borrow_mut();
+                model.trace((index, "txn-produce", number, error, base_offset));
+                if error == NONE {
+                    model.produce_acked(&key, base_offset, &batch);
+                    model.txn_batch_acked(index, number, base_offset);
+                    state.next_sequence += records;
+                } else {
+                    // Not retried: the batch may be in the log or not, so the transaction
+                    // can no longer commit whole. Abort it (a fenced producer's is aborted
+                    // by the coordinator when it re-initialises).
+                    model.txn_batch_unanswered(index, number);
+                    give_up(state, &mut model);
+                }
+                return;
+            }
+            let commit = !life.model.borrow().txn_must_abort(index, number) && rng.below(3) != 0;
+            life.model.borrow_mut().txn_ending(index, number, commit);
+            let error = connection
+                .end_txn(&state.transactional_id, producer, commit)
+                .await;
+            let mut model = life.model.borrow_mut();
+            model.trace((index, "txn-end", number, commit, error));
+            if error == NONE {
+                model.txn_ended(index, number, commit);
+                state.open = None;
+            } else if error != code(ResponseError::ConcurrentTransactions) {
+                give_up(state, &mut model);
+            }
         }
     }
 }

@@ -7,6 +7,7 @@
 //! timer or an answer), the clock jumps to the next timer.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -25,6 +26,7 @@ use crate::simulation::model::{Model, PartitionKey, TopicFate};
 
 use crate::settings::Effective;
 use crate::shard::{self, ShardServices};
+use crate::storage::batch::BatchHeader;
 use crate::storage::sim::{CrashMode, SeededRng, SimDisk};
 use crate::storage::{Clock, SimClock};
 
@@ -55,6 +57,10 @@ pub struct RunSummary {
     pub acked_commits: u64,
     pub idempotent_retries_checked: u64,
     pub full_scans: u64,
+    /// Transactions answered committed and aborted, and `read_committed` scans checked.
+    pub committed_txns: u64,
+    pub aborted_txns: u64,
+    pub read_committed_scans: u64,
     pub simulated_ms: u128,
 }
 
@@ -184,6 +190,9 @@ impl Simulation {
             acked_commits: model.acked_commits,
             idempotent_retries_checked: model.idempotent_retries_checked,
             full_scans: model.full_scans,
+            committed_txns: model.committed_txns,
+            aborted_txns: model.aborted_txns,
+            read_committed_scans: model.read_committed_scans,
             simulated_ms: self.clock.elapsed().as_millis(),
         }
     }
@@ -301,6 +310,8 @@ impl Simulation {
             Client::group_member("sim-group-0"),
             Client::group_member("sim-group-1"),
             Role::Admin,
+            Client::transactional(stable(0), "sim-txn-0"),
+            Client::transactional(stable(1), "sim-txn-1"),
         ];
         roles
             .into_iter()
@@ -388,6 +399,7 @@ impl Simulation {
             self.model
                 .borrow_mut()
                 .check_fetched(key, 0, &batches, true);
+            self.verify_read_committed(&mut reader, key).await;
         }
         let commit_keys = self.model.borrow().commit_keys();
         for (group, key) in commit_keys {
@@ -412,6 +424,63 @@ impl Simulation {
                 }
             }
         }
+    }
+
+    /// Reads `key` from its start as a `read_committed` Kafka client does (up to the last
+    /// stable offset; the batches of the aborted transactions the broker lists, up to each
+    /// one's abort marker, dropped) and has the model check what stays.
+    async fn verify_read_committed(&self, reader: &mut Connection, key: &PartitionKey) {
+        use crate::storage::batch::control::txn_marker_of;
+        let mut offset = 0;
+        let mut aborted = BTreeSet::new();
+        let mut batches = Vec::new();
+        loop {
+            let (error, last_stable, listed, read) = self
+                .drive_call(reader.fetch_committed(key, offset, 1 << 20))
+                .await;
+            if error != 0 {
+                self.model.borrow().violation(&format!(
+                    "{key:?}: read_committed fetch at {offset} after restart: error {error}"
+                ));
+            }
+            aborted.extend(
+                listed
+                    .into_iter()
+                    .map(|(producer, first)| (first, producer)),
+            );
+            let Some(last) = read.last() else { break };
+            offset = BatchHeader::parse(last)
+                .expect("split_batches keeps whole batches")
+                .last_offset()
+                + 1;
+            batches.extend(read);
+            if offset >= last_stable {
+                break;
+            }
+        }
+        let mut pending = aborted.into_iter().peekable();
+        let mut aborting = BTreeSet::new();
+        let mut visible = BTreeSet::new();
+        for batch in &batches {
+            let header = BatchHeader::parse(batch).expect("split_batches keeps whole batches");
+            while let Some((_, producer)) =
+                pending.next_if(|(first, _)| *first <= header.base_offset)
+            {
+                aborting.insert(producer);
+            }
+            if header.is_control() {
+                if txn_marker_of(batch).is_some_and(|(commit, _)| !commit) {
+                    aborting.remove(&header.producer_id);
+                }
+                continue;
+            }
+            if header.is_transactional() && !aborting.contains(&header.producer_id) {
+                visible.insert(header.base_offset);
+            }
+        }
+        self.model
+            .borrow_mut()
+            .check_read_committed(key, offset, &visible);
     }
 
     /// Now and then, fdatasyncs stall for a while (a slow device): produce requests time

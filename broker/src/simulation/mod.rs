@@ -2,8 +2,11 @@
 //! `ShardServices::start` on `storage`'s simulated disk and a simulated clock, no sockets.
 //! Simulated clients (`clients.rs`) send Kafka requests through the real request entry
 //! (`handlers::start`): produce (acks=all and acks=1, plain and idempotent with
-//! `InitProducerId` and retried batches), fetch, list offsets, create and delete topics, and
-//! a one-member consumer group (join, sync, heartbeat, commit, fetch offsets). At seeded
+//! `InitProducerId` and retried batches), fetch, list offsets, create and delete topics, a
+//! one-member consumer group (join, sync, heartbeat, commit, fetch offsets), and
+//! transactional producers (`InitProducerId` with a transactional id, `AddPartitionsToTxn`,
+//! transactional batches, `EndTxn` commit or abort, re-initialised after an error and in
+//! every life). At seeded
 //! points the power is cut (mid-operation after a random number of disk steps, or at the end
 //! of a life), fdatasyncs stall for a while, and the broker restarts from the crash image
 //! (controller recovery, partition recovery, producer state, offsets replay). The model
@@ -11,7 +14,10 @@
 //! batch is read back at its offset with its bytes; offsets are dense and never reused; the
 //! high watermark is never below an acknowledged offset; acknowledged commits survive;
 //! idempotent retries of an acknowledged batch are answered with its offset or as a
-//! duplicate, never appended again; acknowledged topic creations and deletions survive.
+//! duplicate, never appended again; acknowledged topic creations and deletions survive;
+//! after every restart a `read_committed` reader (aborted transactions filtered out as a Kafka
+//! client filters them) sees no aborted or undecided transaction's batch, no transaction in
+//! part, and every committed transaction whole once it is below the last stable offset.
 //!
 //! Determinism: a run is a pure function of its seed. It rests on (1) one glommio executor
 //! whose run queue is FIFO, (2) the simulated disk (no real IO, so no completion order from
@@ -136,19 +142,26 @@ fn simulation_long() {
     };
     let started = std::time::Instant::now();
     let mut totals = (0_u64, 0_u64, 0_u64, 0_u32);
+    let mut transactions = (0_u64, 0_u64, 0_u64);
     for seed in first..first + seeds {
         let summary = run_reporting(seed, shape);
         totals.0 += summary.acked_batches;
         totals.1 += summary.acked_commits;
         totals.2 += summary.idempotent_retries_checked;
         totals.3 += summary.power_cuts_mid_life;
+        transactions.0 += summary.committed_txns;
+        transactions.1 += summary.aborted_txns;
+        transactions.2 += summary.read_committed_scans;
     }
     eprintln!(
-        "simulation long form: {seeds} seeds in {:.1} s; {} acked batches, {} acked commits, {} idempotent retries checked, {} mid-life power cuts",
+        "simulation long form: {seeds} seeds in {:.1} s; {} acked batches, {} acked commits, {} idempotent retries checked, {} mid-life power cuts; {} transactions committed and {} aborted, {} read_committed scans checked",
         started.elapsed().as_secs_f64(),
         totals.0,
         totals.1,
         totals.2,
-        totals.3
+        totals.3,
+        transactions.0,
+        transactions.1,
+        transactions.2
     );
 }

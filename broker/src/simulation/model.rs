@@ -48,6 +48,44 @@ pub enum TopicFate {
     Unknown,
 }
 
+/// What a transactional producer was told of one of its transactions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TxnOutcome {
+    /// Not ended yet: never visible, unless its commit was sent (`commit_sent`).
+    Open,
+    /// `EndTxn(commit)` answered NONE: every batch becomes visible to `read_committed` readers.
+    Committed,
+    /// EndTxn(abort) answered NONE, or given up before a commit was sent: never visible.
+    NeverCommitted,
+    /// Given up after sending a commit that was not answered: visible whole or not at all.
+    Unknown,
+}
+
+/// One transaction of a transactional producer.
+#[derive(Clone, Debug)]
+struct TxnModel {
+    key: PartitionKey,
+    /// Base offsets of its acknowledged batches.
+    batches: Vec<i64>,
+    /// A batch was sent and not answered: the transaction may only abort.
+    must_abort: bool,
+    /// EndTxn(commit) was sent at least once.
+    commit_sent: bool,
+    outcome: TxnOutcome,
+}
+
+impl TxnModel {
+    /// May it be visible? `Some(true)`: it must be once stable; `Some(false)`: never.
+    fn visibility(&self) -> Option<bool> {
+        match self.outcome {
+            TxnOutcome::Committed => Some(true),
+            TxnOutcome::NeverCommitted => Some(false),
+            TxnOutcome::Open if !self.commit_sent => Some(false),
+            TxnOutcome::Open | TxnOutcome::Unknown => None,
+        }
+    }
+}
+
 /// The model. Owned by the harness, shared with the clients of one executor.
 pub struct Model {
     seed: u64,
@@ -55,6 +93,8 @@ pub struct Model {
     partitions: BTreeMap<PartitionKey, PartitionModel>,
     commits: BTreeMap<(String, PartitionKey), CommitModel>,
     pub scratch_topics: BTreeMap<String, TopicFate>,
+    /// Transactions by (client index, the client's number for it).
+    txns: BTreeMap<(u16, u64), TxnModel>,
     /// Digest of every answer the clients saw, in order: two runs of one seed must agree.
     trace: DefaultHasher,
     print_trace: bool,
@@ -64,6 +104,9 @@ pub struct Model {
     pub acked_commits: u64,
     pub idempotent_retries_checked: u64,
     pub full_scans: u64,
+    pub committed_txns: u64,
+    pub aborted_txns: u64,
+    pub read_committed_scans: u64,
 }
 
 impl Model {
@@ -74,6 +117,7 @@ impl Model {
             partitions: BTreeMap::new(),
             commits: BTreeMap::new(),
             scratch_topics: BTreeMap::new(),
+            txns: BTreeMap::new(),
             trace: DefaultHasher::new(),
             print_trace: std::env::var_os("RINGFEED_SIM_TRACE").is_some(),
             trace_events: 0,
@@ -81,6 +125,9 @@ impl Model {
             acked_commits: 0,
             idempotent_retries_checked: 0,
             full_scans: 0,
+            committed_txns: 0,
+            aborted_txns: 0,
+            read_committed_scans: 0,
         }
     }
 
@@ -220,7 +267,8 @@ impl Model {
             expected_next = Some(last + 1);
             covered = (covered.0.min(base), covered.1.max(last));
             let records = batch.slice(BATCH_HEADER_BYTES.min(batch.len())..);
-            if whole_log {
+            // Transaction markers repeat their records (the same control record each time).
+            if whole_log && !header.is_control() {
                 let mut hasher = DefaultHasher::new();
                 records.hash(&mut hasher);
                 if let Some(first) = payloads.insert(hasher.finish(), base) {
@@ -257,6 +305,130 @@ impl Model {
         if whole_log {
             self.full_scans += 1;
         }
+    }
+
+    pub fn txn_begun(&mut self, client: u16, number: u64, key: &PartitionKey) {
+        self.txns.insert(
+            (client, number),
+            TxnModel {
+                key: key.clone(),
+                batches: Vec::new(),
+                must_abort: false,
+                commit_sent: false,
+                outcome: TxnOutcome::Open,
+            },
+        );
+    }
+
+    fn txn_mut(&mut self, client: u16, number: u64) -> &mut TxnModel {
+        if !self.txns.contains_key(&(client, number)) {
+            self.violation(&format!("transaction {client}/{number} was never begun"));
+        }
+        self.txns.get_mut(&(client, number)).expect("checked above")
+    }
+
+    /// Acknowledged batches of the transaction so far.
+    pub fn txn_batches(&self, client: u16, number: u64) -> usize {
+        self.txns
+            .get(&(client, number))
+            .map_or(0, |txn| txn.batches.len())
+    }
+
+    pub fn txn_must_abort(&self, client: u16, number: u64) -> bool {
+        self.txns
+            .get(&(client, number))
+            .is_some_and(|txn| txn.must_abort)
+    }
+
+    pub fn txn_batch_acked(&mut self, client: u16, number: u64, base_offset: i64) {
+        self.txn_mut(client, number).batches.push(base_offset);
+    }
+
+    pub fn txn_batch_unanswered(&mut self, client: u16, number: u64) {
+        self.txn_mut(client, number).must_abort = true;
+    }
+
+    /// `EndTxn` is about to be sent.
+    pub fn txn_ending(&mut self, client: u16, number: u64, commit: bool) {
+        let txn = self.txn_mut(client, number);
+        assert!(
+            !(commit && txn.must_abort),
+            "the client commits only whole transactions"
+        );
+        txn.commit_sent |= commit;
+    }
+
+    /// `EndTxn` was answered NONE.
+    pub fn txn_ended(&mut self, client: u16, number: u64, commit: bool) {
+        let txn = self.txn_mut(client, number);
+        txn.outcome = if commit {
+            TxnOutcome::Committed
+        } else {
+            TxnOutcome::NeverCommitted
+        };
+        if commit {
+            self.committed_txns += 1;
+        } else {
+            self.aborted_txns += 1;
+        }
+    }
+
+    /// The producer gave the transaction up (an error, or a new life): the coordinator ends
+    /// it, completing a commit it decided and aborting anything else.
+    pub fn txn_abandoned(&mut self, client: u16, number: u64) {
+        let txn = self.txn_mut(client, number);
+        if txn.outcome == TxnOutcome::Open {
+            txn.outcome = if txn.commit_sent {
+                TxnOutcome::Unknown
+            } else {
+                TxnOutcome::NeverCommitted
+            };
+        }
+    }
+
+    /// Checks what a `read_committed` reader of `key` sees of the log below `covered_end`
+    /// (every batch it was handed, aborted ones filtered out as a Kafka client filters them:
+    /// `visible` are the base offsets of the transactional data batches it keeps): no
+    /// aborted or undecided transaction's batch, no transaction in part, every committed
+    /// transaction read whole once it is below `covered_end`, and no transactional batch
+    /// that no transaction acknowledged.
+    pub fn check_read_committed(
+        &mut self,
+        key: &PartitionKey,
+        covered_end: i64,
+        visible: &BTreeSet<i64>,
+    ) {
+        let mut attributed = BTreeSet::new();
+        for ((client, number), txn) in self.txns.iter().filter(|(_, txn)| &txn.key == key) {
+            let seen: Vec<i64> = txn
+                .batches
+                .iter()
+                .copied()
+                .filter(|base| visible.contains(base))
+                .collect();
+            attributed.extend(seen.iter().copied());
+            let below = txn.batches.iter().all(|base| *base < covered_end);
+            let name = format!("{key:?}: transaction {client}/{number} ({:?})", txn.outcome);
+            match txn.visibility() {
+                Some(false) if !seen.is_empty() => {
+                    self.violation(&format!("{name}: read_committed sees its batches {seen:?}"))
+                }
+                Some(true) if below && seen.len() != txn.batches.len() => self.violation(&format!(
+                    "{name}: committed, below {covered_end}, yet only {seen:?} of {:?} read",
+                    txn.batches
+                )),
+                None if below && !seen.is_empty() && seen.len() != txn.batches.len() => {
+                    self.violation(&format!("{name}: torn: {seen:?} of {:?} read", txn.batches))
+                }
+                _ => {}
+            }
+        }
+        if let Some(stray) = visible.difference(&attributed).next() {
+            self.violation(&format!(
+                "{key:?}: read_committed sees a transactional batch at {stray} that no committed transaction acknowledged"
+            ));
+        }
+        self.read_committed_scans += 1;
     }
 
     pub fn commit_sent(&mut self, group: &str, key: &PartitionKey, offset: i64) {
