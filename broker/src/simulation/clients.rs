@@ -13,6 +13,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::offset_commit_request::{
@@ -155,21 +156,37 @@ impl Connection {
         max_wait_ms: i32,
         max_bytes: i32,
     ) -> (i16, i64, Vec<Bytes>) {
+        let partition = self
+            .fetch_partition(key, offset, max_wait_ms, max_bytes, 0)
+            .await;
+        let batches = split_batches(partition.records.unwrap_or_default());
+        (partition.error_code, partition.high_watermark, batches)
+    }
+
+    /// A Fetch v12 of one partition at `isolation_level`, its partition's answer.
+    async fn fetch_partition(
+        &mut self,
+        key: &PartitionKey,
+        offset: i64,
+        max_wait_ms: i32,
+        max_bytes: i32,
+        isolation_level: i8,
+    ) -> PartitionData {
         let request = FetchRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_max_wait_ms(max_wait_ms)
             .with_min_bytes(1)
             .with_max_bytes(max_bytes)
+            .with_isolation_level(isolation_level)
             .with_topics(vec![FetchTopic::default()
                 .with_topic(TopicName(str_bytes(&key.0)))
                 .with_partitions(vec![FetchPartition::default()
                     .with_partition(key.1)
                     .with_fetch_offset(offset)
                     .with_partition_max_bytes(max_bytes)])]);
-        let response: FetchResponse = self.call(ApiKey::Fetch, 12, Request::Fetch(request)).await;
-        let partition = &response.responses[0].partitions[0];
-        let batches = split_batches(partition.records.clone().unwrap_or_default());
-        (partition.error_code, partition.high_watermark, batches)
+        let mut response: FetchResponse =
+            self.call(ApiKey::Fetch, 12, Request::Fetch(request)).await;
+        response.responses.swap_remove(0).partitions.swap_remove(0)
     }
 
     /// `ListOffsets` of one partition at `timestamp` (-1 latest, -2 earliest).
@@ -196,27 +213,14 @@ impl Connection {
         offset: i64,
         max_bytes: i32,
     ) -> (i16, i64, Vec<(i64, i64)>, Vec<Bytes>) {
-        let request = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(0)
-            .with_min_bytes(1)
-            .with_max_bytes(max_bytes)
-            .with_isolation_level(1)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(TopicName(str_bytes(&key.0)))
-                .with_partitions(vec![FetchPartition::default()
-                    .with_partition(key.1)
-                    .with_fetch_offset(offset)
-                    .with_partition_max_bytes(max_bytes)])]);
-        let response: FetchResponse = self.call(ApiKey::Fetch, 12, Request::Fetch(request)).await;
-        let partition = &response.responses[0].partitions[0];
+        let partition = self.fetch_partition(key, offset, 0, max_bytes, 1).await;
         let aborted = partition
             .aborted_transactions
             .iter()
             .flatten()
             .map(|aborted| (aborted.producer_id.0, aborted.first_offset))
             .collect();
-        let batches = split_batches(partition.records.clone().unwrap_or_default());
+        let batches = split_batches(partition.records.unwrap_or_default());
         (
             partition.error_code,
             partition.last_stable_offset,
@@ -882,8 +886,8 @@ async fn transactional_operation(
                     state.next_sequence += records;
                 } else {
                     // Not retried: the batch may be in the log or not, so the transaction
-                    // can no longer commit whole. Abort it (a fenced producer's is aborted
-                    // by the coordinator when it re-initialises).
+                    // can no longer commit whole. Given up: the producer initialises again,
+                    // and the coordinator aborts it then.
                     model.txn_batch_unanswered(index, number);
                     give_up(state, &mut model);
                 }
