@@ -47,9 +47,13 @@ use crate::storage::Clock;
 
 const NONE: i16 = 0;
 const PRODUCE_TIMEOUT_MS: i32 = 2_000;
-/// Long enough that the coordinator never aborts a simulated transaction on its own within
-/// a life: a transaction ends by its producer's `EndTxn`, or by its re-initialisation.
-const TRANSACTION_TIMEOUT_MS: i32 = 600_000;
+/// A transactional producer's `transaction.timeout.ms` when it never stalls: long enough
+/// that the coordinator never aborts its transactions on its own.
+pub const TRANSACTION_TIMEOUT_MS: i32 = 600_000;
+/// How far past its transaction timeout a stalling producer sleeps: the coordinator checks
+/// every `transaction_abort_check_interval` (500 ms in the simulation), so its abort has
+/// happened by then.
+const STALL_PAST_TIMEOUT_MS: u64 = 1_500;
 
 fn code(error: ResponseError) -> i16 {
     error.code()
@@ -230,10 +234,14 @@ impl Connection {
     }
 
     /// `InitProducerId` for `transactional_id`: (error, producer id, epoch).
-    pub async fn init_transactional(&mut self, transactional_id: &str) -> (i16, i64, i16) {
+    pub async fn init_transactional(
+        &mut self,
+        transactional_id: &str,
+        timeout_ms: i32,
+    ) -> (i16, i64, i16) {
         let request = InitProducerIdRequest::default()
             .with_transactional_id(Some(TransactionalId(str_bytes(transactional_id))))
-            .with_transaction_timeout_ms(TRANSACTION_TIMEOUT_MS)
+            .with_transaction_timeout_ms(timeout_ms)
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1);
         let response: InitProducerIdResponse = self
@@ -529,13 +537,16 @@ pub enum Role {
     Admin,
     /// A transactional producer on one partition: begin, one to three batches, commit or
     /// abort; re-initialised (its epoch bumped, its open transaction ended by the
-    /// coordinator) after an error it cannot retry and in every new life.
+    /// coordinator) after an error it cannot retry and in every new life. With a short
+    /// timeout it now and then stalls past it mid-transaction, and must find the
+    /// transaction aborted (its producer fenced).
     TransactionalProducer(TransactionalState),
 }
 
 pub struct TransactionalState {
     key: PartitionKey,
     transactional_id: String,
+    timeout_ms: i32,
     producer: Option<(i64, i16)>,
     next_sequence: i32,
     /// The open transaction's number (the model's name for it with the client's index), and
@@ -588,10 +599,11 @@ impl Client {
         })
     }
 
-    pub fn transactional(key: PartitionKey, transactional_id: &str) -> Role {
+    pub fn transactional(key: PartitionKey, transactional_id: &str, timeout_ms: i32) -> Role {
         Role::TransactionalProducer(TransactionalState {
             key,
             transactional_id: transactional_id.to_string(),
+            timeout_ms,
             producer: None,
             next_sequence: 0,
             open: None,
@@ -822,8 +834,9 @@ async fn transactional_operation(
         code(ResponseError::UnknownProducerId),
     ];
     let Some(producer) = state.producer else {
-        let (error, producer_id, epoch) =
-            connection.init_transactional(&state.transactional_id).await;
+        let (error, producer_id, epoch) = connection
+            .init_transactional(&state.transactional_id, state.timeout_ms)
+            .await;
         life.model.borrow_mut().trace((index, "txn-init", error));
         if error == NONE {
             state.producer = Some((producer_id, epoch));
@@ -864,6 +877,9 @@ async fn transactional_operation(
         }
         Some((number, true)) => {
             let batches = life.model.borrow().txn_batches(index, number);
+            if state.timeout_ms < TRANSACTION_TIMEOUT_MS && batches > 0 && rng.below(6) == 0 {
+                stall_past_timeout(state.timeout_ms, index, number, life).await;
+            }
             if batches < 3 && rng.below(3) != 0 {
                 let records = 1 + i32::try_from(rng.below(3)).expect("small");
                 let values: Vec<String> = (0..records)
@@ -908,6 +924,18 @@ async fn transactional_operation(
             }
         }
     }
+}
+
+/// The producer stalls past its transaction's timeout: whatever it sends next must find the
+/// transaction aborted by the coordinator and itself fenced.
+async fn stall_past_timeout(timeout_ms: i32, index: u16, number: u64, life: &Life) {
+    let timeout = u64::try_from(timeout_ms).expect("positive");
+    life.clock
+        .sleep(Duration::from_millis(timeout + STALL_PAST_TIMEOUT_MS))
+        .await;
+    let mut model = life.model.borrow_mut();
+    model.trace((index, "txn-stall", number));
+    model.txn_timed_out(index, number);
 }
 
 async fn group_operation(

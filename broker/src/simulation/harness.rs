@@ -21,7 +21,7 @@ use kafka_protocol::messages::ApiKey;
 use crate::config::BrokerConfig;
 use crate::disk::BrokerDisk;
 use crate::handlers::{self, Request, RequestContext};
-use crate::simulation::clients::{Client, Connection, Life, Role};
+use crate::simulation::clients::{Client, Connection, Life, Role, TRANSACTION_TIMEOUT_MS};
 use crate::simulation::model::{Model, PartitionKey, TopicFate};
 
 use crate::settings::Effective;
@@ -60,6 +60,8 @@ pub struct RunSummary {
     /// Transactions answered committed and aborted, and `read_committed` scans checked.
     pub committed_txns: u64,
     pub aborted_txns: u64,
+    /// Transactions whose producer stalled past their timeout.
+    pub txn_timeouts: u64,
     pub read_committed_scans: u64,
     pub simulated_ms: u128,
 }
@@ -192,6 +194,7 @@ impl Simulation {
             full_scans: model.full_scans,
             committed_txns: model.committed_txns,
             aborted_txns: model.aborted_txns,
+            txn_timeouts: model.txn_timeouts,
             read_committed_scans: model.read_committed_scans,
             simulated_ms: self.clock.elapsed().as_millis(),
         }
@@ -310,8 +313,8 @@ impl Simulation {
             Client::group_member("sim-group-0"),
             Client::group_member("sim-group-1"),
             Role::Admin,
-            Client::transactional(stable(0), "sim-txn-0"),
-            Client::transactional(stable(1), "sim-txn-1"),
+            Client::transactional(stable(0), "sim-txn-0", TRANSACTION_TIMEOUT_MS),
+            Client::transactional(stable(1), "sim-txn-1", 2_000),
         ];
         roles
             .into_iter()
@@ -608,6 +611,8 @@ fn simulation_config() -> BrokerConfig {
     let mut limits = settings.limits();
     limits.segment_preallocate_bytes = 16 << 10;
     limits.offsets_checkpoint_records = 16;
+    // Transactions past their timeout are aborted within half a second of it.
+    limits.transaction_abort_check_interval = Duration::from_millis(500);
     let mut topic_defaults = settings.topic_defaults();
     topic_defaults.segment_bytes = 64 << 10;
     topic_defaults.segment_preallocate_bytes = 16 << 10;

@@ -6,7 +6,7 @@
 //! one-member consumer group (join, sync, heartbeat, commit, fetch offsets), and
 //! transactional producers (`InitProducerId` with a transactional id, `AddPartitionsToTxn`,
 //! transactional batches, `EndTxn` commit or abort, re-initialised after an error and in
-//! every life). At seeded
+//! every life; one with a 2 s timeout stalls past it now and then, and must be fenced). At seeded
 //! points the power is cut (mid-operation after a random number of disk steps, or at the end
 //! of a life), fdatasyncs stall for a while, and the broker restarts from the crash image
 //! (controller recovery, partition recovery, producer state, offsets replay). The model
@@ -142,7 +142,7 @@ fn simulation_long() {
     };
     let started = std::time::Instant::now();
     let mut totals = (0_u64, 0_u64, 0_u64, 0_u32);
-    let mut transactions = (0_u64, 0_u64, 0_u64);
+    let mut transactions = (0_u64, 0_u64, 0_u64, 0_u64);
     for seed in first..first + seeds {
         let summary = run_reporting(seed, shape);
         totals.0 += summary.acked_batches;
@@ -152,9 +152,10 @@ fn simulation_long() {
         transactions.0 += summary.committed_txns;
         transactions.1 += summary.aborted_txns;
         transactions.2 += summary.read_committed_scans;
+        transactions.3 += summary.txn_timeouts;
     }
     eprintln!(
-        "simulation long form: {seeds} seeds in {:.1} s; {} acked batches, {} acked commits, {} idempotent retries checked, {} mid-life power cuts; {} transactions committed and {} aborted, {} read_committed scans checked",
+        "simulation long form: {seeds} seeds in {:.1} s; {} acked batches, {} acked commits, {} idempotent retries checked, {} mid-life power cuts; {} transactions committed and {} aborted, {} timed out, {} read_committed scans checked",
         started.elapsed().as_secs_f64(),
         totals.0,
         totals.1,
@@ -162,6 +163,7 @@ fn simulation_long() {
         totals.3,
         transactions.0,
         transactions.1,
+        transactions.3,
         transactions.2
     );
 }

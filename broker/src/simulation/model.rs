@@ -69,8 +69,10 @@ struct TxnModel {
     batches: Vec<i64>,
     /// A batch was sent and not answered: the transaction may only abort.
     must_abort: bool,
-    /// EndTxn(commit) was sent at least once.
+    /// `EndTxn(commit)` was sent at least once.
     commit_sent: bool,
+    /// Its producer stalled past the transaction timeout: the coordinator has aborted it.
+    timed_out: bool,
     outcome: TxnOutcome,
 }
 
@@ -106,6 +108,7 @@ pub struct Model {
     pub full_scans: u64,
     pub committed_txns: u64,
     pub aborted_txns: u64,
+    pub txn_timeouts: u64,
     pub read_committed_scans: u64,
 }
 
@@ -127,6 +130,7 @@ impl Model {
             full_scans: 0,
             committed_txns: 0,
             aborted_txns: 0,
+            txn_timeouts: 0,
             read_committed_scans: 0,
         }
     }
@@ -315,6 +319,7 @@ impl Model {
                 batches: Vec::new(),
                 must_abort: false,
                 commit_sent: false,
+                timed_out: false,
                 outcome: TxnOutcome::Open,
             },
         );
@@ -344,6 +349,11 @@ impl Model {
         self.txn_mut(client, number).batches.push(base_offset);
     }
 
+    pub fn txn_timed_out(&mut self, client: u16, number: u64) {
+        self.txn_mut(client, number).timed_out = true;
+        self.txn_timeouts += 1;
+    }
+
     pub fn txn_batch_unanswered(&mut self, client: u16, number: u64) {
         self.txn_mut(client, number).must_abort = true;
     }
@@ -360,6 +370,11 @@ impl Model {
 
     /// `EndTxn` was answered NONE.
     pub fn txn_ended(&mut self, client: u16, number: u64, commit: bool) {
+        if self.txn_mut(client, number).timed_out {
+            self.violation(&format!(
+                "transaction {client}/{number}: EndTxn (commit {commit}) answered NONE after the transaction timed out: the coordinator did not abort it"
+            ));
+        }
         let txn = self.txn_mut(client, number);
         txn.outcome = if commit {
             TxnOutcome::Committed
