@@ -66,22 +66,38 @@ def fresh_topic(bootstrap, partitions):
 
 
 def timed_in_threads(producers, send):
-    """Runs `send(index)` in `producers` threads started together; records/s of the whole."""
+    """Runs `send(index)` (which sets up and returns the timed part) in `producers` threads,
+    and times their timed parts started together: records/s of the whole. A failure in any
+    thread fails the run."""
     barrier = threading.Barrier(producers + 1)
     sent = [0] * producers
+    failures = []
 
     def run(index):
-        ready = send(index)
-        barrier.wait()
-        sent[index] = ready()
+        try:
+            ready = send(index)
+        except BaseException as error:  # noqa: BLE001  (reported below)
+            failures.append(error)
+            barrier.abort()
+            return
+        try:
+            barrier.wait()
+            sent[index] = ready()
+        except BaseException as error:  # noqa: BLE001
+            failures.append(error)
 
     threads = [threading.Thread(target=run, args=(index,)) for index in range(producers)]
     for thread in threads:
         thread.start()
-    barrier.wait()
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        pass
     started = time.perf_counter()
     for thread in threads:
         thread.join()
+    if failures:
+        raise SystemExit(f"a producer failed: {failures[0]!r}")
     return sum(sent) / (time.perf_counter() - started)
 
 

@@ -55,7 +55,7 @@ enum TxnOutcome {
     Open,
     /// `EndTxn(commit)` answered NONE: every batch becomes visible to `read_committed` readers.
     Committed,
-    /// EndTxn(abort) answered NONE, or given up before a commit was sent: never visible.
+    /// `EndTxn(abort)` answered NONE, or given up before a commit was sent: never visible.
     NeverCommitted,
     /// Given up after sending a commit that was not answered: visible whole or not at all.
     Unknown,
