@@ -376,8 +376,10 @@ mod tests {
         ticks_at_round: RefCell<Vec<u64>>,
         /// Rests until the next tick that is a multiple of 10, like a shard of quiet groups.
         rests: bool,
-        /// The next round blocks the thread this long (a stalled shard).
-        stall_next_round: Cell<Option<std::time::Duration>>,
+        /// The next round blocks the thread until this many milliseconds after `started` (a
+        /// stalled shard). A fixed end, not a length: where the stall ends against the tick
+        /// phase is then known whenever the round starts.
+        stall_next_round_until_ms: Cell<Option<u64>>,
         /// Milliseconds since `started` when the stall ended.
         stall_ended_at_ms: Cell<Option<u128>>,
     }
@@ -389,7 +391,7 @@ mod tests {
                 ticks_at_ms: RefCell::default(),
                 ticks_at_round: RefCell::default(),
                 rests,
-                stall_next_round: Cell::new(None),
+                stall_next_round_until_ms: Cell::new(None),
                 stall_ended_at_ms: Cell::new(None),
             })
         }
@@ -408,8 +410,9 @@ mod tests {
 
         fn run_round(&self) -> bool {
             self.ticks_at_round.borrow_mut().push(self.ticks());
-            if let Some(stall) = self.stall_next_round.take() {
-                std::thread::sleep(stall);
+            if let Some(until_ms) = self.stall_next_round_until_ms.take() {
+                let until = self.started + std::time::Duration::from_millis(until_ms);
+                std::thread::sleep(until.saturating_duration_since(std::time::Instant::now()));
                 self.stall_ended_at_ms
                     .set(Some(self.started.elapsed().as_millis()));
             }
@@ -428,9 +431,9 @@ mod tests {
             let (doorbell, rung) = glommio::channels::local_channel::new_bounded(1);
             glommio::spawn_local(drive_rounds(Rc::downgrade(&recorder), rung)).detach();
             glommio::timer::sleep(std::time::Duration::from_millis(350)).await;
-            recorder
-                .stall_next_round
-                .set(Some(std::time::Duration::from_secs(1)));
+            // Ticks come at 100, 200, 300 ms...; the stall ends at 1,350 ms, half-way between
+            // two of them.
+            recorder.stall_next_round_until_ms.set(Some(1_350));
             doorbell.try_send(()).expect("ring the driver");
             // The first sleep ends after the stall (the thread is blocked), the second 450 ms
             // after it.
@@ -450,7 +453,7 @@ mod tests {
                 .collect();
             assert!(before.len() >= 2, "ticks before the stall: {ticks_at_ms:?}");
             // Ten ticks were missed; one is delivered at once, the next at its usual moment
-            // (the stall ends about 50 ms before one, at 1,350 ms).
+            // (1,400 ms, 50 ms later).
             let right_after = after
                 .iter()
                 .filter(|at| **at < stall_ended_at_ms + 25)
@@ -459,9 +462,12 @@ mod tests {
                 right_after, 1,
                 "ticks {ticks_at_ms:?}, stall ended at {stall_ended_at_ms}"
             );
+            // Then one per 100 ms (fewer if this executor was slow, never more).
+            let checked_at_ms = recorder.started.elapsed().as_millis();
+            let most = 2 + (checked_at_ms - stall_ended_at_ms) / 100;
             assert!(
-                (3..=6).contains(&after.len()),
-                "ticks in the 450 ms after the stall: {after:?}"
+                after.len() >= 3 && after.len() as u128 <= most,
+                "ticks after the stall: {after:?} (checked at {checked_at_ms} ms)"
             );
             drop(doorbell);
         });
@@ -474,16 +480,18 @@ mod tests {
             let (doorbell, rung) = glommio::channels::local_channel::new_bounded(1);
             glommio::spawn_local(drive_rounds(Rc::downgrade(&recorder), rung)).detach();
             glommio::timer::sleep(std::time::Duration::from_millis(2_500)).await;
+            let elapsed_ms = recorder.started.elapsed().as_millis();
             let ticks = recorder.ticks();
             let ticks_at_round = recorder.ticks_at_round.borrow().clone();
-            // Two wakes (at 1 s and 2 s) after the first round, none in between.
+            // A wake at 1 s and one at 2 s after the first round (later ones if this executor
+            // was slow), none in between; every tick delivered, none extra.
             assert!(
-                (10..=20).contains(&ticks),
-                "ticks in 2.5 s of rest: {ticks}"
+                ticks >= 10 && u128::from(ticks) <= elapsed_ms / 100,
+                "ticks in {elapsed_ms} ms of rest: {ticks}"
             );
             assert!(
-                ticks_at_round.len() <= 4,
-                "rounds in 2.5 s of rest: {ticks_at_round:?}"
+                ticks_at_round.len() as u128 <= 2 + elapsed_ms / 1_000,
+                "rounds in {elapsed_ms} ms of rest: {ticks_at_round:?}"
             );
             assert!(
                 ticks_at_round.iter().all(|ticks| ticks % 10 == 0),
@@ -492,10 +500,7 @@ mod tests {
             // A ring wakes it at once, between the ticks that matter.
             doorbell.try_send(()).expect("ring the driver");
             glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
-            assert_eq!(
-                recorder.ticks_at_round.borrow().len(),
-                ticks_at_round.len() + 1
-            );
+            assert!(recorder.ticks_at_round.borrow().len() > ticks_at_round.len());
         });
     }
 }
