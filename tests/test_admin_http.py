@@ -197,7 +197,9 @@ def test_a_transaction_s_requests_are_timed_by_api(two_shard_broker):
     for api in ("AddPartitionsToTxn", "EndTxn"):
         answered = total(after, "ringfeed_requests", "ringfeed_requests_total", api=api) - \
             total(before, "ringfeed_requests", "ringfeed_requests_total", api=api)
-        assert answered == 3, api
+        # Three transactions: three of each, more if one was refused and retried
+        # (CONCURRENT_TRANSACTIONS while the previous one completes); each one timed.
+        assert answered >= 3, api
         assert timed(api, "count") == answered, api
         # Each waited for a durable record in __transaction_state.
         assert timed(api, "sum") > 0, api
