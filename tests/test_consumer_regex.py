@@ -46,7 +46,7 @@ def regex_member(bootstrap, group):
 
 def poll_until(consumers, seen, done, timeout=60, deliveries=None):
     """Polls every consumer in turn, counting each record in `seen` and committing after it,
-    until `done()`. `deliveries`, if given, gets (seconds since the first call, member, partition,
+    until `done()`. `deliveries`, if given, gets (seconds since this call began, member, partition,
     offset, record) of every delivery: what a failure needs to tell who consumed a record twice."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
