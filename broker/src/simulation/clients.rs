@@ -902,14 +902,13 @@ async fn transactional_operation(
                     state.next_sequence += records;
                 } else {
                     // Not retried: the batch may be in the log or not, so the transaction
-                    // can no longer commit whole. Given up: the producer initialises again,
-                    // and the coordinator aborts it then.
-                    model.txn_batch_unanswered(index, number);
+                    // can no longer commit whole. Given up at once (it is never ended with a
+                    // commit): the producer initialises again, and the coordinator aborts it.
                     give_up(state, &mut model);
                 }
                 return;
             }
-            let commit = !life.model.borrow().txn_must_abort(index, number) && rng.below(3) != 0;
+            let commit = rng.below(3) != 0;
             life.model.borrow_mut().txn_ending(index, number, commit);
             let error = connection
                 .end_txn(&state.transactional_id, producer, commit)

@@ -67,8 +67,6 @@ struct TxnModel {
     key: PartitionKey,
     /// Base offsets of its acknowledged batches.
     batches: Vec<i64>,
-    /// A batch was sent and not answered: the transaction may only abort.
-    must_abort: bool,
     /// `EndTxn(commit)` was sent at least once.
     commit_sent: bool,
     /// Its producer stalled past the transaction timeout: the coordinator has aborted it.
@@ -317,7 +315,6 @@ impl Model {
             TxnModel {
                 key: key.clone(),
                 batches: Vec::new(),
-                must_abort: false,
                 commit_sent: false,
                 timed_out: false,
                 outcome: TxnOutcome::Open,
@@ -339,12 +336,6 @@ impl Model {
             .map_or(0, |txn| txn.batches.len())
     }
 
-    pub fn txn_must_abort(&self, client: u16, number: u64) -> bool {
-        self.txns
-            .get(&(client, number))
-            .is_some_and(|txn| txn.must_abort)
-    }
-
     pub fn txn_batch_acked(&mut self, client: u16, number: u64, base_offset: i64) {
         self.txn_mut(client, number).batches.push(base_offset);
     }
@@ -354,18 +345,9 @@ impl Model {
         self.txn_timeouts += 1;
     }
 
-    pub fn txn_batch_unanswered(&mut self, client: u16, number: u64) {
-        self.txn_mut(client, number).must_abort = true;
-    }
-
     /// `EndTxn` is about to be sent.
     pub fn txn_ending(&mut self, client: u16, number: u64, commit: bool) {
-        let txn = self.txn_mut(client, number);
-        assert!(
-            !(commit && txn.must_abort),
-            "the client commits only whole transactions"
-        );
-        txn.commit_sent |= commit;
+        self.txn_mut(client, number).commit_sent |= commit;
     }
 
     /// `EndTxn` was answered NONE.
