@@ -59,8 +59,8 @@ pub struct FetchOutcome {
     pub error_code: i16,
     pub high_watermark: i64,
     /// The last stable offset (transactions): below it every transaction is complete. The
-    /// high watermark for a partition whose transactions are not loaded (no idempotent,
-    /// transactional or `read_committed` use since the start) and for replicated partitions.
+    /// high watermark for a plain partition whose transactions are not loaded (no
+    /// idempotent, transactional or `read_committed` use since the start).
     pub last_stable_offset: i64,
     pub log_start_offset: i64,
     pub batches: Vec<Bytes>,
@@ -452,15 +452,6 @@ impl PartitionTable {
                 let Some(replicas) = self.replicas_hosting(&tp) else {
                     return failed(code);
                 };
-                // Replicated partitions (preview) do not track transactions: refusing the
-                // data keeps `read_committed` readers from seeing an open transaction.
-                if batches.iter().any(|batch| {
-                    crate::storage::batch::BatchHeader::parse(batch)
-                        .is_some_and(|header| header.is_transactional())
-                }) {
-                    tracing::debug!(partition = %tp, "produce refused: transactions on replicated partitions are not supported yet");
-                    return failed(crate::producer_state::POLICY_VIOLATION);
-                }
                 // Proposing is the append: it happens now, in dispatch order.
                 self.sequencer(&tp).assert_in_order(&tp, origin);
                 let pending = replicas.dispatch_produce(&tp, batches, acks);
@@ -561,7 +552,7 @@ impl PartitionTable {
             let Some(_parked) = self.parked_waits.try_park(tp) else {
                 return WaitOutcome::Refused;
             };
-            let data = std::pin::pin!(replicas.wait_for_committed(tp, offset));
+            let data = std::pin::pin!(replicas.wait_for_committed(tp, offset, isolation));
             let timer = std::pin::pin!(glommio::timer::sleep(wait));
             select(data, timer).await;
         }
@@ -612,9 +603,9 @@ impl PartitionTable {
     /// (`NOT_LEADER_OR_FOLLOWER`, `KAFKA_STORAGE_ERROR`), `INVALID_PRODUCER_EPOCH` for an
     /// epoch older than the producer's here, `TRANSACTION_COORDINATOR_FENCED` for an older
     /// coordinator epoch. A marker for a producer with no open transaction here is written
-    /// too (Kafka does; a retry), and changes nothing else. Replicated partitions (preview)
-    /// refuse transactional data, so a marker there has nothing to complete: answered `Ok(-1)`
-    /// with nothing written (a coordinator must not retry it forever).
+    /// too (Kafka does; a retry), and changes nothing else. A replicated partition takes it
+    /// through Raft at its leader (`replica::serve`; other replicas answer
+    /// `NOT_LEADER_OR_FOLLOWER`), answered once committed.
     pub async fn write_txn_marker(
         &self,
         tp: &TopicPartition,
@@ -622,11 +613,12 @@ impl PartitionTable {
     ) -> Result<i64, i16> {
         let log = match self.log(tp) {
             Ok(log) => log,
-            Err(_) if self.replicas_hosting(tp).is_some() => {
-                tracing::debug!(partition = %tp, "transaction marker for a replicated partition: no transaction can be open there; nothing written");
-                return Ok(-1);
+            Err(code) => {
+                return match self.replicas_hosting(tp) {
+                    Some(replicas) => replicas.write_txn_marker(tp, marker).await,
+                    None => Err(code),
+                }
             }
-            Err(code) => return Err(code),
         };
         let timestamp_ms = log.clock().now_ms();
         let outcome = match self
@@ -1049,16 +1041,14 @@ async fn fetch(
         Ok(log) => log,
         Err(_) if table.replicas_hosting(tp).is_some() => {
             let replicas = table.replicas_hosting(tp).expect("checked");
-            let fetched = replicas.fetch(tp, offset, max_bytes).await;
-            // Replicated partitions take no transaction markers yet: no transaction is
-            // ever open there, so everything committed is stable.
+            let fetched = replicas.fetch(tp, offset, max_bytes, isolation).await;
             return FetchOutcome {
                 error_code: fetched.error_code,
                 high_watermark: fetched.high_watermark,
-                last_stable_offset: fetched.high_watermark,
+                last_stable_offset: fetched.last_stable_offset,
                 log_start_offset: fetched.log_start_offset,
                 batches: fetched.batches,
-                aborted_transactions: Vec::new(),
+                aborted_transactions: fetched.aborted_transactions,
             };
         }
         Err(error_code) => return FetchOutcome::failed(error_code),
@@ -1169,7 +1159,7 @@ async fn list_offset(
             let Some(replicas) = table.replicas_hosting(tp) else {
                 return answer(code, -1, -1);
             };
-            let found = replicas.list_offset(tp, timestamp_ms).await;
+            let found = replicas.list_offset(tp, timestamp_ms, isolation).await;
             return answer(found.error_code, found.offset, found.timestamp_ms);
         }
     };

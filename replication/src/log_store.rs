@@ -78,8 +78,9 @@ pub enum LogStoreError {
     /// Kafka's leader epoch is an i32; a Raft term past it cannot be stamped.
     #[error("Raft term {0} does not fit a Kafka leader epoch")]
     TermTooLarge(u64),
-    /// Data entries are producer batches (or a `LOG_START` control batch); another control
-    /// batch there would be read back as a Raft entry of another kind (a configuration change).
+    /// Data entries are producer batches (or a `LOG_START` control batch, or a transaction
+    /// marker); another control batch there would be read back as a Raft entry of another
+    /// kind (a configuration change).
     #[error("a data entry at Raft index {0} holds a control batch")]
     ControlBatchInData(u64),
 }
@@ -91,11 +92,19 @@ pub fn entry_batch(entry: &Entry) -> Result<Bytes, LogStoreError> {
         EntryType::EntryNormal if data.is_empty() => control::batch(control::LEADER_CHANGE, &[]),
         EntryType::EntryNormal => {
             let batch = data.clone();
-            // The one control batch a data entry may be: a replicated `DeleteRecords`
-            // (`control::LOG_START`), which reads back as a data entry too.
+            // The control batches a data entry may be, each of which reads back as a data
+            // entry too: a replicated `DeleteRecords` (`control::LOG_START`) and a
+            // transaction's commit or abort marker (Kafka's control types 0 and 1).
             let is_control =
                 ringfeed_storage::batch::BatchHeader::parse(&batch).is_some_and(|h| h.is_control());
-            if is_control && !matches!(control::record(&batch), Some((control::LOG_START, _))) {
+            let data_control = matches!(
+                control::record(&batch),
+                Some((
+                    control::LOG_START | control::ABORT_MARKER | control::COMMIT_MARKER,
+                    _
+                ))
+            );
+            if is_control && !data_control {
                 return Err(LogStoreError::ControlBatchInData(entry.index));
             }
             batch

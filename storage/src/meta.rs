@@ -31,6 +31,9 @@ pub enum MetaKind {
     LogFormat,
     /// What the log cleaner has done and the swap it is committing (`cleaner.state`).
     CleanerState,
+    /// A replicated partition's transactions as of a Raft index (broker
+    /// `replica/txns.rs`, `replica-txns.snapshot`).
+    ReplicaTxns,
 }
 
 impl MetaKind {
@@ -42,6 +45,7 @@ impl MetaKind {
             MetaKind::ProducerState => *b"RFPS",
             MetaKind::LogFormat => *b"RFLF",
             MetaKind::CleanerState => *b"RFCL",
+            MetaKind::ReplicaTxns => *b"RFRT",
         }
     }
 
@@ -54,7 +58,7 @@ impl MetaKind {
             // Version 2 of the producer state adds each producer's last timestamp, version 3
             // the partition's open and aborted transactions and coordinator epochs.
             MetaKind::ProducerState => 3,
-            MetaKind::LogFormat | MetaKind::CleanerState => 1,
+            MetaKind::LogFormat | MetaKind::CleanerState | MetaKind::ReplicaTxns => 1,
         }
     }
 }

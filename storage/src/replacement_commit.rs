@@ -6,8 +6,8 @@
 //!
 //! 1. fsync the directory (the commit's rename is durable before anything old is removed);
 //! 2. remove every file of the old log: segments, indexes, the clean-shutdown marker, the
-//!    cleaner's state and cleaned copies, the broker's producer-state snapshot; fsync the
-//!    directory;
+//!    cleaner's state and cleaned copies, the broker's producer-state and replica
+//!    transaction snapshots; fsync the directory;
 //! 3. lower `terms_from_index` in `log.format` to the entry's index if it lies past it;
 //! 4. write a checkpoint anchoring the new segment (its whole entry is durable);
 //! 5. rename the staged file to its segment name; fsync the directory.
@@ -26,7 +26,7 @@ use crate::meta::{
 };
 use crate::segment::{
     parse_file_name, segment_file_name, CHECKPOINT_FILE, CLEAN_SHUTDOWN_FILE, INDEX_SUFFIX,
-    LOG_FORMAT_FILE, PRODUCER_STATE_FILE, SEGMENT_SUFFIX,
+    LOG_FORMAT_FILE, PRODUCER_STATE_FILE, REPLICA_TXNS_FILE, SEGMENT_SUFFIX,
 };
 
 const REPLACEMENT_PREFIX: &str = "replacement-";
@@ -193,8 +193,13 @@ async fn remove_old_log<D: Disk>(disk: &D, dir: &Path) -> Result<(), StorageErro
         parse_file_name(name, SEGMENT_SUFFIX).is_some()
             || parse_file_name(name, INDEX_SUFFIX).is_some()
             || name.ends_with(CLEANED_SUFFIX)
-            || [CLEAN_SHUTDOWN_FILE, CLEANER_STATE_FILE, PRODUCER_STATE_FILE]
-                .contains(&name.as_str())
+            || [
+                CLEAN_SHUTDOWN_FILE,
+                CLEANER_STATE_FILE,
+                PRODUCER_STATE_FILE,
+                REPLICA_TXNS_FILE,
+            ]
+            .contains(&name.as_str())
     });
     for name in old {
         match disk.remove_file(&dir.join(name)).await {

@@ -19,6 +19,9 @@ pub const LOG_FORMAT_FILE: &str = "log.format";
 /// The broker's producer-state snapshot (`FORMAT.md` § Producer-state snapshot). Storage
 /// never reads it; it only removes it with the log it describes (`replacement_commit.rs`).
 pub const PRODUCER_STATE_FILE: &str = "producer-state.snapshot";
+/// A replicated partition's transaction snapshot (`FORMAT.md` § Replica transaction
+/// snapshot), written by the broker; removed with the log it describes like the above.
+pub const REPLICA_TXNS_FILE: &str = "replica-txns.snapshot";
 /// No batch can be larger than a request (socket.request.max.bytes, 100 MiB), so a header
 /// claiming more is damage, whatever the topic's current batch limit says.
 pub const RECOVERY_BATCH_BYTES_MAX: usize = 128 << 20;

@@ -462,13 +462,6 @@ impl GroupCoordinator {
             Ok(log) => log,
             Err(code) => return vec![code; count],
         };
-        if let OffsetsStore::Replicated { .. } = log.store {
-            // Transactions on replicated partitions are refused (as their produce is): the
-            // transaction's marker is not written through Raft, so these offsets would stay
-            // pending in the log and vanish at the next leader's replay.
-            tracing::debug!(group = %at.group, "TxnOffsetCommit refused: a replicated offsets partition");
-            return vec![crate::producer_state::POLICY_VIOLATION; count];
-        }
         let named = request.generation >= 0
             || !request.member_id.is_empty()
             || request.instance_id.is_some();

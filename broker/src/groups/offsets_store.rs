@@ -163,7 +163,16 @@ impl OffsetsStore {
                 partition,
                 ..
             } => {
-                let fetched = replicas.fetch(partition, offset, max_bytes).await;
+                // The coordinator replays everything committed, transactional offsets and
+                // their markers included (as it reads a plain log).
+                let fetched = replicas
+                    .fetch(
+                        partition,
+                        offset,
+                        max_bytes,
+                        crate::partition::Isolation::ReadUncommitted,
+                    )
+                    .await;
                 if fetched.error_code == broker_codes::NONE {
                     Ok(fetched.batches)
                 } else {
@@ -496,6 +505,74 @@ mod tests {
         });
     }
 
+    /// Writes a transaction marker of `producer_id` on the offsets partition through node
+    /// `id`'s replica (the transaction coordinator's `WriteTxnMarkers`), then ends the
+    /// transaction in `coordinator` as `shard::write_marker_here` does.
+    async fn end_txn_on(
+        cluster: &mut Cluster,
+        id: u64,
+        coordinator: &GroupCoordinator,
+        producer_id: i64,
+        commit: bool,
+    ) {
+        let manager = cluster.manager(id);
+        let marker = crate::producer_state::TxnMarker {
+            producer_id,
+            producer_epoch: 0,
+            commit,
+            coordinator_epoch: 0,
+        };
+        let written = answer(cluster, async move {
+            manager.write_txn_marker(&offsets_tp(), marker).await
+        })
+        .await;
+        assert!(written.is_ok(), "marker: {written:?}");
+        coordinator.complete_txn(0, producer_id, commit);
+    }
+
+    /// `TxnOffsetCommit` on a replicated offsets partition: the offsets are proposed as the
+    /// producer's transactional batch, held pending until the marker (written through the
+    /// same Raft group) commits them or an abort drops them, and a new leader's replay of
+    /// the log reaches the same offsets.
+    #[test]
+    fn transactional_offsets_on_a_replicated_partition_end_with_their_marker() {
+        run(|| async {
+            let mut cluster = Cluster::hosting(2, &[offsets_replica()]).await;
+            let first = offsets_leader(&mut cluster, None).await;
+            let coordinators: Vec<GroupCoordinator> =
+                (1..=3).map(|id| coordinator(&cluster, id)).collect();
+            let on = |id: u64| coordinators[(id - 1) as usize].clone();
+            commit_acknowledged(&mut cluster, &on(first), 42).await;
+            let call = on(first);
+            let pending = answer(&mut cluster, async move {
+                call.commit_transactional(at(), 7, 0, commit(43)).await
+            })
+            .await;
+            assert_eq!(pending, [broker_codes::NONE]);
+            assert_eq!(
+                committed(&mut cluster, &on(first)).await,
+                Ok(Some(42)),
+                "pending"
+            );
+            end_txn_on(&mut cluster, first, &on(first), 7, true).await;
+            assert_eq!(committed(&mut cluster, &on(first)).await, Ok(Some(43)));
+            // Another transaction's offsets, aborted.
+            let call = on(first);
+            let pending = answer(&mut cluster, async move {
+                call.commit_transactional(at(), 8, 0, commit(44)).await
+            })
+            .await;
+            assert_eq!(pending, [broker_codes::NONE]);
+            end_txn_on(&mut cluster, first, &on(first), 8, false).await;
+            assert_eq!(committed(&mut cluster, &on(first)).await, Ok(Some(43)));
+
+            // The next leader replays both transactions from the log.
+            cluster.set_cut(first, true);
+            let second = offsets_leader(&mut cluster, Some(first)).await;
+            assert_eq!(committed(&mut cluster, &on(second)).await, Ok(Some(43)));
+        });
+    }
+
     #[test]
     fn the_coordinator_follows_the_offsets_partitions_leader() {
         run(|| async {
@@ -506,13 +583,6 @@ mod tests {
             let on = |id: u64| coordinators[(id - 1) as usize].clone();
             // The leader answers once its term's first entry is committed.
             commit_acknowledged(&mut cluster, &on(first), 42).await;
-            // Transactional offsets are refused: no marker would reach the Raft log.
-            let call = on(first);
-            let refused = answer(&mut cluster, async move {
-                call.commit_transactional(at(), 7, 0, commit(43)).await
-            })
-            .await;
-            assert_eq!(refused, [crate::producer_state::POLICY_VIOLATION]);
             for follower in (1..=3).filter(|id| *id != first) {
                 let call = on(follower);
                 let refused = answer(

@@ -362,26 +362,60 @@ fn a_read_committed_wait_ends_when_its_log_closes() {
     });
 }
 
-/// Replicated partitions (preview) track no transactions: they refuse transactional data,
-/// and a marker there has nothing to complete (answered at once, nothing written).
+/// A replicated partition takes transactions through the table as a plain one does: the
+/// transactional batch is proposed, the marker written through Raft at the leader, and
+/// `read_committed` reads follow (`replica::txn_tests` covers failover and restarts).
 #[test]
-fn replicated_partitions_refuse_transactional_data() {
+fn replicated_partitions_take_transactions_through_the_table() {
     use crate::replica::tests::{run, tp, Cluster};
     run(|| async {
         let mut cluster = Cluster::new(2).await;
         let leader = cluster.elect().await;
-        let table = PartitionTable::new(16);
+        let table = std::rc::Rc::new(PartitionTable::new(16));
         table.set_replicas(cluster.manager(leader));
         let origin = ProduceOrigin {
             connection_id: 1,
             request_sequence: 0,
         };
-        let refused = table
-            .dispatch_produce(tp(), vec![batch(1, 0, 1, true)], -1, origin)
-            .run(&table)
-            .await;
-        assert_eq!(refused.error_code, crate::producer_state::POLICY_VIOLATION);
-        assert_eq!(table.write_txn_marker(&tp(), marker(1, true)).await, Ok(-1));
+        let dispatched = table.dispatch_produce(tp(), vec![batch(1, 0, 1, true)], -1, origin);
+        let produced = std::rc::Rc::new(std::cell::Cell::new(None));
+        let (sink, runner) = (produced.clone(), table.clone());
+        glommio::spawn_local(async move { sink.set(Some(dispatched.run(&runner).await)) }).detach();
+        while produced.get().is_none() {
+            cluster.step().await;
+        }
+        let produced = produced.get().expect("answered");
+        assert_eq!(produced.error_code, codes::NONE);
+        // The replica tests' partition, not this module's `tp()`.
+        let read_committed = |table: std::rc::Rc<PartitionTable>| async move {
+            table
+                .fetch_isolated(&tp(), 0, 1 << 20, Isolation::ReadCommitted)
+                .await
+        };
+        let open = read_committed(table.clone()).await;
+        assert_eq!(open.error_code, codes::NONE);
+        assert_eq!(open.last_stable_offset, produced.base_offset);
+        assert!(
+            consumed(&open).is_empty(),
+            "only the leader's empty entry is below it"
+        );
+
+        let marked = std::rc::Rc::new(std::cell::Cell::new(None));
+        let (sink, runner) = (marked.clone(), table.clone());
+        glommio::spawn_local(async move {
+            sink.set(Some(runner.write_txn_marker(&tp(), marker(1, true)).await));
+        })
+        .detach();
+        while marked.get().is_none() {
+            cluster.step().await;
+        }
+        assert_eq!(
+            marked.get().expect("answered"),
+            Ok(produced.base_offset + 1)
+        );
+        let committed = read_committed(table.clone()).await;
+        assert_eq!(committed.last_stable_offset, committed.high_watermark);
+        assert_eq!(consumed(&committed), [produced.base_offset]);
     });
 }
 

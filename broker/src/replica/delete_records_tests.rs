@@ -70,7 +70,14 @@ fn delete_records_raises_the_log_start_of_every_replica_for_good() {
             let log = cluster.manager(id).log(GROUP).expect("hosted");
             assert_eq!(log.log_start_offset(), target, "replica {id}");
         }
-        let fetched = manager.fetch(&tp(), offsets[5], 1 << 20).await;
+        let fetched = manager
+            .fetch(
+                &tp(),
+                offsets[5],
+                1 << 20,
+                crate::partition::Isolation::ReadUncommitted,
+            )
+            .await;
         assert_eq!(fetched.error_code, codes::OFFSET_OUT_OF_RANGE);
         // Deleting below the start again changes nothing.
         assert_eq!(
@@ -85,7 +92,12 @@ fn delete_records_raises_the_log_start_of_every_replica_for_good() {
         assert_ne!(successor, leader);
         let fetched = cluster
             .manager(successor)
-            .fetch(&tp(), offsets[5], 1 << 20)
+            .fetch(
+                &tp(),
+                offsets[5],
+                1 << 20,
+                crate::partition::Isolation::ReadUncommitted,
+            )
             .await;
         assert_eq!(fetched.error_code, codes::OFFSET_OUT_OF_RANGE);
         assert_eq!(fetched.log_start_offset, target);

@@ -146,7 +146,12 @@ async fn read_all(manager: &crate::replica::ReplicaManager) -> Option<Vec<(i64, 
     let mut found = Vec::new();
     loop {
         let fetched = manager
-            .fetch(&crate::replica::tests::tp(), offset, 1 << 20)
+            .fetch(
+                &crate::replica::tests::tp(),
+                offset,
+                1 << 20,
+                crate::partition::Isolation::ReadUncommitted,
+            )
             .await;
         if fetched.error_code != codes::NONE {
             return None;

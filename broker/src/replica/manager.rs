@@ -54,6 +54,7 @@ use crate::disk::{BrokerDisk, PartitionLog};
 use crate::error_codes as codes;
 use crate::metadata::TopicPartition;
 use crate::replica::producers::{Producers, TAIL_SCAN_ENTRIES};
+use crate::replica::txns::{ReplicaTxnSnapshot, ReplicaTxns, TxnEntry, REPLICA_TXNS_FILE};
 use crate::replica::types::{HostedReplica, LeadershipChange};
 use crate::storage::batch::{control, BatchHeader};
 use crate::storage::{Clock, Disk};
@@ -119,6 +120,10 @@ pub(crate) struct Hosted {
     pub(crate) applied_index: Cell<u64>,
     /// Idempotent producers' sequences (`producers`).
     pub(crate) producers: RefCell<Producers>,
+    /// Open and aborted transactions, from the committed entries (`txns`).
+    pub(crate) txns: RefCell<ReplicaTxns>,
+    /// A transaction snapshot is being written (one at a time: they share a temporary file).
+    txn_snapshot_writing: Cell<bool>,
     /// When each voter last had every entry the leader had (leader only; reset on election).
     caught_up_at: RefCell<BTreeMap<u64, Instant>>,
     /// The term `caught_up_at` is of: a replica that leads again in a later term starts
@@ -470,7 +475,8 @@ impl ReplicaManager {
         }
         let commit = hard_state.commit;
         let committed_end = end_offset_of_index(&log, commit).await?;
-        let tail = scan_tail(&log, commit).await?;
+        let txn_snapshot = read_txn_snapshot(&replica.topic, &log).await;
+        let tail = scan_tail(&log, commit, txn_snapshot).await?;
         // A `LOG_START` entry applied before a crash whose raise had not reached the disk
         // (`apply` raises it in a task of its own): raised again before the replica serves.
         if let Some(start) = tail.log_start.filter(|&s| s > log.log_start_offset()) {
@@ -479,6 +485,13 @@ impl ReplicaManager {
                 .map_err(|error| format!("raising the log start to {start}: {error}"))?;
         }
         let producers = tail.producers;
+        let mut txns = tail.txns;
+        // Taken now when the replay was long, so the next open does not repeat it.
+        if let Some(snapshot) = txns.snapshot_due(committed_end) {
+            write_txn_snapshot(&log, &snapshot)
+                .await
+                .map_err(|error| format!("writing the transaction snapshot: {error}"))?;
+        }
         let store = LogStore::open(
             log.clone(),
             LogStoreStart {
@@ -513,6 +526,8 @@ impl ReplicaManager {
                 next_waiter: Cell::new(0),
                 applied_index: Cell::new(commit),
                 producers: RefCell::new(producers),
+                txns: RefCell::new(txns),
+                txn_snapshot_writing: Cell::new(false),
                 caught_up_at: RefCell::default(),
                 caught_up_term: Cell::new(0),
                 isr_mark: Cell::new(None),
@@ -711,6 +726,9 @@ impl ReplicaManager {
         hosted.applied_index.set(index);
         hosted.committed_end.set(end);
         *hosted.producers.borrow_mut() = Producers::default();
+        // The replacement removes the snapshot file with the old log; a restart before the
+        // next one replays the new log whole.
+        *hosted.txns.borrow_mut() = ReplicaTxns::starting_at(index, end);
         self.counts.borrow_mut().snapshots_installed += 1;
     }
 
@@ -722,12 +740,21 @@ impl ReplicaManager {
         hosted.committed_end.set(base + entry.span);
         hosted.applied_index.set(entry.index);
         self.check_applied_end(&hosted, entry.index);
-        if let Some(header) = &entry.producer {
-            hosted
-                .producers
-                .borrow_mut()
-                .committed(header, entry.index, base);
+        match &entry.txn {
+            TxnEntry::Data(header) => {
+                hosted
+                    .producers
+                    .borrow_mut()
+                    .committed(header, entry.index, base);
+            }
+            TxnEntry::Marker(marker) => hosted.producers.borrow_mut().marker_committed(marker),
+            TxnEntry::Other => {}
         }
+        hosted
+            .txns
+            .borrow_mut()
+            .apply(entry.index, &entry.txn, base);
+        Self::snapshot_txns_if_due(&hosted);
         if let Some(start) = entry.log_start {
             // Every replica raises its own log start; the segments below it go in the
             // retention pass, under its index limit. The leader's `DeleteRecords` waits for
@@ -758,6 +785,32 @@ impl ReplicaManager {
             };
             let _ = waiter.answer.send(outcome);
         }
+    }
+
+    /// Writes the group's transaction snapshot in a task when one is due (`txns`), one at a
+    /// time: a snapshot due while another is written is taken at a later entry.
+    fn snapshot_txns_if_due(hosted: &Rc<Hosted>) {
+        if hosted.txn_snapshot_writing.get() {
+            return;
+        }
+        let Some(snapshot) = hosted
+            .txns
+            .borrow_mut()
+            .snapshot_due(hosted.committed_end.get())
+        else {
+            return;
+        };
+        hosted.txn_snapshot_writing.set(true);
+        let hosted = hosted.clone();
+        glommio::spawn_local(async move {
+            if let Err(error) = write_txn_snapshot(&hosted.log, &snapshot).await {
+                // The next one is due after as many offsets again; a restart replays from
+                // the last one written.
+                tracing::warn!(partition = %hosted.replica.topic, %error, "writing a replica transaction snapshot failed");
+            }
+            hosted.txn_snapshot_writing.set(false);
+        })
+        .detach();
     }
 
     /// The invariant that the high watermark is where the log's entries put it: applied
@@ -1054,8 +1107,8 @@ struct Applied {
     index: u64,
     term: u64,
     span: i64,
-    /// The header of an idempotent producer's batch.
-    producer: Option<BatchHeader>,
+    /// An idempotent or transactional producer's batch, or a transaction marker.
+    txn: TxnEntry,
     /// The log start a replicated `DeleteRecords` raises the log to (`serve::delete_records`).
     log_start: Option<i64>,
 }
@@ -1074,7 +1127,7 @@ impl Applied {
             // A leader's empty entry and a configuration change take one offset each, as
             // their control batches in the log (`log_store.rs`).
             span: header.map_or(1, |h| i64::from(h.last_offset_delta) + 1),
-            producer: header.filter(|h| h.producer_id >= 0 && !h.is_control()),
+            txn: header.map_or(TxnEntry::Other, |h| TxnEntry::of(&h, &entry.data)),
             log_start: header
                 .filter(BatchHeader::is_control)
                 .and_then(|_| log_start_carried(&entry.data)),
@@ -1092,30 +1145,50 @@ fn log_start_carried(batch: &bytes::Bytes) -> Option<i64> {
     }
 }
 
-/// What the last `TAIL_SCAN_ENTRIES` committed entries tell a replica that opens.
+/// What the committed entries read at open tell a replica.
 struct TailState {
-    /// Their idempotent producers (see `producers`).
+    /// The idempotent producers of the last `TAIL_SCAN_ENTRIES` entries (see `producers`).
     producers: Producers,
+    /// The transactions: the snapshot's, with every committed entry after it applied.
+    txns: ReplicaTxns,
     /// The highest log start a `LOG_START` entry among them carries.
     log_start: Option<i64>,
 }
 
-/// Reads the last `TAIL_SCAN_ENTRIES` entries up to `commit` (see [`TailState`]).
-async fn scan_tail(log: &PartitionLog, commit: u64) -> Result<TailState, String> {
-    let mut low = log
-        .first_index()
-        .max(commit.saturating_sub(TAIL_SCAN_ENTRIES) + 1);
+/// Reads the committed entries up to `commit` a replica needs at open: the last
+/// `TAIL_SCAN_ENTRIES` for its producers, and every one after the transaction snapshot
+/// (all of them without one) for its transactions (see [`TailState`]).
+async fn scan_tail(
+    log: &PartitionLog,
+    commit: u64,
+    txn_snapshot: Option<ReplicaTxnSnapshot>,
+) -> Result<TailState, String> {
+    let first_index = log.first_index();
+    let producers_from = first_index.max(commit.saturating_sub(TAIL_SCAN_ENTRIES) + 1);
     // Every committed entry is read when the scan starts at the log's first and nothing
     // was ever removed before it (retention, DeleteRecords).
-    let whole_log = low == log.first_index() && log.log_start_offset() == 0;
+    let whole_log = producers_from == first_index && log.log_start_offset() == 0;
+    let (txns, txns_from) = match txn_snapshot {
+        Some(snapshot) => {
+            let entries_lost = snapshot.index.saturating_add(1) < first_index;
+            let from = snapshot.index.saturating_add(1).max(first_index);
+            (
+                ReplicaTxns::restored(&snapshot, log.log_start_offset(), entries_lost),
+                from,
+            )
+        }
+        None => (ReplicaTxns::default(), first_index),
+    };
     let mut tail = TailState {
         producers: if whole_log {
             Producers::from_the_start()
         } else {
             Producers::default()
         },
+        txns,
         log_start: None,
     };
+    let mut low = producers_from.min(txns_from);
     while low <= commit {
         let read = log
             .read_entries(low, commit + 1, 1 << 20)
@@ -1127,10 +1200,18 @@ async fn scan_tail(log: &PartitionLog, commit: u64) -> Result<TailState, String>
             let Some(header) = BatchHeader::parse(&entry.batch) else {
                 continue;
             };
-            if header.producer_id >= 0 && !header.is_control() {
-                tail.producers
-                    .committed(&header, entry.index, header.base_offset);
+            let txn = TxnEntry::of(&header, &entry.batch);
+            if entry.index >= producers_from {
+                match &txn {
+                    TxnEntry::Data(header) => {
+                        tail.producers
+                            .committed(header, entry.index, header.base_offset);
+                    }
+                    TxnEntry::Marker(marker) => tail.producers.marker_committed(marker),
+                    TxnEntry::Other => {}
+                }
             }
+            tail.txns.apply(entry.index, &txn, header.base_offset);
             if let Some(start) = header
                 .is_control()
                 .then(|| log_start_carried(&entry.batch))
@@ -1140,7 +1221,46 @@ async fn scan_tail(log: &PartitionLog, commit: u64) -> Result<TailState, String>
             }
         }
     }
+    if let Some(start) = tail.log_start {
+        tail.txns.drop_below(start);
+    }
     Ok(tail)
+}
+
+/// The replica's transaction snapshot, if it has a readable one. One that cannot be read or
+/// checked is logged and ignored: the whole log is replayed instead.
+async fn read_txn_snapshot(tp: &TopicPartition, log: &PartitionLog) -> Option<ReplicaTxnSnapshot> {
+    let path = log.dir().join(REPLICA_TXNS_FILE);
+    let file = match log.disk().read_file(&path).await {
+        Ok(file) => file?,
+        Err(error) => {
+            tracing::warn!(partition = %tp, %error, "replica transaction snapshot unreadable; replaying the log");
+            return None;
+        }
+    };
+    match ReplicaTxnSnapshot::decode(&file) {
+        // Its entries were applied, so committed, so in the log (or removed by retention,
+        // which removes applied entries only): it is never ahead of what the log holds.
+        Ok(snapshot) if snapshot.index <= log.last_index() => Some(snapshot),
+        Ok(snapshot) => {
+            tracing::warn!(partition = %tp, index = snapshot.index, last_index = log.last_index(), "replica transaction snapshot is past the log's end; replaying the log");
+            None
+        }
+        Err(error) => {
+            tracing::warn!(partition = %tp, %error, "replica transaction snapshot invalid; replaying the log");
+            None
+        }
+    }
+}
+
+/// Writes a transaction snapshot durably (atomically replacing the last one).
+async fn write_txn_snapshot(
+    log: &PartitionLog,
+    snapshot: &ReplicaTxnSnapshot,
+) -> std::io::Result<()> {
+    log.disk()
+        .write_file_atomically(&log.dir().join(REPLICA_TXNS_FILE), &snapshot.encode())
+        .await
 }
 
 /// The directory of shard `shard`'s raft-meta store under the data directory. Never a

@@ -28,6 +28,7 @@ pub mod manager;
 pub mod producers;
 pub mod retention;
 pub mod serve;
+pub mod txns;
 pub mod types;
 
 pub use manager::{ReplicaManager, ReplicaManagerStart, OUTCOME_UNKNOWN};
@@ -40,3 +41,5 @@ pub use types::{
 mod idempotence_sim_tests;
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod txn_tests;

@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::producer_state::{check_sequence, last_sequence, ProducerSummary, Sequenced};
+use crate::producer_state::{check_sequence, last_sequence, ProducerSummary, Sequenced, TxnMarker};
 use crate::storage::batch::BatchHeader;
 
 /// Batches remembered per producer (Kafka's 5 in-flight requests per connection).
@@ -47,6 +47,8 @@ struct Seen {
 struct Producer {
     epoch: i16,
     batches: VecDeque<Seen>,
+    /// The coordinator epoch of the producer's last committed marker here; -1 none.
+    coordinator_epoch: i32,
 }
 
 /// What to do with an idempotent batch.
@@ -117,6 +119,7 @@ impl Producers {
             .or_insert_with(|| Producer {
                 epoch: header.producer_epoch,
                 batches: VecDeque::new(),
+                coordinator_epoch: -1,
             });
         if header.producer_epoch > producer.epoch {
             producer.epoch = header.producer_epoch;
@@ -133,11 +136,63 @@ impl Producers {
         }
     }
 
-    /// Kafka `DescribeProducers` at a leader in `term`: each producer's epoch, and the last
+    /// Kafka's `appendEndTxnMarker` checks of a marker at a leader: `INVALID_PRODUCER_EPOCH`
+    /// for a producer epoch older than the producer's here (committed or proposed),
+    /// `TRANSACTION_COORDINATOR_FENCED` for a coordinator epoch older than its last
+    /// committed marker's.
+    pub fn check_marker(&self, marker: &TxnMarker) -> Result<(), i16> {
+        let Some(producer) = self.producers.get(&marker.producer_id) else {
+            return Ok(());
+        };
+        if marker.producer_epoch < producer.epoch {
+            return Err(crate::producer_state::INVALID_PRODUCER_EPOCH);
+        }
+        if marker.coordinator_epoch < producer.coordinator_epoch {
+            return Err(crate::producer_state::TRANSACTION_COORDINATOR_FENCED);
+        }
+        Ok(())
+    }
+
+    /// This leader proposed `marker`: a marker of a newer producer epoch (the coordinator
+    /// bumped it to fence a timed-out transaction's producer) fences the older epoch's
+    /// batches from now on, before the marker commits, so none of them can be proposed
+    /// after it and open a transaction nothing would close.
+    pub fn marker_proposed(&mut self, marker: &TxnMarker) {
+        self.note_marker_epoch(marker);
+    }
+
+    /// The group committed `marker` (every replica, in log order).
+    pub fn marker_committed(&mut self, marker: &TxnMarker) {
+        self.note_marker_epoch(marker);
+        if let Some(producer) = self.producers.get_mut(&marker.producer_id) {
+            producer.coordinator_epoch = producer.coordinator_epoch.max(marker.coordinator_epoch);
+        }
+    }
+
+    fn note_marker_epoch(&mut self, marker: &TxnMarker) {
+        let producer = self
+            .producers
+            .entry(marker.producer_id)
+            .or_insert_with(|| Producer {
+                epoch: marker.producer_epoch,
+                batches: VecDeque::new(),
+                coordinator_epoch: -1,
+            });
+        if marker.producer_epoch > producer.epoch {
+            producer.epoch = marker.producer_epoch;
+            producer.batches.clear();
+        }
+    }
+
+    /// Kafka `DescribeProducers` at a leader in `term`: each producer's epoch, the last
     /// sequence and timestamp of its newest batch that is committed or proposed in `term`
-    /// (-1 when none is). Replicated partitions take no transactions, so no coordinator
-    /// epoch or open transaction is ever named.
-    pub fn describe(&self, term: u64) -> Vec<ProducerSummary> {
+    /// (-1 when none is), the coordinator epoch of its last marker and the first offset of
+    /// its open transaction (`open_transaction`; -1 none).
+    pub fn describe(
+        &self,
+        term: u64,
+        open_transaction: impl Fn(i64) -> Option<i64>,
+    ) -> Vec<ProducerSummary> {
         let mut summaries: Vec<ProducerSummary> = self
             .producers
             .iter()
@@ -151,8 +206,8 @@ impl Producers {
                     epoch: producer.epoch,
                     last_sequence: newest.map_or(-1, |seen| seen.last_sequence),
                     last_timestamp: newest.map_or(-1, |seen| seen.max_timestamp),
-                    coordinator_epoch: -1,
-                    current_txn_start_offset: -1,
+                    coordinator_epoch: producer.coordinator_epoch,
+                    current_txn_start_offset: open_transaction(producer_id).unwrap_or(-1),
                 }
             })
             .collect();
@@ -267,7 +322,7 @@ mod tests {
         second.max_timestamp = 2_000;
         producers.proposed(&second, 11, 5);
         producers.committed(&header(3, 0, 0, 1), 12, 43);
-        let described = producers.describe(5);
+        let described = producers.describe(5, |_| None);
         assert_eq!(
             described
                 .iter()
@@ -279,7 +334,7 @@ mod tests {
             .iter()
             .all(|s| s.coordinator_epoch == -1 && s.current_txn_start_offset == -1));
         // In a later term the proposal of term 5 no longer counts; the committed batch does.
-        let later = producers.describe(6);
+        let later = producers.describe(6, |_| None);
         assert_eq!(
             (later[1].last_sequence, later[1].last_timestamp),
             (2, 1_000)
@@ -320,6 +375,50 @@ mod tests {
         assert_eq!(
             Producers::default().check(&header(7, 0, 98, 10), 2),
             Verdict::Propose
+        );
+    }
+
+    fn marker(producer_id: i64, epoch: i16, coordinator_epoch: i32) -> TxnMarker {
+        TxnMarker {
+            producer_id,
+            producer_epoch: epoch,
+            commit: false,
+            coordinator_epoch,
+        }
+    }
+
+    #[test]
+    fn markers_are_fenced_by_epochs_and_a_newer_epoch_fences_older_batches_at_once() {
+        let mut producers = Producers::default();
+        assert_eq!(producers.check_marker(&marker(7, 0, 0)), Ok(()), "unknown");
+        producers.committed(&header(7, 1, 0, 1), 4, 10);
+        assert_eq!(
+            producers.check_marker(&marker(7, 0, 0)),
+            Err(INVALID_PRODUCER_EPOCH)
+        );
+        producers.marker_committed(&marker(7, 1, 3));
+        assert_eq!(
+            producers.check_marker(&marker(7, 1, 2)),
+            Err(crate::producer_state::TRANSACTION_COORDINATOR_FENCED)
+        );
+        assert_eq!(producers.check_marker(&marker(7, 1, 3)), Ok(()));
+        // The coordinator bumped the epoch to abort a timed-out transaction: once its marker
+        // is proposed, the old epoch's next batch is refused before the marker commits.
+        assert_eq!(producers.check(&header(7, 1, 1, 1), 2), Verdict::Propose);
+        producers.marker_proposed(&marker(7, 2, 3));
+        assert_eq!(
+            producers.check(&header(7, 1, 1, 1), 2),
+            Verdict::Refuse(INVALID_PRODUCER_EPOCH)
+        );
+        assert_eq!(producers.check(&header(7, 2, 0, 1), 2), Verdict::Propose);
+        let described = producers.describe(2, |id| (id == 7).then_some(10));
+        assert_eq!(
+            (
+                described[0].epoch,
+                described[0].coordinator_epoch,
+                described[0].current_txn_start_offset
+            ),
+            (2, 3, 10)
         );
     }
 

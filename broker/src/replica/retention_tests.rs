@@ -237,7 +237,12 @@ async fn fetch_from(
     let mut found = std::collections::BTreeMap::new();
     loop {
         let fetched = manager
-            .fetch(&crate::replica::tests::tp(), offset, 1 << 20)
+            .fetch(
+                &crate::replica::tests::tp(),
+                offset,
+                1 << 20,
+                crate::partition::Isolation::ReadUncommitted,
+            )
             .await;
         assert_eq!(fetched.error_code, codes::NONE);
         if fetched.batches.is_empty() {

@@ -22,7 +22,8 @@ use raft::StateRole;
 
 use crate::error_codes as codes;
 use crate::metadata::TopicPartition;
-use crate::producer_state::OUT_OF_ORDER_SEQUENCE_NUMBER;
+use crate::partition::Isolation;
+use crate::producer_state::{TxnMarker, OUT_OF_ORDER_SEQUENCE_NUMBER};
 use crate::replica::manager::{Hosted, ReplicaManager, Resolution, Waiter};
 use crate::replica::producers::{BatchAt, Verdict};
 use crate::replica::types::{CoordinatorRole, ReplicaFetch, ReplicaOffset, ReplicaProduce};
@@ -101,6 +102,16 @@ impl ReplicaManager {
         }
         if batches.is_empty() {
             return refused(codes::INVALID_RECORD);
+        }
+        // Kafka's LogValidator: a transactional batch belongs to a producer id.
+        if headers
+            .iter()
+            .any(|header| header.is_transactional() && header.producer_id < 0)
+        {
+            return refused(codes::INVALID_RECORD);
+        }
+        if let Err(code) = check_transactions(&hosted, &headers) {
+            return refused(code);
         }
         if acks == -1 {
             let in_sync = self.in_sync(group_id).len();
@@ -279,6 +290,64 @@ impl ReplicaManager {
         }
     }
 
+    /// A transaction marker on a hosted partition this replica leads (the transaction
+    /// coordinator's `WriteTxnMarkers`, `partition::write_txn_marker`): Kafka's epoch checks
+    /// (`producers::check_marker`), then the control batch proposed and answered once
+    /// committed in this term (acks=all after the `min.insync.replicas` check), as Kafka's
+    /// leader appends a marker with acks=all. Every replica closes the producer's
+    /// transaction when it applies the marker (`txns`). The marker's offset, or the error
+    /// code; a marker for a producer with no open transaction here is written all the same
+    /// (a retry), and changes nothing.
+    pub async fn write_txn_marker(
+        &self,
+        tp: &TopicPartition,
+        marker: TxnMarker,
+    ) -> Result<i64, i16> {
+        let (group_id, hosted) = self.hosted(tp).ok_or(codes::NOT_LEADER_OR_FOLLOWER)?;
+        let term = self
+            .leading_term(group_id)
+            .ok_or(codes::NOT_LEADER_OR_FOLLOWER)?;
+        // The producer's committed epochs are those of every earlier leader once this one
+        // applied an entry of its term (as for a produce's sequence check).
+        let applied_in_term =
+            self.driver.borrow().raft(group_id).is_some_and(|raft| {
+                raft.raft_log.term(hosted.applied_index.get()).ok() == Some(term)
+            });
+        if !applied_in_term {
+            return Err(codes::NOT_LEADER_OR_FOLLOWER);
+        }
+        hosted.producers.borrow().check_marker(&marker)?;
+        let in_sync = self.in_sync(group_id).len();
+        if (in_sync as u64) < u64::from(hosted.replica.min_insync_replicas) {
+            return Err(codes::NOT_ENOUGH_REPLICAS);
+        }
+        let batch = control::txn_marker(
+            marker.producer_id,
+            marker.producer_epoch,
+            marker.commit,
+            marker.coordinator_epoch,
+            hosted.log.clock().now_ms(),
+        );
+        let proposed = self.driver.borrow_mut().propose(group_id, batch);
+        self.ring();
+        let pending = match proposed {
+            Ok(proposed) if proposed.term == term => {
+                hosted.producers.borrow_mut().marker_proposed(&marker);
+                self.wait_for(group_id, &hosted, proposed.index, term, -1, 0)
+            }
+            Ok(_) => return Err(codes::NOT_LEADER_OR_FOLLOWER),
+            Err(error) => {
+                tracing::debug!(partition = %tp, %error, "transaction marker proposal refused");
+                return Err(codes::NOT_LEADER_OR_FOLLOWER);
+            }
+        };
+        let answer = pending.wait().await;
+        match answer.error_code {
+            codes::NONE => Ok(answer.base_offset),
+            code => Err(code),
+        }
+    }
+
     /// Registers a produce call's wait for the entry at `index` proposed in `term`.
     fn wait_for(
         &self,
@@ -397,27 +466,46 @@ impl ReplicaManager {
         Ok((group_id, hosted))
     }
 
-    /// Whole batches from `offset` below the high watermark, about `max_bytes`.
-    pub async fn fetch(&self, tp: &TopicPartition, offset: i64, max_bytes: usize) -> ReplicaFetch {
+    /// Whole batches from `offset` below the high watermark, about `max_bytes`;
+    /// `read_committed` (`isolation`): below the last stable offset, with the aborted
+    /// transactions overlapping them.
+    pub async fn fetch(
+        &self,
+        tp: &TopicPartition,
+        offset: i64,
+        max_bytes: usize,
+        isolation: Isolation,
+    ) -> ReplicaFetch {
         let hosted = match self.leader_hosted(tp) {
             Ok((_, hosted)) => hosted,
             Err(error_code) => {
                 return ReplicaFetch {
                     error_code,
                     high_watermark: -1,
+                    last_stable_offset: -1,
                     log_start_offset: -1,
                     batches: Vec::new(),
+                    aborted_transactions: Vec::new(),
                 }
             }
         };
+        // Taken together, before the read: the stable offset never goes back, so batches
+        // read below it stay stable whatever commits meanwhile.
         let high_watermark = hosted.committed_end.get();
+        let last_stable_offset = last_stable_offset(&hosted);
+        let readable_end = match isolation {
+            Isolation::ReadCommitted => last_stable_offset,
+            Isolation::ReadUncommitted => high_watermark,
+        };
         let mut outcome = ReplicaFetch {
             error_code: codes::NONE,
             high_watermark,
+            last_stable_offset,
             log_start_offset: hosted.log.log_start_offset(),
             batches: Vec::new(),
+            aborted_transactions: Vec::new(),
         };
-        if max_bytes == 0 || offset >= high_watermark {
+        if max_bytes == 0 || offset >= readable_end {
             if offset > hosted.log.log_end_offset() || offset < outcome.log_start_offset {
                 outcome.error_code = codes::OFFSET_OUT_OF_RANGE;
             }
@@ -426,14 +514,24 @@ impl ReplicaManager {
         match hosted.log.read(offset, max_bytes).await {
             Ok(batches) => {
                 // Committed entries are whole batches: one that starts below the high
-                // watermark ends below it.
+                // watermark ends below it. The last stable offset is a batch's first
+                // offset (an open transaction's first batch) or the high watermark.
                 outcome.batches = batches
                     .into_iter()
                     .take_while(|batch| {
                         crate::storage::batch::BatchHeader::parse(batch)
-                            .is_some_and(|header| header.base_offset < high_watermark)
+                            .is_some_and(|header| header.base_offset < readable_end)
                     })
                     .collect();
+                let upper = outcome
+                    .batches
+                    .last()
+                    .and_then(|batch| BatchHeader::parse(batch))
+                    .map(|header| header.last_offset() + 1);
+                if let (Isolation::ReadCommitted, Some(upper)) = (isolation, upper) {
+                    outcome.aborted_transactions =
+                        hosted.txns.borrow().aborted_overlapping(offset, upper);
+                }
                 if outcome.batches.is_empty() {
                     // The offset is below the high watermark, so a batch holds it: an empty
                     // answer has the consumer ask again and again without progress.
@@ -441,7 +539,7 @@ impl ReplicaManager {
                         partition = %tp,
                         offset,
                         max_bytes,
-                        high_watermark,
+                        readable_end,
                         written_offset = hosted.log.high_watermark(),
                         log_end_offset = hosted.log.log_end_offset(),
                         "a replica read below the high watermark found no batch"
@@ -482,7 +580,11 @@ impl ReplicaManager {
         let term = self
             .leading_term(group_id)
             .ok_or(codes::NOT_LEADER_OR_FOLLOWER)?;
-        let described = hosted.producers.borrow().describe(term);
+        let txns = hosted.txns.borrow();
+        let described = hosted
+            .producers
+            .borrow()
+            .describe(term, |producer_id| txns.open_transaction(producer_id));
         Ok(described)
     }
 
@@ -492,15 +594,21 @@ impl ReplicaManager {
         self.hosted(tp).map(|(_, hosted)| hosted.log.size_bytes())
     }
 
-    /// Resolves when the high watermark passes `offset`, the group closes, or this replica
-    /// does not host it (the fetch then reads its error). Race it with a timer.
-    pub async fn wait_for_committed(&self, tp: &TopicPartition, offset: i64) {
+    /// Resolves when the high watermark (`read_committed`: the last stable offset) passes
+    /// `offset`, the group closes, or this replica does not host it (the fetch then reads
+    /// its error). Race it with a timer. Both move only when entries are applied, each of
+    /// which notifies `committed`.
+    pub async fn wait_for_committed(&self, tp: &TopicPartition, offset: i64, isolation: Isolation) {
         loop {
             let Some((_, hosted)) = self.hosted(tp) else {
                 return;
             };
             let notified = hosted.committed.wait();
-            if hosted.committed_end.get() > offset || hosted.closed.get() {
+            let readable_end = match isolation {
+                Isolation::ReadCommitted => last_stable_offset(&hosted),
+                Isolation::ReadUncommitted => hosted.committed_end.get(),
+            };
+            if readable_end > offset || hosted.closed.get() {
                 return;
             }
             notified.await;
@@ -508,9 +616,15 @@ impl ReplicaManager {
     }
 
     /// Kafka `ListOffsets` on a hosted partition: -2/-4 earliest, -1 latest (the high
-    /// watermark), -3 the max timestamp, else the first offset at or after the time; only
-    /// committed offsets are answered.
-    pub async fn list_offset(&self, tp: &TopicPartition, timestamp_ms: i64) -> ReplicaOffset {
+    /// watermark; `read_committed`: the last stable offset), -3 the max timestamp, else the
+    /// first offset at or after the time; only committed offsets are answered
+    /// (`read_committed`: only stable ones).
+    pub async fn list_offset(
+        &self,
+        tp: &TopicPartition,
+        timestamp_ms: i64,
+        isolation: Isolation,
+    ) -> ReplicaOffset {
         let answer = |error_code, offset, timestamp_ms| ReplicaOffset {
             error_code,
             offset,
@@ -520,7 +634,10 @@ impl ReplicaManager {
             Ok(found) => found,
             Err(code) => return answer(code, -1, -1),
         };
-        let high_watermark = hosted.committed_end.get();
+        let high_watermark = match isolation {
+            Isolation::ReadCommitted => last_stable_offset(&hosted),
+            Isolation::ReadUncommitted => hosted.committed_end.get(),
+        };
         let found = match timestamp_ms {
             -2 | -4 => return answer(codes::NONE, hosted.log.log_start_offset(), -1),
             -1 if !self.committed_in_term(group_id) => return answer(OFFSET_NOT_AVAILABLE, -1, -1),
@@ -602,6 +719,29 @@ impl PendingReplicaProduce {
             log_start_offset: log.log_start_offset(),
         }
     }
+}
+
+/// The group's last stable offset: its open transactions' first offset under the high
+/// watermark, at least the log start (records retention removed hold no reader back).
+fn last_stable_offset(hosted: &Hosted) -> i64 {
+    hosted
+        .txns
+        .borrow()
+        .last_stable_offset(hosted.committed_end.get(), hosted.log.log_start_offset())
+}
+
+/// The transaction checks of a call's batches at the leader, against the committed
+/// transactions (`txns`): a plain batch of a producer with a transaction open is
+/// `INVALID_TXN_STATE`, a batch that would open one past the bounds `POLICY_VIOLATION`.
+/// A transaction this leader proposed and has not committed yet is not seen here: a plain
+/// batch its producer sends meanwhile passes (Kafka would refuse it; a client that keeps
+/// to the protocol never sends one).
+fn check_transactions(hosted: &Hosted, headers: &[BatchHeader]) -> Result<(), i16> {
+    let txns = hosted.txns.borrow();
+    headers
+        .iter()
+        .filter(|header| header.producer_id >= 0)
+        .try_for_each(|header| txns.check_data_batch(header))
 }
 
 /// The offset the log stamped on the entry at `index`, if it still has `term` there.

@@ -383,7 +383,14 @@ pub(crate) async fn fetch_all(manager: &ReplicaManager) -> (i64, Vec<(i64, Vec<u
     let mut found = Vec::new();
     let mut high_watermark = -1;
     loop {
-        let fetched = manager.fetch(&tp(), offset, 1 << 20).await;
+        let fetched = manager
+            .fetch(
+                &tp(),
+                offset,
+                1 << 20,
+                crate::partition::Isolation::ReadUncommitted,
+            )
+            .await;
         assert_eq!(fetched.error_code, codes::NONE);
         high_watermark = high_watermark.max(fetched.high_watermark);
         if fetched.batches.is_empty() {
@@ -467,7 +474,14 @@ async fn first_leader_acknowledges(
             .wait()
             .await;
         assert_eq!(refused.error_code, codes::NOT_LEADER_OR_FOLLOWER);
-        let fetched = manager.fetch(&tp(), 0, 1 << 20).await;
+        let fetched = manager
+            .fetch(
+                &tp(),
+                0,
+                1 << 20,
+                crate::partition::Isolation::ReadUncommitted,
+            )
+            .await;
         assert_eq!(fetched.error_code, codes::NOT_LEADER_OR_FOLLOWER);
     }
 

@@ -45,14 +45,20 @@ pub struct ReplicaProduce {
     pub log_start_offset: i64,
 }
 
-/// A fetch's answer on a replicated partition: batches below the high watermark only.
+/// A fetch's answer on a replicated partition: batches below the high watermark only
+/// (`read_committed`: below the last stable offset).
 #[derive(Debug, Default)]
 pub struct ReplicaFetch {
     pub error_code: i16,
     /// The Kafka end offset of the committed prefix.
     pub high_watermark: i64,
+    /// Below it every committed transaction is complete (`replica::txns`).
+    pub last_stable_offset: i64,
     pub log_start_offset: i64,
     pub batches: Vec<Bytes>,
+    /// `read_committed`: the aborted transactions overlapping the batches, as (producer id,
+    /// first offset).
+    pub aborted_transactions: Vec<(i64, i64)>,
 }
 
 /// A list-offsets answer on a replicated partition.

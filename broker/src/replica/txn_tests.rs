@@ -1,0 +1,298 @@
+//! Transactions on a replicated partition (`txns`, `serve::write_txn_marker`), on three
+//! simulated replicas: the last stable offset and aborted transactions `read_committed`
+//! readers get are the same on every leader, after a failover and after restarts (from
+//! the log alone and from a snapshot).
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::error_codes as codes;
+use crate::partition::Isolation;
+use crate::producer_state::{TxnMarker, INVALID_PRODUCER_EPOCH, INVALID_TXN_STATE};
+use crate::replica::manager::ReplicaManager;
+use crate::replica::tests::{run, tp, Cluster};
+use crate::replica::txns::{REPLICA_TXNS_FILE, SNAPSHOT_EVERY_OFFSETS};
+use crate::replica::types::{ReplicaFetch, ReplicaProduce};
+use crate::storage::batch::build::{self, Record};
+use crate::storage::batch::{control, BatchHeader};
+use crate::storage::Disk;
+
+/// A batch of `records` records of `producer_id` (epoch `epoch`) from `base_sequence`;
+/// transactional or plain idempotent.
+fn producer_batch(
+    producer_id: i64,
+    epoch: i16,
+    base_sequence: i32,
+    records: usize,
+    transactional: bool,
+) -> Bytes {
+    let value = base_sequence.to_be_bytes();
+    let records: Vec<_> = (0..records)
+        .map(|_| Record {
+            key: None,
+            value: Some(&value),
+            timestamp_ms: 1_700_000_000_000,
+        })
+        .collect();
+    let mut batch = BytesMut::from(&build::batch(&records)[..]);
+    let attributes: i16 = if transactional { 0x10 } else { 0 };
+    // attributes at 21, producerId at 43, producerEpoch at 51, baseSequence at 53; the CRC
+    // at 17 covers 21..
+    batch[21..23].copy_from_slice(&attributes.to_be_bytes());
+    batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    batch[51..53].copy_from_slice(&epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    batch.freeze()
+}
+
+fn marker(producer_id: i64, epoch: i16, commit: bool) -> TxnMarker {
+    TxnMarker {
+        producer_id,
+        producer_epoch: epoch,
+        commit,
+        coordinator_epoch: 0,
+    }
+}
+
+/// Proposes `batch` (acks=all) on node `id` and steps the cluster until it is answered.
+async fn produce(cluster: &mut Cluster, id: u64, batch: Bytes) -> ReplicaProduce {
+    let pending = cluster.manager(id).dispatch_produce(&tp(), vec![batch], -1);
+    let cell = Rc::new(RefCell::new(None));
+    let sink = cell.clone();
+    glommio::spawn_local(async move {
+        *sink.borrow_mut() = Some(pending.wait().await);
+    })
+    .detach();
+    cluster.until_answered(std::slice::from_ref(&cell)).await;
+    let answer = cell.borrow().expect("answered");
+    answer
+}
+
+/// Writes `marker` on node `id`, stepping the cluster until it is answered.
+async fn write_marker(cluster: &mut Cluster, id: u64, marker: TxnMarker) -> Result<i64, i16> {
+    let manager = cluster.manager(id);
+    let cell = Rc::new(RefCell::new(None));
+    let sink = cell.clone();
+    glommio::spawn_local(async move {
+        *sink.borrow_mut() = Some(manager.write_txn_marker(&tp(), marker).await);
+    })
+    .detach();
+    for _ in 0..400 {
+        if let Some(answer) = *cell.borrow() {
+            return answer;
+        }
+        cluster.step().await;
+    }
+    panic!("marker not answered");
+}
+
+async fn fetch(manager: &ReplicaManager, isolation: Isolation) -> ReplicaFetch {
+    manager.fetch(&tp(), 0, 1 << 20, isolation).await
+}
+
+/// What a Kafka client hands the application from a `read_committed` fetch: the base
+/// offsets of the data batches it keeps (a producer's transactional batches are skipped
+/// from the first offset of one of its aborted transactions to its abort marker; control
+/// batches never reach the application).
+fn consumed(fetched: &ReplicaFetch) -> Vec<i64> {
+    let mut aborted = fetched.aborted_transactions.clone();
+    aborted.sort_by_key(|(_, first_offset)| *first_offset);
+    let mut aborted = aborted.into_iter().peekable();
+    let mut skipping = HashSet::new();
+    let mut kept = Vec::new();
+    for stored in &fetched.batches {
+        let header = BatchHeader::parse(stored).expect("header");
+        while let Some((producer_id, _)) =
+            aborted.next_if(|(_, first_offset)| *first_offset <= header.last_offset())
+        {
+            skipping.insert(producer_id);
+        }
+        if header.is_control() {
+            if control::txn_marker_of(stored).is_some_and(|(commit, _)| !commit) {
+                skipping.remove(&header.producer_id);
+            }
+            continue;
+        }
+        if header.is_transactional() && skipping.contains(&header.producer_id) {
+            continue;
+        }
+        kept.push(header.base_offset);
+    }
+    kept
+}
+
+/// (last stable offset, high watermark, aborted list, consumed offsets) of a
+/// `read_committed` read from 0 on node `id`.
+async fn committed_view(cluster: &Cluster, id: u64) -> (i64, i64, Vec<(i64, i64)>, Vec<i64>) {
+    let fetched = fetch(&cluster.manager(id), Isolation::ReadCommitted).await;
+    assert_eq!(fetched.error_code, codes::NONE);
+    (
+        fetched.last_stable_offset,
+        fetched.high_watermark,
+        fetched.aborted_transactions.clone(),
+        consumed(&fetched),
+    )
+}
+
+/// Every replica tracks the transactions from the committed log: an open transaction
+/// holds `read_committed` readers at its first offset, an abort is listed, a commit shows
+/// its records; a new leader serves the same, and so does every replica after a power cut
+/// of all three (rebuilt from the log).
+#[test]
+fn replicated_transactions_commit_abort_and_outlive_failover_and_restarts() {
+    run(|| async {
+        let mut cluster = Cluster::new(2).await;
+        let leader = cluster.elect().await;
+        // A plain batch, producer 1's transaction (2 records), producer 2's (3 records).
+        let plain = produce(&mut cluster, leader, crate::replica::tests::batch("p")).await;
+        assert_eq!(plain.error_code, codes::NONE);
+        let p = plain.base_offset;
+        let first = produce(&mut cluster, leader, producer_batch(1, 0, 0, 2, true)).await;
+        // The plain batch holds two records.
+        assert_eq!((first.error_code, first.base_offset), (codes::NONE, p + 2));
+        let f = first.base_offset;
+        let second = produce(&mut cluster, leader, producer_batch(2, 0, 0, 3, true)).await;
+        assert_eq!(
+            (second.error_code, second.base_offset),
+            (codes::NONE, f + 2)
+        );
+        let s = second.base_offset;
+
+        let view = committed_view(&cluster, leader).await;
+        assert_eq!(view, (f, s + 3, vec![], vec![p]));
+        let uncommitted = fetch(&cluster.manager(leader), Isolation::ReadUncommitted).await;
+        let data = uncommitted
+            .batches
+            .iter()
+            .filter(|b| BatchHeader::parse(b).is_some_and(|h| !h.is_control()));
+        assert_eq!(data.count(), 3, "read_uncommitted sees open data");
+
+        // A plain batch of a producer inside its transaction is refused, as Kafka does.
+        let plain_inside = produce(&mut cluster, leader, producer_batch(1, 0, 2, 1, false)).await;
+        assert_eq!(plain_inside.error_code, INVALID_TXN_STATE);
+
+        let abort = write_marker(&mut cluster, leader, marker(1, 0, false)).await;
+        assert_eq!(abort, Ok(s + 3));
+        let view = committed_view(&cluster, leader).await;
+        assert_eq!(view, (s, s + 4, vec![(1, f)], vec![p]));
+
+        // Failover: the leader is cut off; its successor serves the same view (its term's
+        // empty entry takes one offset more).
+        cluster.set_cut(leader, true);
+        let successor = cluster.elect().await;
+        assert_ne!(successor, leader);
+        let view = committed_view(&cluster, successor).await;
+        assert_eq!(view, (s, s + 5, vec![(1, f)], vec![p]));
+        // A marker of an older producer epoch than the producer's is fenced.
+        let newer = produce(&mut cluster, successor, producer_batch(3, 2, 0, 1, true)).await;
+        assert_eq!(newer.error_code, codes::NONE);
+        let n = newer.base_offset;
+        assert_eq!(
+            write_marker(&mut cluster, successor, marker(3, 1, true)).await,
+            Err(INVALID_PRODUCER_EPOCH)
+        );
+        assert_eq!(
+            write_marker(&mut cluster, successor, marker(3, 2, true)).await,
+            Ok(n + 1)
+        );
+        assert_eq!(
+            write_marker(&mut cluster, successor, marker(2, 0, true)).await,
+            Ok(n + 2)
+        );
+        let view = committed_view(&cluster, successor).await;
+        assert_eq!(view, (n + 3, n + 3, vec![(1, f)], vec![p, s, n]));
+        // A marker repeated (a coordinator's retry) is written and changes nothing.
+        assert_eq!(
+            write_marker(&mut cluster, successor, marker(2, 0, true)).await,
+            Ok(n + 3)
+        );
+        // Producer 1's next transaction, left open across the restarts below.
+        let open = produce(&mut cluster, successor, producer_batch(1, 0, 2, 1, true)).await;
+        assert_eq!((open.error_code, open.base_offset), (codes::NONE, n + 4));
+        let view = committed_view(&cluster, successor).await;
+        assert_eq!(view, (n + 4, n + 5, vec![(1, f)], vec![p, s, n]));
+
+        cluster.set_cut(leader, false);
+        cluster.steps(20).await;
+        for id in cluster.nodes_up() {
+            cluster.power_cycle(id).await;
+        }
+        let leader = cluster.elect().await;
+        let (lso, hw, aborted, kept) = committed_view(&cluster, leader).await;
+        assert_eq!(
+            (lso, aborted, kept),
+            (n + 4, vec![(1, f)], vec![p, s, n]),
+            "rebuilt from the log after a power cut of every replica (high watermark {hw})"
+        );
+        let commit = write_marker(&mut cluster, leader, marker(1, 0, true)).await;
+        assert!(commit.is_ok(), "{commit:?}");
+        let (lso, hw, _, kept) = committed_view(&cluster, leader).await;
+        assert_eq!(lso, hw);
+        assert_eq!(kept, [p, s, n, n + 4]);
+    });
+}
+
+/// A replica that applied `SNAPSHOT_EVERY_OFFSETS` offsets writes a transaction snapshot;
+/// after a power cut of every replica the state comes from it plus the entries after it,
+/// and an open transaction from before the snapshot still holds readers back.
+#[test]
+fn a_transaction_open_before_a_snapshot_holds_readers_after_a_restart() {
+    run(|| async {
+        let mut cluster = Cluster::new(2).await;
+        let leader = cluster.elect().await;
+        let open = produce(&mut cluster, leader, producer_batch(5, 0, 0, 1, true)).await;
+        assert_eq!(open.error_code, codes::NONE);
+        let records = usize::try_from(SNAPSHOT_EVERY_OFFSETS).expect("fits");
+        let big = produce(
+            &mut cluster,
+            leader,
+            producer_batch(6, 0, 0, records, false),
+        )
+        .await;
+        assert_eq!(big.error_code, codes::NONE);
+        // An abort after the snapshot: replayed on top of it.
+        let aborted = produce(&mut cluster, leader, producer_batch(7, 0, 0, 1, true)).await;
+        assert_eq!(aborted.error_code, codes::NONE);
+        let abort = write_marker(&mut cluster, leader, marker(7, 0, false)).await;
+        assert!(
+            abort.is_ok(),
+            "{abort:?} leader {leader} now {:?}",
+            cluster.leader()
+        );
+        cluster.steps(20).await;
+        for id in cluster.nodes_up() {
+            let disk = cluster.disk(id);
+            let path = std::path::Path::new("/data")
+                .join(format!("{}-{}", tp().topic, tp().partition))
+                .join(REPLICA_TXNS_FILE);
+            let written = disk.read_file(&path).await.expect("readable");
+            assert!(
+                written.is_some(),
+                "node {id} wrote no transaction snapshot at {path:?}"
+            );
+        }
+        for id in cluster.nodes_up() {
+            cluster.power_cycle(id).await;
+        }
+        let leader = cluster.elect().await;
+        let (lso, _, _, kept) = committed_view(&cluster, leader).await;
+        assert_eq!(lso, open.base_offset, "the open transaction holds readers");
+        assert!(
+            kept.is_empty(),
+            "nothing below the open transaction: {kept:?}"
+        );
+        // Committed now: everything is stable, and the abort replayed after the snapshot
+        // is listed.
+        let commit = write_marker(&mut cluster, leader, marker(5, 0, true)).await;
+        assert!(commit.is_ok(), "{commit:?}");
+        let (lso, hw, aborted_list, kept) = committed_view(&cluster, leader).await;
+        assert_eq!(lso, hw);
+        assert_eq!(aborted_list, [(7, aborted.base_offset)]);
+        assert_eq!(kept, [open.base_offset, big.base_offset]);
+    });
+}
