@@ -316,14 +316,30 @@ fn quota_alteration(request: &kafka_protocol::messages::AlterClientQuotasRequest
 
 /// The broker-heartbeat target (`fuzz/fuzz_targets/broker_heartbeat.rs`): the payload a peer
 /// sends a registry mailbox: a heartbeat (`controller::registry::BrokerHeartbeat`) or a
-/// forwarded security change or its reply (`controller::forwarding`), or an `ElectLeaders`
-/// ask (`controller::election_mail`). Any input must decode
+/// forwarded security change or its reply (`controller::forwarding`), an `ElectLeaders`
+/// ask (`controller::election_mail`), or a transaction marker or its answer
+/// (`transactions::marker_mail`). Any input must decode
 /// or be refused, never panic; what decodes must encode back to bytes that decode to the
 /// same message, and a forwarded change must apply (or be refused) without a panic. Returns
 /// whether it decoded.
 pub fn broker_heartbeat(data: &[u8]) -> bool {
     use crate::controller::forwarding::ForwardMail;
     use crate::controller::registry::BrokerHeartbeat;
+    use crate::transactions::marker_mail::MarkerMail;
+    if let Some(mail) = MarkerMail::decode(data) {
+        let Ok(mail) = mail else {
+            return false;
+        };
+        let bytes = match &mail {
+            MarkerMail::Request(request) => request.encode(),
+            MarkerMail::Reply(reply) => reply.encode(),
+        };
+        assert_eq!(
+            bytes, data,
+            "a marker mail has one encoding: what decodes encodes back to its bytes"
+        );
+        return true;
+    }
     if let Some(election) = crate::controller::election_mail::ElectionMail::decode(data) {
         let Ok(election) = election else {
             return false;
@@ -514,7 +530,7 @@ mod tests {
             std::fs::write(dir.join("registration"), seed.encode()).expect("seed");
             std::fs::write(dir.join("leadership-and-producer-ids"), reports.encode())
                 .expect("seed");
-            for (name, bytes) in forward_seeds() {
+            for (name, bytes) in forward_seeds().into_iter().chain(marker_seeds()) {
                 std::fs::write(dir.join(name), bytes).expect("seed");
             }
         }
@@ -524,9 +540,36 @@ mod tests {
             .filter(|path| super::broker_heartbeat(&std::fs::read(path).expect("corpus file")))
             .count();
         assert!(
-            decoded >= 5,
-            "{decoded} seeds decode: the target would see too few heartbeats and forwards"
+            decoded >= 7,
+            "{decoded} seeds decode: the target would see too few heartbeats, forwards and markers"
         );
+    }
+
+    /// A commit marker for a partition another broker leads, and its answer.
+    fn marker_seeds() -> Vec<(&'static str, Vec<u8>)> {
+        use crate::partition::TxnMarker;
+        use crate::transactions::marker_mail::{MarkerReply, MarkerRequest};
+        let request = MarkerRequest {
+            id: 1_796_000_000_000_000_001,
+            tp: crate::metadata::TopicPartition {
+                topic: "orders".into(),
+                partition: 3,
+            },
+            marker: TxnMarker {
+                producer_id: 4000,
+                producer_epoch: 2,
+                commit: true,
+                coordinator_epoch: 7,
+            },
+        };
+        let reply = MarkerReply {
+            id: request.id,
+            error_code: crate::error_codes::NOT_LEADER_OR_FOLLOWER,
+        };
+        vec![
+            ("marker-request", request.encode()),
+            ("marker-reply", reply.encode()),
+        ]
     }
 
     /// A forwarded credential change and a reply removing an ACL.

@@ -67,6 +67,7 @@ use crate::sasl::alteration::{Alteration, UserResult};
 use crate::sasl::store::{CredentialStore, CredentialView};
 use crate::shutdown::ShutdownSignal;
 use crate::storage::Clock;
+use crate::transactions::marker_mail::{self, MarkerMail, MarkerPost, MarkerRoute};
 use crate::transactions::{
     self, TxnAddress, TxnConfig, TxnCoordinator, TxnEffects, TxnHandle, TxnOwner,
     TRANSACTION_STATE_PARTITIONS, TRANSACTION_STATE_TOPIC, TXN_ID_BYTES_MAX,
@@ -178,6 +179,9 @@ pub struct ShardServices {
     replica_frames_in_flight: Rc<Cell<usize>>,
     /// Replica frames dropped at `REPLICA_FRAMES_IN_FLIGHT_MAX` or for unknown groups.
     replica_frames_dropped: Cell<u64>,
+    /// Shard 0 of a cluster member: transaction markers sent to other brokers and waiting
+    /// for their answers, and those received being written (`transactions::marker_mail`).
+    marker_post: Option<MarkerPost>,
 }
 
 impl PartitionOwner for ShardServices {
@@ -217,10 +221,13 @@ impl TxnOwner for ShardServices {
 }
 
 /// What a shard's transaction coordinator needs of other shards: producer ids from shard
-/// 0's allocator, and markers written by each partition's owner.
+/// 0's allocator, and markers written by each partition's owner, on this broker when it
+/// leads the partition, else by its leader (`transactions::marker_mail`, through shard 0).
 struct ShardTxnEffects {
     router: Rc<Router>,
     metadata: Rc<MetadataView>,
+    /// A broker among several voters: another broker may lead a partition.
+    clustered: bool,
 }
 
 impl TxnEffects for ShardTxnEffects {
@@ -236,29 +243,56 @@ impl TxnEffects for ShardTxnEffects {
         })
     }
 
+    /// Written here when this broker leads `tp` (always on a one-node broker), else sent
+    /// to its leader by shard 0 (`ShardServices::send_marker`); refused as retriable while
+    /// it has no leader.
     fn write_marker(&self, tp: TopicPartition, marker: TxnMarker) -> LocalBoxFuture<'static, i16> {
         let router = self.router.clone();
-        let owner = self.metadata.current().owner_of(&tp.topic, tp.partition);
+        let route = marker_mail::route(&self.metadata.current(), self.clustered, &tp);
         Box::pin(async move {
-            let Some(owner) = owner else {
-                return crate::error_codes::UNKNOWN_TOPIC_OR_PARTITION;
-            };
-            let partition = tp.partition;
-            let offsets = &*tp.topic == OFFSETS_TOPIC;
-            let code = crate::partition::write_txn_marker_on(&router, owner, tp, marker).await;
-            // The marker on a `__consumer_offsets` partition also ends the transaction's
-            // pending `TxnOffsetCommit` offsets in that partition's group coordinator (on
-            // the same shard, which owns the partition).
-            if code == crate::error_codes::NONE && offsets {
-                let (producer_id, commit) = (marker.producer_id, marker.commit);
-                groups::on_coordinator(&router, owner, move |groups| async move {
-                    groups.complete_txn(partition, producer_id, commit);
-                })
-                .await;
+            match route {
+                MarkerRoute::Unknown => crate::error_codes::UNKNOWN_TOPIC_OR_PARTITION,
+                MarkerRoute::NoLeader => crate::error_codes::NOT_LEADER_OR_FOLLOWER,
+                MarkerRoute::Here(owner) => write_marker_here(router, owner, tp, marker).await,
+                MarkerRoute::Leader(leader) => {
+                    let job = move |shard0: &Rc<ShardServices>| {
+                        let shard0 = shard0.clone();
+                        async move { shard0.send_marker(leader, tp, marker).await }
+                    };
+                    router
+                        .invoke_on(0, TXN_CALLS, Ending::ToCompletion, job)
+                        .await
+                        .unwrap_or(crate::error_codes::NOT_LEADER_OR_FOLLOWER)
+                }
             }
-            code
         })
     }
+}
+
+/// Writes `marker` on this broker's replica of `tp`, on its owner shard `owner`: the one
+/// write of a marker, for this broker's coordinators and for markers other brokers sent
+/// (`ShardServices::serve_marker_mail`). The table refuses it when this replica may not
+/// write (`NOT_LEADER_OR_FOLLOWER`, retriable). Kafka's error code, 0 when written.
+async fn write_marker_here(
+    router: Rc<Router>,
+    owner: usize,
+    tp: TopicPartition,
+    marker: TxnMarker,
+) -> i16 {
+    let partition = tp.partition;
+    let offsets = &*tp.topic == OFFSETS_TOPIC;
+    let code = crate::partition::write_txn_marker_on(&router, owner, tp, marker).await;
+    // The marker on a `__consumer_offsets` partition also ends the transaction's pending
+    // `TxnOffsetCommit` offsets in that partition's group coordinator (on the same shard,
+    // which owns the partition).
+    if code == crate::error_codes::NONE && offsets {
+        let (producer_id, commit) = (marker.producer_id, marker.commit);
+        groups::on_coordinator(&router, owner, move |groups| async move {
+            groups.complete_txn(partition, producer_id, commit);
+        })
+        .await;
+    }
+    code
 }
 
 impl GroupsOwner for ShardServices {
@@ -335,7 +369,7 @@ impl ShardServices {
         });
         let router = Rc::new(router);
         let parts = (&partitions, &clock, &shutdown);
-        let transactions = txn_coordinator(shard_id, parts, &config.limits, (&router, &metadata));
+        let transactions = txn_coordinator(shard_id, parts, &config, (&router, &metadata));
         let services = Rc::new(ShardServices {
             shard_id,
             log_configs: crate::storage::SharedConfigs::default(),
@@ -354,7 +388,6 @@ impl ShardServices {
             partitions,
             groups,
             transactions,
-            controller,
             metadata,
             metrics: Rc::default(),
             shutdown,
@@ -372,6 +405,8 @@ impl ShardServices {
             replica_routes: RefCell::default(),
             replica_frames_in_flight: Rc::default(),
             replica_frames_dropped: Cell::new(0),
+            marker_post: marker_post_of(controller.as_ref()),
+            controller,
         });
         services.start_replicas();
         services.report_offline_partitions();
@@ -757,6 +792,74 @@ impl ShardServices {
             }
             controller.answer_forwarded(from, request.id, &reply, committed);
             drop(turn);
+        }
+    }
+
+    /// Shard 0: sends `marker` for `tp` to broker `leader`, which leads it, and waits for
+    /// its answer (`transactions::marker_mail`): its error code, `REQUEST_TIMED_OUT` without
+    /// one in `MARKER_TIMEOUT` or at the post's bound, `NOT_LEADER_OR_FOLLOWER` on a broker
+    /// that is not a cluster member. All retriable but the leader's own refusals.
+    async fn send_marker(&self, leader: u64, tp: TopicPartition, marker: TxnMarker) -> i16 {
+        let (Some(post), Some(group)) = (&self.marker_post, self.controller_group()) else {
+            return crate::error_codes::NOT_LEADER_OR_FOLLOWER;
+        };
+        let send = |bytes| group.send_mail(leader, bytes);
+        let code = post
+            .deliver(
+                leader,
+                tp.clone(),
+                marker,
+                send,
+                marker_mail::MARKER_TIMEOUT,
+            )
+            .await;
+        if code != crate::error_codes::NONE {
+            tracing::debug!(leader, partition = %tp, code, "a transaction marker sent to the partition's leader was not written");
+        }
+        code
+    }
+
+    /// Shard 0: the marker mail the controller's mail sort took out of the registry
+    /// mailbox. A reply completes this broker's waiting request; a request is written as a
+    /// local marker (`write_marker_here`, on the partition's owner shard) in a task and
+    /// answered with its code, or answered `REQUEST_TIMED_OUT` at once when
+    /// `marker_mail::SERVING_MAX` are being written.
+    fn serve_marker_mail(&self, mail: Vec<(u64, MarkerMail)>) {
+        let (Some(post), Some(group)) = (&self.marker_post, self.controller_group()) else {
+            return;
+        };
+        for (from, mail) in mail {
+            let request = match mail {
+                MarkerMail::Reply(reply) => {
+                    post.answered(from, reply);
+                    continue;
+                }
+                MarkerMail::Request(request) => request,
+            };
+            let id = request.id;
+            let Some(turn) = post.start_serving() else {
+                let error_code = crate::error_codes::REQUEST_TIMED_OUT;
+                group.send_mail(from, marker_mail::MarkerReply { id, error_code }.encode());
+                continue;
+            };
+            // By this broker's metadata: the sender's may be a change ahead (a topic just
+            // created) or behind; not placed here yet is retriable, never "deleted".
+            let owner = self
+                .metadata
+                .current()
+                .owner_of(&request.tp.topic, request.tp.partition);
+            let (router, group) = (self.router.clone(), group.clone());
+            glommio::spawn_local(async move {
+                let error_code = match owner {
+                    Some(owner) => {
+                        write_marker_here(router, owner, request.tp, request.marker).await
+                    }
+                    None => crate::error_codes::NOT_LEADER_OR_FOLLOWER,
+                };
+                drop(turn);
+                group.send_mail(from, marker_mail::MarkerReply { id, error_code }.encode());
+            })
+            .detach();
         }
     }
 
@@ -1428,6 +1531,7 @@ async fn recover_controller(
 /// sees a change at most that much after its commit. Heartbeats the controller every
 /// `registry::HEARTBEAT_INTERVAL` (at once after a leader change or when a broker asked for
 /// `__consumer_offsets`), and on the leader runs the registry (`Controller::registry_round`).
+/// Serves the transaction marker mail of each round (`serve_marker_mail`).
 async fn follow_controller_group(services: std::rc::Weak<ShardServices>) {
     let mut published_leader = None;
     let mut next_heartbeat = std::time::Instant::now();
@@ -1463,12 +1567,30 @@ async fn follow_controller_group(services: std::rc::Weak<ShardServices>) {
             services.publish(snapshot).await;
             drop(turn);
         }
+        // Before the security work below, which may wait for a commit: a marker's sender
+        // times out after `marker_mail::MARKER_TIMEOUT`.
+        services.serve_marker_mail(controller.take_marker_mail());
         if let Some((snapshot, turn)) = controller.seed_security().await {
             services.publish(snapshot).await;
             drop(turn);
         }
         services.serve_forwarded(controller).await;
     }
+}
+
+/// Shard 0 of a cluster member's marker post (`transactions::marker_mail`); none elsewhere.
+fn marker_post_of(controller: Option<&Controller>) -> Option<MarkerPost> {
+    controller
+        .and_then(Controller::replication)
+        .map(|_| MarkerPost::new(marker_ids_start()))
+}
+
+/// The first id of this process's marker requests (`marker_mail::MarkerPost`): its start
+/// time in nanoseconds, so a reply meant for a previous life of this broker matches nothing.
+fn marker_ids_start() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64)
 }
 
 /// `__consumer_offsets` as the first `FindCoordinator` creates it.
@@ -1492,19 +1614,20 @@ fn offsets_topic() -> NewTopic {
 fn txn_coordinator(
     shard_id: usize,
     (partitions, clock, shutdown): (&Rc<PartitionTable>, &Clock, &ShutdownSignal),
-    limits: &crate::limits::Limits,
+    config: &BrokerConfig,
     (router, metadata): (&Rc<Router>, &Rc<MetadataView>),
 ) -> TxnCoordinator {
     let effects = ShardTxnEffects {
         router: router.clone(),
         metadata: metadata.clone(),
+        clustered: config.cluster.voters.len() > 1,
     };
     TxnCoordinator::new(TxnHandle {
         shard_id,
         partitions: partitions.clone(),
         clock: clock.clone(),
         shutdown: shutdown.clone(),
-        config: txn_config(limits),
+        config: txn_config(&config.limits),
         effects: Rc::new(effects),
     })
 }

@@ -20,37 +20,48 @@ use crate::limits::Limits;
 use crate::producer_state::ProducerIds;
 
 pub(super) async fn one_voter_controller(disk: &BrokerDisk) -> Controller {
+    let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    voter_controller(disk, 1, &BTreeMap::new(), listen).await
+}
+
+/// The controller of broker `node_id` among the voters `peers` and itself, listening on
+/// `listen` (loopback) for its peers.
+pub(super) async fn voter_controller(
+    disk: &BrokerDisk,
+    node_id: u64,
+    peers: &BTreeMap<u64, String>,
+    listen: SocketAddr,
+) -> Controller {
     let committed = Rc::new(RefCell::new(None));
     let sink = committed.clone();
     let (group, recovered) = ControllerGroup::open(
         ControllerGroupStart {
-            node_id: 1,
-            voters: vec![1],
+            node_id,
+            voters: peers.keys().copied().chain([node_id]).collect(),
             incarnation: 7,
             disk: disk.clone(),
             data_dir: "/data".into(),
-            election_seed: 1,
+            election_seed: node_id,
         },
         Box::new(move |state| *sink.borrow_mut() = Some(state)),
     )
     .await
     .unwrap();
     let (inbound, received) = local_channel::new_bounded(INBOUND_FRAMES_MAX);
-    let listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    let transport = Transport::start(
-        TransportSettings::new(1, 0),
-        listen,
-        &BTreeMap::new(),
-        inbound,
-    )
-    .unwrap();
+    let settings = TransportSettings {
+        backoff_min: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        ..TransportSettings::new(node_id, peers.len())
+    };
+    let transport = Transport::start(settings, listen, peers, inbound).unwrap();
     group.attach(transport, received);
+    let node = i32::try_from(node_id).unwrap();
     let replicated = Replicated {
         group,
         committed,
         has_committed_state: Cell::new(false),
         registration: BrokerRecord {
-            node_id: 1,
+            node_id: node,
             incarnation: 7,
             listeners: Vec::new(),
             rack: None,
@@ -68,7 +79,7 @@ pub(super) async fn one_voter_controller(disk: &BrokerDisk) -> Controller {
     };
     let rules = PlacementRules {
         shard_count: 2,
-        node_id: 1,
+        node_id: node,
         clustered: true,
         default_replication_factor: 1,
         default_partitions: 2,
@@ -79,7 +90,7 @@ pub(super) async fn one_voter_controller(disk: &BrokerDisk) -> Controller {
     Controller::replicated(store, rules, replicated, recovered)
 }
 
-fn offsets_topic() -> NewTopic {
+pub(super) fn offsets_topic() -> NewTopic {
     NewTopic {
         name: OFFSETS_TOPIC.into(),
         partitions: 1,

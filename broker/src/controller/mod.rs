@@ -36,6 +36,7 @@ use crate::metadata::{
 };
 use crate::producer_state::GrantedBlocks;
 use crate::topic_config::TopicConfig;
+use crate::transactions::marker_mail;
 pub use calls::{
     ConfigChange, ConfigOperation, ControllerCall, ControllerReply, NewPartitions, NewTopic,
     PartitionReassignment, PlacementRules, TopicOutcome, TopicRef,
@@ -64,7 +65,8 @@ pub struct Controller {
     forwards: Forwards,
 }
 
-/// What a broker keeps of forwarded security changes (`forwarding`).
+/// What a broker keeps of the mail other brokers sent it beside heartbeats: forwarded
+/// security changes (`forwarding`), election asks and transaction markers.
 #[derive(Default)]
 struct Forwards {
     next_id: Cell<u64>,
@@ -75,6 +77,9 @@ struct Forwards {
     /// Partitions whose preferred replica is on this broker that another broker's
     /// `ElectLeaders` asked to move here (`election_mail`), not yet claimed.
     elections: RefCell<Vec<crate::metadata::TopicPartition>>,
+    /// Transaction markers for partitions this broker leads and the replies to this
+    /// broker's own (`transactions::marker_mail`), not yet taken: (sender, mail).
+    markers: RefCell<Vec<(u64, marker_mail::MarkerMail)>>,
 }
 
 /// Election asks a broker holds before its next claim (50 ms apart); more are dropped, and
@@ -399,7 +404,8 @@ impl Controller {
 
     /// Takes the forwarding messages out of `mail`: replies complete this broker's waiting
     /// changes; requests are kept for `take_forwarded` on the leader and answered
-    /// `NOT_CONTROLLER` elsewhere. Returns the rest (heartbeats).
+    /// `NOT_CONTROLLER` elsewhere. Election asks and transaction marker mail are kept for
+    /// `take_elections` and `take_marker_mail`. Returns the rest (heartbeats).
     fn sort_forward_mail(
         &self,
         replicated: &Replicated,
@@ -409,6 +415,10 @@ impl Controller {
         for (from, payload) in mail {
             if let Some(election) = election_mail::ElectionMail::decode(&payload) {
                 self.receive_election(from, election);
+                continue;
+            }
+            if let Some(mail) = marker_mail::MarkerMail::decode(&payload) {
+                self.receive_marker_mail(from, mail);
                 continue;
             }
             match forwarding::ForwardMail::decode(&payload) {
@@ -441,6 +451,30 @@ impl Controller {
                 elections.extend(mail.partitions.into_iter().take(room));
             }
         }
+    }
+
+    /// Keeps a marker mail for [`Self::take_marker_mail`]; beyond
+    /// `marker_mail::RECEIVED_MAX` it is dropped (its sender times out and retries).
+    fn receive_marker_mail(&self, from: u64, mail: Result<marker_mail::MarkerMail, String>) {
+        match mail {
+            Err(reason) => {
+                tracing::warn!(from, %reason, "dropped a marker mail that does not decode");
+            }
+            Ok(mail) => {
+                let mut markers = self.forwards.markers.borrow_mut();
+                if markers.len() < marker_mail::RECEIVED_MAX {
+                    markers.push((from, mail));
+                } else {
+                    tracing::debug!(from, "dropped a marker mail: {} held", markers.len());
+                }
+            }
+        }
+    }
+
+    /// The transaction markers other brokers sent this one to write and the replies to
+    /// those it sent (`transactions::marker_mail`), since the last call, oldest first.
+    pub fn take_marker_mail(&self) -> Vec<(u64, marker_mail::MarkerMail)> {
+        std::mem::take(&mut *self.forwards.markers.borrow_mut())
     }
 
     /// The partitions other brokers asked this one to claim the leadership of
@@ -965,6 +999,9 @@ fn describe_partition(
 
 #[cfg(test)]
 mod heartbeat_tests;
+
+#[cfg(test)]
+mod marker_delivery_tests;
 
 #[cfg(test)]
 mod security_group_tests;

@@ -10,6 +10,7 @@
 
 pub mod coordinator;
 pub mod log;
+pub mod marker_mail;
 pub mod state;
 mod types;
 
