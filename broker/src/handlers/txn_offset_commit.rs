@@ -4,7 +4,8 @@
 //! (`UNKNOWN_TOPIC_OR_PARTITION`). The transaction coordinator then confirms the producer
 //! is the id's current one and that the group's `__consumer_offsets` partition was added
 //! to its ongoing transaction by `AddOffsetsToTxn` (KIP-890's verification; otherwise
-//! `INVALID_TXN_STATE`, or the producer's `INVALID_PRODUCER_ID_MAPPING`/`PRODUCER_FENCED`).
+//! `INVALID_TXN_STATE`, or the producer's `INVALID_PRODUCER_ID_MAPPING`/`PRODUCER_FENCED`),
+//! when that coordinator is on this broker (in a cluster it may not be: not checked then).
 //! The group coordinator writes the offsets as the producer's transactional batch and keeps
 //! them pending until the transaction's marker on that partition commits (they become the
 //! group's offsets) or aborts (they are dropped): `GroupCoordinator::complete_txn`.
@@ -95,16 +96,29 @@ async fn commit(
         topic: OFFSETS_TOPIC.into(),
         partition: partition_for(&group, OFFSETS_TOPIC_PARTITIONS),
     };
-    let verified = shard
-        .on_txn_coordinator(&id, move |coordinator, at| async move {
-            coordinator
-                .verify_partitions(at, producer_id, epoch, vec![offsets_partition])
-                .await
-        })
-        .await;
-    let verified = match verified {
-        Ok(Ok(per_partition)) => per_partition.first().copied().unwrap_or(codes::NONE),
-        Ok(Err(code)) | Err(code) => code,
+    // Checked where the transaction coordinator is on this broker (always on one node). In
+    // a cluster it may lead its `__transaction_state` partition on another broker, which
+    // this one cannot ask yet (Kafka's group coordinator asks it with AddPartitionsToTxn
+    // v4 `verify_only`): the commit is taken unverified there, as Kafka before 3.6 did.
+    let coordinator_elsewhere = matches!(
+        shard.txn_coordinator_broker(&id).await,
+        Ok(broker) if broker != snapshot.local_node
+    );
+    let verified = if coordinator_elsewhere {
+        tracing::debug!(transactional_id = %id, %group, "TxnOffsetCommit taken without verification: the transaction coordinator is on another broker");
+        codes::NONE
+    } else {
+        let verified = shard
+            .on_txn_coordinator(&id, move |coordinator, at| async move {
+                coordinator
+                    .verify_partitions(at, producer_id, epoch, vec![offsets_partition])
+                    .await
+            })
+            .await;
+        match verified {
+            Ok(Ok(per_partition)) => per_partition.first().copied().unwrap_or(codes::NONE),
+            Ok(Err(code)) | Err(code) => code,
+        }
     };
     if verified != codes::NONE {
         return vec![verified; count];
