@@ -216,9 +216,7 @@ def test_a_transactional_id_survives_the_transaction_coordinators_kill(tmp_path)
     leader, which has the id's state from the Raft log: the same producer id, the next epoch
     (a coordinator without it would hand out a new producer id at epoch 0).
 
-    Transactions that write data are not exercised: markers reach only partitions on the
-    coordinator's own broker (no broker-to-broker WriteTxnMarkers yet), and transactions on
-    replicated partitions are refused."""
+    Transactions that write data across such kills are `tests/test_txn_cluster.py`'s."""
     voters = ",".join(f"{node}@127.0.0.1:{free_port()}" for node in (1, 2, 3))
     brokers = {node: ClusterBroker(tmp_path, node, voters, extra_args=["--default-replication-factor", "3"])
                for node in (1, 2, 3)}
