@@ -91,35 +91,7 @@ async fn commit(
         })
         .collect();
     let (producer_id, epoch) = (request.producer_id.0, request.producer_epoch);
-    // The group's offsets partition must be in the producer's ongoing transaction.
-    let offsets_partition = TopicPartition {
-        topic: OFFSETS_TOPIC.into(),
-        partition: partition_for(&group, OFFSETS_TOPIC_PARTITIONS),
-    };
-    // Checked where the transaction coordinator is on this broker (always on one node). In
-    // a cluster it may lead its `__transaction_state` partition on another broker, which
-    // this one cannot ask yet (Kafka's group coordinator asks it with AddPartitionsToTxn
-    // v4 `verify_only`): the commit is taken unverified there, as Kafka before 3.6 did.
-    let coordinator_elsewhere = matches!(
-        shard.txn_coordinator_broker(&id).await,
-        Ok(broker) if broker != snapshot.local_node
-    );
-    let verified = if coordinator_elsewhere {
-        tracing::debug!(transactional_id = %id, %group, "TxnOffsetCommit taken without verification: the transaction coordinator is on another broker");
-        codes::NONE
-    } else {
-        let verified = shard
-            .on_txn_coordinator(&id, move |coordinator, at| async move {
-                coordinator
-                    .verify_partitions(at, producer_id, epoch, vec![offsets_partition])
-                    .await
-            })
-            .await;
-        match verified {
-            Ok(Ok(per_partition)) => per_partition.first().copied().unwrap_or(codes::NONE),
-            Ok(Err(code)) | Err(code) => code,
-        }
-    };
+    let verified = verify(shard, &id, &group, producer_id, epoch).await;
     if verified != codes::NONE {
         return vec![verified; count];
     }
@@ -171,4 +143,42 @@ async fn commit(
         .into_iter()
         .map(|refused| refused.unwrap_or_else(|| from_coordinator.next().unwrap_or(codes::NONE)))
         .collect()
+}
+
+/// KIP-890's check: the group's offsets partition is in the producer's ongoing transaction
+/// (`NONE`, or the transaction coordinator's error code). Checked where the transaction
+/// coordinator is on this broker (always on one node). In a cluster it may lead its
+/// `__transaction_state` partition on another broker, which this one cannot ask yet
+/// (Kafka's group coordinator asks it with `AddPartitionsToTxn` v4 `verify_only`): the commit
+/// is taken unverified there, as Kafka before 3.6 took it.
+async fn verify(
+    shard: &GroupAccess<'_>,
+    id: &str,
+    group: &str,
+    producer_id: i64,
+    epoch: i16,
+) -> i16 {
+    let coordinator_elsewhere = matches!(
+        shard.txn_coordinator_broker(id).await,
+        Ok(broker) if broker != shard.metadata.current().local_node
+    );
+    if coordinator_elsewhere {
+        tracing::debug!(transactional_id = %id, %group, "TxnOffsetCommit taken without verification: the transaction coordinator is on another broker");
+        return codes::NONE;
+    }
+    let offsets_partition = TopicPartition {
+        topic: OFFSETS_TOPIC.into(),
+        partition: partition_for(group, OFFSETS_TOPIC_PARTITIONS),
+    };
+    let verified = shard
+        .on_txn_coordinator(id, move |coordinator, at| async move {
+            coordinator
+                .verify_partitions(at, producer_id, epoch, vec![offsets_partition])
+                .await
+        })
+        .await;
+    match verified {
+        Ok(Ok(per_partition)) => per_partition.first().copied().unwrap_or(codes::NONE),
+        Ok(Err(code)) | Err(code) => code,
+    }
 }
