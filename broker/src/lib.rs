@@ -20,6 +20,7 @@ pub mod fetch_sessions;
 pub mod fuzzing;
 pub mod groups;
 pub mod handlers;
+pub mod isolation;
 pub mod leader_moves;
 pub mod limits;
 pub mod listeners;

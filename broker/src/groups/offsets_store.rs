@@ -170,7 +170,7 @@ impl OffsetsStore {
                         partition,
                         offset,
                         max_bytes,
-                        crate::partition::Isolation::ReadUncommitted,
+                        crate::isolation::Isolation::ReadUncommitted,
                     )
                     .await;
                 if fetched.error_code == broker_codes::NONE {

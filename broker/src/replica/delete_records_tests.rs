@@ -75,7 +75,7 @@ fn delete_records_raises_the_log_start_of_every_replica_for_good() {
                 &tp(),
                 offsets[5],
                 1 << 20,
-                crate::partition::Isolation::ReadUncommitted,
+                crate::isolation::Isolation::ReadUncommitted,
             )
             .await;
         assert_eq!(fetched.error_code, codes::OFFSET_OUT_OF_RANGE);
@@ -96,7 +96,7 @@ fn delete_records_raises_the_log_start_of_every_replica_for_good() {
                 &tp(),
                 offsets[5],
                 1 << 20,
-                crate::partition::Isolation::ReadUncommitted,
+                crate::isolation::Isolation::ReadUncommitted,
             )
             .await;
         assert_eq!(fetched.error_code, codes::OFFSET_OUT_OF_RANGE);

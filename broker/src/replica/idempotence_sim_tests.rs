@@ -150,7 +150,7 @@ async fn read_all(manager: &crate::replica::ReplicaManager) -> Option<Vec<(i64, 
                 &crate::replica::tests::tp(),
                 offset,
                 1 << 20,
-                crate::partition::Isolation::ReadUncommitted,
+                crate::isolation::Isolation::ReadUncommitted,
             )
             .await;
         if fetched.error_code != codes::NONE {

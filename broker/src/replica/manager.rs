@@ -793,11 +793,12 @@ impl ReplicaManager {
         if hosted.txn_snapshot_writing.get() {
             return;
         }
-        let Some(snapshot) = hosted
-            .txns
-            .borrow_mut()
-            .snapshot_due(hosted.committed_end.get())
-        else {
+        let due = {
+            let mut txns = hosted.txns.borrow_mut();
+            txns.drop_below(hosted.log.log_start_offset());
+            txns.snapshot_due(hosted.committed_end.get())
+        };
+        let Some(snapshot) = due else {
             return;
         };
         hosted.txn_snapshot_writing.set(true);

@@ -241,7 +241,7 @@ async fn fetch_from(
                 &crate::replica::tests::tp(),
                 offset,
                 1 << 20,
-                crate::partition::Isolation::ReadUncommitted,
+                crate::isolation::Isolation::ReadUncommitted,
             )
             .await;
         assert_eq!(fetched.error_code, codes::NONE);

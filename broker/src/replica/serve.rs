@@ -21,8 +21,8 @@ use futures::future::{select, Either};
 use raft::StateRole;
 
 use crate::error_codes as codes;
+use crate::isolation::Isolation;
 use crate::metadata::TopicPartition;
-use crate::partition::Isolation;
 use crate::producer_state::{TxnMarker, OUT_OF_ORDER_SEQUENCE_NUMBER};
 use crate::replica::manager::{Hosted, ReplicaManager, Resolution, Waiter};
 use crate::replica::producers::{BatchAt, Verdict};
@@ -737,7 +737,9 @@ fn last_stable_offset(hosted: &Hosted) -> i64 {
 /// batch its producer sends meanwhile passes (Kafka would refuse it; a client that keeps
 /// to the protocol never sends one).
 fn check_transactions(hosted: &Hosted, headers: &[BatchHeader]) -> Result<(), i16> {
-    let txns = hosted.txns.borrow();
+    let mut txns = hosted.txns.borrow_mut();
+    // Aborts whose markers retention removed count no more towards the bound.
+    txns.drop_below(hosted.log.log_start_offset());
     headers
         .iter()
         .filter(|header| header.producer_id >= 0)

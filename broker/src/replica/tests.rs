@@ -388,7 +388,7 @@ pub(crate) async fn fetch_all(manager: &ReplicaManager) -> (i64, Vec<(i64, Vec<u
                 &tp(),
                 offset,
                 1 << 20,
-                crate::partition::Isolation::ReadUncommitted,
+                crate::isolation::Isolation::ReadUncommitted,
             )
             .await;
         assert_eq!(fetched.error_code, codes::NONE);
@@ -479,7 +479,7 @@ async fn first_leader_acknowledges(
                 &tp(),
                 0,
                 1 << 20,
-                crate::partition::Isolation::ReadUncommitted,
+                crate::isolation::Isolation::ReadUncommitted,
             )
             .await;
         assert_eq!(fetched.error_code, codes::NOT_LEADER_OR_FOLLOWER);

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use bytes::{Bytes, BytesMut};
 
 use crate::error_codes as codes;
-use crate::partition::Isolation;
+use crate::isolation::Isolation;
 use crate::producer_state::{TxnMarker, INVALID_PRODUCER_EPOCH, INVALID_TXN_STATE};
 use crate::replica::manager::ReplicaManager;
 use crate::replica::tests::{run, tp, Cluster};
