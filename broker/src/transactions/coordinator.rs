@@ -51,10 +51,11 @@ use crate::transactions::types::{
 
 /// Bytes read per step while replaying a partition of the transaction log.
 const REPLAY_READ_BYTES: usize = 1 << 20;
-/// The coordinator epoch markers carry. Kafka uses the leader epoch of the id's
-/// `__transaction_state` partition; here the partition never changes leader (one broker,
-/// placement fixed), so it is constant. When coordinators follow leadership this must
-/// become that partition's leader epoch.
+/// The coordinator epoch markers carry from a plain `__transaction_state` partition (one
+/// broker: its coordinator never changes). From a replicated one it is the Raft term the
+/// coordinator loaded the partition in (Kafka: the partition's leader epoch), so a deposed
+/// coordinator's late markers are fenced (`TRANSACTION_COORDINATOR_FENCED`) once its
+/// successor's reached the partition (`Self::coordinator_epoch`).
 const COORDINATOR_EPOCH: i32 = 0;
 /// The longest `AddPartitionsToTxn` waits for its id's previous transaction to complete
 /// before answering `CONCURRENT_TRANSACTIONS` (the completion's markers and Complete record
@@ -524,11 +525,14 @@ impl TxnCoordinator {
     }
 
     async fn complete(&self, id: &str, prepared: TxnMetadata) {
+        let state_partition = self.inner.ids.borrow().get(id).map(|e| e.partition);
         let marker = TxnMarker {
             producer_id: prepared.producer_id,
             producer_epoch: prepared.producer_epoch,
             commit: prepared.state == TxnState::PrepareCommit,
-            coordinator_epoch: COORDINATOR_EPOCH,
+            coordinator_epoch: state_partition.map_or(COORDINATOR_EPOCH, |partition| {
+                self.coordinator_epoch(partition)
+            }),
         };
         let writes = prepared
             .partitions
@@ -560,6 +564,19 @@ impl TxnCoordinator {
         if let Err(code) = self.transition(&log, id, partition, Some(next)).await {
             tracing::warn!(transactional_id = %id, code, "completing a transaction failed; the ticker retries it");
         }
+    }
+
+    /// The coordinator epoch of markers for ids of `__transaction_state` partition
+    /// `partition`: the Raft term it was loaded in when replicated (terms only grow, so a
+    /// later coordinator's epoch is higher), else [`COORDINATOR_EPOCH`].
+    fn coordinator_epoch(&self, partition: i32) -> i32 {
+        self.inner
+            .loaded_terms
+            .borrow()
+            .get(&partition)
+            .map_or(COORDINATOR_EPOCH, |&term| {
+                i32::try_from(term).unwrap_or(i32::MAX)
+            })
     }
 
     /// Kafka retries a marker until it is written or the partition is gone.
