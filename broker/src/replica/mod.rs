@@ -42,4 +42,6 @@ mod idempotence_sim_tests;
 #[cfg(test)]
 pub(crate) mod tests;
 #[cfg(test)]
+mod txn_sim_tests;
+#[cfg(test)]
 mod txn_tests;
