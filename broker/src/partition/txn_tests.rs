@@ -6,14 +6,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
 use crate::disk::BrokerDisk;
 use crate::producer_state::{INVALID_TXN_STATE, TRANSACTION_COORDINATOR_FENCED};
 use crate::storage::batch::build::{self, Record};
-use crate::storage::batch::{control, BatchHeader};
+use crate::storage::batch::BatchHeader;
 use crate::storage::sim::{CrashMode, SimDisk};
 use crate::storage::{Clock, LogConfig};
 
@@ -62,17 +62,11 @@ fn batch(producer_id: i64, base_sequence: i32, records: usize, transactional: bo
             timestamp_ms: 1_700_000_000_000,
         })
         .collect();
-    let mut batch = BytesMut::from(&build::batch(&records)[..]);
-    if producer_id >= 0 {
-        let attributes: i16 = if transactional { 0x10 } else { 0 };
-        batch[21..23].copy_from_slice(&attributes.to_be_bytes());
-        batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
-        batch[51..53].copy_from_slice(&0_i16.to_be_bytes());
-        batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
-        let crc = crc32c::crc32c(&batch[21..]);
-        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    let batch = build::batch(&records);
+    if producer_id < 0 {
+        return batch;
     }
-    batch.freeze()
+    crate::replica::tests::as_producer_batch(&batch, producer_id, 0, base_sequence, transactional)
 }
 
 async fn produce(table: &PartitionTable, batch: Bytes) -> ProduceOutcome {
@@ -95,35 +89,16 @@ fn marker(producer_id: i64, commit: bool) -> TxnMarker {
     }
 }
 
-/// What a Kafka client hands the application from a `read_committed` fetch: the base
-/// offsets of the data batches it keeps, following the consumer's rule (a producer's
-/// batches are skipped from the first offset of one of its aborted transactions up to its
-/// abort marker; control batches are never returned).
+/// The base offsets of the data batches a `read_committed` client keeps from `outcome`.
 fn consumed(outcome: &FetchOutcome) -> Vec<i64> {
-    let mut aborted: Vec<(i64, i64)> = outcome.aborted_transactions.clone();
-    aborted.sort_by_key(|(_, first_offset)| *first_offset);
-    let mut aborted = aborted.into_iter().peekable();
-    let mut skipping = HashSet::new();
-    let mut kept = Vec::new();
-    for stored in &outcome.batches {
-        let header = BatchHeader::parse(stored).expect("header");
-        while let Some((producer_id, _)) =
-            aborted.next_if(|(_, first_offset)| *first_offset <= header.last_offset())
-        {
-            skipping.insert(producer_id);
-        }
-        if header.is_control() {
-            if control::txn_marker_of(stored) == Some((false, 0)) {
-                skipping.remove(&header.producer_id);
-            }
-            continue;
-        }
-        if header.is_transactional() && skipping.contains(&header.producer_id) {
-            continue;
-        }
-        kept.push(header.base_offset);
-    }
-    kept
+    crate::replica::tests::kept_by_read_committed(
+        &outcome.batches,
+        &outcome.aborted_transactions,
+        &mut HashSet::new(),
+    )
+    .into_iter()
+    .map(|kept| BatchHeader::parse(kept).expect("header").base_offset)
+    .collect()
 }
 
 async fn read_committed(table: &PartitionTable, offset: i64) -> FetchOutcome {

@@ -65,6 +65,43 @@ pub(crate) fn batch(label: &str) -> Bytes {
     ])
 }
 
+/// What a `read_committed` Kafka client hands the application from fetched `batches` with
+/// the fetch's `aborted` transactions (producer id, first offset): the data batches it
+/// keeps. A producer's transactional batches are skipped from the first offset of one of
+/// its aborted transactions up to its abort marker; control batches never reach the
+/// application. `skipping` (the producers being skipped) carries over from one fetch to the
+/// next of a read.
+pub(crate) fn kept_by_read_committed<'a>(
+    batches: &'a [Bytes],
+    aborted: &[(i64, i64)],
+    skipping: &mut std::collections::HashSet<i64>,
+) -> Vec<&'a Bytes> {
+    use crate::storage::batch::{control, BatchHeader};
+    let mut aborted = aborted.to_vec();
+    aborted.sort_by_key(|(_, first_offset)| *first_offset);
+    let mut aborted = aborted.into_iter().peekable();
+    let mut kept = Vec::new();
+    for stored in batches {
+        let header = BatchHeader::parse(stored).expect("header");
+        while let Some((producer_id, _)) =
+            aborted.next_if(|(_, first_offset)| *first_offset <= header.last_offset())
+        {
+            skipping.insert(producer_id);
+        }
+        if header.is_control() {
+            if control::txn_marker_of(stored).is_some_and(|(commit, _)| !commit) {
+                skipping.remove(&header.producer_id);
+            }
+            continue;
+        }
+        if header.is_transactional() && skipping.contains(&header.producer_id) {
+            continue;
+        }
+        kept.push(stored);
+    }
+    kept
+}
+
 /// The bytes a replica must keep unchanged: everything after baseOffset, batchLength and
 /// partitionLeaderEpoch, which the log stamps (outside the CRC).
 pub(crate) fn payload(batch: &[u8]) -> Vec<u8> {
@@ -685,10 +722,31 @@ pub(crate) fn produce_idempotent(
 
 /// One batch of two records of producer 7, epoch 0, from `base_sequence`.
 pub(crate) fn idempotent_batch(base_sequence: i32) -> Bytes {
-    let mut bytes = bytes::BytesMut::from(&batch(&format!("seq{base_sequence}"))[..]);
-    // producerId at 43, producerEpoch at 51, baseSequence at 53; the CRC at 17 covers 21..
-    bytes[43..51].copy_from_slice(&7_i64.to_be_bytes());
-    bytes[51..53].copy_from_slice(&0_i16.to_be_bytes());
+    as_producer_batch(
+        &batch(&format!("seq{base_sequence}")),
+        7,
+        0,
+        base_sequence,
+        false,
+    )
+}
+
+/// `batch` (a v2 batch as `build::batch` makes it) as producer `producer_id`'s at `epoch`
+/// from `base_sequence`, transactional when asked, its CRC recomputed.
+pub(crate) fn as_producer_batch(
+    batch: &[u8],
+    producer_id: i64,
+    epoch: i16,
+    base_sequence: i32,
+    transactional: bool,
+) -> Bytes {
+    let mut bytes = bytes::BytesMut::from(batch);
+    let attributes: i16 = if transactional { 0x10 } else { 0 };
+    // attributes at 21, producerId at 43, producerEpoch at 51, baseSequence at 53; the CRC
+    // at 17 covers 21..
+    bytes[21..23].copy_from_slice(&attributes.to_be_bytes());
+    bytes[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    bytes[51..53].copy_from_slice(&epoch.to_be_bytes());
     bytes[53..57].copy_from_slice(&base_sequence.to_be_bytes());
     let crc = crc32c::crc32c(&bytes[21..]);
     bytes[17..21].copy_from_slice(&crc.to_be_bytes());

@@ -22,7 +22,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::error_codes as codes;
 use crate::isolation::Isolation;
@@ -30,7 +30,7 @@ use crate::producer_state::TxnMarker;
 use crate::replica::tests::{run, seeds_from_env, tp, Cluster, GROUP};
 use crate::replica::ReplicaProduce;
 use crate::storage::batch::build::{self, Record};
-use crate::storage::batch::{control, BatchHeader};
+use crate::storage::batch::BatchHeader;
 use crate::storage::sim::SeededRng;
 
 const PRODUCERS: i64 = 3;
@@ -51,16 +51,13 @@ fn txn_batch(label: Label, epoch: i16, sequence: i32) -> Bytes {
         value: Some(&value),
         timestamp_ms: 1_700_000_000_000,
     }];
-    let mut batch = BytesMut::from(&build::batch(&records)[..]);
-    // attributes at 21 (transactional), producerId at 43, producerEpoch at 51,
-    // baseSequence at 53; the CRC at 17 covers 21..
-    batch[21..23].copy_from_slice(&0x10_i16.to_be_bytes());
-    batch[43..51].copy_from_slice(&label.0.to_be_bytes());
-    batch[51..53].copy_from_slice(&epoch.to_be_bytes());
-    batch[53..57].copy_from_slice(&sequence.to_be_bytes());
-    let crc = crc32c::crc32c(&batch[21..]);
-    batch[17..21].copy_from_slice(&crc.to_be_bytes());
-    batch.freeze()
+    crate::replica::tests::as_producer_batch(
+        &build::batch(&records),
+        label.0,
+        epoch,
+        sequence,
+        true,
+    )
 }
 
 /// The label a data batch carries (the simulation writes only these, uncompressed: the
@@ -263,27 +260,15 @@ async fn read_committed(cluster: &Cluster, id: u64) -> Option<(Vec<Label>, i64, 
         if fetched.batches.is_empty() {
             return Some((kept, fetched.last_stable_offset, fetched.high_watermark));
         }
-        let mut aborted = fetched.aborted_transactions.clone();
-        aborted.sort_by_key(|(_, first)| *first);
-        let mut aborted = aborted.into_iter().peekable();
         for batch in &fetched.batches {
-            let header = BatchHeader::parse(batch).expect("header");
-            offset = header.last_offset() + 1;
-            while let Some((producer_id, _)) =
-                aborted.next_if(|(_, first)| *first <= header.last_offset())
-            {
-                skipping.insert(producer_id);
-            }
-            if header.is_control() {
-                if control::txn_marker_of(batch).is_some_and(|(commit, _)| !commit) {
-                    skipping.remove(&header.producer_id);
-                }
-                continue;
-            }
-            if !skipping.contains(&header.producer_id) {
-                kept.push(label_of(batch));
-            }
+            offset = BatchHeader::parse(batch).expect("header").last_offset() + 1;
         }
+        let read = crate::replica::tests::kept_by_read_committed(
+            &fetched.batches,
+            &fetched.aborted_transactions,
+            &mut skipping,
+        );
+        kept.extend(read.into_iter().map(label_of));
     }
 }
 

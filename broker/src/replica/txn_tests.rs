@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::rc::Rc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::error_codes as codes;
 use crate::isolation::Isolation;
@@ -17,7 +17,7 @@ use crate::replica::tests::{run, tp, Cluster};
 use crate::replica::txns::{REPLICA_TXNS_FILE, SNAPSHOT_EVERY_OFFSETS};
 use crate::replica::types::{ReplicaFetch, ReplicaProduce};
 use crate::storage::batch::build::{self, Record};
-use crate::storage::batch::{control, BatchHeader};
+use crate::storage::batch::BatchHeader;
 use crate::storage::Disk;
 
 /// A batch of `records` records of `producer_id` (epoch `epoch`) from `base_sequence`;
@@ -37,17 +37,13 @@ fn producer_batch(
             timestamp_ms: 1_700_000_000_000,
         })
         .collect();
-    let mut batch = BytesMut::from(&build::batch(&records)[..]);
-    let attributes: i16 = if transactional { 0x10 } else { 0 };
-    // attributes at 21, producerId at 43, producerEpoch at 51, baseSequence at 53; the CRC
-    // at 17 covers 21..
-    batch[21..23].copy_from_slice(&attributes.to_be_bytes());
-    batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
-    batch[51..53].copy_from_slice(&epoch.to_be_bytes());
-    batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
-    let crc = crc32c::crc32c(&batch[21..]);
-    batch[17..21].copy_from_slice(&crc.to_be_bytes());
-    batch.freeze()
+    crate::replica::tests::as_producer_batch(
+        &build::batch(&records),
+        producer_id,
+        epoch,
+        base_sequence,
+        transactional,
+    )
 }
 
 fn marker(producer_id: i64, epoch: i16, commit: bool) -> TxnMarker {
@@ -95,35 +91,16 @@ async fn fetch(manager: &ReplicaManager, isolation: Isolation) -> ReplicaFetch {
     manager.fetch(&tp(), 0, 1 << 20, isolation).await
 }
 
-/// What a Kafka client hands the application from a `read_committed` fetch: the base
-/// offsets of the data batches it keeps (a producer's transactional batches are skipped
-/// from the first offset of one of its aborted transactions to its abort marker; control
-/// batches never reach the application).
+/// The base offsets of the data batches a `read_committed` client keeps from `fetched`.
 fn consumed(fetched: &ReplicaFetch) -> Vec<i64> {
-    let mut aborted = fetched.aborted_transactions.clone();
-    aborted.sort_by_key(|(_, first_offset)| *first_offset);
-    let mut aborted = aborted.into_iter().peekable();
-    let mut skipping = HashSet::new();
-    let mut kept = Vec::new();
-    for stored in &fetched.batches {
-        let header = BatchHeader::parse(stored).expect("header");
-        while let Some((producer_id, _)) =
-            aborted.next_if(|(_, first_offset)| *first_offset <= header.last_offset())
-        {
-            skipping.insert(producer_id);
-        }
-        if header.is_control() {
-            if control::txn_marker_of(stored).is_some_and(|(commit, _)| !commit) {
-                skipping.remove(&header.producer_id);
-            }
-            continue;
-        }
-        if header.is_transactional() && skipping.contains(&header.producer_id) {
-            continue;
-        }
-        kept.push(header.base_offset);
-    }
-    kept
+    crate::replica::tests::kept_by_read_committed(
+        &fetched.batches,
+        &fetched.aborted_transactions,
+        &mut HashSet::new(),
+    )
+    .into_iter()
+    .map(|kept| BatchHeader::parse(kept).expect("header").base_offset)
+    .collect()
 }
 
 /// (last stable offset, high watermark, aborted list, consumed offsets) of a
