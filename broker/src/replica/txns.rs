@@ -115,16 +115,23 @@ impl ReplicaTxns {
     /// The state a snapshot holds, with what the log no longer has dropped: aborted
     /// transactions whose marker is below `log_start`, and, when entries after the
     /// snapshot's index are gone (`entries_lost`), open transactions that began below it.
+    /// Entries at or past the file's own `next_offset` contradict it (a file from damage
+    /// its checksums did not catch, or a bug) and are dropped: the replay after the
+    /// snapshot brings markers from `next_offset` on, and an aborted entry beyond one of
+    /// them would break `PartitionTxns`' marker-order assertion, a panic from disk data.
     pub fn restored(snapshot: &ReplicaTxnSnapshot, log_start: i64, entries_lost: bool) -> Self {
+        let end = snapshot.next_offset;
         let ongoing: Vec<(i64, i64)> = snapshot
             .ongoing
             .iter()
             .copied()
+            .filter(|&(_, first_offset)| first_offset < end)
             .filter(|&(_, first_offset)| !entries_lost || first_offset >= log_start)
             .collect();
         let aborted: Vec<AbortedTxn> = snapshot
             .aborted
             .iter()
+            .filter(|&&(_, _, last_offset, _)| last_offset < end)
             .map(
                 |&(producer_id, first_offset, last_offset, last_stable_offset)| AbortedTxn {
                     producer_id,
@@ -313,6 +320,27 @@ mod tests {
         // Without loss an open transaction below the log start still holds readers at it.
         let kept = ReplicaTxns::restored(&decoded, 14, false);
         assert_eq!(kept.last_stable_offset(16, 14), 14);
+    }
+
+    #[test]
+    fn snapshot_entries_past_its_own_end_are_dropped_not_replayed_into_a_panic() {
+        let contradicting = ReplicaTxnSnapshot {
+            index: 3,
+            next_offset: 10,
+            ongoing: vec![(5, 12)],
+            aborted: vec![(7, 2, 4, 5), (8, 11, 20, 21)],
+        };
+        let mut txns = ReplicaTxns::restored(&contradicting, 0, false);
+        assert_eq!(
+            txns.last_stable_offset(30, 0),
+            30,
+            "the open entry past 10 is dropped"
+        );
+        assert_eq!(txns.aborted_overlapping(0, 30), [(7, 2)]);
+        // A marker replayed after the snapshot, below the dropped entry's 20: no panic.
+        txns.apply(4, &TxnEntry::Data(txn_header(9, 1)), 10);
+        txns.apply(5, &abort(9), 11);
+        assert_eq!(txns.aborted_overlapping(0, 30), [(7, 2), (9, 10)]);
     }
 
     #[test]
