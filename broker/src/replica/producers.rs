@@ -51,6 +51,17 @@ struct Producer {
     coordinator_epoch: i32,
 }
 
+impl Producer {
+    /// A producer first seen at `epoch`: no batches, no marker yet.
+    fn new(epoch: i16) -> Self {
+        Producer {
+            epoch,
+            batches: VecDeque::new(),
+            coordinator_epoch: -1,
+        }
+    }
+}
+
 /// What to do with an idempotent batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -116,11 +127,7 @@ impl Producers {
         let producer = self
             .producers
             .entry(header.producer_id)
-            .or_insert_with(|| Producer {
-                epoch: header.producer_epoch,
-                batches: VecDeque::new(),
-                coordinator_epoch: -1,
-            });
+            .or_insert_with(|| Producer::new(header.producer_epoch));
         if header.producer_epoch > producer.epoch {
             producer.epoch = header.producer_epoch;
             producer.batches.clear();
@@ -173,11 +180,7 @@ impl Producers {
         let producer = self
             .producers
             .entry(marker.producer_id)
-            .or_insert_with(|| Producer {
-                epoch: marker.producer_epoch,
-                batches: VecDeque::new(),
-                coordinator_epoch: -1,
-            });
+            .or_insert_with(|| Producer::new(marker.producer_epoch));
         if marker.producer_epoch > producer.epoch {
             producer.epoch = marker.producer_epoch;
             producer.batches.clear();
