@@ -8,7 +8,7 @@ import socket
 import time
 import urllib.request
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka import KafkaProducer
 
@@ -104,6 +104,29 @@ def consume_partition(bootstrap, topic, partition, end_offset, start_offset=0, *
     finally:
         consumer.close()
     return records
+
+
+def stable_committed(consumer, partitions, within_s=20):
+    """`consumer`'s group's committed offsets of `partitions` once no transaction is still
+    ending on them, and the seconds that took.
+
+    EndTxn is answered before its markers are written (as Kafka answers it), so right after
+    a commit or an abort the offsets partition may still hold that transaction's offsets
+    pending, and a read_committed consumer's OffsetFetch (KIP-447 `require_stable`) is
+    answered UNSTABLE_OFFSET_COMMIT for those partitions. librdkafka retries that only twice,
+    then hands back the partition with the error and offset -1001: an application taking
+    that for "nothing committed" would start over from the beginning and process everything
+    again. So the per-partition error is checked and the offsets are asked for again."""
+    started = time.monotonic()
+    while True:
+        committed = consumer.committed(partitions, timeout=30)
+        unstable = [tp for tp in committed if tp.error is not None]
+        if not unstable:
+            return committed, time.monotonic() - started
+        for tp in unstable:
+            assert tp.error.code() == KafkaError.UNSTABLE_OFFSET_COMMIT, tp.error
+        assert time.monotonic() - started < within_s, f"offsets unstable for {within_s} s: {unstable}"
+        time.sleep(0.05)
 
 
 def watermarks(bootstrap, topic, partition):

@@ -185,13 +185,13 @@ def test_offsets_sent_to_a_transaction_commit_with_it_and_vanish_with_an_abort(b
             producer.produce("txn-out", value=message.value(), partition=0)
         producer.send_offsets_to_transaction([TopicPartition("txn-in", 0, 5)], consumer.consumer_group_metadata(), 30)
         producer.commit_transaction(30)
-        committed, = consumer.committed([TopicPartition("txn-in", 0)], timeout=10)
+        (committed,), _ = helpers.stable_committed(consumer, [TopicPartition("txn-in", 0)])
         assert committed.offset == 5
         producer.begin_transaction()
         producer.produce("txn-out", value=b"never", partition=0)
         producer.send_offsets_to_transaction([TopicPartition("txn-in", 0, 8)], consumer.consumer_group_metadata(), 30)
         producer.abort_transaction(30)
-        committed, = consumer.committed([TopicPartition("txn-in", 0)], timeout=10)
+        (committed,), _ = helpers.stable_committed(consumer, [TopicPartition("txn-in", 0)])
         assert committed.offset == 5
     finally:
         consumer.close()

@@ -68,6 +68,9 @@ def in_sync(brokers, topics):
 class Transformer:
     """One incarnation of the application: consumer + transactional producer."""
 
+    # The longest an abort's offsets stayed unstable (`stable_committed`), in seconds.
+    unstable_s = 0.0
+
     def __init__(self, bootstrap):
         self.consumer = Consumer({
             "bootstrap.servers": bootstrap,
@@ -93,6 +96,13 @@ class Transformer:
         except (KafkaException, ClientHang):
             pass
 
+    def stable_committed(self):
+        """The group's committed offsets of the assignment once stable
+        (`helpers.stable_committed`); records how long they were not."""
+        committed, waited_s = helpers.stable_committed(self.consumer, self.consumer.assignment())
+        Transformer.unstable_s = max(Transformer.unstable_s, waited_s)
+        return committed
+
     def one_transaction(self, abort):
         """Reads a batch and writes its transform; commits it with its input offsets, or
         aborts it (`abort`). How many records it carried (0: nothing read)."""
@@ -111,8 +121,7 @@ class Transformer:
             self.producer.abort_transaction(30)
             # The consumer's position is past what was aborted: back to the committed
             # offsets, as an application does.
-            assignment = self.consumer.assignment()
-            for tp in self.consumer.committed(assignment, timeout=30):
+            for tp in self.stable_committed():
                 self.consumer.seek(TopicPartition(tp.topic, tp.partition,
                                                   tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
         else:
@@ -246,7 +255,8 @@ def test_exactly_once_on_replicated_partitions_across_leader_kills(tmp_path):
                 break
         print(f"{transactions} transactions committed, {aborted} aborted on purpose, {failures} failed "
               f"({client_hangs} client hangs), {incarnations} incarnations, "
-              f"in {time.monotonic() - started:.1f} s")
+              f"in {time.monotonic() - started:.1f} s; offsets unstable after an abort for at most "
+              f"{Transformer.unstable_s * 1000:.0f} ms")
         assert not plan, f"steps not reached: {plan}"
         assert past(committed_input_offsets(bootstrap), ends), (committed_input_offsets(bootstrap), ends)
         assert aborted > 0
