@@ -122,8 +122,7 @@ pub async fn start_controller_group(
     tracing::info!(node_id, voters = %config.cluster.voters, recovered = recovered.is_some(), "controller group 0 started");
     tracing::warn!(
         "the cluster is a preview: the controller and every partition are replicated by Raft \
-         (acks=all waits for a quorum), but classic group membership does not survive a \
-         coordinator failover and replicated compacted topics are not cleaned yet \
+         (acks=all waits for a quorum), but replicated compacted topics are not cleaned yet \
          (docs/REPLICATION.md, Status)"
     );
     let registration = BrokerRecord {

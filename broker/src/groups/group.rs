@@ -11,6 +11,15 @@
 //! these between awaits. Requests that must wait (a join until the rebalance completes, a
 //! follower's sync until the leader's) park a one-slot channel in the member; the method
 //! that completes the step answers every parked member.
+//!
+//! Membership is written to the offsets log at two points, as Kafka writes its
+//! `GroupMetadataValue`: when a generation completes (`Stable`, every member holding its
+//! assignment) and when the group empties ([`Group::take_classic_record`]). A coordinator
+//! that replays the log restores the last one ([`Group::restore_classic`]): the group is
+//! `Stable` at that generation, each member given a full session from the load to
+//! heartbeat, so members of a coordinator that failed over or restarted carry on instead
+//! of rejoining. A rebalance in progress is not written: its members find the restored
+//! generation older than theirs and rejoin.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -20,7 +29,9 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 use crate::error_codes as codes;
 use crate::groups::consumer::{ConsumerGroup, ConsumerRules, HeartbeatAnswer, HeartbeatRequest};
-use crate::groups::records::{CommittedOffset, ConsumerRecord};
+use crate::groups::records::{
+    ClassicGroupMember, ClassicGroupValue, CommittedOffset, ConsumerRecord,
+};
 pub use crate::groups::types::JoinRequest;
 use crate::groups::types::{codes as group_codes, MigrationPolicy};
 use crate::storage::Clock;
@@ -190,6 +201,12 @@ pub struct Group {
     /// Records of a consumer group dropped by a migration (its tombstones), until the
     /// coordinator takes them with [`Group::take_consumer_records`].
     consumer_records: Vec<ConsumerRecord>,
+    /// A generation completed or the group emptied since the coordinator last took the
+    /// classic record ([`Group::take_classic_record`]).
+    classic_unwritten: bool,
+    /// The classic membership the log holds last for this group (written or replayed),
+    /// appended again by a checkpoint of the offsets log.
+    pub classic_written: Option<ClassicGroupValue>,
 }
 
 impl Group {
@@ -210,7 +227,143 @@ impl Group {
             wall_clock: Clock::System,
             consumer: None,
             consumer_records: Vec::new(),
+            classic_unwritten: false,
+            classic_written: None,
         }
+    }
+
+    /// The classic membership to write now, if a generation completed or the group emptied
+    /// since the last call: the members with their assignments (`Stable`), or none
+    /// (`Empty`). `None` while consumer-protocol members hold the group (their own records
+    /// describe it) or when the group moved on before the call.
+    pub fn take_classic_record(&mut self) -> Option<ClassicGroupValue> {
+        if !std::mem::take(&mut self.classic_unwritten) || self.has_consumer_members() {
+            return None;
+        }
+        let members = match self.state {
+            GroupState::Stable => self.members.iter().map(|m| self.member_value(m)).collect(),
+            GroupState::Empty => Vec::new(),
+            _ => return None,
+        };
+        let value = ClassicGroupValue {
+            protocol_type: self.protocol_type.clone().unwrap_or_default(),
+            generation: self.generation,
+            protocol_name: self.protocol_name.clone(),
+            leader: self.leader.clone(),
+            state_timestamp_ms: self.wall_clock.now_ms(),
+            members,
+        };
+        self.classic_written = Some(value.clone());
+        Some(value)
+    }
+
+    fn member_value(&self, member: &Member) -> ClassicGroupMember {
+        let protocol = self.protocol_name.as_deref().unwrap_or_default();
+        ClassicGroupMember {
+            member_id: member.member_id.clone(),
+            instance_id: member.instance_id.clone(),
+            client_id: member.client_id.clone(),
+            client_host: member.client_host.clone(),
+            rebalance_timeout_ms: i32::try_from(member.rebalance_timeout.as_millis())
+                .unwrap_or(i32::MAX),
+            session_timeout_ms: i32::try_from(member.session_timeout.as_millis())
+                .unwrap_or(i32::MAX),
+            subscription: member.metadata_for(protocol),
+            assignment: member.assignment.clone(),
+        }
+    }
+
+    /// Restores the membership a replayed record holds (see the module docs): `Stable` at
+    /// its generation with its members, each with a full session from `now`; `Empty` at
+    /// its generation when it has none. A value that cannot be a live group (no protocol,
+    /// a leader that is not a member, more members than a group may have) restores as
+    /// `Empty` at its generation, with a log line: its members rejoin. Ignored while
+    /// consumer-protocol members hold the group. Only for a group being replayed: nothing
+    /// is parked on it.
+    pub fn restore_classic(&mut self, value: ClassicGroupValue, now: Instant) {
+        if self.has_consumer_members() {
+            return;
+        }
+        assert!(
+            self.members
+                .iter()
+                .all(|m| m.join_waiter.is_none() && m.sync_waiter.is_none()),
+            "group {}: restored while calls are parked on it",
+            self.id
+        );
+        self.members.clear();
+        self.pending_members.clear();
+        self.rebalance_deadline = None;
+        self.initial_delay = false;
+        self.classic_unwritten = false;
+        self.generation = value.generation;
+        let mut seen = std::collections::HashSet::new();
+        let unique = value
+            .members
+            .iter()
+            .all(|m| seen.insert(m.member_id.as_str()));
+        let live = !value.members.is_empty()
+            && unique
+            && value.members.len() <= GROUP_SIZE_MAX
+            && value.protocol_name.is_some()
+            && value
+                .leader
+                .as_ref()
+                .is_some_and(|leader| value.members.iter().any(|m| &m.member_id == leader));
+        if live {
+            let protocol = value.protocol_name.clone().expect("checked");
+            self.members = value
+                .members
+                .iter()
+                .map(|m| {
+                    let session_timeout = millis_or_zero(m.session_timeout_ms);
+                    Member {
+                        member_id: m.member_id.clone(),
+                        instance_id: m.instance_id.clone(),
+                        client_id: m.client_id.clone(),
+                        client_host: m.client_host.clone(),
+                        session_timeout,
+                        rebalance_timeout: millis_or_zero(m.rebalance_timeout_ms),
+                        protocols: vec![(protocol.clone(), m.subscription.clone())],
+                        assignment: m.assignment.clone(),
+                        heartbeat_deadline: now + session_timeout,
+                        join_waiter: None,
+                        sync_waiter: None,
+                    }
+                })
+                .collect();
+            self.state = GroupState::Stable;
+            self.protocol_type = Some(value.protocol_type.clone());
+            self.protocol_name = Some(protocol);
+            self.leader.clone_from(&value.leader);
+            self.empty_since_ms = None;
+        } else {
+            if !value.members.is_empty() {
+                tracing::warn!(group = %self.id, members = value.members.len(), generation = value.generation,
+                    "classic group record cannot be restored as it is; restored empty, its members rejoin");
+            }
+            self.state = GroupState::Empty;
+            self.protocol_type = None;
+            self.protocol_name = None;
+            self.leader = None;
+        }
+        self.classic_written = Some(value);
+        self.assert_consistent();
+    }
+
+    /// Forgets classic membership restored from the log once the replay finds the group's
+    /// consumer-protocol members (written after it: a migration moved them there).
+    pub fn drop_restored_classic_members(&mut self) {
+        if self.members.is_empty() || !self.has_consumer_members() {
+            return;
+        }
+        self.members.clear();
+        self.state = GroupState::Empty;
+        self.protocol_type = None;
+        self.protocol_name = None;
+        self.leader = None;
+        self.classic_written = None;
+        self.assert_consistent();
     }
 
     /// What changed in the group's consumer-protocol state since the last call, as records
@@ -516,6 +669,9 @@ impl Group {
             member.answer_sync(SyncResult::error(group_codes::FENCED_INSTANCE_ID));
             member.member_id.clone_from(&member_id);
             member.heartbeat_deadline = now + member.session_timeout;
+            // The stable generation now has a different member id: written again, or a
+            // coordinator that loads the group would not know the new id.
+            self.classic_unwritten = true;
             // Answered with the old leader id (Kafka does the same): a rejoining leader must
             // not run an assignment that a stable group would never hand out.
             let result = self.join_result_for(&member_id, false);
@@ -688,6 +844,7 @@ impl Group {
 
     fn become_empty(&mut self) {
         self.set_state(GroupState::Empty);
+        self.classic_unwritten = true;
         self.protocol_name = None;
         self.protocol_type = None;
         self.leader = None;
@@ -783,6 +940,7 @@ impl Group {
             member.assignment = assignments.remove(&member.member_id).unwrap_or_default();
         }
         self.set_state(GroupState::Stable);
+        self.classic_unwritten = true;
         let results: Vec<SyncResult> = self
             .members
             .iter()
@@ -1056,6 +1214,11 @@ impl Group {
 
 mod migration;
 
+/// A timeout read from the log: negative (a damaged record) reads as zero.
+fn millis_or_zero(ms: i32) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1222,12 +1385,14 @@ mod tests {
             };
             let start = Instant::now();
             let mut states_seen = Vec::new();
+            let mut records_written = 0;
             for seed in 0..40 {
                 let mut rng = crate::storage::sim::SeededRng::new(seed);
                 let mut group = Group::new("g");
                 // Every member id seen, current or long gone, and one never handed out.
                 let mut seen: Vec<String> = vec!["made-up".into()];
                 let mut now = start;
+                let mut written: Option<ClassicGroupValue> = None;
                 for _ in 0..300 {
                     let member = seen[rng.below(seen.len() as u64) as usize].clone();
                     let generation = group.generation - rng.below(2) as i32;
@@ -1268,6 +1433,25 @@ mod tests {
                             seen.push(id.clone());
                         }
                     }
+                    // The log's model: the last classic record written. Whenever the group
+                    // is settled (Stable or Empty), a coordinator restoring that record
+                    // gets this very membership.
+                    if let Some(value) = group.take_classic_record() {
+                        records_written += 1;
+                        written = Some(value);
+                    }
+                    if matches!(group.state, GroupState::Stable | GroupState::Empty) {
+                        let mut restored = Group::new("g");
+                        match written.clone() {
+                            Some(value) => restored.restore_classic(value, now),
+                            None => assert_eq!(group.generation, 0, "seed {seed}: nothing written"),
+                        }
+                        assert_eq!(
+                            membership(&restored),
+                            membership(&group),
+                            "seed {seed}: the log is behind the settled group"
+                        );
+                    }
                     if !states_seen.contains(&group.state) {
                         states_seen.push(group.state);
                     }
@@ -1278,7 +1462,190 @@ mod tests {
                 4,
                 "every live state was reached: {states_seen:?}"
             );
+            assert!(
+                records_written > 40,
+                "{records_written} classic records written"
+            );
         });
+    }
+
+    /// What a classic record carries of a group: (state, generation, protocol, leader,
+    /// [(member id, instance id, assignment)]).
+    #[allow(clippy::type_complexity)]
+    fn membership(
+        group: &Group,
+    ) -> (
+        GroupState,
+        i32,
+        Option<String>,
+        Option<String>,
+        Vec<(String, Option<String>, Bytes)>,
+    ) {
+        let members = group
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    m.member_id.clone(),
+                    m.instance_id.clone(),
+                    m.assignment.clone(),
+                )
+            })
+            .collect();
+        (
+            group.state,
+            group.generation,
+            group.protocol_name.clone(),
+            group.leader.clone(),
+            members,
+        )
+    }
+
+    /// A completed generation is written with its members and a restored group carries on
+    /// at it: heartbeats and commits of that generation pass, an older one is refused, and
+    /// the members keep a full session from the load. Emptying writes the group again.
+    #[test]
+    fn a_completed_generation_is_written_and_restored_with_its_members() {
+        glommio::LocalExecutor::default().run(async {
+            let (rules, now) = (rules(), Instant::now());
+            let mut group = Group::new("g");
+            let member = now_answer(group.join(join_request(""), &rules, now)).member_id;
+            let joined = parked(group.join(join_request(&member), &rules, now));
+            joined.recv().await.expect("join completes");
+            assert_eq!(
+                group.take_classic_record(),
+                None,
+                "nothing while completing"
+            );
+            let assignment = vec![(member.clone(), Bytes::from_static(b"p0"))];
+            parked(group.sync(&member, 1, assignment, now)).recv().await;
+            let written = group
+                .take_classic_record()
+                .expect("the generation completed");
+            assert_eq!(group.take_classic_record(), None, "taken once");
+            assert_eq!((written.generation, written.members.len()), (1, 1));
+            assert_eq!(written.members[0].assignment, &b"p0"[..]);
+            assert_eq!(written.protocol_type, "consumer");
+
+            let later = now + Duration::from_secs(3600);
+            let mut restored = Group::new("g");
+            restored.restore_classic(written, later);
+            assert_eq!(membership(&restored), membership(&group));
+            assert_eq!(restored.heartbeat(&member, 1, later), codes::NONE);
+            assert_eq!(
+                restored.heartbeat(&member, 0, later),
+                group_codes::ILLEGAL_GENERATION
+            );
+            assert_eq!(restored.check_commit(&member, None, 1), Ok(()));
+            let session = restored.members[0].session_timeout;
+            let just_before = session.checked_sub(Duration::from_millis(1)).expect("10 s");
+            restored.tick(&rules, later + just_before);
+            assert_eq!(
+                restored.state,
+                GroupState::Stable,
+                "a full session from the load"
+            );
+            restored.tick(&rules, later + session);
+            assert_eq!(
+                restored.state,
+                GroupState::Empty,
+                "then the session runs out"
+            );
+            let emptied = restored.take_classic_record().expect("emptying is written");
+            assert_eq!((emptied.generation, emptied.members.len()), (2, 0));
+            let mut reloaded = Group::new("g");
+            reloaded.restore_classic(emptied, later);
+            assert_eq!(membership(&reloaded), membership(&restored));
+        });
+    }
+
+    /// KIP-345: a static member that restarts under a new member id takes over its place
+    /// in a stable group without a rebalance; the generation's record is written again with
+    /// the new id, or a coordinator loading the group would refuse the member.
+    #[test]
+    fn a_static_member_replaced_in_a_stable_group_is_written_again() {
+        glommio::LocalExecutor::default().run(async {
+            let (rules, now) = (rules(), Instant::now());
+            let mut group = Group::new("g");
+            let static_join = |member_id: &str| JoinRequest {
+                instance_id: Some("pod-1".into()),
+                require_known_member_id: false,
+                ..join_request(member_id)
+            };
+            let joined = parked(group.join(static_join(""), &rules, now));
+            let first = joined.recv().await.expect("join completes").member_id;
+            let assignment = vec![(first.clone(), Bytes::from_static(b"p0"))];
+            parked(group.sync(&first, 1, assignment, now)).recv().await;
+            assert!(group.take_classic_record().is_some());
+
+            let replaced = now_answer(group.join(static_join(""), &rules, now));
+            assert_eq!(replaced.error_code, codes::NONE);
+            assert_ne!(replaced.member_id, first);
+            assert_eq!(group.state, GroupState::Stable, "no rebalance");
+            let written = group.take_classic_record().expect("written again");
+            assert_eq!(written.members[0].member_id, replaced.member_id);
+            assert_eq!(written.generation, 1);
+        });
+    }
+
+    /// A record that cannot describe a live group (a leader that is not a member, no
+    /// protocol, a member id twice, more members than a group may have) restores the group
+    /// empty at its generation instead of breaking the group's invariants.
+    #[test]
+    fn a_classic_record_that_cannot_be_live_restores_empty() {
+        let member = |id: &str| ClassicGroupMember {
+            member_id: id.into(),
+            session_timeout_ms: -5,
+            ..ClassicGroupMember::default()
+        };
+        let good = ClassicGroupValue {
+            protocol_type: "consumer".into(),
+            generation: 7,
+            protocol_name: Some("range".into()),
+            leader: Some("a".into()),
+            state_timestamp_ms: 0,
+            members: vec![member("a"), member("b")],
+        };
+        let mut restored = Group::new("g");
+        restored.restore_classic(good.clone(), Instant::now());
+        assert_eq!(
+            (restored.state, restored.members.len()),
+            (GroupState::Stable, 2)
+        );
+        assert_eq!(
+            restored.members[0].session_timeout,
+            Duration::ZERO,
+            "negative reads as 0"
+        );
+        let broken = [
+            ClassicGroupValue {
+                leader: Some("z".into()),
+                ..good.clone()
+            },
+            ClassicGroupValue {
+                protocol_name: None,
+                ..good.clone()
+            },
+            ClassicGroupValue {
+                members: vec![member("a"), member("a")],
+                ..good.clone()
+            },
+            ClassicGroupValue {
+                members: (0..=GROUP_SIZE_MAX)
+                    .map(|n| member(&n.to_string()))
+                    .collect(),
+                leader: Some("0".into()),
+                ..good.clone()
+            },
+        ];
+        for value in broken {
+            let mut restored = Group::new("g");
+            restored.restore_classic(value, Instant::now());
+            assert_eq!(
+                (restored.state, restored.generation, restored.members.len()),
+                (GroupState::Empty, 7, 0)
+            );
+        }
     }
 
     #[test]

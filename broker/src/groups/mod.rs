@@ -6,9 +6,10 @@
 //! Handlers on any shard compute that owner and send the group's work there as a typed
 //! job ([`on_coordinator`]); only the owner's [`GroupCoordinator`] touches the group. Committed offsets are records in that partition's log, appended and fdatasync'd
 //! before `OffsetCommit` is answered, and replayed the first time the owner serves a group
-//! of that partition after a start. Classic membership lives in memory only: after a restart
-//! those members rejoin (their heartbeats get `UNKNOWN_MEMBER_ID`), as after a coordinator
-//! move. Consumer-protocol groups (KIP-848) are written to the same log as they change and
+//! of that partition after a start. A classic group's membership is written there when a
+//! generation completes and when the group empties (Kafka's `GroupMetadataValue`), so after
+//! a restart or a coordinator move its members carry on at their generation (`group`'s module
+//! docs). Consumer-protocol groups (KIP-848) are written to the same log as they change and
 //! replayed with it, so their members carry on at their epochs after a restart.
 //!
 //! A replicated `__consumer_offsets` partition (a cluster's `default.replication.factor` > 1)

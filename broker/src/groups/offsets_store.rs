@@ -573,6 +573,112 @@ mod tests {
         });
     }
 
+    /// Classic membership follows the offsets partition's leader: the generation a member
+    /// completed on the first leader is known to its successor, whose coordinator answers
+    /// that member's heartbeat and generation-checked commit. Before, the successor
+    /// answered `UNKNOWN_MEMBER_ID`, and librdkafka's transactional commit of the offsets
+    /// failed after every coordinator failover (`tests/test_txn_cluster.py`).
+    #[test]
+    fn classic_members_carry_on_after_the_coordinator_fails_over() {
+        run(|| async {
+            let mut cluster = Cluster::hosting(2, &[offsets_replica()]).await;
+            let first = offsets_leader(&mut cluster, None).await;
+            let limits = Limits {
+                group_initial_rebalance_delay: std::time::Duration::ZERO,
+                ..Limits::default()
+            };
+            let coordinators: Vec<GroupCoordinator> = (1..=3)
+                .map(|id| coordinator_with(&cluster, id, limits.clone()))
+                .collect();
+            let on = |id: u64| coordinators[(id - 1) as usize].clone();
+            commit_acknowledged(&mut cluster, &on(first), 1).await;
+
+            let call = on(first);
+            let joined = answer(&mut cluster, async move {
+                call.join(at(), join_request()).await
+            })
+            .await;
+            assert_eq!(
+                (joined.error_code, joined.generation),
+                (broker_codes::NONE, 1)
+            );
+            let member = joined.member_id.clone();
+            let (call, sync_member) = (on(first), member.clone());
+            let synced = answer(&mut cluster, async move {
+                let assignment = vec![(sync_member.clone(), bytes::Bytes::from_static(b"t-0"))];
+                call.sync(at(), sync_request(&sync_member, assignment))
+                    .await
+            })
+            .await;
+            assert_eq!(
+                synced.error_code,
+                broker_codes::NONE,
+                "answered once written"
+            );
+
+            cluster.set_cut(first, true);
+            let second = offsets_leader(&mut cluster, Some(first)).await;
+            // The successor loads the partition on its first call.
+            assert_eq!(committed(&mut cluster, &on(second)).await, Ok(Some(1)));
+            let (call, beating) = (on(second), member.clone());
+            let heartbeat = answer(&mut cluster, async move {
+                call.heartbeat(at(), beating, None, 1).await
+            })
+            .await;
+            assert_eq!(
+                heartbeat,
+                broker_codes::NONE,
+                "the member is known at its generation"
+            );
+            let call = on(second);
+            let described = answer(&mut cluster, async move { call.describe(at()).await }).await;
+            assert_eq!(described.state, "Stable");
+            assert_eq!(described.members.len(), 1);
+            let (call, committing) = (on(second), member.clone());
+            let acked = answer(&mut cluster, async move {
+                let request = CommitRequest {
+                    member_id: committing,
+                    generation: 1,
+                    ..commit(7)
+                };
+                call.commit(at(), request).await
+            })
+            .await;
+            assert_eq!(
+                acked,
+                [broker_codes::NONE],
+                "a commit of the generation passes"
+            );
+        });
+    }
+
+    fn join_request() -> crate::groups::group::JoinRequest {
+        crate::groups::group::JoinRequest {
+            member_id: String::new(),
+            instance_id: None,
+            client_id: "rdkafka".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout: std::time::Duration::from_secs(45),
+            rebalance_timeout: std::time::Duration::from_secs(60),
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), bytes::Bytes::from_static(b"sub"))],
+            require_known_member_id: false,
+        }
+    }
+
+    fn sync_request(
+        member_id: &str,
+        assignments: Vec<(String, bytes::Bytes)>,
+    ) -> crate::groups::SyncRequest {
+        crate::groups::SyncRequest {
+            member_id: member_id.into(),
+            generation: 1,
+            protocol_type: Some("consumer".into()),
+            protocol_name: Some("range".into()),
+            assignments,
+        }
+    }
+
     #[test]
     fn the_coordinator_follows_the_offsets_partitions_leader() {
         run(|| async {

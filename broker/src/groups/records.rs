@@ -6,10 +6,19 @@
 //!                value: version i16 (3) | offset i64 | leader_epoch i32 | metadata string
 //!                       | commit_timestamp i64            (null value = offset deleted)
 //! group          key:   version i16 (2) | group string   (null value = group deleted)
+//!                value: version i16 (3) | protocol_type string | generation i32
+//!                       | protocol nullable string | leader nullable string
+//!                       | current_state_timestamp i64 | members i32 count, each:
+//!                         member_id string | group_instance_id nullable string
+//!                         | client_id string | client_host string | rebalance_timeout i32
+//!                         | session_timeout i32 | subscription bytes | assignment bytes
 //! ```
-//! Strings are i16 length + UTF-8 bytes. Only the tombstone of a group key is written:
-//! classic membership is not persisted (after a restart members rejoin, as after a
-//! coordinator move). Consumer-protocol groups (KIP-848) are persisted in Ringfeed's own
+//! Strings are i16 length + UTF-8 bytes, bytes i32 length + bytes. A classic group's
+//! membership is written as Kafka's `GroupMetadataValue` v3 whenever a generation completes
+//! (every member has its assignment) and when the group empties, so a coordinator that
+//! loads the partition (after a restart or a failover) knows the members and their
+//! generation, and they go on heartbeating instead of rejoining. Consumer-protocol groups
+//! (KIP-848) are persisted in Ringfeed's own
 //! records ([`ConsumerRecord`], key versions 1003-1008: Kafka's coordinator record type + 1000,
 //! values version 0; a classic member's metadata value version 1), laid out in
 //! `storage/FORMAT.md`. Kafka's own are flexible-version
@@ -31,6 +40,12 @@ const OFFSET_KEY_VERSION: i16 = 1;
 const OFFSET_VALUE_VERSION: i16 = 3;
 const OFFSET_VALUE_WITH_EXPIRY_VERSION: i16 = 1;
 const GROUP_KEY_VERSION: i16 = 2;
+/// Kafka's `GroupMetadataValue` v3 (with the group instance id), the one version written;
+/// older ones (0-2) are read too.
+const GROUP_VALUE_VERSION: i16 = 3;
+/// Members one classic group record may hold: the group size limit, with room to spare
+/// for a record written under a larger limit before a restart.
+pub const CLASSIC_GROUP_MEMBERS_MAX: usize = 4096;
 /// Ringfeed's own key for an `OffsetCommit` v0 commit. Kafka never wrote these to
 /// `__consumer_offsets` (it kept them in `ZooKeeper`), so no Kafka key version means this;
 /// 1000 stays clear of the versions Kafka's coordinator records use.
@@ -78,6 +93,12 @@ pub enum OffsetsRecord {
     },
     /// The group was deleted (a tombstone of its group key).
     GroupDeleted { group: String },
+    /// A classic group's membership as of its last completed generation, or its emptying
+    /// (the value of its group key).
+    ClassicGroup {
+        group: String,
+        value: ClassicGroupValue,
+    },
     /// An `OffsetCommit` v0 commit: the offset alone, kept apart from the group's commits
     /// (Kafka 3.9 wrote it to `ZooKeeper`; only `OffsetFetch` v0 reads it back).
     StandaloneCommit {
@@ -88,6 +109,114 @@ pub enum OffsetsRecord {
     },
     /// Part of a consumer-protocol group's state (KIP-848).
     Consumer(ConsumerRecord),
+}
+
+/// Kafka's `GroupMetadataValue`: a classic group's generation and members.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClassicGroupValue {
+    pub protocol_type: String,
+    pub generation: i32,
+    pub protocol_name: Option<String>,
+    pub leader: Option<String>,
+    pub state_timestamp_ms: i64,
+    pub members: Vec<ClassicGroupMember>,
+}
+
+/// One member of a [`ClassicGroupValue`]: its subscription is its metadata for the
+/// group's protocol.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClassicGroupMember {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub rebalance_timeout_ms: i32,
+    pub session_timeout_ms: i32,
+    pub subscription: Bytes,
+    pub assignment: Bytes,
+}
+
+impl ClassicGroupValue {
+    fn encode(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        out.put_i16(GROUP_VALUE_VERSION);
+        put_string(&mut out, &self.protocol_type);
+        out.put_i32(self.generation);
+        put_nullable(&mut out, self.protocol_name.as_deref());
+        put_nullable(&mut out, self.leader.as_deref());
+        out.put_i64(self.state_timestamp_ms);
+        put_count(&mut out, self.members.len());
+        for member in &self.members {
+            put_string(&mut out, &member.member_id);
+            put_nullable(&mut out, member.instance_id.as_deref());
+            put_string(&mut out, &member.client_id);
+            put_string(&mut out, &member.client_host);
+            out.put_i32(member.rebalance_timeout_ms);
+            out.put_i32(member.session_timeout_ms);
+            put_bytes(&mut out, &member.subscription);
+            put_bytes(&mut out, &member.assignment);
+        }
+        out.freeze()
+    }
+
+    /// Kafka's versions 0-3: v1 adds the rebalance timeout, v2 the state timestamp, v3 the
+    /// group instance id. A count beyond [`CLASSIC_GROUP_MEMBERS_MAX`] or the bytes left is
+    /// refused before anything is allocated for it.
+    fn decode(mut value: &[u8]) -> Option<Self> {
+        let value = &mut value;
+        let version = take_i16(value)?;
+        if !(0..=GROUP_VALUE_VERSION).contains(&version) {
+            return None;
+        }
+        let protocol_type = take_string(value)?;
+        let generation = take_i32(value)?;
+        let protocol_name = take_nullable(value)?;
+        let leader = take_nullable(value)?;
+        let state_timestamp_ms = if version >= 2 { take_i64(value)? } else { -1 };
+        let count = usize::try_from(take_i32(value)?).ok()?;
+        // Each member is at least 2 + 2 + 2 + 4 + 4 + 4 bytes (v0, empty strings and bytes).
+        if count > CLASSIC_GROUP_MEMBERS_MAX || count.saturating_mul(18) > value.len() {
+            return None;
+        }
+        let mut members = Vec::with_capacity(count);
+        for _ in 0..count {
+            let member_id = take_string(value)?;
+            let instance_id = if version >= 3 {
+                take_nullable(value)?
+            } else {
+                None
+            };
+            let client_id = take_string(value)?;
+            let client_host = take_string(value)?;
+            let rebalance_timeout_ms = if version >= 1 { take_i32(value)? } else { -1 };
+            let session_timeout_ms = take_i32(value)?;
+            let subscription = take_bytes(value)?;
+            let assignment = take_bytes(value)?;
+            members.push(ClassicGroupMember {
+                member_id,
+                instance_id,
+                client_id,
+                client_host,
+                // Kafka's v0 had one timeout for both.
+                rebalance_timeout_ms: if rebalance_timeout_ms < 0 {
+                    session_timeout_ms
+                } else {
+                    rebalance_timeout_ms
+                },
+                session_timeout_ms,
+                subscription,
+                assignment,
+            });
+        }
+        Some(Self {
+            protocol_type,
+            generation,
+            protocol_name,
+            leader,
+            state_timestamp_ms,
+            members,
+        })
+    }
 }
 
 /// Kafka's `ConsumerGroupMetadataValue` with its partition metadata: the group epoch and
@@ -391,6 +520,17 @@ fn put_count(out: &mut BytesMut, count: usize) {
     out.put_i32(i32::try_from(count).expect("list length fits an i32"));
 }
 
+/// Bytes: i32 length + the bytes.
+fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
+    put_count(out, bytes.len());
+    out.put_slice(bytes);
+}
+
+fn take_bytes(value: &mut &[u8]) -> Option<Bytes> {
+    let length = usize::try_from(take_i32(value)?).ok()?;
+    Some(Bytes::copy_from_slice(take(value, length)?))
+}
+
 fn put_nullable(out: &mut BytesMut, text: Option<&str>) {
     match text {
         Some(text) => put_string(out, text),
@@ -459,7 +599,7 @@ impl OffsetsRecord {
                 put_string(&mut key, topic);
                 key.put_i32(*partition);
             }
-            OffsetsRecord::GroupDeleted { group } => {
+            OffsetsRecord::GroupDeleted { group } | OffsetsRecord::ClassicGroup { group, .. } => {
                 key.put_i16(GROUP_KEY_VERSION);
                 put_string(&mut key, group);
             }
@@ -482,6 +622,9 @@ impl OffsetsRecord {
     fn value(&self) -> Option<Bytes> {
         if let OffsetsRecord::Consumer(record) = self {
             return record.value();
+        }
+        if let OffsetsRecord::ClassicGroup { value, .. } = self {
+            return Some(value.encode());
         }
         if let OffsetsRecord::StandaloneCommit { offset, .. } = self {
             let mut out = BytesMut::new();
@@ -619,9 +762,16 @@ fn decode_record(mut key: &[u8], value: Option<&[u8]>) -> Option<OffsetsRecord> 
                 value,
             })
         }
-        2 if value.is_none() => Some(OffsetsRecord::GroupDeleted {
-            group: take_string(&mut key)?,
-        }),
+        GROUP_KEY_VERSION => {
+            let group = take_string(&mut key)?;
+            match value {
+                None => Some(OffsetsRecord::GroupDeleted { group }),
+                Some(value) => Some(OffsetsRecord::ClassicGroup {
+                    group,
+                    value: ClassicGroupValue::decode(value)?,
+                }),
+            }
+        }
         STANDALONE_OFFSET_KEY_VERSION => {
             let group = take_string(&mut key)?;
             let topic = take_string(&mut key)?;
@@ -970,6 +1120,133 @@ mod tests {
             lying.splice(2..2, [0x7f, 0xff, 0xff, 0xff]);
             // A huge count in front of the real fields: rejected without allocating it.
             let _ = decode_record(&key, Some(&lying));
+        }
+    }
+
+    fn classic_group() -> ClassicGroupValue {
+        ClassicGroupValue {
+            protocol_type: "consumer".into(),
+            generation: 12,
+            protocol_name: Some("cooperative-sticky".into()),
+            leader: Some("m-1".into()),
+            state_timestamp_ms: 1_700_000_000_000,
+            members: vec![
+                ClassicGroupMember {
+                    member_id: "m-1".into(),
+                    instance_id: None,
+                    client_id: "rdkafka".into(),
+                    client_host: "/10.0.0.1".into(),
+                    rebalance_timeout_ms: 300_000,
+                    session_timeout_ms: 45_000,
+                    subscription: Bytes::from_static(b"\x00\x01sub"),
+                    assignment: Bytes::from_static(b"\x00\x01asg"),
+                },
+                ClassicGroupMember {
+                    member_id: "m-2".into(),
+                    instance_id: Some("pod-2".into()),
+                    client_id: "java".into(),
+                    client_host: "/10.0.0.2".into(),
+                    rebalance_timeout_ms: 60_000,
+                    session_timeout_ms: 10_000,
+                    subscription: Bytes::new(),
+                    assignment: Bytes::from_static(b"a"),
+                },
+            ],
+        }
+    }
+
+    /// Kafka's group key (v2) with its `GroupMetadataValue` v3: written and read back, next
+    /// to the same key's tombstone (the group deleted).
+    #[test]
+    fn classic_group_membership_round_trips_as_kafkas_group_metadata_value() {
+        let records = vec![
+            OffsetsRecord::ClassicGroup {
+                group: "payments".into(),
+                value: classic_group(),
+            },
+            OffsetsRecord::GroupDeleted {
+                group: "payments".into(),
+            },
+        ];
+        let batch = encode_batch(&records, 1);
+        assert_eq!(decode_batch(&batch), (records.clone(), 0));
+        assert_eq!(
+            records[0].key(),
+            records[1].key(),
+            "one key: the later record wins"
+        );
+        let value = records[0].value().expect("a value");
+        assert_eq!(value[..2], [0, 3], "Kafka's value version 3");
+    }
+
+    /// Kafka's older `GroupMetadataValue` versions read: v0 (one timeout for both, no state
+    /// timestamp, no instance id), v1 (the rebalance timeout), v2 (the state timestamp).
+    #[test]
+    fn older_group_metadata_versions_are_read() {
+        for version in 0..=2_i16 {
+            let mut out = BytesMut::new();
+            out.put_i16(version);
+            put_string(&mut out, "consumer");
+            out.put_i32(4);
+            put_nullable(&mut out, Some("range"));
+            put_nullable(&mut out, Some("m"));
+            if version >= 2 {
+                out.put_i64(99);
+            }
+            out.put_i32(1);
+            put_string(&mut out, "m");
+            put_string(&mut out, "client");
+            put_string(&mut out, "/host");
+            if version >= 1 {
+                out.put_i32(70_000);
+            }
+            out.put_i32(30_000);
+            put_bytes(&mut out, b"sub");
+            put_bytes(&mut out, b"asg");
+            let value = ClassicGroupValue::decode(&out).expect("read");
+            let member = &value.members[0];
+            let rebalance = if version >= 1 { 70_000 } else { 30_000 };
+            assert_eq!(
+                (
+                    value.generation,
+                    value.state_timestamp_ms,
+                    member.rebalance_timeout_ms
+                ),
+                (4, if version >= 2 { 99 } else { -1 }, rebalance),
+                "version {version}"
+            );
+            assert_eq!(
+                (member.instance_id.clone(), member.assignment.clone()),
+                (None, Bytes::from_static(b"asg"))
+            );
+        }
+    }
+
+    /// A damaged value is refused, never misread or allowed to allocate what it claims:
+    /// every truncation, a newer version, a member count beyond the bytes or the limit.
+    #[test]
+    fn damaged_group_metadata_is_refused() {
+        let whole = classic_group().encode();
+        assert!(ClassicGroupValue::decode(&whole).is_some());
+        for cut in 0..whole.len() {
+            assert_eq!(
+                ClassicGroupValue::decode(&whole[..cut]),
+                None,
+                "cut at {cut}"
+            );
+        }
+        let mut newer = whole.to_vec();
+        newer[..2].copy_from_slice(&4_i16.to_be_bytes());
+        assert_eq!(ClassicGroupValue::decode(&newer), None);
+        let mut empty = classic_group();
+        empty.members.clear();
+        let empty = empty.encode();
+        let count_at = empty.len() - 4;
+        for lie in [i32::MAX, -1, (CLASSIC_GROUP_MEMBERS_MAX + 1) as i32] {
+            let mut lying = empty.to_vec();
+            lying[count_at..].copy_from_slice(&lie.to_be_bytes());
+            lying.extend(std::iter::repeat_n(0_u8, 64));
+            assert_eq!(ClassicGroupValue::decode(&lying), None, "count {lie}");
         }
     }
 
