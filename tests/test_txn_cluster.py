@@ -6,7 +6,8 @@ loop reads the input with read_committed, writes one output record per input rec
 commits its input offsets in the same transaction. Every fifth transaction is aborted on
 purpose (the application then goes back to its committed offsets). Meanwhile the broker
 leading an output partition is killed (-9) and restarted, then the broker coordinating the
-transactional id, then the one leading the group's offsets partition.
+transactional id, then the one leading the group's offsets partition; and twice the
+application dies with a transaction open (a new incarnation fences it and aborts it).
 
 In the end every input record appears in the output exactly once as read_committed
 consumers see it; read_uncommitted sees the aborted copies too, so the markers reached
@@ -103,30 +104,47 @@ class Transformer:
         Transformer.unstable_s = max(Transformer.unstable_s, waited_s)
         return committed
 
-    def one_transaction(self, abort):
+    def one_transaction(self, abort, abandon=False):
         """Reads a batch and writes its transform; commits it with its input offsets, or
-        aborts it (`abort`). How many records it carried (0: nothing read)."""
+        aborts it (`abort`), or leaves it open as an application that dies in the middle
+        (`abandon`: written and its offsets sent, never ended). How many records it carried
+        (0: nothing read)."""
         messages = [m for m in self.consumer.consume(num_messages=40, timeout=1.0) if not m.error()]
         if not messages:
             return 0
+        # What each transaction read, for the report of a failed run: {partition: (first
+        # offset, last offset)}.
+        read = {}
+        for message in messages:
+            first, _ = read.get(message.partition(), (message.offset(), None))
+            read[message.partition()] = (first, message.offset())
+        history.append(("abandon" if abandon else "abort" if abort else "commit", read))
         self.producer.begin_transaction()
         for message in messages:
             self.producer.produce(OUTPUT, value=b"out" + message.value()[len(b"in"):],
                                   partition=message.partition())
         positions = self.consumer.position(self.consumer.assignment())
         self.producer.send_offsets_to_transaction(positions, self.consumer.consumer_group_metadata(), 30)
-        if abort:
+        if abandon:
+            assert self.producer.flush(30) == 0
+        elif abort:
             # Written and acknowledged first, so the abort marker has data to cover.
             assert self.producer.flush(30) == 0
             self.producer.abort_transaction(30)
             # The consumer's position is past what was aborted: back to the committed
             # offsets, as an application does.
-            for tp in self.stable_committed():
+            committed = self.stable_committed()
+            history.append(("seek", {tp.partition: tp.offset for tp in committed}))
+            for tp in committed:
                 self.consumer.seek(TopicPartition(tp.topic, tp.partition,
                                                   tp.offset if tp.offset >= 0 else OFFSET_BEGINNING))
         else:
             self.producer.commit_transaction(30)
         return len(messages)
+
+
+# Every transaction's input and every seek, in order (printed when the run fails).
+history = []
 
 
 def committed_input_offsets(bootstrap):
@@ -207,53 +225,71 @@ def test_exactly_once_on_replicated_partitions_across_leader_kills(tmp_path):
             print(f"killed broker {victim}, leader of {topic}-{partition}, after {transactions} transactions")
             return victim
 
-        # transactions committed → what happens then
+        # transactions committed → what happens then. The application also dies in the
+        # middle of a transaction, once with a broker down and once with all up: the group's
+        # membership now survives the coordinator's kill, so without these the run would
+        # rarely start a second incarnation.
         plan = {3: ("kill", OUTPUT, 0), 7: ("restart",),
-                11: ("kill", "__transaction_state", state_partition), 15: ("restart",),
-                19: ("kill", "__consumer_offsets", offsets_partition), 23: ("restart",)}
+                11: ("kill", "__transaction_state", state_partition), 13: ("abandon",), 15: ("restart",),
+                19: ("kill", "__consumer_offsets", offsets_partition), 23: ("restart",), 27: ("abandon",)}
         killed = None
-        transactions = aborted = incarnations = client_hangs = failures = 0
+        transactions = aborted = abandoned = incarnations = client_hangs = failures = 0
         attempts = 0
         transformer = None
         started = time.monotonic()
         deadline = started + 240
         while time.monotonic() < deadline:
             step = plan.get(transactions)
+            abandon = False
             if step is not None:
                 del plan[transactions]
                 if step[0] == "kill":
                     killed = kill(step[1], step[2])
-                else:
+                elif step[0] == "restart":
                     brokers[killed].start()
                     print(f"restarted broker {killed}")
+                else:
+                    abandon = True
+                history.append((step[0], killed))
             if transformer is None:
                 incarnations += 1
                 try:
                     transformer = within(CALL_DEADLINE_S, lambda: Transformer(bootstrap))
+                    history.append(("incarnation", incarnations))
                 except (KafkaException, ClientHang):
                     time.sleep(0.5)
                     continue
             attempts += 1
             abort = attempts % ABORT_EVERY == 0
             try:
-                carried = within(CALL_DEADLINE_S, lambda: transformer.one_transaction(abort))
+                carried = within(CALL_DEADLINE_S, lambda: transformer.one_transaction(abort, abandon))
             except (KafkaException, ClientHang) as error:
                 # Abandoned, not aborted: the next incarnation's init_transactions fences
                 # this producer and aborts what it left open.
                 failures += 1
                 client_hangs += isinstance(error, ClientHang)
                 print("transaction failed:", error)
+                history.append(("failed", str(error)[:80]))
                 transformer.close()
                 transformer = None
                 time.sleep(0.5)
                 continue
-            if carried and abort:
+            if abandon:
+                # Dies with its transaction open: the next incarnation's init_transactions
+                # fences this producer and aborts it.
+                abandoned += 1
+                transformer.close()
+                transformer = None
+                if not carried:
+                    plan[transactions] = ("abandon",)
+            elif carried and abort:
                 aborted += 1
             elif carried:
                 transactions += 1
             elif not plan and past(committed_input_offsets(bootstrap), ends):
                 break
-        print(f"{transactions} transactions committed, {aborted} aborted on purpose, {failures} failed "
+        print(f"{transactions} transactions committed, {aborted} aborted on purpose, {abandoned} abandoned, "
+              f"{failures} failed "
               f"({client_hangs} client hangs), {incarnations} incarnations, "
               f"in {time.monotonic() - started:.1f} s; offsets unstable after an abort for at most "
               f"{Transformer.unstable_s * 1000:.0f} ms")
@@ -265,6 +301,9 @@ def test_exactly_once_on_replicated_partitions_across_leader_kills(tmp_path):
         expected = sorted(value_of(b"out", n) for n in range(RECORDS))
         duplicates = len(committed) - len(set(committed))
         missing = len(set(expected) - set(committed))
+        if duplicates or missing:
+            for entry in history:
+                print(*entry)
         assert (duplicates, missing) == (0, 0), f"{duplicates} duplicated, {missing} missing of {RECORDS}"
         assert sorted(committed) == expected
         uncommitted = read_output(bootstrap, "read_uncommitted")
