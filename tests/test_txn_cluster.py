@@ -193,8 +193,10 @@ def test_exactly_once_on_replicated_partitions_across_leader_kills(tmp_path):
         _, controller, _ = wait_for(lambda: agreed_placement(brokers.values(), "none", {1, 2, 3}), 30,
                                     "every broker listing the three brokers")
         bootstrap = ",".join(broker.bootstrap for broker in brokers.values())
-        # Only the controller creates `__transaction_state` (docs/REPLICATION.md).
-        wait_for(lambda: transaction_state_created(brokers[controller], TRANSACTIONAL_ID), 30,
+        # Asked at a broker that is not the controller: its heartbeat asks the controller to
+        # create `__transaction_state` (before, only the controller's own lookups did).
+        elsewhere = next(node for node in brokers if node != controller)
+        wait_for(lambda: transaction_state_created(brokers[elsewhere], TRANSACTIONAL_ID), 30,
                  "__transaction_state created")
         admin = AdminClient({"bootstrap.servers": brokers[controller].bootstrap})
         for topic in (INPUT, OUTPUT):

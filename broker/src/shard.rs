@@ -1563,7 +1563,8 @@ async fn follow_controller_group(services: std::rc::Weak<ShardServices>) {
             controller.heartbeat();
             next_heartbeat = now + crate::controller::registry::HEARTBEAT_INTERVAL;
         }
-        if let Some((snapshot, turn)) = controller.registry_round(offsets_topic()).await {
+        let internal_topics = [offsets_topic(), transaction_state_topic()];
+        if let Some((snapshot, turn)) = controller.registry_round(&internal_topics).await {
             services.publish(snapshot).await;
             drop(turn);
         }

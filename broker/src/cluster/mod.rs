@@ -151,6 +151,7 @@ pub async fn start_controller_group(
             std::time::Instant::now(),
         )),
         wants_offsets_topic: Cell::new(false),
+        wants_transaction_state_topic: Cell::new(false),
         leadership: RefCell::default(),
         leadership_urgent: Cell::new(false),
         producer_ids: Rc::default(),

@@ -73,6 +73,7 @@ pub(super) async fn voter_controller(
             Instant::now(),
         )),
         wants_offsets_topic: Cell::new(false),
+        wants_transaction_state_topic: Cell::new(false),
         leadership: RefCell::default(),
         leadership_urgent: Cell::new(false),
         producer_ids: Rc::default(),
@@ -100,12 +101,23 @@ pub(super) fn offsets_topic() -> NewTopic {
     }
 }
 
+pub(super) fn transaction_state_topic() -> NewTopic {
+    NewTopic {
+        name: TRANSACTION_STATE_TOPIC.into(),
+        ..offsets_topic()
+    }
+}
+
 /// What `shard::follow_controller_group` does every 50 ms, without the publishing.
 pub(super) async fn round(controller: &Controller) {
     controller.commit_genesis().await;
     drop(controller.adopt_committed().await);
     controller.heartbeat();
-    drop(controller.registry_round(offsets_topic()).await);
+    drop(
+        controller
+            .registry_round(&[offsets_topic(), transaction_state_topic()])
+            .await,
+    );
 }
 
 pub(super) async fn rounds_until(
@@ -208,6 +220,59 @@ fn leadership_reports_and_producer_id_blocks_ride_the_heartbeat() {
             assert_eq!(ids.init_or_code(-1, -1).await, Ok((1, 0)));
             assert_eq!(controller.state.borrow().next_producer_id, 1000);
             background.cancel();
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+/// A broker asked for `__transaction_state` (a transactional client's `FindCoordinator` at
+/// a broker that is not the controller): its heartbeat carries the request and the
+/// registry round creates the topic; nothing creates it before anyone asks. Before, only
+/// the controller's own `FindCoordinator` created it, so a client talking to other brokers
+/// was told `COORDINATOR_NOT_AVAILABLE` until one of its lookups reached the controller.
+#[test]
+fn a_broker_asking_for_the_transaction_state_topic_gets_it_created() {
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(4 << 20)
+        .spawn(|| async {
+            let disk = BrokerDisk::Sim(SimDisk::new());
+            let controller = Rc::new(one_voter_controller(&disk).await);
+            rounds_until(&controller, "this broker registered", |controller| {
+                controller.snapshot().broker(1).is_some()
+            })
+            .await;
+            for _ in 0..5 {
+                round(&controller).await;
+            }
+            assert!(
+                controller
+                    .snapshot()
+                    .topic(TRANSACTION_STATE_TOPIC)
+                    .is_none(),
+                "not created before anyone asks"
+            );
+            let replicated = controller.replication().unwrap();
+            replicated.wants_transaction_state_topic.set(true);
+            assert!(
+                controller.heartbeat_due_now(),
+                "the request goes out at once"
+            );
+            rounds_until(&controller, "__transaction_state created", |controller| {
+                controller
+                    .snapshot()
+                    .topic(TRANSACTION_STATE_TOPIC)
+                    .is_some()
+            })
+            .await;
+            assert!(
+                !replicated.wants_transaction_state_topic.get(),
+                "asked once"
+            );
+            assert!(
+                controller.snapshot().topic(OFFSETS_TOPIC).is_none(),
+                "only what was asked for"
+            );
         })
         .unwrap()
         .join()

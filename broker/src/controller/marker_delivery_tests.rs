@@ -58,7 +58,7 @@ fn serve(
 ) -> glommio::task::JoinHandle<()> {
     glommio::spawn_local(async move {
         loop {
-            drop(controller.registry_round(offsets_topic()).await);
+            drop(controller.registry_round(&[offsets_topic()]).await);
             for (from, mail) in controller.take_marker_mail() {
                 let MarkerMail::Request(request) = mail else {
                     panic!("broker 2 asked nobody");
@@ -83,7 +83,7 @@ fn receive_replies(
 ) -> glommio::task::JoinHandle<()> {
     glommio::spawn_local(async move {
         loop {
-            drop(controller.registry_round(offsets_topic()).await);
+            drop(controller.registry_round(&[offsets_topic()]).await);
             for (from, mail) in controller.take_marker_mail() {
                 if let MarkerMail::Reply(reply) = mail {
                     post.answered(from, reply);

@@ -32,7 +32,7 @@ use crate::disk::BrokerDisk;
 use crate::error_codes as codes;
 use crate::metadata::{
     BrokerEndpoints, MetadataSnapshot, PartitionMetadata, TopicMetadata, TopicPartition,
-    OFFSETS_TOPIC,
+    OFFSETS_TOPIC, TRANSACTION_STATE_TOPIC,
 };
 use crate::producer_state::GrantedBlocks;
 use crate::topic_config::TopicConfig;
@@ -104,6 +104,9 @@ pub struct Replicated {
     /// A `CreateTopics` of `__consumer_offsets` reached this broker while it did not lead:
     /// the next heartbeat asks the controller to create it.
     pub wants_offsets_topic: Cell<bool>,
+    /// The same for `__transaction_state` (a transactional client's `FindCoordinator` at
+    /// a broker that is not the controller).
+    pub wants_transaction_state_topic: Cell<bool>,
     /// Leadership changes of groups this broker leads, sent with every heartbeat until the
     /// committed state shows them (`leadership`).
     pub leadership: RefCell<leadership::PendingReports>,
@@ -655,6 +658,13 @@ impl Controller {
                 if creates && outcomes.iter().any(|outcome| outcome.name == OFFSETS_TOPIC) {
                     replicated.wants_offsets_topic.set(true);
                 }
+                if creates
+                    && outcomes
+                        .iter()
+                        .any(|outcome| outcome.name == TRANSACTION_STATE_TOPIC)
+                {
+                    replicated.wants_transaction_state_topic.set(true);
+                }
                 let message = format!(
                     "broker {} is not the controller; the controller is broker {}",
                     self.rules.node_id,
@@ -700,6 +710,7 @@ impl Controller {
         let heartbeat = registry::BrokerHeartbeat {
             registration: replicated.registration.clone(),
             wants_offsets_topic: replicated.wants_offsets_topic.replace(false),
+            wants_transaction_state_topic: replicated.wants_transaction_state_topic.replace(false),
             leadership: replicated.leadership.borrow().to_send(),
             producer_ids: replicated
                 .producer_ids
@@ -711,11 +722,12 @@ impl Controller {
     }
 
     /// Whether a heartbeat should go before its interval: a broker asked for
-    /// `__consumer_offsets`, a producer-id block became wanted, or a leadership change was
-    /// reported.
+    /// `__consumer_offsets` or `__transaction_state`, a producer-id block became wanted, or
+    /// a leadership change was reported.
     pub fn heartbeat_due_now(&self) -> bool {
         self.replicated.as_ref().is_some_and(|replicated| {
             replicated.wants_offsets_topic.get()
+                || replicated.wants_transaction_state_topic.get()
                 || replicated.leadership_urgent.get()
                 || replicated.producer_ids.take_urgent()
         })
@@ -749,15 +761,15 @@ impl Controller {
     }
 
     /// Applies the heartbeats received to `next` (registrations) and the silence of others
-    /// (fencing); returns whether a broker asked for `__consumer_offsets`.
+    /// (fencing); returns the internal topics brokers asked for.
     fn hear(
         replicated: &Replicated,
         mail: Vec<(u64, Vec<u8>)>,
         next: &mut ClusterState,
         now: std::time::Instant,
-    ) -> bool {
+    ) -> Vec<&'static str> {
         let mut liveness = replicated.liveness.borrow_mut();
-        let mut wants_offsets_topic = false;
+        let mut wanted = Vec::new();
         for (from, payload) in mail {
             let heartbeat = match registry::BrokerHeartbeat::decode(&payload) {
                 Ok(heartbeat) => heartbeat,
@@ -779,7 +791,17 @@ impl Controller {
                     "broker registered"
                 );
             }
-            wants_offsets_topic |= heartbeat.wants_offsets_topic;
+            for (asked, topic) in [
+                (heartbeat.wants_offsets_topic, OFFSETS_TOPIC),
+                (
+                    heartbeat.wants_transaction_state_topic,
+                    TRANSACTION_STATE_TOPIC,
+                ),
+            ] {
+                if asked && !wanted.contains(&topic) {
+                    wanted.push(topic);
+                }
+            }
             if !heartbeat.leadership.is_empty() {
                 let (recorded, ignored) = leadership::apply(next, node_id, &heartbeat.leadership);
                 if recorded > 0 || !ignored.is_empty() {
@@ -797,19 +819,20 @@ impl Controller {
             registry::fence(next, node_id);
             tracing::warn!(node_id, session_timeout = ?liveness.session_timeout(), "broker fenced: no heartbeat for a session");
         }
-        wants_offsets_topic
+        wanted
     }
 
     /// The registry's work on group 0's leader (`registry`): reads the heartbeats received,
-    /// registers brokers whose registration is new or changed, creates `__consumer_offsets`
-    /// (`offsets_topic`) if a broker asked for it, and fences brokers silent for a session.
+    /// registers brokers whose registration is new or changed, creates the internal topics
+    /// (`internal_topics`: `__consumer_offsets`, `__transaction_state`) a broker asked for
+    /// and that do not exist yet, and fences brokers silent for a session.
     /// Returns the snapshot to publish when it committed a change. Elsewhere it only drops
     /// the heartbeats (a follower is sent none but may hold a few from when it led). On
     /// every broker, forwarded security changes and their replies are taken out of the
     /// mailbox first (`sort_forward_mail`).
     pub async fn registry_round(
         &self,
-        offsets_topic: NewTopic,
+        internal_topics: &[NewTopic],
     ) -> Option<(Arc<MetadataSnapshot>, ChangeTurn)> {
         let replicated = self.replicated.as_ref()?;
         let mail = self.sort_forward_mail(replicated, replicated.group.take_mailbox());
@@ -831,10 +854,20 @@ impl Controller {
         }
         let current = self.state.borrow().clone();
         let mut next = current.clone();
-        let wants_offsets_topic = Self::hear(replicated, mail, &mut next, now);
-        if wants_offsets_topic && !next.topics.iter().any(|topic| topic.name == OFFSETS_TOPIC) {
+        let wanted = Self::hear(replicated, mail, &mut next, now);
+        let missing: Vec<&NewTopic> = internal_topics
+            .iter()
+            .filter(|topic| {
+                wanted.contains(&topic.name.as_str())
+                    && !next
+                        .topics
+                        .iter()
+                        .any(|existing| existing.name == topic.name)
+            })
+            .collect();
+        for topic in missing {
             let call = ControllerCall::CreateTopics {
-                topics: vec![offsets_topic],
+                topics: vec![topic.clone()],
                 validate_only: false,
             };
             let outcomes = changes::apply(&mut next, call, &self.rules);
@@ -842,7 +875,7 @@ impl Controller {
                 .first()
                 .filter(|outcome| outcome.error_code != codes::NONE)
             {
-                tracing::warn!(message = ?outcome.message, "could not create {OFFSETS_TOPIC}");
+                tracing::warn!(topic = %topic.name, message = ?outcome.message, "could not create an internal topic a broker asked for");
             }
         }
         if next == current {

@@ -39,9 +39,10 @@ const MAGIC: [u8; 4] = *b"RFHB";
 /// 3 added each leadership change's settled voters (partition moves); 2 added leadership
 /// changes and producer-id requests; 1 and 2 are still read (a broker of a previous build
 /// during a rolling upgrade).
-const VERSION: u16 = 3;
+const VERSION: u16 = 4;
 const VERSION_V1: u16 = 1;
 const VERSION_V2: u16 = 2;
+const VERSION_V3: u16 = 3;
 const HEADER_BYTES: usize = 4 + 2 + 4;
 
 /// What a broker tells the controller every [`HEARTBEAT_INTERVAL`].
@@ -56,6 +57,30 @@ pub struct BrokerHeartbeat {
     pub leadership: Vec<LeadershipChange>,
     /// This broker wants a producer-id block (`producer_ids`).
     pub producer_ids: Option<ProducerIdRequest>,
+    /// A transactional `FindCoordinator` at this broker found no `__transaction_state`:
+    /// the controller creates it (version 4; false in older heartbeats).
+    pub wants_transaction_state_topic: bool,
+}
+
+/// What a version 3 heartbeat holds (no `__transaction_state` request).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
+struct BrokerHeartbeatV3 {
+    registration: BrokerRecord,
+    wants_offsets_topic: bool,
+    leadership: Vec<LeadershipChange>,
+    producer_ids: Option<ProducerIdRequest>,
+}
+
+impl From<BrokerHeartbeatV3> for BrokerHeartbeat {
+    fn from(old: BrokerHeartbeatV3) -> Self {
+        Self {
+            registration: old.registration,
+            wants_offsets_topic: old.wants_offsets_topic,
+            leadership: old.leadership,
+            producer_ids: old.producer_ids,
+            wants_transaction_state_topic: false,
+        }
+    }
 }
 
 /// What a version 2 heartbeat holds (leadership changes without voters).
@@ -92,6 +117,7 @@ impl From<BrokerHeartbeatV2> for BrokerHeartbeat {
                 })
                 .collect(),
             producer_ids: old.producer_ids,
+            wants_transaction_state_topic: false,
         }
     }
 }
@@ -129,7 +155,7 @@ impl BrokerHeartbeat {
             return Err("not a broker heartbeat".into());
         }
         let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-        if version != VERSION && version != VERSION_V1 && version != VERSION_V2 {
+        if !matches!(version, VERSION | VERSION_V1 | VERSION_V2 | VERSION_V3) {
             return Err(format!(
                 "heartbeat version {version}, this build reads {VERSION}"
             ));
@@ -147,9 +173,12 @@ impl BrokerHeartbeat {
                 wants_offsets_topic: old.wants_offsets_topic,
                 leadership: Vec::new(),
                 producer_ids: None,
+                wants_transaction_state_topic: false,
             })
         } else if version == VERSION_V2 {
             rkyv::from_bytes::<BrokerHeartbeatV2, rancor::Error>(&aligned).map(Self::from)
+        } else if version == VERSION_V3 {
+            rkyv::from_bytes::<BrokerHeartbeatV3, rancor::Error>(&aligned).map(Self::from)
         } else {
             rkyv::from_bytes::<Self, rancor::Error>(&aligned)
         }
@@ -315,6 +344,7 @@ mod tests {
                 wants_offsets_topic: false,
                 leadership: Vec::new(),
                 producer_ids: None,
+                wants_transaction_state_topic: false,
             };
             let decoded = BrokerHeartbeat::decode(&heartbeat.encode());
             assert_eq!(decoded.is_ok(), accepted, "{shards} shards: {decoded:?}");
@@ -388,6 +418,7 @@ mod tests {
                 after: 1000,
                 floor: 0,
             }),
+            wants_transaction_state_topic: true,
         };
         let bytes = heartbeat.encode();
         assert_eq!(BrokerHeartbeat::decode(&bytes).unwrap(), heartbeat);
@@ -398,6 +429,31 @@ mod tests {
         }
         assert!(BrokerHeartbeat::decode(&bytes[..bytes.len() - 1]).is_err());
         assert!(BrokerHeartbeat::decode(&vec![0; HEARTBEAT_BYTES_MAX + 1]).is_err());
+    }
+
+    /// A broker of the previous build (version 3) asks for no `__transaction_state`.
+    #[test]
+    fn a_version_3_heartbeat_is_read_without_a_transaction_state_request() {
+        let old = BrokerHeartbeatV3 {
+            registration: broker(3, 9),
+            wants_offsets_topic: true,
+            leadership: vec![LeadershipChange {
+                group_id: 4,
+                leader: 3,
+                term: 2,
+                isr: vec![3, 1],
+                voters: vec![1, 3],
+            }],
+            producer_ids: Some(ProducerIdRequest { after: 7, floor: 0 }),
+        };
+        let payload = rkyv::to_bytes::<rancor::Error>(&old).unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&VERSION_V3.to_le_bytes());
+        bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let decoded = BrokerHeartbeat::decode(&bytes).unwrap();
+        assert_eq!(decoded, BrokerHeartbeat::from(old));
+        assert!(decoded.wants_offsets_topic && !decoded.wants_transaction_state_topic);
     }
 
     #[test]
