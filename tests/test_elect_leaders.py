@@ -26,6 +26,7 @@ import pytest
 from confluent_kafka import ElectionType, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AclOperation, AdminClient, ResourceType
 from kafka import KafkaAdminClient
+from kafka import errors as kafka_errors
 from kafka.errors import InvalidRequestError, UnknownTopicOrPartitionError
 
 import helpers
@@ -78,9 +79,21 @@ def elect_kafka_python(bootstrap, election_type, partitions):
     """{partition: error code} of kafka-python's perform_leader_election (ElectLeaders v1). It
     raises the first error other than NONE and ELECTION_NOT_NEEDED."""
     # kafka-python asks for the controller at start and gives its connection 2 s by
-    # default; a broker restarted a moment ago can take longer to be reached.
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=70_000,
-                             api_version_auto_timeout_ms=20_000)
+    # default; a broker restarted a moment ago can take longer to be reached. It also gives
+    # up at once (NodeNotReadyError) when its one connection attempt to the controller
+    # fails, which happened once in a full run right after a restart (every broker named
+    # the same controller a moment before): a new client is made then, as an operator's
+    # tool would be run again, for up to 30 s.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=70_000,
+                                     api_version_auto_timeout_ms=20_000)
+            break
+        except kafka_errors.NodeNotReadyError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
     try:
         response = admin.perform_leader_election(election_type, {TOPIC: list(partitions)}, timeout_ms=60_000)
     finally:
