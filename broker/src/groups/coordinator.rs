@@ -280,10 +280,10 @@ impl GroupCoordinator {
     /// `SyncGroup`; a follower's answer waits for the leader's assignment.
     ///
     /// The leader's sync that completes a generation writes its membership
-    /// (`Group::take_classic_record`) and is answered once that is durable, as Kafka answers
-    /// it after storing the group; if the write fails the leader gets the error and
-    /// rejoins, so the next generation is written. Followers are answered when the
-    /// assignment arrives, not after the write: a failover in between makes them rejoin.
+    /// (`Group::take_classic_record`); every member's sync is answered once that is durable
+    /// (`Group::finish_sync`), as Kafka answers them after storing the group. If the write
+    /// fails they all get the error and the group rebalances, so the next generation is
+    /// written.
     pub async fn sync(&self, at: GroupAddress, request: SyncRequest) -> SyncResult {
         let log = match self.ensure_loaded(at.partition).await {
             Ok(log) => log,
@@ -314,14 +314,19 @@ impl GroupCoordinator {
         });
         let answer = match answer {
             None => Answer::Now(SyncResult::error(codes::UNKNOWN_MEMBER_ID)),
-            Some((answer, records)) if records.is_empty() => answer,
-            Some((answer, records)) => match self.persist(&log, records).await {
-                broker_codes::NONE => answer,
-                code => {
-                    tracing::warn!(group = %at.group, code, "completed generation not written");
-                    Answer::Now(SyncResult::error(code))
+            Some((answer, records)) => {
+                let written = if records.is_empty() {
+                    broker_codes::NONE
+                } else {
+                    self.persist(&log, records).await
+                };
+                if written != broker_codes::NONE {
+                    tracing::warn!(group = %at.group, code = written, "completed generation not written");
                 }
-            },
+                let (rules, now) = (self.rules(), self.inner.offsets.clock.now());
+                self.with_existing(&at.group, |g| g.finish_sync(written, &rules, now));
+                answer
+            }
         };
         let gone = SyncResult::error(codes::UNKNOWN_MEMBER_ID);
         let stopping = SyncResult::error(codes::NOT_COORDINATOR);

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //!   Empty ──join──▶ PreparingRebalance ──all joined / rebalance timeout──▶ CompletingRebalance
-//!     ▲                 ▲   │ (no member left)                                    │ leader's SyncGroup
-//!     └─────────────────┼───┘                                                     ▼
+//!     ▲                 ▲   │ (no member left)                   leader's SyncGroup, │
+//!     └─────────────────┼───┘                           then its write (finish_sync) ▼
 //!                       └────── join / leave / session timeout ◀──────────── Stable
 //! ```
 //! `Dead` is a deleted group. All methods are synchronous and take `now`, so the rules are
@@ -207,6 +207,10 @@ pub struct Group {
     /// The classic membership the log holds last for this group (written or replayed),
     /// appended again by a checkpoint of the offsets log.
     pub classic_written: Option<ClassicGroupValue>,
+    /// The leader's assignments are installed and the completed generation is being
+    /// written: the group stays `CompletingRebalance`, its syncs parked, until
+    /// [`Group::finish_sync`] (as Kafka answers `SyncGroup` after storing the group).
+    assignments_awaiting_write: bool,
 }
 
 impl Group {
@@ -229,19 +233,22 @@ impl Group {
             consumer_records: Vec::new(),
             classic_unwritten: false,
             classic_written: None,
+            assignments_awaiting_write: false,
         }
     }
 
     /// The classic membership to write now, if a generation completed or the group emptied
-    /// since the last call: the members with their assignments (`Stable`), or none
-    /// (`Empty`). `None` while consumer-protocol members hold the group (their own records
+    /// since the last call: the members with their assignments (`Stable`, or the leader's
+    /// assignments installed and awaiting this write), or none (`Empty`). `None` while consumer-protocol members hold the group (their own records
     /// describe it) or when the group moved on before the call.
     pub fn take_classic_record(&mut self) -> Option<ClassicGroupValue> {
         if !std::mem::take(&mut self.classic_unwritten) || self.has_consumer_members() {
             return None;
         }
+        let completed = self.state == GroupState::Stable
+            || (self.state == GroupState::CompletingRebalance && self.assignments_awaiting_write);
         let members = match self.state {
-            GroupState::Stable => self.members.iter().map(|m| self.member_value(m)).collect(),
+            _ if completed => self.members.iter().map(|m| self.member_value(m)).collect(),
             GroupState::Empty => Vec::new(),
             _ => return None,
         };
@@ -464,6 +471,10 @@ impl Group {
             self.id,
             self.state
         );
+        if self.state == GroupState::CompletingRebalance {
+            // Left before (or by) the write's end: `finish_sync` finds nothing to finish.
+            self.assignments_awaiting_write = false;
+        }
         self.state = next;
     }
 
@@ -926,7 +937,7 @@ impl Group {
             GroupState::CompletingRebalance => {
                 let (sender, receiver) = local_channel::new_bounded(1);
                 self.member_mut(member_id).expect("checked").sync_waiter = Some(sender);
-                if self.leader.as_deref() == Some(member_id) {
+                if self.leader.as_deref() == Some(member_id) && !self.assignments_awaiting_write {
                     self.install_assignments(assignments);
                 }
                 Answer::Later(receiver)
@@ -934,13 +945,36 @@ impl Group {
         }
     }
 
+    /// The leader's assignments: installed now, answered once the completed generation is
+    /// written (`finish_sync`).
     fn install_assignments(&mut self, assignments: Vec<(String, Bytes)>) {
         let mut assignments: HashMap<String, Bytes> = assignments.into_iter().collect();
         for member in &mut self.members {
             member.assignment = assignments.remove(&member.member_id).unwrap_or_default();
         }
-        self.set_state(GroupState::Stable);
+        self.assignments_awaiting_write = true;
         self.classic_unwritten = true;
+    }
+
+    /// The write of the generation the leader's sync completed has ended (`written`: its
+    /// error code): on success the group becomes `Stable` and every parked sync gets its
+    /// assignment; on failure they get the error and the group rebalances, so the next
+    /// generation is written (Kafka resets the assignments the same way). Nothing when no
+    /// assignments await a write, or the group moved on meanwhile (a join or leave answered
+    /// the syncs already).
+    pub fn finish_sync(&mut self, written: i16, rules: &GroupRules, now: Instant) {
+        if !self.assignments_awaiting_write {
+            return;
+        }
+        if written != codes::NONE {
+            for member in &mut self.members {
+                member.answer_sync(SyncResult::error(written));
+            }
+            self.prepare_rebalance(rules, now);
+            self.assert_consistent();
+            return;
+        }
+        self.set_state(GroupState::Stable);
         let results: Vec<SyncResult> = self
             .members
             .iter()
@@ -949,6 +983,7 @@ impl Group {
         for (member, result) in self.members.iter_mut().zip(results) {
             member.answer_sync(result);
         }
+        self.assert_consistent();
     }
 
     fn sync_result_for(&self, member_id: &str) -> SyncResult {
@@ -1221,6 +1256,8 @@ fn millis_or_zero(ms: i32) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use futures::FutureExt;
+
     use super::*;
 
     pub(super) fn rules() -> GroupRules {
@@ -1291,7 +1328,15 @@ mod tests {
                 "allowed while completing"
             );
             let assignment = vec![(member.clone(), Bytes::from_static(b"p0"))];
-            let synced = parked(group.sync(&member, 1, assignment, now)).recv().await;
+            let synced = parked(group.sync(&member, 1, assignment, now));
+            assert_eq!(
+                group.state,
+                GroupState::CompletingRebalance,
+                "answered only once the generation is written"
+            );
+            assert!(synced.recv().now_or_never().is_none(), "still parked");
+            group.finish_sync(codes::NONE, &rules, now);
+            let synced = synced.recv().await;
             assert_eq!(synced.expect("answered").assignment, &b"p0"[..]);
             assert_eq!(group.state, GroupState::Stable);
             assert_eq!(
@@ -1335,6 +1380,7 @@ mod tests {
             assert_eq!(a_joined.recv().await.unwrap().generation, 1);
             assert_eq!(b_joined.recv().await.unwrap().generation, 1);
             let _sync = parked(group.sync(&a, 1, vec![], now));
+            group.finish_sync(codes::NONE, &rules, now);
             assert_eq!(group.state, GroupState::Stable);
 
             // A keeps heartbeating, B goes silent past its 10 s session.
@@ -1385,8 +1431,8 @@ mod tests {
             };
             let start = Instant::now();
             let mut states_seen = Vec::new();
-            let mut records_written = 0;
-            for seed in 0..40 {
+            let (mut records_written, mut completions, mut failed_writes) = (0, 0_usize, 0);
+            for seed in 0..200 {
                 let mut rng = crate::storage::sim::SeededRng::new(seed);
                 let mut group = Group::new("g");
                 // Every member id seen, current or long gone, and one never handed out.
@@ -1435,11 +1481,20 @@ mod tests {
                     }
                     // The log's model: the last classic record written. Whenever the group
                     // is settled (Stable or Empty), a coordinator restoring that record
-                    // gets this very membership.
+                    // gets this very membership. Every other completed generation's write
+                    // fails: its syncs get the error and the group rebalances.
+                    let completing = group.state == GroupState::CompletingRebalance;
                     if let Some(value) = group.take_classic_record() {
-                        records_written += 1;
-                        written = Some(value);
+                        completions += usize::from(completing);
+                        if completing && completions % 2 == 0 {
+                            group.finish_sync(codes::KAFKA_STORAGE_ERROR, &rules, now);
+                            failed_writes += 1;
+                        } else {
+                            records_written += 1;
+                            written = Some(value);
+                        }
                     }
+                    group.finish_sync(codes::NONE, &rules, now);
                     if matches!(group.state, GroupState::Stable | GroupState::Empty) {
                         let mut restored = Group::new("g");
                         match written.clone() {
@@ -1466,6 +1521,8 @@ mod tests {
                 records_written > 40,
                 "{records_written} classic records written"
             );
+            println!("{records_written} classic records written, {completions} generations completed, {failed_writes} of their writes failed");
+            assert!(failed_writes >= 10, "{failed_writes} writes failed");
         });
     }
 
@@ -1518,10 +1575,12 @@ mod tests {
                 "nothing while completing"
             );
             let assignment = vec![(member.clone(), Bytes::from_static(b"p0"))];
-            parked(group.sync(&member, 1, assignment, now)).recv().await;
+            let synced = parked(group.sync(&member, 1, assignment, now));
             let written = group
                 .take_classic_record()
                 .expect("the generation completed");
+            group.finish_sync(codes::NONE, &rules, now);
+            synced.recv().await.expect("answered once written");
             assert_eq!(group.take_classic_record(), None, "taken once");
             assert_eq!((written.generation, written.members.len()), (1, 1));
             assert_eq!(written.members[0].assignment, &b"p0"[..]);
@@ -1575,8 +1634,10 @@ mod tests {
             let joined = parked(group.join(static_join(""), &rules, now));
             let first = joined.recv().await.expect("join completes").member_id;
             let assignment = vec![(first.clone(), Bytes::from_static(b"p0"))];
-            parked(group.sync(&first, 1, assignment, now)).recv().await;
+            let synced = parked(group.sync(&first, 1, assignment, now));
             assert!(group.take_classic_record().is_some());
+            group.finish_sync(codes::NONE, &rules, now);
+            synced.recv().await.expect("answered once written");
 
             let replaced = now_answer(group.join(static_join(""), &rules, now));
             assert_eq!(replaced.error_code, codes::NONE);

@@ -338,8 +338,14 @@ impl Sim {
                         self.now,
                     ))
                 } else {
+                    let answer = self
+                        .group
+                        .sync(&member_id, generation, assignments, self.now);
+                    // As the coordinator does once the completed generation is written.
+                    drop(self.group.take_classic_record());
                     self.group
-                        .sync(&member_id, generation, assignments, self.now)
+                        .finish_sync(crate::error_codes::NONE, &self.rules, self.now);
+                    answer
                 };
                 match answer {
                     Answer::Now(result) => self.synced(index, generation, &result),
