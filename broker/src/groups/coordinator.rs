@@ -315,16 +315,24 @@ impl GroupCoordinator {
         let answer = match answer {
             None => Answer::Now(SyncResult::error(codes::UNKNOWN_MEMBER_ID)),
             Some((answer, records)) => {
-                let written = if records.is_empty() {
-                    broker_codes::NONE
-                } else {
-                    self.persist(&log, records).await
-                };
-                if written != broker_codes::NONE {
-                    tracing::warn!(group = %at.group, code = written, "completed generation not written");
-                }
-                let (rules, now) = (self.rules(), self.inner.offsets.clock.now());
-                self.with_existing(&at.group, |g| g.finish_sync(written, &rules, now));
+                // A task of its own, run to the end even if this call is dropped (its
+                // client gone, and a call on this shard runs in place): the other members'
+                // syncs stay parked until `finish_sync`.
+                let (coordinator, group) = (self.clone(), at.group.clone());
+                let finished = glommio::spawn_local(async move {
+                    let written = if records.is_empty() {
+                        broker_codes::NONE
+                    } else {
+                        coordinator.persist(&log, records).await
+                    };
+                    if written != broker_codes::NONE {
+                        tracing::warn!(%group, code = written, "completed generation not written");
+                    }
+                    let (rules, now) = (coordinator.rules(), coordinator.inner.offsets.clock.now());
+                    coordinator.with_existing(&group, |g| g.finish_sync(written, &rules, now));
+                })
+                .detach();
+                finished.await;
                 answer
             }
         };
@@ -2038,6 +2046,56 @@ mod tests {
         let crc = crc32c::crc32c(&out[ATTRIBUTES_OFFSET..]);
         out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
         out.freeze()
+    }
+
+    /// The leader's `SyncGroup` whose client goes away while the completed generation is being
+    /// written: the write and its finish run to the end anyway, so the group becomes
+    /// `Stable` and the generation is in the log. Were the finish dropped with the call, the
+    /// group would stay `CompletingRebalance` with every other member's sync parked.
+    #[test]
+    fn a_dropped_leader_sync_still_finishes_the_generation() {
+        run(|| async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let table = table(dir.path()).await;
+            let live = coordinator(&table, dir.path());
+            let join = JoinRequest {
+                member_id: String::new(),
+                instance_id: None,
+                client_id: "c".into(),
+                client_host: "/127.0.0.1".into(),
+                session_timeout: std::time::Duration::from_secs(10),
+                rebalance_timeout: std::time::Duration::from_secs(10),
+                protocol_type: "consumer".into(),
+                protocols: vec![("range".into(), Bytes::from_static(b"s"))],
+                require_known_member_id: false,
+            };
+            // The default initial rebalance delay (3 s) is waited out by the join.
+            let joined = live.join(at(), join).await;
+            assert_eq!((joined.error_code, joined.generation), (0, 1));
+            let sync = SyncRequest {
+                member_id: joined.member_id.clone(),
+                generation: 1,
+                protocol_type: None,
+                protocol_name: None,
+                assignments: vec![(joined.member_id.clone(), Bytes::from_static(b"a"))],
+            };
+            let call = live.clone();
+            let leader_sync = glommio::spawn_local(async move { call.sync(at(), sync).await });
+            // Dropped at its first await (the write), as a closed connection drops it.
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            drop(leader_sync.cancel());
+            let deadline = Instant::now() + std::time::Duration::from_secs(5);
+            while live.describe(at()).await.state != "Stable" {
+                assert!(Instant::now() < deadline, "the generation never finished");
+                glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            let reloaded = coordinator(&table, dir.path());
+            assert_eq!(
+                reloaded.describe(at()).await.state,
+                "Stable",
+                "and it is in the log"
+            );
+        });
     }
 
     /// A transaction's marker written while a coordinator replays the partition: the

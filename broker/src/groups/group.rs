@@ -239,8 +239,9 @@ impl Group {
 
     /// The classic membership to write now, if a generation completed or the group emptied
     /// since the last call: the members with their assignments (`Stable`, or the leader's
-    /// assignments installed and awaiting this write), or none (`Empty`). `None` while consumer-protocol members hold the group (their own records
-    /// describe it) or when the group moved on before the call.
+    /// assignments installed and awaiting this write), or none (`Empty`). `None` while
+    /// consumer-protocol members hold the group (their own records describe it) or when the
+    /// group moved on before the call.
     pub fn take_classic_record(&mut self) -> Option<ClassicGroupValue> {
         if !std::mem::take(&mut self.classic_unwritten) || self.has_consumer_members() {
             return None;
