@@ -1995,17 +1995,7 @@ mod tests {
             member_id: String::new(),
             instance_id: None,
             generation: -1,
-            offsets: vec![(
-                "t".into(),
-                0,
-                records::CommittedOffset {
-                    offset,
-                    leader_epoch: -1,
-                    metadata: String::new(),
-                    commit_timestamp_ms: 1,
-                    expire_timestamp_ms: None,
-                },
-            )],
+            offsets: vec![("t".into(), 0, commit_value(offset))],
         }
     }
 

@@ -324,14 +324,14 @@ impl Group {
                 .members
                 .iter()
                 .map(|m| {
-                    let session_timeout = millis_or_zero(m.session_timeout_ms);
+                    let session_timeout = crate::groups::millis(m.session_timeout_ms);
                     Member {
                         member_id: m.member_id.clone(),
                         instance_id: m.instance_id.clone(),
                         client_id: m.client_id.clone(),
                         client_host: m.client_host.clone(),
                         session_timeout,
-                        rebalance_timeout: millis_or_zero(m.rebalance_timeout_ms),
+                        rebalance_timeout: crate::groups::millis(m.rebalance_timeout_ms),
                         protocols: vec![(protocol.clone(), m.subscription.clone())],
                         assignment: m.assignment.clone(),
                         heartbeat_deadline: now + session_timeout,
@@ -1249,11 +1249,6 @@ impl Group {
 }
 
 mod migration;
-
-/// A timeout read from the log: negative (a damaged record) reads as zero.
-fn millis_or_zero(ms: i32) -> Duration {
-    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
-}
 
 #[cfg(test)]
 mod tests {
