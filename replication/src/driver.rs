@@ -554,10 +554,14 @@ impl<S: GroupStore> MultiRaft<S> {
             if !group.node.has_ready() {
                 continue;
             }
-            let Ok(ready) = handle_ready(group_id, group, &mut self.outbox, &mut apply) else {
-                group.fenced = true;
-                self.stats.groups_fenced += 1;
-                continue;
+            let ready = match handle_ready(group_id, group, &mut self.outbox, &mut apply) {
+                Ok(ready) => ready,
+                Err(error) => {
+                    tracing::error!(group_id, %error, "a Raft group's store refused its Ready; the group is fenced");
+                    group.fenced = true;
+                    self.stats.groups_fenced += 1;
+                    continue;
+                }
             };
             if group.node.has_ready() {
                 // More than one Ready's worth (committed entries past the size cap).

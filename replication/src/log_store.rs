@@ -404,9 +404,10 @@ impl<D: Disk> LogStore<D> {
         for entry in entries {
             let term =
                 i32::try_from(entry.term).map_err(|_| LogStoreError::TermTooLarge(entry.term))?;
+            // A leader's cleaner may have compacted an entry it sends (`cleaner.rs`).
             let batch = self
                 .log
-                .check(entry_batch(entry)?)
+                .check_entry(entry_batch(entry)?)
                 .map_err(EntryError::from)?;
             checked.push((term, batch));
         }

@@ -245,6 +245,20 @@ impl TailCache {
         self.store.borrow_mut().clear(self.slot);
     }
 
+    /// Drops the batches that start below `offset`, oldest first (what is left stays
+    /// contiguous). `offset` is a batch boundary: a batch across it is dropped too.
+    pub fn drop_below(&mut self, offset: i64) {
+        let mut store = self.store.borrow_mut();
+        while store
+            .batches(self.slot)
+            .held
+            .front()
+            .is_some_and(|held| held.batch.base_offset < offset)
+        {
+            store.evict_oldest_of(self.slot);
+        }
+    }
+
     /// Empties the cache and gives back its memory (a dormant log keeps no batches).
     pub fn release(&mut self) {
         let mut store = self.store.borrow_mut();
@@ -386,6 +400,15 @@ mod tests {
                         let i = rng.below(caches.len() as u64) as usize;
                         drop(caches.swap_remove(i));
                         model.swap_remove(i);
+                    }
+                    3 if !caches.is_empty() => {
+                        // A cleaning pass swapped segments up to some offset.
+                        let i = rng.below(caches.len() as u64) as usize;
+                        let below = rng.below(model[i].next as u64 + 1) as i64;
+                        caches[i].drop_below(below);
+                        while model[i].held.front().is_some_and(|b| b.1 < below) {
+                            model[i].held.pop_front();
+                        }
                     }
                     _ if !caches.is_empty() => {
                         let i = rng.below(caches.len() as u64) as usize;

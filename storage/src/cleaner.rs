@@ -2,8 +2,10 @@
 //! (`storage/FORMAT.md` § Log cleaner). One call of [`PartitionLog::clean`] is one pass:
 //!
 //! 1. The cleanable range: sealed segments only (never the active one), up to the first whose
-//!    newest timestamp is younger than `min.compaction.lag.ms`. Sealed segments lie wholly
-//!    below the durable offset, so nothing above the high watermark is ever touched.
+//!    newest timestamp is younger than `min.compaction.lag.ms`, and below
+//!    [`CleanOptions::clean_below`]. Sealed segments lie wholly below the durable offset,
+//!    so nothing above a plain log's high watermark is ever touched; a replicated log's
+//!    durable entries may not be committed yet, so it passes its high watermark as the bound.
 //! 2. The map: key → latest offset over the dirty part (from where the last pass stopped),
 //!    bounded by `map_bytes`. A dirty part bigger than the map is cleaned over several
 //!    passes: this pass ends where the map filled up, at a batch boundary.
@@ -46,7 +48,11 @@
 //!   durably: an entry whose marker is gone would hide its producer's later records from
 //!   `read_committed` readers, while a marker whose entry is gone hides nothing (its
 //!   records went in an earlier pass). So the broker's aborted list shrinks as the log is
-//!   cleaned, on a compacted topic as retention shrinks it on a deleted one.
+//!   cleaned, on a compacted topic as retention shrinks it on a deleted one;
+//! - a replicated log's view retires no marker ([`CleanerTxns::retires_markers`]): a
+//!   follower may copy a marker after its leader cleaned it while holding the
+//!   transaction's batches as they were, and a retired marker would leave that
+//!   transaction open on the follower.
 //!
 //! Batches left whole, unread ("opaque"): control batches other than transaction markers
 //! (Raft's), transactional batches when the pass is not told the partition's transactions
@@ -108,6 +114,11 @@ pub struct CleanOptions {
     pub min_compaction_lag_ms: u64,
     /// Bytes read plus written per second, at most (`log.cleaner.io.max.bytes.per.second`).
     pub io_bytes_per_second: Option<u64>,
+    /// Nothing at or above this offset is cleaned (a batch boundary; `i64::MAX`: no bound
+    /// beyond the sealed segments). A replicated log passes its high watermark here: a
+    /// sealed segment may hold entries not yet committed, which Raft may still truncate,
+    /// and a record cleaned away for a later one that is then truncated would be lost.
+    pub clean_below: i64,
 }
 
 impl Default for CleanOptions {
@@ -117,6 +128,7 @@ impl Default for CleanOptions {
             delete_retention_ms: 24 * 60 * 60 * 1000,
             min_compaction_lag_ms: 0,
             io_bytes_per_second: None,
+            clean_below: i64::MAX,
         }
     }
 }
@@ -166,6 +178,14 @@ pub trait CleanerTxns {
     /// entries durably, so no reader is ever told a transaction is aborted whose marker
     /// (which ends it for the reader) is gone. An error abandons the pass.
     async fn forget_aborted(&self, marker_offsets: &[i64]) -> Result<(), StorageError>;
+    /// Whether a pass may retire markers whose transactions' records are gone. A replicated
+    /// log answers no: a follower may hold a transaction's batches as they were before its
+    /// leader cleaned them, and copy the marker only after; a retired marker ends nothing,
+    /// so the follower's transaction would stay open (its LSO stuck) for good. Kept
+    /// markers cost a batch each and need no pass of their own.
+    fn retires_markers(&self) -> bool {
+        true
+    }
 }
 
 /// No transaction information: transactional batches and markers are left whole (unread),
@@ -311,10 +331,12 @@ fn open_records(
 struct TxnRules {
     /// Producer id → its aborted transactions as (first offset, marker offset), ordered.
     aborted: HashMap<i64, Vec<(i64, i64)>>,
+    /// [`CleanerTxns::retires_markers`].
+    retire_markers: bool,
 }
 
 impl TxnRules {
-    fn new(ranges: Vec<AbortedRange>) -> Self {
+    fn new(ranges: Vec<AbortedRange>, retire_markers: bool) -> Self {
         let mut aborted: HashMap<i64, Vec<(i64, i64)>> = HashMap::new();
         for range in ranges {
             aborted
@@ -325,7 +347,10 @@ impl TxnRules {
         for ranges in aborted.values_mut() {
             ranges.sort_unstable();
         }
-        TxnRules { aborted }
+        TxnRules {
+            aborted,
+            retire_markers,
+        }
     }
 
     /// Whether the transactional batch of `producer_id` at `offset` belongs to an aborted
@@ -748,8 +773,10 @@ impl<D: Disk> PartitionLog<D> {
         let _awake = self.awake().await?;
         let _segments = self.segments_turn().await?;
         // Read before anything else: transactions opened later start above the log end.
-        let first_unstable = txns.map_or(i64::MAX, CleanerTxns::first_unstable_offset);
-        let txn_rules = txns.map(|t| TxnRules::new(t.aborted()));
+        let first_unstable = txns
+            .map_or(i64::MAX, CleanerTxns::first_unstable_offset)
+            .min(options.clean_below);
+        let txn_rules = txns.map(|t| TxnRules::new(t.aborted(), t.retires_markers()));
         self.check_cleanable()?;
         let now_ms = self.inner.clock.now_ms();
         let cleaner = self.cleaner_state().await?;
@@ -1189,13 +1216,18 @@ impl<D: Disk> PartitionLog<D> {
                 .await
                 .map_err(io_error("opening a cleaned segment"))?;
             let old = {
-                let mut state = self.state_mut();
+                let mut guard = self.state_mut();
+                let state = &mut *guard;
                 let segment = state
                     .sealed
                     .get_mut(&base)
                     .expect("the segments gate keeps a segment being cleaned");
                 let old = segment.file.replace(Rc::new(file));
                 segment.index = index;
+                // The tail cache holds batches as they were appended: served after the swap,
+                // they would bring back what the pass removed (and an aborted transaction's
+                // records after a later pass forgot its entry). Dropped in the same step.
+                state.cache.drop_below(segment.next_offset());
                 old
             };
             // A pass keeps the log awake: the old file is open.
@@ -1413,6 +1445,9 @@ fn clean_marker(
         Some((batch::control::COMMIT_MARKER, _)) => false,
         _ => return None, // retired by an earlier pass, or not a marker: left whole
     };
+    if rules.txns.is_some_and(|t| !t.retire_markers) {
+        return None; // kept for good: nothing waits on it
+    }
     if seen.read {
         if !seen.kept {
             removed.markers_waiting += 1;

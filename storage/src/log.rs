@@ -240,6 +240,16 @@ impl<D: Disk> PartitionLog<D> {
         Ok(CheckedBatch { batch, header })
     }
 
+    /// Checks the batch of a Raft entry before it is staged: a producer's batch a leader
+    /// already held to [`Self::check`], or an entry copied from a leader whose cleaner
+    /// compacted it (fewer records than offsets, or none: `batch::validate_compacted`).
+    pub fn check_entry(&self, batch: Bytes) -> Result<CheckedBatch, AppendError> {
+        let state = self.state();
+        state.check_usable()?;
+        let header = batch::validate_compacted(&batch, state.config.batch_bytes_max)?;
+        Ok(CheckedBatch { batch, header })
+    }
+
     /// Appends a batch [`Self::check`] accepted, like [`Self::append`] without checking it
     /// again.
     pub async fn append_checked(
@@ -291,14 +301,15 @@ impl<D: Disk> PartitionLog<D> {
             "term {term} appended after term {}",
             state.last_term
         );
-        // Only `check` makes a CheckedBatch, after `batch::validate` made sure of both; a
-        // replicated entry passed `batch::validate_compacted` (a compacted entry may hold
-        // fewer records than offsets).
+        // Only `check` makes a CheckedBatch for a plain append, after `batch::validate`
+        // made sure of both; a Raft entry passed `batch::validate_compacted` (`check_entry`,
+        // `append_replicated`): a leader's cleaner may have compacted it, so it may hold
+        // fewer records than offsets.
         assert!(
             header.record_count >= 0
                 && header.last_offset_delta >= 0
                 && i64::from(header.record_count) <= i64::from(header.last_offset_delta) + 1
-                && (stamp == Stamp::Replicated
+                && (stamp != Stamp::Plain
                     || i64::from(header.last_offset_delta) == i64::from(header.record_count) - 1),
             "an unchecked batch reached the append: {header:?}"
         );

@@ -210,6 +210,21 @@ fn check_pass(check: &PassCheck<'_>, first_below_end: &mut HashMap<i64, i64>) {
     }
 }
 
+/// Sometimes a batch boundary at or past `clean_end` (a replicated log is bounded at its
+/// high watermark, which never goes back below what was cleaned), else no bound.
+fn random_bound(rng: &mut SeededRng, batches: &[Bytes], clean_end: i64) -> i64 {
+    if rng.below(3) != 0 {
+        return i64::MAX;
+    }
+    let boundaries: Vec<i64> = batches
+        .iter()
+        .map(|b| header(b).base_offset)
+        .filter(|&base| base >= clean_end)
+        .collect();
+    let at = rng.below(boundaries.len() as u64 + 1) as usize;
+    boundaries.get(at).copied().unwrap_or(i64::MAX)
+}
+
 #[test]
 fn cleaning_matches_the_model() {
     run(|| async {
@@ -225,6 +240,8 @@ fn cleaning_matches_the_model() {
             let delete_retention_ms = 1_000;
             let mut passes = 0;
             let mut multi_pass = false;
+            let mut bounded_passes = 0;
+            let mut clean_end = 0;
             for round in 0..40 {
                 for _ in 0..rng.range(1, 12) {
                     let batch = random_batch(&mut rng, keys, now.get());
@@ -237,13 +254,15 @@ fn cleaning_matches_the_model() {
                 now.set(now.get() + rng.range(0, 300) as i64);
                 if rng.below(3) == 0 {
                     let lag_ms = if rng.below(3) == 0 { 500 } else { 0 };
+                    let before = read_all(&log).await;
+                    let clean_below = random_bound(&mut rng, &before, clean_end);
                     let options = CleanOptions {
                         map_bytes: rng.range(100, 3_000) as usize,
                         delete_retention_ms: delete_retention_ms as u64,
                         min_compaction_lag_ms: lag_ms as u64,
                         io_bytes_per_second: None,
+                        clean_below,
                     };
-                    let before = read_all(&log).await;
                     let start = log
                         .dirty_summary(lag_ms as u64, 1_000)
                         .await
@@ -251,6 +270,13 @@ fn cleaning_matches_the_model() {
                     let outcome = log.clean(&options, &NoCodec).await.expect("clean");
                     let after = read_all(&log).await;
                     passes += 1;
+                    assert!(
+                        outcome.clean_end_offset <= clean_below,
+                        "seed {seed}: cleaned to {} past the bound {clean_below}",
+                        outcome.clean_end_offset
+                    );
+                    clean_end = outcome.clean_end_offset;
+                    bounded_passes += usize::from(clean_below < i64::MAX);
                     if outcome.segments_rewritten > 0 && start.dirty_bytes > 0 {
                         let end = log
                             .dirty_summary(lag_ms as u64, 1_000)
@@ -286,6 +312,7 @@ fn cleaning_matches_the_model() {
             }
             final_clean(&log, &now, &original, &mut first_below_end, seed).await;
             assert!(passes > 5, "seed {seed}: {passes} passes");
+            assert!(bounded_passes > 0, "seed {seed}: no pass was bounded");
             assert!(
                 multi_pass || seed > 0,
                 "seed {seed}: the small map forced several passes"
@@ -690,5 +717,52 @@ fn a_power_cut_at_any_step_of_a_pass_leaves_the_old_or_the_new_log() {
             }
         }
         assert!(saw_old > 3 && saw_new > 3, "old {saw_old}, new {saw_new}");
+    });
+}
+
+/// Readers served from the tail cache after a pass get what the pass left, not the batches
+/// as they were appended: the same as a reader of the log reopened (empty cache).
+#[test]
+fn the_tail_cache_does_not_bring_back_what_a_pass_removed() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let clock = Clock::System;
+        let cached = LogConfig {
+            tail_cache_bytes_max: 1 << 20,
+            ..config()
+        };
+        let log =
+            PartitionLog::open_on(disk.clone(), Path::new(DIR), cached.clone(), clock.clone())
+                .await
+                .expect("open")
+                .0;
+        let mut rng = SeededRng::new(11);
+        for _ in 0..60 {
+            log.append(random_batch(&mut rng, 4, 1_000))
+                .await
+                .expect("append");
+        }
+        log.wait_written(log.log_end_offset() - 1)
+            .await
+            .expect("written");
+        let before = all_records(&read_all(&log).await).len();
+        let outcome = log
+            .clean(&CleanOptions::default(), &NoCodec)
+            .await
+            .expect("clean");
+        assert!(outcome.records_removed > 0, "the pass removed records");
+        let after = read_all(&log).await;
+        assert!(all_records(&after).len() < before, "a reader sees the pass");
+        log.close().await.expect("close");
+        let reopened = PartitionLog::open_on(disk.clone(), Path::new(DIR), cached, clock)
+            .await
+            .expect("open")
+            .0;
+        assert_eq!(
+            read_all(&reopened).await,
+            after,
+            "the same as the log reopened"
+        );
+        reopened.close().await.expect("close");
     });
 }

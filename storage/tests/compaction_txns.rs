@@ -56,6 +56,8 @@ struct ModelTxns {
     high_watermark: Cell<i64>,
     persist_on: Option<SimDisk>,
     forgotten: RefCell<Vec<i64>>,
+    /// A replicated log's view: no marker is ever retired (`CleanerTxns::retires_markers`).
+    keeps_markers: bool,
 }
 
 fn encode_list(list: &[AbortedRange]) -> Vec<u8> {
@@ -112,6 +114,9 @@ impl CleanerTxns for ModelTxns {
                 })?;
         }
         Ok(())
+    }
+    fn retires_markers(&self) -> bool {
+        !self.keeps_markers
     }
 }
 
@@ -441,6 +446,7 @@ fn records_of_any(batch: &[u8]) -> Vec<i64> {
 fn cleaning_with_transactions_matches_the_model() {
     run(|| async {
         let mut totals = (0_u64, 0_u64, 0_usize);
+        let mut kept_markers_passes = 0;
         for seed in 0..6_u64 {
             let mut rng = SeededRng::new(seed);
             let now = Rc::new(Cell::new(1_000_000_i64));
@@ -449,7 +455,10 @@ fn cleaning_with_transactions_matches_the_model() {
             let mut log = open(&disk, &clock).await;
             let keys = rng.range(3, 30);
             let mut model = Model::default();
-            let txns = ModelTxns::default();
+            let txns = ModelTxns {
+                keeps_markers: seed % 3 == 2,
+                ..ModelTxns::default()
+            };
             let delete_retention_ms = rng.range(0, 600);
             for round in 0..50 {
                 for _ in 0..rng.range(1, 12) {
@@ -488,6 +497,10 @@ fn cleaning_with_transactions_matches_the_model() {
                         lso,
                         outcome.clean_end_offset,
                     );
+                    if txns.keeps_markers {
+                        assert_eq!(outcome.markers_removed, 0, "seed {seed}: a marker retired");
+                        kept_markers_passes += 1;
+                    }
                     totals.0 += outcome.aborted_records_removed;
                     totals.1 += outcome.markers_removed;
                 }
@@ -506,7 +519,9 @@ fn cleaning_with_transactions_matches_the_model() {
                 seed,
             };
             final_clean(&log, &mut rng, &mut model, &txns, &now, &end).await;
-            totals.2 += model.markers.len();
+            if !txns.keeps_markers {
+                totals.2 += model.markers.len();
+            }
             log.close().await.expect("close");
         }
         let (aborted_removed, markers_removed, markers) = totals;
@@ -517,6 +532,10 @@ fn cleaning_with_transactions_matches_the_model() {
         assert!(
             markers_removed > markers as u64 / 3,
             "{markers_removed} of {markers} markers removed"
+        );
+        assert!(
+            kept_markers_passes > 10,
+            "{kept_markers_passes} passes kept markers"
         );
     });
 }
@@ -602,6 +621,10 @@ async fn final_clean(
     }
     let last_marker = model.markers.keys().next_back().copied().unwrap_or(0);
     assert!(end > last_marker, "seed {seed}: cleaned past every marker");
+    if txns.keeps_markers {
+        check_kept_markers(log, model, txns, delete_retention_ms, seed).await;
+        return;
+    }
     assert!(
         txns.aborted.borrow().is_empty(),
         "seed {seed}: aborted entries left: {:?}",
@@ -621,6 +644,37 @@ async fn final_clean(
             );
         }
     }
+}
+
+/// A replicated log's view after its last pass: every marker stays, with its aborted
+/// entry, and none makes a pass due by itself.
+async fn check_kept_markers(
+    log: &PartitionLog<SimDisk>,
+    model: &Model,
+    txns: &ModelTxns,
+    delete_retention_ms: u64,
+    seed: u64,
+) {
+    let after = read_all(log).await;
+    for offset in model.markers.keys() {
+        let batch = after.iter().find(|b| header(b).base_offset == *offset);
+        assert!(
+            batch.is_some_and(is_live_marker),
+            "seed {seed}: marker {offset} retired"
+        );
+    }
+    assert!(
+        txns.forgotten.borrow().is_empty(),
+        "seed {seed}: entries forgotten"
+    );
+    let summary = log
+        .dirty_summary_below(0, delete_retention_ms, txns.first_unstable_offset())
+        .await
+        .expect("summary");
+    assert!(
+        !summary.tombstones_due,
+        "seed {seed}: kept markers force passes"
+    );
 }
 
 /// A log with transactions, cleaned once (aborted records go, their markers wait), its
