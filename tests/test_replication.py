@@ -233,11 +233,12 @@ def start_cluster(tmp_path, extra_args=()):
     return brokers
 
 
-def start_retention_cluster(tmp_path, topic, config):
-    """Three brokers checking retention every 500 ms and `topic`, one RF=3 partition with
-    `config`; returns the brokers by id and the controller's id."""
+def start_retention_cluster(tmp_path, topic, config, extra_args=("--log-retention-check-interval-ms", "500")):
+    """Three brokers (checking retention every 500 ms unless `extra_args` say otherwise) and
+    `topic`, one RF=3 partition with `config`; returns the brokers by id and the
+    controller's id."""
     voters = ",".join(f"{node}@127.0.0.1:{free_port()}" for node in (1, 2, 3))
-    brokers = {node: ClusterBroker(tmp_path, node, voters, extra_args=["--log-retention-check-interval-ms", "500"])
+    brokers = {node: ClusterBroker(tmp_path, node, voters, extra_args=list(extra_args))
                for node in (1, 2, 3)}
     for broker in brokers.values():
         broker.start()
@@ -671,6 +672,71 @@ def test_a_broker_down_past_the_leaders_retention_is_rebuilt_from_its_log_start(
                 read.append(int(message.value()[:6]))
         consumer.close()
         assert read and read == list(range(read[0], 2400)) and read[0] < 2300, (read[:3], read[-3:])
+    finally:
+        stop_all(brokers)
+
+
+def test_a_compacted_topic_is_cleaned_on_every_replica_and_read_across_a_leader_kill(tmp_path):
+    """cleanup.policy=compact on an RF=3 topic: every broker's cleaner compacts its own
+    replica (committed entries only, every batch kept, so Raft's numbering holds); a
+    confluent-kafka consumer reads the last value of every key from the leader, each record
+    at the offset it was written at; after the leader is killed (-9) its successor serves
+    the same from its own cleaned log, and the killed broker, restarted, catches up from
+    the new leader's cleaned log and rejoins the ISR. Byte-level checks of the same (a pass
+    stops at the high watermark; a follower copies entries its leader cleaned) are
+    replica::cleaning_tests."""
+    from test_compaction import TOPIC as TABLE, check_compacted, produce_table, read_all_confluent
+    config = {"cleanup.policy": "compact", "segment.bytes": str(1 << 20),
+              "min.cleanable.dirty.ratio": "0.01", "delete.retention.ms": "3600000"}
+    brokers = {}
+    try:
+        brokers, controller = start_retention_cluster(tmp_path, TABLE, config,
+                                                      extra_args=("--log-cleaner-backoff-ms", "100"))
+        bootstrap = ",".join(broker.bootstrap for broker in brokers.values())
+        witness = brokers[controller]
+
+        def view():
+            md = metadata(witness)
+            if TABLE not in md.topics or 0 not in md.topics[TABLE].partitions:
+                return None
+            partition = md.topics[TABLE].partitions[0]
+            return partition.leader, tuple(sorted(partition.isrs))
+
+        leader, _ = wait_for(lambda: (v := view()) and v[1] == (1, 2, 3) and v, 20, "three replicas in sync")
+        # 3,000 overwrites of 60 keys, ~1.5 KB each: about four 1 MiB segments per replica.
+        written = produce_table(bootstrap, "none")
+        end_offset = max(written) + 1
+
+        def cleaned_everywhere():
+            cleaned = {node: metric_sum(b, "ringfeed_cleaner_bytes_cleaned_total") for node, b in brokers.items()}
+            return all(value > 2 * (1 << 20) for value in cleaned.values()) and cleaned
+
+        cleaned = wait_for(cleaned_everywhere, 60, "every replica cleaned past two segments")
+        print(f"bytes cleaned per broker {cleaned}")
+        read = read_all_confluent(bootstrap, end_offset)
+        kept = check_compacted(read, written, end_offset)
+        assert kept < 900, f"{kept} of {end_offset} records left on the leader after cleaning"
+
+        brokers[leader].process.kill()
+        brokers[leader].process.wait()
+        witness = brokers[next(node for node in (1, 2, 3) if node != leader)]
+        successor, _ = wait_for(lambda: (v := view()) and v[0] not in (-1, leader) and v, 30,
+                                "a new leader")
+        after = read_all_confluent(bootstrap, end_offset)
+        kept_after = check_compacted(after, written, end_offset)
+        assert kept_after < 900, f"{kept_after} records on the successor {successor}"
+        print(f"records kept: {kept} on leader {leader}, {kept_after} on its successor {successor}")
+
+        brokers[leader].start()
+        wait_for(lambda: (v := view()) and v[1] == (1, 2, 3), 60, "the restarted broker back in the ISR")
+        # Still writable, and the new record is the last value of its key.
+        producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+        failed = []
+        producer.produce(TABLE, key=b"key-0", value=b"after the kill", partition=0,
+                         on_delivery=lambda error, _: error is not None and failed.append(error))
+        assert producer.flush(30) == 0 and not failed, failed
+        final = read_all_confluent(bootstrap, end_offset + 1)
+        assert final[-1][1:] == (b"key-0", b"after the kill")
     finally:
         stop_all(brokers)
 

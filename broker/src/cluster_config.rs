@@ -87,8 +87,8 @@ impl ClusterConfig {
         if self.voters.len() > 1 && !self.preview {
             return Err(format!(
                 "controller.quorum.voters names other brokers ({}), and the cluster is a \
-                 preview: partitions are replicated, but transactions on replicated partitions \
-                 are not built yet (docs/REPLICATION.md, Status). Set \
+                 preview: the controller and the partitions are replicated by Raft, and what is \
+                 not built yet is listed in docs/REPLICATION.md, Status. Set \
                  ringfeed.cluster.preview.enable=true to run the cluster anyway",
                 self.voters
             ));

@@ -13,6 +13,10 @@
 //!   (the storage cleaner holds no append gate) and reads and writes at most
 //!   `log.cleaner.io.max.bytes.per.second`, so produce latency is not traded for it.
 //!
+//! - Replicated partitions (`replica::cleaning`): the hosted logs of compacted topics are
+//!   candidates too, each cleaned below its last stable offset under its high watermark,
+//!   with the transactions of the replica's own state and no marker retired.
+//!
 //! - Transactions: a log that ever held a transactional batch is cleaned with its
 //!   transactions (`PartitionTxnView`, from the partition's producer state): nothing at or
 //!   above its LSO, aborted records removed, markers removed once their records are gone
@@ -152,12 +156,22 @@ impl CleanerTxns for PartitionTxnView<'_> {
     }
 }
 
+/// Where a candidate's transactions come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CandidateKind {
+    /// A partition with one replica: its LSO if it ever held a transaction (`None`: it
+    /// never did), from the shard's producer state.
+    Plain { first_unstable_offset: Option<i64> },
+    /// A replicated partition (`replica::cleaning`): committed entries only, transactions
+    /// from the replica's own state, no marker retired.
+    Replicated,
+}
+
 /// One candidate of a cleaning round.
 struct Candidate {
     tp: TopicPartition,
     log: crate::disk::PartitionLog,
-    /// Its LSO, if it ever held a transaction (`None`: it never did).
-    first_unstable_offset: Option<i64>,
+    kind: CandidateKind,
     options: CleanOptions,
     /// Forced (max lag or expired tombstones) first, then by dirty ratio.
     priority: f64,
@@ -192,22 +206,48 @@ async fn dirtiest(shard: &ShardServices) -> Option<Candidate> {
     let limits = &shard.config.limits;
     let mut best: Option<Candidate> = None;
     let mut max_dirty_ratio: f64 = 0.0;
-    for (tp, log) in shard.partitions.online_logs() {
+    let is_compacted = |tp: &TopicPartition| {
+        snapshot
+            .topic(&tp.topic)
+            .is_some_and(|topic| topic.config.is_compacted())
+    };
+    let plain = shard
+        .partitions
+        .online_logs()
+        .into_iter()
+        .map(|(tp, log)| (tp, log, None));
+    let replicated = shard.replicas.iter().flat_map(|replicas| {
+        replicas
+            .cleanable_logs()
+            .into_iter()
+            .map(|(tp, log, clean_below)| (tp, log, Some(clean_below)))
+    });
+    let compacted: Vec<_> = plain
+        .chain(replicated)
+        .filter(|(tp, ..)| is_compacted(tp))
+        .collect();
+    for (tp, log, replica_bound) in compacted {
         let Some(topic) = snapshot.topic(&tp.topic) else {
             continue;
         };
         let config = &topic.config;
-        if !config.is_compacted() {
-            continue;
-        }
         let lag_ms = u64::try_from(config.min_compaction_lag_ms).unwrap_or(0);
         let retention_ms = u64::try_from(config.delete_retention_ms).unwrap_or(0);
-        let first_unstable_offset = shard
-            .partitions
-            .producer_states()
-            .cleaner_first_unstable_offset(&tp, &log)
-            .await;
-        let upper = first_unstable_offset.unwrap_or(i64::MAX);
+        let (kind, upper) = if let Some(clean_below) = replica_bound {
+            (CandidateKind::Replicated, clean_below)
+        } else {
+            let first_unstable_offset = shard
+                .partitions
+                .producer_states()
+                .cleaner_first_unstable_offset(&tp, &log)
+                .await;
+            (
+                CandidateKind::Plain {
+                    first_unstable_offset,
+                },
+                first_unstable_offset.unwrap_or(i64::MAX),
+            )
+        };
         let summary = match log.dirty_summary_below(lag_ms, retention_ms, upper).await {
             Ok(summary) => summary,
             Err(error) => {
@@ -232,12 +272,13 @@ async fn dirtiest(shard: &ShardServices) -> Option<Candidate> {
         best = Some(Candidate {
             tp,
             log,
-            first_unstable_offset,
+            kind,
             options: CleanOptions {
                 map_bytes: limits.cleaner_map_bytes,
                 delete_retention_ms: retention_ms,
                 min_compaction_lag_ms: lag_ms,
                 io_bytes_per_second: Some(limits.cleaner_io_bytes_per_second),
+                clean_below: i64::MAX,
             },
             priority,
         });
@@ -251,31 +292,43 @@ async fn clean_one(shard: &ShardServices, candidate: Candidate) -> bool {
     let Candidate {
         tp,
         log,
-        first_unstable_offset,
+        kind,
         options,
         ..
     } = candidate;
     let producers = shard.partitions.producer_states();
     // Read again: the LSO only goes up, and entries may have been dropped meanwhile.
-    let view = match first_unstable_offset {
-        Some(_) => {
-            producers
-                .cleaner_view(&tp, &log)
-                .await
-                .map(|(first_unstable_offset, aborted)| PartitionTxnView {
-                    producers,
-                    tp: &tp,
-                    log: &log,
-                    first_unstable_offset,
-                    aborted,
-                })
-        }
-        None => None,
-    };
-    match log
-        .clean_with_txns(&options, &CleanerCodec, view.as_ref())
-        .await
-    {
+    let cleaned =
+        match kind {
+            CandidateKind::Plain {
+                first_unstable_offset: Some(_),
+            } => {
+                let view = producers.cleaner_view(&tp, &log).await.map(
+                    |(first_unstable_offset, aborted)| PartitionTxnView {
+                        producers,
+                        tp: &tp,
+                        log: &log,
+                        first_unstable_offset,
+                        aborted,
+                    },
+                );
+                log.clean_with_txns(&options, &CleanerCodec, view.as_ref())
+                    .await
+            }
+            CandidateKind::Plain {
+                first_unstable_offset: None,
+            } => log.clean(&options, &CleanerCodec).await,
+            CandidateKind::Replicated => {
+                let Some(replicas) = shard.replicas.as_ref() else {
+                    return false;
+                };
+                match clean_replicated(replicas, &tp, &log, &options).await {
+                    Some(cleaned) => cleaned,
+                    None => return false, // closed since the round chose it
+                }
+            }
+        };
+    match cleaned {
         Ok(outcome) => {
             shard
                 .metrics
@@ -301,6 +354,21 @@ async fn clean_one(shard: &ShardServices, candidate: Candidate) -> bool {
             false
         }
     }
+}
+
+/// One pass over hosted partition `tp`'s `log` (`replica::cleaning`); `None` if it is no
+/// longer hosted.
+pub(crate) async fn clean_replicated(
+    replicas: &crate::replica::ReplicaManager,
+    tp: &TopicPartition,
+    log: &crate::disk::PartitionLog,
+    options: &CleanOptions,
+) -> Option<Result<crate::storage::CleanOutcome, StorageError>> {
+    let view = replicas.cleaner_txns(tp)?;
+    Some(
+        log.clean_with_txns(options, &CleanerCodec, Some(&view))
+            .await,
+    )
 }
 
 #[cfg(test)]

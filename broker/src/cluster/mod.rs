@@ -122,8 +122,8 @@ pub async fn start_controller_group(
     tracing::info!(node_id, voters = %config.cluster.voters, recovered = recovered.is_some(), "controller group 0 started");
     tracing::warn!(
         "the cluster is a preview: the controller and every partition are replicated by Raft \
-         (acks=all waits for a quorum), but replicated compacted topics are not cleaned yet \
-         (docs/REPLICATION.md, Status)"
+         (acks=all waits for a quorum); what is not built yet is listed in \
+         docs/REPLICATION.md, Status"
     );
     let registration = BrokerRecord {
         node_id: config.cluster.node_id,

@@ -14,6 +14,8 @@
 //!   rounds, frames in and out (bounded queues), produce waits answered from the rounds,
 //!   leadership reports;
 //! - `catch_up`: a follower behind what the leader keeps in memory served from its log;
+//! - `cleaning`: the log cleaner on the hosted logs of compacted topics (committed entries
+//!   only, no transaction marker retired);
 //! - `producers`: idempotent producers' sequence checks over committed and proposed batches;
 //! - `retention`: `retention.ms`/`retention.bytes` on the hosted logs, never removing what
 //!   the group may still need;
@@ -23,6 +25,7 @@
 //! Owned by one shard, `!Send` (the stores hold the shard's disk handles and `Rc`s).
 
 pub mod catch_up;
+pub mod cleaning;
 pub mod handover;
 pub mod manager;
 pub mod producers;
@@ -37,6 +40,8 @@ pub use types::{
     CoordinatorRole, HostedReplica, LeadershipChange, ReplicaFetch, ReplicaOffset, ReplicaProduce,
 };
 
+#[cfg(test)]
+mod cleaning_tests;
 #[cfg(test)]
 mod idempotence_sim_tests;
 #[cfg(test)]

@@ -723,7 +723,7 @@ impl PendingReplicaProduce {
 
 /// The group's last stable offset: its open transactions' first offset under the high
 /// watermark, at least the log start (records retention removed hold no reader back).
-fn last_stable_offset(hosted: &Hosted) -> i64 {
+pub(crate) fn last_stable_offset(hosted: &Hosted) -> i64 {
     hosted
         .txns
         .borrow()

@@ -46,7 +46,7 @@ fn producer_batch(
     )
 }
 
-fn marker(producer_id: i64, epoch: i16, commit: bool) -> TxnMarker {
+pub(crate) fn marker(producer_id: i64, epoch: i16, commit: bool) -> TxnMarker {
     TxnMarker {
         producer_id,
         producer_epoch: epoch,
@@ -56,7 +56,7 @@ fn marker(producer_id: i64, epoch: i16, commit: bool) -> TxnMarker {
 }
 
 /// Proposes `batch` (acks=all) on node `id` and steps the cluster until it is answered.
-async fn produce(cluster: &mut Cluster, id: u64, batch: Bytes) -> ReplicaProduce {
+pub(crate) async fn produce(cluster: &mut Cluster, id: u64, batch: Bytes) -> ReplicaProduce {
     let pending = cluster.manager(id).dispatch_produce(&tp(), vec![batch], -1);
     let cell = Rc::new(RefCell::new(None));
     let sink = cell.clone();
@@ -70,7 +70,11 @@ async fn produce(cluster: &mut Cluster, id: u64, batch: Bytes) -> ReplicaProduce
 }
 
 /// Writes `marker` on node `id`, stepping the cluster until it is answered.
-async fn write_marker(cluster: &mut Cluster, id: u64, marker: TxnMarker) -> Result<i64, i16> {
+pub(crate) async fn write_marker(
+    cluster: &mut Cluster,
+    id: u64,
+    marker: TxnMarker,
+) -> Result<i64, i16> {
     let manager = cluster.manager(id);
     let cell = Rc::new(RefCell::new(None));
     let sink = cell.clone();

@@ -29,6 +29,7 @@ use bytes::Bytes;
 use crate::producer_state::{AbortedTxn, PartitionTxns, TxnMarker};
 use crate::storage::batch::{control, BatchHeader};
 use crate::storage::meta::{self, MetaKind};
+use crate::storage::AbortedRange;
 
 /// Applied offsets between two snapshots: what a replica that opens replays at most past
 /// its snapshot (about 5 MB of 100-byte records).
@@ -218,6 +219,18 @@ impl ReplicaTxns {
     /// The aborted transactions overlapping `[fetch_offset, upper)` (Kafka's fetch rule).
     pub fn aborted_overlapping(&self, fetch_offset: i64, upper: i64) -> Vec<(i64, i64)> {
         self.txns.aborted_overlapping(fetch_offset, upper)
+    }
+
+    /// The aborted transactions whose marker the log holds, for the log cleaner.
+    pub fn aborted_ranges(&self) -> Vec<AbortedRange> {
+        self.txns
+            .aborted()
+            .map(|entry| AbortedRange {
+                producer_id: entry.producer_id,
+                first_offset: entry.first_offset,
+                marker_offset: entry.last_offset,
+            })
+            .collect()
     }
 
     /// The first offset of the producer's open transaction, if any.

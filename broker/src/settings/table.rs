@@ -241,8 +241,8 @@ pub static SETTINGS: &[Setting] = &[
         "false",
         Kind::Bool,
         "Allow controller.quorum.voters to name other brokers while the cluster is a \
-         preview: the controller and the partitions are replicated by Raft, but transactions \
-         on replicated partitions are not built yet (docs/REPLICATION.md, Status).",
+         preview: the controller and the partitions are replicated by Raft; what is not built \
+         yet is listed in docs/REPLICATION.md, Status.",
     ),
     row(
         "broker.session.timeout.ms",
