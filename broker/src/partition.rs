@@ -31,7 +31,7 @@ use crate::error_codes as codes;
 use crate::log_throttle::LogThrottle;
 use crate::metadata::TopicPartition;
 pub use crate::producer_state::TxnMarker;
-use crate::producer_state::{ProducerStates, Refused};
+use crate::producer_state::{ProducerStates, Refused, TxnVerification};
 use crate::replica::serve::PendingReplicaProduce;
 use crate::replica::ReplicaManager;
 use crate::router::{CallKind, Ending, PeerGone, ShardRouter};
@@ -147,6 +147,9 @@ pub struct PartitionTable {
     /// The Raft groups of this shard's replicated partitions (a broker among several
     /// voters only): a partition not in `slots` is looked up there.
     replicas: RefCell<Option<Rc<ReplicaManager>>>,
+    /// Verifies a transactional batch that would open a transaction with its coordinator
+    /// (`ProducerStates::append_verified`); installed by the shard, `None` in unit tests.
+    txn_verifier: RefCell<Option<crate::producer_state::TxnVerifier>>,
 }
 
 /// The fetch long-poll waits parked on one shard's partitions, whether the fetch runs on
@@ -274,6 +277,10 @@ impl PartitionTable {
     }
 
     /// Serves replicated partitions from `replicas` (after the partitions in this table).
+    pub fn set_txn_verifier(&self, verifier: crate::producer_state::TxnVerifier) {
+        *self.txn_verifier.borrow_mut() = Some(verifier);
+    }
+
     pub fn set_replicas(&self, replicas: Rc<ReplicaManager>) {
         *self.replicas.borrow_mut() = Some(replicas);
     }
@@ -404,6 +411,8 @@ struct InLine {
     origin: ProduceOrigin,
     sequencer: Rc<AppendSequencer>,
     ticket: Ticket,
+    /// The request's transactional id, for KIP-890's verification.
+    transactional_id: Option<String>,
 }
 
 impl PartitionTable {
@@ -418,6 +427,7 @@ impl PartitionTable {
         batches: Vec<Bytes>,
         acks: i16,
         origin: ProduceOrigin,
+        transactional_id: Option<String>,
     ) -> DispatchedProduce {
         let failed = |error_code| {
             DispatchedProduce(ProduceStage::Refused(ProduceOutcome {
@@ -472,6 +482,7 @@ impl PartitionTable {
             origin,
             sequencer,
             ticket,
+            transactional_id,
         }))
     }
 
@@ -724,11 +735,12 @@ pub fn produce_on<S: PartitionOwner>(
     batches: Vec<Bytes>,
     acks: i16,
     origin: ProduceOrigin,
+    transactional_id: Option<String>,
 ) -> impl Future<Output = Option<ProduceOutcome>> + 'static {
     let remote = owner != router.shard_id();
     let reply = router.invoke_in_order(owner, S::PARTITION_CALLS, move |services: &Rc<S>| {
         let table = partitions_on_receipt(&**services, &tp, remote);
-        let dispatched = table.dispatch_produce(tp, batches, acks, origin);
+        let dispatched = table.dispatch_produce(tp, batches, acks, origin, transactional_id);
         async move { dispatched.run(&table).await }
     });
     async move { answered(reply.await) }
@@ -967,7 +979,17 @@ async fn produce(table: &PartitionTable, in_line: InLine) -> ProduceOutcome {
         origin,
         sequencer,
         ticket,
+        transactional_id,
     } = in_line;
+    let verification = table
+        .txn_verifier
+        .borrow()
+        .clone()
+        .zip(transactional_id)
+        .map(|(verifier, transactional_id)| TxnVerification {
+            verifier,
+            transactional_id,
+        });
     let failed = |error_code| ProduceOutcome {
         error_code,
         base_offset: -1,
@@ -978,7 +1000,11 @@ async fn produce(table: &PartitionTable, in_line: InLine) -> ProduceOutcome {
     let mut first_base_offset = None;
     let mut last_offset = -1;
     for batch in batches {
-        match table.producers.append(&tp, &log, batch).await {
+        match table
+            .producers
+            .append_verified(&tp, &log, batch, verification.as_ref())
+            .await
+        {
             Ok(outcome) => {
                 first_base_offset.get_or_insert(outcome.base_offset);
                 last_offset = outcome.last_offset;
@@ -1332,7 +1358,7 @@ mod tests {
             connection_id: 7,
             request_sequence,
         };
-        table.dispatch_produce(tp(), batches, 1, origin)
+        table.dispatch_produce(tp(), batches, 1, origin, None)
     }
 
     #[test]
@@ -1455,7 +1481,13 @@ mod tests {
                         connection_id: 9,
                         request_sequence: sequence,
                     };
-                    table.dispatch_produce(tp(), vec![batch(&format!("t{sequence}"))], -1, origin)
+                    table.dispatch_produce(
+                        tp(),
+                        vec![batch(&format!("t{sequence}"))],
+                        -1,
+                        origin,
+                        None,
+                    )
                 })
                 .collect();
             // Run in reverse: the order is the dispatch order all the same.
@@ -1519,7 +1551,7 @@ mod tests {
                 request_sequence: 0,
             };
             let refused = follower_table
-                .dispatch_produce(tp(), vec![batch("f")], -1, origin)
+                .dispatch_produce(tp(), vec![batch("f")], -1, origin, None)
                 .run(&follower_table)
                 .await;
             assert_eq!(refused.error_code, codes::NOT_LEADER_OR_FOLLOWER);

@@ -686,6 +686,20 @@ pub struct ProducerStates {
     transactions_seen: RefCell<HashMap<TopicPartition, bool>>,
 }
 
+/// Asks the transaction coordinator of transactional id `.0` whether partition `.3` is in
+/// producer `.1`'s (epoch `.2`) ongoing transaction (KIP-890): `NONE`, or the code the
+/// produce is refused with. Installed by the shard (`shard::txn_verifier`).
+pub type TxnVerifier =
+    Rc<dyn Fn(String, i64, i16, TopicPartition) -> futures::future::LocalBoxFuture<'static, i16>>;
+
+/// The verification a transactional produce call asks for: the shard's verifier and the
+/// request's transactional id.
+#[derive(Clone)]
+pub struct TxnVerification {
+    pub verifier: TxnVerifier,
+    pub transactional_id: String,
+}
+
 impl ProducerStates {
     /// Appends one checked batch. Batches without a producer id go straight to the log; idempotent
     /// ones are checked first, and a duplicate answers with the original's offsets.
@@ -694,6 +708,26 @@ impl ProducerStates {
         tp: &TopicPartition,
         log: &PartitionLog,
         batch: CheckedBatch,
+    ) -> Result<AppendOutcome, Refused> {
+        self.append_verified(tp, log, batch, None).await
+    }
+
+    /// [`Self::append`], where a transactional batch that would open its producer's
+    /// transaction on this partition is first verified with the transaction coordinator
+    /// (`verification`; KIP-890 part 1): the partition must be in the producer's ongoing
+    /// transaction, or the batch is refused with the verifier's code (`INVALID_TXN_STATE`)
+    /// and opens nothing. Without it, a batch that arrives after its transaction ended (a
+    /// delayed retry, a zombie with the current epoch) opens a transaction no coordinator
+    /// knows, and no marker ever ends it: the partition's last stable offset, and every
+    /// `read_committed` reader, would stop there. The partition's gate stays held while the
+    /// coordinator answers, so a marker for this partition cannot slip in between the
+    /// verification and the append (Kafka keeps a verification guard for the same reason).
+    pub async fn append_verified(
+        &self,
+        tp: &TopicPartition,
+        log: &PartitionLog,
+        batch: CheckedBatch,
+        verification: Option<&TxnVerification>,
     ) -> Result<AppendOutcome, Refused> {
         let header = Some(*batch.header()).filter(|header| header.producer_id >= 0);
         let Some(header) = header else {
@@ -725,6 +759,19 @@ impl ProducerStates {
                 if opens && self.open_txns_on_shard() >= ONGOING_TXNS_PER_SHARD_MAX {
                     tracing::debug!(partition = %tp, producer = header.producer_id, "transaction refused: the shard has its maximum of open transactions");
                     return Err(Refused::Sequence(POLICY_VIOLATION));
+                }
+                if let Some(verification) = verification.filter(|_| opens) {
+                    let code = (verification.verifier)(
+                        verification.transactional_id.clone(),
+                        header.producer_id,
+                        header.producer_epoch,
+                        tp.clone(),
+                    )
+                    .await;
+                    if code != crate::error_codes::NONE {
+                        tracing::debug!(partition = %tp, producer = header.producer_id, code, "transactional batch refused: not in its producer's ongoing transaction");
+                        return Err(Refused::Sequence(code));
+                    }
                 }
                 if opens {
                     self.mark_transactions_seen(tp, log).await?;

@@ -408,6 +408,9 @@ impl ShardServices {
             marker_post: marker_post_of(controller.as_ref()),
             controller,
         });
+        services
+            .partitions
+            .set_txn_verifier(txn_verifier(Rc::downgrade(&services)));
         services.start_replicas();
         services.report_offline_partitions();
         router::serve_incoming(&services.router, incoming, &services);
@@ -1185,6 +1188,52 @@ impl ShardServices {
         .ok_or(group_codes::COORDINATOR_NOT_AVAILABLE)
     }
 
+    /// KIP-890's check of a transactional batch that would open its producer's transaction
+    /// on `tp` (`ProducerStates::append_verified`): `NONE` when `tp` is in the producer's
+    /// ongoing transaction, else the code the produce is refused with. As Kafka answers a
+    /// produce: `INVALID_TXN_STATE` for a partition not in the transaction (or no ongoing
+    /// one), `INVALID_PRODUCER_EPOCH` for a producer fenced since, and the coordinator's
+    /// unavailability as `NOT_ENOUGH_REPLICAS`, which every client retries (older ones know
+    /// no coordinator errors on a produce). A coordinator on another broker is not asked
+    /// yet: the batch is taken unverified, as before this check (`TxnOffsetCommit` does
+    /// the same; `docs/ARCHITECTURE.md`, Transactions).
+    pub async fn verify_in_transaction(
+        self: &Rc<Self>,
+        id: String,
+        producer_id: i64,
+        epoch: i16,
+        tp: TopicPartition,
+    ) -> i16 {
+        use crate::transactions::codes as txn_codes;
+        let retriable = crate::error_codes::NOT_ENOUGH_REPLICAS;
+        match self.txn_coordinator_broker(&id).await {
+            Ok(broker) if broker != self.metadata.current().local_node => {
+                tracing::debug!(transactional_id = %id, partition = %tp, "transactional batch taken unverified: its coordinator is on another broker");
+                return txn_codes::NONE;
+            }
+            Ok(_) => {}
+            Err(_) => return retriable,
+        }
+        let verified = self
+            .on_txn_coordinator(&id, move |coordinator, at| async move {
+                coordinator
+                    .verify_partitions(at, producer_id, epoch, vec![tp])
+                    .await
+            })
+            .await;
+        match verified {
+            Ok(Ok(per_partition)) => per_partition.first().copied().unwrap_or(txn_codes::NONE),
+            Ok(Err(txn_codes::PRODUCER_FENCED)) => txn_codes::INVALID_PRODUCER_EPOCH,
+            Ok(Err(
+                txn_codes::COORDINATOR_NOT_AVAILABLE
+                | txn_codes::COORDINATOR_LOAD_IN_PROGRESS
+                | txn_codes::NOT_COORDINATOR,
+            ))
+            | Err(_) => retriable,
+            Ok(Err(_)) => txn_codes::INVALID_TXN_STATE,
+        }
+    }
+
     /// The broker coordinating transactional id `id`: the one hosting its
     /// `__transaction_state` partition (created on first use, as Kafka does).
     pub async fn txn_coordinator_broker(self: &Rc<Self>, id: &str) -> Result<i32, i16> {
@@ -1732,6 +1781,24 @@ pub async fn put_idle_logs_to_sleep_periodically(shard: Rc<ShardServices>) {
             tracing::debug!(shard = shard.shard_id, dozed, "partition logs went dormant");
         }
     }
+}
+
+/// The shard's [`crate::producer_state::TxnVerifier`]: [`ShardServices::verify_in_transaction`]
+/// while the shard lives (a retriable refusal once it is gone, during shutdown).
+fn txn_verifier(services: std::rc::Weak<ShardServices>) -> crate::producer_state::TxnVerifier {
+    Rc::new(move |id, producer_id, epoch, tp| {
+        let services = services.clone();
+        Box::pin(async move {
+            match services.upgrade() {
+                Some(services) => {
+                    services
+                        .verify_in_transaction(id, producer_id, epoch, tp)
+                        .await
+                }
+                None => crate::error_codes::NOT_ENOUGH_REPLICAS,
+            }
+        })
+    })
 }
 
 /// Closes every partition log of the shard (the end of its shutdown).

@@ -64,6 +64,7 @@ pub fn dispatch(
             )
         }),
     };
+    let transactional_id = request.transactional_id.as_ref().map(|id| id.0.to_string());
     let mut responses = Vec::with_capacity(request.topic_data.len());
     // One slot per piece, in request order; the pieces appending fill theirs from one task.
     let mut slots: Vec<Slot> = Vec::new();
@@ -99,7 +100,7 @@ pub fn dispatch(
                 records: partition.records.unwrap_or_default(),
             };
             let index = partition.index;
-            match dispatch_piece(shard, &snapshot, piece, rules) {
+            match dispatch_piece(shard, &snapshot, piece, rules, transactional_id.as_deref()) {
                 PieceStart::Answered(response) => {
                     slots.push(Slot::answered(topic_index, index, response));
                 }
@@ -300,6 +301,7 @@ fn dispatch_piece(
     snapshot: &Arc<MetadataSnapshot>,
     piece: Piece,
     rules: PieceRules,
+    transactional_id: Option<&str>,
 ) -> PieceStart {
     let Piece {
         topic,
@@ -385,6 +387,10 @@ fn dispatch_piece(
         topic: topic_metadata.name.clone(),
         partition,
     };
+    // Only a transactional piece is verified with its coordinator (KIP-890).
+    let transactional_id = transactional_id
+        .filter(|_| batches.iter().any(is_transactional))
+        .map(str::to_string);
     // The piece takes its place at the partition now; `dispatch` runs the wait.
     PieceStart::Appending(Box::pin(partition::produce_on(
         shard.router,
@@ -393,6 +399,7 @@ fn dispatch_piece(
         batches,
         rules.acks,
         rules.origin,
+        transactional_id,
     )))
 }
 

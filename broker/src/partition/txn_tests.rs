@@ -75,7 +75,7 @@ async fn produce(table: &PartitionTable, batch: Bytes) -> ProduceOutcome {
         request_sequence: 0,
     };
     table
-        .dispatch_produce(tp(), vec![batch], -1, origin)
+        .dispatch_produce(tp(), vec![batch], -1, origin, None)
         .run(table)
         .await
 }
@@ -352,7 +352,7 @@ fn replicated_partitions_take_transactions_through_the_table() {
             connection_id: 1,
             request_sequence: 0,
         };
-        let dispatched = table.dispatch_produce(tp(), vec![batch(1, 0, 1, true)], -1, origin);
+        let dispatched = table.dispatch_produce(tp(), vec![batch(1, 0, 1, true)], -1, origin, None);
         let produced = std::rc::Rc::new(std::cell::Cell::new(None));
         let (sink, runner) = (produced.clone(), table.clone());
         glommio::spawn_local(async move { sink.set(Some(dispatched.run(&runner).await)) }).detach();
@@ -621,7 +621,7 @@ async fn produce_written(table: &PartitionTable, batch: Bytes) -> ProduceOutcome
         request_sequence: 0,
     };
     table
-        .dispatch_produce(tp(), vec![batch], 1, origin)
+        .dispatch_produce(tp(), vec![batch], 1, origin, None)
         .run(table)
         .await
 }
@@ -696,4 +696,149 @@ proptest! {
     fn read_committed_matches_the_model(steps in prop::collection::vec(step(), 1..40)) {
         run(move || play(steps));
     }
+}
+
+/// What a test verifier was asked: (transactional id, producer, epoch, partition).
+type Asked = Rc<RefCell<Vec<(String, i64, i16, TopicPartition)>>>;
+
+/// A verifier answering `answer` (read at each call) and recording what it was asked.
+fn recording_verifier(answer: Rc<Cell<i16>>) -> (crate::producer_state::TxnVerifier, Asked) {
+    let asked: Asked = Rc::default();
+    let record = asked.clone();
+    let verifier: crate::producer_state::TxnVerifier =
+        Rc::new(move |id, producer_id, epoch, tp| {
+            record.borrow_mut().push((id, producer_id, epoch, tp));
+            let code = answer.get();
+            Box::pin(async move { code })
+        });
+    (verifier, asked)
+}
+
+async fn produce_in(
+    table: &PartitionTable,
+    batch: Bytes,
+    transactional_id: &str,
+) -> ProduceOutcome {
+    let origin = ProduceOrigin {
+        connection_id: 1,
+        request_sequence: 0,
+    };
+    table
+        .dispatch_produce(tp(), vec![batch], -1, origin, Some(transactional_id.into()))
+        .run(table)
+        .await
+}
+
+/// KIP-890: a transactional batch that would open its producer's transaction here is
+/// verified with the coordinator first. Refused, it opens nothing (readers are not held
+/// back by a transaction no coordinator knows); accepted, the transaction's later batches
+/// are not asked about again.
+#[test]
+fn a_batch_outside_its_producers_transaction_is_refused_and_opens_nothing() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let table = open_table(&disk).await;
+        let answer = Rc::new(Cell::new(INVALID_TXN_STATE));
+        let (verifier, asked) = recording_verifier(answer.clone());
+        table.set_txn_verifier(verifier);
+
+        let refused = produce_in(&table, batch(1, 0, 2, true), "tx").await;
+        assert_eq!(refused.error_code, INVALID_TXN_STATE);
+        assert_eq!(
+            asked.borrow().as_slice(),
+            &[("tx".to_string(), 1, 0, tp())],
+            "the coordinator was asked about this partition"
+        );
+        produce(&table, batch(-1, 0, 1, false)).await;
+        let read = read_committed(&table, 0).await;
+        assert_eq!(
+            (read.high_watermark, read.last_stable_offset),
+            (1, 1),
+            "nothing open: the refused batch was not written"
+        );
+
+        answer.set(codes::NONE);
+        let first = produce_in(&table, batch(1, 0, 2, true), "tx").await;
+        assert_eq!((first.error_code, first.base_offset), (codes::NONE, 1));
+        let second = produce_in(&table, batch(1, 2, 1, true), "tx").await;
+        assert_eq!(second.error_code, codes::NONE);
+        assert_eq!(
+            asked.borrow().len(),
+            2,
+            "an open transaction's batches are not asked about"
+        );
+        let read = read_committed(&table, 0).await;
+        assert_eq!(
+            read.last_stable_offset, 1,
+            "the verified transaction is open"
+        );
+        table
+            .write_txn_marker(&tp(), marker(1, true))
+            .await
+            .expect("commit");
+        // The producer's next transaction is verified again.
+        produce_in(&table, batch(1, 3, 1, true), "tx").await;
+        assert_eq!(asked.borrow().len(), 3);
+    });
+}
+
+/// The partition's gate is held while the coordinator answers: a marker for the producer
+/// written meanwhile waits, then ends the transaction the verified batch opened. Were it
+/// written in between, the batch would open a transaction after its marker, which nothing
+/// would ever end.
+#[test]
+fn a_marker_cannot_slip_between_the_verification_and_the_append() {
+    run(|| async {
+        let disk = SimDisk::new();
+        let table = Rc::new(open_table(&disk).await);
+        let (release, released) = futures::channel::oneshot::channel::<()>();
+        let released = Rc::new(RefCell::new(Some(released)));
+        let verifier: crate::producer_state::TxnVerifier = Rc::new(move |_, _, _, _| {
+            let released = released.borrow_mut().take().expect("asked once");
+            Box::pin(async move {
+                released.await.expect("released");
+                codes::NONE
+            })
+        });
+        table.set_txn_verifier(verifier);
+
+        let produced = glommio::spawn_local({
+            let table = table.clone();
+            async move { produce_in(&table, batch(1, 0, 2, true), "tx").await }
+        });
+        for _ in 0..10 {
+            glommio::executor().yield_task_queue_now().await;
+        }
+        let marked = glommio::spawn_local({
+            let table = table.clone();
+            async move { table.write_txn_marker(&tp(), marker(1, false)).await }
+        });
+        for _ in 0..10 {
+            glommio::executor().yield_task_queue_now().await;
+        }
+        assert_eq!(
+            table.fetch(&tp(), 0, 1 << 20).await.high_watermark,
+            0,
+            "nothing written yet"
+        );
+        release.send(()).expect("verifier waiting");
+        let produced = produced.await;
+        let marker_offset = marked.await.expect("marker written");
+        assert_eq!(
+            (produced.error_code, produced.base_offset),
+            (codes::NONE, 0)
+        );
+        assert_eq!(marker_offset, 2, "the marker after the batch");
+        let read = read_committed(&table, 0).await;
+        assert_eq!(
+            (read.high_watermark, read.last_stable_offset),
+            (3, 3),
+            "the abort ended the transaction"
+        );
+        assert_eq!(
+            consumed(&read),
+            Vec::<i64>::new(),
+            "its records are aborted"
+        );
+    });
 }
