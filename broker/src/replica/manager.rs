@@ -181,6 +181,9 @@ pub struct ReplicaManager {
     pub(crate) clock: Clock,
     replica_lag_time_max: Duration,
     tail_cache: crate::storage::ShardTailCache,
+    /// Open transactions the shard's hosted partitions hold at most
+    /// (`ONGOING_TXNS_PER_SHARD_MAX`; smaller in tests).
+    pub(crate) open_txns_max: Cell<usize>,
     /// The memory this shard's groups share for their recent applied entries.
     recent_budget: RecentBudget,
     pub(crate) driver: RefCell<MultiRaft<Store>>,
@@ -303,6 +306,7 @@ impl ReplicaManager {
             storage_failure_logged: Cell::new(false),
             fetches_queued: RefCell::default(),
             fetch_task_running: Cell::new(false),
+            open_txns_max: Cell::new(crate::producer_state::ONGOING_TXNS_PER_SHARD_MAX),
         }))
     }
 

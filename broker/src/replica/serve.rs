@@ -113,6 +113,10 @@ impl ReplicaManager {
         if let Err(code) = check_transactions(&hosted, &headers) {
             return refused(code);
         }
+        if self.would_pass_shard_txn_bound(&hosted, &headers) {
+            tracing::debug!(partition = %tp, "transaction refused: the shard's replicated partitions have their maximum of open transactions");
+            return refused(crate::producer_state::POLICY_VIOLATION);
+        }
         if acks == -1 {
             let in_sync = self.in_sync(group_id).len();
             if (in_sync as u64) < u64::from(hosted.replica.min_insync_replicas) {
@@ -728,6 +732,32 @@ pub(crate) fn last_stable_offset(hosted: &Hosted) -> i64 {
         .txns
         .borrow()
         .last_stable_offset(hosted.committed_end.get(), hosted.log.log_start_offset())
+}
+
+impl ReplicaManager {
+    /// Whether `headers` would open a transaction on `hosted` while the shard's replicated
+    /// partitions already hold `open_txns_max` open ones (committed state;
+    /// counted only when one would open, as the plain partitions' bound is). The plain
+    /// partitions of the shard are bounded apart by the same number, so a shard holds at
+    /// most twice it.
+    fn would_pass_shard_txn_bound(&self, hosted: &Hosted, headers: &[BatchHeader]) -> bool {
+        let opens = {
+            let txns = hosted.txns.borrow();
+            headers.iter().any(|header| {
+                header.is_transactional() && txns.open_transaction(header.producer_id).is_none()
+            })
+        };
+        opens && self.open_txns() >= self.open_txns_max.get()
+    }
+
+    /// Open transactions over the shard's hosted partitions.
+    fn open_txns(&self) -> usize {
+        self.groups
+            .borrow()
+            .values()
+            .map(|hosted| hosted.txns.borrow().ongoing_count())
+            .sum()
+    }
 }
 
 /// The transaction checks of a call's batches at the leader, against the committed

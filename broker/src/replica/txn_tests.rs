@@ -277,3 +277,44 @@ fn a_transaction_open_before_a_snapshot_holds_readers_after_a_restart() {
         assert_eq!(kept, [open.base_offset, big.base_offset]);
     });
 }
+
+/// The shard's replicated partitions hold at most `open_txns_max` open transactions: a
+/// batch that would open one more is refused `POLICY_VIOLATION` at the leader (nothing is
+/// proposed), while batches of transactions already open go on, and a marker that ends
+/// one makes room.
+#[test]
+fn open_transactions_are_bounded_per_shard() {
+    run(|| async {
+        let mut cluster = Cluster::new(2).await;
+        let leader = cluster.elect().await;
+        cluster.manager(leader).open_txns_max.set(2);
+        for producer_id in [1, 2] {
+            let opened = produce(
+                &mut cluster,
+                leader,
+                producer_batch(producer_id, 0, 0, 1, true),
+            )
+            .await;
+            assert_eq!(opened.error_code, codes::NONE);
+        }
+        let end = cluster
+            .manager(leader)
+            .high_watermark(crate::replica::tests::GROUP);
+        let refused = produce(&mut cluster, leader, producer_batch(3, 0, 0, 1, true)).await;
+        assert_eq!(refused.error_code, crate::producer_state::POLICY_VIOLATION);
+        assert_eq!(
+            cluster
+                .manager(leader)
+                .high_watermark(crate::replica::tests::GROUP),
+            end,
+            "nothing proposed"
+        );
+        let more = produce(&mut cluster, leader, producer_batch(1, 0, 1, 1, true)).await;
+        assert_eq!(more.error_code, codes::NONE, "an open transaction goes on");
+        write_marker(&mut cluster, leader, marker(1, 0, true))
+            .await
+            .expect("commit");
+        let room = produce(&mut cluster, leader, producer_batch(3, 0, 0, 1, true)).await;
+        assert_eq!(room.error_code, codes::NONE, "the commit made room");
+    });
+}

@@ -233,6 +233,11 @@ impl ReplicaTxns {
             .collect()
     }
 
+    /// How many transactions are open here.
+    pub fn ongoing_count(&self) -> usize {
+        self.txns.ongoing_count()
+    }
+
     /// The first offset of the producer's open transaction, if any.
     pub fn open_transaction(&self, producer_id: i64) -> Option<i64> {
         self.txns.open_transaction(producer_id)
