@@ -713,26 +713,39 @@ impl ReplicaManager {
     /// A snapshot this replica staged: its log gives way to the leader's first entry
     /// (`log_store.rs`, written by the next durability round), so the applied state starts
     /// again there: the high watermark is that entry's end, and the idempotent producers'
-    /// state is what the entries after it bring (a producer whose last batches were only
-    /// before the snapshot is not known here, as after a restart that found none).
+    /// and transactions' state is what that entry and the entries after it bring (a
+    /// producer whose last batches were only before it is not known here, as after a
+    /// restart that found none).
     fn install_snapshot(&self, group_id: u64, snapshot: &Snapshot) {
         let Some(hosted) = self.groups.borrow().get(&group_id).cloned() else {
             return;
         };
         let index = snapshot.get_metadata().index;
-        let end = snapshot_entry(snapshot)
-            .ok()
-            .and_then(|entry| BatchHeader::parse(&entry.batch))
-            .map(|header| header.last_offset() + 1);
+        let entry = snapshot_entry(snapshot).ok().and_then(|entry| {
+            let header = BatchHeader::parse(&entry.batch)?;
+            Some((header, entry.batch))
+        });
         // The store checked the batch when it staged the snapshot.
-        let Some(end) = end else { return };
+        let Some((header, batch)) = entry else { return };
+        let end = header.last_offset() + 1;
         tracing::info!(partition = %hosted.replica.topic, group_id, index, log_start = end, "replica too far behind its leader: rebuilt from the leader's first entry");
         hosted.applied_index.set(index);
         hosted.committed_end.set(end);
-        *hosted.producers.borrow_mut() = Producers::default();
-        // The replacement removes the snapshot file with the old log; a restart before the
-        // next one replays the new log whole.
-        *hosted.txns.borrow_mut() = ReplicaTxns::starting_at(index, end);
+        // The entry itself is applied: the first batch of a transaction still open holds
+        // readers at its offset here as on the leader (its later batches, and its marker,
+        // come as entries). The replacement removes the transaction snapshot file with the
+        // old log; a restart before the next one replays the new log whole, entry included.
+        let txn_entry = TxnEntry::of(&header, &batch);
+        let mut producers = Producers::default();
+        let mut txns = ReplicaTxns::starting_at(index.saturating_sub(1), header.base_offset);
+        match &txn_entry {
+            TxnEntry::Data(header) => producers.committed(header, index, header.base_offset),
+            TxnEntry::Marker(marker) => producers.marker_committed(marker),
+            TxnEntry::Other => {}
+        }
+        txns.apply(index, &txn_entry, header.base_offset);
+        *hosted.producers.borrow_mut() = producers;
+        *hosted.txns.borrow_mut() = txns;
         self.counts.borrow_mut().snapshots_installed += 1;
     }
 

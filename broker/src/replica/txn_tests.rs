@@ -318,3 +318,114 @@ fn open_transactions_are_bounded_per_shard() {
         assert_eq!(room.error_code, codes::NONE, "the commit made room");
     });
 }
+
+/// One plain batch of about 7 KB stamped `timestamp_ms` (a 4 KiB segment each).
+fn plain_sized(label: &str, timestamp_ms: i64) -> Bytes {
+    let value = format!("{label}-").repeat(1_000);
+    build::batch(&[Record {
+        key: Some(label.as_bytes()),
+        value: Some(value.as_bytes()),
+        timestamp_ms,
+    }])
+}
+
+/// A follower rebuilt from its leader's first entry (a snapshot) when that entry is the
+/// first batch of a transaction still open: the follower applies the entry, so its last
+/// stable offset holds readers at it as the leader's does (were it to lead, the open
+/// transaction's records would otherwise be readable before their marker).
+#[test]
+fn a_follower_rebuilt_from_an_open_transactions_batch_holds_readers_there() {
+    run(|| async {
+        let mut cluster = Cluster::new(2).await;
+        let leader = cluster.elect().await;
+        let lagging = (1..=3).find(|&id| id != leader).expect("a follower");
+        for id in 1..=3 {
+            let config = crate::storage::LogConfig {
+                segment_bytes_max: 4 << 10,
+                retention_ms: Some(10_000),
+                ..crate::storage::LogConfig::default()
+            };
+            cluster
+                .manager(id)
+                .log(crate::replica::tests::GROUP)
+                .expect("hosted")
+                .set_config(config);
+        }
+        cluster.set_cut(lagging, true);
+        // Expired (the simulated clock is at 1,000 s), each in a segment of its own.
+        for n in 0..4 {
+            let old = produce(&mut cluster, leader, plain_sized(&format!("old{n}"), 1_000)).await;
+            assert_eq!(old.error_code, codes::NONE);
+        }
+        // Not expired: producer 9's transaction opens in a segment of its own, and stays open.
+        let now_ms = 1_000_000;
+        let value = "t".repeat(7_000);
+        let open_batch = crate::replica::tests::as_producer_batch(
+            &build::batch(&[Record {
+                key: Some(b"t"),
+                value: Some(value.as_bytes()),
+                timestamp_ms: now_ms,
+            }]),
+            9,
+            0,
+            0,
+            true,
+        );
+        let open = produce(&mut cluster, leader, open_batch).await;
+        assert_eq!(open.error_code, codes::NONE);
+        for n in 0..2 {
+            let later = produce(
+                &mut cluster,
+                leader,
+                plain_sized(&format!("new{n}"), now_ms),
+            )
+            .await;
+            assert_eq!(later.error_code, codes::NONE);
+        }
+        // Longer than an election timeout: the leader no longer waits for the cut follower.
+        cluster.steps(30).await;
+        for id in (1..=3).filter(|&id| id != lagging) {
+            cluster.manager(id).enforce_retention().await;
+        }
+        let leader_log = cluster
+            .manager(leader)
+            .log(crate::replica::tests::GROUP)
+            .expect("hosted");
+        assert_eq!(
+            leader_log.log_start_offset(),
+            open.base_offset,
+            "the leader's first entry is the open batch"
+        );
+        let leader_view = cluster.manager(leader).cleaner_txns(&tp()).expect("hosted");
+        assert_eq!(
+            leader_view.clean_below, open.base_offset,
+            "the leader's LSO"
+        );
+
+        cluster.set_cut(lagging, false);
+        let lagging_log = cluster
+            .manager(lagging)
+            .log(crate::replica::tests::GROUP)
+            .expect("hosted");
+        for _ in 0..300 {
+            if lagging_log.last_index() == leader_log.last_index() {
+                break;
+            }
+            cluster.step().await;
+        }
+        assert_eq!(
+            lagging_log.last_index(),
+            leader_log.last_index(),
+            "caught up"
+        );
+        assert_eq!(cluster.manager(lagging).counts().snapshots_installed, 1);
+        let rebuilt = cluster
+            .manager(lagging)
+            .cleaner_txns(&tp())
+            .expect("hosted");
+        assert_eq!(
+            rebuilt.clean_below, open.base_offset,
+            "the rebuilt follower's LSO is at the open transaction's batch"
+        );
+    });
+}
