@@ -52,7 +52,8 @@
 //! - a replicated log's view retires no marker ([`CleanerTxns::retires_markers`]): a
 //!   follower may copy a marker after its leader cleaned it while holding the
 //!   transaction's batches as they were, and a retired marker would leave that
-//!   transaction open on the follower.
+//!   transaction open on the follower. The entries of abort markers it would have retired
+//!   are still passed to [`CleanerTxns::forget_aborted`].
 //!
 //! Batches left whole, unread ("opaque"): control batches other than transaction markers
 //! (Raft's), transactional batches when the pass is not told the partition's transactions
@@ -182,7 +183,12 @@ pub trait CleanerTxns {
     /// log answers no: a follower may hold a transaction's batches as they were before its
     /// leader cleaned them, and copy the marker only after; a retired marker ends nothing,
     /// so the follower's transaction would stay open (its LSO stuck) for good. Kept
-    /// markers cost a batch each and need no pass of their own.
+    /// markers cost a batch each and need no pass of their own; the aborted entries of
+    /// those that would have been retired are still passed to [`Self::forget_aborted`]
+    /// (again at every pass while the marker stays: forgetting must be idempotent), so
+    /// the list does not grow with every abort a compacted topic ever saw. Their marker
+    /// staying, the view need not forget them durably: an entry back after a restart hides
+    /// nothing (its records are gone) and is forgotten again at the next pass.
     fn retires_markers(&self) -> bool {
         true
     }
@@ -221,7 +227,9 @@ pub struct CleanOutcome {
     /// Records of aborted transactions, removed.
     pub aborted_records_removed: u64,
     /// Transaction markers removed (emptied: their batch stays, with no record), and the
-    /// offsets of the abort markers among them.
+    /// offsets of the abort markers among them; with a view that retires no marker
+    /// ([`CleanerTxns::retires_markers`]), the abort markers that would have been retired
+    /// (their transactions' records are gone), whose entries the view is told to forget.
     pub markers_removed: u64,
     pub abort_markers_removed: Vec<i64>,
     /// The first offset not cleaned after this pass.
@@ -1076,6 +1084,10 @@ impl<D: Disk> PartitionLog<D> {
             holds_unread: removed.unread > 0,
         };
         if !changed {
+            // Abort markers a replicated log keeps whose entries may go (`clean_marker`).
+            outcome
+                .abort_markers_removed
+                .extend_from_slice(&removed.abort_markers);
             return Ok((None, flags));
         }
         *walk_state = state_at_start;
@@ -1446,7 +1458,13 @@ fn clean_marker(
         _ => return None, // retired by an earlier pass, or not a marker: left whole
     };
     if rules.txns.is_some_and(|t| !t.retire_markers) {
-        return None; // kept for good: nothing waits on it
+        // Kept for good, so nothing waits on it; once its transaction's records are gone
+        // and its retention ran out, as a retired one's, an abort's entry may be forgotten
+        // (it hides nothing more).
+        if abort && !seen.read && rules.tombstones_expire {
+            removed.abort_markers.push(header.base_offset);
+        }
+        return None;
     }
     if seen.read {
         if !seen.kept {

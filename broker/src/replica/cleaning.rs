@@ -20,13 +20,17 @@
 //!   only after; a retired marker ends nothing, and that transaction would stay open on the
 //!   follower. Emptied transactional batches open nothing when a replica replays them
 //!   (`PartitionTxns::record_data_batch`), and a marker with nothing open completes nothing.
-//!   The cost: a marker's batch stays for good, and the aborted list keeps its entries
-//!   until retention removes their markers, as on a deleted topic.
+//!   The cost: a marker's batch stays for good. The aborted entry of a marker that would
+//!   have been retired (its transaction's records gone, `delete.retention.ms` over) is
+//!   forgotten all the same, so the aborted list does not grow with every abort.
 //!
 //! Runs on the shard that owns the groups.
 
+use std::rc::Rc;
+
 use crate::disk::PartitionLog;
 use crate::metadata::TopicPartition;
+use crate::replica::manager::Hosted;
 use crate::replica::serve::last_stable_offset;
 use crate::replica::ReplicaManager;
 use crate::storage::{AbortedRange, CleanerTxns, StorageError};
@@ -34,11 +38,12 @@ use crate::storage::{AbortedRange, CleanerTxns, StorageError};
 /// A replicated partition's transactions as the cleaner needs them, read when its pass
 /// starts: a bound that only rises and the aborted list up to it (a transaction aborted
 /// later began at or above the bound).
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaCleanerTxns {
     /// The last stable offset under the high watermark.
     pub clean_below: i64,
     pub aborted: Vec<AbortedRange>,
+    /// The group, whose spent aborted entries a pass forgets.
+    hosted: Rc<Hosted>,
 }
 
 impl CleanerTxns for ReplicaCleanerTxns {
@@ -50,12 +55,16 @@ impl CleanerTxns for ReplicaCleanerTxns {
         self.aborted.clone()
     }
 
+    /// The pass found these abort markers' transactions without records (removed in an
+    /// earlier pass) and their retention over: their entries hide nothing and go, so the
+    /// list does not grow with every abort a compacted topic ever saw. Not made durable
+    /// here: the markers stay, so an entry back after a restart hides nothing either and is
+    /// forgotten again at the next pass; the next transaction snapshot leaves it out.
     async fn forget_aborted(&self, marker_offsets: &[i64]) -> Result<(), StorageError> {
-        // Only markers a pass retires are forgotten, and this view retires none.
-        assert!(
-            marker_offsets.is_empty(),
-            "a replicated log's pass retired markers at {marker_offsets:?}"
-        );
+        let forgotten = self.hosted.txns.borrow_mut().forget_aborted(marker_offsets);
+        if forgotten > 0 {
+            tracing::debug!(partition = %self.hosted.replica.topic, forgotten, "aborted transactions whose records the cleaner removed forgotten");
+        }
         Ok(())
     }
 
@@ -94,6 +103,7 @@ impl ReplicaManager {
         Some(ReplicaCleanerTxns {
             clean_below,
             aborted,
+            hosted,
         })
     }
 }

@@ -335,30 +335,43 @@ fn producer_record(producer_id: i64, sequence: i32, key: &str, value: &str) -> B
     crate::replica::tests::as_producer_batch(&batch, producer_id, 0, sequence, true)
 }
 
-/// What a `read_committed` client reads from node `id` from offset 0: (key, value) in
-/// order, and the fetch's last stable offset.
+/// What a `read_committed` client reads from node `id` from offset 0, fetch after fetch up
+/// to the last stable offset: (key, value) in order, and that offset.
 async fn read_committed(cluster: &Cluster, id: u64) -> (Vec<(Vec<u8>, Vec<u8>)>, i64) {
-    let fetched = cluster
-        .manager(id)
-        .fetch(
-            &tp(),
-            0,
-            64 << 20,
-            crate::isolation::Isolation::ReadCommitted,
-        )
-        .await;
-    assert_eq!(fetched.error_code, codes::NONE);
-    let kept = crate::replica::tests::kept_by_read_committed(
-        &fetched.batches,
-        &fetched.aborted_transactions,
-        &mut std::collections::HashSet::new(),
-    );
-    let records = kept
-        .into_iter()
-        .flat_map(|batch| records_of(batch))
-        .map(|(_, key, value)| (key, value))
-        .collect();
-    (records, fetched.last_stable_offset)
+    let mut offset = 0;
+    let mut skipping = std::collections::HashSet::new();
+    let mut records = Vec::new();
+    loop {
+        let fetched = cluster
+            .manager(id)
+            .fetch(
+                &tp(),
+                offset,
+                1 << 20,
+                crate::isolation::Isolation::ReadCommitted,
+            )
+            .await;
+        assert_eq!(fetched.error_code, codes::NONE);
+        let Some(last) = fetched.batches.last() else {
+            return (records, fetched.last_stable_offset);
+        };
+        offset = BatchHeader::parse(last).expect("a batch").last_offset() + 1;
+        let kept = crate::replica::tests::kept_by_read_committed(
+            &fetched.batches,
+            &fetched.aborted_transactions,
+            &mut skipping,
+        );
+        records.extend(
+            kept.into_iter()
+                .flat_map(|batch| records_of(batch))
+                .map(|(_, key, value)| (key, value)),
+        );
+    }
+}
+
+/// The last value read of each key.
+fn latest_of(records: &[(Vec<u8>, Vec<u8>)]) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    records.iter().cloned().collect()
 }
 
 /// Whether `batch` is a commit or abort marker a pass left as it was (not retired).
@@ -421,8 +434,7 @@ fn replicas_remove_aborted_records_keep_markers_and_stop_at_an_open_transaction(
             .any(|(_, value)| value.starts_with(b"aborted")));
         assert_eq!(before.1, open_offset, "the open transaction holds the LSO");
 
-        // Two passes a second apart with no tombstone retention: a marker that could go
-        // would go in the second.
+        // No tombstone retention: a marker whose records are gone could go at once.
         let options = CleanOptions {
             delete_retention_ms: 0,
             ..CleanOptions::default()
@@ -439,12 +451,6 @@ fn replicas_remove_aborted_records_keep_markers_and_stop_at_an_open_transaction(
                 first.clean_end_offset <= open_offset,
                 "replica {id} cleaned past the LSO"
             );
-            cluster.steps(10).await;
-            let second = clean_replicated(&manager, &tp(), &log, &options)
-                .await
-                .expect("hosted")
-                .expect("cleaned");
-            assert_eq!(second.markers_removed, 0, "replica {id} retired a marker");
             let held = entries(&cluster, id).await;
             for at in [abort, commit] {
                 let batch = held
@@ -470,13 +476,14 @@ fn replicas_remove_aborted_records_keep_markers_and_stop_at_an_open_transaction(
             assert_eq!(view.clean_below, open_offset, "replica {id}: its LSO");
             assert!(
                 view.aborted.iter().any(|a| a.marker_offset == abort),
-                "replica {id}: the aborted entry stays with its marker"
+                "replica {id}: the aborted entry stays while the pass removes its records"
             );
         }
-        assert_eq!(
-            read_committed(&cluster, leader).await,
-            before,
-            "what readers see"
+        let (after, lso) = read_committed(&cluster, leader).await;
+        assert_eq!(lso, before.1);
+        assert!(
+            latest_of(&after) == latest_of(&before.0),
+            "what readers see: the same latest value of every key"
         );
 
         // Every replica replays its log (emptied batches, kept markers) to the same state.
@@ -484,11 +491,14 @@ fn replicas_remove_aborted_records_keep_markers_and_stop_at_an_open_transaction(
             cluster.power_cycle(id).await;
         }
         let leader = cluster.elect().await;
+        // Reopened with the default settings: small segments again.
+        small_segments(&cluster);
         cluster.steps(20).await;
-        assert_eq!(
-            read_committed(&cluster, leader).await,
-            before,
-            "after the restarts"
+        let (restarted, lso) = read_committed(&cluster, leader).await;
+        assert_eq!(lso, before.1);
+        assert!(
+            latest_of(&restarted) == latest_of(&before.0),
+            "after the restarts: the same latest value of every key"
         );
         for id in 1..=3 {
             let view = cluster.manager(id).cleaner_txns(&tp()).expect("hosted");
@@ -497,5 +507,80 @@ fn replicas_remove_aborted_records_keep_markers_and_stop_at_an_open_transaction(
                 "replica {id}: its LSO after its restart"
             );
         }
+
+        commit_then_forget(&mut cluster, leader, abort, &options).await;
     });
+}
+
+/// Producer 9 commits, producer 7 aborts another transaction, and more records come:
+/// every replica's next pass removes the new aborted records and keeps their entry; the
+/// pass after forgets that entry (its records gone, no retention) and still retires no
+/// marker; readers see the later committed a. (The first abort's entry did not survive
+/// the restarts: a replay of its emptied batches and marker opens nothing.)
+async fn commit_then_forget(
+    cluster: &mut Cluster,
+    leader: u64,
+    first_abort: i64,
+    options: &CleanOptions,
+) {
+    use crate::replica::txn_tests::{marker, produce as produce_one, write_marker};
+    write_marker(cluster, leader, marker(9, 0, true))
+        .await
+        .expect("commit");
+    let aborted = produce_one(cluster, leader, producer_record(7, 2, "c", "aborted-c")).await;
+    assert_eq!(aborted.error_code, codes::NONE);
+    let abort = write_marker(cluster, leader, marker(7, 0, false))
+        .await
+        .expect("abort");
+    for (batches, pass) in [(30..45, 0), (45..60, 1)] {
+        produce(cluster, leader, batches, true).await;
+        cluster.steps(10).await;
+        for id in 1..=3 {
+            let manager = cluster.manager(id);
+            let log = manager.log(GROUP).expect("hosted");
+            let outcome = clean_replicated(&manager, &tp(), &log, options)
+                .await
+                .expect("hosted")
+                .expect("cleaned");
+            assert_eq!(outcome.markers_removed, 0, "replica {id} retired a marker");
+            let view = manager.cleaner_txns(&tp()).expect("hosted");
+            let listed = view.aborted.iter().any(|a| a.marker_offset == abort);
+            if pass == 0 {
+                assert_eq!(outcome.aborted_records_removed, 1, "replica {id}");
+                assert!(listed, "replica {id}: the entry stays while its records go");
+            } else {
+                assert!(
+                    outcome.abort_markers_removed.contains(&abort),
+                    "replica {id}"
+                );
+                assert!(
+                    !listed,
+                    "replica {id}: the spent aborted entry is forgotten"
+                );
+            }
+            let held = entries(cluster, id).await;
+            for at in [first_abort, abort] {
+                let batch = held
+                    .iter()
+                    .map(|e| &e.batch)
+                    .find(|b| BatchHeader::parse(b).is_some_and(|h| h.base_offset == at))
+                    .expect("the marker's entry");
+                assert!(
+                    is_live_marker(batch),
+                    "replica {id}: the abort marker at {at} stays"
+                );
+            }
+            let records = all_records(&held);
+            assert!(
+                records.iter().any(|r| r.2 == b"open-a")
+                    && !records.iter().any(|r| r.2 == b"committed-a"),
+                "replica {id}: the committed later a supersedes the earlier"
+            );
+        }
+    }
+    let (values, _) = read_committed(cluster, leader).await;
+    assert!(!values
+        .iter()
+        .any(|(_, value)| value.starts_with(b"aborted")));
+    assert!(values.contains(&(b"a".to_vec(), b"open-a".to_vec())));
 }

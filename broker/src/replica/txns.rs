@@ -233,6 +233,12 @@ impl ReplicaTxns {
             .collect()
     }
 
+    /// Forgets the aborted transactions whose markers are at `marker_offsets` (the log
+    /// cleaner removed their records); how many went. Idempotent.
+    pub fn forget_aborted(&mut self, marker_offsets: &[i64]) -> usize {
+        self.txns.forget_aborted(marker_offsets)
+    }
+
     /// How many transactions are open here.
     pub fn ongoing_count(&self) -> usize {
         self.txns.ongoing_count()
