@@ -249,6 +249,16 @@ def start_retention_cluster(tmp_path, topic, config, extra_args=("--log-retentio
     return brokers, controller
 
 
+def leader_and_isr(broker, topic):
+    """Partition 0 of `topic` as `broker`'s Metadata shows it: (leader, sorted ISR), or None
+    while it does not list it."""
+    md = metadata(broker)
+    if topic not in md.topics or 0 not in md.topics[topic].partitions:
+        return None
+    partition = md.topics[topic].partitions[0]
+    return partition.leader, tuple(sorted(partition.isrs))
+
+
 def stop_all(brokers):
     helpers.forget_admin_clients()
     for broker in brokers.values():
@@ -598,11 +608,7 @@ def test_a_broker_down_past_the_leaders_retention_is_rebuilt_from_its_log_start(
         witness = brokers[controller]
 
         def view():
-            md = metadata(witness)
-            if topic not in md.topics or 0 not in md.topics[topic].partitions:
-                return None
-            partition = md.topics[topic].partitions[0]
-            return partition.leader, tuple(sorted(partition.isrs))
+            return leader_and_isr(witness, topic)
 
         leader, _ = wait_for(lambda: (v := view()) and v[1] == (1, 2, 3) and v, 20, "three replicas in sync")
         producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
@@ -696,11 +702,7 @@ def test_a_compacted_topic_is_cleaned_on_every_replica_and_read_across_a_leader_
         witness = brokers[controller]
 
         def view():
-            md = metadata(witness)
-            if TABLE not in md.topics or 0 not in md.topics[TABLE].partitions:
-                return None
-            partition = md.topics[TABLE].partitions[0]
-            return partition.leader, tuple(sorted(partition.isrs))
+            return leader_and_isr(witness, TABLE)
 
         leader, _ = wait_for(lambda: (v := view()) and v[1] == (1, 2, 3) and v, 20, "three replicas in sync")
         # 3,000 overwrites of 60 keys, ~1.5 KB each: about four 1 MiB segments per replica.

@@ -267,17 +267,11 @@ fn a_follower_behind_copies_entries_its_leader_cleaned_and_agrees() {
         cluster.set_cut(lagging, false);
         let leader_log = cluster.manager(leader).log(GROUP).expect("hosted");
         let lagging_log = cluster.manager(lagging).log(GROUP).expect("hosted");
-        for _ in 0..300 {
-            if lagging_log.last_index() == leader_log.last_index() {
-                break;
-            }
-            cluster.step().await;
-        }
-        assert_eq!(
-            lagging_log.last_index(),
-            leader_log.last_index(),
-            "caught up"
-        );
+        cluster
+            .steps_until(300, "the follower caught up", |_| {
+                lagging_log.last_index() == leader_log.last_index()
+            })
+            .await;
         assert_eq!(cluster.manager(lagging).counts().snapshots_installed, 0);
         // The entries it copied are the leader's cleaned bytes (or, for any the leader
         // served from memory, the bytes as appended), with their numbering.
@@ -374,6 +368,21 @@ fn latest_of(records: &[(Vec<u8>, Vec<u8>)]) -> BTreeMap<Vec<u8>, Vec<u8>> {
     records.iter().cloned().collect()
 }
 
+/// The markers at `offsets` are in replica `id`'s entries `held`, not retired.
+fn assert_live_markers(held: &[StoredEntry], offsets: &[i64], id: u64) {
+    for &at in offsets {
+        let batch = held
+            .iter()
+            .map(|e| &e.batch)
+            .find(|b| BatchHeader::parse(b).is_some_and(|h| h.base_offset == at))
+            .expect("the marker's entry");
+        assert!(
+            is_live_marker(batch),
+            "replica {id}: marker at {at} retired"
+        );
+    }
+}
+
 /// Whether `batch` is a commit or abort marker a pass left as it was (not retired).
 fn is_live_marker(batch: &Bytes) -> bool {
     use crate::storage::batch::control;
@@ -452,17 +461,7 @@ fn replicas_remove_aborted_records_keep_markers_and_stop_at_an_open_transaction(
                 "replica {id} cleaned past the LSO"
             );
             let held = entries(&cluster, id).await;
-            for at in [abort, commit] {
-                let batch = held
-                    .iter()
-                    .map(|e| &e.batch)
-                    .find(|b| BatchHeader::parse(b).is_some_and(|h| h.base_offset == at))
-                    .expect("the marker's entry");
-                assert!(
-                    is_live_marker(batch),
-                    "replica {id}: marker at {at} retired"
-                );
-            }
+            assert_live_markers(&held, &[abort, commit], id);
             let records = all_records(&held);
             assert!(
                 !records.iter().any(|r| r.2.starts_with(b"aborted")),
@@ -559,17 +558,7 @@ async fn commit_then_forget(
                 );
             }
             let held = entries(cluster, id).await;
-            for at in [first_abort, abort] {
-                let batch = held
-                    .iter()
-                    .map(|e| &e.batch)
-                    .find(|b| BatchHeader::parse(b).is_some_and(|h| h.base_offset == at))
-                    .expect("the marker's entry");
-                assert!(
-                    is_live_marker(batch),
-                    "replica {id}: the abort marker at {at} stays"
-                );
-            }
+            assert_live_markers(&held, &[first_abort, abort], id);
             let records = all_records(&held);
             assert!(
                 records.iter().any(|r| r.2 == b"open-a")

@@ -407,17 +407,11 @@ fn a_follower_rebuilt_from_an_open_transactions_batch_holds_readers_there() {
             .manager(lagging)
             .log(crate::replica::tests::GROUP)
             .expect("hosted");
-        for _ in 0..300 {
-            if lagging_log.last_index() == leader_log.last_index() {
-                break;
-            }
-            cluster.step().await;
-        }
-        assert_eq!(
-            lagging_log.last_index(),
-            leader_log.last_index(),
-            "caught up"
-        );
+        cluster
+            .steps_until(300, "the follower caught up", |_| {
+                lagging_log.last_index() == leader_log.last_index()
+            })
+            .await;
         assert_eq!(cluster.manager(lagging).counts().snapshots_installed, 1);
         let rebuilt = cluster
             .manager(lagging)
