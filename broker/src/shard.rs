@@ -1205,33 +1205,57 @@ impl ShardServices {
         tp: TopicPartition,
     ) -> i16 {
         use crate::transactions::codes as txn_codes;
-        let retriable = crate::error_codes::NOT_ENOUGH_REPLICAS;
-        match self.txn_coordinator_broker(&id).await {
-            Ok(broker) if broker != self.metadata.current().local_node => {
-                tracing::debug!(transactional_id = %id, partition = %tp, "transactional batch taken unverified: its coordinator is on another broker");
-                return txn_codes::NONE;
+        let partition = tp.to_string();
+        match self
+            .ask_txn_coordinator_about(&id, producer_id, epoch, tp)
+            .await
+        {
+            None => {
+                tracing::debug!(transactional_id = %id, %partition, "transactional batch taken unverified: its coordinator is on another broker");
+                txn_codes::NONE
             }
+            Some(code @ (txn_codes::NONE | txn_codes::INVALID_TXN_STATE)) => code,
+            Some(txn_codes::PRODUCER_FENCED) => txn_codes::INVALID_PRODUCER_EPOCH,
+            Some(
+                txn_codes::COORDINATOR_NOT_AVAILABLE
+                | txn_codes::COORDINATOR_LOAD_IN_PROGRESS
+                | txn_codes::NOT_COORDINATOR,
+            ) => crate::error_codes::NOT_ENOUGH_REPLICAS,
+            Some(_) => txn_codes::INVALID_TXN_STATE,
+        }
+    }
+
+    /// Whether `tp` is in the ongoing transaction of transactional id `id` (producer
+    /// `producer_id`, epoch `epoch`), asked of its coordinator (`verify_partitions`): `NONE`,
+    /// `INVALID_TXN_STATE`, or the coordinator's error (a coordinator that cannot be found or
+    /// reached included). `None` when the coordinator is on another broker, which this one
+    /// cannot ask yet.
+    pub async fn ask_txn_coordinator_about(
+        self: &Rc<Self>,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        tp: TopicPartition,
+    ) -> Option<i16> {
+        match self.txn_coordinator_broker(id).await {
+            Ok(broker) if broker != self.metadata.current().local_node => return None,
             Ok(_) => {}
-            Err(_) => return retriable,
+            Err(code) => return Some(code),
         }
         let verified = self
-            .on_txn_coordinator(&id, move |coordinator, at| async move {
+            .on_txn_coordinator(id, move |coordinator, at| async move {
                 coordinator
                     .verify_partitions(at, producer_id, epoch, vec![tp])
                     .await
             })
             .await;
-        match verified {
-            Ok(Ok(per_partition)) => per_partition.first().copied().unwrap_or(txn_codes::NONE),
-            Ok(Err(txn_codes::PRODUCER_FENCED)) => txn_codes::INVALID_PRODUCER_EPOCH,
-            Ok(Err(
-                txn_codes::COORDINATOR_NOT_AVAILABLE
-                | txn_codes::COORDINATOR_LOAD_IN_PROGRESS
-                | txn_codes::NOT_COORDINATOR,
-            ))
-            | Err(_) => retriable,
-            Ok(Err(_)) => txn_codes::INVALID_TXN_STATE,
-        }
+        Some(match verified {
+            Ok(Ok(per_partition)) => per_partition
+                .first()
+                .copied()
+                .unwrap_or(crate::transactions::codes::NONE),
+            Ok(Err(code)) | Err(code) => code,
+        })
     }
 
     /// The broker coordinating transactional id `id`: the one hosting its

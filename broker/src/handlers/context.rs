@@ -299,6 +299,19 @@ impl GroupAccess<'_> {
         self.services.txn_coordinator_broker(id).await
     }
 
+    /// See `ShardServices::ask_txn_coordinator_about`.
+    pub async fn ask_txn_coordinator_about(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        tp: crate::metadata::TopicPartition,
+    ) -> Option<i16> {
+        self.services
+            .ask_txn_coordinator_about(id, producer_id, epoch, tp)
+            .await
+    }
+
     /// See `ShardServices::coordinator_broker`.
     pub async fn coordinator_broker(&self, group: &str) -> Result<i32, i16> {
         self.services.coordinator_broker(group).await

@@ -158,27 +158,15 @@ async fn verify(
     producer_id: i64,
     epoch: i16,
 ) -> i16 {
-    let coordinator_elsewhere = matches!(
-        shard.txn_coordinator_broker(id).await,
-        Ok(broker) if broker != shard.metadata.current().local_node
-    );
-    if coordinator_elsewhere {
-        tracing::debug!(transactional_id = %id, %group, "TxnOffsetCommit taken without verification: the transaction coordinator is on another broker");
-        return codes::NONE;
-    }
     let offsets_partition = TopicPartition {
         topic: OFFSETS_TOPIC.into(),
         partition: partition_for(group, OFFSETS_TOPIC_PARTITIONS),
     };
-    let verified = shard
-        .on_txn_coordinator(id, move |coordinator, at| async move {
-            coordinator
-                .verify_partitions(at, producer_id, epoch, vec![offsets_partition])
-                .await
-        })
+    let asked = shard
+        .ask_txn_coordinator_about(id, producer_id, epoch, offsets_partition)
         .await;
-    match verified {
-        Ok(Ok(per_partition)) => per_partition.first().copied().unwrap_or(codes::NONE),
-        Ok(Err(code)) | Err(code) => code,
-    }
+    asked.unwrap_or_else(|| {
+        tracing::debug!(transactional_id = %id, %group, "TxnOffsetCommit taken without verification: the transaction coordinator is on another broker");
+        codes::NONE
+    })
 }
