@@ -206,11 +206,6 @@ async fn dirtiest(shard: &ShardServices) -> Option<Candidate> {
     let limits = &shard.config.limits;
     let mut best: Option<Candidate> = None;
     let mut max_dirty_ratio: f64 = 0.0;
-    let is_compacted = |tp: &TopicPartition| {
-        snapshot
-            .topic(&tp.topic)
-            .is_some_and(|topic| topic.config.is_compacted())
-    };
     let plain = shard
         .partitions
         .online_logs()
@@ -222,15 +217,15 @@ async fn dirtiest(shard: &ShardServices) -> Option<Candidate> {
             .into_iter()
             .map(|(tp, log, clean_below)| (tp, log, Some(clean_below)))
     });
+    // Each log with its topic's settings, compacted topics only.
     let compacted: Vec<_> = plain
         .chain(replicated)
-        .filter(|(tp, ..)| is_compacted(tp))
+        .filter_map(|(tp, log, bound)| {
+            let config = &snapshot.topic(&tp.topic)?.config;
+            config.is_compacted().then_some((tp, log, bound, config))
+        })
         .collect();
-    for (tp, log, replica_bound) in compacted {
-        let Some(topic) = snapshot.topic(&tp.topic) else {
-            continue;
-        };
-        let config = &topic.config;
+    for (tp, log, replica_bound, config) in compacted {
         let lag_ms = u64::try_from(config.min_compaction_lag_ms).unwrap_or(0);
         let retention_ms = u64::try_from(config.delete_retention_ms).unwrap_or(0);
         let (kind, upper) = if let Some(clean_below) = replica_bound {

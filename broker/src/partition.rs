@@ -981,15 +981,14 @@ async fn produce(table: &PartitionTable, in_line: InLine) -> ProduceOutcome {
         ticket,
         transactional_id,
     } = in_line;
-    let verification = table
-        .txn_verifier
-        .borrow()
-        .clone()
-        .zip(transactional_id)
-        .map(|(verifier, transactional_id)| TxnVerification {
+    // Only a transactional call (it names its id) takes the verifier: nothing per plain call.
+    let verification = transactional_id.and_then(|transactional_id| {
+        let verifier = table.txn_verifier.borrow().clone()?;
+        Some(TxnVerification {
             verifier,
             transactional_id,
-        });
+        })
+    });
     let failed = |error_code| ProduceOutcome {
         error_code,
         base_offset: -1,

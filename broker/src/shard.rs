@@ -1205,13 +1205,12 @@ impl ShardServices {
         tp: TopicPartition,
     ) -> i16 {
         use crate::transactions::codes as txn_codes;
-        let partition = tp.to_string();
         match self
-            .ask_txn_coordinator_about(&id, producer_id, epoch, tp)
+            .ask_txn_coordinator_about(&id, producer_id, epoch, &tp)
             .await
         {
             None => {
-                tracing::debug!(transactional_id = %id, %partition, "transactional batch taken unverified: its coordinator is on another broker");
+                tracing::debug!(transactional_id = %id, partition = %tp, "transactional batch taken unverified: its coordinator is on another broker");
                 txn_codes::NONE
             }
             Some(code @ (txn_codes::NONE | txn_codes::INVALID_TXN_STATE)) => code,
@@ -1235,17 +1234,18 @@ impl ShardServices {
         id: &str,
         producer_id: i64,
         epoch: i16,
-        tp: TopicPartition,
+        tp: &TopicPartition,
     ) -> Option<i16> {
         match self.txn_coordinator_broker(id).await {
             Ok(broker) if broker != self.metadata.current().local_node => return None,
             Ok(_) => {}
             Err(code) => return Some(code),
         }
+        let partitions = vec![tp.clone()];
         let verified = self
             .on_txn_coordinator(id, move |coordinator, at| async move {
                 coordinator
-                    .verify_partitions(at, producer_id, epoch, vec![tp])
+                    .verify_partitions(at, producer_id, epoch, partitions)
                     .await
             })
             .await;

@@ -305,7 +305,7 @@ impl GroupAccess<'_> {
         id: &str,
         producer_id: i64,
         epoch: i16,
-        tp: crate::metadata::TopicPartition,
+        tp: &crate::metadata::TopicPartition,
     ) -> Option<i16> {
         self.services
             .ask_txn_coordinator_about(id, producer_id, epoch, tp)

@@ -163,7 +163,7 @@ async fn verify(
         partition: partition_for(group, OFFSETS_TOPIC_PARTITIONS),
     };
     let asked = shard
-        .ask_txn_coordinator_about(id, producer_id, epoch, offsets_partition)
+        .ask_txn_coordinator_about(id, producer_id, epoch, &offsets_partition)
         .await;
     asked.unwrap_or_else(|| {
         tracing::debug!(transactional_id = %id, %group, "TxnOffsetCommit taken without verification: the transaction coordinator is on another broker");
