@@ -80,6 +80,12 @@ impl IoBuffer for BrokerBuffer {
             BrokerBuffer::Sim(buffer) => buffer.truncate(len),
         }
     }
+    fn trim_front(&mut self, len: usize) {
+        match self {
+            BrokerBuffer::Dma(buffer) => buffer.trim_front(len),
+            BrokerBuffer::Sim(buffer) => buffer.trim_front(len),
+        }
+    }
 }
 
 /// Forwards one call to whichever disk this is.

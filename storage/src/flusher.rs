@@ -152,7 +152,7 @@ async fn round<D: Disk>(inner: &Rc<Inner<D>>) -> Result<(), StorageError> {
         let state = &mut *guard;
         // Unwritten bytes keep the log awake (`dormancy.rs`).
         let file = state.active.file().clone();
-        let round = state.appender_mut().take_writes();
+        let round = state.appender_mut().take_writes(&*file);
         (file, round, state.next_offset)
     };
     if !round.writes.is_empty() {

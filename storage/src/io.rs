@@ -33,6 +33,9 @@ pub trait IoBuffer {
     fn as_mut_slice(&mut self) -> &mut [u8];
     /// Shortens the buffer to `len` bytes (a multiple of [`PAGE_BYTES`]) before a write.
     fn truncate(&mut self, len: usize);
+    /// Drops the first `len` bytes (a multiple of [`PAGE_BYTES`]) before a write, without
+    /// moving the rest.
+    fn trim_front(&mut self, len: usize);
 }
 
 /// A directory tree of files. Cheap to clone (a handle).
@@ -98,6 +101,10 @@ impl IoBuffer for DmaIoBuffer {
     fn truncate(&mut self, len: usize) {
         debug_assert_eq!(len % PAGE_BYTES, 0);
         self.0.trim_to_size(len);
+    }
+    fn trim_front(&mut self, len: usize) {
+        debug_assert_eq!(len % PAGE_BYTES, 0);
+        self.0.trim_front(len);
     }
 }
 

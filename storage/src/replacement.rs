@@ -159,7 +159,7 @@ impl<D: Disk> PartitionLog<D> {
         // The appender pads the last page with zeros, as the active segment's writes are.
         let mut appender = Appender::new(0, &[], chunk_bytes);
         appender.append(&file, entry);
-        for (position, buffer) in appender.take_writes().writes {
+        for (position, buffer) in appender.take_writes(&file).writes {
             file.write_at(buffer, position)
                 .await
                 .map_err(|e| StorageError::io("writing a replacement entry", e))?;

@@ -398,6 +398,10 @@ impl IoBuffer for SimBuffer {
         assert_eq!(len % PAGE_BYTES, 0, "O_DIRECT writes are whole pages");
         self.0.truncate(len);
     }
+    fn trim_front(&mut self, len: usize) {
+        assert_eq!(len % PAGE_BYTES, 0, "O_DIRECT writes start on a page");
+        self.0.drain(..len);
+    }
 }
 
 impl Disk for SimDisk {

@@ -122,6 +122,15 @@ impl DmaBuffer {
         self.size = newsize;
     }
 
+    /// Drops the first `trim` bytes of this buffer: its contents start `trim` bytes further
+    /// on, and it is `trim` bytes shorter. Destructive, like [`trim_to_size`](#method.trim_to_size).
+    /// NOTE: When using this with DmaFile, `trim` must keep the start aligned for O_DIRECT.
+    pub fn trim_front(&mut self, trim: usize) {
+        assert!(trim <= self.size);
+        self.trim += trim;
+        self.size -= trim;
+    }
+
     /// Returns a representation of the current addressable contents of this
     /// `DmaBuffer` as a byte slice
     pub fn as_bytes(&self) -> &[u8] {
