@@ -306,6 +306,11 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // Pairs with the fence the executor makes after `prepare_to_sleep` and before it
+        // sweeps its channels one last time (`Reactor::sleep` in uring.rs): whatever the
+        // caller pushed before this call is seen by that sweep, or this check sees the
+        // executor asleep. (Patched, see vendor/README.md.)
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)

@@ -37,7 +37,7 @@ use crate::{
         self,
         blocking::{BlockingThreadOp, BlockingThreadPool},
         dma_buffer::{BufferStorage, DmaBuffer},
-        membarrier, DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
+        DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
         PollableStatus, Source, SourceType, Statx, TimeSpec64,
     },
     uring_sys::{self, IoRingOp},
@@ -1861,10 +1861,15 @@ impl Reactor {
             // last time until now it could be that something happened in a remote executor
             // that opened up room. If it did we bail on sleep and go process it.
             self.notifier.prepare_to_sleep();
-            // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
-            // details. This translates to `sys_membarrier()` /
-            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-            membarrier::heavy();
+            // Either a remote producer sees `should_notify` set and writes the eventfd, or
+            // this sweep sees what it pushed: this fence pairs with the one in
+            // `SleepNotifier::notify`, between its push and its check. (Patched: glommio
+            // 0.9.0 used an asymmetric barrier here, `membarrier(PRIVATE_EXPEDITED)`, which
+            // interrupts every CPU running a thread of the process at each sleep: on a
+            // virtual machine a VM exit per CPU, and O(executors) interrupts per sleep on
+            // a many-core host. A fence on both sides costs a few dozen cycles per
+            // notification instead. See vendor/README.md.)
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
