@@ -1037,15 +1037,7 @@ impl ProducerStates {
             let stable = txns
                 .last_stable_offset(log.high_watermark())
                 .max(log.log_start_offset());
-            let aborted = txns
-                .aborted()
-                .map(|entry| crate::storage::AbortedRange {
-                    producer_id: entry.producer_id,
-                    first_offset: entry.first_offset,
-                    marker_offset: entry.last_offset,
-                })
-                .collect();
-            (stable, aborted)
+            (stable, txns.aborted_ranges())
         })
         .await
     }

@@ -182,6 +182,19 @@ impl PartitionTxns {
         self.aborted.iter()
     }
 
+    /// The aborted transactions whose marker the log holds, as the log cleaner takes them
+    /// (a replica's and a single-broker partition's alike).
+    pub fn aborted_ranges(&self) -> Vec<crate::storage::AbortedRange> {
+        self.aborted
+            .iter()
+            .map(|entry| crate::storage::AbortedRange {
+                producer_id: entry.producer_id,
+                first_offset: entry.first_offset,
+                marker_offset: entry.last_offset,
+            })
+            .collect()
+    }
+
     /// Kafka's fetch rule: the aborted transactions overlapping `[fetch_offset, upper)`, as
     /// (producer id, first offset), those whose marker is at or after `fetch_offset` and
     /// whose first offset is below `upper`.

@@ -223,14 +223,7 @@ impl ReplicaTxns {
 
     /// The aborted transactions whose marker the log holds, for the log cleaner.
     pub fn aborted_ranges(&self) -> Vec<AbortedRange> {
-        self.txns
-            .aborted()
-            .map(|entry| AbortedRange {
-                producer_id: entry.producer_id,
-                first_offset: entry.first_offset,
-                marker_offset: entry.last_offset,
-            })
-            .collect()
+        self.txns.aborted_ranges()
     }
 
     /// Forgets the aborted transactions whose markers are at `marker_offsets` (the log
