@@ -266,7 +266,7 @@ mod tests {
                 let file = disk.open(Path::new("/seg"), true).await.expect("open");
                 let tail: Vec<u8> = (0..904_u32).map(|i| (i % 251) as u8 | 1).collect();
                 let mut appender = Appender::new(5000, &tail, 3 * PAGE_BYTES);
-                let mut expected = vec![0_u8; 4096];
+                let mut expected = vec![0_u8; PAGE_BYTES];
                 expected.extend_from_slice(&tail);
                 let mut image = expected.clone();
                 image.resize(2 * PAGE_BYTES, 0);
@@ -280,7 +280,8 @@ mod tests {
                     let written_page = align_down(written);
                     for (position, buffer) in &round_writes.writes {
                         let end = position + buffer.as_slice().len() as u64;
-                        let in_written_page = *position == written_page && written % 4096 != 0;
+                        let in_written_page =
+                            *position == written_page && written % PAGE_BYTES as u64 != 0;
                         assert!(
                             !in_written_page || end == written_page + PAGE_BYTES as u64,
                             "round {round}: a write from {position} to {end} starts in the \
@@ -291,7 +292,7 @@ mod tests {
                             "round {round}: rewrites old pages"
                         );
                     }
-                    if round_writes.writes.len() > 1 && written % 4096 != 0 {
+                    if round_writes.writes.len() > 1 && written % PAGE_BYTES as u64 != 0 {
                         split_rounds += 1;
                     }
                     let end = apply(&mut image, round_writes);
