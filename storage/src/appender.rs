@@ -212,8 +212,12 @@ mod tests {
         round.end_bytes
     }
 
-    #[test]
-    fn rounds_reproduce_the_appended_bytes_with_zero_padding() {
+    /// Runs `test` on an executor, with a fresh segment file on a simulated disk.
+    fn on_sim_segment<F, Fut>(test: F)
+    where
+        F: FnOnce(crate::sim::SimFile) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         glommio::LocalExecutorBuilder::default()
             .io_memory(1 << 20)
             .make()
@@ -221,35 +225,47 @@ mod tests {
             .run(async {
                 let disk = SimDisk::new();
                 let file = disk.open(Path::new("/seg"), true).await.expect("open");
-                let mut appender = Appender::new(0, &[], 3 * PAGE_BYTES);
-                let mut expected = Vec::new();
-                let mut image = Vec::new();
-                for (round, sizes) in [[100, 5000, 1], [4095, 1, 20000], [7, 12289, 3]]
-                    .iter()
-                    .enumerate()
-                {
-                    for (i, &size) in sizes.iter().enumerate() {
-                        let bytes: Vec<u8> = (0..size)
-                            .map(|j| (round * 31 + i * 7 + j) as u8 | 1)
-                            .collect();
-                        appender.append(&file, &bytes);
-                        expected.extend_from_slice(&bytes);
-                    }
-                    let end = apply(&mut image, appender.take_writes(&file));
-                    appender.mark_written(end);
-                    assert_eq!(end as usize, expected.len());
-                    assert_eq!(&image[..expected.len()], &expected[..], "round {round}");
-                    assert!(
-                        image[expected.len()..].iter().all(|&b| b == 0),
-                        "zero padding"
-                    );
-                    assert_eq!(image.len() % PAGE_BYTES, 0);
-                }
-                assert!(
-                    appender.take_writes(&file).writes.is_empty(),
-                    "nothing left to write"
-                );
+                test(file).await;
             });
+    }
+
+    /// The last page of a recovered 5,000-byte segment: its 904 bytes past the first page.
+    fn recovered_tail() -> Vec<u8> {
+        (0..904_u32).map(|i| (i % 251) as u8 | 1).collect()
+    }
+
+    #[test]
+    fn rounds_reproduce_the_appended_bytes_with_zero_padding() {
+        on_sim_segment(|file| async move {
+            let mut appender = Appender::new(0, &[], 3 * PAGE_BYTES);
+            let mut expected = Vec::new();
+            let mut image = Vec::new();
+            for (round, sizes) in [[100, 5000, 1], [4095, 1, 20000], [7, 12289, 3]]
+                .iter()
+                .enumerate()
+            {
+                for (i, &size) in sizes.iter().enumerate() {
+                    let bytes: Vec<u8> = (0..size)
+                        .map(|j| (round * 31 + i * 7 + j) as u8 | 1)
+                        .collect();
+                    appender.append(&file, &bytes);
+                    expected.extend_from_slice(&bytes);
+                }
+                let end = apply(&mut image, appender.take_writes(&file));
+                appender.mark_written(end);
+                assert_eq!(end as usize, expected.len());
+                assert_eq!(&image[..expected.len()], &expected[..], "round {round}");
+                assert!(
+                    image[expected.len()..].iter().all(|&b| b == 0),
+                    "zero padding"
+                );
+                assert_eq!(image.len() % PAGE_BYTES, 0);
+            }
+            assert!(
+                appender.take_writes(&file).writes.is_empty(),
+                "nothing left to write"
+            );
+        });
     }
 
     /// ext4 issues an `O_DIRECT` write without blocking only when its range is all written
@@ -257,80 +273,68 @@ mod tests {
     /// the page an earlier round wrote and run on past it.
     #[test]
     fn no_write_runs_from_a_written_page_into_space_never_written() {
-        glommio::LocalExecutorBuilder::default()
-            .io_memory(1 << 20)
-            .make()
-            .expect("executor")
-            .run(async {
-                let disk = SimDisk::new();
-                let file = disk.open(Path::new("/seg"), true).await.expect("open");
-                let tail: Vec<u8> = (0..904_u32).map(|i| (i % 251) as u8 | 1).collect();
-                let mut appender = Appender::new(5000, &tail, 3 * PAGE_BYTES);
-                let mut expected = vec![0_u8; PAGE_BYTES];
-                expected.extend_from_slice(&tail);
-                let mut image = expected.clone();
-                image.resize(2 * PAGE_BYTES, 0);
-                let mut split_rounds = 0;
-                for (round, size) in [10_000, 1, 4095, 3, 30_000, 8192, 100].iter().enumerate() {
-                    let written = expected.len() as u64;
-                    let bytes: Vec<u8> = (0..*size).map(|j| (round * 13 + j) as u8 | 1).collect();
-                    appender.append(&file, &bytes);
-                    expected.extend_from_slice(&bytes);
-                    let round_writes = appender.take_writes(&file);
-                    let written_page = align_down(written);
-                    for (position, buffer) in &round_writes.writes {
-                        let end = position + buffer.as_slice().len() as u64;
-                        let in_written_page =
-                            *position == written_page && written % PAGE_BYTES as u64 != 0;
-                        assert!(
-                            !in_written_page || end == written_page + PAGE_BYTES as u64,
-                            "round {round}: a write from {position} to {end} starts in the \
+        on_sim_segment(|file| async move {
+            let tail = recovered_tail();
+            let mut appender = Appender::new(5000, &tail, 3 * PAGE_BYTES);
+            let mut expected = vec![0_u8; PAGE_BYTES];
+            expected.extend_from_slice(&tail);
+            let mut image = expected.clone();
+            image.resize(2 * PAGE_BYTES, 0);
+            let mut split_rounds = 0;
+            for (round, size) in [10_000, 1, 4095, 3, 30_000, 8192, 100].iter().enumerate() {
+                let written = expected.len() as u64;
+                let bytes: Vec<u8> = (0..*size).map(|j| (round * 13 + j) as u8 | 1).collect();
+                appender.append(&file, &bytes);
+                expected.extend_from_slice(&bytes);
+                let round_writes = appender.take_writes(&file);
+                let written_page = align_down(written);
+                for (position, buffer) in &round_writes.writes {
+                    let end = position + buffer.as_slice().len() as u64;
+                    let in_written_page =
+                        *position == written_page && written % PAGE_BYTES as u64 != 0;
+                    assert!(
+                        !in_written_page || end == written_page + PAGE_BYTES as u64,
+                        "round {round}: a write from {position} to {end} starts in the \
                              page written up to {written} and runs past it"
-                        );
-                        assert!(
-                            *position >= written_page,
-                            "round {round}: rewrites old pages"
-                        );
-                    }
-                    if round_writes.writes.len() > 1 && written % PAGE_BYTES as u64 != 0 {
-                        split_rounds += 1;
-                    }
-                    let end = apply(&mut image, round_writes);
-                    appender.mark_written(end);
-                    assert_eq!(&image[..expected.len()], &expected[..], "round {round}");
-                    assert!(image[expected.len()..].iter().all(|&b| b == 0), "padding");
+                    );
+                    assert!(
+                        *position >= written_page,
+                        "round {round}: rewrites old pages"
+                    );
                 }
-                assert!(split_rounds >= 3, "rounds split apart: {split_rounds}");
-            });
+                if round_writes.writes.len() > 1 && written % PAGE_BYTES as u64 != 0 {
+                    split_rounds += 1;
+                }
+                let end = apply(&mut image, round_writes);
+                appender.mark_written(end);
+                assert_eq!(&image[..expected.len()], &expected[..], "round {round}");
+                assert!(image[expected.len()..].iter().all(|&b| b == 0), "padding");
+            }
+            assert!(split_rounds >= 3, "rounds split apart: {split_rounds}");
+        });
     }
 
     #[test]
     fn a_recovered_tail_page_is_rewritten_whole_from_the_heap() {
-        glommio::LocalExecutorBuilder::default()
-            .io_memory(1 << 20)
-            .make()
-            .expect("executor")
-            .run(async {
-                let disk = SimDisk::new();
-                let file = disk.open(Path::new("/seg"), true).await.expect("open");
-                let tail: Vec<u8> = (0..904_u32).map(|i| (i % 251) as u8 | 1).collect();
-                let mut appender = Appender::new(5000, &tail, 3 * PAGE_BYTES);
-                assert!(
-                    appender.take_writes(&file).writes.is_empty(),
-                    "the tail is written"
-                );
-                appender.append(&file, &[7; 100]);
-                let round = appender.take_writes(&file);
-                assert_eq!(round.end_bytes, 5100);
-                let [(position, buffer)] = &round.writes[..] else {
-                    panic!("one write expected, got {}", round.writes.len());
-                };
-                assert_eq!(*position, PAGE_BYTES as u64);
-                let page = buffer.as_slice();
-                assert_eq!(page.len(), PAGE_BYTES);
-                assert_eq!(&page[..904], &tail[..]);
-                assert!(page[904..1004].iter().all(|&b| b == 7));
-                assert!(page[1004..].iter().all(|&b| b == 0), "zero padding");
-            });
+        on_sim_segment(|file| async move {
+            let tail = recovered_tail();
+            let mut appender = Appender::new(5000, &tail, 3 * PAGE_BYTES);
+            assert!(
+                appender.take_writes(&file).writes.is_empty(),
+                "the tail is written"
+            );
+            appender.append(&file, &[7; 100]);
+            let round = appender.take_writes(&file);
+            assert_eq!(round.end_bytes, 5100);
+            let [(position, buffer)] = &round.writes[..] else {
+                panic!("one write expected, got {}", round.writes.len());
+            };
+            assert_eq!(*position, PAGE_BYTES as u64);
+            let page = buffer.as_slice();
+            assert_eq!(page.len(), PAGE_BYTES);
+            assert_eq!(&page[..904], &tail[..]);
+            assert!(page[904..1004].iter().all(|&b| b == 7));
+            assert!(page[1004..].iter().all(|&b| b == 0), "zero padding");
+        });
     }
 }
